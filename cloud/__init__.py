@@ -1,0 +1,4 @@
+"""The cloud side: store, trainer, registry, publisher and dashboard.
+
+Imports ``shared`` only; never ``edge``.
+"""

@@ -1,0 +1,4 @@
+"""The edge gateway: bridge, vault, enricher, scorer, agent and their supervisor.
+
+Imports ``shared`` only; never ``cloud``.
+"""

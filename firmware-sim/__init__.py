@@ -1,0 +1,1 @@
+"""Simulated vehicles (imported as ``firmware_sim``): telemetry, payments, faults and fraud."""

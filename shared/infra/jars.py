@@ -1,0 +1,106 @@
+"""Find or assemble the Kafka jars, and check the Java runtime that runs them."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from shared.infra.errors import PrerequisiteError
+
+KAFKA_VERSION = "4.3.1"
+LOG4J_VERSION = "2.25.4"
+_COMPLETE = ".complete"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fleetsentry"
+
+
+def java_binary() -> str:
+    """Path of a Java >= 17 runtime, or a PrerequisiteError saying how to get one."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise PrerequisiteError(
+            "Java was not found. Kafka needs Java 17 or newer: "
+            "apt-get install openjdk-17-jre-headless (or set JAVA_HOME)."
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)', out)
+    if not match or int(match.group(1)) < 17:
+        raise PrerequisiteError(
+            f"{java} is not Java 17 or newer ({out.splitlines()[0] if out else 'no version'}); "
+            "Kafka 4 needs 17+: apt-get install openjdk-17-jre-headless or set JAVA_HOME."
+        )
+    return java
+
+
+def kafka_libs(version: str = KAFKA_VERSION, quiet: bool = False) -> Path:
+    """The directory of Kafka's jars: ``$KAFKA_HOME/libs`` if set, else the Maven-built cache."""
+    home = os.environ.get("KAFKA_HOME")
+    if home:
+        libs = Path(home) / "libs"
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise PrerequisiteError(
+                f"KAFKA_HOME={home} has no libs/kafka_2.13-*.jar; point it at an unpacked Apache "
+                "Kafka distribution, or unset it to assemble Kafka from Maven Central."
+            )
+        return libs
+    target = cache_root() / f"kafka-{version}"
+    if (target / _COMPLETE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two runs side by side (tests, CI) must not assemble into the same folder at once.
+    with open(target.parent / f".kafka-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / _COMPLETE).exists():
+            _assemble(target, version, quiet)
+    return target
+
+
+def _assemble(target: Path, version: str, quiet: bool) -> None:
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise PrerequisiteError(
+            "Maven (mvn) was not found; it fetches Kafka's jars from Maven Central. "
+            "Install it with: apt-get install maven (or set KAFKA_HOME to a Kafka distribution)."
+        )
+    pom = resources.files("shared.infra").joinpath("pom.xml").read_text()
+    pom = pom.replace("@KAFKA_VERSION@", version).replace("@LOG4J_VERSION@", LOG4J_VERSION)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".kafka-{version}-", dir=target.parent))
+    (staging / "pom.xml").write_text(pom)
+    libs = staging / "libs"
+    if not quiet:
+        print(f"Fetching Apache Kafka {version} jars from Maven Central into {target} ...",
+              flush=True)
+    proc = subprocess.run(
+        [mvn, "-B", "-q", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise PrerequisiteError(
+            f"Maven could not fetch Kafka {version} from Maven Central (exit {proc.returncode}). "
+            "Check that Maven Central is reachable (proxy settings in ~/.m2/settings.xml), "
+            f"or set KAFKA_HOME to a Kafka distribution.\n{tail}"
+        )
+    (libs / _COMPLETE).write_text(version)
+    if target.exists():
+        shutil.rmtree(target)
+    # Rename is atomic: a concurrent reader sees no half-filled cache.
+    libs.rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def classpath(libs: Path) -> str:
+    return str(libs / "*")

@@ -1,0 +1,255 @@
+"""A Kafka cluster in KRaft mode: every node a combined broker and controller.
+
+The edge runs one node; the cloud runs three on one machine (replication factor 3,
+``min.insync.replicas=2``). Each node has its own data and log directories under the
+cluster's home, so data survives ``down`` then ``up``.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.infra import jars, process
+from shared.infra.errors import ServiceStartError
+
+LOG4J2 = """\
+Configuration:
+  status: warn
+  Appenders:
+    RollingFile:
+      name: file
+      fileName: "{log_dir}/server.log"
+      filePattern: "{log_dir}/server.log.%i"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+      Policies:
+        SizeBasedTriggeringPolicy:
+          size: 20 MB
+      DefaultRolloverStrategy:
+        max: 3
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+    Logger:
+      - name: kafka
+        level: WARN
+      - name: org.apache.kafka
+        level: WARN
+"""
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    node_id: int
+    port: int
+    controller_port: int
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """One cluster's layout. Constructing it does no I/O; ``start`` does."""
+
+    name: str
+    home: Path
+    nodes: tuple[KafkaNode, ...]
+    host: str = "127.0.0.1"
+    heap: str = "512m"
+
+    @property
+    def replication_factor(self) -> int:
+        return min(3, len(self.nodes))
+
+    @property
+    def min_insync(self) -> int:
+        return 2 if self.replication_factor >= 3 else 1
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{self.host}:{n.port}" for n in self.nodes)
+
+    def node_dir(self, node: KafkaNode) -> Path:
+        return self.home / f"node-{node.node_id}"
+
+    def config_path(self, node: KafkaNode) -> Path:
+        return self.node_dir(node) / "server.properties"
+
+    def pid_file(self, node: KafkaNode) -> Path:
+        return self.node_dir(node) / "kafka.pid"
+
+    def log_dir(self, node: KafkaNode) -> Path:
+        return self.node_dir(node) / "logs"
+
+    def ports(self) -> list[tuple[str, int]]:
+        """(setting, port) pairs, for port checks that name the setting."""
+        out = []
+        for i, node in enumerate(self.nodes):
+            out.append((f"{self.name}_port" if len(self.nodes) == 1 else f"{self.name}_ports[{i}]",
+                        node.port))
+            out.append((f"{self.name}_controller_port" if len(self.nodes) == 1
+                        else f"{self.name}_controller_ports[{i}]", node.controller_port))
+        return out
+
+    # --- configuration ------------------------------------------------------------------
+
+    def properties(self, node: KafkaNode) -> str:
+        rf, isr = self.replication_factor, self.min_insync
+        voters = ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.nodes)
+        conf = {
+            "process.roles": "broker,controller",
+            "node.id": node.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{self.host}:{node.port},"
+                         f"CONTROLLER://{self.host}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": self.node_dir(node) / "data",
+            "num.partitions": 3,
+            "default.replication.factor": rf,
+            "min.insync.replicas": isr,
+            "offsets.topic.replication.factor": rf,
+            "offsets.topic.num.partitions": 10,
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": isr,
+            "transaction.state.log.num.partitions": 10,
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": isr,
+            "auto.create.topics.enable": "false",
+            "group.initial.rebalance.delay.ms": 0,
+            # A gateway has little memory: the cleaner's dedupe buffer defaults to 128 MB.
+            "log.cleaner.dedupe.buffer.size": 8 * 1024 * 1024,
+            "num.network.threads": 2,
+            "num.io.threads": 4,
+            "num.recovery.threads.per.data.dir": 2,
+            "log.segment.bytes": 64 * 1024 * 1024,
+            "message.max.bytes": 8 * 1024 * 1024 + 1024,
+            "replica.fetch.max.bytes": 8 * 1024 * 1024 + 1024,
+            "controlled.shutdown.enable": "true",
+        }
+        return "".join(f"{k}={v}\n" for k, v in conf.items())
+
+    def _write_configs(self) -> None:
+        for node in self.nodes:
+            self.node_dir(node).mkdir(parents=True, exist_ok=True)
+            self.log_dir(node).mkdir(parents=True, exist_ok=True)
+            self.config_path(node).write_text(self.properties(node))
+            (self.node_dir(node) / "log4j2.yaml").write_text(
+                LOG4J2.format(log_dir=self.log_dir(node))
+            )
+
+    def cluster_id(self) -> str:
+        path = self.home / "cluster.id"
+        if path.exists():
+            return path.read_text().strip()
+        self.home.mkdir(parents=True, exist_ok=True)
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(cid + "\n")
+        return cid
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def running_pids(self) -> dict[int, int]:
+        """node_id -> pid for nodes whose process is alive."""
+        out = {}
+        for node in self.nodes:
+            pid = process.read_pid(self.pid_file(node), str(self.config_path(node)))
+            if pid is not None:
+                out[node.node_id] = pid
+        return out
+
+    def start(self, libs: Path, java: str) -> list[int]:
+        """Format (first time only) and start every node not already running."""
+        self._write_configs()
+        cid = self.cluster_id()
+        running = self.running_pids()
+        started = []
+        for node in self.nodes:
+            if node.node_id in running:
+                continue
+            if not (self.node_dir(node) / "data" / "meta.properties").exists():
+                self._format(node, libs, java, cid)
+            started.append(process.spawn(self._argv(node, libs, java), self.pid_file(node),
+                                         self.log_dir(node) / "stdout.log"))
+        return started
+
+    def _jvm_opts(self, node: KafkaNode) -> list[str]:
+        return [
+            f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-XX:MaxDirectMemorySize=256m", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
+            f"-Dkafka.logs.dir={self.log_dir(node)}",
+        ]
+
+    def _argv(self, node: KafkaNode, libs: Path, java: str) -> list[str]:
+        return [java, *self._jvm_opts(node), "-cp", jars.classpath(libs), "kafka.Kafka",
+                str(self.config_path(node))]
+
+    def _format(self, node: KafkaNode, libs: Path, java: str, cid: str) -> None:
+        argv = [java, "-Xmx256m", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
+                "-cp", jars.classpath(libs), "kafka.tools.StorageTool", "format",
+                "-t", cid, "-c", str(self.config_path(node)), "--ignore-formatted"]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ServiceStartError(
+                f"formatting {self.name} Kafka node {node.node_id} failed:\n"
+                f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
+            )
+
+    def stop(self, timeout: float = 30.0) -> list[int]:
+        pids = list(self.running_pids().values())
+        return process.stop(pids, timeout)
+
+    def check_exited(self) -> None:
+        """Raise if a node we started has died (e.g. a port taken between check and bind)."""
+        running = self.running_pids()
+        for node in self.nodes:
+            if node.node_id not in running:
+                log = self.log_dir(node) / "stdout.log"
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                raise ServiceStartError(
+                    f"{self.name} Kafka node {node.node_id} exited during start-up; "
+                    f"see {log}\n{tail}"
+                )
+
+    def broker_count(self, timeout: float = 3.0) -> int:
+        """Brokers the cluster reports in its metadata (0 when unreachable)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000,
+                             "log_level": 0, "logger": _SilentLogger()})
+        try:
+            meta = admin.list_topics(timeout=timeout)
+        except Exception:
+            return 0
+        return len(meta.brokers)
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_exited()
+            if self.broker_count() == len(self.nodes):
+                return
+            time.sleep(0.3)
+        raise ServiceStartError(
+            f"{self.name} Kafka did not report {len(self.nodes)} broker(s) within {timeout:.0f}s; "
+            f"see logs under {self.home}"
+        )
+
+
+class _SilentLogger:
+    """librdkafka logs connection refusals loudly while a broker boots; we poll instead."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return self.log

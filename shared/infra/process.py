@@ -1,0 +1,114 @@
+"""Start, find and stop detached broker processes through pid files."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def spawn(argv: Sequence[str], pid_file: Path, log_file: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> int:
+    """Start ``argv`` in its own session, detached from ours, and record its pid.
+
+    The child gets a raised fd limit (brokers hold one socket per client) and its own
+    process group, so a Ctrl-C in the terminal that ran ``infra up`` does not reach it.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_raise_fd_limit,
+            env=env,
+            cwd=cwd,
+        )
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def read_pid(pid_file: Path, marker: str) -> int | None:
+    """The live pid recorded in ``pid_file`` whose command line contains ``marker``, or None.
+
+    Checking the command line guards against a recycled pid belonging to someone else.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if is_ours(pid, marker) else None
+
+
+def is_ours(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    # A zombie still has a /proc entry but no command line worth trusting.
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state != "Z" and marker in cmdline
+
+
+def stop(pids: Sequence[int], timeout: float = 30.0) -> list[int]:
+    """SIGTERM every pid, wait up to ``timeout``, then SIGKILL what remains.
+
+    Returns the pids that had to be killed.
+    """
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        _reap()
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.1)
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
+    end = time.monotonic() + 5
+    while any(_alive(p) for p in alive) and time.monotonic() < end:
+        _reap()
+        time.sleep(0.05)
+    return alive
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _reap() -> None:
+    # Children we spawned in this process (tests) become zombies until waited for.
+    try:
+        while True:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+    except ChildProcessError:
+        pass

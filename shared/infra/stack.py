@@ -1,0 +1,174 @@
+"""The whole local stack: edge Kafka (1 node), cloud Kafka (3 nodes) and Mosquitto."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from shared.infra import jars, ports
+from shared.infra.errors import InfraError, PortInUseError
+from shared.infra.kafka import KafkaCluster, KafkaNode
+from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
+from shared.infra.topics_admin import ensure_topics
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+def default_home() -> Path:
+    env = os.environ.get("FLEETSENTRY_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fleetsentry"
+
+
+class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the brokers listen and keep their data. Defaults work on one machine."""
+
+    home: Path = msgspec.field(default_factory=default_home)
+    host: str = "127.0.0.1"
+    edge_port: Port = 9092
+    edge_controller_port: Port = 9093
+    cloud_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = msgspec.field(
+        default_factory=lambda: [9192, 9194, 9196])
+    cloud_controller_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = (
+        msgspec.field(default_factory=lambda: [9193, 9195, 9197]))
+    mqtt_port: Port = 1883
+    kafka_heap: Annotated[str, Meta(pattern=r"^\d+[mg]$")] = "512m"
+
+    def __post_init__(self) -> None:
+        used: dict[int, str] = {}
+        for setting, port in self.port_settings():
+            if port in used:
+                from shared.errors import ConfigError
+
+                raise ConfigError(f"port {port} is also given to {used[port]}", setting=setting)
+            used[port] = setting
+
+    def port_settings(self) -> list[tuple[str, int]]:
+        out = [("edge_port", self.edge_port), ("edge_controller_port", self.edge_controller_port),
+               ("mqtt_port", self.mqtt_port)]
+        out += [(f"cloud_ports[{i}]", p) for i, p in enumerate(self.cloud_ports)]
+        out += [(f"cloud_controller_ports[{i}]", p)
+                for i, p in enumerate(self.cloud_controller_ports)]
+        return out
+
+
+class Stack:
+    """Brings the three services up and down. Constructing it does no I/O."""
+
+    def __init__(self, settings: InfraSettings, quiet: bool = False) -> None:
+        self.settings = settings
+        self.quiet = quiet
+        home = settings.home
+        self.edge = KafkaCluster(
+            "edge", home / "edge-kafka",
+            (KafkaNode(1, settings.edge_port, settings.edge_controller_port),),
+            host=settings.host, heap=settings.kafka_heap,
+        )
+        self.cloud = KafkaCluster(
+            "cloud", home / "cloud-kafka",
+            tuple(KafkaNode(i + 1, p, c) for i, (p, c) in
+                  enumerate(zip(settings.cloud_ports, settings.cloud_controller_ports))),
+            host=settings.host, heap=settings.kafka_heap,
+        )
+        self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def _check_ports(self) -> None:
+        mine = {self.edge.name: self.edge.running_pids(), self.cloud.name: self.cloud.running_pids()}
+        mqtt_running = self.mqtt.pid() is not None
+        for setting, port in self.settings.port_settings():
+            if setting.startswith("mqtt") and mqtt_running:
+                continue
+            cluster = self.edge if setting.startswith("edge") else self.cloud
+            if not setting.startswith("mqtt") and _port_node(cluster, port) in mine[cluster.name]:
+                continue
+            if not ports.is_free(self.settings.host, port):
+                raise PortInUseError(setting, self.settings.host, port)
+
+    def up(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Start whatever is not running, wait until healthy, create topics. Idempotent."""
+        java = jars.java_binary()
+        from shared.infra.mosquitto import mosquitto_binary
+
+        mosquitto_binary()
+        libs = jars.kafka_libs(quiet=self.quiet)
+        self._check_ports()
+        started = time.monotonic()
+        new = self.edge.start(libs, java) + self.cloud.start(libs, java)
+        mqtt_pid = self.mqtt.start()
+        if new or mqtt_pid:
+            self._say(f"Starting {len(new)} Kafka node(s)"
+                      f"{' and mosquitto' if mqtt_pid else ''} ...")
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                waits = [pool.submit(self.edge.wait_healthy, timeout),
+                         pool.submit(self.cloud.wait_healthy, timeout),
+                         pool.submit(self.mqtt.wait_healthy, 15.0)]
+                for fut in waits:
+                    fut.result()
+            ensure_topics(self.edge.bootstrap, "edge", self.edge.replication_factor)
+            ensure_topics(self.cloud.bootstrap, "cloud", self.cloud.replication_factor)
+        except InfraError:
+            if new or mqtt_pid:
+                self.down()
+            raise
+        if new or mqtt_pid:
+            self._say(f"Up in {time.monotonic() - started:.1f}s.")
+        else:
+            self._say("Already up.")
+        return self.status()
+
+    def down(self) -> list[int]:
+        """Stop all three; returns pids that needed SIGKILL. Data stays on disk."""
+        with ThreadPoolExecutor(3) as pool:
+            futs = [pool.submit(self.mqtt.stop), pool.submit(self.edge.stop),
+                    pool.submit(self.cloud.stop)]
+            killed = [pid for fut in futs for pid in fut.result()]
+        return killed
+
+    def status(self) -> dict[str, Any]:
+        creds = self.mqtt.credentials() if self.mqtt.credentials_path.exists() else {}
+        out: dict[str, Any] = {}
+        for cluster in (self.edge, self.cloud):
+            pids = cluster.running_pids()
+            brokers = cluster.broker_count() if pids else 0
+            out[f"{cluster.name}_kafka"] = {
+                "bootstrap": cluster.bootstrap,
+                "nodes": len(cluster.nodes),
+                "brokers": brokers,
+                "healthy": brokers == len(cluster.nodes),
+                "pids": sorted(pids.values()),
+                "home": str(cluster.home),
+            }
+        pid = self.mqtt.pid()
+        out["mosquitto"] = {
+            "address": self.mqtt.address,
+            "host": self.mqtt.host,
+            "port": self.mqtt.port,
+            "healthy": self.mqtt.healthy(),
+            "pids": [pid] if pid else [],
+            "home": str(self.mqtt.home),
+            "admin_user": ADMIN_USER,
+            "bridge_user": BRIDGE_USER,
+            "credentials_file": str(self.mqtt.credentials_path),
+            "users": sorted(creds),
+        }
+        return out
+
+
+def _port_node(cluster: KafkaCluster, port: int) -> int | None:
+    for node in cluster.nodes:
+        if port in (node.port, node.controller_port):
+            return node.node_id
+    return None

@@ -1,0 +1,88 @@
+"""The one registry of Kafka topics: names, partitions, retention, compaction, replication.
+
+Provisioning (``fleetsentry infra``) creates these idempotently; stages import the names from
+here so a typo is an ImportError, not a silently empty topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from shared import streams
+
+Cluster = Literal["edge", "cloud"]
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    cluster: Cluster
+    partitions: int = 3
+    retention_ms: int = 7 * DAY_MS
+    compacted: bool = False
+    # Replicated edge -> cloud by MirrorMaker 2. raw.* never is: it holds PII.
+    replicate: bool = False
+    max_message_bytes: int | None = None
+
+    def configs(self) -> dict[str, str]:
+        conf = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(-1 if self.compacted else self.retention_ms),
+        }
+        if self.max_message_bytes:
+            conf["max.message.bytes"] = str(self.max_message_bytes)
+        return conf
+
+
+RAW_TELEMETRY = streams.TELEMETRY.raw_topic
+RAW_PAYMENTS = streams.PAYMENTS.raw_topic
+ANON_TELEMETRY = streams.TELEMETRY.anon_topic
+ANON_PAYMENTS = streams.PAYMENTS.anon_topic
+SCORES_TELEMETRY = streams.TELEMETRY.scores_topic
+SCORES_PAYMENTS = streams.PAYMENTS.scores_topic
+DLQ_INGEST = "dlq.ingest"
+ALERTS = "alerts"
+MODEL_STATUS = "model-status"
+MODELS = "models"
+CLOUD_MODELS = "cloud.models"
+LABELS = "labels"
+
+# Models are a few hundred KB; raised deliberately rather than chunked.
+MODEL_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def _edge_topics() -> list[Topic]:
+    topics: list[Topic] = []
+    for spec in streams.all_streams():
+        # PII: short retention, edge only.
+        topics.append(Topic(spec.raw_topic, "edge", retention_ms=2 * DAY_MS))
+        topics.append(Topic(spec.anon_topic, "edge", replicate=True))
+        topics.append(Topic(spec.scores_topic, "edge", replicate=True))
+    topics += [
+        Topic(DLQ_INGEST, "edge", partitions=1, retention_ms=14 * DAY_MS),
+        Topic(ALERTS, "edge", replicate=True),
+        Topic(MODEL_STATUS, "edge", partitions=1, replicate=True),
+        Topic(CLOUD_MODELS, "edge", partitions=1, compacted=True,
+              max_message_bytes=MODEL_MESSAGE_BYTES),
+    ]
+    return topics
+
+
+def _cloud_topics() -> list[Topic]:
+    return [
+        Topic(MODELS, "cloud", partitions=1, compacted=True,
+              max_message_bytes=MODEL_MESSAGE_BYTES),
+        Topic(LABELS, "cloud", retention_ms=30 * DAY_MS),
+    ]
+
+
+def registry(cluster: Cluster) -> list[Topic]:
+    """Every topic the given cluster must have, built from the registered streams."""
+    return _edge_topics() if cluster == "edge" else _cloud_topics()
+
+
+def replicated_edge_topics() -> list[str]:
+    return [t.name for t in _edge_topics() if t.replicate]
