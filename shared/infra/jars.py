@@ -104,3 +104,17 @@ def _assemble(target: Path, version: str, quiet: bool) -> None:
 
 def classpath(libs: Path) -> str:
     return str(libs / "*")
+
+
+if __name__ == "__main__":
+    # `python -m shared.infra.jars`: assemble (or find) the jars and print where they are.
+    import sys
+
+    from shared.errors import FleetsentryError
+
+    try:
+        java_binary()
+        print(kafka_libs())
+    except FleetsentryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -17,6 +17,7 @@ from shared.infra.kafka import KafkaCluster, KafkaNode
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
 from shared.infra.topics_admin import ensure_topics
 
+SERVICES = frozenset({"edge", "cloud", "mqtt"})
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
@@ -84,10 +85,12 @@ class Stack:
         if not self.quiet:
             print(text, flush=True)
 
-    def _check_ports(self) -> None:
+    def _check_ports(self, services: frozenset[str]) -> None:
         mine = {self.edge.name: self.edge.running_pids(), self.cloud.name: self.cloud.running_pids()}
         mqtt_running = self.mqtt.pid() is not None
         for setting, port in self.settings.port_settings():
+            if setting.split("_")[0] not in services:
+                continue
             if setting.startswith("mqtt") and mqtt_running:
                 continue
             cluster = self.edge if setting.startswith("edge") else self.cloud
@@ -96,29 +99,40 @@ class Stack:
             if not ports.is_free(self.settings.host, port):
                 raise PortInUseError(setting, self.settings.host, port)
 
-    def up(self, timeout: float = 120.0) -> dict[str, Any]:
-        """Start whatever is not running, wait until healthy, create topics. Idempotent."""
-        java = jars.java_binary()
-        from shared.infra.mosquitto import mosquitto_binary
+    def up(self, timeout: float = 120.0,
+           services: frozenset[str] = SERVICES) -> dict[str, Any]:
+        """Start whatever is not running, wait until healthy, create topics. Idempotent.
 
-        mosquitto_binary()
-        libs = jars.kafka_libs(quiet=self.quiet)
-        self._check_ports()
+        ``services`` picks a subset of ``{"edge", "cloud", "mqtt"}`` (tests that need only
+        the gateway's side start one JVM instead of four).
+        """
+        unknown = services - SERVICES
+        if unknown:
+            raise InfraError(f"unknown service(s) {sorted(unknown)}; known: {sorted(SERVICES)}")
+        clusters = [c for c in (self.edge, self.cloud) if c.name in services]
+        if clusters:
+            java = jars.java_binary()
+            libs = jars.kafka_libs(quiet=self.quiet)
+        if "mqtt" in services:
+            from shared.infra.mosquitto import mosquitto_binary
+
+            mosquitto_binary()
+        self._check_ports(services)
         started = time.monotonic()
-        new = self.edge.start(libs, java) + self.cloud.start(libs, java)
-        mqtt_pid = self.mqtt.start()
+        new = [pid for c in clusters for pid in c.start(libs, java)]
+        mqtt_pid = self.mqtt.start() if "mqtt" in services else None
         if new or mqtt_pid:
             self._say(f"Starting {len(new)} Kafka node(s)"
                       f"{' and mosquitto' if mqtt_pid else ''} ...")
         try:
             with ThreadPoolExecutor(3) as pool:
-                waits = [pool.submit(self.edge.wait_healthy, timeout),
-                         pool.submit(self.cloud.wait_healthy, timeout),
-                         pool.submit(self.mqtt.wait_healthy, 15.0)]
+                waits = [pool.submit(c.wait_healthy, timeout) for c in clusters]
+                if "mqtt" in services:
+                    waits.append(pool.submit(self.mqtt.wait_healthy, 15.0))
                 for fut in waits:
                     fut.result()
-            ensure_topics(self.edge.bootstrap, "edge", self.edge.replication_factor)
-            ensure_topics(self.cloud.bootstrap, "cloud", self.cloud.replication_factor)
+            for c in clusters:
+                ensure_topics(c.bootstrap, c.name, c.replication_factor)  # type: ignore[arg-type]
         except InfraError:
             if new or mqtt_pid:
                 self.down()
@@ -162,6 +176,7 @@ class Stack:
             "admin_user": ADMIN_USER,
             "bridge_user": BRIDGE_USER,
             "credentials_file": str(self.mqtt.credentials_path),
+            "config_file": str(self.mqtt.config_path),
             "users": sorted(creds),
         }
         return out

@@ -1,0 +1,68 @@
+# fleetsentry: two commands on a fresh machine.
+#   make demo   bring the stack up and show it
+#   make test   install everything and run the test suite
+# Both install what they need: Debian packages (when root), a virtualenv, Kafka's jars.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+EXTRAS ?= edge,cloud,dev
+APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean
+
+setup: system-deps venv jars
+
+# Debian packages: installed when missing and we are root; otherwise say what to run.
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_pub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v kcat >/dev/null 2>&1 || missing="$$missing kcat"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "Missing Debian packages:$$missing"; \
+	    echo "Install them with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+jars: venv
+	$(PY) -m shared.infra.jars
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/fleetsentry demo
+
+demo-down: venv
+	$(VENV)/bin/fleetsentry infra down
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: venv
+	$(VENV)/bin/ruff check shared edge cloud firmware-sim tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,59 @@
+"""Session fixtures: the real brokers, started once on free ports and torn down after."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER
+from shared.infra.stack import Stack
+from tests.support import free_infra_settings
+
+
+@dataclass(frozen=True)
+class MqttBroker:
+    host: str
+    port: int
+    admin: tuple[str, str]
+    bridge: tuple[str, str]
+    stack: Stack
+
+    def register_vehicles(self, vins: list[str], password: str) -> None:
+        self.stack.mqtt.register_vehicles({vin: password for vin in vins})
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Edge Kafka (1 node) and Mosquitto, topics created; the cloud starts on first use.
+
+    One stack per test session, on free ports, torn down (no process left) at the end.
+    """
+    home = tmp_path_factory.mktemp("infra")
+    s = Stack(free_infra_settings(home), quiet=True)
+    try:
+        s.up(services=frozenset({"edge", "mqtt"}))
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
+def edge_bootstrap(stack: Stack) -> str:
+    return stack.edge.bootstrap
+
+
+@pytest.fixture(scope="session")
+def cloud_bootstrap(stack: Stack) -> str:
+    """The 3-node cloud cluster (replication factor 3, min.insync.replicas=2)."""
+    stack.up(services=frozenset({"cloud"}))
+    return stack.cloud.bootstrap
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(stack: Stack) -> MqttBroker:
+    creds = json.loads(stack.mqtt.credentials_path.read_text())
+    return MqttBroker(stack.mqtt.host, stack.mqtt.port, (ADMIN_USER, creds[ADMIN_USER]),
+                      (BRIDGE_USER, creds[BRIDGE_USER]), stack)
