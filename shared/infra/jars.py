@@ -32,7 +32,7 @@ def java_binary() -> str:
             "Java was not found. Kafka needs Java 17 or newer: "
             "apt-get install openjdk-17-jre-headless (or set JAVA_HOME)."
         )
-    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
     match = re.search(r'version "(\d+)', out)
     if not match or int(match.group(1)) < 17:
         raise PrerequisiteError(
@@ -84,7 +84,7 @@ def _assemble(target: Path, version: str, quiet: bool) -> None:
     proc = subprocess.run(
         [mvn, "-B", "-q", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies",
          f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.infra import jars, process
 from shared.infra.errors import ServiceStartError
@@ -197,7 +198,7 @@ class KafkaCluster:
                 f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
                 "-cp", jars.classpath(libs), "kafka.tools.StorageTool", "format",
                 "-t", cid, "-c", str(self.config_path(node)), "--ignore-formatted"]
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ServiceStartError(
                 f"formatting {self.name} Kafka node {node.node_id} failed:\n"
@@ -224,8 +225,9 @@ class KafkaCluster:
         """Brokers the cluster reports in its metadata (0 when unreachable)."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000,
-                             "log_level": 0, "logger": _SilentLogger()})
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000,
+                                "log_level": 0, "logger": _SilentLogger()}
+        admin = AdminClient(conf)
         try:
             meta = admin.list_topics(timeout=timeout)
         except Exception:
@@ -251,5 +253,5 @@ class _SilentLogger:
     def log(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str) -> Any:
         return self.log

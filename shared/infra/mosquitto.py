@@ -48,9 +48,13 @@ def hash_password(password: str, salt: bytes | None = None,
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+# Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
+SYSTEM_PATHS = ("/usr/sbin/mosquitto",)
+
+
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    found = shutil.which("mosquitto") or next(
+        (p for p in SYSTEM_PATHS if Path(p).exists()), None
     )
     if not found:
         raise PrerequisiteError(

@@ -76,7 +76,7 @@ class Stack:
         self.cloud = KafkaCluster(
             "cloud", home / "cloud-kafka",
             tuple(KafkaNode(i + 1, p, c) for i, (p, c) in
-                  enumerate(zip(settings.cloud_ports, settings.cloud_controller_ports))),
+                  enumerate(zip(settings.cloud_ports, settings.cloud_controller_ports, strict=True))),
             host=settings.host, heap=settings.kafka_heap,
         )
         self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)

@@ -45,7 +45,7 @@ def ensure_topics(bootstrap: str, cluster: registry.Cluster, replication_factor:
     grow = [NewPartitions(t.name, t.partitions) for t in existing
             if len(meta.topics[t.name].partitions) < t.partitions]
     if grow:
-        for name, fut in admin.create_partitions(grow, request_timeout=timeout).items():
+        for fut in admin.create_partitions(grow, request_timeout=timeout).values():
             fut.result()
     if existing:
         resources = [

@@ -1,0 +1,62 @@
+"""Config loading: typed, frozen, errors name the setting, secrets never print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import Secret
+from shared.errors import ConfigError
+from shared.infra.cli import settings_from
+
+
+def test_secret_never_prints() -> None:
+    s = Secret("hunter2")
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s) and "hunter2" not in f"{s}"
+    assert s.reveal() == "hunter2"
+
+
+def test_edge_config_defaults_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.config import load
+
+    cfg = load(None)
+    assert cfg.kafka.bootstrap == "127.0.0.1:9092" and cfg.mqtt.port == 1883
+    bad = tmp_path / "edge.toml"
+    bad.write_text('[mqtt]\nport = "one"\n')
+    with pytest.raises(ConfigError) as err:
+        load(bad)
+    assert err.value.setting == "mqtt.port"
+    bad.write_text("[mqtt]\nprot = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load(bad)
+    assert err.value.setting == "mqtt.prot"
+    bad.write_text("[mqtt\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+
+
+def test_environment_overrides_only_listed_settings(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.config import load
+
+    monkeypatch.setenv("FLEETSENTRY_KAFKA_BOOTSTRAP", "10.0.0.1:9092")
+    monkeypatch.setenv("FLEETSENTRY_MQTT_PASSWORD", "s3cret")
+    cfg = load(None)
+    assert cfg.kafka.bootstrap == "10.0.0.1:9092"
+    assert cfg.mqtt.password is not None and cfg.mqtt.password.reveal() == "s3cret"
+    assert "s3cret" not in repr(cfg)
+
+
+def test_infra_settings_reject_duplicate_and_invalid_ports(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings_from({"home": tmp_path, "edge_port": 9192})
+    assert err.value.setting == "cloud_ports[0]"
+    with pytest.raises(ConfigError) as err:
+        settings_from({"home": tmp_path, "mqtt_port": 70000})
+    assert err.value.setting == "mqtt_port"
+    with pytest.raises(ConfigError) as err:
+        settings_from({"home": tmp_path, "cloud_ports": [1, 2]})
+    assert err.value.setting == "cloud_ports"

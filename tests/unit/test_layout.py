@@ -1,0 +1,58 @@
+"""Layout rules: every package is shipped, and edge and cloud never import each other."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOTS = {"shared": "shared", "edge": "edge", "cloud": "cloud",
+                 "firmware_sim": "firmware-sim"}
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for name, folder in PACKAGE_ROOTS.items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base)
+            found.add(".".join([name, *rel.parts]) if rel.parts else name)
+    return found
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    missing = _packages_on_disk() - listed
+    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_import_boundaries() -> None:
+    forbidden = {
+        "edge": {"cloud", "firmware_sim"},
+        # The cloud learns from files and topics the simulator writes, never from its code:
+        # generate training data with `fleetsentry sim run --dry-run` instead.
+        "cloud": {"edge", "firmware_sim"},
+        "shared": {"edge", "cloud", "firmware_sim"},
+        "firmware_sim": {"edge", "cloud"},
+    }
+    bad = []
+    for name, folder in PACKAGE_ROOTS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            hits = _imports(path) & forbidden[name]
+            if hits:
+                bad.append(f"{path.relative_to(ROOT)} imports {sorted(hits)}")
+    assert not bad, ("ARCHITECTURE.md: edge and cloud share only through shared/\n"
+                     + "\n".join(bad))
