@@ -1,0 +1,144 @@
+"""From a raw event (with PII) to its anonymized record: tokens, a coarse cell, features.
+
+``anonymize`` is pure: it reads the per-key states it needs from ``state`` and returns the new
+states beside the record; the caller decides when they take effect (the enricher, in the same
+Kafka transaction as the record; the trainer, right away through :class:`Anonymizer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import msgspec
+
+from shared import streams
+from shared.contracts import AnonPayment, AnonTelemetry, Payment, Telemetry, decode
+from shared.errors import ContractError, FleetsentryError
+from shared.features import payments as pay
+from shared.features import telemetry as tel
+from shared.features.geo import cell
+from shared.features.state import (
+    CARD,
+    DRIVER,
+    VEHICLE,
+    CardState,
+    DriverState,
+    FeatureState,
+    KeyState,
+    VehicleState,
+    state_key,
+)
+from shared.streams import StreamSpec
+from shared.tokens import Tokenizer
+
+# Token namespaces: a value is only ever compared with values of the same kind.
+VIN = "vin"
+DRIVER_ID = "driver"
+CARD_NUMBER = "card"
+
+
+class FeatureError(FleetsentryError):
+    """An event cannot be anonymized with the given stream spec."""
+
+
+class Anonymized(NamedTuple):
+    record: AnonTelemetry | AnonPayment
+    # state key -> the key's new state, to apply once the record is accepted.
+    updates: dict[str, KeyState]
+
+
+def _get(state: Mapping[str, KeyState], key: str, kind: type) -> Any:
+    value = state.get(key)
+    return value if isinstance(value, kind) else None
+
+
+def _telemetry(event: Telemetry, state: Mapping[str, KeyState], tok: Tokenizer) -> Anonymized:
+    vehicle_token = tok.token(VIN, event.vin)
+    key = state_key(VEHICLE, vehicle_token)
+    before: VehicleState | None = _get(state, key, VehicleState)
+    record = AnonTelemetry(
+        event_id=event.event_id, ts=event.ts, vehicle_token=vehicle_token,
+        driver_token=tok.token(DRIVER_ID, event.driver_id), model=event.model,
+        firmware=event.firmware, cell=cell(event.lat, event.lon),
+        readings=tel.readings(event), features=tel.telemetry_features(event, before),
+    )
+    return Anonymized(record, {key: tel.update_vehicle(before, event)})
+
+
+def _payment(event: Payment, state: Mapping[str, KeyState], tok: Tokenizer) -> Anonymized:
+    vehicle_token = tok.token(VIN, event.vin)
+    card_token = tok.token(CARD_NUMBER, event.card_number)
+    driver_token = tok.token(DRIVER_ID, event.driver_id)
+    card_key, driver_key = state_key(CARD, card_token), state_key(DRIVER, driver_token)
+    card: CardState | None = _get(state, card_key, CardState)
+    driver: DriverState | None = _get(state, driver_key, DriverState)
+    vehicle: VehicleState | None = _get(state, state_key(VEHICLE, vehicle_token), VehicleState)
+    record = AnonPayment(
+        event_id=event.event_id, ts=event.ts, card_token=card_token,
+        vehicle_token=vehicle_token, driver_token=driver_token, merchant_id=event.merchant_id,
+        mcc=event.mcc, category=event.category, amount=event.amount, currency=event.currency,
+        volume_l=event.volume_l, cell=cell(event.lat, event.lon),
+        features=pay.payment_features(event, card, driver, vehicle, vehicle_token),
+    )
+    updates: dict[str, KeyState] = {
+        card_key: pay.update_card(card, event, vehicle_token),
+        driver_key: pay.update_driver(driver, event),
+    }
+    return Anonymized(record, updates)
+
+
+_BY_STREAM: dict[str, Callable[[Any, Mapping[str, KeyState], Tokenizer], Anonymized]] = {
+    "telemetry": _telemetry,
+    "payments": _payment,
+}
+
+
+def anonymize(spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState],
+              tokenizer: Tokenizer) -> Anonymized:
+    """The anonymized record of ``event`` and the per-key states it changes.
+
+    Neither ``event`` nor ``state`` is modified. Apply ``result.updates`` to the state before
+    anonymizing the next event of the same vehicle, card or driver.
+    """
+    if not isinstance(event, spec.event):
+        raise FeatureError(f"stream {spec.name!r} takes {spec.event.__name__} events, "
+                           f"not {type(event).__name__}")
+    fn = _BY_STREAM.get(spec.name)
+    if fn is None:
+        raise FeatureError(f"no anonymizer for stream {spec.name!r}")
+    return fn(event, state, tokenizer)
+
+
+class Anonymizer:
+    """Anonymize a sequence of events with state carried along (training, replay, tests).
+
+    >>> from shared.tokens import Tokenizer
+    >>> a = Anonymizer(Tokenizer(b"0123456789abcdef"))
+    >>> # a.message("fleet/<VIN>/telemetry", payload) -> AnonTelemetry
+    """
+
+    def __init__(self, tokenizer: Tokenizer, state: FeatureState | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.state = state if state is not None else FeatureState()
+
+    def anonymize(self, event: msgspec.Struct) -> AnonTelemetry | AnonPayment:
+        spec = _spec_of(event)
+        result = anonymize(spec, event, self.state, self.tokenizer)
+        self.state.apply(result.updates)
+        return result.record
+
+    def message(self, topic: str, payload: bytes) -> AnonTelemetry | AnonPayment:
+        """Decode an MQTT message (``fleet/<VIN>/<stream>``) and anonymize it."""
+        suffix = topic.rsplit("/", 1)[-1]
+        spec = streams.by_mqtt_suffix(suffix)
+        if spec is None:
+            raise ContractError(f"topic {topic!r} is not a known stream", field="topic")
+        return self.anonymize(decode(spec.event, payload))
+
+
+def _spec_of(event: msgspec.Struct) -> StreamSpec:
+    for spec in streams.all_streams():
+        if isinstance(event, spec.event):
+            return spec
+    raise FeatureError(f"no stream takes {type(event).__name__} events")
