@@ -7,7 +7,7 @@ Each service reads its own table; shared connection settings live in ``[kafka]``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -39,6 +39,8 @@ class MqttSettings(_Section, frozen=True, kw_only=True):
     username: str = "fleetsentry-bridge"
     # Default: read from `fleetsentry infra`'s credentials file when not set here.
     password: Secret | None = None
+    # Where that file is; default: the Mosquitto home of `fleetsentry infra`.
+    credentials_file: Path | None = None
     tls_ca: Path | None = None
 
 
@@ -48,12 +50,55 @@ class MetricsSettings(_Section, frozen=True, kw_only=True):
     base_port: Annotated[int, Meta(ge=0, le=65500)] = 9400
 
 
+class BridgeSettings(_Section, frozen=True, kw_only=True):
+    """``[bridge]``: MQTT -> raw.* with validation, manual acks after Kafka delivery."""
+
+    # Shared-subscription group: processes in one group split the vehicles' messages.
+    group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "fleetsentry-bridge"
+    # Bridge processes `edge run` starts (each gets client id {edge_id}-bridge-{n}).
+    processes: Annotated[int, Meta(ge=1, le=16)] = 1
+    # Reject events whose device time is further ahead of the gateway clock than this.
+    max_future_skew_s: Annotated[float, Meta(ge=0)] = 300.0
+    # Reject payloads larger than this (the contract's limit is the ceiling).
+    max_payload_bytes: Annotated[int, Meta(ge=256, le=16384)] = 16384
+    # Unacknowledged MQTT messages the broker may have in flight to one bridge process.
+    receive_maximum: Annotated[int, Meta(ge=1, le=65535)] = 2000
+    # How long the broker keeps the bridge's session (and queues for it) while it is away.
+    session_expiry_s: Annotated[int, Meta(ge=0)] = 7 * 24 * 3600
+    keepalive_s: Annotated[int, Meta(ge=5, le=300)] = 30
+    linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 10
+    compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
+
+
+class ScorerSettings(_Section, frozen=True, kw_only=True):
+    """``[scorer]``: anon.* -> scores.*, alerts and payment decisions (int8 models)."""
+
+    # Directory with one model directory per stream (<models_dir>/<stream>/); a stream
+    # without one is scored by the baseline shipped in the package.
+    models_dir: Path | None = None
+    # Ed25519 public key models must be signed with (default: the one shipped with baselines).
+    public_key: Path | None = None
+    # Micro-batch: score what has arrived, up to max_batch, waiting at most max_wait_ms.
+    max_batch: Annotated[int, Meta(ge=1, le=65536)] = 2048
+    max_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
+    # Alert episodes (telemetry): open after this many anomalous frames within the window...
+    episode_open_events: Annotated[int, Meta(ge=1, le=100)] = 3
+    episode_open_window_s: Annotated[float, Meta(gt=0)] = 10.0
+    # ... close after this long without one; report a new peak at most this often.
+    episode_quiet_gap_s: Annotated[float, Meta(gt=0)] = 30.0
+    episode_update_interval_s: Annotated[float, Meta(ge=0)] = 10.0
+    # Send approvals too (the vehicle waits for a decision either way); declines always go.
+    send_approvals: bool = True
+
+
 class EdgeConfig(_Section, frozen=True, kw_only=True):
     edge_id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "edge-1"
     data_dir: Path = Path("~/.local/share/fleetsentry/edge").expanduser()
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
+    scorer: ScorerSettings = msgspec.field(default_factory=ScorerSettings)
 
 
 def load(path: str | Path | None) -> EdgeConfig:

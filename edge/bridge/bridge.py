@@ -1,0 +1,323 @@
+"""The bridge: one MQTT 5 shared-subscription member feeding one idempotent Kafka producer.
+
+Everything runs on one thread: ``step()`` reads MQTT packets (``on_message`` validates and
+produces) and polls the producer (delivery reports acknowledge the MQTT message). An MQTT
+message is acknowledged only after Kafka confirmed the record it became -- the event in
+``raw.*`` or its dead letter in ``dlq.ingest`` -- so nothing is lost when the process dies: the
+broker keeps the persistent session and redelivers whatever was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from threading import Event
+from typing import Any, cast
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge import metrics
+from edge.bridge.errors import BridgeError, Rejected
+from edge.bridge.validate import Limits, validate
+from edge.config import EdgeConfig
+from shared import contracts, topics
+
+log = logging.getLogger("bridge")
+SERVICE = "bridge"
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 10.0
+LOG_EVERY_S = 30.0
+
+
+def mqtt_password(config: EdgeConfig) -> str:
+    """The bridge's MQTT password: ``[mqtt] password`` or the infra credentials file."""
+    if config.mqtt.password is not None:
+        return config.mqtt.password.reveal()
+    path = config.mqtt.credentials_file
+    if path is None:
+        from shared.infra.stack import default_home
+
+        path = default_home() / "mosquitto" / "credentials.json"
+    try:
+        creds: dict[str, str] = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BridgeError(
+            f"no MQTT password for {config.mqtt.username!r}: set [mqtt] password in edge.toml "
+            f"or point [mqtt] credentials_file at a readable credentials file ({path}: {exc})"
+        ) from None
+    if config.mqtt.username not in creds:
+        raise BridgeError(f"{path} holds no password for {config.mqtt.username!r}")
+    return creds[config.mqtt.username]
+
+
+def subscriptions(group: str, limits: Limits) -> list[str]:
+    """One shared subscription per stream, e.g. ``$share/g/fleet/+/telemetry``."""
+    return [f"$share/{group}/fleet/+/{suffix}" for suffix in sorted(limits.streams)]
+
+
+class Bridge:
+    """MQTT -> raw.* / dlq.ingest. Constructing it does no I/O; ``start()`` connects."""
+
+    def __init__(self, config: EdgeConfig, instance: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.settings = config.bridge
+        self.client_id = f"{config.edge_id}-bridge-{instance}"
+        self.limits = Limits.from_registry(self.settings.max_payload_bytes,
+                                           self.settings.max_future_skew_s)
+        self.clock = clock
+        self.received = 0
+        self.produced = 0
+        self.dead_lettered = 0
+        self._client: mqtt.Client | None = None
+        self._producer: Producer | None = None
+        # Bumped on every (re)connect: an ack for a message of an earlier connection is
+        # dropped, because the broker redelivers it anyway and its packet id may be reused.
+        self._generation = 0
+        self._connected = False
+        self._connect_error: str | None = None
+        self._next_reconnect = 0.0
+        self._reconnect_wait = RECONNECT_MIN_S
+        self._retry: list[tuple[str, bytes | None, bytes, Callable[..., None]]] = []
+        self._fatal: str | None = None
+        self._last_log = 0.0
+        self._in = {s: metrics.MESSAGES_IN.labels(SERVICE, spec.name).inc
+                    for s, spec in self.limits.streams.items()}
+        self._in_unknown = metrics.MESSAGES_IN.labels(SERVICE, "unknown").inc
+        self._out = {spec.name: metrics.MESSAGES_OUT.labels(SERVICE, spec.name).inc
+                     for spec in self.limits.streams.values()}
+        self._latency = {spec.name: metrics.END_TO_END_LATENCY.labels(SERVICE, spec.name).observe
+                         for spec in self.limits.streams.values()}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Create the producer, connect to the broker and subscribe (waits for CONNACK)."""
+        s = self.settings
+        self._producer = Producer({
+            "bootstrap.servers": self.config.kafka.bootstrap,
+            "client.id": self.client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": s.linger_ms,
+            "compression.type": s.compression,
+            "error_cb": self._kafka_error,
+        })
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client.username_pw_set(self.config.mqtt.username, mqtt_password(self.config))
+        if self.config.mqtt.tls_ca is not None:
+            client.tls_set(ca_certs=str(self.config.mqtt.tls_ca))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = s.session_expiry_s
+        props.ReceiveMaximum = s.receive_maximum
+        try:
+            client.connect(self.config.mqtt.host, self.config.mqtt.port, s.keepalive_s,
+                           clean_start=False, properties=props)
+        except OSError as exc:
+            raise BridgeError(f"cannot reach MQTT broker {self.config.mqtt.host}:"
+                              f"{self.config.mqtt.port}: {exc}") from None
+        deadline = time.monotonic() + timeout
+        while not self._connected and time.monotonic() < deadline:
+            if self._connect_error:
+                raise BridgeError(self._connect_error)
+            client.loop(0.1)
+        if not self._connected:
+            raise BridgeError(f"no CONNACK from {self.config.mqtt.host}:{self.config.mqtt.port} "
+                              f"within {timeout}s")
+
+    def run(self, stop: Event) -> None:
+        while not stop.is_set():
+            self.step()
+
+    def step(self, timeout: float = 0.01) -> None:
+        """Read available MQTT packets, serve Kafka delivery reports, reconnect if needed."""
+        assert self._client is not None and self._producer is not None
+        if self._fatal:
+            raise BridgeError(self._fatal)
+        if self._connected:
+            rc = self._client.loop(timeout)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connected:
+                self._lost(f"MQTT loop: {mqtt.error_string(rc)}")
+        else:
+            self._try_reconnect()
+            time.sleep(timeout)
+        self._producer.poll(0)
+        if self._retry:
+            self._produce_retries()
+        now = time.monotonic()
+        if now - self._last_log > LOG_EVERY_S:
+            self._last_log = now
+            log.info("received %d, produced %d, dead-lettered %d", self.received,
+                     self.produced, self.dead_lettered)
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush Kafka (acking what it confirms), disconnect; returns records not confirmed."""
+        remaining = 0
+        if self._producer is not None:
+            remaining = self._producer.flush(timeout)
+        client = self._client
+        if client is not None:
+            deadline = time.monotonic() + 2.0
+            while self._connected and client.want_write() and time.monotonic() < deadline:
+                client.loop_write()
+            # The session outlives this connection (expiry set at CONNECT): nothing is lost.
+            client.disconnect()
+            client.loop(0.1)
+        self._client = None
+        self._producer = None
+        return remaining
+
+    # --- MQTT callbacks -------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any,
+                    _props: Any) -> None:
+        if reason.is_failure:
+            self._connect_error = (f"MQTT broker refused {self.config.mqtt.username!r}: "
+                                   f"{reason} (check [mqtt] username/password)")
+            return
+        self._generation += 1
+        self._connected = True
+        self._reconnect_wait = RECONNECT_MIN_S
+        client.subscribe([(t, SubscribeOptions(qos=1))
+                          for t in subscriptions(self.settings.group, self.limits)])
+        log.info("connected as %s (session present: %s)", self.client_id,
+                 flags.session_present)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                       _props: Any) -> None:
+        if self._connected:
+            self._lost(f"disconnected: {reason}")
+
+    def _lost(self, why: str) -> None:
+        self._connected = False
+        self._generation += 1
+        self._next_reconnect = time.monotonic() + self._reconnect_wait
+        log.warning("%s; reconnecting in %.1fs", why, self._reconnect_wait)
+
+    def _try_reconnect(self) -> None:
+        assert self._client is not None
+        if time.monotonic() < self._next_reconnect:
+            return
+        self._reconnect_wait = min(RECONNECT_MAX_S, self._reconnect_wait * 2)
+        self._next_reconnect = time.monotonic() + self._reconnect_wait
+        try:
+            self._client.reconnect()
+        except OSError as exc:
+            log.warning("reconnect failed: %s", exc)
+            return
+        # CONNACK arrives through loop(); on_connect sets _connected.
+        deadline = time.monotonic() + 5.0
+        while not self._connected and not self._connect_error and time.monotonic() < deadline:
+            if self._client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Never raises: a message that cannot be bridged becomes a dead letter.
+        self.received += 1
+        payload = cast(bytes, msg.payload)
+        now = self.clock()
+        try:
+            topic = msg.topic
+            accepted = validate(topic, payload, now, self.limits)
+        except Rejected as rej:
+            self._in_unknown() if rej.reason == "unknown_topic" else self._count_in(msg)
+            self._dead_letter(msg, rej.reason, rej.detail, now)
+            return
+        except UnicodeDecodeError as exc:
+            self._in_unknown()
+            self._dead_letter(msg, "unknown_topic", f"topic is not UTF-8: {exc}", now)
+            return
+        self._in[accepted.spec.mqtt_suffix]()
+        name = accepted.spec.name
+        self._produce(accepted.spec.raw_topic, accepted.vin.encode(), payload,
+                      partial(self._delivered, self._generation, msg.mid, msg.qos, name,
+                              accepted.ts))
+
+    def _count_in(self, msg: mqtt.MQTTMessage) -> None:
+        inc = self._in.get(msg.topic.rsplit("/", 1)[-1])
+        (inc or self._in_unknown)()
+
+    # --- Kafka ----------------------------------------------------------------------------
+
+    def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
+        topic_bytes: bytes = getattr(msg, "_topic", b"")
+        source = "mqtt:" + topic_bytes[:256].decode("utf-8", "replace")
+        letter = contracts.DeadLetter(source=source, reason=reason, detail=detail[:1000],
+                                      received_ts=now, payload=bytes(msg.payload))
+        self._produce(topics.DLQ_INGEST, topic_bytes[:256] or None, contracts.encode(letter),
+                      partial(self._dead_lettered, self._generation, msg.mid, msg.qos, reason))
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 on_delivery: Callable[..., None]) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                # Local queue full: serve delivery reports (which frees it) and try again.
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                metrics.PRODUCE_ERRORS.labels(SERVICE, topic).inc()
+                log.error("produce to %s failed: %s; will retry", topic, exc)
+                self._retry.append((topic, key, value, on_delivery))
+                return
+
+    def _produce_retries(self) -> None:
+        pending, self._retry = self._retry, []
+        for topic, key, value, on_delivery in pending:
+            self._produce(topic, key, value, on_delivery)
+
+    def _failed(self, err: KafkaError, msg: Message, on_delivery: Callable[..., None]) -> None:
+        topic = msg.topic() or "unknown"
+        metrics.PRODUCE_ERRORS.labels(SERVICE, topic).inc()
+        if err.fatal():
+            self._fatal = f"Kafka producer fatal error: {err}"
+            return
+        # Not acked, so the broker would redeliver only after a reconnect: retry here.
+        log.warning("delivery to %s failed: %s; retrying", topic, err)
+        value = msg.value() or b""
+        self._retry.append((topic, msg.key(), value, on_delivery))
+
+    def _ack(self, generation: int, mid: int, qos: int) -> None:
+        if qos and generation == self._generation and self._client is not None:
+            self._client.ack(mid, qos)
+
+    def _delivered(self, generation: int, mid: int, qos: int, stream: str, ts: float,
+                   err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed(err, msg, partial(self._delivered, generation, mid, qos, stream, ts))
+            return
+        self._ack(generation, mid, qos)
+        self.produced += 1
+        self._out[stream]()
+        self._latency[stream](self.clock() - ts)
+
+    def _dead_lettered(self, generation: int, mid: int, qos: int, reason: str,
+                       err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed(err, msg, partial(self._dead_lettered, generation, mid, qos, reason))
+            return
+        self._ack(generation, mid, qos)
+        self.dead_lettered += 1
+        metrics.DLQ_MESSAGES.labels(SERVICE, reason).inc()
+
+    def _kafka_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = f"Kafka producer fatal error: {err}"
+        else:
+            log.warning("Kafka: %s", err)

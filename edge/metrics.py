@@ -1,0 +1,84 @@
+"""Prometheus metrics every edge service exposes, and the HTTP server that serves them.
+
+Each service process serves ``/metrics`` on ``[metrics] base_port + its offset`` (see
+``edge/services.py``). The metric families below are shared so dashboards read the same names
+for every service; a service labels them with its own ``service`` name. Names follow the
+Prometheus conventions (``_total`` counters, base units, ``_seconds`` histograms) and pass
+``promtool check metrics``.
+
+Use the children once per stream rather than calling ``labels()`` per message:
+
+>>> inc = MESSAGES_IN.labels(service="bridge", stream="telemetry").inc
+>>> inc()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MESSAGES_IN = Counter(
+    "fleetsentry_messages_in",
+    "Messages a service received from its input, by stream.",
+    ["service", "stream"],
+)
+MESSAGES_OUT = Counter(
+    "fleetsentry_messages_out",
+    "Messages a service wrote to its output and the broker confirmed, by stream.",
+    ["service", "stream"],
+)
+DLQ_MESSAGES = Counter(
+    "fleetsentry_dlq_messages",
+    "Rejected messages written to the dead-letter topic, by reason.",
+    ["service", "reason"],
+)
+PRODUCE_ERRORS = Counter(
+    "fleetsentry_produce_errors",
+    "Kafka produce attempts that failed (delivery report with an error or a full queue).",
+    ["service", "topic"],
+)
+CONSUMER_LAG = Gauge(
+    "fleetsentry_consumer_lag_messages",
+    "Messages between a consumer's position and the partition's end offset.",
+    ["service", "topic", "partition"],
+)
+# Device time to broker-confirmed output: spans vehicle clocks, MQTT queueing and Kafka.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+END_TO_END_LATENCY = Histogram(
+    "fleetsentry_end_to_end_latency_seconds",
+    "Seconds from the event's device timestamp until its output was confirmed by Kafka.",
+    ["service", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def serve(host: str, port: int | None) -> Any:
+    """Serve the default registry on ``host:port`` (``None`` or 0: metrics off).
+
+    Returns the server (``shutdown()`` stops it) or None. Runs in a daemon thread.
+    """
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    return server
+
+
+def update_consumer_lag(service: str, consumer: Any, partitions: Iterable[Any] | None = None) -> int:
+    """Set CONSUMER_LAG for each assigned partition of a confluent-kafka ``consumer``.
+
+    Uses the cached watermarks (no broker round trip); needs ``statistics.interval.ms`` or a
+    recent fetch to be current. Returns the total lag.
+    """
+    total = 0
+    parts = list(partitions) if partitions is not None else consumer.assignment()
+    positions = consumer.position(parts) if parts else []
+    for tp in positions:
+        _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high is None or high < 0:
+            continue
+        lag = max(0, high - tp.offset) if tp.offset >= 0 else high
+        CONSUMER_LAG.labels(service=service, topic=tp.topic, partition=str(tp.partition)).set(lag)
+        total += lag
+    return total
