@@ -16,6 +16,7 @@ import click
 
 from edge import config as edge_config
 from edge.services import SERVICES, Service
+from edge.vault.cli import vault as vault_commands
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -72,6 +73,7 @@ def _service_command(service: Service) -> click.Command:
 
 for _svc in SERVICES:
     edge.add_command(_service_command(_svc))
+edge.add_command(vault_commands)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,35 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     send_approvals: bool = True
 
 
+class VaultSettings(_Section, frozen=True, kw_only=True):
+    """``[vault]``: the encrypted PII store (default paths: under ``data_dir``)."""
+
+    # SQLite file (default: <data_dir>/vault.sqlite).
+    path: Path | None = None
+    # The master key (created 0600 when missing; default: <data_dir>/vault.key). Back it up
+    # apart from the database: without it the vault cannot be read.
+    key_file: Path | None = None
+    # The fleet secret tokens are keyed with: the SAME file on every gateway of a fleet, so a
+    # card gets one token everywhere (created when missing; default: <data_dir>/fleet.secret).
+    fleet_secret_file: Path | None = None
+    # Values not seen for this many days are deleted (`fleetsentry edge vault purge`).
+    retention_days: Annotated[float, Meta(gt=0)] = 90.0
+
+
+class EnricherSettings(_Section, frozen=True, kw_only=True):
+    """``[enricher]``: raw.* -> vault + anon.*, exactly once through Kafka transactions."""
+
+    group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] = "fleetsentry-enricher"
+    # Records consumed and written per transaction, and the longest wait to fill a batch.
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 5000
+    batch_wait_ms: Annotated[float, Meta(ge=0, le=10_000)] = 100.0
+    # Event ids remembered per raw partition to drop the bridge's redeliveries.
+    dedup_window: Annotated[int, Meta(ge=1000, le=10_000_000)] = 200_000
+    linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
+    compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
+    transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000
+
+
 class EdgeConfig(_Section, frozen=True, kw_only=True):
     edge_id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "edge-1"
     data_dir: Path = Path("~/.local/share/fleetsentry/edge").expanduser()
@@ -99,6 +128,8 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
     scorer: ScorerSettings = msgspec.field(default_factory=ScorerSettings)
+    vault: VaultSettings = msgspec.field(default_factory=VaultSettings)
+    enricher: EnricherSettings = msgspec.field(default_factory=EnricherSettings)
 
 
 def load(path: str | Path | None) -> EdgeConfig:
