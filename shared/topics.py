@@ -26,6 +26,9 @@ class Topic:
     # Replicated edge -> cloud by MirrorMaker 2. raw.* never is: it holds PII.
     replicate: bool = False
     max_message_bytes: int | None = None
+    # Roll segments this often: compaction only cleans closed segments, so a changelog that
+    # is rewritten all day needs short ones to stay quick to restore.
+    segment_ms: int | None = None
 
     def configs(self) -> dict[str, str]:
         conf = {
@@ -34,6 +37,8 @@ class Topic:
         }
         if self.max_message_bytes:
             conf["max.message.bytes"] = str(self.max_message_bytes)
+        if self.segment_ms:
+            conf["segment.ms"] = str(self.segment_ms)
         return conf
 
 
@@ -49,6 +54,11 @@ MODEL_STATUS = "model-status"
 MODELS = "models"
 CLOUD_MODELS = "cloud.models"
 LABELS = "labels"
+# The enricher's per-key feature state and dedup windows, written in its transactions.
+# Edge only (never replicated): it holds last positions of vehicles and cards.
+ENRICHER_STATE = "enricher.state"
+# The scorer's open alert episodes, written in its transactions (a restart resumes them).
+SCORER_EPISODES = "scorer.episodes"
 
 # Models are a few hundred KB; raised deliberately rather than chunked.
 MODEL_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -67,6 +77,8 @@ def _edge_topics() -> list[Topic]:
         Topic(MODEL_STATUS, "edge", partitions=1, replicate=True),
         Topic(CLOUD_MODELS, "edge", partitions=1, compacted=True,
               max_message_bytes=MODEL_MESSAGE_BYTES),
+        Topic(ENRICHER_STATE, "edge", partitions=1, compacted=True, segment_ms=HOUR_MS // 6),
+        Topic(SCORER_EPISODES, "edge", partitions=1, compacted=True),
     ]
     return topics
 

@@ -1,0 +1,212 @@
+"""Alert episodes: a run of anomalous events from one token is one alert, not one per second.
+
+An episode opens when ``open_events`` anomalous events from a token fall within
+``open_window_s`` seconds (event time, from the device), so a single noisy frame raises nothing.
+While open, further anomalous events extend it and a new peak is reported at most every
+``update_interval_s``; it closes after ``quiet_gap_s`` seconds without an anomalous event, seen
+either from the token's own next normal event or from the stream's event-time watermark (a
+vehicle that goes silent still gets its episode closed).
+
+The tracker is pure: events in, alerts out. Its per-token state serializes to bytes so the
+service can keep it in a compacted topic written inside the same transaction as the alerts,
+which is what lets a restarted scorer carry on an open episode instead of opening a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from shared.contracts import Alert, Contribution
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    open_events: int = 3
+    open_window_s: float = 10.0
+    quiet_gap_s: float = 30.0
+    update_interval_s: float = 10.0
+    max_event_ids: int = 50
+
+
+class _Pending(msgspec.Struct, array_like=True):
+    ts: float
+    event_id: str
+    score: float
+    top: list[Contribution]
+
+
+class _Episode(msgspec.Struct):
+    alert_id: str
+    start_ts: float
+    peak_ts: float
+    peak_score: float
+    end_ts: float
+    threshold: float
+    model_version: str
+    top: list[Contribution]
+    event_ids: list[str]
+    last_emit_ts: float
+    peak_emitted: bool = True
+
+
+class TokenState(msgspec.Struct):
+    pending: list[_Pending] = msgspec.field(default_factory=list)
+    episode: _Episode | None = None
+
+    def empty(self) -> bool:
+        return not self.pending and self.episode is None
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(TokenState)
+
+TopFn = Callable[[], list[Contribution]]
+
+
+def alert_id(stream: str, token: str, first_event_id: str) -> str:
+    """Deterministic, so a replay after a crash names the same episode the same way."""
+    digest = hashlib.sha256(f"{stream}\0{token}\0{first_event_id}".encode()).hexdigest()
+    return f"{stream[:3]}-{digest[:32]}"
+
+
+class EpisodeTracker:
+    """Per-token episode state for one stream."""
+
+    def __init__(self, stream: str, settings: EpisodeSettings | None = None) -> None:
+        self.stream = stream
+        self.settings = settings or EpisodeSettings()
+        self.states: dict[str, TokenState] = {}
+        self.dirty: set[str] = set()
+
+    # --- persistence ---------------------------------------------------------------------
+
+    def restore(self, token: str, data: bytes | None) -> None:
+        """Apply one record of the state topic (``None`` is a tombstone)."""
+        if data is None:
+            self.states.pop(token, None)
+        else:
+            self.states[token] = _dec.decode(data)
+
+    def drain_dirty(self) -> dict[str, bytes | None]:
+        """State records changed since the last drain: bytes, or None where a token is clear."""
+        out: dict[str, bytes | None] = {}
+        for token in self.dirty:
+            st = self.states.get(token)
+            out[token] = None if st is None else _enc.encode(st)
+        self.dirty.clear()
+        return out
+
+    def open_count(self) -> int:
+        return sum(1 for st in self.states.values() if st.episode is not None)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def observe(self, token: str, event_id: str, ts: float, score: float, threshold: float,
+                model_version: str, top: TopFn) -> list[Alert]:
+        """Feed one scored event; ``top`` is only called for anomalous events."""
+        st = self.states.get(token)
+        anomalous = score > threshold
+        if st is None and not anomalous:
+            return []  # the hot path: a normal event from a quiet vehicle
+        if st is None:
+            st = self.states[token] = TokenState()
+        self.dirty.add(token)
+        alerts: list[Alert] = []
+        ep = st.episode
+        if ep is not None and ts - ep.end_ts > self.settings.quiet_gap_s:
+            alerts.append(self._close(token, st))
+            ep = None
+        if anomalous:
+            contributions = top()
+            if ep is not None:
+                alerts += self._extend(token, ep, event_id, ts, score, contributions)
+            else:
+                st.pending.append(_Pending(ts, event_id, score, contributions))
+                self._prune(st, ts)
+                if len(st.pending) >= self.settings.open_events:
+                    alerts.append(self._open(token, st, threshold, model_version))
+        else:
+            self._prune(st, ts)
+        if st.empty():
+            del self.states[token]
+        return alerts
+
+    def sweep(self, watermark: float) -> list[Alert]:
+        """Close episodes whose quiet gap has passed by the stream's event time."""
+        alerts: list[Alert] = []
+        gap, window = self.settings.quiet_gap_s, self.settings.open_window_s
+        for token in list(self.states):
+            st = self.states[token]
+            changed = False
+            if st.episode is not None and watermark - st.episode.end_ts > gap:
+                alerts.append(self._close(token, st))
+                changed = True
+            if st.pending and watermark - st.pending[-1].ts > window:
+                st.pending.clear()
+                changed = True
+            if changed:
+                self.dirty.add(token)
+                if st.empty():
+                    del self.states[token]
+        return alerts
+
+    # --- transitions -------------------------------------------------------------------------
+
+    def _prune(self, st: TokenState, now: float) -> None:
+        horizon = now - self.settings.open_window_s
+        if st.pending and st.pending[0].ts < horizon:
+            st.pending = [p for p in st.pending if p.ts >= horizon]
+
+    def _open(self, token: str, st: TokenState, threshold: float, model_version: str) -> Alert:
+        first = st.pending[0]
+        peak = max(st.pending, key=lambda p: p.score)
+        last = st.pending[-1]
+        st.episode = _Episode(
+            alert_id=alert_id(self.stream, token, first.event_id), start_ts=first.ts,
+            peak_ts=peak.ts, peak_score=peak.score, end_ts=last.ts, threshold=threshold,
+            model_version=model_version, top=peak.top,
+            event_ids=[p.event_id for p in st.pending][: self.settings.max_event_ids],
+            last_emit_ts=last.ts)
+        st.pending = []
+        return self._alert(token, st.episode, "open")
+
+    def _extend(self, token: str, ep: _Episode, event_id: str, ts: float, score: float,
+                top: Sequence[Contribution]) -> list[Alert]:
+        ep.end_ts = max(ep.end_ts, ts)
+        if len(ep.event_ids) < self.settings.max_event_ids:
+            ep.event_ids.append(event_id)
+        if score > ep.peak_score:
+            ep.peak_score, ep.peak_ts, ep.top = score, ts, list(top)
+            ep.peak_emitted = False
+        if not ep.peak_emitted and ts - ep.last_emit_ts >= self.settings.update_interval_s:
+            ep.last_emit_ts, ep.peak_emitted = ts, True
+            return [self._alert(token, ep, "update")]
+        return []
+
+    def _close(self, token: str, st: TokenState) -> Alert:
+        assert st.episode is not None
+        alert = self._alert(token, st.episode, "closed")
+        st.episode = None
+        return alert
+
+    def _alert(self, token: str, ep: _Episode, state: str) -> Alert:
+        return Alert(alert_id=ep.alert_id, stream=self.stream, token=token,
+                     state=state,  # type: ignore[arg-type]
+                     start_ts=ep.start_ts, peak_ts=ep.peak_ts, end_ts=ep.end_ts,
+                     peak_score=ep.peak_score, threshold=ep.threshold,
+                     event_ids=list(ep.event_ids), top_features=list(ep.top),
+                     model_version=ep.model_version)
+
+
+def single_event_alert(stream: str, token: str, event_id: str, ts: float, score: float,
+                       threshold: float, model_version: str,
+                       top: Sequence[Contribution]) -> Alert:
+    """A payment is its own episode: opened and closed by the one event."""
+    return Alert(alert_id=alert_id(stream, token, event_id), stream=stream, token=token,
+                 state="closed", start_ts=ts, peak_ts=ts, end_ts=ts, peak_score=score,
+                 threshold=threshold, event_ids=[event_id], top_features=list(top),
+                 model_version=model_version)

@@ -1,0 +1,127 @@
+"""Loading signed model directories and holding the one the scorer uses right now.
+
+A model is accepted only when its signature verifies against the fleet's public key, its
+manifest names this gateway's feature spec, and its feature list is what the shared feature
+code produces for the stream. ``ModelHolder.swap`` replaces the model between transactions,
+so every batch is scored by exactly one model version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.scorer.errors import ModelError
+from edge.scorer.scorers import FloatReferenceScorer, Scorer, TFLiteScorer
+from shared.contracts import ModelManifest
+
+BASELINE_DIR = Path(__file__).resolve().parent.parent / "models" / "baseline"
+BASELINE_PUBLIC_KEY = BASELINE_DIR / "fleet.pub"
+REFERENCE_FILE = "reference.npz"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A verified model: its manifest and a ready scorer."""
+
+    manifest: ModelManifest
+    scorer: Scorer
+    path: Path | None = None
+
+    @property
+    def stream(self) -> str:
+        return self.manifest.stream
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.threshold
+
+    @property
+    def features(self) -> list[str]:
+        return self.manifest.features
+
+
+def _feature_contract() -> tuple[str, Callable[[str], Sequence[str]]]:
+    from shared.features import FEATURE_SPEC_VERSION, model_features
+
+    return FEATURE_SPEC_VERSION, model_features
+
+
+def check_manifest(manifest: ModelManifest, stream: str) -> None:
+    """Refuse a model built for another stream or another version of the feature code."""
+    spec_version, model_features = _feature_contract()
+    if manifest.stream != stream:
+        raise ModelError(f"model {manifest.version} is for stream {manifest.stream!r}, "
+                         f"not {stream!r}")
+    if manifest.feature_spec != spec_version:
+        raise ModelError(f"model {manifest.version} was built for feature spec "
+                         f"{manifest.feature_spec!r}; this gateway computes {spec_version!r}")
+    expected = list(model_features(stream))
+    if list(manifest.features) != expected:
+        raise ModelError(f"model {manifest.version} takes features {manifest.features}; "
+                         f"the {stream} feature code produces {expected}")
+    n = len(expected)
+    if len(manifest.scaling.mean) != n or len(manifest.scaling.scale) != n:
+        raise ModelError(f"model {manifest.version}: scaling does not have {n} entries")
+
+
+def load_model(model_dir: str | Path, stream: str, public_key: str | Path | None = None,
+               reference: bool = False, max_batch: int = 4096) -> Model:
+    """Verify and load a model directory (``reference=True``: the float numpy scorer)."""
+    from shared.signing import SignatureError, verify_model_dir
+
+    model_dir = Path(model_dir)
+    key = Path(public_key) if public_key is not None else BASELINE_PUBLIC_KEY
+    try:
+        manifest = verify_model_dir(model_dir, key)
+    except SignatureError as exc:
+        raise ModelError(f"refusing model: {exc}") from None
+    check_manifest(manifest, stream)
+    mean, scale = manifest.scaling.mean, manifest.scaling.scale
+    scorer: Scorer
+    if reference:
+        ref = model_dir / REFERENCE_FILE
+        if not ref.exists():
+            raise ModelError(f"{model_dir}: no {REFERENCE_FILE} (float weights) beside the model")
+        scorer = FloatReferenceScorer.from_npz(ref, mean, scale)
+    else:
+        scorer = TFLiteScorer.from_file(model_dir / "model.tflite", mean, scale,
+                                        max_batch=max_batch)
+    return Model(manifest, scorer, model_dir)
+
+
+def baseline_dir(stream: str) -> Path:
+    return BASELINE_DIR / stream
+
+
+class ModelHolder:
+    """The current model of one stream. ``swap`` takes effect at the next batch boundary.
+
+    The scorer reads ``current`` once per batch (a plain attribute read is atomic), so a swap
+    from another thread never splits a batch between two models.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+        self.swaps = 0
+
+    @property
+    def current(self) -> Model:
+        return self._model
+
+    def swap(self, model: Model) -> Model:
+        """Install ``model``; returns the one it replaces (kept by callers for rollback)."""
+        if model.stream != self._model.stream:
+            raise ModelError(f"cannot swap a {model.stream} model into the "
+                             f"{self._model.stream} scorer")
+        with self._lock:
+            old, self._model = self._model, model
+            self.swaps += 1
+        return old
