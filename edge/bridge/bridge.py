@@ -84,6 +84,7 @@ class Bridge:
         # dropped, because the broker redelivers it anyway and its packet id may be reused.
         self._generation = 0
         self._connected = False
+        self._closing = False
         self._connect_error: str | None = None
         self._next_reconnect = 0.0
         self._reconnect_wait = RECONNECT_MIN_S
@@ -175,6 +176,7 @@ class Bridge:
             while self._connected and client.want_write() and time.monotonic() < deadline:
                 client.loop_write()
             # The session outlives this connection (expiry set at CONNECT): nothing is lost.
+            self._closing = True
             client.disconnect()
             client.loop(0.1)
         self._client = None
@@ -199,7 +201,7 @@ class Bridge:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:
-        if self._connected:
+        if self._connected and not self._closing:
             self._lost(f"disconnected: {reason}")
 
     def _lost(self, why: str) -> None:

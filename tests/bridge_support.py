@@ -1,0 +1,171 @@
+"""Run bridge processes against a Stack and read back what they produced (tests and bench)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared.infra.mosquitto import ADMIN_USER
+from shared.infra.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_edge_toml(path: Path, stack: Stack, edge_id: str, group: str,
+                    extra: str = "") -> Path:
+    """An edge.toml pointing at ``stack`` with its own edge id and subscription group."""
+    path.write_text(
+        f'edge_id = "{edge_id}"\n'
+        f'data_dir = "{path.parent / "data"}"\n'
+        f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n'
+        f'[mqtt]\nhost = "{stack.mqtt.host}"\nport = {stack.mqtt.port}\n'
+        f'credentials_file = "{stack.mqtt.credentials_path}"\n'
+        f"[metrics]\nbase_port = 0\n"
+        f'[bridge]\ngroup = "{group}"\n{extra}'
+    )
+    return path
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class BridgeProcess:
+    """``fleetsentry edge bridge`` as a child process (stdout/stderr to a log file)."""
+
+    def __init__(self, config: Path, instance: int = 0, metrics_port: int = 0,
+                 log: Path | None = None) -> None:
+        self.config = config
+        self.instance = instance
+        self.metrics_port = metrics_port
+        self.log = log or config.with_name(f"bridge-{instance}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BridgeProcess:
+        argv = [sys.executable, "-m", "edge.cli", "bridge", "--config", str(self.config),
+                "--instance", str(self.instance), "--metrics-port", str(self.metrics_port)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_connected(self, timeout: float = 60.0) -> None:
+        """Until the log says the bridge holds its MQTT session (its subscription exists)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited: {self.log.read_text()[-3000:]}")
+            if self.log.exists() and "connected as" in self.log.read_text():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"bridge did not connect: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            text: str = resp.read().decode()
+        return text
+
+
+def mqtt_client(stack: Stack, client_id: str, user: str = ADMIN_USER,
+                password: str | None = None, **kwargs: object) -> mqtt.Client:
+    """A connected MQTT 5 client (network loop started)."""
+    if password is None:
+        password = json.loads(stack.mqtt.credentials_path.read_text())[user]
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                    **kwargs)  # type: ignore[arg-type]
+    c.username_pw_set(user, password)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect(stack.mqtt.host, stack.mqtt.port, 30)
+    c.loop_start()
+    return c
+
+
+def publish_all(client: mqtt.Client, messages: Iterable[tuple[str, bytes]],
+                timeout: float = 60.0) -> int:
+    """Publish QoS 1 and wait until the broker acknowledged every message."""
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    deadline = time.monotonic() + timeout
+    for info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        assert info.is_published(), "broker did not acknowledge a publish in time"
+    return len(infos)
+
+
+def drop_session(stack: Stack, client_id: str, user: str = "fleetsentry-bridge") -> None:
+    """End a bridge's persistent session so the broker stops queueing for it."""
+    creds = json.loads(stack.mqtt.credentials_path.read_text())
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, creds[user])
+    c.connect(stack.mqtt.host, stack.mqtt.port, 30, clean_start=True)
+    c.loop_start()
+    time.sleep(0.3)
+    c.disconnect()
+    c.loop_stop()
+
+
+def read_topic(bootstrap: str, topic: str, done: object = None, timeout: float = 60.0,
+               idle: float = 5.0) -> list:
+    """Every record of ``topic`` from the start until ``done(records)`` or ``idle`` s quiet."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("read"),
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    meta = c.list_topics(topic, timeout=10)
+    c.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
+    out: list = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if callable(done) and done(out):
+                break
+            if time.monotonic() - last > idle and not callable(done):
+                break
+            for msg in c.consume(1000, 0.2):
+                if not msg.error():
+                    out.append(msg)
+                    last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def end_offsets(bootstrap: str, topic: str) -> int:
+    """Sum of the partitions' high watermarks: how many records ``topic`` holds."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm")})
+    try:
+        meta = c.list_topics(topic, timeout=10)
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in meta.topics[topic].partitions)
+    finally:
+        c.close()
