@@ -1,0 +1,1 @@
+"""Detection quality: metrics (numpy only), alert episodes, and the ``fleetsentry eval`` report."""

@@ -1,0 +1,177 @@
+"""Alert episodes and their scoring against labelled fault episodes.
+
+The edge opens an alert episode when ``open_events`` anomalous events of one token fall within
+``open_window_s`` seconds, and closes it after ``quiet_gap_s`` seconds without one. The same
+rule is replayed here over offline scores, so thresholds are chosen, and reports computed, on
+the episodes an operator would actually see.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class EpisodeRule:
+    open_events: int = 3
+    open_window_s: float = 10.0
+    quiet_gap_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class AlertEpisode:
+    token: str
+    start_ts: float  # first anomalous event of the episode
+    open_ts: float  # when the alert was raised (the event that completed ``open_events``)
+    end_ts: float  # last anomalous event
+
+
+@dataclass(frozen=True)
+class LabelEpisode:
+    episode_id: str
+    kind: str
+    token: str
+    start_ts: float
+    end_ts: float
+
+
+@dataclass
+class EpisodeReport:
+    episodes: int
+    detected: int
+    detected_within: int
+    within_s: float
+    false_alert_episodes: int
+    vehicle_hours: float
+    delays: list[float] = field(default_factory=list)
+    per_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def false_per_100h(self) -> float:
+        return 100.0 * self.false_alert_episodes / self.vehicle_hours if self.vehicle_hours else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = np.asarray(self.delays, dtype=np.float64)
+        return {
+            "episodes": self.episodes,
+            "detected": self.detected,
+            f"detected_within_{self.within_s:g}s": self.detected_within,
+            "detected_within_fraction": _ratio(self.detected_within, self.episodes),
+            "delay_p50_s": float(np.median(d)) if d.size else None,
+            "delay_max_s": float(d.max()) if d.size else None,
+            "false_alert_episodes": self.false_alert_episodes,
+            "vehicle_hours": round(self.vehicle_hours, 3),
+            "false_alert_episodes_per_100h": round(self.false_per_100h, 4),
+            "per_kind": self.per_kind,
+        }
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 6) if b else None
+
+
+def alert_episodes(
+    tokens: NDArray[Any], ts: NDArray[np.float64], anomalous: NDArray[np.bool_],
+    rule: EpisodeRule = EpisodeRule(),
+) -> list[AlertEpisode]:
+    """Replay the edge's episode rule over scored events (any order; sorted per token here)."""
+    idx = np.flatnonzero(anomalous)
+    by_token: dict[str, list[float]] = defaultdict(list)
+    for i in idx:
+        by_token[str(tokens[i])].append(float(ts[i]))
+    out: list[AlertEpisode] = []
+    for token, times in by_token.items():
+        times.sort()
+        pending: list[float] = []
+        current: list[float] | None = None  # [start, open, end]
+        for t in times:
+            if current is not None and t - current[2] > rule.quiet_gap_s:
+                out.append(AlertEpisode(token, *current))
+                current = None
+            if current is not None:
+                current[2] = t
+                continue
+            pending = [p for p in pending if p >= t - rule.open_window_s]
+            pending.append(t)
+            if len(pending) >= rule.open_events:
+                current = [pending[0], t, t]
+                pending = []
+        if current is not None:
+            out.append(AlertEpisode(token, *current))
+    return out
+
+
+def vehicle_hours(tokens: NDArray[Any], ts: NDArray[np.float64]) -> float:
+    """Observed hours summed over tokens (first to last event of each)."""
+    if ts.size == 0:
+        return 0.0
+    order = np.argsort(tokens, kind="stable")
+    tok, t = tokens[order], ts[order]
+    bounds = np.r_[0, np.flatnonzero(tok[1:] != tok[:-1]) + 1, tok.size]
+    total = 0.0
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        total += float(t[a:b].max() - t[a:b].min())
+    return total / 3600.0
+
+
+def evaluate_episodes(
+    alerts: Iterable[AlertEpisode], labels: Iterable[LabelEpisode], hours: float,
+    within_s: float = 60.0, margin_s: float = 0.0,
+) -> EpisodeReport:
+    """Match alert episodes to labelled episodes of the same token by time overlap.
+
+    A labelled episode is detected by the first alert raised between its start and its end
+    (plus ``margin_s``); its delay is that alert's raise time minus the episode start. An alert
+    episode overlapping no labelled episode is a false alert episode.
+    """
+    alerts = list(alerts)
+    labels = list(labels)
+    by_token: dict[str, list[LabelEpisode]] = defaultdict(list)
+    for lab in labels:
+        by_token[lab.token].append(lab)
+    alerts_by_token: dict[str, list[AlertEpisode]] = defaultdict(list)
+    false = 0
+    for a in alerts:
+        alerts_by_token[a.token].append(a)
+        if not any(a.start_ts <= lab.end_ts + margin_s and a.end_ts >= lab.start_ts - margin_s
+                   for lab in by_token.get(a.token, [])):
+            false += 1
+    report = EpisodeReport(len(labels), 0, 0, within_s, false, hours)
+    kinds: dict[str, list[float | None]] = defaultdict(list)
+    for lab in labels:
+        delay = _first_delay(lab, alerts_by_token.get(lab.token, []), margin_s)
+        kinds[lab.kind].append(delay)
+        if delay is not None:
+            report.detected += 1
+            report.delays.append(delay)
+            report.detected_within += delay <= within_s
+    for kind, delays in sorted(kinds.items()):
+        hit = [d for d in delays if d is not None]
+        within = sum(1 for d in hit if d <= within_s)
+        report.per_kind[kind] = {
+            "episodes": len(delays), "detected": len(hit),
+            "detected_within_fraction": _ratio(within, len(delays)),
+            "delay_p50_s": float(np.median(hit)) if hit else None,
+        }
+    return report
+
+
+def _first_delay(lab: LabelEpisode, alerts: list[AlertEpisode], margin_s: float) -> float | None:
+    """Delay to the first alert raised while the labelled episode runs.
+
+    An alert episode that opened before the fault and is still running when it starts counts
+    from the fault's start (the operator already sees an open alert for that vehicle).
+    """
+    best: float | None = None
+    for a in alerts:
+        if a.open_ts > lab.end_ts + margin_s or a.end_ts < lab.start_ts:
+            continue
+        delay = max(0.0, a.open_ts - lab.start_ts)
+        best = delay if best is None else min(best, delay)
+    return best

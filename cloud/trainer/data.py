@@ -1,0 +1,186 @@
+"""Training data: anonymized records of one stream as a feature matrix plus what evaluation needs.
+
+Records come either from simulator dry-run files (raw MQTT payloads passed through the shared
+anonymizer, exactly as the edge enricher does) or from anonymized Kafka topics. Labels join on
+``event_id``; an event without a label is presumed normal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+from cloud.trainer.errors import TrainerError
+from shared import streams
+from shared.contracts import AnonPayment, AnonTelemetry, Label
+from shared.errors import ContractError
+from shared.features import Anonymizer, feature_vector, model_features
+from shared.tokens import Tokenizer
+
+# Tokens only group events of one vehicle or card while training from files; any fleet secret
+# works, so files are anonymized under a fixed one unless the operator passes theirs.
+DEFAULT_TRAINING_SECRET = b"fleetsentry-offline-training"
+
+
+def key_token(record: AnonTelemetry | AnonPayment) -> str:
+    """The token an alert episode is keyed by: the vehicle (telemetry) or the card (payments)."""
+    return record.card_token if isinstance(record, AnonPayment) else record.vehicle_token
+
+
+@dataclass
+class Records:
+    """One stream's records, row-aligned: features and the columns evaluation joins on."""
+
+    stream: str
+    features: list[str]
+    x: NDArray[np.float32]
+    event_ids: NDArray[Any]
+    ts: NDArray[np.float64]
+    tokens: NDArray[Any]
+    kinds: NDArray[Any]  # "" for events without a label
+    episodes: NDArray[Any]
+    rejected: int = 0  # malformed messages skipped while reading
+
+    def __len__(self) -> int:
+        return int(self.ts.size)
+
+    @property
+    def labelled(self) -> NDArray[np.bool_]:
+        return self.kinds != ""
+
+    def take(self, idx: NDArray[Any]) -> Records:
+        return Records(self.stream, self.features, self.x[idx], self.event_ids[idx],
+                       self.ts[idx], self.tokens[idx], self.kinds[idx], self.episodes[idx],
+                       self.rejected)
+
+
+class RecordBuilder:
+    """Accumulates anon records of one stream, then freezes them into :class:`Records`."""
+
+    def __init__(self, stream: str, labels: dict[str, Label]) -> None:
+        self.stream = stream
+        self.features = model_features(stream)
+        self.labels = labels
+        self._rows: list[NDArray[np.float32]] = []
+        self._meta: list[tuple[str, float, str, str, str]] = []
+
+    def add(self, record: AnonTelemetry | AnonPayment) -> None:
+        label = self.labels.get(record.event_id)
+        self._rows.append(feature_vector(self.stream, record))
+        self._meta.append((record.event_id, record.ts, key_token(record),
+                           label.kind if label else "", label.episode_id if label else ""))
+
+    def build(self) -> Records:
+        n = len(self._rows)
+        x = np.vstack(self._rows) if n else np.zeros((0, len(self.features)), np.float32)
+        cols = list(zip(*self._meta, strict=True)) if n else [(), (), (), (), ()]
+        return Records(
+            stream=self.stream, features=self.features, x=x.astype(np.float32),
+            event_ids=np.array(cols[0], dtype=object), ts=np.array(cols[1], dtype=np.float64),
+            tokens=np.array(cols[2], dtype=object), kinds=np.array(cols[3], dtype=object),
+            episodes=np.array(cols[4], dtype=object),
+        )
+
+
+def records_from_messages(
+    messages: Iterable[tuple[str, bytes]], labels: Iterable[Label],
+    tokenizer: Tokenizer | None = None, on_progress: Any = None,
+) -> dict[str, Records]:
+    """Anonymize raw MQTT messages in publish order, as the edge does; one Records per stream.
+
+    ``on_progress(n)`` is called every 10,000 messages. Malformed payloads are counted and
+    skipped (the edge would send them to the dead-letter topic), never silently trained on.
+    """
+    label_map = {lab.event_id: lab for lab in labels}
+    anonymizer = Anonymizer(tokenizer or Tokenizer(DEFAULT_TRAINING_SECRET))
+    builders = {s.name: RecordBuilder(s.name, label_map) for s in streams.all_streams()}
+    rejected = 0
+    for n, (topic, payload) in enumerate(messages, 1):
+        if streams.by_mqtt_suffix(topic.rsplit("/", 1)[-1]) is None:
+            continue  # status and command topics carry no events to learn from
+        try:
+            record = anonymizer.message(topic, payload)
+        except ContractError:
+            rejected += 1
+            continue
+        builders[_stream_of(record)].add(record)
+        if on_progress is not None and n % 10_000 == 0:
+            on_progress(n)
+    out = {name: b.build() for name, b in builders.items()}
+    for r in out.values():
+        r.rejected = rejected
+    return out
+
+
+def _stream_of(record: AnonTelemetry | AnonPayment) -> str:
+    return "payments" if isinstance(record, AnonPayment) else "telemetry"
+
+
+def records_from_anon(stream: str, records: Iterable[AnonTelemetry | AnonPayment],
+                      labels: Iterable[Label]) -> Records:
+    """Records from already anonymized events (e.g. read from ``anon.<stream>``)."""
+    builder = RecordBuilder(stream, {lab.event_id: lab for lab in labels})
+    for record in records:
+        builder.add(record)
+    return builder.build()
+
+
+# --- dry-run files -----------------------------------------------------------------------
+
+
+class _Line(msgspec.Struct):
+    topic: str
+    payload: msgspec.Raw
+
+
+def read_events_file(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(topic, exact payload bytes) from a ``sim run --dry-run`` events file."""
+    decoder = msgspec.json.Decoder(_Line)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, generator-owned
+    except OSError as exc:
+        raise TrainerError(f"cannot read events file {path}: {exc.strerror}") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = decoder.decode(line)
+            except msgspec.DecodeError as exc:
+                raise TrainerError(f"{path}:{lineno}: not an events line ({exc})") from None
+            yield item.topic, bytes(item.payload)
+
+
+def read_labels_file(path: Path) -> list[Label]:
+    decoder = msgspec.json.Decoder(Label)
+    out: list[Label] = []
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise TrainerError(f"cannot read labels file {path}: {exc.strerror}") from None
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append(decoder.decode(line))
+            except msgspec.DecodeError as exc:
+                raise TrainerError(f"{path}:{lineno}: not a label ({exc})") from None
+    return out
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def time_split(records: Records, fractions: tuple[float, float, float]) -> tuple[Records, ...]:
+    """Train / validation / holdout by event time: the model is judged on data after it."""
+    if len(records) == 0:
+        raise TrainerError(f"no {records.stream} records to train on")
+    cuts = np.cumsum(fractions)[:-1] / sum(fractions)
+    bounds = np.quantile(records.ts, cuts)
+    part = np.searchsorted(bounds, records.ts, side="right")
+    return tuple(records.take(np.flatnonzero(part == i)) for i in range(3))

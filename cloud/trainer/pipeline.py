@@ -1,0 +1,229 @@
+"""One training run for one stream: split, scale, fit, quantize, check, threshold, manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from numpy.typing import NDArray
+
+from cloud.evaluation import metrics
+from cloud.evaluation.episodes import (
+    EpisodeRule,
+    LabelEpisode,
+    alert_episodes,
+    evaluate_episodes,
+    vehicle_hours,
+)
+from cloud.trainer import model as ae
+from cloud.trainer.data import Records, time_split
+from cloud.trainer.errors import QuantizationError, TrainerError
+from cloud.trainer.threshold import DEFAULT_RULES, ThresholdRule, choose_threshold, describe
+from shared import signing
+from shared.contracts import ModelManifest, Scaling, encode
+from shared.features import FEATURE_SPEC_VERSION
+
+REFERENCE_FILE = "reference.npz"
+SCORE_RULE = "mean squared reconstruction error of the scaled features; alert when score > threshold"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 12
+    batch_size: int = 1024
+    max_fit_rows: int = 200_000  # a subsample is plenty for a few thousand weights
+    hidden: tuple[int, ...] = (32, 12)
+    learning_rate: float = 3e-3
+    seed: int = 7
+    splits: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    max_auc_drop: float = 0.005
+    representative_rows: int = 2000
+    threshold: ThresholdRule | None = None  # None: the stream's default rule
+    episode_rule: EpisodeRule = field(default_factory=EpisodeRule)
+    detect_within_s: float = 60.0
+
+    def rule_for(self, stream: str) -> ThresholdRule:
+        return self.threshold or DEFAULT_RULES.get(stream, ThresholdRule("alert_rate", 0.001))
+
+
+@dataclass
+class TrainedModel:
+    manifest: ModelManifest
+    tflite: bytes
+    layers: list[ae.Layer]
+    # Scores of the holdout split (int8 and float), kept for reports and tests.
+    holdout: Records
+    holdout_int8: NDArray[np.float32]
+    holdout_float: NDArray[np.float32]
+
+
+Progress = Callable[[str, int, int, float | None], None]  # (phase, done, total, loss)
+
+
+def _noop(phase: str, done: int, total: int, loss: float | None) -> None:
+    return None
+
+
+def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
+                 parent: str | None = None, progress: Progress = _noop) -> TrainedModel:
+    """Train, quantize and evaluate one stream's model; raises QuantizationError on a bad int8."""
+    started = time.monotonic()
+    train, val, hold = time_split(records, settings.splits)
+    normal = train.x[~train.labelled]
+    if normal.shape[0] < 50:
+        raise TrainerError(f"only {normal.shape[0]} normal {records.stream} records in the "
+                           f"training split; need at least 50")
+    mean, std = ae.fit_scaling(normal)
+    xs_fit = ae.scale(_subsample(normal, settings.max_fit_rows, settings.seed), mean, std)
+    model = ae.build_autoencoder(xs_fit.shape[1], settings.hidden, settings.learning_rate,
+                                 settings.seed)
+    losses: list[float] = []
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        losses.append(loss)
+        progress(f"fit {records.stream}", epoch, settings.epochs, loss)
+
+    model.fit(xs_fit, xs_fit, epochs=settings.epochs, batch_size=settings.batch_size,
+              shuffle=True, verbose=0, callbacks=[ae.keras_progress_callback(on_epoch)])
+    layers = ae.dense_layers(model)
+    progress(f"quantize {records.stream}", 0, 1, None)
+    rep = xs_fit[_subsample_idx(xs_fit.shape[0], settings.representative_rows, settings.seed)]
+    tflite = ae.quantize(model, rep)
+    progress(f"quantize {records.stream}", 1, 1, None)
+    int8 = ae.Int8Model(tflite)
+    xs_val, xs_hold = ae.scale(val.x, mean, std), ae.scale(hold.x, mean, std)
+    hold_q, hold_f = int8.scores(xs_hold), ae.float_scores(layers, xs_hold)
+    quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
+    rule = settings.rule_for(records.stream)
+    val_q = int8.scores(xs_val)
+    threshold = choose_threshold(rule, val, val_q, settings.episode_rule)
+    m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
+    m["validation"] = metrics.summary(val.labelled, val_q, threshold)
+    m["quantization"] = quant
+    m["threshold_rule"] = describe(rule)
+    m["score_rule"] = SCORE_RULE
+    m["episode_rule"] = vars(settings.episode_rule).copy()
+    m["training"] = {
+        "records": len(records), "train": len(train), "validation": len(val),
+        "holdout": len(hold), "fit_rows": int(xs_fit.shape[0]), "epochs": settings.epochs,
+        "batch_size": settings.batch_size, "hidden": list(settings.hidden),
+        "loss": [round(v, 6) for v in losses], "seed": settings.seed,
+        "seconds": round(time.monotonic() - started, 1), "rejected_messages": records.rejected,
+    }
+    m["reference_sha256"] = hashlib.sha256(reference_bytes(layers)).hexdigest()
+    manifest = ModelManifest(
+        stream=records.stream, version=_version(records.stream, tflite),
+        feature_spec=FEATURE_SPEC_VERSION, features=list(records.features),
+        scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in std]),
+        threshold=float(threshold), input_quant=int8.input_quant, output_quant=int8.output_quant,
+        metrics=m, data_range=(float(records.ts.min()), float(records.ts.max())),
+        parent=parent, created_ts=time.time(),
+    )
+    return TrainedModel(manifest, tflite, layers, hold, hold_q, hold_f)
+
+
+def check_quantization(labels: NDArray[np.bool_], float_scores: NDArray[np.float32],
+                       int8_scores: NDArray[np.float32], max_drop: float) -> dict[str, Any]:
+    """Fail when the int8 model's holdout ROC AUC is more than ``max_drop`` below float's."""
+    if not labels.any() or labels.all():
+        raise TrainerError("the holdout split needs both normal and labelled events to check "
+                           "the int8 model; pass the labels file (or more data)")
+    auc_f = metrics.roc_auc(labels, float_scores)
+    auc_q = metrics.roc_auc(labels, int8_scores)
+    result = {
+        "float_roc_auc": round(auc_f, 6), "int8_roc_auc": round(auc_q, 6),
+        "max_drop": max_drop,
+        "score_mean_abs_diff": float(np.mean(np.abs(int8_scores - float_scores))),
+    }
+    if auc_q < auc_f - max_drop:
+        raise QuantizationError(
+            f"int8 model ROC AUC {auc_q:.4f} is {auc_f - auc_q:.4f} below the float model's "
+            f"{auc_f:.4f} (allowed: {max_drop}); check the representative dataset and scaling"
+        )
+    return result
+
+
+def evaluation_metrics(hold: Records, int8_scores: NDArray[np.float32],
+                       float_scores: NDArray[np.float32], threshold: float,
+                       settings: TrainSettings) -> dict[str, Any]:
+    y = hold.labelled
+    out: dict[str, Any] = {"holdout": metrics.summary(y, int8_scores, threshold)}
+    out["holdout_float"] = {"roc_auc": metrics._finite(metrics.roc_auc(y, float_scores)),
+                            "pr_auc": metrics._finite(metrics.pr_auc(y, float_scores))}
+    per_kind: dict[str, Any] = {}
+    for kind in sorted(set(hold.kinds[y])):
+        mask = ~y | (hold.kinds == kind)
+        s = metrics.summary(hold.kinds[mask] == kind, int8_scores[mask], threshold)
+        per_kind[kind] = {k: s[k] for k in ("positives", "roc_auc", "pr_auc", "recall")}
+    out["per_kind"] = per_kind
+    if hold.stream == "telemetry":
+        out["episodes"] = episode_metrics(hold, int8_scores, threshold, settings)
+    return out
+
+
+def label_episodes(records: Records) -> list[LabelEpisode]:
+    """Labelled episodes as seen in ``records``: their token and first/last labelled event."""
+    spans: dict[str, list[Any]] = {}
+    for i in np.flatnonzero(records.labelled):
+        ep, t = str(records.episodes[i]), float(records.ts[i])
+        span = spans.get(ep)
+        if span is None:
+            spans[ep] = [str(records.kinds[i]), str(records.tokens[i]), t, t]
+        else:
+            span[2], span[3] = min(span[2], t), max(span[3], t)
+    return [LabelEpisode(ep, k, tok, s, e) for ep, (k, tok, s, e) in spans.items()]
+
+
+def episode_metrics(hold: Records, scores: NDArray[np.float32], threshold: float,
+                    settings: TrainSettings) -> dict[str, Any]:
+    alerts = alert_episodes(hold.tokens, hold.ts, scores > threshold, settings.episode_rule)
+    report = evaluate_episodes(alerts, label_episodes(hold), vehicle_hours(hold.tokens, hold.ts),
+                               within_s=settings.detect_within_s)
+    return report.as_dict()
+
+
+def _subsample_idx(n: int, k: int, seed: int) -> NDArray[np.int64]:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def _subsample(x: NDArray[np.float32], k: int, seed: int) -> NDArray[np.float32]:
+    return x[_subsample_idx(x.shape[0], k, seed)]
+
+
+def _version(stream: str, tflite: bytes) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stream}-{stamp}-{hashlib.sha256(tflite).hexdigest()[:8]}"
+
+
+def reference_bytes(layers: list[ae.Layer]) -> bytes:
+    """Float weights for the edge's numpy reference scorer: w0, b0, ..., activations."""
+    arrays: dict[str, NDArray[Any]] = {"activations": np.array([a for _, _, a in layers])}
+    for i, (w, b, _a) in enumerate(layers):
+        arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def write_model_dir(trained: TrainedModel, out_dir: Path,
+                    private_key: Ed25519PrivateKey) -> Path:
+    """model.tflite, manifest.json, reference.npz and the signature over the first two."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / signing.MODEL_FILE).write_bytes(trained.tflite)
+    manifest = msgspec.json.format(encode(trained.manifest), indent=2) + b"\n"
+    (out_dir / signing.MANIFEST_FILE).write_bytes(manifest)
+    (out_dir / REFERENCE_FILE).write_bytes(reference_bytes(trained.layers))
+    signing.sign_model_dir(out_dir, private_key)
+    signing.verify_model_dir(out_dir, private_key.public_key())  # never ship what fails
+    return out_dir

@@ -1,0 +1,114 @@
+"""Choosing the alert threshold on the validation split.
+
+Three rules, one per operator question:
+- ``alert_rate``: flag about this fraction of normal events;
+- ``precision``: the most recall whose precision reaches this value (payments: few false
+  declines);
+- ``false_episodes``: at most this many false alert episodes per 100 vehicle-hours, replaying
+  the edge's episode rule (telemetry: a fleet manager's pager).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cloud.evaluation import metrics
+from cloud.evaluation.episodes import EpisodeRule, alert_episodes, vehicle_hours
+from cloud.trainer.data import Records
+from cloud.trainer.errors import TrainerError
+
+Mode = Literal["alert_rate", "precision", "false_episodes"]
+MODES: tuple[str, ...] = ("alert_rate", "precision", "false_episodes")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    mode: Mode
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TrainerError(f"threshold rule {self.mode!r} unknown; use one of {MODES}")
+        if self.value < 0 or (self.mode != "false_episodes" and self.value >= 1):
+            raise TrainerError(f"threshold rule {self.mode}={self.value} is out of range")
+
+    @classmethod
+    def parse(cls, text: str) -> ThresholdRule:
+        """``precision=0.9``, ``alert_rate=0.001`` or ``false_episodes=0.5``."""
+        mode, sep, value = text.partition("=")
+        try:
+            return cls(mode.strip(), float(value))  # type: ignore[arg-type]
+        except ValueError:
+            raise TrainerError(f"threshold rule {text!r}: expected MODE=NUMBER with MODE one "
+                               f"of {MODES}") from None
+
+
+DEFAULT_RULES = {
+    "payments": ThresholdRule("precision", 0.9),
+    "telemetry": ThresholdRule("false_episodes", 0.5),
+}
+
+
+def choose_threshold(rule: ThresholdRule, val: Records, scores: NDArray[np.float32],
+                     episode_rule: EpisodeRule) -> float:
+    if scores.size == 0:
+        raise TrainerError(f"the {val.stream} validation split is empty")
+    y = val.labelled
+    if rule.mode == "alert_rate":
+        return metrics.threshold_for_alert_rate(scores[~y], rule.value)
+    if rule.mode == "precision":
+        if not y.any():
+            raise TrainerError("the precision rule needs labelled anomalies in the validation "
+                               "split; pass labels or use alert_rate=...")
+        return metrics.threshold_for_precision(y, scores, rule.value)
+    return threshold_for_false_episodes(val, scores, rule.value, episode_rule)
+
+
+def false_episode_rate(val: Records, scores: NDArray[np.float32], threshold: float,
+                       rule: EpisodeRule, hours: float) -> float:
+    """False alert episodes per 100 vehicle-hours if ``threshold`` were used."""
+    labelled = _labelled_spans(val)
+    false = 0
+    for ep in alert_episodes(val.tokens, val.ts, scores > threshold, rule):
+        spans = labelled.get(ep.token, ())
+        if not any(ep.start_ts <= end and ep.end_ts >= start for start, end in spans):
+            false += 1
+    return 100.0 * false / hours if hours else 0.0
+
+
+def _labelled_spans(val: Records) -> dict[str, list[tuple[float, float]]]:
+    spans: dict[str, dict[str, list[float]]] = {}
+    for i in np.flatnonzero(val.labelled):
+        tok, ep = str(val.tokens[i]), str(val.episodes[i])
+        span = spans.setdefault(tok, {}).setdefault(ep, [float(val.ts[i]), float(val.ts[i])])
+        span[0], span[1] = min(span[0], float(val.ts[i])), max(span[1], float(val.ts[i]))
+    return {tok: [(s, e) for s, e in eps.values()] for tok, eps in spans.items()}
+
+
+def threshold_for_false_episodes(val: Records, scores: NDArray[np.float32], target: float,
+                                 rule: EpisodeRule) -> float:
+    """The lowest threshold keeping false alert episodes at or under ``target`` per 100 h.
+
+    Candidates are the top scores of normal events; the rate falls (almost) monotonically as
+    the threshold rises, so a binary search over them is enough.
+    """
+    hours = vehicle_hours(val.tokens, val.ts)
+    normal = np.unique(scores[~val.labelled])[::-1][:20_000]  # descending
+    if normal.size == 0:
+        raise TrainerError("no normal events in the validation split")
+    lo, hi = 0, normal.size - 1  # normal[0] (the max) gives zero false episodes
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if false_episode_rate(val, scores, float(normal[mid]), rule, hours) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return float(normal[lo])
+
+
+def describe(rule: ThresholdRule) -> dict[str, Any]:
+    return {"mode": rule.mode, "value": rule.value}
