@@ -46,6 +46,8 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     Service("bridge", "edge.bridge.service:run", 0,
             "MQTT -> raw.* (validated; rejects to dlq.ingest).", processes="bridge.processes"),
+    Service("scorer", "edge.scorer.service:run", 2,
+            "anon.* -> scores.*, alerts, payment decisions (int8 models), exactly once."),
 )
 
 

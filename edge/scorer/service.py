@@ -1,0 +1,339 @@
+"""The scorer service: anon.* -> scores.*, alerts, and payment decisions, exactly once.
+
+Each micro-batch is one Kafka transaction holding its scores, alerts, episode-state records
+and the consumed offsets, so a crash at any point either publishes all of a batch or none of
+it, and the restarted scorer carries on from the last committed batch with the same episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from edge.config import EdgeConfig, ScorerSettings
+from edge.scorer.decisions import decide
+from edge.scorer.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
+from edge.scorer.errors import ScorerError
+from edge.scorer.explain import top_features
+from edge.scorer.model import Model, ModelHolder, baseline_dir, load_model
+from shared import topics
+from shared.contracts import (
+    AnonPayment,
+    AnonTelemetry,
+    Contribution,
+    DeadLetter,
+    Decision,
+    Score,
+    decode,
+    encode,
+)
+from shared.errors import ContractError
+from shared.streams import PAYMENTS, TELEMETRY
+
+log = logging.getLogger("scorer")
+
+STREAMS = (TELEMETRY.name, PAYMENTS.name)
+_INPUT = {TELEMETRY.anon_topic: TELEMETRY.name, PAYMENTS.anon_topic: PAYMENTS.name}
+_ANON: dict[str, type[msgspec.Struct]] = {TELEMETRY.name: AnonTelemetry,
+                                         PAYMENTS.name: AnonPayment}
+_SCORES = {TELEMETRY.name: TELEMETRY.scores_topic, PAYMENTS.name: PAYMENTS.scores_topic}
+
+VinLookup = Callable[[str], "str | None"]
+DecisionSink = Callable[[str, Decision], None]
+
+
+def episode_settings(s: ScorerSettings) -> EpisodeSettings:
+    return EpisodeSettings(open_events=s.episode_open_events,
+                           open_window_s=s.episode_open_window_s,
+                           quiet_gap_s=s.episode_quiet_gap_s,
+                           update_interval_s=s.episode_update_interval_s)
+
+
+def model_dir_for(settings: ScorerSettings, stream: str) -> Path:
+    if settings.models_dir is not None and (settings.models_dir / stream).is_dir():
+        return settings.models_dir / stream
+    return baseline_dir(stream)
+
+
+def load_models(settings: ScorerSettings) -> dict[str, ModelHolder]:
+    """The signed model of every stream (configured directory, else the shipped baseline)."""
+    return {s: ModelHolder(load_model(model_dir_for(settings, s), s, settings.public_key,
+                                      max_batch=settings.max_batch)) for s in STREAMS}
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced (counts, for metrics and tests)."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    anomalous: dict[str, int] = field(default_factory=dict)
+    alerts: int = 0
+    decisions: int = 0
+    rejected: int = 0
+
+
+class _Out:
+    """Records of one transaction, produced in order once scoring is done."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def add(self, topic: str, key: str | None, value: bytes | None) -> None:
+        self.records.append((topic, key.encode() if key is not None else None, value))
+
+
+class ScorerService:
+    """Constructing it does no I/O: ``start()`` connects, ``step()`` runs one batch."""
+
+    def __init__(self, config: EdgeConfig, holders: dict[str, ModelHolder] | None = None,
+                 vin_lookup: VinLookup | None = None, send_decision: DecisionSink | None = None,
+                 instance: int = 0) -> None:
+        self.config = config
+        self.settings = config.scorer
+        self.holders = holders
+        self.vin_lookup = vin_lookup
+        self.send_decision = send_decision
+        self.instance = instance
+        self.tracker = EpisodeTracker(TELEMETRY.name, episode_settings(self.settings))
+        self.watermark = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._label: Callable[[str], str] = str
+        self._matrix: Callable[[str, list[Any]], Any] | None = None
+        self._closers: list[Callable[[], None]] = []
+        self.decisions_unrouted = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.config.edge_id}-scorer"
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.config.edge_id}-scorer-{self.instance}"
+
+    def start(self) -> None:
+        from shared.features import feature_label, feature_matrix
+
+        self._label, self._matrix = feature_label, feature_matrix
+        if self.holders is None:
+            self.holders = load_models(self.settings)
+        for stream, h in self.holders.items():
+            log.info("%s model %s (threshold %.4g)", stream, h.current.version, h.current.threshold)
+        bootstrap = self.config.kafka.bootstrap
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
+            "enable.idempotence": True, "acks": "all", "linger.ms": 2,
+            "compression.type": "lz4", "transaction.timeout.ms": 60_000,
+            "queue.buffering.max.messages": 1_000_000,
+        })
+        # Fences any earlier instance with this id and aborts its open transaction.
+        self._producer.init_transactions(30)
+        self._restore_episodes(bootstrap)
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": self.group_id,
+            "isolation.level": "read_committed", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
+            "client.id": f"{self.transactional_id}",
+        })
+        self._consumer.subscribe(list(_INPUT))
+
+    def _restore_episodes(self, bootstrap: str) -> None:
+        """Replay the compacted episode topic (read_committed) into the tracker."""
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{self.group_id}-restore",
+                      "isolation.level": "read_committed", "enable.auto.commit": False,
+                      "enable.partition.eof": True})
+        try:
+            meta = c.list_topics(topics.SCORER_EPISODES, timeout=10)
+            tmeta = meta.topics.get(topics.SCORER_EPISODES)
+            if tmeta is None or tmeta.error is not None:
+                raise ScorerError(f"topic {topics.SCORER_EPISODES} is missing: run "
+                                  f"`fleetsentry infra up` (it creates the edge topics)")
+            parts = [TopicPartition(topics.SCORER_EPISODES, p, 0) for p in tmeta.partitions]
+            c.assign(parts)
+            pending, n = {p.partition for p in parts}, 0
+            deadline = time.monotonic() + 60
+            while pending and time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                    continue
+                self.tracker.restore(msg.key().decode(), msg.value())
+                n += 1
+            if pending:
+                raise ScorerError(f"could not read {topics.SCORER_EPISODES} to its end in 60s")
+            self.tracker.dirty.clear()
+            log.info("restored %d episode records, %d open episodes", n,
+                     self.tracker.open_count())
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+        for fn in reversed(self._closers):
+            fn()
+        self._closers.clear()
+
+    # --- the batch loop ------------------------------------------------------------------------
+
+    def step(self) -> BatchResult | None:
+        """Score one micro-batch in one transaction; None when nothing arrived."""
+        assert self._consumer is not None and self._producer is not None, "start() first"
+        msgs = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
+        msgs = [m for m in msgs if self._usable(m)]
+        if not msgs:
+            return None
+        out, result = _Out(), BatchResult()
+        by_stream: dict[str, list[Message]] = {}
+        for m in msgs:
+            by_stream.setdefault(_INPUT[m.topic()], []).append(m)
+        for stream, batch in by_stream.items():
+            self._score_stream(stream, batch, out, result)
+        for alert in self.tracker.sweep(self.watermark):
+            out.add(topics.ALERTS, alert.token, encode(alert))
+            result.alerts += 1
+        for token, state in self.tracker.drain_dirty().items():
+            out.add(topics.SCORER_EPISODES, token, state)
+        self._commit(out, msgs)
+        return result
+
+    def _usable(self, m: Message) -> bool:
+        err = m.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            if err.fatal():
+                raise ScorerError(f"Kafka consumer failed: {err}")
+            log.warning("consumer: %s", err)
+        return False
+
+    def _commit(self, out: _Out, msgs: list[Message]) -> None:
+        assert self._consumer is not None and self._producer is not None
+        p = self._producer
+        offsets: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            offsets[(m.topic(), m.partition())] = m.offset() + 1
+        p.begin_transaction()
+        for topic, key, value in out.records:
+            while True:
+                try:
+                    p.produce(topic, value=value, key=key)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        p.send_offsets_to_transaction(
+            [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
+            self._consumer.consumer_group_metadata(), 30)
+        # Any failure here raises: the process exits and restarts from the last commit.
+        p.commit_transaction(60)
+
+    def _decode(self, stream: str, batch: list[Message], out: _Out,
+                result: BatchResult) -> list[Any]:
+        kind, records = _ANON[stream], []
+        for m in batch:
+            try:
+                records.append(decode(kind, m.value()))
+            except ContractError as exc:
+                result.rejected += 1
+                dl = DeadLetter(source=m.topic(), reason="contract", detail=str(exc),
+                                received_ts=time.time(), payload=m.value() or b"")
+                out.add(topics.DLQ_INGEST, None, encode(dl))
+        return records
+
+    def _score_stream(self, stream: str, batch: list[Message], out: _Out,
+                      result: BatchResult) -> None:
+        assert self.holders is not None and self._matrix is not None
+        records = self._decode(stream, batch, out, result)
+        if not records:
+            return
+        model: Model = self.holders[stream].current  # one model for the whole batch
+        scores, errors = model.scorer.score_batch(self._matrix(stream, records))
+        thr, version, names = model.threshold, model.version, model.features
+        scores_topic = _SCORES[stream]
+        telemetry = stream == TELEMETRY.name
+        n_anom = 0
+        for i, rec in enumerate(records):
+            score = float(scores[i])
+            anomalous = score > thr
+            token = rec.vehicle_token if telemetry else rec.card_token
+            n_anom += anomalous
+            out.add(scores_topic, token, encode(Score(
+                event_id=rec.event_id, ts=rec.ts, stream=stream, token=token, score=score,
+                threshold=thr, model_version=version, anomalous=anomalous)))
+            row = errors[i]
+
+            def top(row: Any = row) -> list[Contribution]:
+                return top_features(row, names, self._label)
+
+            if telemetry:
+                if rec.ts > self.watermark:
+                    self.watermark = rec.ts
+                alerts = self.tracker.observe(token, rec.event_id, rec.ts, score, thr, version,
+                                              top)
+            else:
+                contributions = top() if anomalous else []
+                alerts = [single_event_alert(stream, token, rec.event_id, rec.ts, score, thr,
+                                             version, contributions)] if anomalous else []
+                self._decision(rec, score, thr, version, contributions, result)
+            for alert in alerts:
+                out.add(topics.ALERTS, alert.token, encode(alert))
+            result.alerts += len(alerts)
+        result.events[stream] = len(records)
+        result.anomalous[stream] = n_anom
+
+    def _decision(self, rec: AnonPayment, score: float, thr: float, version: str,
+                  top: list[Contribution], result: BatchResult) -> None:
+        if self.send_decision is None or self.vin_lookup is None:
+            return
+        if score <= thr and not self.settings.send_approvals:
+            return
+        vin = self.vin_lookup(rec.vehicle_token)
+        if vin is None:
+            self.decisions_unrouted += 1
+            log.warning("payment %s: vehicle token not in the vault; no decision sent",
+                        rec.event_id)
+            return
+        self.send_decision(vin, decide(rec.event_id, rec.ts, score, thr, version, top))
+        result.decisions += 1
+
+
+def run(ctx: Any) -> None:
+    """Service entry point (``fleetsentry edge scorer``): runs until ``ctx.stop`` is set."""
+    from edge.scorer import metrics
+    from edge.scorer.publisher import DecisionPublisher
+    from edge.scorer.vins import VinCache
+    from edge.vault.setup import open_vault
+
+    config: EdgeConfig = ctx.config
+    vault = open_vault(config)
+    publisher = DecisionPublisher(config, f"{config.edge_id}-scorer-{ctx.instance}")
+    svc = ScorerService(config, vin_lookup=VinCache(vault), send_decision=publisher.publish,
+                        instance=ctx.instance)
+    svc._closers += [vault.close, publisher.close]
+    publisher.start()
+    try:
+        svc.start()
+        observe = metrics.Recorder()
+        while not ctx.stop.is_set():
+            t0 = time.perf_counter()
+            result = svc.step()
+            if result is not None:
+                observe(result, time.perf_counter() - t0, svc)
+    finally:
+        svc.close()
