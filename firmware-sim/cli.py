@@ -1,0 +1,227 @@
+"""``fleetsentry sim``: run a simulated fleet live against MQTT, or dry to files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from firmware_sim.dryrun import default_labels_path, write_dry_run
+from firmware_sim.fleet import Fleet
+from firmware_sim.live import LiveRunner, Progress
+from firmware_sim.session import ConnectSettings
+from firmware_sim.settings import (
+    FAULT_KINDS,
+    FRAUD_KINDS,
+    SimSettings,
+    default_fault_rates,
+    default_fraud_rates,
+)
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from shared.errors import ConfigError
+
+PASSWORD_ENV = "FLEETSENTRY_SIM_PASSWORD"
+DEFAULT_PASSWORD = "fleetsentry-sim"
+
+
+def _rates(pairs: tuple[str, ...], defaults: dict[str, float], scale: float,
+           kinds: tuple[str, ...], option: str) -> dict[str, float]:
+    rates = {k: v * scale for k, v in defaults.items()}
+    for pair in pairs:
+        kind, sep, value = pair.partition("=")
+        if not sep or kind not in kinds:
+            raise click.BadParameter(f"expected KIND=RATE with KIND one of {', '.join(kinds)}",
+                                     param_hint=option)
+        try:
+            rates[kind] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a number", param_hint=option) from None
+    return rates
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:1883", param_hint="--mqtt")
+    return host, int(port)
+
+
+def settings_options(f: Any) -> Any:
+    opts = [
+        click.option("--vehicles", default=100, show_default=True, help="Fleet size."),
+        click.option("--rate", "rate_hz", default=1.0, show_default=True,
+                     help="Telemetry frames per vehicle per second."),
+        click.option("--duration", "duration_s", default=600.0, show_default=True,
+                     help="Seconds of simulated driving."),
+        click.option("--seed", default=0, show_default=True, help="Same seed, same events."),
+        click.option("--fault-rate", "fault_pairs", multiple=True, metavar="KIND=RATE",
+                     help="Episodes per driving vehicle-hour for one fault kind."),
+        click.option("--fraud-rate", "fraud_pairs", multiple=True, metavar="KIND=RATE",
+                     help="Fraud episodes per legitimate payment for one kind."),
+        click.option("--fault-scale", default=1.0, show_default=True,
+                     help="Multiply every default fault rate."),
+        click.option("--fraud-scale", default=1.0, show_default=True,
+                     help="Multiply every default fraud rate."),
+        click.option("--payment-rate", default=1.0, show_default=True,
+                     help="Multiply how often drivers pay."),
+        click.option("--drift", multiple=True, type=click.Choice(["new_model",
+                                                                  "firmware_rollout"]),
+                     help="Shift normal behaviour mid-run (repeatable)."),
+        click.option("--drift-at", "drift_at_s", type=float, default=None,
+                     help="Seconds into the run when drift starts (default: half way)."),
+        click.option("--city", "cities", multiple=True, help="Limit the fleet to these cities."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def build_settings(kw: dict[str, Any], start_ts: float | None) -> SimSettings:
+    try:
+        return SimSettings(
+            vehicles=kw["vehicles"], rate_hz=kw["rate_hz"], duration_s=kw["duration_s"],
+            seed=kw["seed"], start_ts=start_ts, payment_rate=kw["payment_rate"],
+            fault_rates=_rates(kw["fault_pairs"], default_fault_rates(), kw["fault_scale"],
+                               FAULT_KINDS, "--fault-rate"),
+            fraud_rates=_rates(kw["fraud_pairs"], default_fraud_rates(), kw["fraud_scale"],
+                               FRAUD_KINDS, "--fraud-rate"),
+            drift=tuple(kw["drift"]), drift_at_s=kw["drift_at_s"], cities=tuple(kw["cities"]))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+def sim() -> None:
+    """Simulated vehicles: telemetry, payments, injected faults and fraud."""
+
+
+@sim.command()
+@settings_options
+@click.option("--dry-run", is_flag=True, help="Write events to --out instead of publishing.")
+@click.option("--out", type=click.Path(path_type=Path), help="Events file (dry run).")
+@click.option("--labels-out", type=click.Path(path_type=Path),
+              help="Labels file (default: labels.jsonl beside the events file).")
+@click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
+              help="Broker HOST:PORT (live run).")
+@click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
+              show_default=False, help=f"Vehicles' MQTT password (env {PASSWORD_ENV}).")
+@click.option("--tls-ca", type=click.Path(exists=True), help="CA file: connect with TLS.")
+@click.option("--register-with", "register_home", type=click.Path(path_type=Path),
+              help="Mosquitto home dir: register every VIN's login there first.")
+@click.option("--buffer-dir", type=click.Path(path_type=Path),
+              help="Where the on-disk outbox lives (default: a temp dir).")
+@click.option("--decisions-out", type=click.Path(path_type=Path),
+              help="Write payment decisions the vehicles obeyed (declines, holds) here.")
+@click.option("--summary-json", type=click.Path(path_type=Path),
+              help="Also write the end-of-run summary as JSON.")
+@click.option("--start-ts", type=float, default=None,
+              help="Device clock at the start (default: fixed for dry runs, now for live).")
+def run(dry_run: bool, out: Path | None, labels_out: Path | None, mqtt_addr: str,
+        password: str, tls_ca: str | None, register_home: Path | None,
+        buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
+        start_ts: float | None, **kw: Any) -> None:
+    """Run a fleet: live against MQTT, or --dry-run to files."""
+    console = Console(stderr=True)
+    if dry_run:
+        if out is None:
+            raise click.UsageError("--dry-run needs --out FILE")
+        settings = build_settings(kw, start_ts or SimSettings.start_ts)
+        _dry(settings, out, labels_out, console, summary_json)
+        return
+    settings = build_settings(kw, start_ts or round(time.time(), 3))
+    fleet = Fleet(settings)
+    if register_home is not None:
+        register(fleet, register_home, password, console)
+    host, port = _host_port(mqtt_addr)
+    conf = ConnectSettings(host=host, port=port, password=password, tls_ca=tls_ca)
+    with tempfile.TemporaryDirectory(prefix="fleetsentry-sim-") as tmp:
+        runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp))
+        result = _live(runner, console)
+    summary = result.summary()
+    if decisions_out is not None:
+        decisions_out.write_text("".join(json.dumps(d) + "\n" for d in result.declines))
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(_summary_table(summary))
+
+
+def register(fleet: Fleet, home: Path, password: str, console: Console) -> None:
+    from shared.infra.mosquitto import Mosquitto
+
+    n = Mosquitto(home=home, port=0).register_vehicles(fleet.credentials(password))
+    console.print(f"registered {len(fleet.vehicles)} vehicles with the broker in {home} "
+                  f"({n} vehicle logins in total)")
+    time.sleep(0.5)  # mosquitto re-reads its password file on SIGHUP, asynchronously
+
+
+@sim.command("register")
+@settings_options
+@click.option("--mosquitto-home", type=click.Path(path_type=Path), required=True,
+              help="The broker's home dir (holds passwd, acl, mosquitto.pid).")
+@click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD)
+def register_cmd(mosquitto_home: Path, password: str, **kw: Any) -> None:
+    """Register the VINs a run with these settings will use (then SIGHUP mosquitto)."""
+    fleet = Fleet(build_settings(kw, None))
+    register(fleet, mosquitto_home, password, Console(stderr=True))
+
+
+def _dry(settings: SimSettings, out: Path, labels_out: Path | None, console: Console,
+         summary_json: Path | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    fleet = Fleet(settings)
+    total = settings.ticks
+    t0 = time.perf_counter()
+    with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+             TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("ticks", total=total)
+        stats = write_dry_run(fleet, out, labels_out, lambda _n: bar.advance(task))
+    elapsed = time.perf_counter() - t0
+    n = stats.telemetry + stats.payments
+    summary = {"events": n, "labels": len(fleet.labels), "events_per_s": round(n / elapsed),
+               "out": str(out), "labels_out": str(labels_out or default_labels_path(out)),
+               **stats.as_dict()}
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(_summary_table(summary))
+
+
+def _live(runner: LiveRunner, console: Console) -> Any:
+    def table(p: Progress) -> Table:
+        t = Table(title=f"fleet: {p.phase}", show_header=False)
+        t.add_row("connected", f"{p.connected}/{p.vehicles}")
+        t.add_row("events/s (acked)", f"{p.events_per_s:,.0f}")
+        t.add_row("generated / acked", f"{p.generated:,} / {p.acked:,}")
+        t.add_row("buffered (memory, disk, in flight)", f"{p.buffered:,}")
+        t.add_row("dropped (outbox full)", f"{p.dropped:,}")
+        t.add_row("faults / frauds injected", f"{p.faults} / {p.frauds}")
+        t.add_row("payments declined by the edge", f"{p.declines}")
+        t.add_row("elapsed", f"{p.elapsed_s:,.0f} s")
+        return t
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    try:
+        with Live(table(runner.progress), console=console, refresh_per_second=2,
+                  transient=not console.is_terminal) as live:
+            runner.on_progress = lambda p: live.update(table(p))
+            return runner.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    t = Table(title="summary", show_header=False)
+    for k, v in summary.items():
+        t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
+    return t
+

@@ -1,0 +1,276 @@
+"""Live runs: every vehicle a real MQTT session, all driven from one selector loop.
+
+A thread per vehicle would cost 10,000 stacks and a GIL convoy; instead paho's socket
+callbacks register each session's socket with one ``selectors`` loop, which calls
+``loop_read``/``loop_write`` only for sockets that are ready and ``loop_misc`` once a second
+for keepalives. The fleet generator is ticked by the same loop at the configured rate.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import resource
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from firmware_sim.fleet import Fleet
+from firmware_sim.outbox import Outbox
+from firmware_sim.session import ConnectSettings, SessionStats, VehicleSession
+
+CONNECTS_PER_LOOP = 50
+CONNECT_TIMEOUT_S = 15.0
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft open-files limit toward the hard one; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(needed, 1_048_576)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+@dataclass
+class Progress:
+    """What the live display shows; updated by the loop, read by the display."""
+
+    vehicles: int = 0
+    connected: int = 0
+    generated: int = 0
+    acked: int = 0
+    rejected: int = 0
+    buffered: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    faults: int = 0
+    frauds: int = 0
+    declines: int = 0
+    events_per_s: float = 0.0
+    elapsed_s: float = 0.0
+    phase: str = "connecting"
+
+
+@dataclass
+class LiveResult:
+    progress: Progress
+    fleet_stats: dict[str, Any]
+    declines: list[dict[str, Any]] = field(default_factory=list)
+    drained: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        p = self.progress
+        return {"vehicles": p.vehicles, "generated": p.generated, "acked": p.acked,
+                "rejected": p.rejected, "buffered_left": p.buffered, "dropped": p.dropped,
+                "connects": p.reconnects, "declined": p.declines, "drained": self.drained,
+                "elapsed_s": round(p.elapsed_s, 2), "fleet": self.fleet_stats}
+
+
+class LiveRunner:
+    """Runs a fleet against a broker; ``stop()`` (from a signal or another thread) ends early."""
+
+    def __init__(self, fleet: Fleet, conf: ConnectSettings, buffer_dir: Path,
+                 max_buffered_per_vehicle: int = 50_000, drain_timeout_s: float = 60.0,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 on_ack: Callable[[str], None] | None = None) -> None:
+        self.fleet = fleet
+        self.conf = conf
+        self.outbox = Outbox(buffer_dir / "outbox.sqlite", max_buffered_per_vehicle)
+        self.drain_timeout_s = drain_timeout_s
+        self.on_progress = on_progress
+        self.on_ack = on_ack
+        self.stats = SessionStats()
+        self.progress = Progress(vehicles=len(fleet.vehicles))
+        self.sessions: list[VehicleSession] = []
+        self._sel: selectors.BaseSelector | None = None
+        self._connect_due: list[tuple[float, int]] = []
+        self._stop = False
+
+    def stop(self) -> None:
+        self._stop = True
+
+    # --- selector plumbing ------------------------------------------------------------------
+
+    def _callbacks(self, session: VehicleSession) -> dict[str, Callable[..., None]]:
+        sel = self._sel
+        assert sel is not None
+
+        def opened(_c: mqtt.Client, _ud: object, sock: socket.socket) -> None:
+            sel.register(sock, READ, session)
+
+        def closed(_c: mqtt.Client, _ud: object, sock: socket.socket) -> None:
+            try:
+                sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            if not self._stop or session.backlog():
+                self._schedule(session, session.backoff())
+
+        def want_write(_c: mqtt.Client, _ud: object, sock: socket.socket) -> None:
+            try:
+                sel.modify(sock, READ | WRITE, session)
+            except (KeyError, ValueError):
+                pass
+
+        def wrote(_c: mqtt.Client, _ud: object, sock: socket.socket) -> None:
+            try:
+                sel.modify(sock, READ, session)
+            except (KeyError, ValueError):
+                pass
+
+        return {"on_socket_open": opened, "on_socket_close": closed,
+                "on_socket_register_write": want_write, "on_socket_unregister_write": wrote}
+
+    def _schedule(self, session: VehicleSession, delay: float) -> None:
+        heapq.heappush(self._connect_due, (time.monotonic() + delay, session.index))
+
+    def _connect_some(self, now: float) -> None:
+        due = self._connect_due
+        n = 0
+        while due and due[0][0] <= now and n < CONNECTS_PER_LOOP:
+            _, idx = heapq.heappop(due)
+            s = self.sessions[idx]
+            if s.connected or s.connecting_since is not None:
+                continue
+            n += 1
+            try:
+                s.connect()
+            except OSError:
+                s.connecting_since = None
+                self._schedule(s, s.backoff())
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        raise_fd_limit(len(self.fleet.vehicles) * 2 + 256)
+        self.outbox.start()
+        self._sel = selectors.DefaultSelector()
+        rng = random.Random(f"{self.fleet.settings.seed}:sessions")
+        for v in self.fleet.vehicles:
+            s = VehicleSession(v.index, v.vin, v.firmware, self.conf, self.outbox,
+                               random.Random(rng.getrandbits(64)), self.stats, self.on_ack)
+            s.make_client(self._callbacks(s))
+            self.sessions.append(s)
+            # Spread the first connects over a second so the broker's accept queue keeps up.
+            self._schedule(s, rng.uniform(0, 1.0))
+
+    def run(self) -> LiveResult:
+        """Generate for the run's duration at the configured rate, then drain and close."""
+        if self._sel is None:
+            self.start()
+        assert self._sel is not None
+        fleet, dt = self.fleet, self.fleet.settings.dt
+        t0 = time.monotonic()
+        next_tick, next_misc = t0, t0
+        drain_end: float | None = None
+        last_acked, last_rate_t = 0, t0
+        while True:
+            now = time.monotonic()
+            generating = fleet.tick < fleet.settings.ticks and not self._stop
+            if not generating and drain_end is None:
+                drain_end = now + self.drain_timeout_s
+                self.progress.phase = "draining"
+            if drain_end is not None and (self._drained() or now >= drain_end):
+                break
+            self._connect_some(now)
+            timeout = max(0.0, min((next_tick if generating else now + 0.05) - now, 0.05))
+            self._poll(timeout)
+            now = time.monotonic()
+            if generating and now >= next_tick:
+                self._tick()
+                next_tick += dt
+                if next_tick < now - 5 * dt:  # fell behind: do not burst to catch up
+                    next_tick = now
+            if now >= next_misc:
+                next_misc = now + 1.0
+                self._misc(now)
+                self.progress.events_per_s = (self.stats.acked - last_acked) / max(
+                    now - last_rate_t, 1e-6)
+                last_acked, last_rate_t = self.stats.acked, now
+                self._update_progress(now - t0)
+        drained = self._drained()
+        self._close()
+        self._update_progress(time.monotonic() - t0)
+        return LiveResult(self.progress, self.fleet.stats.as_dict(), list(self.stats.declines),
+                          drained)
+
+    def _poll(self, timeout: float) -> None:
+        assert self._sel is not None
+        for key, mask in self._sel.select(timeout):
+            c: mqtt.Client | None = key.data.client
+            if c is None:
+                continue
+            if mask & READ:
+                c.loop_read()
+            if mask & WRITE:
+                c.loop_write()
+
+    def _tick(self) -> None:
+        for rec in self.fleet.step():
+            self.sessions[rec.vehicle].send(rec.topic, rec.payload)
+            self.progress.generated += 1
+        self.outbox.commit()
+
+    def _misc(self, now: float) -> None:
+        for s in self.sessions:
+            c = s.client
+            if c is None:
+                continue
+            if s.connecting_since is not None and now - s.connecting_since > CONNECT_TIMEOUT_S:
+                s.connecting_since = None
+                c.disconnect()  # closes the socket; the close callback schedules a retry
+                continue
+            if s.connected:
+                c.loop_misc()
+                s.pump()
+        self.outbox.commit()
+
+    def _drained(self) -> bool:
+        return all(not s.backlog() for s in self.sessions)
+
+    def _update_progress(self, elapsed: float) -> None:
+        p, st = self.progress, self.fleet.stats
+        p.connected = sum(1 for s in self.sessions if s.connected)
+        p.acked, p.rejected = self.stats.acked, self.stats.rejected
+        p.buffered = sum(s.backlog() for s in self.sessions)
+        p.dropped = self.outbox.dropped
+        p.reconnects = self.stats.connects
+        p.faults, p.frauds = sum(st.faults.values()), sum(st.frauds.values())
+        p.declines = len(self.stats.declines)
+        p.elapsed_s = elapsed
+        if self.on_progress is not None:
+            self.on_progress(p)
+
+    def _close(self) -> None:
+        """Say goodbye like firmware shutting down: retained offline status, DISCONNECT."""
+        self._stop = True
+        for s in self.sessions:
+            if s.connected and s.client is not None:
+                s.publish_offline()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(s.client is not None and s.client.want_write()
+                                                  for s in self.sessions if s.connected):
+            self._poll(0.05)
+        for s in self.sessions:
+            if s.client is not None and s.connected:
+                s.client.disconnect()
+                s.client.loop_write()
+        self._poll(0.1)
+        if self._sel is not None:
+            for key in list(self._sel.get_map().values()):
+                try:
+                    key.fileobj.close()  # type: ignore[union-attr]
+                except OSError:
+                    pass
+            self._sel.close()
+            self._sel = None
+        self.outbox.close()
