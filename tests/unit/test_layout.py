@@ -24,8 +24,12 @@ def _packages_on_disk() -> set[str]:
 def test_every_package_folder_is_listed_in_pyproject() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "packages"])
-    missing = _packages_on_disk() - listed
+    on_disk = _packages_on_disk()
+    missing = on_disk - listed
     assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+    # A listed package that is not in the tree breaks `pip install` on a fresh clone.
+    absent = listed - on_disk
+    assert not absent, f"pyproject.toml lists packages with no folder: {sorted(absent)}"
 
 
 def _imports(path: Path) -> set[str]:
