@@ -17,7 +17,7 @@ DURATION_S = {
     "stuck_sensor": (60, 300), "spikes": (30, 120), "miscalibration": (300, 900),
 }
 # A spike adds this much to the reading: far outside anything the sensor reads healthy.
-SPIKE = {"coolant_c": 85.0, "oil_kpa": 550.0, "rpm": 6500.0, "speed_kmh": 160.0,
+SPIKE = {"coolant_c": 85.0, "oil_kpa": 550.0, "rpm": 9000.0, "speed_kmh": 160.0,
          "battery_v": 7.0, "intake_c": 90.0, "tyre_fl_kpa": 300.0, "tyre_rr_kpa": 300.0}
 # Open-circuit rails a failed sensor reads as a flat line.
 STUCK = {"coolant_c": -40.0, "intake_c": -40.0, "tyre_fl_kpa": 0.0, "tyre_rl_kpa": 0.0,
@@ -33,6 +33,7 @@ class FaultEpisode:
     sensor: str
     rate: float
     rng: random.Random
+    base: float = 0.0  # the model's thermostat temperature
 
     def active(self, t: float) -> bool:
         return self.start_ts <= t <= self.end_ts
@@ -44,7 +45,9 @@ class FaultEpisode:
 
     def _overheating(self, r: dict, e: float) -> None:
         rise = min(self.rate * (e + 4), 48.0)
-        r["coolant_c"] = round(r["coolant_c"] + rise, 2)
+        # A failing pump or a coolant loss overheats from the regulated temperature, even
+        # when it strikes during warm-up: the reading jumps to the thermostat and climbs.
+        r["coolant_c"] = round(max(float(r["coolant_c"]), self.base) + rise, 2)
         r["intake_c"] = round(r["intake_c"] + rise * 0.25, 2)
 
     def _tyre_leak(self, r: dict, e: float) -> None:
@@ -68,23 +71,23 @@ class FaultEpisode:
     def _miscalibration(self, r: dict, e: float) -> None:
         s = self.sensor
         if s == "coolant_c":
-            r[s] = round(float(r[s]) + 28.0, 2)
+            r[s] = round(float(r[s]) + 30.0, 2)
         elif s == "intake_c":
-            r[s] = round(float(r[s]) + 35.0, 2)
+            r[s] = round(float(r[s]) + 50.0, 2)
         else:  # every tyre reads ~30 % low: a wrong scale factor in the new firmware
             for tyre in TYRES:
                 r[tyre] = round(float(r[tyre]) * 0.7, 1)
 
 
 def plan_fault(kind: str, episode_id: str, t: float, rng: random.Random,
-               is_ev: bool, tyre_kpa: float) -> FaultEpisode:
+               is_ev: bool, tyre_kpa: float, thermostat: float) -> FaultEpisode:
     lo, hi = DURATION_S[kind]
     end = t + rng.uniform(lo, hi)
     sensor, rate = "", 0.0
     if kind == "overheating":
-        rate = rng.uniform(0.7, 1.6) * (0.6 if is_ev else 1.0)
+        rate = rng.uniform(0.8, 1.6)
     elif kind == "tyre_leak":
-        sensor, rate = rng.choice(TYRES), rng.uniform(0.9, 2.0) * tyre_kpa / 250
+        sensor, rate = rng.choice(TYRES), rng.uniform(1.5, 3.0) * tyre_kpa / 250
     elif kind == "battery_degradation":
         rate = rng.uniform(0.15, 0.35)
     elif kind == "stuck_sensor":
@@ -94,4 +97,5 @@ def plan_fault(kind: str, episode_id: str, t: float, rng: random.Random,
         sensor = rng.choice(choices)
     elif kind == "miscalibration":
         sensor = rng.choice(("coolant_c", "intake_c", "tyres"))
-    return FaultEpisode(kind, episode_id, t, end, sensor, rate, random.Random(rng.getrandbits(64)))
+    return FaultEpisode(kind, episode_id, t, end, sensor, rate,
+                        random.Random(rng.getrandbits(64)), thermostat)

@@ -177,7 +177,7 @@ class Fleet:
                     self._episodes += 1
                     end_cap = self.start_ts + (self.settings.ticks - 1) * dt
                     ep = fault_mod.plan_fault(kind, f"ep-{self._episodes}", t, v.rng,
-                                              v.model.is_ev, v.model.tyre_kpa)
+                                              v.model.is_ev, v.model.tyre_kpa, v.thermostat)
                     ep.end_ts = round(max(min(ep.end_ts, end_cap), t), 3)
                     if kind == "miscalibration":
                         v.firmware = _bump_patch(v.firmware)  # it came with an update

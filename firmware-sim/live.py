@@ -179,6 +179,8 @@ class LiveRunner:
             if not generating and drain_end is None:
                 drain_end = now + self.drain_timeout_s
                 self.progress.phase = "draining"
+            if generating:
+                self.progress.phase = "running"
             if drain_end is not None and (self._drained() or now >= drain_end):
                 break
             self._connect_some(now)
