@@ -36,6 +36,8 @@ SERVICE = "bridge"
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 10.0
 LOG_EVERY_S = 30.0
+# Packets read per step before serving Kafka delivery reports (which send the MQTT acks).
+BURST_PACKETS = 200
 
 
 def mqtt_password(config: EdgeConfig) -> str:
@@ -151,6 +153,8 @@ class Bridge:
             raise BridgeError(self._fatal)
         if self._connected:
             rc = self._client.loop(timeout)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                rc = self._read_burst()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connected:
                 self._lost(f"MQTT loop: {mqtt.error_string(rc)}")
         else:
@@ -164,6 +168,21 @@ class Bridge:
             self._last_log = now
             log.info("received %d, produced %d, dead-lettered %d", self.received,
                      self.produced, self.dead_lettered)
+
+    def _read_burst(self) -> MQTTErrorCode:
+        """Read further packets already buffered in the socket without a select() per packet.
+
+        ``loop()`` handles one packet per call; under load that select/misc round trip costs
+        as much as the packet. Stops at the first read that delivered no message.
+        """
+        assert self._client is not None
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        for _ in range(BURST_PACKETS):
+            before = self.received
+            rc = self._client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self.received == before:
+                break
+        return rc
 
     def close(self, timeout: float = 10.0) -> int:
         """Flush Kafka (acking what it confirms), disconnect; returns records not confirmed."""
