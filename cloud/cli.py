@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cloud.registry.cli import registry
 from cloud.trainer.cli import train
 
 
@@ -13,3 +14,4 @@ def cloud() -> None:
 
 
 cloud.add_command(train)
+cloud.add_command(registry)

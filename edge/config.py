@@ -120,6 +120,25 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000
 
 
+class AgentSettings(_Section, frozen=True, kw_only=True):
+    """``[agent]``: cloud.models -> verify, shadow-score, switch the scorer, roll back."""
+
+    # The active models live in [scorer] models_dir (default: <data_dir>/models).
+    # Recent anon.<stream> records both models score before a switch.
+    shadow_window: Annotated[int, Meta(ge=0, le=1_000_000)] = 5000
+    # A new model may alert at most max(ratio x the running rate, running rate + increase),
+    # on the shadow window and then live.
+    max_alert_rate_ratio: Annotated[float, Meta(ge=1)] = 2.0
+    max_alert_rate_increase: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    # Live watch after a switch: judge after this many events, give the scorer this long to
+    # load the model, stop watching after watch_s.
+    watch_min_events: Annotated[int, Meta(ge=1)] = 200
+    activation_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+    watch_s: Annotated[float, Meta(gt=0)] = 600.0
+    # Installed versions kept per stream (the active and previous ones always are).
+    keep_versions: Annotated[int, Meta(ge=2, le=100)] = 5
+
+
 class EdgeConfig(_Section, frozen=True, kw_only=True):
     edge_id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "edge-1"
     data_dir: Path = Path("~/.local/share/fleetsentry/edge").expanduser()
@@ -130,6 +149,12 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     scorer: ScorerSettings = msgspec.field(default_factory=ScorerSettings)
     vault: VaultSettings = msgspec.field(default_factory=VaultSettings)
     enricher: EnricherSettings = msgspec.field(default_factory=EnricherSettings)
+    agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the agent installs models and the scorer looks for the active ones."""
+        return self.scorer.models_dir or self.data_dir / "models"
 
 
 def load(path: str | Path | None) -> EdgeConfig:

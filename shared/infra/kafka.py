@@ -207,7 +207,7 @@ class KafkaCluster:
         argv = [java, "-Xmx256m", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
                 "-cp", jars.classpath(libs), "kafka.tools.StorageTool", "format",
-                "-t", cid, "-c", str(self.config_path(node)), "--ignore-formatted"]
+                f"--cluster-id={cid}", "-c", str(self.config_path(node)), "--ignore-formatted"]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ServiceStartError(

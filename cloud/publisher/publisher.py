@@ -1,0 +1,95 @@
+"""The champion of each stream, as one signed message keyed by the stream, on ``models``.
+
+The topic is compacted, so it always holds the latest champion per stream: a gateway that was
+offline for a week, or a new one, reads it from the start and gets exactly the current models.
+A message carries model.tflite, manifest.json and the signature together
+(:mod:`shared.model_bundle`); the topic's ``max.message.bytes`` is raised to 8 MiB for that
+(``shared.topics.MODEL_MESSAGE_BYTES``) and a model that would not fit is refused here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from cloud.registry import ModelRecord, Registry
+from shared import model_bundle, topics
+from shared.errors import FleetsentryError
+
+log = logging.getLogger("publisher")
+
+
+class PublishError(FleetsentryError):
+    """A model could not be written to the models topic."""
+
+
+class Publisher:
+    """Constructing it does no I/O; ``start()`` creates the producer."""
+
+    def __init__(self, bootstrap: str, topic: str = topics.MODELS) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._producer: Producer | None = None
+
+    def start(self) -> Publisher:
+        self._producer = Producer({
+            "bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+            "message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+            "compression.type": "zstd", "linger.ms": 0,
+        })
+        return self
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    def __enter__(self) -> Publisher:
+        return self.start() if self._producer is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def publish(self, model: ModelRecord, timeout_s: float = 30.0) -> int:
+        """Write ``model`` (keyed by its stream) and wait for the broker; returns the bytes."""
+        if self._producer is None:
+            raise PublishError("publisher not started: call start() first")
+        value = model_bundle.pack(model.path, model.stream, model.version, time.time())
+        errors: list[KafkaError] = []
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+
+        self._producer.produce(self.topic, key=model.stream.encode(), value=value,
+                               on_delivery=delivered)
+        if self._producer.flush(timeout_s) > 0:
+            raise PublishError(f"{model.version}: not acknowledged by {self.bootstrap} within "
+                               f"{timeout_s:.0f} s (is the cloud Kafka up?)")
+        if errors:
+            raise PublishError(f"{model.version}: the broker refused it: {errors[0]}")
+        log.info("published %s (%s, %d bytes) to %s", model.version, model.stream, len(value),
+                 self.topic)
+        return len(value)
+
+    def publish_champions(self, registry: Registry, streams: list[str] | None = None
+                          ) -> dict[str, str]:
+        """Publish the current champion of every stream (or of ``streams``)."""
+        out: dict[str, str] = {}
+        for stream in streams or registry.streams():
+            champion = registry.champion(stream)
+            if champion is not None:
+                self.publish(champion)
+                out[stream] = champion.version
+        return out
+
+
+def describe(value: bytes) -> dict[str, Any]:
+    """Summary of a models-topic message (for logs and the CLI), without trusting it."""
+    bundle = model_bundle.unpack(value)
+    return {"stream": bundle.stream, "version": bundle.version,
+            "published_ts": bundle.published_ts,
+            "bytes": {k: len(v) for k, v in bundle.files.items()}}

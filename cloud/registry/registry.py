@@ -1,0 +1,435 @@
+"""The model registry: SQLite tables of model versions, training runs and registry actions.
+
+Schema (the dashboard and scripts read these tables directly; JSON columns hold objects):
+
+``models`` — one row per model version ever registered
+    version TEXT PK · stream · parent (version it was trained to replace, or NULL) ·
+    path (the signed model directory, copied into the registry's own ``artifacts/``) ·
+    sha256 (of model.tflite) · manifest (manifest.json as JSON) · metrics (JSON: the
+    manifest's holdout metrics) · state: ``candidate`` (registered, never served),
+    ``champion`` (served; at most one per stream), ``retired`` (served before, replaced) ·
+    run_id (the training run that produced it, or NULL for imported models) ·
+    created_ts · registered_ts · updated_ts
+
+``runs`` — one row per training run (including failed and not-promoted ones)
+    id PK · stream · trigger: ``schedule`` | ``drift`` | ``manual`` · triggered_by (user or
+    ``scheduler``/``drift-monitor``) · trigger_reason (e.g. the drift figures) ·
+    status: ``running`` | ``finished`` | ``failed`` · started_ts · finished_ts · duration_s ·
+    params (JSON: training settings) · data_from / data_to (event time) · records ·
+    metrics (JSON: ``{"challenger": {...}, "champion": {...}}`` on the same holdout) ·
+    curves (JSON: ``{"challenger": {"roc": [[fpr, tpr], ...], "pr": [[recall, precision],
+    ...]}, "champion": {...}, "loss": [epoch losses]}``) · champion (version serving when the
+    run started) · challenger (version trained) · decision: ``promoted`` | ``kept`` |
+    ``failed`` · decision_reason · error
+
+``actions`` — audit trail of registry changes
+    id PK · ts · stream · action: ``register`` | ``promote`` | ``rollback`` · version ·
+    previous (the champion it replaced) · actor · reason
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from cloud.registry.errors import RegistryError
+from shared.contracts import ModelManifest
+from shared.signing import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+
+State = Literal["candidate", "champion", "retired"]
+Trigger = Literal["schedule", "drift", "manual"]
+# Files copied into the registry beside the signed ones (the float reference the edge's
+# contract test uses); anything else in a model directory stays where it was.
+_EXTRA_FILES = ("reference.npz",)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    version TEXT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    parent TEXT,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('candidate', 'champion', 'retired')),
+    run_id INTEGER REFERENCES runs(id),
+    created_ts REAL NOT NULL,
+    registered_ts REAL NOT NULL,
+    updated_ts REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS models_one_champion ON models(stream)
+    WHERE state = 'champion';
+CREATE INDEX IF NOT EXISTS models_by_stream ON models(stream, registered_ts);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    trigger TEXT NOT NULL CHECK (trigger IN ('schedule', 'drift', 'manual')),
+    triggered_by TEXT NOT NULL,
+    trigger_reason TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    started_ts REAL NOT NULL,
+    finished_ts REAL,
+    duration_s REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    data_from REAL,
+    data_to REAL,
+    records INTEGER,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    curves TEXT NOT NULL DEFAULT '{}',
+    champion TEXT,
+    challenger TEXT,
+    decision TEXT CHECK (decision IN ('promoted', 'kept', 'failed')),
+    decision_reason TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS runs_by_stream ON runs(stream, started_ts);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    stream TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('register', 'promote', 'rollback')),
+    version TEXT NOT NULL,
+    previous TEXT,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    version: str
+    stream: str
+    parent: str | None
+    path: Path
+    sha256: str
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    state: State
+    run_id: int | None
+    created_ts: float
+    registered_ts: float
+    updated_ts: float
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    stream: str
+    trigger: Trigger
+    triggered_by: str
+    trigger_reason: str
+    status: str
+    started_ts: float
+    finished_ts: float | None
+    duration_s: float | None
+    params: dict[str, Any]
+    data_from: float | None
+    data_to: float | None
+    records: int | None
+    metrics: dict[str, Any]
+    curves: dict[str, Any]
+    champion: str | None
+    challenger: str | None
+    decision: str | None
+    decision_reason: str
+    error: str
+
+
+_JSON_COLUMNS = {"manifest", "metrics", "params", "curves"}
+
+
+def _row(kind: type[Any], row: sqlite3.Row) -> Any:
+    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}
+    if kind is ModelRecord:
+        values["path"] = Path(values["path"])
+    return kind(**values)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, allow_nan=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class Registry:
+    """The registry at ``root`` (``registry.sqlite`` + ``artifacts/<stream>/<version>/``).
+
+    Constructing it does no I/O; ``start()`` opens (and creates) the database.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser()
+        self.db_path = self.root / "registry.sqlite"
+        self.artifacts = self.root / "artifacts"
+        self._db: sqlite3.Connection | None = None
+
+    def start(self) -> Registry:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None,
+                             check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(SCHEMA)
+        self._db = db
+        return self
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Registry:
+        return self.start() if self._db is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RegistryError("registry not started: call start() first")
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE: two processes promoting at once serialize instead of racing.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- models ------------------------------------------------------------------------------
+
+    def register(self, model_dir: Path, run_id: int | None = None, actor: str = "system",
+                 state: State = "candidate") -> ModelRecord:
+        """Copy a signed model directory into the registry and record it as a candidate.
+
+        Registering the same version twice is refused unless the model bytes are identical
+        (then the existing record is returned: registering is idempotent).
+        """
+        model_dir = Path(model_dir)
+        manifest = _read_manifest(model_dir)
+        sha = hashlib.sha256((model_dir / MODEL_FILE).read_bytes()).hexdigest()
+        existing = self.find(manifest.version)
+        if existing is not None:
+            if existing.sha256 != sha:
+                raise RegistryError(f"version {manifest.version} is already registered with "
+                                    f"different model bytes")
+            return existing
+        dest = self._copy_artifacts(model_dir, manifest)
+        now = time.time()
+        manifest_json = json.loads(msgspec.json.encode(manifest))
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO models (version, stream, parent, path, sha256, manifest, metrics, "
+                "state, run_id, created_ts, registered_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?, ?, ?)",
+                (manifest.version, manifest.stream, manifest.parent, str(dest), sha,
+                 _json(manifest_json), _json(manifest.metrics), run_id, manifest.created_ts,
+                 now, now))
+            self._action(db, manifest.stream, "register", manifest.version, None, actor, "")
+        if state == "champion":
+            return self.promote(manifest.version, actor, "registered as champion")
+        return self.get(manifest.version)
+
+    def _copy_artifacts(self, model_dir: Path, manifest: ModelManifest) -> Path:
+        dest = self.artifacts / manifest.stream / _safe_name(manifest.version)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        for name in (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, *_EXTRA_FILES):
+            src = model_dir / name
+            if src.exists():
+                shutil.copy2(src, tmp / name)
+        if dest.exists():  # left by a crash between copy and insert: replace it
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return dest
+
+    def find(self, version: str) -> ModelRecord | None:
+        row = self.db.execute("SELECT * FROM models WHERE version = ?", (version,)).fetchone()
+        return _row(ModelRecord, row) if row else None
+
+    def get(self, version: str) -> ModelRecord:
+        rec = self.find(version)
+        if rec is None:
+            raise RegistryError(f"no model version {version!r} in the registry at {self.root}")
+        return rec
+
+    def models(self, stream: str | None = None) -> list[ModelRecord]:
+        """Every version (of ``stream``), newest first."""
+        sql, args = "SELECT * FROM models", ()
+        if stream:
+            sql, args = sql + " WHERE stream = ?", (stream,)
+        rows = self.db.execute(sql + " ORDER BY registered_ts DESC, rowid DESC", args)
+        return [_row(ModelRecord, r) for r in rows]
+
+    def streams(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT stream FROM models ORDER BY 1")]
+
+    def champion(self, stream: str) -> ModelRecord | None:
+        row = self.db.execute("SELECT * FROM models WHERE stream = ? AND state = 'champion'",
+                              (stream,)).fetchone()
+        return _row(ModelRecord, row) if row else None
+
+    def lineage(self, version: str) -> list[ModelRecord]:
+        """``version`` and its ancestors through ``parent``, newest first."""
+        out: list[ModelRecord] = []
+        seen: set[str] = set()
+        current: str | None = version
+        while current and current not in seen:
+            seen.add(current)
+            rec = self.find(current)
+            if rec is None:
+                break
+            out.append(rec)
+            current = rec.parent
+        return out
+
+    def promote(self, version: str, actor: str = "system", reason: str = "") -> ModelRecord:
+        """Make ``version`` the champion of its stream; the old champion is retired."""
+        rec = self.get(version)
+        with self._tx() as db:
+            old = self._demote(db, rec.stream, rec.version)
+            self._set_state(db, version, "champion")
+            self._action(db, rec.stream, "promote", version, old, actor, reason)
+        return self.get(version)
+
+    def rollback(self, stream: str, actor: str = "system", reason: str = "",
+                 to: str | None = None) -> ModelRecord:
+        """Put back the champion before the current one (or ``to``); the current is retired."""
+        current = self.champion(stream)
+        if current is None:
+            raise RegistryError(f"stream {stream!r} has no champion to roll back")
+        target = self.get(to) if to else self._previous_champion(stream, current.version)
+        if target.stream != stream:
+            raise RegistryError(f"{target.version} is a {target.stream} model, not {stream}")
+        if target.version == current.version:
+            raise RegistryError(f"{target.version} is already the champion of {stream}")
+        with self._tx() as db:
+            self._demote(db, stream, target.version)
+            self._set_state(db, target.version, "champion")
+            self._action(db, stream, "rollback", target.version, current.version, actor, reason)
+        return self.get(target.version)
+
+    def _previous_champion(self, stream: str, current: str) -> ModelRecord:
+        rows = self.db.execute(
+            "SELECT version, previous FROM actions WHERE stream = ? AND action IN "
+            "('promote', 'rollback') ORDER BY id DESC", (stream,)).fetchall()
+        for row in rows:
+            # The champion that `current` replaced when it took over.
+            if row["version"] == current and row["previous"] and row["previous"] != current:
+                return self.get(row["previous"])
+        raise RegistryError(f"{stream}: no earlier champion than {current} to roll back to; "
+                            f"name one with --to VERSION")
+
+    def _demote(self, db: sqlite3.Connection, stream: str, keep: str) -> str | None:
+        row = db.execute("SELECT version FROM models WHERE stream = ? AND state = 'champion'",
+                         (stream,)).fetchone()
+        if row is None or row["version"] == keep:
+            return None
+        self._set_state(db, row["version"], "retired")
+        return str(row["version"])
+
+    @staticmethod
+    def _set_state(db: sqlite3.Connection, version: str, state: State) -> None:
+        db.execute("UPDATE models SET state = ?, updated_ts = ? WHERE version = ?",
+                   (state, time.time(), version))
+
+    @staticmethod
+    def _action(db: sqlite3.Connection, stream: str, action: str, version: str,
+                previous: str | None, actor: str, reason: str) -> None:
+        db.execute("INSERT INTO actions (ts, stream, action, version, previous, actor, reason) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (time.time(), stream, action, version, previous, actor, reason))
+
+    def actions(self, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM actions", ()
+        if stream:
+            sql, args = sql + " WHERE stream = ?", (stream,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [dict(r) for r in rows]
+
+    # --- runs --------------------------------------------------------------------------------
+
+    def start_run(self, stream: str, trigger: Trigger, triggered_by: str,
+                  trigger_reason: str = "", params: dict[str, Any] | None = None) -> int:
+        champion = self.champion(stream)
+        cur = self.db.execute(
+            "INSERT INTO runs (stream, trigger, triggered_by, trigger_reason, status, "
+            "started_ts, params, champion) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+            (stream, trigger, triggered_by, trigger_reason, time.time(), _json(params or {}),
+             champion.version if champion else None))
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, *, decision: Literal["promoted", "kept", "failed"],
+                   decision_reason: str, challenger: str | None = None,
+                   metrics: dict[str, Any] | None = None, curves: dict[str, Any] | None = None,
+                   data_range: tuple[float, float] | None = None, records: int | None = None,
+                   error: str = "") -> RunRecord:
+        run = self.run(run_id)
+        now = time.time()
+        self.db.execute(
+            "UPDATE runs SET status = ?, finished_ts = ?, duration_s = ?, decision = ?, "
+            "decision_reason = ?, challenger = ?, metrics = ?, curves = ?, data_from = ?, "
+            "data_to = ?, records = ?, error = ? WHERE id = ?",
+            ("failed" if decision == "failed" else "finished", now, now - run.started_ts,
+             decision, decision_reason, challenger, _json(metrics or {}), _json(curves or {}),
+             data_range[0] if data_range else None, data_range[1] if data_range else None,
+             records, error, run_id))
+        return self.run(run_id)
+
+    def run(self, run_id: int) -> RunRecord:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RegistryError(f"no training run {run_id} in the registry at {self.root}")
+        return _row(RunRecord, row)  # type: ignore[no-any-return]
+
+    def runs(self, stream: str | None = None, limit: int = 100) -> list[RunRecord]:
+        sql, args = "SELECT * FROM runs", ()
+        if stream:
+            sql, args = sql + " WHERE stream = ?", (stream,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [_row(RunRecord, r) for r in rows]
+
+
+def _read_manifest(model_dir: Path) -> ModelManifest:
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ModelManifest)
+    except FileNotFoundError:
+        raise RegistryError(f"{model_dir}: no {MANIFEST_FILE}; not a model directory") from None
+    except msgspec.DecodeError as exc:
+        raise RegistryError(f"{path}: not a valid manifest: {exc}") from None
+
+
+def _safe_name(version: str) -> str:
+    """A version as a directory name: no separators, no leading dot."""
+    cleaned = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in version).lstrip(".")
+    if not cleaned:
+        raise RegistryError(f"model version {version!r} cannot name a directory")
+    return cleaned

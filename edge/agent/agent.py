@@ -1,0 +1,312 @@
+"""The model agent: cloud.models in, the scorer's active model switched (or not), status out.
+
+For each model message (keyed by stream; the compacted topic holds the latest champion):
+
+1. ``received``: unpack into a fresh directory;
+2. verify the Ed25519 signature with the fleet's public key, the stream, the feature spec and
+   the feature list (the scorer's own loading code) -> ``rejected`` with the reason on failure;
+3. ``shadowing``: score the last ``shadow_window`` anon records of the stream with the new and
+   the running model; refuse a model whose alert rate jumps or whose scores are not finite;
+4. ``active``: install it and flip the scorer's symlink (the scorer swaps between two
+   transactions, so no event is dropped or scored twice); the previous model is kept;
+5. watch the live ``scores.<stream>``: if the new model's alert rate jumps, or the scorer
+   never scores with it, switch back and report ``rolled_back``.
+
+A refused model never touches the active one: the running model keeps scoring throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from edge.agent.errors import AgentError, Rejected
+from edge.agent.judge import Limits, Verdict, Watch, WatchLimits, check_watch, judge
+from edge.agent.store import ModelStore
+from edge.config import EdgeConfig
+from edge.scorer.errors import ScorerError
+from edge.scorer.model import BASELINE_PUBLIC_KEY, Model, baseline_dir, load_model
+from shared import model_bundle, streams, topics
+from shared.contracts import ModelStatus, Score, decode, encode
+from shared.errors import ContractError
+
+log = logging.getLogger("agent")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the agent did with one model message (returned for tests and logs)."""
+
+    stream: str
+    version: str
+    state: str  # "rejected" | "active" | "skipped"
+    reason: str
+    verdict: Verdict | None = None
+
+
+class ModelAgent:
+    """Constructing it does no I/O: ``start()`` connects, ``step()`` handles what arrived."""
+
+    def __init__(self, config: EdgeConfig, clock: Any = time.time) -> None:
+        self.config = config
+        self.settings = config.agent
+        self.store = ModelStore(config.models_dir)
+        self.public_key = config.scorer.public_key or BASELINE_PUBLIC_KEY
+        self.limits = Limits(self.settings.max_alert_rate_ratio,
+                             self.settings.max_alert_rate_increase)
+        self.watch_limits = WatchLimits(self.limits, self.settings.watch_min_events,
+                                        self.settings.activation_timeout_s,
+                                        self.settings.watch_s)
+        self.watches: dict[str, tuple[Watch, Consumer]] = {}
+        self.clock = clock
+        self.statuses: list[ModelStatus] = []  # what this process reported, newest last
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.config.edge_id}-agent"
+
+    def start(self) -> ModelAgent:
+        self.store.start()
+        bootstrap = self.config.kafka.bootstrap
+        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                   "acks": "all", "linger.ms": 0})
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": self.group_id,
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+            "max.partition.fetch.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+        })
+        self._consumer.subscribe([topics.CLOUD_MODELS])
+        return self
+
+    def close(self) -> None:
+        for _w, c in self.watches.values():
+            c.close()
+        self.watches.clear()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def step(self, timeout: float = 0.5) -> Outcome | None:
+        """Handle at most one model message, then look at the live watches."""
+        assert self._consumer is not None, "start() first"
+        outcome = None
+        msg = self._consumer.poll(timeout)
+        if msg is not None and self._usable(msg):
+            outcome = self.handle(msg.key(), msg.value())
+            self._consumer.commit(message=msg, asynchronous=False)
+        self.check_watches()
+        return outcome
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return msg.value() is not None  # a tombstone withdraws nothing that runs
+        if err.code() != KafkaError._PARTITION_EOF:
+            if err.fatal():
+                raise AgentError(f"Kafka consumer failed: {err}")
+            log.warning("consumer: %s", err)
+        return False
+
+    def handle(self, key: bytes | None, value: bytes) -> Outcome:
+        """Take one model message through verify -> shadow -> activate, reporting each step."""
+        stream = key.decode(errors="replace") if key else "?"
+        version = "unknown"
+        try:
+            bundle = model_bundle.unpack(value)
+            version = bundle.version
+        except model_bundle.BundleError as exc:
+            self.report(stream, version, "received")
+            return self._reject(stream, version, str(exc))
+        self.report(stream, version, "received")
+        if version == self.store.active_version(stream):
+            return Outcome(stream, version, "skipped", "already active")
+        refused = self.store.refused(stream, version)
+        if refused:
+            return self._reject(stream, version, f"rolled back before: {refused}")
+        staged = self.store.staging_dir(stream)
+        try:
+            model = self._verify(bundle, stream, staged)
+            verdict = self._shadow(model)
+            if not verdict.accept:
+                raise Rejected(f"shadow scoring: {verdict.reason}")
+        except Rejected as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            return self._reject(stream, version, str(exc))
+        return self._activate(model, staged, verdict)
+
+    def _verify(self, bundle: model_bundle.ModelBundle, stream: str, staged: Path) -> Model:
+        if stream not in {s.name for s in streams.all_streams()}:
+            raise Rejected(f"this gateway scores no stream {stream!r}")
+        model_bundle.write_files(bundle, staged)
+        try:
+            model = load_model(staged, stream, self.public_key)
+        except ScorerError as exc:  # signature, stream, feature spec, features, LiteRT
+            raise Rejected(str(exc).replace(str(staged), "model")) from None
+        if model.version != bundle.version:
+            raise Rejected(f"the signed manifest names version {model.version}, the message "
+                           f"{bundle.version}")
+        return model
+
+    def _shadow(self, candidate: Model) -> Verdict:
+        stream = candidate.stream
+        self.report(stream, candidate.version, "shadowing")
+        running = self._running_model(stream)
+        records = recent_records(self.config.kafka.bootstrap, stream, self.settings.shadow_window)
+        from shared.features import feature_matrix
+
+        x = feature_matrix(stream, records) if records else None
+        if x is None:
+            return judge(np.zeros(0), candidate.threshold, None, None, self.limits)
+        cand_scores, _ = candidate.scorer.score_batch(x)
+        if running is None:
+            return judge(cand_scores, candidate.threshold, None, None, self.limits)
+        run_scores, _ = running.scorer.score_batch(x)
+        return judge(cand_scores, candidate.threshold, run_scores, running.threshold, self.limits)
+
+    def _running_model(self, stream: str) -> Model | None:
+        path = self.store.active_dir(stream) or baseline_dir(stream)
+        try:
+            return load_model(path, stream, self.public_key)
+        except (ScorerError, OSError) as exc:
+            log.warning("%s: running model at %s cannot be loaded for comparison: %s",
+                        stream, path, exc)
+            return None
+
+    def _activate(self, model: Model, staged: Path, verdict: Verdict) -> Outcome:
+        stream, version = model.stream, model.version
+        installed = self.store.install(staged, stream, version)
+        self.store.activate(stream, installed, version)
+        self.store.prune(stream, self.settings.keep_versions)
+        self.report(stream, version, "active", verdict.reason)
+        expected = max(verdict.candidate_rate or 0.0, verdict.running_rate or 0.0)
+        self._start_watch(Watch(stream, version, self.clock(), expected))
+        return Outcome(stream, version, "active", verdict.reason, verdict)
+
+    def _reject(self, stream: str, version: str, reason: str) -> Outcome:
+        log.warning("%s %s rejected: %s", stream, version, reason)
+        self.report(stream, version, "rejected", reason)
+        return Outcome(stream, version, "rejected", reason)
+
+    # --- after the switch --------------------------------------------------------------------
+
+    def _start_watch(self, watch: Watch) -> None:
+        old = self.watches.pop(watch.stream, None)
+        if old is not None:
+            old[1].close()
+        topic = streams.get(watch.stream).scores_topic
+        c = _reader(self.config.kafka.bootstrap, f"{self.group_id}-watch-{uuid.uuid4().hex[:8]}")
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        parts = []
+        for p in (meta.partitions if meta is not None else {}):
+            _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            parts.append(TopicPartition(topic, p, high))
+        c.assign(parts)
+        self.watches[watch.stream] = (watch, c)
+
+    def check_watches(self) -> None:
+        for stream in list(self.watches):
+            watch, consumer = self.watches[stream]
+            for msg in consumer.consume(5000, 0):
+                if msg.error() or msg.value() is None:
+                    continue
+                try:
+                    score = decode(Score, msg.value())
+                except ContractError:
+                    continue
+                watch.observe(score.model_version, score.anomalous)
+            verdict = check_watch(watch, self.clock(), self.watch_limits)
+            if verdict is None:
+                continue
+            consumer.close()
+            del self.watches[stream]
+            action, reason = verdict
+            if action == "rollback":
+                self.rollback(stream, watch.version, reason)
+            else:
+                log.info("%s %s: watch over: %s", stream, watch.version, reason)
+
+    def rollback(self, stream: str, version: str, reason: str) -> None:
+        """Switch back to the model that ran before ``version`` and never take it again."""
+        prev_version, prev_path = self.store.previous(stream)
+        target = prev_path if prev_path is not None and prev_path.is_dir() else None
+        self.store.activate(stream, target, prev_version)
+        self.store.refuse(stream, version, reason)
+        back_to = prev_version or "the shipped baseline"
+        log.warning("%s %s rolled back to %s: %s", stream, version, back_to, reason)
+        self.report(stream, version, "rolled_back", f"{reason}; back to {back_to}")
+
+    # --- status ------------------------------------------------------------------------------
+
+    def report(self, stream: str, version: str, state: str, reason: str = "") -> None:
+        status = ModelStatus(edge_id=self.config.edge_id, stream=stream, version=version,
+                             state=state, reason=reason[:2000], ts=time.time())  # type: ignore[arg-type]
+        self.statuses.append(status)
+        if self._producer is None:
+            return
+        self._producer.produce(topics.MODEL_STATUS, key=f"{self.config.edge_id}/{stream}".encode(),
+                               value=encode(status))
+        if self._producer.flush(10) > 0:
+            log.warning("model-status not acknowledged within 10 s; will retry in background")
+
+
+def _reader(bootstrap: str, group: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                     "isolation.level": "read_committed"})
+
+
+def recent_records(bootstrap: str, stream: str, n: int, timeout_s: float = 30.0) -> list[Any]:
+    """The last ~``n`` committed anon records of ``stream`` (split across its partitions)."""
+    if n <= 0:
+        return []
+    spec = streams.get(stream)
+    topic, kind = spec.anon_topic, spec.anon_event
+    c = _reader(bootstrap, f"fleetsentry-agent-shadow-{uuid.uuid4().hex[:8]}")
+    out: list[Any] = []
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        per_part = max(1, -(-n // max(1, len(meta.partitions))))
+        ends: dict[int, int] = {}
+        assign = []
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, max(low, high - per_part)))
+        if not assign:
+            return []
+        c.assign(assign)
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in c.consume(2000, 0.2):
+                if msg.error() or msg.value() is None:
+                    continue
+                try:
+                    out.append(decode(kind, msg.value()))
+                except ContractError:
+                    continue  # the scorer dead-letters these; they say nothing about a model
+            for p in list(ends):  # transaction markers take offsets: compare positions
+                if c.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
+                    del ends[p]
+    finally:
+        c.close()
+    return out[-n:]

@@ -1,0 +1,93 @@
+"""Signed model variants for the model agent's tests, from one small real int8 autoencoder.
+
+One model is trained (real TensorFlow, real int8 conversion) per test session; variants are
+made by rewriting its manifest (version, threshold, stream, feature spec) and signing again,
+with the fleet key of the test or with another key.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shared import model_bundle
+from shared.contracts import AnonPayment, ModelManifest, encode
+from shared.signing import MANIFEST_FILE, generate_private_key, sign_model_dir, write_public_key
+from tests.scorer_models import SyntheticFeatures, build_model_dir
+
+
+class ModelKit:
+    """Builds signed variants of one trained payments model."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = SyntheticFeatures("payments", seed=11)
+        self.base, _ = build_model_dir(root / "base", "payments", self.data, seed=3,
+                                       version="base", epochs=12)
+        self.key: Ed25519PrivateKey = generate_private_key()
+        self.public_key = root / "fleet.pub"
+        write_public_key(self.key, self.public_key)
+        self.manifest = msgspec.json.decode((self.base / MANIFEST_FILE).read_bytes(),
+                                            type=ModelManifest)
+
+    def variant(self, version: str | None = None, key: Ed25519PrivateKey | None = None,
+                **changes: object) -> Path:
+        """A copy of the model with manifest ``changes``, signed (by the fleet key by default)."""
+        version = version or f"pay-{uuid.uuid4().hex[:8]}"
+        out = self.root / "variants" / version
+        shutil.copytree(self.base, out)
+        manifest = msgspec.structs.replace(self.manifest, version=version,
+                                           created_ts=time.time(), **changes)
+        (out / MANIFEST_FILE).write_bytes(encode(manifest))
+        sign_model_dir(out, key or self.key)
+        return out
+
+    @staticmethod
+    def message(model_dir: Path, stream: str = "payments") -> tuple[bytes, bytes]:
+        """(key, value) of a models-topic message for ``model_dir``."""
+        m = msgspec.json.decode((model_dir / MANIFEST_FILE).read_bytes(), type=ModelManifest)
+        return stream.encode(), model_bundle.pack(model_dir, stream, m.version, time.time())
+
+    def recent_payments(self, n: int, seed: int, anomalous: int = 0) -> list[bytes]:
+        """Anon payment records whose features follow the model's normal structure."""
+        rows = self.data.normal(n, seed)
+        if anomalous:
+            rows[:anomalous] = self.data.anomalous(anomalous, seed + 1)
+        out = []
+        now = time.time()
+        for i, row in enumerate(rows):
+            rec = AnonPayment(event_id=f"p-{seed}-{i}", ts=now - n + i,
+                              card_token=f"card{seed:04d}{i:06d}",
+                              vehicle_token="vehicletoken01", driver_token="drivertoken01",
+                              merchant_id="m-1", mcc="5542", category="fuel", amount=50.0,
+                              currency="EUR", cell="u0yj", features=self.data.as_dict(row))
+            out.append(encode(rec))
+        return out
+
+
+def flip_byte(value: bytes, file: str = "model.tflite", offset: int = 200) -> bytes:
+    """The same message with one byte of one file changed (the signature left as it was)."""
+    bundle = model_bundle.unpack(value)
+    data = bytearray(bundle.files[file])
+    data[offset % len(data)] ^= 0x01
+    files = dict(bundle.files)
+    files[file] = bytes(data)
+    return msgspec.json.encode(msgspec.structs.replace(bundle, files=files))
+
+
+def drop_file(value: bytes, file: str) -> bytes:
+    bundle = model_bundle.unpack(value)
+    files = {k: v for k, v in bundle.files.items() if k != file}
+    return msgspec.json.encode(msgspec.structs.replace(bundle, files=files))
+
+
+def scores_of(model_dir: Path, public_key: Path, x: np.ndarray) -> np.ndarray:
+    from edge.scorer.model import load_model
+
+    return load_model(model_dir, "payments", public_key).scorer.score_batch(x)[0]

@@ -1,0 +1,184 @@
+"""The model agent against the real edge Kafka: verify, shadow, switch, report, roll back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from edge.agent.agent import ModelAgent, Outcome
+from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
+from shared import topics
+from shared.contracts import ModelStatus, Score, decode, encode
+from shared.signing import generate_private_key
+from tests.agent_models import ModelKit, drop_file, flip_byte
+from tests.support import consume_all, produce_all
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> ModelKit:
+    return ModelKit(tmp_path_factory.mktemp("agent-models"))
+
+
+def _skip_to_end(bootstrap: str, group: str) -> None:
+    """Commit the agent group's offset at the end of cloud.models: this test's messages only."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    _low, high = c.get_watermark_offsets(TopicPartition(topics.CLOUD_MODELS, 0), timeout=10)
+    c.commit(offsets=[TopicPartition(topics.CLOUD_MODELS, 0, high)], asynchronous=False)
+    c.close()
+
+
+@pytest.fixture()
+def agent(edge_bootstrap: str, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
+    edge_id = f"agent-{uuid.uuid4().hex[:6]}"
+    config = EdgeConfig(
+        edge_id=edge_id, data_dir=tmp_path, kafka=KafkaSettings(bootstrap=edge_bootstrap),
+        scorer=ScorerSettings(models_dir=tmp_path / "models", public_key=kit.public_key),
+        agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
+                            watch_s=120.0))
+    _skip_to_end(edge_bootstrap, f"{edge_id}-agent")
+    a = ModelAgent(config).start()
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+def _recent_window(bootstrap: str, kit: ModelKit, seed: int) -> None:
+    produce_all(bootstrap, topics.ANON_PAYMENTS,
+                ((uuid.uuid4().hex.encode(), v) for v in kit.recent_payments(900, seed)))
+
+
+def _deliver(agent: ModelAgent, bootstrap: str, key: bytes, value: bytes,
+             timeout: float = 60.0) -> Outcome:
+    """Produce to the edge's cloud.models (as MirrorMaker would) and step until handled."""
+    produce_all(bootstrap, topics.CLOUD_MODELS, [(key, value)])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = agent.step(0.5)
+        if outcome is not None:
+            return outcome
+    raise AssertionError("the agent did not handle the model message in time")
+
+
+def _statuses(bootstrap: str, edge_id: str, expect: int) -> list[ModelStatus]:
+    msgs = consume_all(bootstrap, topics.MODEL_STATUS, timeout=20, idle=3)
+    out = [decode(ModelStatus, m.value()) for m in msgs]
+    return [s for s in out if s.edge_id == edge_id]
+
+
+def test_signed_model_is_shadowed_activated_and_reported(agent: ModelAgent, kit: ModelKit,
+                                                         edge_bootstrap: str) -> None:
+    _recent_window(edge_bootstrap, kit, seed=1)
+    first = kit.variant("pay-first")
+    outcome = _deliver(agent, edge_bootstrap, *kit.message(first))
+    assert outcome.state == "active", outcome.reason
+    link = agent.store.link("payments")
+    assert link.is_symlink() and (link / "model.tflite").read_bytes() == (
+        first / "model.tflite").read_bytes()
+
+    second = kit.variant("pay-second")
+    outcome = _deliver(agent, edge_bootstrap, *kit.message(second))
+    assert outcome.state == "active", outcome.reason
+    assert outcome.verdict is not None and outcome.verdict.events >= 500
+    assert agent.store.active_version("payments") == "pay-second"
+    assert agent.store.previous("payments")[0] == "pay-first"
+
+    states = [(s.version, s.state) for s in _statuses(edge_bootstrap, agent.config.edge_id, 8)]
+    assert states == [("pay-first", "received"), ("pay-first", "shadowing"),
+                      ("pay-first", "active"), ("pay-second", "received"),
+                      ("pay-second", "shadowing"), ("pay-second", "active")]
+
+
+def _install_running(agent: ModelAgent, kit: ModelKit, bootstrap: str) -> Path:
+    _recent_window(bootstrap, kit, seed=2)
+    running = kit.variant()
+    assert _deliver(agent, bootstrap, *kit.message(running)).state == "active"
+    return agent.store.link("payments").resolve()
+
+
+@pytest.mark.parametrize("case", ["flipped_model_byte", "flipped_manifest_byte", "unsigned",
+                                  "other_key", "wrong_stream", "wrong_feature_spec",
+                                  "alert_flood"])
+def test_bad_models_are_rejected_and_running_model_kept(case: str, agent: ModelAgent,
+                                                        kit: ModelKit,
+                                                        edge_bootstrap: str) -> None:
+    running = _install_running(agent, kit, edge_bootstrap)
+    running_version = agent.store.active_version("payments")
+    key, value = kit.message(kit.variant())
+    expect = {"flipped_model_byte": "signature does not match",
+              "flipped_manifest_byte": "signature does not match",
+              "unsigned": "unsigned model", "other_key": "signature does not match",
+              "wrong_stream": "is for stream 'payments', not 'telemetry'",
+              "wrong_feature_spec": "feature spec", "alert_flood": "alert rate"}[case]
+    if case == "flipped_model_byte":
+        value = flip_byte(value)
+    elif case == "flipped_manifest_byte":
+        value = flip_byte(value, "manifest.json", offset=40)
+    elif case == "unsigned":
+        value = drop_file(value, "signature")
+    elif case == "other_key":
+        key, value = kit.message(kit.variant(key=generate_private_key()))
+    elif case == "wrong_stream":
+        key, value = kit.message(kit.variant(), stream="telemetry")
+    elif case == "wrong_feature_spec":
+        key, value = kit.message(kit.variant(feature_spec="fs0-old"))
+    elif case == "alert_flood":  # a threshold far too low: nearly every event would alert
+        key, value = kit.message(kit.variant(threshold=1e-9))
+    outcome = _deliver(agent, edge_bootstrap, key, value)
+    assert outcome.state == "rejected"
+    assert expect in outcome.reason, outcome.reason
+    assert agent.store.link("payments").resolve() == running
+    assert agent.store.active_version("payments") == running_version
+    rejected = agent.statuses[-1]
+    assert rejected.state == "rejected" and expect in rejected.reason
+    published = _statuses(edge_bootstrap, agent.config.edge_id, 0)
+    assert published[-1].state == "rejected" and expect in published[-1].reason
+
+
+def test_live_alert_jump_rolls_back_to_previous(agent: ModelAgent, kit: ModelKit,
+                                               edge_bootstrap: str) -> None:
+    before = _install_running(agent, kit, edge_bootstrap)
+    before_version = agent.store.active_version("payments")
+    new = kit.variant()
+    outcome = _deliver(agent, edge_bootstrap, *kit.message(new))
+    assert outcome.state == "active"
+    # The scorer now scores with the new model, and it alerts on every event.
+    scores = [encode(Score(event_id=f"s-{i}", ts=time.time(), stream="payments",
+                           token="cardtoken0001", score=9.0, threshold=1.0,
+                           model_version=outcome.version, anomalous=True)) for i in range(150)]
+    produce_all(edge_bootstrap, topics.SCORES_PAYMENTS, ((None, v) for v in scores))
+    deadline = time.monotonic() + 30
+    while "payments" in agent.watches and time.monotonic() < deadline:
+        agent.step(0.2)
+    assert agent.statuses[-1].state == "rolled_back", agent.statuses[-1]
+    assert "live alert rate 100.00%" in agent.statuses[-1].reason
+    assert agent.store.link("payments").resolve() == before
+    assert agent.store.active_version("payments") == before_version
+    # Redelivered, the rolled-back version is refused without touching the running model.
+    again = agent.handle(*kit.message(new))
+    assert again.state == "rejected" and "rolled back before" in again.reason
+
+
+def test_scorer_that_never_switches_triggers_rollback(agent: ModelAgent, kit: ModelKit,
+                                                     edge_bootstrap: str) -> None:
+    before = _install_running(agent, kit, edge_bootstrap)
+    outcome = _deliver(agent, edge_bootstrap, *kit.message(kit.variant()))
+    assert outcome.state == "active"
+    old = [encode(Score(event_id=f"o-{i}", ts=time.time(), stream="payments",
+                        token="cardtoken0001", score=0.1, threshold=1.0,
+                        model_version="still-the-old-one", anomalous=False)) for i in range(20)]
+    produce_all(edge_bootstrap, topics.SCORES_PAYMENTS, ((None, v) for v in old))
+    deadline = time.monotonic() + 30
+    while "payments" in agent.watches and time.monotonic() < deadline:
+        agent.step(0.2)
+    assert agent.statuses[-1].state == "rolled_back"
+    assert "could not load" in agent.statuses[-1].reason
+    assert agent.store.link("payments").resolve() == before
