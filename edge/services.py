@@ -46,8 +46,12 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     Service("bridge", "edge.bridge.service:run", 0,
             "MQTT -> raw.* (validated; rejects to dlq.ingest).", processes="bridge.processes"),
+    Service("enricher", "edge.enricher.service:run", 1,
+            "raw.* -> PII vault + anon.* (tokens, features), exactly once."),
     Service("scorer", "edge.scorer.service:run", 2,
             "anon.* -> scores.*, alerts, payment decisions (int8 models), exactly once."),
+    Service("agent", "edge.agent.service:run", 3,
+            "cloud.models -> verify, shadow-score, switch the scorer's model, roll back."),
 )
 
 

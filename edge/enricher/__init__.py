@@ -1,0 +1,5 @@
+"""raw.* -> PII vault + anon.*, exactly once (Kafka transactions, changelog-backed state)."""
+
+from edge.enricher.enricher import Enricher
+
+__all__ = ["Enricher"]

@@ -48,6 +48,15 @@ class Anonymized(NamedTuple):
     updates: dict[str, KeyState]
 
 
+# Numbers leave the gateway with at most this many decimals: enough for any model input, and
+# no exact coordinate (or other identifying digit string) can hide inside a long float.
+DECIMALS = 3
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, DECIMALS) for k, v in values.items()}
+
+
 def _get(state: Mapping[str, KeyState], key: str, kind: type) -> Any:
     value = state.get(key)
     return value if isinstance(value, kind) else None
@@ -57,13 +66,14 @@ def _telemetry(event: Telemetry, state: Mapping[str, KeyState], tok: Tokenizer) 
     vehicle_token = tok.token(VIN, event.vin)
     key = state_key(VEHICLE, vehicle_token)
     before: VehicleState | None = _get(state, key, VehicleState)
+    reads, features, after = tel.telemetry_step(event, before)
     record = AnonTelemetry(
         event_id=event.event_id, ts=event.ts, vehicle_token=vehicle_token,
         driver_token=tok.token(DRIVER_ID, event.driver_id), model=event.model,
         firmware=event.firmware, cell=cell(event.lat, event.lon),
-        readings=tel.readings(event), features=tel.telemetry_features(event, before),
+        readings=_rounded(reads), features=_rounded(features),
     )
-    return Anonymized(record, {key: tel.update_vehicle(before, event)})
+    return Anonymized(record, {key: after})
 
 
 def _payment(event: Payment, state: Mapping[str, KeyState], tok: Tokenizer) -> Anonymized:
@@ -79,7 +89,7 @@ def _payment(event: Payment, state: Mapping[str, KeyState], tok: Tokenizer) -> A
         vehicle_token=vehicle_token, driver_token=driver_token, merchant_id=event.merchant_id,
         mcc=event.mcc, category=event.category, amount=event.amount, currency=event.currency,
         volume_l=event.volume_l, cell=cell(event.lat, event.lon),
-        features=pay.payment_features(event, card, driver, vehicle, vehicle_token),
+        features=_rounded(pay.payment_features(event, card, driver, vehicle, vehicle_token)),
     )
     updates: dict[str, KeyState] = {
         card_key: pay.update_card(card, event, vehicle_token),

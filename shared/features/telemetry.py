@@ -1,15 +1,16 @@
 """Telemetry features: the readings, stateless cross-sensor facts, and per-vehicle rolling stats.
 
 Every function is pure: it reads a Telemetry event (and the vehicle's previous state) and returns
-a new dict or a new state.
+a new dict or a new state. :func:`telemetry_step` does both in one pass (the hot path).
 """
 
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 from shared.contracts import Telemetry
-from shared.features.guard import fin, log1p_pos
+from shared.features.guard import BIG, fin, log1p_pos
 from shared.features.state import VehicleState
 
 READINGS = (
@@ -26,91 +27,125 @@ ROLLING = (
 )
 PRIOR_STD = (20.0, 800.0, 5.0, 5.0, 50.0, 0.3, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 3.0)
 MIN_STD = tuple(s * 0.05 for s in PRIOR_STD)
+PRIOR_VAR = tuple(s * s for s in PRIOR_STD)
 # Sensors whose analogue noise makes exact repeats rare: a run of identical values means stuck.
 NOISY = ("coolant_c", "intake_c", "oil_kpa", "battery_v", "tyre_fl_kpa", "tyre_fr_kpa",
          "tyre_rl_kpa", "tyre_rr_kpa", "ambient_c")
-_NOISY_IDX = tuple(ROLLING.index(s) for s in NOISY)
+_IS_NOISY = tuple(s in NOISY for s in ROLLING)
 ALPHA = 0.05  # EWMA weight: about the last 20 frames
 MIN_DT_S = 0.5
 Z_LIMIT = 20.0
 RATE_LIMIT = 50.0  # in prior deviations per second
 STUCK_CAP = 3600
 
+_readings_of = attrgetter(*READINGS)
+_rolling_of = attrgetter(*ROLLING)
+_Z = tuple(f"{s}_z" for s in ROLLING)
+_RATE = tuple(f"{s}_rate" for s in ROLLING)
+_ROLLING_IDX = tuple(READINGS.index(s) for s in ROLLING)
+_COLD = {**{n: 0.0 for n in _Z}, **{n: 0.0 for n in _RATE},
+         "stuck_frames": 0.0, "frame_gap_s": 0.0, "history": 0.0}
+
+
+def _clean(values: tuple[float, ...]) -> list[float]:
+    # The comparison is False for NaN and for anything huge, which then gets clipped.
+    return [float(v) if -BIG < v < BIG else fin(float(v)) for v in values]
+
 
 def readings(event: Telemetry) -> dict[str, float]:
     """The sensor values as floats (finite, clipped)."""
-    return {name: fin(float(getattr(event, name))) for name in READINGS}
+    return dict(zip(READINGS, _clean(_readings_of(event)), strict=True))
 
 
 def cross_sensor(event: Telemetry) -> dict[str, float]:
     """Facts that need no history: tyre spread, engine heat over ambient, acceleration size."""
-    tyres = (event.tyre_fl_kpa, event.tyre_fr_kpa, event.tyre_rl_kpa, event.tyre_rr_kpa)
-    mean_tyre = sum(tyres) / 4
-    accel = math.sqrt(fin(event.accel_x_g, -100, 100) ** 2 + fin(event.accel_y_g, -100, 100) ** 2
-                      + fin(event.accel_z_g, -100, 100) ** 2)
+    return _cross(dict(zip(READINGS, _clean(_readings_of(event)), strict=True)))
+
+
+def _cross(r: dict[str, float]) -> dict[str, float]:
+    tyres = (r["tyre_fl_kpa"], r["tyre_fr_kpa"], r["tyre_rl_kpa"], r["tyre_rr_kpa"])
+    accel = math.sqrt(min(1e4, r["accel_x_g"] ** 2) + min(1e4, r["accel_y_g"] ** 2)
+                      + min(1e4, r["accel_z_g"] ** 2))
     return {
         "tyre_spread_kpa": fin(max(tyres) - min(tyres)),
-        "tyre_min_dev_kpa": fin(min(tyres) - mean_tyre),
-        "coolant_minus_ambient_c": fin(event.coolant_c - event.ambient_c),
-        "intake_minus_ambient_c": fin(event.intake_c - event.ambient_c),
-        "accel_g": fin(accel),
+        "tyre_min_dev_kpa": fin(min(tyres) - sum(tyres) / 4),
+        "coolant_minus_ambient_c": fin(r["coolant_c"] - r["ambient_c"]),
+        "intake_minus_ambient_c": fin(r["intake_c"] - r["ambient_c"]),
+        "accel_g": accel,
     }
 
 
-def rolling(event: Telemetry, state: VehicleState | None) -> dict[str, float]:
-    """Each sensor against the vehicle's own recent behaviour (before this frame counts)."""
-    out: dict[str, float] = {}
+def _rolling(xs: list[float], ts: float, state: VehicleState | None) -> dict[str, float]:
     if state is None:
-        for name in ROLLING:
-            out[f"{name}_z"] = 0.0
-            out[f"{name}_rate"] = 0.0
-        out["stuck_frames"] = 0.0
-        out["frame_gap_s"] = 0.0
-        out["history"] = 0.0
-        return out
-    dt = max(MIN_DT_S, fin(event.ts - state.ts, 0.0))
-    for i, name in enumerate(ROLLING):
-        x = fin(float(getattr(event, name)))
-        std = max(MIN_STD[i], math.sqrt(state.var[i]))
-        out[f"{name}_z"] = fin((x - state.mean[i]) / std, -Z_LIMIT, Z_LIMIT)
-        out[f"{name}_rate"] = fin((x - state.last[i]) / dt / PRIOR_STD[i], -RATE_LIMIT, RATE_LIMIT)
-    stuck = max((state.same[i] + 1 if fin(getattr(event, ROLLING[i])) == state.last[i] else 0)
-                for i in _NOISY_IDX)
+        return dict(_COLD)
+    out: dict[str, float] = {}
+    gap = ts - state.ts
+    inv_dt = 1.0 / (gap if gap > MIN_DT_S else MIN_DT_S)
+    stuck = 0
+    for zname, rname, x, mean, var, last, same, min_std, prior, noisy in zip(
+            _Z, _RATE, xs, state.mean, state.var, state.last, state.same, MIN_STD, PRIOR_STD,
+            _IS_NOISY, strict=True):
+        std = math.sqrt(var)
+        z = (x - mean) / (std if std > min_std else min_std)
+        out[zname] = Z_LIMIT if z > Z_LIMIT else -Z_LIMIT if z < -Z_LIMIT else z
+        rate = (x - last) * inv_dt / prior
+        out[rname] = RATE_LIMIT if rate > RATE_LIMIT else -RATE_LIMIT if rate < -RATE_LIMIT else rate
+        if noisy and x == last and same + 1 > stuck:
+            stuck = same + 1
     out["stuck_frames"] = log1p_pos(stuck, STUCK_CAP)
-    out["frame_gap_s"] = log1p_pos(event.ts - state.ts, 86_400.0)
+    out["frame_gap_s"] = log1p_pos(gap, 86_400.0)
     out["history"] = log1p_pos(state.n, 1e9)
     return out
 
 
-def update_vehicle(state: VehicleState | None, event: Telemetry) -> VehicleState:
-    """The vehicle's state after this frame (a new object; ``state`` is left as it was)."""
-    xs = [fin(float(getattr(event, name))) for name in ROLLING]
+def rolling(event: Telemetry, state: VehicleState | None) -> dict[str, float]:
+    """Each sensor against the vehicle's own recent behaviour (before this frame counts)."""
+    return _rolling(_clean(_rolling_of(event)), event.ts, state)
+
+
+def _update(xs: list[float], event: Telemetry, state: VehicleState | None) -> VehicleState:
+    fuel = fin(event.fuel_pct, 0.0, 100.0)
     if state is None:
-        return VehicleState(
-            n=1, ts=event.ts, mean=tuple(xs), var=tuple(s * s for s in PRIOR_STD),
-            last=tuple(xs), same=(0,) * len(ROLLING), lat=event.lat, lon=event.lon,
-            model=event.model, fuel_pct=fin(event.fuel_pct, 0.0, 100.0),
-        )
+        return VehicleState(n=1, ts=event.ts, mean=tuple(xs), var=PRIOR_VAR, last=tuple(xs),
+                            same=(0,) * len(ROLLING), lat=event.lat, lon=event.lon,
+                            model=event.model, fuel_pct=fuel)
     means, vars_, same = [], [], []
-    for i, x in enumerate(xs):
-        diff = x - state.mean[i]
+    keep = 1.0 - ALPHA
+    for x, mean, var, last, n_same in zip(xs, state.mean, state.var, state.last, state.same,
+                                          strict=True):
+        diff = x - mean
         incr = ALPHA * diff
-        means.append(state.mean[i] + incr)
-        vars_.append(fin((1 - ALPHA) * (state.var[i] + diff * incr), 0.0, 1e12))
-        same.append(min(STUCK_CAP, state.same[i] + 1) if x == state.last[i] else 0)
+        means.append(mean + incr)
+        v = keep * (var + diff * incr)
+        vars_.append(v if v < 1e12 else 1e12)
+        same.append((n_same + 1 if n_same < STUCK_CAP else STUCK_CAP) if x == last else 0)
     # Out-of-order frames update the statistics but never move time or position backwards.
     newer = event.ts >= state.ts
     return VehicleState(
-        n=state.n + 1, ts=max(state.ts, event.ts), mean=tuple(means), var=tuple(vars_),
-        last=tuple(xs), same=tuple(same),
+        n=state.n + 1, ts=event.ts if newer else state.ts, mean=tuple(means),
+        var=tuple(vars_), last=tuple(xs), same=tuple(same),
         lat=event.lat if newer else state.lat, lon=event.lon if newer else state.lon,
-        model=event.model, fuel_pct=fin(event.fuel_pct, 0.0, 100.0) if newer else state.fuel_pct,
+        model=event.model, fuel_pct=fuel if newer else state.fuel_pct,
     )
+
+
+def update_vehicle(state: VehicleState | None, event: Telemetry) -> VehicleState:
+    """The vehicle's state after this frame (a new object; ``state`` is left as it was)."""
+    return _update(_clean(_rolling_of(event)), event, state)
 
 
 def telemetry_features(event: Telemetry, state: VehicleState | None) -> dict[str, float]:
     """Every telemetry feature for one frame, given the vehicle's state before it."""
-    out = readings(event)
-    out.update(cross_sensor(event))
-    out.update(rolling(event, state))
-    return out
+    return telemetry_step(event, state)[1]
+
+
+def telemetry_step(event: Telemetry, state: VehicleState | None
+                   ) -> tuple[dict[str, float], dict[str, float], VehicleState]:
+    """(readings, features, new state) in one pass over the frame."""
+    values = _clean(_readings_of(event))
+    reads = dict(zip(READINGS, values, strict=True))
+    xs = [values[i] for i in _ROLLING_IDX]
+    features = dict(reads)
+    features.update(_cross(reads))
+    features.update(_rolling(xs, event.ts, state))
+    return reads, features, _update(xs, event, state)

@@ -1,0 +1,87 @@
+"""The enricher's changelog topic: per-key feature state and dedup deltas, and its restore.
+
+Keys: ``v:|c:|d:<token>`` hold a key's latest feature state (msgpack); ``dedup:<topic>:<partition>:
+<seq>`` hold one committed batch's event ids. Both are written in the same transaction as the
+anon records and the consumed offsets, so what is read back always matches the offsets.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from edge.enricher.dedup import DedupWindow
+from edge.enricher.errors import EnricherError
+from shared.features import FeatureState, decode_state
+from shared.topics import ENRICHER_STATE
+
+DEDUP_PREFIX = "dedup:"
+_ids_encoder = msgspec.msgpack.Encoder()
+_ids_decoder = msgspec.msgpack.Decoder(list[str])
+
+
+def dedup_key(topic: str, partition: int, seq: int) -> bytes:
+    return f"{DEDUP_PREFIX}{topic}:{partition}:{seq:012d}".encode()
+
+
+def encode_ids(ids: list[str]) -> bytes:
+    return _ids_encoder.encode(ids)
+
+
+def restore(bootstrap: str, dedup_limit: int, timeout_s: float = 120.0,
+            topic: str = ENRICHER_STATE
+            ) -> tuple[FeatureState, dict[tuple[str, int], DedupWindow]]:
+    """Read the changelog to its end (committed records only) and rebuild state and windows."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"enricher-restore-{uuid.uuid4()}",
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": True, "auto.offset.reset": "earliest",
+    })
+    states: dict[str, Any] = {}
+    deltas: dict[tuple[str, int], dict[int, list[str]]] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=30)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise EnricherError(f"changelog topic {topic} is missing: run `fleetsentry infra up`")
+        parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
+        consumer.assign(parts)
+        remaining = {tp.partition for tp in parts}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise EnricherError(f"restoring {topic} took over {timeout_s:.0f} s")
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(msg.partition())
+                        continue
+                    raise EnricherError(f"reading {topic}: {err}")
+                _apply((msg.key() or b"").decode(), msg.value(), states, deltas)
+    finally:
+        consumer.close()
+    windows: dict[tuple[str, int], DedupWindow] = {}
+    for tp, by_seq in deltas.items():
+        window = windows[tp] = DedupWindow(dedup_limit)
+        for seq in sorted(by_seq):
+            window.load(seq, by_seq[seq])
+    return FeatureState(states), windows
+
+
+def _apply(key: str, value: bytes | None, states: dict[str, Any],
+           deltas: dict[tuple[str, int], dict[int, list[str]]]) -> None:
+    if key.startswith(DEDUP_PREFIX):
+        raw_topic, partition, seq = key[len(DEDUP_PREFIX):].rsplit(":", 2)
+        by_seq = deltas.setdefault((raw_topic, int(partition)), {})
+        if value is None:
+            by_seq.pop(int(seq), None)
+        else:
+            by_seq[int(seq)] = _ids_decoder.decode(value)
+    elif value is None:
+        states.pop(key, None)
+    else:
+        states[key] = decode_state(value)

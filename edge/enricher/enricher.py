@@ -1,0 +1,245 @@
+"""raw.* -> vault + anon.*, exactly once.
+
+One Kafka transaction per consumed batch holds: the anon records, the changed per-key feature
+states and the batch's dedup delta (changelog), and the consumed offsets. Whatever kills the
+process, the batch is either entirely visible to read_committed readers or not at all, and a
+restart resumes from the committed offsets with the state those offsets imply. The vault is
+written before the commit; storing a value is idempotent, so a replayed batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from edge import metrics
+from edge.config import EdgeConfig
+from edge.enricher import changelog
+from edge.enricher.dedup import DedupWindow
+from edge.enricher.errors import EnricherError
+from edge.vault import Vault
+from shared import streams
+from shared.contracts import DeadLetter, Payment, Telemetry, decode, encode
+from shared.errors import ContractError
+from shared.features import FeatureState, anonymize, encode_state
+from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN
+from shared.tokens import Tokenizer
+from shared.topics import DLQ_INGEST, ENRICHER_STATE
+
+log = logging.getLogger("enricher")
+SERVICE = "enricher"
+
+
+def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
+    """(kind, value, person) of every identifying value the vault keeps for ``event``.
+
+    Kinds that anon records carry tokens of use the anonymizer's namespaces, so the vault
+    reverses those tokens. Card data belongs to the driver who pays with it.
+    """
+    items: list[tuple[str, str, str | None]] = [
+        (VIN, event.vin, None), (DRIVER_ID, event.driver_id, event.driver_id)]
+    if isinstance(event, Payment):
+        items += [("driver_name", event.driver_name, event.driver_id),
+                  (CARD_NUMBER, event.card_number, event.driver_id),
+                  ("cardholder", event.cardholder, event.driver_id)]
+    return items
+
+
+class Enricher:
+    """Consume raw.*, anonymize, write anon.* transactionally. ``start()`` connects."""
+
+    def __init__(self, config: EdgeConfig, vault: Vault, tokenizer: Tokenizer,
+                 instance: int = 0, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.settings = config.enricher
+        self.vault = vault
+        self.tokenizer = tokenizer
+        self.transactional_id = f"{config.edge_id}-enricher-{instance}"
+        self._clock = clock
+        self._specs = {spec.raw_topic: spec for spec in streams.all_streams()}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self.state = FeatureState()
+        self._windows: dict[tuple[str, int], DedupWindow] = {}
+        self.consumed = self.produced = self.duplicates = self.rejected = 0
+        self.batches = 0
+        names = [s.name for s in self._specs.values()]
+        self._in = {n: metrics.MESSAGES_IN.labels(service=SERVICE, stream=n) for n in names}
+        self._out = {n: metrics.MESSAGES_OUT.labels(service=SERVICE, stream=n) for n in names}
+        self._latency = {n: metrics.END_TO_END_LATENCY.labels(service=SERVICE, stream=n)
+                         for n in names}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        bootstrap = self.config.kafka.bootstrap
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
+            "transaction.timeout.ms": s.transaction_timeout_ms, "linger.ms": s.linger_ms,
+            "compression.type": s.compression, "queue.buffering.max.messages": 500_000,
+            "batch.num.messages": 10_000,
+        })
+        try:
+            # Fences a previous instance and aborts whatever transaction it left open, so the
+            # changelog's committed end is final before we read it.
+            self._producer.init_transactions(60)
+        except KafkaException as exc:
+            raise EnricherError(f"cannot start transactions on {bootstrap}: {exc}") from None
+        self.state, self._windows = changelog.restore(bootstrap, s.dedup_window)
+        log.info("restored %d feature states and %d dedup windows", len(self.state),
+                 len(self._windows))
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": s.group,
+            "client.id": self.transactional_id, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
+        })
+        self._consumer.subscribe(list(self._specs))
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    def run(self, stop: Any, max_batches: int | None = None) -> None:
+        """Process batches until ``stop`` (a threading.Event) is set."""
+        n = 0
+        last_lag = 0.0
+        while not stop.is_set() and (max_batches is None or n < max_batches):
+            self.step()
+            n += 1
+            if time.monotonic() - last_lag > 5:
+                last_lag = time.monotonic()
+                assert self._consumer is not None
+                metrics.update_consumer_lag(SERVICE, self._consumer)
+
+    # --- one batch ---------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Consume one batch and commit it in one transaction; returns records consumed."""
+        assert self._consumer is not None and self._producer is not None
+        msgs = self._consumer.consume(num_messages=self.settings.batch_size,
+                                      timeout=self.settings.batch_wait_ms / 1000)
+        msgs = [m for m in msgs if self._usable(m)]
+        if not msgs:
+            return 0
+        self._producer.begin_transaction()
+        try:
+            produced = self._process(msgs)
+            self._commit(msgs)
+        except (KafkaException, BufferError) as exc:
+            self._recover(exc)
+            return 0
+        self.consumed += len(msgs)
+        self.produced += produced
+        self.batches += 1
+        return len(msgs)
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() == KafkaError._PARTITION_EOF:
+            return False
+        raise EnricherError(f"consuming raw: {err}")
+
+    def _process(self, msgs: list[Message]) -> int:
+        assert self._producer is not None
+        produce = self._producer.produce
+        state, tok = self.state, self.tokenizer
+        touched: set[str] = set()
+        pii: list[tuple[str, str, str | None]] = []
+        now = self._clock()
+        produced = 0
+        for msg in msgs:
+            topic, partition = cast(str, msg.topic()), cast(int, msg.partition())
+            spec = self._specs[topic]
+            self._in[spec.name].inc()
+            try:
+                event: Telemetry | Payment = decode(spec.event, msg.value() or b"")  # type: ignore[assignment]
+            except ContractError as exc:
+                self._reject(msg, exc)
+                continue
+            window = self._window(topic, partition)
+            if not window.check_and_add(event.event_id):
+                self.duplicates += 1
+                continue
+            result = anonymize(spec, event, state, tok)
+            state.apply(result.updates)
+            touched.update(result.updates)
+            pii.extend(pii_items(event))
+            record = result.record
+            key = record.card_token if spec is streams.PAYMENTS else record.vehicle_token  # type: ignore[union-attr]
+            self._send(spec.anon_topic, key.encode(), encode(record))
+            self._out[spec.name].inc()
+            self._latency[spec.name].observe(max(0.0, now - event.ts))
+            produced += 1
+        self.vault.put_many(pii)
+        for key in touched:
+            self._send(ENRICHER_STATE, key.encode(), encode_state(state[key]))
+        for (topic, partition), window in self._windows.items():
+            seq, ids, expired = window.seal()
+            if seq is not None:
+                self._send(ENRICHER_STATE, changelog.dedup_key(topic, partition, seq),
+                           changelog.encode_ids(ids))
+            for old in expired:
+                produce(ENRICHER_STATE, key=changelog.dedup_key(topic, partition, old), value=None)
+        return produced
+
+    def _send(self, topic: str, key: bytes, value: bytes) -> None:
+        assert self._producer is not None
+        try:
+            self._producer.produce(topic, key=key, value=value)
+        except BufferError:
+            self._producer.poll(0.05)  # the local queue is full: let deliveries drain
+            self._producer.produce(topic, key=key, value=value)
+
+    def _window(self, topic: str, partition: int) -> DedupWindow:
+        window = self._windows.get((topic, partition))
+        if window is None:
+            window = self._windows[(topic, partition)] = DedupWindow(self.settings.dedup_window)
+        return window
+
+    def _reject(self, msg: Message, exc: ContractError) -> None:
+        # The bridge validated this already; a record that still fails is kept, not dropped.
+        self.rejected += 1
+        metrics.DLQ_MESSAGES.labels(service=SERVICE, reason="contract").inc()
+        letter = DeadLetter(source=f"{msg.topic()}/{msg.partition()}@{msg.offset()}",
+                            reason="contract", detail=str(exc)[:500],
+                            received_ts=self._clock(), payload=msg.value() or b"")
+        self._send(DLQ_INGEST, b"enricher", encode(letter))
+
+    def _commit(self, msgs: list[Message]) -> None:
+        assert self._consumer is not None and self._producer is not None
+        ends: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            tp = (cast(str, m.topic()), cast(int, m.partition()))
+            ends[tp] = max(ends.get(tp, -1), cast(int, m.offset()) + 1)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+        self._producer.send_offsets_to_transaction(
+            offsets, self._consumer.consumer_group_metadata(), 30)
+        self._producer.commit_transaction(60)
+
+    def _recover(self, exc: Exception) -> None:
+        """Abort the batch and rewind state and positions to the last commit."""
+        assert self._consumer is not None and self._producer is not None
+        fatal = isinstance(exc, KafkaException) and not exc.args[0].txn_requires_abort()
+        if fatal:
+            raise EnricherError(f"transaction failed and cannot be aborted: {exc}") from exc
+        log.warning("aborting a batch (%s); rewinding to the last commit", exc)
+        self._producer.abort_transaction(60)
+        metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc()
+        self.state, self._windows = changelog.restore(self.config.kafka.bootstrap,
+                                                      self.settings.dedup_window)
+        assigned = self._consumer.assignment()
+        for tp in self._consumer.committed(assigned, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else 0
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
