@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class SyntheticFeatures:
 
 def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int = 1,
                     version: str = "test-1", threshold_quantile: float = 0.999,
-                    epochs: int = 30) -> tuple[Path, Path]:
+                    epochs: int = 30, key: Any = None) -> tuple[Path, Path]:
     """Train, quantize to int8, sign. Returns (model_dir, public_key_path)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
@@ -96,7 +97,7 @@ def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int =
         output_quant=(float(oq[0]), int(oq[1])), metrics={}, data_range=(1.0, 2.0),
         created_ts=time.time())
     (out / "manifest.json").write_bytes(encode(manifest))
-    key = generate_private_key()
+    key = key or generate_private_key()
     sign_model_dir(out, key)
     pub = out.parent / f"{out.name}.pub"
     write_public_key(key, pub)

@@ -109,6 +109,9 @@ class ScorerService:
         self._matrix: Callable[[str, list[Any]], Any] | None = None
         self._closers: list[Callable[[], None]] = []
         self.decisions_unrouted = 0
+        # The model directory each stream's model came from; see reload_models().
+        self._loaded: dict[str, Path] = {}
+        self._next_reload = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +129,10 @@ class ScorerService:
         self._label, self._matrix = feature_label, feature_matrix
         if self.holders is None:
             self.holders = load_models(self.settings)
+            self._loaded = {s: Path(h.current.path or "").resolve()
+                            for s, h in self.holders.items()}
+        else:  # models handed in: only a later switch by the agent replaces them
+            self._loaded = {s: self._active_dir(s) for s in self.holders}
         for stream, h in self.holders.items():
             log.info("%s model %s (threshold %.4g)", stream, h.current.version, h.current.threshold)
         bootstrap = self.config.kafka.bootstrap
@@ -169,8 +176,10 @@ class ScorerService:
                     if msg.error().code() == KafkaError._PARTITION_EOF:
                         pending.discard(msg.partition())
                     continue
-                self.tracker.restore(msg.key().decode(), msg.value())
-                n += 1
+                owner, _, token = msg.key().decode().partition("/")
+                if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
+                    self.tracker.restore(token, msg.value())
+                    n += 1
             if pending:
                 raise ScorerError(f"could not read {topics.SCORER_EPISODES} to its end in 60s")
             self.tracker.dirty.clear()
@@ -195,6 +204,7 @@ class ScorerService:
     def step(self) -> BatchResult | None:
         """Score one micro-batch in one transaction; None when nothing arrived."""
         assert self._consumer is not None and self._producer is not None, "start() first"
+        self.reload_models()
         msgs = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
         msgs = [m for m in msgs if self._usable(m)]
         if not msgs:
@@ -209,9 +219,40 @@ class ScorerService:
             out.add(topics.ALERTS, alert.token, encode(alert))
             result.alerts += 1
         for token, state in self.tracker.drain_dirty().items():
-            out.add(topics.SCORER_EPISODES, token, state)
+            out.add(topics.SCORER_EPISODES, f"{self.group_id}/{token}", state)
         self._commit(out, msgs)
         return result
+
+    def _active_dir(self, stream: str) -> Path:
+        link = self.config.models_dir / stream  # the agent's symlink (edge/agent/store.py)
+        return (link if link.is_dir() else model_dir_for(self.settings, stream)).resolve()
+
+    def reload_models(self, every_s: float = 1.0) -> list[str]:
+        """Between transactions: take the model the agent switched to (at most every_s).
+
+        A model that fails to load is logged and the running one kept; the agent sees the
+        scores still carry the old version and rolls the switch back.
+        """
+        now = time.monotonic()
+        if self.holders is None or now < self._next_reload:
+            return []
+        self._next_reload = now + every_s
+        swapped = []
+        for stream, holder in self.holders.items():
+            target = self._active_dir(stream)
+            if self._loaded.get(stream) == target:
+                continue
+            self._loaded[stream] = target
+            try:
+                model = load_model(target, stream, self.settings.public_key,
+                                   max_batch=self.settings.max_batch)
+                old = holder.swap(model)
+            except (ScorerError, OSError) as exc:
+                log.error("%s: cannot switch to the model in %s: %s", stream, target, exc)
+                continue
+            log.info("%s: switched model %s -> %s", stream, old.version, model.version)
+            swapped.append(stream)
+        return swapped
 
     def _usable(self, m: Message) -> bool:
         err = m.error()
