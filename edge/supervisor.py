@@ -81,11 +81,12 @@ class Supervisor:
         child.exits.append(code)
         child.proc = None
         child.restarts += 1
-        child.backoff = BACKOFF_MIN_S if ran >= HEALTHY_AFTER_S else min(
-            BACKOFF_MAX_S, child.backoff * 2)
+        if ran >= HEALTHY_AFTER_S:
+            child.backoff = BACKOFF_MIN_S
         child.next_start = now + child.backoff
         log.warning("%s exited with %d after %.1fs; restarting in %.0fs",
                     child.label, code, ran, child.backoff)
+        child.backoff = min(BACKOFF_MAX_S, child.backoff * 2)
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         self.stop_event.set()
