@@ -1,0 +1,422 @@
+"""The Ansible roles, applied for real: lint, syntax, then two gateways on this machine.
+
+The converge tests install two gateways side by side (connection local, each under its own
+root in a tmp dir, on its own free ports), run them through the no-systemd path
+(``gateway_service_manager: supervisor``), publish vehicle events over each gateway's TLS
+listener and read them back from its ``raw.*`` and ``anon.*`` topics. Then they upgrade
+one version up, re-run (zero changed tasks) and run ``--check --diff`` (no change).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from shared.infra import jars
+from shared.infra.ports import free_ports
+from tests.support import consume_all
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / "ansible"
+BIN = Path(sys.executable).parent
+VEHICLE_PASSWORD = "vehicle-password-1"
+GATEWAYS = ("gw-a", "gw-b")
+# Long enough for a busy 2-core machine; a hung run still ends.
+PLAYBOOK_TIMEOUT_S = 600
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", PY_COLORS="0",
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def _run(argv: list[str], cwd: Path = ANSIBLE, timeout: float = PLAYBOOK_TIMEOUT_S,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+# --- static checks -------------------------------------------------------------------------
+
+
+def test_yamllint_passes() -> None:
+    _ok(_run([str(BIN / "yamllint"), "-s", "-c", ".yamllint", "."]))
+
+
+def test_ansible_lint_production_profile_passes() -> None:
+    out = _ok(_run([str(BIN / "ansible-lint"), "--offline", "--profile", "production",
+                    "site.yml", "roles"]))
+    assert "fatal" not in out.lower()
+
+
+def test_syntax_check_passes() -> None:
+    _ok(_run([str(BIN / "ansible-playbook"), "--syntax-check", "-i",
+              "inventory/example/hosts.yml", "site.yml"]))
+
+
+# --- two gateways on this machine ----------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    name: str
+    root: Path
+    ports: dict[str, int]
+    events: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports['kafka']}"
+
+    @property
+    def ctl(self) -> Path:
+        return self.root / "opt/fleetsentry/bin/fleetsentry-service"
+
+    def pid(self, service: str) -> int | None:
+        proc = subprocess.run([str(self.ctl), "status", service], capture_output=True, text=True)
+        match = re.search(r"pid (\d+)", proc.stdout)
+        return int(match.group(1)) if proc.returncode == 0 and match else None
+
+    def stop(self) -> None:
+        if not self.ctl.exists():
+            return
+        for service in ("mirror", "edge", "mosquitto", "kafka"):
+            subprocess.run([str(self.ctl), "stop", service], capture_output=True, timeout=90)
+
+
+@dataclass
+class Fleet:
+    inventory: Path
+    vault_password_file: Path
+    gateways: dict[str, Gateway]
+    wheel: Path
+    upgrade_wheel: Path
+
+    def playbook(self, *extra: str) -> str:
+        return _ok(_run([str(BIN / "ansible-playbook"), "-i", str(self.inventory),
+                         "--vault-password-file", str(self.vault_password_file),
+                         "site.yml", *extra]))
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    """host -> {"ok": n, "changed": n, "failed": n, ...} from the PLAY RECAP."""
+    recap = output.rsplit("PLAY RECAP", 1)[-1]
+    out = {}
+    for line in recap.splitlines():
+        match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if match:
+            out[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return out
+
+
+def _changed_tasks(output: str) -> list[str]:
+    names, current = [], ""
+    for line in output.splitlines():
+        if line.startswith("TASK [") or line.startswith("RUNNING HANDLER ["):
+            current = line
+        elif line.startswith("changed:"):
+            names.append(f"{current} {line}")
+    return names
+
+
+def _build_wheel(dest: Path, version: str | None = None) -> Path:
+    """A wheel of the working tree (optionally with another version number)."""
+    src = dest / f"src-{version or 'current'}"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "tests", "bench", "ansible",
+        ".pytest_cache", ".mypy_cache", ".ruff_cache", "artifacts", ".fleetsentry"))
+    if version:
+        pyproject = src / "pyproject.toml"
+        pyproject.write_text(re.sub(r'^version = ".*"$', f'version = "{version}"',
+                                    pyproject.read_text(), count=1, flags=re.M))
+    env = dict(os.environ, SOURCE_DATE_EPOCH="315532800")
+    out = dest / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(src)],
+                   check=True, capture_output=True, env=env, timeout=300)
+    shutil.rmtree(src)
+    wanted = version or _current_version()
+    return next(out.glob(f"fleetsentry-{wanted}-*.whl"))
+
+
+def _current_version() -> str:
+    match = re.search(r'^version = "(.*)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    assert match
+    return match.group(1)
+
+
+def _events(seed: int) -> list[tuple[str, bytes]]:
+    from firmware_sim import Fleet as SimFleet, SimSettings
+
+    fleet = SimFleet(SimSettings(vehicles=3, duration_s=15, rate_hz=1.0, seed=seed,
+                                 start_ts=None, payment_rate=20.0))
+    return list(fleet.events())
+
+
+def _public_key_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
+                     wheelhouse: Path) -> tuple[Path, Path]:
+    inv_dir = base / "inventory"
+    (inv_dir / "group_vars" / "gateways").mkdir(parents=True)
+    kafka_home = base / "kafka-home"
+    kafka_home.mkdir()
+    (kafka_home / "libs").symlink_to(jars.kafka_libs(quiet=True))
+    hosts = {}
+    for i, gw in enumerate(gateways.values()):
+        hosts[gw.name] = {
+            "gateway_root": str(gw.root),
+            "mosquitto_tls_port": gw.ports["mqtts"],
+            "mosquitto_local_port": gw.ports["mqtt"],
+            "kafka_port": gw.ports["kafka"],
+            "kafka_controller_port": gw.ports["controller"],
+            "edge_mirror_rest_port": gw.ports["mirror_rest"],
+        }
+        # One gateway assembles Kafka with Maven (offline: from the local repository the
+        # project's `make jars` filled), the other uses a Kafka distribution (kafka_home).
+        if i == 0:
+            hosts[gw.name]["kafka_maven_offline"] = True
+        else:
+            hosts[gw.name]["kafka_home"] = str(kafka_home)
+    inventory = {"all": {"children": {"gateways": {"hosts": hosts}}}}
+    (inv_dir / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    vins = sorted({t.split("/")[1] for gw in gateways.values() for t, _ in gw.events})
+    group_vars = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "gateway_service_manager": "supervisor",
+        "gateway_manage_users": False,
+        "gateway_manage_packages": False,
+        "gateway_group": "root",
+        "mosquitto_user": "root", "mosquitto_group": "root",
+        "kafka_user": "root", "kafka_group": "root",
+        "edge_user": "root",
+        "mosquitto_tls_bind_address": "127.0.0.1",
+        "kafka_heap_max": "320m",
+        "edge_python": sys.executable,
+        "edge_package_src": str(wheel),
+        "edge_pip_extra_args": ["--no-index", "--find-links", str(wheelhouse)],
+        # Metrics off: their port range is not reserved by the test.
+        "edge_metrics_base_port": 0,
+        "mosquitto_admin_password": "{{ vault_admin_password }}",
+        "mosquitto_bridge_password": "{{ vault_bridge_password }}",
+        "mosquitto_vehicles": "{{ vault_vehicles }}",
+        "edge_fleet_secret": "{{ vault_fleet_secret }}",
+        "edge_model_public_key": "{{ vault_model_public_key }}",
+    }
+    (inv_dir / "group_vars" / "gateways" / "main.yml").write_text(yaml.safe_dump(group_vars))
+    vault = {
+        "vault_admin_password": "admin-password-for-tests",
+        "vault_bridge_password": "bridge-password-for-tests",
+        "vault_vehicles": [{"vin": vin, "password": VEHICLE_PASSWORD} for vin in vins],
+        "vault_fleet_secret": "ZmxlZXRzZW50cnktdGVzdC1mbGVldC1zZWNyZXQtMzI=",
+        "vault_model_public_key": _public_key_pem(),
+    }
+    vault_file = inv_dir / "group_vars" / "gateways" / "vault.yml"
+    vault_file.write_text(yaml.safe_dump(vault))
+    password_file = base / "vault-password"
+    password_file.write_text("test-vault-password\n")
+    _ok(_run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file",
+              str(password_file), str(vault_file)]))
+    assert vault_file.read_text().startswith("$ANSIBLE_VAULT")
+    return inv_dir / "hosts.yml", password_file
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    base = tmp_path_factory.mktemp("ansible")
+    gateways = {}
+    for i, name in enumerate(GATEWAYS):
+        p = free_ports(5)
+        gateways[name] = Gateway(name, base / name, dict(zip(
+            ("mqtts", "mqtt", "kafka", "controller", "mirror_rest"), p)), _events(seed=100 + i))
+    wheel = _build_wheel(base)
+    upgrade_wheel = _build_wheel(base, version=_current_version() + ".post1")
+    wheelhouse = base / "wheelhouse"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
+                    f"{wheel}[edge]"], check=True, capture_output=True, timeout=300)
+    inventory, password_file = _write_inventory(base, gateways, wheel, wheelhouse)
+    f = Fleet(inventory, password_file, gateways, wheel, upgrade_wheel)
+    try:
+        yield f
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+
+
+@pytest.fixture(scope="module")
+def converged(fleet: Fleet) -> str:
+    return fleet.playbook()
+
+
+def _publish(gw: Gateway) -> None:
+    """Publish the gateway's events over TLS, one MQTT session per vehicle, QoS 1."""
+    ca = gw.root / "etc/fleetsentry/mosquitto/tls/ca.crt"
+    by_vin: dict[str, list[tuple[str, bytes]]] = {}
+    for topic, payload in gw.events:
+        by_vin.setdefault(topic.split("/")[1], []).append((topic, payload))
+    for vin, events in by_vin.items():
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{vin}-{gw.name}",
+                             protocol=mqtt.MQTTv5)
+        client.username_pw_set(vin, VEHICLE_PASSWORD)
+        # The broker's certificate names localhost and 127.0.0.1: verify it fully.
+        client.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+        client.connect("127.0.0.1", gw.ports["mqtts"])
+        client.loop_start()
+        try:
+            infos = [client.publish(topic, payload, qos=1) for topic, payload in events]
+            for info in infos:
+                info.wait_for_publish(timeout=30)
+                assert info.is_published(), f"{vin}: publish not acknowledged"
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+def _event_ids(messages: list) -> set[str]:
+    return {json.loads(m.value())["event_id"] for m in messages}
+
+
+def _published_ids(gw: Gateway, stream: str) -> set[str]:
+    return {json.loads(p)["event_id"] for t, p in gw.events if t.endswith("/" + stream)}
+
+
+@pytest.mark.integration
+def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
+        fleet: Fleet, converged: str) -> None:
+    assert set(_recap(converged)) == set(GATEWAYS)
+    for gw in fleet.gateways.values():
+        for service in ("mosquitto", "kafka", "edge"):
+            assert gw.pid(service) is not None, f"{gw.name}: {service} is not running"
+        _publish(gw)
+    for gw in fleet.gateways.values():
+        for stream in ("telemetry", "payments"):
+            want = _published_ids(gw, stream)
+            assert want, f"the simulator produced no {stream} events"
+            raw = consume_all(gw.bootstrap, f"raw.{stream}", expect=len(want), timeout=90)
+            assert _event_ids(raw) == want, f"{gw.name}: raw.{stream} differs"
+            anon = consume_all(gw.bootstrap, f"anon.{stream}", expect=len(want), timeout=90)
+            assert len(anon) == len(want), f"{gw.name}: anon.{stream} has {len(anon)}"
+            assert _event_ids(anon) == want, f"{gw.name}: anon.{stream} differs"
+
+
+@pytest.mark.integration
+def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
+        fleet: Fleet, converged: str) -> None:
+    for gw in fleet.gateways.values():
+        private = [
+            "etc/fleetsentry/edge/edge.toml",
+            "etc/fleetsentry/edge/secrets/fleet.secret",
+            "etc/fleetsentry/edge/mirror/mm2.properties",
+            "etc/fleetsentry/mosquitto/passwd",
+            "etc/fleetsentry/mosquitto/tls/server.key",
+            "etc/fleetsentry/mosquitto/tls/ca.key",
+            "var/lib/fleetsentry/edge/vault.key",
+        ]
+        for rel in private:
+            mode = (gw.root / rel).stat().st_mode & 0o777
+            assert mode == 0o600, f"{gw.name}: {rel} has mode {oct(mode)}"
+        key = (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
+        assert len(key) > 40
+        assert key not in converged.encode()
+        passwd = (gw.root / "etc/fleetsentry/mosquitto/passwd").read_text()
+        assert "bridge-password-for-tests" not in passwd and "$7$" in passwd
+    keys = {(gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
+            for gw in fleet.gateways.values()}
+    assert len(keys) == 2, "each gateway generates its own vault key"
+
+
+@pytest.mark.integration
+def test_systemd_units_verify(fleet: Fleet, converged: str) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is missing: apt-get install systemd")
+    gw = fleet.gateways["gw-a"]
+    units = sorted((gw.root / "etc/systemd/system").glob("*.service"))
+    assert {u.name for u in units} >= {
+        "fleetsentry-kafka.service", "fleetsentry-mosquitto.service",
+        "fleetsentry-edge-bridge.service", "fleetsentry-edge-enricher.service",
+        "fleetsentry-edge-scorer.service", "fleetsentry-mirror.service"}
+    proc = _run(["systemd-analyze", "verify", "--man=no", *map(str, units)], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for unit in units:
+        text = unit.read_text()
+        for directive in ("Restart=", "MemoryMax=", "NoNewPrivileges=true",
+                          "ProtectSystem=strict"):
+            assert directive in text, f"{unit.name} lacks {directive}"
+
+
+@pytest.mark.integration
+def test_upgrade_restarts_only_the_edge_and_keeps_data(fleet: Fleet, converged: str) -> None:
+    gw = fleet.gateways["gw-a"]
+    before = {s: gw.pid(s) for s in ("kafka", "mosquitto", "edge")}
+    vault_key = (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
+    model_marker = gw.root / "var/lib/fleetsentry/edge/models/kept-across-upgrades"
+    model_marker.write_text("a model the agent installed\n")
+    raw_before = _event_ids(consume_all(gw.bootstrap, "raw.telemetry", timeout=30))
+    assert raw_before
+
+    out = fleet.playbook("-e", f"edge_package_src={fleet.upgrade_wheel}")
+    changed = _changed_tasks(out)
+    assert any("Install fleetsentry" in t and "gw-a" in t for t in changed), changed
+    assert gw.pid("kafka") == before["kafka"], "kafka restarted although nothing of it changed"
+    assert gw.pid("mosquitto") == before["mosquitto"], "mosquitto restarted needlessly"
+    assert gw.pid("edge") not in (None, before["edge"]), "the edge services did not restart"
+    version = subprocess.run(
+        [str(gw.root / "opt/fleetsentry/edge/venv/bin/python"), "-c",
+         "import importlib.metadata as m; print(m.version('fleetsentry'))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert version.endswith(".post1")
+    assert (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes() == vault_key
+    assert model_marker.exists()
+    raw_after = _event_ids(consume_all(gw.bootstrap, "raw.telemetry", timeout=30))
+    assert raw_before <= raw_after, "Kafka lost data in the upgrade"
+    # Stay on the upgraded version for the idempotence checks that follow.
+    fleet.wheel = fleet.upgrade_wheel
+
+
+@pytest.mark.integration
+def test_second_run_changes_nothing(fleet: Fleet, converged: str) -> None:
+    out = fleet.playbook("-e", f"edge_package_src={fleet.wheel}")
+    recap = _recap(out)
+    assert set(recap) == set(GATEWAYS)
+    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), \
+        f"{recap}\n" + "\n".join(_changed_tasks(out))
+
+
+@pytest.mark.integration
+def test_check_diff_on_a_converged_gateway_reports_no_change(
+        fleet: Fleet, converged: str) -> None:
+    out = fleet.playbook("-e", f"edge_package_src={fleet.wheel}", "--check", "--diff")
+    recap = _recap(out)
+    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), \
+        f"{recap}\n" + "\n".join(_changed_tasks(out))
+    for gw in fleet.gateways.values():
+        assert gw.pid("edge") is not None
