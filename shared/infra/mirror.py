@@ -1,0 +1,331 @@
+"""MirrorMaker 2 in dedicated mode: one process per gateway, between its edge Kafka and the cloud.
+
+Two flows run in the one process:
+
+- ``<edge_id> -> cloud``: the registry's replicated topics (anon.*, scores.*, alerts,
+  model-status). DefaultReplicationPolicy prefixes the source alias, so the cloud sees
+  ``edge-1.anon.payments``. ``raw.*`` holds PII and is never listed (and excluded besides).
+- ``cloud -> <edge_id>``: ``models``, arriving on the edge as ``cloud.models``.
+
+Exactly-once source support is enabled for both target clusters (KIP-618). In dedicated mode
+that needs the internal REST server of KIP-710 (``dedicated.mode.enable.internal.rest``) so the
+worker leader can fence zombie tasks; it listens on loopback only. Source consumers read
+committed records only, so aborted transactions on the edge never reach the cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import topics
+from shared.infra import jars, ports, process
+from shared.infra.errors import InfraError, ServiceStartError
+
+CLOUD_ALIAS = "cloud"
+MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
+# An alias ends up in topic names and consumer group ids: keep it to safe characters, and
+# without dots, because the replication policy splits topic names on dots.
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+LOG4J2 = """\
+Configuration:
+  status: warn
+  Appenders:
+    RollingFile:
+      name: file
+      fileName: "{log_dir}/mirror.log"
+      filePattern: "{log_dir}/mirror.log.%i"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+      Policies:
+        SizeBasedTriggeringPolicy:
+          size: 20 MB
+      DefaultRolloverStrategy:
+        max: 3
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: file
+    Logger:
+      - name: org.apache.kafka.connect.mirror.MirrorMaker
+        level: INFO
+      - name: org.apache.kafka.connect.runtime.WorkerTask
+        level: INFO
+      - name: org.apache.kafka.connect.runtime.distributed
+        level: INFO
+      - name: org.apache.kafka.clients.NetworkClient
+        level: ERROR
+"""
+
+
+def validate_alias(edge_id: str) -> str:
+    if not _ALIAS.match(edge_id) or edge_id == CLOUD_ALIAS:
+        raise InfraError(
+            f"edge id {edge_id!r} cannot be a MirrorMaker cluster alias: use letters, digits, "
+            f"'-' or '_' (no dots, at most 63 characters, not {CLOUD_ALIAS!r}), e.g. 'edge-1'"
+        )
+    return edge_id
+
+
+def edge_topic_patterns() -> list[str]:
+    """The edge -> cloud topic list, as exact-name regexes from the registry."""
+    return [re.escape(name) for name in topics.replicated_edge_topics()]
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One gateway's MirrorMaker 2. Constructing it does no I/O; ``start`` does.
+
+    ``rest_port`` is the loopback port of the internal REST server; 0 picks a free one at
+    start (kept in the written config, so a restart reuses it while free).
+    """
+
+    edge_id: str
+    edge_bootstrap: str
+    cloud_bootstrap: str
+    home: Path
+    rest_port: int = 0
+    heap: str = "320m"
+    cloud_replication_factor: int = 3
+    edge_replication_factor: int = 1
+    tasks_max: int = 2
+
+    @property
+    def dir(self) -> Path:
+        return self.home / f"mirror-{self.edge_id}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "mm2.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "mirror.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "logs"
+
+    def cloud_topic(self, edge_topic: str) -> str:
+        """The name an edge topic carries in the cloud (DefaultReplicationPolicy)."""
+        return f"{self.edge_id}.{edge_topic}"
+
+    @staticmethod
+    def edge_topic(cloud_topic: str) -> str:
+        return f"{CLOUD_ALIAS}.{cloud_topic}"
+
+    # --- configuration ------------------------------------------------------------------
+
+    def properties(self, rest_port: int) -> dict[str, Any]:
+        edge, cloud = validate_alias(self.edge_id), CLOUD_ALIAS
+        rf = {edge: self.edge_replication_factor, cloud: self.cloud_replication_factor}
+        conf: dict[str, Any] = {
+            "clusters": f"{edge}, {cloud}",
+            f"{edge}.bootstrap.servers": self.edge_bootstrap,
+            f"{cloud}.bootstrap.servers": self.cloud_bootstrap,
+            "replication.policy.class":
+                "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
+            "replication.policy.separator": ".",
+            f"{edge}->{cloud}.enabled": "true",
+            f"{edge}->{cloud}.topics": ", ".join(edge_topic_patterns()),
+            # Belt and braces: even a widened topic list could never take PII along.
+            f"{edge}->{cloud}.topics.exclude": r"raw\..*, .*[\-\.]internal, .*\.replica, __.*",
+            f"{cloud}->{edge}.enabled": "true",
+            f"{cloud}->{edge}.topics": re.escape(topics.MODELS),
+            f"{cloud}->{edge}.topics.exclude": r".*[\-\.]internal, .*\.replica, __.*",
+            # Exactly-once (KIP-618) for writes to both clusters; needs KIP-710's REST.
+            f"{edge}.exactly.once.source.support": "enabled",
+            f"{cloud}.exactly.once.source.support": "enabled",
+            f"{edge}.consumer.isolation.level": "read_committed",
+            f"{cloud}.consumer.isolation.level": "read_committed",
+            "dedicated.mode.enable.internal.rest": "true",
+            "listeners": f"http://127.0.0.1:{rest_port}",
+            # Consumer groups are not failed over between edge and cloud (no group matches, so
+            # the checkpoint connector runs no task), and the brokers have no authorizer.
+            "groups.exclude": ".*",
+            "refresh.groups.enabled": "false",
+            "sync.group.offsets.enabled": "false",
+            "sync.topic.acls.enabled": "false",
+            "refresh.topics.interval.seconds": 10,
+            # Every plugin on the classpath has a ServiceLoader manifest: skip the slow scan.
+            "plugin.discovery": "service_load",
+            "tasks.max": self.tasks_max,
+            # Riding out a cloud outage: sends wait for the cloud instead of failing the task.
+            f"{cloud}.producer.delivery.timeout.ms": 2_147_483_647,
+            f"{cloud}.producer.max.block.ms": 2_147_483_647,
+            f"{cloud}.producer.linger.ms": 20,
+            f"{cloud}.producer.compression.type": "lz4",
+            f"{edge}.producer.compression.type": "lz4",
+        }
+        for alias in (edge, cloud):
+            # Worker settings take the target cluster's prefix: MirrorMaker ignores most
+            # top-level worker settings in dedicated mode.
+            conf[f"{alias}.plugin.discovery"] = "service_load"
+            conf[f"{alias}.offset.flush.interval.ms"] = 5000
+            # One worker per flow: when it rejoins after an outage (it revokes its tasks once
+            # the coordinator is unreachable) its own former tasks must not wait out the
+            # default 5 minutes kept for a departed member.
+            conf[f"{alias}.scheduled.rebalance.max.delay.ms"] = 5000
+            for store in ("config", "offset", "status"):
+                conf[f"{alias}.{store}.storage.replication.factor"] = rf[alias]
+        for src, dst in ((edge, cloud), (cloud, edge)):
+            conf[f"{src}->{dst}.replication.factor"] = rf[dst]
+            conf[f"{src}->{dst}.heartbeats.topic.replication.factor"] = rf[dst]
+            conf[f"{src}->{dst}.checkpoints.topic.replication.factor"] = rf[dst]
+            # Offset syncs live on the source cluster (offset-syncs.topic.location=source).
+            conf[f"{src}->{dst}.offset-syncs.topic.replication.factor"] = rf[src]
+        return conf
+
+    def _written_rest_port(self) -> int | None:
+        try:
+            text = self.config_path.read_text()
+        except FileNotFoundError:
+            return None
+        match = re.search(r"^listeners = http://127\.0\.0\.1:(\d+)$", text, re.M)
+        return int(match.group(1)) if match else None
+
+    def _pick_rest_port(self) -> int:
+        if self.rest_port:
+            return self.rest_port
+        previous = self._written_rest_port()
+        if previous and ports.is_free("127.0.0.1", previous):
+            return previous
+        return ports.free_ports(1)[0]
+
+    def _write_config(self, rest_port: int) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k} = {v}\n" for k, v in self.properties(rest_port).items()]
+        self.config_path.write_text("".join(lines))
+        (self.dir / "log4j2.yaml").write_text(LOG4J2.format(log_dir=self.log_dir))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        return process.read_pid(self.pid_file, str(self.config_path))
+
+    def start(self, libs: Path | None = None, java: str | None = None) -> int | None:
+        """Start MirrorMaker unless it already runs; returns the new pid (None if running)."""
+        if self.pid() is not None:
+            return None
+        java = java or jars.java_binary()
+        libs = libs or jars.kafka_libs(quiet=True)
+        self._write_config(self._pick_rest_port())
+        argv = [
+            java, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC",
+            "-XX:MaxDirectMemorySize=128m", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}",
+            "-cp", jars.classpath(libs), MAIN_CLASS, str(self.config_path),
+        ]
+        return process.spawn(argv, self.pid_file, self.log_dir / "stdout.log")
+
+    def stop(self, timeout: float = 30.0) -> list[int]:
+        pid = self.pid()
+        return process.stop([pid], timeout) if pid is not None else []
+
+    def check_exited(self) -> None:
+        if self.pid() is None:
+            log = self.log_dir / "stdout.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise ServiceStartError(
+                f"MirrorMaker for {self.edge_id} is not running; see {self.log_dir}\n{tail}")
+
+    def task_states(self, timeout: float = 5.0) -> dict[str, str]:
+        """``"<flow>/<connector or task>" -> state`` read from both Connect status topics.
+
+        Empty for a flow whose target cluster is unreachable.
+        """
+        out: dict[str, str] = {}
+        flows = ((self.edge_id, CLOUD_ALIAS, self.cloud_bootstrap),
+                 (CLOUD_ALIAS, self.edge_id, self.edge_bootstrap))
+        for src, dst, bootstrap in flows:
+            topic = f"mm2-status.{src}.internal"
+            for key, value in _read_compacted(bootstrap, topic, timeout).items():
+                if value is None or not key.startswith(("status-task-", "status-connector-")):
+                    continue
+                try:
+                    state = json.loads(value).get("state")
+                except (ValueError, AttributeError):
+                    continue
+                if state:
+                    out[f"{src}->{dst}/{key.split('-', 1)[1]}"] = str(state)
+        return out
+
+    def healthy(self) -> bool:
+        """Running, REST listening, and the source connectors of both flows RUNNING."""
+        if self.pid() is None:
+            return False
+        port = self._written_rest_port()
+        if not port or not ports.wait_listening("127.0.0.1", port, 0.5):
+            return False
+        states = self.task_states()
+        for flow in (f"{self.edge_id}->{CLOUD_ALIAS}", f"{CLOUD_ALIAS}->{self.edge_id}"):
+            connector = states.get(f"{flow}/connector-MirrorSourceConnector")
+            tasks = [v for k, v in states.items() if k.startswith(f"{flow}/task-MirrorSource")]
+            if connector != "RUNNING" or not tasks or any(t != "RUNNING" for t in tasks):
+                return False
+        return True
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_exited()
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise ServiceStartError(
+            f"MirrorMaker for {self.edge_id} did not report both flows RUNNING within "
+            f"{timeout:.0f}s; see {self.log_dir}")
+
+    def status(self) -> dict[str, Any]:
+        pid = self.pid()
+        return {
+            "edge_id": self.edge_id,
+            "edge_bootstrap": self.edge_bootstrap,
+            "cloud_bootstrap": self.cloud_bootstrap,
+            "pids": [pid] if pid else [],
+            "healthy": self.healthy(),
+            "tasks": self.task_states() if pid else {},
+            "home": str(self.dir),
+        }
+
+
+def _read_compacted(bootstrap: str, topic: str, timeout: float) -> dict[str, bytes | None]:
+    """Latest value per key of a (small, compacted) topic; {} when unreachable or absent."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetsentry-mirror-status",
+                         "enable.auto.commit": False, "socket.timeout.ms": 3000,
+                         "log_level": 0})
+    latest: dict[str, bytes | None] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None:
+            return {}
+        parts = [TopicPartition(topic, p) for p in info.partitions]
+        ends = {}
+        for tp in parts:
+            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            ends[tp.partition] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p, h in ends.items() if h > 0])
+        pending = {p for p, h in ends.items() if h > 0}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            if msg.key() is not None:
+                latest[msg.key().decode(errors="replace")] = msg.value()
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                pending.discard(msg.partition())
+    except Exception:  # an unreachable cluster reads as "no status", never as a crash
+        return {}
+    finally:
+        consumer.close()
+    return latest
