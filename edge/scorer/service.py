@@ -79,7 +79,7 @@ class BatchResult:
     rejected: int = 0
 
 
-class _Out:
+class Out:
     """Records of one transaction, produced in order once scoring is done."""
 
     def __init__(self) -> None:
@@ -123,7 +123,8 @@ class ScorerService:
     def transactional_id(self) -> str:
         return f"{self.config.edge_id}-scorer-{self.instance}"
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """Load the feature code and the models (no network): enough to score in-process."""
         from shared.features import feature_label, feature_matrix
 
         self._label, self._matrix = feature_label, feature_matrix
@@ -135,6 +136,9 @@ class ScorerService:
             self._loaded = {s: self._active_dir(s) for s in self.holders}
         for stream, h in self.holders.items():
             log.info("%s model %s (threshold %.4g)", stream, h.current.version, h.current.threshold)
+
+    def start(self) -> None:
+        self.prepare()
         bootstrap = self.config.kafka.bootstrap
         self._producer = Producer({
             "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
@@ -172,11 +176,12 @@ class ScorerService:
                 msg = c.poll(0.5)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(msg.partition())
                     continue
-                owner, _, token = msg.key().decode().partition("/")
+                owner, _, token = (msg.key() or b"").decode().partition("/")
                 if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
                     self.tracker.restore(token, msg.value())
                     n += 1
@@ -209,12 +214,13 @@ class ScorerService:
         msgs = [m for m in msgs if self._usable(m)]
         if not msgs:
             return None
-        out, result = _Out(), BatchResult()
+        out, result = Out(), BatchResult()
         by_stream: dict[str, list[Message]] = {}
         for m in msgs:
-            by_stream.setdefault(_INPUT[m.topic()], []).append(m)
+            by_stream.setdefault(_INPUT[str(m.topic())], []).append(m)
         for stream, batch in by_stream.items():
-            self._score_stream(stream, batch, out, result)
+            records = self.decode_batch(stream, [m.value() for m in batch], out, result)
+            self.score_records(stream, records, out, result)
         for alert in self.tracker.sweep(self.watermark):
             out.add(topics.ALERTS, alert.token, encode(alert))
             result.alerts += 1
@@ -264,12 +270,12 @@ class ScorerService:
             log.warning("consumer: %s", err)
         return False
 
-    def _commit(self, out: _Out, msgs: list[Message]) -> None:
+    def _commit(self, out: Out, msgs: list[Message]) -> None:
         assert self._consumer is not None and self._producer is not None
         p = self._producer
         offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
+            offsets[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0) + 1
         p.begin_transaction()
         for topic, key, value in out.records:
             while True:
@@ -284,23 +290,24 @@ class ScorerService:
         # Any failure here raises: the process exits and restarts from the last commit.
         p.commit_transaction(60)
 
-    def _decode(self, stream: str, batch: list[Message], out: _Out,
-                result: BatchResult) -> list[Any]:
+    def decode_batch(self, stream: str, values: list[bytes | None], out: Out,
+                     result: BatchResult) -> list[Any]:
+        """Anon records of one stream; a record that breaks its contract goes to the DLQ."""
         kind, records = _ANON[stream], []
-        for m in batch:
+        for value in values:
             try:
-                records.append(decode(kind, m.value()))
+                records.append(decode(kind, value or b""))
             except ContractError as exc:
                 result.rejected += 1
-                dl = DeadLetter(source=m.topic(), reason="contract", detail=str(exc),
-                                received_ts=time.time(), payload=m.value() or b"")
+                dl = DeadLetter(source=f"anon.{stream}", reason="contract", detail=str(exc),
+                                received_ts=time.time(), payload=value or b"")
                 out.add(topics.DLQ_INGEST, None, encode(dl))
         return records
 
-    def _score_stream(self, stream: str, batch: list[Message], out: _Out,
+    def score_records(self, stream: str, records: list[Any], out: Out,
                       result: BatchResult) -> None:
-        assert self.holders is not None and self._matrix is not None
-        records = self._decode(stream, batch, out, result)
+        """Score, explain and decide: everything of a batch but the Kafka transaction."""
+        assert self.holders is not None and self._matrix is not None, "prepare() first"
         if not records:
             return
         model: Model = self.holders[stream].current  # one model for the whole batch
