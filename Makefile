@@ -11,7 +11,7 @@ EXTRAS ?= edge,cloud,dev
 APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean
+.PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean baseline-models
 
 setup: system-deps venv jars
 
@@ -59,6 +59,17 @@ demo-down: venv
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The models a gateway scores with from its first minute: trained on a seeded simulator run
+# and signed with the dev key (~/.config/fleetsentry/model-signing.key, generated if missing).
+# Operators re-sign with their own key: fleetsentry cloud train --key THEIR_KEY ...
+BASELINE_SIM ?= --vehicles 120 --duration 3600 --seed 20260105 --payment-rate 10
+baseline-models: venv
+	@tmp=$$(mktemp -d); \
+	$(VENV)/bin/fleetsentry sim run --dry-run $(BASELINE_SIM) --out $$tmp/events.jsonl && \
+	$(VENV)/bin/fleetsentry cloud train --events $$tmp/events.jsonl --labels $$tmp/labels.jsonl \
+	  --out edge/models/baseline --public-key-out edge/models/baseline/fleet.pub; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
 
 lint: venv
 	$(VENV)/bin/ruff check shared edge cloud firmware-sim tests bench

@@ -37,16 +37,35 @@ def tensorflow() -> Any:
 # --- scaling -----------------------------------------------------------------------------
 
 
+ENVELOPE_Q = 1e-4  # the normal envelope: from this quantile to its mirror
+ENVELOPE_SPAN = 3.0  # scaled units from the mean to the envelope's edge, at most
+ENVELOPE_MARGIN = 0.5  # scaled units the model still follows beyond the envelope
+
+
 def fit_scaling(x: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Mean and standard deviation per feature; a constant feature gets scale 1."""
+    """Mean and scale per feature: the standard deviation, widened for heavy-tailed features.
+
+    Each feature's normal envelope (its 0.01 % .. 99.99 % range) ends up within about
+    ``ENVELOPE_SPAN`` scaled units of the mean, so one heavy-tailed sensor cannot drown the
+    others in the mean squared error. A constant feature gets scale 1.
+    """
     if x.shape[0] == 0:
         raise TrainerError("no normal records to fit the input scaling on")
+    x64 = x.astype(np.float64)
     with np.errstate(invalid="ignore"), warnings_ignored():
-        mean = np.nanmean(x.astype(np.float64), axis=0)
-        std = np.nanstd(x.astype(np.float64), axis=0)
-    mean = np.nan_to_num(mean, nan=0.0)
+        mean = np.nan_to_num(np.nanmean(x64, axis=0), nan=0.0)
+        std = np.nanstd(x64, axis=0)
+        lo, hi = np.nanquantile(x64, [ENVELOPE_Q, 1 - ENVELOPE_Q], axis=0)
+    reach = np.nan_to_num(np.maximum(hi - mean, mean - lo), nan=0.0) / ENVELOPE_SPAN
+    std = np.maximum(np.nan_to_num(std, nan=0.0), reach)
     std = np.where(np.isfinite(std) & (std > MIN_SCALE), std, 1.0)
     return mean, std
+
+
+def envelope(xs: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Per-feature bounds (scaled units) of normal training data, widened by the margin."""
+    lo, hi = np.quantile(xs, [ENVELOPE_Q, 1 - ENVELOPE_Q], axis=0)
+    return (lo - ENVELOPE_MARGIN).astype(np.float32), (hi + ENVELOPE_MARGIN).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -70,15 +89,29 @@ def scale(x: NDArray[Any], mean: Sequence[float] | NDArray[Any],
 # --- the Keras model ---------------------------------------------------------------------
 
 
-def build_autoencoder(width: int, hidden: Sequence[int], learning_rate: float,
-                      seed: int) -> Any:
-    """Dense encoder ``hidden`` (last = bottleneck), mirrored decoder, linear output."""
+def build_autoencoder(width: int, hidden: Sequence[int], learning_rate: float, seed: int,
+                      bounds: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+                      ) -> Any:
+    """Dense encoder ``hidden`` (last = bottleneck), mirrored decoder, linear output.
+
+    With ``bounds``, a fixed first layer clips each feature to its normal envelope (a diagonal
+    Dense with relu6: exact in int8 and in the edge's numpy reference). The model then cannot
+    reconstruct a value beyond what normal vehicles showed, so such a value keeps its full
+    error: autoencoders otherwise happily extrapolate an overheating engine along the
+    "engine temperature" direction they learned.
+    """
     tensorflow()
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((width,), name="features")
     h = inputs
+    if bounds is not None:
+        lo, hi = bounds
+        gain = 6.0 / np.maximum(hi - lo, 1e-3)
+        clip = keras.layers.Dense(width, activation="relu6", trainable=False, name="envelope")
+        h = clip(h)
+        clip.set_weights([np.diag(gain).astype(np.float32), (-lo * gain).astype(np.float32)])
     for i, units in enumerate(hidden):
         h = keras.layers.Dense(units, activation="relu", name=f"enc{i}")(h)
     for i, units in enumerate(reversed(list(hidden)[:-1])):
@@ -107,6 +140,8 @@ def float_reconstruct(layers: Sequence[Layer], xs: NDArray[np.float32]) -> NDArr
         h = h @ w + b
         if act == "relu":
             h = np.maximum(h, 0)
+        elif act == "relu6":
+            h = np.clip(h, 0, 6)
         elif act != "linear":
             raise TrainerError(f"activation {act!r} has no numpy reference")
     return h.astype(np.float32)

@@ -49,6 +49,7 @@ class TrainSettings:
     threshold: ThresholdRule | None = None  # None: the stream's default rule
     episode_rule: EpisodeRule = field(default_factory=EpisodeRule)
     detect_within_s: float = 60.0
+    envelope: bool = True  # clip inputs to the normal envelope inside the model
 
     def rule_for(self, stream: str) -> ThresholdRule:
         return self.threshold or DEFAULT_RULES.get(stream, ThresholdRule("alert_rate", 0.001))
@@ -83,15 +84,18 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
                            f"training split; need at least 50")
     mean, std = ae.fit_scaling(normal)
     xs_fit = ae.scale(_subsample(normal, settings.max_fit_rows, settings.seed), mean, std)
+    bounds = ae.envelope(xs_fit) if settings.envelope else None
     model = ae.build_autoencoder(xs_fit.shape[1], settings.hidden, settings.learning_rate,
-                                 settings.seed)
+                                 settings.seed, bounds)
+    # Enough optimizer steps even on small data: at least ~100 batches per epoch.
+    batch = int(min(settings.batch_size, max(32, xs_fit.shape[0] // 100)))
     losses: list[float] = []
 
     def on_epoch(epoch: int, loss: float) -> None:
         losses.append(loss)
         progress(f"fit {records.stream}", epoch, settings.epochs, loss)
 
-    model.fit(xs_fit, xs_fit, epochs=settings.epochs, batch_size=settings.batch_size,
+    model.fit(xs_fit, xs_fit, epochs=settings.epochs, batch_size=batch,
               shuffle=True, verbose=0, callbacks=[ae.keras_progress_callback(on_epoch)])
     layers = ae.dense_layers(model)
     progress(f"quantize {records.stream}", 0, 1, None)
@@ -114,7 +118,7 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     m["training"] = {
         "records": len(records), "train": len(train), "validation": len(val),
         "holdout": len(hold), "fit_rows": int(xs_fit.shape[0]), "epochs": settings.epochs,
-        "batch_size": settings.batch_size, "hidden": list(settings.hidden),
+        "batch_size": batch, "envelope": settings.envelope, "hidden": list(settings.hidden),
         "loss": [round(v, 6) for v in losses], "seed": settings.seed,
         "seconds": round(time.monotonic() - started, 1), "rejected_messages": records.rejected,
     }
