@@ -90,6 +90,59 @@ def status(as_json: bool, **options: Any) -> None:
         raise SystemExit(1)
 
 
+@infra.group()
+def mirror() -> None:
+    """MirrorMaker 2 between a gateway's edge Kafka and the cloud (one process per gateway)."""
+
+
+def _mirror_options(fn: Any) -> Any:
+    fn = click.option("--edge-id", default="edge-1", show_default=True,
+                      help="The gateway's id: its cluster alias and the cloud topics' prefix.")(fn)
+    fn = click.option("--edge-bootstrap",
+                      help="The gateway's Kafka (default: this stack's edge Kafka).")(fn)
+    return _options(fn)
+
+
+@mirror.command("up")
+@_mirror_options
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for health.")
+def mirror_up(edge_id: str, edge_bootstrap: str | None, timeout: float, **options: Any) -> None:
+    """Start the gateway's MirrorMaker (a no-op if it runs) and wait until both flows run."""
+    mm = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap)
+    pid = mm.start()
+    click.echo(f"Starting MirrorMaker for {edge_id} (pid {pid}) ..." if pid
+               else f"MirrorMaker for {edge_id} already runs.")
+    mm.wait_healthy(timeout)
+    click.echo(f"{edge_id} -> cloud and cloud -> {edge_id} running; logs in {mm.log_dir}")
+
+
+@mirror.command("down")
+@_mirror_options
+def mirror_down(edge_id: str, edge_bootstrap: str | None, **options: Any) -> None:
+    """Stop the gateway's MirrorMaker; it resumes from its committed offsets on `up`."""
+    killed = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap).stop()
+    click.echo(f"Stopped{'; needed SIGKILL' if killed else ''}.")
+
+
+@mirror.command("status")
+@_mirror_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool,
+                  **options: Any) -> None:
+    """Show the state of each connector and task. Exits 1 unless both flows run."""
+    status = Stack(settings_from(options), quiet=True).mirror(edge_id, edge_bootstrap).status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        mark = click.style("healthy", fg="green") if status["healthy"] else click.style(
+            "down", fg="red")
+        click.echo(f"mirror {edge_id:10s} {mark}")
+        for name, state in sorted(status["tasks"].items()):
+            click.echo(f"  {name:55s} {state}")
+    if not status["healthy"]:
+        raise SystemExit(1)
+
+
 def _print_status(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2))

@@ -14,6 +14,7 @@ from msgspec import Meta
 from shared.infra import jars, ports
 from shared.infra.errors import InfraError, PortInUseError
 from shared.infra.kafka import KafkaCluster, KafkaNode
+from shared.infra.mirror import Mirror
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
 from shared.infra.topics_admin import ensure_topics
 
@@ -80,6 +81,11 @@ class Stack:
             host=settings.host, heap=settings.kafka_heap,
         )
         self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)
+
+    def mirror(self, edge_id: str, edge_bootstrap: str | None = None) -> Mirror:
+        """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default)."""
+        return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
+                      self.settings.home)
 
     def _say(self, text: str) -> None:
         if not self.quiet:
