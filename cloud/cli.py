@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cloud.registry.cli import registry
+from cloud.retrain.cli import retrain, trainer_service
 from cloud.trainer.cli import train
 
 
@@ -15,3 +16,5 @@ def cloud() -> None:
 
 cloud.add_command(train)
 cloud.add_command(registry)
+cloud.add_command(trainer_service)
+cloud.add_command(retrain)

@@ -49,9 +49,9 @@ from shared.signing import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 
 State = Literal["candidate", "champion", "retired"]
 Trigger = Literal["schedule", "drift", "manual"]
-# Files copied into the registry beside the signed ones (the float reference the edge's
-# contract test uses); anything else in a model directory stays where it was.
-_EXTRA_FILES = ("reference.npz",)
+# Files copied into the registry beside the signed ones (the float reference weights, the
+# training window's feature profile drift is measured against); nothing else is kept.
+_EXTRA_FILES = ("reference.npz", "profile.json")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -336,12 +336,13 @@ class Registry:
         return self.get(target.version)
 
     def _previous_champion(self, stream: str, current: str) -> ModelRecord:
+        # The champion `current` replaced when it was last promoted. Rollbacks are not
+        # followed: rolling back twice goes two promotions back, not back and forth.
         rows = self.db.execute(
-            "SELECT version, previous FROM actions WHERE stream = ? AND action IN "
-            "('promote', 'rollback') ORDER BY id DESC", (stream,)).fetchall()
+            "SELECT previous FROM actions WHERE stream = ? AND action = 'promote' AND "
+            "version = ? ORDER BY id DESC LIMIT 1", (stream, current)).fetchall()
         for row in rows:
-            # The champion that `current` replaced when it took over.
-            if row["version"] == current and row["previous"] and row["previous"] != current:
+            if row["previous"] and row["previous"] != current:
                 return self.get(row["previous"])
         raise RegistryError(f"{stream}: no earlier champion than {current} to roll back to; "
                             f"name one with --to VERSION")

@@ -96,6 +96,7 @@ class ModelStore:
     def install(self, staged: Path, stream: str, version: str) -> Path:
         """Move a verified staging directory to ``versions/<stream>/<version>``."""
         dest = self.root / VERSIONS_DIR / stream / safe_name(version)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             shutil.rmtree(dest)  # a version re-sent after a rollback: the new copy is verified
         staged.rename(dest)

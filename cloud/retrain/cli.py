@@ -1,0 +1,119 @@
+"""``fleetsentry cloud trainer-service`` (continuous) and ``fleetsentry cloud retrain`` (now)."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
+from shared import signing
+
+STREAMS = ("telemetry", "payments")
+
+_COMMON = [
+    click.option("--registry", "registry_root", type=click.Path(file_okay=False, path_type=Path),
+                 default=DEFAULT_ROOT, show_default=True, envvar="FLEETSENTRY_REGISTRY"),
+    click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True,
+                 envvar="FLEETSENTRY_CLOUD_BOOTSTRAP",
+                 help="Cloud Kafka: replicated data in, models topic out."),
+    click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+                 default=signing.dev_private_key_path(), show_default=True,
+                 help="Ed25519 signing key (PEM; created 0600 when missing)."),
+    click.option("--epochs", default=12, show_default=True),
+    click.option("--min-records", default=1000, show_default=True),
+    click.option("--no-publish", is_flag=True, help="Record promotions without publishing."),
+]
+
+
+def _common(fn: click.decorators.FC) -> click.decorators.FC:
+    for opt in reversed(_COMMON):
+        fn = opt(fn)
+    return fn
+
+
+def _service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
+             min_records: int, streams: tuple[str, ...], **extra: float):  # type: ignore[no-untyped-def]
+    from cloud.registry import Registry
+    from cloud.retrain.service import RetrainSettings, TrainerService
+    from cloud.retrain.source import KafkaSource
+    from cloud.trainer.pipeline import TrainSettings
+
+    settings = RetrainSettings(streams=streams or STREAMS, min_records=min_records,
+                               train=TrainSettings(epochs=epochs), **extra)  # type: ignore[arg-type]
+    registry = Registry(registry_root).start()
+    return TrainerService(registry, KafkaSource(bootstrap), signing.ensure_private_key(key_file),
+                          settings), registry
+
+
+@click.command("trainer-service")
+@_common
+@click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS))
+@click.option("--schedule", "schedule_s", default=24 * 3600.0, show_default=True,
+              help="Retrain a stream whose champion is older than this (seconds).")
+@click.option("--drift-check", "drift_check_s", default=300.0, show_default=True,
+              help="Check for drift this often (seconds).")
+@click.option("--recent", "recent_s", default=1800.0, show_default=True,
+              help="Recent window compared with the training window (seconds of event time).")
+@click.option("--once", is_flag=True, help="One cycle, then exit.")
+def trainer_service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
+                    min_records: int, no_publish: bool, streams: tuple[str, ...],
+                    schedule_s: float, drift_check_s: float, recent_s: float,
+                    once: bool) -> None:
+    """Retrain on a schedule and on drift; promote only better models; publish them."""
+    from cloud.publisher import Publisher
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    svc, registry = _service(registry_root, bootstrap, key_file, epochs, min_records, streams,
+                             schedule_s=schedule_s, drift_check_s=drift_check_s,
+                             recent_s=recent_s)
+    publisher = None if no_publish else Publisher(bootstrap).start()
+    svc.publisher = publisher
+    stop = threading.Event()
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        if once:
+            for run in svc.cycle():
+                click.echo(f"run {run.id} {run.stream}: {run.decision} ({run.decision_reason})")
+        else:
+            svc.run(stop)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        registry.close()
+
+
+@click.command("retrain")
+@_common
+@click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS), required=True)
+@click.option("--actor", default=None, help="Who asks (default: the OS user).")
+@click.option("--reason", default="manual retrain", show_default=True)
+def retrain(registry_root: Path, bootstrap: str, key_file: Path, epochs: int, min_records: int,
+            no_publish: bool, streams: tuple[str, ...], actor: str | None, reason: str) -> None:
+    """Train a challenger now; promote and publish it only if it beats the champion."""
+    from cloud.publisher import Publisher
+
+    svc, registry = _service(registry_root, bootstrap, key_file, epochs, min_records, streams)
+    publisher = None if no_publish else Publisher(bootstrap).start()
+    svc.publisher = publisher
+    try:
+        for stream in streams:
+            run = svc.retrain(stream, "manual", actor or getpass.getuser(), reason)
+            click.echo(f"run {run.id} {stream}: {run.decision} - {run.decision_reason}"
+                       + (f" ({run.error})" if run.error else ""))
+    finally:
+        if publisher is not None:
+            publisher.close()
+        registry.close()

@@ -1,0 +1,136 @@
+"""Drift: has the live traffic moved away from what the champion was trained on?
+
+Two signals, either one triggers a retrain:
+
+- the population stability index (PSI) of each model feature, recent window versus the
+  champion's training window, binned at the training window's deciles; and
+- the champion's alert rate on the recent window versus its rate on the holdout.
+
+PSI = sum over bins of (recent% - train%) * ln(recent% / train%). Rule of thumb: < 0.1 stable,
+0.1-0.25 moderate, > 0.25 a real shift.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> p = profile(rng.normal(size=(5000, 1)), ["x"])
+>>> float(psi(p, rng.normal(size=(5000, 1)))[0]) < 0.05
+True
+>>> float(psi(p, rng.normal(loc=1.0, size=(5000, 1)))[0]) > 0.25
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+_FLOOR = 1e-4  # an empty bin would make the log infinite
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per feature: the bin edges (training deciles) and the training share of each bin."""
+
+    features: list[str]
+    edges: list[list[float]]
+    shares: list[list[float]]
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Profile:
+        return cls(list(data["features"]), [list(e) for e in data["edges"]],
+                   [list(s) for s in data["shares"]], int(data["n"]))
+
+
+def _clean(x: NDArray[Any]) -> NDArray[np.float64]:
+    return np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=1e12, neginf=-1e12)
+
+
+def _shares(col: NDArray[np.float64], edges: NDArray[np.float64]) -> NDArray[np.float64]:
+    idx = np.searchsorted(edges, col, side="right")
+    counts = np.bincount(idx, minlength=edges.size + 1).astype(np.float64)
+    return counts / max(1, col.size)
+
+
+def profile(x: NDArray[Any], features: list[str], bins: int = 10) -> Profile:
+    """The reference distribution of a training window (rows x features)."""
+    x = _clean(x)
+    edges, shares = [], []
+    for j in range(x.shape[1]):
+        e = np.unique(np.quantile(x[:, j], np.linspace(0, 1, bins + 1)[1:-1])) if x.size else \
+            np.zeros(0)
+        edges.append([float(v) for v in e])
+        shares.append([float(v) for v in _shares(x[:, j], e)])
+    return Profile(list(features), edges, shares, int(x.shape[0]))
+
+
+def psi(ref: Profile, x: NDArray[Any]) -> NDArray[np.float64]:
+    """PSI of every feature of ``x`` against the reference profile."""
+    x = _clean(x)
+    out = np.zeros(len(ref.features))
+    for j in range(len(ref.features)):
+        e = np.asarray(ref.edges[j])
+        expected = np.maximum(np.asarray(ref.shares[j]), _FLOOR)
+        actual = np.maximum(_shares(x[:, j], e), _FLOOR)
+        out[j] = float(np.sum((actual - expected) * np.log(actual / expected)))
+    return out
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    # A feature whose PSI exceeds this has shifted; this many such features mean drift.
+    psi_threshold: float = 0.25
+    min_drifted_features: int = 1
+    # The champion's recent alert rate may reach max(ratio x expected, expected + increase).
+    alert_rate_ratio: float = 2.0
+    alert_rate_increase: float = 0.01
+    # Below this many recent events nothing is concluded.
+    min_events: int = 500
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    drifted: bool
+    reason: str
+    events: int
+    psi: dict[str, float] = field(default_factory=dict)
+    alert_rate: float | None = None
+    expected_alert_rate: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detect(ref: Profile, recent: NDArray[Any], settings: DriftSettings,
+           alert_rate: float | None = None, expected_alert_rate: float | None = None,
+           scored_events: int = 0) -> DriftReport:
+    """Compare the recent window with the reference; say whether (and why) it drifted."""
+    n = int(recent.shape[0])
+    if n < settings.min_events:
+        return DriftReport(False, f"only {n} recent events (need {settings.min_events})", n)
+    values = psi(ref, recent)
+    by_feature = {f: round(float(v), 4) for f, v in zip(ref.features, values, strict=True)}
+    shifted = sorted((f for f, v in by_feature.items() if v > settings.psi_threshold),
+                     key=lambda f: -by_feature[f])
+    reasons = []
+    if len(shifted) >= settings.min_drifted_features:
+        top = ", ".join(f"{f} {by_feature[f]:.2f}" for f in shifted[:3])
+        reasons.append(f"PSI over {settings.psi_threshold} on {len(shifted)} features ({top})")
+    if (alert_rate is not None and expected_alert_rate is not None
+            and scored_events >= settings.min_events):
+        ceiling = max(expected_alert_rate * settings.alert_rate_ratio,
+                      expected_alert_rate + settings.alert_rate_increase)
+        if alert_rate > ceiling:
+            reasons.append(f"alert rate {100 * alert_rate:.2f}% over {scored_events} scored "
+                           f"events against {100 * expected_alert_rate:.2f}% on the holdout")
+    if reasons:
+        return DriftReport(True, "; ".join(reasons), n, by_feature, alert_rate,
+                           expected_alert_rate)
+    worst = max(by_feature.values(), default=0.0)
+    return DriftReport(False, f"stable (largest feature PSI {worst:.3f})", n, by_feature,
+                       alert_rate, expected_alert_rate)

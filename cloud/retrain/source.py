@@ -1,0 +1,81 @@
+"""Where the trainer service reads the fleet's data: the replicated topics in the cloud Kafka.
+
+MirrorMaker 2 names each gateway's copies ``<edge_id>.anon.<stream>`` and
+``<edge_id>.scores.<stream>``; this source reads every gateway's (and a plain
+``anon.<stream>`` if one exists), deduplicated by event id, plus the ``labels`` topic.
+A source is anything with these three methods, so the Parquet store can stand in for it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+from confluent_kafka.admin import AdminClient
+
+from cloud.kafka_source import read_topic
+from shared import streams, topics
+from shared.contracts import Label, Score, decode
+from shared.errors import ContractError
+
+
+class DataSource(Protocol):
+    def anon_records(self, stream: str) -> list[Any]:
+        """Every anonymized record of ``stream`` the cloud holds (one per event id)."""
+
+    def labels(self) -> list[Label]:
+        """Ground truth (chargebacks, workshop reports) joined on event id."""
+
+    def scores(self, stream: str, since_ts: float) -> list[Score]:
+        """Scores the gateways produced for events at or after ``since_ts`` (event time)."""
+
+
+class KafkaSource:
+    """Reads snapshots of the replicated topics (constructing it does no I/O)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 300.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+
+    def topics_for(self, base: str) -> list[str]:
+        """``base`` itself and every ``<alias>.<base>`` copy on the cluster."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        names = admin.list_topics(timeout=15).topics
+        pattern = re.compile(rf"^(?:[A-Za-z0-9_-]+\.)?{re.escape(base)}$")
+        return sorted(n for n in names if pattern.match(n))
+
+    def anon_records(self, stream: str) -> list[Any]:
+        spec = streams.get(stream)
+        seen: dict[str, Any] = {}
+        for topic in self.topics_for(spec.anon_topic):
+            for value in read_topic(self.bootstrap, topic, self.timeout_s):
+                try:
+                    rec = decode(spec.anon_event, value)
+                except ContractError:
+                    continue
+                seen.setdefault(rec.event_id, rec)  # type: ignore[attr-defined]
+        return sorted(seen.values(), key=lambda r: r.ts)
+
+    def labels(self) -> list[Label]:
+        out: dict[str, Label] = {}
+        for topic in self.topics_for(topics.LABELS):
+            for value in read_topic(self.bootstrap, topic, self.timeout_s):
+                try:
+                    lab = decode(Label, value)
+                except ContractError:
+                    continue
+                out[lab.event_id] = lab
+        return list(out.values())
+
+    def scores(self, stream: str, since_ts: float) -> list[Score]:
+        spec = streams.get(stream)
+        out: dict[str, Score] = {}
+        for topic in self.topics_for(spec.scores_topic):
+            for value in read_topic(self.bootstrap, topic, self.timeout_s):
+                try:
+                    s = decode(Score, value)
+                except ContractError:
+                    continue
+                if s.ts >= since_ts:
+                    out[s.event_id] = s
+        return list(out.values())
