@@ -25,6 +25,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from shared.errors import ConfigError
+
 # `_created` series double every family's size and no dashboard of ours reads them.
 disable_created_metrics()
 
@@ -70,7 +72,12 @@ def serve(host: str, port: int | None) -> Any:
     """
     if not port:
         return None
-    server, _thread = start_http_server(port, addr=host)
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; pick free "
+                          "ports (each service uses base_port + offset + 10 per extra process)",
+                          setting="metrics.base_port") from None
     return server
 
 

@@ -44,6 +44,15 @@ class Child:
         return f"{self.service.name}[{self.instance}]"
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the supervisor dies (even by SIGKILL), on Linux."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def child_argv(service: Service, instance: int, config_path: Path | None) -> list[str]:
     argv = [sys.executable, "-m", "edge.cli", service.name, "--instance", str(instance)]
     if config_path is not None:
@@ -65,7 +74,7 @@ class Supervisor:
         ]
 
     def _spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv)
+        child.proc = subprocess.Popen(child.argv, preexec_fn=_die_with_parent)
         child.started = time.monotonic()
         log.info("started %s (pid %d)", child.label, child.proc.pid)
 

@@ -52,11 +52,14 @@ class BridgeProcess:
         self.metrics_port = metrics_port
         self.log = log or config.with_name(f"bridge-{instance}.log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def start(self) -> BridgeProcess:
         argv = [sys.executable, "-m", "edge.cli", "bridge", "--config", str(self.config),
                 "--instance", str(self.instance), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # A restarted bridge appends to the same log: only look at what this run writes.
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
         return self
@@ -68,10 +71,15 @@ class BridgeProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"bridge exited: {self.log.read_text()[-3000:]}")
-            if self.log.exists() and "connected as" in self.log.read_text():
+            if self.log.exists() and "connected as" in self._log_text():
                 return
             time.sleep(0.1)
         raise AssertionError(f"bridge did not connect: {self.log.read_text()[-3000:]}")
+
+    def _log_text(self) -> str:
+        with open(self.log, "rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode(errors="replace")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

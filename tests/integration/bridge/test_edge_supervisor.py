@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.infra.ports import free_ports
+from shared.infra.ports import free_ports, is_free
 from shared.infra.stack import Stack
 from tests.bridge_support import ROOT, drop_session, unique, write_edge_toml
 
@@ -24,7 +26,7 @@ def children(pid: int) -> set[int]:
     return {int(p) for p in path.read_text().split()} if path.exists() else set()
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -43,11 +45,18 @@ def scrape(port: int) -> str | None:
         return None
 
 
+def free_base_port() -> int:
+    """A port p with p and p + 10 free (bridge instances 0 and 1)."""
+    for _ in range(100):
+        p = free_ports(1)[0]
+        if p + 10 < 65500 and is_free("127.0.0.1", p + 10):
+            return p
+    raise AssertionError("no free port pair")
+
+
 def test_supervisor_runs_restarts_and_stops_the_bridges(stack: Stack, tmp_path: Path) -> None:
     edge_id, group = unique("sup"), unique("g")
-    base = free_ports(1)[0]
-    while base + 10 > 65500:
-        base = free_ports(1)[0]
+    base = free_base_port()
     config = write_edge_toml(tmp_path / "edge.toml", stack, edge_id, group,
                              extra="processes = 2\n")
     text = config.read_text().replace("base_port = 0", f"base_port = {base}")
@@ -77,8 +86,12 @@ def test_supervisor_runs_restarts_and_stops_the_bridges(stack: Stack, tmp_path: 
         assert "killed after" not in out, "a bridge ignored SIGTERM"
     finally:
         if sup.poll() is None:
-            sup.kill()
-            sup.wait()
+            sup.send_signal(signal.SIGTERM)
+            try:
+                sup.wait(30)
+            except subprocess.TimeoutExpired:
+                sup.kill()  # its children get SIGTERM from the kernel (parent-death signal)
+                sup.wait()
         log.close()
         for i in range(2):
             drop_session(stack, f"{edge_id}-bridge-{i}")
