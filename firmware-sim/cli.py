@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from firmware_sim.dryrun import default_labels_path, write_dry_run
+from firmware_sim.errors import SimError
 from firmware_sim.fleet import Fleet
 from firmware_sim.live import LiveRunner, Progress
 from firmware_sim.session import ConnectSettings
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from shared.contracts import Label, encode
 from shared.errors import ConfigError
 
 PASSWORD_ENV = "FLEETSENTRY_SIM_PASSWORD"
@@ -107,7 +109,10 @@ def sim() -> None:
 @click.option("--dry-run", is_flag=True, help="Write events to --out instead of publishing.")
 @click.option("--out", type=click.Path(path_type=Path), help="Events file (dry run).")
 @click.option("--labels-out", type=click.Path(path_type=Path),
-              help="Labels file (default: labels.jsonl beside the events file).")
+              help="Labels file (dry run default: labels.jsonl beside the events file; "
+                   "live runs write it at the end when given).")
+@click.option("--labels-kafka", metavar="BOOTSTRAP",
+              help="Live runs: also produce the labels to the `labels` topic there.")
 @click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
               help="Broker HOST:PORT (live run).")
 @click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
@@ -123,7 +128,8 @@ def sim() -> None:
               help="Also write the end-of-run summary as JSON.")
 @click.option("--start-ts", type=float, default=None,
               help="Device clock at the start (default: fixed for dry runs, now for live).")
-def run(dry_run: bool, out: Path | None, labels_out: Path | None, mqtt_addr: str,
+def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
+        mqtt_addr: str,
         password: str, tls_ca: str | None, register_home: Path | None,
         buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
         start_ts: float | None, **kw: Any) -> None:
@@ -147,9 +153,32 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, mqtt_addr: str
     summary = result.summary()
     if decisions_out is not None:
         decisions_out.write_text("".join(json.dumps(d) + "\n" for d in result.declines))
+    if labels_out is not None:
+        labels_out.write_bytes(b"".join(encode(lab) + b"\n" for lab in fleet.labels))
+    if labels_kafka:
+        summary["labels_produced"] = produce_labels(labels_kafka, fleet.labels)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary_table(summary))
+
+
+def produce_labels(bootstrap: str, labels: list[Label]) -> int:
+    """Ground truth to Kafka's ``labels`` topic, keyed by event id (chargebacks, reports)."""
+    from confluent_kafka import Producer
+
+    from shared.topics import LABELS
+
+    errors: list[str] = []
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    for lab in labels:
+        p.produce(LABELS, key=lab.event_id.encode(), value=encode(lab),
+                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+        p.poll(0)
+    left = p.flush(30)
+    if left or errors:
+        raise SimError(f"{left} labels not delivered to {bootstrap}; first error: "
+                       f"{errors[0] if errors else 'timeout'}")
+    return len(labels)
 
 
 def register(fleet: Fleet, home: Path, password: str, console: Console) -> None:

@@ -24,8 +24,9 @@ from firmware_sim.fleet import Fleet
 from firmware_sim.outbox import Outbox
 from firmware_sim.session import ConnectSettings, SessionStats, VehicleSession
 
-CONNECTS_PER_LOOP = 50
-CONNECT_TIMEOUT_S = 15.0
+CONNECTS_PER_LOOP = 500
+CONNECT_BUDGET_S = 0.05
+CONNECT_TIMEOUT_S = 30.0
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
@@ -57,6 +58,8 @@ class Progress:
     declines: int = 0
     events_per_s: float = 0.0
     elapsed_s: float = 0.0
+    ticks: int = 0
+    ticks_planned: int = 0
     phase: str = "connecting"
 
 
@@ -72,7 +75,8 @@ class LiveResult:
         return {"vehicles": p.vehicles, "generated": p.generated, "acked": p.acked,
                 "rejected": p.rejected, "buffered_left": p.buffered, "dropped": p.dropped,
                 "connects": p.reconnects, "declined": p.declines, "drained": self.drained,
-                "elapsed_s": round(p.elapsed_s, 2), "fleet": self.fleet_stats}
+                "elapsed_s": round(p.elapsed_s, 2), "ticks": p.ticks,
+                "ticks_planned": p.ticks_planned, "fleet": self.fleet_stats}
 
 
 class LiveRunner:
@@ -80,12 +84,14 @@ class LiveRunner:
 
     def __init__(self, fleet: Fleet, conf: ConnectSettings, buffer_dir: Path,
                  max_buffered_per_vehicle: int = 50_000, drain_timeout_s: float = 60.0,
+                 connect_wait_s: float = 30.0,
                  on_progress: Callable[[Progress], None] | None = None,
                  on_ack: Callable[[str], None] | None = None) -> None:
         self.fleet = fleet
         self.conf = conf
         self.outbox = Outbox(buffer_dir / "outbox.sqlite", max_buffered_per_vehicle)
         self.drain_timeout_s = drain_timeout_s
+        self.connect_wait_s = connect_wait_s
         self.on_progress = on_progress
         self.on_ack = on_ack
         self.stats = SessionStats()
@@ -136,7 +142,9 @@ class LiveRunner:
     def _connect_some(self, now: float) -> None:
         due = self._connect_due
         n = 0
-        while due and due[0][0] <= now and n < CONNECTS_PER_LOOP:
+        budget_end = time.monotonic() + CONNECT_BUDGET_S
+        while due and due[0][0] <= now and n < CONNECTS_PER_LOOP and \
+                time.monotonic() < budget_end:
             _, idx = heapq.heappop(due)
             s = self.sessions[idx]
             if s.connected or s.connecting_since is not None:
@@ -169,13 +177,18 @@ class LiveRunner:
             self.start()
         assert self._sel is not None
         fleet, dt = self.fleet, self.fleet.settings.dt
+        self._connect_phase()
         t0 = time.monotonic()
         next_tick, next_misc = t0, t0
+        # Live time is wall time: a loop that cannot keep up generates fewer ticks, it does
+        # not run past the end (the summary reports ticks done against ticks planned).
+        gen_end = t0 + fleet.settings.duration_s
         drain_end: float | None = None
         last_acked, last_rate_t = 0, t0
         while True:
             now = time.monotonic()
-            generating = fleet.tick < fleet.settings.ticks and not self._stop
+            generating = (fleet.tick < fleet.settings.ticks and not self._stop
+                          and now < gen_end)
             if not generating and drain_end is None:
                 drain_end = now + self.drain_timeout_s
                 self.progress.phase = "draining"
@@ -204,6 +217,25 @@ class LiveRunner:
         self._update_progress(time.monotonic() - t0)
         return LiveResult(self.progress, self.fleet.stats.as_dict(), list(self.stats.declines),
                           drained)
+
+    def _connect_phase(self) -> None:
+        """Ignition on: bring the fleet online before the clock starts (bounded in time).
+
+        Vehicles that are still offline when it ends buffer their events on disk.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + self.connect_wait_s
+        next_misc = t0
+        while not self._stop and time.monotonic() < deadline:
+            now = time.monotonic()
+            self._connect_some(now)
+            self._poll(0.01)
+            if now >= next_misc:
+                next_misc = now + 1.0
+                self._misc(now)
+                self._update_progress(0.0)
+                if self.progress.connected == len(self.sessions):
+                    return
 
     def _poll(self, timeout: float) -> None:
         assert self._sel is not None
@@ -249,6 +281,7 @@ class LiveRunner:
         p.faults, p.frauds = sum(st.faults.values()), sum(st.frauds.values())
         p.declines = len(self.stats.declines)
         p.elapsed_s = elapsed
+        p.ticks, p.ticks_planned = self.fleet.tick, self.fleet.settings.ticks
         if self.on_progress is not None:
             self.on_progress(p)
 

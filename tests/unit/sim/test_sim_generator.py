@@ -224,3 +224,15 @@ def test_bad_settings_name_the_setting() -> None:
     res = CliRunner().invoke(sim, ["run", "--dry-run", "--out", "/dev/null",
                                    "--fraud-rate", "nope=1"])
     assert res.exit_code != 0 and "KIND=RATE" in res.output
+
+
+def test_register_writes_every_vin_of_the_run(tmp_path: Path) -> None:
+    res = CliRunner().invoke(sim, ["register", "--mosquitto-home", str(tmp_path),
+                                   "--vehicles", "7", "--seed", "3", "--drift", "new_model",
+                                   "--password", "pw"])
+    assert res.exit_code == 0, res.output
+    users = [line.split(":")[0] for line in
+             (tmp_path / "vehicles.passwd").read_text().splitlines()]
+    fleet = fs.Fleet(fs.SimSettings(vehicles=7, seed=3, drift=("new_model",)))
+    assert sorted(users) == sorted(v.vin for v in fleet.vehicles)
+    assert len(users) == 7 + 3  # drift vehicles join later but need their login too
