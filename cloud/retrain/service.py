@@ -198,8 +198,12 @@ class TrainerService:
                                    "challenger_manifest": trained.manifest.metrics}
         chart: dict[str, Any] = {"challenger": curves(y, trained.holdout_int8),
                                  "loss": trained.manifest.metrics["training"]["loss"]}
+        # The holdout's score distribution (percentiles): the dashboard sets live traffic
+        # beside it to show drift in what the model sees.
+        chart["score_quantiles"] = {"challenger": score_quantiles(trained.holdout_int8)}
         if champ_scores is not None:
             chart["champion"] = curves(y, champ_scores)
+            chart["score_quantiles"]["champion"] = score_quantiles(champ_scores)
         if promote:
             self.registry.promote(challenger.version, self.settings.actor, why)
             self._publish(stream)
@@ -227,6 +231,14 @@ def score_with(model: ModelRecord, x: NDArray[np.float32],
     scaling = model.manifest["scaling"]
     xs = ae.scale(x, np.asarray(scaling["mean"]), np.asarray(scaling["scale"]))
     return int8.scores(xs)
+
+
+def score_quantiles(scores: NDArray[np.float32]) -> list[float]:
+    """The 0th..100th percentiles of ``scores``, JSON-ready."""
+    if not len(scores):
+        return []
+    q = np.quantile(np.asarray(scores, dtype=np.float64), np.linspace(0.0, 1.0, 101))
+    return [round(float(v), 6) for v in q]
 
 
 def _jsonable(value: Any) -> Any:
