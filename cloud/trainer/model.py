@@ -155,6 +155,35 @@ def float_scores(layers: Sequence[Layer], xs: NDArray[np.float32]) -> NDArray[np
     return out
 
 
+def error_scale(layers: Sequence[Layer], xs: NDArray[np.float32], floor: float,
+                quantile: float) -> NDArray[np.float64]:
+    """Per feature: the root of a high quantile of its squared error on normal data.
+
+    A quantile rather than the mean: a heavy-tailed feature (lateral acceleration in a sharp
+    bend) must not reach the threshold on its own, while a feature that is tight on normal
+    vehicles (coolant temperature) should count for more when it leaves its range.
+    """
+    err = np.square(float_reconstruct(layers, xs) - xs).astype(np.float64)
+    return np.sqrt(np.maximum(np.quantile(err, quantile, axis=0), floor))
+
+
+def fold_error_scale(layers: Sequence[Layer], c: NDArray[np.float64]) -> list[Layer]:
+    """Re-express the model in units where feature j is divided by ``c[j]``.
+
+    Dividing a feature's scale by ``c[j]`` divides its squared error by ``c[j]**2``, so the
+    score becomes the mean of each feature's error relative to its error on normal data: a sensor the model normally reconstructs well (coolant temperature) then weighs
+    more than one it never can (hard braking). The first layer's rows are multiplied and the
+    output layer's columns divided, so the network computes exactly the same function.
+    """
+    c32 = c.astype(np.float32)
+    out = [(w.copy(), b.copy(), a) for w, b, a in layers]
+    w0, b0, a0 = out[0]
+    out[0] = (w0 * c32[:, None], b0, a0)
+    wl, bl, al = out[-1]
+    out[-1] = (wl / c32[None, :], bl / c32, al)
+    return out
+
+
 # --- int8 --------------------------------------------------------------------------------
 
 

@@ -32,6 +32,9 @@ from shared.contracts import ModelManifest, Scaling, encode
 from shared.features import FEATURE_SPEC_VERSION
 
 REFERENCE_FILE = "reference.npz"
+# Smallest mean normal squared error a feature is divided by (scaled units squared): a
+# feature the model reconstructs almost perfectly must not turn rounding into alarms.
+ERROR_FLOOR = 0.01
 SCORE_RULE = "mean squared reconstruction error of the scaled features; alert when score > threshold"
 
 
@@ -50,6 +53,8 @@ class TrainSettings:
     episode_rule: EpisodeRule = field(default_factory=EpisodeRule)
     detect_within_s: float = 60.0
     envelope: bool = True  # clip inputs to the normal envelope inside the model
+    normalize_errors: bool = True  # divide each feature's error by its normal error...
+    error_quantile: float = 0.999  # ... at this quantile
 
     def rule_for(self, stream: str) -> ThresholdRule:
         return self.threshold or DEFAULT_RULES.get(stream, ThresholdRule("alert_rate", 0.001))
@@ -98,6 +103,11 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     model.fit(xs_fit, xs_fit, epochs=settings.epochs, batch_size=batch,
               shuffle=True, verbose=0, callbacks=[ae.keras_progress_callback(on_epoch)])
     layers = ae.dense_layers(model)
+    if settings.normalize_errors:
+        c = ae.error_scale(layers, xs_fit, ERROR_FLOOR, settings.error_quantile)
+        layers = ae.fold_error_scale(layers, c)
+        model.set_weights([w for layer in layers for w in layer[:2]])
+        std, xs_fit = std * c, xs_fit / c.astype(np.float32)
     progress(f"quantize {records.stream}", 0, 1, None)
     rep = xs_fit[_subsample_idx(xs_fit.shape[0], settings.representative_rows, settings.seed)]
     tflite = ae.quantize(model, rep)
@@ -118,7 +128,8 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     m["training"] = {
         "records": len(records), "train": len(train), "validation": len(val),
         "holdout": len(hold), "fit_rows": int(xs_fit.shape[0]), "epochs": settings.epochs,
-        "batch_size": batch, "envelope": settings.envelope, "hidden": list(settings.hidden),
+        "batch_size": batch, "envelope": settings.envelope,
+        "normalized_errors": settings.normalize_errors, "hidden": list(settings.hidden),
         "loss": [round(v, 6) for v in losses], "seed": settings.seed,
         "seconds": round(time.monotonic() - started, 1), "rejected_messages": records.rejected,
     }
