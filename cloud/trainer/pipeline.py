@@ -107,7 +107,8 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
         c = ae.error_scale(layers, xs_fit, ERROR_FLOOR, settings.error_quantile)
         layers = ae.fold_error_scale(layers, c)
         model.set_weights([w for layer in layers for w in layer[:2]])
-        std, xs_fit = std * c, xs_fit / c.astype(np.float32)
+        std = std * c
+        xs_fit = (xs_fit / c.astype(np.float32)).astype(np.float32)
     progress(f"quantize {records.stream}", 0, 1, None)
     rep = xs_fit[_subsample_idx(xs_fit.shape[0], settings.representative_rows, settings.seed)]
     tflite = ae.quantize(model, rep)
