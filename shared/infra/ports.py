@@ -19,14 +19,29 @@ def is_free(host: str, port: int) -> bool:
     return True
 
 
+# Below Linux's ephemeral range (32768-60999): a port the OS hands out with bind(0) is also
+# what it hands busy Kafka clients as source ports, so a broker started minutes after its
+# port was picked could find it taken. Ports from here are only ever taken on purpose.
+_RANGE = (20000, 32000)
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the OS says are free right now (held open together)."""
+    """``count`` distinct ports free right now, outside the ephemeral range (held together)."""
+    import random
+
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for port in random.sample(range(*_RANGE), 2000):
+            if len(ports) == count:
+                break
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+        if len(ports) < count:
+            raise OSError(f"found only {len(ports)} free ports in {_RANGE}")
         return ports
 
 
