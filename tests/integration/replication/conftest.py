@@ -1,0 +1,23 @@
+"""A running MirrorMaker 2 between the session's edge Kafka (gateway ``edge-1``) and the cloud."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shared.infra.mirror import Mirror
+from shared.infra.stack import Stack
+
+EDGE_ID = "edge-1"
+
+
+@pytest.fixture(scope="package")
+def mirror(stack: Stack, cloud_bootstrap: str) -> Iterator[Mirror]:
+    mm = stack.mirror(EDGE_ID)
+    mm.start()
+    try:
+        mm.wait_healthy(240)
+        yield mm
+    finally:
+        mm.stop()

@@ -1,0 +1,223 @@
+"""MirrorMaker 2 between a gateway and the cloud: what crosses, under which name, exactly once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from shared import contracts, topics
+from shared.infra import jars
+from shared.infra.mirror import Mirror
+from shared.infra.stack import Stack
+from tests.support import consume_all, produce_all
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "tok" + "0" * 13
+# Ten minutes of device time, as a gateway cut off from the cloud would see it.
+OUTAGE_DEVICE_SECONDS = 600.0
+
+
+def _score(event_id: str, ts: float) -> bytes:
+    return contracts.encode(contracts.Score(
+        event_id=event_id, ts=ts, stream="telemetry", token=TOKEN, score=0.1,
+        threshold=1.0, model_version="m1", anomalous=False))
+
+
+def _anon_payment(event_id: str, ts: float) -> bytes:
+    return contracts.encode(contracts.AnonPayment(
+        event_id=event_id, ts=ts, card_token=TOKEN, vehicle_token=TOKEN, driver_token=TOKEN,
+        merchant_id="m-1", mcc="5541", category="fuel", amount=42.0, currency="EUR",
+        volume_l=30.0, cell="u0yj", features={"amount_vs_usual": 1.0}))
+
+
+def _alert(alert_id: str, ts: float) -> bytes:
+    return contracts.encode(contracts.Alert(
+        alert_id=alert_id, stream="payments", token=TOKEN, state="open", start_ts=ts,
+        peak_ts=ts, end_ts=ts, peak_score=3.0, threshold=1.0, event_ids=[alert_id],
+        top_features=[], model_version="m1"))
+
+
+def _transactional(bootstrap: str) -> Producer:
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"test-{uuid.uuid4()}",
+                  "linger.ms": 10})
+    p.init_transactions(30)
+    return p
+
+
+def _produce_in_transactions(p: Producer, topic: str, records: Iterable[tuple[str, bytes]],
+                             per_txn: int = 250) -> None:
+    batch = 0
+    p.begin_transaction()
+    for key, value in records:
+        p.produce(topic, key=key.encode(), value=value)
+        batch += 1
+        if batch == per_txn:
+            p.commit_transaction(30)
+            p.begin_transaction()
+            batch = 0
+    p.commit_transaction(30)
+
+
+def _ids(messages: list, field: str = "event_id") -> Counter[str]:
+    import json
+
+    return Counter(json.loads(m.value())[field] for m in messages)
+
+
+def test_names_in_the_cloud_carry_the_edge_id(mirror: Mirror) -> None:
+    assert mirror.cloud_topic(topics.ANON_PAYMENTS) == "edge-1.anon.payments"
+    assert Mirror.edge_topic(topics.MODELS) == topics.CLOUD_MODELS
+    conf = mirror.properties(8083)
+    assert conf["cloud.exactly.once.source.support"] == "enabled"
+    assert conf["edge-1.consumer.isolation.level"] == "read_committed"
+    assert "raw" not in conf["edge-1->cloud.topics"]
+
+
+def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
+        mirror: Mirror, edge_bootstrap: str, cloud_bootstrap: str) -> None:
+    now = time.time()
+    sent: dict[str, list[str]] = {}
+    p = _transactional(edge_bootstrap)
+    builders = {topics.ANON_PAYMENTS: _anon_payment, topics.ANON_TELEMETRY: _score,
+                topics.SCORES_TELEMETRY: _score, topics.SCORES_PAYMENTS: _score,
+                topics.ALERTS: _alert}
+    for topic, build in builders.items():
+        ids = [str(uuid.uuid4()) for _ in range(300)]
+        sent[topic] = ids
+        _produce_in_transactions(p, topic, ((i, build(i, now)) for i in ids))
+    # An aborted transaction must never be seen in the cloud (read_committed end to end).
+    aborted = f"aborted-{uuid.uuid4()}"
+    p.begin_transaction()
+    p.produce(topics.ANON_PAYMENTS, key=aborted.encode(), value=_anon_payment(aborted, now))
+    p.flush(10)
+    p.abort_transaction(30)
+    # A record committed after the aborted one proves the mirror has read past it.
+    last = str(uuid.uuid4())
+    _produce_in_transactions(p, topics.ANON_PAYMENTS, [(last, _anon_payment(last, now))])
+    sent[topics.ANON_PAYMENTS].append(last)
+
+    for topic, ids in sent.items():
+        field = "alert_id" if topic == topics.ALERTS else "event_id"
+        got = _ids(consume_all(cloud_bootstrap, mirror.cloud_topic(topic), expect=len(ids),
+                               timeout=120), field)
+        assert set(got) == set(ids), f"{topic}: {len(set(ids) - set(got))} missing"
+        assert max(got.values()) == 1, f"{topic}: duplicates {got.most_common(3)}"
+        assert aborted not in got
+
+
+def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_bootstrap: str,
+                                          cloud_bootstrap: str) -> None:
+    marker = f"PII-{uuid.uuid4()}"
+    for topic in (topics.RAW_PAYMENTS, topics.RAW_TELEMETRY):
+        produce_all(edge_bootstrap, topic, [(marker.encode(), marker.encode())] * 20)
+    # Something replicated, produced after the raw records, shows the mirror got past them.
+    sentinel = str(uuid.uuid4())
+    produce_all(edge_bootstrap, topics.SCORES_PAYMENTS,
+                [(sentinel.encode(), _score(sentinel, time.time()))])
+    got = _ids(_wait_for(cloud_bootstrap, mirror.cloud_topic(topics.SCORES_PAYMENTS), sentinel))
+    assert sentinel in got
+    time.sleep(12)  # past a topic refresh of the mirror (refresh.topics.interval.seconds=10)
+
+    meta = AdminClient({"bootstrap.servers": cloud_bootstrap}).list_topics(timeout=15)
+    names = sorted(meta.topics)
+    assert not [n for n in names if "raw" in n], names
+    assert mirror.cloud_topic(topics.ANON_PAYMENTS) in names
+    needle = marker.encode()
+    read = 0
+    for name, key, value in _read_everything(cloud_bootstrap, names):
+        read += 1
+        assert needle not in key + value, name
+    assert read > 1500  # the replicated records above were among what was searched
+
+
+def _read_everything(bootstrap: str, names: list[str],
+                     timeout: float = 90.0) -> Iterable[tuple[str, bytes, bytes]]:
+    """Every record of every partition of ``names`` up to its current end, aborted included."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+    try:
+        meta = c.list_topics(timeout=15)
+        ends: dict[tuple[str, int], int] = {}
+        for name in names:
+            for part in meta.topics[name].partitions:
+                low, high = c.get_watermark_offsets(TopicPartition(name, part), timeout=10)
+                if high > low:
+                    ends[(name, part)] = high
+        c.assign([TopicPartition(t, p, 0) for t, p in ends])
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                yield msg.topic(), msg.key() or b"", msg.value() or b""
+                continue
+            # Transaction markers take offsets too: a partition is done once the consumer's
+            # position has reached its end, whatever the last record's offset.
+            for tp in c.position([TopicPartition(t, p) for t, p in ends]):
+                if tp.offset >= ends[(tp.topic, tp.partition)]:
+                    ends.pop((tp.topic, tp.partition))
+        assert not ends, f"could not read to the end of {sorted(ends)}"
+    finally:
+        c.close()
+
+
+def _wait_for(bootstrap: str, topic: str, event_id: str, timeout: float = 90.0) -> list:
+    deadline = time.monotonic() + timeout
+    seen: list = []
+    while time.monotonic() < deadline:
+        seen = consume_all(bootstrap, topic, timeout=20, idle=2)
+        if event_id in _ids(seen):
+            break
+    return seen
+
+
+def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_bootstrap: str,
+                                                cloud_bootstrap: str) -> None:
+    body = f"model-{uuid.uuid4()}".encode()
+    produce_all(cloud_bootstrap, topics.MODELS, [(b"telemetry", body)])
+    deadline = time.monotonic() + 120
+    found = False
+    while time.monotonic() < deadline and not found:
+        msgs = consume_all(edge_bootstrap, Mirror.edge_topic(topics.MODELS), timeout=15, idle=2)
+        found = any(m.value() == body and m.key() == b"telemetry" for m in msgs)
+    assert found, "the model never reached cloud.models on the edge"
+
+
+def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
+        mirror: Mirror, stack: Stack, edge_bootstrap: str, cloud_bootstrap: str) -> None:
+    """The cloud is stopped while the gateway keeps producing a bounded backlog (24,000
+    records whose device time spans ten minutes); after the cloud returns, every record is
+    there once."""
+    stack.cloud.stop(timeout=10)
+    assert stack.cloud.broker_count() == 0
+    total, start = 24_000, time.time()
+    ids = [str(uuid.uuid4()) for _ in range(total)]
+    p = _transactional(edge_bootstrap)
+    step = OUTAGE_DEVICE_SECONDS / total
+    for chunk in range(0, total, 2000):
+        part = ids[chunk:chunk + 2000]
+        _produce_in_transactions(
+            p, topics.SCORES_TELEMETRY,
+            ((i, _score(i, start + (chunk + n) * step)) for n, i in enumerate(part)))
+        time.sleep(1.0)  # traffic over time, not one burst
+    assert mirror.pid() is not None, "the mirror must ride out the outage"
+
+    stack.cloud.start(jars.kafka_libs(quiet=True), jars.java_binary())
+    stack.cloud.wait_healthy(120)
+    target = mirror.cloud_topic(topics.SCORES_TELEMETRY)
+    got: Counter[str] = Counter()
+    deadline = time.monotonic() + 240
+    wanted = set(ids)
+    while time.monotonic() < deadline and not wanted <= set(got):
+        got = _ids(consume_all(cloud_bootstrap, target, timeout=60, idle=5))
+    missing = wanted - set(got)
+    assert not missing, f"{len(missing)} of {total} backlog records never arrived"
+    dups = {k: v for k, v in got.items() if v > 1}
+    assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
+    mirror.wait_healthy(120)
