@@ -129,7 +129,8 @@ class Vehicle:
             self._begin_stop(kind, intents)
         self.road = self._next_road(came_from)
         turn = (self.road.heading - road.heading + math.pi) % (2 * math.pi) - math.pi
-        self.lateral = self.speed * turn / 3.0 / G
+        # Drivers slow into turns; lateral grip tops out well below 0.5 g in city traffic.
+        self.lateral = max(-0.4, min(0.4, self.speed * turn / 3.0 / G))
         self.turn_left = 3
         self.planned = self._plan_stop()
 
