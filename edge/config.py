@@ -114,7 +114,8 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 5000
     batch_wait_ms: Annotated[float, Meta(ge=0, le=10_000)] = 100.0
     # Event ids remembered per raw partition to drop the bridge's redeliveries.
-    dedup_window: Annotated[int, Meta(ge=1000, le=10_000_000)] = 200_000
+    # (Redeliveries come within the bridge's in-flight window, a few thousand messages.)
+    dedup_window: Annotated[int, Meta(ge=1000, le=10_000_000)] = 50_000
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
     transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000

@@ -7,6 +7,7 @@ Kafka transaction as the record; the trainer, right away through :class:`Anonymi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -48,13 +49,13 @@ class Anonymized(NamedTuple):
     updates: dict[str, KeyState]
 
 
-# Numbers leave the gateway with at most this many decimals: enough for any model input, and
-# no exact coordinate (or other identifying digit string) can hide inside a long float.
-DECIMALS = 3
+# Numbers leave the gateway with at most 3 decimals: enough for any model input, and no exact
+# coordinate (or other identifying digit string) can hide inside a long float.
+_floor = math.floor
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, DECIMALS) for k, v in values.items()}
+    return {k: _floor(v * 1000 + 0.5) / 1000 for k, v in values.items()}
 
 
 def _get(state: Mapping[str, KeyState], key: str, kind: type) -> Any:
@@ -71,7 +72,7 @@ def _telemetry(event: Telemetry, state: Mapping[str, KeyState], tok: Tokenizer) 
         event_id=event.event_id, ts=event.ts, vehicle_token=vehicle_token,
         driver_token=tok.token(DRIVER_ID, event.driver_id), model=event.model,
         firmware=event.firmware, cell=cell(event.lat, event.lon),
-        readings=_rounded(reads), features=_rounded(features),
+        readings=reads, features=features,  # telemetry_step rounds as it goes
     )
     return Anonymized(record, {key: after})
 

@@ -7,14 +7,15 @@ on one spec is refused by an edge computing another.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigError
 from shared.features import payments as pay
 from shared.features import telemetry as tel
+
+if TYPE_CHECKING:  # numpy is imported where vectors are built: the enricher never needs it
+    import numpy as np
+    import numpy.typing as npt
 
 FEATURE_SPEC_VERSION = "fs1"
 
@@ -112,6 +113,8 @@ def _features_of(record: Any) -> Mapping[str, float]:
 
 def feature_vector(stream: str, record: Any) -> npt.NDArray[np.float32]:
     """The model input for one anon record (or its ``features`` dict); missing features are 0."""
+    import numpy as np
+
     feats = _features_of(record)
     return np.array([feats.get(n, 0.0) for n in _names(stream)],
                     dtype=np.float32)
@@ -119,6 +122,8 @@ def feature_vector(stream: str, record: Any) -> npt.NDArray[np.float32]:
 
 def feature_matrix(stream: str, records: Iterable[Any]) -> npt.NDArray[np.float32]:
     """Model inputs for many records, one row each (shape: n x len(model_features(stream)))."""
+    import numpy as np
+
     names = _names(stream)
     rows = [[_features_of(r).get(n, 0.0) for n in names] for r in records]
     return np.array(rows, dtype=np.float32).reshape(len(rows), len(names))

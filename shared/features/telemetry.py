@@ -47,6 +47,15 @@ _COLD = {**{n: 0.0 for n in _Z}, **{n: 0.0 for n in _RATE},
          "stuck_frames": 0.0, "frame_gap_s": 0.0, "history": 0.0}
 
 
+_floor = math.floor
+DECIMALS = 3  # see shared.features.anonymize: no long digit strings leave the gateway
+
+
+def _round(x: float) -> float:
+    """``round(x, 3)`` at a fifth of the cost (x is already finite and clipped)."""
+    return _floor(x * 1000 + 0.5) / 1000
+
+
 def _clean(values: tuple[float, ...]) -> list[float]:
     # The comparison is False for NaN and for anything huge, which then gets clipped.
     return [float(v) if -BIG < v < BIG else fin(float(v)) for v in values]
@@ -141,11 +150,56 @@ def telemetry_features(event: Telemetry, state: VehicleState | None) -> dict[str
 
 def telemetry_step(event: Telemetry, state: VehicleState | None
                    ) -> tuple[dict[str, float], dict[str, float], VehicleState]:
-    """(readings, features, new state) in one pass over the frame."""
-    values = _clean(_readings_of(event))
+    """(readings, features, new state) in one pass over the frame: the hot path.
+
+    Gives the same numbers as :func:`readings`, :func:`cross_sensor`, :func:`rolling` and
+    :func:`update_vehicle` (rounded to ``DECIMALS``), fused into one loop for speed.
+    """
+    values = [_round(v) for v in _clean(_readings_of(event))]
     reads = dict(zip(READINGS, values, strict=True))
     xs = [values[i] for i in _ROLLING_IDX]
     features = dict(reads)
-    features.update(_cross(reads))
-    features.update(_rolling(xs, event.ts, state))
-    return reads, features, _update(xs, event, state)
+    for name, value in _cross(reads).items():
+        features[name] = _round(value)
+    if state is None:
+        features.update(_COLD)
+        return reads, features, _update(xs, event, state)
+    gap = event.ts - state.ts
+    inv_dt = 1.0 / (gap if gap > MIN_DT_S else MIN_DT_S)
+    stuck = 0
+    means, vars_, same = [], [], []
+    keep = 1.0 - ALPHA
+    for zname, rname, x, mean, var, last, n_same, min_std, prior, noisy in zip(
+            _Z, _RATE, xs, state.mean, state.var, state.last, state.same, MIN_STD, PRIOR_STD,
+            _IS_NOISY, strict=True):
+        std = math.sqrt(var)
+        diff = x - mean
+        z = diff / (std if std > min_std else min_std)
+        z = Z_LIMIT if z > Z_LIMIT else -Z_LIMIT if z < -Z_LIMIT else z
+        features[zname] = _floor(z * 1000 + 0.5) / 1000
+        rate = (x - last) * inv_dt / prior
+        rate = RATE_LIMIT if rate > RATE_LIMIT else -RATE_LIMIT if rate < -RATE_LIMIT else rate
+        features[rname] = _floor(rate * 1000 + 0.5) / 1000
+        incr = ALPHA * diff
+        means.append(mean + incr)
+        v = keep * (var + diff * incr)
+        vars_.append(v if v < 1e12 else 1e12)
+        if x == last:
+            n_same = n_same + 1 if n_same < STUCK_CAP else STUCK_CAP
+            if noisy and n_same > stuck:
+                stuck = n_same
+            same.append(n_same)
+        else:
+            same.append(0)
+    features["stuck_frames"] = _round(log1p_pos(stuck, STUCK_CAP))
+    features["frame_gap_s"] = _round(log1p_pos(gap, 86_400.0))
+    features["history"] = _round(log1p_pos(state.n, 1e9))
+    newer = event.ts >= state.ts
+    fuel = fin(event.fuel_pct, 0.0, 100.0)
+    after = VehicleState(
+        n=state.n + 1, ts=event.ts if newer else state.ts, mean=tuple(means),
+        var=tuple(vars_), last=tuple(xs), same=tuple(same),
+        lat=event.lat if newer else state.lat, lon=event.lon if newer else state.lon,
+        model=event.model, fuel_pct=fuel if newer else state.fuel_pct,
+    )
+    return reads, features, after

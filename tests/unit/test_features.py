@@ -205,3 +205,24 @@ def test_no_pii_in_anon_payment(ev: Payment) -> None:
     for value in (ev.vin, ev.driver_id, ev.driver_name, ev.card_number, ev.cardholder):
         assert value.encode() not in blob
     assert isinstance(msgspec.json.decode(blob, type=AnonPayment), AnonPayment)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(telemetry_events(), min_size=1, max_size=6))
+def test_fused_telemetry_step_matches_the_plain_functions(evs: list[Telemetry]) -> None:
+    from shared.features import telemetry as tel
+
+    state = None
+    for ev in evs:
+        reads, feats, after = tel.telemetry_step(ev, state)
+        plain = tel.telemetry_features(ev, state)
+        assert set(feats) == set(plain)
+        for name, value in plain.items():
+            assert abs(feats[name] - value) <= 0.0006 + 1e-9 * abs(value), name
+        assert reads == {k: feats[k] for k in tel.READINGS}
+        plain_after = tel.update_vehicle(state, ev)
+        # The fused path works on readings rounded to 3 decimals: statistics agree to that.
+        assert after.n == plain_after.n and after.ts == plain_after.ts
+        for m1, m2 in zip(after.mean, plain_after.mean, strict=True):
+            assert abs(m1 - m2) <= 0.0006 + 1e-9 * abs(m2)
+        state = after

@@ -1,0 +1,218 @@
+"""Enricher throughput (raw.* -> vault + anon.*, Kafka transactions on) beside a plain loop.
+
+Baseline, measured in the same run on the same backlog: a bare consume -> produce loop (same
+batch size, idempotent producer, no transactions, no decoding, no features, no vault) copying
+raw.* to a scratch topic. Both run as their own processes, one after the other, over one
+backlog of simulator events (telemetry plus payments) written beforehand, so the writer's CPU
+stays out of the measurement. Reports events/s, CPU time per event and peak RSS per process.
+
+Targets: enricher >= 20,000 events/s; peak RSS <= 150 MB. Starts its own edge Kafka on free
+ports and stops it.
+
+    .venv/bin/python bench/enricher.py [--events 120000] [--batch 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from shared import streams  # noqa: E402
+from shared.infra.stack import Stack  # noqa: E402
+from tests.support import free_infra_settings  # noqa: E402
+
+SCRATCH = "bench.baseline"
+DEADLINE_S = 170.0
+STARTED = time.monotonic()
+
+
+def left() -> float:
+    return max(5.0, DEADLINE_S - (time.monotonic() - STARTED))
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- backlog -----------------------------------------------------------------------------
+
+
+def write_backlog(bootstrap: str, events: int) -> dict[str, int]:
+    """Simulator events to raw.* keyed by VIN (the bridge's output), as fast as Kafka takes."""
+    from firmware_sim import Fleet, SimSettings
+
+    vehicles = 200
+    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=events / vehicles + 1, seed=42,
+                              payment_rate=20.0))
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
+                  "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True})
+    counts: dict[str, int] = {}
+    n = 0
+    for topic, payload in fleet.events():
+        _, vin, suffix = topic.split("/")
+        spec = streams.by_mqtt_suffix(suffix)
+        assert spec is not None
+        while True:
+            try:
+                p.produce(spec.raw_topic, key=vin.encode(), value=payload)
+                break
+            except BufferError:
+                p.poll(0.1)
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+        n += 1
+        if n >= events:
+            break
+    assert p.flush(left()) == 0, "backlog not fully written"
+    return counts
+
+
+# --- the two measured processes ----------------------------------------------------------
+
+
+def child_baseline(args: argparse.Namespace) -> dict[str, float]:
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    p = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5, "compression.type": "lz4",
+                  "enable.idempotence": True, "queue.buffering.max.messages": 500_000})
+    c.subscribe([s.raw_topic for s in streams.all_streams()])
+    n, first, cpu0 = 0, 0.0, 0.0
+    deadline = time.monotonic() + args.timeout
+    while n < args.expect and time.monotonic() < deadline:
+        msgs = c.consume(num_messages=args.batch, timeout=0.1)
+        if msgs and not first:
+            first, cpu0 = time.perf_counter(), cpu_seconds()
+        for m in msgs:
+            if m.error():
+                continue
+            while True:
+                try:
+                    p.produce(SCRATCH, key=m.key(), value=m.value())
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            n += 1
+        p.poll(0)
+        c.commit(asynchronous=True)
+    p.flush(30)
+    elapsed = time.perf_counter() - first
+    c.close()
+    return {"events": n, "seconds": elapsed, "cpu_s": cpu_seconds() - cpu0}
+
+
+def child_enricher(args: argparse.Namespace) -> dict[str, float]:
+    from edge.config import EdgeConfig
+    from edge.enricher import Enricher
+    from edge.vault.setup import fleet_tokenizer, open_vault
+    from shared.config import convert
+
+    cfg = convert({"edge_id": f"bench-{uuid.uuid4().hex[:8]}", "data_dir": args.data_dir,
+                   "kafka": {"bootstrap": args.bootstrap}, "metrics": {"base_port": 0},
+                   "enricher": {"group": f"bench-{uuid.uuid4().hex[:8]}",
+                                "batch_size": args.batch}}, EdgeConfig)
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
+    enricher.start()
+    first, cpu0 = 0.0, 0.0
+    deadline = time.monotonic() + args.timeout
+    while enricher.consumed < args.expect and time.monotonic() < deadline:
+        t, c0 = time.perf_counter(), cpu_seconds()
+        if enricher.step() and not first:
+            first, cpu0 = t, c0
+    elapsed = time.perf_counter() - first
+    cpu = cpu_seconds() - cpu0
+    out = {"events": enricher.consumed, "seconds": elapsed, "cpu_s": cpu,
+           "produced": enricher.produced, "transactions": enricher.batches,
+           "process_s": enricher.process_s, "commit_s": enricher.commit_s,
+           "vault_values": vault.count()}
+    enricher.close()
+    vault.close()
+    return out
+
+
+def run_child(kind: str, bootstrap: str, expect: int, batch: int, data_dir: str) -> dict:
+    argv = [sys.executable, __file__, "_child", kind, "--bootstrap", bootstrap, "--expect",
+            str(expect), "--batch", str(batch), "--data-dir", data_dir,
+            "--timeout", str(max(10.0, left() - 15))]
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=left())
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    result["events_per_s"] = result["events"] / result["seconds"] if result["seconds"] else 0.0
+    result["cpu_us_per_event"] = 1e6 * result["cpu_s"] / max(1, result["events"])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=120_000)
+    ap.add_argument("--batch", type=int, default=5000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fleetsentry-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        stack = Stack(free_infra_settings(tmp / "infra"), quiet=True)
+        try:
+            stack.up(services=frozenset({"edge"}))
+            bootstrap = stack.edge.bootstrap
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            for fut in admin.create_topics([NewTopic(SCRATCH, 3, 1)]).values():
+                fut.result(30)
+            counts = write_backlog(bootstrap, args.events)
+            total = sum(counts.values())
+            base = run_child("baseline", bootstrap, total, args.batch, str(tmp / "b"))
+            enr = run_child("enricher", bootstrap, total, args.batch, str(tmp / "e"))
+        finally:
+            stack.down()
+    report = {
+        "bench": "enricher", "events": total, "by_stream": counts, "batch": args.batch,
+        "enricher": enr, "baseline": base,
+        "enricher_vs_baseline": enr["events_per_s"] / base["events_per_s"],
+        "targets": {"events_per_s": 20_000, "peak_rss_mb": 150},
+    }
+    print(json.dumps(report))
+    print(f"enricher {enr['events_per_s']:,.0f} events/s ({enr['cpu_us_per_event']:.0f} us CPU/event, "
+          f"{enr['transactions']} transactions, peak RSS {enr['peak_rss_mb']:.0f} MB) vs plain "
+          f"consume->produce {base['events_per_s']:,.0f} events/s ({base['cpu_us_per_event']:.0f} "
+          f"us CPU/event, peak RSS {base['peak_rss_mb']:.0f} MB): ratio "
+          f"{report['enricher_vs_baseline']:.2f}; {total:,} events")
+
+
+def child_main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["baseline", "enricher"])
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--expect", type=int, required=True)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--timeout", type=float, required=True)
+    args = ap.parse_args(sys.argv[2:])
+    result = child_baseline(args) if args.kind == "baseline" else child_enricher(args)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child_main()
+    else:
+        main()
