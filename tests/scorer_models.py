@@ -43,19 +43,20 @@ class SyntheticFeatures:
         return rows
 
     def as_dict(self, row: np.ndarray) -> dict[str, float]:
-        return {n: float(v) for n, v in zip(self.names, row)}
+        return {n: float(v) for n, v in zip(self.names, row, strict=True)}
 
 
 def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int = 1,
                     version: str = "test-1", threshold_quantile: float = 0.999,
-                    epochs: int = 30, key: Any = None) -> tuple[Path, Path]:
+                    epochs: int = 30, key: Any = None,
+                    train_rows: np.ndarray | None = None) -> tuple[Path, Path]:
     """Train, quantize to int8, sign. Returns (model_dir, public_key_path)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
-    x = data.normal(6000, seed)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
+    x = data.normal(6000, seed) if train_rows is None else train_rows.astype(np.float32)
+    mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
     xs = (x - mean) / scale
     width = xs.shape[1]
     model = tf.keras.Sequential([
@@ -79,7 +80,7 @@ def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int =
     layers = [(lyr.get_weights()[0], lyr.get_weights()[1], lyr.get_config()["activation"])
               for lyr in model.layers]
     ref = FloatReferenceScorer(mean, scale, layers)
-    scores, _ = ref.score_batch(data.normal(4000, seed + 1))
+    scores, _ = ref.score_batch(data.normal(4000, seed + 1) if train_rows is None else x)
     threshold = float(np.quantile(scores, threshold_quantile))
 
     out.mkdir(parents=True, exist_ok=True)

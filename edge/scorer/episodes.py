@@ -121,11 +121,10 @@ class EpisodeTracker:
             alerts.append(self._close(token, st))
             ep = None
         if anomalous:
-            contributions = top()
             if ep is not None:
-                alerts += self._extend(token, ep, event_id, ts, score, contributions)
+                alerts += self._extend(token, ep, event_id, ts, score, top)
             else:
-                st.pending.append(_Pending(ts, event_id, score, contributions))
+                st.pending.append(_Pending(ts, event_id, score, top()))
                 self._prune(st, ts)
                 if len(st.pending) >= self.settings.open_events:
                     alerts.append(self._open(token, st, threshold, model_version))
@@ -175,12 +174,12 @@ class EpisodeTracker:
         return self._alert(token, st.episode, "open")
 
     def _extend(self, token: str, ep: _Episode, event_id: str, ts: float, score: float,
-                top: Sequence[Contribution]) -> list[Alert]:
+                top: TopFn) -> list[Alert]:
         ep.end_ts = max(ep.end_ts, ts)
         if len(ep.event_ids) < self.settings.max_event_ids:
             ep.event_ids.append(event_id)
         if score > ep.peak_score:
-            ep.peak_score, ep.peak_ts, ep.top = score, ts, list(top)
+            ep.peak_score, ep.peak_ts, ep.top = score, ts, top()  # explained only at a peak
             ep.peak_emitted = False
         if not ep.peak_emitted and ts - ep.last_emit_ts >= self.settings.update_interval_s:
             ep.last_emit_ts, ep.peak_emitted = ts, True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from edge.scorer.decisions import decide
 from edge.scorer.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
+from edge.scorer.features import FeatureRows
 from edge.scorer.model import Model, ModelHolder, baseline_dir, load_model
 from shared import topics
 from shared.contracts import (
@@ -106,7 +107,7 @@ class ScorerService:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._label: Callable[[str], str] = str
-        self._matrix: Callable[[str, list[Any]], Any] | None = None
+        self._rows: dict[tuple[str, ...], FeatureRows] = {}
         self._closers: list[Callable[[], None]] = []
         self.decisions_unrouted = 0
         # The model directory each stream's model came from; see reload_models().
@@ -125,9 +126,9 @@ class ScorerService:
 
     def prepare(self) -> None:
         """Load the feature code and the models (no network): enough to score in-process."""
-        from shared.features import feature_label, feature_matrix
+        from shared.features import feature_label
 
-        self._label, self._matrix = feature_label, feature_matrix
+        self._label = feature_label
         if self.holders is None:
             self.holders = load_models(self.settings)
             self._loaded = {s: Path(h.current.path or "").resolve()
@@ -290,7 +291,15 @@ class ScorerService:
         # Any failure here raises: the process exits and restarts from the last commit.
         p.commit_transaction(60)
 
-    def decode_batch(self, stream: str, values: list[bytes | None], out: Out,
+    def matrix(self, model: Model, records: list[Any]) -> Any:
+        """The model's input rows for ``records`` (row builder cached per feature list)."""
+        names = tuple(model.features)
+        rows = self._rows.get(names)
+        if rows is None:
+            rows = self._rows[names] = FeatureRows(names)
+        return rows(records)
+
+    def decode_batch(self, stream: str, values: Sequence[bytes | None], out: Out,
                      result: BatchResult) -> list[Any]:
         """Anon records of one stream; a record that breaks its contract goes to the DLQ."""
         kind, records = _ANON[stream], []
@@ -307,11 +316,11 @@ class ScorerService:
     def score_records(self, stream: str, records: list[Any], out: Out,
                       result: BatchResult) -> None:
         """Score, explain and decide: everything of a batch but the Kafka transaction."""
-        assert self.holders is not None and self._matrix is not None, "prepare() first"
+        assert self.holders is not None, "prepare() first"
         if not records:
             return
         model: Model = self.holders[stream].current  # one model for the whole batch
-        scores, errors = model.scorer.score_batch(self._matrix(stream, records))
+        scores, errors = model.scorer.score_batch(self.matrix(model, records))
         thr, version, names = model.threshold, model.version, model.features
         scores_topic = _SCORES[stream]
         telemetry = stream == TELEMETRY.name

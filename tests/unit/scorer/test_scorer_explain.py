@@ -38,3 +38,19 @@ def test_decline_above_threshold_names_the_reasons() -> None:
 
 def test_commands_topic() -> None:
     assert commands_topic("1HGCM82633A004352") == "fleet/1HGCM82633A004352/commands"
+
+
+def test_fast_feature_rows_equal_the_shared_feature_matrix() -> None:
+    from edge.scorer.features import FeatureRows
+    from shared.contracts import AnonPayment
+    from shared.features import feature_matrix
+
+    names = model_features("payments")
+    full = {n: float(i) for i, n in enumerate(names)}
+    partial = {n: 2.5 for n in names[::2]}
+    recs = [AnonPayment(event_id=f"p{i}", ts=1.0, card_token="card-tok-1",
+                        vehicle_token="veh-tok-1", driver_token="drv-tok-1", merchant_id="m",
+                        mcc="5541", category="fuel", amount=1.0, currency="EUR", cell="c",
+                        features=f) for i, f in enumerate([full, partial, {}])]
+    np.testing.assert_array_equal(FeatureRows(names)(recs), feature_matrix("payments", recs))
+    assert FeatureRows(names)([]).shape == (0, len(names))

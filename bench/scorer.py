@@ -1,0 +1,180 @@
+"""Scoring-path throughput on one core, and how much of it is int8 inference.
+
+Measures, in one process pinned to one CPU, over anonymized simulator records (the bytes the
+scorer reads from anon.*): decode -> feature matrix -> int8 LiteRT model -> Score records
+(encoded) -> alert episodes and explanations, in micro-batches as the service runs them.
+Kafka I/O is left out (the enricher and bridge benchmarks measure the broker path). Times are
+CPU seconds of this process (one core's worth of work), so other load on a shared machine
+does not count against it; the wall-clock rate is printed beside it.
+
+Baseline, measured in the same run: the raw batched LiteRT invoke on the same int8 inputs
+(no decoding, scaling or encoding), and the share of per-event time spent inside it.
+
+Target: >= 30,000 events/s on one core.
+
+    .venv/bin/python bench/scorer.py [--vehicles 300] [--duration 240] [--batch 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from edge.config import EdgeConfig  # noqa: E402
+from edge.scorer.model import ModelHolder, baseline_dir, load_model  # noqa: E402
+from edge.scorer.scorers import TFLiteScorer  # noqa: E402
+from edge.scorer.service import BatchResult, Out, ScorerService  # noqa: E402
+from shared.contracts import encode  # noqa: E402
+
+TARGET = 30_000
+
+
+def pin_one_core() -> int:
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[-1]})
+    return cpus[-1]
+
+
+def records(vehicles: int, duration: int) -> dict[str, list[bytes]]:
+    """Anonymized simulator events, encoded as the enricher writes them to anon.*."""
+    from firmware_sim import Fleet, SimSettings
+
+    from shared.features import Anonymizer
+    from shared.tokens import Tokenizer
+
+    anon = Anonymizer(Tokenizer(b"bench-secret-0123456789"))
+    out: dict[str, list[bytes]] = {"telemetry": [], "payments": []}
+    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=duration, seed=3))
+    for topic, payload in fleet.events():
+        stream = topic.rsplit("/", 1)[-1]
+        if stream in out:
+            out[stream].append(encode(anon.message(topic, payload)))
+    # Payments are rare next to telemetry: repeat them so their rate is measured on enough.
+    out["payments"] = (out["payments"] * (1 + 20_000 // max(1, len(out["payments"]))))[:20_000]
+    return out
+
+
+def models(tmp: Path, data: dict[str, list[bytes]]) -> tuple[dict[str, ModelHolder], str]:
+    """The shipped baselines; without them, small stand-ins trained here (same shape)."""
+    if all((baseline_dir(s) / "model.tflite").exists() for s in ("telemetry", "payments")):
+        return {s: ModelHolder(load_model(baseline_dir(s), s)) for s in
+                ("telemetry", "payments")}, "baseline"
+    from shared.contracts import AnonPayment, AnonTelemetry, decode
+    from shared.features import feature_matrix
+    from shared.signing import generate_private_key
+    from tests.scorer_models import SyntheticFeatures, build_model_dir
+
+    key, holders = generate_private_key(), {}
+    kinds: dict[str, Any] = {"telemetry": AnonTelemetry, "payments": AnonPayment}
+    for s in ("telemetry", "payments"):
+        rows = feature_matrix(s, [decode(kinds[s], v) for v in data[s][:20_000]])
+        d, pub = build_model_dir(tmp / s, s, SyntheticFeatures(s), key=key, epochs=5,
+                                 train_rows=rows)
+        holders[s] = ModelHolder(load_model(d, s, pub))
+    return holders, "stand-in (no baseline shipped yet)"
+
+
+class TimedScorer:
+    """Counts the seconds spent in the int8 invoke while the service scores."""
+
+    def __init__(self, scorer: TFLiteScorer) -> None:
+        self.scorer, self.seconds = scorer, 0.0
+        self._invoke = scorer.invoke_int8
+        scorer.invoke_int8 = self._timed  # type: ignore[method-assign]
+
+    def _timed(self, q: np.ndarray) -> np.ndarray:
+        t = time.process_time()
+        try:
+            return self._invoke(q)
+        finally:
+            self.seconds += time.process_time() - t
+
+
+def run_path(svc: ScorerService, stream: str, values: list[bytes], batch: int,
+             repeat: int) -> tuple[float, float, int]:
+    """(cpu seconds, wall seconds, events) of the scoring path."""
+    n, c0, t0 = 0, time.process_time(), time.perf_counter()
+    for _ in range(repeat):
+        for i in range(0, len(values), batch):
+            out, result = Out(), BatchResult()
+            recs = svc.decode_batch(stream, list(values[i:i + batch]), out, result)
+            svc.score_records(stream, recs, out, result)
+            n += len(recs)
+    return time.process_time() - c0, time.perf_counter() - t0, n
+
+
+def raw_invoke(invoke: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int,
+               repeat: int) -> float:
+    c0 = time.process_time()
+    for _ in range(repeat):
+        for i in range(0, q.shape[0], batch):
+            invoke(q[i:i + batch])
+    return time.process_time() - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vehicles", type=int, default=150)
+    ap.add_argument("--duration", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    core = pin_one_core()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scorer-"))
+    t = time.perf_counter()
+    data = records(args.vehicles, args.duration)
+    gen_s = time.perf_counter() - t
+    holders, source = models(tmp, data)
+    svc = ScorerService(EdgeConfig(), holders=holders)
+    svc.prepare()
+    results: dict[str, dict[str, float]] = {}
+    for stream, values in data.items():
+        scorer = holders[stream].current.scorer
+        assert isinstance(scorer, TFLiteScorer)
+        timed = TimedScorer(scorer)
+        run_path(svc, stream, values[: args.batch * 2], args.batch, 1)  # warm-up
+        timed.seconds = 0.0
+        secs, wall, n = run_path(svc, stream, values, args.batch, args.repeat)
+        infer = timed.seconds
+        recs = svc.decode_batch(stream, values, Out(), BatchResult())
+        matrix = svc.matrix(holders[stream].current, recs)
+        q = scorer.quantize(scorer.scale(matrix))
+        raw = raw_invoke(timed._invoke, q, args.batch, args.repeat)
+        results[stream] = {
+            "events": n, "events_per_s": round(n / secs), "us_per_event": 1e6 * secs / n,
+            "wall_events_per_s": round(n / wall),
+            "int8_share": infer / secs, "int8_us_per_event": 1e6 * infer / n,
+            "raw_invoke_us_per_event": 1e6 * raw / n,
+            "raw_invoke_events_per_s": round(n / raw),
+        }
+    # The fleet's mix: five telemetry frames for every payment (as bench/latency.py drives).
+    us = (5 * results["telemetry"]["us_per_event"] + results["payments"]["us_per_event"]) / 6
+    mixed = round(1e6 / us)
+    out = {"bench": "scorer", "core": core, "batch": args.batch, "models": source,
+           "generate_s": round(gen_s, 1), "mixed_events_per_s": mixed, "target": TARGET,
+           "meets_target": mixed >= TARGET, "streams": results}
+    print(json.dumps(out))
+    for stream, r in results.items():
+        print(f"{stream}: {r['events_per_s']:,} events/s on one core "
+              f"({r['us_per_event']:.1f} us/event, of which int8 inference "
+              f"{r['int8_us_per_event']:.2f} us = {100 * r['int8_share']:.1f}%); raw batched "
+              f"LiteRT invoke alone: {r['raw_invoke_us_per_event']:.2f} us/event "
+              f"({r['raw_invoke_events_per_s']:,}/s)")
+    print(f"mixed 5 telemetry : 1 payment: {mixed:,} events/s (target >= {TARGET:,}: "
+          f"{'met' if mixed >= TARGET else 'NOT met'}); models: {source}")
+
+
+if __name__ == "__main__":
+    main()
