@@ -22,8 +22,20 @@ from shared.signing import MANIFEST_FILE, generate_private_key, sign_model_dir, 
 from tests.scorer_models import SyntheticFeatures, build_model_dir
 
 
+_SHARED: list[ModelKit] = []
+
+
 class ModelKit:
     """Builds signed variants of one trained payments model."""
+
+    @classmethod
+    def shared(cls) -> ModelKit:
+        """One kit per test process: TensorFlow trains the base model once."""
+        if not _SHARED:
+            import tempfile
+
+            _SHARED.append(cls(Path(tempfile.mkdtemp(prefix="fleetsentry-agent-models-"))))
+        return _SHARED[0]
 
     def __init__(self, root: Path) -> None:
         self.root = root
