@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from cloud.dashboard.cli import dashboard, run
 from cloud.registry.cli import registry
 from cloud.retrain.cli import retrain, trainer_service
+from cloud.store.cli import store
 from cloud.trainer.cli import train
 
 
@@ -18,3 +20,6 @@ cloud.add_command(train)
 cloud.add_command(registry)
 cloud.add_command(trainer_service)
 cloud.add_command(retrain)
+cloud.add_command(run)
+cloud.add_command(dashboard)
+cloud.add_command(store)

@@ -1,0 +1,133 @@
+"""Edge -> cloud replication through MirrorMaker 2: live events/s and a backlog's catch-up time.
+
+Starts its own edge Kafka (1 node), cloud Kafka (3 nodes) and MirrorMaker on free ports in a
+temporary folder, and stops them all at the end. Figures:
+
+- live: events/s from a transactional producer on the edge until a read_committed consumer in
+  the cloud has seen them all (exactly-once MirrorMaker in between);
+- backlog: MirrorMaker is stopped (the link cut) while the gateway produces ``--backlog``
+  events; catch-up is the time from restarting MirrorMaker until the cloud holds them all;
+- baseline (same run): a plain read_committed consumer reading the same backlog straight
+  from the edge cluster, i.e. what reading alone costs on this machine.
+
+    .venv/bin/python bench/replication.py [--backlog 120000] [--live 40000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from shared import contracts, topics  # noqa: E402
+from shared.infra.mirror import Mirror  # noqa: E402
+from shared.infra.stack import Stack  # noqa: E402
+from tests.support import free_infra_settings  # noqa: E402
+
+RATE = 2000  # events/s of a busy gateway
+TOKEN = "tok" + "2" * 13
+
+
+def produce(bootstrap: str, topic: str, n: int, t0: float) -> float:
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"bench-{uuid.uuid4()}",
+                  "linger.ms": 20, "batch.num.messages": 5000})
+    p.init_transactions(30)
+    start = time.monotonic()
+    for chunk in range(0, n, 5000):
+        p.begin_transaction()
+        for i in range(chunk, min(n, chunk + 5000)):
+            eid = f"{i}-{uuid.uuid4().hex[:8]}"
+            p.produce(topic, key=eid.encode(), value=contracts.encode(contracts.Score(
+                event_id=eid, ts=t0 + i / RATE, stream="telemetry", token=TOKEN, score=0.2,
+                threshold=1.0, model_version="bench", anomalous=False)))
+            if i % 1000 == 0:
+                p.poll(0)
+        p.commit_transaction(60)
+    return time.monotonic() - start
+
+
+def count_until(bootstrap: str, topic: str, n: int, timeout: float) -> float:
+    """Seconds until a read_committed consumer has read ``n`` records of ``topic``."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
+    start = time.monotonic()
+    seen = 0
+    try:
+        while True:
+            meta = c.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                break
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"{topic} never appeared")
+            time.sleep(0.5)
+        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        while seen < n:
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"only {seen} of {n} records of {topic} after {timeout}s")
+            seen += sum(1 for m in c.consume(5000, 0.5) if not m.error())
+    finally:
+        c.close()
+    return time.monotonic() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backlog", type=int, default=120_000,
+                    help="backlog events (2,000/s x 600 s = 1,200,000 is a full ten minutes)")
+    ap.add_argument("--live", type=int, default=40_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-replication-") as tmp:
+        stack = Stack(free_infra_settings(Path(tmp)), quiet=True)
+        mirror = Mirror("edge-b", "", "", Path(tmp))
+        try:
+            t = time.monotonic()
+            stack.up(services=frozenset({"edge", "cloud"}))
+            mirror = stack.mirror("edge-b")
+            mirror.start()
+            mirror.wait_healthy(240)
+            print(f"clusters and mirror up in {time.monotonic() - t:.0f}s", file=sys.stderr)
+            edge, cloud = stack.edge.bootstrap, stack.cloud.bootstrap
+
+            produce(edge, topics.ANON_TELEMETRY, args.live, time.time())
+            live_s = count_until(cloud, mirror.cloud_topic(topics.ANON_TELEMETRY), args.live, 300)
+
+            mirror.stop()
+            produce(edge, topics.SCORES_TELEMETRY, args.backlog, time.time())
+            baseline_s = count_until(edge, topics.SCORES_TELEMETRY, args.backlog, 300)
+            t = time.monotonic()
+            mirror.start()
+            count_until(cloud, mirror.cloud_topic(topics.SCORES_TELEMETRY), args.backlog, 600)
+            catch_up_s = time.monotonic() - t
+        finally:
+            mirror.stop()
+            stack.down()
+    result = {
+        "bench": "replication",
+        "live_events": args.live, "live_events_per_s": round(args.live / live_s),
+        "backlog_events": args.backlog,
+        "backlog_device_seconds_at_2000_per_s": args.backlog / RATE,
+        "catch_up_s": round(catch_up_s, 1),
+        "catch_up_events_per_s": round(args.backlog / catch_up_s),
+        "baseline_edge_read_s": round(baseline_s, 2),
+        "baseline_edge_read_events_per_s": round(args.backlog / baseline_s),
+        "catch_up_vs_baseline": round(catch_up_s / baseline_s, 1),
+    }
+    print(json.dumps(result))
+    print(f"edge->cloud live {result['live_events_per_s']} ev/s; backlog of {args.backlog} "
+          f"({args.backlog / RATE:.0f} s of a {RATE} ev/s gateway) caught up in "
+          f"{catch_up_s:.1f}s incl. MirrorMaker start ({result['catch_up_events_per_s']} ev/s) "
+          f"vs {baseline_s:.2f}s for a plain consumer on the edge "
+          f"({result['catch_up_vs_baseline']}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Reading the store back: pyarrow datasets for the dashboard, contract objects for training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from cloud.store import layout
+from cloud.store.writer import schema_of
+from shared import contracts, streams, topics
+
+
+class StoreReader:
+    """Read-only view of a store folder (safe while the writer runs: files appear atomically).
+
+    It also stands in for the trainer's Kafka source (``anon_records``, ``labels``,
+    ``scores``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dataset(self, name: str) -> pads.Dataset | None:
+        folder = self.root / name
+        if not folder.is_dir() or not any(folder.rglob("*.parquet")):
+            return None
+        ds = layout.datasets()[name]
+        return pads.dataset(folder, format="parquet", partitioning="hive",
+                            schema=schema_of(ds).append(pa.field("day", pa.string())),
+                            exclude_invalid_files=False)
+
+    def table(self, name: str, columns: list[str] | None = None,
+              filter: pc.Expression | None = None) -> pa.Table:
+        """Rows of dataset ``name`` (e.g. ``anon.payments``), one per record id."""
+        ds = self.dataset(name)
+        if ds is None:
+            schema = schema_of(layout.datasets()[name]).append(pa.field("day", pa.string()))
+            table = schema.empty_table()
+            return table.select(columns) if columns else table
+        wanted = list(dict.fromkeys([*(columns or ds.schema.names), "record_id"]))
+        table = ds.to_table(columns=wanted, filter=filter)
+        # The writer never writes an id twice; this guards readers against a hand-copied file.
+        first = pc.unique(table["record_id"]) if table.num_rows else None
+        if first is not None and len(first) != table.num_rows:
+            table = _first_per_id(table)
+        return table.select(columns) if columns else table
+
+    def records(self, name: str, filter: pc.Expression | None = None) -> list[Any]:
+        kind = layout.datasets()[name].kind
+        table = self.table(name, ["record"], filter)
+        return [contracts.decode(kind, r) for r in table["record"].to_pylist()]
+
+    # --- the trainer's DataSource -------------------------------------------------------
+
+    def anon_records(self, stream: str) -> list[Any]:
+        recs = self.records(streams.get(stream).anon_topic)
+        return sorted(recs, key=lambda r: r.ts)
+
+    def labels(self) -> list[contracts.Label]:
+        return self.records(topics.LABELS)
+
+    def scores(self, stream: str, since_ts: float) -> list[contracts.Score]:
+        return self.records(streams.get(stream).scores_topic, pc.field("ts") >= since_ts)
+
+
+def _first_per_id(table: pa.Table) -> pa.Table:
+    seen: set[str] = set()
+    keep = []
+    for i, rid in enumerate(table["record_id"].to_pylist()):
+        if rid not in seen:
+            seen.add(rid)
+            keep.append(i)
+    return table.take(keep)
