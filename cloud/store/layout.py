@@ -89,4 +89,4 @@ def route(topic: str) -> tuple[str, Dataset] | None:
 
 
 def day_of(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).date().isoformat()
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).date().isoformat()

@@ -89,8 +89,11 @@ class Store:
                                       KafkaError.UNKNOWN_TOPIC_OR_PART):
                     log.warning("consumer error: %s", err)
                 continue
+            topic, part, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or part is None or offset is None:
+                continue
             good.append(msg)
-            self._positions[(msg.topic(), msg.partition())] = msg.offset() + 1
+            self._positions[(topic, part)] = offset + 1
         if good:
             to_rows(self._batch, self.files, good)
         return len(good)

@@ -320,10 +320,11 @@ def _read_compacted(bootstrap: str, topic: str, timeout: float) -> dict[str, byt
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            if msg.key() is not None:
-                latest[msg.key().decode(errors="replace")] = msg.value()
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                pending.discard(msg.partition())
+            key, part, offset = msg.key(), msg.partition(), msg.offset()
+            if key is not None:
+                latest[key.decode(errors="replace")] = msg.value()
+            if part is not None and offset is not None and offset + 1 >= ends[part]:
+                pending.discard(part)
     except Exception:  # an unreachable cluster reads as "no status", never as a crash
         return {}
     finally:
