@@ -8,35 +8,18 @@ right side to err on here: a lost decision leaves a driver stuck.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edge.bridge.bridge import mqtt_password
 from edge.config import EdgeConfig
 from edge.scorer.decisions import commands_topic
 from edge.scorer.errors import ScorerError
 from shared.contracts import Decision, encode
 
 log = logging.getLogger("scorer.mqtt")
-
-
-def mqtt_password(config: EdgeConfig) -> str:
-    """``[mqtt] password``, else the service password ``fleetsentry infra`` generated."""
-    if config.mqtt.password is not None:
-        return config.mqtt.password.reveal()
-    from shared.infra.stack import default_home
-
-    path = Path(default_home()) / "mosquitto" / "credentials.json"
-    try:
-        creds = json.loads(path.read_text())
-        return str(creds[config.mqtt.username])
-    except (OSError, ValueError, KeyError):
-        raise ScorerError(f"no MQTT password for {config.mqtt.username!r}: set [mqtt] password "
-                          f"(or FLEETSENTRY_MQTT_PASSWORD), or run `fleetsentry infra up` so "
-                          f"{path} exists") from None
 
 
 class DecisionPublisher:

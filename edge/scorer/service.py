@@ -156,7 +156,11 @@ class ScorerService:
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
             "client.id": f"{self.transactional_id}",
         })
-        self._consumer.subscribe(list(_INPUT))
+        self._consumer.subscribe(list(_INPUT), on_assign=self._assigned)
+
+    def _assigned(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        log.info("scoring %d partitions of %s as %s", len(parts), ", ".join(_INPUT),
+                 self.transactional_id)
 
     def _restore_episodes(self, bootstrap: str) -> None:
         """Replay the compacted episode topic (read_committed) into the tracker."""

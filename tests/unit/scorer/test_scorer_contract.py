@@ -110,3 +110,39 @@ def test_tampered_or_foreign_models_are_refused(tmp_path: Path,
         load_model(bad, "telemetry", key)
     with pytest.raises(ModelError, match="for stream 'telemetry', not 'payments'"):
         load_model(model_dir, "payments", key)
+
+
+@pytest.fixture(scope="module")
+def fleet_records() -> dict[str, list[object]]:
+    """Anonymized simulator records: what the shipped models see at a gateway."""
+    from firmware_sim import Fleet, SimSettings
+
+    from shared.features import Anonymizer
+    from shared.tokens import Tokenizer
+
+    anon = Anonymizer(Tokenizer(b"contract-test-secret"))
+    out: dict[str, list[object]] = {"telemetry": [], "payments": []}
+    for topic, payload in Fleet(SimSettings(vehicles=20, duration_s=300, seed=5,
+                                            payment_rate=30.0)).events():
+        out[topic.rsplit("/", 1)[-1]].append(anon.message(topic, payload))
+    return out
+
+
+@pytest.mark.parametrize("stream", ["telemetry", "payments"])
+def test_shipped_baselines_agree_with_their_float_weights(
+        stream: str, fleet_records: dict[str, list[object]]) -> None:
+    from edge.scorer.model import baseline_dir
+    from shared.features import feature_matrix
+
+    tfl = load_model(baseline_dir(stream), stream)
+    ref = load_model(baseline_dir(stream), stream, reference=True)
+    rows = feature_matrix(stream, fleet_records[stream])
+    assert rows.shape[0] > 50
+    s_t, _ = tfl.scorer.score_batch(rows)
+    s_f, _ = ref.scorer.score_batch(rows)
+    assert isinstance(tfl.scorer, TFLiteScorer)
+    step = tfl.scorer.output_quant[0]
+    gap = np.abs(np.sqrt(s_t) - np.sqrt(s_f))
+    assert np.quantile(gap, 0.99) <= 2 * step, (np.quantile(gap, 0.99), step)
+    # Decisions at the shipped threshold: the int8 model and its float weights agree.
+    assert np.mean((s_t > tfl.threshold) == (s_f > tfl.threshold)) >= 0.99

@@ -1,0 +1,281 @@
+"""Payment decision latency: vehicle publish -> decision received by that vehicle, under load.
+
+Starts its own edge Kafka + Mosquitto on free ports and the gateway pipeline (`fleetsentry
+edge run` with bridge, enricher, scorer), then drives --payments payments/s plus --telemetry
+telemetry frames/s from registered vehicles over MQTT (QoS 1), for --seconds after a warm-up.
+Every payment gets a decision (declines, and approvals while [scorer] send_approvals is on);
+latency is the vehicle's receive time minus its publish time, on one clock.
+
+Baseline, measured in the same run under the same load: the broker's own round trip, an
+admin client publishing to fleet/{vin}/commands and the vehicle receiving it.
+
+Target: p99 <= 250 ms at 1,000 payments/s + 5,000 telemetry/s.
+
+    .venv/bin/python bench/latency.py [--payments 1000] [--telemetry 5000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from shared.contracts import Decision, Payment, Telemetry, decode  # noqa: E402
+from shared.infra.mosquitto import ADMIN_USER  # noqa: E402
+from shared.infra.stack import Stack  # noqa: E402
+from tests.edge_pipeline import EdgePipeline  # noqa: E402
+from tests.support import free_infra_settings  # noqa: E402
+
+TARGET_P99_MS = 250.0
+PASSWORD = "bench-vehicle-pw"
+
+
+class Vehicle:
+    """One MQTT session: publishes as its VIN, receives its commands."""
+
+    def __init__(self, host: str, port: int, vin: str, got: dict[str, float]) -> None:
+        self.vin, self.got = vin, got
+        self.ready = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{vin}",
+                        protocol=mqtt.MQTTv5)
+        c.username_pw_set(vin, PASSWORD)
+        c.max_inflight_messages_set(1000)
+        c.on_connect = lambda cl, *_: cl.subscribe(f"fleet/{vin}/commands", qos=1)
+        c.on_subscribe = lambda *_: self.ready.set()
+        c.on_message = self._message
+        c.connect(host, port)
+        c.loop_start()
+        self.client = c
+
+    def _message(self, _c: Any, _u: Any, msg: Any) -> None:
+        now = time.monotonic()
+        try:
+            self.got[decode(Decision, bytes(msg.payload)).event_id] = now
+        except Exception:  # noqa: BLE001 - a baseline probe is not a Decision
+            self.got[bytes(msg.payload).decode(errors="replace")] = now
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def templates(vehicles: int, start_ts: float) -> dict[str, tuple[list[Any], list[Any]]]:
+    """Per VIN: simulator telemetry frames and payments to re-stamp and replay."""
+    from firmware_sim import Fleet, SimSettings
+
+    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=60, seed=41, start_ts=start_ts,
+                              payment_rate=60.0))
+    per: dict[str, tuple[list[Any], list[Any]]] = {}
+    for topic, payload in fleet.events():
+        vin, kind = topic.split("/")[1], topic.rsplit("/", 1)[-1]
+        tel, pay = per.setdefault(vin, ([], []))
+        if kind == "telemetry":
+            tel.append(decode(Telemetry, payload))
+        elif kind == "payments":
+            pay.append(decode(Payment, payload))
+    spare = [p for _t, pays in per.values() for p in pays]
+    for vin, (_tel, pays) in per.items():
+        if not pays:  # give every vehicle a payment to make (its own VIN on it)
+            pays.append(msgspec.structs.replace(spare[len(vin) % len(spare)], vin=vin))
+    return per
+
+
+def stand_in_models(home: Path, per: dict[str, tuple[list[Any], list[Any]]]) -> str:
+    """Signed models for the scorer: the shipped baselines when present, else stand-ins."""
+    from edge.scorer.model import baseline_dir
+
+    if all((baseline_dir(s) / "model.tflite").exists() for s in ("telemetry", "payments")):
+        return ""
+    from shared.features import Anonymizer, feature_matrix
+    from shared.signing import generate_private_key
+    from shared.tokens import Tokenizer
+    from tests.scorer_models import SyntheticFeatures, build_model_dir
+
+    anon = Anonymizer(Tokenizer(b"bench-latency-secret"))
+    recs: dict[str, list[Any]] = {"telemetry": [], "payments": []}
+    for tel, pays in per.values():
+        recs["telemetry"] += [anon.anonymize(t) for t in tel]
+        recs["payments"] += [anon.anonymize(p) for p in pays]
+    key, pub = generate_private_key(), Path()
+    for s in ("telemetry", "payments"):
+        _d, pub = build_model_dir(home / "models" / s, s, SyntheticFeatures(s), key=key,
+                                  epochs=3, train_rows=feature_matrix(s, recs[s]))
+    return f'models_dir = "{home / "models"}"\npublic_key = "{pub}"\n'
+
+
+def drive(vehicles: list[Vehicle], per: dict[str, tuple[list[Any], list[Any]]],
+          pay_rate: float, tel_rate: float, seconds: float, sent: dict[str, float],
+          tag: str, wall: dict[str, float]) -> float:
+    """Publish at the given rates for ``seconds``; returns the achieved payments/s."""
+    counter = itertools.count()
+    cursors = {v.vin: (itertools.cycle(per[v.vin][0]), itertools.cycle(per[v.vin][1]))
+               for v in vehicles}
+    t0 = time.monotonic()
+    tel_due = 0.0
+    n_pay = 0
+    rr = itertools.cycle(vehicles)
+    while (now := time.monotonic()) - t0 < seconds:
+        elapsed = now - t0
+        want_pay = int(elapsed * pay_rate) - n_pay
+        want_tel = int(elapsed * tel_rate) - int(tel_due)
+        for _ in range(max(0, want_tel)):
+            v = next(rr)
+            frame = next(cursors[v.vin][0])
+            ev = msgspec.structs.replace(frame, event_id=f"{tag}t{next(counter)}",
+                                         ts=round(time.time(), 3))
+            v.client.publish(f"fleet/{v.vin}/telemetry", msgspec.json.encode(ev), qos=1)
+            tel_due += 1
+        for _ in range(max(0, want_pay)):
+            v = next(rr)
+            pay = next(cursors[v.vin][1])
+            eid = f"{tag}p{next(counter)}"
+            ev = msgspec.structs.replace(pay, event_id=eid, ts=round(time.time(), 3))
+            sent[eid] = time.monotonic()
+            wall[eid] = time.time()
+            v.client.publish(f"fleet/{v.vin}/payments", msgspec.json.encode(ev), qos=1)
+            n_pay += 1
+        time.sleep(0.002)
+    return n_pay / (time.monotonic() - t0)
+
+
+def broker_baseline(admin: mqtt.Client, vehicles: list[Vehicle], got: dict[str, float],
+                    n: int = 300) -> list[float]:
+    """Broker round trip to the same vehicles while the load runs (ms)."""
+    sent: dict[str, float] = {}
+    for i in range(n):
+        v = vehicles[i % len(vehicles)]
+        probe = f"probe-{i}"
+        sent[probe] = time.monotonic()
+        admin.publish(f"fleet/{v.vin}/commands", probe.encode(), qos=1)
+        time.sleep(0.01)
+    time.sleep(1.0)
+    return [1000 * (got[k] - t) for k, t in sent.items() if k in got]
+
+
+def stages(bootstrap: str, wall: dict[str, float]) -> dict[str, list[float]]:
+    """Where the time goes: each stage's Kafka record timestamp after the vehicle's publish."""
+    from shared import topics
+    from shared.contracts import AnonPayment, Score
+    from tests.support import consume_all
+
+    at: dict[str, dict[str, float]] = {}
+    for name, topic, kind in (("bridge", topics.RAW_PAYMENTS, Payment),
+                              ("enricher", topics.ANON_PAYMENTS, AnonPayment),
+                              ("scorer", topics.SCORES_PAYMENTS, Score)):
+        seen = at.setdefault(name, {})
+        for m in consume_all(bootstrap, topic, idle=2.0, timeout=30):
+            eid = decode(kind, m.value()).event_id  # type: ignore[attr-defined]
+            if eid in wall:
+                seen[eid] = m.timestamp()[1] / 1000.0
+    out: dict[str, list[float]] = {}
+    prev: dict[str, float] = wall
+    for name in ("bridge", "enricher", "scorer"):
+        d = [1000 * (at[name][k] - prev[k]) for k in at[name] if k in prev]
+        out[name] = [round(pct(d, 50), 1), round(pct(d, 99), 1)]
+        prev = at[name]
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--payments", type=float, default=1000.0)
+    ap.add_argument("--telemetry", type=float, default=5000.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--vehicles", type=int, default=40)
+    # The enricher's batch wait is the largest fixed delay on the path; a gateway that
+    # declines payments at the pump runs it short.
+    ap.add_argument("--enricher-wait-ms", type=float, default=10.0)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    stack = Stack(free_infra_settings(home / "infra"), quiet=True)
+    pipeline: EdgePipeline | None = None
+    vehicles: list[Vehicle] = []
+    admin: mqtt.Client | None = None
+    try:
+        t = time.monotonic()
+        stack.up(services=frozenset({"edge", "mqtt"}))
+        per = templates(args.vehicles, time.time() - 120)
+        stack.mqtt.register_vehicles({vin: PASSWORD for vin in per})
+        scorer_toml = stand_in_models(home, per)
+        pipeline = EdgePipeline(stack, home / "edge", scorer=scorer_toml,
+                                extra=f"[enricher]\nbatch_wait_ms = {args.enricher_wait_ms}\n")
+        pipeline.start()
+        setup_s = time.monotonic() - t
+        got: dict[str, float] = {}
+        vehicles = [Vehicle(stack.mqtt.host, stack.mqtt.port, vin, got) for vin in per]
+        for v in vehicles:
+            assert v.ready.wait(30), "vehicle could not subscribe"
+        creds = json.loads(stack.mqtt.credentials_path.read_text())
+        admin = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-admin",
+                            protocol=mqtt.MQTTv5)
+        admin.username_pw_set(ADMIN_USER, creds[ADMIN_USER])
+        admin.connect(stack.mqtt.host, stack.mqtt.port)
+        admin.loop_start()
+        warm: dict[str, float] = {}
+        drive(vehicles, per, args.payments, args.telemetry, args.warmup, warm, "w", {})
+        sent: dict[str, float] = {}
+        probe: list[float] = []
+        prober = threading.Thread(target=lambda: probe.extend(
+            broker_baseline(admin, vehicles, got)), daemon=True)  # type: ignore[arg-type]
+        prober.start()
+        wall: dict[str, float] = {}
+        rate = drive(vehicles, per, args.payments, args.telemetry, args.seconds, sent, "m",
+                     wall)
+        prober.join(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(k in got for k in sent) < len(sent):
+            time.sleep(0.2)
+        lat = [1000 * (got[k] - t0) for k, t0 in sent.items() if k in got]
+        result = {
+            "bench": "latency", "payments_per_s": round(rate), "telemetry_per_s": args.telemetry,
+            "seconds": args.seconds, "payments": len(sent), "decided": len(lat),
+            "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
+            "max_ms": round(max(lat), 1) if lat else None, "target_p99_ms": TARGET_P99_MS,
+            "meets_target": bool(lat) and pct(lat, 99) <= TARGET_P99_MS
+            and len(lat) == len(sent),
+            "baseline_broker_p50_ms": round(pct(probe, 50), 1),
+            "baseline_broker_p99_ms": round(pct(probe, 99), 1),
+            "setup_s": round(setup_s, 1), "cpus": os.cpu_count(),
+            "enricher_batch_wait_ms": args.enricher_wait_ms,
+            "stages_p50_p99_ms": stages(stack.edge.bootstrap, wall),
+            "models": "baseline" if not scorer_toml else "stand-in (no baseline shipped yet)",
+        }
+        print(json.dumps(result))
+        print(f"payment decision latency at {rate:,.0f} payments/s + {args.telemetry:,.0f} "
+              f"telemetry/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
+              f"({len(lat)}/{len(sent)} decided; target p99 <= {TARGET_P99_MS:.0f} ms: "
+              f"{'met' if result['meets_target'] else 'NOT met'}); broker round trip alone "
+              f"p50 {result['baseline_broker_p50_ms']} ms, p99 {result['baseline_broker_p99_ms']}"
+              f" ms")
+    finally:
+        for v in vehicles:
+            v.close()
+        if admin is not None:
+            admin.disconnect()
+            admin.loop_stop()
+        if pipeline is not None:
+            pipeline.stop()
+        stack.down()
+
+
+if __name__ == "__main__":
+    main()
