@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import paho.mqtt.client as mqtt
 from firmware_sim.outbox import Outbox
+from firmware_sim.wire import FastClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -86,8 +87,8 @@ class VehicleSession:
     # --- client -----------------------------------------------------------------------------
 
     def make_client(self, socket_callbacks: dict[str, Callable[..., None]]) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.vin,
-                        protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        c = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.vin,
+                       protocol=mqtt.MQTTv5, reconnect_on_failure=False)
         c.username_pw_set(self.vin, self.conf.password)
         offline = msgspec.json.encode(VehicleStatus(vin=self.vin, state="offline",
                                                     ts=time.time(), firmware=self.firmware))
