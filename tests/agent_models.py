@@ -11,16 +11,18 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared import model_bundle
+from shared import model_bundle, topics
 from shared.contracts import AnonPayment, ModelManifest, encode
 from shared.signing import MANIFEST_FILE, generate_private_key, sign_model_dir, write_public_key
 from tests.scorer_models import SyntheticFeatures, build_model_dir
-
+from tests.support import produce_all
 
 _SHARED: list[ModelKit] = []
 
@@ -81,6 +83,42 @@ class ModelKit:
                               currency="EUR", cell="u0yj", features=self.data.as_dict(row))
             out.append(encode(rec))
         return out
+
+
+def skip_to_end(bootstrap: str, group: str) -> None:
+    """Commit the agent group's offset at the end of cloud.models: this test's messages only."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        _low, high = c.get_watermark_offsets(TopicPartition(topics.CLOUD_MODELS, 0), timeout=10)
+        for attempt in range(20):  # a fresh broker's group coordinator may still be loading
+            try:
+                c.commit(offsets=[TopicPartition(topics.CLOUD_MODELS, 0, high)],
+                         asynchronous=False)
+                return
+            except KafkaException:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
+    finally:
+        c.close()
+
+
+def recent_window(bootstrap: str, kit: ModelKit, seed: int) -> None:
+    produce_all(bootstrap, topics.ANON_PAYMENTS,
+                ((uuid.uuid4().hex.encode(), v) for v in kit.recent_payments(900, seed)))
+
+
+def deliver(agent: Any, bootstrap: str, key: bytes, value: bytes,
+            timeout: float = 60.0) -> Any:
+    """Produce to the edge's cloud.models (as MirrorMaker would) and step until handled."""
+    produce_all(bootstrap, topics.CLOUD_MODELS, [(key, value)])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = agent.step(0.5)
+        if outcome is not None:
+            return outcome
+    raise AssertionError("the agent did not handle the model message in time")
 
 
 def flip_byte(value: bytes, file: str = "model.tflite", offset: int = 200) -> bytes:

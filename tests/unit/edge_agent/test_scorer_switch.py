@@ -15,8 +15,8 @@ from tests.agent_models import ModelKit
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> ModelKit:
-    return ModelKit(tmp_path_factory.mktemp("switch-models"))
+def kit() -> ModelKit:
+    return ModelKit.shared()
 
 
 def test_scorer_switches_on_the_symlink_and_back(kit: ModelKit, tmp_path: Path) -> None:

@@ -23,8 +23,7 @@ from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import model_bundle, topics
 from shared.contracts import AnonPayment, Label, encode
-from tests.agent_models import ModelKit
-from tests.integration.agent.test_agent import _deliver, _recent_window, _skip_to_end
+from tests.agent_models import ModelKit, deliver, recent_window, skip_to_end
 from tests.support import consume_all, produce_all
 
 pytestmark = pytest.mark.integration
@@ -74,15 +73,15 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
                         scorer=ScorerSettings(models_dir=tmp_path / "models",
                                               public_key=kit.public_key),
                         agent=AgentSettings(shadow_window=600))
-    _skip_to_end(edge_bootstrap, f"{edge_id}-agent")
+    skip_to_end(edge_bootstrap, f"{edge_id}-agent")
     agent = ModelAgent(config).start()
     try:
-        _recent_window(edge_bootstrap, kit, seed=21)
-        flipped = _deliver(agent, edge_bootstrap, b"payments", _corrupt_base64(value))
+        recent_window(edge_bootstrap, kit, seed=21)
+        flipped = deliver(agent, edge_bootstrap, b"payments", _corrupt_base64(value))
         assert flipped.state == "rejected" and "signature does not match" in flipped.reason
         assert agent.store.active_dir("payments") is None  # still the model it had
 
-        good = _deliver(agent, edge_bootstrap, b"payments", value)
+        good = deliver(agent, edge_bootstrap, b"payments", value)
         assert good.state == "active" and agent.store.active_version("payments") == "cloud-v1"
     finally:
         agent.close()

@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from edge.agent.agent import ModelAgent, Outcome
+from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.signing import generate_private_key
-from tests.agent_models import ModelKit, drop_file, flip_byte
+from tests.agent_models import ModelKit, deliver, drop_file, flip_byte, recent_window, skip_to_end
 from tests.support import consume_all, produce_all
 
 pytestmark = pytest.mark.integration
@@ -26,15 +25,6 @@ def kit() -> ModelKit:
     return ModelKit.shared()
 
 
-def _skip_to_end(bootstrap: str, group: str) -> None:
-    """Commit the agent group's offset at the end of cloud.models: this test's messages only."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
-    _low, high = c.get_watermark_offsets(TopicPartition(topics.CLOUD_MODELS, 0), timeout=10)
-    c.commit(offsets=[TopicPartition(topics.CLOUD_MODELS, 0, high)], asynchronous=False)
-    c.close()
-
-
 @pytest.fixture()
 def agent(edge_bootstrap: str, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
     edge_id = f"agent-{uuid.uuid4().hex[:6]}"
@@ -43,29 +33,12 @@ def agent(edge_bootstrap: str, kit: ModelKit, tmp_path: Path) -> Iterator[ModelA
         scorer=ScorerSettings(models_dir=tmp_path / "models", public_key=kit.public_key),
         agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
                             watch_s=120.0))
-    _skip_to_end(edge_bootstrap, f"{edge_id}-agent")
+    skip_to_end(edge_bootstrap, f"{edge_id}-agent")
     a = ModelAgent(config).start()
     try:
         yield a
     finally:
         a.close()
-
-
-def _recent_window(bootstrap: str, kit: ModelKit, seed: int) -> None:
-    produce_all(bootstrap, topics.ANON_PAYMENTS,
-                ((uuid.uuid4().hex.encode(), v) for v in kit.recent_payments(900, seed)))
-
-
-def _deliver(agent: ModelAgent, bootstrap: str, key: bytes, value: bytes,
-             timeout: float = 60.0) -> Outcome:
-    """Produce to the edge's cloud.models (as MirrorMaker would) and step until handled."""
-    produce_all(bootstrap, topics.CLOUD_MODELS, [(key, value)])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        outcome = agent.step(0.5)
-        if outcome is not None:
-            return outcome
-    raise AssertionError("the agent did not handle the model message in time")
 
 
 def _statuses(bootstrap: str, edge_id: str, expect: int) -> list[ModelStatus]:
@@ -76,16 +49,16 @@ def _statuses(bootstrap: str, edge_id: str, expect: int) -> list[ModelStatus]:
 
 def test_signed_model_is_shadowed_activated_and_reported(agent: ModelAgent, kit: ModelKit,
                                                          edge_bootstrap: str) -> None:
-    _recent_window(edge_bootstrap, kit, seed=1)
+    recent_window(edge_bootstrap, kit, seed=1)
     first = kit.variant("pay-first")
-    outcome = _deliver(agent, edge_bootstrap, *kit.message(first))
+    outcome = deliver(agent, edge_bootstrap, *kit.message(first))
     assert outcome.state == "active", outcome.reason
     link = agent.store.link("payments")
     assert link.is_symlink() and (link / "model.tflite").read_bytes() == (
         first / "model.tflite").read_bytes()
 
     second = kit.variant("pay-second")
-    outcome = _deliver(agent, edge_bootstrap, *kit.message(second))
+    outcome = deliver(agent, edge_bootstrap, *kit.message(second))
     assert outcome.state == "active", outcome.reason
     assert outcome.verdict is not None and outcome.verdict.events >= 500
     assert agent.store.active_version("payments") == "pay-second"
@@ -98,9 +71,9 @@ def test_signed_model_is_shadowed_activated_and_reported(agent: ModelAgent, kit:
 
 
 def _install_running(agent: ModelAgent, kit: ModelKit, bootstrap: str) -> Path:
-    _recent_window(bootstrap, kit, seed=2)
+    recent_window(bootstrap, kit, seed=2)
     running = kit.variant()
-    assert _deliver(agent, bootstrap, *kit.message(running)).state == "active"
+    assert deliver(agent, bootstrap, *kit.message(running)).state == "active"
     return agent.store.link("payments").resolve()
 
 
@@ -132,7 +105,7 @@ def test_bad_models_are_rejected_and_running_model_kept(case: str, agent: ModelA
         key, value = kit.message(kit.variant(feature_spec="fs0-old"))
     elif case == "alert_flood":  # a threshold far too low: nearly every event would alert
         key, value = kit.message(kit.variant(threshold=1e-9))
-    outcome = _deliver(agent, edge_bootstrap, key, value)
+    outcome = deliver(agent, edge_bootstrap, key, value)
     assert outcome.state == "rejected"
     assert expect in outcome.reason, outcome.reason
     assert agent.store.link("payments").resolve() == running
@@ -149,7 +122,7 @@ def test_live_alert_jump_rolls_back_to_previous(agent: ModelAgent, kit: ModelKit
     before = _install_running(agent, kit, edge_bootstrap)
     before_version = agent.store.active_version("payments")
     new = kit.variant()
-    outcome = _deliver(agent, edge_bootstrap, *kit.message(new))
+    outcome = deliver(agent, edge_bootstrap, *kit.message(new))
     assert outcome.state == "active"
     # The scorer now scores with the new model, and it alerts on every event.
     scores = [encode(Score(event_id=f"s-{i}", ts=time.time(), stream="payments",
@@ -171,7 +144,7 @@ def test_live_alert_jump_rolls_back_to_previous(agent: ModelAgent, kit: ModelKit
 def test_scorer_that_never_switches_triggers_rollback(agent: ModelAgent, kit: ModelKit,
                                                      edge_bootstrap: str) -> None:
     before = _install_running(agent, kit, edge_bootstrap)
-    outcome = _deliver(agent, edge_bootstrap, *kit.message(kit.variant()))
+    outcome = deliver(agent, edge_bootstrap, *kit.message(kit.variant()))
     assert outcome.state == "active"
     old = [encode(Score(event_id=f"o-{i}", ts=time.time(), stream="payments",
                         token="cardtoken0001", score=0.1, threshold=1.0,
