@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 EXTRAS ?= edge,cloud,dev
-APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven
+APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean baseline-models
@@ -24,6 +24,8 @@ system-deps:
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing Debian packages:$$missing"; \
@@ -63,7 +65,7 @@ bench: setup
 # The models a gateway scores with from its first minute: trained on a seeded simulator run
 # and signed with the dev key (~/.config/fleetsentry/model-signing.key, generated if missing).
 # Operators re-sign with their own key: fleetsentry cloud train --key THEIR_KEY ...
-BASELINE_SIM ?= --vehicles 120 --duration 3600 --seed 20260105 --payment-rate 10
+BASELINE_SIM ?= --vehicles 120 --duration 3600 --seed 20260105 --payment-rate 10 --fault-scale 3 --fraud-scale 2
 baseline-models: venv
 	@tmp=$$(mktemp -d); \
 	$(VENV)/bin/fleetsentry sim run --dry-run $(BASELINE_SIM) --out $$tmp/events.jsonl && \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -70,8 +71,6 @@ def envelope(xs: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.f
 
 @contextlib.contextmanager
 def warnings_ignored() -> Iterator[None]:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
@@ -204,7 +203,10 @@ def quantize(model: Any, representative: NDArray[np.float32], batch: int = 100) 
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     # The exporter prints its SavedModel signature to stdout; keep the progress display clean.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # "Statistics for quantized inputs were expected": the int8 input's range comes from
+        # the representative dataset, which is exactly what we want.
+        warnings.simplefilter("ignore", UserWarning)
         return bytes(converter.convert())
 
 
