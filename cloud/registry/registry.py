@@ -281,7 +281,7 @@ class Registry:
 
     def models(self, stream: str | None = None) -> list[ModelRecord]:
         """Every version (of ``stream``), newest first."""
-        sql, args = "SELECT * FROM models", ()
+        sql, args = "SELECT * FROM models", ()  # type: tuple[str, tuple[str, ...]]
         if stream:
             sql, args = sql + " WHERE stream = ?", (stream,)
         rows = self.db.execute(sql + " ORDER BY registered_ts DESC, rowid DESC", args)
@@ -368,7 +368,7 @@ class Registry:
                    (time.time(), stream, action, version, previous, actor, reason))
 
     def actions(self, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM actions", ()
+        sql, args = "SELECT * FROM actions", ()  # type: tuple[str, tuple[str, ...]]
         if stream:
             sql, args = sql + " WHERE stream = ?", (stream,)
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
@@ -408,10 +408,10 @@ class Registry:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RegistryError(f"no training run {run_id} in the registry at {self.root}")
-        return _row(RunRecord, row)  # type: ignore[no-any-return]
+        return _row(RunRecord, row)
 
     def runs(self, stream: str | None = None, limit: int = 100) -> list[RunRecord]:
-        sql, args = "SELECT * FROM runs", ()
+        sql, args = "SELECT * FROM runs", ()  # type: tuple[str, tuple[str, ...]]
         if stream:
             sql, args = sql + " WHERE stream = ?", (stream,)
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))

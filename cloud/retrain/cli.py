@@ -9,11 +9,16 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
 from shared import signing
+
+if TYPE_CHECKING:
+    from cloud.registry import Registry
+    from cloud.retrain.service import TrainerService
 
 STREAMS = ("telemetry", "payments")
 
@@ -39,14 +44,17 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
-             min_records: int, streams: tuple[str, ...], **extra: float):  # type: ignore[no-untyped-def]
+             min_records: int, streams: tuple[str, ...], schedule_s: float = 24 * 3600.0,
+             drift_check_s: float = 300.0, recent_s: float = 1800.0
+             ) -> tuple[TrainerService, Registry]:
     from cloud.registry import Registry
     from cloud.retrain.service import RetrainSettings, TrainerService
     from cloud.retrain.source import KafkaSource
     from cloud.trainer.pipeline import TrainSettings
 
     settings = RetrainSettings(streams=streams or STREAMS, min_records=min_records,
-                               train=TrainSettings(epochs=epochs), **extra)  # type: ignore[arg-type]
+                               train=TrainSettings(epochs=epochs), schedule_s=schedule_s,
+                               drift_check_s=drift_check_s, recent_s=recent_s)
     registry = Registry(registry_root).start()
     return TrainerService(registry, KafkaSource(bootstrap), signing.ensure_private_key(key_file),
                           settings), registry

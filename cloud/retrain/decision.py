@@ -97,5 +97,7 @@ def curves(labels: ArrayLike, scores: ArrayLike, max_points: int = 200) -> dict[
 
 
 def _thin(a: np.ndarray, b: np.ndarray, k: int) -> list[list[float]]:
-    idx = np.unique(np.linspace(0, a.size - 1, min(k, a.size)).astype(int)) if a.size else []
+    if not a.size:
+        return []
+    idx = np.unique(np.linspace(0, a.size - 1, min(k, a.size)).astype(int))
     return [[round(float(a[i]), 5), round(float(b[i]), 5)] for i in idx]

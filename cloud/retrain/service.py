@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -43,11 +43,10 @@ log = logging.getLogger("trainer-service")
 PROFILE_FILE = "profile.json"
 
 
-class Publishes:
+class Publishes(Protocol):
     """What the service needs of a publisher (cloud.publisher.Publisher has it)."""
 
-    def publish(self, model: ModelRecord) -> int:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def publish(self, model: ModelRecord, timeout_s: float = ...) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -246,6 +245,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def evaluation_of(run: RunRecord, which: str) -> Evaluation | None:
-    data = run.metrics.get(which)
-    return Evaluation(**{k: (float("nan") if v is None else v) for k, v in data.items()}) \
-        if data else None
+    """A run's recorded evaluation of the challenger or the champion (None: not scored)."""
+    data: dict[str, Any] | None = run.metrics.get(which)
+    if not data:
+        return None
+    values: dict[str, Any] = {k: (float("nan") if v is None else v) for k, v in data.items()}
+    return Evaluation(**values)

@@ -109,7 +109,7 @@ class ModelAgent:
         outcome = None
         msg = self._consumer.poll(timeout)
         if msg is not None and self._usable(msg):
-            outcome = self.handle(msg.key(), msg.value())
+            outcome = self.handle(msg.key(), msg.value() or b"")
             self._consumer.commit(message=msg, asynchronous=False)
         self.check_watches()
         return outcome
@@ -227,7 +227,7 @@ class ModelAgent:
                 if msg.error() or msg.value() is None:
                     continue
                 try:
-                    score = decode(Score, msg.value())
+                    score = decode(Score, msg.value() or b"")
                 except ContractError:
                     continue
                 watch.observe(score.model_version, score.anomalous)
@@ -301,7 +301,7 @@ def recent_records(bootstrap: str, stream: str, n: int, timeout_s: float = 30.0)
                 if msg.error() or msg.value() is None:
                     continue
                 try:
-                    out.append(decode(kind, msg.value()))
+                    out.append(decode(kind, msg.value() or b""))
                 except ContractError:
                     continue  # the scorer dead-letters these; they say nothing about a model
             for p in list(ends):  # transaction markers take offsets: compare positions

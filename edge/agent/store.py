@@ -87,7 +87,8 @@ class ModelStore:
         return link.resolve() if link.is_dir() else None
 
     def active_version(self, stream: str) -> str | None:
-        return self.stream_state(stream).get("active")  # type: ignore[no-any-return]
+        active = self.stream_state(stream).get("active")
+        return None if active is None else str(active)
 
     def staging_dir(self, stream: str) -> Path:
         """A fresh, unused directory to unpack a received model into."""
