@@ -12,9 +12,10 @@ import argparse
 import json
 import time
 
+from firmware_sim import Fleet, SimSettings
+
 from cloud.trainer.data import records_from_messages
 from cloud.trainer.pipeline import TrainSettings, train_stream
-from firmware_sim import Fleet, SimSettings
 
 
 def main() -> None:
