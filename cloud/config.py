@@ -1,0 +1,100 @@
+"""The cloud's one TOML file (``cloud.toml``), as frozen typed objects.
+
+Every setting has a default that works on one machine with ``fleetsentry infra up``.
+Each cloud service reads its own table; shared connection settings live in ``[kafka]`` and
+``[registry]``.
+
+```toml
+[kafka]
+bootstrap = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
+
+[dashboard]
+port = 8600
+# `fleetsentry cloud dashboard hash-password` prints a hash for this list.
+users = [{ name = "alice", password_hash = "scrypt$16384$8$1$...$..." }]
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from shared import config as cfg
+from shared.config import Secret
+
+# Settings that may come from the environment (and only these).
+ENV = {
+    "kafka.bootstrap": "FLEETSENTRY_CLOUD_BOOTSTRAP",
+    "registry.root": "FLEETSENTRY_REGISTRY",
+    "dashboard.port": "FLEETSENTRY_DASHBOARD_PORT",
+}
+DEFAULT_STATE_DIR = Path("~/.local/share/fleetsentry/cloud")
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class KafkaSettings(_Section, frozen=True, kw_only=True):
+    bootstrap: str = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
+
+
+class RegistrySettings(_Section, frozen=True, kw_only=True):
+    root: Path = DEFAULT_STATE_DIR / "registry"
+
+
+class DashboardUser(_Section, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    # scrypt$N$r$p$salt$hash (base64), from `fleetsentry cloud dashboard hash-password`.
+    password_hash: Secret
+
+
+class DashboardSettings(_Section, frozen=True, kw_only=True):
+    """``[dashboard]``: the web dashboard (fleet, detection, training runs, registry)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8600
+    # Who may sign in. Empty: a demo user is created with a random password, written 0600
+    # to <state_dir>/dashboard-demo-user.json and printed at start.
+    users: list[DashboardUser] = []
+    # Signs session cookies. Unset: a random key kept 0600 in <state_dir>/dashboard.key.
+    session_secret: Secret | None = None
+    session_max_age_s: Annotated[int, Meta(ge=60)] = 8 * 3600
+    # Serve HTTPS directly (cookies are then Secure). Behind a TLS proxy, set secure_cookies.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    # A gateway is offline when nothing has arrived from it for this long.
+    offline_after_s: Annotated[float, Meta(gt=0)] = 60.0
+    # Live figures: the window kept in memory and the bucket width of rate charts.
+    window_s: Annotated[float, Meta(ge=60)] = 3600.0
+    bucket_s: Annotated[float, Meta(ge=1)] = 10.0
+    refresh_s: Annotated[float, Meta(ge=1)] = 5.0
+    state_dir: Path = DEFAULT_STATE_DIR
+
+
+class StoreSettings(_Section, frozen=True, kw_only=True):
+    """``[store]``: every gateway's replicated topics as Parquet, by dataset and day."""
+
+    root: Path = DEFAULT_STATE_DIR / "store"
+    group_id: str = "fleetsentry-store"
+    # A flush (files written, then offsets committed) after this many records or seconds.
+    batch_records: Annotated[int, Meta(ge=1)] = 5000
+    flush_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class CloudConfig(_Section, frozen=True, kw_only=True):
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    store: StoreSettings = StoreSettings()
+
+
+def load(path: str | Path | None = None) -> CloudConfig:
+    """Load ``cloud.toml`` (or the defaults); errors name the setting."""
+    return cfg.load(path, CloudConfig, ENV)

@@ -1,0 +1,392 @@
+"""The dashboard's ASGI application: pages, live partials, the JSON API, sign-in and actions.
+
+Every page and ``/api`` read needs a signed-in user; every change needs a signed-in user and
+the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP Basic with a
+JSON body, which no cross-site form can send). Cookies are HttpOnly and SameSite=Strict, and
+Secure over TLS. The content security policy allows scripts and styles from this server only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloud.config import DashboardSettings
+from cloud.dashboard import views
+from cloud.dashboard.actions import Actions, Outcome
+from cloud.dashboard.auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    Session,
+    Signer,
+    Users,
+    csrf_ok,
+)
+from cloud.dashboard.live import LiveState
+from cloud.registry import RegistryError
+
+HERE = Path(__file__).parent
+FLASH_COOKIE = "fs_flash"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+STREAMS = ("telemetry", "payments")
+
+
+@dataclass
+class Dashboard:
+    settings: DashboardSettings
+    users: Users
+    signer: Signer
+    live: LiveState
+    actions: Actions
+    kafka_error: Any = None  # callable returning the live feed's last error, or None
+
+
+def _ts(value: float | None) -> str:
+    return "-" if not _is_num(value) or not value else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+
+
+def _ago(value: float | None) -> str:
+    if not _is_num(value) or not value:
+        return "never"
+    s = max(0.0, time.time() - value)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 \
+        else f"{s / 3600:.1f} h ago"
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if _is_num(value) else "-"
+
+
+def _pct(value: Any, digits: int = 2) -> str:
+    return f"{100 * value:.{digits}f}%" if _is_num(value) else "-"
+
+
+def templates() -> Environment:
+    env = Environment(loader=FileSystemLoader(HERE / "templates"),
+                      autoescape=select_autoescape(["html"]))
+    env.filters.update(ts=_ts, ago=_ago, num=_num, pct=_pct)
+    return env
+
+
+def create_app(dash: Dashboard) -> Starlette:
+    env = templates()
+    secure_always = dash.settings.secure_cookies == "always"
+    secure_never = dash.settings.secure_cookies == "never"
+
+    def secure(request: Request) -> bool:
+        return secure_always or (not secure_never and request.url.scheme == "https")
+
+    def set_cookie(resp: Response, request: Request, name: str, value: str,
+                   max_age: int | None) -> None:
+        resp.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict",
+                        secure=secure(request), path="/")
+
+    def session_of(request: Request) -> Session | None:
+        return dash.signer.session(request.cookies.get(SESSION_COOKIE))
+
+    def basic_user(request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("basic "):
+            return None
+        try:
+            name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return name if dash.users.check(name, password) else None
+
+    def page(request: Request, name: str, session: Session, **ctx: Any) -> Response:
+        flash = dash.signer.loads(request.cookies.get(FLASH_COOKIE), "flash")
+        html = env.get_template(name).render(
+            request=request, user=session.user, csrf=session.csrf, flash=flash,
+            refresh_s=dash.settings.refresh_s, can_retrain=dash.actions.can_retrain,
+            kafka_error=dash.kafka_error() if dash.kafka_error else None, streams=STREAMS,
+            path=request.url.path, **ctx)
+        resp = HTMLResponse(html)
+        if flash:
+            resp.delete_cookie(FLASH_COOKIE, path="/")
+        return resp
+
+    def to_login(request: Request) -> Response:
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+    def signed_in(fn: Any) -> Any:
+        async def wrapper(request: Request) -> Response:
+            session = session_of(request)
+            if session is None:
+                if request.url.path.startswith(("/api/", "/partials/")):
+                    user = basic_user(request) if request.url.path.startswith("/api/") \
+                        else None
+                    if user:
+                        return await fn(request, Session(user, 0, ""))
+                    return JSONResponse({"error": "sign in first"}, status_code=401)
+                return to_login(request)
+            return await fn(request, session)
+        return wrapper
+
+    def no_such(what: str) -> Response:
+        return HTMLResponse(f"<h1>Not found</h1><p>{what}</p>", status_code=404)
+
+    # --- sign-in -----------------------------------------------------------------------------
+
+    async def login_form(request: Request, error: str = "", status: int = 200) -> Response:
+        token, cookie = dash.signer.login_token()
+        nxt = _safe_next(request.query_params.get("next", "/fleet"))
+        html = env.get_template("login.html").render(csrf=token, error=error, next=nxt,
+                                                     user=None, path="/login")
+        resp = HTMLResponse(html, status_code=status)
+        set_cookie(resp, request, LOGIN_CSRF_COOKIE, cookie, 3600)
+        return resp
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return await login_form(request)
+        form = await request.form()
+        if not dash.signer.check_login_token(request.cookies.get(LOGIN_CSRF_COOKIE),
+                                             str(form.get(CSRF_FIELD, ""))):
+            return await login_form(request, "The form expired; please sign in again.", 403)
+        name, password = str(form.get("username", "")), str(form.get("password", ""))
+        ok = await run_in_threadpool(dash.users.check, name, password)
+        if not ok:
+            return await login_form(request, "Unknown user or wrong password.", 401)
+        _session, cookie = dash.signer.new_session(name)
+        resp = RedirectResponse(_safe_next(str(form.get("next", "/fleet"))), status_code=303)
+        set_cookie(resp, request, SESSION_COOKIE, cookie, dash.settings.session_max_age_s)
+        resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+        return resp
+
+    async def logout(request: Request) -> Response:
+        form = await request.form()
+        if not csrf_ok(session_of(request), str(form.get(CSRF_FIELD, ""))):
+            return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    # --- pages -------------------------------------------------------------------------------
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/fleet", status_code=303)
+
+    @signed_in
+    async def fleet_page(request: Request, s: Session) -> Response:
+        return page(request, "fleet.html", s, view=views.fleet(dash.live, reg()))
+
+    @signed_in
+    async def fleet_partial(request: Request, s: Session) -> Response:
+        return page(request, "_fleet_table.html", s, view=views.fleet(dash.live, reg()))
+
+    @signed_in
+    async def gateway_page(request: Request, s: Session) -> Response:
+        view = views.gateway(dash.live, reg(), request.path_params["edge_id"])
+        if view is None:
+            return no_such("No gateway of that name has sent anything to this cloud.")
+        return page(request, "gateway.html", s, view=view)
+
+    @signed_in
+    async def detection_page(request: Request, s: Session) -> Response:
+        return page(request, "detection.html", s, view=views.detection(dash.live, reg()))
+
+    @signed_in
+    async def alerts_partial(request: Request, s: Session) -> Response:
+        return page(request, "_alerts_table.html", s, view=views.detection(dash.live, reg()))
+
+    @signed_in
+    async def runs_page(request: Request, s: Session) -> Response:
+        return page(request, "runs.html", s, view=views.runs(reg()),
+                    pending=list(dash.actions.pending))
+
+    @signed_in
+    async def runs_partial(request: Request, s: Session) -> Response:
+        return page(request, "_runs_table.html", s, view=views.runs(reg()),
+                    pending=list(dash.actions.pending))
+
+    @signed_in
+    async def run_page(request: Request, s: Session) -> Response:
+        try:
+            view = views.run(reg(), int(request.path_params["run_id"]))
+        except RegistryError as exc:
+            return no_such(str(exc))
+        return page(request, "run.html", s, view=view)
+
+    @signed_in
+    async def registry_page(request: Request, s: Session) -> Response:
+        return page(request, "registry.html", s, view=views.registry_view(reg()))
+
+    @signed_in
+    async def model_page(request: Request, s: Session) -> Response:
+        view = views.model(reg(), request.path_params["version"])
+        if view is None:
+            return no_such("No such model version in the registry.")
+        return page(request, "model.html", s, view=view)
+
+    # --- actions: a confirmation page (GET), then the change (POST) ---------------------------
+
+    @signed_in
+    async def action(request: Request, s: Session) -> Response:
+        kind = request.path_params["kind"]
+        if kind not in ("retrain", "promote", "rollback"):
+            return no_such("No such action.")
+        if request.method == "GET":
+            q = request.query_params
+            return page(request, "confirm.html", s, kind=kind, stream=q.get("stream", ""),
+                        version=q.get("version", ""), to=q.get("to", ""))
+        form = await request.form()
+        if not csrf_ok(s, str(form.get(CSRF_FIELD, ""))):
+            return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        data = {k: str(v) for k, v in form.items() if k != CSRF_FIELD}
+        outcome = await do_action(kind, data, s.user)
+        where = "/runs" if kind == "retrain" else (
+            f"/registry/models/{quote(outcome.version)}" if outcome.version else "/registry")
+        resp = RedirectResponse(where, status_code=303)
+        set_cookie(resp, request, FLASH_COOKIE,
+                   dash.signer.dumps({"m": outcome.message, "ok": outcome.ok}, "flash"), 60)
+        return resp
+
+    async def do_action(kind: str, data: dict[str, str], actor: str) -> Outcome:
+        reason = data.get("reason", "").strip()[:500] or f"{kind} from the dashboard"
+        if kind == "promote":
+            return await run_in_threadpool(lambda: dash.actions.promote(
+                data.get("version", ""), actor, reason))
+        stream = data.get("stream", "")
+        if stream not in STREAMS:
+            return Outcome(False, f"unknown stream {stream!r}")
+        if kind == "rollback":
+            return await run_in_threadpool(lambda: dash.actions.rollback(
+                stream, actor, reason, data.get("to") or None))
+        if not dash.actions.can_retrain:
+            return Outcome(False, "no trainer in this process: start it with "
+                                  "`fleetsentry cloud run` to retrain from the dashboard")
+        return dash.actions.retrain(stream, actor, reason)
+
+    # --- JSON API ----------------------------------------------------------------------------
+
+    def reg() -> Any:
+        return dash.actions.registry()
+
+    @signed_in
+    async def api_fleet(request: Request, s: Session) -> Response:
+        return JSONResponse(views.fleet(dash.live, reg()))
+
+    @signed_in
+    async def api_gateway(request: Request, s: Session) -> Response:
+        view = views.gateway(dash.live, reg(), request.path_params["edge_id"])
+        return JSONResponse(view) if view else JSONResponse({"error": "no such gateway"}, 404)
+
+    @signed_in
+    async def api_detection(request: Request, s: Session) -> Response:
+        return JSONResponse(views.detection(dash.live, reg()))
+
+    @signed_in
+    async def api_runs(request: Request, s: Session) -> Response:
+        return JSONResponse({**views.runs(reg()), "pending": list(dash.actions.pending)})
+
+    @signed_in
+    async def api_run(request: Request, s: Session) -> Response:
+        try:
+            return JSONResponse(views.run(reg(), int(request.path_params["run_id"])))
+        except (RegistryError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, 404)
+
+    @signed_in
+    async def api_registry(request: Request, s: Session) -> Response:
+        return JSONResponse(views.registry_view(reg()))
+
+    @signed_in
+    async def api_model(request: Request, s: Session) -> Response:
+        view = views.model(reg(), request.path_params["version"])
+        return JSONResponse(view) if view else JSONResponse({"error": "no such version"}, 404)
+
+    @signed_in
+    async def api_action(request: Request, s: Session) -> Response:
+        kind = request.path_params["kind"]
+        if kind not in ("retrain", "promote", "rollback"):
+            return JSONResponse({"error": "no such action"}, 404)
+        by_session = s.csrf != ""
+        if by_session and not csrf_ok(s, request.headers.get(CSRF_HEADER)):
+            return JSONResponse({"error": "CSRF token missing or wrong"}, 403)
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return JSONResponse({"error": "send a JSON body"}, 415)
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, 400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "send a JSON object"}, 400)
+        outcome = await do_action(kind, {k: str(v) for k, v in body.items()}, s.user)
+        return JSONResponse({"ok": outcome.ok, "message": outcome.message,
+                             "version": outcome.version}, 200 if outcome.ok else 409)
+
+    routes = [
+        Route("/", home), Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/fleet", fleet_page), Route("/fleet/{edge_id}", gateway_page),
+        Route("/detection", detection_page), Route("/runs", runs_page),
+        Route("/runs/{run_id:int}", run_page), Route("/registry", registry_page),
+        Route("/registry/models/{version}", model_page),
+        Route("/actions/{kind}", action, methods=["GET", "POST"]),
+        Route("/partials/fleet", fleet_partial), Route("/partials/alerts", alerts_partial),
+        Route("/partials/runs", runs_partial),
+        Route("/api/fleet", api_fleet), Route("/api/fleet/{edge_id}", api_gateway),
+        Route("/api/detection", api_detection), Route("/api/runs", api_runs),
+        Route("/api/runs/{run_id}", api_run), Route("/api/registry", api_registry),
+        Route("/api/registry/{version}", api_model),
+        Route("/api/actions/{kind}", api_action, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+
+
+class SecurityHeaders:
+    """CSP and friends on every response; nothing but static files may be cached."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "same-origin"
+                headers["X-Frame-Options"] = "DENY"
+                if not static:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _safe_next(target: str) -> str:
+    """Only paths on this site: no scheme, no host, no ``//evil``."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/fleet"
+    return target

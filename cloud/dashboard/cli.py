@@ -1,0 +1,243 @@
+"""``fleetsentry cloud run`` (dashboard + trainer service) and ``fleetsentry cloud dashboard``."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cloud import config as cloud_config
+from cloud.config import CloudConfig
+from shared import signing
+from shared.errors import MissingExtraError
+
+STREAMS = ("telemetry", "payments")
+DEMO_USER = "operator"
+DEMO_USER_FILE = "dashboard-demo-user.json"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def session_key(cfg: CloudConfig) -> bytes:
+    """The configured session secret, else a random key kept 0600 in the state directory."""
+    if cfg.dashboard.session_secret is not None:
+        return cfg.dashboard.session_secret.reveal().encode()
+    path = cfg.dashboard.state_dir / "dashboard.key"
+    if not path.exists():
+        _write_private(path, secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def demo_user(state_dir: Path) -> tuple[str, str, str]:
+    """(name, password, hash) of the demo user, created once with a random password."""
+    from cloud.dashboard.auth import hash_password
+
+    path = state_dir / DEMO_USER_FILE
+    if path.exists():
+        data = json.loads(path.read_text())
+        return data["name"], data["password"], data["password_hash"]
+    password = secrets.token_urlsafe(12)
+    data = {"name": DEMO_USER, "password": password, "password_hash": hash_password(password)}
+    _write_private(path, json.dumps(data, indent=2))
+    return data["name"], data["password"], data["password_hash"]
+
+
+@dataclass
+class Server:
+    """Everything ``cloud run`` starts, in start order; ``close()`` stops it in reverse."""
+
+    app: Any
+    dash: Any
+    watcher: Any
+    actions: Any
+    stop: threading.Event
+    scheduler: threading.Thread | None = None
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.scheduler is not None:
+            self.scheduler.join(timeout=30)
+        self.watcher.close()
+        self.actions.close()
+
+
+def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: bool,
+          publish: bool, epochs: int = 12, min_records: int = 1000,
+          schedule_s: float = 24 * 3600.0, drift_check_s: float = 300.0) -> Server:
+    """Start the live feed, the actions (and trainer) and the app; the caller serves it."""
+    try:
+        from cloud.dashboard.actions import Actions
+        from cloud.dashboard.app import Dashboard, create_app
+        from cloud.dashboard.auth import Signer, Users
+        from cloud.dashboard.live import KafkaWatcher, LiveState
+    except ImportError as exc:  # starlette, jinja2 or uvicorn missing
+        raise MissingExtraError(exc.name or "starlette", "cloud") from None
+
+    d = cfg.dashboard
+    hashes = {u.name: u.password_hash.reveal() for u in d.users}
+    if not hashes:
+        name, _pw, h = demo_user(d.state_dir)
+        hashes = {name: h}
+    publisher = None
+    if publish:
+        from cloud.publisher import Publisher
+
+        publisher = Publisher(cfg.kafka.bootstrap)
+    factory = None
+    if trainer:
+        factory = _trainer_factory(cfg, key_file, publisher, epochs, min_records, schedule_s,
+                                   drift_check_s)
+    actions = Actions(cfg.registry.root, factory, publisher).start()
+    live = LiveState(d.bucket_s, d.window_s, d.offline_after_s)
+    watcher = KafkaWatcher(cfg.kafka.bootstrap, live).start()
+    dash = Dashboard(d, Users(hashes), Signer(session_key(cfg), d.session_max_age_s), live,
+                     actions, kafka_error=lambda: watcher.error)
+    stop = threading.Event()
+    server = Server(create_app(dash), dash, watcher, actions, stop)
+    if trainer and schedule:
+        server.scheduler = threading.Thread(target=actions.schedule, args=(stop,),
+                                            name="trainer-schedule", daemon=True)
+        server.scheduler.start()
+    return server
+
+
+def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, epochs: int,
+                     min_records: int, schedule_s: float, drift_check_s: float) -> Any:
+    key = signing.ensure_private_key(key_file or signing.dev_private_key_path())
+
+    def make(registry: Any) -> Any:
+        from cloud.retrain.service import RetrainSettings, TrainerService
+        from cloud.retrain.source import KafkaSource
+        from cloud.trainer.pipeline import TrainSettings
+
+        settings = RetrainSettings(streams=STREAMS, min_records=min_records,
+                                   schedule_s=schedule_s, drift_check_s=drift_check_s,
+                                   train=TrainSettings(epochs=epochs))
+        return TrainerService(registry, KafkaSource(cfg.kafka.bootstrap), key, settings,
+                              publisher=publisher)
+    return make
+
+
+def _address(cfg: CloudConfig) -> str:
+    d = cfg.dashboard
+    scheme = "https" if d.tls_cert else "http"
+    return f"{scheme}://{d.host}:{d.port}/"
+
+
+def serve(cfg: CloudConfig, server: Server) -> None:
+    import uvicorn
+
+    d = cfg.dashboard
+    uv = uvicorn.Server(uvicorn.Config(
+        server.app, host=d.host, port=d.port, log_level="warning", access_log=False,
+        ssl_certfile=str(d.tls_cert) if d.tls_cert else None,
+        ssl_keyfile=str(d.tls_key) if d.tls_key else None))
+    try:
+        uv.run()
+    finally:
+        server.close()
+
+
+def _banner(cfg: CloudConfig, what: str) -> None:
+    d = cfg.dashboard
+    click.echo(f"{what}: dashboard at {_address(cfg)}")
+    if not d.users:
+        name, password, _ = demo_user(d.state_dir)
+        click.echo(f"  sign in as {name} / {password}  (demo user, kept in "
+                   f"{d.state_dir / DEMO_USER_FILE}; list real users under [dashboard] users)")
+    click.echo(f"  registry {cfg.registry.root}, cloud Kafka {cfg.kafka.bootstrap}")
+    sys.stdout.flush()
+
+
+_OPTIONS = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                 default=None, envvar="FLEETSENTRY_CLOUD_CONFIG",
+                 help="cloud.toml (default: settings that work on one machine)."),
+    click.option("--port", type=int, default=None, help="Overrides [dashboard] port."),
+    click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+                 default=None, help="Ed25519 model signing key (default: the dev key)."),
+    click.option("--no-publish", is_flag=True, help="Change the registry only."),
+    click.option("--epochs", default=12, show_default=True),
+    click.option("--min-records", default=1000, show_default=True),
+]
+
+
+def _options(fn: Any) -> Any:
+    for opt in reversed(_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _config(config_path: Path | None, port: int | None) -> CloudConfig:
+    import msgspec
+
+    cfg = cloud_config.load(config_path)
+    if port is not None:
+        cfg = msgspec.structs.replace(cfg, dashboard=msgspec.structs.replace(
+            cfg.dashboard, port=port))
+    return cfg
+
+
+@click.command("run")
+@_options
+@click.option("--schedule", "schedule_s", default=24 * 3600.0, show_default=True,
+              help="Retrain a stream whose champion is older than this (seconds).")
+@click.option("--drift-check", "drift_check_s", default=300.0, show_default=True,
+              help="Check for drift this often (seconds).")
+def run(config_path: Path | None, port: int | None, key_file: Path | None, no_publish: bool,
+        epochs: int, min_records: int, schedule_s: float, drift_check_s: float) -> None:
+    """The cloud's dashboard and trainer service together, on one port."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _config(config_path, port)
+    server = build(cfg, key_file=key_file, trainer=True, schedule=True, publish=not no_publish,
+                   epochs=epochs, min_records=min_records, schedule_s=schedule_s,
+                   drift_check_s=drift_check_s)
+    _banner(cfg, "fleetsentry cloud")
+    serve(cfg, server)
+
+
+@click.group("dashboard")
+def dashboard() -> None:
+    """The web dashboard alone (retrain-now still trains, in this process), and its users."""
+
+
+@dashboard.command("serve")
+@_options
+def serve_cmd(config_path: Path | None, port: int | None, key_file: Path | None,
+              no_publish: bool, epochs: int, min_records: int) -> None:
+    """Serve the dashboard without the scheduled trainer (retrain now still works)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _config(config_path, port)
+    server = build(cfg, key_file=key_file, trainer=True, schedule=False,
+                   publish=not no_publish, epochs=epochs, min_records=min_records)
+    _banner(cfg, "fleetsentry dashboard")
+    serve(cfg, server)
+
+
+@dashboard.command("hash-password")
+@click.option("--user", default=None, help="Print a ready [dashboard] users entry for USER.")
+def hash_password_cmd(user: str | None) -> None:
+    """Read a password (twice, hidden) and print its scrypt hash for cloud.toml."""
+    from cloud.dashboard.auth import hash_password
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != password:
+        raise click.ClickException("the passwords differ")
+    h = hash_password(password)
+    click.echo(f'{{ name = "{user}", password_hash = "{h}" }}' if user else h)

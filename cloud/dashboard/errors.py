@@ -1,0 +1,11 @@
+"""Errors of the dashboard."""
+
+from shared.errors import FleetsentryError
+
+
+class DashboardError(FleetsentryError):
+    """The dashboard cannot do what was asked."""
+
+
+class AuthError(DashboardError):
+    """Sign-in settings are unusable (an empty password, a short session key)."""

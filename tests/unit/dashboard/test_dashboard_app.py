@@ -1,0 +1,239 @@
+"""The dashboard app through Starlette's TestClient, against a registry of real training runs
+and live figures folded from the real edge scorer's outputs: sign-in, cookies, CSRF, every
+page, the JSON API, promote and roll back recorded with who did it, and no PII anywhere."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from cloud.config import DashboardSettings
+from cloud.dashboard.actions import Actions
+from cloud.dashboard.app import Dashboard, create_app
+from cloud.dashboard.auth import SESSION_COOKIE, Signer, Users, hash_password
+from cloud.dashboard.live import LiveState
+from cloud.registry import Registry
+from tests.dashboard_support import World, copy_registry, world
+
+PASSWORD = "correct horse battery"
+PAGES = ["/fleet", "/fleet/gw-north", "/detection", "/runs", "/runs/1", "/runs/3", "/registry"]
+APIS = ["/api/fleet", "/api/fleet/gw-north", "/api/detection", "/api/runs", "/api/runs/3",
+        "/api/registry"]
+
+
+@pytest.fixture(scope="module")
+def w() -> World:
+    return world()
+
+
+@pytest.fixture(scope="module")
+def users() -> Users:
+    return Users({"alice": hash_password(PASSWORD), "bob": hash_password("another one")})
+
+
+@pytest.fixture()
+def env(w: World, users: Users, tmp_path: Path) -> Iterator[tuple[TestClient, Dashboard]]:
+    root = copy_registry(w, tmp_path / "registry")
+    live = LiveState(bucket_s=10, window_s=3600, offline_after_s=60)
+    now = time.time()
+    for topic, _key, value in w.records:
+        live.on_record(topic, value, now)
+    actions = Actions(root).start()
+    dash = Dashboard(DashboardSettings(state_dir=tmp_path), users,
+                     Signer(b"k" * 32, 3600), live, actions)
+    with TestClient(create_app(dash), base_url="http://testserver") as client:
+        yield client, dash
+    actions.close()
+
+
+def sign_in(client: TestClient, user: str = "alice", password: str = PASSWORD) -> str:
+    form = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token, "the sign-in form carries a CSRF token"
+    resp = client.post("/login", data={"csrf_token": token.group(1), "username": user,
+                                       "password": password, "next": "/registry"},
+                       follow_redirects=False)
+    assert resp.status_code == 303, resp.text
+    return csrf_of(client.get("/registry").text)
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m
+    return m.group(1)
+
+
+def test_everything_needs_sign_in(env: tuple[TestClient, Dashboard]) -> None:
+    client, _ = env
+    for path in PAGES:
+        resp = client.get(path, follow_redirects=False)
+        assert resp.status_code == 303 and resp.headers["location"].startswith("/login?next=")
+    for path in APIS:
+        assert client.get(path).status_code == 401
+    assert client.get("/partials/fleet").status_code == 401
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_refuses_bad_input(
+        env: tuple[TestClient, Dashboard]) -> None:
+    client, _ = env
+    token = csrf_of(client.get("/login").text)
+    no_token = client.post("/login", data={"username": "alice", "password": PASSWORD},
+                           follow_redirects=False)
+    assert no_token.status_code == 403 and SESSION_COOKIE not in no_token.cookies
+    wrong = client.post("/login", data={"csrf_token": csrf_of(client.get("/login").text),
+                                        "username": "alice", "password": "nope"})
+    assert wrong.status_code == 401 and "wrong password" in wrong.text
+    unknown = client.post("/login", data={"csrf_token": csrf_of(client.get("/login").text),
+                                          "username": "mallory", "password": PASSWORD})
+    assert unknown.status_code == 401
+    ok = client.post("/login", data={"csrf_token": csrf_of(client.get("/login").text),
+                                     "username": "alice", "password": PASSWORD,
+                                     "next": "//evil.example/x"}, follow_redirects=False)
+    assert ok.status_code == 303 and ok.headers["location"] == "/fleet"  # no open redirect
+    cookie = next(h for h in ok.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "Secure" not in cookie  # plain HTTP here; see the TLS test
+    assert token  # the form token was issued before any session existed
+
+
+def test_cookies_are_secure_over_tls(w: World, users: Users, tmp_path: Path) -> None:
+    actions = Actions(copy_registry(w, tmp_path / "registry"))
+    dash = Dashboard(DashboardSettings(), users, Signer(b"k" * 32, 3600), LiveState(), actions)
+    with TestClient(create_app(dash), base_url="https://testserver") as client:
+        form = client.get("/login")
+        assert "Secure" in form.headers["set-cookie"]
+        resp = client.post("/login", data={"csrf_token": csrf_of(form.text),
+                                           "username": "alice", "password": PASSWORD},
+                           follow_redirects=False)
+        assert "Secure" in resp.headers["set-cookie"] and "HttpOnly" in resp.headers["set-cookie"]
+    actions.close()
+
+
+def test_a_tampered_or_expired_session_is_refused(env: tuple[TestClient, Dashboard]) -> None:
+    client, dash = env
+    sign_in(client)
+    value = client.cookies[SESSION_COOKIE]
+    body, mac = value.split(".")
+    forged = base64.urlsafe_b64encode(b'{"u":"root","t":1e10,"c":"x"}').decode().rstrip("=")
+    client.cookies.set(SESSION_COOKIE, f"{forged}.{mac}")
+    assert client.get("/fleet", follow_redirects=False).status_code == 303
+    _s, old = dash.signer.new_session("alice", now=time.time() - 2 * 3600)
+    client.cookies.set(SESSION_COOKIE, old)
+    assert client.get("/api/runs").status_code == 401
+
+
+def test_every_page_and_api_shows_real_figures_and_no_pii(
+        env: tuple[TestClient, Dashboard], w: World) -> None:
+    client, dash = env
+    sign_in(client)
+    texts = []
+    for path in PAGES + APIS + ["/registry/models/" + dash.actions.registry().models()[0].version,
+                                "/partials/fleet", "/partials/alerts", "/partials/runs",
+                                "/actions/promote?version=x"]:
+        resp = client.get(path)
+        assert resp.status_code == 200, path
+        assert "default-src 'self'" in resp.headers["content-security-policy"]
+        texts.append(resp.text)
+    everything = "\n".join(texts)
+    leaked = [v for v in w.pii if v in everything]
+    assert not leaked, f"PII on a page: {leaked[:3]}"
+    # Nothing shaped like a VIN either (17 characters of the VIN alphabet, letters included).
+    assert not re.search(r"\b(?=[0-9]*[A-HJ-NPR-Z])[A-HJ-NPR-Z0-9]{17}\b", everything)
+
+    fleet = client.get("/api/fleet").json()
+    champions = fleet["champions"]
+    assert set(champions) == {"telemetry", "payments"}
+    assert [g["edge_id"] for g in fleet["gateways"]] == ["gw-north", "gw-south"]
+    for g in fleet["gateways"]:
+        assert g["online"] and {m["stream"]: m["version"] for m in g["models"]} == champions
+    gw = client.get("/api/fleet/gw-north").json()
+    assert [s["state"] for s in gw["statuses"] if s["stream"] == "payments"] == [
+        "active", "shadowing", "received"]
+
+    det = client.get("/api/detection").json()
+    assert det["latest_alerts"] and all(a["token"] for a in det["latest_alerts"])
+    labelled = [a for a in det["latest_alerts"] if a["kind"] != "unconfirmed"]
+    assert labelled, "alerts on labelled events carry their ground-truth kind"
+    assert all(f["label"] for a in det["latest_alerts"] for f in a["top_features"])
+    tel = det["score_distributions"]["telemetry"]
+    assert tel["version"] == champions["telemetry"] and len(tel["training"]) == 101
+    assert len(tel["live"]) == 101 and tel["live_n"] > 1000
+    assert sum(det["decisions"]["rates"]["approve"]) > 0
+
+    runs = client.get("/api/runs").json()["runs"]
+    assert [(r["id"], r["stream"], r["trigger"]) for r in runs] == [
+        (3, "telemetry", "drift"), (2, "payments", "schedule"), (1, "telemetry", "schedule")]
+    run3 = client.get("/api/runs/3").json()
+    assert run3["curves"]["challenger"]["roc"] and run3["curves"]["champion"]["roc"]
+    assert run3["curves"]["loss"] and run3["quantization"]["int8_roc_auc"] > 0.5
+    c = run3["confusion"]["challenger"]
+    assert c["tp"] + c["fn"] == run3["metrics"]["challenger"]["positives"]
+    page = client.get("/runs/3").text
+    assert run3["decision_reason"] in page.replace("&#43;", "+")
+
+
+def test_promote_needs_the_csrf_token_and_records_who(
+        env: tuple[TestClient, Dashboard]) -> None:
+    client, dash = env
+    csrf = sign_in(client)
+    reg: Registry = dash.actions.registry()
+    candidate = next(m for m in reg.models("telemetry") if m.state != "champion")
+    before = reg.champion("telemetry").version  # type: ignore[union-attr]
+    confirm = client.get(f"/actions/promote?version={candidate.version}")
+    assert "Please confirm" in confirm.text and candidate.version in confirm.text
+    refused = client.post("/actions/promote", data={"version": candidate.version})
+    assert refused.status_code == 403
+    assert client.post("/actions/promote", data={"version": candidate.version,
+                                                 "csrf_token": "forged"}).status_code == 403
+    assert reg.champion("telemetry").version == before  # type: ignore[union-attr]
+    done = client.post("/actions/promote", data={"version": candidate.version,
+                                                 "csrf_token": csrf, "reason": "fewer alerts"})
+    assert done.status_code == 200 and "is now the champion" in done.text
+    assert reg.champion("telemetry").version == candidate.version  # type: ignore[union-attr]
+    last = reg.actions("telemetry")[0]
+    assert (last["action"], last["actor"], last["reason"], last["previous"]) == (
+        "promote", "alice", "fewer alerts", before)
+    assert "alice" in client.get("/registry").text
+
+
+def test_api_actions_take_a_header_token_or_basic_auth_with_json(
+        env: tuple[TestClient, Dashboard]) -> None:
+    client, dash = env
+    csrf = sign_in(client)
+    reg: Registry = dash.actions.registry()
+    cand = next(m for m in reg.models("telemetry") if m.state != "champion")
+    assert client.post("/api/actions/promote", json={"version": cand.version}).status_code == 403
+    ok = client.post("/api/actions/promote", json={"version": cand.version},
+                     headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200 and ok.json()["ok"]
+    client.cookies.clear()
+    basic = {"Authorization": "Basic " + base64.b64encode(b"bob:another one").decode()}
+    as_form = client.post("/api/actions/rollback", data={"stream": "telemetry"}, headers=basic)
+    assert as_form.status_code == 415  # a cross-site form cannot send JSON
+    back = client.post("/api/actions/rollback", json={"stream": "telemetry", "reason": "test"},
+                       headers=basic)
+    assert back.status_code == 200, back.text
+    assert reg.actions("telemetry")[0]["actor"] == "bob"
+    bad = {"Authorization": "Basic " + base64.b64encode(b"bob:wrong").decode()}
+    assert client.post("/api/actions/rollback", json={"stream": "telemetry"},
+                       headers=bad).status_code == 401
+    nothing = client.post("/api/actions/rollback", json={"stream": "payments"}, headers=basic)
+    assert nothing.status_code == 409 and "no earlier champion" in nothing.json()["message"]
+    no_trainer = client.post("/api/actions/retrain", json={"stream": "payments"}, headers=basic)
+    assert no_trainer.status_code == 409 and "cloud run" in no_trainer.json()["message"]
+
+
+def test_sign_out_needs_the_token_and_ends_the_session(
+        env: tuple[TestClient, Dashboard]) -> None:
+    client, _ = env
+    csrf = sign_in(client)
+    assert client.post("/logout", data={}).status_code == 403
+    assert client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False
+                       ).status_code == 303
+    assert client.get("/fleet", follow_redirects=False).status_code == 303
