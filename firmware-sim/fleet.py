@@ -14,14 +14,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 from firmware_sim import faults as fault_mod
+from firmware_sim import physics
 from firmware_sim.geo import CITIES, CityMap
 from firmware_sim.ids import make_card, make_name, make_vin
 from firmware_sim.payments import FRAUDS, FraudContext, Planned, normal_fields
+from firmware_sim.physics import NOISE_COLUMNS, FleetArrays
 from firmware_sim.settings import FAULT_KINDS, FRAUD_KINDS, SimSettings
 from firmware_sim.vehicle import Driver, Intent, Vehicle
 
@@ -32,6 +34,10 @@ MODEL_WEIGHTS = {"citan-van": 0.3, "golf-estate": 0.25, "transit-lorry": 0.2,
                  "e-transit": 0.15, "kangoo-e": 0.1}
 DRIFT_MODEL = "vivaro-hybrid"
 ROLLOUT_WINDOW_S = 300.0
+# Telemetry's fields in order, positional: building the frame is cheaper than by keyword and
+# encodes to the same JSON object as ``shared.contracts.Telemetry`` (the tests decode it so).
+_Frame = msgspec.defstruct("_Frame", list(Telemetry.__struct_fields__))
+_encode = msgspec.json.Encoder().encode
 
 
 class Emitted(NamedTuple):
@@ -92,13 +98,16 @@ class Fleet:
         self.vehicles: list[Vehicle] = []
         drift_at = self.start_ts + s.drift_start_s
         extra = math.ceil(s.vehicles * s.drift_fraction) if "new_model" in s.drift else 0
+        self.arrays = FleetArrays(s.vehicles + extra)
+        self._city_names = sorted(self.maps)
         for i in range(s.vehicles + extra):
             rng = random.Random(f"{s.seed}:vehicle:{i}")
             model = rng.choices(models, weights)[0] if i < s.vehicles else CATALOG[DRIFT_MODEL]
-            cmap = self.maps[sorted(self.maps)[rng.randrange(len(self.maps))]]
+            city = rng.randrange(len(self.maps))
+            cmap = self.maps[self._city_names[city]]
             joins = self.start_ts if i < s.vehicles else drift_at + rng.uniform(0, 60)
             v = Vehicle(i, make_vin(rng, model.wmi, i + 1), model,
-                        _driver(rng, i, s.payment_rate), cmap, rng, joins)
+                        _driver(rng, i, s.payment_rate), cmap, rng, self.arrays, city, joins)
             if "firmware_rollout" in s.drift and i < s.vehicles and rng.random() < \
                     s.drift_fraction:
                 v.rollout_at = drift_at + rng.uniform(0, ROLLOUT_WINDOW_S)
@@ -121,73 +130,116 @@ class Fleet:
 
     def step(self) -> list[Emitted]:
         """Advance every vehicle by one tick; the messages of that tick, in publish order."""
-        s = self.settings
+        s, a = self.settings, self.arrays
         dt = s.dt
         t = round(self.start_ts + self.tick * dt, 3)
         self.tick += 1
         if self.tick % max(1, int(1800 * s.rate_hz)) == 1:
             self._update_weather(t)
+        n = len(self.vehicles)
+        z = self._noise.standard_normal((n, NOISE_COLUMNS))
+        u = self._noise.random(n)  # each vehicle's draw for a fault starting now
+        joined = a.joins_at <= t
+        if joined.all():
+            ix: Any = slice(None)
+            members = range(n)
+        else:
+            ix = np.flatnonzero(joined)
+            members = ix.tolist()
+            z, u = z[ix], u[ix]
+        for i in np.flatnonzero(a.rollout_at[ix] <= t).tolist():
+            _apply_rollout(self.vehicles[members[i]])
+        intents: dict[int, list[Intent]] = {}
+        weather, ambient = self._climate(t, a.city[ix])
+        accel, stopped, at_line, past_end = physics.drive(a, ix, dt, weather, z[:, 0])
+        for i in np.flatnonzero(at_line | past_end).tolist():
+            v = self.vehicles[members[i]]
+            v._arrive(intents.setdefault(v.index, []))
+            if past_end[i]:
+                v.s = min(v.s, v.road.length_m * 0.5)
+        physics.place(a, ix, stopped)
+        columns = physics.sense(a, ix, dt, ambient, accel, z)
+        self._in_car(ix, members, dt, intents)
+        self._faults_due(t, dt, ix, members, u)
         out: list[Emitted] = []
-        noise = self._noise.standard_normal((len(self.vehicles), 16)).tolist()
-        for v, z in zip(self.vehicles, noise, strict=True):
-            if t < v.joins_at:
-                continue
-            out.append(self._telemetry(v, t, dt, z))
+        for i, row in zip(members, zip(*columns, strict=True), strict=True):
+            out.append(self._telemetry(self.vehicles[i], t, dt, row, intents.get(i)))
         self._drain_payments(t + dt, out)
         return out
 
-    def _telemetry(self, v: Vehicle, t: float, dt: float, z: list[float]) -> Emitted:
-        weather, wtemp = self._weather[v.cmap.city.name]
-        ambient = v.cmap.city.ambient_c + wtemp + 5 * math.sin(
-            2 * math.pi * ((t % 86400) / 3600 - 9) / 24)
-        rollout = v.rollout_at
-        if rollout is not None and t >= rollout:
-            _apply_rollout(v)
-        intents: list[Intent] = []
-        r = v.step(t, dt, ambient, weather, intents, z)
-        v.in_car_purchases(dt, intents)
-        label = self._maybe_fault(v, t, dt, r)
+    def _climate(self, t: float, city: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weather factor and ambient temperature per vehicle, from its city's."""
+        day = 5 * math.sin(2 * math.pi * ((t % 86400) / 3600 - 9) / 24)
+        names = self._city_names
+        factor = np.array([self._weather[c][0] for c in names])
+        temp = np.array([self.maps[c].city.ambient_c + self._weather[c][1] + day
+                         for c in names])
+        return factor[city], temp[city]
+
+    def _in_car(self, ix: Any, members: Any, dt: float,
+                intents: dict[int, list[Intent]]) -> None:
+        a = self.arrays
+        on = a.engine_on[ix]
+        due = a.in_car_due[ix] - np.where(on, dt, 0.0)
+        a.in_car_due[ix] = due
+        for i in np.flatnonzero(on & (due <= 0)).tolist():
+            v = self.vehicles[members[i]]
+            v.in_car_purchase(intents.setdefault(v.index, []))
+
+    def _telemetry(self, v: Vehicle, t: float, dt: float, row: tuple,
+                   intents: list[Intent] | None) -> Emitted:
         v.seq += 1
         event_id = f"{self.run_tag}-{v.index:x}-{v.seq:x}"
-        msg = Telemetry(event_id=event_id, ts=t, vin=v.vin, driver_id=v.driver.driver_id,
-                        model=v.model.name, firmware=v.firmware, **r)  # type: ignore[arg-type]
-        self.stats.telemetry += 1
-        for intent in intents:
-            self._payment_opportunity(v, t + v.rng.uniform(0.05, 0.9) * dt, intent)
-        lab = None
-        if label is not None:
-            lab = Label(event_id=event_id, stream="telemetry", kind=label.kind,
-                        episode_id=label.episode_id, start_ts=label.start_ts,
-                        end_ts=label.end_ts)
-            self.labels.append(lab)
-        return Emitted(v.index, v.telemetry_topic, msgspec.json.encode(msg), lab)
-
-    def _maybe_fault(self, v: Vehicle, t: float, dt: float,
-                     r: dict) -> fault_mod.FaultEpisode | None:
         ep = v.fault
-        if isinstance(ep, fault_mod.FaultEpisode) and t > ep.end_ts:
-            v.fault = ep = None
-        if ep is None and v.driving:
-            self.stats.healthy_driving_s += dt
-            u = v.rng.random()
-            acc = 0.0
-            for kind in FAULT_KINDS:
-                acc += self.settings.fault_rates.get(kind, 0.0) * dt / 3600
-                if u < acc:
-                    self._episodes += 1
-                    end_cap = self.start_ts + (self.settings.ticks - 1) * dt
-                    ep = fault_mod.plan_fault(kind, f"ep-{self._episodes}", t, v.rng,
-                                              v.model.is_ev, v.model.tyre_kpa, v.thermostat)
-                    ep.end_ts = round(max(min(ep.end_ts, end_cap), t), 3)
-                    if kind == "miscalibration":
-                        v.firmware = _bump_patch(v.firmware)  # it came with an update
-                    v.fault = ep
-                    self.stats.faults[kind] += 1
-                    break
+        lab = None
         if isinstance(ep, fault_mod.FaultEpisode):
+            r = dict(zip(physics.READINGS, row, strict=True))
             ep.apply(r, t)
-            return ep
-        return None
+            row = tuple(r.values())
+            lab = Label(event_id=event_id, stream="telemetry", kind=ep.kind,
+                        episode_id=ep.episode_id, start_ts=ep.start_ts, end_ts=ep.end_ts)
+            self.labels.append(lab)
+        payload = _encode(_Frame(1, event_id, t, v.vin, v.driver.driver_id, v.model.name,
+                                 v.firmware, *row))
+        self.stats.telemetry += 1
+        if intents:
+            for intent in intents:
+                self._payment_opportunity(v, t + v.rng.uniform(0.05, 0.9) * dt, intent)
+        return Emitted(v.index, v.telemetry_topic, payload, lab)
+
+    def _faults_due(self, t: float, dt: float, ix: Any, members: Any, u: np.ndarray) -> None:
+        """End faults that are over; start new ones on healthy driving vehicles."""
+        a = self.arrays
+        for i in np.flatnonzero(a.has_fault[ix]).tolist():
+            v = self.vehicles[members[i]]
+            ep = v.fault
+            if isinstance(ep, fault_mod.FaultEpisode) and t > ep.end_ts:
+                v.fault = None
+                a.has_fault[v.index] = False
+        healthy = a.engine_on[ix] & (a.speed[ix] > 1.0) & ~a.has_fault[ix]
+        self.stats.healthy_driving_s += dt * int(np.count_nonzero(healthy))
+        total = 0.0
+        for kind in FAULT_KINDS:
+            total += self.settings.fault_rates.get(kind, 0.0) * dt / 3600
+        for i in np.flatnonzero(healthy & (u < total)).tolist():
+            self._start_fault(self.vehicles[members[i]], t, dt, float(u[i]))
+
+    def _start_fault(self, v: Vehicle, t: float, dt: float, u: float) -> None:
+        acc = 0.0
+        for kind in FAULT_KINDS:
+            acc += self.settings.fault_rates.get(kind, 0.0) * dt / 3600
+            if u < acc:
+                self._episodes += 1
+                end_cap = self.start_ts + (self.settings.ticks - 1) * dt
+                ep = fault_mod.plan_fault(kind, f"ep-{self._episodes}", t, v.rng,
+                                          v.model.is_ev, v.model.tyre_kpa, v.thermostat)
+                ep.end_ts = round(max(min(ep.end_ts, end_cap), t), 3)
+                if kind == "miscalibration":
+                    v.firmware = _bump_patch(v.firmware)  # it came with an update
+                v.fault = ep
+                self.arrays.has_fault[v.index] = True
+                self.stats.faults[kind] += 1
+                return
 
     # --- payments --------------------------------------------------------------------------
 
