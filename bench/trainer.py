@@ -3,7 +3,7 @@
 Baseline measured in the same run: the feature pass alone (anonymize + feature vectors),
 which every training run must pay; the ratio says what the model work adds on top.
 
-    .venv/bin/python bench/trainer.py [--events 200000]   # --events 1000000 for the full run
+    .venv/bin/python bench/trainer.py [--events 50000]   # --events 1000000 for the full run
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cloud.trainer.pipeline import TrainSettings, train_stream
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=50_000)
     ap.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     args = ap.parse_args()
     vehicles = 100
