@@ -16,7 +16,7 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,9 @@ BIN = Path(sys.executable).parent
 VEHICLE_PASSWORD = "vehicle-password-1"
 GATEWAYS = ("gw-a", "gw-b")
 # Long enough for a busy 2-core machine; a hung run still ends.
-PLAYBOOK_TIMEOUT_S = 600
+PLAYBOOK_TIMEOUT_S = 900
+# The first converge test also pays for the fixture (two full installs).
+pytestmark = pytest.mark.timeout(1800)
 
 
 def _env() -> dict[str, str]:
@@ -49,11 +51,17 @@ def _env() -> dict[str, str]:
 def _run(argv: list[str], cwd: Path = ANSIBLE, timeout: float = PLAYBOOK_TIMEOUT_S,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=cwd, env=env or _env(), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    if proc.returncode != 0:
+        lines = proc.stdout.splitlines()
+        # The failed tasks with their messages, then the end of the run.
+        fatal = [i for i, line in enumerate(lines) if line.startswith(("fatal:", "failed:"))]
+        blocks = ["\n".join(lines[max(0, i - 2):i + 25]) for i in fatal]
+        pytest.fail(f"exit {proc.returncode}\n" + "\n...\n".join(blocks)
+                    + f"\n...\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout
 
 
@@ -94,15 +102,21 @@ class Gateway:
         return self.root / "opt/fleetsentry/bin/fleetsentry-service"
 
     def pid(self, service: str) -> int | None:
-        proc = subprocess.run([str(self.ctl), "status", service], capture_output=True, text=True)
+        proc = subprocess.run([str(self.ctl), "status", service], capture_output=True, text=True,
+                              check=False)
         match = re.search(r"pid (\d+)", proc.stdout)
         return int(match.group(1)) if proc.returncode == 0 and match else None
+
+    def log_tail(self, service: str) -> str:
+        log = self.root / "var/log/fleetsentry" / f"{service}.out"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else f"(no {log})"
 
     def stop(self) -> None:
         if not self.ctl.exists():
             return
         for service in ("mirror", "edge", "mosquitto", "kafka"):
-            subprocess.run([str(self.ctl), "stop", service], capture_output=True, timeout=90)
+            subprocess.run([str(self.ctl), "stop", service], capture_output=True, timeout=90,
+                           check=False)
 
 
 @dataclass
@@ -167,7 +181,8 @@ def _current_version() -> str:
 
 
 def _events(seed: int) -> list[tuple[str, bytes]]:
-    from firmware_sim import Fleet as SimFleet, SimSettings
+    from firmware_sim import Fleet as SimFleet
+    from firmware_sim import SimSettings
 
     fleet = SimFleet(SimSettings(vehicles=3, duration_s=15, rate_hz=1.0, seed=seed,
                                  start_ts=None, payment_rate=20.0))
@@ -251,13 +266,15 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    base = tmp_path_factory.mktemp("ansible")
+def fleet() -> Iterator[Fleet]:
+    # Not pytest's numbered tmp dirs: a concurrent pytest run may prune those while the
+    # gateways still run from them.
+    base = Path(tempfile.mkdtemp(prefix="fleetsentry-ansible-"))
     gateways = {}
     for i, name in enumerate(GATEWAYS):
         p = free_ports(5)
         gateways[name] = Gateway(name, base / name, dict(zip(
-            ("mqtts", "mqtt", "kafka", "controller", "mirror_rest"), p)), _events(seed=100 + i))
+            ("mqtts", "mqtt", "kafka", "controller", "mirror_rest"), p, strict=True)), _events(seed=100 + i))
     wheel = _build_wheel(base)
     upgrade_wheel = _build_wheel(base, version=_current_version() + ".post1")
     wheelhouse = base / "wheelhouse"
@@ -270,6 +287,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     finally:
         for gw in gateways.values():
             gw.stop()
+        if os.environ.get("FLEETSENTRY_KEEP_TMP"):
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -322,9 +343,11 @@ def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
             want = _published_ids(gw, stream)
             assert want, f"the simulator produced no {stream} events"
             raw = consume_all(gw.bootstrap, f"raw.{stream}", expect=len(want), timeout=90)
-            assert _event_ids(raw) == want, f"{gw.name}: raw.{stream} differs"
+            assert _event_ids(raw) == want, \
+                f"{gw.name}: raw.{stream} has {len(raw)} of {len(want)}\n{gw.log_tail('edge')}"
             anon = consume_all(gw.bootstrap, f"anon.{stream}", expect=len(want), timeout=90)
-            assert len(anon) == len(want), f"{gw.name}: anon.{stream} has {len(anon)}"
+            assert len(anon) == len(want), \
+                f"{gw.name}: anon.{stream} has {len(anon)} of {len(want)}\n{gw.log_tail('edge')}"
             assert _event_ids(anon) == want, f"{gw.name}: anon.{stream} differs"
 
 
