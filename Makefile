@@ -37,7 +37,8 @@ system-deps:
 	fi
 
 $(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A half-made venv (an install cut short) has python but no pip: make it anew.
+	@test -x $(PIP) || $(PYTHON) -m venv --clear $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 	@touch $@
