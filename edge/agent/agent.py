@@ -158,7 +158,7 @@ class ModelAgent:
         try:
             model = load_model(staged, stream, self.public_key)
         except ScorerError as exc:  # signature, stream, feature spec, features, LiteRT
-            raise Rejected(str(exc).replace(str(staged), "model")) from None
+            raise Rejected(str(exc).replace(f"{staged}: ", "")) from None
         if model.version != bundle.version:
             raise Rejected(f"the signed manifest names version {model.version}, the message "
                            f"{bundle.version}")
