@@ -57,7 +57,7 @@ class Actions:
         if reg is None:
             reg = self._local.registry = Registry(self.registry_root).start()
             self._opened.append(reg)
-        return reg  # type: ignore[no-any-return]
+        return reg
 
     def start(self) -> Actions:
         if self.publisher is not None:

@@ -138,8 +138,14 @@ def _wait(what: str, check: object, timeout_s: float = 30.0, every_s: float = 0.
 
 
 def _shot(driver: object, name: str) -> None:
+    """The whole page (up to 2600 px tall) at a laptop's width."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script(  # type: ignore[attr-defined]
+        "return document.documentElement.scrollHeight")
+    driver.set_window_size(1440, min(max(int(height) + 120, 1000), 2600))  # type: ignore[attr-defined]
+    time.sleep(0.3)  # charts follow the resize
     driver.save_screenshot(str(SHOTS / f"{name}.png"))  # type: ignore[attr-defined]
+    driver.set_window_size(1440, 1000)  # type: ignore[attr-defined]
 
 
 def _charts_drawn(driver: object) -> bool:
