@@ -191,6 +191,8 @@ class VehicleSession:
 
     def pump(self) -> None:
         """Fill the in-flight window from memory, then from disk (oldest first)."""
+        if not self.memory and not self.outbox.counts.get(self.index):
+            return  # the common case on every ack: nothing waits
         window = self.conf.window
         while self.connected and len(self.inflight) < window:
             if not self.memory:
