@@ -11,7 +11,7 @@ EXTRAS ?= edge,cloud,dev
 APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean baseline-models
+.PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean baseline-models baseline-telemetry baseline-payments
 
 setup: system-deps venv jars
 
@@ -63,15 +63,23 @@ demo-down: venv
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# The models a gateway scores with from its first minute: trained on a seeded simulator run
+# The models a gateway scores with from its first minute: trained on seeded simulator runs
 # and signed with the dev key (~/.config/fleetsentry/model-signing.key, generated if missing).
 # Operators re-sign with their own key: fleetsentry cloud train --key THEIR_KEY ...
-BASELINE_SIM ?= --vehicles 120 --duration 3600 --seed 20260105 --payment-rate 10 --fault-scale 3 --fraud-scale 2
-baseline-models: venv
+# Telemetry: a busy hour of a 120-vehicle fleet with extra fault episodes to pick the
+# threshold on. Payments: 8 hours of 300 vehicles at the default payment and fraud rates, so
+# card histories and velocities are the ones a gateway sees (sparse telemetry keeps it quick).
+BASELINE_TELEMETRY_SIM ?= --vehicles 120 --duration 3600 --seed 20260105 --payment-rate 10 \
+	--fault-scale 3 --fraud-scale 2
+BASELINE_PAYMENTS_SIM ?= --vehicles 300 --duration 28800 --rate 0.02 --seed 20260105
+baseline-models: baseline-telemetry baseline-payments
+
+baseline-telemetry baseline-payments: baseline-%: venv
 	@tmp=$$(mktemp -d); \
-	$(VENV)/bin/fleetsentry sim run --dry-run $(BASELINE_SIM) --out $$tmp/events.jsonl && \
+	sim='$(BASELINE_TELEMETRY_SIM)'; [ $* = payments ] && sim='$(BASELINE_PAYMENTS_SIM)'; \
+	$(VENV)/bin/fleetsentry sim run --dry-run $$sim --out $$tmp/events.jsonl && \
 	$(VENV)/bin/fleetsentry cloud train --events $$tmp/events.jsonl --labels $$tmp/labels.jsonl \
-	  --out edge/models/baseline --public-key-out edge/models/baseline/fleet.pub; \
+	  --stream $* --out edge/models/baseline --public-key-out edge/models/baseline/fleet.pub; \
 	rc=$$?; rm -rf $$tmp; exit $$rc
 
 lint: venv
