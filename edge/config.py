@@ -119,6 +119,8 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
     transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000
+    # How long the group waits for a silent instance before giving its partitions away.
+    session_timeout_ms: Annotated[int, Meta(ge=6000, le=300_000)] = 15_000
 
 
 class AgentSettings(_Section, frozen=True, kw_only=True):

@@ -108,6 +108,10 @@ class Enricher:
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": s.group,
             "client.id": self.transactional_id, "enable.auto.commit": False,
+            # Static membership: a restarted instance takes its partitions back at once
+            # instead of waiting for the dead one's session to expire.
+            "group.instance.id": self.transactional_id,
+            "session.timeout.ms": s.session_timeout_ms,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
             # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
