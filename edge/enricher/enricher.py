@@ -42,6 +42,7 @@ SERVICE = "enricher"
 # Observe end-to-end latency for every n-th record: the histogram stays representative and
 # its cost stays off the per-record path.
 LATENCY_SAMPLE = 8
+PURGE_EVERY_S = 3600.0
 
 
 def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
@@ -131,6 +132,7 @@ class Enricher:
         """Process batches until ``stop`` (a threading.Event) is set."""
         n = 0
         last_lag = 0.0
+        last_purge = time.monotonic()
         while not stop.is_set() and (max_batches is None or n < max_batches):
             self.step()
             n += 1
@@ -138,6 +140,11 @@ class Enricher:
                 last_lag = time.monotonic()
                 assert self._consumer is not None
                 metrics.update_consumer_lag(SERVICE, self._consumer)
+            if time.monotonic() - last_purge > PURGE_EVERY_S:
+                # The retention limit holds without an operator running `vault purge`.
+                last_purge = time.monotonic()
+                purged = self.vault.purge_older_than(self.config.vault.retention_days)
+                log.info("retention: purged %d vault values", purged)
 
     # --- one batch ---------------------------------------------------------------------
 

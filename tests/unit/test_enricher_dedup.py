@@ -1,0 +1,41 @@
+"""The enricher's dedup window and PII selection, without a broker."""
+
+from __future__ import annotations
+
+from edge.enricher.dedup import DedupWindow
+from edge.enricher.enricher import pii_items
+from shared.contracts import Payment
+
+
+def test_window_drops_repeats_and_forgets_the_oldest_deltas() -> None:
+    w = DedupWindow(limit=4)
+    assert all(w.check_and_add(e) for e in ["a", "b", "c"])
+    assert not w.check_and_add("a")
+    seq, ids, expired = w.seal()
+    assert (seq, ids, expired) == (0, ["a", "b", "c"], [])
+    assert w.check_and_add("d") and w.check_and_add("e")
+    seq, ids, expired = w.seal()
+    assert (seq, ids, expired) == (1, ["d", "e"], [0])  # 5 > 4: the first delta goes
+    assert w.check_and_add("a")  # forgotten with its delta
+    assert not w.check_and_add("e")
+    assert w.seal()[0] == 2
+    assert w.seal() == (None, [], [])  # an empty batch writes no delta
+
+
+def test_restored_window_matches_the_written_one() -> None:
+    w = DedupWindow(limit=100)
+    w.load(3, ["x", "y"])
+    w.load(4, ["z"])
+    assert not w.check_and_add("y") and w.check_and_add("w")
+    assert w.seal()[0] == 5
+
+
+def test_pii_items_cover_every_identifying_field() -> None:
+    p = Payment(event_id="e", ts=1.0, vin="1HGCM82633A004352", driver_id="D-1",
+                driver_name="Ada", card_number="4111111111111111", cardholder="ADA",
+                merchant_id="M", merchant_name="Fuel", mcc="5542", category="fuel",
+                amount=1.0, currency="EUR", lat=1.0, lon=1.0)
+    kinds = {k: (v, person) for k, v, person in pii_items(p)}
+    assert kinds["vin"] == ("1HGCM82633A004352", None)
+    assert kinds["card"] == ("4111111111111111", "D-1")
+    assert {"driver", "driver_name", "cardholder"} <= set(kinds)
