@@ -95,7 +95,7 @@ class Enricher:
             "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms, "linger.ms": s.linger_ms,
             "compression.type": s.compression, "queue.buffering.max.messages": 200_000,
-            "queue.buffering.max.kbytes": 65_536, "batch.num.messages": 10_000,
+            "queue.buffering.max.kbytes": 32_768, "batch.num.messages": 10_000,
         })
         try:
             # Fences a previous instance and aborts whatever transaction it left open, so the
