@@ -97,15 +97,19 @@ def test_quantization_check_refuses_a_broken_int8_model(trained: TrainedModel) -
     hold = trained.holdout
     m = trained.manifest
     xs = ae.scale(hold.x, m.scaling.mean, m.scaling.scale)
-    # Rebuild the model with its output layer scrambled before conversion: the int8 model's
-    # reconstructions are noise, and the check must catch that against the float scores.
-    model = ae.build_autoencoder(xs.shape[1], SMALL.hidden, SMALL.learning_rate, SMALL.seed)
-    weights = [w for layer in trained.layers[1:] for w in layer[:2]]
-    weights[-2] = np.random.default_rng(0).normal(0, 3, weights[-2].shape).astype(np.float32)
-    model.set_weights(weights)
-    broken = ae.quantize(model, xs[:500])
-    int8 = ae.Int8Model(broken).scores(xs)
-    flt = ae.float_scores(trained.layers[1:], xs)  # the intact model (no envelope layer)
+    # A converted model that lost the autoencoder: it passes its input straight through
+    # (calibrated on a range so wide nothing clips), so its "errors" are int8 rounding noise
+    # and no longer rank anomalies. The check must refuse it against the float scores.
+    import keras
+
+    inputs = keras.Input((xs.shape[1],))
+    identity = keras.layers.Dense(xs.shape[1], use_bias=False)
+    broken_model = keras.Model(inputs, identity(inputs))
+    identity.set_weights([np.eye(xs.shape[1], dtype=np.float32)])
+    wide = np.vstack([xs[:300], np.full((1, xs.shape[1]), 1e4, np.float32),
+                      np.full((1, xs.shape[1]), -1e4, np.float32)])
+    int8 = ae.Int8Model(ae.quantize(broken_model, wide)).scores(xs)
+    flt = ae.float_scores(trained.layers, xs)
     with pytest.raises(QuantizationError, match="below the float model"):
         check_quantization(hold.labelled, flt, int8, 0.005)
 
