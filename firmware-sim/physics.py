@@ -36,18 +36,47 @@ Index = Any  # a slice (every vehicle) or an integer index array (those that hav
 class FleetArrays:
     """Per-vehicle state as columns; row ``i`` belongs to the vehicle with index ``i``."""
 
-    FLOAT = ("speed", "s", "stop_left", "coolant", "intake", "soc", "fuel_l", "odometer",
-             "tyre_temp", "load", "lateral", "in_car_due", "thermostat", "oil_gain",
-             "tyre_gain", "lat", "lon",
-             # the road being driven (set when the vehicle enters it)
-             "road_len", "road_limit", "a_lat", "a_lon", "b_lat", "b_lon",
-             # fixed per vehicle: its model, driver and city
-             "mass", "power", "tank", "battery", "consumption", "idle_rpm", "style",
-             "city_ambient", "joins_at", "rollout_at")
+    # evolving state
+    speed: np.ndarray
+    s: np.ndarray  # metres along the current road
+    stop_left: np.ndarray
+    coolant: np.ndarray
+    intake: np.ndarray
+    soc: np.ndarray
+    fuel_l: np.ndarray
+    odometer: np.ndarray
+    tyre_temp: np.ndarray
+    load: np.ndarray
+    lateral: np.ndarray
+    in_car_due: np.ndarray
+    thermostat: np.ndarray
+    oil_gain: np.ndarray
+    tyre_gain: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    # the road being driven (set when the vehicle enters it)
+    road_len: np.ndarray
+    road_limit: np.ndarray
+    a_lat: np.ndarray
+    a_lon: np.ndarray
+    b_lat: np.ndarray
+    b_lon: np.ndarray
+    # fixed per vehicle: its model, driver and city
+    mass: np.ndarray
+    power: np.ndarray
+    tank: np.ndarray
+    battery: np.ndarray
+    consumption: np.ndarray
+    idle_rpm: np.ndarray
+    style: np.ndarray
+    city_ambient: np.ndarray
+    joins_at: np.ndarray
+    rollout_at: np.ndarray
 
     def __init__(self, n: int) -> None:
-        for name in self.FLOAT:
-            setattr(self, name, np.zeros(n))
+        for name, kind in self.__annotations__.items():
+            if kind == "np.ndarray":
+                setattr(self, name, np.zeros(n))
         self.turn_left = np.zeros(n, np.int64)
         self.engine_on = np.zeros(n, bool)
         self.planned = np.zeros(n, bool)

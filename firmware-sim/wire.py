@@ -1,18 +1,24 @@
 """A paho client with a cheaper hot path for thousands of sessions on one selector loop.
 
 Stock paho reads a packet with three ``recv`` calls (command byte, length byte, body), builds a
-reason-code object and a properties object for every PUBACK, and sends every queued packet
-with its own ``send``. At 10,000 events/s that per-message overhead, not the simulation,
-bounds a process. This subclass keeps paho's protocol state machine (connect, persistent
-session, resend on reconnect, will, subscribe, keepalive) and changes only the byte plumbing:
+reason-code object and a properties object for every PUBACK, builds a condition variable for
+every QoS 1 message, validates and logs every publish, and sends every queued packet with its
+own ``send``. At 10,000 events/s that per-message overhead, not the simulation, bounds a
+process. This subclass keeps paho's protocol state machine (connect, persistent session,
+resend of unacknowledged messages on reconnect, will, subscribe, keepalive, in-flight limit)
+and changes only the plumbing around it:
 
-* reads fill a 64 KiB buffer with one ``recv`` and packets are parsed from it;
-* a PUBACK that says "success" with no properties (what brokers send almost always) is
-  answered with shared, read-only reason-code and properties objects;
+* reads fill a 64 KiB buffer with one ``recv`` and every whole packet in it is handled;
+* a PUBACK that says "success" without properties (what brokers send almost always) is
+  handled in place with shared, read-only reason-code and properties objects; anything
+  else (a refusal, a reason string) goes through paho's decoder;
+* a plain QoS 1 publish builds the same packet bytes paho would, without per-call checks,
+  logging or a condition variable (nothing in a selector loop may block on one anyway);
 * queued packets are written with one ``send`` per socket per loop pass.
 
 It relies on private attributes of paho-mqtt 2.x (pinned ``>=2.1,<3`` in pyproject.toml);
-:func:`check_compatible` fails loudly if they move.
+:func:`check_compatible` fails loudly if they move, and tests/unit/sim/test_wire.py checks
+the bytes against paho's own.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ class _Malformed(Exception):
     pass
 
 
-def _idle_in_packet() -> dict[str, Any]:
+def _idle_in_packet() -> Any:  # paho's private _InPacket TypedDict
     return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
             "remaining_length": 0, "packet": bytearray(), "to_process": 0, "pos": 0}
 
@@ -301,7 +307,8 @@ class FastClient(mqtt.Client):
         if on_publish is not None:
             with self._in_callback_mutex:
                 try:
-                    on_publish(self, self._userdata, mid, reason_code, properties)
+                    on_publish(self, self._userdata, mid, reason_code,  # type: ignore[call-arg]
+                               properties)
                 except Exception as err:
                     self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
                     if not self.suppress_exceptions:
