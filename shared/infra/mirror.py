@@ -28,6 +28,13 @@ from shared.infra.errors import InfraError, ServiceStartError
 
 CLOUD_ALIAS = "cloud"
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
+# Exactly-once commits one producer transaction per boundary. KIP-618's default boundary is
+# every poll batch (at most max.poll.records): a commit per few hundred records, each writing
+# markers to every partition it touched, and the next batch's sends retry on
+# CONCURRENT_TRANSACTIONS until the markers are done. An interval boundary commits whatever
+# the task polled in that time instead; records become visible in the target at most this
+# much later.
+TRANSACTION_INTERVAL_MS = 1000
 # An alias ends up in topic names and consumer group ids: keep it to safe characters, and
 # without dots, because the replication policy splits topic names on dots.
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -95,6 +102,8 @@ class Mirror:
     cloud_replication_factor: int = 3
     edge_replication_factor: int = 1
     tasks_max: int = 2
+    # Extra MirrorMaker properties, applied last (tuning or trying a setting out).
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def dir(self) -> Path:
@@ -151,17 +160,35 @@ class Mirror:
             "groups.exclude": ".*",
             "refresh.groups.enabled": "false",
             "sync.group.offsets.enabled": "false",
+            # With no group offsets to translate, checkpoints and the offset syncs they are
+            # computed from are pure overhead: a topic on each side and a producer per task.
+            # MirrorMaker then refuses the checkpoint connector's configuration (it logs
+            # "Failed to configure MirrorCheckpointConnector" once per flow at start): that is
+            # how the connector is left out.
+            "emit.checkpoints.enabled": "false",
+            "emit.offset-syncs.enabled": "false",
             "sync.topic.acls.enabled": "false",
             "refresh.topics.interval.seconds": 10,
             # Every plugin on the classpath has a ServiceLoader manifest: skip the slow scan.
             "plugin.discovery": "service_load",
             "tasks.max": self.tasks_max,
+            # The cloud -> edge flow carries only the models topic.
+            f"{cloud}->{edge}.tasks.max": 1,
+            # Heartbeats are emitted on the edge (by the cloud -> edge flow) and replicated to
+            # the cloud as <edge_id>.heartbeats, where their age is the gateway's replication
+            # lag. Heartbeats written into the cloud would only travel back as cloud.heartbeats
+            # on every gateway, and cost each gateway a transaction a second on the cloud.
+            f"{edge}->{cloud}.emit.heartbeats.enabled": "false",
             # Riding out a cloud outage: sends wait for the cloud instead of failing the task.
             f"{cloud}.producer.delivery.timeout.ms": 2_147_483_647,
             f"{cloud}.producer.max.block.ms": 2_147_483_647,
             f"{cloud}.producer.linger.ms": 20,
+            f"{cloud}.producer.batch.size": 256 * 1024,
             f"{cloud}.producer.compression.type": "lz4",
             f"{edge}.producer.compression.type": "lz4",
+            # Fewer, larger polls: a transaction spans several of them anyway.
+            f"{edge}.consumer.max.poll.records": 5000,
+            f"{edge}.consumer.fetch.max.wait.ms": 100,
         }
         for alias in (edge, cloud):
             # Worker settings take the target cluster's prefix: MirrorMaker ignores most
@@ -171,15 +198,22 @@ class Mirror:
             # One worker per flow: when it rejoins after an outage (it revokes its tasks once
             # the coordinator is unreachable) its own former tasks must not wait out the
             # default 5 minutes kept for a departed member.
-            conf[f"{alias}.scheduled.rebalance.max.delay.ms"] = 5000
+            conf[f"{alias}.scheduled.rebalance.max.delay.ms"] = 1000
             for store in ("config", "offset", "status"):
                 conf[f"{alias}.{store}.storage.replication.factor"] = rf[alias]
+            # One gateway's offsets and statuses are a few dozen keys. Connect's defaults (25
+            # and 5 partitions) are for shared clusters of many connectors; each offset
+            # partition a transaction touches takes a commit marker, and a (re)starting
+            # worker reads every partition to its end before its tasks run.
+            conf[f"{alias}.offset.storage.partitions"] = 1
+            conf[f"{alias}.status.storage.partitions"] = 1
         for src, dst in ((edge, cloud), (cloud, edge)):
+            conf[f"{src}->{dst}.transaction.boundary"] = "interval"
+            conf[f"{src}->{dst}.transaction.boundary.interval.ms"] = TRANSACTION_INTERVAL_MS
             conf[f"{src}->{dst}.replication.factor"] = rf[dst]
             conf[f"{src}->{dst}.heartbeats.topic.replication.factor"] = rf[dst]
-            conf[f"{src}->{dst}.checkpoints.topic.replication.factor"] = rf[dst]
-            # Offset syncs live on the source cluster (offset-syncs.topic.location=source).
-            conf[f"{src}->{dst}.offset-syncs.topic.replication.factor"] = rf[src]
+            # No offset-syncs.* setting: with offset syncs off, the source connector rejects any.
+        conf.update(self.overrides)
         return conf
 
     def _written_rest_port(self) -> int | None:
@@ -277,7 +311,7 @@ class Mirror:
             self.check_exited()
             if self.healthy():
                 return
-            time.sleep(1.0)
+            time.sleep(0.5)
         raise ServiceStartError(
             f"MirrorMaker for {self.edge_id} did not report both flows RUNNING within "
             f"{timeout:.0f}s; see {self.log_dir}")
