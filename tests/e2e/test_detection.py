@@ -4,7 +4,7 @@ A seeded fleet drives real MQTT sessions against Mosquitto; the gateway runs as
 `fleetsentry edge run` (bridge, enricher, scorer) with the baseline models shipped in the
 package. The fleet's clock runs faster than the wall clock (device time still advances one
 second per frame, so episodes and the 60 s detection window are in device time as usual),
-which fits 13 vehicle-hours of driving into under two minutes.
+which fits 17 vehicle-hours of driving into two minutes.
 
 Checks the detection targets on this run (payment fraud PR AUC >= 0.8; >= 95 % of fault
 episodes alerted within 60 s of their start; <= 1 false telemetry alert episode per 100
@@ -35,9 +35,9 @@ from shared.contracts import Alert, AnonPayment, Score, decode
 from shared.infra.stack import Stack
 from tests.edge_pipeline import EdgePipeline
 
-VEHICLES = 40
+VEHICLES = 50
 DURATION_S = 1200.0
-SPEED = 12.0  # fleet seconds per wall second
+SPEED = 10.0  # fleet seconds per wall second
 PASSWORD = "e2e-vehicle-pw"
 DETECT_WITHIN_S = 60.0
 AFTER_FAULT_S = 120.0  # rolling features still remember a fault this long after it ends
@@ -151,8 +151,10 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
         stack: Stack, tmp_path: Path) -> None:
     start_ts = round(time.time() - DURATION_S - 60, 3)  # device time never ahead of the gateway
     fleet = Fleet(SimSettings(vehicles=VEHICLES, duration_s=DURATION_S, seed=2024,
-                              start_ts=start_ts, payment_rate=20.0,
-                              fraud_rates={k: 0.03 for k in (
+                              start_ts=start_ts,
+                              # Legitimate payments at the default rate (the models know it);
+                              # more fraud per payment so the run holds enough to judge.
+                              fraud_rates={k: 0.05 for k in (
                                   "card_testing", "impossible_travel", "amount_outlier",
                                   "fuel_over_capacity", "merchant_repeat", "cloned_card")}))
     stack.mqtt.register_vehicles({v.vin: PASSWORD for v in fleet.vehicles})
@@ -189,7 +191,7 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
     # Payment fraud: PR AUC over every payment of the run.
     fraud = {lab.event_id for lab in fleet.labels if lab.stream == "payments"}
     pays = [e for e, (s, _) in events.items() if s == "payments"]
-    assert len(fraud & set(pays)) >= 20, "too few fraudulent payments to judge"
+    assert len(fraud & set(pays)) >= 15, "too few fraudulent payments to judge"
     payment_pr_auc = pr_auc([e in fraud for e in pays], [scores[e].score for e in pays])
 
     # Faults: every labelled episode alerted within 60 s of its start (device time).
