@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,12 +191,8 @@ def _events(seed: int) -> list[tuple[str, bytes]]:
 
 
 def _public_key_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    """The fleet's model-signing public key: the shipped baselines verify against it."""
+    return (REPO / "edge/models/baseline/fleet.pub").read_text()
 
 
 def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
@@ -298,28 +295,55 @@ def converged(fleet: Fleet) -> str:
     return fleet.playbook()
 
 
+def _vehicle(gw: Gateway, vin: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{vin}-{gw.name}",
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(vin, VEHICLE_PASSWORD)
+    # The broker's certificate names localhost and 127.0.0.1: verify it fully.
+    client.tls_set(ca_certs=str(gw.root / "etc/fleetsentry/mosquitto/tls/ca.crt"),
+                   cert_reqs=ssl.CERT_REQUIRED)
+    client.connect("127.0.0.1", gw.ports["mqtts"])
+    client.loop_start()
+    return client
+
+
+def _close(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def _wait_for_bridge(gw: Gateway, timeout: float = 180.0) -> None:
+    """Until the bridge has subscribed, the broker drops what vehicles send (no session
+    exists yet on a fresh install). Probe with a malformed message until one reaches
+    dlq.ingest: then the bridge is subscribed and its session queues from here on."""
+    vin = gw.events[0][0].split("/")[1]
+    client = _vehicle(gw, vin)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            client.publish(f"fleet/{vin}/telemetry", b"probe: not an event", qos=1)
+            if consume_all(gw.bootstrap, "dlq.ingest", expect=1, timeout=3):
+                return
+        pytest.fail(f"{gw.name}: the bridge did not subscribe within {timeout:.0f}s\n"
+                    f"{gw.log_tail('edge')}")
+    finally:
+        _close(client)
+
+
 def _publish(gw: Gateway) -> None:
     """Publish the gateway's events over TLS, one MQTT session per vehicle, QoS 1."""
-    ca = gw.root / "etc/fleetsentry/mosquitto/tls/ca.crt"
     by_vin: dict[str, list[tuple[str, bytes]]] = {}
     for topic, payload in gw.events:
         by_vin.setdefault(topic.split("/")[1], []).append((topic, payload))
     for vin, events in by_vin.items():
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{vin}-{gw.name}",
-                             protocol=mqtt.MQTTv5)
-        client.username_pw_set(vin, VEHICLE_PASSWORD)
-        # The broker's certificate names localhost and 127.0.0.1: verify it fully.
-        client.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
-        client.connect("127.0.0.1", gw.ports["mqtts"])
-        client.loop_start()
+        client = _vehicle(gw, vin)
         try:
             infos = [client.publish(topic, payload, qos=1) for topic, payload in events]
             for info in infos:
                 info.wait_for_publish(timeout=30)
                 assert info.is_published(), f"{vin}: publish not acknowledged"
         finally:
-            client.disconnect()
-            client.loop_stop()
+            _close(client)
 
 
 def _event_ids(messages: list) -> set[str]:
@@ -337,6 +361,7 @@ def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
     for gw in fleet.gateways.values():
         for service in ("mosquitto", "kafka", "edge"):
             assert gw.pid(service) is not None, f"{gw.name}: {service} is not running"
+        _wait_for_bridge(gw)
         _publish(gw)
     for gw in fleet.gateways.values():
         for stream in ("telemetry", "payments"):
@@ -386,7 +411,8 @@ def test_systemd_units_verify(fleet: Fleet, converged: str) -> None:
     assert {u.name for u in units} >= {
         "fleetsentry-kafka.service", "fleetsentry-mosquitto.service",
         "fleetsentry-edge-bridge.service", "fleetsentry-edge-enricher.service",
-        "fleetsentry-edge-scorer.service", "fleetsentry-mirror.service"}
+        "fleetsentry-edge-scorer.service", "fleetsentry-edge-agent.service",
+        "fleetsentry-mirror.service"}
     proc = _run(["systemd-analyze", "verify", "--man=no", *map(str, units)], timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for unit in units:
