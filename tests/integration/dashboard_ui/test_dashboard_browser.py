@@ -127,9 +127,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 def _wait(what: str, check: object, timeout_s: float = 30.0, every_s: float = 0.5) -> object:
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout_s
     while True:
-        value = check()  # type: ignore[operator]
+        try:
+            value = check()  # type: ignore[operator]
+        except StaleElementReferenceException:  # htmx swapped the element: look again
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -217,16 +222,19 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[str, str, str, Wor
     find(By.ID, "confirm").click()
     _wait("the runs page", lambda: d.current_url.endswith("/runs"))  # type: ignore[attr-defined]
     assert "retrain of payments requested" in find(By.ID, "flash").text
-    _wait("the new run to appear",
-          lambda: len(d.find_elements(By.CSS_SELECTOR, "tr[data-run]")) > runs_before,
-          timeout_s=60)
     newest = f"tr[data-run='{runs_before + 1}']"
+    _wait("the new run to appear", lambda: d.execute_script(  # type: ignore[attr-defined]
+        "return !!document.querySelector(arguments[0])", newest), timeout_s=60)
     _shot(d, "4-runs")
-    _wait("the new run to finish", lambda: d.find_element(By.CSS_SELECTOR, newest)
-          .get_attribute("data-status") != "running", timeout_s=150, every_s=1)
-    row = d.find_element(By.CSS_SELECTOR, newest)
-    assert row.get_attribute("data-status") == "finished", row.text
-    assert user in row.text and "manual" in row.text
+    # Read the row in one script: htmx swaps the table every refresh, so a found element
+    # can go stale before its attribute is read.
+    read_row = ("const r = document.querySelector(arguments[0]);"
+                "return r ? [r.dataset.status, r.innerText] : ['', ''];")
+    _wait("the new run to finish", lambda: d.execute_script(read_row, newest)[0]
+          not in ("", "running"), timeout_s=150, every_s=1)
+    status, text = d.execute_script(read_row, newest)  # type: ignore[attr-defined]
+    assert status == "finished", text
+    assert user in text and "manual" in text
     _shot(d, "4-runs")
 
     # Promote a non-champion telemetry model and see it become champion.
