@@ -50,7 +50,8 @@ _REQUIRED = ("_packet_handle", "_loop_rc_handle", "_last_bytes_received", "_sock
              "_in_packet", "_do_on_publish", "_out_message_mutex",
              "_out_messages", "_last_msg_out", "_msgtime_mutex", "_mid_generate",
              "_raise_for_invalid_topic", "_max_queued_messages", "_max_inflight_messages",
-             "_inflight_messages", "_packet_queue", "_update_inflight", "_on_publish",
+             "_inflight_messages", "_call_socket_register_write", "_packet_queue", "_sockpairW",
+             "_on_socket_register_write", "_update_inflight", "_on_publish",
              "_in_callback_mutex", "_callback_api_version", "_protocol")
 
 
@@ -298,7 +299,13 @@ class FastClient(mqtt.Client):
         packet += _MID.pack(mid)
         packet += b"\x00"
         packet += payload
-        return self._packet_queue(_PUBLISH, packet, mid, 1, info)
+        if self._sockpairW is not None or self._on_socket_register_write is None:
+            return self._packet_queue(_PUBLISH, packet, mid, 1, info)  # not in a selector loop
+        # paho's _packet_queue, minus the wake-up of a network thread there is none of
+        self._out_packet.append({"command": _PUBLISH, "mid": mid, "qos": 1, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": info})
+        self._call_socket_register_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _do_on_publish(self, mid: int, reason_code: ReasonCode,
                        properties: Properties) -> MQTTErrorCode:
