@@ -60,3 +60,12 @@ def test_import_boundaries() -> None:
                 bad.append(f"{path.relative_to(ROOT)} imports {sorted(hits)}")
     assert not bad, ("ARCHITECTURE.md: edge and cloud share only through shared/\n"
                      + "\n".join(bad))
+
+
+def test_every_test_folder_is_a_package() -> None:
+    # Two test folders with the same name (tests/unit/store, tests/integration/store) clash
+    # at collection unless each is a package with a unique dotted name.
+    bare = [str(d.relative_to(ROOT)) for d in (ROOT / "tests").rglob("*")
+            if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
+            and not (d / "__init__.py").exists()]
+    assert not bare, f"add an __init__.py to: {bare}"
