@@ -96,10 +96,15 @@ def templates(vehicles: int, start_ts: float) -> dict[str, tuple[list[Any], list
 
 def stand_in_models(home: Path, per: dict[str, tuple[list[Any], list[Any]]]) -> str:
     """Signed models for the scorer: the shipped baselines when present, else stand-ins."""
-    from edge.scorer.model import baseline_dir
+    from edge.scorer.errors import ModelError
+    from edge.scorer.model import baseline_dir, load_model
 
-    if all((baseline_dir(s) / "model.tflite").exists() for s in ("telemetry", "payments")):
+    try:
+        for s in ("telemetry", "payments"):
+            load_model(baseline_dir(s), s)
         return ""
+    except ModelError as exc:
+        print(f"baseline refused ({exc}); using stand-ins", file=sys.stderr)
     from shared.features import Anonymizer, feature_matrix
     from shared.signing import generate_private_key
     from shared.tokens import Tokenizer
