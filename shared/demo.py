@@ -1,29 +1,257 @@
-"""``fleetsentry demo``: bring the whole appliance up on one machine and show it working.
+"""``fleetsentry demo``: the whole loop on one machine, printing what flows where as it runs.
 
-It drives the other commands as processes (``fleetsentry infra``, ``sim``, ``edge``), so it
-imports no edge or cloud code itself.
+Two gateways (each its own edge Kafka, Mosquitto, MirrorMaker 2 and ``fleetsentry edge run``),
+one cloud (3-broker Kafka, store, trainer service and dashboard) and a simulated fleet per
+gateway. The demo drives the other commands as processes and reads Kafka offsets for its
+summary, so it imports no edge or cloud code.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
 
+from shared import signing, topics
 from shared.infra.cli import _options, _print_status, settings_from
-from shared.infra.stack import Stack
+from shared.infra.mirror import Mirror
+from shared.infra.stack import InfraSettings, Stack
+
+VEHICLE_PASSWORD = "demo-vehicle"
+DASHBOARD_PORT = 8600
+
+
+@dataclass
+class Gateway:
+    edge_id: str
+    stack: Stack
+    config: Path
+    mirror: Mirror
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+def _fleetsentry() -> list[str]:
+    exe = shutil.which("fleetsentry")
+    return [exe] if exe else [sys.executable, "-m", "shared.cli"]
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(_fleetsentry() + args, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _edge_toml(gw_id: str, stack: Stack, data_dir: Path, metrics_port: int,
+               public_key: Path) -> str:
+    return (
+        f'edge_id = "{gw_id}"\n'
+        f'data_dir = "{data_dir}"\n\n'
+        f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n\n'
+        f'[mqtt]\nhost = "{stack.mqtt.host}"\nport = {stack.mqtt.port}\n'
+        f'credentials_file = "{stack.mqtt.credentials_path}"\n\n'
+        f"[metrics]\nbase_port = {metrics_port}\n\n"
+        f'[scorer]\npublic_key = "{public_key}"\n'
+    )
+
+
+def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
+    return (
+        f'[kafka]\nbootstrap = "{stack.cloud.bootstrap}"\n\n'
+        f'[registry]\nroot = "{state / "registry"}"\n\n'
+        f'[store]\nroot = "{state / "store"}"\n\n'
+        f'[dashboard]\nport = {port}\nstate_dir = "{state}"\n'
+    )
+
+
+def _second_gateway(settings: InfraSettings) -> Stack:
+    """Gateway 2's own edge Kafka and Mosquitto, beside the first on shifted ports."""
+    s2 = InfraSettings(
+        home=settings.home / "gateway-2", host=settings.host,
+        edge_port=settings.edge_port + 200, edge_controller_port=settings.edge_controller_port
+        + 200, mqtt_port=settings.mqtt_port + 1, cloud_ports=settings.cloud_ports,
+        cloud_controller_ports=settings.cloud_controller_ports, kafka_heap=settings.kafka_heap,
+    )
+    return Stack(s2, quiet=True)
+
+
+def _offsets(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """Records per topic as offsets (transactional topics count their commit markers too)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetsentry-demo-summary",
+                  "enable.auto.commit": False})
+    out: dict[str, int] = {}
+    try:
+        meta = c.list_topics(timeout=5)
+        for name in names:
+            t = meta.topics.get(name)
+            if t is None:
+                out[name] = 0
+                continue
+            total = 0
+            for p in t.partitions:
+                lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=5)
+                total += max(0, hi - lo)
+            out[name] = total
+    except Exception:  # noqa: BLE001 - a summary line must never stop the demo
+        pass
+    finally:
+        c.close()
+    return out
+
+
+def _summary(gateways: list[Gateway], cloud_bootstrap: str, started: float) -> str:
+    lines = [f"--- {time.monotonic() - started:5.0f}s ---"]
+    edge_topics = [topics.RAW_TELEMETRY, topics.RAW_PAYMENTS, topics.DLQ_INGEST,
+                   topics.ANON_TELEMETRY, topics.ANON_PAYMENTS, topics.SCORES_TELEMETRY,
+                   topics.SCORES_PAYMENTS, topics.ALERTS, topics.MODEL_STATUS]
+    cloud_names = []
+    for gw in gateways:
+        e = _offsets(gw.stack.edge.bootstrap, edge_topics)
+        lines.append(
+            f"{gw.edge_id}: MQTT -> raw {e[topics.RAW_TELEMETRY]:>7} telemetry "
+            f"{e[topics.RAW_PAYMENTS]:>5} payments (dlq {e[topics.DLQ_INGEST]}) -> anon "
+            f"{e[topics.ANON_TELEMETRY]:>7}/{e[topics.ANON_PAYMENTS]:<5} -> scores "
+            f"{e[topics.SCORES_TELEMETRY]:>7}/{e[topics.SCORES_PAYMENTS]:<5} alerts "
+            f"{e[topics.ALERTS]:>4} model-status {e[topics.MODEL_STATUS]}"
+        )
+        cloud_names += [f"{gw.edge_id}.{t}" for t in topics.replicated_edge_topics()]
+    c = _offsets(cloud_bootstrap, cloud_names + [topics.MODELS, topics.LABELS])
+    for gw in gateways:
+        got = {t: c.get(f"{gw.edge_id}.{t}", 0) for t in topics.replicated_edge_topics()}
+        lines.append(
+            f"cloud <- {gw.edge_id}: anon {got[topics.ANON_TELEMETRY]}/"
+            f"{got[topics.ANON_PAYMENTS]} scores {got[topics.SCORES_TELEMETRY]}/"
+            f"{got[topics.SCORES_PAYMENTS]} alerts {got[topics.ALERTS]} "
+            f"model-status {got[topics.MODEL_STATUS]} (MirrorMaker 2, exactly once)"
+        )
+    lines.append(f"cloud: labels {c.get(topics.LABELS, 0)}, models published "
+                 f"{c.get(topics.MODELS, 0)} -> gateways' cloud.models")
+    return "\n".join(lines)
+
+
+def _dashboard_login(state: Path, timeout: float = 90.0) -> tuple[str, str] | None:
+    path = state / "dashboard-demo-user.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            data = json.loads(path.read_text())
+            return data["name"], data["password"]
+        time.sleep(1)
+    return None
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 @click.command()
 @_options
-@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-def demo(as_json: bool, **options: Any) -> None:
-    """Start edge Kafka, cloud Kafka (3 brokers) and Mosquitto, and show them."""
-    stack = Stack(settings_from(options), quiet=as_json)
-    status = stack.up()
-    if as_json:
-        click.echo(json.dumps(status, indent=2))
-        return
+@click.option("--vehicles", default=100, show_default=True, help="Vehicles per gateway.")
+@click.option("--duration", default=600.0, show_default=True,
+              help="Seconds the fleets drive (drift starts half way on gateway 2).")
+@click.option("--gateways", type=click.IntRange(1, 2), default=2, show_default=True)
+@click.option("--dashboard-port", default=DASHBOARD_PORT, show_default=True)
+@click.option("--interval", default=15.0, show_default=True, help="Seconds between summaries.")
+@click.option("--infra-only", is_flag=True, help="Only bring up the brokers and show them.")
+@click.option("--down", "down_after", is_flag=True, help="Stop the brokers at the end too.")
+def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, interval: float,
+         infra_only: bool, down_after: bool, **options: Any) -> None:
+    """Run the whole loop: 2 gateways, their fleets, the cloud store, trainer and dashboard."""
+    settings = settings_from(options)
+    main = Stack(settings)
+    status = main.up()
     _print_status(status, as_json=False)
-    click.echo("\nStop everything with: fleetsentry infra down")
+    if infra_only:
+        click.echo("\nStop everything with: fleetsentry infra down")
+        return
+    home = settings.home / "demo"
+    logs = home / "logs"
+    key_file = home / "fleet.key"
+    signing.ensure_private_key(key_file)
+    public_key = home / "fleet.pub"
+    signing.write_public_key(signing.load_private_key(key_file), public_key)
+
+    stacks = [main] + ([_second_gateway(settings)] if gateways == 2 else [])
+    gws: list[Gateway] = []
+    for n, stack in enumerate(stacks, start=1):
+        edge_id = f"edge-{n}"
+        if n > 1:
+            click.echo(f"Starting {edge_id}'s own edge Kafka and Mosquitto ...")
+            stack.up(services=frozenset({"edge", "mqtt"}))
+        cfg = home / f"{edge_id}.toml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(_edge_toml(edge_id, stack, home / edge_id, 9400 + 100 * n, public_key))
+        mirror = Mirror(edge_id, stack.edge.bootstrap, main.cloud.bootstrap, settings.home)
+        gws.append(Gateway(edge_id, stack, cfg, mirror))
+
+    click.echo("Starting MirrorMaker 2 per gateway ...")
+    for gw in gws:
+        gw.mirror.start()
+    cloud_cfg = home / "cloud.toml"
+    cloud_cfg.write_text(_cloud_toml(main, home / "cloud", dashboard_port))
+    cloud_procs = [
+        _spawn(["cloud", "run", "--config", str(cloud_cfg), "--key", str(key_file),
+                "--min-records", "500", "--drift-check", "60"], logs / "cloud-run.log"),
+        _spawn(["cloud", "store", "--config", str(cloud_cfg)], logs / "cloud-store.log"),
+    ]
+    for gw in gws:
+        gw.procs.append(_spawn(["edge", "run", "--config", str(gw.config)],
+                               logs / f"{gw.edge_id}.log"))
+    for gw in gws:
+        gw.mirror.wait_healthy()
+    for n, gw in enumerate(gws, start=1):
+        drift = ["--drift", "new_model"] if n == 2 else []
+        gw.procs.append(_spawn(
+            ["sim", "run", "--vehicles", str(vehicles), "--duration", str(duration),
+             "--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD,
+             "--register-with", str(gw.stack.mqtt.home), "--labels-kafka",
+             main.cloud.bootstrap, "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"),
+             *drift], logs / f"{gw.edge_id}-sim.log"))
+    login = _dashboard_login(home / "cloud")
+    click.echo(f"\nDashboard: http://127.0.0.1:{dashboard_port}/"
+               + (f"  sign in as {login[0]} / {login[1]}" if login else "  (see logs)"))
+    click.echo(f"Logs: {logs}   Ctrl-C stops the demo.")
+    click.echo("Counts are Kafka offsets: topics written in transactions (anon, scores, "
+               "alerts, the cloud copies) also count one commit marker per batch.\n")
+    started = time.monotonic()
+    sims = [gw.procs[-1] for gw in gws]
+    try:
+        while any(p.poll() is None for p in sims):
+            time.sleep(interval)
+            click.echo(_summary(gws, main.cloud.bootstrap, started))
+        time.sleep(min(interval, 10))
+        click.echo(_summary(gws, main.cloud.bootstrap, started))
+    except KeyboardInterrupt:
+        click.echo("\nStopping ...")
+    finally:
+        _stop([p for gw in gws for p in gw.procs] + cloud_procs)
+        for gw in gws:
+            gw.mirror.stop()
+        if down_after:
+            for stack in reversed(stacks):
+                stack.down()
+    if not down_after:
+        click.echo("\nThe brokers keep running (and their data). Stop them with: "
+                   "fleetsentry infra down" + ("" if gateways == 1 else
+                                               f" && fleetsentry infra down --home "
+                                               f"{settings.home / 'gateway-2'}"))
