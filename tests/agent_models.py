@@ -50,6 +50,15 @@ class ModelKit:
         self.manifest = msgspec.json.decode((self.base / MANIFEST_FILE).read_bytes(),
                                             type=ModelManifest)
 
+    def telemetry(self) -> Path:
+        """A small signed telemetry model (so a scorer under test needs no shipped baseline)."""
+        out = self.root / "telemetry"
+        if not out.exists():
+            build_model_dir(out, "telemetry", SyntheticFeatures("telemetry", seed=5), seed=2,
+                            version="kit-telemetry", epochs=3)
+            sign_model_dir(out, self.key)
+        return out
+
     def variant(self, version: str | None = None, key: Ed25519PrivateKey | None = None,
                 **changes: object) -> Path:
         """A copy of the model with manifest ``changes``, signed (by the fleet key by default)."""
@@ -90,14 +99,15 @@ def skip_to_end(bootstrap: str, group: str) -> None:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                   "enable.auto.commit": False})
     try:
-        _low, high = c.get_watermark_offsets(TopicPartition(topics.CLOUD_MODELS, 0), timeout=10)
-        for attempt in range(20):  # a fresh broker's group coordinator may still be loading
+        for attempt in range(60):  # a busy or fresh broker may still be electing/loading
             try:
+                _low, high = c.get_watermark_offsets(TopicPartition(topics.CLOUD_MODELS, 0),
+                                                     timeout=10)
                 c.commit(offsets=[TopicPartition(topics.CLOUD_MODELS, 0, high)],
                          asynchronous=False)
                 return
             except KafkaException:
-                if attempt == 19:
+                if attempt == 59:
                     raise
                 time.sleep(0.5)
     finally:

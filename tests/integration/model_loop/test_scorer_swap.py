@@ -13,7 +13,7 @@ import pytest
 
 from edge.agent.store import ModelStore
 from edge.config import EdgeConfig, KafkaSettings, ScorerSettings
-from edge.scorer.model import ModelHolder, baseline_dir, load_model
+from edge.scorer.model import ModelHolder, load_model
 from edge.scorer.service import ScorerService
 from shared import topics
 from shared.contracts import Score, decode
@@ -33,7 +33,8 @@ def test_swap_between_transactions_scores_every_event_once(edge_bootstrap: str,
                                               public_key=kit.public_key, max_batch=256))
     holders = {"payments": ModelHolder(load_model(kit.variant("swap-old"), "payments",
                                                   kit.public_key)),
-               "telemetry": ModelHolder(load_model(baseline_dir("telemetry"), "telemetry"))}
+               "telemetry": ModelHolder(load_model(kit.telemetry(), "telemetry",
+                                                   kit.public_key))}
     seed = 10_000 + int(uuid.uuid4().int % 1_000_000)
     first, second = kit.recent_payments(N, seed=seed), kit.recent_payments(N, seed=seed + 1)
     ids_first = {decode_id(v) for v in first}
