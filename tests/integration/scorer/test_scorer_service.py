@@ -168,6 +168,7 @@ def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
             crashing.step()
     assert crashing._consumer is not None
     crashing._consumer.close()  # leaves the group without committing anything
+    crashing._producer = None  # dropped with its transaction open, as a dead process would
     # Abandoned mid-transaction: the restarted scorer fences it and redoes the batch.
     with running(ScorerService(cfg)):
         scores = wait_for(edge_bootstrap, topics.SCORES_TELEMETRY, Score, run_id, 210)
