@@ -85,6 +85,8 @@ baseline-telemetry baseline-payments: baseline-%: venv
 lint: venv
 	$(VENV)/bin/ruff check shared edge cloud firmware-sim tests bench
 	$(VENV)/bin/mypy
+	@mkdir -p build/mypy && ln -sfn ../../firmware-sim build/mypy/firmware_sim
+	MYPYPATH=build/mypy $(VENV)/bin/mypy -p firmware_sim
 
 clean:
 	rm -rf $(VENV) build *.egg-info
