@@ -78,6 +78,10 @@ def test_names_in_the_cloud_carry_the_edge_id(mirror: Mirror) -> None:
     assert conf["cloud.exactly.once.source.support"] == "enabled"
     assert conf["edge-1.consumer.isolation.level"] == "read_committed"
     assert "raw" not in conf["edge-1->cloud.topics"]
+    assert conf["edge-1->cloud.transaction.boundary"] == "interval"
+    # Offset syncs are off; the source connector refuses to start with any offset-syncs setting.
+    assert conf["emit.offset-syncs.enabled"] == "false"
+    assert not [k for k in conf if "offset-syncs.topic" in k]
 
 
 def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
