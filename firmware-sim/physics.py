@@ -52,6 +52,7 @@ class FleetArrays:
     thermostat: np.ndarray
     oil_gain: np.ndarray
     tyre_gain: np.ndarray
+    charge_rate: np.ndarray  # % of the battery per second while plugged in (engine off)
     lat: np.ndarray
     lon: np.ndarray
     # the road being driven (set when the vehicle enters it)
@@ -207,7 +208,8 @@ def _energy(a: FleetArrays, ix: Index, dt: float, power_kw: np.ndarray, force: n
     regen = np.minimum(force, 0.0) * v / 1000 * 0.6
     used = np.where(on, (power_kw + regen) * dt / 3600, 0.0)
     battery = np.where(ev, a.battery[ix], 1.0)
-    soc_ev = np.maximum(1.0, soc - used / battery * 100)
+    soc_ev = np.where(on, np.maximum(1.0, soc - used / battery * 100),
+                      np.minimum(100.0, soc + a.charge_rate[ix] * dt))
     litres = (0.6 + 0.3 * power_kw) * dt / 3600 * a.consumption[ix] / 6.5
     fuel_on = np.maximum(0.5, fuel - litres)
     soc_ice = np.where(on, np.minimum(95.0, soc + 0.002 * dt), np.maximum(60.0, soc - 0.0005 * dt))

@@ -80,6 +80,7 @@ class Vehicle:
     thermostat = _Row()
     oil_gain = _Row()
     tyre_gain = _Row()
+    charge_rate = _Row()
 
     def __init__(self, index: int, vin: str, model: VehicleModel, driver: Driver,
                  cmap: CityMap, rng: random.Random, arrays: FleetArrays, city: int,
@@ -225,6 +226,7 @@ class Vehicle:
             self.stop_left = rng.uniform(8, 45)
             return
         self.engine_on = False
+        self.charge_rate = 0.0
         if kind == "fuel":
             self.stop_left = rng.uniform(180, 360)
             merchant = self.cmap.fuel[self.node]
@@ -239,7 +241,8 @@ class Vehicle:
             self.stop_left = rng.uniform(600, 1500)
             merchant = self.cmap.charging[self.node]
             kwh = (rng.uniform(80, 95) - self.soc) / 100 * self.model.battery_kwh
-            self.soc += kwh / self.model.battery_kwh * 100
+            # The charge flows in over the stop (physics adds it tick by tick), not in one frame.
+            self.charge_rate = kwh / self.model.battery_kwh * 100 / self.stop_left
             intents.append(Intent("charging", merchant,
                                   round(max(kwh, 1.0) * city.charge_price, 2)))
         else:

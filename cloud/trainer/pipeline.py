@@ -49,6 +49,10 @@ class TrainSettings:
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2)
     max_auc_drop: float = 0.005
     representative_rows: int = 2000
+    # The int8 input tensor covers [-input_range, input_range] scaled units. Calibrated on
+    # normal rows alone it would end at the normal envelope, where every fault would saturate:
+    # a failing sensor could then add no more error than a merely unusual one.
+    input_range: float = 8.0
     threshold: ThresholdRule | None = None  # None: the stream's default rule
     episode_rule: EpisodeRule = field(default_factory=EpisodeRule)
     detect_within_s: float = 60.0
@@ -111,6 +115,7 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
         xs_fit = (xs_fit / c.astype(np.float32)).astype(np.float32)
     progress(f"quantize {records.stream}", 0, 1, None)
     rep = xs_fit[_subsample_idx(xs_fit.shape[0], settings.representative_rows, settings.seed)]
+    rep = with_input_range(rep, settings.input_range)
     tflite = ae.quantize(model, rep)
     progress(f"quantize {records.stream}", 1, 1, None)
     int8 = ae.Int8Model(tflite)
@@ -204,6 +209,14 @@ def episode_metrics(hold: Records, scores: NDArray[np.float32], threshold: float
     report = evaluate_episodes(alerts, label_episodes(hold), vehicle_hours(hold.tokens, hold.ts),
                                within_s=settings.detect_within_s)
     return report.as_dict()
+
+
+def with_input_range(rep: NDArray[np.float32], reach: float) -> NDArray[np.float32]:
+    """The representative rows plus two rows at +-``reach``, so the int8 input range spans it."""
+    if reach <= 0:
+        return rep
+    edges = np.stack([np.full(rep.shape[1], reach), np.full(rep.shape[1], -reach)])
+    return np.vstack([rep, edges.astype(np.float32)])
 
 
 def _subsample_idx(n: int, k: int, seed: int) -> NDArray[np.int64]:

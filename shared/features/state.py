@@ -34,6 +34,9 @@ class VehicleState(msgspec.Struct, frozen=True, tag="v", array_like=True):
     lon: float
     model: str
     fuel_pct: float
+    # Smoothed coolant rate of change (°C/s, ~15 s time constant). Trailing with a default so
+    # states written before it existed still decode.
+    coolant_trend: float = 0.0
 
 
 class CardUse(msgspec.Struct, frozen=True, array_like=True):

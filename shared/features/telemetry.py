@@ -10,6 +10,7 @@ import math
 from operator import attrgetter
 
 from shared.contracts import Telemetry
+from shared.features.catalog import model_envelope
 from shared.features.guard import BIG, fin, log1p_pos
 from shared.features.state import VehicleState
 
@@ -29,7 +30,8 @@ PRIOR_STD = (20.0, 800.0, 5.0, 5.0, 50.0, 0.3, 10.0, 10.0, 10.0, 10.0, 10.0, 10.
 MIN_STD = tuple(s * 0.05 for s in PRIOR_STD)
 PRIOR_VAR = tuple(s * s for s in PRIOR_STD)
 # Sensors whose analogue noise makes exact repeats rare: a run of identical values means stuck.
-NOISY = ("coolant_c", "intake_c", "oil_kpa", "battery_v", "tyre_fl_kpa", "tyre_fr_kpa",
+# Oil pressure is not one: it reads exactly 0 whenever the engine is off (and always on an EV).
+NOISY = ("coolant_c", "intake_c", "battery_v", "tyre_fl_kpa", "tyre_fr_kpa",
          "tyre_rl_kpa", "tyre_rr_kpa", "ambient_c")
 _IS_NOISY = tuple(s in NOISY for s in ROLLING)
 ALPHA = 0.05  # EWMA weight: about the last 20 frames
@@ -37,6 +39,13 @@ MIN_DT_S = 0.5
 Z_LIMIT = 20.0
 RATE_LIMIT = 50.0  # in prior deviations per second
 STUCK_CAP = 3600
+# The coolant trend: its rate of change smoothed over ~15 s, so a steady climb stands out from
+# sensor noise. It counts only above the thermostat plus a margin, where a healthy engine's
+# coolant is held (or pulled back) rather than climbing: warm-up climbs happen below it.
+TREND_TAU_S = 15.0
+TREND_LIMIT = 10.0  # °C/s
+HOT_MARGIN_C = 3.0
+_COOLANT = ROLLING.index("coolant_c")
 
 _readings_of = attrgetter(*READINGS)
 _rolling_of = attrgetter(*ROLLING)
@@ -84,6 +93,49 @@ def _cross(r: dict[str, float]) -> dict[str, float]:
     }
 
 
+def _trend(coolant: float, ts: float, state: VehicleState | None) -> float:
+    """The vehicle's smoothed coolant rate (°C/s) after this frame."""
+    if state is None:
+        return 0.0
+    gap = ts - state.ts
+    dt = gap if gap > MIN_DT_S else MIN_DT_S
+    w = dt / TREND_TAU_S
+    trend = state.coolant_trend
+    trend += (1.0 if w > 1.0 else w) * ((coolant - state.last[_COOLANT]) / dt - trend)
+    return TREND_LIMIT if trend > TREND_LIMIT else -TREND_LIMIT if trend < -TREND_LIMIT else trend
+
+
+_NO_ENVELOPE = {"coolant_over_thermostat_c": 0.0, "coolant_hot_trend": 0.0,
+                "tyre_mean_ratio": 1.0, "tyre_min_ratio": 1.0, "battery_v_low_running": 0.0}
+
+
+def _envelope(r: dict[str, float], model: str, trend: float) -> dict[str, float]:
+    facts = model_envelope(model)
+    if facts is None:  # a model the catalogue does not know: neutral values
+        return dict(_NO_ENVELOPE)
+    thermostat, tyre_kpa, battery_lo = facts
+    over = r["coolant_c"] - thermostat
+    # With the engine (or motor) running the charging system holds the voltage in range;
+    # parked, a resting battery legitimately reads lower.
+    running = r["rpm"] > 0.0 or r["speed_kmh"] > 0.0
+    low = battery_lo - r["battery_v"] if running else 0.0
+    tyres = (r["tyre_fl_kpa"], r["tyre_fr_kpa"], r["tyre_rl_kpa"], r["tyre_rr_kpa"])
+    return {
+        "coolant_over_thermostat_c": fin(over, 0.0, 500.0),
+        "coolant_hot_trend": trend if over > HOT_MARGIN_C else 0.0,
+        "tyre_mean_ratio": fin(sum(tyres) / 4 / tyre_kpa, 0.0, 10.0),
+        "tyre_min_ratio": fin(min(tyres) / tyre_kpa, 0.0, 10.0),
+        "battery_v_low_running": fin(low, 0.0, 100.0),
+    }
+
+
+def envelope(event: Telemetry, state: VehicleState | None) -> dict[str, float]:
+    """The vehicle against its model's specification: coolant above the thermostat (and
+    still climbing), tyre pressures relative to the recommended one."""
+    r = dict(zip(READINGS, _clean(_readings_of(event)), strict=True))
+    return _envelope(r, event.model, _trend(r["coolant_c"], event.ts, state))
+
+
 def _rolling(xs: list[float], ts: float, state: VehicleState | None) -> dict[str, float]:
     if state is None:
         return dict(_COLD)
@@ -117,7 +169,7 @@ def _update(xs: list[float], event: Telemetry, state: VehicleState | None) -> Ve
     if state is None:
         return VehicleState(n=1, ts=event.ts, mean=tuple(xs), var=PRIOR_VAR, last=tuple(xs),
                             same=(0,) * len(ROLLING), lat=event.lat, lon=event.lon,
-                            model=event.model, fuel_pct=fuel)
+                            model=event.model, fuel_pct=fuel, coolant_trend=0.0)
     means, vars_, same = [], [], []
     keep = 1.0 - ALPHA
     for x, mean, var, last, n_same in zip(xs, state.mean, state.var, state.last, state.same,
@@ -135,6 +187,7 @@ def _update(xs: list[float], event: Telemetry, state: VehicleState | None) -> Ve
         var=tuple(vars_), last=tuple(xs), same=tuple(same),
         lat=event.lat if newer else state.lat, lon=event.lon if newer else state.lon,
         model=event.model, fuel_pct=fuel if newer else state.fuel_pct,
+        coolant_trend=_trend(xs[_COOLANT], event.ts, state),
     )
 
 
@@ -160,6 +213,9 @@ def telemetry_step(event: Telemetry, state: VehicleState | None
     xs = [values[i] for i in _ROLLING_IDX]
     features = dict(reads)
     for name, value in _cross(reads).items():
+        features[name] = _round(value)
+    trend = _trend(xs[_COOLANT], event.ts, state)
+    for name, value in _envelope(reads, event.model, trend).items():
         features[name] = _round(value)
     if state is None:
         features.update(_COLD)
@@ -200,6 +256,6 @@ def telemetry_step(event: Telemetry, state: VehicleState | None
         n=state.n + 1, ts=event.ts if newer else state.ts, mean=tuple(means),
         var=tuple(vars_), last=tuple(xs), same=tuple(same),
         lat=event.lat if newer else state.lat, lon=event.lon if newer else state.lon,
-        model=event.model, fuel_pct=fuel if newer else state.fuel_pct,
+        model=event.model, fuel_pct=fuel if newer else state.fuel_pct, coolant_trend=trend,
     )
     return reads, features, after
