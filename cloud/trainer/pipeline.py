@@ -38,6 +38,9 @@ ERROR_FLOOR = 0.01
 SCORE_RULE = "mean squared reconstruction error of the scaled features; alert when score > threshold"
 
 
+DEFAULT_INPUT_RANGE = {"telemetry": 8.0, "payments": 8.0}
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 12
@@ -51,14 +54,20 @@ class TrainSettings:
     representative_rows: int = 2000
     # The int8 input tensor covers [-input_range, input_range] scaled units. Calibrated on
     # normal rows alone it would end at the normal envelope, where every fault would saturate:
-    # a failing sensor could then add no more error than a merely unusual one.
-    input_range: float = 8.0
+    # a failing sensor could then add no more error than a merely unusual one. None: the
+    # stream's default. 0: the calibrated range.
+    input_range: float | None = None
     threshold: ThresholdRule | None = None  # None: the stream's default rule
     episode_rule: EpisodeRule = field(default_factory=EpisodeRule)
     detect_within_s: float = 60.0
     envelope: bool = True  # clip inputs to the normal envelope inside the model
     normalize_errors: bool = True  # divide each feature's error by its normal error...
     error_quantile: float = 0.999  # ... at this quantile
+
+    def input_range_for(self, stream: str) -> float:
+        if self.input_range is not None:
+            return self.input_range
+        return DEFAULT_INPUT_RANGE.get(stream, 0.0)
 
     def rule_for(self, stream: str) -> ThresholdRule:
         return self.threshold or DEFAULT_RULES.get(stream, ThresholdRule("alert_rate", 0.001))
@@ -115,7 +124,7 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
         xs_fit = (xs_fit / c.astype(np.float32)).astype(np.float32)
     progress(f"quantize {records.stream}", 0, 1, None)
     rep = xs_fit[_subsample_idx(xs_fit.shape[0], settings.representative_rows, settings.seed)]
-    rep = with_input_range(rep, settings.input_range)
+    rep = with_input_range(rep, settings.input_range_for(records.stream))
     tflite = ae.quantize(model, rep)
     progress(f"quantize {records.stream}", 1, 1, None)
     int8 = ae.Int8Model(tflite)

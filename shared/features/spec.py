@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # numpy is imported where vectors are built: the enricher nev
     import numpy as np
     import numpy.typing as npt
 
-FEATURE_SPEC_VERSION = "fs2"
+FEATURE_SPEC_VERSION = "fs3"
 
 _SENSOR_NAMES = {
     "speed_kmh": "Speed", "rpm": "Engine speed (rpm)", "gear": "Gear",
@@ -40,7 +40,7 @@ _TELEMETRY_OTHER = {
     "coolant_hot_trend": "Coolant still climbing above the thermostat (°C/s)",
     "tyre_mean_ratio": "Average tyre pressure vs the model's recommended pressure",
     "tyre_min_ratio": "Lowest tyre pressure vs the model's recommended pressure",
-    "battery_v_low_running": "Battery voltage below the model's range while running",
+    "battery_v_low": "Battery voltage below its healthy floor (model's range when running)",
     "stuck_frames": "Frames a sensor has repeated the exact same value",
     "frame_gap_s": "Time since the vehicle's previous frame",
     "history": "Frames seen from this vehicle",

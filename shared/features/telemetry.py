@@ -45,6 +45,8 @@ STUCK_CAP = 3600
 TREND_TAU_S = 15.0
 TREND_LIMIT = 10.0  # °C/s
 HOT_MARGIN_C = 3.0
+# A resting 12 V battery below this is deeply discharged, whatever the model.
+REST_FLOOR_V = 11.8
 _COOLANT = ROLLING.index("coolant_c")
 
 _readings_of = attrgetter(*READINGS)
@@ -106,7 +108,7 @@ def _trend(coolant: float, ts: float, state: VehicleState | None) -> float:
 
 
 _NO_ENVELOPE = {"coolant_over_thermostat_c": 0.0, "coolant_hot_trend": 0.0,
-                "tyre_mean_ratio": 1.0, "tyre_min_ratio": 1.0, "battery_v_low_running": 0.0}
+                "tyre_mean_ratio": 1.0, "tyre_min_ratio": 1.0, "battery_v_low": 0.0}
 
 
 def _envelope(r: dict[str, float], model: str, trend: float) -> dict[str, float]:
@@ -116,16 +118,16 @@ def _envelope(r: dict[str, float], model: str, trend: float) -> dict[str, float]
     thermostat, tyre_kpa, battery_lo = facts
     over = r["coolant_c"] - thermostat
     # With the engine (or motor) running the charging system holds the voltage in range;
-    # parked, a resting battery legitimately reads lower.
+    # parked, a resting battery legitimately reads lower, but not below a discharged one's.
     running = r["rpm"] > 0.0 or r["speed_kmh"] > 0.0
-    low = battery_lo - r["battery_v"] if running else 0.0
+    low = (battery_lo if running else REST_FLOOR_V) - r["battery_v"]
     tyres = (r["tyre_fl_kpa"], r["tyre_fr_kpa"], r["tyre_rl_kpa"], r["tyre_rr_kpa"])
     return {
         "coolant_over_thermostat_c": fin(over, 0.0, 500.0),
         "coolant_hot_trend": trend if over > HOT_MARGIN_C else 0.0,
         "tyre_mean_ratio": fin(sum(tyres) / 4 / tyre_kpa, 0.0, 10.0),
         "tyre_min_ratio": fin(min(tyres) / tyre_kpa, 0.0, 10.0),
-        "battery_v_low_running": fin(low, 0.0, 100.0),
+        "battery_v_low": fin(low, 0.0, 100.0),
     }
 
 

@@ -43,7 +43,7 @@ def replay(frames: list[Telemetry]) -> list[dict[str, float]]:
 def test_the_model_takes_the_envelope_features() -> None:
     names = model_features("telemetry")
     for n in ("coolant_over_thermostat_c", "coolant_hot_trend", "tyre_mean_ratio",
-              "tyre_min_ratio", "battery_v_low_running", "stuck_frames"):
+              "tyre_min_ratio", "battery_v_low", "stuck_frames"):
         assert n in names
 
 
@@ -74,11 +74,13 @@ def test_tyre_ratios_against_the_recommended_pressure() -> None:
     assert abs(leak["tyre_min_ratio"] - 0.48) < 0.01
 
 
-def test_low_battery_voltage_counts_only_while_running() -> None:
+def test_low_battery_voltage_against_the_running_range_or_the_resting_floor() -> None:
     running = replay([frame(0, battery_v=12.4)])[0]
-    assert abs(running["battery_v_low_running"] - 1.0) < 0.01  # VAN's range starts at 13.4 V
-    parked = replay([frame(0, battery_v=12.4, speed_kmh=0.0, rpm=0.0, gear=0)])[0]
-    assert parked["battery_v_low_running"] == 0.0
+    assert abs(running["battery_v_low"] - 1.0) < 0.01  # VAN's range starts at 13.4 V
+    resting = dict(speed_kmh=0.0, rpm=0.0, gear=0)
+    assert replay([frame(0, battery_v=12.4, **resting)])[0]["battery_v_low"] == 0.0
+    flat = replay([frame(0, battery_v=9.9, **resting)])[0]
+    assert abs(flat["battery_v_low"] - 1.9) < 0.01
 
 
 def test_unknown_model_gives_neutral_envelope_values() -> None:
