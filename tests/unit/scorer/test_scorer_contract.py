@@ -144,5 +144,10 @@ def test_shipped_baselines_agree_with_their_float_weights(
     step = tfl.scorer.output_quant[0]
     gap = np.abs(np.sqrt(s_t) - np.sqrt(s_f))
     assert np.quantile(gap, 0.99) <= 2 * step, (np.quantile(gap, 0.99), step)
-    # Decisions at the shipped threshold: the int8 model and its float weights agree.
-    assert np.mean((s_t > tfl.threshold) == (s_f > tfl.threshold)) >= 0.99
+    # Decisions at the shipped threshold: the int8 model and its float weights agree on every
+    # event whose score is further from the threshold than the quantization bound, and on
+    # almost all of those within that band.
+    near = np.abs(np.sqrt(s_f) - np.sqrt(tfl.threshold)) <= 2 * step
+    agree = (s_t > tfl.threshold) == (s_f > tfl.threshold)
+    assert agree[~near].all(), np.flatnonzero(~agree & ~near)
+    assert agree.mean() >= 0.95, agree.mean()
