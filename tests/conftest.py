@@ -1,4 +1,7 @@
-"""Session fixtures: the real brokers, started once on free ports and torn down after."""
+"""Broker fixtures: real brokers on free ports, one set per test module, torn down after.
+
+Per module, not per session: stages of the pipeline share topic names (anon.*, scores.*),
+so one module's records must never reach another module's assertions."""
 
 from __future__ import annotations
 
@@ -25,11 +28,11 @@ class MqttBroker:
         self.stack.mqtt.register_vehicles({vin: password for vin in vins})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Edge Kafka (1 node) and Mosquitto, topics created; the cloud starts on first use.
 
-    One stack per test session, on free ports, torn down (no process left) at the end.
+    One stack per test module, on free ports, torn down (no process left) at its end.
     """
     home = tmp_path_factory.mktemp("infra")
     s = Stack(free_infra_settings(home), quiet=True)
@@ -40,19 +43,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def edge_bootstrap(stack: Stack) -> str:
     return stack.edge.bootstrap
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cloud_bootstrap(stack: Stack) -> str:
     """The 3-node cloud cluster (replication factor 3, min.insync.replicas=2)."""
     stack.up(services=frozenset({"cloud"}))
     return stack.cloud.bootstrap
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mqtt_broker(stack: Stack) -> MqttBroker:
     creds = json.loads(stack.mqtt.credentials_path.read_text())
     return MqttBroker(stack.mqtt.host, stack.mqtt.port, (ADMIN_USER, creds[ADMIN_USER]),
