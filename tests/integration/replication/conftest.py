@@ -1,4 +1,4 @@
-"""A running MirrorMaker 2 between the session's edge Kafka (gateway ``edge-1``) and the cloud."""
+"""A running MirrorMaker 2 between the module's edge Kafka (gateway ``edge-1``) and the cloud."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from shared.infra.stack import Stack
 EDGE_ID = "edge-1"
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def mirror(stack: Stack, cloud_bootstrap: str) -> Iterator[Mirror]:
     mm = stack.mirror(EDGE_ID)
     mm.start()
