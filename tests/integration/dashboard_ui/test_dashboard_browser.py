@@ -188,7 +188,7 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[str, str, str, Wor
              if t == "gw-north.scores.payments"][:200]
     _publish(edge_bootstrap, extra)
     _wait("a new gateway to appear without a reload",
-          lambda: "gw-east" in find(By.ID, "fleet-table").text, timeout_s=40)
+          lambda: "gw-east" in find(By.ID, "fleet-table").text, timeout_s=120)
     assert before != find(By.ID, "fleet-table").text
 
     d.get(url + "/fleet/gw-north")  # type: ignore[attr-defined]
