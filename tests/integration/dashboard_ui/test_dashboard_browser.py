@@ -127,13 +127,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 def _wait(what: str, check: object, timeout_s: float = 30.0, every_s: float = 0.5) -> object:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             value = check()  # type: ignore[operator]
-        except StaleElementReferenceException:  # htmx swapped the element: look again
+        # htmx swapped the element, or the next page has not loaded yet: look again.
+        except (StaleElementReferenceException, NoSuchElementException):
             value = None
         if value:
             return value
