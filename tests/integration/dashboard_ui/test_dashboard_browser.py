@@ -72,7 +72,8 @@ def server(edge_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
     try:
         assert proc.stdout is not None
         banner = ""
-        deadline = time.monotonic() + 90
+        # `cloud run` imports TensorFlow before it prints: slow on a busy 2-core machine.
+        deadline = time.monotonic() + 240
         while "sign in as" not in banner and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -81,7 +82,7 @@ def server(edge_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
         m = re.search(r"dashboard at (http://\S+)\s.*sign in as (\S+) / (\S+)", banner, re.S)
         assert m, f"no address and credentials printed: {banner!r}"
         url, user, password = m.group(1).rstrip("/"), m.group(2), m.group(3)
-        _wait_http(url + "/login", 60)
+        _wait_http(url + "/login", 120)
         yield url, user, password, w, registry
     finally:
         proc.terminate()
