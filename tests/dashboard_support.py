@@ -95,7 +95,13 @@ def build_world(root: Path, gateways: tuple[str, ...] = ("gw-north", "gw-south")
         svc = TrainerService(reg, MemorySource(anon, labels), key,
                              RetrainSettings(min_records=300, train=SMALL))
         for stream in STREAMS:
-            svc.retrain(stream, "schedule", "scheduler", "no champion yet")
+            # On this small data set a run may fail its int8 check (>0.005 ROC AUC below
+            # float) and rightly leave no champion; the pages need one, so try other seeds.
+            for seed in (SMALL.seed, 21, 31):
+                svc.settings = RetrainSettings(min_records=300, train=replace(SMALL, seed=seed))
+                svc.retrain(stream, "schedule", "scheduler", "no champion yet")
+                if reg.champion(stream) is not None:
+                    break
         # A second telemetry run (another seed) against the first: champion and challenger
         # scored on one holdout.
         svc.settings = RetrainSettings(min_records=300, train=replace(SMALL, seed=11))
