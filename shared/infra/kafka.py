@@ -19,14 +19,14 @@ from typing import Any
 from shared.infra import jars, process
 from shared.infra.errors import ServiceStartError
 
-LOG4J2 = """\
+_LOG4J2_HEAD = """\
 Configuration:
   status: warn
   Appenders:
     RollingFile:
       name: file
-      fileName: "{log_dir}/server.log"
-      filePattern: "{log_dir}/server.log.%i"
+      fileName: "{log_dir}/{name}.log"
+      filePattern: "{log_dir}/{name}.log.%i"
       PatternLayout:
         pattern: "[%d] %p %m (%c)%n"
       Policies:
@@ -36,15 +36,21 @@ Configuration:
         max: 3
   Loggers:
     Root:
-      level: INFO
+      level: {root}
       AppenderRef:
         - ref: file
     Logger:
-      - name: kafka
-        level: WARN
-      - name: org.apache.kafka
-        level: WARN
 """
+
+
+def log4j2_yaml(log_dir: Path, name: str, root: str, loggers: dict[str, str]) -> str:
+    """A log4j2 config writing ``<log_dir>/<name>.log`` (rolled at 20 MB, 3 kept)."""
+    head = _LOG4J2_HEAD.format(log_dir=log_dir, name=name, root=root)
+    return head + "".join(f"      - name: {logger}\n        level: {level}\n"
+                          for logger, level in loggers.items())
+
+
+KAFKA_LOGGERS = {"kafka": "WARN", "org.apache.kafka": "WARN"}
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ class KafkaCluster:
             self.log_dir(node).mkdir(parents=True, exist_ok=True)
             self.config_path(node).write_text(self.properties(node))
             (self.node_dir(node) / "log4j2.yaml").write_text(
-                LOG4J2.format(log_dir=self.log_dir(node))
+                log4j2_yaml(self.log_dir(node), "server", "INFO", KAFKA_LOGGERS)
             )
 
     def cluster_id(self) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from shared import topics
 from shared.infra import jars, ports, process
 from shared.infra.errors import InfraError, ServiceStartError
+from shared.infra.kafka import log4j2_yaml
 
 CLOUD_ALIAS = "cloud"
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
@@ -39,36 +40,12 @@ TRANSACTION_INTERVAL_MS = 1000
 # without dots, because the replication policy splits topic names on dots.
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
-LOG4J2 = """\
-Configuration:
-  status: warn
-  Appenders:
-    RollingFile:
-      name: file
-      fileName: "{log_dir}/mirror.log"
-      filePattern: "{log_dir}/mirror.log.%i"
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-      Policies:
-        SizeBasedTriggeringPolicy:
-          size: 20 MB
-      DefaultRolloverStrategy:
-        max: 3
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: file
-    Logger:
-      - name: org.apache.kafka.connect.mirror.MirrorMaker
-        level: INFO
-      - name: org.apache.kafka.connect.runtime.WorkerTask
-        level: INFO
-      - name: org.apache.kafka.connect.runtime.distributed
-        level: INFO
-      - name: org.apache.kafka.clients.NetworkClient
-        level: ERROR
-"""
+MIRROR_LOGGERS = {
+    "org.apache.kafka.connect.mirror.MirrorMaker": "INFO",
+    "org.apache.kafka.connect.runtime.WorkerTask": "INFO",
+    "org.apache.kafka.connect.runtime.distributed": "INFO",
+    "org.apache.kafka.clients.NetworkClient": "ERROR",
+}
 
 
 def validate_alias(edge_id: str) -> str:
@@ -236,7 +213,8 @@ class Mirror:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         lines = [f"{k} = {v}\n" for k, v in self.properties(rest_port).items()]
         self.config_path.write_text("".join(lines))
-        (self.dir / "log4j2.yaml").write_text(LOG4J2.format(log_dir=self.log_dir))
+        (self.dir / "log4j2.yaml").write_text(
+            log4j2_yaml(self.log_dir, "mirror", "WARN", MIRROR_LOGGERS))
 
     # --- lifecycle ----------------------------------------------------------------------
 
