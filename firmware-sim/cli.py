@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 from firmware_sim.dryrun import default_labels_path, write_dry_run
-from firmware_sim.errors import SimError
+from firmware_sim.errors import ConnectError, SimError
 from firmware_sim.fleet import Fleet
 from firmware_sim.live import LiveRunner, Progress
 from firmware_sim.session import ConnectSettings
@@ -112,12 +112,15 @@ def sim() -> None:
               help="Labels file (dry run default: labels.jsonl beside the events file; "
                    "live runs write it at the end when given).")
 @click.option("--labels-kafka", metavar="BOOTSTRAP",
-              help="Live runs: also produce the labels to the `labels` topic there.")
+              help="Also produce the labels to the `labels` topic there (at the end).")
 @click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
               help="Broker HOST:PORT (live run).")
 @click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
               show_default=False, help=f"Vehicles' MQTT password (env {PASSWORD_ENV}).")
-@click.option("--tls-ca", type=click.Path(exists=True), help="CA file: connect with TLS.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA file: connect with TLS (--mqtt must name the broker's TLS port).")
+@click.option("--connect-wait", "connect_wait_s", default=30.0, show_default=True,
+              help="Seconds to bring the fleet online; the run fails if none connects.")
 @click.option("--register-with", "register_home", type=click.Path(path_type=Path),
               help="Mosquitto home dir: register every VIN's login there first.")
 @click.option("--buffer-dir", type=click.Path(path_type=Path),
@@ -130,7 +133,7 @@ def sim() -> None:
               help="Device clock at the start (default: fixed for dry runs, now for live).")
 def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
         mqtt_addr: str,
-        password: str, tls_ca: str | None, register_home: Path | None,
+        password: str, tls_ca: str | None, connect_wait_s: float, register_home: Path | None,
         buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
         start_ts: float | None, **kw: Any) -> None:
     """Run a fleet: live against MQTT, or --dry-run to files."""
@@ -139,7 +142,7 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
         if out is None:
             raise click.UsageError("--dry-run needs --out FILE")
         settings = build_settings(kw, start_ts or SimSettings.start_ts)
-        _dry(settings, out, labels_out, console, summary_json)
+        _dry(settings, out, labels_out, labels_kafka, console, summary_json)
         return
     settings = build_settings(kw, start_ts or round(time.time(), 3))
     fleet = Fleet(settings)
@@ -148,26 +151,47 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
     host, port = _host_port(mqtt_addr)
     conf = ConnectSettings(host=host, port=port, password=password, tls_ca=tls_ca)
     with tempfile.TemporaryDirectory(prefix="fleetsentry-sim-") as tmp:
-        runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp))
-        result = _live(runner, console)
+        runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp), connect_wait_s=connect_wait_s)
+        try:
+            result = _live(runner, console)
+        except ConnectError as exc:
+            raise click.ClickException(str(exc)) from None
     summary = result.summary()
     if decisions_out is not None:
         decisions_out.write_text("".join(json.dumps(d) + "\n" for d in result.declines))
     if labels_out is not None:
         labels_out.write_bytes(b"".join(encode(lab) + b"\n" for lab in fleet.labels))
     if labels_kafka:
-        summary["labels_produced"] = produce_labels(labels_kafka, fleet.labels)
+        summary["labels_produced"] = _produce(labels_kafka, fleet.labels)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary_table(summary))
 
 
+def _produce(bootstrap: str, labels: list[Label]) -> int:
+    try:
+        return produce_labels(bootstrap, labels)
+    except SimError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def produce_labels(bootstrap: str, labels: list[Label]) -> int:
     """Ground truth to Kafka's ``labels`` topic, keyed by event id (chargebacks, reports)."""
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AdminClient
 
     from shared.topics import LABELS
 
+    # Brokers do not auto-create topics here, and a producer to a missing topic only
+    # gives up after its timeout: check first and say where the topic lives.
+    try:
+        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(LABELS, timeout=15)
+    except KafkaException as exc:
+        raise SimError(f"cannot reach Kafka at {bootstrap} to produce labels: {exc}") from None
+    topic = meta.topics.get(LABELS)
+    if topic is None or topic.error is not None:
+        raise SimError(f"Kafka at {bootstrap} has no `{LABELS}` topic; it belongs to the cloud "
+                       "cluster (`fleetsentry infra up` creates it there)")
     errors: list[str] = []
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
     for lab in labels:
@@ -201,8 +225,8 @@ def register_cmd(mosquitto_home: Path, password: str, **kw: Any) -> None:
     register(fleet, mosquitto_home, password, Console(stderr=True))
 
 
-def _dry(settings: SimSettings, out: Path, labels_out: Path | None, console: Console,
-         summary_json: Path | None) -> None:
+def _dry(settings: SimSettings, out: Path, labels_out: Path | None, labels_kafka: str | None,
+         console: Console, summary_json: Path | None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
 
@@ -221,6 +245,8 @@ def _dry(settings: SimSettings, out: Path, labels_out: Path | None, console: Con
                "events_per_cpu_s": round(n / max(cpu, 1e-9)),
                "out": str(out), "labels_out": str(labels_out or default_labels_path(out)),
                **stats.as_dict()}
+    if labels_kafka:
+        summary["labels_produced"] = _produce(labels_kafka, fleet.labels)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary_table(summary))
@@ -236,6 +262,8 @@ def _live(runner: LiveRunner, console: Console) -> Any:
         t.add_row("dropped (outbox full)", f"{p.dropped:,}")
         t.add_row("faults / frauds injected", f"{p.faults} / {p.frauds}")
         t.add_row("payments declined by the edge", f"{p.declines}")
+        if p.connect_errors:
+            t.add_row("failed connects", f"{p.connect_errors:,} (last: {p.last_connect_error})")
         t.add_row("elapsed", f"{p.elapsed_s:,.0f} s")
         return t
 

@@ -13,3 +13,7 @@ class SimSettingsError(SimError, ConfigError):
 
 class BufferError_(SimError):
     """The on-disk outbox of unsent events cannot be opened or written."""
+
+
+class ConnectError(SimError):
+    """Not one vehicle could open its MQTT session; the message says why."""

@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from firmware_sim.errors import ConnectError
 from firmware_sim.fleet import Fleet
 from firmware_sim.outbox import Outbox
-from firmware_sim.session import ConnectSettings, SessionStats, VehicleSession
+from firmware_sim.session import (
+    ConnectSettings,
+    SessionStats,
+    VehicleSession,
+    describe_connect_error,
+)
 from firmware_sim.wire import check_compatible
 
 CONNECTS_PER_LOOP = 500
@@ -58,6 +64,8 @@ class Progress:
     faults: int = 0
     frauds: int = 0
     declines: int = 0
+    connect_errors: int = 0
+    last_connect_error: str = ""
     events_per_s: float = 0.0
     elapsed_s: float = 0.0
     ticks: int = 0
@@ -74,12 +82,14 @@ class LiveResult:
     fleet_stats: dict[str, Any]
     declines: list[dict[str, Any]] = field(default_factory=list)
     drained: bool = True
+    connect_errors: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         p = self.progress
         return {"vehicles": p.vehicles, "generated": p.generated, "acked": p.acked,
                 "rejected": p.rejected, "buffered_left": p.buffered, "dropped": p.dropped,
-                "connects": p.reconnects, "declined": p.declines, "drained": self.drained,
+                "connects": p.reconnects, "connect_errors": self.connect_errors,
+                "declined": p.declines, "drained": self.drained,
                 "elapsed_s": round(p.elapsed_s, 2), "cpu_s": round(p.cpu_s, 3),
                 "cpu_us_per_event": round(p.cpu_s / max(p.acked, 1) * 1e6, 1),
                 "ticks": p.ticks,
@@ -87,7 +97,13 @@ class LiveResult:
 
 
 class LiveRunner:
-    """Runs a fleet against a broker; ``stop()`` (from a signal or another thread) ends early."""
+    """Runs a fleet against a broker; ``stop()`` (from a signal or another thread) ends early.
+
+    If not one vehicle connects within ``connect_wait_s``, ``run()`` raises
+    :class:`~firmware_sim.errors.ConnectError` with the reason (wrong address, CA or
+    password are likelier than a broker that is briefly away); once any vehicle has
+    connected, vehicles that cannot keep retrying with backoff and buffer meanwhile.
+    """
 
     def __init__(self, fleet: Fleet, conf: ConnectSettings, buffer_dir: Path,
                  max_buffered_per_vehicle: int = 50_000, drain_timeout_s: float = 60.0,
@@ -165,7 +181,8 @@ class LiveRunner:
             n += 1
             try:
                 s.connect()
-            except OSError:
+            except OSError as exc:  # TLS errors included (ssl.SSLError is an OSError)
+                self.stats.connect_failed(describe_connect_error(exc, bool(self.conf.tls_ca)))
                 s.connecting_since = None
                 self._schedule(s, s.backoff())
 
@@ -192,6 +209,9 @@ class LiveRunner:
         assert self._sel is not None
         fleet, dt = self.fleet, self.fleet.settings.dt
         self._connect_phase()
+        if not self.stats.connects and not self._stop:
+            self._close()
+            raise ConnectError(self._no_connect_message())
         t0 = time.monotonic()
         self._cpu0 = time.process_time()
         next_tick, next_misc = t0, t0
@@ -234,7 +254,7 @@ class LiveRunner:
         self._update_progress(time.monotonic() - t0)
         self.progress.cpu_s = cpu  # the goodbye is not part of the run's cost
         return LiveResult(self.progress, self.fleet.stats.as_dict(), list(self.stats.declines),
-                          drained)
+                          drained, dict(self.stats.connect_errors.most_common(5)))
 
     def _connect_phase(self) -> None:
         """Ignition on: bring the fleet online before the clock starts (bounded in time).
@@ -254,6 +274,16 @@ class LiveRunner:
                 self._update_progress(0.0)
                 if self.progress.connected == len(self.sessions):
                     return
+
+    def _no_connect_message(self) -> str:
+        errors = self.stats.connect_errors
+        where = f"{self.conf.host}:{self.conf.port}{' (TLS)' if self.conf.tls_ca else ''}"
+        if not errors:
+            return (f"no vehicle connected to {where} within {self.connect_wait_s:g} s "
+                    "and no error came back; is the broker overloaded?")
+        reason, count = errors.most_common(1)[0]
+        return (f"no vehicle could connect to {where} within {self.connect_wait_s:g} s: "
+                f"{reason} ({count} of {sum(errors.values())} failed attempts)")
 
     def _poll(self, timeout: float) -> None:
         assert self._sel is not None
@@ -302,6 +332,7 @@ class LiveRunner:
                 continue
             if s.connecting_since is not None and now - s.connecting_since > CONNECT_TIMEOUT_S:
                 s.connecting_since = None
+                self.stats.connect_failed(f"no CONNACK within {CONNECT_TIMEOUT_S:g} s")
                 c.disconnect()  # closes the socket; the close callback schedules a retry
                 continue
             if s.connected:
@@ -326,6 +357,8 @@ class LiveRunner:
         p.reconnects = self.stats.connects
         p.faults, p.frauds = sum(st.faults.values()), sum(st.frauds.values())
         p.declines = len(self.stats.declines)
+        p.connect_errors = self.stats.failures
+        p.last_connect_error = self.stats.last_connect_error
         p.elapsed_s = elapsed
         if self._cpu0 is not None:
             p.cpu_s = time.process_time() - self._cpu0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +52,33 @@ class SessionStats:
     connects: int = 0
     failures: int = 0
     declines: list[dict[str, Any]] = field(default_factory=list)
+    # Why connects failed (message -> count): a fleet that cannot get in says why.
+    connect_errors: Counter[str] = field(default_factory=Counter)
+    last_connect_error: str = ""
+
+    def connect_failed(self, message: str) -> None:
+        self.failures += 1
+        self.connect_errors[message] += 1
+        self.last_connect_error = message
+
+
+def describe_connect_error(exc: BaseException, tls: bool) -> str:
+    """What went wrong opening a session, in words that point at the fix."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS: the broker's certificate was not accepted ({exc.verify_message}); "
+                "is --tls-ca the CA that signed it?")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc}); is this the broker's TLS port?"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: no broker listens on that address"
+    if isinstance(exc, TimeoutError):
+        what = "TLS handshake" if tls else "TCP connect"
+        return f"{what} timed out; is this the broker's {'TLS ' if tls else ''}port?"
+    return f"{type(exc).__name__}: {exc}"
+
+
+CLOSED_BEFORE_CONNACK = ("the broker closed the connection before accepting the login; "
+                         "is this a TLS port (then pass --tls-ca)?")
 
 
 class _EventId(msgspec.Struct):
@@ -113,12 +140,15 @@ class VehicleSession:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self.connecting_since = time.monotonic()
-        if not self.ever_connected and self.attempts == 0:
+        first = not self.ever_connected and self.attempts == 0
+        # Counted before trying: a connect that raises (refused, TLS handshake) must still
+        # lengthen the next backoff.
+        self.attempts += 1
+        if first:
             self.client.connect(self.conf.host, self.conf.port, self.conf.keepalive,
                                 clean_start=False, properties=props)
         else:
             self.client.reconnect()
-        self.attempts += 1
 
     def backoff(self) -> float:
         """Jittered exponential backoff: spreads a fleet's reconnects after an outage."""
@@ -131,7 +161,7 @@ class VehicleSession:
                     reason: Any, _props: Any) -> None:
         self.connecting_since = None
         if reason.is_failure:
-            self.stats.failures += 1
+            self.stats.connect_failed(f"the broker refused the login: {reason}")
             return
         self.connected = True
         self.ever_connected = True
@@ -145,6 +175,10 @@ class VehicleSession:
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: object, _flags: Any, _reason: Any,
                        _props: Any) -> None:
+        if not self.connected and self.connecting_since is not None:
+            # Neither accepted nor refused: typically plain MQTT spoken to a TLS listener.
+            self.stats.connect_failed(CLOSED_BEFORE_CONNACK if not self.conf.tls_ca else
+                                      "the broker closed the connection before CONNACK")
         self.connected = False
         self.connecting_since = None
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.infra import ports, process
-from shared.infra.errors import PrerequisiteError, ServiceStartError
+from shared.infra.errors import InfraError, PrerequisiteError, ServiceStartError
+from shared.infra.tls import TlsFiles
 
 ADMIN_USER = "fleetsentry-admin"
 BRIDGE_USER = "fleetsentry-bridge"
@@ -66,13 +67,27 @@ def mosquitto_binary() -> str:
 
 @dataclass(frozen=True)
 class Mosquitto:
+    """One broker. With ``tls`` and ``tls_port`` it also listens with TLS on ``tls_port``
+    (same host, same password file and ACL; clients need no certificate of their own)."""
+
     home: Path
     port: int
     host: str = "127.0.0.1"
+    tls: TlsFiles | None = None
+    tls_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls is None) != (self.tls_port is None):
+            raise InfraError("a TLS listener needs both `tls` (CA, cert, key files) and "
+                             "`tls_port`")
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls_address(self) -> str | None:
+        return f"{self.host}:{self.tls_port}" if self.tls_port is not None else None
 
     @property
     def config_path(self) -> Path:
@@ -113,7 +128,25 @@ class Mosquitto:
             "max_queued_messages 100000\n"
             "max_packet_size 65536\n"
             "set_tcp_nodelay true\n"
+            + self._tls_listener()
         )
+
+    def _tls_listener(self) -> str:
+        if self.tls is None:
+            return ""
+        # per_listener_settings is false: password file and ACL above apply here too.
+        return (
+            f"listener {self.tls_port} {self.host}\n"
+            "protocol mqtt\n"
+            f"cafile {self.tls.ca_file}\n"
+            f"certfile {self.tls.cert_file}\n"
+            f"keyfile {self.tls.key_file}\n"
+            "require_certificate false\n"
+            "tls_version tlsv1.2\n"
+        )
+
+    def _ports(self) -> list[int]:
+        return [self.port] + ([self.tls_port] if self.tls_port is not None else [])
 
     # --- credentials ----------------------------------------------------------------------
 
@@ -185,12 +218,14 @@ class Mosquitto:
                     f"mosquitto exited during start-up; see {log}\n"
                     f"{log.read_text(errors='replace')[-2000:] if log.exists() else ''}"
                 )
-            if ports.wait_listening(self.host, self.port, 0.3):
+            if all(ports.wait_listening(self.host, p, 0.3) for p in self._ports()):
                 return
-        raise ServiceStartError(f"mosquitto did not listen on {self.address} within {timeout}s")
+        raise ServiceStartError(f"mosquitto did not listen on {self.host} ports "
+                                f"{self._ports()} within {timeout}s")
 
     def healthy(self) -> bool:
-        return self.pid() is not None and ports.wait_listening(self.host, self.port, 0.5)
+        return self.pid() is not None and all(ports.wait_listening(self.host, p, 0.5)
+                                              for p in self._ports())
 
     def stop(self, timeout: float = 10.0) -> list[int]:
         pid = self.pid()
