@@ -104,7 +104,8 @@ def render(data: dict[str, Any], within: float) -> Table:
             table.add_row(f"  fault episodes alerted within {within:g} s",
                           f"{ep[f'detected_within_{within:g}s']}/{ep['episodes']}",
                           "", "", "", "", "")
-            table.add_row("  false alert episodes per 100 vehicle-h",
+            table.add_row(f"  false alert episodes per 100 vehicle-h (a fault's first "
+                          f"{ep.get('fault_tail_s', 0):g} s after its end count as the fault)",
                           f"{ep['false_alert_episodes_per_100h']:.2f}", "", "", "", "", "")
     return table
 

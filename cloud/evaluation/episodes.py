@@ -2,8 +2,8 @@
 
 The edge opens an alert episode when ``open_events`` anomalous events of one token fall within
 ``open_window_s`` seconds, and closes it after ``quiet_gap_s`` seconds without one. The same
-rule is replayed here over offline scores, so thresholds are chosen, and reports computed, on
-the episodes an operator would actually see.
+rule (``shared.episodes``, the code the edge runs) is replayed here over offline scores, so
+thresholds are chosen, and reports computed, on the episodes an operator would actually see.
 """
 
 from __future__ import annotations
@@ -16,20 +16,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from shared.episodes import AlertEpisode, EpisodeSettings, replay
 
-@dataclass(frozen=True)
-class EpisodeRule:
-    open_events: int = 3
-    open_window_s: float = 10.0
-    quiet_gap_s: float = 30.0
+__all__ = ["AlertEpisode", "EpisodeReport", "EpisodeRule", "LabelEpisode", "alert_episodes",
+           "evaluate_episodes", "vehicle_hours"]
 
 
-@dataclass(frozen=True)
-class AlertEpisode:
-    token: str
-    start_ts: float  # first anomalous event of the episode
-    open_ts: float  # when the alert was raised (the event that completed ``open_events``)
-    end_ts: float  # last anomalous event
+# The edge's rule, replayed here: one implementation (shared.episodes) for both sides.
+EpisodeRule = EpisodeSettings
+_DEFAULT_RULE = EpisodeRule()
 
 
 @dataclass(frozen=True)
@@ -78,33 +73,11 @@ def _ratio(a: int, b: int) -> float | None:
 
 def alert_episodes(
     tokens: NDArray[Any], ts: NDArray[np.float64], anomalous: NDArray[np.bool_],
-    rule: EpisodeRule = EpisodeRule(),
+    rule: EpisodeRule = _DEFAULT_RULE,
 ) -> list[AlertEpisode]:
-    """Replay the edge's episode rule over scored events (any order; sorted per token here)."""
+    """Replay the edge's episode rule over scored events (any order; sorted per token there)."""
     idx = np.flatnonzero(anomalous)
-    by_token: dict[str, list[float]] = defaultdict(list)
-    for i in idx:
-        by_token[str(tokens[i])].append(float(ts[i]))
-    out: list[AlertEpisode] = []
-    for token, times in by_token.items():
-        times.sort()
-        pending: list[float] = []
-        current: list[float] | None = None  # [start, open, end]
-        for t in times:
-            if current is not None and t - current[2] > rule.quiet_gap_s:
-                out.append(AlertEpisode(token, *current))
-                current = None
-            if current is not None:
-                current[2] = t
-                continue
-            pending = [p for p in pending if p >= t - rule.open_window_s]
-            pending.append(t)
-            if len(pending) >= rule.open_events:
-                current = [pending[0], t, t]
-                pending = []
-        if current is not None:
-            out.append(AlertEpisode(token, *current))
-    return out
+    return replay(tokens[idx].tolist(), ts[idx].tolist(), [True] * idx.size, rule)
 
 
 def vehicle_hours(tokens: NDArray[Any], ts: NDArray[np.float64]) -> float:
@@ -122,13 +95,15 @@ def vehicle_hours(tokens: NDArray[Any], ts: NDArray[np.float64]) -> float:
 
 def evaluate_episodes(
     alerts: Iterable[AlertEpisode], labels: Iterable[LabelEpisode], hours: float,
-    within_s: float = 60.0, margin_s: float = 0.0,
+    within_s: float = 60.0, margin_s: float = 0.0, memory_s: float = 0.0,
 ) -> EpisodeReport:
     """Match alert episodes to labelled episodes of the same token by time overlap.
 
     A labelled episode is detected by the first alert raised between its start and its end
     (plus ``margin_s``); its delay is that alert's raise time minus the episode start. An alert
-    episode overlapping no labelled episode is a false alert episode.
+    episode overlapping no labelled episode is a false alert episode; one starting within
+    ``memory_s`` after a labelled episode ends is that episode's tail, not a false alert (the
+    features look back that far: ``shared.features.feature_memory_s``).
     """
     alerts = list(alerts)
     labels = list(labels)
@@ -139,7 +114,8 @@ def evaluate_episodes(
     false = 0
     for a in alerts:
         alerts_by_token[a.token].append(a)
-        if not any(a.start_ts <= lab.end_ts + margin_s and a.end_ts >= lab.start_ts - margin_s
+        tail = margin_s + memory_s
+        if not any(a.start_ts <= lab.end_ts + tail and a.end_ts >= lab.start_ts - margin_s
                    for lab in by_token.get(a.token, [])):
             false += 1
     report = EpisodeReport(len(labels), 0, 0, within_s, false, hours)

@@ -3,6 +3,10 @@
 Per stream and per kind: ROC AUC, PR AUC, precision and recall of what the edge flagged.
 For telemetry, also alert episodes against labelled fault episodes: how many were alerted,
 how fast (from the fault's start to the alert), and false alert episodes per 100 vehicle-hours.
+
+An alert episode that starts within the features' memory after a labelled episode ends
+(``shared.features.feature_memory_s``: the rolling statistics look back that far) is counted
+as that fault's tail, not as a false alert; the report states the window it used.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from cloud.evaluation.episodes import (
     vehicle_hours,
 )
 from shared.contracts import Alert, Label, Score
+from shared.features import feature_memory_s
 
 DEFAULT_RULE = EpisodeRule()
 
@@ -161,8 +166,11 @@ def _telemetry_episodes(s: StreamScores, labels: list[Label], alerts: list[Alert
     else:
         found = alert_episodes(s.tokens, s.ts, s.flagged, rule)
         source = "replayed from scores"
-    result = evaluate_episodes(found, lab_eps, vehicle_hours(s.tokens, s.ts), within_s=within_s)
+    memory_s = feature_memory_s("telemetry")
+    result = evaluate_episodes(found, lab_eps, vehicle_hours(s.tokens, s.ts), within_s=within_s,
+                               memory_s=memory_s)
     out = result.as_dict()
+    out["fault_tail_s"] = memory_s
     out["alert_source"] = source
     out["unscored_episodes"] = unscored
     return out

@@ -70,6 +70,10 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
 @click.option("--max-fit-rows", default=TrainSettings.max_fit_rows, show_default=True,
               help="Fit on a random subsample of at most this many normal records.")
 @click.option("--seed", default=TrainSettings.seed, show_default=True)
+@click.option("--split", type=click.Choice(["time", "vehicle"]), default=TrainSettings.split,
+              show_default=True,
+              help="Validation and holdout: the latest events (time) or unseen vehicles/cards "
+                   "(vehicle; for data pooled from several runs or times of day).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="STREAM:MODE=VALUE",
               help="Threshold rule, e.g. payments:precision=0.9, telemetry:false_episodes=0.5, "
                    "telemetry:alert_rate=0.001.")
@@ -77,7 +81,7 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
 def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic_prefix: str,
           labels_topic: str | None, stream_names: tuple[str, ...], out_dir: Path,
           key_file: Path, public_key_out: Path | None, token_secret_file: Path | None,
-          epochs: int, batch_size: int, max_fit_rows: int, seed: int,
+          epochs: int, batch_size: int, max_fit_rows: int, seed: int, split: str,
           thresholds: tuple[str, ...], parent: str | None) -> None:
     """Train, quantize (int8), evaluate and sign one autoencoder per stream."""
     console = Console(stderr=True)
@@ -98,7 +102,7 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
         trained: dict[str, TrainedModel] = {}
         for name in names:
             settings = TrainSettings(epochs=epochs, batch_size=batch_size,
-                                     max_fit_rows=max_fit_rows, seed=seed,
+                                     max_fit_rows=max_fit_rows, seed=seed, split=split,
                                      threshold=rules.get(name))
             task = progress.add_task(f"train {name}", total=epochs, info="")
 

@@ -7,6 +7,7 @@ anonymizer, exactly as the edge enricher does) or from anonymized Kafka topics. 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,28 @@ def read_labels_file(path: Path) -> list[Label]:
 
 
 # --- splits ------------------------------------------------------------------------------
+
+
+def vehicle_split(records: Records, fractions: tuple[float, float, float]) -> tuple[Records, ...]:
+    """Train / validation / holdout by key (vehicle or card): each judged on keys it never saw.
+
+    Every key falls wholly into one split, chosen by a hash of its token, so the threshold and
+    the holdout figures speak for a fleet the model was not fitted on, at every time of day the
+    data covers (a time split of a few hours' data would test one part of the day only).
+    """
+    if len(records) == 0:
+        raise TrainerError(f"no {records.stream} records to train on")
+    cuts = np.cumsum(fractions)[:-1] / sum(fractions)
+    keys = np.unique(records.tokens)
+    if keys.size < 3:
+        raise TrainerError(f"a split by vehicle needs at least 3 keys; {records.stream} has "
+                           f"{keys.size}")
+    u = np.array([int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], "big") / 2**64
+                  for k in keys])
+    part_of = dict(zip(keys.tolist(), np.searchsorted(cuts, u, side="right").tolist(),
+                       strict=True))
+    part = np.array([part_of[t] for t in records.tokens.tolist()])
+    return tuple(records.take(np.flatnonzero(part == i)) for i in range(3))
 
 
 def time_split(records: Records, fractions: tuple[float, float, float]) -> tuple[Records, ...]:

@@ -24,12 +24,12 @@ from cloud.evaluation.episodes import (
     vehicle_hours,
 )
 from cloud.trainer import model as ae
-from cloud.trainer.data import Records, time_split
+from cloud.trainer.data import Records, time_split, vehicle_split
 from cloud.trainer.errors import QuantizationError, TrainerError
 from cloud.trainer.threshold import DEFAULT_RULES, ThresholdRule, choose_threshold, describe
 from shared import signing
 from shared.contracts import ModelManifest, Scaling, encode
-from shared.features import FEATURE_SPEC_VERSION
+from shared.features import FEATURE_SPEC_VERSION, feature_memory_s
 
 REFERENCE_FILE = "reference.npz"
 # Smallest mean normal squared error a feature is divided by (scaled units squared): a
@@ -50,6 +50,7 @@ class TrainSettings:
     learning_rate: float = 3e-3
     seed: int = 7
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split: str = "time"  # "time": by event time; "vehicle": by key (see data.vehicle_split)
     max_auc_drop: float = 0.005
     representative_rows: int = 2000
     # The int8 input tensor covers [-input_range, input_range] scaled units. Calibrated on
@@ -95,7 +96,9 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
                  parent: str | None = None, progress: Progress = _noop) -> TrainedModel:
     """Train, quantize and evaluate one stream's model; raises QuantizationError on a bad int8."""
     started = time.monotonic()
-    train, val, hold = time_split(records, settings.splits)
+    splitter = vehicle_split if settings.split == "vehicle" else time_split
+    train, val, hold = splitter(records, settings.splits)
+    memory_s = feature_memory_s(records.stream)
     normal = train.x[~train.labelled]
     if normal.shape[0] < 50:
         raise TrainerError(f"only {normal.shape[0]} normal {records.stream} records in the "
@@ -133,7 +136,7 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
     rule = settings.rule_for(records.stream)
     val_q = int8.scores(xs_val)
-    threshold = choose_threshold(rule, val, val_q, settings.episode_rule)
+    threshold = choose_threshold(rule, val, val_q, settings.episode_rule, memory_s)
     m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
     m["validation"] = metrics.summary(val.labelled, val_q, threshold)
     m["quantization"] = quant
@@ -142,7 +145,8 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     m["episode_rule"] = vars(settings.episode_rule).copy()
     m["training"] = {
         "records": len(records), "train": len(train), "validation": len(val),
-        "holdout": len(hold), "fit_rows": int(xs_fit.shape[0]), "epochs": settings.epochs,
+        "holdout": len(hold), "split": settings.split, "feature_memory_s": memory_s,
+        "fit_rows": int(xs_fit.shape[0]), "epochs": settings.epochs,
         "batch_size": batch, "envelope": settings.envelope,
         "normalized_errors": settings.normalize_errors, "hidden": list(settings.hidden),
         "loss": [round(v, 6) for v in losses], "seed": settings.seed,
@@ -200,23 +204,27 @@ def evaluation_metrics(hold: Records, int8_scores: NDArray[np.float32],
 
 
 def label_episodes(records: Records) -> list[LabelEpisode]:
-    """Labelled episodes as seen in ``records``: their token and first/last labelled event."""
-    spans: dict[str, list[Any]] = {}
+    """Labelled episodes as seen in ``records``: their token and first/last labelled event.
+
+    Keyed by token and episode id together: files of several runs may reuse an id.
+    """
+    spans: dict[tuple[str, str], list[Any]] = {}
     for i in np.flatnonzero(records.labelled):
-        ep, t = str(records.episodes[i]), float(records.ts[i])
+        ep, t = (str(records.tokens[i]), str(records.episodes[i])), float(records.ts[i])
         span = spans.get(ep)
         if span is None:
             spans[ep] = [str(records.kinds[i]), str(records.tokens[i]), t, t]
         else:
             span[2], span[3] = min(span[2], t), max(span[3], t)
-    return [LabelEpisode(ep, k, tok, s, e) for ep, (k, tok, s, e) in spans.items()]
+    return [LabelEpisode(ep, k, tok, s, e) for (_, ep), (k, tok, s, e) in spans.items()]
 
 
 def episode_metrics(hold: Records, scores: NDArray[np.float32], threshold: float,
                     settings: TrainSettings) -> dict[str, Any]:
     alerts = alert_episodes(hold.tokens, hold.ts, scores > threshold, settings.episode_rule)
     report = evaluate_episodes(alerts, label_episodes(hold), vehicle_hours(hold.tokens, hold.ts),
-                               within_s=settings.detect_within_s)
+                               within_s=settings.detect_within_s,
+                               memory_s=feature_memory_s(hold.stream))
     return report.as_dict()
 
 

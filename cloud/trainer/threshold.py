@@ -54,7 +54,7 @@ DEFAULT_RULES = {
 
 
 def choose_threshold(rule: ThresholdRule, val: Records, scores: NDArray[np.float32],
-                     episode_rule: EpisodeRule) -> float:
+                     episode_rule: EpisodeRule, memory_s: float = 0.0) -> float:
     if scores.size == 0:
         raise TrainerError(f"the {val.stream} validation split is empty")
     y = val.labelled
@@ -65,17 +65,22 @@ def choose_threshold(rule: ThresholdRule, val: Records, scores: NDArray[np.float
             raise TrainerError("the precision rule needs labelled anomalies in the validation "
                                "split; pass labels or use alert_rate=...")
         return metrics.threshold_for_precision(y, scores, rule.value)
-    return threshold_for_false_episodes(val, scores, rule.value, episode_rule)
+    return threshold_for_false_episodes(val, scores, rule.value, episode_rule, memory_s)
 
 
 def false_episode_rate(val: Records, scores: NDArray[np.float32], threshold: float,
-                       rule: EpisodeRule, hours: float) -> float:
-    """False alert episodes per 100 vehicle-hours if ``threshold`` were used."""
+                       rule: EpisodeRule, hours: float, memory_s: float = 0.0) -> float:
+    """False alert episodes per 100 vehicle-hours if ``threshold`` were used.
+
+    An alert starting within ``memory_s`` after a labelled episode ends belongs to that
+    episode: its features still hold the fault (see ``shared.features.feature_memory_s``).
+    """
     labelled = _labelled_spans(val)
     false = 0
     for ep in alert_episodes(val.tokens, val.ts, scores > threshold, rule):
         spans = labelled.get(ep.token, ())
-        if not any(ep.start_ts <= end and ep.end_ts >= start for start, end in spans):
+        if not any(ep.start_ts <= end + memory_s and ep.end_ts >= start
+                   for start, end in spans):
             false += 1
     return 100.0 * false / hours if hours else 0.0
 
@@ -90,7 +95,7 @@ def _labelled_spans(val: Records) -> dict[str, list[tuple[float, float]]]:
 
 
 def threshold_for_false_episodes(val: Records, scores: NDArray[np.float32], target: float,
-                                 rule: EpisodeRule) -> float:
+                                 rule: EpisodeRule, memory_s: float = 0.0) -> float:
     """The lowest threshold keeping false alert episodes at or under ``target`` per 100 h.
 
     Candidates are the top scores of normal events; the rate falls (almost) monotonically as
@@ -103,7 +108,8 @@ def threshold_for_false_episodes(val: Records, scores: NDArray[np.float32], targ
     lo, hi = 0, normal.size - 1  # normal[0] (the max) gives zero false episodes
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if false_episode_rate(val, scores, float(normal[mid]), rule, hours) <= target:
+        if false_episode_rate(val, scores, float(normal[mid]), rule, hours,
+                              memory_s) <= target:
             lo = mid
         else:
             hi = mid - 1

@@ -19,7 +19,6 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from edge.config import EdgeConfig, ScorerSettings
 from edge.scorer.decisions import decide
-from edge.scorer.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
 from edge.scorer.features import FeatureRows
@@ -35,6 +34,7 @@ from shared.contracts import (
     decode,
     encode,
 )
+from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.streams import PAYMENTS, TELEMETRY
 

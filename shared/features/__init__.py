@@ -11,6 +11,7 @@ from shared.features.spec import (
     FEATURE_SPEC_VERSION,
     feature_label,
     feature_matrix,
+    feature_memory_s,
     feature_vector,
     model_features,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "encode_state",
     "feature_label",
     "feature_matrix",
+    "feature_memory_s",
     "feature_vector",
     "model_features",
 ]

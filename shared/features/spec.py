@@ -106,6 +106,24 @@ def model_features(stream: str) -> list[str]:
                           f"{sorted(_MODEL_FEATURES)}") from None
 
 
+# Nominal seconds between two frames of a vehicle (the simulator's and the fleet's 1 Hz).
+TELEMETRY_FRAME_S = 1.0
+
+
+def feature_memory_s(stream: str) -> float:
+    """Seconds after an episode ends during which its features still carry it.
+
+    Telemetry: the per-vehicle rolling statistics (``MEMORY_FRAMES`` frames, at the nominal
+    frame interval) and the smoothed coolant trend (three time constants), whichever is longer.
+    An alert raised that soon after a fault ends reports the fault's tail, not a new event.
+    Payments are scored one by one: 0.
+    """
+    model_features(stream)  # an unknown stream raises
+    if stream != "telemetry":
+        return 0.0
+    return max(tel.MEMORY_FRAMES * TELEMETRY_FRAME_S, 3 * tel.TREND_TAU_S)
+
+
 def feature_label(name: str) -> str:
     """A plain-language name for a feature, e.g. for "the 3 features that drove this alert"."""
     return _LABELS.get(name, name.replace("_", " "))

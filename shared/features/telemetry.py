@@ -35,6 +35,9 @@ NOISY = ("coolant_c", "intake_c", "battery_v", "tyre_fl_kpa", "tyre_fr_kpa",
          "tyre_rl_kpa", "tyre_rr_kpa", "ambient_c")
 _IS_NOISY = tuple(s in NOISY for s in ROLLING)
 ALPHA = 0.05  # EWMA weight: about the last 20 frames
+# Frames until a reading's weight in the rolling mean has decayed below 5 %: how long the
+# rolling features still carry a value (a fault's, say) after the sensor stopped reading it.
+MEMORY_FRAMES = math.ceil(math.log(0.05) / math.log(1.0 - ALPHA))
 MIN_DT_S = 0.5
 Z_LIMIT = 20.0
 RATE_LIMIT = 50.0  # in prior deviations per second

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.scorer.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.contracts import Alert, Contribution
+from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 
 THR = 1.0
 TOP = [Contribution("Coolant temperature", 5.0)]

@@ -65,6 +65,36 @@ def test_detection_delay_and_false_episodes() -> None:
     assert rep["per_kind"]["tyre_leak"]["detected"] == 0
 
 
+def test_an_alert_within_the_feature_memory_after_a_fault_is_its_tail() -> None:
+    from cloud.evaluation.episodes import AlertEpisode
+    from shared.features import feature_memory_s
+
+    memory = feature_memory_s("telemetry")
+    assert 30.0 <= memory <= 120.0  # the rolling statistics' look-back at 1 Hz
+    labels = [LabelEpisode("e1", "battery_degradation", "a", 100, 400)]
+    tail = AlertEpisode("a", 400 + memory - 1, 400 + memory + 2, 400 + memory + 5)
+    later = AlertEpisode("a", 400 + memory + 1, 400 + memory + 3, 400 + memory + 9)
+    rep = evaluate_episodes([tail, later], labels, hours=1.0, memory_s=memory)
+    assert rep.false_alert_episodes == 1  # only the one starting after the memory
+    assert evaluate_episodes([tail], labels, hours=1.0).false_alert_episodes == 1
+
+
+def test_a_vehicle_split_keeps_each_vehicle_in_one_split() -> None:
+    from cloud.trainer.data import vehicle_split
+
+    n = 3000
+    rng = np.random.default_rng(3)
+    tokens = np.array([f"v{i}" for i in rng.integers(0, 60, n)], dtype=object)
+    recs = Records("telemetry", ["f"], np.zeros((n, 1), np.float32), np.arange(n).astype(object),
+                   rng.uniform(0, 3600, n), tokens, np.array([""] * n, dtype=object),
+                   np.array([""] * n, dtype=object))
+    parts = vehicle_split(recs, (0.6, 0.2, 0.2))
+    seen = [set(p.tokens.tolist()) for p in parts]
+    assert sum(len(p) for p in parts) == n
+    assert all(seen) and not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert parts[0].ts.min() < 100 and parts[0].ts.max() > 3500  # every split spans the run
+
+
 def _records(scores_normal: list[tuple[str, float]]) -> Records:
     n = len(scores_normal)
     return Records(

@@ -1,5 +1,10 @@
 """Alert episodes: a run of anomalous events from one token is one alert, not one per second.
 
+One rule for the whole appliance: the edge scorer raises alerts with :class:`EpisodeTracker`
+as events arrive, and the cloud (threshold choice, evaluation reports) replays the very same
+tracker over offline scores with :func:`replay`, so the episodes it counts are the ones an
+operator sees.
+
 An episode opens when ``open_events`` anomalous events from a token fall within
 ``open_window_s`` seconds (event time, from the device), so a single noisy frame raises nothing.
 While open, further anomalous events extend it and a new peak is reported at most every
@@ -15,8 +20,10 @@ which is what lets a restarted scorer carry on an open episode instead of openin
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -209,3 +216,48 @@ def single_event_alert(stream: str, token: str, event_id: str, ts: float, score:
                  state="closed", start_ts=ts, peak_ts=ts, end_ts=ts, peak_score=score,
                  threshold=threshold, event_ids=[event_id], top_features=list(top),
                  model_version=model_version)
+
+
+# --- offline replay -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertEpisode:
+    """An alert episode as the edge would raise it from scored events."""
+
+    token: str
+    start_ts: float  # first anomalous event of the episode
+    open_ts: float  # when the alert was raised (the event that completed ``open_events``)
+    end_ts: float  # last anomalous event
+
+
+def _no_top() -> list[Contribution]:
+    return []
+
+
+def replay(tokens: Iterable[Any], ts: Iterable[float], anomalous: Iterable[bool],
+           settings: EpisodeSettings | None = None) -> list[AlertEpisode]:
+    """The episodes :class:`EpisodeTracker` raises over scored events (any order).
+
+    The three columns are row-aligned (lists or numpy arrays). Only anomalous events can
+    open, extend or close an episode by its quiet gap, so they alone are fed, in event time
+    per token; a final sweep closes what is still open.
+    """
+    by_token: dict[str, list[float]] = defaultdict(list)
+    for token, t, flagged in zip(tokens, ts, anomalous, strict=True):
+        if flagged:
+            by_token[str(token)].append(float(t))
+    tracker = EpisodeTracker("replay", settings)
+    spans: dict[str, list[Any]] = {}  # alert id -> [token, start, open, end]
+
+    def note(alerts: list[Alert]) -> None:
+        for a in alerts:
+            span = spans.setdefault(a.alert_id, [a.token, a.start_ts, a.end_ts, a.end_ts])
+            span[3] = max(span[3], a.end_ts)
+
+    for token, times in by_token.items():
+        times.sort()
+        for n, t in enumerate(times):
+            note(tracker.observe(token, str(n), t, 1.0, 0.0, "", _no_top))
+    note(tracker.sweep(float("inf")))
+    return [AlertEpisode(*span) for span in spans.values()]
