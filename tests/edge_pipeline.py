@@ -18,7 +18,8 @@ from shared.infra.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("bridge", "enricher", "scorer")
-READY = {"bridge": "connected as", "enricher": "enriching raw.*", "scorer": "scoring "}
+READY = {"bridge": "connected as", "enricher": "enriching raw.*", "scorer": "scoring ",
+         "agent": "watching cloud.models"}
 
 
 class EdgePipeline:

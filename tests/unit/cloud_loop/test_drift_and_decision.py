@@ -78,8 +78,11 @@ def test_decision_promotes_only_a_better_model() -> None:
     champ = _eval(0.80, 0.020, 0.90)
     assert decide(_eval(0.80, 0.020, 0.90), champ, rule)[0] is False
     assert decide(_eval(0.81, 0.020, 0.90), champ, rule)[0] is True
-    worse = decide(_eval(0.75, 0.001, 0.95), champ, rule)
+    worse = decide(_eval(0.76, 0.001, 0.95), champ, rule)
     assert worse[0] is False and "ranks worse" in worse[1]
+    # After drift: the champion still ranks well but alerts on far too much normal traffic.
+    refit = decide(_eval(0.787, 0.003, 0.89), _eval(0.80, 0.226, 0.90), rule)
+    assert refit[0] is True and "false-positive rate 0.30% vs 22.60%" in refit[1]
     fewer_false = decide(_eval(0.80, 0.010, 0.89), champ, rule)
     assert fewer_false[0] is True and "false-positive rate 1.00% vs 2.00%" in fewer_false[1]
     lost_recall = decide(_eval(0.80, 0.010, 0.70), champ, rule)
