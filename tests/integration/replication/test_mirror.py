@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -22,6 +23,9 @@ pytestmark = pytest.mark.integration
 TOKEN = "tok" + "0" * 13
 # Ten minutes of device time, as a gateway cut off from the cloud would see it.
 OUTAGE_DEVICE_SECONDS = 600.0
+# Wall seconds the backlog takes to build while the cloud is down. CI compresses the ten
+# minutes; FLEETSENTRY_OUTAGE_S=600 runs the outage in real time (the test then takes ~12 min).
+OUTAGE_WALL_SECONDS = float(os.environ.get("FLEETSENTRY_OUTAGE_S", "3"))
 
 
 def _score(event_id: str, ts: float) -> bytes:
@@ -203,20 +207,25 @@ def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_bootstrap: 
 def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
         mirror: Mirror, stack: Stack, edge_bootstrap: str, cloud_bootstrap: str) -> None:
     """The cloud is stopped while the gateway keeps producing a bounded backlog (24,000
-    records whose device time spans ten minutes); after the cloud returns, every record is
-    there once."""
+    records whose device time spans ten minutes, over OUTAGE_WALL_SECONDS of wall time);
+    after the cloud returns, every record is there once."""
     stack.cloud.stop(timeout=10)
     assert stack.cloud.broker_count() == 0
-    total, start = 24_000, time.time()
+    total, start, outage_started = 24_000, time.time(), time.monotonic()
     ids = [str(uuid.uuid4()) for _ in range(total)]
     p = _transactional(edge_bootstrap)
     step = OUTAGE_DEVICE_SECONDS / total
-    for chunk in range(0, total, 2000):
-        part = ids[chunk:chunk + 2000]
+    chunks = max(12, int(OUTAGE_WALL_SECONDS / 5))  # traffic over time, not one burst
+    size = -(-total // chunks)
+    for k, chunk in enumerate(range(0, total, size)):
+        part = ids[chunk:chunk + size]
         _produce_in_transactions(
             p, topics.SCORES_TELEMETRY,
             ((i, _score(i, start + (chunk + n) * step)) for n, i in enumerate(part)))
-        time.sleep(0.25)  # traffic over time, not one burst
+        time.sleep(max(0.0, outage_started + (k + 1) * OUTAGE_WALL_SECONDS / chunks
+                       - time.monotonic()))
+    print(f"\ncloud down for {time.monotonic() - outage_started:.0f} s while {total} records "
+          f"were produced")
     assert mirror.pid() is not None, "the mirror must ride out the outage"
     assert stack.cloud.broker_count() == 0, "the whole backlog is built while the cloud is down"
 
