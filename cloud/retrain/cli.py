@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 STREAMS = ("telemetry", "payments")
 
 _COMMON = [
+    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                 default=None, help="cloud.toml: its [kafka] bootstrap and [registry] root "
+                 "apply unless --bootstrap / --registry are given."),
     click.option("--registry", "registry_root", type=click.Path(file_okay=False, path_type=Path),
                  default=DEFAULT_ROOT, show_default=True, envvar="FLEETSENTRY_REGISTRY"),
     click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True,
@@ -41,6 +44,26 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
     for opt in reversed(_COMMON):
         fn = opt(fn)
     return fn
+
+
+def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
+                 ) -> tuple[Path, str]:
+    """The registry and bootstrap to use: options given on the command line, else cloud.toml's
+    (when --config is given), else the defaults."""
+    if config_path is None:
+        return registry_root, bootstrap
+    from click.core import ParameterSource
+
+    from cloud.config import load
+
+    conf = load(config_path)
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    return (registry_root if given("registry_root") else conf.registry.root,
+            bootstrap if given("bootstrap") else conf.kafka.bootstrap)
 
 
 def _service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
@@ -70,12 +93,14 @@ def _service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
 @click.option("--recent", "recent_s", default=1800.0, show_default=True,
               help="Recent window compared with the training window (seconds of event time).")
 @click.option("--once", is_flag=True, help="One cycle, then exit.")
-def trainer_service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
-                    min_records: int, no_publish: bool, streams: tuple[str, ...],
-                    schedule_s: float, drift_check_s: float, recent_s: float,
-                    once: bool) -> None:
+def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: str,
+                    key_file: Path, epochs: int, min_records: int, no_publish: bool,
+                    streams: tuple[str, ...], schedule_s: float, drift_check_s: float,
+                    recent_s: float, once: bool) -> None:
     """Retrain on a schedule and on drift; promote only better models; publish them."""
     from cloud.publisher import Publisher
+
+    registry_root, bootstrap = _from_config(config_path, registry_root, bootstrap)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -108,10 +133,13 @@ def trainer_service(registry_root: Path, bootstrap: str, key_file: Path, epochs:
 @click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS), required=True)
 @click.option("--actor", default=None, help="Who asks (default: the OS user).")
 @click.option("--reason", default="manual retrain", show_default=True)
-def retrain(registry_root: Path, bootstrap: str, key_file: Path, epochs: int, min_records: int,
-            no_publish: bool, streams: tuple[str, ...], actor: str | None, reason: str) -> None:
+def retrain(config_path: Path | None, registry_root: Path, bootstrap: str, key_file: Path,
+            epochs: int, min_records: int, no_publish: bool, streams: tuple[str, ...],
+            actor: str | None, reason: str) -> None:
     """Train a challenger now; promote and publish it only if it beats the champion."""
     from cloud.publisher import Publisher
+
+    registry_root, bootstrap = _from_config(config_path, registry_root, bootstrap)
 
     svc, registry = _service(registry_root, bootstrap, key_file, epochs, min_records, streams)
     publisher = None if no_publish else Publisher(bootstrap).start()
