@@ -88,11 +88,21 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
+class TrainerSettings(_Section, frozen=True, kw_only=True):
+    """``[trainer]``: where the trainer service reads the fleet's data."""
+
+    # "store": the Parquet store under [store] root (written by `fleetsentry cloud store`;
+    # a drift check reads only the files, not every replicated topic from its start).
+    # "kafka": the replicated topics themselves (no store process needed).
+    source: Literal["kafka", "store"] = "kafka"
+
+
 class CloudConfig(_Section, frozen=True, kw_only=True):
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
     dashboard: DashboardSettings = DashboardSettings()
     store: StoreSettings = StoreSettings()
+    trainer: TrainerSettings = TrainerSettings()
 
 
 def load(path: str | Path | None = None) -> CloudConfig:

@@ -69,6 +69,7 @@ def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
         f'[kafka]\nbootstrap = "{stack.cloud.bootstrap}"\n\n'
         f'[registry]\nroot = "{state / "registry"}"\n\n'
         f'[store]\nroot = "{state / "store"}"\n\n'
+        f'[trainer]\nsource = "store"\n\n'
         f'[dashboard]\nport = {port}\nstate_dir = "{state}"\n'
     )
 

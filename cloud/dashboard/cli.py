@@ -121,14 +121,13 @@ def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, ep
 
     def make(registry: Any) -> Any:
         from cloud.retrain.service import RetrainSettings, TrainerService
-        from cloud.retrain.source import KafkaSource
+        from cloud.retrain.source import source_for
         from cloud.trainer.pipeline import TrainSettings
 
         settings = RetrainSettings(streams=STREAMS, min_records=min_records,
                                    schedule_s=schedule_s, drift_check_s=drift_check_s,
                                    train=TrainSettings(epochs=epochs))
-        return TrainerService(registry, KafkaSource(cfg.kafka.bootstrap), key, settings,
-                              publisher=publisher)
+        return TrainerService(registry, source_for(cfg), key, settings, publisher=publisher)
     return make
 
 

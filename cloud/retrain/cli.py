@@ -19,6 +19,7 @@ from shared import signing
 if TYPE_CHECKING:
     from cloud.registry import Registry
     from cloud.retrain.service import TrainerService
+    from cloud.retrain.source import DataSource
 
 STREAMS = ("telemetry", "payments")
 
@@ -47,11 +48,13 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
-                 ) -> tuple[Path, str]:
-    """The registry and bootstrap to use: options given on the command line, else cloud.toml's
-    (when --config is given), else the defaults."""
+                 ) -> tuple[Path, str, DataSource]:
+    """The registry, bootstrap and data source to use: options given on the command line,
+    else cloud.toml's (when --config is given), else the defaults."""
+    from cloud.retrain.source import KafkaSource, source_for
+
     if config_path is None:
-        return registry_root, bootstrap
+        return registry_root, bootstrap, KafkaSource(bootstrap)
     from click.core import ParameterSource
 
     from cloud.config import load
@@ -62,24 +65,24 @@ def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    return (registry_root if given("registry_root") else conf.registry.root,
-            bootstrap if given("bootstrap") else conf.kafka.bootstrap)
+    servers = bootstrap if given("bootstrap") else conf.kafka.bootstrap
+    return (registry_root if given("registry_root") else conf.registry.root, servers,
+            source_for(conf, servers))
 
 
-def _service(registry_root: Path, bootstrap: str, key_file: Path, epochs: int,
+def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: int,
              min_records: int, streams: tuple[str, ...], schedule_s: float = 24 * 3600.0,
              drift_check_s: float = 300.0, recent_s: float = 1800.0
              ) -> tuple[TrainerService, Registry]:
     from cloud.registry import Registry
     from cloud.retrain.service import RetrainSettings, TrainerService
-    from cloud.retrain.source import KafkaSource
     from cloud.trainer.pipeline import TrainSettings
 
     settings = RetrainSettings(streams=streams or STREAMS, min_records=min_records,
                                train=TrainSettings(epochs=epochs), schedule_s=schedule_s,
                                drift_check_s=drift_check_s, recent_s=recent_s)
     registry = Registry(registry_root).start()
-    return TrainerService(registry, KafkaSource(bootstrap), signing.ensure_private_key(key_file),
+    return TrainerService(registry, source, signing.ensure_private_key(key_file),
                           settings), registry
 
 
@@ -100,11 +103,11 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
     """Retrain on a schedule and on drift; promote only better models; publish them."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap = _from_config(config_path, registry_root, bootstrap)
+    registry_root, bootstrap, source = _from_config(config_path, registry_root, bootstrap)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    svc, registry = _service(registry_root, bootstrap, key_file, epochs, min_records, streams,
+    svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
                              schedule_s=schedule_s, drift_check_s=drift_check_s,
                              recent_s=recent_s)
     publisher = None if no_publish else Publisher(bootstrap).start()
@@ -139,9 +142,8 @@ def retrain(config_path: Path | None, registry_root: Path, bootstrap: str, key_f
     """Train a challenger now; promote and publish it only if it beats the champion."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap = _from_config(config_path, registry_root, bootstrap)
-
-    svc, registry = _service(registry_root, bootstrap, key_file, epochs, min_records, streams)
+    registry_root, bootstrap, source = _from_config(config_path, registry_root, bootstrap)
+    svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams)
     publisher = None if no_publish else Publisher(bootstrap).start()
     svc.publisher = publisher
     try:

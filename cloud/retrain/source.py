@@ -1,15 +1,16 @@
-"""Where the trainer service reads the fleet's data: the replicated topics in the cloud Kafka.
+"""Where the trainer service reads the fleet's data: the replicated topics in the cloud Kafka,
+or the Parquet store written from them (``[trainer] source``).
 
 MirrorMaker 2 names each gateway's copies ``<edge_id>.anon.<stream>`` and
 ``<edge_id>.scores.<stream>``; this source reads every gateway's (and a plain
 ``anon.<stream>`` if one exists), deduplicated by event id, plus the ``labels`` topic.
-A source is anything with these three methods, so the Parquet store can stand in for it.
+A source is anything with these three methods; cloud.store.reader.StoreReader is the other.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka.admin import AdminClient
 
@@ -17,6 +18,9 @@ from cloud.kafka_source import read_topic
 from shared import streams, topics
 from shared.contracts import Label, Score, decode
 from shared.errors import ContractError
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
 
 
 class DataSource(Protocol):
@@ -79,3 +83,12 @@ class KafkaSource:
                 if s.ts >= since_ts:
                     out[s.event_id] = s
         return list(out.values())
+
+
+def source_for(cfg: CloudConfig, bootstrap: str | None = None) -> DataSource:
+    """The trainer's data as ``[trainer] source`` says: the Parquet store or the topics."""
+    if cfg.trainer.source == "store":
+        from cloud.store.reader import StoreReader
+
+        return StoreReader(cfg.store.root)
+    return KafkaSource(bootstrap or cfg.kafka.bootstrap)

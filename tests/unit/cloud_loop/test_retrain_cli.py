@@ -16,8 +16,8 @@ from cloud.retrain.cli import _common, _from_config
 @click.command()
 @_common
 def probe(config_path: Path | None, registry_root: Path, bootstrap: str, **_: Any) -> None:
-    root, servers = _from_config(config_path, registry_root, bootstrap)
-    click.echo(f"{root} {servers}")
+    root, servers, source = _from_config(config_path, registry_root, bootstrap)
+    click.echo(f"{root} {servers} {type(source).__name__}")
 
 
 def test_cloud_toml_applies_unless_an_option_is_given(tmp_path: Path) -> None:
@@ -26,10 +26,13 @@ def test_cloud_toml_applies_unless_an_option_is_given(tmp_path: Path) -> None:
                     f'[registry]\nroot = "{tmp_path / "reg"}"\n')
     run = CliRunner().invoke
     assert run(probe, ["--config", str(conf)]).output.split() == [
-        str(tmp_path / "reg"), "127.0.0.1:29092"]
+        str(tmp_path / "reg"), "127.0.0.1:29092", "KafkaSource"]
     assert run(probe, ["--config", str(conf), "--bootstrap", "10.0.0.1:9092"]).output.split() \
-        == [str(tmp_path / "reg"), "10.0.0.1:9092"]
-    assert run(probe, []).output.split()[1] == DEFAULT_BOOTSTRAP
+        == [str(tmp_path / "reg"), "10.0.0.1:9092", "KafkaSource"]
+    assert run(probe, []).output.split()[1:] == [DEFAULT_BOOTSTRAP, "KafkaSource"]
+    conf.write_text(conf.read_text() + f'[store]\nroot = "{tmp_path / "store"}"\n'
+                    '[trainer]\nsource = "store"\n')
+    assert run(probe, ["--config", str(conf)]).output.split()[2] == "StoreReader"
 
 
 def test_a_bad_cloud_toml_names_the_setting(tmp_path: Path) -> None:
