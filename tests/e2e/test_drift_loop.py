@@ -277,6 +277,15 @@ def cloud_statuses(cloud_bootstrap: str, gws: list[Gateway], version: str,
     return seen
 
 
+def send_labels(cloud_bootstrap: str, gws: list[Gateway], sent: set[str]) -> set[str]:
+    """The fleets' labels of the events driven so far, not yet sent, to the cloud's labels."""
+    labels = [lab for gw in gws for lab in gw.fleet.labels
+              if lab.event_id in gw.events and lab.event_id not in sent]
+    produce_all(cloud_bootstrap, topics.LABELS,
+                [(lab.event_id.encode(), encode(lab)) for lab in labels])
+    return sent | {lab.event_id for lab in labels}
+
+
 def wait_replicated(source: KafkaSource, expect: int, timeout: float = 300.0) -> int:
     deadline = time.monotonic() + timeout
     got = 0
@@ -312,9 +321,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
                   f"{gw.edge_id} drift, baseline model: {d}")
 
         # The cloud: labels (chargebacks, workshop reports) beside the replicated data.
-        produce_all(cloud_bootstrap, topics.LABELS,
-                    [(lab.event_id.encode(), encode(lab)) for gw in gws
-                     for lab in gw.fleet.labels if lab.event_id in gw.events])
+        labelled = send_labels(cloud_bootstrap, gws, set())
         source = KafkaSource(cloud_bootstrap)
         expect = sum(s == "telemetry" for gw in gws for s, _ in gw.events.values())
         wait_replicated(source, expect)
@@ -354,6 +361,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
                  for gw, c in zip(gws, collectors, strict=True)]
         for gw, a in zip(gws, after, strict=True):
             print(f"{gw.edge_id} drift, retrained:      {a}")
+        send_labels(cloud_bootstrap, gws, labelled)
         for b, d, a in zip(before, drifted, after, strict=True):
             assert d.versions == {baseline.version} and a.versions == {champion.version}
             assert d.false_rate > 3 * b.false_rate + 0.01, "the drift raised no false alerts"
@@ -379,7 +387,7 @@ def train_candidate(registry: Registry, source: KafkaSource, key_file: Path,
     """A data scientist's model, trained on the fleet's latest data and registered (not
     promoted). A small run may rightly fail its int8 check: then another seed."""
     anon = source.anon_records("telemetry")
-    recent = [r for r in anon if r.ts >= anon[-1].ts - PHASE2_S]
+    recent = [r for r in anon if r.ts >= anon[-1].ts - (PHASE1_S - DRIFT_AT_S + PHASE2_S)]
     records = tdata.records_from_anon("telemetry", recent, source.labels())
     key = signing.load_private_key(key_file)
     for seed in (3, 13, 23):
