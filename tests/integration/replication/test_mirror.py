@@ -204,6 +204,7 @@ def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_bootstrap: 
     assert found, "the model never reached cloud.models on the edge"
 
 
+@pytest.mark.timeout(600 + 2 * OUTAGE_WALL_SECONDS)
 def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
         mirror: Mirror, stack: Stack, edge_bootstrap: str, cloud_bootstrap: str) -> None:
     """The cloud is stopped while the gateway keeps producing a bounded backlog (24,000
