@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Histogram
 
@@ -36,7 +35,6 @@ from shared.tokens import Tokenizer
 from shared.topics import DLQ_INGEST, ENRICHER_STATE
 
 log = logging.getLogger("enricher")
-_json = msgspec.json.Encoder()  # what shared.contracts.encode uses, minus a call per record
 TRANSACTION_SECONDS = Histogram(
     "fleetsentry_enricher_commit_seconds",
     "Seconds to commit one batch's transaction (records, changelog and offsets).",
@@ -46,6 +44,7 @@ SERVICE = "enricher"
 # Observe end-to-end latency for every n-th record: the histogram stays representative and
 # its cost stays off the per-record path.
 LATENCY_SAMPLE = 32
+DRAIN_EVERY = 500
 PURGE_EVERY_S = 3600.0
 
 
@@ -62,6 +61,21 @@ def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
                   (CARD_NUMBER, event.card_number, event.driver_id),
                   ("cardholder", event.cardholder, event.driver_id)]
     return items
+
+
+def batch_pii(items: list[tuple[StreamSpec, Telemetry | Payment]]
+              ) -> list[tuple[str, str, str | None]]:
+    """Every identifying value of a batch, once each (the same vehicle recurs all batch)."""
+    pairs = {(e.vin, e.driver_id): None for s, e in items if s is streams.TELEMETRY}
+    pii: dict[tuple[str, str], str | None] = {}
+    for vin, driver in pairs:
+        pii.setdefault((VIN, vin), None)
+        pii.setdefault((DRIVER_ID, driver), driver)
+    for spec, event in items:
+        if spec is streams.PAYMENTS:
+            for kind, value, person in pii_items(event):
+                pii.setdefault((kind, value), person)
+    return [(kind, value, person) for (kind, value), person in pii.items()]
 
 
 class Enricher:
@@ -120,7 +134,7 @@ class Enricher:
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
             # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
-            "queued.max.messages.kbytes": 16_384,
+            "queued.max.messages.kbytes": 8192,
         })
         self._consumer.subscribe(list(self._specs))
 
@@ -160,12 +174,15 @@ class Enricher:
         msgs = [m for m in msgs if m.error() is None or self._usable(m)]
         if not msgs:
             return 0
+        consumed = len(msgs)
         t0 = time.perf_counter()
         self._producer.begin_transaction()
         try:
-            produced = self._process(msgs)
+            items, ends = self._admit(msgs)
+            del msgs  # a gateway is short of memory: the raw bytes are not needed any more
+            produced = self._process(items)
             t1 = time.perf_counter()
-            self._commit(msgs)
+            self._commit(ends)
         except (KafkaException, BufferError) as exc:
             self._recover(exc)
             return 0
@@ -173,10 +190,10 @@ class Enricher:
         self.process_s += t1 - t0
         self.commit_s += t2 - t1
         TRANSACTION_SECONDS.observe(t2 - t1)
-        self.consumed += len(msgs)
+        self.consumed += consumed
         self.produced += produced
         self.batches += 1
-        return len(msgs)
+        return consumed
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
@@ -186,39 +203,34 @@ class Enricher:
             return False
         raise EnricherError(f"consuming raw: {err}")
 
-    def _process(self, msgs: list[Message]) -> int:
+    def _process(self, items: list[tuple[StreamSpec, Telemetry | Payment]]) -> int:
         assert self._producer is not None
-        items = self._admit(msgs)
         # The whole batch at once (vectorised): the very records and states that anonymizing
         # event by event would give.
         result = anonymize_batch(items, self.state, self.tokenizer)
         self.state.apply(result.updates)
-        produce, encode_json = self._producer.produce, _json.encode
-        pii: dict[tuple[str, str], str | None] = {}
+        produce, poll = self._producer.produce, self._producer.poll
+        wire = iter(result.wire)
+        for start in range(0, len(items), DRAIN_EVERY):
+            chunk = items[start:start + DRAIN_EVERY]
+            # chunk first: zip stops at its end without drawing one record too many.
+            for (spec, _event), (key, data) in zip(chunk, wire, strict=False):
+                try:
+                    produce(spec.anon_topic, key=key.encode(), value=data)
+                except BufferError:
+                    poll(0.05)  # the local queue is full: let deliveries drain
+                    produce(spec.anon_topic, key=key.encode(), value=data)
+            # Serve delivery reports as we go: until then every sent record stays queued.
+            poll(0)
         now = self._clock()
-        counts_out: Counter[str] = Counter()
-        for n, ((spec, event), record) in enumerate(zip(items, result.records, strict=True)):
-            if spec is streams.PAYMENTS:
-                for kind, value, person in pii_items(event):
-                    pii.setdefault((kind, value), person)
-                key = record.card_token  # type: ignore[union-attr]
-            else:
-                # Telemetry's PII (the vehicle and its driver), inline: both recur all batch.
-                pii.setdefault((VIN, event.vin), None)
-                pii.setdefault((DRIVER_ID, event.driver_id), event.driver_id)
-                key = record.vehicle_token
-            data = encode_json(record)
-            try:
-                produce(spec.anon_topic, key=key.encode(), value=data)
-            except BufferError:
-                self._producer.poll(0.05)  # the local queue is full: let deliveries drain
-                produce(spec.anon_topic, key=key.encode(), value=data)
-            counts_out[spec.name] += 1
-            if not n % LATENCY_SAMPLE:
-                self._latency[spec.name].observe(max(0.0, now - event.ts))
-        for name, count in counts_out.items():
-            self._out[name].inc(count)
-        self.vault.put_many((kind, value, person) for (kind, value), person in pii.items())
+        for spec, event in items[::LATENCY_SAMPLE]:
+            self._latency[spec.name].observe(max(0.0, now - event.ts))
+        payments = sum(1 for spec, _ in items if spec is streams.PAYMENTS)
+        if payments:
+            self._out[streams.PAYMENTS.name].inc(payments)
+        if len(items) > payments:
+            self._out[streams.TELEMETRY.name].inc(len(items) - payments)
+        self.vault.put_many(batch_pii(items))
         for key in result.updates:
             self._send(ENRICHER_STATE, key.encode(), encode_state(result.updates[key]))
         for (topic, partition), window in self._windows.items():
@@ -230,13 +242,20 @@ class Enricher:
                 produce(ENRICHER_STATE, key=changelog.dedup_key(topic, partition, old), value=None)
         return len(items)
 
-    def _admit(self, msgs: list[Message]) -> list[tuple[StreamSpec, Telemetry | Payment]]:
-        """Decode each message and drop the bridge's redeliveries; bad ones go to the DLQ."""
+    def _admit(self, msgs: list[Message]
+               ) -> tuple[list[tuple[StreamSpec, Telemetry | Payment]], dict[tuple[str, int], int]]:
+        """Decode each message and drop the bridge's redeliveries; bad ones go to the DLQ.
+
+        Returns the events to anonymize and each partition's last consumed offset.
+        """
         items: list[tuple[StreamSpec, Telemetry | Payment]] = []
+        ends: dict[tuple[str, int], int] = {}
         counts_in: Counter[str] = Counter()
         specs, windows = self._specs, self._windows
         for msg in msgs:
             tp: tuple[str, int] = (msg.topic(), msg.partition())  # type: ignore[assignment]
+            # A partition's messages come in offset order: its last one is its end.
+            ends[tp] = msg.offset()  # type: ignore[assignment]
             spec = specs[tp[0]]
             counts_in[spec.name] += 1
             try:
@@ -253,7 +272,7 @@ class Enricher:
             items.append((spec, event))
         for name, n in counts_in.items():
             self._in[name].inc(n)
-        return items
+        return items, ends
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
         assert self._producer is not None
@@ -278,12 +297,8 @@ class Enricher:
                             received_ts=self._clock(), payload=msg.value() or b"")
         self._send(DLQ_INGEST, b"enricher", encode(letter))
 
-    def _commit(self, msgs: list[Message]) -> None:
+    def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         assert self._consumer is not None and self._producer is not None
-        ends: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            # A partition's messages come in offset order: its last one is its end.
-            ends[(m.topic(), m.partition())] = m.offset()  # type: ignore[index,assignment]
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]
         self._producer.send_offsets_to_transaction(
             offsets, self._consumer.consumer_group_metadata(), 30)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 
 import msgspec
+from firmware_sim import Fleet, SimSettings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim import Fleet, SimSettings
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode, encode
-from shared.features import FeatureState, anonymize, encode_state
+from shared.features import FeatureState, anonymize, batch, encode_state
 from shared.features.batch import anonymize_batch
 from shared.features.state import KeyState
 from shared.streams import StreamSpec
@@ -59,10 +59,20 @@ def batched(items: Items, state: FeatureState, sizes: list[int]
         result = anonymize_batch(chunk, state, TOK)
         out = [encode(r) for r in result.records]
         assert len(out) == len(chunk)
+        # The enricher's path: keys and bytes without record objects, from a fresh batch.
+        wire = list(anonymize_batch(chunk, state, TOK).wire)
+        assert [data for _, data in wire] == out
+        assert [key for key, _ in wire] == [
+            getattr(r, "card_token", None) or r.vehicle_token  # type: ignore[attr-defined]
+            for r in map(decode_anon, out, chunk)]
         state.apply(result.updates)
         records += out
     assert i >= len(items)
     return records, encoded(state)
+
+
+def decode_anon(data: bytes, item: tuple[StreamSpec, msgspec.Struct]) -> msgspec.Struct:
+    return decode(item[0].anon_event, data)  # type: ignore[no-any-return]
 
 
 def encoded(state: FeatureState) -> dict[str, bytes]:
@@ -77,6 +87,7 @@ def chunk_sizes(total: int, rng: random.Random, top: int) -> list[int]:
 
 
 def test_seeded_fleet_batches_match_event_by_event() -> None:
+    assert batch._WIRE_OK  # the fast path is on (AnonTelemetry's fields are as it expects)
     items = sim_items(seed=5)
     assert sum(1 for s, _ in items if s is streams.PAYMENTS) > 20  # payments interleave
     expect = sequential(items, FeatureState())
