@@ -82,7 +82,7 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     max_batch: Annotated[int, Meta(ge=1, le=65536)] = 2048
     max_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
     # Alert episodes (telemetry): open after this many anomalous frames within the window...
-    episode_open_events: Annotated[int, Meta(ge=1, le=100)] = 3
+    episode_open_events: Annotated[int, Meta(ge=1, le=100)] = 4
     episode_open_window_s: Annotated[float, Meta(gt=0)] = 10.0
     # ... close after this long without one; report a new peak at most this often.
     episode_quiet_gap_s: Annotated[float, Meta(gt=0)] = 30.0

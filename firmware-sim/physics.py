@@ -53,6 +53,7 @@ class FleetArrays:
     oil_gain: np.ndarray
     tyre_gain: np.ndarray
     charge_rate: np.ndarray  # % of the battery per second while plugged in (engine off)
+    fill_rate: np.ndarray  # litres per second while the pump runs (engine off)
     lat: np.ndarray
     lon: np.ndarray
     # the road being driven (set when the vehicle enters it)
@@ -215,7 +216,9 @@ def _energy(a: FleetArrays, ix: Index, dt: float, power_kw: np.ndarray, force: n
     soc_ice = np.where(on, np.minimum(95.0, soc + 0.002 * dt), np.maximum(60.0, soc - 0.0005 * dt))
     soc = np.where(ev, soc_ev, soc_ice)
     a.soc[ix] = soc
-    a.fuel_l[ix] = np.where(~ev & on, fuel_on, fuel)
+    # A pump delivers over the stop: the gauge climbs, it does not jump in one frame.
+    fuel_off = np.minimum(a.tank[ix], fuel + a.fill_rate[ix] * dt)
+    a.fuel_l[ix] = np.where(ev, fuel, np.where(on, fuel_on, fuel_off))
     return soc
 
 

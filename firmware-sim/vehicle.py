@@ -81,6 +81,7 @@ class Vehicle:
     oil_gain = _Row()
     tyre_gain = _Row()
     charge_rate = _Row()
+    fill_rate = _Row()
 
     def __init__(self, index: int, vin: str, model: VehicleModel, driver: Driver,
                  cmap: CityMap, rng: random.Random, arrays: FleetArrays, city: int,
@@ -227,6 +228,7 @@ class Vehicle:
             return
         self.engine_on = False
         self.charge_rate = 0.0
+        self.fill_rate = 0.0
         if kind == "fuel":
             self.stop_left = rng.uniform(180, 360)
             merchant = self.cmap.fuel[self.node]
@@ -234,7 +236,8 @@ class Vehicle:
             frac = rng.uniform(0.97, 1.0) if rng.random() < self.driver.full_fill \
                 else rng.uniform(0.35, 0.75)
             litres = round(missing * frac, 2)
-            self.fuel_l += litres
+            # The fuel flows in while the vehicle stands at the pump (physics adds it).
+            self.fill_rate = litres / self.stop_left
             amount = round(litres * city.fuel_price * rng.uniform(0.98, 1.03), 2)
             intents.append(Intent("fuel", merchant, amount, litres))
         elif kind == "charging":

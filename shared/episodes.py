@@ -32,7 +32,10 @@ from shared.contracts import Alert, Contribution
 
 @dataclass(frozen=True)
 class EpisodeSettings:
-    open_events: int = 3
+    # Four anomalous frames in ten seconds: a vehicle braking hard into a stop or starting to
+    # refuel can look odd for two or three frames; a fault keeps at it (every kind reaches
+    # four within seconds of its start, far inside the 60 s detection budget).
+    open_events: int = 4
     open_window_s: float = 10.0
     quiet_gap_s: float = 30.0
     update_interval_s: float = 10.0

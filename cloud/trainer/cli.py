@@ -74,6 +74,8 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
               show_default=True,
               help="Validation and holdout: the latest events (time) or unseen vehicles/cards "
                    "(vehicle; for data pooled from several runs or times of day).")
+@click.option("--splits", default=",".join(f"{f:g}" for f in TrainSettings.splits),
+              show_default=True, help="Train,validation,holdout fractions.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="STREAM:MODE=VALUE",
               help="Threshold rule, e.g. payments:precision=0.9, telemetry:false_episodes=0.5, "
                    "telemetry:alert_rate=0.001.")
@@ -81,7 +83,7 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
 def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic_prefix: str,
           labels_topic: str | None, stream_names: tuple[str, ...], out_dir: Path,
           key_file: Path, public_key_out: Path | None, token_secret_file: Path | None,
-          epochs: int, batch_size: int, max_fit_rows: int, seed: int, split: str,
+          epochs: int, batch_size: int, max_fit_rows: int, seed: int, split: str, splits: str,
           thresholds: tuple[str, ...], parent: str | None) -> None:
     """Train, quantize (int8), evaluate and sign one autoencoder per stream."""
     console = Console(stderr=True)
@@ -103,6 +105,7 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
         for name in names:
             settings = TrainSettings(epochs=epochs, batch_size=batch_size,
                                      max_fit_rows=max_fit_rows, seed=seed, split=split,
+                                     splits=_splits(splits),
                                      threshold=rules.get(name))
             task = progress.add_task(f"train {name}", total=epochs, info="")
 
@@ -119,6 +122,17 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
     for name, model in trained.items():
         console.print(_summary(model, out_dir / name))
     console.print(f"signed with key {signing.key_fingerprint(key)} ({key_file})")
+
+
+def _splits(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0:
+        raise click.BadParameter(f"{text!r}: expected three positive fractions, e.g. 0.6,0.2,0.2",
+                                 param_hint="--splits")
+    return parts[0], parts[1], parts[2]
 
 
 def _labels(events: Path | None, labels: Path | None, bootstrap: str | None,

@@ -36,8 +36,9 @@ def test_a_sustained_fault_is_one_episode_with_start_peak_and_end() -> None:
     assert closed.start_ts == 1060 and closed.end_ts == 1179
     assert closed.peak_score == 9.0 and closed.peak_ts == 1100
     assert closed.top_features == TOP
-    # Opening takes three anomalous frames: detection delay is bounded by the window.
-    assert alerts[0].start_ts == 1060 and alerts[0].end_ts == 1062
+    # Opening takes open_events anomalous frames: detection delay is bounded by the window.
+    opening = EpisodeSettings().open_events
+    assert alerts[0].start_ts == 1060 and alerts[0].end_ts == 1060 + opening - 1
 
 
 def test_isolated_noisy_frames_raise_nothing() -> None:

@@ -201,6 +201,22 @@ def test_fuel_payments_respect_the_tank_unless_fraud(run) -> None:
     assert over > 0
 
 
+def test_a_refuel_fills_the_tank_over_the_stop(run) -> None:
+    """The pump delivers while the vehicle stands: the gauge climbs, it never jumps."""
+    fleet, records = run
+    last: dict[str, float] = {}
+    biggest, rises = 0.0, 0
+    for r in records:
+        if r.topic.endswith("telemetry"):  # no fault touches the fuel gauge
+            t = decode(Telemetry, r.payload)
+            step = t.fuel_pct - last.get(t.vin, t.fuel_pct)
+            biggest = max(biggest, step)
+            rises += step > 0.05
+            last[t.vin] = t.fuel_pct
+    assert rises > 0, "no vehicle refuelled in the run"
+    assert biggest < 2.0, f"the fuel level jumped by {biggest:.1f} % in one frame"
+
+
 def test_drift_adds_a_new_model_and_rolls_out_firmware() -> None:
     base = fs.SimSettings(vehicles=20, duration_s=240, seed=5)
     drifted = fs.SimSettings(vehicles=20, duration_s=420, seed=5,
