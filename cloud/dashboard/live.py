@@ -154,6 +154,11 @@ class LiveState:
     def _status(self, gw: Gateway, st: ModelStatus) -> None:
         gw.statuses.append({"ts": st.ts, "stream": st.stream, "version": st.version,
                             "state": st.state, "reason": st.reason})
+        # A switch shows at once, before (or without) traffic scored with the new model;
+        # scores from before the switch that replicate later do not take it back.
+        if st.state == "active" and st.ts >= gw._model_ts.get(st.stream, 0.0):
+            gw._model_ts[st.stream] = st.ts
+            gw.models[st.stream] = st.version
 
     def _score(self, gw: Gateway, s: Score) -> None:
         gw.events.add(s.ts, s.stream)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cloud.dashboard.auth import Signer, Users, hash_password, verify_password
 from cloud.dashboard.live import LiveState
 from cloud.dashboard.views import fleet
-from shared.contracts import Score, encode
+from shared.contracts import ModelStatus, Score, encode
 
 
 def test_password_hashes_are_salted_and_malformed_ones_never_match() -> None:
@@ -58,3 +58,27 @@ def test_gateways_go_offline_and_lag_comes_from_heartbeats() -> None:
     assert view["totals"]["rejected"] == 1
     # A gateway's backlog lands in the minutes it belongs to, not at arrival.
     assert live.events.total("payments", now - 60, now) == 60
+
+
+def test_a_gateway_shows_the_model_it_reported_active_before_scoring_with_it() -> None:
+    live = LiveState(bucket_s=10, window_s=600, offline_after_s=30)
+    now = 10_000.0
+    live.on_record("edge-1.scores.payments", _score(now - 20, False, "v1"), now - 20)
+
+    def status(version: str, state: str, ts: float) -> bytes:
+        return encode(ModelStatus(edge_id="edge-1", stream="payments", version=version,
+                                  state=state, ts=ts))
+
+    def model() -> str:
+        return str(fleet(live, _NoRegistry(), now)["gateways"][0]["models"][0]["version"])
+
+    live.on_record("edge-1.model-status", status("v2", "shadowing", now - 10), now - 10)
+    assert model() == "v1"  # shadowing is not running
+    live.on_record("edge-1.model-status", status("v2", "active", now - 5), now - 5)
+    assert model() == "v2"
+    # A score from before the switch, replicated late, does not take it back ...
+    live.on_record("edge-1.scores.payments", _score(now - 8, False, "v1"), now - 1)
+    assert model() == "v2"
+    # ... a later one does (say the agent rolled back).
+    live.on_record("edge-1.scores.payments", _score(now - 1, False, "v1"), now - 1)
+    assert model() == "v1"
