@@ -6,14 +6,23 @@ so one module's records must never reach another module's assertions."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER
+from shared.infra.ports import RANGE_ENV
 from shared.infra.stack import Stack
 from tests.support import free_infra_settings
+
+# Parallel workers (pytest -n N) pick broker ports from their own slices, so two workers
+# can never pick the same free port at the same moment. Subprocesses inherit the slice.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and RANGE_ENV not in os.environ:
+    _n = int(_WORKER[2:]) % 4
+    os.environ[RANGE_ENV] = f"{20000 + 3000 * _n}-{23000 + 3000 * _n}"
 
 
 @dataclass(frozen=True)
