@@ -70,15 +70,17 @@ bench: setup
 # extra fault episodes to pick the threshold on; split by vehicle, so every time of day is
 # trained on and the threshold is chosen on vehicles the model never saw (a gateway's fleet is
 # not the training fleet), 120 of them: a false-alert target of 1 per 100 vehicle-hours means
-# little when judged on fewer hours. Payments: 8 hours of 300 vehicles at the default payment and fraud
-# rates, so card histories and velocities are the ones a gateway sees (sparse telemetry keeps
-# it quick). A run is SEED:START_TS.
+# little when judged on fewer hours. Payments: 4 hours of 150 vehicles at the default payment
+# and fraud rates, so card histories and velocities are the ones a gateway sees, with telemetry
+# every 2 s: a payment is judged against the vehicle's last position, and with sparser
+# telemetry every position is stale, so a gateway's fresh ones would all look odd.
+# A run is SEED:START_TS.
 BASELINE_TELEMETRY_SIM ?= --vehicles 50 --duration 3600 --payment-rate 10 \
 	--fault-scale 3 --fraud-scale 2
 BASELINE_TELEMETRY_RUNS ?= 20260105:1767574800 20260106:1767589200 20260107:1767603600 \
 	20260108:1767618000 20260109:1767632400 20260110:1767646800
 BASELINE_TELEMETRY_TRAIN ?= --split vehicle --splits 0.4,0.4,0.2
-BASELINE_PAYMENTS_SIM ?= --vehicles 300 --duration 28800 --rate 0.02
+BASELINE_PAYMENTS_SIM ?= --vehicles 150 --duration 14400 --rate 0.5
 BASELINE_PAYMENTS_RUNS ?= 20260105:1767600000
 BASELINE_PAYMENTS_TRAIN ?= --split time
 baseline-models: baseline-telemetry baseline-payments
