@@ -23,7 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from confluent_kafka import Consumer
 from firmware_sim import Fleet, SimSettings
@@ -36,6 +35,7 @@ from shared.contracts import Alert, AnonPayment, Score, decode
 from shared.features import feature_memory_s
 from shared.infra.stack import Stack
 from tests.edge_pipeline import EdgePipeline
+from tests.paced_fleet import FastFleet
 
 # False telemetry alert episodes per 100 vehicle-hours: the product target (at least one is
 # tolerated, so a run of under 100 vehicle-hours may show a single one).
@@ -48,31 +48,6 @@ DETECT_WITHIN_S = 60.0
 # An alert this soon after a fault ends is the fault's tail: the rolling features look back
 # this far (the evaluation report counts it the same way).
 AFTER_FAULT_S = feature_memory_s("telemetry")
-
-
-class _EventId(msgspec.Struct):
-    event_id: str
-
-
-class FastFleet:
-    """A Fleet whose ticks the live runner paces ``speed`` times faster than real time."""
-
-    def __init__(self, fleet: Fleet, speed: float) -> None:
-        self._fleet = fleet
-        s = fleet.settings
-        self.settings = type("Paced", (), {"dt": s.dt / speed, "duration_s": s.duration_s / speed,
-                                           "ticks": s.ticks, "seed": s.seed})()
-        self.events: dict[str, tuple[str, str]] = {}  # event_id -> (stream, vin)
-
-    def step(self) -> list[Any]:
-        recs = self._fleet.step()
-        for r in recs:
-            _, vin, stream = r.topic.split("/")
-            self.events[msgspec.json.decode(r.payload, type=_EventId).event_id] = (stream, vin)
-        return recs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fleet, name)
 
 
 class Collector(threading.Thread):
