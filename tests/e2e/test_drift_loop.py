@@ -49,6 +49,7 @@ from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
 from shared import model_bundle, signing, topics
 from shared.contracts import Alert, ModelStatus, Score, decode, encode
+from shared.features import feature_memory_s
 from shared.infra.mirror import Mirror
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
@@ -67,7 +68,7 @@ PHASE1_S = 900.0
 DRIFT_AT_S = 240.0
 PHASE2_S = 360.0
 SETTLE_S = 120.0  # after the drift starts or a model switches: vehicles join, windows refill
-AFTER_FAULT_S = 120.0  # rolling features remember a fault this long after it ends
+AFTER_FAULT_S = feature_memory_s("telemetry")  # rolling features remember a fault this long
 PASSWORD = "drift-vehicle-pw"
 
 
