@@ -10,6 +10,7 @@ PIP    := $(VENV)/bin/pip
 EXTRAS ?= edge,cloud,dev
 APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven chromium chromium-driver
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean baseline-models baseline-telemetry baseline-payments
 
@@ -48,8 +49,10 @@ venv: $(VENV)/.installed
 jars: venv
 	$(PY) -m shared.infra.jars
 
+# Test modules run on TEST_WORKERS parallel workers, each module whole on one worker (its
+# brokers are per module); most of a module's time is waiting on brokers and subprocesses.
 test: setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
