@@ -50,7 +50,7 @@ jars: venv
 	$(PY) -m shared.infra.jars
 
 # Test modules run on TEST_WORKERS parallel workers, each module whole on one worker (its
-# brokers are per module); most of a module's time is waiting on brokers and subprocesses.
+# brokers are per module). TEST_WORKERS=1 runs them one after another.
 test: setup
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
