@@ -15,27 +15,23 @@ its vehicle.
 
 from __future__ import annotations
 
-import math
-import threading
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 from firmware_sim import Fleet, SimSettings
 from firmware_sim.live import LiveRunner
 from firmware_sim.session import ConnectSettings
 
 from cloud.evaluation.metrics import pr_auc
-from shared import topics
-from shared.contracts import Alert, AnonPayment, Score, decode
+from shared.contracts import Alert
 from shared.features import feature_memory_s
 from shared.infra.stack import Stack
 from tests.edge_pipeline import EdgePipeline
 from tests.paced_fleet import FastFleet
+from tests.score_collector import Collector
 
 # False telemetry alert episodes per 100 vehicle-hours: the product target (at least one is
 # tolerated, so a run of under 100 vehicle-hours may show a single one).
@@ -48,49 +44,6 @@ DETECT_WITHIN_S = 60.0
 # An alert this soon after a fault ends is the fault's tail: the rolling features look back
 # this far (the evaluation report counts it the same way).
 AFTER_FAULT_S = feature_memory_s("telemetry")
-
-
-class Collector(threading.Thread):
-    """Reads scores.* and alerts from the start (read_committed) and keeps this run's."""
-
-    def __init__(self, bootstrap: str, events: dict[str, tuple[str, str]]) -> None:
-        super().__init__(daemon=True)
-        self.events = events
-        self.scores: dict[str, Score] = {}
-        self.duplicates = 0
-        self.alerts: list[Alert] = []
-        self.stop = threading.Event()
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4()}",
-                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                           "isolation.level": "read_committed"})
-        self.c.subscribe([topics.SCORES_TELEMETRY, topics.SCORES_PAYMENTS, topics.ALERTS,
-                          topics.ANON_PAYMENTS])
-        self.fix_age: dict[str, float] = {}  # payment -> age of the vehicle position it used
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for m in self.c.consume(5000, 0.5):
-                if m.error():
-                    continue
-                if m.topic() == topics.ANON_PAYMENTS:
-                    p = decode(AnonPayment, m.value())
-                    if p.event_id in self.events:
-                        self.fix_age[p.event_id] = math.expm1(p.features["vehicle_fix_age_s"])
-                    continue
-                if m.topic() == topics.ALERTS:
-                    a = decode(Alert, m.value())
-                    if a.event_ids and a.event_ids[0] in self.events:
-                        self.alerts.append(a)
-                    continue
-                s = decode(Score, m.value())
-                if s.event_id in self.events:
-                    self.duplicates += s.event_id in self.scores
-                    self.scores[s.event_id] = s
-        self.c.close()
-
-    def payments_scored(self) -> bool:
-        pays = [e for e, (stream, _) in self.events.items() if stream == "payments"]
-        return bool(pays) and all(e in self.scores for e in pays)
 
 
 class WaitingRunner(LiveRunner):

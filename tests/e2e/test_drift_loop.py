@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 from firmware_sim import Fleet, SimSettings
 from firmware_sim.live import LiveRunner
 from firmware_sim.session import ConnectSettings
@@ -48,7 +46,7 @@ from cloud.trainer import data as tdata
 from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
 from shared import model_bundle, signing, topics
-from shared.contracts import Alert, ModelStatus, Score, decode, encode
+from shared.contracts import ModelStatus, decode, encode
 from shared.features import feature_memory_s
 from shared.infra.mirror import Mirror
 from shared.infra.ports import free_ports
@@ -57,6 +55,7 @@ from tests.agent_models import flip_byte
 from tests.browser_support import chromium, cloud_run, cloud_toml, promote, shot, sign_in, wait
 from tests.edge_pipeline import EdgePipeline
 from tests.paced_fleet import FastFleet
+from tests.score_collector import Collector
 from tests.support import consume_all, free_infra_settings, produce_all
 
 pytestmark = pytest.mark.integration
@@ -86,47 +85,17 @@ class Gateway:
         return self.pipeline.edge_id
 
 
-class Collector(threading.Thread):
-    """Reads a gateway's scores.telemetry and alerts (read_committed) from the start."""
-
-    def __init__(self, gw: Gateway) -> None:
-        super().__init__(daemon=True)
-        self.gw = gw
-        self.scores: dict[str, Score] = {}
-        self.alerts: list[Alert] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        c = Consumer({"bootstrap.servers": self.gw.stack.edge.bootstrap,
-                      "group.id": f"drift-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-                      "enable.auto.commit": False, "isolation.level": "read_committed"})
-        c.subscribe([topics.SCORES_TELEMETRY, topics.ALERTS])
-        try:
-            while not self.stop.is_set():
-                for m in c.consume(5000, 0.5):
-                    if m.error():
-                        continue
-                    if m.topic() == topics.ALERTS:
-                        a = decode(Alert, m.value())
-                        if a.stream == "telemetry":
-                            self.alerts.append(a)
-                    else:
-                        s = decode(Score, m.value())
-                        self.scores[s.event_id] = s
-        finally:
-            c.close()
-
-    def wait_scored(self, timeout: float) -> None:
-        want = [e for e, (s, _) in self.gw.events.items() if s == "telemetry"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(e in self.scores for e in want):
-                time.sleep(3)  # the episodes' closing alerts
-                return
-            time.sleep(1)
-        missing = sum(e not in self.scores for e in want)
-        raise AssertionError(f"{self.gw.edge_id}: {missing} of {len(want)} frames never "
-                             f"scored\n{self.gw.pipeline.tail()}")
+def wait_scored(gw: Gateway, col: Collector, timeout: float) -> None:
+    """Until every telemetry frame the gateway's fleet sent so far has its score."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not col.missing("telemetry"):
+            time.sleep(3)  # the episodes' closing alerts
+            return
+        time.sleep(1)
+    want = sum(s == "telemetry" for s, _ in gw.events.values())
+    raise AssertionError(f"{gw.edge_id}: {col.missing('telemetry')} of {want} frames never "
+                         f"scored\n{gw.pipeline.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -240,13 +209,13 @@ class Window:
 def window(gw: Gateway, col: Collector, lo: float, hi: float) -> Window:
     labelled = {lab.event_id for lab in gw.fleet.labels}
     spans = fault_spans(gw)
-    frames = [s for e, s in col.scores.items() if e in gw.events and lo <= s.ts < hi
+    frames = [s for e, s in col.scores.items() if lo <= s.ts < hi
               and gw.events[e][0] == "telemetry"]
     normal = [s for s in frames if s.event_id not in labelled]
     vehicles = {gw.events[s.event_id][1] for s in frames}
     episodes: dict[str, tuple[str, float, float]] = {}
     for a in col.alerts:
-        if a.event_ids and a.event_ids[0] in gw.events and lo <= a.start_ts < hi:
+        if a.stream == "telemetry" and lo <= a.start_ts < hi:
             vin = gw.events[a.event_ids[0]][1]
             _, start, end = episodes.get(a.alert_id, (vin, a.start_ts, a.end_ts))
             episodes[a.alert_id] = (vin, min(start, a.start_ts), max(end, a.end_ts))
@@ -308,15 +277,15 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
     gws = gateways
     t0 = gws[0].fleet.start_ts
     drift_ts, switch_ts = t0 + DRIFT_AT_S, t0 + PHASE1_S
-    collectors = [Collector(gw) for gw in gws]
+    collectors = [Collector(gw.stack.edge.bootstrap, gw.events) for gw in gws]
     for c in collectors:
         c.start()
     registry = Registry(cloud_state / "registry").start()
     try:
         # Phase 1: normal driving, then a new vehicle model joins both fleets.
         drive(gws, PHASE1_S, tmp_path)
-        for c in collectors:
-            c.wait_scored(240)
+        for gw, c in zip(gws, collectors, strict=True):
+            wait_scored(gw, c, 240)
         before = [window(gw, c, t0 + SETTLE_S, drift_ts) for gw, c in zip(gws, collectors, strict=True)]
         drifted = [window(gw, c, drift_ts + SETTLE_S, switch_ts)
                    for gw, c in zip(gws, collectors, strict=True)]
@@ -357,8 +326,8 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
 
         # Phase 2: the same fleets drive on, scored by the retrained model.
         drive(gws, PHASE1_S + PHASE2_S, tmp_path)
-        for c in collectors:
-            c.wait_scored(240)
+        for gw, c in zip(gws, collectors, strict=True):
+            wait_scored(gw, c, 240)
         after = [window(gw, c, switch_ts + SETTLE_S, t0 + PHASE1_S + PHASE2_S)
                  for gw, c in zip(gws, collectors, strict=True)]
         for gw, a in zip(gws, after, strict=True):

@@ -27,6 +27,7 @@ from tests.browser_support import (
     chromium,
     cloud_run,
     cloud_toml,
+    promote,
     shot,
     sign_in,
     wait,
@@ -146,12 +147,9 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
     d.get(url + "/registry")  # type: ignore[attr-defined]
     section = find(By.ID, "stream-telemetry")
     old = find(By.ID, "champion-telemetry").text
-    button = section.find_elements(By.CSS_SELECTOR, "[data-promote]")[0]
-    version = button.get_attribute("data-promote")
-    button.click()
-    assert version in find(By.ID, "confirm-question").text
-    find(By.ID, "confirm").click()
-    wait("the model page", lambda: find(By.ID, "model-state").text == "champion")
+    version = section.find_elements(By.CSS_SELECTOR, "[data-promote]")[0].get_attribute(
+        "data-promote")
+    promote(d, run, version)
     shot(d, "7-model")
     d.get(url + "/registry")  # type: ignore[attr-defined]
     assert find(By.ID, "champion-telemetry").text == version != old
