@@ -149,7 +149,9 @@ def sign_in(driver: Any, run: CloudRun, page: str = "/runs", shot_as: str = "") 
     driver.find_element(By.ID, "password").send_keys(run.password)
     driver.find_element(By.ID, "sign-in").click()
     wait(f"the {page} page", lambda: driver.current_url.endswith(page))
-    assert driver.find_element(By.ID, "signed-in-user").text == run.user
+    # The address changes before the new page has rendered: look until it has.
+    wait(f"{run.user} signed in", lambda: driver.find_element(
+        By.ID, "signed-in-user").text == run.user)
 
 
 def promote(driver: Any, run: CloudRun, version: str) -> None:
