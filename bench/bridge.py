@@ -4,16 +4,27 @@ Baseline, measured in the same run: a bare paho MQTT 5 QoS 1 subscriber (same br
 kind of shared subscription, same receive maximum) that only counts messages. The run first
 creates every consumer's persistent session (bare, one bridge, two bridges: three subscription
 groups), publishes one backlog of pre-encoded telemetry events from a few paho clients (each
-group gets a copy), then drains it phase by phase: start the consumer process(es) and time from
-the first to the last event (for the bridge as seen in Kafka's end offsets of raw.telemetry,
-i.e. produced and confirmed by Kafka). Publishing beforehand keeps the publishers' CPU out of
-the measurement on a small machine. Beside events/s it reports each consumer's CPU time per
-event over the drain, which stays meaningful when other work shares the machine.
+group gets a copy), then drains it phase by phase: start the consumer process(es) and time the
+middle of the drain, from 10 % to 90 % of the backlog (for the bridge as seen in Kafka's end
+offsets of raw.telemetry, i.e. produced and confirmed by Kafka), so process start-up and the
+last process finishing alone are not counted. Publishing beforehand keeps the publishers' CPU
+out of the measurement on a small machine. Beside events/s it reports each consumer's CPU time
+per event and how many cores the bridges, Kafka (and its JIT compiler), Mosquitto and the whole
+machine were busy over the same window.
+
+Before the bridge phases the broker's produce path is driven for ``--warm-s`` seconds (60):
+a gateway's Kafka runs for months, and a fresh JVM's compiler would otherwise take a third of
+a core from whichever phase runs first.
+
+``--cpu-cap CPUS`` gives the bare subscriber and each bridge process the same CPU budget
+(cgroup CFS quota; root). On a 2-core machine that also runs Kafka and Mosquitto two uncapped
+bridges cannot each have a core; with a cap the phases compare equal budgets, which is what
+"two processes vs one" asks.
 
 Targets: one bridge >= 0.8 of the bare subscriber; two bridges >= 1.6x one; peak RSS of each
 process <= 150 MB. Starts its own Mosquitto + edge Kafka on free ports and stops them.
 
-    .venv/bin/python bench/bridge.py [--events 20000]
+    .venv/bin/python bench/bridge.py [--events 100000] [--cpu-cap 0.5] [--set linger_ms=5]
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paho.mqtt.client as mqtt  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
@@ -44,14 +57,14 @@ from tests.bridge_payloads import encode, telemetry  # noqa: E402
 from tests.bridge_support import (  # noqa: E402
     BridgeProcess,
     drop_session,
-    end_offsets,
     mqtt_client,
     write_edge_toml,
 )
 from tests.support import free_infra_settings  # noqa: E402
 
 RECEIVE_MAXIMUM = BridgeSettings().receive_maximum
-DEADLINE_S = 170.0  # the whole run, stack start included
+SUSTAINED = (0.1, 0.9)  # the part of the backlog whose drain is timed
+DEADLINE_S = 240.0  # the whole run, stack start included
 STARTED = time.monotonic()
 
 
@@ -63,6 +76,159 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuCap:
+    """Give each process under test the same fixed CPU budget (a CFS quota, one cgroup each).
+
+    On a 2-core machine that also runs Kafka and Mosquitto, two uncapped bridges cannot each
+    get a core, so "two processes vs one" there measures the machine, not the bridge. With a
+    cap of e.g. 0.5 CPU per process the phases compare like with like -- one process with
+    its budget, two with theirs -- and the machine keeps room for Kafka and Mosquitto: the
+    ratio then shows whether the load spreads over processes without a shared bottleneck
+    (the broker's shared-subscription dispatch, Kafka's produce path). Needs root and the
+    cgroup cpu controller (v1 ``cpu`` hierarchy or v2 ``cpu.max``).
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cpus: float) -> None:
+        self.cpus = cpus
+        v1 = Path("/sys/fs/cgroup/cpu")
+        v2 = Path("/sys/fs/cgroup")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.root, self.v2 = v1 / f"fleetsentry-bench-{os.getpid()}", False
+        elif "cpu" in (v2 / "cgroup.controllers").read_text(errors="replace").split() \
+                if (v2 / "cgroup.controllers").exists() else False:
+            self.root, self.v2 = v2 / f"fleetsentry-bench-{os.getpid()}", True
+        else:
+            raise SystemExit("--cpu-cap needs the cgroup cpu controller (no "
+                             "/sys/fs/cgroup/cpu/cpu.cfs_quota_us nor cpu in "
+                             "/sys/fs/cgroup/cgroup.controllers)")
+        try:
+            self.root.mkdir()
+        except OSError as exc:
+            raise SystemExit(f"--cpu-cap: cannot create {self.root} ({exc}); run as root") from None
+        if self.v2:
+            (self.root / "cgroup.subtree_control").write_text("+cpu")
+        self.groups: list[Path] = []
+
+    def add(self, pid: int) -> None:
+        """Put ``pid`` in a cgroup of its own with ``cpus`` CPUs' worth of time."""
+        group = self.root / f"p{len(self.groups)}"
+        group.mkdir()
+        quota = int(self.cpus * self.PERIOD_US)
+        if self.v2:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(pid))
+        self.groups.append(group)
+
+    def close(self) -> None:
+        """Remove the cgroups (their processes have exited by now)."""
+        for group in [*self.groups, self.root]:
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+
+
+CAP: CpuCap | None = None  # set by --cpu-cap
+
+
+def capped(pid: int) -> None:
+    if CAP is not None:
+        CAP.add(pid)
+
+
+def thread_cpu_seconds(pid: int, name_part: str) -> float:
+    """utime + stime of those threads of ``pid`` whose name contains ``name_part``."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if name_part not in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
+                continue
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Watermarks:
+    """How many records a topic holds, from one long-lived consumer.
+
+    One client for the whole run: a new client per poll would cost the machine (and the
+    broker) more than the bridges under test on a small gateway.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-wm"})
+        meta = self.consumer.list_topics(topic, timeout=10)
+        self.partitions = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+
+    def total(self) -> int:
+        return sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+                   for tp in self.partitions)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+WARM_TOPIC = "bench.warmup"
+
+
+def warm_kafka(stack: Stack, payloads: list[tuple[str, bytes]], seconds: float,
+               marks: Watermarks, rate: float = 12_000.0) -> float:
+    """Drive the broker the way the phases will (two idempotent producers with the bridge's
+    settings, watermarks read every 50 ms) for a while before measuring.
+
+    A gateway's Kafka runs for months; a fresh JVM spends its first minute or so compiling
+    (its JIT threads alone took a third of a core at 12,000 events/s here), which would be
+    charged to whichever phase runs first. Returns the share of a core the broker's JIT
+    compiler threads took over the warm-up's last second: near 0 means steady state.
+    """
+    settings = BridgeSettings()
+    producers = [Producer({"bootstrap.servers": stack.edge.bootstrap,
+                           "enable.idempotence": True, "acks": "all",
+                           "linger.ms": settings.linger_ms,
+                           "compression.type": settings.compression}) for _ in range(2)]
+    kafka = list(stack.edge.running_pids().values())
+    start = time.perf_counter()
+    jit0 = sum(thread_cpu_seconds(pid, "Compiler") for pid in kafka)
+    t0 = marked = start
+    jit_share = 0.0
+    i = 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        topic, value = payloads[i % len(payloads)]
+        producers[i % 2].produce(WARM_TOPIC, value, topic.split("/")[1].encode())
+        i += 1
+        if i % 100 == 0:
+            for p in producers:
+                p.poll(0)
+            ahead = i / rate - elapsed
+            if ahead > 0:
+                time.sleep(ahead)
+            now = time.perf_counter()
+            if now - marked >= 0.05:
+                marks.total()
+                marked = now
+            if now - t0 >= 1.0:
+                jit1 = sum(thread_cpu_seconds(pid, "Compiler") for pid in kafka)
+                jit_share, jit0, t0 = (jit1 - jit0) / (now - t0), jit1, now
+    for p in producers:
+        p.flush(30)
+    return jit_share
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -120,18 +286,19 @@ def publish_backlog(stack: Stack, payloads: list[tuple[str, bytes]], publishers:
 
 
 def bare_subscriber(args: argparse.Namespace) -> None:
-    """Count messages (paho acknowledges each on receipt) and report first/last times."""
+    """Count messages (paho acknowledges each on receipt); time the middle of the backlog."""
     state = {"n": 0, "first": 0.0, "last": 0.0, "cpu0": 0.0, "cpu1": 0.0}
+    lo, hi = (int(f * args.expect) for f in SUSTAINED)
 
     def on_message(client: mqtt.Client, _u: Any, _msg: mqtt.MQTTMessage) -> None:
-        now = time.perf_counter()
-        if state["n"] == 0:
-            state["first"] = now
-            state["cpu0"] = time.process_time()
         state["n"] += 1
-        state["last"] = now
-        if state["n"] >= args.expect:
+        if state["n"] == lo:
+            state["first"] = time.perf_counter()
+            state["cpu0"] = time.process_time()
+        elif state["n"] == hi:
+            state["last"] = time.perf_counter()
             state["cpu1"] = time.process_time()
+        if state["n"] >= args.expect:
             client.disconnect()
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
@@ -142,8 +309,8 @@ def bare_subscriber(args: argparse.Namespace) -> None:
     while state["n"] < args.expect and time.monotonic() < deadline:
         c.loop(0.05)
     n, first, last = state["n"], state["first"], state["last"]
-    rate = (n - 1) / (last - first) if n > 1 and last > first else 0.0
-    cpu_us = (state["cpu1"] - state["cpu0"]) / max(1, n - 1) * 1e6
+    rate = (hi - lo) / (last - first) if last > first else 0.0
+    cpu_us = (state["cpu1"] - state["cpu0"]) / (hi - lo) * 1e6
     print(json.dumps({"received": n, "events_per_s": rate, "cpu_us_per_event": cpu_us,
                       "peak_rss_mb": peak_rss_mb(os.getpid())}))
 
@@ -151,13 +318,21 @@ def bare_subscriber(args: argparse.Namespace) -> None:
 def run_bare(stack: Stack, payloads: list[tuple[str, bytes]]) -> dict[str, Any]:
     client_id = f"bench-bare-{os.getpid()}"
     password = json.loads(stack.mqtt.credentials_path.read_text())[BRIDGE_USER]
-    out = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, __file__, "_bare", "--host", stack.mqtt.host, "--port",
          str(stack.mqtt.port), "--client-id", client_id, "--password", password,
          "--expect", str(len(payloads)), "--timeout", str(min(60.0, left()))],
-        capture_output=True, text=True, timeout=left() + 10, check=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    capped(proc.pid)
+    try:
+        stdout, stderr = proc.communicate(timeout=left() + 10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    if proc.returncode != 0:
+        raise SystemExit(f"the bare subscriber failed ({proc.returncode}): {stderr[-2000:]}")
     drop_session(stack, client_id)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return result
 
 
@@ -181,29 +356,33 @@ BRIDGE_EXTRA = ""  # [bridge] settings under test (--set KEY=VALUE)
 
 
 def run_bridges(stack: Stack, payloads: list[tuple[str, bytes]], processes: int,
-                tmp: Path) -> dict[str, Any]:
+                tmp: Path, marks: Watermarks) -> dict[str, Any]:
     edge_id, group = bridge_ids(processes)
     config = write_edge_toml(tmp / f"edge-{processes}.toml", stack, edge_id, group,
                              extra=BRIDGE_EXTRA)
-    base = end_offsets(stack.edge.bootstrap, "raw.telemetry")
+    base = marks.total()
     target = base + len(payloads)
     bridges = [BridgeProcess(config, i, log=tmp / f"bridge-{processes}-{i}.log").start()
                for i in range(processes)]
     pids = [b.proc.pid for b in bridges if b.proc is not None]
+    for pid in pids:
+        capped(pid)
     broker = stack.mqtt.pid()
-    first_t = first_n = last_t = 0.0
-    cpu0 = cpu1 = broker0 = broker1 = 0.0
+    kafka = list(stack.edge.running_pids().values())
+
+    def sample() -> tuple[float, float, float, float, float]:
+        return (sum(cpu_seconds(pid) for pid in pids),
+                cpu_seconds(broker) if broker else 0.0,
+                sum(cpu_seconds(pid) for pid in kafka), machine_busy_seconds(),
+                sum(thread_cpu_seconds(pid, "Compiler") for pid in kafka))
+
+    samples: list[tuple[float, int, tuple[float, ...]]] = []
     n = base
     deadline = time.monotonic() + min(90.0, left())
     try:
         while n < target and time.monotonic() < deadline:
-            n = end_offsets(stack.edge.bootstrap, "raw.telemetry")
-            now = time.perf_counter()
-            cpu = sum(cpu_seconds(pid) for pid in pids)
-            mosq = cpu_seconds(broker) if broker else 0.0
-            if n > base and not first_t:
-                first_t, first_n, cpu0, broker0 = now, n, cpu, mosq
-            last_t, cpu1, broker1 = now, cpu, mosq
+            n = marks.total()
+            samples.append((time.perf_counter(), n - base, sample()))
             time.sleep(0.05)
         rss = [peak_rss_mb(pid) for pid in pids]
     finally:
@@ -212,22 +391,41 @@ def run_bridges(stack: Stack, payloads: list[tuple[str, bytes]], processes: int,
         for i in range(processes):
             drop_session(stack, f"{edge_id}-bridge-{i}")
     done = n - base
-    rate = (n - first_n) / (last_t - first_t) if last_t > first_t else 0.0
-    cpu_us = (cpu1 - cpu0) / max(1, n - first_n) * 1e6
+    # Sustained rate: over the middle of the drain (SUSTAINED of the backlog), once every
+    # process is connected and before the first one runs out of its share.
+    lo = next((x for x in samples if x[1] >= SUSTAINED[0] * len(payloads)), None)
+    hi = next((x for x in samples if x[1] >= SUSTAINED[1] * len(payloads)), None)
+    if lo is None or hi is None or hi[0] <= lo[0]:
+        return {"produced": done, "events_per_s": 0.0, "cpu_us_per_event": float("nan"),
+                "peak_rss_mb": rss, **{k: 0.0 for k in SHARES}}
+    wall, events = hi[0] - lo[0], hi[1] - lo[1]
+    share = [(b - a) / wall for a, b in zip(lo[2], hi[2], strict=True)]
     # Mosquitto is one thread: its CPU seconds per wall second near 1.0 is a ceiling no
-    # number of bridge processes can pass.
-    busy = (broker1 - broker0) / (last_t - first_t) if last_t > first_t else 0.0
-    return {"produced": done, "events_per_s": rate, "cpu_us_per_event": cpu_us,
-            "peak_rss_mb": rss, "mosquitto_busy": busy}
+    # number of bridge processes can pass. The machine's share says whether the cores are
+    # all taken (then a second process can only share them).
+    return {"produced": done, "events_per_s": events / wall,
+            "cpu_us_per_event": share[0] * wall / events * 1e6, "peak_rss_mb": rss,
+            **dict(zip(SHARES, share, strict=True))}
+
+
+SHARES = ("bridges_cores", "mosquitto_busy", "kafka_cores", "machine_cores", "kafka_jit_cores")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--warm-s", type=float, default=60.0,
+                        help="seconds of produce load on the broker before measuring, so its "
+                             "JIT compiler is done (0 measures a cold broker)")
+    parser.add_argument("--cpu-cap", type=float, default=0.0, metavar="CPUS",
+                        help="give the bare subscriber and each bridge process this many CPUs "
+                             "(cgroup CFS quota; root), e.g. 0.5 on a 2-core machine")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="KEY=VALUE", help="a [bridge] setting to try, e.g. linger_ms=2")
     args = parser.parse_args()
-    global BRIDGE_EXTRA
+    global BRIDGE_EXTRA, CAP
+    if args.cpu_cap:
+        CAP = CpuCap(args.cpu_cap)
     BRIDGE_EXTRA = "".join(f"{kv.split('=', 1)[0].strip()} = {kv.split('=', 1)[1].strip()}\n"
                            for kv in args.settings)
     now = time.time()
@@ -241,11 +439,23 @@ def main() -> None:
             stack.up(services=frozenset({"edge", "mqtt"}))
             create_sessions(stack)
             publish_rate = publish_backlog(stack, payloads)
+            admin = AdminClient({"bootstrap.servers": stack.edge.bootstrap})
+            admin.create_topics([NewTopic(WARM_TOPIC, num_partitions=3,
+                                          replication_factor=1)])[WARM_TOPIC].result(30)
             bare = run_bare(stack, payloads)
-            one = run_bridges(stack, payloads, 1, tmp)
-            two = run_bridges(stack, payloads, 2, tmp)
+            marks = Watermarks(stack.edge.bootstrap, "raw.telemetry")
+            try:
+                print(f"warming the broker's produce path for {args.warm_s:.0f} s ...",
+                      file=sys.stderr, flush=True)
+                jit_after_warm = warm_kafka(stack, payloads, args.warm_s, marks)
+                one = run_bridges(stack, payloads, 1, tmp, marks)
+                two = run_bridges(stack, payloads, 2, tmp, marks)
+            finally:
+                marks.close()
         finally:
             stack.down()
+            if CAP is not None:
+                CAP.close()
     figures = {
         "bench": "bridge",
         "events": args.events,
@@ -260,12 +470,19 @@ def main() -> None:
         "bridge1_vs_bare_by_cpu": round(bare["cpu_us_per_event"] / one["cpu_us_per_event"], 3),
         "mosquitto_busy_1_bridge": round(one["mosquitto_busy"], 2),
         "mosquitto_busy_2_bridges": round(two["mosquitto_busy"], 2),
+        "cores_busy_1_bridge": {k: round(one[f"{k}_cores"], 2)
+                                for k in ("bridges", "kafka", "kafka_jit", "machine")},
+        "cores_busy_2_bridges": {k: round(two[f"{k}_cores"], 2)
+                                 for k in ("bridges", "kafka", "kafka_jit", "machine")},
+        "warm_s": args.warm_s,
+        "kafka_jit_cores_end_of_warmup": round(jit_after_warm, 3),
         "publish_events_per_s": round(publish_rate),
         "bare_peak_rss_mb": round(bare["peak_rss_mb"], 1),
         "bridge_peak_rss_mb": [round(x, 1) for x in one["peak_rss_mb"] + two["peak_rss_mb"]],
         "complete": bare["received"] == args.events and one["produced"] == args.events
         and two["produced"] == args.events,
         "bridge_settings": args.settings,
+        "cpu_cap_per_process": args.cpu_cap or None,
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }
@@ -278,7 +495,10 @@ def main() -> None:
           f"{figures['bare_cpu_us_per_event']} us ({figures['bridge1_vs_bare_by_cpu']:.2f}x); "
           f"peak RSS {max(figures['bridge_peak_rss_mb'])} MB (target <= 150); Mosquitto busy "
           f"{figures['mosquitto_busy_1_bridge']:.0%} of its one thread with 1 bridge, "
-          f"{figures['mosquitto_busy_2_bridges']:.0%} with 2; on "
+          f"{figures['mosquitto_busy_2_bridges']:.0%} with 2; cores busy with 2 bridges: "
+          f"bridges {figures['cores_busy_2_bridges']['bridges']}, Kafka "
+          f"{figures['cores_busy_2_bridges']['kafka']}, whole machine "
+          f"{figures['cores_busy_2_bridges']['machine']}; on "
           f"{figures['cpus']} CPUs, load {figures['load_avg_1m']}")
 
 
