@@ -166,14 +166,3 @@ def read_topic(bootstrap: str, topic: str, done: object = None, timeout: float =
     finally:
         c.close()
     return out
-
-
-def end_offsets(bootstrap: str, topic: str) -> int:
-    """Sum of the partitions' high watermarks: how many records ``topic`` holds."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm")})
-    try:
-        meta = c.list_topics(topic, timeout=10)
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                   for p in meta.topics[topic].partitions)
-    finally:
-        c.close()
