@@ -96,10 +96,10 @@ class CpuCap:
         self.cpus = cpus
         v1 = Path("/sys/fs/cgroup/cpu")
         v2 = Path("/sys/fs/cgroup")
+        v2_controllers = v2 / "cgroup.controllers"
         if (v1 / "cpu.cfs_quota_us").exists():
             self.root, self.v2 = v1 / f"fleetsentry-bench-{os.getpid()}", False
-        elif "cpu" in (v2 / "cgroup.controllers").read_text(errors="replace").split() \
-                if (v2 / "cgroup.controllers").exists() else False:
+        elif v2_controllers.exists() and "cpu" in v2_controllers.read_text().split():
             self.root, self.v2 = v2 / f"fleetsentry-bench-{os.getpid()}", True
         else:
             raise SystemExit("--cpu-cap needs the cgroup cpu controller (no "
