@@ -40,7 +40,8 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	@# A half-made venv (an install cut short) has python but no pip: make it anew.
 	@test -x $(PIP) || $(PYTHON) -m venv --clear $(VENV)
-	$(PIP) install -q --upgrade pip
+	@# setuptools: the Ansible role builds the gateway wheel with this venv's (no build isolation).
+	$(PIP) install -q --upgrade pip 'setuptools>=77'
 	$(PIP) install -q -e '.[$(EXTRAS)]'
 	@touch $@
 
