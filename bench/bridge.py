@@ -481,6 +481,14 @@ def main() -> None:
             stack.down()
             if CAP is not None:
                 CAP.close()
+    rates = {"bare": bare["events_per_s"], "bare with bursts": burst["events_per_s"],
+             "1 bridge": one["events_per_s"], "2 bridges": two["events_per_s"]}
+    if not all(rates.values()):
+        raise SystemExit(
+            "bench/bridge: a phase did not drain its backlog in time, no figures (events/s "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items())
+            + f"; got bare {bare['received']}, bare with bursts {burst['received']}, 1 bridge "
+            f"{one['produced']}, 2 bridges {two['produced']} of {args.events})")
     figures = {
         "bench": "bridge",
         "events": args.events,
