@@ -447,6 +447,15 @@ def main() -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         metavar="KEY=VALUE", help="a [bridge] setting to try, e.g. linger_ms=2")
     args = parser.parse_args()
+    if bad := [kv for kv in args.settings if "=" not in kv or not kv.split("=", 1)[0].strip()]:
+        parser.error(f"--set takes KEY=VALUE (a [bridge] setting), got {bad[0]!r}")
+    known = BridgeSettings.__struct_fields__
+    if unknown := [kv for kv in args.settings if kv.split("=", 1)[0].strip() not in known]:
+        parser.error(f"--set {unknown[0]!r}: [bridge] has no such setting "
+                     f"(it has {', '.join(known)})")
+    if args.cpu_cap < 0 or args.cpu_cap > (os.cpu_count() or 1):
+        parser.error(f"--cpu-cap is a share of CPUs between 0 and {os.cpu_count()}, "
+                     f"got {args.cpu_cap}")
     global BRIDGE_EXTRA, CAP
     if args.cpu_cap:
         CAP = CpuCap(args.cpu_cap)
