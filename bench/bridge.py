@@ -72,10 +72,15 @@ def left() -> float:
     return max(5.0, DEADLINE_S - (time.monotonic() - STARTED))
 
 
+def stat_cpu_seconds(stat_path: str) -> float:
+    """utime + stime from a /proc ``stat`` file (a process's: all its threads; or one task's)."""
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 class CpuCap:
@@ -145,29 +150,26 @@ def capped(pid: int) -> None:
 
 def thread_cpu_seconds(pid: int, name_part: str) -> float:
     """utime + stime of those threads of ``pid`` whose name contains ``name_part``."""
-    total = 0
+    total = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            if name_part not in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
-                continue
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            if name_part in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
+                total += stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue  # the thread ended
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot (from /proc/stat), steal included."""
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of all cores since boot, from one read of /proc/stat.
+
+    busy: not idle, steal included; steal: time the hypervisor gave to someone else while
+    this machine wanted it.
+    """
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def steal_seconds() -> float:
-    """CPU seconds the hypervisor gave to someone else while this machine wanted them."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tick, fields[7] / tick
 
 
 class Watermarks:
@@ -394,10 +396,11 @@ def run_bridges(stack: Stack, payloads: list[tuple[str, bytes]], processes: int,
     kafka = list(stack.edge.running_pids().values())
 
     def sample() -> tuple[float, ...]:
+        busy, steal = machine_cpu_seconds()
         return (sum(cpu_seconds(pid) for pid in pids),
                 cpu_seconds(broker) if broker else 0.0,
-                sum(cpu_seconds(pid) for pid in kafka), machine_busy_seconds(),
-                sum(thread_cpu_seconds(pid, "Compiler") for pid in kafka), steal_seconds())
+                sum(cpu_seconds(pid) for pid in kafka), busy,
+                sum(thread_cpu_seconds(pid, "Compiler") for pid in kafka), steal)
 
     samples: list[tuple[float, int, tuple[float, ...]]] = []
     n = base
