@@ -1,0 +1,159 @@
+"""The dead letters hold no personal data in the clear, and no longer than raw.* does.
+
+The attack: a vehicle publishes rejected messages full of personal data (its VIN, a driver id,
+a card number, names) and a local reader of ``dlq.ingest`` looks for them in the raw bytes of
+every record, key and value, including base64 inside the JSON. The operator still gets the
+payloads back, decrypted on the gateway, through ``fleetsentry edge dlq show``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+from edge.cli import edge as edge_cli
+from shared import topics
+from shared.infra.stack import Stack
+from shared.infra.topics_admin import ensure_topics
+from tests.bridge_payloads import encode, payment
+from tests.bridge_support import (
+    BridgeProcess,
+    drop_session,
+    mqtt_client,
+    publish_all,
+    read_topic,
+    unique,
+    write_edge_toml,
+)
+
+pytestmark = pytest.mark.integration
+
+VIN = "WVWZZZ1JZXW4711DL"
+OTHER_VIN = "1FTFW1ET5DFC1042Q"
+DRIVER = "drv-dlq-5512"
+NAME = "Quentin Marlowe"
+CARD = "4929170388125567"
+
+
+def _personal_payment(event_id: str) -> dict[str, object]:
+    doc = payment(VIN, event_id, time.time())
+    doc.update(driver_id=DRIVER, driver_name=NAME, cardholder=NAME.upper(), card_number=CARD)
+    return doc
+
+
+def _attack_messages() -> list[tuple[str, bytes]]:
+    """Four rejected messages, each carrying the VIN, the driver, the card and the name."""
+    wrong_type = _personal_payment("dlq-1")
+    wrong_type["amount"] = "lots"
+    mismatch = _personal_payment("dlq-2")
+    mismatch["vin"] = OTHER_VIN
+    quoted = _personal_payment("dlq-3")
+    quoted["category"] = NAME  # msgspec quotes an unknown enum value in its error
+    broken = encode(_personal_payment("dlq-4"))[:-7]  # truncated JSON
+    topic = f"fleet/{VIN}/payments"
+    return [(topic, encode(wrong_type)), (topic, encode(mismatch)), (topic, encode(quoted)),
+            (topic, broken)]
+
+
+PII = [VIN, OTHER_VIN, DRIVER, NAME, NAME.upper(), CARD]
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _readable(raw: bytes) -> list[bytes]:
+    """The bytes as stored plus every base64 string inside them, decoded."""
+    out = [raw]
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return out
+    for s in _strings(doc):
+        try:
+            out.append(base64.b64decode(s, validate=True))
+        except (binascii.Error, ValueError):
+            pass
+    return out
+
+
+@pytest.fixture
+def bridge(stack: Stack, tmp_path: Path) -> Iterator[Path]:
+    edge_id = unique("dlq")
+    config = write_edge_toml(tmp_path / "edge.toml", stack, edge_id, unique("g"))
+    proc = BridgeProcess(config).start()
+    try:
+        proc.wait_connected()
+        yield config
+    finally:
+        proc.stop()
+        drop_session(stack, f"{edge_id}-bridge-0")
+
+
+def test_dead_letters_hold_no_personal_data_in_the_clear(
+        stack: Stack, bridge: Path, edge_bootstrap: str) -> None:
+    stack.mqtt.register_vehicles({VIN: "pw-dlq"})
+    sent = _attack_messages()
+    car = mqtt_client(stack, VIN, user=VIN, password="pw-dlq")
+    try:
+        publish_all(car, sent)
+    finally:
+        car.disconnect()
+        car.loop_stop()
+
+    records = read_topic(edge_bootstrap, topics.DLQ_INGEST, done=lambda rs: len(rs) >= len(sent),
+                         timeout=60)
+    assert len(records) == len(sent), f"{len(records)} dead letters for {len(sent)} rejects"
+    for rec in records:
+        for where, raw in (("key", rec.key() or b""), ("value", rec.value() or b"")):
+            for readable in _readable(raw):
+                leaked = [p for p in PII if p.encode() in readable]
+                assert not leaked, f"dead letter {where} holds {leaked} in the clear: {raw[:300]!r}"
+
+    # The operator reads them back on the gateway: same bytes, with reason and detail.
+    result = CliRunner().invoke(edge_cli, ["dlq", "show", "--config", str(bridge),
+                                           "--limit", "10", "--actor", "test-operator"])
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    payloads = [d["payload"].encode() if "payload" in d else base64.b64decode(d["payload_b64"])
+                for d in shown]
+    assert sorted(payloads) == sorted(p for _, p in sent)
+    assert sorted(d["reason"] for d in shown) == sorted(
+        ["wrong_type", "vin_mismatch", "invalid_value", "invalid_json"])
+    assert all(d["detail"] and d["source"].startswith("mqtt:fleet/") for d in shown)
+
+
+def _retention(admin: AdminClient, name: str) -> int:
+    res = ConfigResource(ConfigResource.Type.TOPIC, name)
+    configs = admin.describe_configs([res])[res].result(30)
+    return int(configs["retention.ms"].value)
+
+
+def test_dead_letters_are_kept_no_longer_than_raw_events(edge_bootstrap: str) -> None:
+    admin = AdminClient({"bootstrap.servers": edge_bootstrap})
+    raw = min(_retention(admin, t) for t in (topics.RAW_TELEMETRY, topics.RAW_PAYMENTS))
+    assert _retention(admin, topics.DLQ_INGEST) <= raw
+    # A gateway installed before keeps 14 days until provisioning runs again, which fixes it.
+    res = ConfigResource(ConfigResource.Type.TOPIC, topics.DLQ_INGEST, incremental_configs=[
+        ConfigEntry("retention.ms", str(14 * topics.DAY_MS),
+                    incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([res])[res].result(30)
+    ensure_topics(edge_bootstrap, "edge", 1)
+    assert _retention(admin, topics.DLQ_INGEST) <= raw
