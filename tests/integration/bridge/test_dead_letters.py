@@ -38,7 +38,7 @@ from tests.bridge_support import (
 pytestmark = pytest.mark.integration
 
 VIN = "WVWZZZ1JZXW4711DL"
-OTHER_VIN = "1FTFW1ET5DFC1042Q"
+OTHER_VIN = "1FTFW1ET5DFC10423"
 DRIVER = "drv-dlq-5512"
 NAME = "Quentin Marlowe"
 CARD = "4929170388125567"
