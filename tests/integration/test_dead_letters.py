@@ -3,7 +3,8 @@
 The attack: a vehicle publishes rejected messages full of personal data (its VIN, a driver id,
 a card number, names) and a local reader of ``dlq.ingest`` looks for them in the raw bytes of
 every record, key and value, including base64 inside the JSON. The operator still gets the
-payloads back, decrypted on the gateway, through ``fleetsentry edge dlq show``.
+payloads back, decrypted on the gateway, through ``fleetsentry edge dlq show``. The enricher,
+which dead-letters raw.* records that break their contract, is held to the same.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -20,8 +21,13 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+from edge import config as edge_config
 from edge.cli import edge as edge_cli
-from shared import topics
+from edge.dlq import DeadLetters
+from edge.enricher import Enricher
+from edge.vault.setup import fleet_tokenizer, open_vault
+from shared import contracts, topics
+from shared.config import convert
 from shared.infra.stack import Stack
 from shared.infra.topics_admin import ensure_topics
 from tests.bridge_payloads import encode, payment
@@ -34,6 +40,7 @@ from tests.bridge_support import (
     unique,
     write_edge_toml,
 )
+from tests.support import produce_all
 
 pytestmark = pytest.mark.integration
 
@@ -118,8 +125,12 @@ def test_dead_letters_hold_no_personal_data_in_the_clear(
         car.disconnect()
         car.loop_stop()
 
-    records = read_topic(edge_bootstrap, topics.DLQ_INGEST, done=lambda rs: len(rs) >= len(sent),
-                         timeout=60)
+    def from_bridge(records: list) -> list:
+        return [r for r in records if r.key() != b"enricher"]
+
+    records = from_bridge(read_topic(edge_bootstrap, topics.DLQ_INGEST,
+                                     done=lambda rs: len(from_bridge(rs)) >= len(sent),
+                                     timeout=60))
     assert len(records) == len(sent), f"{len(records)} dead letters for {len(sent)} rejects"
     for rec in records:
         for where, raw in (("key", rec.key() or b""), ("value", rec.value() or b"")):
@@ -131,7 +142,8 @@ def test_dead_letters_hold_no_personal_data_in_the_clear(
     result = CliRunner().invoke(edge_cli, ["dlq", "show", "--config", str(bridge),
                                            "--limit", "10", "--actor", "test-operator"])
     assert result.exit_code == 0, result.output
-    shown = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    shown = [d for d in map(json.loads, result.output.splitlines())
+             if d["source"].startswith("mqtt:")]
     payloads = [d["payload"].encode() if "payload" in d else base64.b64decode(d["payload_b64"])
                 for d in shown]
     assert sorted(payloads) == sorted(p for _, p in sent)
@@ -146,14 +158,64 @@ def _retention(admin: AdminClient, name: str) -> int:
     return int(configs["retention.ms"].value)
 
 
+def _settled_retention(admin: AdminClient, name: str, until: Callable[[int], bool]) -> int:
+    """The topic's retention.ms once ``until`` holds, or after 15 s: a config change reaches
+    the broker's metadata a moment after the controller confirmed it."""
+    deadline = time.monotonic() + 15
+    value = _retention(admin, name)
+    while not until(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = _retention(admin, name)
+    return value
+
+
 def test_dead_letters_are_kept_no_longer_than_raw_events(edge_bootstrap: str) -> None:
     admin = AdminClient({"bootstrap.servers": edge_bootstrap})
     raw = min(_retention(admin, t) for t in (topics.RAW_TELEMETRY, topics.RAW_PAYMENTS))
     assert _retention(admin, topics.DLQ_INGEST) <= raw
     # A gateway installed before keeps 14 days until provisioning runs again, which fixes it.
+    old = 14 * topics.DAY_MS
     res = ConfigResource(ConfigResource.Type.TOPIC, topics.DLQ_INGEST, incremental_configs=[
-        ConfigEntry("retention.ms", str(14 * topics.DAY_MS),
-                    incremental_operation=AlterConfigOpType.SET)])
+        ConfigEntry("retention.ms", str(old), incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([res])[res].result(30)
+    assert _settled_retention(admin, topics.DLQ_INGEST, lambda v: v == old) == old
     ensure_topics(edge_bootstrap, "edge", 1)
-    assert _retention(admin, topics.DLQ_INGEST) <= raw
+    assert _settled_retention(admin, topics.DLQ_INGEST, lambda v: v <= raw) <= raw
+
+
+def test_the_enricher_seals_the_raw_records_it_rejects(edge_bootstrap: str,
+                                                      tmp_path: Path) -> None:
+    # A raw.* record that breaks its contract (written by anything but the bridge).
+    bad = _personal_payment("dlq-enricher")
+    bad["category"] = NAME
+    value = encode(bad)
+    produce_all(edge_bootstrap, topics.RAW_PAYMENTS, [(VIN.encode(), value)])
+    cfg = convert({"edge_id": unique("dlq"), "data_dir": str(tmp_path),
+                   "kafka": {"bootstrap": edge_bootstrap}, "metrics": {"base_port": 0},
+                   "enricher": {"group": unique("enricher"), "batch_wait_ms": 50.0}},
+                  edge_config.EdgeConfig)
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
+    enricher.start()
+    try:
+        deadline = time.monotonic() + 60
+        while enricher.rejected < 1 and time.monotonic() < deadline:
+            enricher.step()
+    finally:
+        enricher.close()
+        vault.close()
+    assert enricher.rejected == 1
+
+    def mine(records: list) -> list:
+        return [r for r in records if r.key() == b"enricher"]
+
+    records = mine(read_topic(edge_bootstrap, topics.DLQ_INGEST, done=lambda rs: mine(rs),
+                              timeout=60))
+    assert len(records) == 1
+    raw = records[0].value()
+    for readable in _readable(raw):
+        leaked = [p for p in PII if p.encode() in readable]
+        assert not leaked, f"the enricher's dead letter holds {leaked} in the clear: {raw[:300]!r}"
+    letter = msgspec.json.decode(raw, type=contracts.DeadLetter)
+    assert letter.source.startswith(f"{topics.RAW_PAYMENTS}/")
+    assert DeadLetters.load(cfg, create=False).open(letter) == value
