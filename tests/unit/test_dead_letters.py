@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import stat
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from edge.bridge.validate import Limits, validate
 from edge.config import EdgeConfig
 from edge.dlq import DeadLetterError, DeadLetters, scrub
 from edge.vault import VaultError
+from edge.vault.keyfile import load_or_create
 from shared.contracts import DeadLetter
 from shared.tokens import Tokenizer
 from tests.bridge_payloads import encode, payment
@@ -112,3 +114,18 @@ def test_load_uses_the_vault_key_files_and_creates_them_private(tmp_path: Path) 
     value = letters.letter("s", "r", "d", 1.0, PAYLOAD)
     assert DeadLetters.load(config, create=False).open(_letter(value)) == PAYLOAD
     assert "m" * 8 not in repr(letters)
+
+
+def _load_key(path: str) -> str:
+    try:
+        return load_or_create(Path(path)).hex()
+    except VaultError as exc:
+        return f"error: {exc}"
+
+
+def test_services_starting_together_create_the_key_file_once(tmp_path: Path) -> None:
+    # The bridge, the enricher and the scorer all create the key files when they are missing.
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for i in range(20):
+            keys = set(pool.map(_load_key, [str(tmp_path / f"k{i}")] * 8))
+            assert len(keys) == 1 and not next(iter(keys)).startswith("error"), keys
