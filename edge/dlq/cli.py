@@ -41,9 +41,12 @@ def show(limit: int, actor: str, config_path: Path | None) -> None:
     try:
         # Without the key files nothing was ever sealed here: never create them for reading.
         letters = DeadLetters.load(cfg, create=False)
-        records = latest(cfg.kafka.bootstrap, limit)
-    except (DeadLetterError, VaultError) as exc:
+    except VaultError as exc:
         raise click.ClickException(f"{exc} (is --config this gateway's edge.toml?)") from None
+    try:
+        records = latest(cfg.kafka.bootstrap, limit)
+    except DeadLetterError as exc:
+        raise click.ClickException(str(exc)) from None
     with open_vault(cfg) as v:
         v.record_access(actor, "dlq_show", f"{len(records)} dead letters")
     for rec in records:
