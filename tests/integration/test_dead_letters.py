@@ -150,6 +150,9 @@ def test_dead_letters_hold_no_personal_data_in_the_clear(
     assert sorted(d["reason"] for d in shown) == sorted(
         ["wrong_type", "vin_mismatch", "invalid_value", "invalid_json"])
     assert all(d["detail"] and d["source"].startswith("mqtt:fleet/") for d in shown)
+    with open_vault(edge_config.load(bridge)) as vault:
+        assert [(a["actor"], a["action"]) for a in vault.audit_log(5)] == \
+            [("test-operator", "dlq_show")]
 
 
 def _retention(admin: AdminClient, name: str) -> int:

@@ -16,6 +16,7 @@ from edge.bridge.errors import Rejected
 from edge.bridge.validate import Limits, validate
 from edge.config import EdgeConfig
 from edge.dlq import DeadLetterError, DeadLetters, scrub
+from edge.dlq.cli import _shown
 from edge.vault import VaultError
 from edge.vault.keyfile import load_or_create
 from shared.contracts import DeadLetter
@@ -129,3 +130,14 @@ def test_services_starting_together_create_the_key_file_once(tmp_path: Path) -> 
         for i in range(20):
             keys = set(pool.map(_load_key, [str(tmp_path / f"k{i}")] * 8))
             assert len(keys) == 1 and not next(iter(keys)).startswith("error"), keys
+
+
+def test_show_never_prints_a_letter_it_cannot_open() -> None:
+    old_format = encode({"schema": 1, "source": f"mqtt:fleet/{VIN}/payments", "reason": "x",
+                         "detail": "", "received_ts": 1.0,
+                         "payload": base64.b64encode(PAYLOAD).decode()})
+    shown = _shown(DeadLetters(MASTER, TOK), 3, old_format)
+    assert shown["offset"] == 3 and "older build" in shown["error"] and len(shown) == 2
+    foreign = DeadLetters(b"n" * 32, TOK).letter("s", "r", "d", 1.0, PAYLOAD)
+    shown = _shown(DeadLetters(MASTER, TOK), 4, foreign)
+    assert "another master key" in shown["error"] and "payload" not in shown
