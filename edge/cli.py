@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from edge import config as edge_config
+from edge.dlq.cli import dlq as dlq_commands
 from edge.services import SERVICES, Service
 from edge.vault.cli import vault as vault_commands
 
@@ -74,6 +75,7 @@ def _service_command(service: Service) -> click.Command:
 for _svc in SERVICES:
     edge.add_command(_service_command(_svc))
 edge.add_command(vault_commands)
+edge.add_command(dlq_commands)
 
 
 if __name__ == "__main__":

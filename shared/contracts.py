@@ -185,14 +185,24 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """Rejected input on ``dlq.ingest``: the raw bytes (base64 in JSON) and why."""
+    """Rejected input on ``dlq.ingest``: why, and the payload sealed for the gateway alone.
+
+    Nothing personal is in the clear: ``source`` names a vehicle by its keyed token,
+    ``detail`` quotes no values, and the payload is AES-GCM ciphertext that only the gateway
+    that wrote it can open (``fleetsentry edge dlq show``).
+    """
 
     schema: int = SCHEMA_VERSION
     source: str
     reason: str
     detail: str
     received_ts: Epoch
-    payload: bytes
+    # Bytes of the payload, and its HMAC-SHA256 under a gateway key (hex): equal payloads
+    # match, yet a short one (a lone card number) cannot be found by hashing candidates.
+    length: Annotated[int, Meta(ge=0)]
+    digest: str
+    # Format byte, key salt, nonce, ciphertext and tag (base64 in JSON).
+    sealed: bytes
 
 
 class Label(msgspec.Struct, frozen=True, kw_only=True):

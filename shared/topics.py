@@ -14,6 +14,9 @@ from shared import streams
 Cluster = Literal["edge", "cloud"]
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+# raw.* holds personal data: kept briefly. dlq.ingest, which holds rejected raw input (sealed),
+# is kept no longer, so nothing personal outlives the events it came with.
+RAW_RETENTION_MS = 2 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,11 @@ def _edge_topics() -> list[Topic]:
     topics: list[Topic] = []
     for spec in streams.all_streams():
         # PII: short retention, edge only.
-        topics.append(Topic(spec.raw_topic, "edge", retention_ms=2 * DAY_MS))
+        topics.append(Topic(spec.raw_topic, "edge", retention_ms=RAW_RETENTION_MS))
         topics.append(Topic(spec.anon_topic, "edge", replicate=True))
         topics.append(Topic(spec.scores_topic, "edge", replicate=True))
     topics += [
-        Topic(DLQ_INGEST, "edge", partitions=1, retention_ms=14 * DAY_MS),
+        Topic(DLQ_INGEST, "edge", partitions=1, retention_ms=RAW_RETENTION_MS),
         Topic(ALERTS, "edge", replicate=True),
         Topic(MODEL_STATUS, "edge", partitions=1, replicate=True),
         Topic(CLOUD_MODELS, "edge", partitions=1, compacted=True,

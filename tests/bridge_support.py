@@ -13,10 +13,14 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge import config as edge_config
+from edge.dlq import DeadLetters
+from shared import contracts
 from shared.infra.mosquitto import ADMIN_USER
 from shared.infra.stack import Stack
 
@@ -165,4 +169,23 @@ def read_topic(bootstrap: str, topic: str, done: object = None, timeout: float =
                     last = time.monotonic()
     finally:
         c.close()
+    return out
+
+
+def dead_letters(config: Path) -> DeadLetters:
+    """What opens the dead letters of the gateway ``config`` describes (after a bridge ran)."""
+    return DeadLetters.load(edge_config.load(config), create=False)
+
+
+def vehicle_letters(letters: DeadLetters, vin: str,
+                    records: list) -> dict[bytes, contracts.DeadLetter]:
+    """The dead letters of one vehicle among ``records`` of dlq.ingest, by opened payload.
+
+    Letters name the vehicle only by its token and carry the payload sealed."""
+    token = letters.mqtt_source(f"fleet/{vin}/telemetry".encode())[1]
+    out = {}
+    for rec in records:
+        if rec.key() == token:
+            letter = msgspec.json.decode(rec.value(), type=contracts.DeadLetter)
+            out[letters.open(letter)] = letter
     return out

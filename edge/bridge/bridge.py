@@ -29,7 +29,9 @@ from edge import metrics
 from edge.bridge.errors import BridgeError, Rejected
 from edge.bridge.validate import Limits, validate
 from edge.config import EdgeConfig
-from shared import contracts, topics
+from edge.dlq import DeadLetters
+from edge.vault.errors import VaultError
+from shared import topics
 
 log = logging.getLogger("bridge")
 SERVICE = "bridge"
@@ -82,6 +84,7 @@ class Bridge:
         self.dead_lettered = 0
         self._client: mqtt.Client | None = None
         self._producer: Producer | None = None
+        self._letters: DeadLetters | None = None
         # Bumped on every (re)connect: an ack for a message of an earlier connection is
         # dropped, because the broker redelivers it anyway and its packet id may be reused.
         self._generation = 0
@@ -106,6 +109,11 @@ class Bridge:
     def start(self, timeout: float = 15.0) -> None:
         """Create the producer, connect to the broker and subscribe (waits for CONNACK)."""
         s = self.settings
+        try:
+            self._letters = DeadLetters.load(self.config)
+        except VaultError as exc:
+            raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") \
+                from None
         self._producer = Producer({
             "bootstrap.servers": self.config.kafka.bootstrap,
             "client.id": self.client_id,
@@ -275,11 +283,11 @@ class Bridge:
     # --- Kafka ----------------------------------------------------------------------------
 
     def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
-        topic_bytes: bytes = getattr(msg, "_topic", b"")
-        source = "mqtt:" + topic_bytes[:256].decode("utf-8", "replace")
-        letter = contracts.DeadLetter(source=source, reason=reason, detail=detail[:1000],
-                                      received_ts=now, payload=bytes(msg.payload))
-        self._produce(topics.DLQ_INGEST, topic_bytes[:256] or None, contracts.encode(letter),
+        # Sealed: the payload, the topic's VIN and values quoted in the detail are personal.
+        assert self._letters is not None
+        key, value = self._letters.from_mqtt(getattr(msg, "_topic", b""), reason, detail, now,
+                                             bytes(msg.payload))
+        self._produce(topics.DLQ_INGEST, key, value,
                       partial(self._dead_lettered, self._generation, msg.mid, msg.qos, reason))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,

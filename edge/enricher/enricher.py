@@ -20,12 +20,13 @@ from prometheus_client import Histogram
 
 from edge import metrics
 from edge.config import EdgeConfig
+from edge.dlq import DeadLetters
 from edge.enricher import changelog
 from edge.enricher.dedup import DedupWindow
 from edge.enricher.errors import EnricherError
 from edge.vault import Vault
 from shared import streams
-from shared.contracts import DeadLetter, Payment, Telemetry, decode, encode
+from shared.contracts import Payment, Telemetry, decode
 from shared.errors import ContractError
 from shared.features import FeatureState, encode_state
 from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN
@@ -92,6 +93,7 @@ class Enricher:
         self._specs = {spec.raw_topic: spec for spec in streams.all_streams()}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._letters: DeadLetters | None = None
         self.state = FeatureState()
         self._windows: dict[tuple[str, int], DedupWindow] = {}
         self.consumed = self.produced = self.duplicates = self.rejected = 0
@@ -109,6 +111,7 @@ class Enricher:
     def start(self) -> None:
         s = self.settings
         bootstrap = self.config.kafka.bootstrap
+        self._letters = DeadLetters.load(self.config)
         self._producer = Producer({
             "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms, "linger.ms": s.linger_ms,
@@ -292,10 +295,10 @@ class Enricher:
         # The bridge validated this already; a record that still fails is kept, not dropped.
         self.rejected += 1
         metrics.DLQ_MESSAGES.labels(service=SERVICE, reason="contract").inc()
-        letter = DeadLetter(source=f"{msg.topic()}/{msg.partition()}@{msg.offset()}",
-                            reason="contract", detail=str(exc)[:500],
-                            received_ts=self._clock(), payload=msg.value() or b"")
-        self._send(DLQ_INGEST, b"enricher", encode(letter))
+        assert self._letters is not None  # a raw.* record is personal: its letter is sealed
+        letter = self._letters.letter(f"{msg.topic()}/{msg.partition()}@{msg.offset()}",
+                                      "contract", str(exc)[:500], self._clock(), msg.value() or b"")
+        self._send(DLQ_INGEST, b"enricher", letter)
 
     def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         assert self._consumer is not None and self._producer is not None

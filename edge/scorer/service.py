@@ -18,6 +18,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from edge.config import EdgeConfig, ScorerSettings
+from edge.dlq import DeadLetters
 from edge.scorer.decisions import decide
 from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
@@ -28,7 +29,6 @@ from shared.contracts import (
     AnonPayment,
     AnonTelemetry,
     Contribution,
-    DeadLetter,
     Decision,
     Score,
     decode,
@@ -106,6 +106,7 @@ class ScorerService:
         self.watermark = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._letters: DeadLetters | None = None
         self._label: Callable[[str], str] = str
         self._rows: dict[tuple[str, ...], FeatureRows] = {}
         self._closers: list[Callable[[], None]] = []
@@ -140,6 +141,7 @@ class ScorerService:
 
     def start(self) -> None:
         self.prepare()
+        self._letters = DeadLetters.load(self.config)
         bootstrap = self.config.kafka.bootstrap
         self._producer = Producer({
             "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
@@ -312,9 +314,10 @@ class ScorerService:
                 records.append(decode(kind, value or b""))
             except ContractError as exc:
                 result.rejected += 1
-                dl = DeadLetter(source=f"anon.{stream}", reason="contract", detail=str(exc),
-                                received_ts=time.time(), payload=value or b"")
-                out.add(topics.DLQ_INGEST, None, encode(dl))
+                if self._letters is None:  # scoring in-process, without start()
+                    self._letters = DeadLetters.load(self.config)
+                out.add(topics.DLQ_INGEST, None, self._letters.letter(
+                    f"anon.{stream}", "contract", str(exc), time.time(), value or b""))
         return records
 
     def score_records(self, stream: str, records: list[Any], out: Out,

@@ -214,6 +214,12 @@ class Vault:
                 "INSERT INTO audit (ts, actor, action, token, kind, outcome) VALUES (?,?,?,?,?,?)",
                 [self._clock(), actor, action, token, kind, outcome])
 
+    def record_access(self, actor: str, action: str, outcome: str) -> None:
+        """Audit an access to personal data held outside the vault (e.g. dead letters)."""
+        if not actor.strip():
+            raise VaultError(f"{action} needs an actor name for the audit log")
+        self._audit(actor, action, "", "", outcome)
+
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT ts, actor, action, token, kind, outcome FROM audit "
                                   "ORDER BY id DESC LIMIT ?", [limit]))

@@ -32,6 +32,9 @@ def test_raw_topics_are_never_replicated() -> None:
     assert edge["cloud.models"].compacted and edge["cloud.models"].configs()[
         "cleanup.policy"] == "compact"
     assert edge["raw.payments"].retention_ms < edge["anon.payments"].retention_ms
+    # Rejected raw input holds what raw.* holds: it must not outlive it.
+    raw = min(t.retention_ms for name, t in edge.items() if name.startswith("raw."))
+    assert edge["dlq.ingest"].retention_ms <= raw and not edge["dlq.ingest"].replicate
 
 
 def test_a_new_stream_is_added_by_declaring_it() -> None:

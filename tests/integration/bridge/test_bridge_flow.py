@@ -20,11 +20,13 @@ from shared.infra.stack import Stack
 from tests.bridge_payloads import encode, malformed, payment, telemetry, vin
 from tests.bridge_support import (
     BridgeProcess,
+    dead_letters,
     drop_session,
     mqtt_client,
     publish_all,
     read_topic,
     unique,
+    vehicle_letters,
     write_edge_toml,
 )
 
@@ -138,13 +140,10 @@ def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
         admin.disconnect()
         admin.loop_stop()
 
+    sealer = dead_letters(setup.config)
+
     def mine(records: list) -> dict[bytes, contracts.DeadLetter]:
-        out = {}
-        for rec in records:
-            letter = msgspec.json.decode(rec.value(), type=contracts.DeadLetter)
-            if the_vin in letter.source:
-                out[letter.payload] = letter
-        return out
+        return vehicle_letters(sealer, the_vin, records)
 
     records = read_topic(edge_bootstrap, topics.DLQ_INGEST,
                          done=lambda rs: len(mine(rs)) >= len(expected), timeout=120)
@@ -155,6 +154,7 @@ def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
     assert not wrong, wrong
     assert all(letter.detail and letter.source.startswith("mqtt:fleet/")
                for letter in letters.values())
+    assert all(letter.digest == sealer.digest(p) for p, letter in letters.items())
     # The valid ones went through, and none of the bad ones did.
     raw = ids_in(read_topic(edge_bootstrap, "raw.telemetry", idle=2.0), {the_vin})
     assert set(raw) == {f"ok-{i}" for i in range(100)}
