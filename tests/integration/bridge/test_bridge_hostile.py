@@ -16,11 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import msgspec
+import paho.mqtt.client as mqtt
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+import edge.bridge.bridge as bridge_module
+from edge.bridge.bridge import Bridge
+from edge.config import load
 from shared import topics
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
@@ -69,12 +74,20 @@ def gateway(stack: Stack, tmp_path: Path) -> Iterator[Gateway]:
         gw.close()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """Each partition's end offset; retried while a fresh broker is still electing leaders."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm")})
+    deadline = time.monotonic() + timeout
     try:
-        meta = c.list_topics(topic, timeout=10)
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in meta.topics[topic].partitions}
+        while True:
+            try:
+                meta = c.list_topics(topic, timeout=10)
+                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                        for p in meta.topics[topic].partitions}
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
 
@@ -90,8 +103,8 @@ def reasons_since(bootstrap: str, start: dict[int, int], want: int,
     return Counter(msgspec.json.decode(r.value())["reason"] for r in records)
 
 
-def event_ids(bootstrap: str, topic: str, vin_: str, want: set[str], alive: BridgeProcess,
-              timeout: float = 60.0) -> set[str]:
+def event_ids(bootstrap: str, topic: str, vin_: str, want: set[str],
+              alive: BridgeProcess | None = None, timeout: float = 60.0) -> set[str]:
     """Event ids of ``vin_`` in ``topic``, read until ``want`` are there or the bridge is gone."""
     def ids(records: list) -> set[str]:
         out = set()
@@ -102,7 +115,8 @@ def event_ids(bootstrap: str, topic: str, vin_: str, want: set[str], alive: Brid
         return out
 
     def done(records: list) -> bool:
-        return want <= ids(records) or (alive.proc is not None and alive.proc.poll() is not None)
+        gone = alive is not None and alive.proc is not None and alive.proc.poll() is not None
+        return want <= ids(records) or gone
 
     return ids(read_topic(bootstrap, topic, done=done, timeout=timeout))
 
@@ -250,3 +264,67 @@ def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
                f"{float(limited)}" in text
     finally:
         gw.close()
+
+
+def run_in_thread(bridge: Bridge) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
+        stack: Stack, tmp_path: Path, edge_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug planted in validation, in a bridge running here against the real brokers."""
+    rng = random.Random(23)
+    car = vin(rng)
+    stack.mqtt.register_vehicles({car: "pw-" + car})
+    edge_id = unique("h")
+    config = load(write_edge_toml(tmp_path / "edge.toml", stack, edge_id, unique("g")))
+    real_check = bridge_module.check
+
+    def planted(spec: Any, topic_vin: str, payload: bytes, now: float, limits: Any) -> Any:
+        if b"planted-bug" in payload:
+            return 1 // 0
+        return real_check(spec, topic_vin, payload, now, limits)
+
+    monkeypatch.setattr(bridge_module, "check", planted)
+    bridge = Bridge(config)
+    bridge.start()
+    stop, thread = run_in_thread(bridge)
+    start = end_offsets(edge_bootstrap, topics.DLQ_INGEST)
+    try:
+        now = time.time()
+        publish_as(stack, car, [(f"fleet/{car}/telemetry", encode(telemetry(car, e, now)))
+                                for e in ("planted-bug", "after-bug")])
+        assert event_ids(edge_bootstrap, "raw.telemetry", car, {"after-bug"}) == {"after-bug"}
+        records = read_topic(edge_bootstrap, topics.DLQ_INGEST, timeout=30,
+                             done=lambda rs: any(r.offset() >= start[0] for r in rs))
+        letters = [msgspec.json.decode(r.value()) for r in records if r.offset() >= start[0]]
+        assert [(d["reason"], d["detail"]) for d in letters] == \
+            [("internal_error", "ZeroDivisionError at test_bridge_hostile.py:" +
+              letters[0]["detail"].rsplit(":", 1)[-1])]
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)
+        bridge.close()
+    # Acknowledged: the same session, resumed, is not handed the message again.
+    again = Bridge(config)
+    again.start()
+    stop, thread = run_in_thread(again)
+    try:
+        publish_as(stack, car, [(f"fleet/{car}/telemetry",
+                                 encode(telemetry(car, "after-restart", time.time())))])
+        event_ids(edge_bootstrap, "raw.telemetry", car, {"after-restart"})
+    finally:
+        stop.set()
+        thread.join(10)
+    # A topic Mosquitto would never pass on (not UTF-8), handed to the bridge directly.
+    again._on_message(cast(mqtt.Client, None), None,
+                      mqtt.MQTTMessage(0, b"fleet/\xff\xfe/telemetry"))
+    assert again.close() == 0
+    drop_session(stack, f"{edge_id}-bridge-0")
+    assert reasons_since(edge_bootstrap, start, 2, timeout=10) == \
+        {"internal_error": 1, "unknown_topic": 1}
