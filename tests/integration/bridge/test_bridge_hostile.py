@@ -326,9 +326,9 @@ def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
         records = read_topic(edge_bootstrap, topics.DLQ_INGEST, timeout=30,
                              done=lambda rs: any(r.offset() >= start[0] for r in rs))
         letters = [msgspec.json.decode(r.value()) for r in records if r.offset() >= start[0]]
-        assert [(d["reason"], d["detail"]) for d in letters] == \
-            [("internal_error", "ZeroDivisionError at test_bridge_hostile.py:" +
-              letters[0]["detail"].rsplit(":", 1)[-1])]
+        assert [d["reason"] for d in letters] == ["internal_error"]
+        # The exception's type and where it was raised, never its text.
+        assert letters[0]["detail"].startswith("ZeroDivisionError at test_bridge_hostile.py:")
         assert thread.is_alive()
     finally:
         stop.set()

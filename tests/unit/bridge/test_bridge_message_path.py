@@ -1,4 +1,4 @@
-"""The bridge's message path without brokers: what reaches the producer, under which reason.
+"""The bridge's message path without brokers: which messages become dead letters, and why.
 
 The attacks themselves run against real brokers (tests/integration/bridge/test_bridge_hostile.py);
 these pin the corners no broker lets through: a topic that is not UTF-8, a dead letter that
@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -35,15 +34,26 @@ class Producer:
     def poll(self, _timeout: float) -> int:
         return 0
 
+
+class Letters:
+    """What the message path hands to ``Bridge._dead_letter`` (whatever a letter then holds)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str, str, bytes]] = []
+
+    def __call__(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
+        self.calls.append((msg.mid, reason, detail, bytes(msg.payload)))
+
     def reasons(self) -> list[str]:
-        return [msgspec.json.decode(v)["reason"] for t, _, v in self.records if t == "dlq.ingest"]
+        return [reason for _mid, reason, _detail, _payload in self.calls]
 
 
-def bridge(**settings: Any) -> tuple[Bridge, Producer]:
+def bridge(**settings: Any) -> tuple[Bridge, Letters]:
     b = Bridge(EdgeConfig(bridge=BridgeSettings(**settings)))
-    producer = Producer()
-    b._producer = cast(Any, producer)
-    return b, producer
+    b._producer = cast(Any, Producer())
+    letters = Letters()
+    b._dead_letter = letters  # type: ignore[method-assign]
+    return b, letters
 
 
 def message(topic: bytes, payload: bytes, mid: int = 1) -> mqtt.MQTTMessage:
@@ -58,9 +68,9 @@ def deliver(b: Bridge, msg: mqtt.MQTTMessage) -> None:
 
 
 def test_a_topic_that_is_not_utf8_is_an_unknown_topic() -> None:
-    b, producer = bridge()
+    b, letters = bridge()
     deliver(b, message(b"fleet/\xff\xfe/telemetry", b"{}"))
-    assert producer.reasons() == ["unknown_topic"]
+    assert letters.reasons() == ["unknown_topic"]
 
 
 def test_any_exception_is_an_internal_error_naming_its_type_not_its_text(
@@ -69,14 +79,13 @@ def test_any_exception_is_an_internal_error_naming_its_type_not_its_text(
         raise KeyError("drv-secret-0001")
 
     monkeypatch.setattr(bridge_module, "check", broken)
-    b, producer = bridge()
-    deliver(b, message(f"fleet/{VIN}/telemetry".encode(),
-                       encode(telemetry(VIN, "e", time.time()))))
-    (topic, _key, value), = producer.records
-    letter = msgspec.json.decode(value)
-    assert (topic, letter["reason"]) == ("dlq.ingest", "internal_error")
-    assert letter["detail"].startswith("KeyError at test_bridge_message_path.py:")
-    assert "drv-secret" not in letter["detail"]
+    b, letters = bridge()
+    payload = encode(telemetry(VIN, "e", time.time()))
+    deliver(b, message(f"fleet/{VIN}/telemetry".encode(), payload, mid=5))
+    (mid, reason, detail, kept), = letters.calls
+    assert (mid, reason, kept) == (5, "internal_error", payload)
+    assert detail.startswith("KeyError at test_bridge_message_path.py:")
+    assert "drv-secret" not in detail
 
 
 def test_a_message_that_breaks_dead_lettering_still_leaves_its_reason(
@@ -84,27 +93,26 @@ def test_a_message_that_breaks_dead_lettering_still_leaves_its_reason(
     def broken(*_args: Any) -> Any:
         raise ValueError("bug")
 
-    b, producer = bridge()
     monkeypatch.setattr(bridge_module, "check", broken)
-    real = b._dead_letter
+    b, letters = bridge()
 
     def picky(msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
         if msg.payload:
             raise UnicodeError("cannot write this one")
-        real(msg, reason, detail, now)
+        letters(msg, reason, detail, now)
 
-    monkeypatch.setattr(b, "_dead_letter", picky)
+    b._dead_letter = picky  # type: ignore[method-assign]
     deliver(b, message(f"fleet/{VIN}/telemetry".encode(), b'{"x":1}', mid=77))
-    (_topic, _key, value), = producer.records
-    letter = msgspec.json.decode(value)
-    assert letter["reason"] == "internal_error"
-    assert "payload not kept" in letter["detail"] and "UnicodeError" in letter["detail"]
+    # The same MQTT message id (so it is acknowledged), the reason, no payload.
+    (mid, reason, detail, kept), = letters.calls
+    assert (mid, reason, kept) == (77, "internal_error", b"")
+    assert "payload not kept" in detail and "UnicodeError" in detail
 
 
 def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metrics, "RATE_LIMITED_VINS", 2)
-    b, producer = bridge(vehicle_rate_per_s=1.0, vehicle_burst=1)
+    b, letters = bridge(vehicle_rate_per_s=1.0, vehicle_burst=1)
     vins = [f"1FAST{n:012d}" for n in range(5)]
     before = {v: metrics.RATE_LIMITED.labels("bridge", v)._value.get() for v in vins}
     other = metrics.RATE_LIMITED.labels("bridge", "other")._value.get()
@@ -113,7 +121,7 @@ def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
         for i in range(3):  # one passes, two are over the limit
             deliver(b, message(f"fleet/{v}/telemetry".encode(),
                                encode(telemetry(v, f"{v}-{i}", now))))
-    assert producer.reasons().count("rate_limited") == 10
+    assert letters.reasons() == ["rate_limited"] * 10
     assert len(b._limited) == 2
     named = [v for v in vins if metrics.RATE_LIMITED.labels("bridge", v)._value.get() > before[v]]
     assert named == vins[:2]
