@@ -59,8 +59,22 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     processes: Annotated[int, Meta(ge=1, le=16)] = 1
     # Reject events whose device time is further ahead of the gateway clock than this.
     max_future_skew_s: Annotated[float, Meta(ge=0)] = 300.0
+    # Reject events whose device time is further behind the gateway clock than this. Three
+    # days: a vehicle parked out of coverage over a weekend still delivers its buffered
+    # events. raw.* keeps records 2 days from when the bridge wrote them (not device time), so
+    # an accepted old event still gets its full 2 days there; older ones are dead letters.
+    max_past_age_s: Annotated[float, Meta(gt=0)] = 3 * 86400.0
     # Reject payloads larger than this (the contract's limit is the ceiling).
     max_payload_bytes: Annotated[int, Meta(ge=256, le=16384)] = 16384
+    # Reject JSON nesting deeper than this, checked before decoding (events are flat: 1).
+    # The ceiling keeps every decoder far from Python's recursion limit.
+    max_json_depth: Annotated[int, Meta(ge=1, le=64)] = 16
+    # Per-vehicle rate limit (token bucket on the topic's VIN): messages per second on average
+    # and at once; the excess goes to dlq.ingest as "rate_limited". A vehicle sends about 1
+    # telemetry frame per second and a payment now and then; the burst lets one back from an
+    # hour without coverage send its buffered frames at once. 0 turns the limit off.
+    vehicle_rate_per_s: Annotated[float, Meta(ge=0)] = 20.0
+    vehicle_burst: Annotated[int, Meta(ge=1, le=10_000_000)] = 3600
     # Unacknowledged MQTT messages the broker may have in flight to one bridge process.
     receive_maximum: Annotated[int, Meta(ge=1, le=65535)] = 2000
     # How long the broker keeps the bridge's session (and queues for it) while it is away.

@@ -49,7 +49,7 @@ def malformed(rng: random.Random, vin_: str, event_id: str, now: float
     make = telemetry if stream == "telemetry" else payment
     topic = f"fleet/{vin_}/{stream}"
     good = make(vin_, event_id, now - rng.random() * 60)
-    kind = rng.randrange(8)
+    kind = rng.randrange(10)
     if kind == 0:  # broken JSON: a truncated or garbled valid document
         raw = encode(good)
         # Cut in the last field: earlier fields stay well-typed, so the error is the syntax.
@@ -76,6 +76,13 @@ def malformed(rng: random.Random, vin_: str, event_id: str, now: float
     if kind == 6:  # device clock far in the future
         good["ts"] = now + rng.uniform(3_600, 10 * 365 * 86_400)
         return topic, encode(good), "future_timestamp"
+    if kind == 8:  # nesting far deeper than any event, in a field no contract has
+        depth = rng.randrange(20, 3000)
+        good["extra"] = "<nest>"
+        return topic, encode(good).replace(b'"<nest>"', b"[" * depth + b"]" * depth), "too_deep"
+    if kind == 9:  # device time days or years in the past
+        good["ts"] = now - rng.uniform(4 * 86_400, min(now - 1, 30 * 365 * 86_400))
+        return topic, encode(good), "too_old"
     # out-of-range value with the right type
     field, value = rng.choice([("lat", 91.5), ("lon", -200.0), ("ts", -5.0), ("schema", 1)])
     if field == "schema":

@@ -27,7 +27,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge import metrics
 from edge.bridge.errors import BridgeError, Rejected
-from edge.bridge.validate import Limits, validate
+from edge.bridge.ratelimit import VehicleRateLimiter
+from edge.bridge.validate import Limits, check, parse_topic
 from edge.config import EdgeConfig
 from edge.dlq import DeadLetters
 from edge.vault.errors import VaultError
@@ -76,8 +77,11 @@ class Bridge:
         self.config = config
         self.settings = config.bridge
         self.client_id = f"{config.edge_id}-bridge-{instance}"
-        self.limits = Limits.from_registry(self.settings.max_payload_bytes,
-                                           self.settings.max_future_skew_s)
+        s = self.settings
+        self.limits = Limits.from_registry(s.max_payload_bytes, s.max_future_skew_s,
+                                           s.max_past_age_s, s.max_json_depth)
+        self.limiter = (VehicleRateLimiter(s.vehicle_rate_per_s, s.vehicle_burst)
+                        if s.vehicle_rate_per_s > 0 else None)
         self.clock = clock
         self.received = 0
         self.produced = 0
@@ -103,6 +107,9 @@ class Bridge:
                      for spec in self.limits.streams.values()}
         self._latency = {spec.name: metrics.END_TO_END_LATENCY.labels(SERVICE, spec.name).observe
                          for spec in self.limits.streams.values()}
+        self._limited: dict[str, Callable[[], None]] = {}
+        self._limited_other = metrics.RATE_LIMITED.labels(SERVICE, "other").inc
+        self._internal_logged: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -255,30 +262,77 @@ class Bridge:
                 break
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # Never raises: a message that cannot be bridged becomes a dead letter.
+        # Never raises: whatever goes wrong with one message (a rule, a decoder, a bug) makes it
+        # a dead letter, acknowledged once Kafka has it. An exception here would end the
+        # process before the ack, and the broker would hand the same message to every restart.
         self.received += 1
-        payload = cast(bytes, msg.payload)
         now = self.clock()
         try:
-            topic = msg.topic
-            accepted = validate(topic, payload, now, self.limits)
+            self._bridge(msg, now)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self._internal_error(msg, exc, now)
+
+    def _bridge(self, msg: mqtt.MQTTMessage, now: float) -> None:
+        try:
+            spec, vin = parse_topic(msg.topic, self.limits)
         except Rejected as rej:
-            self._in_unknown() if rej.reason == "unknown_topic" else self._count_in(msg)
+            self._in_unknown()
             self._dead_letter(msg, rej.reason, rej.detail, now)
             return
         except UnicodeDecodeError as exc:
             self._in_unknown()
-            self._dead_letter(msg, "unknown_topic", f"topic is not UTF-8: {exc}", now)
+            self._dead_letter(msg, "unknown_topic", f"topic is not UTF-8: {exc.reason} at "
+                                                    f"byte {exc.start}", now)
             return
-        self._in[accepted.spec.mqtt_suffix]()
-        name = accepted.spec.name
-        self._produce(accepted.spec.raw_topic, accepted.vin.encode(), payload,
-                      partial(self._delivered, self._generation, msg.mid, msg.qos, name,
+        self._in[spec.mqtt_suffix]()
+        # Before any parsing, so a flooder's excess costs the least the bridge can spend.
+        if self.limiter is not None and not self.limiter.allow(vin, time.monotonic()):
+            self._rate_limited(msg, vin, now)
+            return
+        payload = cast(bytes, msg.payload)
+        try:
+            accepted = check(spec, vin, payload, now, self.limits)
+        except Rejected as rej:
+            self._dead_letter(msg, rej.reason, rej.detail, now)
+            return
+        self._produce(spec.raw_topic, vin.encode(), payload,
+                      partial(self._delivered, self._generation, msg.mid, msg.qos, spec.name,
                               accepted.ts))
 
-    def _count_in(self, msg: mqtt.MQTTMessage) -> None:
-        inc = self._in.get(msg.topic.rsplit("/", 1)[-1])
-        (inc or self._in_unknown)()
+    def _rate_limited(self, msg: mqtt.MQTTMessage, vin: str, now: float) -> None:
+        inc = self._limited.get(vin)
+        if inc is None:
+            inc = self._limited_other
+            if len(self._limited) < metrics.RATE_LIMITED_VINS:
+                inc = self._limited[vin] = metrics.RATE_LIMITED.labels(SERVICE, vin).inc
+        inc()
+        assert self.limiter is not None
+        self._dead_letter(msg, "rate_limited", f"this vehicle sent over "
+                          f"{self.limiter.rate:g} messages/s (burst {self.limiter.burst:.0f})",
+                          now)
+
+    def _internal_error(self, msg: mqtt.MQTTMessage, exc: Exception, now: float) -> None:
+        """Dead-letter a message whose handling raised; the detail names the exception and
+        where it was raised, never its text (which may quote the payload)."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+                 if tb is not None else "?")
+        detail = f"{type(exc).__name__} at {where}"
+        if detail not in self._internal_logged:  # once per kind: a vehicle may repeat it
+            self._internal_logged.add(detail)
+            log.error("bridging a message raised %s; it goes to %s as internal_error (further "
+                      "ones of this kind are only counted)", detail, topics.DLQ_INGEST)
+        try:
+            self._dead_letter(msg, "internal_error", detail, now)
+        except Exception as again:  # noqa: BLE001 - the message itself breaks dead-lettering
+            # Keep what can be kept: the reason and the MQTT message id (acked on delivery).
+            stand_in = mqtt.MQTTMessage(msg.mid, b"")
+            stand_in.qos = msg.qos
+            self._dead_letter(stand_in, "internal_error",
+                              f"{detail}; payload not kept: dead-lettering it raised "
+                              f"{type(again).__name__}", now)
 
     # --- Kafka ----------------------------------------------------------------------------
 

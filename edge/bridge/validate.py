@@ -1,4 +1,4 @@
-"""Pure validation of one MQTT message: topic, size, contract, VIN match, device clock.
+"""Pure validation of one MQTT message: topic, size, nesting, contract, VIN match, device clock.
 
 No I/O and no clock of its own (``now`` is passed in), so every rule is tested without a broker.
 A failure raises :class:`~edge.bridge.errors.Rejected` with a reason from :data:`REASONS`
@@ -6,7 +6,7 @@ A failure raises :class:`~edge.bridge.errors.Rejected` with a reason from :data:
 
 >>> from shared import streams
 >>> limits = Limits(streams={"telemetry": streams.TELEMETRY}, max_payload_bytes=16384,
-...                 max_future_skew_s=300.0)
+...                 max_future_skew_s=300.0, max_past_age_s=86400.0, max_depth=16)
 >>> validate("fleet/1HGCM82633A004352/telemetry", b"{}", 1e9, limits)
 Traceback (most recent call last):
 ...
@@ -19,6 +19,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import numpy as np
 
 from edge.bridge.errors import Rejected
 from shared import contracts, streams
@@ -36,22 +38,36 @@ REASONS = (
     "unsupported_schema", # schema version this build does not read
     "vin_mismatch",       # payload VIN differs from the topic's VIN
     "future_timestamp",   # device time too far ahead of the gateway's clock
+    "too_deep",           # JSON nests deeper than the limit (checked before decoding)
+    "too_old",            # device time further behind the gateway's clock than the limit
+    "rate_limited",       # the vehicle sent more than its rate (the bridge's token bucket)
+    "internal_error",     # bridging this message raised; the detail names the exception
 )
+
+
+# Decoders recurse per nesting level and give up near the interpreter's recursion limit
+# (RecursionError, not a decode error), so no setting may come near it.
+MAX_DEPTH_CEILING = 64
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What the bridge accepts: the streams by MQTT suffix, a byte limit and a clock skew."""
+    """What the bridge accepts: the streams by MQTT suffix, a byte limit, JSON nesting, and how
+    far device time may be ahead of or behind the gateway's clock."""
 
     streams: Mapping[str, StreamSpec] = field(default_factory=dict)
     max_payload_bytes: int = MAX_MESSAGE_BYTES
     max_future_skew_s: float = 300.0
+    max_past_age_s: float = 3 * 86_400.0
+    max_depth: int = 16
 
     @classmethod
     def from_registry(cls, max_payload_bytes: int = MAX_MESSAGE_BYTES,
-                      max_future_skew_s: float = 300.0) -> Limits:
+                      max_future_skew_s: float = 300.0, max_past_age_s: float = 3 * 86_400.0,
+                      max_depth: int = 16) -> Limits:
         by_suffix = {spec.mqtt_suffix: spec for spec in streams.all_streams()}
-        return cls(by_suffix, min(max_payload_bytes, MAX_MESSAGE_BYTES), max_future_skew_s)
+        return cls(by_suffix, min(max_payload_bytes, MAX_MESSAGE_BYTES), max_future_skew_s,
+                   max_past_age_s, min(max_depth, MAX_DEPTH_CEILING))
 
 
 class Accepted(NamedTuple):
@@ -72,6 +88,36 @@ def parse_topic(topic: str, limits: Limits) -> tuple[StreamSpec, str]:
     return spec, parts[1]
 
 
+# Per byte: +1 opens an array/object, -1 closes one (indexed by the byte's value).
+_STEP = np.zeros(256, dtype=np.int8)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+_QUOTE = ord('"')
+
+
+def nesting_exceeds(payload: bytes, limit: int) -> bool:
+    """Whether JSON ``payload`` nests arrays/objects more than ``limit`` levels deep.
+
+    A byte scan before any decoder recurses. A document with at most ``limit`` brackets
+    cannot nest deeper: the common case (an event has one ``{``) costs two ``count``s.
+    Otherwise, vectorised: drop escaped backslashes and quotes, so every quote left opens or
+    closes a string; brackets outside strings step the depth up or down; the deepest point
+    of the running sum is the nesting. Exact for well-formed JSON; for broken JSON it is the
+    depth a decoder would reach before failing (unclosed brackets count).
+
+    >>> nesting_exceeds(b'{"a":[[1]],"b":"[[[["}', 2), nesting_exceeds(b'[[[', 2)
+    (True, True)
+    >>> nesting_exceeds(b'{"a":[1,[2]],"b":"[[[[", "c":{}, "d":"\\\\", "e":"\\"[["}', 3)
+    False
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    text = np.frombuffer(payload.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    outside = 1 - (np.cumsum(text == _QUOTE, dtype=np.int32) & 1)
+    depth = np.cumsum(_STEP[text] * outside)
+    return bool(depth.size) and int(depth.max()) > limit
+
+
 def classify(exc: ContractError) -> str:
     """Map a contract error to one of REASONS."""
     text = str(exc)
@@ -90,10 +136,21 @@ def classify(exc: ContractError) -> str:
 
 def validate(topic: str, payload: bytes, now: float, limits: Limits) -> Accepted:
     """Check one message; returns what the bridge needs to produce it, or raises Rejected."""
+    spec, topic_vin = parse_topic(topic, limits)
+    return check(spec, topic_vin, payload, now, limits)
+
+
+def check(spec: StreamSpec, topic_vin: str, payload: bytes, now: float,
+          limits: Limits) -> Accepted:
+    """Check the payload of a message whose topic ``parse_topic`` accepted.
+
+    Size and nesting first: both are bounded before a decoder sees the bytes.
+    """
     if len(payload) > limits.max_payload_bytes:
         raise Rejected("oversize", f"payload is {len(payload)} bytes, over the "
                                    f"{limits.max_payload_bytes} limit")
-    spec, topic_vin = parse_topic(topic, limits)
+    if nesting_exceeds(payload, limits.max_depth):
+        raise Rejected("too_deep", f"JSON nests more than {limits.max_depth} levels deep")
     try:
         event = contracts.decode(spec.event, payload)
     except ContractError as exc:
@@ -107,4 +164,8 @@ def validate(topic: str, payload: bytes, now: float, limits: Limits) -> Accepted
     if not math.isfinite(ts) or ts - now > limits.max_future_skew_s:
         raise Rejected("future_timestamp", f"ts {ts} is {ts - now:.0f}s ahead of the gateway "
                                            f"clock (limit {limits.max_future_skew_s:.0f}s)")
+    if now - ts > limits.max_past_age_s:
+        # No value in the detail: the field and the limit say enough.
+        raise Rejected("too_old", f"field ts: device time more than {limits.max_past_age_s:.0f}s "
+                                  f"behind the gateway clock")
     return Accepted(spec, vin, ts)

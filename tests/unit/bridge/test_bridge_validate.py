@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -9,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.bridge.errors import Rejected
-from edge.bridge.validate import REASONS, Limits, classify, parse_topic, validate
+from edge.bridge.validate import (
+    MAX_DEPTH_CEILING,
+    REASONS,
+    Limits,
+    classify,
+    nesting_exceeds,
+    parse_topic,
+    validate,
+)
 from shared import contracts, streams
 from shared.errors import ContractError
 from tests.bridge_payloads import encode, malformed, payment, telemetry
@@ -103,7 +112,9 @@ def test_seeded_malformed_generator_matches_validation() -> None:
         got = reason(topic, payload)
         assert got == expected, (topic, payload[:200], got, expected)
         seen.add(got)
-    assert seen == set(REASONS) - {"unknown_topic"}
+    # The bridge itself gives the others: rate_limited before validation, internal_error
+    # when handling a message raises.
+    assert seen == set(REASONS) - {"unknown_topic", "rate_limited", "internal_error"}
 
 
 @settings(max_examples=300, deadline=None)
@@ -128,3 +139,53 @@ def test_arbitrary_documents_are_accepted_or_rejected_with_a_reason(doc: dict) -
         assert rej.reason in REASONS
     else:
         assert acc.vin == VIN and acc.ts <= NOW + 300
+
+
+def test_events_older_than_the_age_limit_are_too_old() -> None:
+    topic = f"fleet/{VIN}/telemetry"
+    day = 86_400.0
+    validate(topic, encode(telemetry(VIN, "e", NOW - 3 * day + 1)), NOW, LIMITS)
+    assert reason(topic, encode(telemetry(VIN, "e", NOW - 3 * day - 1))) == "too_old"
+    assert reason(topic, encode(telemetry(VIN, "e", 1.0))) == "too_old"
+    strict = Limits.from_registry(max_past_age_s=60.0)
+    assert reason(topic, encode(telemetry(VIN, "e", NOW - 61)), strict) == "too_old"
+    with pytest.raises(Rejected) as info:
+        validate(topic, encode(telemetry(VIN, "e", 1.0)), NOW, LIMITS)
+    assert "1.0" not in info.value.detail and VIN not in info.value.detail
+
+
+@pytest.mark.parametrize("depth", [17, 100, 1000, 5000])
+def test_deep_nesting_is_rejected_before_decoding(depth: int) -> None:
+    doc = encode(telemetry(VIN, "e", NOW))[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
+    assert reason(f"fleet/{VIN}/telemetry", doc) == "too_deep"
+    assert reason(f"fleet/{VIN}/telemetry", b"{" * depth) == "too_deep"
+
+
+def test_the_depth_limit_is_configurable_and_capped() -> None:
+    doc = encode(telemetry(VIN, "e", NOW))[:-1] + b',"x":[[[1]]]}'
+    validate(f"fleet/{VIN}/telemetry", doc, NOW, LIMITS)  # depth 4: unknown field, ignored
+    assert reason(f"fleet/{VIN}/telemetry", doc, Limits.from_registry(max_depth=3)) == \
+        "too_deep"
+    assert Limits.from_registry(max_depth=10_000).max_depth == MAX_DEPTH_CEILING
+
+
+def _depth(node: object) -> int:
+    if isinstance(node, dict):
+        return 1 + max((_depth(v) for v in node.values()), default=0)
+    if isinstance(node, list):
+        return 1 + max((_depth(v) for v in node), default=0)
+    return 0
+
+
+_TEXT = st.text(alphabet=st.sampled_from('[]{}"\\ab\u2028\x00'), max_size=8)
+_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), _TEXT),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON, st.booleans(), st.integers(min_value=0, max_value=12))
+def test_the_nesting_scan_agrees_with_the_parsed_depth(doc: object, ascii_only: bool,
+                                                       limit: int) -> None:
+    raw = json.dumps(doc, ensure_ascii=ascii_only).encode()
+    assert nesting_exceeds(raw, limit) == (_depth(doc) > limit)
