@@ -62,7 +62,7 @@ class Vehicle:
         c.username_pw_set(user, PASSWORD)
         c.on_connect = self._on_connect
         c.on_subscribe = lambda _c, _u, mid, codes, _p: self.subacks.__setitem__(mid, codes)
-        c.on_message = lambda _c, _u, msg: self.messages.append(msg.payload)
+        c.on_message = lambda _c, _u, msg: self.messages.append(bytes(msg.payload))
         c.on_disconnect = lambda *_a: self.disconnected.set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry
