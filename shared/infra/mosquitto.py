@@ -45,6 +45,10 @@ DYNSEC_PLUGINS = ("/usr/lib/*/mosquitto_dynamic_security.so",
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 # Commands per control message: a vehicle takes about 700 bytes, the broker takes 64 KiB.
 CONTROL_BATCH = 40
+# The plugin rewrites its whole file after every command, so registering N new vehicles in a
+# running broker costs O(N^2) (500 take about 6 s). Beyond this many new ones the broker is
+# restarted on a regenerated file instead: clients reconnect, sessions and queues persist.
+CONTROL_MAX_NEW = 200
 
 
 def _acl(acltype: str, topic: str) -> dict[str, Any]:
@@ -215,8 +219,10 @@ class Mosquitto:
 
     def register_vehicles(self, vehicles: Mapping[str, str] | Iterable[tuple[str, str]]) -> int:
         """Add or replace vehicle logins (VIN -> password); a running broker takes them at
-        once (through the plugin's control topic, as the admin user)."""
+        once (through the plugin's control topic, as the admin user), or, for more than
+        ``CONTROL_MAX_NEW`` new vehicles, after a restart."""
         entries = self._vehicle_entries()
+        known = set(entries)
         items = list(vehicles.items() if isinstance(vehicles, Mapping) else vehicles)
         for vin, password in items:
             if not VIN.fullmatch(vin):
@@ -227,6 +233,10 @@ class Mosquitto:
                        "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())))
         if self.pid() is None:
             self._write_dynsec_file()  # read by the broker when it starts
+        elif len({vin for vin, _ in items} - known) > CONTROL_MAX_NEW:
+            self.stop()
+            self.start()
+            self.wait_healthy()
         elif items:
             self._control_register(items)
         return len(entries)
