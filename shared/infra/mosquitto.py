@@ -234,9 +234,7 @@ class Mosquitto:
         if self.pid() is None:
             self._write_dynsec_file()  # read by the broker when it starts
         elif len({vin for vin, _ in items} - known) > CONTROL_MAX_NEW:
-            self.stop()
-            self.start()
-            self.wait_healthy()
+            self._restart()
         elif items:
             self._control_register(items)
         return len(entries)
@@ -284,8 +282,8 @@ class Mosquitto:
         from shared.infra.dynsec_client import ControlClient
 
         user = ADMIN_USER
-        with ControlClient(self.host, self._listening_port(), user, self.credentials()[user],
-                           CONTROL_TOPIC) as client:
+        host, port = self._listener()
+        with ControlClient(host, port, user, self.credentials()[user], CONTROL_TOPIC) as client:
             errors: dict[tuple[str, str], str] = {}
             for i in range(0, len(commands), CONTROL_BATCH):
                 batch = commands[i:i + CONTROL_BATCH]
@@ -296,15 +294,27 @@ class Mosquitto:
                         errors[(cmd["command"], cmd.get("username") or cmd["rolename"])] = error
             return errors
 
-    def _listening_port(self) -> int:
-        """This broker's plain port (from its config when built without one, as by
+    def _listener(self) -> tuple[str, int]:
+        """This broker's plain address (from its config when built without a port, as by
         ``sim register --mosquitto-home``)."""
         if self.port:
-            return self.port
-        found = re.search(r"^listener (\d+) ", self.config_path.read_text(), re.MULTILINE)
+            return self.host, self.port
+        found = re.search(r"^listener (\d+) (\S+)$", self.config_path.read_text(), re.MULTILINE)
         if not found:
             raise InfraError(f"no listener in {self.config_path}; run `fleetsentry infra up`")
-        return int(found.group(1))
+        return found.group(2), int(found.group(1))
+
+    def _restart(self, timeout: float = 15.0) -> None:
+        """Stop the broker and start it again on its own config (its listeners, TLS
+        included, are whatever `infra up` wrote) and a regenerated logins file."""
+        self.stop()
+        self._write_dynsec_file()
+        process.spawn([mosquitto_binary(), "-c", str(self.config_path)], self.pid_file,
+                      self.home / "stdout.log")
+        host, port = self._listener()
+        if not ports.wait_listening(host, port, timeout):
+            raise ServiceStartError(f"mosquitto did not listen on {host}:{port} within "
+                                    f"{timeout}s after a restart; see {self.home}")
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from shared.infra.mosquitto import CONTROL_MAX_NEW, Mosquitto
 from shared.infra.stack import Stack
 from tests.bridge_payloads import encode, telemetry, vin
 from tests.bridge_support import (
@@ -223,3 +224,24 @@ def test_a_vehicle_cannot_log_in_as_a_service(vehicles: Stack, user: str) -> Non
         c = Vehicle(vehicles, user, client_id=client_id)
         c.close()
         assert not c.accepted
+
+
+def test_many_vehicles_registered_at_once_keep_the_same_rules(vehicles: Stack) -> None:
+    """Beyond CONTROL_MAX_NEW new vehicles the broker restarts on a regenerated logins file
+    (found from its home alone, as `sim register --mosquitto-home` does)."""
+    rng = random.Random(17)
+    many = {vin(rng): PASSWORD for _ in range(CONTROL_MAX_NEW + 1)}
+    pid = vehicles.mqtt.pid()
+    Mosquitto(home=vehicles.mqtt.home, port=0).register_vehicles(many)
+    assert vehicles.mqtt.pid() not in (None, pid), "the broker was not restarted"
+    first = next(iter(many))
+    newcomer = Vehicle(vehicles, first)
+    try:
+        assert newcomer.accepted
+        assert newcomer.subscribe(f"$share/x/fleet/{first}/commands").is_failure
+    finally:
+        newcomer.close()
+    for user, client_id in ((VICTIM, VICTIM), (first, VICTIM)):
+        c = Vehicle(vehicles, user, client_id=client_id)
+        c.close()
+        assert c.accepted == (user == client_id)
