@@ -116,7 +116,7 @@ def dynsec_plugin() -> str:
 @dataclass(frozen=True)
 class Mosquitto:
     """One broker. With ``tls`` and ``tls_port`` it also listens with TLS on ``tls_port``
-    (same host, same password file and ACL; clients need no certificate of their own)."""
+    (same host, same logins and roles; clients need no certificate of their own)."""
 
     home: Path
     port: int
