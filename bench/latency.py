@@ -6,8 +6,8 @@ telemetry frames/s from registered vehicles over MQTT (QoS 1), for --seconds aft
 Every payment gets a decision (declines, and approvals while [scorer] send_approvals is on);
 latency is the vehicle's receive time minus its publish time, on one clock.
 
-Telemetry is published from --telemetry-procs processes of their own (their own MQTT
-sessions per vehicle), so offering 5,000 frames/s does not delay the payments being timed;
+Telemetry is published from --telemetry-procs processes of their own (vehicles of their own,
+each with its own MQTT session), so offering 5,000 frames/s does not delay the payments being timed;
 the JSON reports the rates actually achieved beside the offered ones, the 1-minute load
 average (the machine is shared: read figures beside it) and each stage's share.
 
@@ -57,6 +57,11 @@ DEADLINE_S = 175.0  # the whole run, set-up to tear-down, stays under 3 minutes
 STARTED = time.monotonic()
 
 
+# Simulator seeds of the vehicles whose payments are timed and of those loading the gateway
+# with telemetry.
+PAYING_SEED, LOADING_SEED = 41, 42
+
+
 def left() -> float:
     return DEADLINE_S - (time.monotonic() - STARTED)
 
@@ -67,7 +72,7 @@ class Vehicle:
     def __init__(self, host: str, port: int, vin: str, got: dict[str, float]) -> None:
         self.vin, self.got = vin, got
         self.ready = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{vin}",
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
                         protocol=mqtt.MQTTv5)
         c.username_pw_set(vin, PASSWORD)
         c.max_inflight_messages_set(1000)
@@ -90,11 +95,12 @@ class Vehicle:
         self.client.loop_stop()
 
 
-def templates(vehicles: int, start_ts: float) -> dict[str, tuple[list[Any], list[Any]]]:
+def templates(vehicles: int, start_ts: float, seed: int = PAYING_SEED
+              ) -> dict[str, tuple[list[Any], list[Any]]]:
     """Per VIN: simulator telemetry frames and payments to re-stamp and replay."""
     from firmware_sim import Fleet, SimSettings
 
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=60, seed=41, start_ts=start_ts,
+    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=60, seed=seed, start_ts=start_ts,
                               payment_rate=60.0))
     per: dict[str, tuple[list[Any], list[Any]]] = {}
     for topic, payload in fleet.events():
@@ -146,12 +152,13 @@ def telemetry_child(host: str, port: int, vins: list[str], vehicles: int, start_
 
     The load generator shares two cores with the whole gateway: publishing 5,000 frames/s
     from the process that times payments would delay the payments it times (the GIL).
-    Its own MQTT sessions (client ids apart from the vehicles' command sessions).
+    Vehicles of their own: a vehicle has one session (its VIN is its client id), and the
+    timed vehicles hold theirs for their commands.
     """
-    per = templates(vehicles, start_ts)
+    per = templates(vehicles, start_ts, LOADING_SEED)
     clients = []
     for vin in vins:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-tel-{vin}",
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
                         protocol=mqtt.MQTTv5)
         c.username_pw_set(vin, PASSWORD)
         c.max_inflight_messages_set(1000)
@@ -201,7 +208,7 @@ def start_telemetry(stack: Stack, per: dict[str, tuple[list[Any], list[Any]]],
     """Start the telemetry publishers (processes); returns their counters and the go signal."""
     ctx = multiprocessing.get_context("spawn")
     go = ctx.Event()
-    vins = sorted(per)
+    vins = sorted(templates(args.vehicles, start_ts, LOADING_SEED))
     procs = max(1, min(args.telemetry_procs, len(vins)))
     counters, readies = [], []
     for i in range(procs):
@@ -320,7 +327,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         stack.up(services=frozenset({"edge", "mqtt"}))
         start_ts = time.time() - 120
         per = templates(args.vehicles, start_ts)
-        stack.mqtt.register_vehicles({vin: PASSWORD for vin in per})
+        loading = templates(args.vehicles, start_ts, LOADING_SEED)
+        assert not set(loading) & set(per), "the two fleets share a VIN"
+        stack.mqtt.register_vehicles({vin: PASSWORD for vin in [*per, *loading]})
         scorer_toml = stand_in_models(home, per)
         extra = (f"[enricher]\nbatch_wait_ms = {args.enricher_wait_ms}\n"
                  if args.enricher_wait_ms else "")

@@ -211,16 +211,15 @@ def register(fleet: Fleet, home: Path, password: str, console: Console) -> None:
     n = Mosquitto(home=home, port=0).register_vehicles(fleet.credentials(password))
     console.print(f"registered {len(fleet.vehicles)} vehicles with the broker in {home} "
                   f"({n} vehicle logins in total)")
-    time.sleep(0.5)  # mosquitto re-reads its password file on SIGHUP, asynchronously
 
 
 @sim.command("register")
 @settings_options
 @click.option("--mosquitto-home", type=click.Path(path_type=Path), required=True,
-              help="The broker's home dir (holds passwd, acl, mosquitto.pid).")
+              help="The broker's home dir (holds its logins, config and mosquitto.pid).")
 @click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD)
 def register_cmd(mosquitto_home: Path, password: str, **kw: Any) -> None:
-    """Register the VINs a run with these settings will use (then SIGHUP mosquitto)."""
+    """Register the VINs a run with these settings will use (a running broker takes them at once)."""
     fleet = Fleet(build_settings(kw, None))
     register(fleet, mosquitto_home, password, Console(stderr=True))
 

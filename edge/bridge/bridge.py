@@ -136,6 +136,7 @@ class Bridge:
         if self.config.mqtt.tls_ca is not None:
             client.tls_set(ca_certs=str(self.config.mqtt.tls_ca))
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -232,6 +233,18 @@ class Bridge:
                           for t in subscriptions(self.settings.group, self.limits)])
         log.info("connected as %s (session present: %s)", self.client_id,
                  flags.session_present)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      reasons: list[Any], _props: Any) -> None:
+        # The broker denies by default: a refused subscription would leave this bridge
+        # connected but receiving nothing, so it stops and says why.
+        refused = [(topic, str(rc)) for topic, rc in
+                   zip(subscriptions(self.settings.group, self.limits), reasons, strict=False)
+                   if rc.is_failure]
+        if refused:
+            self._fatal = (f"MQTT broker refused {self.config.mqtt.username!r} the "
+                           f"subscription(s) {refused}: the bridge needs a service login "
+                           "(the broker's fleetsentry-bridge role), not a vehicle's")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _props: Any) -> None:

@@ -182,6 +182,8 @@ class Stack:
             "admin_user": ADMIN_USER,
             "bridge_user": BRIDGE_USER,
             "credentials_file": str(self.mqtt.credentials_path),
+            # Logins and roles of services and vehicles (the dynamic-security plugin's file).
+            "logins_file": str(self.mqtt.dynsec_file),
             "config_file": str(self.mqtt.config_path),
             "users": sorted(creds),
         }

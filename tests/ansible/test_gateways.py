@@ -297,7 +297,7 @@ def converged(fleet: Fleet) -> str:
 
 
 def _vehicle(gw: Gateway, vin: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{vin}-{gw.name}",
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
                          protocol=mqtt.MQTTv5)
     client.username_pw_set(vin, VEHICLE_PASSWORD)
     # The broker's certificate names localhost and 127.0.0.1: verify it fully.
@@ -388,7 +388,7 @@ def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
             "etc/fleetsentry/edge/edge.toml",
             "etc/fleetsentry/edge/secrets/fleet.secret",
             "etc/fleetsentry/edge/mirror/mm2.properties",
-            "etc/fleetsentry/mosquitto/passwd",
+            "var/lib/fleetsentry/mosquitto/dynamic-security.json",
             "etc/fleetsentry/mosquitto/tls/server.key",
             "etc/fleetsentry/mosquitto/tls/ca.key",
             "var/lib/fleetsentry/edge/vault.key",
@@ -399,8 +399,8 @@ def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
         key = (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
         assert len(key) > 40
         assert key not in converged.encode()
-        passwd = (gw.root / "etc/fleetsentry/mosquitto/passwd").read_text()
-        assert "bridge-password-for-tests" not in passwd and "$7$" in passwd
+        logins = (gw.root / "var/lib/fleetsentry/mosquitto/dynamic-security.json").read_text()
+        assert "bridge-password-for-tests" not in logins and '"salt"' in logins
     keys = {(gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
             for gw in fleet.gateways.values()}
     assert len(keys) == 2, "each gateway generates its own vault key"

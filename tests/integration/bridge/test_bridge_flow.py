@@ -81,7 +81,7 @@ def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
     now = time.time()
     expected: dict[str, tuple[str, str]] = {}  # event_id -> (topic, vin)
     for v in vins:
-        car = mqtt_client(setup.stack, "car-" + v, user=v, password="pw-" + v)
+        car = mqtt_client(setup.stack, v, user=v, password="pw-" + v)
         msgs = []
         for i in range(50):
             tel_id, pay_id = f"{v}-t{i}", f"{v}-p{i}"

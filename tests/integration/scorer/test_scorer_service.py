@@ -217,7 +217,7 @@ class Vehicle:
     def __init__(self, broker: MqttBroker, vin: str, password: str) -> None:
         self.got: list[Decision] = []
         self.ready = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"veh-{vin}",
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
                         protocol=mqtt.MQTTv5)
         c.username_pw_set(vin, password)
         c.on_connect = lambda cl, *_: cl.subscribe(f"fleet/{vin}/commands", qos=1)

@@ -72,7 +72,6 @@ def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path
     fleet = fs.Fleet(fs.SimSettings(vehicles=VEHICLES, duration_s=DURATION_S, seed=21,
                                     start_ts=None, payment_rate=3.0))
     mqtt_broker.register_vehicles([v.vin for v in fleet.vehicles], PASSWORD)
-    time.sleep(0.5)  # SIGHUP reload is asynchronous
     counter = Counter(mqtt_broker, "sim-test-counter", ["fleet/+/telemetry", "fleet/+/payments"])
     acked: set[str] = set()
     runner = LiveRunner(fleet, ConnectSettings(host=mqtt_broker.host, port=mqtt_broker.port,

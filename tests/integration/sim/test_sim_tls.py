@@ -102,7 +102,6 @@ def _fleet(broker: TlsBroker, vehicles: int, duration_s: float, seed: int) -> fs
     fleet = fs.Fleet(fs.SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed,
                                     start_ts=None, payment_rate=3.0))
     broker.mqtt.register_vehicles(fleet.credentials(PASSWORD))
-    time.sleep(0.5)  # SIGHUP reload is asynchronous
     return fleet
 
 

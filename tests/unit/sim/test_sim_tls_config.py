@@ -72,9 +72,11 @@ def test_mosquitto_tls_listener_block(tmp_path: Path) -> None:
     tail = conf[conf.index("listener 8883 127.0.0.1"):]
     assert f"cafile {files.ca_file}\n" in tail and f"certfile {files.cert_file}\n" in tail
     assert f"keyfile {files.key_file}\n" in tail and "require_certificate false\n" in tail
-    # Auth is global (not per listener): the TLS port checks passwords and the ACL too.
+    # Auth is global (not per listener): the TLS port checks the same logins and roles, in
+    # the dynamic-security plugin (mosquitto 2.0's acl_file would not check SUBSCRIBE).
     assert "per_listener_settings false" in conf and "allow_anonymous false" in conf
-    assert conf.count("allow_anonymous") == 1
+    assert conf.count("allow_anonymous") == 1 and conf.count("\nplugin ") == 1
+    assert "acl_file" not in conf and "password_file" not in conf
     with pytest.raises(InfraError, match="tls_port"):
         Mosquitto(tmp_path / "m", 1883, tls=files)
 

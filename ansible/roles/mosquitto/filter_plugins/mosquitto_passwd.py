@@ -1,14 +1,21 @@
-"""``mosquitto_pbkdf2``: a password-file entry in mosquitto's ``$7$`` (PBKDF2-SHA512) format.
+"""Logins for the gateway's broker.
+
+``mosquitto_pbkdf2``: a password in mosquitto's ``$7$`` (PBKDF2-SHA512) format.
+``mosquitto_dynsec``: the dynamic-security plugin's whole state (services, vehicles, roles).
 
 The salt is derived from the user and the gateway rather than drawn at random, so rendering
-the password file twice gives the same bytes and a second run of the playbook changes
-nothing. It is still unique per user and gateway, and it never depends on the password.
+the logins twice gives the same bytes and a second run of the playbook changes nothing. It is
+still unique per user and gateway, and it never depends on the password.
+
+The roles are those ``fleetsentry infra up`` writes (shared/infra/mosquitto.py): keep the two
+in step.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 
 def mosquitto_pbkdf2(password: str, user: str, host: str, iterations: int = 101) -> str:
@@ -17,6 +24,55 @@ def mosquitto_pbkdf2(password: str, user: str, host: str, iterations: int = 101)
     return f"$7${int(iterations)}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def _acl(acltype: str, topic: str) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "allow": True}
+
+
+def _login(user: str, hashed: str, role: str, clientid: str | None = None) -> dict[str, Any]:
+    _, _, iterations, salt, digest = hashed.split("$")
+    out: dict[str, Any] = {"username": user, "password": digest, "salt": salt,
+                           "iterations": int(iterations), "roles": [{"rolename": role}]}
+    if clientid is not None:
+        out["clientid"] = clientid
+    return out
+
+
+def mosquitto_dynsec(services: dict[str, str], admin_user: str, bridge_user: str,
+                     vehicles: list[dict[str, str]], host: str,
+                     iterations: int = 101) -> dict[str, Any]:
+    """``services``: user -> password of the admin and bridge accounts. Each vehicle logs in
+    with its VIN, only with its VIN as client id, and may publish under fleet/<VIN>/ and
+    subscribe to fleet/<VIN>/commands; everything not granted is denied."""
+    roles = [
+        {"rolename": admin_user, "acls": [
+            _acl("publishClientSend", "#"), _acl("publishClientReceive", "#"),
+            _acl("subscribePattern", "#"),
+            _acl("publishClientSend", "$CONTROL/dynamic-security/v1"),
+            _acl("publishClientReceive", "$CONTROL/dynamic-security/v1/response")]},
+        {"rolename": bridge_user, "acls": [
+            _acl("subscribePattern", "fleet/#"), _acl("subscribePattern", "$share/+/fleet/#"),
+            _acl("publishClientReceive", "fleet/#"),
+            _acl("publishClientSend", "fleet/+/commands")]},
+    ]
+    clients = [_login(user, mosquitto_pbkdf2(pw, user, host, iterations), user)
+               for user, pw in sorted(services.items())]
+    for vehicle in sorted(vehicles, key=lambda v: v["vin"]):
+        vin = vehicle["vin"]
+        hashed = vehicle.get("password_hash") or mosquitto_pbkdf2(vehicle["password"], vin,
+                                                                  host, iterations)
+        clients.append(_login(vin, hashed, f"vehicle-{vin}", clientid=vin))
+        base = f"fleet/{vin}"
+        roles.append({"rolename": f"vehicle-{vin}", "acls": [
+            _acl("publishClientSend", f"{base}/telemetry"),
+            _acl("publishClientSend", f"{base}/payments"),
+            _acl("publishClientSend", f"{base}/status"),
+            _acl("subscribeLiteral", f"{base}/commands"),
+            _acl("publishClientReceive", f"{base}/commands")]})
+    return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                                 "subscribe": False, "unsubscribe": True},
+            "clients": clients, "groups": [], "roles": roles}
+
+
 class FilterModule:
     def filters(self) -> dict[str, object]:
-        return {"mosquitto_pbkdf2": mosquitto_pbkdf2}
+        return {"mosquitto_pbkdf2": mosquitto_pbkdf2, "mosquitto_dynsec": mosquitto_dynsec}
