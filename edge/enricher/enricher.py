@@ -21,7 +21,7 @@ from prometheus_client import Histogram
 from edge import metrics
 from edge.config import EdgeConfig
 from edge.enricher import changelog
-from edge.enricher.dedup import DedupWindow
+from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.errors import EnricherError
 from edge.vault import Vault
 from shared import streams
@@ -266,7 +266,7 @@ class Enricher:
             window = windows.get(tp)
             if window is None:
                 window = self._window(*tp)
-            if not window.check_and_add(event.event_id):
+            if not window.check_and_add(event_key(event.vin, event.event_id)):
                 self.duplicates += 1
                 continue
             items.append((spec, event))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.enricher.dedup import DedupWindow
+from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.enricher import pii_items
 from shared.contracts import Payment
 
@@ -39,3 +39,12 @@ def test_pii_items_cover_every_identifying_field() -> None:
     assert kinds["vin"] == ("1HGCM82633A004352", None)
     assert kinds["card"] == ("4111111111111111", "D-1")
     assert {"driver", "driver_name", "cardholder"} <= set(kinds)
+
+
+def test_two_vehicles_may_use_the_same_event_id_and_old_windows_still_load() -> None:
+    w = DedupWindow(limit=100)
+    w.load(0, ["e-1"])  # written before the vehicle was part of the key
+    assert w.check_and_add(event_key("1HGCM82633A004352", "e-1"))
+    assert w.check_and_add(event_key("2HGCM82633A004352", "e-1"))
+    assert not w.check_and_add(event_key("1HGCM82633A004352", "e-1"))
+    assert w.seal()[1] == ["1HGCM82633A004352/e-1", "2HGCM82633A004352/e-1"]

@@ -23,7 +23,7 @@ from edge.enricher import Enricher
 from edge.vault.setup import fleet_tokenizer, open_vault
 from shared import contracts, streams, topics
 from shared.config import convert
-from tests.support import consume_all, produce_all
+from tests.support import consume_all, produce_all, producer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -215,3 +215,49 @@ def toml(s: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+def run_enricher(cfg: edge_config.EdgeConfig, until: int, timeout: float = 90.0) -> Enricher:
+    """Start an enricher, run batches until it produced ``until`` records, close it."""
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
+    enricher.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while enricher.produced < until and time.monotonic() < deadline:
+            enricher.step()
+    finally:
+        enricher.close()
+        vault.close()
+    return enricher
+
+
+def produce_to_partition(bootstrap: str, events: list[contracts.Telemetry]) -> None:
+    """Write telemetry keyed by VIN, all into partition 0 (where two vehicles can meet)."""
+    p = producer(bootstrap)
+    for ev in events:
+        p.produce(topics.RAW_TELEMETRY, key=ev.vin.encode(), value=contracts.encode(ev),
+                  partition=0)
+    assert p.flush(30) == 0
+
+
+def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
+        edge_bootstrap: str, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    telemetry = [e for e in sim_events(tag, vehicles=2, duration_s=20, seed=31)
+                 if isinstance(e, contracts.Telemetry)]
+    vin_a, vin_b = sorted({e.vin for e in telemetry})
+    victim = [e for e in telemetry if e.vin == vin_a]
+    # The attacker copies the victim's event ids onto its own frames, in the same partition.
+    attacker = [msgspec.structs.replace(e, event_id=v.event_id) for e, v in
+                zip((e for e in telemetry if e.vin == vin_b), victim, strict=False)]
+    assert len(attacker) >= 10
+    produce_to_partition(edge_bootstrap, [*victim, *attacker, *victim[:5]])  # and redeliveries
+    cfg = convert(settings(edge_bootstrap, tmp_path), edge_config.EdgeConfig)
+    enricher = run_enricher(cfg, len(victim) + len(attacker))
+    seen = read_anon(edge_bootstrap, {e.event_id for e in victim})
+    copied = {e.event_id for e in attacker}
+    lost = [eid for eid in copied if seen[eid] < 2]
+    assert not lost, f"{len(lost)} of {len(copied)} victim events vanished behind the attacker's"
+    assert all(n == 1 for eid, n in seen.items() if eid not in copied)
+    assert max(seen.values()) == 2 and enricher.duplicates == 5
