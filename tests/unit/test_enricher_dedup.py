@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.enricher import pii_items
+from edge.enricher.expiry import KeyClock
 from shared.contracts import Payment
 
 
@@ -48,3 +49,18 @@ def test_two_vehicles_may_use_the_same_event_id_and_old_windows_still_load() -> 
     assert w.check_and_add(event_key("2HGCM82633A004352", "e-1"))
     assert not w.check_and_add(event_key("1HGCM82633A004352", "e-1"))
     assert w.seal()[1] == ["1HGCM82633A004352/e-1", "2HGCM82633A004352/e-1"]
+
+
+def test_keys_expire_oldest_first_a_bounded_number_at_a_time() -> None:
+    clock = KeyClock(ttl_s=10.0)
+    clock.touch(["c:1", "c:2", "d:1"], now=100.0)
+    clock.touch(["v:1"], now=105.0)
+    clock.touch(["c:1"], now=108.0)  # written again: young again
+    assert not clock.due(109.0) and clock.expire(109.0, limit=10) == []
+    assert clock.due(111.0)
+    assert clock.expire(111.0, limit=1) == ["c:2"]
+    assert clock.expire(111.0, limit=10) == ["d:1"]
+    assert clock.expire(116.0, limit=10) == ["v:1"] and len(clock) == 1
+    restored = KeyClock(ttl_s=10.0)
+    restored.load({"b": 50.0, "a": 40.0, "c": 60.0})
+    assert restored.expire(65.0, limit=10) == ["a", "b"]

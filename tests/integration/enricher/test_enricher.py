@@ -261,3 +261,63 @@ def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
     assert not lost, f"{len(lost)} of {len(copied)} victim events vanished behind the attacker's"
     assert all(n == 1 for eid, n in seen.items() if eid not in copied)
     assert max(seen.values()) == 2 and enricher.duplicates == 5
+
+
+def made_up_payments(tag: str, vin: str, n: int) -> list[contracts.Payment]:
+    """One vehicle paying with a new driver id and card number every time."""
+    now = time.time()
+    return [contracts.Payment(
+        event_id=f"{tag}-fake-{i}", ts=now, vin=vin, driver_id=f"{tag}-drv-{i}",
+        driver_name="Nobody", card_number=f"4{i:015d}", cardholder="NOBODY",
+        merchant_id="M-1", merchant_name="Fuel", mcc="5542", category="fuel", amount=20.0,
+        currency="EUR", lat=48.1, lon=11.5) for i in range(n)]
+
+
+def test_state_of_made_up_drivers_and_cards_expires_live_in_the_changelog_and_the_vault(
+        edge_bootstrap: str, tmp_path: Path) -> None:
+    tag, ttl_s, n = uuid.uuid4().hex[:8], 4.0, 1500
+    s = settings(edge_bootstrap, tmp_path)
+    s["enricher"]["state_ttl_s"] = ttl_s  # type: ignore[index]
+    s["vault"] = {"retention_days": ttl_s / 86_400}
+    cfg = convert(s, edge_config.EdgeConfig)
+    frames = [e for e in sim_events(tag, vehicles=1, duration_s=20, seed=41)
+              if isinstance(e, contracts.Telemetry)]
+    flood = made_up_payments(tag, frames[0].vin, n)
+    tok = fleet_tokenizer(cfg)
+    flood_keys = {f"c:{tok.token('card', p.card_number)}" for p in flood} | {
+        f"d:{tok.token('driver', p.driver_id)}" for p in flood}
+    produce_raw(edge_bootstrap, flood)
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, tok)
+    enricher.start()
+    try:
+        peak, deadline = 0, time.monotonic() + 60
+        while enricher.produced < n and time.monotonic() < deadline:
+            enricher.step()
+            peak = max(peak, len(flood_keys & set(enricher.state)))
+        assert enricher.produced == n and peak >= n  # each payment added states
+        time.sleep(ttl_s + 0.5)  # nothing written for longer than the TTL
+        # Then an ordinary frame arrives, and the flood's states and vault values go.
+        produce_raw(edge_bootstrap, [msgspec.structs.replace(frames[-1], ts=time.time())])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (enricher.produced < n + 1 or vault.count() > 2):
+            enricher.step()
+        live = set(enricher.state)
+        leaked = len(live & flood_keys)
+        assert leaked == 0, f"{leaked} of the flood's {len(flood_keys)} states still live"
+        assert len(live) <= 2, len(live)
+        assert vault.count() <= 2, f"{vault.count()} vault values left"
+    finally:
+        enricher.close()
+        vault.close()
+    # A restart restores from the changelog: the tombstones keep the flood's states out.
+    vault = open_vault(cfg)
+    again = Enricher(cfg, vault, tok)
+    again.start()
+    try:
+        restored = len(set(again.state) & flood_keys)
+        assert restored == 0, f"a restart brought back {restored} of the flood's states"
+        assert set(again.state) <= live
+    finally:
+        again.close()
+        vault.close()
