@@ -126,6 +126,10 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     # many made-up ids vehicles send. A week keeps vehicles used weekly warm; a key that
     # comes back after it starts afresh, like a new one.
     state_ttl_s: Annotated[float, Meta(gt=0, le=366 * 86_400)] = 7 * 86_400.0
+    # And at most this many states (about 600 bytes of memory and 100 of changelog each):
+    # past it the least recently written go first, so a flood inside the TTL cannot exhaust
+    # memory either. A gateway holds about three per vehicle (vehicle, card, driver).
+    max_states: Annotated[int, Meta(ge=1000, le=10_000_000)] = 100_000
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
     transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000

@@ -101,7 +101,7 @@ class Enricher:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.state = FeatureState()
-        self.clock = KeyClock(self.settings.state_ttl_s)
+        self.clock = KeyClock(self.settings.state_ttl_s, self.settings.max_states)
         self._windows: dict[tuple[str, int], DedupWindow] = {}
         self._next_vault_expiry = 0.0
         self.consumed = self.produced = self.duplicates = self.rejected = 0

@@ -64,3 +64,14 @@ def test_keys_expire_oldest_first_a_bounded_number_at_a_time() -> None:
     restored = KeyClock(ttl_s=10.0)
     restored.load({"b": 50.0, "a": 40.0, "c": 60.0})
     assert restored.expire(65.0, limit=10) == ["a", "b"]
+
+
+def test_past_the_cap_the_least_recently_written_keys_go_first() -> None:
+    clock = KeyClock(ttl_s=1000.0, max_keys=3)
+    clock.touch(["a", "b", "c"], now=1.0)
+    clock.touch(["a"], now=2.0)
+    assert not clock.due(3.0)
+    clock.touch(["d", "e"], now=3.0)
+    assert clock.due(3.0)
+    assert clock.expire(3.0, limit=1) == ["b"]
+    assert clock.expire(3.0, limit=10) == ["c"] and len(clock) == 3
