@@ -116,7 +116,8 @@ class VaultSettings(_Section, frozen=True, kw_only=True):
     # The fleet secret tokens are keyed with: the SAME file on every gateway of a fleet, so a
     # card gets one token everywhere (created when missing; default: <data_dir>/fleet.secret).
     fleet_secret_file: Path | None = None
-    # Values not seen for this many days are deleted (`fleetsentry edge vault purge`).
+    # Values not seen for this many days are deleted: by the running enricher, a bounded
+    # number at a time, and by `fleetsentry edge vault purge`.
     retention_days: Annotated[float, Meta(gt=0)] = 90.0
 
 
@@ -134,6 +135,15 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     # Event ids remembered per raw partition to drop the bridge's redeliveries.
     # (Redeliveries come within the bridge's in-flight window, a few thousand messages.)
     dedup_window: Annotated[int, Meta(ge=1000, le=10_000_000)] = 50_000
+    # A vehicle, card or driver whose feature state was not written for this long (gateway
+    # wall time, not device time) is forgotten: memory and the changelog stay bounded however
+    # many made-up ids vehicles send. A week keeps vehicles used weekly warm; a key that
+    # comes back after it starts afresh, like a new one.
+    state_ttl_s: Annotated[float, Meta(gt=0, le=366 * 86_400)] = 7 * 86_400.0
+    # And at most this many states (about 600 bytes of memory and 100 of changelog each):
+    # past it the least recently written go first, so a flood inside the TTL cannot exhaust
+    # memory either. A gateway holds about three per vehicle (vehicle, card, driver).
+    max_states: Annotated[int, Meta(ge=1000, le=10_000_000)] = 100_000
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
     transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000

@@ -9,8 +9,10 @@ An episode opens when ``open_events`` anomalous events from a token fall within
 ``open_window_s`` seconds (event time, from the device), so a single noisy frame raises nothing.
 While open, further anomalous events extend it and a new peak is reported at most every
 ``update_interval_s``; it closes after ``quiet_gap_s`` seconds without an anomalous event, seen
-either from the token's own next normal event or from the stream's event-time watermark (a
-vehicle that goes silent still gets its episode closed).
+from the token's own next event (its own event time: one vehicle's clock never moves another's
+episodes). A vehicle that goes silent still gets its episode closed: :meth:`EpisodeTracker.sweep`
+closes it once nothing came from the token for ``quiet_gap_s`` of processing time (wall clock,
+which no vehicle controls).
 
 The tracker is pure: events in, alerts out. Its per-token state serializes to bytes so the
 service can keep it in a compacted topic written inside the same transaction as the alerts,
@@ -66,6 +68,9 @@ class _Episode(msgspec.Struct):
 class TokenState(msgspec.Struct):
     pending: list[_Pending] = msgspec.field(default_factory=list)
     episode: _Episode | None = None
+    # Processing time of the token's last event (wall clock live; event time offline). States
+    # written before it existed decode with 0 and are given the restore time instead.
+    seen_at: float = 0.0
 
     def empty(self) -> bool:
         return not self.pending and self.episode is None
@@ -94,12 +99,17 @@ class EpisodeTracker:
 
     # --- persistence ---------------------------------------------------------------------
 
-    def restore(self, token: str, data: bytes | None) -> None:
-        """Apply one record of the state topic (``None`` is a tombstone)."""
+    def restore(self, token: str, data: bytes | None, now: float = 0.0) -> None:
+        """Apply one record of the state topic (``None`` is a tombstone).
+
+        ``now`` (the restore's wall time) restarts the token's idle clock: a scorer that was
+        down must not close every open episode before it has read the events it missed.
+        """
         if data is None:
             self.states.pop(token, None)
         else:
-            self.states[token] = _dec.decode(data)
+            st = self.states[token] = _dec.decode(data)
+            st.seen_at = max(st.seen_at, now)
 
     def drain_dirty(self) -> dict[str, bytes | None]:
         """State records changed since the last drain: bytes, or None where a token is clear."""
@@ -116,14 +126,19 @@ class EpisodeTracker:
     # --- events ----------------------------------------------------------------------------
 
     def observe(self, token: str, event_id: str, ts: float, score: float, threshold: float,
-                model_version: str, top: TopFn) -> list[Alert]:
-        """Feed one scored event; ``top`` is only called for anomalous events."""
+                model_version: str, top: TopFn, now: float | None = None) -> list[Alert]:
+        """Feed one scored event; ``top`` is only called for anomalous events.
+
+        ``now`` is when the event was processed (wall clock); offline, where there is no
+        such time, the event's own time stands in for it.
+        """
         st = self.states.get(token)
         anomalous = score > threshold
         if st is None and not anomalous:
             return []  # the hot path: a normal event from a quiet vehicle
         if st is None:
             st = self.states[token] = TokenState()
+        st.seen_at = ts if now is None else now
         self.dirty.add(token)
         alerts: list[Alert] = []
         ep = st.episode
@@ -144,17 +159,23 @@ class EpisodeTracker:
             del self.states[token]
         return alerts
 
-    def sweep(self, watermark: float) -> list[Alert]:
-        """Close episodes whose quiet gap has passed by the stream's event time."""
+    def sweep(self, now: float) -> list[Alert]:
+        """Close the episodes of tokens silent for ``quiet_gap_s`` of processing time.
+
+        Each token is judged by its own last event only (``seen_at``), so no other token's
+        traffic or clock can close, or keep from opening, its episode. Pending frames of a
+        token silent for ``open_window_s`` are dropped, as its next event would prune them.
+        """
         alerts: list[Alert] = []
         gap, window = self.settings.quiet_gap_s, self.settings.open_window_s
         for token in list(self.states):
             st = self.states[token]
+            idle = now - st.seen_at
             changed = False
-            if st.episode is not None and watermark - st.episode.end_ts > gap:
+            if st.episode is not None and idle > gap:
                 alerts.append(self._close(token, st))
                 changed = True
-            if st.pending and watermark - st.pending[-1].ts > window:
+            if st.pending and idle > window:
                 st.pending.clear()
                 changed = True
             if changed:

@@ -50,14 +50,15 @@ class KafkaSource:
 
     def anon_records(self, stream: str) -> list[Any]:
         spec = streams.get(stream)
-        seen: dict[str, Any] = {}
+        seen: dict[tuple[str, str], Any] = {}
         for topic in self.topics_for(spec.anon_topic):
             for value in read_topic(self.bootstrap, topic, self.timeout_s):
                 try:
                     rec = decode(spec.anon_event, value)
                 except ContractError:
                     continue
-                seen.setdefault(rec.event_id, rec)  # type: ignore[attr-defined]
+                # An event is its vehicle and its id: vehicles choose ids, and may share them.
+                seen.setdefault((rec.vehicle_token, rec.event_id), rec)  # type: ignore[attr-defined]
         return sorted(seen.values(), key=lambda r: r.ts)
 
     def labels(self) -> list[Label]:

@@ -29,14 +29,23 @@ class Dataset:
 
     name: str
     kind: type[msgspec.Struct]
+    # The field naming the vehicle (its token) a record is about, where there is one.
+    device: str | None = None
 
     def record_id(self, rec: Any, edge_id: str) -> str:
-        """The deduplication key. Events carry a unique event_id; the rest combine fields."""
+        """The deduplication key. Events are (vehicle, event_id); the rest combine fields.
+
+        Vehicles choose their event ids, so an id alone would let one vehicle (or one gateway)
+        suppress another's records. Tokens are fleet-wide, so the same event replicated by
+        two gateways is still stored once.
+        """
         if isinstance(rec, contracts.Alert):
             return f"{rec.alert_id}/{rec.state}/{rec.end_ts!r}"
         if isinstance(rec, contracts.ModelStatus):
             return f"{rec.edge_id or edge_id}/{rec.stream}/{rec.version}/{rec.state}/{rec.ts!r}"
-        return str(rec.event_id)
+        if self.device is not None:
+            return f"{getattr(rec, self.device)}/{rec.event_id}"
+        return str(rec.event_id)  # labels: the cloud's own, one per event
 
     def event_ts(self, rec: Any) -> float:
         for field in ("ts", "start_ts"):
@@ -69,8 +78,10 @@ def _scalar(hint: Any) -> type | None:
 def datasets() -> dict[str, Dataset]:
     out = {}
     for spec in streams.all_streams():
-        out[spec.anon_topic] = Dataset(spec.anon_topic, spec.anon_event)
-        out[spec.scores_topic] = Dataset(spec.scores_topic, contracts.Score)
+        device = spec.tokens.get(spec.key_field)  # the token of the VIN the stream is keyed by
+        out[spec.anon_topic] = Dataset(spec.anon_topic, spec.anon_event, device)
+        # A score's token is what the scorer keys it by (vehicle, or card for payments).
+        out[spec.scores_topic] = Dataset(spec.scores_topic, contracts.Score, "token")
     out[topics.ALERTS] = Dataset(topics.ALERTS, contracts.Alert)
     out[topics.MODEL_STATUS] = Dataset(topics.MODEL_STATUS, contracts.ModelStatus)
     out[topics.LABELS] = Dataset(topics.LABELS, contracts.Label)

@@ -1,18 +1,20 @@
 """The enricher's changelog topic: per-key feature state and dedup deltas, and its restore.
 
-Keys: ``v:|c:|d:<token>`` hold a key's latest feature state (msgpack); ``dedup:<topic>:<partition>:
-<seq>`` hold one committed batch's event ids. Both are written in the same transaction as the
-anon records and the consumed offsets, so what is read back always matches the offsets.
+Keys: ``v:|c:|d:<token>`` hold a key's latest feature state (msgpack), or a tombstone once it
+expired; ``dedup:<topic>:<partition>:<seq>`` hold one committed batch's event keys. Both are
+written in the same transaction as the anon records and the consumed offsets, so what is read
+back always matches the offsets. A state record's timestamp (the enricher's wall clock when it
+wrote it) tells a restore when the key was last seen.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
 from edge.enricher.dedup import DedupWindow
 from edge.enricher.errors import EnricherError
@@ -32,9 +34,14 @@ def encode_ids(ids: list[str]) -> bytes:
     return _ids_encoder.encode(ids)
 
 
+class Restored(NamedTuple):
+    state: FeatureState
+    windows: dict[tuple[str, int], DedupWindow]
+    written: dict[str, float]  # state key -> when its latest record was written (epoch s)
+
+
 def restore(bootstrap: str, dedup_limit: int, timeout_s: float = 120.0,
-            topic: str = ENRICHER_STATE
-            ) -> tuple[FeatureState, dict[tuple[str, int], DedupWindow]]:
+            topic: str = ENRICHER_STATE) -> Restored:
     """Read the changelog to its end (committed records only) and rebuild state and windows."""
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"enricher-restore-{uuid.uuid4()}",
@@ -42,6 +49,8 @@ def restore(bootstrap: str, dedup_limit: int, timeout_s: float = 120.0,
         "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })
     states: dict[str, Any] = {}
+    written: dict[str, float] = {}
+    started = time.time()
     deltas: dict[tuple[str, int], dict[int, list[str]]] = {}
     try:
         meta = consumer.list_topics(topic, timeout=30)
@@ -61,7 +70,11 @@ def restore(bootstrap: str, dedup_limit: int, timeout_s: float = 120.0,
                         remaining.discard(msg.partition())
                         continue
                     raise EnricherError(f"reading {topic}: {err}")
-                _apply((msg.key() or b"").decode(), msg.value(), states, deltas)
+                key = (msg.key() or b"").decode()
+                _apply(key, msg.value(), states, deltas)
+                if key in states:
+                    kind, ms = msg.timestamp()
+                    written[key] = ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else started
     finally:
         consumer.close()
     windows: dict[tuple[str, int], DedupWindow] = {}
@@ -69,7 +82,8 @@ def restore(bootstrap: str, dedup_limit: int, timeout_s: float = 120.0,
         window = windows[tp] = DedupWindow(dedup_limit)
         for seq in sorted(by_seq):
             window.load(seq, by_seq[seq])
-    return FeatureState(states), windows
+    return Restored(FeatureState(states), windows,
+                    {k: t for k, t in written.items() if k in states})
 
 
 def _apply(key: str, value: bytes | None, states: dict[str, Any],

@@ -1,9 +1,14 @@
-"""Remembering recent event ids per raw partition, to drop the bridge's redeliveries.
+"""Remembering recent events per raw partition, to drop the bridge's redeliveries.
 
 The bridge is at-least-once: a redelivered MQTT message lands in the same raw partition (same
-VIN key) shortly after the first copy. Each partition keeps the ids of its last ``limit`` events,
-grouped in deltas (one per committed batch) that are also written to the changelog; a delta
-leaves memory and the changelog (as a tombstone) together once it falls out of the window.
+VIN key) shortly after the first copy. Each partition keeps the keys of its last ``limit``
+events, grouped in deltas (one per committed batch) that are also written to the changelog; a
+delta leaves memory and the changelog (as a tombstone) together once it falls out of the window.
+
+An event is known by its vehicle *and* its id (:func:`event_key`): event ids are chosen by
+vehicles, so another vehicle reusing them (in the same partition) must not make them vanish.
+Windows written before the vehicle was part of the key hold bare ids; they load, match
+nothing new, and leave with their deltas.
 """
 
 from __future__ import annotations
@@ -11,8 +16,13 @@ from __future__ import annotations
 from collections import deque
 
 
+def event_key(vin: str, event_id: str) -> str:
+    """What identifies an event (unambiguous: the contract's VIN pattern has no ``/``)."""
+    return f"{vin}/{event_id}"
+
+
 class DedupWindow:
-    """Event ids of one raw partition's recent events (held as hashes in memory)."""
+    """Event keys of one raw partition's recent events (held as hashes in memory)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -27,7 +37,7 @@ class DedupWindow:
         return len(self._ids)
 
     def check_and_add(self, event_id: str) -> bool:
-        """True when ``event_id`` is new (and remember it); False for a duplicate."""
+        """True when ``event_id`` (an :func:`event_key`) is new (and remember it)."""
         h = hash(event_id)
         if h in self._ids:
             return False

@@ -1,7 +1,8 @@
 """raw.* -> vault + anon.*, exactly once.
 
 One Kafka transaction per consumed batch holds: the anon records, the changed per-key feature
-states and the batch's dedup delta (changelog), and the consumed offsets. Whatever kills the
+states, tombstones of the states that expired (not written for ``state_ttl_s``) and the batch's
+dedup delta (changelog), and the consumed offsets. Whatever kills the
 process, the batch is either entirely visible to read_committed readers or not at all, and a
 restart resumes from the committed offsets with the state those offsets imply. The vault is
 written before the commit; storing a value is idempotent, so a replayed batch changes nothing.
@@ -22,8 +23,9 @@ from edge import metrics
 from edge.config import EdgeConfig
 from edge.dlq import DeadLetters
 from edge.enricher import changelog
-from edge.enricher.dedup import DedupWindow
+from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.errors import EnricherError
+from edge.enricher.expiry import KeyClock
 from edge.vault import Vault
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode
@@ -46,7 +48,13 @@ SERVICE = "enricher"
 # its cost stays off the per-record path.
 LATENCY_SAMPLE = 32
 DRAIN_EVERY = 500
-PURGE_EVERY_S = 3600.0
+# Expired states leave in the batches that follow, at most this many per event a batch may
+# hold: more than a batch can add (an event writes two states at most), so a flood's states
+# leave as fast as it made them.
+EXPIRE_PER_EVENT = 3
+# Vault retention runs between batches: this often, deleting at most VAULT_EXPIRE_LIMIT values.
+VAULT_EXPIRE_EVERY_S = 1.0
+VAULT_EXPIRE_LIMIT = 2000
 
 
 def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
@@ -95,8 +103,11 @@ class Enricher:
         self._producer: Producer | None = None
         self._letters: DeadLetters | None = None
         self.state = FeatureState()
+        self.clock = KeyClock(self.settings.state_ttl_s, self.settings.max_states)
         self._windows: dict[tuple[str, int], DedupWindow] = {}
+        self._next_vault_expiry = 0.0
         self.consumed = self.produced = self.duplicates = self.rejected = 0
+        self.expired_states = self.expired_values = 0
         self.batches = 0
         # Wall time spent computing batches vs committing them (the bench reports the split).
         self.process_s = self.commit_s = 0.0
@@ -124,7 +135,7 @@ class Enricher:
             self._producer.init_transactions(60)
         except KafkaException as exc:
             raise EnricherError(f"cannot start transactions on {bootstrap}: {exc}") from None
-        self.state, self._windows = changelog.restore(bootstrap, s.dedup_window)
+        self._restore()
         log.info("restored %d feature states and %d dedup windows", len(self.state),
                  len(self._windows))
         self._consumer = Consumer({
@@ -153,7 +164,6 @@ class Enricher:
         """Process batches until ``stop`` (a threading.Event) is set."""
         n = 0
         last_lag = 0.0
-        last_purge = time.monotonic()
         while not stop.is_set() and (max_batches is None or n < max_batches):
             self.step()
             n += 1
@@ -161,11 +171,11 @@ class Enricher:
                 last_lag = time.monotonic()
                 assert self._consumer is not None
                 metrics.update_consumer_lag(SERVICE, self._consumer)
-            if time.monotonic() - last_purge > PURGE_EVERY_S:
-                # The retention limit holds without an operator running `vault purge`.
-                last_purge = time.monotonic()
-                purged = self.vault.purge_older_than(self.config.vault.retention_days)
-                log.info("retention: purged %d vault values", purged)
+
+    def _restore(self) -> None:
+        restored = changelog.restore(self.config.kafka.bootstrap, self.settings.dedup_window)
+        self.state, self._windows = restored.state, restored.windows
+        self.clock.load(restored.written)
 
     # --- one batch ---------------------------------------------------------------------
 
@@ -175,7 +185,10 @@ class Enricher:
         msgs = self._consumer.consume(num_messages=self.settings.batch_size,
                                       timeout=self.settings.batch_wait_ms / 1000)
         msgs = [m for m in msgs if m.error() is None or self._usable(m)]
+        self._expire_vault()
         if not msgs:
+            if self.clock.due(self._clock()):
+                self._expire_idle()
             return 0
         consumed = len(msgs)
         t0 = time.perf_counter()
@@ -236,6 +249,8 @@ class Enricher:
         self.vault.put_many(batch_pii(items))
         for key in result.updates:
             self._send(ENRICHER_STATE, key.encode(), encode_state(result.updates[key]))
+        self.clock.touch(result.updates, now)
+        self._expire_states(now, EXPIRE_PER_EVENT * self.settings.batch_size)
         for (topic, partition), window in self._windows.items():
             seq, ids, expired = window.seal()
             if seq is not None:
@@ -244,6 +259,38 @@ class Enricher:
             for old in expired:
                 produce(ENRICHER_STATE, key=changelog.dedup_key(topic, partition, old), value=None)
         return len(items)
+
+    def _expire_states(self, now: float, limit: int) -> None:
+        """Forget states not written for state_ttl_s: tombstones in this transaction."""
+        expired = self.clock.expire(now, limit)
+        if not expired:
+            return
+        self.state.drop(expired)
+        for key in expired:
+            self._send(ENRICHER_STATE, key.encode(), None)
+        self.expired_states += len(expired)
+
+    def _expire_idle(self) -> None:
+        """Nothing arrived but states are due: tombstone them in a transaction of their own."""
+        assert self._producer is not None
+        self._producer.begin_transaction()
+        try:
+            self._expire_states(self._clock(), EXPIRE_PER_EVENT * self.settings.batch_size)
+            self._producer.commit_transaction(60)
+        except (KafkaException, BufferError) as exc:
+            self._recover(exc)
+
+    def _expire_vault(self) -> None:
+        """The vault's retention limit, kept by the running service with bounded work."""
+        now = time.monotonic()
+        if now < self._next_vault_expiry:
+            return
+        self._next_vault_expiry = now + VAULT_EXPIRE_EVERY_S
+        n = self.vault.expire(self.config.vault.retention_days, VAULT_EXPIRE_LIMIT)
+        if n:
+            self.expired_values += n
+            log.info("retention: deleted %d vault values not seen for %g days", n,
+                     self.config.vault.retention_days)
 
     def _admit(self, msgs: list[Message]
                ) -> tuple[list[tuple[StreamSpec, Telemetry | Payment]], dict[tuple[str, int], int]]:
@@ -269,7 +316,7 @@ class Enricher:
             window = windows.get(tp)
             if window is None:
                 window = self._window(*tp)
-            if not window.check_and_add(event.event_id):
+            if not window.check_and_add(event_key(event.vin, event.event_id)):
                 self.duplicates += 1
                 continue
             items.append((spec, event))
@@ -277,7 +324,7 @@ class Enricher:
             self._in[name].inc(n)
         return items, ends
 
-    def _send(self, topic: str, key: bytes, value: bytes) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
         assert self._producer is not None
         try:
             self._producer.produce(topic, key=key, value=value)
@@ -316,8 +363,7 @@ class Enricher:
         log.warning("aborting a batch (%s); rewinding to the last commit", exc)
         self._producer.abort_transaction(60)
         metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc()
-        self.state, self._windows = changelog.restore(self.config.kafka.bootstrap,
-                                                      self.settings.dedup_window)
+        self._restore()
         assigned = self._consumer.assignment()
         for tp in self._consumer.committed(assigned, timeout=30):
             offset = tp.offset if tp.offset >= 0 else 0

@@ -103,7 +103,11 @@ class ScorerService:
         self.send_decision = send_decision
         self.instance = instance
         self.tracker = EpisodeTracker(TELEMETRY.name, episode_settings(self.settings))
-        self.watermark = 0.0
+        # Episodes are closed by each vehicle's own events and, for a vehicle gone silent, by
+        # wall time: the tracker is swept at least this often even when nothing arrives.
+        self.sweep_every_s = min(1.0, self.settings.episode_quiet_gap_s / 4)
+        self._next_sweep = 0.0
+        self._clock: Callable[[], float] = time.time
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._letters: DeadLetters | None = None
@@ -177,7 +181,7 @@ class ScorerService:
                                   f"`fleetsentry infra up` (it creates the edge topics)")
             parts = [TopicPartition(topics.SCORER_EPISODES, p, 0) for p in tmeta.partitions]
             c.assign(parts)
-            pending, n = {p.partition for p in parts}, 0
+            pending, n, now = {p.partition for p in parts}, 0, self._clock()
             deadline = time.monotonic() + 60
             while pending and time.monotonic() < deadline:
                 msg = c.poll(0.5)
@@ -190,7 +194,7 @@ class ScorerService:
                     continue
                 owner, _, token = (msg.key() or b"").decode().partition("/")
                 if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
-                    self.tracker.restore(token, msg.value())
+                    self.tracker.restore(token, msg.value(), now)
                     n += 1
             if pending:
                 raise ScorerError(f"could not read {topics.SCORER_EPISODES} to its end in 60s")
@@ -220,7 +224,7 @@ class ScorerService:
         msgs = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
         msgs = [m for m in msgs if self._usable(m)]
         if not msgs:
-            return None
+            return self._idle_sweep()
         out, result = Out(), BatchResult()
         by_stream: dict[str, list[Message]] = {}
         for m in msgs:
@@ -228,12 +232,28 @@ class ScorerService:
         for stream, batch in by_stream.items():
             records = self.decode_batch(stream, [m.value() for m in batch], out, result)
             self.score_records(stream, records, out, result)
-        for alert in self.tracker.sweep(self.watermark):
-            out.add(topics.ALERTS, alert.token, encode(alert))
-            result.alerts += 1
+        self._sweep(out, result)
+        self._commit(out, msgs)
+        return result
+
+    def _sweep(self, out: Out, result: BatchResult) -> None:
+        """Close silent vehicles' episodes (at most every sweep_every_s) and write the state."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_every_s
+            for alert in self.tracker.sweep(now):
+                out.add(topics.ALERTS, alert.token, encode(alert))
+                result.alerts += 1
         for token, state in self.tracker.drain_dirty().items():
             out.add(topics.SCORER_EPISODES, f"{self.group_id}/{token}", state)
-        self._commit(out, msgs)
+
+    def _idle_sweep(self) -> BatchResult | None:
+        """Nothing arrived: still close the episodes of vehicles gone silent, in a transaction."""
+        out, result = Out(), BatchResult()
+        self._sweep(out, result)
+        if not out.records:
+            return None
+        self._commit(out, [])
         return result
 
     def _active_dir(self, stream: str) -> Path:
@@ -291,9 +311,10 @@ class ScorerService:
                     break
                 except BufferError:
                     p.poll(0.05)
-        p.send_offsets_to_transaction(
-            [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
-            self._consumer.consumer_group_metadata(), 30)
+        if offsets:  # an idle sweep consumed nothing
+            p.send_offsets_to_transaction(
+                [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
+                self._consumer.consumer_group_metadata(), 30)
         # Any failure here raises: the process exits and restarts from the last commit.
         p.commit_transaction(60)
 
@@ -331,7 +352,7 @@ class ScorerService:
         thr, version, names = model.threshold, model.version, model.features
         scores_topic = _SCORES[stream]
         telemetry = stream == TELEMETRY.name
-        n_anom = 0
+        n_anom, now = 0, self._clock()
         for i, rec in enumerate(records):
             score = float(scores[i])
             anomalous = score > thr
@@ -346,10 +367,8 @@ class ScorerService:
                 return top_features(row, names, self._label)
 
             if telemetry:
-                if rec.ts > self.watermark:
-                    self.watermark = rec.ts
                 alerts = self.tracker.observe(token, rec.event_id, rec.ts, score, thr, version,
-                                              top)
+                                              top, now)
             else:
                 contributions = top() if anomalous else []
                 alerts = [single_event_alert(stream, token, rec.event_id, rec.ts, score, thr,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ class Vault:
         self._db: sqlite_utils.Database | None = None
         self._master: AESGCM | None = None
         self._data_keys: dict[str, AESGCM] = {}
-        self._seen: dict[str, float] = {}  # token -> when last_seen was last written
+        # token -> when last_seen was last written, oldest first; entries older than
+        # TOUCH_EVERY_S are useless and dropped, so this holds at most an hour of values.
+        self._seen: OrderedDict[str, float] = OrderedDict()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -141,14 +144,17 @@ class Vault:
         """
         tok = self._tokens()
         now = self._clock()
+        seen = self._seen
+        while seen and now - next(iter(seen.values())) >= TOUCH_EVERY_S:
+            seen.popitem(last=False)
         tokens: list[str] = []
         fresh: list[tuple[str, str, str, str | None]] = []
         for kind, value, person_id in items:
             token = tok.token(kind, value)
             tokens.append(token)
-            if now - self._seen.get(token, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
+            if token not in seen:
                 fresh.append((token, kind, value, person_id))
-                self._seen[token] = now
+                seen[token] = now
         if fresh:
             with self.db.conn:
                 for token, kind, value, person_id in fresh:
@@ -207,6 +213,33 @@ class Vault:
         self._seen.clear()
         self._audit(actor, "purge", "", "", f"{n} values older than {days:g} days")
         return n
+
+    def expire(self, days: float, limit: int, actor: str = "retention") -> int:
+        """Delete up to ``limit`` values not seen for ``days`` days, oldest first.
+
+        The running enricher calls this often, so the retention limit holds with bounded work
+        each time (an index range scan and ``limit`` deletes), however many values a flood of
+        made-up ids left behind. Returns values deleted.
+        """
+        cutoff = self._clock() - days * 86_400.0
+        rows = list(self.db.query("SELECT token, person FROM pii WHERE last_seen < ? "
+                                  "ORDER BY last_seen LIMIT ?", [cutoff, limit]))
+        if not rows:
+            return 0
+        persons = {r["person"] for r in rows}
+        with self.db.conn:
+            self.db.conn.executemany("DELETE FROM pii WHERE token = ?",
+                                     [[r["token"]] for r in rows])
+            # A person left with no value keeps no key either (an index lookup each).
+            self.db.conn.executemany(
+                "DELETE FROM keys WHERE person = ? AND NOT EXISTS "
+                "(SELECT 1 FROM pii WHERE pii.person = keys.person)", [[p] for p in persons])
+        for r in rows:
+            self._seen.pop(r["token"], None)  # stored again when next seen
+        for person in persons:
+            self._data_keys.pop(person, None)
+        self._audit(actor, "purge", "", "", f"{len(rows)} values older than {days:g} days")
+        return len(rows)
 
     def _audit(self, actor: str, action: str, token: str, kind: str, outcome: str) -> None:
         with self.db.conn:

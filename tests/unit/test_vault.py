@@ -138,3 +138,22 @@ def test_cli_reveal_erase_purge(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "purged 0" in out.output
     out = runner.invoke(edge, ["vault", "audit", "--config", str(conf)])
     assert '"actor": "ops"' in out.output
+
+
+def test_expiry_deletes_the_oldest_values_a_bounded_number_at_a_time(tmp_path: Path) -> None:
+    clock = Clock()
+    with open_vault(tmp_path, clock) as v:
+        for i in range(5):
+            v.put("card", f"41111111111111{i:02d}", f"D-{i}")
+        clock.now += 2 * 3600
+        v.put("driver", "D-new", "D-new")
+        assert v.expire(days=1 / 24, limit=3) == 3
+        assert v.expire(days=1 / 24, limit=3) == 2
+        assert v.expire(days=1 / 24, limit=3) == 0
+        assert v.count() == 1
+        # The people whose last value went keep no key; the fresh one keeps its own.
+        persons = {r["person"] for r in v.db.query("SELECT person FROM keys")}
+        assert persons == {v.person_token("D-new")}
+        # A value seen again after it expired is stored again (not skipped as recently seen).
+        v.put("card", "4111111111111100", "D-0")
+        assert v.count() == 2

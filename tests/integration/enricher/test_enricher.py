@@ -23,7 +23,7 @@ from edge.enricher import Enricher
 from edge.vault.setup import fleet_tokenizer, open_vault
 from shared import contracts, streams, topics
 from shared.config import convert
-from tests.support import consume_all, produce_all
+from tests.support import consume_all, produce_all, producer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -215,3 +215,126 @@ def toml(s: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+def raw_ends(bootstrap: str) -> int:
+    """The sum of raw.*'s end offsets: what a caught-up enricher group has committed."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}"})
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(s.raw_topic, p), timeout=10)[1]
+                   for s in streams.all_streams() for p in range(3))
+    finally:
+        c.close()
+
+
+def catch_up(enricher: Enricher, bootstrap: str, timeout: float = 90.0) -> None:
+    """Run batches until everything in raw.* so far is committed (other tests' records too)."""
+    end, group = raw_ends(bootstrap), enricher.settings.group
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if enricher.step() == 0 and committed_offsets(bootstrap, group) >= end:
+            return
+    raise AssertionError(f"the enricher did not catch up with raw.* in {timeout:.0f}s")
+
+
+def run_enricher(cfg: edge_config.EdgeConfig) -> Enricher:
+    """Start an enricher, run batches until it caught up with raw.*, close it."""
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
+    enricher.start()
+    try:
+        catch_up(enricher, cfg.kafka.bootstrap)
+    finally:
+        enricher.close()
+        vault.close()
+    return enricher
+
+
+def produce_to_partition(bootstrap: str, events: list[contracts.Telemetry]) -> None:
+    """Write telemetry keyed by VIN, all into partition 0 (where two vehicles can meet)."""
+    p = producer(bootstrap)
+    for ev in events:
+        p.produce(topics.RAW_TELEMETRY, key=ev.vin.encode(), value=contracts.encode(ev),
+                  partition=0)
+    assert p.flush(30) == 0
+
+
+def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
+        edge_bootstrap: str, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    telemetry = [e for e in sim_events(tag, vehicles=2, duration_s=20, seed=31)
+                 if isinstance(e, contracts.Telemetry)]
+    vin_a, vin_b = sorted({e.vin for e in telemetry})
+    victim = [e for e in telemetry if e.vin == vin_a]
+    # The attacker copies the victim's event ids onto its own frames, in the same partition.
+    attacker = [msgspec.structs.replace(e, event_id=v.event_id) for e, v in
+                zip((e for e in telemetry if e.vin == vin_b), victim, strict=False)]
+    assert len(attacker) >= 10
+    produce_to_partition(edge_bootstrap, [*victim, *attacker, *victim[:5]])  # and redeliveries
+    cfg = convert(settings(edge_bootstrap, tmp_path), edge_config.EdgeConfig)
+    run_enricher(cfg)
+    seen = read_anon(edge_bootstrap, {e.event_id for e in victim})
+    copied = {e.event_id for e in attacker}
+    lost = [eid for eid in copied if seen[eid] < 2]
+    assert not lost, f"{len(lost)} of {len(copied)} victim events vanished behind the attacker's"
+    assert all(n == 1 for eid, n in seen.items() if eid not in copied)
+    assert max(seen.values()) == 2  # the victim's redelivered frames were still dropped
+
+
+def made_up_payments(tag: str, vin: str, n: int) -> list[contracts.Payment]:
+    """One vehicle paying with a new driver id and card number every time."""
+    now = time.time()
+    return [contracts.Payment(
+        event_id=f"{tag}-fake-{i}", ts=now, vin=vin, driver_id=f"{tag}-drv-{i}",
+        driver_name="Nobody", card_number=f"4{i:015d}", cardholder="NOBODY",
+        merchant_id="M-1", merchant_name="Fuel", mcc="5542", category="fuel", amount=20.0,
+        currency="EUR", lat=48.1, lon=11.5) for i in range(n)]
+
+
+def test_state_of_made_up_drivers_and_cards_expires_live_in_the_changelog_and_the_vault(
+        edge_bootstrap: str, tmp_path: Path) -> None:
+    tag, ttl_s, n = uuid.uuid4().hex[:8], 6.0, 1500
+    s = settings(edge_bootstrap, tmp_path)
+    s["enricher"]["state_ttl_s"] = ttl_s  # type: ignore[index]
+    s["vault"] = {"retention_days": ttl_s / 86_400}
+    cfg = convert(s, edge_config.EdgeConfig)
+    frames = [e for e in sim_events(tag, vehicles=1, duration_s=20, seed=41)
+              if isinstance(e, contracts.Telemetry)]
+    flood = made_up_payments(tag, frames[0].vin, n)
+    tok = fleet_tokenizer(cfg)
+    flood_keys = {f"c:{tok.token('card', p.card_number)}" for p in flood} | {
+        f"d:{tok.token('driver', p.driver_id)}" for p in flood}
+    produce_raw(edge_bootstrap, flood)
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, tok)
+    enricher.start()
+    try:
+        catch_up(enricher, edge_bootstrap)
+        peak = len(flood_keys & set(enricher.state))
+        assert peak == 2 * n, peak  # each payment added two states (its card, its driver)
+        time.sleep(ttl_s + 0.5)  # nothing written for longer than the TTL
+        # Then an ordinary frame arrives, and the flood's states and vault values go.
+        produce_raw(edge_bootstrap, [msgspec.structs.replace(frames[-1], ts=time.time())])
+        catch_up(enricher, edge_bootstrap)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and vault.count() > 2:
+            enricher.step()
+        live = set(enricher.state)
+        leaked = len(live & flood_keys)
+        assert leaked == 0, f"{leaked} of the flood's {len(flood_keys)} states still live"
+        assert len(live) <= 2, len(live)
+        assert vault.count() <= 2, f"{vault.count()} vault values left"
+    finally:
+        enricher.close()
+        vault.close()
+    # A restart restores from the changelog: the tombstones keep the flood's states out.
+    vault = open_vault(cfg)
+    again = Enricher(cfg, vault, tok)
+    again.start()
+    try:
+        restored = len(set(again.state) & flood_keys)
+        assert restored == 0, f"a restart brought back {restored} of the flood's states"
+        assert set(again.state) <= live
+    finally:
+        again.close()
+        vault.close()

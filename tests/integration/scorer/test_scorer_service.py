@@ -54,14 +54,14 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
 
 
 def edge_config(tmp_path: Path, bootstrap: str, broker: MqttBroker, models_dir: Path,
-                pub: Path) -> EdgeConfig:
+                pub: Path, quiet_gap_s: float = 20.0) -> EdgeConfig:
     return shared_config.convert({
         "edge_id": f"scorer-it-{uuid.uuid4().hex[:8]}", "data_dir": str(tmp_path),
         "kafka": {"bootstrap": bootstrap},
         "mqtt": {"host": broker.host, "port": broker.port, "username": broker.bridge[0],
                  "password": broker.bridge[1]},
         "scorer": {"models_dir": str(models_dir), "public_key": str(pub),
-                   "episode_quiet_gap_s": 20.0},
+                   "episode_quiet_gap_s": quiet_gap_s},
     }, EdgeConfig)
 
 
@@ -274,3 +274,57 @@ def test_a_payment_above_threshold_is_declined_on_the_vehicles_commands_topic(
     assert all(a.state == "closed" and a.stream == "payments" for a in alerts)
     # The scorer looked the VIN up through the vault, and the vault audited it.
     assert any(r["actor"] == "scorer" and r["action"] == "reveal" for r in vault.audit_log())
+
+
+def step_until_scored(svc: ScorerService, n: int, timeout: float = 30.0) -> int:
+    """Run batches until ``n`` telemetry events were scored (then the records so far are in)."""
+    deadline, done = time.monotonic() + timeout, 0
+    while done < n and time.monotonic() < deadline:
+        result = svc.step()
+        done += result.events.get("telemetry", 0) if result is not None else 0
+    assert done >= n, f"only {done} of {n} events scored in {timeout}s"
+    return done
+
+
+def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehicles_episode(
+        tmp_path: Path, edge_bootstrap: str, mqtt_broker: MqttBroker,
+        models: tuple[Path, Path, dict[str, Any]]) -> None:
+    models_dir, pub, data = models
+    cfg = edge_config(tmp_path, edge_bootstrap, mqtt_broker, models_dir, pub, quiet_gap_s=4.0)
+    run_id = f"c{uuid.uuid4().hex[:10]}"
+    skewed, faulty = f"{run_id}-veh-ahead", f"{run_id}-veh-faulty"
+    t0 = time.time()
+    svc = ScorerService(cfg)
+    svc.start()
+    try:
+        # The attacker: one ordinary frame stamped 299 s ahead (the bridge accepts up to +300 s).
+        produce_all(edge_bootstrap, topics.ANON_TELEMETRY,
+                    telemetry(data["telemetry"], run_id, skewed, t0 + 299, 1))
+        step_until_scored(svc, 1)
+        while svc.step() is not None:  # drain what other tests left in the topic
+            pass
+        # The victim: a fault, one frame a second as a vehicle sends it, one batch each.
+        frames = telemetry(data["telemetry"], run_id, faulty, t0, 12, anomalous=range(12))
+        for frame in frames:
+            produce_all(edge_bootstrap, topics.ANON_TELEMETRY, [frame])
+            step_until_scored(svc, 1)
+        # Then it goes silent, and so does everyone: its episode still closes, by wall time.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            svc.step()
+            got = mine(consume_all(edge_bootstrap, topics.ALERTS, idle=0.5, timeout=5), Alert,
+                       run_id)
+            if any(a.state == "closed" for a in got):
+                break
+    finally:
+        svc.close()
+    alerts = mine(consume_all(edge_bootstrap, topics.ALERTS, idle=1.0), Alert, run_id)
+    states = [(a.token, a.state) for a in alerts]
+    assert (faulty, "open") in states, f"the faulty vehicle's episode never opened: {states}"
+    assert not any(a.token == skewed for a in alerts)
+    mine_ = [a for a in alerts if a.token == faulty]
+    assert len({a.alert_id for a in mine_}) == 1, states
+    assert [a.state for a in mine_ if a.state != "update"] == ["open", "closed"]
+    closed = mine_[-1]
+    assert closed.start_ts == t0 and closed.end_ts == t0 + 11
+    assert svc.tracker.states == {}

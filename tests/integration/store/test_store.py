@@ -18,9 +18,9 @@ TOKEN = "tok" + "1" * 13
 DAY1, DAY2 = 1_790_000_000.0, 1_790_000_000.0 + 86_400
 
 
-def _payment(event_id: str, ts: float) -> bytes:
+def _payment(event_id: str, ts: float, vehicle: str = TOKEN) -> bytes:
     return contracts.encode(contracts.AnonPayment(
-        event_id=event_id, ts=ts, card_token=TOKEN, vehicle_token=TOKEN, driver_token=TOKEN,
+        event_id=event_id, ts=ts, card_token=TOKEN, vehicle_token=vehicle, driver_token=TOKEN,
         merchant_id="m-1", mcc="5541", category="fuel", amount=42.0, currency="EUR",
         volume_l=None, cell="u0yj", features={"amount_vs_usual": 1.5}))
 
@@ -64,9 +64,9 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
     _run(cloud_bootstrap, root, group)
 
     reader = StoreReader(root)
-    pay = reader.table(topics.ANON_PAYMENTS, ["record_id", "edge_id", "day", "amount"])
-    mine = [r for r in pay.to_pylist() if r["record_id"] in set(ids)]
-    assert sorted(r["record_id"] for r in mine) == sorted(ids)
+    pay = reader.table(topics.ANON_PAYMENTS, ["event_id", "edge_id", "day", "amount"])
+    mine = [r for r in pay.to_pylist() if r["event_id"] in set(ids)]
+    assert sorted(r["event_id"] for r in mine) == sorted(ids)
     assert {r["day"] for r in mine} == {"2026-09-21", "2026-09-22"}
     assert (root / "anon.payments" / "day=2026-09-21").is_dir()
     assert {r["edge_id"] for r in mine} <= {a, b}
@@ -82,11 +82,33 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
     (root / "anon.payments" / "day=2026-09-21" / "part-orphan.parquet").write_bytes(b"partial")
     _run(cloud_bootstrap, root, group + "-again")
     assert not (root / "anon.payments" / "day=2026-09-21" / "part-orphan.parquet").exists()
-    rows = reader.table(topics.ANON_PAYMENTS, ["record_id"])["record_id"].to_pylist()
+    rows = reader.table(topics.ANON_PAYMENTS, ["event_id"])["event_id"].to_pylist()
     mine_ids = [r for r in rows if r.startswith(f"{a}-")]
     assert sorted(mine_ids) == sorted(ids + more)
     recs = [r for r in reader.anon_records("payments") if r.event_id in set(more)]
     assert len(recs) == 30 and recs[0].features == {"amount_vs_usual": 1.5}
+
+
+def test_equal_event_ids_from_two_gateways_and_vehicles_are_both_stored(
+        cloud_bootstrap: str, tmp_path: Path) -> None:
+    a, b = f"st{uuid.uuid4().hex[:6]}", f"st{uuid.uuid4().hex[:6]}"
+    _create(cloud_bootstrap, [f"{a}.anon.payments", f"{b}.anon.payments"])
+    ids = [f"{a}-{i}" for i in range(20)]
+    van_a, van_b = "tok" + "a" * 13, "tok" + "b" * 13
+    produce_all(cloud_bootstrap, f"{a}.anon.payments",
+                [(i.encode(), _payment(i, DAY1, van_a)) for i in ids])
+    # Another gateway's vehicle happens to (or means to) use the same ids; and a's vehicle
+    # roams to gateway b, which replicates some of its events again.
+    produce_all(cloud_bootstrap, f"{b}.anon.payments",
+                [(i.encode(), _payment(i, DAY1, van_b)) for i in ids]
+                + [(i.encode(), _payment(i, DAY1, van_a)) for i in ids[:5]])
+    root = tmp_path / "store"
+    _run(cloud_bootstrap, root, f"store-{a}")
+    rows = StoreReader(root).table(topics.ANON_PAYMENTS, ["event_id", "vehicle_token"])
+    mine = sorted((r["event_id"], r["vehicle_token"]) for r in rows.to_pylist()
+                  if r["event_id"] in set(ids))
+    assert mine == sorted([(i, van_a) for i in ids] + [(i, van_b) for i in ids]), (
+        f"{len(mine)} of {2 * len(ids)} rows stored")
 
 
 def reader_rejected(root: Path) -> list[str]:

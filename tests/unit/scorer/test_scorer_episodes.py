@@ -60,13 +60,41 @@ def test_a_gap_longer_than_the_quiet_gap_starts_a_second_episode() -> None:
     assert [a.state for a in alerts2 if a.state != "update"] == ["open"]
 
 
-def test_a_silent_vehicle_is_closed_by_the_stream_watermark() -> None:
+def test_a_silent_vehicle_is_closed_after_the_quiet_gap_of_its_own_silence() -> None:
     tr = EpisodeTracker("telemetry", EpisodeSettings(quiet_gap_s=30))
     assert [a.state for a in feed(tr, "veh-1", run(1, 5, 3.0))] == ["open"]
     assert tr.sweep(20.0) == []
     closed = tr.sweep(40.0)
     assert [a.state for a in closed] == ["closed"] and closed[0].end_ts == 5
     assert tr.states == {}
+
+
+def test_one_vehicles_clock_never_moves_anothers_episode() -> None:
+    tr = EpisodeTracker("telemetry", EpisodeSettings(quiet_gap_s=30, open_window_s=10))
+    wall = 5000.0
+    for i in range(6):  # one frame a second, a sweep after each, as the scorer runs
+        tr.observe("ahead", f"x{i}", 1000.0 + 299 + i, 3.0, THR, "v1", lambda: TOP, wall + i)
+        got = tr.observe("veh-1", f"a{i}", 1000.0 + i, 3.0, THR, "v1", lambda: TOP, wall + i)
+        got += tr.sweep(wall + i)
+        assert all(a.state != "closed" for a in got)
+    assert tr.states["veh-1"].episode is not None
+    assert tr.sweep(wall + 5 + 29) == []
+    closed = tr.sweep(wall + 5 + 31)
+    assert sorted(a.token for a in closed) == ["ahead", "veh-1"]
+
+
+def test_a_restore_restarts_the_idle_clock_and_reads_old_records() -> None:
+    tr = EpisodeTracker("telemetry", EpisodeSettings(quiet_gap_s=30))
+    feed(tr, "veh-1", run(1, 5, 3.0))
+    record = tr.drain_dirty()["veh-1"]
+    assert record is not None
+    legacy = record.replace(b',"seen_at":5', b"")  # written before seen_at existed
+    assert legacy != record
+    for data in (record, legacy):
+        again = EpisodeTracker("telemetry", EpisodeSettings(quiet_gap_s=30))
+        again.restore("veh-1", data, now=9000.0)
+        assert again.sweep(9000.0 + 29) == []
+        assert [a.state for a in again.sweep(9000.0 + 31)] == ["closed"]
 
 
 def test_tokens_are_independent() -> None:

@@ -28,3 +28,19 @@ def test_columns_are_the_contracts_scalar_fields() -> None:
 def test_day_is_the_utc_date_of_event_time() -> None:
     assert layout.day_of(0.0) == "1970-01-01"
     assert layout.day_of(86_399.0) == "1970-01-01"
+
+
+def test_an_event_is_known_by_its_vehicle_and_its_id() -> None:
+    from shared import contracts
+
+    ds = layout.datasets()
+    base = dict(event_id="e-1", ts=1.0, card_token="c" * 16, driver_token="d" * 16,
+                merchant_id="m", mcc="5541", category="fuel", amount=1.0, currency="EUR",
+                cell="u0", features={})
+    one = contracts.AnonPayment(vehicle_token="a" * 16, **base)  # type: ignore[arg-type]
+    two = contracts.AnonPayment(vehicle_token="b" * 16, **base)  # type: ignore[arg-type]
+    pay = ds[topics.ANON_PAYMENTS]
+    assert pay.record_id(one, "edge-1") != pay.record_id(two, "edge-1")
+    assert pay.record_id(one, "edge-1") == pay.record_id(one, "edge-2")  # a roaming vehicle
+    assert ds[topics.SCORES_TELEMETRY].device == "token"
+    assert ds[topics.ANON_TELEMETRY].device == "vehicle_token"
