@@ -45,13 +45,13 @@ DLQ_MESSAGES = Counter(
     "Rejected messages written to the dead-letter topic, by reason.",
     ["service", "reason"],
 )
-# Per vehicle, so an operator sees who floods; the bridge names at most RATE_LIMITED_VINS
-# vehicles per process (the first it limits) and counts the rest as vin="other", so the
-# series stay bounded whatever vehicles misbehave.
+# Per vehicle (its keyed token, as in anon.*), so an operator sees who floods; the bridge
+# names at most RATE_LIMITED_VINS vehicles per process (the first it limits) and counts the
+# rest as vehicle="other", so the series stay bounded whatever vehicles misbehave.
 RATE_LIMITED = Counter(
     "fleetsentry_rate_limited",
-    "Messages refused because their vehicle sent over its rate limit, by vehicle.",
-    ["service", "vin"],
+    "Messages refused because their vehicle sent over its rate limit, by vehicle token.",
+    ["service", "vehicle"],
 )
 RATE_LIMITED_VINS = 100
 PRODUCE_ERRORS = Counter(

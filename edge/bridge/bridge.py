@@ -317,7 +317,11 @@ class Bridge:
         if inc is None:
             inc = self._limited_other
             if len(self._limited) < metrics.RATE_LIMITED_VINS:
-                inc = self._limited[vin] = metrics.RATE_LIMITED.labels(SERVICE, vin).inc
+                # Labelled by the vehicle's token, not its VIN: metrics leave the vault's
+                # reach (scraped, shipped, shown); `edge vault reveal` names the vehicle.
+                assert self._letters is not None
+                label = self._letters.vehicle_token(vin)
+                inc = self._limited[vin] = metrics.RATE_LIMITED.labels(SERVICE, label).inc
         inc()
         assert self.limiter is not None
         self._dead_letter(msg, "rate_limited", f"this vehicle sent over "

@@ -116,11 +116,15 @@ class DeadLetters:
             length=len(payload), digest=self.digest(payload),
             sealed=bytes([FORMAT]) + self._salt + nonce + sealed))
 
+    def vehicle_token(self, vin: str) -> str:
+        """The vehicle's keyed token: the ``vehicle_token`` its anonymized records carry."""
+        return self._tokens.token(VIN_KIND, vin)
+
     def mqtt_source(self, topic: bytes) -> tuple[str, bytes]:
         """(source, Kafka key) for a message on ``topic``: the VIN becomes its token."""
         parts = topic.split(b"/")
         if len(parts) == 3 and parts[0] == b"fleet":
-            vehicle = self._tokens.token(VIN_KIND, parts[1].decode("utf-8", "replace"))
+            vehicle = self.vehicle_token(parts[1].decode("utf-8", "replace"))
             suffix = parts[2].decode("utf-8", "replace")
             suffix = suffix if suffix in self._suffixes else "other"
             return f"mqtt:fleet/{vehicle}/{suffix}", vehicle.encode()

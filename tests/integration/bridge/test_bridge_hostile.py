@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 import edge.bridge.bridge as bridge_module
 from edge.bridge.bridge import Bridge
 from edge.config import load
+from edge.dlq import DeadLetters
 from shared import topics
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
@@ -281,9 +282,10 @@ def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
             f"{len(admitted)} of 1000 flood events admitted in {elapsed:.0f}s"
         assert reasons_since(edge_bootstrap, start, limited) == {"rate_limited": limited}
         text = bridge.scrape()
-        assert f'fleetsentry_rate_limited_total{{service="bridge",vin="{flooder}"}} ' \
+        token = DeadLetters.load(load(gw.config), create=False).vehicle_token(flooder)
+        assert f'fleetsentry_rate_limited_total{{service="bridge",vehicle="{token}"}} ' \
                f"{float(limited)}" in text
-        assert driver not in text
+        assert driver not in text and flooder not in text
         assert f'fleetsentry_dlq_messages_total{{reason="rate_limited",service="bridge"}} ' \
                f"{float(limited)}" in text
     finally:

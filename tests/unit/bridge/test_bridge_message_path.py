@@ -7,6 +7,7 @@ cannot be written, the bounded label set of the per-vehicle metric.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, cast
 
@@ -17,6 +18,8 @@ import edge.bridge.bridge as bridge_module
 from edge import metrics
 from edge.bridge.bridge import Bridge
 from edge.config import BridgeSettings, EdgeConfig
+from edge.dlq import DeadLetters
+from shared.tokens import Tokenizer
 from tests.bridge_payloads import encode, telemetry
 
 VIN = "1HGCM82633A004352"
@@ -51,6 +54,7 @@ class Letters:
 def bridge(**settings: Any) -> tuple[Bridge, Letters]:
     b = Bridge(EdgeConfig(bridge=BridgeSettings(**settings)))
     b._producer = cast(Any, Producer())
+    b._letters = DeadLetters(os.urandom(32), Tokenizer(os.urandom(32)))
     letters = Letters()
     b._dead_letter = letters  # type: ignore[method-assign]
     return b, letters
@@ -114,7 +118,9 @@ def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
     monkeypatch.setattr(metrics, "RATE_LIMITED_VINS", 2)
     b, letters = bridge(vehicle_rate_per_s=1.0, vehicle_burst=1)
     vins = [f"1FAST{n:012d}" for n in range(5)]
-    before = {v: metrics.RATE_LIMITED.labels("bridge", v)._value.get() for v in vins}
+    assert b._letters is not None
+    tokens = {v: b._letters.vehicle_token(v) for v in vins}
+    before = {v: metrics.RATE_LIMITED.labels("bridge", tokens[v])._value.get() for v in vins}
     other = metrics.RATE_LIMITED.labels("bridge", "other")._value.get()
     now = time.time()
     for v in vins:
@@ -123,6 +129,9 @@ def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
                                encode(telemetry(v, f"{v}-{i}", now))))
     assert letters.reasons() == ["rate_limited"] * 10
     assert len(b._limited) == 2
-    named = [v for v in vins if metrics.RATE_LIMITED.labels("bridge", v)._value.get() > before[v]]
+    named = [v for v in vins
+             if metrics.RATE_LIMITED.labels("bridge", tokens[v])._value.get() > before[v]]
     assert named == vins[:2]
     assert metrics.RATE_LIMITED.labels("bridge", "other")._value.get() - other == 6
+    # No VIN in any series: the label is the vehicle's keyed token.
+    assert not any(v in str(metrics.RATE_LIMITED.collect()) for v in vins)
