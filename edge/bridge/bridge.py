@@ -30,6 +30,7 @@ from edge.bridge.errors import BridgeError, Rejected
 from edge.bridge.validate import Limits, validate
 from edge.config import EdgeConfig
 from shared import contracts, topics
+from shared.kafka_config import client_config
 
 log = logging.getLogger("bridge")
 SERVICE = "bridge"
@@ -106,15 +107,14 @@ class Bridge:
     def start(self, timeout: float = 15.0) -> None:
         """Create the producer, connect to the broker and subscribe (waits for CONNACK)."""
         s = self.settings
-        self._producer = Producer({
-            "bootstrap.servers": self.config.kafka.bootstrap,
+        self._producer = Producer(client_config(self.config.kafka, {
             "client.id": self.client_id,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": s.linger_ms,
             "compression.type": s.compression,
             "error_cb": self._kafka_error,
-        })
+        }))
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(self.config.mqtt.username, mqtt_password(self.config))

@@ -16,7 +16,9 @@ from shared.infra.errors import InfraError, PortInUseError
 from shared.infra.kafka import KafkaCluster, KafkaNode
 from shared.infra.mirror import Mirror
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
-from shared.infra.topics_admin import ensure_topics
+from shared.infra.topics_admin import ensure_topics, ensure_users
+from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
+from shared.kafka_config import MIRROR_USER, SCRAM_USERS
 
 SERVICES = frozenset({"edge", "cloud", "mqtt"})
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -72,7 +74,7 @@ class Stack:
         self.edge = KafkaCluster(
             "edge", home / "edge-kafka",
             (KafkaNode(1, settings.edge_port, settings.edge_controller_port),),
-            host=settings.host, heap=settings.kafka_heap,
+            host=settings.host, heap=settings.kafka_heap, authenticate=True,
         )
         self.cloud = KafkaCluster(
             "cloud", home / "cloud-kafka",
@@ -84,8 +86,12 @@ class Stack:
 
     def mirror(self, edge_id: str, edge_bootstrap: str | None = None) -> Mirror:
         """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default)."""
+        edge = self.edge.login(MIRROR_USER)
+        if edge_bootstrap:
+            edge = (edge_bootstrap if isinstance(edge, str)
+                    else msgspec.structs.replace(edge, bootstrap=edge_bootstrap))
         return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
-                      self.settings.home)
+                      self.settings.home, edge_login=edge)
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -138,7 +144,11 @@ class Stack:
                 for fut in waits:
                     fut.result()
             for c in clusters:
-                ensure_topics(c.bootstrap, c.name, c.replication_factor)  # type: ignore[arg-type]
+                if c.authenticate:
+                    creds = c.credentials()
+                    ensure_users(c.login(KAFKA_ADMIN_USER), {u: creds[u] for u in SCRAM_USERS})
+                ensure_topics(c.login(KAFKA_ADMIN_USER), c.name,  # type: ignore[arg-type]
+                              c.replication_factor)
         except InfraError:
             if new or mqtt_pid:
                 self.down()
@@ -171,6 +181,9 @@ class Stack:
                 "pids": sorted(pids.values()),
                 "home": str(cluster.home),
             }
+            if cluster.authenticate:
+                out[f"{cluster.name}_kafka"]["credentials_file"] = str(cluster.credentials_path)
+                out[f"{cluster.name}_kafka"]["users"] = list(SCRAM_USERS)
         pid = self.mqtt.pid()
         out["mosquitto"] = {
             "address": self.mqtt.address,

@@ -1,0 +1,99 @@
+"""The edge Kafka holds personal data (raw.*, dlq.ingest): only the gateway's services get in.
+
+The attacker is any other local user: it knows the ports (127.0.0.1:<edge_port> and the KRaft
+controller's) and runs stock Kafka clients, without the gateway's credentials.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from shared import topics
+from shared.config import Secret
+from shared.infra import jars
+from shared.infra.stack import Stack
+from shared.kafka_config import ADMIN_USER, KafkaSettings, client_config, java_properties
+from tests.support import consume_all, produce_all
+
+pytestmark = pytest.mark.integration
+VIN = "1HGCM82633A004352"
+
+
+def _attacker_reads(conf: dict[str, object], topic: str, timeout: float = 10.0) -> list[bytes]:
+    """Everything a client with ``conf`` reads of ``topic`` from the start, within ``timeout``."""
+    c = Consumer({"group.id": f"attacker-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False, "log_level": 0, **conf})
+    got: list[bytes] = []
+    try:
+        try:
+            meta = c.list_topics(topic, timeout=timeout)
+        except Exception:
+            return got
+        c.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is not None and not msg.error():
+                got.append(msg.value() or b"")
+    finally:
+        c.close()
+    return got
+
+
+@pytest.fixture(scope="module")
+def secret_in_raw(stack: Stack, edge_kafka: KafkaSettings) -> bytes:
+    marker = f"card-4111111111111111-{uuid.uuid4().hex}".encode()
+    produce_all(edge_kafka, topics.RAW_PAYMENTS, [(VIN.encode(), marker)])
+    return marker
+
+
+def test_a_client_without_credentials_cannot_read_raw_events(
+        stack: Stack, edge_kafka: KafkaSettings, secret_in_raw: bytes) -> None:
+    stolen = _attacker_reads({"bootstrap.servers": stack.edge.bootstrap}, topics.RAW_PAYMENTS)
+    assert secret_in_raw not in stolen, "an unauthenticated local client read raw.payments"
+    # The gateway's own login, beside it, still reads the record.
+    mine = [m.value() for m in consume_all(edge_kafka, topics.RAW_PAYMENTS, idle=2)]
+    assert secret_in_raw in mine
+
+
+def test_a_guessed_password_is_refused(edge_kafka: KafkaSettings, secret_in_raw: bytes) -> None:
+    guess = msgspec.structs.replace(edge_kafka, password=Secret("fleetsentry"))
+    stolen = _attacker_reads(client_config(guess), topics.DLQ_INGEST, timeout=6)
+    stolen += _attacker_reads(client_config(guess), topics.RAW_PAYMENTS, timeout=6)
+    assert secret_in_raw not in stolen and stolen == []
+
+
+def _kafka_configs(*args: str) -> subprocess.CompletedProcess[str]:
+    """Kafka's own kafka-configs tool (the class behind kafka-configs.sh)."""
+    argv = [jars.java_binary(), "-Xmx128m", "-XX:TieredStopAtLevel=1",
+            "-cp", jars.classpath(jars.kafka_libs(quiet=True)), "kafka.admin.ConfigCommand",
+            *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_controller_listener_refuses_a_client_without_credentials(
+        stack: Stack, tmp_path: Path) -> None:
+    # Through the controller a client could change the broker's own settings (e.g. add a
+    # listener without authentication); here it only asks to read them.
+    controller = f"{stack.edge.host}:{stack.edge.nodes[0].controller_port}"
+    describe = ["--bootstrap-controller", controller, "--describe", "--entity-type", "brokers",
+                "--entity-name", "1", "--all"]
+    bounded = "default.api.timeout.ms=8000\nrequest.timeout.ms=4000\n"
+    anonymous = tmp_path / "anonymous.properties"
+    anonymous.write_text(bounded)
+    out = _kafka_configs(*describe, "--command-config", str(anonymous))
+    assert out.returncode != 0 and "log.dirs" not in out.stdout, out.stdout[-2000:]
+    # The node's own login, beside it, is let in.
+    admin = tmp_path / "admin.properties"
+    props = java_properties(stack.edge.login(ADMIN_USER))
+    admin.write_text(bounded + "".join(f"{k}={v}\n" for k, v in props.items()
+                                       if k != "bootstrap.servers"))
+    out = _kafka_configs(*describe, "--command-config", str(admin))
+    assert out.returncode == 0 and "log.dirs" in out.stdout, (out.stdout + out.stderr)[-2000:]
