@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -60,7 +61,7 @@ def consume_all(bootstrap: Target, topic: str, expect: int | None = None, timeou
     meta = c.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
     c.assign(parts)
-    out = []
+    out: list[Any] = []
     deadline = time.monotonic() + timeout
     last = time.monotonic()
     try:
