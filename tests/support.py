@@ -27,7 +27,7 @@ def kafka_table(target: Target) -> dict[str, object]:
     """``target`` as the [kafka] table of an edge.toml (a dict for msgspec.convert)."""
     if isinstance(target, str):
         return {"bootstrap": target, "username": ""}
-    table: dict[str, object] = msgspec.to_builtins(target)
+    table: dict[str, object] = msgspec.to_builtins(target, enc_hook=str)
     return table
 
 

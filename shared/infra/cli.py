@@ -156,3 +156,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     mqtt = status.get("mosquitto", {})
     if mqtt.get("credentials_file"):
         click.echo(f"MQTT credentials: {mqtt['credentials_file']}")
+    edge = status.get("edge_kafka", {})
+    if edge.get("credentials_file"):
+        click.echo(f"Edge Kafka credentials (SASL/SCRAM users {', '.join(edge['users'])}): "
+                   f"{edge['credentials_file']}")
