@@ -28,7 +28,7 @@ def kafka_table(target: Target) -> dict[str, object]:
     if isinstance(target, str):
         return {"bootstrap": target, "username": ""}
     table: dict[str, object] = msgspec.to_builtins(target, enc_hook=str)
-    return table
+    return {k: v for k, v in table.items() if v is not None}  # TOML has no null
 
 
 def producer(bootstrap: Target, **extra: object) -> Producer:

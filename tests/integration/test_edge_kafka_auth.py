@@ -6,6 +6,7 @@ controller's) and runs stock Kafka clients, without the gateway's credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 import uuid
@@ -18,9 +19,11 @@ from confluent_kafka import Consumer, TopicPartition
 from shared import topics
 from shared.config import Secret
 from shared.infra import jars
+from shared.infra.errors import InfraError
 from shared.infra.stack import Stack
+from shared.infra.topics_admin import ensure_topics
 from shared.kafka_config import ADMIN_USER, KafkaSettings, client_config, java_properties
-from tests.support import consume_all, produce_all
+from tests.support import consume_all, free_infra_settings, produce_all
 
 pytestmark = pytest.mark.integration
 VIN = "1HGCM82633A004352"
@@ -97,3 +100,27 @@ def test_the_controller_listener_refuses_a_client_without_credentials(
                                        if k != "bootstrap.servers"))
     out = _kafka_configs(*describe, "--command-config", str(admin))
     assert out.returncode == 0 and "log.dirs" in out.stdout, (out.stdout + out.stderr)[-2000:]
+
+
+def test_a_home_formatted_without_logins_gets_them_on_the_next_up(tmp_path: Path) -> None:
+    """A gateway's home from before the broker asked for logins keeps its data, is told to
+    restart the broker, and then has the services' users."""
+    stack = Stack(free_infra_settings(tmp_path), quiet=True)
+    before = dataclasses.replace(stack.edge, authenticate=False)
+    try:
+        before.start(jars.kafka_libs(quiet=True), jars.java_binary())
+        before.wait_healthy()
+        ensure_topics(before.bootstrap, "edge", 1)
+        produce_all(before.bootstrap, topics.RAW_TELEMETRY, [(VIN.encode(), b"kept")])
+        with pytest.raises(InfraError, match="older configuration.*infra down"):
+            stack.up(services=frozenset({"edge"}))
+    finally:
+        before.stop()
+    try:
+        stack.up(services=frozenset({"edge"}))
+        kept = [m.value() for m in consume_all(stack.edge.login(), topics.RAW_TELEMETRY, idle=2)]
+        assert kept == [b"kept"]
+        assert _attacker_reads({"bootstrap.servers": stack.edge.bootstrap},
+                               topics.RAW_TELEMETRY, timeout=5) == []
+    finally:
+        stack.down()
