@@ -40,7 +40,8 @@ def _options(fn: Any) -> Any:
     fn = click.option("--home", type=click.Path(file_okay=False, path_type=Path),
                       help="Data, config and log directory (default $FLEETSENTRY_HOME or "
                            "~/.local/share/fleetsentry).")(fn)
-    fn = click.option("--host", help="Address to bind (default 127.0.0.1).")(fn)
+    fn = click.option("--host", help="Address Mosquitto and the cloud Kafka bind (default "
+                                     "127.0.0.1); the edge Kafka always binds loopback.")(fn)
     fn = click.option("--edge-port", type=int, help="Edge Kafka port (default 9092).")(fn)
     fn = click.option("--edge-controller-port", type=int,
                       help="Edge Kafka KRaft controller port (default 9093).")(fn)

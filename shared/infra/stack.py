@@ -21,6 +21,7 @@ from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
 from shared.kafka_config import MIRROR_USER, SCRAM_USERS
 
 SERVICES = frozenset({"edge", "cloud", "mqtt"})
+LOOPBACK = "127.0.0.1"
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
@@ -36,6 +37,7 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Where the brokers listen and keep their data. Defaults work on one machine."""
 
     home: Path = msgspec.field(default_factory=default_home)
+    # Where Mosquitto and the cloud Kafka listen; the edge Kafka always listens on loopback.
     host: str = "127.0.0.1"
     edge_port: Port = 9092
     edge_controller_port: Port = 9093
@@ -71,10 +73,12 @@ class Stack:
         self.settings = settings
         self.quiet = quiet
         home = settings.home
+        # The gateway's Kafka holds PII and serves only the gateway's own services: it
+        # listens on loopback whatever `host` says, and asks for a login.
         self.edge = KafkaCluster(
             "edge", home / "edge-kafka",
             (KafkaNode(1, settings.edge_port, settings.edge_controller_port),),
-            host=settings.host, heap=settings.kafka_heap, authenticate=True,
+            host=LOOPBACK, heap=settings.kafka_heap, authenticate=True,
         )
         self.cloud = KafkaCluster(
             "cloud", home / "cloud-kafka",
@@ -108,8 +112,9 @@ class Stack:
             cluster = self.edge if setting.startswith("edge") else self.cloud
             if not setting.startswith("mqtt") and _port_node(cluster, port) in mine[cluster.name]:
                 continue
-            if not ports.is_free(self.settings.host, port):
-                raise PortInUseError(setting, self.settings.host, port)
+            host = self.settings.host if setting.startswith("mqtt") else cluster.host
+            if not ports.is_free(host, port):
+                raise PortInUseError(setting, host, port)
 
     def up(self, timeout: float = 120.0,
            services: frozenset[str] = SERVICES) -> dict[str, Any]:

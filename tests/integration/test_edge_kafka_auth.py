@@ -83,23 +83,26 @@ def _kafka_configs(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_controller_listener_refuses_a_client_without_credentials(
         stack: Stack, tmp_path: Path) -> None:
-    # Through the controller a client could change the broker's own settings (e.g. add a
-    # listener without authentication); here it only asks to read them.
-    controller = f"{stack.edge.host}:{stack.edge.nodes[0].controller_port}"
-    describe = ["--bootstrap-controller", controller, "--describe", "--entity-type", "brokers",
-                "--entity-name", "1", "--all"]
+    # Through the controller listener a client changes the broker's own settings: with
+    # log.retention.ms=1 every topic's data would be deleted within minutes.
+    controller = ["--bootstrap-controller",
+                  f"{stack.edge.host}:{stack.edge.nodes[0].controller_port}"]
+    broker = ["--entity-type", "brokers", "--entity-name", "1"]
     bounded = "default.api.timeout.ms=8000\nrequest.timeout.ms=4000\n"
     anonymous = tmp_path / "anonymous.properties"
     anonymous.write_text(bounded)
-    out = _kafka_configs(*describe, "--command-config", str(anonymous))
-    assert out.returncode != 0 and "log.dirs" not in out.stdout, out.stdout[-2000:]
-    # The node's own login, beside it, is let in.
+    out = _kafka_configs(*controller, "--command-config", str(anonymous), "--alter", *broker,
+                         "--add-config", "log.retention.ms=1")
+    assert out.returncode != 0 and "Completed" not in out.stdout, out.stdout[-2000:]
+    # The node's own login, beside it, is let in, and sees the setting unchanged.
     admin = tmp_path / "admin.properties"
     props = java_properties(stack.edge.login(ADMIN_USER))
     admin.write_text(bounded + "".join(f"{k}={v}\n" for k, v in props.items()
                                        if k != "bootstrap.servers"))
-    out = _kafka_configs(*describe, "--command-config", str(admin))
+    out = _kafka_configs(*controller, "--command-config", str(admin), "--describe", *broker,
+                         "--all")
     assert out.returncode == 0 and "log.dirs" in out.stdout, (out.stdout + out.stderr)[-2000:]
+    assert "DYNAMIC_BROKER_CONFIG:log.retention.ms" not in out.stdout
 
 
 def test_a_home_formatted_without_logins_gets_them_on_the_next_up(tmp_path: Path) -> None:
