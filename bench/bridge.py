@@ -53,6 +53,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 from edge.config import BridgeSettings  # noqa: E402
 from shared.infra.mosquitto import BRIDGE_USER  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
+from shared.kafka_config import Target, client_config  # noqa: E402
 from tests.bridge_payloads import encode, telemetry  # noqa: E402
 from tests.bridge_support import (  # noqa: E402
     BridgeProcess,
@@ -179,9 +180,9 @@ class Watermarks:
     broker) more than the bridges under test on a small gateway.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Target, topic: str) -> None:
         self.topic = topic
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-wm"})
+        self.consumer = Consumer(client_config(bootstrap, {"group.id": "bench-wm"}))
         meta = self.consumer.list_topics(topic, timeout=10)
         self.partitions = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
 
@@ -207,10 +208,10 @@ def warm_kafka(stack: Stack, payloads: list[tuple[str, bytes]], seconds: float,
     compiler threads took over the warm-up's last second: near 0 means steady state.
     """
     settings = BridgeSettings()
-    producers = [Producer({"bootstrap.servers": stack.edge.bootstrap,
+    producers = [Producer(client_config(stack.edge.login(), {
                            "enable.idempotence": True, "acks": "all",
                            "linger.ms": settings.linger_ms,
-                           "compression.type": settings.compression}) for _ in range(2)]
+                           "compression.type": settings.compression})) for _ in range(2)]
     kafka = list(stack.edge.running_pids().values())
     start = time.perf_counter()
     jit0 = sum(thread_cpu_seconds(pid, "Compiler") for pid in kafka)
@@ -475,12 +476,12 @@ def main() -> None:
             stack.up(services=frozenset({"edge", "mqtt"}))
             create_sessions(stack)
             publish_rate = publish_backlog(stack, payloads)
-            admin = AdminClient({"bootstrap.servers": stack.edge.bootstrap})
+            admin = AdminClient(client_config(stack.edge.login()))
             admin.create_topics([NewTopic(WARM_TOPIC, num_partitions=3,
                                           replication_factor=1)])[WARM_TOPIC].result(30)
             bare = run_bare(stack, payloads, burst=False)
             burst = run_bare(stack, payloads, burst=True)
-            marks = Watermarks(stack.edge.bootstrap, "raw.telemetry")
+            marks = Watermarks(stack.edge.login(), "raw.telemetry")
             try:
                 print(f"warming the broker's produce path for {args.warm_s:.0f} s ...",
                       file=sys.stderr, flush=True)

@@ -31,7 +31,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from shared import streams  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
-from tests.support import free_infra_settings  # noqa: E402
+from shared.kafka_config import KafkaSettings, Target, bootstrap_of, client_config  # noqa: E402
+from tests.support import free_infra_settings, kafka_table  # noqa: E402
 
 SCRATCH = "bench.baseline"
 DEADLINE_S = 170.0
@@ -57,15 +58,16 @@ def peak_rss_mb() -> float:
 # --- backlog -----------------------------------------------------------------------------
 
 
-def write_backlog(bootstrap: str, events: int) -> dict[str, int]:
+def write_backlog(bootstrap: Target, events: int) -> dict[str, int]:
     """Simulator events to raw.* keyed by VIN (the bridge's output), as fast as Kafka takes."""
     from firmware_sim import Fleet, SimSettings
 
     vehicles = 200
     fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=events / vehicles + 1, seed=42,
                               payment_rate=20.0))
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                  "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True})
+    p = Producer(client_config(bootstrap, {
+        "linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+        "enable.idempotence": True}))
     counts: dict[str, int] = {}
     n = 0
     for topic, payload in fleet.events():
@@ -90,11 +92,13 @@ def write_backlog(bootstrap: str, events: int) -> dict[str, int]:
 
 
 def child_baseline(args: argparse.Namespace) -> dict[str, float]:
-    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    p = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5, "compression.type": "lz4",
-                  "enable.idempotence": True, "queue.buffering.max.messages": 500_000})
+    login = _login(args)
+    c = Consumer(client_config(login, {
+        "group.id": f"bench-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "isolation.level": "read_committed"}))
+    p = Producer(client_config(login, {
+        "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True,
+        "queue.buffering.max.messages": 500_000}))
     c.subscribe([s.raw_topic for s in streams.all_streams()])
     n, first, cpu0 = 0, 0.0, 0.0
     deadline = time.monotonic() + args.timeout
@@ -127,7 +131,7 @@ def child_enricher(args: argparse.Namespace) -> dict[str, float]:
     from shared.config import convert
 
     cfg = convert({"edge_id": f"bench-{uuid.uuid4().hex[:8]}", "data_dir": args.data_dir,
-                   "kafka": {"bootstrap": args.bootstrap}, "metrics": {"base_port": 0},
+                   "kafka": kafka_table(_login(args)), "metrics": {"base_port": 0},
                    "enricher": {"group": f"bench-{uuid.uuid4().hex[:8]}",
                                 "batch_size": args.batch}}, EdgeConfig)
     vault = open_vault(cfg)
@@ -150,8 +154,16 @@ def child_enricher(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def run_child(kind: str, bootstrap: str, expect: int, batch: int, data_dir: str) -> dict:
-    argv = [sys.executable, __file__, "_child", kind, "--bootstrap", bootstrap, "--expect",
+def _login(args: argparse.Namespace) -> Target:
+    if not args.credentials_file:
+        return str(args.bootstrap)
+    return KafkaSettings(bootstrap=args.bootstrap, credentials_file=Path(args.credentials_file))
+
+
+def run_child(kind: str, login: Target, expect: int, batch: int, data_dir: str) -> dict:
+    creds = [] if isinstance(login, str) else ["--credentials-file", str(login.credentials_file)]
+    argv = [sys.executable, __file__, "_child", kind, "--bootstrap", bootstrap_of(login),
+            *creds, "--expect",
             str(expect), "--batch", str(batch), "--data-dir", data_dir,
             "--timeout", str(max(10.0, left() - 15))]
     out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=left())
@@ -173,8 +185,8 @@ def main() -> None:
         stack = Stack(free_infra_settings(tmp / "infra"), quiet=True)
         try:
             stack.up(services=frozenset({"edge"}))
-            bootstrap = stack.edge.bootstrap
-            admin = AdminClient({"bootstrap.servers": bootstrap})
+            bootstrap = stack.edge.login()
+            admin = AdminClient(client_config(bootstrap))
             for fut in admin.create_topics([NewTopic(SCRATCH, 3, 1)]).values():
                 fut.result(30)
             counts = write_backlog(bootstrap, args.events)
@@ -203,6 +215,7 @@ def child_main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["baseline", "enricher"])
     ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--credentials-file", default="")
     ap.add_argument("--expect", type=int, required=True)
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--data-dir", required=True)

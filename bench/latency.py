@@ -48,6 +48,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from shared.contracts import Decision, Payment, Telemetry, decode  # noqa: E402
 from shared.infra.mosquitto import ADMIN_USER  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
+from shared.kafka_config import Target
 from tests.edge_pipeline import EdgePipeline  # noqa: E402
 from tests.support import free_infra_settings  # noqa: E402
 
@@ -275,7 +276,7 @@ def broker_baseline(admin: mqtt.Client, vehicles: list[Vehicle], got: dict[str, 
     return [1000 * (got[k] - t) for k, t in sent.items() if k in got]
 
 
-def stages(bootstrap: str, wall: dict[str, float], timeout: float) -> dict[str, list[float]]:
+def stages(bootstrap: Target, wall: dict[str, float], timeout: float) -> dict[str, list[float]]:
     """Where the time goes: each stage's Kafka record timestamp after the vehicle's publish."""
     from shared import topics
     from shared.contracts import AnonPayment, Score
@@ -380,7 +381,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             "enricher_batch_wait_ms": args.enricher_wait_ms or "default",
             "bridges": args.bridges,
             "loadavg_1m": round(os.getloadavg()[0], 1),
-            "stages_p50_p99_ms": stages(stack.edge.bootstrap, wall, max(3.0, left() - 20) / 3),
+            "stages_p50_p99_ms": stages(stack.edge.login(), wall, max(3.0, left() - 20) / 3),
             "models": "baseline" if not scorer_toml else "stand-in (no baseline shipped yet)",
         }
         print(json.dumps(result))

@@ -40,15 +40,16 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from shared import contracts, topics  # noqa: E402
 from shared.infra.mirror import Mirror  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
+from shared.kafka_config import Target, client_config  # noqa: E402
 from tests.support import free_infra_settings  # noqa: E402
 
 RATE = 2000  # events/s of a busy gateway
 TOKEN = "tok" + "2" * 13
 
 
-def produce(bootstrap: str, topic: str, n: int, t0: float) -> float:
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"bench-{uuid.uuid4()}",
-                  "linger.ms": 20, "batch.num.messages": 5000})
+def produce(bootstrap: Target, topic: str, n: int, t0: float) -> float:
+    p = Producer(client_config(bootstrap, {"transactional.id": f"bench-{uuid.uuid4()}",
+                                           "linger.ms": 20, "batch.num.messages": 5000}))
     p.init_transactions(30)
     start = time.monotonic()
     for chunk in range(0, n, 5000):
@@ -64,12 +65,13 @@ def produce(bootstrap: str, topic: str, n: int, t0: float) -> float:
     return time.monotonic() - start
 
 
-def count_until(bootstrap: str, topic: str, n: int, timeout: float) -> tuple[float, float]:
+def count_until(bootstrap: Target, topic: str, n: int, timeout: float) -> tuple[float, float]:
     """Seconds until a read_committed consumer has read ``n`` records of ``topic``, and
     seconds until it read the first one."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
-                  "isolation.level": "read_committed", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
+    c = Consumer(client_config(bootstrap, {
+        "group.id": f"bench-{uuid.uuid4()}", "isolation.level": "read_committed",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "topic.metadata.refresh.interval.ms": 1000}))
     start = time.monotonic()
     seen = 0
     try:
@@ -135,7 +137,7 @@ def main() -> None:
             mirror.start()
             mirror.wait_healthy(240)
             print(f"clusters and mirror up in {time.monotonic() - t:.0f}s", file=sys.stderr)
-            edge, cloud = stack.edge.bootstrap, stack.cloud.bootstrap
+            edge, cloud = stack.edge.login(), stack.cloud.bootstrap
 
             produce(edge, topics.ANON_TELEMETRY, args.live, time.time())
             live_s, _ = count_until(cloud, mirror.cloud_topic(topics.ANON_TELEMETRY), args.live,

@@ -14,11 +14,15 @@ from msgspec import Meta
 
 from shared import config as cfg
 from shared.config import Secret
+from shared.kafka_config import KafkaSettings
+
+__all__ = ["EdgeConfig", "KafkaSettings", "load"]
 
 # Settings that may come from the environment (and only these).
 ENV = {
     "edge_id": "FLEETSENTRY_EDGE_ID",
     "kafka.bootstrap": "FLEETSENTRY_KAFKA_BOOTSTRAP",
+    "kafka.password": "FLEETSENTRY_KAFKA_PASSWORD",
     "mqtt.host": "FLEETSENTRY_MQTT_HOST",
     "mqtt.port": "FLEETSENTRY_MQTT_PORT",
     "mqtt.password": "FLEETSENTRY_MQTT_PASSWORD",
@@ -27,10 +31,6 @@ ENV = {
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
-
-
-class KafkaSettings(_Section, frozen=True, kw_only=True):
-    bootstrap: str = "127.0.0.1:9092"
 
 
 class MqttSettings(_Section, frozen=True, kw_only=True):

@@ -25,6 +25,7 @@ from shared import signing, topics
 from shared.infra.cli import _options, _print_status, settings_from
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
+from shared.kafka_config import MIRROR_USER, Target, client_config
 
 VEHICLE_PASSWORD = "demo-vehicle"
 DASHBOARD_PORT = 8600
@@ -56,7 +57,8 @@ def _edge_toml(gw_id: str, stack: Stack, data_dir: Path, metrics_port: int,
     return (
         f'edge_id = "{gw_id}"\n'
         f'data_dir = "{data_dir}"\n\n'
-        f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n\n'
+        f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n'
+        f'credentials_file = "{stack.edge.credentials_path}"\n\n'
         f'[mqtt]\nhost = "{stack.mqtt.host}"\nport = {stack.mqtt.port}\n'
         f'credentials_file = "{stack.mqtt.credentials_path}"\n\n'
         f"[metrics]\nbase_port = {metrics_port}\n\n"
@@ -85,12 +87,12 @@ def _second_gateway(settings: InfraSettings) -> Stack:
     return Stack(s2, quiet=True)
 
 
-def _offsets(bootstrap: str, names: list[str]) -> dict[str, int]:
+def _offsets(target: Target, names: list[str]) -> dict[str, int]:
     """Records per topic as offsets (transactional topics count their commit markers too)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetsentry-demo-summary",
-                  "enable.auto.commit": False})
+    c = Consumer(client_config(target, {"group.id": "fleetsentry-demo-summary",
+                                        "enable.auto.commit": False}))
     out: dict[str, int] = {}
     try:
         meta = c.list_topics(timeout=5)
@@ -118,7 +120,7 @@ def _summary(gateways: list[Gateway], cloud_bootstrap: str, started: float) -> s
                    topics.SCORES_PAYMENTS, topics.ALERTS, topics.MODEL_STATUS]
     cloud_names = []
     for gw in gateways:
-        e = _offsets(gw.stack.edge.bootstrap, edge_topics)
+        e = _offsets(gw.stack.edge.login(), edge_topics)
         lines.append(
             f"{gw.edge_id}: MQTT -> raw {e[topics.RAW_TELEMETRY]:>7} telemetry "
             f"{e[topics.RAW_PAYMENTS]:>5} payments (dlq {e[topics.DLQ_INGEST]}) -> anon "
@@ -202,7 +204,8 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, int
         cfg = home / f"{edge_id}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(_edge_toml(edge_id, stack, home / edge_id, 9400 + 100 * n, public_key))
-        mirror = Mirror(edge_id, stack.edge.bootstrap, main.cloud.bootstrap, settings.home)
+        mirror = Mirror(edge_id, stack.edge.bootstrap, main.cloud.bootstrap, settings.home,
+                        edge_login=stack.edge.login(MIRROR_USER))
         gws.append(Gateway(edge_id, stack, cfg, mirror))
 
     click.echo("Starting MirrorMaker 2 per gateway ...")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared import model_bundle, topics
 from shared.contracts import AnonPayment, ModelManifest, encode
+from shared.kafka_config import Target, client_config
 from shared.signing import MANIFEST_FILE, generate_private_key, sign_model_dir, write_public_key
 from tests.scorer_models import SyntheticFeatures, build_model_dir
 from tests.support import produce_all
@@ -94,10 +95,9 @@ class ModelKit:
         return out
 
 
-def skip_to_end(bootstrap: str, group: str) -> None:
+def skip_to_end(bootstrap: Target, group: str) -> None:
     """Commit the agent group's offset at the end of cloud.models: this test's messages only."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
+    c = Consumer(client_config(bootstrap, {"group.id": group, "enable.auto.commit": False}))
     try:
         for attempt in range(60):  # a busy or fresh broker may still be electing/loading
             try:
@@ -114,12 +114,12 @@ def skip_to_end(bootstrap: str, group: str) -> None:
         c.close()
 
 
-def recent_window(bootstrap: str, kit: ModelKit, seed: int) -> None:
+def recent_window(bootstrap: Target, kit: ModelKit, seed: int) -> None:
     produce_all(bootstrap, topics.ANON_PAYMENTS,
                 ((uuid.uuid4().hex.encode(), v) for v in kit.recent_payments(900, seed)))
 
 
-def deliver(agent: Any, bootstrap: str, key: bytes, value: bytes,
+def deliver(agent: Any, bootstrap: Target, key: bytes, value: bytes,
             timeout: float = 60.0) -> Any:
     """Produce to the edge's cloud.models (as MirrorMaker would) and step until handled."""
     produce_all(bootstrap, topics.CLOUD_MODELS, [(key, value)])

@@ -23,6 +23,7 @@ from edge.dlq import DeadLetters
 from shared import contracts
 from shared.infra.mosquitto import ADMIN_USER
 from shared.infra.stack import Stack
+from shared.kafka_config import Target, client_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,7 @@ def write_edge_toml(path: Path, stack: Stack, edge_id: str, group: str,
         f'edge_id = "{edge_id}"\n'
         f'data_dir = "{path.parent / "data"}"\n'
         f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n'
+        f'credentials_file = "{stack.edge.credentials_path}"\n'
         f'[mqtt]\nhost = "{stack.mqtt.host}"\nport = {stack.mqtt.port}\n'
         f'credentials_file = "{stack.mqtt.credentials_path}"\n'
         f"[metrics]\nbase_port = 0\n"
@@ -147,11 +149,12 @@ def drop_session(stack: Stack, client_id: str, user: str = "fleetsentry-bridge")
     c.loop_stop()
 
 
-def read_topic(bootstrap: str, topic: str, done: object = None, timeout: float = 60.0,
+def read_topic(bootstrap: Target, topic: str, done: object = None, timeout: float = 60.0,
                idle: float = 5.0) -> list:
     """Every record of ``topic`` from the start until ``done(records)`` or ``idle`` s quiet."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("read"),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(client_config(bootstrap, {"group.id": unique("read"),
+                                           "auto.offset.reset": "earliest",
+                                           "enable.auto.commit": False}))
     meta = c.list_topics(topic, timeout=10)
     c.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
     out: list = []

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from shared.infra import jars
+from shared.infra.kafka import KafkaCluster, KafkaNode
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER
-from shared.infra.ports import RANGE_ENV
+from shared.infra.ports import RANGE_ENV, free_ports
 from shared.infra.stack import Stack
+from shared.kafka_config import KafkaSettings
 from tests.support import free_infra_settings
 
 # Parallel workers (pytest -n N) pick broker ports from their own slices, so two workers
@@ -53,8 +56,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def edge_bootstrap(stack: Stack) -> str:
-    return stack.edge.bootstrap
+def edge_kafka(stack: Stack) -> KafkaSettings:
+    """How the gateway's services log in to the edge Kafka (SASL/SCRAM, `infra up`'s user)."""
+    login = stack.edge.login()
+    assert isinstance(login, KafkaSettings)
+    return login
+
+
+@pytest.fixture(scope="module")
+def plain_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-node Kafka without authentication, like the cloud's (for now), for cloud-side
+    code whose tests need no three-node cluster."""
+    p = free_ports(2)
+    cluster = KafkaCluster("plain", tmp_path_factory.mktemp("plain-kafka"),
+                           (KafkaNode(1, p[0], p[1]),), heap="384m")
+    try:
+        cluster.start(jars.kafka_libs(quiet=True), jars.java_binary())
+        cluster.wait_healthy()
+        yield cluster.bootstrap
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ class EdgePipeline:
             f'edge_id = "{self.edge_id}"\n'
             f'data_dir = "{self.home / "data"}"\n'
             f'[kafka]\nbootstrap = "{self.stack.edge.bootstrap}"\n'
+            f'credentials_file = "{self.stack.edge.credentials_path}"\n'
             f'[mqtt]\nhost = "{self.stack.mqtt.host}"\nport = {self.stack.mqtt.port}\n'
             f'credentials_file = "{self.stack.mqtt.credentials_path}"\n'
             f"[metrics]\nbase_port = 0\n"

@@ -15,21 +15,22 @@ from confluent_kafka import Consumer
 
 from shared import topics
 from shared.contracts import Alert, AnonPayment, Score, decode
+from shared.kafka_config import Target, client_config
 
 
 class Collector(threading.Thread):
     """Reads scores.* and alerts from the start (read_committed) and keeps this run's."""
 
-    def __init__(self, bootstrap: str, events: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, bootstrap: Target, events: dict[str, tuple[str, str]]) -> None:
         super().__init__(daemon=True)
         self.events = events
         self.scores: dict[str, Score] = {}
         self.duplicates = 0
         self.alerts: list[Alert] = []
         self.stop = threading.Event()
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4()}",
-                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                           "isolation.level": "read_committed"})
+        self.c = Consumer(client_config(bootstrap, {
+            "group.id": f"e2e-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "isolation.level": "read_committed"}))
         self.c.subscribe([topics.SCORES_TELEMETRY, topics.SCORES_PAYMENTS, topics.ALERTS,
                           topics.ANON_PAYMENTS])
         self.fix_age: dict[str, float] = {}  # payment -> age of the vehicle position it used

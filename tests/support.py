@@ -6,11 +6,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from shared.infra.ports import free_ports
 from shared.infra.stack import InfraSettings
+from shared.kafka_config import Target, client_config
 
 
 def free_infra_settings(home: Path) -> InfraSettings:
@@ -20,14 +23,20 @@ def free_infra_settings(home: Path) -> InfraSettings:
                          cloud_ports=p[3:6], cloud_controller_ports=p[6:9], kafka_heap="384m")
 
 
-def producer(bootstrap: str, **extra: object) -> Producer:
-    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-            "linger.ms": 5}
-    conf.update(extra)
-    return Producer(conf)
+def kafka_table(target: Target) -> dict[str, object]:
+    """``target`` as the [kafka] table of an edge.toml (a dict for msgspec.convert)."""
+    if isinstance(target, str):
+        return {"bootstrap": target, "username": ""}
+    table: dict[str, object] = msgspec.to_builtins(target, enc_hook=str)
+    return {k: v for k, v in table.items() if v is not None}  # TOML has no null
 
 
-def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+def producer(bootstrap: Target, **extra: object) -> Producer:
+    return Producer(client_config(bootstrap, {"enable.idempotence": True, "acks": "all",
+                                              "linger.ms": 5, **extra}))
+
+
+def produce_all(bootstrap: Target, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
     """Produce and wait for every delivery report; raises on any delivery error."""
     errors: list[KafkaError] = []
     p = producer(bootstrap)
@@ -43,16 +52,16 @@ def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None
     return n
 
 
-def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30.0,
+def consume_all(bootstrap: Target, topic: str, expect: int | None = None, timeout: float = 30.0,
                 idle: float = 3.0, isolation: str = "read_committed") -> list:
     """Read ``topic`` from the beginning until ``expect`` messages (or ``idle`` s of quiet)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": isolation})
+    c = Consumer(client_config(bootstrap, {
+        "group.id": f"test-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "isolation.level": isolation}))
     meta = c.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
     c.assign(parts)
-    out = []
+    out: list[Any] = []
     deadline = time.monotonic() + timeout
     last = time.monotonic()
     try:

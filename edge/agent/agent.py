@@ -37,6 +37,7 @@ from edge.scorer.model import BASELINE_PUBLIC_KEY, Model, baseline_dir, load_mod
 from shared import model_bundle, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.errors import ContractError
+from shared.kafka_config import Target, client_config
 
 log = logging.getLogger("agent")
 
@@ -77,16 +78,16 @@ class ModelAgent:
 
     def start(self) -> ModelAgent:
         self.store.start()
-        bootstrap = self.config.kafka.bootstrap
-        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                   "acks": "all", "linger.ms": 0})
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": self.group_id,
+        kafka = self.config.kafka
+        self._producer = Producer(client_config(kafka, {"enable.idempotence": True,
+                                                        "acks": "all", "linger.ms": 0}))
+        self._consumer = Consumer(client_config(kafka, {
+            "group.id": self.group_id,
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
             "max.partition.fetch.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
-        })
+        }))
         self._consumer.subscribe([topics.CLOUD_MODELS])
         return self
 
@@ -168,7 +169,7 @@ class ModelAgent:
         stream = candidate.stream
         self.report(stream, candidate.version, "shadowing")
         running = self._running_model(stream)
-        records = recent_records(self.config.kafka.bootstrap, stream, self.settings.shadow_window)
+        records = recent_records(self.config.kafka, stream, self.settings.shadow_window)
         from shared.features import feature_matrix
 
         x = feature_matrix(stream, records) if records else None
@@ -211,7 +212,7 @@ class ModelAgent:
         if old is not None:
             old[1].close()
         topic = streams.get(watch.stream).scores_topic
-        c = _reader(self.config.kafka.bootstrap, f"{self.group_id}-watch-{uuid.uuid4().hex[:8]}")
+        c = _reader(self.config.kafka, f"{self.group_id}-watch-{uuid.uuid4().hex[:8]}")
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         parts = []
         for p in (meta.partitions if meta is not None else {}):
@@ -266,19 +267,20 @@ class ModelAgent:
             log.warning("model-status not acknowledged within 10 s; will retry in background")
 
 
-def _reader(bootstrap: str, group: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                     "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                     "isolation.level": "read_committed"})
+def _reader(kafka: Target, group: str) -> Consumer:
+    return Consumer(client_config(kafka, {"group.id": group,
+                                          "enable.auto.commit": False,
+                                          "auto.offset.reset": "earliest",
+                                          "isolation.level": "read_committed"}))
 
 
-def recent_records(bootstrap: str, stream: str, n: int, timeout_s: float = 30.0) -> list[Any]:
+def recent_records(kafka: Target, stream: str, n: int, timeout_s: float = 30.0) -> list[Any]:
     """The last ~``n`` committed anon records of ``stream`` (split across its partitions)."""
     if n <= 0:
         return []
     spec = streams.get(stream)
     topic, kind = spec.anon_topic, spec.anon_event
-    c = _reader(bootstrap, f"fleetsentry-agent-shadow-{uuid.uuid4().hex[:8]}")
+    c = _reader(kafka, f"fleetsentry-agent-shadow-{uuid.uuid4().hex[:8]}")
     out: list[Any] = []
     try:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)

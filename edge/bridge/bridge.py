@@ -33,6 +33,7 @@ from edge.config import EdgeConfig
 from edge.dlq import DeadLetters
 from edge.vault.errors import VaultError
 from shared import topics
+from shared.kafka_config import client_config
 
 log = logging.getLogger("bridge")
 SERVICE = "bridge"
@@ -121,15 +122,14 @@ class Bridge:
         except VaultError as exc:
             raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") \
                 from None
-        self._producer = Producer({
-            "bootstrap.servers": self.config.kafka.bootstrap,
+        self._producer = Producer(client_config(self.config.kafka, {
             "client.id": self.client_id,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": s.linger_ms,
             "compression.type": s.compression,
             "error_cb": self._kafka_error,
-        })
+        }))
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(self.config.mqtt.username, mqtt_password(self.config))

@@ -19,6 +19,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Topic
 from edge.enricher.dedup import DedupWindow
 from edge.enricher.errors import EnricherError
 from shared.features import FeatureState, decode_state
+from shared.kafka_config import Target, client_config
 from shared.topics import ENRICHER_STATE
 
 DEDUP_PREFIX = "dedup:"
@@ -40,14 +41,14 @@ class Restored(NamedTuple):
     written: dict[str, float]  # state key -> when its latest record was written (epoch s)
 
 
-def restore(bootstrap: str, dedup_limit: int, timeout_s: float = 120.0,
+def restore(kafka: Target, dedup_limit: int, timeout_s: float = 120.0,
             topic: str = ENRICHER_STATE) -> Restored:
     """Read the changelog to its end (committed records only) and rebuild state and windows."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"enricher-restore-{uuid.uuid4()}",
+    consumer = Consumer(client_config(kafka, {
+        "group.id": f"enricher-restore-{uuid.uuid4()}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    })
+    }))
     states: dict[str, Any] = {}
     written: dict[str, float] = {}
     started = time.time()

@@ -33,6 +33,7 @@ from shared.errors import ContractError
 from shared.features import FeatureState, encode_state
 from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN
 from shared.features.batch import anonymize_batch
+from shared.kafka_config import client_config
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
 from shared.topics import DLQ_INGEST, ENRICHER_STATE
@@ -121,14 +122,15 @@ class Enricher:
 
     def start(self) -> None:
         s = self.settings
-        bootstrap = self.config.kafka.bootstrap
+        kafka = self.config.kafka
+        bootstrap = kafka.bootstrap
         self._letters = DeadLetters.load(self.config)
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
+        self._producer = Producer(client_config(kafka, {
+            "transactional.id": self.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms, "linger.ms": s.linger_ms,
             "compression.type": s.compression, "queue.buffering.max.messages": 200_000,
             "queue.buffering.max.kbytes": 32_768, "batch.num.messages": 10_000,
-        })
+        }))
         try:
             # Fences a previous instance and aborts whatever transaction it left open, so the
             # changelog's committed end is final before we read it.
@@ -138,8 +140,8 @@ class Enricher:
         self._restore()
         log.info("restored %d feature states and %d dedup windows", len(self.state),
                  len(self._windows))
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": s.group,
+        self._consumer = Consumer(client_config(kafka, {
+            "group.id": s.group,
             "client.id": self.transactional_id, "enable.auto.commit": False,
             # Static membership: a restarted instance takes its partitions back at once
             # instead of waiting for the dead one's session to expire.
@@ -149,7 +151,7 @@ class Enricher:
             "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
             # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
             "queued.max.messages.kbytes": 8192,
-        })
+        }))
         self._consumer.subscribe(list(self._specs))
 
     def close(self) -> None:
@@ -173,7 +175,7 @@ class Enricher:
                 metrics.update_consumer_lag(SERVICE, self._consumer)
 
     def _restore(self) -> None:
-        restored = changelog.restore(self.config.kafka.bootstrap, self.settings.dedup_window)
+        restored = changelog.restore(self.config.kafka, self.settings.dedup_window)
         self.state, self._windows = restored.state, restored.windows
         self.clock.load(restored.written)
 

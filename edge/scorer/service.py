@@ -36,6 +36,7 @@ from shared.contracts import (
 )
 from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
+from shared.kafka_config import Target, client_config
 from shared.streams import PAYMENTS, TELEMETRY
 
 log = logging.getLogger("scorer")
@@ -146,33 +147,33 @@ class ScorerService:
     def start(self) -> None:
         self.prepare()
         self._letters = DeadLetters.load(self.config)
-        bootstrap = self.config.kafka.bootstrap
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap, "transactional.id": self.transactional_id,
+        kafka = self.config.kafka
+        self._producer = Producer(client_config(kafka, {
+            "transactional.id": self.transactional_id,
             "enable.idempotence": True, "acks": "all", "linger.ms": 2,
             "compression.type": "lz4", "transaction.timeout.ms": 60_000,
             "queue.buffering.max.messages": 1_000_000,
-        })
+        }))
         # Fences any earlier instance with this id and aborts its open transaction.
         self._producer.init_transactions(30)
-        self._restore_episodes(bootstrap)
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": self.group_id,
+        self._restore_episodes(kafka)
+        self._consumer = Consumer(client_config(kafka, {
+            "group.id": self.group_id,
             "isolation.level": "read_committed", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
             "client.id": f"{self.transactional_id}",
-        })
+        }))
         self._consumer.subscribe(list(_INPUT), on_assign=self._assigned)
 
     def _assigned(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
         log.info("scoring %d partitions of %s as %s", len(parts), ", ".join(_INPUT),
                  self.transactional_id)
 
-    def _restore_episodes(self, bootstrap: str) -> None:
+    def _restore_episodes(self, kafka: Target) -> None:
         """Replay the compacted episode topic (read_committed) into the tracker."""
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{self.group_id}-restore",
-                      "isolation.level": "read_committed", "enable.auto.commit": False,
-                      "enable.partition.eof": True})
+        c = Consumer(client_config(kafka, {
+            "group.id": f"{self.group_id}-restore", "isolation.level": "read_committed",
+            "enable.auto.commit": False, "enable.partition.eof": True}))
         try:
             meta = c.list_topics(topics.SCORER_EPISODES, timeout=10)
             tmeta = meta.topics.get(topics.SCORER_EPISODES)

@@ -40,7 +40,8 @@ def _options(fn: Any) -> Any:
     fn = click.option("--home", type=click.Path(file_okay=False, path_type=Path),
                       help="Data, config and log directory (default $FLEETSENTRY_HOME or "
                            "~/.local/share/fleetsentry).")(fn)
-    fn = click.option("--host", help="Address to bind (default 127.0.0.1).")(fn)
+    fn = click.option("--host", help="Address Mosquitto and the cloud Kafka bind (default "
+                                     "127.0.0.1); the edge Kafka always binds loopback.")(fn)
     fn = click.option("--edge-port", type=int, help="Edge Kafka port (default 9092).")(fn)
     fn = click.option("--edge-controller-port", type=int,
                       help="Edge Kafka KRaft controller port (default 9093).")(fn)
@@ -156,3 +157,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     mqtt = status.get("mosquitto", {})
     if mqtt.get("credentials_file"):
         click.echo(f"MQTT credentials: {mqtt['credentials_file']}")
+    edge = status.get("edge_kafka", {})
+    if edge.get("credentials_file"):
+        click.echo(f"Edge Kafka credentials (SASL/SCRAM users {', '.join(edge['users'])}): "
+                   f"{edge['credentials_file']}")

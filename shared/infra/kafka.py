@@ -8,6 +8,9 @@ cluster's home, so data survives ``down`` then ``up``.
 from __future__ import annotations
 
 import base64
+import json
+import os
+import secrets
 import subprocess
 import time
 import uuid
@@ -16,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import kafka_config
 from shared.infra import jars, process
-from shared.infra.errors import ServiceStartError
+from shared.infra.errors import InfraError, ServiceStartError
+from shared.kafka_config import ADMIN_USER, SCRAM_USERS, KafkaSettings
 
 _LOG4J2_HEAD = """\
 Configuration:
@@ -69,6 +74,9 @@ class KafkaCluster:
     nodes: tuple[KafkaNode, ...]
     host: str = "127.0.0.1"
     heap: str = "512m"
+    # SASL on both listeners (the gateway's, which holds PII); off: PLAINTEXT (the cloud's,
+    # for now).
+    authenticate: bool = False
 
     @property
     def replication_factor(self) -> int:
@@ -94,6 +102,28 @@ class KafkaCluster:
     def log_dir(self, node: KafkaNode) -> Path:
         return self.node_dir(node) / "logs"
 
+    @property
+    def credentials_path(self) -> Path:
+        return self.home / "credentials.json"
+
+    def credentials(self) -> dict[str, str]:
+        """user -> password of the admin and service users (made on first use, kept 0600)."""
+        creds = (kafka_config.read_credentials(self.credentials_path)
+                 if self.credentials_path.exists() else {})
+        missing = [u for u in (ADMIN_USER, *SCRAM_USERS) if u not in creds]
+        if missing:
+            creds.update({u: secrets.token_urlsafe(24) for u in missing})
+            write_private(self.credentials_path, json.dumps(creds, indent=2) + "\n")
+        return creds
+
+    def login(self, user: str = kafka_config.EDGE_USER) -> KafkaSettings | str:
+        """How a client of ``user`` connects (the bare bootstrap when there is no auth)."""
+        if not self.authenticate:
+            return self.bootstrap
+        return KafkaSettings(bootstrap=self.bootstrap, username=user,
+                             credentials_file=self.credentials_path,
+                             mechanism="PLAIN" if user == ADMIN_USER else "SCRAM-SHA-512")
+
     def ports(self) -> list[tuple[str, int]]:
         """(setting, port) pairs, for port checks that name the setting."""
         out = []
@@ -113,12 +143,14 @@ class KafkaCluster:
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://{self.host}:{node.port},"
+            "listeners": f"{self._listener}://{self.host}:{node.port},"
                          f"CONTROLLER://{self.host}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{node.port}",
+            "advertised.listeners": f"{self._listener}://{self.host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": self._listener,
+            "listener.security.protocol.map": f"{self._listener}:{self._listener},"
+                                              f"CONTROLLER:{self._listener}",
+            **self._sasl(),
             "log.dirs": self.node_dir(node) / "data",
             "num.partitions": 3,
             "default.replication.factor": rf,
@@ -147,11 +179,47 @@ class KafkaCluster:
         }
         return "".join(f"{k}={v}\n" for k, v in conf.items())
 
+    @property
+    def _listener(self) -> str:
+        return "SASL_PLAINTEXT" if self.authenticate else "PLAINTEXT"
+
+    def _sasl(self) -> dict[str, str]:
+        """Clients log in with SCRAM (users kept in the cluster's metadata). The node itself
+        is a static PLAIN user, on the client listener (between brokers, and to provision
+        the SCRAM users) and as the only login the controller listener accepts: it exists
+        from the first start on, needing nothing from the metadata log."""
+        if not self.authenticate:
+            return {}
+        admin = self.credentials()[ADMIN_USER]
+        plain = (f"org.apache.kafka.common.security.plain.PlainLoginModule required "
+                 f"username={json.dumps(ADMIN_USER)} password={json.dumps(admin)} "
+                 f"user_{ADMIN_USER}={json.dumps(admin)};")
+        listener = self._listener.lower()
+        return {
+            f"listener.name.{listener}.sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
+            f"listener.name.{listener}.plain.sasl.jaas.config": plain,
+            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+        }
+
+    def stale_nodes(self) -> list[int]:
+        """Running nodes whose written configuration differs from what they would get now
+        (they go on with the old one until restarted)."""
+        running = self.running_pids()
+        return [n.node_id for n in self.nodes if n.node_id in running
+                and self.config_path(n).exists()
+                and self.config_path(n).read_text() != self.properties(n)]
+
     def _write_configs(self) -> None:
         for node in self.nodes:
             self.node_dir(node).mkdir(parents=True, exist_ok=True)
             self.log_dir(node).mkdir(parents=True, exist_ok=True)
-            self.config_path(node).write_text(self.properties(node))
+            # It may hold the node's password: readable by its owner only.
+            write_private(self.config_path(node), self.properties(node))
             (self.node_dir(node) / "log4j2.yaml").write_text(
                 log4j2_yaml(self.log_dir(node), "server", "INFO", KAFKA_LOGGERS)
             )
@@ -178,6 +246,12 @@ class KafkaCluster:
 
     def start(self, libs: Path, java: str) -> list[int]:
         """Format (first time only) and start every node not already running."""
+        stale = self.stale_nodes()
+        if stale:
+            raise InfraError(
+                f"{self.name} Kafka node(s) {stale} run with an older configuration (e.g. "
+                f"without authentication): run `fleetsentry infra down`, then `up` again "
+                f"(topics and data stay)")
         self._write_configs()
         cid = self.cluster_id()
         running = self.running_pids()
@@ -249,8 +323,9 @@ class KafkaCluster:
         """Brokers the cluster reports in its metadata (0 when unreachable)."""
         from confluent_kafka.admin import AdminClient
 
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000,
-                                "log_level": 0, "logger": _SilentLogger()}
+        conf = kafka_config.client_config(
+            self.login(ADMIN_USER),
+            {"socket.timeout.ms": 2000, "log_level": 0, "logger": _SilentLogger()})
         admin = AdminClient(conf)
         try:
             meta = admin.list_topics(timeout=timeout)
@@ -269,6 +344,16 @@ class KafkaCluster:
             f"{self.name} Kafka did not report {len(self.nodes)} broker(s) within {timeout:.0f}s; "
             f"see logs under {self.home}"
         )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file 0600 from the start (no window where others can read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 class _SilentLogger:

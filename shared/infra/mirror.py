@@ -25,7 +25,8 @@ from typing import Any
 from shared import topics
 from shared.infra import jars, ports, process
 from shared.infra.errors import InfraError, ServiceStartError
-from shared.infra.kafka import log4j2_yaml
+from shared.infra.kafka import log4j2_yaml, write_private
+from shared.kafka_config import Target, client_config, java_properties
 
 CLOUD_ALIAS = "cloud"
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
@@ -81,6 +82,13 @@ class Mirror:
     tasks_max: int = 2
     # Extra MirrorMaker properties, applied last (tuning or trying a setting out).
     overrides: tuple[tuple[str, Any], ...] = ()
+    # How MirrorMaker logs in to the gateway's Kafka (its bootstrap wins over edge_bootstrap);
+    # None: without authentication.
+    edge_login: Target | None = None
+
+    @property
+    def edge(self) -> Target:
+        return self.edge_login or self.edge_bootstrap
 
     @property
     def dir(self) -> Path:
@@ -113,7 +121,7 @@ class Mirror:
         rf = {edge: self.edge_replication_factor, cloud: self.cloud_replication_factor}
         conf: dict[str, Any] = {
             "clusters": f"{edge}, {cloud}",
-            f"{edge}.bootstrap.servers": self.edge_bootstrap,
+            **{f"{edge}.{k}": v for k, v in java_properties(self.edge).items()},
             f"{cloud}.bootstrap.servers": self.cloud_bootstrap,
             "replication.policy.class":
                 "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
@@ -212,7 +220,8 @@ class Mirror:
     def _write_config(self, rest_port: int) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         lines = [f"{k} = {v}\n" for k, v in self.properties(rest_port).items()]
-        self.config_path.write_text("".join(lines))
+        # It holds the gateway's Kafka password: readable by its owner only.
+        write_private(self.config_path, "".join(lines))
         (self.dir / "log4j2.yaml").write_text(
             log4j2_yaml(self.log_dir, "mirror", "WARN", MIRROR_LOGGERS))
 
@@ -254,7 +263,7 @@ class Mirror:
         """
         out: dict[str, str] = {}
         flows = ((self.edge_id, CLOUD_ALIAS, self.cloud_bootstrap),
-                 (CLOUD_ALIAS, self.edge_id, self.edge_bootstrap))
+                 (CLOUD_ALIAS, self.edge_id, self.edge))
         for src, dst, bootstrap in flows:
             topic = f"mm2-status.{src}.internal"
             for key, value in _read_compacted(bootstrap, topic, timeout).items():
@@ -307,13 +316,13 @@ class Mirror:
         }
 
 
-def _read_compacted(bootstrap: str, topic: str, timeout: float) -> dict[str, bytes | None]:
+def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, bytes | None]:
     """Latest value per key of a (small, compacted) topic; {} when unreachable or absent."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetsentry-mirror-status",
-                         "enable.auto.commit": False, "socket.timeout.ms": 3000,
-                         "log_level": 0})
+    consumer = Consumer(client_config(target, {
+        "group.id": "fleetsentry-mirror-status", "enable.auto.commit": False,
+        "socket.timeout.ms": 3000, "log_level": 0}))
     latest: dict[str, bytes | None] = {}
     try:
         meta = consumer.list_topics(topic, timeout=timeout)

@@ -16,9 +16,12 @@ from shared.infra.errors import InfraError, PortInUseError
 from shared.infra.kafka import KafkaCluster, KafkaNode
 from shared.infra.mirror import Mirror
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
-from shared.infra.topics_admin import ensure_topics
+from shared.infra.topics_admin import ensure_topics, ensure_users
+from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
+from shared.kafka_config import MIRROR_USER, SCRAM_USERS
 
 SERVICES = frozenset({"edge", "cloud", "mqtt"})
+LOOPBACK = "127.0.0.1"
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
@@ -34,6 +37,7 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Where the brokers listen and keep their data. Defaults work on one machine."""
 
     home: Path = msgspec.field(default_factory=default_home)
+    # Where Mosquitto and the cloud Kafka listen; the edge Kafka always listens on loopback.
     host: str = "127.0.0.1"
     edge_port: Port = 9092
     edge_controller_port: Port = 9093
@@ -69,10 +73,12 @@ class Stack:
         self.settings = settings
         self.quiet = quiet
         home = settings.home
+        # The gateway's Kafka holds PII and serves only the gateway's own services: it
+        # listens on loopback whatever `host` says, and asks for a login.
         self.edge = KafkaCluster(
             "edge", home / "edge-kafka",
             (KafkaNode(1, settings.edge_port, settings.edge_controller_port),),
-            host=settings.host, heap=settings.kafka_heap,
+            host=LOOPBACK, heap=settings.kafka_heap, authenticate=True,
         )
         self.cloud = KafkaCluster(
             "cloud", home / "cloud-kafka",
@@ -84,8 +90,12 @@ class Stack:
 
     def mirror(self, edge_id: str, edge_bootstrap: str | None = None) -> Mirror:
         """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default)."""
+        edge = self.edge.login(MIRROR_USER)
+        if edge_bootstrap:
+            edge = (edge_bootstrap if isinstance(edge, str)
+                    else msgspec.structs.replace(edge, bootstrap=edge_bootstrap))
         return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
-                      self.settings.home)
+                      self.settings.home, edge_login=edge)
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -102,8 +112,9 @@ class Stack:
             cluster = self.edge if setting.startswith("edge") else self.cloud
             if not setting.startswith("mqtt") and _port_node(cluster, port) in mine[cluster.name]:
                 continue
-            if not ports.is_free(self.settings.host, port):
-                raise PortInUseError(setting, self.settings.host, port)
+            host = self.settings.host if setting.startswith("mqtt") else cluster.host
+            if not ports.is_free(host, port):
+                raise PortInUseError(setting, host, port)
 
     def up(self, timeout: float = 120.0,
            services: frozenset[str] = SERVICES) -> dict[str, Any]:
@@ -138,7 +149,11 @@ class Stack:
                 for fut in waits:
                     fut.result()
             for c in clusters:
-                ensure_topics(c.bootstrap, c.name, c.replication_factor)  # type: ignore[arg-type]
+                if c.authenticate:
+                    creds = c.credentials()
+                    ensure_users(c.login(KAFKA_ADMIN_USER), {u: creds[u] for u in SCRAM_USERS})
+                ensure_topics(c.login(KAFKA_ADMIN_USER), c.name,  # type: ignore[arg-type]
+                              c.replication_factor)
         except InfraError:
             if new or mqtt_pid:
                 self.down()
@@ -171,6 +186,9 @@ class Stack:
                 "pids": sorted(pids.values()),
                 "home": str(cluster.home),
             }
+            if cluster.authenticate:
+                out[f"{cluster.name}_kafka"]["credentials_file"] = str(cluster.credentials_path)
+                out[f"{cluster.name}_kafka"]["users"] = list(SCRAM_USERS)
         pid = self.mqtt.pid()
         out["mosquitto"] = {
             "address": self.mqtt.address,

@@ -1,8 +1,13 @@
-"""Create the registry's topics idempotently, and bring drifted settings back in line."""
+"""Create the registry's topics and the gateway's users idempotently, and bring drifted
+settings back in line."""
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -10,20 +15,58 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewPartitions,
     NewTopic,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
 )
 
 from shared import topics as registry
 from shared.infra.errors import InfraError
+from shared.kafka_config import Target, bootstrap_of, client_config
+
+# Kafka's default for SCRAM-SHA-512 (the minimum it accepts).
+SCRAM_ITERATIONS = 4096
 
 
-def ensure_topics(bootstrap: str, cluster: registry.Cluster, replication_factor: int,
+def ensure_users(admin_login: Target, users: Mapping[str, str], timeout: float = 30.0) -> list[str]:
+    """Give every user in ``users`` (name -> password) a SCRAM-SHA-512 credential unless it
+    has one already; returns the names added. Existing passwords are left as they are."""
+    admin = AdminClient(client_config(admin_login))
+    have = set()
+    described = cast(dict[str, Future[Any]], admin.describe_user_scram_credentials(list(users)))
+    for user, fut in described.items():
+        try:
+            if fut.result(timeout).scram_credential_infos:
+                have.add(user)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.RESOURCE_NOT_FOUND:
+                raise InfraError(f"reading the SCRAM users of {bootstrap_of(admin_login)} "
+                                 f"failed: {exc}") from exc
+    missing = [u for u in users if u not in have]
+    if not missing:
+        return []
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(u, info, users[u].encode()) for u in missing]
+    for user, fut in admin.alter_user_scram_credentials(upserts).items():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            raise InfraError(f"creating Kafka user {user} on {bootstrap_of(admin_login)} "
+                             f"failed: {exc}") from exc
+    return missing
+
+
+def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor: int,
                   timeout: float = 30.0) -> list[str]:
     """Make every registry topic of ``cluster`` exist with its partitions and configs.
 
     Returns the names created now. Existing topics keep their data; missing partitions are
     added and configs (retention, compaction) are set to the registry's values.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(target))
+    bootstrap = bootstrap_of(target)
     wanted = registry.registry(cluster)
     meta = admin.list_topics(timeout=timeout)
     missing = [t for t in wanted if t.name not in meta.topics]

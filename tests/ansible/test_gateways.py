@@ -26,9 +26,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from shared.infra import jars
 from shared.infra.ports import free_ports
+from shared.kafka_config import EDGE_USER, KafkaSettings
 from tests.support import consume_all
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,6 +101,12 @@ class Gateway:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.ports['kafka']}"
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """The services' login, with the password the kafka role made on the gateway."""
+        return KafkaSettings(bootstrap=self.bootstrap, username=EDGE_USER,
+                             credentials_file=self.root / "etc/fleetsentry/kafka/credentials.json")
 
     @property
     def ctl(self) -> Path:
@@ -323,7 +332,7 @@ def _wait_for_bridge(gw: Gateway, timeout: float = 180.0) -> None:
     try:
         while time.monotonic() < deadline:
             client.publish(f"fleet/{vin}/telemetry", b"probe: not an event", qos=1)
-            if consume_all(gw.bootstrap, "dlq.ingest", expect=1, timeout=3):
+            if consume_all(gw.kafka, "dlq.ingest", expect=1, timeout=3):
                 return
         pytest.fail(f"{gw.name}: the bridge did not subscribe within {timeout:.0f}s\n"
                     f"{gw.log_tail('edge')}")
@@ -371,10 +380,10 @@ def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
                 assert want, "the simulator produced no telemetry"
             if not want:
                 continue  # a short run may hold no payment
-            raw = consume_all(gw.bootstrap, f"raw.{stream}", expect=len(want), timeout=90)
+            raw = consume_all(gw.kafka, f"raw.{stream}", expect=len(want), timeout=90)
             assert _event_ids(raw) == want, \
                 f"{gw.name}: raw.{stream} has {len(raw)} of {len(want)}\n{gw.log_tail('edge')}"
-            anon = consume_all(gw.bootstrap, f"anon.{stream}", expect=len(want), timeout=90)
+            anon = consume_all(gw.kafka, f"anon.{stream}", expect=len(want), timeout=90)
             assert len(anon) == len(want), \
                 f"{gw.name}: anon.{stream} has {len(anon)} of {len(want)}\n{gw.log_tail('edge')}"
             assert _event_ids(anon) == want, f"{gw.name}: anon.{stream} differs"
@@ -388,6 +397,7 @@ def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
             "etc/fleetsentry/edge/edge.toml",
             "etc/fleetsentry/edge/secrets/fleet.secret",
             "etc/fleetsentry/edge/mirror/mm2.properties",
+            "etc/fleetsentry/kafka/credentials.json",
             "var/lib/fleetsentry/mosquitto/dynamic-security.json",
             "etc/fleetsentry/mosquitto/tls/server.key",
             "etc/fleetsentry/mosquitto/tls/ca.key",
@@ -401,6 +411,10 @@ def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
         assert key not in converged.encode()
         logins = (gw.root / "var/lib/fleetsentry/mosquitto/dynamic-security.json").read_text()
         assert "bridge-password-for-tests" not in logins and '"salt"' in logins
+        # The broker asks for a login: a client without one reads nothing.
+        with pytest.raises(KafkaException):
+            AdminClient({"bootstrap.servers": gw.bootstrap, "log_level": 0}).list_topics(
+                timeout=5)
     keys = {(gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
             for gw in fleet.gateways.values()}
     assert len(keys) == 2, "each gateway generates its own vault key"
@@ -456,7 +470,7 @@ def test_upgrade_restarts_only_the_edge_and_keeps_data(fleet: Fleet, converged: 
     vault_key = (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
     model_marker = gw.root / "var/lib/fleetsentry/edge/models/kept-across-upgrades"
     model_marker.write_text("a model the agent installed\n")
-    raw_before = _event_ids(consume_all(gw.bootstrap, "raw.telemetry", timeout=30))
+    raw_before = _event_ids(consume_all(gw.kafka, "raw.telemetry", timeout=30))
     assert raw_before
 
     # One gateway is enough to show what an upgrade restarts (the role is the same on both).
@@ -474,5 +488,5 @@ def test_upgrade_restarts_only_the_edge_and_keeps_data(fleet: Fleet, converged: 
     assert version.endswith(".post1")
     assert (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes() == vault_key
     assert model_marker.exists()
-    raw_after = _event_ids(consume_all(gw.bootstrap, "raw.telemetry", timeout=30))
+    raw_after = _event_ids(consume_all(gw.kafka, "raw.telemetry", timeout=30))
     assert raw_before <= raw_after, "Kafka lost data in the upgrade"

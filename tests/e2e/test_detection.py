@@ -96,7 +96,7 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
     fast = FastFleet(fleet, SPEED)
     pipeline = EdgePipeline(stack, tmp_path / "edge",
                             extra="[enricher]\nbatch_wait_ms = 20\n").start()
-    collector = Collector(stack.edge.bootstrap, fast.events)
+    collector = Collector(stack.edge.login(), fast.events)
     collector.start()
     try:
         runner = WaitingRunner(fast, ConnectSettings(host=stack.mqtt.host, port=stack.mqtt.port,

@@ -51,6 +51,7 @@ from shared.features import feature_memory_s
 from shared.infra.mirror import Mirror
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
+from shared.kafka_config import MIRROR_USER
 from tests.agent_models import flip_byte
 from tests.browser_support import chromium, cloud_run, cloud_toml, promote, shot, sign_in, wait
 from tests.edge_pipeline import EdgePipeline
@@ -133,7 +134,8 @@ def gateways(stack: Stack, cloud_bootstrap: str, key_files: tuple[Path, Path],
                 s, home / f"edge-{n}", scorer=f'public_key = "{key_files[1]}"',
                 services=("bridge", "enricher", "scorer", "agent"),
                 extra="[enricher]\nbatch_wait_ms = 20\n[agent]\nshadow_window = 2000\n")
-            mirror = Mirror(pipeline.edge_id, s.edge.bootstrap, cloud_bootstrap, home)
+            mirror = Mirror(pipeline.edge_id, s.edge.bootstrap, cloud_bootstrap, home,
+                            edge_login=s.edge.login(MIRROR_USER))
             gws.append(Gateway(n, s, pipeline, mirror, fleet))
         for gw in gws:
             gw.mirror.start()
@@ -277,7 +279,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
     gws = gateways
     t0 = gws[0].fleet.start_ts
     drift_ts, switch_ts = t0 + DRIFT_AT_S, t0 + PHASE1_S
-    collectors = [Collector(gw.stack.edge.bootstrap, gw.events) for gw in gws]
+    collectors = [Collector(gw.stack.edge.login(), gw.events) for gw in gws]
     for c in collectors:
         c.start()
     registry = Registry(cloud_state / "registry").start()

@@ -19,6 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from shared import topics
 from shared.infra.errors import PortInUseError, PrerequisiteError
 from shared.infra.stack import Stack
+from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
+from shared.kafka_config import KafkaSettings, client_config
 from tests.conftest import MqttBroker
 from tests.support import consume_all, free_infra_settings, produce_all
 
@@ -27,18 +29,18 @@ VIN_A = "1HGCM82633A004352"
 VIN_B = "2FTRX18W1XCA12345"
 
 
-def test_edge_cluster_round_trip_with_idempotent_producer(edge_bootstrap: str) -> None:
+def test_edge_cluster_round_trip_with_idempotent_producer(edge_kafka: KafkaSettings) -> None:
     topic = topics.RAW_TELEMETRY
     marker = uuid.uuid4().hex
-    sent = produce_all(edge_bootstrap, topic,
+    sent = produce_all(edge_kafka, topic,
                        [(VIN_A.encode(), f"{marker}-{i}".encode()) for i in range(500)])
-    got = [m.value().decode() for m in consume_all(edge_bootstrap, topic, idle=2)]
+    got = [m.value().decode() for m in consume_all(edge_kafka, topic, idle=2)]
     mine = [v for v in got if v.startswith(marker)]
     assert sent == 500 and sorted(mine) == sorted(f"{marker}-{i}" for i in range(500))
 
 
-def test_registry_topics_exist_with_their_settings(edge_bootstrap: str) -> None:
-    admin = AdminClient({"bootstrap.servers": edge_bootstrap})
+def test_registry_topics_exist_with_their_settings(edge_kafka: KafkaSettings) -> None:
+    admin = AdminClient(client_config(edge_kafka))
     meta = admin.list_topics(timeout=10)
     for t in topics.registry("edge"):
         assert t.name in meta.topics, t.name
@@ -49,7 +51,7 @@ def test_registry_topics_exist_with_their_settings(edge_bootstrap: str) -> None:
 
 
 def test_cloud_cluster_has_three_brokers_and_replicates(cloud_bootstrap: str) -> None:
-    admin = AdminClient({"bootstrap.servers": cloud_bootstrap})
+    admin = AdminClient(client_config(cloud_bootstrap))
     meta = admin.list_topics(timeout=10)
     assert len(meta.brokers) == 3
     labels = meta.topics[topics.LABELS]
@@ -67,9 +69,17 @@ def test_cloud_cluster_has_three_brokers_and_replicates(cloud_bootstrap: str) ->
 def test_kcat_lists_brokers(stack: Stack, cloud_bootstrap: str) -> None:
     status = stack.status()
     for name, count in (("edge_kafka", 1), ("cloud_kafka", 3)):
-        out = subprocess.run(["kcat", "-L", "-J", "-b", status[name]["bootstrap"]],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-        assert len(json.loads(out)["brokers"]) == count
+        # The node's PLAIN login: Debian's kcat 1.7.1 (librdkafka 2.0.2) fails SCRAM-SHA-512
+        # with Kafka 4.3 ("invalid credentials") where librdkafka 2.16 succeeds.
+        login = (stack.edge.login(KAFKA_ADMIN_USER) if name == "edge_kafka"
+                 else status[name]["bootstrap"])
+        conf = client_config(login)
+        options = [arg for k, v in conf.items() if k != "bootstrap.servers"
+                   for arg in ("-X", f"{k}={v}")]
+        run = subprocess.run(["kcat", "-L", "-J", "-b", conf["bootstrap.servers"], *options],
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert len(json.loads(run.stdout)["brokers"]) == count
 
 
 def _client(broker: MqttBroker, user: str, password: str, cid: str) -> mqtt.Client:
@@ -165,13 +175,13 @@ def test_up_is_idempotent_and_data_survives_down_up(tmp_path: Path) -> None:
         again = s.status()["edge_kafka"]["pids"] + s.status()["mosquitto"]["pids"]
         assert pids == again and len(pids) == 2
         marker = uuid.uuid4().hex
-        produce_all(s.edge.bootstrap, topics.ALERTS, [(None, marker.encode())])
+        produce_all(s.edge.login(), topics.ALERTS, [(None, marker.encode())])
         s.down()
         for pid in pids:
             assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"pid {pid} survived"
         assert s.status()["edge_kafka"]["healthy"] is False
         s.up(services=services)
-        got = [m.value().decode() for m in consume_all(s.edge.bootstrap, topics.ALERTS, expect=1)]
+        got = [m.value().decode() for m in consume_all(s.edge.login(), topics.ALERTS, expect=1)]
         assert got == [marker]
     finally:
         s.down()

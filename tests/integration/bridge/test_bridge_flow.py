@@ -17,6 +17,7 @@ import pytest
 from shared import contracts, topics
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
+from shared.kafka_config import KafkaSettings
 from tests.bridge_payloads import encode, malformed, payment, telemetry, vin
 from tests.bridge_support import (
     BridgeProcess,
@@ -73,7 +74,7 @@ def ids_in(records: list, stream_vins: set[str]) -> Counter[str]:
 
 
 def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
-                                                            edge_bootstrap: str) -> None:
+                                                            edge_kafka: KafkaSettings) -> None:
     rng = random.Random(11)
     vins = [vin(rng) for _ in range(4)]
     setup.stack.mqtt.register_vehicles({v: "pw-" + v for v in vins})
@@ -97,7 +98,7 @@ def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
     seen: dict[str, tuple[str, str]] = {}
 
     def collect(topic: str, want: int) -> None:
-        records = read_topic(edge_bootstrap, topic,
+        records = read_topic(edge_kafka, topic,
                              done=lambda rs: len(ids_in(rs, set(vins))) >= want, timeout=60)
         for rec in records:
             doc = msgspec.json.decode(rec.value())
@@ -111,7 +112,7 @@ def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
     assert seen == expected
     # Each VIN stays in one partition, so per-vehicle order holds.
     parts: dict[str, set[int]] = {}
-    for rec in read_topic(edge_bootstrap, "raw.telemetry", idle=1.0):
+    for rec in read_topic(edge_kafka, "raw.telemetry", idle=1.0):
         doc = msgspec.json.decode(rec.value())
         if doc.get("vin") in vins:
             parts.setdefault(doc["vin"], set()).add(rec.partition())
@@ -119,7 +120,7 @@ def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
 
 
 def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
-        setup: Setup, edge_bootstrap: str) -> None:
+        setup: Setup, edge_kafka: KafkaSettings) -> None:
     rng = random.Random(20240601)
     the_vin = vin(rng)
     setup.bridge().wait_connected()
@@ -145,7 +146,7 @@ def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
     def mine(records: list) -> dict[bytes, contracts.DeadLetter]:
         return vehicle_letters(sealer, the_vin, records)
 
-    records = read_topic(edge_bootstrap, topics.DLQ_INGEST,
+    records = read_topic(edge_kafka, topics.DLQ_INGEST,
                          done=lambda rs: len(mine(rs)) >= len(expected), timeout=120)
     letters = mine(records)
     missing = set(expected) - set(letters)
@@ -156,11 +157,11 @@ def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
                for letter in letters.values())
     assert all(letter.digest == sealer.digest(p) for p, letter in letters.items())
     # The valid ones went through, and none of the bad ones did.
-    raw = ids_in(read_topic(edge_bootstrap, "raw.telemetry", idle=2.0), {the_vin})
+    raw = ids_in(read_topic(edge_kafka, "raw.telemetry", idle=2.0), {the_vin})
     assert set(raw) == {f"ok-{i}" for i in range(100)}
 
 
-def test_sigkill_during_a_run_loses_nothing(setup: Setup, edge_bootstrap: str) -> None:
+def test_sigkill_during_a_run_loses_nothing(setup: Setup, edge_kafka: KafkaSettings) -> None:
     rng = random.Random(5)
     the_vin = vin(rng)
     bridge = setup.bridge()
@@ -201,7 +202,7 @@ def test_sigkill_during_a_run_loses_nothing(setup: Setup, edge_bootstrap: str) -
     assert kills >= 1 and len(published) == total
 
     want = set(published)
-    records = read_topic(edge_bootstrap, "raw.telemetry",
+    records = read_topic(edge_kafka, "raw.telemetry",
                          done=lambda rs: set(ids_in(rs, {the_vin})) >= want, timeout=90)
     got = ids_in(records, {the_vin})
     missing = want - set(got)

@@ -53,14 +53,14 @@ def _publish(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None
 
 
 @pytest.fixture(scope="module")
-def server(edge_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+def server(plain_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[CloudRun, World, Path]]:
     w = world()
-    _publish(edge_bootstrap, w.records)
+    _publish(plain_bootstrap, w.records)
     home = tmp_path_factory.mktemp("cloud")
     registry = copy_registry(w, home / "registry")
     config = home / "cloud.toml"
-    config.write_text(cloud_toml(edge_bootstrap, registry, free_ports(1)[0], home))
+    config.write_text(cloud_toml(plain_bootstrap, registry, free_ports(1)[0], home))
     with cloud_run(config, w.key_file, "--no-publish", "--epochs", "2", "--min-records", "300",
                    "--schedule", "1e12", "--drift-check", "1e12") as run:
         yield run, w, registry
@@ -73,7 +73,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, Path],
-                                                browser: object, edge_bootstrap: str) -> None:
+                                                browser: object, plain_bootstrap: str) -> None:
     from selenium.webdriver.common.by import By
 
     run, w, _registry = server
@@ -92,7 +92,7 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
     before = find(By.ID, "fleet-table").text
     extra = [(t.replace("gw-north", "gw-east"), k, v) for t, k, v in w.records
              if t == "gw-north.scores.payments"][:200]
-    _publish(edge_bootstrap, extra)
+    _publish(plain_bootstrap, extra)
     wait("a new gateway to appear without a reload",
           lambda: "gw-east" in find(By.ID, "fleet-table").text, timeout_s=120)
     assert before != find(By.ID, "fleet-table").text

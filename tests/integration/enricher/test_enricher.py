@@ -23,7 +23,8 @@ from edge.enricher import Enricher
 from edge.vault.setup import fleet_tokenizer, open_vault
 from shared import contracts, streams, topics
 from shared.config import convert
-from tests.support import consume_all, produce_all, producer
+from shared.kafka_config import KafkaSettings, Target, client_config
+from tests.support import consume_all, kafka_table, produce_all, producer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -42,7 +43,7 @@ def sim_events(tag: str, vehicles: int, duration_s: int, seed: int) -> list[msgs
     return out
 
 
-def produce_raw(bootstrap: str, events: list[msgspec.Struct], duplicate_every: int = 0) -> None:
+def produce_raw(bootstrap: Target, events: list[msgspec.Struct], duplicate_every: int = 0) -> None:
     """Write events to raw.* keyed by VIN, re-sending some (as a redelivering bridge would)."""
     by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
     for i, ev in enumerate(events):
@@ -69,21 +70,21 @@ def pii_values(events: list[msgspec.Struct]) -> set[bytes]:
     return {v.encode() for v in values if len(v) >= 5}
 
 
-def settings(bootstrap: str, tmp: Path, batch: int = 2000) -> dict[str, object]:
+def settings(bootstrap: Target, tmp: Path, batch: int = 2000) -> dict[str, object]:
     return {"edge_id": f"t{uuid.uuid4().hex[:10]}", "data_dir": str(tmp),
-            "kafka": {"bootstrap": bootstrap}, "metrics": {"base_port": 0},
+            "kafka": kafka_table(bootstrap), "metrics": {"base_port": 0},
             "enricher": {"group": f"enricher-{uuid.uuid4().hex[:10]}", "batch_size": batch,
                          "batch_wait_ms": 50.0}}
 
 
-def read_anon(bootstrap: str, ids: set[str], timeout: float = 90.0,
+def read_anon(bootstrap: Target, ids: set[str], timeout: float = 90.0,
               idle: float = 3.0) -> Counter[str]:
     """Count, per event id of ours, the committed anon records (all of anon.* is read).
 
     Reads until every id was seen, then ``idle`` seconds more so late duplicates show up.
     """
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+    c = Consumer(client_config(bootstrap, {"group.id": f"t-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "isolation.level": "read_committed"}))
     parts = [TopicPartition(t, p, OFFSET_BEGINNING)
              for t in (topics.ANON_TELEMETRY, topics.ANON_PAYMENTS) for p in range(3)]
     c.assign(parts)
@@ -111,10 +112,10 @@ class _EventId(msgspec.Struct):
     event_id: str
 
 
-def committed_offsets(bootstrap: str, group: str) -> int:
+def committed_offsets(bootstrap: Target, group: str) -> int:
     """The sum of the group's committed raw.* offsets: grows with every committed batch."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                  "enable.auto.commit": False})
+    c = Consumer(client_config(bootstrap, {"group.id": group,
+                  "enable.auto.commit": False}))
     try:
         parts = [TopicPartition(s.raw_topic, p) for s in streams.all_streams() for p in range(3)]
         return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=20))
@@ -124,12 +125,12 @@ def committed_offsets(bootstrap: str, group: str) -> int:
         c.close()
 
 
-def test_exactly_once_without_pii(edge_bootstrap: str, tmp_path: Path) -> None:
+def test_exactly_once_without_pii(edge_kafka: KafkaSettings, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     events = sim_events(tag, vehicles=8, duration_s=240, seed=11)
     assert any(isinstance(e, contracts.Payment) for e in events)
-    produce_raw(edge_bootstrap, events, duplicate_every=7)
-    cfg = convert(settings(edge_bootstrap, tmp_path), edge_config.EdgeConfig)
+    produce_raw(edge_kafka, events, duplicate_every=7)
+    cfg = convert(settings(edge_kafka, tmp_path), edge_config.EdgeConfig)
     vault = open_vault(cfg)
     enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
     enricher.start()
@@ -141,12 +142,12 @@ def test_exactly_once_without_pii(edge_bootstrap: str, tmp_path: Path) -> None:
     finally:
         enricher.close()
     ids = {e.event_id for e in events}  # type: ignore[attr-defined]
-    seen = read_anon(edge_bootstrap, ids)
+    seen = read_anon(edge_kafka, ids)
     assert set(seen) == ids and set(seen.values()) == {1}
 
     pii = pii_values(events)
     for topic in (topics.ANON_TELEMETRY, topics.ANON_PAYMENTS):
-        for msg in consume_all(edge_bootstrap, topic, idle=2.0):
+        for msg in consume_all(edge_kafka, topic, idle=2.0):
             blob = (msg.key() or b"") + msg.value()
             leaked = [v for v in pii if v in blob]
             assert not leaked, (topic, leaked[:3])
@@ -158,12 +159,12 @@ def test_exactly_once_without_pii(edge_bootstrap: str, tmp_path: Path) -> None:
     vault.close()
 
 
-def test_crash_at_any_point_still_exactly_once(edge_bootstrap: str, tmp_path: Path) -> None:
+def test_crash_at_any_point_still_exactly_once(edge_kafka: KafkaSettings, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     events = sim_events(tag, vehicles=15, duration_s=200, seed=23)
-    produce_raw(edge_bootstrap, events, duplicate_every=11)
+    produce_raw(edge_kafka, events, duplicate_every=11)
     conf = tmp_path / "edge.toml"
-    s = settings(edge_bootstrap, tmp_path, batch=200)
+    s = settings(edge_kafka, tmp_path, batch=200)
     conf.write_text(toml(s))
     ids = {e.event_id for e in events}  # type: ignore[attr-defined]
     rng = random.Random(5)
@@ -172,7 +173,7 @@ def test_crash_at_any_point_still_exactly_once(edge_bootstrap: str, tmp_path: Pa
     group = str(s["enricher"]["group"])  # type: ignore[index]
     mid_run_kills = 0
     for _ in range(3):
-        before = committed_offsets(edge_bootstrap, group)
+        before = committed_offsets(edge_kafka, group)
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         # Kill once this run has committed a batch, at a random moment after that: in the
@@ -180,7 +181,7 @@ def test_crash_at_any_point_still_exactly_once(edge_bootstrap: str, tmp_path: Pa
         deadline = time.monotonic() + 60
         progressed = False
         while proc.poll() is None and time.monotonic() < deadline:
-            if committed_offsets(edge_bootstrap, group) > before:
+            if committed_offsets(edge_kafka, group) > before:
                 progressed = True
                 break
             time.sleep(0.2)
@@ -193,7 +194,7 @@ def test_crash_at_any_point_still_exactly_once(edge_bootstrap: str, tmp_path: Pa
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        seen = read_anon(edge_bootstrap, ids, timeout=150)
+        seen = read_anon(edge_kafka, ids, timeout=150)
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)

@@ -23,6 +23,7 @@ from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import model_bundle, topics
 from shared.contracts import AnonPayment, Label, encode
+from shared.kafka_config import Target, client_config
 from tests.agent_models import ModelKit, deliver, recent_window, skip_to_end
 from tests.support import consume_all, produce_all
 
@@ -59,7 +60,7 @@ def _corrupt_base64(value: bytes) -> bytes:
 
 
 def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
-        cloud_bootstrap: str, edge_bootstrap: str, kit: ModelKit, registry: Registry,
+        cloud_bootstrap: str, edge_kafka: KafkaSettings, kit: ModelKit, registry: Registry,
         tmp_path: Path) -> None:
     champion = registry.register(kit.variant("cloud-v1"), state="champion")
     with Publisher(cloud_bootstrap) as pub:
@@ -69,19 +70,19 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
 
     edge_id = f"cloud-{uuid.uuid4().hex[:6]}"
     config = EdgeConfig(edge_id=edge_id, data_dir=tmp_path,
-                        kafka=KafkaSettings(bootstrap=edge_bootstrap),
+                        kafka=edge_kafka,
                         scorer=ScorerSettings(models_dir=tmp_path / "models",
                                               public_key=kit.public_key),
                         agent=AgentSettings(shadow_window=600))
-    skip_to_end(edge_bootstrap, f"{edge_id}-agent")
+    skip_to_end(edge_kafka, f"{edge_id}-agent")
     agent = ModelAgent(config).start()
     try:
-        recent_window(edge_bootstrap, kit, seed=21)
-        flipped = deliver(agent, edge_bootstrap, b"payments", _corrupt_base64(value))
+        recent_window(edge_kafka, kit, seed=21)
+        flipped = deliver(agent, edge_kafka, b"payments", _corrupt_base64(value))
         assert flipped.state == "rejected" and "signature does not match" in flipped.reason
         assert agent.store.active_dir("payments") is None  # still the model it had
 
-        good = deliver(agent, edge_bootstrap, b"payments", value)
+        good = deliver(agent, edge_kafka, b"payments", value)
         assert good.state == "active" and agent.store.active_version("payments") == "cloud-v1"
     finally:
         agent.close()
@@ -94,8 +95,8 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
     assert model_bundle.unpack(_published(cloud_bootstrap, "cloud-v1")).version == "cloud-v1"
 
 
-def _create(bootstrap: str, *names: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def _create(bootstrap: Target, *names: str) -> None:
+    admin = AdminClient(client_config(bootstrap))
     futures = admin.create_topics([NewTopic(n, 3, 3) for n in names])
     for f in futures.values():
         f.result(30)

@@ -17,6 +17,7 @@ from edge.scorer.model import ModelHolder, load_model
 from edge.scorer.service import ScorerService
 from shared import topics
 from shared.contracts import Score, decode
+from shared.kafka_config import Target
 from tests.agent_models import ModelKit
 from tests.support import consume_all, produce_all
 
@@ -24,11 +25,11 @@ pytestmark = pytest.mark.integration
 N = 3000
 
 
-def test_swap_between_transactions_scores_every_event_once(edge_bootstrap: str,
+def test_swap_between_transactions_scores_every_event_once(edge_kafka: KafkaSettings,
                                                            tmp_path: Path) -> None:
     kit = ModelKit.shared()
     config = EdgeConfig(edge_id=f"swap-{uuid.uuid4().hex[:6]}", data_dir=tmp_path,
-                        kafka=KafkaSettings(bootstrap=edge_bootstrap),
+                        kafka=edge_kafka,
                         scorer=ScorerSettings(models_dir=tmp_path / "models",
                                               public_key=kit.public_key, max_batch=256))
     holders = {"payments": ModelHolder(load_model(kit.variant("swap-old"), "payments",
@@ -44,9 +45,9 @@ def test_swap_between_transactions_scores_every_event_once(edge_bootstrap: str,
     svc = ScorerService(config, holders=holders)
     svc.start()
     try:
-        _produce(edge_bootstrap, first)
+        _produce(edge_kafka, first)
         _drain(svc, N)
-        _produce(edge_bootstrap, second)
+        _produce(edge_kafka, second)
         early = None
         while early is None:  # some of the second half scored by the old model ...
             early = svc.step()
@@ -57,7 +58,7 @@ def test_swap_between_transactions_scores_every_event_once(edge_bootstrap: str,
         svc.close()
     assert holders["payments"].current.version == "swap-new"
     mine = [decode(Score, m.value()) for m in
-            consume_all(edge_bootstrap, topics.SCORES_PAYMENTS, timeout=60, idle=4)]
+            consume_all(edge_kafka, topics.SCORES_PAYMENTS, timeout=60, idle=4)]
     mine = [s for s in mine if s.event_id in ids]
     counts = Counter(s.event_id for s in mine)
     assert set(counts) == ids, f"{len(ids - set(counts))} events never scored"
@@ -68,7 +69,7 @@ def test_swap_between_transactions_scores_every_event_once(edge_bootstrap: str,
     assert all(s.model_version == "swap-old" for s in mine if s.event_id in ids_first)
 
 
-def _produce(bootstrap: str, values: list[bytes]) -> None:
+def _produce(bootstrap: Target, values: list[bytes]) -> None:
     produce_all(bootstrap, topics.ANON_PAYMENTS, ((uuid.uuid4().hex.encode(), v) for v in values))
 
 

@@ -16,6 +16,7 @@ from shared import contracts, topics
 from shared.infra import jars
 from shared.infra.mirror import TRANSACTION_INTERVAL_MS, Mirror
 from shared.infra.stack import Stack
+from shared.kafka_config import KafkaSettings, Target, client_config
 from tests.support import consume_all, produce_all
 
 pytestmark = pytest.mark.integration
@@ -48,9 +49,9 @@ def _alert(alert_id: str, ts: float) -> bytes:
         top_features=[], model_version="m1"))
 
 
-def _transactional(bootstrap: str) -> Producer:
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"test-{uuid.uuid4()}",
-                  "linger.ms": 10})
+def _transactional(bootstrap: Target) -> Producer:
+    p = Producer(client_config(bootstrap, {"transactional.id": f"test-{uuid.uuid4()}",
+                  "linger.ms": 10}))
     p.init_transactions(30)
     return p
 
@@ -89,10 +90,10 @@ def test_names_in_the_cloud_carry_the_edge_id(mirror: Mirror) -> None:
 
 
 def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
-        mirror: Mirror, edge_bootstrap: str, cloud_bootstrap: str) -> None:
+        mirror: Mirror, edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
     now = time.time()
     sent: dict[str, list[str]] = {}
-    p = _transactional(edge_bootstrap)
+    p = _transactional(edge_kafka)
     builders = {topics.ANON_PAYMENTS: _anon_payment, topics.ANON_TELEMETRY: _score,
                 topics.SCORES_TELEMETRY: _score, topics.SCORES_PAYMENTS: _score,
                 topics.ALERTS: _alert}
@@ -120,14 +121,14 @@ def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
         assert aborted not in got
 
 
-def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_bootstrap: str,
+def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_kafka: KafkaSettings,
                                           cloud_bootstrap: str) -> None:
     marker = f"PII-{uuid.uuid4()}"
     for topic in (topics.RAW_PAYMENTS, topics.RAW_TELEMETRY):
-        produce_all(edge_bootstrap, topic, [(marker.encode(), marker.encode())] * 20)
+        produce_all(edge_kafka, topic, [(marker.encode(), marker.encode())] * 20)
     # Something replicated, produced after the raw records, shows the mirror got past them.
     sentinel = str(uuid.uuid4())
-    produce_all(edge_bootstrap, topics.SCORES_PAYMENTS,
+    produce_all(edge_kafka, topics.SCORES_PAYMENTS,
                 [(sentinel.encode(), _score(sentinel, time.time()))])
     got = _ids(_wait_for(cloud_bootstrap, mirror.cloud_topic(topics.SCORES_PAYMENTS), sentinel))
     assert sentinel in got
@@ -136,11 +137,11 @@ def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_bootstrap: str,
     # before the tasks that fill them run: had raw.* been listed, its cloud topics would exist
     # by the time the sentinel arrived. The pause covers raw records polled with the sentinel
     # but committed in the following transaction.
-    edge_names = AdminClient({"bootstrap.servers": edge_bootstrap}).list_topics(timeout=15).topics
+    edge_names = AdminClient(client_config(edge_kafka)).list_topics(timeout=15).topics
     assert {topics.RAW_PAYMENTS, topics.RAW_TELEMETRY} <= set(edge_names)
     time.sleep(2 * TRANSACTION_INTERVAL_MS / 1000 + 1)
 
-    meta = AdminClient({"bootstrap.servers": cloud_bootstrap}).list_topics(timeout=15)
+    meta = AdminClient(client_config(cloud_bootstrap)).list_topics(timeout=15)
     names = sorted(meta.topics)
     assert not [n for n in names if "raw" in n], names
     assert mirror.cloud_topic(topics.ANON_PAYMENTS) in names
@@ -152,11 +153,11 @@ def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_bootstrap: str,
     assert read > 1500  # the replicated records above were among what was searched
 
 
-def _read_everything(bootstrap: str, names: list[str],
+def _read_everything(bootstrap: Target, names: list[str],
                      timeout: float = 90.0) -> Iterable[tuple[str, bytes, bytes]]:
     """Every record of every partition of ``names`` up to its current end, aborted included."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+    c = Consumer(client_config(bootstrap, {"group.id": f"test-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
     try:
         meta = c.list_topics(timeout=15)
         ends: dict[tuple[str, int], int] = {}
@@ -182,7 +183,7 @@ def _read_everything(bootstrap: str, names: list[str],
         c.close()
 
 
-def _wait_for(bootstrap: str, topic: str, event_id: str, timeout: float = 90.0) -> list:
+def _wait_for(bootstrap: Target, topic: str, event_id: str, timeout: float = 90.0) -> list:
     deadline = time.monotonic() + timeout
     seen: list = []
     while time.monotonic() < deadline:
@@ -192,21 +193,21 @@ def _wait_for(bootstrap: str, topic: str, event_id: str, timeout: float = 90.0) 
     return seen
 
 
-def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_bootstrap: str,
+def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_kafka: KafkaSettings,
                                                 cloud_bootstrap: str) -> None:
     body = f"model-{uuid.uuid4()}".encode()
     produce_all(cloud_bootstrap, topics.MODELS, [(b"telemetry", body)])
     deadline = time.monotonic() + 120
     found = False
     while time.monotonic() < deadline and not found:
-        msgs = consume_all(edge_bootstrap, Mirror.edge_topic(topics.MODELS), timeout=15, idle=2)
+        msgs = consume_all(edge_kafka, Mirror.edge_topic(topics.MODELS), timeout=15, idle=2)
         found = any(m.value() == body and m.key() == b"telemetry" for m in msgs)
     assert found, "the model never reached cloud.models on the edge"
 
 
 @pytest.mark.timeout(600 + 2 * OUTAGE_WALL_SECONDS)
 def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
-        mirror: Mirror, stack: Stack, edge_bootstrap: str, cloud_bootstrap: str) -> None:
+        mirror: Mirror, stack: Stack, edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
     """The cloud is stopped while the gateway keeps producing a bounded backlog (24,000
     records whose device time spans ten minutes, over OUTAGE_WALL_SECONDS of wall time);
     after the cloud returns, every record is there once."""
@@ -214,7 +215,7 @@ def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
     assert stack.cloud.broker_count() == 0
     total, start, outage_started = 24_000, time.time(), time.monotonic()
     ids = [str(uuid.uuid4()) for _ in range(total)]
-    p = _transactional(edge_bootstrap)
+    p = _transactional(edge_kafka)
     step = OUTAGE_DEVICE_SECONDS / total
     chunks = max(12, int(OUTAGE_WALL_SECONDS / 5))  # traffic over time, not one burst
     size = -(-total // chunks)
@@ -248,7 +249,7 @@ def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
 class _Reader:
     """One read_committed consumer over every partition of ``topic``, counting event ids."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Target, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.got: Counter[str] = Counter()
 
@@ -256,8 +257,8 @@ class _Reader:
         import json
 
         self._json = json
-        self.c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"test-{uuid.uuid4()}",
-                           "enable.auto.commit": False, "isolation.level": "read_committed"})
+        self.c = Consumer(client_config(self.bootstrap, {"group.id": f"test-{uuid.uuid4()}",
+                           "enable.auto.commit": False, "isolation.level": "read_committed"}))
         meta = self.c.list_topics(self.topic, timeout=15).topics[self.topic]
         self.parts = [TopicPartition(self.topic, p) for p in meta.partitions]
         self.c.assign([TopicPartition(self.topic, p.partition, 0) for p in self.parts])

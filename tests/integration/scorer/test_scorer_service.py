@@ -23,11 +23,12 @@ from edge.vault.vault import Vault
 from shared import config as shared_config
 from shared import topics
 from shared.contracts import Alert, AnonPayment, AnonTelemetry, Decision, Score, decode, encode
+from shared.kafka_config import KafkaSettings, Target
 from shared.signing import generate_private_key
 from shared.tokens import Tokenizer
 from tests.conftest import MqttBroker
 from tests.scorer_models import SyntheticFeatures, build_model_dir
-from tests.support import consume_all, produce_all
+from tests.support import consume_all, kafka_table, produce_all
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +54,11 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
     v.close()
 
 
-def edge_config(tmp_path: Path, bootstrap: str, broker: MqttBroker, models_dir: Path,
+def edge_config(tmp_path: Path, bootstrap: Target, broker: MqttBroker, models_dir: Path,
                 pub: Path, quiet_gap_s: float = 20.0) -> EdgeConfig:
     return shared_config.convert({
         "edge_id": f"scorer-it-{uuid.uuid4().hex[:8]}", "data_dir": str(tmp_path),
-        "kafka": {"bootstrap": bootstrap},
+        "kafka": kafka_table(bootstrap),
         "mqtt": {"host": broker.host, "port": broker.port, "username": broker.bridge[0],
                  "password": broker.bridge[1]},
         "scorer": {"models_dir": str(models_dir), "public_key": str(pub),
@@ -120,7 +121,7 @@ def mine(msgs: list[Any], kind: type[msgspec.Struct], run_id: str) -> list[Any]:
     return [r for r in out if r.event_id.startswith(run_id)]
 
 
-def wait_for(bootstrap: str, topic: str, kind: type[msgspec.Struct], run_id: str, n: int,
+def wait_for(bootstrap: Target, topic: str, kind: type[msgspec.Struct], run_id: str, n: int,
              timeout: float = 60.0) -> list[Any]:
     deadline = time.monotonic() + timeout
     got: list[Any] = []
@@ -132,17 +133,17 @@ def wait_for(bootstrap: str, topic: str, kind: type[msgspec.Struct], run_id: str
 
 
 def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
-        tmp_path: Path, edge_bootstrap: str, mqtt_broker: MqttBroker,
+        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
         models: tuple[Path, Path, dict[str, Any]]) -> None:
     models_dir, pub, data = models
-    cfg = edge_config(tmp_path, edge_bootstrap, mqtt_broker, models_dir, pub)
+    cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub)
     run_id = f"r{uuid.uuid4().hex[:10]}"
     faulty, healthy = f"{run_id}-veh-faulty", f"{run_id}-veh-ok"
     t0 = 1_700_000_000.0
     # The fault starts at frame 40 and is still going when the scorer "crashes".
     first = telemetry(data["telemetry"], run_id, faulty, t0, 60, anomalous=range(40, 90)) \
         + telemetry(data["telemetry"], run_id, healthy, t0, 60)
-    produce_all(edge_bootstrap, topics.ANON_TELEMETRY, first)
+    produce_all(edge_kafka, topics.ANON_TELEMETRY, first)
 
     class Crashing(ScorerService):
         """Writes a batch in a transaction, then dies before committing it."""
@@ -156,12 +157,12 @@ def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
             raise RuntimeError("simulated crash before commit")
 
     with running(ScorerService(cfg)):
-        wait_for(edge_bootstrap, topics.SCORES_TELEMETRY, Score, run_id, 120)
+        wait_for(edge_kafka, topics.SCORES_TELEMETRY, Score, run_id, 120)
     crashing = Crashing(cfg)
     crashing.start()
     # A long quiet tail: a stray normal frame above the threshold may extend the episode.
     later = telemetry(data["telemetry"], run_id, faulty, t0, 150, anomalous=range(40, 90))[60:]
-    produce_all(edge_bootstrap, topics.ANON_TELEMETRY, later)
+    produce_all(edge_kafka, topics.ANON_TELEMETRY, later)
     deadline = time.monotonic() + 30
     with pytest.raises(RuntimeError, match="simulated crash"):
         while time.monotonic() < deadline:
@@ -171,12 +172,12 @@ def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
     crashing._producer = None  # dropped with its transaction open, as a dead process would
     # Abandoned mid-transaction: the restarted scorer fences it and redoes the batch.
     with running(ScorerService(cfg)):
-        scores = wait_for(edge_bootstrap, topics.SCORES_TELEMETRY, Score, run_id, 210)
-        alerts = wait_for(edge_bootstrap, topics.ALERTS, Alert, run_id, 2)
+        scores = wait_for(edge_kafka, topics.SCORES_TELEMETRY, Score, run_id, 210)
+        alerts = wait_for(edge_kafka, topics.ALERTS, Alert, run_id, 2)
         time.sleep(2)
-        scores = mine(consume_all(edge_bootstrap, topics.SCORES_TELEMETRY, idle=1.5), Score,
+        scores = mine(consume_all(edge_kafka, topics.SCORES_TELEMETRY, idle=1.5), Score,
                       run_id)
-        alerts = mine(consume_all(edge_bootstrap, topics.ALERTS, idle=1.5), Alert, run_id)
+        alerts = mine(consume_all(edge_kafka, topics.ALERTS, idle=1.5), Alert, run_id)
 
     ids = [s.event_id for s in scores]
     assert len(ids) == 210 and len(set(ids)) == 210  # every event scored, none twice
@@ -234,10 +235,10 @@ class Vehicle:
 
 
 def test_a_payment_above_threshold_is_declined_on_the_vehicles_commands_topic(
-        tmp_path: Path, edge_bootstrap: str, mqtt_broker: MqttBroker, vault: Vault,
+        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker, vault: Vault,
         models: tuple[Path, Path, dict[str, Any]]) -> None:
     models_dir, pub, data = models
-    cfg = edge_config(tmp_path, edge_bootstrap, mqtt_broker, models_dir, pub)
+    cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub)
     mqtt_broker.register_vehicles([VIN], "vehicle-pw")
     vehicle_token = vault.put("vin", VIN, "driver-1")
     run_id = f"p{uuid.uuid4().hex[:10]}"
@@ -251,7 +252,7 @@ def test_a_payment_above_threshold_is_declined_on_the_vehicles_commands_topic(
     try:
         with running(svc):
             ts = time.time()
-            produce_all(edge_bootstrap, topics.ANON_PAYMENTS, [
+            produce_all(edge_kafka, topics.ANON_PAYMENTS, [
                 payment(data["payments"], f"{run_id}-ok-{i}", card, vehicle_token, ts + i, False)
                 for i in range(5)] + [
                 payment(data["payments"], f"{run_id}-fraud", card, vehicle_token, ts + 9, True),
@@ -259,7 +260,7 @@ def test_a_payment_above_threshold_is_declined_on_the_vehicles_commands_topic(
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len(vehicle.got) < 6:
                 time.sleep(0.1)
-            alerts = wait_for(edge_bootstrap, topics.ALERTS, Alert, run_id, 2)
+            alerts = wait_for(edge_kafka, topics.ALERTS, Alert, run_id, 2)
     finally:
         publisher.close()
         vehicle.close()

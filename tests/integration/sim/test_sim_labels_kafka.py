@@ -113,24 +113,24 @@ def _check_topic_equals_file(records: list[tuple[bytes, Label]], expected: list[
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_a_missing_labels_topic_is_named(edge_bootstrap: str) -> None:
+def test_a_missing_labels_topic_is_named(plain_bootstrap: str) -> None:
     # Runs first in the module: the edge cluster has no labels topic of its own.
     lab = Label(event_id="e-1", stream="telemetry", kind="spikes", episode_id="ep-1",
                 start_ts=1.0, end_ts=2.0)
     with pytest.raises(SimError, match="no `labels` topic"):
-        produce_labels(edge_bootstrap, [lab])
+        produce_labels(plain_bootstrap, [lab])
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_dry_run_labels_to_kafka_equal_the_labels_file(edge_bootstrap: str,
+def test_dry_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str,
                                                        tmp_path: Path) -> None:
-    _create_labels_topic_if_missing(edge_bootstrap)
-    start = _end_offsets(edge_bootstrap)
+    _create_labels_topic_if_missing(plain_bootstrap)
+    start = _end_offsets(plain_bootstrap)
     labels_out = tmp_path / "labels.jsonl"
     run = subprocess.run(
         [FLEETSENTRY, "sim", "run", "--dry-run", "--out", str(tmp_path / "events.jsonl"),
-         "--labels-out", str(labels_out), "--labels-kafka", edge_bootstrap,
+         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap,
          "--vehicles", "15", "--duration", "1200", "--seed", "41", "--fault-scale", "2",
          "--fraud-scale", "8", "--payment-rate", "3", "--summary-json",
          str(tmp_path / "summary.json")],
@@ -140,20 +140,20 @@ def test_dry_run_labels_to_kafka_equal_the_labels_file(edge_bootstrap: str,
     assert {lab.stream for lab in expected} == {"telemetry", "payments"}
     summary = msgspec.json.decode((tmp_path / "summary.json").read_bytes())
     assert summary["labels_produced"] == summary["labels"] == len(expected)
-    _check_topic_equals_file(_consume_from(edge_bootstrap, start, len(expected)), expected)
+    _check_topic_equals_file(_consume_from(plain_bootstrap, start, len(expected)), expected)
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_live_run_labels_to_kafka_equal_the_labels_file(edge_bootstrap: str, mqtt_broker,
+def test_live_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str, mqtt_broker,
                                                         tmp_path: Path) -> None:
-    _create_labels_topic_if_missing(edge_bootstrap)
-    start = _end_offsets(edge_bootstrap)
+    _create_labels_topic_if_missing(plain_bootstrap)
+    start = _end_offsets(plain_bootstrap)
     labels_out = tmp_path / "labels.jsonl"
     run = subprocess.run(
         [FLEETSENTRY, "sim", "run", "--mqtt", f"{mqtt_broker.host}:{mqtt_broker.port}",
          "--register-with", str(mqtt_broker.stack.mqtt.home), "--password", PASSWORD,
-         "--labels-out", str(labels_out), "--labels-kafka", edge_bootstrap,
+         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap,
          "--vehicles", "20", "--duration", "6", "--seed", "42", "--fault-scale", "500",
          "--summary-json", str(tmp_path / "summary.json")],
         check=False, capture_output=True, text=True, timeout=90)
@@ -161,5 +161,5 @@ def test_live_run_labels_to_kafka_equal_the_labels_file(edge_bootstrap: str, mqt
     expected = _file_labels(labels_out)
     summary = msgspec.json.decode((tmp_path / "summary.json").read_bytes())
     assert summary["drained"] and summary["labels_produced"] == len(expected), summary
-    _check_topic_equals_file(_consume_from(edge_bootstrap, start, len(expected)), expected)
+    _check_topic_equals_file(_consume_from(plain_bootstrap, start, len(expected)), expected)
 

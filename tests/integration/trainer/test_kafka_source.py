@@ -26,15 +26,15 @@ def _topic(bootstrap: str, partitions: int = 3) -> str:
     return name
 
 
-def test_reads_a_topic_snapshot_and_joins_labels(edge_bootstrap: str) -> None:
+def test_reads_a_topic_snapshot_and_joins_labels(plain_bootstrap: str) -> None:
     fleet = Fleet(SimSettings(vehicles=4, duration_s=120, seed=9,
                               fault_rates={k: 20.0 for k in FAULT_KINDS}))
     anon = Anonymizer(Tokenizer(b"0123456789abcdef-fleet"))
     records = [anon.message(t, p) for t, p in fleet.events() if t.endswith("/telemetry")]
-    topic = _topic(edge_bootstrap)
-    produce_all(edge_bootstrap, topic,
+    topic = _topic(plain_bootstrap)
+    produce_all(plain_bootstrap, topic,
                 [(r.vehicle_token.encode(), encode(r)) for r in records])  # type: ignore[union-attr]
-    values = list(read_topic(edge_bootstrap, topic, timeout_s=60))
+    values = list(read_topic(plain_bootstrap, topic, timeout_s=60))
     assert len(values) == len(records)
     decoded = [decode(AnonTelemetry, v) for v in values]
     assert {d.event_id for d in decoded} == {r.event_id for r in records}
@@ -44,6 +44,6 @@ def test_reads_a_topic_snapshot_and_joins_labels(edge_bootstrap: str) -> None:
     assert int(out.labelled.sum()) == len(labelled & {r.event_id for r in records}) > 0
 
 
-def test_missing_topic_is_a_clear_error(edge_bootstrap: str) -> None:
+def test_missing_topic_is_a_clear_error(plain_bootstrap: str) -> None:
     with pytest.raises(KafkaReadError, match="does not exist"):
-        list(read_topic(edge_bootstrap, f"no.such.topic.{uuid.uuid4().hex[:6]}", timeout_s=20))
+        list(read_topic(plain_bootstrap, f"no.such.topic.{uuid.uuid4().hex[:6]}", timeout_s=20))
