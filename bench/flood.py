@@ -42,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from edge.config import BridgeSettings  # noqa: E402
 from shared.infra.ports import free_ports  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
+from shared.kafka_config import Target, client_config
 from tests.bridge_payloads import encode, telemetry  # noqa: E402
 from tests.bridge_support import (  # noqa: E402
     BridgeProcess,
@@ -72,14 +73,14 @@ class _Id(msgspec.Struct):
 class RawReader:
     """Reads raw.telemetry from its end as the run goes; notes when each calm event shows up."""
 
-    def __init__(self, bootstrap: str, calm: set[str]) -> None:
+    def __init__(self, kafka: Target, calm: set[str]) -> None:
         self.calm = {v.encode() for v in calm}
         self.seen: dict[str, float] = {}
         self.other = 0  # records of other vehicles (the flooder)
         self._stop = threading.Event()
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-flood-{os.getpid()}",
-                      "enable.auto.commit": False, "fetch.wait.max.ms": 5,
-                      "fetch.min.bytes": 1})
+        c = Consumer(client_config(kafka, {"group.id": f"bench-flood-{os.getpid()}",
+                                           "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                                           "fetch.min.bytes": 1}))
         meta = c.list_topics("raw.telemetry", timeout=10)
         parts = [TopicPartition("raw.telemetry", p) for p in meta.topics["raw.telemetry"].partitions]
         # Start at the end, read now, before anything is published (a fresh broker may still
@@ -283,7 +284,7 @@ def main() -> None:
             stack.up(services=frozenset({"edge", "mqtt"}))
             stack.mqtt.register_vehicles({v: PASSWORD for v in [*calm, flood_vin]})
             fleet = CalmFleet(stack, calm, args.calm_hz)
-            reader = RawReader(stack.edge.bootstrap, set(calm))
+            reader = RawReader(stack.edge.login(), set(calm))
             try:
                 published = 0
                 bridge = start_bridge(stack, tmp, "limited", "")

@@ -44,7 +44,7 @@ def show(limit: int, actor: str, config_path: Path | None) -> None:
     except VaultError as exc:
         raise click.ClickException(f"{exc} (is --config this gateway's edge.toml?)") from None
     try:
-        records = latest(cfg.kafka.bootstrap, limit)
+        records = latest(cfg.kafka, limit)
     except DeadLetterError as exc:
         raise click.ClickException(str(exc)) from None
     with open_vault(cfg) as v:

@@ -8,22 +8,24 @@ import uuid
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from edge.dlq.errors import DeadLetterError
+from shared.kafka_config import Target, bootstrap_of, client_config
 from shared.topics import DLQ_INGEST
 
 
-def latest(bootstrap: str, limit: int, timeout: float = 30.0) -> list[Message]:
+def latest(kafka: Target, limit: int, timeout: float = 30.0) -> list[Message]:
     """The last ``limit`` committed records of dlq.ingest, oldest first."""
-    c = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"dlq-show-{uuid.uuid4().hex}",
+    bootstrap = bootstrap_of(kafka)
+    c = Consumer(client_config(kafka, {
+        "group.id": f"dlq-show-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
         # The enricher and the scorer dead-letter inside transactions: skip aborted ones.
         "isolation.level": "read_committed",
-    })
+    }))
     try:
         return _read_tail(c, limit, timeout)
     except KafkaException as exc:
         raise DeadLetterError(f"cannot read {DLQ_INGEST} from {bootstrap}: {exc} "
-                              "(is the gateway's Kafka running? check [kafka] bootstrap)") from None
+                              "(is the gateway's Kafka running? check [kafka] in edge.toml)") from None
     finally:
         c.close()
 

@@ -30,6 +30,7 @@ from shared import contracts, topics
 from shared.config import convert
 from shared.infra.stack import Stack
 from shared.infra.topics_admin import ensure_topics
+from shared.kafka_config import KafkaSettings, client_config
 from tests.bridge_payloads import encode, payment
 from tests.bridge_support import (
     BridgeProcess,
@@ -40,7 +41,7 @@ from tests.bridge_support import (
     unique,
     write_edge_toml,
 )
-from tests.support import produce_all
+from tests.support import kafka_table, produce_all
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ def bridge(stack: Stack, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_dead_letters_hold_no_personal_data_in_the_clear(
-        stack: Stack, bridge: Path, edge_bootstrap: str) -> None:
+        stack: Stack, bridge: Path, edge_kafka: KafkaSettings) -> None:
     stack.mqtt.register_vehicles({VIN: "pw-dlq"})
     sent = _attack_messages()
     car = mqtt_client(stack, VIN, user=VIN, password="pw-dlq")
@@ -128,7 +129,7 @@ def test_dead_letters_hold_no_personal_data_in_the_clear(
     def from_bridge(records: list) -> list:
         return [r for r in records if r.key() != b"enricher"]
 
-    records = from_bridge(read_topic(edge_bootstrap, topics.DLQ_INGEST,
+    records = from_bridge(read_topic(edge_kafka, topics.DLQ_INGEST,
                                      done=lambda rs: len(from_bridge(rs)) >= len(sent),
                                      timeout=60))
     assert len(records) == len(sent), f"{len(records)} dead letters for {len(sent)} rejects"
@@ -172,8 +173,8 @@ def _settled_retention(admin: AdminClient, name: str, until: Callable[[int], boo
     return value
 
 
-def test_dead_letters_are_kept_no_longer_than_raw_events(edge_bootstrap: str) -> None:
-    admin = AdminClient({"bootstrap.servers": edge_bootstrap})
+def test_dead_letters_are_kept_no_longer_than_raw_events(edge_kafka: KafkaSettings) -> None:
+    admin = AdminClient(client_config(edge_kafka))
     raw = min(_retention(admin, t) for t in (topics.RAW_TELEMETRY, topics.RAW_PAYMENTS))
     assert _retention(admin, topics.DLQ_INGEST) <= raw
     # A gateway installed before keeps 14 days until provisioning runs again, which fixes it.
@@ -182,19 +183,19 @@ def test_dead_letters_are_kept_no_longer_than_raw_events(edge_bootstrap: str) ->
         ConfigEntry("retention.ms", str(old), incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([res])[res].result(30)
     assert _settled_retention(admin, topics.DLQ_INGEST, lambda v: v == old) == old
-    ensure_topics(edge_bootstrap, "edge", 1)
+    ensure_topics(edge_kafka, "edge", 1)
     assert _settled_retention(admin, topics.DLQ_INGEST, lambda v: v <= raw) <= raw
 
 
-def test_the_enricher_seals_the_raw_records_it_rejects(edge_bootstrap: str,
+def test_the_enricher_seals_the_raw_records_it_rejects(edge_kafka: KafkaSettings,
                                                       tmp_path: Path) -> None:
     # A raw.* record that breaks its contract (written by anything but the bridge).
     bad = _personal_payment("dlq-enricher")
     bad["category"] = NAME
     value = encode(bad)
-    produce_all(edge_bootstrap, topics.RAW_PAYMENTS, [(VIN.encode(), value)])
+    produce_all(edge_kafka, topics.RAW_PAYMENTS, [(VIN.encode(), value)])
     cfg = convert({"edge_id": unique("dlq"), "data_dir": str(tmp_path),
-                   "kafka": {"bootstrap": edge_bootstrap}, "metrics": {"base_port": 0},
+                   "kafka": kafka_table(edge_kafka), "metrics": {"base_port": 0},
                    "enricher": {"group": unique("enricher"), "batch_wait_ms": 50.0}},
                   edge_config.EdgeConfig)
     vault = open_vault(cfg)
@@ -212,7 +213,7 @@ def test_the_enricher_seals_the_raw_records_it_rejects(edge_bootstrap: str,
     def mine(records: list) -> list:
         return [r for r in records if r.key() == b"enricher"]
 
-    records = mine(read_topic(edge_bootstrap, topics.DLQ_INGEST, done=lambda rs: mine(rs),
+    records = mine(read_topic(edge_kafka, topics.DLQ_INGEST, done=lambda rs: mine(rs),
                               timeout=60))
     assert len(records) == 1
     raw = records[0].value()

@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from shared.infra.mosquitto import CONTROL_MAX_NEW, Mosquitto
 from shared.infra.stack import Stack
+from shared.kafka_config import KafkaSettings, Target
 from tests.bridge_payloads import encode, telemetry, vin
 from tests.bridge_support import (
     BridgeProcess,
@@ -101,7 +102,7 @@ def events(v: str, n: int, tag: str) -> dict[str, bytes]:
     return {f"{tag}-{i}": encode(telemetry(v, f"{tag}-{i}", now)) for i in range(n)}
 
 
-def arrived(bootstrap: str, ids: set[str]) -> set[str]:
+def arrived(bootstrap: Target, ids: set[str]) -> set[str]:
     """Which of ``ids`` reached raw.telemetry (waits until all are there, at most 30 s)."""
     def seen(records: list) -> set[str]:
         return {msgspec.json.decode(r.value()).get("event_id") for r in records} & ids
@@ -147,14 +148,14 @@ def publish_as(stack: Stack, v: str, messages: dict[str, bytes]) -> None:
 
 
 def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: Gateway,
-                                                                edge_bootstrap: str) -> None:
+                                                                edge_kafka: KafkaSettings) -> None:
     gateway.start()
     attacker = Vehicle(gateway.stack, ATTACKER)
     try:
         granted = attacker.subscribe(f"$share/{gateway.group}/fleet/+/telemetry")
         sent = events(VICTIM, 20, unique("share"))
         publish_as(gateway.stack, VICTIM, sent)
-        got = arrived(edge_bootstrap, set(sent))
+        got = arrived(edge_kafka, set(sent))
     finally:
         attacker.close()
     assert got == set(sent), f"{len(sent) - len(got)} of {len(sent)} events lost"
@@ -162,7 +163,7 @@ def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: Gateway,
 
 
 def test_a_vehicle_cannot_take_the_bridges_client_id(gateway: Gateway,
-                                                     edge_bootstrap: str) -> None:
+                                                     edge_kafka: KafkaSettings) -> None:
     gateway.start()
     gateway.bridge.stop()  # its session stays; the broker queues for it
     sent = events(VICTIM, 20, unique("takeover"))
@@ -170,7 +171,7 @@ def test_a_vehicle_cannot_take_the_bridges_client_id(gateway: Gateway,
     attacker = Vehicle(gateway.stack, ATTACKER, client_id=f"{gateway.edge_id}-bridge-0")
     attacker.close()
     gateway.start()
-    got = arrived(edge_bootstrap, set(sent))
+    got = arrived(edge_kafka, set(sent))
     assert got == set(sent), f"{len(sent) - len(got)} of {len(sent)} queued events lost"
     assert not attacker.accepted, "a vehicle logged in with the bridge's client id"
 

@@ -30,6 +30,7 @@ from edge.dlq import DeadLetters
 from shared import topics
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
+from shared.kafka_config import KafkaSettings, Target, client_config
 from tests.bridge_payloads import encode, telemetry, vin
 from tests.bridge_support import (
     BridgeProcess,
@@ -75,9 +76,9 @@ def gateway(stack: Stack, tmp_path: Path) -> Iterator[Gateway]:
         gw.close()
 
 
-def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
+def end_offsets(bootstrap: Target, topic: str, timeout: float = 30.0) -> dict[int, int]:
     """Each partition's end offset; retried while a fresh broker is still electing leaders."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm")})
+    c = Consumer(client_config(bootstrap, {"group.id": unique("wm")}))
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -93,7 +94,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
         c.close()
 
 
-def reasons_since(bootstrap: str, start: dict[int, int], want: int,
+def reasons_since(bootstrap: Target, start: dict[int, int], want: int,
                   timeout: float = 60.0) -> Counter[str]:
     """Reasons of the dead letters written after ``start``, once ``want`` of them are there."""
     def new(records: list) -> list:
@@ -104,7 +105,7 @@ def reasons_since(bootstrap: str, start: dict[int, int], want: int,
     return Counter(msgspec.json.decode(r.value())["reason"] for r in records)
 
 
-def event_ids(bootstrap: str, topic: str, vin_: str, want: set[str],
+def event_ids(bootstrap: Target, topic: str, vin_: str, want: set[str],
               alive: BridgeProcess | None = None, timeout: float = 60.0,
               at_least: int = 0) -> set[str]:
     """Event ids of ``vin_`` in ``topic``, read until ``want`` (and ``at_least`` ids) are
@@ -180,13 +181,13 @@ def hostile_payloads(v: str, now: float) -> list[tuple[bytes, str]]:
 
 
 def test_hostile_payloads_become_dead_letters_and_the_bridge_keeps_running(
-        gateway: Gateway, edge_bootstrap: str) -> None:
+        gateway: Gateway, edge_kafka: KafkaSettings) -> None:
     rng = random.Random(13)
     attacker, victim = vin(rng), vin(rng)
     gateway.stack.mqtt.register_vehicles({attacker: "pw-" + attacker, victim: "pw-" + victim})
     bridge = gateway.start()
     pid = bridge.proc.pid if bridge.proc else None
-    start = end_offsets(edge_bootstrap, topics.DLQ_INGEST)
+    start = end_offsets(edge_kafka, topics.DLQ_INGEST)
     now = time.time()
     hostile = hostile_payloads(attacker, now)
     # Brackets and quotes inside strings nest nothing: these two are valid events.
@@ -201,49 +202,49 @@ def test_hostile_payloads_become_dead_letters_and_the_bridge_keeps_running(
     publish_as(gateway.stack, victim,
                [(f"fleet/{victim}/telemetry", encode(telemetry(victim, "victim-1", now)))])
 
-    got = event_ids(edge_bootstrap, "raw.telemetry", victim, {"victim-1"}, bridge)
+    got = event_ids(edge_kafka, "raw.telemetry", victim, {"victim-1"}, bridge)
     assert bridge.proc is not None and bridge.proc.poll() is None, \
         f"the bridge exited: {bridge.log.read_text()[-1500:]}"
     assert bridge.proc.pid == pid
     assert got == {"victim-1"}, "the well-behaved vehicle's event never reached raw.telemetry"
-    assert event_ids(edge_bootstrap, "raw.telemetry", attacker, {"in-string", "escaped-quote"},
+    assert event_ids(edge_kafka, "raw.telemetry", attacker, {"in-string", "escaped-quote"},
                      bridge) == {"in-string", "escaped-quote"}
     expected = Counter(reason for _, reason in hostile)
-    assert reasons_since(edge_bootstrap, start, len(hostile)) == expected
+    assert reasons_since(edge_kafka, start, len(hostile)) == expected
 
     # Every dead letter was acknowledged: a restarted bridge gets none of them again.
     bridge.stop()
     bridge.start().wait_connected()
     publish_as(gateway.stack, victim,
                [(f"fleet/{victim}/telemetry", encode(telemetry(victim, "victim-2", now)))])
-    assert "victim-2" in event_ids(edge_bootstrap, "raw.telemetry", victim, {"victim-2"},
+    assert "victim-2" in event_ids(edge_kafka, "raw.telemetry", victim, {"victim-2"},
                                    bridge)
     time.sleep(1.0)  # a redelivered letter would have been produced before victim-2
-    assert reasons_since(edge_bootstrap, start, len(hostile), timeout=5) == expected
+    assert reasons_since(edge_kafka, start, len(hostile), timeout=5) == expected
 
 
 def test_events_older_than_the_age_limit_are_dead_letters(gateway: Gateway,
-                                                          edge_bootstrap: str) -> None:
+                                                          edge_kafka: KafkaSettings) -> None:
     rng = random.Random(17)
     car = vin(rng)
     gateway.stack.mqtt.register_vehicles({car: "pw-" + car})
     bridge = gateway.start()
-    start = end_offsets(edge_bootstrap, topics.DLQ_INGEST)
+    start = end_offsets(edge_kafka, topics.DLQ_INGEST)
     now = time.time()
     old = [telemetry(car, "epoch", 1.0), telemetry(car, "last-week", now - 7 * DAY),
            telemetry(car, "four-days", now - 4 * DAY)]
     recent = [telemetry(car, "yesterday", now - DAY), telemetry(car, "now", now)]
     publish_as(gateway.stack, car, [(f"fleet/{car}/telemetry", encode(e)) for e in old + recent])
-    assert event_ids(edge_bootstrap, "raw.telemetry", car, {"yesterday", "now"}, bridge) == \
+    assert event_ids(edge_kafka, "raw.telemetry", car, {"yesterday", "now"}, bridge) == \
         {"yesterday", "now"}, "an old event reached raw.telemetry, or a recent one did not"
-    assert reasons_since(edge_bootstrap, start, len(old)) == {"too_old": len(old)}
+    assert reasons_since(edge_kafka, start, len(old)) == {"too_old": len(old)}
 
 
 RATE, BURST = 5.0, 20
 
 
 def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
-        stack: Stack, tmp_path: Path, edge_bootstrap: str) -> None:
+        stack: Stack, tmp_path: Path, edge_kafka: KafkaSettings) -> None:
     rng = random.Random(19)
     flooder, driver = vin(rng), vin(rng)
     stack.mqtt.register_vehicles({flooder: "pw-" + flooder, driver: "pw-" + driver})
@@ -251,7 +252,7 @@ def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
                  extra=f"vehicle_rate_per_s = {RATE}\nvehicle_burst = {BURST}\n")
     try:
         bridge = gw.start()
-        start = end_offsets(edge_bootstrap, topics.DLQ_INGEST)
+        start = end_offsets(edge_kafka, topics.DLQ_INGEST)
         began = time.monotonic()
         flood = [(f"fleet/{flooder}/telemetry",
                   encode(telemetry(flooder, f"flood-{i}", time.time()))) for i in range(1000)]
@@ -269,18 +270,18 @@ def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
             car.disconnect()
             car.loop_stop()
         good = {f"good-{i}" for i in range(12)}
-        assert event_ids(edge_bootstrap, "raw.telemetry", driver, good, bridge) == good
+        assert event_ids(edge_kafka, "raw.telemetry", driver, good, bridge) == good
         # Every flood message taken and confirmed, produced or dead-lettered (the metrics
         # count both once Kafka confirmed them).
         text = wait_accounted(bridge, 1000 + 12)
         elapsed = time.monotonic() - began
         limited = round(metric(text, "fleetsentry_dlq_messages_total", 'reason="rate_limited"'))
-        admitted = event_ids(edge_bootstrap, "raw.telemetry", flooder, set(), bridge,
+        admitted = event_ids(edge_kafka, "raw.telemetry", flooder, set(), bridge,
                              at_least=1000 - limited)
         assert len(admitted) == 1000 - limited
         assert BURST <= len(admitted) <= BURST + RATE * elapsed + 1, \
             f"{len(admitted)} of 1000 flood events admitted in {elapsed:.0f}s"
-        assert reasons_since(edge_bootstrap, start, limited) == {"rate_limited": limited}
+        assert reasons_since(edge_kafka, start, limited) == {"rate_limited": limited}
         text = bridge.scrape()
         token = DeadLetters.load(load(gw.config), create=False).vehicle_token(flooder)
         assert f'fleetsentry_rate_limited_total{{service="bridge",vehicle="{token}"}} ' \
@@ -300,7 +301,7 @@ def run_in_thread(bridge: Bridge) -> tuple[threading.Event, threading.Thread]:
 
 
 def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
-        stack: Stack, tmp_path: Path, edge_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+        stack: Stack, tmp_path: Path, edge_kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug planted in validation, in a bridge running here against the real brokers."""
     rng = random.Random(23)
@@ -319,13 +320,13 @@ def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
     bridge = Bridge(config)
     bridge.start()
     stop, thread = run_in_thread(bridge)
-    start = end_offsets(edge_bootstrap, topics.DLQ_INGEST)
+    start = end_offsets(edge_kafka, topics.DLQ_INGEST)
     try:
         now = time.time()
         publish_as(stack, car, [(f"fleet/{car}/telemetry", encode(telemetry(car, e, now)))
                                 for e in ("planted-bug", "after-bug")])
-        assert event_ids(edge_bootstrap, "raw.telemetry", car, {"after-bug"}) == {"after-bug"}
-        records = read_topic(edge_bootstrap, topics.DLQ_INGEST, timeout=30,
+        assert event_ids(edge_kafka, "raw.telemetry", car, {"after-bug"}) == {"after-bug"}
+        records = read_topic(edge_kafka, topics.DLQ_INGEST, timeout=30,
                              done=lambda rs: any(r.offset() >= start[0] for r in rs))
         letters = [msgspec.json.decode(r.value()) for r in records if r.offset() >= start[0]]
         assert [d["reason"] for d in letters] == ["internal_error"]
@@ -343,7 +344,7 @@ def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
     try:
         publish_as(stack, car, [(f"fleet/{car}/telemetry",
                                  encode(telemetry(car, "after-restart", time.time())))])
-        event_ids(edge_bootstrap, "raw.telemetry", car, {"after-restart"})
+        event_ids(edge_kafka, "raw.telemetry", car, {"after-restart"})
     finally:
         stop.set()
         thread.join(10)
@@ -352,5 +353,5 @@ def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
                       mqtt.MQTTMessage(0, b"fleet/\xff\xfe/telemetry"))
     assert again.close() == 0
     drop_session(stack, f"{edge_id}-bridge-0")
-    assert reasons_since(edge_bootstrap, start, 2, timeout=10) == \
+    assert reasons_since(edge_kafka, start, 2, timeout=10) == \
         {"internal_error": 1, "unknown_topic": 1}

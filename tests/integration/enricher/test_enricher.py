@@ -218,9 +218,9 @@ def toml(s: dict[str, object]) -> str:
 
 
 
-def raw_ends(bootstrap: str) -> int:
+def raw_ends(bootstrap: Target) -> int:
     """The sum of raw.*'s end offsets: what a caught-up enricher group has committed."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}"})
+    c = Consumer(client_config(bootstrap, {"group.id": f"t-{uuid.uuid4()}"}))
     try:
         return sum(c.get_watermark_offsets(TopicPartition(s.raw_topic, p), timeout=10)[1]
                    for s in streams.all_streams() for p in range(3))
@@ -228,7 +228,7 @@ def raw_ends(bootstrap: str) -> int:
         c.close()
 
 
-def catch_up(enricher: Enricher, bootstrap: str, timeout: float = 90.0) -> None:
+def catch_up(enricher: Enricher, bootstrap: Target, timeout: float = 90.0) -> None:
     """Run batches until everything in raw.* so far is committed (other tests' records too)."""
     end, group = raw_ends(bootstrap), enricher.settings.group
     deadline = time.monotonic() + timeout
@@ -244,14 +244,14 @@ def run_enricher(cfg: edge_config.EdgeConfig) -> Enricher:
     enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
     enricher.start()
     try:
-        catch_up(enricher, cfg.kafka.bootstrap)
+        catch_up(enricher, cfg.kafka)
     finally:
         enricher.close()
         vault.close()
     return enricher
 
 
-def produce_to_partition(bootstrap: str, events: list[contracts.Telemetry]) -> None:
+def produce_to_partition(bootstrap: Target, events: list[contracts.Telemetry]) -> None:
     """Write telemetry keyed by VIN, all into partition 0 (where two vehicles can meet)."""
     p = producer(bootstrap)
     for ev in events:
@@ -261,7 +261,7 @@ def produce_to_partition(bootstrap: str, events: list[contracts.Telemetry]) -> N
 
 
 def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
-        edge_bootstrap: str, tmp_path: Path) -> None:
+        edge_kafka: KafkaSettings, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     telemetry = [e for e in sim_events(tag, vehicles=2, duration_s=20, seed=31)
                  if isinstance(e, contracts.Telemetry)]
@@ -271,10 +271,10 @@ def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
     attacker = [msgspec.structs.replace(e, event_id=v.event_id) for e, v in
                 zip((e for e in telemetry if e.vin == vin_b), victim, strict=False)]
     assert len(attacker) >= 10
-    produce_to_partition(edge_bootstrap, [*victim, *attacker, *victim[:5]])  # and redeliveries
-    cfg = convert(settings(edge_bootstrap, tmp_path), edge_config.EdgeConfig)
+    produce_to_partition(edge_kafka, [*victim, *attacker, *victim[:5]])  # and redeliveries
+    cfg = convert(settings(edge_kafka, tmp_path), edge_config.EdgeConfig)
     run_enricher(cfg)
-    seen = read_anon(edge_bootstrap, {e.event_id for e in victim})
+    seen = read_anon(edge_kafka, {e.event_id for e in victim})
     copied = {e.event_id for e in attacker}
     lost = [eid for eid in copied if seen[eid] < 2]
     assert not lost, f"{len(lost)} of {len(copied)} victim events vanished behind the attacker's"
@@ -293,9 +293,9 @@ def made_up_payments(tag: str, vin: str, n: int) -> list[contracts.Payment]:
 
 
 def test_state_of_made_up_drivers_and_cards_expires_live_in_the_changelog_and_the_vault(
-        edge_bootstrap: str, tmp_path: Path) -> None:
+        edge_kafka: KafkaSettings, tmp_path: Path) -> None:
     tag, ttl_s, n = uuid.uuid4().hex[:8], 6.0, 1500
-    s = settings(edge_bootstrap, tmp_path)
+    s = settings(edge_kafka, tmp_path)
     s["enricher"]["state_ttl_s"] = ttl_s  # type: ignore[index]
     s["vault"] = {"retention_days": ttl_s / 86_400}
     cfg = convert(s, edge_config.EdgeConfig)
@@ -305,18 +305,18 @@ def test_state_of_made_up_drivers_and_cards_expires_live_in_the_changelog_and_th
     tok = fleet_tokenizer(cfg)
     flood_keys = {f"c:{tok.token('card', p.card_number)}" for p in flood} | {
         f"d:{tok.token('driver', p.driver_id)}" for p in flood}
-    produce_raw(edge_bootstrap, flood)
+    produce_raw(edge_kafka, flood)
     vault = open_vault(cfg)
     enricher = Enricher(cfg, vault, tok)
     enricher.start()
     try:
-        catch_up(enricher, edge_bootstrap)
+        catch_up(enricher, edge_kafka)
         peak = len(flood_keys & set(enricher.state))
         assert peak == 2 * n, peak  # each payment added two states (its card, its driver)
         time.sleep(ttl_s + 0.5)  # nothing written for longer than the TTL
         # Then an ordinary frame arrives, and the flood's states and vault values go.
-        produce_raw(edge_bootstrap, [msgspec.structs.replace(frames[-1], ts=time.time())])
-        catch_up(enricher, edge_bootstrap)
+        produce_raw(edge_kafka, [msgspec.structs.replace(frames[-1], ts=time.time())])
+        catch_up(enricher, edge_kafka)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and vault.count() > 2:
             enricher.step()

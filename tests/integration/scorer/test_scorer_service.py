@@ -288,10 +288,10 @@ def step_until_scored(svc: ScorerService, n: int, timeout: float = 30.0) -> int:
 
 
 def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehicles_episode(
-        tmp_path: Path, edge_bootstrap: str, mqtt_broker: MqttBroker,
+        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
         models: tuple[Path, Path, dict[str, Any]]) -> None:
     models_dir, pub, data = models
-    cfg = edge_config(tmp_path, edge_bootstrap, mqtt_broker, models_dir, pub, quiet_gap_s=4.0)
+    cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub, quiet_gap_s=4.0)
     run_id = f"c{uuid.uuid4().hex[:10]}"
     skewed, faulty = f"{run_id}-veh-ahead", f"{run_id}-veh-faulty"
     t0 = time.time()
@@ -299,7 +299,7 @@ def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehi
     svc.start()
     try:
         # The attacker: one ordinary frame stamped 299 s ahead (the bridge accepts up to +300 s).
-        produce_all(edge_bootstrap, topics.ANON_TELEMETRY,
+        produce_all(edge_kafka, topics.ANON_TELEMETRY,
                     telemetry(data["telemetry"], run_id, skewed, t0 + 299, 1))
         step_until_scored(svc, 1)
         while svc.step() is not None:  # drain what other tests left in the topic
@@ -307,19 +307,19 @@ def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehi
         # The victim: a fault, one frame a second as a vehicle sends it, one batch each.
         frames = telemetry(data["telemetry"], run_id, faulty, t0, 12, anomalous=range(12))
         for frame in frames:
-            produce_all(edge_bootstrap, topics.ANON_TELEMETRY, [frame])
+            produce_all(edge_kafka, topics.ANON_TELEMETRY, [frame])
             step_until_scored(svc, 1)
         # Then it goes silent, and so does everyone: its episode still closes, by wall time.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             svc.step()
-            got = mine(consume_all(edge_bootstrap, topics.ALERTS, idle=0.5, timeout=5), Alert,
+            got = mine(consume_all(edge_kafka, topics.ALERTS, idle=0.5, timeout=5), Alert,
                        run_id)
             if any(a.state == "closed" for a in got):
                 break
     finally:
         svc.close()
-    alerts = mine(consume_all(edge_bootstrap, topics.ALERTS, idle=1.0), Alert, run_id)
+    alerts = mine(consume_all(edge_kafka, topics.ALERTS, idle=1.0), Alert, run_id)
     states = [(a.token, a.state) for a in alerts]
     assert (faulty, "open") in states, f"the faulty vehicle's episode never opened: {states}"
     assert not any(a.token == skewed for a in alerts)
