@@ -192,3 +192,27 @@ def vehicle_letters(letters: DeadLetters, vin: str,
             letter = msgspec.json.decode(rec.value(), type=contracts.DeadLetter)
             out[letters.open(letter)] = letter
     return out
+
+
+class BridgeGateway:
+    """One bridge process with its own edge id and share group; its session dropped on close."""
+
+    def __init__(self, stack: Stack, tmp: Path, extra: str = "", metrics: bool = False,
+                 prefix: str = "gw") -> None:
+        from shared.infra.ports import free_ports
+
+        self.stack = stack
+        self.edge_id = unique(prefix)
+        self.group = unique("g")
+        self.config = write_edge_toml(tmp / "edge.toml", stack, self.edge_id, self.group,
+                                      extra=extra)
+        self.metrics_port = free_ports(1)[0] if metrics else 0
+        self.bridge = BridgeProcess(self.config, 0, self.metrics_port)
+
+    def start(self) -> BridgeProcess:
+        self.bridge.start().wait_connected()
+        return self.bridge
+
+    def close(self) -> None:
+        self.bridge.stop()
+        drop_session(self.stack, f"{self.edge_id}-bridge-0")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -22,6 +21,7 @@ from typing import Any
 from shared import kafka_config
 from shared.infra import jars, process
 from shared.infra.errors import InfraError, ServiceStartError
+from shared.infra.files import write_private
 from shared.kafka_config import ADMIN_USER, SCRAM_USERS, KafkaSettings
 
 _LOG4J2_HEAD = """\
@@ -345,15 +345,6 @@ class KafkaCluster:
             f"see logs under {self.home}"
         )
 
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file 0600 from the start (no window where others can read it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 class _SilentLogger:

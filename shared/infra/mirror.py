@@ -25,7 +25,8 @@ from typing import Any
 from shared import topics
 from shared.infra import jars, ports, process
 from shared.infra.errors import InfraError, ServiceStartError
-from shared.infra.kafka import log4j2_yaml, write_private
+from shared.infra.files import write_private
+from shared.infra.kafka import log4j2_yaml
 from shared.kafka_config import Target, client_config, java_properties
 
 CLOUD_ALIAS = "cloud"

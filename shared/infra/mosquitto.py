@@ -32,6 +32,7 @@ from typing import Any
 
 from shared.infra import ports, process
 from shared.infra.errors import InfraError, PrerequisiteError, ServiceStartError
+from shared.infra.files import write_private
 from shared.infra.tls import TlsFiles
 
 ADMIN_USER = "fleetsentry-admin"
@@ -207,7 +208,7 @@ class Mosquitto:
             return creds
         self.home.mkdir(parents=True, exist_ok=True)
         creds = {ADMIN_USER: secrets.token_urlsafe(18), BRIDGE_USER: secrets.token_urlsafe(18)}
-        _write_private(self.credentials_path, json.dumps(creds, indent=2) + "\n")
+        write_private(self.credentials_path, json.dumps(creds, indent=2) + "\n")
         return creds
 
     def _vehicle_entries(self) -> dict[str, str]:
@@ -229,7 +230,7 @@ class Mosquitto:
                 raise InfraError(f"{vin!r} is not a VIN (17 characters, 0-9 and A-Z without "
                                  "I, O, Q); vehicles log in with their VIN")
             entries[vin] = hash_password(password)
-        _write_private(self.home / "vehicles.passwd",
+        write_private(self.home / "vehicles.passwd",
                        "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())))
         if self.pid() is None:
             self._write_dynsec_file()  # read by the broker when it starts
@@ -252,7 +253,7 @@ class Mosquitto:
                 "clients": clients, "groups": [], "roles": roles}
 
     def _write_dynsec_file(self) -> None:
-        _write_private(self.dynsec_file, json.dumps(self.dynsec_config(), indent=1) + "\n")
+        write_private(self.dynsec_file, json.dumps(self.dynsec_config(), indent=1) + "\n")
 
     def _control_register(self, vehicles: list[tuple[str, str]]) -> None:
         """Create (or re-password) vehicles in the running broker's plugin."""
@@ -374,12 +375,3 @@ def _client(user: str, hashed: str, role: str, clientid: str | None = None) -> d
         out["clientid"] = clientid
     return out
 
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a secret file 0600 from the start (no window where it is world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

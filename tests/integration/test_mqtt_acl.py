@@ -27,13 +27,11 @@ from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings, Target
 from tests.bridge_payloads import encode, telemetry, vin
 from tests.bridge_support import (
-    BridgeProcess,
-    drop_session,
+    BridgeGateway,
     mqtt_client,
     publish_all,
     read_topic,
     unique,
-    write_edge_toml,
 )
 
 pytestmark = pytest.mark.integration
@@ -111,27 +109,11 @@ def arrived(bootstrap: Target, ids: set[str]) -> set[str]:
     return seen(records)
 
 
-class Gateway:
-    """One bridge process of its own edge id and share group; its session dropped at the end."""
-
-    def __init__(self, stack: Stack, tmp: Path) -> None:
-        self.stack = stack
-        self.edge_id = unique("acl")
-        self.group = unique("g")
-        self.bridge = BridgeProcess(write_edge_toml(tmp / "edge.toml", stack, self.edge_id,
-                                                    self.group))
-
-    def start(self) -> None:
-        self.bridge.start().wait_connected()
-
-    def close(self) -> None:
-        self.bridge.stop()
-        drop_session(self.stack, f"{self.edge_id}-bridge-0")
 
 
 @pytest.fixture
-def gateway(vehicles: Stack, tmp_path: Path) -> Iterator[Gateway]:
-    g = Gateway(vehicles, tmp_path)
+def gateway(vehicles: Stack, tmp_path: Path) -> Iterator[BridgeGateway]:
+    g = BridgeGateway(vehicles, tmp_path, prefix="acl")
     try:
         yield g
     finally:
@@ -147,7 +129,7 @@ def publish_as(stack: Stack, v: str, messages: dict[str, bytes]) -> None:
         car.loop_stop()
 
 
-def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: Gateway,
+def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: BridgeGateway,
                                                                 edge_kafka: KafkaSettings) -> None:
     gateway.start()
     attacker = Vehicle(gateway.stack, ATTACKER)
@@ -162,7 +144,7 @@ def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: Gateway,
     assert granted.is_failure, f"the broker granted the bridge's share group: {granted}"
 
 
-def test_a_vehicle_cannot_take_the_bridges_client_id(gateway: Gateway,
+def test_a_vehicle_cannot_take_the_bridges_client_id(gateway: BridgeGateway,
                                                      edge_kafka: KafkaSettings) -> None:
     gateway.start()
     gateway.bridge.stop()  # its session stays; the broker queues for it

@@ -28,11 +28,11 @@ from edge.bridge.bridge import Bridge
 from edge.config import load
 from edge.dlq import DeadLetters
 from shared import topics
-from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings, Target, client_config
 from tests.bridge_payloads import encode, telemetry, vin
 from tests.bridge_support import (
+    BridgeGateway,
     BridgeProcess,
     drop_session,
     mqtt_client,
@@ -47,29 +47,11 @@ pytestmark = pytest.mark.integration
 DAY = 86_400.0
 
 
-class Gateway:
-    """One bridge process with its own edge id and subscription group."""
-
-    def __init__(self, stack: Stack, tmp: Path, extra: str = "", metrics: bool = False) -> None:
-        self.stack = stack
-        self.edge_id = unique("h")
-        self.config = write_edge_toml(tmp / "edge.toml", stack, self.edge_id, unique("g"),
-                                      extra=extra)
-        self.metrics_port = free_ports(1)[0] if metrics else 0
-        self.bridge = BridgeProcess(self.config, 0, self.metrics_port)
-
-    def start(self) -> BridgeProcess:
-        self.bridge.start().wait_connected()
-        return self.bridge
-
-    def close(self) -> None:
-        self.bridge.stop()
-        drop_session(self.stack, f"{self.edge_id}-bridge-0")
 
 
 @pytest.fixture
-def gateway(stack: Stack, tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(stack, tmp_path)
+def gateway(stack: Stack, tmp_path: Path) -> Iterator[BridgeGateway]:
+    gw = BridgeGateway(stack, tmp_path)
     try:
         yield gw
     finally:
@@ -181,7 +163,7 @@ def hostile_payloads(v: str, now: float) -> list[tuple[bytes, str]]:
 
 
 def test_hostile_payloads_become_dead_letters_and_the_bridge_keeps_running(
-        gateway: Gateway, edge_kafka: KafkaSettings) -> None:
+        gateway: BridgeGateway, edge_kafka: KafkaSettings) -> None:
     rng = random.Random(13)
     attacker, victim = vin(rng), vin(rng)
     gateway.stack.mqtt.register_vehicles({attacker: "pw-" + attacker, victim: "pw-" + victim})
@@ -223,7 +205,7 @@ def test_hostile_payloads_become_dead_letters_and_the_bridge_keeps_running(
     assert reasons_since(edge_kafka, start, len(hostile), timeout=5) == expected
 
 
-def test_events_older_than_the_age_limit_are_dead_letters(gateway: Gateway,
+def test_events_older_than_the_age_limit_are_dead_letters(gateway: BridgeGateway,
                                                           edge_kafka: KafkaSettings) -> None:
     rng = random.Random(17)
     car = vin(rng)
@@ -248,7 +230,7 @@ def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
     rng = random.Random(19)
     flooder, driver = vin(rng), vin(rng)
     stack.mqtt.register_vehicles({flooder: "pw-" + flooder, driver: "pw-" + driver})
-    gw = Gateway(stack, tmp_path, metrics=True,
+    gw = BridgeGateway(stack, tmp_path, metrics=True,
                  extra=f"vehicle_rate_per_s = {RATE}\nvehicle_burst = {BURST}\n")
     try:
         bridge = gw.start()
