@@ -203,6 +203,10 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     digest: str
     # Format byte, key salt, nonce, ciphertext and tag (base64 in JSON).
     sealed: bytes
+    # Messages this letter stands for. A vehicle's rate-limited excess is written as one
+    # letter per short burst (the first message's payload sealed, the rest counted), so a
+    # flooder costs the gateway one Kafka record per burst, not one per message.
+    count: Annotated[int, Meta(ge=1)] = 1
 
 
 class Label(msgspec.Struct, frozen=True, kw_only=True):

@@ -42,6 +42,13 @@ RECONNECT_MAX_S = 10.0
 LOG_EVERY_S = 30.0
 # Packets read per step before serving Kafka delivery reports (which send the MQTT acks).
 BURST_PACKETS = 200
+# A vehicle's rate-limited excess becomes one dead letter per this many messages or this
+# long, whichever comes first: short enough that the held messages never fill the broker's
+# in-flight window (receive_maximum), long enough that a flooder costs one record per burst.
+EXCESS_BATCH = 256
+EXCESS_WAIT_S = 0.02
+# What acknowledges one MQTT message: (connection generation, message id, QoS).
+Ack = tuple[int, int, int]
 
 
 def mqtt_password(config: EdgeConfig) -> str:
@@ -111,6 +118,9 @@ class Bridge:
         self._limited: dict[str, Callable[[], None]] = {}
         self._limited_other = metrics.RATE_LIMITED.labels(SERVICE, "other").inc
         self._internal_logged: set[str] = set()
+        # vin -> the rate-limited messages not yet written: the first one, when it came, and
+        # the (generation, mid, qos) of every one, acknowledged when their letter is in Kafka.
+        self._excess: dict[str, tuple[mqtt.MQTTMessage, float, float, list[Ack]]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -176,6 +186,8 @@ class Bridge:
         else:
             self._try_reconnect()
             time.sleep(timeout)
+        if self._excess:
+            self._flush_excess(time.monotonic() - EXCESS_WAIT_S)
         self._producer.poll(0)
         if self._retry:
             self._produce_retries()
@@ -204,6 +216,7 @@ class Bridge:
         """Flush Kafka (acking what it confirms), disconnect; returns records not confirmed."""
         remaining = 0
         if self._producer is not None:
+            self._flush_excess(float("inf"))
             remaining = self._producer.flush(timeout)
         client = self._client
         if client is not None:
@@ -323,10 +336,25 @@ class Bridge:
                 label = self._letters.vehicle_token(vin)
                 inc = self._limited[vin] = metrics.RATE_LIMITED.labels(SERVICE, label).inc
         inc()
+        held = self._excess.get(vin)
+        if held is None:
+            held = self._excess[vin] = (msg, now, time.monotonic(), [])
+        held[3].append((self._generation, msg.mid, msg.qos))
+        if len(held[3]) >= EXCESS_BATCH:
+            self._write_excess(vin)
+
+    def _flush_excess(self, started_before: float) -> None:
+        """Write the held excess of every vehicle whose first held message came before
+        ``started_before`` (monotonic)."""
+        for vin in [v for v, held in self._excess.items() if held[2] <= started_before]:
+            self._write_excess(vin)
+
+    def _write_excess(self, vin: str) -> None:
+        first, now, _started, acks = self._excess.pop(vin)
         assert self.limiter is not None
-        self._dead_letter(msg, "rate_limited", f"this vehicle sent over "
-                          f"{self.limiter.rate:g} messages/s (burst {self.limiter.burst:.0f})",
-                          now)
+        detail = (f"{len(acks)} message(s) from this vehicle over {self.limiter.rate:g} "
+                  f"messages/s (burst {self.limiter.burst:.0f}); the first one's payload is kept")
+        self._dead_letter(first, "rate_limited", detail, now, acks=acks)
 
     def _internal_error(self, msg: mqtt.MQTTMessage, exc: Exception, now: float) -> None:
         """Dead-letter a message whose handling raised; the detail names the exception and
@@ -353,13 +381,17 @@ class Bridge:
 
     # --- Kafka ----------------------------------------------------------------------------
 
-    def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
+    def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float,
+                     acks: list[Ack] | None = None) -> None:
+        """One dead letter for ``msg`` or, with ``acks`` ((generation, mid, qos) each), for
+        that many messages of one vehicle, all acknowledged once Kafka has the letter."""
         # Sealed: the payload, the topic's VIN and values quoted in the detail are personal.
         assert self._letters is not None
+        acks = acks or [(self._generation, msg.mid, msg.qos)]
         key, value = self._letters.from_mqtt(getattr(msg, "_topic", b""), reason, detail, now,
-                                             bytes(msg.payload))
+                                             bytes(msg.payload), len(acks))
         self._produce(topics.DLQ_INGEST, key, value,
-                      partial(self._dead_lettered, self._generation, msg.mid, msg.qos, reason))
+                      partial(self._dead_lettered, acks, reason))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
                  on_delivery: Callable[..., None]) -> None:
@@ -407,14 +439,15 @@ class Bridge:
         self._out[stream]()
         self._latency[stream](self.clock() - ts)
 
-    def _dead_lettered(self, generation: int, mid: int, qos: int, reason: str,
+    def _dead_lettered(self, acks: list[Ack], reason: str,
                        err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._failed(err, msg, partial(self._dead_lettered, generation, mid, qos, reason))
+            self._failed(err, msg, partial(self._dead_lettered, acks, reason))
             return
-        self._ack(generation, mid, qos)
-        self.dead_lettered += 1
-        metrics.DLQ_MESSAGES.labels(SERVICE, reason).inc()
+        for generation, mid, qos in acks:
+            self._ack(generation, mid, qos)
+        self.dead_lettered += len(acks)
+        metrics.DLQ_MESSAGES.labels(SERVICE, reason).inc(len(acks))
 
     def _kafka_error(self, err: KafkaError) -> None:
         if err.fatal():

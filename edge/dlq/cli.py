@@ -62,7 +62,8 @@ def _shown(letters: DeadLetters, offset: int, value: bytes) -> dict[str, Any]:
                                             "build? it expires with the topic's retention)"}
     out: dict[str, Any] = {"offset": offset, "received_ts": letter.received_ts,
                            "source": letter.source, "reason": letter.reason,
-                           "detail": letter.detail, "length": letter.length}
+                           "detail": letter.detail, "length": letter.length,
+                           "count": letter.count}
     try:
         payload = letters.open(letter)
     except DeadLetterError as exc:

@@ -106,7 +106,7 @@ class DeadLetters:
         return hmac.digest(self._digest_key, payload, hashlib.sha256).hex()
 
     def letter(self, source: str, reason: str, detail: str, received_ts: float,
-               payload: bytes) -> bytes:
+               payload: bytes, count: int = 1) -> bytes:
         """One encoded dead letter. ``source`` must already hold no personal data."""
         source = source[:MAX_SOURCE]
         nonce = os.urandom(NONCE)
@@ -114,7 +114,7 @@ class DeadLetters:
         return contracts.encode(contracts.DeadLetter(
             source=source, reason=reason, detail=scrub(detail), received_ts=received_ts,
             length=len(payload), digest=self.digest(payload),
-            sealed=bytes([FORMAT]) + self._salt + nonce + sealed))
+            sealed=bytes([FORMAT]) + self._salt + nonce + sealed, count=count))
 
     def vehicle_token(self, vin: str) -> str:
         """The vehicle's keyed token: the ``vehicle_token`` its anonymized records carry."""
@@ -133,10 +133,11 @@ class DeadLetters:
         return f"mqtt:topic/{token}", token.encode()
 
     def from_mqtt(self, topic: bytes, reason: str, detail: str, received_ts: float,
-                  payload: bytes) -> tuple[bytes, bytes]:
-        """(key, value) of the dead letter of one MQTT message."""
+                  payload: bytes, count: int = 1) -> tuple[bytes, bytes]:
+        """(key, value) of the dead letter of one MQTT message (or of ``count`` of them, the
+        payload being the first one's)."""
         source, key = self.mqtt_source(topic)
-        return key, self.letter(source, reason, detail, received_ts, payload)
+        return key, self.letter(source, reason, detail, received_ts, payload, count)
 
     # --- opening --------------------------------------------------------------------------
 

@@ -78,13 +78,18 @@ def end_offsets(bootstrap: Target, topic: str, timeout: float = 30.0) -> dict[in
 
 def reasons_since(bootstrap: Target, start: dict[int, int], want: int,
                   timeout: float = 60.0) -> Counter[str]:
-    """Reasons of the dead letters written after ``start``, once ``want`` of them are there."""
-    def new(records: list) -> list:
-        return [r for r in records if r.offset() >= start.get(r.partition(), 0)]
+    """Messages per reason in the dead letters written after ``start``, once ``want``
+    messages are there (a rate_limited letter stands for ``count`` of them)."""
+    def new(records: list) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for r in records:
+            if r.offset() >= start.get(r.partition(), 0):
+                doc = msgspec.json.decode(r.value())
+                out[doc["reason"]] += doc.get("count", 1)
+        return out
 
-    records = new(read_topic(bootstrap, topics.DLQ_INGEST, done=lambda rs: len(new(rs)) >= want,
-                             timeout=timeout))
-    return Counter(msgspec.json.decode(r.value())["reason"] for r in records)
+    return new(read_topic(bootstrap, topics.DLQ_INGEST,
+                          done=lambda rs: sum(new(rs).values()) >= want, timeout=timeout))
 
 
 def event_ids(bootstrap: Target, topic: str, vin_: str, want: set[str],

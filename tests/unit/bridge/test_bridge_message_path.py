@@ -43,12 +43,17 @@ class Letters:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, str, str, bytes]] = []
+        self.counts: list[int] = []
 
-    def __call__(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
+    def __call__(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float,
+                 acks: list[tuple[int, int, int]] | None = None) -> None:
         self.calls.append((msg.mid, reason, detail, bytes(msg.payload)))
+        self.counts.append(len(acks) if acks else 1)
 
     def reasons(self) -> list[str]:
-        return [reason for _mid, reason, _detail, _payload in self.calls]
+        """One reason per message the letters stand for."""
+        pairs = zip(self.calls, self.counts, strict=True)
+        return [call[1] for call, n in pairs for _ in range(n)]
 
 
 def bridge(**settings: Any) -> tuple[Bridge, Letters]:
@@ -127,7 +132,10 @@ def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
         for i in range(3):  # one passes, two are over the limit
             deliver(b, message(f"fleet/{v}/telemetry".encode(),
                                encode(telemetry(v, f"{v}-{i}", now))))
+    assert letters.calls == []  # held for a moment: one letter per vehicle's burst
+    b._flush_excess(float("inf"))
     assert letters.reasons() == ["rate_limited"] * 10
+    assert letters.counts == [2] * 5  # each vehicle's two excess messages in one letter
     assert len(b._limited) == 2
     named = [v for v in vins
              if metrics.RATE_LIMITED.labels("bridge", tokens[v])._value.get() > before[v]]
