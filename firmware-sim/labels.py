@@ -86,20 +86,26 @@ class LabelFeed:
             n += 1
         self._producer.poll(0)
 
-    def close(self, timeout_s: float = 30.0) -> int:
-        """Produce everything still pending and wait for delivery; returns labels delivered."""
-        deadline = time.monotonic() + timeout_s
-        heap = self._pending
-        while heap and time.monotonic() < deadline:
-            if self._send(heap[0][2]):
+    def close(self, stall_s: float = 30.0) -> int:
+        """Produce everything still pending and wait for delivery; returns labels delivered.
+
+        Gives up after ``stall_s`` seconds without a delivery (a cloud Kafka that is away),
+        however many labels a long dry run has.
+        """
+        heap, p = self._pending, self._producer
+        deadline = time.monotonic() + stall_s
+        while (heap or len(p)) and time.monotonic() < deadline:
+            before = self.delivered
+            while heap and self._send(heap[0][2]):
                 heapq.heappop(heap)
-            else:
-                self._producer.poll(0.1)  # queue full: let deliveries make room
-        left = self._producer.flush(max(0.0, deadline - time.monotonic())) + len(heap)
+            p.poll(0.1)  # delivery reports; they make room in the bounded queue
+            if self.delivered > before:
+                deadline = time.monotonic() + stall_s
+        left = len(p) + len(heap)
         if left or self._errors:
             raise SimError(f"{left + len(self._errors)} labels not delivered to "
                            f"{self.bootstrap}; first error: "
-                           f"{self._errors[0] if self._errors else 'timeout'}; is the cloud "
+                           f"{self._errors[0] if self._errors else 'no answer'}; is the cloud "
                            "Kafka up? (the labels file, if asked for, has them all)")
         return self.delivered
 
