@@ -15,8 +15,9 @@ each event's label (None when normal) beside it. ``generate(settings)`` is a sho
 bytes; ``start_ts`` is fixed by default so dry runs are reproducible (pass ``start_ts=None``
 for "now").
 
-Live runs (real MQTT sessions, one per vehicle) are in :mod:`firmware_sim.live`; the CLI is
-``fleetsentry sim``.
+Live runs (real MQTT sessions, one per vehicle) are in :mod:`firmware_sim.live`; labels go to
+the cloud's ``labels`` topic while they run, each a delay after its episode ends
+(:mod:`firmware_sim.labels`). The CLI is ``fleetsentry sim``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import click
 from firmware_sim.dryrun import default_labels_path, write_dry_run
 from firmware_sim.errors import ConnectError, SimError
 from firmware_sim.fleet import Fleet
+from firmware_sim.labels import LabelFeed
 from firmware_sim.live import LiveRunner, Progress
 from firmware_sim.session import ConnectSettings
 from firmware_sim.settings import (
@@ -112,7 +113,13 @@ def sim() -> None:
               help="Labels file (dry run default: labels.jsonl beside the events file; "
                    "live runs write it at the end when given).")
 @click.option("--labels-kafka", metavar="BOOTSTRAP",
-              help="Also produce the labels to the `labels` topic there (at the end).")
+              help="Also produce the labels to the `labels` topic of the cloud Kafka there: "
+                   "live runs while they go (see --label-delay), dry runs all at the end.")
+@click.option("--label-delay", "label_delay_s", default=60.0, show_default=True,
+              type=click.FloatRange(0, 86_400),
+              help="Live runs: seconds of run clock after an episode ends before its labels "
+                   "reach --labels-kafka (a workshop report, a chargeback); what is still "
+                   "pending at the end goes then. Dry runs have no clock: all at the end.")
 @click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
               help="Broker HOST:PORT (live run).")
 @click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
@@ -132,7 +139,7 @@ def sim() -> None:
 @click.option("--start-ts", type=float, default=None,
               help="Device clock at the start (default: fixed for dry runs, now for live).")
 def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
-        mqtt_addr: str,
+        label_delay_s: float, mqtt_addr: str,
         password: str, tls_ca: str | None, connect_wait_s: float, register_home: Path | None,
         buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
         start_ts: float | None, **kw: Any) -> None:
@@ -150,8 +157,10 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
         register(fleet, register_home, password, console)
     host, port = _host_port(mqtt_addr)
     conf = ConnectSettings(host=host, port=port, password=password, tls_ca=tls_ca)
+    feed = _feed(labels_kafka, label_delay_s) if labels_kafka else None
     with tempfile.TemporaryDirectory(prefix="fleetsentry-sim-") as tmp:
-        runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp), connect_wait_s=connect_wait_s)
+        runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp), connect_wait_s=connect_wait_s,
+                            labels=feed)
         try:
             result = _live(runner, console)
         except ConnectError as exc:
@@ -161,8 +170,12 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
         decisions_out.write_text("".join(json.dumps(d) + "\n" for d in result.declines))
     if labels_out is not None:
         labels_out.write_bytes(b"".join(encode(lab) + b"\n" for lab in fleet.labels))
-    if labels_kafka:
-        summary["labels_produced"] = _produce(labels_kafka, fleet.labels)
+    if feed is not None:
+        feed.collect(fleet.labels)  # the last tick's labels: the loop may have ended before
+        try:
+            summary["labels_produced"] = feed.close()
+        except SimError as exc:
+            raise click.ClickException(str(exc)) from None
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary_table(summary))
@@ -175,34 +188,18 @@ def _produce(bootstrap: str, labels: list[Label]) -> int:
         raise click.ClickException(str(exc)) from None
 
 
+def _feed(bootstrap: str, delay_s: float) -> LabelFeed:
+    try:
+        return LabelFeed(bootstrap, delay_s)
+    except SimError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def produce_labels(bootstrap: str, labels: list[Label]) -> int:
     """Ground truth to Kafka's ``labels`` topic, keyed by event id (chargebacks, reports)."""
-    from confluent_kafka import KafkaException, Producer
-    from confluent_kafka.admin import AdminClient
-
-    from shared.topics import LABELS
-
-    # Brokers do not auto-create topics here, and a producer to a missing topic only
-    # gives up after its timeout: check first and say where the topic lives.
-    try:
-        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(LABELS, timeout=15)
-    except KafkaException as exc:
-        raise SimError(f"cannot reach Kafka at {bootstrap} to produce labels: {exc}") from None
-    topic = meta.topics.get(LABELS)
-    if topic is None or topic.error is not None:
-        raise SimError(f"Kafka at {bootstrap} has no `{LABELS}` topic; it belongs to the cloud "
-                       "cluster (`fleetsentry infra up` creates it there)")
-    errors: list[str] = []
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
-    for lab in labels:
-        p.produce(LABELS, key=lab.event_id.encode(), value=encode(lab),
-                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-        p.poll(0)
-    left = p.flush(30)
-    if left or errors:
-        raise SimError(f"{left} labels not delivered to {bootstrap}; first error: "
-                       f"{errors[0] if errors else 'timeout'}")
-    return len(labels)
+    feed = LabelFeed(bootstrap, delay_s=0.0)
+    feed.collect(labels)
+    return feed.close()
 
 
 def register(fleet: Fleet, home: Path, password: str, console: Console) -> None:
@@ -261,6 +258,9 @@ def _live(runner: LiveRunner, console: Console) -> Any:
         t.add_row("dropped (outbox full)", f"{p.dropped:,}")
         t.add_row("faults / frauds injected", f"{p.faults} / {p.frauds}")
         t.add_row("payments declined by the edge", f"{p.declines}")
+        if runner.labels is not None:
+            t.add_row("labels delivered / waiting", f"{p.labels_delivered:,} / "
+                                                    f"{p.labels_pending:,}")
         if p.connect_errors:
             t.add_row("failed connects", f"{p.connect_errors:,} (last: {p.last_connect_error})")
         t.add_row("elapsed", f"{p.elapsed_s:,.0f} s")

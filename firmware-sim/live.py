@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from firmware_sim.errors import ConnectError
 from firmware_sim.fleet import Fleet
+from firmware_sim.labels import LabelFeed
 from firmware_sim.outbox import Outbox
 from firmware_sim.session import (
     ConnectSettings,
@@ -64,6 +65,8 @@ class Progress:
     faults: int = 0
     frauds: int = 0
     declines: int = 0
+    labels_delivered: int = 0
+    labels_pending: int = 0
     connect_errors: int = 0
     last_connect_error: str = ""
     events_per_s: float = 0.0
@@ -109,8 +112,10 @@ class LiveRunner:
                  max_buffered_per_vehicle: int = 50_000, drain_timeout_s: float = 60.0,
                  connect_wait_s: float = 30.0,
                  on_progress: Callable[[Progress], None] | None = None,
-                 on_ack: Callable[[str], None] | None = None) -> None:
+                 on_ack: Callable[[str], None] | None = None,
+                 labels: LabelFeed | None = None) -> None:
         self.fleet = fleet
+        self.labels = labels
         self.conf = conf
         self.outbox = Outbox(buffer_dir / "outbox.sqlite", max_buffered_per_vehicle)
         self.drain_timeout_s = drain_timeout_s
@@ -321,6 +326,11 @@ class LiveRunner:
             self.sessions[rec.vehicle].send(rec.topic, rec.payload)
             self.progress.generated += 1
         self.outbox.commit()
+        if self.labels is not None:
+            fleet = self.fleet
+            self.labels.collect(fleet.labels)
+            # The run's clock: the device time of the tick just generated.
+            self.labels.pump(fleet.start_ts + (fleet.tick - 1) * fleet.settings.dt)
 
     def _misc(self, now: float) -> None:
         # Keepalive pings and connect timeouts need checking every few seconds, not every
@@ -339,6 +349,8 @@ class LiveRunner:
                 c.loop_misc()
                 s.pump()
         self.outbox.commit()
+        if self.labels is not None:
+            self.labels.pump(float("-inf"))  # delivery reports only, nothing new is due
 
     def _drained(self) -> bool:
         # Every generated event ends acked, rejected or dropped: the counters rule out most
@@ -357,6 +369,8 @@ class LiveRunner:
         p.reconnects = self.stats.connects
         p.faults, p.frauds = sum(st.faults.values()), sum(st.frauds.values())
         p.declines = len(self.stats.declines)
+        if self.labels is not None:
+            p.labels_delivered, p.labels_pending = self.labels.delivered, self.labels.pending
         p.connect_errors = self.stats.failures
         p.last_connect_error = self.stats.last_connect_error
         p.elapsed_s = elapsed

@@ -72,10 +72,16 @@ def _high_watermark(c: Consumer, partition: int) -> int:
 def _consume_from(bootstrap: str, start: list[TopicPartition], expect: int,
                   timeout: float = 60.0) -> list[tuple[bytes, Label]]:
     """(key, label) of every record after ``start``; reads ``expect`` then 2 s more."""
+    return [(key, lab) for key, lab, _ in _consume_timed(bootstrap, start, expect, timeout)]
+
+
+def _consume_timed(bootstrap: str, start: list[TopicPartition], expect: int,
+                   timeout: float = 60.0) -> list[tuple[bytes, Label, float]]:
+    """(key, label, when produced in epoch seconds) of every record after ``start``."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}",
                   "enable.auto.commit": False})
     c.assign(start)
-    out: list[tuple[bytes, Label]] = []
+    out: list[tuple[bytes, Label, float]] = []
     deadline = time.monotonic() + timeout
     quiet_until: float | None = None
     try:
@@ -87,7 +93,8 @@ def _consume_from(bootstrap: str, start: list[TopicPartition], expect: int,
             msg = c.poll(0.2)
             if msg is None or msg.error():
                 continue
-            out.append((msg.key(), msgspec.json.decode(msg.value(), type=Label)))
+            out.append((msg.key(), msgspec.json.decode(msg.value(), type=Label),
+                        msg.timestamp()[1] / 1000))  # the producer's create time
     finally:
         c.close()
     return out
@@ -163,3 +170,47 @@ def test_live_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str, mq
     assert summary["drained"] and summary["labels_produced"] == len(expected), summary
     _check_topic_equals_file(_consume_from(plain_bootstrap, start, len(expected)), expected)
 
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_live_run_labels_reach_kafka_during_the_run_after_their_delay(
+        plain_bootstrap: str, mqtt_broker, tmp_path: Path) -> None:
+    """A label goes out ``--label-delay`` seconds after its episode ends, not at the run's end.
+
+    Faults last 30 s or more, so theirs are still waiting when this 30 s run ends (they go
+    then); single-payment frauds (amount_outlier, 10-120 s after the payment that set them
+    up) end early enough for a few to be due while the vehicles still drive.
+    """
+    _create_labels_topic_if_missing(plain_bootstrap)
+    start = _end_offsets(plain_bootstrap)
+    labels_out = tmp_path / "labels.jsonl"
+    delay, duration = 2.0, 30.0
+    launched = time.time()
+    run = subprocess.run(
+        [FLEETSENTRY, "sim", "run", "--mqtt", f"{mqtt_broker.host}:{mqtt_broker.port}",
+         "--register-with", str(mqtt_broker.stack.mqtt.home), "--password", PASSWORD,
+         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap,
+         "--label-delay", str(delay), "--vehicles", "30", "--duration", str(duration),
+         "--seed", "1", "--fault-scale", "200", "--fraud-scale", "0",
+         "--fraud-rate", "amount_outlier=0.6", "--payment-rate", "20000",
+         "--summary-json", str(tmp_path / "summary.json")],
+        check=False, capture_output=True, text=True, timeout=150)
+    assert run.returncode == 0, run.stderr
+    expected = _file_labels(labels_out)
+    records = _consume_timed(plain_bootstrap, start, len(expected))
+    # The run's clock starts at launch or later and never runs ahead of the wall clock, so
+    # its last tick (launch + duration - 1 s at the earliest) comes after this moment:
+    # anything produced before it was produced while the fleet was still generating.
+    generating_until = launched + duration - 1.0
+    during = [(lab, ts) for _, lab, ts in records if ts < generating_until]
+    assert during, (f"none of {len(records)} labels reached the topic before the run's "
+                    f"last tick (first at +{min(ts for *_, ts in records) - launched:.1f} s "
+                    f"after launch); they all wait for the run to end")
+    early = [(lab.event_id, round(ts - lab.end_ts, 2)) for lab, ts in during
+             if ts < lab.end_ts + delay - 0.01]
+    assert not early, f"labels produced before their episode end + {delay} s: {early[:5]}"
+    assert any(lab.stream == "telemetry" for lab in expected), "no fault label to flush"
+    summary = msgspec.json.decode((tmp_path / "summary.json").read_bytes())
+    assert summary["drained"] and summary["labels_produced"] == len(expected), summary
+    _check_topic_equals_file([(key, lab) for key, lab, _ in records], expected)
