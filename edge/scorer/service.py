@@ -3,6 +3,9 @@
 Each micro-batch is one Kafka transaction holding its scores, alerts, episode-state records
 and the consumed offsets, so a crash at any point either publishes all of a batch or none of
 it, and the restarted scorer carries on from the last committed batch with the same episodes.
+A batch's payment decisions go to the vehicles first, and the transaction commits only once
+the MQTT broker has acknowledged every one of them: a committed batch never leaves a decision
+behind, and an uncommitted one is scored, and its decisions sent, again.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ _SCORES = {TELEMETRY.name: TELEMETRY.scores_topic, PAYMENTS.name: PAYMENTS.score
 
 VinLookup = Callable[[str], "str | None"]
 DecisionSink = Callable[[str, Decision], None]
+# Waits up to the given seconds for the broker to acknowledge every decision sent so far and
+# returns how many it has not (DecisionPublisher.wait_acknowledged).
+DecisionConfirm = Callable[[float], int]
+
+# How long a batch waits for its decisions' PUBACKs before it is given up (not committed: the
+# process exits and the restarted scorer scores it again). On loopback a PUBACK takes about a
+# millisecond; the bound covers a Mosquitto restart and paho's reconnect (1 s, then doubling).
+DECISION_ACK_TIMEOUT_S = 30.0
 
 
 def episode_settings(s: ScorerSettings) -> EpisodeSettings:
@@ -96,12 +107,14 @@ class ScorerService:
 
     def __init__(self, config: EdgeConfig, holders: dict[str, ModelHolder] | None = None,
                  vin_lookup: VinLookup | None = None, send_decision: DecisionSink | None = None,
-                 instance: int = 0) -> None:
+                 instance: int = 0, confirm_decisions: DecisionConfirm | None = None) -> None:
         self.config = config
         self.settings = config.scorer
         self.holders = holders
         self.vin_lookup = vin_lookup
         self.send_decision = send_decision
+        self.confirm_decisions = confirm_decisions
+        self.decision_ack_timeout_s = DECISION_ACK_TIMEOUT_S
         self.instance = instance
         self.tracker = EpisodeTracker(TELEMETRY.name, episode_settings(self.settings))
         # Episodes are closed by each vehicle's own events and, for a vehicle gone silent, by
@@ -234,8 +247,21 @@ class ScorerService:
             records = self.decode_batch(stream, [m.value() for m in batch], out, result)
             self.score_records(stream, records, out, result)
         self._sweep(out, result)
+        self._confirm(result)
         self._commit(out, msgs)
         return result
+
+    def _confirm(self, result: BatchResult) -> None:
+        """Commit nothing before the broker holds every decision of the batch."""
+        if self.confirm_decisions is None or not result.decisions:
+            return
+        left = self.confirm_decisions(self.decision_ack_timeout_s)
+        if left:
+            mqtt = self.config.mqtt
+            raise ScorerError(
+                f"the MQTT broker at {mqtt.host}:{mqtt.port} did not acknowledge {left} payment "
+                f"decisions within {self.decision_ack_timeout_s:.0f}s; the batch is not "
+                f"committed and is scored again on restart. Check that Mosquitto is running")
 
     def _sweep(self, out: Out, result: BatchResult) -> None:
         """Close silent vehicles' episodes (at most every sweep_every_s) and write the state."""
@@ -408,7 +434,7 @@ def run(ctx: Any) -> None:
     vault = open_vault(config)
     publisher = DecisionPublisher(config, f"{config.edge_id}-scorer-{ctx.instance}")
     svc = ScorerService(config, vin_lookup=VinCache(vault), send_decision=publisher.publish,
-                        instance=ctx.instance)
+                        instance=ctx.instance, confirm_decisions=publisher.wait_acknowledged)
     svc._closers += [vault.close, publisher.close]
     publisher.start()
     try:
