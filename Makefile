@@ -102,8 +102,8 @@ baseline-telemetry baseline-payments: baseline-%: venv
 	    && cat $$tmp/run-labels.jsonl >> $$tmp/labels.jsonl || { rm -rf $$tmp; exit 1; }; \
 	done; \
 	$(VENV)/bin/fleetsentry cloud train --events $$tmp/events.jsonl --labels $$tmp/labels.jsonl \
-	  --stream $* $$train --out edge/models/baseline \
-	  --public-key-out edge/models/baseline/fleet.pub; \
+	  --stream $* $$train --out shared/models/baseline \
+	  --public-key-out shared/models/baseline/fleet.pub; \
 	rc=$$?; rm -rf $$tmp; exit $$rc
 
 lint: venv

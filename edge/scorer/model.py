@@ -15,10 +15,12 @@ from pathlib import Path
 
 from edge.scorer.errors import ModelError
 from edge.scorer.scorers import FloatReferenceScorer, Scorer, TFLiteScorer
+from shared.baselines import BASELINE_DIR, BASELINE_PUBLIC_KEY, baseline_dir, is_baseline
 from shared.contracts import ModelManifest
 
-BASELINE_DIR = Path(__file__).resolve().parent.parent / "models" / "baseline"
-BASELINE_PUBLIC_KEY = BASELINE_DIR / "fleet.pub"
+__all__ = ["BASELINE_DIR", "BASELINE_PUBLIC_KEY", "Model", "ModelHolder", "baseline_dir",
+           "check_manifest", "load_model"]
+
 REFERENCE_FILE = "reference.npz"
 
 
@@ -78,7 +80,7 @@ def load_model(model_dir: str | Path, stream: str, public_key: str | Path | None
 
     model_dir = Path(model_dir)
     key = Path(public_key) if public_key is not None else BASELINE_PUBLIC_KEY
-    if model_dir.resolve().is_relative_to(BASELINE_DIR.resolve()):
+    if is_baseline(model_dir):
         # The shipped baseline is trusted as far as the installed package is, and carries its
         # own key: a fleet that signs with its own key still scores from its first minute.
         key = BASELINE_PUBLIC_KEY
@@ -98,10 +100,6 @@ def load_model(model_dir: str | Path, stream: str, public_key: str | Path | None
         scorer = TFLiteScorer.from_file(model_dir / "model.tflite", mean, scale,
                                         max_batch=max_batch)
     return Model(manifest, scorer, model_dir)
-
-
-def baseline_dir(stream: str) -> Path:
-    return BASELINE_DIR / stream
 
 
 class ModelHolder:

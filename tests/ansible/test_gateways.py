@@ -202,7 +202,7 @@ def _events(seed: int) -> list[tuple[str, bytes]]:
 
 def _public_key_pem() -> str:
     """The fleet's model-signing public key: the shipped baselines verify against it."""
-    return (REPO / "edge/models/baseline/fleet.pub").read_text()
+    return (REPO / "shared/models/baseline/fleet.pub").read_text()
 
 
 def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
