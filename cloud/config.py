@@ -95,6 +95,12 @@ class TrainerSettings(_Section, frozen=True, kw_only=True):
     # a drift check reads only the files, not every replicated topic from its start).
     # "kafka": the replicated topics themselves (no store process needed).
     source: Literal["kafka", "store"] = "kafka"
+    # Register the shipped baselines as the first champions of streams that have none (the
+    # models the gateways run until the cloud promotes another).
+    seed_baselines: bool = True
+    # Train and promote on data with no labelled anomalies yet (judged on alert rate alone).
+    # Off: the service waits for labels and says so.
+    allow_unlabelled_promotion: bool = False
 
 
 class CloudConfig(_Section, frozen=True, kw_only=True):

@@ -77,7 +77,8 @@ class Server:
 
 def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: bool,
           publish: bool, epochs: int = 12, min_records: int = 1000,
-          schedule_s: float = 24 * 3600.0, drift_check_s: float = 300.0) -> Server:
+          schedule_s: float = 24 * 3600.0, drift_check_s: float = 300.0,
+          recent_s: float = 1800.0) -> Server:
     """Start the live feed, the actions (and trainer) and the app; the caller serves it."""
     try:
         from cloud.dashboard.actions import Actions
@@ -100,7 +101,7 @@ def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: b
     factory = None
     if trainer:
         factory = _trainer_factory(cfg, key_file, publisher, epochs, min_records, schedule_s,
-                                   drift_check_s)
+                                   drift_check_s, recent_s)
     actions = Actions(cfg.registry.root, factory, publisher).start()
     live = LiveState(d.bucket_s, d.window_s, d.offline_after_s)
     watcher = KafkaWatcher(cfg.kafka.bootstrap, live).start()
@@ -116,7 +117,8 @@ def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: b
 
 
 def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, epochs: int,
-                     min_records: int, schedule_s: float, drift_check_s: float) -> Any:
+                     min_records: int, schedule_s: float, drift_check_s: float,
+                     recent_s: float = 1800.0) -> Any:
     key = signing.ensure_private_key(key_file or signing.dev_private_key_path())
 
     def make(registry: Any) -> Any:
@@ -124,9 +126,11 @@ def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, ep
         from cloud.retrain.source import source_for
         from cloud.trainer.pipeline import TrainSettings
 
-        settings = RetrainSettings(streams=STREAMS, min_records=min_records,
-                                   schedule_s=schedule_s, drift_check_s=drift_check_s,
-                                   train=TrainSettings(epochs=epochs))
+        settings = RetrainSettings(
+            streams=STREAMS, min_records=min_records, schedule_s=schedule_s,
+            drift_check_s=drift_check_s, recent_s=recent_s, train=TrainSettings(epochs=epochs),
+            seed_baselines=cfg.trainer.seed_baselines,
+            allow_unlabelled_promotion=cfg.trainer.allow_unlabelled_promotion)
         return TrainerService(registry, source_for(cfg), key, settings, publisher=publisher)
     return make
 
@@ -196,16 +200,20 @@ def _config(config_path: Path | None, port: int | None) -> CloudConfig:
 @click.option("--schedule", "schedule_s", default=24 * 3600.0, show_default=True,
               help="Retrain a stream whose champion is older than this (seconds).")
 @click.option("--drift-check", "drift_check_s", default=300.0, show_default=True,
-              help="Check for drift this often (seconds).")
+              help="Check for drift this often (seconds); also the first back-off after a "
+              "failed or kept run.")
+@click.option("--recent", "recent_s", default=1800.0, show_default=True,
+              help="Recent window compared with the training window (seconds of event time).")
 def run(config_path: Path | None, port: int | None, key_file: Path | None, no_publish: bool,
-        epochs: int, min_records: int, schedule_s: float, drift_check_s: float) -> None:
+        epochs: int, min_records: int, schedule_s: float, drift_check_s: float,
+        recent_s: float) -> None:
     """The cloud's dashboard and trainer service together, on one port."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = _config(config_path, port)
     server = build(cfg, key_file=key_file, trainer=True, schedule=True, publish=not no_publish,
                    epochs=epochs, min_records=min_records, schedule_s=schedule_s,
-                   drift_check_s=drift_check_s)
+                   drift_check_s=drift_check_s, recent_s=recent_s)
     _banner(cfg, "fleetsentry cloud")
     serve(cfg, server)
 

@@ -47,6 +47,34 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def _average_ranks(s: NDArray[np.float64]) -> NDArray[np.float64]:
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], s.size]
+    ranks = np.empty(s.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant.
+
+    >>> spearman([1, 2, 3, 4], [10, 20, 30, 40])
+    1.0
+    >>> spearman([1, 2, 3, 4], [4, 3, 2, 1])
+    -1.0
+    """
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: {x.size} and {y.size} values differ in length")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 def _descending_counts(
     y: NDArray[np.bool_], s: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:

@@ -4,6 +4,6 @@ See :mod:`cloud.registry.registry` for the schema (the dashboard reads the same 
 """
 
 from cloud.registry.errors import RegistryError
-from cloud.registry.registry import ModelRecord, Registry, RunRecord
+from cloud.registry.registry import ModelRecord, Registry, RunRecord, TrainerStatus
 
-__all__ = ["ModelRecord", "Registry", "RegistryError", "RunRecord"]
+__all__ = ["ModelRecord", "Registry", "RegistryError", "RunRecord", "TrainerStatus"]

@@ -22,6 +22,14 @@ Schema (the dashboard and scripts read these tables directly; JSON columns hold 
     run started) · challenger (version trained) · decision: ``promoted`` | ``kept`` |
     ``failed`` · decision_reason · error
 
+``trainer_status`` — what the trainer service is doing about each stream, now
+    stream PK · state: ``watching`` (champion serving, drift checked) | ``waiting for data`` |
+    ``waiting for labels`` | ``training`` | ``backing off`` · detail (why, in words: the
+    last drift check, the records it still needs, the failure it backs off from) ·
+    drift (JSON: the last drift report, per gateway) · since_ts (in this state since) ·
+    updated_ts · next_ts (when it will try again, or NULL) · failures (automatic runs
+    failed or kept in a row; the back-off doubles with each)
+
 ``actions`` — audit trail of registry changes
     id PK · ts · stream · action: ``register`` | ``promote`` | ``rollback`` · version ·
     previous (the champion it replaced) · actor · reason
@@ -94,6 +102,16 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_by_stream ON runs(stream, started_ts);
+CREATE TABLE IF NOT EXISTS trainer_status (
+    stream TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    drift TEXT NOT NULL DEFAULT '{}',
+    since_ts REAL NOT NULL,
+    updated_ts REAL NOT NULL,
+    next_ts REAL,
+    failures INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -151,7 +169,23 @@ class RunRecord:
     error: str
 
 
-_JSON_COLUMNS = {"manifest", "metrics", "params", "curves"}
+StatusState = Literal["watching", "waiting for data", "waiting for labels", "training",
+                      "backing off"]
+
+
+@dataclass(frozen=True)
+class TrainerStatus:
+    stream: str
+    state: StatusState
+    detail: str
+    drift: dict[str, Any]
+    since_ts: float
+    updated_ts: float
+    next_ts: float | None
+    failures: int
+
+
+_JSON_COLUMNS = {"manifest", "metrics", "params", "curves", "drift"}
 
 
 def _row(kind: type[Any], row: sqlite3.Row) -> Any:
@@ -416,6 +450,39 @@ class Registry:
             sql, args = sql + " WHERE stream = ?", (stream,)
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [_row(RunRecord, r) for r in rows]
+
+
+    # --- the trainer service's state --------------------------------------------------------
+
+    def set_status(self, stream: str, state: StatusState, detail: str, *,
+                   next_ts: float | None = None, failures: int | None = None,
+                   drift: dict[str, Any] | None = None) -> TrainerStatus:
+        """Record what the trainer is doing about ``stream`` (``since_ts`` moves only when
+        the state changes; ``failures`` and ``drift`` keep their value unless given)."""
+        now = time.time()
+        old = self.status(stream)
+        since = old.since_ts if old is not None and old.state == state else now
+        fails = failures if failures is not None else (old.failures if old else 0)
+        report = drift if drift is not None else (old.drift if old else {})
+        self.db.execute(
+            "INSERT INTO trainer_status (stream, state, detail, drift, since_ts, updated_ts, "
+            "next_ts, failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(stream) DO UPDATE "
+            "SET state = excluded.state, detail = excluded.detail, drift = excluded.drift, "
+            "since_ts = excluded.since_ts, updated_ts = excluded.updated_ts, "
+            "next_ts = excluded.next_ts, failures = excluded.failures",
+            (stream, state, detail, _json(report), since, now, next_ts, fails))
+        status = self.status(stream)
+        assert status is not None
+        return status
+
+    def status(self, stream: str) -> TrainerStatus | None:
+        row = self.db.execute("SELECT * FROM trainer_status WHERE stream = ?",
+                              (stream,)).fetchone()
+        return None if row is None else _row(TrainerStatus, row)
+
+    def statuses(self) -> list[TrainerStatus]:
+        rows = self.db.execute("SELECT * FROM trainer_status ORDER BY stream")
+        return [_row(TrainerStatus, r) for r in rows]
 
 
 def _read_manifest(model_dir: Path) -> ModelManifest:

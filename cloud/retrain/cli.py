@@ -17,6 +17,7 @@ from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
 from shared import signing
 
 if TYPE_CHECKING:
+    from cloud.config import TrainerSettings
     from cloud.registry import Registry
     from cloud.retrain.service import TrainerService
     from cloud.retrain.source import DataSource
@@ -48,13 +49,14 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
-                 ) -> tuple[Path, str, DataSource]:
+                 ) -> tuple[Path, str, DataSource, TrainerSettings]:
     """The registry, bootstrap and data source to use: options given on the command line,
     else cloud.toml's (when --config is given), else the defaults."""
+    from cloud.config import TrainerSettings
     from cloud.retrain.source import KafkaSource, source_for
 
     if config_path is None:
-        return registry_root, bootstrap, KafkaSource(bootstrap)
+        return registry_root, bootstrap, KafkaSource(bootstrap), TrainerSettings()
     from click.core import ParameterSource
 
     from cloud.config import load
@@ -67,20 +69,24 @@ def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
 
     servers = bootstrap if given("bootstrap") else conf.kafka.bootstrap
     return (registry_root if given("registry_root") else conf.registry.root, servers,
-            source_for(conf, servers))
+            source_for(conf, servers), conf.trainer)
 
 
 def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: int,
              min_records: int, streams: tuple[str, ...], schedule_s: float = 24 * 3600.0,
-             drift_check_s: float = 300.0, recent_s: float = 1800.0
-             ) -> tuple[TrainerService, Registry]:
+             drift_check_s: float = 300.0, recent_s: float = 1800.0,
+             trainer: TrainerSettings | None = None) -> tuple[TrainerService, Registry]:
+    from cloud.config import TrainerSettings
     from cloud.registry import Registry
     from cloud.retrain.service import RetrainSettings, TrainerService
     from cloud.trainer.pipeline import TrainSettings
 
+    trainer = trainer or TrainerSettings()
     settings = RetrainSettings(streams=streams or STREAMS, min_records=min_records,
                                train=TrainSettings(epochs=epochs), schedule_s=schedule_s,
-                               drift_check_s=drift_check_s, recent_s=recent_s)
+                               drift_check_s=drift_check_s, recent_s=recent_s,
+                               seed_baselines=trainer.seed_baselines,
+                               allow_unlabelled_promotion=trainer.allow_unlabelled_promotion)
     registry = Registry(registry_root).start()
     return TrainerService(registry, source, signing.ensure_private_key(key_file),
                           settings), registry
@@ -103,13 +109,14 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
     """Retrain on a schedule and on drift; promote only better models; publish them."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap, source = _from_config(config_path, registry_root, bootstrap)
+    registry_root, bootstrap, source, trainer = _from_config(config_path, registry_root,
+                                                             bootstrap)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
                              schedule_s=schedule_s, drift_check_s=drift_check_s,
-                             recent_s=recent_s)
+                             recent_s=recent_s, trainer=trainer)
     publisher = None if no_publish else Publisher(bootstrap).start()
     svc.publisher = publisher
     stop = threading.Event()
@@ -123,6 +130,8 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
         if once:
             for run in svc.cycle():
                 click.echo(f"run {run.id} {run.stream}: {run.decision} ({run.decision_reason})")
+            for st in registry.statuses():
+                click.echo(f"{st.stream}: {st.state} - {st.detail}")
         else:
             svc.run(stop)
     finally:
@@ -142,8 +151,10 @@ def retrain(config_path: Path | None, registry_root: Path, bootstrap: str, key_f
     """Train a challenger now; promote and publish it only if it beats the champion."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap, source = _from_config(config_path, registry_root, bootstrap)
-    svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams)
+    registry_root, bootstrap, source, trainer = _from_config(config_path, registry_root,
+                                                             bootstrap)
+    svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
+                             trainer=trainer)
     publisher = None if no_publish else Publisher(bootstrap).start()
     svc.publisher = publisher
     try:

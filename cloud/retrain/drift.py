@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,36 +102,71 @@ class DriftReport:
     psi: dict[str, float] = field(default_factory=dict)
     alert_rate: float | None = None
     expected_alert_rate: float | None = None
+    # Per gateway: {"alert_rate": ..., "scored": ..., "drifted": ...} (alert-rate signal).
+    gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The gateways whose traffic drifted (empty: the fleet's pooled features, or none).
+    drifted_gateways: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def detect(ref: Profile, recent: NDArray[Any], settings: DriftSettings,
+def detect(ref: Profile | None, recent: NDArray[Any] | None, settings: DriftSettings,
            alert_rate: float | None = None, expected_alert_rate: float | None = None,
-           scored_events: int = 0) -> DriftReport:
-    """Compare the recent window with the reference; say whether (and why) it drifted."""
-    n = int(recent.shape[0])
-    if n < settings.min_events:
-        return DriftReport(False, f"only {n} recent events (need {settings.min_events})", n)
-    values = psi(ref, recent)
-    by_feature = {f: round(float(v), 4) for f, v in zip(ref.features, values, strict=True)}
-    shifted = sorted((f for f, v in by_feature.items() if v > settings.psi_threshold),
-                     key=lambda f: -by_feature[f])
+           scored_events: int = 0,
+           gateway_rates: Mapping[str, tuple[float, int]] | None = None) -> DriftReport:
+    """Compare the recent window with the reference; say whether (and why) it drifted.
+
+    ``ref`` None: no feature profile to compare with (PSI is skipped, the alert rate still
+    counts). ``gateway_rates``: each gateway's recent alert rate and scored events, judged
+    one by one against ``expected_alert_rate`` (instead of the single ``alert_rate``).
+    """
+    n = 0 if recent is None else int(recent.shape[0])
     reasons = []
-    if len(shifted) >= settings.min_drifted_features:
-        top = ", ".join(f"{f} {by_feature[f]:.2f}" for f in shifted[:3])
-        reasons.append(f"PSI over {settings.psi_threshold} on {len(shifted)} features ({top})")
-    if (alert_rate is not None and expected_alert_rate is not None
-            and scored_events >= settings.min_events):
-        ceiling = max(expected_alert_rate * settings.alert_rate_ratio,
-                      expected_alert_rate + settings.alert_rate_increase)
-        if alert_rate > ceiling:
-            reasons.append(f"alert rate {100 * alert_rate:.2f}% over {scored_events} scored "
-                           f"events against {100 * expected_alert_rate:.2f}% on the holdout")
+    by_feature: dict[str, float] = {}
+    psi_note = "no feature profile to compare with"
+    if ref is not None and recent is not None:
+        if n < settings.min_events:
+            psi_note = f"only {n} recent events (need {settings.min_events})"
+        else:
+            values = psi(ref, recent)
+            by_feature = {f: round(float(v), 4) for f, v in zip(ref.features, values, strict=True)}
+            shifted = sorted((f for f, v in by_feature.items() if v > settings.psi_threshold),
+                             key=lambda f: -by_feature[f])
+            if len(shifted) >= settings.min_drifted_features:
+                top = ", ".join(f"{f} {by_feature[f]:.2f}" for f in shifted[:3])
+                reasons.append(f"PSI over {settings.psi_threshold} on {len(shifted)} features "
+                               f"({top})")
+            worst = max(by_feature.values(), default=0.0)
+            psi_note = f"stable (largest feature PSI {worst:.3f})"
+    rates = dict(gateway_rates) if gateway_rates is not None else (
+        {"": (alert_rate, scored_events)} if alert_rate is not None else {})
+    gateways: dict[str, dict[str, Any]] = {}
+    drifted_gateways = []
+    for gw, (rate, scored) in sorted(rates.items()):
+        hit = False
+        if expected_alert_rate is not None and scored >= settings.min_events:
+            ceiling = max(expected_alert_rate * settings.alert_rate_ratio,
+                          expected_alert_rate + settings.alert_rate_increase)
+            hit = rate > ceiling
+        if gw:
+            gateways[gw] = {"alert_rate": round(rate, 6), "scored": scored, "drifted": hit}
+        if hit:
+            where = f"{gw}: " if gw else ""
+            reasons.append(f"{where}alert rate {100 * rate:.2f}% over {scored} scored events "
+                           f"against {100 * (expected_alert_rate or 0.0):.2f}% on the holdout")
+            if gw:
+                drifted_gateways.append(gw)
+    pooled = rates.get("") if "" in rates else None
+    rate_out = pooled[0] if pooled else None
     if reasons:
-        return DriftReport(True, "; ".join(reasons), n, by_feature, alert_rate,
-                           expected_alert_rate)
-    worst = max(by_feature.values(), default=0.0)
-    return DriftReport(False, f"stable (largest feature PSI {worst:.3f})", n, by_feature,
-                       alert_rate, expected_alert_rate)
+        return DriftReport(True, "; ".join(reasons), n, by_feature, rate_out,
+                           expected_alert_rate, gateways, drifted_gateways)
+    notes = [psi_note]
+    if gateways:
+        notes.append("alert rate " + ", ".join(
+            f"{gw} {100 * g['alert_rate']:.2f}%" for gw, g in gateways.items())
+            + (f" (holdout {100 * expected_alert_rate:.2f}%)"
+               if expected_alert_rate is not None else ""))
+    return DriftReport(False, "; ".join(notes), n, by_feature, rate_out, expected_alert_rate,
+                       gateways, [])

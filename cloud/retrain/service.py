@@ -1,11 +1,22 @@
 """The trainer service: retrain on a schedule and on drift, promote only a better model.
 
+The cloud starts from what the gateways run: a stream with no champion gets the shipped
+baseline (``shared/models/baseline``), re-signed with the cloud's key, as its first champion.
+
 Each cycle, per stream:
 
 - scheduled: the champion is older than ``schedule_s`` (or there is none) -> retrain;
 - otherwise every ``drift_check_s``: compare the recent window (the last ``recent_s`` of event
-  time) with the champion's training window (feature PSI) and the champion's live alert rate
-  with its holdout rate -> retrain on drift.
+  time) with the champion's training window (feature PSI), and each gateway's live false-alert
+  rate (frames with no label, past each vehicle's first ``feature_memory_s``) under the
+  champion with its holdout false-positive rate -> retrain on drift.
+
+An automatic run starts only when there is something to train on: too few records is
+"waiting for data", no labelled anomalies where the int8 check needs them is "waiting for
+labels" (unless ``allow_unlabelled_promotion``); neither is a failed run. A run that fails or
+keeps the champion backs the stream off: the next automatic run waits ``drift_check_s``,
+doubling with each such run in a row up to ``max_backoff_s``. What the service is doing about
+each stream is kept in the registry's ``trainer_status`` table (the dashboard shows it).
 
 A retrain trains a challenger with the trainer's own pipeline on the fleet's replicated data,
 scores champion and challenger on the challenger's labelled holdout (the most recent slice of
@@ -18,10 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,14 +42,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
 from cloud.registry import ModelRecord, Registry, RunRecord
-from cloud.registry.registry import Trigger
+from cloud.registry.registry import StatusState, Trigger
 from cloud.retrain.decision import Evaluation, PromotionRule, curves, decide, evaluate
 from cloud.retrain.drift import DriftReport, DriftSettings, Profile, detect, profile
 from cloud.retrain.source import DataSource
 from cloud.trainer import data as tdata
+from cloud.trainer.data import Records, time_split, vehicle_split
+from cloud.trainer.errors import NeedsLabelsError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
+from shared import baselines, signing
 from shared.errors import FleetsentryError
-from shared.features import feature_matrix
+from shared.features import feature_matrix, feature_memory_s
 
 log = logging.getLogger("trainer-service")
 PROFILE_FILE = "profile.json"
@@ -62,6 +77,29 @@ class RetrainSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     rule: PromotionRule = field(default_factory=PromotionRule)
+    # Register the shipped baselines as the first champions of streams that have none.
+    seed_baselines: bool = True
+    # Train, and promote, on data with no labelled anomalies (the int8 model is then checked
+    # by rank agreement with the float one, and judged on alert rate alone). Off: wait.
+    allow_unlabelled_promotion: bool = False
+    # Longest wait after failed or kept automatic runs in a row (doubling from drift_check_s).
+    max_backoff_s: float = 6 * 3600.0
+
+
+@dataclass
+class Prepared:
+    """A stream's data, ready to train on."""
+
+    records: Records
+    labelled_holdout: bool
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Not enough to train on yet: what is missing, in words."""
+
+    state: StatusState
+    reason: str
 
 
 class TrainerService:
@@ -92,25 +130,92 @@ class TrainerService:
         now = time.time() if now is None else now
         runs = []
         for stream in self.settings.streams:
+            if self.settings.seed_baselines:
+                self.seed_baseline(stream)
+            status = self.registry.status(stream)
+            if status is not None and status.next_ts is not None and now < status.next_ts:
+                continue  # waiting for data or labels, or backing off: not yet
             champion = self.registry.champion(stream)
             last = self.registry.runs(stream, 1)
             last_ts = last[0].started_ts if last else 0.0
+            run: RunRecord | None = None
             if champion is None:
-                # Retried no faster than drift checks: a failing run must not spin.
-                if now - last_ts > self.settings.drift_check_s:
-                    runs.append(self.retrain(stream, "schedule", "scheduler", "no champion yet"))
-                continue
-            if now - max(champion.updated_ts, last_ts) > self.settings.schedule_s:
-                runs.append(self.retrain(stream, "schedule", "scheduler", "scheduled retrain"))
-                continue
-            if now - self._last_check.get(stream, 0.0) < self.settings.drift_check_s:
-                continue
-            self._last_check[stream] = now
-            report = self.check_drift(stream)
-            log.info("%s drift check: %s", stream, report.reason)
-            if report.drifted:
-                runs.append(self.retrain(stream, "drift", "drift-monitor", report.reason))
+                run = self.automatic(stream, "schedule", "scheduler", "no champion yet", now)
+            elif now - max(champion.updated_ts, last_ts) > self.settings.schedule_s:
+                run = self.automatic(stream, "schedule", "scheduler", "scheduled retrain", now)
+            elif now - self._last_check.get(stream, 0.0) >= self.settings.drift_check_s:
+                self._last_check[stream] = now
+                report = self.check_drift(stream)
+                log.info("%s drift check: %s", stream, report.reason)
+                if report.drifted:
+                    self.registry.set_status(stream, "watching", f"drift: {report.reason}",
+                                             drift=report.to_json())
+                    run = self.automatic(stream, "drift", "drift-monitor", report.reason, now)
+                else:
+                    self.registry.set_status(stream, "watching",
+                                             f"{champion.version}: {report.reason}",
+                                             drift=report.to_json())
+            if run is not None:
+                runs.append(run)
         return runs
+
+    def automatic(self, stream: str, trigger: Trigger, triggered_by: str, reason: str,
+                  now: float | None = None) -> RunRecord | None:
+        """A run the service starts itself: only when there is something to train on, and
+        backing off after runs that fail or keep the champion."""
+        now = time.time() if now is None else now
+        prepared = self.prepare(stream)
+        if isinstance(prepared, Waiting):
+            log.info("%s: %s (%s)", stream, prepared.state, prepared.reason)
+            self.registry.set_status(stream, prepared.state, prepared.reason,
+                                     next_ts=now + self.settings.drift_check_s)
+            return None
+        self.registry.set_status(stream, "training", f"{trigger}: {reason}")
+        run = self.retrain(stream, trigger, triggered_by, reason, prepared)
+        status = self.registry.status(stream)
+        failures = status.failures if status is not None else 0
+        if run.decision == "promoted":
+            self.registry.set_status(stream, "watching",
+                                     f"run {run.id} promoted {run.challenger}", failures=0)
+        else:
+            failures += 1
+            wait = min(self.settings.max_backoff_s,
+                       self.settings.drift_check_s * 2 ** (failures - 1))
+            self.registry.set_status(
+                stream, "backing off",
+                f"run {run.id} {run.decision}: {run.decision_reason}"
+                + (f" ({run.error})" if run.error else "")
+                + f"; next automatic run in {_duration(wait)}",
+                next_ts=now + wait, failures=failures)
+        return run
+
+    # --- the first champions -----------------------------------------------------------------
+
+    def seed_baseline(self, stream: str) -> ModelRecord | None:
+        """Register the shipped baseline as ``stream``'s champion when it has none.
+
+        The gateways already run it, so it is not published; it is re-signed with the
+        cloud's key so that a later rollback to it verifies on every gateway.
+        """
+        if self.registry.champion(stream) is not None:
+            return None
+        source = baselines.baseline_dir(stream)
+        if not (source / signing.MANIFEST_FILE).exists():
+            return None
+        signing.verify_model_dir(source, signing.load_public_key(baselines.BASELINE_PUBLIC_KEY))
+        with tempfile.TemporaryDirectory(prefix="baseline-") as tmp:
+            copy = Path(tmp) / stream
+            shutil.copytree(source, copy)
+            signing.sign_model_dir(copy, self.key)
+            model = self.registry.register(copy, actor=self.settings.actor)
+        if model.state == "champion":
+            return model
+        if model.state == "retired":
+            return None  # it served before and was replaced: an operator's rollback decides
+        model = self.registry.promote(model.version, self.settings.actor,
+                                      "the baseline the gateways ship with")
+        log.info("%s: the shipped baseline %s is the first champion", stream, model.version)
+        return model
 
     # --- drift -------------------------------------------------------------------------------
 
@@ -126,14 +231,36 @@ class TrainerService:
         since = max(trained_until, newest - self.settings.recent_s)
         recent = [r for r in records if r.ts > since]
         ref = self.reference(champion, records, before=since)
-        if ref is None:
-            return DriftReport(False, "no reference window for the champion", len(recent))
-        x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
-        scored = [s for s in self.source.scores(stream, since)
-                  if s.model_version == champion.version]
-        rate = float(np.mean([s.anomalous for s in scored])) if scored else None
-        expected = (champion.metrics.get("holdout") or {}).get("alert_rate")
-        return detect(ref, x, self.settings.drift, rate, expected, len(scored))
+        x = None
+        if ref is not None:
+            x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
+        rates = self.false_alert_rates(stream, champion, records, since)
+        return detect(ref, x, self.settings.drift, expected_alert_rate=holdout_fpr(champion),
+                      gateway_rates=rates)
+
+    def false_alert_rates(self, stream: str, champion: ModelRecord, records: list[Any],
+                          since: float) -> dict[str, tuple[float, int]]:
+        """Per gateway: the share of the champion's recent scores that are anomalous, over
+        events with no label, leaving out each vehicle's first ``feature_memory_s`` (its
+        rolling features are still filling, so its first frames look odd to any model)."""
+        by_gateway = getattr(self.source, "gateway_scores", None)
+        scores: dict[str, list[Any]] = (by_gateway(stream, since) if by_gateway is not None
+                                        else {"": self.source.scores(stream, since)})
+        labelled = {lab.event_id for lab in self.source.labels()}
+        first: dict[str, float] = {}
+        for r in records:
+            token = tdata.key_token(r)
+            if token not in first:
+                first[token] = r.ts  # records are in event-time order
+        warm_after = feature_memory_s(stream)
+        out = {}
+        for gw, items in scores.items():
+            judged = [s for s in items if s.model_version == champion.version
+                      and s.event_id not in labelled
+                      and s.ts >= first.get(s.token, s.ts) + warm_after]
+            if judged:
+                out[gw] = (float(np.mean([s.anomalous for s in judged])), len(judged))
+        return out
 
     def reference(self, champion: ModelRecord, records: list[Any],
                   before: float) -> Profile | None:
@@ -150,35 +277,57 @@ class TrainerService:
 
     # --- a training run ----------------------------------------------------------------------
 
+    def prepare(self, stream: str) -> Prepared | Waiting:
+        """The training data of ``stream``, or what is missing before a run is worth it."""
+        anon = self.source.anon_records(stream)
+        if self.settings.train_window_s is not None and anon:
+            newest = anon[-1].ts
+            anon = [r for r in anon if r.ts >= newest - self.settings.train_window_s]
+        if len(anon) < self.settings.min_records:
+            return Waiting("waiting for data",
+                           f"{len(anon)} of {self.settings.min_records} records")
+        records = tdata.records_from_anon(stream, anon, self.source.labels())
+        splitter = vehicle_split if self.settings.train.split == "vehicle" else time_split
+        hold = splitter(records, self.settings.train.splits)[2]
+        labelled = bool(hold.labelled.any() and not hold.labelled.all())
+        if not labelled and not self.settings.allow_unlabelled_promotion:
+            return Waiting("waiting for labels",
+                           f"{int(records.labelled.sum())} of {len(records)} records labelled, "
+                           f"{int(hold.labelled.sum())} in the holdout (the int8 check and the "
+                           "judging need labelled anomalies there; or allow unlabelled "
+                           "promotion)")
+        return Prepared(records, labelled)
+
     def retrain(self, stream: str, trigger: Trigger, triggered_by: str,
-                reason: str = "") -> RunRecord:
+                reason: str = "", prepared: Prepared | None = None) -> RunRecord:
         """Train a challenger, judge it against the champion, maybe promote; always record."""
         params = {"train": _jsonable(asdict(self.settings.train)),
                   "rule": asdict(self.settings.rule),
-                  "train_window_s": self.settings.train_window_s}
+                  "train_window_s": self.settings.train_window_s,
+                  "allow_unlabelled_promotion": self.settings.allow_unlabelled_promotion}
         run_id = self.registry.start_run(stream, trigger, triggered_by, reason, params)
         log.info("run %d: %s retrain of %s (%s)", run_id, trigger, stream, reason)
         try:
-            return self._retrain(run_id, stream)
+            data = self.prepare(stream) if prepared is None else prepared
+            if isinstance(data, Waiting):
+                return self.registry.finish_run(run_id, decision="failed",
+                                                decision_reason=f"{data.state}: {data.reason}")
+            return self._retrain(run_id, stream, data)
+        except NeedsLabelsError as exc:
+            return self.registry.finish_run(run_id, decision="failed",
+                                            decision_reason="waiting for labels", error=str(exc))
         except Exception as exc:  # recorded, then the service carries on with the next cycle
             log.exception("run %d failed", run_id)
             return self.registry.finish_run(run_id, decision="failed",
                                             decision_reason="training failed",
                                             error=f"{type(exc).__name__}: {exc}")
 
-    def _retrain(self, run_id: int, stream: str) -> RunRecord:
-        anon = self.source.anon_records(stream)
-        if self.settings.train_window_s is not None and anon:
-            newest = anon[-1].ts
-            anon = [r for r in anon if r.ts >= newest - self.settings.train_window_s]
-        if len(anon) < self.settings.min_records:
-            return self.registry.finish_run(
-                run_id, decision="failed", records=len(anon),
-                decision_reason=f"only {len(anon)} records (need {self.settings.min_records})")
-        records = tdata.records_from_anon(stream, anon, self.source.labels())
+    def _retrain(self, run_id: int, stream: str, data: Prepared) -> RunRecord:
+        records = data.records
+        train = replace(self.settings.train,
+                        allow_unlabelled=self.settings.allow_unlabelled_promotion)
         champion = self.registry.champion(stream)
-        trained = train_stream(records, self.settings.train,
-                               parent=champion.version if champion else None)
+        trained = train_stream(records, train, parent=champion.version if champion else None)
         with tempfile.TemporaryDirectory(prefix="challenger-") as tmp:
             out = write_model_dir(trained, Path(tmp) / "model", self.key)
             normal = records.x[~records.labelled]
@@ -191,7 +340,10 @@ class TrainerService:
         champ_scores = score_with(champion, hold.x, records.features) if champion else None
         cp_eval = (evaluate(y, champ_scores, champion.threshold)
                    if champion is not None and champ_scores is not None else None)
-        promote, why = decide(ch_eval, cp_eval, self.settings.rule)
+        if data.labelled_holdout:
+            promote, why = decide(ch_eval, cp_eval, self.settings.rule)
+        else:
+            promote, why = decide_unlabelled(ch_eval, cp_eval)
         metrics: dict[str, Any] = {"challenger": ch_eval.to_json(),
                                    "champion": cp_eval.to_json() if cp_eval else None,
                                    "challenger_manifest": trained.manifest.metrics}
@@ -217,6 +369,34 @@ class TrainerService:
         champion = self.registry.champion(stream)
         if self.publisher is not None and champion is not None:
             self.publisher.publish(champion)
+
+
+def decide_unlabelled(challenger: Evaluation,
+                      champion: Evaluation | None) -> tuple[bool, str]:
+    """With no labelled anomalies (allowed by the operator): promote a challenger that raises
+    no more alerts than the champion on the same holdout, presumed normal."""
+    note = "no labelled anomalies; unlabelled promotion allowed"
+    if champion is None:
+        return True, f"no champion to compare with ({note})"
+    ours, theirs = challenger.alert_rate, champion.alert_rate
+    versus = f"alert rate {100 * ours:.2f}% vs {100 * theirs:.2f}% on the holdout ({note})"
+    return (True, versus) if ours <= theirs else (False, f"more alerts: {versus}")
+
+
+def holdout_fpr(model: ModelRecord) -> float | None:
+    """The false-positive rate a model showed on its holdout (None: not recorded)."""
+    hold = model.metrics.get("holdout") or {}
+    fp, tn = hold.get("fp"), hold.get("tn")
+    if isinstance(fp, (int, float)) and isinstance(tn, (int, float)) and fp + tn > 0:
+        return float(fp) / float(fp + tn)
+    rate = hold.get("alert_rate")
+    return float(rate) if isinstance(rate, (int, float)) else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def score_with(model: ModelRecord, x: NDArray[np.float32],

@@ -31,7 +31,11 @@ class DataSource(Protocol):
         """Ground truth (chargebacks, workshop reports) joined on event id."""
 
     def scores(self, stream: str, since_ts: float) -> list[Score]:
-        """Scores the gateways produced for events at or after ``since_ts`` (event time)."""
+        """Scores the gateways produced for events at or after ``since_ts`` (event time).
+
+        A source may also offer ``gateway_scores(stream, since_ts)``, the same per gateway:
+        the drift check then judges each gateway's alert rate on its own.
+        """
 
 
 class KafkaSource:
@@ -73,17 +77,28 @@ class KafkaSource:
         return list(out.values())
 
     def scores(self, stream: str, since_ts: float) -> list[Score]:
-        spec = streams.get(stream)
-        out: dict[str, Score] = {}
-        for topic in self.topics_for(spec.scores_topic):
+        out: dict[tuple[str, str], Score] = {}
+        for items in self.gateway_scores(stream, since_ts).values():
+            for s in items:
+                out[(s.token, s.event_id)] = s
+        return list(out.values())
+
+    def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
+        """Scores at or after ``since_ts`` per gateway (the prefix of its copy of the topic;
+        ``""`` for a plain ``scores.<stream>``)."""
+        base = streams.get(stream).scores_topic
+        out: dict[str, list[Score]] = {}
+        for topic in self.topics_for(base):
+            gateway = topic[: -len(base)].rstrip(".")
+            items = out.setdefault(gateway, [])
             for value in read_topic(self.bootstrap, topic, self.timeout_s):
                 try:
                     s = decode(Score, value)
                 except ContractError:
                     continue
                 if s.ts >= since_ts:
-                    out[s.event_id] = s
-        return list(out.values())
+                    items.append(s)
+        return out
 
 
 def source_for(cfg: CloudConfig, bootstrap: str | None = None) -> DataSource:

@@ -9,3 +9,7 @@ class TrainerError(FleetsentryError):
 
 class QuantizationError(TrainerError):
     """The int8 model ranks anomalies measurably worse than the float model it came from."""
+
+
+class NeedsLabelsError(TrainerError):
+    """The data has no labelled anomalies where the int8 check and the judging need them."""

@@ -25,8 +25,14 @@ from cloud.evaluation.episodes import (
 )
 from cloud.trainer import model as ae
 from cloud.trainer.data import Records, time_split, vehicle_split
-from cloud.trainer.errors import QuantizationError, TrainerError
-from cloud.trainer.threshold import DEFAULT_RULES, ThresholdRule, choose_threshold, describe
+from cloud.trainer.errors import NeedsLabelsError, QuantizationError, TrainerError
+from cloud.trainer.threshold import (
+    DEFAULT_RULES,
+    UNLABELLED_RULE,
+    ThresholdRule,
+    choose_threshold,
+    describe,
+)
 from shared import signing
 from shared.contracts import ModelManifest, Scaling, encode
 from shared.features import FEATURE_SPEC_VERSION, feature_memory_s
@@ -52,6 +58,10 @@ class TrainSettings:
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2)
     split: str = "time"  # "time": by event time; "vehicle": by key (see data.vehicle_split)
     max_auc_drop: float = 0.005
+    # Without labelled anomalies in the holdout the int8 model is checked against the float
+    # one by rank agreement of their scores (Spearman) instead of ROC AUC; False refuses it.
+    allow_unlabelled: bool = False
+    min_rank_agreement: float = 0.95
     representative_rows: int = 2000
     # The int8 input tensor covers [-input_range, input_range] scaled units. Calibrated on
     # normal rows alone it would end at the normal envelope, where every fault would saturate:
@@ -133,8 +143,18 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     int8 = ae.Int8Model(tflite)
     xs_val, xs_hold = ae.scale(val.x, mean, std), ae.scale(hold.x, mean, std)
     hold_q, hold_f = int8.scores(xs_hold), ae.float_scores(layers, xs_hold)
-    quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
+    if hold.labelled.any() and not hold.labelled.all():
+        quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
+    elif settings.allow_unlabelled:
+        quant = check_quantization_unlabelled(hold_f, hold_q, settings.min_rank_agreement)
+    else:
+        raise NeedsLabelsError(
+            f"the holdout split ({len(hold)} {records.stream} records) needs both normal and "
+            f"labelled events to check the int8 model ({int(hold.labelled.sum())} labelled); "
+            "pass the labels (or more data), or allow unlabelled training")
     rule = settings.rule_for(records.stream)
+    if rule.mode == "precision" and not val.labelled.any() and settings.allow_unlabelled:
+        rule = UNLABELLED_RULE
     val_q = int8.scores(xs_val)
     threshold = choose_threshold(rule, val, val_q, settings.episode_rule, memory_s)
     m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
@@ -182,6 +202,23 @@ def check_quantization(labels: NDArray[np.bool_], float_scores: NDArray[np.float
             f"int8 model ROC AUC {auc_q:.4f} is {auc_f - auc_q:.4f} below the float model's "
             f"{auc_f:.4f} (allowed: {max_drop}); check the representative dataset and scaling"
         )
+    return result
+
+
+def check_quantization_unlabelled(float_scores: NDArray[np.float32],
+                                  int8_scores: NDArray[np.float32],
+                                  min_agreement: float) -> dict[str, Any]:
+    """With no labels to rank against: the int8 model must order events as the float one
+    does (Spearman rank correlation of their scores at least ``min_agreement``)."""
+    if float_scores.size < 2:
+        raise TrainerError("the holdout split is too small to check the int8 model")
+    rho = metrics.spearman(float_scores, int8_scores)
+    result = {"labelled": False, "rank_agreement": round(rho, 6), "min_agreement": min_agreement,
+              "score_mean_abs_diff": float(np.mean(np.abs(int8_scores - float_scores)))}
+    if not rho >= min_agreement:
+        raise QuantizationError(
+            f"int8 model's scores rank the holdout with Spearman {rho:.4f} against the float "
+            f"model's (need {min_agreement}); check the representative dataset and scaling")
     return result
 
 

@@ -51,6 +51,9 @@ DEFAULT_RULES = {
     "payments": ThresholdRule("precision", 0.9),
     "telemetry": ThresholdRule("false_episodes", 0.5),
 }
+# What a rule that needs labels becomes when training without them is allowed and the
+# validation split has none: alert on the top 1 % of (presumed normal) events.
+UNLABELLED_RULE = ThresholdRule("alert_rate", 0.01)
 
 
 def choose_threshold(rule: ThresholdRule, val: Records, scores: NDArray[np.float32],

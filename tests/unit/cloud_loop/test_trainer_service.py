@@ -1,0 +1,204 @@
+"""The trainer service's own decisions, on simulator data with the real trainer (TensorFlow,
+int8) and a real registry: it starts from the shipped baselines, waits (and says why) instead
+of failing when there is nothing to train on, backs off after failures, and judges drift per
+gateway."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.registry import ModelRecord, Registry
+from cloud.retrain.drift import DriftSettings
+from cloud.retrain.service import RetrainSettings, TrainerService
+from cloud.trainer.data import key_token
+from shared import baselines, signing
+from shared.contracts import Label, Score
+from shared.features import feature_memory_s
+from tests.dashboard_support import SMALL, MemorySource, sim_data
+
+NOW = time.time()
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[dict[str, list[Any]], list[Label]]:
+    anon, labels, _pii = sim_data(seed=3, end_ts=NOW, vehicles=30, duration_s=1500.0)
+    return anon, labels
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(tmp_path / "registry").start()
+    yield reg
+    reg.close()
+
+
+class Recorder:
+    """Stands where the publisher goes, to see what the service would publish."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    def publish(self, model: ModelRecord, timeout_s: float = 30.0) -> int:
+        self.published.append(model.version)
+        return 0
+
+
+class GatewaySource(MemorySource):
+    """Memory data plus each gateway's scores, as the cloud store serves them."""
+
+    def __init__(self, anon: dict[str, list[Any]], labels: list[Label],
+                 by_gateway: dict[str, list[Score]]) -> None:
+        super().__init__(anon, labels)
+        self.by_gateway = by_gateway
+
+    def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
+        return {gw: [s for s in items if s.ts >= since_ts]
+                for gw, items in self.by_gateway.items()}
+
+
+def test_the_first_cycle_seeds_the_shipped_baselines_as_champions(
+        registry: Registry, tmp_path: Path) -> None:
+    key = signing.generate_private_key()
+    pub = Recorder()
+    svc = TrainerService(registry, MemorySource({}, []), key, RetrainSettings(), pub)
+    assert svc.cycle(NOW) == []
+    for stream in ("telemetry", "payments"):
+        shipped = json.loads((baselines.baseline_dir(stream) / "manifest.json").read_text())
+        champion = registry.champion(stream)
+        assert champion is not None and champion.version == shipped["version"]
+        # Re-signed with the cloud's key: a rollback to it verifies on the gateways.
+        signing.verify_model_dir(champion.path, key.public_key())
+        with pytest.raises(signing.SignatureError):
+            signing.verify_model_dir(champion.path,
+                                     signing.load_public_key(baselines.BASELINE_PUBLIC_KEY))
+        promoted = [a for a in registry.actions(stream) if a["action"] == "promote"]
+        assert promoted and "baseline" in promoted[0]["reason"]
+        status = registry.status(stream)
+        assert status is not None and status.state == "watching", status
+    assert pub.published == [], "the gateways already run the baselines"
+    assert registry.runs() == []
+    # A second cycle changes nothing: the champions stay.
+    svc.cycle(NOW + 1)
+    assert len(registry.models()) == 2
+
+
+def test_too_little_data_waits_and_rechecks_instead_of_failing(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    anon, labels = data
+    few = {"payments": anon["payments"][:100]}
+    settings = RetrainSettings(streams=("payments",), min_records=1000, drift_check_s=60.0,
+                               seed_baselines=False, train=SMALL)
+    svc = TrainerService(registry, MemorySource(few, labels), signing.generate_private_key(),
+                         settings)
+    assert svc.cycle(NOW) == []
+    status = registry.status("payments")
+    assert status is not None and status.state == "waiting for data"
+    assert "100 of 1000 records" in status.detail and status.next_ts == NOW + 60.0
+    assert registry.runs() == [], "waiting is not a failed run"
+    first_update = status.updated_ts
+    svc.cycle(NOW + 30)  # before next_ts: not even looked at
+    again = registry.status("payments")
+    assert again is not None and again.updated_ts == first_update
+
+
+def test_without_labels_it_waits_unless_unlabelled_promotion_is_allowed(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    anon, _labels = data
+    settings = RetrainSettings(streams=("payments",), min_records=300, seed_baselines=False,
+                               train=SMALL)
+    key = signing.generate_private_key()
+    svc = TrainerService(registry, MemorySource(anon, []), key, settings)
+    assert svc.cycle(NOW) == []
+    status = registry.status("payments")
+    assert status is not None and status.state == "waiting for labels", status
+    assert registry.runs() == []
+
+    svc.settings = replace(settings, allow_unlabelled_promotion=True)
+    runs = svc.cycle(NOW + 3600)
+    assert len(runs) == 1, registry.status("payments")
+    run = runs[0]
+    assert run.decision == "promoted", (run.decision_reason, run.error)
+    assert "unlabelled promotion allowed" in run.decision_reason
+    champion = registry.champion("payments")
+    assert champion is not None and champion.version == run.challenger
+    quant = champion.manifest["metrics"]["quantization"]
+    assert quant["labelled"] is False and quant["rank_agreement"] >= 0.95
+
+
+def test_failed_runs_back_off_doubling(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    anon, labels = data
+    # An int8 check no model can pass: every run fails.
+    settings = RetrainSettings(streams=("payments",), min_records=300, drift_check_s=100.0,
+                               seed_baselines=False, train=replace(SMALL, max_auc_drop=-1.0))
+    svc = TrainerService(registry, MemorySource(anon, labels), signing.generate_private_key(),
+                         settings)
+    [run] = svc.cycle(NOW)
+    assert run.decision == "failed" and "QuantizationError" in run.error
+    status = registry.status("payments")
+    assert status is not None and status.state == "backing off" and status.failures == 1
+    assert status.next_ts == NOW + 100.0 and "next automatic run in 100 s" in status.detail
+    assert svc.cycle(NOW + 99) == []
+    [again] = svc.cycle(NOW + 101)
+    assert again.decision == "failed"
+    status = registry.status("payments")
+    assert status is not None and status.failures == 2 and status.next_ts == NOW + 101 + 200.0
+    assert len(registry.runs()) == 2
+
+
+def _scores(records: list[Any], version: str, anomalous: Any) -> list[Score]:
+    return [Score(event_id=r.event_id, ts=r.ts, stream="telemetry", token=key_token(r),
+                  score=1.0, threshold=0.5, model_version=version, anomalous=anomalous(r))
+            for r in records]
+
+
+def test_drift_names_the_gateway_whose_false_alerts_rose(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    anon, labels = data
+    telemetry = anon["telemetry"]
+    labelled = {lab.event_id for lab in labels}
+    tokens = sorted({r.vehicle_token for r in telemetry})
+    north = set(tokens[: len(tokens) // 2])
+    first: dict[str, float] = {}
+    for r in telemetry:
+        first.setdefault(r.vehicle_token, r.ts)
+    warm = feature_memory_s("telemetry")
+    svc = TrainerService(registry, MemorySource({}, []), signing.generate_private_key(),
+                         RetrainSettings(streams=("telemetry",), recent_s=1e9,
+                                         drift=DriftSettings(min_events=500)))
+    svc.cycle(NOW)  # seeds the baseline champion
+    champion = registry.champion("telemetry")
+    assert champion is not None
+
+    def cold(r: Any) -> bool:  # every vehicle's first frames look odd to the model
+        return r.ts < first[r.vehicle_token] + warm / 2
+
+    def south_drifted(r: Any) -> bool:  # a new vehicle model on the south gateway only
+        return cold(r) or zlib.crc32(r.event_id.encode()) % 10 == 0 or r.event_id in labelled
+
+    by_gateway = {
+        "gw-north": _scores([r for r in telemetry if r.vehicle_token in north],
+                            champion.version, lambda r: cold(r) or r.event_id in labelled),
+        "gw-south": _scores([r for r in telemetry if r.vehicle_token not in north],
+                            champion.version, south_drifted),
+    }
+    svc.source = GatewaySource({"telemetry": telemetry}, labels, by_gateway)
+    report = svc.check_drift("telemetry")
+    assert report.drifted and report.drifted_gateways == ["gw-south"], report
+    assert "gw-south: alert rate" in report.reason and "gw-north" not in report.reason
+    north_rate = report.gateways["gw-north"]["alert_rate"]
+    assert north_rate == 0.0, "a vehicle's first minute and labelled faults are not false alerts"
+    assert 0.05 < report.gateways["gw-south"]["alert_rate"] < 0.15
+
+    # Scores of another model version say nothing about the champion.
+    by_gateway["gw-south"] = _scores([r for r in telemetry if r.vehicle_token not in north],
+                                     "another-model", lambda r: True)
+    assert not svc.check_drift("telemetry").drifted
