@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from cloud.dashboard.live import LiveState
-from cloud.registry import ModelRecord, Registry, RunRecord
+from cloud.registry import ModelRecord, Registry, RunRecord, TrainerStatus
 from shared.features import feature_label
 
 RATE_WINDOW_S = 60.0
@@ -177,8 +177,16 @@ def run_row(run: RunRecord) -> dict[str, Any]:
             "decision_reason": run.decision_reason, "error": run.error}
 
 
+def status_row(st: TrainerStatus) -> dict[str, Any]:
+    return {"stream": st.stream, "state": st.state, "detail": st.detail, "since_ts": st.since_ts,
+            "updated_ts": st.updated_ts, "next_ts": st.next_ts, "failures": st.failures,
+            "drift": st.drift}
+
+
 def runs(registry: Registry, limit: int = 100) -> dict[str, Any]:
-    return {"runs": [run_row(r) for r in registry.runs(limit=limit)]}
+    """The runs, newest first, and what the trainer service is doing about each stream."""
+    return {"runs": [run_row(r) for r in registry.runs(limit=limit)],
+            "trainer": [status_row(st) for st in registry.statuses()]}
 
 
 def _confusion(ev: dict[str, Any] | None) -> dict[str, int] | None:

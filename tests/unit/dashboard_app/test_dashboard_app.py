@@ -178,6 +178,23 @@ def test_every_page_and_api_shows_real_figures_and_no_pii(
     assert run3["decision_reason"] in page.replace("&#43;", "+")
 
 
+def test_the_runs_page_says_what_the_trainer_is_waiting_for(
+        env: tuple[TestClient, Dashboard]) -> None:
+    client, dash = env
+    reg: Registry = dash.actions.registry()
+    reg.set_status("payments", "waiting for data", "34 of 500 records",
+                   next_ts=time.time() + 60)
+    reg.set_status("telemetry", "backing off", "run 3 kept: not better; next automatic run "
+                   "in 10 min", next_ts=time.time() + 600, failures=1)
+    sign_in(client)
+    trainer = {t["stream"]: t for t in client.get("/api/runs").json()["trainer"]}
+    assert trainer["payments"]["state"] == "waiting for data"
+    assert trainer["telemetry"]["failures"] == 1 and trainer["telemetry"]["next_ts"]
+    page = client.get("/partials/runs").text
+    assert 'data-state="waiting for data"' in page and "34 of 500 records" in page
+    assert 'data-state="backing off"' in page and "next automatic run in 10 min" in page
+
+
 def test_promote_needs_the_csrf_token_and_records_who(
         env: tuple[TestClient, Dashboard]) -> None:
     client, dash = env
