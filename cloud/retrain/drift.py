@@ -106,6 +106,8 @@ class DriftReport:
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The gateways whose traffic drifted (empty: the fleet's pooled features, or none).
     drifted_gateways: list[str] = field(default_factory=list)
+    # Per drifted gateway: the features its alerts blame, with their share of the error.
+    blamed: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,3 +172,20 @@ def detect(ref: Profile | None, recent: NDArray[Any] | None, settings: DriftSett
                if expected_alert_rate is not None else ""))
     return DriftReport(False, "; ".join(notes), n, by_feature, rate_out, expected_alert_rate,
                        gateways, [])
+
+
+def blamed_features(alerts: list[Any], top: int = 3) -> list[tuple[str, float]]:
+    """The features the alerts' reconstruction errors point at: each feature's share of the
+    summed error of every alert's top contributions (the last state of each alert)."""
+    last: dict[str, Any] = {}
+    for a in alerts:
+        last[a.alert_id] = a
+    totals: dict[str, float] = {}
+    for a in last.values():
+        for c in a.top_features:
+            totals[c.feature] = totals.get(c.feature, 0.0) + max(0.0, float(c.error))
+    whole = sum(totals.values())
+    if whole <= 0:
+        return []
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return [(f, round(v / whole, 3)) for f, v in ranked]

@@ -44,7 +44,14 @@ from numpy.typing import NDArray
 from cloud.registry import ModelRecord, Registry, RunRecord
 from cloud.registry.registry import StatusState, Trigger
 from cloud.retrain.decision import Evaluation, PromotionRule, curves, decide, evaluate
-from cloud.retrain.drift import DriftReport, DriftSettings, Profile, detect, profile
+from cloud.retrain.drift import (
+    DriftReport,
+    DriftSettings,
+    Profile,
+    blamed_features,
+    detect,
+    profile,
+)
 from cloud.retrain.source import DataSource
 from cloud.trainer import data as tdata
 from cloud.trainer.data import Records, time_split, vehicle_split
@@ -235,8 +242,30 @@ class TrainerService:
         if ref is not None:
             x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
         rates = self.false_alert_rates(stream, champion, records, since)
-        return detect(ref, x, self.settings.drift, expected_alert_rate=holdout_fpr(champion),
-                      gateway_rates=rates)
+        report = detect(ref, x, self.settings.drift, expected_alert_rate=holdout_fpr(champion),
+                        gateway_rates=rates)
+        return self._blame(report, stream, champion, since)
+
+    def _blame(self, report: DriftReport, stream: str, champion: ModelRecord,
+               since: float) -> DriftReport:
+        """Name the features each drifted gateway's alerts point at (when the source can
+        tell alerts apart by gateway)."""
+        by_gateway = getattr(self.source, "gateway_alerts", None)
+        if not report.drifted_gateways or by_gateway is None:
+            return report
+        alerts = by_gateway(since)
+        blamed = {}
+        for gw in report.drifted_gateways:
+            mine = [a for a in alerts.get(gw, []) if a.stream == stream
+                    and a.model_version == champion.version]
+            features = blamed_features(mine)
+            if features:
+                blamed[gw] = features
+        if not blamed:
+            return report
+        notes = "; ".join(f"{gw}'s alerts point at " + ", ".join(
+            f"{f} {100 * share:.0f}%" for f, share in feats) for gw, feats in blamed.items())
+        return replace(report, reason=f"{report.reason}; {notes}", blamed=blamed)
 
     def false_alert_rates(self, stream: str, champion: ModelRecord, records: list[Any],
                           since: float) -> dict[str, tuple[float, int]]:

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from cloud.kafka_source import read_topic
 from shared import streams, topics
-from shared.contracts import Label, Score, decode
+from shared.contracts import Alert, Label, Score, decode
 from shared.errors import ContractError
 
 if TYPE_CHECKING:
@@ -82,6 +82,21 @@ class KafkaSource:
             for s in items:
                 out[(s.token, s.event_id)] = s
         return list(out.values())
+
+    def gateway_alerts(self, since_ts: float) -> dict[str, list[Alert]]:
+        """Alert records whose episode started at or after ``since_ts``, per gateway."""
+        out: dict[str, list[Alert]] = {}
+        for topic in self.topics_for(topics.ALERTS):
+            gateway = topic[: -len(topics.ALERTS)].rstrip(".")
+            items = out.setdefault(gateway, [])
+            for value in read_topic(self.bootstrap, topic, self.timeout_s):
+                try:
+                    a = decode(Alert, value)
+                except ContractError:
+                    continue
+                if a.start_ts >= since_ts:
+                    items.append(a)
+        return out
 
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
         """Scores at or after ``since_ts`` per gateway (the prefix of its copy of the topic;

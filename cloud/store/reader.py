@@ -66,6 +66,16 @@ class StoreReader:
     def scores(self, stream: str, since_ts: float) -> list[contracts.Score]:
         return self.records(streams.get(stream).scores_topic, pc.field("ts") >= since_ts)
 
+    def gateway_alerts(self, since_ts: float) -> dict[str, list[contracts.Alert]]:
+        """Alert records (every state) whose episode started at or after ``since_ts``, per
+        gateway."""
+        table = self.table(topics.ALERTS, ["edge_id", "record"], pc.field("start_ts") >= since_ts)
+        out: dict[str, list[contracts.Alert]] = {}
+        for edge_id, raw in zip(table["edge_id"].to_pylist(), table["record"].to_pylist(),
+                                strict=True):
+            out.setdefault(edge_id or "", []).append(contracts.decode(contracts.Alert, raw))
+        return out
+
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[contracts.Score]]:
         """Scores at or after ``since_ts``, per gateway (the edge id they came from)."""
         table = self.table(streams.get(stream).scores_topic, ["edge_id", "record"],

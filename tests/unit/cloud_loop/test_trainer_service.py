@@ -20,7 +20,7 @@ from cloud.retrain.drift import DriftSettings
 from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import key_token
 from shared import baselines, signing
-from shared.contracts import Label, Score
+from shared.contracts import Alert, Contribution, Label, Score
 from shared.features import feature_memory_s
 from tests.dashboard_support import SMALL, MemorySource, sim_data
 
@@ -55,9 +55,15 @@ class GatewaySource(MemorySource):
     """Memory data plus each gateway's scores, as the cloud store serves them."""
 
     def __init__(self, anon: dict[str, list[Any]], labels: list[Label],
-                 by_gateway: dict[str, list[Score]]) -> None:
+                 by_gateway: dict[str, list[Score]],
+                 alerts: dict[str, list[Alert]] | None = None) -> None:
         super().__init__(anon, labels)
         self.by_gateway = by_gateway
+        self.alerts = alerts or {}
+
+    def gateway_alerts(self, since_ts: float) -> dict[str, list[Alert]]:
+        return {gw: [a for a in items if a.start_ts >= since_ts]
+                for gw, items in self.alerts.items()}
 
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
         return {gw: [s for s in items if s.ts >= since_ts]
@@ -190,10 +196,27 @@ def test_drift_names_the_gateway_whose_false_alerts_rose(
         "gw-south": _scores([r for r in telemetry if r.vehicle_token not in north],
                             champion.version, south_drifted),
     }
-    svc.source = GatewaySource({"telemetry": telemetry}, labels, by_gateway)
+    south = [r for r in telemetry if r.vehicle_token not in north]
+
+    def alert(i: int, state: str, features: list[tuple[str, float]]) -> Alert:
+        r = south[i]
+        return Alert(alert_id=f"a{i}", stream="telemetry", token=r.vehicle_token, state=state,
+                     start_ts=r.ts, peak_ts=r.ts, end_ts=r.ts + 10, peak_score=2.0,
+                     threshold=1.0, event_ids=[r.event_id], model_version=champion.version,
+                     top_features=[Contribution(f, e) for f, e in features])
+
+    alerts = {"gw-south": [alert(100, "open", [("coolant_c", 9.0)]),  # superseded below
+                           alert(100, "closed", [("tyre_fl_kpa", 3.0), ("coolant_c", 1.0)]),
+                           alert(200, "closed", [("tyre_fl_kpa", 3.0), ("tyre_fr_kpa", 2.0)]),
+                           alert(300, "closed", [("tyre_fr_kpa", 1.0)])]}
+    svc.source = GatewaySource({"telemetry": telemetry}, labels, by_gateway, alerts)
     report = svc.check_drift("telemetry")
     assert report.drifted and report.drifted_gateways == ["gw-south"], report
     assert "gw-south: alert rate" in report.reason and "gw-north" not in report.reason
+    # The features the drifted gateway's alerts blame (each alert's last state counts).
+    assert report.blamed["gw-south"] == [("tyre_fl_kpa", 0.6), ("tyre_fr_kpa", 0.3),
+                                         ("coolant_c", 0.1)]
+    assert "gw-south's alerts point at tyre_fl_kpa 60%" in report.reason
     north_rate = report.gateways["gw-north"]["alert_rate"]
     assert north_rate == 0.0, "a vehicle's first minute and labelled faults are not false alerts"
     assert 0.05 < report.gateways["gw-south"]["alert_rate"] < 0.15
