@@ -101,6 +101,11 @@ class TrainerSettings(_Section, frozen=True, kw_only=True):
     # Train and promote on data with no labelled anomalies yet (judged on alert rate alone).
     # Off: the service waits for labels and says so.
     allow_unlabelled_promotion: bool = False
+    # How a run holds out the data it judges champion and challenger on: "time" (the most
+    # recent slice) or "vehicle" (a fifth of the vehicles, or cards, over the whole window).
+    # Labels arrive late (a chargeback, a workshop report), so the most recent slice holds
+    # few; "vehicle" judges on every labelled episode of vehicles the model never saw.
+    split: Literal["time", "vehicle"] = "time"
 
 
 class CloudConfig(_Section, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from shared import signing, topics
+from shared.demo_loop import LoopWatcher
 from shared.infra.cli import _options, _print_status, settings_from
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
@@ -32,6 +33,15 @@ DASHBOARD_PORT = 8600
 # Labels reach the cloud half a minute after their episode ends: late, as a workshop report
 # or a chargeback is, yet soon enough that a ten-minute demo has labels to train on.
 LABEL_DELAY_S = 30.0
+# Gateway 2's fleet gets a new vehicle model this far into the run: early enough that the
+# loop (drift seen, challenger trained and judged, promoted, both gateways switched) closes
+# well before the fleets stop.
+DRIFT_AT = 0.3
+# The trainer checks for drift this often (seconds), and backs off from a failed or kept run
+# for as long, doubling.
+DRIFT_CHECK_S = 30.0
+# After the fleets stop, wait at most this long for a run in progress and the gateways' switch.
+FINISH_S = 180.0
 
 
 @dataclass
@@ -74,7 +84,7 @@ def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
         f'[kafka]\nbootstrap = "{stack.cloud.bootstrap}"\n\n'
         f'[registry]\nroot = "{state / "registry"}"\n\n'
         f'[store]\nroot = "{state / "store"}"\n\n'
-        f'[trainer]\nsource = "store"\n\n'
+        f'[trainer]\nsource = "store"\nsplit = "vehicle"\n\n'
         f'[dashboard]\nport = {port}\nstate_dir = "{state}"\n'
     )
 
@@ -170,6 +180,38 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
             p.wait()
 
 
+def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: str,
+            sims: list[subprocess.Popen[bytes]], interval: float, started: float) -> None:
+    """Print milestones as they happen and a summary every ``interval`` while the fleets
+    drive; then wait (bounded) for a run in progress and the gateways' switch."""
+    next_summary = time.monotonic() + interval
+    while any(p.poll() is None for p in sims):
+        time.sleep(min(5.0, interval))
+        for line in watcher.poll():
+            click.echo(line)
+        if time.monotonic() >= next_summary:
+            click.echo(_summary(gws, cloud_bootstrap, started))
+            next_summary = time.monotonic() + interval
+    failed = [gw.edge_id for gw, p in zip(gws, sims, strict=True) if p.returncode]
+    if failed:
+        click.echo(f"fleet simulator of {', '.join(failed)} exited with an error (see its log)")
+    click.echo(f"[{time.monotonic() - started:5.0f}s] the fleets have stopped")
+    deadline = time.monotonic() + FINISH_S
+    waited = False
+    while time.monotonic() < deadline:
+        for line in watcher.poll():
+            click.echo(line)
+        if not watcher.busy():
+            break
+        if not waited:
+            click.echo(f"waiting (at most {FINISH_S:.0f} s) for the run in progress and the "
+                       "gateways' switch ...")
+            waited = True
+        time.sleep(5.0)
+    time.sleep(5.0)  # the last replicated records and store flush
+    click.echo(_summary(gws, cloud_bootstrap, started))
+
+
 @click.command()
 @_options
 @click.option("--vehicles", default=100, show_default=True, help="Vehicles per gateway.")
@@ -177,11 +219,13 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
               help="Seconds the fleets drive (drift starts half way on gateway 2).")
 @click.option("--gateways", type=click.IntRange(1, 2), default=2, show_default=True)
 @click.option("--dashboard-port", default=DASHBOARD_PORT, show_default=True)
+@click.option("--metrics-port", default=9500, show_default=True,
+              help="First gateway's first metrics port (the second gateway's is 100 above).")
 @click.option("--interval", default=15.0, show_default=True, help="Seconds between summaries.")
 @click.option("--infra-only", is_flag=True, help="Only bring up the brokers and show them.")
 @click.option("--down", "down_after", is_flag=True, help="Stop the brokers at the end too.")
-def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, interval: float,
-         infra_only: bool, down_after: bool, **options: Any) -> None:
+def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, metrics_port: int,
+         interval: float, infra_only: bool, down_after: bool, **options: Any) -> None:
     """Run the whole loop: 2 gateways, their fleets, the cloud store, trainer and dashboard."""
     settings = settings_from(options)
     main = Stack(settings)
@@ -206,7 +250,8 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, int
             stack.up(services=frozenset({"edge", "mqtt"}))
         cfg = home / f"{edge_id}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(_edge_toml(edge_id, stack, home / edge_id, 9400 + 100 * n, public_key))
+        cfg.write_text(_edge_toml(edge_id, stack, home / edge_id,
+                                  metrics_port + 100 * (n - 1), public_key))
         mirror = Mirror(edge_id, stack.edge.bootstrap, main.cloud.bootstrap, settings.home,
                         edge_login=stack.edge.login(MIRROR_USER))
         gws.append(Gateway(edge_id, stack, cfg, mirror))
@@ -218,7 +263,8 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, int
     cloud_cfg.write_text(_cloud_toml(main, home / "cloud", dashboard_port))
     cloud_procs = [
         _spawn(["cloud", "run", "--config", str(cloud_cfg), "--key", str(key_file),
-                "--min-records", "500", "--drift-check", "60"], logs / "cloud-run.log"),
+                "--min-records", "500", "--drift-check", str(DRIFT_CHECK_S)],
+               logs / "cloud-run.log"),
         _spawn(["cloud", "store", "--config", str(cloud_cfg)], logs / "cloud-store.log"),
     ]
     for gw in gws:
@@ -227,7 +273,8 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, int
     for gw in gws:
         gw.mirror.wait_healthy()
     for n, gw in enumerate(gws, start=1):
-        drift = ["--drift", "new_model"] if n == 2 else []
+        drift = (["--drift", "new_model", "--drift-at", str(round(duration * DRIFT_AT, 1))]
+                 if n == 2 else [])
         gw.procs.append(_spawn(
             ["sim", "run", "--vehicles", str(vehicles), "--duration", str(duration),
              "--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD,
@@ -235,22 +282,29 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, int
              main.cloud.bootstrap, "--label-delay", str(LABEL_DELAY_S), "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"),
              *drift], logs / f"{gw.edge_id}-sim.log"))
     login = _dashboard_login(home / "cloud")
-    click.echo(f"\nDashboard: http://127.0.0.1:{dashboard_port}/"
+    url = f"http://127.0.0.1:{dashboard_port}/"
+    click.echo(f"\nDashboard: {url}"
                + (f"  sign in as {login[0]} / {login[1]}" if login else "  (see logs)"))
     click.echo(f"Logs: {logs}   Ctrl-C stops the demo.")
+    if gateways == 2:
+        click.echo(f"{gws[1].edge_id}'s fleet gets a new vehicle model at "
+                   f"{duration * DRIFT_AT:.0f} s: watch the cloud see the drift, retrain, "
+                   "promote, and both gateways switch.")
     click.echo("Counts are Kafka offsets: topics written in transactions (anon, scores, "
                "alerts, the cloud copies) also count one commit marker per batch.\n")
     started = time.monotonic()
+    watcher = LoopWatcher(url, login[0] if login else "", login[1] if login else "",
+                          main.cloud.bootstrap, [gw.edge_id for gw in gws], started)
     sims = [gw.procs[-1] for gw in gws]
     try:
-        while any(p.poll() is None for p in sims):
-            time.sleep(interval)
-            click.echo(_summary(gws, main.cloud.bootstrap, started))
-        time.sleep(min(interval, 10))
-        click.echo(_summary(gws, main.cloud.bootstrap, started))
+        _follow(watcher, gws, main.cloud.bootstrap, sims, interval, started)
+        click.echo("\n=== The loop ===")
+        for line in watcher.closing():
+            click.echo(line)
     except KeyboardInterrupt:
         click.echo("\nStopping ...")
     finally:
+        watcher.close()
         _stop([p for gw in gws for p in gw.procs] + cloud_procs)
         for gw in gws:
             gw.mirror.stop()

@@ -128,7 +128,8 @@ def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, ep
 
         settings = RetrainSettings(
             streams=STREAMS, min_records=min_records, schedule_s=schedule_s,
-            drift_check_s=drift_check_s, recent_s=recent_s, train=TrainSettings(epochs=epochs),
+            drift_check_s=drift_check_s, recent_s=recent_s,
+            train=TrainSettings(epochs=epochs, split=cfg.trainer.split),
             seed_baselines=cfg.trainer.seed_baselines,
             allow_unlabelled_promotion=cfg.trainer.allow_unlabelled_promotion)
         return TrainerService(registry, source_for(cfg), key, settings, publisher=publisher)

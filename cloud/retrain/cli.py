@@ -83,7 +83,8 @@ def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: in
 
     trainer = trainer or TrainerSettings()
     settings = RetrainSettings(streams=streams or STREAMS, min_records=min_records,
-                               train=TrainSettings(epochs=epochs), schedule_s=schedule_s,
+                               train=TrainSettings(epochs=epochs, split=trainer.split),
+                               schedule_s=schedule_s,
                                drift_check_s=drift_check_s, recent_s=recent_s,
                                seed_baselines=trainer.seed_baselines,
                                allow_unlabelled_promotion=trainer.allow_unlabelled_promotion)
