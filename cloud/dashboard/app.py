@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from cloud.dashboard.auth import (
     Users,
     csrf_ok,
 )
+from cloud.dashboard.errors import BadQuery
 from cloud.dashboard.live import LiveState
 from cloud.registry import RegistryError
 
@@ -140,14 +142,39 @@ def create_app(dash: Dashboard) -> Starlette:
                     user = basic_user(request) if request.url.path.startswith("/api/") \
                         else None
                     if user:
-                        return await fn(request, Session(user, 0, ""))
+                        return await checked(request, Session(user, 0, ""))
                     return JSONResponse({"error": "sign in first"}, status_code=401)
                 return to_login(request)
-            return await fn(request, session)
+            return await checked(request, session)
+
+        async def checked(request: Request, session: Session) -> Response:
+            try:
+                return await fn(request, session)
+            except BadQuery as exc:
+                return bad_query(request, str(exc))
         return wrapper
 
     def no_such(what: str) -> Response:
         return HTMLResponse(f"<h1>Not found</h1><p>{what}</p>", status_code=404)
+
+    def bad_query(request: Request, why: str) -> Response:
+        """400, saying what is accepted: JSON for scripts, a page with a way back for people."""
+        if request.url.path.startswith(("/api/", "/partials/")):
+            return JSONResponse({"error": why}, status_code=400)
+        back = html.escape(request.url.path)
+        return HTMLResponse(f"<h1>Bad request</h1><p>{html.escape(why)}</p>"
+                            f'<p><a href="{back}">{back} with the defaults</a></p>',
+                            status_code=400)
+
+    def chart_window(request: Request) -> float | None:
+        return views.chart_window(request.query_params.get("window"), dash.live)
+
+    def window_ctx(request: Request, window_s: float | None) -> dict[str, Any]:
+        """What a page with live charts needs: the window its charts ask the API for, and
+        the choices of its window selector."""
+        return {"window": request.query_params.get("window", views.FIT),
+                "windows": views.window_choices(dash.live, window_s),
+                "bucket_s": dash.live.bucket_s}
 
     # --- sign-in -----------------------------------------------------------------------------
 
@@ -192,7 +219,9 @@ def create_app(dash: Dashboard) -> Starlette:
 
     @signed_in
     async def fleet_page(request: Request, s: Session) -> Response:
-        return page(request, "fleet.html", s, view=views.fleet(dash.live, reg()))
+        window_s = chart_window(request)  # of the fleet chart, drawn from /api/detection
+        return page(request, "fleet.html", s, view=views.fleet(dash.live, reg()),
+                    **window_ctx(request, window_s))
 
     @signed_in
     async def fleet_partial(request: Request, s: Session) -> Response:
@@ -200,14 +229,19 @@ def create_app(dash: Dashboard) -> Starlette:
 
     @signed_in
     async def gateway_page(request: Request, s: Session) -> Response:
-        view = views.gateway(dash.live, reg(), request.path_params["edge_id"])
+        window_s = chart_window(request)
+        view = views.gateway(dash.live, reg(), request.path_params["edge_id"],
+                             window_s=window_s)
         if view is None:
             return no_such("No gateway of that name has sent anything to this cloud.")
-        return page(request, "gateway.html", s, view=view)
+        return page(request, "gateway.html", s, view=view, **window_ctx(request, window_s))
 
     @signed_in
     async def detection_page(request: Request, s: Session) -> Response:
-        return page(request, "detection.html", s, view=views.detection(dash.live, reg()))
+        window_s = chart_window(request)
+        return page(request, "detection.html", s,
+                    view=views.detection(dash.live, reg(), window_s=window_s),
+                    **window_ctx(request, window_s))
 
     @signed_in
     async def alerts_partial(request: Request, s: Session) -> Response:
@@ -292,12 +326,13 @@ def create_app(dash: Dashboard) -> Starlette:
 
     @signed_in
     async def api_gateway(request: Request, s: Session) -> Response:
-        view = views.gateway(dash.live, reg(), request.path_params["edge_id"])
+        view = views.gateway(dash.live, reg(), request.path_params["edge_id"],
+                             window_s=chart_window(request))
         return JSONResponse(view) if view else JSONResponse({"error": "no such gateway"}, 404)
 
     @signed_in
     async def api_detection(request: Request, s: Session) -> Response:
-        return JSONResponse(views.detection(dash.live, reg()))
+        return JSONResponse(views.detection(dash.live, reg(), window_s=chart_window(request)))
 
     @signed_in
     async def api_runs(request: Request, s: Session) -> Response:

@@ -9,3 +9,7 @@ class DashboardError(FleetsentryError):
 
 class AuthError(DashboardError):
     """Sign-in settings are unusable (an empty password, a short session key)."""
+
+
+class BadQuery(DashboardError):
+    """A query parameter is malformed or out of range; the message says what is accepted."""

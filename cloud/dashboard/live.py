@@ -8,7 +8,9 @@ per-stream figures (pure, no I/O; tests feed it directly); :class:`KafkaWatcher`
 from the cloud Kafka in a background thread.
 
 Rates are bucketed by event time (the device's clock), so a gateway's backlog arriving after
-an outage fills in the minutes it belongs to instead of a spike at arrival.
+an outage fills in the minutes it belongs to instead of a spike at arrival. Charts run on that
+clock too: their "now" is the newest event's time (never later than the cloud's clock), and
+the bucket holding it is still filling, so its rate is taken over the part that has passed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ _MAX_LABELS = 500_000
 _MAX_ALERTS = 5_000
 _MAX_SCORES = 5_000
 _MAX_STATUS = 500
+# The bucket still filling is drawn once this share of it has passed: over less, a single
+# event reads as a burst (one event in 0.1 s is 10/s).
+PARTIAL_MIN_SHARE = 0.5
 
 
 class Series:
@@ -46,11 +51,14 @@ class Series:
     def __init__(self, bucket_s: float, keep: int) -> None:
         self.bucket_s = bucket_s
         self.keep = keep
+        self.newest: float | None = None  # the latest timestamp added (event time)
         self._buckets: dict[int, Counter[str]] = {}
 
     def add(self, ts: float, key: str, n: int = 1) -> None:
         b = int(ts // self.bucket_s)
         self._buckets.setdefault(b, Counter())[key] += n
+        if self.newest is None or ts > self.newest:
+            self.newest = ts
         if len(self._buckets) > self.keep + self.keep // 4:
             for old in sorted(self._buckets)[: len(self._buckets) - self.keep]:
                 del self._buckets[old]
@@ -59,17 +67,61 @@ class Series:
         lo, hi = int(start // self.bucket_s), int(end // self.bucket_s)
         return sum(c[key] for b, c in self._buckets.items() if lo <= b <= hi)
 
-    def window(self, start: float, end: float, keys: list[str]) -> dict[str, Any]:
-        """Bucket start times and one list of per-second rates per key, over [start, end]."""
+    def clock(self, now: float) -> float:
+        """The event-time now: the newest timestamp added, but never later than ``now``
+        (the cloud's clock), so a device clock running ahead does not drag charts forward."""
+        return now if self.newest is None else min(self.newest, now)
+
+    def first(self, start: float, end: float) -> float | None:
+        """Start time of the first bucket holding data in [start, end]; None if none does."""
         lo, hi = int(start // self.bucket_s), int(end // self.bucket_s)
-        times = [b * self.bucket_s for b in range(lo, hi + 1)]
+        held = [b for b, c in self._buckets.items() if lo <= b <= hi and any(c.values())]
+        return min(held) * self.bucket_s if held else None
+
+    def window(self, start: float, end: float, keys: list[str],
+               now: float | None = None) -> dict[str, Any]:
+        """Bucket start times and one list of per-second rates per key, over [start, end].
+
+        ``now`` (event time) marks the bucket still filling: its rate is taken over the part
+        that has passed, and is None (a gap, never a false zero) until ``PARTIAL_MIN_SHARE``
+        of it has. Every other bucket is whole, and an empty one reads 0.
+        """
+        lo, hi = int(start // self.bucket_s), int(end // self.bucket_s)
+        buckets = range(lo, hi + 1)
+        spans = [self._span(b, now) for b in buckets]
         empty: Counter[str] = Counter()
-        rates = {k: [round(self._buckets.get(b, empty)[k] / self.bucket_s, 4)
-                     for b in range(lo, hi + 1)] for k in keys}
-        return {"t": times, "rates": rates}
+        rates = {k: [None if span is None else round(self._buckets.get(b, empty)[k] / span, 4)
+                     for b, span in zip(buckets, spans, strict=True)] for k in keys}
+        return {"t": [b * self.bucket_s for b in buckets], "rates": rates}
+
+    def _span(self, bucket: int, now: float | None) -> float | None:
+        """Seconds of ``bucket`` that have passed by ``now``; None while too few to tell."""
+        if now is None or now >= (bucket + 1) * self.bucket_s:
+            return self.bucket_s
+        passed = now - bucket * self.bucket_s
+        return passed if passed >= PARTIAL_MIN_SHARE * self.bucket_s else None
 
     def keys(self) -> set[str]:
         return {k for c in self._buckets.values() for k in c}
+
+
+def chart_range(series: Series, now: float, window_s: float | None,
+                kept_s: float) -> tuple[float, float] | None:
+    """The event time a rate chart covers, as (start, end); ``end`` is ``series``' clock.
+
+    With ``window_s``, that many seconds up to the clock. With None ("fit the data"), from
+    the first bucket holding data within the kept ``kept_s`` seconds; None when none does.
+    """
+    end = series.clock(now)
+    if window_s is not None:
+        return end - window_s, end
+    first = series.first(end - kept_s, end)
+    return None if first is None else (first, end)
+
+
+def empty_window(keys: list[str]) -> dict[str, Any]:
+    """What :meth:`Series.window` returns over no buckets at all."""
+    return {"t": [], "rates": {k: [] for k in keys}}
 
 
 @dataclass
@@ -197,12 +249,14 @@ class LiveState:
         kinds = Counter(self.labels[e] for e in alert["event_ids"] if e in self.labels)
         return kinds.most_common(1)[0][0] if kinds else UNCONFIRMED
 
-    def alert_series(self, start: float, end: float) -> dict[str, Any]:
-        """Alerts opened per second, per ``stream:kind``, over [start, end]."""
+    def alert_series(self, start: float, end: float,
+                     now: float | None = None) -> dict[str, Any]:
+        """Alerts opened per second, per ``stream:kind``, over [start, end]; ``now`` as in
+        :meth:`Series.window`."""
         series = Series(self.bucket_s, self.keep)
         for a in self.alerts.values():
             series.add(a["start_ts"], f"{a['stream']}:{self.alert_kind(a)}")
-        return series.window(start, end, sorted(series.keys()))
+        return series.window(start, end, sorted(series.keys()), now)
 
 
 class KafkaWatcher:

@@ -7,15 +7,20 @@ personal data: the replicated topics carry tokens only, and a token is all an al
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
-from cloud.dashboard.live import LiveState
+from cloud.dashboard.errors import BadQuery
+from cloud.dashboard.live import LiveState, Series, chart_range, empty_window
 from cloud.registry import ModelRecord, Registry, RunRecord, TrainerStatus
 from shared.features import feature_label
 
 RATE_WINDOW_S = 60.0
 ALERT_RATE_WINDOW_S = 300.0
+FIT = "fit"  # charts span the data held, not a fixed window
+ALL = "all"  # charts span everything kept (LiveState.window_s)
+WINDOW_PRESETS_S = (300, 900, 3600)
 
 
 def _round(v: Any, digits: int = 4) -> Any:
@@ -31,6 +36,53 @@ def champions(registry: Registry) -> dict[str, str]:
         if c is not None:
             out[stream] = c.version
     return out
+
+
+# --- chart windows ---------------------------------------------------------------------------
+
+
+def chart_window(value: str | None, live: LiveState) -> float | None:
+    """The ``window`` query parameter of the chart pages: None to fit the data (the default,
+    also ``fit``), else seconds of event time (``all``: everything kept). Anything else is a
+    :class:`BadQuery` saying what is accepted."""
+    if value is None or value == FIT:
+        return None
+    if value == ALL:
+        return live.window_s
+    if re.fullmatch(r"[0-9]{1,9}", value) and live.bucket_s <= int(value) <= live.window_s:
+        return float(int(value))
+    raise BadQuery(f"window must be {FIT!r}, {ALL!r} or a whole number of seconds from "
+                   f"{live.bucket_s:g} (one bucket) to {live.window_s:g} (all that is kept), "
+                   f"not {value[:40]!r}")
+
+
+def window_choices(live: LiveState, window_s: float | None) -> list[dict[str, Any]]:
+    """The windows a page offers, the one shown (``window_s`` from :func:`chart_window`)
+    marked current and added when it is none of the presets."""
+    choices: list[tuple[str, float | None, str]] = [(FIT, None, "fit to data")]
+    choices += [(str(s), float(s), _duration(s)) for s in WINDOW_PRESETS_S if s < live.window_s]
+    choices.append((ALL, live.window_s, f"all kept ({_duration(live.window_s)})"))
+    if window_s not in {seconds for _, seconds, _ in choices}:
+        choices.append((f"{window_s:g}", window_s, _duration(window_s or 0)))
+    return [{"value": v, "label": label, "current": seconds == window_s}
+            for v, seconds, label in choices]
+
+
+def _duration(s: float) -> str:
+    if s % 3600 == 0:
+        return f"{s / 3600:g} h"
+    return f"{s / 60:g} min" if s % 60 == 0 else f"{s:g} s"
+
+
+def _window_info(live: LiveState, window_s: float | None,
+                 span: tuple[float, float] | None) -> dict[str, Any]:
+    return {"fit": window_s is None, "seconds": window_s, "bucket_s": live.bucket_s,
+            "start": span[0] if span else None, "end": span[1] if span else None}
+
+
+def _rates(series: Series, span: tuple[float, float] | None, keys: list[str]) -> dict[str, Any]:
+    """Per-second rates over ``span``; its end is the event-time now (the bucket filling)."""
+    return series.window(span[0], span[1], keys, now=span[1]) if span else empty_window(keys)
 
 
 # --- fleet -----------------------------------------------------------------------------------
@@ -68,8 +120,10 @@ def _gateway_row(live: LiveState, edge_id: str, champs: dict[str, str],
     }
 
 
-def gateway(live: LiveState, registry: Registry, edge_id: str,
-            now: float | None = None) -> dict[str, Any] | None:
+def gateway(live: LiveState, registry: Registry, edge_id: str, now: float | None = None,
+            window_s: float | None = None) -> dict[str, Any] | None:
+    """One gateway; its chart runs on its own event clock (``window_s`` as in
+    :func:`chart_window`), so a gateway gone quiet shows its last data."""
     now = time.time() if now is None else now
     champs = champions(registry)
     with live.lock:
@@ -78,12 +132,13 @@ def gateway(live: LiveState, registry: Registry, edge_id: str,
         row = _gateway_row(live, edge_id, champs, now)
         gw = live.gateways[edge_id]
         statuses = sorted(gw.statuses, key=lambda s: s["ts"], reverse=True)
-        start = now - live.window_s
+        span = chart_range(gw.events, now, window_s, live.window_s)
         streams = sorted(gw.events.keys())
-        events = gw.events.window(start, now, streams)
-        anomalous = gw.anomalous.window(start, now, streams)
+        events = _rates(gw.events, span, streams)
+        anomalous = _rates(gw.anomalous, span, streams)
     history = [s for s in statuses if s["state"] in ("active", "rolled_back")]
     return {**row, "statuses": statuses, "model_history": history,
+            "window": _window_info(live, window_s, span),
             "series": {"t": events["t"], "events": events["rates"],
                        "anomalous": anomalous["rates"]}}
 
@@ -92,21 +147,24 @@ def gateway(live: LiveState, registry: Registry, edge_id: str,
 
 
 def detection(live: LiveState, registry: Registry, now: float | None = None,
-              latest: int = 50) -> dict[str, Any]:
+              latest: int = 50, window_s: float | None = None) -> dict[str, Any]:
+    """The whole fleet; every chart spans the same event time (``window_s`` as in
+    :func:`chart_window`), set by the scored events."""
     now = time.time() if now is None else now
     with live.lock:
-        start_ts = now - live.window_s
+        span = chart_range(live.events, now, window_s, live.window_s)
         streams = sorted(live.events.keys())
-        events = live.events.window(start_ts, now, streams)
-        anomalous = live.anomalous.window(start_ts, now, streams)
-        decisions = live.decisions.window(start_ts, now, ["approve", "decline"])
-        alert_series = live.alert_series(start_ts, now)
+        events = _rates(live.events, span, streams)
+        anomalous = _rates(live.anomalous, span, streams)
+        decisions = _rates(live.decisions, span, ["approve", "decline"])
+        alert_series = (live.alert_series(span[0], span[1], now=span[1]) if span
+                        else empty_window([]))
         alerts = [dict(a, kind=live.alert_kind(a)) for a in reversed(live.alerts.values())]
         live_scores = {k: list(v) for k, v in live.scores.items()}
     recent = [_alert_row(a) for a in alerts[:latest]]
     dists = {s: _score_distribution(registry, s, live_scores)
              for s in sorted(set(streams) | set(registry.streams()))}
-    return {"now": now, "streams": streams,
+    return {"now": now, "streams": streams, "window": _window_info(live, window_s, span),
             "rates": {"t": events["t"], "events": events["rates"],
                       "anomalous": anomalous["rates"]},
             "decisions": decisions, "alerts_by_kind": alert_series,

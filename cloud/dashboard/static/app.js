@@ -1,5 +1,7 @@
 // Charts for the dashboard: every element with data-chart is drawn with uPlot from its
 // data-src JSON (the page's /api twin) and, with data-live, refreshed every few seconds.
+// Time charts span the t the server sends (the data's range, or the chosen ?window=); a null
+// rate (the bucket still filling) is a gap at the right end, never a zero.
 (function () {
   "use strict";
   const COLORS = ["#1f5fbf", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#0b7285", "#e67700", "#495057"];
@@ -71,11 +73,25 @@
     };
   }
 
+  function empty(el) {
+    // Fitting the data found none in the kept window: say so instead of a blank frame.
+    if (el._plot) { el._plot.destroy(); el._plot = null; el._shape = null; }
+    if (!el._empty) {
+      el._empty = document.createElement("p");
+      el._empty.className = "empty muted";
+      el._empty.textContent = "No events in this window yet.";
+      el.appendChild(el._empty);
+    }
+    el.dataset.drawn = "1";
+  }
+
   async function draw(el) {
     try {
       const resp = await fetch(el.dataset.src, { credentials: "same-origin", headers: { "Accept": "application/json" } });
       if (!resp.ok) return;
       const spec = BUILD[el.dataset.chart](await resp.json(), el);
+      if (spec.time && !spec.data[0].length) { empty(el); return; }
+      if (el._empty) { el._empty.remove(); el._empty = null; }
       const shape = spec.labels.join("|");
       if (el._plot && el._shape === shape) { el._plot.setData(spec.data); return; }
       if (el._plot) el._plot.destroy();

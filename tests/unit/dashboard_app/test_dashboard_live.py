@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cloud.dashboard.auth import Signer, Users, hash_password, verify_password
+from cloud.dashboard.errors import BadQuery
 from cloud.dashboard.live import LiveState
-from cloud.dashboard.views import fleet
+from cloud.dashboard.views import chart_window, detection, fleet, gateway, window_choices
 from shared.contracts import ModelStatus, Score, encode
 
 
@@ -82,3 +85,106 @@ def test_a_gateway_shows_the_model_it_reported_active_before_scoring_with_it() -
     # ... a later one does (say the agent rolled back).
     live.on_record("edge-1.scores.payments", _score(now - 1, False, "v1"), now - 1)
     assert model() == "v1"
+
+
+class _NoModels(_NoRegistry):
+    def champion(self, stream: str) -> None:
+        return None
+
+    def find(self, version: str) -> None:
+        return None
+
+
+def _fed(first: float, last: float, every: float = 1.0, skip: tuple[float, float] = (0, 0),
+         window_s: float = 3600) -> LiveState:
+    """Payments scored one per ``every`` seconds over [first, last], none inside ``skip``."""
+    live = LiveState(bucket_s=10, window_s=window_s, offline_after_s=30)
+    ts = first
+    while ts <= last:
+        if not skip[0] <= ts < skip[1]:
+            live.on_record("edge-1.scores.payments", _score(ts, False), ts)
+        ts += every
+    return live
+
+
+def test_charts_fit_the_data_not_a_fixed_hour_and_the_window_can_be_chosen() -> None:
+    # Ten minutes of data, looked at 2 s after the newest event arrived.
+    live = _fed(9_400.5, 10_000.5)
+    now = 10_002.5
+    fit = detection(live, _NoModels(), now)  # type: ignore[arg-type]
+    t = fit["rates"]["t"]
+    assert (t[0], t[-1], len(t)) == (9_400.0, 10_000.0, 61)  # not 361 buckets of an hour
+    assert fit["decisions"]["t"] == t and fit["alerts_by_kind"]["t"] == t
+    assert fit["window"] == {"fit": True, "seconds": None, "bucket_s": 10, "start": 9_400.0,
+                             "end": 10_000.5}
+    gw = gateway(live, _NoModels(), "edge-1", now)  # type: ignore[arg-type]
+    assert gw is not None and gw["series"]["t"] == t
+
+    five = detection(live, _NoModels(), now, window_s=300)  # type: ignore[arg-type]
+    assert (five["rates"]["t"][0], five["rates"]["t"][-1]) == (9_700.0, 10_000.0)
+    hour = detection(live, _NoModels(), now, window_s=3600)  # type: ignore[arg-type]
+    rates = hour["rates"]["events"]["payments"]
+    assert hour["rates"]["t"][0] == 6_400.0 and len(rates) == 361
+    assert rates[:300] == [0.0] * 300 and rates[301:-1] == [1.0] * 59  # before the data: none
+
+
+def test_the_bucket_still_filling_is_a_rate_over_its_elapsed_part_never_a_zero() -> None:
+    # 1 event/s; the newest at 10_006.5, 6.5 s into its bucket, arrived 1.5 s ago.
+    live = _fed(9_400.5, 10_006.5)
+    rates = detection(live, _NoModels(), 10_008.0)["rates"]  # type: ignore[arg-type]
+    payments = rates["events"]["payments"]
+    assert rates["t"][-1] == 10_000.0
+    assert payments[:-1] == [1.0] * 60  # whole buckets
+    assert 0.9 < payments[-1] < 1.2  # 7 events in 6.5 s, not 7 in 10 (0.7)
+
+    # The cloud's clock already in the next bucket, the newest event not: the chart ends at
+    # the newest event's bucket, not at an empty one read as zero.
+    live = _fed(9_400.5, 10_009.5)
+    rates = detection(live, _NoModels(), 10_011.0)["rates"]  # type: ignore[arg-type]
+    assert rates["t"][-1] == 10_000.0 and 0.9 < rates["events"]["payments"][-1] < 1.2
+
+    # Less than half the bucket passed: too little to tell, so a gap (None), not a zero.
+    live = _fed(9_400.5, 10_002.5)
+    det = detection(live, _NoModels(), 10_003.0)  # type: ignore[arg-type]
+    assert det["rates"]["events"]["payments"][-1] is None
+    assert det["decisions"]["rates"]["approve"][-1] is None
+    assert det["rates"]["events"]["payments"][-2] == 1.0
+
+
+def test_a_silence_inside_the_range_reads_zero() -> None:
+    live = _fed(9_400.5, 10_005.5, skip=(9_600, 9_700))
+    payments = detection(live, _NoModels(), 10_006.0)["rates"]["events"][  # type: ignore[arg-type]
+        "payments"]
+    assert payments[20:30] == [0.0] * 10  # 9_600 .. 9_690: nothing arrived, a true zero
+    assert payments[19] == payments[30] == 1.0 and None not in payments[:-1]
+
+
+def test_a_device_clock_ahead_does_not_drag_the_charts_forward() -> None:
+    live = _fed(9_400.5, 10_000.5)
+    live.on_record("edge-1.scores.payments", _score(10_300.0, False), 10_001.0)
+    t = detection(live, _NoModels(), 10_001.0)["rates"]["t"]  # type: ignore[arg-type]
+    assert t[-1] == 10_000.0  # the cloud's now, not the device's 10_300
+
+
+def test_with_no_data_fitting_shows_nothing_and_a_fixed_window_shows_zeros() -> None:
+    live = LiveState(bucket_s=10, window_s=3600)
+    fit = detection(live, _NoModels(), 10_000.0)  # type: ignore[arg-type]
+    assert fit["rates"]["t"] == [] and fit["decisions"]["rates"] == {"approve": [],
+                                                                     "decline": []}
+    five = detection(live, _NoModels(), 10_009.0, window_s=300)  # type: ignore[arg-type]
+    assert len(five["decisions"]["t"]) == 31
+    assert five["decisions"]["rates"]["approve"][:-1] == [0.0] * 30
+
+
+def test_a_window_is_fit_all_or_whole_seconds_within_what_is_kept() -> None:
+    live = LiveState(bucket_s=10, window_s=3600)
+    assert chart_window(None, live) is None and chart_window("fit", live) is None
+    assert chart_window("all", live) == 3600 and chart_window("900", live) == 900
+    for bad in ("", "abc", "0", "5", "7200", "-300", "900.0", "1e3", " 900", "²", "9" * 50):
+        with pytest.raises(BadQuery, match="window must be 'fit', 'all' or a whole number of"):
+            chart_window(bad, live)
+    labels = [(c["label"], c["current"]) for c in window_choices(live, 900)]
+    assert labels == [("fit to data", False), ("5 min", False), ("15 min", True),
+                      ("all kept (1 h)", False)]
+    assert window_choices(live, 600)[-1] == {"value": "600", "label": "10 min", "current": True}
+    assert window_choices(live, 3600)[-1]["current"]  # "all"
