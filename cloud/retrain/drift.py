@@ -92,6 +92,10 @@ class DriftSettings:
     alert_rate_increase: float = 0.01
     # Below this many recent events nothing is concluded.
     min_events: int = 500
+    # The alert-rate signal leaves out this share of a gateway's vehicles, those with the most
+    # anomalous frames: a few faulty vehicles (whose labels arrive only after their episodes
+    # end) are not drift, a shift across many vehicles is.
+    trim_vehicles: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -189,3 +193,16 @@ def blamed_features(alerts: list[Any], top: int = 3) -> list[tuple[str, float]]:
         return []
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return [(f, round(v / whole, 3)) for f, v in ranked]
+
+
+def trimmed_rate(per_key: Mapping[str, tuple[int, int]], trim: float) -> tuple[float, int]:
+    """(anomalous share, frames) over keys, leaving out the ``trim`` share of keys with the
+    highest anomalous share; ``per_key`` maps a key to (anomalous frames, frames).
+
+    >>> trimmed_rate({"a": (9, 10), "b": (0, 10), "c": (1, 10)}, 0.34)
+    (0.05, 20)
+    """
+    ranked = sorted(per_key.values(), key=lambda c: -(c[0] / c[1]) if c[1] else 0.0)
+    kept = ranked[int(len(ranked) * trim):]
+    frames = sum(n for _, n in kept)
+    return (sum(a for a, _ in kept) / frames if frames else 0.0), frames

@@ -51,6 +51,7 @@ from cloud.retrain.drift import (
     blamed_features,
     detect,
     profile,
+    trimmed_rate,
 )
 from cloud.retrain.source import DataSource
 from cloud.trainer import data as tdata
@@ -173,8 +174,10 @@ class TrainerService:
         now = time.time() if now is None else now
         prepared = self.prepare(stream)
         if isinstance(prepared, Waiting):
-            log.info("%s: %s (%s)", stream, prepared.state, prepared.reason)
-            self.registry.set_status(stream, prepared.state, prepared.reason,
+            log.info("%s: %s (%s) to retrain on %s", stream, prepared.state, prepared.reason,
+                     trigger)
+            self.registry.set_status(stream, prepared.state,
+                                     f"{prepared.reason}; to retrain on {trigger}: {reason}",
                                      next_ts=now + self.settings.drift_check_s)
             return None
         self.registry.set_status(stream, "training", f"{trigger}: {reason}")
@@ -271,7 +274,9 @@ class TrainerService:
                           since: float) -> dict[str, tuple[float, int]]:
         """Per gateway: the share of the champion's recent scores that are anomalous, over
         events with no label, leaving out each vehicle's first ``feature_memory_s`` (its
-        rolling features are still filling, so its first frames look odd to any model)."""
+        rolling features are still filling, so its first frames look odd to any model) and
+        the ``trim_vehicles`` share of vehicles with the most anomalous frames (a faulty
+        vehicle whose label has not arrived yet is not drift)."""
         by_gateway = getattr(self.source, "gateway_scores", None)
         scores: dict[str, list[Any]] = (by_gateway(stream, since) if by_gateway is not None
                                         else {"": self.source.scores(stream, since)})
@@ -284,11 +289,17 @@ class TrainerService:
         warm_after = feature_memory_s(stream)
         out = {}
         for gw, items in scores.items():
-            judged = [s for s in items if s.model_version == champion.version
-                      and s.event_id not in labelled
-                      and s.ts >= first.get(s.token, s.ts) + warm_after]
-            if judged:
-                out[gw] = (float(np.mean([s.anomalous for s in judged])), len(judged))
+            per_key: dict[str, list[int]] = {}
+            for s in items:
+                if (s.model_version != champion.version or s.event_id in labelled
+                        or s.ts < first.get(s.token, s.ts) + warm_after):
+                    continue
+                counts = per_key.setdefault(s.token, [0, 0])
+                counts[0] += int(s.anomalous)
+                counts[1] += 1
+            if per_key:
+                out[gw] = trimmed_rate({k: (a, n) for k, (a, n) in per_key.items()},
+                                       self.settings.drift.trim_vehicles)
         return out
 
     def reference(self, champion: ModelRecord, records: list[Any],

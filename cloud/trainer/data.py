@@ -180,9 +180,14 @@ def read_labels_file(path: Path) -> list[Label]:
 def vehicle_split(records: Records, fractions: tuple[float, float, float]) -> tuple[Records, ...]:
     """Train / validation / holdout by key (vehicle or card): each judged on keys it never saw.
 
-    Every key falls wholly into one split, chosen by a hash of its token, so the threshold and
-    the holdout figures speak for a fleet the model was not fitted on, at every time of day the
-    data covers (a time split of a few hours' data would test one part of the day only).
+    Every key falls wholly into one split, so the threshold and the holdout figures speak for
+    a fleet the model was not fitted on, at every time of day the data covers (a time split of
+    a few hours' data would test one part of the day only). The split is stratified: keys with
+    a labelled event and keys without are each ordered by a hash of their token and dealt out
+    by the fractions, so each split gets its share of the (rare) labelled keys. Of the
+    labelled keys the holdout gets at least one and the validation split at least one of the
+    rest: the model fits normal frames only, so labelled keys count where the threshold is
+    set and the model is judged.
     """
     if len(records) == 0:
         raise TrainerError(f"no {records.stream} records to train on")
@@ -191,10 +196,22 @@ def vehicle_split(records: Records, fractions: tuple[float, float, float]) -> tu
     if keys.size < 3:
         raise TrainerError(f"a split by vehicle needs at least 3 keys; {records.stream} has "
                            f"{keys.size}")
-    u = np.array([int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], "big") / 2**64
-                  for k in keys])
-    part_of = dict(zip(keys.tolist(), np.searchsorted(cuts, u, side="right").tolist(),
-                       strict=True))
+    labelled_keys = set(records.tokens[records.labelled].tolist())
+
+    def ranked(group: list[Any]) -> list[Any]:
+        return sorted(group, key=lambda k: hashlib.sha256(str(k).encode()).digest())
+
+    part_of: dict[Any, int] = {}
+    plain = ranked([k for k in keys.tolist() if k not in labelled_keys])
+    # The i-th of n keys sits at (i + 0.5) / n: the fractions hold for every group size.
+    u = (np.arange(len(plain)) + 0.5) / max(1, len(plain))
+    part_of.update(zip(plain, np.searchsorted(cuts, u, side="right").tolist(), strict=True))
+    marked = ranked([k for k in keys.tolist() if k in labelled_keys])
+    n, total = len(marked), sum(fractions)
+    hold = max(1, round(n * fractions[2] / total)) if n else 0
+    val = min(max(1, round(n * fractions[1] / total)) if n > 1 else 0, n - hold)
+    for i, k in enumerate(marked):
+        part_of[k] = 2 if i < hold else 1 if i < hold + val else 0
     part = np.array([part_of[t] for t in records.tokens.tolist()])
     return tuple(records.take(np.flatnonzero(part == i)) for i in range(3))
 

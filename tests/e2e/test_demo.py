@@ -27,8 +27,8 @@ from tests.support import consume_all
 
 pytestmark = pytest.mark.integration
 
-VEHICLES = 40
-DURATION_S = 240.0
+VEHICLES = 60
+DURATION_S = 300.0
 
 
 def _free(port: int) -> bool:

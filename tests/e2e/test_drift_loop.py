@@ -46,6 +46,7 @@ from cloud.trainer import data as tdata
 from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
 from shared import model_bundle, signing, topics
+from shared.baselines import baseline_dir
 from shared.contracts import ModelStatus, decode, encode
 from shared.features import feature_memory_s
 from shared.infra.mirror import Mirror
@@ -61,7 +62,7 @@ from tests.support import consume_all, free_infra_settings, produce_all
 
 pytestmark = pytest.mark.integration
 
-BASELINE = Path(__file__).resolve().parents[2] / "edge" / "models" / "baseline" / "telemetry"
+BASELINE = baseline_dir("telemetry")
 VEHICLES = 40  # per gateway, before the new model's vehicles join (30 % more)
 SPEED = 10.0  # fleet seconds per wall second
 PHASE1_S = 900.0

@@ -7,14 +7,14 @@ Fails when the shared feature code changes without the baselines being retrained
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
 from shared import signing
+from shared.baselines import BASELINE_DIR
 from shared.features import FEATURE_SPEC_VERSION, model_features
 
-BASELINE = Path(__file__).resolve().parents[3] / "edge" / "models" / "baseline"
+BASELINE = BASELINE_DIR
 
 
 @pytest.mark.parametrize("stream", ["telemetry", "payments"])

@@ -137,3 +137,30 @@ def test_time_split_orders_by_time() -> None:
     train, val, hold = time_split(rec, (0.6, 0.2, 0.2))
     assert len(train) + len(val) + len(hold) == 100
     assert train.ts.max() < val.ts.min() and val.ts.max() < hold.ts.min()
+
+
+def test_a_vehicle_split_deals_out_the_labelled_vehicles_too() -> None:
+    from cloud.trainer.data import vehicle_split
+
+    # 100 vehicles, 5 of them with a labelled fault: each split gets its share of both kinds
+    # (a hash alone leaves a fifth of the labelled vehicles, or none, to the holdout).
+    n = 100 * 20
+    tokens = np.array([f"v{i // 20}" for i in range(n)], dtype=object)
+    kinds = np.array(["tyre_leak" if i // 20 in (3, 17, 42, 66, 91) and i % 20 < 5 else ""
+                      for i in range(n)], dtype=object)
+    recs = Records("telemetry", ["f"], np.zeros((n, 1), np.float32), np.arange(n).astype(object),
+                   np.arange(n, dtype=np.float64), tokens, kinds, kinds.copy())
+    train, val, hold = vehicle_split(recs, (0.6, 0.2, 0.2))
+    labelled = [len(set(p.tokens[p.labelled].tolist())) for p in (train, val, hold)]
+    assert labelled == [3, 1, 1]
+    assert [len(set(p.tokens.tolist())) for p in (train, val, hold)] == [60, 20, 20]
+    # With one or two labelled vehicles they go where the model is judged and the threshold
+    # set: the autoencoder fits normal frames only.
+    for few, expect in (((3,), [0, 0, 1]), ((3, 17), [0, 1, 1])):
+        k = np.array(["tyre_leak" if i // 20 in few and i % 20 < 5 else "" for i in range(n)],
+                     dtype=object)
+        r = Records("telemetry", ["f"], np.zeros((n, 1), np.float32),
+                    np.arange(n).astype(object), np.arange(n, dtype=np.float64), tokens, k,
+                    k.copy())
+        parts = vehicle_split(r, (0.6, 0.2, 0.2))
+        assert [len(set(p.tokens[p.labelled].tolist())) for p in parts] == expect
