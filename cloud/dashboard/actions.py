@@ -150,6 +150,8 @@ class Actions:
                         svc.cycle()
                     except FleetsentryError as exc:
                         log.error("trainer cycle failed: %s", exc)
+                    except Exception:  # the loop outlives any one cycle; say what broke it
+                        log.exception("trainer cycle failed")
                 stop.wait(poll_s)
         finally:
             reg.close()

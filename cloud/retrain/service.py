@@ -131,6 +131,8 @@ class TrainerService:
                 self.cycle()
             except FleetsentryError as exc:  # a broker down, bad data: say so, keep serving
                 log.error("cycle failed: %s", exc)
+            except Exception:  # the loop outlives any one cycle; say what broke it
+                log.exception("cycle failed")
             stop.wait(poll_s)
 
     def cycle(self, now: float | None = None) -> list[RunRecord]:

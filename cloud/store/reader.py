@@ -25,13 +25,19 @@ class StoreReader:
         self.root = root
 
     def dataset(self, name: str) -> pads.Dataset | None:
+        """The finished Parquet files of dataset ``name``: a file still being written (or
+        left half written by a crash) is never read."""
         folder = self.root / name
-        if not folder.is_dir() or not any(folder.rglob("*.parquet")):
+        files = sorted(str(p) for p in folder.rglob("*.parquet")
+                       if not p.name.startswith(".")) if folder.is_dir() else []
+        if not files:
             return None
         ds = layout.datasets()[name]
-        return pads.dataset(folder, format="parquet", partitioning="hive",
-                            schema=schema_of(ds).append(pa.field("day", pa.string())),
-                            exclude_invalid_files=False)
+        schema = schema_of(ds).append(pa.field("day", pa.string()))
+        return pads.dataset(files, format="parquet", schema=schema,
+                            partitioning=pads.partitioning(
+                                pa.schema([pa.field("day", pa.string())]), flavor="hive"),
+                            partition_base_dir=str(folder), exclude_invalid_files=False)
 
     def table(self, name: str, columns: list[str] | None = None,
               filter: pc.Expression | None = None) -> pa.Table:

@@ -128,7 +128,7 @@ class ParquetFiles:
         folder = self.root / dataset / f"day={day}"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / (name + ".tmp")
+        tmp = folder / f".{name}.tmp"  # hidden: readers list finished files only
         table = pa.Table.from_pylist(rows, schema=schema)
         pq.write_table(table, tmp, compression=self.compression)
         with open(tmp, "rb") as fh:

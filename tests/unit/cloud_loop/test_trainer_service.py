@@ -229,3 +229,52 @@ def test_drift_names_the_gateway_whose_false_alerts_rose(
     by_gateway["gw-south"] = _scores([r for r in telemetry if r.vehicle_token not in north],
                                      "another-model", lambda r: True)
     assert not svc.check_drift("telemetry").drifted
+
+
+class Flaky(MemorySource):
+    """Data that cannot be read once (a file vanishing under a read, a broker blip)."""
+
+    def __init__(self) -> None:
+        super().__init__({}, [])
+        self.calls = 0
+
+    def anon_records(self, stream: str) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise FileNotFoundError("part-1.parquet vanished")
+        return []
+
+
+def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) -> None:
+    import threading
+
+    from cloud.dashboard.actions import Actions
+
+    settings = RetrainSettings(streams=("telemetry",), drift_check_s=0.0)
+    key = signing.generate_private_key()
+    source = Flaky()
+    actions = Actions(tmp_path / "registry",
+                      lambda reg: TrainerService(reg, source, key, settings)).start()
+    stop = threading.Event()
+    loop = threading.Thread(target=actions.schedule, args=(stop, 0.05), daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 30
+    while source.calls < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    loop.join(10)
+    actions.close()
+    assert source.calls >= 3, "the schedule loop stopped at the first unexpected error"
+
+    with Registry(tmp_path / "registry2") as reg:
+        flaky = Flaky()
+        svc = TrainerService(reg, flaky, key, settings)
+        stop = threading.Event()
+        runner = threading.Thread(target=svc.run, args=(stop, 0.05), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while flaky.calls < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        runner.join(10)
+        assert flaky.calls >= 3, "the trainer service stopped at the first unexpected error"
