@@ -246,23 +246,27 @@ class TrainerService:
         x = None
         if ref is not None:
             x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
-        rates = self.false_alert_rates(stream, champion, records, since)
+        first = first_seen(records)
+        rates = self.false_alert_rates(stream, champion, first, since)
         report = detect(ref, x, self.settings.drift, expected_alert_rate=holdout_fpr(champion),
                         gateway_rates=rates)
-        return self._blame(report, stream, champion, since)
+        return self._blame(report, stream, champion, first, since)
 
     def _blame(self, report: DriftReport, stream: str, champion: ModelRecord,
-               since: float) -> DriftReport:
+               first: dict[str, float], since: float) -> DriftReport:
         """Name the features each drifted gateway's alerts point at (when the source can
-        tell alerts apart by gateway)."""
+        tell alerts apart by gateway), leaving out alerts raised in a vehicle's first
+        ``feature_memory_s``."""
         by_gateway = getattr(self.source, "gateway_alerts", None)
         if not report.drifted_gateways or by_gateway is None:
             return report
         alerts = by_gateway(since)
+        warm_after = feature_memory_s(stream)
         blamed = {}
         for gw in report.drifted_gateways:
             mine = [a for a in alerts.get(gw, []) if a.stream == stream
-                    and a.model_version == champion.version]
+                    and a.model_version == champion.version
+                    and a.start_ts >= first.get(a.token, a.start_ts) + warm_after]
             features = blamed_features(mine)
             if features:
                 blamed[gw] = features
@@ -272,7 +276,7 @@ class TrainerService:
             f"{f} {100 * share:.0f}%" for f, share in feats) for gw, feats in blamed.items())
         return replace(report, reason=f"{report.reason}; {notes}", blamed=blamed)
 
-    def false_alert_rates(self, stream: str, champion: ModelRecord, records: list[Any],
+    def false_alert_rates(self, stream: str, champion: ModelRecord, first: dict[str, float],
                           since: float) -> dict[str, tuple[float, int]]:
         """Per gateway: the share of the champion's recent scores that are anomalous, over
         events with no label, leaving out each vehicle's first ``feature_memory_s`` (its
@@ -283,11 +287,6 @@ class TrainerService:
         scores: dict[str, list[Any]] = (by_gateway(stream, since) if by_gateway is not None
                                         else {"": self.source.scores(stream, since)})
         labelled = {lab.event_id for lab in self.source.labels()}
-        first: dict[str, float] = {}
-        for r in records:
-            token = tdata.key_token(r)
-            if token not in first:
-                first[token] = r.ts  # records are in event-time order
         warm_after = feature_memory_s(stream)
         out = {}
         for gw, items in scores.items():
@@ -411,6 +410,14 @@ class TrainerService:
         champion = self.registry.champion(stream)
         if self.publisher is not None and champion is not None:
             self.publisher.publish(champion)
+
+
+def first_seen(records: list[Any]) -> dict[str, float]:
+    """When each key (vehicle, or card) first appears in ``records`` (in event-time order)."""
+    first: dict[str, float] = {}
+    for r in records:
+        first.setdefault(tdata.key_token(r), r.ts)
+    return first
 
 
 def decide_unlabelled(challenger: Evaluation,

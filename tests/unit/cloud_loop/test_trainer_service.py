@@ -208,10 +208,16 @@ def test_drift_names_the_gateway_whose_false_alerts_rose(
                      threshold=1.0, event_ids=[r.event_id], model_version=champion.version,
                      top_features=[Contribution(f, e) for f, e in features])
 
-    alerts = {"gw-south": [alert(100, "open", [("coolant_c", 9.0)]),  # superseded below
-                           alert(100, "closed", [("tyre_fl_kpa", 3.0), ("coolant_c", 1.0)]),
-                           alert(200, "closed", [("tyre_fl_kpa", 3.0), ("tyre_fr_kpa", 2.0)]),
-                           alert(300, "closed", [("tyre_fr_kpa", 1.0)])]}
+    newcomer = south[0]  # an alert in a vehicle's first minute: its features still filling
+    alerts = {"gw-south": [Alert(alert_id="a0", stream="telemetry", token=newcomer.vehicle_token,
+                                 state="closed", start_ts=newcomer.ts, peak_ts=newcomer.ts,
+                                 end_ts=newcomer.ts + 5, peak_score=9.0, threshold=1.0,
+                                 event_ids=[newcomer.event_id], model_version=champion.version,
+                                 top_features=[Contribution("frame_gap_s", 50.0)]),
+                           alert(1000, "open", [("coolant_c", 9.0)]),  # superseded below
+                           alert(1000, "closed", [("tyre_fl_kpa", 3.0), ("coolant_c", 1.0)]),
+                           alert(2000, "closed", [("tyre_fl_kpa", 3.0), ("tyre_fr_kpa", 2.0)]),
+                           alert(3000, "closed", [("tyre_fr_kpa", 1.0)])]}
     svc.source = GatewaySource({"telemetry": telemetry}, labels, by_gateway, alerts)
     report = svc.check_drift("telemetry")
     assert report.drifted and report.drifted_gateways == ["gw-south"], report
