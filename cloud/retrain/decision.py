@@ -39,6 +39,11 @@ class PromotionRule:
     # while it alerts on a fifth of the fleet's normal traffic, and a challenger that ranks a
     # little lower but alerts where it should is what the gateways need.
     max_pr_auc_loss: float = 0.03
+    # Never promote what the gateways' shadow check would refuse: a false-positive rate above
+    # this many times the champion's plus this much (ranking gains on a holdout with few
+    # positives can be noise; false alerts on every normal event are not).
+    max_fpr_ratio: float = 2.0
+    max_fpr_increase: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,16 @@ def decide(challenger: Evaluation, champion: Evaluation | None,
         return True, "the champion cannot be scored on this holdout"
     gain = challenger.pr_auc - champion.pr_auc
     versus = f"PR AUC {challenger.pr_auc:.3f} vs {champion.pr_auc:.3f} ({gain:+.3f})"
+    fpr_c, fpr_p = challenger.false_positive_rate, champion.false_positive_rate
+    if (not math.isnan(fpr_c) and not math.isnan(fpr_p)
+            and fpr_c > fpr_p * rule.max_fpr_ratio + rule.max_fpr_increase):
+        return False, (f"too many false alerts: false-positive rate {100 * fpr_c:.2f}% vs "
+                       f"{100 * fpr_p:.2f}% (at most {rule.max_fpr_ratio:g}x + "
+                       f"{100 * rule.max_fpr_increase:g} points); {versus}")
     if gain < -rule.max_pr_auc_loss:
         return False, f"ranks worse: {versus}"
     if gain >= rule.min_pr_auc_gain:
         return True, versus
-    fpr_c, fpr_p = challenger.false_positive_rate, champion.false_positive_rate
     recall_ok = challenger.recall >= champion.recall - rule.max_recall_loss
     if fpr_p > 0 and fpr_c <= fpr_p * (1 - rule.min_fpr_reduction) and recall_ok:
         return True, (f"false-positive rate {100 * fpr_c:.2f}% vs {100 * fpr_p:.2f}% at "

@@ -15,7 +15,8 @@ An automatic run starts only when there is something to train on: too few record
 "waiting for data", no labelled anomalies where the int8 check needs them is "waiting for
 labels" (unless ``allow_unlabelled_promotion``); neither is a failed run. A run that fails or
 keeps the champion backs the stream off: the next automatic run waits ``drift_check_s``,
-doubling with each such run in a row up to ``max_backoff_s``. What the service is doing about
+doubling with each such run in a row up to ``max_backoff_s``; a promoted champion serves
+``settle_s`` before drift may retrain it. What the service is doing about
 each stream is kept in the registry's ``trainer_status`` table (the dashboard shows it).
 
 A retrain trains a challenger with the trainer's own pipeline on the fleet's replicated data,
@@ -92,6 +93,9 @@ class RetrainSettings:
     allow_unlabelled_promotion: bool = False
     # Longest wait after failed or kept automatic runs in a row (doubling from drift_check_s).
     max_backoff_s: float = 6 * 3600.0
+    # A newly promoted champion serves this long before drift may retrain it: the recent
+    # window must hold enough of what it scored to be compared with its training window.
+    settle_s: float = 1800.0
 
 
 @dataclass
@@ -187,8 +191,10 @@ class TrainerService:
         status = self.registry.status(stream)
         failures = status.failures if status is not None else 0
         if run.decision == "promoted":
-            self.registry.set_status(stream, "watching",
-                                     f"run {run.id} promoted {run.challenger}", failures=0)
+            self.registry.set_status(
+                stream, "watching", f"run {run.id} promoted {run.challenger}; drift checks "
+                f"resume in {_duration(self.settings.settle_s)}",
+                next_ts=now + self.settings.settle_s, failures=0)
         else:
             failures += 1
             wait = min(self.settings.max_backoff_s,

@@ -90,6 +90,11 @@ def test_decision_promotes_only_a_better_model() -> None:
     assert decide(_eval(0.5, 0.1, 0.5), None, rule) == (True, "no champion to compare with")
     no_pos = decide(_eval(math.nan, 0.0, math.nan), champ, rule)
     assert no_pos[0] is False
+    # Ranks better on a holdout with few positives, but would alert on 12x the normal traffic
+    # (a demo run promoted this before the gateways' shadow check refused it on one gateway).
+    noisy = decide(_eval(0.105, 0.0126, 0.5), _eval(0.029, 0.0010, 0.5), rule)
+    assert noisy[0] is False and "too many false alerts" in noisy[1]
+    assert decide(_eval(0.105, 0.0110, 0.5), _eval(0.029, 0.0010, 0.5), rule)[0] is True
 
 
 def test_evaluate_and_curves_on_the_same_holdout() -> None:

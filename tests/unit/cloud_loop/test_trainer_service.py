@@ -284,3 +284,18 @@ def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) ->
         stop.set()
         runner.join(10)
         assert flaky.calls >= 3, "the trainer service stopped at the first unexpected error"
+
+
+def test_a_new_champion_settles_before_drift_may_retrain_it(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    anon, labels = data
+    settings = RetrainSettings(streams=("payments",), min_records=300, drift_check_s=0.0,
+                               settle_s=600.0, seed_baselines=False, train=SMALL)
+    svc = TrainerService(registry, MemorySource(anon, labels), signing.generate_private_key(),
+                         settings)
+    [run] = svc.cycle(NOW)
+    assert run.decision == "promoted", (run.decision_reason, run.error)
+    status = registry.status("payments")
+    assert status is not None and status.next_ts == NOW + 600.0
+    assert "drift checks resume in 10 min" in status.detail
+    assert svc.cycle(NOW + 599) == [] and registry.status("payments") == status
