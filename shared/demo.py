@@ -65,27 +65,32 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def _q(value: object) -> str:
+    """A TOML basic string: JSON's string escapes are TOML's (a path may hold a quote)."""
+    return json.dumps(str(value))
+
+
 def _edge_toml(gw_id: str, stack: Stack, data_dir: Path, metrics_port: int,
                public_key: Path) -> str:
     return (
-        f'edge_id = "{gw_id}"\n'
-        f'data_dir = "{data_dir}"\n\n'
-        f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n'
-        f'credentials_file = "{stack.edge.credentials_path}"\n\n'
-        f'[mqtt]\nhost = "{stack.mqtt.host}"\nport = {stack.mqtt.port}\n'
-        f'credentials_file = "{stack.mqtt.credentials_path}"\n\n'
-        f"[metrics]\nbase_port = {metrics_port}\n\n"
-        f'[scorer]\npublic_key = "{public_key}"\n'
+        f"edge_id = {_q(gw_id)}\n"
+        f"data_dir = {_q(data_dir)}\n\n"
+        f"[kafka]\nbootstrap = {_q(stack.edge.bootstrap)}\n"
+        f"credentials_file = {_q(stack.edge.credentials_path)}\n\n"
+        f"[mqtt]\nhost = {_q(stack.mqtt.host)}\nport = {int(stack.mqtt.port)}\n"
+        f"credentials_file = {_q(stack.mqtt.credentials_path)}\n\n"
+        f"[metrics]\nbase_port = {int(metrics_port)}\n\n"
+        f"[scorer]\npublic_key = {_q(public_key)}\n"
     )
 
 
 def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
     return (
-        f'[kafka]\nbootstrap = "{stack.cloud.bootstrap}"\n\n'
-        f'[registry]\nroot = "{state / "registry"}"\n\n'
-        f'[store]\nroot = "{state / "store"}"\n\n'
+        f"[kafka]\nbootstrap = {_q(stack.cloud.bootstrap)}\n\n"
+        f"[registry]\nroot = {_q(state / 'registry')}\n\n"
+        f"[store]\nroot = {_q(state / 'store')}\n\n"
         f'[trainer]\nsource = "store"\nsplit = "vehicle"\n\n'
-        f'[dashboard]\nport = {port}\nstate_dir = "{state}"\n'
+        f"[dashboard]\nport = {int(port)}\nstate_dir = {_q(state)}\n"
     )
 
 
@@ -229,12 +234,83 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
          interval: float, infra_only: bool, down_after: bool, **options: Any) -> None:
     """Run the whole loop: 2 gateways, their fleets, the cloud store, trainer and dashboard."""
     settings = settings_from(options)
-    main = Stack(settings)
-    status = main.up()
-    _print_status(status, as_json=False)
+    owner = _Owner(down=down_after)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _run(owner, settings, vehicles, duration, gateways, dashboard_port, metrics_port,
+             interval, infra_only)
+    except KeyboardInterrupt:
+        click.echo("\nStopping ...")
+    finally:
+        owner.close()
+        signal.signal(signal.SIGTERM, previous)
     if infra_only:
+        return
+    if not down_after:
+        click.echo("\nThe brokers keep running (and their data). Stop them with: "
+                   "fleetsentry infra down" + ("" if gateways == 1 else
+                                               f" && fleetsentry infra down --home "
+                                               f"{settings.home / 'gateway-2'}"))
+
+
+def _interrupt(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+class _Owner:
+    """Every process the demo starts, stopped in reverse however the demo ends (a failed
+    health check, Ctrl-C, SIGTERM); the brokers too with ``down``."""
+
+    def __init__(self, down: bool) -> None:
+        self.down = down
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.mirrors: list[Mirror] = []
+        self.stacks: list[Stack] = []
+
+    def stack(self, stack: Stack, services: frozenset[str] | None = None) -> dict[str, Any]:
+        self.stacks.append(stack)  # before up(): a start cut short is stopped too
+        return stack.up() if services is None else stack.up(services=services)
+
+    def spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        proc = _spawn(args, log)
+        self.procs.append(proc)
+        return proc
+
+    def mirror(self, mirror: Mirror) -> None:
+        self.mirrors.append(mirror)
+        mirror.start()
+
+    def close(self) -> None:
+        # Ctrl-C pressed again while stopping must not leave the rest running.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _stop(self.procs)
+            for mirror in reversed(self.mirrors):
+                _quietly(mirror.stop, f"MirrorMaker 2 of {mirror.edge_id}")
+            if self.down:
+                for stack in reversed(self.stacks):
+                    _quietly(stack.down, f"the brokers under {stack.settings.home}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _quietly(stop: Any, what: str) -> None:
+    try:
+        stop()
+    except Exception as exc:  # noqa: BLE001 - stopping the rest matters more
+        click.echo(f"could not stop {what}: {exc}", err=True)
+
+
+def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
+         gateways: int, dashboard_port: int, metrics_port: int, interval: float,
+         infra_only: bool) -> None:
+    main = Stack(settings)
+    if infra_only:
+        owner.down = False
+        _print_status(main.up(), as_json=False)
         click.echo("\nStop everything with: fleetsentry infra down")
         return
+    _print_status(owner.stack(main), as_json=False)
     home = settings.home / "demo"
     logs = home / "logs"
     key_file = home / "fleet.key"
@@ -248,7 +324,7 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
         edge_id = f"edge-{n}"
         if n > 1:
             click.echo(f"Starting {edge_id}'s own edge Kafka and Mosquitto ...")
-            stack.up(services=frozenset({"edge", "mqtt"}))
+            owner.stack(stack, frozenset({"edge", "mqtt"}))
         cfg = home / f"{edge_id}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(_edge_toml(edge_id, stack, home / edge_id,
@@ -259,29 +335,28 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
 
     click.echo("Starting MirrorMaker 2 per gateway ...")
     for gw in gws:
-        gw.mirror.start()
+        owner.mirror(gw.mirror)
     cloud_cfg = home / "cloud.toml"
     cloud_cfg.write_text(_cloud_toml(main, home / "cloud", dashboard_port))
-    cloud_procs = [
-        _spawn(["cloud", "run", "--config", str(cloud_cfg), "--key", str(key_file),
-                "--min-records", "500", "--drift-check", str(DRIFT_CHECK_S)],
-               logs / "cloud-run.log"),
-        _spawn(["cloud", "store", "--config", str(cloud_cfg)], logs / "cloud-store.log"),
-    ]
+    owner.spawn(["cloud", "run", "--config", str(cloud_cfg), "--key", str(key_file),
+                 "--min-records", "500", "--drift-check", str(DRIFT_CHECK_S)],
+                logs / "cloud-run.log")
+    owner.spawn(["cloud", "store", "--config", str(cloud_cfg)], logs / "cloud-store.log")
     for gw in gws:
-        gw.procs.append(_spawn(["edge", "run", "--config", str(gw.config)],
-                               logs / f"{gw.edge_id}.log"))
+        gw.procs.append(owner.spawn(["edge", "run", "--config", str(gw.config)],
+                                    logs / f"{gw.edge_id}.log"))
     for gw in gws:
         gw.mirror.wait_healthy()
     for n, gw in enumerate(gws, start=1):
         drift = (["--drift", "new_model", "--drift-at", str(round(duration * DRIFT_AT, 1))]
                  if n == 2 else [])
-        gw.procs.append(_spawn(
+        gw.procs.append(owner.spawn(
             ["sim", "run", "--vehicles", str(vehicles), "--duration", str(duration),
              "--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD,
              "--register-with", str(gw.stack.mqtt.home), "--labels-kafka",
-             main.cloud.bootstrap, "--label-delay", str(LABEL_DELAY_S), "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"),
-             *drift], logs / f"{gw.edge_id}-sim.log"))
+             main.cloud.bootstrap, "--label-delay", str(LABEL_DELAY_S),
+             "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"), *drift],
+            logs / f"{gw.edge_id}-sim.log"))
     login = _dashboard_login(home / "cloud")
     url = f"http://127.0.0.1:{dashboard_port}/"
     click.echo(f"\nDashboard: {url}"
@@ -296,24 +371,11 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
     started = time.monotonic()
     watcher = LoopWatcher(url, login[0] if login else "", login[1] if login else "",
                           main.cloud.bootstrap, [gw.edge_id for gw in gws], started)
-    sims = [gw.procs[-1] for gw in gws]
     try:
-        _follow(watcher, gws, main.cloud.bootstrap, sims, interval, started)
+        _follow(watcher, gws, main.cloud.bootstrap, [gw.procs[-1] for gw in gws], interval,
+                started)
         click.echo("\n=== The loop ===")
         for line in watcher.closing():
             click.echo(line)
-    except KeyboardInterrupt:
-        click.echo("\nStopping ...")
     finally:
         watcher.close()
-        _stop([p for gw in gws for p in gw.procs] + cloud_procs)
-        for gw in gws:
-            gw.mirror.stop()
-        if down_after:
-            for stack in reversed(stacks):
-                stack.down()
-    if not down_after:
-        click.echo("\nThe brokers keep running (and their data). Stop them with: "
-                   "fleetsentry infra down" + ("" if gateways == 1 else
-                                               f" && fleetsentry infra down --home "
-                                               f"{settings.home / 'gateway-2'}"))

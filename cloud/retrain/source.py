@@ -10,7 +10,8 @@ A source is anything with these three methods; cloud.store.reader.StoreReader is
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from confluent_kafka.admin import AdminClient
 
@@ -21,6 +22,8 @@ from shared.errors import ContractError
 
 if TYPE_CHECKING:
     from cloud.config import CloudConfig
+
+T = TypeVar("T", Alert, Score)
 
 
 class DataSource(Protocol):
@@ -85,34 +88,28 @@ class KafkaSource:
 
     def gateway_alerts(self, since_ts: float) -> dict[str, list[Alert]]:
         """Alert records whose episode started at or after ``since_ts``, per gateway."""
-        out: dict[str, list[Alert]] = {}
-        for topic in self.topics_for(topics.ALERTS):
-            gateway = topic[: -len(topics.ALERTS)].rstrip(".")
-            items = out.setdefault(gateway, [])
-            for value in read_topic(self.bootstrap, topic, self.timeout_s):
-                try:
-                    a = decode(Alert, value)
-                except ContractError:
-                    continue
-                if a.start_ts >= since_ts:
-                    items.append(a)
-        return out
+        return self._per_gateway(topics.ALERTS, Alert, lambda a: a.start_ts >= since_ts)
 
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
         """Scores at or after ``since_ts`` per gateway (the prefix of its copy of the topic;
         ``""`` for a plain ``scores.<stream>``)."""
-        base = streams.get(stream).scores_topic
-        out: dict[str, list[Score]] = {}
+        return self._per_gateway(streams.get(stream).scores_topic, Score,
+                                 lambda s: s.ts >= since_ts)
+
+    def _per_gateway(self, base: str, kind: type[T],
+                     keep: Callable[[T], bool]) -> dict[str, list[T]]:
+        """The records of ``base`` and every ``<gateway>.<base>`` copy that ``keep`` keeps,
+        by gateway; records that do not decode are skipped."""
+        out: dict[str, list[T]] = {}
         for topic in self.topics_for(base):
-            gateway = topic[: -len(base)].rstrip(".")
-            items = out.setdefault(gateway, [])
+            items = out.setdefault(topic[: -len(base)].rstrip("."), [])
             for value in read_topic(self.bootstrap, topic, self.timeout_s):
                 try:
-                    s = decode(Score, value)
+                    rec = decode(kind, value)
                 except ContractError:
                     continue
-                if s.ts >= since_ts:
-                    items.append(s)
+                if keep(rec):
+                    items.append(rec)
         return out
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +133,62 @@ def test_the_demo_closes_the_loop(demo_run: tuple[str, str]) -> None:
                     for m in consume_all(cloud, f"{edge}.{topics.MODEL_STATUS}", timeout=60,
                                          idle=5)]
         assert any(s.version == version and s.state == "active" for s in statuses), statuses
+
+
+def _holding(path: Path) -> list[str]:
+    """Command lines of live processes that name ``path`` (brokers, MirrorMaker, services,
+    simulators of a demo under it)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(path) in cmd and state != "Z":
+            out.append(f"{proc.name}: {cmd[:200]}")
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_an_interrupted_demo_leaves_no_process_behind(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("demo-interrupted")
+    ports = _ports()
+    cmd = [sys.executable, "-m", "shared.cli", "demo", "--home", str(home),
+           "--edge-port", str(ports["edge"]), "--edge-controller-port", str(ports["ctrl"]),
+           "--mqtt-port", str(ports["mqtt"]),
+           "--cloud-ports", ",".join(str(p) for p in ports["cloud"]),  # type: ignore[attr-defined]
+           "--cloud-controller-ports",
+           ",".join(str(p) for p in ports["cloud_ctrl"]),  # type: ignore[attr-defined]
+           "--dashboard-port", str(ports["dashboard"]), "--metrics-port", str(ports["metrics"]),
+           "--vehicles", "5", "--duration", "600", "--down"]
+    log = home / "demo.out"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        # Interrupt during start-up: once the gateways' services are started, before the
+        # MirrorMakers report healthy and the fleets drive.
+        started = home / "demo" / "logs" / "edge-2.log"
+        deadline = time.monotonic() + 300
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), log.read_text()[-3000:]
+        assert _holding(home), "nothing was running to leave behind"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = _holding(home)
+        if not left:
+            break
+        time.sleep(1)
+    assert not left, "\n".join(left) + "\n" + log.read_text()[-3000:]
+    assert "Stopping" in log.read_text()

@@ -251,9 +251,23 @@ class Flaky(MemorySource):
         return []
 
 
-def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) -> None:
+def _loop_until(target: Any, source: Flaky, calls: int) -> int:
+    """Run ``target(stop, poll_s)`` in a thread until ``source`` was read ``calls`` times
+    (or 30 s passed); returns how often it was read."""
     import threading
 
+    stop = threading.Event()
+    loop = threading.Thread(target=target, args=(stop, 0.05), daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 30
+    while source.calls < calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    loop.join(10)
+    return source.calls
+
+
+def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) -> None:
     from cloud.dashboard.actions import Actions
 
     settings = RetrainSettings(streams=("telemetry",), drift_check_s=0.0)
@@ -261,29 +275,17 @@ def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) ->
     source = Flaky()
     actions = Actions(tmp_path / "registry",
                       lambda reg: TrainerService(reg, source, key, settings)).start()
-    stop = threading.Event()
-    loop = threading.Thread(target=actions.schedule, args=(stop, 0.05), daemon=True)
-    loop.start()
-    deadline = time.monotonic() + 30
-    while source.calls < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    loop.join(10)
-    actions.close()
-    assert source.calls >= 3, "the schedule loop stopped at the first unexpected error"
+    try:
+        calls = _loop_until(actions.schedule, source, 3)
+    finally:
+        actions.close()
+    assert calls >= 3, "the schedule loop stopped at the first unexpected error"
 
     with Registry(tmp_path / "registry2") as reg:
         flaky = Flaky()
         svc = TrainerService(reg, flaky, key, settings)
-        stop = threading.Event()
-        runner = threading.Thread(target=svc.run, args=(stop, 0.05), daemon=True)
-        runner.start()
-        deadline = time.monotonic() + 30
-        while flaky.calls < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        runner.join(10)
-        assert flaky.calls >= 3, "the trainer service stopped at the first unexpected error"
+        assert _loop_until(svc.run, flaky, 3) >= 3, \
+            "the trainer service stopped at the first unexpected error"
 
 
 def test_a_new_champion_settles_before_drift_may_retrain_it(
