@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from firmware_sim.cli import produce_labels
 from firmware_sim.errors import SimError
@@ -57,12 +57,22 @@ def _end_offsets(bootstrap: str) -> list[TopicPartition]:
         c.close()
 
 
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART}
+
+
 def _high_watermark(c: Consumer, partition: int) -> int:
     # A topic created a moment ago may have no leader yet: its offsets read as invalid
-    # (negative), and assigning those would start at the end and miss everything.
+    # (negative), and assigning those would start at the end and miss everything. While the
+    # 3-node cluster settles, leadership may also move under the request: ask again.
     deadline = time.monotonic() + 30
     while True:
-        high = c.get_watermark_offsets(TopicPartition(LABELS, partition), timeout=10)[1]
+        try:
+            high = c.get_watermark_offsets(TopicPartition(LABELS, partition), timeout=10)[1]
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_MOVING:
+                raise
+            high = -1
         if high >= 0:
             return int(high)
         assert time.monotonic() < deadline, f"{LABELS}[{partition}] has no leader"
