@@ -52,7 +52,8 @@ class LoopWatcher:
     _states: dict[str, str] = field(default_factory=dict)
     # (edge_id, stream) -> version -> last state seen
     _agents: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    _active: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (edge_id, stream) -> the versions it made active, latest last (a rollback pops one)
+    _active: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     _consumer: Any = None
     api_error: str = ""
 
@@ -168,8 +169,11 @@ class LoopWatcher:
             if seen.get(st.version) == st.state:
                 continue
             seen[st.version] = st.state
+            served = self._active.setdefault((st.edge_id, st.stream), [])
             if st.state == "active":
-                self._active[(st.edge_id, st.stream)] = st.version
+                served.append(st.version)
+            elif st.state == "rolled_back" and st.version in served:
+                served.remove(st.version)
             why = f" ({st.reason})" if st.reason else ""
             out.append(f"{self._stamp()} {st.edge_id} agent, {st.stream}: {st.version} "
                        f"{st.state}{why}")
@@ -194,8 +198,8 @@ class LoopWatcher:
         return False
 
     def model_of(self, edge_id: str, stream: str) -> str:
-        version = self._active.get((edge_id, stream))
-        return version if version else f"{shipped_version(stream)} (the shipped baseline)"
+        served = self._active.get((edge_id, stream))
+        return served[-1] if served else f"{shipped_version(stream)} (the shipped baseline)"
 
     def closing(self, streams: tuple[str, ...] = ("telemetry", "payments")) -> list[str]:
         runs = sorted(self._runs.values(), key=lambda r: r["id"])
