@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from cloud.registry import Registry
 from shared.infra.ports import free_ports
 from tests.browser_support import (
     SHOTS,
@@ -110,7 +111,10 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
     assert not [v for v in w.pii if v in page], "PII on the detection page"
     shot(d, "3-detection")
 
-    d.get(url + "/runs/3")  # type: ignore[attr-defined]
+    # The drift run (a seed that failed its int8 check is a failed run before it).
+    with Registry(w.registry_root) as reg:
+        drift_id = next(r.id for r in reg.runs() if r.trigger == "drift")
+    d.get(url + f"/runs/{drift_id}")  # type: ignore[attr-defined]
     wait("run charts", lambda: charts_drawn(d))
     assert find(By.ID, "run-decision").text in ("promoted", "kept")
     assert find(By.ID, "confusion-challenger").text

@@ -169,14 +169,19 @@ def test_every_page_and_api_shows_real_figures_and_no_pii(
     assert sum(r or 0.0 for r in det["decisions"]["rates"]["approve"]) > 0
 
     runs = client.get("/api/runs").json()["runs"]
-    assert [(r["id"], r["stream"], r["trigger"]) for r in runs] == [
-        (3, "telemetry", "drift"), (2, "payments", "schedule"), (1, "telemetry", "schedule")]
-    run3 = client.get("/api/runs/3").json()
+    # Newest first. A seed whose int8 check failed is a failed run the world retried with
+    # another seed (training is not bit-for-bit repeatable across machines).
+    trained = [(r["stream"], r["trigger"]) for r in runs if r["decision"] != "failed"]
+    assert trained == [("telemetry", "drift"), ("payments", "schedule"),
+                       ("telemetry", "schedule")]
+    assert [r["id"] for r in runs] == sorted((r["id"] for r in runs), reverse=True)
+    drift_id = runs[0]["id"]
+    run3 = client.get(f"/api/runs/{drift_id}").json()
     assert run3["curves"]["challenger"]["roc"] and run3["curves"]["champion"]["roc"]
     assert run3["curves"]["loss"] and run3["quantization"]["int8_roc_auc"] > 0.5
     c = run3["confusion"]["challenger"]
     assert c["tp"] + c["fn"] == run3["metrics"]["challenger"]["positives"]
-    page = client.get("/runs/3").text
+    page = client.get(f"/runs/{drift_id}").text
     assert run3["decision_reason"] in page.replace("&#43;", "+")
 
 
