@@ -82,6 +82,14 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     keepalive_s: Annotated[int, Meta(ge=5, le=300)] = 30
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 10
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
+    # Outage spool: when Kafka has confirmed nothing for spool_after_s while records wait,
+    # the bridge writes them (and what follows) to <data_dir>/spool/bridge-<n>, acknowledges
+    # the MQTT messages once they are on disk, and drains the spool in order when Kafka is
+    # back. spool_max_bytes bounds each process's spool: past it, messages are acknowledged
+    # and dropped, counted in fleetsentry_spool_dropped_total (see the README's "Nothing
+    # acknowledged is lost"). 0 turns the spool off (the broker's queue is the only buffer).
+    spool_after_s: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
+    spool_max_bytes: Annotated[int, Meta(ge=0)] = 8 * 1024**3
 
 
 class ScorerSettings(_Section, frozen=True, kw_only=True):
@@ -186,6 +194,10 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     def models_dir(self) -> Path:
         """Where the agent installs models and the scorer looks for the active ones."""
         return self.scorer.models_dir or self.data_dir / "models"
+
+    def bridge_spool_dir(self, instance: int) -> Path:
+        """Where bridge process ``instance`` spools while Kafka is away."""
+        return self.data_dir / "spool" / f"bridge-{instance}"
 
 
 def load(path: str | Path | None) -> EdgeConfig:

@@ -59,6 +59,35 @@ PRODUCE_ERRORS = Counter(
     "Kafka produce attempts that failed (delivery report with an error or a full queue).",
     ["service", "topic"],
 )
+# The bridge's outage spool (edge/bridge/spool.py): what it holds, what went through it, and
+# what it could not hold. Dropped messages were acknowledged to their vehicles and are gone:
+# the one place the gateway loses acknowledged data, and it says how much.
+SPOOL_BYTES = Gauge(
+    "fleetsentry_spool_bytes",
+    "Bytes in the bridge's outage spool (records waiting for Kafka, and confirmed ones "
+    "not yet deleted).",
+    ["service"],
+)
+SPOOLING = Gauge(
+    "fleetsentry_spooling",
+    "1 while the bridge writes to its outage spool instead of Kafka.",
+    ["service"],
+)
+SPOOLED = Counter(
+    "fleetsentry_spooled_records",
+    "Records written to the bridge's outage spool.",
+    ["service"],
+)
+SPOOL_DRAINED = Counter(
+    "fleetsentry_spool_drained_records",
+    "Spooled records Kafka confirmed after an outage.",
+    ["service"],
+)
+SPOOL_DROPPED = Counter(
+    "fleetsentry_spool_dropped",
+    "Acknowledged messages dropped because the outage spool was full, by stream.",
+    ["service", "stream"],
+)
 CONSUMER_LAG = Gauge(
     "fleetsentry_consumer_lag_messages",
     "Messages between a consumer's position and the partition's end offset.",

@@ -5,6 +5,12 @@ produces) and polls the producer (delivery reports acknowledge the MQTT message)
 message is acknowledged only after Kafka confirmed the record it became -- the event in
 ``raw.*`` or its dead letter in ``dlq.ingest`` -- so nothing is lost when the process dies: the
 broker keeps the persistent session and redelivers whatever was not acknowledged.
+
+When Kafka confirms nothing for ``[bridge] spool_after_s`` while records wait, the bridge
+spools (see ``edge/bridge/spool.py``): every record goes to a local log, and its MQTT message
+is acknowledged once the log is fsynced; the spool drains in order once Kafka is back, and
+records go straight to Kafka again when it is empty. The broker's queue for the bridge's
+session (bounded, and silently dropping past its bound) is then never the outage buffer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge import metrics
 from edge.bridge.errors import BridgeError, Rejected
 from edge.bridge.ratelimit import VehicleRateLimiter
+from edge.bridge.spool import Spool, SpoolError
 from edge.bridge.validate import Limits, check, parse_topic
 from edge.config import EdgeConfig
 from edge.dlq import DeadLetters
@@ -49,6 +56,11 @@ EXCESS_BATCH = 256
 EXCESS_WAIT_S = 0.02
 # What acknowledges one MQTT message: (connection generation, message id, QoS).
 Ack = tuple[int, int, int]
+# Spooled records handed to Kafka and not yet confirmed, at most; read per step, at most.
+DRAIN_WINDOW = 20_000
+DRAIN_BATCH = 5_000
+SPOOL_SAVE_EVERY_S = 1.0
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
 def mqtt_password(config: EdgeConfig) -> str:
@@ -85,6 +97,7 @@ class Bridge:
         self.config = config
         self.settings = config.bridge
         self.client_id = f"{config.edge_id}-bridge-{instance}"
+        self.instance = instance
         s = self.settings
         self.limits = Limits.from_registry(s.max_payload_bytes, s.max_future_skew_s,
                                            s.max_past_age_s, s.max_json_depth)
@@ -94,6 +107,8 @@ class Bridge:
         self.received = 0
         self.produced = 0
         self.dead_lettered = 0
+        self.spooled = 0
+        self.dropped = 0
         self._client: mqtt.Client | None = None
         self._producer: Producer | None = None
         self._letters: DeadLetters | None = None
@@ -121,6 +136,22 @@ class Bridge:
         # vin -> the rate-limited messages not yet written: the first one, when it came, and
         # the (generation, mid, qos) of every one, acknowledged when their letter is in Kafka.
         self._excess: dict[str, tuple[mqtt.MQTTMessage, float, float, list[Ack]]] = {}
+        # The outage spool: while _spooling, records go to it, and the delivery callbacks of
+        # those appended since the last fsync wait in _spool_acks.
+        self._spool: Spool | None = None
+        self._spooling = False
+        self._spool_acks: list[Callable[..., None]] = []
+        self._drain_retry: list[tuple[int, Message]] = []
+        # Delivery reports from Kafka (not the spool): how the bridge tells Kafka is away.
+        self._confirmed = 0
+        self._confirmed_seen = 0
+        self._progress_at = time.monotonic()
+        self._saved_at = 0.0
+        self._kafka_errors: dict[int, tuple[float, int]] = {}
+        self._spool_bytes = metrics.SPOOL_BYTES.labels(SERVICE)
+        self._spooling_gauge = metrics.SPOOLING.labels(SERVICE)
+        self._spooled = metrics.SPOOLED.labels(SERVICE).inc
+        self._drained = metrics.SPOOL_DRAINED.labels(SERVICE).inc
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -132,12 +163,28 @@ class Bridge:
         except VaultError as exc:
             raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") \
                 from None
+        if s.spool_max_bytes > 0:
+            try:
+                self._spool = Spool(self.config.bridge_spool_dir(self.instance),
+                                    s.spool_max_bytes)
+            except SpoolError as exc:
+                raise BridgeError(f"{exc} (set [bridge] spool_max_bytes = 0 to run without "
+                                  "an outage spool)") from None
+            if not self._spool.empty():
+                self._set_spooling(True)
+                log.warning("the outage spool holds %d bytes from an earlier run: they go to "
+                            "Kafka first, in order", self._spool.size)
+            if self.instance == 0:
+                self._warn_orphaned_spools()
         self._producer = Producer(client_config(self.config.kafka, {
             "client.id": self.client_id,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": s.linger_ms,
             "compression.type": s.compression,
+            # With a spool, records wait in order until Kafka is back (none fails by age and
+            # comes back out of order); the spool takes over after spool_after_s.
+            **({"message.timeout.ms": 0} if self._spool is not None else {}),
             "error_cb": self._kafka_error,
         }))
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -188,14 +235,17 @@ class Bridge:
             time.sleep(timeout)
         if self._excess:
             self._flush_excess(time.monotonic() - EXCESS_WAIT_S)
+        if self._spool is not None:
+            self._spool_step()
         self._producer.poll(0)
         if self._retry:
             self._produce_retries()
         now = time.monotonic()
         if now - self._last_log > LOG_EVERY_S:
             self._last_log = now
-            log.info("received %d, produced %d, dead-lettered %d", self.received,
-                     self.produced, self.dead_lettered)
+            log.info("received %d, produced %d, dead-lettered %d, spooled %d, dropped %d",
+                     self.received, self.produced, self.dead_lettered, self.spooled,
+                     self.dropped)
 
     def _read_burst(self) -> MQTTErrorCode:
         """Read further packets already buffered in the socket without a select() per packet.
@@ -217,7 +267,10 @@ class Bridge:
         remaining = 0
         if self._producer is not None:
             self._flush_excess(float("inf"))
+            self._ack_spooled()
             remaining = self._producer.flush(timeout)
+        if self._spool is not None:
+            self._spool.close()
         client = self._client
         if client is not None:
             deadline = time.monotonic() + 2.0
@@ -395,6 +448,19 @@ class Bridge:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes,
                  on_delivery: Callable[..., None]) -> None:
+        if self._spooling:
+            assert self._spool is not None
+            if self._spool.append(topic, key, value):
+                self._spool_acks.append(on_delivery)
+                self.spooled += 1
+                self._spooled()
+            else:
+                on_delivery(None, None, dropped=True)
+            return
+        self._send(topic, key, value, on_delivery)
+
+    def _send(self, topic: str, key: bytes | None, value: bytes,
+              on_delivery: Callable[..., None]) -> None:
         assert self._producer is not None
         while True:
             try:
@@ -416,6 +482,9 @@ class Bridge:
 
     def _failed(self, err: KafkaError, msg: Message, on_delivery: Callable[..., None]) -> None:
         topic = msg.topic() or "unknown"
+        if err.code() in _PURGED:  # taken back from the producer to go to the spool
+            self._retry.append((topic, msg.key(), msg.value() or b"", on_delivery))
+            return
         metrics.PRODUCE_ERRORS.labels(SERVICE, topic).inc()
         if err.fatal():
             self._fatal = f"Kafka producer fatal error: {err}"
@@ -430,27 +499,146 @@ class Bridge:
             self._client.ack(mid, qos)
 
     def _delivered(self, generation: int, mid: int, qos: int, stream: str, ts: float,
-                   err: KafkaError | None, msg: Message) -> None:
+                   err: KafkaError | None, msg: Message | None, dropped: bool = False) -> None:
+        if dropped:
+            self._drop(stream, [(generation, mid, qos)])
+            return
         if err is not None:
+            assert msg is not None
             self._failed(err, msg, partial(self._delivered, generation, mid, qos, stream, ts))
             return
+        if msg is not None:
+            self._confirmed += 1
         self._ack(generation, mid, qos)
         self.produced += 1
         self._out[stream]()
         self._latency[stream](self.clock() - ts)
 
-    def _dead_lettered(self, acks: list[Ack], reason: str,
-                       err: KafkaError | None, msg: Message) -> None:
+    def _dead_lettered(self, acks: list[Ack], reason: str, err: KafkaError | None,
+                       msg: Message | None, dropped: bool = False) -> None:
+        if dropped:
+            self._drop("dead_letter", acks)
+            return
         if err is not None:
+            assert msg is not None
             self._failed(err, msg, partial(self._dead_lettered, acks, reason))
             return
+        if msg is not None:
+            self._confirmed += 1
         for generation, mid, qos in acks:
             self._ack(generation, mid, qos)
         self.dead_lettered += len(acks)
         metrics.DLQ_MESSAGES.labels(SERVICE, reason).inc(len(acks))
 
+    # --- the outage spool -------------------------------------------------------------------
+
+    def _spool_step(self) -> None:
+        """Acknowledge what was spooled, notice an outage, drain after one, save the cursor."""
+        spool, producer = self._spool, self._producer
+        assert spool is not None and producer is not None
+        self._ack_spooled()
+        now = time.monotonic()
+        if self._confirmed != self._confirmed_seen or len(producer) == 0:
+            self._confirmed_seen = self._confirmed
+            self._progress_at = now
+        elif not self._spooling and now - self._progress_at > self.settings.spool_after_s:
+            self._start_spooling(now - self._progress_at, len(producer))
+        if self._spooling:
+            if self._drain_retry:
+                retry, self._drain_retry = self._drain_retry, []
+                for ticket, msg in retry:
+                    self._send(msg.topic() or "", msg.key(), msg.value() or b"",
+                               partial(self._drained_one, ticket))
+            room = DRAIN_WINDOW - spool.unconfirmed()
+            if room > 0:
+                for rec in spool.read(min(room, DRAIN_BATCH)):
+                    self._send(rec.topic, rec.key, rec.value,
+                               partial(self._drained_one, rec.ticket))
+            if spool.empty() and not self._spool_acks:
+                self._set_spooling(False)
+                log.info("outage spool drained: records go straight to Kafka again "
+                         "(%d spooled so far, %d dropped)", self.spooled, self.dropped)
+        if now - self._saved_at > SPOOL_SAVE_EVERY_S:
+            self._saved_at = now
+            spool.save()
+            self._spool_bytes.set(spool.size)
+
+    def _start_spooling(self, waited: float, waiting: int) -> None:
+        assert self._producer is not None and self._spool is not None
+        log.warning("Kafka confirmed nothing for %.1fs with %d record(s) waiting: spooling to "
+                    "%s until it is back", waited, waiting, self._spool.dir)
+        self._set_spooling(True)
+        # Take back what waits in the producer (holding MQTT acks and the broker's in-flight
+        # window); its delivery reports (purged) put it in _retry, in order, which spools it.
+        # A purged record Kafka did write comes again from the spool: the enricher drops it.
+        self._producer.purge(in_queue=True, in_flight=True)
+        while self._producer.poll(0):
+            pass
+        self._produce_retries()
+        self._ack_spooled()
+
+    def _warn_orphaned_spools(self) -> None:
+        """Spools of bridge processes this gateway no longer runs (``processes`` lowered)."""
+        root = self.config.bridge_spool_dir(0).parent
+        for path in sorted(root.glob("bridge-*")):
+            n = path.name.removeprefix("bridge-")
+            if n.isdigit() and int(n) >= self.settings.processes and any(path.glob("*.log")):
+                left = Spool(path, 0)
+                if not left.empty():
+                    log.error("%s holds %d bytes of acknowledged records for bridge process %s, "
+                              "which [bridge] processes = %d no longer starts: raise it again "
+                              "until that spool is drained", path, left.size, n,
+                              self.settings.processes)
+                left.close()
+
+    def _set_spooling(self, on: bool) -> None:
+        self._spooling = on
+        self._spooling_gauge.set(1 if on else 0)
+
+    def _ack_spooled(self) -> None:
+        """fsync the spool, then run the delivery callbacks of what it now holds (acks)."""
+        if self._spool_acks:
+            assert self._spool is not None
+            self._spool.sync()
+            acks, self._spool_acks = self._spool_acks, []
+            for on_delivery in acks:
+                on_delivery(None, None)
+
+    def _drained_one(self, ticket: int, err: KafkaError | None, msg: Message) -> None:
+        assert self._spool is not None
+        if err is not None:
+            if err.fatal():
+                self._fatal = f"Kafka producer fatal error: {err}"
+                return
+            self._drain_retry.append((ticket, msg))
+            return
+        self._confirmed += 1
+        self._spool.confirm(ticket)
+        self._drained()
+
+    def _drop(self, stream: str, acks: list[Ack]) -> None:
+        """The spool is full: acknowledge and count what cannot be kept (never silently)."""
+        if not self.dropped:
+            assert self._spool is not None
+            log.error("the outage spool is full (%d bytes, [bridge] spool_max_bytes): "
+                      "messages are acknowledged and dropped until Kafka is back; counted in "
+                      "fleetsentry_spool_dropped_total", self._spool.size)
+        for generation, mid, qos in acks:
+            self._ack(generation, mid, qos)
+        self.dropped += len(acks)
+        metrics.SPOOL_DROPPED.labels(SERVICE, stream).inc(len(acks))
+
     def _kafka_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._fatal = f"Kafka producer fatal error: {err}"
-        else:
-            log.warning("Kafka: %s", err)
+            return
+        # While a broker is away the client reports every failed connect (several a second):
+        # one line per kind of error per LOG_EVERY_S, with how many were left out.
+        now = time.monotonic()
+        last, quiet = self._kafka_errors.get(err.code(), (-LOG_EVERY_S, 0))
+        if now - last < LOG_EVERY_S:
+            self._kafka_errors[err.code()] = (last, quiet + 1)
+            return
+        self._kafka_errors[err.code()] = (now, 0)
+        log.warning("Kafka: %s%s", err,
+                    f" ({quiet} more like it in the last {now - last:.0f}s)" if quiet else "")
