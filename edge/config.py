@@ -89,7 +89,7 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     # and dropped, counted in fleetsentry_spool_dropped_total (see the README's "Nothing
     # acknowledged is lost"). 0 turns the spool off (the broker's queue is the only buffer).
     spool_after_s: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
-    spool_max_bytes: Annotated[int, Meta(ge=0)] = 8 * 1024**3
+    spool_max_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024**3
 
 
 class ScorerSettings(_Section, frozen=True, kw_only=True):
