@@ -1,7 +1,7 @@
 """Attacks on the dashboard's sign-in and actions, each written as the attacker's requests and
 what the well-behaved client beside them still gets: a viewer pushing buttons it should not
 have, password guessing by name and by address, hashing that would stall everyone else, a
-stolen cookie after sign-out or after its user is removed."""
+stolen cookie after sign-out or after its user is removed, and a retrain flood."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import base64
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,32 @@ def test_removing_a_user_or_changing_their_password_or_role_ends_their_sessions(
     assert still_in(cookie) == 401
     client.cookies.clear()
     assert try_sign_in(client, "bob", new).status_code == 401
+
+
+# --- retrain ----------------------------------------------------------------------------------
+
+
+def test_a_retrain_flood_runs_one_per_stream(client: TestClient, dash: Dashboard,
+                                             trainer: FakeTrainer) -> None:
+    csrf = sign_in(client, "alice")
+
+    def retrain(stream: str) -> httpx.Response:
+        return client.post("/api/actions/retrain", json={"stream": stream},
+                           headers={"X-CSRF-Token": csrf})
+
+    first = retrain("payments")
+    assert first.status_code == 200, first.text
+    flood = [retrain("payments").status_code for _ in range(10)]
+    assert flood == [409] * 10
+    again = retrain("payments").json()
+    assert "already" in again["message"] and "payments" in again["message"]
+    assert retrain("telemetry").status_code == 200  # another stream waits its turn
+    assert retrain("telemetry").status_code == 409
+    workers = [t for t in threading.enumerate() if t.name.startswith("retrain-")]
+    assert len(workers) <= 2
+    trainer.gate.set()
+    deadline = time.monotonic() + 10
+    while retrain("payments").status_code != 200:  # free again once it has finished
+        assert time.monotonic() < deadline, "the finished retrain still blocks the stream"
+        time.sleep(0.05)
+    assert trainer.calls.count("payments") == 2
