@@ -5,8 +5,8 @@ get 403) and the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-To
 Basic with a JSON body, which no cross-site form can send). Sessions are rows of the
 dashboard's store, ended by sign-out or by any change to their user. Failed sign-ins lock a
 name or an address for a while (429 with Retry-After). Cookies are HttpOnly and
-SameSite=Strict, and Secure over TLS. The content security policy allows scripts and styles
-from this server only.
+SameSite=Strict, and Secure over TLS, where HSTS is sent too. The content security policy
+allows scripts and styles from this server only.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ FLASH_COOKIE = "fs_flash"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 STREAMS = ("telemetry", "payments")
+HSTS = "max-age=31536000; includeSubDomains"
 VIEWER_REFUSED = ("your role is viewer: only operators may promote, roll back or retrain "
                   "(an operator can change it with `fleetsentry cloud dashboard user role`)")
 
@@ -462,20 +463,24 @@ def create_app(dash: Dashboard) -> Starlette:
         yield
         checker.close()
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(SecurityHeaders, hsts_always=secure_always)])
 
 
 class SecurityHeaders:
-    """CSP and friends on every response; nothing but static files may be cached."""
+    """CSP and friends on every response; nothing but static files may be cached. HSTS over
+    TLS (or behind a TLS proxy, ``secure_cookies = "always"``): browsers ignore it over HTTP."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hsts_always: bool = False) -> None:
         self.app = app
+        self.hsts_always = hsts_always
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         static = str(scope.get("path", "")).startswith("/static/")
+        tls = self.hsts_always or scope.get("scheme") == "https"
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -486,6 +491,8 @@ class SecurityHeaders:
                 headers["X-Frame-Options"] = "DENY"
                 if not static:
                     headers["Cache-Control"] = "no-store"
+                if tls:
+                    headers["Strict-Transport-Security"] = HSTS
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -1,7 +1,7 @@
 """Attacks on the dashboard's sign-in and actions, each written as the attacker's requests and
 what the well-behaved client beside them still gets: a viewer pushing buttons it should not
 have, password guessing by name and by address, hashing that would stall everyone else, a
-stolen cookie after sign-out or after its user is removed, and a retrain flood."""
+stolen cookie after sign-out or after its user is removed, a retrain flood, and HSTS."""
 
 from __future__ import annotations
 
@@ -323,3 +323,16 @@ def test_a_retrain_flood_runs_one_per_stream(client: TestClient, dash: Dashboard
         assert time.monotonic() < deadline, "the finished retrain still blocks the stream"
         time.sleep(0.05)
     assert trainer.calls.count("payments") == 2
+
+
+# --- HSTS -------------------------------------------------------------------------------------
+
+
+def test_hsts_over_tls_only(dash: Dashboard) -> None:
+    app = create_app(dash)
+    with TestClient(app, base_url="https://testserver") as tls:
+        sts = tls.get("/login").headers.get("strict-transport-security", "")
+        assert re.fullmatch(r"max-age=(\d+); includeSubDomains", sts), sts
+        assert int(sts.split("=")[1].split(";")[0]) >= 180 * 86400
+    with TestClient(app, base_url="http://testserver") as plain:
+        assert "strict-transport-security" not in plain.get("/login").headers
