@@ -92,11 +92,13 @@ class DashboardStore:
 
     def start(self) -> DashboardStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Password hashes: 0600 before SQLite opens it (its -wal and -shm files copy the mode).
+        self.path.touch(mode=0o600, exist_ok=True)
+        self.path.chmod(0o600)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                              check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
-        self.path.chmod(0o600)  # password hashes
         self._db = db
         return self
 

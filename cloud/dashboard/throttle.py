@@ -99,7 +99,7 @@ class SignInThrottle:
 
 
 def _name(name: str) -> str:
-    return "u:" + name
+    return "u:" + name[:128]  # no real name is longer; a megabyte of one is not kept
 
 
 def _addr(address: str) -> str:
