@@ -51,6 +51,9 @@ class DashboardUser(_Section, frozen=True, kw_only=True):
     name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
     # scrypt$N$r$p$salt$hash (base64), from `fleetsentry cloud dashboard hash-password`.
     password_hash: Secret
+    # "viewer" reads everything; "operator" may also promote, roll back and retrain. Entries
+    # without a role predate roles, when every user could do all of it: they are operators.
+    role: Literal["viewer", "operator"] = "operator"
 
 
 class DashboardSettings(_Section, frozen=True, kw_only=True):
@@ -58,12 +61,21 @@ class DashboardSettings(_Section, frozen=True, kw_only=True):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8600
-    # Who may sign in. Empty: a demo user is created with a random password, written 0600
-    # to <state_dir>/dashboard-demo-user.json and printed at start.
+    # Who may sign in, besides the users added with `fleetsentry cloud dashboard user add`
+    # (kept in <state_dir>/dashboard.sqlite). Neither: a demo operator is created with a
+    # random password, written 0600 to <state_dir>/dashboard-demo-user.json, printed at start.
     users: list[DashboardUser] = []
     # Signs session cookies. Unset: a random key kept 0600 in <state_dir>/dashboard.key.
     session_secret: Secret | None = None
     session_max_age_s: Annotated[int, Meta(ge=60)] = 8 * 3600
+    # Failed sign-ins (form or HTTP Basic) within signin_window_s that lock a user name, or
+    # a client address, for signin_lockout_s (answered 429 with Retry-After).
+    signin_max_failures: Annotated[int, Meta(ge=1)] = 5
+    signin_max_failures_per_address: Annotated[int, Meta(ge=1)] = 20
+    signin_window_s: Annotated[float, Meta(gt=0)] = 900.0
+    signin_lockout_s: Annotated[float, Meta(gt=0)] = 900.0
+    # Threads checking password hashes (~16 MiB and a core each while they run).
+    hash_workers: Annotated[int, Meta(ge=1, le=16)] = 2
     # Serve HTTPS directly (cookies are then Secure). Behind a TLS proxy, set secure_cookies.
     tls_cert: Path | None = None
     tls_key: Path | None = None

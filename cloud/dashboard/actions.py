@@ -4,6 +4,8 @@ Promotions and rollbacks change the registry (which records the actor and reason
 ``actions`` table) and then publish the new champion to the ``models`` topic, as the
 registry's CLI does. A retrain runs the trainer service's own ``retrain`` in a background
 thread; training runs one at a time, scheduled ones included, so two never share the cores.
+A stream has at most one retrain queued or running: asking again meanwhile is refused, so
+requests cannot pile up threads.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Actions:
         self.trainer = trainer
         self.publisher = publisher
         self.pending: list[dict[str, Any]] = []
+        self._active: dict[str, dict[str, Any]] = {}  # stream -> its queued or running job
         self._train_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._local = threading.local()
@@ -109,6 +112,13 @@ class Actions:
                                  "`fleetsentry cloud run` to retrain from it")
         job = {"stream": stream, "actor": actor, "reason": reason, "queued_ts": time.time()}
         with self._pending_lock:
+            busy = self._active.get(stream)
+            if busy is not None:
+                state = "queued" if busy in self.pending else "running"
+                return Outcome(False, f"a retrain of {stream} is already {state} (asked for by "
+                                      f"{busy['actor']}); wait for it to finish under Training "
+                                      f"runs")
+            self._active[stream] = job
             self.pending.append(job)
         t = threading.Thread(target=self._retrain, args=(job,), name=f"retrain-{stream}",
                              daemon=True)
@@ -118,24 +128,30 @@ class Actions:
                              f"Training runs when it starts")
 
     def _retrain(self, job: dict[str, Any]) -> None:
-        assert self.trainer is not None
-        with self._train_lock:
+        try:
+            with self._train_lock:
+                with self._pending_lock:
+                    self.pending.remove(job)
+                self._train(job)
+        finally:
             with self._pending_lock:
-                self.pending.remove(job)
-            reg = Registry(self.registry_root).start()
-            try:
-                svc = self.trainer(reg)
-                run = svc.retrain(job["stream"], "manual", job["actor"], job["reason"])
-                log.info("run %d (%s, by %s): %s", run.id, run.stream, job["actor"],
-                         run.decision)
-                if svc.publisher is None and run.decision == "promoted" and self.publisher:
-                    champ = reg.champion(run.stream)
-                    if champ is not None:
-                        self.publisher.publish(champ)
-            except Exception:  # recorded by the service as a failed run; keep serving
-                log.exception("retrain of %s failed", job["stream"])
-            finally:
-                reg.close()
+                self._active.pop(job["stream"], None)
+
+    def _train(self, job: dict[str, Any]) -> None:
+        assert self.trainer is not None
+        reg = Registry(self.registry_root).start()
+        try:
+            svc = self.trainer(reg)
+            run = svc.retrain(job["stream"], "manual", job["actor"], job["reason"])
+            log.info("run %d (%s, by %s): %s", run.id, run.stream, job["actor"], run.decision)
+            if svc.publisher is None and run.decision == "promoted" and self.publisher:
+                champ = reg.champion(run.stream)
+                if champ is not None:
+                    self.publisher.publish(champ)
+        except Exception:  # recorded by the service as a failed run; keep serving
+            log.exception("retrain of %s failed", job["stream"])
+        finally:
+            reg.close()
 
     def schedule(self, stop: threading.Event, poll_s: float = 5.0) -> None:
         """The trainer service's own loop (schedule and drift), sharing the training lock."""

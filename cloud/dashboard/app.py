@@ -1,9 +1,12 @@
 """The dashboard's ASGI application: pages, live partials, the JSON API, sign-in and actions.
 
-Every page and ``/api`` read needs a signed-in user; every change needs a signed-in user and
-the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP Basic with a
-JSON body, which no cross-site form can send). Cookies are HttpOnly and SameSite=Strict, and
-Secure over TLS. The content security policy allows scripts and styles from this server only.
+Every page and ``/api`` read needs a signed-in user; every change needs an operator (viewers
+get 403) and the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP
+Basic with a JSON body, which no cross-site form can send). Sessions are rows of the
+dashboard's store, ended by sign-out or by any change to their user. Failed sign-ins lock a
+name or an address for a while (429 with Retry-After). Cookies are HttpOnly and
+SameSite=Strict, and Secure over TLS, where HSTS is sent too. The content security policy
+allows scripts and styles from this server only.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import base64
 import binascii
 import html
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +41,16 @@ from cloud.dashboard.auth import (
     CSRF_HEADER,
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
+    PasswordChecker,
     Session,
     Signer,
     Users,
     csrf_ok,
 )
-from cloud.dashboard.errors import BadQuery
+from cloud.dashboard.errors import BadQuery, SignInBusy
 from cloud.dashboard.live import LiveState
+from cloud.dashboard.store import DashboardStore, User
+from cloud.dashboard.throttle import SignInThrottle
 from cloud.registry import RegistryError
 
 HERE = Path(__file__).parent
@@ -50,6 +58,22 @@ FLASH_COOKIE = "fs_flash"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 STREAMS = ("telemetry", "payments")
+HSTS = "max-age=31536000; includeSubDomains"
+VIEWER_REFUSED = ("your role is viewer: only operators may promote, roll back or retrain "
+                  "(an operator can change it with `fleetsentry cloud dashboard user role`)")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A sign-in turned down: the status to answer, why, and when to try again."""
+
+    status: int
+    why: str
+    retry_s: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_s)} if self.retry_s else None
 
 
 @dataclass
@@ -59,6 +83,7 @@ class Dashboard:
     signer: Signer
     live: LiveState
     actions: Actions
+    store: DashboardStore
     kafka_error: Any = None  # callable returning the live feed's last error, or None
 
 
@@ -95,8 +120,13 @@ def templates() -> Environment:
 
 def create_app(dash: Dashboard) -> Starlette:
     env = templates()
-    secure_always = dash.settings.secure_cookies == "always"
-    secure_never = dash.settings.secure_cookies == "never"
+    d = dash.settings
+    secure_always = d.secure_cookies == "always"
+    secure_never = d.secure_cookies == "never"
+    throttle = SignInThrottle(max_failures=d.signin_max_failures,
+                              per_address=d.signin_max_failures_per_address,
+                              window_s=d.signin_window_s, lockout_s=d.signin_lockout_s)
+    checker = PasswordChecker(dash.users, d.hash_workers)
 
     def secure(request: Request) -> bool:
         return secure_always or (not secure_never and request.url.scheme == "https")
@@ -107,9 +137,33 @@ def create_app(dash: Dashboard) -> Starlette:
                         secure=secure(request), path="/")
 
     def session_of(request: Request) -> Session | None:
-        return dash.signer.session(request.cookies.get(SESSION_COOKIE))
+        row = dash.store.session(request.cookies.get(SESSION_COOKIE))
+        if row is None:
+            return None
+        user = dash.users.get(row.user)
+        if user is None or user.stamp != row.stamp:  # removed, or password or role changed
+            dash.store.end_session(request.cookies.get(SESSION_COOKIE))
+            return None
+        return Session(user.name, row.issued, row.csrf, user.role)
 
-    def basic_user(request: Request) -> str | None:
+    async def authenticate(request: Request, name: str, password: str) -> User | Refusal:
+        """The user, or why not; a locked name or address is refused before any hashing."""
+        address = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(name, address)
+        if wait is not None:
+            return Refusal(429, f"Too many failed sign-ins: this name or address is locked; "
+                                f"try again in {wait} s.", wait)
+        throttle.attempt(name, address)
+        try:
+            user = await checker.check(name, password)
+        except SignInBusy as exc:
+            return Refusal(503, str(exc), 1)
+        if user is None:
+            return Refusal(401, "Unknown user or wrong password.")
+        throttle.succeeded(name, address)
+        return user
+
+    async def basic_user(request: Request) -> User | Refusal | None:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("basic "):
             return None
@@ -117,13 +171,15 @@ def create_app(dash: Dashboard) -> Starlette:
             name, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return name if dash.users.check(name, password) else None
+        return await authenticate(request, name, password)
 
     def page(request: Request, name: str, session: Session, **ctx: Any) -> Response:
         flash = dash.signer.loads(request.cookies.get(FLASH_COOKIE), "flash")
         html = env.get_template(name).render(
             request=request, user=session.user, csrf=session.csrf, flash=flash,
-            refresh_s=dash.settings.refresh_s, can_retrain=dash.actions.can_retrain,
+            role=session.role, can_operate=session.operator,
+            refresh_s=dash.settings.refresh_s,
+            can_retrain=dash.actions.can_retrain and session.operator,
             kafka_error=dash.kafka_error() if dash.kafka_error else None, streams=STREAMS,
             path=request.url.path, **ctx)
         resp = HTMLResponse(html)
@@ -139,10 +195,12 @@ def create_app(dash: Dashboard) -> Starlette:
             session = session_of(request)
             if session is None:
                 if request.url.path.startswith(("/api/", "/partials/")):
-                    user = basic_user(request) if request.url.path.startswith("/api/") \
+                    user = await basic_user(request) if request.url.path.startswith("/api/") \
                         else None
-                    if user:
-                        return await checked(request, Session(user, 0, ""))
+                    if isinstance(user, User):
+                        return await checked(request, Session(user.name, 0, "", user.role))
+                    if isinstance(user, Refusal) and user.status != 401:
+                        return JSONResponse({"error": user.why}, user.status, user.headers)
                     return JSONResponse({"error": "sign in first"}, status_code=401)
                 return to_login(request)
             return await checked(request, session)
@@ -178,12 +236,13 @@ def create_app(dash: Dashboard) -> Starlette:
 
     # --- sign-in -----------------------------------------------------------------------------
 
-    async def login_form(request: Request, error: str = "", status: int = 200) -> Response:
+    async def login_form(request: Request, error: str = "", status: int = 200,
+                         headers: dict[str, str] | None = None) -> Response:
         token, cookie = dash.signer.login_token()
         nxt = _safe_next(request.query_params.get("next", "/fleet"))
         html = env.get_template("login.html").render(csrf=token, error=error, next=nxt,
                                                      user=None, path="/login")
-        resp = HTMLResponse(html, status_code=status)
+        resp = HTMLResponse(html, status_code=status, headers=headers)
         set_cookie(resp, request, LOGIN_CSRF_COOKIE, cookie, 3600)
         return resp
 
@@ -195,12 +254,13 @@ def create_app(dash: Dashboard) -> Starlette:
                                              str(form.get(CSRF_FIELD, ""))):
             return await login_form(request, "The form expired; please sign in again.", 403)
         name, password = str(form.get("username", "")), str(form.get("password", ""))
-        ok = await run_in_threadpool(dash.users.check, name, password)
-        if not ok:
-            return await login_form(request, "Unknown user or wrong password.", 401)
-        _session, cookie = dash.signer.new_session(name)
+        user = await authenticate(request, name, password)
+        if not isinstance(user, User):
+            return await login_form(request, user.why, user.status, user.headers)
+        dash.store.end_session(request.cookies.get(SESSION_COOKIE))  # no fixation
+        _row, token = dash.store.new_session(user, dash.settings.session_max_age_s)
         resp = RedirectResponse(_safe_next(str(form.get("next", "/fleet"))), status_code=303)
-        set_cookie(resp, request, SESSION_COOKIE, cookie, dash.settings.session_max_age_s)
+        set_cookie(resp, request, SESSION_COOKIE, token, dash.settings.session_max_age_s)
         resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
         return resp
 
@@ -208,6 +268,7 @@ def create_app(dash: Dashboard) -> Starlette:
         form = await request.form()
         if not csrf_ok(session_of(request), str(form.get(CSRF_FIELD, ""))):
             return HTMLResponse("CSRF token missing or wrong", status_code=403)
+        dash.store.end_session(request.cookies.get(SESSION_COOKIE))
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
@@ -283,6 +344,10 @@ def create_app(dash: Dashboard) -> Starlette:
         kind = request.path_params["kind"]
         if kind not in ("retrain", "promote", "rollback"):
             return no_such("No such action.")
+        if not s.operator:
+            return HTMLResponse(f"<h1>Forbidden</h1><p>{html.escape(VIEWER_REFUSED)}</p>"
+                                f'<p><a href="/registry">Back to the registry</a></p>',
+                                status_code=403)
         if request.method == "GET":
             q = request.query_params
             return page(request, "confirm.html", s, kind=kind, stream=q.get("stream", ""),
@@ -359,6 +424,8 @@ def create_app(dash: Dashboard) -> Starlette:
         kind = request.path_params["kind"]
         if kind not in ("retrain", "promote", "rollback"):
             return JSONResponse({"error": "no such action"}, 404)
+        if not s.operator:
+            return JSONResponse({"error": VIEWER_REFUSED}, 403)
         by_session = s.csrf != ""
         if by_session and not csrf_ok(s, request.headers.get(CSRF_HEADER)):
             return JSONResponse({"error": "CSRF token missing or wrong"}, 403)
@@ -391,20 +458,29 @@ def create_app(dash: Dashboard) -> Starlette:
         Route("/api/actions/{kind}", api_action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        checker.close()
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(SecurityHeaders, hsts_always=secure_always)])
 
 
 class SecurityHeaders:
-    """CSP and friends on every response; nothing but static files may be cached."""
+    """CSP and friends on every response; nothing but static files may be cached. HSTS over
+    TLS (or behind a TLS proxy, ``secure_cookies = "always"``): browsers ignore it over HTTP."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hsts_always: bool = False) -> None:
         self.app = app
+        self.hsts_always = hsts_always
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         static = str(scope.get("path", "")).startswith("/static/")
+        tls = self.hsts_always or scope.get("scheme") == "https"
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -415,6 +491,8 @@ class SecurityHeaders:
                 headers["X-Frame-Options"] = "DENY"
                 if not static:
                     headers["Cache-Control"] = "no-store"
+                if tls:
+                    headers["Strict-Transport-Security"] = HSTS
             await send(message)
 
         await self.app(scope, receive, with_headers)

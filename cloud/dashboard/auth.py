@@ -1,11 +1,13 @@
-"""Sign-in for the dashboard: scrypt password hashes, signed session cookies, CSRF tokens.
+"""Sign-in for the dashboard: scrypt password hashes, users with roles, CSRF tokens.
 
-Stdlib only. A session cookie is ``base64(json) "." base64(hmac-sha256)``; the JSON holds
-the user, when the session was issued and the session's CSRF token. Forms carry that token
-in a hidden field, scripts in an ``X-CSRF-Token`` header; a request that changes anything
-without it is refused. Before sign-in the sign-in form is protected the same way by a
-short-lived token in its own cookie (double submit), so nobody can sign a browser in as
-someone else.
+Stdlib only. Sessions live server-side (:mod:`cloud.dashboard.store`); the cookie holds only
+a random token. Forms carry the session's CSRF token in a hidden field, scripts in an
+``X-CSRF-Token`` header; a request that changes anything without it is refused. Before
+sign-in the sign-in form is protected the same way by a short-lived signed token in its own
+cookie (double submit), so nobody can sign a browser in as someone else.
+
+Password checks cost ~50-200 ms of CPU each, so they run on a small pool of threads
+(:class:`PasswordChecker`), never on the event loop that serves everybody else.
 
 >>> h = hash_password("correct horse")
 >>> verify_password("correct horse", h), verify_password("wrong", h)
@@ -14,16 +16,20 @@ someone else.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cloud.dashboard.errors import AuthError
+from cloud.dashboard.errors import AuthError, SignInBusy
+from cloud.dashboard.store import DashboardStore, User
 
 SESSION_COOKIE = "fs_session"
 LOGIN_CSRF_COOKIE = "fs_login_csrf"
@@ -66,19 +72,59 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 class Users:
-    """The configured users: name -> password hash. Checking costs the same for unknown names."""
+    """Who may sign in: the users listed in cloud.toml (read at start) and those of the
+    dashboard's store (read at every look-up, so a change made with the CLI counts at once).
+    A name in cloud.toml wins. Checking costs the same for unknown names."""
 
-    def __init__(self, hashes: Mapping[str, str]) -> None:
-        self._hashes = dict(hashes)
+    def __init__(self, configured: Mapping[str, str | User],
+                 store: DashboardStore | None = None) -> None:
+        # A bare hash is a user from before roles existed: an operator, as they all were.
+        self._configured = {name: u if isinstance(u, User) else User(name, u)
+                            for name, u in configured.items()}
+        self.store = store
         self._dummy = hash_password(secrets.token_hex(8))
 
-    def __len__(self) -> int:
-        return len(self._hashes)
+    def configured(self, name: str) -> bool:
+        return name in self._configured
 
-    def check(self, name: str, password: str) -> bool:
-        stored = self._hashes.get(name)
-        ok = verify_password(password, stored or self._dummy)
-        return ok and stored is not None
+    def get(self, name: str) -> User | None:
+        """The user as they are now, or None when there is no such user (any more)."""
+        user = self._configured.get(name)
+        if user is None and self.store is not None:
+            user = self.store.user(name)
+        return user
+
+    def check(self, name: str, password: str) -> User | None:
+        user = self.get(name)
+        ok = verify_password(password, user.password_hash if user else self._dummy)
+        return user if ok and user is not None else None
+
+
+class PasswordChecker:
+    """:meth:`Users.check` on ``workers`` threads; past ``max_waiting`` checks queued or
+    running, a new one is refused at once (:class:`SignInBusy`) rather than queued."""
+
+    def __init__(self, users: Users, workers: int = 2, max_waiting: int = 16) -> None:
+        self.users = users
+        self.max_waiting = max_waiting
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password")
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    async def check(self, name: str, password: str) -> User | None:
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                raise SignInBusy("too many sign-ins at once; try again in a second")
+            self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self.users.check, name, password)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -86,16 +132,21 @@ class Session:
     user: str
     issued: float
     csrf: str
+    role: str = "viewer"
+
+    @property
+    def operator(self) -> bool:
+        return self.role == "operator"
 
 
 class Signer:
-    """Signs and checks cookie values with an HMAC key."""
+    """Signs and checks cookie values (the sign-in form's token, flash messages) with an
+    HMAC key."""
 
-    def __init__(self, key: bytes, max_age_s: int) -> None:
+    def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise AuthError("the session key must be at least 16 bytes")
         self._key = key
-        self.max_age_s = max_age_s
 
     def _mac(self, body: str, purpose: str) -> str:
         return _b64(hmac.new(self._key, f"{purpose}:{body}".encode(), hashlib.sha256).digest())
@@ -115,25 +166,6 @@ class Signer:
         except ValueError:
             return None
         return data if isinstance(data, dict) else None
-
-    # --- sessions ----------------------------------------------------------------------------
-
-    def new_session(self, user: str, now: float | None = None) -> tuple[Session, str]:
-        s = Session(user, time.time() if now is None else now, secrets.token_urlsafe(24))
-        return s, self.dumps({"u": s.user, "t": s.issued, "c": s.csrf}, "session")
-
-    def session(self, cookie: str | None, now: float | None = None) -> Session | None:
-        data = self.loads(cookie, "session")
-        if data is None:
-            return None
-        try:
-            s = Session(str(data["u"]), float(data["t"]), str(data["c"]))  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError):
-            return None
-        now = time.time() if now is None else now
-        if not (s.issued <= now + 60 and now - s.issued <= self.max_age_s):
-            return None
-        return s
 
     # --- the sign-in form's token (before there is a session) --------------------------------
 

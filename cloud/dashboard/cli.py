@@ -1,4 +1,5 @@
-"""``fleetsentry cloud run`` (dashboard + trainer service) and ``fleetsentry cloud dashboard``."""
+"""``fleetsentry cloud run`` (dashboard + trainer service) and ``fleetsentry cloud dashboard``
+(serve it alone, manage its users)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import getpass
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from shared import signing
 from shared.errors import MissingExtraError
 
 STREAMS = ("telemetry", "payments")
+ROLES = ("viewer", "operator")
 DEMO_USER = "operator"
 DEMO_USER_FILE = "dashboard-demo-user.json"
 
@@ -73,6 +78,7 @@ class Server:
             self.scheduler.join(timeout=30)
         self.watcher.close()
         self.actions.close()
+        self.dash.store.close()
 
 
 def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: bool,
@@ -85,14 +91,16 @@ def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: b
         from cloud.dashboard.app import Dashboard, create_app
         from cloud.dashboard.auth import Signer, Users
         from cloud.dashboard.live import KafkaWatcher, LiveState
+        from cloud.dashboard.store import DashboardStore, User
     except ImportError as exc:  # starlette, jinja2 or uvicorn missing
         raise MissingExtraError(exc.name or "starlette", "cloud") from None
 
     d = cfg.dashboard
-    hashes = {u.name: u.password_hash.reveal() for u in d.users}
-    if not hashes:
+    store = DashboardStore(d.state_dir).start()
+    configured = {u.name: User(u.name, u.password_hash.reveal(), u.role) for u in d.users}
+    if not configured and not store.users():
         name, _pw, h = demo_user(d.state_dir)
-        hashes = {name: h}
+        configured = {name: User(name, h, "operator")}
     publisher = None
     if publish:
         from cloud.publisher import Publisher
@@ -105,8 +113,8 @@ def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: b
     actions = Actions(cfg.registry.root, factory, publisher).start()
     live = LiveState(d.bucket_s, d.window_s, d.offline_after_s)
     watcher = KafkaWatcher(cfg.kafka.bootstrap, live).start()
-    dash = Dashboard(d, Users(hashes), Signer(session_key(cfg), d.session_max_age_s), live,
-                     actions, kafka_error=lambda: watcher.error)
+    dash = Dashboard(d, Users(configured, store), Signer(session_key(cfg)), live, actions,
+                     store, kafka_error=lambda: watcher.error)
     stop = threading.Event()
     server = Server(create_app(dash), dash, watcher, actions, stop)
     if trainer and schedule:
@@ -156,13 +164,14 @@ def serve(cfg: CloudConfig, server: Server) -> None:
         server.close()
 
 
-def _banner(cfg: CloudConfig, what: str) -> None:
+def _banner(cfg: CloudConfig, what: str, server: Server) -> None:
     d = cfg.dashboard
     click.echo(f"{what}: dashboard at {_address(cfg)}")
-    if not d.users:
+    if not d.users and server.dash.users.configured(DEMO_USER):
         name, password, _ = demo_user(d.state_dir)
         click.echo(f"  sign in as {name} / {password}  (demo user, kept in "
-                   f"{d.state_dir / DEMO_USER_FILE}; list real users under [dashboard] users)")
+                   f"{d.state_dir / DEMO_USER_FILE}; add real users with `fleetsentry cloud "
+                   f"dashboard user add`)")
     click.echo(f"  registry {cfg.registry.root}, cloud Kafka {cfg.kafka.bootstrap}")
     sys.stdout.flush()
 
@@ -215,7 +224,7 @@ def run(config_path: Path | None, port: int | None, key_file: Path | None, no_pu
     server = build(cfg, key_file=key_file, trainer=True, schedule=True, publish=not no_publish,
                    epochs=epochs, min_records=min_records, schedule_s=schedule_s,
                    drift_check_s=drift_check_s, recent_s=recent_s)
-    _banner(cfg, "fleetsentry cloud")
+    _banner(cfg, "fleetsentry cloud", server)
     serve(cfg, server)
 
 
@@ -234,13 +243,15 @@ def serve_cmd(config_path: Path | None, port: int | None, key_file: Path | None,
     cfg = _config(config_path, port)
     server = build(cfg, key_file=key_file, trainer=True, schedule=False,
                    publish=not no_publish, epochs=epochs, min_records=min_records)
-    _banner(cfg, "fleetsentry dashboard")
+    _banner(cfg, "fleetsentry dashboard", server)
     serve(cfg, server)
 
 
 @dashboard.command("hash-password")
 @click.option("--user", default=None, help="Print a ready [dashboard] users entry for USER.")
-def hash_password_cmd(user: str | None) -> None:
+@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True,
+              help="The entry's role (with --user).")
+def hash_password_cmd(user: str | None, role: str) -> None:
     """Read a password (twice, hidden) and print its scrypt hash for cloud.toml."""
     from cloud.dashboard.auth import hash_password
 
@@ -248,4 +259,105 @@ def hash_password_cmd(user: str | None) -> None:
     if getpass.getpass("Again: ") != password:
         raise click.ClickException("the passwords differ")
     h = hash_password(password)
-    click.echo(f'{{ name = "{user}", password_hash = "{h}" }}' if user else h)
+    click.echo(f'{{ name = "{user}", password_hash = "{h}", role = "{role}" }}' if user else h)
+
+
+# --- users (kept in <state_dir>/dashboard.sqlite; a running dashboard sees changes at once) ---
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    envvar="FLEETSENTRY_CLOUD_CONFIG", help="cloud.toml (its [dashboard] state_dir).")
+
+
+@dashboard.group("user")
+def user() -> None:
+    """Add, change and remove dashboard users; a change ends the user's sessions at once."""
+
+
+@contextmanager
+def _users(config_path: Path | None, name: str | None = None) -> Iterator[Any]:
+    from cloud.dashboard.errors import DashboardError
+    from cloud.dashboard.store import DashboardStore
+
+    cfg = cloud_config.load(config_path)
+    if name is not None and any(u.name == name for u in cfg.dashboard.users):
+        raise click.ClickException(f"{name} is listed in cloud.toml's [dashboard] users: change "
+                                   f"or remove the entry there and restart the dashboard")
+    store = DashboardStore(cfg.dashboard.state_dir).start()
+    try:
+        yield store
+    except DashboardError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _new_password() -> str:
+    from cloud.dashboard.auth import hash_password
+
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return hash_password(password)
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True,
+              help="viewer: reads everything; operator: may also promote, roll back, retrain.")
+@_config_option
+def user_add(name: str, role: str, config_path: Path | None) -> None:
+    """Add a user NAME (asks for the password twice)."""
+    from cloud.dashboard.store import User
+
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        raise click.ClickException("a name is 1 to 64 of A-Z a-z 0-9 _ . @ -")
+    with _users(config_path, name) as store:
+        if store.user(name) is not None:
+            raise click.ClickException(f"{name} exists: change it with `user passwd` or "
+                                       f"`user role`")
+        store.add_user(User(name, _new_password(), role))
+    click.echo(f"added {name} ({role})")
+
+
+@user.command("passwd")
+@click.argument("name")
+@_config_option
+def user_passwd(name: str, config_path: Path | None) -> None:
+    """Set NAME's password; their sessions end."""
+    with _users(config_path, name) as store:
+        if store.user(name) is None:
+            raise click.ClickException(f"no user {name}")
+        store.set_password(name, _new_password())
+    click.echo(f"password of {name} changed; their sessions ended")
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(ROLES))
+@_config_option
+def user_role(name: str, role: str, config_path: Path | None) -> None:
+    """Give NAME the ROLE; their sessions end."""
+    with _users(config_path, name) as store:
+        store.set_role(name, role)
+    click.echo(f"{name} is now {role}; their sessions ended")
+
+
+@user.command("remove")
+@click.argument("name")
+@_config_option
+def user_remove(name: str, config_path: Path | None) -> None:
+    """Remove NAME; their sessions end at once."""
+    with _users(config_path, name) as store:
+        ended = store.remove_user(name)
+    click.echo(f"removed {name}; {ended} session(s) ended")
+
+
+@user.command("list")
+@_config_option
+def user_list(config_path: Path | None) -> None:
+    """The users of cloud.toml and of the dashboard's store, with their roles."""
+    cfg = cloud_config.load(config_path)
+    for u in cfg.dashboard.users:
+        click.echo(f"{u.name}\t{u.role}\tcloud.toml")
+    with _users(config_path) as store:
+        for su in store.users():
+            click.echo(f"{su.name}\t{su.role}\t{store.path}")

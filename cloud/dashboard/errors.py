@@ -13,3 +13,7 @@ class AuthError(DashboardError):
 
 class BadQuery(DashboardError):
     """A query parameter is malformed or out of range; the message says what is accepted."""
+
+
+class SignInBusy(DashboardError):
+    """Too many password checks are queued; the client should try again shortly."""

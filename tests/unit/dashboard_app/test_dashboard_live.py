@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from cloud import config as cloud_config
 from cloud.dashboard.auth import Signer, Users, hash_password, verify_password
 from cloud.dashboard.errors import BadQuery
 from cloud.dashboard.live import LiveState
+from cloud.dashboard.store import DashboardStore, User
 from cloud.dashboard.views import chart_window, detection, fleet, gateway, window_choices
 from shared.contracts import ModelStatus, Score, encode
+from shared.errors import FleetsentryError
 
 
 def test_password_hashes_are_salted_and_malformed_ones_never_match() -> None:
@@ -25,14 +30,44 @@ def test_password_hashes_are_salted_and_malformed_ones_never_match() -> None:
 
 
 def test_signed_values_are_bound_to_their_purpose() -> None:
-    s = Signer(b"0123456789abcdef", 60)
+    s = Signer(b"0123456789abcdef")
     value = s.dumps({"c": "t"}, "login")
     assert s.loads(value, "login") == {"c": "t"}
     assert s.loads(value, "session") is None  # a login token is no session
     assert s.loads(value[:-2] + "xx", "login") is None
-    _sess, cookie = s.new_session("alice", now=1000.0)
-    assert s.session(cookie, now=1030.0) is not None
-    assert s.session(cookie, now=1000.0 + 61) is None  # expired
+
+
+def test_sessions_expire_and_end_with_any_change_to_their_user(tmp_path: Path) -> None:
+    store = DashboardStore(tmp_path).start()
+    try:
+        alice = User("alice", hash_password("pw", n=2**10), "operator")
+        row, token = store.new_session(alice, 60, now=1000.0)
+        assert store.session(token, now=1030.0) == row and row.stamp == alice.stamp
+        assert store.session(token, now=1000.0 + 61) is None  # expired
+        assert store.session(token + "x", now=1030.0) is None
+        files = list(tmp_path.glob("dashboard.sqlite*"))  # with its -wal and -shm
+        assert all(token.encode() not in f.read_bytes() for f in files)  # kept hashed
+        assert all(f.stat().st_mode & 0o077 == 0 for f in files)
+        # A user of cloud.toml edited and the dashboard restarted: the stamp no longer fits.
+        for changed in (User("alice", alice.password_hash, "viewer"),
+                        User("alice", hash_password("pw", n=2**10), "operator")):
+            assert changed.stamp != row.stamp
+    finally:
+        store.close()
+
+
+def test_users_from_before_roles_are_operators_and_new_entries_say_theirs(
+        tmp_path: Path) -> None:
+    toml = tmp_path / "cloud.toml"
+    toml.write_text('[dashboard]\nusers = [{ name = "alice", password_hash = "scrypt$x" },\n'
+                    '  { name = "vera", password_hash = "scrypt$y", role = "viewer" }]\n')
+    alice, vera = cloud_config.load(toml).dashboard.users
+    assert (alice.role, vera.role) == ("operator", "viewer")
+    legacy = Users({"alice": hash_password("pw", n=2**10)}).get("alice")  # a bare hash
+    assert legacy is not None and legacy.role == "operator"
+    toml.write_text('[dashboard]\nusers = [{ name = "x", password_hash = "h", role = "admin" }]\n')
+    with pytest.raises(FleetsentryError, match="role"):
+        cloud_config.load(toml)
 
 
 def _score(ts: float, anomalous: bool, version: str = "v1") -> bytes:
