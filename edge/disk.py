@@ -30,9 +30,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.core import GaugeMetricFamily, Metric
+
 from edge.config import EdgeConfig
 from shared import streams, topics
 from shared.errors import ConfigError
+from shared.kafka_config import Target, bootstrap_of, client_config
 
 log = logging.getLogger("disk")
 
@@ -134,8 +137,8 @@ def plan(config: EdgeConfig) -> DiskPlan:
         while hi - lo > MIB:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if _share(config, mid) is not None else (mid, hi)
-        raise ConfigError(f"a budget of {_human(budget)} leaves too little for Kafka's "
-                          f"topics; give the gateway at least {_human(hi)}",
+        raise ConfigError(f"a budget of {human(budget)} leaves too little for Kafka's "
+                          f"topics; give the gateway at least {human(hi)}",
                           setting="disk.budget")
     return shared
 
@@ -231,7 +234,7 @@ def _compacted(name: str, live: int, policy: str, retention_ms: int) -> TopicBud
     return TopicBudget(name, 1, -1, segment, 2 * live + 2 * segment, policy, retention_ms)
 
 
-def _human(n: int) -> str:
+def human(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1024)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
@@ -319,9 +322,7 @@ class DiskCollector:
                 continue
         return out
 
-    def collect(self) -> Iterator[object]:
-        from prometheus_client.core import GaugeMetricFamily
-
+    def collect(self) -> Iterator[Metric]:
         size = GaugeMetricFamily("fleetsentry_disk_size_bytes",
                                  "Size of the filesystem holding a gateway data directory.",
                                  labels=["path"])
@@ -347,6 +348,18 @@ class DiskCollector:
         yield GaugeMetricFamily("fleetsentry_disk_budget_used_ratio",
                                 "Share of the disk budget the gateway's directories use.",
                                 value=mine / self.plan.budget_bytes)
+
+
+def apply_topic_plan(kafka: Target, disk_plan: DiskPlan, timeout: float = 30.0) -> None:
+    """Give the existing edge topics the plan's configs (idempotent; other configs stay).
+
+    Raises InfraError when Kafka does not take them (unreachable, a topic missing)."""
+    from confluent_kafka.admin import AdminClient
+
+    from shared.infra.topics_admin import set_topic_configs
+
+    admin = AdminClient(client_config(kafka))
+    set_topic_configs(admin, bootstrap_of(kafka), disk_plan.topic_configs(), timeout)
 
 
 def is_disk_full(exc: OSError) -> bool:

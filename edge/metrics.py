@@ -59,6 +59,13 @@ PRODUCE_ERRORS = Counter(
     "Kafka produce attempts that failed (delivery report with an error or a full queue).",
     ["service", "topic"],
 )
+# A service that cannot write to the gateway's disk (full, read-only, failing) counts and
+# retries rather than crash-looping; the count is what the alert rules watch.
+WRITE_ERRORS = Counter(
+    "fleetsentry_write_errors",
+    "Writes to the gateway's disk that failed, by service and errno (ENOSPC: disk full).",
+    ["service", "errno"],
+)
 CONSUMER_LAG = Gauge(
     "fleetsentry_consumer_lag_messages",
     "Messages between a consumer's position and the partition's end offset.",
