@@ -66,6 +66,13 @@ WRITE_ERRORS = Counter(
     "Writes to the gateway's disk that failed, by service and errno (ENOSPC: disk full).",
     ["service", "errno"],
 )
+# Topics are bounded by bytes as well as time (edge/disk.py): a consumer further behind than
+# a partition keeps loses what retention deleted first. Never silently: counted here.
+RECORDS_EXPIRED_UNREAD = Counter(
+    "fleetsentry_records_expired_unread",
+    "Records retention deleted before the service read them (it fell too far behind).",
+    ["service", "topic"],
+)
 CONSUMER_LAG = Gauge(
     "fleetsentry_consumer_lag_messages",
     "Messages between a consumer's position and the partition's end offset.",
