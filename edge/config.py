@@ -6,6 +6,7 @@ Each service reads its own table; shared connection settings live in ``[kafka]``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +17,7 @@ from shared import config as cfg
 from shared.config import Secret
 from shared.kafka_config import KafkaSettings
 
-__all__ = ["EdgeConfig", "KafkaSettings", "load"]
+__all__ = ["EdgeConfig", "KafkaSettings", "load", "parse_size"]
 
 # Settings that may come from the environment (and only these).
 ENV = {
@@ -27,6 +28,24 @@ ENV = {
     "mqtt.port": "FLEETSENTRY_MQTT_PORT",
     "mqtt.password": "FLEETSENTRY_MQTT_PASSWORD",
 }
+
+
+SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)?\s*$"
+_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+          "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``"20 GiB"``, ``"512MB"`` or ``"1048576"``.
+
+    >>> parse_size("1.5 KiB")
+    1536
+    """
+    match = re.match(SIZE_PATTERN, text)
+    if match is None:
+        raise ValueError(f"{text!r} is no size (e.g. \"20 GiB\")")
+    number = text.strip()[: len(text.strip()) - len(match.group(2) or "")]
+    return int(float(number) * _UNITS[match.group(2) or ""])
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -178,6 +197,23 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
     keep_versions: Annotated[int, Meta(ge=2, le=100)] = 5
 
 
+class DiskSettings(_Section, frozen=True, kw_only=True):
+    """``[disk]``: what the gateway may use of its disk; ``edge/disk.py`` shares it out."""
+
+    # Everything the gateway writes: Kafka's log dir, Mosquitto's persistence, the bridge's
+    # outage spool and data_dir (vault, models). A number with a unit (B, KiB, MiB, GiB, TiB;
+    # KB, MB, GB, TB are powers of 1000). Give the gateway's services what the filesystem
+    # can spare, not its size: the OS and its logs need the rest.
+    budget: Annotated[str, Meta(pattern=SIZE_PATTERN)] = "20 GiB"
+    # Directories whose files count against the budget besides data_dir (Kafka's log dir,
+    # Mosquitto's persistence): the agent reports what they hold; unreadable files count 0.
+    paths: list[Path] = msgspec.field(default_factory=list)
+
+    @property
+    def budget_bytes(self) -> int:
+        return parse_size(self.budget)
+
+
 class EdgeConfig(_Section, frozen=True, kw_only=True):
     edge_id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "edge-1"
     data_dir: Path = Path("~/.local/share/fleetsentry/edge").expanduser()
@@ -189,6 +225,7 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     vault: VaultSettings = msgspec.field(default_factory=VaultSettings)
     enricher: EnricherSettings = msgspec.field(default_factory=EnricherSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    disk: DiskSettings = msgspec.field(default_factory=DiskSettings)
 
     @property
     def models_dir(self) -> Path:

@@ -88,6 +88,20 @@ SPOOL_DROPPED = Counter(
     "Acknowledged messages dropped because the outage spool was full, by stream.",
     ["service", "stream"],
 )
+# A service that cannot write to the gateway's disk (full, read-only, failing) counts and
+# retries rather than crash-looping; the count is what the alert rules watch.
+WRITE_ERRORS = Counter(
+    "fleetsentry_write_errors",
+    "Writes to the gateway's disk that failed, by service and errno (ENOSPC: disk full).",
+    ["service", "errno"],
+)
+# Topics are bounded by bytes as well as time (edge/disk.py): a consumer further behind than
+# a partition keeps loses what retention deleted first. Never silently: counted here.
+RECORDS_EXPIRED_UNREAD = Counter(
+    "fleetsentry_records_expired_unread",
+    "Records retention deleted before the service read them (it fell too far behind).",
+    ["service", "topic"],
+)
 CONSUMER_LAG = Gauge(
     "fleetsentry_consumer_lag_messages",
     "Messages between a consumer's position and the partition's end offset.",

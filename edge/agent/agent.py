@@ -110,7 +110,13 @@ class ModelAgent:
         outcome = None
         msg = self._consumer.poll(timeout)
         if msg is not None and self._usable(msg):
-            outcome = self.handle(msg.key(), msg.value() or b"")
+            try:
+                outcome = self.handle(msg.key(), msg.value() or b"")
+            except OSError:
+                # Not handled (the disk is full or failing): read it again on the next step.
+                self._consumer.seek(TopicPartition(msg.topic() or topics.CLOUD_MODELS,
+                                                   msg.partition() or 0, msg.offset() or 0))
+                raise
             self._consumer.commit(message=msg, asynchronous=False)
         self.check_watches()
         return outcome
@@ -150,6 +156,9 @@ class ModelAgent:
         except Rejected as exc:
             shutil.rmtree(staged, ignore_errors=True)
             return self._reject(stream, version, str(exc))
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)  # a half-written copy frees its space
+            raise
         return self._activate(model, staged, verdict)
 
     def _verify(self, bundle: model_bundle.ModelBundle, stream: str, staged: Path) -> Model:
@@ -235,13 +244,14 @@ class ModelAgent:
             verdict = check_watch(watch, self.clock(), self.watch_limits)
             if verdict is None:
                 continue
-            consumer.close()
-            del self.watches[stream]
             action, reason = verdict
             if action == "rollback":
+                # First: a rollback that fails to write keeps the watch, to be tried again.
                 self.rollback(stream, watch.version, reason)
             else:
                 log.info("%s %s: watch over: %s", stream, watch.version, reason)
+            consumer.close()
+            del self.watches[stream]
 
     def rollback(self, stream: str, version: str, reason: str) -> None:
         """Switch back to the model that ran before ``version`` and never take it again."""

@@ -26,6 +26,7 @@ from edge.enricher import changelog
 from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.errors import EnricherError
 from edge.enricher.expiry import KeyClock
+from edge.enricher.gaps import OffsetGaps
 from edge.vault import Vault
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode
@@ -108,6 +109,8 @@ class Enricher:
         self._windows: dict[tuple[str, int], DedupWindow] = {}
         self._next_vault_expiry = 0.0
         self.consumed = self.produced = self.duplicates = self.rejected = 0
+        self.skipped = 0  # raw records retention deleted before they were read
+        self._gaps = OffsetGaps()
         self.expired_states = self.expired_values = 0
         self.batches = 0
         # Wall time spent computing batches vs committing them (the bench reports the split).
@@ -152,7 +155,8 @@ class Enricher:
             # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
             "queued.max.messages.kbytes": 8192,
         }))
-        self._consumer.subscribe(list(self._specs))
+        self._consumer.subscribe(list(self._specs),
+                                 on_assign=lambda _c, _parts: self._gaps.reset())
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -308,6 +312,7 @@ class Enricher:
             tp: tuple[str, int] = (msg.topic(), msg.partition())  # type: ignore[assignment]
             # A partition's messages come in offset order: its last one is its end.
             ends[tp] = msg.offset()  # type: ignore[assignment]
+            self._count_skipped(tp, ends[tp])
             spec = specs[tp[0]]
             counts_in[spec.name] += 1
             try:
@@ -325,6 +330,21 @@ class Enricher:
         for name, n in counts_in.items():
             self._in[name].inc(n)
         return items, ends
+
+    def _count_skipped(self, tp: tuple[str, int], offset: int) -> None:
+        """Count records retention deleted before they were read (see edge/enricher/gaps.py)."""
+        if tp not in self._gaps:
+            assert self._consumer is not None
+            committed = self._consumer.committed([TopicPartition(*tp)], timeout=10)[0].offset
+            if committed >= 0:
+                self._gaps.expect(tp, committed)
+        skipped = self._gaps.observe(tp, offset)
+        if skipped:
+            self.skipped += skipped
+            metrics.RECORDS_EXPIRED_UNREAD.labels(service=SERVICE, topic=tp[0]).inc(skipped)
+            log.error("%s[%d]: %d records were deleted by retention before they were read "
+                      "(offsets %d-%d); the enricher fell further behind than the disk plan "
+                      "keeps raw.*", tp[0], tp[1], skipped, offset - skipped, offset - 1)
 
     def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
         assert self._producer is not None
@@ -366,6 +386,7 @@ class Enricher:
         self._producer.abort_transaction(60)
         metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc()
         self._restore()
+        self._gaps.reset()
         assigned = self._consumer.assignment()
         for tp in self._consumer.committed(assigned, timeout=30):
             offset = tp.offset if tp.offset >= 0 else 0

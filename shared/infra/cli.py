@@ -50,6 +50,10 @@ def _options(fn: Any) -> Any:
     fn = click.option("--cloud-controller-ports", callback=lambda c, p, v: _ports(v),
                       help="Cloud KRaft controller ports (default 9193,9195,9197).")(fn)
     fn = click.option("--mqtt-port", type=int, help="Mosquitto port (default 1883).")(fn)
+    fn = click.option("--edge-config", type=click.Path(dir_okay=False, exists=True,
+                                                         path_type=Path),
+                      help="The gateway's edge.toml: its [disk] budget bounds the edge topics "
+                           "(default: a 20 GiB budget; see docs/disk.md).")(fn)
     return fn
 
 

@@ -170,6 +170,11 @@ class KafkaCluster:
             "num.io.threads": 4,
             "num.recovery.threads.per.data.dir": 2,
             "log.segment.bytes": 64 * 1024 * 1024,
+            # Topics are bounded by retention.bytes too (the gateway's disk plan, edge/disk.py).
+            # Checked every 10 s rather than 5 min, since a partition grows past its bound
+            # until the next check; a deleted segment's file goes 5 s later, not 60.
+            "log.retention.check.interval.ms": 10_000,
+            "log.segment.delete.delay.ms": 5_000,
             "message.max.bytes": 8 * 1024 * 1024 + 1024,
             "replica.fetch.max.bytes": 8 * 1024 * 1024 + 1024,
             # `infra down` stops every node at once: a controlled shutdown would wait for a

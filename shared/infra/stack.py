@@ -47,6 +47,9 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         msgspec.field(default_factory=lambda: [9193, 9195, 9197]))
     mqtt_port: Port = 1883
     kafka_heap: Annotated[str, Meta(pattern=r"^\d+[mg]$")] = "512m"
+    # The gateway's edge.toml: its [disk] budget bounds the edge topics (edge/disk.py). Without
+    # it, the defaults' plan (a 20 GiB budget).
+    edge_config: Path | None = None
 
     def __post_init__(self) -> None:
         used: dict[int, str] = {}
@@ -96,6 +99,13 @@ class Stack:
                     else msgspec.structs.replace(edge, bootstrap=edge_bootstrap))
         return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
                       self.settings.home, edge_login=edge)
+
+    def edge_topic_configs(self) -> dict[str, dict[str, str]]:
+        """The disk plan's configs for the edge topics (retention.bytes, segment sizes, ...)."""
+        from edge import config as edge_config  # the plan belongs to the gateway's config
+        from edge.disk import plan
+
+        return plan(edge_config.load(self.settings.edge_config)).topic_configs()
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -153,7 +163,8 @@ class Stack:
                     creds = c.credentials()
                     ensure_users(c.login(KAFKA_ADMIN_USER), {u: creds[u] for u in SCRAM_USERS})
                 ensure_topics(c.login(KAFKA_ADMIN_USER), c.name,  # type: ignore[arg-type]
-                              c.replication_factor)
+                              c.replication_factor,
+                              overrides=self.edge_topic_configs() if c is self.edge else None)
         except InfraError:
             if new or mqtt_pid:
                 self.down()

@@ -58,23 +58,32 @@ def ensure_users(admin_login: Target, users: Mapping[str, str], timeout: float =
     return missing
 
 
+TopicConfigs = Mapping[str, Mapping[str, str]]
+
+
 def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor: int,
-                  timeout: float = 30.0) -> list[str]:
+                  timeout: float = 30.0, overrides: TopicConfigs | None = None) -> list[str]:
     """Make every registry topic of ``cluster`` exist with its partitions and configs.
 
     Returns the names created now. Existing topics keep their data; missing partitions are
-    added and configs (retention, compaction) are set to the registry's values.
+    added and configs (retention, compaction) are set to the registry's values, with
+    ``overrides`` (topic -> configs, e.g. a gateway's disk plan, ``edge.disk``) on top.
     """
     admin = AdminClient(client_config(target))
     bootstrap = bootstrap_of(target)
     wanted = registry.registry(cluster)
+    overrides = overrides or {}
+
+    def configs(t: registry.Topic) -> dict[str, str]:
+        return {**t.configs(), **overrides.get(t.name, {})}
+
     meta = admin.list_topics(timeout=timeout)
     missing = [t for t in wanted if t.name not in meta.topics]
     created = []
     if missing:
         futures = admin.create_topics(
             [NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor,
-                      config=t.configs()) for t in missing],
+                      config=configs(t)) for t in missing],
             operation_timeout=timeout, request_timeout=timeout,
         )
         for name, fut in futures.items():
@@ -91,18 +100,27 @@ def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor:
         for fut in admin.create_partitions(grow, request_timeout=timeout).values():
             fut.result()
     if existing:
-        resources = [
-            ConfigResource(
-                ConfigResource.Type.TOPIC, t.name,
-                incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
-                                     for k, v in t.configs().items()],
-            )
-            for t in existing
-        ]
-        for res, fut in admin.incremental_alter_configs(resources).items():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                raise InfraError(f"setting configs of {res.name} on {bootstrap} failed: {exc}") \
-                    from exc
+        set_topic_configs(admin, bootstrap, {t.name: configs(t) for t in existing}, timeout)
     return created
+
+
+def set_topic_configs(admin: AdminClient, bootstrap: str, wanted: TopicConfigs,
+                      timeout: float = 30.0) -> None:
+    """Set (incrementally, so other settings stay) each topic's configs; idempotent."""
+    resources = [
+        ConfigResource(
+            ConfigResource.Type.TOPIC, name,
+            incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                                 for k, v in conf.items()],
+        )
+        for name, conf in wanted.items()
+    ]
+    if not resources:
+        return
+    futures = admin.incremental_alter_configs(resources, request_timeout=timeout)
+    for res, fut in futures.items():
+        try:
+            fut.result(timeout + 5)
+        except (KafkaException, TimeoutError) as exc:
+            raise InfraError(f"setting configs of {res.name} on {bootstrap} failed: {exc}") \
+                from exc

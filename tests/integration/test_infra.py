@@ -16,6 +16,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge import disk
+from edge.config import EdgeConfig
 from shared import topics
 from shared.infra.errors import PortInUseError, PrerequisiteError
 from shared.infra.stack import Stack
@@ -48,6 +50,13 @@ def test_registry_topics_exist_with_their_settings(edge_kafka: KafkaSettings) ->
     res = ConfigResource(ConfigResource.Type.TOPIC, topics.CLOUD_MODELS)
     conf = admin.describe_configs([res])[res].result()
     assert conf["cleanup.policy"].value == "compact"
+    # `infra up` bounds them by the disk plan (no --edge-config: the defaults' 20 GiB budget).
+    bounds = disk.plan(EdgeConfig())
+    for name in (topics.RAW_TELEMETRY, topics.ENRICHER_STATE, topics.CLOUD_MODELS):
+        res = ConfigResource(ConfigResource.Type.TOPIC, name)
+        conf = admin.describe_configs([res])[res].result()
+        for key, value in bounds.topic(name).configs().items():
+            assert conf[key].value == value, (name, key)
 
 
 def test_cloud_cluster_has_three_brokers_and_replicates(cloud_bootstrap: str) -> None:

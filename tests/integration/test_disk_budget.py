@@ -1,0 +1,269 @@
+"""A gateway on a small disk of its own, filled by real traffic: Kafka keeps running.
+
+The edge Kafka's log dir and the gateway's data dir live on a size-limited tmpfs; the disk
+budget is that size. Vehicles' events go through the real Mosquitto, bridge and enricher
+(uncompressed, so they fill it fast) until more than the whole filesystem has been written.
+With the plan's retention.bytes Kafka deletes old segments and keeps running; the history
+(every event Mosquitto acknowledged to the vehicle, every event read back from anon.*,
+tailed while it is written) reconciles with nothing lost; the agent's disk metrics show
+the filesystem's use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import paho.mqtt.client as mqtt
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from edge import config as edge_config
+from edge import disk
+from shared import topics
+from shared.infra.ports import free_ports, is_free
+from shared.infra.stack import Stack
+from shared.kafka_config import ADMIN_USER, Target, client_config
+from tests.bridge_payloads import encode, telemetry
+from tests.bridge_support import mqtt_client
+from tests.edge_pipeline import EdgePipeline
+from tests.support import free_infra_settings
+
+pytestmark = pytest.mark.integration
+
+DISK_MB = 192
+VEHICLES = 40
+# More than the filesystem holds: without bounds, a 256 MiB one was full after ~115,000.
+EVENTS = 110_000
+AHEAD = 15_000  # published but not yet in anon.*: keeps Mosquitto's queue for the bridge short
+STALL_S = 45.0  # no progress for this long: the pipeline has stopped
+RUN_S = 330.0  # a loaded 2-core machine bridges ~400 events/s, a quiet one ~1,000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs",
+                           str(mount)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class SmallDiskGateway(EdgePipeline):
+    """bridge, enricher and agent; data_dir, and the budget, on the small disk."""
+
+    def __init__(self, stack: Stack, home: Path, disk_dir: Path, metrics_base: int) -> None:
+        super().__init__(stack, home, services=("bridge", "enricher", "agent"))
+        self.disk_dir = disk_dir
+        self.metrics_base = metrics_base
+
+    def write_config(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f'edge_id = "{self.edge_id}"\n'
+            f'data_dir = "{self.disk_dir / "gateway"}"\n'
+            f'[kafka]\nbootstrap = "{self.stack.edge.bootstrap}"\n'
+            f'credentials_file = "{self.stack.edge.credentials_path}"\n'
+            f'[mqtt]\nhost = "{self.stack.mqtt.host}"\nport = {self.stack.mqtt.port}\n'
+            f'credentials_file = "{self.stack.mqtt.credentials_path}"\n'
+            f"[metrics]\nbase_port = {self.metrics_base}\n"
+            f'[bridge]\ngroup = "{self.edge_id}"\ncompression = "none"\n'
+            f"vehicle_rate_per_s = 0\n"
+            f'[enricher]\ncompression = "none"\nmax_states = 1000\ndedup_window = 1000\n'
+            f"[agent]\nkeep_versions = 2\n"
+            f'[disk]\nbudget = "{DISK_MB} MiB"\npaths = ["{self.disk_dir / "kafka"}"]\n')
+        return self.config
+
+    def scrape(self, offset: int = 3) -> str:
+        """A service's metrics (offsets: edge/services.py; the agent's is 3)."""
+        url = f"http://127.0.0.1:{self.metrics_base + offset}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
+
+
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
+class AnonTail(threading.Thread):
+    """Reads anon.telemetry as it is committed, so retention later cannot hide a record."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.seen: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        c = Consumer(client_config(self.target, {
+            "group.id": f"tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "log_level": 0}))
+        c.assign([TopicPartition(topics.ANON_TELEMETRY, p, OFFSET_BEGINNING) for p in range(3)])
+        decoder = msgspec.json.Decoder(_EventId)
+        try:
+            while not self.stop.is_set():
+                for msg in c.consume(5000, 0.3):
+                    if msg.error():
+                        self.errors.append(str(msg.error()))
+                        continue
+                    self.seen[decoder.decode(msg.value() or b"").event_id] += 1
+        finally:
+            c.close()
+
+
+def publish(client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str,
+            schedule: list[str]) -> tuple[set[str], int]:
+    """Publish EVENTS telemetry frames QoS 1, never more than AHEAD beyond what anon.* has.
+
+    Returns the event ids Mosquitto acknowledged (PUBACK) and how many were sent."""
+    infos: list[tuple[mqtt.MQTTMessageInfo, str]] = []
+    sent, started, last_progress, last_seen = 0, time.monotonic(), time.monotonic(), 0
+    while sent < EVENTS and time.monotonic() - started < RUN_S:
+        seen = len(tail.seen)
+        if seen > last_seen:
+            last_seen, last_progress = seen, time.monotonic()
+        if time.monotonic() - last_progress > STALL_S:
+            schedule.append(f"{time.monotonic() - started:6.1f}s nothing reached anon.* for "
+                            f"{STALL_S:.0f}s: stop publishing")
+            break
+        if sent - seen >= AHEAD:
+            time.sleep(0.05)
+            continue
+        for _ in range(500):
+            vin = vins[sent % len(vins)]
+            eid = f"{tag}-{sent}"
+            infos.append((client.publish(f"fleet/{vin}/telemetry",
+                                         encode(telemetry(vin, eid, time.time())), qos=1), eid))
+            sent += 1
+        if sent % 20_000 == 0:
+            schedule.append(f"{time.monotonic() - started:6.1f}s published {sent}, "
+                            f"in anon.* {len(tail.seen)}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(i.is_published() for i, _ in infos[-1000:]):
+        time.sleep(0.2)
+    return {eid for info, eid in infos if info.is_published()}, sent
+
+
+def free_base_port() -> int:
+    """A metrics base port with base + 0..3 (bridge, enricher, scorer, agent) all free."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + 3 <= 65535 and all(is_free("127.0.0.1", base + i) for i in range(1, 4)):
+            return base
+    raise AssertionError("no four free consecutive ports for the metrics")
+
+
+def partition_bytes(log_dir: Path, topic: str) -> dict[int, int]:
+    return {int(d.name.rsplit("-", 1)[1]): disk.tree_bytes([d])
+            for d in log_dir.glob(f"{topic}-*") if d.is_dir()}
+
+
+def log_start(target: Target, topic: str) -> dict[int, int]:
+    c = Consumer(client_config(target, {"group.id": f"w-{uuid.uuid4().hex[:8]}"}))
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
+                for p in range(3)}
+    finally:
+        c.close()
+
+
+def metric(text: str, name: str, path: Path | None = None) -> float:
+    label = f'{{path="{path}"}}' if path is not None else ""
+    match = re.search(rf"^{name}{re.escape(label)} (\S+)$", text, re.M)
+    assert match, f"{name}{label} not in the agent's metrics"
+    return float(match.group(1))
+
+
+def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
+        small_disk: Path, tmp_path: Path) -> None:
+    kafka_dir = small_disk / "kafka"
+    kafka_dir.mkdir()
+    settings = free_infra_settings(tmp_path / "infra")
+    stack = Stack(settings, quiet=True)
+    # The edge Kafka's log dir (node-1/data) lives on the small disk.
+    node_dir = stack.edge.node_dir(stack.edge.nodes[0])
+    node_dir.mkdir(parents=True)
+    (node_dir / "data").symlink_to(kafka_dir)
+    schedule: list[str] = []
+    gateway = SmallDiskGateway(stack, tmp_path / "gw", small_disk, free_base_port())
+    tail: AnonTail | None = None
+    client: mqtt.Client | None = None
+    try:
+        stack.up(services=frozenset({"edge", "mqtt"}))
+        gateway.start(timeout=150)
+        tail = AnonTail(stack.edge.login(ADMIN_USER))
+        tail.start()
+        client = mqtt_client(stack, f"fleet-{uuid.uuid4().hex[:6]}")
+        vins = [f"WDSK{n:013d}" for n in range(VEHICLES)]
+        acked, sent = publish(client, tail, vins, uuid.uuid4().hex[:8], schedule)
+        settle = time.monotonic() + 60
+        while time.monotonic() < settle and not acked <= set(tail.seen):
+            time.sleep(0.5)
+        time.sleep(12)  # one more retention check (log.retention.check.interval.ms)
+
+        fs = disk.filesystem_usage(small_disk)
+        alive = bool(stack.edge.running_pids()) and stack.edge.broker_count() == 1
+        lost = acked - set(tail.seen)
+        dups = sum(n - 1 for n in tail.seen.values() if n > 1)
+        verdict = (f"published {sent}, acknowledged by Mosquitto {len(acked)}, read back from "
+                   f"anon.telemetry {len(tail.seen)}: lost {len(lost)}, duplicated {dups}; "
+                   f"disk {fs.used_bytes / 2**20:.0f} of {fs.size_bytes / 2**20:.0f} MiB used, "
+                   f"Kafka {'running' if alive else 'STOPPED'}")
+        sizes = {t: sum(partition_bytes(kafka_dir, t).values()) // 2**10
+                 for t in (topics.RAW_TELEMETRY, topics.ANON_TELEMETRY, topics.ENRICHER_STATE)}
+        print(verdict, *schedule, f"on disk at the end (KiB): {sizes}", sep="\n")
+        assert alive, f"the edge Kafka stopped: {verdict}\n{stack.edge.log_dir(stack.edge.nodes[0])}"
+        assert sent >= EVENTS, verdict
+        assert not lost, verdict
+        expired = re.findall(r"^fleetsentry_records_expired_unread_total\{.*\} (\S+)$",
+                             gateway.scrape(1), re.M)  # the enricher's
+        assert sum(float(v) for v in expired) == 0, expired
+
+        # Retention by bytes did the work: old segments went, each partition within its share.
+        budget = disk.plan(edge_config.load(gateway.config))
+        for topic in (topics.RAW_TELEMETRY, topics.ANON_TELEMETRY):
+            share = budget.topic(topic)
+            starts = log_start(stack.edge.login(ADMIN_USER), topic)
+            assert all(s > 0 for s in starts.values()), (topic, starts)
+            for p, size in partition_bytes(kafka_dir, topic).items():
+                assert size <= share.retention_bytes + 3 * share.segment_bytes, (topic, p, size)
+        assert fs.free_bytes > budget.headroom_bytes, verdict
+
+        text = gateway.scrape()
+        data_dir = small_disk / "gateway"
+        assert metric(text, "fleetsentry_disk_size_bytes", data_dir) == fs.size_bytes
+        free = metric(text, "fleetsentry_disk_free_bytes", data_dir)
+        assert abs(free - disk.filesystem_usage(small_disk).free_bytes) < 16 * 2**20
+        assert metric(text, "fleetsentry_disk_budget_bytes") == DISK_MB * 2**20
+        ratio = metric(text, "fleetsentry_disk_budget_used_ratio")
+        assert 0.05 < ratio < 1.0, ratio
+        print(f"disk metrics: free {free / 2**20:.0f} MiB, budget used {ratio:.0%}")
+    finally:
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        if tail is not None:
+            tail.stop.set()
+            tail.join(10)
+        gateway.stop()
+        stack.down()
+        print(json.dumps({"kafka_log": str(stack.edge.log_dir(stack.edge.nodes[0]))}))
