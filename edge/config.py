@@ -105,10 +105,11 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     # the bridge writes them (and what follows) to <data_dir>/spool/bridge-<n>, acknowledges
     # the MQTT messages once they are on disk, and drains the spool in order when Kafka is
     # back. spool_max_bytes bounds each process's spool: past it, messages are acknowledged
-    # and dropped, counted in fleetsentry_spool_dropped_total (see the README's "Nothing
-    # acknowledged is lost"). 0 turns the spool off (the broker's queue is the only buffer).
+    # and dropped, counted in fleetsentry_spool_dropped_total (see the README's "When the
+    # edge Kafka is away"). Unset: the disk plan's spool share ([disk] budget, 10 %) split
+    # between the processes. 0 turns the spool off (the broker's queue is the only buffer).
     spool_after_s: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
-    spool_max_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024**3
+    spool_max_bytes: Annotated[int, Meta(ge=0)] | None = None
 
 
 class ScorerSettings(_Section, frozen=True, kw_only=True):

@@ -163,10 +163,14 @@ class Bridge:
         except VaultError as exc:
             raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") \
                 from None
-        if s.spool_max_bytes > 0:
+        spool_bytes = s.spool_max_bytes
+        if spool_bytes is None:
+            from edge.disk import plan
+
+            spool_bytes = plan(self.config).spool_bytes // s.processes
+        if spool_bytes > 0:
             try:
-                self._spool = Spool(self.config.bridge_spool_dir(self.instance),
-                                    s.spool_max_bytes)
+                self._spool = Spool(self.config.bridge_spool_dir(self.instance), spool_bytes)
             except SpoolError as exc:
                 raise BridgeError(f"{exc} (set [bridge] spool_max_bytes = 0 to run without "
                                   "an outage spool)") from None
