@@ -36,7 +36,8 @@ _COMMON = [
                  help="Cloud Kafka: replicated data in, models topic out."),
     click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
                  default=signing.dev_private_key_path(), show_default=True,
-                 help="Ed25519 signing key (PEM; created 0600 when missing)."),
+                 help="Ed25519 signing key (PEM; `fleetsentry cloud keygen` makes one; the "
+                 "default development key is created when missing)."),
     click.option("--epochs", default=12, show_default=True),
     click.option("--min-records", default=1000, show_default=True),
     click.option("--no-publish", is_flag=True, help="Record promotions without publishing."),

@@ -109,7 +109,7 @@ def cloud_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     home = tmp_path_factory.mktemp("keys")
-    key = signing.ensure_private_key(home / "fleet.key")
+    key = signing.ensure_private_key(home / "fleet.key", create=True)
     signing.write_public_key(key, home / "fleet.pub")
     return home / "fleet.key", home / "fleet.pub"
 
