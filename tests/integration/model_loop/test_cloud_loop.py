@@ -79,7 +79,7 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
     try:
         recent_window(edge_kafka, kit, seed=21)
         flipped = deliver(agent, edge_kafka, b"payments", _corrupt_base64(value))
-        assert flipped.state == "rejected" and "signature does not match" in flipped.reason
+        assert flipped.state == "rejected" and "changed after release" in flipped.reason
         assert agent.store.active_dir("payments") is None  # still the model it had
 
         good = deliver(agent, edge_kafka, b"payments", value)
