@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cloud.dashboard.cli import dashboard, run
@@ -13,7 +15,22 @@ from cloud.trainer.cli import train
 
 @click.group()
 def cloud() -> None:
-    """Cloud services: model training (more to come: store, registry, dashboard)."""
+    """Cloud services: training, registry, trainer service, store, dashboard, keys."""
+
+
+@cloud.command("keygen")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(path: Path) -> None:
+    """Create a model-signing key at PATH (0600) and its public key at PATH.pub."""
+    from shared import signing
+
+    try:
+        key = signing.create_private_key(path)
+    except (signing.KeyFileError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {path} (key id {signing.key_fingerprint(key)}); give every gateway "
+               f"{path.with_suffix('.pub')} as [scorer] public_key (or add it to public_keys "
+               "during a rotation)")
 
 
 cloud.add_command(train)

@@ -25,6 +25,7 @@ from msgspec import Meta
 
 from shared import config as cfg
 from shared.config import Secret
+from shared.releases import DEFAULT_FLEET, FLEET_PATTERN
 
 # Settings that may come from the environment (and only these).
 ENV = {
@@ -120,12 +121,23 @@ class TrainerSettings(_Section, frozen=True, kw_only=True):
     split: Literal["time", "vehicle"] = "time"
 
 
+class ReleaseSettings(_Section, frozen=True, kw_only=True):
+    """``[releases]``: what every published model's signed release says."""
+
+    # The fleet the gateways are in ([agent] fleet): another fleet's gateways refuse them.
+    fleet: Annotated[str, Meta(pattern=FLEET_PATTERN)] = DEFAULT_FLEET
+    # Gateways refuse a release this long after it was signed; the trainer service signs a
+    # new release of each champion once half of it has passed.
+    ttl_days: Annotated[float, Meta(gt=0, le=3650)] = 30.0
+
+
 class CloudConfig(_Section, frozen=True, kw_only=True):
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
     dashboard: DashboardSettings = DashboardSettings()
     store: StoreSettings = StoreSettings()
     trainer: TrainerSettings = TrainerSettings()
+    releases: ReleaseSettings = ReleaseSettings()
 
 
 def load(path: str | Path | None = None) -> CloudConfig:

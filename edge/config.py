@@ -14,8 +14,10 @@ import msgspec
 from msgspec import Meta
 
 from shared import config as cfg
+from shared.baselines import BASELINE_PUBLIC_KEY
 from shared.config import Secret
 from shared.kafka_config import KafkaSettings
+from shared.releases import DEFAULT_FLEET, FLEET_PATTERN
 
 __all__ = ["EdgeConfig", "KafkaSettings", "load", "parse_size"]
 
@@ -120,6 +122,9 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     models_dir: Path | None = None
     # Ed25519 public key models must be signed with (default: the one shipped with baselines).
     public_key: Path | None = None
+    # Several keys, during a key rotation: models and releases signed by any of them are
+    # accepted (replaces public_key when set). See the README's "Rotating the signing key".
+    public_keys: list[Path] = []
     # Micro-batch: score what has arrived, up to max_batch, waiting at most max_wait_ms.
     max_batch: Annotated[int, Meta(ge=1, le=65536)] = 2048
     max_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
@@ -131,6 +136,12 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     episode_update_interval_s: Annotated[float, Meta(ge=0)] = 10.0
     # Send approvals too (the vehicle waits for a decision either way); declines always go.
     send_approvals: bool = True
+
+    def trusted_keys(self) -> list[Path]:
+        """The public keys this gateway accepts models and releases from."""
+        if self.public_keys:
+            return list(self.public_keys)
+        return [self.public_key or BASELINE_PUBLIC_KEY]
 
 
 class VaultSettings(_Section, frozen=True, kw_only=True):
@@ -196,6 +207,9 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
     watch_s: Annotated[float, Meta(gt=0)] = 600.0
     # Installed versions kept per stream (the active and previous ones always are).
     keep_versions: Annotated[int, Meta(ge=2, le=100)] = 5
+    # The fleet this gateway belongs to: releases for another fleet are refused (the cloud's
+    # [releases] fleet must match).
+    fleet: Annotated[str, Meta(pattern=FLEET_PATTERN)] = DEFAULT_FLEET
 
 
 class DiskSettings(_Section, frozen=True, kw_only=True):

@@ -314,7 +314,7 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
     home = settings.home / "demo"
     logs = home / "logs"
     key_file = home / "fleet.key"
-    signing.ensure_private_key(key_file)
+    signing.ensure_private_key(key_file, create=True)
     public_key = home / "fleet.pub"
     signing.write_public_key(signing.load_private_key(key_file), public_key)
 

@@ -44,6 +44,8 @@ class ModelBundle(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     published_ts: float = 0.0
     files: dict[str, bytes]
+    # The signed release record (shared/releases.py): what makes a gateway run these files.
+    release: bytes = b""
 
 
 def max_model_bytes() -> int:
@@ -51,7 +53,8 @@ def max_model_bytes() -> int:
     return (MODEL_MESSAGE_BYTES - _ENVELOPE_BYTES) * 3 // 4
 
 
-def pack(model_dir: Path, stream: str, version: str, published_ts: float = 0.0) -> bytes:
+def pack(model_dir: Path, stream: str, version: str, published_ts: float = 0.0,
+         release: bytes = b"") -> bytes:
     """Encode the signed files of ``model_dir``; raise BundleError when over the topic limit."""
     files: dict[str, bytes] = {}
     for name in SIGNED_FILES:
@@ -66,7 +69,8 @@ def pack(model_dir: Path, stream: str, version: str, published_ts: float = 0.0) 
             f"{model_dir}: {size:,} bytes of model files exceed the {max_model_bytes():,} that "
             f"fit the models topic (max.message.bytes {MODEL_MESSAGE_BYTES:,}); raise "
             f"MODEL_MESSAGE_BYTES in shared/topics.py and the brokers' limit together")
-    bundle = ModelBundle(stream=stream, version=version, published_ts=published_ts, files=files)
+    bundle = ModelBundle(stream=stream, version=version, published_ts=published_ts, files=files,
+                         release=release)
     return msgspec.json.encode(bundle)
 
 

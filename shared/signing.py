@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from shared.contracts import ModelManifest
 from shared.errors import FleetsentryError
 
+log = logging.getLogger("signing")
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "signature"
@@ -117,15 +119,38 @@ def _read_key_file(path: Path, what: str) -> bytes:
         raise KeyFileError(f"cannot read {what} key file {path}: {exc.strerror}") from None
 
 
-def ensure_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load the key at ``path``, generating it (0600) and its ``.pub`` beside it if missing."""
+def create_private_key(path: Path) -> Ed25519PrivateKey:
+    """Generate a key, write it (0600) to ``path`` and its public key to ``path.pub``."""
     path = Path(path).expanduser()
     if path.exists():
-        return load_private_key(path)
+        raise KeyFileError(f"{path} already exists: a signing key is never overwritten")
     key = generate_private_key()
     write_private_key(key, path)
     write_public_key(key, path.with_suffix(".pub"))
     return key
+
+
+def ensure_private_key(path: Path, create: bool = False) -> Ed25519PrivateKey:
+    """Load the signing key at ``path``.
+
+    A missing key is created only when asked (``create``) or when ``path`` is the development
+    key (``~/.config/fleetsentry/model-signing.key``, for one-machine trials; a warning says
+    so). Otherwise it is an error saying how to make one: a key generated silently would sign
+    models that every gateway, which trusts the fleet's real public key, refuses.
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        return load_private_key(path)
+    if create or path == dev_private_key_path():
+        key = create_private_key(path)
+        if not create:
+            log.warning("created the development model-signing key %s (key id %s); gateways "
+                        "accept its models only with [scorer] public_key = %s", path,
+                        key_fingerprint(key), path.with_suffix(".pub"))
+        return key
+    raise KeyFileError(f"no model-signing key at {path}: create one with `fleetsentry cloud "
+                       f"keygen {path}` and give every gateway its public key "
+                       f"({path.with_suffix('.pub')}), or point --key at the fleet's key")
 
 
 def dev_private_key_path() -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared import model_bundle, topics
+from shared import model_bundle, releases, topics
 from shared.contracts import AnonPayment, ModelManifest, encode
 from shared.kafka_config import Target, client_config
 from shared.signing import MANIFEST_FILE, generate_private_key, sign_model_dir, write_public_key
@@ -26,6 +26,8 @@ from tests.scorer_models import SyntheticFeatures, build_model_dir
 from tests.support import produce_all
 
 _SHARED: list[ModelKit] = []
+# Release numbers handed out so far (each message gets the next one).
+_RELEASES = [int(time.time())]
 
 
 class ModelKit:
@@ -72,11 +74,21 @@ class ModelKit:
         sign_model_dir(out, key or self.key)
         return out
 
-    @staticmethod
-    def message(model_dir: Path, stream: str = "payments") -> tuple[bytes, bytes]:
-        """(key, value) of a models-topic message for ``model_dir``."""
+    def message(self, model_dir: Path, stream: str = "payments", *,
+                release_key: Ed25519PrivateKey | None = None, number: int | None = None,
+                fleet: str = releases.DEFAULT_FLEET, ttl_s: float = 3600.0,
+                now: float | None = None) -> tuple[bytes, bytes]:
+        """(key, value) of a models-topic message for ``model_dir``, with a signed release
+        (by the fleet key, numbered above every earlier one, unless told otherwise)."""
         m = msgspec.json.decode((model_dir / MANIFEST_FILE).read_bytes(), type=ModelManifest)
-        return stream.encode(), model_bundle.pack(model_dir, stream, m.version, time.time())
+        if number is None:
+            _RELEASES[0] += 1
+            number = _RELEASES[0]
+        release = releases.issue(model_dir, fleet=fleet, stream=stream, version=m.version,
+                                 number=number, key=release_key or self.key, ttl_s=ttl_s,
+                                 now=now)
+        return stream.encode(), model_bundle.pack(model_dir, stream, m.version, time.time(),
+                                                  release=release)
 
     def recent_payments(self, n: int, seed: int, anomalous: int = 0) -> list[bytes]:
         """Anon payment records whose features follow the model's normal structure."""

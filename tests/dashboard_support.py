@@ -88,7 +88,7 @@ def build_world(root: Path, gateways: tuple[str, ...] = ("gw-north", "gw-south")
     end = time.time()
     anon, labels, pii = sim_data(seed=7, end_ts=end)
     key_file, pub = root / "signing.key", root / "signing.pub"
-    key = signing.ensure_private_key(key_file)  # created 0600
+    key = signing.ensure_private_key(key_file, create=True)  # created 0600
     signing.write_public_key(key, pub)
     reg = Registry(root / "registry").start()
     try:

@@ -103,9 +103,11 @@ def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: b
         configured = {name: User(name, h, "operator")}
     publisher = None
     if publish:
-        from cloud.publisher import Publisher
+        from cloud.publisher import Publisher, Releaser
 
-        publisher = Publisher(cfg.kafka.bootstrap)
+        key = signing.ensure_private_key(key_file or signing.dev_private_key_path())
+        publisher = Publisher(cfg.kafka.bootstrap, Releaser(
+            key, cfg.registry.root, cfg.releases.fleet, cfg.releases.ttl_days * 86_400))
     factory = None
     if trainer:
         factory = _trainer_factory(cfg, key_file, publisher, epochs, min_records, schedule_s,

@@ -1,5 +1,5 @@
-"""Publishes each stream's champion model to the compacted ``models`` topic."""
+"""Publishes each stream's champion model, as a signed release, to the ``models`` topic."""
 
-from cloud.publisher.publisher import Publisher, PublishError
+from cloud.publisher.publisher import Publisher, PublishError, Releaser
 
-__all__ = ["PublishError", "Publisher"]
+__all__ = ["PublishError", "Publisher", "Releaser"]

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud.registry.registry import ModelRecord, Registry
+from shared.releases import DEFAULT_FLEET
 
 DEFAULT_ROOT = Path("~/.local/share/fleetsentry/cloud/registry")
 DEFAULT_BOOTSTRAP = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
@@ -24,6 +25,14 @@ PUBLISH_OPTIONS = [
                  envvar="FLEETSENTRY_CLOUD_BOOTSTRAP",
                  help="Cloud Kafka to publish the new champion to (models topic)."),
     click.option("--no-publish", is_flag=True, help="Change the registry only."),
+    click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+                 default=None, help="Ed25519 key the release is signed with (PEM; default: "
+                 "the development key `fleetsentry cloud train` creates)."),
+    click.option("--fleet", default=DEFAULT_FLEET, show_default=True,
+                 envvar="FLEETSENTRY_FLEET", help="Fleet the release is for ([agent] fleet "
+                 "on its gateways)."),
+    click.option("--release-ttl-days", "ttl_days", default=30.0, show_default=True,
+                 help="Days until gateways refuse the release (a running model keeps running)."),
     click.option("--actor", default=None, help="Who does this (default: the OS user)."),
     click.option("--reason", default="", help="Why; recorded with the action."),
 ]
@@ -117,13 +126,14 @@ def runs(root: Path, stream: str | None, limit: int) -> None:
 @click.option("--champion", is_flag=True, help="Make it the champion (and publish it).")
 @_publish_options
 def register(root: Path, model_dir: Path, champion: bool, bootstrap: str, no_publish: bool,
-             actor: str | None, reason: str) -> None:
+             key_file: Path | None, fleet: str, ttl_days: float, actor: str | None,
+             reason: str) -> None:
     """Copy a signed model directory into the registry (e.g. a baseline)."""
     with Registry(root) as reg:
         m = reg.register(model_dir, actor=actor or getpass.getuser())
         if champion:
             m = reg.promote(m.version, actor or getpass.getuser(), reason or "registered")
-            _publish(m, bootstrap, no_publish)
+            _publish(m, root, bootstrap, no_publish, key_file, fleet, ttl_days)
     click.echo(f"{m.version}: {m.state} ({m.path})")
 
 
@@ -131,13 +141,14 @@ def register(root: Path, model_dir: Path, champion: bool, bootstrap: str, no_pub
 @ROOT_OPTION
 @click.argument("version")
 @_publish_options
-def promote(root: Path, version: str, bootstrap: str, no_publish: bool, actor: str | None,
+def promote(root: Path, version: str, bootstrap: str, no_publish: bool,
+            key_file: Path | None, fleet: str, ttl_days: float, actor: str | None,
             reason: str) -> None:
     """Make VERSION the champion of its stream and publish it to the gateways."""
     with Registry(root) as reg:
         m = reg.promote(version, actor or getpass.getuser(), reason)
     click.echo(f"{m.stream}: champion is now {m.version}")
-    _publish(m, bootstrap, no_publish)
+    _publish(m, root, bootstrap, no_publish, key_file, fleet, ttl_days)
 
 
 @registry.command()
@@ -146,20 +157,24 @@ def promote(root: Path, version: str, bootstrap: str, no_publish: bool, actor: s
 @click.option("--to", "to", default=None, help="Version to go back to (default: the previous).")
 @_publish_options
 def rollback(root: Path, stream: str, to: str | None, bootstrap: str, no_publish: bool,
-             actor: str | None, reason: str) -> None:
+             key_file: Path | None, fleet: str, ttl_days: float, actor: str | None,
+             reason: str) -> None:
     """Put STREAM's previous champion back and publish it to the gateways."""
     with Registry(root) as reg:
         m = reg.rollback(stream, actor or getpass.getuser(), reason, to=to)
     click.echo(f"{stream}: rolled back to {m.version}")
-    _publish(m, bootstrap, no_publish)
+    _publish(m, root, bootstrap, no_publish, key_file, fleet, ttl_days)
 
 
-def _publish(model: ModelRecord, bootstrap: str, no_publish: bool) -> None:
+def _publish(model: ModelRecord, root: Path, bootstrap: str, no_publish: bool,
+             key_file: Path | None, fleet: str, ttl_days: float) -> None:
     if no_publish:
         click.echo("not published (--no-publish): gateways keep their current model")
         return
-    from cloud.publisher import Publisher
+    from cloud.publisher import Publisher, Releaser
+    from shared import signing
 
-    with Publisher(bootstrap) as pub:
+    key = signing.load_private_key(key_file or signing.dev_private_key_path())
+    with Publisher(bootstrap, Releaser(key, root, fleet, ttl_days * 86_400)) as pub:
         size = pub.publish(model)
     click.echo(f"published {model.version} to the models topic ({size:,} bytes)")

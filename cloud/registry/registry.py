@@ -112,6 +112,16 @@ CREATE TABLE IF NOT EXISTS trainer_status (
     next_ts REAL,
     failures INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS releases (
+    stream TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    fleet TEXT NOT NULL,
+    issued_ts REAL NOT NULL,
+    expires_ts REAL NOT NULL,
+    PRIMARY KEY (stream, number)
+);
 CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -451,6 +461,25 @@ class Registry:
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [_row(RunRecord, r) for r in rows]
 
+
+    # --- releases ----------------------------------------------------------------------------
+
+    def reserve_release(self, stream: str, version: str, key_id: str, fleet: str,
+                        issued_ts: float, expires_ts: float) -> int:
+        """The next release number of ``stream`` (one more than any before), recorded."""
+        with self._tx() as db:
+            row = db.execute("SELECT MAX(number) FROM releases WHERE stream = ?",
+                             (stream,)).fetchone()
+            number = int(row[0] or 0) + 1
+            db.execute("INSERT INTO releases (stream, number, version, key_id, fleet, "
+                       "issued_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (stream, number, version, key_id, fleet, issued_ts, expires_ts))
+        return number
+
+    def latest_release(self, stream: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM releases WHERE stream = ? ORDER BY number DESC "
+                              "LIMIT 1", (stream,)).fetchone()
+        return None if row is None else dict(row)
 
     # --- the trainer service's state --------------------------------------------------------
 

@@ -17,7 +17,8 @@ from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
 from shared import signing
 
 if TYPE_CHECKING:
-    from cloud.config import TrainerSettings
+    from cloud.config import ReleaseSettings, TrainerSettings
+    from cloud.publisher import Releaser
     from cloud.registry import Registry
     from cloud.retrain.service import TrainerService
     from cloud.retrain.source import DataSource
@@ -35,7 +36,8 @@ _COMMON = [
                  help="Cloud Kafka: replicated data in, models topic out."),
     click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
                  default=signing.dev_private_key_path(), show_default=True,
-                 help="Ed25519 signing key (PEM; created 0600 when missing)."),
+                 help="Ed25519 signing key (PEM; `fleetsentry cloud keygen` makes one; the "
+                 "default development key is created when missing)."),
     click.option("--epochs", default=12, show_default=True),
     click.option("--min-records", default=1000, show_default=True),
     click.option("--no-publish", is_flag=True, help="Record promotions without publishing."),
@@ -49,14 +51,15 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
-                 ) -> tuple[Path, str, DataSource, TrainerSettings]:
+                 ) -> tuple[Path, str, DataSource, TrainerSettings, ReleaseSettings]:
     """The registry, bootstrap and data source to use: options given on the command line,
     else cloud.toml's (when --config is given), else the defaults."""
-    from cloud.config import TrainerSettings
+    from cloud.config import ReleaseSettings, TrainerSettings
     from cloud.retrain.source import KafkaSource, source_for
 
     if config_path is None:
-        return registry_root, bootstrap, KafkaSource(bootstrap), TrainerSettings()
+        return (registry_root, bootstrap, KafkaSource(bootstrap), TrainerSettings(),
+                ReleaseSettings())
     from click.core import ParameterSource
 
     from cloud.config import load
@@ -69,7 +72,14 @@ def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
 
     servers = bootstrap if given("bootstrap") else conf.kafka.bootstrap
     return (registry_root if given("registry_root") else conf.registry.root, servers,
-            source_for(conf, servers), conf.trainer)
+            source_for(conf, servers), conf.trainer, conf.releases)
+
+
+def _releaser(key_file: Path, registry_root: Path, rel: ReleaseSettings) -> Releaser:
+    from cloud.publisher import Releaser
+
+    return Releaser(signing.ensure_private_key(key_file), registry_root, rel.fleet,
+                    rel.ttl_days * 86_400)
 
 
 def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: int,
@@ -110,15 +120,16 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
     """Retrain on a schedule and on drift; promote only better models; publish them."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap, source, trainer = _from_config(config_path, registry_root,
-                                                             bootstrap)
+    registry_root, bootstrap, source, trainer, rel = _from_config(config_path, registry_root,
+                                                                  bootstrap)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
                              schedule_s=schedule_s, drift_check_s=drift_check_s,
                              recent_s=recent_s, trainer=trainer)
-    publisher = None if no_publish else Publisher(bootstrap).start()
+    publisher = None if no_publish else Publisher(
+        bootstrap, _releaser(key_file, registry_root, rel)).start()
     svc.publisher = publisher
     stop = threading.Event()
 
@@ -152,11 +163,12 @@ def retrain(config_path: Path | None, registry_root: Path, bootstrap: str, key_f
     """Train a challenger now; promote and publish it only if it beats the champion."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap, source, trainer = _from_config(config_path, registry_root,
-                                                             bootstrap)
+    registry_root, bootstrap, source, trainer, rel = _from_config(config_path, registry_root,
+                                                                  bootstrap)
     svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
                              trainer=trainer)
-    publisher = None if no_publish else Publisher(bootstrap).start()
+    publisher = None if no_publish else Publisher(
+        bootstrap, _releaser(key_file, registry_root, rel)).start()
     svc.publisher = publisher
     try:
         for stream in streams:

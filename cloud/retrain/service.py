@@ -72,6 +72,8 @@ class Publishes(Protocol):
 
     def publish(self, model: ModelRecord, timeout_s: float = ...) -> int: ...
 
+    def refresh(self, registry: Registry) -> dict[str, str]: ...
+
 
 @dataclass(frozen=True)
 class RetrainSettings:
@@ -133,6 +135,10 @@ class TrainerService:
         while not stop.is_set():
             try:
                 self.cycle()
+                if self.publisher is not None:
+                    # Gateways refuse expired releases: sign a fresh one in time.
+                    for stream, version in self.publisher.refresh(self.registry).items():
+                        log.info("%s: published a new release of %s", stream, version)
             except FleetsentryError as exc:  # a broker down, bad data: say so, keep serving
                 log.error("cycle failed: %s", exc)
             except Exception:  # the loop outlives any one cycle; say what broke it

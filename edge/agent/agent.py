@@ -3,8 +3,10 @@
 For each model message (keyed by stream; the compacted topic holds the latest champion):
 
 1. ``received``: unpack into a fresh directory;
-2. verify the Ed25519 signature with the fleet's public key, the stream, the feature spec and
-   the feature list (the scorer's own loading code) -> ``rejected`` with the reason on failure;
+2. check the signed release (shared/releases.py): a trusted key id, this gateway's fleet, not
+   expired, a release number above the highest accepted, the files it names; then the
+   model's own signature, the stream, the feature spec and the feature list (the scorer's own
+   loading code) -> ``rejected`` with the reason on failure;
 3. ``shadowing``: score the last ``shadow_window`` anon records of the stream with the new and
    the running model; refuse a model whose alert rate jumps or whose scores are not finite;
 4. ``active``: install it and flip the scorer's symlink (the scorer swaps between two
@@ -33,11 +35,12 @@ from edge.agent.judge import Limits, Verdict, Watch, WatchLimits, check_watch, j
 from edge.agent.store import ModelStore
 from edge.config import EdgeConfig
 from edge.scorer.errors import ScorerError
-from edge.scorer.model import BASELINE_PUBLIC_KEY, Model, baseline_dir, load_model
-from shared import model_bundle, streams, topics
+from edge.scorer.model import Model, baseline_dir, load_model
+from shared import model_bundle, releases, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
+from shared.signing import KeyFileError
 
 log = logging.getLogger("agent")
 
@@ -60,7 +63,8 @@ class ModelAgent:
         self.config = config
         self.settings = config.agent
         self.store = ModelStore(config.models_dir)
-        self.public_key = config.scorer.public_key or BASELINE_PUBLIC_KEY
+        self.public_keys = config.scorer.trusted_keys()
+        self.trusted: releases.TrustedKeys | None = None
         self.limits = Limits(self.settings.max_alert_rate_ratio,
                              self.settings.max_alert_rate_increase)
         self.watch_limits = WatchLimits(self.limits, self.settings.watch_min_events,
@@ -78,6 +82,10 @@ class ModelAgent:
 
     def start(self) -> ModelAgent:
         self.store.start()
+        try:
+            self.trusted = releases.TrustedKeys.load(self.public_keys)
+        except (releases.ReleaseError, KeyFileError) as exc:
+            raise AgentError(f"cannot load the trusted model-signing keys: {exc}") from None
         kafka = self.config.kafka
         self._producer = Producer(client_config(kafka, {"enable.idempotence": True,
                                                         "acks": "all", "linger.ms": 0}))
@@ -142,7 +150,13 @@ class ModelAgent:
             self.report(stream, version, "received")
             return self._reject(stream, version, str(exc))
         self.report(stream, version, "received")
-        if version == self.store.active_version(stream):
+        active = version == self.store.active_version(stream)
+        try:
+            release = self._check_release(bundle, stream, active)
+        except Rejected as exc:
+            return self._reject(stream, version, str(exc))
+        if active:
+            self.store.accept_release(stream, release.number)
             return Outcome(stream, version, "skipped", "already active")
         refused = self.store.refused(stream, version)
         if refused:
@@ -159,14 +173,37 @@ class ModelAgent:
         except OSError:
             shutil.rmtree(staged, ignore_errors=True)  # a half-written copy frees its space
             raise
-        return self._activate(model, staged, verdict)
+        return self._activate(model, staged, verdict, release)
+
+    def _check_release(self, bundle: model_bundle.ModelBundle, stream: str,
+                       active: bool) -> releases.Release:
+        if self.trusted is None:
+            self.trusted = releases.TrustedKeys.load(self.public_keys)
+        if not bundle.release:
+            raise Rejected("the message carries no signed release (only released models run "
+                           "on a gateway)")
+        try:
+            release = releases.verify(bundle.release, self.trusted, self.settings.fleet,
+                                      self.clock())
+            if (release.stream, release.version) != (stream, bundle.version):
+                raise Rejected(f"the release names {release.stream} {release.version}, the "
+                               f"message {stream} {bundle.version}")
+            accepted = self.store.accepted_release(stream)
+            if release.number < accepted or (release.number == accepted and not active):
+                raise Rejected(f"release {release.number} is not newer than release "
+                               f"{accepted}, the newest this gateway accepted for {stream} "
+                               f"(a replayed or out-of-date model)")
+            releases.check_files(release, bundle.files)
+        except releases.ReleaseError as exc:
+            raise Rejected(str(exc)) from None
+        return release
 
     def _verify(self, bundle: model_bundle.ModelBundle, stream: str, staged: Path) -> Model:
         if stream not in {s.name for s in streams.all_streams()}:
             raise Rejected(f"this gateway scores no stream {stream!r}")
         model_bundle.write_files(bundle, staged)
         try:
-            model = load_model(staged, stream, self.public_key)
+            model = load_model(staged, stream, self.public_keys)
         except ScorerError as exc:  # signature, stream, feature spec, features, LiteRT
             raise Rejected(str(exc).replace(f"{staged}: ", "")) from None
         if model.version != bundle.version:
@@ -193,16 +230,18 @@ class ModelAgent:
     def _running_model(self, stream: str) -> Model | None:
         path = self.store.active_dir(stream) or baseline_dir(stream)
         try:
-            return load_model(path, stream, self.public_key)
+            return load_model(path, stream, self.public_keys)
         except (ScorerError, OSError) as exc:
             log.warning("%s: running model at %s cannot be loaded for comparison: %s",
                         stream, path, exc)
             return None
 
-    def _activate(self, model: Model, staged: Path, verdict: Verdict) -> Outcome:
+    def _activate(self, model: Model, staged: Path, verdict: Verdict,
+                  release: releases.Release) -> Outcome:
         stream, version = model.stream, model.version
         installed = self.store.install(staged, stream, version)
         self.store.activate(stream, installed, version)
+        self.store.accept_release(stream, release.number)
         self.store.prune(stream, self.settings.keep_versions)
         self.report(stream, version, "active", verdict.reason)
         expected = max(verdict.candidate_rate or 0.0, verdict.running_rate or 0.0)

@@ -5,7 +5,8 @@
     <models_dir>/
       telemetry -> versions/telemetry/<version>     the ACTIVE model (a relative symlink)
       versions/telemetry/<version>/                  every installed version (verified copies)
-      agent-state.json                               active/previous/refused versions per stream
+      agent-state.json                               active/previous/refused versions and the
+                                                     highest release accepted, per stream
 
 The scorer loads ``<models_dir>/<stream>`` (falling back to the shipped baseline when it does
 not exist) and, between two transactions, reloads when that path resolves somewhere new. The
@@ -71,6 +72,17 @@ class ModelStore:
         """Remember a version that was rolled back, so a redelivery does not reinstall it."""
         self.stream_state(stream)["refused"][version] = {"reason": reason, "ts": time.time()}
         self._save()
+
+    def accepted_release(self, stream: str) -> int:
+        """The highest release number accepted for ``stream`` (0: none yet)."""
+        return int(self.stream_state(stream).get("release", 0))
+
+    def accept_release(self, stream: str, number: int) -> None:
+        """Remember release ``number``: nothing lower or equal is taken for ``stream`` again."""
+        st = self.stream_state(stream)
+        if number > int(st.get("release", 0)):
+            st["release"] = number
+            self._save()
 
     def refused(self, stream: str, version: str) -> str | None:
         entry = self.stream_state(stream)["refused"].get(version)

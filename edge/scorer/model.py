@@ -73,21 +73,35 @@ def check_manifest(manifest: ModelManifest, stream: str) -> None:
         raise ModelError(f"model {manifest.version}: scaling does not have {n} entries")
 
 
-def load_model(model_dir: str | Path, stream: str, public_key: str | Path | None = None,
+def load_model(model_dir: str | Path, stream: str,
+               public_key: str | Path | Sequence[Path] | None = None,
                reference: bool = False, max_batch: int = 4096) -> Model:
-    """Verify and load a model directory (``reference=True``: the float numpy scorer)."""
+    """Verify and load a model directory (``reference=True``: the float numpy scorer).
+
+    ``public_key``: the key, or the keys (any may have signed it), the model must be signed
+    with (default: the key shipped with the baselines)."""
     from shared.signing import SignatureError, verify_model_dir
 
     model_dir = Path(model_dir)
-    key = Path(public_key) if public_key is not None else BASELINE_PUBLIC_KEY
+    if public_key is None:
+        keys = [BASELINE_PUBLIC_KEY]
+    elif isinstance(public_key, str | Path):
+        keys = [Path(public_key)]
+    else:
+        keys = [Path(k) for k in public_key]
     if is_baseline(model_dir):
         # The shipped baseline is trusted as far as the installed package is, and carries its
         # own key: a fleet that signs with its own key still scores from its first minute.
-        key = BASELINE_PUBLIC_KEY
-    try:
-        manifest = verify_model_dir(model_dir, key)
-    except SignatureError as exc:
-        raise ModelError(f"refusing model: {exc}") from None
+        keys = [BASELINE_PUBLIC_KEY]
+    errors = []
+    for key in keys:
+        try:
+            manifest = verify_model_dir(model_dir, key)
+            break
+        except SignatureError as exc:
+            errors.append(str(exc))
+    else:
+        raise ModelError(f"refusing model: {'; '.join(errors)}")
     check_manifest(manifest, stream)
     mean, scale = manifest.scaling.mean, manifest.scaling.scale
     scorer: Scorer

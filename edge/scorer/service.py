@@ -77,7 +77,7 @@ def model_dir_for(settings: ScorerSettings, stream: str) -> Path:
 
 def load_models(settings: ScorerSettings) -> dict[str, ModelHolder]:
     """The signed model of every stream (configured directory, else the shipped baseline)."""
-    return {s: ModelHolder(load_model(model_dir_for(settings, s), s, settings.public_key,
+    return {s: ModelHolder(load_model(model_dir_for(settings, s), s, settings.trusted_keys(),
                                       max_batch=settings.max_batch)) for s in STREAMS}
 
 
@@ -304,7 +304,7 @@ class ScorerService:
                 continue
             self._loaded[stream] = target
             try:
-                model = load_model(target, stream, self.settings.public_key,
+                model = load_model(target, stream, self.settings.trusted_keys(),
                                    max_batch=self.settings.max_batch)
                 old = holder.swap(model)
             except (ScorerError, OSError) as exc:

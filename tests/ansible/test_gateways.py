@@ -73,6 +73,37 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
 # --- static checks -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("example", ["fleet_secret", "development_key", "example_key",
+                                     "placeholder_password"])
+def test_the_role_refuses_example_secrets_and_the_development_key(
+        example: str, tmp_path: Path) -> None:
+    """The example inventory's values and the key the baselines ship with are public.
+    (The converge tests below show the fleet's own values pass the same check.)"""
+    values = {"edge_fleet_secret": "c2VjcmV0LW9mLXRoaXMtdGVzdC1mbGVldC0zMmJ5dGVz",
+              "edge_model_public_key": _public_key_pem(), "edge_mqtt_password": "a-real-one",
+              "edge_kafka_password": "k", "edge_mirror_kafka_password": "m"}
+    example_vault = yaml.safe_load((ANSIBLE / "inventory/example/vault.example.yml").read_text())
+    if example == "fleet_secret":
+        values["edge_fleet_secret"] = example_vault["vault_fleet_secret"]
+    elif example == "development_key":
+        values["edge_model_public_key"] = (REPO / "shared/models/baseline/fleet.pub").read_text()
+    elif example == "example_key":
+        values["edge_model_public_key"] = example_vault["vault_model_public_key"]
+    else:
+        values["edge_mqtt_password"] = example_vault["vault_mosquitto_bridge_password"]
+    playbook = tmp_path / "edge-only.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": True,
+                                         "roles": ["edge"]}]))
+    (tmp_path / "vars.json").write_text(json.dumps(values))
+    refused = _run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check",
+                    "-e", f"@{tmp_path / 'vars.json'}",
+                    "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+                   timeout=300)
+    assert refused.returncode != 0
+    assert "Refuse the example secrets" in refused.stdout
+    assert "The inventory holds an example value" in refused.stdout, refused.stdout[-3000:]
+
+
 def test_yamllint_passes() -> None:
     _ok(_run([str(BIN / "yamllint"), "-s", "-c", ".yamllint", "."]))
 
@@ -201,8 +232,10 @@ def _events(seed: int) -> list[tuple[str, bytes]]:
 
 
 def _public_key_pem() -> str:
-    """The fleet's model-signing public key: the shipped baselines verify against it."""
-    return (REPO / "shared/models/baseline/fleet.pub").read_text()
+    """A fleet's own model-signing public key (the shipped development key is refused)."""
+    from shared.signing import generate_private_key, public_key_pem
+
+    return public_key_pem(generate_private_key()).decode()
 
 
 def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,

@@ -37,7 +37,7 @@ from firmware_sim import Fleet, SimSettings
 from firmware_sim.live import LiveRunner
 from firmware_sim.session import ConnectSettings
 
-from cloud.publisher import Publisher
+from cloud.publisher import Publisher, Releaser
 from cloud.registry import ModelRecord, Registry
 from cloud.retrain.drift import DriftSettings
 from cloud.retrain.service import RetrainSettings, TrainerService
@@ -45,7 +45,7 @@ from cloud.retrain.source import KafkaSource
 from cloud.trainer import data as tdata
 from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
-from shared import model_bundle, signing, topics
+from shared import model_bundle, releases, signing, topics
 from shared.baselines import baseline_dir
 from shared.contracts import ModelStatus, decode, encode
 from shared.features import feature_memory_s
@@ -109,7 +109,7 @@ def cloud_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     home = tmp_path_factory.mktemp("keys")
-    key = signing.ensure_private_key(home / "fleet.key")
+    key = signing.ensure_private_key(home / "fleet.key", create=True)
     signing.write_public_key(key, home / "fleet.pub")
     return home / "fleet.key", home / "fleet.pub"
 
@@ -309,7 +309,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
             # before the recent window is the reference the drift check compares with.
             recent_s=PHASE1_S - DRIFT_AT_S - 60, drift=DriftSettings(min_events=500))
         key = signing.load_private_key(key_files[0])
-        with Publisher(cloud_bootstrap) as pub:
+        with Publisher(cloud_bootstrap, Releaser(key, registry.root)) as pub:
             svc = TrainerService(registry, source, key, settings, pub)
             runs = svc.cycle()
             assert len(runs) == 1, \
@@ -342,12 +342,16 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
             assert a.false_rate < 0.5 * d.false_rate, "false alerts did not fall"
 
         # A byte flipped in a published model: every gateway refuses it, and keeps scoring.
-        value = model_bundle.pack(champion.path, "telemetry", "drift-tampered", time.time())
+        release = releases.issue(champion.path, fleet=releases.DEFAULT_FLEET, stream="telemetry",
+                                 version="drift-tampered", number=10**9, key=key,
+                                 ttl_s=3600)
+        value = model_bundle.pack(champion.path, "telemetry", "drift-tampered", time.time(),
+                                  release=release)
         produce_all(cloud_bootstrap, topics.MODELS, [(b"telemetry", flip_byte(value))])
         refused = cloud_statuses(cloud_bootstrap, gws, "drift-tampered")
         for edge_id, st in refused.items():
             print(f"cloud sees {edge_id}: {st.version} {st.state} ({st.reason})")
-            assert st.state == "rejected" and "signature" in st.reason, st
+            assert st.state == "rejected" and "changed after release" in st.reason, st
     finally:
         for c in collectors:
             c.stop.set()

@@ -7,14 +7,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
-from shared import topics
+from edge.scorer.model import load_model
+from shared import model_bundle, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.kafka_config import Target
-from shared.signing import generate_private_key
+from shared.signing import generate_private_key, write_public_key
 from tests.agent_models import ModelKit, deliver, drop_file, flip_byte, recent_window, skip_to_end
 from tests.support import consume_all, produce_all
 
@@ -26,15 +28,19 @@ def kit() -> ModelKit:
     return ModelKit.shared()
 
 
-@pytest.fixture()
-def agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
-    edge_id = f"agent-{uuid.uuid4().hex[:6]}"
-    config = EdgeConfig(
-        edge_id=edge_id, data_dir=tmp_path, kafka=edge_kafka,
-        scorer=ScorerSettings(models_dir=tmp_path / "models", public_key=kit.public_key),
+def agent_config(edge_kafka: KafkaSettings, tmp_path: Path, keys: list[Path],
+                 edge_id: str | None = None) -> EdgeConfig:
+    return EdgeConfig(
+        edge_id=edge_id or f"agent-{uuid.uuid4().hex[:6]}", data_dir=tmp_path, kafka=edge_kafka,
+        scorer=ScorerSettings(models_dir=tmp_path / "models", public_keys=keys),
         agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
                             watch_s=120.0))
-    skip_to_end(edge_kafka, f"{edge_id}-agent")
+
+
+@pytest.fixture()
+def agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
+    config = agent_config(edge_kafka, tmp_path, [kit.public_key])
+    skip_to_end(edge_kafka, f"{config.edge_id}-agent")
     a = ModelAgent(config).start()
     try:
         yield a
@@ -87,8 +93,8 @@ def test_bad_models_are_rejected_and_running_model_kept(case: str, agent: ModelA
     running = _install_running(agent, kit, edge_kafka)
     running_version = agent.store.active_version("payments")
     key, value = kit.message(kit.variant())
-    expect = {"flipped_model_byte": "signature does not match",
-              "flipped_manifest_byte": "signature does not match",
+    expect = {"flipped_model_byte": "model.tflite is not the file release",
+              "flipped_manifest_byte": "manifest.json is not the file release",
               "unsigned": "unsigned model", "other_key": "signature does not match",
               "wrong_stream": "is for stream 'payments', not 'telemetry'",
               "wrong_feature_spec": "feature spec", "alert_flood": "alert rate"}[case]
@@ -157,3 +163,85 @@ def test_scorer_that_never_switches_triggers_rollback(agent: ModelAgent, kit: Mo
     assert agent.statuses[-1].state == "rolled_back"
     assert "could not load" in agent.statuses[-1].reason
     assert agent.store.link("payments").resolve() == before
+
+
+def test_a_replayed_older_release_is_refused_and_cannot_flip_models(
+        agent: ModelAgent, kit: ModelKit, edge_kafka: KafkaSettings) -> None:
+    recent_window(edge_kafka, kit, seed=3)
+    old_key, old_value = kit.message(kit.variant("pay-old", threshold=kit.manifest.threshold * 50))
+    new_key, new_value = kit.message(kit.variant("pay-new"))
+    assert deliver(agent, edge_kafka, old_key, old_value).state == "active"
+    assert deliver(agent, edge_kafka, new_key, new_value).state == "active"
+    # An attacker who can write cloud.models replays the older, validly signed message.
+    outcome = deliver(agent, edge_kafka, old_key, old_value)
+    assert outcome.state == "rejected" and "not newer than release" in outcome.reason
+    assert agent.store.active_version("payments") == "pay-new"
+    # The current one again is no change, and flipping back still fails.
+    assert deliver(agent, edge_kafka, new_key, new_value).state == "skipped"
+    assert deliver(agent, edge_kafka, old_key, old_value).state == "rejected"
+    assert agent.store.active_version("payments") == "pay-new"
+    # Going back to the older model is the cloud's call: a new release of it, numbered higher.
+    outcome = deliver(agent, edge_kafka, *kit.message(kit.root / "variants" / "pay-old"))
+    assert outcome.state == "active" and agent.store.active_version("payments") == "pay-old"
+
+
+@pytest.mark.parametrize("case", ["expired", "other_fleet", "untrusted_key", "no_release",
+                                  "release_of_another_model"])
+def test_releases_that_are_not_for_this_gateway_now_are_refused(
+        case: str, agent: ModelAgent, kit: ModelKit, edge_kafka: KafkaSettings) -> None:
+    running = _install_running(agent, kit, edge_kafka)
+    model = kit.variant()
+    expect = {"expired": "expired at", "other_fleet": "is for fleet 'other'",
+              "untrusted_key": "which this gateway does not trust",
+              "no_release": "carries no signed release",
+              "release_of_another_model": "the release names payments"}[case]
+    if case == "expired":
+        key, value = kit.message(model, now=time.time() - 7200, ttl_s=3600)
+    elif case == "other_fleet":
+        key, value = kit.message(model, fleet="other")
+    elif case == "untrusted_key":
+        key, value = kit.message(model, release_key=generate_private_key())
+    elif case == "no_release":
+        key, value = kit.message(model)
+        value = msgspec.json.encode(msgspec.structs.replace(model_bundle.unpack(value),
+                                                            release=b""))
+    else:  # a genuine release, attached to another (validly signed) model's files
+        _, other = kit.message(kit.variant())
+        key, value = kit.message(model)
+        value = msgspec.json.encode(msgspec.structs.replace(
+            model_bundle.unpack(value), release=model_bundle.unpack(other).release))
+    outcome = deliver(agent, edge_kafka, key, value)
+    assert outcome.state == "rejected" and expect in outcome.reason, outcome.reason
+    assert agent.store.link("payments").resolve() == running
+
+
+def test_key_rotation_without_an_outage(kit: ModelKit, edge_kafka: KafkaSettings,
+                                        tmp_path: Path) -> None:
+    """Gateways trust old and new key; the cloud signs with the new one; the old is retired."""
+    new = generate_private_key()
+    new_pub = tmp_path / "new.pub"
+    write_public_key(new, new_pub)
+    recent_window(edge_kafka, kit, seed=4)
+    both = agent_config(edge_kafka, tmp_path, [kit.public_key, new_pub])
+    skip_to_end(edge_kafka, f"{both.edge_id}-agent")
+    a = ModelAgent(both).start()
+    try:
+        assert deliver(a, edge_kafka, *kit.message(kit.variant("rot-old"))).state == "active"
+        signed_new = kit.variant("rot-new", key=new)
+        outcome = deliver(a, edge_kafka, *kit.message(signed_new, release_key=new))
+        assert outcome.state == "active", outcome.reason
+    finally:
+        a.close()
+    # The old key retired: the same gateway (same models, same state) trusts only the new one.
+    retired = msgspec.structs.replace(both, scorer=msgspec.structs.replace(
+        both.scorer, public_keys=[new_pub]))
+    a = ModelAgent(retired).start()
+    try:
+        assert load_model(a.store.link("payments"), "payments", retired.scorer.trusted_keys())
+        outcome = a.handle(*kit.message(kit.variant("rot-stale")))  # signed by the old key
+        assert outcome.state == "rejected" and "does not trust" in outcome.reason
+        outcome = deliver(a, edge_kafka, *kit.message(kit.variant("rot-next", key=new),
+                                                      release_key=new))
+        assert outcome.state == "active", outcome.reason
+    finally:
+        a.close()

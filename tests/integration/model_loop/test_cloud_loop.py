@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cloud.publisher import Publisher
+from cloud.publisher import Publisher, Releaser
 from cloud.registry import Registry
 from cloud.retrain.drift import DriftSettings
 from cloud.retrain.service import RetrainSettings, TrainerService
@@ -63,7 +63,7 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
         cloud_bootstrap: str, edge_kafka: KafkaSettings, kit: ModelKit, registry: Registry,
         tmp_path: Path) -> None:
     champion = registry.register(kit.variant("cloud-v1"), state="champion")
-    with Publisher(cloud_bootstrap) as pub:
+    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
         size = pub.publish(champion)
     assert size > (champion.path / "model.tflite").stat().st_size
     value = _published(cloud_bootstrap, "cloud-v1")
@@ -79,7 +79,7 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
     try:
         recent_window(edge_kafka, kit, seed=21)
         flipped = deliver(agent, edge_kafka, b"payments", _corrupt_base64(value))
-        assert flipped.state == "rejected" and "signature does not match" in flipped.reason
+        assert flipped.state == "rejected" and "changed after release" in flipped.reason
         assert agent.store.active_dir("payments") is None  # still the model it had
 
         good = deliver(agent, edge_kafka, b"payments", value)
@@ -89,7 +89,7 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
 
     # Promote a second version, then roll back: each change is published.
     registry.register(kit.variant("cloud-v2"))
-    with Publisher(cloud_bootstrap) as pub:
+    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
         pub.publish(registry.promote("cloud-v2", "test"))
         pub.publish(registry.rollback("payments", "test", "operator rollback"))
     assert model_bundle.unpack(_published(cloud_bootstrap, "cloud-v1")).version == "cloud-v1"
@@ -145,7 +145,7 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
         def topics_for(self, base: str) -> list[str]:
             return [t for t in super().topics_for(base) if t.startswith(f"{edge}.")]
 
-    with Publisher(cloud_bootstrap) as pub:
+    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
         svc = TrainerService(registry, Source(cloud_bootstrap), kit.key, settings, pub)
         report = svc.check_drift("payments")
         assert report.drifted, report.reason

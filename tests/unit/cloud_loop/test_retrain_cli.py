@@ -16,7 +16,8 @@ from cloud.retrain.cli import _common, _from_config
 @click.command()
 @_common
 def probe(config_path: Path | None, registry_root: Path, bootstrap: str, **_: Any) -> None:
-    root, servers, source, _trainer = _from_config(config_path, registry_root, bootstrap)
+    root, servers, source, _trainer, _releases = _from_config(config_path, registry_root,
+                                                             bootstrap)
     click.echo(f"{root} {servers} {type(source).__name__}")
 
 

@@ -50,6 +50,9 @@ class Recorder:
         self.published.append(model.version)
         return 0
 
+    def refresh(self, registry: Registry) -> dict[str, str]:
+        return {}
+
 
 class GatewaySource(MemorySource):
     """Memory data plus each gateway's scores, as the cloud store serves them."""

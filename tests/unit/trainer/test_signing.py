@@ -93,7 +93,7 @@ def test_signature_error_is_ours() -> None:
 
 def test_private_key_file_is_owner_only_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "signing.key"
-    key = signing.ensure_private_key(path)
+    key = signing.ensure_private_key(path, create=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.with_suffix(".pub").exists()
     again = signing.ensure_private_key(path)
@@ -111,3 +111,15 @@ def test_bad_key_files_name_the_file(tmp_path: Path) -> None:
         signing.load_private_key(bad)
     with pytest.raises(signing.KeyFileError, match="missing.pem"):
         signing.load_private_key(tmp_path / "missing.pem")
+
+
+def test_a_missing_signing_key_is_an_error_that_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.key"
+    with pytest.raises(signing.KeyFileError, match="fleetsentry cloud keygen"):
+        signing.ensure_private_key(path)
+    assert not path.exists()  # never generated behind the operator's back
+    key = signing.create_private_key(path)
+    with pytest.raises(signing.KeyFileError, match="never overwritten"):
+        signing.create_private_key(path)
+    assert signing.key_fingerprint(signing.ensure_private_key(path)) == \
+        signing.key_fingerprint(key)
