@@ -38,6 +38,8 @@ MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
 # the task polled in that time instead; records become visible in the target at most this
 # much later.
 TRANSACTION_INTERVAL_MS = 1000
+# What crosses the gateway's uplink is compressed by MirrorMaker's producer to the cloud.
+CLOUD_COMPRESSION = "lz4"
 # An alias ends up in topic names and consumer group ids: keep it to safe characters, and
 # without dots, because the replication policy splits topic names on dots.
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -170,7 +172,7 @@ class Mirror:
             f"{cloud}.producer.max.block.ms": 2_147_483_647,
             f"{cloud}.producer.linger.ms": 20,
             f"{cloud}.producer.batch.size": 256 * 1024,
-            f"{cloud}.producer.compression.type": "lz4",
+            f"{cloud}.producer.compression.type": CLOUD_COMPRESSION,
             f"{edge}.producer.compression.type": "lz4",
             # Fewer, larger polls: a transaction spans several of them anyway.
             f"{edge}.consumer.max.poll.records": 5000,

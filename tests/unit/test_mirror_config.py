@@ -1,0 +1,83 @@
+"""MirrorMaker's settings: the Ansible role's files say what shared/infra/mirror.py says.
+
+The role renders its own copies (a gateway has no repository to run mirror.py from); these
+tests render both and fail on any difference, so the two cannot drift apart again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from shared.config import Secret
+from shared.infra.mirror import CLOUD_COMPRESSION, Mirror
+from shared.kafka_config import MIRROR_USER, KafkaSettings
+
+ROLE = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "edge"
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+EDGE, CLOUD, PASSWORD = "127.0.0.1:9092", "cloud.example:9093", 'pa"ss'
+# Deployment-only: the real cloud asks for TLS and a login, the local one does not.
+CLOUD_SECURITY = ("cloud.security.", "cloud.sasl.", "cloud.ssl.")
+
+
+def _filters(env: Environment) -> Environment:
+    env.filters.update(to_json=json.dumps, regex_escape=re.escape, quote=shlex.quote)
+    return env
+
+
+def _vars(**over: Any) -> dict[str, Any]:
+    names = ("edge_mirror_topics", "edge_mirror_compression", "edge_cloud_replication_factor",
+             "edge_mirror_rest_port")
+    return {**{n: DEFAULTS[n] for n in names}, "ansible_managed": "managed", "edge_id": "edge-7",
+            "edge_kafka_bootstrap": EDGE, "edge_cloud_bootstrap": CLOUD,
+            "edge_mirror_kafka_username": MIRROR_USER, "edge_mirror_kafka_password": PASSWORD,
+            "edge_cloud_security_protocol": "PLAINTEXT", "edge_cloud_ca_cert": "",
+            "edge_mirror_dir": "/etc/fleetsentry/edge/mirror", **over}
+
+
+def _render(template: str, **over: Any) -> dict[str, str]:
+    env = _filters(Environment(loader=FileSystemLoader(ROLE / "templates"),
+                               undefined=StrictUndefined, trim_blocks=True))
+    text = env.get_template(template).render(**_vars(**over))
+    props = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" = ") if " = " in line else line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+def _mirror() -> Mirror:
+    login = KafkaSettings(bootstrap=EDGE, username=MIRROR_USER, password=Secret(PASSWORD))
+    return Mirror("edge-7", EDGE, CLOUD, Path("/nonexistent"), edge_login=login)
+
+
+def test_the_roles_mm2_properties_equal_mirror_py() -> None:
+    rendered = _render("mm2.properties.j2")
+    ours = {k: str(v) for k, v in _mirror().properties(DEFAULTS["edge_mirror_rest_port"])
+            .items()}
+    assert rendered == ours, {
+        "only in the role": sorted(set(rendered.items()) - set(ours.items())),
+        "only in mirror.py": sorted(set(ours.items()) - set(rendered.items()))}
+
+
+def test_the_roles_topic_list_and_codec_are_the_registrys() -> None:
+    assert DEFAULTS["edge_mirror_compression"] == CLOUD_COMPRESSION
+    assert _render("mm2.properties.j2")["edge-7->cloud.topics"] == \
+        _mirror().properties(0)["edge-7->cloud.topics"]
+
+
+def test_a_cloud_login_adds_only_cloud_security_settings() -> None:
+    plain = _render("mm2.properties.j2")
+    secured = _render("mm2.properties.j2", edge_cloud_security_protocol="SASL_SSL",
+                      edge_cloud_sasl_mechanism="SCRAM-SHA-512", edge_cloud_username="gw",
+                      edge_cloud_password="pw", edge_cloud_ca_cert="PEM")
+    extra = set(secured) - set(plain)
+    assert extra and all(k.startswith(CLOUD_SECURITY) for k in extra), extra
+    assert {k: secured[k] for k in plain} == plain
