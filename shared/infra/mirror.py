@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from shared import topics
-from shared.infra import jars, ports, process
+from shared.errors import ConfigError
+from shared.infra import jars, ports, process, quota
 from shared.infra.errors import InfraError, ServiceStartError
 from shared.infra.files import write_private
 from shared.infra.kafka import log4j2_yaml
-from shared.kafka_config import Target, client_config, java_properties
+from shared.kafka_config import KafkaSettings, Target, client_config, java_properties
 
 CLOUD_ALIAS = "cloud"
 MAIN_CLASS = "org.apache.kafka.connect.mirror.MirrorMaker"
@@ -88,6 +89,21 @@ class Mirror:
     # How MirrorMaker logs in to the gateway's Kafka (its bootstrap wins over edge_bootstrap);
     # None: without authentication.
     edge_login: Target | None = None
+    # Cap on the bytes per second MirrorMaker reads from the gateway's Kafka (so sends to the
+    # cloud), enforced by the edge broker as a client quota on MirrorMaker's login; 0: none.
+    max_bytes_per_s: int = 0
+
+    def __post_init__(self) -> None:
+        quota.validate_rate(self.max_bytes_per_s, "mirror.max_bytes_per_s")
+        if self.max_bytes_per_s and not self._edge_user():
+            raise ConfigError(
+                "needs MirrorMaker's own login on the edge Kafka (the cap is a quota on it); "
+                "set it to 0 for an edge Kafka without authentication",
+                setting="mirror.max_bytes_per_s")
+
+    def _edge_user(self) -> str:
+        login = self.edge_login
+        return login.username if isinstance(login, KafkaSettings) else ""
 
     @property
     def edge(self) -> Target:
@@ -104,6 +120,10 @@ class Mirror:
     @property
     def pid_file(self) -> Path:
         return self.dir / "mirror.pid"
+
+    @property
+    def quota_config_path(self) -> Path:
+        return self.dir / "edge-login.properties"
 
     @property
     def log_dir(self) -> Path:
@@ -201,6 +221,8 @@ class Mirror:
             conf[f"{src}->{dst}.replication.factor"] = rf[dst]
             conf[f"{src}->{dst}.heartbeats.topic.replication.factor"] = rf[dst]
             # No offset-syncs.* setting: with offset syncs off, the source connector rejects any.
+        if self.max_bytes_per_s:
+            conf[f"{edge}.consumer.fetch.max.bytes"] = quota.fetch_max_bytes(self.max_bytes_per_s)
         conf.update(self.overrides)
         return conf
 
@@ -240,6 +262,7 @@ class Mirror:
         java = java or jars.java_binary()
         libs = libs or jars.kafka_libs(quiet=True)
         self._write_config(self._pick_rest_port())
+        self.apply_read_cap(libs, java)
         argv = [
             java, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC",
             "-XX:MaxDirectMemorySize=128m", "-Djava.awt.headless=true",
@@ -247,6 +270,19 @@ class Mirror:
             "-cp", jars.classpath(libs), MAIN_CLASS, str(self.config_path),
         ]
         return process.spawn(argv, self.pid_file, self.log_dir / "stdout.log")
+
+    def apply_read_cap(self, libs: Path | None = None, java: str | None = None) -> None:
+        """Set ``max_bytes_per_s`` as the edge broker's quota on MirrorMaker's login, or remove
+        the quota when it is 0. Idempotent; runs at every start, and may run while MirrorMaker
+        runs (the broker applies a changed quota within a second)."""
+        user = self._edge_user()
+        if not user:
+            return  # no login of its own: nothing a quota could name (and no cap allowed)
+        login = java_properties(self.edge)
+        write_private(self.quota_config_path, quota.client_properties(login))
+        quota.apply(quota.config_command_argv(
+            java or jars.java_binary(), jars.classpath(libs or jars.kafka_libs(quiet=True)),
+            login["bootstrap.servers"], self.quota_config_path, user, self.max_bytes_per_s))
 
     def stop(self, timeout: float = 30.0) -> list[int]:
         pid = self.pid()

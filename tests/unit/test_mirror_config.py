@@ -12,15 +12,20 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2.nativetypes import NativeEnvironment
 
 from shared.config import Secret
+from shared.errors import ConfigError
+from shared.infra import quota
 from shared.infra.mirror import CLOUD_COMPRESSION, Mirror
-from shared.kafka_config import MIRROR_USER, KafkaSettings
+from shared.kafka_config import MIRROR_USER, KafkaSettings, java_properties
 
 ROLE = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "edge"
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+INTERNALS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
 EDGE, CLOUD, PASSWORD = "127.0.0.1:9092", "cloud.example:9093", 'pa"ss'
 # Deployment-only: the real cloud asks for TLS and a login, the local one does not.
 CLOUD_SECURITY = ("cloud.security.", "cloud.sasl.", "cloud.ssl.")
@@ -32,8 +37,8 @@ def _filters(env: Environment) -> Environment:
 
 
 def _vars(**over: Any) -> dict[str, Any]:
-    names = ("edge_mirror_topics", "edge_mirror_compression", "edge_cloud_replication_factor",
-             "edge_mirror_rest_port")
+    names = ("edge_mirror_topics", "edge_mirror_compression", "edge_mirror_max_bytes_per_s",
+             "edge_cloud_replication_factor", "edge_mirror_rest_port")
     return {**{n: DEFAULTS[n] for n in names}, "ansible_managed": "managed", "edge_id": "edge-7",
             "edge_kafka_bootstrap": EDGE, "edge_cloud_bootstrap": CLOUD,
             "edge_mirror_kafka_username": MIRROR_USER, "edge_mirror_kafka_password": PASSWORD,
@@ -53,14 +58,16 @@ def _render(template: str, **over: Any) -> dict[str, str]:
     return props
 
 
-def _mirror() -> Mirror:
+def _mirror(cap: int = 0) -> Mirror:
     login = KafkaSettings(bootstrap=EDGE, username=MIRROR_USER, password=Secret(PASSWORD))
-    return Mirror("edge-7", EDGE, CLOUD, Path("/nonexistent"), edge_login=login)
+    return Mirror("edge-7", EDGE, CLOUD, Path("/nonexistent"), edge_login=login,
+                  max_bytes_per_s=cap)
 
 
-def test_the_roles_mm2_properties_equal_mirror_py() -> None:
-    rendered = _render("mm2.properties.j2")
-    ours = {k: str(v) for k, v in _mirror().properties(DEFAULTS["edge_mirror_rest_port"])
+@pytest.mark.parametrize("cap", [0, 1024, 300_000])
+def test_the_roles_mm2_properties_equal_mirror_py(cap: int) -> None:
+    rendered = _render("mm2.properties.j2", edge_mirror_max_bytes_per_s=cap)
+    ours = {k: str(v) for k, v in _mirror(cap).properties(DEFAULTS["edge_mirror_rest_port"])
             .items()}
     assert rendered == ours, {
         "only in the role": sorted(set(rendered.items()) - set(ours.items())),
@@ -81,3 +88,53 @@ def test_a_cloud_login_adds_only_cloud_security_settings() -> None:
     extra = set(secured) - set(plain)
     assert extra and all(k.startswith(CLOUD_SECURITY) for k in extra), extra
     assert {k: secured[k] for k in plain} == plain
+
+
+@pytest.mark.parametrize("cap", [0, 300_000])
+def test_the_roles_read_cap_command_equals_quota_py(cap: int) -> None:
+    env = _filters(NativeEnvironment(undefined=StrictUndefined))
+    values = {**_vars(edge_mirror_max_bytes_per_s=cap), "kafka_java": "/usr/bin/java",
+              "kafka_libs_dir": "/opt/kafka/libs"}
+    login_file = env.from_string(INTERNALS["edge_mirror_login_file"]).render(**values)
+    argv = env.from_string(INTERNALS["edge_mirror_read_cap_argv"]).render(
+        **values, edge_mirror_login_file=login_file)
+    assert argv == quota.config_command_argv("/usr/bin/java", "/opt/kafka/libs/*", EDGE,
+                                             Path(login_file), MIRROR_USER, cap)
+    login = _render("mirror-edge-login.properties.j2")
+    expected = quota.client_properties(java_properties(_mirror().edge)).splitlines()
+    assert login == dict(line.split("=", 1) for line in expected)
+
+
+def test_a_read_cap_is_validated_and_named() -> None:
+    with pytest.raises(ConfigError, match=r"^mirror\.max_bytes_per_s: 10 bytes/s is below"):
+        _mirror(10)
+    with pytest.raises(ConfigError, match=r"^mirror\.max_bytes_per_s: expected an integer"):
+        _mirror(2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^mirror\.max_bytes_per_s: needs MirrorMaker's own"):
+        Mirror("edge-7", EDGE, CLOUD, Path("/nonexistent"), max_bytes_per_s=65_536)
+    assert _mirror(0).max_bytes_per_s == 0
+
+
+def test_a_capped_reader_fetches_about_a_second_of_the_cap() -> None:
+    assert _mirror(300_000).properties(0)["edge-7.consumer.fetch.max.bytes"] == 300_000
+    assert _mirror(2048).properties(0)["edge-7.consumer.fetch.max.bytes"] == 64 * 1024
+    assert "edge-7.consumer.fetch.max.bytes" not in _mirror(0).properties(0)
+
+
+def test_the_read_cap_comes_from_the_option_or_the_mirror_table(tmp_path: Path) -> None:
+    from shared.infra.cli import read_cap
+
+    conf = tmp_path / "infra.toml"
+    conf.write_text("[mirror]\nmax_bytes_per_s = 262144\n")
+    assert read_cap(str(conf), None) == 262_144
+    assert read_cap(str(conf), 0) == 0
+    assert read_cap(None, None) == 0
+    conf.write_text("[mirror]\nmax_bytes_per_s = 100\n")
+    with pytest.raises(ConfigError, match=r"^mirror\.max_bytes_per_s: 100 bytes/s"):
+        read_cap(str(conf), None)
+    conf.write_text('[mirror]\nmax_bytes_per_s = "1M"\n')
+    with pytest.raises(ConfigError, match=r"^mirror\.max_bytes_per_s: expected an integer"):
+        read_cap(str(conf), None)
+    conf.write_text("[mirror]\nmax_bytes = 1\n")
+    with pytest.raises(ConfigError, match=r"^mirror\.max_bytes: unknown setting"):
+        read_cap(str(conf), None)
