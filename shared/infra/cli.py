@@ -170,6 +170,11 @@ def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool,
         click.echo(f"mirror {edge_id:10s} {mark}")
         for name, state in sorted(status["tasks"].items()):
             click.echo(f"  {name:55s} {state}")
+        if status.get("backlog"):
+            behind = sum(b["behind"] for b in status["backlog"].values())
+            deleted = sum(b["deleted"] for b in status["backlog"].values())
+            click.echo(f"  backlog: {behind} offsets not yet in the cloud; {deleted} deleted by "
+                       f"retention on the edge before they crossed")
     if not status["healthy"]:
         raise SystemExit(1)
 

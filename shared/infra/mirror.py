@@ -342,6 +342,42 @@ class Mirror:
             f"MirrorMaker for {self.edge_id} did not report both flows RUNNING within "
             f"{timeout:.0f}s; see {self.log_dir}")
 
+    def copied_up_to(self, timeout: float = 10.0) -> dict[tuple[str, int], int]:
+        """The next edge offset MirrorMaker will copy, per edge partition it has copied from:
+        its source offsets, kept in the cloud ({} while the cloud is unreachable)."""
+        raw = _read_compacted(self.cloud_bootstrap, f"mm2-offsets.{self.edge_id}.internal",
+                              timeout)
+        return parse_source_offsets(self.edge_id, raw)
+
+    def backlog(self, timeout: float = 10.0) -> dict[str, dict[str, int]]:
+        """``"<topic>-<partition>" -> {"behind": n, "deleted": n}`` per replicated edge
+        partition: offsets not yet copied to the cloud, and offsets retention deleted on the
+        edge before MirrorMaker copied them (lost to the cloud; MirrorMaker skips to the oldest
+        one left). Offsets count the producers' transaction markers too: a drained partition
+        shows one or two behind."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        copied = self.copied_up_to(timeout)
+        if not copied and not _reachable(self.cloud_bootstrap, timeout):
+            raise InfraError("the cloud Kafka is unreachable, and MirrorMaker keeps its position "
+                             "there: the backlog is known again once the cloud is back")
+        consumer = Consumer(client_config(self.edge, {
+            "group.id": "fleetsentry-mirror-backlog", "enable.auto.commit": False,
+            "log_level": 0}))
+        out: dict[str, dict[str, int]] = {}
+        try:
+            meta = consumer.list_topics(timeout=timeout).topics
+            for name in topics.replicated_edge_topics():
+                for part in sorted(meta[name].partitions) if name in meta else []:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(name, part),
+                                                               timeout=timeout)
+                    done = copied.get((name, part), 0)
+                    out[f"{name}-{part}"] = {"behind": max(0, high - max(low, done)),
+                                             "deleted": max(0, low - done)}
+        finally:
+            consumer.close()
+        return out
+
     def status(self) -> dict[str, Any]:
         pid = self.pid()
         return {
@@ -351,8 +387,46 @@ class Mirror:
             "pids": [pid] if pid else [],
             "healthy": self.healthy(),
             "tasks": self.task_states() if pid else {},
+            "backlog": self._backlog_or_none(),
             "home": str(self.dir),
         }
+
+    def _backlog_or_none(self) -> dict[str, dict[str, int]] | None:
+        try:
+            return self.backlog(timeout=5.0)
+        except Exception:  # the edge is unreachable: status reports, it never crashes
+            return None
+
+
+def parse_source_offsets(edge_id: str, raw: dict[str, bytes | None]
+                         ) -> dict[tuple[str, int], int]:
+    """MirrorSourceConnector's offsets-topic entries -> next offset per edge partition.
+
+    Keys look like ``["MirrorSourceConnector",{"cluster":"edge-1","partition":0,"topic":
+    "anon.telemetry"}]``, values like ``{"offset":41}``: the last offset copied, so MirrorMaker
+    resumes at 42.
+    """
+    out: dict[tuple[str, int], int] = {}
+    for key, value in raw.items():
+        try:
+            connector, part = json.loads(key)
+            offset = json.loads(value)["offset"] if value is not None else None
+        except (ValueError, TypeError, KeyError):
+            continue
+        if (connector == "MirrorSourceConnector" and isinstance(part, dict)
+                and part.get("cluster") == edge_id and isinstance(offset, int)):
+            out[(str(part["topic"]), int(part["partition"]))] = offset + 1
+    return out
+
+
+def _reachable(target: Target, timeout: float) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient(client_config(target, {"log_level": 0})).list_topics(timeout=timeout)
+    except Exception:  # KafkaException on timeout: unreachable is the answer, not an error
+        return False
+    return True
 
 
 def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, bytes | None]:

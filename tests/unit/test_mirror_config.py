@@ -138,3 +138,18 @@ def test_the_read_cap_comes_from_the_option_or_the_mirror_table(tmp_path: Path) 
     conf.write_text("[mirror]\nmax_bytes = 1\n")
     with pytest.raises(ConfigError, match=r"^mirror\.max_bytes: unknown setting"):
         read_cap(str(conf), None)
+
+
+def test_source_offsets_say_where_mirrormaker_resumes() -> None:
+    from shared.infra.mirror import parse_source_offsets
+
+    key = '["MirrorSourceConnector",{"cluster":"%s","partition":%d,"topic":"%s"}]'
+    raw: dict[str, bytes | None] = {
+        key % ("edge-7", 0, "anon.telemetry"): b'{"offset":41}',
+        key % ("edge-7", 2, "alerts"): b'{"offset":0}',
+        key % ("edge-8", 0, "anon.telemetry"): b'{"offset":99}',  # another gateway's
+        key % ("edge-7", 1, "anon.telemetry"): None,  # a tombstone
+        '["MirrorHeartbeatConnector",{}]': b'{"offset":5}',
+        "not json": b"{}",
+    }
+    assert parse_source_offsets("edge-7", raw) == {("anon.telemetry", 0): 42, ("alerts", 2): 1}

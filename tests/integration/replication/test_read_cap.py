@@ -1,4 +1,5 @@
-"""A backlog returns to the cloud no faster than ``max_bytes_per_s``, and returns whole.
+"""A backlog returns to the cloud no faster than ``max_bytes_per_s``, and returns whole, less
+exactly what retention deleted on the gateway before it crossed, which is counted.
 
 The cap is a quota the edge broker enforces on MirrorMaker's login, counted in the bytes of
 the batches as stored on the edge. The test converts what arrived in the cloud into those
@@ -15,7 +16,8 @@ import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from shared import contracts, topics
 from shared.infra.stack import Stack
@@ -32,23 +34,43 @@ WINDOW_S = 45.0
 # plus the burst a fresh quota window lets through (about 10 s of the cap, see quota.py).
 BACKLOG_CAP_SECONDS = 100.0
 MARGIN = 1.5
+# Offsets of partition 0 that retention deletes before MirrorMaker starts.
+RETENTION_DELETES = 1000
 
 
-def _build_backlog(edge: Target, n: int) -> list[str]:
-    """``n`` scores written the way the scorer writes them (lz4, transactions)."""
+def _build_backlog(edge: Target, n: int) -> dict[str, tuple[int, int]]:
+    """``n`` scores written the way the scorer writes them (lz4, transactions): event id ->
+    (partition, offset) the edge acknowledged."""
     p = Producer(client_config(edge, {"transactional.id": f"test-{uuid.uuid4()}",
                                       "linger.ms": 20, "compression.type": "lz4"}))
     p.init_transactions(30)
     ids, now = [str(uuid.uuid4()) for _ in range(n)], time.time()
+    acked: dict[str, tuple[int, int]] = {}
+
+    def delivered(err: object, msg: Message) -> None:
+        key, part, offset = msg.key(), msg.partition(), msg.offset()
+        if err is None and key is not None and part is not None and offset is not None:
+            acked[key.decode()] = (part, offset)
+
     for start in range(0, n, 2500):
         p.begin_transaction()
         for i, eid in enumerate(ids[start:start + 2500], start):
-            p.produce(topics.SCORES_TELEMETRY, key=eid.encode(), value=contracts.encode(
-                contracts.Score(event_id=eid, ts=now + i / 1000, stream="telemetry",
-                                token=TOKEN, score=0.1 + (i % 97) / 100, threshold=1.0,
-                                model_version="m1", anomalous=False)))
+            p.produce(topics.SCORES_TELEMETRY, key=eid.encode(), on_delivery=delivered,
+                      value=contracts.encode(contracts.Score(
+                          event_id=eid, ts=now + i / 1000, stream="telemetry", token=TOKEN,
+                          score=0.1 + (i % 97) / 100, threshold=1.0, model_version="m1",
+                          anomalous=False)))
         p.commit_transaction(60)
-    return ids
+    assert len(acked) == n
+    return acked
+
+
+def _retention_deletes(edge: Target, partition: int, before: int) -> None:
+    """What retention does past the disk budget: the partition's oldest records go."""
+    admin = AdminClient(client_config(edge))
+    tp = TopicPartition(topics.SCORES_TELEMETRY, partition, before)
+    for future in admin.delete_records([tp]).values():
+        future.result(30)
 
 
 class _Arrivals:
@@ -94,13 +116,21 @@ class _Arrivals:
 def test_a_capped_backlog_crosses_at_the_cap_then_whole_and_once(
         stack: Stack, edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
     # The outage: no MirrorMaker runs while the gateway builds its backlog.
-    ids = _build_backlog(edge_kafka, BACKLOG)
+    acked = _build_backlog(edge_kafka, BACKLOG)
+    ids = set(acked)
     edge_bytes = stack.edge.topic_bytes(topics.SCORES_TELEMETRY)
     per_event = edge_bytes / BACKLOG
     cap = max(1024, int(edge_bytes / BACKLOG_CAP_SECONDS))
     mirror = dataclasses.replace(stack.mirror(EDGE_ID), max_bytes_per_s=cap)
     print(f"\nbacklog {BACKLOG} events, {edge_bytes} bytes on the edge ({per_event:.0f} B/event); "
           f"cap {cap} B/s")
+    # Past the gateway's budget, retention deletes the oldest records before they crossed.
+    _retention_deletes(edge_kafka, 0, RETENTION_DELETES)
+    deleted = {eid for eid, (part, offset) in acked.items()
+               if part == 0 and offset < RETENTION_DELETES}
+    before = mirror.backlog()
+    assert before[f"{topics.SCORES_TELEMETRY}-0"]["deleted"] == RETENTION_DELETES
+    assert sum(b["deleted"] for b in before.values()) == RETENTION_DELETES
     reader = _Arrivals(cloud_bootstrap, mirror.cloud_topic(topics.SCORES_TELEMETRY))
     try:
         mirror.start()
@@ -119,19 +149,27 @@ def test_a_capped_backlog_crosses_at_the_cap_then_whole_and_once(
             f"{crossed:.0f} bytes crossed in {WINDOW_S:.0f} s, over {MARGIN}x the cap of "
             f"{cap} B/s ({allowed:.0f})")
         assert crossed >= cap * WINDOW_S * 0.3, "the capped mirror barely moved"
+        during = mirror.backlog()
+        assert sum(b["behind"] for b in during.values()) > BACKLOG / 3, during
+        assert not any(b["deleted"] for b in during.values()), "it skipped past the deletion"
 
         # Lifting the cap while MirrorMaker runs lets the rest through, each record once.
         dataclasses.replace(mirror, max_bytes_per_s=0).apply_read_cap()
-        reader.read_until(set(ids), timeout=180)
+        reader.read_until(ids - deleted, timeout=180)
         mirror.wait_healthy(60)
         time.sleep(3)  # a record replayed after the catch-up would arrive within a commit or two
         reader.take(1.0)
+        after = mirror.backlog()
     finally:
         mirror.stop()
         reader.close()
-    missing = set(ids) - set(reader.got)
+    missing = ids - set(reader.got)
     dups = {k: v for k, v in reader.got.items() if v > 1}
-    print(f"history: {BACKLOG} acknowledged on the edge, {sum(reader.got.values())} read in "
-          f"the cloud: {len(missing)} lost, {len(dups)} duplicated")
-    assert not missing, f"{len(missing)} of {BACKLOG} backlog records never arrived"
+    print(f"history: {BACKLOG} acknowledged on the edge, {len(deleted)} deleted there by "
+          f"retention, {sum(reader.got.values())} read in the cloud: {len(missing)} missing, "
+          f"{len(dups)} duplicated")
+    assert missing == deleted, (f"{len(missing - deleted)} lost beyond what retention deleted; "
+                                f"{len(deleted - missing)} deleted records arrived anyway")
     assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
+    # Drained: what is left behind is the producers' last transaction markers.
+    assert all(b["behind"] <= 2 and not b["deleted"] for b in after.values()), after
