@@ -153,3 +153,24 @@ def test_source_offsets_say_where_mirrormaker_resumes() -> None:
         "not json": b"{}",
     }
     assert parse_source_offsets("edge-7", raw) == {("anon.telemetry", 0): 42, ("alerts", 2): 1}
+
+
+@pytest.mark.parametrize("cap", [0, 300_000])
+def test_the_read_cap_is_set_before_mirrormaker_starts(cap: int) -> None:
+    env = _filters(Environment(loader=FileSystemLoader(ROLE / "templates"),
+                               undefined=StrictUndefined, trim_blocks=True))
+    argv = ["/usr/bin/java", "kafka.admin.ConfigCommand", "--entity-name", MIRROR_USER]
+    values = {**_vars(edge_mirror_max_bytes_per_s=cap), "edge_mirror_read_cap_argv": argv,
+              "edge_mirror_argv": ["/usr/bin/java", "MirrorMaker"], "edge_runas": [],
+              "edge_user": "fleetsentry", "edge_group": "fleetsentry",
+              "edge_mirror_log_dir": "/var/log/x", "edge_mirror_memory_max": "640M",
+              "edge_mirror_config_file": "/etc/x/mm2.properties"}
+    unit = env.get_template("mirror.service.j2").render(**values).splitlines()
+    pre = [line for line in unit if line.startswith("ExecStartPre=")]
+    # At 0 the quota is removed, which fails harmlessly when there is none ('-').
+    assert pre == [f"ExecStartPre={'' if cap else '-'}{' '.join(argv)}"]
+    assert unit.index(pre[0]) < [i for i, x in enumerate(unit) if x.startswith("ExecStart=")][0]
+    script = env.get_template("mirror-launcher.sh.j2").render(**values).splitlines()
+    first = next(i for i, line in enumerate(script) if "ConfigCommand" in line)
+    assert script[first].endswith("|| exit 1" if cap else "|| true")
+    assert script[-1].startswith("exec ") and first < len(script) - 1
