@@ -276,15 +276,23 @@ class Mirror:
     def apply_read_cap(self, libs: Path | None = None, java: str | None = None) -> None:
         """Set ``max_bytes_per_s`` as the edge broker's quota on MirrorMaker's login, or remove
         the quota when it is 0. Idempotent; runs at every start, and may run while MirrorMaker
-        runs (the broker applies a changed quota within a second)."""
+        runs (the broker applies a changed quota within a second).
+
+        A file beside the config remembers a cap was set, so a start without one spends no
+        JVM on removing a quota that was never there."""
         user = self._edge_user()
-        if not user:
-            return  # no login of its own: nothing a quota could name (and no cap allowed)
+        marker = self.dir / "read-cap"
+        if not user or (not self.max_bytes_per_s and not marker.exists()):
+            return
         login = java_properties(self.edge)
         write_private(self.quota_config_path, quota.client_properties(login))
         quota.apply(quota.config_command_argv(
             java or jars.java_binary(), jars.classpath(libs or jars.kafka_libs(quiet=True)),
             login["bootstrap.servers"], self.quota_config_path, user, self.max_bytes_per_s))
+        if self.max_bytes_per_s:
+            marker.write_text(f"{self.max_bytes_per_s}\n")
+        else:
+            marker.unlink()
 
     def stop(self, timeout: float = 30.0) -> list[int]:
         pid = self.pid()

@@ -174,3 +174,19 @@ def test_the_read_cap_is_set_before_mirrormaker_starts(cap: int) -> None:
     first = next(i for i, line in enumerate(script) if "ConfigCommand" in line)
     assert script[first].endswith("|| exit 1" if cap else "|| true")
     assert script[-1].startswith("exec ") and first < len(script) - 1
+
+
+def test_a_cap_is_set_then_removed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(quota, "apply", ran.append)
+    login = KafkaSettings(bootstrap=EDGE, username=MIRROR_USER, password=Secret(PASSWORD))
+    capped = Mirror("edge-7", EDGE, CLOUD, tmp_path, edge_login=login, max_bytes_per_s=65_536)
+    uncapped = Mirror("edge-7", EDGE, CLOUD, tmp_path, edge_login=login)
+    uncapped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
+    assert ran == []  # never capped: nothing to remove, no JVM started
+    capped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
+    uncapped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
+    uncapped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
+    assert [argv[-2:] for argv in ran] == [["--add-config", "consumer_byte_rate=65536"],
+                                           ["--delete-config", "consumer_byte_rate"]]
+    assert (capped.quota_config_path.stat().st_mode & 0o777) == 0o600
