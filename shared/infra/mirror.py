@@ -11,6 +11,11 @@ Exactly-once source support is enabled for both target clusters (KIP-618). In de
 that needs the internal REST server of KIP-710 (``dedicated.mode.enable.internal.rest``) so the
 worker leader can fence zombie tasks; it listens on loopback only. Source consumers read
 committed records only, so aborted transactions on the edge never reach the cloud.
+
+After an outage the backlog crosses as fast as the edge serves it, unless ``max_bytes_per_s``
+caps it: a quota the edge broker enforces on MirrorMaker's login (``shared/infra/quota.py``).
+``backlog()`` says how much is still to cross and how much retention deleted before it could
+(docs/store-and-forward.md).
 """
 
 from __future__ import annotations
@@ -404,7 +409,7 @@ class Mirror:
     def _backlog_or_none(self) -> dict[str, dict[str, int]] | None:
         try:
             return self.backlog(timeout=5.0)
-        except Exception:  # the edge is unreachable: status reports, it never crashes
+        except Exception:  # the edge or the cloud is unreachable: status reports, never crashes
             return None
 
 
