@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import click
 
 from shared import config
+from shared.errors import ConfigError
+from shared.infra import quota
 from shared.infra.stack import InfraSettings, Stack
 
 # Settings an operator may set from the environment (explicit, not every field).
@@ -108,15 +111,42 @@ def _mirror_options(fn: Any) -> Any:
     return _options(fn)
 
 
+def read_cap(config_path: str | None, option: int | None) -> int:
+    """``max_bytes_per_s``: the option, else the ``[mirror]`` table of the config, else 0."""
+    if option is not None:
+        return quota.validate_rate(option, "--max-bytes-per-s")
+    if not config_path:
+        return 0
+    import tomllib
+
+    table = tomllib.loads(Path(config_path).read_text()).get("mirror", {})
+    unknown = sorted(set(table) - {"max_bytes_per_s"})
+    if unknown:
+        raise ConfigError(f"unknown setting in {config_path}; [mirror] takes max_bytes_per_s",
+                          setting=f"mirror.{unknown[0]}")
+    return quota.validate_rate(table.get("max_bytes_per_s", 0), "mirror.max_bytes_per_s")
+
+
 @mirror.command("up")
 @_mirror_options
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for health.")
-def mirror_up(edge_id: str, edge_bootstrap: str | None, timeout: float, **options: Any) -> None:
-    """Start the gateway's MirrorMaker (a no-op if it runs) and wait until both flows run."""
-    mm = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap)
+@click.option("--max-bytes-per-s", type=int, default=None,
+              help="Cap on the bytes/s MirrorMaker reads from the edge (so sends to the cloud); "
+                   "0: none. Default: [mirror] max_bytes_per_s of --config, else 0.")
+def mirror_up(edge_id: str, edge_bootstrap: str | None, timeout: float,
+              max_bytes_per_s: int | None, **options: Any) -> None:
+    """Start the gateway's MirrorMaker (a no-op if it runs) and wait until both flows run.
+
+    The read cap is applied either way, so `up` on a running MirrorMaker changes it."""
+    cap = read_cap(options.get("config"), max_bytes_per_s)
+    mm = dataclasses.replace(Stack(settings_from(options)).mirror(edge_id, edge_bootstrap),
+                             max_bytes_per_s=cap)
     pid = mm.start()
+    if pid is None:
+        mm.apply_read_cap()
     click.echo(f"Starting MirrorMaker for {edge_id} (pid {pid}) ..." if pid
                else f"MirrorMaker for {edge_id} already runs.")
+    click.echo(f"Read cap: {cap} bytes/s." if cap else "Read cap: none.")
     mm.wait_healthy(timeout)
     click.echo(f"{edge_id} -> cloud and cloud -> {edge_id} running; logs in {mm.log_dir}")
 
@@ -144,6 +174,11 @@ def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool,
         click.echo(f"mirror {edge_id:10s} {mark}")
         for name, state in sorted(status["tasks"].items()):
             click.echo(f"  {name:55s} {state}")
+        if status.get("backlog"):
+            behind = sum(b["behind"] for b in status["backlog"].values())
+            deleted = sum(b["deleted"] for b in status["backlog"].values())
+            click.echo(f"  backlog: {behind} offsets not yet in the cloud; {deleted} deleted by "
+                       f"retention on the edge before they crossed")
     if not status["healthy"]:
         raise SystemExit(1)
 

@@ -102,6 +102,12 @@ class KafkaCluster:
     def log_dir(self, node: KafkaNode) -> Path:
         return self.node_dir(node) / "logs"
 
+    def topic_bytes(self, topic: str) -> int:
+        """Bytes of ``topic``'s log segments on disk, summed over every node and replica."""
+        return sum(seg.stat().st_size for node in self.nodes
+                   for part in (self.node_dir(node) / "data").glob(f"{topic}-*")
+                   if part.name.rsplit("-", 1)[1].isdigit() for seg in part.glob("*.log"))
+
     @property
     def credentials_path(self) -> Path:
         return self.home / "credentials.json"
