@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shared.infra import jars
 from shared.infra.kafka import KafkaCluster, KafkaNode
@@ -19,6 +20,11 @@ from shared.infra.ports import RANGE_ENV, free_ports
 from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings
 from tests.support import free_infra_settings
+
+# Generated inputs are judged, not timed: on a loaded machine Hypothesis's "input generation
+# is slow" check fails tests whose inputs are fine.
+settings.register_profile("fleetsentry", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fleetsentry")
 
 # Parallel workers (pytest -n N) pick broker ports from their own slices, so two workers
 # can never pick the same free port at the same moment. Subprocesses inherit the slice.
