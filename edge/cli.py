@@ -75,6 +75,25 @@ def _service_command(service: Service) -> click.Command:
 for _svc in SERVICES:
     edge.add_command(_service_command(_svc))
 edge.add_command(vault_commands)
+
+
+@edge.command("disk-plan")
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True,
+              help="Each edge topic's configs as JSON (what `infra up` and the agent apply).")
+def disk_plan(config_path: Path | None, as_json: bool) -> None:
+    """How [disk] budget is shared out: the spool, Mosquitto, the vault, every topic."""
+    import json
+
+    from edge import config as edge_config
+    from edge.disk import human, plan
+
+    p = plan(edge_config.load(config_path))
+    if as_json:
+        click.echo(json.dumps(p.topic_configs(), sort_keys=True))
+        return
+    for what, size in p.rows():
+        click.echo(f"{human(size):>12}  {what}")
 edge.add_command(dlq_commands)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,11 +104,17 @@ class Stack:
                       self.settings.home, edge_login=edge)
 
     def edge_topic_configs(self) -> dict[str, dict[str, str]]:
-        """The disk plan's configs for the edge topics (retention.bytes, segment sizes, ...)."""
-        from edge import config as edge_config  # the plan belongs to the gateway's config
-        from edge.disk import plan
-
-        return plan(edge_config.load(self.settings.edge_config)).topic_configs()
+        """The disk plan's configs for the edge topics (retention.bytes, segment sizes, ...),
+        as the gateway's own `fleetsentry edge disk-plan --json` works them out from edge.toml
+        (the plan belongs to the gateway; shared code runs its command, never imports it)."""
+        argv = [sys.executable, "-m", "edge.cli", "disk-plan", "--json"]
+        if self.settings.edge_config is not None:
+            argv += ["--config", str(self.settings.edge_config)]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise InfraError(f"the gateway's disk plan failed: {proc.stderr.strip()[-2000:]}")
+        configs: dict[str, dict[str, str]] = json.loads(proc.stdout)
+        return configs
 
     def _say(self, text: str) -> None:
         if not self.quiet:

@@ -17,11 +17,11 @@ import pytest
 
 from edge.agent import service as agent_service
 from edge.agent.agent import ModelAgent
-from edge.config import AgentSettings, EdgeConfig
+from edge.config import AgentSettings, EdgeConfig, ScorerSettings
 from edge.metrics import WRITE_ERRORS
 from edge.scorer.model import baseline_dir
 from edge.services import ServiceContext
-from shared import model_bundle, topics
+from shared import model_bundle, releases, signing, topics
 
 
 @pytest.fixture
@@ -58,14 +58,22 @@ def write_errors() -> float:
 
 
 def test_a_model_on_a_full_disk_fails_cleanly_and_installs_once_there_is_room(
-        full_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = EdgeConfig(data_dir=full_disk, agent=AgentSettings(shadow_window=0))
+        full_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shipped payments model, signed and released by this test's fleet key.
+    key = signing.generate_private_key()
+    model = tmp_path / "model"
+    shutil.copytree(baseline_dir("payments"), model)
+    signing.sign_model_dir(model, key)
+    signing.write_public_key(key, tmp_path / "fleet.pub")
+    config = EdgeConfig(data_dir=full_disk, agent=AgentSettings(shadow_window=0),
+                        scorer=ScorerSettings(public_key=tmp_path / "fleet.pub"))
     agent = ModelAgent(config)
     agent.store.start()
     monkeypatch.setattr(agent, "_start_watch", lambda watch: None)  # no Kafka here
-    shipped = baseline_dir("payments")
-    version = json.loads((shipped / "manifest.json").read_text())["version"]
-    message = model_bundle.pack(shipped, "payments", version)
+    version = json.loads((model / "manifest.json").read_text())["version"]
+    release = releases.issue(model, fleet=releases.DEFAULT_FLEET, stream="payments",
+                             version=version, number=1, key=key, ttl_s=3600)
+    message = model_bundle.pack(model, "payments", version, release=release)
     ballast = fill(full_disk)
 
     with pytest.raises(OSError) as err:
