@@ -2,13 +2,15 @@
 
 A fault test reconciles what the system acknowledged with what it reads back; this is the
 acknowledged half, kept by the vehicles themselves. A line is written only once the broker
-has PUBACKed the event (``{"event_id": ..., "vin": ..., "stream": "telemetry"}``); lines are
+has PUBACKed the event (``{"event_id": ..., "vin": ..., "stream": "telemetry", "ts": ...}``,
+``ts`` the wall-clock second of the PUBACK, to place a loss in a fault's time); lines are
 buffered in memory and written once a second and at the end, so 10,000 vehicles cost one
 write a second, not one per event.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +22,7 @@ class _Acked(msgspec.Struct):
     event_id: str
     vin: str
     stream: str
+    ts: float
 
 
 _encode = msgspec.json.Encoder().encode
@@ -48,7 +51,8 @@ class AckLog:
                 from None
 
     def record(self, vin: str, topic: str, event_id: str) -> None:
-        self._pending.append(_encode(_Acked(event_id, vin, stream_of(topic))))
+        self._pending.append(_encode(_Acked(event_id, vin, stream_of(topic),
+                                            round(time.time(), 3))))
 
     def flush(self) -> None:
         if self._fh is None or not self._pending:

@@ -139,7 +139,7 @@ def sim() -> None:
               help="Also write the end-of-run summary as JSON.")
 @click.option("--acked-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Live runs: write every event the broker acknowledged (PUBACK) here, one "
-                   'JSON line each: {"event_id", "vin", "stream"}.')
+                   'JSON line each: {"event_id", "vin", "stream", "ts"}.')
 @click.option("--linger", "linger_s", default=0.0, show_default=True,
               type=click.FloatRange(0, 86_400),
               help="Live runs: seconds the vehicles stay online after their events are "
