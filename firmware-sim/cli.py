@@ -144,7 +144,8 @@ def sim() -> None:
               type=click.FloatRange(0, 86_400),
               help="Live runs: seconds the vehicles stay online after their events are "
                    "drained, receiving commands (decisions on the last payments); "
-                   "SIGTERM/Ctrl-C ends it early.")
+                   "SIGTERM/Ctrl-C ends it early. SIGUSR1 ends the drive early (then the "
+                   "drain and the linger).")
 @click.option("--start-ts", type=float, default=None,
               help="Device clock at the start (default: fixed for dry runs, now for live).")
 def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
@@ -286,6 +287,8 @@ def _live(runner: LiveRunner, console: Console) -> Any:
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    # A supervising script ends the drive without ending the linger after it.
+    signal.signal(signal.SIGUSR1, lambda *_: runner.finish())
     try:
         with Live(table(runner.progress), console=console, refresh_per_second=2,
                   transient=not console.is_terminal) as live:

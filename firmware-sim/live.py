@@ -136,11 +136,16 @@ class LiveRunner:
         self._dirty: list[VehicleSession] = []  # sessions with packets queued to send
         self._armed: set[int] = set()  # sessions waiting for the selector's "writable"
         self._stop = False
+        self._finish = False
         self._cpu0: float | None = None
         self._misc_turn = 0
 
     def stop(self) -> None:
         self._stop = True
+
+    def finish(self) -> None:
+        """End the drive now as if its duration were over: drain, linger, close."""
+        self._finish = True
 
     # --- selector plumbing ------------------------------------------------------------------
 
@@ -237,6 +242,7 @@ class LiveRunner:
         while True:
             now = time.monotonic()
             generating = (fleet.tick < fleet.settings.ticks and not self._stop
+                          and not self._finish
                           and now < gen_end)
             if not generating and drain_end is None:
                 drain_end = now + self.drain_timeout_s
