@@ -337,9 +337,12 @@ class Rig:
         self.wanted["store"] = True
         self._keeper.start()
         self.mirror.wait_healthy(timeout=240)
-        say(f"Starting {self.vehicles} vehicles for {self.window:.0f} s ...")
+        say(f"Starting {self.vehicles} vehicles for at least {self.window:.0f} s ...")
         self._spawn("sim", _python(
-            "sim", "run", "--vehicles", str(self.vehicles), "--duration", str(self.window),
+            # The run ends the drive (SIGUSR1) when the schedule is done, which a loaded
+            # machine delays; the duration only bounds a run left behind.
+            "sim", "run", "--vehicles", str(self.vehicles), "--duration",
+            str(self.window * 2 + 900),
             "--seed", str(self.seed), "--mqtt", self.stack.mqtt.address, "--password",
             PASSWORD, "--register-with", str(self.stack.mqtt.home), "--connect-wait", "60",
             "--payment-rate", "30", "--fraud-scale", "3", "--buffer-dir", str(self.home / "sim"),
@@ -577,38 +580,45 @@ def wait_flowing(rig: Rig, tails: dict[str, Tail], timeout: float) -> float:
 
 
 def run_faults(rig: Rig, faults: list[Fault], t0: float, rng: random.Random,
-               monitor: Monitor, progress_s: float) -> float:
-    """Inject and lift on schedule; returns when the next progress line is due."""
+               monitor: Monitor, progress_s: float) -> tuple[float, float]:
+    """Inject and lift on schedule. An infrastructure fault first waits for the brokers to
+    be healthy, and the rest of the schedule slips by that wait. Returns (seconds after t0
+    of the last action, when the next progress line is due)."""
     actions = sorted([(f.at, 0, i) for i, f in enumerate(faults)]
                      + [(f.lift_at, 1, i) for i, f in enumerate(faults) if f.duration],
                      key=lambda a: (a[0], a[1]))
     next_progress = time.monotonic() + progress_s
+    last = 0.0
     for n in range(len(actions)):
         at, kind, i = actions[n]
-        while time.monotonic() < t0 + at:
-            time.sleep(min(0.2, max(0.0, t0 + at - time.monotonic())))
-            if time.monotonic() >= next_progress:
-                say(_progress(monitor, t0, rig))
-                next_progress += progress_s
+        next_progress = _sleep_until(t0 + at, monitor, t0, rig, next_progress, progress_s)
         f = faults[i]
         if kind == 0 and f.kind in INFRA:
             waited = wait_infra_healthy(rig, timeout=180)
             if waited > 1:
                 say(f"[{time.monotonic() - t0:6.1f}s] waited {waited:.0f} s for the brokers "
-                    f"to be healthy before {f.kind}")
-            f.at = round(time.monotonic() - t0, 1)  # the lift keeps its planned duration
-            rest = [(f.lift_at, 1, i) if (k, idx) == (1, i) else (a, k, idx)
-                    for a, k, idx in actions[n + 1:]]
-            actions[n + 1:] = sorted(rest, key=lambda a: (a[0], a[1]))
+                    f"to be healthy before {f.kind}; the rest of the schedule slips as much")
+                actions[n + 1:] = [(a + waited, k, idx) for a, k, idx in actions[n + 1:]]
+        last = time.monotonic() - t0
         if kind == 0:
+            f.at = round(last, 1)
             inject(rig, f, rng)
             what = f.target or f.note
             down = f" for {f.duration:g} s" if f.duration else ""
-            say(f"[{time.monotonic() - t0:6.1f}s] fault {i + 1}/{len(faults)} {f.kind}: "
-                f"{what}{down}")
+            say(f"[{last:6.1f}s] fault {i + 1}/{len(faults)} {f.kind}: {what}{down}")
         else:
             lift(rig, f)
-            say(f"[{time.monotonic() - t0:6.1f}s] {f.kind} lifted")
+            say(f"[{last:6.1f}s] {f.kind} lifted")
+    return last, next_progress
+
+
+def _sleep_until(deadline: float, monitor: Monitor, t0: float, rig: Rig,
+                 next_progress: float, progress_s: float) -> float:
+    while time.monotonic() < deadline:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        if time.monotonic() >= next_progress:
+            say(_progress(monitor, t0, rig))
+            next_progress = time.monotonic() + progress_s
     return next_progress
 
 
@@ -822,15 +832,20 @@ def _run(rig: Rig, faults: list[Fault], rng: random.Random, args: argparse.Names
     t0 = wait_flowing(rig, tails, timeout=300)
     say(f"start-up took {t0 - started:.0f} s; the faults begin")
     try:
-        next_progress = run_faults(rig, faults, t0, rng, monitor, progress_s=30.0)
+        last, next_progress = run_faults(rig, faults, t0, rng, monitor, progress_s=30.0)
+        # The fleet drives for the whole schedule, however far it slipped.
+        end = max(window, last + args.recover_gap)
+        next_progress = _sleep_until(t0 + end, monitor, t0, rig, next_progress, 30.0)
+        rig.procs["sim"].send_signal(signal.SIGUSR1)
+        say(f"[{time.monotonic() - t0:6.1f}s] the fleet's drive ends")
         while not rig.sim_drained():
             if rig.procs["sim"].poll() is not None:
                 raise SystemExit(f"the simulator exited; see {rig.logs / 'sim.log'}")
-            if time.monotonic() - t0 > window + 300:
+            if time.monotonic() - t0 > end + 300:
                 raise SystemExit("the fleet did not drain within 5 minutes of its end")
             if time.monotonic() >= next_progress:
                 say(_progress(monitor, t0, rig))
-                next_progress += 30.0
+                next_progress = time.monotonic() + 30.0
             time.sleep(1)
         say(f"[{time.monotonic() - t0:6.1f}s] the fleet has stopped and drained; "
             "waiting for every stage to catch up ...")
