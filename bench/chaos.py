@@ -667,31 +667,39 @@ def _topic(prefix: str, stream: str) -> str:
 
 def wait_drained(rig: Rig, tails: dict[str, Tail], acked: dict[str, tuple[str, str]],
                  timeout: float) -> dict[str, Counter[str]]:
-    """Until every acknowledged id is in each stage (or ``timeout``); the store last."""
+    """Until every stage holds every acknowledged id that reached ``raw.*`` (what never
+    reached Kafka cannot come later once ``raw.*`` has stopped growing), or ``timeout``, or
+    nothing moved for STALL_S."""
     deadline = time.monotonic() + timeout
     stages = {"anon": ("edge", "anon"), "scores": ("edge", "scores"),
               "cloud anon": ("cloud", f"{EDGE_ID}.anon"),
               "cloud scores": ("cloud", f"{EDGE_ID}.scores")}
     store: dict[str, Counter[str]] = {}
     next_store = 0.0
-    seen, changed = -1, time.monotonic()
+    seen, changed, raw_seen, raw_changed = -1, time.monotonic(), -1, time.monotonic()
     while True:
         total = sum(t.total for t in tails.values())
         if total != seen:
             seen, changed = total, time.monotonic()
+        if tails["raw"].total != raw_seen:
+            raw_seen, raw_changed = tails["raw"].total, time.monotonic()
+        raw_left = missing_in(acked, tails["raw"].counts, "raw")
         left = {name: missing_in(acked, tails[tail].counts, prefix)
                 for name, (tail, prefix) in stages.items()}
-        if time.monotonic() >= next_store and not any(left.values()):
+        if time.monotonic() >= next_store:
             store = store_rows(rig.store_root)
-            next_store = time.monotonic() + 10
-        if store:
-            left["store"] = missing_in(acked, store, "anon") + missing_in(acked, store, "scores")
-        else:
-            left["store"] = len(acked)
+            next_store = time.monotonic() + 15
+        left["store anon"] = missing_in(acked, store, "anon")
+        left["store scores"] = missing_in(acked, store, "scores")
+        if store_files(rig.store_root) != len(list(rig.store_root.rglob("*.parquet"))):
+            changed = time.monotonic()  # the store is writing: not stalled
+        settled = time.monotonic() - raw_changed > 30 and all(v == raw_left
+                                                              for v in left.values())
         stalled = time.monotonic() - changed > STALL_S
-        if not any(left.values()) or time.monotonic() > deadline or stalled:
-            say("drain: " + ", ".join(f"{k} {v:,} missing" for k, v in left.items())
-                + (f" (nothing moved for {STALL_S:.0f} s)" if stalled and any(left.values())
+        if settled or time.monotonic() > deadline or stalled:
+            say(f"drain: raw {raw_left:,} missing, "
+                + ", ".join(f"{k} {v:,}" for k, v in left.items())
+                + (f" (nothing moved for {STALL_S:.0f} s)" if stalled and not settled
                    else ""))
             return store
         time.sleep(3)
@@ -903,7 +911,7 @@ def report(args: argparse.Namespace, faults: list[Fault], acked: dict[str, tuple
         if ids:
             times = sorted(when[e] - t0_wall for e in ids)
             say(f"{what}: {len(ids)} event ids, PUBACKed between {times[0]:.1f}s and "
-                f"{times[-1]:.1f}s; by the last fault before their PUBACK: "
+                f"{times[-1]:.1f}s; by the faults in the {BLAME_S:.0f} s before their PUBACK: "
                 f"{blame(ids, when, faults, t0, t0_wall)}; e.g. {ids[:5]}")
     for r in result.values():
         for key in ("lost_ids", "duplicated_ids", "missing_ids"):
