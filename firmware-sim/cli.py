@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from firmware_sim.acklog import AckLog
 from firmware_sim.dryrun import default_labels_path, write_dry_run
 from firmware_sim.errors import ConnectError, SimError
 from firmware_sim.fleet import Fleet
@@ -136,13 +137,22 @@ def sim() -> None:
               help="Write payment decisions the vehicles obeyed (declines, holds) here.")
 @click.option("--summary-json", type=click.Path(path_type=Path),
               help="Also write the end-of-run summary as JSON.")
+@click.option("--acked-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Live runs: write every event the broker acknowledged (PUBACK) here, one "
+                   'JSON line each: {"event_id", "vin", "stream", "ts"}.')
+@click.option("--linger", "linger_s", default=0.0, show_default=True,
+              type=click.FloatRange(0, 86_400),
+              help="Live runs: seconds the vehicles stay online after their events are "
+                   "drained, receiving commands (decisions on the last payments); "
+                   "SIGTERM/Ctrl-C ends it early. SIGUSR1 ends the drive early (then the "
+                   "drain and the linger).")
 @click.option("--start-ts", type=float, default=None,
               help="Device clock at the start (default: fixed for dry runs, now for live).")
 def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
         label_delay_s: float, mqtt_addr: str,
         password: str, tls_ca: str | None, connect_wait_s: float, register_home: Path | None,
         buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
-        start_ts: float | None, **kw: Any) -> None:
+        start_ts: float | None, acked_log: Path | None, linger_s: float, **kw: Any) -> None:
     """Run a fleet: live against MQTT, or --dry-run to files."""
     console = Console(stderr=True)
     if dry_run:
@@ -160,7 +170,9 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
     feed = _feed(labels_kafka, label_delay_s) if labels_kafka else None
     with tempfile.TemporaryDirectory(prefix="fleetsentry-sim-") as tmp:
         runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp), connect_wait_s=connect_wait_s,
-                            labels=feed)
+                            labels=feed, ack_log=AckLog(acked_log) if acked_log else None,
+                            linger_s=linger_s,
+                            on_drained=lambda p: _drained(console, p, linger_s))
         try:
             result = _live(runner, console)
         except ConnectError as exc:
@@ -179,6 +191,12 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary_table(summary))
+
+
+def _drained(console: Console, p: Progress, linger_s: float) -> None:
+    # One line a supervising script can wait for: everything acknowledged is in --acked-log.
+    console.print(f"fleet drained: {p.acked} events acknowledged, {p.buffered} left"
+                  + (f"; staying online up to {linger_s:g} s for commands" if linger_s else ""))
 
 
 def _produce(bootstrap: str, labels: list[Label]) -> int:
@@ -269,6 +287,8 @@ def _live(runner: LiveRunner, console: Console) -> Any:
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    # A supervising script ends the drive without ending the linger after it.
+    signal.signal(signal.SIGUSR1, lambda *_: runner.finish())
     try:
         with Live(table(runner.progress), console=console, refresh_per_second=2,
                   transient=not console.is_terminal) as live:

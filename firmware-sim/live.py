@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from firmware_sim.acklog import AckLog
 from firmware_sim.errors import ConnectError
 from firmware_sim.fleet import Fleet
 from firmware_sim.labels import LabelFeed
@@ -113,8 +114,13 @@ class LiveRunner:
                  connect_wait_s: float = 30.0,
                  on_progress: Callable[[Progress], None] | None = None,
                  on_ack: Callable[[str], None] | None = None,
-                 labels: LabelFeed | None = None) -> None:
+                 labels: LabelFeed | None = None, ack_log: AckLog | None = None,
+                 linger_s: float = 0.0,
+                 on_drained: Callable[[Progress], None] | None = None) -> None:
         self.fleet = fleet
+        self.ack_log = ack_log
+        self.linger_s = linger_s
+        self.on_drained = on_drained
         self.labels = labels
         self.conf = conf
         self.outbox = Outbox(buffer_dir / "outbox.sqlite", max_buffered_per_vehicle)
@@ -130,11 +136,16 @@ class LiveRunner:
         self._dirty: list[VehicleSession] = []  # sessions with packets queued to send
         self._armed: set[int] = set()  # sessions waiting for the selector's "writable"
         self._stop = False
+        self._finish = False
         self._cpu0: float | None = None
         self._misc_turn = 0
 
     def stop(self) -> None:
         self._stop = True
+
+    def finish(self) -> None:
+        """End the drive now as if its duration were over: drain, linger, close."""
+        self._finish = True
 
     # --- selector plumbing ------------------------------------------------------------------
 
@@ -197,11 +208,14 @@ class LiveRunner:
         check_compatible()
         raise_fd_limit(len(self.fleet.vehicles) * 2 + 256)
         self.outbox.start()
+        if self.ack_log is not None:
+            self.ack_log.start()
         self._sel = selectors.DefaultSelector()
         rng = random.Random(f"{self.fleet.settings.seed}:sessions")
         for v in self.fleet.vehicles:
             s = VehicleSession(v.index, v.vin, v.firmware, self.conf, self.outbox,
-                               random.Random(rng.getrandbits(64)), self.stats, self.on_ack)
+                               random.Random(rng.getrandbits(64)), self.stats, self.on_ack,
+                               self.ack_log)
             s.make_client(self._callbacks(s))
             self.sessions.append(s)
             # Spread the first connects over a second so the broker's accept queue keeps up.
@@ -228,6 +242,7 @@ class LiveRunner:
         while True:
             now = time.monotonic()
             generating = (fleet.tick < fleet.settings.ticks and not self._stop
+                          and not self._finish
                           and now < gen_end)
             if not generating and drain_end is None:
                 drain_end = now + self.drain_timeout_s
@@ -254,12 +269,34 @@ class LiveRunner:
                 self._update_progress(now - t0)
         drained = self._drained()
         self._update_progress(time.monotonic() - t0)
+        if self.ack_log is not None:
+            self.ack_log.flush()
+        if self.on_drained is not None:
+            self.on_drained(self.progress)
+        self._linger(t0)
         cpu = self.progress.cpu_s
         self._close()
         self._update_progress(time.monotonic() - t0)
         self.progress.cpu_s = cpu  # the goodbye is not part of the run's cost
         return LiveResult(self.progress, self.fleet.stats.as_dict(), list(self.stats.declines),
                           drained, dict(self.stats.connect_errors.most_common(5)))
+
+    def _linger(self, t0: float) -> None:
+        """Stay online (reconnecting if the broker goes away) until ``linger_s`` is over or
+        ``stop()``: what arrives meanwhile is commands, nothing is generated."""
+        end = time.monotonic() + self.linger_s
+        if self._stop or self.linger_s <= 0:
+            return
+        self.progress.phase = "lingering"
+        next_misc = time.monotonic()
+        while not self._stop and time.monotonic() < end:
+            now = time.monotonic()
+            self._connect_some(now)
+            self._poll(0.05)
+            if now >= next_misc:
+                next_misc = now + 1.0
+                self._misc(now)
+                self._update_progress(now - t0)
 
     def _connect_phase(self) -> None:
         """Ignition on: bring the fleet online before the clock starts (bounded in time).
@@ -349,6 +386,8 @@ class LiveRunner:
                 c.loop_misc()
                 s.pump()
         self.outbox.commit()
+        if self.ack_log is not None:
+            self.ack_log.flush()
         if self.labels is not None:
             self.labels.pump(float("-inf"))  # delivery reports only, nothing new is due
 
@@ -404,3 +443,5 @@ class LiveRunner:
             self._sel.close()
             self._sel = None
         self.outbox.close()
+        if self.ack_log is not None:
+            self.ack_log.close()

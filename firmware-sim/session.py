@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
+from firmware_sim.acklog import AckLog
 from firmware_sim.outbox import Outbox
 from firmware_sim.wire import FastClient
 from paho.mqtt.packettypes import PacketTypes
@@ -103,7 +104,8 @@ class VehicleSession:
 
     def __init__(self, index: int, vin: str, firmware: str, conf: ConnectSettings,
                  outbox: Outbox, rng: random.Random, stats: SessionStats,
-                 on_ack: Callable[[str], None] | None = None) -> None:
+                 on_ack: Callable[[str], None] | None = None,
+                 ack_log: AckLog | None = None) -> None:
         self.index = index
         self.vin = vin
         self.firmware = firmware
@@ -112,13 +114,15 @@ class VehicleSession:
         self.rng = rng
         self.stats = stats
         self.on_ack = on_ack
+        self.ack_log = ack_log
         self.client: mqtt.Client | None = None
         self.connected = False
         self.connecting_since: float | None = None
         self.attempts = 0
         self.ever_connected = False
         self.memory: deque[tuple[str, bytes]] = deque()
-        self.inflight: dict[int, bytes] = {}  # mid -> payload (for the event id on ack)
+        # mid -> (topic, payload): the event id and stream of what the broker acknowledges
+        self.inflight: dict[int, tuple[str, bytes]] = {}
         self.closing = False
 
     # --- client -----------------------------------------------------------------------------
@@ -194,15 +198,20 @@ class VehicleSession:
 
     def _on_publish(self, _c: mqtt.Client, _ud: object, mid: int, reason: Any,
                     _props: Any) -> None:
-        payload = self.inflight.pop(mid, None)
-        if payload is None:
+        sent = self.inflight.pop(mid, None)
+        if sent is None:
             return  # our status message
         if reason.is_failure:
             self.stats.rejected += 1
         else:
             self.stats.acked += 1
-            if self.on_ack is not None:
-                self.on_ack(_ids.decode(payload).event_id)
+            if self.on_ack is not None or self.ack_log is not None:
+                topic, payload = sent
+                event_id = _ids.decode(payload).event_id
+                if self.on_ack is not None:
+                    self.on_ack(event_id)
+                if self.ack_log is not None:
+                    self.ack_log.record(self.vin, topic, event_id)
         self.pump()
 
     def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
@@ -250,7 +259,7 @@ class VehicleSession:
     def _publish(self, topic: str, payload: bytes) -> None:
         assert self.client is not None
         info = self.client.publish(topic, payload, qos=1)
-        self.inflight[info.mid] = payload
+        self.inflight[info.mid] = (topic, payload)
 
     def publish_offline(self) -> None:
         """A clean shutdown sends no will, so the vehicle says it is going offline itself."""
