@@ -1,7 +1,7 @@
 """Sustained MQTT -> Kafka throughput of the bridge: one process, two processes, and a baseline.
 
-Baseline, measured in the same run: a bare paho MQTT 5 QoS 1 subscriber (same broker, same
-kind of shared subscription, same receive maximum) that only counts messages. The run first
+Baseline, measured in the same run: a bare paho MQTT 5 QoS 1 subscriber (same broker, the
+subscription one bridge process makes, same receive maximum) that only counts messages. The run first
 creates every consumer's persistent session (bare, one bridge, two bridges: three subscription
 groups), publishes one backlog of pre-encoded telemetry events from a few paho clients (each
 group gets a copy), then drains it phase by phase: start the consumer process(es) and time the
@@ -254,8 +254,9 @@ def connect_props() -> Properties:
     return props
 
 
-def create_session(stack: Stack, client_id: str, group: str) -> None:
-    """A persistent session subscribed to the group, so the broker queues the backlog for it."""
+def create_session(stack: Stack, client_id: str, group: str, shared: bool = False) -> None:
+    """A persistent session subscribed as the bridge would (plain for one process, the
+    group's shared subscription for several), so the broker queues the backlog for it."""
     password = json.loads(stack.mqtt.credentials_path.read_text())[BRIDGE_USER]
     done = threading.Event()
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -263,7 +264,8 @@ def create_session(stack: Stack, client_id: str, group: str) -> None:
     c.on_subscribe = lambda *a: done.set()
     c.connect(stack.mqtt.host, stack.mqtt.port, 30, clean_start=True, properties=connect_props())
     c.loop_start()
-    c.subscribe([(f"$share/{group}/fleet/+/{s}", SubscribeOptions(qos=1))
+    prefix = f"$share/{group}/" if shared else ""
+    c.subscribe([(f"{prefix}fleet/+/{s}", SubscribeOptions(qos=1))
                  for s in ("payments", "telemetry")])
     assert done.wait(10), "no SUBACK"
     c.disconnect()
@@ -375,7 +377,7 @@ def create_sessions(stack: Stack) -> None:
     for processes in (1, 2):
         edge_id, group = bridge_ids(processes)
         for i in range(processes):
-            create_session(stack, f"{edge_id}-bridge-{i}", group)
+            create_session(stack, f"{edge_id}-bridge-{i}", group, shared=processes > 1)
 
 
 BRIDGE_EXTRA = ""  # [bridge] settings under test (--set KEY=VALUE)
@@ -385,7 +387,7 @@ def run_bridges(stack: Stack, payloads: list[tuple[str, bytes]], processes: int,
                 tmp: Path, marks: Watermarks) -> dict[str, Any]:
     edge_id, group = bridge_ids(processes)
     config = write_edge_toml(tmp / f"edge-{processes}.toml", stack, edge_id, group,
-                             extra=BRIDGE_EXTRA)
+                             extra=f"processes = {processes}\n{BRIDGE_EXTRA}")
     base = marks.total()
     target = base + len(payloads)
     bridges = [BridgeProcess(config, i, log=tmp / f"bridge-{processes}-{i}.log").start()

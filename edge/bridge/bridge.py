@@ -45,7 +45,8 @@ from shared.kafka_config import client_config
 log = logging.getLogger("bridge")
 SERVICE = "bridge"
 RECONNECT_MIN_S = 0.5
-RECONNECT_MAX_S = 10.0
+# Short: after a broker restart, shared subscriptions receive nothing until a member is back.
+RECONNECT_MAX_S = 2.0
 LOG_EVERY_S = 30.0
 # Packets read per step before serving Kafka delivery reports (which send the MQTT acks).
 BURST_PACKETS = 200
@@ -84,8 +85,16 @@ def mqtt_password(config: EdgeConfig) -> str:
     return creds[config.mqtt.username]
 
 
-def subscriptions(group: str, limits: Limits) -> list[str]:
-    """One shared subscription per stream, e.g. ``$share/g/fleet/+/telemetry``."""
+def subscriptions(group: str, limits: Limits, shared: bool = True) -> list[str]:
+    """One subscription per stream: shared (``$share/g/fleet/+/telemetry``) when several
+    bridge processes split the load, plain (``fleet/+/telemetry``) for one.
+
+    Mosquitto keeps a persistent session's plain subscriptions across a restart but not its
+    shared ones: until a bridge reconnects, a shared subscription has no member and what
+    vehicles publish is acknowledged and dropped. A plain one queues it for the session.
+    """
+    if not shared:
+        return [f"fleet/+/{suffix}" for suffix in sorted(limits.streams)]
     return [f"$share/{group}/fleet/+/{suffix}" for suffix in sorted(limits.streams)]
 
 
@@ -300,16 +309,20 @@ class Bridge:
         self._connected = True
         self._reconnect_wait = RECONNECT_MIN_S
         client.subscribe([(t, SubscribeOptions(qos=1))
-                          for t in subscriptions(self.settings.group, self.limits)])
+                          for t in self._subscriptions()])
         log.info("connected as %s (session present: %s)", self.client_id,
                  flags.session_present)
+
+    def _subscriptions(self) -> list[str]:
+        return subscriptions(self.settings.group, self.limits,
+                             shared=self.settings.processes > 1)
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
                       reasons: list[Any], _props: Any) -> None:
         # The broker denies by default: a refused subscription would leave this bridge
         # connected but receiving nothing, so it stops and says why.
         refused = [(topic, str(rc)) for topic, rc in
-                   zip(subscriptions(self.settings.group, self.limits), reasons, strict=False)
+                   zip(self._subscriptions(), reasons, strict=False)
                    if rc.is_failure]
         if refused:
             self._fatal = (f"MQTT broker refused {self.config.mqtt.username!r} the "

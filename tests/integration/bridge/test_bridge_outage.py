@@ -210,3 +210,32 @@ def test_a_full_spool_drops_only_what_it_counts(
     time.sleep(3)  # nothing beyond what was spooled arrives
     counts = raw_ids(edge_kafka, set(vins), int(spooled))
     assert len(counts) == spooled and max(counts.values()) == 1
+
+
+def test_what_vehicles_publish_while_the_bridge_reconnects_after_a_broker_restart_is_kept(
+        stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway) -> None:
+    """Mosquitto restores a persistent session's plain subscriptions after a restart, not its
+    shared ones: until the bridge is back, a shared subscription receives nothing, and what
+    vehicles publish meanwhile is acknowledged to them and dropped."""
+    rng = random.Random(18)
+    v = vin(rng)
+    stack.mqtt.register_vehicles({v: "pw-" + v})
+    gateway.start()
+    stack.mqtt.stop()  # a clean stop: the broker saves every session first
+    stack.mqtt.start()
+    stack.mqtt.wait_healthy()
+    car = mqtt_client(stack, v, user=v, password="pw-" + v)
+    sent = 0
+    try:
+        now = time.time()
+        # Published right after the restart, over 3 s: the bridge reconnects in that time.
+        for burst in range(30):
+            msgs = [(f"fleet/{v}/telemetry", encode(telemetry(v, f"{v}-r{burst}-{i}", now)))
+                    for i in range(10)]
+            sent += publish_all(car, msgs)
+            time.sleep(0.1)
+    finally:
+        car.disconnect()
+        car.loop_stop()
+    counts = raw_ids(edge_kafka, {v}, sent)
+    assert len(counts) == sent, f"{sent - len(counts)} of {sent} acknowledged messages lost"

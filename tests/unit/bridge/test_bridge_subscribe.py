@@ -7,7 +7,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.bridge import Bridge
-from edge.bridge.bridge import subscriptions
 from edge.bridge.errors import BridgeError
 from edge.config import EdgeConfig
 
@@ -18,14 +17,14 @@ def _codes(*names: str) -> list[ReasonCode]:
 
 def test_granted_subscriptions_keep_the_bridge_running() -> None:
     bridge = Bridge(EdgeConfig())
-    n = len(subscriptions(bridge.settings.group, bridge.limits))
+    n = len(bridge._subscriptions())
     bridge._on_subscribe(None, None, 1, _codes(*["Granted QoS 1"] * n), None)  # type: ignore[arg-type]
     assert bridge._fatal is None
 
 
 def test_a_refused_subscription_is_fatal_and_named() -> None:
     bridge = Bridge(EdgeConfig())
-    topics = subscriptions(bridge.settings.group, bridge.limits)
+    topics = bridge._subscriptions()
     codes = _codes("Granted QoS 1", *["Not authorized"] * (len(topics) - 1))
     bridge._on_subscribe(None, None, 1, codes, None)  # type: ignore[arg-type]
     assert bridge._fatal is not None and topics[-1] in bridge._fatal
