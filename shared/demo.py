@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: str,
     next_summary = time.monotonic() + interval
     while any(p.poll() is None for p in sims):
         time.sleep(min(5.0, interval))
+        _stop_if_asked()
         for line in watcher.poll():
             click.echo(line)
         if time.monotonic() >= next_summary:
@@ -205,6 +207,7 @@ def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: str,
     deadline = time.monotonic() + FINISH_S
     waited = False
     while time.monotonic() < deadline:
+        _stop_if_asked()
         for line in watcher.poll():
             click.echo(line)
         if not watcher.busy():
@@ -235,7 +238,9 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
     """Run the whole loop: 2 gateways, their fleets, the cloud store, trainer and dashboard."""
     settings = settings_from(options)
     owner = _Owner(down=down_after)
+    _STOP.clear()
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         _run(owner, settings, vehicles, duration, gateways, dashboard_port, metrics_port,
              interval, infra_only)
@@ -244,6 +249,7 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
     finally:
         owner.close()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     if infra_only:
         return
     if not down_after:
@@ -253,8 +259,20 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
                                                f"{settings.home / 'gateway-2'}"))
 
 
+# Set by Ctrl-C or SIGTERM. The KeyboardInterrupt raised with it can land inside a Kafka
+# client call that reports it as an error (and a status check that reads an error as "not
+# yet"): the demo also looks at this between its steps, so a stop is never lost.
+_STOP = threading.Event()
+
+
 def _interrupt(_sig: int, _frame: Any) -> None:
+    _STOP.set()
     raise KeyboardInterrupt
+
+
+def _stop_if_asked() -> None:
+    if _STOP.is_set():
+        raise KeyboardInterrupt
 
 
 class _Owner:
@@ -347,6 +365,7 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
                                     logs / f"{gw.edge_id}.log"))
     for gw in gws:
         gw.mirror.wait_healthy()
+        _stop_if_asked()
     for n, gw in enumerate(gws, start=1):
         drift = (["--drift", "new_model", "--drift-at", str(round(duration * DRIFT_AT, 1))]
                  if n == 2 else [])
@@ -357,6 +376,7 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
              main.cloud.bootstrap, "--label-delay", str(LABEL_DELAY_S),
              "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"), *drift],
             logs / f"{gw.edge_id}-sim.log"))
+    _stop_if_asked()
     login = _dashboard_login(home / "cloud")
     url = f"http://127.0.0.1:{dashboard_port}/"
     click.echo(f"\nDashboard: {url}"
