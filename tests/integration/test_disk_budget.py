@@ -43,6 +43,9 @@ from tests.support import free_infra_settings
 pytestmark = pytest.mark.integration
 
 DISK_MB = 192
+# The gateway's budget, below the filesystem's size as docs/disk.md asks: retention runs every
+# few seconds, and what arrives in between (tens of MB on a fast machine) must still fit.
+BUDGET_MB = 128
 VEHICLES = 40
 # More than the filesystem holds: without bounds, a 256 MiB one was full after ~115,000.
 EVENTS = 110_000
@@ -89,7 +92,7 @@ class SmallDiskGateway(EdgePipeline):
             f"vehicle_rate_per_s = 0\n"
             f'[enricher]\ncompression = "none"\nmax_states = 1000\ndedup_window = 1000\n'
             f"[agent]\nkeep_versions = 2\n"
-            f'[disk]\nbudget = "{DISK_MB} MiB"\npaths = ["{self.disk_dir / "kafka"}"]\n')
+            f'[disk]\nbudget = "{BUDGET_MB} MiB"\npaths = ["{self.disk_dir / "kafka"}"]\n')
         return self.config
 
     def scrape(self, offset: int = 3) -> str:
@@ -253,7 +256,7 @@ def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
         assert metric(text, "fleetsentry_disk_size_bytes", data_dir) == fs.size_bytes
         free = metric(text, "fleetsentry_disk_free_bytes", data_dir)
         assert abs(free - disk.filesystem_usage(small_disk).free_bytes) < 16 * 2**20
-        assert metric(text, "fleetsentry_disk_budget_bytes") == DISK_MB * 2**20
+        assert metric(text, "fleetsentry_disk_budget_bytes") == BUDGET_MB * 2**20
         ratio = metric(text, "fleetsentry_disk_budget_used_ratio")
         assert 0.05 < ratio < 1.0, ratio
         print(f"disk metrics: free {free / 2**20:.0f} MiB, budget used {ratio:.0%}")
