@@ -72,19 +72,20 @@ def _decode(rest: bytes) -> tuple[str, bytes | None, bytes]:
     return topic, key, rest[at:]
 
 
-def _valid_length(path: Path) -> int:
-    """Bytes of ``path`` up to the end of its last whole, intact record."""
-    good = 0
+def _scan(path: Path) -> tuple[int, int]:
+    """(bytes up to the end of the last whole, intact record of ``path``, records in them)."""
+    good = n = 0
     with open(path, "rb") as fh:
         while True:
             head = fh.read(_HEAD.size)
             if len(head) < _HEAD.size:
-                return good
+                return good, n
             length, crc = _HEAD.unpack(head)
             rest = fh.read(length)
             if len(rest) < length or zlib.crc32(rest) != crc:
-                return good
+                return good, n
             good += _HEAD.size + length
+            n += 1
 
 
 class Spool:
@@ -121,7 +122,7 @@ class Spool:
             self._delete(seg)
         if self._segments:
             last = self._segments[-1]
-            good = _valid_length(self._path(last))
+            good, records = _scan(self._path(last))
             if good != self._sizes[last]:
                 log.warning("spool segment %s ends in a cut-off record (written, never "
                             "acknowledged): dropping its last %d bytes", self._path(last),
@@ -129,7 +130,7 @@ class Spool:
                 os.truncate(self._path(last), good)
                 self._total -= self._sizes[last] - good
                 self._sizes[last] = good
-            self._next_name = last + 1 + _count(self._path(last))
+            self._next_name = last + 1 + records
         else:
             self._segments, self._sizes, self._next_name = [0], {0: 0}, 1
             self._path(0).touch()
@@ -294,18 +295,6 @@ class Spool:
         self._writer.close()
         if self._reader is not None:
             self._reader.close()
-
-
-def _count(path: Path) -> int:
-    """Records in a segment."""
-    n = 0
-    with open(path, "rb") as fh:
-        while True:
-            head = fh.read(_HEAD.size)
-            if len(head) < _HEAD.size:
-                return n
-            fh.seek(_HEAD.unpack(head)[0], os.SEEK_CUR)
-            n += 1
 
 
 def _fsync_dir(path: Path) -> None:
