@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from shared.infra.ports import free_ports
@@ -78,3 +83,21 @@ def consume_all(bootstrap: Target, topic: str, expect: int | None = None, timeou
     finally:
         c.close()
     return out
+
+
+@contextmanager
+def tmpfs(mount: Path, size_mb: int) -> Iterator[Path]:
+    """A size-limited filesystem of the test's own at ``mount`` (root), unmounted after.
+
+    Skips where it cannot be made (not root, no mount): a full-disk test needs a real one."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs")
+    mount.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                           str(mount)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -12,10 +12,7 @@ the filesystem's use.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -38,7 +35,7 @@ from shared.kafka_config import ADMIN_USER, Target, client_config
 from tests.bridge_payloads import encode, telemetry
 from tests.bridge_support import mqtt_client
 from tests.edge_pipeline import EdgePipeline
-from tests.support import free_infra_settings
+from tests.support import free_infra_settings, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -56,18 +53,8 @@ RUN_S = 330.0  # a loaded 2-core machine bridges ~400 events/s, a quiet one ~1,0
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs",
-                           str(mount)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", DISK_MB) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 class SmallDiskGateway(EdgePipeline):
