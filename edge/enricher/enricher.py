@@ -27,6 +27,7 @@ from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.errors import EnricherError
 from edge.enricher.expiry import KeyClock
 from edge.enricher.gaps import OffsetGaps
+from edge.transactions import Watchdog
 from edge.vault import Vault
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode
@@ -103,6 +104,7 @@ class Enricher:
         self._specs = {spec.raw_topic: spec for spec in streams.all_streams()}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._watchdog = Watchdog(SERVICE)
         self._letters: DeadLetters | None = None
         self.state = FeatureState()
         self.clock = KeyClock(self.settings.state_ttl_s, self.settings.max_states)
@@ -137,7 +139,7 @@ class Enricher:
         try:
             # Fences a previous instance and aborts whatever transaction it left open, so the
             # changelog's committed end is final before we read it.
-            self._producer.init_transactions(60)
+            self._watchdog.call("init_transactions", 60, self._producer.init_transactions)
         except KafkaException as exc:
             raise EnricherError(f"cannot start transactions on {bootstrap}: {exc}") from None
         self._restore()
@@ -282,7 +284,7 @@ class Enricher:
         self._producer.begin_transaction()
         try:
             self._expire_states(self._clock(), EXPIRE_PER_EVENT * self.settings.batch_size)
-            self._producer.commit_transaction(60)
+            self._watchdog.call("commit_transaction", 60, self._producer.commit_transaction)
         except (KafkaException, BufferError) as exc:
             self._recover(exc)
 
@@ -372,9 +374,10 @@ class Enricher:
     def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         assert self._consumer is not None and self._producer is not None
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]
-        self._producer.send_offsets_to_transaction(
-            offsets, self._consumer.consumer_group_metadata(), 30)
-        self._producer.commit_transaction(60)
+        self._watchdog.call("send_offsets_to_transaction", 30,
+                            self._producer.send_offsets_to_transaction, offsets,
+                            self._consumer.consumer_group_metadata())
+        self._watchdog.call("commit_transaction", 60, self._producer.commit_transaction)
 
     def _recover(self, exc: Exception) -> None:
         """Abort the batch and rewind state and positions to the last commit."""
@@ -383,7 +386,7 @@ class Enricher:
         if fatal:
             raise EnricherError(f"transaction failed and cannot be aborted: {exc}") from exc
         log.warning("aborting a batch (%s); rewinding to the last commit", exc)
-        self._producer.abort_transaction(60)
+        self._watchdog.call("abort_transaction", 60, self._producer.abort_transaction)
         metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc()
         self._restore()
         self._gaps.reset()

@@ -27,6 +27,7 @@ from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
 from edge.scorer.features import FeatureRows
 from edge.scorer.model import Model, ModelHolder, baseline_dir, load_model
+from edge.transactions import Watchdog
 from shared import topics
 from shared.contracts import (
     AnonPayment,
@@ -124,6 +125,7 @@ class ScorerService:
         self._clock: Callable[[], float] = time.time
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._watchdog = Watchdog("scorer")
         self._letters: DeadLetters | None = None
         self._label: Callable[[str], str] = str
         self._rows: dict[tuple[str, ...], FeatureRows] = {}
@@ -168,7 +170,7 @@ class ScorerService:
             "queue.buffering.max.messages": 1_000_000,
         }))
         # Fences any earlier instance with this id and aborts its open transaction.
-        self._producer.init_transactions(30)
+        self._watchdog.call("init_transactions", 30, self._producer.init_transactions)
         self._restore_episodes(kafka)
         self._consumer = Consumer(client_config(kafka, {
             "group.id": self.group_id,
@@ -339,11 +341,12 @@ class ScorerService:
                 except BufferError:
                     p.poll(0.05)
         if offsets:  # an idle sweep consumed nothing
-            p.send_offsets_to_transaction(
+            self._watchdog.call(
+                "send_offsets_to_transaction", 30, p.send_offsets_to_transaction,
                 [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
-                self._consumer.consumer_group_metadata(), 30)
+                self._consumer.consumer_group_metadata())
         # Any failure here raises: the process exits and restarts from the last commit.
-        p.commit_transaction(60)
+        self._watchdog.call("commit_transaction", 60, p.commit_transaction)
 
     def matrix(self, model: Model, records: list[Any]) -> Any:
         """The model's input rows for ``records`` (row builder cached per feature list)."""

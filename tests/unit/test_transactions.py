@@ -1,0 +1,35 @@
+"""The watchdog over transactional calls: a call stuck past its own timeout ends the process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from edge.transactions import EXIT_STUCK, Watchdog
+
+
+def test_a_call_stuck_past_its_timeout_and_the_grace_ends_the_process() -> None:
+    exits: list[int] = []
+    stuck = threading.Event()
+    dog = Watchdog("enricher", grace_s=0.2, tick_s=0.02,
+                   on_stuck=lambda code: (exits.append(code), stuck.set()))
+
+    def never_returns(timeout: float) -> None:  # as send_offsets_to_transaction can
+        stuck.wait(5)
+
+    started = time.monotonic()
+    dog.call("send_offsets_to_transaction", 0.1, never_returns)
+    assert exits == [EXIT_STUCK]
+    assert time.monotonic() - started >= 0.3
+
+
+def test_calls_that_return_in_time_are_left_alone_and_get_their_timeout() -> None:
+    exits: list[int] = []
+    dog = Watchdog("scorer", grace_s=0.1, tick_s=0.01, on_stuck=exits.append)
+    got: list[tuple[str, float]] = []
+    for _ in range(3):
+        dog.call("commit_transaction", 0.05,
+                 lambda arg, timeout: (time.sleep(0.1), got.append((arg, timeout))), "offsets")
+    time.sleep(0.3)  # disarmed between calls: the monitor sees nothing overdue
+    assert got == [("offsets", 0.05)] * 3
+    assert exits == []
