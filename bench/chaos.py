@@ -322,7 +322,7 @@ class Rig:
         self.libs, self.java = jars.kafka_libs(quiet=True), jars.java_binary()
         self.stack.up(timeout=180)
         key = self.home / "fleet.key"
-        signing.ensure_private_key(key)
+        signing.ensure_private_key(key, create=True)
         pub = self.home / "fleet.pub"
         signing.write_public_key(signing.load_private_key(key), pub)
         edge_cfg = self.home / "edge.toml"
