@@ -1,12 +1,16 @@
-"""Helpers the test tiers share: free-port infra settings and Kafka read/write shortcuts."""
+"""Helpers the test tiers share: free-port infra settings, Kafka read/write shortcuts, a
+small disk, killing and restarting the edge Kafka, tailing anon.telemetry."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +18,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from shared import topics
+from shared.infra import jars
 from shared.infra.ports import free_ports
-from shared.infra.stack import InfraSettings
+from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import Target, client_config
 
 
@@ -101,3 +107,52 @@ def tmpfs(mount: Path, size_mb: int) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def kill_edge_kafka(stack: Stack) -> None:
+    for pid in stack.edge.running_pids().values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while stack.edge.running_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not stack.edge.running_pids(), "edge Kafka did not die"
+
+
+def start_edge_kafka(stack: Stack) -> None:
+    stack.edge.start(jars.kafka_libs(quiet=True), jars.java_binary())
+    stack.edge.wait_healthy(120)
+
+
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
+class AnonTail(threading.Thread):
+    """Reads anon.telemetry as it is committed, so retention later cannot hide a record."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.seen: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        c = Consumer(client_config(self.target, {
+            "group.id": f"tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "log_level": 0}))
+        c.assign([TopicPartition(topics.ANON_TELEMETRY, p, OFFSET_BEGINNING) for p in range(3)])
+        decoder = msgspec.json.Decoder(_EventId)
+        try:
+            while not self.stop.is_set():
+                for msg in c.consume(5000, 0.3):
+                    if msg.error():
+                        self.errors.append(str(msg.error()))
+                        continue
+                    self.seen[decoder.decode(msg.value() or b"").event_id] += 1
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(10)

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import paho.mqtt.client as mqtt
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from edge import config as edge_config
 from edge import disk
@@ -35,7 +32,7 @@ from shared.kafka_config import ADMIN_USER, Target, client_config
 from tests.bridge_payloads import encode, telemetry
 from tests.bridge_support import mqtt_client
 from tests.edge_pipeline import EdgePipeline
-from tests.support import free_infra_settings, tmpfs
+from tests.support import AnonTail, free_infra_settings, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -91,37 +88,6 @@ class SmallDiskGateway(EdgePipeline):
         url = f"http://127.0.0.1:{self.metrics_base + offset}/metrics"
         with urllib.request.urlopen(url, timeout=10) as resp:
             return str(resp.read().decode())
-
-
-class _EventId(msgspec.Struct):
-    event_id: str
-
-
-class AnonTail(threading.Thread):
-    """Reads anon.telemetry as it is committed, so retention later cannot hide a record."""
-
-    def __init__(self, target: Target) -> None:
-        super().__init__(daemon=True)
-        self.target = target
-        self.seen: Counter[str] = Counter()
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        c = Consumer(client_config(self.target, {
-            "group.id": f"tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "log_level": 0}))
-        c.assign([TopicPartition(topics.ANON_TELEMETRY, p, OFFSET_BEGINNING) for p in range(3)])
-        decoder = msgspec.json.Decoder(_EventId)
-        try:
-            while not self.stop.is_set():
-                for msg in c.consume(5000, 0.3):
-                    if msg.error():
-                        self.errors.append(str(msg.error()))
-                        continue
-                    self.seen[decoder.decode(msg.value() or b"").event_id] += 1
-        finally:
-            c.close()
 
 
 def publish(client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str,
@@ -256,8 +222,7 @@ def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
             client.disconnect()
             client.loop_stop()
         if tail is not None:
-            tail.stop.set()
-            tail.join(10)
+            tail.close()
         gateway.stop()
         stack.down()
         print(json.dumps({"kafka_log": str(stack.edge.log_dir(stack.edge.nodes[0]))}))

@@ -8,9 +8,7 @@ local log instead, keeps acknowledging, and drains the log in order when Kafka i
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
 import time
 from collections import Counter
@@ -20,7 +18,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.infra import jars
 from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings
 from tests.bridge_payloads import encode, telemetry, vin
@@ -31,6 +28,7 @@ from tests.bridge_support import (
     publish_all,
     read_topic,
 )
+from tests.support import kill_edge_kafka, start_edge_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +36,6 @@ pytestmark = pytest.mark.integration
 # in-flight window: before the spool, the excess was acknowledged to vehicles and dropped.
 VEHICLES = 12
 PER_VEHICLE = 9_500
-
-
-def kill_edge_kafka(stack: Stack) -> None:
-    for pid in stack.edge.running_pids().values():
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while stack.edge.running_pids() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not stack.edge.running_pids(), "edge Kafka did not die"
-
-
-def start_edge_kafka(stack: Stack) -> None:
-    stack.edge.start(jars.kafka_libs(quiet=True), jars.java_binary())
-    stack.edge.wait_healthy(120)
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ from shared.kafka_config import ADMIN_USER
 from tests.bridge_payloads import encode, telemetry
 from tests.bridge_support import mqtt_client
 from tests.edge_pipeline import EdgePipeline
-from tests.integration.bridge.test_bridge_outage import kill_edge_kafka, start_edge_kafka
-from tests.integration.test_disk_budget import AnonTail
+from tests.support import AnonTail, kill_edge_kafka, start_edge_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -111,8 +110,7 @@ def test_the_enricher_carries_on_after_the_edge_kafka_is_killed_and_restarted(
             client.disconnect()
             client.loop_stop()
         if tail is not None:
-            tail.stop.set()
-            tail.join(10)
+            tail.close()
         if not stack.edge.running_pids():
             start_edge_kafka(stack)
         t0 = time.monotonic()
