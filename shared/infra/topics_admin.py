@@ -3,7 +3,8 @@ settings back in line."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, cast
 
@@ -101,7 +102,44 @@ def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor:
             fut.result()
     if existing:
         set_topic_configs(admin, bootstrap, {t.name: configs(t) for t in existing}, timeout)
+    if created or grow:
+        wait_visible(admin, bootstrap, {t.name: t.partitions for t in wanted}, timeout)
     return created
+
+
+def wait_visible(admin: AdminClient, bootstrap: str, wanted: Mapping[str, int],
+                 timeout: float = 30.0, agree: int = 5) -> None:
+    """Wait until the cluster's metadata shows every topic in ``wanted`` (name -> partitions)
+    with a leader for each partition, ``agree`` times in a row.
+
+    A KRaft controller answers CreateTopics once it has committed the topic; each broker
+    learns of it when it next reads the metadata log, and a metadata request goes to any
+    broker. Without this, a client that starts right after ``infra up`` can be told by a
+    lagging broker that the topic does not exist.
+    """
+    deadline = time.monotonic() + timeout
+    streak, missing = 0, sorted(wanted)
+    while streak < agree:
+        try:
+            meta = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+            missing = _not_ready(meta, wanted.items())
+        except KafkaException as exc:
+            missing = [f"(metadata: {exc})"]
+        streak = 0 if missing else streak + 1
+        if missing and time.monotonic() >= deadline:
+            raise InfraError(f"topics created on {bootstrap} are not visible with leaders after "
+                             f"{timeout:.0f} s: {', '.join(missing)}")
+        time.sleep(0.05 if not missing else 0.2)
+
+
+def _not_ready(meta: Mapping[str, Any], wanted: Iterable[tuple[str, int]]) -> list[str]:
+    out = []
+    for name, partitions in wanted:
+        topic = meta.get(name)
+        if topic is None or topic.error is not None or len(topic.partitions) < partitions \
+                or any(p.leader < 0 for p in topic.partitions.values()):
+            out.append(name)
+    return out
 
 
 def set_topic_configs(admin: AdminClient, bootstrap: str, wanted: TopicConfigs,

@@ -322,7 +322,12 @@ def test_a_retrain_flood_runs_one_per_stream(client: TestClient, dash: Dashboard
     while retrain("payments").status_code != 200:  # free again once it has finished
         assert time.monotonic() < deadline, "the finished retrain still blocks the stream"
         time.sleep(0.05)
-    assert trainer.calls.count("payments") == 2
+    # The accepted request starts its worker thread; the run is recorded once that thread runs.
+    while trainer.calls.count("payments") < 2:
+        assert time.monotonic() < deadline, f"the second retrain never ran: {trainer.calls}"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert trainer.calls.count("payments") == 2, trainer.calls
 
 
 # --- HSTS -------------------------------------------------------------------------------------
