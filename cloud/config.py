@@ -119,6 +119,10 @@ class TrainerSettings(_Section, frozen=True, kw_only=True):
     # Labels arrive late (a chargeback, a workshop report), so the most recent slice holds
     # few; "vehicle" judges on every labelled episode of vehicles the model never saw.
     split: Literal["time", "vehicle"] = "time"
+    # A run is judged on the labelled episodes of its holdout: with one, the verdict (and the
+    # int8 check) speaks for a single fault or fraud, so the service waits for labels until the
+    # holdout holds at least this many episodes (not with allow_unlabelled_promotion).
+    min_holdout_episodes: Annotated[int, Meta(ge=1)] = 2
 
 
 class ReleaseSettings(_Section, frozen=True, kw_only=True):

@@ -80,6 +80,10 @@ def settings_options(f: Any) -> Any:
                      help="Shift normal behaviour mid-run (repeatable)."),
         click.option("--drift-at", "drift_at_s", type=float, default=None,
                      help="Seconds into the run when drift starts (default: half way)."),
+        click.option("--drift-fraction", type=float, default=SimSettings.drift_fraction,
+                     show_default=True,
+                     help="Share of the fleet the drift touches (new vehicles added, or "
+                          "firmware updated)."),
         click.option("--city", "cities", multiple=True, help="Limit the fleet to these cities."),
     ]
     for opt in reversed(opts):
@@ -96,7 +100,8 @@ def build_settings(kw: dict[str, Any], start_ts: float | None) -> SimSettings:
                                FAULT_KINDS, "--fault-rate"),
             fraud_rates=_rates(kw["fraud_pairs"], default_fraud_rates(), kw["fraud_scale"],
                                FRAUD_KINDS, "--fraud-rate"),
-            drift=tuple(kw["drift"]), drift_at_s=kw["drift_at_s"], cities=tuple(kw["cities"]))
+            drift=tuple(kw["drift"]), drift_at_s=kw["drift_at_s"],
+            drift_fraction=kw["drift_fraction"], cities=tuple(kw["cities"]))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 

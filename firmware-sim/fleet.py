@@ -100,6 +100,9 @@ class Fleet:
         extra = math.ceil(s.vehicles * s.drift_fraction) if "new_model" in s.drift else 0
         self.arrays = FleetArrays(s.vehicles + extra)
         self._city_names = sorted(self.maps)
+        # The rollout reaches its vehicles over ROLLOUT_WINDOW_S, or over the first third of
+        # what is left of the drive when that is shorter: a short run ends with it done.
+        rollout_window = min(ROLLOUT_WINDOW_S, max(s.duration_s - s.drift_start_s, 0.0) / 3)
         for i in range(s.vehicles + extra):
             rng = random.Random(f"{s.seed}:vehicle:{i}")
             model = rng.choices(models, weights)[0] if i < s.vehicles else CATALOG[DRIFT_MODEL]
@@ -110,7 +113,7 @@ class Fleet:
                         _driver(rng, i, s.payment_rate), cmap, rng, self.arrays, city, joins)
             if "firmware_rollout" in s.drift and i < s.vehicles and rng.random() < \
                     s.drift_fraction:
-                v.rollout_at = drift_at + rng.uniform(0, ROLLOUT_WINDOW_S)
+                v.rollout_at = drift_at + rng.uniform(0, rollout_window)
             self.vehicles.append(v)
 
     def credentials(self, password: str) -> dict[str, str]:

@@ -41,11 +41,18 @@ LABEL_DELAY_S = 30.0
 # so a new model alone barely moves the baseline's alert rate (offline, 60 vehicles: 0.4-0.9 %
 # in its first 4 minutes, under the 1.08 % that is drift); with the rollout, 1.4-3.2 %.
 DRIFT_AT = 0.3
+# Share of gateway 2's fleet the change touches: the new model joins as half as many vehicles
+# again, and the rollout reaches half of the others (in the shortened test run, 60 vehicles
+# for 6 minutes, a third left edge-2's false-alert rate at 1.0 %, under the 1.08 % that is
+# drift, once every label had arrived).
+DRIFT_FRACTION = 0.5
 # The trainer checks for drift this often (seconds), and backs off from a failed or kept run
 # for as long, doubling.
 DRIFT_CHECK_S = 30.0
-# After the fleets stop, wait at most this long for a run in progress and the gateways' switch.
-FINISH_S = 180.0
+# After the fleets stop, wait at most this long for a run in progress, the retry of a drift run
+# that kept the champion (it trained while episodes were still running, unlabelled; the
+# simulators send every label when they stop) and the gateways' switch.
+FINISH_S = 240.0
 
 
 @dataclass
@@ -216,8 +223,8 @@ def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: str,
         if not watcher.busy():
             break
         if not waited:
-            click.echo(f"waiting (at most {FINISH_S:.0f} s) for the run in progress and the "
-                       "gateways' switch ...")
+            click.echo(f"waiting (at most {FINISH_S:.0f} s) for the run in progress, a retry "
+                       "of a drift run that kept the champion, and the gateways' switch ...")
             waited = True
         time.sleep(5.0)
     time.sleep(5.0)  # the last replicated records and store flush
@@ -371,7 +378,8 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
         _stop_if_asked()
     for n, gw in enumerate(gws, start=1):
         drift = (["--drift", "new_model", "--drift", "firmware_rollout", "--drift-at",
-                  str(round(duration * DRIFT_AT, 1))] if n == 2 else [])
+                  str(round(duration * DRIFT_AT, 1)), "--drift-fraction", str(DRIFT_FRACTION)]
+                 if n == 2 else [])
         gw.procs.append(owner.spawn(
             ["sim", "run", "--vehicles", str(vehicles), "--duration", str(duration),
              "--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD,

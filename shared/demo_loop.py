@@ -50,6 +50,7 @@ class LoopWatcher:
     started: float = field(default_factory=time.monotonic)
     _runs: dict[int, dict[str, Any]] = field(default_factory=dict)
     _states: dict[str, str] = field(default_factory=dict)
+    _details: dict[str, str] = field(default_factory=dict)
     # (edge_id, stream) -> version -> last state seen
     _agents: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     # (edge_id, stream) -> the versions it made active, latest last (a rollback pops one)
@@ -118,6 +119,7 @@ class LoopWatcher:
         out = []
         for st in statuses:
             stream, state = st["stream"], st["state"]
+            self._details[stream] = st.get("detail") or ""
             if self._states.get(stream) == state:
                 continue
             self._states[stream] = state
@@ -185,9 +187,22 @@ class LoopWatcher:
         return [r for r in self._runs.values() if r.get("decision") == "promoted"]
 
     def busy(self) -> bool:
-        """A run is training, or a promoted model is not active on every gateway yet."""
+        """A run is training; drift was seen and the trainer waits for the labels to judge
+        a challenger on (episodes still running are labelled as the fleets stop); a drift
+        run did not promote and the trainer will try again; or a promoted model is not
+        active on every gateway yet."""
         if any(not r.get("decision") for r in self._runs.values()):
             return True
+        for stream, trainer in self._states.items():
+            if trainer == "waiting for labels" and "to retrain on drift" in \
+                    self._details.get(stream, ""):
+                return True
+        for stream in {r["stream"] for r in self._runs.values()}:
+            last = max((r for r in self._runs.values() if r["stream"] == stream),
+                       key=lambda r: r["id"])
+            if (last["trigger"] == "drift" and last["decision"] != "promoted"
+                    and self._states.get(stream) == "backing off"):
+                return True
         for run in self.promoted():
             latest = max((r for r in self.promoted() if r["stream"] == run["stream"]),
                          key=lambda r: r["id"])

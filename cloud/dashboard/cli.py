@@ -141,7 +141,8 @@ def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, ep
             drift_check_s=drift_check_s, recent_s=recent_s,
             train=TrainSettings(epochs=epochs, split=cfg.trainer.split),
             seed_baselines=cfg.trainer.seed_baselines,
-            allow_unlabelled_promotion=cfg.trainer.allow_unlabelled_promotion)
+            allow_unlabelled_promotion=cfg.trainer.allow_unlabelled_promotion,
+            min_holdout_episodes=cfg.trainer.min_holdout_episodes)
         return TrainerService(registry, source_for(cfg), key, settings, publisher=publisher)
     return make
 

@@ -97,7 +97,8 @@ def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: in
                                schedule_s=schedule_s,
                                drift_check_s=drift_check_s, recent_s=recent_s,
                                seed_baselines=trainer.seed_baselines,
-                               allow_unlabelled_promotion=trainer.allow_unlabelled_promotion)
+                               allow_unlabelled_promotion=trainer.allow_unlabelled_promotion,
+                               min_holdout_episodes=trainer.min_holdout_episodes)
     registry = Registry(registry_root).start()
     return TrainerService(registry, source, signing.ensure_private_key(key_file),
                           settings), registry

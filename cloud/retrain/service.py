@@ -93,6 +93,8 @@ class RetrainSettings:
     # Train, and promote, on data with no labelled anomalies (the int8 model is then checked
     # by rank agreement with the float one, and judged on alert rate alone). Off: wait.
     allow_unlabelled_promotion: bool = False
+    # Labelled episodes the holdout must hold before an automatic run judges on it.
+    min_holdout_episodes: int = 2
     # Longest wait after failed or kept automatic runs in a row (doubling from drift_check_s).
     max_backoff_s: float = 6 * 3600.0
     # A newly promoted champion serves this long before drift may retrain it: the recent
@@ -349,6 +351,14 @@ class TrainerService:
                            f"{int(hold.labelled.sum())} in the holdout (the int8 check and the "
                            "judging need labelled anomalies there; or allow unlabelled "
                            "promotion)")
+        episodes = len(set(hold.episodes[hold.labelled].tolist()))
+        wanted = self.settings.min_holdout_episodes
+        if labelled and episodes < wanted and not self.settings.allow_unlabelled_promotion:
+            total = len(set(records.episodes[records.labelled].tolist()))
+            return Waiting("waiting for labels",
+                           f"{episodes} labelled episode(s) in the holdout, at least {wanted} "
+                           f"needed to judge a model on more than one fault ({total} labelled "
+                           "in all; episodes still running are labelled once they end)")
         return Prepared(records, labelled)
 
     def retrain(self, stream: str, trigger: Trigger, triggered_by: str,

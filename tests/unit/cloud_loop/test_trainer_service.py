@@ -142,6 +142,27 @@ def test_without_labels_it_waits_unless_unlabelled_promotion_is_allowed(
     assert quant["labelled"] is False and quant["rank_agreement"] >= 0.95
 
 
+def test_a_holdout_with_one_labelled_episode_waits_for_more_labels(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    anon, labels = data
+    settings = RetrainSettings(streams=("telemetry",), min_records=300, seed_baselines=False,
+                               train=replace(SMALL, split="vehicle"))
+    svc = TrainerService(registry, MemorySource(anon, labels), signing.generate_private_key(),
+                         settings)
+    # One episode labelled so far (the others still running, say): the stratified split
+    # gives its vehicle to the holdout, which then judges on that one fault alone.
+    first = next(lab.episode_id for lab in labels if lab.stream == "telemetry")
+    svc.source = MemorySource(anon, [lab for lab in labels if lab.episode_id == first])
+    assert svc.cycle(NOW) == []
+    status = registry.status("telemetry")
+    assert status is not None and status.state == "waiting for labels", status
+    assert "1 labelled episode(s) in the holdout, at least 2" in status.detail, status.detail
+    assert registry.runs() == [], "waiting is not a failed run"
+    svc.source = MemorySource(anon, labels)  # the rest arrive
+    runs = svc.cycle(NOW + 3600)
+    assert len(runs) == 1 and runs[0].decision != "failed", (runs, registry.status("telemetry"))
+
+
 def test_failed_runs_back_off_doubling(
         registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
     anon, labels = data
