@@ -194,8 +194,12 @@ class LoopWatcher:
         if any(not r.get("decision") for r in self._runs.values()):
             return True
         for stream, trainer in self._states.items():
-            if trainer == "waiting for labels" and "to retrain on drift" in \
-                    self._details.get(stream, ""):
+            detail = self._details.get(stream, "")
+            # "watching - drift: ..." is what a drift check says while it prepares the run
+            # (or finds it must wait for labels): seconds, between two polls or not.
+            drift_seen = trainer == "watching" and detail.startswith("drift:")
+            awaits_labels = trainer == "waiting for labels" and "to retrain on drift" in detail
+            if trainer == "training" or drift_seen or awaits_labels:
                 return True
         for stream in {r["stream"] for r in self._runs.values()}:
             last = max((r for r in self._runs.values() if r["stream"] == stream),

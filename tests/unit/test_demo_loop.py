@@ -36,6 +36,9 @@ def test_the_loop_stays_open_while_drift_awaits_labels_or_a_retry() -> None:
                        "detail": "1 labelled episode(s) in the holdout; to retrain on drift: "
                                  "edge-2: alert rate 1.5%"}])
     assert w.busy(), "drift seen, labels awaited: the loop is open"
+    w._trainer_lines([{"stream": "telemetry", "state": "watching",
+                       "detail": "drift: edge-2: alert rate 5.67%"}])
+    assert w.busy(), "drift seen, the run being prepared: the loop is open"
     w._trainer_lines([{"stream": "payments", "state": "waiting for labels",
                        "detail": "0 of 10 records labelled; to retrain on schedule: ..."}])
     w._trainer_lines([{"stream": "telemetry", "state": "watching", "detail": "no drift"}])
