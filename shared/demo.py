@@ -223,8 +223,8 @@ def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: str,
         if not watcher.busy():
             break
         if not waited:
-            click.echo(f"waiting (at most {FINISH_S:.0f} s) for the run in progress, a retry "
-                       "of a drift run that kept the champion, and the gateways' switch ...")
+            click.echo(f"waiting (at most {FINISH_S:.0f} s) for the drift run (its labels, a "
+                       "run in progress or a retry) and the gateways' switch ...")
             waited = True
         time.sleep(5.0)
     time.sleep(5.0)  # the last replicated records and store flush
