@@ -35,8 +35,9 @@ DASHBOARD_PORT = 8600
 # or a chargeback is, yet soon enough that a ten-minute demo has labels to train on.
 LABEL_DELAY_S = 30.0
 # Gateway 2's fleet changes this far into the run (a new vehicle model joins, a firmware
-# rollout reaches part of the fleet): early enough that the loop (drift seen, challenger
-# trained and judged, promoted, both gateways switched) closes well before the fleets stop.
+# rollout reaches part of the fleet): early enough that the drift is plain well before the
+# fleets stop; the run follows once the holdout has two labelled episodes (in a short run with
+# few vehicles, only when the fleets stop and every label is sent).
 # Both kinds: the features measure coolant and tyres against each model's own specification,
 # so a new model alone barely moves the baseline's alert rate (offline, 60 vehicles: 0.4-0.9 %
 # in its first 4 minutes, under the 1.08 % that is drift); with the rollout, 1.4-3.2 %.
@@ -49,9 +50,9 @@ DRIFT_FRACTION = 0.5
 # The trainer checks for drift this often (seconds), and backs off from a failed or kept run
 # for as long, doubling.
 DRIFT_CHECK_S = 30.0
-# After the fleets stop, wait at most this long for a run in progress, the retry of a drift run
-# that kept the champion (it trained while episodes were still running, unlabelled; the
-# simulators send every label when they stop) and the gateways' switch.
+# After the fleets stop, wait at most this long for the drift run (a drift seen but waiting for
+# labels: the simulators send the labels of episodes still running when they stop; a run in
+# progress; the retry after one that kept the champion or failed) and the gateways' switch.
 FINISH_S = 240.0
 
 
