@@ -132,17 +132,12 @@ def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, ep
     key = signing.ensure_private_key(key_file or signing.dev_private_key_path())
 
     def make(registry: Any) -> Any:
-        from cloud.retrain.service import RetrainSettings, TrainerService
+        from cloud.retrain.service import TrainerService, settings_from
         from cloud.retrain.source import source_for
-        from cloud.trainer.pipeline import TrainSettings
 
-        settings = RetrainSettings(
-            streams=STREAMS, min_records=min_records, schedule_s=schedule_s,
-            drift_check_s=drift_check_s, recent_s=recent_s,
-            train=TrainSettings(epochs=epochs, split=cfg.trainer.split),
-            seed_baselines=cfg.trainer.seed_baselines,
-            allow_unlabelled_promotion=cfg.trainer.allow_unlabelled_promotion,
-            min_holdout_episodes=cfg.trainer.min_holdout_episodes)
+        settings = settings_from(cfg.trainer, epochs, streams=STREAMS, min_records=min_records,
+                                 schedule_s=schedule_s, drift_check_s=drift_check_s,
+                                 recent_s=recent_s)
         return TrainerService(registry, source_for(cfg), key, settings, publisher=publisher)
     return make
 

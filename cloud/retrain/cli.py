@@ -88,17 +88,12 @@ def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: in
              trainer: TrainerSettings | None = None) -> tuple[TrainerService, Registry]:
     from cloud.config import TrainerSettings
     from cloud.registry import Registry
-    from cloud.retrain.service import RetrainSettings, TrainerService
-    from cloud.trainer.pipeline import TrainSettings
+    from cloud.retrain.service import TrainerService, settings_from
 
-    trainer = trainer or TrainerSettings()
-    settings = RetrainSettings(streams=streams or STREAMS, min_records=min_records,
-                               train=TrainSettings(epochs=epochs, split=trainer.split),
-                               schedule_s=schedule_s,
-                               drift_check_s=drift_check_s, recent_s=recent_s,
-                               seed_baselines=trainer.seed_baselines,
-                               allow_unlabelled_promotion=trainer.allow_unlabelled_promotion,
-                               min_holdout_episodes=trainer.min_holdout_episodes)
+    settings = settings_from(trainer or TrainerSettings(), epochs,
+                             streams=streams or STREAMS, min_records=min_records,
+                             schedule_s=schedule_s, drift_check_s=drift_check_s,
+                             recent_s=recent_s)
     registry = Registry(registry_root).start()
     return TrainerService(registry, source, signing.ensure_private_key(key_file),
                           settings), registry

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -62,6 +62,9 @@ from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
 from shared import baselines, signing
 from shared.errors import FleetsentryError
 from shared.features import feature_matrix, feature_memory_s
+
+if TYPE_CHECKING:
+    from cloud.config import TrainerSettings
 
 log = logging.getLogger("trainer-service")
 PROFILE_FILE = "profile.json"
@@ -100,6 +103,16 @@ class RetrainSettings:
     # A newly promoted champion serves this long before drift may retrain it: the recent
     # window must hold enough of what it scored to be compared with its training window.
     settle_s: float = 1800.0
+
+
+def settings_from(trainer: TrainerSettings, epochs: int, **service: Any) -> RetrainSettings:
+    """The service's settings: ``cloud.toml``'s ``[trainer]`` section, the epochs to train
+    for, and the service's own options (streams, min_records, schedule_s, drift_check_s,
+    recent_s) as given."""
+    return RetrainSettings(train=TrainSettings(epochs=epochs, split=trainer.split),
+                           seed_baselines=trainer.seed_baselines,
+                           allow_unlabelled_promotion=trainer.allow_unlabelled_promotion,
+                           min_holdout_episodes=trainer.min_holdout_episodes, **service)
 
 
 @dataclass
