@@ -17,6 +17,7 @@ from firmware_sim.cli import produce_labels
 from firmware_sim.errors import SimError
 
 from shared.contracts import Label
+from shared.infra.topics_admin import wait_visible
 from shared.topics import LABELS, registry
 
 FLEETSENTRY = str(Path(sys.executable).parent / "fleetsentry")
@@ -30,14 +31,7 @@ def _create_labels_topic(bootstrap: str) -> None:
     futures = admin.create_topics([NewTopic(LABELS, spec.partitions, 1, config=spec.configs())])
     futures[LABELS].result(30)
     # Created is not yet usable: wait until metadata shows every partition with a leader.
-    deadline = time.monotonic() + 30
-    while True:
-        topic = admin.list_topics(LABELS, timeout=10).topics.get(LABELS)
-        if topic is not None and len(topic.partitions) == spec.partitions and \
-                all(p.leader >= 0 for p in topic.partitions.values()):
-            return
-        assert time.monotonic() < deadline, f"{LABELS} got no partition leaders"
-        time.sleep(0.2)
+    wait_visible(admin, bootstrap, {LABELS: spec.partitions})
 
 
 def _create_labels_topic_if_missing(bootstrap: str) -> None:
