@@ -10,6 +10,11 @@ Use the children once per stream rather than calling ``labels()`` per message:
 
 >>> inc = MESSAGES_IN.labels(service="bridge", stream="telemetry").inc
 >>> inc()
+
+On a per-event hot path even that costs: a counter's ``inc()`` about 1 us and a histogram's
+``observe()`` about 8 us, more than the bridge's whole check of an event. There, count in
+plain Python and hand the totals over once per loop pass with :class:`CountBatch` and
+:class:`HistogramBatch`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from prometheus_client import (
     Counter,
     Gauge,
@@ -115,6 +121,60 @@ END_TO_END_LATENCY = Histogram(
     ["service", "stream"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+class CountBatch:
+    """``n += k`` on the hot path; ``flush()`` adds the total to the counter child."""
+
+    __slots__ = ("_inc", "n")
+
+    def __init__(self, child: Any) -> None:
+        self._inc = child.inc
+        self.n = 0
+
+    def flush(self) -> None:
+        if self.n:
+            n, self.n = self.n, 0
+            self._inc(n)
+
+
+class HistogramBatch:
+    """``values.append(x)`` on the hot path; ``flush()`` observes them all at once.
+
+    The same buckets and sum as one ``observe()`` per value (a value goes to the first bucket
+    whose bound is >= it; NaN, which ``observe`` counts in no bucket, is left out), computed
+    with numpy and added to the child's bucket and sum values. Those are prometheus_client
+    internals: without them (a release that moved them) it falls back to ``observe()``.
+    """
+
+    __slots__ = ("_child", "_bounds", "values")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.values: list[float] = []
+        bounds = getattr(child, "_upper_bounds", None)
+        fast = bounds is not None and hasattr(child, "_buckets") and hasattr(child, "_sum")
+        self._bounds = np.asarray(bounds, dtype=np.float64) if fast else None
+
+    def flush(self) -> None:
+        values = self.values
+        if not values:
+            return
+        self.values = []
+        if self._bounds is None:
+            for v in values:
+                self._child.observe(v)
+            return
+        arr = np.asarray(values, dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        if not arr.size:
+            return
+        counts = np.bincount(np.searchsorted(self._bounds, arr, side="left"),
+                             minlength=len(self._bounds))
+        buckets = self._child._buckets
+        for i in np.flatnonzero(counts):
+            buckets[i].inc(int(counts[i]))
+        self._child._sum.inc(float(arr.sum()))
 
 
 def serve(host: str, port: int | None) -> Any:

@@ -33,6 +33,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge import metrics
 from edge.bridge.errors import BridgeError, Rejected
+from edge.bridge.intake import IntakeClient
+from edge.bridge.intake import check_compatible as check_intake
 from edge.bridge.ratelimit import VehicleRateLimiter
 from edge.bridge.spool import Spool, SpoolError
 from edge.bridge.validate import Limits, check, parse_topic
@@ -118,7 +120,7 @@ class Bridge:
         self.dead_lettered = 0
         self.spooled = 0
         self.dropped = 0
-        self._client: mqtt.Client | None = None
+        self._client: IntakeClient | None = None
         self._producer: Producer | None = None
         self._letters: DeadLetters | None = None
         # Bumped on every (re)connect: an ack for a message of an earlier connection is
@@ -132,13 +134,17 @@ class Bridge:
         self._retry: list[tuple[str, bytes | None, bytes, Callable[..., None]]] = []
         self._fatal: str | None = None
         self._last_log = 0.0
-        self._in = {s: metrics.MESSAGES_IN.labels(SERVICE, spec.name).inc
+        # Per-event metrics are counted here and handed to Prometheus once per step.
+        self._in = {s: metrics.CountBatch(metrics.MESSAGES_IN.labels(SERVICE, spec.name))
                     for s, spec in self.limits.streams.items()}
-        self._in_unknown = metrics.MESSAGES_IN.labels(SERVICE, "unknown").inc
-        self._out = {spec.name: metrics.MESSAGES_OUT.labels(SERVICE, spec.name).inc
+        self._in_unknown = metrics.CountBatch(metrics.MESSAGES_IN.labels(SERVICE, "unknown"))
+        self._out = {spec.name: metrics.CountBatch(metrics.MESSAGES_OUT.labels(SERVICE, spec.name))
                      for spec in self.limits.streams.values()}
-        self._latency = {spec.name: metrics.END_TO_END_LATENCY.labels(SERVICE, spec.name).observe
+        self._latency = {spec.name: metrics.HistogramBatch(
+                             metrics.END_TO_END_LATENCY.labels(SERVICE, spec.name))
                          for spec in self.limits.streams.values()}
+        self._batches: list[metrics.CountBatch | metrics.HistogramBatch] = [
+            *self._in.values(), self._in_unknown, *self._out.values(), *self._latency.values()]
         self._limited: dict[str, Callable[[], None]] = {}
         self._limited_other = metrics.RATE_LIMITED.labels(SERVICE, "other").inc
         self._internal_logged: set[str] = set()
@@ -200,8 +206,9 @@ class Bridge:
             **({"message.timeout.ms": 0} if self._spool is not None else {}),
             "error_cb": self._kafka_error,
         }))
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+        check_intake()
+        client = IntakeClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(self.config.mqtt.username, mqtt_password(self.config))
         if self.config.mqtt.tls_ca is not None:
             client.tls_set(ca_certs=str(self.config.mqtt.tls_ca))
@@ -253,6 +260,11 @@ class Bridge:
         self._producer.poll(0)
         if self._retry:
             self._produce_retries()
+        if self._connected:
+            # Every ack this step's delivery reports (and spool syncs) allowed, in one send.
+            self._client.flush_acks()
+        for batch in self._batches:
+            batch.flush()
         now = time.monotonic()
         if now - self._last_log > LOG_EVERY_S:
             self._last_log = now
@@ -286,6 +298,8 @@ class Bridge:
             self._spool.close()
         client = self._client
         if client is not None:
+            if self._connected:
+                client.flush_acks()
             deadline = time.monotonic() + 2.0
             while self._connected and client.want_write() and time.monotonic() < deadline:
                 client.loop_write()
@@ -295,6 +309,8 @@ class Bridge:
             client.loop(0.1)
         self._client = None
         self._producer = None
+        for batch in self._batches:
+            batch.flush()
         return remaining
 
     # --- MQTT callbacks -------------------------------------------------------------------
@@ -372,15 +388,15 @@ class Bridge:
         try:
             spec, vin = parse_topic(msg.topic, self.limits)
         except Rejected as rej:
-            self._in_unknown()
+            self._in_unknown.n += 1
             self._dead_letter(msg, rej.reason, rej.detail, now)
             return
         except UnicodeDecodeError as exc:
-            self._in_unknown()
+            self._in_unknown.n += 1
             self._dead_letter(msg, "unknown_topic", f"topic is not UTF-8: {exc.reason} at "
                                                     f"byte {exc.start}", now)
             return
-        self._in[spec.mqtt_suffix]()
+        self._in[spec.mqtt_suffix].n += 1
         # Before any parsing, so a flooder's excess costs the least the bridge can spend.
         if self.limiter is not None and not self.limiter.allow(vin, time.monotonic()):
             self._rate_limited(msg, vin, now)
@@ -528,8 +544,8 @@ class Bridge:
             self._confirmed += 1
         self._ack(generation, mid, qos)
         self.produced += 1
-        self._out[stream]()
-        self._latency[stream](self.clock() - ts)
+        self._out[stream].n += 1
+        self._latency[stream].values.append(self.clock() - ts)
 
     def _dead_lettered(self, acks: list[Ack], reason: str, err: KafkaError | None,
                        msg: Message | None, dropped: bool = False) -> None:
