@@ -96,8 +96,12 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     # hour without coverage send its buffered frames at once. 0 turns the limit off.
     vehicle_rate_per_s: Annotated[float, Meta(ge=0)] = 20.0
     vehicle_burst: Annotated[int, Meta(ge=1, le=10_000_000)] = 3600
-    # Unacknowledged MQTT messages the broker may have in flight to one bridge process.
-    receive_maximum: Annotated[int, Meta(ge=1, le=65535)] = 2000
+    # Unacknowledged MQTT messages the broker may have in flight to one bridge process. A
+    # message is acked after Kafka's delivery report (linger, the broker's round trip, the
+    # process's turn on the CPU): at 2,000 two processes of 0.3 CPU each waited on the window
+    # (bench/bridge.py: 1.5x one, 2.0x at 5,000). Held in memory until acked: at most this
+    # many payloads of up to max_payload_bytes (80 MB at 16 KiB; events are ~0.5 KiB).
+    receive_maximum: Annotated[int, Meta(ge=1, le=65535)] = 5000
     # How long the broker keeps the bridge's session (and queues for it) while it is away.
     session_expiry_s: Annotated[int, Meta(ge=0)] = 7 * 24 * 3600
     keepalive_s: Annotated[int, Meta(ge=5, le=300)] = 30

@@ -33,8 +33,6 @@ from paho.mqtt.enums import MQTTErrorCode
 from edge.bridge.errors import BridgeError
 from shared.mqtt_wire import INTERNALS, PUBACK, PUBLISH, BufferedClient, missing_internals
 
-# One read takes up to this much: a few hundred events at once.
-INTAKE_READ_CHUNK = 262_144
 _PUBACK_HEAD = bytes([PUBACK, 2])
 _MID = struct.Struct("!H")
 _REQUIRED = (*INTERNALS, "_on_message", "_userdata", "_manual_ack", "_out_packet")
@@ -50,8 +48,6 @@ def check_compatible() -> None:
 
 class IntakeClient(BufferedClient):
     """An MQTT 5 subscriber with manual acknowledgements, for the bridge's hot path."""
-
-    read_chunk = INTAKE_READ_CHUNK
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._acks = bytearray()
