@@ -65,7 +65,7 @@ demo-down: venv
 	$(VENV)/bin/fleetsentry infra down
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The models a gateway scores with from its first minute: trained on seeded simulator runs
 # and signed with the dev key (~/.config/fleetsentry/model-signing.key, generated if missing).

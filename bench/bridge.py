@@ -53,6 +53,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
+from bench._procstat import cpu_seconds, stat_cpu_seconds  # noqa: E402
 from edge.config import BridgeSettings  # noqa: E402
 from shared.infra.mosquitto import BRIDGE_USER  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -74,17 +75,6 @@ STARTED = time.monotonic()
 
 def left() -> float:
     return max(5.0, DEADLINE_S - (time.monotonic() - STARTED))
-
-
-def stat_cpu_seconds(stat_path: str) -> float:
-    """utime + stime from a /proc ``stat`` file (a process's: all its threads; or one task's)."""
-    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
-    return stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 class CpuCap:
