@@ -412,7 +412,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     # 0: the gateway's defaults (edge/config.py), which is what this bench is meant to judge.
     ap.add_argument("--enricher-wait-ms", type=float, default=0.0)
     ap.add_argument("--telemetry-procs", type=int, default=1)
-    # Bridge processes ([bridge] processes): one paho process takes ~3,000 messages/s here.
+    # Bridge processes ([bridge] processes).
     ap.add_argument("--bridges", type=int, default=1)
     ap.add_argument("--sweep", type=str, default="", metavar="FRACTIONS",
                     help="run once per fraction of --payments/--telemetry (e.g. "
