@@ -20,6 +20,22 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def thread_cpu_seconds(pid: int, name_part: str) -> float:
+    """utime + stime of those threads of ``pid`` whose name contains ``name_part``."""
+    total = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            if name_part in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
+                total += stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
+        except OSError:
+            continue  # the thread ended
+    return total
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
     out = []

@@ -53,7 +53,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
-from bench._procstat import cpu_seconds, stat_cpu_seconds  # noqa: E402
+from bench._procstat import cpu_seconds, thread_cpu_seconds  # noqa: E402
 from edge.config import BridgeSettings  # noqa: E402
 from shared.infra.mosquitto import BRIDGE_USER  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -140,18 +140,6 @@ CAP: CpuCap | None = None  # set by --cpu-cap
 def capped(pid: int) -> None:
     if CAP is not None:
         CAP.add(pid)
-
-
-def thread_cpu_seconds(pid: int, name_part: str) -> float:
-    """utime + stime of those threads of ``pid`` whose name contains ``name_part``."""
-    total = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            if name_part in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
-                total += stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
-        except OSError:
-            continue  # the thread ended
-    return total
 
 
 def machine_cpu_seconds() -> tuple[float, float]:

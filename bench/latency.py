@@ -6,6 +6,8 @@ telemetry frames/s from registered vehicles over MQTT (QoS 1), for --seconds aft
 Every payment gets a decision (declines, and approvals while [scorer] send_approvals is on);
 latency is the vehicle's receive time minus its publish time, on one clock.
 
+Vehicles use the simulator's MQTT client (``firmware_sim.wire.FastClient``: the load generator
+shares the 2 cores with the gateway, and stock paho spent three times the CPU per message).
 Telemetry is published from --telemetry-procs processes of their own (vehicles of their own,
 each with its own MQTT session), so offering 5,000 frames/s does not delay the payments being timed;
 the JSON reports the rates actually achieved beside the offered ones, the 1-minute load
@@ -52,9 +54,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
+from firmware_sim.wire import FastClient  # noqa: E402
 
 from bench._procstat import children as child_pids  # noqa: E402
-from bench._procstat import cmdline, cpu_seconds  # noqa: E402
+from bench._procstat import cmdline, cpu_seconds, thread_cpu_seconds  # noqa: E402
 from shared.contracts import Decision, Payment, Telemetry, decode  # noqa: E402
 from shared.infra.mosquitto import ADMIN_USER  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -84,8 +87,7 @@ class Vehicle:
     def __init__(self, host: str, port: int, vin: str, got: dict[str, float]) -> None:
         self.vin, self.got = vin, got
         self.ready = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
-                        protocol=mqtt.MQTTv5)
+        c = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=vin, protocol=mqtt.MQTTv5)
         c.username_pw_set(vin, PASSWORD)
         c.max_inflight_messages_set(1000)
         c.on_connect = lambda cl, *_: cl.subscribe(f"fleet/{vin}/commands", qos=1)
@@ -170,8 +172,7 @@ def telemetry_child(host: str, port: int, vins: list[str], vehicles: int, start_
     per = templates(vehicles, start_ts, LOADING_SEED)
     clients = []
     for vin in vins:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
-                        protocol=mqtt.MQTTv5)
+        c = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=vin, protocol=mqtt.MQTTv5)
         c.username_pw_set(vin, PASSWORD)
         c.max_inflight_messages_set(1000)
         c.connect(host, port)
@@ -329,22 +330,28 @@ class StageCpu:
         self.parts["load generator"] = [os.getpid(), *publishers]
 
     def snapshot(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+        out = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+        # Part of Kafka's: its JIT compiler, busy for a minute or so after the broker starts.
+        out["kafka jit"] = sum(thread_cpu_seconds(pid, "Compiler") for pid in self.parts["kafka"])
+        return out
 
 
 GATEWAY_PARTS = ("bridge", "enricher", "scorer", "kafka", "mosquitto")
 
 
 def cpu_figures(before: dict[str, float], after: dict[str, float], events: int,
-                wall_s: float, target_events_per_s: float) -> dict[str, Any]:
-    """Per part: CPU microseconds per event and cores busy over the measured window; and the
-    cores the gateway's parts would need at the target rate, at the same cost per event."""
+                wall_s: float) -> dict[str, Any]:
+    """Per part: CPU microseconds per event and cores busy over the measured window.
+
+    At low rates the per-event figure is mostly each service's and Kafka's cost per second
+    (polls, transaction commits) spread over few events: it says what a core buys only at
+    rates near the one measured.
+    """
     per_event = {k: round((after[k] - before[k]) / max(1, events) * 1e6, 1) for k in after}
     cores = {k: round((after[k] - before[k]) / wall_s, 2) for k in after}
-    gateway_us = sum(per_event.get(k, 0.0) for k in GATEWAY_PARTS)
     return {"cpu_us_per_event": per_event, "cores_busy": cores,
-            "gateway_cpu_us_per_event": round(gateway_us, 1),
-            "gateway_cores_needed_at_target": round(gateway_us * target_events_per_s / 1e6, 2)}
+            "gateway_cpu_us_per_event": round(sum(per_event[k] for k in GATEWAY_PARTS), 1),
+            "gateway_cores_busy": round(sum(cores[k] for k in GATEWAY_PARTS), 2)}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -383,18 +390,30 @@ def sweep(args: argparse.Namespace) -> None:
               f"{run['payments_per_s']:,} + {run['telemetry_per_s']:,}/s, gateway "
               f"{run['gateway_cpu_us_per_event']} us/event", file=sys.stderr, flush=True)
     met = [r for r in runs if r.get("meets_target")]
+    top = max((r for r in runs if "failed" not in r),
+              key=lambda r: r["payments_per_s"] + r["telemetry_per_s"], default=None)
+    if top is not None:
+        # At the highest rate run, the cost per event is the one that scales: cores needed.
+        top["gateway_cores_needed_at_target"] = round(
+            top["gateway_cpu_us_per_event"] * TARGET_RATE / 1e6, 2)
     best = max(met, key=lambda r: r["payments_per_s"] + r["telemetry_per_s"], default=None)
     print(json.dumps({"bench": "latency-sweep", "target_p99_ms": TARGET_P99_MS,
                       "runs": runs, "highest_meeting_target": best and {
                           k: best[k] for k in ("payments_per_s", "telemetry_per_s", "p50_ms",
                                                "p99_ms", "gateway_cpu_us_per_event")}}))
-    print("rate (payments + telemetry /s) | p50 ms | p99 ms | gateway CPU us/event | cores busy")
+    print("rate (payments + telemetry /s) | p50 ms | p99 ms | gateway CPU us/event | cores busy "
+          "by part")
     for r in runs:
         if "failed" in r:
             print(f"fraction {r['fraction']}: failed")
             continue
         print(f"{r['payments_per_s']:,} + {r['telemetry_per_s']:,} | {r['p50_ms']} | "
               f"{r['p99_ms']} | {r['gateway_cpu_us_per_event']} | {r['cores_busy']}")
+    if top is not None:
+        print(f"at {top['payments_per_s']:,} + {top['telemetry_per_s']:,}/s the gateway spent "
+              f"{top['gateway_cpu_us_per_event']} CPU us per event: "
+              f"{top['gateway_cores_needed_at_target']} cores at {TARGET_RATE:,.0f} events/s, "
+              f"the load generator apart")
     if best is None:
         print(f"no rate met p99 <= {TARGET_P99_MS:.0f} ms")
     else:
@@ -407,7 +426,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     ap.add_argument("--payments", type=float, default=1000.0)
     ap.add_argument("--telemetry", type=float, default=5000.0)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--warmup", type=float, default=5.0)
+    # Load before measuring: a fresh broker's JIT compiler takes a share of a core for about
+    # a minute (a gateway's Kafka runs for months); "kafka jit" in the figures shows what is left.
+    ap.add_argument("--warmup", type=float, default=30.0)
     ap.add_argument("--vehicles", type=int, default=40)
     # 0: the gateway's defaults (edge/config.py), which is what this bench is meant to judge.
     ap.add_argument("--enricher-wait-ms", type=float, default=0.0)
@@ -490,8 +511,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             "bridges": args.bridges,
             "loadavg_1m": round(os.getloadavg()[0], 1),
             "stages_p50_p99_ms": stages(stack.edge.login(), wall, max(3.0, left() - 20) / 3),
-            **cpu_figures(cpu0, cpu1, len(sent) + sum(v.value for v in tel_sent), cpu_wall,
-                          TARGET_RATE),
+            **cpu_figures(cpu0, cpu1, len(sent) + sum(v.value for v in tel_sent), cpu_wall),
             "models": "baseline" if not scorer_toml else "stand-in (no baseline shipped yet)",
         }
         print(json.dumps(result))
@@ -500,9 +520,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
               f"({len(lat)}/{len(sent)} decided; target p99 <= {TARGET_P99_MS:.0f} ms: "
               f"{'met' if result['meets_target'] else 'NOT met'}); broker round trip alone "
               f"p50 {result['baseline_broker_p50_ms']} ms, p99 {result['baseline_broker_p99_ms']}"
-              f" ms; gateway CPU {result['gateway_cpu_us_per_event']} us/event "
-              f"({result['cpu_us_per_event']}), i.e. {result['gateway_cores_needed_at_target']} "
-              f"cores at {TARGET_RATE:,.0f} events/s")
+              f" ms; the gateway (services, Kafka, Mosquitto) {result['gateway_cores_busy']} cores "
+              f"busy, {result['gateway_cpu_us_per_event']} CPU us per event; cores busy by part "
+              f"{result['cores_busy']}")
     finally:
         for child in children:
             if child.is_alive():
