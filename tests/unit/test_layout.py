@@ -64,7 +64,7 @@ def test_import_boundaries() -> None:
             hits = _imports(path) & forbidden[name]
             if hits:
                 bad.append(f"{path.relative_to(ROOT)} imports {sorted(hits)}")
-    assert not bad, ("ARCHITECTURE.md: edge and cloud share only through shared/\n"
+    assert not bad, ("docs/architecture.md: edge and cloud share only through shared/\n"
                      + "\n".join(bad))
 
 
