@@ -111,8 +111,8 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     # the bridge writes them (and what follows) to <data_dir>/spool/bridge-<n>, acknowledges
     # the MQTT messages once they are on disk, and drains the spool in order when Kafka is
     # back. spool_max_bytes bounds each process's spool: past it, messages are acknowledged
-    # and dropped, counted in fleetsentry_spool_dropped_total (see the README's "When the
-    # edge Kafka is away"). Unset: the disk plan's spool share ([disk] budget, 10 %) split
+    # and dropped, counted in fleetsentry_spool_dropped_total (see docs/gateway.md, "When
+    # the edge Kafka is away"). Unset: the disk plan's spool share ([disk] budget, 10 %) split
     # between the processes. 0 turns the spool off (the broker's queue is the only buffer).
     spool_after_s: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
     spool_max_bytes: Annotated[int, Meta(ge=0)] | None = None
@@ -127,7 +127,7 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     # Ed25519 public key models must be signed with (default: the one shipped with baselines).
     public_key: Path | None = None
     # Several keys, during a key rotation: models and releases signed by any of them are
-    # accepted (replaces public_key when set). See the README's "Rotating the signing key".
+    # accepted (replaces public_key when set). See docs/models.md, "Rotating the signing key".
     public_keys: list[Path] = []
     # Micro-batch: score what has arrived, up to max_batch, waiting at most max_wait_ms.
     max_batch: Annotated[int, Meta(ge=1, le=65536)] = 2048
