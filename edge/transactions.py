@@ -82,3 +82,45 @@ class Watchdog:
                          self.service, what, self.grace_s, timeout_s, EXIT_STUCK)
             self.on_stuck(EXIT_STUCK)
             return
+
+
+class AssignmentGuard:
+    """How long a group consumer has held no partition, and when that is too long.
+
+    librdkafka can leave a static group member (``group.instance.id``) with no partitions
+    after its session timed out while the broker was away: it logs "Consumer group session
+    timed out ... revoking" and then consumes nothing, raises nothing and never rejoins
+    (confluentinc/librdkafka#3437, open; seen here after the edge Kafka was killed and started
+    again). A service that should always hold partitions (one instance per gateway) calls
+    :meth:`check` with its current assignment; past ``limit_s`` without one it gets the
+    seconds waited, and ends the process so the supervisor starts it again: a new consumer
+    joins at once, and nothing is lost (offsets commit with the transactions).
+    """
+
+    def __init__(self, limit_s: float, every_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit_s = limit_s
+        self.every_s = every_s
+        self.clock = clock
+        self._since: float | None = clock()  # no partitions yet at start
+        self._next = 0.0
+
+    def due(self) -> bool:
+        """Whether it is time to look at the assignment again (it costs a call)."""
+        now = self.clock()
+        if now < self._next:
+            return False
+        self._next = now + self.every_s
+        return True
+
+    def check(self, holding: bool) -> float | None:
+        """``holding``: the consumer holds at least one partition now. Returns the seconds
+        without one once over ``limit_s``, else None."""
+        now = self.clock()
+        if holding:
+            self._since = None
+            return None
+        if self._since is None:
+            self._since = now
+        waited = now - self._since
+        return waited if waited > self.limit_s else None

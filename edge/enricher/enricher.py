@@ -27,7 +27,7 @@ from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.errors import EnricherError
 from edge.enricher.expiry import KeyClock
 from edge.enricher.gaps import OffsetGaps
-from edge.transactions import Watchdog
+from edge.transactions import EXIT_STUCK, AssignmentGuard, Watchdog
 from edge.vault import Vault
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode
@@ -57,6 +57,9 @@ DRAIN_EVERY = 500
 EXPIRE_PER_EVENT = 3
 # Vault retention runs between batches: this often, deleting at most VAULT_EXPIRE_LIMIT values.
 VAULT_EXPIRE_EVERY_S = 1.0
+# Seconds the consumer may hold no partition before the process ends to start again (at least;
+# see Enricher._assignment_guard).
+UNASSIGNED_LIMIT_S = 60.0
 VAULT_EXPIRE_LIMIT = 2000
 
 
@@ -105,6 +108,7 @@ class Enricher:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._watchdog = Watchdog(SERVICE)
+        self._unassigned = self._assignment_guard()
         self._letters: DeadLetters | None = None
         self.state = FeatureState()
         self.clock = KeyClock(self.settings.state_ttl_s, self.settings.max_states)
@@ -159,6 +163,12 @@ class Enricher:
         }))
         self._consumer.subscribe(list(self._specs),
                                  on_assign=lambda _c, _parts: self._gaps.reset())
+        self._unassigned = self._assignment_guard()  # from now: joining takes a few seconds
+
+    def _assignment_guard(self) -> AssignmentGuard:
+        # One enricher per gateway: it always holds every partition of raw.*. Four sessions
+        # without any (a minute by default) is past any rebalance.
+        return AssignmentGuard(max(UNASSIGNED_LIMIT_S, 4 * self.settings.session_timeout_ms / 1000))
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -175,6 +185,17 @@ class Enricher:
         while not stop.is_set() and (max_batches is None or n < max_batches):
             self.step()
             n += 1
+            if self._unassigned.due():
+                assert self._consumer is not None
+                waited = self._unassigned.check(bool(self._consumer.assignment()))
+                if waited is not None:
+                    # Not close(): a consumer in that state may not close either.
+                    log.error("the consumer has held no partition of raw.* for %.0fs (the edge "
+                              "Kafka away, or a group session lost and never rejoined, "
+                              "librdkafka#3437): exiting with %d to be started again", waited,
+                              EXIT_STUCK)
+                    self._watchdog.on_stuck(EXIT_STUCK)
+                    return
             if time.monotonic() - last_lag > 5:
                 last_lag = time.monotonic()
                 assert self._consumer is not None
