@@ -57,10 +57,10 @@ DRAIN_EVERY = 500
 EXPIRE_PER_EVENT = 3
 # Vault retention runs between batches: this often, deleting at most VAULT_EXPIRE_LIMIT values.
 VAULT_EXPIRE_EVERY_S = 1.0
+VAULT_EXPIRE_LIMIT = 2000
 # Seconds the consumer may hold no partition before the process ends to start again (at least;
 # see Enricher._assignment_guard).
 UNASSIGNED_LIMIT_S = 60.0
-VAULT_EXPIRE_LIMIT = 2000
 
 
 def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
