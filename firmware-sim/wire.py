@@ -107,6 +107,7 @@ class FastClient(BufferedClient):
             code = buf[body + 2] if length > 2 else 0
             if (length < 4 or buf[body + 3] == 0) and code in _PUBACK_CODES:
                 mid = buf[body] << 8 | buf[body + 1]
+                self._consumed(end)
                 with self._out_message_mutex:
                     if mid in self._out_messages:
                         return self._do_on_publish(mid, _PUBACK_CODES[code], _NO_PROPS)

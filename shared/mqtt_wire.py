@@ -115,7 +115,9 @@ class BufferedClient(mqtt.Client):
 
     def _take(self, command: int, length: int, body: int, end: int) -> MQTTErrorCode | None:
         """Handle the buffered packet in place and return paho's result code, or None to hand
-        it to paho's decoder. Must not consume the buffer (the caller does)."""
+        it to paho's decoder. A packet taken is consumed by ``_take`` itself
+        (``self._consumed(end)``) once it has read what it needs and before any callback, so a
+        callback that raises never sees its packet again."""
         return None
 
     def _packet_read(self) -> MQTTErrorCode:
@@ -132,7 +134,6 @@ class BufferedClient(mqtt.Client):
         command, length, body, end = found
         taken = self._take(command, length, body, end)
         if taken is not None:
-            self._consumed(end)
             return taken
         self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
                            "remaining_mult": 1, "remaining_length": length,

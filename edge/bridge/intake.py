@@ -35,7 +35,7 @@ from shared.mqtt_wire import INTERNALS, PUBACK, PUBLISH, BufferedClient, missing
 
 _PUBACK_HEAD = bytes([PUBACK, 2])
 _MID = struct.Struct("!H")
-_REQUIRED = (*INTERNALS, "_on_message", "_userdata", "_manual_ack", "_out_packet")
+_REQUIRED = (*INTERNALS, "_on_message", "_userdata", "_manual_ack")
 
 
 def check_compatible() -> None:
@@ -86,13 +86,15 @@ class IntakeClient(BufferedClient):
         p += props
         if p > end:
             return None
+        topic, payload = bytes(buf[body + 2:topic_end]), bytes(buf[p:end])
+        self._consumed(end)
         msg = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
         msg.timestamp = 0.0
         msg.state = mqtt.mqtt_ms_invalid
         msg.dup = bool(command & 8)
         msg.mid = mid
-        msg._topic = bytes(buf[body + 2:topic_end])
-        msg.payload = bytes(buf[p:end])
+        msg._topic = topic
+        msg.payload = payload
         msg.qos = qos
         msg.retain = bool(command & 1)
         msg.info = None  # type: ignore[assignment]  # only outgoing messages have one

@@ -194,3 +194,21 @@ def test_a_malformed_publish_ends_the_connection_as_paho_does(
 def test_manual_ack_is_required() -> None:
     with pytest.raises(ValueError, match="manual_ack"):
         IntakeClient(mqtt.CallbackAPIVersion.VERSION2, client_id="B", protocol=mqtt.MQTTv5)
+
+
+def test_a_message_whose_callback_raised_is_not_handed_over_again(
+        pairs: tuple[_Pair, _Pair]) -> None:
+    ours, _ = pairs
+    seen: list[int] = []
+
+    def once(_c: Any, _u: Any, m: Any) -> None:
+        seen.append(m.mid)
+        if len(seen) == 1:
+            raise RuntimeError("callback failed")
+
+    ours.client.on_message = once
+    ours.broker.sendall(PACKETS[0] + PACKETS[2])
+    with pytest.raises(RuntimeError):
+        ours.client.loop_read()
+    ours.client.loop_read()
+    assert seen == [1, 7]  # the first packet was consumed before its callback ran
