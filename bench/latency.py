@@ -17,8 +17,8 @@ Baseline, measured in the same run under the same load: the broker's own round t
 admin client publishing to fleet/{vin}/commands and the vehicle receiving it.
 
 Where the CPU goes, over the measured window: CPU microseconds per event (payments and
-telemetry) of each gateway service, the edge Kafka, Mosquitto and the load generator, and
-from the gateway's parts the cores it would need at 6,000 events/s at that cost per event.
+telemetry) of each gateway service, the edge Kafka, Mosquitto and the load generator; a
+sweep adds, from its highest-rate run, the cores the gateway would need at 6,000 events/s.
 
 Target: p99 <= 250 ms at 1,000 payments/s + 5,000 telemetry/s. ``--sweep 0.01,0.1,0.5,1``
 runs once per fraction of the offered rates (each run a process of its own) and reports the
