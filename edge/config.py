@@ -214,6 +214,9 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
     # The fleet this gateway belongs to: releases for another fleet are refused (the cloud's
     # [releases] fleet must match).
     fleet: Annotated[str, Meta(pattern=FLEET_PATTERN)] = DEFAULT_FLEET
+    # How often the agent reads cloud.models through to see a champion for every stream (a
+    # missing one is reported: fleetsentry_agent_champion_missing, model-status "missing").
+    champion_check_s: Annotated[float, Meta(ge=1)] = 300.0
 
 
 class DiskSettings(_Section, frozen=True, kw_only=True):

@@ -47,7 +47,7 @@ HEADROOM_SHARE = 0.10
 SPOOL_SHARE = 0.10
 MOSQUITTO_SHARE = 0.05
 VAULT_SHARE = 0.05
-# A model bundle is a few hundred KB (the topic allows 8 MiB); reserves assume this per version.
+# A model bundle is tens of KB (the topic allows 1 MiB); reserves assume this per version.
 MODEL_BYTES = 2 * MIB
 # A feature state record (key, msgpack value, record overhead) and one dedup id in the
 # enricher's changelog; one vehicle's episode state in the scorer's.
@@ -202,10 +202,14 @@ def _compacted_topics(config: EdgeConfig) -> list[TopicBudget]:
       gateway stopped for a while restores every key the enricher would not expire itself.
     * ``scorer.episodes``: an episode closes after ``episode_quiet_gap_s`` of wall time
       without an anomaly (its key is tombstoned), so a state older than a week is dead.
-    * ``cloud.models``: compaction only. The latest model per stream must stay however long
-      ago it was published (a restored gateway installs it), and the topic holds one record
-      per stream once compacted; short segments let compaction reach superseded versions,
-      and the reserve holds ``keep_versions`` of them per stream meanwhile.
+    * ``cloud.models``: compacted, never cut by time: the latest model per stream must stay
+      however long ago it was published (a restored gateway installs it), and the topic holds
+      one record per stream once compacted; short segments let compaction reach superseded
+      versions, and the reserve holds ``keep_versions`` of them per stream meanwhile. Cut by
+      size too (``compact,delete``): compaction keeps a record per key for ever, and anyone
+      who can write the cloud's ``models`` could invent keys until every gateway's disk is
+      full. A flood may then delete a champion; the agent notices and reports that, and the
+      cloud publishes its champions again (``topics.MODELS_RETENTION_BYTES``).
     """
     enricher, scorer = config.enricher, config.scorer
     raw_partitions = sum(t.partitions for t in topics.registry("edge")
@@ -218,12 +222,14 @@ def _compacted_topics(config: EdgeConfig) -> list[TopicBudget]:
     episodes_live = max(1, enricher.max_states // 3) * EPISODE_RECORD_BYTES
     episodes_ms = int(1000 * max(7 * DAY_S, 100 * scorer.episode_quiet_gap_s))
     n_streams = len(streams.all_streams())
-    models_segment = topics.MODEL_MESSAGE_BYTES + MIB
-    models_reserve = 2 * models_segment + n_streams * config.agent.keep_versions * MODEL_BYTES
+    models_segment = topics.MODELS_SEGMENT_BYTES
+    models_kept = n_streams * config.agent.keep_versions * MODEL_BYTES
+    models_reserve = models_kept + 2 * models_segment
     return [
         _compacted(topics.ENRICHER_STATE, state_live, "compact,delete", state_ms),
         _compacted(topics.SCORER_EPISODES, episodes_live, "compact,delete", episodes_ms),
-        TopicBudget(topics.CLOUD_MODELS, 1, -1, models_segment, models_reserve, "compact", -1),
+        TopicBudget(topics.CLOUD_MODELS, 1, models_kept, models_segment, models_reserve,
+                    "compact,delete", -1),
     ]
 
 

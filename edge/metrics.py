@@ -74,6 +74,12 @@ SPOOL_BYTES = Gauge(
     "not yet deleted).",
     ["service"],
 )
+CHAMPION_MISSING = Gauge(
+    "fleetsentry_agent_champion_missing",
+    "1 while cloud.models holds no champion for the stream (withdrawn by a tombstone, or "
+    "deleted by the topic's size retention): a gateway installed now would find none.",
+    ["stream"],
+)
 SPOOLING = Gauge(
     "fleetsentry_spooling",
     "1 while the bridge writes to its outage spool instead of Kafka.",

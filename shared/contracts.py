@@ -254,7 +254,9 @@ class ModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     edge_id: str
     stream: str
     version: str
-    state: Literal["received", "rejected", "shadowing", "active", "rolled_back"]
+    # "missing": the stream has no champion in the gateway's cloud.models (the gateway keeps
+    # running the model it has).
+    state: Literal["received", "rejected", "shadowing", "active", "rolled_back", "missing"]
     reason: str = ""
     ts: Epoch
 

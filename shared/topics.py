@@ -32,16 +32,28 @@ class Topic:
     # Roll segments this often: compaction only cleans closed segments, so a changelog that
     # is rewritten all day needs short ones to stay quick to restore.
     segment_ms: int | None = None
+    # A compacted topic cut by size too (``compact,delete``, per partition): compaction keeps
+    # one record per key for ever, so a writer inventing keys could otherwise fill the disk.
+    # Only whole closed segments go, so it comes with small segments.
+    retention_bytes: int | None = None
+    segment_bytes: int | None = None
 
     def configs(self) -> dict[str, str]:
+        policy = "compact" if self.compacted else "delete"
+        if self.compacted and self.retention_bytes:
+            policy = "compact,delete"
         conf = {
-            "cleanup.policy": "compact" if self.compacted else "delete",
+            "cleanup.policy": policy,
             "retention.ms": str(-1 if self.compacted else self.retention_ms),
         }
+        if self.retention_bytes:
+            conf["retention.bytes"] = str(self.retention_bytes)
         if self.max_message_bytes:
             conf["max.message.bytes"] = str(self.max_message_bytes)
         if self.segment_ms:
             conf["segment.ms"] = str(self.segment_ms)
+        if self.segment_bytes:
+            conf["segment.bytes"] = str(self.segment_bytes)
         return conf
 
 
@@ -63,8 +75,16 @@ ENRICHER_STATE = "enricher.state"
 # The scorer's open alert episodes, written in its transactions (a restart resumes them).
 SCORER_EPISODES = "scorer.episodes"
 
-# Models are a few hundred KB; raised deliberately rather than chunked.
-MODEL_MESSAGE_BYTES = 8 * 1024 * 1024
+# The most one models-topic record may hold (a model bundle: shared/model_bundle.py). The
+# shipped int8 autoencoders make bundles of tens of KB; the bound keeps one writer from
+# filling disks with few records. Brokers allow a little more (shared/infra/kafka.py).
+MODEL_MESSAGE_BYTES = 1024 * 1024
+# What the models topics keep on disk, per partition (they have one): hundreds of releases,
+# and a flood of invented keys is cut here instead of filling the disk. Retention may then
+# delete a champion too: gateways notice and report it (edge/agent), and the cloud publishes
+# every champion again at half its release's lifetime (cloud/publisher).
+MODELS_SEGMENT_BYTES = 2 * MODEL_MESSAGE_BYTES
+MODELS_RETENTION_BYTES = 32 * 1024 * 1024
 
 
 def _edge_topics() -> list[Topic]:
@@ -78,8 +98,10 @@ def _edge_topics() -> list[Topic]:
         Topic(DLQ_INGEST, "edge", partitions=1, retention_ms=RAW_RETENTION_MS),
         Topic(ALERTS, "edge", replicate=True),
         Topic(MODEL_STATUS, "edge", partitions=1, replicate=True),
+        # The gateway's disk plan (edge/disk.py) sets its own bound for this one.
         Topic(CLOUD_MODELS, "edge", partitions=1, compacted=True,
-              max_message_bytes=MODEL_MESSAGE_BYTES),
+              max_message_bytes=MODEL_MESSAGE_BYTES, retention_bytes=MODELS_RETENTION_BYTES,
+              segment_bytes=MODELS_SEGMENT_BYTES),
         Topic(ENRICHER_STATE, "edge", partitions=1, compacted=True, segment_ms=HOUR_MS // 6),
         Topic(SCORER_EPISODES, "edge", partitions=1, compacted=True),
     ]
@@ -89,7 +111,8 @@ def _edge_topics() -> list[Topic]:
 def _cloud_topics() -> list[Topic]:
     return [
         Topic(MODELS, "cloud", partitions=1, compacted=True,
-              max_message_bytes=MODEL_MESSAGE_BYTES),
+              max_message_bytes=MODEL_MESSAGE_BYTES, retention_bytes=MODELS_RETENTION_BYTES,
+              segment_bytes=MODELS_SEGMENT_BYTES),
         Topic(LABELS, "cloud", retention_ms=30 * DAY_MS),
     ]
 

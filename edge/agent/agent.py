@@ -14,6 +14,12 @@ For each model message (keyed by stream; the compacted topic holds the latest ch
 5. watch the live ``scores.<stream>``: if the new model's alert rate jumps, or the scorer
    never scores with it, switch back and report ``rolled_back``.
 
+A message keyed by anything but a stream this gateway scores is refused unread. A champion
+that leaves the topic (a tombstone, or size retention after a flood: ``shared/topics.py``)
+would leave a gateway installed from now on with none: the agent reports ``missing`` for that
+stream (and ``fleetsentry_agent_champion_missing``), keeps running the model it has, and looks
+again at start and every ``[agent] champion_check_s``.
+
 A refused model never touches the active one: the running model keeps scoring throughout.
 """
 
@@ -28,12 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from edge.agent.errors import AgentError, Rejected
 from edge.agent.judge import Limits, Verdict, Watch, WatchLimits, check_watch, judge
 from edge.agent.store import ModelStore
 from edge.config import EdgeConfig
+from edge.metrics import CHAMPION_MISSING
 from edge.scorer.errors import ScorerError
 from edge.scorer.model import Model, baseline_dir, load_model
 from shared import model_bundle, releases, streams, topics
@@ -75,6 +89,10 @@ class ModelAgent:
         self.statuses: list[ModelStatus] = []  # what this process reported, newest last
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self.streams = tuple(s.name for s in streams.all_streams())
+        # Streams whose champion is not in cloud.models, as last reported.
+        self.missing: dict[str, bool] = {}
+        self._next_champion_check = 0.0
 
     @property
     def group_id(self) -> str:
@@ -97,6 +115,7 @@ class ModelAgent:
             "max.partition.fetch.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
         }))
         self._consumer.subscribe([topics.CLOUD_MODELS])
+        self.check_champions()
         return self
 
     def close(self) -> None:
@@ -117,7 +136,9 @@ class ModelAgent:
         assert self._consumer is not None, "start() first"
         outcome = None
         msg = self._consumer.poll(timeout)
-        if msg is not None and self._usable(msg):
+        if msg is not None and self._usable(msg) and msg.value() is None:
+            self._withdrawn(msg.key())
+        elif msg is not None and self._usable(msg):
             try:
                 outcome = self.handle(msg.key(), msg.value() or b"")
             except OSError:
@@ -125,14 +146,18 @@ class ModelAgent:
                 self._consumer.seek(TopicPartition(msg.topic() or topics.CLOUD_MODELS,
                                                    msg.partition() or 0, msg.offset() or 0))
                 raise
+            if outcome.stream in self.streams:  # the topic holds a champion for it
+                self._set_present(outcome.stream)
             self._consumer.commit(message=msg, asynchronous=False)
         self.check_watches()
+        if time.monotonic() >= self._next_champion_check:
+            self.check_champions()
         return outcome
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
         if err is None:
-            return msg.value() is not None  # a tombstone withdraws nothing that runs
+            return True
         if err.code() != KafkaError._PARTITION_EOF:
             if err.fatal():
                 raise AgentError(f"Kafka consumer failed: {err}")
@@ -141,8 +166,15 @@ class ModelAgent:
 
     def handle(self, key: bytes | None, value: bytes) -> Outcome:
         """Take one model message through verify -> shadow -> activate, reporting each step."""
-        stream = key.decode(errors="replace") if key else "?"
+        stream = key.decode(errors="replace") if key else ""
         version = "unknown"
+        if stream not in self.streams:
+            # Not reported to model-status: invented keys could flood it as they could the
+            # topic. Logged, and nothing is written.
+            reason = (f"not a stream this gateway scores (it scores {', '.join(self.streams)}): "
+                      f"the message was not read")
+            log.warning("cloud.models: refused a message keyed %r: %s", stream[:100], reason)
+            return Outcome(stream[:100], version, "rejected", reason)
         try:
             bundle = model_bundle.unpack(value)
             version = bundle.version
@@ -302,6 +334,48 @@ class ModelAgent:
         log.warning("%s %s rolled back to %s: %s", stream, version, back_to, reason)
         self.report(stream, version, "rolled_back", f"{reason}; back to {back_to}")
 
+    # --- champions in the topic --------------------------------------------------------------
+
+    def _withdrawn(self, key: bytes | None) -> None:
+        stream = (key or b"").decode(errors="replace")
+        if stream in self.streams:
+            self._set_missing(stream, "withdrawn (a tombstone in cloud.models)")
+
+    def check_champions(self) -> dict[str, bool]:
+        """Read cloud.models to its end: is there a champion for every stream? Reports each
+        stream that has none (once, until one arrives); returns stream -> missing."""
+        self._next_champion_check = time.monotonic() + self.settings.champion_check_s
+        try:
+            latest = latest_by_key(self.config.kafka, topics.CLOUD_MODELS)
+        except AgentError as exc:
+            log.warning("could not read %s to look for champions: %s", topics.CLOUD_MODELS, exc)
+            return dict(self.missing)
+        for stream in self.streams:
+            if stream not in latest:
+                self._set_missing(stream, "no champion in cloud.models (never published, or "
+                                          "deleted by the topic's size retention)")
+            elif latest[stream] is None:
+                self._set_missing(stream, "withdrawn (a tombstone in cloud.models)")
+            else:
+                self._set_present(stream)
+        return dict(self.missing)
+
+    def _set_missing(self, stream: str, reason: str) -> None:
+        CHAMPION_MISSING.labels(stream=stream).set(1)
+        if self.missing.get(stream):
+            return
+        self.missing[stream] = True
+        running = self.store.active_version(stream)
+        log.warning("%s: %s; a gateway installed now would have no %s model; this one keeps "
+                    "running %s", stream, reason, stream, running or "the shipped baseline")
+        self.report(stream, running or "baseline", "missing", reason)
+
+    def _set_present(self, stream: str) -> None:
+        CHAMPION_MISSING.labels(stream=stream).set(0)
+        if self.missing.get(stream):
+            log.info("%s: a champion is in cloud.models again", stream)
+        self.missing[stream] = False
+
     # --- status ------------------------------------------------------------------------------
 
     def report(self, stream: str, version: str, state: str, reason: str = "") -> None:
@@ -321,6 +395,39 @@ def _reader(kafka: Target, group: str) -> Consumer:
                                           "enable.auto.commit": False,
                                           "auto.offset.reset": "earliest",
                                           "isolation.level": "read_committed"}))
+
+
+def latest_by_key(kafka: Target, topic: str, timeout_s: float = 30.0) -> dict[str, bytes | None]:
+    """Each key's latest committed value in ``topic`` (None: a tombstone), read to its end."""
+    c = Consumer(client_config(kafka, {
+        "group.id": f"fleetsentry-agent-check-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+    }))
+    latest: dict[str, bytes | None] = {}
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise AgentError(f"topic {topic} is missing")
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        c.assign(parts)
+        pending = {p.partition for p in parts}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise AgentError(f"could not read {topic} to its end in {timeout_s:.0f} s")
+            for msg in c.consume(num_messages=100, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise AgentError(f"reading {topic}: {err}")
+                    pending.discard(msg.partition() or 0)
+                    continue
+                latest[(msg.key() or b"").decode(errors="replace")] = msg.value()
+    finally:
+        c.close()
+    return latest
 
 
 def recent_records(kafka: Target, stream: str, n: int, timeout_s: float = 30.0) -> list[Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import kafka_config
+from shared import kafka_config, topics
 from shared.infra import jars, process
 from shared.infra.errors import InfraError, ServiceStartError
 from shared.infra.files import write_private
@@ -55,6 +55,8 @@ def log4j2_yaml(log_dir: Path, name: str, root: str, loggers: dict[str, str]) ->
                           for logger, level in loggers.items())
 
 
+# The brokers' record-batch limit: a model bundle (the biggest record there is) and overhead.
+MESSAGE_MAX_BYTES = topics.MODEL_MESSAGE_BYTES + 64 * 1024
 KAFKA_LOGGERS = {"kafka": "WARN", "org.apache.kafka": "WARN"}
 
 
@@ -181,8 +183,10 @@ class KafkaCluster:
             # until the next check; a deleted segment's file goes 5 s later, not 60.
             "log.retention.check.interval.ms": 10_000,
             "log.segment.delete.delay.ms": 5_000,
-            "message.max.bytes": 8 * 1024 * 1024 + 1024,
-            "replica.fetch.max.bytes": 8 * 1024 * 1024 + 1024,
+            # No record bigger than a model bundle on any topic (topics.MODEL_MESSAGE_BYTES,
+            # plus a batch's overhead).
+            "message.max.bytes": MESSAGE_MAX_BYTES,
+            "replica.fetch.max.bytes": MESSAGE_MAX_BYTES,
             # `infra down` stops every node at once: a controlled shutdown would wait for a
             # controller quorum that is leaving too, and be killed after the stop timeout.
             # Logs are still flushed and closed cleanly on SIGTERM.

@@ -6,7 +6,7 @@ import pytest
 
 from edge import disk
 from edge.config import AgentSettings, DiskSettings, EdgeConfig, EnricherSettings, parse_size
-from shared import topics
+from shared import streams, topics
 from shared.config import convert
 from shared.errors import ConfigError
 
@@ -47,9 +47,14 @@ def test_time_retention_stays_and_state_topics_are_cut_by_time_only() -> None:
     assert int(state["retention.ms"]) >= 2 * cfg.enricher.state_ttl_s * 1000
     assert int(state["retention.ms"]) > (cfg.bridge.session_expiry_s * 1000
                                          + topics.RAW_RETENTION_MS)
-    models = p.topic(topics.CLOUD_MODELS).configs()
-    assert models["cleanup.policy"] == "compact" and models["retention.ms"] == "-1"
-    assert models["retention.bytes"] == "-1"
+    # Models: never cut by time (a champion may be old), but by size: compaction keeps a
+    # record per key for ever, and keys can be invented.
+    models = p.topic(topics.CLOUD_MODELS)
+    assert models.configs()["cleanup.policy"] == "compact,delete"
+    assert models.configs()["retention.ms"] == "-1"
+    kept = len(streams.all_streams()) * cfg.agent.keep_versions * disk.MODEL_BYTES
+    assert models.retention_bytes == kept
+    assert models.reserved_bytes == kept + 2 * models.segment_bytes
     assert p.topic(topics.SCORER_EPISODES).configs()["retention.bytes"] == "-1"
 
 

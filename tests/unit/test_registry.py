@@ -29,8 +29,11 @@ def test_raw_topics_are_never_replicated() -> None:
     assert {"raw.telemetry", "raw.payments", "dlq.ingest"} <= set(edge)
     assert not any(name.startswith("raw.") for name in topics.replicated_edge_topics())
     assert "anon.payments" in topics.replicated_edge_topics()
-    assert edge["cloud.models"].compacted and edge["cloud.models"].configs()[
-        "cleanup.policy"] == "compact"
+    # Compacted, never cut by time, cut by size (invented keys would otherwise pile up).
+    models = edge["cloud.models"].configs()
+    assert edge["cloud.models"].compacted and models["cleanup.policy"] == "compact,delete"
+    assert models["retention.ms"] == "-1"
+    assert int(models["retention.bytes"]) == topics.MODELS_RETENTION_BYTES
     assert edge["raw.payments"].retention_ms < edge["anon.payments"].retention_ms
     # Rejected raw input holds what raw.* holds: it must not outlive it.
     raw = min(t.retention_ms for name, t in edge.items() if name.startswith("raw."))
