@@ -111,6 +111,8 @@ lint: venv
 	$(VENV)/bin/mypy
 	@mkdir -p build/mypy && ln -sfn ../../firmware-sim build/mypy/firmware_sim
 	MYPYPATH=build/mypy $(VENV)/bin/mypy -p firmware_sim
+	@# The >>> examples in the package's docstrings are tests too.
+	$(VENV)/bin/pytest -q -p no:cacheprovider --doctest-modules $$(grep -rl --include='*.py' '>>> ' shared edge cloud)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,7 +4,7 @@ The same value gets the same token on every gateway that shares the fleet secret
 seen at two depots is one card in the cloud, yet nobody without the secret can go from a token
 back to the value (the edge vault keeps the values themselves).
 
->>> t = Tokenizer(b"fleet-secret")
+>>> t = Tokenizer(b"a fleet secret of 16+ bytes")
 >>> t.token("vin", "1HGCM82633A004352") == t.token("vin", "1HGCM82633A004352")
 True
 >>> len(t.token("vin", "1HGCM82633A004352"))
