@@ -46,6 +46,22 @@ class MqttBroker:
         self.stack.mqtt.register_vehicles({vin: password for vin in vins})
 
 
+# Fixtures that start brokers: a test using one must be marked `integration`, so that
+# `pytest -m "not integration"` runs without any broker.
+BROKER_FIXTURES = frozenset({"stack", "edge_kafka", "plain_bootstrap", "cloud_bootstrap",
+                             "mqtt_broker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items
+                if BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start brokers but are not marked integration (add "
+            "`pytestmark = pytest.mark.integration`): " + ", ".join(unmarked[:10]))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Edge Kafka (1 node) and Mosquitto, topics created; the cloud starts on first use.

@@ -33,6 +33,8 @@ from tests.edge_pipeline import EdgePipeline
 from tests.paced_fleet import FastFleet
 from tests.score_collector import Collector
 
+pytestmark = pytest.mark.integration
+
 # False telemetry alert episodes per 100 vehicle-hours: the product target (at least one is
 # tolerated, so a run of under 100 vehicle-hours may show a single one).
 FALSE_EPISODES_CEILING = 1.0
