@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.agent.agent import ModelAgent
+from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import model_bundle, releases, topics
 from shared.contracts import AnonPayment, ModelManifest, encode
 from shared.kafka_config import Target, client_config
@@ -163,3 +167,26 @@ def scores_of(model_dir: Path, public_key: Path, x: np.ndarray) -> np.ndarray:
     from edge.scorer.model import load_model
 
     return load_model(model_dir, "payments", public_key).scorer.score_batch(x)[0]
+
+
+def agent_config(edge_kafka: KafkaSettings, tmp_path: Path, keys: list[Path],
+                 edge_id: str | None = None) -> EdgeConfig:
+    """A gateway's config for an agent under test: quick watches, a small shadow window."""
+    return EdgeConfig(
+        edge_id=edge_id or f"agent-{uuid.uuid4().hex[:6]}", data_dir=tmp_path, kafka=edge_kafka,
+        scorer=ScorerSettings(models_dir=tmp_path / "models", public_keys=keys),
+        agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
+                            watch_s=120.0))
+
+
+@contextmanager
+def started_agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path
+                  ) -> Iterator[ModelAgent]:
+    """An agent that sees only the messages produced from now on, closed at the end."""
+    config = agent_config(edge_kafka, tmp_path, [kit.public_key])
+    skip_to_end(edge_kafka, f"{config.edge_id}-agent")
+    a = ModelAgent(config).start()
+    try:
+        yield a
+    finally:
+        a.close()

@@ -34,14 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from edge.agent.errors import AgentError, Rejected
 from edge.agent.judge import Limits, Verdict, Watch, WatchLimits, check_watch, judge
@@ -54,6 +47,7 @@ from shared import model_bundle, releases, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
+from shared.kafka_read import read_to_end
 from shared.signing import KeyFileError
 
 log = logging.getLogger("agent")
@@ -399,34 +393,13 @@ def _reader(kafka: Target, group: str) -> Consumer:
 
 def latest_by_key(kafka: Target, topic: str, timeout_s: float = 30.0) -> dict[str, bytes | None]:
     """Each key's latest committed value in ``topic`` (None: a tombstone), read to its end."""
-    c = Consumer(client_config(kafka, {
-        "group.id": f"fleetsentry-agent-check-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
-    }))
     latest: dict[str, bytes | None] = {}
-    try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise AgentError(f"topic {topic} is missing")
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        c.assign(parts)
-        pending = {p.partition for p in parts}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise AgentError(f"could not read {topic} to its end in {timeout_s:.0f} s")
-            for msg in c.consume(num_messages=100, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise AgentError(f"reading {topic}: {err}")
-                    pending.discard(msg.partition() or 0)
-                    continue
-                latest[(msg.key() or b"").decode(errors="replace")] = msg.value()
-    finally:
-        c.close()
+
+    def handle(msg: Message) -> None:
+        latest[(msg.key() or b"").decode(errors="replace")] = msg.value()
+
+    read_to_end(kafka, topic, handle, error=AgentError, timeout_s=timeout_s,
+                extra={"fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024})
     return latest
 
 

@@ -10,16 +10,16 @@ wrote it) tells a restore when the key was last seen.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, NamedTuple
 
 import msgspec
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from edge.enricher.dedup import DedupWindow
 from edge.enricher.errors import EnricherError
 from shared.features import FeatureState, decode_state
-from shared.kafka_config import Target, client_config
+from shared.kafka_config import Target
+from shared.kafka_read import read_to_end
 from shared.topics import ENRICHER_STATE
 
 DEDUP_PREFIX = "dedup:"
@@ -44,40 +44,20 @@ class Restored(NamedTuple):
 def restore(kafka: Target, dedup_limit: int, timeout_s: float = 120.0,
             topic: str = ENRICHER_STATE) -> Restored:
     """Read the changelog to its end (committed records only) and rebuild state and windows."""
-    consumer = Consumer(client_config(kafka, {
-        "group.id": f"enricher-restore-{uuid.uuid4()}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    }))
     states: dict[str, Any] = {}
     written: dict[str, float] = {}
     started = time.time()
     deltas: dict[tuple[str, int], dict[int, list[str]]] = {}
-    try:
-        meta = consumer.list_topics(topic, timeout=30)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            raise EnricherError(f"changelog topic {topic} is missing: run `fleetsentry infra up`")
-        parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
-        consumer.assign(parts)
-        remaining = {tp.partition for tp in parts}
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise EnricherError(f"restoring {topic} took over {timeout_s:.0f} s")
-            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        remaining.discard(msg.partition())
-                        continue
-                    raise EnricherError(f"reading {topic}: {err}")
-                key = (msg.key() or b"").decode()
-                _apply(key, msg.value(), states, deltas)
-                if key in states:
-                    kind, ms = msg.timestamp()
-                    written[key] = ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else started
-    finally:
-        consumer.close()
+
+    def handle(msg: Message) -> None:
+        key = (msg.key() or b"").decode()
+        _apply(key, msg.value(), states, deltas)
+        if key in states:
+            kind, ms = msg.timestamp()
+            written[key] = ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else started
+
+    read_to_end(kafka, topic, handle, error=EnricherError, timeout_s=timeout_s,
+                missing_hint="run `fleetsentry infra up`")
     windows: dict[tuple[str, int], DedupWindow] = {}
     for tp, by_seq in deltas.items():
         window = windows[tp] = DedupWindow(dedup_limit)

@@ -41,6 +41,7 @@ from shared.contracts import (
 from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
+from shared.kafka_read import read_to_end
 from shared.streams import PAYMENTS, TELEMETRY
 
 log = logging.getLogger("scorer")
@@ -186,39 +187,17 @@ class ScorerService:
 
     def _restore_episodes(self, kafka: Target) -> None:
         """Replay the compacted episode topic (read_committed) into the tracker."""
-        c = Consumer(client_config(kafka, {
-            "group.id": f"{self.group_id}-restore", "isolation.level": "read_committed",
-            "enable.auto.commit": False, "enable.partition.eof": True}))
-        try:
-            meta = c.list_topics(topics.SCORER_EPISODES, timeout=10)
-            tmeta = meta.topics.get(topics.SCORER_EPISODES)
-            if tmeta is None or tmeta.error is not None:
-                raise ScorerError(f"topic {topics.SCORER_EPISODES} is missing: run "
-                                  f"`fleetsentry infra up` (it creates the edge topics)")
-            parts = [TopicPartition(topics.SCORER_EPISODES, p, 0) for p in tmeta.partitions]
-            c.assign(parts)
-            pending, n, now = {p.partition for p in parts}, 0, self._clock()
-            deadline = time.monotonic() + 60
-            while pending and time.monotonic() < deadline:
-                msg = c.poll(0.5)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                    continue
-                owner, _, token = (msg.key() or b"").decode().partition("/")
-                if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
-                    self.tracker.restore(token, msg.value(), now)
-                    n += 1
-            if pending:
-                raise ScorerError(f"could not read {topics.SCORER_EPISODES} to its end in 60s")
-            self.tracker.dirty.clear()
-            log.info("restored %d episode records, %d open episodes", n,
-                     self.tracker.open_count())
-        finally:
-            c.close()
+        now = self._clock()
+
+        def handle(msg: Message) -> None:
+            owner, _, token = (msg.key() or b"").decode().partition("/")
+            if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
+                self.tracker.restore(token, msg.value(), now)
+
+        n = read_to_end(kafka, topics.SCORER_EPISODES, handle, error=ScorerError,
+                        missing_hint="run `fleetsentry infra up` (it creates the edge topics)")
+        self.tracker.dirty.clear()
+        log.info("restored %d episode records, %d open episodes", n, self.tracker.open_count())
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -3,49 +3,30 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from edge.agent.agent import ModelAgent
-from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
+from edge.config import KafkaSettings
 from edge.scorer.model import load_model
 from shared import model_bundle, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.kafka_config import Target
 from shared.signing import generate_private_key, write_public_key
-from tests.agent_models import ModelKit, deliver, drop_file, flip_byte, recent_window, skip_to_end
+from tests.agent_models import (
+    ModelKit,
+    agent_config,
+    deliver,
+    drop_file,
+    flip_byte,
+    recent_window,
+    skip_to_end,
+)
 from tests.support import consume_all, produce_all
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def kit() -> ModelKit:
-    return ModelKit.shared()
-
-
-def agent_config(edge_kafka: KafkaSettings, tmp_path: Path, keys: list[Path],
-                 edge_id: str | None = None) -> EdgeConfig:
-    return EdgeConfig(
-        edge_id=edge_id or f"agent-{uuid.uuid4().hex[:6]}", data_dir=tmp_path, kafka=edge_kafka,
-        scorer=ScorerSettings(models_dir=tmp_path / "models", public_keys=keys),
-        agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
-                            watch_s=120.0))
-
-
-@pytest.fixture()
-def agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
-    config = agent_config(edge_kafka, tmp_path, [kit.public_key])
-    skip_to_end(edge_kafka, f"{config.edge_id}-agent")
-    a = ModelAgent(config).start()
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 def _statuses(bootstrap: Target, edge_id: str, expect: int) -> list[ModelStatus]:

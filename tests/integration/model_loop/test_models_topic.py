@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,37 +17,17 @@ from prometheus_client import REGISTRY
 
 from edge import disk
 from edge.agent.agent import ModelAgent
-from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
+from edge.config import EdgeConfig, KafkaSettings
 from shared import topics
 from shared.contracts import ModelStatus, decode
 from shared.infra.stack import Stack
 from shared.kafka_config import Target, client_config
-from tests.agent_models import ModelKit, deliver, recent_window, skip_to_end
+from tests.agent_models import ModelKit, deliver, recent_window
 from tests.support import consume_all, produce_all
 
 pytestmark = pytest.mark.integration
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def kit() -> ModelKit:
-    return ModelKit.shared()
-
-
-@pytest.fixture()
-def agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
-    config = EdgeConfig(
-        edge_id=f"bounds-{uuid.uuid4().hex[:6]}", data_dir=tmp_path, kafka=edge_kafka,
-        scorer=ScorerSettings(models_dir=tmp_path / "models", public_keys=[kit.public_key]),
-        agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
-                            watch_s=120.0))
-    skip_to_end(edge_kafka, f"{config.edge_id}-agent")
-    a = ModelAgent(config).start()
-    try:
-        yield a
-    finally:
-        a.close()
 
 
 def _delivery_error(target: Target, topic: str, key: bytes, value: bytes) -> KafkaError | None:
