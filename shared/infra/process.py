@@ -75,7 +75,7 @@ def stop(pids: Sequence[int], timeout: float = 30.0) -> list[int]:
     deadline = time.monotonic() + timeout
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        _reap()
+        _reap(alive)
         alive = [p for p in alive if _alive(p)]
         if alive:
             time.sleep(0.1)
@@ -83,8 +83,9 @@ def stop(pids: Sequence[int], timeout: float = 30.0) -> list[int]:
         _signal(pid, signal.SIGKILL)
     end = time.monotonic() + 5
     while any(_alive(p) for p in alive) and time.monotonic() < end:
-        _reap()
+        _reap(alive)
         time.sleep(0.05)
+    _reap(pids)  # those that exited after the last look are zombies until waited for
     return alive
 
 
@@ -103,12 +104,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _reap() -> None:
-    # Children we spawned in this process (tests) become zombies until waited for.
-    try:
-        while True:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
-    except ChildProcessError:
-        pass
+def _reap(pids: Sequence[int]) -> None:
+    """Collect the exit status of those of ``pids`` that are our own exited children (spawned
+    in this process, as tests do): they stay zombies until waited for. Only these: a wait on
+    any child would take the status of children that belong to someone else."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (started by an earlier `infra up`)
+            pass
