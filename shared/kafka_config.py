@@ -19,6 +19,7 @@ import msgspec
 
 from shared.config import Secret
 from shared.errors import ConfigError
+from shared.paths import default_home
 
 # The gateway's users: its services, its MirrorMaker, and the node's own identity, which
 # provisions topics and users (a static PLAIN user in server.properties, so it exists before
@@ -48,8 +49,6 @@ Target = KafkaSettings | str
 
 
 def default_credentials_file() -> Path:
-    from shared.infra.stack import default_home
-
     return default_home() / "edge-kafka" / "credentials.json"
 
 

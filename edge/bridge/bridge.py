@@ -15,7 +15,6 @@ session (bounded, and silently dropping past its bound) is then never the outage
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from edge.bridge.spool import Spool, SpoolError
 from edge.bridge.validate import Limits, check, parse_topic
 from edge.config import EdgeConfig
 from edge.dlq import DeadLetters
+from edge.mqtt_login import mqtt_password
 from edge.vault.errors import VaultError
 from shared import topics
 from shared.kafka_config import client_config
@@ -64,27 +64,6 @@ DRAIN_WINDOW = 20_000
 DRAIN_BATCH = 5_000
 SPOOL_SAVE_EVERY_S = 1.0
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
-
-
-def mqtt_password(config: EdgeConfig) -> str:
-    """The bridge's MQTT password: ``[mqtt] password`` or the infra credentials file."""
-    if config.mqtt.password is not None:
-        return config.mqtt.password.reveal()
-    path = config.mqtt.credentials_file
-    if path is None:
-        from shared.infra.stack import default_home
-
-        path = default_home() / "mosquitto" / "credentials.json"
-    try:
-        creds: dict[str, str] = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise BridgeError(
-            f"no MQTT password for {config.mqtt.username!r}: set [mqtt] password in edge.toml "
-            f"or point [mqtt] credentials_file at a readable credentials file ({path}: {exc})"
-        ) from None
-    if config.mqtt.username not in creds:
-        raise BridgeError(f"{path} holds no password for {config.mqtt.username!r}")
-    return creds[config.mqtt.username]
 
 
 def subscriptions(group: str, limits: Limits, shared: bool = True) -> list[str]:

@@ -16,8 +16,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from edge.bridge.bridge import mqtt_password
 from edge.config import EdgeConfig
+from edge.mqtt_login import mqtt_password
 from edge.scorer.decisions import commands_topic
 from edge.scorer.errors import ScorerError
 from shared.contracts import Decision, encode

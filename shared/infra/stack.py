@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,18 +21,11 @@ from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
 from shared.infra.topics_admin import ensure_topics, ensure_users
 from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
 from shared.kafka_config import MIRROR_USER, SCRAM_USERS
+from shared.paths import default_home
 
 SERVICES = frozenset({"edge", "cloud", "mqtt"})
 LOOPBACK = "127.0.0.1"
 Port = Annotated[int, Meta(ge=1, le=65535)]
-
-
-def default_home() -> Path:
-    env = os.environ.get("FLEETSENTRY_HOME")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "fleetsentry"
 
 
 class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
