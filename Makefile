@@ -12,7 +12,7 @@ APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headl
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup system-deps venv jars test test-unit demo demo-down bench lint clean baseline-models baseline-telemetry baseline-payments
+.PHONY: setup system-deps venv constraints jars test test-unit demo demo-down bench lint clean baseline-models baseline-telemetry baseline-payments
 
 setup: system-deps venv jars
 
@@ -37,15 +37,29 @@ system-deps:
 	  fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@# A half-made venv (an install cut short) has python but no pip: make it anew.
 	@test -x $(PIP) || $(PYTHON) -m venv --clear $(VENV)
 	@# setuptools: the Ansible role builds the gateway wheel with this venv's (no build isolation).
 	$(PIP) install -q --upgrade pip 'setuptools>=77'
-	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@# The versions every install gets (`make constraints` refreshes them).
+	$(PIP) install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Pin every dependency to the newest versions pyproject.toml allows, as installed now: a
+# fresh venv without the old pins, then its versions written to constraints.txt. Run the
+# tests on the result before committing it.
+constraints:
+	rm -rf $(VENV)-constraints
+	$(PYTHON) -m venv $(VENV)-constraints
+	$(VENV)-constraints/bin/pip install -q --upgrade pip 'setuptools>=77'
+	$(VENV)-constraints/bin/pip install -q -e '.[edge,cloud,dev]'
+	{ echo "# Every dependency's version, for every install (make setup installs with -c)."; \
+	  echo "# Refresh with: make constraints"; \
+	  $(VENV)-constraints/bin/pip freeze --exclude-editable | sort -f; } > constraints.txt
+	rm -rf $(VENV)-constraints
 
 jars: venv
 	$(PY) -m shared.infra.jars

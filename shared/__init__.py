@@ -3,4 +3,5 @@
 Nothing here imports ``edge``, ``cloud`` or ``firmware_sim``.
 """
 
+# The package version (pyproject.toml reads it from here).
 __version__ = "0.1.0"
