@@ -132,6 +132,7 @@ class ModelAgent:
         msg = self._consumer.poll(timeout)
         if msg is not None and self._usable(msg) and msg.value() is None:
             self._withdrawn(msg.key())
+            self._consumer.commit(message=msg, asynchronous=False)
         elif msg is not None and self._usable(msg):
             try:
                 outcome = self.handle(msg.key(), msg.value() or b"")
@@ -340,7 +341,7 @@ class ModelAgent:
         stream that has none (once, until one arrives); returns stream -> missing."""
         self._next_champion_check = time.monotonic() + self.settings.champion_check_s
         try:
-            latest = latest_by_key(self.config.kafka, topics.CLOUD_MODELS)
+            latest = has_value_by_key(self.config.kafka, topics.CLOUD_MODELS)
         except AgentError as exc:
             log.warning("could not read %s to look for champions: %s", topics.CLOUD_MODELS, exc)
             return dict(self.missing)
@@ -348,7 +349,7 @@ class ModelAgent:
             if stream not in latest:
                 self._set_missing(stream, "no champion in cloud.models (never published, or "
                                           "deleted by the topic's size retention)")
-            elif latest[stream] is None:
+            elif not latest[stream]:
                 self._set_missing(stream, "withdrawn (a tombstone in cloud.models)")
             else:
                 self._set_present(stream)
@@ -391,12 +392,13 @@ def _reader(kafka: Target, group: str) -> Consumer:
                                           "isolation.level": "read_committed"}))
 
 
-def latest_by_key(kafka: Target, topic: str, timeout_s: float = 30.0) -> dict[str, bytes | None]:
-    """Each key's latest committed value in ``topic`` (None: a tombstone), read to its end."""
-    latest: dict[str, bytes | None] = {}
+def has_value_by_key(kafka: Target, topic: str, timeout_s: float = 30.0) -> dict[str, bool]:
+    """Each key of ``topic``, read to its end: does its latest committed record hold a value
+    (False: a tombstone)? The values themselves are not kept."""
+    latest: dict[str, bool] = {}
 
     def handle(msg: Message) -> None:
-        latest[(msg.key() or b"").decode(errors="replace")] = msg.value()
+        latest[(msg.key() or b"").decode(errors="replace")] = msg.value() is not None
 
     read_to_end(kafka, topic, handle, error=AgentError, timeout_s=timeout_s,
                 extra={"fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024})
