@@ -187,17 +187,19 @@ class ScorerService:
 
     def _restore_episodes(self, kafka: Target) -> None:
         """Replay the compacted episode topic (read_committed) into the tracker."""
-        now = self._clock()
+        now, ours = self._clock(), [0]
 
         def handle(msg: Message) -> None:
             owner, _, token = (msg.key() or b"").decode().partition("/")
             if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
                 self.tracker.restore(token, msg.value(), now)
+                ours[0] += 1
 
-        n = read_to_end(kafka, topics.SCORER_EPISODES, handle, error=ScorerError,
-                        missing_hint="run `fleetsentry infra up` (it creates the edge topics)")
+        read_to_end(kafka, topics.SCORER_EPISODES, handle, error=ScorerError,
+                    missing_hint="run `fleetsentry infra up` (it creates the edge topics)")
         self.tracker.dirty.clear()
-        log.info("restored %d episode records, %d open episodes", n, self.tracker.open_count())
+        log.info("restored %d episode records, %d open episodes", ours[0],
+                 self.tracker.open_count())
 
     def close(self) -> None:
         if self._consumer is not None:
