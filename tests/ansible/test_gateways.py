@@ -202,10 +202,10 @@ def _build_wheel(dest: Path, version: str | None = None) -> Path:
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", "tests", "bench", "ansible",
         ".pytest_cache", ".mypy_cache", ".ruff_cache", "artifacts", ".fleetsentry"))
-    if version:
-        pyproject = src / "pyproject.toml"
-        pyproject.write_text(re.sub(r'^version = ".*"$', f'version = "{version}"',
-                                    pyproject.read_text(), count=1, flags=re.M))
+    if version:  # the one version source (pyproject.toml reads it from there)
+        init = src / "shared" / "__init__.py"
+        init.write_text(re.sub(r'^__version__ = ".*"$', f'__version__ = "{version}"',
+                               init.read_text(), count=1, flags=re.M))
     env = dict(os.environ, SOURCE_DATE_EPOCH="315532800")
     out = dest / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
@@ -217,8 +217,9 @@ def _build_wheel(dest: Path, version: str | None = None) -> Path:
 
 
 def _current_version() -> str:
-    match = re.search(r'^version = "(.*)"$', (REPO / "pyproject.toml").read_text(), re.M)
-    assert match
+    match = re.search(r'^__version__ = "(.*)"$', (REPO / "shared" / "__init__.py").read_text(),
+                      re.M)
+    assert match, "shared/__init__.py names no __version__"
     return match.group(1)
 
 
