@@ -280,6 +280,8 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
         "edge_python": sys.executable,
         "edge_package_src": str(wheel),
         "edge_pip_extra_args": ["--no-index", "--find-links", str(wheelhouse)],
+        # A built wheel comes with its release's pins (the source tree's, here).
+        "edge_constraints_file": str(REPO / "constraints.txt"),
         # Metrics off: their port range is not reserved by the test.
         "edge_metrics_base_port": 0,
         "mosquitto_admin_password": "{{ vault_admin_password }}",
@@ -320,7 +322,8 @@ def fleet() -> Iterator[Fleet]:
     upgrade_wheel = _build_wheel(base, version=_current_version() + ".post1")
     wheelhouse = base / "wheelhouse"
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
-                    f"{wheel}[edge]"], check=True, capture_output=True, timeout=300)
+                    "-c", str(REPO / "constraints.txt"), f"{wheel}[edge]"],
+                   check=True, capture_output=True, timeout=300)
     inventory, password_file = _write_inventory(base, gateways, wheel, wheelhouse)
     f = Fleet(inventory, password_file, gateways, wheel, upgrade_wheel)
     try:
@@ -421,6 +424,28 @@ def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
             assert len(anon) == len(want), \
                 f"{gw.name}: anon.{stream} has {len(anon)} of {len(want)}\n{gw.log_tail('edge')}"
             assert _event_ids(anon) == want, f"{gw.name}: anon.{stream} differs"
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        name, sep, version = line.strip().partition("==")
+        if sep and not line.startswith("#"):
+            out[name.lower().replace("_", "-")] = version
+    return out
+
+
+@pytest.mark.integration
+def test_gateways_get_the_pinned_dependency_versions(fleet: Fleet, converged: str) -> None:
+    pins = _pins((REPO / "constraints.txt").read_text().splitlines())
+    for gw in fleet.gateways.values():
+        frozen = subprocess.run(
+            [str(gw.root / "opt/fleetsentry/edge/venv/bin/python"), "-m", "pip", "freeze"],
+            check=True, capture_output=True, text=True, timeout=60).stdout.splitlines()
+        installed = _pins(frozen)
+        assert {"paho-mqtt", "confluent-kafka", "numpy", "ai-edge-litert"} <= set(installed)
+        off = {n: (v, pins.get(n)) for n, v in installed.items() if pins.get(n) != v}
+        assert not off, f"{gw.name}: installed (version, pinned) differ: {off}"
 
 
 @pytest.mark.integration
