@@ -13,7 +13,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from shared.kafka_config import Target, client_config
 
@@ -24,8 +31,8 @@ def read_to_end(target: Target, topic: str, handle: Callable[[Message], None], *
     """Hand every committed record of ``topic`` to ``handle``, oldest first per partition,
     until every partition's end; returns how many were handed over.
 
-    Failures raise ``error(message)``: the topic missing (with ``missing_hint``), a consumer
-    error, or the end not reached within ``timeout_s``.
+    Failures raise ``error(message)``: the cluster not answering, the topic missing (with
+    ``missing_hint``), a consumer error, or the end not reached within ``timeout_s``.
     """
     consumer = Consumer(client_config(target, {
         "group.id": f"fleetsentry-read-{uuid.uuid4().hex[:12]}",
@@ -35,7 +42,10 @@ def read_to_end(target: Target, topic: str, handle: Callable[[Message], None], *
     }))
     n = 0
     try:
-        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        try:
+            meta = consumer.list_topics(topic, timeout=min(30.0, timeout_s)).topics.get(topic)
+        except KafkaException as exc:  # the cluster did not answer
+            raise error(f"cannot read {topic}: {exc}") from None
         if meta is None or meta.error is not None:
             raise error(f"topic {topic} is missing{': ' + missing_hint if missing_hint else ''}")
         parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
