@@ -130,10 +130,12 @@ class ModelAgent:
         assert self._consumer is not None, "start() first"
         outcome = None
         msg = self._consumer.poll(timeout)
-        if msg is not None and self._usable(msg) and msg.value() is None:
+        if msg is None or not self._usable(msg):
+            pass
+        elif msg.value() is None:
             self._withdrawn(msg.key())
             self._consumer.commit(message=msg, asynchronous=False)
-        elif msg is not None and self._usable(msg):
+        else:
             try:
                 outcome = self.handle(msg.key(), msg.value() or b"")
             except OSError:
