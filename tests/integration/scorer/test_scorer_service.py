@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,7 +107,9 @@ def telemetry(data: SyntheticFeatures, run_id: str, token: str, start: float, n:
 
 def payment(data: SyntheticFeatures, event_id: str, card: str, vehicle_token: str, ts: float,
             odd: bool) -> tuple[bytes, bytes]:
-    row = data.anomalous(1, seed=9)[0] if odd else data.normal(1, seed=abs(hash(event_id)) % 999)[0]
+    # An ordinary payment from the middle of the distribution, the same row on every run.
+    ordinary = data.typical(1, seed=zlib.crc32(event_id.rsplit("-", 1)[-1].encode()))[0]
+    row = data.anomalous(1, seed=9)[0] if odd else ordinary
     rec = AnonPayment(event_id=event_id, ts=ts, card_token=card, vehicle_token=vehicle_token,
                       driver_token="driver-token-1", merchant_id="m-1", mcc="5541",
                       category="fuel", amount=50.0, currency="EUR", cell="c",
