@@ -4,8 +4,13 @@ The gateway's Kafka holds personal data (``raw.*``, ``dlq.ingest``), so it accep
 services, authenticated with SASL/SCRAM (``fleetsentry infra up`` and the Ansible role create
 the users). Every client of ours builds its configuration with :func:`client_config` (Python
 clients) or :func:`java_properties` (MirrorMaker), so no call site writes security settings
-by hand. A plain ``str`` bootstrap stands for a cluster without authentication (the cloud's
-local stack, for now).
+by hand. A plain ``str`` bootstrap stands for a cluster without authentication (a
+development cluster; neither of ours).
+
+The cloud's Kafka is reached over the network, so it speaks TLS on every listener as well
+(``ca_file``: the CA its certificates are checked against), and its KRaft authorizer gives
+every login only what it needs: each gateway its own ``<edge-id>.*`` topics and ``models``,
+each cloud service its own reads and writes (``shared/infra/acls.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ EDGE_USER = "fleetsentry-edge"
 MIRROR_USER = "fleetsentry-mirror"
 ADMIN_USER = "fleetsentry-admin"
 SCRAM_USERS = (EDGE_USER, MIRROR_USER)
+# The cloud's service users (a gateway's is gateway_user(edge_id)).
+STORE_USER = "fleetsentry-store"
+TRAINER_USER = "fleetsentry-trainer"
+DASHBOARD_USER = "fleetsentry-dashboard"
+PUBLISHER_USER = "fleetsentry-publisher"
+LABELS_USER = "fleetsentry-labels"
+CLOUD_USERS = (STORE_USER, TRAINER_USER, DASHBOARD_USER, PUBLISHER_USER, LABELS_USER)
+GATEWAY_USER_PREFIX = "gateway-"
 Mechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
@@ -43,9 +56,16 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # (<infra home>/edge-kafka/credentials.json).
     credentials_file: Path | None = None
     mechanism: Mechanism = "SCRAM-SHA-512"
+    # The CA certificate (PEM) the brokers' certificates are checked against; set: TLS.
+    ca_file: Path | None = None
 
 
 Target = KafkaSettings | str
+
+
+def gateway_user(edge_id: str) -> str:
+    """The cloud login of gateway ``edge_id`` (its MirrorMaker's)."""
+    return GATEWAY_USER_PREFIX + edge_id
 
 
 def default_credentials_file() -> Path:
@@ -83,13 +103,17 @@ def bootstrap_of(target: Target) -> str:
 def client_config(target: Target, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka configuration for ``target``: bootstrap and login, then ``extra``."""
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_of(target)}
-    if isinstance(target, KafkaSettings) and target.username:
-        conf.update({
-            "security.protocol": "SASL_PLAINTEXT",
-            "sasl.mechanism": target.mechanism,
-            "sasl.username": target.username,
-            "sasl.password": password(target),
-        })
+    if isinstance(target, KafkaSettings):
+        if target.username:
+            conf.update({
+                "sasl.mechanism": target.mechanism,
+                "sasl.username": target.username,
+                "sasl.password": password(target),
+            })
+        if target.ca_file is not None:
+            conf["ssl.ca.location"] = str(target.ca_file)
+        if target.username or target.ca_file is not None:
+            conf["security.protocol"] = protocol(target)
     conf.update(extra or {})
     return conf
 
@@ -97,14 +121,27 @@ def client_config(target: Target, extra: Mapping[str, Any] | None = None) -> dic
 def java_properties(target: Target) -> dict[str, str]:
     """The same login as Java client properties (MirrorMaker prefixes them with an alias)."""
     conf = {"bootstrap.servers": bootstrap_of(target)}
-    if isinstance(target, KafkaSettings) and target.username:
+    if not isinstance(target, KafkaSettings):
+        return conf
+    if target.ca_file is not None:
+        conf.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": str(target.ca_file)})
+    if target.username or target.ca_file is not None:
+        conf["security.protocol"] = protocol(target)
+    if target.username:
         module = ("plain.PlainLoginModule" if target.mechanism == "PLAIN"
                   else "scram.ScramLoginModule")
         conf.update({
-            "security.protocol": "SASL_PLAINTEXT",
             "sasl.mechanism": target.mechanism,
             "sasl.jaas.config": f"org.apache.kafka.common.security.{module} required "
                                 f"username={json.dumps(target.username)} "
                                 f"password={json.dumps(password(target))};",
         })
     return conf
+
+
+def protocol(settings: KafkaSettings) -> str:
+    """Kafka's name for how ``settings`` connects: SASL and/or TLS."""
+    tls = settings.ca_file is not None
+    if settings.username:
+        return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+    return "SSL" if tls else "PLAINTEXT"

@@ -22,6 +22,7 @@ from shared import kafka_config, topics
 from shared.infra import jars, process
 from shared.infra.errors import InfraError, ServiceStartError
 from shared.infra.files import write_private
+from shared.infra.tls import TlsFiles, certificate_fresh, make_local_ca
 from shared.kafka_config import ADMIN_USER, SCRAM_USERS, KafkaSettings
 
 _LOG4J2_HEAD = """\
@@ -76,9 +77,17 @@ class KafkaCluster:
     nodes: tuple[KafkaNode, ...]
     host: str = "127.0.0.1"
     heap: str = "512m"
-    # SASL on both listeners (the gateway's, which holds PII); off: PLAINTEXT (the cloud's,
-    # for now).
+    # SASL on both listeners (both of ours; off: PLAINTEXT, for a development cluster).
     authenticate: bool = False
+    # TLS on both listeners too (the cloud's, reached over the network), with a certificate
+    # for `tls_hosts` signed by a CA of the cluster's own (``<home>/tls``, see ensure_tls).
+    tls: bool = False
+    tls_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    # The KRaft authorizer: a login may do only what an ACL allows (shared/infra/acls.py);
+    # the node's own admin login is the one super user.
+    authorize: bool = False
+    # The SCRAM users `infra up` makes (the node's admin is a PLAIN user besides).
+    users: tuple[str, ...] = SCRAM_USERS
 
     @property
     def replication_factor(self) -> int:
@@ -114,11 +123,12 @@ class KafkaCluster:
     def credentials_path(self) -> Path:
         return self.home / "credentials.json"
 
-    def credentials(self) -> dict[str, str]:
-        """user -> password of the admin and service users (made on first use, kept 0600)."""
+    def credentials(self, extra: tuple[str, ...] = ()) -> dict[str, str]:
+        """user -> password of the admin, the service users and ``extra`` ones (made on first
+        use, kept 0600)."""
         creds = (kafka_config.read_credentials(self.credentials_path)
                  if self.credentials_path.exists() else {})
-        missing = [u for u in (ADMIN_USER, *SCRAM_USERS) if u not in creds]
+        missing = [u for u in (ADMIN_USER, *self.users, *extra) if u not in creds]
         if missing:
             creds.update({u: secrets.token_urlsafe(24) for u in missing})
             write_private(self.credentials_path, json.dumps(creds, indent=2) + "\n")
@@ -130,7 +140,21 @@ class KafkaCluster:
             return self.bootstrap
         return KafkaSettings(bootstrap=self.bootstrap, username=user,
                              credentials_file=self.credentials_path,
-                             mechanism="PLAIN" if user == ADMIN_USER else "SCRAM-SHA-512")
+                             mechanism="PLAIN" if user == ADMIN_USER else "SCRAM-SHA-512",
+                             ca_file=self.tls_files.ca_file if self.tls else None)
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        d = self.home / "tls"
+        return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key")
+
+    def ensure_tls(self) -> TlsFiles:
+        """The cluster's CA and server certificate: made on first start, and again when the
+        certificate expires within a day or no longer names every host in `tls_hosts`."""
+        files = self.tls_files
+        if not certificate_fresh(files.cert_file, self.tls_hosts, min_days=1):
+            make_local_ca(files.ca_file.parent, self.tls_hosts, name=f"fleetsentry {self.name}")
+        return files
 
     def ports(self) -> list[tuple[str, int]]:
         """(setting, port) pairs, for port checks that name the setting."""
@@ -159,6 +183,8 @@ class KafkaCluster:
             "listener.security.protocol.map": f"{self._listener}:{self._listener},"
                                               f"CONTROLLER:{self._listener}",
             **self._sasl(),
+            **self._tls(),
+            **self._authorizer(),
             "log.dirs": self.node_dir(node) / "data",
             "num.partitions": 3,
             "default.replication.factor": rf,
@@ -196,7 +222,34 @@ class KafkaCluster:
 
     @property
     def _listener(self) -> str:
+        if self.tls:
+            return "SASL_SSL" if self.authenticate else "SSL"
         return "SASL_PLAINTEXT" if self.authenticate else "PLAINTEXT"
+
+    def _tls(self) -> dict[str, str]:
+        """PEM key and certificate inline (a PEM key *file* would need a key password), the
+        CA as the truststore, for both listeners and between the nodes."""
+        if not self.tls:
+            return {}
+        files = self.tls_files
+        inline = {"ssl.keystore.key": files.key_file, "ssl.keystore.certificate.chain":
+                  files.cert_file}
+        return {
+            "ssl.keystore.type": "PEM",
+            **{k: _escaped(path.read_text()) for k, path in inline.items()},
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(files.ca_file),
+            "ssl.client.auth": "none",
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+
+    def _authorizer(self) -> dict[str, str]:
+        if not self.authorize:
+            return {}
+        return {"authorizer.class.name":
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "super.users": f"User:{ADMIN_USER}",
+                "allow.everyone.if.no.acl.found": "false"}
 
     def _sasl(self) -> dict[str, str]:
         """Clients log in with SCRAM (users kept in the cluster's metadata). The node itself
@@ -261,6 +314,8 @@ class KafkaCluster:
 
     def start(self, libs: Path, java: str) -> list[int]:
         """Format (first time only) and start every node not already running."""
+        if self.tls:
+            self.ensure_tls()
         stale = self.stale_nodes()
         if stale:
             raise InfraError(
@@ -360,6 +415,11 @@ class KafkaCluster:
             f"see logs under {self.home}"
         )
 
+
+
+def _escaped(pem: str) -> str:
+    """A multi-line value for a Java properties file (its loader turns ``\\n`` into a newline)."""
+    return pem.strip().replace("\n", "\\n")
 
 
 class _SilentLogger:

@@ -99,6 +99,9 @@ class Mirror:
     # Cap on the bytes per second MirrorMaker reads from the gateway's Kafka (so sends to the
     # cloud), enforced by the edge broker as a client quota on MirrorMaker's login; 0: none.
     max_bytes_per_s: int = 0
+    # How MirrorMaker logs in to the cloud (the gateway's own login, TLS; its bootstrap wins
+    # over cloud_bootstrap); None: without authentication.
+    cloud_login: Target | None = None
 
     def __post_init__(self) -> None:
         quota.validate_rate(self.max_bytes_per_s, "mirror.max_bytes_per_s")
@@ -115,6 +118,10 @@ class Mirror:
     @property
     def edge(self) -> Target:
         return self.edge_login or self.edge_bootstrap
+
+    @property
+    def cloud(self) -> Target:
+        return self.cloud_login or self.cloud_bootstrap
 
     @property
     def dir(self) -> Path:
@@ -152,7 +159,7 @@ class Mirror:
         conf: dict[str, Any] = {
             "clusters": f"{edge}, {cloud}",
             **{f"{edge}.{k}": v for k, v in java_properties(self.edge).items()},
-            f"{cloud}.bootstrap.servers": self.cloud_bootstrap,
+            **{f"{cloud}.{k}": v for k, v in java_properties(self.cloud).items()},
             "replication.policy.class":
                 "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
             "replication.policy.separator": ".",
@@ -316,7 +323,7 @@ class Mirror:
         Empty for a flow whose target cluster is unreachable.
         """
         out: dict[str, str] = {}
-        flows = ((self.edge_id, CLOUD_ALIAS, self.cloud_bootstrap),
+        flows = ((self.edge_id, CLOUD_ALIAS, self.cloud),
                  (CLOUD_ALIAS, self.edge_id, self.edge))
         for src, dst, bootstrap in flows:
             topic = f"mm2-status.{src}.internal"
@@ -360,7 +367,7 @@ class Mirror:
     def copied_up_to(self, timeout: float = 10.0) -> dict[tuple[str, int], int]:
         """The next edge offset MirrorMaker will copy, per edge partition it has copied from:
         its source offsets, kept in the cloud ({} while the cloud is unreachable)."""
-        raw = _read_compacted(self.cloud_bootstrap, f"mm2-offsets.{self.edge_id}.internal",
+        raw = _read_compacted(self.cloud, f"mm2-offsets.{self.edge_id}.internal",
                               timeout)
         return parse_source_offsets(self.edge_id, raw)
 
@@ -373,7 +380,7 @@ class Mirror:
         from confluent_kafka import Consumer, TopicPartition
 
         copied = self.copied_up_to(timeout)
-        if not copied and not _reachable(self.cloud_bootstrap, timeout):
+        if not copied and not _reachable(self.cloud, timeout):
             raise InfraError("the cloud Kafka is unreachable, and MirrorMaker keeps its position "
                              "there: the backlog is known again once the cloud is back")
         consumer = Consumer(client_config(self.edge, {

@@ -16,11 +16,12 @@ from msgspec import Meta
 from shared.infra import jars, ports
 from shared.infra.errors import InfraError, PortInUseError
 from shared.infra.kafka import KafkaCluster, KafkaNode
-from shared.infra.mirror import Mirror
+from shared.infra.acls import ensure_acls, gateway_acls, service_grants
+from shared.infra.mirror import Mirror, validate_alias
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
 from shared.infra.topics_admin import ensure_topics, ensure_users
 from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
-from shared.kafka_config import MIRROR_USER, SCRAM_USERS
+from shared.kafka_config import CLOUD_USERS, MIRROR_USER, KafkaSettings, gateway_user
 from shared.paths import default_home
 
 SERVICES = frozenset({"edge", "cloud", "mqtt"})
@@ -82,7 +83,9 @@ class Stack:
             "cloud", home / "cloud-kafka",
             tuple(KafkaNode(i + 1, p, c) for i, (p, c) in
                   enumerate(zip(settings.cloud_ports, settings.cloud_controller_ports, strict=True))),
-            host=settings.host, heap=settings.kafka_heap,
+            host=settings.host, heap=settings.kafka_heap, authenticate=True, tls=True,
+            authorize=True, users=CLOUD_USERS,
+            tls_hosts=tuple(dict.fromkeys((settings.host, LOOPBACK, "localhost"))),
         )
         self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)
 
@@ -93,7 +96,20 @@ class Stack:
             edge = (edge_bootstrap if isinstance(edge, str)
                     else msgspec.structs.replace(edge, bootstrap=edge_bootstrap))
         return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
-                      self.settings.home, edge_login=edge)
+                      self.settings.home, edge_login=edge, cloud_login=self.add_gateway(edge_id))
+
+    def add_gateway(self, edge_id: str) -> KafkaSettings | str:
+        """Gateway ``edge_id``'s own cloud login and ACLs (kept in the cloud's credentials
+        file); idempotent. The cloud must be up."""
+        if not self.cloud.authenticate:
+            return self.cloud.bootstrap
+        user = gateway_user(validate_alias(edge_id))
+        creds = self.cloud.credentials(extra=(user,))
+        admin = self.cloud.login(KAFKA_ADMIN_USER)
+        ensure_users(admin, {user: creds[user]})
+        if self.cloud.authorize:
+            ensure_acls(admin, gateway_acls(edge_id))
+        return self.cloud.login(user)
 
     def edge_topic_configs(self) -> dict[str, dict[str, str]]:
         """The disk plan's configs for the edge topics (retention.bytes, segment sizes, ...),
@@ -162,7 +178,9 @@ class Stack:
             for c in clusters:
                 if c.authenticate:
                     creds = c.credentials()
-                    ensure_users(c.login(KAFKA_ADMIN_USER), {u: creds[u] for u in SCRAM_USERS})
+                    ensure_users(c.login(KAFKA_ADMIN_USER), {u: creds[u] for u in c.users})
+                if c.authorize:
+                    ensure_acls(c.login(KAFKA_ADMIN_USER), service_grants())
                 ensure_topics(c.login(KAFKA_ADMIN_USER), c.name,  # type: ignore[arg-type]
                               c.replication_factor,
                               overrides=self.edge_topic_configs() if c is self.edge else None)
@@ -200,7 +218,9 @@ class Stack:
             }
             if cluster.authenticate:
                 out[f"{cluster.name}_kafka"]["credentials_file"] = str(cluster.credentials_path)
-                out[f"{cluster.name}_kafka"]["users"] = list(SCRAM_USERS)
+                out[f"{cluster.name}_kafka"]["users"] = list(cluster.users)
+            if cluster.tls:
+                out[f"{cluster.name}_kafka"]["ca_file"] = str(cluster.tls_files.ca_file)
         pid = self.mqtt.pid()
         out["mosquitto"] = {
             "address": self.mqtt.address,

@@ -59,6 +59,24 @@ def make_local_ca(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS,
     return files
 
 
+def certificate_fresh(cert_file: Path, hosts: Sequence[str], min_days: float = 1.0) -> bool:
+    """Whether ``cert_file`` exists, stays valid ``min_days`` more and names every host."""
+    try:
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError, ImportError):
+        return False
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    named = {str(v) for v in names.get_values_for_type(x509.IPAddress)}
+    named |= set(names.get_values_for_type(x509.DNSName))
+    return left > dt.timedelta(days=min_days) and set(hosts) <= named
+
+
 def _certificate(common_name: str, key: Any, signer_key: Any, issuer: Any, *, is_ca: bool,
                  hosts: Sequence[str]) -> Any:
     from cryptography import x509
