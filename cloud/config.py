@@ -7,6 +7,10 @@ Each cloud service reads its own table; shared connection settings live in ``[ka
 ```toml
 [kafka]
 bootstrap = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
+# TLS and SASL/SCRAM; each service logs in as its own user (store_user, ...) with the
+# password in credentials_file. Defaults: what `fleetsentry infra up` made.
+ca_file = "/etc/fleetsentry/cloud-ca.pem"
+credentials_file = "/etc/fleetsentry/cloud-kafka.json"
 
 [dashboard]
 port = 8600
@@ -24,6 +28,7 @@ import msgspec
 from msgspec import Meta
 
 from shared import config as cfg
+from shared import kafka_config
 from shared.config import Secret
 from shared.releases import DEFAULT_FLEET, FLEET_PATTERN
 
@@ -40,8 +45,34 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
+Service = Literal["store", "trainer", "dashboard", "publisher"]
+
+
 class KafkaSettings(_Section, frozen=True, kw_only=True):
+    """``[kafka]``: where the cloud's Kafka is, and how each cloud service logs in."""
+
     bootstrap: str = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
+    # "sasl_ssl": TLS, and a SCRAM login per service whose ACLs say what it may do (the cloud
+    # as `fleetsentry infra up` runs it); "none": a development cluster with neither.
+    security: Literal["sasl_ssl", "none"] = "sasl_ssl"
+    # The CA the brokers' certificates are checked against; default: the one `infra up`
+    # made (<infra home>/cloud-kafka/tls/ca.pem).
+    ca_file: Path | None = None
+    # JSON {user: password}, kept 0600; default: the one `infra up` wrote
+    # (<infra home>/cloud-kafka/credentials.json).
+    credentials_file: Path | None = None
+    mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    store_user: str = kafka_config.STORE_USER
+    trainer_user: str = kafka_config.TRAINER_USER
+    dashboard_user: str = kafka_config.DASHBOARD_USER
+    publisher_user: str = kafka_config.PUBLISHER_USER
+
+    def login(self, service: Service) -> kafka_config.Target:
+        """How ``service`` connects: its own login, over TLS (or the bare bootstrap)."""
+        return kafka_config.cloud_login(
+            self.bootstrap, getattr(self, f"{service}_user"), security=self.security,
+            credentials_file=self.credentials_file, ca_file=self.ca_file,
+            mechanism=self.mechanism)
 
 
 class RegistrySettings(_Section, frozen=True, kw_only=True):
@@ -142,6 +173,14 @@ class CloudConfig(_Section, frozen=True, kw_only=True):
     store: StoreSettings = StoreSettings()
     trainer: TrainerSettings = TrainerSettings()
     releases: ReleaseSettings = ReleaseSettings()
+
+
+def login_at(bootstrap: str, config_path: str | Path | None,
+             service: Service) -> kafka_config.Target:
+    """``service``'s login as ``config_path``'s [kafka] says, at ``bootstrap`` (a command's
+    --bootstrap option)."""
+    kafka = msgspec.structs.replace(load(config_path).kafka, bootstrap=bootstrap)
+    return kafka.login(service)
 
 
 def load(path: str | Path | None = None) -> CloudConfig:

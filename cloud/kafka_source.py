@@ -9,30 +9,32 @@ from collections.abc import Iterator
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from shared.errors import FleetsentryError
+from shared.kafka_config import Target, bootstrap_of, client_config
 
 
 class KafkaReadError(FleetsentryError):
     """A topic cannot be read: the broker is unreachable, the topic missing, or reading stalls."""
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 300.0) -> Iterator[bytes]:
+def read_topic(bootstrap: Target, topic: str, timeout_s: float = 300.0) -> Iterator[bytes]:
     """Yield every committed value of ``topic`` up to its high watermarks at the start.
 
     A snapshot read: training sees a fixed data range even while producers keep writing.
     """
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"fleetsentry-reader-{uuid.uuid4()}",
+    consumer = Consumer(client_config(bootstrap, {
+        "group.id": f"fleetsentry-reader-{uuid.uuid4()}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
         "isolation.level": "read_committed", "enable.partition.eof": False,
-    })
+    }))
+    where = bootstrap_of(bootstrap)
     try:
         try:
             meta = consumer.list_topics(topic, timeout=15)
         except KafkaException as exc:
-            raise KafkaReadError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+            raise KafkaReadError(f"cannot reach Kafka at {where}: {exc}") from None
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
-            raise KafkaReadError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise KafkaReadError(f"topic {topic!r} does not exist on {where}")
         remaining: dict[int, int] = {}
         assign = []
         for p in tmeta.partitions:

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from shared.contracts import Label, encode
 from shared.errors import ConfigError
+from shared.kafka_config import LABELS_USER, Target, cloud_login
 
 PASSWORD_ENV = "FLEETSENTRY_SIM_PASSWORD"
 DEFAULT_PASSWORD = "fleetsentry-sim"
@@ -120,7 +121,16 @@ def sim() -> None:
                    "live runs write it at the end when given).")
 @click.option("--labels-kafka", metavar="BOOTSTRAP",
               help="Also produce the labels to the `labels` topic of the cloud Kafka there: "
-                   "live runs while they go (see --label-delay), dry runs all at the end.")
+                   "live runs while they go (see --label-delay), dry runs all at the end. "
+                   "Logs in as fleetsentry-labels over TLS (see --labels-kafka-security).")
+@click.option("--labels-kafka-security", type=click.Choice(["sasl_ssl", "none"]),
+              default="sasl_ssl", show_default=True,
+              help="none: a development Kafka without TLS or logins.")
+@click.option("--labels-kafka-credentials", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON {user: password} holding fleetsentry-labels' password (default: "
+                   "the one `fleetsentry infra up` wrote for the cloud Kafka).")
+@click.option("--labels-kafka-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="The cloud Kafka's CA certificate (default: the one `infra up` made).")
 @click.option("--label-delay", "label_delay_s", default=60.0, show_default=True,
               type=click.FloatRange(0, 86_400),
               help="Live runs: seconds of run clock after an episode ends before its labels "
@@ -154,17 +164,22 @@ def sim() -> None:
 @click.option("--start-ts", type=float, default=None,
               help="Device clock at the start (default: fixed for dry runs, now for live).")
 def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
-        label_delay_s: float, mqtt_addr: str,
+        labels_kafka_security: str, labels_kafka_credentials: Path | None,
+        labels_kafka_ca: Path | None, label_delay_s: float, mqtt_addr: str,
         password: str, tls_ca: str | None, connect_wait_s: float, register_home: Path | None,
         buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
         start_ts: float | None, acked_log: Path | None, linger_s: float, **kw: Any) -> None:
     """Run a fleet: live against MQTT, or --dry-run to files."""
     console = Console(stderr=True)
+    labels_login = cloud_login(
+        labels_kafka, LABELS_USER, security=labels_kafka_security,
+        credentials_file=labels_kafka_credentials, ca_file=labels_kafka_ca,
+    ) if labels_kafka else None
     if dry_run:
         if out is None:
             raise click.UsageError("--dry-run needs --out FILE")
         settings = build_settings(kw, start_ts or SimSettings.start_ts)
-        _dry(settings, out, labels_out, labels_kafka, console, summary_json)
+        _dry(settings, out, labels_out, labels_login, console, summary_json)
         return
     settings = build_settings(kw, start_ts or round(time.time(), 3))
     fleet = Fleet(settings)
@@ -172,7 +187,7 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
         register(fleet, register_home, password, console)
     host, port = _host_port(mqtt_addr)
     conf = ConnectSettings(host=host, port=port, password=password, tls_ca=tls_ca)
-    feed = _feed(labels_kafka, label_delay_s) if labels_kafka else None
+    feed = _feed(labels_login, label_delay_s) if labels_login else None
     with tempfile.TemporaryDirectory(prefix="fleetsentry-sim-") as tmp:
         runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp), connect_wait_s=connect_wait_s,
                             labels=feed, ack_log=AckLog(acked_log) if acked_log else None,
@@ -204,21 +219,21 @@ def _drained(console: Console, p: Progress, linger_s: float) -> None:
                   + (f"; staying online up to {linger_s:g} s for commands" if linger_s else ""))
 
 
-def _produce(bootstrap: str, labels: list[Label]) -> int:
+def _produce(bootstrap: Target, labels: list[Label]) -> int:
     try:
         return produce_labels(bootstrap, labels)
     except SimError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _feed(bootstrap: str, delay_s: float) -> LabelFeed:
+def _feed(bootstrap: Target, delay_s: float) -> LabelFeed:
     try:
         return LabelFeed(bootstrap, delay_s)
     except SimError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def produce_labels(bootstrap: str, labels: list[Label]) -> int:
+def produce_labels(bootstrap: Target, labels: list[Label]) -> int:
     """Ground truth to Kafka's ``labels`` topic, keyed by event id (chargebacks, reports)."""
     feed = LabelFeed(bootstrap, delay_s=0.0)
     feed.collect(labels)
@@ -244,7 +259,7 @@ def register_cmd(mosquitto_home: Path, password: str, **kw: Any) -> None:
     register(fleet, mosquitto_home, password, Console(stderr=True))
 
 
-def _dry(settings: SimSettings, out: Path, labels_out: Path | None, labels_kafka: str | None,
+def _dry(settings: SimSettings, out: Path, labels_out: Path | None, labels_kafka: Target | None,
          console: Console, summary_json: Path | None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar

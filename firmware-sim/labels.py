@@ -22,6 +22,7 @@ from typing import Any
 from firmware_sim.errors import SimError
 
 from shared.contracts import Label, encode
+from shared.kafka_config import Target, bootstrap_of, client_config
 from shared.topics import LABELS
 
 # The producer's own queue: bounded, so a cloud that is away costs memory only up to here
@@ -32,27 +33,28 @@ QUEUE_MAX = 10_000
 PER_PASS = 2_000
 
 
-def check_labels_topic(bootstrap: str) -> None:
+def check_labels_topic(bootstrap: Target) -> None:
     """Fail before the run if the cluster cannot be reached or has no ``labels`` topic."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     # Brokers do not auto-create topics here, and a producer to a missing topic only
     # gives up after its timeout: check first and say where the topic lives.
+    where = bootstrap_of(bootstrap)
     try:
-        meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(LABELS, timeout=15)
+        meta = AdminClient(client_config(bootstrap)).list_topics(LABELS, timeout=15)
     except KafkaException as exc:
-        raise SimError(f"cannot reach Kafka at {bootstrap} to produce labels: {exc}") from None
+        raise SimError(f"cannot reach Kafka at {where} to produce labels: {exc}") from None
     topic = meta.topics.get(LABELS)
     if topic is None or topic.error is not None:
-        raise SimError(f"Kafka at {bootstrap} has no `{LABELS}` topic; it belongs to the cloud "
+        raise SimError(f"Kafka at {where} has no `{LABELS}` topic; it belongs to the cloud "
                        "cluster (`fleetsentry infra up` creates it there)")
 
 
 class LabelFeed:
     """Labels of one run, produced ``delay_s`` run-clock seconds after their episode ends."""
 
-    def __init__(self, bootstrap: str, delay_s: float) -> None:
+    def __init__(self, bootstrap: Target, delay_s: float) -> None:
         from confluent_kafka import Producer
 
         check_labels_topic(bootstrap)
@@ -63,9 +65,9 @@ class LabelFeed:
         self._errors: list[str] = []
         self._pending: list[tuple[float, int, Label]] = []
         self._seen = 0  # how much of the fleet's label list is already pending
-        self._producer: Any = Producer({
-            "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-            "linger.ms": 50, "queue.buffering.max.messages": QUEUE_MAX})
+        self._producer: Any = Producer(client_config(bootstrap, {
+            "enable.idempotence": True, "acks": "all",
+            "linger.ms": 50, "queue.buffering.max.messages": QUEUE_MAX}))
 
     @property
     def pending(self) -> int:
@@ -104,7 +106,7 @@ class LabelFeed:
         left = len(p) + len(heap)
         if left or self._errors:
             raise SimError(f"{left + len(self._errors)} labels not delivered to "
-                           f"{self.bootstrap}; first error: "
+                           f"{bootstrap_of(self.bootstrap)}; first error: "
                            f"{self._errors[0] if self._errors else 'no answer'}; is the cloud "
                            "Kafka up? (the labels file, if asked for, has them all)")
         return self.delivered

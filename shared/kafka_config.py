@@ -68,6 +68,24 @@ def gateway_user(edge_id: str) -> str:
     return GATEWAY_USER_PREFIX + edge_id
 
 
+def cloud_login(bootstrap: str, user: str, *, security: str = "sasl_ssl",
+                credentials_file: Path | None = None, ca_file: Path | None = None,
+                mechanism: Mechanism = "SCRAM-SHA-512") -> Target:
+    """How ``user`` logs in to the cloud's Kafka: TLS and SCRAM, with the password from
+    ``credentials_file`` and the CA in ``ca_file`` (defaults: what `fleetsentry infra up`
+    made under <infra home>/cloud-kafka); security "none": the bare bootstrap, for a
+    development cluster without either."""
+    if security == "none":
+        return bootstrap
+    if security != "sasl_ssl":
+        raise ConfigError(f"unknown Kafka security {security!r}; use sasl_ssl or none",
+                          setting="kafka.security")
+    home = default_home() / "cloud-kafka"
+    return KafkaSettings(bootstrap=bootstrap, username=user, mechanism=mechanism,
+                         credentials_file=credentials_file or home / "credentials.json",
+                         ca_file=ca_file or home / "tls" / "ca.pem")
+
+
 def default_credentials_file() -> Path:
     return default_home() / "edge-kafka" / "credentials.json"
 

@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from shared import topics
 from shared.contracts import Alert, Label, ModelStatus, Score, decode
 from shared.errors import ContractError
+from shared.kafka_config import Target, client_config
 
 log = logging.getLogger("dashboard.live")
 
@@ -267,7 +268,7 @@ class KafkaWatcher:
     gateway's topics are picked up within seconds.
     """
 
-    def __init__(self, bootstrap: str, state: LiveState) -> None:
+    def __init__(self, bootstrap: Target, state: LiveState) -> None:
         self.bootstrap = bootstrap
         self.state = state
         self.error: str | None = None
@@ -276,14 +277,13 @@ class KafkaWatcher:
         self._consumer: Consumer | None = None
 
     def start(self) -> KafkaWatcher:
-        self._consumer = Consumer({
-            "bootstrap.servers": self.bootstrap,
+        self._consumer = Consumer(client_config(self.bootstrap, {
             "group.id": f"fleetsentry-dashboard-{uuid.uuid4()}",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "enable.partition.eof": False,
             "topic.metadata.refresh.interval.ms": 5000,
             "error_cb": self._on_error,
-        })
+        }))
         self._consumer.subscribe([SUBSCRIPTION, topics.LABELS], on_assign=self._on_assign)
         self._thread = threading.Thread(target=self._run, name="dashboard-kafka", daemon=True)
         self._thread.start()

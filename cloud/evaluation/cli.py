@@ -12,9 +12,11 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from cloud.config import login_at
 from cloud.evaluation.episodes import EpisodeRule
 from cloud.evaluation.report import Report, evaluate
 from shared.contracts import Alert, Label, Score, decode
+from shared.kafka_config import Target
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -31,7 +33,7 @@ def read_jsonl(path: Path, kind: type[T]) -> list[T]:
     return out
 
 
-def _from_kafka(bootstrap: str, prefix: str, topics: Iterable[str], kind: type[T]) -> list[T]:
+def _from_kafka(bootstrap: Target, prefix: str, topics: Iterable[str], kind: type[T]) -> list[T]:
     from cloud.kafka_source import read_topic
 
     return [decode(kind, v) for t in topics for v in read_topic(bootstrap, prefix + t)]
@@ -44,6 +46,9 @@ def _from_kafka(bootstrap: str, prefix: str, topics: Iterable[str], kind: type[T
 @click.option("--bootstrap", help="Read scores.* and alerts from this Kafka.")
 @click.option("--topic-prefix", default="", show_default=True,
               help="Prefix of the topics on --bootstrap (e.g. a mirrored edge's alias).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="cloud.toml whose [kafka] login --bootstrap uses (TLS, user, password); "
+                   "default: the trainer's login as `fleetsentry infra up` made it.")
 @click.option("--scores", "score_files", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Offline: JSON lines of Score (repeatable) instead of Kafka.")
@@ -58,7 +63,7 @@ def _from_kafka(bootstrap: str, prefix: str, topics: Iterable[str], kind: type[T
 @click.option("--open-events", default=EpisodeRule.open_events, show_default=True)
 @click.option("--open-window", default=EpisodeRule.open_window_s, show_default=True)
 @click.option("--quiet-gap", default=EpisodeRule.quiet_gap_s, show_default=True)
-def eval_cmd(labels: Path, bootstrap: str | None, topic_prefix: str,
+def eval_cmd(labels: Path, bootstrap: str | None, topic_prefix: str, config_path: Path | None,
              score_files: tuple[Path, ...], alert_file: Path | None, out_dir: Path,
              within: float, open_events: int, open_window: float, quiet_gap: float) -> None:
     """Join scores and alerts with labels by event_id and report detection quality."""
@@ -67,9 +72,10 @@ def eval_cmd(labels: Path, bootstrap: str | None, topic_prefix: str,
     label_list = read_jsonl(labels, Label)
     alerts: list[Alert] | None
     if bootstrap:
-        scores = _from_kafka(bootstrap, topic_prefix, ["scores.telemetry", "scores.payments"],
+        login = login_at(bootstrap, config_path, "trainer")
+        scores = _from_kafka(login, topic_prefix, ["scores.telemetry", "scores.payments"],
                              Score)
-        alerts = _from_kafka(bootstrap, topic_prefix, ["alerts"], Alert)
+        alerts = _from_kafka(login, topic_prefix, ["alerts"], Alert)
     else:
         scores = [s for f in score_files for s in read_jsonl(f, Score)]
         alerts = read_jsonl(alert_file, Alert) if alert_file else None

@@ -27,6 +27,7 @@ from cloud.registry import ModelRecord, Registry
 from shared import model_bundle, releases, topics
 from shared.errors import FleetsentryError
 from shared.signing import key_fingerprint
+from shared.kafka_config import Target, bootstrap_of, client_config
 
 log = logging.getLogger("publisher")
 
@@ -58,18 +59,18 @@ class Releaser:
 class Publisher:
     """Constructing it does no I/O; ``start()`` creates the producer."""
 
-    def __init__(self, bootstrap: str, releaser: Releaser, topic: str = topics.MODELS) -> None:
+    def __init__(self, bootstrap: Target, releaser: Releaser, topic: str = topics.MODELS) -> None:
         self.bootstrap = bootstrap
         self.releaser = releaser
         self.topic = topic
         self._producer: Producer | None = None
 
     def start(self) -> Publisher:
-        self._producer = Producer({
-            "bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+        self._producer = Producer(client_config(self.bootstrap, {
+            "enable.idempotence": True, "acks": "all",
             "message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
             "compression.type": "zstd", "linger.ms": 0,
-        })
+        }))
         return self
 
     def close(self) -> None:
@@ -98,7 +99,7 @@ class Publisher:
         self._producer.produce(self.topic, key=model.stream.encode(), value=value,
                                on_delivery=delivered)
         if self._producer.flush(timeout_s) > 0:
-            raise PublishError(f"{model.version}: not acknowledged by {self.bootstrap} within "
+            raise PublishError(f"{model.version}: not acknowledged by {bootstrap_of(self.bootstrap)} within "
                                f"{timeout_s:.0f} s (is the cloud Kafka up?)")
         if errors:
             raise PublishError(f"{model.version}: the broker refused it: {errors[0]}")

@@ -27,8 +27,8 @@ STREAMS = ("telemetry", "payments")
 
 _COMMON = [
     click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                 default=None, help="cloud.toml: its [kafka] bootstrap and [registry] root "
-                 "apply unless --bootstrap / --registry are given."),
+                 default=None, help="cloud.toml: its [kafka] login and [registry] root "
+                 "apply (--bootstrap / --registry win when given)."),
     click.option("--registry", "registry_root", type=click.Path(file_okay=False, path_type=Path),
                  default=DEFAULT_ROOT, show_default=True, envvar="FLEETSENTRY_REGISTRY"),
     click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True,
@@ -51,28 +51,27 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
-                 ) -> tuple[Path, str, DataSource, TrainerSettings, ReleaseSettings]:
-    """The registry, bootstrap and data source to use: options given on the command line,
-    else cloud.toml's (when --config is given), else the defaults."""
-    from cloud.config import ReleaseSettings, TrainerSettings
-    from cloud.retrain.source import KafkaSource, source_for
-
-    if config_path is None:
-        return (registry_root, bootstrap, KafkaSource(bootstrap), TrainerSettings(),
-                ReleaseSettings())
+                 ) -> tuple[Path, Target, DataSource, TrainerSettings, ReleaseSettings]:
+    """The registry, the publisher's cloud Kafka login, and the data source to use: options
+    given on the command line, else cloud.toml's (when --config is given), else the
+    defaults."""
     from click.core import ParameterSource
 
     from cloud.config import load
+    from cloud.retrain.source import source_for
 
     conf = load(config_path)
     ctx = click.get_current_context()
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+        return config_path is None or ctx.get_parameter_source(name) not in (
+            ParameterSource.DEFAULT, None)
 
-    servers = bootstrap if given("bootstrap") else conf.kafka.bootstrap
-    return (registry_root if given("registry_root") else conf.registry.root, servers,
-            source_for(conf, servers), conf.trainer, conf.releases)
+    kafka = msgspec.structs.replace(
+        conf.kafka, bootstrap=bootstrap if given("bootstrap") else conf.kafka.bootstrap)
+    conf = msgspec.structs.replace(conf, kafka=kafka)
+    return (registry_root if given("registry_root") else conf.registry.root,
+            kafka.login("publisher"), source_for(conf), conf.trainer, conf.releases)
 
 
 def _releaser(key_file: Path, registry_root: Path, rel: ReleaseSettings) -> Releaser:

@@ -10,6 +10,8 @@ A source is anything with these three methods; cloud.store.reader.StoreReader is
 from __future__ import annotations
 
 import re
+
+import msgspec
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -19,6 +21,7 @@ from cloud.kafka_source import read_topic
 from shared import streams, topics
 from shared.contracts import Alert, Label, Score, decode
 from shared.errors import ContractError
+from shared.kafka_config import Target, client_config
 
 if TYPE_CHECKING:
     from cloud.config import CloudConfig
@@ -44,13 +47,13 @@ class DataSource(Protocol):
 class KafkaSource:
     """Reads snapshots of the replicated topics (constructing it does no I/O)."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, bootstrap: Target, timeout_s: float = 300.0) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
 
     def topics_for(self, base: str) -> list[str]:
         """``base`` itself and every ``<alias>.<base>`` copy on the cluster."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient(client_config(self.bootstrap))
         names = admin.list_topics(timeout=15).topics
         pattern = re.compile(rf"^(?:[A-Za-z0-9_-]+\.)?{re.escape(base)}$")
         return sorted(n for n in names if pattern.match(n))
@@ -119,4 +122,8 @@ def source_for(cfg: CloudConfig, bootstrap: str | None = None) -> DataSource:
         from cloud.store.reader import StoreReader
 
         return StoreReader(cfg.store.root)
-    return KafkaSource(bootstrap or cfg.kafka.bootstrap)
+    login = cfg.kafka.login("trainer")
+    if bootstrap:
+        login = (bootstrap if isinstance(login, str)
+                 else msgspec.structs.replace(login, bootstrap=bootstrap))
+    return KafkaSource(login)

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from cloud.store import layout
 from cloud.store.errors import StoreError
 from cloud.store.writer import Batch, ParquetFiles, flush, to_rows
+from shared.kafka_config import Target, client_config
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class Store:
     """Consumes every gateway's replicated topics into Parquet. No I/O until ``start``."""
 
-    def __init__(self, bootstrap: str, root: Path, group_id: str = "fleetsentry-store",
+    def __init__(self, bootstrap: Target, root: Path, group_id: str = "fleetsentry-store",
                  batch_records: int = 5000, flush_interval_s: float = 5.0,
                  compression: str = "zstd") -> None:
         self.bootstrap = bootstrap
@@ -36,13 +37,13 @@ class Store:
 
     def start(self) -> None:
         self.files.open()
-        self._consumer = Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": self.group_id,
+        self._consumer = Consumer(client_config(self.bootstrap, {
+            "group.id": self.group_id,
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             # A new gateway's topics appear while we run: notice them within seconds.
             "topic.metadata.refresh.interval.ms": 5000,
-        })
+        }))
         self._consumer.subscribe(layout.SUBSCRIPTION, on_revoke=self._on_revoke)
 
     def close(self) -> None:

@@ -17,12 +17,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cloud.config import login_at
 from cloud.trainer import data
 from cloud.trainer.errors import TrainerError
 from cloud.trainer.pipeline import TrainedModel, TrainSettings, train_stream, write_model_dir
 from cloud.trainer.threshold import ThresholdRule
 from shared import signing, streams
 from shared.contracts import AnonPayment, AnonTelemetry, Label, decode
+from shared.kafka_config import Target, bootstrap_of
 from shared.tokens import Tokenizer
 
 STREAMS = ("telemetry", "payments")
@@ -53,6 +55,9 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
 @click.option("--topic-prefix", default="", show_default=True,
               help="Prefix of the anon topics on --bootstrap (e.g. a mirrored edge's alias).")
 @click.option("--labels-topic", default=None, help="Read labels from this topic on --bootstrap.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="cloud.toml whose [kafka] login --bootstrap uses (TLS, user, password); "
+                   "default: the trainer's login as `fleetsentry infra up` made it.")
 @click.option("--stream", "stream_names", multiple=True, type=click.Choice(STREAMS),
               help="Streams to train (default: all).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -81,7 +86,7 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
                    "telemetry:alert_rate=0.001.")
 @click.option("--parent", default=None, help="Version of the model this one replaces.")
 def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic_prefix: str,
-          labels_topic: str | None, stream_names: tuple[str, ...], out_dir: Path,
+          labels_topic: str | None, config_path: Path | None, stream_names: tuple[str, ...], out_dir: Path,
           key_file: Path, public_key_out: Path | None, token_secret_file: Path | None,
           epochs: int, batch_size: int, max_fit_rows: int, seed: int, split: str, splits: str,
           thresholds: tuple[str, ...], parent: str | None) -> None:
@@ -92,14 +97,15 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
     rules = _thresholds(thresholds)
     names = list(stream_names or STREAMS)
     key = signing.ensure_private_key(key_file)
-    label_list = _labels(events, labels, bootstrap, labels_topic)
+    login = login_at(bootstrap, config_path, "trainer") if bootstrap else None
+    label_list = _labels(events, labels, login, labels_topic)
     with _progress(console) as progress:
         if events is not None:
             secret = token_secret_file.read_bytes().strip() if token_secret_file else None
             records = _from_files(events, label_list, secret, progress)
         else:
-            assert bootstrap is not None
-            records = {s: _from_kafka(bootstrap, topic_prefix + f"anon.{s}", s, label_list,
+            assert login is not None
+            records = {s: _from_kafka(login, topic_prefix + f"anon.{s}", s, label_list,
                                       progress) for s in names}
         trained: dict[str, TrainedModel] = {}
         for name in names:
@@ -135,7 +141,7 @@ def _splits(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
-def _labels(events: Path | None, labels: Path | None, bootstrap: str | None,
+def _labels(events: Path | None, labels: Path | None, bootstrap: Target | None,
             labels_topic: str | None) -> list[Label]:
     if labels is None and events is not None:
         candidate = events.parent / "labels.jsonl"
@@ -162,7 +168,7 @@ def _from_files(events: Path, labels: list[Label], secret: bytes | None,
     return out
 
 
-def _from_kafka(bootstrap: str, topic: str, stream: str, labels: list[Label],
+def _from_kafka(bootstrap: Target, topic: str, stream: str, labels: list[Label],
                 progress: Progress) -> data.Records:
     from cloud.kafka_source import read_topic
 
@@ -178,7 +184,7 @@ def _from_kafka(bootstrap: str, topic: str, stream: str, labels: list[Label],
 
     out = data.records_from_anon(stream, records(), labels)
     if len(out) == 0:
-        raise TrainerError(f"topic {topic} on {bootstrap} holds no records")
+        raise TrainerError(f"topic {topic} on {bootstrap_of(bootstrap)} holds no records")
     return out
 
 

@@ -52,7 +52,9 @@ def gateway_grants(edge_id: str) -> list[Grant]:
         *state,
         ("TOPIC", topics.MODELS, "literal", ("READ", "DESCRIBE", "DESCRIBE_CONFIGS")),
         ("GROUP", group, "literal", ("READ", "DESCRIBE")),
-        # Exactly-once: the worker leader's and each task's transactional ids.
+        # Exactly-once: the worker's config-topic producer's and each task's transactional
+        # ids (Connect's DistributedConfig.transactionalProducerId and taskTransactionalId).
+        ("TRANSACTIONAL_ID", f"connect-cluster-{group}", "literal", ("WRITE", "DESCRIBE")),
         ("TRANSACTIONAL_ID", f"{group}-", "prefixed", ("WRITE", "DESCRIBE")),
         ("BROKER", "kafka-cluster", "literal", ("IDEMPOTENT_WRITE", "DESCRIBE")),
     ]
