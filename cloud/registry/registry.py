@@ -253,7 +253,7 @@ StatusState = Literal["watching", "waiting for data", "waiting for labels", "tra
 Decision = Literal["promoted", "kept", "failed", "awaiting approval", "rejected"]
 RequestKind = Literal["promote", "rollback", "retrain", "approve", "reject"]
 RequestState = Literal["pending", "running", "done", "refused", "failed"]
-OPEN_REQUESTS = ("pending", "running")
+OPEN_REQUESTS: tuple[RequestState, ...] = ("pending", "running")
 
 
 @dataclass(frozen=True)
