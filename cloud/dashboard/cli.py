@@ -123,13 +123,14 @@ def start_signer(config_path: Path | None, key_file: Path | None,
     Only the key file's presence is checked here, so that a missing key stops ``cloud run``
     at once with what to do instead of leaving a dashboard whose requests nobody carries out.
     """
-    key = (key_file or signing.dev_private_key_path()).expanduser()
+    key = (key_file or signing.dev_private_key_path()).expanduser().absolute()
     if not key.exists():
         raise click.ClickException(
             f"no model-signing key at {key}: create one with `fleetsentry cloud keygen {key}` "
             f"(on one machine, the development key is fine) and give every gateway "
             f"{key.with_suffix('.pub')}, or point --key at the fleet's key")
-    argv = [sys.executable, "-m", "cloud.signer", "--key", str(key)]
+    argv = [sys.executable, "-m", "cloud.signer", "--key", str(key),
+            "--parent", str(os.getpid())]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     for name, value in options.items():

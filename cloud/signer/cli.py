@@ -4,6 +4,7 @@ starts it beside the dashboard)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -75,9 +76,11 @@ def signer_options(fn: Any) -> Any:
 @signer_options
 @click.option("--no-schedule", is_flag=True,
               help="Carry out operators' requests only: no scheduled or drift retrains.")
+@click.option("--parent", "parent_pid", type=int, default=None, hidden=True,
+              help="Stop when this process (`cloud run`) is gone.")
 def signer(config_path: Path | None, key_file: Path | None, no_publish: bool, epochs: int,
            min_records: int, schedule_s: float, drift_check_s: float, recent_s: float,
-           no_schedule: bool) -> None:
+           no_schedule: bool, parent_pid: int | None) -> None:
     """Hold the signing key: train, sign, publish, and carry out the dashboard's requests."""
     from cloud import config as cloud_config
     from cloud.publisher import Publisher, Releaser
@@ -98,6 +101,8 @@ def signer(config_path: Path | None, key_file: Path | None, no_publish: bool, ep
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if parent_pid is not None:
+        threading.Thread(target=_with_parent, args=(parent_pid, stop), daemon=True).start()
     approval = "required" if cfg.trainer.require_approval else "not required"
     click.echo(f"fleetsentry signer: key id {signing.key_fingerprint(key)}, registry "
                f"{cfg.registry.root}, operator approval of retrained models {approval}",
@@ -108,3 +113,12 @@ def signer(config_path: Path | None, key_file: Path | None, no_publish: bool, ep
     finally:
         if publisher is not None:
             publisher.close()
+
+
+def _with_parent(pid: int, stop: threading.Event) -> None:
+    """Set ``stop`` once ``pid`` is no longer our parent: ``cloud run`` may end without a
+    chance to stop us (uvicorn re-raises the signal that stopped it), and no signer may
+    outlive the dashboard it serves."""
+    while not stop.wait(1.0):
+        if os.getppid() != pid:
+            stop.set()
