@@ -153,3 +153,20 @@ def test_a_request_naming_no_model_or_run_is_refused_at_once(tmp_path: Path) -> 
     finally:
         dash.actions.close()
         dash.store.close()
+
+
+def test_cloud_run_without_a_key_stops_saying_how_to_make_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from cloud.dashboard.cli import run
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(f'[registry]\nroot = "{tmp_path / "registry"}"\n'
+                    f'[dashboard]\nstate_dir = "{tmp_path / "state"}"\nport = {_free_port()}\n')
+    for args in ([], ["--key", str(tmp_path / "fleet.key")]):
+        result = CliRunner().invoke(run, ["--config", str(toml), *args])
+        assert result.exit_code != 0
+        assert "fleetsentry cloud keygen" in result.output, result.output
+    assert not signing.dev_private_key_path().exists() and not (tmp_path / "fleet.key").exists()
