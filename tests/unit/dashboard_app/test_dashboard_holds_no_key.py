@@ -109,6 +109,8 @@ def test_a_viewer_cannot_approve_or_reject_a_challenger(tmp_path: Path) -> None:
             runs = client.get("/runs")
             assert runs.status_code == 200 and "awaiting approval" in runs.text
             assert "/actions/approve" not in runs.text  # no buttons for her
+            run_page = client.get(f"/runs/{run_id}")
+            assert run_page.status_code == 200 and "/actions/approve" not in run_page.text
             for kind in ("approve", "reject"):
                 confirm = client.get(f"/actions/{kind}?run={run_id}")
                 assert confirm.status_code == 403 and "operator" in confirm.text, kind
@@ -128,6 +130,7 @@ def test_a_viewer_cannot_approve_or_reject_a_challenger(tmp_path: Path) -> None:
             # The operator beside her sees the challenger waiting and may approve it.
             op_csrf = sign_in(client, "alice")
             assert f'href="/actions/approve?run={run_id}"' in client.get("/runs").text
+            assert f'href="/actions/reject?run={run_id}"' in client.get(f"/runs/{run_id}").text
             ok = client.post("/api/actions/approve", json={"run": run_id, "reason": "checked"},
                              headers={"X-CSRF-Token": op_csrf})
             assert ok.status_code == 200, ok.text
