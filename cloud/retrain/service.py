@@ -220,10 +220,7 @@ class TrainerService:
         status = self.registry.status(stream)
         failures = status.failures if status is not None else 0
         if run.decision == "awaiting approval":
-            self.registry.set_status(
-                stream, "awaiting approval", f"run {run.id}: {run.challenger} passed the "
-                "automatic checks and waits for an operator to approve or reject it (Training "
-                "runs on the dashboard); no automatic run until then", failures=0)
+            self.note_awaiting(run)
         elif run.decision == "promoted":
             self.registry.set_status(
                 stream, "watching", f"run {run.id} promoted {run.challenger}; drift checks "
@@ -240,6 +237,13 @@ class TrainerService:
                 + f"; next automatic run in {_duration(wait)}",
                 next_ts=now + wait, failures=failures)
         return run
+
+    def note_awaiting(self, run: RunRecord) -> None:
+        """Say on the stream's status which run waits for an operator."""
+        self.registry.set_status(
+            run.stream, "awaiting approval", f"run {run.id}: {run.challenger} passed the "
+            "automatic checks and waits for an operator to approve or reject it (Training runs "
+            "on the dashboard); no automatic run until then", failures=0)
 
     # --- the first champions -----------------------------------------------------------------
 

@@ -142,6 +142,8 @@ class SigningService:
         stream = self._known(req.stream)
         run = self.trainer.retrain(stream, "manual", req.actor, req.reason)
         outcome = f"run {run.id}: {run.decision} ({run.decision_reason})"
+        if run.decision == "awaiting approval":
+            self.trainer.note_awaiting(run)
         if run.decision == "failed":
             raise Failed(outcome + (f" {run.error}" if run.error else ""))
         return run.challenger, outcome

@@ -172,3 +172,19 @@ def test_the_signer_without_a_key_file_says_how_to_make_one(tmp_path: Path,
         assert "fleetsentry cloud keygen" in result.output, result.output
     assert not signing.dev_private_key_path().exists()
     assert not (tmp_path / "fleet.key").exists()
+
+
+def test_a_retrain_asked_for_on_the_dashboard_also_waits_for_approval(
+        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]],
+        tmp_path: Path) -> None:
+    svc, pub, _public_key = _setup(registry, data, tmp_path)
+    with Actions(registry.root).start() as actions:
+        assert actions.retrain("payments", "alice", "operator", "new fuel cards").ok
+    [done] = SigningService(registry, svc, pub, streams=("payments",)).handle_pending()
+    assert done.state == "done" and "awaiting approval" in done.outcome, done.outcome
+    [run] = registry.awaiting_approval("payments")
+    assert (run.trigger, run.triggered_by, run.challenger) == (
+        "manual", "alice", done.result_version)
+    status = registry.status("payments")
+    assert status is not None and status.state == "awaiting approval"
+    assert pub.sent == [] and registry.champion("payments") is None
