@@ -9,13 +9,14 @@ import click
 from cloud.dashboard.cli import dashboard, run
 from cloud.registry.cli import registry
 from cloud.retrain.cli import retrain, trainer_service
+from cloud.signer.cli import signer
 from cloud.store.cli import store
 from cloud.trainer.cli import train
 
 
 @click.group()
 def cloud() -> None:
-    """Cloud services: training, registry, trainer service, store, dashboard, keys."""
+    """Cloud services: training, registry, trainer service, signer, store, dashboard, keys."""
 
 
 @cloud.command("keygen")
@@ -37,6 +38,7 @@ cloud.add_command(train)
 cloud.add_command(registry)
 cloud.add_command(trainer_service)
 cloud.add_command(retrain)
+cloud.add_command(signer)
 cloud.add_command(run)
 cloud.add_command(dashboard)
 cloud.add_command(store)

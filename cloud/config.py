@@ -154,6 +154,11 @@ class TrainerSettings(_Section, frozen=True, kw_only=True):
     # int8 check) speaks for a single fault or fraud, so the service waits for labels until the
     # holdout holds at least this many episodes (not with allow_unlabelled_promotion).
     min_holdout_episodes: Annotated[int, Meta(ge=1)] = 2
+    # Hold a retrained challenger that passed the automatic checks as "awaiting approval"
+    # until an operator approves it on the dashboard (then the signer signs and publishes
+    # it) or rejects it. Off (the default, for the one-machine demo): a better challenger is
+    # promoted and published at once. Turn it on for a real fleet.
+    require_approval: bool = False
 
 
 class ReleaseSettings(_Section, frozen=True, kw_only=True):

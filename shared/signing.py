@@ -139,18 +139,25 @@ def ensure_private_key(path: Path, create: bool = False) -> Ed25519PrivateKey:
     models that every gateway, which trusts the fleet's real public key, refuses.
     """
     path = Path(path).expanduser()
-    if path.exists():
-        return load_private_key(path)
-    if create or path == dev_private_key_path():
-        key = create_private_key(path)
-        if not create:
-            log.warning("created the development model-signing key %s (key id %s); gateways "
-                        "accept its models only with [scorer] public_key = %s", path,
-                        key_fingerprint(key), path.with_suffix(".pub"))
-        return key
-    raise KeyFileError(f"no model-signing key at {path}: create one with `fleetsentry cloud "
-                       f"keygen {path}` and give every gateway its public key "
-                       f"({path.with_suffix('.pub')}), or point --key at the fleet's key")
+    if path.exists() or not (create or path == dev_private_key_path()):
+        return require_private_key(path)
+    key = create_private_key(path)
+    if not create:
+        log.warning("created the development model-signing key %s (key id %s); gateways "
+                    "accept its models only with [scorer] public_key = %s", path,
+                    key_fingerprint(key), path.with_suffix(".pub"))
+    return key
+
+
+def require_private_key(path: Path) -> Ed25519PrivateKey:
+    """Load the signing key at ``path``; a missing one, the development key's path included,
+    is an error saying how to make it (the signer never generates a key of its own)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise KeyFileError(f"no model-signing key at {path}: create one with `fleetsentry "
+                           f"cloud keygen {path}` and give every gateway its public key "
+                           f"({path.with_suffix('.pub')}), or point --key at the fleet's key")
+    return load_private_key(path)
 
 
 def dev_private_key_path() -> Path:

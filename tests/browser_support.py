@@ -154,13 +154,21 @@ def sign_in(driver: Any, run: CloudRun, page: str = "/runs", shot_as: str = "") 
         By.ID, "signed-in-user").text == run.user)
 
 
-def promote(driver: Any, run: CloudRun, version: str) -> None:
-    """Promote ``version`` from the registry page, confirming; returns on its model page."""
+def promote(driver: Any, run: CloudRun, version: str) -> str:
+    """Promote ``version`` from the registry page, confirming; returns on its model page once
+    the signer has carried the request out, with the flash message the request got."""
     from selenium.webdriver.common.by import By
 
     driver.get(run.url + "/registry")
     driver.find_element(By.CSS_SELECTOR, f"[data-promote='{version}']").click()
     assert version in driver.find_element(By.ID, "confirm-question").text
     driver.find_element(By.ID, "confirm").click()
-    wait("the model page",
-         lambda: driver.find_element(By.ID, "model-state").text == "champion")
+    wait("the model page", lambda: driver.find_element(By.ID, "model-state"))
+    flash = str(driver.find_element(By.ID, "flash").text)
+    page = driver.current_url
+
+    def champion() -> bool:  # the dashboard only recorded it: the signer promotes it
+        driver.get(page)
+        return bool(driver.find_element(By.ID, "model-state").text == "champion")
+    wait("the signer to promote it", champion, every_s=1)
+    return flash

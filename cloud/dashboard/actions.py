@@ -1,34 +1,27 @@
-"""What signed-in users can do: retrain now, promote, roll back. Each is recorded with who.
+"""What signed-in operators can ask for: retrain now, promote, roll back, approve or reject a
+challenger awaiting approval. Each is recorded with who asked and their role.
 
-Promotions and rollbacks change the registry (which records the actor and reason in its
-``actions`` table) and then publish the new champion to the ``models`` topic, as the
-registry's CLI does. A retrain runs the trainer service's own ``retrain`` in a background
-thread; training runs one at a time, scheduled ones included, so two never share the cores.
-A stream has at most one retrain queued or running: asking again meanwhile is refused, so
-requests cannot pile up threads.
+The dashboard holds no signing key and changes no champion itself: it records each request in
+the registry's ``requests`` table, and the signer (``fleetsentry cloud signer``, started by
+``cloud run``) checks it, carries it out (signing and publishing what it promotes) and records
+the outcome there. Requests naming no model or run are refused at once, and a stream has at
+most one retrain open, so requests cannot pile up.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cloud.dashboard.errors import DashboardError
-from cloud.registry import ModelRecord, Registry
+from cloud.registry import Registry
+from cloud.registry.registry import OPEN_REQUESTS, RequestKind, RequestRecord
 from shared.errors import FleetsentryError
 
-if TYPE_CHECKING:
-    from cloud.publisher import Publisher
-    from cloud.retrain.service import TrainerService
-
-log = logging.getLogger("dashboard.actions")
-
-TrainerFactory = Callable[[Registry], "TrainerService"]
+OPERATOR = "operator"
+CARRIED_OUT = "the signer carries it out; its outcome shows under Requests on Training runs"
 
 
 @dataclass(frozen=True)
@@ -39,20 +32,13 @@ class Outcome:
 
 
 class Actions:
-    """Constructing it does no I/O; ``start()`` opens the publisher, ``close()`` stops all."""
+    """Constructing it does no I/O; ``start()`` is there for symmetry, ``close()`` closes the
+    registry connections it opened (one per thread)."""
 
-    def __init__(self, registry_root: Path, trainer: TrainerFactory | None = None,
-                 publisher: Publisher | None = None) -> None:
+    def __init__(self, registry_root: Path) -> None:
         self.registry_root = registry_root
-        self.trainer = trainer
-        self.publisher = publisher
-        self.pending: list[dict[str, Any]] = []
-        self._active: dict[str, dict[str, Any]] = {}  # stream -> its queued or running job
-        self._train_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
         self._local = threading.local()
         self._opened: list[Registry] = []
-        self._threads: list[threading.Thread] = []
 
     def registry(self) -> Registry:
         """This thread's registry connection (SQLite connections are not shared by threads)."""
@@ -63,111 +49,86 @@ class Actions:
         return reg
 
     def start(self) -> Actions:
-        if self.publisher is not None:
-            self.publisher.start()
         return self
 
     def close(self) -> None:
-        for t in self._threads:
-            t.join(timeout=1)
-        if self.publisher is not None:
-            self.publisher.close()
         for reg in self._opened:
             reg.close()
+        self._opened.clear()
+
+    def __enter__(self) -> Actions:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def can_retrain(self) -> bool:
-        return self.trainer is not None
+        return True  # the signer trains; the dashboard only asks
 
-    # --- promote / roll back -----------------------------------------------------------------
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Requests not yet carried out, oldest first, for the runs page."""
+        return [_row(r) for r in reversed(self.registry().requests(OPEN_REQUESTS))]
 
-    def promote(self, version: str, actor: str, reason: str) -> Outcome:
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest requests, whatever became of them, newest first."""
+        return [_row(r) for r in self.registry().requests(limit=limit)]
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def promote(self, version: str, actor: str, role: str, reason: str) -> Outcome:
+        model = self.registry().find(version)
+        if model is None:
+            return Outcome(False, f"no model version {version!r} in the registry")
+        return self._ask("promote", actor, role, reason, f"promotion of {version} requested",
+                         stream=model.stream, version=version)
+
+    def rollback(self, stream: str, actor: str, role: str, reason: str,
+                 to: str | None = None) -> Outcome:
+        if to and self.registry().find(to) is None:
+            return Outcome(False, f"no model version {to!r} in the registry")
+        return self._ask("rollback", actor, role, reason, f"rollback of {stream} requested",
+                         stream=stream, version=to or None)
+
+    def retrain(self, stream: str, actor: str, role: str, reason: str) -> Outcome:
+        return self._ask("retrain", actor, role, reason, f"retrain of {stream} requested by "
+                         f"{actor}; it appears under Training runs when it starts",
+                         stream=stream)
+
+    def approve(self, run_id: int, actor: str, role: str, reason: str) -> Outcome:
+        return self._decide("approve", run_id, actor, role, reason)
+
+    def reject(self, run_id: int, actor: str, role: str, reason: str) -> Outcome:
+        return self._decide("reject", run_id, actor, role, reason)
+
+    def _decide(self, kind: RequestKind, run_id: int, actor: str, role: str,
+                reason: str) -> Outcome:
         try:
-            m = self.registry().promote(version, actor, reason)
+            run = self.registry().run(run_id)
         except FleetsentryError as exc:
             return Outcome(False, str(exc))
-        return self._published(m, f"{m.version} is now the champion of {m.stream}")
+        if run.decision != "awaiting approval":
+            return Outcome(False, f"run {run_id} is {run.decision or run.status}, not awaiting "
+                                  f"approval")
+        return self._ask(kind, actor, role, reason, f"{kind} of run {run_id} "
+                         f"({run.challenger}) requested", stream=run.stream,
+                         version=run.challenger, run_id=run_id)
 
-    def rollback(self, stream: str, actor: str, reason: str, to: str | None = None) -> Outcome:
+    def _ask(self, kind: RequestKind, actor: str, role: str, reason: str, said: str, *,
+             stream: str, version: str | None = None, run_id: int | None = None) -> Outcome:
+        if role != OPERATOR:  # the app refuses viewers first; this is the last word
+            raise DashboardError(f"{actor} is a {role}: only operators may {kind}")
         try:
-            m = self.registry().rollback(stream, actor, reason, to=to or None)
+            self.registry().add_request(kind, actor, role, stream=stream, version=version,
+                                        run_id=run_id, reason=reason)
         except FleetsentryError as exc:
             return Outcome(False, str(exc))
-        return self._published(m, f"{stream} rolled back to {m.version}")
+        return Outcome(True, f"{said}; {CARRIED_OUT}", version)
 
-    def _published(self, m: ModelRecord, done: str) -> Outcome:
-        if self.publisher is None:
-            return Outcome(True, f"{done} (not published: publishing is off)", m.version)
-        try:
-            self.publisher.publish(m)
-        except FleetsentryError as exc:
-            return Outcome(True, f"{done}, but publishing failed: {exc}", m.version)
-        return Outcome(True, f"{done}; published to the gateways", m.version)
 
-    # --- retrain -----------------------------------------------------------------------------
-
-    def retrain(self, stream: str, actor: str, reason: str) -> Outcome:
-        if self.trainer is None:
-            raise DashboardError("no trainer in this process: start the dashboard with "
-                                 "`fleetsentry cloud run` to retrain from it")
-        job = {"stream": stream, "actor": actor, "reason": reason, "queued_ts": time.time()}
-        with self._pending_lock:
-            busy = self._active.get(stream)
-            if busy is not None:
-                state = "queued" if busy in self.pending else "running"
-                return Outcome(False, f"a retrain of {stream} is already {state} (asked for by "
-                                      f"{busy['actor']}); wait for it to finish under Training "
-                                      f"runs")
-            self._active[stream] = job
-            self.pending.append(job)
-        t = threading.Thread(target=self._retrain, args=(job,), name=f"retrain-{stream}",
-                             daemon=True)
-        self._threads = [x for x in self._threads if x.is_alive()] + [t]
-        t.start()
-        return Outcome(True, f"retrain of {stream} requested by {actor}; it appears under "
-                             f"Training runs when it starts")
-
-    def _retrain(self, job: dict[str, Any]) -> None:
-        try:
-            with self._train_lock:
-                with self._pending_lock:
-                    self.pending.remove(job)
-                self._train(job)
-        finally:
-            with self._pending_lock:
-                self._active.pop(job["stream"], None)
-
-    def _train(self, job: dict[str, Any]) -> None:
-        assert self.trainer is not None
-        reg = Registry(self.registry_root).start()
-        try:
-            svc = self.trainer(reg)
-            run = svc.retrain(job["stream"], "manual", job["actor"], job["reason"])
-            log.info("run %d (%s, by %s): %s", run.id, run.stream, job["actor"], run.decision)
-            if svc.publisher is None and run.decision == "promoted" and self.publisher:
-                champ = reg.champion(run.stream)
-                if champ is not None:
-                    self.publisher.publish(champ)
-        except Exception:  # recorded by the service as a failed run; keep serving
-            log.exception("retrain of %s failed", job["stream"])
-        finally:
-            reg.close()
-
-    def schedule(self, stop: threading.Event, poll_s: float = 5.0) -> None:
-        """The trainer service's own loop (schedule and drift), sharing the training lock."""
-        if self.trainer is None:
-            return
-        reg = Registry(self.registry_root).start()
-        try:
-            svc = self.trainer(reg)
-            while not stop.is_set():
-                with self._train_lock:
-                    try:
-                        svc.cycle()
-                    except FleetsentryError as exc:
-                        log.error("trainer cycle failed: %s", exc)
-                    except Exception:  # the loop outlives any one cycle; say what broke it
-                        log.exception("trainer cycle failed")
-                stop.wait(poll_s)
-        finally:
-            reg.close()
+def _row(r: RequestRecord) -> dict[str, Any]:
+    return {"id": r.id, "ts": r.ts, "kind": r.kind, "stream": r.stream, "version": r.version,
+            "run_id": r.run_id, "actor": r.actor, "reason": r.reason, "state": r.state,
+            "outcome": r.outcome, "result_version": r.result_version,
+            "finished_ts": r.finished_ts}

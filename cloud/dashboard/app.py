@@ -1,7 +1,8 @@
 """The dashboard's ASGI application: pages, live partials, the JSON API, sign-in and actions.
 
 Every page and ``/api`` read needs a signed-in user; every change needs an operator (viewers
-get 403) and the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP
+get 403) and is only recorded here, as a request the signer (the process holding the signing
+key) carries out and the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP
 Basic with a JSON body, which no cross-site form can send). Sessions are rows of the
 dashboard's store, ended by sign-out or by any change to their user. Failed sign-ins lock a
 name or an address for a while (429 with Retry-After). Cookies are HttpOnly and
@@ -59,8 +60,10 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 STREAMS = ("telemetry", "payments")
 HSTS = "max-age=31536000; includeSubDomains"
-VIEWER_REFUSED = ("your role is viewer: only operators may promote, roll back or retrain "
-                  "(an operator can change it with `fleetsentry cloud dashboard user role`)")
+VIEWER_REFUSED = ("your role is viewer: only operators may promote, roll back, retrain, "
+                  "approve or reject (an operator can change it with `fleetsentry cloud "
+                  "dashboard user role`)")
+ACTIONS = ("retrain", "promote", "rollback", "approve", "reject")
 
 
 @dataclass(frozen=True)
@@ -311,12 +314,12 @@ def create_app(dash: Dashboard) -> Starlette:
     @signed_in
     async def runs_page(request: Request, s: Session) -> Response:
         return page(request, "runs.html", s, view=views.runs(reg()),
-                    pending=list(dash.actions.pending))
+                    requests=dash.actions.recent())
 
     @signed_in
     async def runs_partial(request: Request, s: Session) -> Response:
         return page(request, "_runs_table.html", s, view=views.runs(reg()),
-                    pending=list(dash.actions.pending))
+                    requests=dash.actions.recent())
 
     @signed_in
     async def run_page(request: Request, s: Session) -> Response:
@@ -342,7 +345,7 @@ def create_app(dash: Dashboard) -> Starlette:
     @signed_in
     async def action(request: Request, s: Session) -> Response:
         kind = request.path_params["kind"]
-        if kind not in ("retrain", "promote", "rollback"):
+        if kind not in ACTIONS:
             return no_such("No such action.")
         if not s.operator:
             return HTMLResponse(f"<h1>Forbidden</h1><p>{html.escape(VIEWER_REFUSED)}</p>"
@@ -351,34 +354,40 @@ def create_app(dash: Dashboard) -> Starlette:
         if request.method == "GET":
             q = request.query_params
             return page(request, "confirm.html", s, kind=kind, stream=q.get("stream", ""),
-                        version=q.get("version", ""), to=q.get("to", ""))
+                        version=q.get("version", ""), to=q.get("to", ""),
+                        run=q.get("run", ""))
         form = await request.form()
         if not csrf_ok(s, str(form.get(CSRF_FIELD, ""))):
             return HTMLResponse("CSRF token missing or wrong", status_code=403)
         data = {k: str(v) for k, v in form.items() if k != CSRF_FIELD}
-        outcome = await do_action(kind, data, s.user)
-        where = "/runs" if kind == "retrain" else (
+        outcome = await do_action(kind, data, s)
+        where = "/runs" if kind in ("retrain", "approve", "reject") else (
             f"/registry/models/{quote(outcome.version)}" if outcome.version else "/registry")
         resp = RedirectResponse(where, status_code=303)
         set_cookie(resp, request, FLASH_COOKIE,
                    dash.signer.dumps({"m": outcome.message, "ok": outcome.ok}, "flash"), 60)
         return resp
 
-    async def do_action(kind: str, data: dict[str, str], actor: str) -> Outcome:
+    async def do_action(kind: str, data: dict[str, str], s: Session) -> Outcome:
+        """Record the request for the signer (which holds the key and carries it out)."""
         reason = data.get("reason", "").strip()[:500] or f"{kind} from the dashboard"
+        actor, role, a = s.user, s.role, dash.actions
         if kind == "promote":
-            return await run_in_threadpool(lambda: dash.actions.promote(
-                data.get("version", ""), actor, reason))
+            return await run_in_threadpool(lambda: a.promote(data.get("version", ""), actor,
+                                                             role, reason))
+        if kind in ("approve", "reject"):
+            run = data.get("run", "")
+            if not run.isdigit():
+                return Outcome(False, f"no training run {run!r}")
+            decide = a.approve if kind == "approve" else a.reject
+            return await run_in_threadpool(lambda: decide(int(run), actor, role, reason))
         stream = data.get("stream", "")
         if stream not in STREAMS:
             return Outcome(False, f"unknown stream {stream!r}")
         if kind == "rollback":
-            return await run_in_threadpool(lambda: dash.actions.rollback(
-                stream, actor, reason, data.get("to") or None))
-        if not dash.actions.can_retrain:
-            return Outcome(False, "no trainer in this process: start it with "
-                                  "`fleetsentry cloud run` to retrain from the dashboard")
-        return dash.actions.retrain(stream, actor, reason)
+            return await run_in_threadpool(lambda: a.rollback(stream, actor, role, reason,
+                                                              data.get("to") or None))
+        return await run_in_threadpool(lambda: a.retrain(stream, actor, role, reason))
 
     # --- JSON API ----------------------------------------------------------------------------
 
@@ -401,7 +410,8 @@ def create_app(dash: Dashboard) -> Starlette:
 
     @signed_in
     async def api_runs(request: Request, s: Session) -> Response:
-        return JSONResponse({**views.runs(reg()), "pending": list(dash.actions.pending)})
+        return JSONResponse({**views.runs(reg()), "pending": dash.actions.pending,
+                             "requests": dash.actions.recent()})
 
     @signed_in
     async def api_run(request: Request, s: Session) -> Response:
@@ -422,7 +432,7 @@ def create_app(dash: Dashboard) -> Starlette:
     @signed_in
     async def api_action(request: Request, s: Session) -> Response:
         kind = request.path_params["kind"]
-        if kind not in ("retrain", "promote", "rollback"):
+        if kind not in ACTIONS:
             return JSONResponse({"error": "no such action"}, 404)
         if not s.operator:
             return JSONResponse({"error": VIEWER_REFUSED}, 403)
@@ -437,7 +447,7 @@ def create_app(dash: Dashboard) -> Starlette:
             return JSONResponse({"error": "the body is not JSON"}, 400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "send a JSON object"}, 400)
-        outcome = await do_action(kind, {k: str(v) for k, v in body.items()}, s.user)
+        outcome = await do_action(kind, {k: str(v) for k, v in body.items()}, s)
         return JSONResponse({"ok": outcome.ok, "message": outcome.message,
                              "version": outcome.version}, 200 if outcome.ok else 409)
 

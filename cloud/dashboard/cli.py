@@ -1,5 +1,9 @@
-"""``fleetsentry cloud run`` (dashboard + trainer service) and ``fleetsentry cloud dashboard``
-(serve it alone, manage its users)."""
+"""``fleetsentry cloud run`` (the dashboard, and the signer as a separate process) and
+``fleetsentry cloud dashboard`` (serve it alone, manage its users).
+
+The dashboard's process never loads the model-signing key: operators' promotions, rollbacks,
+approvals and retrains are recorded in the registry as requests, and the signer
+(``fleetsentry cloud signer``, :mod:`cloud.signer`) carries them out."""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import logging
 import os
 import re
 import secrets
+import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ import click
 
 from cloud import config as cloud_config
 from cloud.config import CloudConfig
+from cloud.signer.cli import signer_options
 from shared import signing
 from shared.errors import MissingExtraError
 
@@ -63,29 +68,31 @@ def demo_user(state_dir: Path) -> tuple[str, str, str]:
 
 @dataclass
 class Server:
-    """Everything ``cloud run`` starts, in start order; ``close()`` stops it in reverse."""
+    """Everything the dashboard process starts, in start order; ``close()`` stops it in
+    reverse (and the signer ``cloud run`` started beside it)."""
 
     app: Any
     dash: Any
     watcher: Any
     actions: Any
-    stop: threading.Event
-    scheduler: threading.Thread | None = None
+    signer: subprocess.Popen[bytes] | None = None
 
     def close(self) -> None:
-        self.stop.set()
-        if self.scheduler is not None:
-            self.scheduler.join(timeout=30)
+        if self.signer is not None:
+            self.signer.terminate()
+            try:
+                self.signer.wait(30)
+            except subprocess.TimeoutExpired:
+                self.signer.kill()
+                self.signer.wait()
         self.watcher.close()
         self.actions.close()
         self.dash.store.close()
 
 
-def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: bool,
-          publish: bool, epochs: int = 12, min_records: int = 1000,
-          schedule_s: float = 24 * 3600.0, drift_check_s: float = 300.0,
-          recent_s: float = 1800.0) -> Server:
-    """Start the live feed, the actions (and trainer) and the app; the caller serves it."""
+def build(cfg: CloudConfig) -> Server:
+    """The live feed, the actions (recorded as requests for the signer) and the app; the
+    caller serves it. It holds no signing key and reads no key file."""
     try:
         from cloud.dashboard.actions import Actions
         from cloud.dashboard.app import Dashboard, create_app
@@ -101,45 +108,38 @@ def build(cfg: CloudConfig, *, key_file: Path | None, trainer: bool, schedule: b
     if not configured and not store.users():
         name, _pw, h = demo_user(d.state_dir)
         configured = {name: User(name, h, "operator")}
-    publisher = None
-    if publish:
-        from cloud.publisher import Publisher, Releaser
-
-        key = signing.ensure_private_key(key_file or signing.dev_private_key_path())
-        publisher = Publisher(cfg.kafka.bootstrap, Releaser(
-            key, cfg.registry.root, cfg.releases.fleet, cfg.releases.ttl_days * 86_400))
-    factory = None
-    if trainer:
-        factory = _trainer_factory(cfg, key_file, publisher, epochs, min_records, schedule_s,
-                                   drift_check_s, recent_s)
-    actions = Actions(cfg.registry.root, factory, publisher).start()
+    actions = Actions(cfg.registry.root).start()
     live = LiveState(d.bucket_s, d.window_s, d.offline_after_s)
     watcher = KafkaWatcher(cfg.kafka.bootstrap, live).start()
     dash = Dashboard(d, Users(configured, store), Signer(session_key(cfg)), live, actions,
                      store, kafka_error=lambda: watcher.error)
-    stop = threading.Event()
-    server = Server(create_app(dash), dash, watcher, actions, stop)
-    if trainer and schedule:
-        server.scheduler = threading.Thread(target=actions.schedule, args=(stop,),
-                                            name="trainer-schedule", daemon=True)
-        server.scheduler.start()
-    return server
+    return Server(create_app(dash), dash, watcher, actions)
 
 
-def _trainer_factory(cfg: CloudConfig, key_file: Path | None, publisher: Any, epochs: int,
-                     min_records: int, schedule_s: float, drift_check_s: float,
-                     recent_s: float = 1800.0) -> Any:
-    key = signing.ensure_private_key(key_file or signing.dev_private_key_path())
+def start_signer(config_path: Path | None, key_file: Path | None,
+                 options: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """``fleetsentry cloud signer`` as a child process: it, not this one, reads the key.
 
-    def make(registry: Any) -> Any:
-        from cloud.retrain.service import TrainerService, settings_from
-        from cloud.retrain.source import source_for
-
-        settings = settings_from(cfg.trainer, epochs, streams=STREAMS, min_records=min_records,
-                                 schedule_s=schedule_s, drift_check_s=drift_check_s,
-                                 recent_s=recent_s)
-        return TrainerService(registry, source_for(cfg), key, settings, publisher=publisher)
-    return make
+    Only the key file's presence is checked here, so that a missing key stops ``cloud run``
+    at once with what to do instead of leaving a dashboard whose requests nobody carries out.
+    """
+    key = (key_file or signing.dev_private_key_path()).expanduser().absolute()
+    if not key.exists():
+        raise click.ClickException(
+            f"no model-signing key at {key}: create one with `fleetsentry cloud keygen {key}` "
+            f"(on one machine, the development key is fine) and give every gateway "
+            f"{key.with_suffix('.pub')}, or point --key at the fleet's key")
+    argv = [sys.executable, "-m", "cloud.signer", "--key", str(key),
+            "--parent", str(os.getpid())]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    for name, value in options.items():
+        flag = "--" + name.removesuffix("_s").replace("_", "-")  # schedule_s: --schedule
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, str(value)]
+    return subprocess.Popen(argv)
 
 
 def _address(cfg: CloudConfig) -> str:
@@ -179,11 +179,6 @@ _OPTIONS = [
                  default=None, envvar="FLEETSENTRY_CLOUD_CONFIG",
                  help="cloud.toml (default: settings that work on one machine)."),
     click.option("--port", type=int, default=None, help="Overrides [dashboard] port."),
-    click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-                 default=None, help="Ed25519 model signing key (default: the dev key)."),
-    click.option("--no-publish", is_flag=True, help="Change the registry only."),
-    click.option("--epochs", default=12, show_default=True),
-    click.option("--min-records", default=1000, show_default=True),
 ]
 
 
@@ -203,44 +198,45 @@ def _config(config_path: Path | None, port: int | None) -> CloudConfig:
     return cfg
 
 
-@click.command("run")
-@_options
-@click.option("--schedule", "schedule_s", default=24 * 3600.0, show_default=True,
-              help="Retrain a stream whose champion is older than this (seconds).")
-@click.option("--drift-check", "drift_check_s", default=300.0, show_default=True,
-              help="Check for drift this often (seconds); also the first back-off after a "
-              "failed or kept run.")
-@click.option("--recent", "recent_s", default=1800.0, show_default=True,
-              help="Recent window compared with the training window (seconds of event time).")
-def run(config_path: Path | None, port: int | None, key_file: Path | None, no_publish: bool,
-        epochs: int, min_records: int, schedule_s: float, drift_check_s: float,
-        recent_s: float) -> None:
-    """The cloud's dashboard and trainer service together, on one port."""
+def _logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@click.command("run")
+@_options
+@signer_options
+def run(config_path: Path | None, port: int | None, key_file: Path | None,
+        **signer_settings: Any) -> None:
+    """The cloud's dashboard and its signer (trainer service, signing key) together: the
+    dashboard on one port, the signer as a separate process holding the key."""
+    _logging()
     cfg = _config(config_path, port)
-    server = build(cfg, key_file=key_file, trainer=True, schedule=True, publish=not no_publish,
-                   epochs=epochs, min_records=min_records, schedule_s=schedule_s,
-                   drift_check_s=drift_check_s, recent_s=recent_s)
+    child = start_signer(config_path, key_file, signer_settings)
+    try:
+        server = build(cfg)
+    except BaseException:
+        child.terminate()
+        raise
+    server.signer = child
     _banner(cfg, "fleetsentry cloud", server)
     serve(cfg, server)
 
 
 @click.group("dashboard")
 def dashboard() -> None:
-    """The web dashboard alone (retrain-now still trains, in this process), and its users."""
+    """The web dashboard alone (no signing key: a signer carries out its requests), and its
+    users."""
 
 
 @dashboard.command("serve")
 @_options
-def serve_cmd(config_path: Path | None, port: int | None, key_file: Path | None,
-              no_publish: bool, epochs: int, min_records: int) -> None:
-    """Serve the dashboard without the scheduled trainer (retrain now still works)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def serve_cmd(config_path: Path | None, port: int | None) -> None:
+    """Serve the dashboard alone. It needs no key: promotions, rollbacks, approvals and
+    retrains asked for on it wait for `fleetsentry cloud signer` to carry them out."""
+    _logging()
     cfg = _config(config_path, port)
-    server = build(cfg, key_file=key_file, trainer=True, schedule=False,
-                   publish=not no_publish, epochs=epochs, min_records=min_records)
+    server = build(cfg)
     _banner(cfg, "fleetsentry dashboard", server)
     serve(cfg, server)
 

@@ -86,10 +86,17 @@ class Publisher:
 
     def publish(self, model: ModelRecord, timeout_s: float = 30.0) -> int:
         """Write ``model`` (keyed by its stream) and wait for the broker; returns the bytes."""
-        if self._producer is None:
-            raise PublishError("publisher not started: call start() first")
         value = model_bundle.pack(model.path, model.stream, model.version, time.time(),
                                   release=self.releaser.issue(model))
+        self.send(model, value, timeout_s)
+        log.info("published %s (%s, %d bytes) to %s", model.version, model.stream, len(value),
+                 self.topic)
+        return len(value)
+
+    def send(self, model: ModelRecord, value: bytes, timeout_s: float) -> None:
+        """Write one packed message and wait for the broker to acknowledge it."""
+        if self._producer is None:
+            raise PublishError("publisher not started: call start() first")
         errors: list[KafkaError] = []
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -103,9 +110,6 @@ class Publisher:
                                f"{timeout_s:.0f} s (is the cloud Kafka up?)")
         if errors:
             raise PublishError(f"{model.version}: the broker refused it: {errors[0]}")
-        log.info("published %s (%s, %d bytes) to %s", model.version, model.stream, len(value),
-                 self.topic)
-        return len(value)
 
     def refresh(self, registry: Registry, now: float | None = None) -> dict[str, str]:
         """Publish a new release of every champion whose last release has used half its

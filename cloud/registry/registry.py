@@ -20,7 +20,8 @@ Schema (the dashboard and scripts read these tables directly; JSON columns hold 
     curves (JSON: ``{"challenger": {"roc": [[fpr, tpr], ...], "pr": [[recall, precision],
     ...]}, "champion": {...}, "loss": [epoch losses]}``) · champion (version serving when the
     run started) · challenger (version trained) · decision: ``promoted`` | ``kept`` |
-    ``failed`` · decision_reason · error
+    ``failed`` | ``awaiting approval`` (better, held for an operator: ``[trainer]
+    require_approval``) | ``rejected`` (an operator said no) · decision_reason · error
 
 ``trainer_status`` — what the trainer service is doing about each stream, now
     stream PK · state: ``watching`` (champion serving, drift checked) | ``waiting for data`` |
@@ -33,6 +34,17 @@ Schema (the dashboard and scripts read these tables directly; JSON columns hold 
 ``actions`` — audit trail of registry changes
     id PK · ts · stream · action: ``register`` | ``promote`` | ``rollback`` · version ·
     previous (the champion it replaced) · actor · reason
+
+``requests`` — what operators asked for on the dashboard, carried out by the signer (the
+    process holding the signing key; the dashboard holds none)
+    id PK · ts · kind: ``promote`` | ``rollback`` | ``retrain`` | ``approve`` | ``reject`` ·
+    stream · version (promote: the version; rollback: the target, or NULL) · run_id
+    (approve, reject) · actor · role (the actor's dashboard role when recorded) · reason ·
+    state: ``pending`` | ``running`` | ``done`` | ``refused`` | ``failed`` · outcome (in
+    words) · result_version · picked_ts · finished_ts
+
+The schema is versioned (``PRAGMA user_version``); opening an older database upgrades it in
+place (``MIGRATIONS``).
 """
 
 from __future__ import annotations
@@ -61,7 +73,8 @@ Trigger = Literal["schedule", "drift", "manual"]
 # training window's feature profile drift is measured against); nothing else is kept.
 _EXTRA_FILES = ("reference.npz", "profile.json")
 
-SCHEMA = """
+# Version 1: the tables as first released (databases made then have user_version 0).
+_V1 = """
 CREATE TABLE IF NOT EXISTS models (
     version TEXT PRIMARY KEY,
     stream TEXT NOT NULL,
@@ -134,6 +147,62 @@ CREATE TABLE IF NOT EXISTS actions (
 );
 """
 
+# Version 2: a run may await an operator's approval (and be rejected), and operators'
+# requests wait in ``requests`` for the signer. SQLite cannot change a CHECK constraint, so
+# ``runs`` is rebuilt (the documented way: new table, copy, drop, rename).
+_V2 = """
+CREATE TABLE runs_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    trigger TEXT NOT NULL CHECK (trigger IN ('schedule', 'drift', 'manual')),
+    triggered_by TEXT NOT NULL,
+    trigger_reason TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    started_ts REAL NOT NULL,
+    finished_ts REAL,
+    duration_s REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    data_from REAL,
+    data_to REAL,
+    records INTEGER,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    curves TEXT NOT NULL DEFAULT '{}',
+    champion TEXT,
+    challenger TEXT,
+    decision TEXT CHECK (decision IN ('promoted', 'kept', 'failed', 'awaiting approval',
+                                      'rejected')),
+    decision_reason TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO runs_v2 SELECT id, stream, trigger, triggered_by, trigger_reason, status,
+    started_ts, finished_ts, duration_s, params, data_from, data_to, records, metrics, curves,
+    champion, challenger, decision, decision_reason, error FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v2 RENAME TO runs;
+CREATE INDEX IF NOT EXISTS runs_by_stream ON runs(stream, started_ts);
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('promote', 'rollback', 'retrain', 'approve', 'reject')),
+    stream TEXT NOT NULL DEFAULT '',
+    version TEXT,
+    run_id INTEGER,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'running', 'done', 'refused', 'failed')),
+    outcome TEXT NOT NULL DEFAULT '',
+    result_version TEXT,
+    picked_ts REAL,
+    finished_ts REAL
+);
+CREATE INDEX requests_open ON requests(state, kind, id);
+"""
+# MIGRATIONS[i] takes a database from user_version i to i + 1.
+MIGRATIONS = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
 
 @dataclass(frozen=True)
 class ModelRecord:
@@ -180,7 +249,31 @@ class RunRecord:
 
 
 StatusState = Literal["watching", "waiting for data", "waiting for labels", "training",
-                      "backing off"]
+                      "backing off", "awaiting approval"]
+Decision = Literal["promoted", "kept", "failed", "awaiting approval", "rejected"]
+RequestKind = Literal["promote", "rollback", "retrain", "approve", "reject"]
+RequestState = Literal["pending", "running", "done", "refused", "failed"]
+OPEN_REQUESTS: tuple[RequestState, ...] = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """An operator's request, recorded by the dashboard and carried out by the signer."""
+
+    id: int
+    ts: float
+    kind: RequestKind
+    stream: str
+    version: str | None
+    run_id: int | None
+    actor: str
+    role: str
+    reason: str
+    state: RequestState
+    outcome: str
+    result_version: str | None
+    picked_ts: float | None
+    finished_ts: float | None
 
 
 @dataclass(frozen=True)
@@ -233,8 +326,12 @@ class Registry:
                              check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(SCHEMA)
+        try:
+            _migrate(db, self.db_path)
+        except BaseException:
+            db.close()
+            raise
+        db.execute("PRAGMA foreign_keys=ON")  # after migrating: rebuilding a table drops it
         self._db = db
         return self
 
@@ -431,7 +528,7 @@ class Registry:
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
 
-    def finish_run(self, run_id: int, *, decision: Literal["promoted", "kept", "failed"],
+    def finish_run(self, run_id: int, *, decision: Decision,
                    decision_reason: str, challenger: str | None = None,
                    metrics: dict[str, Any] | None = None, curves: dict[str, Any] | None = None,
                    data_range: tuple[float, float] | None = None, records: int | None = None,
@@ -461,6 +558,80 @@ class Registry:
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [_row(RunRecord, r) for r in rows]
 
+    def awaiting_approval(self, stream: str | None = None) -> list[RunRecord]:
+        """Runs whose challenger passed the automatic checks and waits for an operator."""
+        sql = "SELECT * FROM runs WHERE decision = 'awaiting approval'"
+        args: tuple[str, ...] = ()
+        if stream:
+            sql, args = sql + " AND stream = ?", (stream,)
+        return [_row(RunRecord, r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def decide_run(self, run_id: int, decision: Literal["promoted", "rejected"],
+                   reason: str) -> RunRecord:
+        """Settle a run awaiting approval; a run in any other state is refused."""
+        cur = self.db.execute(
+            "UPDATE runs SET decision = ?, decision_reason = ? WHERE id = ? AND "
+            "decision = 'awaiting approval'", (decision, reason, run_id))
+        if cur.rowcount != 1:
+            run = self.run(run_id)
+            raise RegistryError(f"run {run_id} is {run.decision or run.status}, not awaiting "
+                                f"approval")
+        return self.run(run_id)
+
+    # --- operators' requests -----------------------------------------------------------------
+
+    def add_request(self, kind: RequestKind, actor: str, role: str, *, stream: str = "",
+                    version: str | None = None, run_id: int | None = None,
+                    reason: str = "") -> RequestRecord:
+        """Record a request for the signer. A stream has at most one retrain open."""
+        with self._tx() as db:
+            if kind == "retrain":
+                busy = db.execute("SELECT actor, state FROM requests WHERE kind = 'retrain' "
+                                  "AND stream = ? AND state IN ('pending', 'running')",
+                                  (stream,)).fetchone()
+                if busy is not None:
+                    raise RegistryError(f"a retrain of {stream} is already {busy['state']} "
+                                        f"(asked for by {busy['actor']})")
+            cur = db.execute(
+                "INSERT INTO requests (ts, kind, stream, version, run_id, actor, role, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), kind, stream, version, run_id, actor, role, reason))
+        assert cur.lastrowid is not None
+        return self.request(int(cur.lastrowid))
+
+    def claim_request(self, kinds: tuple[RequestKind, ...]) -> RequestRecord | None:
+        """The oldest pending request of ``kinds``, now marked running (or None)."""
+        marks = ", ".join("?" * len(kinds))
+        with self._tx() as db:
+            row = db.execute(f"SELECT id FROM requests WHERE state = 'pending' AND kind IN "
+                             f"({marks}) ORDER BY id LIMIT 1", kinds).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE requests SET state = 'running', picked_ts = ? WHERE id = ?",
+                       (time.time(), row["id"]))
+        return self.request(int(row["id"]))
+
+    def finish_request(self, request_id: int, state: RequestState, outcome: str,
+                       result_version: str | None = None) -> RequestRecord:
+        self.db.execute("UPDATE requests SET state = ?, outcome = ?, result_version = ?, "
+                        "finished_ts = ? WHERE id = ?",
+                        (state, outcome, result_version, time.time(), request_id))
+        return self.request(request_id)
+
+    def request(self, request_id: int) -> RequestRecord:
+        row = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise RegistryError(f"no request {request_id} in the registry at {self.root}")
+        return _row(RequestRecord, row)
+
+    def requests(self, states: tuple[RequestState, ...] | None = None,
+                 limit: int = 100) -> list[RequestRecord]:
+        """Requests (in ``states``), newest first."""
+        sql, args = "SELECT * FROM requests", ()  # type: tuple[str, tuple[Any, ...]]
+        if states:
+            sql, args = sql + f" WHERE state IN ({', '.join('?' * len(states))})", states
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [_row(RequestRecord, r) for r in rows]
 
     # --- releases ----------------------------------------------------------------------------
 
@@ -512,6 +683,32 @@ class Registry:
     def statuses(self) -> list[TrainerStatus]:
         rows = self.db.execute("SELECT * FROM trainer_status ORDER BY stream")
         return [_row(TrainerStatus, r) for r in rows]
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the database up to ``SCHEMA_VERSION`` in place, one migration per transaction.
+
+    Processes opening it at once (the dashboard and the signer) take turns (BEGIN IMMEDIATE);
+    the later one finds the work done.
+    """
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise RegistryError(f"{path} has schema version {version}, newer than this "
+                                    f"fleetsentry knows ({SCHEMA_VERSION}): upgrade fleetsentry")
+            if version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        if version >= SCHEMA_VERSION - 1:
+            return
 
 
 def _read_manifest(model_dir: Path) -> ModelManifest:

@@ -21,8 +21,10 @@ each stream is kept in the registry's ``trainer_status`` table (the dashboard sh
 
 A retrain trains a challenger with the trainer's own pipeline on the fleet's replicated data,
 scores champion and challenger on the challenger's labelled holdout (the most recent slice of
-the data, which neither has trained on), promotes the challenger only if it is better, publishes
-the champion to the ``models`` topic, and records the run (params, metrics, curves, data range,
+the data, which neither has trained on), promotes the challenger only if it is better (or, with
+``require_approval``, holds it as "awaiting approval" until an operator approves it on the
+dashboard and the signer promotes it), publishes the champion to the ``models`` topic, and
+records the run (params, metrics, curves, data range,
 duration, decision) in the registry, whatever happened.
 """
 
@@ -43,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
 from cloud.registry import ModelRecord, Registry, RunRecord
-from cloud.registry.registry import StatusState, Trigger
+from cloud.registry.registry import Decision, StatusState, Trigger
 from cloud.retrain.decision import Evaluation, PromotionRule, curves, decide, evaluate
 from cloud.retrain.drift import (
     DriftReport,
@@ -103,6 +105,9 @@ class RetrainSettings:
     # A newly promoted champion serves this long before drift may retrain it: the recent
     # window must hold enough of what it scored to be compared with its training window.
     settle_s: float = 1800.0
+    # Hold a challenger that passed the automatic checks for an operator's approval (on the
+    # dashboard) instead of promoting and publishing it at once.
+    require_approval: bool = False
 
 
 def settings_from(trainer: TrainerSettings, epochs: int, **service: Any) -> RetrainSettings:
@@ -112,7 +117,8 @@ def settings_from(trainer: TrainerSettings, epochs: int, **service: Any) -> Retr
     return RetrainSettings(train=TrainSettings(epochs=epochs, split=trainer.split),
                            seed_baselines=trainer.seed_baselines,
                            allow_unlabelled_promotion=trainer.allow_unlabelled_promotion,
-                           min_holdout_episodes=trainer.min_holdout_episodes, **service)
+                           min_holdout_episodes=trainer.min_holdout_episodes,
+                           require_approval=trainer.require_approval, **service)
 
 
 @dataclass
@@ -170,6 +176,8 @@ class TrainerService:
             status = self.registry.status(stream)
             if status is not None and status.next_ts is not None and now < status.next_ts:
                 continue  # waiting for data or labels, or backing off: not yet
+            if self.registry.awaiting_approval(stream):
+                continue  # one challenger at a time waits for an operator
             champion = self.registry.champion(stream)
             last = self.registry.runs(stream, 1)
             last_ts = last[0].started_ts if last else 0.0
@@ -211,7 +219,9 @@ class TrainerService:
         run = self.retrain(stream, trigger, triggered_by, reason, prepared)
         status = self.registry.status(stream)
         failures = status.failures if status is not None else 0
-        if run.decision == "promoted":
+        if run.decision == "awaiting approval":
+            self.note_awaiting(run)
+        elif run.decision == "promoted":
             self.registry.set_status(
                 stream, "watching", f"run {run.id} promoted {run.challenger}; drift checks "
                 f"resume in {_duration(self.settings.settle_s)}",
@@ -227,6 +237,13 @@ class TrainerService:
                 + f"; next automatic run in {_duration(wait)}",
                 next_ts=now + wait, failures=failures)
         return run
+
+    def note_awaiting(self, run: RunRecord) -> None:
+        """Say on the stream's status which run waits for an operator."""
+        self.registry.set_status(
+            run.stream, "awaiting approval", f"run {run.id}: {run.challenger} passed the "
+            "automatic checks and waits for an operator to approve or reject it (Training runs "
+            "on the dashboard); no automatic run until then", failures=0)
 
     # --- the first champions -----------------------------------------------------------------
 
@@ -431,15 +448,23 @@ class TrainerService:
         if champ_scores is not None:
             chart["champion"] = curves(y, champ_scores)
             chart["score_quantiles"]["champion"] = score_quantiles(champ_scores)
-        if promote:
-            self.registry.promote(challenger.version, self.settings.actor, why)
-            self._publish(stream)
-        log.info("run %d: %s %s (%s)", run_id, challenger.version,
-                 "promoted" if promote else "kept the champion", why)
+        decision = self._decide(stream, challenger, promote, why)
+        log.info("run %d: %s %s (%s)", run_id, challenger.version, decision, why)
         return self.registry.finish_run(
-            run_id, decision="promoted" if promote else "kept", decision_reason=why,
+            run_id, decision=decision, decision_reason=why,
             challenger=challenger.version, metrics=metrics, curves=chart,
             data_range=trained.manifest.data_range, records=len(records))
+
+    def _decide(self, stream: str, challenger: ModelRecord, better: bool,
+                why: str) -> Decision:
+        """Promote and publish a better challenger, or hold it for an operator's approval."""
+        if not better:
+            return "kept"
+        if self.settings.require_approval:
+            return "awaiting approval"
+        self.registry.promote(challenger.version, self.settings.actor, why)
+        self._publish(stream)
+        return "promoted"
 
     def _publish(self, stream: str) -> None:
         champion = self.registry.champion(stream)

@@ -401,8 +401,10 @@ def test_a_model_promoted_on_the_dashboard_reaches_both_gateways(
     with cloud_run(config, key_files[0], "--schedule", "1e12", "--drift-check", "1e12") as run, \
             chromium(tmp_path / "chromium") as d:
         sign_in(d, run, "/registry")
-        promote(d, run, candidate.version)
-        assert "published to the gateways" in d.find_element(By.ID, "flash").text
+        assert "requested" in promote(d, run, candidate.version)  # recorded for the signer
+        d.get(run.url + "/runs")
+        wait("the signer to sign and publish it", lambda: "published to the gateways" in
+             d.find_element(By.ID, "requests-table").text)
         d.get(run.url + "/fleet")
         wait("both gateways to run the promoted model", lambda: all(
             candidate.version in r and "not champion" not in r for r in rows(d)),

@@ -1,5 +1,6 @@
 """Cloud side of the loop against the real 3-node cloud Kafka: registry -> publisher ->
-``models`` -> (the edge's ``cloud.models``) -> agent; and a drift-triggered retrain."""
+``models`` -> (the edge's ``cloud.models``) -> agent; a drift-triggered retrain; and one held
+for an operator's approval, published by the signer only once approved."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from cloud.trainer.pipeline import TrainSettings
 from cloud.trainer.threshold import ThresholdRule
 from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
-from shared import model_bundle, topics
+from shared import model_bundle, releases, topics
 from shared.contracts import AnonPayment, Label, encode
 from shared.kafka_config import Target, client_config
 from tests.agent_models import ModelKit, deliver, recent_window, skip_to_end
@@ -166,3 +167,55 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
     assert model_bundle.unpack(_published(cloud_bootstrap, champion.version)).stream == "payments"
     # The new champion's own training window is the reference now: no drift left.
     assert not svc.check_drift("payments").drifted
+
+
+def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
+        cloud_bootstrap: str, kit: ModelKit, registry: Registry, tmp_path: Path) -> None:
+    from cloud.dashboard.actions import Actions
+    from cloud.signer.service import SigningService
+    from edge.scorer.model import load_model
+
+    edge = f"gw{uuid.uuid4().hex[:6]}"
+    anon_topic, labels_topic = f"{edge}.anon.payments", f"{edge}.{topics.LABELS}"
+    _create(cloud_bootstrap, anon_topic, labels_topic)
+    t0 = time.time() - 100_000
+    old, old_labels = _records(kit, 2000, t0, seed=41, shift=0.0, anomalies=40)
+    new, new_labels = _records(kit, 4000, t0 + 2000, seed=42, shift=3.0, anomalies=80)
+    produce_all(cloud_bootstrap, anon_topic, ((None, v) for v in old + new))
+    produce_all(cloud_bootstrap, labels_topic, ((None, v) for v in old_labels + new_labels))
+    registry.register(kit.variant("approval-champion"), state="champion")
+    settings = RetrainSettings(
+        streams=("payments",), recent_s=1500.0, min_records=1000, require_approval=True,
+        drift=DriftSettings(min_events=500),
+        train=TrainSettings(epochs=4, hidden=(24, 8), threshold=ThresholdRule("alert_rate", 0.02)))
+
+    class Source(KafkaSource):  # this test's gateway only: the session's cloud is shared
+        def topics_for(self, base: str) -> list[str]:
+            return [t for t in super().topics_for(base) if t.startswith(f"{edge}.")]
+
+    def on_topic(version: str) -> list[bytes]:
+        return [bytes(m.value()) for m in consume_all(cloud_bootstrap, topics.MODELS, timeout=30,
+                                                      idle=3)
+                if model_bundle.unpack(m.value()).version == version]
+
+    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
+        svc = TrainerService(registry, Source(cloud_bootstrap), kit.key, settings, pub)
+        [run] = svc.cycle()
+        assert run.decision == "awaiting approval", (run.decision_reason, run.error)
+        assert registry.champion("payments").version == "approval-champion"  # type: ignore[union-attr]
+        assert on_topic(run.challenger) == []  # not published while it waits
+
+        with Actions(registry.root) as actions:  # the dashboard records the operator's approval
+            assert actions.approve(run.id, "alice", "operator", "checked the curves").ok
+        assert on_topic(run.challenger) == []  # recording it signs and publishes nothing
+        [done] = SigningService(registry, svc, pub, streams=("payments",)).handle_pending()
+    assert done.state == "done", done.outcome
+    assert registry.champion("payments").version == run.challenger  # type: ignore[union-attr]
+    [value] = on_topic(run.challenger)
+    # What a gateway's agent checks before staging it: the release, its files, the signature.
+    bundle = model_bundle.unpack(value)
+    release = releases.verify(bundle.release, releases.TrustedKeys.load([kit.public_key]),
+                              releases.DEFAULT_FLEET)
+    releases.check_files(release, bundle.files)
+    staged = model_bundle.write_files(bundle, tmp_path / "staged")
+    assert load_model(staged, "payments", kit.public_key).version == run.challenger

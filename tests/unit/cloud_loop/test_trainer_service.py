@@ -292,18 +292,20 @@ def _loop_until(target: Any, source: Flaky, calls: int) -> int:
 
 
 def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) -> None:
-    from cloud.dashboard.actions import Actions
+    import threading
+
+    from cloud.signer.service import serve
 
     settings = RetrainSettings(streams=("telemetry",), drift_check_s=0.0)
     key = signing.generate_private_key()
     source = Flaky()
-    actions = Actions(tmp_path / "registry",
-                      lambda reg: TrainerService(reg, source, key, settings)).start()
-    try:
-        calls = _loop_until(actions.schedule, source, 3)
-    finally:
-        actions.close()
-    assert calls >= 3, "the schedule loop stopped at the first unexpected error"
+
+    def signer(stop: threading.Event, poll_s: float) -> None:
+        serve(tmp_path / "registry", lambda reg: TrainerService(reg, source, key, settings),
+              None, stop, streams=("telemetry",), poll_s=poll_s, train_poll_s=poll_s)
+
+    calls = _loop_until(signer, source, 3)
+    assert calls >= 3, "the signer's training loop stopped at the first unexpected error"
 
     with Registry(tmp_path / "registry2") as reg:
         flaky = Flaky()

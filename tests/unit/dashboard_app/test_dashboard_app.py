@@ -1,6 +1,7 @@
 """The dashboard app through Starlette's TestClient, against a registry of real training runs
 and live figures folded from the real edge scorer's outputs: sign-in, cookies, CSRF, every
-page, the JSON API, promote and roll back recorded with who did it, and no PII anywhere."""
+page, the JSON API, promote and roll back recorded as requests with who asked and carried out
+by the signer, and no PII anywhere."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cloud.dashboard.auth import SESSION_COOKIE, Signer, Users, hash_password
 from cloud.dashboard.live import LiveState
 from cloud.dashboard.store import DashboardStore
 from cloud.registry import Registry
+from cloud.signer.service import SigningService
 from shared.contracts import Score, decode
 from tests.dashboard_support import World, copy_registry, world
 
@@ -270,8 +272,11 @@ def test_promote_needs_the_csrf_token_and_records_who(
     assert reg.champion("telemetry").version == before  # type: ignore[union-attr]
     done = client.post("/actions/promote", data={"version": candidate.version,
                                                  "csrf_token": csrf, "reason": "fewer alerts"})
-    assert done.status_code == 200 and "is now the champion" in done.text
+    assert done.status_code == 200 and "requested" in done.text and "signer" in done.text
+    assert reg.champion("telemetry").version == before  # type: ignore[union-attr]
+    SigningService(reg, None, None).handle_pending()  # the signer, with publishing off
     assert reg.champion("telemetry").version == candidate.version  # type: ignore[union-attr]
+    assert "is now the champion" in client.get("/runs").text
     last = reg.actions("telemetry")[0]
     assert (last["action"], last["actor"], last["reason"], last["previous"]) == (
         "promote", "alice", "fewer alerts", before)
@@ -288,6 +293,8 @@ def test_api_actions_take_a_header_token_or_basic_auth_with_json(
     ok = client.post("/api/actions/promote", json={"version": cand.version},
                      headers={"X-CSRF-Token": csrf})
     assert ok.status_code == 200 and ok.json()["ok"]
+    signer = SigningService(reg, None, None)
+    assert [r.state for r in signer.handle_pending()] == ["done"]
     client.cookies.clear()
     basic = {"Authorization": "Basic " + base64.b64encode(b"bob:another one").decode()}
     as_form = client.post("/api/actions/rollback", data={"stream": "telemetry"}, headers=basic)
@@ -295,14 +302,19 @@ def test_api_actions_take_a_header_token_or_basic_auth_with_json(
     back = client.post("/api/actions/rollback", json={"stream": "telemetry", "reason": "test"},
                        headers=basic)
     assert back.status_code == 200, back.text
+    assert [r.state for r in signer.handle_pending()] == ["done"]
     assert reg.actions("telemetry")[0]["actor"] == "bob"
     bad = {"Authorization": "Basic " + base64.b64encode(b"bob:wrong").decode()}
     assert client.post("/api/actions/rollback", json={"stream": "telemetry"},
                        headers=bad).status_code == 401
     nothing = client.post("/api/actions/rollback", json={"stream": "payments"}, headers=basic)
-    assert nothing.status_code == 409 and "no earlier champion" in nothing.json()["message"]
-    no_trainer = client.post("/api/actions/retrain", json={"stream": "payments"}, headers=basic)
-    assert no_trainer.status_code == 409 and "cloud run" in no_trainer.json()["message"]
+    assert nothing.status_code == 200, nothing.text
+    [refused] = signer.handle_pending()
+    assert refused.state == "refused" and "no earlier champion" in refused.outcome
+    retrain = client.post("/api/actions/retrain", json={"stream": "payments"}, headers=basic)
+    assert retrain.status_code == 200 and "requested" in retrain.json()["message"]
+    again = client.post("/api/actions/retrain", json={"stream": "payments"}, headers=basic)
+    assert again.status_code == 409 and "already pending" in again.json()["message"]
 
 
 def test_sign_out_needs_the_token_and_ends_the_session(

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,48 +32,19 @@ FAST = {"n": 2**10}
 USERS = {"alice": ("alice's password", "operator"), "vera": ("vera's password", "viewer")}
 
 
-class FakeTrainer:
-    """The trainer service's ``retrain``, held until the test lets it finish."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.calls: list[str] = []
-        self.publisher = None
-
-    def __call__(self, registry: Any) -> FakeTrainer:
-        return self
-
-    def retrain(self, stream: str, trigger: str, actor: str, reason: str) -> Any:
-        self.calls.append(stream)
-        self.gate.wait(timeout=30)
-
-        class Run:
-            id, decision = len(self.calls), "kept"
-        Run.stream = stream  # type: ignore[attr-defined]
-        return Run
-
-
-def make_dashboard(tmp_path: Path, trainer: FakeTrainer | None = None) -> Dashboard:
+def make_dashboard(tmp_path: Path) -> Dashboard:
     store = DashboardStore(tmp_path).start()
     users = Users({name: User(name, hash_password(pw, **FAST), role)
                    for name, (pw, role) in USERS.items()}, store)
-    actions = Actions(tmp_path / "registry", trainer).start()
+    actions = Actions(tmp_path / "registry").start()
     return Dashboard(DashboardSettings(state_dir=tmp_path), users, Signer(b"k" * 32),
                      LiveState(), actions, store)
 
 
 @pytest.fixture()
-def trainer() -> Iterator[FakeTrainer]:
-    t = FakeTrainer()
-    yield t
-    t.gate.set()
-
-
-@pytest.fixture()
-def dash(tmp_path: Path, trainer: FakeTrainer) -> Iterator[Dashboard]:
-    d = make_dashboard(tmp_path, trainer)
+def dash(tmp_path: Path) -> Iterator[Dashboard]:
+    d = make_dashboard(tmp_path)
     yield d
-    trainer.gate.set()
     d.actions.close()
     d.store.close()
 
@@ -113,7 +83,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_a_viewer_can_look_but_not_promote_roll_back_or_retrain(
-        client: TestClient, trainer: FakeTrainer) -> None:
+        client: TestClient, dash: Dashboard) -> None:
     csrf = sign_in(client, "vera")
     runs = client.get("/runs")
     assert runs.status_code == 200 and "/actions/" not in runs.text  # no buttons to press
@@ -131,7 +101,7 @@ def test_a_viewer_can_look_but_not_promote_roll_back_or_retrain(
     by_basic = client.post("/api/actions/retrain", json={"stream": "payments"},
                            headers=basic("vera", USERS["vera"][0]))
     assert by_basic.status_code == 403 and "viewer" in by_basic.json()["error"]
-    assert trainer.calls == []
+    assert dash.actions.registry().requests() == []  # nothing recorded for the signer
 
     # The operator beside her still has the buttons and may use them.
     op_csrf = sign_in(client, "alice")
@@ -139,6 +109,9 @@ def test_a_viewer_can_look_but_not_promote_roll_back_or_retrain(
     done = client.post("/api/actions/retrain", json={"stream": "payments"},
                        headers={"X-CSRF-Token": op_csrf})
     assert done.status_code == 200, done.text
+    [asked] = dash.actions.registry().requests()
+    assert (asked.kind, asked.stream, asked.actor, asked.role) == (
+        "retrain", "payments", "alice", "operator")
 
 
 # --- guessing passwords -----------------------------------------------------------------------
@@ -299,8 +272,7 @@ def test_removing_a_user_or_changing_their_password_or_role_ends_their_sessions(
 # --- retrain ----------------------------------------------------------------------------------
 
 
-def test_a_retrain_flood_runs_one_per_stream(client: TestClient, dash: Dashboard,
-                                             trainer: FakeTrainer) -> None:
+def test_a_retrain_flood_records_one_per_stream(client: TestClient, dash: Dashboard) -> None:
     csrf = sign_in(client, "alice")
 
     def retrain(stream: str) -> httpx.Response:
@@ -315,19 +287,15 @@ def test_a_retrain_flood_runs_one_per_stream(client: TestClient, dash: Dashboard
     assert "already" in again["message"] and "payments" in again["message"]
     assert retrain("telemetry").status_code == 200  # another stream waits its turn
     assert retrain("telemetry").status_code == 409
-    workers = [t for t in threading.enumerate() if t.name.startswith("retrain-")]
-    assert len(workers) <= 2
-    trainer.gate.set()
-    deadline = time.monotonic() + 10
-    while retrain("payments").status_code != 200:  # free again once it has finished
-        assert time.monotonic() < deadline, "the finished retrain still blocks the stream"
-        time.sleep(0.05)
-    # The accepted request starts its worker thread; the run is recorded once that thread runs.
-    while trainer.calls.count("payments") < 2:
-        assert time.monotonic() < deadline, f"the second retrain never ran: {trainer.calls}"
-        time.sleep(0.05)
-    time.sleep(0.2)
-    assert trainer.calls.count("payments") == 2, trainer.calls
+    reg = dash.actions.registry()
+    assert sorted(r.stream for r in reg.requests()) == ["payments", "telemetry"]
+    # The signer picks the payments retrain up: still open while it runs, free once done.
+    picked = reg.claim_request(("retrain",))
+    assert picked is not None and picked.stream == "payments"
+    assert retrain("payments").status_code == 409
+    reg.finish_request(picked.id, "done", "run 1: kept")
+    assert retrain("payments").status_code == 200
+    assert [r.stream for r in reg.requests(("pending",))] == ["payments", "telemetry"]
 
 
 # --- HSTS -------------------------------------------------------------------------------------
