@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from shared.demo import _cloud_toml, _edge_toml  # noqa: E402
 from shared.infra import jars  # noqa: E402
 from shared.infra.mirror import Mirror  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
-from shared.kafka_config import MIRROR_USER, Target, client_config  # noqa: E402
+from shared.kafka_config import ADMIN_USER, MIRROR_USER, Target, client_config  # noqa: E402
 from tests.support import free_infra_settings  # noqa: E402
 
 EDGE_ID = "edge-1"
@@ -321,6 +321,8 @@ class Rig:
         say(f"Starting edge Kafka, the 3-node cloud Kafka and Mosquitto under {self.home} ...")
         self.libs, self.java = jars.kafka_libs(quiet=True), jars.java_binary()
         self.stack.up(timeout=180)
+        # The gateway's own cloud login and ACLs, as an operator adds a gateway.
+        self.mirror = replace(self.mirror, cloud_login=self.stack.add_gateway(EDGE_ID))
         key = self.home / "fleet.key"
         signing.ensure_private_key(key, create=True)
         pub = self.home / "fleet.pub"
@@ -825,7 +827,7 @@ def make_tails(rig: Rig, suffix: str) -> dict[str, Tail]:
     return {"raw": Tail(f"raw{suffix}", edge, [topics.RAW_TELEMETRY, topics.RAW_PAYMENTS],
                         rig.logs / f"tail-raw{suffix}.log"),
             "edge": Tail(f"edge{suffix}", edge, names, rig.logs / f"tail-edge{suffix}.log"),
-            "cloud": Tail(f"cloud{suffix}", rig.stack.cloud.bootstrap,
+            "cloud": Tail(f"cloud{suffix}", rig.stack.cloud.login(ADMIN_USER),
                           [rig.mirror.cloud_topic(t) for t in names],
                           rig.logs / f"tail-cloud{suffix}.log")}
 

@@ -53,7 +53,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from shared import contracts, topics  # noqa: E402
 from shared.infra.mirror import CLOUD_ALIAS, CLOUD_COMPRESSION, Mirror  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
-from shared.kafka_config import Target, client_config  # noqa: E402
+from shared.kafka_config import ADMIN_USER, Target, client_config  # noqa: E402
 from tests.support import free_infra_settings  # noqa: E402
 
 RATE = 2000  # events/s of a busy gateway
@@ -224,7 +224,7 @@ def forward_once(stack: Stack, edge_id: str, codec: str, cap: int, events: int,
         pid = mirror.pid()
         assert pid is not None
         at_first: list[float] = []
-        first_s, all_s = read_all(stack.cloud.bootstrap, cloud_names, records, 900,
+        first_s, all_s = read_all(stack.cloud.login(ADMIN_USER), cloud_names, records, 900,
                                   progress=f"{codec}{' capped' if cap else ''}",
                                   on_first=lambda: at_first.append(cpu_seconds(pid)))
         # CPU from the first record on: the copying, not the JVM's start.
@@ -345,7 +345,7 @@ def main() -> None:
             mirror.start()
             mirror.wait_healthy(240)
             print(f"clusters and mirror up in {time.monotonic() - t:.0f}s", file=sys.stderr)
-            edge, cloud = stack.edge.login(), stack.cloud.bootstrap
+            edge, cloud = stack.edge.login(), stack.cloud.login(ADMIN_USER)
 
             produce(edge, topics.ANON_TELEMETRY, args.live, time.time())
             live_s, _ = count_until(cloud, mirror.cloud_topic(topics.ANON_TELEMETRY), args.live,

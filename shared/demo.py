@@ -27,7 +27,7 @@ from shared.demo_loop import LoopWatcher
 from shared.infra.cli import _options, _print_status, settings_from
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
-from shared.kafka_config import MIRROR_USER, Target, client_config
+from shared.kafka_config import DASHBOARD_USER, MIRROR_USER, Target, client_config
 
 VEHICLE_PASSWORD = "demo-vehicle"
 DASHBOARD_PORT = 8600
@@ -98,7 +98,9 @@ def _edge_toml(gw_id: str, stack: Stack, data_dir: Path, metrics_port: int,
 
 def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
     return (
-        f"[kafka]\nbootstrap = {_q(stack.cloud.bootstrap)}\n\n"
+        f"[kafka]\nbootstrap = {_q(stack.cloud.bootstrap)}\n"
+        f"credentials_file = {_q(stack.cloud.credentials_path)}\n"
+        f"ca_file = {_q(stack.cloud.tls_files.ca_file)}\n\n"
         f"[registry]\nroot = {_q(state / 'registry')}\n\n"
         f"[store]\nroot = {_q(state / 'store')}\n\n"
         f'[trainer]\nsource = "store"\nsplit = "vehicle"\n\n'
@@ -144,7 +146,7 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
     return out
 
 
-def _summary(gateways: list[Gateway], cloud_bootstrap: str, started: float) -> str:
+def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -> str:
     lines = [f"--- {time.monotonic() - started:5.0f}s ---"]
     edge_topics = [topics.RAW_TELEMETRY, topics.RAW_PAYMENTS, topics.DLQ_INGEST,
                    topics.ANON_TELEMETRY, topics.ANON_PAYMENTS, topics.SCORES_TELEMETRY,
@@ -198,7 +200,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
             p.wait()
 
 
-def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: str,
+def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: Target,
             sims: list[subprocess.Popen[bytes]], interval: float, started: float) -> None:
     """Print milestones as they happen and a summary every ``interval`` while the fleets
     drive; then wait (bounded) for a run in progress and the gateways' switch."""
@@ -359,7 +361,8 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
         cfg.write_text(_edge_toml(edge_id, stack, home / edge_id,
                                   metrics_port + 100 * (n - 1), public_key))
         mirror = Mirror(edge_id, stack.edge.bootstrap, main.cloud.bootstrap, settings.home,
-                        edge_login=stack.edge.login(MIRROR_USER))
+                        edge_login=stack.edge.login(MIRROR_USER),
+                        cloud_login=main.add_gateway(edge_id))
         gws.append(Gateway(edge_id, stack, cfg, mirror))
 
     click.echo("Starting MirrorMaker 2 per gateway ...")
@@ -385,7 +388,9 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
             ["sim", "run", "--vehicles", str(vehicles), "--duration", str(duration),
              "--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD,
              "--register-with", str(gw.stack.mqtt.home), "--labels-kafka",
-             main.cloud.bootstrap, "--label-delay", str(LABEL_DELAY_S),
+             main.cloud.bootstrap, "--labels-kafka-credentials",
+             str(main.cloud.credentials_path), "--labels-kafka-ca",
+             str(main.cloud.tls_files.ca_file), "--label-delay", str(LABEL_DELAY_S),
              "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"), *drift],
             logs / f"{gw.edge_id}-sim.log"))
     _stop_if_asked()
@@ -401,10 +406,11 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
     click.echo("Counts are Kafka offsets: topics written in transactions (anon, scores, "
                "alerts, the cloud copies) also count one commit marker per batch.\n")
     started = time.monotonic()
+    reader = main.cloud.login(DASHBOARD_USER)  # the demo's summary reads as the dashboard does
     watcher = LoopWatcher(url, login[0] if login else "", login[1] if login else "",
-                          main.cloud.bootstrap, [gw.edge_id for gw in gws], started)
+                          reader, [gw.edge_id for gw in gws], started)
     try:
-        _follow(watcher, gws, main.cloud.bootstrap, [gw.procs[-1] for gw in gws], interval,
+        _follow(watcher, gws, reader, [gw.procs[-1] for gw in gws], interval,
                 started)
         click.echo("\n=== The loop ===")
         for line in watcher.closing():

@@ -19,6 +19,7 @@ from typing import Any
 from shared import baselines, topics
 from shared.contracts import ModelStatus, decode
 from shared.errors import ContractError
+from shared.kafka_config import Target, client_config
 
 
 def shipped_version(stream: str) -> str:
@@ -45,7 +46,7 @@ class LoopWatcher:
     dashboard_url: str
     user: str
     password: str
-    cloud_bootstrap: str
+    cloud_bootstrap: Target
     edge_ids: list[str]
     started: float = field(default_factory=time.monotonic)
     _runs: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -71,11 +72,10 @@ class LoopWatcher:
         if self._consumer is None:
             from confluent_kafka import Consumer
 
-            self._consumer = Consumer({
-                "bootstrap.servers": self.cloud_bootstrap,
+            self._consumer = Consumer(client_config(self.cloud_bootstrap, {
                 "group.id": f"fleetsentry-demo-loop-{int(time.time() * 1000)}",
                 "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                "topic.metadata.refresh.interval.ms": 5000})
+                "topic.metadata.refresh.interval.ms": 5000}))
             self._consumer.subscribe([f"^({'|'.join(self.edge_ids)})\\."
                                       f"{topics.MODEL_STATUS.replace('-', '[-]')}$"])
         out = []

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.kafka_config import Target
+
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -32,8 +34,15 @@ class CloudRun:
     password: str
 
 
-def cloud_toml(bootstrap: str, registry: Path, port: int, state_dir: Path) -> str:
-    return (f'[kafka]\nbootstrap = "{bootstrap}"\n'
+def cloud_toml(cloud: Target, registry: Path, port: int, state_dir: Path) -> str:
+    """A cloud.toml for ``cloud``: a bare bootstrap is a cluster without TLS or logins; a
+    login's CA and credentials file serve every service's own user."""
+    if isinstance(cloud, str):
+        kafka = f'[kafka]\nbootstrap = "{cloud}"\nsecurity = "none"\n'
+    else:
+        kafka = (f'[kafka]\nbootstrap = "{cloud.bootstrap}"\nca_file = "{cloud.ca_file}"\n'
+                 f'credentials_file = "{cloud.credentials_file}"\n')
+    return (kafka +
             f'[registry]\nroot = "{registry}"\n'
             f'[dashboard]\nport = {port}\nrefresh_s = 2\nstate_dir = "{state_dir}"\n')
 

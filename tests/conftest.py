@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +18,7 @@ from shared.infra.kafka import KafkaCluster, KafkaNode
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER
 from shared.infra.ports import RANGE_ENV, free_ports
 from shared.infra.stack import Stack
+from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
 from shared.kafka_config import KafkaSettings
 from tests.support import free_infra_settings
 
@@ -48,7 +49,7 @@ class MqttBroker:
 
 # Fixtures that start brokers: a test using one must be marked `integration`, so that
 # `pytest -m "not integration"` runs without any broker.
-BROKER_FIXTURES = frozenset({"stack", "edge_kafka", "plain_bootstrap", "cloud_bootstrap",
+BROKER_FIXTURES = frozenset({"stack", "edge_kafka", "plain_bootstrap", "cloud_kafka",
                              "mqtt_broker"})
 
 
@@ -87,8 +88,8 @@ def edge_kafka(stack: Stack) -> KafkaSettings:
 
 @pytest.fixture(scope="module")
 def plain_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A one-node Kafka without authentication, like the cloud's (for now), for cloud-side
-    code whose tests need no three-node cluster."""
+    """A one-node Kafka without TLS or logins (a development cluster: `security = "none"`),
+    for cloud-side code whose tests need no three-node cluster."""
     p = free_ports(2)
     cluster = KafkaCluster("plain", tmp_path_factory.mktemp("plain-kafka"),
                            (KafkaNode(1, p[0], p[1]),), heap="384m")
@@ -101,10 +102,24 @@ def plain_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def cloud_bootstrap(stack: Stack) -> str:
-    """The 3-node cloud cluster (replication factor 3, min.insync.replicas=2)."""
+def cloud_kafka(stack: Stack) -> KafkaSettings:
+    """The 3-node cloud cluster (replication factor 3, min.insync.replicas=2; TLS, SCRAM and
+    ACLs), as its admin sees it: tests read and write anything with it. The services under
+    test log in as themselves (`cloud_login`)."""
     stack.up(services=frozenset({"cloud"}))
-    return stack.cloud.bootstrap
+    login = stack.cloud.login(KAFKA_ADMIN_USER)
+    assert isinstance(login, KafkaSettings)
+    return login
+
+
+@pytest.fixture(scope="module")
+def cloud_login(stack: Stack, cloud_kafka: KafkaSettings) -> Callable[[str], KafkaSettings]:
+    """user -> that cloud service's own login (its ACLs apply)."""
+    def login(user: str) -> KafkaSettings:
+        target = stack.cloud.login(user)
+        assert isinstance(target, KafkaSettings)
+        return target
+    return login
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def build(cfg: CloudConfig) -> Server:
         configured = {name: User(name, h, "operator")}
     actions = Actions(cfg.registry.root).start()
     live = LiveState(d.bucket_s, d.window_s, d.offline_after_s)
-    watcher = KafkaWatcher(cfg.kafka.bootstrap, live).start()
+    watcher = KafkaWatcher(cfg.kafka.login("dashboard"), live).start()
     dash = Dashboard(d, Users(configured, store), Signer(session_key(cfg)), live, actions,
                      store, kafka_error=lambda: watcher.error)
     return Server(create_app(dash), dash, watcher, actions)

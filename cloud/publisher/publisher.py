@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud.registry import ModelRecord, Registry
 from shared import model_bundle, releases, topics
 from shared.errors import FleetsentryError
-from shared.signing import key_fingerprint
 from shared.kafka_config import Target, bootstrap_of, client_config
+from shared.signing import key_fingerprint
 
 log = logging.getLogger("publisher")
 

@@ -24,6 +24,9 @@ PUBLISH_OPTIONS = [
     click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True,
                  envvar="FLEETSENTRY_CLOUD_BOOTSTRAP",
                  help="Cloud Kafka to publish the new champion to (models topic)."),
+    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                 default=None, help="cloud.toml whose [kafka] login publishes (TLS, the "
+                 "publisher's user); default: the one `fleetsentry infra up` made."),
     click.option("--no-publish", is_flag=True, help="Change the registry only."),
     click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
                  default=None, help="Ed25519 key the release is signed with (PEM; default: "
@@ -125,7 +128,7 @@ def runs(root: Path, stream: str | None, limit: int) -> None:
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--champion", is_flag=True, help="Make it the champion (and publish it).")
 @_publish_options
-def register(root: Path, model_dir: Path, champion: bool, bootstrap: str, no_publish: bool,
+def register(root: Path, model_dir: Path, champion: bool, bootstrap: str, config_path: Path | None, no_publish: bool,
              key_file: Path | None, fleet: str, ttl_days: float, actor: str | None,
              reason: str) -> None:
     """Copy a signed model directory into the registry (e.g. a baseline)."""
@@ -133,7 +136,7 @@ def register(root: Path, model_dir: Path, champion: bool, bootstrap: str, no_pub
         m = reg.register(model_dir, actor=actor or getpass.getuser())
         if champion:
             m = reg.promote(m.version, actor or getpass.getuser(), reason or "registered")
-            _publish(m, root, bootstrap, no_publish, key_file, fleet, ttl_days)
+            _publish(m, root, bootstrap, config_path, no_publish, key_file, fleet, ttl_days)
     click.echo(f"{m.version}: {m.state} ({m.path})")
 
 
@@ -141,14 +144,14 @@ def register(root: Path, model_dir: Path, champion: bool, bootstrap: str, no_pub
 @ROOT_OPTION
 @click.argument("version")
 @_publish_options
-def promote(root: Path, version: str, bootstrap: str, no_publish: bool,
+def promote(root: Path, version: str, bootstrap: str, config_path: Path | None, no_publish: bool,
             key_file: Path | None, fleet: str, ttl_days: float, actor: str | None,
             reason: str) -> None:
     """Make VERSION the champion of its stream and publish it to the gateways."""
     with Registry(root) as reg:
         m = reg.promote(version, actor or getpass.getuser(), reason)
     click.echo(f"{m.stream}: champion is now {m.version}")
-    _publish(m, root, bootstrap, no_publish, key_file, fleet, ttl_days)
+    _publish(m, root, bootstrap, config_path, no_publish, key_file, fleet, ttl_days)
 
 
 @registry.command()
@@ -156,25 +159,27 @@ def promote(root: Path, version: str, bootstrap: str, no_publish: bool,
 @click.argument("stream")
 @click.option("--to", "to", default=None, help="Version to go back to (default: the previous).")
 @_publish_options
-def rollback(root: Path, stream: str, to: str | None, bootstrap: str, no_publish: bool,
+def rollback(root: Path, stream: str, to: str | None, bootstrap: str, config_path: Path | None, no_publish: bool,
              key_file: Path | None, fleet: str, ttl_days: float, actor: str | None,
              reason: str) -> None:
     """Put STREAM's previous champion back and publish it to the gateways."""
     with Registry(root) as reg:
         m = reg.rollback(stream, actor or getpass.getuser(), reason, to=to)
     click.echo(f"{stream}: rolled back to {m.version}")
-    _publish(m, root, bootstrap, no_publish, key_file, fleet, ttl_days)
+    _publish(m, root, bootstrap, config_path, no_publish, key_file, fleet, ttl_days)
 
 
-def _publish(model: ModelRecord, root: Path, bootstrap: str, no_publish: bool,
+def _publish(model: ModelRecord, root: Path, bootstrap: str, config_path: Path | None, no_publish: bool,
              key_file: Path | None, fleet: str, ttl_days: float) -> None:
     if no_publish:
         click.echo("not published (--no-publish): gateways keep their current model")
         return
+    from cloud.config import login_at
     from cloud.publisher import Publisher, Releaser
     from shared import signing
 
     key = signing.load_private_key(key_file or signing.dev_private_key_path())
-    with Publisher(bootstrap, Releaser(key, root, fleet, ttl_days * 86_400)) as pub:
+    login = login_at(bootstrap, config_path, "publisher")
+    with Publisher(login, Releaser(key, root, fleet, ttl_days * 86_400)) as pub:
         size = pub.publish(model)
     click.echo(f"published {model.version} to the models topic ({size:,} bytes)")

@@ -12,6 +12,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+import msgspec
 
 from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
 from shared import signing
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from cloud.registry import Registry
     from cloud.retrain.service import TrainerService
     from cloud.retrain.source import DataSource
+    from shared.kafka_config import Target
 
 STREAMS = ("telemetry", "payments")
 
@@ -115,8 +117,8 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
     """Retrain on a schedule and on drift; promote only better models; publish them."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap, source, trainer, rel = _from_config(config_path, registry_root,
-                                                                  bootstrap)
+    registry_root, publisher_login, source, trainer, rel = _from_config(
+        config_path, registry_root, bootstrap)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -124,7 +126,7 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
                              schedule_s=schedule_s, drift_check_s=drift_check_s,
                              recent_s=recent_s, trainer=trainer)
     publisher = None if no_publish else Publisher(
-        bootstrap, _releaser(key_file, registry_root, rel)).start()
+        publisher_login, _releaser(key_file, registry_root, rel)).start()
     svc.publisher = publisher
     stop = threading.Event()
 
@@ -158,12 +160,12 @@ def retrain(config_path: Path | None, registry_root: Path, bootstrap: str, key_f
     """Train a challenger now; promote and publish it only if it beats the champion."""
     from cloud.publisher import Publisher
 
-    registry_root, bootstrap, source, trainer, rel = _from_config(config_path, registry_root,
-                                                                  bootstrap)
+    registry_root, publisher_login, source, trainer, rel = _from_config(
+        config_path, registry_root, bootstrap)
     svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
                              trainer=trainer)
     publisher = None if no_publish else Publisher(
-        bootstrap, _releaser(key_file, registry_root, rel)).start()
+        publisher_login, _releaser(key_file, registry_root, rel)).start()
     svc.publisher = publisher
     try:
         for stream in streams:

@@ -10,11 +10,10 @@ A source is anything with these three methods; cloud.store.reader.StoreReader is
 from __future__ import annotations
 
 import re
-
-import msgspec
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import msgspec
 from confluent_kafka.admin import AdminClient
 
 from cloud.kafka_source import read_topic

@@ -90,7 +90,7 @@ def signer(config_path: Path | None, key_file: Path | None, no_publish: bool, ep
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = cloud_config.load(config_path)
     key = load_key(key_file)
-    publisher = None if no_publish else Publisher(cfg.kafka.bootstrap, Releaser(
+    publisher = None if no_publish else Publisher(cfg.kafka.login("publisher"), Releaser(
         key, cfg.registry.root, cfg.releases.fleet, cfg.releases.ttl_days * 86_400)).start()
     make = trainer_factory(cfg, key, publisher, epochs, min_records, schedule_s,
                            drift_check_s, recent_s)

@@ -21,7 +21,7 @@ def store(config_path: str | None, until_idle: float | None) -> None:
 
     cfg = cloud_config.load(config_path)
     s = cfg.store
-    svc = Store(cfg.kafka.bootstrap, s.root, s.group_id, s.batch_records, s.flush_interval_s,
+    svc = Store(cfg.kafka.login("store"), s.root, s.group_id, s.batch_records, s.flush_interval_s,
                 s.compression)
 
     def stop(*_: Any) -> None:

@@ -151,11 +151,27 @@ def mirror_up(edge_id: str, edge_bootstrap: str | None, timeout: float,
     click.echo(f"{edge_id} -> cloud and cloud -> {edge_id} running; logs in {mm.log_dir}")
 
 
+@infra.command("add-gateway")
+@click.argument("edge_id")
+@_options
+def add_gateway(edge_id: str, **options: Any) -> None:
+    """Give gateway EDGE_ID its own login on the cloud Kafka, allowed only its own topics
+    (<EDGE_ID>.*) and reading models. Idempotent; the cloud must be up."""
+    stack = Stack(settings_from(options), quiet=True)
+    login = stack.add_gateway(edge_id)
+    if isinstance(login, str):
+        click.echo(f"the cloud Kafka at {login} has no logins: nothing to add")
+        return
+    click.echo(f"{edge_id}: cloud Kafka user {login.username}, password in "
+               f"{login.credentials_file}, CA certificate {login.ca_file}")
+
+
 @mirror.command("down")
 @_mirror_options
 def mirror_down(edge_id: str, edge_bootstrap: str | None, **options: Any) -> None:
     """Stop the gateway's MirrorMaker; it resumes from its committed offsets on `up`."""
-    killed = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap).stop()
+    killed = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap,
+                                                  provision=False).stop()
     click.echo(f"Stopped{'; needed SIGKILL' if killed else ''}.")
 
 
@@ -165,7 +181,8 @@ def mirror_down(edge_id: str, edge_bootstrap: str | None, **options: Any) -> Non
 def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool,
                   **options: Any) -> None:
     """Show the state of each connector and task. Exits 1 unless both flows run."""
-    status = Stack(settings_from(options), quiet=True).mirror(edge_id, edge_bootstrap).status()
+    status = Stack(settings_from(options), quiet=True).mirror(
+        edge_id, edge_bootstrap, provision=False).status()
     if as_json:
         click.echo(json.dumps(status, indent=2))
     else:

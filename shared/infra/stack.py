@@ -14,9 +14,9 @@ import msgspec
 from msgspec import Meta
 
 from shared.infra import jars, ports
+from shared.infra.acls import ensure_acls, gateway_acls, service_grants
 from shared.infra.errors import InfraError, PortInUseError
 from shared.infra.kafka import KafkaCluster, KafkaNode
-from shared.infra.acls import ensure_acls, gateway_acls, service_grants
 from shared.infra.mirror import Mirror, validate_alias
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER, Mosquitto
 from shared.infra.topics_admin import ensure_topics, ensure_users
@@ -89,14 +89,22 @@ class Stack:
         )
         self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)
 
-    def mirror(self, edge_id: str, edge_bootstrap: str | None = None) -> Mirror:
-        """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default)."""
+    def mirror(self, edge_id: str, edge_bootstrap: str | None = None,
+               provision: bool = True) -> Mirror:
+        """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default),
+        logging in to the cloud as the gateway; ``provision``: make that login and its ACLs
+        first (the cloud must be up)."""
         edge = self.edge.login(MIRROR_USER)
         if edge_bootstrap:
             edge = (edge_bootstrap if isinstance(edge, str)
                     else msgspec.structs.replace(edge, bootstrap=edge_bootstrap))
         return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
-                      self.settings.home, edge_login=edge, cloud_login=self.add_gateway(edge_id))
+                      self.settings.home, edge_login=edge,
+                      cloud_login=self.add_gateway(edge_id) if provision
+                      else self._gateway_login(edge_id))
+
+    def _gateway_login(self, edge_id: str) -> KafkaSettings | str:
+        return self.cloud.login(gateway_user(edge_id))
 
     def add_gateway(self, edge_id: str) -> KafkaSettings | str:
         """Gateway ``edge_id``'s own cloud login and ACLs (kept in the cloud's credentials
@@ -109,7 +117,7 @@ class Stack:
         ensure_users(admin, {user: creds[user]})
         if self.cloud.authorize:
             ensure_acls(admin, gateway_acls(edge_id))
-        return self.cloud.login(user)
+        return self._gateway_login(edge_id)
 
     def edge_topic_configs(self) -> dict[str, dict[str, str]]:
         """The disk plan's configs for the edge topics (retention.bytes, segment sizes, ...),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,13 @@ from shared.features import feature_memory_s
 from shared.infra.mirror import Mirror
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
-from shared.kafka_config import MIRROR_USER
+from shared.kafka_config import (
+    LABELS_USER,
+    MIRROR_USER,
+    PUBLISHER_USER,
+    TRAINER_USER,
+    KafkaSettings,
+)
 from tests.agent_models import flip_byte
 from tests.browser_support import chromium, cloud_run, cloud_toml, promote, shot, sign_in, wait
 from tests.edge_pipeline import EdgePipeline
@@ -115,7 +121,7 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def gateways(stack: Stack, cloud_bootstrap: str, key_files: tuple[Path, Path],
+def gateways(stack: Stack, cloud_kafka: KafkaSettings, key_files: tuple[Path, Path],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]:
     home = tmp_path_factory.mktemp("gateways")
     second = Stack(free_infra_settings(home / "gateway-2"), quiet=True)
@@ -135,8 +141,9 @@ def gateways(stack: Stack, cloud_bootstrap: str, key_files: tuple[Path, Path],
                 s, home / f"edge-{n}", scorer=f'public_key = "{key_files[1]}"',
                 services=("bridge", "enricher", "scorer", "agent"),
                 extra="[enricher]\nbatch_wait_ms = 20\n[agent]\nshadow_window = 2000\n")
-            mirror = Mirror(pipeline.edge_id, s.edge.bootstrap, cloud_bootstrap, home,
-                            edge_login=s.edge.login(MIRROR_USER))
+            mirror = Mirror(pipeline.edge_id, s.edge.bootstrap, cloud_kafka.bootstrap, home,
+                            edge_login=s.edge.login(MIRROR_USER),
+                            cloud_login=stack.add_gateway(pipeline.edge_id))
             gws.append(Gateway(n, s, pipeline, mirror, fleet))
         for gw in gws:
             gw.mirror.start()
@@ -228,7 +235,7 @@ def window(gw: Gateway, col: Collector, lo: float, hi: float) -> Window:
                   len(vehicles) * (hi - lo) / 3600, {s.model_version for s in frames})
 
 
-def cloud_statuses(cloud_bootstrap: str, gws: list[Gateway], version: str,
+def cloud_statuses(cloud_kafka: KafkaSettings, gws: list[Gateway], version: str,
                    timeout: float = 240.0) -> dict[str, ModelStatus]:
     """The final status each gateway reported for ``version``, as the cloud sees it."""
     want = {gw.edge_id: gw.mirror.cloud_topic(topics.MODEL_STATUS) for gw in gws}
@@ -240,7 +247,7 @@ def cloud_statuses(cloud_bootstrap: str, gws: list[Gateway], version: str,
             if edge_id in seen:
                 continue
             try:
-                msgs = consume_all(cloud_bootstrap, topic, timeout=15, idle=2)
+                msgs = consume_all(cloud_kafka, topic, timeout=15, idle=2)
             except KeyError:  # the topic appears with the first replicated record
                 continue
             for m in msgs:
@@ -253,11 +260,11 @@ def cloud_statuses(cloud_bootstrap: str, gws: list[Gateway], version: str,
     return seen
 
 
-def send_labels(cloud_bootstrap: str, gws: list[Gateway], sent: set[str]) -> set[str]:
+def send_labels(cloud_kafka: KafkaSettings, gws: list[Gateway], sent: set[str]) -> set[str]:
     """The fleets' labels of the events driven so far, not yet sent, to the cloud's labels."""
     labels = [lab for gw in gws for lab in gw.fleet.labels
               if lab.event_id in gw.events and lab.event_id not in sent]
-    produce_all(cloud_bootstrap, topics.LABELS,
+    produce_all(cloud_kafka, topics.LABELS,
                 [(lab.event_id.encode(), encode(lab)) for lab in labels])
     return sent | {lab.event_id for lab in labels}
 
@@ -275,7 +282,8 @@ def wait_replicated(source: KafkaSource, expect: int, timeout: float = 300.0) ->
 
 @pytest.mark.timeout(1500)
 def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
-        gateways: list[Gateway], cloud_bootstrap: str, key_files: tuple[Path, Path],
+        gateways: list[Gateway], cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], key_files: tuple[Path, Path],
         cloud_state: Path, tmp_path: Path) -> None:
     gws = gateways
     t0 = gws[0].fleet.start_ts
@@ -297,8 +305,8 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
                   f"{gw.edge_id} drift, baseline model: {d}")
 
         # The cloud: labels (chargebacks, workshop reports) beside the replicated data.
-        labelled = send_labels(cloud_bootstrap, gws, set())
-        source = KafkaSource(cloud_bootstrap)
+        labelled = send_labels(cloud_login(LABELS_USER), gws, set())
+        source = KafkaSource(cloud_login(TRAINER_USER))
         expect = sum(s == "telemetry" for gw in gws for s, _ in gw.events.values())
         wait_replicated(source, expect)
 
@@ -309,7 +317,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
             # before the recent window is the reference the drift check compares with.
             recent_s=PHASE1_S - DRIFT_AT_S - 60, drift=DriftSettings(min_events=500))
         key = signing.load_private_key(key_files[0])
-        with Publisher(cloud_bootstrap, Releaser(key, registry.root)) as pub:
+        with Publisher(cloud_login(PUBLISHER_USER), Releaser(key, registry.root)) as pub:
             svc = TrainerService(registry, source, key, settings, pub)
             runs = svc.cycle()
             assert len(runs) == 1, \
@@ -322,7 +330,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
         assert champion is not None and champion.version == run.challenger
         assert champion.parent == baseline.version
 
-        statuses = cloud_statuses(cloud_bootstrap, gws, champion.version)
+        statuses = cloud_statuses(cloud_kafka, gws, champion.version)
         for edge_id, st in statuses.items():
             print(f"cloud sees {edge_id}: {st.version} {st.state} ({st.reason})")
         assert {st.state for st in statuses.values()} == {"active"}, statuses
@@ -335,7 +343,7 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
                  for gw, c in zip(gws, collectors, strict=True)]
         for gw, a in zip(gws, after, strict=True):
             print(f"{gw.edge_id} drift, retrained:      {a}")
-        send_labels(cloud_bootstrap, gws, labelled)
+        send_labels(cloud_login(LABELS_USER), gws, labelled)
         for b, d, a in zip(before, drifted, after, strict=True):
             assert d.versions == {baseline.version} and a.versions == {champion.version}
             assert d.false_rate > 3 * b.false_rate + 0.01, "the drift raised no false alerts"
@@ -347,8 +355,8 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
                                  ttl_s=3600)
         value = model_bundle.pack(champion.path, "telemetry", "drift-tampered", time.time(),
                                   release=release)
-        produce_all(cloud_bootstrap, topics.MODELS, [(b"telemetry", flip_byte(value))])
-        refused = cloud_statuses(cloud_bootstrap, gws, "drift-tampered")
+        produce_all(cloud_kafka, topics.MODELS, [(b"telemetry", flip_byte(value))])
+        refused = cloud_statuses(cloud_kafka, gws, "drift-tampered")
         for edge_id, st in refused.items():
             print(f"cloud sees {edge_id}: {st.version} {st.state} ({st.reason})")
             assert st.state == "rejected" and "changed after release" in st.reason, st
@@ -380,18 +388,20 @@ def train_candidate(registry: Registry, source: KafkaSource, key_file: Path,
 
 @pytest.mark.timeout(900)
 def test_a_model_promoted_on_the_dashboard_reaches_both_gateways(
-        gateways: list[Gateway], cloud_bootstrap: str, key_files: tuple[Path, Path],
+        gateways: list[Gateway], cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], key_files: tuple[Path, Path],
         cloud_state: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     registry = Registry(cloud_state / "registry").start()
     try:
-        candidate = train_candidate(registry, KafkaSource(cloud_bootstrap), key_files[0],
+        source = KafkaSource(cloud_login(TRAINER_USER))
+        candidate = train_candidate(registry, source, key_files[0],
                                     tmp_path)
     finally:
         registry.close()
     config = cloud_state / "cloud.toml"
-    config.write_text(cloud_toml(cloud_bootstrap, cloud_state / "registry", free_ports(1)[0],
+    config.write_text(cloud_toml(cloud_kafka, cloud_state / "registry", free_ports(1)[0],
                                  cloud_state))
 
     def rows(d: Any) -> list[str]:
@@ -411,5 +421,5 @@ def test_a_model_promoted_on_the_dashboard_reaches_both_gateways(
             timeout_s=300, every_s=2)
         shot(d, "8-fleet-after-promotion")
         print("\n" + "\n".join(rows(d)))
-    statuses = cloud_statuses(cloud_bootstrap, gateways, candidate.version)
+    statuses = cloud_statuses(cloud_kafka, gateways, candidate.version)
     assert {st.state for st in statuses.values()} == {"active"}, statuses

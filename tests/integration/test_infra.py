@@ -60,8 +60,8 @@ def test_registry_topics_exist_with_their_settings(edge_kafka: KafkaSettings) ->
             assert conf[key].value == value, (name, key)
 
 
-def test_cloud_cluster_has_three_brokers_and_replicates(cloud_bootstrap: str) -> None:
-    admin = AdminClient(client_config(cloud_bootstrap))
+def test_cloud_cluster_has_three_brokers_and_replicates(cloud_kafka: KafkaSettings) -> None:
+    admin = AdminClient(client_config(cloud_kafka))
     meta = admin.list_topics(timeout=10)
     assert len(meta.brokers) == 3
     labels = meta.topics[topics.LABELS]
@@ -70,13 +70,13 @@ def test_cloud_cluster_has_three_brokers_and_replicates(cloud_bootstrap: str) ->
     res = ConfigResource(ConfigResource.Type.TOPIC, topics.LABELS)
     assert admin.describe_configs([res])[res].result()["min.insync.replicas"].value == "2"
     marker = uuid.uuid4().hex
-    produce_all(cloud_bootstrap, topics.LABELS, [(None, f"{marker}-{i}".encode())
+    produce_all(cloud_kafka, topics.LABELS, [(None, f"{marker}-{i}".encode())
                                                  for i in range(200)])
-    got = [m.value().decode() for m in consume_all(cloud_bootstrap, topics.LABELS, idle=2)]
+    got = [m.value().decode() for m in consume_all(cloud_kafka, topics.LABELS, idle=2)]
     assert len([v for v in got if v.startswith(marker)]) == 200
 
 
-def test_kcat_lists_brokers(stack: Stack, cloud_bootstrap: str) -> None:
+def test_kcat_lists_brokers(stack: Stack, cloud_kafka: KafkaSettings) -> None:
     status = stack.status()
     for name, count in (("edge_kafka", 1), ("cloud_kafka", 3)):
         # The node's PLAIN login: Debian's kcat 1.7.1 (librdkafka 2.0.2) fails SCRAM-SHA-512

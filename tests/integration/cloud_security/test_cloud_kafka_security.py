@@ -75,7 +75,7 @@ def _read_one(target: Target, topic: str, group: str) -> bytes | int:
 
 
 @pytest.fixture(scope="module")
-def cloud(stack: Stack, cloud_bootstrap: str) -> Stack:
+def cloud(stack: Stack, cloud_kafka: KafkaSettings) -> Stack:
     return stack
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import model_bundle, releases, topics
 from shared.contracts import AnonPayment, Label, encode
-from shared.kafka_config import Target, client_config
+from shared.kafka_config import PUBLISHER_USER, TRAINER_USER, Target, client_config
 from tests.agent_models import ModelKit, deliver, recent_window, skip_to_end
 from tests.support import consume_all, produce_all
 
@@ -43,8 +43,8 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     reg.close()
 
 
-def _published(cloud_bootstrap: str, version: str) -> bytes:
-    for msg in reversed(consume_all(cloud_bootstrap, topics.MODELS, timeout=30, idle=3)):
+def _published(cloud_kafka: KafkaSettings, version: str) -> bytes:
+    for msg in reversed(consume_all(cloud_kafka, topics.MODELS, timeout=30, idle=3)):
         if model_bundle.unpack(msg.value()).version == version:
             assert msg.key() == b"payments"
             return bytes(msg.value())
@@ -61,13 +61,14 @@ def _corrupt_base64(value: bytes) -> bytes:
 
 
 def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
-        cloud_bootstrap: str, edge_kafka: KafkaSettings, kit: ModelKit, registry: Registry,
+        cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], edge_kafka: KafkaSettings, kit: ModelKit, registry: Registry,
         tmp_path: Path) -> None:
     champion = registry.register(kit.variant("cloud-v1"), state="champion")
-    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
+    with Publisher(cloud_login(PUBLISHER_USER), Releaser(kit.key, registry.root)) as pub:
         size = pub.publish(champion)
     assert size > (champion.path / "model.tflite").stat().st_size
-    value = _published(cloud_bootstrap, "cloud-v1")
+    value = _published(cloud_kafka, "cloud-v1")
 
     edge_id = f"cloud-{uuid.uuid4().hex[:6]}"
     config = EdgeConfig(edge_id=edge_id, data_dir=tmp_path,
@@ -90,10 +91,10 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
 
     # Promote a second version, then roll back: each change is published.
     registry.register(kit.variant("cloud-v2"))
-    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
+    with Publisher(cloud_login(PUBLISHER_USER), Releaser(kit.key, registry.root)) as pub:
         pub.publish(registry.promote("cloud-v2", "test"))
         pub.publish(registry.rollback("payments", "test", "operator rollback"))
-    assert model_bundle.unpack(_published(cloud_bootstrap, "cloud-v1")).version == "cloud-v1"
+    assert model_bundle.unpack(_published(cloud_kafka, "cloud-v1")).version == "cloud-v1"
 
 
 def _create(bootstrap: Target, *names: str) -> None:
@@ -126,15 +127,16 @@ def _records(kit: ModelKit, n: int, t0: float, seed: int, shift: float,
 
 
 def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
-        cloud_bootstrap: str, kit: ModelKit, registry: Registry) -> None:
+        cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], kit: ModelKit, registry: Registry) -> None:
     edge = f"gw{uuid.uuid4().hex[:6]}"
     anon_topic, labels_topic = f"{edge}.anon.payments", f"{edge}.{topics.LABELS}"
-    _create(cloud_bootstrap, anon_topic, labels_topic)
+    _create(cloud_kafka, anon_topic, labels_topic)
     t0 = time.time() - 100_000
     old, old_labels = _records(kit, 2000, t0, seed=31, shift=0.0, anomalies=40)
     new, new_labels = _records(kit, 4000, t0 + 2000, seed=32, shift=3.0, anomalies=80)
-    produce_all(cloud_bootstrap, anon_topic, ((None, v) for v in old + new))
-    produce_all(cloud_bootstrap, labels_topic, ((None, v) for v in old_labels + new_labels))
+    produce_all(cloud_kafka, anon_topic, ((None, v) for v in old + new))
+    produce_all(cloud_kafka, labels_topic, ((None, v) for v in old_labels + new_labels))
 
     registry.register(kit.variant("drift-champion"), state="champion")
     settings = RetrainSettings(
@@ -146,8 +148,8 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
         def topics_for(self, base: str) -> list[str]:
             return [t for t in super().topics_for(base) if t.startswith(f"{edge}.")]
 
-    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
-        svc = TrainerService(registry, Source(cloud_bootstrap), kit.key, settings, pub)
+    with Publisher(cloud_login(PUBLISHER_USER), Releaser(kit.key, registry.root)) as pub:
+        svc = TrainerService(registry, Source(cloud_login(TRAINER_USER)), kit.key, settings, pub)
         report = svc.check_drift("payments")
         assert report.drifted, report.reason
         runs = svc.cycle()
@@ -164,25 +166,26 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
     champion = registry.champion("payments")
     assert champion.version == run.challenger and champion.parent == "drift-champion"
     assert (champion.path / "profile.json").exists()
-    assert model_bundle.unpack(_published(cloud_bootstrap, champion.version)).stream == "payments"
+    assert model_bundle.unpack(_published(cloud_kafka, champion.version)).stream == "payments"
     # The new champion's own training window is the reference now: no drift left.
     assert not svc.check_drift("payments").drifted
 
 
 def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
-        cloud_bootstrap: str, kit: ModelKit, registry: Registry, tmp_path: Path) -> None:
+        cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], kit: ModelKit, registry: Registry, tmp_path: Path) -> None:
     from cloud.dashboard.actions import Actions
     from cloud.signer.service import SigningService
     from edge.scorer.model import load_model
 
     edge = f"gw{uuid.uuid4().hex[:6]}"
     anon_topic, labels_topic = f"{edge}.anon.payments", f"{edge}.{topics.LABELS}"
-    _create(cloud_bootstrap, anon_topic, labels_topic)
+    _create(cloud_kafka, anon_topic, labels_topic)
     t0 = time.time() - 100_000
     old, old_labels = _records(kit, 2000, t0, seed=41, shift=0.0, anomalies=40)
     new, new_labels = _records(kit, 4000, t0 + 2000, seed=42, shift=3.0, anomalies=80)
-    produce_all(cloud_bootstrap, anon_topic, ((None, v) for v in old + new))
-    produce_all(cloud_bootstrap, labels_topic, ((None, v) for v in old_labels + new_labels))
+    produce_all(cloud_kafka, anon_topic, ((None, v) for v in old + new))
+    produce_all(cloud_kafka, labels_topic, ((None, v) for v in old_labels + new_labels))
     registry.register(kit.variant("approval-champion"), state="champion")
     settings = RetrainSettings(
         streams=("payments",), recent_s=1500.0, min_records=1000, require_approval=True,
@@ -194,12 +197,12 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
             return [t for t in super().topics_for(base) if t.startswith(f"{edge}.")]
 
     def on_topic(version: str) -> list[bytes]:
-        return [bytes(m.value()) for m in consume_all(cloud_bootstrap, topics.MODELS, timeout=30,
+        return [bytes(m.value()) for m in consume_all(cloud_kafka, topics.MODELS, timeout=30,
                                                       idle=3)
                 if model_bundle.unpack(m.value()).version == version]
 
-    with Publisher(cloud_bootstrap, Releaser(kit.key, registry.root)) as pub:
-        svc = TrainerService(registry, Source(cloud_bootstrap), kit.key, settings, pub)
+    with Publisher(cloud_login(PUBLISHER_USER), Releaser(kit.key, registry.root)) as pub:
+        svc = TrainerService(registry, Source(cloud_login(TRAINER_USER)), kit.key, settings, pub)
         [run] = svc.cycle()
         assert run.decision == "awaiting approval", (run.decision_reason, run.error)
         assert registry.champion("payments").version == "approval-champion"  # type: ignore[union-attr]

@@ -40,10 +40,10 @@ def _delivery_error(target: Target, topic: str, key: bytes, value: bytes) -> Kaf
 
 
 def test_a_model_record_over_the_bound_is_refused_by_both_models_topics(
-        edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
+        edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
     # Bundles of the shipped int8 models are tens of KB; 2 MiB is only a disk filler.
     value = os.urandom(2 * MIB)
-    for target, topic in ((cloud_bootstrap, topics.MODELS), (edge_kafka, topics.CLOUD_MODELS)):
+    for target, topic in ((cloud_kafka, topics.MODELS), (edge_kafka, topics.CLOUD_MODELS)):
         err = _delivery_error(target, topic, b"payments", value)
         assert err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE, (topic, err)
     # A record within the bound still goes through.

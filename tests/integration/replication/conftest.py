@@ -8,12 +8,13 @@ import pytest
 
 from shared.infra.mirror import Mirror
 from shared.infra.stack import Stack
+from shared.kafka_config import KafkaSettings
 
 EDGE_ID = "edge-1"
 
 
 @pytest.fixture(scope="module")
-def mirror(stack: Stack, cloud_bootstrap: str) -> Iterator[Mirror]:
+def mirror(stack: Stack, cloud_kafka: KafkaSettings) -> Iterator[Mirror]:
     mm = stack.mirror(EDGE_ID)
     mm.start()
     try:

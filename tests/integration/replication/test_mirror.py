@@ -90,7 +90,7 @@ def test_names_in_the_cloud_carry_the_edge_id(mirror: Mirror) -> None:
 
 
 def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
-        mirror: Mirror, edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
+        mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
     now = time.time()
     sent: dict[str, list[str]] = {}
     p = _transactional(edge_kafka)
@@ -114,7 +114,7 @@ def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
 
     for topic, ids in sent.items():
         field = "alert_id" if topic == topics.ALERTS else "event_id"
-        got = _ids(consume_all(cloud_bootstrap, mirror.cloud_topic(topic), expect=len(ids),
+        got = _ids(consume_all(cloud_kafka, mirror.cloud_topic(topic), expect=len(ids),
                                timeout=120), field)
         assert set(got) == set(ids), f"{topic}: {len(set(ids) - set(got))} missing"
         assert max(got.values()) == 1, f"{topic}: duplicates {got.most_common(3)}"
@@ -122,7 +122,7 @@ def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
 
 
 def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_kafka: KafkaSettings,
-                                          cloud_bootstrap: str) -> None:
+                                          cloud_kafka: KafkaSettings) -> None:
     marker = f"PII-{uuid.uuid4()}"
     for topic in (topics.RAW_PAYMENTS, topics.RAW_TELEMETRY):
         produce_all(edge_kafka, topic, [(marker.encode(), marker.encode())] * 20)
@@ -130,7 +130,7 @@ def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_kafka: KafkaSetti
     sentinel = str(uuid.uuid4())
     produce_all(edge_kafka, topics.SCORES_PAYMENTS,
                 [(sentinel.encode(), _score(sentinel, time.time()))])
-    got = _ids(_wait_for(cloud_bootstrap, mirror.cloud_topic(topics.SCORES_PAYMENTS), sentinel))
+    got = _ids(_wait_for(cloud_kafka, mirror.cloud_topic(topics.SCORES_PAYMENTS), sentinel))
     assert sentinel in got
     # The raw topics were on the edge before the mirror started (the stack creates every
     # registry topic), and the mirror creates the cloud topics of everything it lists in one go
@@ -141,13 +141,13 @@ def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_kafka: KafkaSetti
     assert {topics.RAW_PAYMENTS, topics.RAW_TELEMETRY} <= set(edge_names)
     time.sleep(2 * TRANSACTION_INTERVAL_MS / 1000 + 1)
 
-    meta = AdminClient(client_config(cloud_bootstrap)).list_topics(timeout=15)
+    meta = AdminClient(client_config(cloud_kafka)).list_topics(timeout=15)
     names = sorted(meta.topics)
     assert not [n for n in names if "raw" in n], names
     assert mirror.cloud_topic(topics.ANON_PAYMENTS) in names
     needle = marker.encode()
     read = 0
-    for name, key, value in _read_everything(cloud_bootstrap, names):
+    for name, key, value in _read_everything(cloud_kafka, names):
         read += 1
         assert needle not in key + value, name
     assert read > 1500  # the replicated records above were among what was searched
@@ -194,9 +194,9 @@ def _wait_for(bootstrap: Target, topic: str, event_id: str, timeout: float = 90.
 
 
 def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_kafka: KafkaSettings,
-                                                cloud_bootstrap: str) -> None:
+                                                cloud_kafka: KafkaSettings) -> None:
     body = f"model-{uuid.uuid4()}".encode()
-    produce_all(cloud_bootstrap, topics.MODELS, [(b"telemetry", body)])
+    produce_all(cloud_kafka, topics.MODELS, [(b"telemetry", body)])
     deadline = time.monotonic() + 120
     found = False
     while time.monotonic() < deadline and not found:
@@ -207,7 +207,7 @@ def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_kafka: Kafk
 
 @pytest.mark.timeout(600 + 2 * OUTAGE_WALL_SECONDS)
 def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
-        mirror: Mirror, stack: Stack, edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
+        mirror: Mirror, stack: Stack, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
     """The cloud is stopped while the gateway keeps producing a bounded backlog (24,000
     records whose device time spans ten minutes, over OUTAGE_WALL_SECONDS of wall time);
     after the cloud returns, every record is there once."""
@@ -234,7 +234,7 @@ def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
     stack.cloud.start(jars.kafka_libs(quiet=True), jars.java_binary())
     stack.cloud.wait_healthy(120)
     target = mirror.cloud_topic(topics.SCORES_TELEMETRY)
-    with _Reader(cloud_bootstrap, target) as reader:
+    with _Reader(cloud_kafka, target) as reader:
         reader.read_until(set(ids), timeout=240)
         # Settled: the mirror runs again and everything it had committed has been read, so a
         # record replayed after the outage would be counted twice here.

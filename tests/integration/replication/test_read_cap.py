@@ -116,7 +116,7 @@ class _Arrivals:
 
 @pytest.mark.timeout(900)
 def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_deleted(
-        stack: Stack, edge_kafka: KafkaSettings, cloud_bootstrap: str) -> None:
+        stack: Stack, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
     # The outage: no MirrorMaker runs while the gateway builds its backlog.
     acked = _build_backlog(edge_kafka, BACKLOG)
     ids = set(acked)
@@ -133,7 +133,7 @@ def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_delet
     before = mirror.backlog()
     assert before[f"{topics.SCORES_TELEMETRY}-0"]["deleted"] == RETENTION_DELETES
     assert sum(b["deleted"] for b in before.values()) == RETENTION_DELETES
-    reader = _Arrivals(cloud_bootstrap, mirror.cloud_topic(topics.SCORES_TELEMETRY))
+    reader = _Arrivals(cloud_kafka, mirror.cloud_topic(topics.SCORES_TELEMETRY))
     try:
         mirror.start()
         mirror.wait_healthy(240)

@@ -141,7 +141,7 @@ def test_dry_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str,
     labels_out = tmp_path / "labels.jsonl"
     run = subprocess.run(
         [FLEETSENTRY, "sim", "run", "--dry-run", "--out", str(tmp_path / "events.jsonl"),
-         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap,
+         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap, "--labels-kafka-security", "none",
          "--vehicles", "15", "--duration", "1200", "--seed", "41", "--fault-scale", "2",
          "--fraud-scale", "8", "--payment-rate", "3", "--summary-json",
          str(tmp_path / "summary.json")],
@@ -164,7 +164,7 @@ def test_live_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str, mq
     run = subprocess.run(
         [FLEETSENTRY, "sim", "run", "--mqtt", f"{mqtt_broker.host}:{mqtt_broker.port}",
          "--register-with", str(mqtt_broker.stack.mqtt.home), "--password", PASSWORD,
-         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap,
+         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap, "--labels-kafka-security", "none",
          "--vehicles", "20", "--duration", "6", "--seed", "42", "--fault-scale", "500",
          "--summary-json", str(tmp_path / "summary.json")],
         check=False, capture_output=True, text=True, timeout=90)
@@ -194,7 +194,7 @@ def test_live_run_labels_reach_kafka_during_the_run_after_their_delay(
     run = subprocess.run(
         [FLEETSENTRY, "sim", "run", "--mqtt", f"{mqtt_broker.host}:{mqtt_broker.port}",
          "--register-with", str(mqtt_broker.stack.mqtt.home), "--password", PASSWORD,
-         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap,
+         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap, "--labels-kafka-security", "none",
          "--label-delay", str(delay), "--vehicles", "30", "--duration", str(duration),
          "--seed", "1", "--fault-scale", "200", "--fraud-scale", "0",
          "--fraud-rate", "amount_outlier=0.6", "--payment-rate", "20000",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cloud.store.reader import StoreReader
 from cloud.store.service import Store
 from shared import contracts, topics
+from shared.kafka_config import STORE_USER, KafkaSettings, Target
 from tests.support import produce_all
 
 pytestmark = pytest.mark.integration
@@ -38,7 +40,7 @@ def _create(bootstrap: str, names: list[str]) -> None:
         fut.result(30)
 
 
-def _run(bootstrap: str, root: Path, group: str) -> int:
+def _run(bootstrap: Target, root: Path, group: str) -> int:
     s = Store(bootstrap, root, group_id=group, batch_records=2000, flush_interval_s=1.0)
     s.start()
     try:
@@ -48,20 +50,21 @@ def _run(bootstrap: str, root: Path, group: str) -> int:
 
 
 def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
-        cloud_bootstrap: str, tmp_path: Path) -> None:
+        cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], tmp_path: Path) -> None:
     a, b = f"st{uuid.uuid4().hex[:6]}", f"st{uuid.uuid4().hex[:6]}"
-    _create(cloud_bootstrap, [f"{a}.anon.payments", f"{b}.anon.payments"])
+    _create(cloud_kafka, [f"{a}.anon.payments", f"{b}.anon.payments"])
     ids = [f"{a}-{i}" for i in range(400)]
     # Day one and day two, and every record twice (a replay), the first 50 also from gateway b.
     first = [(i.encode(), _payment(i, DAY1 if n % 2 else DAY2)) for n, i in enumerate(ids)]
-    produce_all(cloud_bootstrap, f"{a}.anon.payments", first + first)
-    produce_all(cloud_bootstrap, f"{b}.anon.payments", first[:50])
-    produce_all(cloud_bootstrap, f"{a}.anon.payments", [(b"bad", b'{"event_id": 3}')])
+    produce_all(cloud_kafka, f"{a}.anon.payments", first + first)
+    produce_all(cloud_kafka, f"{b}.anon.payments", first[:50])
+    produce_all(cloud_kafka, f"{a}.anon.payments", [(b"bad", b'{"event_id": 3}')])
     label_id = f"label-{a}"
-    produce_all(cloud_bootstrap, topics.LABELS, [(ids[0].encode(), _label(ids[0], DAY1))] * 2
+    produce_all(cloud_kafka, topics.LABELS, [(ids[0].encode(), _label(ids[0], DAY1))] * 2
                 + [(label_id.encode(), _label(label_id, DAY1))])
-    root, group = tmp_path / "store", f"store-{a}"
-    _run(cloud_bootstrap, root, group)
+    root, group = tmp_path / "store", f"fleetsentry-store-{a}"
+    _run(cloud_login(STORE_USER), root, group)
 
     reader = StoreReader(root)
     pay = reader.table(topics.ANON_PAYMENTS, ["event_id", "edge_id", "day", "amount"])
@@ -77,10 +80,10 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
 
     # A restart that re-reads everything (its offsets lost) plus new records: still once each.
     more = [f"{a}-new-{i}" for i in range(30)]
-    produce_all(cloud_bootstrap, f"{a}.anon.payments",
+    produce_all(cloud_kafka, f"{a}.anon.payments",
                 first[:100] + [(i.encode(), _payment(i, DAY1)) for i in more])
     (root / "anon.payments" / "day=2026-09-21" / "part-orphan.parquet").write_bytes(b"partial")
-    _run(cloud_bootstrap, root, group + "-again")
+    _run(cloud_login(STORE_USER), root, group + "-again")
     assert not (root / "anon.payments" / "day=2026-09-21" / "part-orphan.parquet").exists()
     rows = reader.table(topics.ANON_PAYMENTS, ["event_id"])["event_id"].to_pylist()
     mine_ids = [r for r in rows if r.startswith(f"{a}-")]
@@ -90,20 +93,21 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
 
 
 def test_equal_event_ids_from_two_gateways_and_vehicles_are_both_stored(
-        cloud_bootstrap: str, tmp_path: Path) -> None:
+        cloud_kafka: KafkaSettings,
+        cloud_login: Callable[[str], KafkaSettings], tmp_path: Path) -> None:
     a, b = f"st{uuid.uuid4().hex[:6]}", f"st{uuid.uuid4().hex[:6]}"
-    _create(cloud_bootstrap, [f"{a}.anon.payments", f"{b}.anon.payments"])
+    _create(cloud_kafka, [f"{a}.anon.payments", f"{b}.anon.payments"])
     ids = [f"{a}-{i}" for i in range(20)]
     van_a, van_b = "tok" + "a" * 13, "tok" + "b" * 13
-    produce_all(cloud_bootstrap, f"{a}.anon.payments",
+    produce_all(cloud_kafka, f"{a}.anon.payments",
                 [(i.encode(), _payment(i, DAY1, van_a)) for i in ids])
     # Another gateway's vehicle happens to (or means to) use the same ids; and a's vehicle
     # roams to gateway b, which replicates some of its events again.
-    produce_all(cloud_bootstrap, f"{b}.anon.payments",
+    produce_all(cloud_kafka, f"{b}.anon.payments",
                 [(i.encode(), _payment(i, DAY1, van_b)) for i in ids]
                 + [(i.encode(), _payment(i, DAY1, van_a)) for i in ids[:5]])
     root = tmp_path / "store"
-    _run(cloud_bootstrap, root, f"store-{a}")
+    _run(cloud_login(STORE_USER), root, f"fleetsentry-store-{a}")
     rows = StoreReader(root).table(topics.ANON_PAYMENTS, ["event_id", "vehicle_token"])
     mine = sorted((r["event_id"], r["vehicle_token"]) for r in rows.to_pylist()
                   if r["event_id"] in set(ids))

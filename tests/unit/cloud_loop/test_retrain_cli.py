@@ -11,14 +11,21 @@ from click.testing import CliRunner
 
 from cloud.registry.cli import DEFAULT_BOOTSTRAP
 from cloud.retrain.cli import _common, _from_config
+from cloud.retrain.source import KafkaSource
+from shared.kafka_config import PUBLISHER_USER, TRAINER_USER, KafkaSettings, bootstrap_of
 
 
 @click.command()
 @_common
 def probe(config_path: Path | None, registry_root: Path, bootstrap: str, **_: Any) -> None:
-    root, servers, source, _trainer, _releases = _from_config(config_path, registry_root,
-                                                             bootstrap)
-    click.echo(f"{root} {servers} {type(source).__name__}")
+    root, login, source, _trainer, _releases = _from_config(config_path, registry_root,
+                                                           bootstrap)
+    # The publisher logs in as itself, the trainer's source as the trainer.
+    assert isinstance(login, KafkaSettings) and login.username == PUBLISHER_USER
+    if isinstance(source, KafkaSource):
+        assert isinstance(source.bootstrap, KafkaSettings)
+        assert source.bootstrap.username == TRAINER_USER
+    click.echo(f"{root} {bootstrap_of(login)} {type(source).__name__}")
 
 
 def test_cloud_toml_applies_unless_an_option_is_given(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def test_the_dashboard_server_holds_no_signing_key_and_only_records_requests(
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))  # where the development key would be
     _registry(tmp_path / "registry", tmp_path / "src")
-    cfg = CloudConfig(kafka=KafkaSettings(bootstrap=f"127.0.0.1:{_free_port()}"),
+    cfg = CloudConfig(kafka=KafkaSettings(bootstrap=f"127.0.0.1:{_free_port()}", security="none"),
                       registry=RegistrySettings(root=tmp_path / "registry"),
                       dashboard=DashboardSettings(state_dir=tmp_path / "state"))
     server = build(cfg)
