@@ -77,12 +77,11 @@ def test_cloud_cluster_has_three_brokers_and_replicates(cloud_kafka: KafkaSettin
 
 
 def test_kcat_lists_brokers(stack: Stack, cloud_kafka: KafkaSettings) -> None:
-    status = stack.status()
     for name, count in (("edge_kafka", 1), ("cloud_kafka", 3)):
         # The node's PLAIN login: Debian's kcat 1.7.1 (librdkafka 2.0.2) fails SCRAM-SHA-512
         # with Kafka 4.3 ("invalid credentials") where librdkafka 2.16 succeeds.
-        login = (stack.edge.login(KAFKA_ADMIN_USER) if name == "edge_kafka"
-                 else status[name]["bootstrap"])
+        cluster = stack.edge if name == "edge_kafka" else stack.cloud
+        login = cluster.login(KAFKA_ADMIN_USER)
         conf = client_config(login)
         options = [arg for k, v in conf.items() if k != "bootstrap.servers"
                    for arg in ("-X", f"{k}={v}")]

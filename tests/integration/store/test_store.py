@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cloud.store.reader import StoreReader
 from cloud.store.service import Store
 from shared import contracts, topics
-from shared.kafka_config import STORE_USER, KafkaSettings, Target
+from shared.kafka_config import STORE_USER, KafkaSettings, Target, client_config
 from tests.support import produce_all
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,8 @@ def _label(event_id: str, ts: float) -> bytes:
                                             start_ts=ts, end_ts=ts + 1))
 
 
-def _create(bootstrap: str, names: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def _create(bootstrap: Target, names: list[str]) -> None:
+    admin = AdminClient(client_config(bootstrap))
     futs = admin.create_topics([NewTopic(n, 3, 3) for n in names])
     for fut in futs.values():
         fut.result(30)
