@@ -3,7 +3,9 @@
 The converge tests install two gateways side by side (connection local, each under its own
 root in a tmp dir, on its own free ports), run them through the no-systemd path
 (``gateway_service_manager: supervisor``), publish vehicle events over each gateway's TLS
-listener and read them back from its ``raw.*`` and ``anon.*`` topics. Then they re-run
+listener and read them back from its ``raw.*`` and ``anon.*`` topics, and from the cloud:
+each gateway's MirrorMaker, as the role configured it, replicates to a real 3-node cloud
+Kafka with TLS, SCRAM and ACLs, logged in as the gateway itself. Then they re-run
 (zero changed tasks on both), run ``--check --diff`` on one (no change), and upgrade one
 gateway one version up (only its edge services restart, its data stays).
 """
@@ -31,8 +33,10 @@ from confluent_kafka.admin import AdminClient
 
 from shared.infra import jars
 from shared.infra.ports import free_ports
-from shared.kafka_config import EDGE_USER, KafkaSettings
-from tests.support import consume_all
+from shared.infra.stack import Stack
+from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
+from shared.kafka_config import EDGE_USER, KafkaSettings, gateway_user
+from tests.support import consume_all, free_infra_settings
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -168,6 +172,7 @@ class Fleet:
     gateways: dict[str, Gateway]
     wheel: Path
     upgrade_wheel: Path
+    cloud: Stack
 
     def playbook(self, *extra: str) -> str:
         return _ok(_run([str(BIN / "ansible-playbook"), "-i", str(self.inventory),
@@ -240,7 +245,7 @@ def _public_key_pem() -> str:
 
 
 def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
-                     wheelhouse: Path) -> tuple[Path, Path]:
+                     wheelhouse: Path, cloud: Stack) -> tuple[Path, Path]:
     inv_dir = base / "inventory"
     (inv_dir / "group_vars" / "gateways").mkdir(parents=True)
     kafka_home = base / "kafka-home"
@@ -289,6 +294,10 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
         "mosquitto_vehicles": "{{ vault_vehicles }}",
         "edge_fleet_secret": "{{ vault_fleet_secret }}",
         "edge_model_public_key": "{{ vault_model_public_key }}",
+        # The cloud: each gateway its own login (the role's default user, gateway-<edge_id>).
+        "edge_cloud_bootstrap": cloud.cloud.bootstrap,
+        "edge_cloud_ca_cert": cloud.cloud.tls_files.ca_file.read_text(),
+        "edge_cloud_password": "{{ vault_cloud_passwords[edge_id] }}",
     }
     (inv_dir / "group_vars" / "gateways" / "main.yml").write_text(yaml.safe_dump(group_vars))
     vault = {
@@ -297,6 +306,8 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
         "vault_vehicles": [{"vin": vin, "password": VEHICLE_PASSWORD} for vin in vins],
         "vault_fleet_secret": "ZmxlZXRzZW50cnktdGVzdC1mbGVldC1zZWNyZXQtMzI=",
         "vault_model_public_key": _public_key_pem(),
+        "vault_cloud_passwords": {name: cloud.cloud.credentials()[gateway_user(name)]
+                                  for name in gateways},
     }
     vault_file = inv_dir / "group_vars" / "gateways" / "vault.yml"
     vault_file.write_text(yaml.safe_dump(vault))
@@ -324,13 +335,17 @@ def fleet() -> Iterator[Fleet]:
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
                     "-c", str(REPO / "constraints.txt"), f"{wheel}[edge]"],
                    check=True, capture_output=True, timeout=300)
-    inventory, password_file = _write_inventory(base, gateways, wheel, wheelhouse)
-    f = Fleet(inventory, password_file, gateways, wheel, upgrade_wheel)
+    cloud = Stack(free_infra_settings(base / "cloud"), quiet=True)
     try:
-        yield f
+        cloud.up(services=frozenset({"cloud"}))
+        for name in gateways:  # what the operator does before installing a gateway
+            cloud.add_gateway(name)
+        inventory, password_file = _write_inventory(base, gateways, wheel, wheelhouse, cloud)
+        yield Fleet(inventory, password_file, gateways, wheel, upgrade_wheel, cloud)
     finally:
         for gw in gateways.values():
             gw.stop()
+        cloud.down()
         if os.environ.get("FLEETSENTRY_KEEP_TMP"):
             print(f"kept {base}")
         else:
@@ -424,6 +439,24 @@ def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
             assert len(anon) == len(want), \
                 f"{gw.name}: anon.{stream} has {len(anon)} of {len(want)}\n{gw.log_tail('edge')}"
             assert _event_ids(anon) == want, f"{gw.name}: anon.{stream} differs"
+            # In the cloud, under the gateway's own prefix, copied by its own login.
+            there = _in_the_cloud(fleet, f"{gw.name}.anon.{stream}", want)
+            assert there == want, \
+                f"{gw.name}: the cloud has {len(there)} of {len(want)} anon.{stream}\n" \
+                f"{gw.log_tail('mirror')}"
+
+
+def _in_the_cloud(fleet: Fleet, topic: str, want: set[str], timeout: float = 300.0) -> set[str]:
+    """The event ids in the cloud's ``topic`` once they are all there (MirrorMaker creates
+    the topic when it first copies to it), or what arrived by the deadline."""
+    admin = fleet.cloud.cloud.login(KAFKA_ADMIN_USER)
+    got: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and got != want:
+        got = _event_ids(consume_all(admin, topic, expect=len(want), timeout=20, idle=2))
+        if got != want:
+            time.sleep(2)
+    return got
 
 
 def _pins(lines: list[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ tests render both and fail on any difference, so the two cannot drift apart agai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -27,8 +28,6 @@ ROLE = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "edge"
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 INTERNALS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
 EDGE, CLOUD, PASSWORD = "127.0.0.1:9092", "cloud.example:9093", 'pa"ss'
-# Deployment-only: the real cloud asks for TLS and a login, the local one does not.
-CLOUD_SECURITY = ("cloud.security.", "cloud.sasl.", "cloud.ssl.")
 
 
 def _filters(env: Environment) -> Environment:
@@ -80,14 +79,20 @@ def test_the_roles_topic_list_and_codec_are_the_registrys() -> None:
         _mirror().properties(0)["edge-7->cloud.topics"]
 
 
-def test_a_cloud_login_adds_only_cloud_security_settings() -> None:
-    plain = _render("mm2.properties.j2")
-    secured = _render("mm2.properties.j2", edge_cloud_security_protocol="SASL_SSL",
-                      edge_cloud_sasl_mechanism="SCRAM-SHA-512", edge_cloud_username="gw",
-                      edge_cloud_password="pw", edge_cloud_ca_cert="PEM")
-    extra = set(secured) - set(plain)
-    assert extra and all(k.startswith(CLOUD_SECURITY) for k in extra), extra
-    assert {k: secured[k] for k in plain} == plain
+def test_the_roles_cloud_login_equals_mirror_py() -> None:
+    """The gateway's own cloud login over TLS, as the cloud asks for it: the same in both."""
+    rendered = _render("mm2.properties.j2", edge_cloud_security_protocol="SASL_SSL",
+                       edge_cloud_sasl_mechanism="SCRAM-SHA-512",
+                       edge_cloud_username="gateway-edge-7", edge_cloud_password=PASSWORD,
+                       edge_cloud_ca_cert="PEM")
+    cloud = KafkaSettings(bootstrap=CLOUD, username="gateway-edge-7", password=Secret(PASSWORD),
+                          ca_file=Path("/etc/fleetsentry/edge/mirror/cloud-ca.crt"))
+    ours = {k: str(v) for k, v in dataclasses.replace(_mirror(), cloud_login=cloud)
+            .properties(DEFAULTS["edge_mirror_rest_port"]).items()}
+    assert rendered == ours, {
+        "only in the role": sorted(set(rendered.items()) - set(ours.items())),
+        "only in mirror.py": sorted(set(ours.items()) - set(rendered.items()))}
+    assert rendered["cloud.security.protocol"] == "SASL_SSL"
 
 
 @pytest.mark.parametrize("cap", [0, 300_000])
