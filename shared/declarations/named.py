@@ -1,0 +1,94 @@
+"""Named transforms: features a declaration cannot express, written in Python and registered.
+
+A declaration refers to one with ``feature = { named = "card_uses_1m" }``. Each entry says
+which event fields it reads (checked against the declaration when it loads: a named
+transform may read personal data, since it runs at the edge and yields only a number), the
+function computing it today and the key of its result, and a version that enters the
+feature-spec digest: change what a named transform computes and bump its version.
+
+The built-in streams' entries point at today's feature code; the stages still call that code
+directly in this release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import ConfigError
+from shared.features import payments as pay
+from shared.features import telemetry as tel
+
+
+@dataclass(frozen=True)
+class NamedTransform:
+    name: str
+    # Event fields it reads.
+    reads: tuple[str, ...]
+    # The function that computes it (its result is a dict holding ``output``).
+    compute: Callable[..., Any]
+    output: str
+    version: int = 1
+
+
+_REGISTRY: dict[str, NamedTransform] = {}
+
+
+def register(transform: NamedTransform) -> NamedTransform:
+    """Add a named transform. Registering a different one under a taken name is an error."""
+    existing = _REGISTRY.get(transform.name)
+    if existing is not None and existing != transform:
+        raise ConfigError(f"named transform {transform.name!r} is already registered")
+    _REGISTRY[transform.name] = transform
+    return transform
+
+
+def get(name: str) -> NamedTransform | None:
+    return _REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+_TYRES = ("tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa", "tyre_rr_kpa")
+_ENVELOPE = {  # vs the vehicle model's catalogue entry
+    "coolant_over_thermostat": ("coolant_over_thermostat_c", ("coolant_c", "model")),
+    "coolant_hot_trend": ("coolant_hot_trend", ("coolant_c", "model", "ts")),
+    "tyre_mean_ratio": ("tyre_mean_ratio", (*_TYRES, "model")),
+    "tyre_min_ratio": ("tyre_min_ratio", (*_TYRES, "model")),
+    "battery_v_low": ("battery_v_low", ("battery_v", "rpm", "speed_kmh", "model")),
+}
+_CARD = {  # the card's use across every vehicle and merchant
+    "card_uses_1m": ("card_number",), "card_uses_10m": ("card_number",),
+    "card_uses_1h": ("card_number",), "tiny_amounts_10m": ("card_number", "amount"),
+    "merchant_repeats_10m": ("card_number", "merchant_id"),
+    "card_vehicles_1h": ("card_number", "vin"), "card_since_last_s": ("card_number", "ts"),
+    "card_travel_km": ("card_number", "lat", "lon"),
+    "card_travel_kmh": ("card_number", "lat", "lon", "ts"),
+}
+_VEHICLE = {  # the payment against the paying vehicle's last telemetry
+    "vehicle_distance_km": ("vin", "lat", "lon"), "vehicle_fix_age_s": ("vin", "ts"),
+    "vehicle_known": ("vin",),
+}
+_FUEL = {"fuel_tank_ratio": ("vin", "volume_l"), "fuel_fill_ratio": ("vin", "volume_l")}
+
+
+def _register_builtin() -> None:
+    register(NamedTransform("tyre_min_dev", _TYRES, tel.cross_sensor, "tyre_min_dev_kpa"))
+    register(NamedTransform("accel_magnitude", ("accel_x_g", "accel_y_g", "accel_z_g"),
+                            tel.cross_sensor, "accel_g"))
+    for name, (output, reads) in _ENVELOPE.items():
+        register(NamedTransform(name, reads, tel.envelope, output))
+    register(NamedTransform("amount_vs_driver", ("amount", "category", "driver_id"),
+                            pay.amount_features, "amount_z"))
+    for name, reads in _CARD.items():
+        register(NamedTransform(name, reads, pay.card_features, name))
+    for name, reads in _VEHICLE.items():
+        register(NamedTransform(name, reads, pay.position_features, name))
+    for name, reads in _FUEL.items():
+        register(NamedTransform(name, reads, pay.fuel_features, name))
+
+
+_register_builtin()
