@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -37,6 +37,8 @@ def convert(data: Any, kind: type[T], file: str, prefix: str) -> T:
             hint = f" (known: {', '.join(known)})" if known else ""
             raise DeclarationError(file, join(join(prefix, inner), unknown),
                                    f"unknown key{hint}") from None
+        if text.startswith("Invalid enum value"):
+            text += f" (one of: {', '.join(choices(kind, inner))})"
         raise DeclarationError(file, join(prefix, inner), text) from None
 
 
@@ -47,6 +49,18 @@ def _struct_of(hint: Any) -> type[msgspec.Struct] | None:
         structs = [a for a in get_args(hint) if _struct_of(a) is not None]
         return structs[0] if len(structs) == 1 else None
     return None
+
+
+def choices(kind: Any, path: str) -> list[str]:
+    """The values a Literal-typed key at ``path`` (``.a.b`` below ``kind``) accepts."""
+    *parents, last = [p for p in path.split(".") if p] or [""]
+    struct = _struct_of(kind)
+    for part in parents:
+        struct = _struct_of(get_type_hints(struct).get(part)) if struct is not None else None
+    hint = get_type_hints(struct).get(last) if struct is not None else None
+    while get_origin(hint) in (Union, types.UnionType):
+        hint = next((a for a in get_args(hint) if a is not type(None)), None)
+    return [str(a) for a in get_args(hint)] if get_origin(hint) is Literal else []
 
 
 def known_keys(kind: Any, path: str) -> list[str]:

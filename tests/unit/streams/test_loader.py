@@ -1,0 +1,187 @@
+"""Loading declarations: a stream that exists only here, and every refusal, by file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.declarations import DeclarationError, load_dir, load_file, load_text
+from shared.declarations.model import EpisodeAlerts
+from shared.errors import ConfigError
+
+REEFER = """
+[stream]
+name = "reefer"
+topic = "cold"
+device = { field = "unit", pattern = "^[A-Z0-9-]{4,32}$" }
+time = { field = "t", unit = "ms" }
+alerts = { kind = "episodes", open_events = 3, window_s = 20, quiet_s = 60 }
+cell = ["lat", "lon"]
+
+[fields]
+unit = { type = "str", label = "Refrigeration unit" }
+t = { type = "int", unit = "ms" }
+box_temp_c = { type = "float", unit = "°C", range = [-40, 40], label = "Box temperature", typical_std = 2.0 }
+setpoint_c = { type = "float", unit = "°C", label = "Setpoint" }
+door = { type = "enum", values = ["closed", "open"], label = "Door" }
+driver = { type = "str", pii = "token" }
+lat = { type = "float", pii = "cell" }
+lon = { type = "float", pii = "cell" }
+
+[features]
+box_temp_c = ["value", "zscore", "rate", "stuck"]
+box_over_setpoint = { diff = ["box_temp_c", "setpoint_c"], then = ["value", "zscore"] }
+door = ["onehot"]
+gap_s = "gap"
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "reefer.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_declaration_written_here_loads(tmp_path: Path) -> None:
+    stream = load_file(_write(tmp_path, REEFER))
+    assert (stream.name, stream.topic, stream.source) == ("reefer", "cold", "reefer.toml")
+    assert stream.mqtt_topic("RF-0042") == "fleet/RF-0042/cold"
+    assert (stream.device.field, stream.device.pattern) == ("unit", "^[A-Z0-9-]{4,32}$")
+    assert (stream.time.field, stream.time.unit) == ("t", "ms")
+    assert stream.alerts == EpisodeAlerts(open_events=3, window_s=20.0, quiet_s=60.0)
+    assert stream.decision is False
+    assert stream.pii_fields == {"driver", "lat", "lon"}
+    assert stream.tokens == {"driver": "driver_token"}
+    assert stream.token_kind("driver") == "driver"
+    assert stream.cell == ("lat", "lon")
+    assert stream.anon_key == "unit"
+    assert stream.feature_names == [
+        "box_temp_c", "box_temp_c_z", "box_temp_c_rate", "box_temp_c_stuck",
+        "box_over_setpoint", "box_over_setpoint_z", "door_closed", "door_open", "gap_s"]
+    value, z = stream.features[0], stream.features[1]
+    assert value.params == {"scale": "linear", "range": [-40.0, 40.0]}
+    assert z.params == {"alpha": 0.05, "limit": 20.0, "floor": 0.05, "typical_std": 2.0}
+    derived = stream.features[5]
+    assert (derived.transform, derived.inputs, derived.then) == (
+        "diff", ("box_temp_c", "setpoint_c"), "zscore")
+    assert stream.features[7].params == {"values": ["closed", "open"]}
+    assert [f.label for f in stream.features] == [
+        "Box temperature", "Box temperature vs device's rolling mean",
+        "Box temperature rate of change",
+        "Events in a row box temperature repeated the exact same value",
+        "Box temperature minus setpoint", "Box temperature minus setpoint vs device's rolling mean",
+        "Door: closed", "Door: open", "Time since the device's previous event"]
+    # Pinned: the digest of a declaration is the same on every machine and every release.
+    assert stream.feature_spec == "fs-7b15a4d9a88a"
+
+
+def test_text_and_file_give_the_same_stream(tmp_path: Path) -> None:
+    assert load_file(_write(tmp_path, REEFER)) == load_text(REEFER, "reefer.toml")
+
+
+def _refused(text: str, tmp_path: Path) -> str:
+    with pytest.raises(DeclarationError) as info:
+        load_file(_write(tmp_path, text))
+    assert isinstance(info.value, ConfigError)
+    assert info.value.file == "reefer.toml"
+    return str(info.value)
+
+
+REFUSALS = [
+    # (what to replace in REEFER, with what, the message's start)
+    ('["value", "zscore", "rate", "stuck"]', '["value", "zscorr"]',
+     "reefer.toml: features.box_temp_c[1]: unknown transform 'zscorr' (known: value, zscore"),
+    ('gap_s = "gap"', 'gap_s = { gapp = true }',
+     "reefer.toml: features.gap_s.gapp: unknown transform or parameter 'gapp'"),
+    ('gap_s = "gap"', 'gap_s = "zscore"',
+     "reefer.toml: features.gap_s: 'zscore' needs inputs"),
+    ('"box_temp_c", "setpoint_c"]', '"box_temp_c", "setpont_c"]',
+     "reefer.toml: features.box_over_setpoint.diff[1]: no field 'setpont_c' "
+     "(declared: unit, t, box_temp_c, setpoint_c, door, driver, lat, lon)"),
+    ('box_temp_c = ["value"', 'box_tmp_c = ["value"',
+     "reefer.toml: features.box_tmp_c: no field 'box_tmp_c'"),
+    ('gap_s = "gap"', 'driver = ["value"]',
+     "reefer.toml: features.driver: 'driver' is personal data (pii = 'token') and can never "
+     "be a feature input"),
+    ('gap_s = "gap"', 'lat_z = { zscore = "lat" }',
+     "reefer.toml: features.lat_z.zscore: 'lat' is personal data (pii = 'cell')"),
+    ('gap_s = "gap"', 'far = { diff = ["box_temp_c", "lon"] }',
+     "reefer.toml: features.far.diff[1]: 'lon' is personal data"),
+    ('gap_s = "gap"', 'door_z = { zscore = "door" }',
+     "reefer.toml: features.door_z.zscore: 'zscore' needs a number; 'door' is 'enum'"),
+    ('gap_s = "gap"', 'unit_rate = { rate = "unit" }',
+     "reefer.toml: features.unit_rate.rate: 'rate' needs a number; 'unit' is 'str'"),
+    ('door = ["onehot"]', 'temp = { onehot = "box_temp_c" }',
+     "reefer.toml: features.temp.onehot: 'onehot' needs an enum field; 'box_temp_c' is 'float'"),
+    ("range = [-40, 40]", "range = [40, -40]",
+     "reefer.toml: fields.box_temp_c.range: lo must be below hi, got [40.0, -40.0]"),
+    ("range = [-40, 40]", "range = [5, 5]", "reefer.toml: fields.box_temp_c.range: lo must"),
+    ('field = "unit", pattern', 'field = "unt", pattern',
+     "reefer.toml: stream.device.field: no field 'unt'"),
+    ('field = "unit", pattern', 'field = "t", pattern',
+     "reefer.toml: stream.device.field: the device field 't' must be a required str"),
+    ('field = "t", unit = "ms"', 'field = "time", unit = "ms"',
+     "reefer.toml: stream.time.field: no field 'time'"),
+    ('field = "t", unit = "ms"', 'field = "unit", unit = "ms"',
+     "reefer.toml: stream.time.field: a time in 'ms' is a required float or int field, "
+     "not 'str'"),
+    ('field = "t", unit = "ms"', 'field = "t", unit = "iso8601"',
+     "reefer.toml: stream.time.field: a time in 'iso8601' is a required str field"),
+    ('"^[A-Z0-9-]{4,32}$"', '"^[A-Z0-9-{4,32}$"',
+     "reefer.toml: stream.device.pattern: not a valid regular expression"),
+    ('topic = "cold"', 'topic = "cold"\ncolour = "blue"',
+     "reefer.toml: stream.colour: unknown key (known: name, topic, device"),
+    ('label = "Door" }', 'label = "Door", colour = "blue" }',
+     "reefer.toml: fields.door.colour: unknown key (known: type, unit, range"),
+    ('pattern = "^[A-Z0-9-]{4,32}$" }', 'pattern = "^[A-Z0-9-]{4,32}$", regex = "x" }',
+     "reefer.toml: stream.device.regex: unknown key (known: field, pattern, noun)"),
+    ("quiet_s = 60 }", "quiet_s = 60, quiet = 1 }", "reefer.toml: stream.alerts.quiet: unknown key"),
+    ("[features]", "[extras]\na = 1\n[features]", "reefer.toml: extras: unknown key"),
+    ('then = ["value", "zscore"] }', 'alpha = 0.1 }',
+     "reefer.toml: features.box_over_setpoint.alpha: parameter 'alpha' does not apply to 'diff'"),
+    ('type = "int", unit = "ms"', 'type = "integer", unit = "ms"',
+     "reefer.toml: fields.t.type: Invalid enum value 'integer' "
+     "(one of: float, int, str, bool, enum)"),
+    ('driver = { type = "str", pii = "token" }', 'driver = { type = "str", pii = "hash" }',
+     "reefer.toml: fields.driver.pii: Invalid enum value 'hash' "
+     "(one of: token, cell, vault, drop)"),
+    ('cell = ["lat", "lon"]\n', '',
+     "reefer.toml: fields.lat.pii: pii = \"cell\" is for the pair named in stream.cell"),
+    ('name = "reefer"', 'name = "Reefer"', "reefer.toml: stream.name: 'Reefer' does not match"),
+    ('values = ["closed", "open"], ', '', "reefer.toml: fields.door.values: an enum field"),
+    ("[features]", "[features]\nbox_temp_c_z = { zscore = \"setpoint_c\" }",
+     "reefer.toml: features.box_temp_c_z: two features are named 'box_temp_c_z'"),
+    ("[stream]", "[stream", "reefer.toml: not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), REFUSALS,
+                         ids=[r[2].split(": ")[1] for r in REFUSALS])
+def test_refusals_name_the_file_and_the_key(old: str, new: str, message: str,
+                                            tmp_path: Path) -> None:
+    assert old in REEFER
+    text = _refused(REEFER.replace(old, new, 1), tmp_path)
+    assert text.startswith(message), text
+
+
+def test_a_directory_refuses_two_streams_with_one_name_or_topic(tmp_path: Path) -> None:
+    _write(tmp_path, REEFER)
+    _write(tmp_path, REEFER.replace('topic = "cold"', 'topic = "frozen"'), "zz-copy.toml")
+    with pytest.raises(DeclarationError, match=r"^zz-copy.toml: stream.name: 'reefer' is "
+                                               r"already declared by reefer.toml$"):
+        load_dir(tmp_path)
+    _write(tmp_path, REEFER.replace('name = "reefer"', 'name = "freezer"'), "zz-copy.toml")
+    with pytest.raises(DeclarationError, match=r"^zz-copy.toml: stream.topic: 'cold' is "
+                                               r"already declared by reefer.toml$"):
+        load_dir(tmp_path)
+
+
+def test_a_directory_loads_every_declaration(tmp_path: Path) -> None:
+    _write(tmp_path, REEFER)
+    _write(tmp_path, REEFER.replace('name = "reefer"', 'name = "freezer"')
+           .replace('topic = "cold"', ""), "freezer.toml")
+    (tmp_path / "notes.txt").write_text("not a declaration")
+    streams = load_dir(tmp_path)
+    assert sorted(streams) == ["freezer", "reefer"]
+    assert streams["freezer"].topic == "freezer"  # the topic suffix defaults to the name
