@@ -22,6 +22,9 @@ from shared.declarations.errors import DeclarationError
 from shared.declarations.model import Feature, FeatureDecl, FieldDecl, StreamDecl
 
 NUMERIC = ("float", "int", "bool")
+_POSITIVE = ("alpha", "limit", "typical_std", "min_dt_s", "cap")
+_RANGES = {"alpha": "0 < alpha <= 1", "floor": "floor >= 0",
+           **{p: f"{p} > 0" for p in ("limit", "typical_std", "min_dt_s", "cap")}}
 _PARAM_KEYS = sorted({p for ps in tf.PARAMS.values() for p in ps} | {"then", "label"})
 
 
@@ -195,11 +198,15 @@ def _check_params(ctx: Context, step: str, then: list[str] | None, given: dict[s
             raise ctx.fail(f"{path}.then[{i}]", f"unknown per-value transform {t!r} "
                                                 f"(known: {', '.join(tf.PER_VALUE)})")
         allowed |= set(tf.PARAMS[t])
-    for p in given:
+    for p, v in given.items():
         if p not in allowed:
             takes = ", ".join(sorted(allowed)) or "none"
             raise ctx.fail(f"{path}.{p}", f"parameter {p!r} does not apply to {step!r} "
                                           f"(it takes: {takes})")
+        bad = ((p in _POSITIVE and not v > 0) or (p == "alpha" and not v <= 1)
+               or (p == "floor" and not v >= 0))
+        if bad:
+            raise ctx.fail(f"{path}.{p}", f"out of range: {_RANGES[p]}")
 
 
 def _single(ctx: Context, key: str, step: str, inputs: Any, given: dict[str, Any],
@@ -221,6 +228,8 @@ def _single(ctx: Context, key: str, step: str, inputs: Any, given: dict[str, Any
 
 def _stuck_group(ctx: Context, key: str, inputs: list[str], given: dict[str, Any],
                  label: str | None, where: str) -> Feature:
+    if not inputs:
+        raise ctx.fail(where, "'stuck' takes a field or a list of one or more fields")
     for i, name in enumerate(inputs):
         ctx.numeric(name, f"{where}[{i}]", "stuck")
     text = label or ("Events in a row one of " + ", ".join(ctx.label(n).lower() for n in inputs)
@@ -282,6 +291,9 @@ def _ref_params(ctx: Context, given: dict[str, Any], path: str) -> dict[str, Any
     if decl.pii is not None:
         raise ctx.fail(f"{path}.by", f"{by!r} is personal data (pii = {decl.pii!r}) and "
                                      "cannot key a reference table")
+    if decl.type == "float":
+        raise ctx.fail(f"{path}.by", f"a reference table is keyed by a str, enum, int or "
+                                     f"bool field; {by!r} is 'float'")
     if table not in ctx.refs:
         raise ctx.fail(f"{path}.table", f"no table {table!r} in [refs] "
                                         f"(declared: {', '.join(ctx.refs) or 'none'})")

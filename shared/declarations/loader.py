@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shared.declarations import features as feats
 from shared.declarations.convert import convert
 from shared.declarations.digest import feature_spec
@@ -20,6 +22,7 @@ from shared.declarations.model import (
     StreamDecl,
     token_field,
 )
+from shared.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 FIELD_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
@@ -38,6 +41,9 @@ def load_text(text: str, source: str) -> Stream:
         raise DeclarationError(source, "", f"not valid TOML: {exc}") from None
     decl = convert(data, FileDecl, source, "")
     fields = {name: _field(source, name, body) for name, body in decl.fields.items()}
+    for name in decl.stream.cell or ():
+        if name in fields and fields[name].pii is None:  # the pair is personal data
+            fields[name] = msgspec.structs.replace(fields[name], pii="cell")
     refs = {name: convert(body, dict[str, float], source, f"refs.{name}")
             for name, body in decl.refs.items()}
     ctx = feats.Context(file=source, stream=decl.stream, fields=fields, refs=refs)
@@ -70,6 +76,9 @@ def load_dir(directory: str | Path) -> dict[str, Stream]:
 
     Two streams with the same name or MQTT topic suffix are refused, naming both files.
     """
+    if not Path(directory).is_dir():
+        raise ConfigError(f"no stream declaration directory {directory}: create it, or "
+                          "point the setting at the one holding the *.toml declarations")
     paths = sorted(Path(directory).glob("*.toml"))
     return _unique([load_file(p) for p in paths])
 
@@ -188,6 +197,9 @@ def _check_pii(ctx: feats.Context) -> None:
         if decl.pii != "token":
             continue
         out = token_field(name, decl)
+        if not FIELD_PATTERN.match(out):
+            raise ctx.fail(f"fields.{name}.token_field",
+                           f"{out!r} does not match {FIELD_PATTERN.pattern}")
         if out in taken or out in ctx.fields or out in _ANON_TAKEN:
             raise ctx.fail(f"fields.{name}.token_field",
                            f"{out!r} is taken (by a field or another token)")

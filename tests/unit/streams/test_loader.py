@@ -153,6 +153,25 @@ REFUSALS = [
     ("[features]", "[features]\nbox_temp_c_z = { zscore = \"setpoint_c\" }",
      "reefer.toml: features.box_temp_c_z: two features are named 'box_temp_c_z'"),
     ("[stream]", "[stream", "reefer.toml: not valid TOML"),
+    ('then = ["value", "zscore"] }', 'then = ["value", "zscore"], alpha = 0 }',
+     "reefer.toml: features.box_over_setpoint.alpha: out of range: 0 < alpha <= 1"),
+    ('gap_s = "gap"', 'gap_s = { gap = true, cap = -1 }',
+     "reefer.toml: features.gap_s.cap: out of range: cap > 0"),
+    ('gap_s = "gap"', 'frozen = { stuck = [] }',
+     "reefer.toml: features.frozen.stuck: 'stuck' takes a field or a list of one or more"),
+    ('gap_s = "gap"', 'rel = { ref_ratio = "box_temp_c", by = "setpoint_c", table = "x" }',
+     "reefer.toml: features.rel.by: a reference table is keyed by a str, enum, int or bool"),
+    ('gap_s = "gap"', 'rel = { ref_ratio = "box_temp_c", by = "driver", table = "x" }',
+     "reefer.toml: features.rel.by: 'driver' is personal data"),
+    ('gap_s = "gap"', 'rel = { ref_ratio = "box_temp_c", by = "door", table = "x" }',
+     "reefer.toml: features.rel.table: no table 'x' in [refs] (declared: none)"),
+    ('pii = "token" }', 'pii = "token", token_field = "Driver-Token" }',
+     "reefer.toml: fields.driver.token_field: 'Driver-Token' does not match"),
+    ('pii = "token" }', 'pii = "token", token_field = "cell" }',
+     "reefer.toml: fields.driver.token_field: 'cell' is taken"),
+    ('driver = { type = "str", pii = "token" }', 'driver = { type = "str", pii = "token" }\n'
+     'event_id = { type = "str" }',
+     "reefer.toml: fields.event_id: every event carries schema, event_id"),
 ]
 
 
@@ -175,6 +194,32 @@ def test_a_directory_refuses_two_streams_with_one_name_or_topic(tmp_path: Path) 
     with pytest.raises(DeclarationError, match=r"^zz-copy.toml: stream.topic: 'cold' is "
                                                r"already declared by reefer.toml$"):
         load_dir(tmp_path)
+
+
+def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no stream declaration directory"):
+        load_dir(tmp_path / "streams")
+
+
+def test_the_cell_pair_is_personal_data_without_saying_so(tmp_path: Path) -> None:
+    text = REEFER.replace('lat = { type = "float", pii = "cell" }', 'lat = { type = "float" }')
+    text = text.replace(', pii = "cell" }', " }")
+    assert 'pii = "cell"' not in text
+    stream = load_file(_write(tmp_path, text))
+    assert stream.pii_fields == {"driver", "lat", "lon"}
+    assert stream.fields["lon"].pii == "cell"
+
+
+def test_a_reference_table_feeds_ref_ratio(tmp_path: Path) -> None:
+    text = REEFER.replace('gap_s = "gap"', 'box_vs_door = { ref_ratio = "box_temp_c", '
+                          'by = "door", table = "door_temp", missing = 1.0 }')
+    stream = load_file(_write(tmp_path, text + "\n[refs]\ndoor_temp = { open = 20, closed = 4 }\n"))
+    feature = stream.features[-1]
+    assert (feature.name, feature.transform, feature.inputs) == (
+        "box_vs_door", "ref_ratio", ("box_temp_c",))
+    assert feature.params == {"by": "door", "table": "door_temp", "missing": 1.0,
+                              "values": {"closed": 4.0, "open": 20.0}, "scale": "linear"}
+    assert feature.label == "Box temperature vs its reference by door"
 
 
 def test_a_directory_loads_every_declaration(tmp_path: Path) -> None:
