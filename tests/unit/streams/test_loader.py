@@ -196,6 +196,19 @@ def test_a_directory_refuses_two_streams_with_one_name_or_topic(tmp_path: Path) 
         load_dir(tmp_path)
 
 
+def test_the_documented_example_loads() -> None:
+    page = (Path(__file__).resolve().parents[3] / "docs" / "streams.md").read_text()
+    example = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    stream = load_text(example, "reefer.toml")
+    assert stream.feature_names == [
+        "box_temp_c", "box_temp_c_z", "box_temp_c_rate", "box_temp_c_stuck",
+        "box_over_setpoint", "box_over_setpoint_z", "door_closed", "door_open",
+        "compressor_load", "gap_s", "hour_sin", "hour_cos"]
+    assert stream.pii_fields == {"driver", "driver_phone", "lat", "lon"}
+    assert stream.label("box_temp_c_z") == "Box temperature vs trailer's rolling mean"
+    assert stream.label("gap_s") == "Time since the trailer's previous event"
+
+
 def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no stream declaration directory"):
         load_dir(tmp_path / "streams")
