@@ -174,7 +174,7 @@ def _table(ctx: Context, key: str, entry: dict[str, Any], path: str) -> list[Fea
                              f"{', '.join(tf.TRANSFORMS)}")
     step = steps[0]
     decl = convert(entry, FeatureDecl, ctx.file, path)
-    given = {p: v for p, v in msgspec_items(decl) if p in _PARAM_KEYS and v is not None}
+    given = {p: v for p, v in _items(decl) if p in _PARAM_KEYS and v is not None}
     label = given.pop("label", None)
     then = given.pop("then", None)
     _check_params(ctx, step, then, given, path)
@@ -186,7 +186,7 @@ def _table(ctx: Context, key: str, entry: dict[str, Any], path: str) -> list[Fea
     return _single(ctx, key, step, entry[step], given, label, path)
 
 
-def msgspec_items(decl: FeatureDecl) -> list[tuple[str, Any]]:
+def _items(decl: FeatureDecl) -> list[tuple[str, Any]]:
     return [(name, getattr(decl, name)) for name in decl.__struct_fields__]
 
 

@@ -190,8 +190,10 @@ def _check_pii(ctx: feats.Context) -> None:
             raise ctx.fail("stream.cell", "latitude and longitude are two fields")
     for name in marked:
         if pair is None or name not in pair:
-            raise ctx.fail(f"fields.{name}.pii", "pii = \"cell\" is for the pair named in "
-                                                 "stream.cell = [\"<lat>\", \"<lon>\"]")
+            hint = ", ".join(f'"{n}"' for n in marked) if len(marked) == 2 else '"<lat>", "<lon>"'
+            raise ctx.fail(f"fields.{name}.pii", "pii = \"cell\" is for the latitude and "
+                                                 "longitude pair named, in that order, in "
+                                                 f"[stream] cell = [{hint}]")
     taken: dict[str, str] = {}
     for name, decl in ctx.fields.items():
         if decl.pii != "token":

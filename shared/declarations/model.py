@@ -173,6 +173,18 @@ class Stream(msgspec.Struct, frozen=True, kw_only=True):
         """The token namespace of a tokenized field (shared.tokens.Tokenizer's ``kind``)."""
         return self.fields[name].token_kind or name
 
+    @property
+    def raw_topic(self) -> str:
+        return f"raw.{self.name}"
+
+    @property
+    def anon_topic(self) -> str:
+        return f"anon.{self.name}"
+
+    @property
+    def scores_topic(self) -> str:
+        return f"scores.{self.name}"
+
     def mqtt_topic(self, device: str) -> str:
         return f"fleet/{device}/{self.topic}"
 

@@ -68,6 +68,8 @@ def test_fields_are_the_event_contracts(name: str) -> None:
 def test_device_time_topic_and_personal_data_are_todays(name: str) -> None:
     stream, spec = BUILTIN[name], streams.get(name)
     assert stream.topic == spec.mqtt_suffix
+    assert (stream.raw_topic, stream.anon_topic, stream.scores_topic) == (
+        spec.raw_topic, spec.anon_topic, spec.scores_topic)
     assert stream.mqtt_topic("1HGCM82633A004352") == spec.mqtt_topic("1HGCM82633A004352")
     assert stream.device.field == spec.key_field
     assert stream.device.pattern == contracts.VIN_PATTERN

@@ -47,6 +47,8 @@ def test_a_declaration_written_here_loads(tmp_path: Path) -> None:
     stream = load_file(_write(tmp_path, REEFER))
     assert (stream.name, stream.topic, stream.source) == ("reefer", "cold", "reefer.toml")
     assert stream.mqtt_topic("RF-0042") == "fleet/RF-0042/cold"
+    assert (stream.raw_topic, stream.anon_topic, stream.scores_topic) == (
+        "raw.reefer", "anon.reefer", "scores.reefer")
     assert (stream.device.field, stream.device.pattern) == ("unit", "^[A-Z0-9-]{4,32}$")
     assert (stream.time.field, stream.time.unit) == ("t", "ms")
     assert stream.alerts == EpisodeAlerts(open_events=3, window_s=20.0, quiet_s=60.0)
@@ -147,7 +149,8 @@ REFUSALS = [
      "reefer.toml: fields.driver.pii: Invalid enum value 'hash' "
      "(one of: token, cell, vault, drop)"),
     ('cell = ["lat", "lon"]\n', '',
-     "reefer.toml: fields.lat.pii: pii = \"cell\" is for the pair named in stream.cell"),
+     "reefer.toml: fields.lat.pii: pii = \"cell\" is for the latitude and longitude pair "
+     "named, in that order, in [stream] cell = [\"lat\", \"lon\"]"),
     ('name = "reefer"', 'name = "Reefer"', "reefer.toml: stream.name: 'Reefer' does not match"),
     ('values = ["closed", "open"], ', '', "reefer.toml: fields.door.values: an enum field"),
     ("[features]", "[features]\nbox_temp_c_z = { zscore = \"setpoint_c\" }",
