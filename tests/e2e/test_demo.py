@@ -26,6 +26,7 @@ import pytest
 from shared import topics
 from shared.contracts import Label, ModelStatus, decode
 from shared.infra.ports import free_ports
+from shared.kafka_config import ADMIN_USER, KafkaSettings
 from tests.support import consume_all
 
 pytestmark = pytest.mark.integration
@@ -58,8 +59,8 @@ def _ports() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(what the demo printed, the cloud bootstrap)."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, KafkaSettings]]:
+    """(what the demo printed, the cloud's admin login)."""
     home = tmp_path_factory.mktemp("demo-home")
     ports = _ports()
     cloud = ",".join(str(p) for p in ports["cloud"])  # type: ignore[attr-defined]
@@ -85,7 +86,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         text = out.read_text()
         print(text)
         assert proc.returncode == 0, text[-5000:]
-        yield text, ",".join(f"127.0.0.1:{p}" for p in ports["cloud"])  # type: ignore[attr-defined]
+        # The cloud as its admin sees it (TLS, the node's PLAIN login `infra up` made).
+        yield text, KafkaSettings(
+            bootstrap=",".join(f"127.0.0.1:{p}" for p in ports["cloud"]),  # type: ignore[attr-defined]
+            username=ADMIN_USER, mechanism="PLAIN",
+            credentials_file=home / "cloud-kafka" / "credentials.json",
+            ca_file=home / "cloud-kafka" / "tls" / "ca.pem")
     finally:
         for h in (home, home / "gateway-2"):
             subprocess.run([sys.executable, "-m", "shared.cli", "infra", "down", "--home",
@@ -99,7 +105,7 @@ def _cloud_labels(text: str, before: str) -> list[int]:
 
 
 @pytest.mark.timeout(1500)
-def test_the_demo_closes_the_loop(demo_run: tuple[str, str]) -> None:
+def test_the_demo_closes_the_loop(demo_run: tuple[str, KafkaSettings]) -> None:
     text, cloud = demo_run
     assert "the fleets have stopped" in text
     # Labels reach the cloud while the fleets drive, not only when they stop.
