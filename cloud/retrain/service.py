@@ -156,10 +156,7 @@ class TrainerService:
         while not stop.is_set():
             try:
                 self.cycle()
-                if self.publisher is not None:
-                    # Gateways refuse expired releases: sign a fresh one in time.
-                    for stream, version in self.publisher.refresh(self.registry).items():
-                        log.info("%s: published a new release of %s", stream, version)
+                renew_releases(self.publisher, self.registry)
             except FleetsentryError as exc:  # a broker down, bad data: say so, keep serving
                 log.error("cycle failed: %s", exc)
             except Exception:  # the loop outlives any one cycle; say what broke it
@@ -540,3 +537,11 @@ def evaluation_of(run: RunRecord, which: str) -> Evaluation | None:
         return None
     values: dict[str, Any] = {k: (float("nan") if v is None else v) for k, v in data.items()}
     return Evaluation(**values)
+
+
+def renew_releases(publisher: Publishes | None, registry: Registry) -> None:
+    """Gateways refuse expired releases: sign a fresh one of each champion in time."""
+    if publisher is None:
+        return
+    for stream, version in publisher.refresh(registry).items():
+        log.info("%s: published a new release of %s", stream, version)

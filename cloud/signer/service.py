@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cloud.registry import ModelRecord, Registry, RunRecord
 from cloud.registry.registry import RequestKind, RequestRecord, RequestState
-from cloud.retrain.service import Publishes, TrainerService
+from cloud.retrain.service import Publishes, TrainerService, renew_releases
 from shared.errors import FleetsentryError
 
 log = logging.getLogger("signer")
@@ -195,10 +195,8 @@ def _loop(registry_root: Path, make_trainer: TrainerFactory, publisher: Publishe
                 signer.handle_pending(kinds)
                 if schedule:
                     trainer.cycle()
-                if schedule is not None and publisher is not None:
-                    # Gateways refuse expired releases: sign a fresh one in time.
-                    for stream, version in publisher.refresh(reg).items():
-                        log.info("%s: published a new release of %s", stream, version)
+                if schedule is not None:
+                    renew_releases(publisher, reg)
             except FleetsentryError as exc:  # a broker down, bad data: say so, keep serving
                 log.error("signer loop: %s", exc)
             except Exception:  # the loop outlives any one pass; say what broke it
