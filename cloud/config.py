@@ -171,6 +171,12 @@ class ReleaseSettings(_Section, frozen=True, kw_only=True):
     ttl_days: Annotated[float, Meta(gt=0, le=3650)] = 30.0
 
 
+class StreamsSettings(_Section, frozen=True, kw_only=True):
+    # A directory of stream declarations (*.toml, docs/streams.md) handled beside the
+    # built-in telemetry and payments; unset: the built-in streams only.
+    dir: Path | None = None
+
+
 class CloudConfig(_Section, frozen=True, kw_only=True):
     kafka: KafkaSettings = KafkaSettings()
     registry: RegistrySettings = RegistrySettings()
@@ -178,6 +184,7 @@ class CloudConfig(_Section, frozen=True, kw_only=True):
     store: StoreSettings = StoreSettings()
     trainer: TrainerSettings = TrainerSettings()
     releases: ReleaseSettings = ReleaseSettings()
+    streams: StreamsSettings = StreamsSettings()
 
 
 def login_at(bootstrap: str, config_path: str | Path | None,

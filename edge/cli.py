@@ -50,6 +50,10 @@ def run(config_path: Path | None, only: tuple[str, ...], grace: float, verbose: 
     cfg = edge_config.load(config_path)
     for name in only:
         by_name(name)
+    # Refuse bad stream declarations before any service starts (each loads them again).
+    from shared import streams
+
+    streams.use_declarations(cfg.streams.dir)
     sup = Supervisor(cfg, config_path, frozenset(only) if only else None, grace=grace)
     sys.exit(sup.run())
 

@@ -236,6 +236,12 @@ class DiskSettings(_Section, frozen=True, kw_only=True):
         return parse_size(self.budget)
 
 
+class StreamsSettings(_Section, frozen=True, kw_only=True):
+    # A directory of stream declarations (*.toml, docs/streams.md) handled beside the
+    # built-in telemetry and payments; unset: the built-in streams only.
+    dir: Path | None = None
+
+
 class EdgeConfig(_Section, frozen=True, kw_only=True):
     edge_id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "edge-1"
     data_dir: Path = Path("~/.local/share/fleetsentry/edge").expanduser()
@@ -248,6 +254,7 @@ class EdgeConfig(_Section, frozen=True, kw_only=True):
     enricher: EnricherSettings = msgspec.field(default_factory=EnricherSettings)
     agent: AgentSettings = msgspec.field(default_factory=AgentSettings)
     disk: DiskSettings = msgspec.field(default_factory=DiskSettings)
+    streams: StreamsSettings = msgspec.field(default_factory=StreamsSettings)
 
     @property
     def models_dir(self) -> Path:

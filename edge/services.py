@@ -98,7 +98,11 @@ def run_service(service: Service, config: EdgeConfig, config_path: Path | None =
                 instance: int = 0, metrics_port_override: int | None = None) -> None:
     """Run one service in this process until SIGTERM/SIGINT (the supervisor's child entry)."""
     from edge import metrics
+    from shared import streams
 
+    # The operator's declared streams, beside the built-in ones; a bad declaration stops the
+    # service here, naming its file and key.
+    streams.use_declarations(config.streams.dir)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

@@ -150,6 +150,27 @@ class AnonPayment(Event, frozen=True, kw_only=True):
     features: dict[str, float]
 
 
+class AnonRecord(Event, frozen=True, kw_only=True):
+    """A declared stream's event with its personal data replaced (``anon.{stream}``).
+
+    ``ts`` is the device time in epoch seconds, whatever unit the device sent.
+    """
+
+    stream: str
+    # The device's token (a tokenized device field) or its id (a device id that is not
+    # personal data).
+    device: str
+    # The partition key: the token of the declaration's ``anon_key`` (default: ``device``).
+    key: str
+    # Each tokenized field's token, under its token field name.
+    tokens: dict[str, str] = msgspec.field(default_factory=dict)
+    cell: str | None = None
+    # Every field that is not personal data (but the device and time fields), as sent;
+    # floats rounded to 3 decimals.
+    values: dict[str, float | int | str | bool | None] = msgspec.field(default_factory=dict)
+    features: dict[str, float]
+
+
 class Score(Event, frozen=True, kw_only=True):
     """Every scored event (``scores.{stream}``); ``ts`` is the scored event's time."""
 

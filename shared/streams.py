@@ -1,17 +1,25 @@
-"""Stream specs: each stream declares its contract, PII fields, tokens and numeric features.
+"""Stream specs: each stream's contract, PII fields, tokens and topics, as the stages use them.
 
-A new sensor stream is added by declaring a :class:`StreamSpec` and registering it; the bridge,
-enricher, scorer and trainer read these specs rather than hard-coding stream names.
+The built-in ``telemetry`` and ``payments`` specs are below. An operator's streams come from
+declaration files (docs/streams.md): :func:`use_declarations` loads a directory at a
+service's start-up and registers a spec per declared stream, whose event contract is built
+from its declaration; the bridge, enricher, scorer and trainer then find it here beside the
+built-in ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from shared import contracts as c
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.declarations.model import Stream
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,22 @@ class StreamSpec:
     tokens: dict[str, str] = field(default_factory=dict)
     # Numeric, non-PII sensor/amount fields carried through and fed to models.
     numeric_fields: tuple[str, ...] = ()
+    # A declared stream's declaration (None for the built-in streams, whose code is their own).
+    declaration: Stream | None = None
+
+    @property
+    def device_field(self) -> str:
+        """The field naming the device (the MQTT topic's middle level)."""
+        return self.key_field
+
+    def event_time(self, event: Any) -> float:
+        """The event's device time in epoch seconds (ValueError when it is none)."""
+        if self.declaration is None:
+            ts: float = getattr(event, "ts")  # noqa: B009
+            return ts
+        from shared.declarations.events import event_time
+
+        return event_time(self.declaration, event)
 
     @property
     def raw_topic(self) -> str:
@@ -116,3 +140,35 @@ def by_mqtt_suffix(suffix: str) -> StreamSpec | None:
 
 register(TELEMETRY)
 register(PAYMENTS)
+
+
+def from_declaration(stream: Stream) -> StreamSpec:
+    """The spec of a declared stream: its event contract is built from the declaration."""
+    from shared.contracts import AnonRecord
+    from shared.declarations.events import event_struct
+
+    numeric = tuple(n for n, f in stream.fields.items()
+                    if f.pii is None and f.type in ("float", "int", "bool"))
+    return StreamSpec(name=stream.name, event=event_struct(stream), anon_event=AnonRecord,
+                      mqtt_suffix=stream.topic, key_field=stream.device.field,
+                      pii_fields=stream.pii_fields, tokens=stream.tokens,
+                      numeric_fields=numeric, declaration=stream)
+
+
+def use_declarations(directory: str | Path | None) -> list[StreamSpec]:
+    """Load the declarations of ``directory`` (None: none) and register their streams.
+
+    Called by each service at start-up; a bad declaration raises a ConfigError naming its
+    file and key. Registering the same declarations again is a no-op. Returns the specs of
+    every stream, built-in and declared.
+    """
+    from shared.declarations.catalog import declared
+
+    for stream in declared(directory):
+        existing = _REGISTRY.get(stream.name)
+        if existing is not None and existing.declaration is not None:
+            if existing.declaration == stream:
+                continue
+            del _REGISTRY[stream.name]  # the directory's file changed since it was loaded
+        register(from_declaration(stream))
+    return all_streams()

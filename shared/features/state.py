@@ -70,7 +70,14 @@ class DriverState(msgspec.Struct, frozen=True, tag="d", array_like=True):
     by_category: dict[str, AmountStats]
 
 
-KeyState = VehicleState | CardState | DriverState
+class StreamState(msgspec.Struct, frozen=True, tag="g", array_like=True):
+    """One device's state in a declared stream: per stateful feature, its numbers (None
+    before the device's first value; see shared/declarations/anonymize.py)."""
+
+    slots: tuple[tuple[float, ...] | None, ...]
+
+
+KeyState = VehicleState | CardState | DriverState | StreamState
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(KeyState)

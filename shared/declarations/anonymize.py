@@ -1,0 +1,263 @@
+"""A declared stream's event -> its anonymized record and its device's next feature state.
+
+Built from the declaration once per stream (:class:`Plan`), then run per event:
+
+- personal data: ``token`` fields become keyed tokens (and go to the vault), the ``cell``
+  pair becomes a ~10 km grid cell, ``vault`` fields go to the vault only, ``drop`` fields
+  go nowhere. :meth:`Plan.vault_items` lists what the vault keeps;
+- every other field (but the device and time fields) travels in ``values``, floats rounded
+  to 3 decimals;
+- features: the declared generic transforms, per device, in declared order, rounded to 3
+  decimals as the built-in streams' are. A feature whose input is missing (an optional field
+  left out) is 0 and leaves its state as it was.
+
+Like :func:`shared.features.anonymize`, it is pure: it reads the device's state and returns
+the new one beside the record.
+
+>>> from shared.declarations import load_text
+>>> from shared.tokens import Tokenizer
+>>> s = load_text('''
+... [stream]
+... name = "door"
+... device = { field = "unit", pattern = "^[A-Z0-9-]{4,32}$" }
+... time = { field = "t", unit = "ms" }
+... [fields]
+... unit = { type = "str" }
+... t = { type = "int" }
+... driver = { type = "str", pii = "token" }
+... opens = { type = "int" }
+... [features]
+... opens = ["value", "delta"]
+... ''', "door.toml")
+>>> from shared.declarations.events import event_struct
+>>> plan = Plan(s)
+>>> e = event_struct(s)(event_id="e1", unit="BUS-7", t=1767600000123, driver="Ann", opens=2)
+>>> record, state = plan.anonymize(e, None, Tokenizer(b"k" * 32))
+>>> record.features, record.values, "Ann" in repr(record)
+({'opens': 2.0, 'opens_delta': 0.0}, {'opens': 2}, False)
+>>> plan.anonymize(e, state, Tokenizer(b"k" * 32))[0].features["opens_delta"]
+0.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shared.contracts import SCHEMA_VERSION, AnonRecord
+from shared.declarations import transforms as tf
+from shared.declarations.events import event_time
+from shared.declarations.model import Feature, Stream
+from shared.features.geo import cell
+from shared.features.state import KeyState, StreamState, state_key
+from shared.tokens import Tokenizer
+
+Slot = tuple[float, ...] | None
+# One feature: (event, its time, the feature's slot) -> (value, the slot's next value).
+Step = Callable[[Any, float, Slot], tuple[float, Slot]]
+
+_floor = math.floor
+
+
+def _r(x: float) -> float:
+    return _floor(x * 1000 + 0.5) / 1000
+
+
+def state_kind(stream: str) -> str:
+    """The state-key prefix of a declared stream's devices (``g/<stream>``)."""
+    return f"g/{stream}"
+
+
+class Plan:
+    """How one declared stream is anonymized; build once, run per event."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.names = stream.feature_names
+        self._steps: list[Step] = [_compile(stream, f) for f in stream.features]
+        dev = stream.fields[stream.device.field]
+        self._device_kind = stream.token_kind(stream.device.field) if dev.pii == "token" else None
+        key = stream.fields[stream.anon_key]
+        self._key_kind = stream.token_kind(stream.anon_key) if key.pii == "token" else None
+        self._tokens = [(n, stream.token_kind(n), t) for n, t in stream.tokens.items()]
+        skip = {stream.device.field, stream.time.field}
+        self._values = [(n, f.type == "float") for n, f in stream.fields.items()
+                        if f.pii is None and n not in skip]
+        self._vault = [(n, stream.token_kind(n) if f.pii == "token" else n)
+                       for n, f in stream.fields.items() if f.pii in ("token", "vault")]
+
+    def device(self, event: Any, tok: Tokenizer) -> str:
+        """The device's id as anonymized records carry it: its token, or itself."""
+        value: str = getattr(event, self.stream.device.field)
+        return tok.token(self._device_kind, value) if self._device_kind else value
+
+    def state_key(self, device: str) -> str:
+        return state_key(state_kind(self.stream.name), device)
+
+    def anonymize(self, event: Any, state: StreamState | None,
+                  tok: Tokenizer) -> tuple[AnonRecord, StreamState]:
+        stream = self.stream
+        ts = event_time(stream, event)
+        slots: list[Slot] = list(state.slots) if state is not None and \
+            len(state.slots) == len(self._steps) else [None] * len(self._steps)
+        features: dict[str, float] = {}
+        for i, (name, step) in enumerate(zip(self.names, self._steps, strict=True)):
+            value, slots[i] = step(event, ts, slots[i])
+            features[name] = _r(value)
+        tokens = {field: tok.token(kind, v) for name, kind, field in self._tokens
+                  if (v := getattr(event, name)) is not None}
+        values: dict[str, float | int | str | bool | None] = {}
+        for name, is_float in self._values:
+            v = getattr(event, name)
+            values[name] = _r(v) if is_float and v is not None and math.isfinite(v) else v
+        where = None
+        if stream.cell is not None:
+            lat, lon = getattr(event, stream.cell[0]), getattr(event, stream.cell[1])
+            if lat is not None and lon is not None:
+                where = cell(float(lat), float(lon))
+        device = self.device(event, tok)
+        key_value = getattr(event, stream.anon_key)
+        key = tok.token(self._key_kind, key_value) if self._key_kind else str(key_value)
+        record = AnonRecord(schema=SCHEMA_VERSION, event_id=event.event_id, ts=ts,
+                            stream=stream.name, device=device, key=key, tokens=tokens,
+                            cell=where, values=values, features=features)
+        return record, StreamState(tuple(slots))
+
+    def vault_items(self, event: Any) -> list[tuple[str, str, str | None]]:
+        """(kind, value, person) of every value the vault keeps for ``event``."""
+        person_field = self.stream.person
+        person = getattr(event, person_field) if person_field else None
+        out: list[tuple[str, str, str | None]] = []
+        for name, kind in self._vault:
+            value = getattr(event, name)
+            if value is not None:
+                out.append((kind, str(value), None if name == self.stream.device.field
+                            else person))
+        return out
+
+
+def _number(event: Any, name: str) -> float | None:
+    v = getattr(event, name)
+    return None if v is None else float(v)
+
+
+def _compile(stream: Stream, f: Feature) -> Step:
+    p = f.params
+    if f.transform == "gap":
+        def gap(_e: Any, ts: float, slot: Slot) -> tuple[float, Slot]:
+            out, last = tf.gap_step(None if slot is None else slot[0], ts, p["cap"], p["scale"])
+            return out, (last,)
+        return gap
+    if f.transform == "time_of_day":
+        pick = 0 if f.output == "sin" or f.name.endswith("_sin") else 1
+        return lambda _e, ts, slot: (tf.time_of_day(ts)[pick], slot)
+    if f.transform == "onehot":
+        field, want = f.inputs[0], f.output
+        return lambda e, _ts, slot: (1.0 if getattr(e, field) == want else 0.0, slot)
+    if f.transform == "stuck":
+        return _stuck(f)
+    derive = _deriver(f)
+    then = f.then or f.transform
+    return _per_value(then, p, derive)
+
+
+def _deriver(f: Feature) -> Callable[[Any], float | None]:
+    """The value a feature's per-value step reads: a field, or one derived from several."""
+    inputs, p = f.inputs, f.params
+    if f.transform in tf.PER_VALUE:
+        name = inputs[0]
+        return lambda e: _number(e, name)
+
+    def derived(e: Any) -> float | None:
+        xs = [_number(e, n) for n in inputs]
+        if any(x is None for x in xs):
+            return None
+        vals = [x for x in xs if x is not None]
+        if f.transform == "spread":
+            return tf.spread(vals)
+        if f.transform == "diff":
+            return tf.diff(vals[0], vals[1])
+        if f.transform == "ratio":
+            return tf.ratio(vals[0], vals[1])
+        by = getattr(e, p["by"])
+        key = str(by).lower() if isinstance(by, bool) else str(by)
+        return tf.ref_ratio(vals[0], key, p["values"], p["missing"])
+    return derived
+
+
+def _per_value(step: str, p: Mapping[str, Any], derive: Callable[[Any], float | None]) -> Step:
+    if step == "value":
+        lo, hi = p.get("range", (-tf.BIG, tf.BIG))
+        scale = p.get("scale", "linear")
+
+        def value(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
+            x = derive(e)
+            return (0.0 if x is None else tf.value(x, lo, hi, scale)), slot
+        return value
+    if step == "zscore":
+        def zscore(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
+            x = derive(e)
+            if x is None or x != x:
+                return 0.0, slot
+            prev = None if slot is None else tf.ZState(int(slot[0]), slot[1], slot[2])
+            z, s = tf.zscore_step(prev, x, p["alpha"], p["limit"], p["floor"], p["typical_std"])
+            return z, (float(s.n), s.mean, s.var)
+        return zscore
+    if step == "rate":
+        def rate(e: Any, ts: float, slot: Slot) -> tuple[float, Slot]:
+            x = derive(e)
+            if x is None or x != x:
+                return 0.0, slot
+            prev = None if slot is None else tf.Last(slot[0], slot[1])
+            r, s = tf.rate_step(prev, ts, x, p["limit"], p["min_dt_s"], p["typical_std"])
+            return r, (s.ts, s.x)
+        return rate
+    if step == "delta":
+        def delta(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
+            x = derive(e)
+            if x is None or x != x:
+                return 0.0, slot
+            d, last = tf.delta_step(None if slot is None else slot[0], x)
+            return d, (last,)
+        return delta
+    assert step == "stuck", step
+
+    def stuck_one(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
+        x = derive(e)
+        if x is None:
+            return 0.0, slot
+        prev = None if slot is None else tf.Stuck(int(slot[0]), slot[1])
+        run, s = tf.stuck_step(prev, x, p["cap"])
+        return tf.stuck_value([run], p["cap"], p["scale"]), (float(s.run), s.last)
+    return stuck_one
+
+
+def _stuck(f: Feature) -> Step:
+    """Stuck over one field or a group: the slot holds (run, last) per field, flattened."""
+    names, p = f.inputs, f.params
+
+    def stuck(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
+        runs: list[int] = []
+        out: list[float] = []
+        for i, name in enumerate(names):
+            x = _number(e, name)
+            prev = None if slot is None else tf.Stuck(int(slot[2 * i]), slot[2 * i + 1])
+            if x is None:
+                runs.append(0 if prev is None else prev.run)
+                out += [0.0, math.nan] if prev is None else [float(prev.run), prev.last]
+                continue
+            run, s = tf.stuck_step(prev, x, p["cap"])
+            runs.append(run)
+            out += [float(s.run), s.last]
+        return tf.stuck_value(runs, p["cap"], p["scale"]), tuple(out)
+    return stuck
+
+
+def plans(streams: Mapping[str, Stream]) -> dict[str, Plan]:
+    return {name: Plan(s) for name, s in streams.items()}
+
+
+def state_of(state: Mapping[str, KeyState], key: str) -> StreamState | None:
+    value = state.get(key)
+    return value if isinstance(value, StreamState) else None
