@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from shared import streams
-from shared.contracts import AnonPayment, AnonTelemetry, Payment, Telemetry, decode
+from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Payment, Telemetry, decode
 from shared.errors import ContractError, FleetsentryError
 from shared.features import payments as pay
 from shared.features import telemetry as tel
@@ -44,7 +44,7 @@ class FeatureError(FleetsentryError):
 
 
 class Anonymized(NamedTuple):
-    record: AnonTelemetry | AnonPayment
+    record: AnonTelemetry | AnonPayment | AnonRecord
     # state key -> the key's new state, to apply once the record is accepted.
     updates: dict[str, KeyState]
 
@@ -115,10 +115,36 @@ def anonymize(spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeySt
     if not isinstance(event, spec.event):
         raise FeatureError(f"stream {spec.name!r} takes {spec.event.__name__} events, "
                            f"not {type(event).__name__}")
+    if spec.declaration is not None:
+        return _declared(spec, event, state, tokenizer)
     fn = _BY_STREAM.get(spec.name)
     if fn is None:
         raise FeatureError(f"no anonymizer for stream {spec.name!r}")
     return fn(event, state, tokenizer)
+
+
+_plans: dict[int, Any] = {}
+
+
+def plan_of(spec: StreamSpec) -> Any:
+    """The generic anonymizer of a declared stream (built once per spec)."""
+    from shared.declarations.anonymize import Plan
+
+    plan = _plans.get(id(spec))
+    if plan is None or plan.stream is not spec.declaration:
+        assert spec.declaration is not None
+        plan = _plans[id(spec)] = Plan(spec.declaration)
+    return plan
+
+
+def _declared(spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState],
+              tok: Tokenizer) -> Anonymized:
+    from shared.declarations.anonymize import state_of
+
+    plan = plan_of(spec)
+    key = plan.state_key(plan.device(event, tok))
+    record, after = plan.anonymize(event, state_of(state, key), tok)
+    return Anonymized(record, {key: after})
 
 
 class Anonymizer:
@@ -133,13 +159,13 @@ class Anonymizer:
         self.tokenizer = tokenizer
         self.state = state if state is not None else FeatureState()
 
-    def anonymize(self, event: msgspec.Struct) -> AnonTelemetry | AnonPayment:
+    def anonymize(self, event: msgspec.Struct) -> AnonTelemetry | AnonPayment | AnonRecord:
         spec = _spec_of(event)
         result = anonymize(spec, event, self.state, self.tokenizer)
         self.state.apply(result.updates)
         return result.record
 
-    def message(self, topic: str, payload: bytes) -> AnonTelemetry | AnonPayment:
+    def message(self, topic: str, payload: bytes) -> AnonTelemetry | AnonPayment | AnonRecord:
         """Decode an MQTT message (``fleet/<VIN>/<stream>``) and anonymize it."""
         suffix = topic.rsplit("/", 1)[-1]
         spec = streams.by_mqtt_suffix(suffix)
