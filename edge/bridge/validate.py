@@ -156,16 +156,28 @@ def check(spec: StreamSpec, topic_vin: str, payload: bytes, now: float,
     except ContractError as exc:
         raise Rejected(classify(exc), str(exc)) from None
     # The stream's event type is only known at run time, hence getattr.
-    vin: str = getattr(event, "vin")  # noqa: B009
-    if vin != topic_vin:
-        # Neither VIN is quoted: details go to dlq.ingest, which holds no personal data.
-        raise Rejected("vin_mismatch", "the payload's vin differs from the topic's vin")
-    ts: float = getattr(event, "ts")  # noqa: B009
+    device: str = getattr(event, spec.device_field)
+    if device != topic_vin:
+        # Neither id is quoted: details go to dlq.ingest, which holds no personal data.
+        raise Rejected("vin_mismatch", f"the payload's {spec.device_field} differs from the "
+                                       "topic's device id")
+    try:
+        ts = spec.event_time(event)
+    except (ValueError, OverflowError, TypeError):
+        field_name = _time_field(spec)
+        unit = spec.declaration.time.unit if spec.declaration is not None else "s"
+        raise Rejected("invalid_value", f"field {field_name}: not a device time in unit "
+                                        f"{unit!r} (at {field_name})") from None
     if not math.isfinite(ts) or ts - now > limits.max_future_skew_s:
-        raise Rejected("future_timestamp", f"ts {ts} is {ts - now:.0f}s ahead of the gateway "
-                                           f"clock (limit {limits.max_future_skew_s:.0f}s)")
+        raise Rejected("future_timestamp", f"{_time_field(spec)} {ts} is {ts - now:.0f}s ahead "
+                                           f"of the gateway clock (limit "
+                                           f"{limits.max_future_skew_s:.0f}s)")
     if now - ts > limits.max_past_age_s:
         # No value in the detail: the field and the limit say enough.
-        raise Rejected("too_old", f"field ts: device time more than {limits.max_past_age_s:.0f}s "
-                                  f"behind the gateway clock")
-    return Accepted(spec, vin, ts)
+        raise Rejected("too_old", f"field {_time_field(spec)}: device time more than "
+                                  f"{limits.max_past_age_s:.0f}s behind the gateway clock")
+    return Accepted(spec, device, ts)
+
+
+def _time_field(spec: StreamSpec) -> str:
+    return spec.declaration.time.field if spec.declaration is not None else "ts"

@@ -33,8 +33,8 @@ from shared import streams
 from shared.contracts import Payment, Telemetry, decode
 from shared.errors import ContractError
 from shared.features import FeatureState, encode_state
-from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN
-from shared.features.batch import anonymize_batch
+from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN, plan_of
+from shared.features.batch import BatchResult, anonymize_batch, sequential_batch
 from shared.kafka_config import client_config
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
@@ -78,8 +78,7 @@ def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
     return items
 
 
-def batch_pii(items: list[tuple[StreamSpec, Telemetry | Payment]]
-              ) -> list[tuple[str, str, str | None]]:
+def batch_pii(items: list[tuple[StreamSpec, Any]]) -> list[tuple[str, str, str | None]]:
     """Every identifying value of a batch, once each (the same vehicle recurs all batch)."""
     pairs = {(e.vin, e.driver_id): None for s, e in items if s is streams.TELEMETRY}
     pii: dict[tuple[str, str], str | None] = {}
@@ -89,6 +88,9 @@ def batch_pii(items: list[tuple[StreamSpec, Telemetry | Payment]]
     for spec, event in items:
         if spec is streams.PAYMENTS:
             for kind, value, person in pii_items(event):
+                pii.setdefault((kind, value), person)
+        elif spec.declaration is not None:
+            for kind, value, person in plan_of(spec).vault_items(event):
                 pii.setdefault((kind, value), person)
     return [(kind, value, person) for (kind, value), person in pii.items()]
 
@@ -105,6 +107,7 @@ class Enricher:
         self.transactional_id = f"{config.edge_id}-enricher-{instance}"
         self._clock = clock
         self._specs = {spec.raw_topic: spec for spec in streams.all_streams()}
+        self._declared = any(spec.declaration is not None for spec in self._specs.values())
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._watchdog = Watchdog(SERVICE)
@@ -113,6 +116,7 @@ class Enricher:
         self.state = FeatureState()
         self.clock = KeyClock(self.settings.state_ttl_s, self.settings.max_states)
         self._windows: dict[tuple[str, int], DedupWindow] = {}
+        self._updates: dict[str, Any] = {}  # the batch's changed states, until written
         self._next_vault_expiry = 0.0
         self.consumed = self.produced = self.duplicates = self.rejected = 0
         self.skipped = 0  # raw records retention deleted before they were read
@@ -248,12 +252,34 @@ class Enricher:
             return False
         raise EnricherError(f"consuming raw: {err}")
 
-    def _process(self, items: list[tuple[StreamSpec, Telemetry | Payment]]) -> int:
+    def _process(self, every: list[tuple[StreamSpec, Any]]) -> int:
         assert self._producer is not None
+        # Declared streams (generic transforms) apart from the built-in ones; each keeps its
+        # own states, so their order between each other does not matter.
+        self._updates = {}
+        declared = [item for item in every if item[0].declaration is not None] \
+            if self._declared else []
+        items = [item for item in every if item[0].declaration is None] if declared else every
+        if declared:
+            self._emit(declared, sequential_batch(declared, self.state, self.tokenizer))
         # The whole batch at once (vectorised): the very records and states that anonymizing
         # event by event would give.
-        result = anonymize_batch(items, self.state, self.tokenizer)
+        if items:
+            self._emit(items, anonymize_batch(items, self.state, self.tokenizer))
+        now = self._clock()
+        for spec, event in every[::LATENCY_SAMPLE]:
+            self._latency[spec.name].observe(max(0.0, now - spec.event_time(event)))
+        for name, n in Counter(spec.name for spec, _ in every).items():
+            self._out[name].inc(n)
+        self.vault.put_many(batch_pii(every))
+        self._write_states(now)
+        return len(every)
+
+    def _emit(self, items: list[tuple[StreamSpec, Any]], result: BatchResult) -> None:
+        """Produce a batch's records and take its states."""
+        assert self._producer is not None
         self.state.apply(result.updates)
+        self._updates.update(result.updates)
         produce, poll = self._producer.produce, self._producer.poll
         wire = iter(result.wire)
         for start in range(0, len(items), DRAIN_EVERY):
@@ -267,18 +293,15 @@ class Enricher:
                     produce(spec.anon_topic, key=key.encode(), value=data)
             # Serve delivery reports as we go: until then every sent record stays queued.
             poll(0)
-        now = self._clock()
-        for spec, event in items[::LATENCY_SAMPLE]:
-            self._latency[spec.name].observe(max(0.0, now - event.ts))
-        payments = sum(1 for spec, _ in items if spec is streams.PAYMENTS)
-        if payments:
-            self._out[streams.PAYMENTS.name].inc(payments)
-        if len(items) > payments:
-            self._out[streams.TELEMETRY.name].inc(len(items) - payments)
-        self.vault.put_many(batch_pii(items))
-        for key in result.updates:
-            self._send(ENRICHER_STATE, key.encode(), encode_state(result.updates[key]))
-        self.clock.touch(result.updates, now)
+
+    def _write_states(self, now: float) -> None:
+        """The batch's changed states, expired states' tombstones and dedup windows."""
+        assert self._producer is not None
+        produce = self._producer.produce
+        updates, self._updates = self._updates, {}
+        for key in updates:
+            self._send(ENRICHER_STATE, key.encode(), encode_state(updates[key]))
+        self.clock.touch(updates, now)
         self._expire_states(now, EXPIRE_PER_EVENT * self.settings.batch_size)
         for (topic, partition), window in self._windows.items():
             seq, ids, expired = window.seal()
@@ -287,7 +310,6 @@ class Enricher:
                            changelog.encode_ids(ids))
             for old in expired:
                 produce(ENRICHER_STATE, key=changelog.dedup_key(topic, partition, old), value=None)
-        return len(items)
 
     def _expire_states(self, now: float, limit: int) -> None:
         """Forget states not written for state_ttl_s: tombstones in this transaction."""
@@ -346,7 +368,8 @@ class Enricher:
             window = windows.get(tp)
             if window is None:
                 window = self._window(*tp)
-            if not window.check_and_add(event_key(event.vin, event.event_id)):
+            device = getattr(event, spec.device_field)
+            if not window.check_and_add(event_key(device, event.event_id)):
                 self.duplicates += 1
                 continue
             items.append((spec, event))

@@ -52,7 +52,7 @@ def _type(decl: FieldDecl, pattern: str | None) -> Any:
     if decl.type == "bool":
         return bool
     if decl.type == "enum":
-        return Literal[tuple(decl.values or ())]  # type: ignore[misc]
+        return Literal[tuple(decl.values or ())]
     meta = Meta(min_length=1, max_length=MAX_STR, pattern=pattern) if pattern else \
         Meta(min_length=1, max_length=MAX_STR)
     return Annotated[str, meta]

@@ -20,7 +20,14 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
-from shared.contracts import SCHEMA_VERSION, AnonPayment, AnonTelemetry, Payment, Telemetry
+from shared.contracts import (
+    SCHEMA_VERSION,
+    AnonPayment,
+    AnonRecord,
+    AnonTelemetry,
+    Payment,
+    Telemetry,
+)
 from shared.features import telemetry as tel
 from shared.features.anonymize import DRIVER_ID, VIN, _payment, anonymize
 from shared.features.catalog import model_envelope
@@ -57,7 +64,7 @@ _log1p = math.log1p
 class BatchResult(NamedTuple):
     # One record per input event, in input order. Telemetry records are built as they are
     # read (a batch of them held at once costs tens of MB): iterate once.
-    records: Iterable[AnonTelemetry | AnonPayment]
+    records: Iterable[AnonTelemetry | AnonPayment | AnonRecord]
     # Every changed key's state after the whole batch.
     updates: dict[str, KeyState]
     # Or, instead of ``records`` (iterate one of the two): per event its partition key (the
@@ -78,7 +85,9 @@ _WIRE_OK = tuple(f.name for f in msgspec.structs.fields(AnonTelemetry)) == _WIRE
 _json = msgspec.json.Encoder()  # as shared.contracts.encode's
 
 
-def _key(record: AnonTelemetry | AnonPayment) -> str:
+def _key(record: AnonTelemetry | AnonPayment | AnonRecord) -> str:
+    if isinstance(record, AnonRecord):
+        return record.key
     return record.card_token if isinstance(record, AnonPayment) else record.vehicle_token
 
 
@@ -87,13 +96,13 @@ def anonymize_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
     """Anonymize ``items`` in order as one sequence; ``state`` is read, never written."""
     tel_rows = [i for i, (spec, _) in enumerate(items) if spec.name == "telemetry"]
     if len(tel_rows) < MIN_VECTOR or len(tel_rows) + _payments(items) != len(items):
-        return _sequential(items, state, tokenizer)
+        return sequential_batch(items, state, tokenizer)
     try:
         return _Batch(items, tel_rows, state, tokenizer).run()
     except (OverflowError, ValueError, TypeError):
         # Values numpy will not take as float64 (a gear beyond any float): the scalar code
         # treats them exactly as it always has.
-        return _sequential(items, state, tokenizer)
+        return sequential_batch(items, state, tokenizer)
 
 
 def _payments(items: Sequence[tuple[StreamSpec, msgspec.Struct]]) -> int:
@@ -101,11 +110,13 @@ def _payments(items: Sequence[tuple[StreamSpec, msgspec.Struct]]) -> int:
                if spec.name == "payments" and isinstance(event, Payment))
 
 
-def _sequential(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
-                state: Mapping[str, KeyState], tokenizer: Tokenizer) -> BatchResult:
+def sequential_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+                     state: Mapping[str, KeyState], tokenizer: Tokenizer) -> BatchResult:
+    """``anonymize`` event after event with the batch's own updates carried along (the
+    declared streams' path, and the built-in streams' below MIN_VECTOR frames)."""
     overlay: dict[str, KeyState] = {}
     view = _Overlay(overlay, state)
-    records: list[AnonTelemetry | AnonPayment] = []
+    records: list[AnonTelemetry | AnonPayment | AnonRecord] = []
     for spec, event in items:
         result = anonymize(spec, event, view, tokenizer)
         overlay.update(result.updates)
