@@ -6,8 +6,11 @@ SUBSCRIBE, so a vehicle could join the bridge's shared subscription and have the
 the messages assigned to it, and nothing there binds a client id to a login. The plugin denies
 by default and binds each vehicle to its own VIN as client id:
 
-- a vehicle (user = client id = its VIN) may publish ``fleet/{vin}/telemetry``, ``payments``
-  and ``status``, subscribe to ``fleet/{vin}/commands`` only and receive nothing else;
+- a vehicle (user = client id = its VIN, or another device's id) may publish
+  ``fleet/{id}/<stream>`` for each stream known when it is registered (``telemetry``,
+  ``payments`` and the declared streams loaded in the registering process, see
+  :func:`shared.streams.use_declarations`) and ``fleet/{id}/status``, subscribe to
+  ``fleet/{id}/commands`` only and receive nothing else;
 - the services' users (``fleetsentry-bridge``, ``fleetsentry-admin``) are the only ones that
   may subscribe to ``fleet/...`` of all vehicles, ``$share/...`` included.
 """
@@ -57,11 +60,13 @@ def _acl(acltype: str, topic: str) -> dict[str, Any]:
 
 
 def vehicle_role(vin: str) -> dict[str, Any]:
-    """A vehicle's own topics, literally: the plugin has no %u patterns in mosquitto 2.0."""
+    """A device's own topics, literally: the plugin has no %u patterns in mosquitto 2.0."""
+    from shared import streams
+
     base = f"fleet/{vin}"
+    suffixes = sorted({spec.mqtt_suffix for spec in streams.all_streams()})
     return {"rolename": f"vehicle-{vin}", "acls": [
-        _acl("publishClientSend", f"{base}/telemetry"),
-        _acl("publishClientSend", f"{base}/payments"),
+        *(_acl("publishClientSend", f"{base}/{suffix}") for suffix in suffixes),
         _acl("publishClientSend", f"{base}/status"),
         _acl("subscribeLiteral", f"{base}/commands"),
         _acl("publishClientReceive", f"{base}/commands"),
@@ -226,9 +231,10 @@ class Mosquitto:
         known = set(entries)
         items = list(vehicles.items() if isinstance(vehicles, Mapping) else vehicles)
         for vin, password in items:
-            if not VIN.fullmatch(vin):
-                raise InfraError(f"{vin!r} is not a VIN (17 characters, 0-9 and A-Z without "
-                                 "I, O, Q); vehicles log in with their VIN")
+            if not DEVICE_ID.fullmatch(vin):
+                raise InfraError(f"{vin!r} is not a device id (a VIN, or 1-64 letters, digits, "
+                                 "'_', '.', ':' or '-' starting with a letter or digit); "
+                                 "devices log in with their id")
             entries[vin] = hash_password(password)
         write_private(self.home / "vehicles.passwd",
                        "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())))
@@ -363,7 +369,9 @@ class Mosquitto:
         return process.stop([pid], timeout) if pid else []
 
 
-VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+# Device ids (logins and the topic's middle level): VINs, and declared streams' ids, which
+# never hold an MQTT wildcard or level separator.
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 
 def _client(user: str, hashed: str, role: str, clientid: str | None = None) -> dict[str, Any]:
