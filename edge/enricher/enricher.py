@@ -34,7 +34,7 @@ from shared.contracts import Payment, Telemetry, decode
 from shared.errors import ContractError
 from shared.features import FeatureState, encode_state
 from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN, plan_of
-from shared.features.batch import BatchResult, anonymize_batch, sequential_batch
+from shared.features.batch import BatchResult, anonymize_batch, declared_batch
 from shared.kafka_config import client_config
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
@@ -261,7 +261,7 @@ class Enricher:
             if self._declared else []
         items = [item for item in every if item[0].declaration is None] if declared else every
         if declared:
-            self._emit(declared, sequential_batch(declared, self.state, self.tokenizer))
+            self._emit(declared, declared_batch(declared, self.state, self.tokenizer))
         # The whole batch at once (vectorised): the very records and states that anonymizing
         # event by event would give.
         if items:

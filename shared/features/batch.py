@@ -27,6 +27,7 @@ from shared.contracts import (
     AnonTelemetry,
     Payment,
     Telemetry,
+    decode,
 )
 from shared.features import telemetry as tel
 from shared.features.anonymize import DRIVER_ID, VIN, _payment, anonymize
@@ -103,6 +104,17 @@ def anonymize_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
         # Values numpy will not take as float64 (a gear beyond any float): the scalar code
         # treats them exactly as it always has.
         return sequential_batch(items, state, tokenizer)
+
+
+def declared_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+                   state: Mapping[str, KeyState], tokenizer: Tokenizer) -> BatchResult:
+    """Declared streams' events: the generic transforms vectorised over the batch
+    (shared/declarations/vector.py), each record keyed by its ``key``."""
+    from shared.declarations.vector import anonymize_declared
+
+    wire, updates = anonymize_declared(items, state, tokenizer, wire=True)
+    records = (decode(AnonRecord, data) for _key, data in wire)
+    return BatchResult(records, updates, wire)
 
 
 def _payments(items: Sequence[tuple[StreamSpec, msgspec.Struct]]) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +16,10 @@ from edge.bridge.errors import Rejected
 from edge.bridge.validate import Limits, validate
 from shared import streams
 from shared.contracts import AnonRecord, decode, encode
-from shared.declarations import DeclarationError, load_text
+from shared.declarations import DeclarationError, load_text, vector
 from shared.declarations import transforms as tf
 from shared.declarations.catalog import load_streams
+from shared.declarations.vector import anonymize_declared
 from shared.features.anonymize import Anonymizer
 from shared.features.batch import sequential_batch
 from shared.features.state import FeatureState, decode_state, encode_state
@@ -52,6 +55,15 @@ over = { diff = ["box_c", "set_c"], then = ["value", "delta"] }
 door = ["onehot"]
 kw = ["value", "zscore"]
 gap = { gap = true }
+ratio = { ratio = ["box_c", "set_c"], then = ["value", "stuck", "rate"] }
+spread = { spread = ["box_c", "set_c", "kw"] }
+tod = "time_of_day"
+kw_log = { value = "kw", scale = "log1p" }
+both_stuck = { stuck = ["box_c", "kw"], scale = "log1p" }
+per_door = { ref_ratio = "box_c", by = "door", table = "rated", missing = -1 }
+
+[refs]
+rated = { shut = 2.0, open = 0.0 }
 """
 NOW = 1_767_600_000.0
 SECRET = Tokenizer(b"k" * 32)
@@ -206,3 +218,52 @@ def test_what_the_stages_cannot_run_is_refused_at_start_up(tmp_path: Path, edit:
 
 def test_the_declaration_loads_on_its_own() -> None:
     assert load_text(COLD, "cold.toml").feature_spec.startswith("fs-")
+
+
+def _random_events(spec: streams.StreamSpec, n: int, seed: int) -> list[tuple[Any, Any]]:
+    """Several trailers' events, interleaved, with exact repeats, left-out optional values,
+    equal and out-of-order times."""
+    rng = random.Random(seed)
+    units = [f"AB-{k:04d}" for k in range(7)]
+    box = {u: rng.uniform(-5, 8) for u in units}
+    minute = {u: 0 for u in units}
+    out = []
+    for i in range(n):
+        u = rng.choice(units)
+        if rng.random() < 0.6:
+            box[u] = round(box[u] + rng.gauss(0, 1.5), rng.choice((0, 1, 3)))
+        minute[u] += rng.choice((1, 1, 1, 0, 3, -1))
+        at = f"2026-01-05T{6 + minute[u] // 60 % 12:02d}:{minute[u] % 60:02d}:00Z"
+        event = _event(i, unit=u, at=at, box_c=box[u], set_c=rng.choice((3.0, 3.0, -18.0)),
+                       door=rng.choice(("shut", "shut", "open")),
+                       kw=None if rng.random() < 0.2 else round(rng.uniform(0, 9), 1),
+                       driver=rng.choice(("Jo", "Al")))
+        out.append((spec, decode(spec.event, json.dumps(event).encode())))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_vectorised_batch_gives_the_event_by_event_records_and_states(
+        cold: streams.StreamSpec, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    items = _random_events(cold, 600, seed)
+    want_state, want = FeatureState(), []
+    for start in range(0, len(items), 150):
+        chunk = sequential_batch(items[start:start + 150], want_state, SECRET)
+        want += list(chunk.records)
+        want_state.apply(chunk.updates)
+    def fallback(*_args: object) -> None:
+        raise AssertionError("the batch went event by event")
+
+    monkeypatch.setattr(vector, "_one_by_one", fallback)
+    got_state, got = FeatureState(), []
+    for start in range(0, len(items), 150):
+        records, updates = anonymize_declared(items[start:start + 150], got_state, SECRET)
+        got += records
+        got_state.apply(updates)
+    assert [encode(r) for r in got] == [encode(r) for r in want]
+    wire, _ = anonymize_declared(items[:150], FeatureState(), SECRET, wire=True)
+    assert wire == [(r.key, encode(r)) for r in want[:150]]
+    assert sorted(got_state) == sorted(want_state)
+    # The states to the bit (features are rounded; the states carry on unrounded).
+    assert {k: encode_state(v) for k, v in got_state.items()} == \
+        {k: encode_state(v) for k, v in want_state.items()}
