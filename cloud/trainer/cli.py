@@ -89,7 +89,8 @@ def _chosen(names: tuple[str, ...], known: list[str]) -> list[str]:
                    "infra up` made it.")
 @click.option("--stream", "stream_names", multiple=True, metavar="NAME",
               help="Streams to train: telemetry, payments or a declared stream (default: "
-                   "every stream the data holds).")
+                   "every stream the --events file holds; with --bootstrap, the built-in "
+                   "ones).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("models"), show_default=True,
               help="Writes one model directory per stream under it: OUT/<stream>/.")
@@ -132,7 +133,7 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
         raise click.UsageError("give either --events (simulator files) or --bootstrap (Kafka)")
     known = _known_streams(config_path)
     rules = _thresholds(thresholds, known)
-    names = _chosen(stream_names, known) or known
+    names = _chosen(stream_names, known) or (known if events is not None else list(STREAMS))
     key = signing.ensure_private_key(key_file)
     login = login_at(bootstrap, config_path, "trainer") if bootstrap else None
     builtin_wanted = any(n in BUILTIN_NAMES for n in names) and (
@@ -146,7 +147,7 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
             assert login is not None
             records = {s: _from_kafka(login, topic_prefix + f"anon.{s}", s, label_list,
                                       progress) for s in names}
-        if not stream_names:  # every stream the data holds
+        if not stream_names and events is not None:  # every stream the file holds
             names = [n for n in names if len(records[n]) > 0]
             if not names:
                 raise TrainerError("the data holds no events of any stream: "
