@@ -132,6 +132,23 @@ def test_default_budget_for_a_declared_stream(run: Run, tmp_path: Path) -> None:
     assert manifest.metrics["threshold_rule"] == {"mode": "alert_rate", "value": 0.001}
 
 
+def test_with_labels_it_reports_detection_quality(run: Run, tmp_path: Path) -> None:
+    for name in ("streams", "cloud.toml", "events.jsonl", "fleet.pem"):
+        (tmp_path / name).symlink_to(run.root / name)
+    labels = reefer.write_labels(tmp_path / "reefer-labels.jsonl", run.generated)
+    result = _train(tmp_path, "--stream", "reefer", "--labels", str(labels))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    m = signing.verify_model_dir(tmp_path / "models" / "reefer", run.key.public_key()).metrics
+    q = m["quantization"]
+    assert q["int8_roc_auc"] >= q["float_roc_auc"] - 0.005 and q["int8_roc_auc"] > 0.9
+    assert m["holdout"]["positives"] > 0 and m["holdout"]["recall"] > 0.8
+    assert set(m["per_kind"]) <= set(reefer.KINDS)
+    ep = m["episodes"]  # the declared rule, replayed against the labelled episodes
+    assert ep["episodes"] >= 4 and ep["detected"] == ep["episodes"]
+    assert m["unlabelled"]["detection_quality"].startswith("measured")
+    assert "detection quality unknown" not in " ".join(result.output.split())
+
+
 def test_unknown_stream_is_refused_listing_the_streams(run: Run) -> None:
     result = _train(run.root, "--stream", "nosuch")
     assert result.exit_code == 2
