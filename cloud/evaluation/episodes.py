@@ -16,15 +16,27 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from shared.declarations.model import EpisodeAlerts, EventAlerts
 from shared.episodes import AlertEpisode, EpisodeSettings, replay
 
 __all__ = ["AlertEpisode", "EpisodeReport", "EpisodeRule", "LabelEpisode", "alert_episodes",
-           "evaluate_episodes", "vehicle_hours"]
+           "declared_rule", "evaluate_episodes", "vehicle_hours"]
 
 
 # The edge's rule, replayed here: one implementation (shared.episodes) for both sides.
 EpisodeRule = EpisodeSettings
 _DEFAULT_RULE = EpisodeRule()
+# Every anomalous event its own alert: it opens one at once, and any later anomalous event of
+# the token (even at the same instant) is past the quiet gap, so it closes it and opens its own.
+EVENT_RULE = EpisodeRule(open_events=1, open_window_s=0.0, quiet_gap_s=-1.0)
+
+
+def declared_rule(alerts: EpisodeAlerts | EventAlerts) -> EpisodeRule:
+    """The episode rule a declared stream's ``alerts`` set: its episodes, or one per event."""
+    if isinstance(alerts, EpisodeAlerts):
+        return EpisodeRule(open_events=alerts.open_events, open_window_s=alerts.window_s,
+                           quiet_gap_s=alerts.quiet_s)
+    return EVENT_RULE
 
 
 @dataclass(frozen=True)

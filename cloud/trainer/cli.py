@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -17,17 +18,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cloud.config import login_at
+from cloud.config import load, login_at
 from cloud.trainer import data
 from cloud.trainer.errors import TrainerError
 from cloud.trainer.pipeline import TrainedModel, TrainSettings, train_stream, write_model_dir
 from cloud.trainer.threshold import ThresholdRule
 from shared import signing, streams
-from shared.contracts import AnonPayment, AnonTelemetry, Label, decode
+from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Label, decode
+from shared.declarations.catalog import BUILTIN_NAMES, load_streams
+from shared.errors import ConfigError
 from shared.kafka_config import Target, bootstrap_of
 from shared.tokens import Tokenizer
 
-STREAMS = ("telemetry", "payments")
+# The built-in streams; cloud.toml's [streams] dir adds the operator's declared ones.
+STREAMS = BUILTIN_NAMES
 
 
 def _progress(console: Console) -> Progress:
@@ -35,15 +39,38 @@ def _progress(console: Console) -> Progress:
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
 
 
-def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
+def _thresholds(values: Iterable[str], known: Iterable[str] = STREAMS
+                ) -> dict[str, ThresholdRule]:
     out: dict[str, ThresholdRule] = {}
+    known = list(known)
     for v in values:
         stream, sep, rule = v.partition(":")
-        if not sep or stream not in STREAMS:
-            raise click.BadParameter(f"{v!r}: expected STREAM:MODE=VALUE, e.g. "
-                                     f"payments:precision=0.9", param_hint="--threshold")
+        if not sep or stream not in known:
+            raise click.BadParameter(f"{v!r}: expected STREAM:MODE=VALUE with STREAM one of "
+                                     f"{', '.join(known)}, e.g. payments:precision=0.9",
+                                     param_hint="--threshold")
         out[stream] = ThresholdRule.parse(rule)
     return out
+
+
+def _known_streams(config_path: Path | None) -> list[str]:
+    """The built-in streams and those declared in the config's ``[streams] dir``, registered."""
+    try:
+        directory = load(config_path).streams.dir
+        known = list(load_streams(directory))
+        streams.use_declarations(directory)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return known
+
+
+def _chosen(names: tuple[str, ...], known: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown stream {unknown[0]!r}; the streams are: {', '.join(known)} (the built-in "
+            "ones and those declared in cloud.toml's [streams] dir)", param_hint="--stream")
+    return list(dict.fromkeys(names))
 
 
 @click.command()
@@ -56,10 +83,14 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
               help="Prefix of the anon topics on --bootstrap (e.g. a mirrored edge's alias).")
 @click.option("--labels-topic", default=None, help="Read labels from this topic on --bootstrap.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="cloud.toml whose [kafka] login --bootstrap uses (TLS, user, password); "
-                   "default: the trainer's login as `fleetsentry infra up` made it.")
-@click.option("--stream", "stream_names", multiple=True, type=click.Choice(STREAMS),
-              help="Streams to train (default: all).")
+              help="cloud.toml: its [streams] dir declares streams beside the built-in ones, "
+                   "and its [kafka] login is the one --bootstrap uses (TLS, user, password); "
+                   "default: the built-in streams, and the trainer's login as `fleetsentry "
+                   "infra up` made it.")
+@click.option("--stream", "stream_names", multiple=True, metavar="NAME",
+              help="Streams to train: telemetry, payments or a declared stream (default: "
+                   "every stream the --events file holds; with --bootstrap, the built-in "
+                   "ones).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("models"), show_default=True,
               help="Writes one model directory per stream under it: OUT/<stream>/.")
@@ -83,22 +114,31 @@ def _thresholds(values: Iterable[str]) -> dict[str, ThresholdRule]:
               show_default=True, help="Train,validation,holdout fractions.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="STREAM:MODE=VALUE",
               help="Threshold rule, e.g. payments:precision=0.9, telemetry:false_episodes=0.5, "
-                   "telemetry:alert_rate=0.001.")
+                   "telemetry:alert_rate=0.001. Defaults: payments precision=0.9, telemetry "
+                   "false_episodes=0.5, a declared stream alert_rate=0.001.")
 @click.option("--parent", default=None, help="Version of the model this one replaces.")
 def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic_prefix: str,
           labels_topic: str | None, config_path: Path | None, stream_names: tuple[str, ...], out_dir: Path,
           key_file: Path, public_key_out: Path | None, token_secret_file: Path | None,
           epochs: int, batch_size: int, max_fit_rows: int, seed: int, split: str, splits: str,
           thresholds: tuple[str, ...], parent: str | None) -> None:
-    """Train, quantize (int8), evaluate and sign one autoencoder per stream."""
+    """Train, quantize (int8), evaluate and sign one autoencoder per stream.
+
+    A declared stream trains without labels: its threshold then comes from a budget (default
+    alert_rate=0.001 of its presumed-normal events), and the run reports what it can measure
+    (alert rate, alert episodes per device-hour, scores, the features driving the alerts).
+    """
     console = Console(stderr=True)
     if (events is None) == (bootstrap is None):
         raise click.UsageError("give either --events (simulator files) or --bootstrap (Kafka)")
-    rules = _thresholds(thresholds)
-    names = list(stream_names or STREAMS)
+    known = _known_streams(config_path)
+    rules = _thresholds(thresholds, known)
+    names = _chosen(stream_names, known) or (known if events is not None else list(STREAMS))
     key = signing.ensure_private_key(key_file)
     login = login_at(bootstrap, config_path, "trainer") if bootstrap else None
-    label_list = _labels(events, labels, login, labels_topic)
+    builtin_wanted = any(n in BUILTIN_NAMES for n in names) and (
+        bool(stream_names) or events is None)
+    label_list = _labels(events, labels, login, labels_topic, required=builtin_wanted)
     with _progress(console) as progress:
         if events is not None:
             secret = token_secret_file.read_bytes().strip() if token_secret_file else None
@@ -107,12 +147,26 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
             assert login is not None
             records = {s: _from_kafka(login, topic_prefix + f"anon.{s}", s, label_list,
                                       progress) for s in names}
+        if not stream_names and events is not None:  # every stream the file holds
+            names = [n for n in names if len(records[n]) > 0]
+            if not names:
+                raise TrainerError("the data holds no events of any stream: "
+                                   f"{', '.join(known)}")
+            if any(n in BUILTIN_NAMES for n in names) and not label_list:
+                raise click.UsageError(_NEEDS_LABELS)
+        for name in names:
+            if len(records[name]) == 0:
+                source = (f"{events}" if login is None else
+                          f"topic {topic_prefix}anon.{name} on {bootstrap_of(login)}")
+                raise TrainerError(f"{source} holds no {name} events")
         trained: dict[str, TrainedModel] = {}
         for name in names:
+            declared = name not in BUILTIN_NAMES
             settings = TrainSettings(epochs=epochs, batch_size=batch_size,
                                      max_fit_rows=max_fit_rows, seed=seed, split=split,
                                      splits=_splits(splits),
-                                     threshold=rules.get(name))
+                                     threshold=rules.get(name),
+                                     allow_unlabelled=declared)
             task = progress.add_task(f"train {name}", total=epochs, info="")
 
             def report(phase: str, done: int, total: int, loss: float | None,
@@ -127,6 +181,10 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
         signing.write_public_key(key, public_key_out)
     for name, model in trained.items():
         console.print(_summary(model, out_dir / name))
+        u = model.manifest.metrics.get("unlabelled")
+        if u and not model.holdout.labelled.any():
+            console.print(f"{name}: detection quality {u['detection_quality']}; the figures "
+                          "above are what the model does on presumed-normal data", soft_wrap=True)
     console.print(f"signed with key {signing.key_fingerprint(key)} ({key_file})")
 
 
@@ -141,8 +199,13 @@ def _splits(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+_NEEDS_LABELS = ("labels are needed to check the built-in streams' int8 models and pick their "
+                 "thresholds: pass --labels FILE (or --labels-topic with --bootstrap)")
+
+
 def _labels(events: Path | None, labels: Path | None, bootstrap: Target | None,
-            labels_topic: str | None) -> list[Label]:
+            labels_topic: str | None, required: bool = True) -> list[Label]:
+    """The labels file (or topic); a declared stream trains without (``required=False``)."""
     if labels is None and events is not None:
         candidate = events.parent / "labels.jsonl"
         labels = candidate if candidate.exists() else None
@@ -152,8 +215,9 @@ def _labels(events: Path | None, labels: Path | None, bootstrap: Target | None,
         from cloud.kafka_source import read_topic
 
         return [decode(Label, v) for v in read_topic(bootstrap, labels_topic)]
-    raise click.UsageError("labels are needed to check the int8 model and pick the threshold: "
-                           "pass --labels FILE (or --labels-topic with --bootstrap)")
+    if not required:
+        return []
+    raise click.UsageError(_NEEDS_LABELS)
 
 
 def _from_files(events: Path, labels: list[Label], secret: bytes | None,
@@ -174,17 +238,21 @@ def _from_kafka(bootstrap: Target, topic: str, stream: str, labels: list[Label],
 
     spec = streams.get(stream)
     task = progress.add_task(f"read {topic}", total=None, info="")
-    anon_type: type[AnonTelemetry] | type[AnonPayment] = spec.anon_event  # type: ignore[assignment]
+    anon_type: type[AnonTelemetry] | type[AnonPayment] | type[AnonRecord]
+    anon_type = spec.anon_event  # type: ignore[assignment]
 
-    def records() -> Iterable[AnonTelemetry | AnonPayment]:
+    def records() -> Iterable[AnonTelemetry | AnonPayment | AnonRecord]:
         for n, value in enumerate(read_topic(bootstrap, topic), 1):
             if n % 10_000 == 0:
                 progress.update(task, completed=n, info=f"{n:,} records")
-            yield decode(anon_type, value)
+            rec = decode(anon_type, value)
+            if isinstance(rec, AnonRecord) and rec.stream != stream:
+                continue  # another stream's record on this topic
+            yield rec
 
     out = data.records_from_anon(stream, records(), labels)
     if len(out) == 0:
-        raise TrainerError(f"topic {topic} on {bootstrap_of(bootstrap)} holds no records")
+        progress.update(task, info=f"no records on {bootstrap_of(bootstrap)}")
     return out
 
 
@@ -196,10 +264,13 @@ def _summary(model: TrainedModel, path: Path) -> Table:
     q = m["quantization"]
     hold = m["holdout"]
     rows = [("threshold", f"{model.manifest.threshold:.5f} ({m['threshold_rule']['mode']}="
-                          f"{m['threshold_rule']['value']})"),
-            ("ROC AUC float / int8", f"{q['float_roc_auc']:.4f} / {q['int8_roc_auc']:.4f}"),
-            ("PR AUC (int8)", _fmt(hold["pr_auc"])),
-            ("precision / recall", f"{_fmt(hold['precision'])} / {_fmt(hold['recall'])}")]
+                          f"{m['threshold_rule']['value']})")]
+    if "int8_roc_auc" in q:
+        rows += [("ROC AUC float / int8", f"{q['float_roc_auc']:.4f} / {q['int8_roc_auc']:.4f}"),
+                 ("PR AUC (int8)", _fmt(hold["pr_auc"])),
+                 ("precision / recall", f"{_fmt(hold['precision'])} / {_fmt(hold['recall'])}")]
+    else:
+        rows.append(("int8 / float rank agreement", f"{q['rank_agreement']:.4f}"))
     for kind, k in m["per_kind"].items():
         rows.append((f"  {kind}: recall / PR AUC", f"{_fmt(k['recall'])} / {_fmt(k['pr_auc'])}"))
     ep = m.get("episodes")
@@ -208,10 +279,32 @@ def _summary(model: TrainedModel, path: Path) -> Table:
                      f"{ep['detected_within_60s']}/{ep['episodes']}"))
         rows.append(("false alert episodes / 100 vehicle-h",
                      f"{ep['false_alert_episodes_per_100h']:.2f}"))
+    u = m.get("unlabelled")
+    if u:
+        rows += _unlabelled_rows(u)
     for r in rows:
         table.add_row(*r)
     return table
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def _unlabelled_rows(u: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a run measures on its presumed-normal holdout events."""
+    s = u["scores"]
+    per_h = u["alert_episodes_per_device_hour"]
+    rows = [
+        ("holdout alert rate (presumed normal)",
+         f"{_fmt(u['alert_rate'], 5)} ({u['alerts']} of {u['events']} events)"),
+        ("alert episodes / device-hour",
+         f"{_fmt(per_h, 4)} ({u['alert_episodes']} in {u['device_hours']:.1f} h)"),
+        ("score p50 / p90 / p99 / max",
+         f"{s['p50']:.4f} / {s['p90']:.4f} / {s['p99']:.4f} / {_fmt(s['max'], 4)}"),
+        ("  vs threshold", f"{s['threshold']:.4f}"),
+    ]
+    for i, d in enumerate(u["drivers"]):
+        rows.append(("alerts driven by" if i == 0 else "",
+                     f"{d['label']} ({d['feature']}) {100 * d['share']:.0f} %"))
+    return rows
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"

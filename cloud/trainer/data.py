@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -19,19 +19,39 @@ from numpy.typing import NDArray
 
 from cloud.trainer.errors import TrainerError
 from shared import streams
-from shared.contracts import AnonPayment, AnonTelemetry, Label
+from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Label
 from shared.errors import ContractError
-from shared.features import Anonymizer, feature_vector, model_features
+from shared.features import Anonymizer, feature_memory_s, feature_vector, model_features
 from shared.tokens import Tokenizer
+
+if TYPE_CHECKING:
+    from shared.declarations.model import Stream
+
+AnyAnon = AnonTelemetry | AnonPayment | AnonRecord
 
 # Tokens only group events of one vehicle or card while training from files; any fleet secret
 # works, so files are anonymized under a fixed one unless the operator passes theirs.
 DEFAULT_TRAINING_SECRET = b"fleetsentry-offline-training"
 
 
-def key_token(record: AnonTelemetry | AnonPayment) -> str:
-    """The token an alert episode is keyed by: the vehicle (telemetry) or the card (payments)."""
+def key_token(record: AnonTelemetry | AnonPayment | AnonRecord) -> str:
+    """The token an alert episode is keyed by: the vehicle (telemetry), the card (payments),
+    or a declared stream's record key (its ``anon_key`` token, by default the device)."""
+    if isinstance(record, AnonRecord):
+        return record.key
     return record.card_token if isinstance(record, AnonPayment) else record.vehicle_token
+
+
+def declaration(stream: str) -> Stream | None:
+    """A declared stream's declaration (registered by ``streams.use_declarations``); None for
+    the built-in streams."""
+    return streams.get(stream).declaration
+
+
+def stream_features(stream: str) -> list[str]:
+    """The model's input features, in order: the declaration's, or the built-in code's."""
+    decl = declaration(stream)
+    return list(decl.feature_names) if decl is not None else list(model_features(stream))
 
 
 @dataclass
@@ -66,14 +86,20 @@ class RecordBuilder:
 
     def __init__(self, stream: str, labels: dict[str, Label]) -> None:
         self.stream = stream
-        self.features = model_features(stream)
+        self.features = stream_features(stream)
+        self._declared = declaration(stream) is not None
         self.labels = labels
         self._rows: list[NDArray[np.float32]] = []
         self._meta: list[tuple[str, float, str, str, str]] = []
 
-    def add(self, record: AnonTelemetry | AnonPayment) -> None:
+    def add(self, record: AnyAnon) -> None:
         label = self.labels.get(record.event_id)
-        self._rows.append(feature_vector(self.stream, record))
+        if self._declared:
+            feats = record.features
+            self._rows.append(np.array([feats.get(n, 0.0) for n in self.features],
+                                       dtype=np.float32))
+        else:
+            self._rows.append(feature_vector(self.stream, record))
         self._meta.append((record.event_id, record.ts, key_token(record),
                            label.kind if label else "", label.episode_id if label else ""))
 
@@ -119,17 +145,51 @@ def records_from_messages(
     return out
 
 
-def _stream_of(record: AnonTelemetry | AnonPayment) -> str:
+def _stream_of(record: AnyAnon) -> str:
+    if isinstance(record, AnonRecord):
+        return record.stream
     return "payments" if isinstance(record, AnonPayment) else "telemetry"
 
 
-def records_from_anon(stream: str, records: Iterable[AnonTelemetry | AnonPayment],
+def records_from_anon(stream: str, records: Iterable[AnyAnon],
                       labels: Iterable[Label]) -> Records:
     """Records from already anonymized events (e.g. read from ``anon.<stream>``)."""
     builder = RecordBuilder(stream, {lab.event_id: lab for lab in labels})
     for record in records:
         builder.add(record)
     return builder.build()
+
+
+def memory_s(records: Records) -> float:
+    """Seconds after an episode ends during which the stream's features still carry it.
+
+    Built-in streams: ``shared.features.feature_memory_s``. A declared stream's transforms
+    remember in events, not seconds: a ``zscore`` three time constants (``3 / alpha``
+    events), ``rate``, ``delta`` and ``gap`` one event; that many of the devices' typical
+    (median) intervals between events.
+    """
+    decl = declaration(records.stream)
+    if decl is None:
+        return feature_memory_s(records.stream)
+    events = 0.0
+    for f in decl.features:
+        step = f.then or f.transform
+        if step == "zscore":
+            events = max(events, 3.0 / float(f.params.get("alpha", 0.05)))
+        elif step in ("rate", "delta", "gap"):
+            events = max(events, 1.0)
+    return round(events * median_interval_s(records), 3)
+
+
+def median_interval_s(records: Records) -> float:
+    """The median time between one key's consecutive events (0 with fewer than two)."""
+    if len(records) < 2:
+        return 0.0
+    order = np.lexsort((records.ts, records.tokens.astype(str)))
+    tok, t = records.tokens[order], records.ts[order]
+    same = tok[1:] == tok[:-1]
+    gaps = np.diff(t)[same]
+    return float(np.median(gaps)) if gaps.size else 0.0
 
 
 # --- dry-run files -----------------------------------------------------------------------

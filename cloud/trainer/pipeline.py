@@ -20,13 +20,16 @@ from cloud.evaluation.episodes import (
     EpisodeRule,
     LabelEpisode,
     alert_episodes,
+    declared_rule,
     evaluate_episodes,
     vehicle_hours,
 )
 from cloud.trainer import model as ae
-from cloud.trainer.data import Records, time_split, vehicle_split
+from cloud.trainer.data import Records, declaration, time_split, vehicle_split
+from cloud.trainer.data import memory_s as data_memory_s
 from cloud.trainer.errors import NeedsLabelsError, QuantizationError, TrainerError
 from cloud.trainer.threshold import (
+    DECLARED_DEFAULT_RULE,
     DEFAULT_RULES,
     UNLABELLED_RULE,
     ThresholdRule,
@@ -35,7 +38,7 @@ from cloud.trainer.threshold import (
 )
 from shared import signing
 from shared.contracts import ModelManifest, Scaling, encode
-from shared.features import FEATURE_SPEC_VERSION, feature_memory_s
+from shared.features import FEATURE_SPEC_VERSION, feature_label
 
 REFERENCE_FILE = "reference.npz"
 # Smallest mean normal squared error a feature is divided by (scaled units squared): a
@@ -45,6 +48,9 @@ SCORE_RULE = "mean squared reconstruction error of the scaled features; alert wh
 
 
 DEFAULT_INPUT_RANGE = {"telemetry": 8.0, "payments": 8.0}
+# A declared stream's int8 input range, as the built-in streams' (see TrainSettings).
+DECLARED_INPUT_RANGE = 8.0
+DECLARED_RANK_TAIL = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class TrainSettings:
     # one by rank agreement of their scores (Spearman) instead of ROC AUC; False refuses it.
     allow_unlabelled: bool = False
     min_rank_agreement: float = 0.95
+    # ... among the holdout events in either model's top this fraction (None: all events).
+    # None here: all events for the built-in streams, the top 5 % for a declared stream,
+    # which trains without labels as a rule (see check_quantization_unlabelled).
+    rank_tail: float | None = None
     representative_rows: int = 2000
     # The int8 input tensor covers [-input_range, input_range] scaled units. Calibrated on
     # normal rows alone it would end at the normal envelope, where every fault would saturate:
@@ -69,6 +79,7 @@ class TrainSettings:
     # stream's default. 0: the calibrated range.
     input_range: float | None = None
     threshold: ThresholdRule | None = None  # None: the stream's default rule
+    # The built-in streams' episode rule; a declared stream replays its declaration's alerts.
     episode_rule: EpisodeRule = field(default_factory=EpisodeRule)
     detect_within_s: float = 60.0
     envelope: bool = True  # clip inputs to the normal envelope inside the model
@@ -78,10 +89,21 @@ class TrainSettings:
     def input_range_for(self, stream: str) -> float:
         if self.input_range is not None:
             return self.input_range
+        if declaration(stream) is not None:
+            return DECLARED_INPUT_RANGE
         return DEFAULT_INPUT_RANGE.get(stream, 0.0)
 
+    def rank_tail_for(self, stream: str) -> float | None:
+        if self.rank_tail is not None or declaration(stream) is None:
+            return self.rank_tail
+        return DECLARED_RANK_TAIL
+
     def rule_for(self, stream: str) -> ThresholdRule:
-        return self.threshold or DEFAULT_RULES.get(stream, ThresholdRule("alert_rate", 0.001))
+        return self.threshold or DEFAULT_RULES.get(stream, DECLARED_DEFAULT_RULE)
+
+    def episode_rule_for(self, stream: str) -> EpisodeRule:
+        decl = declaration(stream)
+        return self.episode_rule if decl is None else declared_rule(decl.alerts)
 
 
 @dataclass
@@ -108,7 +130,9 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     started = time.monotonic()
     splitter = vehicle_split if settings.split == "vehicle" else time_split
     train, val, hold = splitter(records, settings.splits)
-    memory_s = feature_memory_s(records.stream)
+    memory_s = data_memory_s(records)
+    decl = declaration(records.stream)
+    episode_rule = settings.episode_rule_for(records.stream)
     normal = train.x[~train.labelled]
     if normal.shape[0] < 50:
         raise TrainerError(f"only {normal.shape[0]} normal {records.stream} records in the "
@@ -146,7 +170,8 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     if hold.labelled.any() and not hold.labelled.all():
         quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
     elif settings.allow_unlabelled:
-        quant = check_quantization_unlabelled(hold_f, hold_q, settings.min_rank_agreement)
+        quant = check_quantization_unlabelled(hold_f, hold_q, settings.min_rank_agreement,
+                                              settings.rank_tail_for(records.stream))
     else:
         raise NeedsLabelsError(
             f"the holdout split ({len(hold)} {records.stream} records) needs both normal and "
@@ -156,13 +181,16 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     if rule.mode == "precision" and not val.labelled.any() and settings.allow_unlabelled:
         rule = UNLABELLED_RULE
     val_q = int8.scores(xs_val)
-    threshold = choose_threshold(rule, val, val_q, settings.episode_rule, memory_s)
+    threshold = choose_threshold(rule, val, val_q, episode_rule, memory_s)
     m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
     m["validation"] = metrics.summary(val.labelled, val_q, threshold)
+    if decl is not None or not hold.labelled.any():
+        m["unlabelled"] = unlabelled_metrics(hold, hold_q, int8.reconstruct(xs_hold) - xs_hold,
+                                             threshold, episode_rule)
     m["quantization"] = quant
     m["threshold_rule"] = describe(rule)
     m["score_rule"] = SCORE_RULE
-    m["episode_rule"] = vars(settings.episode_rule).copy()
+    m["episode_rule"] = vars(episode_rule).copy()
     m["training"] = {
         "records": len(records), "train": len(train), "validation": len(val),
         "holdout": len(hold), "split": settings.split, "feature_memory_s": memory_s,
@@ -175,7 +203,8 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     m["reference_sha256"] = hashlib.sha256(reference_bytes(layers)).hexdigest()
     manifest = ModelManifest(
         stream=records.stream, version=_version(records.stream, tflite),
-        feature_spec=FEATURE_SPEC_VERSION, features=list(records.features),
+        feature_spec=FEATURE_SPEC_VERSION if decl is None else decl.feature_spec,
+        features=list(records.features),
         scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in std]),
         threshold=float(threshold), input_quant=int8.input_quant, output_quant=int8.output_quant,
         metrics=m, data_range=(float(records.ts.min()), float(records.ts.max())),
@@ -207,17 +236,33 @@ def check_quantization(labels: NDArray[np.bool_], float_scores: NDArray[np.float
 
 def check_quantization_unlabelled(float_scores: NDArray[np.float32],
                                   int8_scores: NDArray[np.float32],
-                                  min_agreement: float) -> dict[str, Any]:
+                                  min_agreement: float, tail: float | None = None
+                                  ) -> dict[str, Any]:
     """With no labels to rank against: the int8 model must order events as the float one
-    does (Spearman rank correlation of their scores at least ``min_agreement``)."""
+    does (Spearman rank correlation of their scores at least ``min_agreement``).
+
+    ``tail``: judge the order only among the events either model puts in its top ``tail``
+    fraction, where thresholds are chosen and alerts raised. Among the bulk of normal events
+    the scores are a few int8 steps apart, and their order is rounding, not the model.
+    """
     if float_scores.size < 2:
         raise TrainerError("the holdout split is too small to check the int8 model")
-    rho = metrics.spearman(float_scores, int8_scores)
-    result = {"labelled": False, "rank_agreement": round(rho, 6), "min_agreement": min_agreement,
+    rho_all = metrics.spearman(float_scores, int8_scores)
+    rho = rho_all
+    result = {"labelled": False, "min_agreement": min_agreement,
               "score_mean_abs_diff": float(np.mean(np.abs(int8_scores - float_scores)))}
+    if tail is not None:
+        top = ((float_scores >= np.quantile(float_scores, 1 - tail))
+               | (int8_scores >= np.quantile(int8_scores, 1 - tail)))
+        if top.sum() >= 2:
+            rho = metrics.spearman(float_scores[top], int8_scores[top])
+        result.update(tail=tail, tail_events=int(top.sum()),
+                      rank_agreement_all=round(rho_all, 6))
+    result["rank_agreement"] = round(rho, 6)
     if not rho >= min_agreement:
+        where = "the holdout" if tail is None else f"the holdout's top {tail:g}"
         raise QuantizationError(
-            f"int8 model's scores rank the holdout with Spearman {rho:.4f} against the float "
+            f"int8 model's scores rank {where} with Spearman {rho:.4f} against the float "
             f"model's (need {min_agreement}); check the representative dataset and scaling")
     return result
 
@@ -235,9 +280,60 @@ def evaluation_metrics(hold: Records, int8_scores: NDArray[np.float32],
         s = metrics.summary(hold.kinds[mask] == kind, int8_scores[mask], threshold)
         per_kind[kind] = {k: s[k] for k in ("positives", "roc_auc", "pr_auc", "recall")}
     out["per_kind"] = per_kind
-    if hold.stream == "telemetry":
+    if hold.stream == "telemetry" or (declaration(hold.stream) is not None and y.any()):
         out["episodes"] = episode_metrics(hold, int8_scores, threshold, settings)
     return out
+
+
+# How many features the unlabelled report names as driving the alerts.
+TOP_DRIVERS = 5
+UNKNOWN_QUALITY = ("unknown: no labelled anomalies in the holdout; precision and recall need "
+                   "labels")
+
+
+def unlabelled_metrics(hold: Records, scores: NDArray[np.float32], errors: NDArray[np.float32],
+                       threshold: float, rule: EpisodeRule) -> dict[str, Any]:
+    """What a run can measure on its holdout without labelled anomalies.
+
+    Events without a label are presumed normal. The alert rate and the alert episodes (the
+    stream's own rule replayed) per device-hour are what operators would see; the score
+    distribution puts the threshold in context; the drivers are the features holding the most
+    of the (int8 model's) squared reconstruction error summed over the alerted events, named
+    by their declared labels. Whether those alerts are faults is unknown: precision and
+    recall need labels.
+    """
+    normal = ~hold.labelled
+    s = scores[normal]
+    flagged = s > threshold
+    hours = vehicle_hours(hold.tokens[normal], hold.ts[normal])
+    episodes = alert_episodes(hold.tokens[normal], hold.ts[normal], flagged, rule)
+    q = np.quantile(s, [0.5, 0.9, 0.99]) if s.size else np.zeros(3)
+    sq = np.square(errors[normal][flagged]).sum(axis=0) if flagged.any() else None
+    drivers: list[dict[str, Any]] = []
+    if sq is not None and float(sq.sum()) > 0:
+        decl = declaration(hold.stream)
+        share = sq / sq.sum()
+        for i in np.argsort(-share, kind="stable")[:TOP_DRIVERS]:
+            name = hold.features[int(i)]
+            drivers.append({"feature": name,
+                            "label": decl.label(name) if decl is not None else feature_label(name),
+                            "share": round(float(share[i]), 4)})
+    return {
+        "events": int(s.size),
+        "alerts": int(flagged.sum()),
+        "alert_rate": round(float(flagged.mean()), 6) if s.size else None,
+        "alert_episodes": len(episodes),
+        "device_hours": round(hours, 3),
+        "alert_episodes_per_device_hour": round(len(episodes) / hours, 4) if hours else None,
+        "alert_episodes_per_100h": round(100.0 * len(episodes) / hours, 4) if hours else None,
+        "scores": {"p50": round(float(q[0]), 6), "p90": round(float(q[1]), 6),
+                   "p99": round(float(q[2]), 6),
+                   "max": round(float(s.max()), 6) if s.size else None,
+                   "threshold": round(float(threshold), 6)},
+        "drivers": drivers,
+        "detection_quality": ("measured on the holdout's labelled events (see holdout)"
+                              if hold.labelled.any() else UNKNOWN_QUALITY),
+    }
 
 
 def label_episodes(records: Records) -> list[LabelEpisode]:
@@ -258,10 +354,11 @@ def label_episodes(records: Records) -> list[LabelEpisode]:
 
 def episode_metrics(hold: Records, scores: NDArray[np.float32], threshold: float,
                     settings: TrainSettings) -> dict[str, Any]:
-    alerts = alert_episodes(hold.tokens, hold.ts, scores > threshold, settings.episode_rule)
+    rule = settings.episode_rule_for(hold.stream)
+    alerts = alert_episodes(hold.tokens, hold.ts, scores > threshold, rule)
     report = evaluate_episodes(alerts, label_episodes(hold), vehicle_hours(hold.tokens, hold.ts),
                                within_s=settings.detect_within_s,
-                               memory_s=feature_memory_s(hold.stream))
+                               memory_s=data_memory_s(hold))
     return report.as_dict()
 
 

@@ -4,8 +4,10 @@ Three rules, one per operator question:
 - ``alert_rate``: flag about this fraction of normal events;
 - ``precision``: the most recall whose precision reaches this value (payments: few false
   declines);
-- ``false_episodes``: at most this many false alert episodes per 100 vehicle-hours, replaying
-  the edge's episode rule (telemetry: a fleet manager's pager).
+- ``false_episodes``: at most this many false alert episodes per 100 vehicle-hours (device-
+  hours), replaying the edge's episode rule, or a declared stream's own alerts (telemetry: a
+  fleet manager's pager). Without labels every event is presumed normal, so every episode
+  counts as false.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ DEFAULT_RULES = {
     "payments": ThresholdRule("precision", 0.9),
     "telemetry": ThresholdRule("false_episodes", 0.5),
 }
+# A declared stream's default: a new stream has no labels, so its budget is how often it may
+# alert on the (presumed normal) data. One event in a thousand is a rate an operator can
+# reason about for any event rate and alert kind, and isolated alerts at that rate seldom
+# meet an episode rule (several anomalous events of one device within seconds).
+DECLARED_DEFAULT_RULE = ThresholdRule("alert_rate", 0.001)
 # What a rule that needs labels becomes when training without them is allowed and the
 # validation split has none: alert on the top 1 % of (presumed normal) events.
 UNLABELLED_RULE = ThresholdRule("alert_rate", 0.01)

@@ -164,3 +164,17 @@ def test_a_vehicle_split_deals_out_the_labelled_vehicles_too() -> None:
                     k.copy())
         parts = vehicle_split(r, (0.6, 0.2, 0.2))
         assert [len(set(p.tokens[p.labelled].tolist())) for p in parts] == expect
+
+
+def test_declared_alerts_replay_as_their_rule() -> None:
+    from cloud.evaluation.episodes import declared_rule
+    from shared.declarations.model import EpisodeAlerts, EventAlerts
+
+    rule = declared_rule(EpisodeAlerts(open_events=3, window_s=60.0, quiet_s=120.0))
+    assert (rule.open_events, rule.open_window_s, rule.quiet_gap_s) == (3, 60.0, 120.0)
+    # kind = "event": every anomalous event is an alert of its own, even two at one instant.
+    ts = np.array([0.0, 1.0, 1.0, 500.0])
+    tokens = np.array(["d"] * 4, dtype=object)
+    eps = alert_episodes(tokens, ts, np.ones(4, bool), declared_rule(EventAlerts()))
+    assert sorted((e.start_ts, e.end_ts) for e in eps) == [(0.0, 0.0), (1.0, 1.0), (1.0, 1.0),
+                                                          (500.0, 500.0)]
