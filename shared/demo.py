@@ -9,7 +9,6 @@ summary, so it imports no edge or cloud code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import tomli_w
 
 from shared import signing, topics
 from shared.demo_loop import LoopWatcher
@@ -28,6 +28,7 @@ from shared.infra.cli import _options, _print_status, settings_from
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import DASHBOARD_USER, MIRROR_USER, Target, client_config
+from shared.process_group import ProcessGroup
 
 VEHICLE_PASSWORD = "demo-vehicle"
 DASHBOARD_PORT = 8600
@@ -70,42 +71,30 @@ def _fleetsentry() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "shared.cli"]
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen(_fleetsentry() + args, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _q(value: object) -> str:
-    """A TOML basic string: JSON's string escapes are TOML's (a path may hold a quote)."""
-    return json.dumps(str(value))
-
-
 def _edge_toml(gw_id: str, stack: Stack, data_dir: Path, metrics_port: int,
                public_key: Path) -> str:
-    return (
-        f"edge_id = {_q(gw_id)}\n"
-        f"data_dir = {_q(data_dir)}\n\n"
-        f"[kafka]\nbootstrap = {_q(stack.edge.bootstrap)}\n"
-        f"credentials_file = {_q(stack.edge.credentials_path)}\n\n"
-        f"[mqtt]\nhost = {_q(stack.mqtt.host)}\nport = {int(stack.mqtt.port)}\n"
-        f"credentials_file = {_q(stack.mqtt.credentials_path)}\n\n"
-        f"[metrics]\nbase_port = {int(metrics_port)}\n\n"
-        f"[scorer]\npublic_key = {_q(public_key)}\n"
-    )
+    return tomli_w.dumps({
+        "edge_id": gw_id,
+        "data_dir": str(data_dir),
+        "kafka": {"bootstrap": stack.edge.bootstrap,
+                  "credentials_file": str(stack.edge.credentials_path)},
+        "mqtt": {"host": stack.mqtt.host, "port": int(stack.mqtt.port),
+                 "credentials_file": str(stack.mqtt.credentials_path)},
+        "metrics": {"base_port": int(metrics_port)},
+        "scorer": {"public_key": str(public_key)},
+    })
 
 
 def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
-    return (
-        f"[kafka]\nbootstrap = {_q(stack.cloud.bootstrap)}\n"
-        f"credentials_file = {_q(stack.cloud.credentials_path)}\n"
-        f"ca_file = {_q(stack.cloud.tls_files.ca_file)}\n\n"
-        f"[registry]\nroot = {_q(state / 'registry')}\n\n"
-        f"[store]\nroot = {_q(state / 'store')}\n\n"
-        f'[trainer]\nsource = "store"\nsplit = "vehicle"\n\n'
-        f"[dashboard]\nport = {int(port)}\nstate_dir = {_q(state)}\n"
-    )
+    return tomli_w.dumps({
+        "kafka": {"bootstrap": stack.cloud.bootstrap,
+                  "credentials_file": str(stack.cloud.credentials_path),
+                  "ca_file": str(stack.cloud.tls_files.ca_file)},
+        "registry": {"root": str(state / "registry")},
+        "store": {"root": str(state / "store")},
+        "trainer": {"source": "store", "split": "vehicle"},
+        "dashboard": {"port": int(port), "state_dir": str(state)},
+    })
 
 
 def _second_gateway(settings: InfraSettings) -> Stack:
@@ -187,19 +176,6 @@ def _dashboard_login(state: Path, timeout: float = 90.0) -> tuple[str, str] | No
     return None
 
 
-def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 20.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: Target,
             sims: list[subprocess.Popen[bytes]], interval: float, started: float) -> None:
     """Print milestones as they happen and a summary every ``interval`` while the fleets
@@ -254,15 +230,24 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
     _STOP.clear()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     previous_int = signal.signal(signal.SIGINT, _interrupt)
+    failed = True
     try:
         _run(owner, settings, vehicles, duration, gateways, dashboard_port, metrics_port,
              interval, infra_only)
+        failed = False
     except KeyboardInterrupt:
         click.echo("\nStopping ...")
+        # Ctrl-C is how a running demo is stopped; during start-up, it is cut short.
+        failed = not owner.running
     finally:
-        owner.close()
+        owner.close(failed)
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+        if failed:
+            click.echo(("The demo failed" if owner.running else "Start-up was cut short")
+                       + ": the brokers it started are stopped too.")
+    if failed:
+        return
     if infra_only:
         return
     if not down_after:
@@ -289,40 +274,52 @@ def _stop_if_asked() -> None:
 
 
 class _Owner:
-    """Every process the demo starts, stopped in reverse however the demo ends (a failed
-    health check, Ctrl-C, SIGTERM); the brokers too with ``down``."""
+    """Every process the demo starts, each recorded the moment it starts and stopped however
+    the demo ends (a failed health check, Ctrl-C, SIGTERM, an error): MirrorMaker 2, the
+    cloud services, the gateways and the fleets always. The brokers stay up for the next run
+    (``fleetsentry infra down`` stops them) unless ``down``, or unless start-up failed or was
+    cut short: then those the demo started itself are stopped (ones already running before
+    it are left alone)."""
 
     def __init__(self, down: bool) -> None:
         self.down = down
-        self.procs: list[subprocess.Popen[bytes]] = []
+        # The demo is running (its fleets drive): a Ctrl-C from now on is its normal end.
+        self.running = False
+        self.services = ProcessGroup(grace=20.0)
+        self.brokers = ProcessGroup(grace=30.0)
         self.mirrors: list[Mirror] = []
         self.stacks: list[Stack] = []
 
     def stack(self, stack: Stack, services: frozenset[str] | None = None) -> dict[str, Any]:
         self.stacks.append(stack)  # before up(): a start cut short is stopped too
-        return stack.up() if services is None else stack.up(services=services)
+        with self.brokers.adopting():
+            return stack.up() if services is None else stack.up(services=services)
 
     def spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-        proc = _spawn(args, log)
-        self.procs.append(proc)
-        return proc
+        return self.services.popen(_fleetsentry() + args, log)
 
     def mirror(self, mirror: Mirror) -> None:
         self.mirrors.append(mirror)
-        mirror.start()
+        with self.services.adopting():
+            mirror.start()
 
-    def close(self) -> None:
-        # Ctrl-C pressed again while stopping must not leave the rest running.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    def close(self, failed: bool) -> None:
+        # Ctrl-C or SIGTERM again while stopping must not leave the rest running.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            _stop(self.procs)
+            _quietly(self.services.close, "the demo's services")
+            # One this demo found running (left by an earlier one) is stopped too.
             for mirror in reversed(self.mirrors):
                 _quietly(mirror.stop, f"MirrorMaker 2 of {mirror.edge_id}")
             if self.down:
                 for stack in reversed(self.stacks):
                     _quietly(stack.down, f"the brokers under {stack.settings.home}")
+            if self.down or failed:
+                _quietly(self.brokers.close, "the brokers the demo started")
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _quietly(stop: Any, what: str) -> None:
@@ -338,7 +335,8 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
     main = Stack(settings)
     if infra_only:
         owner.down = False
-        _print_status(main.up(), as_json=False)
+        _print_status(owner.stack(main), as_json=False)
+        owner.running = True
         click.echo("\nStop everything with: fleetsentry infra down")
         return
     _print_status(owner.stack(main), as_json=False)
@@ -393,6 +391,7 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
              str(main.cloud.tls_files.ca_file), "--label-delay", str(LABEL_DELAY_S),
              "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"), *drift],
             logs / f"{gw.edge_id}-sim.log"))
+    owner.running = True
     _stop_if_asked()
     login = _dashboard_login(home / "cloud")
     url = f"http://127.0.0.1:{dashboard_port}/"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 import paho.mqtt.client as mqtt
+import tomli_w
 from confluent_kafka import Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -30,17 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_edge_toml(path: Path, stack: Stack, edge_id: str, group: str,
                     extra: str = "") -> Path:
-    """An edge.toml pointing at ``stack`` with its own edge id and subscription group."""
-    path.write_text(
-        f'edge_id = "{edge_id}"\n'
-        f'data_dir = "{path.parent / "data"}"\n'
-        f'[kafka]\nbootstrap = "{stack.edge.bootstrap}"\n'
-        f'credentials_file = "{stack.edge.credentials_path}"\n'
-        f'[mqtt]\nhost = "{stack.mqtt.host}"\nport = {stack.mqtt.port}\n'
-        f'credentials_file = "{stack.mqtt.credentials_path}"\n'
-        f"[metrics]\nbase_port = 0\n"
-        f'[bridge]\ngroup = "{group}"\n{extra}'
-    )
+    """An edge.toml pointing at ``stack`` with its own edge id and subscription group;
+    ``extra`` is TOML text added as given (lines of the [bridge] table, then more tables)."""
+    path.write_text(tomli_w.dumps({
+        "edge_id": edge_id,
+        "data_dir": str(path.parent / "data"),
+        "kafka": {"bootstrap": stack.edge.bootstrap,
+                  "credentials_file": str(stack.edge.credentials_path)},
+        "mqtt": {"host": stack.mqtt.host, "port": stack.mqtt.port,
+                 "credentials_file": str(stack.mqtt.credentials_path)},
+        "metrics": {"base_port": 0},
+        "bridge": {"group": group},
+    }) + extra)
     return path
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from shared.kafka_config import Target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +40,18 @@ def cloud_toml(cloud: Target, registry: Path, port: int, state_dir: Path) -> str
     """A cloud.toml for ``cloud``: a bare bootstrap is a cluster without TLS or logins; a
     login's CA and credentials file serve every service's own user."""
     if isinstance(cloud, str):
-        kafka = f'[kafka]\nbootstrap = "{cloud}"\nsecurity = "none"\n'
+        kafka = {"bootstrap": cloud, "security": "none"}
     else:
-        kafka = (f'[kafka]\nbootstrap = "{cloud.bootstrap}"\nca_file = "{cloud.ca_file}"\n'
-                 f'credentials_file = "{cloud.credentials_file}"\n')
-    return (kafka +
-            f'[registry]\nroot = "{registry}"\n'
-            f'[dashboard]\nport = {port}\nrefresh_s = 2\nstate_dir = "{state_dir}"\n')
+        kafka = {"bootstrap": cloud.bootstrap}
+        for key, value in (("ca_file", cloud.ca_file),
+                           ("credentials_file", cloud.credentials_file)):
+            if value is not None:
+                kafka[key] = str(value)
+    return tomli_w.dumps({
+        "kafka": kafka,
+        "registry": {"root": str(registry)},
+        "dashboard": {"port": port, "refresh_s": 2, "state_dir": str(state_dir)},
+    })
 
 
 @contextmanager

@@ -13,6 +13,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from shared.infra.stack import Stack
 
@@ -37,18 +40,23 @@ class EdgePipeline:
         self.log = home / "edge.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def settings(self) -> dict[str, Any]:
+        """edge.toml's settings, but for ``scorer`` and ``extra`` (TOML text, added as given)."""
+        return {
+            "edge_id": self.edge_id,
+            "data_dir": str(self.home / "data"),
+            "kafka": {"bootstrap": self.stack.edge.bootstrap,
+                      "credentials_file": str(self.stack.edge.credentials_path)},
+            "mqtt": {"host": self.stack.mqtt.host, "port": self.stack.mqtt.port,
+                     "credentials_file": str(self.stack.mqtt.credentials_path)},
+            "metrics": {"base_port": 0},
+            "bridge": {"group": self.edge_id},
+        }
+
     def write_config(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            f'edge_id = "{self.edge_id}"\n'
-            f'data_dir = "{self.home / "data"}"\n'
-            f'[kafka]\nbootstrap = "{self.stack.edge.bootstrap}"\n'
-            f'credentials_file = "{self.stack.edge.credentials_path}"\n'
-            f'[mqtt]\nhost = "{self.stack.mqtt.host}"\nport = {self.stack.mqtt.port}\n'
-            f'credentials_file = "{self.stack.mqtt.credentials_path}"\n'
-            f"[metrics]\nbase_port = 0\n"
-            f'[bridge]\ngroup = "{self.edge_id}"\n'
-            f"[scorer]\n{self.scorer_toml}\n{self.extra}")
+        self.config.write_text(tomli_w.dumps(self.settings())
+                               + f"[scorer]\n{self.scorer_toml}\n{self.extra}")
         return self.config
 
     def start(self, timeout: float = 120.0) -> EdgePipeline:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from shared.process_group import signals_held, started
+
 
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -24,21 +26,25 @@ def spawn(argv: Sequence[str], pid_file: Path, log_file: Path, env: dict[str, st
 
     The child gets a raised fd limit (brokers hold one socket per client) and its own
     process group, so a Ctrl-C in the terminal that ran ``infra up`` does not reach it.
+    A :class:`shared.process_group.ProcessGroup` adopting spawns records it; a Ctrl-C
+    arriving meanwhile waits until the child is recorded there and in its pid file.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_raise_fd_limit,
-            env=env,
-            cwd=cwd,
-        )
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{proc.pid}\n")
+    with signals_held():
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_raise_fd_limit,
+                env=env,
+                cwd=cwd,
+            )
+        started(proc.pid)
+        pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
 

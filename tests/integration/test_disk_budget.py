@@ -21,6 +21,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import tomli_w
 from confluent_kafka import Consumer, TopicPartition
 
 from edge import config as edge_config
@@ -68,19 +69,15 @@ class SmallDiskGateway(EdgePipeline):
 
     def write_config(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            f'edge_id = "{self.edge_id}"\n'
-            f'data_dir = "{self.disk_dir / "gateway"}"\n'
-            f'[kafka]\nbootstrap = "{self.stack.edge.bootstrap}"\n'
-            f'credentials_file = "{self.stack.edge.credentials_path}"\n'
-            f'[mqtt]\nhost = "{self.stack.mqtt.host}"\nport = {self.stack.mqtt.port}\n'
-            f'credentials_file = "{self.stack.mqtt.credentials_path}"\n'
-            f"[metrics]\nbase_port = {self.metrics_base}\n"
-            f'[bridge]\ngroup = "{self.edge_id}"\ncompression = "none"\n'
-            f"vehicle_rate_per_s = 0\n"
-            f'[enricher]\ncompression = "none"\nmax_states = 1000\ndedup_window = 1000\n'
-            f"[agent]\nkeep_versions = 2\n"
-            f'[disk]\nbudget = "{BUDGET_MB} MiB"\npaths = ["{self.disk_dir / "kafka"}"]\n')
+        settings = self.settings()
+        settings["data_dir"] = str(self.disk_dir / "gateway")
+        settings["metrics"]["base_port"] = self.metrics_base
+        settings["bridge"].update(compression="none", vehicle_rate_per_s=0)
+        settings["enricher"] = {"compression": "none", "max_states": 1000,
+                                "dedup_window": 1000}
+        settings["agent"] = {"keep_versions": 2}
+        settings["disk"] = {"budget": f"{BUDGET_MB} MiB", "paths": [str(self.disk_dir / "kafka")]}
+        self.config.write_text(tomli_w.dumps(settings))
         return self.config
 
     def scrape(self, offset: int = 3) -> str:
