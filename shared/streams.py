@@ -127,6 +127,11 @@ def get(name: str) -> StreamSpec:
         raise ConfigError(f"unknown stream {name!r}; known: {sorted(_REGISTRY)}") from None
 
 
+def find(name: str) -> StreamSpec | None:
+    """The stream registered as ``name``, or None."""
+    return _REGISTRY.get(name)
+
+
 def all_streams() -> list[StreamSpec]:
     return list(_REGISTRY.values())
 

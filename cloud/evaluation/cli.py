@@ -12,9 +12,11 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from cloud import config as cloud_config
 from cloud.config import login_at
 from cloud.evaluation.episodes import EpisodeRule
 from cloud.evaluation.report import Report, evaluate
+from shared import streams
 from shared.contracts import Alert, Label, Score, decode
 from shared.kafka_config import Target
 
@@ -33,10 +35,18 @@ def read_jsonl(path: Path, kind: type[T]) -> list[T]:
     return out
 
 
-def _from_kafka(bootstrap: Target, prefix: str, topics: Iterable[str], kind: type[T]) -> list[T]:
-    from cloud.kafka_source import read_topic
+def _from_kafka(bootstrap: Target, prefix: str, topics: Iterable[str], kind: type[T],
+                optional: frozenset[str] | set[str] = frozenset()) -> list[T]:
+    from cloud.kafka_source import KafkaReadError, read_topic
 
-    return [decode(kind, v) for t in topics for v in read_topic(bootstrap, prefix + t)]
+    out: list[T] = []
+    for t in topics:
+        try:
+            out += [decode(kind, v) for v in read_topic(bootstrap, prefix + t)]
+        except KafkaReadError as exc:
+            if t not in optional or "does not exist" not in str(exc):
+                raise
+    return out
 
 
 @click.command("eval")
@@ -70,11 +80,14 @@ def eval_cmd(labels: Path, bootstrap: str | None, topic_prefix: str, config_path
     if bool(bootstrap) == bool(score_files):
         raise click.UsageError("give either --bootstrap (Kafka) or --scores FILE")
     label_list = read_jsonl(labels, Label)
+    # The built-in streams, and those declared in cloud.toml's [streams] dir.
+    known = streams.use_declarations(cloud_config.load(config_path).streams.dir)
     alerts: list[Alert] | None
     if bootstrap:
         login = login_at(bootstrap, config_path, "trainer")
-        scores = _from_kafka(login, topic_prefix, ["scores.telemetry", "scores.payments"],
-                             Score)
+        # A declared stream whose gateways sent nothing yet has no topic: not an error.
+        scores = _from_kafka(login, topic_prefix, [s.scores_topic for s in known], Score,
+                             optional={s.scores_topic for s in known if s.declaration})
         alerts = _from_kafka(login, topic_prefix, ["alerts"], Alert)
     else:
         scores = [s for f in score_files for s in read_jsonl(f, Score)]

@@ -25,10 +25,13 @@ from cloud.evaluation.episodes import (
     EpisodeRule,
     LabelEpisode,
     alert_episodes,
+    declared_rule,
     evaluate_episodes,
     vehicle_hours,
 )
+from shared import streams
 from shared.contracts import Alert, Label, Score
+from shared.declarations.model import EpisodeAlerts
 from shared.features import feature_memory_s
 
 DEFAULT_RULE = EpisodeRule()
@@ -147,8 +150,9 @@ def evaluate(scores: Iterable[Score], labels: list[Label], alerts: list[Alert] |
     data: dict[str, Any] = {"streams": {}}
     for stream, s in joined.items():
         block = stream_metrics(s)
-        if stream == "telemetry":
-            block["episodes"] = _telemetry_episodes(s, labels, alerts, rule, within_s)
+        episodes = _episode_rule(stream, rule)
+        if episodes is not None:
+            block["episodes"] = _episodes(stream, s, labels, alerts, *episodes, within_s)
         data["streams"][stream] = block
     scored_ids = {eid for s in joined.values() for eid in s.event_ids}
     data["labels"] = {"total": len(label_map),
@@ -156,17 +160,31 @@ def evaluate(scores: Iterable[Score], labels: list[Label], alerts: list[Alert] |
     return Report(data, joined)
 
 
-def _telemetry_episodes(s: StreamScores, labels: list[Label], alerts: list[Alert] | None,
-                        rule: EpisodeRule, within_s: float) -> dict[str, Any]:
+def _episode_rule(stream: str, rule: EpisodeRule) -> tuple[EpisodeRule, float] | None:
+    """How ``stream``'s alerts form as episodes, and how long its features remember a fault;
+    None for a stream whose every alert stands alone (payments, declared ``kind = "event"``).
+    Telemetry takes the command's rule; a declared stream its declaration's ``alerts``."""
+    if stream == "telemetry":
+        return rule, feature_memory_s("telemetry")
+    spec = streams.find(stream)
+    if spec is None or spec.declaration is None:
+        return None
+    alerts = spec.declaration.alerts
+    if not isinstance(alerts, EpisodeAlerts):
+        return None
+    return declared_rule(alerts), 0.0
+
+
+def _episodes(stream: str, s: StreamScores, labels: list[Label], alerts: list[Alert] | None,
+              rule: EpisodeRule, memory_s: float, within_s: float) -> dict[str, Any]:
     token_of = dict(zip(s.event_ids.tolist(), s.tokens.tolist(), strict=True))
-    lab_eps, unscored = label_episodes(labels, "telemetry", token_of)
+    lab_eps, unscored = label_episodes(labels, stream, token_of)
     if alerts is not None:
-        found = episodes_from_alerts(alerts, "telemetry")
+        found = episodes_from_alerts(alerts, stream)
         source = "alerts"
     else:
         found = alert_episodes(s.tokens, s.ts, s.flagged, rule)
         source = "replayed from scores"
-    memory_s = feature_memory_s("telemetry")
     result = evaluate_episodes(found, lab_eps, vehicle_hours(s.tokens, s.ts), within_s=within_s,
                                memory_s=memory_s)
     out = result.as_dict()

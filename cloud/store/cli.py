@@ -20,6 +20,9 @@ def store(config_path: str | None, until_idle: float | None) -> None:
     from cloud.store.service import Store
 
     cfg = cloud_config.load(config_path)
+    from shared import streams
+
+    streams.use_declarations(cfg.streams.dir)  # declared streams' anon.* and scores.* too
     s = cfg.store
     svc = Store(cfg.kafka.login("store"), s.root, s.group_id, s.batch_records, s.flush_interval_s,
                 s.compression)

@@ -78,7 +78,9 @@ def _scalar(hint: Any) -> type | None:
 def datasets() -> dict[str, Dataset]:
     out = {}
     for spec in streams.all_streams():
-        device = spec.tokens.get(spec.key_field)  # the token of the VIN the stream is keyed by
+        # The field naming the device: the token of the VIN the built-in streams are keyed by,
+        # a declared stream's ``device`` (its token or its id).
+        device = "device" if spec.declaration is not None else spec.tokens.get(spec.key_field)
         out[spec.anon_topic] = Dataset(spec.anon_topic, spec.anon_event, device)
         # A score's token is what the scorer keys it by (vehicle, or card for payments).
         out[spec.scores_topic] = Dataset(spec.scores_topic, contracts.Score, "token")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,18 @@ def _train(root: Path, streams_dir: Path) -> Path:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "detection quality unknown" in done.stdout + done.stderr, done.stderr[-3000:]
     return root / "models"
+
+
+def _eval(root: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "eval", "--config", str(root / "cloud.toml"),
+         "--labels", str(root / "labels.jsonl"), "--scores", str(root / "scores.jsonl"),
+         "--out", str(root / "report")], check=False, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report: dict[str, Any] = json.loads((root / "report" / "report.json").read_text())
+    return report
 
 
 def _publish(stack: Stack, generated: reefer.Generated) -> int:
@@ -143,6 +156,13 @@ def test_a_declared_stream_is_trained_anonymized_scored_and_explained(
             if event_id in live.episodes:
                 alerted.add(live.episodes[event_id][0])
     assert alerted == episodes, (sorted(alerted), sorted(episodes))
+
+    # `fleetsentry eval` knows the stream from cloud.toml's [streams] dir: its alert episodes
+    # (the declared rule) against the injected ones.
+    (tmp_path / "scores.jsonl").write_bytes(b"\n".join(m.value() for m in scores) + b"\n")
+    reefer.write_labels(tmp_path / "labels.jsonl", live)
+    report = _eval(tmp_path)["streams"]["reefer"]
+    assert report["episodes"]["detected"] == len(episodes), report["episodes"]
 
     # The malformed event: in the dead letters, its declared field named.
     ours = [d for d in letters if "box_temp_c" in d.detail]
