@@ -35,7 +35,8 @@ from shared.infra import jars
 from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
 from shared.kafka_config import ADMIN_USER as KAFKA_ADMIN_USER
-from shared.kafka_config import EDGE_USER, KafkaSettings, gateway_user
+from shared.kafka_config import EDGE_USER, KafkaSettings, client_config, gateway_user
+from tests import declared_stream
 from tests.support import consume_all, free_infra_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,6 +266,10 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
         # project's `make jars` filled), the other uses a Kafka distribution (kafka_home).
         if i == 0:
             hosts[gw.name]["kafka_maven_offline"] = True
+            # One gateway also runs a stream declared only here (tests/declared_stream.py).
+            decl = declared_stream.write_declaration(base / "streams")
+            hosts[gw.name]["edge_stream_declarations"] = [str(decl)]
+            hosts[gw.name]["mosquitto_stream_topics"] = [declared_stream.STREAM]
         else:
             hosts[gw.name]["kafka_home"] = str(kafka_home)
     inventory = {"all": {"children": {"gateways": {"hosts": hosts}}}}
@@ -466,6 +471,27 @@ def _pins(lines: list[str]) -> dict[str, str]:
         if sep and not line.startswith("#"):
             out[name.lower().replace("_", "-")] = version
     return out
+
+
+@pytest.mark.integration
+def test_a_declared_stream_is_installed_with_its_topics_and_mirrored(
+        fleet: Fleet, converged: str) -> None:
+    gw = fleet.gateways["gw-a"]
+    edge_toml = (gw.root / "etc/fleetsentry/edge/edge.toml").read_text()
+    streams_dir = gw.root / "etc/fleetsentry/edge/streams"
+    assert f'dir = "{streams_dir}"' in edge_toml, edge_toml
+    assert (streams_dir / declared_stream.FILE_NAME).read_text() == declared_stream.REEFER_TOML
+    topics = AdminClient(client_config(gw.kafka)).list_topics(
+        timeout=30).topics
+    assert {"raw.reefer", "anon.reefer", "scores.reefer"} <= set(topics)
+    mm2 = next(gw.root.rglob("mm2.properties")).read_text()
+    assert r"anon\.reefer" in mm2 and r"scores\.reefer" in mm2
+    dynsec = json.loads(next(gw.root.rglob("dynamic-security.json")).read_text())
+    acls = {a["topic"] for r in dynsec["roles"] if r["rolename"].startswith("vehicle-")
+            for a in r["acls"]}
+    assert any(t.endswith("/reefer") for t in acls)
+    other = fleet.gateways["gw-b"]
+    assert not (other.root / "etc/fleetsentry/edge/streams" / declared_stream.FILE_NAME).exists()
 
 
 @pytest.mark.integration

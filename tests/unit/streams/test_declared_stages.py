@@ -267,3 +267,22 @@ def test_the_vectorised_batch_gives_the_event_by_event_records_and_states(
     # The states to the bit (features are rounded; the states carry on unrounded).
     assert {k: encode_state(v) for k, v in got_state.items()} == \
         {k: encode_state(v) for k, v in want_state.items()}
+
+
+def test_the_ansible_role_grants_a_device_what_infra_up_grants(cold: streams.StreamSpec) -> None:
+    """The mosquitto role's filter plugin and shared/infra/mosquitto.py write the same role."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / \
+        "ansible/roles/mosquitto/filter_plugins/mosquitto_passwd.py"
+    spec = importlib.util.spec_from_file_location("mosquitto_passwd", path)
+    assert spec is not None and spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    config = plugin.mosquitto_dynsec({"admin": "a", "bridge": "b"}, "admin", "bridge",
+                                      [{"vin": "AB-0001", "password": "p"}], "gw", 1,
+                                      ["cold_box"])
+    role = next(r for r in config["roles"] if r["rolename"] == "vehicle-AB-0001")
+    assert sorted(role["acls"], key=str) == sorted(vehicle_role("AB-0001")["acls"], key=str)
+    with pytest.raises(ValueError, match="mosquitto_stream_topics"):
+        plugin.mosquitto_dynsec({}, "admin", "bridge", [], "gw", 1, ["fleet/#"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 
@@ -37,12 +38,23 @@ def _login(user: str, hashed: str, role: str, clientid: str | None = None) -> di
     return out
 
 
+_SUFFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
 def mosquitto_dynsec(services: dict[str, str], admin_user: str, bridge_user: str,
                      vehicles: list[dict[str, str]], host: str,
-                     iterations: int = 101) -> dict[str, Any]:
+                     iterations: int = 101, stream_topics: list[str] | None = None
+                     ) -> dict[str, Any]:
     """``services``: user -> password of the admin and bridge accounts. Each vehicle logs in
-    with its VIN, only with its VIN as client id, and may publish under fleet/<VIN>/ and
-    subscribe to fleet/<VIN>/commands; everything not granted is denied."""
+    with its VIN (or a declared stream's device id), only with it as client id, and may
+    publish fleet/<VIN>/telemetry, payments, status and each of ``stream_topics`` (the
+    declared streams' topic suffixes), and subscribe to fleet/<VIN>/commands; everything not
+    granted is denied."""
+    for topic in stream_topics or ():
+        if not _SUFFIX.fullmatch(topic):
+            raise ValueError(f"mosquitto_stream_topics: {topic!r} is not a stream topic "
+                             "suffix (^[a-z][a-z0-9_]{0,31}$)")
+    suffixes = sorted({"telemetry", "payments", *(stream_topics or ())})
     roles = [
         {"rolename": admin_user, "acls": [
             _acl("publishClientSend", "#"), _acl("publishClientReceive", "#"),
@@ -63,8 +75,7 @@ def mosquitto_dynsec(services: dict[str, str], admin_user: str, bridge_user: str
         clients.append(_login(vin, hashed, f"vehicle-{vin}", clientid=vin))
         base = f"fleet/{vin}"
         roles.append({"rolename": f"vehicle-{vin}", "acls": [
-            _acl("publishClientSend", f"{base}/telemetry"),
-            _acl("publishClientSend", f"{base}/payments"),
+            *(_acl("publishClientSend", f"{base}/{suffix}") for suffix in suffixes),
             _acl("publishClientSend", f"{base}/status"),
             _acl("subscribeLiteral", f"{base}/commands"),
             _acl("publishClientReceive", f"{base}/commands")]})
