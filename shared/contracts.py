@@ -27,9 +27,9 @@ VIN_PATTERN = r"^[A-HJ-NPR-Z0-9]{17}$"
 Vin = Annotated[str, Meta(pattern=VIN_PATTERN)]
 EventId = Annotated[str, Meta(min_length=1, max_length=64)]
 Token = Annotated[str, Meta(min_length=8, max_length=128)]
-# What scores and alerts are keyed by: a token, or a declared stream's device id when the
-# declaration says it is not personal data (``RT-0001``).
-Key = Annotated[str, Meta(min_length=1, max_length=128)]
+# What scores and alerts are keyed by: a built-in stream's token, or a declared stream's
+# partition key, which may be a device id that is not personal data (``RT-0001``).
+RecordKey = Annotated[str, Meta(min_length=1, max_length=128)]
 Epoch = Annotated[float, Meta(gt=0)]
 Latitude = Annotated[float, Meta(ge=-90, le=90)]
 Longitude = Annotated[float, Meta(ge=-180, le=180)]
@@ -178,7 +178,7 @@ class Score(Event, frozen=True, kw_only=True):
     """Every scored event (``scores.{stream}``); ``ts`` is the scored event's time."""
 
     stream: str
-    token: Key
+    token: RecordKey
     score: float
     threshold: float
     model_version: str
@@ -196,7 +196,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA_VERSION
     alert_id: EventId
     stream: str
-    token: Key
+    token: RecordKey
     state: Literal["open", "update", "closed"]
     start_ts: Epoch
     peak_ts: Epoch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from shared.signing import generate_private_key, sign_model_dir, write_public_ke
 
 
 class SyntheticFeatures:
-    """Rows = latent factors times a fixed mixing matrix, plus noise, in raw feature units."""
+    """Rows = latent factors times a fixed mixing matrix, plus noise, in raw feature units.
 
-    def __init__(self, stream: str, seed: int = 7, latent: int = 4) -> None:
-        self.names = model_features(stream)
+    ``names``: the features (default: the built-in stream's), e.g. a declared stream's."""
+
+    def __init__(self, stream: str, seed: int = 7, latent: int = 4,
+                 names: Sequence[str] | None = None) -> None:
+        self.names = list(names) if names is not None else model_features(stream)
         rng = np.random.default_rng(seed)
         self.mix = rng.normal(size=(latent, len(self.names))).astype(np.float32)
         self.offset = rng.uniform(-50, 50, size=len(self.names)).astype(np.float32)
@@ -57,8 +61,11 @@ class SyntheticFeatures:
 def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int = 1,
                     version: str = "test-1", threshold_quantile: float = 0.999,
                     epochs: int = 30, key: Any = None,
-                    train_rows: np.ndarray | None = None) -> tuple[Path, Path]:
-    """Train, quantize to int8, sign. Returns (model_dir, public_key_path)."""
+                    train_rows: np.ndarray | None = None,
+                    feature_spec: str = FEATURE_SPEC_VERSION) -> tuple[Path, Path]:
+    """Train, quantize to int8, sign. Returns (model_dir, public_key_path).
+
+    ``feature_spec``: what the manifest names (a declared stream's digest, ``fs-...``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
@@ -103,7 +110,7 @@ def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int =
     iq = it.get_input_details()[0]["quantization"]
     oq = it.get_output_details()[0]["quantization"]
     manifest = ModelManifest(
-        stream=stream, version=version, feature_spec=FEATURE_SPEC_VERSION, features=data.names,
+        stream=stream, version=version, feature_spec=feature_spec, features=data.names,
         scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in scale]),
         threshold=threshold, input_quant=(float(iq[0]), int(iq[1])),
         output_quant=(float(oq[0]), int(oq[1])), metrics={}, data_range=(1.0, 2.0),

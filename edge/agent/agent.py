@@ -6,7 +6,8 @@ For each model message (keyed by stream; the compacted topic holds the latest ch
 2. check the signed release (shared/releases.py): a trusted key id, this gateway's fleet, not
    expired, a release number above the highest accepted, the files it names; then the
    model's own signature, the stream, the feature spec and the feature list (the scorer's own
-   loading code) -> ``rejected`` with the reason on failure;
+   loading code; for a declared stream, the digest and feature list of this gateway's
+   declaration) -> ``rejected`` with the reason on failure;
 3. ``shadowing``: score the last ``shadow_window`` anon records of the stream with the new and
    the running model; refuse a model whose alert rate jumps or whose scores are not finite;
 4. ``active``: install it and flip the scorer's symlink (the scorer swaps between two
@@ -42,6 +43,7 @@ from edge.agent.store import ModelStore
 from edge.config import EdgeConfig
 from edge.metrics import CHAMPION_MISSING
 from edge.scorer.errors import ScorerError
+from edge.scorer.features import FeatureRows
 from edge.scorer.model import Model, baseline_dir, load_model
 from shared import model_bundle, releases, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
@@ -245,9 +247,13 @@ class ModelAgent:
         self.report(stream, candidate.version, "shadowing")
         running = self._running_model(stream)
         records = recent_records(self.config.kafka, stream, self.settings.shadow_window)
-        from shared.features import feature_matrix
+        x = None
+        if records and streams.get(stream).declaration is None:
+            from shared.features import feature_matrix
 
-        x = feature_matrix(stream, records) if records else None
+            x = feature_matrix(stream, records)
+        elif records:  # a declared stream: the declaration's features, as the scorer reads them
+            x = FeatureRows(candidate.features)(records)
         if x is None:
             return judge(np.zeros(0), candidate.threshold, None, None, self.limits)
         cand_scores, _ = candidate.scorer.score_batch(x)
@@ -257,7 +263,10 @@ class ModelAgent:
         return judge(cand_scores, candidate.threshold, run_scores, running.threshold, self.limits)
 
     def _running_model(self, stream: str) -> Model | None:
-        path = self.store.active_dir(stream) or baseline_dir(stream)
+        path = self.store.active_dir(stream)
+        if path is None and streams.get(stream).declaration is not None:
+            return None  # no baseline ships for a declared stream: nothing to compare with
+        path = path or baseline_dir(stream)
         try:
             return load_model(path, stream, self.public_keys)
         except (ScorerError, OSError) as exc:
@@ -327,7 +336,7 @@ class ModelAgent:
         target = prev_path if prev_path is not None and prev_path.is_dir() else None
         self.store.activate(stream, target, prev_version)
         self.store.refuse(stream, version, reason)
-        back_to = prev_version or "the shipped baseline"
+        back_to = prev_version or self._fallback(stream)
         log.warning("%s %s rolled back to %s: %s", stream, version, back_to, reason)
         self.report(stream, version, "rolled_back", f"{reason}; back to {back_to}")
 
@@ -364,7 +373,7 @@ class ModelAgent:
         self.missing[stream] = True
         running = self.store.active_version(stream)
         log.warning("%s: %s; a gateway installed now would have no %s model; this one keeps "
-                    "running %s", stream, reason, stream, running or "the shipped baseline")
+                    "running %s", stream, reason, stream, running or self._fallback(stream))
         self.report(stream, running or "baseline", "missing", reason)
 
     def _set_present(self, stream: str) -> None:
@@ -372,6 +381,13 @@ class ModelAgent:
         if self.missing.get(stream):
             log.info("%s: a champion is in cloud.models again", stream)
         self.missing[stream] = False
+
+    @staticmethod
+    def _fallback(stream: str) -> str:
+        """What runs for ``stream`` when no installed model does."""
+        if streams.get(stream).declaration is None:
+            return "the shipped baseline"
+        return "no model (its records pass the scorer unscored)"
 
     # --- status ------------------------------------------------------------------------------
 

@@ -16,7 +16,10 @@ ALERTS = Counter("fleetsentry_scorer_alert_messages",
 DECISIONS = Counter("fleetsentry_scorer_payment_decisions",
                     "Payment decisions published to vehicles.")
 OPEN_EPISODES = Gauge("fleetsentry_scorer_open_episodes",
-                      "Telemetry alert episodes open right now.")
+                      "Alert episodes open right now (telemetry and declared streams).")
+UNSCORED = Counter("fleetsentry_scorer_unscored",
+                   "Records of a declared stream passed through unscored (the gateway has no "
+                   "model for the stream yet), by stream.", ["stream"])
 BATCH_SECONDS = Histogram("fleetsentry_scorer_batch_seconds",
                           "Seconds to score and commit one micro-batch.",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
@@ -34,10 +37,14 @@ class Recorder:
             common.MESSAGES_OUT.labels(service=SERVICE, stream=stream).inc(count)
             ANOMALOUS.labels(stream=stream).inc(result.anomalous.get(stream, 0))
             n += count
+        for stream, count in result.unscored.items():
+            common.MESSAGES_IN.labels(service=SERVICE, stream=stream).inc(count)
+            UNSCORED.labels(stream=stream).inc(count)
+            n += count
         if result.rejected:
             common.DLQ_MESSAGES.labels(service=SERVICE, reason="contract").inc(result.rejected)
         ALERTS.inc(result.alerts)
         DECISIONS.inc(result.decisions)
-        OPEN_EPISODES.set(svc.tracker.open_count())
+        OPEN_EPISODES.set(svc.open_episodes())
         BATCH_SECONDS.observe(seconds)
         BATCH_EVENTS.observe(n)

@@ -2,7 +2,8 @@
 
 A model is accepted only when its signature verifies against the fleet's public key, its
 manifest names this gateway's feature spec, and its feature list is what the shared feature
-code produces for the stream. ``ModelHolder.swap`` replaces the model between transactions,
+code produces for the stream (for a declared stream: the digest and the feature list of this
+gateway's declaration of it). ``ModelHolder.swap`` replaces the model between transactions,
 so every batch is scored by exactly one model version.
 """
 
@@ -12,11 +13,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.scorer.errors import ModelError
 from edge.scorer.scorers import FloatReferenceScorer, Scorer, TFLiteScorer
 from shared.baselines import BASELINE_DIR, BASELINE_PUBLIC_KEY, baseline_dir, is_baseline
 from shared.contracts import ModelManifest
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.declarations.model import Stream
 
 __all__ = ["BASELINE_DIR", "BASELINE_PUBLIC_KEY", "Model", "ModelHolder", "baseline_dir",
            "check_manifest", "load_model"]
@@ -55,19 +61,47 @@ def _feature_contract() -> tuple[str, Callable[[str], Sequence[str]]]:
     return FEATURE_SPEC_VERSION, model_features
 
 
+def _declaration(stream: str) -> Stream | None:
+    """The declaration of ``stream`` when it is a registered declared stream."""
+    from shared import streams
+
+    try:
+        return streams.get(stream).declaration
+    except ConfigError:
+        return None
+
+
 def check_manifest(manifest: ModelManifest, stream: str) -> None:
-    """Refuse a model built for another stream or another version of the feature code."""
-    spec_version, model_features = _feature_contract()
+    """Refuse a model built for another stream or another version of the feature code.
+
+    A declared stream's model must carry the feature-spec digest and the feature list of this
+    gateway's declaration of the stream (docs/streams.md).
+    """
     if manifest.stream != stream:
         raise ModelError(f"model {manifest.version} is for stream {manifest.stream!r}, "
                          f"not {stream!r}")
-    if manifest.feature_spec != spec_version:
-        raise ModelError(f"model {manifest.version} was built for feature spec "
-                         f"{manifest.feature_spec!r}; this gateway computes {spec_version!r}")
-    expected = list(model_features(stream))
-    if list(manifest.features) != expected:
-        raise ModelError(f"model {manifest.version} takes features {manifest.features}; "
-                         f"the {stream} feature code produces {expected}")
+    declaration = _declaration(stream)
+    if declaration is not None:
+        if manifest.feature_spec != declaration.feature_spec:
+            raise ModelError(
+                f"model {manifest.version} was built for feature spec "
+                f"{manifest.feature_spec!r}; this gateway's declaration of {stream} "
+                f"({declaration.source}) computes {declaration.feature_spec!r}")
+        expected = declaration.feature_names
+        if list(manifest.features) != expected:
+            raise ModelError(
+                f"model {manifest.version} takes features {manifest.features}; this "
+                f"gateway's declaration of {stream} ({declaration.source}) produces {expected}")
+    else:
+        spec_version, model_features = _feature_contract()
+        if manifest.feature_spec != spec_version:
+            raise ModelError(f"model {manifest.version} was built for feature spec "
+                             f"{manifest.feature_spec!r}; this gateway computes "
+                             f"{spec_version!r}")
+        expected = list(model_features(stream))
+        if list(manifest.features) != expected:
+            raise ModelError(f"model {manifest.version} takes features {manifest.features}; "
+                             f"the {stream} feature code produces {expected}")
     n = len(expected)
     if len(manifest.scaling.mean) != n or len(manifest.scaling.scale) != n:
         raise ModelError(f"model {manifest.version}: scaling does not have {n} entries")

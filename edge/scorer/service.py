@@ -1,5 +1,11 @@
 """The scorer service: anon.* -> scores.*, alerts, and payment decisions, exactly once.
 
+It reads ``anon.<stream>`` of every registered stream: the built-in telemetry and payments,
+and each stream declared in ``[streams] dir`` (docs/streams.md). A declared stream is scored
+once its model is in ``<models_dir>/<stream>`` (where the agent installs it; there is no
+shipped baseline for it), its alerts formed as its declaration says; until then its records
+pass unscored, counted, and their offsets are committed like any other.
+
 Each micro-batch is one Kafka transaction holding its scores, alerts, episode-state records
 and the consumed offsets, so a crash at any point either publishes all of a batch or none of
 it, and the restarted scorer carries on from the last committed batch with the same episodes.
@@ -14,10 +20,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from edge.config import EdgeConfig, ScorerSettings
@@ -31,26 +37,23 @@ from edge.transactions import Watchdog
 from shared import topics
 from shared.contracts import (
     AnonPayment,
-    AnonTelemetry,
     Contribution,
     Decision,
     Score,
     decode,
     encode,
 )
+from shared.declarations.model import EpisodeAlerts
 from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
 from shared.kafka_read import read_to_end
-from shared.streams import PAYMENTS, TELEMETRY
+from shared.streams import PAYMENTS, TELEMETRY, StreamSpec, all_streams
 
 log = logging.getLogger("scorer")
 
+# The built-in streams, which always have a model (the shipped baseline at least).
 STREAMS = (TELEMETRY.name, PAYMENTS.name)
-_INPUT = {TELEMETRY.anon_topic: TELEMETRY.name, PAYMENTS.anon_topic: PAYMENTS.name}
-_ANON: dict[str, type[msgspec.Struct]] = {TELEMETRY.name: AnonTelemetry,
-                                         PAYMENTS.name: AnonPayment}
-_SCORES = {TELEMETRY.name: TELEMETRY.scores_topic, PAYMENTS.name: PAYMENTS.scores_topic}
 
 VinLookup = Callable[[str], "str | None"]
 DecisionSink = Callable[[str, Decision], None]
@@ -69,6 +72,32 @@ def episode_settings(s: ScorerSettings) -> EpisodeSettings:
                            open_window_s=s.episode_open_window_s,
                            quiet_gap_s=s.episode_quiet_gap_s,
                            update_interval_s=s.episode_update_interval_s)
+
+
+def declared_episode_settings(s: ScorerSettings, alerts: EpisodeAlerts) -> EpisodeSettings:
+    """A declared stream's episodes: its declaration's rule, the gateway's update interval."""
+    return EpisodeSettings(open_events=alerts.open_events, open_window_s=alerts.window_s,
+                           quiet_gap_s=alerts.quiet_s,
+                           update_interval_s=s.episode_update_interval_s)
+
+
+def episode_owner(group_id: str, stream: str) -> str:
+    """The owner part of a stream's keys in scorer.episodes (``<owner>/<token>``).
+
+    Telemetry keeps the bare group id its state has always been written under; a declared
+    stream's is ``<group id>@<stream>`` (a group id holds no ``@`` or ``/``), so restoring
+    splits a key at its first ``/`` and finds the stream without reading the token.
+    """
+    return group_id if stream == TELEMETRY.name else f"{group_id}@{stream}"
+
+
+def token_of(spec: StreamSpec) -> Callable[[Any], str]:
+    """The token a stream's scores and alerts are keyed by (that of its anon records)."""
+    if spec.name == TELEMETRY.name:
+        return attrgetter("vehicle_token")
+    if spec.name == PAYMENTS.name:
+        return attrgetter("card_token")
+    return attrgetter("key")
 
 
 def model_dir_for(settings: ScorerSettings, stream: str) -> Path:
@@ -92,6 +121,8 @@ class BatchResult:
     alerts: int = 0
     decisions: int = 0
     rejected: int = 0
+    # Records of declared streams that have no model yet: passed through unscored.
+    unscored: dict[str, int] = field(default_factory=dict)
 
 
 class Out:
@@ -118,10 +149,23 @@ class ScorerService:
         self.confirm_decisions = confirm_decisions
         self.decision_ack_timeout_s = DECISION_ACK_TIMEOUT_S
         self.instance = instance
+        # Every registered stream: the built-in ones and those declared in [streams] dir.
+        self.specs: dict[str, StreamSpec] = {s.name: s for s in all_streams()}
+        self._input = {spec.anon_topic: name for name, spec in self.specs.items()}
+        self._tokens = {name: token_of(spec) for name, spec in self.specs.items()}
         self.tracker = EpisodeTracker(TELEMETRY.name, episode_settings(self.settings))
+        # The episode tracker of each stream whose alerts are episodes (payments and declared
+        # `event` streams raise one alert per anomalous event).
+        self.trackers: dict[str, EpisodeTracker] = {TELEMETRY.name: self.tracker}
+        for name, spec in self.specs.items():
+            decl = spec.declaration
+            if decl is not None and isinstance(decl.alerts, EpisodeAlerts):
+                self.trackers[name] = EpisodeTracker(
+                    name, declared_episode_settings(self.settings, decl.alerts))
         # Episodes are closed by each vehicle's own events and, for a vehicle gone silent, by
-        # wall time: the tracker is swept at least this often even when nothing arrives.
-        self.sweep_every_s = min(1.0, self.settings.episode_quiet_gap_s / 4)
+        # wall time: the trackers are swept at least this often even when nothing arrives.
+        self.sweep_every_s = min(1.0, *(t.settings.quiet_gap_s / 4
+                                        for t in self.trackers.values()))
         self._next_sweep = 0.0
         self._clock: Callable[[], float] = time.time
         self._consumer: Consumer | None = None
@@ -129,11 +173,16 @@ class ScorerService:
         self._watchdog = Watchdog("scorer")
         self._letters: DeadLetters | None = None
         self._label: Callable[[str], str] = str
+        # Declared streams explain alerts with their declaration's labels.
+        self._labels: dict[str, Callable[[str], str]] = {
+            name: spec.declaration.label for name, spec in self.specs.items()
+            if spec.declaration is not None}
         self._rows: dict[tuple[str, ...], FeatureRows] = {}
         self._closers: list[Callable[[], None]] = []
         self.decisions_unrouted = 0
-        # The model directory each stream's model came from; see reload_models().
-        self._loaded: dict[str, Path] = {}
+        # The model directory each stream's model came from (None: a declared stream that has
+        # none); see reload_models().
+        self._loaded: dict[str, Path | None] = {}
         self._next_reload = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -156,9 +205,12 @@ class ScorerService:
             self._loaded = {s: Path(h.current.path or "").resolve()
                             for s, h in self.holders.items()}
         else:  # models handed in: only a later switch by the agent replaces them
-            self._loaded = {s: self._active_dir(s) for s in self.holders}
+            self._loaded = {s: self._model_dir(s) for s in self.holders}
         for stream, h in self.holders.items():
             log.info("%s model %s (threshold %.4g)", stream, h.current.version, h.current.threshold)
+        for stream in self.declared():
+            if stream not in self._loaded:
+                self._refresh(stream)
 
     def start(self) -> None:
         self.prepare()
@@ -179,27 +231,42 @@ class ScorerService:
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
             "client.id": f"{self.transactional_id}",
         }))
-        self._consumer.subscribe(list(_INPUT), on_assign=self._assigned)
+        self._consumer.subscribe(list(self._input), on_assign=self._assigned)
+
+    def declared(self) -> list[str]:
+        """The declared (not built-in) streams this scorer reads."""
+        return [name for name, spec in self.specs.items() if spec.declaration is not None]
 
     def _assigned(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
-        log.info("scoring %d partitions of %s as %s", len(parts), ", ".join(_INPUT),
+        log.info("scoring %d partitions of %s as %s", len(parts), ", ".join(self._input),
                  self.transactional_id)
 
     def _restore_episodes(self, kafka: Target) -> None:
-        """Replay the compacted episode topic (read_committed) into the tracker."""
+        """Replay the compacted episode topic (read_committed) into the trackers."""
         now, ours = self._clock(), [0]
 
         def handle(msg: Message) -> None:
-            owner, _, token = (msg.key() or b"").decode().partition("/")
-            if owner == self.group_id:  # another scorer's (e.g. a shadow's) state is not ours
-                self.tracker.restore(token, msg.value(), now)
-                ours[0] += 1
+            ours[0] += self.restore_episode(msg.key(), msg.value(), now)
 
         read_to_end(kafka, topics.SCORER_EPISODES, handle, error=ScorerError,
                     missing_hint="run `fleetsentry infra up` (it creates the edge topics)")
-        self.tracker.dirty.clear()
-        log.info("restored %d episode records, %d open episodes", ours[0],
-                 self.tracker.open_count())
+        for tracker in self.trackers.values():
+            tracker.dirty.clear()
+        log.info("restored %d episode records, %d open episodes", ours[0], self.open_episodes())
+
+    def restore_episode(self, key: bytes | None, value: bytes | None, now: float) -> bool:
+        """Apply one scorer.episodes record; whether it was this scorer's."""
+        owner, _, token = (key or b"").decode().partition("/")
+        # Another scorer's (e.g. a shadow's) state is not ours, nor is that of a stream no
+        # longer declared (or whose alerts are no longer episodes).
+        for stream, tracker in self.trackers.items():
+            if owner == episode_owner(self.group_id, stream):
+                tracker.restore(token, value, now)
+                return True
+        return False
+
+    def open_episodes(self) -> int:
+        return sum(t.open_count() for t in self.trackers.values())
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -225,7 +292,7 @@ class ScorerService:
         out, result = Out(), BatchResult()
         by_stream: dict[str, list[Message]] = {}
         for m in msgs:
-            by_stream.setdefault(_INPUT[str(m.topic())], []).append(m)
+            by_stream.setdefault(self._input[str(m.topic())], []).append(m)
         for stream, batch in by_stream.items():
             records = self.decode_batch(stream, [m.value() for m in batch], out, result)
             self.score_records(stream, records, out, result)
@@ -249,13 +316,17 @@ class ScorerService:
     def _sweep(self, out: Out, result: BatchResult) -> None:
         """Close silent vehicles' episodes (at most every sweep_every_s) and write the state."""
         now = self._clock()
-        if now >= self._next_sweep:
+        sweep = now >= self._next_sweep
+        if sweep:
             self._next_sweep = now + self.sweep_every_s
-            for alert in self.tracker.sweep(now):
-                out.add(topics.ALERTS, alert.token, encode(alert))
-                result.alerts += 1
-        for token, state in self.tracker.drain_dirty().items():
-            out.add(topics.SCORER_EPISODES, f"{self.group_id}/{token}", state)
+        for stream, tracker in self.trackers.items():
+            if sweep:
+                for alert in tracker.sweep(now):
+                    out.add(topics.ALERTS, alert.token, encode(alert))
+                    result.alerts += 1
+            owner = episode_owner(self.group_id, stream)
+            for token, state in tracker.drain_dirty().items():
+                out.add(topics.SCORER_EPISODES, f"{owner}/{token}", state)
 
     def _idle_sweep(self) -> BatchResult | None:
         """Nothing arrived: still close the episodes of vehicles gone silent, in a transaction."""
@@ -270,32 +341,61 @@ class ScorerService:
         link = self.config.models_dir / stream  # the agent's symlink (edge/agent/store.py)
         return (link if link.is_dir() else model_dir_for(self.settings, stream)).resolve()
 
+    def _model_dir(self, stream: str) -> Path | None:
+        """Where the stream's model is now; None for a declared stream that has none (no
+        baseline ships for a declared stream: its model is the one the agent installed)."""
+        spec = self.specs.get(stream)
+        if spec is None or spec.declaration is None:
+            return self._active_dir(stream)
+        link = self.config.models_dir / stream
+        return link.resolve() if link.is_dir() else None
+
     def reload_models(self, every_s: float = 1.0) -> list[str]:
         """Between transactions: take the model the agent switched to (at most every_s).
 
         A model that fails to load is logged and the running one kept; the agent sees the
-        scores still carry the old version and rolls the switch back.
+        scores still carry the old version and rolls the switch back. A declared stream
+        starts being scored when its first model appears, and passes unscored again if its
+        model is taken away (the agent rolling back its first model).
         """
         now = time.monotonic()
         if self.holders is None or now < self._next_reload:
             return []
         self._next_reload = now + every_s
-        swapped = []
-        for stream, holder in self.holders.items():
-            target = self._active_dir(stream)
-            if self._loaded.get(stream) == target:
-                continue
-            self._loaded[stream] = target
-            try:
-                model = load_model(target, stream, self.settings.trusted_keys(),
-                                   max_batch=self.settings.max_batch)
-                old = holder.swap(model)
-            except (ScorerError, OSError) as exc:
-                log.error("%s: cannot switch to the model in %s: %s", stream, target, exc)
-                continue
+        streams = list(self.holders) + [s for s in self.declared() if s not in self.holders]
+        return [stream for stream in streams if self._refresh(stream)]
+
+    def _refresh(self, stream: str) -> bool:
+        """Load the stream's model when its directory changed; whether the model changed."""
+        assert self.holders is not None
+        target = self._model_dir(stream)
+        if stream in self._loaded and self._loaded[stream] == target:
+            return False
+        self._loaded[stream] = target
+        holder = self.holders.get(stream)
+        if target is None:  # a declared stream without a model
+            log.warning("%s: no model in %s: its records pass unscored (counted in "
+                        "fleetsentry_scorer_unscored_total) until the agent installs one",
+                        stream, self.config.models_dir / stream)
+            if holder is None:
+                return False
+            del self.holders[stream]
+            log.warning("%s: model %s removed; scoring stops", stream, holder.current.version)
+            return True
+        try:
+            model = load_model(target, stream, self.settings.trusted_keys(),
+                               max_batch=self.settings.max_batch)
+            old = holder.swap(model) if holder is not None else None
+        except (ScorerError, OSError) as exc:
+            log.error("%s: cannot switch to the model in %s: %s", stream, target, exc)
+            return False
+        if old is None:
+            self.holders[stream] = ModelHolder(model)
+            log.info("%s: scoring with model %s (threshold %.4g)", stream, model.version,
+                     model.threshold)
+        else:
             log.info("%s: switched model %s -> %s", stream, old.version, model.version)
-            swapped.append(stream)
-        return swapped
+        return True
 
     def _usable(self, m: Message) -> bool:
         err = m.error()
@@ -340,7 +440,7 @@ class ScorerService:
     def decode_batch(self, stream: str, values: Sequence[bytes | None], out: Out,
                      result: BatchResult) -> list[Any]:
         """Anon records of one stream; a record that breaks its contract goes to the DLQ."""
-        kind, records = _ANON[stream], []
+        kind, records = self.specs[stream].anon_event, []
         for value in values:
             try:
                 records.append(decode(kind, value or b""))
@@ -354,20 +454,31 @@ class ScorerService:
 
     def score_records(self, stream: str, records: list[Any], out: Out,
                       result: BatchResult) -> None:
-        """Score, explain and decide: everything of a batch but the Kafka transaction."""
+        """Score, explain and decide: everything of a batch but the Kafka transaction.
+
+        A declared stream without a model passes through: its records are counted in
+        ``result.unscored`` and nothing is written for them.
+        """
         assert self.holders is not None, "prepare() first"
         if not records:
+            return
+        spec = self.specs[stream]
+        if spec.declaration is not None and stream not in self.holders:
+            result.unscored[stream] = result.unscored.get(stream, 0) + len(records)
             return
         model: Model = self.holders[stream].current  # one model for the whole batch
         scores, errors = model.scorer.score_batch(self.matrix(model, records))
         thr, version, names = model.threshold, model.version, model.features
-        scores_topic = _SCORES[stream]
-        telemetry = stream == TELEMETRY.name
+        scores_topic = spec.scores_topic
+        tracker = self.trackers.get(stream)
+        label = self._labels.get(stream, self._label)
+        token_of_record = self._tokens[stream]
+        payments = stream == PAYMENTS.name
         n_anom, now = 0, self._clock()
         for i, rec in enumerate(records):
             score = float(scores[i])
             anomalous = score > thr
-            token = rec.vehicle_token if telemetry else rec.card_token
+            token = token_of_record(rec)
             n_anom += anomalous
             out.add(scores_topic, token, encode(Score(
                 event_id=rec.event_id, ts=rec.ts, stream=stream, token=token, score=score,
@@ -375,16 +486,17 @@ class ScorerService:
             row = errors[i]
 
             def top(row: Any = row) -> list[Contribution]:
-                return top_features(row, names, self._label)
+                return top_features(row, names, label)
 
-            if telemetry:
-                alerts = self.tracker.observe(token, rec.event_id, rec.ts, score, thr, version,
-                                              top, now)
+            if tracker is not None:
+                alerts = tracker.observe(token, rec.event_id, rec.ts, score, thr, version,
+                                         top, now)
             else:
                 contributions = top() if anomalous else []
                 alerts = [single_event_alert(stream, token, rec.event_id, rec.ts, score, thr,
                                              version, contributions)] if anomalous else []
-                self._decision(rec, score, thr, version, contributions, result)
+                if payments:
+                    self._decision(rec, score, thr, version, contributions, result)
             for alert in alerts:
                 out.add(topics.ALERTS, alert.token, encode(alert))
             result.alerts += len(alerts)

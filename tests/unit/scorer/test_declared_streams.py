@@ -1,0 +1,175 @@
+"""The scorer and a declared stream, in-process (real int8 models, no Kafka): unscored until
+its model appears, then scored with its declaration's alerts and labels; model acceptance
+by the declaration's feature-spec digest; episode-state keys per stream."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.agent.store import ModelStore
+from edge.config import EdgeConfig, ScorerSettings
+from edge.scorer.errors import ModelError
+from edge.scorer.model import check_manifest
+from edge.scorer.service import BatchResult, Out, ScorerService, episode_owner
+from shared import topics
+from shared.contracts import Alert, ModelManifest, Scaling, Score, decode
+from shared.declarations.model import Stream
+from shared.features import FEATURE_SPEC_VERSION, model_features
+from shared.signing import generate_private_key
+from tests.declared_records import REEFER, declared, reefer_records, write_reefer
+from tests.scorer_models import SyntheticFeatures, build_model_dir
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def reefer(tmp_path: Path) -> Iterator[Stream]:
+    with declared(write_reefer(tmp_path / "streams")) as streams:
+        yield streams[REEFER]
+
+
+@pytest.fixture(scope="module")
+def reefer_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
+                                                                      SyntheticFeatures]:
+    """(model_dir, public_key, data) of a reefer model built for the declaration's digest."""
+    root = tmp_path_factory.mktemp("reefer")
+    with declared(write_reefer(root / "streams")) as streams:
+        decl = streams[REEFER]
+        data = SyntheticFeatures(REEFER, seed=3, names=decl.feature_names)
+        model_dir, pub = build_model_dir(root / "model", REEFER, data, version="reefer-1",
+                                         feature_spec=decl.feature_spec, epochs=20,
+                                         key=generate_private_key())
+    return model_dir, pub, data
+
+
+def manifest(stream: str, spec: str, features: list[str]) -> ModelManifest:
+    n = len(features)
+    return ModelManifest(stream=stream, version="m-1", feature_spec=spec, features=features,
+                         scaling=Scaling(mean=[0.0] * n, scale=[1.0] * n), threshold=1.0,
+                         input_quant=(0.1, 0), output_quant=(0.1, 0), metrics={},
+                         data_range=(1.0, 2.0), created_ts=time.time())
+
+
+def test_a_declared_streams_model_must_carry_its_declarations_digest(reefer: Stream) -> None:
+    check_manifest(manifest(REEFER, reefer.feature_spec, reefer.feature_names), REEFER)
+    with pytest.raises(ModelError) as err:
+        check_manifest(manifest(REEFER, "fs-000000000000", reefer.feature_names), REEFER)
+    assert str(err.value) == (
+        f"model m-1 was built for feature spec 'fs-000000000000'; this gateway's declaration "
+        f"of reefer (reefer.toml) computes '{reefer.feature_spec}'")
+    # The built-in spec version is no digest of a declaration.
+    with pytest.raises(ModelError, match="declaration of reefer"):
+        check_manifest(manifest(REEFER, FEATURE_SPEC_VERSION, reefer.feature_names), REEFER)
+    with pytest.raises(ModelError, match=r"declaration of reefer \(reefer.toml\) produces"):
+        check_manifest(manifest(REEFER, reefer.feature_spec, reefer.feature_names[::-1]),
+                       REEFER)
+    # The built-in streams keep their check.
+    names = model_features("telemetry")
+    check_manifest(manifest("telemetry", FEATURE_SPEC_VERSION, names), "telemetry")
+    with pytest.raises(ModelError, match="this gateway computes 'fs3'"):
+        check_manifest(manifest("telemetry", reefer.feature_spec, names), "telemetry")
+
+
+def test_episode_state_keys_keep_telemetrys_format_and_name_declared_streams() -> None:
+    assert episode_owner("edge-1-scorer", "telemetry") == "edge-1-scorer"
+    assert episode_owner("edge-1-scorer", "reefer") == "edge-1-scorer@reefer"
+
+
+def install(tmp_path: Path, model_dir: Path) -> ModelStore:
+    """Install and activate a copy of ``model_dir`` as the agent does."""
+    store = ModelStore(tmp_path / "models").start()
+    staged = shutil.copytree(model_dir, tmp_path / "staged")
+    store.activate(REEFER, store.install(staged, REEFER, "reefer-1"), "reefer-1")
+    return store
+
+
+def service(tmp_path: Path, pub: Path) -> ScorerService:
+    config = EdgeConfig(data_dir=tmp_path, scorer=ScorerSettings(models_dir=tmp_path / "models",
+                                                                 public_key=pub))
+    svc = ScorerService(config)
+    svc.prepare()  # the built-in streams: the shipped baselines
+    return svc
+
+
+def test_a_declared_stream_passes_unscored_until_its_model_appears(
+        tmp_path: Path, reefer: Stream,
+        reefer_model: tuple[Path, Path, SyntheticFeatures]) -> None:
+    model_dir, pub, data = reefer_model
+    svc = service(tmp_path, pub)
+    assert REEFER in svc.specs and REEFER not in (svc.holders or {})
+    out, result = Out(), BatchResult()
+    svc.score_records(REEFER, reefer_records(data, "u1", "RT-0001", T0, 30), out, result)
+    assert result.unscored == {REEFER: 30} and result.events == {} and out.records == []
+    assert svc.reload_models(every_s=0) == []  # still no model: nothing to do, no error
+
+    store = install(tmp_path, model_dir)  # what the agent does with an accepted model
+    assert svc.reload_models(every_s=0) == [REEFER]
+    svc._clock = lambda: T0 + 100  # noqa: SLF001 (the processing clock, for the sweep)
+    out, result = Out(), BatchResult()
+    records = reefer_records(data, "u2", "RT-0001", T0, 40, anomalous=range(10, 20)) \
+        + reefer_records(data, "u2", "RT-0002", T0, 40, seed=5)
+    svc.score_records(REEFER, records, out, result)
+    svc._sweep(out, result)  # noqa: SLF001 (writes the episode state)
+    assert result.unscored == {} and result.events == {REEFER: 80}
+
+    scores = [decode(Score, v) for t, _k, v in out.records if t == "scores.reefer" and v]
+    assert len(scores) == 80
+    odd = [s for s in scores if s.token == "RT-0001" and 10 <= int(s.event_id.rsplit("-")[-1]) < 20]
+    assert all(s.anomalous and s.score > s.threshold and s.model_version == "reefer-1"
+               for s in odd)
+    alerts = [decode(Alert, v) for t, _k, v in out.records if t == topics.ALERTS and v]
+    assert [a.state for a in alerts] == ["open", "closed"], alerts
+    assert {a.token for a in alerts} == {"RT-0001"} and {a.stream for a in alerts} == {REEFER}
+    labels = {f.label for f in reefer.features}
+    top = alerts[-1].top_features
+    assert len(top) == 3 and {c.feature for c in top} <= labels, top
+
+    # Its episode state is written under the stream's own key and restores into its tracker.
+    state = [(k, v) for t, k, v in out.records if t == topics.SCORER_EPISODES]
+    assert state and all(k is not None and k.decode().startswith(f"{svc.group_id}@reefer/")
+                         for k, _v in state)
+    again = service(tmp_path, pub)
+    svc.trackers[REEFER].observe("RT-0003", "e-1", T0, 9.0, 1.0, "reefer-1", lambda: [])
+    for token, value in svc.trackers[REEFER].drain_dirty().items():
+        assert again.restore_episode(f"{svc.group_id}@reefer/{token}".encode(), value, T0)
+    assert set(again.trackers[REEFER].states) == {"RT-0003"}
+    assert again.tracker.states == {}  # telemetry's tracker took none of it
+    # Telemetry's state keeps the key it always had.
+    svc.tracker.observe("veh-token-1", "t-1", T0, 9.0, 1.0, "v", lambda: [])
+    for token, value in svc.tracker.drain_dirty().items():
+        assert again.restore_episode(f"{svc.group_id}/{token}".encode(), value, T0)
+    assert set(again.tracker.states) == {"veh-token-1"}
+    assert not again.restore_episode(b"other-scorer/veh-token-1", b"{}", T0)
+
+    # The agent rolls the first model back (to none): the stream passes unscored again.
+    store.activate(REEFER, None, None)
+    assert svc.reload_models(every_s=0) == [REEFER]
+    out, result = Out(), BatchResult()
+    svc.score_records(REEFER, reefer_records(data, "u3", "RT-0001", T0, 5), out, result)
+    assert result.unscored == {REEFER: 5} and out.records == []
+
+
+def test_event_alerts_raise_one_alert_per_anomalous_event(
+        tmp_path: Path, reefer_model: tuple[Path, Path, SyntheticFeatures]) -> None:
+    model_dir, pub, data = reefer_model
+    directory = write_reefer(tmp_path / "streams", alerts='kind = "event"')
+    with declared(directory) as streams:
+        decl = streams[REEFER]
+        svc = service(tmp_path, pub)
+        assert REEFER not in svc.trackers
+        install(tmp_path, model_dir)
+        assert svc.reload_models(every_s=0) == [REEFER]
+        out, result = Out(), BatchResult()
+        svc.score_records(REEFER, reefer_records(data, "e1", "RT-0001", T0, 20,
+                                                 anomalous=range(5, 8)), out, result)
+        alerts = [decode(Alert, v) for t, _k, v in out.records if t == topics.ALERTS and v]
+        assert len(alerts) == result.anomalous[REEFER] >= 3
+        assert {a.state for a in alerts} == {"closed"} and all(len(a.event_ids) == 1
+                                                               for a in alerts)
+        labels = {f.label for f in decl.features}
+        assert all({c.feature for c in a.top_features} <= labels for a in alerts)
