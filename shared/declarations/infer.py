@@ -390,8 +390,9 @@ def _device_pattern(texts: Iterable[str]) -> str:
     parts = [c for c, test in (("A-Z", str.isupper), ("a-z", str.islower), ("0-9", str.isdigit))
              if any(test(ch) and ch.isascii() for ch in chars)]
     other = sorted(ch for ch in chars if not (ch.isascii() and ch.isalnum()))
-    cls = "".join(parts) + "".join(re.escape(ch) if ch in "\\]^-" else ch
-                                   for ch in other if ch != "-") + ("-" if "-" in other else "")
+    # "-" last, where it needs no escape; every other sign escaped ("[", "]", "^", "\\")
+    cls = "".join(parts) + "".join(re.escape(ch) for ch in other if ch != "-") + (
+        "-" if "-" in other else "")
     lo, hi = min(map(len, ids)), max(map(len, ids))
     return f"^[{cls}]{{{lo}}}$" if lo == hi else f"^[{cls}]{{{lo},{hi}}}$"
 
