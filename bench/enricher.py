@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
 from shared.kafka_config import KafkaSettings, Target, bootstrap_of, client_config  # noqa: E402
+from shared.kafka_write import produce  # noqa: E402
 from tests.support import free_infra_settings, kafka_table  # noqa: E402
 
 SCRATCH = "bench.baseline"
@@ -74,12 +75,7 @@ def write_backlog(bootstrap: Target, events: int) -> dict[str, int]:
         _, vin, suffix = topic.split("/")
         spec = streams.by_mqtt_suffix(suffix)
         assert spec is not None
-        while True:
-            try:
-                p.produce(spec.raw_topic, key=vin.encode(), value=payload)
-                break
-            except BufferError:
-                p.poll(0.1)
+        produce(p, spec.raw_topic, payload, vin.encode())
         counts[spec.name] = counts.get(spec.name, 0) + 1
         n += 1
         if n >= events:
@@ -109,12 +105,7 @@ def child_baseline(args: argparse.Namespace) -> dict[str, float]:
         for m in msgs:
             if m.error():
                 continue
-            while True:
-                try:
-                    p.produce(SCRATCH, key=m.key(), value=m.value())
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce(p, SCRATCH, m.value(), m.key())
             n += 1
         p.poll(0)
         c.commit(asynchronous=True)

@@ -43,6 +43,7 @@ from edge.mqtt_login import mqtt_password
 from edge.vault.errors import VaultError
 from shared import topics
 from shared.kafka_config import client_config
+from shared.kafka_write import produce
 
 log = logging.getLogger("bridge")
 SERVICE = "bridge"
@@ -474,18 +475,12 @@ class Bridge:
     def _send(self, topic: str, key: bytes | None, value: bytes,
               on_delivery: Callable[..., None]) -> None:
         assert self._producer is not None
-        while True:
-            try:
-                self._producer.produce(topic, value, key, on_delivery=on_delivery)
-                return
-            except BufferError:
-                # Local queue full: serve delivery reports (which frees it) and try again.
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                metrics.PRODUCE_ERRORS.labels(SERVICE, topic).inc()
-                log.error("produce to %s failed: %s; will retry", topic, exc)
-                self._retry.append((topic, key, value, on_delivery))
-                return
+        try:
+            produce(self._producer, topic, value, key, on_delivery)
+        except KafkaException as exc:
+            metrics.PRODUCE_ERRORS.labels(SERVICE, topic).inc()
+            log.error("produce to %s failed: %s; will retry", topic, exc)
+            self._retry.append((topic, key, value, on_delivery))
 
     def _produce_retries(self) -> None:
         pending, self._retry = self._retry, []

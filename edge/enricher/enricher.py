@@ -36,6 +36,7 @@ from shared.features import FeatureState, encode_state
 from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN, plan_of
 from shared.features.batch import BatchResult, anonymize_batch, declared_batch
 from shared.kafka_config import client_config
+from shared.kafka_write import produce
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
 from shared.topics import DLQ_INGEST, ENRICHER_STATE
@@ -280,24 +281,19 @@ class Enricher:
         assert self._producer is not None
         self.state.apply(result.updates)
         self._updates.update(result.updates)
-        produce, poll = self._producer.produce, self._producer.poll
+        poll = self._producer.poll
         wire = iter(result.wire)
         for start in range(0, len(items), DRAIN_EVERY):
             chunk = items[start:start + DRAIN_EVERY]
             # chunk first: zip stops at its end without drawing one record too many.
             for (spec, _event), (key, data) in zip(chunk, wire, strict=False):
-                try:
-                    produce(spec.anon_topic, key=key.encode(), value=data)
-                except BufferError:
-                    poll(0.05)  # the local queue is full: let deliveries drain
-                    produce(spec.anon_topic, key=key.encode(), value=data)
+                produce(self._producer, spec.anon_topic, data, key.encode())
             # Serve delivery reports as we go: until then every sent record stays queued.
             poll(0)
 
     def _write_states(self, now: float) -> None:
         """The batch's changed states, expired states' tombstones and dedup windows."""
         assert self._producer is not None
-        produce = self._producer.produce
         updates, self._updates = self._updates, {}
         for key in updates:
             self._send(ENRICHER_STATE, key.encode(), encode_state(updates[key]))
@@ -309,7 +305,7 @@ class Enricher:
                 self._send(ENRICHER_STATE, changelog.dedup_key(topic, partition, seq),
                            changelog.encode_ids(ids))
             for old in expired:
-                produce(ENRICHER_STATE, key=changelog.dedup_key(topic, partition, old), value=None)
+                self._send(ENRICHER_STATE, changelog.dedup_key(topic, partition, old), None)
 
     def _expire_states(self, now: float, limit: int) -> None:
         """Forget states not written for state_ttl_s: tombstones in this transaction."""
@@ -394,11 +390,7 @@ class Enricher:
 
     def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
         assert self._producer is not None
-        try:
-            self._producer.produce(topic, key=key, value=value)
-        except BufferError:
-            self._producer.poll(0.05)  # the local queue is full: let deliveries drain
-            self._producer.produce(topic, key=key, value=value)
+        produce(self._producer, topic, value, key)
 
     def _window(self, topic: str, partition: int) -> DedupWindow:
         window = self._windows.get((topic, partition))

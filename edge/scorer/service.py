@@ -48,6 +48,7 @@ from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
 from shared.kafka_read import read_to_end
+from shared.kafka_write import produce
 from shared.streams import PAYMENTS, TELEMETRY, StreamSpec, all_streams
 
 log = logging.getLogger("scorer")
@@ -415,12 +416,7 @@ class ScorerService:
             offsets[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0) + 1
         p.begin_transaction()
         for topic, key, value in out.records:
-            while True:
-                try:
-                    p.produce(topic, value=value, key=key)
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce(p, topic, value, key)
         if offsets:  # an idle sweep consumed nothing
             self._watchdog.call(
                 "send_offsets_to_transaction", 30, p.send_offsets_to_transaction,

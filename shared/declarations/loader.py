@@ -46,6 +46,7 @@ def load_text(text: str, source: str) -> Stream:
             fields[name] = msgspec.structs.replace(fields[name], pii="cell")
     refs = {name: convert(body, dict[str, float], source, f"refs.{name}")
             for name, body in decl.refs.items()}
+    _check_columns(source, fields)
     ctx = feats.Context(file=source, stream=decl.stream, fields=fields, refs=refs)
     _check_stream(ctx)
     _check_pii(ctx)
@@ -131,6 +132,19 @@ def _field(source: str, name: str, body: Any) -> FieldDecl:
     if decl.typical_std is not None and not decl.typical_std > 0:
         raise DeclarationError(source, f"{key}.typical_std", "must be above 0")
     return decl
+
+
+def _check_columns(source: str, fields: dict[str, FieldDecl]) -> None:
+    """Each recording column fills one field: no two fields read the same column."""
+    seen: dict[str, str] = {}
+    for name, decl in fields.items():
+        column = decl.column or name
+        if decl.column is not None and not decl.column:
+            raise DeclarationError(source, f"fields.{name}.column", "a column name is not empty")
+        if column in seen:
+            raise DeclarationError(source, f"fields.{name}.column",
+                                   f"column {column!r} is already read by field {seen[column]!r}")
+        seen[column] = name
 
 
 def _regex(source: str, key: str, pattern: str) -> None:

@@ -81,6 +81,10 @@ class FieldDecl(_Decl, frozen=True, kw_only=True):
     # pii = "token": the anonymized record's field and the token namespace.
     token_field: str | None = None
     token_kind: str | None = None
+    # The field's name in recordings (a CSV or Parquet column, a JSON-lines key) when that
+    # name is not a valid field name ("Speed (km/h)"); tools reading recordings map it to
+    # this field. Devices publish the declared field name. Not in the digest.
+    column: str | None = None
 
 
 class FeatureDecl(_Decl, frozen=True, kw_only=True, omit_defaults=True):
@@ -168,6 +172,11 @@ class Stream(msgspec.Struct, frozen=True, kw_only=True):
     def tokens(self) -> dict[str, str]:
         """PII field -> the anonymized record's token field."""
         return {n: token_field(n, f) for n, f in self.fields.items() if f.pii == "token"}
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """A recording's column name -> the field it fills (``column``, else the field name)."""
+        return {f.column or n: n for n, f in self.fields.items()}
 
     def token_kind(self, name: str) -> str:
         """The token namespace of a tokenized field (shared.tokens.Tokenizer's ``kind``)."""
