@@ -1,9 +1,9 @@
 """The dashboard's ASGI application: pages, live partials, the JSON API, sign-in and actions.
 
 Every page and ``/api`` read needs a signed-in user; every change needs an operator (viewers
-get 403) and is only recorded here, as a request the signer (the process holding the signing
-key) carries out and the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP
-Basic with a JSON body, which no cross-site form can send). Sessions are rows of the
+get 403) and the session's CSRF token (forms: hidden field; scripts: ``X-CSRF-Token``, or HTTP
+Basic with a JSON body, which no cross-site form can send), and is only recorded here, as a
+request the signer (the process holding the signing key) carries out. Sessions are rows of the
 dashboard's store, ended by sign-out or by any change to their user. Failed sign-ins lock a
 name or an address for a while (429 with Retry-After). Cookies are HttpOnly and
 SameSite=Strict, and Secure over TLS, where HSTS is sent too. The content security policy
