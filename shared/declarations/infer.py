@@ -233,8 +233,8 @@ def _read_parquet(path: Path, rows: int) -> Sample:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise InferError("reading Parquet needs the pyarrow package: pip install pyarrow "
-                         "(or convert the recording to CSV or JSON lines)") from None
+        raise InferError("reading Parquet needs the pyarrow package (in fleetsentry[cloud]); "
+                         "or convert the recording to CSV or JSON lines") from None
     try:
         pf = pq.ParquetFile(path)
         records: list[dict[str, Any]] = []
