@@ -12,7 +12,7 @@ import click
 from shared import __version__
 from shared.errors import FleetsentryError
 
-ORDER = ["infra", "sim", "edge", "cloud", "eval", "demo"]
+ORDER = ["infra", "sim", "streams", "edge", "cloud", "eval", "demo"]
 
 
 class LazyGroup(click.Group):

@@ -6,9 +6,15 @@ built from generic per-device transforms (:mod:`shared.declarations.transforms`)
 Python ones (:mod:`shared.declarations.named`). Each loaded :class:`Stream` carries a
 feature-spec digest that changes whenever a feature's value or order would.
 
-The built-in ``telemetry`` and ``payments`` ship as declarations (:func:`builtin`). In this
-release no stage reads declarations yet: they still run the built-in code in
-``shared.features``, and the unit tests hold the two equal. See docs/streams.md.
+Gateways and the cloud load an operator's declarations from their ``[streams] dir``
+(:func:`shared.streams.use_declarations`, :mod:`shared.declarations.catalog`): the bridge
+validates with a contract built from each (:mod:`~shared.declarations.events`), the enricher
+anonymizes and computes features with :mod:`~shared.declarations.vector` (event by event:
+:mod:`~shared.declarations.anonymize`), the scorer and trainer take the declared features and
+digest. ``fleetsentry streams infer`` drafts a declaration from a recording
+(:mod:`~shared.declarations.infer`). The built-in ``telemetry`` and ``payments`` ship as
+declarations (:func:`builtin`) but still run their hand-written code in ``shared.features``;
+the unit tests hold the two equal. See docs/streams.md.
 """
 
 from shared.declarations.errors import DeclarationError
