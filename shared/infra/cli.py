@@ -56,7 +56,8 @@ def _options(fn: Any) -> Any:
     fn = click.option("--edge-config", type=click.Path(dir_okay=False, exists=True,
                                                          path_type=Path),
                       help="The gateway's edge.toml: its [disk] budget bounds the edge topics "
-                           "(default: a 20 GiB budget; see docs/disk.md).")(fn)
+                           "(default: a 20 GiB budget; see docs/disk.md), and the streams of "
+                           "its [streams] dir get topics (and are mirrored) too.")(fn)
     return fn
 
 

@@ -94,6 +94,7 @@ class Stack:
         """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default),
         logging in to the cloud as the gateway; ``provision``: make that login and its ACLs
         first (the cloud must be up)."""
+        self.use_declarations()  # the declared streams' topics are mirrored too
         edge = self.edge.login(MIRROR_USER)
         if edge_bootstrap:
             edge = (edge_bootstrap if isinstance(edge, str)
@@ -118,6 +119,23 @@ class Stack:
         if self.cloud.authorize:
             ensure_acls(admin, gateway_acls(edge_id))
         return self._gateway_login(edge_id)
+
+    def use_declarations(self) -> None:
+        """Register the streams declared in the gateway's edge.toml ``[streams] dir`` (when
+        ``edge_config`` names one), so their topics are created and mirrored like the
+        built-in ones. Read as TOML: shared code never imports the gateway's config."""
+        if self.settings.edge_config is None:
+            return
+        import tomllib
+
+        try:
+            table = tomllib.loads(self.settings.edge_config.read_text()).get("streams", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InfraError(f"cannot read {self.settings.edge_config}: {exc}") from None
+        if table.get("dir"):
+            from shared import streams
+
+            streams.use_declarations(Path(table["dir"]).expanduser())
 
     def edge_topic_configs(self) -> dict[str, dict[str, str]]:
         """The disk plan's configs for the edge topics (retention.bytes, segment sizes, ...),
@@ -161,6 +179,7 @@ class Stack:
         unknown = services - SERVICES
         if unknown:
             raise InfraError(f"unknown service(s) {sorted(unknown)}; known: {sorted(SERVICES)}")
+        self.use_declarations()
         clusters = [c for c in (self.edge, self.cloud) if c.name in services]
         if clusters:
             java = jars.java_binary()
