@@ -405,7 +405,7 @@ def load(path: Path, spec: StreamSpec, rebase: RebaseMode = "now", now_s: float 
         device = payload.get(device_field)
         if not isinstance(device, str) or not device:
             unknown.rows += 1
-            refuse(unknown, n, f"no device id (field {device_field})")
+            refuse(unknown, n, f"no device id (at {device_field})")
             continue
         d = rec.devices.get(device) or _device(rec, device)
         d.rows += 1
