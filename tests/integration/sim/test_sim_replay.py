@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,16 @@ def _replay(stack: Stack, directory: Path, recording: Path, summary: Path,
 
 
 @pytest.fixture(scope="module")
-def declared(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def declared(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     directory = tmp_path_factory.mktemp("replay-streams")
     write_declaration(directory)
     # Registered here first: a device's role names the streams known to the registering
     # process.
+    new = "reefer" not in {s.name for s in streams.all_streams()}
     streams.use_declarations(directory)
-    return directory
+    yield directory
+    if new:
+        streams._REGISTRY.pop("reefer", None)
 
 
 @pytest.mark.timeout(300)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,15 @@ from shared.declarations import load_text
 from tests.declared_stream import REEFER_TOML, generate, write_declaration
 
 NOW = 1_800_000_000.0  # where "now" is in these tests
+
+
+@pytest.fixture(autouse=True)
+def _registry() -> Iterator[None]:
+    """The streams a test declares leave the registry with it (other tests count them)."""
+    before = dict(streams._REGISTRY)
+    yield
+    streams._REGISTRY.clear()
+    streams._REGISTRY.update(before)
 
 
 def probe_toml(name: str, unit: str) -> str:
