@@ -149,3 +149,28 @@ def test_speed_ten_keeps_the_recorded_pace_roughly(stack: Stack, declared: Path,
     assert 0.5 * span_s / 10 <= summary["replay_s"] <= 2.0, summary
     spread = arrived[-1][0] - arrived[0][0]
     assert 0.5 * span_s / 10 <= spread <= 3.0, spread
+
+
+@pytest.mark.timeout(300)
+def test_a_stream_the_devices_role_lacks_is_refused_by_the_broker(
+        stack: Stack, declared: Path, tmp_path: Path) -> None:
+    # Declared after the devices were registered: their roles do not name its topic.
+    other = tmp_path / "other-streams"
+    other.mkdir()
+    (other / "reefer_b.toml").write_text(
+        (declared / "reefer.toml").read_text().replace('name = "reefer"', 'name = "reefer_b"'))
+    path, rows = _recording(tmp_path, "late.csv", devices=2, events=5)
+    devices = sorted({r["unit"] for r in rows})
+    stack.mqtt.register_vehicles({d: PASSWORD for d in devices})
+    proc = subprocess.run(
+        [FLEETSENTRY, "sim", "replay", str(path), "--stream", "reefer_b",
+         "--streams-dir", str(other), "--mqtt", f"{stack.mqtt.host}:{stack.mqtt.port}",
+         "--password", PASSWORD, "--speed", "max", "--drain-timeout", "20",
+         "--summary-json", str(tmp_path / "summary.json")],
+        check=False, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "nothing was acknowledged" in proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["acknowledged"] == 0 and summary["rejected"] == len(rows)
+    reasons = {r for d in summary["per_device"] for r in d["reasons"]}
+    assert reasons == {"broker refused: Not authorized"}, reasons
