@@ -277,9 +277,11 @@ def _finish(rec: Recording, results: list[DeviceResult], extra: dict[str, Any],
                "rejected": sum(totals.values()),
                "top_rejections": top_reasons(totals, rec.first_row, 5), **extra,
                "per_device": [{"device": r.device, "rows": r.rows, "replayed": r.replayed,
-                               **({"acknowledged": r.acked} if r.acked is not None else {}),
+                               **({"acknowledged": r.acked, "unsent": r.unsent}
+                                  if r.acked is not None else {}),
                                "rejected": r.rejected_n,
-                               "reasons": dict(r.rejected.most_common(5))}
+                               "reasons": dict(r.rejected.most_common(5)),
+                               **({"login_error": r.login_error} if r.login_error else {})}
                               for r in results]}
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -303,24 +305,29 @@ def _table(results: list[DeviceResult], rec: Recording, live: bool) -> Table:
     t.add_column("replayed", justify="right")
     if live:
         t.add_column("acknowledged", justify="right")
+        t.add_column("unsent", justify="right")
     t.add_column("rejected", justify="right")
     t.add_column("top rejection reasons")
-    # Devices with rejections first (what needs looking at), then by name.
-    ordered = sorted(results, key=lambda r: (-r.rejected_n, r.device))
+    # Devices with something to look at first (rejections, then unsent), then by name.
+    ordered = sorted(results, key=lambda r: (-r.rejected_n, -r.unsent, r.device))
     for r in ordered[:SUMMARY_DEVICES]:
+        notes = top_reasons(r.rejected, rec.first_row, 3)
+        if r.login_error:
+            notes.insert(0, f"never connected: {r.login_error}")
         t.add_row(r.device, f"{r.rows:,}", f"{r.replayed:,}",
-                  *([f"{r.acked or 0:,}"] if live else []), f"{r.rejected_n:,}",
-                  "; ".join(top_reasons(r.rejected, rec.first_row, 3)))
+                  *([f"{r.acked or 0:,}", f"{r.unsent:,}"] if live else []),
+                  f"{r.rejected_n:,}", "; ".join(notes))
     if len(ordered) > SUMMARY_DEVICES:
         t.add_row(f"… {len(ordered) - SUMMARY_DEVICES:,} more devices", "", "",
-                  *([""] if live else []), "", "(all of them: --summary-json)")
+                  *(["", ""] if live else []), "", "(all of them: --summary-json)")
     totals: Counter[str] = Counter()
     for r in results:
         totals.update(r.rejected)
     t.add_section()
     t.add_row(f"total ({len(rec.devices):,} devices)", f"{rec.rows:,}",
               f"{sum(r.replayed for r in results):,}",
-              *([f"{sum(r.acked or 0 for r in results):,}"] if live else []),
+              *([f"{sum(r.acked or 0 for r in results):,}",
+                 f"{sum(r.unsent for r in results):,}"] if live else []),
               f"{sum(totals.values()):,}", "; ".join(top_reasons(totals, rec.first_row, 3)))
     return t
 

@@ -147,6 +147,13 @@ class ReplaySession(VehicleSession):
         super().__init__(*args, **kwargs)
         self.acked_here = 0
         self.refused: Counter[str] = Counter()
+        self.login_error = ""  # the broker's last refusal of this device's login
+
+    def _on_connect(self, client: Any, ud: object, flags: Any, reason: Any,
+                    props: Any) -> None:
+        if reason.is_failure:
+            self.login_error = f"the broker refused the login: {reason}"
+        super()._on_connect(client, ud, flags, reason, props)
 
     def _on_publish(self, c: Any, ud: object, mid: int, reason: Any, props: Any) -> None:
         if mid in self.inflight:
@@ -193,6 +200,10 @@ class DeviceResult:
     replayed: int
     acked: int | None  # None: dry run
     rejected: Counter[str]
+    # Live: replayed but neither acknowledged nor refused when the run ended, and why the
+    # device could not log in (if it could not).
+    unsent: int = 0
+    login_error: str = ""
 
     @property
     def rejected_n(self) -> int:
@@ -217,11 +228,14 @@ def device_results(recording: Recording, fleet: ReplayFleet | None = None,
             sent = replayed.get(d.device, 0)
         rejected = Counter(d.rejected)
         acked: int | None = None
+        unsent, login_error = 0, ""
         if fleet is not None:
             acked = session.acked_here if session is not None else 0
             if session is not None:
                 rejected.update(session.refused)
-        out.append(DeviceResult(d.device, d.rows, sent, acked, rejected))
+                unsent = sent - acked - sum(session.refused.values())
+                login_error = "" if session.ever_connected else session.login_error
+        out.append(DeviceResult(d.device, d.rows, sent, acked, rejected, unsent, login_error))
     return out
 
 

@@ -120,6 +120,7 @@ def test_every_row_is_acknowledged_in_device_order(stack: Stack, declared: Path,
         watcher.close()
     assert summary["rejected"] == 0 and summary["accepted"] == len(rows)
     assert summary["acknowledged"] == len(rows), summary
+    assert all(d["unsent"] == 0 and "login_error" not in d for d in summary["per_device"])
     assert {d["device"]: d["acknowledged"] for d in summary["per_device"]} == \
         {d: sum(1 for r in rows if r["unit"] == d) for d in devices}
     # The row number is in each generated event id: per device, the file's order.
