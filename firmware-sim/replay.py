@@ -1,7 +1,8 @@
 """Recorded rows of a declared stream, made into the events its devices would publish.
 
 A recording is a CSV, JSON-lines or Parquet file whose columns are the declared stream's field
-names (or, for a field declaring ``column = "..."``, that column). :func:`load` reads it in
+names (or, for a field that carries a source-column name, ``column``, that column: declarations
+do not take one yet). :func:`load` reads it in
 two passes: the first finds the recording's first and last times (for rebasing), the second
 converts every row to the declared types, stamps it with an ``event_id`` and ``schema`` when
 the file has none, shifts its time (:class:`Rebase`) and checks it with the stream's event
