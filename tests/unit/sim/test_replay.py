@@ -425,3 +425,29 @@ def test_declaration_text_parses() -> None:
     for unit in ("s", "ms", "iso8601"):
         load_text(probe_toml(f"p{unit[:2]}", unit), "p.toml")
     assert "reefer" in REEFER_TOML
+
+
+def test_the_gateways_bridge_accepts_what_is_replayed(reefer: Any) -> None:
+    from edge.bridge.errors import Rejected
+    from edge.bridge.validate import Limits, validate
+
+    spec, path, g = reefer
+    limits = Limits.from_registry()
+    rec = load(path, spec, "now", NOW)
+    assert rec.span_s > 300  # longer than the bridge lets an event be ahead of its clock
+    for d, i in rec.in_time_order():
+        topic, payload = rec.topic(d.device), d.payloads[i]
+        sent_at = NOW + d.due[i]  # at speed 1
+        assert validate(topic, payload, sent_at, limits).vin == d.device
+    # At full speed the last ones arrive from the bridge's future: --rebase end fixes that.
+    last = max(rec.devices.values(), key=lambda d: d.due[-1])
+    with pytest.raises(Rejected, match="future_timestamp"):
+        validate(rec.topic(last.device), last.payloads[-1], NOW + 1, limits)
+    end = load(path, spec, "end", NOW)
+    for topic, payload in events(end):
+        validate(topic, payload, NOW + 1, limits)
+    # As recorded (January 2026), the same events are far too old for it.
+    old = load(path, spec, "none", NOW)
+    topic, payload = next(events(old))
+    with pytest.raises(Rejected, match="too_old"):
+        validate(topic, payload, NOW, limits)
