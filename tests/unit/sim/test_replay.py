@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from firmware_sim.cli import sim
 from firmware_sim.replay import (
+    RebaseMode,
     ReplayError,
     event_id_for,
     load,
@@ -451,3 +452,21 @@ def test_the_gateways_bridge_accepts_what_is_replayed(reefer: Any) -> None:
     topic, payload = next(events(old))
     with pytest.raises(Rejected, match="too_old"):
         validate(topic, payload, NOW, limits)
+
+
+def test_a_live_replay_warns_when_the_bridge_would_refuse_its_times(reefer: Any) -> None:
+    import time as clock
+
+    from firmware_sim.replay_cli import _warn_bridge_window
+    from rich.console import Console
+
+    spec, path, _ = reefer
+
+    def warnings(rebase: RebaseMode, speed: float | None) -> str:
+        console = Console(record=True, width=400)
+        _warn_bridge_window(load(path, spec, rebase, clock.time()), speed, console)
+        return console.export_text()
+
+    assert "ahead" in warnings("now", None)  # ~10 minutes of recording at once
+    assert warnings("now", 1.0) == "" and warnings("end", None) == ""
+    assert "days old" in warnings("none", 1.0)
