@@ -16,6 +16,9 @@ from firmware_sim.errors import ConnectError, SimError
 from firmware_sim.fleet import Fleet
 from firmware_sim.labels import LabelFeed
 from firmware_sim.live import LiveRunner, Progress
+from firmware_sim.replay import ReplayError
+from firmware_sim.replay_cli import Connection, read_passwords, streams_dir
+from firmware_sim.replay_cli import run as run_replay
 from firmware_sim.session import ConnectSettings
 from firmware_sim.settings import (
     FAULT_KINDS,
@@ -324,3 +327,103 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
     return t
 
+
+
+class _Speed(click.ParamType):
+    name = "FACTOR|max"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
+        if value is None or (isinstance(value, str) and value.lower() == "max"):
+            return None
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number nor 'max'", param, ctx)
+        if not factor > 0 or factor == float("inf"):
+            self.fail("must be a positive number, or 'max'", param, ctx)
+        return factor
+
+
+@sim.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stream", "stream_name", required=True,
+              help="The declared stream the rows belong to (columns = its field names).")
+@click.option("--streams-dir", "streams_dir_opt",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The directory of stream declarations (*.toml).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Or an edge.toml / cloud.toml whose [streams] dir names it.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
+              help="The file's format (default: from its suffix).")
+@click.option("--rebase", type=click.Choice(["now", "end", "none"]), default="now",
+              show_default=True,
+              help="now: the recording's first time becomes now; end: its last time does "
+                   "(every event in the past); none: times as recorded. Relative timing "
+                   "is kept either way.")
+@click.option("--speed", type=_Speed(), default="1", show_default=True,
+              help="Replay speed: 10 = ten times faster than recorded; max = as fast as "
+                   "the broker acknowledges.")
+@click.option("--dry-run", is_flag=True,
+              help="Write the events to --out (JSON lines, as `sim run --dry-run`) instead "
+                   "of publishing.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Events file (dry run).")
+@click.option("--labels", "labels_in", type=click.Path(exists=True, dir_okay=False,
+                                                       path_type=Path),
+              help="The recording's labels (CSV or JSON lines): event_id,kind or "
+                   "device,start,end,kind rows.")
+@click.option("--labels-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the labels go as Label JSON lines (dry run default: labels.jsonl "
+                   "beside --out).")
+@click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
+              help="Broker HOST:PORT (live replay). Devices log in with their id as user "
+                   "and client id.")
+@click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
+              show_default=False, help=f"Devices' MQTT password (env {PASSWORD_ENV}).")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file holding the devices' password (one line), or a JSON object of "
+                   "device id -> password.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA file: connect with TLS (--mqtt must name the broker's TLS port).")
+@click.option("--connect-wait", "connect_wait_s", default=30.0, show_default=True,
+              help="Seconds to bring the devices online; the replay fails if none connects.")
+@click.option("--drain-timeout", "drain_timeout_s", default=60.0, show_default=True,
+              type=click.FloatRange(0, 86_400),
+              help="Seconds to wait for the last acknowledgements.")
+@click.option("--register-with", "register_home", type=click.Path(path_type=Path),
+              help="Mosquitto home dir: register every device's login there first.")
+@click.option("--buffer-dir", type=click.Path(path_type=Path),
+              help="Where the on-disk outbox lives (default: a temp dir).")
+@click.option("--acked-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every event the broker acknowledged here (JSON lines).")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the summary, every device included, as JSON.")
+def replay(file: Path, stream_name: str, streams_dir_opt: Path | None,
+           config_path: Path | None, **kw: Any) -> None:
+    """Replay recorded rows of a declared stream as live devices (or --dry-run to a file).
+
+    FILE is CSV, JSON lines or Parquet; its columns are the stream's field names. Rows are
+    converted to the declared types and checked with the stream's event contract; a row that
+    fails is counted with its reason and not sent. Each device is one MQTT 5 session (QoS 1,
+    persistent session, last will), its rows in file order at the recorded pace times
+    --speed. See docs/replay.md.
+    """
+    directory = streams_dir(streams_dir_opt, config_path)
+    password: str = kw.pop("password")
+    passwords: dict[str, str] = {}
+    password_file = kw.pop("password_file")
+    if password_file is not None:
+        one, passwords = read_passwords(password_file)
+        password = one or password
+    host, port = _host_port(kw.pop("mqtt_addr"))
+    connection = Connection(host=host, port=port, password=password, passwords=passwords,
+                            tls_ca=kw.pop("tls_ca"), connect_wait_s=kw.pop("connect_wait_s"),
+                            drain_timeout_s=kw.pop("drain_timeout_s"),
+                            register_home=kw.pop("register_home"),
+                            buffer_dir=kw.pop("buffer_dir"), acked_log=kw.pop("acked_log"))
+    try:
+        run_replay(file, stream_name, directory, kw["fmt"], kw["rebase"], kw["speed"],
+                   kw["dry_run"], kw["out"], kw["labels_in"], kw["labels_out"],
+                   kw["summary_json"], connection)
+    except (ReplayError, SimError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -14,15 +14,15 @@ import resource
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from firmware_sim.acklog import AckLog
 from firmware_sim.errors import ConnectError
-from firmware_sim.fleet import Fleet
+from firmware_sim.fleet import Emitted, FleetStats
 from firmware_sim.labels import LabelFeed
 from firmware_sim.outbox import Outbox
 from firmware_sim.session import (
@@ -33,12 +33,67 @@ from firmware_sim.session import (
 )
 from firmware_sim.wire import check_compatible
 
+from shared.contracts import Label
+
 CONNECTS_PER_LOOP = 500
 CONNECT_BUDGET_S = 0.05
 CONNECT_TIMEOUT_S = 30.0
 MISC_SHARDS = 4  # keepalive must stay well above this many seconds
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
+
+
+class Device(Protocol):
+    """One session's identity: its place in the fleet, its login and client id."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def vin(self) -> str: ...
+
+    @property
+    def firmware(self) -> str: ...
+
+
+class SourceSettings(Protocol):
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def dt(self) -> float: ...  # seconds between two calls of ``step``
+
+    @property
+    def ticks(self) -> int: ...  # ``step`` calls planned
+
+    @property
+    def duration_s(self) -> float: ...
+
+
+class EventSource(Protocol):
+    """What a :class:`LiveRunner` drives: a simulated :class:`~firmware_sim.fleet.Fleet`, or
+    a recording replayed (:mod:`firmware_sim.replay_run`). ``step`` is called every ``dt``
+    seconds of wall time while ``tick < settings.ticks`` and returns what is due."""
+
+    @property
+    def vehicles(self) -> Sequence[Device]: ...
+
+    @property
+    def settings(self) -> SourceSettings: ...
+
+    @property
+    def tick(self) -> int: ...
+
+    @property
+    def start_ts(self) -> float: ...
+
+    @property
+    def labels(self) -> list[Label]: ...
+
+    @property
+    def stats(self) -> FleetStats: ...
+
+    def step(self) -> list[Emitted]: ...
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -109,7 +164,7 @@ class LiveRunner:
     connected, vehicles that cannot keep retrying with backoff and buffer meanwhile.
     """
 
-    def __init__(self, fleet: Fleet, conf: ConnectSettings, buffer_dir: Path,
+    def __init__(self, fleet: EventSource, conf: ConnectSettings, buffer_dir: Path,
                  max_buffered_per_vehicle: int = 50_000, drain_timeout_s: float = 60.0,
                  connect_wait_s: float = 30.0,
                  on_progress: Callable[[Progress], None] | None = None,
@@ -213,13 +268,16 @@ class LiveRunner:
         self._sel = selectors.DefaultSelector()
         rng = random.Random(f"{self.fleet.settings.seed}:sessions")
         for v in self.fleet.vehicles:
-            s = VehicleSession(v.index, v.vin, v.firmware, self.conf, self.outbox,
-                               random.Random(rng.getrandbits(64)), self.stats, self.on_ack,
-                               self.ack_log)
+            s = self.make_session(v, random.Random(rng.getrandbits(64)))
             s.make_client(self._callbacks(s))
             self.sessions.append(s)
             # Spread the first connects over a second so the broker's accept queue keeps up.
             self._schedule(s, rng.uniform(0, 1.0))
+
+    def make_session(self, v: Device, rng: random.Random) -> VehicleSession:
+        """One device's session (a subclass may give each device its own login)."""
+        return VehicleSession(v.index, v.vin, v.firmware, self.conf, self.outbox, rng,
+                              self.stats, self.on_ack, self.ack_log)
 
     def run(self) -> LiveResult:
         """Generate for the run's duration at the configured rate, then drain and close."""
