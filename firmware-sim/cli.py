@@ -355,11 +355,12 @@ class _Speed(click.ParamType):
               help="Or an edge.toml / cloud.toml whose [streams] dir names it.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
               help="The file's format (default: from its suffix).")
-@click.option("--rebase", type=click.Choice(["now", "end", "none"]), default="now",
+@click.option("--rebase", type=click.Choice(["end", "now", "none"]), default="end",
               show_default=True,
-              help="now: the recording's first time becomes now; end: its last time does "
-                   "(every event in the past); none: times as recorded. Relative timing "
-                   "is kept either way.")
+              help="end: the recording's last time becomes now (every event in the past, "
+                   "as the bridge wants at any speed); now: its first time does (events "
+                   "ahead of the clock unless replayed in real time); none: times as "
+                   "recorded. Relative timing is kept either way.")
 @click.option("--speed", type=_Speed(), default="1", show_default=True,
               help="Replay speed: 10 = ten times faster than recorded; max = as fast as "
                    "the broker acknowledges.")

@@ -1,8 +1,8 @@
 """Recorded rows of a declared stream, made into the events its devices would publish.
 
 A recording is a CSV, JSON-lines or Parquet file whose columns are the declared stream's field
-names (or, for a field that carries a source-column name, ``column``, that column: declarations
-do not take one yet). :func:`load` reads it in
+names (or, for a field that names its source column with ``column``, that column).
+:func:`load` reads it in
 two passes: the first finds the recording's first and last times (for rebasing), the second
 converts every row to the declared types, stamps it with an ``event_id`` and ``schema`` when
 the file has none, shifts its time (:class:`Rebase`) and checks it with the stream's event
@@ -134,8 +134,7 @@ def _parquet_rows(path: Path, columns: list[str] | None
 
 def source_column(name: str, decl: FieldDecl) -> str:
     """The recording's column for a declared field: its ``column`` if it declares one."""
-    column = getattr(decl, "column", None)
-    return column if isinstance(column, str) and column else name
+    return decl.column or name
 
 
 def typed(value: Any, kind: str) -> Any:

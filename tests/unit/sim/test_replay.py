@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -31,6 +30,7 @@ from firmware_sim.replay_run import ReplayFleet, events, write_dry_run
 from cloud.trainer.data import read_events_file, read_labels_file, records_from_messages
 from shared import streams
 from shared.declarations import load_text
+from shared.declarations.model import FieldDecl
 from tests.declared_stream import REEFER_TOML, generate, write_declaration
 
 NOW = 1_800_000_000.0  # where "now" is in these tests
@@ -125,10 +125,9 @@ def test_rows_convert_and_empty_cells_are_missing(tmp_path: Path) -> None:
 
 
 def test_a_declared_source_column_is_read_instead_of_the_field_name() -> None:
-    assert source_column("temp", SimpleNamespace(column="Temperature (C)")) == \
+    assert source_column("temp", FieldDecl(type="float", column="Temperature (C)")) == \
         "Temperature (C)"
-    assert source_column("temp", SimpleNamespace()) == "temp"
-    assert source_column("temp", SimpleNamespace(column=None)) == "temp"
+    assert source_column("temp", FieldDecl(type="float")) == "temp"
 
 
 def test_event_ids_come_from_the_file_or_device_and_row(tmp_path: Path) -> None:
