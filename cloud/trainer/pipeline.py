@@ -50,7 +50,7 @@ SCORE_RULE = "mean squared reconstruction error of the scaled features; alert wh
 DEFAULT_INPUT_RANGE = {"telemetry": 8.0, "payments": 8.0}
 # A declared stream's int8 input range, as the built-in streams' (see TrainSettings).
 DECLARED_INPUT_RANGE = 8.0
-DECLARED_RANK_TAIL = 0.05
+DECLARED_RANK_TAIL = 0.02
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class TrainSettings:
     allow_unlabelled: bool = False
     min_rank_agreement: float = 0.95
     # ... among the holdout events in either model's top this fraction (None: all events).
-    # None here: all events for the built-in streams, the top 5 % for a declared stream,
+    # None here: all events for the built-in streams, the top 2 % for a declared stream,
     # which trains without labels as a rule (see check_quantization_unlabelled).
     rank_tail: float | None = None
     representative_rows: int = 2000

@@ -56,6 +56,7 @@ def infer_cmd(file: Path, out: str, name: str | None, rows: int, fmt: str | None
         if path.exists() and not force:
             raise click.ClickException(f"{path} exists: pass --force to overwrite it")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a stream directory, new
             path.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise click.ClickException(f"cannot write {path}: {exc}") from None
