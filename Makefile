@@ -12,7 +12,8 @@ APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headl
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup system-deps venv constraints jars test test-unit demo demo-down bench lint clean baseline-models baseline-telemetry baseline-payments
+.PHONY: setup system-deps venv constraints jars test test-unit demo demo-down bench lint typecheck \
+	doctest clean baseline-models baseline-telemetry baseline-payments
 
 setup: system-deps venv jars
 
@@ -122,10 +123,19 @@ baseline-telemetry baseline-payments: baseline-%: venv
 
 lint: venv
 	$(VENV)/bin/ruff check shared edge cloud firmware-sim tests bench
-	$(VENV)/bin/mypy
+	@$(MAKE) --no-print-directory typecheck doctest
+
+# typecheck and doctest use the virtualenv as it is (no install step, so no network): the
+# pre-commit hooks (.pre-commit-config.yaml) run them.
+# mypy checks shared, edge, cloud, tests and bench (pyproject.toml's [tool.mypy] files), with
+# firmware-sim's types through the link below (its mypy_path), then firmware-sim itself.
+typecheck:
 	@mkdir -p build/mypy && ln -sfn ../../firmware-sim build/mypy/firmware_sim
-	MYPYPATH=build/mypy $(VENV)/bin/mypy -p firmware_sim
-	@# The >>> examples in the package's docstrings are tests too.
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy -p firmware_sim
+
+# The >>> examples in the package's docstrings are tests too.
+doctest:
 	$(VENV)/bin/pytest -q -p no:cacheprovider --doctest-modules $$(grep -rl --include='*.py' '>>> ' shared edge cloud)
 
 clean:

@@ -174,7 +174,7 @@ def telemetry_child(host: str, port: int, vins: list[str], vehicles: int, start_
     """
     per = templates(vehicles, start_ts, LOADING_SEED)
     sel = selectors.DefaultSelector()
-    dirty: set[FastClient] = set()
+    dirty: set[mqtt.Client] = set()
     connected: set[str] = set()
     clients = []
     for vin in vins:
@@ -184,7 +184,9 @@ def telemetry_child(host: str, port: int, vins: list[str], vehicles: int, start_
         c.on_socket_register_write = lambda cl, _u, _s: dirty.add(cl)
         c.on_connect = lambda _c, _u, _f, _r, _p, vin=vin: connected.add(vin)
         c.connect(host, port)
-        sel.register(c.socket(), selectors.EVENT_READ, c)
+        sock = c.socket()
+        assert sock is not None  # connect() either opened it or raised
+        sel.register(sock, selectors.EVENT_READ, c)
         clients.append(c)
     misc_at = time.monotonic()
 
@@ -324,7 +326,7 @@ def stages(bootstrap: Target, wall: dict[str, float], timeout: float) -> dict[st
                               ("scorer", topics.SCORES_PAYMENTS, Score)):
         seen = at.setdefault(name, {})
         for m in consume_all(bootstrap, topic, idle=2.0, timeout=timeout):
-            eid = decode(kind, m.value()).event_id  # type: ignore[attr-defined]
+            eid = decode(kind, m.value()).event_id
             if eid in wall:
                 seen[eid] = m.timestamp()[1] / 1000.0
     out: dict[str, list[float]] = {}
@@ -505,7 +507,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         sent: dict[str, float] = {}
         probe: list[float] = []
         prober = threading.Thread(target=lambda: probe.extend(
-            broker_baseline(admin, vehicles, got)), daemon=True)  # type: ignore[arg-type]
+            broker_baseline(admin, vehicles, got)), daemon=True)
         prober.start()
         wall: dict[str, float] = {}
         cpu = StageCpu(stack, pipeline, [c.pid for c in children if c.pid])

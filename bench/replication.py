@@ -147,6 +147,7 @@ def gateway_records(vehicles: int, seconds: int) -> tuple[int, list[tuple[str, b
         if stream not in ("telemetry", "payments"):
             continue
         rec = anon.message(topic, payload)
+        assert isinstance(rec, contracts.AnonTelemetry | contracts.AnonPayment)  # built-in streams
         token = rec.vehicle_token
         events += 1
         score = contracts.Score(

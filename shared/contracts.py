@@ -190,6 +190,9 @@ class Contribution(msgspec.Struct, frozen=True):
     error: float
 
 
+AlertState = Literal["open", "update", "closed"]
+
+
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
     """An alert episode: one per run of anomalous events from one token."""
 
@@ -197,7 +200,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     alert_id: EventId
     stream: str
     token: RecordKey
-    state: Literal["open", "update", "closed"]
+    state: AlertState
     start_ts: Epoch
     peak_ts: Epoch
     end_ts: Epoch
@@ -271,6 +274,9 @@ class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
     created_ts: Epoch
 
 
+ModelState = Literal["received", "rejected", "shadowing", "active", "rolled_back", "missing"]
+
+
 class ModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     """What an edge agent did with a model (``model-status``)."""
 
@@ -280,7 +286,7 @@ class ModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     # "missing": the stream has no champion in the gateway's cloud.models (the gateway keeps
     # running the model it has).
-    state: Literal["received", "rejected", "shadowing", "active", "rolled_back", "missing"]
+    state: ModelState
     reason: str = ""
     ts: Epoch
 

@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
 from shared.kafka_config import Target
+
+if TYPE_CHECKING:  # selenium is imported where a browser test runs
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -102,7 +105,7 @@ def wait_http(url: str, timeout_s: float) -> None:
 
 
 @contextmanager
-def chromium(profile_dir: Path) -> Iterator[Any]:
+def chromium(profile_dir: Path) -> Iterator[WebDriver]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -136,7 +139,7 @@ def wait(what: str, check: Any, timeout_s: float = 30.0, every_s: float = 0.5) -
         time.sleep(every_s)
 
 
-def shot(driver: Any, name: str) -> None:
+def shot(driver: WebDriver, name: str) -> None:
     """The whole page (up to 2600 px tall) at a laptop's width."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -146,14 +149,14 @@ def shot(driver: Any, name: str) -> None:
     driver.set_window_size(1440, 1000)
 
 
-def charts_drawn(driver: Any) -> bool:
+def charts_drawn(driver: WebDriver) -> bool:
     from selenium.webdriver.common.by import By
 
     charts = driver.find_elements(By.CSS_SELECTOR, "[data-chart]")
     return bool(charts) and all(c.get_attribute("data-drawn") == "1" for c in charts)
 
 
-def sign_in(driver: Any, run: CloudRun, page: str = "/runs", shot_as: str = "") -> None:
+def sign_in(driver: WebDriver, run: CloudRun, page: str = "/runs", shot_as: str = "") -> None:
     """Open ``page``, get sent to the sign-in form, sign in, land on ``page``."""
     from selenium.webdriver.common.by import By
 
@@ -170,7 +173,7 @@ def sign_in(driver: Any, run: CloudRun, page: str = "/runs", shot_as: str = "") 
         By.ID, "signed-in-user").text == run.user)
 
 
-def promote(driver: Any, run: CloudRun, version: str) -> str:
+def promote(driver: WebDriver, run: CloudRun, version: str) -> str:
     """Promote ``version`` from the registry page, confirming; returns on its model page once
     the signer has carried the request out, with the flash message the request got."""
     from selenium.webdriver.common.by import By

@@ -22,7 +22,7 @@ from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import DEFAULT_TRAINING_SECRET
 from cloud.trainer.pipeline import TrainSettings
 from shared import signing
-from shared.contracts import Label, ModelStatus, Score, encode
+from shared.contracts import Label, ModelState, ModelStatus, Score, encode
 from shared.features import Anonymizer
 from shared.tokens import Tokenizer
 
@@ -126,7 +126,8 @@ def _edge_outputs(reg: Registry, pub: Path, anon: dict[str, list[Any]], labels: 
             champ = reg.champion(stream)
             assert champ is not None, f"no {stream} champion"
             holders[stream] = ModelHolder(load_model(champ.path, stream, pub))
-            for n, state in enumerate(("received", "shadowing", "active")):
+            reported: tuple[ModelState, ...] = ("received", "shadowing", "active")
+            for n, state in enumerate(reported):
                 st = ModelStatus(edge_id=gw, stream=stream, version=champ.version, state=state,
                                  reason="" if state != "active" else "shadow score within bounds",
                                  ts=time.time() - 60 + n)

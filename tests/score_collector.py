@@ -16,6 +16,7 @@ from confluent_kafka import Consumer
 from shared import topics
 from shared.contracts import Alert, AnonPayment, Score, decode
 from shared.kafka_config import Target, client_config
+from tests.support import value_of
 
 
 class Collector(threading.Thread):
@@ -41,16 +42,16 @@ class Collector(threading.Thread):
                 if m.error():
                     continue
                 if m.topic() == topics.ANON_PAYMENTS:
-                    p = decode(AnonPayment, m.value())
+                    p = decode(AnonPayment, value_of(m))
                     if p.event_id in self.events:
                         self.fix_age[p.event_id] = math.expm1(p.features["vehicle_fix_age_s"])
                     continue
                 if m.topic() == topics.ALERTS:
-                    a = decode(Alert, m.value())
+                    a = decode(Alert, value_of(m))
                     if a.event_ids and a.event_ids[0] in self.events:
                         self.alerts.append(a)
                     continue
-                s = decode(Score, m.value())
+                s = decode(Score, value_of(m))
                 if s.event_id in self.events:
                     self.duplicates += s.event_id in self.scores
                     self.scores[s.event_id] = s

@@ -18,7 +18,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from shared import topics
 from shared.infra import jars
@@ -89,6 +96,13 @@ def consume_all(bootstrap: Target, topic: str, expect: int | None = None, timeou
     finally:
         c.close()
     return out
+
+
+def value_of(msg: Message) -> bytes:
+    """A consumed record's value. The topics tests read carry no tombstones: None fails."""
+    value = msg.value()
+    assert value is not None, f"no value at {msg.topic()} [{msg.partition()}] @ {msg.offset()}"
+    return value
 
 
 @contextmanager

@@ -101,9 +101,9 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
     collector = Collector(stack.edge.login(), fast.events)
     collector.start()
     try:
-        runner = WaitingRunner(fast, ConnectSettings(host=stack.mqtt.host, port=stack.mqtt.port,
-                                                     password=PASSWORD, window=50),
-                               tmp_path / "sim", drain_timeout_s=150.0)
+        conf = ConnectSettings(host=stack.mqtt.host, port=stack.mqtt.port, password=PASSWORD,
+                               window=50)
+        runner = WaitingRunner(fast.as_fleet(), conf, tmp_path / "sim", drain_timeout_s=150.0)
         runner.collector = collector
         result = runner.run()
         deadline = time.monotonic() + 120
@@ -139,7 +139,7 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
     by_vin: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ep in raised:
         by_vin[ep["vin"]].append(ep)
-    detected = defaultdict(lambda: [0, 0])
+    detected: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     for lab in labelled:
         hit = any(a["opened"] is not None and a["end"] >= lab["start"]
                   and a["opened"] <= lab["start"] + DETECT_WITHIN_S for a in by_vin[lab["vin"]])

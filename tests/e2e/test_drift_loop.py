@@ -169,7 +169,7 @@ def drive(gws: list[Gateway], until_s: float, home: Path) -> None:
                              slack=4.0)  # every tick, however busy the machine
             conf = ConnectSettings(host=gw.stack.mqtt.host, port=gw.stack.mqtt.port,
                                    password=PASSWORD, window=50)
-            LiveRunner(fast, conf, home / f"sim-{gw.n}", drain_timeout_s=120.0).run()
+            LiveRunner(fast.as_fleet(), conf, home / f"sim-{gw.n}", drain_timeout_s=120.0).run()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(exc)
 

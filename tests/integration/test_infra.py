@@ -99,7 +99,7 @@ def _client(broker: MqttBroker, user: str, password: str, cid: str) -> mqtt.Clie
 
 def test_mqtt_qos1_round_trip_with_auth_and_acl(mqtt_broker: MqttBroker) -> None:
     mqtt_broker.register_vehicles([VIN_A, VIN_B], "vehicle-pass")
-    got: list[tuple[str, bytes]] = []
+    got: list[tuple[str, bytes | bytearray]] = []
     subscribed = threading.Event()
     done = threading.Event()
     sub = _client(mqtt_broker, *mqtt_broker.admin, cid="test-sub")

@@ -72,7 +72,7 @@ def batched(items: Items, state: FeatureState, sizes: list[int]
 
 
 def decode_anon(data: bytes, item: tuple[StreamSpec, msgspec.Struct]) -> msgspec.Struct:
-    return decode(item[0].anon_event, data)  # type: ignore[no-any-return]
+    return decode(item[0].anon_event, data)
 
 
 def encoded(state: FeatureState) -> dict[str, bytes]:

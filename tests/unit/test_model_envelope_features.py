@@ -16,10 +16,11 @@ VAN = CATALOG["citan-van"]  # thermostat 90 °C, tyres 250 kPa
 EV = CATALOG["e-transit"]
 
 
-def frame(i: int, model: str = VAN.name, **over: object) -> Telemetry:
+def frame(i: int, **over: object) -> Telemetry:
+    """A van's telemetry frame, with the fields in ``over`` (``model=...`` too) replaced."""
     base: dict[str, object] = dict(
         event_id=f"t{i}", ts=1_700_000_000.0 + i, vin="WDF00000000000001", driver_id="D-1",
-        model=model, firmware="1.0.0", lat=52.5, lon=13.4, speed_kmh=50.0 + (i % 3) * 0.37,
+        model=VAN.name, firmware="1.0.0", lat=52.5, lon=13.4, speed_kmh=50.0 + (i % 3) * 0.37,
         rpm=2000.0 + (i % 7), gear=3, coolant_c=90.5 + (i % 5) * 0.13, intake_c=30.0 + (i % 4) * 0.21,
         oil_kpa=300.0 + (i % 3), battery_v=14.15 + (i % 3) * 0.011, soc_pct=85.0,
         tyre_fl_kpa=250.0 + (i % 4) * 0.3, tyre_fr_kpa=251.0 + (i % 3) * 0.3,

@@ -16,6 +16,12 @@ from tests.edge_pipeline import EdgePipeline
 ODD = 'a "quoted" dir\\with a backslash and a \U0001F69A'
 
 
+def given(path: Path | None) -> Path:
+    """A path setting the TOML file gives (None: it was left out)."""
+    assert path is not None
+    return Path(path)
+
+
 def test_paths_with_a_quote_and_a_backslash_round_trip(tmp_path: Path) -> None:
     home = tmp_path / ODD
     stack = Stack(InfraSettings(home=home), quiet=True)  # constructing it does no I/O
@@ -24,15 +30,15 @@ def test_paths_with_a_quote_and_a_backslash_round_trip(tmp_path: Path) -> None:
     edge = edge_config.load(edge_toml)
     assert edge.edge_id == "edge-1"
     assert Path(edge.data_dir) == home / "edge-1"
-    assert Path(edge.kafka.credentials_file) == stack.edge.credentials_path
-    assert Path(edge.mqtt.credentials_file) == stack.mqtt.credentials_path
-    assert Path(edge.scorer.public_key) == home / "fleet.pub"
+    assert given(edge.kafka.credentials_file) == stack.edge.credentials_path
+    assert given(edge.mqtt.credentials_file) == stack.mqtt.credentials_path
+    assert given(edge.scorer.public_key) == home / "fleet.pub"
     assert edge.metrics.base_port == 9500
 
     cloud_toml = tmp_path / "cloud.toml"
     cloud_toml.write_text(_cloud_toml(stack, home / "demo" / "cloud", 8600))
     cloud = cloud_config.load(cloud_toml)
-    assert Path(cloud.kafka.ca_file) == stack.cloud.tls_files.ca_file
+    assert given(cloud.kafka.ca_file) == stack.cloud.tls_files.ca_file
     assert Path(cloud.registry.root) == home / "demo" / "cloud" / "registry"
     assert Path(cloud.store.root) == home / "demo" / "cloud" / "store"
     assert Path(cloud.dashboard.state_dir) == home / "demo" / "cloud"
@@ -47,7 +53,7 @@ def test_the_test_helpers_edge_toml_round_trips(tmp_path: Path) -> None:
                             extra="[enricher]\nbatch_wait_ms = 20\n")
     edge = edge_config.load(pipeline.write_config())
     assert Path(edge.data_dir) == home / "data"
-    assert Path(edge.kafka.credentials_file) == stack.edge.credentials_path
+    assert given(edge.kafka.credentials_file) == stack.edge.credentials_path
     assert edge.bridge.group == pipeline.edge_id
     assert edge.enricher.batch_wait_ms == 20
 

@@ -11,8 +11,12 @@ from edge.transactions import EXIT_STUCK, AssignmentGuard, Watchdog
 def test_a_call_stuck_past_its_timeout_and_the_grace_ends_the_process() -> None:
     exits: list[int] = []
     stuck = threading.Event()
-    dog = Watchdog("enricher", grace_s=0.2, tick_s=0.02,
-                   on_stuck=lambda code: (exits.append(code), stuck.set()))
+
+    def on_stuck(code: int) -> None:
+        exits.append(code)
+        stuck.set()
+
+    dog = Watchdog("enricher", grace_s=0.2, tick_s=0.02, on_stuck=on_stuck)
 
     def never_returns(timeout: float) -> None:  # as send_offsets_to_transaction can
         stuck.wait(5)
@@ -27,9 +31,13 @@ def test_calls_that_return_in_time_are_left_alone_and_get_their_timeout() -> Non
     exits: list[int] = []
     dog = Watchdog("scorer", grace_s=0.1, tick_s=0.01, on_stuck=exits.append)
     got: list[tuple[str, float]] = []
+
+    def slow_commit(arg: str, timeout: float) -> None:
+        time.sleep(0.1)
+        got.append((arg, timeout))
+
     for _ in range(3):
-        dog.call("commit_transaction", 0.05,
-                 lambda arg, timeout: (time.sleep(0.1), got.append((arg, timeout))), "offsets")
+        dog.call("commit_transaction", 0.05, slow_commit, "offsets")
     time.sleep(0.3)  # disarmed between calls: the monitor sees nothing overdue
     assert got == [("offsets", 0.05)] * 3
     assert exits == []

@@ -68,7 +68,8 @@ def _read_one(target: Target, topic: str, group: str) -> bytes | int:
         while time.monotonic() < deadline:
             msg = c.poll(0.5)
             if msg is not None:
-                return msg.error().code() if msg.error() else bytes(msg.value() or b"")
+                err = msg.error()
+                return err.code() if err else bytes(msg.value() or b"")
         return KafkaError._TIMED_OUT
     finally:
         c.close()

@@ -15,6 +15,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -35,6 +36,9 @@ from tests.browser_support import (
 )
 from tests.dashboard_support import World, copy_registry, world
 from tests.support import produce_all
+
+if TYPE_CHECKING:  # selenium is imported where the test runs
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 pytestmark = pytest.mark.integration
 
@@ -68,24 +72,24 @@ def server(plain_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     with chromium(tmp_path_factory.mktemp("chromium")) as driver:
         yield driver
 
 
 def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, Path],
-                                                browser: object, plain_bootstrap: str) -> None:
+                                                browser: WebDriver, plain_bootstrap: str) -> None:
     from selenium.webdriver.common.by import By
 
     run, w, _registry = server
     url, user = run.url, run.user
     d = browser
-    find = d.find_element  # type: ignore[attr-defined]
+    find = d.find_element
 
     sign_in(d, run, "/runs", shot_as="0-sign-in")
 
     # Fleet: both gateways online with the champions, live figures that update by themselves.
-    d.get(url + "/fleet")  # type: ignore[attr-defined]
+    d.get(url + "/fleet")
     wait("both gateways", lambda: len(d.find_elements(By.CSS_SELECTOR, "tr[data-gateway]")) == 2)
     assert find(By.ID, "gateways-online").text.startswith("2 / 2")
     wait("the fleet chart", lambda: charts_drawn(d))
@@ -98,42 +102,42 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
           lambda: "gw-east" in find(By.ID, "fleet-table").text, timeout_s=120)
     assert before != find(By.ID, "fleet-table").text
 
-    d.get(url + "/fleet/gw-north")  # type: ignore[attr-defined]
+    d.get(url + "/fleet/gw-north")
     assert "active" in find(By.ID, "status-events").text
     wait("the gateway chart", lambda: charts_drawn(d))
     shot(d, "2-gateway")
 
-    d.get(url + "/detection")  # type: ignore[attr-defined]
+    d.get(url + "/detection")
     wait("detection charts", lambda: charts_drawn(d))
     alerts = find(By.ID, "alerts-table").text
     assert "No alerts" not in alerts
-    page = d.page_source  # type: ignore[attr-defined]
+    page = d.page_source
     assert not [v for v in w.pii if v in page], "PII on the detection page"
     shot(d, "3-detection")
 
     # The drift run (a seed that failed its int8 check is a failed run before it).
     with Registry(w.registry_root) as reg:
         drift_id = next(r.id for r in reg.runs() if r.trigger == "drift")
-    d.get(url + f"/runs/{drift_id}")  # type: ignore[attr-defined]
+    d.get(url + f"/runs/{drift_id}")
     wait("run charts", lambda: charts_drawn(d))
     assert find(By.ID, "run-decision").text in ("promoted", "kept")
     assert find(By.ID, "confusion-challenger").text
     shot(d, "5-run")
 
-    d.get(url + "/registry")  # type: ignore[attr-defined]
+    d.get(url + "/registry")
     shot(d, "6-registry")
 
     # Retrain from the page: confirm, then watch the run appear and finish (no reload).
-    d.get(url + "/runs")  # type: ignore[attr-defined]
+    d.get(url + "/runs")
     runs_before = len(d.find_elements(By.CSS_SELECTOR, "tr[data-run]"))
     find(By.ID, "retrain-payments").click()
     assert "Train a new" in find(By.ID, "confirm-question").text
     find(By.ID, "reason").send_keys("browser test")
     find(By.ID, "confirm").click()
-    wait("the runs page", lambda: d.current_url.endswith("/runs"))  # type: ignore[attr-defined]
+    wait("the runs page", lambda: d.current_url.endswith("/runs"))
     assert "retrain of payments requested" in find(By.ID, "flash").text
     newest = f"tr[data-run='{runs_before + 1}']"
-    wait("the new run to appear", lambda: d.execute_script(  # type: ignore[attr-defined]
+    wait("the new run to appear", lambda: d.execute_script(
         "return !!document.querySelector(arguments[0])", newest), timeout_s=60)
     shot(d, "4-runs")
     # Read the row in one script: htmx swaps the table every refresh, so a found element
@@ -142,20 +146,21 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
                 "return r ? [r.dataset.status, r.innerText] : ['', ''];")
     wait("the new run to finish", lambda: d.execute_script(read_row, newest)[0]
           not in ("", "running"), timeout_s=150, every_s=1)
-    status, text = d.execute_script(read_row, newest)  # type: ignore[attr-defined]
+    status, text = d.execute_script(read_row, newest)
     assert status == "finished", text
     assert user in text and "manual" in text
     shot(d, "4-runs")
 
     # Promote a non-champion telemetry model and see it become champion.
-    d.get(url + "/registry")  # type: ignore[attr-defined]
+    d.get(url + "/registry")
     section = find(By.ID, "stream-telemetry")
     old = find(By.ID, "champion-telemetry").text
     version = section.find_elements(By.CSS_SELECTOR, "[data-promote]")[0].get_attribute(
         "data-promote")
+    assert version is not None  # every [data-promote] button has it
     promote(d, run, version)
     shot(d, "7-model")
-    d.get(url + "/registry")  # type: ignore[attr-defined]
+    d.get(url + "/registry")
     assert find(By.ID, "champion-telemetry").text == version != old
     assert user in find(By.ID, "actions-table").text
     shot(d, "6-registry")

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -24,7 +25,7 @@ from edge.vault.setup import fleet_tokenizer, open_vault
 from shared import contracts, streams, topics
 from shared.config import convert
 from shared.kafka_config import KafkaSettings, Target, client_config
-from tests.support import consume_all, kafka_table, produce_all, producer
+from tests.support import consume_all, kafka_table, produce_all, producer, value_of
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -39,16 +40,19 @@ def sim_events(tag: str, vehicles: int, duration_s: int, seed: int) -> list[msgs
         spec = streams.by_mqtt_suffix(topic.rsplit("/", 1)[-1])
         assert spec is not None
         ev = contracts.decode(spec.event, payload)
-        out.append(msgspec.structs.replace(ev, event_id=f"{tag}-{ev.event_id}"))  # type: ignore[type-var]
+        assert isinstance(ev, contracts.Event)
+        out.append(msgspec.structs.replace(ev, event_id=f"{tag}-{ev.event_id}"))
     return out
 
 
-def produce_raw(bootstrap: Target, events: list[msgspec.Struct], duplicate_every: int = 0) -> None:
+def produce_raw(bootstrap: Target, events: Sequence[msgspec.Struct],
+                duplicate_every: int = 0) -> None:
     """Write events to raw.* keyed by VIN, re-sending some (as a redelivering bridge would)."""
     by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
     for i, ev in enumerate(events):
+        assert isinstance(ev, contracts.Telemetry | contracts.Payment)  # what raw.* carries
         spec = streams.TELEMETRY if isinstance(ev, contracts.Telemetry) else streams.PAYMENTS
-        rec = (ev.vin.encode(), contracts.encode(ev))  # type: ignore[attr-defined]
+        rec = (ev.vin.encode(), contracts.encode(ev))
         copies = 2 if duplicate_every and i % duplicate_every == 0 else 1
         by_topic.setdefault(spec.raw_topic, []).extend([rec] * copies)
     for topic, recs in by_topic.items():
@@ -98,7 +102,7 @@ def read_anon(bootstrap: Target, ids: set[str], timeout: float = 90.0,
             for msg in c.consume(num_messages=5000, timeout=0.5):
                 if msg.error():
                     continue
-                eid = msgspec.json.decode(msg.value(), type=_EventId).event_id
+                eid = msgspec.json.decode(value_of(msg), type=_EventId).event_id
                 if eid in ids:
                     seen[eid] += 1
             if complete_at is None and len(seen) == len(ids):

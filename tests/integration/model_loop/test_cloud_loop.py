@@ -164,6 +164,7 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
     assert run.curves["loss"] and len(run.curves["loss"]) == 4
     assert run.decision == "promoted", run.decision_reason
     champion = registry.champion("payments")
+    assert champion is not None
     assert champion.version == run.challenger and champion.parent == "drift-champion"
     assert (champion.path / "profile.json").exists()
     assert model_bundle.unpack(_published(cloud_kafka, champion.version)).stream == "payments"
@@ -205,6 +206,7 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
         svc = TrainerService(registry, Source(cloud_login(TRAINER_USER)), kit.key, settings, pub)
         [run] = svc.cycle()
         assert run.decision == "awaiting approval", (run.decision_reason, run.error)
+        assert run.challenger is not None
         assert registry.champion("payments").version == "approval-champion"  # type: ignore[union-attr]
         assert on_topic(run.challenger) == []  # not published while it waits
 

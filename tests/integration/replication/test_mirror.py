@@ -17,7 +17,7 @@ from shared.infra import jars
 from shared.infra.mirror import TRANSACTION_INTERVAL_MS, Mirror
 from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings, Target, client_config
-from tests.support import consume_all, produce_all
+from tests.support import consume_all, produce_all, value_of
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +171,9 @@ def _read_everything(bootstrap: Target, names: list[str],
         while ends and time.monotonic() < deadline:
             msg = c.poll(0.5)
             if msg is not None and not msg.error():
-                yield msg.topic(), msg.key() or b"", msg.value() or b""
+                topic = msg.topic()
+                assert topic is not None  # a record's, not an error's
+                yield topic, msg.key() or b"", msg.value() or b""
                 continue
             # Transaction markers take offsets too: a partition is done once the consumer's
             # position has reached its end, whatever the last record's offset.
@@ -270,7 +272,7 @@ class _Reader:
     def _take(self, wait: float) -> None:
         for msg in self.c.consume(5000, wait):
             if not msg.error():
-                self.got[self._json.loads(msg.value())["event_id"]] += 1
+                self.got[self._json.loads(value_of(msg))["event_id"]] += 1
 
     def read_until(self, wanted: set[str], timeout: float) -> Counter[str]:
         deadline = time.monotonic() + timeout

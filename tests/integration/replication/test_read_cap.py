@@ -78,7 +78,7 @@ def _retention_deletes(edge: Target, partition: int, before: int) -> None:
 class _Arrivals:
     """A read_committed reader of one cloud topic that notes when each batch arrived."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Target, topic: str) -> None:
         self.got: Counter[str] = Counter()
         self.first: float | None = None
         self.marks: list[tuple[float, int]] = []  # (monotonic time, events read so far)

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -23,7 +22,16 @@ from edge.scorer.vins import VinCache
 from edge.vault.vault import Vault
 from shared import config as shared_config
 from shared import topics
-from shared.contracts import Alert, AnonPayment, AnonTelemetry, Decision, Score, decode, encode
+from shared.contracts import (
+    Alert,
+    AnonPayment,
+    AnonTelemetry,
+    Decision,
+    Event,
+    Score,
+    decode,
+    encode,
+)
 from shared.kafka_config import KafkaSettings, Target
 from shared.signing import generate_private_key
 from shared.tokens import Tokenizer
@@ -117,15 +125,16 @@ def payment(data: SyntheticFeatures, event_id: str, card: str, vehicle_token: st
     return card.encode(), encode(rec)
 
 
-def mine(msgs: list[Any], kind: type[msgspec.Struct], run_id: str) -> list[Any]:
-    out = [decode(kind, m.value()) for m in msgs]
-    if kind is Alert:
-        return [a for a in out if a.token.startswith(run_id)]
-    return [r for r in out if r.event_id.startswith(run_id)]
+def mine(msgs: list[Any], kind: type[Event] | type[Alert], run_id: str) -> list[Any]:
+    if issubclass(kind, Alert):
+        alerts = [decode(kind, m.value()) for m in msgs]
+        return [a for a in alerts if a.token.startswith(run_id)]
+    events = [decode(kind, m.value()) for m in msgs]
+    return [r for r in events if r.event_id.startswith(run_id)]
 
 
-def wait_for(bootstrap: Target, topic: str, kind: type[msgspec.Struct], run_id: str, n: int,
-             timeout: float = 60.0) -> list[Any]:
+def wait_for(bootstrap: Target, topic: str, kind: type[Event] | type[Alert], run_id: str,
+             n: int, timeout: float = 60.0) -> list[Any]:
     deadline = time.monotonic() + timeout
     got: list[Any] = []
     while time.monotonic() < deadline:
@@ -226,7 +235,7 @@ class Vehicle:
         c.username_pw_set(vin, password)
         c.on_connect = lambda cl, *_: cl.subscribe(f"fleet/{vin}/commands", qos=1)
         c.on_subscribe = lambda *_: self.ready.set()
-        c.on_message = lambda _c, _u, msg: self.got.append(decode(Decision, msg.payload))
+        c.on_message = lambda _c, _u, msg: self.got.append(decode(Decision, bytes(msg.payload)))
         c.connect(broker.host, broker.port)
         c.loop_start()
         self.client = c

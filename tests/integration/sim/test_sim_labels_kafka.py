@@ -97,7 +97,9 @@ def _consume_timed(bootstrap: str, start: list[TopicPartition], expect: int,
             msg = c.poll(0.2)
             if msg is None or msg.error():
                 continue
-            out.append((msg.key(), msgspec.json.decode(msg.value(), type=Label),
+            key, value = msg.key(), msg.value()
+            assert key is not None and value is not None  # labels are keyed, never deleted
+            out.append((key, msgspec.json.decode(value, type=Label),
                         msg.timestamp()[1] / 1000))  # the producer's create time
     finally:
         c.close()

@@ -14,6 +14,7 @@ from firmware_sim.live import LiveRunner
 from firmware_sim.session import ConnectSettings
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from shared.contracts import Decision, VehicleStatus, decode
 
@@ -36,7 +37,8 @@ class Counter:
         c.username_pw_set(*broker.admin)
         c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in topics])
         c.on_message = self._on_message
-        c.reconnect_delay_set(0.2, 2.0)
+        # paho annotates whole seconds, but its reconnect delays are any float of seconds.
+        c.reconnect_delay_set(0.2, 2.0)  # type: ignore[arg-type]
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         c.connect(broker.host, broker.port, clean_start=False, properties=props)
@@ -143,7 +145,7 @@ def test_a_vehicle_cannot_publish_as_another(mqtt_broker) -> None:
     time.sleep(0.5)
     watcher = Counter(mqtt_broker, "sim-test-acl-watch", [f"fleet/{a}/#", f"fleet/{b}/#"])
     time.sleep(0.5)
-    acks: dict[int, object] = {}
+    acks: dict[int, ReasonCode] = {}
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=a, protocol=mqtt.MQTTv5)
     c.username_pw_set(a, PASSWORD)
     c.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason)

@@ -105,10 +105,11 @@ def test_a_message_that_breaks_dead_lettering_still_leaves_its_reason(
     monkeypatch.setattr(bridge_module, "check", broken)
     b, letters = bridge()
 
-    def picky(msg: mqtt.MQTTMessage, reason: str, detail: str, now: float) -> None:
+    def picky(msg: mqtt.MQTTMessage, reason: str, detail: str, now: float,
+              acks: list[tuple[int, int, int]] | None = None) -> None:
         if msg.payload:
             raise UnicodeError("cannot write this one")
-        letters(msg, reason, detail, now)
+        letters(msg, reason, detail, now, acks)
 
     b._dead_letter = picky  # type: ignore[method-assign]
     deliver(b, message(f"fleet/{VIN}/telemetry".encode(), b'{"x":1}', mid=77))

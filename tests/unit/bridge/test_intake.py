@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -50,8 +50,11 @@ PACKETS = [
 ]
 
 
-class _Pair:
-    def __init__(self, client: mqtt.Client) -> None:
+C = TypeVar("C", bound=mqtt.Client)
+
+
+class _Pair(Generic[C]):
+    def __init__(self, client: C) -> None:
         self.client = client
         self.got: list[Received] = []
         client.on_message = lambda _c, _u, m: self.got.append(
@@ -96,14 +99,17 @@ class _Pair:
         self.broker.close()
 
 
-def _client(cls: Any) -> mqtt.Client:
-    client: mqtt.Client = cls(mqtt.CallbackAPIVersion.VERSION2, client_id="B",
-                              protocol=mqtt.MQTTv5, manual_ack=True)
-    return client
+def _client(cls: type[C]) -> C:
+    return cls(mqtt.CallbackAPIVersion.VERSION2, client_id="B", protocol=mqtt.MQTTv5,
+               manual_ack=True)
+
+
+# Ours (the bridge's IntakeClient) beside stock paho, fed the same bytes.
+Pairs = tuple[_Pair[IntakeClient], _Pair[mqtt.Client]]
 
 
 @pytest.fixture
-def pairs() -> Iterator[tuple[_Pair, _Pair]]:
+def pairs() -> Iterator[Pairs]:
     check_compatible()
     ours, stock = _Pair(_client(IntakeClient)), _Pair(_client(mqtt.Client))
     yield ours, stock
@@ -111,7 +117,7 @@ def pairs() -> Iterator[tuple[_Pair, _Pair]]:
     stock.close()
 
 
-def test_messages_are_what_paho_decodes(pairs: tuple[_Pair, _Pair]) -> None:
+def test_messages_are_what_paho_decodes(pairs: Pairs) -> None:
     ours, stock = pairs
     data = b"".join(PACKETS)
     stock.feed(data)
@@ -120,7 +126,7 @@ def test_messages_are_what_paho_decodes(pairs: tuple[_Pair, _Pair]) -> None:
     assert ours.got == stock.got
 
 
-def test_packets_split_at_every_byte(pairs: tuple[_Pair, _Pair]) -> None:
+def test_packets_split_at_every_byte(pairs: Pairs) -> None:
     ours, stock = pairs
     small = b"".join(PACKETS[:4] + PACKETS[5:7])
     stock.feed(small)
@@ -130,7 +136,7 @@ def test_packets_split_at_every_byte(pairs: tuple[_Pair, _Pair]) -> None:
     assert not ours.client._rbuf  # nothing left over
 
 
-def test_random_splits_of_a_long_stream(pairs: tuple[_Pair, _Pair]) -> None:
+def test_random_splits_of_a_long_stream(pairs: Pairs) -> None:
     ours, stock = pairs
     rng = random.Random(7)
     data = b"".join(rng.choice(PACKETS[:7]) for _ in range(400))
@@ -144,7 +150,7 @@ def test_random_splits_of_a_long_stream(pairs: tuple[_Pair, _Pair]) -> None:
     assert ours.got == stock.got
 
 
-def test_batched_acks_are_paho_pubacks(pairs: tuple[_Pair, _Pair]) -> None:
+def test_batched_acks_are_paho_pubacks(pairs: Pairs) -> None:
     ours, stock = pairs
     mids = [1, 2, 255, 256, 65535]
     for mid in mids:
@@ -159,7 +165,7 @@ def test_batched_acks_are_paho_pubacks(pairs: tuple[_Pair, _Pair]) -> None:
     assert ours.client.ack(3, 0) == mqtt.MQTT_ERR_SUCCESS and ours.client.pending_acks() == 0
 
 
-def test_qos2_goes_through_paho(pairs: tuple[_Pair, _Pair]) -> None:
+def test_qos2_goes_through_paho(pairs: Pairs) -> None:
     ours, stock = pairs
     packet = _publish_bytes(b"fleet/X/telemetry", b"two", 2, 42)
     stock.feed(packet)
@@ -167,7 +173,7 @@ def test_qos2_goes_through_paho(pairs: tuple[_Pair, _Pair]) -> None:
     assert ours.sent() == stock.sent() != b""  # paho's PUBREC
 
 
-def test_acks_of_a_lost_connection_are_never_sent(pairs: tuple[_Pair, _Pair]) -> None:
+def test_acks_of_a_lost_connection_are_never_sent(pairs: Pairs) -> None:
     ours, _ = pairs
     ours.feed(PACKETS[0])
     ours.client.ack(1, 1)
@@ -178,7 +184,7 @@ def test_acks_of_a_lost_connection_are_never_sent(pairs: tuple[_Pair, _Pair]) ->
 
 
 def test_a_malformed_publish_ends_the_connection_as_paho_does(
-        pairs: tuple[_Pair, _Pair]) -> None:
+        pairs: Pairs) -> None:
     ours, stock = pairs
     # A QoS 1 PUBLISH whose properties length runs past the packet.
     bad = bytes([0x32, 8, 0, 1]) + b"t" + bytes([0, 5, 0x7F, 0, 0])
@@ -197,7 +203,7 @@ def test_manual_ack_is_required() -> None:
 
 
 def test_a_message_whose_callback_raised_is_not_handed_over_again(
-        pairs: tuple[_Pair, _Pair]) -> None:
+        pairs: Pairs) -> None:
     ours, _ = pairs
     seen: list[int] = []
 

@@ -86,6 +86,7 @@ def _awaiting(svc: TrainerService, pub: Captured, registry: Registry) -> Any:
     [run] = svc.cycle(NOW)
     assert run.decision == "awaiting approval", (run.decision_reason, run.error)
     assert pub.sent == [] and registry.champion("payments") is None
+    assert run.challenger is not None
     assert registry.get(run.challenger).state == "candidate"
     status = registry.status("payments")
     assert status is not None and status.state == "awaiting approval"

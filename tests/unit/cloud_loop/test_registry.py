@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cloud.registry import Registry, RegistryError
+from cloud.registry import ModelRecord, Registry, RegistryError
 from shared.contracts import ModelManifest, Scaling, encode
 from shared.signing import generate_private_key, sign_model_dir, verify_model_dir
 
@@ -30,8 +31,14 @@ def model_dir(root: Path, version: str, stream: str = "payments", parent: str | 
 KEY = generate_private_key()
 
 
+def champion(reg: Registry, stream: str) -> ModelRecord:
+    record = reg.champion(stream)
+    assert record is not None, f"no {stream} champion"
+    return record
+
+
 @pytest.fixture()
-def reg(tmp_path: Path) -> Registry:
+def reg(tmp_path: Path) -> Iterator[Registry]:
     r = Registry(tmp_path / "registry").start()
     yield r
     r.close()
@@ -55,13 +62,13 @@ def test_promote_keeps_one_champion_and_rollback_restores_the_previous(
         reg.register(model_dir(tmp_path / "src", v, parent=parent))
     reg.promote("v1", "alice")
     reg.promote("v2", "bob", "better PR AUC")
-    assert reg.champion("payments").version == "v2"
+    assert champion(reg, "payments").version == "v2"
     assert reg.get("v1").state == "retired"
     reg.promote("v3", "carol")
     assert [m.version for m in reg.models("payments") if m.state == "champion"] == ["v3"]
     back = reg.rollback("payments", "dave", "alert storm")
     assert back.version == "v2" and reg.get("v3").state == "retired"
-    assert reg.champion("payments").version == "v2"
+    assert champion(reg, "payments").version == "v2"
     assert reg.rollback("payments", "dave").version == "v1"
     with pytest.raises(RegistryError, match="no earlier champion"):
         reg.rollback("payments", "dave")
@@ -75,8 +82,8 @@ def test_promote_keeps_one_champion_and_rollback_restores_the_previous(
 def test_champions_are_per_stream(reg: Registry, tmp_path: Path) -> None:
     reg.register(model_dir(tmp_path / "src", "p1"), state="champion")
     reg.register(model_dir(tmp_path / "src", "t1", stream="telemetry"), state="champion")
-    assert reg.champion("payments").version == "p1"
-    assert reg.champion("telemetry").version == "t1"
+    assert champion(reg, "payments").version == "p1"
+    assert champion(reg, "telemetry").version == "t1"
     assert reg.streams() == ["payments", "telemetry"]
     with pytest.raises(RegistryError, match="not telemetry"):
         reg.rollback("telemetry", to="p1")
@@ -106,4 +113,4 @@ def test_registry_survives_reopening(tmp_path: Path) -> None:
     with Registry(tmp_path / "r") as reg:
         reg.register(model_dir(tmp_path / "src", "v1"), state="champion")
     with Registry(tmp_path / "r") as reg:
-        assert reg.champion("payments").version == "v1"
+        assert champion(reg, "payments").version == "v1"

@@ -20,7 +20,7 @@ from cloud.retrain.drift import DriftSettings
 from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import key_token
 from shared import baselines, signing
-from shared.contracts import Alert, Contribution, Label, Score
+from shared.contracts import Alert, AlertState, Contribution, Label, Score
 from shared.features import feature_memory_s
 from tests.dashboard_support import SMALL, MemorySource, sim_data
 
@@ -225,7 +225,7 @@ def test_drift_names_the_gateway_whose_false_alerts_rose(
     }
     south = [r for r in telemetry if r.vehicle_token not in north]
 
-    def alert(i: int, state: str, features: list[tuple[str, float]]) -> Alert:
+    def alert(i: int, state: AlertState, features: list[tuple[str, float]]) -> Alert:
         r = south[i]
         return Alert(alert_id=f"a{i}", stream="telemetry", token=r.vehicle_token, state=state,
                      start_ts=r.ts, peak_ts=r.ts, end_ts=r.ts + 10, peak_score=2.0,

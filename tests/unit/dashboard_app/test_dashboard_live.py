@@ -12,7 +12,8 @@ from cloud.dashboard.errors import BadQuery
 from cloud.dashboard.live import LiveState
 from cloud.dashboard.store import DashboardStore, User
 from cloud.dashboard.views import chart_window, detection, fleet, gateway, window_choices
-from shared.contracts import ModelStatus, Score, encode
+from cloud.registry import Registry
+from shared.contracts import ModelState, ModelStatus, Score, encode
 from shared.errors import FleetsentryError
 
 
@@ -76,7 +77,12 @@ def _score(ts: float, anomalous: bool, version: str = "v1") -> bytes:
                         anomalous=anomalous))
 
 
-class _NoRegistry:
+class _NoRegistry(Registry):
+    """A registry of no streams, never started (constructing one does no I/O)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("no-registry"))
+
     def streams(self) -> list[str]:
         return []
 
@@ -89,7 +95,7 @@ def test_gateways_go_offline_and_lag_comes_from_heartbeats() -> None:
     live.on_record("edge-1.heartbeats", b"\x00", now - 2)
     live.on_record("edge-2.scores.payments", _score(now - 100, False), now - 100)
     live.on_record("edge-2.scores.payments", b"{not json", now - 100)
-    view = fleet(live, _NoRegistry(), now)  # type: ignore[arg-type]
+    view = fleet(live, _NoRegistry(), now)
     one, two = view["gateways"]
     assert one["online"] and one["replication_lag_s"] == 2.0
     assert one["events_per_s"] == 1.0 and one["alert_rate"] == 0.1
@@ -105,7 +111,7 @@ def test_a_gateway_shows_the_model_it_reported_active_before_scoring_with_it() -
     now = 10_000.0
     live.on_record("edge-1.scores.payments", _score(now - 20, False, "v1"), now - 20)
 
-    def status(version: str, state: str, ts: float) -> bytes:
+    def status(version: str, state: ModelState, ts: float) -> bytes:
         return encode(ModelStatus(edge_id="edge-1", stream="payments", version=version,
                                   state=state, ts=ts))
 
@@ -148,18 +154,18 @@ def test_charts_fit_the_data_not_a_fixed_hour_and_the_window_can_be_chosen() -> 
     # Ten minutes of data, looked at 2 s after the newest event arrived.
     live = _fed(9_400.5, 10_000.5)
     now = 10_002.5
-    fit = detection(live, _NoModels(), now)  # type: ignore[arg-type]
+    fit = detection(live, _NoModels(), now)
     t = fit["rates"]["t"]
     assert (t[0], t[-1], len(t)) == (9_400.0, 10_000.0, 61)  # not 361 buckets of an hour
     assert fit["decisions"]["t"] == t and fit["alerts_by_kind"]["t"] == t
     assert fit["window"] == {"fit": True, "seconds": None, "bucket_s": 10, "start": 9_400.0,
                              "end": 10_000.5}
-    gw = gateway(live, _NoModels(), "edge-1", now)  # type: ignore[arg-type]
+    gw = gateway(live, _NoModels(), "edge-1", now)
     assert gw is not None and gw["series"]["t"] == t
 
-    five = detection(live, _NoModels(), now, window_s=300)  # type: ignore[arg-type]
+    five = detection(live, _NoModels(), now, window_s=300)
     assert (five["rates"]["t"][0], five["rates"]["t"][-1]) == (9_700.0, 10_000.0)
-    hour = detection(live, _NoModels(), now, window_s=3600)  # type: ignore[arg-type]
+    hour = detection(live, _NoModels(), now, window_s=3600)
     rates = hour["rates"]["events"]["payments"]
     assert hour["rates"]["t"][0] == 6_400.0 and len(rates) == 361
     assert rates[:300] == [0.0] * 300 and rates[301:-1] == [1.0] * 59  # before the data: none
@@ -168,7 +174,7 @@ def test_charts_fit_the_data_not_a_fixed_hour_and_the_window_can_be_chosen() -> 
 def test_the_bucket_still_filling_is_a_rate_over_its_elapsed_part_never_a_zero() -> None:
     # 1 event/s; the newest at 10_006.5, 6.5 s into its bucket, arrived 1.5 s ago.
     live = _fed(9_400.5, 10_006.5)
-    rates = detection(live, _NoModels(), 10_008.0)["rates"]  # type: ignore[arg-type]
+    rates = detection(live, _NoModels(), 10_008.0)["rates"]
     payments = rates["events"]["payments"]
     assert rates["t"][-1] == 10_000.0
     assert payments[:-1] == [1.0] * 60  # whole buckets
@@ -177,12 +183,12 @@ def test_the_bucket_still_filling_is_a_rate_over_its_elapsed_part_never_a_zero()
     # The cloud's clock already in the next bucket, the newest event not: the chart ends at
     # the newest event's bucket, not at an empty one read as zero.
     live = _fed(9_400.5, 10_009.5)
-    rates = detection(live, _NoModels(), 10_011.0)["rates"]  # type: ignore[arg-type]
+    rates = detection(live, _NoModels(), 10_011.0)["rates"]
     assert rates["t"][-1] == 10_000.0 and 0.9 < rates["events"]["payments"][-1] < 1.2
 
     # Less than half the bucket passed: too little to tell, so a gap (None), not a zero.
     live = _fed(9_400.5, 10_002.5)
-    det = detection(live, _NoModels(), 10_003.0)  # type: ignore[arg-type]
+    det = detection(live, _NoModels(), 10_003.0)
     assert det["rates"]["events"]["payments"][-1] is None
     assert det["decisions"]["rates"]["approve"][-1] is None
     assert det["rates"]["events"]["payments"][-2] == 1.0
@@ -190,8 +196,7 @@ def test_the_bucket_still_filling_is_a_rate_over_its_elapsed_part_never_a_zero()
 
 def test_a_silence_inside_the_range_reads_zero() -> None:
     live = _fed(9_400.5, 10_005.5, skip=(9_600, 9_700))
-    payments = detection(live, _NoModels(), 10_006.0)["rates"]["events"][  # type: ignore[arg-type]
-        "payments"]
+    payments = detection(live, _NoModels(), 10_006.0)["rates"]["events"]["payments"]
     assert payments[20:30] == [0.0] * 10  # 9_600 .. 9_690: nothing arrived, a true zero
     assert payments[19] == payments[30] == 1.0 and None not in payments[:-1]
 
@@ -199,16 +204,16 @@ def test_a_silence_inside_the_range_reads_zero() -> None:
 def test_a_device_clock_ahead_does_not_drag_the_charts_forward() -> None:
     live = _fed(9_400.5, 10_000.5)
     live.on_record("edge-1.scores.payments", _score(10_300.0, False), 10_001.0)
-    t = detection(live, _NoModels(), 10_001.0)["rates"]["t"]  # type: ignore[arg-type]
+    t = detection(live, _NoModels(), 10_001.0)["rates"]["t"]
     assert t[-1] == 10_000.0  # the cloud's now, not the device's 10_300
 
 
 def test_with_no_data_fitting_shows_nothing_and_a_fixed_window_shows_zeros() -> None:
     live = LiveState(bucket_s=10, window_s=3600)
-    fit = detection(live, _NoModels(), 10_000.0)  # type: ignore[arg-type]
+    fit = detection(live, _NoModels(), 10_000.0)
     assert fit["rates"]["t"] == [] and fit["decisions"]["rates"] == {"approve": [],
                                                                      "decline": []}
-    five = detection(live, _NoModels(), 10_009.0, window_s=300)  # type: ignore[arg-type]
+    five = detection(live, _NoModels(), 10_009.0, window_s=300)
     assert len(five["decisions"]["t"]) == 31
     assert five["decisions"]["rates"]["approve"][:-1] == [0.0] * 30
 

@@ -9,7 +9,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -161,7 +161,7 @@ def test_a_message_that_could_not_be_written_is_read_again(tmp_path: Path) -> No
     consumer = Consumer()
     agent._consumer = consumer  # type: ignore[assignment]
 
-    def disk_full(key: bytes | None, value: bytes) -> None:
+    def disk_full(key: bytes | None, value: bytes) -> NoReturn:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     agent.handle = disk_full  # type: ignore[method-assign]

@@ -54,7 +54,9 @@ def test_watch_rolls_back_on_a_live_alert_jump_only_after_enough_events() -> Non
         w.observe("v2", True)
     assert check_watch(w, 10.0, WL) is None  # too few events to judge
     w.observe("v2", True)
-    action, why = check_watch(w, 10.0, WL)
+    verdict = check_watch(w, 10.0, WL)
+    assert verdict is not None
+    action, why = verdict
     assert action == "rollback" and "live alert rate 100.00% over 100 events" in why
 
 
@@ -69,7 +71,9 @@ def test_watch_rolls_back_when_the_scorer_never_switches() -> None:
     w = Watch("payments", "v2", started=0.0, expected_rate=0.02)
     w.observe("v1", False)
     assert check_watch(w, 5.0, WL) is None  # in-flight batches of the old model are normal
-    action, why = check_watch(w, 31.0, WL)
+    verdict = check_watch(w, 31.0, WL)
+    assert verdict is not None
+    action, why = verdict
     assert action == "rollback" and "could not load v2" in why
     idle = Watch("payments", "v2", started=0.0, expected_rate=0.02)
     assert check_watch(idle, 31.0, WL) is None  # no traffic at all: nothing to conclude

@@ -32,6 +32,7 @@ def test_scorer_switches_on_the_symlink_and_back(kit: ModelKit, tmp_path: Path) 
     second = store.install(kit.variant("switch-b", threshold=0.123), "payments", "switch-b")
     store.activate("payments", second, "switch-b")
     assert svc.reload_models(every_s=0) == ["payments"]
+    assert svc.holders is not None
     holder = svc.holders["payments"]
     assert holder.current.version == "switch-b" and holder.current.threshold == 0.123
     x = kit.data.normal(64, seed=5)

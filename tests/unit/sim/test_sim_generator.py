@@ -45,9 +45,9 @@ def test_every_event_matches_its_contract_and_topic(run) -> None:
     vins = set()
     for rec in records:
         _, vin, suffix = rec.topic.split("/")
-        kind = Telemetry if suffix == "telemetry" else Payment
         assert suffix in (TELEMETRY.mqtt_suffix, PAYMENTS.mqtt_suffix)
-        event = decode(kind, rec.payload)
+        event: Telemetry | Payment = (decode(Telemetry, rec.payload) if suffix == "telemetry"
+                                      else decode(Payment, rec.payload))
         assert event.vin == vin
         assert is_valid_vin(vin)
         if isinstance(event, Payment):
@@ -171,7 +171,7 @@ def test_every_fault_turns_clearly_abnormal_within_60s(run) -> None:
 
 def test_healthy_telemetry_stays_in_plausible_ranges(run) -> None:
     _, records = run
-    bad = Counter()
+    bad: Counter[str] = Counter()
     n = 0
     for r in records:
         if r.label is None and r.topic.endswith("telemetry"):
@@ -226,6 +226,7 @@ def test_drift_adds_a_new_model_and_rolls_out_firmware() -> None:
     frames = [decode(Telemetry, p) for t, p in fs.generate(drifted) if "telemetry" in t]
     assert "vivaro-hybrid" not in before
     assert "vivaro-hybrid" in {t.model for t in frames}
+    assert drifted.start_ts is not None  # the fixed default start
     late = {t.vin: t for t in frames if t.ts > drifted.start_ts + 60 + 300}
     updated = [t for t in late.values() if t.model != "vivaro-hybrid"
                and t.firmware.split(".")[0] != CATALOG[t.model].firmware.split(".")[0]]

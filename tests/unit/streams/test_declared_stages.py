@@ -246,10 +246,12 @@ def _random_events(spec: streams.StreamSpec, n: int, seed: int) -> list[tuple[An
 def test_the_vectorised_batch_gives_the_event_by_event_records_and_states(
         cold: streams.StreamSpec, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     items = _random_events(cold, 600, seed)
-    want_state, want = FeatureState(), []
+    want_state, want = FeatureState(), list[AnonRecord]()
     for start in range(0, len(items), 150):
         chunk = sequential_batch(items[start:start + 150], want_state, SECRET)
-        want += list(chunk.records)
+        for record in chunk.records:
+            assert isinstance(record, AnonRecord)  # a declared stream's
+            want.append(record)
         want_state.apply(chunk.updates)
     def fallback(*_args: object) -> None:
         raise AssertionError("the batch went event by event")
