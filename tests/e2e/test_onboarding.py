@@ -32,7 +32,7 @@ from shared.declarations import load_file
 from shared.infra.mirror import Mirror
 from shared.infra.stack import Stack
 from shared.infra.topics_admin import ensure_topics
-from shared.kafka_config import ADMIN_USER, MIRROR_USER, KafkaSettings
+from shared.kafka_config import ADMIN_USER, MIRROR_USER, KafkaSettings, Target
 from tests.bridge_support import read_topic
 from tests.browser_support import cloud_toml
 from tests.edge_pipeline import ROOT, EdgePipeline
@@ -221,7 +221,7 @@ def _wait_active(gateway: EdgePipeline, stack: Stack, stream: str, timeout: floa
     raise AssertionError(f"the agent never activated the {stream} model\n{gateway.tail()}")
 
 
-def _alerts(login: object, stream: str, tokens: set[str], timeout: float = 120) -> list[Alert]:
+def _alerts(login: Target, stream: str, tokens: set[str], timeout: float = 120) -> list[Alert]:
     deadline = time.monotonic() + timeout
     got: list[Alert] = []
     while time.monotonic() < deadline:
