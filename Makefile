@@ -12,7 +12,7 @@ APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headl
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: setup system-deps venv constraints jars test test-unit demo demo-down bench lint typecheck \
+.PHONY: format setup system-deps venv constraints jars test test-unit demo demo-down bench lint typecheck \
 	doctest clean baseline-models baseline-telemetry baseline-payments
 
 setup: system-deps venv jars
@@ -123,7 +123,12 @@ baseline-telemetry baseline-payments: baseline-%: venv
 
 lint: venv
 	$(VENV)/bin/ruff check shared edge cloud firmware-sim tests bench
+	$(VENV)/bin/ruff format --check shared edge cloud firmware-sim tests bench
 	@$(MAKE) --no-print-directory typecheck doctest
+
+# Rewrite the code in the project's format (what `make lint` checks with --check).
+format:
+	$(VENV)/bin/ruff format shared edge cloud firmware-sim tests bench
 
 # typecheck and doctest use the virtualenv as it is (no install step, so no network): the
 # pre-commit hooks (.pre-commit-config.yaml) run them.

@@ -68,9 +68,18 @@ INFRA = ("edge-kafka", "mosquitto", "cloud-broker", "cloud-cut")
 KILLS = (*SERVICES, "mirrormaker", "store")
 STREAMS = ("telemetry", "payments")
 # What each fault stops, as the count that must grow again for the stage to have recovered.
-PROBE = {"bridge": "raw", "enricher": "anon", "scorer": "scores", "agent": "agent",
-         "mirrormaker": "cloud", "store": "store", "edge-kafka": "scores", "mosquitto": "raw",
-         "cloud-broker": "cloud", "cloud-cut": "cloud"}
+PROBE = {
+    "bridge": "raw",
+    "enricher": "anon",
+    "scorer": "scores",
+    "agent": "agent",
+    "mirrormaker": "cloud",
+    "store": "store",
+    "edge-kafka": "scores",
+    "mosquitto": "raw",
+    "cloud-broker": "cloud",
+    "cloud-cut": "cloud",
+}
 RAW_STAGE = "raw.* (at least once)"
 WARMUP_S = 20.0  # the fleet publishes this long before the first fault
 RESTART_DELAY_S = 2.0  # MirrorMaker and the store, as a service manager restarts them
@@ -104,21 +113,34 @@ class Fault:
         return self.at + self.duration
 
 
-def plan(rng: random.Random, window: float, kills: int, edge_kafka: int, mosquitto: int,
-         cloud_brokers: int, cuts: int, broker_down: float, outage: float,
-         recover_gap: float) -> list[Fault]:
+def plan(
+    rng: random.Random,
+    window: float,
+    kills: int,
+    edge_kafka: int,
+    mosquitto: int,
+    cloud_brokers: int,
+    cuts: int,
+    broker_down: float,
+    outage: float,
+    recover_gap: float,
+) -> list[Fault]:
     """Infrastructure faults one at a time (each followed by ``recover_gap`` s), process
     kills anywhere in between; nothing in the last ``recover_gap`` s of the window."""
     start, end = WARMUP_S, window - recover_gap
-    infra = ([Fault("edge-kafka", 0, round(rng.uniform(3, 10), 1)) for _ in range(edge_kafka)]
-             + [Fault("mosquitto", 0, round(rng.uniform(3, 10), 1)) for _ in range(mosquitto)]
-             + [Fault("cloud-broker", 0, broker_down) for _ in range(cloud_brokers)]
-             + [Fault("cloud-cut", 0, outage) for _ in range(cuts)])
+    infra = (
+        [Fault("edge-kafka", 0, round(rng.uniform(3, 10), 1)) for _ in range(edge_kafka)]
+        + [Fault("mosquitto", 0, round(rng.uniform(3, 10), 1)) for _ in range(mosquitto)]
+        + [Fault("cloud-broker", 0, broker_down) for _ in range(cloud_brokers)]
+        + [Fault("cloud-cut", 0, outage) for _ in range(cuts)]
+    )
     rng.shuffle(infra)
     free = end - start - sum(f.duration + recover_gap for f in infra)
     if free < 0:
-        raise SystemExit(f"a {window:.0f} s run cannot hold these faults one after the other "
-                         f"({-free:.0f} s short): raise --minutes or shorten --outage")
+        raise SystemExit(
+            f"a {window:.0f} s run cannot hold these faults one after the other "
+            f"({-free:.0f} s short): raise --minutes or shorten --outage"
+        )
     points = sorted(rng.uniform(0, free) for _ in infra)
     t, prev = start, 0.0
     for f, p in zip(infra, points, strict=True):
@@ -155,8 +177,9 @@ class Tail(threading.Thread):
     As a thread it follows the topics until ``stop`` (the progress counts); ``read_to_end``
     reads once, with a fresh consumer, up to the ends found when it starts (the verdict)."""
 
-    def __init__(self, name: str, target: Target, names: list[str],
-                 log: Path | None = None) -> None:
+    def __init__(
+        self, name: str, target: Target, names: list[str], log: Path | None = None
+    ) -> None:
         super().__init__(name=f"tail-{name}", daemon=True)
         self.target, self.names, self.log = target, names, log
         self.counts: dict[str, Counter[str]] = {t: Counter() for t in names}
@@ -170,10 +193,14 @@ class Tail(threading.Thread):
         return sum(n for t, n in list(self.per_topic.items()) if t.startswith(prefix))
 
     def _consumer(self) -> tuple[Consumer, list[TopicPartition]]:
-        extra: dict[str, Any] = {"group.id": f"chaos-{self.name}", "enable.auto.commit": False,
-                                 "isolation.level": "read_committed",
-                                 # A reset would skip records silently: fail loudly instead.
-                                 "auto.offset.reset": "error", "log_level": 3}
+        extra: dict[str, Any] = {
+            "group.id": f"chaos-{self.name}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            # A reset would skip records silently: fail loudly instead.
+            "auto.offset.reset": "error",
+            "log_level": 3,
+        }
         if self.log is not None:
             extra["logger"] = _FileLogger(self.log)
         c = Consumer(client_config(self.target, extra))
@@ -184,8 +211,11 @@ class Tail(threading.Thread):
                 raise SystemExit(f"topics {self.names} did not appear within 120 s")
             time.sleep(1)
             meta = c.list_topics(timeout=30)
-        parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in self.names
-                 for p in meta.topics[t].partitions]
+        parts = [
+            TopicPartition(t, p, OFFSET_BEGINNING)
+            for t in self.names
+            for p in meta.topics[t].partitions
+        ]
         c.assign(parts)
         return c, parts
 
@@ -217,8 +247,9 @@ class Tail(threading.Thread):
         nothing new: an open transaction holds read_committed readers back)."""
         c, parts = self._consumer()
         try:
-            ends = {(tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=30)[1]
-                    for tp in parts}
+            ends = {
+                (tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=30)[1] for tp in parts
+            }
             last = time.monotonic()
             while time.monotonic() - last < idle_s:
                 msgs = c.consume(5000, 0.5)
@@ -226,8 +257,11 @@ class Tail(threading.Thread):
                     last = time.monotonic()
                     self._take(msgs)
                 pos = c.position(parts)
-                if all(p.offset >= ends[(p.topic, p.partition)] or
-                       (p.offset < 0 and ends[(p.topic, p.partition)] == 0) for p in pos):
+                if all(
+                    p.offset >= ends[(p.topic, p.partition)]
+                    or (p.offset < 0 and ends[(p.topic, p.partition)] == 0)
+                    for p in pos
+                ):
                     break
         finally:
             c.close()
@@ -258,8 +292,11 @@ def store_rows(root: Path) -> dict[str, Counter[str]]:
             name = _topic(prefix, stream)
             counts: Counter[str] = Counter()
             folder = root / name
-            files = [p for p in folder.rglob("*.parquet") if not p.name.startswith(".")] \
-                if folder.is_dir() else []
+            files = (
+                [p for p in folder.rglob("*.parquet") if not p.name.startswith(".")]
+                if folder.is_dir()
+                else []
+            )
             for path in files:
                 counts.update(pq.read_table(path, columns=["event_id"])["event_id"].to_pylist())
             out[name] = counts
@@ -292,8 +329,13 @@ class Rig:
         self.home, self.vehicles, self.window, self.seed = home, vehicles, window, seed
         self.stack = Stack(free_infra_settings(home / "infra"), quiet=True)
         self.logs = home / "logs"
-        self.mirror = Mirror(EDGE_ID, self.stack.edge.bootstrap, self.stack.cloud.bootstrap,
-                             home / "infra", edge_login=self.stack.edge.login(MIRROR_USER))
+        self.mirror = Mirror(
+            EDGE_ID,
+            self.stack.edge.bootstrap,
+            self.stack.cloud.bootstrap,
+            home / "infra",
+            edge_login=self.stack.edge.login(MIRROR_USER),
+        )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.wanted = {"mirrormaker": False, "store": False}
         self.restarts: Counter[str] = Counter()
@@ -310,10 +352,14 @@ class Rig:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT),
-                                         "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            )
         self.procs[name] = proc
         return proc
 
@@ -342,16 +388,43 @@ class Rig:
         self._keeper.start()
         self.mirror.wait_healthy(timeout=240)
         say(f"Starting {self.vehicles} vehicles for at least {self.window:.0f} s ...")
-        self._spawn("sim", _python(
-            # The run ends the drive (SIGUSR1) when the schedule is done, which a loaded
-            # machine delays; the duration only bounds a run left behind.
-            "sim", "run", "--vehicles", str(self.vehicles), "--duration",
-            str(self.window * 2 + 900),
-            "--seed", str(self.seed), "--mqtt", self.stack.mqtt.address, "--password",
-            PASSWORD, "--register-with", str(self.stack.mqtt.home), "--connect-wait", "60",
-            "--payment-rate", "30", "--fraud-scale", "3", "--buffer-dir", str(self.home / "sim"),
-            "--acked-log", str(self.acked_log), "--decisions-out", str(self.decisions),
-            "--linger", "900", "--summary-json", str(self.home / "sim-summary.json")))
+        self._spawn(
+            "sim",
+            _python(
+                # The run ends the drive (SIGUSR1) when the schedule is done, which a loaded
+                # machine delays; the duration only bounds a run left behind.
+                "sim",
+                "run",
+                "--vehicles",
+                str(self.vehicles),
+                "--duration",
+                str(self.window * 2 + 900),
+                "--seed",
+                str(self.seed),
+                "--mqtt",
+                self.stack.mqtt.address,
+                "--password",
+                PASSWORD,
+                "--register-with",
+                str(self.stack.mqtt.home),
+                "--connect-wait",
+                "60",
+                "--payment-rate",
+                "30",
+                "--fraud-scale",
+                "3",
+                "--buffer-dir",
+                str(self.home / "sim"),
+                "--acked-log",
+                str(self.acked_log),
+                "--decisions-out",
+                str(self.decisions),
+                "--linger",
+                "900",
+                "--summary-json",
+                str(self.home / "sim-summary.json"),
+            ),
+        )
 
     # --- who runs what ----------------------------------------------------------------
 
@@ -382,8 +455,10 @@ class Rig:
         dead_since: dict[str, float] = {}
         while not self._closing.wait(0.5):
             with self.lock:
-                for name, alive in (("mirrormaker", self.mirror.pid() is not None),
-                                    ("store", self.store_pid() is not None)):
+                for name, alive in (
+                    ("mirrormaker", self.mirror.pid() is not None),
+                    ("store", self.store_pid() is not None),
+                ):
                     if alive or not self.wanted[name]:
                         dead_since.pop(name, None)
                         continue
@@ -491,8 +566,11 @@ def wait_infra_healthy(rig: Rig, timeout: float) -> float:
     first); returns the seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if (rig.stack.mqtt.healthy() and rig.stack.edge.broker_count() == 1
-                and rig.stack.cloud.broker_count() == 3):
+        if (
+            rig.stack.mqtt.healthy()
+            and rig.stack.edge.broker_count() == 1
+            and rig.stack.cloud.broker_count() == 3
+        ):
             break
         time.sleep(1)
     return time.monotonic() - started
@@ -536,8 +614,12 @@ class Monitor(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(1.0):
             edge, raw, cloud = self.tails["edge"], self.tails["raw"], self.tails["cloud"]
-            counts = {"raw": raw.total, "anon": edge.family("anon."),
-                      "scores": edge.family("scores."), "cloud": cloud.total}
+            counts = {
+                "raw": raw.total,
+                "anon": edge.family("anon."),
+                "scores": edge.family("scores."),
+                "cloud": cloud.total,
+            }
             counts["store"] = store_files(self.rig.store_root)
             counts["agent"] = self.rig.service_pid("agent") or 0
             self.samples.append(Sample(time.monotonic(), counts))
@@ -579,18 +661,28 @@ def wait_flowing(rig: Rig, tails: dict[str, Tail], timeout: float) -> float:
         if t0 is not None and tails["cloud"].total > 0:
             return t0
         time.sleep(0.5)
-    raise SystemExit("events did not reach the cloud within "
-                     f"{timeout:.0f} s of the start; see the logs under {rig.logs}")
+    raise SystemExit(
+        "events did not reach the cloud within "
+        f"{timeout:.0f} s of the start; see the logs under {rig.logs}"
+    )
 
 
-def run_faults(rig: Rig, faults: list[Fault], t0: float, rng: random.Random,
-               monitor: Monitor, progress_s: float) -> tuple[float, float]:
+def run_faults(
+    rig: Rig,
+    faults: list[Fault],
+    t0: float,
+    rng: random.Random,
+    monitor: Monitor,
+    progress_s: float,
+) -> tuple[float, float]:
     """Inject and lift on schedule. An infrastructure fault first waits for the brokers to
     be healthy, and the rest of the schedule slips by that wait. Returns (seconds after t0
     of the last action, when the next progress line is due)."""
-    actions = sorted([(f.at, 0, i) for i, f in enumerate(faults)]
-                     + [(f.lift_at, 1, i) for i, f in enumerate(faults) if f.duration],
-                     key=lambda a: (a[0], a[1]))
+    actions = sorted(
+        [(f.at, 0, i) for i, f in enumerate(faults)]
+        + [(f.lift_at, 1, i) for i, f in enumerate(faults) if f.duration],
+        key=lambda a: (a[0], a[1]),
+    )
     next_progress = time.monotonic() + progress_s
     last = 0.0
     for n in range(len(actions)):
@@ -600,9 +692,11 @@ def run_faults(rig: Rig, faults: list[Fault], t0: float, rng: random.Random,
         if kind == 0 and f.kind in INFRA:
             waited = wait_infra_healthy(rig, timeout=180)
             if waited > 1:
-                say(f"[{time.monotonic() - t0:6.1f}s] waited {waited:.0f} s for the brokers "
-                    f"to be healthy before {f.kind}; the rest of the schedule slips as much")
-                actions[n + 1:] = [(a + waited, k, idx) for a, k, idx in actions[n + 1:]]
+                say(
+                    f"[{time.monotonic() - t0:6.1f}s] waited {waited:.0f} s for the brokers "
+                    f"to be healthy before {f.kind}; the rest of the schedule slips as much"
+                )
+                actions[n + 1 :] = [(a + waited, k, idx) for a, k, idx in actions[n + 1 :]]
         last = time.monotonic() - t0
         if kind == 0:
             f.at = round(last, 1)
@@ -616,8 +710,9 @@ def run_faults(rig: Rig, faults: list[Fault], t0: float, rng: random.Random,
     return last, next_progress
 
 
-def _sleep_until(deadline: float, monitor: Monitor, t0: float, rig: Rig,
-                 next_progress: float, progress_s: float) -> float:
+def _sleep_until(
+    deadline: float, monitor: Monitor, t0: float, rig: Rig, next_progress: float, progress_s: float
+) -> float:
     while time.monotonic() < deadline:
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         if time.monotonic() >= next_progress:
@@ -629,9 +724,11 @@ def _sleep_until(deadline: float, monitor: Monitor, t0: float, rig: Rig,
 def _progress(monitor: Monitor, t0: float, rig: Rig) -> str:
     c = monitor.latest()
     acked = _count_lines(rig.acked_log)
-    return (f"[{time.monotonic() - t0:6.1f}s] acked {acked:,} -> raw {c.get('raw', 0):,} -> "
-            f"anon {c.get('anon', 0):,} -> scores {c.get('scores', 0):,} -> cloud "
-            f"{c.get('cloud', 0):,} -> store files {c.get('store', 0):,}")
+    return (
+        f"[{time.monotonic() - t0:6.1f}s] acked {acked:,} -> raw {c.get('raw', 0):,} -> "
+        f"anon {c.get('anon', 0):,} -> scores {c.get('scores', 0):,} -> cloud "
+        f"{c.get('cloud', 0):,} -> store files {c.get('store', 0):,}"
+    )
 
 
 def _count_lines(path: Path) -> int:
@@ -656,10 +753,12 @@ def read_acked(path: Path) -> tuple[dict[str, tuple[str, str]], dict[str, float]
     return acked, when, repeats
 
 
-def missing_in(acked: dict[str, tuple[str, str]], counts: dict[str, Counter[str]],
-               prefix: str) -> int:
-    return sum(1 for eid, (_vin, stream) in acked.items()
-               if not counts[_topic(prefix, stream)].get(eid))
+def missing_in(
+    acked: dict[str, tuple[str, str]], counts: dict[str, Counter[str]], prefix: str
+) -> int:
+    return sum(
+        1 for eid, (_vin, stream) in acked.items() if not counts[_topic(prefix, stream)].get(eid)
+    )
 
 
 def _topic(prefix: str, stream: str) -> str:
@@ -667,15 +766,19 @@ def _topic(prefix: str, stream: str) -> str:
     return f"{prefix}.{stream}"
 
 
-def wait_drained(rig: Rig, tails: dict[str, Tail], acked: dict[str, tuple[str, str]],
-                 timeout: float) -> dict[str, Counter[str]]:
+def wait_drained(
+    rig: Rig, tails: dict[str, Tail], acked: dict[str, tuple[str, str]], timeout: float
+) -> dict[str, Counter[str]]:
     """Until every stage holds every acknowledged id that reached ``raw.*`` (what never
     reached Kafka cannot come later once ``raw.*`` has stopped growing), or ``timeout``, or
     nothing moved for STALL_S."""
     deadline = time.monotonic() + timeout
-    stages = {"anon": ("edge", "anon"), "scores": ("edge", "scores"),
-              "cloud anon": ("cloud", f"{EDGE_ID}.anon"),
-              "cloud scores": ("cloud", f"{EDGE_ID}.scores")}
+    stages = {
+        "anon": ("edge", "anon"),
+        "scores": ("edge", "scores"),
+        "cloud anon": ("cloud", f"{EDGE_ID}.anon"),
+        "cloud scores": ("cloud", f"{EDGE_ID}.scores"),
+    }
     store: dict[str, Counter[str]] = {}
     next_store = 0.0
     seen, changed, raw_seen, raw_changed = -1, time.monotonic(), -1, time.monotonic()
@@ -686,8 +789,10 @@ def wait_drained(rig: Rig, tails: dict[str, Tail], acked: dict[str, tuple[str, s
         if tails["raw"].total != raw_seen:
             raw_seen, raw_changed = tails["raw"].total, time.monotonic()
         raw_left = missing_in(acked, tails["raw"].counts, "raw")
-        left = {name: missing_in(acked, tails[tail].counts, prefix)
-                for name, (tail, prefix) in stages.items()}
+        left = {
+            name: missing_in(acked, tails[tail].counts, prefix)
+            for name, (tail, prefix) in stages.items()
+        }
         if time.monotonic() >= next_store:
             store = store_rows(rig.store_root)
             next_store = time.monotonic() + 15
@@ -695,26 +800,33 @@ def wait_drained(rig: Rig, tails: dict[str, Tail], acked: dict[str, tuple[str, s
         left["store scores"] = missing_in(acked, store, "scores")
         if store_files(rig.store_root) != len(list(rig.store_root.rglob("*.parquet"))):
             changed = time.monotonic()  # the store is writing: not stalled
-        settled = time.monotonic() - raw_changed > 30 and all(v == raw_left
-                                                              for v in left.values())
+        settled = time.monotonic() - raw_changed > 30 and all(v == raw_left for v in left.values())
         stalled = time.monotonic() - changed > STALL_S
         if settled or time.monotonic() > deadline or stalled:
-            say(f"drain: raw {raw_left:,} missing, "
+            say(
+                f"drain: raw {raw_left:,} missing, "
                 + ", ".join(f"{k} {v:,}" for k, v in left.items())
-                + (f" (nothing moved for {STALL_S:.0f} s)" if stalled and not settled
-                   else ""))
+                + (f" (nothing moved for {STALL_S:.0f} s)" if stalled and not settled else "")
+            )
             return store
         time.sleep(3)
 
 
-def verdict(acked: dict[str, tuple[str, str]], tails: dict[str, Tail],
-            store: dict[str, Counter[str]], decisions: Path) -> dict[str, Any]:
-    stages = {RAW_STAGE: (tails["raw"].counts, "raw"),
-              "anon.*": (tails["edge"].counts, "anon"),
-              "scores.*": (tails["edge"].counts, "scores"),
-              "cloud anon.* (MirrorMaker)": (tails["cloud"].counts, f"{EDGE_ID}.anon"),
-              "cloud scores.* (MirrorMaker)": (tails["cloud"].counts, f"{EDGE_ID}.scores"),
-              "store anon.*": (store, "anon"), "store scores.*": (store, "scores")}
+def verdict(
+    acked: dict[str, tuple[str, str]],
+    tails: dict[str, Tail],
+    store: dict[str, Counter[str]],
+    decisions: Path,
+) -> dict[str, Any]:
+    stages = {
+        RAW_STAGE: (tails["raw"].counts, "raw"),
+        "anon.*": (tails["edge"].counts, "anon"),
+        "scores.*": (tails["edge"].counts, "scores"),
+        "cloud anon.* (MirrorMaker)": (tails["cloud"].counts, f"{EDGE_ID}.anon"),
+        "cloud scores.* (MirrorMaker)": (tails["cloud"].counts, f"{EDGE_ID}.scores"),
+        "store anon.*": (store, "anon"),
+        "store scores.*": (store, "scores"),
+    }
     out: dict[str, Any] = {}
     for name, (counts, prefix) in stages.items():
         lost, dup, unacked = [], [], 0
@@ -725,10 +837,14 @@ def verdict(acked: dict[str, tuple[str, str]], tails: dict[str, Tail],
             elif n > 1:
                 dup.append(eid)
         for stream in STREAMS:
-            unacked += sum(1 for eid in counts.get(_topic(prefix, stream), {})
-                           if eid not in acked)
-        out[name] = {"lost": len(lost), "duplicated": len(dup), "not_acked": unacked,
-                     "lost_ids": lost, "duplicated_ids": dup}
+            unacked += sum(1 for eid in counts.get(_topic(prefix, stream), {}) if eid not in acked)
+        out[name] = {
+            "lost": len(lost),
+            "duplicated": len(dup),
+            "not_acked": unacked,
+            "lost_ids": lost,
+            "duplicated_ids": dup,
+        }
     received: dict[str, set[str]] = defaultdict(set)
     if decisions.exists():
         for line in decisions.read_text().splitlines():
@@ -737,15 +853,23 @@ def verdict(acked: dict[str, tuple[str, str]], tails: dict[str, Tail],
                 received[rec["event_id"]].add(rec["vin"])
     declined = tails["edge"].declined
     missed = sorted(eid for eid in declined if acked.get(eid, ("", ""))[0] not in received[eid])
-    out["decisions"] = {"declined": len(declined), "received": len(declined) - len(missed),
-                        "missing": len(missed), "missing_ids": missed[:20]}
+    out["decisions"] = {
+        "declined": len(declined),
+        "received": len(declined) - len(missed),
+        "missing": len(missed),
+        "missing_ids": missed[:20],
+    }
     return out
 
 
-def table(faults: list[Fault], acked: int, result: dict[str, Any], minutes: float,
-          vehicles: int) -> str:
-    lines = [f"chaos run: {vehicles} vehicles, {minutes:g} min, {len(faults)} faults injected",
-             "", f"{'fault':<14}{'count':>6}{'down s':>10}{'recovery s (median / max)':>28}"]
+def table(
+    faults: list[Fault], acked: int, result: dict[str, Any], minutes: float, vehicles: int
+) -> str:
+    lines = [
+        f"chaos run: {vehicles} vehicles, {minutes:g} min, {len(faults)} faults injected",
+        "",
+        f"{'fault':<14}{'count':>6}{'down s':>10}{'recovery s (median / max)':>28}",
+    ]
     by_kind: dict[str, list[Fault]] = defaultdict(list)
     for f in faults:
         by_kind[f.kind].append(f)
@@ -753,54 +877,95 @@ def table(faults: list[Fault], acked: int, result: dict[str, Any], minutes: floa
         rec = [f.recovered_s for f in fs if f.recovered_s is not None]
         norec = len(fs) - len(rec)
         down = max(f.duration for f in fs)
-        rtxt = (f"{statistics.median(rec):.1f} / {max(rec):.1f}" if rec else "-") + \
-            (f" ({norec} not seen)" if norec else "")
+        rtxt = (f"{statistics.median(rec):.1f} / {max(rec):.1f}" if rec else "-") + (
+            f" ({norec} not seen)" if norec else ""
+        )
         lines.append(f"{kind:<14}{len(fs):>6}{(f'{down:g}' if down else '-'):>10}{rtxt:>28}")
-    lines += ["", f"events acknowledged: {acked:,}", "",
-              f"{'stage':<30}{'lost':>8}{'duplicated':>12}{'not acked':>11}"]
+    lines += [
+        "",
+        f"events acknowledged: {acked:,}",
+        "",
+        f"{'stage':<30}{'lost':>8}{'duplicated':>12}{'not acked':>11}",
+    ]
     for name, r in result.items():
         if name != "decisions":
             lines.append(f"{name:<30}{r['lost']:>8}{r['duplicated']:>12}{r['not_acked']:>11}")
     d = result["decisions"]
-    lines += ["", f"declined payments: {d['declined']:,}, decision received by the vehicle: "
-                  f"{d['received']:,}, missing: {d['missing']}", "",
-              "each fault (seconds after the fleet started; recovery from injection):"]
+    lines += [
+        "",
+        f"declined payments: {d['declined']:,}, decision received by the vehicle: "
+        f"{d['received']:,}, missing: {d['missing']}",
+        "",
+        "each fault (seconds after the fleet started; recovery from injection):",
+    ]
     for f in faults:
         took = "not seen" if f.recovered_s is None else f"{f.recovered_s:.1f}"
-        lines.append(f"  {f.at:7.1f}  {f.kind:<13} {f.target or f.note}"
-                     + (f", down {f.duration:g} s" if f.duration else "") + f"; recovery {took}")
+        lines.append(
+            f"  {f.at:7.1f}  {f.kind:<13} {f.target or f.note}"
+            + (f", down {f.duration:g} s" if f.duration else "")
+            + f"; recovery {took}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--minutes", type=float, default=20.0, help="How long the fleet publishes.")
     ap.add_argument("--vehicles", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1, help="Fixes the schedule and the fleet.")
-    ap.add_argument("--kills", type=int, default=6,
-                    help="kill -9 of each of bridge, enricher, scorer, agent, MirrorMaker, store.")
+    ap.add_argument(
+        "--kills",
+        type=int,
+        default=6,
+        help="kill -9 of each of bridge, enricher, scorer, agent, MirrorMaker, store.",
+    )
     ap.add_argument("--edge-kafka", type=int, default=2, help="Edge Kafka kills (+ restart).")
     ap.add_argument("--mosquitto", type=int, default=2, help="Mosquitto kills (+ restart).")
     ap.add_argument("--cloud-brokers", type=int, default=1, help="Cloud broker stops.")
-    ap.add_argument("--broker-down", type=float, default=60.0, help="Seconds a cloud broker "
-                                                                   "stays down.")
+    ap.add_argument(
+        "--broker-down", type=float, default=60.0, help="Seconds a cloud broker stays down."
+    )
     ap.add_argument("--cuts", type=int, default=1, help="Gateway-cloud cuts.")
     ap.add_argument("--outage", type=float, default=300.0, help="Seconds of each cut.")
-    ap.add_argument("--recover-gap", type=float, default=30.0,
-                    help="Seconds after an infrastructure fault before the next one.")
-    ap.add_argument("--drain-timeout", type=float, default=600.0,
-                    help="Seconds to wait after the fleet stops for every stage to catch up.")
-    ap.add_argument("--home", type=Path, help="Keep everything here (default: a temp dir, "
-                                              "removed at the end).")
+    ap.add_argument(
+        "--recover-gap",
+        type=float,
+        default=30.0,
+        help="Seconds after an infrastructure fault before the next one.",
+    )
+    ap.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=600.0,
+        help="Seconds to wait after the fleet stops for every stage to catch up.",
+    )
+    ap.add_argument(
+        "--home", type=Path, help="Keep everything here (default: a temp dir, removed at the end)."
+    )
     ap.add_argument("--json-out", type=Path, help="Also write the figures as JSON here.")
     args = ap.parse_args(argv)
     window = args.minutes * 60
     rng = random.Random(args.seed)
-    faults = plan(rng, window, args.kills, args.edge_kafka, args.mosquitto, args.cloud_brokers,
-                  args.cuts, args.broker_down, args.outage, args.recover_gap)
-    say(f"fault schedule (seed {args.seed}): " + ", ".join(
-        f"{f.at:.0f}s {f.kind}" + (f" {f.duration:g}s" if f.duration else "") for f in faults))
+    faults = plan(
+        rng,
+        window,
+        args.kills,
+        args.edge_kafka,
+        args.mosquitto,
+        args.cloud_brokers,
+        args.cuts,
+        args.broker_down,
+        args.outage,
+        args.recover_gap,
+    )
+    say(
+        f"fault schedule (seed {args.seed}): "
+        + ", ".join(
+            f"{f.at:.0f}s {f.kind}" + (f" {f.duration:g}s" if f.duration else "") for f in faults
+        )
+    )
     with tempfile.TemporaryDirectory(prefix="fleetsentry-chaos-") as tmp:
         home = args.home or Path(tmp)
         home.mkdir(parents=True, exist_ok=True)
@@ -822,18 +987,32 @@ def _interrupt(_sig: int, _frame: Any) -> None:
 
 def make_tails(rig: Rig, suffix: str) -> dict[str, Tail]:
     edge = rig.stack.edge.login()
-    names = [topics.ANON_TELEMETRY, topics.ANON_PAYMENTS, topics.SCORES_TELEMETRY,
-             topics.SCORES_PAYMENTS]
-    return {"raw": Tail(f"raw{suffix}", edge, [topics.RAW_TELEMETRY, topics.RAW_PAYMENTS],
-                        rig.logs / f"tail-raw{suffix}.log"),
-            "edge": Tail(f"edge{suffix}", edge, names, rig.logs / f"tail-edge{suffix}.log"),
-            "cloud": Tail(f"cloud{suffix}", rig.stack.cloud.login(ADMIN_USER),
-                          [rig.mirror.cloud_topic(t) for t in names],
-                          rig.logs / f"tail-cloud{suffix}.log")}
+    names = [
+        topics.ANON_TELEMETRY,
+        topics.ANON_PAYMENTS,
+        topics.SCORES_TELEMETRY,
+        topics.SCORES_PAYMENTS,
+    ]
+    return {
+        "raw": Tail(
+            f"raw{suffix}",
+            edge,
+            [topics.RAW_TELEMETRY, topics.RAW_PAYMENTS],
+            rig.logs / f"tail-raw{suffix}.log",
+        ),
+        "edge": Tail(f"edge{suffix}", edge, names, rig.logs / f"tail-edge{suffix}.log"),
+        "cloud": Tail(
+            f"cloud{suffix}",
+            rig.stack.cloud.login(ADMIN_USER),
+            [rig.mirror.cloud_topic(t) for t in names],
+            rig.logs / f"tail-cloud{suffix}.log",
+        ),
+    }
 
 
-def _run(rig: Rig, faults: list[Fault], rng: random.Random, args: argparse.Namespace,
-         window: float) -> int:
+def _run(
+    rig: Rig, faults: list[Fault], rng: random.Random, args: argparse.Namespace, window: float
+) -> int:
     started = time.monotonic()
     rig.start()
     tails = make_tails(rig, "")
@@ -859,8 +1038,10 @@ def _run(rig: Rig, faults: list[Fault], rng: random.Random, args: argparse.Names
                 say(_progress(monitor, t0, rig))
                 next_progress = time.monotonic() + 30.0
             time.sleep(1)
-        say(f"[{time.monotonic() - t0:6.1f}s] the fleet has stopped and drained; "
-            "waiting for every stage to catch up ...")
+        say(
+            f"[{time.monotonic() - t0:6.1f}s] the fleet has stopped and drained; "
+            "waiting for every stage to catch up ..."
+        )
         acked, when, repeats = read_acked(rig.acked_log)
         store = wait_drained(rig, tails, acked, args.drain_timeout)
         time.sleep(10)  # anything late (a duplicate) would show now
@@ -882,12 +1063,22 @@ def _run(rig: Rig, faults: list[Fault], rng: random.Random, args: argparse.Names
     for f in faults:
         f.recovered_s = recovery(f, monitor.samples)
     t0_wall = time.time() - (time.monotonic() - t0)
-    return report(args, faults, acked, when, repeats, verdict(acked, tails, store, rig.decisions),
-                  t0, t0_wall, dict(rig.restarts))
+    return report(
+        args,
+        faults,
+        acked,
+        when,
+        repeats,
+        verdict(acked, tails, store, rig.decisions),
+        t0,
+        t0_wall,
+        dict(rig.restarts),
+    )
 
 
-def blame(ids: list[str], when: dict[str, float], faults: list[Fault], t0: float,
-          t0_wall: float) -> dict[str, int]:
+def blame(
+    ids: list[str], when: dict[str, float], faults: list[Fault], t0: float, t0_wall: float
+) -> dict[str, int]:
     """Lost or duplicated ids by the faults injected in the BLAME_S seconds before their
     PUBACK (a restarted broker or service takes a while to settle)."""
     out: Counter[str] = Counter()
@@ -899,9 +1090,17 @@ def blame(ids: list[str], when: dict[str, float], faults: list[Fault], t0: float
     return dict(out.most_common())
 
 
-def report(args: argparse.Namespace, faults: list[Fault], acked: dict[str, tuple[str, str]],
-           when: dict[str, float], repeats: int, result: dict[str, Any], t0: float,
-           t0_wall: float, restarts: dict[str, int]) -> int:
+def report(
+    args: argparse.Namespace,
+    faults: list[Fault],
+    acked: dict[str, tuple[str, str]],
+    when: dict[str, float],
+    repeats: int,
+    result: dict[str, Any],
+    t0: float,
+    t0_wall: float,
+    restarts: dict[str, int],
+) -> int:
     # raw.* is at least once by design (the enricher drops its duplicates): a duplicate
     # there is no fault, and what is lost there is lost everywhere after it.
     judged = {k: r for k, r in result.items() if k not in ("decisions", RAW_STAGE)}
@@ -912,28 +1111,40 @@ def report(args: argparse.Namespace, faults: list[Fault], acked: dict[str, tuple
     for what, ids in (("lost", lost), ("duplicated", dup)):
         if ids:
             times = sorted(when[e] - t0_wall for e in ids)
-            say(f"{what}: {len(ids)} event ids, PUBACKed between {times[0]:.1f}s and "
+            say(
+                f"{what}: {len(ids)} event ids, PUBACKed between {times[0]:.1f}s and "
                 f"{times[-1]:.1f}s; by the faults in the {BLAME_S:.0f} s before their PUBACK: "
-                f"{blame(ids, when, faults, t0, t0_wall)}; e.g. {ids[:5]}")
+                f"{blame(ids, when, faults, t0, t0_wall)}; e.g. {ids[:5]}"
+            )
     for r in result.values():
         for key in ("lost_ids", "duplicated_ids", "missing_ids"):
             if key in r:
                 r[key] = r[key][:50]
     missing = result["decisions"]["missing"]
-    figures = {"vehicles": args.vehicles, "minutes": args.minutes, "seed": args.seed,
-               "acked": len(acked), "acked_twice": repeats, "lost": len(lost),
-               "duplicated": len(dup), "decisions_missing": missing,
-               "faults_by_kind": dict(Counter(f.kind for f in faults)),
-               "restarts_by_harness": restarts, "stages": result,
-               "lost_by_fault": blame(lost, when, faults, t0, t0_wall),
-               "duplicated_by_fault": blame(dup, when, faults, t0, t0_wall),
-               "faults": [asdict(f) for f in faults]}
+    figures = {
+        "vehicles": args.vehicles,
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "acked": len(acked),
+        "acked_twice": repeats,
+        "lost": len(lost),
+        "duplicated": len(dup),
+        "decisions_missing": missing,
+        "faults_by_kind": dict(Counter(f.kind for f in faults)),
+        "restarts_by_harness": restarts,
+        "stages": result,
+        "lost_by_fault": blame(lost, when, faults, t0, t0_wall),
+        "duplicated_by_fault": blame(dup, when, faults, t0, t0_wall),
+        "faults": [asdict(f) for f in faults],
+    }
     say(json.dumps({k: v for k, v in figures.items() if k not in ("stages", "faults")}))
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=2) + "\n")
     bad = lost or dup or missing
-    say(("FAILED: " if bad else "OK: ") + f"{len(lost)} lost, {len(dup)} duplicated, "
-        f"{missing} decisions missing")
+    say(
+        ("FAILED: " if bad else "OK: ") + f"{len(lost)} lost, {len(dup)} duplicated, "
+        f"{missing} decisions missing"
+    )
     return 1 if bad else 0
 
 

@@ -64,11 +64,20 @@ def write_backlog(bootstrap: Target, events: int) -> dict[str, int]:
     from firmware_sim import Fleet, SimSettings
 
     vehicles = 200
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=events / vehicles + 1, seed=42,
-                              payment_rate=20.0))
-    p = Producer(client_config(bootstrap, {
-        "linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
-        "enable.idempotence": True}))
+    fleet = Fleet(
+        SimSettings(vehicles=vehicles, duration_s=events / vehicles + 1, seed=42, payment_rate=20.0)
+    )
+    p = Producer(
+        client_config(
+            bootstrap,
+            {
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 1_000_000,
+                "enable.idempotence": True,
+            },
+        )
+    )
     counts: dict[str, int] = {}
     n = 0
     for topic, payload in fleet.events():
@@ -89,12 +98,28 @@ def write_backlog(bootstrap: Target, events: int) -> dict[str, int]:
 
 def child_baseline(args: argparse.Namespace) -> dict[str, float]:
     login = _login(args)
-    c = Consumer(client_config(login, {
-        "group.id": f"bench-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "isolation.level": "read_committed"}))
-    p = Producer(client_config(login, {
-        "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True,
-        "queue.buffering.max.messages": 500_000}))
+    c = Consumer(
+        client_config(
+            login,
+            {
+                "group.id": f"bench-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+        )
+    )
+    p = Producer(
+        client_config(
+            login,
+            {
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "enable.idempotence": True,
+                "queue.buffering.max.messages": 500_000,
+            },
+        )
+    )
     c.subscribe([s.raw_topic for s in streams.all_streams()])
     n, first, cpu0 = 0, 0.0, 0.0
     deadline = time.monotonic() + args.timeout
@@ -121,10 +146,16 @@ def child_enricher(args: argparse.Namespace) -> dict[str, float]:
     from edge.vault.setup import fleet_tokenizer, open_vault
     from shared.config import convert
 
-    cfg = convert({"edge_id": f"bench-{uuid.uuid4().hex[:8]}", "data_dir": args.data_dir,
-                   "kafka": kafka_table(_login(args)), "metrics": {"base_port": 0},
-                   "enricher": {"group": f"bench-{uuid.uuid4().hex[:8]}",
-                                "batch_size": args.batch}}, EdgeConfig)
+    cfg = convert(
+        {
+            "edge_id": f"bench-{uuid.uuid4().hex[:8]}",
+            "data_dir": args.data_dir,
+            "kafka": kafka_table(_login(args)),
+            "metrics": {"base_port": 0},
+            "enricher": {"group": f"bench-{uuid.uuid4().hex[:8]}", "batch_size": args.batch},
+        },
+        EdgeConfig,
+    )
     vault = open_vault(cfg)
     enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
     enricher.start()
@@ -136,10 +167,16 @@ def child_enricher(args: argparse.Namespace) -> dict[str, float]:
             first, cpu0 = t, c0
     elapsed = time.perf_counter() - first
     cpu = cpu_seconds() - cpu0
-    out = {"events": enricher.consumed, "seconds": elapsed, "cpu_s": cpu,
-           "produced": enricher.produced, "transactions": enricher.batches,
-           "process_s": enricher.process_s, "commit_s": enricher.commit_s,
-           "vault_values": vault.count()}
+    out = {
+        "events": enricher.consumed,
+        "seconds": elapsed,
+        "cpu_s": cpu,
+        "produced": enricher.produced,
+        "transactions": enricher.batches,
+        "process_s": enricher.process_s,
+        "commit_s": enricher.commit_s,
+        "vault_values": vault.count(),
+    }
     enricher.close()
     vault.close()
     return out
@@ -153,10 +190,23 @@ def _login(args: argparse.Namespace) -> Target:
 
 def run_child(kind: str, login: Target, expect: int, batch: int, data_dir: str) -> dict:
     creds = [] if isinstance(login, str) else ["--credentials-file", str(login.credentials_file)]
-    argv = [sys.executable, __file__, "_child", kind, "--bootstrap", bootstrap_of(login),
-            *creds, "--expect",
-            str(expect), "--batch", str(batch), "--data-dir", data_dir,
-            "--timeout", str(max(10.0, left() - 15))]
+    argv = [
+        sys.executable,
+        __file__,
+        "_child",
+        kind,
+        "--bootstrap",
+        bootstrap_of(login),
+        *creds,
+        "--expect",
+        str(expect),
+        "--batch",
+        str(batch),
+        "--data-dir",
+        data_dir,
+        "--timeout",
+        str(max(10.0, left() - 15)),
+    ]
     out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=left())
     if out.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
@@ -187,19 +237,25 @@ def main() -> None:
         finally:
             stack.down()
     report = {
-        "bench": "enricher", "events": total, "by_stream": counts, "batch": args.batch,
-        "enricher": enr, "baseline": base,
+        "bench": "enricher",
+        "events": total,
+        "by_stream": counts,
+        "batch": args.batch,
+        "enricher": enr,
+        "baseline": base,
         "enricher_vs_baseline": enr["events_per_s"] / base["events_per_s"],
         "targets": {"events_per_s": 20_000, "peak_rss_mb": 150},
         # Other work on the machine skews absolute figures; the ratio travels better.
         "loadavg_1m": os.getloadavg()[0],
     }
     print(json.dumps(report))
-    print(f"enricher {enr['events_per_s']:,.0f} events/s ({enr['cpu_us_per_event']:.0f} us CPU/event, "
-          f"{enr['transactions']} transactions, peak RSS {enr['peak_rss_mb']:.0f} MB) vs plain "
-          f"consume->produce {base['events_per_s']:,.0f} events/s ({base['cpu_us_per_event']:.0f} "
-          f"us CPU/event, peak RSS {base['peak_rss_mb']:.0f} MB): ratio "
-          f"{report['enricher_vs_baseline']:.2f}; {total:,} events")
+    print(
+        f"enricher {enr['events_per_s']:,.0f} events/s ({enr['cpu_us_per_event']:.0f} us CPU/event, "
+        f"{enr['transactions']} transactions, peak RSS {enr['peak_rss_mb']:.0f} MB) vs plain "
+        f"consume->produce {base['events_per_s']:,.0f} events/s ({base['cpu_us_per_event']:.0f} "
+        f"us CPU/event, peak RSS {base['peak_rss_mb']:.0f} MB): ratio "
+        f"{report['enricher_vs_baseline']:.2f}; {total:,} events"
+    )
 
 
 def child_main() -> None:

@@ -73,7 +73,7 @@ def run(path: Path_, items: list[tuple[Any, Any]], batch: int) -> tuple[float, i
     state, size = FeatureState(), 0
     t0 = cpu()
     for start in range(0, len(items), batch):
-        result = path(items[start:start + batch], state, SECRET)
+        result = path(items[start : start + batch], state, SECRET)
         state.apply(result.updates)
         size += sum(len(data) for _key, data in result.wire)
     return cpu() - t0, size
@@ -96,23 +96,29 @@ def main() -> None:
     theirs = [(declared, decode(declared.event, p)) for p in raw]
     n = len(raw)
     assert declared.declaration is not None
-    print(f"{n} telemetry frames of {args.vehicles} vehicles, batches of {args.batch}, one CPU "
-          f"(cpu {cpus[-1]}); best of {args.rounds} runs per path\n")
+    print(
+        f"{n} telemetry frames of {args.vehicles} vehicles, batches of {args.batch}, one CPU "
+        f"(cpu {cpus[-1]}); best of {args.rounds} runs per path\n"
+    )
     figures = {}
     generic = f"{len(declared.declaration.features)} generic"
     builtin_features = load_streams()["telemetry"].features
     for name, path, items, features in (
-            ("built-in (vectorised)", anonymize_batch, ours,
-             f"{len(builtin_features)}"),
-            ("declared (vectorised)", declared_batch, theirs, generic),
-            ("declared (one by one)", sequential_batch, theirs, generic)):
+        ("built-in (vectorised)", anonymize_batch, ours, f"{len(builtin_features)}"),
+        ("declared (vectorised)", declared_batch, theirs, generic),
+        ("declared (one by one)", sequential_batch, theirs, generic),
+    ):
         best = min(run(path, items, args.batch) for _ in range(args.rounds))
         figures[name] = best[0]
-        print(f"{name:<24} {n / best[0]:>9,.0f} events/s  {best[0] / n * 1e6:>7.1f} µs/event  "
-              f"({features} features, {best[1] / n:.0f} bytes/record)")
+        print(
+            f"{name:<24} {n / best[0]:>9,.0f} events/s  {best[0] / n * 1e6:>7.1f} µs/event  "
+            f"({features} features, {best[1] / n:.0f} bytes/record)"
+        )
     base = figures["built-in (vectorised)"]
-    print(f"\ndeclared / built-in speed: vectorised {base / figures['declared (vectorised)']:.2f}x"
-          f", one by one {base / figures['declared (one by one)']:.2f}x")
+    print(
+        f"\ndeclared / built-in speed: vectorised {base / figures['declared (vectorised)']:.2f}x"
+        f", one by one {base / figures['declared (one by one)']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -78,11 +78,21 @@ class RawReader:
         self.seen: dict[str, float] = {}
         self.other = 0  # records of other vehicles (the flooder)
         self._stop = threading.Event()
-        c = Consumer(client_config(kafka, {"group.id": f"bench-flood-{os.getpid()}",
-                                           "enable.auto.commit": False, "fetch.wait.max.ms": 5,
-                                           "fetch.min.bytes": 1}))
+        c = Consumer(
+            client_config(
+                kafka,
+                {
+                    "group.id": f"bench-flood-{os.getpid()}",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 5,
+                    "fetch.min.bytes": 1,
+                },
+            )
+        )
         meta = c.list_topics("raw.telemetry", timeout=10)
-        parts = [TopicPartition("raw.telemetry", p) for p in meta.topics["raw.telemetry"].partitions]
+        parts = [
+            TopicPartition("raw.telemetry", p) for p in meta.topics["raw.telemetry"].partitions
+        ]
         # Start at the end, read now, before anything is published (a fresh broker may still
         # be electing leaders: retried).
         deadline = time.monotonic() + 60
@@ -94,8 +104,12 @@ class RawReader:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        c.assign([TopicPartition(tp.topic, tp.partition, end)
-                  for tp, end in zip(parts, ends, strict=True)])
+        c.assign(
+            [
+                TopicPartition(tp.topic, tp.partition, end)
+                for tp, end in zip(parts, ends, strict=True)
+            ]
+        )
         self._consumer = c
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -160,8 +174,9 @@ def flooder(args: argparse.Namespace) -> None:
     last = None
     while time.monotonic() < end:
         now = time.time()
-        last = c.publish(f"fleet/{args.vin}/telemetry",
-                         encode(telemetry(args.vin, f"flood-{sent}", now)), qos=1)
+        last = c.publish(
+            f"fleet/{args.vin}/telemetry", encode(telemetry(args.vin, f"flood-{sent}", now)), qos=1
+        )
         sent += 1
         if sent % 1000 == 0:
             last.wait_for_publish(10)  # keep the client's own queue short
@@ -174,18 +189,34 @@ def flooder(args: argparse.Namespace) -> None:
 
 def start_flooder(stack: Stack, vin: str, seconds: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, "_flood", "--host", stack.mqtt.host, "--port",
-         str(stack.mqtt.port), "--vin", vin, "--seconds", str(seconds)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            __file__,
+            "_flood",
+            "--host",
+            stack.mqtt.host,
+            "--port",
+            str(stack.mqtt.port),
+            "--vin",
+            vin,
+            "--seconds",
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def counters(bridge: BridgeProcess) -> dict[str, float]:
     """messages in / out and dead letters (by reason) from the bridge's /metrics."""
     text = bridge.scrape()
     out: dict[str, float] = {}
-    for name, key in (("fleetsentry_messages_in_total", "in"),
-                      ("fleetsentry_messages_out_total", "out"),
-                      ("fleetsentry_dlq_messages_total", "dlq")):
+    for name, key in (
+        ("fleetsentry_messages_in_total", "in"),
+        ("fleetsentry_messages_out_total", "out"),
+        ("fleetsentry_dlq_messages_total", "dlq"),
+    ):
         for m in re.finditer(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M):
             reason = re.search(r'reason="([^"]+)"', m.group(1))
             k = f"dlq_{reason.group(1)}" if reason else key
@@ -213,9 +244,16 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def run_phase(name: str, stack: Stack, bridge: BridgeProcess, fleet: CalmFleet,
-              reader: RawReader, flood_vin: str | None, seconds: float,
-              published: int) -> tuple[dict[str, Any], int]:
+def run_phase(
+    name: str,
+    stack: Stack,
+    bridge: BridgeProcess,
+    fleet: CalmFleet,
+    reader: RawReader,
+    flood_vin: str | None,
+    seconds: float,
+    published: int,
+) -> tuple[dict[str, Any], int]:
     pid = bridge.proc.pid if bridge.proc else 0
     before = counters(bridge)
     cpu0 = cpu_seconds(pid)
@@ -238,11 +276,13 @@ def run_phase(name: str, stack: Stack, bridge: BridgeProcess, fleet: CalmFleet,
     ids = list(fleet.sent)[sent0:]
     lat = [(reader.seen[e] - fleet.sent[e]) * 1000 for e in ids if e in reader.seen]
     return {
-        "calm_sent": calm_sent, "calm_arrived": len(lat),
+        "calm_sent": calm_sent,
+        "calm_arrived": len(lat),
         "calm_p50_ms": round(percentile(lat, 0.5), 1),
         "calm_p99_ms": round(percentile(lat, 0.99), 1),
         "calm_max_ms": round(max(lat), 1) if lat else None,
-        "flood_sent": flood_sent, "flood_in_raw": reader.other - other0,
+        "flood_sent": flood_sent,
+        "flood_in_raw": reader.other - other0,
         "rate_limited": int(after.get("dlq_rate_limited", 0) - before.get("dlq_rate_limited", 0)),
         "bridge_cpu_us_per_message": round(cpu / handled * 1e6, 1) if handled else None,
         "bridge_messages": int(handled),
@@ -251,8 +291,13 @@ def run_phase(name: str, stack: Stack, bridge: BridgeProcess, fleet: CalmFleet,
 
 
 def start_bridge(stack: Stack, tmp: Path, name: str, extra: str) -> BridgeProcess:
-    config = write_edge_toml(tmp / f"{name}.toml", stack, f"flood-{name}-{os.getpid()}",
-                             f"flood-{name}-{os.getpid()}", extra=extra)
+    config = write_edge_toml(
+        tmp / f"{name}.toml",
+        stack,
+        f"flood-{name}-{os.getpid()}",
+        f"flood-{name}-{os.getpid()}",
+        extra=extra,
+    )
     bridge = BridgeProcess(config, 0, free_ports(1)[0], log=tmp / f"{name}.log").start()
     bridge.wait_connected()
     return bridge
@@ -267,13 +312,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     parser.add_argument("--calm", type=int, default=10, help="well-behaved vehicles")
-    parser.add_argument("--calm-hz", type=float, default=5.0,
-                        help="frames per second each well-behaved vehicle sends")
+    parser.add_argument(
+        "--calm-hz",
+        type=float,
+        default=5.0,
+        help="frames per second each well-behaved vehicle sends",
+    )
     args = parser.parse_args()
     limit = BridgeSettings().vehicle_rate_per_s
     if not 0 < args.calm_hz < limit or args.calm < 1 or not 1 <= args.seconds <= 60:
-        parser.error(f"--calm-hz must be under the bridge's per-vehicle limit ({limit}/s), "
-                     f"--calm >= 1 and --seconds between 1 and 60")
+        parser.error(
+            f"--calm-hz must be under the bridge's per-vehicle limit ({limit}/s), "
+            f"--calm >= 1 and --seconds between 1 and 60"
+        )
     calm = [f"1CALM{n:012d}" for n in range(args.calm)]
     flood_vin = "1FAST000000000000"  # letters a VIN may hold (no I, O, Q)
     phases: dict[str, dict[str, Any]] = {}
@@ -296,7 +347,8 @@ def main() -> None:
                     for name, vin in (("alone", None), ("flood", flood_vin)):
                         print(f"phase {name} ...", file=sys.stderr, flush=True)
                         phases[name], published = run_phase(
-                            name, stack, bridge, fleet, reader, vin, args.seconds, published)
+                            name, stack, bridge, fleet, reader, vin, args.seconds, published
+                        )
                 finally:
                     stop_bridge(stack, bridge, "limited")
                 print("phase flood, limit off ...", file=sys.stderr, flush=True)
@@ -306,8 +358,15 @@ def main() -> None:
                     fleet.drive("warmup2", 2.0)
                     wait_drained(bridge, len(fleet.sent) - before, min(60.0, left()))
                     phases["flood_no_limit"], _ = run_phase(
-                        "nolimit", stack, bridge, fleet, reader, flood_vin, args.seconds,
-                        len(fleet.sent) - before)
+                        "nolimit",
+                        stack,
+                        bridge,
+                        fleet,
+                        reader,
+                        flood_vin,
+                        args.seconds,
+                        len(fleet.sent) - before,
+                    )
                 finally:
                     stop_bridge(stack, bridge, "unlimited")
             finally:
@@ -316,23 +375,33 @@ def main() -> None:
         finally:
             stack.down()
     settings = BridgeSettings()
-    figures = {"bench": "flood", "seconds_per_phase": args.seconds, "calm_vehicles": args.calm,
-               "calm_hz": args.calm_hz, "vehicle_rate_per_s": settings.vehicle_rate_per_s,
-               "vehicle_burst": settings.vehicle_burst, **phases,
-               "complete": all(p["calm_arrived"] == p["calm_sent"] and p["drained"]
-                               for p in phases.values()),
-               "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1)}
+    figures = {
+        "bench": "flood",
+        "seconds_per_phase": args.seconds,
+        "calm_vehicles": args.calm,
+        "calm_hz": args.calm_hz,
+        "vehicle_rate_per_s": settings.vehicle_rate_per_s,
+        "vehicle_burst": settings.vehicle_burst,
+        **phases,
+        "complete": all(
+            p["calm_arrived"] == p["calm_sent"] and p["drained"] for p in phases.values()
+        ),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+    }
     print(json.dumps(figures))
     a, f, n = phases["alone"], phases["flood"], phases["flood_no_limit"]
-    print(f"flood: well-behaved vehicles' publish-to-raw latency p50/p99 alone "
-          f"{a['calm_p50_ms']}/{a['calm_p99_ms']} ms; beside a flooder "
-          f"({f['flood_sent']:,} messages in {args.seconds:.0f} s, {f['flood_in_raw']:,} let "
-          f"through, {f['rate_limited']:,} rate_limited) {f['calm_p50_ms']}/{f['calm_p99_ms']} ms;"
-          f" with the limit off ({n['flood_sent']:,} flood messages, all let through: "
-          f"{n['flood_in_raw']:,}) {n['calm_p50_ms']}/{n['calm_p99_ms']} ms; bridge CPU per "
-          f"message {f['bridge_cpu_us_per_message']} us limited vs "
-          f"{n['bridge_cpu_us_per_message']} us not; every well-behaved event arrived: "
-          f"{figures['complete']}; on {figures['cpus']} CPUs, load {figures['load_avg_1m']}")
+    print(
+        f"flood: well-behaved vehicles' publish-to-raw latency p50/p99 alone "
+        f"{a['calm_p50_ms']}/{a['calm_p99_ms']} ms; beside a flooder "
+        f"({f['flood_sent']:,} messages in {args.seconds:.0f} s, {f['flood_in_raw']:,} let "
+        f"through, {f['rate_limited']:,} rate_limited) {f['calm_p50_ms']}/{f['calm_p99_ms']} ms;"
+        f" with the limit off ({n['flood_sent']:,} flood messages, all let through: "
+        f"{n['flood_in_raw']:,}) {n['calm_p50_ms']}/{n['calm_p99_ms']} ms; bridge CPU per "
+        f"message {f['bridge_cpu_us_per_message']} us limited vs "
+        f"{n['bridge_cpu_us_per_message']} us not; every well-behaved event arrived: "
+        f"{figures['complete']}; on {figures['cpus']} CPUs, load {figures['load_avg_1m']}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,11 @@ def bare_node(home: Path, libs: Path, java: str) -> float:
     cluster.wait_healthy()
     cluster.stop()
     start = time.perf_counter()
-    pid = process.spawn(cluster._argv(cluster.nodes[0], libs, java), cluster.pid_file(
-        cluster.nodes[0]), cluster.log_dir(cluster.nodes[0]) / "stdout.log")
+    pid = process.spawn(
+        cluster._argv(cluster.nodes[0], libs, java),
+        cluster.pid_file(cluster.nodes[0]),
+        cluster.log_dir(cluster.nodes[0]) / "stdout.log",
+    )
     cluster.wait_healthy()
     elapsed = time.perf_counter() - start
     process.stop([pid])
@@ -70,8 +73,10 @@ def main() -> None:
         "cpus": len(__import__("os").sched_getaffinity(0)),
     }
     print(json.dumps(figures))
-    print(f"infra up: cold {cold:.1f}s, warm {warm:.1f}s, no-op {noop:.2f}s; one bare Kafka node "
-          f"{baseline:.1f}s (warm stack = {warm / baseline:.1f}x a bare node; target warm <= 15s)")
+    print(
+        f"infra up: cold {cold:.1f}s, warm {warm:.1f}s, no-op {noop:.2f}s; one bare Kafka node "
+        f"{baseline:.1f}s (warm stack = {warm / baseline:.1f}x a bare node; target warm <= 15s)"
+    )
 
 
 if __name__ == "__main__":

@@ -110,13 +110,17 @@ class Vehicle:
         self.client.loop_stop()
 
 
-def templates(vehicles: int, start_ts: float, seed: int = PAYING_SEED
-              ) -> dict[str, tuple[list[Any], list[Any]]]:
+def templates(
+    vehicles: int, start_ts: float, seed: int = PAYING_SEED
+) -> dict[str, tuple[list[Any], list[Any]]]:
     """Per VIN: simulator telemetry frames and payments to re-stamp and replay."""
     from firmware_sim import Fleet, SimSettings
 
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=60, seed=seed, start_ts=start_ts,
-                              payment_rate=60.0))
+    fleet = Fleet(
+        SimSettings(
+            vehicles=vehicles, duration_s=60, seed=seed, start_ts=start_ts, payment_rate=60.0
+        )
+    )
     per: dict[str, tuple[list[Any], list[Any]]] = {}
     for topic, payload in fleet.events():
         vin, kind = topic.split("/")[1], topic.rsplit("/", 1)[-1]
@@ -155,14 +159,29 @@ def stand_in_models(home: Path, per: dict[str, tuple[list[Any], list[Any]]]) -> 
         recs["payments"] += [anon.anonymize(p) for p in pays]
     key, pub = generate_private_key(), Path()
     for s in ("telemetry", "payments"):
-        _d, pub = build_model_dir(home / "models" / s, s, SyntheticFeatures(s), key=key,
-                                  epochs=3, train_rows=feature_matrix(s, recs[s]))
+        _d, pub = build_model_dir(
+            home / "models" / s,
+            s,
+            SyntheticFeatures(s),
+            key=key,
+            epochs=3,
+            train_rows=feature_matrix(s, recs[s]),
+        )
     return f'models_dir = "{home / "models"}"\npublic_key = "{pub}"\n'
 
 
-def telemetry_child(host: str, port: int, vins: list[str], vehicles: int, start_ts: float,
-                    rate: float, phases: list[tuple[str, float]], ready: Any, go: Any,
-                    sent: Any) -> None:
+def telemetry_child(
+    host: str,
+    port: int,
+    vins: list[str],
+    vehicles: int,
+    start_ts: float,
+    rate: float,
+    phases: list[tuple[str, float]],
+    ready: Any,
+    go: Any,
+    sent: Any,
+) -> None:
     """A process of its own publishing telemetry for ``vins`` at ``rate`` frames/s.
 
     The load generator shares two cores with the whole gateway: publishing 5,000 frames/s
@@ -216,8 +235,9 @@ def telemetry_child(host: str, port: int, vins: list[str], vehicles: int, start_
         while (now := time.monotonic()) - t0 < seconds:
             for _ in range(max(0, int((now - t0) * rate) - done)):
                 vin, c, frames = next(rr)
-                ev = msgspec.structs.replace(next(frames), event_id=f"{tag}t{os.getpid()}-{n}",
-                                             ts=round(time.time(), 3))
+                ev = msgspec.structs.replace(
+                    next(frames), event_id=f"{tag}t{os.getpid()}-{n}", ts=round(time.time(), 3)
+                )
                 c.publish(f"fleet/{vin}/telemetry", msgspec.json.encode(ev), qos=1)
                 n += 1
                 done += 1
@@ -241,9 +261,13 @@ class BridgesPipeline(EdgePipeline):
         return path
 
 
-def start_telemetry(stack: Stack, per: dict[str, tuple[list[Any], list[Any]]],
-                    args: argparse.Namespace, start_ts: float, children: list[Any]
-                    ) -> tuple[list[Any], Any]:
+def start_telemetry(
+    stack: Stack,
+    per: dict[str, tuple[list[Any], list[Any]]],
+    args: argparse.Namespace,
+    start_ts: float,
+    children: list[Any],
+) -> tuple[list[Any], Any]:
     """Start the telemetry publishers (processes); returns their counters and the go signal."""
     ctx = multiprocessing.get_context("spawn")
     go = ctx.Event()
@@ -252,10 +276,22 @@ def start_telemetry(stack: Stack, per: dict[str, tuple[list[Any], list[Any]]],
     counters, readies = [], []
     for i in range(procs):
         counter, ready = ctx.Value("q", 0), ctx.Event()
-        child = ctx.Process(target=telemetry_child, daemon=True, args=(
-            stack.mqtt.host, stack.mqtt.port, vins[i::procs], args.vehicles, start_ts,
-            args.telemetry / procs, [("w", args.warmup), ("m", args.seconds)], ready, go,
-            counter))
+        child = ctx.Process(
+            target=telemetry_child,
+            daemon=True,
+            args=(
+                stack.mqtt.host,
+                stack.mqtt.port,
+                vins[i::procs],
+                args.vehicles,
+                start_ts,
+                args.telemetry / procs,
+                [("w", args.warmup), ("m", args.seconds)],
+                ready,
+                go,
+                counter,
+            ),
+        )
         child.start()
         children.append(child)
         counters.append(counter)
@@ -265,13 +301,21 @@ def start_telemetry(stack: Stack, per: dict[str, tuple[list[Any], list[Any]]],
     return counters, go
 
 
-def drive(vehicles: list[Vehicle], per: dict[str, tuple[list[Any], list[Any]]],
-          pay_rate: float, tel_rate: float, seconds: float, sent: dict[str, float],
-          tag: str, wall: dict[str, float]) -> float:
+def drive(
+    vehicles: list[Vehicle],
+    per: dict[str, tuple[list[Any], list[Any]]],
+    pay_rate: float,
+    tel_rate: float,
+    seconds: float,
+    sent: dict[str, float],
+    tag: str,
+    wall: dict[str, float],
+) -> float:
     """Publish at the given rates for ``seconds``; returns the achieved payments/s."""
     counter = itertools.count()
-    cursors = {v.vin: (itertools.cycle(per[v.vin][0]), itertools.cycle(per[v.vin][1]))
-               for v in vehicles}
+    cursors = {
+        v.vin: (itertools.cycle(per[v.vin][0]), itertools.cycle(per[v.vin][1])) for v in vehicles
+    }
     t0 = time.monotonic()
     tel_due = 0.0
     n_pay = 0
@@ -283,8 +327,9 @@ def drive(vehicles: list[Vehicle], per: dict[str, tuple[list[Any], list[Any]]],
         for _ in range(max(0, want_tel)):
             v = next(rr)
             frame = next(cursors[v.vin][0])
-            ev = msgspec.structs.replace(frame, event_id=f"{tag}t{next(counter)}",
-                                         ts=round(time.time(), 3))
+            ev = msgspec.structs.replace(
+                frame, event_id=f"{tag}t{next(counter)}", ts=round(time.time(), 3)
+            )
             v.client.publish(f"fleet/{v.vin}/telemetry", msgspec.json.encode(ev), qos=1)
             tel_due += 1
         for _ in range(max(0, want_pay)):
@@ -300,8 +345,9 @@ def drive(vehicles: list[Vehicle], per: dict[str, tuple[list[Any], list[Any]]],
     return n_pay / (time.monotonic() - t0)
 
 
-def broker_baseline(admin: mqtt.Client, vehicles: list[Vehicle], got: dict[str, float],
-                    n: int = 300) -> list[float]:
+def broker_baseline(
+    admin: mqtt.Client, vehicles: list[Vehicle], got: dict[str, float], n: int = 300
+) -> list[float]:
     """Broker round trip to the same vehicles while the load runs (ms)."""
     sent: dict[str, float] = {}
     for i in range(n):
@@ -321,9 +367,11 @@ def stages(bootstrap: Target, wall: dict[str, float], timeout: float) -> dict[st
     from tests.support import consume_all
 
     at: dict[str, dict[str, float]] = {}
-    for name, topic, kind in (("bridge", topics.RAW_PAYMENTS, Payment),
-                              ("enricher", topics.ANON_PAYMENTS, AnonPayment),
-                              ("scorer", topics.SCORES_PAYMENTS, Score)):
+    for name, topic, kind in (
+        ("bridge", topics.RAW_PAYMENTS, Payment),
+        ("enricher", topics.ANON_PAYMENTS, AnonPayment),
+        ("scorer", topics.SCORES_PAYMENTS, Score),
+    ):
         seen = at.setdefault(name, {})
         for m in consume_all(bootstrap, topic, idle=2.0, timeout=timeout):
             eid = decode(kind, m.value()).event_id
@@ -365,8 +413,9 @@ class StageCpu:
 GATEWAY_PARTS = ("bridge", "enricher", "scorer", "kafka", "mosquitto")
 
 
-def cpu_figures(before: dict[str, float], after: dict[str, float], events: int,
-                wall_s: float) -> dict[str, Any]:
+def cpu_figures(
+    before: dict[str, float], after: dict[str, float], events: int, wall_s: float
+) -> dict[str, Any]:
     """Per part: CPU microseconds per event and cores busy over the measured window.
 
     At low rates the per-event figure is mostly each service's and Kafka's cost per second
@@ -375,9 +424,12 @@ def cpu_figures(before: dict[str, float], after: dict[str, float], events: int,
     """
     per_event = {k: round((after[k] - before[k]) / max(1, events) * 1e6, 1) for k in after}
     cores = {k: round((after[k] - before[k]) / wall_s, 2) for k in after}
-    return {"cpu_us_per_event": per_event, "cores_busy": cores,
-            "gateway_cpu_us_per_event": round(sum(per_event[k] for k in GATEWAY_PARTS), 1),
-            "gateway_cores_busy": round(sum(cores[k] for k in GATEWAY_PARTS), 2)}
+    return {
+        "cpu_us_per_event": per_event,
+        "cores_busy": cores,
+        "gateway_cpu_us_per_event": round(sum(per_event[k] for k in GATEWAY_PARTS), 1),
+        "gateway_cores_busy": round(sum(cores[k] for k in GATEWAY_PARTS), 2),
+    }
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -394,57 +446,109 @@ def sweep(args: argparse.Namespace) -> None:
         raise SystemExit(f"--sweep fractions must be in (0, 1], got {args.sweep!r}")
     runs: list[dict[str, Any]] = []
     for f in fractions:
-        argv = [sys.executable, __file__, "--payments", str(args.payments * f),
-                "--telemetry", str(args.telemetry * f), "--seconds", str(args.seconds),
-                "--warmup", str(args.warmup), "--vehicles", str(args.vehicles),
-                "--telemetry-procs", str(args.telemetry_procs), "--bridges", str(args.bridges),
-                *(["--enricher-wait-ms", str(args.enricher_wait_ms)]
-                  if args.enricher_wait_ms else [])]
-        print(f"sweep: {args.payments * f:,.0f} payments/s + {args.telemetry * f:,.0f} "
-              f"telemetry/s ...", file=sys.stderr, flush=True)
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=DEADLINE_S + 60,
-                             check=False)
+        argv = [
+            sys.executable,
+            __file__,
+            "--payments",
+            str(args.payments * f),
+            "--telemetry",
+            str(args.telemetry * f),
+            "--seconds",
+            str(args.seconds),
+            "--warmup",
+            str(args.warmup),
+            "--vehicles",
+            str(args.vehicles),
+            "--telemetry-procs",
+            str(args.telemetry_procs),
+            "--bridges",
+            str(args.bridges),
+            *(["--enricher-wait-ms", str(args.enricher_wait_ms)] if args.enricher_wait_ms else []),
+        ]
+        print(
+            f"sweep: {args.payments * f:,.0f} payments/s + {args.telemetry * f:,.0f} "
+            f"telemetry/s ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=DEADLINE_S + 60, check=False
+        )
         line = next((x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None)
         if out.returncode != 0 or line is None:
-            print(f"sweep: the run at fraction {f} failed ({out.returncode}): "
-                  f"{out.stderr[-1500:]}", file=sys.stderr)
+            print(
+                f"sweep: the run at fraction {f} failed ({out.returncode}): {out.stderr[-1500:]}",
+                file=sys.stderr,
+            )
             runs.append({"fraction": f, "failed": out.returncode})
             continue
         run = {"fraction": f, **json.loads(line)}
         runs.append(run)
-        print(f"sweep:   p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, achieved "
-              f"{run['payments_per_s']:,} + {run['telemetry_per_s']:,}/s, gateway "
-              f"{run['gateway_cpu_us_per_event']} us/event", file=sys.stderr, flush=True)
+        print(
+            f"sweep:   p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, achieved "
+            f"{run['payments_per_s']:,} + {run['telemetry_per_s']:,}/s, gateway "
+            f"{run['gateway_cpu_us_per_event']} us/event",
+            file=sys.stderr,
+            flush=True,
+        )
     met = [r for r in runs if r.get("meets_target")]
-    top = max((r for r in runs if "failed" not in r),
-              key=lambda r: r["payments_per_s"] + r["telemetry_per_s"], default=None)
+    top = max(
+        (r for r in runs if "failed" not in r),
+        key=lambda r: r["payments_per_s"] + r["telemetry_per_s"],
+        default=None,
+    )
     if top is not None:
         # At the highest rate run, the cost per event is the one that scales: cores needed.
         top["gateway_cores_needed_at_target"] = round(
-            top["gateway_cpu_us_per_event"] * TARGET_RATE / 1e6, 2)
+            top["gateway_cpu_us_per_event"] * TARGET_RATE / 1e6, 2
+        )
     best = max(met, key=lambda r: r["payments_per_s"] + r["telemetry_per_s"], default=None)
-    print(json.dumps({"bench": "latency-sweep", "target_p99_ms": TARGET_P99_MS,
-                      "runs": runs, "highest_meeting_target": best and {
-                          k: best[k] for k in ("payments_per_s", "telemetry_per_s", "p50_ms",
-                                               "p99_ms", "gateway_cpu_us_per_event")}}))
-    print("rate (payments + telemetry /s) | p50 ms | p99 ms | gateway CPU us/event | cores busy "
-          "by part")
+    print(
+        json.dumps(
+            {
+                "bench": "latency-sweep",
+                "target_p99_ms": TARGET_P99_MS,
+                "runs": runs,
+                "highest_meeting_target": best
+                and {
+                    k: best[k]
+                    for k in (
+                        "payments_per_s",
+                        "telemetry_per_s",
+                        "p50_ms",
+                        "p99_ms",
+                        "gateway_cpu_us_per_event",
+                    )
+                },
+            }
+        )
+    )
+    print(
+        "rate (payments + telemetry /s) | p50 ms | p99 ms | gateway CPU us/event | cores busy "
+        "by part"
+    )
     for r in runs:
         if "failed" in r:
             print(f"fraction {r['fraction']}: failed")
             continue
-        print(f"{r['payments_per_s']:,} + {r['telemetry_per_s']:,} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['gateway_cpu_us_per_event']} | {r['cores_busy']}")
+        print(
+            f"{r['payments_per_s']:,} + {r['telemetry_per_s']:,} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['gateway_cpu_us_per_event']} | {r['cores_busy']}"
+        )
     if top is not None:
-        print(f"at {top['payments_per_s']:,} + {top['telemetry_per_s']:,}/s the gateway spent "
-              f"{top['gateway_cpu_us_per_event']} CPU us per event: "
-              f"{top['gateway_cores_needed_at_target']} cores at {TARGET_RATE:,.0f} events/s, "
-              f"the load generator apart")
+        print(
+            f"at {top['payments_per_s']:,} + {top['telemetry_per_s']:,}/s the gateway spent "
+            f"{top['gateway_cpu_us_per_event']} CPU us per event: "
+            f"{top['gateway_cores_needed_at_target']} cores at {TARGET_RATE:,.0f} events/s, "
+            f"the load generator apart"
+        )
     if best is None:
         print(f"no rate met p99 <= {TARGET_P99_MS:.0f} ms")
     else:
-        print(f"highest rate with p99 <= {TARGET_P99_MS:.0f} ms: {best['payments_per_s']:,} "
-              f"payments/s + {best['telemetry_per_s']:,} telemetry/s (p99 {best['p99_ms']} ms)")
+        print(
+            f"highest rate with p99 <= {TARGET_P99_MS:.0f} ms: {best['payments_per_s']:,} "
+            f"payments/s + {best['telemetry_per_s']:,} telemetry/s (p99 {best['p99_ms']} ms)"
+        )
 
 
 def main() -> None:  # noqa: PLR0915 - one linear script
@@ -461,10 +565,15 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     ap.add_argument("--telemetry-procs", type=int, default=1)
     # Bridge processes ([bridge] processes).
     ap.add_argument("--bridges", type=int, default=1)
-    ap.add_argument("--sweep", type=str, default="", metavar="FRACTIONS",
-                    help="run once per fraction of --payments/--telemetry (e.g. "
-                         "0.01,0.1,0.25,0.5,1), each run a process of its own, and report "
-                         "the highest rate whose p99 stays within the target")
+    ap.add_argument(
+        "--sweep",
+        type=str,
+        default="",
+        metavar="FRACTIONS",
+        help="run once per fraction of --payments/--telemetry (e.g. "
+        "0.01,0.1,0.25,0.5,1), each run a process of its own, and report "
+        "the highest rate whose p99 stays within the target",
+    )
     args = ap.parse_args()
     if args.sweep:
         sweep(args)
@@ -484,8 +593,11 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         assert not set(loading) & set(per), "the two fleets share a VIN"
         stack.mqtt.register_vehicles({vin: PASSWORD for vin in [*per, *loading]})
         scorer_toml = stand_in_models(home, per)
-        extra = (f"[enricher]\nbatch_wait_ms = {args.enricher_wait_ms}\n"
-                 if args.enricher_wait_ms else "")
+        extra = (
+            f"[enricher]\nbatch_wait_ms = {args.enricher_wait_ms}\n"
+            if args.enricher_wait_ms
+            else ""
+        )
         pipeline = BridgesPipeline(stack, home / "edge", scorer=scorer_toml, extra=extra)
         pipeline.bridges = args.bridges
         pipeline.start(timeout=max(30.0, left() - 90))
@@ -495,8 +607,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         for v in vehicles:
             assert v.ready.wait(30), "vehicle could not subscribe"
         creds = json.loads(stack.mqtt.credentials_path.read_text())
-        admin = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-admin",
-                            protocol=mqtt.MQTTv5)
+        admin = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="bench-admin", protocol=mqtt.MQTTv5
+        )
         admin.username_pw_set(ADMIN_USER, creds[ADMIN_USER])
         admin.connect(stack.mqtt.host, stack.mqtt.port)
         admin.loop_start()
@@ -506,8 +619,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         drive(vehicles, per, args.payments, 0.0, args.warmup, warm, "w", {})
         sent: dict[str, float] = {}
         probe: list[float] = []
-        prober = threading.Thread(target=lambda: probe.extend(
-            broker_baseline(admin, vehicles, got)), daemon=True)
+        prober = threading.Thread(
+            target=lambda: probe.extend(broker_baseline(admin, vehicles, got)), daemon=True
+        )
         prober.start()
         wall: dict[str, float] = {}
         cpu = StageCpu(stack, pipeline, [c.pid for c in children if c.pid])
@@ -523,16 +637,22 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             time.sleep(0.2)
         lat = [1000 * (got[k] - t0) for k, t0 in sent.items() if k in got]
         result = {
-            "bench": "latency", "payments_per_s": round(rate),
-            "telemetry_per_s": round(tel_rate), "offered": [args.payments, args.telemetry],
-            "seconds": args.seconds, "payments": len(sent), "decided": len(lat),
-            "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
-            "max_ms": round(max(lat), 1) if lat else None, "target_p99_ms": TARGET_P99_MS,
-            "meets_target": bool(lat) and pct(lat, 99) <= TARGET_P99_MS
-            and len(lat) == len(sent),
+            "bench": "latency",
+            "payments_per_s": round(rate),
+            "telemetry_per_s": round(tel_rate),
+            "offered": [args.payments, args.telemetry],
+            "seconds": args.seconds,
+            "payments": len(sent),
+            "decided": len(lat),
+            "p50_ms": round(pct(lat, 50), 1),
+            "p99_ms": round(pct(lat, 99), 1),
+            "max_ms": round(max(lat), 1) if lat else None,
+            "target_p99_ms": TARGET_P99_MS,
+            "meets_target": bool(lat) and pct(lat, 99) <= TARGET_P99_MS and len(lat) == len(sent),
             "baseline_broker_p50_ms": round(pct(probe, 50), 1),
             "baseline_broker_p99_ms": round(pct(probe, 99), 1),
-            "setup_s": round(setup_s, 1), "cpus": os.cpu_count(),
+            "setup_s": round(setup_s, 1),
+            "cpus": os.cpu_count(),
             "enricher_batch_wait_ms": args.enricher_wait_ms or "default",
             "bridges": args.bridges,
             "loadavg_1m": round(os.getloadavg()[0], 1),
@@ -541,14 +661,16 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             "models": "baseline" if not scorer_toml else "stand-in (no baseline shipped yet)",
         }
         print(json.dumps(result))
-        print(f"payment decision latency at {rate:,.0f} payments/s + {tel_rate:,.0f} "
-              f"telemetry/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
-              f"({len(lat)}/{len(sent)} decided; target p99 <= {TARGET_P99_MS:.0f} ms: "
-              f"{'met' if result['meets_target'] else 'NOT met'}); broker round trip alone "
-              f"p50 {result['baseline_broker_p50_ms']} ms, p99 {result['baseline_broker_p99_ms']}"
-              f" ms; the gateway (services, Kafka, Mosquitto) {result['gateway_cores_busy']} cores "
-              f"busy, {result['gateway_cpu_us_per_event']} CPU us per event; cores busy by part "
-              f"{result['cores_busy']}")
+        print(
+            f"payment decision latency at {rate:,.0f} payments/s + {tel_rate:,.0f} "
+            f"telemetry/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
+            f"({len(lat)}/{len(sent)} decided; target p99 <= {TARGET_P99_MS:.0f} ms: "
+            f"{'met' if result['meets_target'] else 'NOT met'}); broker round trip alone "
+            f"p50 {result['baseline_broker_p50_ms']} ms, p99 {result['baseline_broker_p99_ms']}"
+            f" ms; the gateway (services, Kafka, Mosquitto) {result['gateway_cores_busy']} cores "
+            f"busy, {result['gateway_cpu_us_per_event']} CPU us per event; cores busy by part "
+            f"{result['cores_busy']}"
+        )
     finally:
         for child in children:
             if child.is_alive():

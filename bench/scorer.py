@@ -71,8 +71,9 @@ def models(tmp: Path, data: dict[str, list[bytes]]) -> tuple[dict[str, ModelHold
     from edge.scorer.errors import ModelError
 
     try:
-        return {s: ModelHolder(load_model(baseline_dir(s), s)) for s in
-                ("telemetry", "payments")}, "baseline"
+        return {
+            s: ModelHolder(load_model(baseline_dir(s), s)) for s in ("telemetry", "payments")
+        }, "baseline"
     except ModelError as exc:  # e.g. built for an older feature spec: say so, measure anyway
         print(f"baseline refused ({exc}); using stand-ins of the same shape", file=sys.stderr)
     from shared.contracts import AnonPayment, AnonTelemetry, decode
@@ -84,8 +85,9 @@ def models(tmp: Path, data: dict[str, list[bytes]]) -> tuple[dict[str, ModelHold
     kinds: dict[str, Any] = {"telemetry": AnonTelemetry, "payments": AnonPayment}
     for s in ("telemetry", "payments"):
         rows = feature_matrix(s, [decode(kinds[s], v) for v in data[s][:20_000]])
-        d, pub = build_model_dir(tmp / s, s, SyntheticFeatures(s), key=key, epochs=5,
-                                 train_rows=rows)
+        d, pub = build_model_dir(
+            tmp / s, s, SyntheticFeatures(s), key=key, epochs=5, train_rows=rows
+        )
         holders[s] = ModelHolder(load_model(d, s, pub))
     return holders, "stand-in (baseline missing or refused)"
 
@@ -106,25 +108,27 @@ class TimedScorer:
             self.seconds += time.process_time() - t
 
 
-def run_path(svc: ScorerService, stream: str, values: list[bytes], batch: int,
-             repeat: int) -> tuple[float, float, int]:
+def run_path(
+    svc: ScorerService, stream: str, values: list[bytes], batch: int, repeat: int
+) -> tuple[float, float, int]:
     """(cpu seconds, wall seconds, events) of the scoring path."""
     n, c0, t0 = 0, time.process_time(), time.perf_counter()
     for _ in range(repeat):
         for i in range(0, len(values), batch):
             out, result = Out(), BatchResult()
-            recs = svc.decode_batch(stream, list(values[i:i + batch]), out, result)
+            recs = svc.decode_batch(stream, list(values[i : i + batch]), out, result)
             svc.score_records(stream, recs, out, result)
             n += len(recs)
     return time.process_time() - c0, time.perf_counter() - t0, n
 
 
-def raw_invoke(invoke: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int,
-               repeat: int) -> float:
+def raw_invoke(
+    invoke: Callable[[np.ndarray], np.ndarray], q: np.ndarray, batch: int, repeat: int
+) -> float:
     c0 = time.process_time()
     for _ in range(repeat):
         for i in range(0, q.shape[0], batch):
-            invoke(q[i:i + batch])
+            invoke(q[i : i + batch])
     return time.process_time() - c0
 
 
@@ -157,27 +161,42 @@ def main() -> None:
         q = scorer.quantize(scorer.scale(matrix))
         raw = raw_invoke(timed._invoke, q, args.batch, args.repeat)
         results[stream] = {
-            "events": n, "events_per_s": round(n / secs), "us_per_event": 1e6 * secs / n,
+            "events": n,
+            "events_per_s": round(n / secs),
+            "us_per_event": 1e6 * secs / n,
             "wall_events_per_s": round(n / wall),
-            "int8_share": infer / secs, "int8_us_per_event": 1e6 * infer / n,
+            "int8_share": infer / secs,
+            "int8_us_per_event": 1e6 * infer / n,
             "raw_invoke_us_per_event": 1e6 * raw / n,
             "raw_invoke_events_per_s": round(n / raw),
         }
     # The fleet's mix: five telemetry frames for every payment (as bench/latency.py drives).
     us = (5 * results["telemetry"]["us_per_event"] + results["payments"]["us_per_event"]) / 6
     mixed = round(1e6 / us)
-    out = {"bench": "scorer", "core": core, "batch": args.batch, "models": source,
-           "generate_s": round(gen_s, 1), "mixed_events_per_s": mixed, "target": TARGET,
-           "meets_target": mixed >= TARGET, "streams": results}
+    out = {
+        "bench": "scorer",
+        "core": core,
+        "batch": args.batch,
+        "models": source,
+        "generate_s": round(gen_s, 1),
+        "mixed_events_per_s": mixed,
+        "target": TARGET,
+        "meets_target": mixed >= TARGET,
+        "streams": results,
+    }
     print(json.dumps(out))
     for stream, r in results.items():
-        print(f"{stream}: {r['events_per_s']:,} events/s on one core "
-              f"({r['us_per_event']:.1f} us/event, of which int8 inference "
-              f"{r['int8_us_per_event']:.2f} us = {100 * r['int8_share']:.1f}%); raw batched "
-              f"LiteRT invoke alone: {r['raw_invoke_us_per_event']:.2f} us/event "
-              f"({r['raw_invoke_events_per_s']:,}/s)")
-    print(f"mixed 5 telemetry : 1 payment: {mixed:,} events/s (target >= {TARGET:,}: "
-          f"{'met' if mixed >= TARGET else 'NOT met'}); models: {source}")
+        print(
+            f"{stream}: {r['events_per_s']:,} events/s on one core "
+            f"({r['us_per_event']:.1f} us/event, of which int8 inference "
+            f"{r['int8_us_per_event']:.2f} us = {100 * r['int8_share']:.1f}%); raw batched "
+            f"LiteRT invoke alone: {r['raw_invoke_us_per_event']:.2f} us/event "
+            f"({r['raw_invoke_events_per_s']:,}/s)"
+        )
+    print(
+        f"mixed 5 telemetry : 1 payment: {mixed:,} events/s (target >= {TARGET:,}: "
+        f"{'met' if mixed >= TARGET else 'NOT met'}); models: {source}"
+    )
 
 
 if __name__ == "__main__":

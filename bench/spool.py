@@ -41,8 +41,9 @@ def events(n: int) -> list[tuple[str, bytes, bytes]]:
     from firmware_sim import Fleet, SimSettings
 
     vehicles = 200
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=n / vehicles + 1, seed=42,
-                              payment_rate=20.0))
+    fleet = Fleet(
+        SimSettings(vehicles=vehicles, duration_s=n / vehicles + 1, seed=42, payment_rate=20.0)
+    )
     out = []
     for topic, payload in fleet.events():
         _, vin, suffix = topic.split("/")
@@ -65,8 +66,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--burst", type=int, default=200, help="records per fsync (a bridge step)")
-    ap.add_argument("--dir", type=Path, default=None,
-                    help="where to write (default: a temporary directory on /var/tmp)")
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write (default: a temporary directory on /var/tmp)",
+    )
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir or "/var/tmp"))
     try:
@@ -119,16 +124,23 @@ def main() -> None:
         b_wall, b_cpu = timed(write_raw)
         r_wall, r_cpu = timed(read_raw)
         n = len(evs)
-        print(f"\n{n:,} events, mean payload {payload:.0f} B, fsync every {args.burst} "
-              f"records, directory {base}")
-        print(f"{'':28}{'events/s':>12}{'CPU µs/event':>14}   baseline (raw payloads, "
-              f"same fsyncs)")
-        print(f"{'spool write (outage)':28}{n / w_wall:>12,.0f}{w_cpu / n * 1e6:>14.1f}   "
-              f"{n / b_wall:,.0f}/s, {b_cpu / n * 1e6:.1f} µs  ({w_wall / b_wall:.2f}x its time)")
-        print(f"{'spool drain (read+confirm)':28}{n / d_wall:>12,.0f}{d_cpu / n * 1e6:>14.1f}   "
-              f"{n / r_wall:,.0f}/s, {r_cpu / n * 1e6:.1f} µs  ({d_wall / r_wall:.2f}x its time)")
-        print(f"\nbytes per event on disk: {on_disk:.0f} (payload {payload:.0f} + framing, "
-              f"topic and key {on_disk - payload:.0f})")
+        print(
+            f"\n{n:,} events, mean payload {payload:.0f} B, fsync every {args.burst} "
+            f"records, directory {base}"
+        )
+        print(f"{'':28}{'events/s':>12}{'CPU µs/event':>14}   baseline (raw payloads, same fsyncs)")
+        print(
+            f"{'spool write (outage)':28}{n / w_wall:>12,.0f}{w_cpu / n * 1e6:>14.1f}   "
+            f"{n / b_wall:,.0f}/s, {b_cpu / n * 1e6:.1f} µs  ({w_wall / b_wall:.2f}x its time)"
+        )
+        print(
+            f"{'spool drain (read+confirm)':28}{n / d_wall:>12,.0f}{d_cpu / n * 1e6:>14.1f}   "
+            f"{n / r_wall:,.0f}/s, {r_cpu / n * 1e6:.1f} µs  ({d_wall / r_wall:.2f}x its time)"
+        )
+        print(
+            f"\nbytes per event on disk: {on_disk:.0f} (payload {payload:.0f} + framing, "
+            f"topic and key {on_disk - payload:.0f})"
+        )
         print("\nhours of edge-Kafka outage one bridge's spool holds:")
         rates = (600, 6_000, 12_000)
         print(f"{'spool_max_bytes':>16}" + "".join(f"{r:>12,}/s" for r in rates))

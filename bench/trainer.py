@@ -40,15 +40,21 @@ def main() -> None:
         fit[stream] = time.monotonic() - t2
     total = t_features + sum(fit.values())
     result = {
-        "bench": "trainer", "events": n, "sim_s": round(t_sim, 1),
-        "features_s": round(t_features, 1), "features_events_per_s": round(n / t_features),
-        "train_s": {k: round(v, 1) for k, v in fit.items()}, "total_s": round(total, 1),
+        "bench": "trainer",
+        "events": n,
+        "sim_s": round(t_sim, 1),
+        "features_s": round(t_features, 1),
+        "features_events_per_s": round(n / t_features),
+        "train_s": {k: round(v, 1) for k, v in fit.items()},
+        "total_s": round(total, 1),
         "total_vs_features": round(total / t_features, 2),
     }
     print(json.dumps(result))
-    print(f"{n:,} events: features {t_features:.0f} s ({n / t_features:,.0f}/s, baseline), "
-          f"training telemetry {fit['telemetry']:.0f} s + payments {fit['payments']:.0f} s; "
-          f"whole run {total:.0f} s = {total / t_features:.2f}x the feature pass alone")
+    print(
+        f"{n:,} events: features {t_features:.0f} s ({n / t_features:,.0f}/s, baseline), "
+        f"training telemetry {fit['telemetry']:.0f} s + payments {fit['payments']:.0f} s; "
+        f"whole run {total:.0f} s = {total / t_features:.2f}x the feature pass alone"
+    )
 
 
 if __name__ == "__main__":

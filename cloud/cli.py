@@ -29,9 +29,11 @@ def keygen(path: Path) -> None:
         key = signing.create_private_key(path)
     except (signing.KeyFileError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"created {path} (key id {signing.key_fingerprint(key)}); give every gateway "
-               f"{path.with_suffix('.pub')} as [scorer] public_key (or add it to public_keys "
-               "during a rotation)")
+    click.echo(
+        f"created {path} (key id {signing.key_fingerprint(key)}); give every gateway "
+        f"{path.with_suffix('.pub')} as [scorer] public_key (or add it to public_keys "
+        "during a rotation)"
+    )
 
 
 cloud.add_command(train)

@@ -70,9 +70,13 @@ class KafkaSettings(_Section, frozen=True, kw_only=True):
     def login(self, service: Service) -> kafka_config.Target:
         """How ``service`` connects: its own login, over TLS (or the bare bootstrap)."""
         return kafka_config.cloud_login(
-            self.bootstrap, getattr(self, f"{service}_user"), security=self.security,
-            credentials_file=self.credentials_file, ca_file=self.ca_file,
-            mechanism=self.mechanism)
+            self.bootstrap,
+            getattr(self, f"{service}_user"),
+            security=self.security,
+            credentials_file=self.credentials_file,
+            ca_file=self.ca_file,
+            mechanism=self.mechanism,
+        )
 
 
 class RegistrySettings(_Section, frozen=True, kw_only=True):
@@ -187,8 +191,9 @@ class CloudConfig(_Section, frozen=True, kw_only=True):
     streams: StreamsSettings = StreamsSettings()
 
 
-def login_at(bootstrap: str, config_path: str | Path | None,
-             service: Service) -> kafka_config.Target:
+def login_at(
+    bootstrap: str, config_path: str | Path | None, service: Service
+) -> kafka_config.Target:
     """``service``'s login as ``config_path``'s [kafka] says, at ``bootstrap`` (a command's
     --bootstrap option)."""
     kafka = msgspec.structs.replace(load(config_path).kafka, bootstrap=bootstrap)

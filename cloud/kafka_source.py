@@ -21,11 +21,18 @@ def read_topic(bootstrap: Target, topic: str, timeout_s: float = 300.0) -> Itera
 
     A snapshot read: training sees a fixed data range even while producers keep writing.
     """
-    consumer = Consumer(client_config(bootstrap, {
-        "group.id": f"fleetsentry-reader-{uuid.uuid4()}",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed", "enable.partition.eof": False,
-    }))
+    consumer = Consumer(
+        client_config(
+            bootstrap,
+            {
+                "group.id": f"fleetsentry-reader-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            },
+        )
+    )
     where = bootstrap_of(bootstrap)
     try:
         try:

@@ -20,13 +20,20 @@ from edge.services import SERVICES, Service
 from edge.vault.cli import vault as vault_commands
 
 CONFIG_OPTION = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None, help="The gateway's edge.toml (default: built-in defaults).")
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The gateway's edge.toml (default: built-in defaults).",
+)
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
 
 
 @click.group()
@@ -36,10 +43,19 @@ def edge() -> None:
 
 @edge.command()
 @CONFIG_OPTION
-@click.option("--service", "only", multiple=True,
-              help="Run only this service (repeatable). Default: all of them.")
-@click.option("--grace", type=float, default=10.0, show_default=True,
-              help="Seconds a service gets to stop after SIGTERM before SIGKILL.")
+@click.option(
+    "--service",
+    "only",
+    multiple=True,
+    help="Run only this service (repeatable). Default: all of them.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds a service gets to stop after SIGTERM before SIGKILL.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def run(config_path: Path | None, only: tuple[str, ...], grace: float, verbose: bool) -> None:
     """Run every service as a supervised process until SIGTERM/SIGINT."""
@@ -61,13 +77,23 @@ def run(config_path: Path | None, only: tuple[str, ...], grace: float, verbose: 
 def _service_command(service: Service) -> click.Command:
     @click.command(name=service.name, help=f"Run the {service.name} alone. {service.help}")
     @CONFIG_OPTION
-    @click.option("--instance", type=int, default=0, show_default=True,
-                  help="Process number when several run (client id and metrics port).")
-    @click.option("--metrics-port", type=int, default=None,
-                  help="Serve /metrics here (0: off). Default: [metrics] base_port + offset.")
+    @click.option(
+        "--instance",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Process number when several run (client id and metrics port).",
+    )
+    @click.option(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Serve /metrics here (0: off). Default: [metrics] base_port + offset.",
+    )
     @click.option("-v", "--verbose", is_flag=True)
-    def command(config_path: Path | None, instance: int, metrics_port: int | None,
-                verbose: bool) -> None:
+    def command(
+        config_path: Path | None, instance: int, metrics_port: int | None, verbose: bool
+    ) -> None:
         from edge.services import run_service
 
         _logging(verbose)
@@ -83,8 +109,12 @@ edge.add_command(vault_commands)
 
 @edge.command("disk-plan")
 @CONFIG_OPTION
-@click.option("--json", "as_json", is_flag=True,
-              help="Each edge topic's configs as JSON (what `infra up` and the agent apply).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Each edge topic's configs as JSON (what `infra up` and the agent apply).",
+)
 def disk_plan(config_path: Path | None, as_json: bool) -> None:
     """How [disk] budget is shared out: the spool, Mosquitto, the vault, every topic."""
     import json
@@ -98,6 +128,8 @@ def disk_plan(config_path: Path | None, as_json: bool) -> None:
         return
     for what, size in p.rows():
         click.echo(f"{human(size):>12}  {what}")
+
+
 edge.add_command(dlq_commands)
 
 

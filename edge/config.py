@@ -33,8 +33,18 @@ ENV = {
 
 
 SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)?\s*$"
-_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-          "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "TiB": 1 << 40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -45,7 +55,7 @@ def parse_size(text: str) -> int:
     """
     match = re.match(SIZE_PATTERN, text)
     if match is None:
-        raise ValueError(f"{text!r} is no size (e.g. \"20 GiB\")")
+        raise ValueError(f'{text!r} is no size (e.g. "20 GiB")')
     number = text.strip()[: len(text.strip()) - len(match.group(2) or "")]
     return int(float(number) * _UNITS[match.group(2) or ""])
 

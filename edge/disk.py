@@ -63,8 +63,7 @@ MIN_SEGMENTS = 3
 # Weight of one partition of each delete-policy topic family in the Kafka share: raw.* and
 # anon.* carry every event; scores.* is smaller records; alerts and model-status are rare;
 # dlq.ingest (one partition) takes a flood's dead letters.
-WEIGHTS = {"raw": 1.0, "anon": 1.0, "scores": 0.5, "alerts": 0.25, "dlq": 1.0,
-           "model-status": 0.05}
+WEIGHTS = {"raw": 1.0, "anon": 1.0, "scores": 0.5, "alerts": 0.25, "dlq": 1.0, "model-status": 0.05}
 
 
 @dataclass(frozen=True)
@@ -82,10 +81,12 @@ class TopicBudget:
     retention_ms: int
 
     def configs(self) -> dict[str, str]:
-        return {"cleanup.policy": self.cleanup_policy,
-                "retention.ms": str(self.retention_ms),
-                "retention.bytes": str(self.retention_bytes),
-                "segment.bytes": str(self.segment_bytes)}
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            "retention.bytes": str(self.retention_bytes),
+            "segment.bytes": str(self.segment_bytes),
+        }
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,16 @@ class DiskPlan:
 
     def rows(self) -> list[tuple[str, int]]:
         """(what, bytes) for a table: everything the budget is shared into."""
-        out = [("headroom (Kafka indexes, internal topics, growth between checks)",
-                self.headroom_bytes),
-               ("bridge outage spool", self.spool_bytes),
-               ("Mosquitto persistence", self.mosquitto_bytes),
-               ("vault (data_dir)", self.vault_bytes),
-               ("installed models (models_dir)", self.models_bytes)]
+        out = [
+            (
+                "headroom (Kafka indexes, internal topics, growth between checks)",
+                self.headroom_bytes,
+            ),
+            ("bridge outage spool", self.spool_bytes),
+            ("Mosquitto persistence", self.mosquitto_bytes),
+            ("vault (data_dir)", self.vault_bytes),
+            ("installed models (models_dir)", self.models_bytes),
+        ]
         return out + [(f"topic {t.name}", t.reserved_bytes) for t in self.topics]
 
 
@@ -137,9 +142,11 @@ def plan(config: EdgeConfig) -> DiskPlan:
         while hi - lo > MIB:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if _share(config, mid) is not None else (mid, hi)
-        raise ConfigError(f"a budget of {human(budget)} leaves too little for Kafka's "
-                          f"topics; give the gateway at least {human(hi)}",
-                          setting="disk.budget")
+        raise ConfigError(
+            f"a budget of {human(budget)} leaves too little for Kafka's "
+            f"topics; give the gateway at least {human(hi)}",
+            setting="disk.budget",
+        )
     return shared
 
 
@@ -152,13 +159,19 @@ def _share(config: EdgeConfig, budget: int) -> DiskPlan | None:
     # Every kept version, and one more being verified in staging.
     models = n_streams * (config.agent.keep_versions + 1) * MODEL_BYTES
     compacted = _compacted_topics(config)
-    kafka_left = (budget - headroom - spool - mosquitto - vault - models
-                  - sum(t.reserved_bytes for t in compacted))
+    kafka_left = (
+        budget
+        - headroom
+        - spool
+        - mosquitto
+        - vault
+        - models
+        - sum(t.reserved_bytes for t in compacted)
+    )
     deleting = _delete_topics(kafka_left)
     if deleting is None:
         return None
-    return DiskPlan(budget, headroom, spool, mosquitto, vault, models,
-                    tuple(deleting + compacted))
+    return DiskPlan(budget, headroom, spool, mosquitto, vault, models, tuple(deleting + compacted))
 
 
 def _family(name: str) -> str:
@@ -179,10 +192,20 @@ def _delete_topics(share: int) -> list[TopicBudget] | None:
     out = []
     for t in wanted:
         per_partition = floor + int(spare * WEIGHTS[_family(t.name)] / units)
-        segment = min(MAX_SEGMENT_BYTES,
-                      max(MIN_SEGMENT_BYTES, per_partition // SEGMENTS_PER_PARTITION))
-        out.append(TopicBudget(t.name, t.partitions, per_partition - segment, segment,
-                               per_partition * t.partitions, "delete", t.retention_ms))
+        segment = min(
+            MAX_SEGMENT_BYTES, max(MIN_SEGMENT_BYTES, per_partition // SEGMENTS_PER_PARTITION)
+        )
+        out.append(
+            TopicBudget(
+                t.name,
+                t.partitions,
+                per_partition - segment,
+                segment,
+                per_partition * t.partitions,
+                "delete",
+                t.retention_ms,
+            )
+        )
     return out
 
 
@@ -212,13 +235,18 @@ def _compacted_topics(config: EdgeConfig) -> list[TopicBudget]:
       cloud publishes its champions again (``topics.MODELS_RETENTION_BYTES``).
     """
     enricher, scorer = config.enricher, config.scorer
-    raw_partitions = sum(t.partitions for t in topics.registry("edge")
-                         if t.name.startswith("raw."))
-    state_live = (enricher.max_states * STATE_RECORD_BYTES
-                  + raw_partitions * enricher.dedup_window * DEDUP_ID_BYTES)
-    state_ms = int(1000 * max(2 * enricher.state_ttl_s,
-                              config.bridge.session_expiry_s + topics.RAW_RETENTION_MS / 1000
-                              + DAY_S))
+    raw_partitions = sum(t.partitions for t in topics.registry("edge") if t.name.startswith("raw."))
+    state_live = (
+        enricher.max_states * STATE_RECORD_BYTES
+        + raw_partitions * enricher.dedup_window * DEDUP_ID_BYTES
+    )
+    state_ms = int(
+        1000
+        * max(
+            2 * enricher.state_ttl_s,
+            config.bridge.session_expiry_s + topics.RAW_RETENTION_MS / 1000 + DAY_S,
+        )
+    )
     episodes_live = max(1, enricher.max_states // 3) * EPISODE_RECORD_BYTES
     episodes_ms = int(1000 * max(7 * DAY_S, 100 * scorer.episode_quiet_gap_s))
     n_streams = len(streams.all_streams())
@@ -228,8 +256,15 @@ def _compacted_topics(config: EdgeConfig) -> list[TopicBudget]:
     return [
         _compacted(topics.ENRICHER_STATE, state_live, "compact,delete", state_ms),
         _compacted(topics.SCORER_EPISODES, episodes_live, "compact,delete", episodes_ms),
-        TopicBudget(topics.CLOUD_MODELS, 1, models_kept, models_segment, models_reserve,
-                    "compact,delete", -1),
+        TopicBudget(
+            topics.CLOUD_MODELS,
+            1,
+            models_kept,
+            models_segment,
+            models_reserve,
+            "compact,delete",
+            -1,
+        ),
     ]
 
 
@@ -329,14 +364,22 @@ class DiskCollector:
         return out
 
     def collect(self) -> Iterator[Metric]:
-        size = GaugeMetricFamily("fleetsentry_disk_size_bytes",
-                                 "Size of the filesystem holding a gateway data directory.",
-                                 labels=["path"])
-        free = GaugeMetricFamily("fleetsentry_disk_free_bytes",
-                                 "Bytes the gateway's services may still write on that "
-                                 "filesystem (Kafka stops when it reaches 0).", labels=["path"])
-        used = GaugeMetricFamily("fleetsentry_disk_used_bytes",
-                                 "Bytes used on that filesystem, by anything.", labels=["path"])
+        size = GaugeMetricFamily(
+            "fleetsentry_disk_size_bytes",
+            "Size of the filesystem holding a gateway data directory.",
+            labels=["path"],
+        )
+        free = GaugeMetricFamily(
+            "fleetsentry_disk_free_bytes",
+            "Bytes the gateway's services may still write on that "
+            "filesystem (Kafka stops when it reaches 0).",
+            labels=["path"],
+        )
+        used = GaugeMetricFamily(
+            "fleetsentry_disk_used_bytes",
+            "Bytes used on that filesystem, by anything.",
+            labels=["path"],
+        )
         for fs in self.filesystems():
             size.add_metric([str(fs.path)], fs.size_bytes)
             free.add_metric([str(fs.path)], fs.free_bytes)
@@ -345,15 +388,21 @@ class DiskCollector:
         yield size
         yield free
         yield used
-        yield GaugeMetricFamily("fleetsentry_disk_budget_bytes",
-                                "The gateway's disk budget ([disk] budget).",
-                                value=self.plan.budget_bytes)
-        yield GaugeMetricFamily("fleetsentry_disk_gateway_bytes",
-                                "Bytes the gateway's directories ([disk] paths, data_dir) hold.",
-                                value=mine)
-        yield GaugeMetricFamily("fleetsentry_disk_budget_used_ratio",
-                                "Share of the disk budget the gateway's directories use.",
-                                value=mine / self.plan.budget_bytes)
+        yield GaugeMetricFamily(
+            "fleetsentry_disk_budget_bytes",
+            "The gateway's disk budget ([disk] budget).",
+            value=self.plan.budget_bytes,
+        )
+        yield GaugeMetricFamily(
+            "fleetsentry_disk_gateway_bytes",
+            "Bytes the gateway's directories ([disk] paths, data_dir) hold.",
+            value=mine,
+        )
+        yield GaugeMetricFamily(
+            "fleetsentry_disk_budget_used_ratio",
+            "Share of the disk budget the gateway's directories use.",
+            value=mine / self.plan.budget_bytes,
+        )
 
 
 def apply_topic_plan(kafka: Target, disk_plan: DiskPlan, timeout: float = 30.0) -> None:

@@ -175,8 +175,9 @@ class HistogramBatch:
         arr = arr[~np.isnan(arr)]
         if not arr.size:
             return
-        counts = np.bincount(np.searchsorted(self._bounds, arr, side="left"),
-                             minlength=len(self._bounds))
+        counts = np.bincount(
+            np.searchsorted(self._bounds, arr, side="left"), minlength=len(self._bounds)
+        )
         buckets = self._child._buckets
         for i in np.flatnonzero(counts):
             buckets[i].inc(int(counts[i]))
@@ -193,13 +194,17 @@ def serve(host: str, port: int | None) -> Any:
     try:
         server, _thread = start_http_server(port, addr=host)
     except OSError as exc:
-        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; pick free "
-                          "ports (each service uses base_port + offset + 10 per extra process)",
-                          setting="metrics.base_port") from None
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}; pick free "
+            "ports (each service uses base_port + offset + 10 per extra process)",
+            setting="metrics.base_port",
+        ) from None
     return server
 
 
-def update_consumer_lag(service: str, consumer: Any, partitions: Iterable[Any] | None = None) -> int:
+def update_consumer_lag(
+    service: str, consumer: Any, partitions: Iterable[Any] | None = None
+) -> int:
     """Set CONSUMER_LAG for each assigned partition of a confluent-kafka ``consumer``.
 
     Uses the cached watermarks (no broker round trip); needs ``statistics.interval.ms`` or a

@@ -22,8 +22,10 @@ def mqtt_password(config: EdgeConfig) -> str:
         raise ConfigError(
             f"no MQTT password for {config.mqtt.username!r}: set [mqtt] password in edge.toml "
             f"or point [mqtt] credentials_file at a readable credentials file ({path}: {exc})",
-            setting="mqtt.credentials_file") from None
+            setting="mqtt.credentials_file",
+        ) from None
     if config.mqtt.username not in creds:
-        raise ConfigError(f"{path} holds no password for {config.mqtt.username!r}",
-                          setting="mqtt.username")
+        raise ConfigError(
+            f"{path} holds no password for {config.mqtt.username!r}", setting="mqtt.username"
+        )
     return creds[config.mqtt.username]

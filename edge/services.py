@@ -44,14 +44,31 @@ class Service:
 
 
 SERVICES: tuple[Service, ...] = (
-    Service("bridge", "edge.bridge.service:run", 0,
-            "MQTT -> raw.* (validated; rejects to dlq.ingest).", processes="bridge.processes"),
-    Service("enricher", "edge.enricher.service:run", 1,
-            "raw.* -> PII vault + anon.* (tokens, features), exactly once."),
-    Service("scorer", "edge.scorer.service:run", 2,
-            "anon.* -> scores.*, alerts, payment decisions (int8 models), exactly once."),
-    Service("agent", "edge.agent.service:run", 3,
-            "cloud.models -> verify, shadow-score, switch the scorer's model, roll back."),
+    Service(
+        "bridge",
+        "edge.bridge.service:run",
+        0,
+        "MQTT -> raw.* (validated; rejects to dlq.ingest).",
+        processes="bridge.processes",
+    ),
+    Service(
+        "enricher",
+        "edge.enricher.service:run",
+        1,
+        "raw.* -> PII vault + anon.* (tokens, features), exactly once.",
+    ),
+    Service(
+        "scorer",
+        "edge.scorer.service:run",
+        2,
+        "anon.* -> scores.*, alerts, payment decisions (int8 models), exactly once.",
+    ),
+    Service(
+        "agent",
+        "edge.agent.service:run",
+        3,
+        "cloud.models -> verify, shadow-score, switch the scorer's model, roll back.",
+    ),
 )
 
 
@@ -94,8 +111,13 @@ def load_target(service: Service) -> Callable[[ServiceContext], None]:
     return fn
 
 
-def run_service(service: Service, config: EdgeConfig, config_path: Path | None = None,
-                instance: int = 0, metrics_port_override: int | None = None) -> None:
+def run_service(
+    service: Service,
+    config: EdgeConfig,
+    config_path: Path | None = None,
+    instance: int = 0,
+    metrics_port_override: int | None = None,
+) -> None:
     """Run one service in this process until SIGTERM/SIGINT (the supervisor's child entry)."""
     from edge import metrics
     from shared import streams
@@ -111,8 +133,11 @@ def run_service(service: Service, config: EdgeConfig, config_path: Path | None =
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    port = (metrics_port(service, config, instance) if metrics_port_override is None
-            else metrics_port_override or None)
+    port = (
+        metrics_port(service, config, instance)
+        if metrics_port_override is None
+        else metrics_port_override or None
+    )
     server = metrics.serve(config.metrics.host, port)
     target = load_target(service)
     try:

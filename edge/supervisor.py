@@ -63,13 +63,19 @@ def child_argv(service: Service, instance: int, config_path: Path | None) -> lis
 class Supervisor:
     """Starts, watches and stops the children. Constructing it starts nothing."""
 
-    def __init__(self, config: EdgeConfig, config_path: Path | None,
-                 only: frozenset[str] | None = None, grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        config_path: Path | None,
+        only: frozenset[str] | None = None,
+        grace: float = 10.0,
+    ) -> None:
         self.grace = grace
         self.stop_event = threading.Event()
         self.children = [
             Child(svc, i, child_argv(svc, i, config_path))
-            for svc in SERVICES if only is None or svc.name in only
+            for svc in SERVICES
+            if only is None or svc.name in only
             for i in range(process_count(svc, config))
         ]
 
@@ -93,8 +99,13 @@ class Supervisor:
         if ran >= HEALTHY_AFTER_S:
             child.backoff = BACKOFF_MIN_S
         child.next_start = now + child.backoff
-        log.warning("%s exited with %d after %.1fs; restarting in %.0fs",
-                    child.label, code, ran, child.backoff)
+        log.warning(
+            "%s exited with %d after %.1fs; restarting in %.0fs",
+            child.label,
+            code,
+            ran,
+            child.backoff,
+        )
         child.backoff = min(BACKOFF_MAX_S, child.backoff * 2)
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:

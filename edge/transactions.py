@@ -37,8 +37,13 @@ def _exit(code: int) -> None:
 class Watchdog:
     """One monitor thread; ``with watchdog.deadline(what, timeout_s):`` arms it for a call."""
 
-    def __init__(self, service: str, grace_s: float = GRACE_S, tick_s: float = 1.0,
-                 on_stuck: Callable[[int], None] = _exit) -> None:
+    def __init__(
+        self,
+        service: str,
+        grace_s: float = GRACE_S,
+        tick_s: float = 1.0,
+        on_stuck: Callable[[int], None] = _exit,
+    ) -> None:
         self.service = service
         self.grace_s = grace_s
         self.tick_s = tick_s
@@ -50,8 +55,9 @@ class Watchdog:
     @contextmanager
     def deadline(self, what: str, timeout_s: float) -> Iterator[None]:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name=f"{self.service}-watchdog",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._watch, name=f"{self.service}-watchdog", daemon=True
+            )
             self._thread.start()
         with self._lock:
             self._armed = (what, timeout_s, time.monotonic() + timeout_s + self.grace_s)
@@ -75,11 +81,17 @@ class Watchdog:
             if armed is None or time.monotonic() < armed[2]:
                 continue
             what, timeout_s, _until = armed
-            log.critical("%s: %s has not returned %.0f s after its own %.0f s timeout (the Kafka "
-                         "client can block past it when the broker goes away mid-call): exiting "
-                         "with %d so that it is started again; the open transaction is aborted "
-                         "by the next instance, which resumes from the last commit",
-                         self.service, what, self.grace_s, timeout_s, EXIT_STUCK)
+            log.critical(
+                "%s: %s has not returned %.0f s after its own %.0f s timeout (the Kafka "
+                "client can block past it when the broker goes away mid-call): exiting "
+                "with %d so that it is started again; the open transaction is aborted "
+                "by the next instance, which resumes from the last commit",
+                self.service,
+                what,
+                self.grace_s,
+                timeout_s,
+                EXIT_STUCK,
+            )
             self.on_stuck(EXIT_STUCK)
             return
 
@@ -97,8 +109,9 @@ class AssignmentGuard:
     joins at once, and nothing is lost (offsets commit with the transactions).
     """
 
-    def __init__(self, limit_s: float, every_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit_s: float, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit_s = limit_s
         self.every_s = every_s
         self.clock = clock

@@ -27,8 +27,16 @@ from collections.abc import Iterator
 from firmware_sim.fleet import Emitted, Fleet, FleetStats
 from firmware_sim.settings import DRIFT_KINDS, FAULT_KINDS, FRAUD_KINDS, SimSettings
 
-__all__ = ["DRIFT_KINDS", "FAULT_KINDS", "FRAUD_KINDS", "Emitted", "Fleet", "FleetStats",
-           "SimSettings", "generate"]
+__all__ = [
+    "DRIFT_KINDS",
+    "FAULT_KINDS",
+    "FRAUD_KINDS",
+    "Emitted",
+    "Fleet",
+    "FleetStats",
+    "SimSettings",
+    "generate",
+]
 
 
 def generate(settings: SimSettings) -> Iterator[tuple[str, bytes]]:

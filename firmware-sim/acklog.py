@@ -47,12 +47,12 @@ class AckLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "wb")
         except OSError as exc:
-            raise SimError(f"cannot write the acknowledged-events log {self.path}: {exc}") \
-                from None
+            raise SimError(f"cannot write the acknowledged-events log {self.path}: {exc}") from None
 
     def record(self, vin: str, topic: str, event_id: str) -> None:
-        self._pending.append(_encode(_Acked(event_id, vin, stream_of(topic),
-                                            round(time.time(), 3))))
+        self._pending.append(
+            _encode(_Acked(event_id, vin, stream_of(topic), round(time.time(), 3)))
+        )
 
     def flush(self) -> None:
         if self._fh is None or not self._pending:

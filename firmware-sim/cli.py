@@ -39,14 +39,20 @@ PASSWORD_ENV = "FLEETSENTRY_SIM_PASSWORD"
 DEFAULT_PASSWORD = "fleetsentry-sim"
 
 
-def _rates(pairs: tuple[str, ...], defaults: dict[str, float], scale: float,
-           kinds: tuple[str, ...], option: str) -> dict[str, float]:
+def _rates(
+    pairs: tuple[str, ...],
+    defaults: dict[str, float],
+    scale: float,
+    kinds: tuple[str, ...],
+    option: str,
+) -> dict[str, float]:
     rates = {k: v * scale for k, v in defaults.items()}
     for pair in pairs:
         kind, sep, value = pair.partition("=")
         if not sep or kind not in kinds:
-            raise click.BadParameter(f"expected KIND=RATE with KIND one of {', '.join(kinds)}",
-                                     param_hint=option)
+            raise click.BadParameter(
+                f"expected KIND=RATE with KIND one of {', '.join(kinds)}", param_hint=option
+            )
         try:
             rates[kind] = float(value)
         except ValueError:
@@ -64,30 +70,70 @@ def _host_port(value: str) -> tuple[str, int]:
 def settings_options(f: Any) -> Any:
     opts = [
         click.option("--vehicles", default=100, show_default=True, help="Fleet size."),
-        click.option("--rate", "rate_hz", default=1.0, show_default=True,
-                     help="Telemetry frames per vehicle per second."),
-        click.option("--duration", "duration_s", default=600.0, show_default=True,
-                     help="Seconds of simulated driving."),
+        click.option(
+            "--rate",
+            "rate_hz",
+            default=1.0,
+            show_default=True,
+            help="Telemetry frames per vehicle per second.",
+        ),
+        click.option(
+            "--duration",
+            "duration_s",
+            default=600.0,
+            show_default=True,
+            help="Seconds of simulated driving.",
+        ),
         click.option("--seed", default=0, show_default=True, help="Same seed, same events."),
-        click.option("--fault-rate", "fault_pairs", multiple=True, metavar="KIND=RATE",
-                     help="Episodes per driving vehicle-hour for one fault kind."),
-        click.option("--fraud-rate", "fraud_pairs", multiple=True, metavar="KIND=RATE",
-                     help="Fraud episodes per legitimate payment for one kind."),
-        click.option("--fault-scale", default=1.0, show_default=True,
-                     help="Multiply every default fault rate."),
-        click.option("--fraud-scale", default=1.0, show_default=True,
-                     help="Multiply every default fraud rate."),
-        click.option("--payment-rate", default=1.0, show_default=True,
-                     help="Multiply how often drivers pay."),
-        click.option("--drift", multiple=True, type=click.Choice(["new_model",
-                                                                  "firmware_rollout"]),
-                     help="Shift normal behaviour mid-run (repeatable)."),
-        click.option("--drift-at", "drift_at_s", type=float, default=None,
-                     help="Seconds into the run when drift starts (default: half way)."),
-        click.option("--drift-fraction", type=float, default=SimSettings.drift_fraction,
-                     show_default=True,
-                     help="Share of the fleet the drift touches (new vehicles added, or "
-                          "firmware updated)."),
+        click.option(
+            "--fault-rate",
+            "fault_pairs",
+            multiple=True,
+            metavar="KIND=RATE",
+            help="Episodes per driving vehicle-hour for one fault kind.",
+        ),
+        click.option(
+            "--fraud-rate",
+            "fraud_pairs",
+            multiple=True,
+            metavar="KIND=RATE",
+            help="Fraud episodes per legitimate payment for one kind.",
+        ),
+        click.option(
+            "--fault-scale",
+            default=1.0,
+            show_default=True,
+            help="Multiply every default fault rate.",
+        ),
+        click.option(
+            "--fraud-scale",
+            default=1.0,
+            show_default=True,
+            help="Multiply every default fraud rate.",
+        ),
+        click.option(
+            "--payment-rate", default=1.0, show_default=True, help="Multiply how often drivers pay."
+        ),
+        click.option(
+            "--drift",
+            multiple=True,
+            type=click.Choice(["new_model", "firmware_rollout"]),
+            help="Shift normal behaviour mid-run (repeatable).",
+        ),
+        click.option(
+            "--drift-at",
+            "drift_at_s",
+            type=float,
+            default=None,
+            help="Seconds into the run when drift starts (default: half way).",
+        ),
+        click.option(
+            "--drift-fraction",
+            type=float,
+            default=SimSettings.drift_fraction,
+            show_default=True,
+            help="Share of the fleet the drift touches (new vehicles added, or firmware updated).",
+        ),
         click.option("--city", "cities", multiple=True, help="Limit the fleet to these cities."),
     ]
     for opt in reversed(opts):
@@ -98,14 +144,31 @@ def settings_options(f: Any) -> Any:
 def build_settings(kw: dict[str, Any], start_ts: float | None) -> SimSettings:
     try:
         return SimSettings(
-            vehicles=kw["vehicles"], rate_hz=kw["rate_hz"], duration_s=kw["duration_s"],
-            seed=kw["seed"], start_ts=start_ts, payment_rate=kw["payment_rate"],
-            fault_rates=_rates(kw["fault_pairs"], default_fault_rates(), kw["fault_scale"],
-                               FAULT_KINDS, "--fault-rate"),
-            fraud_rates=_rates(kw["fraud_pairs"], default_fraud_rates(), kw["fraud_scale"],
-                               FRAUD_KINDS, "--fraud-rate"),
-            drift=tuple(kw["drift"]), drift_at_s=kw["drift_at_s"],
-            drift_fraction=kw["drift_fraction"], cities=tuple(kw["cities"]))
+            vehicles=kw["vehicles"],
+            rate_hz=kw["rate_hz"],
+            duration_s=kw["duration_s"],
+            seed=kw["seed"],
+            start_ts=start_ts,
+            payment_rate=kw["payment_rate"],
+            fault_rates=_rates(
+                kw["fault_pairs"],
+                default_fault_rates(),
+                kw["fault_scale"],
+                FAULT_KINDS,
+                "--fault-rate",
+            ),
+            fraud_rates=_rates(
+                kw["fraud_pairs"],
+                default_fraud_rates(),
+                kw["fraud_scale"],
+                FRAUD_KINDS,
+                "--fraud-rate",
+            ),
+            drift=tuple(kw["drift"]),
+            drift_at_s=kw["drift_at_s"],
+            drift_fraction=kw["drift_fraction"],
+            cities=tuple(kw["cities"]),
+        )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -119,65 +182,152 @@ def sim() -> None:
 @settings_options
 @click.option("--dry-run", is_flag=True, help="Write events to --out instead of publishing.")
 @click.option("--out", type=click.Path(path_type=Path), help="Events file (dry run).")
-@click.option("--labels-out", type=click.Path(path_type=Path),
-              help="Labels file (dry run default: labels.jsonl beside the events file; "
-                   "live runs write it at the end when given).")
-@click.option("--labels-kafka", metavar="BOOTSTRAP",
-              help="Also produce the labels to the `labels` topic of the cloud Kafka there: "
-                   "live runs while they go (see --label-delay), dry runs all at the end. "
-                   "Logs in as fleetsentry-labels over TLS (see --labels-kafka-security).")
-@click.option("--labels-kafka-security", type=click.Choice(["sasl_ssl", "none"]),
-              default="sasl_ssl", show_default=True,
-              help="none: a development Kafka without TLS or logins.")
-@click.option("--labels-kafka-credentials", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSON {user: password} holding fleetsentry-labels' password (default: "
-                   "the one `fleetsentry infra up` wrote for the cloud Kafka).")
-@click.option("--labels-kafka-ca", type=click.Path(dir_okay=False, path_type=Path),
-              help="The cloud Kafka's CA certificate (default: the one `infra up` made).")
-@click.option("--label-delay", "label_delay_s", default=60.0, show_default=True,
-              type=click.FloatRange(0, 86_400),
-              help="Live runs: seconds of run clock after an episode ends before its labels "
-                   "reach --labels-kafka (a workshop report, a chargeback); what is still "
-                   "pending at the end goes then. Dry runs have no clock: all at the end.")
-@click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
-              help="Broker HOST:PORT (live run).")
-@click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
-              show_default=False, help=f"Vehicles' MQTT password (env {PASSWORD_ENV}).")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
-              help="CA file: connect with TLS (--mqtt must name the broker's TLS port).")
-@click.option("--connect-wait", "connect_wait_s", default=30.0, show_default=True,
-              help="Seconds to bring the fleet online; the run fails if none connects.")
-@click.option("--register-with", "register_home", type=click.Path(path_type=Path),
-              help="Mosquitto home dir: register every VIN's login there first.")
-@click.option("--buffer-dir", type=click.Path(path_type=Path),
-              help="Where the on-disk outbox lives (default: a temp dir).")
-@click.option("--decisions-out", type=click.Path(path_type=Path),
-              help="Write payment decisions the vehicles obeyed (declines, holds) here.")
-@click.option("--summary-json", type=click.Path(path_type=Path),
-              help="Also write the end-of-run summary as JSON.")
-@click.option("--acked-log", type=click.Path(dir_okay=False, path_type=Path),
-              help="Live runs: write every event the broker acknowledged (PUBACK) here, one "
-                   'JSON line each: {"event_id", "vin", "stream", "ts"}.')
-@click.option("--linger", "linger_s", default=0.0, show_default=True,
-              type=click.FloatRange(0, 86_400),
-              help="Live runs: seconds the vehicles stay online after their events are "
-                   "drained, receiving commands (decisions on the last payments); "
-                   "SIGTERM/Ctrl-C ends it early. SIGUSR1 ends the drive early (then the "
-                   "drain and the linger).")
-@click.option("--start-ts", type=float, default=None,
-              help="Device clock at the start (default: fixed for dry runs, now for live).")
-def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: str | None,
-        labels_kafka_security: str, labels_kafka_credentials: Path | None,
-        labels_kafka_ca: Path | None, label_delay_s: float, mqtt_addr: str,
-        password: str, tls_ca: str | None, connect_wait_s: float, register_home: Path | None,
-        buffer_dir: Path | None, decisions_out: Path | None, summary_json: Path | None,
-        start_ts: float | None, acked_log: Path | None, linger_s: float, **kw: Any) -> None:
+@click.option(
+    "--labels-out",
+    type=click.Path(path_type=Path),
+    help="Labels file (dry run default: labels.jsonl beside the events file; "
+    "live runs write it at the end when given).",
+)
+@click.option(
+    "--labels-kafka",
+    metavar="BOOTSTRAP",
+    help="Also produce the labels to the `labels` topic of the cloud Kafka there: "
+    "live runs while they go (see --label-delay), dry runs all at the end. "
+    "Logs in as fleetsentry-labels over TLS (see --labels-kafka-security).",
+)
+@click.option(
+    "--labels-kafka-security",
+    type=click.Choice(["sasl_ssl", "none"]),
+    default="sasl_ssl",
+    show_default=True,
+    help="none: a development Kafka without TLS or logins.",
+)
+@click.option(
+    "--labels-kafka-credentials",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON {user: password} holding fleetsentry-labels' password (default: "
+    "the one `fleetsentry infra up` wrote for the cloud Kafka).",
+)
+@click.option(
+    "--labels-kafka-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cloud Kafka's CA certificate (default: the one `infra up` made).",
+)
+@click.option(
+    "--label-delay",
+    "label_delay_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0, 86_400),
+    help="Live runs: seconds of run clock after an episode ends before its labels "
+    "reach --labels-kafka (a workshop report, a chargeback); what is still "
+    "pending at the end goes then. Dry runs have no clock: all at the end.",
+)
+@click.option(
+    "--mqtt",
+    "mqtt_addr",
+    default="127.0.0.1:1883",
+    show_default=True,
+    help="Broker HOST:PORT (live run).",
+)
+@click.option(
+    "--password",
+    envvar=PASSWORD_ENV,
+    default=DEFAULT_PASSWORD,
+    show_default=False,
+    help=f"Vehicles' MQTT password (env {PASSWORD_ENV}).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
+)
+@click.option(
+    "--connect-wait",
+    "connect_wait_s",
+    default=30.0,
+    show_default=True,
+    help="Seconds to bring the fleet online; the run fails if none connects.",
+)
+@click.option(
+    "--register-with",
+    "register_home",
+    type=click.Path(path_type=Path),
+    help="Mosquitto home dir: register every VIN's login there first.",
+)
+@click.option(
+    "--buffer-dir",
+    type=click.Path(path_type=Path),
+    help="Where the on-disk outbox lives (default: a temp dir).",
+)
+@click.option(
+    "--decisions-out",
+    type=click.Path(path_type=Path),
+    help="Write payment decisions the vehicles obeyed (declines, holds) here.",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path),
+    help="Also write the end-of-run summary as JSON.",
+)
+@click.option(
+    "--acked-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Live runs: write every event the broker acknowledged (PUBACK) here, one "
+    'JSON line each: {"event_id", "vin", "stream", "ts"}.',
+)
+@click.option(
+    "--linger",
+    "linger_s",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 86_400),
+    help="Live runs: seconds the vehicles stay online after their events are "
+    "drained, receiving commands (decisions on the last payments); "
+    "SIGTERM/Ctrl-C ends it early. SIGUSR1 ends the drive early (then the "
+    "drain and the linger).",
+)
+@click.option(
+    "--start-ts",
+    type=float,
+    default=None,
+    help="Device clock at the start (default: fixed for dry runs, now for live).",
+)
+def run(
+    dry_run: bool,
+    out: Path | None,
+    labels_out: Path | None,
+    labels_kafka: str | None,
+    labels_kafka_security: str,
+    labels_kafka_credentials: Path | None,
+    labels_kafka_ca: Path | None,
+    label_delay_s: float,
+    mqtt_addr: str,
+    password: str,
+    tls_ca: str | None,
+    connect_wait_s: float,
+    register_home: Path | None,
+    buffer_dir: Path | None,
+    decisions_out: Path | None,
+    summary_json: Path | None,
+    start_ts: float | None,
+    acked_log: Path | None,
+    linger_s: float,
+    **kw: Any,
+) -> None:
     """Run a fleet: live against MQTT, or --dry-run to files."""
     console = Console(stderr=True)
-    labels_login = cloud_login(
-        labels_kafka, LABELS_USER, security=labels_kafka_security,
-        credentials_file=labels_kafka_credentials, ca_file=labels_kafka_ca,
-    ) if labels_kafka else None
+    labels_login = (
+        cloud_login(
+            labels_kafka,
+            LABELS_USER,
+            security=labels_kafka_security,
+            credentials_file=labels_kafka_credentials,
+            ca_file=labels_kafka_ca,
+        )
+        if labels_kafka
+        else None
+    )
     if dry_run:
         if out is None:
             raise click.UsageError("--dry-run needs --out FILE")
@@ -192,10 +342,16 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
     conf = ConnectSettings(host=host, port=port, password=password, tls_ca=tls_ca)
     feed = _feed(labels_login, label_delay_s) if labels_login else None
     with tempfile.TemporaryDirectory(prefix="fleetsentry-sim-") as tmp:
-        runner = LiveRunner(fleet, conf, buffer_dir or Path(tmp), connect_wait_s=connect_wait_s,
-                            labels=feed, ack_log=AckLog(acked_log) if acked_log else None,
-                            linger_s=linger_s,
-                            on_drained=lambda p: _drained(console, p, linger_s))
+        runner = LiveRunner(
+            fleet,
+            conf,
+            buffer_dir or Path(tmp),
+            connect_wait_s=connect_wait_s,
+            labels=feed,
+            ack_log=AckLog(acked_log) if acked_log else None,
+            linger_s=linger_s,
+            on_drained=lambda p: _drained(console, p, linger_s),
+        )
         try:
             result = _live(runner, console)
         except ConnectError as exc:
@@ -218,8 +374,10 @@ def run(dry_run: bool, out: Path | None, labels_out: Path | None, labels_kafka: 
 
 def _drained(console: Console, p: Progress, linger_s: float) -> None:
     # One line a supervising script can wait for: everything acknowledged is in --acked-log.
-    console.print(f"fleet drained: {p.acked} events acknowledged, {p.buffered} left"
-                  + (f"; staying online up to {linger_s:g} s for commands" if linger_s else ""))
+    console.print(
+        f"fleet drained: {p.acked} events acknowledged, {p.buffered} left"
+        + (f"; staying online up to {linger_s:g} s for commands" if linger_s else "")
+    )
 
 
 def _produce(bootstrap: Target, labels: list[Label]) -> int:
@@ -247,14 +405,20 @@ def register(fleet: Fleet, home: Path, password: str, console: Console) -> None:
     from shared.infra.mosquitto import Mosquitto
 
     n = Mosquitto(home=home, port=0).register_vehicles(fleet.credentials(password))
-    console.print(f"registered {len(fleet.vehicles)} vehicles with the broker in {home} "
-                  f"({n} vehicle logins in total)")
+    console.print(
+        f"registered {len(fleet.vehicles)} vehicles with the broker in {home} "
+        f"({n} vehicle logins in total)"
+    )
 
 
 @sim.command("register")
 @settings_options
-@click.option("--mosquitto-home", type=click.Path(path_type=Path), required=True,
-              help="The broker's home dir (holds its logins, config and mosquitto.pid).")
+@click.option(
+    "--mosquitto-home",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The broker's home dir (holds its logins, config and mosquitto.pid).",
+)
 @click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD)
 def register_cmd(mosquitto_home: Path, password: str, **kw: Any) -> None:
     """Register the VINs a run with these settings will use (a running broker takes them at once)."""
@@ -262,26 +426,43 @@ def register_cmd(mosquitto_home: Path, password: str, **kw: Any) -> None:
     register(fleet, mosquitto_home, password, Console(stderr=True))
 
 
-def _dry(settings: SimSettings, out: Path, labels_out: Path | None, labels_kafka: Target | None,
-         console: Console, summary_json: Path | None) -> None:
+def _dry(
+    settings: SimSettings,
+    out: Path,
+    labels_out: Path | None,
+    labels_kafka: Target | None,
+    console: Console,
+    summary_json: Path | None,
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
 
     fleet = Fleet(settings)
     total = settings.ticks
     t0, c0 = time.perf_counter(), time.process_time()
-    with Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-             TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Bar(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("ticks", total=total)
         stats = write_dry_run(fleet, out, labels_out, lambda _n: bar.advance(task))
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
     n = stats.telemetry + stats.payments
     # Per CPU-second too: on a shared machine wall time says more about the neighbours.
-    summary = {"events": n, "labels": len(fleet.labels), "events_per_s": round(n / elapsed),
-               "events_per_cpu_s": round(n / max(cpu, 1e-9)),
-               "out": str(out), "labels_out": str(labels_out or default_labels_path(out)),
-               **stats.as_dict()}
+    summary = {
+        "events": n,
+        "labels": len(fleet.labels),
+        "events_per_s": round(n / elapsed),
+        "events_per_cpu_s": round(n / max(cpu, 1e-9)),
+        "out": str(out),
+        "labels_out": str(labels_out or default_labels_path(out)),
+        **stats.as_dict(),
+    }
     if labels_kafka:
         summary["labels_produced"] = _produce(labels_kafka, fleet.labels)
     if summary_json is not None:
@@ -300,8 +481,9 @@ def _live(runner: LiveRunner, console: Console) -> Any:
         t.add_row("faults / frauds injected", f"{p.faults} / {p.frauds}")
         t.add_row("payments declined by the edge", f"{p.declines}")
         if runner.labels is not None:
-            t.add_row("labels delivered / waiting", f"{p.labels_delivered:,} / "
-                                                    f"{p.labels_pending:,}")
+            t.add_row(
+                "labels delivered / waiting", f"{p.labels_delivered:,} / {p.labels_pending:,}"
+            )
         if p.connect_errors:
             t.add_row("failed connects", f"{p.connect_errors:,} (last: {p.last_connect_error})")
         t.add_row("elapsed", f"{p.elapsed_s:,.0f} s")
@@ -313,8 +495,12 @@ def _live(runner: LiveRunner, console: Console) -> Any:
     # A supervising script ends the drive without ending the linger after it.
     signal.signal(signal.SIGUSR1, lambda *_: runner.finish())
     try:
-        with Live(table(runner.progress), console=console, refresh_per_second=2,
-                  transient=not console.is_terminal) as live:
+        with Live(
+            table(runner.progress),
+            console=console,
+            refresh_per_second=2,
+            transient=not console.is_terminal,
+        ) as live:
             runner.on_progress = lambda p: live.update(table(p))
             return runner.run()
     finally:
@@ -326,7 +512,6 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     for k, v in summary.items():
         t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
     return t
-
 
 
 class _Speed(click.ParamType):
@@ -346,61 +531,131 @@ class _Speed(click.ParamType):
 
 @sim.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stream", "stream_name", required=True,
-              help="The declared stream the rows belong to (columns = its field names).")
-@click.option("--streams-dir", "streams_dir_opt",
-              type=click.Path(file_okay=False, path_type=Path),
-              help="The directory of stream declarations (*.toml).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Or an edge.toml / cloud.toml whose [streams] dir names it.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
-              help="The file's format (default: from its suffix).")
-@click.option("--rebase", type=click.Choice(["end", "now", "none"]), default="end",
-              show_default=True,
-              help="end: the recording's last time becomes now (every event in the past, "
-                   "as the bridge wants at any speed); now: its first time does (events "
-                   "ahead of the clock unless replayed in real time); none: times as "
-                   "recorded. Relative timing is kept either way.")
-@click.option("--speed", type=_Speed(), default="1", show_default=True,
-              help="Replay speed: 10 = ten times faster than recorded; max = as fast as "
-                   "the broker acknowledges.")
-@click.option("--dry-run", is_flag=True,
-              help="Write the events to --out (JSON lines, as `sim run --dry-run`) instead "
-                   "of publishing.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Events file (dry run).")
-@click.option("--labels", "labels_in", type=click.Path(exists=True, dir_okay=False,
-                                                       path_type=Path),
-              help="The recording's labels (CSV or JSON lines): event_id,kind or "
-                   "device,start,end,kind rows.")
-@click.option("--labels-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where the labels go as Label JSON lines (dry run default: labels.jsonl "
-                   "beside --out).")
-@click.option("--mqtt", "mqtt_addr", default="127.0.0.1:1883", show_default=True,
-              help="Broker HOST:PORT (live replay). Devices log in with their id as user "
-                   "and client id.")
-@click.option("--password", envvar=PASSWORD_ENV, default=DEFAULT_PASSWORD,
-              show_default=False, help=f"Devices' MQTT password (env {PASSWORD_ENV}).")
-@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A file holding the devices' password (one line), or a JSON object of "
-                   "device id -> password.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
-              help="CA file: connect with TLS (--mqtt must name the broker's TLS port).")
-@click.option("--connect-wait", "connect_wait_s", default=30.0, show_default=True,
-              help="Seconds to bring the devices online; the replay fails if none connects.")
-@click.option("--drain-timeout", "drain_timeout_s", default=60.0, show_default=True,
-              type=click.FloatRange(0, 86_400),
-              help="Seconds to wait for the last acknowledgements.")
-@click.option("--register-with", "register_home", type=click.Path(path_type=Path),
-              help="Mosquitto home dir: register every device's login there first.")
-@click.option("--buffer-dir", type=click.Path(path_type=Path),
-              help="Where the on-disk outbox lives (default: a temp dir).")
-@click.option("--acked-log", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write every event the broker acknowledged here (JSON lines).")
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the summary, every device included, as JSON.")
-def replay(file: Path, stream_name: str, streams_dir_opt: Path | None,
-           config_path: Path | None, **kw: Any) -> None:
+@click.option(
+    "--stream",
+    "stream_name",
+    required=True,
+    help="The declared stream the rows belong to (columns = its field names).",
+)
+@click.option(
+    "--streams-dir",
+    "streams_dir_opt",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory of stream declarations (*.toml).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Or an edge.toml / cloud.toml whose [streams] dir names it.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl", "parquet"]),
+    help="The file's format (default: from its suffix).",
+)
+@click.option(
+    "--rebase",
+    type=click.Choice(["end", "now", "none"]),
+    default="end",
+    show_default=True,
+    help="end: the recording's last time becomes now (every event in the past, "
+    "as the bridge wants at any speed); now: its first time does (events "
+    "ahead of the clock unless replayed in real time); none: times as "
+    "recorded. Relative timing is kept either way.",
+)
+@click.option(
+    "--speed",
+    type=_Speed(),
+    default="1",
+    show_default=True,
+    help="Replay speed: 10 = ten times faster than recorded; max = as fast as "
+    "the broker acknowledges.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write the events to --out (JSON lines, as `sim run --dry-run`) instead of publishing.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Events file (dry run)."
+)
+@click.option(
+    "--labels",
+    "labels_in",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The recording's labels (CSV or JSON lines): event_id,kind or device,start,end,kind rows.",
+)
+@click.option(
+    "--labels-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the labels go as Label JSON lines (dry run default: labels.jsonl beside --out).",
+)
+@click.option(
+    "--mqtt",
+    "mqtt_addr",
+    default="127.0.0.1:1883",
+    show_default=True,
+    help="Broker HOST:PORT (live replay). Devices log in with their id as user and client id.",
+)
+@click.option(
+    "--password",
+    envvar=PASSWORD_ENV,
+    default=DEFAULT_PASSWORD,
+    show_default=False,
+    help=f"Devices' MQTT password (env {PASSWORD_ENV}).",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file holding the devices' password (one line), or a JSON object of "
+    "device id -> password.",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
+)
+@click.option(
+    "--connect-wait",
+    "connect_wait_s",
+    default=30.0,
+    show_default=True,
+    help="Seconds to bring the devices online; the replay fails if none connects.",
+)
+@click.option(
+    "--drain-timeout",
+    "drain_timeout_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0, 86_400),
+    help="Seconds to wait for the last acknowledgements.",
+)
+@click.option(
+    "--register-with",
+    "register_home",
+    type=click.Path(path_type=Path),
+    help="Mosquitto home dir: register every device's login there first.",
+)
+@click.option(
+    "--buffer-dir",
+    type=click.Path(path_type=Path),
+    help="Where the on-disk outbox lives (default: a temp dir).",
+)
+@click.option(
+    "--acked-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every event the broker acknowledged here (JSON lines).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary, every device included, as JSON.",
+)
+def replay(
+    file: Path, stream_name: str, streams_dir_opt: Path | None, config_path: Path | None, **kw: Any
+) -> None:
     """Replay recorded rows of a declared stream as live devices (or --dry-run to a file).
 
     FILE is CSV, JSON lines or Parquet; its columns are the stream's field names. Rows are
@@ -417,14 +672,32 @@ def replay(file: Path, stream_name: str, streams_dir_opt: Path | None,
         one, passwords = read_passwords(password_file)
         password = one or password
     host, port = _host_port(kw.pop("mqtt_addr"))
-    connection = Connection(host=host, port=port, password=password, passwords=passwords,
-                            tls_ca=kw.pop("tls_ca"), connect_wait_s=kw.pop("connect_wait_s"),
-                            drain_timeout_s=kw.pop("drain_timeout_s"),
-                            register_home=kw.pop("register_home"),
-                            buffer_dir=kw.pop("buffer_dir"), acked_log=kw.pop("acked_log"))
+    connection = Connection(
+        host=host,
+        port=port,
+        password=password,
+        passwords=passwords,
+        tls_ca=kw.pop("tls_ca"),
+        connect_wait_s=kw.pop("connect_wait_s"),
+        drain_timeout_s=kw.pop("drain_timeout_s"),
+        register_home=kw.pop("register_home"),
+        buffer_dir=kw.pop("buffer_dir"),
+        acked_log=kw.pop("acked_log"),
+    )
     try:
-        run_replay(file, stream_name, directory, kw["fmt"], kw["rebase"], kw["speed"],
-                   kw["dry_run"], kw["out"], kw["labels_in"], kw["labels_out"],
-                   kw["summary_json"], connection)
+        run_replay(
+            file,
+            stream_name,
+            directory,
+            kw["fmt"],
+            kw["rebase"],
+            kw["speed"],
+            kw["dry_run"],
+            kw["out"],
+            kw["labels_in"],
+            kw["labels_out"],
+            kw["summary_json"],
+            connection,
+        )
     except (ReplayError, SimError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -13,15 +13,32 @@ from dataclasses import dataclass
 
 TYRES = ("tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa", "tyre_rr_kpa")
 DURATION_S = {
-    "overheating": (120, 420), "tyre_leak": (180, 600), "battery_degradation": (180, 600),
-    "stuck_sensor": (60, 300), "spikes": (30, 120), "miscalibration": (300, 900),
+    "overheating": (120, 420),
+    "tyre_leak": (180, 600),
+    "battery_degradation": (180, 600),
+    "stuck_sensor": (60, 300),
+    "spikes": (30, 120),
+    "miscalibration": (300, 900),
 }
 # A spike adds this much to the reading: far outside anything the sensor reads healthy.
-SPIKE = {"coolant_c": 85.0, "oil_kpa": 550.0, "rpm": 9000.0, "speed_kmh": 160.0,
-         "battery_v": 7.0, "intake_c": 90.0, "tyre_fl_kpa": 300.0, "tyre_rr_kpa": 300.0}
+SPIKE = {
+    "coolant_c": 85.0,
+    "oil_kpa": 550.0,
+    "rpm": 9000.0,
+    "speed_kmh": 160.0,
+    "battery_v": 7.0,
+    "intake_c": 90.0,
+    "tyre_fl_kpa": 300.0,
+    "tyre_rr_kpa": 300.0,
+}
 # Open-circuit rails a failed sensor reads as a flat line.
-STUCK = {"coolant_c": -40.0, "intake_c": -40.0, "tyre_fl_kpa": 0.0, "tyre_rl_kpa": 0.0,
-         "battery_v": 0.0}
+STUCK = {
+    "coolant_c": -40.0,
+    "intake_c": -40.0,
+    "tyre_fl_kpa": 0.0,
+    "tyre_rl_kpa": 0.0,
+    "battery_v": 0.0,
+}
 
 
 @dataclass
@@ -79,8 +96,15 @@ class FaultEpisode:
                 r[tyre] = round(float(r[tyre]) * 0.7, 1)
 
 
-def plan_fault(kind: str, episode_id: str, t: float, rng: random.Random,
-               is_ev: bool, tyre_kpa: float, thermostat: float) -> FaultEpisode:
+def plan_fault(
+    kind: str,
+    episode_id: str,
+    t: float,
+    rng: random.Random,
+    is_ev: bool,
+    tyre_kpa: float,
+    thermostat: float,
+) -> FaultEpisode:
     lo, hi = DURATION_S[kind]
     end = t + rng.uniform(lo, hi)
     sensor, rate = "", 0.0
@@ -97,5 +121,6 @@ def plan_fault(kind: str, episode_id: str, t: float, rng: random.Random,
         sensor = rng.choice(choices)
     elif kind == "miscalibration":
         sensor = rng.choice(("coolant_c", "intake_c", "tyres"))
-    return FaultEpisode(kind, episode_id, t, end, sensor, rate,
-                        random.Random(rng.getrandbits(64)), thermostat)
+    return FaultEpisode(
+        kind, episode_id, t, end, sensor, rate, random.Random(rng.getrandbits(64)), thermostat
+    )

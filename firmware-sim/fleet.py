@@ -30,8 +30,13 @@ from firmware_sim.vehicle import Driver, Intent, Vehicle
 from shared.contracts import Label, Payment, Telemetry
 from shared.fleet_catalog import CATALOG, base_models
 
-MODEL_WEIGHTS = {"citan-van": 0.3, "golf-estate": 0.25, "transit-lorry": 0.2,
-                 "e-transit": 0.15, "kangoo-e": 0.1}
+MODEL_WEIGHTS = {
+    "citan-van": 0.3,
+    "golf-estate": 0.25,
+    "transit-lorry": 0.2,
+    "e-transit": 0.15,
+    "kangoo-e": 0.1,
+}
 DRIFT_MODEL = "vivaro-hybrid"
 ROLLOUT_WINDOW_S = 300.0
 # Telemetry's fields in order, positional: building the frame is cheaper than by keyword and
@@ -61,10 +66,14 @@ class FleetStats:
     fraud_opportunities: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
-        return {"telemetry": self.telemetry, "payments": self.payments,
-                "faults": dict(self.faults), "frauds": dict(self.frauds),
-                "healthy_driving_s": round(self.healthy_driving_s, 1),
-                "fraud_opportunities": dict(self.fraud_opportunities)}
+        return {
+            "telemetry": self.telemetry,
+            "payments": self.payments,
+            "faults": dict(self.faults),
+            "frauds": dict(self.frauds),
+            "healthy_driving_s": round(self.healthy_driving_s, 1),
+            "fraud_opportunities": dict(self.fraud_opportunities),
+        }
 
 
 class Fleet:
@@ -90,8 +99,11 @@ class Fleet:
     def _build(self) -> None:
         s = self.settings
         names = s.cities or tuple(c.name for c in CITIES)
-        self.maps = {c.name: CityMap(c, random.Random(f"{s.seed}:city:{c.name}"))
-                     for c in CITIES if c.name in names}
+        self.maps = {
+            c.name: CityMap(c, random.Random(f"{s.seed}:city:{c.name}"))
+            for c in CITIES
+            if c.name in names
+        }
         self._weather = {n: (1.0, 0.0) for n in self.maps}
         models = [m for m in base_models() if m.name in MODEL_WEIGHTS]
         weights = [MODEL_WEIGHTS[m.name] for m in models]
@@ -109,10 +121,18 @@ class Fleet:
             city = rng.randrange(len(self.maps))
             cmap = self.maps[self._city_names[city]]
             joins = self.start_ts if i < s.vehicles else drift_at + rng.uniform(0, 60)
-            v = Vehicle(i, make_vin(rng, model.wmi, i + 1), model,
-                        _driver(rng, i, s.payment_rate), cmap, rng, self.arrays, city, joins)
-            if "firmware_rollout" in s.drift and i < s.vehicles and rng.random() < \
-                    s.drift_fraction:
+            v = Vehicle(
+                i,
+                make_vin(rng, model.wmi, i + 1),
+                model,
+                _driver(rng, i, s.payment_rate),
+                cmap,
+                rng,
+                self.arrays,
+                city,
+                joins,
+            )
+            if "firmware_rollout" in s.drift and i < s.vehicles and rng.random() < s.drift_fraction:
                 v.rollout_at = drift_at + rng.uniform(0, rollout_window)
             self.vehicles.append(v)
 
@@ -175,12 +195,10 @@ class Fleet:
         day = 5 * math.sin(2 * math.pi * ((t % 86400) / 3600 - 9) / 24)
         names = self._city_names
         factor = np.array([self._weather[c][0] for c in names])
-        temp = np.array([self.maps[c].city.ambient_c + self._weather[c][1] + day
-                         for c in names])
+        temp = np.array([self.maps[c].city.ambient_c + self._weather[c][1] + day for c in names])
         return factor[city], temp[city]
 
-    def _in_car(self, ix: Any, members: Any, dt: float,
-                intents: dict[int, list[Intent]]) -> None:
+    def _in_car(self, ix: Any, members: Any, dt: float, intents: dict[int, list[Intent]]) -> None:
         a = self.arrays
         on = a.engine_on[ix]
         due = a.in_car_due[ix] - np.where(on, dt, 0.0)
@@ -189,8 +207,9 @@ class Fleet:
             v = self.vehicles[members[i]]
             v.in_car_purchase(intents.setdefault(v.index, []))
 
-    def _telemetry(self, v: Vehicle, t: float, dt: float, row: tuple,
-                   intents: list[Intent] | None) -> Emitted:
+    def _telemetry(
+        self, v: Vehicle, t: float, dt: float, row: tuple, intents: list[Intent] | None
+    ) -> Emitted:
         v.seq += 1
         event_id = f"{self.run_tag}-{v.index:x}-{v.seq:x}"
         ep = v.fault
@@ -199,11 +218,18 @@ class Fleet:
             r = dict(zip(physics.READINGS, row, strict=True))
             ep.apply(r, t)
             row = tuple(r.values())
-            lab = Label(event_id=event_id, stream="telemetry", kind=ep.kind,
-                        episode_id=ep.episode_id, start_ts=ep.start_ts, end_ts=ep.end_ts)
+            lab = Label(
+                event_id=event_id,
+                stream="telemetry",
+                kind=ep.kind,
+                episode_id=ep.episode_id,
+                start_ts=ep.start_ts,
+                end_ts=ep.end_ts,
+            )
             self.labels.append(lab)
-        payload = _encode(_Frame(1, event_id, t, v.vin, v.driver.driver_id, v.model.name,
-                                 v.firmware, *row))
+        payload = _encode(
+            _Frame(1, event_id, t, v.vin, v.driver.driver_id, v.model.name, v.firmware, *row)
+        )
         self.stats.telemetry += 1
         if intents:
             for intent in intents:
@@ -234,8 +260,15 @@ class Fleet:
             if u < acc:
                 self._episodes += 1
                 end_cap = self.start_ts + (self.settings.ticks - 1) * dt
-                ep = fault_mod.plan_fault(kind, f"ep-{self._episodes}", t, v.rng,
-                                          v.model.is_ev, v.model.tyre_kpa, v.thermostat)
+                ep = fault_mod.plan_fault(
+                    kind,
+                    f"ep-{self._episodes}",
+                    t,
+                    v.rng,
+                    v.model.is_ev,
+                    v.model.tyre_kpa,
+                    v.thermostat,
+                )
                 ep.end_ts = round(max(min(ep.end_ts, end_cap), t), 3)
                 if kind == "miscalibration":
                     v.firmware = _bump_patch(v.firmware)  # it came with an update
@@ -273,14 +306,14 @@ class Fleet:
         for pts, pv, fields in planned:
             base = normal_fields(pv, intent)
             base.update(fields)
-            self._push(pts, pv, base, (chosen, f"ep-{self._episodes}", round(start, 3),
-                                       round(end, 3)))
+            self._push(
+                pts, pv, base, (chosen, f"ep-{self._episodes}", round(start, 3), round(end, 3))
+            )
 
     def _other_vehicle(self) -> Vehicle:
         return self.vehicles[self._fraud_rng.randrange(self.settings.vehicles)]
 
-    def _push(self, ts: float, v: Vehicle, fields: dict[str, object],
-              label: tuple | None) -> None:
+    def _push(self, ts: float, v: Vehicle, fields: dict[str, object], label: tuple | None) -> None:
         self._order += 1
         heapq.heappush(self._heap, (round(ts, 3), self._order, v, fields, label))
 
@@ -295,8 +328,14 @@ class Fleet:
             lab = None
             if label is not None:
                 kind, episode, start, end = label
-                lab = Label(event_id=event_id, stream="payments", kind=kind,
-                            episode_id=episode, start_ts=start, end_ts=end)
+                lab = Label(
+                    event_id=event_id,
+                    stream="payments",
+                    kind=kind,
+                    episode_id=episode,
+                    start_ts=start,
+                    end_ts=end,
+                )
                 self.labels.append(lab)
             out.append(Emitted(v.index, v.payments_topic, msgspec.json.encode(msg), lab))
 
@@ -304,18 +343,26 @@ class Fleet:
         for name in sorted(self._weather):
             rng = random.Random(f"{self.settings.seed}:weather:{name}:{int(t // 1800)}")
             rain = rng.random() < 0.3
-            self._weather[name] = (0.88 if rain else 1.0,
-                                   rng.uniform(-3, -1) if rain else rng.uniform(-1, 2))
+            self._weather[name] = (
+                0.88 if rain else 1.0,
+                rng.uniform(-3, -1) if rain else rng.uniform(-1, 2),
+            )
 
 
 def _driver(rng: random.Random, index: int, payment_rate: float) -> Driver:
     name = make_name(rng)
     driver = Driver(
-        driver_id=f"DRV-{index + 1:06d}", name=name, card=make_card(rng),
-        style=rng.uniform(0.75, 1.3), fuel_threshold=rng.uniform(0.12, 0.35),
-        full_fill=rng.uniform(0.4, 0.95), park_prob=rng.uniform(0.05, 0.3),
-        park_hours_mu=rng.uniform(-0.5, 0.8), in_car_per_h=rng.uniform(0.3, 2.5),
-        in_car_mu=rng.uniform(1.0, 2.8), in_car_sigma=rng.uniform(0.2, 0.5),
+        driver_id=f"DRV-{index + 1:06d}",
+        name=name,
+        card=make_card(rng),
+        style=rng.uniform(0.75, 1.3),
+        fuel_threshold=rng.uniform(0.12, 0.35),
+        full_fill=rng.uniform(0.4, 0.95),
+        park_prob=rng.uniform(0.05, 0.3),
+        park_hours_mu=rng.uniform(-0.5, 0.8),
+        in_car_per_h=rng.uniform(0.3, 2.5),
+        in_car_mu=rng.uniform(1.0, 2.8),
+        in_car_sigma=rng.uniform(0.2, 0.5),
         favourite_in_car=rng.randrange(1_000_000),
     )
     # ``payment_rate`` scales how often drivers pay (denser payment data for training).

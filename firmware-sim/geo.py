@@ -71,8 +71,12 @@ FUEL_BRANDS = ("Aral", "Shell", "TotalEnergies", "Esso", "Orlen", "BP", "Jet")
 CHARGE_BRANDS = ("Ionity", "EnBW", "Allego", "Fastned", "Tesla Supercharger")
 PARKING_BRANDS = ("APCOA", "Contipark", "Q-Park", "City Parking", "Indigo")
 IN_CAR_MERCHANTS = (
-    ("Spotify In-Car", "5815"), ("Audible", "5815"), ("Drive-Thru Coffee", "5814"),
-    ("Burger Drive", "5814"), ("Nav Maps Premium", "5817"), ("CarWash Express", "7542"),
+    ("Spotify In-Car", "5815"),
+    ("Audible", "5815"),
+    ("Drive-Thru Coffee", "5814"),
+    ("Burger Drive", "5814"),
+    ("Nav Maps Premium", "5817"),
+    ("CarWash Express", "7542"),
     ("App Store", "5818"),
 )
 MCC = {"fuel": "5541", "charging": "5552", "parking": "7523", "toll": "4784"}
@@ -120,14 +124,20 @@ class CityMap:
                     toll = None
                     if limit == 80.0 and rng.random() < 0.12:
                         la, lo = self.midpoint(a, b)
-                        toll = Merchant(f"toll-{self.city.name}-{a}-{b}",
-                                        f"{self.city.name.title()} Tunnel {a}{b}", MCC["toll"],
-                                        "toll", la, lo)
+                        toll = Merchant(
+                            f"toll-{self.city.name}-{a}-{b}",
+                            f"{self.city.name.title()} Tunnel {a}{b}",
+                            MCC["toll"],
+                            "toll",
+                            la,
+                            lo,
+                        )
                     for x, y in ((a, b), (b, a)):
                         (la1, lo1), (la2, lo2) = self.nodes[x], self.nodes[y]
                         heading = math.atan2(la2 - la1, (lo2 - lo1) * math.cos(math.radians(la1)))
-                        self.out[x].append(Road(x, y, distance_m(la1, lo1, la2, lo2), limit,
-                                                heading, toll))
+                        self.out[x].append(
+                            Road(x, y, distance_m(la1, lo1, la2, lo2), limit, heading, toll)
+                        )
 
     def midpoint(self, a: int, b: int) -> tuple[float, float]:
         (la1, lo1), (la2, lo2) = self.nodes[a], self.nodes[b]
@@ -138,16 +148,29 @@ class CityMap:
         for k, (la, lo) in enumerate(self.nodes):
             if rng.random() < 0.45:
                 brand = rng.choice(FUEL_BRANDS)
-                self.fuel[k] = Merchant(f"fuel-{cname}-{k}", f"{brand} {cname.title()} {k}",
-                                        MCC["fuel"], "fuel", la, lo)
+                self.fuel[k] = Merchant(
+                    f"fuel-{cname}-{k}", f"{brand} {cname.title()} {k}", MCC["fuel"], "fuel", la, lo
+                )
             if rng.random() < 0.35:
                 brand = rng.choice(CHARGE_BRANDS)
-                self.charging[k] = Merchant(f"chg-{cname}-{k}", f"{brand} {cname.title()} {k}",
-                                            MCC["charging"], "charging", la, lo)
+                self.charging[k] = Merchant(
+                    f"chg-{cname}-{k}",
+                    f"{brand} {cname.title()} {k}",
+                    MCC["charging"],
+                    "charging",
+                    la,
+                    lo,
+                )
             if rng.random() < 0.4:
                 brand = rng.choice(PARKING_BRANDS)
-                self.parking[k] = Merchant(f"park-{cname}-{k}", f"{brand} {cname.title()} {k}",
-                                           MCC["parking"], "parking", la, lo)
+                self.parking[k] = Merchant(
+                    f"park-{cname}-{k}",
+                    f"{brand} {cname.title()} {k}",
+                    MCC["parking"],
+                    "parking",
+                    la,
+                    lo,
+                )
 
     def any_merchant(self, rng: random.Random, category: str) -> Merchant:
         table = {"fuel": self.fuel, "charging": self.charging, "parking": self.parking}[category]

@@ -10,7 +10,8 @@ _TRANSLIT = {
     **{str(d): d for d in range(10)},
     **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
     **dict(zip("JKLMN", range(1, 6), strict=True)),
-    "P": 7, "R": 9,
+    "P": 7,
+    "R": 9,
     **dict(zip("STUVWXYZ", range(2, 10), strict=True)),
 }
 _WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
@@ -28,8 +29,7 @@ def vin_check_digit(vin: str) -> str:
 
 
 def is_valid_vin(vin: str) -> bool:
-    return (len(vin) == 17 and all(ch in VIN_CHARS for ch in vin)
-            and vin[8] == vin_check_digit(vin))
+    return len(vin) == 17 and all(ch in VIN_CHARS for ch in vin) and vin[8] == vin_check_digit(vin)
 
 
 def make_vin(rng: random.Random, wmi: str, serial: int) -> str:
@@ -64,14 +64,64 @@ def make_card(rng: random.Random) -> str:
 
 
 FIRST_NAMES = (
-    "Anna", "Ben", "Clara", "David", "Elif", "Felix", "Greta", "Hannes", "Ines", "Jonas",
-    "Katja", "Lukas", "Mara", "Nils", "Olga", "Paul", "Rosa", "Samir", "Tara", "Uwe",
-    "Vera", "Wim", "Yara", "Zoe", "Amir", "Birgit", "Chen", "Dana", "Emil", "Fatma",
+    "Anna",
+    "Ben",
+    "Clara",
+    "David",
+    "Elif",
+    "Felix",
+    "Greta",
+    "Hannes",
+    "Ines",
+    "Jonas",
+    "Katja",
+    "Lukas",
+    "Mara",
+    "Nils",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Samir",
+    "Tara",
+    "Uwe",
+    "Vera",
+    "Wim",
+    "Yara",
+    "Zoe",
+    "Amir",
+    "Birgit",
+    "Chen",
+    "Dana",
+    "Emil",
+    "Fatma",
 )
 LAST_NAMES = (
-    "Schmidt", "Novak", "Kowalski", "Meyer", "Dubois", "Rossi", "Smith", "Jansen", "Yilmaz",
-    "Weber", "Fischer", "Nowak", "Moreau", "Bianchi", "Brown", "Bakker", "Demir", "Wagner",
-    "Becker", "Hoffmann", "Lefebvre", "Costa", "Taylor", "Visser", "Kaya", "Schulz",
+    "Schmidt",
+    "Novak",
+    "Kowalski",
+    "Meyer",
+    "Dubois",
+    "Rossi",
+    "Smith",
+    "Jansen",
+    "Yilmaz",
+    "Weber",
+    "Fischer",
+    "Nowak",
+    "Moreau",
+    "Bianchi",
+    "Brown",
+    "Bakker",
+    "Demir",
+    "Wagner",
+    "Becker",
+    "Hoffmann",
+    "Lefebvre",
+    "Costa",
+    "Taylor",
+    "Visser",
+    "Kaya",
+    "Schulz",
 )
 
 

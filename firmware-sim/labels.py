@@ -47,8 +47,10 @@ def check_labels_topic(bootstrap: Target) -> None:
         raise SimError(f"cannot reach Kafka at {where} to produce labels: {exc}") from None
     topic = meta.topics.get(LABELS)
     if topic is None or topic.error is not None:
-        raise SimError(f"Kafka at {where} has no `{LABELS}` topic; it belongs to the cloud "
-                       "cluster (`fleetsentry infra up` creates it there)")
+        raise SimError(
+            f"Kafka at {where} has no `{LABELS}` topic; it belongs to the cloud "
+            "cluster (`fleetsentry infra up` creates it there)"
+        )
 
 
 class LabelFeed:
@@ -65,9 +67,17 @@ class LabelFeed:
         self._errors: list[str] = []
         self._pending: list[tuple[float, int, Label]] = []
         self._seen = 0  # how much of the fleet's label list is already pending
-        self._producer: Any = Producer(client_config(bootstrap, {
-            "enable.idempotence": True, "acks": "all",
-            "linger.ms": 50, "queue.buffering.max.messages": QUEUE_MAX}))
+        self._producer: Any = Producer(
+            client_config(
+                bootstrap,
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 50,
+                    "queue.buffering.max.messages": QUEUE_MAX,
+                },
+            )
+        )
 
     @property
     def pending(self) -> int:
@@ -75,7 +85,7 @@ class LabelFeed:
 
     def collect(self, labels: list[Label]) -> None:
         """Take the labels appended to ``labels`` (the fleet's list) since the last call."""
-        for lab in labels[self._seen:]:
+        for lab in labels[self._seen :]:
             self._seen += 1
             heapq.heappush(self._pending, (lab.end_ts + self.delay_s, self._seen, lab))
 
@@ -105,16 +115,19 @@ class LabelFeed:
                 deadline = time.monotonic() + stall_s
         left = len(p) + len(heap)
         if left or self._errors:
-            raise SimError(f"{left + len(self._errors)} labels not delivered to "
-                           f"{bootstrap_of(self.bootstrap)}; first error: "
-                           f"{self._errors[0] if self._errors else 'no answer'}; is the cloud "
-                           "Kafka up? (the labels file, if asked for, has them all)")
+            raise SimError(
+                f"{left + len(self._errors)} labels not delivered to "
+                f"{bootstrap_of(self.bootstrap)}; first error: "
+                f"{self._errors[0] if self._errors else 'no answer'}; is the cloud "
+                "Kafka up? (the labels file, if asked for, has them all)"
+            )
         return self.delivered
 
     def _send(self, lab: Label) -> bool:
         try:
-            self._producer.produce(LABELS, key=lab.event_id.encode(), value=encode(lab),
-                                   on_delivery=self._delivered)
+            self._producer.produce(
+                LABELS, key=lab.event_id.encode(), value=encode(lab), on_delivery=self._delivered
+            )
         except BufferError:
             return False  # the bounded queue is full: the label stays pending
         self.queued += 1

@@ -145,14 +145,24 @@ class LiveResult:
 
     def summary(self) -> dict[str, Any]:
         p = self.progress
-        return {"vehicles": p.vehicles, "generated": p.generated, "acked": p.acked,
-                "rejected": p.rejected, "buffered_left": p.buffered, "dropped": p.dropped,
-                "connects": p.reconnects, "connect_errors": self.connect_errors,
-                "declined": p.declines, "drained": self.drained,
-                "elapsed_s": round(p.elapsed_s, 2), "cpu_s": round(p.cpu_s, 3),
-                "cpu_us_per_event": round(p.cpu_s / max(p.acked, 1) * 1e6, 1),
-                "ticks": p.ticks,
-                "ticks_planned": p.ticks_planned, "fleet": self.fleet_stats}
+        return {
+            "vehicles": p.vehicles,
+            "generated": p.generated,
+            "acked": p.acked,
+            "rejected": p.rejected,
+            "buffered_left": p.buffered,
+            "dropped": p.dropped,
+            "connects": p.reconnects,
+            "connect_errors": self.connect_errors,
+            "declined": p.declines,
+            "drained": self.drained,
+            "elapsed_s": round(p.elapsed_s, 2),
+            "cpu_s": round(p.cpu_s, 3),
+            "cpu_us_per_event": round(p.cpu_s / max(p.acked, 1) * 1e6, 1),
+            "ticks": p.ticks,
+            "ticks_planned": p.ticks_planned,
+            "fleet": self.fleet_stats,
+        }
 
 
 class LiveRunner:
@@ -164,14 +174,21 @@ class LiveRunner:
     connected, vehicles that cannot keep retrying with backoff and buffer meanwhile.
     """
 
-    def __init__(self, fleet: EventSource, conf: ConnectSettings, buffer_dir: Path,
-                 max_buffered_per_vehicle: int = 50_000, drain_timeout_s: float = 60.0,
-                 connect_wait_s: float = 30.0,
-                 on_progress: Callable[[Progress], None] | None = None,
-                 on_ack: Callable[[str], None] | None = None,
-                 labels: LabelFeed | None = None, ack_log: AckLog | None = None,
-                 linger_s: float = 0.0,
-                 on_drained: Callable[[Progress], None] | None = None) -> None:
+    def __init__(
+        self,
+        fleet: EventSource,
+        conf: ConnectSettings,
+        buffer_dir: Path,
+        max_buffered_per_vehicle: int = 50_000,
+        drain_timeout_s: float = 60.0,
+        connect_wait_s: float = 30.0,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_ack: Callable[[str], None] | None = None,
+        labels: LabelFeed | None = None,
+        ack_log: AckLog | None = None,
+        linger_s: float = 0.0,
+        on_drained: Callable[[Progress], None] | None = None,
+    ) -> None:
         self.fleet = fleet
         self.ack_log = ack_log
         self.linger_s = linger_s
@@ -233,8 +250,12 @@ class LiveRunner:
                 except (KeyError, ValueError):
                     pass
 
-        return {"on_socket_open": opened, "on_socket_close": closed,
-                "on_socket_register_write": want_write, "on_socket_unregister_write": wrote}
+        return {
+            "on_socket_open": opened,
+            "on_socket_close": closed,
+            "on_socket_register_write": want_write,
+            "on_socket_unregister_write": wrote,
+        }
 
     def _schedule(self, session: VehicleSession, delay: float) -> None:
         heapq.heappush(self._connect_due, (time.monotonic() + delay, session.index))
@@ -243,8 +264,7 @@ class LiveRunner:
         due = self._connect_due
         n = 0
         budget_end = time.monotonic() + CONNECT_BUDGET_S
-        while due and due[0][0] <= now and n < CONNECTS_PER_LOOP and \
-                time.monotonic() < budget_end:
+        while due and due[0][0] <= now and n < CONNECTS_PER_LOOP and time.monotonic() < budget_end:
             _, idx = heapq.heappop(due)
             s = self.sessions[idx]
             if s.connected or s.connecting_since is not None:
@@ -276,8 +296,17 @@ class LiveRunner:
 
     def make_session(self, v: Device, rng: random.Random) -> VehicleSession:
         """One device's session (a subclass may give each device its own login)."""
-        return VehicleSession(v.index, v.vin, v.firmware, self.conf, self.outbox, rng,
-                              self.stats, self.on_ack, self.ack_log)
+        return VehicleSession(
+            v.index,
+            v.vin,
+            v.firmware,
+            self.conf,
+            self.outbox,
+            rng,
+            self.stats,
+            self.on_ack,
+            self.ack_log,
+        )
 
     def run(self) -> LiveResult:
         """Generate for the run's duration at the configured rate, then drain and close."""
@@ -299,9 +328,12 @@ class LiveRunner:
         last_acked, last_rate_t = 0, t0
         while True:
             now = time.monotonic()
-            generating = (fleet.tick < fleet.settings.ticks and not self._stop
-                          and not self._finish
-                          and now < gen_end)
+            generating = (
+                fleet.tick < fleet.settings.ticks
+                and not self._stop
+                and not self._finish
+                and now < gen_end
+            )
             if not generating and drain_end is None:
                 drain_end = now + self.drain_timeout_s
                 self.progress.phase = "draining"
@@ -322,7 +354,8 @@ class LiveRunner:
                 next_misc = now + 1.0
                 self._misc(now)
                 self.progress.events_per_s = (self.stats.acked - last_acked) / max(
-                    now - last_rate_t, 1e-6)
+                    now - last_rate_t, 1e-6
+                )
                 last_acked, last_rate_t = self.stats.acked, now
                 self._update_progress(now - t0)
         drained = self._drained()
@@ -336,8 +369,13 @@ class LiveRunner:
         self._close()
         self._update_progress(time.monotonic() - t0)
         self.progress.cpu_s = cpu  # the goodbye is not part of the run's cost
-        return LiveResult(self.progress, self.fleet.stats.as_dict(), list(self.stats.declines),
-                          drained, dict(self.stats.connect_errors.most_common(5)))
+        return LiveResult(
+            self.progress,
+            self.fleet.stats.as_dict(),
+            list(self.stats.declines),
+            drained,
+            dict(self.stats.connect_errors.most_common(5)),
+        )
 
     def _linger(self, t0: float) -> None:
         """Stay online (reconnecting if the broker goes away) until ``linger_s`` is over or
@@ -379,11 +417,15 @@ class LiveRunner:
         errors = self.stats.connect_errors
         where = f"{self.conf.host}:{self.conf.port}{' (TLS)' if self.conf.tls_ca else ''}"
         if not errors:
-            return (f"no vehicle connected to {where} within {self.connect_wait_s:g} s "
-                    "and no error came back; is the broker overloaded?")
+            return (
+                f"no vehicle connected to {where} within {self.connect_wait_s:g} s "
+                "and no error came back; is the broker overloaded?"
+            )
         reason, count = errors.most_common(1)[0]
-        return (f"no vehicle could connect to {where} within {self.connect_wait_s:g} s: "
-                f"{reason} ({count} of {sum(errors.values())} failed attempts)")
+        return (
+            f"no vehicle could connect to {where} within {self.connect_wait_s:g} s: "
+            f"{reason} ({count} of {sum(errors.values())} failed attempts)"
+        )
 
     def _poll(self, timeout: float) -> None:
         assert self._sel is not None
@@ -431,7 +473,7 @@ class LiveRunner:
         # Keepalive pings and connect timeouts need checking every few seconds, not every
         # second: a quarter of the fleet per call keeps this off the per-event bill.
         self._misc_turn = (self._misc_turn + 1) % MISC_SHARDS
-        for s in self.sessions[self._misc_turn::MISC_SHARDS]:
+        for s in self.sessions[self._misc_turn :: MISC_SHARDS]:
             c = s.client
             if c is None:
                 continue
@@ -484,8 +526,9 @@ class LiveRunner:
             if s.connected and s.client is not None:
                 s.publish_offline()
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and any(s.client is not None and s.client.want_write()
-                                                  for s in self.sessions if s.connected):
+        while time.monotonic() < deadline and any(
+            s.client is not None and s.client.want_write() for s in self.sessions if s.connected
+        ):
             self._poll(0.05)
         for s in self.sessions:
             if s.client is not None and s.connected:

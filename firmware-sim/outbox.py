@@ -30,7 +30,8 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS outbox (vehicle INTEGER, seq INTEGER, topic TEXT,"
-                " payload BLOB, PRIMARY KEY (vehicle, seq)) WITHOUT ROWID")
+                " payload BLOB, PRIMARY KEY (vehicle, seq)) WITHOUT ROWID"
+            )
             # A previous run's leftovers belong to that run's vehicles; start clean.
             self._db.execute("DELETE FROM outbox")
             self._db.execute("BEGIN")
@@ -54,7 +55,9 @@ class Outbox:
         if n > self.max_per_vehicle:
             self.db.execute(
                 "DELETE FROM outbox WHERE vehicle = ? AND seq = "
-                "(SELECT MIN(seq) FROM outbox WHERE vehicle = ?)", (vehicle, vehicle))
+                "(SELECT MIN(seq) FROM outbox WHERE vehicle = ?)",
+                (vehicle, vehicle),
+            )
             self.dropped += 1
             n -= 1
         self.counts[vehicle] = n
@@ -65,10 +68,12 @@ class Outbox:
             return []
         rows = self.db.execute(
             "SELECT seq, topic, payload FROM outbox WHERE vehicle = ? ORDER BY seq LIMIT ?",
-            (vehicle, limit)).fetchall()
+            (vehicle, limit),
+        ).fetchall()
         if rows:
-            self.db.execute("DELETE FROM outbox WHERE vehicle = ? AND seq <= ?",
-                            (vehicle, rows[-1][0]))
+            self.db.execute(
+                "DELETE FROM outbox WHERE vehicle = ? AND seq <= ?", (vehicle, rows[-1][0])
+            )
         self.counts[vehicle] -= len(rows)
         return [(topic, bytes(payload)) for _, topic, payload in rows]
 

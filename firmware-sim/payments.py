@@ -16,8 +16,12 @@ from firmware_sim.vehicle import Intent, Vehicle
 
 # A planned payment: (ts, vehicle that publishes it, fields that differ from a normal one).
 Planned = tuple[float, Vehicle, dict[str, object]]
-ONLINE_TEST_MERCHANTS = (("Digital Gift Shop", "5815"), ("Game Credits Online", "5816"),
-                         ("Web Services Ltd", "5818"), ("Ticket Resale", "5999"))
+ONLINE_TEST_MERCHANTS = (
+    ("Digital Gift Shop", "5815"),
+    ("Game Credits Online", "5816"),
+    ("Web Services Ltd", "5818"),
+    ("Ticket Resale", "5999"),
+)
 
 
 @dataclass
@@ -35,18 +39,30 @@ def normal_fields(v: Vehicle, intent: Intent) -> dict[str, object]:
     m = intent.merchant
     lat, lon = (m.lat, m.lon) if m.category != "in_car" else v.pos
     return {
-        "vin": v.vin, "driver_id": v.driver.driver_id, "driver_name": v.driver.name,
-        "card_number": v.driver.card, "cardholder": v.driver.name,
-        "merchant_id": m.merchant_id, "merchant_name": m.name, "mcc": m.mcc,
-        "category": intent.category, "amount": intent.amount,
-        "currency": v.cmap.city.currency, "lat": round(lat, 6), "lon": round(lon, 6),
+        "vin": v.vin,
+        "driver_id": v.driver.driver_id,
+        "driver_name": v.driver.name,
+        "card_number": v.driver.card,
+        "cardholder": v.driver.name,
+        "merchant_id": m.merchant_id,
+        "merchant_name": m.name,
+        "mcc": m.mcc,
+        "category": intent.category,
+        "amount": intent.amount,
+        "currency": v.cmap.city.currency,
+        "lat": round(lat, 6),
+        "lon": round(lon, 6),
         "volume_l": intent.volume_l,
     }
 
 
 def _merchant_fields(m: Merchant, category: str) -> dict[str, object]:
-    return {"merchant_id": m.merchant_id, "merchant_name": m.name, "mcc": m.mcc,
-            "category": category}
+    return {
+        "merchant_id": m.merchant_id,
+        "merchant_name": m.name,
+        "mcc": m.mcc,
+        "category": category,
+    }
 
 
 def card_testing(c: FraudContext) -> list[Planned]:
@@ -79,8 +95,14 @@ def impossible_travel(c: FraudContext) -> list[Planned]:
         amount, vol = round(litres * cmap.city.fuel_price, 2), litres
     else:
         amount, vol = round(rng.uniform(1, 3) * cmap.city.parking_per_hour, 2), None
-    fields = {**_merchant_fields(m, category), "amount": amount, "volume_l": vol,
-              "currency": cmap.city.currency, "lat": round(m.lat, 6), "lon": round(m.lon, 6)}
+    fields = {
+        **_merchant_fields(m, category),
+        "amount": amount,
+        "volume_l": vol,
+        "currency": cmap.city.currency,
+        "lat": round(m.lat, 6),
+        "lon": round(m.lon, 6),
+    }
     return [(c.t + rng.uniform(30, 300), v, fields)]
 
 
@@ -91,8 +113,13 @@ def amount_outlier(c: FraudContext) -> list[Planned]:
     m = in_car_merchant(usual)
     d = v.driver
     amount = round(rng.lognormvariate(d.in_car_mu, 0.2) * rng.uniform(12, 40) + 150, 2)
-    return [(c.t + rng.uniform(10, 120), v,
-             {**_merchant_fields(m, "in_car"), "amount": amount, "volume_l": None})]
+    return [
+        (
+            c.t + rng.uniform(10, 120),
+            v,
+            {**_merchant_fields(m, "in_car"), "amount": amount, "volume_l": None},
+        )
+    ]
 
 
 def fuel_over_capacity(c: FraudContext) -> list[Planned]:
@@ -103,9 +130,19 @@ def fuel_over_capacity(c: FraudContext) -> list[Planned]:
     m = v.cmap.fuel.get(v.node) or v.cmap.any_merchant(rng, "fuel")
     litres = round(v.model.tank_l * rng.uniform(1.4, 2.5), 2)
     amount = round(litres * v.cmap.city.fuel_price * rng.uniform(0.98, 1.03), 2)
-    return [(c.t + rng.uniform(60, 300), v,
-             {**_merchant_fields(m, "fuel"), "amount": amount, "volume_l": litres,
-              "lat": round(m.lat, 6), "lon": round(m.lon, 6)})]
+    return [
+        (
+            c.t + rng.uniform(60, 300),
+            v,
+            {
+                **_merchant_fields(m, "fuel"),
+                "amount": amount,
+                "volume_l": litres,
+                "lat": round(m.lat, 6),
+                "lon": round(m.lon, 6),
+            },
+        )
+    ]
 
 
 def merchant_repeat(c: FraudContext) -> list[Planned]:
@@ -141,15 +178,31 @@ def cloned_card(c: FraudContext) -> list[Planned]:
         else:
             m = other.cmap.any_merchant(rng, category)
             vol = round(rng.uniform(25, 50), 2) if category == "fuel" else None
-            amount = round((vol or rng.uniform(1, 3)) * (
-                other.cmap.city.fuel_price if vol else other.cmap.city.parking_per_hour), 2)
+            amount = round(
+                (vol or rng.uniform(1, 3))
+                * (other.cmap.city.fuel_price if vol else other.cmap.city.parking_per_hour),
+                2,
+            )
         lat, lon = other.pos if category == "in_car" else (m.lat, m.lon)
-        out.append((t, other, {
-            "vin": other.vin, "driver_id": other.driver.driver_id,
-            "driver_name": other.driver.name, "card_number": v.driver.card,
-            "cardholder": v.driver.name, **_merchant_fields(m, category), "amount": amount,
-            "currency": other.cmap.city.currency, "lat": round(lat, 6),
-            "lon": round(lon, 6), "volume_l": vol}))
+        out.append(
+            (
+                t,
+                other,
+                {
+                    "vin": other.vin,
+                    "driver_id": other.driver.driver_id,
+                    "driver_name": other.driver.name,
+                    "card_number": v.driver.card,
+                    "cardholder": v.driver.name,
+                    **_merchant_fields(m, category),
+                    "amount": amount,
+                    "currency": other.cmap.city.currency,
+                    "lat": round(lat, 6),
+                    "lon": round(lon, 6),
+                    "volume_l": vol,
+                },
+            )
+        )
         t += rng.uniform(30, 240)
     return out
 

@@ -24,10 +24,28 @@ GEAR_RATIO = np.array((0.0, 118.0, 68.0, 47.0, 36.0, 29.5, 25.0))
 GEAR_UP_KMH = np.array((16.0, 31.0, 49.0, 66.0, 86.0))  # shift up from gear 1..5 here
 EV_RPM_PER_KMH = 95.0
 # Telemetry fields :func:`sense` returns, in the contract's order.
-READINGS = ("lat", "lon", "speed_kmh", "rpm", "gear", "coolant_c", "intake_c", "oil_kpa",
-            "battery_v", "soc_pct", "tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa",
-            "tyre_rr_kpa", "fuel_pct", "odometer_km", "accel_x_g", "accel_y_g", "accel_z_g",
-            "ambient_c")
+READINGS = (
+    "lat",
+    "lon",
+    "speed_kmh",
+    "rpm",
+    "gear",
+    "coolant_c",
+    "intake_c",
+    "oil_kpa",
+    "battery_v",
+    "soc_pct",
+    "tyre_fl_kpa",
+    "tyre_fr_kpa",
+    "tyre_rl_kpa",
+    "tyre_rr_kpa",
+    "fuel_pct",
+    "odometer_km",
+    "accel_x_g",
+    "accel_y_g",
+    "accel_z_g",
+    "ambient_c",
+)
 NOISE_COLUMNS = 16
 
 Index = Any  # a slice (every vehicle) or an integer index array (those that have joined)
@@ -89,8 +107,9 @@ class FleetArrays:
         self.rollout_at[:] = np.inf
 
 
-def drive(a: FleetArrays, ix: Index, dt: float, weather: np.ndarray,
-          z0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def drive(
+    a: FleetArrays, ix: Index, dt: float, weather: np.ndarray, z0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Advance speed and position along the road.
 
     Returns (longitudinal acceleration m/s^2, stopped this tick, reached the stop line,
@@ -119,8 +138,7 @@ def drive(a: FleetArrays, ix: Index, dt: float, weather: np.ndarray,
     past_end = moving & (new_s >= length)
     accel = np.where(at_line, -speed / dt, np.where(stopped, 0.0, accel))
     a.speed[ix] = np.where(moving, new_speed, np.where(stopped, 0.0, speed))
-    a.s[ix] = np.where(moving, np.where(past_end, new_s - length, new_s),
-                       np.where(at_line, 0.0, s))
+    a.s[ix] = np.where(moving, np.where(past_end, new_s - length, new_s), np.where(at_line, 0.0, s))
     return accel, stopped, at_line, past_end
 
 
@@ -133,8 +151,9 @@ def place(a: FleetArrays, ix: Index, stopped: np.ndarray) -> None:
     a.lon[ix] = np.where(stopped, a.lon[ix], lon)
 
 
-def sense(a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, accel: np.ndarray,
-          z: np.ndarray) -> list[list[Any]]:
+def sense(
+    a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, accel: np.ndarray, z: np.ndarray
+) -> list[list[Any]]:
     """Update engine, thermal and energy state; the sensor readings as columns (lists)."""
     v = a.speed[ix]
     kmh = v * 3.6
@@ -155,11 +174,15 @@ def sense(a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, accel: np.n
     rpm_ice += np.where(coolant < 50, 120.0, 0.0)  # cold-start fast idle
     visc = 1 + 0.5 * np.clip((thermostat - coolant) / 60, 0.0, 1.0)
     oil = np.where(ice_on, (90 + rpm_ice * 0.085 * visc) * a.oil_gain[ix] + 4 * z[:, 1], 0.0)
-    rpm = np.where(ice_on, rpm_ice + 15 * z[:, 2],
-                   np.where(on, kmh * EV_RPM_PER_KMH + 10 * z[:, 2], 0.0))
+    rpm = np.where(
+        ice_on, rpm_ice + 15 * z[:, 2], np.where(on, kmh * EV_RPM_PER_KMH + 10 * z[:, 2], 0.0)
+    )
     gear = np.where(ice_on, gear_ice, np.where(on, 1, 0))
-    batt = np.where(on, 14.15 - np.where((soc < 80) & ~ev, 0.25, 0.0) + 0.04 * z[:, 3],
-                    12.1 + 0.006 * np.minimum(soc, 95) + 0.02 * z[:, 3])
+    batt = np.where(
+        on,
+        14.15 - np.where((soc < 80) & ~ev, 0.25, 0.0) + 0.04 * z[:, 3],
+        12.1 + 0.006 * np.minimum(soc, 95) + 0.02 * z[:, 3],
+    )
     tyre_temp = a.tyre_temp[ix]
     tyre_temp = tyre_temp + (ambient + 0.3 * kmh - tyre_temp) * dt / 300
     a.tyre_temp[ix] = tyre_temp
@@ -172,21 +195,37 @@ def sense(a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, accel: np.n
     fuel_pct = np.where(tank > 0, a.fuel_l[ix] / np.where(tank > 0, tank, 1.0) * 100, 0.0)
     r = np.round
     return [
-        r(a.lat[ix] + 0.00002 * z[:, 4], 6).tolist(), r(a.lon[ix] + 0.00003 * z[:, 5], 6).tolist(),
-        r(kmh, 2).tolist(), r(np.maximum(rpm, 0.0), 1).tolist(), gear.tolist(),
-        r(coolant + 0.3 * z[:, 6], 2).tolist(), r(a.intake[ix] + 0.4 * z[:, 7], 2).tolist(),
-        r(oil, 1).tolist(), r(batt, 3).tolist(), r(soc, 2).tolist(),
+        r(a.lat[ix] + 0.00002 * z[:, 4], 6).tolist(),
+        r(a.lon[ix] + 0.00003 * z[:, 5], 6).tolist(),
+        r(kmh, 2).tolist(),
+        r(np.maximum(rpm, 0.0), 1).tolist(),
+        gear.tolist(),
+        r(coolant + 0.3 * z[:, 6], 2).tolist(),
+        r(a.intake[ix] + 0.4 * z[:, 7], 2).tolist(),
+        r(oil, 1).tolist(),
+        r(batt, 3).tolist(),
+        r(soc, 2).tolist(),
         *r(tyres, 1).T.tolist(),
-        r(fuel_pct, 2).tolist(), r(odometer, 3).tolist(),
-        r(accel / G + 0.02 * z[:, 12], 3).tolist(), r(lateral + 0.02 * z[:, 13], 3).tolist(),
+        r(fuel_pct, 2).tolist(),
+        r(odometer, 3).tolist(),
+        r(accel / G + 0.02 * z[:, 12], 3).tolist(),
+        r(lateral + 0.02 * z[:, 13], 3).tolist(),
         r(1.0 + (0.01 + 0.0004 * kmh) * z[:, 14], 3).tolist(),
         r(ambient + 0.2 * z[:, 15], 1).tolist(),
     ]
 
 
-def _thermal(a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, pfrac: np.ndarray,
-             v: np.ndarray, on: np.ndarray, ev: np.ndarray,
-             thermostat: np.ndarray) -> np.ndarray:
+def _thermal(
+    a: FleetArrays,
+    ix: Index,
+    dt: float,
+    ambient: np.ndarray,
+    pfrac: np.ndarray,
+    v: np.ndarray,
+    on: np.ndarray,
+    ev: np.ndarray,
+    thermostat: np.ndarray,
+) -> np.ndarray:
     coolant = a.coolant[ix]
     ev_target = np.where(on, np.minimum(ambient + 8 + 25 * pfrac, thermostat + 6), ambient)
     ev_next = coolant + (ev_target - coolant) * dt / 300
@@ -203,14 +242,25 @@ def _thermal(a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, pfrac: n
     return coolant
 
 
-def _energy(a: FleetArrays, ix: Index, dt: float, power_kw: np.ndarray, force: np.ndarray,
-            v: np.ndarray, on: np.ndarray, ev: np.ndarray) -> np.ndarray:
+def _energy(
+    a: FleetArrays,
+    ix: Index,
+    dt: float,
+    power_kw: np.ndarray,
+    force: np.ndarray,
+    v: np.ndarray,
+    on: np.ndarray,
+    ev: np.ndarray,
+) -> np.ndarray:
     soc, fuel = a.soc[ix], a.fuel_l[ix]
     regen = np.minimum(force, 0.0) * v / 1000 * 0.6
     used = np.where(on, (power_kw + regen) * dt / 3600, 0.0)
     battery = np.where(ev, a.battery[ix], 1.0)
-    soc_ev = np.where(on, np.maximum(1.0, soc - used / battery * 100),
-                      np.minimum(100.0, soc + a.charge_rate[ix] * dt))
+    soc_ev = np.where(
+        on,
+        np.maximum(1.0, soc - used / battery * 100),
+        np.minimum(100.0, soc + a.charge_rate[ix] * dt),
+    )
     litres = (0.6 + 0.3 * power_kw) * dt / 3600 * a.consumption[ix] / 6.5
     fuel_on = np.maximum(0.5, fuel - litres)
     soc_ice = np.where(on, np.minimum(95.0, soc + 0.002 * dt), np.maximum(60.0, soc - 0.0005 * dt))

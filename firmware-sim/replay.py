@@ -41,8 +41,14 @@ from shared.streams import StreamSpec
 
 Format = Literal["csv", "jsonl", "parquet"]
 RebaseMode = Literal["now", "end", "none"]
-FORMATS: dict[str, Format] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                              ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS: dict[str, Format] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 # Device ids log in to Mosquitto as user and client id and form a topic level: the broker's
 # rule (shared.infra.mosquitto.DEVICE_ID), checked here without importing the broker code.
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -64,13 +70,16 @@ def file_format(path: Path, given: str | None = None) -> Format:
         return given  # type: ignore[return-value]
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ReplayError(f"{path}: cannot tell the format from the suffix {path.suffix!r} "
-                          "(.csv, .jsonl, .ndjson, .json, .parquet); pass --format")
+        raise ReplayError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r} "
+            "(.csv, .jsonl, .ndjson, .json, .parquet); pass --format"
+        )
     return fmt
 
 
-def read_rows(path: Path, fmt: Format, columns: list[str] | None = None
-              ) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def read_rows(
+    path: Path, fmt: Format, columns: list[str] | None = None
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(row number from 1, the row's columns) in file order; instead of the columns, the
     reason when one row cannot be read (a JSON line that is not an object)."""
     try:
@@ -111,14 +120,17 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             yield (n, obj) if isinstance(obj, dict) else (n, "not a JSON object")
 
 
-def _parquet_rows(path: Path, columns: list[str] | None
-                  ) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _parquet_rows(
+    path: Path, columns: list[str] | None
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ReplayError("reading Parquet needs the pyarrow package, which is not installed "
-                          "(pip install pyarrow, or install fleetsentry with the [cloud] "
-                          "extra); or convert the file to CSV or JSON lines") from None
+        raise ReplayError(
+            "reading Parquet needs the pyarrow package, which is not installed "
+            "(pip install pyarrow, or install fleetsentry with the [cloud] "
+            "extra); or convert the file to CSV or JSON lines"
+        ) from None
     pf = pq.ParquetFile(path)
     present = set(pf.schema_arrow.names)
     wanted = [c for c in columns if c in present] if columns is not None else None
@@ -173,10 +185,10 @@ class RowConverter:
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
-        self.fields = [(name, source_column(name, decl), decl.type)
-                       for name, decl in stream.fields.items()]
-        self.device_column = source_column(stream.device.field,
-                                           stream.fields[stream.device.field])
+        self.fields = [
+            (name, source_column(name, decl), decl.type) for name, decl in stream.fields.items()
+        ]
+        self.device_column = source_column(stream.device.field, stream.fields[stream.device.field])
         time_decl = stream.fields[stream.time.field]
         self.time_column = source_column(stream.time.field, time_decl)
         self.time_type = time_decl.type
@@ -234,8 +246,9 @@ class Rebase:
     offset_ms: int = 0
 
     @classmethod
-    def plan(cls, mode: RebaseMode, first_s: float | None, last_s: float | None,
-             now_s: float) -> Rebase:
+    def plan(
+        cls, mode: RebaseMode, first_s: float | None, last_s: float | None, now_s: float
+    ) -> Rebase:
         if mode == "none" or first_s is None or last_s is None:
             return cls(mode, 0)
         anchor = first_s if mode == "now" else last_s
@@ -361,10 +374,15 @@ def time_bounds(path: Path, fmt: Format, conv: RowConverter) -> tuple[float | No
     return first, last
 
 
-def load(path: Path, spec: StreamSpec, rebase: RebaseMode = "now", now_s: float = 0.0,
-         fmt: str | None = None,
-         on_accepted: Callable[[Accepted], None] | None = None,
-         on_row: Callable[[int], None] | None = None) -> Recording:
+def load(
+    path: Path,
+    spec: StreamSpec,
+    rebase: RebaseMode = "now",
+    now_s: float = 0.0,
+    fmt: str | None = None,
+    on_accepted: Callable[[Accepted], None] | None = None,
+    on_row: Callable[[int], None] | None = None,
+) -> Recording:
     """Read, convert, rebase and check every row of ``path`` for the declared ``spec``.
 
     ``now_s`` is the moment ``rebase="now"`` (or ``"end"``) maps the recording to.
@@ -372,8 +390,10 @@ def load(path: Path, spec: StreamSpec, rebase: RebaseMode = "now", now_s: float 
     """
     stream = spec.declaration
     if stream is None:
-        raise ReplayError(f"stream {spec.name!r} is built in: its events come from the "
-                          "simulator (`sim run`); replay takes a declared stream")
+        raise ReplayError(
+            f"stream {spec.name!r} is built in: its events come from the "
+            "simulator (`sim run`); replay takes a declared stream"
+        )
     form = file_format(path, fmt)
     if not path.is_file():
         raise ReplayError(f"no recording at {path}")
@@ -410,14 +430,23 @@ def load(path: Path, spec: StreamSpec, rebase: RebaseMode = "now", now_s: float 
         d = rec.devices.get(device) or _device(rec, device)
         d.rows += 1
         if not DEVICE_ID.fullmatch(device):
-            refuse(d, n, f"device id cannot log in to the broker (1-64 letters, digits, "
-                         f"'_', '.', ':', '-') (at {device_field})")
+            refuse(
+                d,
+                n,
+                f"device id cannot log in to the broker (1-64 letters, digits, "
+                f"'_', '.', ':', '-') (at {device_field})",
+            )
             continue
         raw_time = payload.get(time_field)
         recorded = seconds_of(raw_time, unit) if raw_time is not None else None
         if recorded is None:
-            refuse(d, n, f"missing time (at {time_field})" if raw_time is None else
-                   f"not a time in the declared unit {unit} (at {time_field})")
+            refuse(
+                d,
+                n,
+                f"missing time (at {time_field})"
+                if raw_time is None
+                else f"not a time in the declared unit {unit} (at {time_field})",
+            )
             continue
         payload[time_field] = plan.shift(raw_time, unit, time_type)
         payload.setdefault("event_id", event_id_for(device, n))
@@ -434,8 +463,7 @@ def load(path: Path, spec: StreamSpec, rebase: RebaseMode = "now", now_s: float 
         d.due.append(due)
         d.payloads.append(data)
         if on_accepted is not None:
-            on_accepted(Accepted(device, payload["event_id"], recorded,
-                                 recorded + plan.offset_s))
+            on_accepted(Accepted(device, payload["event_id"], recorded, recorded + plan.offset_s))
     return rec
 
 
@@ -447,5 +475,7 @@ def _device(rec: Recording, device: str) -> DeviceRows:
 
 def top_reasons(counts: Counter[str], first_row: dict[str, int], n: int = 3) -> list[str]:
     """The ``n`` commonest reasons, with their count and the first row refused for each."""
-    return [f"{reason} ×{count} (first: row {first_row.get(reason, '?')})"
-            for reason, count in counts.most_common(n)]
+    return [
+        f"{reason} ×{count} (first: row {first_row.get(reason, '?')})"
+        for reason, count in counts.most_common(n)
+    ]

@@ -63,8 +63,7 @@ class LabelSet:
         ev = self.events.get(row.event_id)
         if ev is not None:
             kind, episode = ev
-            self.matched.append(_Matched(row.event_id, kind, episode or row.event_id,
-                                         row.sent_s))
+            self.matched.append(_Matched(row.event_id, kind, episode or row.event_id, row.sent_s))
             self.hit[f"event {row.event_id}"] += 1
             return
         for r in self.ranges.get(row.device, ()):
@@ -95,9 +94,16 @@ class LabelSet:
         out = []
         for m in self.matched:
             start, end = spans[m.episode_id]
-            out.append(Label(event_id=m.event_id, stream=self.stream.name, kind=m.kind,
-                             episode_id=m.episode_id, start_ts=round(start, 3),
-                             end_ts=round(end, 3)))
+            out.append(
+                Label(
+                    event_id=m.event_id,
+                    stream=self.stream.name,
+                    kind=m.kind,
+                    episode_id=m.episode_id,
+                    start_ts=round(start, 3),
+                    end_ts=round(end, 3),
+                )
+            )
         return out
 
 
@@ -149,8 +155,7 @@ def read_labels(path: Path, stream: Stream) -> LabelSet:
         kind = _text(row, "kind")
         where = f"{path}:{line}"
         if not kind:
-            raise ReplayError(f"{where}: no kind (columns: event_id,kind or "
-                              "device,start,end,kind)")
+            raise ReplayError(f"{where}: no kind (columns: event_id,kind or device,start,end,kind)")
         episode = _text(row, "episode_id") or _text(row, "episode") or None
         event_id = _text(row, "event_id")
         if event_id:
@@ -158,12 +163,16 @@ def read_labels(path: Path, stream: Stream) -> LabelSet:
             continue
         device = _text(row, "device")
         if not device:
-            raise ReplayError(f"{where}: neither an event_id nor a device (columns: "
-                              "event_id,kind or device,start,end,kind)")
+            raise ReplayError(
+                f"{where}: neither an event_id nor a device (columns: "
+                "event_id,kind or device,start,end,kind)"
+            )
         start, end = parse_time(row.get("start"), unit), parse_time(row.get("end"), unit)
         if start is None or end is None:
-            raise ReplayError(f"{where}: start and end must be ISO 8601 times or numbers in "
-                              f"the stream's unit ({unit})")
+            raise ReplayError(
+                f"{where}: start and end must be ISO 8601 times or numbers in "
+                f"the stream's unit ({unit})"
+            )
         if end < start:
             raise ReplayError(f"{where}: end {_iso(end)} is before start {_iso(start)}")
         ep = episode or f"{device}@{_iso(start)}"
@@ -172,8 +181,7 @@ def read_labels(path: Path, stream: Stream) -> LabelSet:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def write_labels(path: Path, labels: list[Label]) -> None:

@@ -114,7 +114,7 @@ class ReplayFleet:
             n = min(room(i), d.accepted - k)
             if n > 0:
                 topic = topics[i]
-                out.extend(Emitted(i, topic, p, None) for p in d.payloads[k:k + n])
+                out.extend(Emitted(i, topic, p, None) for p in d.payloads[k : k + n])
                 sent[i] = k = k + n
             if k < d.accepted:
                 still.append(i)
@@ -149,8 +149,7 @@ class ReplaySession(VehicleSession):
         self.refused: Counter[str] = Counter()
         self.login_error = ""  # the broker's last refusal of this device's login
 
-    def _on_connect(self, client: Any, ud: object, flags: Any, reason: Any,
-                    props: Any) -> None:
+    def _on_connect(self, client: Any, ud: object, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self.login_error = f"the broker refused the login: {reason}"
         super()._on_connect(client, ud, flags, reason, props)
@@ -171,8 +170,9 @@ class ReplayRunner(LiveRunner):
     fleet: ReplayFleet
     sessions: list[ReplaySession]  # type: ignore[assignment]
 
-    def __init__(self, fleet: ReplayFleet, *args: Any,
-                 passwords: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, fleet: ReplayFleet, *args: Any, passwords: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(fleet, *args, **kwargs)
         self.passwords = passwords or {}
 
@@ -180,8 +180,17 @@ class ReplayRunner(LiveRunner):
         conf = self.conf
         if v.vin in self.passwords:
             conf = replace(conf, password=self.passwords[v.vin])
-        return ReplaySession(v.index, v.vin, v.firmware, conf, self.outbox, rng, self.stats,
-                             self.on_ack, self.ack_log)
+        return ReplaySession(
+            v.index,
+            v.vin,
+            v.firmware,
+            conf,
+            self.outbox,
+            rng,
+            self.stats,
+            self.on_ack,
+            self.ack_log,
+        )
 
     def start(self) -> None:
         super().start()
@@ -210,9 +219,12 @@ class DeviceResult:
         return sum(self.rejected.values())
 
 
-def device_results(recording: Recording, fleet: ReplayFleet | None = None,
-                   sessions: list[ReplaySession] | None = None,
-                   replayed: dict[str, int] | None = None) -> list[DeviceResult]:
+def device_results(
+    recording: Recording,
+    fleet: ReplayFleet | None = None,
+    sessions: list[ReplaySession] | None = None,
+    replayed: dict[str, int] | None = None,
+) -> list[DeviceResult]:
     """Per device: rows read, events replayed (handed to the session, or written), events
     the broker acknowledged, and rejections (local checks and broker refusals)."""
     by_device: dict[str, tuple[int, ReplaySession | None]] = {}
@@ -239,8 +251,9 @@ def device_results(recording: Recording, fleet: ReplayFleet | None = None,
     return out
 
 
-def write_dry_run(recording: Recording, out: Path,
-                  progress: Callable[[int], None] | None = None) -> dict[str, int]:
+def write_dry_run(
+    recording: Recording, out: Path, progress: Callable[[int], None] | None = None
+) -> dict[str, int]:
     """``{"topic": ..., "payload": {...}}`` lines (what ``sim run --dry-run`` writes and
     ``cloud train --events`` reads) in the order a paced replay sends them; the payload is
     the event's bytes exactly. Written beside ``out`` and renamed at the end. Returns the
@@ -251,8 +264,10 @@ def write_dry_run(recording: Recording, out: Path,
     with open(tmp, "wb", buffering=1 << 20) as fh:
         chunk: list[bytes] = []
         for d, i in recording.in_time_order():
-            chunk.append(b'{"topic":"%s","payload":%s}\n' % (
-                recording.topic(d.device).encode(), d.payloads[i]))
+            chunk.append(
+                b'{"topic":"%s","payload":%s}\n'
+                % (recording.topic(d.device).encode(), d.payloads[i])
+            )
             written[d.device] += 1
             if len(chunk) >= 10_000:
                 fh.write(b"".join(chunk))

@@ -76,8 +76,10 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
 def describe_connect_error(exc: BaseException, tls: bool) -> str:
     """What went wrong opening a session, in words that point at the fix."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS: the broker's certificate was not accepted ({exc.verify_message}); "
-                "is --tls-ca the CA that signed it?")
+        return (
+            f"TLS: the broker's certificate was not accepted ({exc.verify_message}); "
+            "is --tls-ca the CA that signed it?"
+        )
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed ({exc.reason or exc}); is this the broker's TLS port?"
     if isinstance(exc, ConnectionRefusedError):
@@ -88,8 +90,10 @@ def describe_connect_error(exc: BaseException, tls: bool) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-CLOSED_BEFORE_CONNACK = ("the broker closed the connection before accepting the login; "
-                         "is this a TLS port (then pass --tls-ca)?")
+CLOSED_BEFORE_CONNACK = (
+    "the broker closed the connection before accepting the login; "
+    "is this a TLS port (then pass --tls-ca)?"
+)
 
 
 class _EventId(msgspec.Struct):
@@ -102,10 +106,18 @@ _ids = msgspec.json.Decoder(_EventId)
 class VehicleSession:
     """MQTT client state of one vehicle; ``runner`` supplies the loop and the outbox."""
 
-    def __init__(self, index: int, vin: str, firmware: str, conf: ConnectSettings,
-                 outbox: Outbox, rng: random.Random, stats: SessionStats,
-                 on_ack: Callable[[str], None] | None = None,
-                 ack_log: AckLog | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        vin: str,
+        firmware: str,
+        conf: ConnectSettings,
+        outbox: Outbox,
+        rng: random.Random,
+        stats: SessionStats,
+        on_ack: Callable[[str], None] | None = None,
+        ack_log: AckLog | None = None,
+    ) -> None:
         self.index = index
         self.vin = vin
         self.firmware = firmware
@@ -128,11 +140,16 @@ class VehicleSession:
     # --- client -----------------------------------------------------------------------------
 
     def make_client(self, socket_callbacks: dict[str, Callable[..., None]]) -> mqtt.Client:
-        c = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.vin,
-                       protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        c = FastClient(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.vin,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
         c.username_pw_set(self.vin, self.conf.password)
-        offline = msgspec.json.encode(VehicleStatus(vin=self.vin, state="offline",
-                                                    ts=time.time(), firmware=self.firmware))
+        offline = msgspec.json.encode(
+            VehicleStatus(vin=self.vin, state="offline", ts=time.time(), firmware=self.firmware)
+        )
         c.will_set(f"fleet/{self.vin}/status", offline, qos=1, retain=True)
         if self.conf.tls_ca:
             c.tls_set_context(tls_context(self.conf.tls_ca))
@@ -159,8 +176,13 @@ class VehicleSession:
         # lengthen the next backoff.
         self.attempts += 1
         if first:
-            self.client.connect(self.conf.host, self.conf.port, self.conf.keepalive,
-                                clean_start=False, properties=props)
+            self.client.connect(
+                self.conf.host,
+                self.conf.port,
+                self.conf.keepalive,
+                clean_start=False,
+                properties=props,
+            )
         else:
             self.client.reconnect()
 
@@ -171,8 +193,9 @@ class VehicleSession:
 
     # --- callbacks --------------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, _ud: object, _flags: Any,
-                    reason: Any, _props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _ud: object, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         self.connecting_since = None
         if reason.is_failure:
             self.stats.connect_failed(f"the broker refused the login: {reason}")
@@ -181,23 +204,27 @@ class VehicleSession:
         self.ever_connected = True
         self.attempts = 0
         self.stats.connects += 1
-        online = msgspec.json.encode(VehicleStatus(vin=self.vin, state="online",
-                                                   ts=time.time(), firmware=self.firmware))
+        online = msgspec.json.encode(
+            VehicleStatus(vin=self.vin, state="online", ts=time.time(), firmware=self.firmware)
+        )
         client.publish(f"fleet/{self.vin}/status", online, qos=1, retain=True)
         client.subscribe(f"fleet/{self.vin}/commands", qos=1)
         self.pump()
 
-    def _on_disconnect(self, _c: mqtt.Client, _ud: object, _flags: Any, _reason: Any,
-                       _props: Any) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _ud: object, _flags: Any, _reason: Any, _props: Any
+    ) -> None:
         if not self.connected and self.connecting_since is not None:
             # Neither accepted nor refused: typically plain MQTT spoken to a TLS listener.
-            self.stats.connect_failed(CLOSED_BEFORE_CONNACK if not self.conf.tls_ca else
-                                      "the broker closed the connection before CONNACK")
+            self.stats.connect_failed(
+                CLOSED_BEFORE_CONNACK
+                if not self.conf.tls_ca
+                else "the broker closed the connection before CONNACK"
+            )
         self.connected = False
         self.connecting_since = None
 
-    def _on_publish(self, _c: mqtt.Client, _ud: object, mid: int, reason: Any,
-                    _props: Any) -> None:
+    def _on_publish(self, _c: mqtt.Client, _ud: object, mid: int, reason: Any, _props: Any) -> None:
         sent = self.inflight.pop(mid, None)
         if sent is None:
             return  # our status message
@@ -222,9 +249,16 @@ class VehicleSession:
             return
         if d.decision != "approve":
             # The vehicle obeys: the payment is void and the driver is told so.
-            self.stats.declines.append({"vin": self.vin, "event_id": d.event_id,
-                                        "decision": d.decision, "reason": d.reason,
-                                        "score": d.score, "received_ts": time.time()})
+            self.stats.declines.append(
+                {
+                    "vin": self.vin,
+                    "event_id": d.event_id,
+                    "decision": d.decision,
+                    "reason": d.reason,
+                    "score": d.score,
+                    "received_ts": time.time(),
+                }
+            )
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -234,8 +268,12 @@ class VehicleSession:
     def send(self, topic: str, payload: bytes) -> None:
         """Queue one event; it leaves now if the window allows, else in order later."""
         on_disk = self.outbox.counts.get(self.index, 0)
-        if self.connected and not on_disk and not self.memory and \
-                len(self.inflight) < self.conf.window:
+        if (
+            self.connected
+            and not on_disk
+            and not self.memory
+            and len(self.inflight) < self.conf.window
+        ):
             self._publish(topic, payload)
         elif self.connected and not on_disk and len(self.memory) < MEMORY_BACKLOG:
             self.memory.append((topic, payload))
@@ -264,6 +302,7 @@ class VehicleSession:
     def publish_offline(self) -> None:
         """A clean shutdown sends no will, so the vehicle says it is going offline itself."""
         assert self.client is not None
-        offline = msgspec.json.encode(VehicleStatus(vin=self.vin, state="offline",
-                                                    ts=time.time(), firmware=self.firmware))
+        offline = msgspec.json.encode(
+            VehicleStatus(vin=self.vin, state="offline", ts=time.time(), firmware=self.firmware)
+        )
         self.client.publish(f"fleet/{self.vin}/status", offline, qos=1, retain=True)

@@ -6,10 +6,22 @@ from dataclasses import dataclass, field
 
 from firmware_sim.errors import SimSettingsError
 
-FAULT_KINDS = ("overheating", "tyre_leak", "battery_degradation", "stuck_sensor", "spikes",
-               "miscalibration")
-FRAUD_KINDS = ("card_testing", "impossible_travel", "amount_outlier", "fuel_over_capacity",
-               "merchant_repeat", "cloned_card")
+FAULT_KINDS = (
+    "overheating",
+    "tyre_leak",
+    "battery_degradation",
+    "stuck_sensor",
+    "spikes",
+    "miscalibration",
+)
+FRAUD_KINDS = (
+    "card_testing",
+    "impossible_travel",
+    "amount_outlier",
+    "fuel_over_capacity",
+    "merchant_repeat",
+    "cloned_card",
+)
 DRIFT_KINDS = ("new_model", "firmware_rollout")
 # 2026-01-05 08:00 UTC, a Monday morning: dry runs are reproducible because time is fixed.
 DEFAULT_START_TS = 1_767_600_000.0
@@ -57,20 +69,24 @@ class SimSettings:
         _check_rates(self.fault_rates, FAULT_KINDS, "fault_rates", upper=3600.0)
         _check_rates(self.fraud_rates, FRAUD_KINDS, "fraud_rates", upper=1.0)
         if sum(self.fraud_rates.values()) > 1.0:
-            raise SimSettingsError("fraud rates add up to more than 1 per payment",
-                                   setting="fraud_rates")
+            raise SimSettingsError(
+                "fraud rates add up to more than 1 per payment", setting="fraud_rates"
+            )
         for d in self.drift:
             if d not in DRIFT_KINDS:
-                raise SimSettingsError(f"unknown drift {d!r}; known: {', '.join(DRIFT_KINDS)}",
-                                       setting="drift")
+                raise SimSettingsError(
+                    f"unknown drift {d!r}; known: {', '.join(DRIFT_KINDS)}", setting="drift"
+                )
         if not 0 < self.drift_fraction <= 1:
             raise SimSettingsError("must be in (0, 1]", setting="drift_fraction")
         from firmware_sim.geo import CITIES
+
         known = {c.name for c in CITIES}
         for c in self.cities:
             if c not in known:
-                raise SimSettingsError(f"unknown city {c!r}; known: {sorted(known)}",
-                                       setting="cities")
+                raise SimSettingsError(
+                    f"unknown city {c!r}; known: {sorted(known)}", setting="cities"
+                )
 
     @property
     def dt(self) -> float:
@@ -85,11 +101,11 @@ class SimSettings:
         return self.duration_s / 2 if self.drift_at_s is None else self.drift_at_s
 
 
-def _check_rates(rates: dict[str, float], kinds: tuple[str, ...], name: str,
-                 upper: float) -> None:
+def _check_rates(rates: dict[str, float], kinds: tuple[str, ...], name: str, upper: float) -> None:
     for kind, rate in rates.items():
         if kind not in kinds:
-            raise SimSettingsError(f"unknown kind {kind!r}; known: {', '.join(kinds)}",
-                                   setting=f"{name}.{kind}")
+            raise SimSettingsError(
+                f"unknown kind {kind!r}; known: {', '.join(kinds)}", setting=f"{name}.{kind}"
+            )
         if not 0 <= rate <= upper:
             raise SimSettingsError(f"must be between 0 and {upper}", setting=f"{name}.{kind}")

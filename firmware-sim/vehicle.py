@@ -83,9 +83,18 @@ class Vehicle:
     charge_rate = _Row()
     fill_rate = _Row()
 
-    def __init__(self, index: int, vin: str, model: VehicleModel, driver: Driver,
-                 cmap: CityMap, rng: random.Random, arrays: FleetArrays, city: int,
-                 joins_at: float = 0.0) -> None:
+    def __init__(
+        self,
+        index: int,
+        vin: str,
+        model: VehicleModel,
+        driver: Driver,
+        cmap: CityMap,
+        rng: random.Random,
+        arrays: FleetArrays,
+        city: int,
+        joins_at: float = 0.0,
+    ) -> None:
         self.index = index
         self.arrays = arrays
         self.vin = vin
@@ -128,8 +137,9 @@ class Vehicle:
         self.soc = rng.uniform(35, 95) if m.is_ev else rng.uniform(82, 94)
         self.fuel_l = m.tank_l * rng.uniform(0.12, 0.95)
         self.odometer = rng.uniform(5_000, 180_000)
-        self.arrays.tyres_cold[self.index] = [m.tyre_kpa * rng.uniform(0.96, 1.03)
-                                              for _ in range(4)]
+        self.arrays.tyres_cold[self.index] = [
+            m.tyre_kpa * rng.uniform(0.96, 1.03) for _ in range(4)
+        ]
         self.tyre_temp = amb if cold else amb + 10
         self.load = rng.uniform(0.0, 1.0)
         self.lateral = 0.0
@@ -148,8 +158,10 @@ class Vehicle:
     def road(self, road: Road) -> None:
         self._road = road
         a, i = self.arrays, self.index
-        (a.a_lat[i], a.a_lon[i]), (a.b_lat[i], a.b_lon[i]) = \
-            self.cmap.nodes[road.a], self.cmap.nodes[road.b]
+        (a.a_lat[i], a.a_lon[i]), (a.b_lat[i], a.b_lon[i]) = (
+            self.cmap.nodes[road.a],
+            self.cmap.nodes[road.b],
+        )
         a.road_len[i], a.road_limit[i] = road.length_m, road.limit_kmh
 
     @property
@@ -233,8 +245,11 @@ class Vehicle:
             self.stop_left = rng.uniform(180, 360)
             merchant = self.cmap.fuel[self.node]
             missing = self.model.tank_l - self.fuel_l
-            frac = rng.uniform(0.97, 1.0) if rng.random() < self.driver.full_fill \
+            frac = (
+                rng.uniform(0.97, 1.0)
+                if rng.random() < self.driver.full_fill
                 else rng.uniform(0.35, 0.75)
+            )
             litres = round(missing * frac, 2)
             # The fuel flows in while the vehicle stands at the pump (physics adds it).
             self.fill_rate = litres / self.stop_left
@@ -246,8 +261,9 @@ class Vehicle:
             kwh = (rng.uniform(80, 95) - self.soc) / 100 * self.model.battery_kwh
             # The charge flows in over the stop (physics adds it tick by tick), not in one frame.
             self.charge_rate = kwh / self.model.battery_kwh * 100 / self.stop_left
-            intents.append(Intent("charging", merchant,
-                                  round(max(kwh, 1.0) * city.charge_price, 2)))
+            intents.append(
+                Intent("charging", merchant, round(max(kwh, 1.0) * city.charge_price, 2))
+            )
         else:
             hours = min(rng.lognormvariate(self.driver.park_hours_mu, 0.35), 3.0)
             self.stop_left = min(hours * 3600, rng.uniform(300, 1200))
@@ -262,8 +278,11 @@ class Vehicle:
         """The in-car purchase that fell due (Poisson at the driver's own rate)."""
         d, rng = self.driver, self.rng
         self.in_car_due = rng.expovariate(max(d.in_car_per_h, 1e-6) / 3600)
-        merchant = in_car_merchant(rng) if rng.random() < 0.3 else \
-            in_car_merchant(random.Random(d.favourite_in_car))
+        merchant = (
+            in_car_merchant(rng)
+            if rng.random() < 0.3
+            else in_car_merchant(random.Random(d.favourite_in_car))
+        )
         amount = round(min(rng.lognormvariate(d.in_car_mu, d.in_car_sigma), 80.0), 2)
         intents.append(Intent("in_car", merchant, max(amount, 0.99)))
 

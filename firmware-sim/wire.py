@@ -31,22 +31,39 @@ from paho.mqtt.reasoncodes import ReasonCode
 from shared.mqtt_wire import INTERNALS, PUBACK, PUBLISH, BufferedClient, missing_internals
 
 # Shared, never mutated: one reason-code object per successful PUBACK code.
-_PUBACK_CODES = {0: ReasonCode(PacketTypes.PUBACK, identifier=0),
-                 0x10: ReasonCode(PacketTypes.PUBACK, identifier=0x10)}
+_PUBACK_CODES = {
+    0: ReasonCode(PacketTypes.PUBACK, identifier=0),
+    0x10: ReasonCode(PacketTypes.PUBACK, identifier=0x10),
+}
 _NO_PROPS = Properties(PacketTypes.PUBACK)
 _MID = struct.Struct("!H")
-_REQUIRED = (*INTERNALS, "_do_on_publish", "_out_message_mutex", "_out_messages",
-             "_mid_generate", "_raise_for_invalid_topic", "_max_queued_messages",
-             "_max_inflight_messages", "_inflight_messages", "_call_socket_register_write",
-             "_packet_queue", "_sockpairW", "_on_socket_register_write", "_update_inflight",
-             "_on_publish", "_in_callback_mutex")
+_REQUIRED = (
+    *INTERNALS,
+    "_do_on_publish",
+    "_out_message_mutex",
+    "_out_messages",
+    "_mid_generate",
+    "_raise_for_invalid_topic",
+    "_max_queued_messages",
+    "_max_inflight_messages",
+    "_inflight_messages",
+    "_call_socket_register_write",
+    "_packet_queue",
+    "_sockpairW",
+    "_on_socket_register_write",
+    "_update_inflight",
+    "_on_publish",
+    "_in_callback_mutex",
+)
 
 
 def check_compatible() -> None:
     missing = missing_internals(_REQUIRED)
     if missing:
-        raise SimError(f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks {missing}; "
-                       "install paho-mqtt>=2.1,<3")
+        raise SimError(
+            f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks {missing}; "
+            "install paho-mqtt>=2.1,<3"
+        )
 
 
 class _LoopInfo(mqtt.MQTTMessageInfo):
@@ -116,8 +133,14 @@ class FastClient(BufferedClient):
 
     # --- publishing ---------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
-                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> mqtt.MQTTMessageInfo:
         """paho's QoS 1 publish without its per-call checks and logging (same state changes).
 
         Anything but a plain QoS 1 event (retained status, properties, QoS 0/2) takes paho's
@@ -135,12 +158,15 @@ class FastClient(BufferedClient):
         info = message.info
         with self._out_message_mutex:
             if mid in self._out_messages or 0 < self._max_queued_messages <= len(
-                    self._out_messages):
+                self._out_messages
+            ):
                 info.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
                 return info
             self._out_messages[mid] = message
-            if self._max_inflight_messages and \
-                    self._inflight_messages >= self._max_inflight_messages:
+            if (
+                self._max_inflight_messages
+                and self._inflight_messages >= self._max_inflight_messages
+            ):
                 message.state = mqtt.mqtt_ms_queued
                 info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
                 return info
@@ -154,8 +180,9 @@ class FastClient(BufferedClient):
             info.rc = rc
             return info
 
-    def _queue_publish(self, mid: int, topic: bytes, payload: bytes,
-                       info: mqtt.MQTTMessageInfo) -> MQTTErrorCode:
+    def _queue_publish(
+        self, mid: int, topic: bytes, payload: bytes, info: mqtt.MQTTMessageInfo
+    ) -> MQTTErrorCode:
         if self._sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         # fixed header, topic, packet id, empty MQTT 5 properties, payload
@@ -174,20 +201,35 @@ class FastClient(BufferedClient):
         if self._sockpairW is not None or self._on_socket_register_write is None:
             return self._packet_queue(PUBLISH, packet, mid, 1, info)  # not in a selector loop
         # paho's _packet_queue, minus the wake-up of a network thread there is none of
-        self._out_packet.append({"command": PUBLISH, "mid": mid, "qos": 1, "pos": 0,
-                                 "to_process": len(packet), "packet": packet, "info": info})
+        self._out_packet.append(
+            {
+                "command": PUBLISH,
+                "mid": mid,
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
         self._call_socket_register_write()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _do_on_publish(self, mid: int, reason_code: ReasonCode,
-                       properties: Properties) -> MQTTErrorCode:
+    def _do_on_publish(
+        self, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> MQTTErrorCode:
         """paho's, except that it looks for queued messages only when there can be some."""
         on_publish = self._on_publish
         if on_publish is not None:
             with self._in_callback_mutex:
                 try:
-                    on_publish(self, self._userdata, mid, reason_code,  # type: ignore[call-arg]
-                               properties)
+                    on_publish(
+                        self,
+                        self._userdata,
+                        mid,
+                        reason_code,  # type: ignore[call-arg]
+                        properties,
+                    )
                 except Exception as err:
                     self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
                     if not self.suppress_exceptions:
@@ -196,7 +238,9 @@ class FastClient(BufferedClient):
         msg.info._set_as_published()
         if msg.qos > 0:
             self._inflight_messages -= 1
-            if self._max_inflight_messages > 0 and \
-                    len(self._out_messages) > self._inflight_messages:
+            if (
+                self._max_inflight_messages > 0
+                and len(self._out_messages) > self._inflight_messages
+            ):
                 return self._update_inflight()
         return MQTTErrorCode.MQTT_ERR_SUCCESS

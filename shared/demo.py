@@ -71,39 +71,55 @@ def _fleetsentry() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "shared.cli"]
 
 
-def _edge_toml(gw_id: str, stack: Stack, data_dir: Path, metrics_port: int,
-               public_key: Path) -> str:
-    return tomli_w.dumps({
-        "edge_id": gw_id,
-        "data_dir": str(data_dir),
-        "kafka": {"bootstrap": stack.edge.bootstrap,
-                  "credentials_file": str(stack.edge.credentials_path)},
-        "mqtt": {"host": stack.mqtt.host, "port": int(stack.mqtt.port),
-                 "credentials_file": str(stack.mqtt.credentials_path)},
-        "metrics": {"base_port": int(metrics_port)},
-        "scorer": {"public_key": str(public_key)},
-    })
+def _edge_toml(
+    gw_id: str, stack: Stack, data_dir: Path, metrics_port: int, public_key: Path
+) -> str:
+    return tomli_w.dumps(
+        {
+            "edge_id": gw_id,
+            "data_dir": str(data_dir),
+            "kafka": {
+                "bootstrap": stack.edge.bootstrap,
+                "credentials_file": str(stack.edge.credentials_path),
+            },
+            "mqtt": {
+                "host": stack.mqtt.host,
+                "port": int(stack.mqtt.port),
+                "credentials_file": str(stack.mqtt.credentials_path),
+            },
+            "metrics": {"base_port": int(metrics_port)},
+            "scorer": {"public_key": str(public_key)},
+        }
+    )
 
 
 def _cloud_toml(stack: Stack, state: Path, port: int) -> str:
-    return tomli_w.dumps({
-        "kafka": {"bootstrap": stack.cloud.bootstrap,
-                  "credentials_file": str(stack.cloud.credentials_path),
-                  "ca_file": str(stack.cloud.tls_files.ca_file)},
-        "registry": {"root": str(state / "registry")},
-        "store": {"root": str(state / "store")},
-        "trainer": {"source": "store", "split": "vehicle"},
-        "dashboard": {"port": int(port), "state_dir": str(state)},
-    })
+    return tomli_w.dumps(
+        {
+            "kafka": {
+                "bootstrap": stack.cloud.bootstrap,
+                "credentials_file": str(stack.cloud.credentials_path),
+                "ca_file": str(stack.cloud.tls_files.ca_file),
+            },
+            "registry": {"root": str(state / "registry")},
+            "store": {"root": str(state / "store")},
+            "trainer": {"source": "store", "split": "vehicle"},
+            "dashboard": {"port": int(port), "state_dir": str(state)},
+        }
+    )
 
 
 def _second_gateway(settings: InfraSettings) -> Stack:
     """Gateway 2's own edge Kafka and Mosquitto, beside the first on shifted ports."""
     s2 = InfraSettings(
-        home=settings.home / "gateway-2", host=settings.host,
-        edge_port=settings.edge_port + 200, edge_controller_port=settings.edge_controller_port
-        + 200, mqtt_port=settings.mqtt_port + 1, cloud_ports=settings.cloud_ports,
-        cloud_controller_ports=settings.cloud_controller_ports, kafka_heap=settings.kafka_heap,
+        home=settings.home / "gateway-2",
+        host=settings.host,
+        edge_port=settings.edge_port + 200,
+        edge_controller_port=settings.edge_controller_port + 200,
+        mqtt_port=settings.mqtt_port + 1,
+        cloud_ports=settings.cloud_ports,
+        cloud_controller_ports=settings.cloud_controller_ports,
+        kafka_heap=settings.kafka_heap,
     )
     return Stack(s2, quiet=True)
 
@@ -113,8 +129,12 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
     from confluent_kafka import Consumer, TopicPartition
 
     # log_level 2: a broker not yet answering is a summary line of zeros, not an error log.
-    c = Consumer(client_config(target, {"group.id": "fleetsentry-demo-summary",
-                                        "enable.auto.commit": False, "log_level": 2}))
+    c = Consumer(
+        client_config(
+            target,
+            {"group.id": "fleetsentry-demo-summary", "enable.auto.commit": False, "log_level": 2},
+        )
+    )
     out: dict[str, int] = {}
     try:
         meta = c.list_topics(timeout=5)
@@ -137,9 +157,17 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
 
 def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -> str:
     lines = [f"--- {time.monotonic() - started:5.0f}s ---"]
-    edge_topics = [topics.RAW_TELEMETRY, topics.RAW_PAYMENTS, topics.DLQ_INGEST,
-                   topics.ANON_TELEMETRY, topics.ANON_PAYMENTS, topics.SCORES_TELEMETRY,
-                   topics.SCORES_PAYMENTS, topics.ALERTS, topics.MODEL_STATUS]
+    edge_topics = [
+        topics.RAW_TELEMETRY,
+        topics.RAW_PAYMENTS,
+        topics.DLQ_INGEST,
+        topics.ANON_TELEMETRY,
+        topics.ANON_PAYMENTS,
+        topics.SCORES_TELEMETRY,
+        topics.SCORES_PAYMENTS,
+        topics.ALERTS,
+        topics.MODEL_STATUS,
+    ]
     cloud_names = []
     for gw in gateways:
         e = _offsets(gw.stack.edge.login(), edge_topics)
@@ -160,8 +188,10 @@ def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -
             f"{got[topics.SCORES_PAYMENTS]} alerts {got[topics.ALERTS]} "
             f"model-status {got[topics.MODEL_STATUS]} (MirrorMaker 2, exactly once)"
         )
-    lines.append(f"cloud: labels {c.get(topics.LABELS, 0)}, models published "
-                 f"{c.get(topics.MODELS, 0)} -> gateways' cloud.models")
+    lines.append(
+        f"cloud: labels {c.get(topics.LABELS, 0)}, models published "
+        f"{c.get(topics.MODELS, 0)} -> gateways' cloud.models"
+    )
     return "\n".join(lines)
 
 
@@ -176,8 +206,14 @@ def _dashboard_login(state: Path, timeout: float = 90.0) -> tuple[str, str] | No
     return None
 
 
-def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: Target,
-            sims: list[subprocess.Popen[bytes]], interval: float, started: float) -> None:
+def _follow(
+    watcher: LoopWatcher,
+    gws: list[Gateway],
+    cloud_bootstrap: Target,
+    sims: list[subprocess.Popen[bytes]],
+    interval: float,
+    started: float,
+) -> None:
     """Print milestones as they happen and a summary every ``interval`` while the fleets
     drive; then wait (bounded) for a run in progress and the gateways' switch."""
     next_summary = time.monotonic() + interval
@@ -202,8 +238,10 @@ def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: Target,
         if not watcher.busy():
             break
         if not waited:
-            click.echo(f"waiting (at most {FINISH_S:.0f} s) for the drift run (its labels, a "
-                       "run in progress or a retry) and the gateways' switch ...")
+            click.echo(
+                f"waiting (at most {FINISH_S:.0f} s) for the drift run (its labels, a "
+                "run in progress or a retry) and the gateways' switch ..."
+            )
             waited = True
         time.sleep(5.0)
     time.sleep(5.0)  # the last replicated records and store flush
@@ -213,17 +251,34 @@ def _follow(watcher: LoopWatcher, gws: list[Gateway], cloud_bootstrap: Target,
 @click.command()
 @_options
 @click.option("--vehicles", default=100, show_default=True, help="Vehicles per gateway.")
-@click.option("--duration", default=600.0, show_default=True,
-              help="Seconds the fleets drive (drift starts half way on gateway 2).")
+@click.option(
+    "--duration",
+    default=600.0,
+    show_default=True,
+    help="Seconds the fleets drive (drift starts half way on gateway 2).",
+)
 @click.option("--gateways", type=click.IntRange(1, 2), default=2, show_default=True)
 @click.option("--dashboard-port", default=DASHBOARD_PORT, show_default=True)
-@click.option("--metrics-port", default=9500, show_default=True,
-              help="First gateway's first metrics port (the second gateway's is 100 above).")
+@click.option(
+    "--metrics-port",
+    default=9500,
+    show_default=True,
+    help="First gateway's first metrics port (the second gateway's is 100 above).",
+)
 @click.option("--interval", default=15.0, show_default=True, help="Seconds between summaries.")
 @click.option("--infra-only", is_flag=True, help="Only bring up the brokers and show them.")
 @click.option("--down", "down_after", is_flag=True, help="Stop the brokers at the end too.")
-def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, metrics_port: int,
-         interval: float, infra_only: bool, down_after: bool, **options: Any) -> None:
+def demo(
+    vehicles: int,
+    duration: float,
+    gateways: int,
+    dashboard_port: int,
+    metrics_port: int,
+    interval: float,
+    infra_only: bool,
+    down_after: bool,
+    **options: Any,
+) -> None:
     """Run the whole loop: 2 gateways, their fleets, the cloud store, trainer and dashboard."""
     settings = settings_from(options)
     owner = _Owner(down=down_after)
@@ -232,8 +287,17 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
     previous_int = signal.signal(signal.SIGINT, _interrupt)
     failed = True
     try:
-        _run(owner, settings, vehicles, duration, gateways, dashboard_port, metrics_port,
-             interval, infra_only)
+        _run(
+            owner,
+            settings,
+            vehicles,
+            duration,
+            gateways,
+            dashboard_port,
+            metrics_port,
+            interval,
+            infra_only,
+        )
         failed = False
     except KeyboardInterrupt:
         click.echo("\nStopping ...")
@@ -244,17 +308,24 @@ def demo(vehicles: int, duration: float, gateways: int, dashboard_port: int, met
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
         if failed:
-            click.echo(("The demo failed" if owner.running else "Start-up was cut short")
-                       + ": the brokers it started are stopped too.")
+            click.echo(
+                ("The demo failed" if owner.running else "Start-up was cut short")
+                + ": the brokers it started are stopped too."
+            )
     if failed:
         return
     if infra_only:
         return
     if not down_after:
-        click.echo("\nThe brokers keep running (and their data). Stop them with: "
-                   "fleetsentry infra down" + ("" if gateways == 1 else
-                                               f" && fleetsentry infra down --home "
-                                               f"{settings.home / 'gateway-2'}"))
+        click.echo(
+            "\nThe brokers keep running (and their data). Stop them with: "
+            "fleetsentry infra down"
+            + (
+                ""
+                if gateways == 1
+                else f" && fleetsentry infra down --home {settings.home / 'gateway-2'}"
+            )
+        )
 
 
 # Set by Ctrl-C or SIGTERM. The KeyboardInterrupt raised with it can land inside a Kafka
@@ -305,8 +376,9 @@ class _Owner:
 
     def close(self, failed: bool) -> None:
         # Ctrl-C or SIGTERM again while stopping must not leave the rest running.
-        previous = {sig: signal.signal(sig, signal.SIG_IGN)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             _quietly(self.services.close, "the demo's services")
             # One this demo found running (left by an earlier one) is stopped too.
@@ -329,9 +401,17 @@ def _quietly(stop: Any, what: str) -> None:
         click.echo(f"could not stop {what}: {exc}", err=True)
 
 
-def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
-         gateways: int, dashboard_port: int, metrics_port: int, interval: float,
-         infra_only: bool) -> None:
+def _run(
+    owner: _Owner,
+    settings: InfraSettings,
+    vehicles: int,
+    duration: float,
+    gateways: int,
+    dashboard_port: int,
+    metrics_port: int,
+    interval: float,
+    infra_only: bool,
+) -> None:
     main = Stack(settings)
     if infra_only:
         owner.down = False
@@ -356,11 +436,17 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
             owner.stack(stack, frozenset({"edge", "mqtt"}))
         cfg = home / f"{edge_id}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(_edge_toml(edge_id, stack, home / edge_id,
-                                  metrics_port + 100 * (n - 1), public_key))
-        mirror = Mirror(edge_id, stack.edge.bootstrap, main.cloud.bootstrap, settings.home,
-                        edge_login=stack.edge.login(MIRROR_USER),
-                        cloud_login=main.add_gateway(edge_id))
+        cfg.write_text(
+            _edge_toml(edge_id, stack, home / edge_id, metrics_port + 100 * (n - 1), public_key)
+        )
+        mirror = Mirror(
+            edge_id,
+            stack.edge.bootstrap,
+            main.cloud.bootstrap,
+            settings.home,
+            edge_login=stack.edge.login(MIRROR_USER),
+            cloud_login=main.add_gateway(edge_id),
+        )
         gws.append(Gateway(edge_id, stack, cfg, mirror))
 
     click.echo("Starting MirrorMaker 2 per gateway ...")
@@ -368,49 +454,107 @@ def _run(owner: _Owner, settings: InfraSettings, vehicles: int, duration: float,
         owner.mirror(gw.mirror)
     cloud_cfg = home / "cloud.toml"
     cloud_cfg.write_text(_cloud_toml(main, home / "cloud", dashboard_port))
-    owner.spawn(["cloud", "run", "--config", str(cloud_cfg), "--key", str(key_file),
-                 "--min-records", "500", "--drift-check", str(DRIFT_CHECK_S)],
-                logs / "cloud-run.log")
+    owner.spawn(
+        [
+            "cloud",
+            "run",
+            "--config",
+            str(cloud_cfg),
+            "--key",
+            str(key_file),
+            "--min-records",
+            "500",
+            "--drift-check",
+            str(DRIFT_CHECK_S),
+        ],
+        logs / "cloud-run.log",
+    )
     owner.spawn(["cloud", "store", "--config", str(cloud_cfg)], logs / "cloud-store.log")
     for gw in gws:
-        gw.procs.append(owner.spawn(["edge", "run", "--config", str(gw.config)],
-                                    logs / f"{gw.edge_id}.log"))
+        gw.procs.append(
+            owner.spawn(["edge", "run", "--config", str(gw.config)], logs / f"{gw.edge_id}.log")
+        )
     for gw in gws:
         gw.mirror.wait_healthy()
         _stop_if_asked()
     for n, gw in enumerate(gws, start=1):
-        drift = (["--drift", "new_model", "--drift", "firmware_rollout", "--drift-at",
-                  str(round(duration * DRIFT_AT, 1)), "--drift-fraction", str(DRIFT_FRACTION)]
-                 if n == 2 else [])
-        gw.procs.append(owner.spawn(
-            ["sim", "run", "--vehicles", str(vehicles), "--duration", str(duration),
-             "--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD,
-             "--register-with", str(gw.stack.mqtt.home), "--labels-kafka",
-             main.cloud.bootstrap, "--labels-kafka-credentials",
-             str(main.cloud.credentials_path), "--labels-kafka-ca",
-             str(main.cloud.tls_files.ca_file), "--label-delay", str(LABEL_DELAY_S),
-             "--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl"), *drift],
-            logs / f"{gw.edge_id}-sim.log"))
+        drift = (
+            [
+                "--drift",
+                "new_model",
+                "--drift",
+                "firmware_rollout",
+                "--drift-at",
+                str(round(duration * DRIFT_AT, 1)),
+                "--drift-fraction",
+                str(DRIFT_FRACTION),
+            ]
+            if n == 2
+            else []
+        )
+        gw.procs.append(
+            owner.spawn(
+                [
+                    "sim",
+                    "run",
+                    "--vehicles",
+                    str(vehicles),
+                    "--duration",
+                    str(duration),
+                    "--seed",
+                    str(n),
+                    "--mqtt",
+                    gw.stack.mqtt.address,
+                    "--password",
+                    VEHICLE_PASSWORD,
+                    "--register-with",
+                    str(gw.stack.mqtt.home),
+                    "--labels-kafka",
+                    main.cloud.bootstrap,
+                    "--labels-kafka-credentials",
+                    str(main.cloud.credentials_path),
+                    "--labels-kafka-ca",
+                    str(main.cloud.tls_files.ca_file),
+                    "--label-delay",
+                    str(LABEL_DELAY_S),
+                    "--decisions-out",
+                    str(home / f"{gw.edge_id}-decisions.jsonl"),
+                    *drift,
+                ],
+                logs / f"{gw.edge_id}-sim.log",
+            )
+        )
     owner.running = True
     _stop_if_asked()
     login = _dashboard_login(home / "cloud")
     url = f"http://127.0.0.1:{dashboard_port}/"
-    click.echo(f"\nDashboard: {url}"
-               + (f"  sign in as {login[0]} / {login[1]}" if login else "  (see logs)"))
+    click.echo(
+        f"\nDashboard: {url}"
+        + (f"  sign in as {login[0]} / {login[1]}" if login else "  (see logs)")
+    )
     click.echo(f"Logs: {logs}   Ctrl-C stops the demo.")
     if gateways == 2:
-        click.echo(f"{gws[1].edge_id}'s fleet changes at {duration * DRIFT_AT:.0f} s (a new "
-                   "vehicle model joins, a firmware rollout reaches part of the fleet): watch "
-                   "the cloud see the drift, retrain, promote, and both gateways switch.")
-    click.echo("Counts are Kafka offsets: topics written in transactions (anon, scores, "
-               "alerts, the cloud copies) also count one commit marker per batch.\n")
+        click.echo(
+            f"{gws[1].edge_id}'s fleet changes at {duration * DRIFT_AT:.0f} s (a new "
+            "vehicle model joins, a firmware rollout reaches part of the fleet): watch "
+            "the cloud see the drift, retrain, promote, and both gateways switch."
+        )
+    click.echo(
+        "Counts are Kafka offsets: topics written in transactions (anon, scores, "
+        "alerts, the cloud copies) also count one commit marker per batch.\n"
+    )
     started = time.monotonic()
     reader = main.cloud.login(DASHBOARD_USER)  # the demo's summary reads as the dashboard does
-    watcher = LoopWatcher(url, login[0] if login else "", login[1] if login else "",
-                          reader, [gw.edge_id for gw in gws], started)
+    watcher = LoopWatcher(
+        url,
+        login[0] if login else "",
+        login[1] if login else "",
+        reader,
+        [gw.edge_id for gw in gws],
+        started,
+    )
     try:
-        _follow(watcher, gws, reader, [gw.procs[-1] for gw in gws], interval,
-                started)
+        _follow(watcher, gws, reader, [gw.procs[-1] for gw in gws], interval, started)
         click.echo("\n=== The loop ===")
         for line in watcher.closing():
             click.echo(line)

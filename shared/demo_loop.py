@@ -63,8 +63,9 @@ class LoopWatcher:
 
     def _get(self, path: str) -> Any:
         auth = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
-        req = urllib.request.Request(self.dashboard_url.rstrip("/") + path,
-                                     headers={"Authorization": f"Basic {auth}"})
+        req = urllib.request.Request(
+            self.dashboard_url.rstrip("/") + path, headers={"Authorization": f"Basic {auth}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback URL
             return json.loads(resp.read())
 
@@ -72,12 +73,20 @@ class LoopWatcher:
         if self._consumer is None:
             from confluent_kafka import Consumer
 
-            self._consumer = Consumer(client_config(self.cloud_bootstrap, {
-                "group.id": f"fleetsentry-demo-loop-{int(time.time() * 1000)}",
-                "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                "topic.metadata.refresh.interval.ms": 5000}))
-            self._consumer.subscribe([f"^({'|'.join(self.edge_ids)})\\."
-                                      f"{topics.MODEL_STATUS.replace('-', '[-]')}$"])
+            self._consumer = Consumer(
+                client_config(
+                    self.cloud_bootstrap,
+                    {
+                        "group.id": f"fleetsentry-demo-loop-{int(time.time() * 1000)}",
+                        "auto.offset.reset": "earliest",
+                        "enable.auto.commit": False,
+                        "topic.metadata.refresh.interval.ms": 5000,
+                    },
+                )
+            )
+            self._consumer.subscribe(
+                [f"^({'|'.join(self.edge_ids)})\\.{topics.MODEL_STATUS.replace('-', '[-]')}$"]
+            )
         out = []
         for msg in self._consumer.consume(num_messages=1000, timeout=1.0):
             if msg.error() or msg.value() is None:
@@ -134,11 +143,14 @@ class LoopWatcher:
             seen = self._runs.get(run["id"])
             if seen is None:
                 if run["trigger"] == "drift":
-                    out.append(f"{self._stamp()} drift detected ({run['stream']}): "
-                               f"{run['trigger_reason']}")
-                out.append(f"{self._stamp()} run #{run['id']} ({run['stream']}, "
-                           f"{run['trigger']} by {run['triggered_by']}): training a challenger "
-                           f"against {run['champion'] or 'no champion'}")
+                    out.append(
+                        f"{self._stamp()} drift detected ({run['stream']}): {run['trigger_reason']}"
+                    )
+                out.append(
+                    f"{self._stamp()} run #{run['id']} ({run['stream']}, "
+                    f"{run['trigger']} by {run['triggered_by']}): training a challenger "
+                    f"against {run['champion'] or 'no champion'}"
+                )
             if run["decision"] and (seen is None or not seen.get("decision")):
                 out.append(self._finished(run))
             self._runs[run["id"]] = run
@@ -148,17 +160,21 @@ class LoopWatcher:
         head = f"{self._stamp()} run #{run['id']} ({run['stream']}): "
         if run["decision"] == "failed":
             return head + f"failed - {run['decision_reason']} {run['error']}".rstrip()
-        trained = (f"challenger {run['challenger']} trained on {run['records']:,} records in "
-                   f"{run['duration_s']:.0f} s")
+        trained = (
+            f"challenger {run['challenger']} trained on {run['records']:,} records in "
+            f"{run['duration_s']:.0f} s"
+        )
         judged = ""
         try:
             detail = self._get(f"/api/runs/{run['id']}")
             ch, cp = detail["metrics"].get("challenger"), detail["metrics"].get("champion")
             if ch and cp:
-                judged = (f"; judged against the champion on the same holdout: PR AUC "
-                          f"{_num(ch.get('pr_auc'))} vs {_num(cp.get('pr_auc'))}, false-positive "
-                          f"rate {_pct(ch.get('false_positive_rate'))} vs "
-                          f"{_pct(cp.get('false_positive_rate'))}")
+                judged = (
+                    f"; judged against the champion on the same holdout: PR AUC "
+                    f"{_num(ch.get('pr_auc'))} vs {_num(cp.get('pr_auc'))}, false-positive "
+                    f"rate {_pct(ch.get('false_positive_rate'))} vs "
+                    f"{_pct(cp.get('false_positive_rate'))}"
+                )
         except (OSError, urllib.error.URLError, ValueError, KeyError):
             pass
         verdict = "PROMOTED" if run["decision"] == "promoted" else "kept the champion"
@@ -177,8 +193,9 @@ class LoopWatcher:
             elif st.state == "rolled_back" and st.version in served:
                 served.remove(st.version)
             why = f" ({st.reason})" if st.reason else ""
-            out.append(f"{self._stamp()} {st.edge_id} agent, {st.stream}: {st.version} "
-                       f"{st.state}{why}")
+            out.append(
+                f"{self._stamp()} {st.edge_id} agent, {st.stream}: {st.version} {st.state}{why}"
+            )
         return out
 
     # --- the state of the loop ---------------------------------------------------------------
@@ -202,14 +219,19 @@ class LoopWatcher:
             if trainer == "training" or drift_seen or awaits_labels:
                 return True
         for stream in {r["stream"] for r in self._runs.values()}:
-            last = max((r for r in self._runs.values() if r["stream"] == stream),
-                       key=lambda r: r["id"])
-            if (last["trigger"] == "drift" and last["decision"] != "promoted"
-                    and self._states.get(stream) == "backing off"):
+            last = max(
+                (r for r in self._runs.values() if r["stream"] == stream), key=lambda r: r["id"]
+            )
+            if (
+                last["trigger"] == "drift"
+                and last["decision"] != "promoted"
+                and self._states.get(stream) == "backing off"
+            ):
                 return True
         for run in self.promoted():
-            latest = max((r for r in self.promoted() if r["stream"] == run["stream"]),
-                         key=lambda r: r["id"])
+            latest = max(
+                (r for r in self.promoted() if r["stream"] == run["stream"]), key=lambda r: r["id"]
+            )
             for edge in self.edge_ids:
                 state = self._agents.get((edge, run["stream"]), {}).get(latest["challenger"])
                 if state not in ("active", "rejected", "rolled_back"):
@@ -222,13 +244,16 @@ class LoopWatcher:
 
     def closing(self, streams: tuple[str, ...] = ("telemetry", "payments")) -> list[str]:
         runs = sorted(self._runs.values(), key=lambda r: r["id"])
-        by = {d: sum(r.get("decision") == d for r in runs) for d in ("promoted", "kept",
-                                                                        "failed")}
-        lines = [f"training runs: {len(runs)} ({by['promoted']} promoted, {by['kept']} kept "
-                 f"the champion, {by['failed']} failed)"]
+        by = {d: sum(r.get("decision") == d for r in runs) for d in ("promoted", "kept", "failed")}
+        lines = [
+            f"training runs: {len(runs)} ({by['promoted']} promoted, {by['kept']} kept "
+            f"the champion, {by['failed']} failed)"
+        ]
         for r in self.promoted():
-            lines.append(f"  promoted: {r['challenger']} (run #{r['id']}, {r['trigger']}: "
-                         f"{r['decision_reason']})")
+            lines.append(
+                f"  promoted: {r['challenger']} (run #{r['id']}, {r['trigger']}: "
+                f"{r['decision_reason']})"
+            )
         for stream in streams:
             state = self._states.get(stream)
             if state:

@@ -125,8 +125,17 @@ class EpisodeTracker:
 
     # --- events ----------------------------------------------------------------------------
 
-    def observe(self, token: str, event_id: str, ts: float, score: float, threshold: float,
-                model_version: str, top: TopFn, now: float | None = None) -> list[Alert]:
+    def observe(
+        self,
+        token: str,
+        event_id: str,
+        ts: float,
+        score: float,
+        threshold: float,
+        model_version: str,
+        top: TopFn,
+        now: float | None = None,
+    ) -> list[Alert]:
         """Feed one scored event; ``top`` is only called for anomalous events.
 
         ``now`` is when the event was processed (wall clock); offline, where there is no
@@ -196,16 +205,23 @@ class EpisodeTracker:
         peak = max(st.pending, key=lambda p: p.score)
         last = st.pending[-1]
         st.episode = _Episode(
-            alert_id=alert_id(self.stream, token, first.event_id), start_ts=first.ts,
-            peak_ts=peak.ts, peak_score=peak.score, end_ts=last.ts, threshold=threshold,
-            model_version=model_version, top=peak.top,
+            alert_id=alert_id(self.stream, token, first.event_id),
+            start_ts=first.ts,
+            peak_ts=peak.ts,
+            peak_score=peak.score,
+            end_ts=last.ts,
+            threshold=threshold,
+            model_version=model_version,
+            top=peak.top,
             event_ids=[p.event_id for p in st.pending][: self.settings.max_event_ids],
-            last_emit_ts=last.ts)
+            last_emit_ts=last.ts,
+        )
         st.pending = []
         return self._alert(token, st.episode, "open")
 
-    def _extend(self, token: str, ep: _Episode, event_id: str, ts: float, score: float,
-                top: TopFn) -> list[Alert]:
+    def _extend(
+        self, token: str, ep: _Episode, event_id: str, ts: float, score: float, top: TopFn
+    ) -> list[Alert]:
         ep.end_ts = max(ep.end_ts, ts)
         if len(ep.event_ids) < self.settings.max_event_ids:
             ep.event_ids.append(event_id)
@@ -224,22 +240,47 @@ class EpisodeTracker:
         return alert
 
     def _alert(self, token: str, ep: _Episode, state: str) -> Alert:
-        return Alert(alert_id=ep.alert_id, stream=self.stream, token=token,
-                     state=state,  # type: ignore[arg-type]
-                     start_ts=ep.start_ts, peak_ts=ep.peak_ts, end_ts=ep.end_ts,
-                     peak_score=ep.peak_score, threshold=ep.threshold,
-                     event_ids=list(ep.event_ids), top_features=list(ep.top),
-                     model_version=ep.model_version)
+        return Alert(
+            alert_id=ep.alert_id,
+            stream=self.stream,
+            token=token,
+            state=state,  # type: ignore[arg-type]
+            start_ts=ep.start_ts,
+            peak_ts=ep.peak_ts,
+            end_ts=ep.end_ts,
+            peak_score=ep.peak_score,
+            threshold=ep.threshold,
+            event_ids=list(ep.event_ids),
+            top_features=list(ep.top),
+            model_version=ep.model_version,
+        )
 
 
-def single_event_alert(stream: str, token: str, event_id: str, ts: float, score: float,
-                       threshold: float, model_version: str,
-                       top: Sequence[Contribution]) -> Alert:
+def single_event_alert(
+    stream: str,
+    token: str,
+    event_id: str,
+    ts: float,
+    score: float,
+    threshold: float,
+    model_version: str,
+    top: Sequence[Contribution],
+) -> Alert:
     """A payment is its own episode: opened and closed by the one event."""
-    return Alert(alert_id=alert_id(stream, token, event_id), stream=stream, token=token,
-                 state="closed", start_ts=ts, peak_ts=ts, end_ts=ts, peak_score=score,
-                 threshold=threshold, event_ids=[event_id], top_features=list(top),
-                 model_version=model_version)
+    return Alert(
+        alert_id=alert_id(stream, token, event_id),
+        stream=stream,
+        token=token,
+        state="closed",
+        start_ts=ts,
+        peak_ts=ts,
+        end_ts=ts,
+        peak_score=score,
+        threshold=threshold,
+        event_ids=[event_id],
+        top_features=list(top),
+        model_version=model_version,
+    )
 
 
 # --- offline replay -------------------------------------------------------------------------
@@ -259,8 +300,12 @@ def _no_top() -> list[Contribution]:
     return []
 
 
-def replay(tokens: Iterable[Any], ts: Iterable[float], anomalous: Iterable[bool],
-           settings: EpisodeSettings | None = None) -> list[AlertEpisode]:
+def replay(
+    tokens: Iterable[Any],
+    ts: Iterable[float],
+    anomalous: Iterable[bool],
+    settings: EpisodeSettings | None = None,
+) -> list[AlertEpisode]:
     """The episodes :class:`EpisodeTracker` raises over scored events (any order).
 
     The three columns are row-aligned (lists or numpy arrays). Only anomalous events can

@@ -67,20 +67,105 @@ def _ev_ranges(thermostat: float, tyre: float) -> dict[str, tuple[float, float]]
 CATALOG: dict[str, VehicleModel] = {
     m.name: m
     for m in [
-        VehicleModel("citan-van", "Mercedes-Benz", "WDF", "ice", 55.0, 0.0, 1500, 85, 6.8,
-                     250.0, 90.0, 780, _ice_ranges(90.0, 250.0), "4.2.1"),
-        VehicleModel("golf-estate", "Volkswagen", "WVW", "ice", 50.0, 0.0, 1350, 96, 5.9,
-                     240.0, 88.0, 750, _ice_ranges(88.0, 240.0), "7.1.3"),
-        VehicleModel("transit-lorry", "Ford", "WF0", "ice", 80.0, 0.0, 3200, 125, 11.5,
-                     420.0, 92.0, 700, _ice_ranges(92.0, 420.0), "2.8.0"),
-        VehicleModel("e-transit", "Ford", "WF1", "ev", 0.0, 68.0, 2600, 135, 24.0,
-                     380.0, 32.0, 0, _ev_ranges(32.0, 380.0), "3.0.4"),
-        VehicleModel("kangoo-e", "Renault", "VF1", "ev", 0.0, 45.0, 1650, 90, 17.5,
-                     260.0, 30.0, 0, _ev_ranges(30.0, 260.0), "1.9.2"),
+        VehicleModel(
+            "citan-van",
+            "Mercedes-Benz",
+            "WDF",
+            "ice",
+            55.0,
+            0.0,
+            1500,
+            85,
+            6.8,
+            250.0,
+            90.0,
+            780,
+            _ice_ranges(90.0, 250.0),
+            "4.2.1",
+        ),
+        VehicleModel(
+            "golf-estate",
+            "Volkswagen",
+            "WVW",
+            "ice",
+            50.0,
+            0.0,
+            1350,
+            96,
+            5.9,
+            240.0,
+            88.0,
+            750,
+            _ice_ranges(88.0, 240.0),
+            "7.1.3",
+        ),
+        VehicleModel(
+            "transit-lorry",
+            "Ford",
+            "WF0",
+            "ice",
+            80.0,
+            0.0,
+            3200,
+            125,
+            11.5,
+            420.0,
+            92.0,
+            700,
+            _ice_ranges(92.0, 420.0),
+            "2.8.0",
+        ),
+        VehicleModel(
+            "e-transit",
+            "Ford",
+            "WF1",
+            "ev",
+            0.0,
+            68.0,
+            2600,
+            135,
+            24.0,
+            380.0,
+            32.0,
+            0,
+            _ev_ranges(32.0, 380.0),
+            "3.0.4",
+        ),
+        VehicleModel(
+            "kangoo-e",
+            "Renault",
+            "VF1",
+            "ev",
+            0.0,
+            45.0,
+            1650,
+            90,
+            17.5,
+            260.0,
+            30.0,
+            0,
+            _ev_ranges(30.0, 260.0),
+            "1.9.2",
+        ),
         # Joins the fleet only on `--drift new_model`: a hybrid van running hotter and with
         # higher tyre pressure than anything the first models were trained on.
-        VehicleModel("vivaro-hybrid", "Opel", "W0V", "ice", 45.0, 0.0, 1900, 110, 5.2,
-                     300.0, 103.0, 850, _ice_ranges(103.0, 300.0), "5.0.0", drift_only=True),
+        VehicleModel(
+            "vivaro-hybrid",
+            "Opel",
+            "W0V",
+            "ice",
+            45.0,
+            0.0,
+            1900,
+            110,
+            5.2,
+            300.0,
+            103.0,
+            850,
+            _ice_ranges(103.0, 300.0),
+            "5.0.0",
+            drift_only=True,
+        ),
     ]
 }
 
@@ -90,8 +175,9 @@ def capacity_of(model: str) -> VehicleModel:
     try:
         return CATALOG[model]
     except KeyError:
-        raise ConfigError(f"unknown vehicle model {model!r}; known: {sorted(CATALOG)}",
-                          setting="model") from None
+        raise ConfigError(
+            f"unknown vehicle model {model!r}; known: {sorted(CATALOG)}", setting="model"
+        ) from None
 
 
 def base_models() -> list[VehicleModel]:

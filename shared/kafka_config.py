@@ -68,9 +68,15 @@ def gateway_user(edge_id: str) -> str:
     return GATEWAY_USER_PREFIX + edge_id
 
 
-def cloud_login(bootstrap: str, user: str, *, security: str = "sasl_ssl",
-                credentials_file: Path | None = None, ca_file: Path | None = None,
-                mechanism: Mechanism = "SCRAM-SHA-512") -> Target:
+def cloud_login(
+    bootstrap: str,
+    user: str,
+    *,
+    security: str = "sasl_ssl",
+    credentials_file: Path | None = None,
+    ca_file: Path | None = None,
+    mechanism: Mechanism = "SCRAM-SHA-512",
+) -> Target:
     """How ``user`` logs in to the cloud's Kafka: TLS and SCRAM, with the password from
     ``credentials_file`` and the CA in ``ca_file`` (defaults: what `fleetsentry infra up`
     made under <infra home>/cloud-kafka); security "none": the bare bootstrap, for a
@@ -78,12 +84,17 @@ def cloud_login(bootstrap: str, user: str, *, security: str = "sasl_ssl",
     if security == "none":
         return bootstrap
     if security != "sasl_ssl":
-        raise ConfigError(f"unknown Kafka security {security!r}; use sasl_ssl or none",
-                          setting="kafka.security")
+        raise ConfigError(
+            f"unknown Kafka security {security!r}; use sasl_ssl or none", setting="kafka.security"
+        )
     home = default_home() / "cloud-kafka"
-    return KafkaSettings(bootstrap=bootstrap, username=user, mechanism=mechanism,
-                         credentials_file=credentials_file or home / "credentials.json",
-                         ca_file=ca_file or home / "tls" / "ca.pem")
+    return KafkaSettings(
+        bootstrap=bootstrap,
+        username=user,
+        mechanism=mechanism,
+        credentials_file=credentials_file or home / "credentials.json",
+        ca_file=ca_file or home / "tls" / "ca.pem",
+    )
 
 
 def default_credentials_file() -> Path:
@@ -109,8 +120,9 @@ def password(settings: KafkaSettings) -> str:
             setting="kafka.credentials_file",
         ) from None
     if settings.username not in creds:
-        raise ConfigError(f"{path} holds no password for {settings.username!r}",
-                          setting="kafka.username")
+        raise ConfigError(
+            f"{path} holds no password for {settings.username!r}", setting="kafka.username"
+        )
     return creds[settings.username]
 
 
@@ -123,11 +135,13 @@ def client_config(target: Target, extra: Mapping[str, Any] | None = None) -> dic
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap_of(target)}
     if isinstance(target, KafkaSettings):
         if target.username:
-            conf.update({
-                "sasl.mechanism": target.mechanism,
-                "sasl.username": target.username,
-                "sasl.password": password(target),
-            })
+            conf.update(
+                {
+                    "sasl.mechanism": target.mechanism,
+                    "sasl.username": target.username,
+                    "sasl.password": password(target),
+                }
+            )
         if target.ca_file is not None:
             conf["ssl.ca.location"] = str(target.ca_file)
         if target.username or target.ca_file is not None:
@@ -146,14 +160,17 @@ def java_properties(target: Target) -> dict[str, str]:
     if target.username or target.ca_file is not None:
         conf["security.protocol"] = protocol(target)
     if target.username:
-        module = ("plain.PlainLoginModule" if target.mechanism == "PLAIN"
-                  else "scram.ScramLoginModule")
-        conf.update({
-            "sasl.mechanism": target.mechanism,
-            "sasl.jaas.config": f"org.apache.kafka.common.security.{module} required "
-                                f"username={json.dumps(target.username)} "
-                                f"password={json.dumps(password(target))};",
-        })
+        module = (
+            "plain.PlainLoginModule" if target.mechanism == "PLAIN" else "scram.ScramLoginModule"
+        )
+        conf.update(
+            {
+                "sasl.mechanism": target.mechanism,
+                "sasl.jaas.config": f"org.apache.kafka.common.security.{module} required "
+                f"username={json.dumps(target.username)} "
+                f"password={json.dumps(password(target))};",
+            }
+        )
     return conf
 
 

@@ -25,21 +25,35 @@ from confluent_kafka import (
 from shared.kafka_config import Target, client_config
 
 
-def read_to_end(target: Target, topic: str, handle: Callable[[Message], None], *,
-                error: Callable[[str], Exception], timeout_s: float = 60.0,
-                missing_hint: str = "", extra: Mapping[str, Any] | None = None) -> int:
+def read_to_end(
+    target: Target,
+    topic: str,
+    handle: Callable[[Message], None],
+    *,
+    error: Callable[[str], Exception],
+    timeout_s: float = 60.0,
+    missing_hint: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> int:
     """Hand every committed record of ``topic`` to ``handle``, oldest first per partition,
     until every partition's end; returns how many were handed over.
 
     Failures raise ``error(message)``: the cluster not answering, the topic missing (with
     ``missing_hint``), a consumer error, or the end not reached within ``timeout_s``.
     """
-    consumer = Consumer(client_config(target, {
-        "group.id": f"fleetsentry-read-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": True, "auto.offset.reset": "earliest",
-        **(extra or {}),
-    }))
+    consumer = Consumer(
+        client_config(
+            target,
+            {
+                "group.id": f"fleetsentry-read-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                **(extra or {}),
+            },
+        )
+    )
     n = 0
     try:
         try:

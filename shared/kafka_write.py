@@ -18,8 +18,13 @@ from confluent_kafka import Producer
 POLL_S = 0.05
 
 
-def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
-            on_delivery: Callable[..., Any] | None = None) -> None:
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    on_delivery: Callable[..., Any] | None = None,
+) -> None:
     """``producer.produce(...)``, waiting for room in the local queue as long as it takes."""
     while True:
         try:

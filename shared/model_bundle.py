@@ -53,39 +53,46 @@ def max_model_bytes() -> int:
     return (MODEL_MESSAGE_BYTES - _ENVELOPE_BYTES) * 3 // 4
 
 
-def pack(model_dir: Path, stream: str, version: str, published_ts: float = 0.0,
-         release: bytes = b"") -> bytes:
+def pack(
+    model_dir: Path, stream: str, version: str, published_ts: float = 0.0, release: bytes = b""
+) -> bytes:
     """Encode the signed files of ``model_dir``; raise BundleError when over the topic limit."""
     files: dict[str, bytes] = {}
     for name in SIGNED_FILES:
         try:
             files[name] = (Path(model_dir) / name).read_bytes()
         except FileNotFoundError:
-            raise BundleError(f"{model_dir}: {name} is missing; only signed model "
-                              f"directories are published") from None
+            raise BundleError(
+                f"{model_dir}: {name} is missing; only signed model directories are published"
+            ) from None
     size = sum(len(v) for v in files.values())
     if size > max_model_bytes():
         raise BundleError(
             f"{model_dir}: {size:,} bytes of model files exceed the {max_model_bytes():,} that "
             f"fit the models topic (max.message.bytes {MODEL_MESSAGE_BYTES:,}); raise "
-            f"MODEL_MESSAGE_BYTES in shared/topics.py and the brokers' limit together")
-    bundle = ModelBundle(stream=stream, version=version, published_ts=published_ts, files=files,
-                         release=release)
+            f"MODEL_MESSAGE_BYTES in shared/topics.py and the brokers' limit together"
+        )
+    bundle = ModelBundle(
+        stream=stream, version=version, published_ts=published_ts, files=files, release=release
+    )
     return msgspec.json.encode(bundle)
 
 
 def unpack(data: bytes) -> ModelBundle:
     """Decode a model message; raise BundleError naming what is wrong."""
     if len(data) > MODEL_MESSAGE_BYTES:
-        raise BundleError(f"model message is {len(data):,} bytes, over the "
-                          f"{MODEL_MESSAGE_BYTES:,} limit")
+        raise BundleError(
+            f"model message is {len(data):,} bytes, over the {MODEL_MESSAGE_BYTES:,} limit"
+        )
     try:
         bundle = msgspec.json.decode(data, type=ModelBundle)
     except msgspec.DecodeError as exc:
         raise BundleError(f"not a model message: {exc}") from None
     if bundle.schema != BUNDLE_SCHEMA:
-        raise BundleError(f"model message schema {bundle.schema} is not supported "
-                          f"(this build reads {BUNDLE_SCHEMA})")
+        raise BundleError(
+            f"model message schema {bundle.schema} is not supported "
+            f"(this build reads {BUNDLE_SCHEMA})"
+        )
     unknown = set(bundle.files) - set(SIGNED_FILES)
     if unknown:
         raise BundleError(f"model message carries unexpected files {sorted(unknown)}")

@@ -32,10 +32,22 @@ PUBLISH = 0x30
 PUBACK = 0x40
 DISCONNECT = 0xE0
 # What BufferedClient itself uses of paho's internals.
-INTERNALS = ("_packet_handle", "_loop_rc_handle", "_last_bytes_received", "_sock_close",
-             "_sock_recv", "_sock_send", "_packet_read", "_packet_write", "_out_packet",
-             "_in_packet", "_msgtime_mutex", "_last_msg_out", "_callback_api_version",
-             "_protocol")
+INTERNALS = (
+    "_packet_handle",
+    "_loop_rc_handle",
+    "_last_bytes_received",
+    "_sock_close",
+    "_sock_recv",
+    "_sock_send",
+    "_packet_read",
+    "_packet_write",
+    "_out_packet",
+    "_in_packet",
+    "_msgtime_mutex",
+    "_last_msg_out",
+    "_callback_api_version",
+    "_protocol",
+)
 
 
 def missing_internals(names: tuple[str, ...] = INTERNALS) -> list[str]:
@@ -49,8 +61,16 @@ class Malformed(Exception):
 
 
 def idle_in_packet() -> Any:  # paho's private _InPacket TypedDict
-    return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
-            "remaining_length": 0, "packet": bytearray(), "to_process": 0, "pos": 0}
+    return {
+        "command": 0,
+        "have_remaining": 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": 0,
+        "packet": bytearray(),
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 class BufferedClient(mqtt.Client):
@@ -60,10 +80,13 @@ class BufferedClient(mqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self._callback_api_version != mqtt.CallbackAPIVersion.VERSION2 or \
-                self._protocol != mqtt.MQTTv5:
-            raise ValueError(f"{type(self).__name__} speaks MQTT 5 with the VERSION2 callback "
-                             "API only")
+        if (
+            self._callback_api_version != mqtt.CallbackAPIVersion.VERSION2
+            or self._protocol != mqtt.MQTTv5
+        ):
+            raise ValueError(
+                f"{type(self).__name__} speaks MQTT 5 with the VERSION2 callback API only"
+            )
         self._rbuf = bytearray()
         self._rpos = 0
 
@@ -86,7 +109,7 @@ class BufferedClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         buf = self._rbuf
         if self._rpos:
-            del buf[:self._rpos]
+            del buf[: self._rpos]
             self._rpos = 0
         buf += data
         return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -135,9 +158,16 @@ class BufferedClient(mqtt.Client):
         taken = self._take(command, length, body, end)
         if taken is not None:
             return taken
-        self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
-                           "remaining_mult": 1, "remaining_length": length,
-                           "packet": self._rbuf[body:end], "to_process": 0, "pos": 0}
+        self._in_packet = {
+            "command": command,
+            "have_remaining": 1,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": length,
+            "packet": self._rbuf[body:end],
+            "to_process": 0,
+            "pos": 0,
+        }
         self._consumed(end)
         try:
             rc = self._packet_handle()
@@ -205,9 +235,9 @@ class BufferedClient(mqtt.Client):
         if not run:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         if len(run) == 1:
-            data: Any = memoryview(run[0]["packet"])[run[0]["pos"]:]
+            data: Any = memoryview(run[0]["packet"])[run[0]["pos"] :]
         else:
-            data = b"".join(memoryview(p["packet"])[p["pos"]:] for p in run)
+            data = b"".join(memoryview(p["packet"])[p["pos"] :] for p in run)
         try:
             sent = self._sock_send(data)
         except (AttributeError, ValueError):
@@ -227,5 +257,8 @@ class BufferedClient(mqtt.Client):
                 out.popleft()
         with self._msgtime_mutex:
             self._last_msg_out = mqtt.time_func()
-        return MQTTErrorCode.MQTT_ERR_SUCCESS if not out or out[0]["pos"] == 0 \
+        return (
+            MQTTErrorCode.MQTT_ERR_SUCCESS
+            if not out or out[0]["pos"] == 0
             else MQTTErrorCode.MQTT_ERR_AGAIN
+        )

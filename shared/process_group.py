@@ -65,13 +65,20 @@ class ProcessGroup:
         self.grace = grace
         self._children: dict[int, subprocess.Popen[bytes] | None] = {}
 
-    def popen(self, argv: Sequence[str], log: Path,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in a session of its own, output appended to ``log``, and record it."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with signals_held(), open(log, "ab") as out:
-            proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
             self.add(proc)
         return proc
 
@@ -145,8 +152,12 @@ class ProcessGroup:
     def __enter__(self) -> ProcessGroup:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 

@@ -78,13 +78,29 @@ def read_files(model_dir: Path) -> dict[str, bytes]:
         raise ReleaseError(f"{model_dir}: {Path(exc.filename).name} is missing") from None
 
 
-def issue(model_dir: Path, *, fleet: str, stream: str, version: str, number: int,
-          key: Ed25519PrivateKey, ttl_s: float, now: float | None = None) -> bytes:
+def issue(
+    model_dir: Path,
+    *,
+    fleet: str,
+    stream: str,
+    version: str,
+    number: int,
+    key: Ed25519PrivateKey,
+    ttl_s: float,
+    now: float | None = None,
+) -> bytes:
     """A signed release of the model in ``model_dir`` (encoded, for the model message)."""
     now = time.time() if now is None else now
-    release = Release(fleet=fleet, stream=stream, version=version, number=number,
-                      issued_ts=now, expires_ts=now + ttl_s, key_id=key_fingerprint(key),
-                      files=_digests(read_files(model_dir)))
+    release = Release(
+        fleet=fleet,
+        stream=stream,
+        version=version,
+        number=number,
+        issued_ts=now,
+        expires_ts=now + ttl_s,
+        key_id=key_fingerprint(key),
+        files=_digests(read_files(model_dir)),
+    )
     body = msgspec.json.encode(release)
     return msgspec.json.encode(SignedRelease(release=body, signature=key.sign(body)))
 
@@ -95,8 +111,10 @@ class TrustedKeys:
     def __init__(self, keys: Iterable[Ed25519PublicKey]) -> None:
         self.keys = {key_fingerprint(k): k for k in keys}
         if not self.keys:
-            raise ReleaseError("no trusted public key: set [scorer] public_key (or "
-                               "public_keys) to the fleet's model-signing public key")
+            raise ReleaseError(
+                "no trusted public key: set [scorer] public_key (or "
+                "public_keys) to the fleet's model-signing public key"
+            )
 
     @classmethod
     def load(cls, paths: Iterable[Path]) -> TrustedKeys:
@@ -120,19 +138,26 @@ def verify(data: bytes, trusted: TrustedKeys, fleet: str, now: float | None = No
     what = f"release {release.number} of {release.stream} {release.version}"
     key = trusted.keys.get(release.key_id)
     if key is None:
-        raise ReleaseError(f"{what} is signed by key {release.key_id}, which this gateway "
-                           f"does not trust (trusted: {', '.join(sorted(trusted.keys))})")
+        raise ReleaseError(
+            f"{what} is signed by key {release.key_id}, which this gateway "
+            f"does not trust (trusted: {', '.join(sorted(trusted.keys))})"
+        )
     try:
         key.verify(signed.signature, signed.release)
     except InvalidSignature:
-        raise ReleaseError(f"{what}: the signature does not match key {release.key_id} "
-                           "(the record was changed after signing)") from None
+        raise ReleaseError(
+            f"{what}: the signature does not match key {release.key_id} "
+            "(the record was changed after signing)"
+        ) from None
     if release.schema != RELEASE_SCHEMA:
-        raise ReleaseError(f"{what}: schema {release.schema} is not supported "
-                           f"(this build reads {RELEASE_SCHEMA})")
+        raise ReleaseError(
+            f"{what}: schema {release.schema} is not supported (this build reads {RELEASE_SCHEMA})"
+        )
     if release.fleet != fleet:
-        raise ReleaseError(f"{what} is for fleet {release.fleet!r}; this gateway is in fleet "
-                           f"{fleet!r} ([agent] fleet)")
+        raise ReleaseError(
+            f"{what} is for fleet {release.fleet!r}; this gateway is in fleet "
+            f"{fleet!r} ([agent] fleet)"
+        )
     now = time.time() if now is None else now
     if now >= release.expires_ts:
         raise ReleaseError(f"{what} expired at {_when(release.expires_ts)}")
@@ -145,5 +170,7 @@ def check_files(release: Release, files: dict[str, bytes]) -> None:
         if name not in files:
             raise ReleaseError(f"{name} is missing from release {release.number}")
         if hashlib.sha256(files[name]).hexdigest() != release.files.get(name):
-            raise ReleaseError(f"{name} is not the file release {release.number} of "
-                               f"{release.stream} names (changed after release)")
+            raise ReleaseError(
+                f"{name} is not the file release {release.number} of "
+                f"{release.stream} names (changed after release)"
+            )

@@ -143,9 +143,13 @@ def ensure_private_key(path: Path, create: bool = False) -> Ed25519PrivateKey:
         return require_private_key(path)
     key = create_private_key(path)
     if not create:
-        log.warning("created the development model-signing key %s (key id %s); gateways "
-                    "accept its models only with [scorer] public_key = %s", path,
-                    key_fingerprint(key), path.with_suffix(".pub"))
+        log.warning(
+            "created the development model-signing key %s (key id %s); gateways "
+            "accept its models only with [scorer] public_key = %s",
+            path,
+            key_fingerprint(key),
+            path.with_suffix(".pub"),
+        )
     return key
 
 
@@ -154,9 +158,11 @@ def require_private_key(path: Path) -> Ed25519PrivateKey:
     is an error saying how to make it (the signer never generates a key of its own)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise KeyFileError(f"no model-signing key at {path}: create one with `fleetsentry "
-                           f"cloud keygen {path}` and give every gateway its public key "
-                           f"({path.with_suffix('.pub')}), or point --key at the fleet's key")
+        raise KeyFileError(
+            f"no model-signing key at {path}: create one with `fleetsentry "
+            f"cloud keygen {path}` and give every gateway its public key "
+            f"({path.with_suffix('.pub')}), or point --key at the fleet's key"
+        )
     return load_private_key(path)
 
 
@@ -194,9 +200,7 @@ def sign_model_dir(model_dir: Path, private_key: Ed25519PrivateKey) -> Path:
     return path
 
 
-def verify_model_dir(
-    model_dir: Path, public_key: Ed25519PublicKey | Path | str
-) -> ModelManifest:
+def verify_model_dir(model_dir: Path, public_key: Ed25519PublicKey | Path | str) -> ModelManifest:
     """Check the signature and return the decoded manifest; raise SignatureError otherwise."""
     model_dir = Path(model_dir)
     if not isinstance(public_key, Ed25519PublicKey):

@@ -88,9 +88,24 @@ TELEMETRY = StreamSpec(
     pii_fields=frozenset({"vin", "driver_id", "lat", "lon"}),
     tokens={"vin": "vehicle_token", "driver_id": "driver_token"},
     numeric_fields=(
-        "speed_kmh", "rpm", "gear", "coolant_c", "intake_c", "oil_kpa", "battery_v", "soc_pct",
-        "tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa", "tyre_rr_kpa", "fuel_pct", "odometer_km",
-        "accel_x_g", "accel_y_g", "accel_z_g", "ambient_c",
+        "speed_kmh",
+        "rpm",
+        "gear",
+        "coolant_c",
+        "intake_c",
+        "oil_kpa",
+        "battery_v",
+        "soc_pct",
+        "tyre_fl_kpa",
+        "tyre_fr_kpa",
+        "tyre_rl_kpa",
+        "tyre_rr_kpa",
+        "fuel_pct",
+        "odometer_km",
+        "accel_x_g",
+        "accel_y_g",
+        "accel_z_g",
+        "ambient_c",
     ),
 )
 
@@ -152,12 +167,20 @@ def from_declaration(stream: Stream) -> StreamSpec:
     from shared.contracts import AnonRecord
     from shared.declarations.events import event_struct
 
-    numeric = tuple(n for n, f in stream.fields.items()
-                    if f.pii is None and f.type in ("float", "int", "bool"))
-    return StreamSpec(name=stream.name, event=event_struct(stream), anon_event=AnonRecord,
-                      mqtt_suffix=stream.topic, key_field=stream.device.field,
-                      pii_fields=stream.pii_fields, tokens=stream.tokens,
-                      numeric_fields=numeric, declaration=stream)
+    numeric = tuple(
+        n for n, f in stream.fields.items() if f.pii is None and f.type in ("float", "int", "bool")
+    )
+    return StreamSpec(
+        name=stream.name,
+        event=event_struct(stream),
+        anon_event=AnonRecord,
+        mqtt_suffix=stream.topic,
+        key_field=stream.device.field,
+        pii_fields=stream.pii_fields,
+        tokens=stream.tokens,
+        numeric_fields=numeric,
+        declaration=stream,
+    )
 
 
 def use_declarations(directory: str | Path | None) -> list[StreamSpec]:

@@ -99,9 +99,15 @@ def _edge_topics() -> list[Topic]:
         Topic(ALERTS, "edge", replicate=True),
         Topic(MODEL_STATUS, "edge", partitions=1, replicate=True),
         # The gateway's disk plan (edge/disk.py) sets its own bound for this one.
-        Topic(CLOUD_MODELS, "edge", partitions=1, compacted=True,
-              max_message_bytes=MODEL_MESSAGE_BYTES, retention_bytes=MODELS_RETENTION_BYTES,
-              segment_bytes=MODELS_SEGMENT_BYTES),
+        Topic(
+            CLOUD_MODELS,
+            "edge",
+            partitions=1,
+            compacted=True,
+            max_message_bytes=MODEL_MESSAGE_BYTES,
+            retention_bytes=MODELS_RETENTION_BYTES,
+            segment_bytes=MODELS_SEGMENT_BYTES,
+        ),
         Topic(ENRICHER_STATE, "edge", partitions=1, compacted=True, segment_ms=HOUR_MS // 6),
         Topic(SCORER_EPISODES, "edge", partitions=1, compacted=True),
     ]
@@ -110,9 +116,15 @@ def _edge_topics() -> list[Topic]:
 
 def _cloud_topics() -> list[Topic]:
     return [
-        Topic(MODELS, "cloud", partitions=1, compacted=True,
-              max_message_bytes=MODEL_MESSAGE_BYTES, retention_bytes=MODELS_RETENTION_BYTES,
-              segment_bytes=MODELS_SEGMENT_BYTES),
+        Topic(
+            MODELS,
+            "cloud",
+            partitions=1,
+            compacted=True,
+            max_message_bytes=MODEL_MESSAGE_BYTES,
+            retention_bytes=MODELS_RETENTION_BYTES,
+            segment_bytes=MODELS_SEGMENT_BYTES,
+        ),
         Topic(LABELS, "cloud", retention_ms=30 * DAY_MS),
     ]
 

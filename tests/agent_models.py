@@ -49,50 +49,75 @@ class ModelKit:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data = SyntheticFeatures("payments", seed=11)
-        self.base, _ = build_model_dir(root / "base", "payments", self.data, seed=3,
-                                       version="base", epochs=12)
+        self.base, _ = build_model_dir(
+            root / "base", "payments", self.data, seed=3, version="base", epochs=12
+        )
         self.key: Ed25519PrivateKey = generate_private_key()
         self.public_key = root / "fleet.pub"
         write_public_key(self.key, self.public_key)
-        self.manifest = msgspec.json.decode((self.base / MANIFEST_FILE).read_bytes(),
-                                            type=ModelManifest)
+        self.manifest = msgspec.json.decode(
+            (self.base / MANIFEST_FILE).read_bytes(), type=ModelManifest
+        )
 
     def telemetry(self) -> Path:
         """A small signed telemetry model (so a scorer under test needs no shipped baseline)."""
         out = self.root / "telemetry"
         if not out.exists():
-            build_model_dir(out, "telemetry", SyntheticFeatures("telemetry", seed=5), seed=2,
-                            version="kit-telemetry", epochs=3)
+            build_model_dir(
+                out,
+                "telemetry",
+                SyntheticFeatures("telemetry", seed=5),
+                seed=2,
+                version="kit-telemetry",
+                epochs=3,
+            )
             sign_model_dir(out, self.key)
         return out
 
-    def variant(self, version: str | None = None, key: Ed25519PrivateKey | None = None,
-                **changes: object) -> Path:
+    def variant(
+        self, version: str | None = None, key: Ed25519PrivateKey | None = None, **changes: object
+    ) -> Path:
         """A copy of the model with manifest ``changes``, signed (by the fleet key by default)."""
         version = version or f"pay-{uuid.uuid4().hex[:8]}"
         out = self.root / "variants" / version
         shutil.copytree(self.base, out)
-        manifest = msgspec.structs.replace(self.manifest, version=version,
-                                           created_ts=time.time(), **changes)
+        manifest = msgspec.structs.replace(
+            self.manifest, version=version, created_ts=time.time(), **changes
+        )
         (out / MANIFEST_FILE).write_bytes(encode(manifest))
         sign_model_dir(out, key or self.key)
         return out
 
-    def message(self, model_dir: Path, stream: str = "payments", *,
-                release_key: Ed25519PrivateKey | None = None, number: int | None = None,
-                fleet: str = releases.DEFAULT_FLEET, ttl_s: float = 3600.0,
-                now: float | None = None) -> tuple[bytes, bytes]:
+    def message(
+        self,
+        model_dir: Path,
+        stream: str = "payments",
+        *,
+        release_key: Ed25519PrivateKey | None = None,
+        number: int | None = None,
+        fleet: str = releases.DEFAULT_FLEET,
+        ttl_s: float = 3600.0,
+        now: float | None = None,
+    ) -> tuple[bytes, bytes]:
         """(key, value) of a models-topic message for ``model_dir``, with a signed release
         (by the fleet key, numbered above every earlier one, unless told otherwise)."""
         m = msgspec.json.decode((model_dir / MANIFEST_FILE).read_bytes(), type=ModelManifest)
         if number is None:
             _RELEASES[0] += 1
             number = _RELEASES[0]
-        release = releases.issue(model_dir, fleet=fleet, stream=stream, version=m.version,
-                                 number=number, key=release_key or self.key, ttl_s=ttl_s,
-                                 now=now)
-        return stream.encode(), model_bundle.pack(model_dir, stream, m.version, time.time(),
-                                                  release=release)
+        release = releases.issue(
+            model_dir,
+            fleet=fleet,
+            stream=stream,
+            version=m.version,
+            number=number,
+            key=release_key or self.key,
+            ttl_s=ttl_s,
+            now=now,
+        )
+        return stream.encode(), model_bundle.pack(
+            model_dir, stream, m.version, time.time(), release=release
+        )
 
     def recent_payments(self, n: int, seed: int, anomalous: int = 0) -> list[bytes]:
         """Anon payment records whose features follow the model's normal structure."""
@@ -102,11 +127,20 @@ class ModelKit:
         out = []
         now = time.time()
         for i, row in enumerate(rows):
-            rec = AnonPayment(event_id=f"p-{seed}-{i}", ts=now - n + i,
-                              card_token=f"card{seed:04d}{i:06d}",
-                              vehicle_token="vehicletoken01", driver_token="drivertoken01",
-                              merchant_id="m-1", mcc="5542", category="fuel", amount=50.0,
-                              currency="EUR", cell="u0yj", features=self.data.as_dict(row))
+            rec = AnonPayment(
+                event_id=f"p-{seed}-{i}",
+                ts=now - n + i,
+                card_token=f"card{seed:04d}{i:06d}",
+                vehicle_token="vehicletoken01",
+                driver_token="drivertoken01",
+                merchant_id="m-1",
+                mcc="5542",
+                category="fuel",
+                amount=50.0,
+                currency="EUR",
+                cell="u0yj",
+                features=self.data.as_dict(row),
+            )
             out.append(encode(rec))
         return out
 
@@ -117,10 +151,10 @@ def skip_to_end(bootstrap: Target, group: str) -> None:
     try:
         for attempt in range(60):  # a busy or fresh broker may still be electing/loading
             try:
-                _low, high = c.get_watermark_offsets(TopicPartition(topics.CLOUD_MODELS, 0),
-                                                     timeout=10)
-                c.commit(offsets=[TopicPartition(topics.CLOUD_MODELS, 0, high)],
-                         asynchronous=False)
+                _low, high = c.get_watermark_offsets(
+                    TopicPartition(topics.CLOUD_MODELS, 0), timeout=10
+                )
+                c.commit(offsets=[TopicPartition(topics.CLOUD_MODELS, 0, high)], asynchronous=False)
                 return
             except KafkaException:
                 if attempt == 59:
@@ -131,12 +165,14 @@ def skip_to_end(bootstrap: Target, group: str) -> None:
 
 
 def recent_window(bootstrap: Target, kit: ModelKit, seed: int) -> None:
-    produce_all(bootstrap, topics.ANON_PAYMENTS,
-                ((uuid.uuid4().hex.encode(), v) for v in kit.recent_payments(900, seed)))
+    produce_all(
+        bootstrap,
+        topics.ANON_PAYMENTS,
+        ((uuid.uuid4().hex.encode(), v) for v in kit.recent_payments(900, seed)),
+    )
 
 
-def deliver(agent: Any, bootstrap: Target, key: bytes, value: bytes,
-            timeout: float = 60.0) -> Any:
+def deliver(agent: Any, bootstrap: Target, key: bytes, value: bytes, timeout: float = 60.0) -> Any:
     """Produce to the edge's cloud.models (as MirrorMaker would) and step until handled."""
     produce_all(bootstrap, topics.CLOUD_MODELS, [(key, value)])
     deadline = time.monotonic() + timeout
@@ -169,19 +205,23 @@ def scores_of(model_dir: Path, public_key: Path, x: np.ndarray) -> np.ndarray:
     return load_model(model_dir, "payments", public_key).scorer.score_batch(x)[0]
 
 
-def agent_config(edge_kafka: KafkaSettings, tmp_path: Path, keys: list[Path],
-                 edge_id: str | None = None) -> EdgeConfig:
+def agent_config(
+    edge_kafka: KafkaSettings, tmp_path: Path, keys: list[Path], edge_id: str | None = None
+) -> EdgeConfig:
     """A gateway's config for an agent under test: quick watches, a small shadow window."""
     return EdgeConfig(
-        edge_id=edge_id or f"agent-{uuid.uuid4().hex[:6]}", data_dir=tmp_path, kafka=edge_kafka,
+        edge_id=edge_id or f"agent-{uuid.uuid4().hex[:6]}",
+        data_dir=tmp_path,
+        kafka=edge_kafka,
         scorer=ScorerSettings(models_dir=tmp_path / "models", public_keys=keys),
-        agent=AgentSettings(shadow_window=600, watch_min_events=100, activation_timeout_s=3.0,
-                            watch_s=120.0))
+        agent=AgentSettings(
+            shadow_window=600, watch_min_events=100, activation_timeout_s=3.0, watch_s=120.0
+        ),
+    )
 
 
 @contextmanager
-def started_agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path
-                  ) -> Iterator[ModelAgent]:
+def started_agent(edge_kafka: KafkaSettings, kit: ModelKit, tmp_path: Path) -> Iterator[ModelAgent]:
     """An agent that sees only the messages produced from now on, closed at the end."""
     config = agent_config(edge_kafka, tmp_path, [kit.public_key])
     skip_to_end(edge_kafka, f"{config.edge_id}-agent")

@@ -16,23 +16,55 @@ def vin(rng: random.Random) -> str:
 
 def telemetry(vin_: str, event_id: str, ts: float) -> dict[str, Any]:
     return {
-        "schema": 1, "event_id": event_id, "ts": ts, "vin": vin_, "driver_id": "drv-0001",
-        "model": "eVan-3", "firmware": "4.2.1", "lat": 52.52, "lon": 13.405,
-        "speed_kmh": 62.5, "rpm": 2100.0, "gear": 4, "coolant_c": 88.0, "intake_c": 31.0,
-        "oil_kpa": 310.0, "battery_v": 13.9, "soc_pct": 71.0, "tyre_fl_kpa": 240.0,
-        "tyre_fr_kpa": 241.0, "tyre_rl_kpa": 238.0, "tyre_rr_kpa": 239.0, "fuel_pct": 55.0,
-        "odometer_km": 120345.6, "accel_x_g": 0.01, "accel_y_g": -0.02, "accel_z_g": 1.0,
+        "schema": 1,
+        "event_id": event_id,
+        "ts": ts,
+        "vin": vin_,
+        "driver_id": "drv-0001",
+        "model": "eVan-3",
+        "firmware": "4.2.1",
+        "lat": 52.52,
+        "lon": 13.405,
+        "speed_kmh": 62.5,
+        "rpm": 2100.0,
+        "gear": 4,
+        "coolant_c": 88.0,
+        "intake_c": 31.0,
+        "oil_kpa": 310.0,
+        "battery_v": 13.9,
+        "soc_pct": 71.0,
+        "tyre_fl_kpa": 240.0,
+        "tyre_fr_kpa": 241.0,
+        "tyre_rl_kpa": 238.0,
+        "tyre_rr_kpa": 239.0,
+        "fuel_pct": 55.0,
+        "odometer_km": 120345.6,
+        "accel_x_g": 0.01,
+        "accel_y_g": -0.02,
+        "accel_z_g": 1.0,
         "ambient_c": 17.5,
     }
 
 
 def payment(vin_: str, event_id: str, ts: float) -> dict[str, Any]:
     return {
-        "schema": 1, "event_id": event_id, "ts": ts, "vin": vin_, "driver_id": "drv-0001",
-        "driver_name": "Ada Example", "card_number": "4111111111111111",
-        "cardholder": "ADA EXAMPLE", "merchant_id": "m-42", "merchant_name": "Fuel Stop 42",
-        "mcc": "5542", "category": "fuel", "amount": 81.4, "currency": "EUR", "lat": 52.5,
-        "lon": 13.4, "volume_l": 45.2,
+        "schema": 1,
+        "event_id": event_id,
+        "ts": ts,
+        "vin": vin_,
+        "driver_id": "drv-0001",
+        "driver_name": "Ada Example",
+        "card_number": "4111111111111111",
+        "cardholder": "ADA EXAMPLE",
+        "merchant_id": "m-42",
+        "merchant_name": "Fuel Stop 42",
+        "mcc": "5542",
+        "category": "fuel",
+        "amount": 81.4,
+        "currency": "EUR",
+        "lat": 52.5,
+        "lon": 13.4,
+        "volume_l": 45.2,
     }
 
 
@@ -42,8 +74,7 @@ def encode(obj: Any) -> bytes:
 
 # Each mutation turns a valid (topic, payload) into an invalid one and names the reason the
 # bridge must give. ``now`` is the gateway clock the message is checked against.
-def malformed(rng: random.Random, vin_: str, event_id: str, now: float
-              ) -> tuple[str, bytes, str]:
+def malformed(rng: random.Random, vin_: str, event_id: str, now: float) -> tuple[str, bytes, str]:
     """One malformed message: (topic, payload, expected reason)."""
     stream = rng.choice(["telemetry", "payments"])
     make = telemetry if stream == "telemetry" else payment
@@ -54,10 +85,15 @@ def malformed(rng: random.Random, vin_: str, event_id: str, now: float
         raw = encode(good)
         # Cut in the last field: earlier fields stay well-typed, so the error is the syntax.
         cut = len(raw) - rng.randrange(1, 10)
-        return topic, raw[:cut] + bytes(rng.choice(b"\\\xff") for _ in range(rng.randrange(2))), \
-            "invalid_json"
+        return (
+            topic,
+            raw[:cut] + bytes(rng.choice(b"\\\xff") for _ in range(rng.randrange(2))),
+            "invalid_json",
+        )
     if kind == 1:  # random bytes that are not JSON at all
-        junk = "".join(rng.choice(string.ascii_letters + "{}[],:") for _ in range(rng.randrange(1, 80)))
+        junk = "".join(
+            rng.choice(string.ascii_letters + "{}[],:") for _ in range(rng.randrange(1, 80))
+        )
         return topic, f"#{event_id}#{junk}".encode(), "invalid_json"
     if kind == 2:  # wrong type for a field
         field = rng.choice(["ts", "lat", "lon", "event_id", "vin", "driver_id"])

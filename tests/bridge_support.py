@@ -29,20 +29,29 @@ from shared.kafka_config import Target, client_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_edge_toml(path: Path, stack: Stack, edge_id: str, group: str,
-                    extra: str = "") -> Path:
+def write_edge_toml(path: Path, stack: Stack, edge_id: str, group: str, extra: str = "") -> Path:
     """An edge.toml pointing at ``stack`` with its own edge id and subscription group;
     ``extra`` is TOML text added as given (lines of the [bridge] table, then more tables)."""
-    path.write_text(tomli_w.dumps({
-        "edge_id": edge_id,
-        "data_dir": str(path.parent / "data"),
-        "kafka": {"bootstrap": stack.edge.bootstrap,
-                  "credentials_file": str(stack.edge.credentials_path)},
-        "mqtt": {"host": stack.mqtt.host, "port": stack.mqtt.port,
-                 "credentials_file": str(stack.mqtt.credentials_path)},
-        "metrics": {"base_port": 0},
-        "bridge": {"group": group},
-    }) + extra)
+    path.write_text(
+        tomli_w.dumps(
+            {
+                "edge_id": edge_id,
+                "data_dir": str(path.parent / "data"),
+                "kafka": {
+                    "bootstrap": stack.edge.bootstrap,
+                    "credentials_file": str(stack.edge.credentials_path),
+                },
+                "mqtt": {
+                    "host": stack.mqtt.host,
+                    "port": stack.mqtt.port,
+                    "credentials_file": str(stack.mqtt.credentials_path),
+                },
+                "metrics": {"base_port": 0},
+                "bridge": {"group": group},
+            }
+        )
+        + extra
+    )
     return path
 
 
@@ -53,8 +62,9 @@ def unique(prefix: str) -> str:
 class BridgeProcess:
     """``fleetsentry edge bridge`` as a child process (stdout/stderr to a log file)."""
 
-    def __init__(self, config: Path, instance: int = 0, metrics_port: int = 0,
-                 log: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, instance: int = 0, metrics_port: int = 0, log: Path | None = None
+    ) -> None:
         self.config = config
         self.instance = instance
         self.metrics_port = metrics_port
@@ -63,8 +73,18 @@ class BridgeProcess:
         self._log_offset = 0
 
     def start(self) -> BridgeProcess:
-        argv = [sys.executable, "-m", "edge.cli", "bridge", "--config", str(self.config),
-                "--instance", str(self.instance), "--metrics-port", str(self.metrics_port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "bridge",
+            "--config",
+            str(self.config),
+            "--instance",
+            str(self.instance),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         # A restarted bridge appends to the same log: only look at what this run writes.
         self._log_offset = self.log.stat().st_size if self.log.exists() else 0
@@ -107,19 +127,29 @@ class BridgeProcess:
         return self.proc.returncode
 
     def scrape(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
             text: str = resp.read().decode()
         return text
 
 
-def mqtt_client(stack: Stack, client_id: str, user: str = ADMIN_USER,
-                password: str | None = None, **kwargs: object) -> mqtt.Client:
+def mqtt_client(
+    stack: Stack,
+    client_id: str,
+    user: str = ADMIN_USER,
+    password: str | None = None,
+    **kwargs: object,
+) -> mqtt.Client:
     """A connected MQTT 5 client (network loop started)."""
     if password is None:
         password = json.loads(stack.mqtt.credentials_path.read_text())[user]
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                    **kwargs)  # type: ignore[arg-type]
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        **kwargs,  # type: ignore[arg-type]
+    )
     c.username_pw_set(user, password)
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
@@ -128,8 +158,9 @@ def mqtt_client(stack: Stack, client_id: str, user: str = ADMIN_USER,
     return c
 
 
-def publish_all(client: mqtt.Client, messages: Iterable[tuple[str, bytes]],
-                timeout: float = 60.0) -> int:
+def publish_all(
+    client: mqtt.Client, messages: Iterable[tuple[str, bytes]], timeout: float = 60.0
+) -> int:
     """Publish QoS 1 and wait until the broker acknowledged every message."""
     infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
     deadline = time.monotonic() + timeout
@@ -151,12 +182,20 @@ def drop_session(stack: Stack, client_id: str, user: str = "fleetsentry-bridge")
     c.loop_stop()
 
 
-def read_topic(bootstrap: Target, topic: str, done: object = None, timeout: float = 60.0,
-               idle: float = 5.0) -> list:
+def read_topic(
+    bootstrap: Target, topic: str, done: object = None, timeout: float = 60.0, idle: float = 5.0
+) -> list:
     """Every record of ``topic`` from the start until ``done(records)`` or ``idle`` s quiet."""
-    c = Consumer(client_config(bootstrap, {"group.id": unique("read"),
-                                           "auto.offset.reset": "earliest",
-                                           "enable.auto.commit": False}))
+    c = Consumer(
+        client_config(
+            bootstrap,
+            {
+                "group.id": unique("read"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
+    )
     meta = c.list_topics(topic, timeout=10)
     c.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
     out: list = []
@@ -182,8 +221,9 @@ def dead_letters(config: Path) -> DeadLetters:
     return DeadLetters.load(edge_config.load(config), create=False)
 
 
-def vehicle_letters(letters: DeadLetters, vin: str,
-                    records: list) -> dict[bytes, contracts.DeadLetter]:
+def vehicle_letters(
+    letters: DeadLetters, vin: str, records: list
+) -> dict[bytes, contracts.DeadLetter]:
     """The dead letters of one vehicle among ``records`` of dlq.ingest, by opened payload.
 
     Letters name the vehicle only by its token and carry the payload sealed."""
@@ -199,15 +239,17 @@ def vehicle_letters(letters: DeadLetters, vin: str,
 class BridgeGateway:
     """One bridge process with its own edge id and share group; its session dropped on close."""
 
-    def __init__(self, stack: Stack, tmp: Path, extra: str = "", metrics: bool = False,
-                 prefix: str = "gw") -> None:
+    def __init__(
+        self, stack: Stack, tmp: Path, extra: str = "", metrics: bool = False, prefix: str = "gw"
+    ) -> None:
         from shared.infra.ports import free_ports
 
         self.stack = stack
         self.edge_id = unique(prefix)
         self.group = unique("g")
-        self.config = write_edge_toml(tmp / "edge.toml", stack, self.edge_id, self.group,
-                                      extra=extra)
+        self.config = write_edge_toml(
+            tmp / "edge.toml", stack, self.edge_id, self.group, extra=extra
+        )
         self.metrics_port = free_ports(1)[0] if metrics else 0
         self.bridge = BridgeProcess(self.config, 0, self.metrics_port)
 

@@ -27,9 +27,18 @@ if TYPE_CHECKING:  # selenium is imported where a browser test runs
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1440,1000", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1440,1000",
+    "--disable-dev-shm-usage",
+]
 
 
 @dataclass(frozen=True)
@@ -46,15 +55,19 @@ def cloud_toml(cloud: Target, registry: Path, port: int, state_dir: Path) -> str
         kafka = {"bootstrap": cloud, "security": "none"}
     else:
         kafka = {"bootstrap": cloud.bootstrap}
-        for key, value in (("ca_file", cloud.ca_file),
-                           ("credentials_file", cloud.credentials_file)):
+        for key, value in (
+            ("ca_file", cloud.ca_file),
+            ("credentials_file", cloud.credentials_file),
+        ):
             if value is not None:
                 kafka[key] = str(value)
-    return tomli_w.dumps({
-        "kafka": kafka,
-        "registry": {"root": str(registry)},
-        "dashboard": {"port": port, "refresh_s": 2, "state_dir": str(state_dir)},
-    })
+    return tomli_w.dumps(
+        {
+            "kafka": kafka,
+            "registry": {"root": str(registry)},
+            "dashboard": {"port": port, "refresh_s": 2, "state_dir": str(state_dir)},
+        }
+    )
 
 
 @contextmanager
@@ -63,9 +76,21 @@ def cloud_run(config: Path, key_file: Path, *args: str) -> Iterator[CloudRun]:
     home = config.parent
     log = (home / "cloud-run.log").open("w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "fleetsentry"), "cloud", "run", "--config", str(config),
-         "--key", str(key_file), *args],
-        stdout=subprocess.PIPE, stderr=log, text=True, cwd=home)
+        [
+            str(Path(sys.executable).parent / "fleetsentry"),
+            "cloud",
+            "run",
+            "--config",
+            str(config),
+            "--key",
+            str(key_file),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=home,
+    )
     try:
         assert proc.stdout is not None
         banner = ""
@@ -169,8 +194,10 @@ def sign_in(driver: WebDriver, run: CloudRun, page: str = "/runs", shot_as: str 
     driver.find_element(By.ID, "sign-in").click()
     wait(f"the {page} page", lambda: driver.current_url.endswith(page))
     # The address changes before the new page has rendered: look until it has.
-    wait(f"{run.user} signed in", lambda: driver.find_element(
-        By.ID, "signed-in-user").text == run.user)
+    wait(
+        f"{run.user} signed in",
+        lambda: driver.find_element(By.ID, "signed-in-user").text == run.user,
+    )
 
 
 def promote(driver: WebDriver, run: CloudRun, version: str) -> str:
@@ -189,5 +216,6 @@ def promote(driver: WebDriver, run: CloudRun, version: str) -> str:
     def champion() -> bool:  # the dashboard only recorded it: the signer promotes it
         driver.get(page)
         return bool(driver.find_element(By.ID, "model-state").text == "champion")
+
     wait("the signer to promote it", champion, every_s=1)
     return flash

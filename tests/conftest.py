@@ -49,18 +49,23 @@ class MqttBroker:
 
 # Fixtures that start brokers: a test using one must be marked `integration`, so that
 # `pytest -m "not integration"` runs without any broker.
-BROKER_FIXTURES = frozenset({"stack", "edge_kafka", "plain_bootstrap", "cloud_kafka",
-                             "mqtt_broker"})
+BROKER_FIXTURES = frozenset(
+    {"stack", "edge_kafka", "plain_bootstrap", "cloud_kafka", "mqtt_broker"}
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    unmarked = [item.nodeid for item in items
-                if BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
-                and item.get_closest_marker("integration") is None]
+    unmarked = [
+        item.nodeid
+        for item in items
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
     if unmarked:
         raise pytest.UsageError(
             "these tests start brokers but are not marked integration (add "
-            "`pytestmark = pytest.mark.integration`): " + ", ".join(unmarked[:10]))
+            "`pytestmark = pytest.mark.integration`): " + ", ".join(unmarked[:10])
+        )
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +96,9 @@ def plain_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A one-node Kafka without TLS or logins (a development cluster: `security = "none"`),
     for cloud-side code whose tests need no three-node cluster."""
     p = free_ports(2)
-    cluster = KafkaCluster("plain", tmp_path_factory.mktemp("plain-kafka"),
-                           (KafkaNode(1, p[0], p[1]),), heap="384m")
+    cluster = KafkaCluster(
+        "plain", tmp_path_factory.mktemp("plain-kafka"), (KafkaNode(1, p[0], p[1]),), heap="384m"
+    )
     try:
         cluster.start(jars.kafka_libs(quiet=True), jars.java_binary())
         cluster.wait_healthy()
@@ -115,15 +121,22 @@ def cloud_kafka(stack: Stack) -> KafkaSettings:
 @pytest.fixture(scope="module")
 def cloud_login(stack: Stack, cloud_kafka: KafkaSettings) -> Callable[[str], KafkaSettings]:
     """user -> that cloud service's own login (its ACLs apply)."""
+
     def login(user: str) -> KafkaSettings:
         target = stack.cloud.login(user)
         assert isinstance(target, KafkaSettings)
         return target
+
     return login
 
 
 @pytest.fixture(scope="module")
 def mqtt_broker(stack: Stack) -> MqttBroker:
     creds = json.loads(stack.mqtt.credentials_path.read_text())
-    return MqttBroker(stack.mqtt.host, stack.mqtt.port, (ADMIN_USER, creds[ADMIN_USER]),
-                      (BRIDGE_USER, creds[BRIDGE_USER]), stack)
+    return MqttBroker(
+        stack.mqtt.host,
+        stack.mqtt.port,
+        (ADMIN_USER, creds[ADMIN_USER]),
+        (BRIDGE_USER, creds[BRIDGE_USER]),
+        stack,
+    )

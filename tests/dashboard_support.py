@@ -47,12 +47,21 @@ class MemorySource:
         return []
 
 
-def sim_data(seed: int, end_ts: float, vehicles: int = 30,
-             duration_s: float = 1500.0) -> tuple[dict[str, list[Any]], list[Label], set[str]]:
+def sim_data(
+    seed: int, end_ts: float, vehicles: int = 30, duration_s: float = 1500.0
+) -> tuple[dict[str, list[Any]], list[Label], set[str]]:
     """Anon records per stream ending at ``end_ts``, their labels, and every VIN/card used."""
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed,
-                              rate_hz=0.2, payment_rate=80, start_ts=end_ts - duration_s,
-                              fault_rates={k: 0.5 for k in FAULT_KINDS}))
+    fleet = Fleet(
+        SimSettings(
+            vehicles=vehicles,
+            duration_s=duration_s,
+            seed=seed,
+            rate_hz=0.2,
+            payment_rate=80,
+            start_ts=end_ts - duration_s,
+            fault_rates={k: 0.5 for k in FAULT_KINDS},
+        )
+    )
     anonymizer = Anonymizer(Tokenizer(DEFAULT_TRAINING_SECRET))
     anon: dict[str, list[Any]] = defaultdict(list)
     pii: set[str] = set()
@@ -92,8 +101,9 @@ def build_world(root: Path, gateways: tuple[str, ...] = ("gw-north", "gw-south")
     signing.write_public_key(key, pub)
     reg = Registry(root / "registry").start()
     try:
-        svc = TrainerService(reg, MemorySource(anon, labels), key,
-                             RetrainSettings(min_records=300, train=SMALL))
+        svc = TrainerService(
+            reg, MemorySource(anon, labels), key, RetrainSettings(min_records=300, train=SMALL)
+        )
         for stream in STREAMS:
             # On this small data set a run may fail its int8 check (>0.005 ROC AUC below
             # float) and rightly leave no champion; the pages need one, so try other seeds.
@@ -112,8 +122,13 @@ def build_world(root: Path, gateways: tuple[str, ...] = ("gw-north", "gw-south")
     return World(root / "registry", key_file, pub, anon, labels, pii, records)
 
 
-def _edge_outputs(reg: Registry, pub: Path, anon: dict[str, list[Any]], labels: list[Label],
-                  gateways: tuple[str, ...]) -> list[tuple[str, bytes | None, bytes | None]]:
+def _edge_outputs(
+    reg: Registry,
+    pub: Path,
+    anon: dict[str, list[Any]],
+    labels: list[Label],
+    gateways: tuple[str, ...],
+) -> list[tuple[str, bytes | None, bytes | None]]:
     """Score each gateway's share of the fleet with the real edge scorer and the champions."""
     from edge.config import EdgeConfig
     from edge.scorer.model import ModelHolder, load_model
@@ -128,9 +143,14 @@ def _edge_outputs(reg: Registry, pub: Path, anon: dict[str, list[Any]], labels: 
             holders[stream] = ModelHolder(load_model(champ.path, stream, pub))
             reported: tuple[ModelState, ...] = ("received", "shadowing", "active")
             for n, state in enumerate(reported):
-                st = ModelStatus(edge_id=gw, stream=stream, version=champ.version, state=state,
-                                 reason="" if state != "active" else "shadow score within bounds",
-                                 ts=time.time() - 60 + n)
+                st = ModelStatus(
+                    edge_id=gw,
+                    stream=stream,
+                    version=champ.version,
+                    state=state,
+                    reason="" if state != "active" else "shadow score within bounds",
+                    ts=time.time() - 60 + n,
+                )
                 out_records.append((f"{gw}.model-status", stream.encode(), encode(st)))
         scorer = ScorerService(EdgeConfig(edge_id=gw), holders=holders)
         scorer.prepare()
@@ -138,7 +158,7 @@ def _edge_outputs(reg: Registry, pub: Path, anon: dict[str, list[Any]], labels: 
         for stream in STREAMS:
             mine = [r for j, r in enumerate(anon[stream]) if j % len(gateways) == i]
             for start in range(0, len(mine), 2000):
-                scorer.score_records(stream, mine[start:start + 2000], out, result)
+                scorer.score_records(stream, mine[start : start + 2000], out, result)
             for rec in mine:
                 out_records.append((f"{gw}.anon.{stream}", None, encode(rec)))
         out_records += [(f"{gw}.{topic}", k, v) for topic, k, v in out.records]
@@ -161,8 +181,9 @@ def copy_registry(w: World, dest: Path) -> Path:
     # The registry stores artifact paths; point them at the copy.
     reg = Registry(dest).start()
     try:
-        reg.db.execute("UPDATE models SET path = replace(path, ?, ?)",
-                       (str(w.registry_root), str(dest)))
+        reg.db.execute(
+            "UPDATE models SET path = replace(path, ?, ?)", (str(w.registry_root), str(dest))
+        )
     finally:
         reg.close()
     return dest

@@ -21,8 +21,9 @@ from tests.scorer_models import SyntheticFeatures
 REEFER = "reefer"
 
 
-def reefer_toml(alerts: str = 'kind = "episodes", open_events = 4, window_s = 10, '
-                               'quiet_s = 5') -> str:
+def reefer_toml(
+    alerts: str = 'kind = "episodes", open_events = 4, window_s = 10, quiet_s = 5',
+) -> str:
     return f"""
 [stream]
 name = "reefer"
@@ -77,19 +78,34 @@ def declared(directory: Path) -> Iterator[dict[str, Stream]]:
                 streams._REGISTRY.pop(spec.name, None)
 
 
-def reefer_records(data: SyntheticFeatures, run_id: str, device: str, start: float, n: int,
-                   anomalous: range = range(0), seed: int = 0) -> list[AnonRecord]:
+def reefer_records(
+    data: SyntheticFeatures,
+    run_id: str,
+    device: str,
+    start: float,
+    n: int,
+    anomalous: range = range(0),
+    seed: int = 0,
+) -> list[AnonRecord]:
     """AnonRecords of one trailer, one a second, as the enricher writes them to anon.reefer."""
     rows = data.typical(n, seed=seed)
     odd = data.anomalous(n, seed=seed + 1)
     out = []
     for i in range(n):
         row = odd[i] if i in anomalous else rows[i]
-        out.append(AnonRecord(
-            event_id=f"{run_id}-{device}-{i}", ts=start + i, stream=REEFER, device=device,
-            key=device, tokens={"driver_token": "drivertoken01"}, cell="c10:523:134",
-            values={"box_temp_c": 3.5, "door": "closed", "model": "RT-200"},
-            features={k: float(v) for k, v in data.as_dict(np.asarray(row)).items()}))
+        out.append(
+            AnonRecord(
+                event_id=f"{run_id}-{device}-{i}",
+                ts=start + i,
+                stream=REEFER,
+                device=device,
+                key=device,
+                tokens={"driver_token": "drivertoken01"},
+                cell="c10:523:134",
+                values={"box_temp_c": 3.5, "door": "closed", "model": "RT-200"},
+                features={k: float(v) for k, v in data.as_dict(np.asarray(row)).items()},
+            )
+        )
     return out
 
 

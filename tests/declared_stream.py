@@ -60,9 +60,19 @@ door = ["onehot"]
 gap_s = { gap = true, scale = "log1p" }
 """
 
-FEATURES = ["box_temp_c", "box_temp_c_z", "box_temp_c_rate", "box_over_setpoint",
-            "box_over_setpoint_z", "compressor_kw", "compressor_kw_z", "compressor_kw_delta",
-            "door_closed", "door_open", "gap_s"]
+FEATURES = [
+    "box_temp_c",
+    "box_temp_c_z",
+    "box_temp_c_rate",
+    "box_over_setpoint",
+    "box_over_setpoint_z",
+    "compressor_kw",
+    "compressor_kw_z",
+    "compressor_kw_delta",
+    "door_closed",
+    "door_open",
+    "gap_s",
+]
 
 KINDS = ("compressor_failure", "sensor_spike", "runaway_cooling")
 EPISODE_EVENTS = 6
@@ -98,8 +108,14 @@ class Generated:
         raise KeyError(event_id)
 
 
-def generate(devices: int = 16, events: int = 400, seed: int = 11, interval_s: float = 10.0,
-             anomalous_devices: int | None = None, start_ms: int = START_MS) -> Generated:
+def generate(
+    devices: int = 16,
+    events: int = 400,
+    seed: int = 11,
+    interval_s: float = 10.0,
+    anomalous_devices: int | None = None,
+    start_ms: int = START_MS,
+) -> Generated:
     """``devices`` trailers x ``events`` events each, ``interval_s`` apart (jittered).
 
     Every other trailer (or the first ``anomalous_devices``, spread out) gets two anomaly
@@ -167,10 +183,16 @@ def generate(devices: int = 16, events: int = 400, seed: int = 11, interval_s: f
             lat += drng.gauss(0.0, 0.002)
             lon += drng.gauss(0.0, 0.002)
             payload = {
-                "event_id": event_id, "unit": dev, "t": t_ms,
-                "box_temp_c": round(temp, 2), "setpoint_c": setpoint,
-                "compressor_kw": round(max(kw, 0.0), 3), "door": door,
-                "driver": f"Driver {d + 1}", "lat": round(lat, 5), "lon": round(lon, 5),
+                "event_id": event_id,
+                "unit": dev,
+                "t": t_ms,
+                "box_temp_c": round(temp, 2),
+                "setpoint_c": setpoint,
+                "compressor_kw": round(max(kw, 0.0), 3),
+                "door": door,
+                "driver": f"Driver {d + 1}",
+                "lat": round(lat, 5),
+                "lon": round(lon, 5),
             }
             timeline.append((t_ms, d, f"fleet/{dev}/reefer", payload))
             t_ms += int(1000 * (interval_s + drng.uniform(-1.0, 1.0)))
@@ -191,8 +213,7 @@ def write_events(path: Path, generated: Generated) -> Path:
     """A ``sim run --dry-run`` events file: one ``{"topic", "payload"}`` JSON line a message."""
     with open(path, "w", encoding="utf-8") as fh:
         for topic, payload in generated.messages:
-            fh.write(json.dumps({"topic": topic, "payload": payload},
-                                separators=(",", ":")) + "\n")
+            fh.write(json.dumps({"topic": topic, "payload": payload}, separators=(",", ":")) + "\n")
     return path
 
 
@@ -207,7 +228,17 @@ def write_labels(path: Path, generated: Generated) -> Path:
     with open(path, "w", encoding="utf-8") as fh:
         for event_id, kind in generated.anomalies.items():
             ep_id = generated.episodes[event_id][0]
-            fh.write(json.dumps({"event_id": event_id, "stream": STREAM, "kind": kind,
-                                 "episode_id": ep_id, "start_ts": spans[ep_id][0],
-                                 "end_ts": spans[ep_id][1]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "event_id": event_id,
+                        "stream": STREAM,
+                        "kind": kind,
+                        "episode_id": ep_id,
+                        "start_ts": spans[ep_id][0],
+                        "end_ts": spans[ep_id][1],
+                    }
+                )
+                + "\n"
+            )
     return path

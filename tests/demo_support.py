@@ -42,18 +42,42 @@ def demo_ports() -> DemoPorts:
         others = [edge + 200, ctrl + 200, mqtt + 1]
         metrics = [p[11] + i for i in range(8)] + [p[11] + 100 + i for i in range(8)]
         if all(_free(x) for x in others + metrics) and not set(others) & set(p):
-            return DemoPorts(edge=edge, ctrl=ctrl, mqtt=mqtt, cloud=p[3:6], cloud_ctrl=p[6:9],
-                             dashboard=p[9], metrics=p[11])
+            return DemoPorts(
+                edge=edge,
+                ctrl=ctrl,
+                mqtt=mqtt,
+                cloud=p[3:6],
+                cloud_ctrl=p[6:9],
+                dashboard=p[9],
+                metrics=p[11],
+            )
     raise RuntimeError("no free ports for the demo")
 
 
 def demo_command(home: Path, ports: DemoPorts, *options: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", "demo", "--home", str(home),
-            "--edge-port", str(ports.edge), "--edge-controller-port", str(ports.ctrl),
-            "--mqtt-port", str(ports.mqtt), "--cloud-ports", ",".join(map(str, ports.cloud)),
-            "--cloud-controller-ports", ",".join(map(str, ports.cloud_ctrl)),
-            "--dashboard-port", str(ports.dashboard), "--metrics-port", str(ports.metrics),
-            *options]
+    return [
+        sys.executable,
+        "-m",
+        "shared.cli",
+        "demo",
+        "--home",
+        str(home),
+        "--edge-port",
+        str(ports.edge),
+        "--edge-controller-port",
+        str(ports.ctrl),
+        "--mqtt-port",
+        str(ports.mqtt),
+        "--cloud-ports",
+        ",".join(map(str, ports.cloud)),
+        "--cloud-controller-ports",
+        ",".join(map(str, ports.cloud_ctrl)),
+        "--dashboard-port",
+        str(ports.dashboard),
+        "--metrics-port",
+        str(ports.metrics),
+        *options,
+    ]
 
 
 def descendants(pid: int) -> dict[int, float]:

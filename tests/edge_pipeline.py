@@ -21,15 +21,25 @@ from shared.infra.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("bridge", "enricher", "scorer")
-READY = {"bridge": "connected as", "enricher": "enriching raw.*", "scorer": "scoring ",
-         "agent": "watching cloud.models"}
+READY = {
+    "bridge": "connected as",
+    "enricher": "enriching raw.*",
+    "scorer": "scoring ",
+    "agent": "watching cloud.models",
+}
 
 
 class EdgePipeline:
     """``python -m edge.cli run --service ...`` against ``stack``; logs to ``home/edge.log``."""
 
-    def __init__(self, stack: Stack, home: Path, scorer: str = "", extra: str = "",
-                 services: tuple[str, ...] = SERVICES) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        home: Path,
+        scorer: str = "",
+        extra: str = "",
+        services: tuple[str, ...] = SERVICES,
+    ) -> None:
         self.stack = stack
         self.home = home
         self.edge_id = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -45,18 +55,24 @@ class EdgePipeline:
         return {
             "edge_id": self.edge_id,
             "data_dir": str(self.home / "data"),
-            "kafka": {"bootstrap": self.stack.edge.bootstrap,
-                      "credentials_file": str(self.stack.edge.credentials_path)},
-            "mqtt": {"host": self.stack.mqtt.host, "port": self.stack.mqtt.port,
-                     "credentials_file": str(self.stack.mqtt.credentials_path)},
+            "kafka": {
+                "bootstrap": self.stack.edge.bootstrap,
+                "credentials_file": str(self.stack.edge.credentials_path),
+            },
+            "mqtt": {
+                "host": self.stack.mqtt.host,
+                "port": self.stack.mqtt.port,
+                "credentials_file": str(self.stack.mqtt.credentials_path),
+            },
             "metrics": {"base_port": 0},
             "bridge": {"group": self.edge_id},
         }
 
     def write_config(self) -> Path:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(tomli_w.dumps(self.settings())
-                               + f"[scorer]\n{self.scorer_toml}\n{self.extra}")
+        self.config.write_text(
+            tomli_w.dumps(self.settings()) + f"[scorer]\n{self.scorer_toml}\n{self.extra}"
+        )
         return self.config
 
     def start(self, timeout: float = 120.0) -> EdgePipeline:
@@ -66,8 +82,9 @@ class EdgePipeline:
             argv += ["--service", s]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self.wait_ready(timeout)
         return self
 

@@ -40,11 +40,21 @@ class FastFleet:
     Records every event it generates: ``events[event_id] = (stream, vin)``.
     """
 
-    def __init__(self, fleet: Fleet, speed: float, until_tick: int | None = None,
-                 events: dict[str, tuple[str, str]] | None = None, slack: float = 1.0) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        speed: float,
+        until_tick: int | None = None,
+        events: dict[str, tuple[str, str]] | None = None,
+        slack: float = 1.0,
+    ) -> None:
         self._fleet = fleet
-        self.settings = PacedSettings(fleet, speed, fleet.settings.ticks if until_tick is None
-                                      else min(until_tick, fleet.settings.ticks), slack)
+        self.settings = PacedSettings(
+            fleet,
+            speed,
+            fleet.settings.ticks if until_tick is None else min(until_tick, fleet.settings.ticks),
+            slack,
+        )
         self.events: dict[str, tuple[str, str]] = {} if events is None else events
 
     def step(self) -> list[Any]:

@@ -29,11 +29,20 @@ class Collector(threading.Thread):
         self.duplicates = 0
         self.alerts: list[Alert] = []
         self.stop = threading.Event()
-        self.c = Consumer(client_config(bootstrap, {
-            "group.id": f"e2e-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "isolation.level": "read_committed"}))
-        self.c.subscribe([topics.SCORES_TELEMETRY, topics.SCORES_PAYMENTS, topics.ALERTS,
-                          topics.ANON_PAYMENTS])
+        self.c = Consumer(
+            client_config(
+                bootstrap,
+                {
+                    "group.id": f"e2e-{uuid.uuid4()}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                },
+            )
+        )
+        self.c.subscribe(
+            [topics.SCORES_TELEMETRY, topics.SCORES_PAYMENTS, topics.ALERTS, topics.ANON_PAYMENTS]
+        )
         self.fix_age: dict[str, float] = {}  # payment -> age of the vehicle position it used
 
     def run(self) -> None:

@@ -26,8 +26,9 @@ class SyntheticFeatures:
 
     ``names``: the features (default: the built-in stream's), e.g. a declared stream's."""
 
-    def __init__(self, stream: str, seed: int = 7, latent: int = 4,
-                 names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, stream: str, seed: int = 7, latent: int = 4, names: Sequence[str] | None = None
+    ) -> None:
         self.names = list(names) if names is not None else model_features(stream)
         rng = np.random.default_rng(seed)
         self.mix = rng.normal(size=(latent, len(self.names))).astype(np.float32)
@@ -58,11 +59,18 @@ class SyntheticFeatures:
         return {n: float(v) for n, v in zip(self.names, row, strict=True)}
 
 
-def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int = 1,
-                    version: str = "test-1", threshold_quantile: float = 0.999,
-                    epochs: int = 30, key: Any = None,
-                    train_rows: np.ndarray | None = None,
-                    feature_spec: str = FEATURE_SPEC_VERSION) -> tuple[Path, Path]:
+def build_model_dir(
+    out: Path,
+    stream: str,
+    data: SyntheticFeatures,
+    seed: int = 1,
+    version: str = "test-1",
+    threshold_quantile: float = 0.999,
+    epochs: int = 30,
+    key: Any = None,
+    train_rows: np.ndarray | None = None,
+    feature_spec: str = FEATURE_SPEC_VERSION,
+) -> tuple[Path, Path]:
     """Train, quantize to int8, sign. Returns (model_dir, public_key_path).
 
     ``feature_spec``: what the manifest names (a declared stream's digest, ``fs-...``)."""
@@ -74,26 +82,30 @@ def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int =
     mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
     xs = (x - mean) / scale
     width = xs.shape[1]
-    model = tf.keras.Sequential([
-        tf.keras.Input((width,)),
-        tf.keras.layers.Dense(24, activation="relu"),
-        tf.keras.layers.Dense(8, activation="relu"),
-        tf.keras.layers.Dense(24, activation="relu"),
-        tf.keras.layers.Dense(width),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((width,)),
+            tf.keras.layers.Dense(24, activation="relu"),
+            tf.keras.layers.Dense(8, activation="relu"),
+            tf.keras.layers.Dense(24, activation="relu"),
+            tf.keras.layers.Dense(width),
+        ]
+    )
     model.compile(tf.keras.optimizers.Adam(3e-3), "mse")
     model.fit(xs, xs, epochs=epochs, batch_size=128, verbose=0)
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([xs[i:i + 1]] for i in range(300))
+    conv.representative_dataset = lambda: ([xs[i : i + 1]] for i in range(300))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     tflite = conv.convert()
 
-    layers = [(lyr.get_weights()[0], lyr.get_weights()[1], lyr.get_config()["activation"])
-              for lyr in model.layers]
+    layers = [
+        (lyr.get_weights()[0], lyr.get_weights()[1], lyr.get_config()["activation"])
+        for lyr in model.layers
+    ]
     # The threshold is chosen on the int8 model's scores, as the cloud trainer does: the
     # gateway scores with it, and its quantization error makes normal rows score higher than
     # the float model's (on float scores, about 1 normal row in 75 lands above a 0.999 quantile).
@@ -110,11 +122,18 @@ def build_model_dir(out: Path, stream: str, data: SyntheticFeatures, seed: int =
     iq = it.get_input_details()[0]["quantization"]
     oq = it.get_output_details()[0]["quantization"]
     manifest = ModelManifest(
-        stream=stream, version=version, feature_spec=feature_spec, features=data.names,
+        stream=stream,
+        version=version,
+        feature_spec=feature_spec,
+        features=data.names,
         scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in scale]),
-        threshold=threshold, input_quant=(float(iq[0]), int(iq[1])),
-        output_quant=(float(oq[0]), int(oq[1])), metrics={}, data_range=(1.0, 2.0),
-        created_ts=time.time())
+        threshold=threshold,
+        input_quant=(float(iq[0]), int(iq[1])),
+        output_quant=(float(oq[0]), int(oq[1])),
+        metrics={},
+        data_range=(1.0, 2.0),
+        created_ts=time.time(),
+    )
     (out / "manifest.json").write_bytes(encode(manifest))
     key = key or generate_private_key()
     sign_model_dir(out, key)

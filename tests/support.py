@@ -37,8 +37,15 @@ from shared.kafka_config import Target, client_config
 def free_infra_settings(home: Path) -> InfraSettings:
     """Settings on ports the OS says are free, so two test runs side by side do not clash."""
     p = free_ports(9)
-    return InfraSettings(home=home, edge_port=p[0], edge_controller_port=p[1], mqtt_port=p[2],
-                         cloud_ports=p[3:6], cloud_controller_ports=p[6:9], kafka_heap="384m")
+    return InfraSettings(
+        home=home,
+        edge_port=p[0],
+        edge_controller_port=p[1],
+        mqtt_port=p[2],
+        cloud_ports=p[3:6],
+        cloud_controller_ports=p[6:9],
+        kafka_heap="384m",
+    )
 
 
 def kafka_table(target: Target) -> dict[str, object]:
@@ -50,18 +57,27 @@ def kafka_table(target: Target) -> dict[str, object]:
 
 
 def producer(bootstrap: Target, **extra: object) -> Producer:
-    return Producer(client_config(bootstrap, {"enable.idempotence": True, "acks": "all",
-                                              "linger.ms": 5, **extra}))
+    return Producer(
+        client_config(
+            bootstrap, {"enable.idempotence": True, "acks": "all", "linger.ms": 5, **extra}
+        )
+    )
 
 
-def produce_all(bootstrap: Target, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+def produce_all(
+    bootstrap: Target, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> int:
     """Produce and wait for every delivery report; raises on any delivery error."""
     errors: list[KafkaError] = []
     p = producer(bootstrap)
     n = 0
     for key, value in records:
-        p.produce(topic, value=value, key=key,
-                  on_delivery=lambda err, msg: errors.append(err) if err else None)
+        p.produce(
+            topic,
+            value=value,
+            key=key,
+            on_delivery=lambda err, msg: errors.append(err) if err else None,
+        )
         p.poll(0)
         n += 1
     remaining = p.flush(30)
@@ -70,12 +86,26 @@ def produce_all(bootstrap: Target, topic: str, records: Iterable[tuple[bytes | N
     return n
 
 
-def consume_all(bootstrap: Target, topic: str, expect: int | None = None, timeout: float = 30.0,
-                idle: float = 3.0, isolation: str = "read_committed") -> list:
+def consume_all(
+    bootstrap: Target,
+    topic: str,
+    expect: int | None = None,
+    timeout: float = 30.0,
+    idle: float = 3.0,
+    isolation: str = "read_committed",
+) -> list:
     """Read ``topic`` from the beginning until ``expect`` messages (or ``idle`` s of quiet)."""
-    c = Consumer(client_config(bootstrap, {
-        "group.id": f"test-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "isolation.level": isolation}))
+    c = Consumer(
+        client_config(
+            bootstrap,
+            {
+                "group.id": f"test-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+            },
+        )
+    )
     meta = c.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
     c.assign(parts)
@@ -113,8 +143,12 @@ def tmpfs(mount: Path, size_mb: int) -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a tmpfs")
     mount.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
-                           str(mount)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
@@ -152,9 +186,17 @@ class AnonTail(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        c = Consumer(client_config(self.target, {
-            "group.id": f"tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "log_level": 0}))
+        c = Consumer(
+            client_config(
+                self.target,
+                {
+                    "group.id": f"tail-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "log_level": 0,
+                },
+            )
+        )
         c.assign([TopicPartition(topics.ANON_TELEMETRY, p, OFFSET_BEGINNING) for p in range(3)])
         decoder = msgspec.json.Decoder(_EventId)
         try:

@@ -81,20 +81,41 @@ class Actions:
         model = self.registry().find(version)
         if model is None:
             return Outcome(False, f"no model version {version!r} in the registry")
-        return self._ask("promote", actor, role, reason, f"promotion of {version} requested",
-                         stream=model.stream, version=version)
+        return self._ask(
+            "promote",
+            actor,
+            role,
+            reason,
+            f"promotion of {version} requested",
+            stream=model.stream,
+            version=version,
+        )
 
-    def rollback(self, stream: str, actor: str, role: str, reason: str,
-                 to: str | None = None) -> Outcome:
+    def rollback(
+        self, stream: str, actor: str, role: str, reason: str, to: str | None = None
+    ) -> Outcome:
         if to and self.registry().find(to) is None:
             return Outcome(False, f"no model version {to!r} in the registry")
-        return self._ask("rollback", actor, role, reason, f"rollback of {stream} requested",
-                         stream=stream, version=to or None)
+        return self._ask(
+            "rollback",
+            actor,
+            role,
+            reason,
+            f"rollback of {stream} requested",
+            stream=stream,
+            version=to or None,
+        )
 
     def retrain(self, stream: str, actor: str, role: str, reason: str) -> Outcome:
-        return self._ask("retrain", actor, role, reason, f"retrain of {stream} requested by "
-                         f"{actor}; it appears under Training runs when it starts",
-                         stream=stream)
+        return self._ask(
+            "retrain",
+            actor,
+            role,
+            reason,
+            f"retrain of {stream} requested by "
+            f"{actor}; it appears under Training runs when it starts",
+            stream=stream,
+        )
 
     def approve(self, run_id: int, actor: str, role: str, reason: str) -> Outcome:
         return self._decide("approve", run_id, actor, role, reason)
@@ -102,33 +123,63 @@ class Actions:
     def reject(self, run_id: int, actor: str, role: str, reason: str) -> Outcome:
         return self._decide("reject", run_id, actor, role, reason)
 
-    def _decide(self, kind: RequestKind, run_id: int, actor: str, role: str,
-                reason: str) -> Outcome:
+    def _decide(
+        self, kind: RequestKind, run_id: int, actor: str, role: str, reason: str
+    ) -> Outcome:
         try:
             run = self.registry().run(run_id)
         except FleetsentryError as exc:
             return Outcome(False, str(exc))
         if run.decision != "awaiting approval":
-            return Outcome(False, f"run {run_id} is {run.decision or run.status}, not awaiting "
-                                  f"approval")
-        return self._ask(kind, actor, role, reason, f"{kind} of run {run_id} "
-                         f"({run.challenger}) requested", stream=run.stream,
-                         version=run.challenger, run_id=run_id)
+            return Outcome(
+                False, f"run {run_id} is {run.decision or run.status}, not awaiting approval"
+            )
+        return self._ask(
+            kind,
+            actor,
+            role,
+            reason,
+            f"{kind} of run {run_id} ({run.challenger}) requested",
+            stream=run.stream,
+            version=run.challenger,
+            run_id=run_id,
+        )
 
-    def _ask(self, kind: RequestKind, actor: str, role: str, reason: str, said: str, *,
-             stream: str, version: str | None = None, run_id: int | None = None) -> Outcome:
+    def _ask(
+        self,
+        kind: RequestKind,
+        actor: str,
+        role: str,
+        reason: str,
+        said: str,
+        *,
+        stream: str,
+        version: str | None = None,
+        run_id: int | None = None,
+    ) -> Outcome:
         if role != OPERATOR:  # the app refuses viewers first; this is the last word
             raise DashboardError(f"{actor} is a {role}: only operators may {kind}")
         try:
-            self.registry().add_request(kind, actor, role, stream=stream, version=version,
-                                        run_id=run_id, reason=reason)
+            self.registry().add_request(
+                kind, actor, role, stream=stream, version=version, run_id=run_id, reason=reason
+            )
         except FleetsentryError as exc:
             return Outcome(False, str(exc))
         return Outcome(True, f"{said}; {CARRIED_OUT}", version)
 
 
 def _row(r: RequestRecord) -> dict[str, Any]:
-    return {"id": r.id, "ts": r.ts, "kind": r.kind, "stream": r.stream, "version": r.version,
-            "run_id": r.run_id, "actor": r.actor, "reason": r.reason, "state": r.state,
-            "outcome": r.outcome, "result_version": r.result_version,
-            "finished_ts": r.finished_ts}
+    return {
+        "id": r.id,
+        "ts": r.ts,
+        "kind": r.kind,
+        "stream": r.stream,
+        "version": r.version,
+        "run_id": r.run_id,
+        "actor": r.actor,
+        "reason": r.reason,
+        "state": r.state,
+        "outcome": r.outcome,
+        "result_version": r.result_version,
+        "finished_ts": r.finished_ts,
+    }

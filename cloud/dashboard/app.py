@@ -31,15 +31,21 @@ from cloud.dashboard.site import HERE, Dashboard, Site
 
 __all__ = ["Dashboard", "SecurityHeaders", "create_app"]
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 HSTS = "max-age=31536000; includeSubDomains"
 
 
 def create_app(dash: Dashboard) -> Starlette:
     site = Site(dash)
     routes: list[BaseRoute] = [
-        *auth.routes, *fleet.routes, *detection.routes, *training.routes, *models.routes,
+        *auth.routes,
+        *fleet.routes,
+        *detection.routes,
+        *training.routes,
+        *models.routes,
         *actions.routes,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
@@ -49,8 +55,11 @@ def create_app(dash: Dashboard) -> Starlette:
         yield
         site.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(SecurityHeaders, hsts_always=site.secure_always)])
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders, hsts_always=site.secure_always)],
+    )
     app.state.site = site
     return app
 

@@ -52,8 +52,9 @@ def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> st
     if not password:
         raise AuthError("a password cannot be empty")
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32,
-                            maxmem=128 * r * n * 2)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=128 * r * n * 2
+    )
     return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
 
 
@@ -64,8 +65,15 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         want = _unb64(digest)
-        got = hashlib.scrypt(password.encode(), salt=_unb64(salt), n=int(n), r=int(r),
-                             p=int(p), dklen=len(want), maxmem=128 * int(r) * int(n) * 2)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=_unb64(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+            maxmem=128 * int(r) * int(n) * 2,
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
@@ -76,11 +84,13 @@ class Users:
     dashboard's store (read at every look-up, so a change made with the CLI counts at once).
     A name in cloud.toml wins. Checking costs the same for unknown names."""
 
-    def __init__(self, configured: Mapping[str, str | User],
-                 store: DashboardStore | None = None) -> None:
+    def __init__(
+        self, configured: Mapping[str, str | User], store: DashboardStore | None = None
+    ) -> None:
         # A bare hash is a user from before roles existed: an operator, as they all were.
-        self._configured = {name: u if isinstance(u, User) else User(name, u)
-                            for name, u in configured.items()}
+        self._configured = {
+            name: u if isinstance(u, User) else User(name, u) for name, u in configured.items()
+        }
         self.store = store
         self._dummy = hash_password(secrets.token_hex(8))
 

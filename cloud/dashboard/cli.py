@@ -111,13 +111,21 @@ def build(cfg: CloudConfig) -> Server:
     actions = Actions(cfg.registry.root).start()
     live = LiveState(d.bucket_s, d.window_s, d.offline_after_s)
     watcher = KafkaWatcher(cfg.kafka.login("dashboard"), live).start()
-    dash = Dashboard(d, Users(configured, store), Signer(session_key(cfg)), live, actions,
-                     store, kafka_error=lambda: watcher.error)
+    dash = Dashboard(
+        d,
+        Users(configured, store),
+        Signer(session_key(cfg)),
+        live,
+        actions,
+        store,
+        kafka_error=lambda: watcher.error,
+    )
     return Server(create_app(dash), dash, watcher, actions)
 
 
-def start_signer(config_path: Path | None, key_file: Path | None,
-                 options: dict[str, Any]) -> subprocess.Popen[bytes]:
+def start_signer(
+    config_path: Path | None, key_file: Path | None, options: dict[str, Any]
+) -> subprocess.Popen[bytes]:
     """``fleetsentry cloud signer`` as a child process: it, not this one, reads the key.
 
     Only the key file's presence is checked here, so that a missing key stops ``cloud run``
@@ -128,9 +136,9 @@ def start_signer(config_path: Path | None, key_file: Path | None,
         raise click.ClickException(
             f"no model-signing key at {key}: create one with `fleetsentry cloud keygen {key}` "
             f"(on one machine, the development key is fine) and give every gateway "
-            f"{key.with_suffix('.pub')}, or point --key at the fleet's key")
-    argv = [sys.executable, "-m", "cloud.signer", "--key", str(key),
-            "--parent", str(os.getpid())]
+            f"{key.with_suffix('.pub')}, or point --key at the fleet's key"
+        )
+    argv = [sys.executable, "-m", "cloud.signer", "--key", str(key), "--parent", str(os.getpid())]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     for name, value in options.items():
@@ -152,10 +160,17 @@ def serve(cfg: CloudConfig, server: Server) -> None:
     import uvicorn
 
     d = cfg.dashboard
-    uv = uvicorn.Server(uvicorn.Config(
-        server.app, host=d.host, port=d.port, log_level="warning", access_log=False,
-        ssl_certfile=str(d.tls_cert) if d.tls_cert else None,
-        ssl_keyfile=str(d.tls_key) if d.tls_key else None))
+    uv = uvicorn.Server(
+        uvicorn.Config(
+            server.app,
+            host=d.host,
+            port=d.port,
+            log_level="warning",
+            access_log=False,
+            ssl_certfile=str(d.tls_cert) if d.tls_cert else None,
+            ssl_keyfile=str(d.tls_key) if d.tls_key else None,
+        )
+    )
     try:
         uv.run()
     finally:
@@ -167,17 +182,24 @@ def _banner(cfg: CloudConfig, what: str, server: Server) -> None:
     click.echo(f"{what}: dashboard at {_address(cfg)}")
     if not d.users and server.dash.users.configured(DEMO_USER):
         name, password, _ = demo_user(d.state_dir)
-        click.echo(f"  sign in as {name} / {password}  (demo user, kept in "
-                   f"{d.state_dir / DEMO_USER_FILE}; add real users with `fleetsentry cloud "
-                   f"dashboard user add`)")
+        click.echo(
+            f"  sign in as {name} / {password}  (demo user, kept in "
+            f"{d.state_dir / DEMO_USER_FILE}; add real users with `fleetsentry cloud "
+            f"dashboard user add`)"
+        )
     click.echo(f"  registry {cfg.registry.root}, cloud Kafka {cfg.kafka.bootstrap}")
     sys.stdout.flush()
 
 
 _OPTIONS = [
-    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                 default=None, envvar="FLEETSENTRY_CLOUD_CONFIG",
-                 help="cloud.toml (default: settings that work on one machine)."),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        envvar="FLEETSENTRY_CLOUD_CONFIG",
+        help="cloud.toml (default: settings that work on one machine).",
+    ),
     click.option("--port", type=int, default=None, help="Overrides [dashboard] port."),
 ]
 
@@ -193,21 +215,26 @@ def _config(config_path: Path | None, port: int | None) -> CloudConfig:
 
     cfg = cloud_config.load(config_path)
     if port is not None:
-        cfg = msgspec.structs.replace(cfg, dashboard=msgspec.structs.replace(
-            cfg.dashboard, port=port))
+        cfg = msgspec.structs.replace(
+            cfg, dashboard=msgspec.structs.replace(cfg.dashboard, port=port)
+        )
     return cfg
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
 
 
 @click.command("run")
 @_options
 @signer_options
-def run(config_path: Path | None, port: int | None, key_file: Path | None,
-        **signer_settings: Any) -> None:
+def run(
+    config_path: Path | None, port: int | None, key_file: Path | None, **signer_settings: Any
+) -> None:
     """The cloud's dashboard and its signer (trainer service, signing key) together: the
     dashboard on one port, the signer as a separate process holding the key."""
     _logging()
@@ -243,8 +270,13 @@ def serve_cmd(config_path: Path | None, port: int | None) -> None:
 
 @dashboard.command("hash-password")
 @click.option("--user", default=None, help="Print a ready [dashboard] users entry for USER.")
-@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True,
-              help="The entry's role (with --user).")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="viewer",
+    show_default=True,
+    help="The entry's role (with --user).",
+)
 def hash_password_cmd(user: str | None, role: str) -> None:
     """Read a password (twice, hidden) and print its scrypt hash for cloud.toml."""
     from cloud.dashboard.auth import hash_password
@@ -259,8 +291,13 @@ def hash_password_cmd(user: str | None, role: str) -> None:
 # --- users (kept in <state_dir>/dashboard.sqlite; a running dashboard sees changes at once) ---
 
 _config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    envvar="FLEETSENTRY_CLOUD_CONFIG", help="cloud.toml (its [dashboard] state_dir).")
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="FLEETSENTRY_CLOUD_CONFIG",
+    help="cloud.toml (its [dashboard] state_dir).",
+)
 
 
 @dashboard.group("user")
@@ -275,8 +312,10 @@ def _users(config_path: Path | None, name: str | None = None) -> Iterator[Any]:
 
     cfg = cloud_config.load(config_path)
     if name is not None and any(u.name == name for u in cfg.dashboard.users):
-        raise click.ClickException(f"{name} is listed in cloud.toml's [dashboard] users: change "
-                                   f"or remove the entry there and restart the dashboard")
+        raise click.ClickException(
+            f"{name} is listed in cloud.toml's [dashboard] users: change "
+            f"or remove the entry there and restart the dashboard"
+        )
     store = DashboardStore(cfg.dashboard.state_dir).start()
     try:
         yield store
@@ -295,8 +334,13 @@ def _new_password() -> str:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(ROLES), default="viewer", show_default=True,
-              help="viewer: reads everything; operator: may also promote, roll back, retrain.")
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="viewer",
+    show_default=True,
+    help="viewer: reads everything; operator: may also promote, roll back, retrain.",
+)
 @_config_option
 def user_add(name: str, role: str, config_path: Path | None) -> None:
     """Add a user NAME (asks for the password twice)."""
@@ -306,8 +350,9 @@ def user_add(name: str, role: str, config_path: Path | None) -> None:
         raise click.ClickException("a name is 1 to 64 of A-Z a-z 0-9 _ . @ -")
     with _users(config_path, name) as store:
         if store.user(name) is not None:
-            raise click.ClickException(f"{name} exists: change it with `user passwd` or "
-                                       f"`user role`")
+            raise click.ClickException(
+                f"{name} exists: change it with `user passwd` or `user role`"
+            )
         store.add_user(User(name, _new_password(), role))
     click.echo(f"added {name} ({role})")
 

@@ -54,15 +54,17 @@ async def current_session(site: Site, request: Request) -> Session | None:
     return await run_in_threadpool(session_of, site, request)
 
 
-async def authenticate(site: Site, request: Request, name: str,
-                       password: str) -> User | Refusal:
+async def authenticate(site: Site, request: Request, name: str, password: str) -> User | Refusal:
     """The user, or why not; a locked name or address is refused before any hashing."""
     address = request.client.host if request.client else "unknown"
     throttle = site.throttle
     wait = throttle.retry_after(name, address)
     if wait is not None:
-        return Refusal(429, f"Too many failed sign-ins: this name or address is locked; "
-                            f"try again in {wait} s.", wait)
+        return Refusal(
+            429,
+            f"Too many failed sign-ins: this name or address is locked; try again in {wait} s.",
+            wait,
+        )
     throttle.attempt(name, address)
     try:
         user = await site.checker.check(name, password)
@@ -104,8 +106,7 @@ def signed_in(fn: Handler) -> Endpoint:
             return await checked(request, session)
         if not for_scripts(request):
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
-        user = await basic_user(site, request) if request.url.path.startswith("/api/") \
-            else None
+        user = await basic_user(site, request) if request.url.path.startswith("/api/") else None
         if isinstance(user, User):
             return await checked(request, Session(user.name, 0, "", user.role))
         if isinstance(user, Refusal) and user.status != 401:

@@ -33,8 +33,10 @@ from shared.kafka_config import Target, client_config
 
 log = logging.getLogger("dashboard.live")
 
-TOPIC = re.compile(r"^(?P<edge>[A-Za-z0-9_-]+)\.(?P<kind>heartbeats|model-status|alerts|"
-                   r"scores\.(?P<stream>[a-z0-9_]+))$")
+TOPIC = re.compile(
+    r"^(?P<edge>[A-Za-z0-9_-]+)\.(?P<kind>heartbeats|model-status|alerts|"
+    r"scores\.(?P<stream>[a-z0-9_]+))$"
+)
 SUBSCRIPTION = r"^[A-Za-z0-9_-]+\.(heartbeats|model-status|alerts|scores\.[a-z0-9_]+)$"
 UNCONFIRMED = "unconfirmed"
 _MAX_LABELS = 500_000
@@ -79,8 +81,9 @@ class Series:
         held = [b for b, c in self._buckets.items() if lo <= b <= hi and any(c.values())]
         return min(held) * self.bucket_s if held else None
 
-    def window(self, start: float, end: float, keys: list[str],
-               now: float | None = None) -> dict[str, Any]:
+    def window(
+        self, start: float, end: float, keys: list[str], now: float | None = None
+    ) -> dict[str, Any]:
         """Bucket start times and one list of per-second rates per key, over [start, end].
 
         ``now`` (event time) marks the bucket still filling: its rate is taken over the part
@@ -91,8 +94,13 @@ class Series:
         buckets = range(lo, hi + 1)
         spans = [self._span(b, now) for b in buckets]
         empty: Counter[str] = Counter()
-        rates = {k: [None if span is None else round(self._buckets.get(b, empty)[k] / span, 4)
-                     for b, span in zip(buckets, spans, strict=True)] for k in keys}
+        rates = {
+            k: [
+                None if span is None else round(self._buckets.get(b, empty)[k] / span, 4)
+                for b, span in zip(buckets, spans, strict=True)
+            ]
+            for k in keys
+        }
         return {"t": [b * self.bucket_s for b in buckets], "rates": rates}
 
     def _span(self, bucket: int, now: float | None) -> float | None:
@@ -106,8 +114,9 @@ class Series:
         return {k for c in self._buckets.values() for k in c}
 
 
-def chart_range(series: Series, now: float, window_s: float | None,
-                kept_s: float) -> tuple[float, float] | None:
+def chart_range(
+    series: Series, now: float, window_s: float | None, kept_s: float
+) -> tuple[float, float] | None:
     """The event time a rate chart covers, as (start, end); ``end`` is ``series``' clock.
 
     With ``window_s``, that many seconds up to the clock. With None ("fit the data"), from
@@ -148,8 +157,9 @@ class Gateway:
 class LiveState:
     """Everything the fleet and detection pages show live. Thread-safe; no I/O."""
 
-    def __init__(self, bucket_s: float = 10.0, window_s: float = 3600.0,
-                 offline_after_s: float = 60.0) -> None:
+    def __init__(
+        self, bucket_s: float = 10.0, window_s: float = 3600.0, offline_after_s: float = 60.0
+    ) -> None:
         self.bucket_s = bucket_s
         self.window_s = window_s
         self.offline_after_s = offline_after_s
@@ -205,8 +215,15 @@ class LiveState:
             self.labels.popitem(last=False)
 
     def _status(self, gw: Gateway, st: ModelStatus) -> None:
-        gw.statuses.append({"ts": st.ts, "stream": st.stream, "version": st.version,
-                            "state": st.state, "reason": st.reason})
+        gw.statuses.append(
+            {
+                "ts": st.ts,
+                "stream": st.stream,
+                "version": st.version,
+                "state": st.state,
+                "reason": st.reason,
+            }
+        )
         # A switch shows at once, before (or without) traffic scored with the new model;
         # scores from before the switch that replicate later do not take it back.
         if st.state == "active" and st.ts >= gw._model_ts.get(st.stream, 0.0):
@@ -233,12 +250,21 @@ class LiveState:
         if a.alert_id not in self.alerts:
             gw.alerts.add(a.start_ts, a.stream)
         self.alerts[a.alert_id] = {
-            "alert_id": a.alert_id, "edge_id": gw.edge_id, "stream": a.stream,
-            "token": a.token, "state": a.state, "start_ts": a.start_ts, "peak_ts": a.peak_ts,
-            "end_ts": a.end_ts, "peak_score": a.peak_score, "threshold": a.threshold,
-            "events": len(a.event_ids), "event_ids": list(a.event_ids[:200]),
+            "alert_id": a.alert_id,
+            "edge_id": gw.edge_id,
+            "stream": a.stream,
+            "token": a.token,
+            "state": a.state,
+            "start_ts": a.start_ts,
+            "peak_ts": a.peak_ts,
+            "end_ts": a.end_ts,
+            "peak_score": a.peak_score,
+            "threshold": a.threshold,
+            "events": len(a.event_ids),
+            "event_ids": list(a.event_ids[:200]),
             "top_features": [(c.feature, c.error) for c in a.top_features],
-            "model_version": a.model_version}
+            "model_version": a.model_version,
+        }
         self.alerts.move_to_end(a.alert_id)
         if len(self.alerts) > _MAX_ALERTS:
             self.alerts.popitem(last=False)
@@ -250,8 +276,7 @@ class LiveState:
         kinds = Counter(self.labels[e] for e in alert["event_ids"] if e in self.labels)
         return kinds.most_common(1)[0][0] if kinds else UNCONFIRMED
 
-    def alert_series(self, start: float, end: float,
-                     now: float | None = None) -> dict[str, Any]:
+    def alert_series(self, start: float, end: float, now: float | None = None) -> dict[str, Any]:
         """Alerts opened per second, per ``stream:kind``, over [start, end]; ``now`` as in
         :meth:`Series.window`."""
         series = Series(self.bucket_s, self.keep)
@@ -277,13 +302,20 @@ class KafkaWatcher:
         self._consumer: Consumer | None = None
 
     def start(self) -> KafkaWatcher:
-        self._consumer = Consumer(client_config(self.bootstrap, {
-            "group.id": f"fleetsentry-dashboard-{uuid.uuid4()}",
-            "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed", "enable.partition.eof": False,
-            "topic.metadata.refresh.interval.ms": 5000,
-            "error_cb": self._on_error,
-        }))
+        self._consumer = Consumer(
+            client_config(
+                self.bootstrap,
+                {
+                    "group.id": f"fleetsentry-dashboard-{uuid.uuid4()}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": False,
+                    "topic.metadata.refresh.interval.ms": 5000,
+                    "error_cb": self._on_error,
+                },
+            )
+        )
         self._consumer.subscribe([SUBSCRIPTION, topics.LABELS], on_assign=self._on_assign)
         self._thread = threading.Thread(target=self._run, name="dashboard-kafka", daemon=True)
         self._thread.start()
@@ -300,13 +332,18 @@ class KafkaWatcher:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         since_ms = int((time.time() - self.state.window_s) * 1000)
+
         def whole(topic: str) -> bool:
             return topic == topics.LABELS or topic.endswith(".model-status")
 
-        full = [TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions
-                if whole(p.topic)]
-        timed = [TopicPartition(p.topic, p.partition, since_ms) for p in partitions
-                 if not whole(p.topic)]
+        full = [
+            TopicPartition(p.topic, p.partition, OFFSET_BEGINNING)
+            for p in partitions
+            if whole(p.topic)
+        ]
+        timed = [
+            TopicPartition(p.topic, p.partition, since_ms) for p in partitions if not whole(p.topic)
+        ]
         try:
             resolved = consumer.offsets_for_times(timed, timeout=10) if timed else []
         except KafkaException as exc:
@@ -332,8 +369,9 @@ class KafkaWatcher:
                     if msg.error():
                         continue
                     _kind, ts_ms = msg.timestamp()
-                    self.state.on_record(msg.topic() or "", msg.value(),
-                                         ts_ms / 1000 if ts_ms > 0 else time.time())
+                    self.state.on_record(
+                        msg.topic() or "", msg.value(), ts_ms / 1000 if ts_ms > 0 else time.time()
+                    )
                 if msgs:
                     self.error = None
         finally:

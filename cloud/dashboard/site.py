@@ -57,8 +57,13 @@ def _ago(value: object) -> str:
     if not _is_num(value) or not value:
         return "never"
     s = max(0.0, time.time() - value)
-    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 \
+    return (
+        f"{s:.0f} s ago"
+        if s < 120
+        else f"{s / 60:.0f} min ago"
+        if s < 7200
         else f"{s / 3600:.1f} h ago"
+    )
 
 
 def _num(value: object, digits: int = 3) -> str:
@@ -70,8 +75,9 @@ def _pct(value: object, digits: int = 2) -> str:
 
 
 def templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                      autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
+    )
     env.filters.update(ts=_ts, ago=_ago, num=_num, pct=_pct)
     return env
 
@@ -86,9 +92,12 @@ class Site:
         self.env = templates()
         self.secure_always = d.secure_cookies == "always"
         self.secure_never = d.secure_cookies == "never"
-        self.throttle = SignInThrottle(max_failures=d.signin_max_failures,
-                                       per_address=d.signin_max_failures_per_address,
-                                       window_s=d.signin_window_s, lockout_s=d.signin_lockout_s)
+        self.throttle = SignInThrottle(
+            max_failures=d.signin_max_failures,
+            per_address=d.signin_max_failures_per_address,
+            window_s=d.signin_window_s,
+            lockout_s=d.signin_lockout_s,
+        )
         self.checker = PasswordChecker(dash.users, d.hash_workers)
 
     def close(self) -> None:
@@ -102,10 +111,18 @@ class Site:
     def secure(self, request: Request) -> bool:
         return self.secure_always or (not self.secure_never and request.url.scheme == "https")
 
-    def set_cookie(self, resp: Response, request: Request, name: str, value: str,
-                   max_age: int | None) -> None:
-        resp.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict",
-                        secure=self.secure(request), path="/")
+    def set_cookie(
+        self, resp: Response, request: Request, name: str, value: str, max_age: int | None
+    ) -> None:
+        resp.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            httponly=True,
+            samesite="strict",
+            secure=self.secure(request),
+            path="/",
+        )
 
     def page(self, request: Request, name: str, session: Session, **ctx: object) -> Response:
         """The template ``name`` for a signed-in user, with what every page shows (who,
@@ -113,12 +130,19 @@ class Site:
         dash = self.dash
         flash = dash.signer.loads(request.cookies.get(FLASH_COOKIE), "flash")
         body = self.env.get_template(name).render(
-            request=request, user=session.user, csrf=session.csrf, flash=flash,
-            role=session.role, can_operate=session.operator,
+            request=request,
+            user=session.user,
+            csrf=session.csrf,
+            flash=flash,
+            role=session.role,
+            can_operate=session.operator,
             refresh_s=dash.settings.refresh_s,
             can_retrain=dash.actions.can_retrain and session.operator,
-            kafka_error=dash.kafka_error() if dash.kafka_error else None, streams=STREAMS,
-            path=request.url.path, **ctx)
+            kafka_error=dash.kafka_error() if dash.kafka_error else None,
+            streams=STREAMS,
+            path=request.url.path,
+            **ctx,
+        )
         resp = HTMLResponse(body)
         if flash:
             resp.delete_cookie(FLASH_COOKIE, path="/")
@@ -145,6 +169,8 @@ def bad_query(request: Request, why: str) -> Response:
     if for_scripts(request):
         return JSONResponse({"error": why}, status_code=400)
     back = html.escape(request.url.path)
-    return HTMLResponse(f"<h1>Bad request</h1><p>{html.escape(why)}</p>"
-                        f'<p><a href="{back}">{back} with the defaults</a></p>',
-                        status_code=400)
+    return HTMLResponse(
+        f"<h1>Bad request</h1><p>{html.escape(why)}</p>"
+        f'<p><a href="{back}">{back} with the defaults</a></p>',
+        status_code=400,
+    )

@@ -95,8 +95,7 @@ class DashboardStore:
         # Password hashes: 0600 before SQLite opens it (its -wal and -shm files copy the mode).
         self.path.touch(mode=0o600, exist_ok=True)
         self.path.chmod(0o600)
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                             check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
         self._db = db
@@ -129,8 +128,9 @@ class DashboardStore:
 
     def user(self, name: str) -> User | None:
         with self._read() as db:
-            row = db.execute("SELECT name, password_hash, role FROM users WHERE name = ?",
-                             (name,)).fetchone()
+            row = db.execute(
+                "SELECT name, password_hash, role FROM users WHERE name = ?", (name,)
+            ).fetchone()
         return User(*row) if row else None
 
     def users(self) -> list[User]:
@@ -143,10 +143,13 @@ class DashboardStore:
         now = time.time()
         with self._tx() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (user.name,)).fetchone():
-                raise DashboardError(f"user {user.name!r} exists: change it with `user passwd` "
-                                     f"or `user role`")
-            db.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)",
-                       (user.name, user.password_hash, user.role, now, now))
+                raise DashboardError(
+                    f"user {user.name!r} exists: change it with `user passwd` or `user role`"
+                )
+            db.execute(
+                "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                (user.name, user.password_hash, user.role, now, now),
+            )
 
     def set_password(self, name: str, password_hash: str) -> None:
         self._change(name, "password_hash", password_hash)
@@ -163,25 +166,29 @@ class DashboardStore:
 
     def _change(self, name: str, column: str, value: str) -> None:
         with self._tx() as db:
-            done = db.execute(f"UPDATE users SET {column} = ?, updated_ts = ? WHERE name = ?",
-                              (value, time.time(), name)).rowcount
+            done = db.execute(
+                f"UPDATE users SET {column} = ?, updated_ts = ? WHERE name = ?",
+                (value, time.time(), name),
+            ).rowcount
             if not done:
                 raise DashboardError(f"no user {name!r} in {self.path}")
             db.execute("DELETE FROM sessions WHERE user = ?", (name,))
 
     # --- sessions ----------------------------------------------------------------------------
 
-    def new_session(self, user: User, max_age_s: float,
-                    now: float | None = None) -> tuple[SessionRow, str]:
+    def new_session(
+        self, user: User, max_age_s: float, now: float | None = None
+    ) -> tuple[SessionRow, str]:
         """(the session, the token for the cookie). Expired sessions are swept on the way."""
         now = time.time() if now is None else now
         token = secrets.token_urlsafe(32)
         row = SessionRow(user.name, user.stamp, secrets.token_urlsafe(24), now, now + max_age_s)
         with self._tx() as db:
             db.execute("DELETE FROM sessions WHERE expires_ts <= ?", (now,))
-            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
-                       (_token_id(token), row.user, row.stamp, row.csrf, row.issued,
-                        row.expires))
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                (_token_id(token), row.user, row.stamp, row.csrf, row.issued, row.expires),
+            )
         return row, token
 
     def session(self, token: str | None, now: float | None = None) -> SessionRow | None:
@@ -189,8 +196,10 @@ class DashboardStore:
             return None
         now = time.time() if now is None else now
         with self._read() as db:
-            row = db.execute("SELECT user, stamp, csrf, issued_ts, expires_ts FROM sessions "
-                             "WHERE id = ?", (_token_id(token),)).fetchone()
+            row = db.execute(
+                "SELECT user, stamp, csrf, issued_ts, expires_ts FROM sessions WHERE id = ?",
+                (_token_id(token),),
+            ).fetchone()
         if row is None:
             return None
         s = SessionRow(*row)

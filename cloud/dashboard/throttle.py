@@ -31,9 +31,16 @@ class _Entry:
 
 
 class SignInThrottle:
-    def __init__(self, *, max_failures: int = 5, per_address: int = 20,
-                 window_s: float = 900.0, lockout_s: float = 900.0, max_tracked: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_failures: int = 5,
+        per_address: int = 20,
+        window_s: float = 900.0,
+        lockout_s: float = 900.0,
+        max_tracked: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_failures = max_failures
         self.per_address = per_address
         self.window_s = window_s
@@ -51,8 +58,11 @@ class SignInThrottle:
         """Seconds until ``name`` may try again from ``address``; None when it may now."""
         now = self._clock()
         with self._lock:
-            waits = [e.locked_until - now for key in (_name(name), _addr(address))
-                     if (e := self._locked.get(key)) is not None and e.locked_until > now]
+            waits = [
+                e.locked_until - now
+                for key in (_name(name), _addr(address))
+                if (e := self._locked.get(key)) is not None and e.locked_until > now
+            ]
         return math.ceil(max(waits)) if waits else None
 
     def attempt(self, name: str, address: str) -> None:

@@ -81,13 +81,12 @@ class View:
     partial: str | None = None
     window: bool = False
 
-    def routes(self, *, page: str | None = None, partial: str | None = None,
-               api: str | None = None) -> list[Route]:
+    def routes(
+        self, *, page: str | None = None, partial: str | None = None, api: str | None = None
+    ) -> list[Route]:
         if (page and not self.page) or (partial and not self.partial):
-            raise ValueError(f"{self.compute.__name__}: a page or partial route needs its "
-                             f"template")
-        paths: list[tuple[str | None, Form]] = [(page, "page"), (partial, "partial"),
-                                                (api, "json")]
+            raise ValueError(f"{self.compute.__name__}: a page or partial route needs its template")
+        paths: list[tuple[str | None, Form]] = [(page, "page"), (partial, "partial"), (api, "json")]
         return [Route(path, self.endpoint(form)) for path, form in paths if path is not None]
 
     def endpoint(self, form: Form) -> Endpoint:
@@ -118,6 +117,8 @@ def window_ctx(ask: Ask) -> dict[str, object]:
     """What a page with live charts needs: the window its charts ask the API for, and the
     choices of its window selector."""
     live = ask.site.dash.live
-    return {"window": ask.request.query_params.get("window", views.FIT),
-            "windows": views.window_choices(live, ask.window_s()),
-            "bucket_s": live.bucket_s}
+    return {
+        "window": ask.request.query_params.get("window", views.FIT),
+        "windows": views.window_choices(live, ask.window_s()),
+        "bucket_s": live.bucket_s,
+    }

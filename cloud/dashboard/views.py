@@ -51,9 +51,11 @@ def chart_window(value: str | None, live: LiveState) -> float | None:
         return live.window_s
     if re.fullmatch(r"[0-9]{1,9}", value) and live.bucket_s <= int(value) <= live.window_s:
         return float(int(value))
-    raise BadQuery(f"window must be {FIT!r}, {ALL!r} or a whole number of seconds from "
-                   f"{live.bucket_s:g} (one bucket) to {live.window_s:g} (all that is kept), "
-                   f"not {value[:40]!r}")
+    raise BadQuery(
+        f"window must be {FIT!r}, {ALL!r} or a whole number of seconds from "
+        f"{live.bucket_s:g} (one bucket) to {live.window_s:g} (all that is kept), "
+        f"not {value[:40]!r}"
+    )
 
 
 def window_choices(live: LiveState, window_s: float | None) -> list[dict[str, Any]]:
@@ -64,8 +66,10 @@ def window_choices(live: LiveState, window_s: float | None) -> list[dict[str, An
     choices.append((ALL, live.window_s, f"all kept ({_duration(live.window_s)})"))
     if window_s not in {seconds for _, seconds, _ in choices}:
         choices.append((f"{window_s:g}", window_s, _duration(window_s or 0)))
-    return [{"value": v, "label": label, "current": seconds == window_s}
-            for v, seconds, label in choices]
+    return [
+        {"value": v, "label": label, "current": seconds == window_s}
+        for v, seconds, label in choices
+    ]
 
 
 def _duration(s: float) -> str:
@@ -74,10 +78,16 @@ def _duration(s: float) -> str:
     return f"{s / 60:g} min" if s % 60 == 0 else f"{s:g} s"
 
 
-def _window_info(live: LiveState, window_s: float | None,
-                 span: tuple[float, float] | None) -> dict[str, Any]:
-    return {"fit": window_s is None, "seconds": window_s, "bucket_s": live.bucket_s,
-            "start": span[0] if span else None, "end": span[1] if span else None}
+def _window_info(
+    live: LiveState, window_s: float | None, span: tuple[float, float] | None
+) -> dict[str, Any]:
+    return {
+        "fit": window_s is None,
+        "seconds": window_s,
+        "bucket_s": live.bucket_s,
+        "start": span[0] if span else None,
+        "end": span[1] if span else None,
+    }
 
 
 def _rates(series: Series, span: tuple[float, float] | None, keys: list[str]) -> dict[str, Any]:
@@ -94,12 +104,18 @@ def fleet(live: LiveState, registry: Registry, now: float | None = None) -> dict
     with live.lock:
         gateways = [_gateway_row(live, gw_id, champs, now) for gw_id in sorted(live.gateways)]
         totals = {"records": live.records, "rejected": live.rejected}
-    return {"now": now, "champions": champs, "gateways": gateways, "totals": totals,
-            "online": sum(g["online"] for g in gateways)}
+    return {
+        "now": now,
+        "champions": champs,
+        "gateways": gateways,
+        "totals": totals,
+        "online": sum(g["online"] for g in gateways),
+    }
 
 
-def _gateway_row(live: LiveState, edge_id: str, champs: dict[str, str],
-                 now: float) -> dict[str, Any]:
+def _gateway_row(
+    live: LiveState, edge_id: str, champs: dict[str, str], now: float
+) -> dict[str, Any]:
     gw = live.gateways[edge_id]
     streams = sorted(gw.events.keys() | set(gw.models))
     events = sum(gw.events.total(s, now - RATE_WINDOW_S, now) for s in streams)
@@ -110,18 +126,32 @@ def _gateway_row(live: LiveState, edge_id: str, champs: dict[str, str],
     # The heartbeat's age is the replication lag; without heartbeats, the newest record's.
     lag = now - (beat if beat is not None else gw.last_seen)
     return {
-        "edge_id": edge_id, "online": now - gw.last_seen <= live.offline_after_s,
-        "last_seen": gw.last_seen or None, "replication_lag_s": _round(max(0.0, lag), 1),
-        "models": [{"stream": s, "version": gw.models.get(s), "champion": champs.get(s),
-                    "current": gw.models.get(s) == champs.get(s)} for s in streams],
+        "edge_id": edge_id,
+        "online": now - gw.last_seen <= live.offline_after_s,
+        "last_seen": gw.last_seen or None,
+        "replication_lag_s": _round(max(0.0, lag), 1),
+        "models": [
+            {
+                "stream": s,
+                "version": gw.models.get(s),
+                "champion": champs.get(s),
+                "current": gw.models.get(s) == champs.get(s),
+            }
+            for s in streams
+        ],
         "events_per_s": _round(events / RATE_WINDOW_S, 2),
         "alert_rate": _round(anomalous / recent, 4) if recent else None,
         "alerts_last_hour": alerts_h,
     }
 
 
-def gateway(live: LiveState, registry: Registry, edge_id: str, now: float | None = None,
-            window_s: float | None = None) -> dict[str, Any] | None:
+def gateway(
+    live: LiveState,
+    registry: Registry,
+    edge_id: str,
+    now: float | None = None,
+    window_s: float | None = None,
+) -> dict[str, Any] | None:
     """One gateway; its chart runs on its own event clock (``window_s`` as in
     :func:`chart_window`), so a gateway gone quiet shows its last data."""
     now = time.time() if now is None else now
@@ -137,17 +167,25 @@ def gateway(live: LiveState, registry: Registry, edge_id: str, now: float | None
         events = _rates(gw.events, span, streams)
         anomalous = _rates(gw.anomalous, span, streams)
     history = [s for s in statuses if s["state"] in ("active", "rolled_back")]
-    return {**row, "statuses": statuses, "model_history": history,
-            "window": _window_info(live, window_s, span),
-            "series": {"t": events["t"], "events": events["rates"],
-                       "anomalous": anomalous["rates"]}}
+    return {
+        **row,
+        "statuses": statuses,
+        "model_history": history,
+        "window": _window_info(live, window_s, span),
+        "series": {"t": events["t"], "events": events["rates"], "anomalous": anomalous["rates"]},
+    }
 
 
 # --- detection -------------------------------------------------------------------------------
 
 
-def detection(live: LiveState, registry: Registry, now: float | None = None,
-              latest: int = 50, window_s: float | None = None) -> dict[str, Any]:
+def detection(
+    live: LiveState,
+    registry: Registry,
+    now: float | None = None,
+    latest: int = 50,
+    window_s: float | None = None,
+) -> dict[str, Any]:
     """The whole fleet; every chart spans the same event time (``window_s`` as in
     :func:`chart_window`), set by the scored events."""
     now = time.time() if now is None else now
@@ -157,24 +195,34 @@ def detection(live: LiveState, registry: Registry, now: float | None = None,
         events = _rates(live.events, span, streams)
         anomalous = _rates(live.anomalous, span, streams)
         decisions = _rates(live.decisions, span, ["approve", "decline"])
-        alert_series = (live.alert_series(span[0], span[1], now=span[1]) if span
-                        else empty_window([]))
+        alert_series = (
+            live.alert_series(span[0], span[1], now=span[1]) if span else empty_window([])
+        )
         alerts = [dict(a, kind=live.alert_kind(a)) for a in reversed(live.alerts.values())]
         live_scores = {k: list(v) for k, v in live.scores.items()}
     recent = [_alert_row(a) for a in alerts[:latest]]
-    dists = {s: _score_distribution(registry, s, live_scores)
-             for s in sorted(set(streams) | set(registry.streams()))}
-    return {"now": now, "streams": streams, "window": _window_info(live, window_s, span),
-            "rates": {"t": events["t"], "events": events["rates"],
-                      "anomalous": anomalous["rates"]},
-            "decisions": decisions, "alerts_by_kind": alert_series,
-            "score_distributions": dists, "latest_alerts": recent}
+    dists = {
+        s: _score_distribution(registry, s, live_scores)
+        for s in sorted(set(streams) | set(registry.streams()))
+    }
+    return {
+        "now": now,
+        "streams": streams,
+        "window": _window_info(live, window_s, span),
+        "rates": {"t": events["t"], "events": events["rates"], "anomalous": anomalous["rates"]},
+        "decisions": decisions,
+        "alerts_by_kind": alert_series,
+        "score_distributions": dists,
+        "latest_alerts": recent,
+    }
 
 
 def _alert_row(a: dict[str, Any]) -> dict[str, Any]:
     row = {k: v for k, v in a.items() if k not in ("event_ids", "top_features")}
-    row["top_features"] = [{"feature": f, "label": feature_label(f), "error": _round(e, 4)}
-                           for f, e in a["top_features"]]
+    row["top_features"] = [
+        {"feature": f, "label": feature_label(f), "error": _round(e, 4)}
+        for f, e in a["top_features"]
+    ]
     return row
 
 
@@ -190,8 +238,9 @@ def _quantiles(values: list[float]) -> list[float]:
     return out
 
 
-def _score_distribution(registry: Registry, stream: str,
-                        live_scores: dict[tuple[str, str], list[float]]) -> dict[str, Any]:
+def _score_distribution(
+    registry: Registry, stream: str, live_scores: dict[tuple[str, str], list[float]]
+) -> dict[str, Any]:
     """Live scores of the champion beside the scores on its training holdout (percentiles)."""
     champ = registry.champion(stream)
     version = champ.version if champ else None
@@ -205,9 +254,14 @@ def _score_distribution(registry: Registry, stream: str,
     if rec is not None and rec.run_id is not None:
         run = registry.run(rec.run_id)
         training_q = list((run.curves.get("score_quantiles") or {}).get("challenger") or [])
-    return {"version": version, "threshold": rec.threshold if rec else None,
-            "live": live_q, "live_n": len(live_scores.get((stream, version or ""), [])),
-            "training": training_q, "psi": _round(_psi(training_q, live_q), 3)}
+    return {
+        "version": version,
+        "threshold": rec.threshold if rec else None,
+        "live": live_q,
+        "live_n": len(live_scores.get((stream, version or ""), [])),
+        "training": training_q,
+        "psi": _round(_psi(training_q, live_q), 3),
+    }
 
 
 def _psi(reference_q: list[float], live_q: list[float]) -> float | None:
@@ -226,25 +280,46 @@ def _psi(reference_q: list[float], live_q: list[float]) -> float | None:
 
 
 def run_row(run: RunRecord) -> dict[str, Any]:
-    return {"id": run.id, "stream": run.stream, "trigger": run.trigger,
-            "triggered_by": run.triggered_by, "trigger_reason": run.trigger_reason,
-            "status": run.status, "started_ts": run.started_ts, "finished_ts": run.finished_ts,
-            "duration_s": _round(run.duration_s, 1), "data_from": run.data_from,
-            "data_to": run.data_to, "records": run.records, "champion": run.champion,
-            "challenger": run.challenger, "decision": run.decision,
-            "decision_reason": run.decision_reason, "error": run.error}
+    return {
+        "id": run.id,
+        "stream": run.stream,
+        "trigger": run.trigger,
+        "triggered_by": run.triggered_by,
+        "trigger_reason": run.trigger_reason,
+        "status": run.status,
+        "started_ts": run.started_ts,
+        "finished_ts": run.finished_ts,
+        "duration_s": _round(run.duration_s, 1),
+        "data_from": run.data_from,
+        "data_to": run.data_to,
+        "records": run.records,
+        "champion": run.champion,
+        "challenger": run.challenger,
+        "decision": run.decision,
+        "decision_reason": run.decision_reason,
+        "error": run.error,
+    }
 
 
 def status_row(st: TrainerStatus) -> dict[str, Any]:
-    return {"stream": st.stream, "state": st.state, "detail": st.detail, "since_ts": st.since_ts,
-            "updated_ts": st.updated_ts, "next_ts": st.next_ts, "failures": st.failures,
-            "drift": st.drift}
+    return {
+        "stream": st.stream,
+        "state": st.state,
+        "detail": st.detail,
+        "since_ts": st.since_ts,
+        "updated_ts": st.updated_ts,
+        "next_ts": st.next_ts,
+        "failures": st.failures,
+        "drift": st.drift,
+    }
 
 
 def runs(registry: Registry, limit: int = 100) -> dict[str, Any]:
     """The runs, newest first, and what the trainer service is doing about each stream."""
-    return {"runs": [run_row(r) for r in registry.runs(limit=limit)],
-            "trainer": [status_row(st) for st in registry.statuses()]}
+    return {
+        "runs": [run_row(r) for r in registry.runs(limit=limit)],
+        "trainer": [status_row(st) for st in registry.statuses()],
+    }
 
 
 def _confusion(ev: dict[str, Any] | None) -> dict[str, int] | None:
@@ -261,23 +336,37 @@ def run(registry: Registry, run_id: int) -> dict[str, Any]:
     r = registry.run(run_id)
     manifest_metrics = r.metrics.get("challenger_manifest") or {}
     holdout = manifest_metrics.get("holdout") or {}
-    exact = ({k: holdout[k] for k in ("tp", "fp", "fn", "tn")}
-             if all(k in holdout for k in ("tp", "fp", "fn", "tn")) else None)
+    exact = (
+        {k: holdout[k] for k in ("tp", "fp", "fn", "tn")}
+        if all(k in holdout for k in ("tp", "fp", "fn", "tn"))
+        else None
+    )
     challenger = registry.find(r.challenger) if r.challenger else None
     champion = registry.find(r.champion) if r.champion else None
-    return {**run_row(r), "params": r.params,
-            "metrics": {"challenger": r.metrics.get("challenger"),
-                        "champion": r.metrics.get("champion")},
-            "thresholds": {"challenger": challenger.threshold if challenger else None,
-                           "champion": champion.threshold if champion else None},
-            "confusion": {"challenger": exact or _confusion(r.metrics.get("challenger")),
-                          "champion": _confusion(r.metrics.get("champion"))},
-            "quantization": manifest_metrics.get("quantization"),
-            "per_kind": manifest_metrics.get("per_kind"),
-            "curves": {"loss": r.curves.get("loss") or [],
-                       "challenger": r.curves.get("challenger") or {},
-                       "champion": r.curves.get("champion") or {},
-                       "score_quantiles": r.curves.get("score_quantiles") or {}}}
+    return {
+        **run_row(r),
+        "params": r.params,
+        "metrics": {
+            "challenger": r.metrics.get("challenger"),
+            "champion": r.metrics.get("champion"),
+        },
+        "thresholds": {
+            "challenger": challenger.threshold if challenger else None,
+            "champion": champion.threshold if champion else None,
+        },
+        "confusion": {
+            "challenger": exact or _confusion(r.metrics.get("challenger")),
+            "champion": _confusion(r.metrics.get("champion")),
+        },
+        "quantization": manifest_metrics.get("quantization"),
+        "per_kind": manifest_metrics.get("per_kind"),
+        "curves": {
+            "loss": r.curves.get("loss") or [],
+            "challenger": r.curves.get("challenger") or {},
+            "champion": r.curves.get("champion") or {},
+            "score_quantiles": r.curves.get("score_quantiles") or {},
+        },
+    }
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -285,23 +374,38 @@ def run(registry: Registry, run_id: int) -> dict[str, Any]:
 
 def model_row(m: ModelRecord) -> dict[str, Any]:
     hold = m.metrics.get("holdout") or {}
-    return {"version": m.version, "stream": m.stream, "state": m.state, "parent": m.parent,
-            "run_id": m.run_id, "registered_ts": m.registered_ts, "updated_ts": m.updated_ts,
-            "threshold": _round(m.threshold, 6), "feature_spec": m.manifest.get("feature_spec"),
-            "data_range": m.manifest.get("data_range"), "sha256": m.sha256,
-            "roc_auc": hold.get("roc_auc"), "pr_auc": hold.get("pr_auc"),
-            "precision": hold.get("precision"), "recall": hold.get("recall"),
-            "alert_rate": hold.get("alert_rate")}
+    return {
+        "version": m.version,
+        "stream": m.stream,
+        "state": m.state,
+        "parent": m.parent,
+        "run_id": m.run_id,
+        "registered_ts": m.registered_ts,
+        "updated_ts": m.updated_ts,
+        "threshold": _round(m.threshold, 6),
+        "feature_spec": m.manifest.get("feature_spec"),
+        "data_range": m.manifest.get("data_range"),
+        "sha256": m.sha256,
+        "roc_auc": hold.get("roc_auc"),
+        "pr_auc": hold.get("pr_auc"),
+        "precision": hold.get("precision"),
+        "recall": hold.get("recall"),
+        "alert_rate": hold.get("alert_rate"),
+    }
 
 
 def registry_view(registry: Registry) -> dict[str, Any]:
     streams = []
     for stream in registry.streams():
         champ = registry.champion(stream)
-        streams.append({
-            "stream": stream, "champion": champ.version if champ else None,
-            "lineage": [m.version for m in registry.lineage(champ.version)] if champ else [],
-            "versions": [model_row(m) for m in registry.models(stream)]})
+        streams.append(
+            {
+                "stream": stream,
+                "champion": champ.version if champ else None,
+                "lineage": [m.version for m in registry.lineage(champ.version)] if champ else [],
+                "versions": [model_row(m) for m in registry.models(stream)],
+            }
+        )
     return {"streams": streams, "actions": registry.actions(limit=50)}
 
 
@@ -309,7 +413,14 @@ def model(registry: Registry, version: str) -> dict[str, Any] | None:
     m = registry.find(version)
     if m is None:
         return None
-    return {**model_row(m), "lineage": [model_row(x) for x in registry.lineage(version)],
-            "metrics": m.metrics, "features": m.manifest.get("features"),
-            "actions": [a for a in registry.actions(m.stream, limit=200)
-                        if a["version"] == version or a["previous"] == version]}
+    return {
+        **model_row(m),
+        "lineage": [model_row(x) for x in registry.lineage(version)],
+        "metrics": m.metrics,
+        "features": m.manifest.get("features"),
+        "actions": [
+            a
+            for a in registry.actions(m.stream, limit=200)
+            if a["version"] == version or a["previous"] == version
+        ],
+    }

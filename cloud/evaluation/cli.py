@@ -31,12 +31,19 @@ def read_jsonl(path: Path, kind: type[T]) -> list[T]:
             try:
                 out.append(decoder.decode(line))
             except msgspec.DecodeError as exc:
-                raise click.ClickException(f"{path}:{lineno}: not a {kind.__name__}: {exc}") from None
+                raise click.ClickException(
+                    f"{path}:{lineno}: not a {kind.__name__}: {exc}"
+                ) from None
     return out
 
 
-def _from_kafka(bootstrap: Target, prefix: str, topics: Iterable[str], kind: type[T],
-                optional: frozenset[str] | set[str] = frozenset()) -> list[T]:
+def _from_kafka(
+    bootstrap: Target,
+    prefix: str,
+    topics: Iterable[str],
+    kind: type[T],
+    optional: frozenset[str] | set[str] = frozenset(),
+) -> list[T]:
     from cloud.kafka_source import KafkaReadError, read_topic
 
     out: list[T] = []
@@ -50,32 +57,69 @@ def _from_kafka(bootstrap: Target, prefix: str, topics: Iterable[str], kind: typ
 
 
 @click.command("eval")
-@click.option("--labels", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Simulator labels (JSON lines of Label).")
+@click.option(
+    "--labels",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Simulator labels (JSON lines of Label).",
+)
 @click.option("--bootstrap", help="Read scores.* and alerts from this Kafka.")
-@click.option("--topic-prefix", default="", show_default=True,
-              help="Prefix of the topics on --bootstrap (e.g. a mirrored edge's alias).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="cloud.toml whose [kafka] login --bootstrap uses (TLS, user, password); "
-                   "default: the trainer's login as `fleetsentry infra up` made it.")
-@click.option("--scores", "score_files", multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Offline: JSON lines of Score (repeatable) instead of Kafka.")
-@click.option("--alerts", "alert_file", type=click.Path(exists=True, dir_okay=False,
-                                                        path_type=Path),
-              help="Offline: JSON lines of Alert; without it episodes replay the edge's rule.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("eval-report"), show_default=True,
-              help="Writes report.json and report.png here.")
-@click.option("--within", default=60.0, show_default=True,
-              help="Seconds within which a fault episode counts as detected in time.")
+@click.option(
+    "--topic-prefix",
+    default="",
+    show_default=True,
+    help="Prefix of the topics on --bootstrap (e.g. a mirrored edge's alias).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="cloud.toml whose [kafka] login --bootstrap uses (TLS, user, password); "
+    "default: the trainer's login as `fleetsentry infra up` made it.",
+)
+@click.option(
+    "--scores",
+    "score_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Offline: JSON lines of Score (repeatable) instead of Kafka.",
+)
+@click.option(
+    "--alerts",
+    "alert_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Offline: JSON lines of Alert; without it episodes replay the edge's rule.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("eval-report"),
+    show_default=True,
+    help="Writes report.json and report.png here.",
+)
+@click.option(
+    "--within",
+    default=60.0,
+    show_default=True,
+    help="Seconds within which a fault episode counts as detected in time.",
+)
 @click.option("--open-events", default=EpisodeRule.open_events, show_default=True)
 @click.option("--open-window", default=EpisodeRule.open_window_s, show_default=True)
 @click.option("--quiet-gap", default=EpisodeRule.quiet_gap_s, show_default=True)
-def eval_cmd(labels: Path, bootstrap: str | None, topic_prefix: str, config_path: Path | None,
-             score_files: tuple[Path, ...], alert_file: Path | None, out_dir: Path,
-             within: float, open_events: int, open_window: float, quiet_gap: float) -> None:
+def eval_cmd(
+    labels: Path,
+    bootstrap: str | None,
+    topic_prefix: str,
+    config_path: Path | None,
+    score_files: tuple[Path, ...],
+    alert_file: Path | None,
+    out_dir: Path,
+    within: float,
+    open_events: int,
+    open_window: float,
+    quiet_gap: float,
+) -> None:
     """Join scores and alerts with labels by event_id and report detection quality."""
     if bool(bootstrap) == bool(score_files):
         raise click.UsageError("give either --bootstrap (Kafka) or --scores FILE")
@@ -86,8 +130,13 @@ def eval_cmd(labels: Path, bootstrap: str | None, topic_prefix: str, config_path
     if bootstrap:
         login = login_at(bootstrap, config_path, "trainer")
         # A declared stream whose gateways sent nothing yet has no topic: not an error.
-        scores = _from_kafka(login, topic_prefix, [s.scores_topic for s in known], Score,
-                             optional={s.scores_topic for s in known if s.declaration})
+        scores = _from_kafka(
+            login,
+            topic_prefix,
+            [s.scores_topic for s in known],
+            Score,
+            optional={s.scores_topic for s in known if s.declaration},
+        )
         alerts = _from_kafka(login, topic_prefix, ["alerts"], Alert)
     else:
         scores = [s for f in score_files for s in read_jsonl(f, Score)]
@@ -111,8 +160,7 @@ def write_report(report: Report, out_dir: Path) -> None:
 
 def render(data: dict[str, Any], within: float) -> Table:
     table = Table(title="Detection report")
-    for col in ("stream / kind", "events", "labelled", "ROC AUC", "PR AUC", "precision",
-                "recall"):
+    for col in ("stream / kind", "events", "labelled", "ROC AUC", "PR AUC", "precision", "recall"):
         table.add_column(col, justify="left" if col.startswith("stream") else "right")
     for stream, block in data["streams"].items():
         table.add_row(*_row(f"[bold]{stream}", block))
@@ -120,16 +168,30 @@ def render(data: dict[str, Any], within: float) -> Table:
             table.add_row(*_row(f"  {kind}", k))
         ep = block.get("episodes")
         if ep:
-            table.add_row(f"  fault episodes alerted within {within:g} s",
-                          f"{ep[f'detected_within_{within:g}s']}/{ep['episodes']}",
-                          "", "", "", "", "")
-            table.add_row(f"  false alert episodes per 100 vehicle-h (a fault's first "
-                          f"{ep.get('fault_tail_s', 0):g} s after its end count as the fault)",
-                          f"{ep['false_alert_episodes_per_100h']:.2f}", "", "", "", "", "")
+            table.add_row(
+                f"  fault episodes alerted within {within:g} s",
+                f"{ep[f'detected_within_{within:g}s']}/{ep['episodes']}",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
+            table.add_row(
+                f"  false alert episodes per 100 vehicle-h (a fault's first "
+                f"{ep.get('fault_tail_s', 0):g} s after its end count as the fault)",
+                f"{ep['false_alert_episodes_per_100h']:.2f}",
+                "",
+                "",
+                "",
+                "",
+                "",
+            )
     return table
 
 
 def _row(name: str, b: dict[str, Any]) -> list[str]:
     return [name, str(b["events"]), str(b["labelled"])] + [
         "n/a" if b[k] is None else f"{b[k]:.3f}"
-        for k in ("roc_auc", "pr_auc", "precision", "recall")]
+        for k in ("roc_auc", "pr_auc", "precision", "recall")
+    ]

@@ -19,8 +19,16 @@ from numpy.typing import NDArray
 from shared.declarations.model import EpisodeAlerts, EventAlerts
 from shared.episodes import AlertEpisode, EpisodeSettings, replay
 
-__all__ = ["AlertEpisode", "EpisodeReport", "EpisodeRule", "LabelEpisode", "alert_episodes",
-           "declared_rule", "evaluate_episodes", "vehicle_hours"]
+__all__ = [
+    "AlertEpisode",
+    "EpisodeReport",
+    "EpisodeRule",
+    "LabelEpisode",
+    "alert_episodes",
+    "declared_rule",
+    "evaluate_episodes",
+    "vehicle_hours",
+]
 
 
 # The edge's rule, replayed here: one implementation (shared.episodes) for both sides.
@@ -34,8 +42,11 @@ EVENT_RULE = EpisodeRule(open_events=1, open_window_s=0.0, quiet_gap_s=-1.0)
 def declared_rule(alerts: EpisodeAlerts | EventAlerts) -> EpisodeRule:
     """The episode rule a declared stream's ``alerts`` set: its episodes, or one per event."""
     if isinstance(alerts, EpisodeAlerts):
-        return EpisodeRule(open_events=alerts.open_events, open_window_s=alerts.window_s,
-                           quiet_gap_s=alerts.quiet_s)
+        return EpisodeRule(
+            open_events=alerts.open_events,
+            open_window_s=alerts.window_s,
+            quiet_gap_s=alerts.quiet_s,
+        )
     return EVENT_RULE
 
 
@@ -84,7 +95,9 @@ def _ratio(a: int, b: int) -> float | None:
 
 
 def alert_episodes(
-    tokens: NDArray[Any], ts: NDArray[np.float64], anomalous: NDArray[np.bool_],
+    tokens: NDArray[Any],
+    ts: NDArray[np.float64],
+    anomalous: NDArray[np.bool_],
     rule: EpisodeRule = _DEFAULT_RULE,
 ) -> list[AlertEpisode]:
     """Replay the edge's episode rule over scored events (any order; sorted per token there)."""
@@ -106,8 +119,12 @@ def vehicle_hours(tokens: NDArray[Any], ts: NDArray[np.float64]) -> float:
 
 
 def evaluate_episodes(
-    alerts: Iterable[AlertEpisode], labels: Iterable[LabelEpisode], hours: float,
-    within_s: float = 60.0, margin_s: float = 0.0, memory_s: float = 0.0,
+    alerts: Iterable[AlertEpisode],
+    labels: Iterable[LabelEpisode],
+    hours: float,
+    within_s: float = 60.0,
+    margin_s: float = 0.0,
+    memory_s: float = 0.0,
 ) -> EpisodeReport:
     """Match alert episodes to labelled episodes of the same token by time overlap.
 
@@ -127,8 +144,10 @@ def evaluate_episodes(
     for a in alerts:
         alerts_by_token[a.token].append(a)
         tail = margin_s + memory_s
-        if not any(a.start_ts <= lab.end_ts + tail and a.end_ts >= lab.start_ts - margin_s
-                   for lab in by_token.get(a.token, [])):
+        if not any(
+            a.start_ts <= lab.end_ts + tail and a.end_ts >= lab.start_ts - margin_s
+            for lab in by_token.get(a.token, [])
+        ):
             false += 1
     report = EpisodeReport(len(labels), 0, 0, within_s, false, hours)
     kinds: dict[str, list[float | None]] = defaultdict(list)
@@ -143,7 +162,8 @@ def evaluate_episodes(
         hit = [d for d in delays if d is not None]
         within = sum(1 for d in hit if d <= within_s)
         report.per_kind[kind] = {
-            "episodes": len(delays), "detected": len(hit),
+            "episodes": len(delays),
+            "detected": len(hit),
             "detected_within_fraction": _ratio(within, len(delays)),
             "delay_p50_s": float(np.median(hit)) if hit else None,
         }

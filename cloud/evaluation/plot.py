@@ -25,13 +25,23 @@ def write_chart(curves: dict[str, StreamScores], path: Path) -> Path:
         fpr, tpr = metrics.roc_curve(y, s.scores)
         recall, precision = metrics.pr_curve(y, s.scores)
         roc_ax.plot(fpr, tpr, label=f"{stream} (AUC {metrics.roc_auc(y, s.scores):.3f})")
-        pr_ax.step(recall, precision, where="post",
-                   label=f"{stream} (AP {metrics.pr_auc(y, s.scores):.3f})")
+        pr_ax.step(
+            recall,
+            precision,
+            where="post",
+            label=f"{stream} (AP {metrics.pr_auc(y, s.scores):.3f})",
+        )
     roc_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    roc_ax.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate",
-               xlim=(0, 1), ylim=(0, 1.02))
-    pr_ax.set(title="Precision-recall", xlabel="recall", ylabel="precision",
-              xlim=(0, 1), ylim=(0, 1.02))
+    roc_ax.set(
+        title="ROC",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    pr_ax.set(
+        title="Precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02)
+    )
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is roc_ax else "lower left")

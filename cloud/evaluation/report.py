@@ -94,23 +94,28 @@ def stream_metrics(s: StreamScores) -> dict[str, Any]:
     return out
 
 
-def _block(y: NDArray[np.bool_], scores: NDArray[np.float64],
-           flagged: NDArray[np.bool_]) -> dict[str, Any]:
+def _block(
+    y: NDArray[np.bool_], scores: NDArray[np.float64], flagged: NDArray[np.bool_]
+) -> dict[str, Any]:
     tp = int(np.sum(flagged & y))
     fp = int(np.sum(flagged & ~y))
     fn = int(np.sum(~flagged & y))
     return {
-        "events": int(y.size), "labelled": int(y.sum()),
+        "events": int(y.size),
+        "labelled": int(y.sum()),
         "roc_auc": metrics._finite(metrics.roc_auc(y, scores)),
         "pr_auc": metrics._finite(metrics.pr_auc(y, scores)),
         "precision": round(tp / (tp + fp), 6) if tp + fp else None,
         "recall": round(tp / (tp + fn), 6) if tp + fn else None,
-        "tp": tp, "fp": fp, "fn": fn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
     }
 
 
-def label_episodes(labels: Iterable[Label], stream: str,
-                   token_of: dict[str, str]) -> tuple[list[LabelEpisode], int]:
+def label_episodes(
+    labels: Iterable[Label], stream: str, token_of: dict[str, str]
+) -> tuple[list[LabelEpisode], int]:
     """Labelled episodes of ``stream`` with the token their scored events carry.
 
     Returns the episodes and how many had no scored event at all (never reached the scorer).
@@ -124,8 +129,9 @@ def label_episodes(labels: Iterable[Label], stream: str,
         token = token_of.get(lab.event_id)
         if token is None or lab.episode_id in eps:
             continue
-        eps[lab.episode_id] = LabelEpisode(lab.episode_id, lab.kind, token, lab.start_ts,
-                                           lab.end_ts)
+        eps[lab.episode_id] = LabelEpisode(
+            lab.episode_id, lab.kind, token, lab.start_ts, lab.end_ts
+        )
     return list(eps.values()), len(seen) - len(eps)
 
 
@@ -138,12 +144,18 @@ def episodes_from_alerts(alerts: Iterable[Alert], stream: str) -> list[AlertEpis
             continue
         first.setdefault(a.alert_id, a)
         last[a.alert_id] = a
-    return [AlertEpisode(a.token, a.start_ts, first[aid].end_ts, a.end_ts)
-            for aid, a in last.items()]
+    return [
+        AlertEpisode(a.token, a.start_ts, first[aid].end_ts, a.end_ts) for aid, a in last.items()
+    ]
 
 
-def evaluate(scores: Iterable[Score], labels: list[Label], alerts: list[Alert] | None = None,
-             rule: EpisodeRule = DEFAULT_RULE, within_s: float = 60.0) -> Report:
+def evaluate(
+    scores: Iterable[Score],
+    labels: list[Label],
+    alerts: list[Alert] | None = None,
+    rule: EpisodeRule = DEFAULT_RULE,
+    within_s: float = 60.0,
+) -> Report:
     """The whole report. Without ``alerts``, telemetry episodes replay the edge's rule."""
     label_map = {lab.event_id: lab for lab in labels}
     joined = join(scores, label_map)
@@ -155,8 +167,10 @@ def evaluate(scores: Iterable[Score], labels: list[Label], alerts: list[Alert] |
             block["episodes"] = _episodes(stream, s, labels, alerts, *episodes, within_s)
         data["streams"][stream] = block
     scored_ids = {eid for s in joined.values() for eid in s.event_ids}
-    data["labels"] = {"total": len(label_map),
-                      "unscored": sum(1 for eid in label_map if eid not in scored_ids)}
+    data["labels"] = {
+        "total": len(label_map),
+        "unscored": sum(1 for eid in label_map if eid not in scored_ids),
+    }
     return Report(data, joined)
 
 
@@ -175,8 +189,15 @@ def _episode_rule(stream: str, rule: EpisodeRule) -> tuple[EpisodeRule, float] |
     return declared_rule(alerts), 0.0
 
 
-def _episodes(stream: str, s: StreamScores, labels: list[Label], alerts: list[Alert] | None,
-              rule: EpisodeRule, memory_s: float, within_s: float) -> dict[str, Any]:
+def _episodes(
+    stream: str,
+    s: StreamScores,
+    labels: list[Label],
+    alerts: list[Alert] | None,
+    rule: EpisodeRule,
+    memory_s: float,
+    within_s: float,
+) -> dict[str, Any]:
     token_of = dict(zip(s.event_ids.tolist(), s.tokens.tolist(), strict=True))
     lab_eps, unscored = label_episodes(labels, stream, token_of)
     if alerts is not None:
@@ -185,8 +206,9 @@ def _episodes(stream: str, s: StreamScores, labels: list[Label], alerts: list[Al
     else:
         found = alert_episodes(s.tokens, s.ts, s.flagged, rule)
         source = "replayed from scores"
-    result = evaluate_episodes(found, lab_eps, vehicle_hours(s.tokens, s.ts), within_s=within_s,
-                               memory_s=memory_s)
+    result = evaluate_episodes(
+        found, lab_eps, vehicle_hours(s.tokens, s.ts), within_s=within_s, memory_s=memory_s
+    )
     out = result.as_dict()
     out["fault_tail_s"] = memory_s
     out["alert_source"] = source

@@ -48,12 +48,24 @@ class Releaser:
     def issue(self, model: ModelRecord, now: float | None = None) -> bytes:
         now = time.time() if now is None else now
         with Registry(self.registry_root) as reg:
-            number = reg.reserve_release(model.stream, model.version,
-                                         key_fingerprint(self.key), self.fleet, now,
-                                         now + self.ttl_s)
-        return releases.issue(model.path, fleet=self.fleet, stream=model.stream,
-                              version=model.version, number=number, key=self.key,
-                              ttl_s=self.ttl_s, now=now)
+            number = reg.reserve_release(
+                model.stream,
+                model.version,
+                key_fingerprint(self.key),
+                self.fleet,
+                now,
+                now + self.ttl_s,
+            )
+        return releases.issue(
+            model.path,
+            fleet=self.fleet,
+            stream=model.stream,
+            version=model.version,
+            number=number,
+            key=self.key,
+            ttl_s=self.ttl_s,
+            now=now,
+        )
 
 
 class Publisher:
@@ -66,11 +78,18 @@ class Publisher:
         self._producer: Producer | None = None
 
     def start(self) -> Publisher:
-        self._producer = Producer(client_config(self.bootstrap, {
-            "enable.idempotence": True, "acks": "all",
-            "message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
-            "compression.type": "zstd", "linger.ms": 0,
-        }))
+        self._producer = Producer(
+            client_config(
+                self.bootstrap,
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+                    "compression.type": "zstd",
+                    "linger.ms": 0,
+                },
+            )
+        )
         return self
 
     def close(self) -> None:
@@ -86,11 +105,13 @@ class Publisher:
 
     def publish(self, model: ModelRecord, timeout_s: float = 30.0) -> int:
         """Write ``model`` (keyed by its stream) and wait for the broker; returns the bytes."""
-        value = model_bundle.pack(model.path, model.stream, model.version, time.time(),
-                                  release=self.releaser.issue(model))
+        value = model_bundle.pack(
+            model.path, model.stream, model.version, time.time(), release=self.releaser.issue(model)
+        )
         self.send(model, value, timeout_s)
-        log.info("published %s (%s, %d bytes) to %s", model.version, model.stream, len(value),
-                 self.topic)
+        log.info(
+            "published %s (%s, %d bytes) to %s", model.version, model.stream, len(value), self.topic
+        )
         return len(value)
 
     def send(self, model: ModelRecord, value: bytes, timeout_s: float) -> None:
@@ -103,11 +124,14 @@ class Publisher:
             if err is not None:
                 errors.append(err)
 
-        self._producer.produce(self.topic, key=model.stream.encode(), value=value,
-                               on_delivery=delivered)
+        self._producer.produce(
+            self.topic, key=model.stream.encode(), value=value, on_delivery=delivered
+        )
         if self._producer.flush(timeout_s) > 0:
-            raise PublishError(f"{model.version}: not acknowledged by {bootstrap_of(self.bootstrap)} within "
-                               f"{timeout_s:.0f} s (is the cloud Kafka up?)")
+            raise PublishError(
+                f"{model.version}: not acknowledged by {bootstrap_of(self.bootstrap)} within "
+                f"{timeout_s:.0f} s (is the cloud Kafka up?)"
+            )
         if errors:
             raise PublishError(f"{model.version}: the broker refused it: {errors[0]}")
 
@@ -127,8 +151,9 @@ class Publisher:
                 out[stream] = champion.version
         return out
 
-    def publish_champions(self, registry: Registry, streams: list[str] | None = None
-                          ) -> dict[str, str]:
+    def publish_champions(
+        self, registry: Registry, streams: list[str] | None = None
+    ) -> dict[str, str]:
         """Publish the current champion of every stream (or of ``streams``)."""
         out: dict[str, str] = {}
         for stream in streams or registry.streams():
@@ -142,6 +167,9 @@ class Publisher:
 def describe(value: bytes) -> dict[str, Any]:
     """Summary of a models-topic message (for logs and the CLI), without trusting it."""
     bundle = model_bundle.unpack(value)
-    return {"stream": bundle.stream, "version": bundle.version,
-            "published_ts": bundle.published_ts,
-            "bytes": {k: len(v) for k, v in bundle.files.items()}}
+    return {
+        "stream": bundle.stream,
+        "version": bundle.version,
+        "published_ts": bundle.published_ts,
+        "bytes": {k: len(v) for k, v in bundle.files.items()},
+    }

@@ -248,8 +248,14 @@ class RunRecord:
     error: str
 
 
-StatusState = Literal["watching", "waiting for data", "waiting for labels", "training",
-                      "backing off", "awaiting approval"]
+StatusState = Literal[
+    "watching",
+    "waiting for data",
+    "waiting for labels",
+    "training",
+    "backing off",
+    "awaiting approval",
+]
 Decision = Literal["promoted", "kept", "failed", "awaiting approval", "rejected"]
 RequestKind = Literal["promote", "rollback", "retrain", "approve", "reject"]
 RequestState = Literal["pending", "running", "done", "refused", "failed"]
@@ -322,8 +328,9 @@ class Registry:
 
     def start(self) -> Registry:
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None,
-                             check_same_thread=False)
+        db = sqlite3.connect(
+            self.db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         try:
@@ -365,8 +372,13 @@ class Registry:
 
     # --- models ------------------------------------------------------------------------------
 
-    def register(self, model_dir: Path, run_id: int | None = None, actor: str = "system",
-                 state: State = "candidate") -> ModelRecord:
+    def register(
+        self,
+        model_dir: Path,
+        run_id: int | None = None,
+        actor: str = "system",
+        state: State = "candidate",
+    ) -> ModelRecord:
         """Copy a signed model directory into the registry and record it as a candidate.
 
         Registering the same version twice is refused unless the model bytes are identical
@@ -378,8 +390,9 @@ class Registry:
         existing = self.find(manifest.version)
         if existing is not None:
             if existing.sha256 != sha:
-                raise RegistryError(f"version {manifest.version} is already registered with "
-                                    f"different model bytes")
+                raise RegistryError(
+                    f"version {manifest.version} is already registered with different model bytes"
+                )
             return existing
         dest = self._copy_artifacts(model_dir, manifest)
         now = time.time()
@@ -389,9 +402,20 @@ class Registry:
                 "INSERT INTO models (version, stream, parent, path, sha256, manifest, metrics, "
                 "state, run_id, created_ts, registered_ts, updated_ts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?, ?, ?)",
-                (manifest.version, manifest.stream, manifest.parent, str(dest), sha,
-                 _json(manifest_json), _json(manifest.metrics), run_id, manifest.created_ts,
-                 now, now))
+                (
+                    manifest.version,
+                    manifest.stream,
+                    manifest.parent,
+                    str(dest),
+                    sha,
+                    _json(manifest_json),
+                    _json(manifest.metrics),
+                    run_id,
+                    manifest.created_ts,
+                    now,
+                    now,
+                ),
+            )
             self._action(db, manifest.stream, "register", manifest.version, None, actor, "")
         if state == "champion":
             return self.promote(manifest.version, actor, "registered as champion")
@@ -432,8 +456,9 @@ class Registry:
         return [r[0] for r in self.db.execute("SELECT DISTINCT stream FROM models ORDER BY 1")]
 
     def champion(self, stream: str) -> ModelRecord | None:
-        row = self.db.execute("SELECT * FROM models WHERE stream = ? AND state = 'champion'",
-                              (stream,)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM models WHERE stream = ? AND state = 'champion'", (stream,)
+        ).fetchone()
         return _row(ModelRecord, row) if row else None
 
     def lineage(self, version: str) -> list[ModelRecord]:
@@ -459,8 +484,9 @@ class Registry:
             self._action(db, rec.stream, "promote", version, old, actor, reason)
         return self.get(version)
 
-    def rollback(self, stream: str, actor: str = "system", reason: str = "",
-                 to: str | None = None) -> ModelRecord:
+    def rollback(
+        self, stream: str, actor: str = "system", reason: str = "", to: str | None = None
+    ) -> ModelRecord:
         """Put back the champion before the current one (or ``to``); the current is retired."""
         current = self.champion(stream)
         if current is None:
@@ -481,16 +507,21 @@ class Registry:
         # followed: rolling back twice goes two promotions back, not back and forth.
         rows = self.db.execute(
             "SELECT previous FROM actions WHERE stream = ? AND action = 'promote' AND "
-            "version = ? ORDER BY id DESC LIMIT 1", (stream, current)).fetchall()
+            "version = ? ORDER BY id DESC LIMIT 1",
+            (stream, current),
+        ).fetchall()
         for row in rows:
             if row["previous"] and row["previous"] != current:
                 return self.get(row["previous"])
-        raise RegistryError(f"{stream}: no earlier champion than {current} to roll back to; "
-                            f"name one with --to VERSION")
+        raise RegistryError(
+            f"{stream}: no earlier champion than {current} to roll back to; "
+            f"name one with --to VERSION"
+        )
 
     def _demote(self, db: sqlite3.Connection, stream: str, keep: str) -> str | None:
-        row = db.execute("SELECT version FROM models WHERE stream = ? AND state = 'champion'",
-                         (stream,)).fetchone()
+        row = db.execute(
+            "SELECT version FROM models WHERE stream = ? AND state = 'champion'", (stream,)
+        ).fetchone()
         if row is None or row["version"] == keep:
             return None
         self._set_state(db, row["version"], "retired")
@@ -498,15 +529,26 @@ class Registry:
 
     @staticmethod
     def _set_state(db: sqlite3.Connection, version: str, state: State) -> None:
-        db.execute("UPDATE models SET state = ?, updated_ts = ? WHERE version = ?",
-                   (state, time.time(), version))
+        db.execute(
+            "UPDATE models SET state = ?, updated_ts = ? WHERE version = ?",
+            (state, time.time(), version),
+        )
 
     @staticmethod
-    def _action(db: sqlite3.Connection, stream: str, action: str, version: str,
-                previous: str | None, actor: str, reason: str) -> None:
-        db.execute("INSERT INTO actions (ts, stream, action, version, previous, actor, reason) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (time.time(), stream, action, version, previous, actor, reason))
+    def _action(
+        db: sqlite3.Connection,
+        stream: str,
+        action: str,
+        version: str,
+        previous: str | None,
+        actor: str,
+        reason: str,
+    ) -> None:
+        db.execute(
+            "INSERT INTO actions (ts, stream, action, version, previous, actor, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), stream, action, version, previous, actor, reason),
+        )
 
     def actions(self, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM actions", ()  # type: tuple[str, tuple[str, ...]]
@@ -517,32 +559,66 @@ class Registry:
 
     # --- runs --------------------------------------------------------------------------------
 
-    def start_run(self, stream: str, trigger: Trigger, triggered_by: str,
-                  trigger_reason: str = "", params: dict[str, Any] | None = None) -> int:
+    def start_run(
+        self,
+        stream: str,
+        trigger: Trigger,
+        triggered_by: str,
+        trigger_reason: str = "",
+        params: dict[str, Any] | None = None,
+    ) -> int:
         champion = self.champion(stream)
         cur = self.db.execute(
             "INSERT INTO runs (stream, trigger, triggered_by, trigger_reason, status, "
             "started_ts, params, champion) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-            (stream, trigger, triggered_by, trigger_reason, time.time(), _json(params or {}),
-             champion.version if champion else None))
+            (
+                stream,
+                trigger,
+                triggered_by,
+                trigger_reason,
+                time.time(),
+                _json(params or {}),
+                champion.version if champion else None,
+            ),
+        )
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
 
-    def finish_run(self, run_id: int, *, decision: Decision,
-                   decision_reason: str, challenger: str | None = None,
-                   metrics: dict[str, Any] | None = None, curves: dict[str, Any] | None = None,
-                   data_range: tuple[float, float] | None = None, records: int | None = None,
-                   error: str = "") -> RunRecord:
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        decision: Decision,
+        decision_reason: str,
+        challenger: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        curves: dict[str, Any] | None = None,
+        data_range: tuple[float, float] | None = None,
+        records: int | None = None,
+        error: str = "",
+    ) -> RunRecord:
         run = self.run(run_id)
         now = time.time()
         self.db.execute(
             "UPDATE runs SET status = ?, finished_ts = ?, duration_s = ?, decision = ?, "
             "decision_reason = ?, challenger = ?, metrics = ?, curves = ?, data_from = ?, "
             "data_to = ?, records = ?, error = ? WHERE id = ?",
-            ("failed" if decision == "failed" else "finished", now, now - run.started_ts,
-             decision, decision_reason, challenger, _json(metrics or {}), _json(curves or {}),
-             data_range[0] if data_range else None, data_range[1] if data_range else None,
-             records, error, run_id))
+            (
+                "failed" if decision == "failed" else "finished",
+                now,
+                now - run.started_ts,
+                decision,
+                decision_reason,
+                challenger,
+                _json(metrics or {}),
+                _json(curves or {}),
+                data_range[0] if data_range else None,
+                data_range[1] if data_range else None,
+                records,
+                error,
+                run_id,
+            ),
+        )
         return self.run(run_id)
 
     def run(self, run_id: int) -> RunRecord:
@@ -566,36 +642,53 @@ class Registry:
             sql, args = sql + " AND stream = ?", (stream,)
         return [_row(RunRecord, r) for r in self.db.execute(sql + " ORDER BY id", args)]
 
-    def decide_run(self, run_id: int, decision: Literal["promoted", "rejected"],
-                   reason: str) -> RunRecord:
+    def decide_run(
+        self, run_id: int, decision: Literal["promoted", "rejected"], reason: str
+    ) -> RunRecord:
         """Settle a run awaiting approval; a run in any other state is refused."""
         cur = self.db.execute(
             "UPDATE runs SET decision = ?, decision_reason = ? WHERE id = ? AND "
-            "decision = 'awaiting approval'", (decision, reason, run_id))
+            "decision = 'awaiting approval'",
+            (decision, reason, run_id),
+        )
         if cur.rowcount != 1:
             run = self.run(run_id)
-            raise RegistryError(f"run {run_id} is {run.decision or run.status}, not awaiting "
-                                f"approval")
+            raise RegistryError(
+                f"run {run_id} is {run.decision or run.status}, not awaiting approval"
+            )
         return self.run(run_id)
 
     # --- operators' requests -----------------------------------------------------------------
 
-    def add_request(self, kind: RequestKind, actor: str, role: str, *, stream: str = "",
-                    version: str | None = None, run_id: int | None = None,
-                    reason: str = "") -> RequestRecord:
+    def add_request(
+        self,
+        kind: RequestKind,
+        actor: str,
+        role: str,
+        *,
+        stream: str = "",
+        version: str | None = None,
+        run_id: int | None = None,
+        reason: str = "",
+    ) -> RequestRecord:
         """Record a request for the signer. A stream has at most one retrain open."""
         with self._tx() as db:
             if kind == "retrain":
-                busy = db.execute("SELECT actor, state FROM requests WHERE kind = 'retrain' "
-                                  "AND stream = ? AND state IN ('pending', 'running')",
-                                  (stream,)).fetchone()
+                busy = db.execute(
+                    "SELECT actor, state FROM requests WHERE kind = 'retrain' "
+                    "AND stream = ? AND state IN ('pending', 'running')",
+                    (stream,),
+                ).fetchone()
                 if busy is not None:
-                    raise RegistryError(f"a retrain of {stream} is already {busy['state']} "
-                                        f"(asked for by {busy['actor']})")
+                    raise RegistryError(
+                        f"a retrain of {stream} is already {busy['state']} "
+                        f"(asked for by {busy['actor']})"
+                    )
             cur = db.execute(
                 "INSERT INTO requests (ts, kind, stream, version, run_id, actor, role, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), kind, stream, version, run_id, actor, role, reason))
+                (time.time(), kind, stream, version, run_id, actor, role, reason),
+            )
         assert cur.lastrowid is not None
         return self.request(int(cur.lastrowid))
 
@@ -603,19 +696,27 @@ class Registry:
         """The oldest pending request of ``kinds``, now marked running (or None)."""
         marks = ", ".join("?" * len(kinds))
         with self._tx() as db:
-            row = db.execute(f"SELECT id FROM requests WHERE state = 'pending' AND kind IN "
-                             f"({marks}) ORDER BY id LIMIT 1", kinds).fetchone()
+            row = db.execute(
+                f"SELECT id FROM requests WHERE state = 'pending' AND kind IN "
+                f"({marks}) ORDER BY id LIMIT 1",
+                kinds,
+            ).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE requests SET state = 'running', picked_ts = ? WHERE id = ?",
-                       (time.time(), row["id"]))
+            db.execute(
+                "UPDATE requests SET state = 'running', picked_ts = ? WHERE id = ?",
+                (time.time(), row["id"]),
+            )
         return self.request(int(row["id"]))
 
-    def finish_request(self, request_id: int, state: RequestState, outcome: str,
-                       result_version: str | None = None) -> RequestRecord:
-        self.db.execute("UPDATE requests SET state = ?, outcome = ?, result_version = ?, "
-                        "finished_ts = ? WHERE id = ?",
-                        (state, outcome, result_version, time.time(), request_id))
+    def finish_request(
+        self, request_id: int, state: RequestState, outcome: str, result_version: str | None = None
+    ) -> RequestRecord:
+        self.db.execute(
+            "UPDATE requests SET state = ?, outcome = ?, result_version = ?, "
+            "finished_ts = ? WHERE id = ?",
+            (state, outcome, result_version, time.time(), request_id),
+        )
         return self.request(request_id)
 
     def request(self, request_id: int) -> RequestRecord:
@@ -624,8 +725,9 @@ class Registry:
             raise RegistryError(f"no request {request_id} in the registry at {self.root}")
         return _row(RequestRecord, row)
 
-    def requests(self, states: tuple[RequestState, ...] | None = None,
-                 limit: int = 100) -> list[RequestRecord]:
+    def requests(
+        self, states: tuple[RequestState, ...] | None = None, limit: int = 100
+    ) -> list[RequestRecord]:
         """Requests (in ``states``), newest first."""
         sql, args = "SELECT * FROM requests", ()  # type: tuple[str, tuple[Any, ...]]
         if states:
@@ -635,28 +737,46 @@ class Registry:
 
     # --- releases ----------------------------------------------------------------------------
 
-    def reserve_release(self, stream: str, version: str, key_id: str, fleet: str,
-                        issued_ts: float, expires_ts: float) -> int:
+    def reserve_release(
+        self,
+        stream: str,
+        version: str,
+        key_id: str,
+        fleet: str,
+        issued_ts: float,
+        expires_ts: float,
+    ) -> int:
         """The next release number of ``stream`` (one more than any before), recorded."""
         with self._tx() as db:
-            row = db.execute("SELECT MAX(number) FROM releases WHERE stream = ?",
-                             (stream,)).fetchone()
+            row = db.execute(
+                "SELECT MAX(number) FROM releases WHERE stream = ?", (stream,)
+            ).fetchone()
             number = int(row[0] or 0) + 1
-            db.execute("INSERT INTO releases (stream, number, version, key_id, fleet, "
-                       "issued_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (stream, number, version, key_id, fleet, issued_ts, expires_ts))
+            db.execute(
+                "INSERT INTO releases (stream, number, version, key_id, fleet, "
+                "issued_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (stream, number, version, key_id, fleet, issued_ts, expires_ts),
+            )
         return number
 
     def latest_release(self, stream: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM releases WHERE stream = ? ORDER BY number DESC "
-                              "LIMIT 1", (stream,)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM releases WHERE stream = ? ORDER BY number DESC LIMIT 1", (stream,)
+        ).fetchone()
         return None if row is None else dict(row)
 
     # --- the trainer service's state --------------------------------------------------------
 
-    def set_status(self, stream: str, state: StatusState, detail: str, *,
-                   next_ts: float | None = None, failures: int | None = None,
-                   drift: dict[str, Any] | None = None) -> TrainerStatus:
+    def set_status(
+        self,
+        stream: str,
+        state: StatusState,
+        detail: str,
+        *,
+        next_ts: float | None = None,
+        failures: int | None = None,
+        drift: dict[str, Any] | None = None,
+    ) -> TrainerStatus:
         """Record what the trainer is doing about ``stream`` (``since_ts`` moves only when
         the state changes; ``failures`` and ``drift`` keep their value unless given)."""
         now = time.time()
@@ -670,14 +790,14 @@ class Registry:
             "SET state = excluded.state, detail = excluded.detail, drift = excluded.drift, "
             "since_ts = excluded.since_ts, updated_ts = excluded.updated_ts, "
             "next_ts = excluded.next_ts, failures = excluded.failures",
-            (stream, state, detail, _json(report), since, now, next_ts, fails))
+            (stream, state, detail, _json(report), since, now, next_ts, fails),
+        )
         status = self.status(stream)
         assert status is not None
         return status
 
     def status(self, stream: str) -> TrainerStatus | None:
-        row = self.db.execute("SELECT * FROM trainer_status WHERE stream = ?",
-                              (stream,)).fetchone()
+        row = self.db.execute("SELECT * FROM trainer_status WHERE stream = ?", (stream,)).fetchone()
         return None if row is None else _row(TrainerStatus, row)
 
     def statuses(self) -> list[TrainerStatus]:
@@ -696,8 +816,10 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
         try:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
-                raise RegistryError(f"{path} has schema version {version}, newer than this "
-                                    f"fleetsentry knows ({SCHEMA_VERSION}): upgrade fleetsentry")
+                raise RegistryError(
+                    f"{path} has schema version {version}, newer than this "
+                    f"fleetsentry knows ({SCHEMA_VERSION}): upgrade fleetsentry"
+                )
             if version < SCHEMA_VERSION:
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():

@@ -28,18 +28,38 @@ if TYPE_CHECKING:
 STREAMS = ("telemetry", "payments")
 
 _COMMON = [
-    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                 default=None, help="cloud.toml: its [kafka] login and [registry] root "
-                 "apply (--bootstrap / --registry win when given)."),
-    click.option("--registry", "registry_root", type=click.Path(file_okay=False, path_type=Path),
-                 default=DEFAULT_ROOT, show_default=True, envvar="FLEETSENTRY_REGISTRY"),
-    click.option("--bootstrap", default=DEFAULT_BOOTSTRAP, show_default=True,
-                 envvar="FLEETSENTRY_CLOUD_BOOTSTRAP",
-                 help="Cloud Kafka: replicated data in, models topic out."),
-    click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-                 default=signing.dev_private_key_path(), show_default=True,
-                 help="Ed25519 signing key (PEM; `fleetsentry cloud keygen` makes one; the "
-                 "default development key is created when missing)."),
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="cloud.toml: its [kafka] login and [registry] root "
+        "apply (--bootstrap / --registry win when given).",
+    ),
+    click.option(
+        "--registry",
+        "registry_root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_ROOT,
+        show_default=True,
+        envvar="FLEETSENTRY_REGISTRY",
+    ),
+    click.option(
+        "--bootstrap",
+        default=DEFAULT_BOOTSTRAP,
+        show_default=True,
+        envvar="FLEETSENTRY_CLOUD_BOOTSTRAP",
+        help="Cloud Kafka: replicated data in, models topic out.",
+    ),
+    click.option(
+        "--key",
+        "key_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=signing.dev_private_key_path(),
+        show_default=True,
+        help="Ed25519 signing key (PEM; `fleetsentry cloud keygen` makes one; the "
+        "default development key is created when missing).",
+    ),
     click.option("--epochs", default=12, show_default=True),
     click.option("--min-records", default=1000, show_default=True),
     click.option("--no-publish", is_flag=True, help="Record promotions without publishing."),
@@ -52,8 +72,9 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
-def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
-                 ) -> tuple[Path, Target, DataSource, TrainerSettings, ReleaseSettings]:
+def _from_config(
+    config_path: Path | None, registry_root: Path, bootstrap: str
+) -> tuple[Path, Target, DataSource, TrainerSettings, ReleaseSettings]:
     """The registry, the publisher's cloud Kafka login, and the data source to use: options
     given on the command line, else cloud.toml's (when --config is given), else the
     defaults."""
@@ -67,66 +88,130 @@ def _from_config(config_path: Path | None, registry_root: Path, bootstrap: str
 
     def given(name: str) -> bool:
         return config_path is None or ctx.get_parameter_source(name) not in (
-            ParameterSource.DEFAULT, None)
+            ParameterSource.DEFAULT,
+            None,
+        )
 
     kafka = msgspec.structs.replace(
-        conf.kafka, bootstrap=bootstrap if given("bootstrap") else conf.kafka.bootstrap)
+        conf.kafka, bootstrap=bootstrap if given("bootstrap") else conf.kafka.bootstrap
+    )
     conf = msgspec.structs.replace(conf, kafka=kafka)
-    return (registry_root if given("registry_root") else conf.registry.root,
-            kafka.login("publisher"), source_for(conf), conf.trainer, conf.releases)
+    return (
+        registry_root if given("registry_root") else conf.registry.root,
+        kafka.login("publisher"),
+        source_for(conf),
+        conf.trainer,
+        conf.releases,
+    )
 
 
 def _releaser(key_file: Path, registry_root: Path, rel: ReleaseSettings) -> Releaser:
     from cloud.publisher import Releaser
 
-    return Releaser(signing.ensure_private_key(key_file), registry_root, rel.fleet,
-                    rel.ttl_days * 86_400)
+    return Releaser(
+        signing.ensure_private_key(key_file), registry_root, rel.fleet, rel.ttl_days * 86_400
+    )
 
 
-def _service(registry_root: Path, source: DataSource, key_file: Path, epochs: int,
-             min_records: int, streams: tuple[str, ...], schedule_s: float = 24 * 3600.0,
-             drift_check_s: float = 300.0, recent_s: float = 1800.0,
-             trainer: TrainerSettings | None = None) -> tuple[TrainerService, Registry]:
+def _service(
+    registry_root: Path,
+    source: DataSource,
+    key_file: Path,
+    epochs: int,
+    min_records: int,
+    streams: tuple[str, ...],
+    schedule_s: float = 24 * 3600.0,
+    drift_check_s: float = 300.0,
+    recent_s: float = 1800.0,
+    trainer: TrainerSettings | None = None,
+) -> tuple[TrainerService, Registry]:
     from cloud.config import TrainerSettings
     from cloud.registry import Registry
     from cloud.retrain.service import TrainerService, settings_from
 
-    settings = settings_from(trainer or TrainerSettings(), epochs,
-                             streams=streams or STREAMS, min_records=min_records,
-                             schedule_s=schedule_s, drift_check_s=drift_check_s,
-                             recent_s=recent_s)
+    settings = settings_from(
+        trainer or TrainerSettings(),
+        epochs,
+        streams=streams or STREAMS,
+        min_records=min_records,
+        schedule_s=schedule_s,
+        drift_check_s=drift_check_s,
+        recent_s=recent_s,
+    )
     registry = Registry(registry_root).start()
-    return TrainerService(registry, source, signing.ensure_private_key(key_file),
-                          settings), registry
+    return TrainerService(
+        registry, source, signing.ensure_private_key(key_file), settings
+    ), registry
 
 
 @click.command("trainer-service")
 @_common
 @click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS))
-@click.option("--schedule", "schedule_s", default=24 * 3600.0, show_default=True,
-              help="Retrain a stream whose champion is older than this (seconds).")
-@click.option("--drift-check", "drift_check_s", default=300.0, show_default=True,
-              help="Check for drift this often (seconds).")
-@click.option("--recent", "recent_s", default=1800.0, show_default=True,
-              help="Recent window compared with the training window (seconds of event time).")
+@click.option(
+    "--schedule",
+    "schedule_s",
+    default=24 * 3600.0,
+    show_default=True,
+    help="Retrain a stream whose champion is older than this (seconds).",
+)
+@click.option(
+    "--drift-check",
+    "drift_check_s",
+    default=300.0,
+    show_default=True,
+    help="Check for drift this often (seconds).",
+)
+@click.option(
+    "--recent",
+    "recent_s",
+    default=1800.0,
+    show_default=True,
+    help="Recent window compared with the training window (seconds of event time).",
+)
 @click.option("--once", is_flag=True, help="One cycle, then exit.")
-def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: str,
-                    key_file: Path, epochs: int, min_records: int, no_publish: bool,
-                    streams: tuple[str, ...], schedule_s: float, drift_check_s: float,
-                    recent_s: float, once: bool) -> None:
+def trainer_service(
+    config_path: Path | None,
+    registry_root: Path,
+    bootstrap: str,
+    key_file: Path,
+    epochs: int,
+    min_records: int,
+    no_publish: bool,
+    streams: tuple[str, ...],
+    schedule_s: float,
+    drift_check_s: float,
+    recent_s: float,
+    once: bool,
+) -> None:
     """Retrain on a schedule and on drift; promote only better models; publish them."""
     from cloud.publisher import Publisher
 
     registry_root, publisher_login, source, trainer, rel = _from_config(
-        config_path, registry_root, bootstrap)
+        config_path, registry_root, bootstrap
+    )
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
-                             schedule_s=schedule_s, drift_check_s=drift_check_s,
-                             recent_s=recent_s, trainer=trainer)
-    publisher = None if no_publish else Publisher(
-        publisher_login, _releaser(key_file, registry_root, rel)).start()
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    svc, registry = _service(
+        registry_root,
+        source,
+        key_file,
+        epochs,
+        min_records,
+        streams,
+        schedule_s=schedule_s,
+        drift_check_s=drift_check_s,
+        recent_s=recent_s,
+        trainer=trainer,
+    )
+    publisher = (
+        None
+        if no_publish
+        else Publisher(publisher_login, _releaser(key_file, registry_root, rel)).start()
+    )
     svc.publisher = publisher
     stop = threading.Event()
 
@@ -154,24 +239,40 @@ def trainer_service(config_path: Path | None, registry_root: Path, bootstrap: st
 @click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS), required=True)
 @click.option("--actor", default=None, help="Who asks (default: the OS user).")
 @click.option("--reason", default="manual retrain", show_default=True)
-def retrain(config_path: Path | None, registry_root: Path, bootstrap: str, key_file: Path,
-            epochs: int, min_records: int, no_publish: bool, streams: tuple[str, ...],
-            actor: str | None, reason: str) -> None:
+def retrain(
+    config_path: Path | None,
+    registry_root: Path,
+    bootstrap: str,
+    key_file: Path,
+    epochs: int,
+    min_records: int,
+    no_publish: bool,
+    streams: tuple[str, ...],
+    actor: str | None,
+    reason: str,
+) -> None:
     """Train a challenger now; promote and publish it only if it beats the champion."""
     from cloud.publisher import Publisher
 
     registry_root, publisher_login, source, trainer, rel = _from_config(
-        config_path, registry_root, bootstrap)
-    svc, registry = _service(registry_root, source, key_file, epochs, min_records, streams,
-                             trainer=trainer)
-    publisher = None if no_publish else Publisher(
-        publisher_login, _releaser(key_file, registry_root, rel)).start()
+        config_path, registry_root, bootstrap
+    )
+    svc, registry = _service(
+        registry_root, source, key_file, epochs, min_records, streams, trainer=trainer
+    )
+    publisher = (
+        None
+        if no_publish
+        else Publisher(publisher_login, _releaser(key_file, registry_root, rel)).start()
+    )
     svc.publisher = publisher
     try:
         for stream in streams:
             run = svc.retrain(stream, "manual", actor or getpass.getuser(), reason)
-            click.echo(f"run {run.id} {stream}: {run.decision} - {run.decision_reason}"
-                       + (f" ({run.error})" if run.error else ""))
+            click.echo(
+                f"run {run.id} {stream}: {run.decision} - {run.decision_reason}"
+                + (f" ({run.error})" if run.error else "")
+            )
     finally:
         if publisher is not None:
             publisher.close()

@@ -58,8 +58,10 @@ class Evaluation:
     positives: int
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def evaluate(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Evaluation:
@@ -67,14 +69,21 @@ def evaluate(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Evaluati
     s = np.asarray(scores, dtype=np.float64)
     at = metrics.at_threshold(y, s, threshold)
     negatives = at.fp + at.tn
-    return Evaluation(pr_auc=metrics.pr_auc(y, s), roc_auc=metrics.roc_auc(y, s),
-                      precision=at.precision, recall=at.recall,
-                      false_positive_rate=at.fp / negatives if negatives else math.nan,
-                      alert_rate=at.alert_rate, n=int(y.size), positives=int(y.sum()))
+    return Evaluation(
+        pr_auc=metrics.pr_auc(y, s),
+        roc_auc=metrics.roc_auc(y, s),
+        precision=at.precision,
+        recall=at.recall,
+        false_positive_rate=at.fp / negatives if negatives else math.nan,
+        alert_rate=at.alert_rate,
+        n=int(y.size),
+        positives=int(y.sum()),
+    )
 
 
-def decide(challenger: Evaluation, champion: Evaluation | None,
-           rule: PromotionRule) -> tuple[bool, str]:
+def decide(
+    challenger: Evaluation, champion: Evaluation | None, rule: PromotionRule
+) -> tuple[bool, str]:
     """(promote?, why) for a challenger against the champion on the same holdout."""
     if champion is None:
         return True, "no champion to compare with"
@@ -85,21 +94,30 @@ def decide(challenger: Evaluation, champion: Evaluation | None,
     gain = challenger.pr_auc - champion.pr_auc
     versus = f"PR AUC {challenger.pr_auc:.3f} vs {champion.pr_auc:.3f} ({gain:+.3f})"
     fpr_c, fpr_p = challenger.false_positive_rate, champion.false_positive_rate
-    if (not math.isnan(fpr_c) and not math.isnan(fpr_p)
-            and fpr_c > fpr_p * rule.max_fpr_ratio + rule.max_fpr_increase):
-        return False, (f"too many false alerts: false-positive rate {100 * fpr_c:.2f}% vs "
-                       f"{100 * fpr_p:.2f}% (at most {rule.max_fpr_ratio:g}x + "
-                       f"{100 * rule.max_fpr_increase:g} points); {versus}")
+    if (
+        not math.isnan(fpr_c)
+        and not math.isnan(fpr_p)
+        and fpr_c > fpr_p * rule.max_fpr_ratio + rule.max_fpr_increase
+    ):
+        return False, (
+            f"too many false alerts: false-positive rate {100 * fpr_c:.2f}% vs "
+            f"{100 * fpr_p:.2f}% (at most {rule.max_fpr_ratio:g}x + "
+            f"{100 * rule.max_fpr_increase:g} points); {versus}"
+        )
     if gain < -rule.max_pr_auc_loss:
         return False, f"ranks worse: {versus}"
     if gain >= rule.min_pr_auc_gain:
         return True, versus
     recall_ok = challenger.recall >= champion.recall - rule.max_recall_loss
     if fpr_p > 0 and fpr_c <= fpr_p * (1 - rule.min_fpr_reduction) and recall_ok:
-        return True, (f"false-positive rate {100 * fpr_c:.2f}% vs {100 * fpr_p:.2f}% at "
-                      f"recall {challenger.recall:.3f} vs {champion.recall:.3f}; {versus}")
-    return False, f"not better: {versus}, false-positive rate {100 * fpr_c:.2f}% vs " \
-                  f"{100 * fpr_p:.2f}%"
+        return True, (
+            f"false-positive rate {100 * fpr_c:.2f}% vs {100 * fpr_p:.2f}% at "
+            f"recall {challenger.recall:.3f} vs {champion.recall:.3f}; {versus}"
+        )
+    return (
+        False,
+        f"not better: {versus}, false-positive rate {100 * fpr_c:.2f}% vs {100 * fpr_p:.2f}%",
+    )
 
 
 def curves(labels: ArrayLike, scores: ArrayLike, max_points: int = 200) -> dict[str, Any]:

@@ -44,8 +44,12 @@ class Profile:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Profile:
-        return cls(list(data["features"]), [list(e) for e in data["edges"]],
-                   [list(s) for s in data["shares"]], int(data["n"]))
+        return cls(
+            list(data["features"]),
+            [list(e) for e in data["edges"]],
+            [list(s) for s in data["shares"]],
+            int(data["n"]),
+        )
 
 
 def _clean(x: NDArray[Any]) -> NDArray[np.float64]:
@@ -63,8 +67,11 @@ def profile(x: NDArray[Any], features: list[str], bins: int = 10) -> Profile:
     x = _clean(x)
     edges, shares = [], []
     for j in range(x.shape[1]):
-        e = np.unique(np.quantile(x[:, j], np.linspace(0, 1, bins + 1)[1:-1])) if x.size else \
-            np.zeros(0)
+        e = (
+            np.unique(np.quantile(x[:, j], np.linspace(0, 1, bins + 1)[1:-1]))
+            if x.size
+            else np.zeros(0)
+        )
         edges.append([float(v) for v in e])
         shares.append([float(v) for v in _shares(x[:, j], e)])
     return Profile(list(features), edges, shares, int(x.shape[0]))
@@ -117,10 +124,15 @@ class DriftReport:
         return asdict(self)
 
 
-def detect(ref: Profile | None, recent: NDArray[Any] | None, settings: DriftSettings,
-           alert_rate: float | None = None, expected_alert_rate: float | None = None,
-           scored_events: int = 0,
-           gateway_rates: Mapping[str, tuple[float, int]] | None = None) -> DriftReport:
+def detect(
+    ref: Profile | None,
+    recent: NDArray[Any] | None,
+    settings: DriftSettings,
+    alert_rate: float | None = None,
+    expected_alert_rate: float | None = None,
+    scored_events: int = 0,
+    gateway_rates: Mapping[str, tuple[float, int]] | None = None,
+) -> DriftReport:
     """Compare the recent window with the reference; say whether (and why) it drifted.
 
     ``ref`` None: no feature profile to compare with (PSI is skipped, the alert rate still
@@ -137,45 +149,69 @@ def detect(ref: Profile | None, recent: NDArray[Any] | None, settings: DriftSett
         else:
             values = psi(ref, recent)
             by_feature = {f: round(float(v), 4) for f, v in zip(ref.features, values, strict=True)}
-            shifted = sorted((f for f, v in by_feature.items() if v > settings.psi_threshold),
-                             key=lambda f: -by_feature[f])
+            shifted = sorted(
+                (f for f, v in by_feature.items() if v > settings.psi_threshold),
+                key=lambda f: -by_feature[f],
+            )
             if len(shifted) >= settings.min_drifted_features:
                 top = ", ".join(f"{f} {by_feature[f]:.2f}" for f in shifted[:3])
-                reasons.append(f"PSI over {settings.psi_threshold} on {len(shifted)} features "
-                               f"({top})")
+                reasons.append(
+                    f"PSI over {settings.psi_threshold} on {len(shifted)} features ({top})"
+                )
             worst = max(by_feature.values(), default=0.0)
             psi_note = f"stable (largest feature PSI {worst:.3f})"
-    rates = dict(gateway_rates) if gateway_rates is not None else (
-        {"": (alert_rate, scored_events)} if alert_rate is not None else {})
+    rates = (
+        dict(gateway_rates)
+        if gateway_rates is not None
+        else ({"": (alert_rate, scored_events)} if alert_rate is not None else {})
+    )
     gateways: dict[str, dict[str, Any]] = {}
     drifted_gateways = []
     for gw, (rate, scored) in sorted(rates.items()):
         hit = False
         if expected_alert_rate is not None and scored >= settings.min_events:
-            ceiling = max(expected_alert_rate * settings.alert_rate_ratio,
-                          expected_alert_rate + settings.alert_rate_increase)
+            ceiling = max(
+                expected_alert_rate * settings.alert_rate_ratio,
+                expected_alert_rate + settings.alert_rate_increase,
+            )
             hit = rate > ceiling
         if gw:
             gateways[gw] = {"alert_rate": round(rate, 6), "scored": scored, "drifted": hit}
         if hit:
             where = f"{gw}: " if gw else ""
-            reasons.append(f"{where}alert rate {100 * rate:.2f}% over {scored} scored events "
-                           f"against {100 * (expected_alert_rate or 0.0):.2f}% on the holdout")
+            reasons.append(
+                f"{where}alert rate {100 * rate:.2f}% over {scored} scored events "
+                f"against {100 * (expected_alert_rate or 0.0):.2f}% on the holdout"
+            )
             if gw:
                 drifted_gateways.append(gw)
     pooled = rates.get("") if "" in rates else None
     rate_out = pooled[0] if pooled else None
     if reasons:
-        return DriftReport(True, "; ".join(reasons), n, by_feature, rate_out,
-                           expected_alert_rate, gateways, drifted_gateways)
+        return DriftReport(
+            True,
+            "; ".join(reasons),
+            n,
+            by_feature,
+            rate_out,
+            expected_alert_rate,
+            gateways,
+            drifted_gateways,
+        )
     notes = [psi_note]
     if gateways:
-        notes.append("alert rate " + ", ".join(
-            f"{gw} {100 * g['alert_rate']:.2f}%" for gw, g in gateways.items())
-            + (f" (holdout {100 * expected_alert_rate:.2f}%)"
-               if expected_alert_rate is not None else ""))
-    return DriftReport(False, "; ".join(notes), n, by_feature, rate_out, expected_alert_rate,
-                       gateways, [])
+        notes.append(
+            "alert rate "
+            + ", ".join(f"{gw} {100 * g['alert_rate']:.2f}%" for gw, g in gateways.items())
+            + (
+                f" (holdout {100 * expected_alert_rate:.2f}%)"
+                if expected_alert_rate is not None
+                else ""
+            )
+        )
+    return DriftReport(
+        False, "; ".join(notes), n, by_feature, rate_out, expected_alert_rate, gateways, []
+    )
 
 
 def blamed_features(alerts: list[Any], top: int = 3) -> list[tuple[str, float]]:
@@ -203,6 +239,6 @@ def trimmed_rate(per_key: Mapping[str, tuple[int, int]], trim: float) -> tuple[f
     (0.05, 20)
     """
     ranked = sorted(per_key.values(), key=lambda c: -(c[0] / c[1]) if c[1] else 0.0)
-    kept = ranked[int(len(ranked) * trim):]
+    kept = ranked[int(len(ranked) * trim) :]
     frames = sum(n for _, n in kept)
     return (sum(a for a, _ in kept) / frames if frames else 0.0), frames

@@ -114,11 +114,14 @@ def settings_from(trainer: TrainerSettings, epochs: int, **service: Any) -> Retr
     """The service's settings: ``cloud.toml``'s ``[trainer]`` section, the epochs to train
     for, and the service's own options (streams, min_records, schedule_s, drift_check_s,
     recent_s) as given."""
-    return RetrainSettings(train=TrainSettings(epochs=epochs, split=trainer.split),
-                           seed_baselines=trainer.seed_baselines,
-                           allow_unlabelled_promotion=trainer.allow_unlabelled_promotion,
-                           min_holdout_episodes=trainer.min_holdout_episodes,
-                           require_approval=trainer.require_approval, **service)
+    return RetrainSettings(
+        train=TrainSettings(epochs=epochs, split=trainer.split),
+        seed_baselines=trainer.seed_baselines,
+        allow_unlabelled_promotion=trainer.allow_unlabelled_promotion,
+        min_holdout_episodes=trainer.min_holdout_episodes,
+        require_approval=trainer.require_approval,
+        **service,
+    )
 
 
 @dataclass
@@ -140,9 +143,14 @@ class Waiting:
 class TrainerService:
     """Constructing it does no I/O; the registry and publisher are started by the caller."""
 
-    def __init__(self, registry: Registry, source: DataSource, key: Ed25519PrivateKey,
-                 settings: RetrainSettings = RetrainSettings(),
-                 publisher: Publishes | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        source: DataSource,
+        key: Ed25519PrivateKey,
+        settings: RetrainSettings = RetrainSettings(),
+        publisher: Publishes | None = None,
+    ) -> None:
         self.registry = registry
         self.source = source
         self.key = key
@@ -188,29 +196,43 @@ class TrainerService:
                 report = self.check_drift(stream)
                 log.info("%s drift check: %s", stream, report.reason)
                 if report.drifted:
-                    self.registry.set_status(stream, "watching", f"drift: {report.reason}",
-                                             drift=report.to_json())
+                    self.registry.set_status(
+                        stream, "watching", f"drift: {report.reason}", drift=report.to_json()
+                    )
                     run = self.automatic(stream, "drift", "drift-monitor", report.reason, now)
                 else:
-                    self.registry.set_status(stream, "watching",
-                                             f"{champion.version}: {report.reason}",
-                                             drift=report.to_json())
+                    self.registry.set_status(
+                        stream,
+                        "watching",
+                        f"{champion.version}: {report.reason}",
+                        drift=report.to_json(),
+                    )
             if run is not None:
                 runs.append(run)
         return runs
 
-    def automatic(self, stream: str, trigger: Trigger, triggered_by: str, reason: str,
-                  now: float | None = None) -> RunRecord | None:
+    def automatic(
+        self,
+        stream: str,
+        trigger: Trigger,
+        triggered_by: str,
+        reason: str,
+        now: float | None = None,
+    ) -> RunRecord | None:
         """A run the service starts itself: only when there is something to train on, and
         backing off after runs that fail or keep the champion."""
         now = time.time() if now is None else now
         prepared = self.prepare(stream)
         if isinstance(prepared, Waiting):
-            log.info("%s: %s (%s) to retrain on %s", stream, prepared.state, prepared.reason,
-                     trigger)
-            self.registry.set_status(stream, prepared.state,
-                                     f"{prepared.reason}; to retrain on {trigger}: {reason}",
-                                     next_ts=now + self.settings.drift_check_s)
+            log.info(
+                "%s: %s (%s) to retrain on %s", stream, prepared.state, prepared.reason, trigger
+            )
+            self.registry.set_status(
+                stream,
+                prepared.state,
+                f"{prepared.reason}; to retrain on {trigger}: {reason}",
+                next_ts=now + self.settings.drift_check_s,
+            )
             return None
         self.registry.set_status(stream, "training", f"{trigger}: {reason}")
         run = self.retrain(stream, trigger, triggered_by, reason, prepared)
@@ -220,27 +242,39 @@ class TrainerService:
             self.note_awaiting(run)
         elif run.decision == "promoted":
             self.registry.set_status(
-                stream, "watching", f"run {run.id} promoted {run.challenger}; drift checks "
+                stream,
+                "watching",
+                f"run {run.id} promoted {run.challenger}; drift checks "
                 f"resume in {_duration(self.settings.settle_s)}",
-                next_ts=now + self.settings.settle_s, failures=0)
+                next_ts=now + self.settings.settle_s,
+                failures=0,
+            )
         else:
             failures += 1
-            wait = min(self.settings.max_backoff_s,
-                       self.settings.drift_check_s * 2 ** (failures - 1))
+            wait = min(
+                self.settings.max_backoff_s, self.settings.drift_check_s * 2 ** (failures - 1)
+            )
             self.registry.set_status(
-                stream, "backing off",
+                stream,
+                "backing off",
                 f"run {run.id} {run.decision}: {run.decision_reason}"
                 + (f" ({run.error})" if run.error else "")
                 + f"; next automatic run in {_duration(wait)}",
-                next_ts=now + wait, failures=failures)
+                next_ts=now + wait,
+                failures=failures,
+            )
         return run
 
     def note_awaiting(self, run: RunRecord) -> None:
         """Say on the stream's status which run waits for an operator."""
         self.registry.set_status(
-            run.stream, "awaiting approval", f"run {run.id}: {run.challenger} passed the "
+            run.stream,
+            "awaiting approval",
+            f"run {run.id}: {run.challenger} passed the "
             "automatic checks and waits for an operator to approve or reject it (Training runs "
-            "on the dashboard); no automatic run until then", failures=0)
+            "on the dashboard); no automatic run until then",
+            failures=0,
+        )
 
     # --- the first champions -----------------------------------------------------------------
 
@@ -265,8 +299,9 @@ class TrainerService:
             return model
         if model.state == "retired":
             return None  # it served before and was replaced: an operator's rollback decides
-        model = self.registry.promote(model.version, self.settings.actor,
-                                      "the baseline the gateways ship with")
+        model = self.registry.promote(
+            model.version, self.settings.actor, "the baseline the gateways ship with"
+        )
         log.info("%s: the shipped baseline %s is the first champion", stream, model.version)
         return model
 
@@ -289,12 +324,23 @@ class TrainerService:
             x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
         first = first_seen(records)
         rates = self.false_alert_rates(stream, champion, first, since)
-        report = detect(ref, x, self.settings.drift, expected_alert_rate=holdout_fpr(champion),
-                        gateway_rates=rates)
+        report = detect(
+            ref,
+            x,
+            self.settings.drift,
+            expected_alert_rate=holdout_fpr(champion),
+            gateway_rates=rates,
+        )
         return self._blame(report, stream, champion, first, since)
 
-    def _blame(self, report: DriftReport, stream: str, champion: ModelRecord,
-               first: dict[str, float], since: float) -> DriftReport:
+    def _blame(
+        self,
+        report: DriftReport,
+        stream: str,
+        champion: ModelRecord,
+        first: dict[str, float],
+        since: float,
+    ) -> DriftReport:
         """Name the features each drifted gateway's alerts point at (when the source can
         tell alerts apart by gateway), leaving out alerts raised in a vehicle's first
         ``feature_memory_s``."""
@@ -305,47 +351,60 @@ class TrainerService:
         warm_after = feature_memory_s(stream)
         blamed = {}
         for gw in report.drifted_gateways:
-            mine = [a for a in alerts.get(gw, []) if a.stream == stream
-                    and a.model_version == champion.version
-                    and a.start_ts >= first.get(a.token, a.start_ts) + warm_after]
+            mine = [
+                a
+                for a in alerts.get(gw, [])
+                if a.stream == stream
+                and a.model_version == champion.version
+                and a.start_ts >= first.get(a.token, a.start_ts) + warm_after
+            ]
             features = blamed_features(mine)
             if features:
                 blamed[gw] = features
         if not blamed:
             return report
-        notes = "; ".join(f"{gw}'s alerts point at " + ", ".join(
-            f"{f} {100 * share:.0f}%" for f, share in feats) for gw, feats in blamed.items())
+        notes = "; ".join(
+            f"{gw}'s alerts point at " + ", ".join(f"{f} {100 * share:.0f}%" for f, share in feats)
+            for gw, feats in blamed.items()
+        )
         return replace(report, reason=f"{report.reason}; {notes}", blamed=blamed)
 
-    def false_alert_rates(self, stream: str, champion: ModelRecord, first: dict[str, float],
-                          since: float) -> dict[str, tuple[float, int]]:
+    def false_alert_rates(
+        self, stream: str, champion: ModelRecord, first: dict[str, float], since: float
+    ) -> dict[str, tuple[float, int]]:
         """Per gateway: the share of the champion's recent scores that are anomalous, over
         events with no label, leaving out each vehicle's first ``feature_memory_s`` (its
         rolling features are still filling, so its first frames look odd to any model) and
         the ``trim_vehicles`` share of vehicles with the most anomalous frames (a faulty
         vehicle whose label has not arrived yet is not drift)."""
         by_gateway = getattr(self.source, "gateway_scores", None)
-        scores: dict[str, list[Any]] = (by_gateway(stream, since) if by_gateway is not None
-                                        else {"": self.source.scores(stream, since)})
+        scores: dict[str, list[Any]] = (
+            by_gateway(stream, since)
+            if by_gateway is not None
+            else {"": self.source.scores(stream, since)}
+        )
         labelled = {lab.event_id for lab in self.source.labels()}
         warm_after = feature_memory_s(stream)
         out = {}
         for gw, items in scores.items():
             per_key: dict[str, list[int]] = {}
             for s in items:
-                if (s.model_version != champion.version or s.event_id in labelled
-                        or s.ts < first.get(s.token, s.ts) + warm_after):
+                if (
+                    s.model_version != champion.version
+                    or s.event_id in labelled
+                    or s.ts < first.get(s.token, s.ts) + warm_after
+                ):
                     continue
                 counts = per_key.setdefault(s.token, [0, 0])
                 counts[0] += int(s.anomalous)
                 counts[1] += 1
             if per_key:
-                out[gw] = trimmed_rate({k: (a, n) for k, (a, n) in per_key.items()},
-                                       self.settings.drift.trim_vehicles)
+                out[gw] = trimmed_rate(
+                    {k: (a, n) for k, (a, n) in per_key.items()}, self.settings.drift.trim_vehicles
+                )
         return out
 
-    def reference(self, champion: ModelRecord, records: list[Any],
-                  before: float) -> Profile | None:
+    def reference(self, champion: ModelRecord, records: list[Any], before: float) -> Profile | None:
         """The champion's training-window profile: saved beside it, else rebuilt from data."""
         path = champion.path / PROFILE_FILE
         if path.exists():
@@ -366,56 +425,75 @@ class TrainerService:
             newest = anon[-1].ts
             anon = [r for r in anon if r.ts >= newest - self.settings.train_window_s]
         if len(anon) < self.settings.min_records:
-            return Waiting("waiting for data",
-                           f"{len(anon)} of {self.settings.min_records} records")
+            return Waiting(
+                "waiting for data", f"{len(anon)} of {self.settings.min_records} records"
+            )
         records = tdata.records_from_anon(stream, anon, self.source.labels())
         splitter = vehicle_split if self.settings.train.split == "vehicle" else time_split
         hold = splitter(records, self.settings.train.splits)[2]
         labelled = bool(hold.labelled.any() and not hold.labelled.all())
         if not labelled and not self.settings.allow_unlabelled_promotion:
-            return Waiting("waiting for labels",
-                           f"{int(records.labelled.sum())} of {len(records)} records labelled, "
-                           f"{int(hold.labelled.sum())} in the holdout (the int8 check and the "
-                           "judging need labelled anomalies there; or allow unlabelled "
-                           "promotion)")
+            return Waiting(
+                "waiting for labels",
+                f"{int(records.labelled.sum())} of {len(records)} records labelled, "
+                f"{int(hold.labelled.sum())} in the holdout (the int8 check and the "
+                "judging need labelled anomalies there; or allow unlabelled "
+                "promotion)",
+            )
         episodes = len(set(hold.episodes[hold.labelled].tolist()))
         wanted = self.settings.min_holdout_episodes
         if labelled and episodes < wanted and not self.settings.allow_unlabelled_promotion:
             total = len(set(records.episodes[records.labelled].tolist()))
-            return Waiting("waiting for labels",
-                           f"{episodes} labelled episode(s) in the holdout, at least {wanted} "
-                           f"needed to judge a model on more than one fault ({total} labelled "
-                           "in all; episodes still running are labelled once they end)")
+            return Waiting(
+                "waiting for labels",
+                f"{episodes} labelled episode(s) in the holdout, at least {wanted} "
+                f"needed to judge a model on more than one fault ({total} labelled "
+                "in all; episodes still running are labelled once they end)",
+            )
         return Prepared(records, labelled)
 
-    def retrain(self, stream: str, trigger: Trigger, triggered_by: str,
-                reason: str = "", prepared: Prepared | None = None) -> RunRecord:
+    def retrain(
+        self,
+        stream: str,
+        trigger: Trigger,
+        triggered_by: str,
+        reason: str = "",
+        prepared: Prepared | None = None,
+    ) -> RunRecord:
         """Train a challenger, judge it against the champion, maybe promote; always record."""
-        params = {"train": _jsonable(asdict(self.settings.train)),
-                  "rule": asdict(self.settings.rule),
-                  "train_window_s": self.settings.train_window_s,
-                  "allow_unlabelled_promotion": self.settings.allow_unlabelled_promotion}
+        params = {
+            "train": _jsonable(asdict(self.settings.train)),
+            "rule": asdict(self.settings.rule),
+            "train_window_s": self.settings.train_window_s,
+            "allow_unlabelled_promotion": self.settings.allow_unlabelled_promotion,
+        }
         run_id = self.registry.start_run(stream, trigger, triggered_by, reason, params)
         log.info("run %d: %s retrain of %s (%s)", run_id, trigger, stream, reason)
         try:
             data = self.prepare(stream) if prepared is None else prepared
             if isinstance(data, Waiting):
-                return self.registry.finish_run(run_id, decision="failed",
-                                                decision_reason=f"{data.state}: {data.reason}")
+                return self.registry.finish_run(
+                    run_id, decision="failed", decision_reason=f"{data.state}: {data.reason}"
+                )
             return self._retrain(run_id, stream, data)
         except NeedsLabelsError as exc:
-            return self.registry.finish_run(run_id, decision="failed",
-                                            decision_reason="waiting for labels", error=str(exc))
+            return self.registry.finish_run(
+                run_id, decision="failed", decision_reason="waiting for labels", error=str(exc)
+            )
         except Exception as exc:  # recorded, then the service carries on with the next cycle
             log.exception("run %d failed", run_id)
-            return self.registry.finish_run(run_id, decision="failed",
-                                            decision_reason="training failed",
-                                            error=f"{type(exc).__name__}: {exc}")
+            return self.registry.finish_run(
+                run_id,
+                decision="failed",
+                decision_reason="training failed",
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _retrain(self, run_id: int, stream: str, data: Prepared) -> RunRecord:
         records = data.records
-        train = replace(self.settings.train,
-                        allow_unlabelled=self.settings.allow_unlabelled_promotion)
+        train = replace(
+            self.settings.train, allow_unlabelled=self.settings.allow_unlabelled_promotion
+        )
         champion = self.registry.champion(stream)
         trained = train_stream(records, train, parent=champion.version if champion else None)
         with tempfile.TemporaryDirectory(prefix="challenger-") as tmp:
@@ -428,17 +506,24 @@ class TrainerService:
         y = hold.labelled
         ch_eval = evaluate(y, trained.holdout_int8, trained.manifest.threshold)
         champ_scores = score_with(champion, hold.x, records.features) if champion else None
-        cp_eval = (evaluate(y, champ_scores, champion.threshold)
-                   if champion is not None and champ_scores is not None else None)
+        cp_eval = (
+            evaluate(y, champ_scores, champion.threshold)
+            if champion is not None and champ_scores is not None
+            else None
+        )
         if data.labelled_holdout:
             promote, why = decide(ch_eval, cp_eval, self.settings.rule)
         else:
             promote, why = decide_unlabelled(ch_eval, cp_eval)
-        metrics: dict[str, Any] = {"challenger": ch_eval.to_json(),
-                                   "champion": cp_eval.to_json() if cp_eval else None,
-                                   "challenger_manifest": trained.manifest.metrics}
-        chart: dict[str, Any] = {"challenger": curves(y, trained.holdout_int8),
-                                 "loss": trained.manifest.metrics["training"]["loss"]}
+        metrics: dict[str, Any] = {
+            "challenger": ch_eval.to_json(),
+            "champion": cp_eval.to_json() if cp_eval else None,
+            "challenger_manifest": trained.manifest.metrics,
+        }
+        chart: dict[str, Any] = {
+            "challenger": curves(y, trained.holdout_int8),
+            "loss": trained.manifest.metrics["training"]["loss"],
+        }
         # The holdout's score distribution (percentiles): the dashboard sets live traffic
         # beside it to show drift in what the model sees.
         chart["score_quantiles"] = {"challenger": score_quantiles(trained.holdout_int8)}
@@ -448,12 +533,17 @@ class TrainerService:
         decision = self._decide(stream, challenger, promote, why)
         log.info("run %d: %s %s (%s)", run_id, challenger.version, decision, why)
         return self.registry.finish_run(
-            run_id, decision=decision, decision_reason=why,
-            challenger=challenger.version, metrics=metrics, curves=chart,
-            data_range=trained.manifest.data_range, records=len(records))
+            run_id,
+            decision=decision,
+            decision_reason=why,
+            challenger=challenger.version,
+            metrics=metrics,
+            curves=chart,
+            data_range=trained.manifest.data_range,
+            records=len(records),
+        )
 
-    def _decide(self, stream: str, challenger: ModelRecord, better: bool,
-                why: str) -> Decision:
+    def _decide(self, stream: str, challenger: ModelRecord, better: bool, why: str) -> Decision:
         """Promote and publish a better challenger, or hold it for an operator's approval."""
         if not better:
             return "kept"
@@ -477,8 +567,7 @@ def first_seen(records: list[Any]) -> dict[str, float]:
     return first
 
 
-def decide_unlabelled(challenger: Evaluation,
-                      champion: Evaluation | None) -> tuple[bool, str]:
+def decide_unlabelled(challenger: Evaluation, champion: Evaluation | None) -> tuple[bool, str]:
     """With no labelled anomalies (allowed by the operator): promote a challenger that raises
     no more alerts than the champion on the same holdout, presumed normal."""
     note = "no labelled anomalies; unlabelled promotion allowed"
@@ -505,8 +594,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def score_with(model: ModelRecord, x: NDArray[np.float32],
-               features: list[str]) -> NDArray[np.float32] | None:
+def score_with(
+    model: ModelRecord, x: NDArray[np.float32], features: list[str]
+) -> NDArray[np.float32] | None:
     """A registered model's int8 scores on raw feature rows (None if it takes other features)."""
     from cloud.trainer import model as ae
 

@@ -95,11 +95,13 @@ class KafkaSource:
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
         """Scores at or after ``since_ts`` per gateway (the prefix of its copy of the topic;
         ``""`` for a plain ``scores.<stream>``)."""
-        return self._per_gateway(streams.get(stream).scores_topic, Score,
-                                 lambda s: s.ts >= since_ts)
+        return self._per_gateway(
+            streams.get(stream).scores_topic, Score, lambda s: s.ts >= since_ts
+        )
 
-    def _per_gateway(self, base: str, kind: type[T],
-                     keep: Callable[[T], bool]) -> dict[str, list[T]]:
+    def _per_gateway(
+        self, base: str, kind: type[T], keep: Callable[[T], bool]
+    ) -> dict[str, list[T]]:
         """The records of ``base`` and every ``<gateway>.<base>`` copy that ``keep`` keeps,
         by gateway; records that do not decode are skipped."""
         out: dict[str, list[T]] = {}
@@ -123,6 +125,9 @@ def source_for(cfg: CloudConfig, bootstrap: str | None = None) -> DataSource:
         return StoreReader(cfg.store.root)
     login = cfg.kafka.login("trainer")
     if bootstrap:
-        login = (bootstrap if isinstance(login, str)
-                 else msgspec.structs.replace(login, bootstrap=bootstrap))
+        login = (
+            bootstrap
+            if isinstance(login, str)
+            else msgspec.structs.replace(login, bootstrap=bootstrap)
+        )
     return KafkaSource(login)

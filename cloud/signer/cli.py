@@ -33,67 +33,135 @@ def load_key(key_file: Path | None) -> Ed25519PrivateKey:
         raise click.ClickException(str(exc)) from None
 
 
-def trainer_factory(cfg: CloudConfig, key: Ed25519PrivateKey, publisher: Any, epochs: int,
-                    min_records: int, schedule_s: float, drift_check_s: float,
-                    recent_s: float) -> TrainerFactory:
+def trainer_factory(
+    cfg: CloudConfig,
+    key: Ed25519PrivateKey,
+    publisher: Any,
+    epochs: int,
+    min_records: int,
+    schedule_s: float,
+    drift_check_s: float,
+    recent_s: float,
+) -> TrainerFactory:
     from cloud.retrain.service import TrainerService, settings_from
     from cloud.retrain.source import source_for
 
-    settings = settings_from(cfg.trainer, epochs, streams=STREAMS, min_records=min_records,
-                             schedule_s=schedule_s, drift_check_s=drift_check_s,
-                             recent_s=recent_s)
-    return lambda registry: TrainerService(registry, source_for(cfg), key, settings,
-                                           publisher=publisher)
+    settings = settings_from(
+        cfg.trainer,
+        epochs,
+        streams=STREAMS,
+        min_records=min_records,
+        schedule_s=schedule_s,
+        drift_check_s=drift_check_s,
+        recent_s=recent_s,
+    )
+    return lambda registry: TrainerService(
+        registry, source_for(cfg), key, settings, publisher=publisher
+    )
 
 
 def signer_options(fn: Any) -> Any:
     """The options ``cloud run`` shares with ``cloud signer`` (and passes on to it)."""
-    for opt in reversed([
-        click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None, help="Ed25519 model-signing key (default: the development "
-                     "key, ~/.config/fleetsentry/model-signing.key; `fleetsentry cloud keygen "
-                     "PATH` makes one)."),
-        click.option("--no-publish", is_flag=True, help="Change the registry only."),
-        click.option("--epochs", default=12, show_default=True),
-        click.option("--min-records", default=1000, show_default=True),
-        click.option("--schedule", "schedule_s", default=24 * 3600.0, show_default=True,
-                     help="Retrain a stream whose champion is older than this (seconds)."),
-        click.option("--drift-check", "drift_check_s", default=300.0, show_default=True,
-                     help="Check for drift this often (seconds); also the first back-off "
-                     "after a failed or kept run."),
-        click.option("--recent", "recent_s", default=1800.0, show_default=True,
-                     help="Recent window compared with the training window (seconds of "
-                     "event time)."),
-    ]):
+    for opt in reversed(
+        [
+            click.option(
+                "--key",
+                "key_file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Ed25519 model-signing key (default: the development "
+                "key, ~/.config/fleetsentry/model-signing.key; `fleetsentry cloud keygen "
+                "PATH` makes one).",
+            ),
+            click.option("--no-publish", is_flag=True, help="Change the registry only."),
+            click.option("--epochs", default=12, show_default=True),
+            click.option("--min-records", default=1000, show_default=True),
+            click.option(
+                "--schedule",
+                "schedule_s",
+                default=24 * 3600.0,
+                show_default=True,
+                help="Retrain a stream whose champion is older than this (seconds).",
+            ),
+            click.option(
+                "--drift-check",
+                "drift_check_s",
+                default=300.0,
+                show_default=True,
+                help="Check for drift this often (seconds); also the first back-off "
+                "after a failed or kept run.",
+            ),
+            click.option(
+                "--recent",
+                "recent_s",
+                default=1800.0,
+                show_default=True,
+                help="Recent window compared with the training window (seconds of event time).",
+            ),
+        ]
+    ):
         fn = opt(fn)
     return fn
 
 
 @click.command("signer")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, envvar="FLEETSENTRY_CLOUD_CONFIG",
-              help="cloud.toml (default: settings that work on one machine).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="FLEETSENTRY_CLOUD_CONFIG",
+    help="cloud.toml (default: settings that work on one machine).",
+)
 @signer_options
-@click.option("--no-schedule", is_flag=True,
-              help="Carry out operators' requests only: no scheduled or drift retrains.")
-@click.option("--parent", "parent_pid", type=int, default=None, hidden=True,
-              help="Stop when this process (`cloud run`) is gone.")
-def signer(config_path: Path | None, key_file: Path | None, no_publish: bool, epochs: int,
-           min_records: int, schedule_s: float, drift_check_s: float, recent_s: float,
-           no_schedule: bool, parent_pid: int | None) -> None:
+@click.option(
+    "--no-schedule",
+    is_flag=True,
+    help="Carry out operators' requests only: no scheduled or drift retrains.",
+)
+@click.option(
+    "--parent",
+    "parent_pid",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Stop when this process (`cloud run`) is gone.",
+)
+def signer(
+    config_path: Path | None,
+    key_file: Path | None,
+    no_publish: bool,
+    epochs: int,
+    min_records: int,
+    schedule_s: float,
+    drift_check_s: float,
+    recent_s: float,
+    no_schedule: bool,
+    parent_pid: int | None,
+) -> None:
     """Hold the signing key: train, sign, publish, and carry out the dashboard's requests."""
     from cloud import config as cloud_config
     from cloud.publisher import Publisher, Releaser
     from cloud.signer.service import serve
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     cfg = cloud_config.load(config_path)
     key = load_key(key_file)
-    publisher = None if no_publish else Publisher(cfg.kafka.login("publisher"), Releaser(
-        key, cfg.registry.root, cfg.releases.fleet, cfg.releases.ttl_days * 86_400)).start()
-    make = trainer_factory(cfg, key, publisher, epochs, min_records, schedule_s,
-                           drift_check_s, recent_s)
+    publisher = (
+        None
+        if no_publish
+        else Publisher(
+            cfg.kafka.login("publisher"),
+            Releaser(key, cfg.registry.root, cfg.releases.fleet, cfg.releases.ttl_days * 86_400),
+        ).start()
+    )
+    make = trainer_factory(
+        cfg, key, publisher, epochs, min_records, schedule_s, drift_check_s, recent_s
+    )
     stop = threading.Event()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
@@ -104,12 +172,13 @@ def signer(config_path: Path | None, key_file: Path | None, no_publish: bool, ep
     if parent_pid is not None:
         threading.Thread(target=_with_parent, args=(parent_pid, stop), daemon=True).start()
     approval = "required" if cfg.trainer.require_approval else "not required"
-    click.echo(f"fleetsentry signer: key id {signing.key_fingerprint(key)}, registry "
-               f"{cfg.registry.root}, operator approval of retrained models {approval}",
-               err=True)
+    click.echo(
+        f"fleetsentry signer: key id {signing.key_fingerprint(key)}, registry "
+        f"{cfg.registry.root}, operator approval of retrained models {approval}",
+        err=True,
+    )
     try:
-        serve(cfg.registry.root, make, publisher, stop, schedule=not no_schedule,
-              streams=STREAMS)
+        serve(cfg.registry.root, make, publisher, stop, schedule=not no_schedule, streams=STREAMS)
     finally:
         if publisher is not None:
             publisher.close()

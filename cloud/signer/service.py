@@ -57,8 +57,9 @@ class SigningService:
     # automatic promotion).
     settle_s: float = 1800.0
 
-    def handle_pending(self, kinds: tuple[RequestKind, ...] = QUICK + TRAINING
-                       ) -> list[RequestRecord]:
+    def handle_pending(
+        self, kinds: tuple[RequestKind, ...] = QUICK + TRAINING
+    ) -> list[RequestRecord]:
         """Carry out every pending request of ``kinds``, oldest first."""
         done = []
         while (req := self.registry.claim_request(kinds)) is not None:
@@ -70,8 +71,10 @@ class SigningService:
         version: str | None = None
         try:
             if req.role != "operator":
-                raise Refused(f"{req.actor} was {req.role or 'no dashboard user'} when asking, "
-                              f"and only operators may {req.kind}")
+                raise Refused(
+                    f"{req.actor} was {req.role or 'no dashboard user'} when asking, "
+                    f"and only operators may {req.kind}"
+                )
             version, outcome = _HANDLERS[req.kind](self, req)
         except Refused as exc:
             state, outcome = "refused", str(exc)
@@ -87,8 +90,9 @@ class SigningService:
 
     def _known(self, stream: str) -> str:
         if stream not in self.streams:
-            raise Refused(f"unknown stream {stream!r} (this signer serves "
-                          f"{', '.join(self.streams)})")
+            raise Refused(
+                f"unknown stream {stream!r} (this signer serves {', '.join(self.streams)})"
+            )
         return stream
 
     def _promote(self, req: RequestRecord) -> tuple[str, str]:
@@ -122,19 +126,31 @@ class SigningService:
         said = f"approved by {req.actor}" + (f": {req.reason}" if req.reason else "")
         self.registry.decide_run(run.id, "promoted", f"{run.decision_reason}; {said}")
         m = self.registry.promote(model.version, req.actor, f"run {run.id} {said}")
-        self.registry.set_status(run.stream, "watching", f"run {run.id}: {m.version} {said}",
-                                 next_ts=time.time() + self.settle_s, failures=0)
-        return m.version, self._published(m, f"run {run.id} approved: {m.version} is now the "
-                                             f"champion of {m.stream}")
+        self.registry.set_status(
+            run.stream,
+            "watching",
+            f"run {run.id}: {m.version} {said}",
+            next_ts=time.time() + self.settle_s,
+            failures=0,
+        )
+        return m.version, self._published(
+            m, f"run {run.id} approved: {m.version} is now the champion of {m.stream}"
+        )
 
     def _reject(self, req: RequestRecord) -> tuple[str, str]:
         run, model = self._waiting(req)
         said = f"rejected by {req.actor}" + (f": {req.reason}" if req.reason else "")
         self.registry.decide_run(run.id, "rejected", f"{run.decision_reason}; {said}")
-        self.registry.set_status(run.stream, "watching", f"run {run.id}: {model.version} {said}; "
-                                 "automatic runs resume", next_ts=None, failures=0)
-        return model.version, (f"run {run.id} rejected: {model.version} stays a candidate and "
-                               "is not published")
+        self.registry.set_status(
+            run.stream,
+            "watching",
+            f"run {run.id}: {model.version} {said}; automatic runs resume",
+            next_ts=None,
+            failures=0,
+        )
+        return model.version, (
+            f"run {run.id} rejected: {model.version} stays a candidate and is not published"
+        )
 
     def _retrain(self, req: RequestRecord) -> tuple[str | None, str]:
         if self.trainer is None:
@@ -154,37 +170,71 @@ class SigningService:
         try:
             self.publisher.publish(model)
         except FleetsentryError as exc:
-            raise Failed(f"{done}, but publishing failed: {exc} (the signer publishes the "
-                         f"champion again when it renews releases)") from None
+            raise Failed(
+                f"{done}, but publishing failed: {exc} (the signer publishes the "
+                f"champion again when it renews releases)"
+            ) from None
         return f"{done}; signed and published to the gateways"
 
 
 _HANDLERS: dict[str, Callable[[SigningService, RequestRecord], tuple[str | None, str]]] = {
-    "promote": SigningService._promote, "rollback": SigningService._rollback,
-    "approve": SigningService._approve, "reject": SigningService._reject,
+    "promote": SigningService._promote,
+    "rollback": SigningService._rollback,
+    "approve": SigningService._approve,
+    "reject": SigningService._reject,
     "retrain": SigningService._retrain,
 }
 
 
-def serve(registry_root: Path, make_trainer: TrainerFactory, publisher: Publishes | None,
-          stop: threading.Event, *, schedule: bool = True, streams: tuple[str, ...] = STREAMS,
-          poll_s: float = 1.0, train_poll_s: float = 5.0) -> None:
+def serve(
+    registry_root: Path,
+    make_trainer: TrainerFactory,
+    publisher: Publishes | None,
+    stop: threading.Event,
+    *,
+    schedule: bool = True,
+    streams: tuple[str, ...] = STREAMS,
+    poll_s: float = 1.0,
+    train_poll_s: float = 5.0,
+) -> None:
     """Both loops, until ``stop`` is set."""
-    loops = [threading.Thread(target=_loop, name=name, daemon=True,
-                              args=(registry_root, make_trainer, publisher, stop, kinds,
-                                    schedule if training else None, streams, wait))
-             for name, kinds, training, wait in (("signer-requests", QUICK, False, poll_s),
-                                                 ("signer-training", TRAINING, True,
-                                                  train_poll_s))]
+    loops = [
+        threading.Thread(
+            target=_loop,
+            name=name,
+            daemon=True,
+            args=(
+                registry_root,
+                make_trainer,
+                publisher,
+                stop,
+                kinds,
+                schedule if training else None,
+                streams,
+                wait,
+            ),
+        )
+        for name, kinds, training, wait in (
+            ("signer-requests", QUICK, False, poll_s),
+            ("signer-training", TRAINING, True, train_poll_s),
+        )
+    ]
     for t in loops:
         t.start()
     for t in loops:
         t.join()
 
 
-def _loop(registry_root: Path, make_trainer: TrainerFactory, publisher: Publishes | None,
-          stop: threading.Event, kinds: tuple[RequestKind, ...], schedule: bool | None,
-          streams: tuple[str, ...], poll_s: float) -> None:
+def _loop(
+    registry_root: Path,
+    make_trainer: TrainerFactory,
+    publisher: Publishes | None,
+    stop: threading.Event,
+    kinds: tuple[RequestKind, ...],
+    schedule: bool | None,
+    streams: tuple[str, ...],
+    poll_s: float,
+) -> None:
     """Carry out ``kinds`` of requests; the training loop (``schedule`` not None) also runs
     the trainer service's cycle (when ``schedule``) and renews releases."""
     with Registry(registry_root) as reg:

@@ -11,10 +11,18 @@ from cloud import config as cloud_config
 
 
 @click.command("store")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
-              help="cloud.toml ([kafka] bootstrap and the [store] table).")
-@click.option("--until-idle", type=float, default=None,
-              help="Exit after this many seconds without a new record (for batch runs).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="cloud.toml ([kafka] bootstrap and the [store] table).",
+)
+@click.option(
+    "--until-idle",
+    type=float,
+    default=None,
+    help="Exit after this many seconds without a new record (for batch runs).",
+)
 def store(config_path: str | None, until_idle: float | None) -> None:
     """Write every gateway's replicated topics and the labels into Parquet, deduplicated."""
     from cloud.store.service import Store
@@ -24,8 +32,14 @@ def store(config_path: str | None, until_idle: float | None) -> None:
 
     streams.use_declarations(cfg.streams.dir)  # declared streams' anon.* and scores.* too
     s = cfg.store
-    svc = Store(cfg.kafka.login("store"), s.root, s.group_id, s.batch_records, s.flush_interval_s,
-                s.compression)
+    svc = Store(
+        cfg.kafka.login("store"),
+        s.root,
+        s.group_id,
+        s.batch_records,
+        s.flush_interval_s,
+        s.compression,
+    )
 
     def stop(*_: Any) -> None:
         svc.stop_event.set()

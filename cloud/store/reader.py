@@ -28,19 +28,29 @@ class StoreReader:
         """The finished Parquet files of dataset ``name``: a file still being written (or
         left half written by a crash) is never read."""
         folder = self.root / name
-        files = sorted(str(p) for p in folder.rglob("*.parquet")
-                       if not p.name.startswith(".")) if folder.is_dir() else []
+        files = (
+            sorted(str(p) for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+            if folder.is_dir()
+            else []
+        )
         if not files:
             return None
         ds = layout.datasets()[name]
         schema = schema_of(ds).append(pa.field("day", pa.string()))
-        return pads.dataset(files, format="parquet", schema=schema,
-                            partitioning=pads.partitioning(
-                                pa.schema([pa.field("day", pa.string())]), flavor="hive"),
-                            partition_base_dir=str(folder), exclude_invalid_files=False)
+        return pads.dataset(
+            files,
+            format="parquet",
+            schema=schema,
+            partitioning=pads.partitioning(
+                pa.schema([pa.field("day", pa.string())]), flavor="hive"
+            ),
+            partition_base_dir=str(folder),
+            exclude_invalid_files=False,
+        )
 
-    def table(self, name: str, columns: list[str] | None = None,
-              filter: pc.Expression | None = None) -> pa.Table:
+    def table(
+        self, name: str, columns: list[str] | None = None, filter: pc.Expression | None = None
+    ) -> pa.Table:
         """Rows of dataset ``name`` (e.g. ``anon.payments``), one per record id."""
         ds = self.dataset(name)
         if ds is None:
@@ -77,18 +87,21 @@ class StoreReader:
         gateway."""
         table = self.table(topics.ALERTS, ["edge_id", "record"], pc.field("start_ts") >= since_ts)
         out: dict[str, list[contracts.Alert]] = {}
-        for edge_id, raw in zip(table["edge_id"].to_pylist(), table["record"].to_pylist(),
-                                strict=True):
+        for edge_id, raw in zip(
+            table["edge_id"].to_pylist(), table["record"].to_pylist(), strict=True
+        ):
             out.setdefault(edge_id or "", []).append(contracts.decode(contracts.Alert, raw))
         return out
 
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[contracts.Score]]:
         """Scores at or after ``since_ts``, per gateway (the edge id they came from)."""
-        table = self.table(streams.get(stream).scores_topic, ["edge_id", "record"],
-                           pc.field("ts") >= since_ts)
+        table = self.table(
+            streams.get(stream).scores_topic, ["edge_id", "record"], pc.field("ts") >= since_ts
+        )
         out: dict[str, list[contracts.Score]] = {}
-        for edge_id, raw in zip(table["edge_id"].to_pylist(), table["record"].to_pylist(),
-                                strict=True):
+        for edge_id, raw in zip(
+            table["edge_id"].to_pylist(), table["record"].to_pylist(), strict=True
+        ):
             out.setdefault(edge_id or "", []).append(contracts.decode(contracts.Score, raw))
         return out
 

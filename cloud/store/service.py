@@ -21,9 +21,15 @@ log = logging.getLogger(__name__)
 class Store:
     """Consumes every gateway's replicated topics into Parquet. No I/O until ``start``."""
 
-    def __init__(self, bootstrap: Target, root: Path, group_id: str = "fleetsentry-store",
-                 batch_records: int = 5000, flush_interval_s: float = 5.0,
-                 compression: str = "zstd") -> None:
+    def __init__(
+        self,
+        bootstrap: Target,
+        root: Path,
+        group_id: str = "fleetsentry-store",
+        batch_records: int = 5000,
+        flush_interval_s: float = 5.0,
+        compression: str = "zstd",
+    ) -> None:
         self.bootstrap = bootstrap
         self.files = ParquetFiles(root, compression)
         self.group_id = group_id
@@ -37,13 +43,20 @@ class Store:
 
     def start(self) -> None:
         self.files.open()
-        self._consumer = Consumer(client_config(self.bootstrap, {
-            "group.id": self.group_id,
-            "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-            # A new gateway's topics appear while we run: notice them within seconds.
-            "topic.metadata.refresh.interval.ms": 5000,
-        }))
+        self._consumer = Consumer(
+            client_config(
+                self.bootstrap,
+                {
+                    "group.id": self.group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    # A new gateway's topics appear while we run: notice them within seconds.
+                    "topic.metadata.refresh.interval.ms": 5000,
+                },
+            )
+        )
         self._consumer.subscribe(layout.SUBSCRIPTION, on_revoke=self._on_revoke)
 
     def close(self) -> None:
@@ -86,8 +99,7 @@ class Store:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() not in (KafkaError._PARTITION_EOF,
-                                      KafkaError.UNKNOWN_TOPIC_OR_PART):
+                if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                     log.warning("consumer error: %s", err)
                 continue
             topic, part, offset = msg.topic(), msg.partition(), msg.offset()
@@ -107,8 +119,7 @@ class Store:
             now = time.monotonic()
             if n:
                 last_msg = now
-            if (self._batch.count >= self.batch_records
-                    or now - last_flush >= self.flush_interval_s):
+            if self._batch.count >= self.batch_records or now - last_flush >= self.flush_interval_s:
                 self._flush()
                 last_flush = now
                 if progress is not None:

@@ -39,21 +39,31 @@ except ImportError:  # pragma: no cover - depends on the installed extra
 
 INDEX = "_index.sqlite"
 _ARROW = {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
-META = [("record_id", pa.string()), ("edge_id", pa.string()), ("topic", pa.string()),
-        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())]
+META = [
+    ("record_id", pa.string()),
+    ("edge_id", pa.string()),
+    ("topic", pa.string()),
+    ("kafka_partition", pa.int32()),
+    ("kafka_offset", pa.int64()),
+]
 
 
 def schema_of(ds: layout.Dataset) -> pa.Schema:
     cols = [pa.field(n, t) for n, t in META]
-    cols += [pa.field(name, _ARROW[kind]) for name, kind in ds.columns()
-             if name not in dict(META)]
+    cols += [pa.field(name, _ARROW[kind]) for name, kind in ds.columns() if name not in dict(META)]
     cols.append(pa.field("record", pa.string()))
     return pa.schema(cols)
 
 
-REJECTED_SCHEMA = pa.schema([pa.field("topic", pa.string()), pa.field("kafka_partition", pa.int32()),
-                             pa.field("kafka_offset", pa.int64()), pa.field("reason", pa.string()),
-                             pa.field("payload", pa.binary())])
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("topic", pa.string()),
+        pa.field("kafka_partition", pa.int32()),
+        pa.field("kafka_offset", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("payload", pa.binary()),
+    ]
+)
 
 
 @dataclass
@@ -61,7 +71,8 @@ class Batch:
     """Rows waiting for the next flush, keyed by (dataset, day)."""
 
     rows: dict[tuple[str, str], list[dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     ids: set[tuple[str, str]] = field(default_factory=set)
     count: int = 0
 
@@ -79,14 +90,20 @@ class ParquetFiles:
             self.root.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.root / INDEX)
         except OSError as exc:
-            raise StoreError(f"cannot create the store at {self.root}: {exc}; set [store] root "
-                             "to a writable folder") from None
+            raise StoreError(
+                f"cannot create the store at {self.root}: {exc}; set [store] root "
+                "to a writable folder"
+            ) from None
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS records (dataset TEXT, record_id TEXT, "
-                         "PRIMARY KEY (dataset, record_id)) WITHOUT ROWID")
-        self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, rows INTEGER, "
-                         "written_ts REAL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS records (dataset TEXT, record_id TEXT, "
+            "PRIMARY KEY (dataset, record_id)) WITHOUT ROWID"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, rows INTEGER, "
+            "written_ts REAL)"
+        )
         self._db.commit()
         self.remove_orphans()
 
@@ -115,15 +132,18 @@ class ParquetFiles:
     def seen(self, dataset: str, record_ids: list[str]) -> set[str]:
         out: set[str] = set()
         for i in range(0, len(record_ids), 500):
-            chunk = record_ids[i:i + 500]
+            chunk = record_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            out.update(r[0] for r in self.db.execute(
-                f"SELECT record_id FROM records WHERE dataset=? AND record_id IN ({marks})",
-                [dataset, *chunk]))
+            out.update(
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT record_id FROM records WHERE dataset=? AND record_id IN ({marks})",
+                    [dataset, *chunk],
+                )
+            )
         return out
 
-    def write(self, dataset: str, day: str, rows: list[dict[str, Any]],
-              schema: pa.Schema) -> Path:
+    def write(self, dataset: str, day: str, rows: list[dict[str, Any]], schema: pa.Schema) -> Path:
         """Write one file durably and return its path relative to the root (not yet indexed)."""
         folder = self.root / dataset / f"day={day}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,8 +164,9 @@ class ParquetFiles:
     def index(self, files: list[tuple[Path, int]], ids: set[tuple[str, str]]) -> None:
         now = time.time()
         with self.db:
-            self.db.executemany("INSERT OR IGNORE INTO files VALUES (?, ?, ?)",
-                                [(str(p), n, now) for p, n in files])
+            self.db.executemany(
+                "INSERT OR IGNORE INTO files VALUES (?, ?, ?)", [(str(p), n, now) for p, n in files]
+            )
             self.db.executemany("INSERT OR IGNORE INTO records VALUES (?, ?)", sorted(ids))
 
 
@@ -161,9 +182,15 @@ def to_rows(batch: Batch, files: ParquetFiles, msgs: list[Any]) -> int:
         try:
             rec = contracts.decode(ds.kind, msg.value() or b"")
         except ContractError as exc:
-            batch.rows[(layout.REJECTED, layout.day_of(time.time()))].append({
-                "topic": msg.topic(), "kafka_partition": msg.partition(),
-                "kafka_offset": msg.offset(), "reason": str(exc), "payload": msg.value()})
+            batch.rows[(layout.REJECTED, layout.day_of(time.time()))].append(
+                {
+                    "topic": msg.topic(),
+                    "kafka_partition": msg.partition(),
+                    "kafka_offset": msg.offset(),
+                    "reason": str(exc),
+                    "payload": msg.value(),
+                }
+            )
             continue
         decoded.append((msg, edge_id, ds, rec))
     by_ds: dict[str, list[str]] = defaultdict(list)
@@ -176,9 +203,14 @@ def to_rows(batch: Batch, files: ParquetFiles, msgs: list[Any]) -> int:
             continue
         batch.ids.add(key)
         row = {name: getattr(rec, name) for name, _ in ds.columns()}
-        row.update(record_id=key[1], edge_id=edge_id, topic=msg.topic(),
-                   kafka_partition=msg.partition(), kafka_offset=msg.offset(),
-                   record=contracts.encode(rec).decode())
+        row.update(
+            record_id=key[1],
+            edge_id=edge_id,
+            topic=msg.topic(),
+            kafka_partition=msg.partition(),
+            kafka_offset=msg.offset(),
+            record=contracts.encode(rec).decode(),
+        )
         batch.rows[(ds.name, layout.day_of(ds.event_ts(rec)))].append(row)
         added += 1
     batch.count += len(msgs)

@@ -35,20 +35,27 @@ STREAMS = BUILTIN_NAMES
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
-def _thresholds(values: Iterable[str], known: Iterable[str] = STREAMS
-                ) -> dict[str, ThresholdRule]:
+def _thresholds(values: Iterable[str], known: Iterable[str] = STREAMS) -> dict[str, ThresholdRule]:
     out: dict[str, ThresholdRule] = {}
     known = list(known)
     for v in values:
         stream, sep, rule = v.partition(":")
         if not sep or stream not in known:
-            raise click.BadParameter(f"{v!r}: expected STREAM:MODE=VALUE with STREAM one of "
-                                     f"{', '.join(known)}, e.g. payments:precision=0.9",
-                                     param_hint="--threshold")
+            raise click.BadParameter(
+                f"{v!r}: expected STREAM:MODE=VALUE with STREAM one of "
+                f"{', '.join(known)}, e.g. payments:precision=0.9",
+                param_hint="--threshold",
+            )
         out[stream] = ThresholdRule.parse(rule)
     return out
 
@@ -69,59 +76,129 @@ def _chosen(names: tuple[str, ...], known: list[str]) -> list[str]:
     if unknown:
         raise click.BadParameter(
             f"unknown stream {unknown[0]!r}; the streams are: {', '.join(known)} (the built-in "
-            "ones and those declared in cloud.toml's [streams] dir)", param_hint="--stream")
+            "ones and those declared in cloud.toml's [streams] dir)",
+            param_hint="--stream",
+        )
     return list(dict.fromkeys(names))
 
 
 @click.command()
-@click.option("--events", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Simulator dry-run events file (JSON lines of MQTT messages).")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Labels file (JSON lines of Label); default: labels.jsonl beside --events.")
+@click.option(
+    "--events",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Simulator dry-run events file (JSON lines of MQTT messages).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labels file (JSON lines of Label); default: labels.jsonl beside --events.",
+)
 @click.option("--bootstrap", help="Read anon.<stream> from this Kafka instead of files.")
-@click.option("--topic-prefix", default="", show_default=True,
-              help="Prefix of the anon topics on --bootstrap (e.g. a mirrored edge's alias).")
+@click.option(
+    "--topic-prefix",
+    default="",
+    show_default=True,
+    help="Prefix of the anon topics on --bootstrap (e.g. a mirrored edge's alias).",
+)
 @click.option("--labels-topic", default=None, help="Read labels from this topic on --bootstrap.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="cloud.toml: its [streams] dir declares streams beside the built-in ones, "
-                   "and its [kafka] login is the one --bootstrap uses (TLS, user, password); "
-                   "default: the built-in streams, and the trainer's login as `fleetsentry "
-                   "infra up` made it.")
-@click.option("--stream", "stream_names", multiple=True, metavar="NAME",
-              help="Streams to train: telemetry, payments or a declared stream (default: "
-                   "every stream the --events file holds; with --bootstrap, the built-in "
-                   "ones).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("models"), show_default=True,
-              help="Writes one model directory per stream under it: OUT/<stream>/.")
-@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=signing.dev_private_key_path(), show_default=True,
-              help="Ed25519 signing key (PEM); generated with mode 0600 if missing.")
-@click.option("--public-key-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the matching public key here (e.g. OUT/fleet.pub).")
-@click.option("--token-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Fleet secret used to tokenize files (any secret works for training).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="cloud.toml: its [streams] dir declares streams beside the built-in ones, "
+    "and its [kafka] login is the one --bootstrap uses (TLS, user, password); "
+    "default: the built-in streams, and the trainer's login as `fleetsentry "
+    "infra up` made it.",
+)
+@click.option(
+    "--stream",
+    "stream_names",
+    multiple=True,
+    metavar="NAME",
+    help="Streams to train: telemetry, payments or a declared stream (default: "
+    "every stream the --events file holds; with --bootstrap, the built-in "
+    "ones).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="Writes one model directory per stream under it: OUT/<stream>/.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=signing.dev_private_key_path(),
+    show_default=True,
+    help="Ed25519 signing key (PEM); generated with mode 0600 if missing.",
+)
+@click.option(
+    "--public-key-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the matching public key here (e.g. OUT/fleet.pub).",
+)
+@click.option(
+    "--token-secret-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet secret used to tokenize files (any secret works for training).",
+)
 @click.option("--epochs", default=TrainSettings.epochs, show_default=True)
 @click.option("--batch-size", default=TrainSettings.batch_size, show_default=True)
-@click.option("--max-fit-rows", default=TrainSettings.max_fit_rows, show_default=True,
-              help="Fit on a random subsample of at most this many normal records.")
+@click.option(
+    "--max-fit-rows",
+    default=TrainSettings.max_fit_rows,
+    show_default=True,
+    help="Fit on a random subsample of at most this many normal records.",
+)
 @click.option("--seed", default=TrainSettings.seed, show_default=True)
-@click.option("--split", type=click.Choice(["time", "vehicle"]), default=TrainSettings.split,
-              show_default=True,
-              help="Validation and holdout: the latest events (time) or unseen vehicles/cards "
-                   "(vehicle; for data pooled from several runs or times of day).")
-@click.option("--splits", default=",".join(f"{f:g}" for f in TrainSettings.splits),
-              show_default=True, help="Train,validation,holdout fractions.")
-@click.option("--threshold", "thresholds", multiple=True, metavar="STREAM:MODE=VALUE",
-              help="Threshold rule, e.g. payments:precision=0.9, telemetry:false_episodes=0.5, "
-                   "telemetry:alert_rate=0.001. Defaults: payments precision=0.9, telemetry "
-                   "false_episodes=0.5, a declared stream alert_rate=0.001.")
+@click.option(
+    "--split",
+    type=click.Choice(["time", "vehicle"]),
+    default=TrainSettings.split,
+    show_default=True,
+    help="Validation and holdout: the latest events (time) or unseen vehicles/cards "
+    "(vehicle; for data pooled from several runs or times of day).",
+)
+@click.option(
+    "--splits",
+    default=",".join(f"{f:g}" for f in TrainSettings.splits),
+    show_default=True,
+    help="Train,validation,holdout fractions.",
+)
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    metavar="STREAM:MODE=VALUE",
+    help="Threshold rule, e.g. payments:precision=0.9, telemetry:false_episodes=0.5, "
+    "telemetry:alert_rate=0.001. Defaults: payments precision=0.9, telemetry "
+    "false_episodes=0.5, a declared stream alert_rate=0.001.",
+)
 @click.option("--parent", default=None, help="Version of the model this one replaces.")
-def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic_prefix: str,
-          labels_topic: str | None, config_path: Path | None, stream_names: tuple[str, ...], out_dir: Path,
-          key_file: Path, public_key_out: Path | None, token_secret_file: Path | None,
-          epochs: int, batch_size: int, max_fit_rows: int, seed: int, split: str, splits: str,
-          thresholds: tuple[str, ...], parent: str | None) -> None:
+def train(
+    events: Path | None,
+    labels: Path | None,
+    bootstrap: str | None,
+    topic_prefix: str,
+    labels_topic: str | None,
+    config_path: Path | None,
+    stream_names: tuple[str, ...],
+    out_dir: Path,
+    key_file: Path,
+    public_key_out: Path | None,
+    token_secret_file: Path | None,
+    epochs: int,
+    batch_size: int,
+    max_fit_rows: int,
+    seed: int,
+    split: str,
+    splits: str,
+    thresholds: tuple[str, ...],
+    parent: str | None,
+) -> None:
     """Train, quantize (int8), evaluate and sign one autoencoder per stream.
 
     A declared stream trains without labels: its threshold then comes from a budget (default
@@ -137,7 +214,8 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
     key = signing.ensure_private_key(key_file)
     login = login_at(bootstrap, config_path, "trainer") if bootstrap else None
     builtin_wanted = any(n in BUILTIN_NAMES for n in names) and (
-        bool(stream_names) or events is None)
+        bool(stream_names) or events is None
+    )
     label_list = _labels(events, labels, login, labels_topic, required=builtin_wanted)
     with _progress(console) as progress:
         if events is not None:
@@ -145,35 +223,46 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
             records = _from_files(events, label_list, secret, progress)
         else:
             assert login is not None
-            records = {s: _from_kafka(login, topic_prefix + f"anon.{s}", s, label_list,
-                                      progress) for s in names}
+            records = {
+                s: _from_kafka(login, topic_prefix + f"anon.{s}", s, label_list, progress)
+                for s in names
+            }
         if not stream_names and events is not None:  # every stream the file holds
             names = [n for n in names if len(records[n]) > 0]
             if not names:
-                raise TrainerError("the data holds no events of any stream: "
-                                   f"{', '.join(known)}")
+                raise TrainerError(f"the data holds no events of any stream: {', '.join(known)}")
             if any(n in BUILTIN_NAMES for n in names) and not label_list:
                 raise click.UsageError(_NEEDS_LABELS)
         for name in names:
             if len(records[name]) == 0:
-                source = (f"{events}" if login is None else
-                          f"topic {topic_prefix}anon.{name} on {bootstrap_of(login)}")
+                source = (
+                    f"{events}"
+                    if login is None
+                    else f"topic {topic_prefix}anon.{name} on {bootstrap_of(login)}"
+                )
                 raise TrainerError(f"{source} holds no {name} events")
         trained: dict[str, TrainedModel] = {}
         for name in names:
             declared = name not in BUILTIN_NAMES
-            settings = TrainSettings(epochs=epochs, batch_size=batch_size,
-                                     max_fit_rows=max_fit_rows, seed=seed, split=split,
-                                     splits=_splits(splits),
-                                     threshold=rules.get(name),
-                                     allow_unlabelled=declared)
+            settings = TrainSettings(
+                epochs=epochs,
+                batch_size=batch_size,
+                max_fit_rows=max_fit_rows,
+                seed=seed,
+                split=split,
+                splits=_splits(splits),
+                threshold=rules.get(name),
+                allow_unlabelled=declared,
+            )
             task = progress.add_task(f"train {name}", total=epochs, info="")
 
-            def report(phase: str, done: int, total: int, loss: float | None,
-                       task: TaskID = task) -> None:
+            def report(
+                phase: str, done: int, total: int, loss: float | None, task: TaskID = task
+            ) -> None:
                 info = f"{phase}" + (f"  loss {loss:.4f}" if loss is not None else "")
-                progress.update(task, completed=done if phase.startswith("fit") else epochs,
-                                info=info)
+                progress.update(
+                    task, completed=done if phase.startswith("fit") else epochs, info=info
+                )
 
             trained[name] = train_stream(records[name], settings, parent, report)
             write_model_dir(trained[name], out_dir / name, key)
@@ -183,8 +272,11 @@ def train(events: Path | None, labels: Path | None, bootstrap: str | None, topic
         console.print(_summary(model, out_dir / name))
         u = model.manifest.metrics.get("unlabelled")
         if u and not model.holdout.labelled.any():
-            console.print(f"{name}: detection quality {u['detection_quality']}; the figures "
-                          "above are what the model does on presumed-normal data", soft_wrap=True)
+            console.print(
+                f"{name}: detection quality {u['detection_quality']}; the figures "
+                "above are what the model does on presumed-normal data",
+                soft_wrap=True,
+            )
     console.print(f"signed with key {signing.key_fingerprint(key)} ({key_file})")
 
 
@@ -194,17 +286,25 @@ def _splits(text: str) -> tuple[float, float, float]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or min(parts) <= 0:
-        raise click.BadParameter(f"{text!r}: expected three positive fractions, e.g. 0.6,0.2,0.2",
-                                 param_hint="--splits")
+        raise click.BadParameter(
+            f"{text!r}: expected three positive fractions, e.g. 0.6,0.2,0.2", param_hint="--splits"
+        )
     return parts[0], parts[1], parts[2]
 
 
-_NEEDS_LABELS = ("labels are needed to check the built-in streams' int8 models and pick their "
-                 "thresholds: pass --labels FILE (or --labels-topic with --bootstrap)")
+_NEEDS_LABELS = (
+    "labels are needed to check the built-in streams' int8 models and pick their "
+    "thresholds: pass --labels FILE (or --labels-topic with --bootstrap)"
+)
 
 
-def _labels(events: Path | None, labels: Path | None, bootstrap: Target | None,
-            labels_topic: str | None, required: bool = True) -> list[Label]:
+def _labels(
+    events: Path | None,
+    labels: Path | None,
+    bootstrap: Target | None,
+    labels_topic: str | None,
+    required: bool = True,
+) -> list[Label]:
     """The labels file (or topic); a declared stream trains without (``required=False``)."""
     if labels is None and events is not None:
         candidate = events.parent / "labels.jsonl"
@@ -220,20 +320,25 @@ def _labels(events: Path | None, labels: Path | None, bootstrap: Target | None,
     raise click.UsageError(_NEEDS_LABELS)
 
 
-def _from_files(events: Path, labels: list[Label], secret: bytes | None,
-                progress: Progress) -> dict[str, data.Records]:
+def _from_files(
+    events: Path, labels: list[Label], secret: bytes | None, progress: Progress
+) -> dict[str, data.Records]:
     task = progress.add_task("anonymize events", total=None, info="")
     tokenizer = Tokenizer(secret) if secret else None
     out = data.records_from_messages(
-        data.read_events_file(events), labels, tokenizer,
-        on_progress=lambda n: progress.update(task, completed=n, info=f"{n:,} messages"))
+        data.read_events_file(events),
+        labels,
+        tokenizer,
+        on_progress=lambda n: progress.update(task, completed=n, info=f"{n:,} messages"),
+    )
     total = sum(len(r) for r in out.values())
     progress.update(task, total=total, completed=total, info=f"{total:,} events")
     return out
 
 
-def _from_kafka(bootstrap: Target, topic: str, stream: str, labels: list[Label],
-                progress: Progress) -> data.Records:
+def _from_kafka(
+    bootstrap: Target, topic: str, stream: str, labels: list[Label], progress: Progress
+) -> data.Records:
     from cloud.kafka_source import read_topic
 
     spec = streams.get(stream)
@@ -263,22 +368,31 @@ def _summary(model: TrainedModel, path: Path) -> Table:
     table.add_column("value", justify="right")
     q = m["quantization"]
     hold = m["holdout"]
-    rows = [("threshold", f"{model.manifest.threshold:.5f} ({m['threshold_rule']['mode']}="
-                          f"{m['threshold_rule']['value']})")]
+    rows = [
+        (
+            "threshold",
+            f"{model.manifest.threshold:.5f} ({m['threshold_rule']['mode']}="
+            f"{m['threshold_rule']['value']})",
+        )
+    ]
     if "int8_roc_auc" in q:
-        rows += [("ROC AUC float / int8", f"{q['float_roc_auc']:.4f} / {q['int8_roc_auc']:.4f}"),
-                 ("PR AUC (int8)", _fmt(hold["pr_auc"])),
-                 ("precision / recall", f"{_fmt(hold['precision'])} / {_fmt(hold['recall'])}")]
+        rows += [
+            ("ROC AUC float / int8", f"{q['float_roc_auc']:.4f} / {q['int8_roc_auc']:.4f}"),
+            ("PR AUC (int8)", _fmt(hold["pr_auc"])),
+            ("precision / recall", f"{_fmt(hold['precision'])} / {_fmt(hold['recall'])}"),
+        ]
     else:
         rows.append(("int8 / float rank agreement", f"{q['rank_agreement']:.4f}"))
     for kind, k in m["per_kind"].items():
         rows.append((f"  {kind}: recall / PR AUC", f"{_fmt(k['recall'])} / {_fmt(k['pr_auc'])}"))
     ep = m.get("episodes")
     if ep:
-        rows.append(("episodes alerted within 60 s",
-                     f"{ep['detected_within_60s']}/{ep['episodes']}"))
-        rows.append(("false alert episodes / 100 vehicle-h",
-                     f"{ep['false_alert_episodes_per_100h']:.2f}"))
+        rows.append(
+            ("episodes alerted within 60 s", f"{ep['detected_within_60s']}/{ep['episodes']}")
+        )
+        rows.append(
+            ("false alert episodes / 100 vehicle-h", f"{ep['false_alert_episodes_per_100h']:.2f}")
+        )
     u = m.get("unlabelled")
     if u:
         rows += _unlabelled_rows(u)
@@ -292,17 +406,27 @@ def _unlabelled_rows(u: dict[str, Any]) -> list[tuple[str, str]]:
     s = u["scores"]
     per_h = u["alert_episodes_per_device_hour"]
     rows = [
-        ("holdout alert rate (presumed normal)",
-         f"{_fmt(u['alert_rate'], 5)} ({u['alerts']} of {u['events']} events)"),
-        ("alert episodes / device-hour",
-         f"{_fmt(per_h, 4)} ({u['alert_episodes']} in {u['device_hours']:.1f} h)"),
-        ("score p50 / p90 / p99 / max",
-         f"{s['p50']:.4f} / {s['p90']:.4f} / {s['p99']:.4f} / {_fmt(s['max'], 4)}"),
+        (
+            "holdout alert rate (presumed normal)",
+            f"{_fmt(u['alert_rate'], 5)} ({u['alerts']} of {u['events']} events)",
+        ),
+        (
+            "alert episodes / device-hour",
+            f"{_fmt(per_h, 4)} ({u['alert_episodes']} in {u['device_hours']:.1f} h)",
+        ),
+        (
+            "score p50 / p90 / p99 / max",
+            f"{s['p50']:.4f} / {s['p90']:.4f} / {s['p99']:.4f} / {_fmt(s['max'], 4)}",
+        ),
         ("  vs threshold", f"{s['threshold']:.4f}"),
     ]
     for i, d in enumerate(u["drivers"]):
-        rows.append(("alerts driven by" if i == 0 else "",
-                     f"{d['label']} ({d['feature']}) {100 * d['share']:.0f} %"))
+        rows.append(
+            (
+                "alerts driven by" if i == 0 else "",
+                f"{d['label']} ({d['feature']}) {100 * d['share']:.0f} %",
+            )
+        )
     return rows
 
 

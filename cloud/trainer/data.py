@@ -76,9 +76,17 @@ class Records:
         return self.kinds != ""
 
     def take(self, idx: NDArray[Any]) -> Records:
-        return Records(self.stream, self.features, self.x[idx], self.event_ids[idx],
-                       self.ts[idx], self.tokens[idx], self.kinds[idx], self.episodes[idx],
-                       self.rejected)
+        return Records(
+            self.stream,
+            self.features,
+            self.x[idx],
+            self.event_ids[idx],
+            self.ts[idx],
+            self.tokens[idx],
+            self.kinds[idx],
+            self.episodes[idx],
+            self.rejected,
+        )
 
 
 class RecordBuilder:
@@ -96,28 +104,42 @@ class RecordBuilder:
         label = self.labels.get(record.event_id)
         if self._declared:
             feats = record.features
-            self._rows.append(np.array([feats.get(n, 0.0) for n in self.features],
-                                       dtype=np.float32))
+            self._rows.append(
+                np.array([feats.get(n, 0.0) for n in self.features], dtype=np.float32)
+            )
         else:
             self._rows.append(feature_vector(self.stream, record))
-        self._meta.append((record.event_id, record.ts, key_token(record),
-                           label.kind if label else "", label.episode_id if label else ""))
+        self._meta.append(
+            (
+                record.event_id,
+                record.ts,
+                key_token(record),
+                label.kind if label else "",
+                label.episode_id if label else "",
+            )
+        )
 
     def build(self) -> Records:
         n = len(self._rows)
         x = np.vstack(self._rows) if n else np.zeros((0, len(self.features)), np.float32)
         cols = list(zip(*self._meta, strict=True)) if n else [(), (), (), (), ()]
         return Records(
-            stream=self.stream, features=self.features, x=x.astype(np.float32),
-            event_ids=np.array(cols[0], dtype=object), ts=np.array(cols[1], dtype=np.float64),
-            tokens=np.array(cols[2], dtype=object), kinds=np.array(cols[3], dtype=object),
+            stream=self.stream,
+            features=self.features,
+            x=x.astype(np.float32),
+            event_ids=np.array(cols[0], dtype=object),
+            ts=np.array(cols[1], dtype=np.float64),
+            tokens=np.array(cols[2], dtype=object),
+            kinds=np.array(cols[3], dtype=object),
             episodes=np.array(cols[4], dtype=object),
         )
 
 
 def records_from_messages(
-    messages: Iterable[tuple[str, bytes]], labels: Iterable[Label],
-    tokenizer: Tokenizer | None = None, on_progress: Any = None,
+    messages: Iterable[tuple[str, bytes]],
+    labels: Iterable[Label],
+    tokenizer: Tokenizer | None = None,
+    on_progress: Any = None,
 ) -> dict[str, Records]:
     """Anonymize raw MQTT messages in publish order, as the edge does; one Records per stream.
 
@@ -151,8 +173,7 @@ def _stream_of(record: AnyAnon) -> str:
     return "payments" if isinstance(record, AnonPayment) else "telemetry"
 
 
-def records_from_anon(stream: str, records: Iterable[AnyAnon],
-                      labels: Iterable[Label]) -> Records:
+def records_from_anon(stream: str, records: Iterable[AnyAnon], labels: Iterable[Label]) -> Records:
     """Records from already anonymized events (e.g. read from ``anon.<stream>``)."""
     builder = RecordBuilder(stream, {lab.event_id: lab for lab in labels})
     for record in records:
@@ -254,8 +275,9 @@ def vehicle_split(records: Records, fractions: tuple[float, float, float]) -> tu
     cuts = np.cumsum(fractions)[:-1] / sum(fractions)
     keys = np.unique(records.tokens)
     if keys.size < 3:
-        raise TrainerError(f"a split by vehicle needs at least 3 keys; {records.stream} has "
-                           f"{keys.size}")
+        raise TrainerError(
+            f"a split by vehicle needs at least 3 keys; {records.stream} has {keys.size}"
+        )
     labelled_keys = set(records.tokens[records.labelled].tolist())
 
     def ranked(group: list[Any]) -> list[Any]:

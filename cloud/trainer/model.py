@@ -76,8 +76,9 @@ def warnings_ignored() -> Iterator[None]:
         yield
 
 
-def scale(x: NDArray[Any], mean: Sequence[float] | NDArray[Any],
-          std: Sequence[float] | NDArray[Any]) -> NDArray[np.float32]:
+def scale(
+    x: NDArray[Any], mean: Sequence[float] | NDArray[Any], std: Sequence[float] | NDArray[Any]
+) -> NDArray[np.float32]:
     """Raw features -> model input; NaN (feature not available) means the usual value, 0."""
     m = np.asarray(mean, dtype=np.float32)
     s = np.asarray(std, dtype=np.float32)
@@ -88,9 +89,13 @@ def scale(x: NDArray[Any], mean: Sequence[float] | NDArray[Any],
 # --- the Keras model ---------------------------------------------------------------------
 
 
-def build_autoencoder(width: int, hidden: Sequence[int], learning_rate: float, seed: int,
-                      bounds: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
-                      ) -> Any:
+def build_autoencoder(
+    width: int,
+    hidden: Sequence[int],
+    learning_rate: float,
+    seed: int,
+    bounds: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+) -> Any:
     """Dense encoder ``hidden`` (last = bottleneck), mirrored decoder, linear output.
 
     With ``bounds``, a fixed first layer clips each feature to its normal envelope (a diagonal
@@ -149,13 +154,14 @@ def float_reconstruct(layers: Sequence[Layer], xs: NDArray[np.float32]) -> NDArr
 def float_scores(layers: Sequence[Layer], xs: NDArray[np.float32]) -> NDArray[np.float32]:
     out = np.empty(xs.shape[0], np.float32)
     for i in range(0, xs.shape[0], 65_536):
-        chunk = xs[i:i + 65_536]
-        out[i:i + 65_536] = np.square(float_reconstruct(layers, chunk) - chunk).mean(axis=1)
+        chunk = xs[i : i + 65_536]
+        out[i : i + 65_536] = np.square(float_reconstruct(layers, chunk) - chunk).mean(axis=1)
     return out
 
 
-def error_scale(layers: Sequence[Layer], xs: NDArray[np.float32], floor: float,
-                quantile: float) -> NDArray[np.float64]:
+def error_scale(
+    layers: Sequence[Layer], xs: NDArray[np.float32], floor: float, quantile: float
+) -> NDArray[np.float64]:
     """Per feature: the root of a high quantile of its squared error on normal data.
 
     A quantile rather than the mean: a heavy-tailed feature (lateral acceleration in a sharp
@@ -194,7 +200,7 @@ def quantize(model: Any, representative: NDArray[np.float32], batch: int = 100) 
 
     def rep() -> Iterator[list[NDArray[np.float32]]]:
         for i in range(0, representative.shape[0], batch):
-            yield [representative[i:i + batch]]
+            yield [representative[i : i + batch]]
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -239,12 +245,12 @@ class Int8Model:
         out = np.empty(xs.shape, np.float32)
         buf = np.zeros((self.BATCH, self.width), np.int8)
         for i in range(0, q.shape[0], self.BATCH):
-            chunk = q[i:i + self.BATCH]
+            chunk = q[i : i + self.BATCH]
             buf[: chunk.shape[0]] = chunk
             self._it.set_tensor(self._in, buf)
             self._it.invoke()
             res = self._it.get_tensor(self._out)[: chunk.shape[0]]
-            out[i:i + chunk.shape[0]] = (res.astype(np.float32) - z_out) * s_out
+            out[i : i + chunk.shape[0]] = (res.astype(np.float32) - z_out) * s_out
         return out
 
     def scores(self, xs: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -44,7 +44,9 @@ REFERENCE_FILE = "reference.npz"
 # Smallest mean normal squared error a feature is divided by (scaled units squared): a
 # feature the model reconstructs almost perfectly must not turn rounding into alarms.
 ERROR_FLOOR = 0.01
-SCORE_RULE = "mean squared reconstruction error of the scaled features; alert when score > threshold"
+SCORE_RULE = (
+    "mean squared reconstruction error of the scaled features; alert when score > threshold"
+)
 
 
 DEFAULT_INPUT_RANGE = {"telemetry": 8.0, "payments": 8.0}
@@ -124,8 +126,12 @@ def _noop(phase: str, done: int, total: int, loss: float | None) -> None:
     return None
 
 
-def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
-                 parent: str | None = None, progress: Progress = _noop) -> TrainedModel:
+def train_stream(
+    records: Records,
+    settings: TrainSettings = TrainSettings(),
+    parent: str | None = None,
+    progress: Progress = _noop,
+) -> TrainedModel:
     """Train, quantize and evaluate one stream's model; raises QuantizationError on a bad int8."""
     started = time.monotonic()
     splitter = vehicle_split if settings.split == "vehicle" else time_split
@@ -135,13 +141,16 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     episode_rule = settings.episode_rule_for(records.stream)
     normal = train.x[~train.labelled]
     if normal.shape[0] < 50:
-        raise TrainerError(f"only {normal.shape[0]} normal {records.stream} records in the "
-                           f"training split; need at least 50")
+        raise TrainerError(
+            f"only {normal.shape[0]} normal {records.stream} records in the "
+            f"training split; need at least 50"
+        )
     mean, std = ae.fit_scaling(normal)
     xs_fit = ae.scale(_subsample(normal, settings.max_fit_rows, settings.seed), mean, std)
     bounds = ae.envelope(xs_fit) if settings.envelope else None
-    model = ae.build_autoencoder(xs_fit.shape[1], settings.hidden, settings.learning_rate,
-                                 settings.seed, bounds)
+    model = ae.build_autoencoder(
+        xs_fit.shape[1], settings.hidden, settings.learning_rate, settings.seed, bounds
+    )
     # Enough optimizer steps even on small data: at least ~100 batches per epoch.
     batch = int(min(settings.batch_size, max(32, xs_fit.shape[0] // 100)))
     losses: list[float] = []
@@ -150,8 +159,15 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
         losses.append(loss)
         progress(f"fit {records.stream}", epoch, settings.epochs, loss)
 
-    model.fit(xs_fit, xs_fit, epochs=settings.epochs, batch_size=batch,
-              shuffle=True, verbose=0, callbacks=[ae.keras_progress_callback(on_epoch)])
+    model.fit(
+        xs_fit,
+        xs_fit,
+        epochs=settings.epochs,
+        batch_size=batch,
+        shuffle=True,
+        verbose=0,
+        callbacks=[ae.keras_progress_callback(on_epoch)],
+    )
     layers = ae.dense_layers(model)
     if settings.normalize_errors:
         c = ae.error_scale(layers, xs_fit, ERROR_FLOOR, settings.error_quantile)
@@ -170,13 +186,15 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     if hold.labelled.any() and not hold.labelled.all():
         quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
     elif settings.allow_unlabelled:
-        quant = check_quantization_unlabelled(hold_f, hold_q, settings.min_rank_agreement,
-                                              settings.rank_tail_for(records.stream))
+        quant = check_quantization_unlabelled(
+            hold_f, hold_q, settings.min_rank_agreement, settings.rank_tail_for(records.stream)
+        )
     else:
         raise NeedsLabelsError(
             f"the holdout split ({len(hold)} {records.stream} records) needs both normal and "
             f"labelled events to check the int8 model ({int(hold.labelled.sum())} labelled); "
-            "pass the labels (or more data), or allow unlabelled training")
+            "pass the labels (or more data), or allow unlabelled training"
+        )
     rule = settings.rule_for(records.stream)
     if rule.mode == "precision" and not val.labelled.any() and settings.allow_unlabelled:
         rule = UNLABELLED_RULE
@@ -185,44 +203,66 @@ def train_stream(records: Records, settings: TrainSettings = TrainSettings(),
     m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
     m["validation"] = metrics.summary(val.labelled, val_q, threshold)
     if decl is not None or not hold.labelled.any():
-        m["unlabelled"] = unlabelled_metrics(hold, hold_q, int8.reconstruct(xs_hold) - xs_hold,
-                                             threshold, episode_rule)
+        m["unlabelled"] = unlabelled_metrics(
+            hold, hold_q, int8.reconstruct(xs_hold) - xs_hold, threshold, episode_rule
+        )
     m["quantization"] = quant
     m["threshold_rule"] = describe(rule)
     m["score_rule"] = SCORE_RULE
     m["episode_rule"] = vars(episode_rule).copy()
     m["training"] = {
-        "records": len(records), "train": len(train), "validation": len(val),
-        "holdout": len(hold), "split": settings.split, "feature_memory_s": memory_s,
-        "fit_rows": int(xs_fit.shape[0]), "epochs": settings.epochs,
-        "batch_size": batch, "envelope": settings.envelope,
-        "normalized_errors": settings.normalize_errors, "hidden": list(settings.hidden),
-        "loss": [round(v, 6) for v in losses], "seed": settings.seed,
-        "seconds": round(time.monotonic() - started, 1), "rejected_messages": records.rejected,
+        "records": len(records),
+        "train": len(train),
+        "validation": len(val),
+        "holdout": len(hold),
+        "split": settings.split,
+        "feature_memory_s": memory_s,
+        "fit_rows": int(xs_fit.shape[0]),
+        "epochs": settings.epochs,
+        "batch_size": batch,
+        "envelope": settings.envelope,
+        "normalized_errors": settings.normalize_errors,
+        "hidden": list(settings.hidden),
+        "loss": [round(v, 6) for v in losses],
+        "seed": settings.seed,
+        "seconds": round(time.monotonic() - started, 1),
+        "rejected_messages": records.rejected,
     }
     m["reference_sha256"] = hashlib.sha256(reference_bytes(layers)).hexdigest()
     manifest = ModelManifest(
-        stream=records.stream, version=_version(records.stream, tflite),
+        stream=records.stream,
+        version=_version(records.stream, tflite),
         feature_spec=FEATURE_SPEC_VERSION if decl is None else decl.feature_spec,
         features=list(records.features),
         scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in std]),
-        threshold=float(threshold), input_quant=int8.input_quant, output_quant=int8.output_quant,
-        metrics=m, data_range=(float(records.ts.min()), float(records.ts.max())),
-        parent=parent, created_ts=time.time(),
+        threshold=float(threshold),
+        input_quant=int8.input_quant,
+        output_quant=int8.output_quant,
+        metrics=m,
+        data_range=(float(records.ts.min()), float(records.ts.max())),
+        parent=parent,
+        created_ts=time.time(),
     )
     return TrainedModel(manifest, tflite, layers, hold, hold_q, hold_f)
 
 
-def check_quantization(labels: NDArray[np.bool_], float_scores: NDArray[np.float32],
-                       int8_scores: NDArray[np.float32], max_drop: float) -> dict[str, Any]:
+def check_quantization(
+    labels: NDArray[np.bool_],
+    float_scores: NDArray[np.float32],
+    int8_scores: NDArray[np.float32],
+    max_drop: float,
+) -> dict[str, Any]:
     """Fail when the int8 model's holdout ROC AUC is more than ``max_drop`` below float's."""
     if not labels.any() or labels.all():
-        raise TrainerError("the holdout split needs both normal and labelled events to check "
-                           "the int8 model; pass the labels file (or more data)")
+        raise TrainerError(
+            "the holdout split needs both normal and labelled events to check "
+            "the int8 model; pass the labels file (or more data)"
+        )
     auc_f = metrics.roc_auc(labels, float_scores)
     auc_q = metrics.roc_auc(labels, int8_scores)
     result = {
-        "float_roc_auc": round(auc_f, 6), "int8_roc_auc": round(auc_q, 6),
+        "float_roc_auc": round(auc_f, 6),
+        "int8_roc_auc": round(auc_q, 6),
         "max_drop": max_drop,
         "score_mean_abs_diff": float(np.mean(np.abs(int8_scores - float_scores))),
     }
@@ -234,10 +274,12 @@ def check_quantization(labels: NDArray[np.bool_], float_scores: NDArray[np.float
     return result
 
 
-def check_quantization_unlabelled(float_scores: NDArray[np.float32],
-                                  int8_scores: NDArray[np.float32],
-                                  min_agreement: float, tail: float | None = None
-                                  ) -> dict[str, Any]:
+def check_quantization_unlabelled(
+    float_scores: NDArray[np.float32],
+    int8_scores: NDArray[np.float32],
+    min_agreement: float,
+    tail: float | None = None,
+) -> dict[str, Any]:
     """With no labels to rank against: the int8 model must order events as the float one
     does (Spearman rank correlation of their scores at least ``min_agreement``).
 
@@ -249,31 +291,41 @@ def check_quantization_unlabelled(float_scores: NDArray[np.float32],
         raise TrainerError("the holdout split is too small to check the int8 model")
     rho_all = metrics.spearman(float_scores, int8_scores)
     rho = rho_all
-    result = {"labelled": False, "min_agreement": min_agreement,
-              "score_mean_abs_diff": float(np.mean(np.abs(int8_scores - float_scores)))}
+    result = {
+        "labelled": False,
+        "min_agreement": min_agreement,
+        "score_mean_abs_diff": float(np.mean(np.abs(int8_scores - float_scores))),
+    }
     if tail is not None:
-        top = ((float_scores >= np.quantile(float_scores, 1 - tail))
-               | (int8_scores >= np.quantile(int8_scores, 1 - tail)))
+        top = (float_scores >= np.quantile(float_scores, 1 - tail)) | (
+            int8_scores >= np.quantile(int8_scores, 1 - tail)
+        )
         if top.sum() >= 2:
             rho = metrics.spearman(float_scores[top], int8_scores[top])
-        result.update(tail=tail, tail_events=int(top.sum()),
-                      rank_agreement_all=round(rho_all, 6))
+        result.update(tail=tail, tail_events=int(top.sum()), rank_agreement_all=round(rho_all, 6))
     result["rank_agreement"] = round(rho, 6)
     if not rho >= min_agreement:
         where = "the holdout" if tail is None else f"the holdout's top {tail:g}"
         raise QuantizationError(
             f"int8 model's scores rank {where} with Spearman {rho:.4f} against the float "
-            f"model's (need {min_agreement}); check the representative dataset and scaling")
+            f"model's (need {min_agreement}); check the representative dataset and scaling"
+        )
     return result
 
 
-def evaluation_metrics(hold: Records, int8_scores: NDArray[np.float32],
-                       float_scores: NDArray[np.float32], threshold: float,
-                       settings: TrainSettings) -> dict[str, Any]:
+def evaluation_metrics(
+    hold: Records,
+    int8_scores: NDArray[np.float32],
+    float_scores: NDArray[np.float32],
+    threshold: float,
+    settings: TrainSettings,
+) -> dict[str, Any]:
     y = hold.labelled
     out: dict[str, Any] = {"holdout": metrics.summary(y, int8_scores, threshold)}
-    out["holdout_float"] = {"roc_auc": metrics._finite(metrics.roc_auc(y, float_scores)),
-                            "pr_auc": metrics._finite(metrics.pr_auc(y, float_scores))}
+    out["holdout_float"] = {
+        "roc_auc": metrics._finite(metrics.roc_auc(y, float_scores)),
+        "pr_auc": metrics._finite(metrics.pr_auc(y, float_scores)),
+    }
     per_kind: dict[str, Any] = {}
     for kind in sorted(set(hold.kinds[y])):
         mask = ~y | (hold.kinds == kind)
@@ -287,12 +339,16 @@ def evaluation_metrics(hold: Records, int8_scores: NDArray[np.float32],
 
 # How many features the unlabelled report names as driving the alerts.
 TOP_DRIVERS = 5
-UNKNOWN_QUALITY = ("unknown: no labelled anomalies in the holdout; precision and recall need "
-                   "labels")
+UNKNOWN_QUALITY = "unknown: no labelled anomalies in the holdout; precision and recall need labels"
 
 
-def unlabelled_metrics(hold: Records, scores: NDArray[np.float32], errors: NDArray[np.float32],
-                       threshold: float, rule: EpisodeRule) -> dict[str, Any]:
+def unlabelled_metrics(
+    hold: Records,
+    scores: NDArray[np.float32],
+    errors: NDArray[np.float32],
+    threshold: float,
+    rule: EpisodeRule,
+) -> dict[str, Any]:
     """What a run can measure on its holdout without labelled anomalies.
 
     Events without a label are presumed normal. The alert rate and the alert episodes (the
@@ -315,9 +371,13 @@ def unlabelled_metrics(hold: Records, scores: NDArray[np.float32], errors: NDArr
         share = sq / sq.sum()
         for i in np.argsort(-share, kind="stable")[:TOP_DRIVERS]:
             name = hold.features[int(i)]
-            drivers.append({"feature": name,
-                            "label": decl.label(name) if decl is not None else feature_label(name),
-                            "share": round(float(share[i]), 4)})
+            drivers.append(
+                {
+                    "feature": name,
+                    "label": decl.label(name) if decl is not None else feature_label(name),
+                    "share": round(float(share[i]), 4),
+                }
+            )
     return {
         "events": int(s.size),
         "alerts": int(flagged.sum()),
@@ -326,13 +386,19 @@ def unlabelled_metrics(hold: Records, scores: NDArray[np.float32], errors: NDArr
         "device_hours": round(hours, 3),
         "alert_episodes_per_device_hour": round(len(episodes) / hours, 4) if hours else None,
         "alert_episodes_per_100h": round(100.0 * len(episodes) / hours, 4) if hours else None,
-        "scores": {"p50": round(float(q[0]), 6), "p90": round(float(q[1]), 6),
-                   "p99": round(float(q[2]), 6),
-                   "max": round(float(s.max()), 6) if s.size else None,
-                   "threshold": round(float(threshold), 6)},
+        "scores": {
+            "p50": round(float(q[0]), 6),
+            "p90": round(float(q[1]), 6),
+            "p99": round(float(q[2]), 6),
+            "max": round(float(s.max()), 6) if s.size else None,
+            "threshold": round(float(threshold), 6),
+        },
         "drivers": drivers,
-        "detection_quality": ("measured on the holdout's labelled events (see holdout)"
-                              if hold.labelled.any() else UNKNOWN_QUALITY),
+        "detection_quality": (
+            "measured on the holdout's labelled events (see holdout)"
+            if hold.labelled.any()
+            else UNKNOWN_QUALITY
+        ),
     }
 
 
@@ -352,13 +418,18 @@ def label_episodes(records: Records) -> list[LabelEpisode]:
     return [LabelEpisode(ep, k, tok, s, e) for (_, ep), (k, tok, s, e) in spans.items()]
 
 
-def episode_metrics(hold: Records, scores: NDArray[np.float32], threshold: float,
-                    settings: TrainSettings) -> dict[str, Any]:
+def episode_metrics(
+    hold: Records, scores: NDArray[np.float32], threshold: float, settings: TrainSettings
+) -> dict[str, Any]:
     rule = settings.episode_rule_for(hold.stream)
     alerts = alert_episodes(hold.tokens, hold.ts, scores > threshold, rule)
-    report = evaluate_episodes(alerts, label_episodes(hold), vehicle_hours(hold.tokens, hold.ts),
-                               within_s=settings.detect_within_s,
-                               memory_s=data_memory_s(hold))
+    report = evaluate_episodes(
+        alerts,
+        label_episodes(hold),
+        vehicle_hours(hold.tokens, hold.ts),
+        within_s=settings.detect_within_s,
+        memory_s=data_memory_s(hold),
+    )
     return report.as_dict()
 
 
@@ -395,8 +466,7 @@ def reference_bytes(layers: list[ae.Layer]) -> bytes:
     return buf.getvalue()
 
 
-def write_model_dir(trained: TrainedModel, out_dir: Path,
-                    private_key: Ed25519PrivateKey) -> Path:
+def write_model_dir(trained: TrainedModel, out_dir: Path, private_key: Ed25519PrivateKey) -> Path:
     """model.tflite, manifest.json, reference.npz and the signature over the first two."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,9 @@ class ThresholdRule:
         try:
             return cls(mode.strip(), float(value))  # type: ignore[arg-type]
         except ValueError:
-            raise TrainerError(f"threshold rule {text!r}: expected MODE=NUMBER with MODE one "
-                               f"of {MODES}") from None
+            raise TrainerError(
+                f"threshold rule {text!r}: expected MODE=NUMBER with MODE one of {MODES}"
+            ) from None
 
 
 DEFAULT_RULES = {
@@ -63,8 +64,13 @@ DECLARED_DEFAULT_RULE = ThresholdRule("alert_rate", 0.001)
 UNLABELLED_RULE = ThresholdRule("alert_rate", 0.01)
 
 
-def choose_threshold(rule: ThresholdRule, val: Records, scores: NDArray[np.float32],
-                     episode_rule: EpisodeRule, memory_s: float = 0.0) -> float:
+def choose_threshold(
+    rule: ThresholdRule,
+    val: Records,
+    scores: NDArray[np.float32],
+    episode_rule: EpisodeRule,
+    memory_s: float = 0.0,
+) -> float:
     if scores.size == 0:
         raise TrainerError(f"the {val.stream} validation split is empty")
     y = val.labelled
@@ -72,14 +78,22 @@ def choose_threshold(rule: ThresholdRule, val: Records, scores: NDArray[np.float
         return metrics.threshold_for_alert_rate(scores[~y], rule.value)
     if rule.mode == "precision":
         if not y.any():
-            raise TrainerError("the precision rule needs labelled anomalies in the validation "
-                               "split; pass labels or use alert_rate=...")
+            raise TrainerError(
+                "the precision rule needs labelled anomalies in the validation "
+                "split; pass labels or use alert_rate=..."
+            )
         return metrics.threshold_for_precision(y, scores, rule.value)
     return threshold_for_false_episodes(val, scores, rule.value, episode_rule, memory_s)
 
 
-def false_episode_rate(val: Records, scores: NDArray[np.float32], threshold: float,
-                       rule: EpisodeRule, hours: float, memory_s: float = 0.0) -> float:
+def false_episode_rate(
+    val: Records,
+    scores: NDArray[np.float32],
+    threshold: float,
+    rule: EpisodeRule,
+    hours: float,
+    memory_s: float = 0.0,
+) -> float:
     """False alert episodes per 100 vehicle-hours if ``threshold`` were used.
 
     An alert starting within ``memory_s`` after a labelled episode ends belongs to that
@@ -89,8 +103,7 @@ def false_episode_rate(val: Records, scores: NDArray[np.float32], threshold: flo
     false = 0
     for ep in alert_episodes(val.tokens, val.ts, scores > threshold, rule):
         spans = labelled.get(ep.token, ())
-        if not any(ep.start_ts <= end + memory_s and ep.end_ts >= start
-                   for start, end in spans):
+        if not any(ep.start_ts <= end + memory_s and ep.end_ts >= start for start, end in spans):
             false += 1
     return 100.0 * false / hours if hours else 0.0
 
@@ -104,8 +117,13 @@ def _labelled_spans(val: Records) -> dict[str, list[tuple[float, float]]]:
     return {tok: [(s, e) for s, e in eps.values()] for tok, eps in spans.items()}
 
 
-def threshold_for_false_episodes(val: Records, scores: NDArray[np.float32], target: float,
-                                 rule: EpisodeRule, memory_s: float = 0.0) -> float:
+def threshold_for_false_episodes(
+    val: Records,
+    scores: NDArray[np.float32],
+    target: float,
+    rule: EpisodeRule,
+    memory_s: float = 0.0,
+) -> float:
     """The lowest threshold keeping false alert episodes at or under ``target`` per 100 h.
 
     Candidates are the top scores of normal events; the rate falls (almost) monotonically as
@@ -118,8 +136,7 @@ def threshold_for_false_episodes(val: Records, scores: NDArray[np.float32], targ
     lo, hi = 0, normal.size - 1  # normal[0] (the max) gives zero false episodes
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if false_episode_rate(val, scores, float(normal[mid]), rule, hours,
-                              memory_s) <= target:
+        if false_episode_rate(val, scores, float(normal[mid]), rule, hours, memory_s) <= target:
             lo = mid
         else:
             hi = mid - 1

@@ -75,11 +75,15 @@ class ModelAgent:
         self.store = ModelStore(config.models_dir)
         self.public_keys = config.scorer.trusted_keys()
         self.trusted: releases.TrustedKeys | None = None
-        self.limits = Limits(self.settings.max_alert_rate_ratio,
-                             self.settings.max_alert_rate_increase)
-        self.watch_limits = WatchLimits(self.limits, self.settings.watch_min_events,
-                                        self.settings.activation_timeout_s,
-                                        self.settings.watch_s)
+        self.limits = Limits(
+            self.settings.max_alert_rate_ratio, self.settings.max_alert_rate_increase
+        )
+        self.watch_limits = WatchLimits(
+            self.limits,
+            self.settings.watch_min_events,
+            self.settings.activation_timeout_s,
+            self.settings.watch_s,
+        )
         self.watches: dict[str, tuple[Watch, Consumer]] = {}
         self.clock = clock
         self.statuses: list[ModelStatus] = []  # what this process reported, newest last
@@ -101,15 +105,22 @@ class ModelAgent:
         except (releases.ReleaseError, KeyFileError) as exc:
             raise AgentError(f"cannot load the trusted model-signing keys: {exc}") from None
         kafka = self.config.kafka
-        self._producer = Producer(client_config(kafka, {"enable.idempotence": True,
-                                                        "acks": "all", "linger.ms": 0}))
-        self._consumer = Consumer(client_config(kafka, {
-            "group.id": self.group_id,
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
-            "max.partition.fetch.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
-        }))
+        self._producer = Producer(
+            client_config(kafka, {"enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        )
+        self._consumer = Consumer(
+            client_config(
+                kafka,
+                {
+                    "group.id": self.group_id,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+                    "max.partition.fetch.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024,
+                },
+            )
+        )
         self._consumer.subscribe([topics.CLOUD_MODELS])
         self.check_champions()
         return self
@@ -142,8 +153,11 @@ class ModelAgent:
                 outcome = self.handle(msg.key(), msg.value() or b"")
             except OSError:
                 # Not handled (the disk is full or failing): read it again on the next step.
-                self._consumer.seek(TopicPartition(msg.topic() or topics.CLOUD_MODELS,
-                                                   msg.partition() or 0, msg.offset() or 0))
+                self._consumer.seek(
+                    TopicPartition(
+                        msg.topic() or topics.CLOUD_MODELS, msg.partition() or 0, msg.offset() or 0
+                    )
+                )
                 raise
             if outcome.stream in self.streams:  # the topic holds a champion for it
                 self._set_present(outcome.stream)
@@ -170,8 +184,10 @@ class ModelAgent:
         if stream not in self.streams:
             # Not reported to model-status: invented keys could flood it as they could the
             # topic. Logged, and nothing is written.
-            reason = (f"not a stream this gateway scores (it scores {', '.join(self.streams)}): "
-                      f"the message was not read")
+            reason = (
+                f"not a stream this gateway scores (it scores {', '.join(self.streams)}): "
+                f"the message was not read"
+            )
             log.warning("cloud.models: refused a message keyed %r: %s", stream[:100], reason)
             return Outcome(stream[:100], version, "rejected", reason)
         try:
@@ -206,24 +222,31 @@ class ModelAgent:
             raise
         return self._activate(model, staged, verdict, release)
 
-    def _check_release(self, bundle: model_bundle.ModelBundle, stream: str,
-                       active: bool) -> releases.Release:
+    def _check_release(
+        self, bundle: model_bundle.ModelBundle, stream: str, active: bool
+    ) -> releases.Release:
         if self.trusted is None:
             self.trusted = releases.TrustedKeys.load(self.public_keys)
         if not bundle.release:
-            raise Rejected("the message carries no signed release (only released models run "
-                           "on a gateway)")
+            raise Rejected(
+                "the message carries no signed release (only released models run on a gateway)"
+            )
         try:
-            release = releases.verify(bundle.release, self.trusted, self.settings.fleet,
-                                      self.clock())
+            release = releases.verify(
+                bundle.release, self.trusted, self.settings.fleet, self.clock()
+            )
             if (release.stream, release.version) != (stream, bundle.version):
-                raise Rejected(f"the release names {release.stream} {release.version}, the "
-                               f"message {stream} {bundle.version}")
+                raise Rejected(
+                    f"the release names {release.stream} {release.version}, the "
+                    f"message {stream} {bundle.version}"
+                )
             accepted = self.store.accepted_release(stream)
             if release.number < accepted or (release.number == accepted and not active):
-                raise Rejected(f"release {release.number} is not newer than release "
-                               f"{accepted}, the newest this gateway accepted for {stream} "
-                               f"(a replayed or out-of-date model)")
+                raise Rejected(
+                    f"release {release.number} is not newer than release "
+                    f"{accepted}, the newest this gateway accepted for {stream} "
+                    f"(a replayed or out-of-date model)"
+                )
             releases.check_files(release, bundle.files)
         except releases.ReleaseError as exc:
             raise Rejected(str(exc)) from None
@@ -238,8 +261,9 @@ class ModelAgent:
         except ScorerError as exc:  # signature, stream, feature spec, features, LiteRT
             raise Rejected(str(exc).replace(f"{staged}: ", "")) from None
         if model.version != bundle.version:
-            raise Rejected(f"the signed manifest names version {model.version}, the message "
-                           f"{bundle.version}")
+            raise Rejected(
+                f"the signed manifest names version {model.version}, the message {bundle.version}"
+            )
         return model
 
     def _shadow(self, candidate: Model) -> Verdict:
@@ -270,12 +294,14 @@ class ModelAgent:
         try:
             return load_model(path, stream, self.public_keys)
         except (ScorerError, OSError) as exc:
-            log.warning("%s: running model at %s cannot be loaded for comparison: %s",
-                        stream, path, exc)
+            log.warning(
+                "%s: running model at %s cannot be loaded for comparison: %s", stream, path, exc
+            )
             return None
 
-    def _activate(self, model: Model, staged: Path, verdict: Verdict,
-                  release: releases.Release) -> Outcome:
+    def _activate(
+        self, model: Model, staged: Path, verdict: Verdict, release: releases.Release
+    ) -> Outcome:
         stream, version = model.stream, model.version
         installed = self.store.install(staged, stream, version)
         self.store.activate(stream, installed, version)
@@ -301,7 +327,7 @@ class ModelAgent:
         c = _reader(self.config.kafka, f"{self.group_id}-watch-{uuid.uuid4().hex[:8]}")
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
         parts = []
-        for p in (meta.partitions if meta is not None else {}):
+        for p in meta.partitions if meta is not None else {}:
             _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             parts.append(TopicPartition(topic, p, high))
         c.assign(parts)
@@ -358,8 +384,11 @@ class ModelAgent:
             return dict(self.missing)
         for stream in self.streams:
             if stream not in latest:
-                self._set_missing(stream, "no champion in cloud.models (never published, or "
-                                          "deleted by the topic's size retention)")
+                self._set_missing(
+                    stream,
+                    "no champion in cloud.models (never published, or "
+                    "deleted by the topic's size retention)",
+                )
             elif not latest[stream]:
                 self._set_missing(stream, "withdrawn (a tombstone in cloud.models)")
             else:
@@ -372,8 +401,13 @@ class ModelAgent:
             return
         self.missing[stream] = True
         running = self.store.active_version(stream)
-        log.warning("%s: %s; a gateway installed now would have no %s model; this one keeps "
-                    "running %s", stream, reason, stream, running or self._fallback(stream))
+        log.warning(
+            "%s: %s; a gateway installed now would have no %s model; this one keeps running %s",
+            stream,
+            reason,
+            stream,
+            running or self._fallback(stream),
+        )
         self.report(stream, running or "baseline", "missing", reason)
 
     def _set_present(self, stream: str) -> None:
@@ -392,22 +426,38 @@ class ModelAgent:
     # --- status ------------------------------------------------------------------------------
 
     def report(self, stream: str, version: str, state: str, reason: str = "") -> None:
-        status = ModelStatus(edge_id=self.config.edge_id, stream=stream, version=version,
-                             state=state, reason=reason[:2000], ts=time.time())  # type: ignore[arg-type]
+        status = ModelStatus(
+            edge_id=self.config.edge_id,
+            stream=stream,
+            version=version,
+            state=state,  # type: ignore[arg-type]
+            reason=reason[:2000],
+            ts=time.time(),
+        )
         self.statuses.append(status)
         if self._producer is None:
             return
-        self._producer.produce(topics.MODEL_STATUS, key=f"{self.config.edge_id}/{stream}".encode(),
-                               value=encode(status))
+        self._producer.produce(
+            topics.MODEL_STATUS,
+            key=f"{self.config.edge_id}/{stream}".encode(),
+            value=encode(status),
+        )
         if self._producer.flush(10) > 0:
             log.warning("model-status not acknowledged within 10 s; will retry in background")
 
 
 def _reader(kafka: Target, group: str) -> Consumer:
-    return Consumer(client_config(kafka, {"group.id": group,
-                                          "enable.auto.commit": False,
-                                          "auto.offset.reset": "earliest",
-                                          "isolation.level": "read_committed"}))
+    return Consumer(
+        client_config(
+            kafka,
+            {
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            },
+        )
+    )
 
 
 def has_value_by_key(kafka: Target, topic: str, timeout_s: float = 30.0) -> dict[str, bool]:
@@ -418,8 +468,14 @@ def has_value_by_key(kafka: Target, topic: str, timeout_s: float = 30.0) -> dict
     def handle(msg: Message) -> None:
         latest[(msg.key() or b"").decode(errors="replace")] = msg.value() is not None
 
-    read_to_end(kafka, topic, handle, error=AgentError, timeout_s=timeout_s,
-                extra={"fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024})
+    read_to_end(
+        kafka,
+        topic,
+        handle,
+        error=AgentError,
+        timeout_s=timeout_s,
+        extra={"fetch.message.max.bytes": topics.MODEL_MESSAGE_BYTES + 64 * 1024},
+    )
     return latest
 
 

@@ -44,30 +44,54 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
-def judge(candidate: NDArray[np.floating], candidate_threshold: float,
-          running: NDArray[np.floating] | None, running_threshold: float | None,
-          limits: Limits) -> Verdict:
+def judge(
+    candidate: NDArray[np.floating],
+    candidate_threshold: float,
+    running: NDArray[np.floating] | None,
+    running_threshold: float | None,
+    limits: Limits,
+) -> Verdict:
     """Accept or refuse a candidate from both models' scores on the same recent events."""
     n = int(candidate.size)
     if n == 0:
-        return Verdict(True, "no recent events to shadow-score; accepted on signature and "
-                             "feature checks", 0, None, None)
+        return Verdict(
+            True,
+            "no recent events to shadow-score; accepted on signature and feature checks",
+            0,
+            None,
+            None,
+        )
     bad = int(np.count_nonzero(~np.isfinite(candidate)))
     if bad:
-        return Verdict(False, f"scores {bad} of the last {n} events as NaN/infinite", n, None,
-                       None)
+        return Verdict(False, f"scores {bad} of the last {n} events as NaN/infinite", n, None, None)
     cand_rate = float(np.mean(candidate > candidate_threshold))
     if running is None or running_threshold is None:
-        return Verdict(True, f"alert rate {_pct(cand_rate)} on the last {n} events "
-                             f"(no running model to compare with)", n, cand_rate, None)
+        return Verdict(
+            True,
+            f"alert rate {_pct(cand_rate)} on the last {n} events "
+            f"(no running model to compare with)",
+            n,
+            cand_rate,
+            None,
+        )
     run_rate = float(np.mean(running > running_threshold))
     ceiling = limits.ceiling(run_rate)
     if cand_rate > ceiling:
-        return Verdict(False, f"alert rate on the last {n} events would be {_pct(cand_rate)} "
-                              f"against {_pct(run_rate)} now (limit {_pct(ceiling)})",
-                       n, cand_rate, run_rate)
-    return Verdict(True, f"alert rate {_pct(cand_rate)} against {_pct(run_rate)} now on the "
-                         f"last {n} events", n, cand_rate, run_rate)
+        return Verdict(
+            False,
+            f"alert rate on the last {n} events would be {_pct(cand_rate)} "
+            f"against {_pct(run_rate)} now (limit {_pct(ceiling)})",
+            n,
+            cand_rate,
+            run_rate,
+        )
+    return Verdict(
+        True,
+        f"alert rate {_pct(cand_rate)} against {_pct(run_rate)} now on the last {n} events",
+        n,
+        cand_rate,
+        run_rate,
+    )
 
 
 @dataclass
@@ -114,15 +138,21 @@ def check_watch(w: Watch, now: float, wl: WatchLimits) -> tuple[str, str] | None
     """None while all is well; ``("rollback", why)`` or ``("done", why)`` otherwise."""
     age = now - w.started
     if w.events == 0 and age > wl.activation_timeout_s and w.other_version_events > 0:
-        return ("rollback", f"the scorer kept scoring {w.other_version_events} events with "
-                            f"another model {age:.0f} s after the switch (it could not load "
-                            f"{w.version})")
+        return (
+            "rollback",
+            f"the scorer kept scoring {w.other_version_events} events with "
+            f"another model {age:.0f} s after the switch (it could not load "
+            f"{w.version})",
+        )
     if w.events >= wl.min_events:
         ceiling = wl.limits.ceiling(w.expected_rate)
         if w.rate > ceiling:
-            return ("rollback", f"live alert rate {_pct(w.rate)} over {w.events} events "
-                                f"jumped past {_pct(ceiling)} (shadow rate "
-                                f"{_pct(w.expected_rate)})")
+            return (
+                "rollback",
+                f"live alert rate {_pct(w.rate)} over {w.events} events "
+                f"jumped past {_pct(ceiling)} (shadow rate "
+                f"{_pct(w.expected_rate)})",
+            )
     if w.events >= wl.done_events or age > wl.watch_s:
         return ("done", f"live alert rate {_pct(w.rate)} over {w.events} events")
     return None

@@ -48,11 +48,16 @@ def run(ctx: ServiceContext) -> None:
                 agent.step(timeout=0.5)
                 delay = RETRY_FIRST_S
             except OSError as exc:
-                WRITE_ERRORS.labels(service="agent",
-                                    errno=errno.errorcode.get(exc.errno or 0, "EIO")).inc()
-                log.error("cannot write to %s (%s): retrying in %.0f s%s",
-                          exc.filename or config.models_dir, exc.strerror or exc, delay,
-                          "; the disk is full" if disk.is_disk_full(exc) else "")
+                WRITE_ERRORS.labels(
+                    service="agent", errno=errno.errorcode.get(exc.errno or 0, "EIO")
+                ).inc()
+                log.error(
+                    "cannot write to %s (%s): retrying in %.0f s%s",
+                    exc.filename or config.models_dir,
+                    exc.strerror or exc,
+                    delay,
+                    "; the disk is full" if disk.is_disk_full(exc) else "",
+                )
                 ctx.stop.wait(delay)
                 delay = min(RETRY_MAX_S, delay * 2)
     finally:
@@ -64,10 +69,16 @@ def _apply_plan(config: EdgeConfig, disk_plan: disk.DiskPlan) -> float:
     try:
         disk.apply_topic_plan(config.kafka, disk_plan)
     except FleetsentryError as exc:
-        log.warning("could not give the edge topics their disk bounds (retrying in %.0f s): %s",
-                    PLAN_RETRY_S, exc)
+        log.warning(
+            "could not give the edge topics their disk bounds (retrying in %.0f s): %s",
+            PLAN_RETRY_S,
+            exc,
+        )
         return time.monotonic() + PLAN_RETRY_S
-    log.info("edge topics bounded by the disk plan: %s budget, Kafka %s, spool %s",
-             disk.human(disk_plan.budget_bytes), disk.human(disk_plan.kafka_bytes),
-             disk.human(disk_plan.spool_bytes))
+    log.info(
+        "edge topics bounded by the disk plan: %s budget, Kafka %s, spool %s",
+        disk.human(disk_plan.budget_bytes),
+        disk.human(disk_plan.kafka_bytes),
+        disk.human(disk_plan.spool_bytes),
+    )
     return -1.0

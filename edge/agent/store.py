@@ -52,8 +52,10 @@ class ModelStore:
             try:
                 self._state = json.loads(path.read_text())
             except ValueError as exc:
-                raise AgentError(f"{path} is not valid JSON ({exc}); move it away to reset "
-                                 f"the agent's memory of refused models") from None
+                raise AgentError(
+                    f"{path} is not valid JSON ({exc}); move it away to reset "
+                    f"the agent's memory of refused models"
+                ) from None
         return self
 
     # --- state -------------------------------------------------------------------------------
@@ -153,8 +155,9 @@ class ModelStore:
         if not base.is_dir():
             return []
         protected = {p for p in (self.active_dir(stream), self.previous(stream)[1]) if p}
-        dirs = sorted((d for d in base.iterdir() if d.is_dir()),
-                      key=lambda d: d.stat().st_mtime, reverse=True)
+        dirs = sorted(
+            (d for d in base.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True
+        )
         removed = []
         for d in dirs[keep:]:
             if d.resolve() not in protected:

@@ -83,17 +83,22 @@ def subscriptions(group: str, limits: Limits, shared: bool = True) -> list[str]:
 class Bridge:
     """MQTT -> raw.* / dlq.ingest. Constructing it does no I/O; ``start()`` connects."""
 
-    def __init__(self, config: EdgeConfig, instance: int = 0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: EdgeConfig, instance: int = 0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.settings = config.bridge
         self.client_id = f"{config.edge_id}-bridge-{instance}"
         self.instance = instance
         s = self.settings
-        self.limits = Limits.from_registry(s.max_payload_bytes, s.max_future_skew_s,
-                                           s.max_past_age_s, s.max_json_depth)
-        self.limiter = (VehicleRateLimiter(s.vehicle_rate_per_s, s.vehicle_burst)
-                        if s.vehicle_rate_per_s > 0 else None)
+        self.limits = Limits.from_registry(
+            s.max_payload_bytes, s.max_future_skew_s, s.max_past_age_s, s.max_json_depth
+        )
+        self.limiter = (
+            VehicleRateLimiter(s.vehicle_rate_per_s, s.vehicle_burst)
+            if s.vehicle_rate_per_s > 0
+            else None
+        )
         self.clock = clock
         self.received = 0
         self.produced = 0
@@ -115,16 +120,25 @@ class Bridge:
         self._fatal: str | None = None
         self._last_log = 0.0
         # Per-event metrics are counted here and handed to Prometheus once per step.
-        self._in = {s: metrics.CountBatch(metrics.MESSAGES_IN.labels(SERVICE, spec.name))
-                    for s, spec in self.limits.streams.items()}
+        self._in = {
+            s: metrics.CountBatch(metrics.MESSAGES_IN.labels(SERVICE, spec.name))
+            for s, spec in self.limits.streams.items()
+        }
         self._in_unknown = metrics.CountBatch(metrics.MESSAGES_IN.labels(SERVICE, "unknown"))
-        self._out = {spec.name: metrics.CountBatch(metrics.MESSAGES_OUT.labels(SERVICE, spec.name))
-                     for spec in self.limits.streams.values()}
-        self._latency = {spec.name: metrics.HistogramBatch(
-                             metrics.END_TO_END_LATENCY.labels(SERVICE, spec.name))
-                         for spec in self.limits.streams.values()}
+        self._out = {
+            spec.name: metrics.CountBatch(metrics.MESSAGES_OUT.labels(SERVICE, spec.name))
+            for spec in self.limits.streams.values()
+        }
+        self._latency = {
+            spec.name: metrics.HistogramBatch(metrics.END_TO_END_LATENCY.labels(SERVICE, spec.name))
+            for spec in self.limits.streams.values()
+        }
         self._batches: list[metrics.CountBatch | metrics.HistogramBatch] = [
-            *self._in.values(), self._in_unknown, *self._out.values(), *self._latency.values()]
+            *self._in.values(),
+            self._in_unknown,
+            *self._out.values(),
+            *self._latency.values(),
+        ]
         self._limited: dict[str, Callable[[], None]] = {}
         self._limited_other = metrics.RATE_LIMITED.labels(SERVICE, "other").inc
         self._internal_logged: set[str] = set()
@@ -156,8 +170,7 @@ class Bridge:
         try:
             self._letters = DeadLetters.load(self.config)
         except VaultError as exc:
-            raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") \
-                from None
+            raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") from None
         spool_bytes = s.spool_max_bytes
         if spool_bytes is None:
             from edge.disk import plan
@@ -167,28 +180,41 @@ class Bridge:
             try:
                 self._spool = Spool(self.config.bridge_spool_dir(self.instance), spool_bytes)
             except SpoolError as exc:
-                raise BridgeError(f"{exc} (set [bridge] spool_max_bytes = 0 to run without "
-                                  "an outage spool)") from None
+                raise BridgeError(
+                    f"{exc} (set [bridge] spool_max_bytes = 0 to run without an outage spool)"
+                ) from None
             if not self._spool.empty():
                 self._set_spooling(True)
-                log.warning("the outage spool holds %d bytes from an earlier run: they go to "
-                            "Kafka first, in order", self._spool.size)
+                log.warning(
+                    "the outage spool holds %d bytes from an earlier run: they go to "
+                    "Kafka first, in order",
+                    self._spool.size,
+                )
             if self.instance == 0:
                 self._warn_orphaned_spools()
-        self._producer = Producer(client_config(self.config.kafka, {
-            "client.id": self.client_id,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": s.linger_ms,
-            "compression.type": s.compression,
-            # With a spool, records wait in order until Kafka is back (none fails by age and
-            # comes back out of order); the spool takes over after spool_after_s.
-            **({"message.timeout.ms": 0} if self._spool is not None else {}),
-            "error_cb": self._kafka_error,
-        }))
+        self._producer = Producer(
+            client_config(
+                self.config.kafka,
+                {
+                    "client.id": self.client_id,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": s.linger_ms,
+                    "compression.type": s.compression,
+                    # With a spool, records wait in order until Kafka is back (none fails by age and
+                    # comes back out of order); the spool takes over after spool_after_s.
+                    **({"message.timeout.ms": 0} if self._spool is not None else {}),
+                    "error_cb": self._kafka_error,
+                },
+            )
+        )
         check_intake()
-        client = IntakeClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                              protocol=mqtt.MQTTv5, manual_ack=True)
+        client = IntakeClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
         client.username_pw_set(self.config.mqtt.username, mqtt_password(self.config))
         if self.config.mqtt.tls_ca is not None:
             client.tls_set(ca_certs=str(self.config.mqtt.tls_ca))
@@ -201,19 +227,26 @@ class Bridge:
         props.SessionExpiryInterval = s.session_expiry_s
         props.ReceiveMaximum = s.receive_maximum
         try:
-            client.connect(self.config.mqtt.host, self.config.mqtt.port, s.keepalive_s,
-                           clean_start=False, properties=props)
+            client.connect(
+                self.config.mqtt.host,
+                self.config.mqtt.port,
+                s.keepalive_s,
+                clean_start=False,
+                properties=props,
+            )
         except OSError as exc:
-            raise BridgeError(f"cannot reach MQTT broker {self.config.mqtt.host}:"
-                              f"{self.config.mqtt.port}: {exc}") from None
+            raise BridgeError(
+                f"cannot reach MQTT broker {self.config.mqtt.host}:{self.config.mqtt.port}: {exc}"
+            ) from None
         deadline = time.monotonic() + timeout
         while not self._connected and time.monotonic() < deadline:
             if self._connect_error:
                 raise BridgeError(self._connect_error)
             client.loop(0.1)
         if not self._connected:
-            raise BridgeError(f"no CONNACK from {self.config.mqtt.host}:{self.config.mqtt.port} "
-                              f"within {timeout}s")
+            raise BridgeError(
+                f"no CONNACK from {self.config.mqtt.host}:{self.config.mqtt.port} within {timeout}s"
+            )
 
     def run(self, stop: Event) -> None:
         while not stop.is_set():
@@ -248,9 +281,14 @@ class Bridge:
         now = time.monotonic()
         if now - self._last_log > LOG_EVERY_S:
             self._last_log = now
-            log.info("received %d, produced %d, dead-lettered %d, spooled %d, dropped %d",
-                     self.received, self.produced, self.dead_lettered, self.spooled,
-                     self.dropped)
+            log.info(
+                "received %d, produced %d, dead-lettered %d, spooled %d, dropped %d",
+                self.received,
+                self.produced,
+                self.dead_lettered,
+                self.spooled,
+                self.dropped,
+            )
 
     def _read_burst(self) -> MQTTErrorCode:
         """Read further packets already buffered in the socket without a select() per packet.
@@ -295,38 +333,44 @@ class Bridge:
 
     # --- MQTT callbacks -------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any,
-                    _props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
+    ) -> None:
         if reason.is_failure:
-            self._connect_error = (f"MQTT broker refused {self.config.mqtt.username!r}: "
-                                   f"{reason} (check [mqtt] username/password)")
+            self._connect_error = (
+                f"MQTT broker refused {self.config.mqtt.username!r}: "
+                f"{reason} (check [mqtt] username/password)"
+            )
             return
         self._generation += 1
         self._connected = True
         self._reconnect_wait = RECONNECT_MIN_S
-        client.subscribe([(t, SubscribeOptions(qos=1))
-                          for t in self._subscriptions()])
-        log.info("connected as %s (session present: %s)", self.client_id,
-                 flags.session_present)
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._subscriptions()])
+        log.info("connected as %s (session present: %s)", self.client_id, flags.session_present)
 
     def _subscriptions(self) -> list[str]:
-        return subscriptions(self.settings.group, self.limits,
-                             shared=self.settings.processes > 1)
+        return subscriptions(self.settings.group, self.limits, shared=self.settings.processes > 1)
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
-                      reasons: list[Any], _props: Any) -> None:
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[Any], _props: Any
+    ) -> None:
         # The broker denies by default: a refused subscription would leave this bridge
         # connected but receiving nothing, so it stops and says why.
-        refused = [(topic, str(rc)) for topic, rc in
-                   zip(self._subscriptions(), reasons, strict=False)
-                   if rc.is_failure]
+        refused = [
+            (topic, str(rc))
+            for topic, rc in zip(self._subscriptions(), reasons, strict=False)
+            if rc.is_failure
+        ]
         if refused:
-            self._fatal = (f"MQTT broker refused {self.config.mqtt.username!r} the "
-                           f"subscription(s) {refused}: the bridge needs a service login "
-                           "(the broker's fleetsentry-bridge role), not a vehicle's")
+            self._fatal = (
+                f"MQTT broker refused {self.config.mqtt.username!r} the "
+                f"subscription(s) {refused}: the bridge needs a service login "
+                "(the broker's fleetsentry-bridge role), not a vehicle's"
+            )
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
-                       _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         if self._connected and not self._closing:
             self._lost(f"disconnected: {reason}")
 
@@ -373,8 +417,9 @@ class Bridge:
             return
         except UnicodeDecodeError as exc:
             self._in_unknown.n += 1
-            self._dead_letter(msg, "unknown_topic", f"topic is not UTF-8: {exc.reason} at "
-                                                    f"byte {exc.start}", now)
+            self._dead_letter(
+                msg, "unknown_topic", f"topic is not UTF-8: {exc.reason} at byte {exc.start}", now
+            )
             return
         self._in[spec.mqtt_suffix].n += 1
         # Before any parsing, so a flooder's excess costs the least the bridge can spend.
@@ -387,9 +432,12 @@ class Bridge:
         except Rejected as rej:
             self._dead_letter(msg, rej.reason, rej.detail, now)
             return
-        self._produce(spec.raw_topic, vin.encode(), payload,
-                      partial(self._delivered, self._generation, msg.mid, msg.qos, spec.name,
-                              accepted.ts))
+        self._produce(
+            spec.raw_topic,
+            vin.encode(),
+            payload,
+            partial(self._delivered, self._generation, msg.mid, msg.qos, spec.name, accepted.ts),
+        )
 
     def _rate_limited(self, msg: mqtt.MQTTMessage, vin: str, now: float) -> None:
         inc = self._limited.get(vin)
@@ -418,8 +466,10 @@ class Bridge:
     def _write_excess(self, vin: str) -> None:
         first, now, _started, acks = self._excess.pop(vin)
         assert self.limiter is not None
-        detail = (f"{len(acks)} message(s) from this vehicle over {self.limiter.rate:g} "
-                  f"messages/s (burst {self.limiter.burst:.0f}); the first one's payload is kept")
+        detail = (
+            f"{len(acks)} message(s) from this vehicle over {self.limiter.rate:g} "
+            f"messages/s (burst {self.limiter.burst:.0f}); the first one's payload is kept"
+        )
         self._dead_letter(first, "rate_limited", detail, now, acks=acks)
 
     def _internal_error(self, msg: mqtt.MQTTMessage, exc: Exception, now: float) -> None:
@@ -428,39 +478,54 @@ class Bridge:
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        where = (f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
-                 if tb is not None else "?")
+        where = (
+            f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else "?"
+        )
         detail = f"{type(exc).__name__} at {where}"
         if detail not in self._internal_logged:  # once per kind: a vehicle may repeat it
             self._internal_logged.add(detail)
-            log.error("bridging a message raised %s; it goes to %s as internal_error (further "
-                      "ones of this kind are only counted)", detail, topics.DLQ_INGEST)
+            log.error(
+                "bridging a message raised %s; it goes to %s as internal_error (further "
+                "ones of this kind are only counted)",
+                detail,
+                topics.DLQ_INGEST,
+            )
         try:
             self._dead_letter(msg, "internal_error", detail, now)
         except Exception as again:  # noqa: BLE001 - the message itself breaks dead-lettering
             # Keep what can be kept: the reason and the MQTT message id (acked on delivery).
             stand_in = mqtt.MQTTMessage(msg.mid, b"")
             stand_in.qos = msg.qos
-            self._dead_letter(stand_in, "internal_error",
-                              f"{detail}; payload not kept: dead-lettering it raised "
-                              f"{type(again).__name__}", now)
+            self._dead_letter(
+                stand_in,
+                "internal_error",
+                f"{detail}; payload not kept: dead-lettering it raised {type(again).__name__}",
+                now,
+            )
 
     # --- Kafka ----------------------------------------------------------------------------
 
-    def _dead_letter(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float,
-                     acks: list[Ack] | None = None) -> None:
+    def _dead_letter(
+        self,
+        msg: mqtt.MQTTMessage,
+        reason: str,
+        detail: str,
+        now: float,
+        acks: list[Ack] | None = None,
+    ) -> None:
         """One dead letter for ``msg`` or, with ``acks`` ((generation, mid, qos) each), for
         that many messages of one vehicle, all acknowledged once Kafka has the letter."""
         # Sealed: the payload, the topic's VIN and values quoted in the detail are personal.
         assert self._letters is not None
         acks = acks or [(self._generation, msg.mid, msg.qos)]
-        key, value = self._letters.from_mqtt(getattr(msg, "_topic", b""), reason, detail, now,
-                                             bytes(msg.payload), len(acks))
-        self._produce(topics.DLQ_INGEST, key, value,
-                      partial(self._dead_lettered, acks, reason))
+        key, value = self._letters.from_mqtt(
+            getattr(msg, "_topic", b""), reason, detail, now, bytes(msg.payload), len(acks)
+        )
+        self._produce(topics.DLQ_INGEST, key, value, partial(self._dead_lettered, acks, reason))
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 on_delivery: Callable[..., None]) -> None:
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[..., None]
+    ) -> None:
         if self._spooling:
             assert self._spool is not None
             if self._spool.append(topic, key, value):
@@ -472,8 +537,9 @@ class Bridge:
             return
         self._send(topic, key, value, on_delivery)
 
-    def _send(self, topic: str, key: bytes | None, value: bytes,
-              on_delivery: Callable[..., None]) -> None:
+    def _send(
+        self, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[..., None]
+    ) -> None:
         assert self._producer is not None
         try:
             produce(self._producer, topic, value, key, on_delivery)
@@ -505,8 +571,17 @@ class Bridge:
         if qos and generation == self._generation and self._client is not None:
             self._client.ack(mid, qos)
 
-    def _delivered(self, generation: int, mid: int, qos: int, stream: str, ts: float,
-                   err: KafkaError | None, msg: Message | None, dropped: bool = False) -> None:
+    def _delivered(
+        self,
+        generation: int,
+        mid: int,
+        qos: int,
+        stream: str,
+        ts: float,
+        err: KafkaError | None,
+        msg: Message | None,
+        dropped: bool = False,
+    ) -> None:
         if dropped:
             self._drop(stream, [(generation, mid, qos)])
             return
@@ -521,8 +596,14 @@ class Bridge:
         self._out[stream].n += 1
         self._latency[stream].values.append(self.clock() - ts)
 
-    def _dead_lettered(self, acks: list[Ack], reason: str, err: KafkaError | None,
-                       msg: Message | None, dropped: bool = False) -> None:
+    def _dead_lettered(
+        self,
+        acks: list[Ack],
+        reason: str,
+        err: KafkaError | None,
+        msg: Message | None,
+        dropped: bool = False,
+    ) -> None:
         if dropped:
             self._drop("dead_letter", acks)
             return
@@ -554,17 +635,26 @@ class Bridge:
             if self._drain_retry:
                 retry, self._drain_retry = self._drain_retry, []
                 for ticket, msg in retry:
-                    self._send(msg.topic() or "", msg.key(), msg.value() or b"",
-                               partial(self._drained_one, ticket))
+                    self._send(
+                        msg.topic() or "",
+                        msg.key(),
+                        msg.value() or b"",
+                        partial(self._drained_one, ticket),
+                    )
             room = DRAIN_WINDOW - spool.unconfirmed()
             if room > 0:
                 for rec in spool.read(min(room, DRAIN_BATCH)):
-                    self._send(rec.topic, rec.key, rec.value,
-                               partial(self._drained_one, rec.ticket))
+                    self._send(
+                        rec.topic, rec.key, rec.value, partial(self._drained_one, rec.ticket)
+                    )
             if spool.empty() and not self._spool_acks:
                 self._set_spooling(False)
-                log.info("outage spool drained: records go straight to Kafka again "
-                         "(%d spooled so far, %d dropped)", self.spooled, self.dropped)
+                log.info(
+                    "outage spool drained: records go straight to Kafka again "
+                    "(%d spooled so far, %d dropped)",
+                    self.spooled,
+                    self.dropped,
+                )
         if now - self._saved_at > SPOOL_SAVE_EVERY_S:
             self._saved_at = now
             spool.save()
@@ -572,8 +662,13 @@ class Bridge:
 
     def _start_spooling(self, waited: float, waiting: int) -> None:
         assert self._producer is not None and self._spool is not None
-        log.warning("Kafka confirmed nothing for %.1fs with %d record(s) waiting: spooling to "
-                    "%s until it is back", waited, waiting, self._spool.dir)
+        log.warning(
+            "Kafka confirmed nothing for %.1fs with %d record(s) waiting: spooling to "
+            "%s until it is back",
+            waited,
+            waiting,
+            self._spool.dir,
+        )
         self._set_spooling(True)
         # Take back what waits in the producer (holding MQTT acks and the broker's in-flight
         # window); its delivery reports (purged) put it in _retry, in order, which spools it.
@@ -592,10 +687,15 @@ class Bridge:
             if n.isdigit() and int(n) >= self.settings.processes and any(path.glob("*.log")):
                 left = Spool(path, 0)
                 if not left.empty():
-                    log.error("%s holds %d bytes of acknowledged records for bridge process %s, "
-                              "which [bridge] processes = %d no longer starts: raise it again "
-                              "until that spool is drained", path, left.size, n,
-                              self.settings.processes)
+                    log.error(
+                        "%s holds %d bytes of acknowledged records for bridge process %s, "
+                        "which [bridge] processes = %d no longer starts: raise it again "
+                        "until that spool is drained",
+                        path,
+                        left.size,
+                        n,
+                        self.settings.processes,
+                    )
                 left.close()
 
     def _set_spooling(self, on: bool) -> None:
@@ -627,9 +727,12 @@ class Bridge:
         """The spool is full: acknowledge and count what cannot be kept (never silently)."""
         if not self.dropped:
             assert self._spool is not None
-            log.error("the outage spool is full (%d bytes, [bridge] spool_max_bytes): "
-                      "messages are acknowledged and dropped until Kafka is back; counted in "
-                      "fleetsentry_spool_dropped_total", self._spool.size)
+            log.error(
+                "the outage spool is full (%d bytes, [bridge] spool_max_bytes): "
+                "messages are acknowledged and dropped until Kafka is back; counted in "
+                "fleetsentry_spool_dropped_total",
+                self._spool.size,
+            )
         for generation, mid, qos in acks:
             self._ack(generation, mid, qos)
         self.dropped += len(acks)
@@ -647,5 +750,8 @@ class Bridge:
             self._kafka_errors[err.code()] = (last, quiet + 1)
             return
         self._kafka_errors[err.code()] = (now, 0)
-        log.warning("Kafka: %s%s", err,
-                    f" ({quiet} more like it in the last {now - last:.0f}s)" if quiet else "")
+        log.warning(
+            "Kafka: %s%s",
+            err,
+            f" ({quiet} more like it in the last {now - last:.0f}s)" if quiet else "",
+        )

@@ -42,8 +42,10 @@ def check_compatible() -> None:
     """Refuse to run on a paho-mqtt whose internals moved (pinned ``>=2.1,<3``)."""
     missing = missing_internals(_REQUIRED)
     if missing:
-        raise BridgeError(f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks {missing}; "
-                          "install paho-mqtt>=2.1,<3")
+        raise BridgeError(
+            f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks {missing}; "
+            "install paho-mqtt>=2.1,<3"
+        )
 
 
 class IntakeClient(BufferedClient):
@@ -75,7 +77,7 @@ class IntakeClient(BufferedClient):
         # MQTT 5 properties: a variable byte integer length, then that many bytes.
         props, mult = 0, 1
         while True:
-            if p >= end or mult > 128 ** 3:
+            if p >= end or mult > 128**3:
                 return None
             b = buf[p]
             p += 1
@@ -86,7 +88,7 @@ class IntakeClient(BufferedClient):
         p += props
         if p > end:
             return None
-        topic, payload = bytes(buf[body + 2:topic_end]), bytes(buf[p:end])
+        topic, payload = bytes(buf[body + 2 : topic_end]), bytes(buf[p:end])
         self._consumed(end)
         msg = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
         msg.timestamp = 0.0
@@ -124,8 +126,17 @@ class IntakeClient(BufferedClient):
         packet, self._acks = bytes(self._acks), bytearray()
         if self._sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
-        self._out_packet.append({"command": PUBACK, "mid": 0, "qos": 1, "pos": 0,
-                                 "to_process": len(packet), "packet": packet, "info": None})
+        self._out_packet.append(
+            {
+                "command": PUBACK,
+                "mid": 0,
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": None,
+            }
+        )
         return self.loop_write()
 
     def _sock_close(self) -> None:

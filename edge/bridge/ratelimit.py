@@ -31,8 +31,9 @@ class VehicleRateLimiter:
 
     def __init__(self, rate: float, burst: int, max_vehicles: int = MAX_VEHICLES) -> None:
         if rate <= 0 or burst < 1 or max_vehicles < 1:
-            raise ValueError(f"rate {rate} must be > 0, burst {burst} and max_vehicles "
-                             f"{max_vehicles} >= 1")
+            raise ValueError(
+                f"rate {rate} must be > 0, burst {burst} and max_vehicles {max_vehicles} >= 1"
+            )
         self.rate = rate
         self.burst = float(burst)
         self.max_vehicles = max_vehicles

@@ -13,13 +13,23 @@ log = logging.getLogger("bridge")
 def run(ctx: ServiceContext) -> None:
     bridge = Bridge(ctx.config, ctx.instance)
     bridge.start()
-    log.info("bridging MQTT %s:%d -> Kafka %s as %s (metrics on port %s)",
-             ctx.config.mqtt.host, ctx.config.mqtt.port, ctx.config.kafka.bootstrap,
-             bridge.client_id, ctx.metrics_port)
+    log.info(
+        "bridging MQTT %s:%d -> Kafka %s as %s (metrics on port %s)",
+        ctx.config.mqtt.host,
+        ctx.config.mqtt.port,
+        ctx.config.kafka.bootstrap,
+        bridge.client_id,
+        ctx.metrics_port,
+    )
     try:
         bridge.run(ctx.stop)
     finally:
         left = bridge.close()
-        log.info("stopped: received %d, produced %d, dead-lettered %d, %d unconfirmed "
-                 "(redelivered by the broker)", bridge.received, bridge.produced,
-                 bridge.dead_lettered, left)
+        log.info(
+            "stopped: received %d, produced %d, dead-lettered %d, %d unconfirmed "
+            "(redelivered by the broker)",
+            bridge.received,
+            bridge.produced,
+            bridge.dead_lettered,
+            left,
+        )

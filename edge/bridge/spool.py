@@ -63,11 +63,11 @@ def _encode(topic: str, key: bytes | None, value: bytes) -> bytes:
 def _decode(rest: bytes) -> tuple[str, bytes | None, bytes]:
     tlen, klen = _META.unpack_from(rest)
     at = _META.size
-    topic = rest[at:at + tlen].decode()
+    topic = rest[at : at + tlen].decode()
     at += tlen
     key = None
     if klen >= 0:
-        key = rest[at:at + klen]
+        key = rest[at : at + klen]
         at += klen
     return topic, key, rest[at:]
 
@@ -97,8 +97,7 @@ class Spool:
     deletes the segments wholly behind that point.
     """
 
-    def __init__(self, directory: Path, max_bytes: int,
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
@@ -106,14 +105,16 @@ class Spool:
             directory.mkdir(parents=True, exist_ok=True)
             self._open()
         except OSError as exc:
-            raise SpoolError(f"cannot use the bridge's spool directory {directory}: "
-                             f"{exc}") from None
+            raise SpoolError(
+                f"cannot use the bridge's spool directory {directory}: {exc}"
+            ) from None
 
     def _open(self) -> None:
         self._reader: BinaryIO | None = None
         self._reader_seg = -1
-        self._segments: list[int] = sorted(int(p.stem) for p in self.dir.glob("*.log")
-                                           if p.stem.isdigit())
+        self._segments: list[int] = sorted(
+            int(p.stem) for p in self.dir.glob("*.log") if p.stem.isdigit()
+        )
         self._sizes = {seg: self._path(seg).stat().st_size for seg in self._segments}
         self._total = sum(self._sizes.values())
         cursor = self._load_cursor()
@@ -124,9 +125,12 @@ class Spool:
             last = self._segments[-1]
             good, records = _scan(self._path(last))
             if good != self._sizes[last]:
-                log.warning("spool segment %s ends in a cut-off record (written, never "
-                            "acknowledged): dropping its last %d bytes", self._path(last),
-                            self._sizes[last] - good)
+                log.warning(
+                    "spool segment %s ends in a cut-off record (written, never "
+                    "acknowledged): dropping its last %d bytes",
+                    self._path(last),
+                    self._sizes[last] - good,
+                )
                 os.truncate(self._path(last), good)
                 self._total -= self._sizes[last] - good
                 self._sizes[last] = good
@@ -156,8 +160,10 @@ class Spool:
             seg_s, off_s = path.read_text().split()
             return Position(int(seg_s), int(off_s))
         except (OSError, ValueError) as exc:
-            raise SpoolError(f"the spool's cursor {path} is unreadable ({exc}); its records "
-                             f"are still in {self.dir}") from None
+            raise SpoolError(
+                f"the spool's cursor {path} is unreadable ({exc}); its records "
+                f"are still in {self.dir}"
+            ) from None
 
     def _delete(self, seg: int) -> None:
         if self._reader_seg == seg and self._reader is not None:
@@ -176,8 +182,11 @@ class Spool:
 
     def _after(self, pos: Position) -> int:
         """Bytes written after ``pos``."""
-        return self._sizes[pos.segment] - pos.offset + sum(
-            size for seg, size in self._sizes.items() if seg > pos.segment)
+        return (
+            self._sizes[pos.segment]
+            - pos.offset
+            + sum(size for seg, size in self._sizes.items() if seg > pos.segment)
+        )
 
     def empty(self) -> bool:
         """Kafka confirmed every record ever appended."""
@@ -185,8 +194,7 @@ class Spool:
 
     def caught_up(self) -> bool:
         """Every record appended has been synced and read."""
-        return (self._synced == self._sizes[self._segments[-1]]
-                and self._after(self._read_at) == 0)
+        return self._synced == self._sizes[self._segments[-1]] and self._after(self._read_at) == 0
 
     def unconfirmed(self) -> int:
         """Records read and not yet confirmed."""
@@ -268,8 +276,9 @@ class Spool:
         if self._cursor == self._saved:
             return
         for seg in list(self._segments[:-1]):
-            if seg < self._cursor.segment or (seg == self._cursor.segment
-                                              and self._cursor.offset >= self._sizes[seg]):
+            if seg < self._cursor.segment or (
+                seg == self._cursor.segment and self._cursor.offset >= self._sizes[seg]
+            ):
                 self._delete(seg)
         if self._cursor.segment not in self._sizes:
             self._cursor = Position(self._segments[0], 0)

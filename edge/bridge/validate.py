@@ -29,19 +29,19 @@ from shared.errors import ContractError
 from shared.streams import StreamSpec
 
 REASONS = (
-    "oversize",           # payload over the configured / contract byte limit
-    "unknown_topic",      # not fleet/{vin}/{known stream}
-    "invalid_json",       # not parseable JSON (or not UTF-8)
-    "wrong_type",         # a field (or the document) has the wrong JSON type
-    "missing_field",      # a required field is absent
-    "invalid_value",      # right type, but out of range / bad pattern / unknown enum value
-    "unsupported_schema", # schema version this build does not read
-    "vin_mismatch",       # payload VIN differs from the topic's VIN
-    "future_timestamp",   # device time too far ahead of the gateway's clock
-    "too_deep",           # JSON nests deeper than the limit (checked before decoding)
-    "too_old",            # device time further behind the gateway's clock than the limit
-    "rate_limited",       # the vehicle sent more than its rate (the bridge's token bucket)
-    "internal_error",     # bridging this message raised; the detail names the exception
+    "oversize",  # payload over the configured / contract byte limit
+    "unknown_topic",  # not fleet/{vin}/{known stream}
+    "invalid_json",  # not parseable JSON (or not UTF-8)
+    "wrong_type",  # a field (or the document) has the wrong JSON type
+    "missing_field",  # a required field is absent
+    "invalid_value",  # right type, but out of range / bad pattern / unknown enum value
+    "unsupported_schema",  # schema version this build does not read
+    "vin_mismatch",  # payload VIN differs from the topic's VIN
+    "future_timestamp",  # device time too far ahead of the gateway's clock
+    "too_deep",  # JSON nests deeper than the limit (checked before decoding)
+    "too_old",  # device time further behind the gateway's clock than the limit
+    "rate_limited",  # the vehicle sent more than its rate (the bridge's token bucket)
+    "internal_error",  # bridging this message raised; the detail names the exception
 )
 
 
@@ -62,12 +62,21 @@ class Limits:
     max_depth: int = 16
 
     @classmethod
-    def from_registry(cls, max_payload_bytes: int = MAX_MESSAGE_BYTES,
-                      max_future_skew_s: float = 300.0, max_past_age_s: float = 3 * 86_400.0,
-                      max_depth: int = 16) -> Limits:
+    def from_registry(
+        cls,
+        max_payload_bytes: int = MAX_MESSAGE_BYTES,
+        max_future_skew_s: float = 300.0,
+        max_past_age_s: float = 3 * 86_400.0,
+        max_depth: int = 16,
+    ) -> Limits:
         by_suffix = {spec.mqtt_suffix: spec for spec in streams.all_streams()}
-        return cls(by_suffix, min(max_payload_bytes, MAX_MESSAGE_BYTES), max_future_skew_s,
-                   max_past_age_s, min(max_depth, MAX_DEPTH_CEILING))
+        return cls(
+            by_suffix,
+            min(max_payload_bytes, MAX_MESSAGE_BYTES),
+            max_future_skew_s,
+            max_past_age_s,
+            min(max_depth, MAX_DEPTH_CEILING),
+        )
 
 
 class Accepted(NamedTuple):
@@ -83,8 +92,10 @@ def parse_topic(topic: str, limits: Limits) -> tuple[StreamSpec, str]:
         raise Rejected("unknown_topic", f"topic {topic[:200]!r} is not fleet/<vin>/<stream>")
     spec = limits.streams.get(parts[2])
     if spec is None:
-        raise Rejected("unknown_topic", f"no stream for topic suffix {parts[2][:100]!r}; "
-                                        f"known: {sorted(limits.streams)}")
+        raise Rejected(
+            "unknown_topic",
+            f"no stream for topic suffix {parts[2][:100]!r}; known: {sorted(limits.streams)}",
+        )
     return spec, parts[1]
 
 
@@ -140,15 +151,16 @@ def validate(topic: str, payload: bytes, now: float, limits: Limits) -> Accepted
     return check(spec, topic_vin, payload, now, limits)
 
 
-def check(spec: StreamSpec, topic_vin: str, payload: bytes, now: float,
-          limits: Limits) -> Accepted:
+def check(spec: StreamSpec, topic_vin: str, payload: bytes, now: float, limits: Limits) -> Accepted:
     """Check the payload of a message whose topic ``parse_topic`` accepted.
 
     Size and nesting first: both are bounded before a decoder sees the bytes.
     """
     if len(payload) > limits.max_payload_bytes:
-        raise Rejected("oversize", f"payload is {len(payload)} bytes, over the "
-                                   f"{limits.max_payload_bytes} limit")
+        raise Rejected(
+            "oversize",
+            f"payload is {len(payload)} bytes, over the {limits.max_payload_bytes} limit",
+        )
     if nesting_exceeds(payload, limits.max_depth):
         raise Rejected("too_deep", f"JSON nests more than {limits.max_depth} levels deep")
     try:
@@ -159,23 +171,32 @@ def check(spec: StreamSpec, topic_vin: str, payload: bytes, now: float,
     device: str = getattr(event, spec.device_field)
     if device != topic_vin:
         # Neither id is quoted: details go to dlq.ingest, which holds no personal data.
-        raise Rejected("vin_mismatch", f"the payload's {spec.device_field} differs from the "
-                                       "topic's device id")
+        raise Rejected(
+            "vin_mismatch", f"the payload's {spec.device_field} differs from the topic's device id"
+        )
     try:
         ts = spec.event_time(event)
     except (ValueError, OverflowError, TypeError):
         field_name = _time_field(spec)
         unit = spec.declaration.time.unit if spec.declaration is not None else "s"
-        raise Rejected("invalid_value", f"field {field_name}: not a device time in unit "
-                                        f"{unit!r} (at {field_name})") from None
+        raise Rejected(
+            "invalid_value",
+            f"field {field_name}: not a device time in unit {unit!r} (at {field_name})",
+        ) from None
     if not math.isfinite(ts) or ts - now > limits.max_future_skew_s:
-        raise Rejected("future_timestamp", f"{_time_field(spec)} {ts} is {ts - now:.0f}s ahead "
-                                           f"of the gateway clock (limit "
-                                           f"{limits.max_future_skew_s:.0f}s)")
+        raise Rejected(
+            "future_timestamp",
+            f"{_time_field(spec)} {ts} is {ts - now:.0f}s ahead "
+            f"of the gateway clock (limit "
+            f"{limits.max_future_skew_s:.0f}s)",
+        )
     if now - ts > limits.max_past_age_s:
         # No value in the detail: the field and the limit say enough.
-        raise Rejected("too_old", f"field {_time_field(spec)}: device time more than "
-                                  f"{limits.max_past_age_s:.0f}s behind the gateway clock")
+        raise Rejected(
+            "too_old",
+            f"field {_time_field(spec)}: device time more than "
+            f"{limits.max_past_age_s:.0f}s behind the gateway clock",
+        )
     return Accepted(spec, device, ts)
 
 

@@ -18,8 +18,12 @@ from edge.vault.errors import VaultError
 from shared.contracts import DeadLetter
 
 CONFIG_OPTION = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None, help="The gateway's edge.toml (default: built-in defaults).")
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The gateway's edge.toml (default: built-in defaults).",
+)
 
 
 @click.group()
@@ -28,10 +32,18 @@ def dlq() -> None:
 
 
 @dlq.command()
-@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True,
-              help="How many of the latest dead letters.")
-@click.option("--actor", required=True,
-              help="Who is looking (recorded in the vault's audit log: payloads are personal).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    show_default=True,
+    help="How many of the latest dead letters.",
+)
+@click.option(
+    "--actor",
+    required=True,
+    help="Who is looking (recorded in the vault's audit log: payloads are personal).",
+)
 @CONFIG_OPTION
 def show(limit: int, actor: str, config_path: Path | None) -> None:
     """Print the latest dead letters, payloads decrypted, as JSON lines (oldest first)."""
@@ -58,12 +70,20 @@ def _shown(letters: DeadLetters, offset: int, value: bytes) -> dict[str, Any]:
         letter = msgspec.json.decode(value, type=DeadLetter)
     except msgspec.DecodeError:
         # Never printed: a letter of an older build holds the payload in the clear.
-        return {"offset": offset, "error": "not a sealed dead letter (written by an older "
-                                            "build? it expires with the topic's retention)"}
-    out: dict[str, Any] = {"offset": offset, "received_ts": letter.received_ts,
-                           "source": letter.source, "reason": letter.reason,
-                           "detail": letter.detail, "length": letter.length,
-                           "count": letter.count}
+        return {
+            "offset": offset,
+            "error": "not a sealed dead letter (written by an older "
+            "build? it expires with the topic's retention)",
+        }
+    out: dict[str, Any] = {
+        "offset": offset,
+        "received_ts": letter.received_ts,
+        "source": letter.source,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "length": letter.length,
+        "count": letter.count,
+    }
     try:
         payload = letters.open(letter)
     except DeadLetterError as exc:

@@ -49,8 +49,9 @@ VIN_KIND = "vin"  # the anonymizer's namespace: a letter's token is the vehicle_
 
 # A quoted value (Python repr, as msgspec and our own messages quote them) -- also one cut
 # off by truncation -- except the regex msgspec quotes from the contract, which is no value.
-_QUOTED = re.compile(r"""(regex )?(?<!\w)(?:'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$))""",
-                     re.DOTALL)
+_QUOTED = re.compile(
+    r"""(regex )?(?<!\w)(?:'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$))""", re.DOTALL
+)
 _VIN_LIKE = re.compile(r"(?<![A-Za-z0-9])[A-HJ-NPR-Za-hj-npr-z0-9]{17}(?![A-Za-z0-9])")
 # Twelve digits or more, single spaces or dashes between them: a card number however written.
 _DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,}(?!\d)")
@@ -105,16 +106,31 @@ class DeadLetters:
     def digest(self, payload: bytes) -> str:
         return hmac.digest(self._digest_key, payload, hashlib.sha256).hex()
 
-    def letter(self, source: str, reason: str, detail: str, received_ts: float,
-               payload: bytes, count: int = 1) -> bytes:
+    def letter(
+        self,
+        source: str,
+        reason: str,
+        detail: str,
+        received_ts: float,
+        payload: bytes,
+        count: int = 1,
+    ) -> bytes:
         """One encoded dead letter. ``source`` must already hold no personal data."""
         source = source[:MAX_SOURCE]
         nonce = os.urandom(NONCE)
         sealed = self._aead.encrypt(nonce, payload, _aad(source, reason))
-        return contracts.encode(contracts.DeadLetter(
-            source=source, reason=reason, detail=scrub(detail), received_ts=received_ts,
-            length=len(payload), digest=self.digest(payload),
-            sealed=bytes([FORMAT]) + self._salt + nonce + sealed, count=count))
+        return contracts.encode(
+            contracts.DeadLetter(
+                source=source,
+                reason=reason,
+                detail=scrub(detail),
+                received_ts=received_ts,
+                length=len(payload),
+                digest=self.digest(payload),
+                sealed=bytes([FORMAT]) + self._salt + nonce + sealed,
+                count=count,
+            )
+        )
 
     def vehicle_token(self, vin: str) -> str:
         """The vehicle's keyed token: the ``vehicle_token`` its anonymized records carry."""
@@ -132,8 +148,15 @@ class DeadLetters:
         token = self._tokens.token("topic", topic.decode("utf-8", "replace"))
         return f"mqtt:topic/{token}", token.encode()
 
-    def from_mqtt(self, topic: bytes, reason: str, detail: str, received_ts: float,
-                  payload: bytes, count: int = 1) -> tuple[bytes, bytes]:
+    def from_mqtt(
+        self,
+        topic: bytes,
+        reason: str,
+        detail: str,
+        received_ts: float,
+        payload: bytes,
+        count: int = 1,
+    ) -> tuple[bytes, bytes]:
         """(key, value) of the dead letter of one MQTT message (or of ``count`` of them, the
         payload being the first one's)."""
         source, key = self.mqtt_source(topic)
@@ -147,7 +170,7 @@ class DeadLetters:
         head = 1 + SALT + NONCE
         if len(sealed) < head + 16 or sealed[0] != FORMAT:
             raise DeadLetterError("the sealed payload is not in a format this build reads")
-        salt, nonce = sealed[1:1 + SALT], sealed[1 + SALT:head]
+        salt, nonce = sealed[1 : 1 + SALT], sealed[1 + SALT : head]
         aead = self._opened.get(salt)
         if aead is None:
             aead = self._opened[salt] = AESGCM(_derive(self._master, salt, _SEAL_INFO))

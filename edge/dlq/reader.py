@@ -15,17 +15,25 @@ from shared.topics import DLQ_INGEST
 def latest(kafka: Target, limit: int, timeout: float = 30.0) -> list[Message]:
     """The last ``limit`` committed records of dlq.ingest, oldest first."""
     bootstrap = bootstrap_of(kafka)
-    c = Consumer(client_config(kafka, {
-        "group.id": f"dlq-show-{uuid.uuid4().hex}",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        # The enricher and the scorer dead-letter inside transactions: skip aborted ones.
-        "isolation.level": "read_committed",
-    }))
+    c = Consumer(
+        client_config(
+            kafka,
+            {
+                "group.id": f"dlq-show-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                # The enricher and the scorer dead-letter inside transactions: skip aborted ones.
+                "isolation.level": "read_committed",
+            },
+        )
+    )
     try:
         return _read_tail(c, limit, timeout)
     except KafkaException as exc:
-        raise DeadLetterError(f"cannot read {DLQ_INGEST} from {bootstrap}: {exc} "
-                              "(is the gateway's Kafka running? check [kafka] in edge.toml)") from None
+        raise DeadLetterError(
+            f"cannot read {DLQ_INGEST} from {bootstrap}: {exc} "
+            "(is the gateway's Kafka running? check [kafka] in edge.toml)"
+        ) from None
     finally:
         c.close()
 
@@ -34,8 +42,10 @@ def _read_tail(c: Consumer, limit: int, timeout: float) -> list[Message]:
     meta = c.list_topics(DLQ_INGEST, timeout=10)
     topic = meta.topics.get(DLQ_INGEST)
     if topic is None or topic.error is not None:
-        raise DeadLetterError(f"no topic {DLQ_INGEST}: run `fleetsentry infra up` (or the "
-                              "Ansible role) to create the gateway's topics")
+        raise DeadLetterError(
+            f"no topic {DLQ_INGEST}: run `fleetsentry infra up` (or the "
+            "Ansible role) to create the gateway's topics"
+        )
     ends: dict[int, int] = {}
     starts = []
     for p in topic.partitions:

@@ -41,8 +41,9 @@ class Restored(NamedTuple):
     written: dict[str, float]  # state key -> when its latest record was written (epoch s)
 
 
-def restore(kafka: Target, dedup_limit: int, timeout_s: float = 120.0,
-            topic: str = ENRICHER_STATE) -> Restored:
+def restore(
+    kafka: Target, dedup_limit: int, timeout_s: float = 120.0, topic: str = ENRICHER_STATE
+) -> Restored:
     """Read the changelog to its end (committed records only) and rebuild state and windows."""
     states: dict[str, Any] = {}
     written: dict[str, float] = {}
@@ -56,21 +57,32 @@ def restore(kafka: Target, dedup_limit: int, timeout_s: float = 120.0,
             kind, ms = msg.timestamp()
             written[key] = ms / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else started
 
-    read_to_end(kafka, topic, handle, error=EnricherError, timeout_s=timeout_s,
-                missing_hint="run `fleetsentry infra up`")
+    read_to_end(
+        kafka,
+        topic,
+        handle,
+        error=EnricherError,
+        timeout_s=timeout_s,
+        missing_hint="run `fleetsentry infra up`",
+    )
     windows: dict[tuple[str, int], DedupWindow] = {}
     for tp, by_seq in deltas.items():
         window = windows[tp] = DedupWindow(dedup_limit)
         for seq in sorted(by_seq):
             window.load(seq, by_seq[seq])
-    return Restored(FeatureState(states), windows,
-                    {k: t for k, t in written.items() if k in states})
+    return Restored(
+        FeatureState(states), windows, {k: t for k, t in written.items() if k in states}
+    )
 
 
-def _apply(key: str, value: bytes | None, states: dict[str, Any],
-           deltas: dict[tuple[str, int], dict[int, list[str]]]) -> None:
+def _apply(
+    key: str,
+    value: bytes | None,
+    states: dict[str, Any],
+    deltas: dict[tuple[str, int], dict[int, list[str]]],
+) -> None:
     if key.startswith(DEDUP_PREFIX):
-        raw_topic, partition, seq = key[len(DEDUP_PREFIX):].rsplit(":", 2)
+        raw_topic, partition, seq = key[len(DEDUP_PREFIX) :].rsplit(":", 2)
         by_seq = deltas.setdefault((raw_topic, int(partition)), {})
         if value is None:
             by_seq.pop(int(seq), None)

@@ -71,11 +71,15 @@ def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
     reverses those tokens. Card data belongs to the driver who pays with it.
     """
     items: list[tuple[str, str, str | None]] = [
-        (VIN, event.vin, None), (DRIVER_ID, event.driver_id, event.driver_id)]
+        (VIN, event.vin, None),
+        (DRIVER_ID, event.driver_id, event.driver_id),
+    ]
     if isinstance(event, Payment):
-        items += [("driver_name", event.driver_name, event.driver_id),
-                  (CARD_NUMBER, event.card_number, event.driver_id),
-                  ("cardholder", event.cardholder, event.driver_id)]
+        items += [
+            ("driver_name", event.driver_name, event.driver_id),
+            (CARD_NUMBER, event.card_number, event.driver_id),
+            ("cardholder", event.cardholder, event.driver_id),
+        ]
     return items
 
 
@@ -99,8 +103,14 @@ def batch_pii(items: list[tuple[StreamSpec, Any]]) -> list[tuple[str, str, str |
 class Enricher:
     """Consume raw.*, anonymize, write anon.* transactionally. ``start()`` connects."""
 
-    def __init__(self, config: EdgeConfig, vault: Vault, tokenizer: Tokenizer,
-                 instance: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        vault: Vault,
+        tokenizer: Tokenizer,
+        instance: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.settings = config.enricher
         self.vault = vault
@@ -129,8 +139,9 @@ class Enricher:
         names = [s.name for s in self._specs.values()]
         self._in = {n: metrics.MESSAGES_IN.labels(service=SERVICE, stream=n) for n in names}
         self._out = {n: metrics.MESSAGES_OUT.labels(service=SERVICE, stream=n) for n in names}
-        self._latency = {n: metrics.END_TO_END_LATENCY.labels(service=SERVICE, stream=n)
-                         for n in names}
+        self._latency = {
+            n: metrics.END_TO_END_LATENCY.labels(service=SERVICE, stream=n) for n in names
+        }
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -139,12 +150,20 @@ class Enricher:
         kafka = self.config.kafka
         bootstrap = kafka.bootstrap
         self._letters = DeadLetters.load(self.config)
-        self._producer = Producer(client_config(kafka, {
-            "transactional.id": self.transactional_id,
-            "transaction.timeout.ms": s.transaction_timeout_ms, "linger.ms": s.linger_ms,
-            "compression.type": s.compression, "queue.buffering.max.messages": 200_000,
-            "queue.buffering.max.kbytes": 32_768, "batch.num.messages": 10_000,
-        }))
+        self._producer = Producer(
+            client_config(
+                kafka,
+                {
+                    "transactional.id": self.transactional_id,
+                    "transaction.timeout.ms": s.transaction_timeout_ms,
+                    "linger.ms": s.linger_ms,
+                    "compression.type": s.compression,
+                    "queue.buffering.max.messages": 200_000,
+                    "queue.buffering.max.kbytes": 32_768,
+                    "batch.num.messages": 10_000,
+                },
+            )
+        )
         try:
             # Fences a previous instance and aborts whatever transaction it left open, so the
             # changelog's committed end is final before we read it.
@@ -152,22 +171,29 @@ class Enricher:
         except KafkaException as exc:
             raise EnricherError(f"cannot start transactions on {bootstrap}: {exc}") from None
         self._restore()
-        log.info("restored %d feature states and %d dedup windows", len(self.state),
-                 len(self._windows))
-        self._consumer = Consumer(client_config(kafka, {
-            "group.id": s.group,
-            "client.id": self.transactional_id, "enable.auto.commit": False,
-            # Static membership: a restarted instance takes its partitions back at once
-            # instead of waiting for the dead one's session to expire.
-            "group.instance.id": self.transactional_id,
-            "session.timeout.ms": s.session_timeout_ms,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-            "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
-            # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
-            "queued.max.messages.kbytes": 8192,
-        }))
-        self._consumer.subscribe(list(self._specs),
-                                 on_assign=lambda _c, _parts: self._gaps.reset())
+        log.info(
+            "restored %d feature states and %d dedup windows", len(self.state), len(self._windows)
+        )
+        self._consumer = Consumer(
+            client_config(
+                kafka,
+                {
+                    "group.id": s.group,
+                    "client.id": self.transactional_id,
+                    "enable.auto.commit": False,
+                    # Static membership: a restarted instance takes its partitions back at once
+                    # instead of waiting for the dead one's session to expire.
+                    "group.instance.id": self.transactional_id,
+                    "session.timeout.ms": s.session_timeout_ms,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
+                    # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
+                    "queued.max.messages.kbytes": 8192,
+                },
+            )
+        )
+        self._consumer.subscribe(list(self._specs), on_assign=lambda _c, _parts: self._gaps.reset())
         self._unassigned = self._assignment_guard()  # from now: joining takes a few seconds
 
     def _assignment_guard(self) -> AssignmentGuard:
@@ -195,10 +221,13 @@ class Enricher:
                 waited = self._unassigned.check(bool(self._consumer.assignment()))
                 if waited is not None:
                     # Not close(): a consumer in that state may not close either.
-                    log.error("the consumer has held no partition of raw.* for %.0fs (the edge "
-                              "Kafka away, or a group session lost and never rejoined, "
-                              "librdkafka#3437): exiting with %d to be started again", waited,
-                              EXIT_STUCK)
+                    log.error(
+                        "the consumer has held no partition of raw.* for %.0fs (the edge "
+                        "Kafka away, or a group session lost and never rejoined, "
+                        "librdkafka#3437): exiting with %d to be started again",
+                        waited,
+                        EXIT_STUCK,
+                    )
                     self._watchdog.on_stuck(EXIT_STUCK)
                     return
             if time.monotonic() - last_lag > 5:
@@ -216,8 +245,9 @@ class Enricher:
     def step(self) -> int:
         """Consume one batch and commit it in one transaction; returns records consumed."""
         assert self._consumer is not None and self._producer is not None
-        msgs = self._consumer.consume(num_messages=self.settings.batch_size,
-                                      timeout=self.settings.batch_wait_ms / 1000)
+        msgs = self._consumer.consume(
+            num_messages=self.settings.batch_size, timeout=self.settings.batch_wait_ms / 1000
+        )
         msgs = [m for m in msgs if m.error() is None or self._usable(m)]
         self._expire_vault()
         if not msgs:
@@ -258,8 +288,9 @@ class Enricher:
         # Declared streams (generic transforms) apart from the built-in ones; each keeps its
         # own states, so their order between each other does not matter.
         self._updates = {}
-        declared = [item for item in every if item[0].declaration is not None] \
-            if self._declared else []
+        declared = (
+            [item for item in every if item[0].declaration is not None] if self._declared else []
+        )
         items = [item for item in every if item[0].declaration is None] if declared else every
         if declared:
             self._emit(declared, declared_batch(declared, self.state, self.tokenizer))
@@ -284,7 +315,7 @@ class Enricher:
         poll = self._producer.poll
         wire = iter(result.wire)
         for start in range(0, len(items), DRAIN_EVERY):
-            chunk = items[start:start + DRAIN_EVERY]
+            chunk = items[start : start + DRAIN_EVERY]
             # chunk first: zip stops at its end without drawing one record too many.
             for (spec, _event), (key, data) in zip(chunk, wire, strict=False):
                 produce(self._producer, spec.anon_topic, data, key.encode())
@@ -302,8 +333,11 @@ class Enricher:
         for (topic, partition), window in self._windows.items():
             seq, ids, expired = window.seal()
             if seq is not None:
-                self._send(ENRICHER_STATE, changelog.dedup_key(topic, partition, seq),
-                           changelog.encode_ids(ids))
+                self._send(
+                    ENRICHER_STATE,
+                    changelog.dedup_key(topic, partition, seq),
+                    changelog.encode_ids(ids),
+                )
             for old in expired:
                 self._send(ENRICHER_STATE, changelog.dedup_key(topic, partition, old), None)
 
@@ -336,11 +370,15 @@ class Enricher:
         n = self.vault.expire(self.config.vault.retention_days, VAULT_EXPIRE_LIMIT)
         if n:
             self.expired_values += n
-            log.info("retention: deleted %d vault values not seen for %g days", n,
-                     self.config.vault.retention_days)
+            log.info(
+                "retention: deleted %d vault values not seen for %g days",
+                n,
+                self.config.vault.retention_days,
+            )
 
-    def _admit(self, msgs: list[Message]
-               ) -> tuple[list[tuple[StreamSpec, Telemetry | Payment]], dict[tuple[str, int], int]]:
+    def _admit(
+        self, msgs: list[Message]
+    ) -> tuple[list[tuple[StreamSpec, Telemetry | Payment]], dict[tuple[str, int], int]]:
         """Decode each message and drop the bridge's redeliveries; bad ones go to the DLQ.
 
         Returns the events to anonymize and each partition's last consumed offset.
@@ -384,9 +422,16 @@ class Enricher:
         if skipped:
             self.skipped += skipped
             metrics.RECORDS_EXPIRED_UNREAD.labels(service=SERVICE, topic=tp[0]).inc(skipped)
-            log.error("%s[%d]: %d records were deleted by retention before they were read "
-                      "(offsets %d-%d); the enricher fell further behind than the disk plan "
-                      "keeps raw.*", tp[0], tp[1], skipped, offset - skipped, offset - 1)
+            log.error(
+                "%s[%d]: %d records were deleted by retention before they were read "
+                "(offsets %d-%d); the enricher fell further behind than the disk plan "
+                "keeps raw.*",
+                tp[0],
+                tp[1],
+                skipped,
+                offset - skipped,
+                offset - 1,
+            )
 
     def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
         assert self._producer is not None
@@ -403,16 +448,25 @@ class Enricher:
         self.rejected += 1
         metrics.DLQ_MESSAGES.labels(service=SERVICE, reason="contract").inc()
         assert self._letters is not None  # a raw.* record is personal: its letter is sealed
-        letter = self._letters.letter(f"{msg.topic()}/{msg.partition()}@{msg.offset()}",
-                                      "contract", str(exc)[:500], self._clock(), msg.value() or b"")
+        letter = self._letters.letter(
+            f"{msg.topic()}/{msg.partition()}@{msg.offset()}",
+            "contract",
+            str(exc)[:500],
+            self._clock(),
+            msg.value() or b"",
+        )
         self._send(DLQ_INGEST, b"enricher", letter)
 
     def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         assert self._consumer is not None and self._producer is not None
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]
-        self._watchdog.call("send_offsets_to_transaction", 30,
-                            self._producer.send_offsets_to_transaction, offsets,
-                            self._consumer.consumer_group_metadata())
+        self._watchdog.call(
+            "send_offsets_to_transaction",
+            30,
+            self._producer.send_offsets_to_transaction,
+            offsets,
+            self._consumer.consumer_group_metadata(),
+        )
         self._watchdog.call("commit_transaction", 60, self._producer.commit_transaction)
 
     def _recover(self, exc: Exception) -> None:

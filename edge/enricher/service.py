@@ -16,12 +16,21 @@ def run(ctx: ServiceContext) -> None:
     enricher = Enricher(ctx.config, vault, fleet_tokenizer(ctx.config), ctx.instance)
     try:
         enricher.start()
-        log.info("enriching raw.* -> anon.* on %s as %s (vault %s, metrics on port %s)",
-                 ctx.config.kafka.bootstrap, enricher.transactional_id, vault.path,
-                 ctx.metrics_port)
+        log.info(
+            "enriching raw.* -> anon.* on %s as %s (vault %s, metrics on port %s)",
+            ctx.config.kafka.bootstrap,
+            enricher.transactional_id,
+            vault.path,
+            ctx.metrics_port,
+        )
         enricher.run(ctx.stop)
     finally:
         enricher.close()
         vault.close()
-        log.info("stopped: consumed %d, produced %d, duplicates dropped %d, rejected %d",
-                 enricher.consumed, enricher.produced, enricher.duplicates, enricher.rejected)
+        log.info(
+            "stopped: consumed %d, produced %d, duplicates dropped %d, rejected %d",
+            enricher.consumed,
+            enricher.produced,
+            enricher.duplicates,
+            enricher.rejected,
+        )

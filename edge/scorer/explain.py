@@ -9,8 +9,9 @@ import numpy as np
 from shared.contracts import Contribution
 
 
-def top_features(errors: np.ndarray, names: Sequence[str], label: Callable[[str], str],
-                 k: int = 3) -> list[Contribution]:
+def top_features(
+    errors: np.ndarray, names: Sequence[str], label: Callable[[str], str], k: int = 3
+) -> list[Contribution]:
     """The ``k`` largest per-feature errors of one row, biggest first, in plain names.
 
     Ties keep the model's feature order so the same row always explains itself the same way.

@@ -9,22 +9,38 @@ from prometheus_client import Counter, Gauge, Histogram
 from edge import metrics as common
 
 SERVICE = "scorer"
-ANOMALOUS = Counter("fleetsentry_scorer_anomalous_events",
-                    "Scored events above their model's threshold, by stream.", ["stream"])
-ALERTS = Counter("fleetsentry_scorer_alert_messages",
-                 "Alert messages (episode open/update/closed) written to the alerts topic.")
-DECISIONS = Counter("fleetsentry_scorer_payment_decisions",
-                    "Payment decisions published to vehicles.")
-OPEN_EPISODES = Gauge("fleetsentry_scorer_open_episodes",
-                      "Alert episodes open right now (telemetry and declared streams).")
-UNSCORED = Counter("fleetsentry_scorer_unscored",
-                   "Records of a declared stream passed through unscored (the gateway has no "
-                   "model for the stream yet), by stream.", ["stream"])
-BATCH_SECONDS = Histogram("fleetsentry_scorer_batch_seconds",
-                          "Seconds to score and commit one micro-batch.",
-                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
-BATCH_EVENTS = Histogram("fleetsentry_scorer_batch_events", "Events in one micro-batch.",
-                         buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384))
+ANOMALOUS = Counter(
+    "fleetsentry_scorer_anomalous_events",
+    "Scored events above their model's threshold, by stream.",
+    ["stream"],
+)
+ALERTS = Counter(
+    "fleetsentry_scorer_alert_messages",
+    "Alert messages (episode open/update/closed) written to the alerts topic.",
+)
+DECISIONS = Counter(
+    "fleetsentry_scorer_payment_decisions", "Payment decisions published to vehicles."
+)
+OPEN_EPISODES = Gauge(
+    "fleetsentry_scorer_open_episodes",
+    "Alert episodes open right now (telemetry and declared streams).",
+)
+UNSCORED = Counter(
+    "fleetsentry_scorer_unscored",
+    "Records of a declared stream passed through unscored (the gateway has no "
+    "model for the stream yet), by stream.",
+    ["stream"],
+)
+BATCH_SECONDS = Histogram(
+    "fleetsentry_scorer_batch_seconds",
+    "Seconds to score and commit one micro-batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+BATCH_EVENTS = Histogram(
+    "fleetsentry_scorer_batch_events",
+    "Events in one micro-batch.",
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384),
+)
 
 
 class Recorder:

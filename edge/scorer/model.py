@@ -24,8 +24,15 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from shared.declarations.model import Stream
 
-__all__ = ["BASELINE_DIR", "BASELINE_PUBLIC_KEY", "Model", "ModelHolder", "baseline_dir",
-           "check_manifest", "load_model"]
+__all__ = [
+    "BASELINE_DIR",
+    "BASELINE_PUBLIC_KEY",
+    "Model",
+    "ModelHolder",
+    "baseline_dir",
+    "check_manifest",
+    "load_model",
+]
 
 REFERENCE_FILE = "reference.npz"
 
@@ -78,38 +85,49 @@ def check_manifest(manifest: ModelManifest, stream: str) -> None:
     gateway's declaration of the stream (docs/streams.md).
     """
     if manifest.stream != stream:
-        raise ModelError(f"model {manifest.version} is for stream {manifest.stream!r}, "
-                         f"not {stream!r}")
+        raise ModelError(
+            f"model {manifest.version} is for stream {manifest.stream!r}, not {stream!r}"
+        )
     declaration = _declaration(stream)
     if declaration is not None:
         if manifest.feature_spec != declaration.feature_spec:
             raise ModelError(
                 f"model {manifest.version} was built for feature spec "
                 f"{manifest.feature_spec!r}; this gateway's declaration of {stream} "
-                f"({declaration.source}) computes {declaration.feature_spec!r}")
+                f"({declaration.source}) computes {declaration.feature_spec!r}"
+            )
         expected = declaration.feature_names
         if list(manifest.features) != expected:
             raise ModelError(
                 f"model {manifest.version} takes features {manifest.features}; this "
-                f"gateway's declaration of {stream} ({declaration.source}) produces {expected}")
+                f"gateway's declaration of {stream} ({declaration.source}) produces {expected}"
+            )
     else:
         spec_version, model_features = _feature_contract()
         if manifest.feature_spec != spec_version:
-            raise ModelError(f"model {manifest.version} was built for feature spec "
-                             f"{manifest.feature_spec!r}; this gateway computes "
-                             f"{spec_version!r}")
+            raise ModelError(
+                f"model {manifest.version} was built for feature spec "
+                f"{manifest.feature_spec!r}; this gateway computes "
+                f"{spec_version!r}"
+            )
         expected = list(model_features(stream))
         if list(manifest.features) != expected:
-            raise ModelError(f"model {manifest.version} takes features {manifest.features}; "
-                             f"the {stream} feature code produces {expected}")
+            raise ModelError(
+                f"model {manifest.version} takes features {manifest.features}; "
+                f"the {stream} feature code produces {expected}"
+            )
     n = len(expected)
     if len(manifest.scaling.mean) != n or len(manifest.scaling.scale) != n:
         raise ModelError(f"model {manifest.version}: scaling does not have {n} entries")
 
 
-def load_model(model_dir: str | Path, stream: str,
-               public_key: str | Path | Sequence[Path] | None = None,
-               reference: bool = False, max_batch: int = 4096) -> Model:
+def load_model(
+    model_dir: str | Path,
+    stream: str,
+    public_key: str | Path | Sequence[Path] | None = None,
+    reference: bool = False,
+    max_batch: int = 4096,
+) -> Model:
     """Verify and load a model directory (``reference=True``: the float numpy scorer).
 
     ``public_key``: the key, or the keys (any may have signed it), the model must be signed
@@ -145,8 +163,9 @@ def load_model(model_dir: str | Path, stream: str,
             raise ModelError(f"{model_dir}: no {REFERENCE_FILE} (float weights) beside the model")
         scorer = FloatReferenceScorer.from_npz(ref, mean, scale)
     else:
-        scorer = TFLiteScorer.from_file(model_dir / "model.tflite", mean, scale,
-                                        max_batch=max_batch)
+        scorer = TFLiteScorer.from_file(
+            model_dir / "model.tflite", mean, scale, max_batch=max_batch
+        )
     return Model(manifest, scorer, model_dir)
 
 
@@ -169,8 +188,9 @@ class ModelHolder:
     def swap(self, model: Model) -> Model:
         """Install ``model``; returns the one it replaces (kept by callers for rollback)."""
         if model.stream != self._model.stream:
-            raise ModelError(f"cannot swap a {model.stream} model into the "
-                             f"{self._model.stream} scorer")
+            raise ModelError(
+                f"cannot swap a {model.stream} model into the {self._model.stream} scorer"
+            )
         with self._lock:
             old, self._model = self._model, model
             self.swaps += 1

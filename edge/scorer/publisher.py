@@ -46,8 +46,9 @@ class DecisionPublisher:
         self._early: set[int] = set()
 
     def start(self, timeout: float = 15.0) -> None:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+        )
         c.username_pw_set(self.config.mqtt.username, mqtt_password(self.config))
         if self.config.mqtt.tls_ca is not None:
             c.tls_set(ca_certs=str(self.config.mqtt.tls_ca))
@@ -61,23 +62,28 @@ class DecisionPublisher:
         self._client = c
         if not self._connected.wait(timeout):
             self.close()
-            raise ScorerError(f"cannot reach MQTT at {self.config.mqtt.host}:"
-                              f"{self.config.mqtt.port} within {timeout:.0f}s")
+            raise ScorerError(
+                f"cannot reach MQTT at {self.config.mqtt.host}:"
+                f"{self.config.mqtt.port} within {timeout:.0f}s"
+            )
 
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: object,
-                    _p: object) -> None:
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             log.error("MQTT connect refused: %s", reason)
             return
         self._connected.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object,
-                       _p: object) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object
+    ) -> None:
         self._connected.clear()
         log.warning("MQTT disconnected (%s); reconnecting", reason)
 
-    def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, reason: object,
-                    _p: object) -> None:
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, reason: object, _p: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             # Acknowledged, but refused (e.g. not authorized): sending it again cannot help.
             log.error("MQTT broker refused decision message %d: %s", mid, reason)
@@ -95,8 +101,10 @@ class DecisionPublisher:
         # reconnect until the broker acknowledges it.
         info = self._client.publish(commands_topic(vin), encode(decision), qos=1)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # 65,535 message ids all in flight
-            raise ScorerError(f"cannot queue the decision for payment {decision.event_id}: "
-                              f"too many decisions wait for the MQTT broker; is it up?")
+            raise ScorerError(
+                f"cannot queue the decision for payment {decision.event_id}: "
+                f"too many decisions wait for the MQTT broker; is it up?"
+            )
         with self._acks:
             if info.mid in self._early:
                 self._early.discard(info.mid)
@@ -128,9 +136,12 @@ class DecisionPublisher:
         # Also while reconnecting: paho re-sends what is in flight once the broker is back.
         left = self.wait_acknowledged(timeout)
         if left:
-            log.warning("closing with %d decisions the MQTT broker has not acknowledged after "
-                        "%.0fs; their batch is not committed and is scored again on restart",
-                        left, timeout)
+            log.warning(
+                "closing with %d decisions the MQTT broker has not acknowledged after "
+                "%.0fs; their batch is not committed and is scored again on restart",
+                left,
+                timeout,
+            )
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None

@@ -48,8 +48,9 @@ class Scorer(abc.ABC):
     def scale(self, matrix: np.ndarray) -> np.ndarray:
         """Raw feature matrix -> the scaled matrix the model sees (NaN means 'usual value')."""
         if matrix.ndim != 2 or matrix.shape[1] != self.width:
-            raise ShapeError(f"feature matrix has shape {matrix.shape}; the model takes "
-                             f"(n, {self.width})")
+            raise ShapeError(
+                f"feature matrix has shape {matrix.shape}; the model takes (n, {self.width})"
+            )
         scaled = (matrix.astype(np.float32, copy=False) - self.mean) * self.inv_scale
         return np.nan_to_num(scaled, nan=0.0, posinf=_CLIP, neginf=-_CLIP).clip(-_CLIP, _CLIP)
 
@@ -95,9 +96,14 @@ class TFLiteScorer(Scorer):
 
     MIN_BUCKET = 16
 
-    def __init__(self, model: bytes, mean: Sequence[float] | np.ndarray,
-                 scale: Sequence[float] | np.ndarray, max_batch: int = 4096,
-                 num_threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: bytes,
+        mean: Sequence[float] | np.ndarray,
+        scale: Sequence[float] | np.ndarray,
+        max_batch: int = 4096,
+        num_threads: int = 1,
+    ) -> None:
         super().__init__(mean, scale)
         self.model = model
         self.max_batch = max(self.MIN_BUCKET, 1 << (max(1, max_batch) - 1).bit_length())
@@ -106,17 +112,25 @@ class TFLiteScorer(Scorer):
         probe = self._interpreter(self.MIN_BUCKET)[0]
         inp, out = probe.get_input_details()[0], probe.get_output_details()[0]
         if inp["dtype"] != np.int8 or out["dtype"] != np.int8:
-            raise ModelError(f"model is not full-integer int8 (input {inp['dtype'].__name__}, "
-                             f"output {out['dtype'].__name__})")
+            raise ModelError(
+                f"model is not full-integer int8 (input {inp['dtype'].__name__}, "
+                f"output {out['dtype'].__name__})"
+            )
         if int(inp["shape"][-1]) != self.width or int(out["shape"][-1]) != self.width:
-            raise ModelError(f"model takes {inp['shape'][-1]} features, the manifest lists "
-                             f"{self.width}")
+            raise ModelError(
+                f"model takes {inp['shape'][-1]} features, the manifest lists {self.width}"
+            )
         self.input_quant = (float(inp["quantization"][0]), int(inp["quantization"][1]))
         self.output_quant = (float(out["quantization"][0]), int(out["quantization"][1]))
 
     @classmethod
-    def from_file(cls, path: str | Path, mean: Sequence[float] | np.ndarray,
-                  scale: Sequence[float] | np.ndarray, **kw: Any) -> TFLiteScorer:
+    def from_file(
+        cls,
+        path: str | Path,
+        mean: Sequence[float] | np.ndarray,
+        scale: Sequence[float] | np.ndarray,
+        **kw: Any,
+    ) -> TFLiteScorer:
         return cls(Path(path).read_bytes(), mean, scale, **kw)
 
     def _interpreter(self, bucket: int) -> tuple[Any, int, int]:
@@ -142,7 +156,7 @@ class TFLiteScorer(Scorer):
         n = q.shape[0]
         out = np.empty_like(q)
         for start in range(0, n, self.max_batch):
-            chunk = q[start:start + self.max_batch]
+            chunk = q[start : start + self.max_batch]
             bucket = max(self.MIN_BUCKET, 1 << (chunk.shape[0] - 1).bit_length())
             it, i_idx, o_idx = self._interpreter(bucket)
             if chunk.shape[0] != bucket:
@@ -151,8 +165,9 @@ class TFLiteScorer(Scorer):
                 chunk = padded
             it.set_tensor(i_idx, chunk)
             it.invoke()
-            out[start:start + self.max_batch] = it.get_tensor(o_idx)[: min(self.max_batch,
-                                                                          n - start)]
+            out[start : start + self.max_batch] = it.get_tensor(o_idx)[
+                : min(self.max_batch, n - start)
+            ]
         return out
 
     def reconstruct(self, scaled: np.ndarray) -> np.ndarray:
@@ -180,18 +195,27 @@ class FloatReferenceScorer(Scorer):
     Keras stores it, inputs x units) and ``activations`` (one name per layer).
     """
 
-    def __init__(self, mean: Sequence[float] | np.ndarray, scale: Sequence[float] | np.ndarray,
-                 layers: Sequence[Layer]) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float] | np.ndarray,
+        scale: Sequence[float] | np.ndarray,
+        layers: Sequence[Layer],
+    ) -> None:
         super().__init__(mean, scale)
         for _w, _b, act in layers:
             if act not in _ACTIVATIONS:
                 raise ModelError(f"unknown activation {act!r}; known: {sorted(_ACTIVATIONS)}")
-        self.layers = [(np.asarray(w, np.float32), np.asarray(b, np.float32), a)
-                       for w, b, a in layers]
+        self.layers = [
+            (np.asarray(w, np.float32), np.asarray(b, np.float32), a) for w, b, a in layers
+        ]
 
     @classmethod
-    def from_npz(cls, path: str | Path, mean: Sequence[float] | np.ndarray,
-                 scale: Sequence[float] | np.ndarray) -> FloatReferenceScorer:
+    def from_npz(
+        cls,
+        path: str | Path,
+        mean: Sequence[float] | np.ndarray,
+        scale: Sequence[float] | np.ndarray,
+    ) -> FloatReferenceScorer:
         with np.load(path, allow_pickle=False) as data:
             acts = [str(a) for a in data["activations"]]
             layers = [(data[f"w{i}"], data[f"b{i}"], a) for i, a in enumerate(acts)]

@@ -69,17 +69,22 @@ DECISION_ACK_TIMEOUT_S = 30.0
 
 
 def episode_settings(s: ScorerSettings) -> EpisodeSettings:
-    return EpisodeSettings(open_events=s.episode_open_events,
-                           open_window_s=s.episode_open_window_s,
-                           quiet_gap_s=s.episode_quiet_gap_s,
-                           update_interval_s=s.episode_update_interval_s)
+    return EpisodeSettings(
+        open_events=s.episode_open_events,
+        open_window_s=s.episode_open_window_s,
+        quiet_gap_s=s.episode_quiet_gap_s,
+        update_interval_s=s.episode_update_interval_s,
+    )
 
 
 def declared_episode_settings(s: ScorerSettings, alerts: EpisodeAlerts) -> EpisodeSettings:
     """A declared stream's episodes: its declaration's rule, the gateway's update interval."""
-    return EpisodeSettings(open_events=alerts.open_events, open_window_s=alerts.window_s,
-                           quiet_gap_s=alerts.quiet_s,
-                           update_interval_s=s.episode_update_interval_s)
+    return EpisodeSettings(
+        open_events=alerts.open_events,
+        open_window_s=alerts.window_s,
+        quiet_gap_s=alerts.quiet_s,
+        update_interval_s=s.episode_update_interval_s,
+    )
 
 
 def episode_owner(group_id: str, stream: str) -> str:
@@ -109,8 +114,14 @@ def model_dir_for(settings: ScorerSettings, stream: str) -> Path:
 
 def load_models(settings: ScorerSettings) -> dict[str, ModelHolder]:
     """The signed model of every stream (configured directory, else the shipped baseline)."""
-    return {s: ModelHolder(load_model(model_dir_for(settings, s), s, settings.trusted_keys(),
-                                      max_batch=settings.max_batch)) for s in STREAMS}
+    return {
+        s: ModelHolder(
+            load_model(
+                model_dir_for(settings, s), s, settings.trusted_keys(), max_batch=settings.max_batch
+            )
+        )
+        for s in STREAMS
+    }
 
 
 @dataclass
@@ -139,9 +150,15 @@ class Out:
 class ScorerService:
     """Constructing it does no I/O: ``start()`` connects, ``step()`` runs one batch."""
 
-    def __init__(self, config: EdgeConfig, holders: dict[str, ModelHolder] | None = None,
-                 vin_lookup: VinLookup | None = None, send_decision: DecisionSink | None = None,
-                 instance: int = 0, confirm_decisions: DecisionConfirm | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        holders: dict[str, ModelHolder] | None = None,
+        vin_lookup: VinLookup | None = None,
+        send_decision: DecisionSink | None = None,
+        instance: int = 0,
+        confirm_decisions: DecisionConfirm | None = None,
+    ) -> None:
         self.config = config
         self.settings = config.scorer
         self.holders = holders
@@ -162,11 +179,11 @@ class ScorerService:
             decl = spec.declaration
             if decl is not None and isinstance(decl.alerts, EpisodeAlerts):
                 self.trackers[name] = EpisodeTracker(
-                    name, declared_episode_settings(self.settings, decl.alerts))
+                    name, declared_episode_settings(self.settings, decl.alerts)
+                )
         # Episodes are closed by each vehicle's own events and, for a vehicle gone silent, by
         # wall time: the trackers are swept at least this often even when nothing arrives.
-        self.sweep_every_s = min(1.0, *(t.settings.quiet_gap_s / 4
-                                        for t in self.trackers.values()))
+        self.sweep_every_s = min(1.0, *(t.settings.quiet_gap_s / 4 for t in self.trackers.values()))
         self._next_sweep = 0.0
         self._clock: Callable[[], float] = time.time
         self._consumer: Consumer | None = None
@@ -176,8 +193,10 @@ class ScorerService:
         self._label: Callable[[str], str] = str
         # Declared streams explain alerts with their declaration's labels.
         self._labels: dict[str, Callable[[str], str]] = {
-            name: spec.declaration.label for name, spec in self.specs.items()
-            if spec.declaration is not None}
+            name: spec.declaration.label
+            for name, spec in self.specs.items()
+            if spec.declaration is not None
+        }
         self._rows: dict[tuple[str, ...], FeatureRows] = {}
         self._closers: list[Callable[[], None]] = []
         self.decisions_unrouted = 0
@@ -203,8 +222,9 @@ class ScorerService:
         self._label = feature_label
         if self.holders is None:
             self.holders = load_models(self.settings)
-            self._loaded = {s: Path(h.current.path or "").resolve()
-                            for s, h in self.holders.items()}
+            self._loaded = {
+                s: Path(h.current.path or "").resolve() for s, h in self.holders.items()
+            }
         else:  # models handed in: only a later switch by the agent replaces them
             self._loaded = {s: self._model_dir(s) for s in self.holders}
         for stream, h in self.holders.items():
@@ -217,21 +237,36 @@ class ScorerService:
         self.prepare()
         self._letters = DeadLetters.load(self.config)
         kafka = self.config.kafka
-        self._producer = Producer(client_config(kafka, {
-            "transactional.id": self.transactional_id,
-            "enable.idempotence": True, "acks": "all", "linger.ms": 2,
-            "compression.type": "lz4", "transaction.timeout.ms": 60_000,
-            "queue.buffering.max.messages": 1_000_000,
-        }))
+        self._producer = Producer(
+            client_config(
+                kafka,
+                {
+                    "transactional.id": self.transactional_id,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 2,
+                    "compression.type": "lz4",
+                    "transaction.timeout.ms": 60_000,
+                    "queue.buffering.max.messages": 1_000_000,
+                },
+            )
+        )
         # Fences any earlier instance with this id and aborts its open transaction.
         self._watchdog.call("init_transactions", 30, self._producer.init_transactions)
         self._restore_episodes(kafka)
-        self._consumer = Consumer(client_config(kafka, {
-            "group.id": self.group_id,
-            "isolation.level": "read_committed", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
-            "client.id": f"{self.transactional_id}",
-        }))
+        self._consumer = Consumer(
+            client_config(
+                kafka,
+                {
+                    "group.id": self.group_id,
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 5,
+                    "client.id": f"{self.transactional_id}",
+                },
+            )
+        )
         self._consumer.subscribe(list(self._input), on_assign=self._assigned)
 
     def declared(self) -> list[str]:
@@ -239,8 +274,12 @@ class ScorerService:
         return [name for name, spec in self.specs.items() if spec.declaration is not None]
 
     def _assigned(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
-        log.info("scoring %d partitions of %s as %s", len(parts), ", ".join(self._input),
-                 self.transactional_id)
+        log.info(
+            "scoring %d partitions of %s as %s",
+            len(parts),
+            ", ".join(self._input),
+            self.transactional_id,
+        )
 
     def _restore_episodes(self, kafka: Target) -> None:
         """Replay the compacted episode topic (read_committed) into the trackers."""
@@ -249,8 +288,13 @@ class ScorerService:
         def handle(msg: Message) -> None:
             ours[0] += self.restore_episode(msg.key(), msg.value(), now)
 
-        read_to_end(kafka, topics.SCORER_EPISODES, handle, error=ScorerError,
-                    missing_hint="run `fleetsentry infra up` (it creates the edge topics)")
+        read_to_end(
+            kafka,
+            topics.SCORER_EPISODES,
+            handle,
+            error=ScorerError,
+            missing_hint="run `fleetsentry infra up` (it creates the edge topics)",
+        )
         for tracker in self.trackers.values():
             tracker.dirty.clear()
         log.info("restored %d episode records, %d open episodes", ours[0], self.open_episodes())
@@ -312,7 +356,8 @@ class ScorerService:
             raise ScorerError(
                 f"the MQTT broker at {mqtt.host}:{mqtt.port} did not acknowledge {left} payment "
                 f"decisions within {self.decision_ack_timeout_s:.0f}s; the batch is not "
-                f"committed and is scored again on restart. Check that Mosquitto is running")
+                f"committed and is scored again on restart. Check that Mosquitto is running"
+            )
 
     def _sweep(self, out: Out, result: BatchResult) -> None:
         """Close silent vehicles' episodes (at most every sweep_every_s) and write the state."""
@@ -375,25 +420,30 @@ class ScorerService:
         self._loaded[stream] = target
         holder = self.holders.get(stream)
         if target is None:  # a declared stream without a model
-            log.warning("%s: no model in %s: its records pass unscored (counted in "
-                        "fleetsentry_scorer_unscored_total) until the agent installs one",
-                        stream, self.config.models_dir / stream)
+            log.warning(
+                "%s: no model in %s: its records pass unscored (counted in "
+                "fleetsentry_scorer_unscored_total) until the agent installs one",
+                stream,
+                self.config.models_dir / stream,
+            )
             if holder is None:
                 return False
             del self.holders[stream]
             log.warning("%s: model %s removed; scoring stops", stream, holder.current.version)
             return True
         try:
-            model = load_model(target, stream, self.settings.trusted_keys(),
-                               max_batch=self.settings.max_batch)
+            model = load_model(
+                target, stream, self.settings.trusted_keys(), max_batch=self.settings.max_batch
+            )
             old = holder.swap(model) if holder is not None else None
         except (ScorerError, OSError) as exc:
             log.error("%s: cannot switch to the model in %s: %s", stream, target, exc)
             return False
         if old is None:
             self.holders[stream] = ModelHolder(model)
-            log.info("%s: scoring with model %s (threshold %.4g)", stream, model.version,
-                     model.threshold)
+            log.info(
+                "%s: scoring with model %s (threshold %.4g)", stream, model.version, model.threshold
+            )
         else:
             log.info("%s: switched model %s -> %s", stream, old.version, model.version)
         return True
@@ -419,9 +469,12 @@ class ScorerService:
             produce(p, topic, value, key)
         if offsets:  # an idle sweep consumed nothing
             self._watchdog.call(
-                "send_offsets_to_transaction", 30, p.send_offsets_to_transaction,
+                "send_offsets_to_transaction",
+                30,
+                p.send_offsets_to_transaction,
                 [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
-                self._consumer.consumer_group_metadata())
+                self._consumer.consumer_group_metadata(),
+            )
         # Any failure here raises: the process exits and restarts from the last commit.
         self._watchdog.call("commit_transaction", 60, p.commit_transaction)
 
@@ -433,8 +486,9 @@ class ScorerService:
             rows = self._rows[names] = FeatureRows(names)
         return rows(records)
 
-    def decode_batch(self, stream: str, values: Sequence[bytes | None], out: Out,
-                     result: BatchResult) -> list[Any]:
+    def decode_batch(
+        self, stream: str, values: Sequence[bytes | None], out: Out, result: BatchResult
+    ) -> list[Any]:
         """Anon records of one stream; a record that breaks its contract goes to the DLQ."""
         kind, records = self.specs[stream].anon_event, []
         for value in values:
@@ -444,12 +498,16 @@ class ScorerService:
                 result.rejected += 1
                 if self._letters is None:  # scoring in-process, without start()
                     self._letters = DeadLetters.load(self.config)
-                out.add(topics.DLQ_INGEST, None, self._letters.letter(
-                    f"anon.{stream}", "contract", str(exc), time.time(), value or b""))
+                out.add(
+                    topics.DLQ_INGEST,
+                    None,
+                    self._letters.letter(
+                        f"anon.{stream}", "contract", str(exc), time.time(), value or b""
+                    ),
+                )
         return records
 
-    def score_records(self, stream: str, records: list[Any], out: Out,
-                      result: BatchResult) -> None:
+    def score_records(self, stream: str, records: list[Any], out: Out, result: BatchResult) -> None:
         """Score, explain and decide: everything of a batch but the Kafka transaction.
 
         A declared stream without a model passes through: its records are counted in
@@ -476,21 +534,40 @@ class ScorerService:
             anomalous = score > thr
             token = token_of_record(rec)
             n_anom += anomalous
-            out.add(scores_topic, token, encode(Score(
-                event_id=rec.event_id, ts=rec.ts, stream=stream, token=token, score=score,
-                threshold=thr, model_version=version, anomalous=anomalous)))
+            out.add(
+                scores_topic,
+                token,
+                encode(
+                    Score(
+                        event_id=rec.event_id,
+                        ts=rec.ts,
+                        stream=stream,
+                        token=token,
+                        score=score,
+                        threshold=thr,
+                        model_version=version,
+                        anomalous=anomalous,
+                    )
+                ),
+            )
             row = errors[i]
 
             def top(row: Any = row) -> list[Contribution]:
                 return top_features(row, names, label)
 
             if tracker is not None:
-                alerts = tracker.observe(token, rec.event_id, rec.ts, score, thr, version,
-                                         top, now)
+                alerts = tracker.observe(token, rec.event_id, rec.ts, score, thr, version, top, now)
             else:
                 contributions = top() if anomalous else []
-                alerts = [single_event_alert(stream, token, rec.event_id, rec.ts, score, thr,
-                                             version, contributions)] if anomalous else []
+                alerts = (
+                    [
+                        single_event_alert(
+                            stream, token, rec.event_id, rec.ts, score, thr, version, contributions
+                        )
+                    ]
+                    if anomalous
+                    else []
+                )
                 if payments:
                     self._decision(rec, score, thr, version, contributions, result)
             for alert in alerts:
@@ -499,8 +576,15 @@ class ScorerService:
         result.events[stream] = len(records)
         result.anomalous[stream] = n_anom
 
-    def _decision(self, rec: AnonPayment, score: float, thr: float, version: str,
-                  top: list[Contribution], result: BatchResult) -> None:
+    def _decision(
+        self,
+        rec: AnonPayment,
+        score: float,
+        thr: float,
+        version: str,
+        top: list[Contribution],
+        result: BatchResult,
+    ) -> None:
         if self.send_decision is None or self.vin_lookup is None:
             return
         if score <= thr and not self.settings.send_approvals:
@@ -508,8 +592,9 @@ class ScorerService:
         vin = self.vin_lookup(rec.vehicle_token)
         if vin is None:
             self.decisions_unrouted += 1
-            log.warning("payment %s: vehicle token not in the vault; no decision sent",
-                        rec.event_id)
+            log.warning(
+                "payment %s: vehicle token not in the vault; no decision sent", rec.event_id
+            )
             return
         self.send_decision(vin, decide(rec.event_id, rec.ts, score, thr, version, top))
         result.decisions += 1
@@ -525,8 +610,13 @@ def run(ctx: Any) -> None:
     config: EdgeConfig = ctx.config
     vault = open_vault(config)
     publisher = DecisionPublisher(config, f"{config.edge_id}-scorer-{ctx.instance}")
-    svc = ScorerService(config, vin_lookup=VinCache(vault), send_decision=publisher.publish,
-                        instance=ctx.instance, confirm_decisions=publisher.wait_acknowledged)
+    svc = ScorerService(
+        config,
+        vin_lookup=VinCache(vault),
+        send_decision=publisher.publish,
+        instance=ctx.instance,
+        confirm_decisions=publisher.wait_acknowledged,
+    )
     svc._closers += [vault.close, publisher.close]
     publisher.start()
     try:

@@ -21,8 +21,13 @@ class Revealer(Protocol):
 
 
 class VinCache:
-    def __init__(self, vault: Revealer, ttl_s: float = 300.0, max_size: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        vault: Revealer,
+        ttl_s: float = 300.0,
+        max_size: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.vault = vault
         self.ttl_s = ttl_s
         self.max_size = max_size

@@ -12,8 +12,12 @@ from edge.vault.errors import UnknownToken
 from edge.vault.setup import open_vault
 
 CONFIG_OPTION = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None, help="The gateway's edge.toml (default: built-in defaults).")
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The gateway's edge.toml (default: built-in defaults).",
+)
 
 
 @click.group()
@@ -46,8 +50,9 @@ def erase(person: str, actor: str, config_path: Path | None) -> None:
 
 
 @vault.command()
-@click.option("--older-than-days", "days", type=float, default=None,
-              help="Default: [vault] retention_days.")
+@click.option(
+    "--older-than-days", "days", type=float, default=None, help="Default: [vault] retention_days."
+)
 @CONFIG_OPTION
 def purge(days: float | None, config_path: Path | None) -> None:
     """Delete values not seen for N days (the retention limit)."""

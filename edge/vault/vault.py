@@ -38,8 +38,13 @@ TOUCH_EVERY_S = 3600.0  # refresh last_seen at most hourly per value: retention 
 class Vault:
     """Encrypted PII store. ``start()`` opens it; ``close()`` releases it."""
 
-    def __init__(self, path: str | Path, key_file: str | Path, tokenizer: Tokenizer | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        key_file: str | Path,
+        tokenizer: Tokenizer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path).expanduser()
         self.key_file = Path(key_file).expanduser()
         self.tokenizer = tokenizer
@@ -62,16 +67,37 @@ class Vault:
         db.execute("PRAGMA busy_timeout=10000")
         db.execute("PRAGMA synchronous=NORMAL")
         if "keys" not in db.table_names():
-            db.table("keys").create({"person": str, "wrapped": bytes, "created": float}, pk="person")
+            db.table("keys").create(
+                {"person": str, "wrapped": bytes, "created": float}, pk="person"
+            )
         if "pii" not in db.table_names():
             pii = db.table("pii")
-            pii.create({"token": str, "kind": str, "person": str, "sealed": bytes,
-                              "first_seen": float, "last_seen": float}, pk="token")
+            pii.create(
+                {
+                    "token": str,
+                    "kind": str,
+                    "person": str,
+                    "sealed": bytes,
+                    "first_seen": float,
+                    "last_seen": float,
+                },
+                pk="token",
+            )
             pii.create_index(["person"])
             pii.create_index(["last_seen"])
         if "audit" not in db.table_names():
-            db.table("audit").create({"id": int, "ts": float, "actor": str, "action": str,
-                                "token": str, "kind": str, "outcome": str}, pk="id")
+            db.table("audit").create(
+                {
+                    "id": int,
+                    "ts": float,
+                    "actor": str,
+                    "action": str,
+                    "token": str,
+                    "kind": str,
+                    "outcome": str,
+                },
+                pk="id",
+            )
         self._db = db
         return self
 
@@ -116,14 +142,18 @@ class Vault:
             try:
                 raw = self._master.decrypt(blob[:NONCE], blob[NONCE:], person.encode())
             except InvalidTag:
-                raise VaultError(f"the master key {self.key_file} does not open this vault's "
-                                 "keys: restore the key file this vault was created with") from None
+                raise VaultError(
+                    f"the master key {self.key_file} does not open this vault's "
+                    "keys: restore the key file this vault was created with"
+                ) from None
         elif create:
             raw = AESGCM.generate_key(bit_length=256)
             nonce = secrets.token_bytes(NONCE)
             wrapped = nonce + self._master.encrypt(nonce, raw, person.encode())
-            self.db.execute("INSERT OR IGNORE INTO keys (person, wrapped, created) VALUES (?,?,?)",
-                            [person, wrapped, self._clock()])
+            self.db.execute(
+                "INSERT OR IGNORE INTO keys (person, wrapped, created) VALUES (?,?,?)",
+                [person, wrapped, self._clock()],
+            )
             return self._data_key(person, create=False)  # whoever won the race, use theirs
         else:
             return None
@@ -171,7 +201,9 @@ class Vault:
         sealed = nonce + key.encrypt(nonce, value.encode(), token.encode())
         self.db.execute(
             "INSERT OR IGNORE INTO pii (token, kind, person, sealed, first_seen, last_seen) "
-            "VALUES (?,?,?,?,?,?)", [token, kind, person, sealed, now, now])
+            "VALUES (?,?,?,?,?,?)",
+            [token, kind, person, sealed, now, now],
+        )
 
     def reveal(self, token: str, actor: str) -> str:
         """The value behind ``token``, recorded in the audit log under ``actor``."""
@@ -208,7 +240,9 @@ class Vault:
         cutoff = self._clock() - days * 86_400.0
         with self.db.conn:
             n = self.db.execute("DELETE FROM pii WHERE last_seen < ?", [cutoff]).rowcount
-            self.db.execute("DELETE FROM keys WHERE person NOT IN (SELECT DISTINCT person FROM pii)")
+            self.db.execute(
+                "DELETE FROM keys WHERE person NOT IN (SELECT DISTINCT person FROM pii)"
+            )
         self._data_keys.clear()
         self._seen.clear()
         self._audit(actor, "purge", "", "", f"{n} values older than {days:g} days")
@@ -222,18 +256,25 @@ class Vault:
         made-up ids left behind. Returns values deleted.
         """
         cutoff = self._clock() - days * 86_400.0
-        rows = list(self.db.query("SELECT token, person FROM pii WHERE last_seen < ? "
-                                  "ORDER BY last_seen LIMIT ?", [cutoff, limit]))
+        rows = list(
+            self.db.query(
+                "SELECT token, person FROM pii WHERE last_seen < ? ORDER BY last_seen LIMIT ?",
+                [cutoff, limit],
+            )
+        )
         if not rows:
             return 0
         persons = {r["person"] for r in rows}
         with self.db.conn:
-            self.db.conn.executemany("DELETE FROM pii WHERE token = ?",
-                                     [[r["token"]] for r in rows])
+            self.db.conn.executemany(
+                "DELETE FROM pii WHERE token = ?", [[r["token"]] for r in rows]
+            )
             # A person left with no value keeps no key either (an index lookup each).
             self.db.conn.executemany(
                 "DELETE FROM keys WHERE person = ? AND NOT EXISTS "
-                "(SELECT 1 FROM pii WHERE pii.person = keys.person)", [[p] for p in persons])
+                "(SELECT 1 FROM pii WHERE pii.person = keys.person)",
+                [[p] for p in persons],
+            )
         for r in rows:
             self._seen.pop(r["token"], None)  # stored again when next seen
         for person in persons:
@@ -245,7 +286,8 @@ class Vault:
         with self.db.conn:
             self.db.execute(
                 "INSERT INTO audit (ts, actor, action, token, kind, outcome) VALUES (?,?,?,?,?,?)",
-                [self._clock(), actor, action, token, kind, outcome])
+                [self._clock(), actor, action, token, kind, outcome],
+            )
 
     def record_access(self, actor: str, action: str, outcome: str) -> None:
         """Audit an access to personal data held outside the vault (e.g. dead letters)."""
@@ -254,8 +296,13 @@ class Vault:
         self._audit(actor, action, "", "", outcome)
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT ts, actor, action, token, kind, outcome FROM audit "
-                                  "ORDER BY id DESC LIMIT ?", [limit]))
+        return list(
+            self.db.query(
+                "SELECT ts, actor, action, token, kind, outcome FROM audit "
+                "ORDER BY id DESC LIMIT ?",
+                [limit],
+            )
+        )
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM pii").fetchone()[0])

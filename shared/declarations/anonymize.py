@@ -82,10 +82,16 @@ class Plan:
         self._key_kind = stream.token_kind(stream.anon_key) if key.pii == "token" else None
         self._tokens = [(n, stream.token_kind(n), t) for n, t in stream.tokens.items()]
         skip = {stream.device.field, stream.time.field}
-        self._values = [(n, f.type == "float") for n, f in stream.fields.items()
-                        if f.pii is None and n not in skip]
-        self._vault = [(n, stream.token_kind(n) if f.pii == "token" else n)
-                       for n, f in stream.fields.items() if f.pii in ("token", "vault")]
+        self._values = [
+            (n, f.type == "float")
+            for n, f in stream.fields.items()
+            if f.pii is None and n not in skip
+        ]
+        self._vault = [
+            (n, stream.token_kind(n) if f.pii == "token" else n)
+            for n, f in stream.fields.items()
+            if f.pii in ("token", "vault")
+        ]
 
     def device(self, event: Any, tok: Tokenizer) -> str:
         """The device's id as anonymized records carry it: its token, or itself."""
@@ -95,18 +101,25 @@ class Plan:
     def state_key(self, device: str) -> str:
         return state_key(state_kind(self.stream.name), device)
 
-    def anonymize(self, event: Any, state: StreamState | None,
-                  tok: Tokenizer) -> tuple[AnonRecord, StreamState]:
+    def anonymize(
+        self, event: Any, state: StreamState | None, tok: Tokenizer
+    ) -> tuple[AnonRecord, StreamState]:
         stream = self.stream
         ts = event_time(stream, event)
-        slots: list[Slot] = list(state.slots) if state is not None and \
-            len(state.slots) == len(self._steps) else [None] * len(self._steps)
+        slots: list[Slot] = (
+            list(state.slots)
+            if state is not None and len(state.slots) == len(self._steps)
+            else [None] * len(self._steps)
+        )
         features: dict[str, float] = {}
         for i, (name, step) in enumerate(zip(self.names, self._steps, strict=True)):
             value, slots[i] = step(event, ts, slots[i])
             features[name] = _r(value)
-        tokens = {field: tok.token(kind, v) for name, kind, field in self._tokens
-                  if (v := getattr(event, name)) is not None}
+        tokens = {
+            field: tok.token(kind, v)
+            for name, kind, field in self._tokens
+            if (v := getattr(event, name)) is not None
+        }
         values: dict[str, float | int | str | bool | None] = {}
         for name, is_float in self._values:
             v = getattr(event, name)
@@ -119,9 +132,18 @@ class Plan:
         device = self.device(event, tok)
         key_value = getattr(event, stream.anon_key)
         key = tok.token(self._key_kind, key_value) if self._key_kind else str(key_value)
-        record = AnonRecord(schema=SCHEMA_VERSION, event_id=event.event_id, ts=ts,
-                            stream=stream.name, device=device, key=key, tokens=tokens,
-                            cell=where, values=values, features=features)
+        record = AnonRecord(
+            schema=SCHEMA_VERSION,
+            event_id=event.event_id,
+            ts=ts,
+            stream=stream.name,
+            device=device,
+            key=key,
+            tokens=tokens,
+            cell=where,
+            values=values,
+            features=features,
+        )
         return record, StreamState(tuple(slots))
 
     def vault_items(self, event: Any) -> list[tuple[str, str, str | None]]:
@@ -132,8 +154,7 @@ class Plan:
         for name, kind in self._vault:
             value = getattr(event, name)
             if value is not None:
-                out.append((kind, str(value), None if name == self.stream.device.field
-                            else person))
+                out.append((kind, str(value), None if name == self.stream.device.field else person))
         return out
 
 
@@ -145,9 +166,11 @@ def _number(event: Any, name: str) -> float | None:
 def _compile(stream: Stream, f: Feature) -> Step:
     p = f.params
     if f.transform == "gap":
+
         def gap(_e: Any, ts: float, slot: Slot) -> tuple[float, Slot]:
             out, last = tf.gap_step(None if slot is None else slot[0], ts, p["cap"], p["scale"])
             return out, (last,)
+
         return gap
     if f.transform == "time_of_day":
         pick = 0 if f.output == "sin" or f.name.endswith("_sin") else 1
@@ -183,6 +206,7 @@ def _deriver(f: Feature) -> Callable[[Any], float | None]:
         by = getattr(e, p["by"])
         key = str(by).lower() if isinstance(by, bool) else str(by)
         return tf.ref_ratio(vals[0], key, p["values"], p["missing"])
+
     return derived
 
 
@@ -194,8 +218,10 @@ def _per_value(step: str, p: Mapping[str, Any], derive: Callable[[Any], float | 
         def value(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
             x = derive(e)
             return (0.0 if x is None else tf.value(x, lo, hi, scale)), slot
+
         return value
     if step == "zscore":
+
         def zscore(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
             x = derive(e)
             if x is None or x != x:
@@ -203,8 +229,10 @@ def _per_value(step: str, p: Mapping[str, Any], derive: Callable[[Any], float | 
             prev = None if slot is None else tf.ZState(int(slot[0]), slot[1], slot[2])
             z, s = tf.zscore_step(prev, x, p["alpha"], p["limit"], p["floor"], p["typical_std"])
             return z, (float(s.n), s.mean, s.var)
+
         return zscore
     if step == "rate":
+
         def rate(e: Any, ts: float, slot: Slot) -> tuple[float, Slot]:
             x = derive(e)
             if x is None or x != x:
@@ -212,14 +240,17 @@ def _per_value(step: str, p: Mapping[str, Any], derive: Callable[[Any], float | 
             prev = None if slot is None else tf.Last(slot[0], slot[1])
             r, s = tf.rate_step(prev, ts, x, p["limit"], p["min_dt_s"], p["typical_std"])
             return r, (s.ts, s.x)
+
         return rate
     if step == "delta":
+
         def delta(e: Any, _ts: float, slot: Slot) -> tuple[float, Slot]:
             x = derive(e)
             if x is None or x != x:
                 return 0.0, slot
             d, last = tf.delta_step(None if slot is None else slot[0], x)
             return d, (last,)
+
         return delta
     assert step == "stuck", step
 
@@ -230,6 +261,7 @@ def _per_value(step: str, p: Mapping[str, Any], derive: Callable[[Any], float | 
         prev = None if slot is None else tf.Stuck(int(slot[0]), slot[1])
         run, s = tf.stuck_step(prev, x, p["cap"])
         return tf.stuck_value([run], p["cap"], p["scale"]), (float(s.run), s.last)
+
     return stuck_one
 
 
@@ -251,6 +283,7 @@ def _stuck(f: Feature) -> Step:
             runs.append(run)
             out += [float(s.run), s.last]
         return tf.stuck_value(runs, p["cap"], p["scale"]), tuple(out)
+
     return stuck
 
 

@@ -27,12 +27,17 @@ def load_streams(directory: str | Path | None = None) -> dict[str, Stream]:
         return streams
     for stream in load_dir(Path(directory).expanduser()).values():
         for key, value in (("name", stream.name), ("topic", stream.topic)):
-            taken = next((s for s in streams.values()
-                          if (s.name if key == "name" else s.topic) == value), None)
+            taken = next(
+                (s for s in streams.values() if (s.name if key == "name" else s.topic) == value),
+                None,
+            )
             if taken is not None:
-                raise DeclarationError(stream.source, f"stream.{key}",
-                                       f"{value!r} is already declared by {taken.source}"
-                                       + (" (built in)" if taken.name in BUILTIN_NAMES else ""))
+                raise DeclarationError(
+                    stream.source,
+                    f"stream.{key}",
+                    f"{value!r} is already declared by {taken.source}"
+                    + (" (built in)" if taken.name in BUILTIN_NAMES else ""),
+                )
         check_runnable(stream)
         streams[stream.name] = stream
     return streams
@@ -48,10 +53,14 @@ def check_runnable(stream: Stream) -> None:
     for feature in stream.features:
         if feature.transform == "named":
             raise DeclarationError(
-                stream.source, f"features.{feature.name}",
+                stream.source,
+                f"features.{feature.name}",
                 "named transforms serve the built-in streams' code; a declared stream's "
-                "features use the generic transforms (see docs/streams.md)")
+                "features use the generic transforms (see docs/streams.md)",
+            )
     if stream.decision:
-        raise DeclarationError(stream.source, "stream.decision",
-                               "only the built-in payments stream sends decisions back to "
-                               "the device in this release")
+        raise DeclarationError(
+            stream.source,
+            "stream.decision",
+            "only the built-in payments stream sends decisions back to the device in this release",
+        )

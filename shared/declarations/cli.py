@@ -24,19 +24,41 @@ def streams() -> None:
 
 @streams.command("infer")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", default="-", show_default=True,
-              help="Where to write the declaration (- for standard output).")
+@click.option(
+    "--out",
+    default="-",
+    show_default=True,
+    help="Where to write the declaration (- for standard output).",
+)
 @click.option("--name", default=None, help="The stream's name (default: from the file name).")
-@click.option("--sample", "rows", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="How many rows, from the start of the file, to infer from.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default=None,
-              help="The file's format (default: from its extension).")
+@click.option(
+    "--sample",
+    "rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="How many rows, from the start of the file, to infer from.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "jsonl"]),
+    default=None,
+    help="The file's format (default: from its extension).",
+)
 @click.option("--device", default=None, help="The column naming the device (default: guessed).")
-@click.option("--time", default=None, help="The column holding the event time (default: "
-                                           "guessed).")
+@click.option("--time", default=None, help="The column holding the event time (default: guessed).")
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-def infer_cmd(file: Path, out: str, name: str | None, rows: int, fmt: str | None,
-              device: str | None, time: str | None, force: bool) -> None:
+def infer_cmd(
+    file: Path,
+    out: str,
+    name: str | None,
+    rows: int,
+    fmt: str | None,
+    device: str | None,
+    time: str | None,
+    force: bool,
+) -> None:
     """Write a first declaration for the recording FILE (CSV, JSON lines or Parquet), every
     guess explained in a comment; edit it, then run `fleetsentry streams check` on it."""
     from shared.declarations import infer
@@ -61,9 +83,12 @@ def infer_cmd(file: Path, out: str, name: str | None, rows: int, fmt: str | None
         except OSError as exc:
             raise click.ClickException(f"cannot write {path}: {exc}") from None
     pii = ", ".join(sorted(stream.pii_fields)) or "none"
-    click.echo(f"{stream.name}: {len(stream.fields)} fields, {len(stream.features)} features, "
-               f"personal data: {pii}; from {decl.sample.rows:,} rows of {file.name}"
-               + ("" if out == "-" else f" -> {out}"), err=True)
+    click.echo(
+        f"{stream.name}: {len(stream.fields)} fields, {len(stream.features)} features, "
+        f"personal data: {pii}; from {decl.sample.rows:,} rows of {file.name}"
+        + ("" if out == "-" else f" -> {out}"),
+        err=True,
+    )
 
 
 @streams.command("check")
@@ -81,9 +106,11 @@ def check_cmd(path: Path) -> None:
     if not loaded:
         click.echo(f"no declarations (*.toml) in {path}", err=True)
     for s in loaded:
-        click.echo(f"{s.source}: {s.name}  topic fleet/{{{s.device.field}}}/{s.topic}  "
-                   f"device {s.device.field} {s.device.pattern}  "
-                   f"{len(s.features)} features  {s.feature_spec}")
+        click.echo(
+            f"{s.source}: {s.name}  topic fleet/{{{s.device.field}}}/{s.topic}  "
+            f"device {s.device.field} {s.device.pattern}  "
+            f"{len(s.features)} features  {s.feature_spec}"
+        )
 
 
 def _load(path: Path) -> list[Stream]:
@@ -92,10 +119,12 @@ def _load(path: Path) -> list[Stream]:
         return [s for s in load_streams(path).values() if s.name not in builtin]
     stream = load_file(path)
     for s in load_streams(None).values():  # as load_streams does for a directory
-        for key, mine, theirs in (("name", stream.name, s.name), ("topic", stream.topic,
-                                                                  s.topic)):
+        for key, mine, theirs in (("name", stream.name, s.name), ("topic", stream.topic, s.topic)):
             if mine == theirs:
-                raise DeclarationError(stream.source, f"stream.{key}",
-                                       f"{mine!r} is already declared by {s.source} (built in)")
+                raise DeclarationError(
+                    stream.source,
+                    f"stream.{key}",
+                    f"{mine!r} is already declared by {s.source} (built in)",
+                )
     check_runnable(stream)
     return [stream]

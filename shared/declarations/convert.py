@@ -35,8 +35,9 @@ def convert(data: Any, kind: type[T], file: str, prefix: str) -> T:
             unknown = text.split("`")[1]
             known = known_keys(kind, inner)
             hint = f" (known: {', '.join(known)})" if known else ""
-            raise DeclarationError(file, join(join(prefix, inner), unknown),
-                                   f"unknown key{hint}") from None
+            raise DeclarationError(
+                file, join(join(prefix, inner), unknown), f"unknown key{hint}"
+            ) from None
         if text.startswith("Invalid enum value"):
             text += f" (one of: {', '.join(choices(kind, inner))})"
         raise DeclarationError(file, join(prefix, inner), text) from None

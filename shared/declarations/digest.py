@@ -28,8 +28,14 @@ def canonical(device_field: str, features: Sequence[Feature]) -> bytes:
     body = {
         "device": device_field,
         "features": [
-            {"name": f.name, "transform": f.transform, "inputs": list(f.inputs),
-             "output": f.output, "then": f.then, "params": msgspec.to_builtins(f.params)}
+            {
+                "name": f.name,
+                "transform": f.transform,
+                "inputs": list(f.inputs),
+                "output": f.output,
+                "then": f.then,
+                "params": msgspec.to_builtins(f.params),
+            }
             for f in features
         ],
     }

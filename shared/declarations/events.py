@@ -53,8 +53,11 @@ def _type(decl: FieldDecl, pattern: str | None) -> Any:
         return bool
     if decl.type == "enum":
         return Literal[tuple(decl.values or ())]
-    meta = Meta(min_length=1, max_length=MAX_STR, pattern=pattern) if pattern else \
-        Meta(min_length=1, max_length=MAX_STR)
+    meta = (
+        Meta(min_length=1, max_length=MAX_STR, pattern=pattern)
+        if pattern
+        else Meta(min_length=1, max_length=MAX_STR)
+    )
     return Annotated[str, meta]
 
 
@@ -74,8 +77,7 @@ def event_struct(stream: Stream) -> type[msgspec.Struct]:
             spec.append((name, kind_))
         else:
             spec.append((name, kind_ | None, None))
-    kind = msgspec.defstruct(f"{stream.name.capitalize()}Event", spec, kw_only=True,
-                             frozen=True)
+    kind = msgspec.defstruct(f"{stream.name.capitalize()}Event", spec, kw_only=True, frozen=True)
     _cache[key] = kind
     return kind
 

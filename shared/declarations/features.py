@@ -23,8 +23,11 @@ from shared.declarations.model import Feature, FeatureDecl, FieldDecl, StreamDec
 
 NUMERIC = ("float", "int", "bool")
 _POSITIVE = ("alpha", "limit", "typical_std", "min_dt_s", "cap")
-_RANGES = {"alpha": "0 < alpha <= 1", "floor": "floor >= 0",
-           **{p: f"{p} > 0" for p in ("limit", "typical_std", "min_dt_s", "cap")}}
+_RANGES = {
+    "alpha": "0 < alpha <= 1",
+    "floor": "floor >= 0",
+    **{p: f"{p} > 0" for p in ("limit", "typical_std", "min_dt_s", "cap")},
+}
 _PARAM_KEYS = sorted({p for ps in tf.PARAMS.values() for p in ps} | {"then", "label"})
 
 
@@ -51,9 +54,12 @@ class Context:
         """A field a transform computes with: declared, not personal data, a number."""
         decl = self.field(name, key)
         if decl.pii is not None:
-            raise self.fail(key, f"{name!r} is personal data (pii = {decl.pii!r}) and can "
-                                 "never be a feature input; a named transform computed at "
-                                 "the edge may read it")
+            raise self.fail(
+                key,
+                f"{name!r} is personal data (pii = {decl.pii!r}) and can "
+                "never be a feature input; a named transform computed at "
+                "the edge may read it",
+            )
         if decl.type not in NUMERIC:
             raise self.fail(key, f"{transform!r} needs a number; {name!r} is {decl.type!r}")
         return decl
@@ -96,8 +102,11 @@ def _short(ctx: Context, key: str, steps: list[Any], path: str) -> list[Feature]
             ctx.numeric(key, path, step)
             out.append(_per_value(ctx, key + tf.PER_VALUE[step], step, key, {}, None))
         else:
-            raise ctx.fail(where, f"{step!r} is not a transform of one field: write it as a "
-                                  f"table, e.g. {key}_{step} = {{ {step} = ... }}")
+            raise ctx.fail(
+                where,
+                f"{step!r} is not a transform of one field: write it as a "
+                f"table, e.g. {key}_{step} = {{ {step} = ... }}",
+            )
     return out
 
 
@@ -114,8 +123,9 @@ def _params(step: str, given: dict[str, Any]) -> dict[str, Any]:
     return {p: given.get(p, d) for p, d in defaults.items()}
 
 
-def _per_value(ctx: Context, name: str, step: str, field: str, given: dict[str, Any],
-               label: str | None) -> Feature:
+def _per_value(
+    ctx: Context, name: str, step: str, field: str, given: dict[str, Any], label: str | None
+) -> Feature:
     decl = ctx.fields[field]
     params = _params(step, given)
     if "typical_std" in params:
@@ -123,8 +133,13 @@ def _per_value(ctx: Context, name: str, step: str, field: str, given: dict[str, 
     if step == "value" and decl.range is not None:
         params["range"] = list(decl.range)
     base = ctx.label(field)
-    return Feature(name=name, transform=step, inputs=(field,), params=params,
-                   label=label or _step_label(step, base, ctx.stream.device.noun))
+    return Feature(
+        name=name,
+        transform=step,
+        inputs=(field,),
+        params=params,
+        label=label or _step_label(step, base, ctx.stream.device.noun),
+    )
 
 
 def _step_label(step: str, base: str, noun: str) -> str:
@@ -137,41 +152,60 @@ def _step_label(step: str, base: str, noun: str) -> str:
     }[step]
 
 
-def _timed(ctx: Context, key: str, step: str, given: dict[str, Any],
-           label: str | None) -> list[Feature]:
+def _timed(
+    ctx: Context, key: str, step: str, given: dict[str, Any], label: str | None
+) -> list[Feature]:
     noun = ctx.stream.device.noun
     if step == "gap":
         text = label or f"Time since the {noun}'s previous event"
-        return [Feature(name=key, transform="gap", inputs=(), params=_params("gap", given),
-                        label=text)]
+        return [
+            Feature(name=key, transform="gap", inputs=(), params=_params("gap", given), label=text)
+        ]
     base = label or "Time of day"
-    return [Feature(name=f"{key}_{part}", transform="time_of_day", inputs=(), params={},
-                    output=part, label=f"{base} ({word})")
-            for part, word in (("sin", "sine"), ("cos", "cosine"))]
+    return [
+        Feature(
+            name=f"{key}_{part}",
+            transform="time_of_day",
+            inputs=(),
+            params={},
+            output=part,
+            label=f"{base} ({word})",
+        )
+        for part, word in (("sin", "sine"), ("cos", "cosine"))
+    ]
 
 
-def _onehot(ctx: Context, key: str, field: Any, path: str, label: str | None
-            ) -> list[Feature]:
+def _onehot(ctx: Context, key: str, field: Any, path: str, label: str | None) -> list[Feature]:
     decl = ctx.field(field, path)
     if decl.type != "enum" or not decl.values:
         raise ctx.fail(path, f"'onehot' needs an enum field; {field!r} is {decl.type!r}")
     base = label or ctx.label(field)
-    return [Feature(name=f"{key}_{v}", transform="onehot", inputs=(field,),
-                    params={"values": list(decl.values)}, output=v,
-                    label=f"{base}: {v.replace('_', ' ')}")
-            for v in decl.values]
+    return [
+        Feature(
+            name=f"{key}_{v}",
+            transform="onehot",
+            inputs=(field,),
+            params={"values": list(decl.values)},
+            output=v,
+            label=f"{base}: {v.replace('_', ' ')}",
+        )
+        for v in decl.values
+    ]
 
 
 def _table(ctx: Context, key: str, entry: dict[str, Any], path: str) -> list[Feature]:
     for k in entry:
         if k not in tf.TRANSFORMS and k not in _PARAM_KEYS:
-            raise ctx.fail(f"{path}.{k}", f"unknown transform or parameter {k!r} "
-                                          f"(transforms: {', '.join(tf.TRANSFORMS)})")
+            raise ctx.fail(
+                f"{path}.{k}",
+                f"unknown transform or parameter {k!r} (transforms: {', '.join(tf.TRANSFORMS)})",
+            )
     steps = [k for k in entry if k in tf.TRANSFORMS]
     if len(steps) != 1:
         what = "no transform" if not steps else f"more than one transform ({', '.join(steps)})"
-        raise ctx.fail(path, f"{what}: a feature table takes exactly one of "
-                             f"{', '.join(tf.TRANSFORMS)}")
+        raise ctx.fail(
+            path, f"{what}: a feature table takes exactly one of {', '.join(tf.TRANSFORMS)}"
+        )
     step = steps[0]
     decl = convert(entry, FeatureDecl, ctx.file, path)
     given = {p: v for p, v in _items(decl) if p in _PARAM_KEYS and v is not None}
@@ -181,8 +215,10 @@ def _table(ctx: Context, key: str, entry: dict[str, Any], path: str) -> list[Fea
     if step in tf.DERIVED:
         return _derived(ctx, key, step, entry[step], given, then, label, path)
     if then is not None:
-        raise ctx.fail(f"{path}.then", f"'then' follows a derived value "
-                                       f"({', '.join(tf.DERIVED)}), not {step!r}")
+        raise ctx.fail(
+            f"{path}.then",
+            f"'then' follows a derived value ({', '.join(tf.DERIVED)}), not {step!r}",
+        )
     return _single(ctx, key, step, entry[step], given, label, path)
 
 
@@ -190,27 +226,41 @@ def _items(decl: FeatureDecl) -> list[tuple[str, Any]]:
     return [(name, getattr(decl, name)) for name in decl.__struct_fields__]
 
 
-def _check_params(ctx: Context, step: str, then: list[str] | None, given: dict[str, Any],
-                  path: str) -> None:
+def _check_params(
+    ctx: Context, step: str, then: list[str] | None, given: dict[str, Any], path: str
+) -> None:
     allowed = set(tf.PARAMS[step])
     for i, t in enumerate(then or []):
         if t not in tf.PER_VALUE:
-            raise ctx.fail(f"{path}.then[{i}]", f"unknown per-value transform {t!r} "
-                                                f"(known: {', '.join(tf.PER_VALUE)})")
+            raise ctx.fail(
+                f"{path}.then[{i}]",
+                f"unknown per-value transform {t!r} (known: {', '.join(tf.PER_VALUE)})",
+            )
         allowed |= set(tf.PARAMS[t])
     for p, v in given.items():
         if p not in allowed:
             takes = ", ".join(sorted(allowed)) or "none"
-            raise ctx.fail(f"{path}.{p}", f"parameter {p!r} does not apply to {step!r} "
-                                          f"(it takes: {takes})")
-        bad = ((p in _POSITIVE and not v > 0) or (p == "alpha" and not v <= 1)
-               or (p == "floor" and not v >= 0))
+            raise ctx.fail(
+                f"{path}.{p}", f"parameter {p!r} does not apply to {step!r} (it takes: {takes})"
+            )
+        bad = (
+            (p in _POSITIVE and not v > 0)
+            or (p == "alpha" and not v <= 1)
+            or (p == "floor" and not v >= 0)
+        )
         if bad:
             raise ctx.fail(f"{path}.{p}", f"out of range: {_RANGES[p]}")
 
 
-def _single(ctx: Context, key: str, step: str, inputs: Any, given: dict[str, Any],
-            label: str | None, path: str) -> list[Feature]:
+def _single(
+    ctx: Context,
+    key: str,
+    step: str,
+    inputs: Any,
+    given: dict[str, Any],
+    label: str | None,
+    path: str,
+) -> list[Feature]:
     where = f"{path}.{step}"
     if step in tf.TIMED:
         if inputs is not True:
@@ -226,32 +276,54 @@ def _single(ctx: Context, key: str, step: str, inputs: Any, given: dict[str, Any
     return [_per_value(ctx, key, step, inputs, given, label)]
 
 
-def _stuck_group(ctx: Context, key: str, inputs: list[str], given: dict[str, Any],
-                 label: str | None, where: str) -> Feature:
+def _stuck_group(
+    ctx: Context, key: str, inputs: list[str], given: dict[str, Any], label: str | None, where: str
+) -> Feature:
     if not inputs:
         raise ctx.fail(where, "'stuck' takes a field or a list of one or more fields")
     for i, name in enumerate(inputs):
         ctx.numeric(name, f"{where}[{i}]", "stuck")
-    text = label or ("Events in a row one of " + ", ".join(ctx.label(n).lower() for n in inputs)
-                     + " repeated the exact same value")
-    return Feature(name=key, transform="stuck", inputs=tuple(inputs),
-                   params=_params("stuck", given), label=text)
+    text = label or (
+        "Events in a row one of "
+        + ", ".join(ctx.label(n).lower() for n in inputs)
+        + " repeated the exact same value"
+    )
+    return Feature(
+        name=key,
+        transform="stuck",
+        inputs=tuple(inputs),
+        params=_params("stuck", given),
+        label=text,
+    )
 
 
 def _named(ctx: Context, key: str, name: Any, label: str | None, where: str) -> Feature:
     entry = named_registry.get(name) if isinstance(name, str) else None
     if entry is None:
-        raise ctx.fail(where, f"no named transform {name!r} "
-                              f"(registered: {', '.join(named_registry.names())})")
+        raise ctx.fail(
+            where, f"no named transform {name!r} (registered: {', '.join(named_registry.names())})"
+        )
     for field in entry.reads:
         ctx.field(field, where)
-    return Feature(name=key, transform="named", inputs=entry.reads,
-                   params={"named": entry.name, "version": entry.version},
-                   label=label or key.replace("_", " ").capitalize())
+    return Feature(
+        name=key,
+        transform="named",
+        inputs=entry.reads,
+        params={"named": entry.name, "version": entry.version},
+        label=label or key.replace("_", " ").capitalize(),
+    )
 
 
-def _derived(ctx: Context, key: str, step: str, inputs: Any, given: dict[str, Any],
-             then: list[str] | None, label: str | None, path: str) -> list[Feature]:
+def _derived(
+    ctx: Context,
+    key: str,
+    step: str,
+    inputs: Any,
+    given: dict[str, Any],
+    then: list[str] | None,
+    label: str | None,
+    path: str,
+) -> list[Feature]:
     where = f"{path}.{step}"
     names = _derived_inputs(ctx, step, inputs, where)
     params = _params(step, given)
@@ -265,8 +337,16 @@ def _derived(ctx: Context, key: str, step: str, inputs: Any, given: dict[str, An
         step_params = {**params, **_params(t, given)}
         if "typical_std" in step_params:
             step_params["typical_std"] = step_params["typical_std"] or 1.0
-        out.append(Feature(name=key + tf.PER_VALUE[t], transform=step, inputs=tuple(names),
-                           params=step_params, then=t, label=_step_label(t, base, noun)))
+        out.append(
+            Feature(
+                name=key + tf.PER_VALUE[t],
+                transform=step,
+                inputs=tuple(names),
+                params=step_params,
+                then=t,
+                label=_step_label(t, base, noun),
+            )
+        )
     return out
 
 
@@ -275,8 +355,7 @@ def _derived_inputs(ctx: Context, step: str, inputs: Any, where: str) -> list[st
         ctx.numeric(inputs, where, step)
         return [inputs]
     want = "two" if step in ("diff", "ratio") else "two or more"
-    if (not isinstance(inputs, list) or len(inputs) < 2
-            or (want == "two" and len(inputs) != 2)):
+    if not isinstance(inputs, list) or len(inputs) < 2 or (want == "two" and len(inputs) != 2):
         raise ctx.fail(where, f"{step!r} takes a list of {want} fields")
     for i, name in enumerate(inputs):
         ctx.numeric(name, f"{where}[{i}]", step)
@@ -289,16 +368,26 @@ def _ref_params(ctx: Context, given: dict[str, Any], path: str) -> dict[str, Any
         raise ctx.fail(path, "'ref_ratio' needs by = <field> and table = <name in [refs]>")
     decl = ctx.field(by, f"{path}.by")
     if decl.pii is not None:
-        raise ctx.fail(f"{path}.by", f"{by!r} is personal data (pii = {decl.pii!r}) and "
-                                     "cannot key a reference table")
+        raise ctx.fail(
+            f"{path}.by",
+            f"{by!r} is personal data (pii = {decl.pii!r}) and cannot key a reference table",
+        )
     if decl.type == "float":
-        raise ctx.fail(f"{path}.by", f"a reference table is keyed by a str, enum, int or "
-                                     f"bool field; {by!r} is 'float'")
+        raise ctx.fail(
+            f"{path}.by",
+            f"a reference table is keyed by a str, enum, int or bool field; {by!r} is 'float'",
+        )
     if table not in ctx.refs:
-        raise ctx.fail(f"{path}.table", f"no table {table!r} in [refs] "
-                                        f"(declared: {', '.join(ctx.refs) or 'none'})")
-    return {"by": by, "table": table, "missing": given.get("missing", 0.0),
-            "values": dict(sorted(ctx.refs[table].items()))}
+        raise ctx.fail(
+            f"{path}.table",
+            f"no table {table!r} in [refs] (declared: {', '.join(ctx.refs) or 'none'})",
+        )
+    return {
+        "by": by,
+        "table": table,
+        "missing": given.get("missing", 0.0),
+        "values": dict(sorted(ctx.refs[table].items())),
+    }
 
 
 def _derived_label(step: str, labels: Sequence[str], params: dict[str, Any]) -> str:

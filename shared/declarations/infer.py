@@ -39,8 +39,16 @@ from shared.declarations.loader import ENVELOPE, FIELD_PATTERN, NAME_PATTERN
 from shared.errors import ConfigError
 
 SAMPLE_ROWS = 10_000
-FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 # CSV cells that mean "no value".
 MISSING = {"", "null", "none", "nan", "na", "n/a"}
 # An enum has at most this many distinct values, each seen often enough to be a category.
@@ -57,37 +65,132 @@ PHONE = re.compile(r"^\+?[0-9][0-9 ().-]{5,22}[0-9]$")
 PERSON = re.compile(r"^[A-Z][a-z'’-]+(?: [A-Z][a-z'’.-]*)+$")
 IPV4 = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$")
 
-DEVICE_NAMES = ("vin", "device_id", "device", "vehicle_id", "vehicle", "unit_id", "unit",
-                "truck_id", "truck", "car_id", "car", "bus_id", "bus", "trailer_id", "trailer",
-                "asset_id", "asset", "fleet_no", "imei", "id")
-NOUNS = {"vin": "vehicle", "vehicle": "vehicle", "car": "car", "truck": "truck", "bus": "bus",
-         "trailer": "trailer", "asset": "asset", "unit": "unit"}
-TIME_NAMES = ("time", "ts", "timestamp", "t", "datetime", "date_time", "event_time", "time_utc",
-              "timestamp_utc", "time_ms", "ts_ms", "timestamp_ms", "time_s", "epoch",
-              "recorded_at", "created_at", "date")
+DEVICE_NAMES = (
+    "vin",
+    "device_id",
+    "device",
+    "vehicle_id",
+    "vehicle",
+    "unit_id",
+    "unit",
+    "truck_id",
+    "truck",
+    "car_id",
+    "car",
+    "bus_id",
+    "bus",
+    "trailer_id",
+    "trailer",
+    "asset_id",
+    "asset",
+    "fleet_no",
+    "imei",
+    "id",
+)
+NOUNS = {
+    "vin": "vehicle",
+    "vehicle": "vehicle",
+    "car": "car",
+    "truck": "truck",
+    "bus": "bus",
+    "trailer": "trailer",
+    "asset": "asset",
+    "unit": "unit",
+}
+TIME_NAMES = (
+    "time",
+    "ts",
+    "timestamp",
+    "t",
+    "datetime",
+    "date_time",
+    "event_time",
+    "time_utc",
+    "timestamp_utc",
+    "time_ms",
+    "ts_ms",
+    "timestamp_ms",
+    "time_s",
+    "epoch",
+    "recorded_at",
+    "created_at",
+    "date",
+)
 TIME_SUFFIXES = ("_time", "_ts", "_at", "_timestamp")
 LAT_WORDS = {"lat", "latitude"}
 LON_WORDS = {"lon", "lng", "long", "longitude"}
 # Name words that say a column is about a person, and what becomes of it.
-PERSON_WORDS = {"driver", "name", "owner", "cardholder", "holder", "customer", "passenger",
-                "person", "firstname", "lastname", "surname", "fullname", "employee", "user",
-                "username"}
-THING_WORDS = {"model", "product", "brand", "make", "firmware", "file", "host", "station",
-               "route", "site", "depot", "stream", "type", "sensor", "signal", "fuel"}
+PERSON_WORDS = {
+    "driver",
+    "name",
+    "owner",
+    "cardholder",
+    "holder",
+    "customer",
+    "passenger",
+    "person",
+    "firstname",
+    "lastname",
+    "surname",
+    "fullname",
+    "employee",
+    "user",
+    "username",
+}
+THING_WORDS = {
+    "model",
+    "product",
+    "brand",
+    "make",
+    "firmware",
+    "file",
+    "host",
+    "station",
+    "route",
+    "site",
+    "depot",
+    "stream",
+    "type",
+    "sensor",
+    "signal",
+    "fuel",
+}
 NAME_HINTS: tuple[tuple[set[str], str, str], ...] = (
     (PERSON_WORDS, "token", "names a person"),
     ({"card", "pan", "iban", "account"}, "token", "names a payment card or account"),
-    ({"vin", "plate", "registration", "licence", "license"}, "token", "identifies a vehicle "
-                                                                      "and so its keeper"),
+    (
+        {"vin", "plate", "registration", "licence", "license"},
+        "token",
+        "identifies a vehicle and so its keeper",
+    ),
     ({"email", "mail"}, "vault", "is an e-mail address"),
     ({"phone", "tel", "mobile", "msisdn"}, "vault", "is a phone number"),
     ({"address", "street", "postcode", "zip", "ip"}, "vault", "is an address"),
     ({"birth", "dob", "ssn", "passport"}, "vault", "is an identity document or birth date"),
 )
-UNIT_SUFFIXES = {"c": "°C", "degc": "°C", "f": "°F", "kpa": "kPa", "bar": "bar", "psi": "psi",
-                 "kmh": "km/h", "kph": "km/h", "mph": "mph", "pct": "%", "percent": "%",
-                 "rpm": "rpm", "v": "V", "kw": "kW", "km": "km", "m": "m", "l": "L",
-                 "ms": "ms", "s": "s", "deg": "°", "mps": "m/s"}
+UNIT_SUFFIXES = {
+    "c": "°C",
+    "degc": "°C",
+    "f": "°F",
+    "kpa": "kPa",
+    "bar": "bar",
+    "psi": "psi",
+    "kmh": "km/h",
+    "kph": "km/h",
+    "mph": "mph",
+    "pct": "%",
+    "percent": "%",
+    "rpm": "rpm",
+    "v": "V",
+    "kw": "kW",
+    "km": "km",
+    "m": "m",
+    "l": "L",
+    "ms": "ms",
+    "s": "s",
+    "deg": "°",
+    "mps": "m/s",
+}
 
 
 class InferError(ConfigError):
@@ -160,8 +263,10 @@ def read_sample(path: str | Path, fmt: str | None = None, rows: int = SAMPLE_ROW
     path = Path(path)
     fmt = fmt or FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise InferError(f"cannot tell the format of {path.name} from its suffix: "
-                         "pass --format csv, jsonl or parquet")
+        raise InferError(
+            f"cannot tell the format of {path.name} from its suffix: "
+            "pass --format csv, jsonl or parquet"
+        )
     if not path.is_file():
         raise InferError(f"no file {path}")
     if rows < 1:
@@ -233,8 +338,10 @@ def _read_parquet(path: Path, rows: int) -> Sample:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise InferError("reading Parquet needs the pyarrow package (in fleetsentry[cloud]); "
-                         "or convert the recording to CSV or JSON lines") from None
+        raise InferError(
+            "reading Parquet needs the pyarrow package (in fleetsentry[cloud]); "
+            "or convert the recording to CSV or JSON lines"
+        ) from None
     try:
         pf = pq.ParquetFile(path)
         records: list[dict[str, Any]] = []
@@ -286,8 +393,11 @@ class Column:
 
 
 def column(source: str, name: str, raw: list[Any], typed: bool) -> Column:
-    values = [_cell(v) for v in raw] if not typed else [
-        None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in raw]
+    values = (
+        [_cell(v) for v in raw]
+        if not typed
+        else [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in raw]
+    )
     present = [v for v in values if v is not None]
     texts = [_text(v) for v in present]
     kind = _kind(present, texts, typed)
@@ -369,7 +479,8 @@ def luhn(digits: str) -> bool:
 def _cards(col: Column) -> float:
     digits = [re.sub(r"[ -]", "", t) for t in col.texts]
     return sum(1 for d in digits if d.isdigit() and 12 <= len(d) <= 19 and luhn(d)) / max(
-        1, len(digits))
+        1, len(digits)
+    )
 
 
 def _pct(x: float) -> str:
@@ -387,12 +498,18 @@ def _device_pattern(texts: Iterable[str]) -> str:
     """A pattern matching every observed id: their character classes, their lengths."""
     ids = list(texts)
     chars = set("".join(ids))
-    parts = [c for c, test in (("A-Z", str.isupper), ("a-z", str.islower), ("0-9", str.isdigit))
-             if any(test(ch) and ch.isascii() for ch in chars)]
+    parts = [
+        c
+        for c, test in (("A-Z", str.isupper), ("a-z", str.islower), ("0-9", str.isdigit))
+        if any(test(ch) and ch.isascii() for ch in chars)
+    ]
     other = sorted(ch for ch in chars if not (ch.isascii() and ch.isalnum()))
     # "-" last, where it needs no escape; every other sign escaped ("[", "]", "^", "\\")
-    cls = "".join(parts) + "".join(re.escape(ch) for ch in other if ch != "-") + (
-        "-" if "-" in other else "")
+    cls = (
+        "".join(parts)
+        + "".join(re.escape(ch) for ch in other if ch != "-")
+        + ("-" if "-" in other else "")
+    )
     lo, hi = min(map(len, ids)), max(map(len, ids))
     return f"^[{cls}]{{{lo}}}$" if lo == hi else f"^[{cls}]{{{lo},{hi}}}$"
 
@@ -413,22 +530,31 @@ def find_device(cols: list[Column], forced: str | None) -> tuple[Column, str]:
         for col in cols:
             if col.name == name and _device_like(col):
                 return col, f"by name ({col.source!r})"
-    content = [c for c in cols if c.kind == "str" and _device_like(c)
-               and c.share(re.compile(r".*\d")) >= MOST and _cards(c) < MOST
-               and len(set(c.texts)) <= len(c.texts) / 2]
+    content = [
+        c
+        for c in cols
+        if c.kind == "str"
+        and _device_like(c)
+        and c.share(re.compile(r".*\d")) >= MOST
+        and _cards(c) < MOST
+        and len(set(c.texts)) <= len(c.texts) / 2
+    ]
     if content:
         col = max(content, key=lambda c: len(set(c.texts)))
         return col, "by content (a repeating id with digits; no column is named like a device)"
-    raise InferError("no column looks like the device id (named vin, device_id, vehicle, car, "
-                     "truck, unit, asset, ... with repeating ids): name it with --device COLUMN")
+    raise InferError(
+        "no column looks like the device id (named vin, device_id, vehicle, car, "
+        "truck, unit, asset, ... with repeating ids): name it with --device COLUMN"
+    )
 
 
 def _by_source(cols: list[Column], wanted: str, option: str) -> Column:
     for col in cols:
         if wanted in (col.source, col.name):
             return col
-    raise InferError(f"{option} {wanted!r}: no such column (columns: "
-                     f"{', '.join(c.source for c in cols)})")
+    raise InferError(
+        f"{option} {wanted!r}: no such column (columns: {', '.join(c.source for c in cols)})"
+    )
 
 
 def time_unit(col: Column) -> tuple[str, str] | None:
@@ -451,10 +577,16 @@ def time_unit(col: Column) -> tuple[str, str] | None:
     except ValueError:
         return None
     zoned = sum(1 for t in col.texts if datetime.fromisoformat(t).tzinfo is not None)
-    zone = "all with a zone" if zoned == len(col.texts) else (
-        "none with a zone (read as UTC)" if not zoned else f"{zoned} with a zone, the rest UTC")
-    return "iso8601", (f"every value is ISO 8601 (datetime.fromisoformat), e.g. "
-                       f"{col.texts[0]!r}; {zone}")
+    zone = (
+        "all with a zone"
+        if zoned == len(col.texts)
+        else (
+            "none with a zone (read as UTC)" if not zoned else f"{zoned} with a zone, the rest UTC"
+        )
+    )
+    return "iso8601", (
+        f"every value is ISO 8601 (datetime.fromisoformat), e.g. {col.texts[0]!r}; {zone}"
+    )
 
 
 def _time_named(name: str) -> int | None:
@@ -468,11 +600,12 @@ def find_time(cols: list[Column], forced: str | None) -> tuple[Column, str, str]
         col = _by_source(cols, forced, "--time")
         unit = time_unit(col)
         if unit is None:
-            raise InferError(f"--time {forced!r}: its values are neither epoch seconds, epoch "
-                             "milliseconds nor ISO 8601 times")
+            raise InferError(
+                f"--time {forced!r}: its values are neither epoch seconds, epoch "
+                "milliseconds nor ISO 8601 times"
+            )
         return col, unit[0], f"named with --time; {unit[1]}"
-    named = sorted((r, i, c) for i, c in enumerate(cols)
-                   if (r := _time_named(c.name)) is not None)
+    named = sorted((r, i, c) for i, c in enumerate(cols) if (r := _time_named(c.name)) is not None)
     for _, _, col in named:
         unit = time_unit(col)
         if unit is not None:
@@ -481,8 +614,10 @@ def find_time(cols: list[Column], forced: str | None) -> tuple[Column, str, str]
     if timed:
         col, unit = max(timed, key=lambda cu: len(set(cu[0].texts)))
         return col, unit[0], f"by content; {unit[1]}"
-    raise InferError("no column holds times (epoch seconds, epoch milliseconds or ISO 8601 "
-                     "text): name it with --time COLUMN")
+    raise InferError(
+        "no column holds times (epoch seconds, epoch milliseconds or ISO 8601 "
+        "text): name it with --time COLUMN"
+    )
 
 
 # -- personal data -------------------------------------------------------------------------------
@@ -495,10 +630,17 @@ def pii_of(col: Column) -> tuple[str | None, str]:
         return by_name if by_name[0] else (None, "")
     n = len(col.texts)
     checks = (
-        (VIN, "token", "17-character VINs (no I, O or Q): a VIN identifies the vehicle and "
-                       "so its keeper"),
-        (EMAIL, "vault", "e-mail addresses: kept in the gateway's vault only (use \"token\" "
-                         "to follow one address across events)"),
+        (
+            VIN,
+            "token",
+            "17-character VINs (no I, O or Q): a VIN identifies the vehicle and so its keeper",
+        ),
+        (
+            EMAIL,
+            "vault",
+            'e-mail addresses: kept in the gateway\'s vault only (use "token" '
+            "to follow one address across events)",
+        ),
         (PERSON, "token", "two or more capitalized words: people's names"),
         (IPV4, "vault", "IPv4 addresses"),
     )
@@ -508,10 +650,17 @@ def pii_of(col: Column) -> tuple[str | None, str]:
             return pii, f"{_pct(share)} of {n:,} values are {what}"
     cards = _cards(col)
     if cards >= MOST:
-        return "token", (f"{_pct(cards)} of {n:,} values are Luhn-valid 12-19 digit numbers "
-                         "(card numbers)")
-    phones = sum(1 for t in col.texts if PHONE.match(t) and sum(ch.isdigit() for ch in t) >= 7
-                 and not t.isdigit() or (t.isdigit() and t.startswith("0") and len(t) >= 9))
+        return "token", (
+            f"{_pct(cards)} of {n:,} values are Luhn-valid 12-19 digit numbers (card numbers)"
+        )
+    phones = sum(
+        1
+        for t in col.texts
+        if PHONE.match(t)
+        and sum(ch.isdigit() for ch in t) >= 7
+        and not t.isdigit()
+        or (t.isdigit() and t.startswith("0") and len(t) >= 9)
+    )
     if n and phones / n >= MOST:
         return "vault", f"{_pct(phones / n)} of {n:,} values look like phone numbers"
     return _pii_by_name(col)
@@ -524,18 +673,22 @@ def _pii_by_name(col: Column) -> tuple[str | None, str]:
     for hint, pii, what in NAME_HINTS:
         if words & hint:
             word = sorted(words & hint)[0]
-            return pii, (f"the name says it {what} ({word!r}), whatever the values look like; "
-                         "personal until you say otherwise")
+            return pii, (
+                f"the name says it {what} ({word!r}), whatever the values look like; "
+                "personal until you say otherwise"
+            )
     return None, ""
 
 
 def _not_personal(col: Column) -> str:
     distinct = len(set(col.texts))
     free = sum(1 for t in col.texts if " " in t) / max(1, len(col.texts))
-    return (f"not judged personal: no VIN, card number, e-mail, phone, IP address or "
-            f"personal-name pattern among its {distinct:,} distinct values and no personal "
-            f"word in its name" + (f"; {_pct(free)} have spaces (free text?): check them"
-                                   if free else ""))
+    return (
+        f"not judged personal: no VIN, card number, e-mail, phone, IP address or "
+        f"personal-name pattern among its {distinct:,} distinct values and no personal "
+        f"word in its name"
+        + (f"; {_pct(free)} have spaces (free text?): check them" if free else "")
+    )
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -584,8 +737,7 @@ def typical_std(col: Column, devices: list[Any]) -> tuple[float | None, str]:
 
 
 def _unit(source: str, name: str) -> str:
-    inner = re.search(r"\(([^)]{1,12})\)\s*$", source) or re.search(r"\[([^]]{1,12})\]\s*$",
-                                                                     source)
+    inner = re.search(r"\(([^)]{1,12})\)\s*$", source) or re.search(r"\[([^]]{1,12})\]\s*$", source)
     if inner:
         return inner.group(1).strip()
     last = name.rsplit("_", 1)[-1]
@@ -602,8 +754,9 @@ def stream_name(source: str) -> str:
     return name if name[0].isalpha() else f"s_{name}"[:32]
 
 
-def infer(sample: Sample, name: str | None = None, device: str | None = None,
-          time: str | None = None) -> Declaration:
+def infer(
+    sample: Sample, name: str | None = None, device: str | None = None, time: str | None = None
+) -> Declaration:
     """Every guess about ``sample``; ``device`` and ``time`` force those columns."""
     if name is None:
         name = stream_name(sample.source)
@@ -612,18 +765,22 @@ def infer(sample: Sample, name: str | None = None, device: str | None = None,
     elif name in BUILTIN_NAMES:
         raise InferError(f"stream name {name!r} is a built-in stream's: pass another --name")
     if not NAME_PATTERN.match(name):
-        raise InferError(f"stream name {name!r} does not match {NAME_PATTERN.pattern}: "
-                         "pass --name")
+        raise InferError(f"stream name {name!r} does not match {NAME_PATTERN.pattern}: pass --name")
     cols, skipped = _columns(sample)
     if not cols:
         raise InferError(f"{sample.source}: no column to declare")
     dev, dev_why = find_device(cols, device)
     tcol, unit, t_why = find_time([c for c in cols if c is not dev], time)
     decl = Declaration(
-        name=name, sample=sample, fields={}, skipped=skipped,
-        device=Role(dev.source, dev.name, dev_why, pattern=_device_pattern(dev.texts),
-                    noun=_noun(dev.name)),
-        time=Role(tcol.source, tcol.name, t_why, unit=unit))
+        name=name,
+        sample=sample,
+        fields={},
+        skipped=skipped,
+        device=Role(
+            dev.source, dev.name, dev_why, pattern=_device_pattern(dev.texts), noun=_noun(dev.name)
+        ),
+        time=Role(tcol.source, tcol.name, t_why, unit=unit),
+    )
     devices = dev.values
     cell = _cell_pair(cols, (dev, tcol))
     for col in cols:
@@ -662,23 +819,32 @@ def _noun(name: str) -> str:
 
 def _cell_pair(cols: list[Column], roles: tuple[Column, ...]) -> tuple[Column, Column] | None:
     def fits(col: Column, words: set[str], bound: float) -> bool:
-        return (col not in roles and bool(_words(col.name) & words)
-                and col.kind in ("int", "float")
-                and all(-bound <= float(v) <= bound for v in col.present))
+        return (
+            col not in roles
+            and bool(_words(col.name) & words)
+            and col.kind in ("int", "float")
+            and all(-bound <= float(v) <= bound for v in col.present)
+        )
+
     lats = [c for c in cols if fits(c, LAT_WORDS, 90.0)]
     lons = [c for c in cols if fits(c, LON_WORDS, 180.0)]
     return (lats[0], lons[0]) if lats and lons else None
 
 
-def _guess(col: Column, decl: Declaration, devices: list[Any],
-           cell: tuple[Column, Column] | None) -> FieldGuess:
+def _guess(
+    col: Column, decl: Declaration, devices: list[Any], cell: tuple[Column, Column] | None
+) -> FieldGuess:
     g = FieldGuess(source=col.source, name=col.name, type=col.kind, required=not col.missing)
     if col.name != col.source:
         g.label = col.source
-        g.why.append(f"column: {col.source!r} (renamed: a field name matches "
-                     f"{FIELD_PATTERN.pattern}; `column` keeps the recording's name)")
-    g.why.append(_type_why(col) + ("" if g.required else
-                                   f"; required = false: {col.missing:,} rows have no value"))
+        g.why.append(
+            f"column: {col.source!r} (renamed: a field name matches "
+            f"{FIELD_PATTERN.pattern}; `column` keeps the recording's name)"
+        )
+    g.why.append(
+        _type_why(col)
+        + ("" if g.required else f"; required = false: {col.missing:,} rows have no value")
+    )
     if col.name == decl.device.name:
         _device_field(g, col, decl)
     elif col.name == decl.time.name:
@@ -709,11 +875,15 @@ def _type_why(col: Column) -> str:
 
 def _device_field(g: FieldGuess, col: Column, decl: Declaration) -> None:
     g.type = "str"
-    g.why.append("the device id (see [stream] device): names a vehicle or unit, not a person, "
-                 "unless marked pii below")
+    g.why.append(
+        "the device id (see [stream] device): names a vehicle or unit, not a person, "
+        "unless marked pii below"
+    )
     if col.kind == "int":
-        g.why.append("the ids are numbers in the recording; a device id is a str: devices "
-                     "send it as text (\"17\")")
+        g.why.append(
+            "the ids are numbers in the recording; a device id is a str: devices "
+            'send it as text ("17")'
+        )
     pii, why = pii_of(col)
     if pii == "token":
         g.pii = "token"
@@ -747,11 +917,15 @@ def _text_field(g: FieldGuess, col: Column) -> None:
     if len(distinct) <= ENUM_MAX and len(col.texts) >= ENUM_MIN_ROWS:
         if all(ENUM_VALUE.match(v) for v in distinct):
             g.type, g.values = "enum", distinct
-            g.why[-1] = (f"type enum: {len(distinct)} distinct values over {len(col.texts):,} "
-                         "rows" + ("" if g.required else "; required = false"))
+            g.why[-1] = (
+                f"type enum: {len(distinct)} distinct values over {len(col.texts):,} "
+                "rows" + ("" if g.required else "; required = false")
+            )
             return
-        g.why.append("few distinct values, but not all are simple words (onehot names a "
-                     "feature after each): kept as str")
+        g.why.append(
+            "few distinct values, but not all are simple words (onehot names a "
+            "feature after each): kept as str"
+        )
     g.why.append(_not_personal(col))
 
 
@@ -763,8 +937,10 @@ def _number_field(g: FieldGuess, col: Column, devices: list[Any]) -> None:
         g.why.append(f"unit {g.unit!r}: from the column name")
     if hi > lo:
         g.range = widened_range(lo, hi)
-        g.why.append(f"observed {_num(lo)} .. {_num(hi)}; range widened by half the span "
-                     "each side (value features are clipped to it)")
+        g.why.append(
+            f"observed {_num(lo)} .. {_num(hi)}; range widened by half the span "
+            "each side (value features are clipped to it)"
+        )
     else:
         g.why.append(f"every value is {_num(lo)}: no range")
     g.typical_std, why = typical_std(col, devices)
@@ -777,13 +953,17 @@ def _mark_cell(decl: Declaration, cell: tuple[Column, Column] | None) -> None:
             words = _words(g.name)
             if g.pii is None and words & (LAT_WORDS | LON_WORDS) and g.type in ("int", "float"):
                 g.pii, g.features = "vault", []
-                g.why.append("pii: named like a coordinate, but no latitude/longitude pair "
-                             "within ±90/±180 was found: kept in the vault")
+                g.why.append(
+                    "pii: named like a coordinate, but no latitude/longitude pair "
+                    "within ±90/±180 was found: kept in the vault"
+                )
         return
     lat, lon = cell
     decl.cell = (lat.name, lon.name)
-    decl.cell_why = (f"cell: {lat.source!r} and {lon.source!r} are named latitude and longitude "
-                     "and stay within ±90 and ±180: a position, coarsened to a ~10 km cell")
+    decl.cell_why = (
+        f"cell: {lat.source!r} and {lon.source!r} are named latitude and longitude "
+        "and stay within ±90 and ±180: a position, coarsened to a ~10 km cell"
+    )
     for col in cell:
         decl.fields[col.name].pii = "cell"
     for g in decl.fields.values():
@@ -794,11 +974,16 @@ def _mark_cell(decl: Declaration, cell: tuple[Column, Column] | None) -> None:
 
 def _person(decl: Declaration) -> None:
     for g in decl.fields.values():
-        if g.pii == "token" and g.name != decl.device.name and (
-                _words(g.name) & PERSON_WORDS or any("people's names" in w for w in g.why)):
+        if (
+            g.pii == "token"
+            and g.name != decl.device.name
+            and (_words(g.name) & PERSON_WORDS or any("people's names" in w for w in g.why))
+        ):
             decl.person = g.name
-            decl.person_why = (f"person: {g.source!r} names the person this stream's personal "
-                               "data belongs to (erasing them erases it)")
+            decl.person_why = (
+                f"person: {g.source!r} names the person this stream's personal "
+                "data belongs to (erasing them erases it)"
+            )
             return
 
 
@@ -808,10 +993,18 @@ def _features(decl: Declaration) -> None:
     for g in decl.fields.values():
         if g.name in roles or g.pii is not None or any("looks like a time" in w for w in g.why):
             continue
-        steps = {"int": ["value", "zscore", "rate"], "float": ["value", "zscore", "rate"],
-                 "bool": ["value"], "enum": ["onehot"]}.get(g.type, [])
-        suffix = {"value": [""], "zscore": ["_z"], "rate": ["_rate"],
-                  "onehot": [f"_{v}" for v in g.values or ()]}
+        steps = {
+            "int": ["value", "zscore", "rate"],
+            "float": ["value", "zscore", "rate"],
+            "bool": ["value"],
+            "enum": ["onehot"],
+        }.get(g.type, [])
+        suffix = {
+            "value": [""],
+            "zscore": ["_z"],
+            "rate": ["_rate"],
+            "onehot": [f"_{v}" for v in g.values or ()],
+        }
         made = {g.name + s for step in steps for s in suffix[step]}
         if made & (names - {g.name}):
             g.why.append("no feature: its names would clash with another field's")
@@ -867,7 +1060,7 @@ def render(decl: Declaration) -> str:
         f"# time: {decl.time.source!r} {decl.time.why}",
         f"time = {{ field = {_s(decl.time.name)}, unit = {_s(decl.time.unit)} }}",
         "# alerts: the defaults; tune them once the stream has scores",
-        "alerts = { kind = \"episodes\", open_events = 4, window_s = 10, quiet_s = 30 }",
+        'alerts = { kind = "episodes", open_events = 4, window_s = 10, quiet_s = 30 }',
     ]
     if decl.cell:
         out += [f"# {decl.cell_why}", f"cell = [{_s(decl.cell[0])}, {_s(decl.cell[1])}]"]
@@ -876,13 +1069,16 @@ def render(decl: Declaration) -> str:
     out += ["", "[fields]"]
     for g in decl.fields.values():
         out += [*_comment(g.why), f"{g.name} = {{ {_field_body(g)} }}"]
-    out += ["", "[features]",
-            "# Each number: its value, its z-score against the device's rolling mean and its",
-            "# rate of change; booleans their value; enums one-hot. Never personal data."]
+    out += [
+        "",
+        "[features]",
+        "# Each number: its value, its z-score against the device's rolling mean and its",
+        "# rate of change; booleans their value; enums one-hot. Never personal data.",
+    ]
     for g in decl.fields.values():
         if g.features:
             out.append(f"{g.name} = [{', '.join(_s(f) for f in g.features)}]")
-    out += [f"{decl.gap_name} = {{ gap = true, scale = \"log1p\" }}", ""]
+    out += [f'{decl.gap_name} = {{ gap = true, scale = "log1p" }}', ""]
     return "\n".join(out)
 
 

@@ -44,8 +44,10 @@ def load_text(text: str, source: str) -> Stream:
     for name in decl.stream.cell or ():
         if name in fields and fields[name].pii is None:  # the pair is personal data
             fields[name] = msgspec.structs.replace(fields[name], pii="cell")
-    refs = {name: convert(body, dict[str, float], source, f"refs.{name}")
-            for name, body in decl.refs.items()}
+    refs = {
+        name: convert(body, dict[str, float], source, f"refs.{name}")
+        for name, body in decl.refs.items()
+    }
     _check_columns(source, fields)
     ctx = feats.Context(file=source, stream=decl.stream, fields=fields, refs=refs)
     _check_stream(ctx)
@@ -55,10 +57,19 @@ def load_text(text: str, source: str) -> Stream:
         raise DeclarationError(source, "features", "a stream needs at least one feature")
     head = decl.stream
     return Stream(
-        source=source, name=head.name, topic=head.topic or head.name, device=head.device,
-        time=head.time, alerts=head.alerts, decision=head.decision, cell=head.cell,
-        anon_key=head.anon_key or head.device.field, person=head.person, fields=fields,
-        refs=refs, features=tuple(features),
+        source=source,
+        name=head.name,
+        topic=head.topic or head.name,
+        device=head.device,
+        time=head.time,
+        alerts=head.alerts,
+        decision=head.decision,
+        cell=head.cell,
+        anon_key=head.anon_key or head.device.field,
+        person=head.person,
+        fields=fields,
+        refs=refs,
+        features=tuple(features),
         feature_spec=feature_spec(head.device.field, features),
     )
 
@@ -78,8 +89,10 @@ def load_dir(directory: str | Path) -> dict[str, Stream]:
     Two streams with the same name or MQTT topic suffix are refused, naming both files.
     """
     if not Path(directory).is_dir():
-        raise ConfigError(f"no stream declaration directory {directory}: create it, or "
-                          "point the setting at the one holding the *.toml declarations")
+        raise ConfigError(
+            f"no stream declaration directory {directory}: create it, or "
+            "point the setting at the one holding the *.toml declarations"
+        )
     paths = sorted(Path(directory).glob("*.toml"))
     return _unique([load_file(p) for p in paths])
 
@@ -87,9 +100,11 @@ def load_dir(directory: str | Path) -> dict[str, Stream]:
 def builtin() -> dict[str, Stream]:
     """The streams shipped in the package (``shared/declarations/builtin``)."""
     folder = resources.files("shared.declarations") / "builtin"
-    loaded = [load_text(item.read_text(encoding="utf-8"), item.name)
-              for item in sorted(folder.iterdir(), key=lambda i: i.name)
-              if item.name.endswith(".toml")]
+    loaded = [
+        load_text(item.read_text(encoding="utf-8"), item.name)
+        for item in sorted(folder.iterdir(), key=lambda i: i.name)
+        if item.name.endswith(".toml")
+    ]
     return _unique(loaded)
 
 
@@ -97,12 +112,14 @@ def _unique(loaded: list[Stream]) -> dict[str, Stream]:
     by_name: dict[str, Stream] = {}
     by_topic: dict[str, Stream] = {}
     for stream in loaded:
-        for seen, key, what in ((by_name, stream.name, "name"),
-                                (by_topic, stream.topic, "topic")):
+        for seen, key, what in ((by_name, stream.name, "name"), (by_topic, stream.topic, "topic")):
             other = seen.get(key)
             if other is not None:
-                raise DeclarationError(stream.source, f"stream.{what}",
-                                       f"{key!r} is already declared by {other.source}")
+                raise DeclarationError(
+                    stream.source,
+                    f"stream.{what}",
+                    f"{key!r} is already declared by {other.source}",
+                )
             seen[key] = stream
     return by_name
 
@@ -112,15 +129,18 @@ def _field(source: str, name: str, body: Any) -> FieldDecl:
     if not FIELD_PATTERN.match(name):
         raise DeclarationError(source, key, f"a field name matches {FIELD_PATTERN.pattern}")
     if name in ENVELOPE:
-        raise DeclarationError(source, key, f"every event carries {', '.join(ENVELOPE)}: "
-                                            "do not declare them")
+        raise DeclarationError(
+            source, key, f"every event carries {', '.join(ENVELOPE)}: do not declare them"
+        )
     decl = convert(body, FieldDecl, source, key)
     if decl.range is not None and not decl.range[0] < decl.range[1]:
-        raise DeclarationError(source, f"{key}.range",
-                               f"lo must be below hi, got {list(decl.range)}")
+        raise DeclarationError(
+            source, f"{key}.range", f"lo must be below hi, got {list(decl.range)}"
+        )
     if (decl.type == "enum") != (decl.values is not None):
-        raise DeclarationError(source, f"{key}.values",
-                               "an enum field lists its values, and only an enum field does")
+        raise DeclarationError(
+            source, f"{key}.values", "an enum field lists its values, and only an enum field does"
+        )
     if decl.values is not None and (not decl.values or len(set(decl.values)) < len(decl.values)):
         raise DeclarationError(source, f"{key}.values", "values must be distinct, at least one")
     if decl.pattern is not None:
@@ -128,7 +148,7 @@ def _field(source: str, name: str, body: Any) -> FieldDecl:
             raise DeclarationError(source, f"{key}.pattern", "only a str field has a pattern")
         _regex(source, f"{key}.pattern", decl.pattern)
     if (decl.token_field or decl.token_kind) and decl.pii != "token":
-        raise DeclarationError(source, key, "token_field and token_kind need pii = \"token\"")
+        raise DeclarationError(source, key, 'token_field and token_kind need pii = "token"')
     if decl.typical_std is not None and not decl.typical_std > 0:
         raise DeclarationError(source, f"{key}.typical_std", "must be above 0")
     return decl
@@ -142,8 +162,11 @@ def _check_columns(source: str, fields: dict[str, FieldDecl]) -> None:
         if decl.column is not None and not decl.column:
             raise DeclarationError(source, f"fields.{name}.column", "a column name is not empty")
         if column in seen:
-            raise DeclarationError(source, f"fields.{name}.column",
-                                   f"column {column!r} is already read by field {seen[column]!r}")
+            raise DeclarationError(
+                source,
+                f"fields.{name}.column",
+                f"column {column!r} is already read by field {seen[column]!r}",
+            )
         seen[column] = name
 
 
@@ -161,18 +184,25 @@ def _check_stream(ctx: feats.Context) -> None:
             raise ctx.fail(key, f"{value!r} does not match {NAME_PATTERN.pattern}")
     device = ctx.field(head.device.field, "stream.device.field")
     if device.type != "str" or not device.required:
-        raise ctx.fail("stream.device.field", f"the device field {head.device.field!r} must "
-                                              f"be a required str (it is {device.type!r})")
+        raise ctx.fail(
+            "stream.device.field",
+            f"the device field {head.device.field!r} must "
+            f"be a required str (it is {device.type!r})",
+        )
     if device.pii not in (None, "token"):
-        raise ctx.fail("stream.device.field", "the device field is either not personal or "
-                                              "tokenized (pii = \"token\")")
+        raise ctx.fail(
+            "stream.device.field",
+            'the device field is either not personal or tokenized (pii = "token")',
+        )
     _regex(ctx.file, "stream.device.pattern", head.device.pattern)
     time = ctx.field(head.time.field, "stream.time.field")
     if time.type not in _TIME_TYPES[head.time.unit] or not time.required:
-        raise ctx.fail("stream.time.field",
-                       f"a time in {head.time.unit!r} is a required "
-                       f"{' or '.join(_TIME_TYPES[head.time.unit])} field, "
-                       f"not {time.type!r}")
+        raise ctx.fail(
+            "stream.time.field",
+            f"a time in {head.time.unit!r} is a required "
+            f"{' or '.join(_TIME_TYPES[head.time.unit])} field, "
+            f"not {time.type!r}",
+        )
     if isinstance(head.alerts, EpisodeAlerts):
         _check_episodes(ctx)
     if head.person is not None:
@@ -198,25 +228,32 @@ def _check_pii(ctx: feats.Context) -> None:
         for i, name in enumerate(pair):
             decl = ctx.field(name, f"stream.cell[{i}]")
             if decl.type != "float" or decl.pii not in (None, "cell"):
-                raise ctx.fail(f"stream.cell[{i}]", f"{name!r} must be a float field without "
-                                                    "another pii setting")
+                raise ctx.fail(
+                    f"stream.cell[{i}]",
+                    f"{name!r} must be a float field without another pii setting",
+                )
         if pair[0] == pair[1]:
             raise ctx.fail("stream.cell", "latitude and longitude are two fields")
     for name in marked:
         if pair is None or name not in pair:
             hint = ", ".join(f'"{n}"' for n in marked) if len(marked) == 2 else '"<lat>", "<lon>"'
-            raise ctx.fail(f"fields.{name}.pii", "pii = \"cell\" is for the latitude and "
-                                                 "longitude pair named, in that order, in "
-                                                 f"[stream] cell = [{hint}]")
+            raise ctx.fail(
+                f"fields.{name}.pii",
+                'pii = "cell" is for the latitude and '
+                "longitude pair named, in that order, in "
+                f"[stream] cell = [{hint}]",
+            )
     taken: dict[str, str] = {}
     for name, decl in ctx.fields.items():
         if decl.pii != "token":
             continue
         out = token_field(name, decl)
         if not FIELD_PATTERN.match(out):
-            raise ctx.fail(f"fields.{name}.token_field",
-                           f"{out!r} does not match {FIELD_PATTERN.pattern}")
+            raise ctx.fail(
+                f"fields.{name}.token_field", f"{out!r} does not match {FIELD_PATTERN.pattern}"
+            )
         if out in taken or out in ctx.fields or out in _ANON_TAKEN:
-            raise ctx.fail(f"fields.{name}.token_field",
-                           f"{out!r} is taken (by a field or another token)")
+            raise ctx.fail(
+                f"fields.{name}.token_field", f"{out!r} is taken (by a field or another token)"
+            )
         taken[out] = name

@@ -61,15 +61,19 @@ _ENVELOPE = {  # vs the vehicle model's catalogue entry
     "battery_v_low": ("battery_v_low", ("battery_v", "rpm", "speed_kmh", "model")),
 }
 _CARD = {  # the card's use across every vehicle and merchant
-    "card_uses_1m": ("card_number",), "card_uses_10m": ("card_number",),
-    "card_uses_1h": ("card_number",), "tiny_amounts_10m": ("card_number", "amount"),
+    "card_uses_1m": ("card_number",),
+    "card_uses_10m": ("card_number",),
+    "card_uses_1h": ("card_number",),
+    "tiny_amounts_10m": ("card_number", "amount"),
     "merchant_repeats_10m": ("card_number", "merchant_id"),
-    "card_vehicles_1h": ("card_number", "vin"), "card_since_last_s": ("card_number", "ts"),
+    "card_vehicles_1h": ("card_number", "vin"),
+    "card_since_last_s": ("card_number", "ts"),
     "card_travel_km": ("card_number", "lat", "lon"),
     "card_travel_kmh": ("card_number", "lat", "lon", "ts"),
 }
 _VEHICLE = {  # the payment against the paying vehicle's last telemetry
-    "vehicle_distance_km": ("vin", "lat", "lon"), "vehicle_fix_age_s": ("vin", "ts"),
+    "vehicle_distance_km": ("vin", "lat", "lon"),
+    "vehicle_fix_age_s": ("vin", "ts"),
     "vehicle_known": ("vin",),
 }
 _FUEL = {"fuel_tank_ratio": ("vin", "volume_l"), "fuel_fill_ratio": ("vin", "volume_l")}
@@ -77,12 +81,18 @@ _FUEL = {"fuel_tank_ratio": ("vin", "volume_l"), "fuel_fill_ratio": ("vin", "vol
 
 def _register_builtin() -> None:
     register(NamedTransform("tyre_min_dev", _TYRES, tel.cross_sensor, "tyre_min_dev_kpa"))
-    register(NamedTransform("accel_magnitude", ("accel_x_g", "accel_y_g", "accel_z_g"),
-                            tel.cross_sensor, "accel_g"))
+    register(
+        NamedTransform(
+            "accel_magnitude", ("accel_x_g", "accel_y_g", "accel_z_g"), tel.cross_sensor, "accel_g"
+        )
+    )
     for name, (output, reads) in _ENVELOPE.items():
         register(NamedTransform(name, reads, tel.envelope, output))
-    register(NamedTransform("amount_vs_driver", ("amount", "category", "driver_id"),
-                            pay.amount_features, "amount_z"))
+    register(
+        NamedTransform(
+            "amount_vs_driver", ("amount", "category", "driver_id"), pay.amount_features, "amount_z"
+        )
+    )
     for name, reads in _CARD.items():
         register(NamedTransform(name, reads, pay.card_features, name))
     for name, reads in _VEHICLE.items():

@@ -24,8 +24,13 @@ from shared.features.guard import BIG, fin, log1p_pos
 
 # Transforms over one value (a field, or a value derived by diff, ratio, spread, ref_ratio),
 # with the suffix the feature's name takes in the short form `field = ["value", "zscore"]`.
-PER_VALUE: dict[str, str] = {"value": "", "zscore": "_z", "rate": "_rate", "delta": "_delta",
-                             "stuck": "_stuck"}
+PER_VALUE: dict[str, str] = {
+    "value": "",
+    "zscore": "_z",
+    "rate": "_rate",
+    "delta": "_delta",
+    "stuck": "_stuck",
+}
 # Transforms deriving one value from several fields; `then` applies per-value ones to it.
 DERIVED = ("spread", "diff", "ratio", "ref_ratio")
 # Transforms of the device's event time alone.
@@ -69,8 +74,14 @@ class ZState(NamedTuple):
     var: float
 
 
-def zscore_step(state: ZState | None, x: float, alpha: float = 0.05, limit: float = 20.0,
-                floor: float = 0.05, typical_std: float = 1.0) -> tuple[float, ZState]:
+def zscore_step(
+    state: ZState | None,
+    x: float,
+    alpha: float = 0.05,
+    limit: float = 20.0,
+    floor: float = 0.05,
+    typical_std: float = 1.0,
+) -> tuple[float, ZState]:
     """How many deviations ``x`` is from the device's exponentially weighted mean (before
     ``x`` counts), clipped to +-limit. The variance starts at ``typical_std`` squared, and
     the deviation never goes below ``floor * typical_std`` so a flat-lining value cannot
@@ -91,8 +102,14 @@ class Last(NamedTuple):
     x: float  # the previous event's value
 
 
-def rate_step(state: Last | None, ts: float, x: float, limit: float = 50.0,
-              min_dt_s: float = 0.5, typical_std: float = 1.0) -> tuple[float, Last]:
+def rate_step(
+    state: Last | None,
+    ts: float,
+    x: float,
+    limit: float = 50.0,
+    min_dt_s: float = 0.5,
+    typical_std: float = 1.0,
+) -> tuple[float, Last]:
     """Change per second since the previous event, in units of ``typical_std``, clipped to
     +-limit. Events closer than ``min_dt_s`` (or out of order) count as ``min_dt_s`` apart."""
     if state is None:
@@ -125,8 +142,9 @@ def stuck_value(runs: Sequence[int], cap: float = 3600.0, scale: str = "linear")
     return scaled(float(max(runs, default=0)), scale, cap)
 
 
-def gap_step(last_ts: float | None, ts: float, cap: float = 86_400.0,
-             scale: str = "linear") -> tuple[float, float]:
+def gap_step(
+    last_ts: float | None, ts: float, cap: float = 86_400.0, scale: str = "linear"
+) -> tuple[float, float]:
     """Seconds since the device's previous event (0 for the first, and for one out of
     order), at most ``cap``. The state is the newest event time seen."""
     if last_ts is None:

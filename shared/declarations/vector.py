@@ -61,7 +61,7 @@ class Rounds:
         self.devices = list(index)
         order = np.argsort(rank, kind="stable")
         bounds = np.searchsorted(rank[order], np.arange(max(seen, default=0) + 1))
-        self.rows = [order[bounds[r]:bounds[r + 1]] for r in range(len(bounds) - 1)]
+        self.rows = [order[bounds[r] : bounds[r + 1]] for r in range(len(bounds) - 1)]
 
 
 class Batch:
@@ -72,8 +72,12 @@ class Batch:
         self._tokens: dict[tuple[str, Any], str] = {}
         stream = plan.stream
         self.n = len(events)
-        self.device = [self.token(plan._device_kind, getattr(e, stream.device.field))
-                       if plan._device_kind else getattr(e, stream.device.field) for e in events]
+        self.device = [
+            self.token(plan._device_kind, getattr(e, stream.device.field))
+            if plan._device_kind
+            else getattr(e, stream.device.field)
+            for e in events
+        ]
         self.ts = np.array([event_time(stream, e) for e in events], dtype=np.float64)
         self.rounds = Rounds(self.device)
         slots = [state_of(state, plan.state_key(d)) for d in self.rounds.devices]
@@ -105,7 +109,8 @@ class Batch:
         if col is None:
             values = [getattr(e, name) for e in self.events]
             col = self._cols[name] = np.array(
-                [_NAN if v is None else float(v) for v in values], dtype=np.float64)
+                [_NAN if v is None else float(v) for v in values], dtype=np.float64
+            )
         return col
 
     # --- features -------------------------------------------------------------------------
@@ -129,8 +134,9 @@ class Batch:
         matrix = np.floor(matrix * 1000 + 0.5) / 1000
         updates: dict[str, KeyState] = {}
         for d, device in enumerate(self.rounds.devices):
-            updates[self.plan.state_key(device)] = StreamState(tuple(
-                _slot(self.slots[i][d]) for i in range(len(stream.features))))
+            updates[self.plan.state_key(device)] = StreamState(
+                tuple(_slot(self.slots[i][d]) for i in range(len(stream.features)))
+            )
         return (self.wire(matrix) if wire else self.records(matrix)), updates
 
     def feature(self, i: int, f: Feature) -> F64:
@@ -142,8 +148,7 @@ class Batch:
             return np.array([tf.time_of_day(t)[pick] for t in self.ts.tolist()])
         if f.transform == "onehot":
             want = f.output
-            return np.array([1.0 if getattr(e, f.inputs[0]) == want else 0.0
-                             for e in self.events])
+            return np.array([1.0 if getattr(e, f.inputs[0]) == want else 0.0 for e in self.events])
         if f.transform == "stuck":
             return self.stuck(i, [self.column(n) for n in f.inputs], p, keep_missing=True)
         x = self.derived(f)
@@ -180,10 +185,16 @@ class Batch:
             else:
                 table, by = p["values"], p["by"]
                 keys = [getattr(e, by) for e in self.events]
-                ref = np.array([table.get(str(k).lower() if isinstance(k, bool) else str(k))
-                                or 0.0 for k in keys], dtype=np.float64)
-                raw = np.where(ref != 0, _fin(cols[0] / np.where(ref != 0, ref, 1.0)),
-                               float(p["missing"]))
+                ref = np.array(
+                    [
+                        table.get(str(k).lower() if isinstance(k, bool) else str(k)) or 0.0
+                        for k in keys
+                    ],
+                    dtype=np.float64,
+                )
+                raw = np.where(
+                    ref != 0, _fin(cols[0] / np.where(ref != 0, ref, 1.0)), float(p["missing"])
+                )
         return np.where(missing, np.nan, raw)
 
     def stateful(self, step: str, idxs: list[int], xs: list[F64]) -> F64:
@@ -191,9 +202,11 @@ class Batch:
         features = self.plan.stream.features
         x = np.stack(xs, axis=-1)
         state = np.stack([self.slots[i] for i in idxs], axis=1)  # device x feature x slot
-        p: dict[str, Any] = {k: np.array([float(features[i].params[k]) for i in idxs])
-             for k in ("alpha", "limit", "floor", "typical_std", "min_dt_s")
-             if k in features[idxs[0]].params}
+        p: dict[str, Any] = {
+            k: np.array([float(features[i].params[k]) for i in idxs])
+            for k in ("alpha", "limit", "floor", "typical_std", "min_dt_s")
+            if k in features[idxs[0]].params
+        }
         out = np.zeros_like(x)
         for rows in self.rounds.rows:
             d = self.rounds.device_of[rows]
@@ -204,8 +217,9 @@ class Batch:
             with np.errstate(all="ignore"):
                 if step == "zscore":
                     value, nxt = _zscore(s, xr, p)
-                    start = np.stack([np.ones_like(xr), xr,
-                                      np.broadcast_to(p["typical_std"] ** 2, xr.shape)], -1)
+                    start = np.stack(
+                        [np.ones_like(xr), xr, np.broadcast_to(p["typical_std"] ** 2, xr.shape)], -1
+                    )
                 elif step == "rate":
                     ts = np.broadcast_to(self.ts[rows][:, None], xr.shape)
                     value, nxt = _rate(s, ts, xr, p)
@@ -266,34 +280,63 @@ class Batch:
         """Everything a record holds, column by column."""
         plan, stream, events = self.plan, self.plan.stream, self.events
         n = self.n
-        token_cols = [(field, [None if v is None else self.token(kind, v)
-                               for v in (getattr(e, name) for e in events)])
-                      for name, kind, field in plan._tokens]
-        value_cols = [self._rounded(name) if is_float else [getattr(e, name) for e in events]
-                      for name, is_float in plan._values]
+        token_cols = [
+            (
+                field,
+                [
+                    None if v is None else self.token(kind, v)
+                    for v in (getattr(e, name) for e in events)
+                ],
+            )
+            for name, kind, field in plan._tokens
+        ]
+        value_cols = [
+            self._rounded(name) if is_float else [getattr(e, name) for e in events]
+            for name, is_float in plan._values
+        ]
         cells: list[str | None] = [None] * n
         if stream.cell is not None:
             lat, lon = stream.cell
-            cells = [None if (a := getattr(e, lat)) is None or (b := getattr(e, lon)) is None
-                     else cell(float(a), float(b)) for e in events]
+            cells = [
+                None
+                if (a := getattr(e, lat)) is None or (b := getattr(e, lon)) is None
+                else cell(float(a), float(b))
+                for e in events
+            ]
         if plan._key_kind:
             keys = [self.token(plan._key_kind, getattr(e, stream.anon_key)) for e in events]
         else:
             keys = [str(getattr(e, stream.anon_key)) for e in events]
-        return {"tokens": [{field: t for field, col in token_cols if (t := col[j]) is not None}
-                           for j in range(n)],
-                "values": list(zip(*value_cols, strict=True)) if value_cols else [()] * n,
-                "cells": cells, "keys": keys, "rows": matrix.tolist(), "ts": self.ts.tolist()}
+        return {
+            "tokens": [
+                {field: t for field, col in token_cols if (t := col[j]) is not None}
+                for j in range(n)
+            ],
+            "values": list(zip(*value_cols, strict=True)) if value_cols else [()] * n,
+            "cells": cells,
+            "keys": keys,
+            "rows": matrix.tolist(),
+            "ts": self.ts.tolist(),
+        }
 
     def records(self, matrix: F64) -> list[AnonRecord]:
         c, plan, name = self._columns_out(matrix), self.plan, self.plan.stream.name
         value_names = [v for v, _ in plan._values]
-        return [AnonRecord(schema=SCHEMA_VERSION, event_id=e.event_id, ts=c["ts"][j],
-                           stream=name, device=self.device[j], key=c["keys"][j],
-                           tokens=c["tokens"][j], cell=c["cells"][j],
-                           values=dict(zip(value_names, c["values"][j], strict=True)),
-                           features=dict(zip(plan.names, c["rows"][j], strict=True)))
-                for j, e in enumerate(self.events)]
+        return [
+            AnonRecord(
+                schema=SCHEMA_VERSION,
+                event_id=e.event_id,
+                ts=c["ts"][j],
+                stream=name,
+                device=self.device[j],
+                key=c["keys"][j],
+                tokens=c["tokens"][j],
+                cell=c["cells"][j],
+                values=dict(zip(value_names, c["values"][j], strict=True)),
+                features=dict(zip(plan.names, c["rows"][j], strict=True)),
+            )
+            for j, e in enumerate(self.events)
+        ]
 
     def wire(self, matrix: F64) -> list[tuple[str, bytes]]:
         """Each record's key and the bytes ``encode(record)`` gives, built from structs that
@@ -303,10 +346,26 @@ class Batch:
         kind = wire_types(self.plan)
         values, features = kind.values, kind.features
         encode = _json.encode
-        return [(c["keys"][j], encode(kind.record(
-            SCHEMA_VERSION, e.event_id, c["ts"][j], name, self.device[j], c["keys"][j],
-            c["tokens"][j], c["cells"][j], values(*c["values"][j]), features(*c["rows"][j]))))
-            for j, e in enumerate(self.events)]
+        return [
+            (
+                c["keys"][j],
+                encode(
+                    kind.record(
+                        SCHEMA_VERSION,
+                        e.event_id,
+                        c["ts"][j],
+                        name,
+                        self.device[j],
+                        c["keys"][j],
+                        c["tokens"][j],
+                        c["cells"][j],
+                        values(*c["values"][j]),
+                        features(*c["rows"][j]),
+                    )
+                ),
+            )
+            for j, e in enumerate(self.events)
+        ]
 
     def _rounded(self, name: str) -> list[float | None]:
         """A float field to 3 decimals, as Plan rounds it (None stays None)."""
@@ -333,7 +392,8 @@ def wire_types(plan: Plan) -> WireTypes:
         kinds = _wire_types[id(plan)] = WireTypes(
             msgspec.defstruct("_Wire", [(n, Any) for n in _WIRE]),
             msgspec.defstruct("_Values", [(n, Any) for n, _ in plan._values]),
-            msgspec.defstruct("_Features", [(n, float) for n in plan.names]))
+            msgspec.defstruct("_Features", [(n, float) for n in plan.names]),
+        )
     return kinds
 
 
@@ -362,7 +422,8 @@ def _width(f: Feature) -> int:
         return 2 * len(f.inputs)
     step = f.then or f.transform
     return {"zscore": 3, "rate": 2, "delta": 1, "stuck": 2}.get(
-        step, 1 if f.transform == "gap" else 0)
+        step, 1 if f.transform == "gap" else 0
+    )
 
 
 def _slot(row: F64) -> Slot:
@@ -371,9 +432,13 @@ def _slot(row: F64) -> Slot:
     return tuple(row.tolist())
 
 
-def anonymize_declared(items: Sequence[tuple[Any, Any]], state: Any, tok: Tokenizer,
-                       min_vector: int = 8, wire: bool = False
-                       ) -> tuple[list[Any], dict[str, KeyState]]:
+def anonymize_declared(
+    items: Sequence[tuple[Any, Any]],
+    state: Any,
+    tok: Tokenizer,
+    min_vector: int = 8,
+    wire: bool = False,
+) -> tuple[list[Any], dict[str, KeyState]]:
     """Every ``(spec, event)`` of declared streams in ``items``: their records in order
     (with ``wire``: each record's key and bytes instead) and the states they change. A stream with fewer than ``min_vector`` events in the batch goes
     event by event (numpy's per-call cost outweighs what it saves)."""
@@ -400,8 +465,9 @@ def anonymize_declared(items: Sequence[tuple[Any, Any]], state: Any, tok: Tokeni
     return records, updates
 
 
-def _one_by_one(plan: Plan, events: Sequence[Any], state: Any, tok: Tokenizer,
-                wire: bool = False) -> tuple[list[Any], dict[str, KeyState]]:
+def _one_by_one(
+    plan: Plan, events: Sequence[Any], state: Any, tok: Tokenizer, wire: bool = False
+) -> tuple[list[Any], dict[str, KeyState]]:
     changed: dict[str, StreamState] = {}
     out: list[Any] = []
     for e in events:

@@ -69,10 +69,15 @@ def _telemetry(event: Telemetry, state: Mapping[str, KeyState], tok: Tokenizer) 
     before: VehicleState | None = _get(state, key, VehicleState)
     reads, features, after = tel.telemetry_step(event, before)
     record = AnonTelemetry(
-        event_id=event.event_id, ts=event.ts, vehicle_token=vehicle_token,
-        driver_token=tok.token(DRIVER_ID, event.driver_id), model=event.model,
-        firmware=event.firmware, cell=cell(event.lat, event.lon),
-        readings=reads, features=features,  # telemetry_step rounds as it goes
+        event_id=event.event_id,
+        ts=event.ts,
+        vehicle_token=vehicle_token,
+        driver_token=tok.token(DRIVER_ID, event.driver_id),
+        model=event.model,
+        firmware=event.firmware,
+        cell=cell(event.lat, event.lon),
+        readings=reads,
+        features=features,  # telemetry_step rounds as it goes
     )
     return Anonymized(record, {key: after})
 
@@ -86,10 +91,18 @@ def _payment(event: Payment, state: Mapping[str, KeyState], tok: Tokenizer) -> A
     driver: DriverState | None = _get(state, driver_key, DriverState)
     vehicle: VehicleState | None = _get(state, state_key(VEHICLE, vehicle_token), VehicleState)
     record = AnonPayment(
-        event_id=event.event_id, ts=event.ts, card_token=card_token,
-        vehicle_token=vehicle_token, driver_token=driver_token, merchant_id=event.merchant_id,
-        mcc=event.mcc, category=event.category, amount=event.amount, currency=event.currency,
-        volume_l=event.volume_l, cell=cell(event.lat, event.lon),
+        event_id=event.event_id,
+        ts=event.ts,
+        card_token=card_token,
+        vehicle_token=vehicle_token,
+        driver_token=driver_token,
+        merchant_id=event.merchant_id,
+        mcc=event.mcc,
+        category=event.category,
+        amount=event.amount,
+        currency=event.currency,
+        volume_l=event.volume_l,
+        cell=cell(event.lat, event.lon),
         features=_rounded(pay.payment_features(event, card, driver, vehicle, vehicle_token)),
     )
     updates: dict[str, KeyState] = {
@@ -105,16 +118,18 @@ _BY_STREAM: dict[str, Callable[[Any, Mapping[str, KeyState], Tokenizer], Anonymi
 }
 
 
-def anonymize(spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState],
-              tokenizer: Tokenizer) -> Anonymized:
+def anonymize(
+    spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState], tokenizer: Tokenizer
+) -> Anonymized:
     """The anonymized record of ``event`` and the per-key states it changes.
 
     Neither ``event`` nor ``state`` is modified. Apply ``result.updates`` to the state before
     anonymizing the next event of the same vehicle, card or driver.
     """
     if not isinstance(event, spec.event):
-        raise FeatureError(f"stream {spec.name!r} takes {spec.event.__name__} events, "
-                           f"not {type(event).__name__}")
+        raise FeatureError(
+            f"stream {spec.name!r} takes {spec.event.__name__} events, not {type(event).__name__}"
+        )
     if spec.declaration is not None:
         return _declared(spec, event, state, tokenizer)
     fn = _BY_STREAM.get(spec.name)
@@ -137,8 +152,9 @@ def plan_of(spec: StreamSpec) -> Any:
     return plan
 
 
-def _declared(spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState],
-              tok: Tokenizer) -> Anonymized:
+def _declared(
+    spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState], tok: Tokenizer
+) -> Anonymized:
     from shared.declarations.anonymize import state_of
 
     plan = plan_of(spec)

@@ -53,8 +53,13 @@ _KEEP = 1.0 - tel.ALPHA
 _COOL = tel._COOLANT
 # Feature names of a warm frame, in the order telemetry_step inserts them.
 _ENVELOPE_NAMES = tuple(tel._NO_ENVELOPE)
-_CROSS_NAMES = ("tyre_spread_kpa", "tyre_min_dev_kpa", "coolant_minus_ambient_c",
-                "intake_minus_ambient_c", "accel_g")
+_CROSS_NAMES = (
+    "tyre_spread_kpa",
+    "tyre_min_dev_kpa",
+    "coolant_minus_ambient_c",
+    "intake_minus_ambient_c",
+    "accel_g",
+)
 _ZR_NAMES = tuple(n for pair in zip(tel._Z, tel._RATE, strict=True) for n in pair)
 _WARM_NAMES = tel.READINGS + _CROSS_NAMES + _ENVELOPE_NAMES + _ZR_NAMES
 _ALL_NAMES = (*_WARM_NAMES, "stuck_frames", "frame_gap_s", "history")
@@ -79,8 +84,18 @@ class BatchResult(NamedTuple):
 # (tests/unit/test_features_batch.py compares them), at half the cost of building dicts.
 _Readings = msgspec.defstruct("_Readings", [(n, float) for n in tel.READINGS])
 _Features = msgspec.defstruct("_Features", [(n, float) for n in _ALL_NAMES])
-_WIRE_FIELDS = ("schema", "event_id", "ts", "vehicle_token", "driver_token", "model",
-                "firmware", "cell", "readings", "features")
+_WIRE_FIELDS = (
+    "schema",
+    "event_id",
+    "ts",
+    "vehicle_token",
+    "driver_token",
+    "model",
+    "firmware",
+    "cell",
+    "readings",
+    "features",
+)
 _Wire = msgspec.defstruct("_Wire", [(n, Any) for n in _WIRE_FIELDS])
 _WIRE_OK = tuple(f.name for f in msgspec.structs.fields(AnonTelemetry)) == _WIRE_FIELDS
 _json = msgspec.json.Encoder()  # as shared.contracts.encode's
@@ -92,8 +107,11 @@ def _key(record: AnonTelemetry | AnonPayment | AnonRecord) -> str:
     return record.card_token if isinstance(record, AnonPayment) else record.vehicle_token
 
 
-def anonymize_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
-                    state: Mapping[str, KeyState], tokenizer: Tokenizer) -> BatchResult:
+def anonymize_batch(
+    items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+    state: Mapping[str, KeyState],
+    tokenizer: Tokenizer,
+) -> BatchResult:
     """Anonymize ``items`` in order as one sequence; ``state`` is read, never written."""
     tel_rows = [i for i, (spec, _) in enumerate(items) if spec.name == "telemetry"]
     if len(tel_rows) < MIN_VECTOR or len(tel_rows) + _payments(items) != len(items):
@@ -106,8 +124,11 @@ def anonymize_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
         return sequential_batch(items, state, tokenizer)
 
 
-def declared_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
-                   state: Mapping[str, KeyState], tokenizer: Tokenizer) -> BatchResult:
+def declared_batch(
+    items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+    state: Mapping[str, KeyState],
+    tokenizer: Tokenizer,
+) -> BatchResult:
     """Declared streams' events: the generic transforms vectorised over the batch
     (shared/declarations/vector.py), each record keyed by its ``key``."""
     from shared.declarations.vector import anonymize_declared
@@ -118,12 +139,14 @@ def declared_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
 
 
 def _payments(items: Sequence[tuple[StreamSpec, msgspec.Struct]]) -> int:
-    return sum(1 for spec, event in items
-               if spec.name == "payments" and isinstance(event, Payment))
+    return sum(1 for spec, event in items if spec.name == "payments" and isinstance(event, Payment))
 
 
-def sequential_batch(items: Sequence[tuple[StreamSpec, msgspec.Struct]],
-                     state: Mapping[str, KeyState], tokenizer: Tokenizer) -> BatchResult:
+def sequential_batch(
+    items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+    state: Mapping[str, KeyState],
+    tokenizer: Tokenizer,
+) -> BatchResult:
     """``anonymize`` event after event with the batch's own updates carried along (the
     declared streams' path, and the built-in streams' below MIN_VECTOR frames)."""
     overlay: dict[str, KeyState] = {}
@@ -174,8 +197,13 @@ def _clip(x: np.ndarray, limit: float) -> np.ndarray:
 class _Batch:
     """One batch's vectorised telemetry pass, then its payments in order."""
 
-    def __init__(self, items: Sequence[tuple[StreamSpec, msgspec.Struct]], tel_rows: list[int],
-                 state: Mapping[str, KeyState], tok: Tokenizer) -> None:
+    def __init__(
+        self,
+        items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+        tel_rows: list[int],
+        state: Mapping[str, KeyState],
+        tok: Tokenizer,
+    ) -> None:
         self.items, self.tel_rows, self.state, self.tok = items, tel_rows, state, tok
         self.records: list[Any] = [None] * len(items)
 
@@ -192,8 +220,11 @@ class _Batch:
         for slot, key in enumerate(self.keys):
             updates[key] = self._materialize(slot)
         self._payments(updates)
-        wire = self._iter_wire(events) if _WIRE_OK else (
-            (_key(r), _json.encode(r)) for r in self._iter_records(events))
+        wire = (
+            self._iter_wire(events)
+            if _WIRE_OK
+            else ((_key(r), _json.encode(r)) for r in self._iter_records(events))
+        )
         return BatchResult(self._iter_records(events), updates, wire)
 
     # --- grouping --------------------------------------------------------------------
@@ -254,11 +285,22 @@ class _Batch:
         tmin = np.minimum(np.minimum(np.minimum(t[0], t[1]), t[2]), t[3])
         coolant, ambient = values[:, _IDX["coolant_c"]], values[:, _IDX["ambient_c"]]
         # Python's ** (libm pow) and numpy's square differ in the last bit now and then.
-        accel = [math.sqrt(min(1e4, ax ** 2) + min(1e4, ay ** 2) + min(1e4, az ** 2))
-                 for ax, ay, az in values[:, _ACCEL].tolist()]
-        self.cross = _round(np.stack([
-            _fin(tmax - tmin), _fin(tmin - total / 4), _fin(coolant - ambient),
-            _fin(values[:, _IDX["intake_c"]] - ambient), np.array(accel, dtype=_F)], axis=1))
+        accel = [
+            math.sqrt(min(1e4, ax**2) + min(1e4, ay**2) + min(1e4, az**2))
+            for ax, ay, az in values[:, _ACCEL].tolist()
+        ]
+        self.cross = _round(
+            np.stack(
+                [
+                    _fin(tmax - tmin),
+                    _fin(tmin - total / 4),
+                    _fin(coolant - ambient),
+                    _fin(values[:, _IDX["intake_c"]] - ambient),
+                    np.array(accel, dtype=_F),
+                ],
+                axis=1,
+            )
+        )
         facts = [model_envelope(ev.model) for ev in events]
         known = np.array([f is not None for f in facts])
         spec = np.array([f if f is not None else (0.0, 1.0, 0.0) for f in facts], dtype=_F)
@@ -268,11 +310,16 @@ class _Batch:
         low = np.where(running, battery_lo, tel.REST_FLOOR_V) - values[:, _IDX["battery_v"]]
         self.known = known
         # Columns: over thermostat, (hot trend: filled per round), mean ratio, min ratio, low.
-        self.envelope = np.stack([
-            np.where(known, _fin(self.over, 0.0, 500.0), 0.0), np.zeros(len(events)),
-            np.where(known, _fin(total / 4 / tyre_kpa, 0.0, 10.0), 1.0),
-            np.where(known, _fin(tmin / tyre_kpa, 0.0, 10.0), 1.0),
-            np.where(known, _fin(low, 0.0, 100.0), 0.0)], axis=1)
+        self.envelope = np.stack(
+            [
+                np.where(known, _fin(self.over, 0.0, 500.0), 0.0),
+                np.zeros(len(events)),
+                np.where(known, _fin(total / 4 / tyre_kpa, 0.0, 10.0), 1.0),
+                np.where(known, _fin(tmin / tyre_kpa, 0.0, 10.0), 1.0),
+                np.where(known, _fin(low, 0.0, 100.0), 0.0),
+            ],
+            axis=1,
+        )
         self.ts = np.array([ev.ts for ev in events], dtype=_F)
         self.fuel = _fin(raw[:, _IDX["fuel_pct"]], 0.0, 100.0)
 
@@ -308,11 +355,18 @@ class _Batch:
 
     def _materialize(self, slot: int) -> VehicleState:
         return VehicleState(
-            n=self.n[slot], ts=float(self.s_ts[slot]), mean=tuple(self.mean[slot].tolist()),
-            var=tuple(self.var[slot].tolist()), last=tuple(self.last[slot].tolist()),
-            same=tuple(self.same[slot].tolist()), lat=self.lat[slot], lon=self.lon[slot],
-            model=self.model[slot], fuel_pct=float(self.s_fuel[slot]),
-            coolant_trend=float(self.trend[slot]))
+            n=self.n[slot],
+            ts=float(self.s_ts[slot]),
+            mean=tuple(self.mean[slot].tolist()),
+            var=tuple(self.var[slot].tolist()),
+            last=tuple(self.last[slot].tolist()),
+            same=tuple(self.same[slot].tolist()),
+            lat=self.lat[slot],
+            lon=self.lon[slot],
+            model=self.model[slot],
+            fuel_pct=float(self.s_fuel[slot]),
+            coolant_trend=float(self.trend[slot]),
+        )
 
     # --- one round: each vehicle's next frame ------------------------------------------
 
@@ -326,7 +380,12 @@ class _Batch:
             if not len(rows):
                 return
         xs, ts = self.xs[rows], self.ts[rows]
-        mean, var, last, same = self.mean[slots], self.var[slots], self.last[slots], self.same[slots]
+        mean, var, last, same = (
+            self.mean[slots],
+            self.var[slots],
+            self.last[slots],
+            self.same[slots],
+        )
         s_ts = self.s_ts[slots]
         gap = ts - s_ts
         dt = np.where(gap > tel.MIN_DT_S, gap, tel.MIN_DT_S)
@@ -357,18 +416,28 @@ class _Batch:
         self.s_fuel[slots] = np.where(newer, self.fuel[rows], self.s_fuel[slots])
         self.trend[slots] = trend
         rows_l = rows.tolist()
-        logs = self._advance(events, rows_l, slots.tolist(), gap.tolist(), stuck.tolist(),
-                             newer.tolist())
+        logs = self._advance(
+            events, rows_l, slots.tolist(), gap.tolist(), stuck.tolist(), newer.tolist()
+        )
         # Kept as one compact float64 table per round; records are built as they are read.
         table_id = len(self.tables)
-        self.tables.append(np.concatenate(
-            [self.values[rows], self.cross[rows], _round(env), zr, np.array(logs)], axis=1))
+        self.tables.append(
+            np.concatenate(
+                [self.values[rows], self.cross[rows], _round(env), zr, np.array(logs)], axis=1
+            )
+        )
         for pos, j in enumerate(rows_l):
             self.where[j] = (table_id, pos)
 
-    def _advance(self, events: list[Telemetry], rows: list[int], slots: list[int],
-                 gaps: list[float], stuck: list[int], newer: list[bool]
-                 ) -> list[tuple[float, float, float]]:
+    def _advance(
+        self,
+        events: list[Telemetry],
+        rows: list[int],
+        slots: list[int],
+        gaps: list[float],
+        stuck: list[int],
+        newer: list[bool],
+    ) -> list[tuple[float, float, float]]:
         """Per frame: the log-scaled features (math.log1p, as the scalar code) and the
         vehicle's count and position after it."""
         n_of, lat, lon, model, seen = self.n, self.lat, self.lon, self.model, self.seen_by_payment
@@ -381,8 +450,9 @@ class _Batch:
             g = gap_log.get(gap)
             if g is None:
                 g = gap_log[gap] = _log_round(gap, 86_400.0)
-            logs.append((_STUCK_LOG[n_stuck], g,
-                         _floor(_log1p(n if n < 1e9 else 1e9) * 1000 + 0.5) / 1000))
+            logs.append(
+                (_STUCK_LOG[n_stuck], g, _floor(_log1p(n if n < 1e9 else 1e9) * 1000 + 0.5) / 1000)
+            )
             if is_newer:
                 lat[slot], lon[slot] = ev.lat, ev.lon
             model[slot] = ev.model
@@ -404,11 +474,16 @@ class _Batch:
             feats = tables[table_id][pos].tolist()
             ev = events[j]
             yield AnonTelemetry(
-                event_id=ev.event_id, ts=ev.ts, vehicle_token=tokens[j],
-                driver_token=token(DRIVER_ID, ev.driver_id), model=ev.model,
-                firmware=ev.firmware, cell=cell(ev.lat, ev.lon),
+                event_id=ev.event_id,
+                ts=ev.ts,
+                vehicle_token=tokens[j],
+                driver_token=token(DRIVER_ID, ev.driver_id),
+                model=ev.model,
+                firmware=ev.firmware,
+                cell=cell(ev.lat, ev.lon),
                 readings=dict(zip(tel.READINGS, feats, strict=False)),
-                features=dict(zip(_ALL_NAMES, feats, strict=True)))
+                features=dict(zip(_ALL_NAMES, feats, strict=True)),
+            )
 
     def _cold_frame(self, events: list[Telemetry], j: int) -> None:
         """A vehicle's very first frame goes through the scalar code."""
@@ -420,12 +495,20 @@ class _Batch:
         if j in self.seen_by_payment:
             self.seen_by_payment[j] = after
 
-    def _emit(self, ev: Telemetry, j: int, reads: dict[str, float],
-              features: dict[str, float]) -> None:
+    def _emit(
+        self, ev: Telemetry, j: int, reads: dict[str, float], features: dict[str, float]
+    ) -> None:
         self.records[self.tel_rows[j]] = AnonTelemetry(
-            event_id=ev.event_id, ts=ev.ts, vehicle_token=self.tokens[j],
-            driver_token=self.tok.token(DRIVER_ID, ev.driver_id), model=ev.model,
-            firmware=ev.firmware, cell=cell(ev.lat, ev.lon), readings=reads, features=features)
+            event_id=ev.event_id,
+            ts=ev.ts,
+            vehicle_token=self.tokens[j],
+            driver_token=self.tok.token(DRIVER_ID, ev.driver_id),
+            model=ev.model,
+            firmware=ev.firmware,
+            cell=cell(ev.lat, ev.lon),
+            readings=reads,
+            features=features,
+        )
 
     def _iter_wire(self, events: list[Telemetry]) -> Iterator[tuple[str, bytes]]:
         token, tokens, tables, where = self.tok.token, self.tokens, self.tables, self.where
@@ -439,10 +522,23 @@ class _Batch:
             table_id, pos = where[j]
             feats = tables[table_id][pos].tolist()
             ev = events[j]
-            yield tokens[j], encode(_Wire(
-                SCHEMA_VERSION, ev.event_id, ev.ts, tokens[j], token(DRIVER_ID, ev.driver_id),
-                ev.model, ev.firmware, cell(ev.lat, ev.lon), _Readings(*feats[:n_read]),
-                _Features(*feats)))
+            yield (
+                tokens[j],
+                encode(
+                    _Wire(
+                        SCHEMA_VERSION,
+                        ev.event_id,
+                        ev.ts,
+                        tokens[j],
+                        token(DRIVER_ID, ev.driver_id),
+                        ev.model,
+                        ev.firmware,
+                        cell(ev.lat, ev.lon),
+                        _Readings(*feats[:n_read]),
+                        _Features(*feats),
+                    )
+                ),
+            )
 
     # --- payments, in batch order ------------------------------------------------------
 
@@ -454,8 +550,9 @@ class _Batch:
                 continue
             vkey = state_key(VEHICLE, self.tok.token(VIN, event.vin))  # type: ignore[attr-defined]
             j = self.payment_view.get(i)
-            view: dict[str, Any] = {vkey: self.seen_by_payment[j] if j is not None
-                                    else self.state.get(vkey)}
+            view: dict[str, Any] = {
+                vkey: self.seen_by_payment[j] if j is not None else self.state.get(vkey)
+            }
             result = _payment(event, _Overlay(own, _Overlay(view, self.state)), self.tok)  # type: ignore[arg-type]
             own.update(result.updates)
             self.records[i] = result.record

@@ -42,8 +42,11 @@ def amount_features(event: Payment, driver: DriverState | None) -> dict[str, flo
 def position_features(event: Payment, vehicle: VehicleState | None) -> dict[str, float]:
     """How far the payment is from where the vehicle last reported itself."""
     if vehicle is None:
-        return {"vehicle_distance_km": 0.0, "vehicle_fix_age_s": log1p_pos(NEVER_S),
-                "vehicle_known": 0.0}
+        return {
+            "vehicle_distance_km": 0.0,
+            "vehicle_fix_age_s": log1p_pos(NEVER_S),
+            "vehicle_known": 0.0,
+        }
     return {
         "vehicle_distance_km": fin(haversine_km(event.lat, event.lon, vehicle.lat, vehicle.lon)),
         "vehicle_fix_age_s": log1p_pos(abs(event.ts - vehicle.ts), NEVER_S),
@@ -66,8 +69,12 @@ def card_features(event: Payment, card: CardState | None, vehicle_token: str) ->
     vehicles.add(vehicle_token)
     out["card_vehicles_1h"] = float(len(vehicles))
     if card is None:
-        out.update(card_since_last_s=log1p_pos(NEVER_S), card_travel_km=0.0,
-                   card_travel_kmh=0.0, card_history=0.0)
+        out.update(
+            card_since_last_s=log1p_pos(NEVER_S),
+            card_travel_km=0.0,
+            card_travel_kmh=0.0,
+            card_history=0.0,
+        )
         return out
     dt = abs(event.ts - card.last_ts)
     km = haversine_km(event.lat, event.lon, card.last_lat, card.last_lon)
@@ -85,16 +92,23 @@ def fuel_features(event: Payment, vehicle: VehicleState | None) -> dict[str, flo
     if volume is None or tank is None or vehicle is None:
         return {"fuel_tank_ratio": 0.0, "fuel_fill_ratio": 0.0}
     room = max(1.0, tank * (1.0 - vehicle.fuel_pct / 100.0))
-    return {"fuel_tank_ratio": fin(volume / tank, 0.0, 50.0),
-            "fuel_fill_ratio": fin(volume / room, 0.0, 50.0)}
+    return {
+        "fuel_tank_ratio": fin(volume / tank, 0.0, 50.0),
+        "fuel_fill_ratio": fin(volume / room, 0.0, 50.0),
+    }
 
 
 def category_onehot(event: Payment) -> dict[str, float]:
     return {f"cat_{c}": 1.0 if event.category == c else 0.0 for c in CATEGORIES}
 
 
-def payment_features(event: Payment, card: CardState | None, driver: DriverState | None,
-                     vehicle: VehicleState | None, vehicle_token: str) -> dict[str, float]:
+def payment_features(
+    event: Payment,
+    card: CardState | None,
+    driver: DriverState | None,
+    vehicle: VehicleState | None,
+    vehicle_token: str,
+) -> dict[str, float]:
     """Every payment feature, given the states before this payment."""
     out = amount_features(event, driver)
     out.update(position_features(event, vehicle))
@@ -105,18 +119,24 @@ def payment_features(event: Payment, card: CardState | None, driver: DriverState
 
 
 def update_card(card: CardState | None, event: Payment, vehicle_token: str) -> CardState:
-    use = CardUse(ts=event.ts, amount=fin(event.amount, 0.0), merchant=event.merchant_id,
-                  vehicle=vehicle_token)
+    use = CardUse(
+        ts=event.ts,
+        amount=fin(event.amount, 0.0),
+        merchant=event.merchant_id,
+        vehicle=vehicle_token,
+    )
     if card is None:
-        return CardState(n=1, last_ts=event.ts, last_lat=event.lat, last_lon=event.lon,
-                         recent=(use,))
+        return CardState(
+            n=1, last_ts=event.ts, last_lat=event.lat, last_lon=event.lon, recent=(use,)
+        )
     horizon = max(card.last_ts, event.ts) - KEEP_S
     kept = [u for u in card.recent if u.ts >= horizon]
     kept.append(use)
     kept.sort(key=lambda u: u.ts)
     newer = event.ts >= card.last_ts
     return CardState(
-        n=card.n + 1, last_ts=event.ts if newer else card.last_ts,
+        n=card.n + 1,
+        last_ts=event.ts if newer else card.last_ts,
         last_lat=event.lat if newer else card.last_lat,
         last_lon=event.lon if newer else card.last_lon,
         recent=tuple(kept[-MAX_RECENT:]),

@@ -20,14 +20,24 @@ if TYPE_CHECKING:  # numpy is imported where vectors are built: the enricher nev
 FEATURE_SPEC_VERSION = "fs3"
 
 _SENSOR_NAMES = {
-    "speed_kmh": "Speed", "rpm": "Engine speed (rpm)", "gear": "Gear",
-    "coolant_c": "Coolant temperature", "intake_c": "Intake air temperature",
-    "oil_kpa": "Oil pressure", "battery_v": "Battery voltage", "soc_pct": "Battery charge",
-    "tyre_fl_kpa": "Front-left tyre pressure", "tyre_fr_kpa": "Front-right tyre pressure",
-    "tyre_rl_kpa": "Rear-left tyre pressure", "tyre_rr_kpa": "Rear-right tyre pressure",
-    "fuel_pct": "Fuel level", "odometer_km": "Odometer",
-    "accel_x_g": "Longitudinal acceleration", "accel_y_g": "Lateral acceleration",
-    "accel_z_g": "Vertical acceleration", "ambient_c": "Ambient temperature",
+    "speed_kmh": "Speed",
+    "rpm": "Engine speed (rpm)",
+    "gear": "Gear",
+    "coolant_c": "Coolant temperature",
+    "intake_c": "Intake air temperature",
+    "oil_kpa": "Oil pressure",
+    "battery_v": "Battery voltage",
+    "soc_pct": "Battery charge",
+    "tyre_fl_kpa": "Front-left tyre pressure",
+    "tyre_fr_kpa": "Front-right tyre pressure",
+    "tyre_rl_kpa": "Rear-left tyre pressure",
+    "tyre_rr_kpa": "Rear-right tyre pressure",
+    "fuel_pct": "Fuel level",
+    "odometer_km": "Odometer",
+    "accel_x_g": "Longitudinal acceleration",
+    "accel_y_g": "Lateral acceleration",
+    "accel_z_g": "Vertical acceleration",
+    "ambient_c": "Ambient temperature",
 }
 
 _TELEMETRY_OTHER = {
@@ -102,8 +112,9 @@ def model_features(stream: str) -> list[str]:
     try:
         return list(_MODEL_FEATURES[stream])
     except KeyError:
-        raise ConfigError(f"no feature spec for stream {stream!r}; known: "
-                          f"{sorted(_MODEL_FEATURES)}") from None
+        raise ConfigError(
+            f"no feature spec for stream {stream!r}; known: {sorted(_MODEL_FEATURES)}"
+        ) from None
 
 
 # Nominal seconds between two frames of a vehicle (the simulator's and the fleet's 1 Hz).
@@ -139,8 +150,7 @@ def feature_vector(stream: str, record: Any) -> npt.NDArray[np.float32]:
     import numpy as np
 
     feats = _features_of(record)
-    return np.array([feats.get(n, 0.0) for n in _names(stream)],
-                    dtype=np.float32)
+    return np.array([feats.get(n, 0.0) for n in _names(stream)], dtype=np.float32)
 
 
 def feature_matrix(stream: str, records: Iterable[Any]) -> npt.NDArray[np.float32]:

@@ -15,24 +15,58 @@ from shared.features.guard import BIG, fin, log1p_pos
 from shared.features.state import VehicleState
 
 READINGS = (
-    "speed_kmh", "rpm", "gear", "coolant_c", "intake_c", "oil_kpa", "battery_v", "soc_pct",
-    "tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa", "tyre_rr_kpa", "fuel_pct", "odometer_km",
-    "accel_x_g", "accel_y_g", "accel_z_g", "ambient_c",
+    "speed_kmh",
+    "rpm",
+    "gear",
+    "coolant_c",
+    "intake_c",
+    "oil_kpa",
+    "battery_v",
+    "soc_pct",
+    "tyre_fl_kpa",
+    "tyre_fr_kpa",
+    "tyre_rl_kpa",
+    "tyre_rr_kpa",
+    "fuel_pct",
+    "odometer_km",
+    "accel_x_g",
+    "accel_y_g",
+    "accel_z_g",
+    "ambient_c",
 )
 # Sensors with per-vehicle rolling statistics, and a typical spread for each: the prior
 # deviation before a vehicle has history, and a floor so a flat-lining sensor cannot make
 # the z-score explode.
 ROLLING = (
-    "speed_kmh", "rpm", "coolant_c", "intake_c", "oil_kpa", "battery_v", "soc_pct",
-    "tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa", "tyre_rr_kpa", "fuel_pct", "ambient_c",
+    "speed_kmh",
+    "rpm",
+    "coolant_c",
+    "intake_c",
+    "oil_kpa",
+    "battery_v",
+    "soc_pct",
+    "tyre_fl_kpa",
+    "tyre_fr_kpa",
+    "tyre_rl_kpa",
+    "tyre_rr_kpa",
+    "fuel_pct",
+    "ambient_c",
 )
 PRIOR_STD = (20.0, 800.0, 5.0, 5.0, 50.0, 0.3, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 3.0)
 MIN_STD = tuple(s * 0.05 for s in PRIOR_STD)
 PRIOR_VAR = tuple(s * s for s in PRIOR_STD)
 # Sensors whose analogue noise makes exact repeats rare: a run of identical values means stuck.
 # Oil pressure is not one: it reads exactly 0 whenever the engine is off (and always on an EV).
-NOISY = ("coolant_c", "intake_c", "battery_v", "tyre_fl_kpa", "tyre_fr_kpa",
-         "tyre_rl_kpa", "tyre_rr_kpa", "ambient_c")
+NOISY = (
+    "coolant_c",
+    "intake_c",
+    "battery_v",
+    "tyre_fl_kpa",
+    "tyre_fr_kpa",
+    "tyre_rl_kpa",
+    "tyre_rr_kpa",
+    "ambient_c",
+)
 _IS_NOISY = tuple(s in NOISY for s in ROLLING)
 ALPHA = 0.05  # EWMA weight: about the last 20 frames
 # Frames until a reading's weight in the rolling mean has decayed below 5 %: how long the
@@ -57,8 +91,13 @@ _rolling_of = attrgetter(*ROLLING)
 _Z = tuple(f"{s}_z" for s in ROLLING)
 _RATE = tuple(f"{s}_rate" for s in ROLLING)
 _ROLLING_IDX = tuple(READINGS.index(s) for s in ROLLING)
-_COLD = {**{n: 0.0 for n in _Z}, **{n: 0.0 for n in _RATE},
-         "stuck_frames": 0.0, "frame_gap_s": 0.0, "history": 0.0}
+_COLD = {
+    **{n: 0.0 for n in _Z},
+    **{n: 0.0 for n in _RATE},
+    "stuck_frames": 0.0,
+    "frame_gap_s": 0.0,
+    "history": 0.0,
+}
 
 
 _floor = math.floor
@@ -87,8 +126,11 @@ def cross_sensor(event: Telemetry) -> dict[str, float]:
 
 def _cross(r: dict[str, float]) -> dict[str, float]:
     tyres = (r["tyre_fl_kpa"], r["tyre_fr_kpa"], r["tyre_rl_kpa"], r["tyre_rr_kpa"])
-    accel = math.sqrt(min(1e4, r["accel_x_g"] ** 2) + min(1e4, r["accel_y_g"] ** 2)
-                      + min(1e4, r["accel_z_g"] ** 2))
+    accel = math.sqrt(
+        min(1e4, r["accel_x_g"] ** 2)
+        + min(1e4, r["accel_y_g"] ** 2)
+        + min(1e4, r["accel_z_g"] ** 2)
+    )
     return {
         "tyre_spread_kpa": fin(max(tyres) - min(tyres)),
         "tyre_min_dev_kpa": fin(min(tyres) - sum(tyres) / 4),
@@ -110,8 +152,13 @@ def _trend(coolant: float, ts: float, state: VehicleState | None) -> float:
     return TREND_LIMIT if trend > TREND_LIMIT else -TREND_LIMIT if trend < -TREND_LIMIT else trend
 
 
-_NO_ENVELOPE = {"coolant_over_thermostat_c": 0.0, "coolant_hot_trend": 0.0,
-                "tyre_mean_ratio": 1.0, "tyre_min_ratio": 1.0, "battery_v_low": 0.0}
+_NO_ENVELOPE = {
+    "coolant_over_thermostat_c": 0.0,
+    "coolant_hot_trend": 0.0,
+    "tyre_mean_ratio": 1.0,
+    "tyre_min_ratio": 1.0,
+    "battery_v_low": 0.0,
+}
 
 
 def _envelope(r: dict[str, float], model: str, trend: float) -> dict[str, float]:
@@ -149,13 +196,25 @@ def _rolling(xs: list[float], ts: float, state: VehicleState | None) -> dict[str
     inv_dt = 1.0 / (gap if gap > MIN_DT_S else MIN_DT_S)
     stuck = 0
     for zname, rname, x, mean, var, last, same, min_std, prior, noisy in zip(
-            _Z, _RATE, xs, state.mean, state.var, state.last, state.same, MIN_STD, PRIOR_STD,
-            _IS_NOISY, strict=True):
+        _Z,
+        _RATE,
+        xs,
+        state.mean,
+        state.var,
+        state.last,
+        state.same,
+        MIN_STD,
+        PRIOR_STD,
+        _IS_NOISY,
+        strict=True,
+    ):
         std = math.sqrt(var)
         z = (x - mean) / (std if std > min_std else min_std)
         out[zname] = Z_LIMIT if z > Z_LIMIT else -Z_LIMIT if z < -Z_LIMIT else z
         rate = (x - last) * inv_dt / prior
-        out[rname] = RATE_LIMIT if rate > RATE_LIMIT else -RATE_LIMIT if rate < -RATE_LIMIT else rate
+        out[rname] = (
+            RATE_LIMIT if rate > RATE_LIMIT else -RATE_LIMIT if rate < -RATE_LIMIT else rate
+        )
         if noisy and x == last and same + 1 > stuck:
             stuck = same + 1
     out["stuck_frames"] = log1p_pos(stuck, STUCK_CAP)
@@ -172,13 +231,24 @@ def rolling(event: Telemetry, state: VehicleState | None) -> dict[str, float]:
 def _update(xs: list[float], event: Telemetry, state: VehicleState | None) -> VehicleState:
     fuel = fin(event.fuel_pct, 0.0, 100.0)
     if state is None:
-        return VehicleState(n=1, ts=event.ts, mean=tuple(xs), var=PRIOR_VAR, last=tuple(xs),
-                            same=(0,) * len(ROLLING), lat=event.lat, lon=event.lon,
-                            model=event.model, fuel_pct=fuel, coolant_trend=0.0)
+        return VehicleState(
+            n=1,
+            ts=event.ts,
+            mean=tuple(xs),
+            var=PRIOR_VAR,
+            last=tuple(xs),
+            same=(0,) * len(ROLLING),
+            lat=event.lat,
+            lon=event.lon,
+            model=event.model,
+            fuel_pct=fuel,
+            coolant_trend=0.0,
+        )
     means, vars_, same = [], [], []
     keep = 1.0 - ALPHA
-    for x, mean, var, last, n_same in zip(xs, state.mean, state.var, state.last, state.same,
-                                          strict=True):
+    for x, mean, var, last, n_same in zip(
+        xs, state.mean, state.var, state.last, state.same, strict=True
+    ):
         diff = x - mean
         incr = ALPHA * diff
         means.append(mean + incr)
@@ -188,10 +258,16 @@ def _update(xs: list[float], event: Telemetry, state: VehicleState | None) -> Ve
     # Out-of-order frames update the statistics but never move time or position backwards.
     newer = event.ts >= state.ts
     return VehicleState(
-        n=state.n + 1, ts=event.ts if newer else state.ts, mean=tuple(means),
-        var=tuple(vars_), last=tuple(xs), same=tuple(same),
-        lat=event.lat if newer else state.lat, lon=event.lon if newer else state.lon,
-        model=event.model, fuel_pct=fuel if newer else state.fuel_pct,
+        n=state.n + 1,
+        ts=event.ts if newer else state.ts,
+        mean=tuple(means),
+        var=tuple(vars_),
+        last=tuple(xs),
+        same=tuple(same),
+        lat=event.lat if newer else state.lat,
+        lon=event.lon if newer else state.lon,
+        model=event.model,
+        fuel_pct=fuel if newer else state.fuel_pct,
         coolant_trend=_trend(xs[_COOLANT], event.ts, state),
     )
 
@@ -206,8 +282,9 @@ def telemetry_features(event: Telemetry, state: VehicleState | None) -> dict[str
     return telemetry_step(event, state)[1]
 
 
-def telemetry_step(event: Telemetry, state: VehicleState | None
-                   ) -> tuple[dict[str, float], dict[str, float], VehicleState]:
+def telemetry_step(
+    event: Telemetry, state: VehicleState | None
+) -> tuple[dict[str, float], dict[str, float], VehicleState]:
     """(readings, features, new state) in one pass over the frame: the hot path.
 
     Gives the same numbers as :func:`readings`, :func:`cross_sensor`, :func:`rolling` and
@@ -231,8 +308,18 @@ def telemetry_step(event: Telemetry, state: VehicleState | None
     means, vars_, same = [], [], []
     keep = 1.0 - ALPHA
     for zname, rname, x, mean, var, last, n_same, min_std, prior, noisy in zip(
-            _Z, _RATE, xs, state.mean, state.var, state.last, state.same, MIN_STD, PRIOR_STD,
-            _IS_NOISY, strict=True):
+        _Z,
+        _RATE,
+        xs,
+        state.mean,
+        state.var,
+        state.last,
+        state.same,
+        MIN_STD,
+        PRIOR_STD,
+        _IS_NOISY,
+        strict=True,
+    ):
         std = math.sqrt(var)
         diff = x - mean
         z = diff / (std if std > min_std else min_std)
@@ -258,9 +345,16 @@ def telemetry_step(event: Telemetry, state: VehicleState | None
     newer = event.ts >= state.ts
     fuel = fin(event.fuel_pct, 0.0, 100.0)
     after = VehicleState(
-        n=state.n + 1, ts=event.ts if newer else state.ts, mean=tuple(means),
-        var=tuple(vars_), last=tuple(xs), same=tuple(same),
-        lat=event.lat if newer else state.lat, lon=event.lon if newer else state.lon,
-        model=event.model, fuel_pct=fuel if newer else state.fuel_pct, coolant_trend=trend,
+        n=state.n + 1,
+        ts=event.ts if newer else state.ts,
+        mean=tuple(means),
+        var=tuple(vars_),
+        last=tuple(xs),
+        same=tuple(same),
+        lat=event.lat if newer else state.lat,
+        lon=event.lon if newer else state.lon,
+        model=event.model,
+        fuel_pct=fuel if newer else state.fuel_pct,
+        coolant_trend=trend,
     )
     return reads, features, after

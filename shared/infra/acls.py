@@ -37,18 +37,26 @@ Grant = tuple[str, str, str, tuple[str, ...]]
 
 _STATE = ("CREATE", "READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS")
 # Readers' groups are all named fleetsentry-*: none can join a gateway's MirrorMaker group.
-_READER = (("TOPIC", "*", "literal", ("READ", "DESCRIBE", "DESCRIBE_CONFIGS")),
-           ("GROUP", "fleetsentry-", "prefixed", ("READ", "DESCRIBE")))
+_READER = (
+    ("TOPIC", "*", "literal", ("READ", "DESCRIBE", "DESCRIBE_CONFIGS")),
+    ("GROUP", "fleetsentry-", "prefixed", ("READ", "DESCRIBE")),
+)
 
 
 def gateway_grants(edge_id: str) -> list[Grant]:
     """What gateway ``edge_id``'s MirrorMaker needs in the cloud, and nothing more."""
     group = f"{edge_id}-mm2"  # MirrorMaker's worker group for the <edge_id> -> cloud flow
-    state = [("TOPIC", f"mm2-{store}.{edge_id}.internal", "literal", _STATE)
-             for store in ("configs", "offsets", "status")]
+    state = [
+        ("TOPIC", f"mm2-{store}.{edge_id}.internal", "literal", _STATE)
+        for store in ("configs", "offsets", "status")
+    ]
     return [
-        ("TOPIC", f"{edge_id}.", "prefixed",
-         ("CREATE", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS")),
+        (
+            "TOPIC",
+            f"{edge_id}.",
+            "prefixed",
+            ("CREATE", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"),
+        ),
         *state,
         ("TOPIC", topics.MODELS, "literal", ("READ", "DESCRIBE", "DESCRIBE_CONFIGS")),
         ("GROUP", group, "literal", ("READ", "DESCRIBE")),
@@ -87,13 +95,22 @@ def bindings(user: str, grants: Iterable[Grant]) -> list[Any]:
         ResourceType,
     )
 
-    return [AclBinding(ResourceType[rtype], name, ResourcePatternType[pattern.upper()],
-                       f"User:{user}", "*", AclOperation[op], AclPermissionType.ALLOW)
-            for rtype, name, pattern, ops in grants for op in ops]
+    return [
+        AclBinding(
+            ResourceType[rtype],
+            name,
+            ResourcePatternType[pattern.upper()],
+            f"User:{user}",
+            "*",
+            AclOperation[op],
+            AclPermissionType.ALLOW,
+        )
+        for rtype, name, pattern, ops in grants
+        for op in ops
+    ]
 
 
-def ensure_acls(admin_login: Target, grants: dict[str, list[Grant]],
-                timeout: float = 30.0) -> int:
+def ensure_acls(admin_login: Target, grants: dict[str, list[Grant]], timeout: float = 30.0) -> int:
     """Create the bindings (creating one that exists changes nothing); returns how many."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient

@@ -38,26 +38,44 @@ def settings_from(options: dict[str, Any]) -> InfraSettings:
 
 
 def _options(fn: Any) -> Any:
-    fn = click.option("--config", type=click.Path(dir_okay=False, exists=True),
-                      help="TOML file whose [infra] table sets any of these options.")(fn)
-    fn = click.option("--home", type=click.Path(file_okay=False, path_type=Path),
-                      help="Data, config and log directory (default $FLEETSENTRY_HOME or "
-                           "~/.local/share/fleetsentry).")(fn)
-    fn = click.option("--host", help="Address Mosquitto and the cloud Kafka bind (default "
-                                     "127.0.0.1); the edge Kafka always binds loopback.")(fn)
+    fn = click.option(
+        "--config",
+        type=click.Path(dir_okay=False, exists=True),
+        help="TOML file whose [infra] table sets any of these options.",
+    )(fn)
+    fn = click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Data, config and log directory (default $FLEETSENTRY_HOME or "
+        "~/.local/share/fleetsentry).",
+    )(fn)
+    fn = click.option(
+        "--host",
+        help="Address Mosquitto and the cloud Kafka bind (default "
+        "127.0.0.1); the edge Kafka always binds loopback.",
+    )(fn)
     fn = click.option("--edge-port", type=int, help="Edge Kafka port (default 9092).")(fn)
-    fn = click.option("--edge-controller-port", type=int,
-                      help="Edge Kafka KRaft controller port (default 9093).")(fn)
-    fn = click.option("--cloud-ports", callback=lambda c, p, v: _ports(v),
-                      help="Cloud Kafka ports, comma-separated (default 9192,9194,9196).")(fn)
-    fn = click.option("--cloud-controller-ports", callback=lambda c, p, v: _ports(v),
-                      help="Cloud KRaft controller ports (default 9193,9195,9197).")(fn)
+    fn = click.option(
+        "--edge-controller-port", type=int, help="Edge Kafka KRaft controller port (default 9093)."
+    )(fn)
+    fn = click.option(
+        "--cloud-ports",
+        callback=lambda c, p, v: _ports(v),
+        help="Cloud Kafka ports, comma-separated (default 9192,9194,9196).",
+    )(fn)
+    fn = click.option(
+        "--cloud-controller-ports",
+        callback=lambda c, p, v: _ports(v),
+        help="Cloud KRaft controller ports (default 9193,9195,9197).",
+    )(fn)
     fn = click.option("--mqtt-port", type=int, help="Mosquitto port (default 1883).")(fn)
-    fn = click.option("--edge-config", type=click.Path(dir_okay=False, exists=True,
-                                                         path_type=Path),
-                      help="The gateway's edge.toml: its [disk] budget bounds the edge topics "
-                           "(default: a 20 GiB budget; see docs/disk.md), and the streams of "
-                           "its [streams] dir get topics (and are mirrored) too.")(fn)
+    fn = click.option(
+        "--edge-config",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="The gateway's edge.toml: its [disk] budget bounds the edge topics "
+        "(default: a 20 GiB budget; see docs/disk.md), and the streams of "
+        "its [streams] dir get topics (and are mirrored) too.",
+    )(fn)
     return fn
 
 
@@ -105,10 +123,15 @@ def mirror() -> None:
 
 
 def _mirror_options(fn: Any) -> Any:
-    fn = click.option("--edge-id", default="edge-1", show_default=True,
-                      help="The gateway's id: its cluster alias and the cloud topics' prefix.")(fn)
-    fn = click.option("--edge-bootstrap",
-                      help="The gateway's Kafka (default: this stack's edge Kafka).")(fn)
+    fn = click.option(
+        "--edge-id",
+        default="edge-1",
+        show_default=True,
+        help="The gateway's id: its cluster alias and the cloud topics' prefix.",
+    )(fn)
+    fn = click.option(
+        "--edge-bootstrap", help="The gateway's Kafka (default: this stack's edge Kafka)."
+    )(fn)
     return _options(fn)
 
 
@@ -123,30 +146,45 @@ def read_cap(config_path: str | None, option: int | None) -> int:
     table = tomllib.loads(Path(config_path).read_text()).get("mirror", {})
     unknown = sorted(set(table) - {"max_bytes_per_s"})
     if unknown:
-        raise ConfigError(f"unknown setting in {config_path}; [mirror] takes max_bytes_per_s",
-                          setting=f"mirror.{unknown[0]}")
+        raise ConfigError(
+            f"unknown setting in {config_path}; [mirror] takes max_bytes_per_s",
+            setting=f"mirror.{unknown[0]}",
+        )
     return quota.validate_rate(table.get("max_bytes_per_s", 0), "mirror.max_bytes_per_s")
 
 
 @mirror.command("up")
 @_mirror_options
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for health.")
-@click.option("--max-bytes-per-s", type=int, default=None,
-              help="Cap on the bytes/s MirrorMaker reads from the edge (so sends to the cloud); "
-                   "0: none. Default: [mirror] max_bytes_per_s of --config, else 0.")
-def mirror_up(edge_id: str, edge_bootstrap: str | None, timeout: float,
-              max_bytes_per_s: int | None, **options: Any) -> None:
+@click.option(
+    "--max-bytes-per-s",
+    type=int,
+    default=None,
+    help="Cap on the bytes/s MirrorMaker reads from the edge (so sends to the cloud); "
+    "0: none. Default: [mirror] max_bytes_per_s of --config, else 0.",
+)
+def mirror_up(
+    edge_id: str,
+    edge_bootstrap: str | None,
+    timeout: float,
+    max_bytes_per_s: int | None,
+    **options: Any,
+) -> None:
     """Start the gateway's MirrorMaker (a no-op if it runs) and wait until both flows run.
 
     The read cap is applied either way, so `up` on a running MirrorMaker changes it."""
     cap = read_cap(options.get("config"), max_bytes_per_s)
-    mm = dataclasses.replace(Stack(settings_from(options)).mirror(edge_id, edge_bootstrap),
-                             max_bytes_per_s=cap)
+    mm = dataclasses.replace(
+        Stack(settings_from(options)).mirror(edge_id, edge_bootstrap), max_bytes_per_s=cap
+    )
     pid = mm.start()
     if pid is None:
         mm.apply_read_cap()
-    click.echo(f"Starting MirrorMaker for {edge_id} (pid {pid}) ..." if pid
-               else f"MirrorMaker for {edge_id} already runs.")
+    click.echo(
+        f"Starting MirrorMaker for {edge_id} (pid {pid}) ..."
+        if pid
+        else f"MirrorMaker for {edge_id} already runs."
+    )
     click.echo(f"Read cap: {cap} bytes/s." if cap else "Read cap: none.")
     mm.wait_healthy(timeout)
     click.echo(f"{edge_id} -> cloud and cloud -> {edge_id} running; logs in {mm.log_dir}")
@@ -163,40 +201,48 @@ def add_gateway(edge_id: str, **options: Any) -> None:
     if isinstance(login, str):
         click.echo(f"the cloud Kafka at {login} has no logins: nothing to add")
         return
-    click.echo(f"{edge_id}: cloud Kafka user {login.username}, password in "
-               f"{login.credentials_file}, CA certificate {login.ca_file}")
+    click.echo(
+        f"{edge_id}: cloud Kafka user {login.username}, password in "
+        f"{login.credentials_file}, CA certificate {login.ca_file}"
+    )
 
 
 @mirror.command("down")
 @_mirror_options
 def mirror_down(edge_id: str, edge_bootstrap: str | None, **options: Any) -> None:
     """Stop the gateway's MirrorMaker; it resumes from its committed offsets on `up`."""
-    killed = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap,
-                                                  provision=False).stop()
+    killed = Stack(settings_from(options)).mirror(edge_id, edge_bootstrap, provision=False).stop()
     click.echo(f"Stopped{'; needed SIGKILL' if killed else ''}.")
 
 
 @mirror.command("status")
 @_mirror_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool,
-                  **options: Any) -> None:
+def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool, **options: Any) -> None:
     """Show the state of each connector and task. Exits 1 unless both flows run."""
-    status = Stack(settings_from(options), quiet=True).mirror(
-        edge_id, edge_bootstrap, provision=False).status()
+    status = (
+        Stack(settings_from(options), quiet=True)
+        .mirror(edge_id, edge_bootstrap, provision=False)
+        .status()
+    )
     if as_json:
         click.echo(json.dumps(status, indent=2))
     else:
-        mark = click.style("healthy", fg="green") if status["healthy"] else click.style(
-            "down", fg="red")
+        mark = (
+            click.style("healthy", fg="green")
+            if status["healthy"]
+            else click.style("down", fg="red")
+        )
         click.echo(f"mirror {edge_id:10s} {mark}")
         for name, state in sorted(status["tasks"].items()):
             click.echo(f"  {name:55s} {state}")
         if status.get("backlog"):
             behind = sum(b["behind"] for b in status["backlog"].values())
             deleted = sum(b["deleted"] for b in status["backlog"].values())
-            click.echo(f"  backlog: {behind} offsets not yet in the cloud; {deleted} deleted by "
-                       f"retention on the edge before they crossed")
+            click.echo(
+                f"  backlog: {behind} offsets not yet in the cloud; {deleted} deleted by "
+                f"retention on the edge before they crossed"
+            )
     if not status["healthy"]:
         raise SystemExit(1)
 
@@ -206,8 +252,9 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(status, indent=2))
         return
     for name, svc in status.items():
-        mark = click.style("healthy", fg="green") if svc["healthy"] else click.style(
-            "down", fg="red")
+        mark = (
+            click.style("healthy", fg="green") if svc["healthy"] else click.style("down", fg="red")
+        )
         addr = svc.get("bootstrap") or svc.get("address")
         extra = f" ({svc['brokers']}/{svc['nodes']} brokers)" if "brokers" in svc else ""
         click.echo(f"{name:12s} {mark:18s} {addr}{extra}")
@@ -216,5 +263,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
         click.echo(f"MQTT credentials: {mqtt['credentials_file']}")
     edge = status.get("edge_kafka", {})
     if edge.get("credentials_file"):
-        click.echo(f"Edge Kafka credentials (SASL/SCRAM users {', '.join(edge['users'])}): "
-                   f"{edge['credentials_file']}")
+        click.echo(
+            f"Edge Kafka credentials (SASL/SCRAM users {', '.join(edge['users'])}): "
+            f"{edge['credentials_file']}"
+        )

@@ -24,8 +24,11 @@ class ControlClient:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._refused: str | None = None
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{user}-control-{os.getpid()}",
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{user}-control-{os.getpid()}",
+            protocol=mqtt.MQTTv5,
+        )
         c.username_pw_set(user, password)
         c.on_connect = self._on_connect
         c.on_subscribe = lambda *_a: self._subscribed.set()
@@ -33,14 +36,16 @@ class ControlClient:
         try:
             c.connect(host, port, 30)
         except OSError as exc:
-            raise InfraError(f"cannot reach mosquitto at {host}:{port} to register vehicles: "
-                             f"{exc}") from None
+            raise InfraError(
+                f"cannot reach mosquitto at {host}:{port} to register vehicles: {exc}"
+            ) from None
         c.loop_start()
         self._client = c
         self._address = f"{host}:{port}"
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: Any,
-                    _p: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: Any, _p: object
+    ) -> None:
         if reason.is_failure:
             self._refused = str(reason)
             self._subscribed.set()
@@ -61,8 +66,10 @@ class ControlClient:
     def send(self, commands: list[dict[str, Any]], timeout: float) -> list[str | None]:
         """Each command's error (None when it succeeded); commands carry correlationData."""
         if not self._subscribed.wait(min(timeout, 15.0)) or self._refused:
-            raise InfraError(f"mosquitto at {self._address} refused the admin login "
-                             f"({self._refused or 'no answer'}); check its credentials file")
+            raise InfraError(
+                f"mosquitto at {self._address} refused the admin login "
+                f"({self._refused or 'no answer'}); check its credentials file"
+            )
         ids = [c["correlationData"] for c in commands]
         self._client.publish(self.topic, json.dumps({"commands": commands}), qos=1)
         deadline = time.monotonic() + timeout
@@ -70,8 +77,10 @@ class ControlClient:
             while not all(i in self._responses for i in ids):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise InfraError(f"mosquitto at {self._address} did not answer "
-                                     f"{len(commands)} control commands within {timeout:.0f}s")
+                    raise InfraError(
+                        f"mosquitto at {self._address} did not answer "
+                        f"{len(commands)} control commands within {timeout:.0f}s"
+                    )
                 self._cond.wait(left)
             return [self._responses.pop(i).get("error") for i in ids]
 

@@ -79,12 +79,23 @@ def _assemble(target: Path, version: str, quiet: bool) -> None:
     (staging / "pom.xml").write_text(pom)
     libs = staging / "libs"
     if not quiet:
-        print(f"Fetching Apache Kafka {version} jars from Maven Central into {target} ...",
-              flush=True)
+        print(
+            f"Fetching Apache Kafka {version} jars from Maven Central into {target} ...", flush=True
+        )
     proc = subprocess.run(
-        [mvn, "-B", "-q", "-f", str(staging / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(staging / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)

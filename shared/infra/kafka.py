@@ -52,8 +52,9 @@ Configuration:
 def log4j2_yaml(log_dir: Path, name: str, root: str, loggers: dict[str, str]) -> str:
     """A log4j2 config writing ``<log_dir>/<name>.log`` (rolled at 20 MB, 3 kept)."""
     head = _LOG4J2_HEAD.format(log_dir=log_dir, name=name, root=root)
-    return head + "".join(f"      - name: {logger}\n        level: {level}\n"
-                          for logger, level in loggers.items())
+    return head + "".join(
+        f"      - name: {logger}\n        level: {level}\n" for logger, level in loggers.items()
+    )
 
 
 # The brokers' record-batch limit: a model bundle (the biggest record there is) and overhead.
@@ -115,9 +116,13 @@ class KafkaCluster:
 
     def topic_bytes(self, topic: str) -> int:
         """Bytes of ``topic``'s log segments on disk, summed over every node and replica."""
-        return sum(seg.stat().st_size for node in self.nodes
-                   for part in (self.node_dir(node) / "data").glob(f"{topic}-*")
-                   if part.name.rsplit("-", 1)[1].isdigit() for seg in part.glob("*.log"))
+        return sum(
+            seg.stat().st_size
+            for node in self.nodes
+            for part in (self.node_dir(node) / "data").glob(f"{topic}-*")
+            if part.name.rsplit("-", 1)[1].isdigit()
+            for seg in part.glob("*.log")
+        )
 
     @property
     def credentials_path(self) -> Path:
@@ -126,8 +131,11 @@ class KafkaCluster:
     def credentials(self, extra: tuple[str, ...] = ()) -> dict[str, str]:
         """user -> password of the admin, the service users and ``extra`` ones (made on first
         use, kept 0600)."""
-        creds = (kafka_config.read_credentials(self.credentials_path)
-                 if self.credentials_path.exists() else {})
+        creds = (
+            kafka_config.read_credentials(self.credentials_path)
+            if self.credentials_path.exists()
+            else {}
+        )
         missing = [u for u in (ADMIN_USER, *self.users, *extra) if u not in creds]
         if missing:
             creds.update({u: secrets.token_urlsafe(24) for u in missing})
@@ -138,10 +146,13 @@ class KafkaCluster:
         """How a client of ``user`` connects (the bare bootstrap when there is no auth)."""
         if not self.authenticate:
             return self.bootstrap
-        return KafkaSettings(bootstrap=self.bootstrap, username=user,
-                             credentials_file=self.credentials_path,
-                             mechanism="PLAIN" if user == ADMIN_USER else "SCRAM-SHA-512",
-                             ca_file=self.tls_files.ca_file if self.tls else None)
+        return KafkaSettings(
+            bootstrap=self.bootstrap,
+            username=user,
+            credentials_file=self.credentials_path,
+            mechanism="PLAIN" if user == ADMIN_USER else "SCRAM-SHA-512",
+            ca_file=self.tls_files.ca_file if self.tls else None,
+        )
 
     @property
     def tls_files(self) -> TlsFiles:
@@ -160,10 +171,20 @@ class KafkaCluster:
         """(setting, port) pairs, for port checks that name the setting."""
         out = []
         for i, node in enumerate(self.nodes):
-            out.append((f"{self.name}_port" if len(self.nodes) == 1 else f"{self.name}_ports[{i}]",
-                        node.port))
-            out.append((f"{self.name}_controller_port" if len(self.nodes) == 1
-                        else f"{self.name}_controller_ports[{i}]", node.controller_port))
+            out.append(
+                (
+                    f"{self.name}_port" if len(self.nodes) == 1 else f"{self.name}_ports[{i}]",
+                    node.port,
+                )
+            )
+            out.append(
+                (
+                    f"{self.name}_controller_port"
+                    if len(self.nodes) == 1
+                    else f"{self.name}_controller_ports[{i}]",
+                    node.controller_port,
+                )
+            )
         return out
 
     # --- configuration ------------------------------------------------------------------
@@ -176,12 +197,12 @@ class KafkaCluster:
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
             "listeners": f"{self._listener}://{self.host}:{node.port},"
-                         f"CONTROLLER://{self.host}:{node.controller_port}",
+            f"CONTROLLER://{self.host}:{node.controller_port}",
             "advertised.listeners": f"{self._listener}://{self.host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": self._listener,
             "listener.security.protocol.map": f"{self._listener}:{self._listener},"
-                                              f"CONTROLLER:{self._listener}",
+            f"CONTROLLER:{self._listener}",
             **self._sasl(),
             **self._tls(),
             **self._authorizer(),
@@ -232,8 +253,10 @@ class KafkaCluster:
         if not self.tls:
             return {}
         files = self.tls_files
-        inline = {"ssl.keystore.key": files.key_file, "ssl.keystore.certificate.chain":
-                  files.cert_file}
+        inline = {
+            "ssl.keystore.key": files.key_file,
+            "ssl.keystore.certificate.chain": files.cert_file,
+        }
         return {
             "ssl.keystore.type": "PEM",
             **{k: _escaped(path.read_text()) for k, path in inline.items()},
@@ -246,10 +269,11 @@ class KafkaCluster:
     def _authorizer(self) -> dict[str, str]:
         if not self.authorize:
             return {}
-        return {"authorizer.class.name":
-                "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                "super.users": f"User:{ADMIN_USER}",
-                "allow.everyone.if.no.acl.found": "false"}
+        return {
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_USER}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _sasl(self) -> dict[str, str]:
         """Clients log in with SCRAM (users kept in the cluster's metadata). The node itself
@@ -259,15 +283,16 @@ class KafkaCluster:
         if not self.authenticate:
             return {}
         admin = self.credentials()[ADMIN_USER]
-        plain = (f"org.apache.kafka.common.security.plain.PlainLoginModule required "
-                 f"username={json.dumps(ADMIN_USER)} password={json.dumps(admin)} "
-                 f"user_{ADMIN_USER}={json.dumps(admin)};")
+        plain = (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f"username={json.dumps(ADMIN_USER)} password={json.dumps(admin)} "
+            f"user_{ADMIN_USER}={json.dumps(admin)};"
+        )
         listener = self._listener.lower()
         return {
             f"listener.name.{listener}.sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
             f"listener.name.{listener}.plain.sasl.jaas.config": plain,
-            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config":
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"listener.name.{listener}.scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             "sasl.mechanism.inter.broker.protocol": "PLAIN",
             "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
             "listener.name.controller.plain.sasl.jaas.config": plain,
@@ -278,9 +303,13 @@ class KafkaCluster:
         """Running nodes whose written configuration differs from what they would get now
         (they go on with the old one until restarted)."""
         running = self.running_pids()
-        return [n.node_id for n in self.nodes if n.node_id in running
-                and self.config_path(n).exists()
-                and self.config_path(n).read_text() != self.properties(n)]
+        return [
+            n.node_id
+            for n in self.nodes
+            if n.node_id in running
+            and self.config_path(n).exists()
+            and self.config_path(n).read_text() != self.properties(n)
+        ]
 
     def _write_configs(self) -> None:
         for node in self.nodes:
@@ -321,12 +350,17 @@ class KafkaCluster:
             raise InfraError(
                 f"{self.name} Kafka node(s) {stale} run with an older configuration (e.g. "
                 f"without authentication): run `fleetsentry infra down`, then `up` again "
-                f"(topics and data stay)")
+                f"(topics and data stay)"
+            )
         self._write_configs()
         cid = self.cluster_id()
         running = self.running_pids()
-        fresh = [n for n in self.nodes if n.node_id not in running
-                 and not (self.node_dir(n) / "data" / "meta.properties").exists()]
+        fresh = [
+            n
+            for n in self.nodes
+            if n.node_id not in running
+            and not (self.node_dir(n) / "data" / "meta.properties").exists()
+        ]
         # Each format is a JVM of its own: side by side, the cloud's three cost one start-up.
         with ThreadPoolExecutor(max(1, len(fresh))) as pool:
             for fut in [pool.submit(self._format, n, libs, java, cid) for n in fresh]:
@@ -335,14 +369,23 @@ class KafkaCluster:
         for node in self.nodes:
             if node.node_id in running:
                 continue
-            started.append(process.spawn(self._argv(node, libs, java), self.pid_file(node),
-                                         self.log_dir(node) / "stdout.log"))
+            started.append(
+                process.spawn(
+                    self._argv(node, libs, java),
+                    self.pid_file(node),
+                    self.log_dir(node) / "stdout.log",
+                )
+            )
         return started
 
     def _jvm_opts(self, node: KafkaNode) -> list[str]:
         return [
-            f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-XX:MaxDirectMemorySize=256m", "-Djava.awt.headless=true",
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:MaxDirectMemorySize=256m",
+            "-Djava.awt.headless=true",
             *self._class_data_sharing(node),
             f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
             f"-Dkafka.logs.dir={self.log_dir(node)}",
@@ -358,14 +401,30 @@ class KafkaCluster:
         return [f"-XX:ArchiveClassesAtExit={archive}"]
 
     def _argv(self, node: KafkaNode, libs: Path, java: str) -> list[str]:
-        return [java, *self._jvm_opts(node), "-cp", jars.classpath(libs), "kafka.Kafka",
-                str(self.config_path(node))]
+        return [
+            java,
+            *self._jvm_opts(node),
+            "-cp",
+            jars.classpath(libs),
+            "kafka.Kafka",
+            str(self.config_path(node)),
+        ]
 
     def _format(self, node: KafkaNode, libs: Path, java: str, cid: str) -> None:
-        argv = [java, "-Xmx256m", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
-                "-cp", jars.classpath(libs), "kafka.tools.StorageTool", "format",
-                f"--cluster-id={cid}", "-c", str(self.config_path(node)), "--ignore-formatted"]
+        argv = [
+            java,
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
+            "-cp",
+            jars.classpath(libs),
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cid}",
+            "-c",
+            str(self.config_path(node)),
+            "--ignore-formatted",
+        ]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ServiceStartError(
@@ -395,7 +454,8 @@ class KafkaCluster:
 
         conf = kafka_config.client_config(
             self.login(ADMIN_USER),
-            {"socket.timeout.ms": 2000, "log_level": 0, "logger": _SilentLogger()})
+            {"socket.timeout.ms": 2000, "log_level": 0, "logger": _SilentLogger()},
+        )
         admin = AdminClient(conf)
         try:
             meta = admin.list_topics(timeout=timeout)
@@ -414,7 +474,6 @@ class KafkaCluster:
             f"{self.name} Kafka did not report {len(self.nodes)} broker(s) within {timeout:.0f}s; "
             f"see logs under {self.home}"
         )
-
 
 
 def _escaped(pem: str) -> str:

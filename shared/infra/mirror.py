@@ -109,7 +109,8 @@ class Mirror:
             raise ConfigError(
                 "needs MirrorMaker's own login on the edge Kafka (the cap is a quota on it); "
                 "set it to 0 for an edge Kafka without authentication",
-                setting="mirror.max_bytes_per_s")
+                setting="mirror.max_bytes_per_s",
+            )
 
     def _edge_user(self) -> str:
         login = self.edge_login
@@ -160,8 +161,7 @@ class Mirror:
             "clusters": f"{edge}, {cloud}",
             **{f"{edge}.{k}": v for k, v in java_properties(self.edge).items()},
             **{f"{cloud}.{k}": v for k, v in java_properties(self.cloud).items()},
-            "replication.policy.class":
-                "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
+            "replication.policy.class": "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
             "replication.policy.separator": ".",
             f"{edge}->{cloud}.enabled": "true",
             f"{edge}->{cloud}.topics": ", ".join(edge_topic_patterns()),
@@ -262,7 +262,8 @@ class Mirror:
         # It holds the gateway's Kafka password: readable by its owner only.
         write_private(self.config_path, "".join(lines))
         (self.dir / "log4j2.yaml").write_text(
-            log4j2_yaml(self.log_dir, "mirror", "WARN", MIRROR_LOGGERS))
+            log4j2_yaml(self.log_dir, "mirror", "WARN", MIRROR_LOGGERS)
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -278,10 +279,17 @@ class Mirror:
         self._write_config(self._pick_rest_port())
         self.apply_read_cap(libs, java)
         argv = [
-            java, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC",
-            "-XX:MaxDirectMemorySize=128m", "-Djava.awt.headless=true",
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms64m",
+            "-XX:+UseSerialGC",
+            "-XX:MaxDirectMemorySize=128m",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}",
-            "-cp", jars.classpath(libs), MAIN_CLASS, str(self.config_path),
+            "-cp",
+            jars.classpath(libs),
+            MAIN_CLASS,
+            str(self.config_path),
         ]
         return process.spawn(argv, self.pid_file, self.log_dir / "stdout.log")
 
@@ -298,9 +306,16 @@ class Mirror:
             return
         login = java_properties(self.edge)
         write_private(self.quota_config_path, quota.client_properties(login))
-        quota.apply(quota.config_command_argv(
-            java or jars.java_binary(), jars.classpath(libs or jars.kafka_libs(quiet=True)),
-            login["bootstrap.servers"], self.quota_config_path, user, self.max_bytes_per_s))
+        quota.apply(
+            quota.config_command_argv(
+                java or jars.java_binary(),
+                jars.classpath(libs or jars.kafka_libs(quiet=True)),
+                login["bootstrap.servers"],
+                self.quota_config_path,
+                user,
+                self.max_bytes_per_s,
+            )
+        )
         if self.max_bytes_per_s:
             marker.write_text(f"{self.max_bytes_per_s}\n")
         else:
@@ -315,7 +330,8 @@ class Mirror:
             log = self.log_dir / "stdout.log"
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise ServiceStartError(
-                f"MirrorMaker for {self.edge_id} is not running; see {self.log_dir}\n{tail}")
+                f"MirrorMaker for {self.edge_id} is not running; see {self.log_dir}\n{tail}"
+            )
 
     def task_states(self, timeout: float = 5.0) -> dict[str, str]:
         """``"<flow>/<connector or task>" -> state`` read from both Connect status topics.
@@ -323,8 +339,7 @@ class Mirror:
         Empty for a flow whose target cluster is unreachable.
         """
         out: dict[str, str] = {}
-        flows = ((self.edge_id, CLOUD_ALIAS, self.cloud),
-                 (CLOUD_ALIAS, self.edge_id, self.edge))
+        flows = ((self.edge_id, CLOUD_ALIAS, self.cloud), (CLOUD_ALIAS, self.edge_id, self.edge))
         for src, dst, bootstrap in flows:
             topic = f"mm2-status.{src}.internal"
             for key, value in _read_compacted(bootstrap, topic, timeout).items():
@@ -362,13 +377,13 @@ class Mirror:
             time.sleep(0.5)
         raise ServiceStartError(
             f"MirrorMaker for {self.edge_id} did not report both flows RUNNING within "
-            f"{timeout:.0f}s; see {self.log_dir}")
+            f"{timeout:.0f}s; see {self.log_dir}"
+        )
 
     def copied_up_to(self, timeout: float = 10.0) -> dict[tuple[str, int], int]:
         """The next edge offset MirrorMaker will copy, per edge partition it has copied from:
         its source offsets, kept in the cloud ({} while the cloud is unreachable)."""
-        raw = _read_compacted(self.cloud, f"mm2-offsets.{self.edge_id}.internal",
-                              timeout)
+        raw = _read_compacted(self.cloud, f"mm2-offsets.{self.edge_id}.internal", timeout)
         return parse_source_offsets(self.edge_id, raw)
 
     def backlog(self, timeout: float = 10.0) -> dict[str, dict[str, int]]:
@@ -381,21 +396,33 @@ class Mirror:
 
         copied = self.copied_up_to(timeout)
         if not copied and not _reachable(self.cloud, timeout):
-            raise InfraError("the cloud Kafka is unreachable, and MirrorMaker keeps its position "
-                             "there: the backlog is known again once the cloud is back")
-        consumer = Consumer(client_config(self.edge, {
-            "group.id": "fleetsentry-mirror-backlog", "enable.auto.commit": False,
-            "log_level": 0}))
+            raise InfraError(
+                "the cloud Kafka is unreachable, and MirrorMaker keeps its position "
+                "there: the backlog is known again once the cloud is back"
+            )
+        consumer = Consumer(
+            client_config(
+                self.edge,
+                {
+                    "group.id": "fleetsentry-mirror-backlog",
+                    "enable.auto.commit": False,
+                    "log_level": 0,
+                },
+            )
+        )
         out: dict[str, dict[str, int]] = {}
         try:
             meta = consumer.list_topics(timeout=timeout).topics
             for name in topics.replicated_edge_topics():
                 for part in sorted(meta[name].partitions) if name in meta else []:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(name, part),
-                                                               timeout=timeout)
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(name, part), timeout=timeout
+                    )
                     done = copied.get((name, part), 0)
-                    out[f"{name}-{part}"] = {"behind": max(0, high - max(low, done)),
-                                             "deleted": max(0, low - done)}
+                    out[f"{name}-{part}"] = {
+                        "behind": max(0, high - max(low, done)),
+                        "deleted": max(0, low - done),
+                    }
         finally:
             consumer.close()
         return out
@@ -420,8 +447,7 @@ class Mirror:
             return None
 
 
-def parse_source_offsets(edge_id: str, raw: dict[str, bytes | None]
-                         ) -> dict[tuple[str, int], int]:
+def parse_source_offsets(edge_id: str, raw: dict[str, bytes | None]) -> dict[tuple[str, int], int]:
     """MirrorSourceConnector's offsets-topic entries -> next offset per edge partition.
 
     Keys look like ``["MirrorSourceConnector",{"cluster":"edge-1","partition":0,"topic":
@@ -435,8 +461,12 @@ def parse_source_offsets(edge_id: str, raw: dict[str, bytes | None]
             offset = json.loads(value)["offset"] if value is not None else None
         except (ValueError, TypeError, KeyError):
             continue
-        if (connector == "MirrorSourceConnector" and isinstance(part, dict)
-                and part.get("cluster") == edge_id and isinstance(offset, int)):
+        if (
+            connector == "MirrorSourceConnector"
+            and isinstance(part, dict)
+            and part.get("cluster") == edge_id
+            and isinstance(offset, int)
+        ):
             out[(str(part["topic"]), int(part["partition"]))] = offset + 1
     return out
 
@@ -455,9 +485,17 @@ def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, byt
     """Latest value per key of a (small, compacted) topic; {} when unreachable or absent."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(client_config(target, {
-        "group.id": "fleetsentry-mirror-status", "enable.auto.commit": False,
-        "socket.timeout.ms": 3000, "log_level": 0}))
+    consumer = Consumer(
+        client_config(
+            target,
+            {
+                "group.id": "fleetsentry-mirror-status",
+                "enable.auto.commit": False,
+                "socket.timeout.ms": 3000,
+                "log_level": 0,
+            },
+        )
+    )
     latest: dict[str, bytes | None] = {}
     try:
         meta = consumer.list_topics(topic, timeout=timeout)

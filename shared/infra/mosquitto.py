@@ -43,9 +43,11 @@ BRIDGE_USER = "fleetsentry-bridge"
 # mosquitto_passwd's own default; every vehicle connect pays this many PBKDF2 rounds.
 PBKDF2_ITERATIONS = 101
 # Where Debian (and other multiarch systems) install the dynamic-security plugin.
-DYNSEC_PLUGINS = ("/usr/lib/*/mosquitto_dynamic_security.so",
-                  "/usr/lib/mosquitto_dynamic_security.so",
-                  "/usr/local/lib/mosquitto_dynamic_security.so")
+DYNSEC_PLUGINS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 # Commands per control message: a vehicle takes about 700 bytes, the broker takes 64 KiB.
 CONTROL_BATCH = 40
@@ -65,29 +67,39 @@ def vehicle_role(vin: str) -> dict[str, Any]:
 
     base = f"fleet/{vin}"
     suffixes = sorted({spec.mqtt_suffix for spec in streams.all_streams()})
-    return {"rolename": f"vehicle-{vin}", "acls": [
-        *(_acl("publishClientSend", f"{base}/{suffix}") for suffix in suffixes),
-        _acl("publishClientSend", f"{base}/status"),
-        _acl("subscribeLiteral", f"{base}/commands"),
-        _acl("publishClientReceive", f"{base}/commands"),
-    ]}
+    return {
+        "rolename": f"vehicle-{vin}",
+        "acls": [
+            *(_acl("publishClientSend", f"{base}/{suffix}") for suffix in suffixes),
+            _acl("publishClientSend", f"{base}/status"),
+            _acl("subscribeLiteral", f"{base}/commands"),
+            _acl("publishClientReceive", f"{base}/commands"),
+        ],
+    }
 
 
 SERVICE_ROLES: dict[str, list[dict[str, Any]]] = {
     # Operators and tests: everything, and the plugin's control topic (never covered by #).
-    ADMIN_USER: [_acl("publishClientSend", "#"), _acl("publishClientReceive", "#"),
-                 _acl("subscribePattern", "#"),
-                 _acl("publishClientSend", CONTROL_TOPIC),
-                 _acl("publishClientReceive", f"{CONTROL_TOPIC}/response")],
+    ADMIN_USER: [
+        _acl("publishClientSend", "#"),
+        _acl("publishClientReceive", "#"),
+        _acl("subscribePattern", "#"),
+        _acl("publishClientSend", CONTROL_TOPIC),
+        _acl("publishClientReceive", f"{CONTROL_TOPIC}/response"),
+    ],
     # The bridge (shared subscription over all vehicles) and the scorer's decisions.
-    BRIDGE_USER: [_acl("subscribePattern", "fleet/#"), _acl("subscribePattern", "$share/+/fleet/#"),
-                  _acl("publishClientReceive", "fleet/#"),
-                  _acl("publishClientSend", "fleet/+/commands")],
+    BRIDGE_USER: [
+        _acl("subscribePattern", "fleet/#"),
+        _acl("subscribePattern", "$share/+/fleet/#"),
+        _acl("publishClientReceive", "fleet/#"),
+        _acl("publishClientSend", "fleet/+/commands"),
+    ],
 }
 
 
-def hash_password(password: str, salt: bytes | None = None,
-                  iterations: int = PBKDF2_ITERATIONS) -> str:
+def hash_password(
+    password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS
+) -> str:
     """A password-file entry body in mosquitto's ``$7$`` (PBKDF2-SHA512) format."""
     salt = salt or secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
@@ -99,9 +111,7 @@ SYSTEM_PATHS = ("/usr/sbin/mosquitto",)
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next(
-        (p for p in SYSTEM_PATHS if Path(p).exists()), None
-    )
+    found = shutil.which("mosquitto") or next((p for p in SYSTEM_PATHS if Path(p).exists()), None)
     if not found:
         raise PrerequisiteError(
             "mosquitto was not found. Install Debian's package: apt-get install mosquitto "
@@ -115,7 +125,8 @@ def dynsec_plugin() -> str:
     if not found:
         raise PrerequisiteError(
             "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) was not "
-            "found; it ships with Debian's mosquitto 2.0 package: apt-get install mosquitto")
+            "found; it ships with Debian's mosquitto 2.0 package: apt-get install mosquitto"
+        )
     return found
 
 
@@ -132,8 +143,7 @@ class Mosquitto:
 
     def __post_init__(self) -> None:
         if (self.tls is None) != (self.tls_port is None):
-            raise InfraError("a TLS listener needs both `tls` (CA, cert, key files) and "
-                             "`tls_port`")
+            raise InfraError("a TLS listener needs both `tls` (CA, cert, key files) and `tls_port`")
 
     @property
     def address(self) -> str:
@@ -183,8 +193,7 @@ class Mosquitto:
             "max_inflight_messages 100\n"
             "max_queued_messages 100000\n"
             "max_packet_size 65536\n"
-            "set_tcp_nodelay true\n"
-            + self._tls_listener()
+            "set_tcp_nodelay true\n" + self._tls_listener()
         )
 
     def _tls_listener(self) -> str:
@@ -232,12 +241,15 @@ class Mosquitto:
         items = list(vehicles.items() if isinstance(vehicles, Mapping) else vehicles)
         for vin, password in items:
             if not DEVICE_ID.fullmatch(vin):
-                raise InfraError(f"{vin!r} is not a device id (a VIN, or 1-64 letters, digits, "
-                                 "'_', '.', ':' or '-' starting with a letter or digit); "
-                                 "devices log in with their id")
+                raise InfraError(
+                    f"{vin!r} is not a device id (a VIN, or 1-64 letters, digits, "
+                    "'_', '.', ':' or '-' starting with a letter or digit); "
+                    "devices log in with their id"
+                )
             entries[vin] = hash_password(password)
-        write_private(self.home / "vehicles.passwd",
-                       "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())))
+        write_private(
+            self.home / "vehicles.passwd", "".join(f"{u}:{h}\n" for u, h in sorted(entries.items()))
+        )
         if self.pid() is None:
             self._write_dynsec_file()  # read by the broker when it starts
         elif len({vin for vin, _ in items} - known) > CONTROL_MAX_NEW:
@@ -248,15 +260,26 @@ class Mosquitto:
 
     def dynsec_config(self) -> dict[str, Any]:
         """The plugin's whole state: services, vehicles, roles; everything else denied."""
-        clients = [_client(user, hash_password(pw), role=user)
-                   for user, pw in self.credentials().items()]
-        clients += [_client(vin, h, role=f"vehicle-{vin}", clientid=vin)
-                    for vin, h in sorted(self._vehicle_entries().items())]
+        clients = [
+            _client(user, hash_password(pw), role=user) for user, pw in self.credentials().items()
+        ]
+        clients += [
+            _client(vin, h, role=f"vehicle-{vin}", clientid=vin)
+            for vin, h in sorted(self._vehicle_entries().items())
+        ]
         roles = [{"rolename": user, "acls": acls} for user, acls in SERVICE_ROLES.items()]
         roles += [vehicle_role(vin) for vin in sorted(self._vehicle_entries())]
-        return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
-                                     "subscribe": False, "unsubscribe": True},
-                "clients": clients, "groups": [], "roles": roles}
+        return {
+            "defaultACLAccess": {
+                "publishClientSend": False,
+                "publishClientReceive": False,
+                "subscribe": False,
+                "unsubscribe": True,
+            },
+            "clients": clients,
+            "groups": [],
+            "roles": roles,
+        }
 
     def _write_dynsec_file(self) -> None:
         write_private(self.dynsec_file, json.dumps(self.dynsec_config(), indent=1) + "\n")
@@ -266,23 +289,38 @@ class Mosquitto:
         create: list[dict[str, Any]] = []
         for vin, password in vehicles:
             create.append({"command": "createRole", **vehicle_role(vin)})
-            create.append({"command": "createClient", "username": vin, "password": password,
-                           "clientid": vin, "roles": [{"rolename": f"vehicle-{vin}"}]})
+            create.append(
+                {
+                    "command": "createClient",
+                    "username": vin,
+                    "password": password,
+                    "clientid": vin,
+                    "roles": [{"rolename": f"vehicle-{vin}"}],
+                }
+            )
         errors = self._control(create)
         # A VIN registered before keeps its client and role: only its password changes.
-        again = [{"command": "setClientPassword", "username": vin, "password": password}
-                 for vin, password in vehicles
-                 if errors.get(("createClient", vin)) == "Client already exists"]
-        errors = {k: e for k, e in errors.items() if e not in ("Client already exists",
-                                                                "Role already exists")}
+        again = [
+            {"command": "setClientPassword", "username": vin, "password": password}
+            for vin, password in vehicles
+            if errors.get(("createClient", vin)) == "Client already exists"
+        ]
+        errors = {
+            k: e
+            for k, e in errors.items()
+            if e not in ("Client already exists", "Role already exists")
+        }
         errors.update(self._control(again))
         if errors:
             (command, name), why = next(iter(errors.items()))
-            raise InfraError(f"mosquitto refused {command} for {name}: {why} "
-                             f"({len(errors)} errors; see {self.home / 'mosquitto.log'})")
+            raise InfraError(
+                f"mosquitto refused {command} for {name}: {why} "
+                f"({len(errors)} errors; see {self.home / 'mosquitto.log'})"
+            )
 
-    def _control(self, commands: list[dict[str, Any]],
-                 timeout: float = 60.0) -> dict[tuple[str, str], str]:
+    def _control(
+        self, commands: list[dict[str, Any]], timeout: float = 60.0
+    ) -> dict[tuple[str, str], str]:
         """Send plugin commands in batches; (command, name) -> error of those that failed."""
         if not commands:
             return {}
@@ -293,7 +331,7 @@ class Mosquitto:
         with ControlClient(host, port, user, self.credentials()[user], CONTROL_TOPIC) as client:
             errors: dict[tuple[str, str], str] = {}
             for i in range(0, len(commands), CONTROL_BATCH):
-                batch = commands[i:i + CONTROL_BATCH]
+                batch = commands[i : i + CONTROL_BATCH]
                 for n, cmd in enumerate(batch):
                     cmd["correlationData"] = f"{uuid.uuid4().hex}-{n}"
                 for cmd, error in zip(batch, client.send(batch, timeout), strict=True):
@@ -316,12 +354,17 @@ class Mosquitto:
         included, are whatever `infra up` wrote) and a regenerated logins file."""
         self.stop()
         self._write_dynsec_file()
-        process.spawn([mosquitto_binary(), "-c", str(self.config_path)], self.pid_file,
-                      self.home / "stdout.log")
+        process.spawn(
+            [mosquitto_binary(), "-c", str(self.config_path)],
+            self.pid_file,
+            self.home / "stdout.log",
+        )
         host, port = self._listener()
         if not ports.wait_listening(host, port, timeout):
-            raise ServiceStartError(f"mosquitto did not listen on {host}:{port} within "
-                                    f"{timeout}s after a restart; see {self.home}")
+            raise ServiceStartError(
+                f"mosquitto did not listen on {host}:{port} within "
+                f"{timeout}s after a restart; see {self.home}"
+            )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -343,8 +386,9 @@ class Mosquitto:
         self.prepare()
         if self.pid() is not None:
             return None
-        return process.spawn([binary, "-c", str(self.config_path)], self.pid_file,
-                             self.home / "stdout.log")
+        return process.spawn(
+            [binary, "-c", str(self.config_path)], self.pid_file, self.home / "stdout.log"
+        )
 
     def wait_healthy(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -357,12 +401,14 @@ class Mosquitto:
                 )
             if all(ports.wait_listening(self.host, p, 0.3) for p in self._ports()):
                 return
-        raise ServiceStartError(f"mosquitto did not listen on {self.host} ports "
-                                f"{self._ports()} within {timeout}s")
+        raise ServiceStartError(
+            f"mosquitto did not listen on {self.host} ports {self._ports()} within {timeout}s"
+        )
 
     def healthy(self) -> bool:
-        return self.pid() is not None and all(ports.wait_listening(self.host, p, 0.5)
-                                              for p in self._ports())
+        return self.pid() is not None and all(
+            ports.wait_listening(self.host, p, 0.5) for p in self._ports()
+        )
 
     def stop(self, timeout: float = 10.0) -> list[int]:
         pid = self.pid()
@@ -377,9 +423,13 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 def _client(user: str, hashed: str, role: str, clientid: str | None = None) -> dict[str, Any]:
     """A plugin login from a ``$7$iterations$salt$hash`` entry (the same PBKDF2-SHA512)."""
     _, _, iterations, salt, digest = hashed.split("$")
-    out: dict[str, Any] = {"username": user, "password": digest, "salt": salt,
-                           "iterations": int(iterations), "roles": [{"rolename": role}]}
+    out: dict[str, Any] = {
+        "username": user,
+        "password": digest,
+        "salt": salt,
+        "iterations": int(iterations),
+        "roles": [{"rolename": role}],
+    }
     if clientid is not None:
         out["clientid"] = clientid
     return out
-

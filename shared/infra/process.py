@@ -20,8 +20,13 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def spawn(argv: Sequence[str], pid_file: Path, log_file: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> int:
+def spawn(
+    argv: Sequence[str],
+    pid_file: Path,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
     """Start ``argv`` in its own session, detached from ours, and record its pid.
 
     The child gets a raised fd limit (brokers hold one socket per client) and its own

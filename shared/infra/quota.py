@@ -31,11 +31,15 @@ MIN_BYTES_PER_S = 1024
 def validate_rate(value: object, setting: str) -> int:
     """``value`` as a byte rate: 0 means unlimited; otherwise at least MIN_BYTES_PER_S."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"expected an integer number of bytes per second, got {value!r}",
-                          setting=setting)
+        raise ConfigError(
+            f"expected an integer number of bytes per second, got {value!r}", setting=setting
+        )
     if value != 0 and value < MIN_BYTES_PER_S:
-        raise ConfigError(f"{value} bytes/s is below the minimum of {MIN_BYTES_PER_S}; use 0 "
-                          f"for no limit, or e.g. 262144 for 256 KiB/s", setting=setting)
+        raise ConfigError(
+            f"{value} bytes/s is below the minimum of {MIN_BYTES_PER_S}; use 0 "
+            f"for no limit, or e.g. 262144 for 256 KiB/s",
+            setting=setting,
+        )
     return value
 
 
@@ -53,15 +57,31 @@ def client_properties(login: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in login.items() if k != "bootstrap.servers")
 
 
-def config_command_argv(java: str, classpath: str, bootstrap: str, command_config: Path,
-                        user: str, rate: int) -> list[str]:
+def config_command_argv(
+    java: str, classpath: str, bootstrap: str, command_config: Path, user: str, rate: int
+) -> list[str]:
     """``kafka-configs.sh`` setting (rate > 0) or removing (0) ``user``'s read cap."""
-    change = (["--add-config", f"{QUOTA_KEY}={rate}"] if rate
-              else ["--delete-config", QUOTA_KEY])
-    return [java, "-Xmx96m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            "-Dlog4j2.level=WARN", "-cp", classpath, CONFIG_COMMAND,
-            "--bootstrap-server", bootstrap, "--command-config", str(command_config),
-            "--alter", "--entity-type", "users", "--entity-name", user, *change]
+    change = ["--add-config", f"{QUOTA_KEY}={rate}"] if rate else ["--delete-config", QUOTA_KEY]
+    return [
+        java,
+        "-Xmx96m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Dlog4j2.level=WARN",
+        "-cp",
+        classpath,
+        CONFIG_COMMAND,
+        "--bootstrap-server",
+        bootstrap,
+        "--command-config",
+        str(command_config),
+        "--alter",
+        "--entity-type",
+        "users",
+        "--entity-name",
+        user,
+        *change,
+    ]
 
 
 def apply(argv: list[str], timeout: float = 120.0) -> None:
@@ -70,16 +90,19 @@ def apply(argv: list[str], timeout: float = 120.0) -> None:
     Idempotent: setting the same cap again, or removing a cap that is not there, succeeds.
     """
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise InfraError(f"setting MirrorMaker's read cap on the edge Kafka took over "
-                         f"{timeout:.0f}s; is the edge Kafka up?") from exc
+        raise InfraError(
+            f"setting MirrorMaker's read cap on the edge Kafka took over "
+            f"{timeout:.0f}s; is the edge Kafka up?"
+        ) from exc
     removing = "--delete-config" in argv
     if done.returncode != 0 and removing and f"Invalid config(s): {QUOTA_KEY}" in done.stderr:
         return  # there was no cap to remove
     if done.returncode != 0:
         tail = (done.stderr or done.stdout)[-1500:]
-        raise InfraError(f"could not set MirrorMaker's read cap ({QUOTA_KEY}) on the edge "
-                         f"Kafka (exit {done.returncode}); is it up and does the mirror's "
-                         f"login work?\n{tail}")
+        raise InfraError(
+            f"could not set MirrorMaker's read cap ({QUOTA_KEY}) on the edge "
+            f"Kafka (exit {done.returncode}); is it up and does the mirror's "
+            f"login work?\n{tail}"
+        )

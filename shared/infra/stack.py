@@ -38,9 +38,11 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     edge_port: Port = 9092
     edge_controller_port: Port = 9093
     cloud_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = msgspec.field(
-        default_factory=lambda: [9192, 9194, 9196])
-    cloud_controller_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = (
-        msgspec.field(default_factory=lambda: [9193, 9195, 9197]))
+        default_factory=lambda: [9192, 9194, 9196]
+    )
+    cloud_controller_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = msgspec.field(
+        default_factory=lambda: [9193, 9195, 9197]
+    )
     mqtt_port: Port = 1883
     kafka_heap: Annotated[str, Meta(pattern=r"^\d+[mg]$")] = "512m"
     # The gateway's edge.toml: its [disk] budget bounds the edge topics (edge/disk.py). Without
@@ -57,11 +59,15 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             used[port] = setting
 
     def port_settings(self) -> list[tuple[str, int]]:
-        out = [("edge_port", self.edge_port), ("edge_controller_port", self.edge_controller_port),
-               ("mqtt_port", self.mqtt_port)]
+        out = [
+            ("edge_port", self.edge_port),
+            ("edge_controller_port", self.edge_controller_port),
+            ("mqtt_port", self.mqtt_port),
+        ]
         out += [(f"cloud_ports[{i}]", p) for i, p in enumerate(self.cloud_ports)]
-        out += [(f"cloud_controller_ports[{i}]", p)
-                for i, p in enumerate(self.cloud_controller_ports)]
+        out += [
+            (f"cloud_controller_ports[{i}]", p) for i, p in enumerate(self.cloud_controller_ports)
+        ]
         return out
 
 
@@ -75,34 +81,54 @@ class Stack:
         # The gateway's Kafka holds PII and serves only the gateway's own services: it
         # listens on loopback whatever `host` says, and asks for a login.
         self.edge = KafkaCluster(
-            "edge", home / "edge-kafka",
+            "edge",
+            home / "edge-kafka",
             (KafkaNode(1, settings.edge_port, settings.edge_controller_port),),
-            host=LOOPBACK, heap=settings.kafka_heap, authenticate=True,
+            host=LOOPBACK,
+            heap=settings.kafka_heap,
+            authenticate=True,
         )
         self.cloud = KafkaCluster(
-            "cloud", home / "cloud-kafka",
-            tuple(KafkaNode(i + 1, p, c) for i, (p, c) in
-                  enumerate(zip(settings.cloud_ports, settings.cloud_controller_ports, strict=True))),
-            host=settings.host, heap=settings.kafka_heap, authenticate=True, tls=True,
-            authorize=True, users=CLOUD_USERS,
+            "cloud",
+            home / "cloud-kafka",
+            tuple(
+                KafkaNode(i + 1, p, c)
+                for i, (p, c) in enumerate(
+                    zip(settings.cloud_ports, settings.cloud_controller_ports, strict=True)
+                )
+            ),
+            host=settings.host,
+            heap=settings.kafka_heap,
+            authenticate=True,
+            tls=True,
+            authorize=True,
+            users=CLOUD_USERS,
             tls_hosts=tuple(dict.fromkeys((settings.host, LOOPBACK, "localhost"))),
         )
         self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)
 
-    def mirror(self, edge_id: str, edge_bootstrap: str | None = None,
-               provision: bool = True) -> Mirror:
+    def mirror(
+        self, edge_id: str, edge_bootstrap: str | None = None, provision: bool = True
+    ) -> Mirror:
         """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default),
         logging in to the cloud as the gateway; ``provision``: make that login and its ACLs
         first (the cloud must be up)."""
         self.use_declarations()  # the declared streams' topics are mirrored too
         edge = self.edge.login(MIRROR_USER)
         if edge_bootstrap:
-            edge = (edge_bootstrap if isinstance(edge, str)
-                    else msgspec.structs.replace(edge, bootstrap=edge_bootstrap))
-        return Mirror(edge_id, edge_bootstrap or self.edge.bootstrap, self.cloud.bootstrap,
-                      self.settings.home, edge_login=edge,
-                      cloud_login=self.add_gateway(edge_id) if provision
-                      else self._gateway_login(edge_id))
+            edge = (
+                edge_bootstrap
+                if isinstance(edge, str)
+                else msgspec.structs.replace(edge, bootstrap=edge_bootstrap)
+            )
+        return Mirror(
+            edge_id,
+            edge_bootstrap or self.edge.bootstrap,
+            self.cloud.bootstrap,
+            self.settings.home,
+            edge_login=edge,
+            cloud_login=self.add_gateway(edge_id) if provision else self._gateway_login(edge_id),
+        )
 
     def _gateway_login(self, edge_id: str) -> KafkaSettings | str:
         return self.cloud.login(gateway_user(edge_id))
@@ -155,7 +181,10 @@ class Stack:
             print(text, flush=True)
 
     def _check_ports(self, services: frozenset[str]) -> None:
-        mine = {self.edge.name: self.edge.running_pids(), self.cloud.name: self.cloud.running_pids()}
+        mine = {
+            self.edge.name: self.edge.running_pids(),
+            self.cloud.name: self.cloud.running_pids(),
+        }
         mqtt_running = self.mqtt.pid() is not None
         for setting, port in self.settings.port_settings():
             if setting.split("_")[0] not in services:
@@ -169,8 +198,7 @@ class Stack:
             if not ports.is_free(host, port):
                 raise PortInUseError(setting, host, port)
 
-    def up(self, timeout: float = 120.0,
-           services: frozenset[str] = SERVICES) -> dict[str, Any]:
+    def up(self, timeout: float = 120.0, services: frozenset[str] = SERVICES) -> dict[str, Any]:
         """Start whatever is not running, wait until healthy, create topics. Idempotent.
 
         ``services`` picks a subset of ``{"edge", "cloud", "mqtt"}`` (tests that need only
@@ -193,8 +221,9 @@ class Stack:
         new = [pid for c in clusters for pid in c.start(libs, java)]
         mqtt_pid = self.mqtt.start() if "mqtt" in services else None
         if new or mqtt_pid:
-            self._say(f"Starting {len(new)} Kafka node(s)"
-                      f"{' and mosquitto' if mqtt_pid else ''} ...")
+            self._say(
+                f"Starting {len(new)} Kafka node(s){' and mosquitto' if mqtt_pid else ''} ..."
+            )
         try:
             with ThreadPoolExecutor(3) as pool:
                 waits = [pool.submit(c.wait_healthy, timeout) for c in clusters]
@@ -208,9 +237,12 @@ class Stack:
                     ensure_users(c.login(KAFKA_ADMIN_USER), {u: creds[u] for u in c.users})
                 if c.authorize:
                     ensure_acls(c.login(KAFKA_ADMIN_USER), service_grants())
-                ensure_topics(c.login(KAFKA_ADMIN_USER), c.name,  # type: ignore[arg-type]
-                              c.replication_factor,
-                              overrides=self.edge_topic_configs() if c is self.edge else None)
+                ensure_topics(
+                    c.login(KAFKA_ADMIN_USER),
+                    c.name,  # type: ignore[arg-type]
+                    c.replication_factor,
+                    overrides=self.edge_topic_configs() if c is self.edge else None,
+                )
         except InfraError:
             if new or mqtt_pid:
                 self.down()
@@ -224,8 +256,11 @@ class Stack:
     def down(self) -> list[int]:
         """Stop all three; returns pids that needed SIGKILL. Data stays on disk."""
         with ThreadPoolExecutor(3) as pool:
-            futs = [pool.submit(self.mqtt.stop), pool.submit(self.edge.stop),
-                    pool.submit(self.cloud.stop)]
+            futs = [
+                pool.submit(self.mqtt.stop),
+                pool.submit(self.edge.stop),
+                pool.submit(self.cloud.stop),
+            ]
             killed = [pid for fut in futs for pid in fut.result()]
         return killed
 

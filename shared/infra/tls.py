@@ -29,8 +29,9 @@ class TlsFiles:
     key_file: Path
 
 
-def make_local_ca(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS,
-                  name: str = "fleetsentry test") -> TlsFiles:
+def make_local_ca(
+    directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS, name: str = "fleetsentry test"
+) -> TlsFiles:
     """Write ``ca.pem``, ``server.pem`` and ``server.key`` (0600) into ``directory``.
 
     The server certificate names every host (IP addresses as IP SANs, names as DNS SANs),
@@ -40,8 +41,7 @@ def make_local_ca(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS,
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
     except ImportError as exc:  # pragma: no cover - a base dependency
-        raise PrerequisiteError("generating certificates needs `pip install cryptography`") \
-            from exc
+        raise PrerequisiteError("generating certificates needs `pip install cryptography`") from exc
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _certificate(f"{name} CA", ca_key, ca_key, None, is_ca=True, hosts=())
@@ -51,8 +51,9 @@ def make_local_ca(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS,
     pem = serialization.Encoding.PEM
     files.ca_file.write_bytes(ca_cert.public_bytes(pem))
     files.cert_file.write_bytes(server_cert.public_bytes(pem))
-    key_pem = server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
+    key_pem = server_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(files.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key_pem)
@@ -77,8 +78,9 @@ def certificate_fresh(cert_file: Path, hosts: Sequence[str], min_days: float = 1
     return left > dt.timedelta(days=min_days) and set(hosts) <= named
 
 
-def _certificate(common_name: str, key: Any, signer_key: Any, issuer: Any, *, is_ca: bool,
-                 hosts: Sequence[str]) -> Any:
+def _certificate(
+    common_name: str, key: Any, signer_key: Any, issuer: Any, *, is_ca: bool, hosts: Sequence[str]
+) -> Any:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -94,26 +96,36 @@ def _certificate(common_name: str, key: Any, signer_key: Any, issuer: Any, *, is
         # A little in the past: a client whose clock is slightly behind still accepts it.
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None),
-                       critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if is_ca:
         builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                          content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, encipher_only=False,
-                          decipher_only=False), critical=True)
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
         builder = (
-            builder
-            .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                signer_key.public_key()), critical=False)
+            builder.add_extension(
+                x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),
+                critical=False,
+            )
         )
     return builder.sign(signer_key, hashes.SHA256())
 

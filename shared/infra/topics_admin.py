@@ -42,28 +42,36 @@ def ensure_users(admin_login: Target, users: Mapping[str, str], timeout: float =
                 have.add(user)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.RESOURCE_NOT_FOUND:
-                raise InfraError(f"reading the SCRAM users of {bootstrap_of(admin_login)} "
-                                 f"failed: {exc}") from exc
+                raise InfraError(
+                    f"reading the SCRAM users of {bootstrap_of(admin_login)} failed: {exc}"
+                ) from exc
     missing = [u for u in users if u not in have]
     if not missing:
         return []
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
     upserts: list[UserScramCredentialAlteration] = [
-        UserScramCredentialUpsertion(u, info, users[u].encode()) for u in missing]
+        UserScramCredentialUpsertion(u, info, users[u].encode()) for u in missing
+    ]
     for user, fut in admin.alter_user_scram_credentials(upserts).items():
         try:
             fut.result(timeout)
         except KafkaException as exc:
-            raise InfraError(f"creating Kafka user {user} on {bootstrap_of(admin_login)} "
-                             f"failed: {exc}") from exc
+            raise InfraError(
+                f"creating Kafka user {user} on {bootstrap_of(admin_login)} failed: {exc}"
+            ) from exc
     return missing
 
 
 TopicConfigs = Mapping[str, Mapping[str, str]]
 
 
-def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor: int,
-                  timeout: float = 30.0, overrides: TopicConfigs | None = None) -> list[str]:
+def ensure_topics(
+    target: Target,
+    cluster: registry.Cluster,
+    replication_factor: int,
+    timeout: float = 30.0,
+    overrides: TopicConfigs | None = None,
+) -> list[str]:
     """Make every registry topic of ``cluster`` exist with its partitions and configs.
 
     Returns the names created now. Existing topics keep their data; missing partitions are
@@ -83,9 +91,17 @@ def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor:
     created = []
     if missing:
         futures = admin.create_topics(
-            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor,
-                      config=configs(t)) for t in missing],
-            operation_timeout=timeout, request_timeout=timeout,
+            [
+                NewTopic(
+                    t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=replication_factor,
+                    config=configs(t),
+                )
+                for t in missing
+            ],
+            operation_timeout=timeout,
+            request_timeout=timeout,
         )
         for name, fut in futures.items():
             try:
@@ -95,8 +111,11 @@ def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor:
                 if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
                     raise InfraError(f"creating topic {name} on {bootstrap} failed: {exc}") from exc
     existing = [t for t in wanted if t.name in meta.topics]
-    grow = [NewPartitions(t.name, t.partitions) for t in existing
-            if len(meta.topics[t.name].partitions) < t.partitions]
+    grow = [
+        NewPartitions(t.name, t.partitions)
+        for t in existing
+        if len(meta.topics[t.name].partitions) < t.partitions
+    ]
     if grow:
         for fut in admin.create_partitions(grow, request_timeout=timeout).values():
             fut.result()
@@ -107,8 +126,13 @@ def ensure_topics(target: Target, cluster: registry.Cluster, replication_factor:
     return created
 
 
-def wait_visible(admin: AdminClient, bootstrap: str, wanted: Mapping[str, int],
-                 timeout: float = 30.0, agree: int = 5) -> None:
+def wait_visible(
+    admin: AdminClient,
+    bootstrap: str,
+    wanted: Mapping[str, int],
+    timeout: float = 30.0,
+    agree: int = 5,
+) -> None:
     """Wait until the cluster's metadata shows every topic in ``wanted`` (name -> partitions)
     with a leader for each partition, ``agree`` times in a row.
 
@@ -127,8 +151,10 @@ def wait_visible(admin: AdminClient, bootstrap: str, wanted: Mapping[str, int],
             missing = [f"(metadata: {exc})"]
         streak = 0 if missing else streak + 1
         if missing and time.monotonic() >= deadline:
-            raise InfraError(f"topics created on {bootstrap} are not visible with leaders after "
-                             f"{timeout:.0f} s: {', '.join(missing)}")
+            raise InfraError(
+                f"topics created on {bootstrap} are not visible with leaders after "
+                f"{timeout:.0f} s: {', '.join(missing)}"
+            )
         time.sleep(0.05 if not missing else 0.2)
 
 
@@ -136,20 +162,28 @@ def _not_ready(meta: Mapping[str, Any], wanted: Iterable[tuple[str, int]]) -> li
     out = []
     for name, partitions in wanted:
         topic = meta.get(name)
-        if topic is None or topic.error is not None or len(topic.partitions) < partitions \
-                or any(p.leader < 0 for p in topic.partitions.values()):
+        if (
+            topic is None
+            or topic.error is not None
+            or len(topic.partitions) < partitions
+            or any(p.leader < 0 for p in topic.partitions.values())
+        ):
             out.append(name)
     return out
 
 
-def set_topic_configs(admin: AdminClient, bootstrap: str, wanted: TopicConfigs,
-                      timeout: float = 30.0) -> None:
+def set_topic_configs(
+    admin: AdminClient, bootstrap: str, wanted: TopicConfigs, timeout: float = 30.0
+) -> None:
     """Set (incrementally, so other settings stay) each topic's configs; idempotent."""
     resources = [
         ConfigResource(
-            ConfigResource.Type.TOPIC, name,
-            incremental_configs=[ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
-                                 for k, v in conf.items()],
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in conf.items()
+            ],
         )
         for name, conf in wanted.items()
     ]
@@ -160,5 +194,4 @@ def set_topic_configs(admin: AdminClient, bootstrap: str, wanted: TopicConfigs,
         try:
             fut.result(timeout + 5)
         except (KafkaException, TimeoutError) as exc:
-            raise InfraError(f"setting configs of {res.name} on {bootstrap} failed: {exc}") \
-                from exc
+            raise InfraError(f"setting configs of {res.name} on {bootstrap} failed: {exc}") from exc

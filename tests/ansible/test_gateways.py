@@ -52,16 +52,31 @@ pytestmark = pytest.mark.timeout(1800)
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_FORCE_COLOR="0", PY_COLORS="0",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        PY_COLORS="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
     return env
 
 
-def _run(argv: list[str], cwd: Path = ANSIBLE, timeout: float = PLAYBOOK_TIMEOUT_S,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, env=env or _env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def _run(
+    argv: list[str],
+    cwd: Path = ANSIBLE,
+    timeout: float = PLAYBOOK_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
@@ -69,24 +84,33 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
         lines = proc.stdout.splitlines()
         # The failed tasks with their messages, then the end of the run.
         fatal = [i for i, line in enumerate(lines) if line.startswith(("fatal:", "failed:"))]
-        blocks = ["\n".join(lines[max(0, i - 2):i + 25]) for i in fatal]
-        pytest.fail(f"exit {proc.returncode}\n" + "\n...\n".join(blocks)
-                    + f"\n...\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        blocks = ["\n".join(lines[max(0, i - 2) : i + 25]) for i in fatal]
+        pytest.fail(
+            f"exit {proc.returncode}\n"
+            + "\n...\n".join(blocks)
+            + f"\n...\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc.stdout
 
 
 # --- static checks -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("example", ["fleet_secret", "development_key", "example_key",
-                                     "placeholder_password"])
+@pytest.mark.parametrize(
+    "example", ["fleet_secret", "development_key", "example_key", "placeholder_password"]
+)
 def test_the_role_refuses_example_secrets_and_the_development_key(
-        example: str, tmp_path: Path) -> None:
+    example: str, tmp_path: Path
+) -> None:
     """The example inventory's values and the key the baselines ship with are public.
     (The converge tests below show the fleet's own values pass the same check.)"""
-    values = {"edge_fleet_secret": "c2VjcmV0LW9mLXRoaXMtdGVzdC1mbGVldC0zMmJ5dGVz",
-              "edge_model_public_key": _public_key_pem(), "edge_mqtt_password": "a-real-one",
-              "edge_kafka_password": "k", "edge_mirror_kafka_password": "m"}
+    values = {
+        "edge_fleet_secret": "c2VjcmV0LW9mLXRoaXMtdGVzdC1mbGVldC0zMmJ5dGVz",
+        "edge_model_public_key": _public_key_pem(),
+        "edge_mqtt_password": "a-real-one",
+        "edge_kafka_password": "k",
+        "edge_mirror_kafka_password": "m",
+    }
     example_vault = yaml.safe_load((ANSIBLE / "inventory/example/vault.example.yml").read_text())
     if example == "fleet_secret":
         values["edge_fleet_secret"] = example_vault["vault_fleet_secret"]
@@ -97,13 +121,24 @@ def test_the_role_refuses_example_secrets_and_the_development_key(
     else:
         values["edge_mqtt_password"] = example_vault["vault_mosquitto_bridge_password"]
     playbook = tmp_path / "edge-only.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": True,
-                                         "roles": ["edge"]}]))
+    playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": True, "roles": ["edge"]}]))
     (tmp_path / "vars.json").write_text(json.dumps(values))
-    refused = _run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check",
-                    "-e", f"@{tmp_path / 'vars.json'}",
-                    "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
-                   timeout=300)
+    refused = _run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "--check",
+            "-e",
+            f"@{tmp_path / 'vars.json'}",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(playbook),
+        ],
+        timeout=300,
+    )
     assert refused.returncode != 0
     assert "Refuse the example secrets" in refused.stdout
     assert "The inventory holds an example value" in refused.stdout, refused.stdout[-3000:]
@@ -114,14 +149,26 @@ def test_yamllint_passes() -> None:
 
 
 def test_ansible_lint_production_profile_passes() -> None:
-    out = _ok(_run([str(BIN / "ansible-lint"), "--offline", "--profile", "production",
-                    "site.yml", "roles"]))
+    out = _ok(
+        _run(
+            [str(BIN / "ansible-lint"), "--offline", "--profile", "production", "site.yml", "roles"]
+        )
+    )
     assert "fatal" not in out.lower()
 
 
 def test_syntax_check_passes() -> None:
-    _ok(_run([str(BIN / "ansible-playbook"), "--syntax-check", "-i",
-              "inventory/example/hosts.yml", "site.yml"]))
+    _ok(
+        _run(
+            [
+                str(BIN / "ansible-playbook"),
+                "--syntax-check",
+                "-i",
+                "inventory/example/hosts.yml",
+                "site.yml",
+            ]
+        )
+    )
 
 
 # --- two gateways on this machine ----------------------------------------------------------
@@ -141,16 +188,20 @@ class Gateway:
     @property
     def kafka(self) -> KafkaSettings:
         """The services' login, with the password the kafka role made on the gateway."""
-        return KafkaSettings(bootstrap=self.bootstrap, username=EDGE_USER,
-                             credentials_file=self.root / "etc/fleetsentry/kafka/credentials.json")
+        return KafkaSettings(
+            bootstrap=self.bootstrap,
+            username=EDGE_USER,
+            credentials_file=self.root / "etc/fleetsentry/kafka/credentials.json",
+        )
 
     @property
     def ctl(self) -> Path:
         return self.root / "opt/fleetsentry/bin/fleetsentry-service"
 
     def pid(self, service: str) -> int | None:
-        proc = subprocess.run([str(self.ctl), "status", service], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            [str(self.ctl), "status", service], capture_output=True, text=True, check=False
+        )
         match = re.search(r"pid (\d+)", proc.stdout)
         return int(match.group(1)) if proc.returncode == 0 and match else None
 
@@ -162,8 +213,9 @@ class Gateway:
         if not self.ctl.exists():
             return
         for service in ("mirror", "edge", "mosquitto", "kafka"):
-            subprocess.run([str(self.ctl), "stop", service], capture_output=True, timeout=90,
-                           check=False)
+            subprocess.run(
+                [str(self.ctl), "stop", service], capture_output=True, timeout=90, check=False
+            )
 
 
 @dataclass
@@ -176,9 +228,19 @@ class Fleet:
     cloud: Stack
 
     def playbook(self, *extra: str) -> str:
-        return _ok(_run([str(BIN / "ansible-playbook"), "-i", str(self.inventory),
-                         "--vault-password-file", str(self.vault_password_file),
-                         "site.yml", *extra]))
+        return _ok(
+            _run(
+                [
+                    str(BIN / "ansible-playbook"),
+                    "-i",
+                    str(self.inventory),
+                    "--vault-password-file",
+                    str(self.vault_password_file),
+                    "site.yml",
+                    *extra,
+                ]
+            )
+        )
 
 
 def _recap(output: str) -> dict[str, dict[str, int]]:
@@ -205,26 +267,65 @@ def _changed_tasks(output: str) -> list[str]:
 def _build_wheel(dest: Path, version: str | None = None) -> Path:
     """A wheel of the working tree (optionally with another version number)."""
     src = dest / f"src-{version or 'current'}"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", "tests", "bench", "ansible",
-        ".pytest_cache", ".mypy_cache", ".ruff_cache", "artifacts", ".fleetsentry"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "tests",
+            "bench",
+            "ansible",
+            ".pytest_cache",
+            ".mypy_cache",
+            ".ruff_cache",
+            "artifacts",
+            ".fleetsentry",
+        ),
+    )
     if version:  # the one version source (pyproject.toml reads it from there)
         init = src / "shared" / "__init__.py"
-        init.write_text(re.sub(r'^__version__ = ".*"$', f'__version__ = "{version}"',
-                               init.read_text(), count=1, flags=re.M))
+        init.write_text(
+            re.sub(
+                r'^__version__ = ".*"$',
+                f'__version__ = "{version}"',
+                init.read_text(),
+                count=1,
+                flags=re.M,
+            )
+        )
     env = dict(os.environ, SOURCE_DATE_EPOCH="315532800")
     out = dest / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(src)],
-                   check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
     shutil.rmtree(src)
     wanted = version or _current_version()
     return next(out.glob(f"fleetsentry-{wanted}-*.whl"))
 
 
 def _current_version() -> str:
-    match = re.search(r'^__version__ = "(.*)"$', (REPO / "shared" / "__init__.py").read_text(),
-                      re.M)
+    match = re.search(
+        r'^__version__ = "(.*)"$', (REPO / "shared" / "__init__.py").read_text(), re.M
+    )
     assert match, "shared/__init__.py names no __version__"
     return match.group(1)
 
@@ -233,8 +334,11 @@ def _events(seed: int) -> list[tuple[str, bytes]]:
     from firmware_sim import Fleet as SimFleet
     from firmware_sim import SimSettings
 
-    fleet = SimFleet(SimSettings(vehicles=3, duration_s=30, rate_hz=1.0, seed=seed,
-                                 start_ts=None, payment_rate=20.0))
+    fleet = SimFleet(
+        SimSettings(
+            vehicles=3, duration_s=30, rate_hz=1.0, seed=seed, start_ts=None, payment_rate=20.0
+        )
+    )
     return list(fleet.events())
 
 
@@ -245,8 +349,9 @@ def _public_key_pem() -> str:
     return public_key_pem(generate_private_key()).decode()
 
 
-def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
-                     wheelhouse: Path, cloud: Stack) -> tuple[Path, Path]:
+def _write_inventory(
+    base: Path, gateways: dict[str, Gateway], wheel: Path, wheelhouse: Path, cloud: Stack
+) -> tuple[Path, Path]:
     inv_dir = base / "inventory"
     (inv_dir / "group_vars" / "gateways").mkdir(parents=True)
     kafka_home = base / "kafka-home"
@@ -282,8 +387,10 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
         "gateway_manage_users": False,
         "gateway_manage_packages": False,
         "gateway_group": "root",
-        "mosquitto_user": "root", "mosquitto_group": "root",
-        "kafka_user": "root", "kafka_group": "root",
+        "mosquitto_user": "root",
+        "mosquitto_group": "root",
+        "kafka_user": "root",
+        "kafka_group": "root",
         "edge_user": "root",
         "mosquitto_tls_bind_address": "127.0.0.1",
         "kafka_heap_max": "320m",
@@ -311,15 +418,25 @@ def _write_inventory(base: Path, gateways: dict[str, Gateway], wheel: Path,
         "vault_vehicles": [{"vin": vin, "password": VEHICLE_PASSWORD} for vin in vins],
         "vault_fleet_secret": "ZmxlZXRzZW50cnktdGVzdC1mbGVldC1zZWNyZXQtMzI=",
         "vault_model_public_key": _public_key_pem(),
-        "vault_cloud_passwords": {name: cloud.cloud.credentials()[gateway_user(name)]
-                                  for name in gateways},
+        "vault_cloud_passwords": {
+            name: cloud.cloud.credentials()[gateway_user(name)] for name in gateways
+        },
     }
     vault_file = inv_dir / "group_vars" / "gateways" / "vault.yml"
     vault_file.write_text(yaml.safe_dump(vault))
     password_file = base / "vault-password"
     password_file.write_text("test-vault-password\n")
-    _ok(_run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file",
-              str(password_file), str(vault_file)]))
+    _ok(
+        _run(
+            [
+                str(BIN / "ansible-vault"),
+                "encrypt",
+                "--vault-password-file",
+                str(password_file),
+                str(vault_file),
+            ]
+        )
+    )
     assert vault_file.read_text().startswith("$ANSIBLE_VAULT")
     return inv_dir / "hosts.yml", password_file
 
@@ -332,14 +449,32 @@ def fleet() -> Iterator[Fleet]:
     gateways = {}
     for i, name in enumerate(GATEWAYS):
         p = free_ports(5)
-        gateways[name] = Gateway(name, base / name, dict(zip(
-            ("mqtts", "mqtt", "kafka", "controller", "mirror_rest"), p, strict=True)), _events(seed=100 + i))
+        gateways[name] = Gateway(
+            name,
+            base / name,
+            dict(zip(("mqtts", "mqtt", "kafka", "controller", "mirror_rest"), p, strict=True)),
+            _events(seed=100 + i),
+        )
     wheel = _build_wheel(base)
     upgrade_wheel = _build_wheel(base, version=_current_version() + ".post1")
     wheelhouse = base / "wheelhouse"
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
-                    "-c", str(REPO / "constraints.txt"), f"{wheel}[edge]"],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "-d",
+            str(wheelhouse),
+            "-c",
+            str(REPO / "constraints.txt"),
+            f"{wheel}[edge]",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     cloud = Stack(free_infra_settings(base / "cloud"), quiet=True)
     try:
         cloud.up(services=frozenset({"cloud"}))
@@ -363,12 +498,12 @@ def converged(fleet: Fleet) -> str:
 
 
 def _vehicle(gw: Gateway, vin: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin, protocol=mqtt.MQTTv5)
     client.username_pw_set(vin, VEHICLE_PASSWORD)
     # The broker's certificate names localhost and 127.0.0.1: verify it fully.
-    client.tls_set(ca_certs=str(gw.root / "etc/fleetsentry/mosquitto/tls/ca.crt"),
-                   cert_reqs=ssl.CERT_REQUIRED)
+    client.tls_set(
+        ca_certs=str(gw.root / "etc/fleetsentry/mosquitto/tls/ca.crt"), cert_reqs=ssl.CERT_REQUIRED
+    )
     client.connect("127.0.0.1", gw.ports["mqtts"])
     client.loop_start()
     return client
@@ -391,8 +526,9 @@ def _wait_for_bridge(gw: Gateway, timeout: float = 180.0) -> None:
             client.publish(f"fleet/{vin}/telemetry", b"probe: not an event", qos=1)
             if consume_all(gw.kafka, "dlq.ingest", expect=1, timeout=3):
                 return
-        pytest.fail(f"{gw.name}: the bridge did not subscribe within {timeout:.0f}s\n"
-                    f"{gw.log_tail('edge')}")
+        pytest.fail(
+            f"{gw.name}: the bridge did not subscribe within {timeout:.0f}s\n{gw.log_tail('edge')}"
+        )
     finally:
         _close(client)
 
@@ -423,7 +559,8 @@ def _published_ids(gw: Gateway, stream: str) -> set[str]:
 
 @pytest.mark.integration
 def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
-        fleet: Fleet, converged: str) -> None:
+    fleet: Fleet, converged: str
+) -> None:
     assert set(_recap(converged)) == set(GATEWAYS)
     for gw in fleet.gateways.values():
         for service in ("mosquitto", "kafka", "edge"):
@@ -438,17 +575,20 @@ def test_converge_runs_both_gateways_and_events_reach_raw_and_anon(
             if not want:
                 continue  # a short run may hold no payment
             raw = consume_all(gw.kafka, f"raw.{stream}", expect=len(want), timeout=90)
-            assert _event_ids(raw) == want, \
+            assert _event_ids(raw) == want, (
                 f"{gw.name}: raw.{stream} has {len(raw)} of {len(want)}\n{gw.log_tail('edge')}"
+            )
             anon = consume_all(gw.kafka, f"anon.{stream}", expect=len(want), timeout=90)
-            assert len(anon) == len(want), \
+            assert len(anon) == len(want), (
                 f"{gw.name}: anon.{stream} has {len(anon)} of {len(want)}\n{gw.log_tail('edge')}"
+            )
             assert _event_ids(anon) == want, f"{gw.name}: anon.{stream} differs"
             # In the cloud, under the gateway's own prefix, copied by its own login.
             there = _in_the_cloud(fleet, f"{gw.name}.anon.{stream}", want)
-            assert there == want, \
-                f"{gw.name}: the cloud has {len(there)} of {len(want)} anon.{stream}\n" \
+            assert there == want, (
+                f"{gw.name}: the cloud has {len(there)} of {len(want)} anon.{stream}\n"
                 f"{gw.log_tail('mirror')}"
+            )
 
 
 def _in_the_cloud(fleet: Fleet, topic: str, want: set[str], timeout: float = 300.0) -> set[str]:
@@ -475,20 +615,24 @@ def _pins(lines: list[str]) -> dict[str, str]:
 
 @pytest.mark.integration
 def test_a_declared_stream_is_installed_with_its_topics_and_mirrored(
-        fleet: Fleet, converged: str) -> None:
+    fleet: Fleet, converged: str
+) -> None:
     gw = fleet.gateways["gw-a"]
     edge_toml = (gw.root / "etc/fleetsentry/edge/edge.toml").read_text()
     streams_dir = gw.root / "etc/fleetsentry/edge/streams"
     assert f'dir = "{streams_dir}"' in edge_toml, edge_toml
     assert (streams_dir / declared_stream.FILE_NAME).read_text() == declared_stream.REEFER_TOML
-    topics = AdminClient(client_config(gw.kafka)).list_topics(
-        timeout=30).topics
+    topics = AdminClient(client_config(gw.kafka)).list_topics(timeout=30).topics
     assert {"raw.reefer", "anon.reefer", "scores.reefer"} <= set(topics)
     mm2 = next(gw.root.rglob("mm2.properties")).read_text()
     assert r"anon\.reefer" in mm2 and r"scores\.reefer" in mm2
     dynsec = json.loads(next(gw.root.rglob("dynamic-security.json")).read_text())
-    acls = {a["topic"] for r in dynsec["roles"] if r["rolename"].startswith("vehicle-")
-            for a in r["acls"]}
+    acls = {
+        a["topic"]
+        for r in dynsec["roles"]
+        if r["rolename"].startswith("vehicle-")
+        for a in r["acls"]
+    }
     assert any(t.endswith("/reefer") for t in acls)
     other = fleet.gateways["gw-b"]
     assert not (other.root / "etc/fleetsentry/edge/streams" / declared_stream.FILE_NAME).exists()
@@ -500,7 +644,11 @@ def test_gateways_get_the_pinned_dependency_versions(fleet: Fleet, converged: st
     for gw in fleet.gateways.values():
         frozen = subprocess.run(
             [str(gw.root / "opt/fleetsentry/edge/venv/bin/python"), "-m", "pip", "freeze"],
-            check=True, capture_output=True, text=True, timeout=60).stdout.splitlines()
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.splitlines()
         installed = _pins(frozen)
         assert {"paho-mqtt", "confluent-kafka", "numpy", "ai-edge-litert"} <= set(installed)
         off = {n: (v, pins.get(n)) for n, v in installed.items() if pins.get(n) != v}
@@ -509,7 +657,8 @@ def test_gateways_get_the_pinned_dependency_versions(fleet: Fleet, converged: st
 
 @pytest.mark.integration
 def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
-        fleet: Fleet, converged: str) -> None:
+    fleet: Fleet, converged: str
+) -> None:
     for gw in fleet.gateways.values():
         private = [
             "etc/fleetsentry/edge/edge.toml",
@@ -531,10 +680,11 @@ def test_secrets_are_private_and_the_vault_key_stays_on_the_gateway(
         assert "bridge-password-for-tests" not in logins and '"salt"' in logins
         # The broker asks for a login: a client without one reads nothing.
         with pytest.raises(KafkaException):
-            AdminClient({"bootstrap.servers": gw.bootstrap, "log_level": 0}).list_topics(
-                timeout=5)
-    keys = {(gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
-            for gw in fleet.gateways.values()}
+            AdminClient({"bootstrap.servers": gw.bootstrap, "log_level": 0}).list_topics(timeout=5)
+    keys = {
+        (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes()
+        for gw in fleet.gateways.values()
+    }
     assert len(keys) == 2, "each gateway generates its own vault key"
 
 
@@ -545,18 +695,22 @@ def test_systemd_units_verify(fleet: Fleet, converged: str) -> None:
     gw = fleet.gateways["gw-a"]
     units = sorted((gw.root / "etc/systemd/system").glob("*.service"))
     assert {u.name for u in units} >= {
-        "fleetsentry-kafka.service", "fleetsentry-mosquitto.service",
-        "fleetsentry-edge-bridge.service", "fleetsentry-edge-enricher.service",
-        "fleetsentry-edge-scorer.service", "fleetsentry-edge-agent.service",
-        "fleetsentry-mirror.service"}
+        "fleetsentry-kafka.service",
+        "fleetsentry-mosquitto.service",
+        "fleetsentry-edge-bridge.service",
+        "fleetsentry-edge-enricher.service",
+        "fleetsentry-edge-scorer.service",
+        "fleetsentry-edge-agent.service",
+        "fleetsentry-mirror.service",
+    }
     proc = _run(["systemd-analyze", "verify", "--man=no", *map(str, units)], timeout=120)
     # verify exits 0 on some problems (unknown settings): any complaint fails the test.
-    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), \
+    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), (
         proc.stdout + proc.stderr
+    )
     for unit in units:
         text = unit.read_text()
-        for directive in ("Restart=", "MemoryMax=", "NoNewPrivileges=true",
-                          "ProtectSystem=strict"):
+        for directive in ("Restart=", "MemoryMax=", "NoNewPrivileges=true", "ProtectSystem=strict"):
             assert directive in text, f"{unit.name} lacks {directive}"
 
 
@@ -565,18 +719,20 @@ def test_second_run_changes_nothing(fleet: Fleet, converged: str) -> None:
     out = fleet.playbook("-e", f"edge_package_src={fleet.wheel}")
     recap = _recap(out)
     assert set(recap) == set(GATEWAYS)
-    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), \
+    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), (
         f"{recap}\n" + "\n".join(_changed_tasks(out))
+    )
 
 
 @pytest.mark.integration
-def test_check_diff_on_a_converged_gateway_reports_no_change(
-        fleet: Fleet, converged: str) -> None:
-    out = fleet.playbook("-e", f"edge_package_src={fleet.wheel}", "--check", "--diff",
-                         "--limit", "gw-a")
+def test_check_diff_on_a_converged_gateway_reports_no_change(fleet: Fleet, converged: str) -> None:
+    out = fleet.playbook(
+        "-e", f"edge_package_src={fleet.wheel}", "--check", "--diff", "--limit", "gw-a"
+    )
     recap = _recap(out)
-    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), \
+    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), (
         f"{recap}\n" + "\n".join(_changed_tasks(out))
+    )
     for gw in fleet.gateways.values():
         assert gw.pid("edge") is not None
 
@@ -600,9 +756,16 @@ def test_upgrade_restarts_only_the_edge_and_keeps_data(fleet: Fleet, converged: 
     assert gw.pid("edge") not in (None, before["edge"]), "the edge services did not restart"
     version = subprocess.run(
         # -I: the repository's own egg-info in the working directory must not answer.
-        [str(gw.root / "opt/fleetsentry/edge/venv/bin/python"), "-I", "-c",
-         "import importlib.metadata as m; print(m.version('fleetsentry'))"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            str(gw.root / "opt/fleetsentry/edge/venv/bin/python"),
+            "-I",
+            "-c",
+            "import importlib.metadata as m; print(m.version('fleetsentry'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert version.endswith(".post1")
     assert (gw.root / "var/lib/fleetsentry/edge/vault.key").read_bytes() == vault_key
     assert model_marker.exists()

@@ -21,22 +21,67 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-KINDS = {"bridge", "enricher", "scorer", "agent", "mirrormaker", "store", "edge-kafka",
-         "mosquitto", "cloud-broker", "cloud-cut"}
-ARGS = ["--minutes", "3", "--vehicles", "40", "--seed", "15", "--kills", "1", "--edge-kafka",
-        "1", "--mosquitto", "1", "--cloud-brokers", "1", "--broker-down", "20", "--cuts", "1",
-        "--outage", "45", "--recover-gap", "10", "--drain-timeout", "480"]
+KINDS = {
+    "bridge",
+    "enricher",
+    "scorer",
+    "agent",
+    "mirrormaker",
+    "store",
+    "edge-kafka",
+    "mosquitto",
+    "cloud-broker",
+    "cloud-cut",
+}
+ARGS = [
+    "--minutes",
+    "3",
+    "--vehicles",
+    "40",
+    "--seed",
+    "15",
+    "--kills",
+    "1",
+    "--edge-kafka",
+    "1",
+    "--mosquitto",
+    "1",
+    "--cloud-brokers",
+    "1",
+    "--broker-down",
+    "20",
+    "--cuts",
+    "1",
+    "--outage",
+    "45",
+    "--recover-gap",
+    "10",
+    "--drain-timeout",
+    "480",
+]
 
 
 @pytest.mark.timeout(1800)
 def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     figures = tmp_path / "chaos.json"
     out = tmp_path / "chaos.out"
-    cmd = [sys.executable, str(ROOT / "bench" / "chaos.py"), *ARGS, "--home",
-           str(tmp_path / "home"), "--json-out", str(figures)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "chaos.py"),
+        *ARGS,
+        "--home",
+        str(tmp_path / "home"),
+        "--json-out",
+        str(figures),
+    ]
     with open(out, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             proc.wait(timeout=1680)
         except subprocess.TimeoutExpired:
@@ -46,18 +91,21 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            raise AssertionError("the chaos run did not end in 28 minutes:\n"
-                                 + out.read_text()[-5000:]) from None
+            raise AssertionError(
+                "the chaos run did not end in 28 minutes:\n" + out.read_text()[-5000:]
+            ) from None
     text = out.read_text()
     print(text)
     assert figures.exists(), text[-5000:]
     result = json.loads(figures.read_text())
     assert set(result["faults_by_kind"]) == KINDS, result["faults_by_kind"]
-    assert all(f["injected"] is not None and not f["note"] for f in result["faults"]), \
-        [f for f in result["faults"] if f["injected"] is None or f["note"]]
+    assert all(f["injected"] is not None and not f["note"] for f in result["faults"]), [
+        f for f in result["faults"] if f["injected"] is None or f["note"]
+    ]
     assert result["acked"] > 0
-    stages = {k: (v["lost"], v["duplicated"]) for k, v in result["stages"].items()
-              if k != "decisions"}
+    stages = {
+        k: (v["lost"], v["duplicated"]) for k, v in result["stages"].items() if k != "decisions"
+    }
     assert result["duplicated"] == 0, (stages, result["duplicated_by_fault"])
     assert result["lost"] == 0, (stages, result["lost_by_fault"])
     assert result["decisions_missing"] == 0, result["stages"]["decisions"]

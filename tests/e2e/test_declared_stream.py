@@ -50,10 +50,35 @@ def _train(root: Path, streams_dir: Path) -> Path:
     signing.create_private_key(key)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "cloud", "train", "--config", str(config),
-         "--events", str(events), "--stream", "reefer", "--out", str(root / "models"),
-         "--key", str(key), "--public-key-out", str(root / "fleet.pub"), "--epochs", "6",
-         "--seed", "5"], check=False, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "cloud",
+            "train",
+            "--config",
+            str(config),
+            "--events",
+            str(events),
+            "--stream",
+            "reefer",
+            "--out",
+            str(root / "models"),
+            "--key",
+            str(key),
+            "--public-key-out",
+            str(root / "fleet.pub"),
+            "--epochs",
+            "6",
+            "--seed",
+            "5",
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "detection quality unknown" in done.stdout + done.stderr, done.stderr[-3000:]
     return root / "models"
@@ -62,11 +87,28 @@ def _train(root: Path, streams_dir: Path) -> Path:
 def _eval(root: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "eval", "--config", str(root / "cloud.toml"),
-         "--labels", str(root / "labels.jsonl"), "--scores", str(root / "scores.jsonl"),
-         "--alerts", str(root / "alerts.jsonl"),
-         "--out", str(root / "report")], check=False, env=env, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "eval",
+            "--config",
+            str(root / "cloud.toml"),
+            "--labels",
+            str(root / "labels.jsonl"),
+            "--scores",
+            str(root / "scores.jsonl"),
+            "--alerts",
+            str(root / "alerts.jsonl"),
+            "--out",
+            str(root / "report"),
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report: dict[str, Any] = json.loads((root / "report" / "report.json").read_text())
     return report
@@ -76,8 +118,7 @@ def _publish(stack: Stack, generated: reefer.Generated) -> int:
     """Each trailer publishes its own events, logged in with its own id."""
     by_device: dict[str, list[tuple[str, bytes]]] = {}
     for topic, payload in generated.messages:
-        by_device.setdefault(str(payload["unit"]), []).append(
-            (topic, json.dumps(payload).encode()))
+        by_device.setdefault(str(payload["unit"]), []).append((topic, json.dumps(payload).encode()))
     sent = 0
     for device, messages in by_device.items():
         client = mqtt_client(stack, device, user=device, password=PASSWORD)
@@ -90,7 +131,8 @@ def _publish(stack: Stack, generated: reefer.Generated) -> int:
 
 
 def test_a_declared_stream_is_trained_anonymized_scored_and_explained(
-        stack: Stack, edge_kafka: KafkaSettings, tmp_path: Path) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     streams_dir = tmp_path / "streams"
     reefer.write_declaration(streams_dir)
     declaration = load_file(streams_dir / reefer.FILE_NAME)
@@ -99,16 +141,19 @@ def test_a_declared_stream_is_trained_anonymized_scored_and_explained(
     streams.use_declarations(streams_dir)
     ensure_topics(stack.edge.login(ADMIN_USER), "edge", 1)
     now_ms = int(time.time() * 1000)
-    live = reefer.generate(devices=DEVICES, events=EVENTS, seed=23,
-                           start_ms=now_ms - (EVENTS + 6) * 10_000)
+    live = reefer.generate(
+        devices=DEVICES, events=EVENTS, seed=23, start_ms=now_ms - (EVENTS + 6) * 10_000
+    )
     stack.mqtt.register_vehicles({reefer.device_id(d): PASSWORD for d in range(DEVICES)})
 
     models = _train(tmp_path, streams_dir)
     keys = json.dumps([str(BASELINE_PUBLIC_KEY), str(tmp_path / "fleet.pub")])
     gateway = EdgePipeline(
-        stack, tmp_path / "edge",
+        stack,
+        tmp_path / "edge",
         scorer=f"models_dir = {json.dumps(str(models))}\npublic_keys = {keys}\n",
-        extra=f"\n[streams]\ndir = {json.dumps(str(streams_dir))}\n")
+        extra=f"\n[streams]\ndir = {json.dumps(str(streams_dir))}\n",
+    )
     gateway.start()
     try:
         sent = _publish(stack, live)
@@ -119,14 +164,21 @@ def test_a_declared_stream_is_trained_anonymized_scored_and_explained(
         client.loop_stop()
 
         login = edge_kafka
-        scores = read_topic(login, "scores.reefer", done=lambda rs: len(rs) >= sent,
-                            timeout=180)
+        scores = read_topic(login, "scores.reefer", done=lambda rs: len(rs) >= sent, timeout=180)
         assert len(scores) == sent, gateway.tail()
-        alerts = [a for a in (decode(Alert, m.value()) for m in read_topic(
-            login, topics.ALERTS, done=None, timeout=60, idle=8)) if a.stream == "reefer"]
+        alerts = [
+            a
+            for a in (
+                decode(Alert, m.value())
+                for m in read_topic(login, topics.ALERTS, done=None, timeout=60, idle=8)
+            )
+            if a.stream == "reefer"
+        ]
         anon = read_topic(login, "anon.reefer", done=lambda rs: len(rs) >= sent, timeout=60)
-        letters = [decode(DeadLetter, m.value()) for m in read_topic(
-            login, topics.DLQ_INGEST, done=None, timeout=30, idle=5)]
+        letters = [
+            decode(DeadLetter, m.value())
+            for m in read_topic(login, topics.DLQ_INGEST, done=None, timeout=30, idle=5)
+        ]
     finally:
         gateway.stop()
 
@@ -177,9 +229,11 @@ def test_a_declared_stream_is_trained_anonymized_scored_and_explained(
         span = spans.setdefault(episode, [t, t])
         span[0], span[1] = min(span[0], t), max(span[1], t)
     opened = [a for a in alerts if a.state == "open"]
-    in_time = {ep for ep, (start, end) in spans.items()
-               if any(a.token == ep.split("-ep")[0] and start <= a.end_ts <= end
-                      for a in opened)}
+    in_time = {
+        ep
+        for ep, (start, end) in spans.items()
+        if any(a.token == ep.split("-ep")[0] and start <= a.end_ts <= end for a in opened)
+    }
     assert report["episodes"] == len(episodes)
     assert report["detected"] == len(in_time) >= len(episodes) // 2, (report, sorted(in_time))
 

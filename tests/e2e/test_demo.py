@@ -36,8 +36,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ka
     """(what the demo printed, the cloud's admin login)."""
     home = tmp_path_factory.mktemp("demo-home")
     ports = demo_ports()
-    cmd = demo_command(home, ports, "--vehicles", str(VEHICLES), "--duration", str(DURATION_S),
-                       "--interval", "20")
+    cmd = demo_command(
+        home, ports, "--vehicles", str(VEHICLES), "--duration", str(DURATION_S), "--interval", "20"
+    )
     out = home / "demo.out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
@@ -48,21 +49,31 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ka
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise AssertionError("the demo did not finish in 20 minutes:\n"
-                                     + out.read_text()[-5000:]) from None
+                raise AssertionError(
+                    "the demo did not finish in 20 minutes:\n" + out.read_text()[-5000:]
+                ) from None
         text = out.read_text()
         print(text)
         assert proc.returncode == 0, text[-5000:]
         # The cloud as its admin sees it (TLS, the node's PLAIN login `infra up` made).
-        yield text, KafkaSettings(
-            bootstrap=",".join(f"127.0.0.1:{p}" for p in ports.cloud),
-            username=ADMIN_USER, mechanism="PLAIN",
-            credentials_file=home / "cloud-kafka" / "credentials.json",
-            ca_file=home / "cloud-kafka" / "tls" / "ca.pem")
+        yield (
+            text,
+            KafkaSettings(
+                bootstrap=",".join(f"127.0.0.1:{p}" for p in ports.cloud),
+                username=ADMIN_USER,
+                mechanism="PLAIN",
+                credentials_file=home / "cloud-kafka" / "credentials.json",
+                ca_file=home / "cloud-kafka" / "tls" / "ca.pem",
+            ),
+        )
     finally:
         for h in (home, home / "gateway-2"):
-            subprocess.run([sys.executable, "-m", "shared.cli", "infra", "down", "--home",
-                            str(h)], check=False, capture_output=True, timeout=180)
+            subprocess.run(
+                [sys.executable, "-m", "shared.cli", "infra", "down", "--home", str(h)],
+                check=False,
+                capture_output=True,
+                timeout=180,
+            )
 
 
 def _cloud_labels(text: str, before: str) -> list[int]:
@@ -82,27 +93,32 @@ def test_the_demo_closes_the_loop(demo_run: tuple[str, KafkaSettings]) -> None:
     drift = re.search(r"drift detected \(telemetry\): (.*)", text)
     assert drift and "edge-2" in drift.group(1), text
     assert "edge-1: alert rate" not in drift.group(1), "gateway 1's fleet did not drift"
-    promoted = re.search(r"run #(\d+) \(telemetry\): challenger (\S+) trained .* -> PROMOTED",
-                         text)
+    promoted = re.search(r"run #(\d+) \(telemetry\): challenger (\S+) trained .* -> PROMOTED", text)
     assert promoted, text
     version = promoted.group(2)
     for edge in ("edge-1", "edge-2"):
-        assert re.search(rf"{edge} agent, telemetry: {re.escape(version)} active", text), \
+        assert re.search(rf"{edge} agent, telemetry: {re.escape(version)} active", text), (
             f"{edge} did not report {version} active"
+        )
         assert re.search(rf"{edge} runs: telemetry {re.escape(version)}", text), text
     assert "failed" not in re.findall(r"-> (\w+)", text)
-    closing = re.search(r"training runs: (\d+) \((\d+) promoted, (\d+) kept the champion, "
-                        r"(\d+) failed\)", text)
+    closing = re.search(
+        r"training runs: (\d+) \((\d+) promoted, (\d+) kept the champion, "
+        r"(\d+) failed\)",
+        text,
+    )
     assert closing and int(closing.group(2)) >= 1 and closing.group(4) == "0", text
 
     # From the cloud Kafka itself: labels, the published model, both agents active on it.
-    labels = [decode(Label, m.value()) for m in consume_all(cloud, topics.LABELS, timeout=60,
-                                                              idle=5)]
+    labels = [
+        decode(Label, m.value()) for m in consume_all(cloud, topics.LABELS, timeout=60, idle=5)
+    ]
     assert labels and max(during) <= len(labels)
     published = [m.key() for m in consume_all(cloud, topics.MODELS, timeout=60, idle=5)]
     assert b"telemetry" in published
     for edge in ("edge-1", "edge-2"):
-        statuses = [decode(ModelStatus, m.value())
-                    for m in consume_all(cloud, f"{edge}.{topics.MODEL_STATUS}", timeout=60,
-                                         idle=5)]
+        statuses = [
+            decode(ModelStatus, m.value())
+            for m in consume_all(cloud, f"{edge}.{topics.MODEL_STATUS}", timeout=60, idle=5)
+        ]
         assert any(s.version == version and s.state == "active" for s in statuses), statuses

@@ -48,7 +48,8 @@ def _runs_gateway(pid: int) -> bool:
 
 @pytest.mark.timeout(400)
 def test_a_demo_interrupted_during_start_up_leaves_no_process_behind(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     home = tmp_path_factory.mktemp("demo-interrupted")
     log = home / "demo.out"
     cmd = demo_command(home, demo_ports(), "--gateways", "1", *SMALLEST)
@@ -84,7 +85,8 @@ def test_a_demo_interrupted_during_start_up_leaves_no_process_behind(
 
 @pytest.mark.timeout(400)
 def test_a_demo_whose_start_up_fails_leaves_no_process_behind(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     """Gateway 2's Mosquitto port is taken: the demo fails once the cloud and gateway 1's
     brokers are up."""
     home = tmp_path_factory.mktemp("demo-failed")
@@ -95,8 +97,12 @@ def test_a_demo_whose_start_up_fails_leaves_no_process_behind(
         taken.bind(("127.0.0.1", ports.mqtt + 1))
         taken.listen()
         with open(log, "wb") as f:
-            proc = subprocess.Popen(demo_command(home, ports, "--gateways", "2", *SMALLEST),
-                                    stdout=f, stderr=subprocess.STDOUT, env=ENV)
+            proc = subprocess.Popen(
+                demo_command(home, ports, "--gateways", "2", *SMALLEST),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=ENV,
+            )
         try:
             proc.wait(timeout=0.1)
         except subprocess.TimeoutExpired:

@@ -62,8 +62,15 @@ def label_episodes(fleet: Fleet, events: dict[str, tuple[str, str]]) -> list[dic
     for lab in fleet.labels:
         if lab.stream != "telemetry" or lab.event_id not in events:
             continue
-        ep = eps.setdefault(lab.episode_id, {"kind": lab.kind, "vin": events[lab.event_id][1],
-                                             "start": lab.start_ts, "end": lab.end_ts})
+        ep = eps.setdefault(
+            lab.episode_id,
+            {
+                "kind": lab.kind,
+                "vin": events[lab.event_id][1],
+                "start": lab.start_ts,
+                "end": lab.end_ts,
+            },
+        )
         ep["start"], ep["end"] = min(ep["start"], lab.start_ts), max(ep["end"], lab.end_ts)
     return list(eps.values())
 
@@ -74,8 +81,16 @@ def alert_episodes(alerts: list[Alert], events: dict[str, tuple[str, str]]) -> l
     for a in alerts:
         if a.stream != "telemetry":
             continue
-        ep = out.setdefault(a.alert_id, {"vin": events[a.event_ids[0]][1], "opened": None,
-                                         "start": a.start_ts, "end": a.end_ts, "states": []})
+        ep = out.setdefault(
+            a.alert_id,
+            {
+                "vin": events[a.event_ids[0]][1],
+                "opened": None,
+                "start": a.start_ts,
+                "end": a.end_ts,
+                "states": [],
+            },
+        )
         ep["states"].append(a.state)
         ep["end"] = max(ep["end"], a.end_ts)
         if a.state == "open":
@@ -85,24 +100,41 @@ def alert_episodes(alerts: list[Alert], events: dict[str, tuple[str, str]]) -> l
 
 @pytest.mark.timeout(420)
 def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
-        stack: Stack, tmp_path: Path) -> None:
+    stack: Stack, tmp_path: Path
+) -> None:
     start_ts = round(time.time() - DURATION_S - 60, 3)  # device time never ahead of the gateway
-    fleet = Fleet(SimSettings(vehicles=VEHICLES, duration_s=DURATION_S, seed=2024,
-                              start_ts=start_ts,
-                              # Legitimate payments at the default rate (the models know it);
-                              # more fraud per payment so the run holds enough to judge.
-                              fraud_rates={k: 0.05 for k in (
-                                  "card_testing", "impossible_travel", "amount_outlier",
-                                  "fuel_over_capacity", "merchant_repeat", "cloned_card")}))
+    fleet = Fleet(
+        SimSettings(
+            vehicles=VEHICLES,
+            duration_s=DURATION_S,
+            seed=2024,
+            start_ts=start_ts,
+            # Legitimate payments at the default rate (the models know it);
+            # more fraud per payment so the run holds enough to judge.
+            fraud_rates={
+                k: 0.05
+                for k in (
+                    "card_testing",
+                    "impossible_travel",
+                    "amount_outlier",
+                    "fuel_over_capacity",
+                    "merchant_repeat",
+                    "cloned_card",
+                )
+            },
+        )
+    )
     stack.mqtt.register_vehicles({v.vin: PASSWORD for v in fleet.vehicles})
     fast = FastFleet(fleet, SPEED)
-    pipeline = EdgePipeline(stack, tmp_path / "edge",
-                            extra="[enricher]\nbatch_wait_ms = 20\n").start()
+    pipeline = EdgePipeline(
+        stack, tmp_path / "edge", extra="[enricher]\nbatch_wait_ms = 20\n"
+    ).start()
     collector = Collector(stack.edge.login(), fast.events)
     collector.start()
     try:
-        conf = ConnectSettings(host=stack.mqtt.host, port=stack.mqtt.port, password=PASSWORD,
-                               window=50)
+        conf = ConnectSettings(
+            host=stack.mqtt.host, port=stack.mqtt.port, password=PASSWORD, window=50
+        )
         runner = WaitingRunner(fast.as_fleet(), conf, tmp_path / "sim", drain_timeout_s=150.0)
         runner.collector = collector
         result = runner.run()
@@ -132,8 +164,9 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
     payment_pr_auc = pr_auc([e in fraud for e in pays], [scores[e].score for e in pays])
 
     # Faults: every labelled episode alerted within 60 s of its start (device time).
-    labelled = [lab for lab in label_episodes(fleet, events)
-                if lab["start"] <= last_ts - DETECT_WITHIN_S]
+    labelled = [
+        lab for lab in label_episodes(fleet, events) if lab["start"] <= last_ts - DETECT_WITHIN_S
+    ]
     every_fault = label_episodes(fleet, events)
     raised = alert_episodes(collector.alerts, events)
     by_vin: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -141,16 +174,26 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
         by_vin[ep["vin"]].append(ep)
     detected: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     for lab in labelled:
-        hit = any(a["opened"] is not None and a["end"] >= lab["start"]
-                  and a["opened"] <= lab["start"] + DETECT_WITHIN_S for a in by_vin[lab["vin"]])
+        hit = any(
+            a["opened"] is not None
+            and a["end"] >= lab["start"]
+            and a["opened"] <= lab["start"] + DETECT_WITHIN_S
+            for a in by_vin[lab["vin"]]
+        )
         detected[lab["kind"]][0] += hit
         detected[lab["kind"]][1] += 1
     within = sum(h for h, _ in detected.values()) / max(1, len(labelled))
 
     # False alerts: alert episodes that touch no fault of their vehicle.
-    false = [a for a in raised if not any(
-        a["start"] <= lab["end"] + AFTER_FAULT_S and a["end"] >= lab["start"]
-        for lab in every_fault if lab["vin"] == a["vin"])]
+    false = [
+        a
+        for a in raised
+        if not any(
+            a["start"] <= lab["end"] + AFTER_FAULT_S and a["end"] >= lab["start"]
+            for lab in every_fault
+            if lab["vin"] == a["vin"]
+        )
+    ]
     vehicle_hours = VEHICLES * ticks * fleet.settings.dt / 3600
     allowed_false = max(1, int(vehicle_hours * FALSE_EPISODES_CEILING / 100))
 
@@ -160,13 +203,15 @@ def test_the_edge_detects_faults_and_fraud_and_declines_reach_vehicles(
     # The enricher joins a payment with its vehicle's last telemetry frame; when telemetry
     # lags behind payments the position is stale and payments look odd (say so on failure).
     stale = sum(age > 60 for age in collector.fix_age.values()) / max(1, len(collector.fix_age))
-    report = (f"payments PR AUC {payment_pr_auc:.3f} ({len(pays)} payments, "
-              f"{len(fraud & set(pays))} fraudulent); fault episodes alerted within 60 s "
-              f"{within:.1%} {dict(detected)}; false episodes {len(false)} over "
-              f"{vehicle_hours:.0f} vehicle-hours "
-              f"({100 * len(false) / max(vehicle_hours, 1e-9):.0f} per 100; target 1); declines {len(above & declined_at_vehicle)}/"
-              f"{len(above)} reached vehicles; payments joined with a vehicle position older "
-              f"than 60 s: {stale:.0%}; ticks {ticks}/{fleet.settings.ticks}")
+    report = (
+        f"payments PR AUC {payment_pr_auc:.3f} ({len(pays)} payments, "
+        f"{len(fraud & set(pays))} fraudulent); fault episodes alerted within 60 s "
+        f"{within:.1%} {dict(detected)}; false episodes {len(false)} over "
+        f"{vehicle_hours:.0f} vehicle-hours "
+        f"({100 * len(false) / max(vehicle_hours, 1e-9):.0f} per 100; target 1); declines {len(above & declined_at_vehicle)}/"
+        f"{len(above)} reached vehicles; payments joined with a vehicle position older "
+        f"than 60 s: {stale:.0%}; ticks {ticks}/{fleet.settings.ticks}"
+    )
     print(report)
     assert above and above <= declined_at_vehicle, report
     assert all(len(set(a["states"])) and a["states"][0] == "open" for a in raised), report

@@ -102,8 +102,10 @@ def wait_scored(gw: Gateway, col: Collector, timeout: float) -> None:
             return
         time.sleep(1)
     want = sum(s == "telemetry" for s, _ in gw.events.values())
-    raise AssertionError(f"{gw.edge_id}: {col.missing('telemetry')} of {want} frames never "
-                         f"scored\n{gw.pipeline.tail()}")
+    raise AssertionError(
+        f"{gw.edge_id}: {col.missing('telemetry')} of {want} frames never "
+        f"scored\n{gw.pipeline.tail()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +123,12 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def gateways(stack: Stack, cloud_kafka: KafkaSettings, key_files: tuple[Path, Path],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Gateway]]:
+def gateways(
+    stack: Stack,
+    cloud_kafka: KafkaSettings,
+    key_files: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[Gateway]]:
     home = tmp_path_factory.mktemp("gateways")
     second = Stack(free_infra_settings(home / "gateway-2"), quiet=True)
     started: list[Any] = []
@@ -133,17 +139,32 @@ def gateways(stack: Stack, cloud_kafka: KafkaSettings, key_files: tuple[Path, Pa
         start_ts = (int(time.time()) // 86400 - 1) * 86400 + 9 * 3600.0
         gws = []
         for n, s in enumerate((stack, second), start=1):
-            fleet = Fleet(SimSettings(vehicles=VEHICLES, duration_s=PHASE1_S + PHASE2_S,
-                                      seed=100 + n, start_ts=start_ts, drift=("new_model",),
-                                      drift_at_s=DRIFT_AT_S))
+            fleet = Fleet(
+                SimSettings(
+                    vehicles=VEHICLES,
+                    duration_s=PHASE1_S + PHASE2_S,
+                    seed=100 + n,
+                    start_ts=start_ts,
+                    drift=("new_model",),
+                    drift_at_s=DRIFT_AT_S,
+                )
+            )
             s.mqtt.register_vehicles(fleet.credentials(PASSWORD))
             pipeline = EdgePipeline(
-                s, home / f"edge-{n}", scorer=f'public_key = "{key_files[1]}"',
+                s,
+                home / f"edge-{n}",
+                scorer=f'public_key = "{key_files[1]}"',
                 services=("bridge", "enricher", "scorer", "agent"),
-                extra="[enricher]\nbatch_wait_ms = 20\n[agent]\nshadow_window = 2000\n")
-            mirror = Mirror(pipeline.edge_id, s.edge.bootstrap, cloud_kafka.bootstrap, home,
-                            edge_login=s.edge.login(MIRROR_USER),
-                            cloud_login=stack.add_gateway(pipeline.edge_id))
+                extra="[enricher]\nbatch_wait_ms = 20\n[agent]\nshadow_window = 2000\n",
+            )
+            mirror = Mirror(
+                pipeline.edge_id,
+                s.edge.bootstrap,
+                cloud_kafka.bootstrap,
+                home,
+                edge_login=s.edge.login(MIRROR_USER),
+                cloud_login=stack.add_gateway(pipeline.edge_id),
+            )
             gws.append(Gateway(n, s, pipeline, mirror, fleet))
         for gw in gws:
             gw.mirror.start()
@@ -165,10 +186,12 @@ def drive(gws: list[Gateway], until_s: float, home: Path) -> None:
 
     def one(gw: Gateway) -> None:
         try:
-            fast = FastFleet(gw.fleet, SPEED, round(until_s / gw.fleet.settings.dt), gw.events,
-                             slack=4.0)  # every tick, however busy the machine
-            conf = ConnectSettings(host=gw.stack.mqtt.host, port=gw.stack.mqtt.port,
-                                   password=PASSWORD, window=50)
+            fast = FastFleet(
+                gw.fleet, SPEED, round(until_s / gw.fleet.settings.dt), gw.events, slack=4.0
+            )  # every tick, however busy the machine
+            conf = ConnectSettings(
+                host=gw.stack.mqtt.host, port=gw.stack.mqtt.port, password=PASSWORD, window=50
+            )
             LiveRunner(fast.as_fleet(), conf, home / f"sim-{gw.n}", drain_timeout_s=120.0).run()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(exc)
@@ -211,16 +234,19 @@ class Window:
         return 100 * self.false_episodes / max(self.vehicle_hours, 1e-9)
 
     def __str__(self) -> str:
-        return (f"{self.false_rate:6.2%} of {self.frames:6} normal frames anomalous, "
-                f"{self.false_episodes:3} false alert episodes "
-                f"({self.episodes_per_100h:5.0f} per 100 vehicle-h), models {sorted(self.versions)}")
+        return (
+            f"{self.false_rate:6.2%} of {self.frames:6} normal frames anomalous, "
+            f"{self.false_episodes:3} false alert episodes "
+            f"({self.episodes_per_100h:5.0f} per 100 vehicle-h), models {sorted(self.versions)}"
+        )
 
 
 def window(gw: Gateway, col: Collector, lo: float, hi: float) -> Window:
     labelled = {lab.event_id for lab in gw.fleet.labels}
     spans = fault_spans(gw)
-    frames = [s for e, s in col.scores.items() if lo <= s.ts < hi
-              and gw.events[e][0] == "telemetry"]
+    frames = [
+        s for e, s in col.scores.items() if lo <= s.ts < hi and gw.events[e][0] == "telemetry"
+    ]
     normal = [s for s in frames if s.event_id not in labelled]
     vehicles = {gw.events[s.event_id][1] for s in frames}
     episodes: dict[str, tuple[str, float, float]] = {}
@@ -229,14 +255,23 @@ def window(gw: Gateway, col: Collector, lo: float, hi: float) -> Window:
             vin = gw.events[a.event_ids[0]][1]
             _, start, end = episodes.get(a.alert_id, (vin, a.start_ts, a.end_ts))
             episodes[a.alert_id] = (vin, min(start, a.start_ts), max(end, a.end_ts))
-    false = [ep for ep in episodes.values() if not any(
-        ep[1] <= b + AFTER_FAULT_S and ep[2] >= a for a, b in spans.get(ep[0], []))]
-    return Window(len(normal), sum(s.anomalous for s in normal), len(false),
-                  len(vehicles) * (hi - lo) / 3600, {s.model_version for s in frames})
+    false = [
+        ep
+        for ep in episodes.values()
+        if not any(ep[1] <= b + AFTER_FAULT_S and ep[2] >= a for a, b in spans.get(ep[0], []))
+    ]
+    return Window(
+        len(normal),
+        sum(s.anomalous for s in normal),
+        len(false),
+        len(vehicles) * (hi - lo) / 3600,
+        {s.model_version for s in frames},
+    )
 
 
-def cloud_statuses(cloud_kafka: KafkaSettings, gws: list[Gateway], version: str,
-                   timeout: float = 240.0) -> dict[str, ModelStatus]:
+def cloud_statuses(
+    cloud_kafka: KafkaSettings, gws: list[Gateway], version: str, timeout: float = 240.0
+) -> dict[str, ModelStatus]:
     """The final status each gateway reported for ``version``, as the cloud sees it."""
     want = {gw.edge_id: gw.mirror.cloud_topic(topics.MODEL_STATUS) for gw in gws}
     final = {"active", "rejected", "rolled_back"}
@@ -262,10 +297,15 @@ def cloud_statuses(cloud_kafka: KafkaSettings, gws: list[Gateway], version: str,
 
 def send_labels(cloud_kafka: KafkaSettings, gws: list[Gateway], sent: set[str]) -> set[str]:
     """The fleets' labels of the events driven so far, not yet sent, to the cloud's labels."""
-    labels = [lab for gw in gws for lab in gw.fleet.labels
-              if lab.event_id in gw.events and lab.event_id not in sent]
-    produce_all(cloud_kafka, topics.LABELS,
-                [(lab.event_id.encode(), encode(lab)) for lab in labels])
+    labels = [
+        lab
+        for gw in gws
+        for lab in gw.fleet.labels
+        if lab.event_id in gw.events and lab.event_id not in sent
+    ]
+    produce_all(
+        cloud_kafka, topics.LABELS, [(lab.event_id.encode(), encode(lab)) for lab in labels]
+    )
     return sent | {lab.event_id for lab in labels}
 
 
@@ -282,9 +322,13 @@ def wait_replicated(source: KafkaSource, expect: int, timeout: float = 300.0) ->
 
 @pytest.mark.timeout(1500)
 def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
-        gateways: list[Gateway], cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], key_files: tuple[Path, Path],
-        cloud_state: Path, tmp_path: Path) -> None:
+    gateways: list[Gateway],
+    cloud_kafka: KafkaSettings,
+    cloud_login: Callable[[str], KafkaSettings],
+    key_files: tuple[Path, Path],
+    cloud_state: Path,
+    tmp_path: Path,
+) -> None:
     gws = gateways
     t0 = gws[0].fleet.start_ts
     drift_ts, switch_ts = t0 + DRIFT_AT_S, t0 + PHASE1_S
@@ -297,12 +341,18 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
         drive(gws, PHASE1_S, tmp_path)
         for gw, c in zip(gws, collectors, strict=True):
             wait_scored(gw, c, 240)
-        before = [window(gw, c, t0 + SETTLE_S, drift_ts) for gw, c in zip(gws, collectors, strict=True)]
-        drifted = [window(gw, c, drift_ts + SETTLE_S, switch_ts)
-                   for gw, c in zip(gws, collectors, strict=True)]
+        before = [
+            window(gw, c, t0 + SETTLE_S, drift_ts) for gw, c in zip(gws, collectors, strict=True)
+        ]
+        drifted = [
+            window(gw, c, drift_ts + SETTLE_S, switch_ts)
+            for gw, c in zip(gws, collectors, strict=True)
+        ]
         for gw, b, d in zip(gws, before, drifted, strict=True):
-            print(f"\n{gw.edge_id} before the drift:      {b}\n"
-                  f"{gw.edge_id} drift, baseline model: {d}")
+            print(
+                f"\n{gw.edge_id} before the drift:      {b}\n"
+                f"{gw.edge_id} drift, baseline model: {d}"
+            )
 
         # The cloud: labels (chargebacks, workshop reports) beside the replicated data.
         labelled = send_labels(cloud_login(LABELS_USER), gws, set())
@@ -312,19 +362,26 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
 
         baseline = registry.register(BASELINE, state="champion")
         settings = RetrainSettings(
-            streams=("telemetry",), drift_check_s=0.0, min_records=1000,
+            streams=("telemetry",),
+            drift_check_s=0.0,
+            min_records=1000,
             # The shipped baseline's training data is not in the cloud: the fleet's data
             # before the recent window is the reference the drift check compares with.
-            recent_s=PHASE1_S - DRIFT_AT_S - 60, drift=DriftSettings(min_events=500))
+            recent_s=PHASE1_S - DRIFT_AT_S - 60,
+            drift=DriftSettings(min_events=500),
+        )
         key = signing.load_private_key(key_files[0])
         with Publisher(cloud_login(PUBLISHER_USER), Releaser(key, registry.root)) as pub:
             svc = TrainerService(registry, source, key, settings, pub)
             runs = svc.cycle()
-            assert len(runs) == 1, \
+            assert len(runs) == 1, (
                 f"the drift check did not trigger a retrain: {svc.check_drift('telemetry')}"
+            )
         run = runs[0]
-        print(f"cloud: {run.trigger} retrain ({run.trigger_reason}); {run.decision}: "
-              f"{run.decision_reason}")
+        print(
+            f"cloud: {run.trigger} retrain ({run.trigger_reason}); {run.decision}: "
+            f"{run.decision_reason}"
+        )
         assert run.trigger == "drift" and run.decision == "promoted", run
         champion = registry.champion("telemetry")
         assert champion is not None and champion.version == run.challenger
@@ -339,8 +396,10 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
         drive(gws, PHASE1_S + PHASE2_S, tmp_path)
         for gw, c in zip(gws, collectors, strict=True):
             wait_scored(gw, c, 240)
-        after = [window(gw, c, switch_ts + SETTLE_S, t0 + PHASE1_S + PHASE2_S)
-                 for gw, c in zip(gws, collectors, strict=True)]
+        after = [
+            window(gw, c, switch_ts + SETTLE_S, t0 + PHASE1_S + PHASE2_S)
+            for gw, c in zip(gws, collectors, strict=True)
+        ]
         for gw, a in zip(gws, after, strict=True):
             print(f"{gw.edge_id} drift, retrained:      {a}")
         send_labels(cloud_login(LABELS_USER), gws, labelled)
@@ -350,11 +409,18 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
             assert a.false_rate < 0.5 * d.false_rate, "false alerts did not fall"
 
         # A byte flipped in a published model: every gateway refuses it, and keeps scoring.
-        release = releases.issue(champion.path, fleet=releases.DEFAULT_FLEET, stream="telemetry",
-                                 version="drift-tampered", number=10**9, key=key,
-                                 ttl_s=3600)
-        value = model_bundle.pack(champion.path, "telemetry", "drift-tampered", time.time(),
-                                  release=release)
+        release = releases.issue(
+            champion.path,
+            fleet=releases.DEFAULT_FLEET,
+            stream="telemetry",
+            version="drift-tampered",
+            number=10**9,
+            key=key,
+            ttl_s=3600,
+        )
+        value = model_bundle.pack(
+            champion.path, "telemetry", "drift-tampered", time.time(), release=release
+        )
         produce_all(cloud_kafka, topics.MODELS, [(b"telemetry", flip_byte(value))])
         refused = cloud_statuses(cloud_kafka, gws, "drift-tampered")
         for edge_id, st in refused.items():
@@ -367,9 +433,9 @@ def test_drift_retrain_and_both_gateways_switch_and_false_alerts_fall(
         registry.close()
 
 
-
-def train_candidate(registry: Registry, source: KafkaSource, key_file: Path,
-                    out: Path) -> ModelRecord:
+def train_candidate(
+    registry: Registry, source: KafkaSource, key_file: Path, out: Path
+) -> ModelRecord:
     """A data scientist's model, trained on the fleet's latest data and registered (not
     promoted). A small run may rightly fail its int8 check: then another seed."""
     anon = source.anon_records("telemetry")
@@ -381,44 +447,58 @@ def train_candidate(registry: Registry, source: KafkaSource, key_file: Path,
             trained = train_stream(records, TrainSettings(epochs=3, seed=seed))
         except QuantizationError:
             continue
-        return registry.register(write_model_dir(trained, out / f"candidate-{seed}", key),
-                                 actor="data-scientist")
+        return registry.register(
+            write_model_dir(trained, out / f"candidate-{seed}", key), actor="data-scientist"
+        )
     raise AssertionError("no candidate passed its int8 check")
 
 
 @pytest.mark.timeout(900)
 def test_a_model_promoted_on_the_dashboard_reaches_both_gateways(
-        gateways: list[Gateway], cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], key_files: tuple[Path, Path],
-        cloud_state: Path, tmp_path: Path) -> None:
+    gateways: list[Gateway],
+    cloud_kafka: KafkaSettings,
+    cloud_login: Callable[[str], KafkaSettings],
+    key_files: tuple[Path, Path],
+    cloud_state: Path,
+    tmp_path: Path,
+) -> None:
     from selenium.webdriver.common.by import By
 
     registry = Registry(cloud_state / "registry").start()
     try:
         source = KafkaSource(cloud_login(TRAINER_USER))
-        candidate = train_candidate(registry, source, key_files[0],
-                                    tmp_path)
+        candidate = train_candidate(registry, source, key_files[0], tmp_path)
     finally:
         registry.close()
     config = cloud_state / "cloud.toml"
-    config.write_text(cloud_toml(cloud_kafka, cloud_state / "registry", free_ports(1)[0],
-                                 cloud_state))
+    config.write_text(
+        cloud_toml(cloud_kafka, cloud_state / "registry", free_ports(1)[0], cloud_state)
+    )
 
     def rows(d: Any) -> list[str]:
-        return [d.find_element(By.CSS_SELECTOR, f"tr[data-gateway='{gw.edge_id}']").text
-                for gw in gateways]
+        return [
+            d.find_element(By.CSS_SELECTOR, f"tr[data-gateway='{gw.edge_id}']").text
+            for gw in gateways
+        ]
 
-    with cloud_run(config, key_files[0], "--schedule", "1e12", "--drift-check", "1e12") as run, \
-            chromium(tmp_path / "chromium") as d:
+    with (
+        cloud_run(config, key_files[0], "--schedule", "1e12", "--drift-check", "1e12") as run,
+        chromium(tmp_path / "chromium") as d,
+    ):
         sign_in(d, run, "/registry")
         assert "requested" in promote(d, run, candidate.version)  # recorded for the signer
         d.get(run.url + "/runs")
-        wait("the signer to sign and publish it", lambda: "published to the gateways" in
-             d.find_element(By.ID, "requests-table").text)
+        wait(
+            "the signer to sign and publish it",
+            lambda: "published to the gateways" in d.find_element(By.ID, "requests-table").text,
+        )
         d.get(run.url + "/fleet")
-        wait("both gateways to run the promoted model", lambda: all(
-            candidate.version in r and "not champion" not in r for r in rows(d)),
-            timeout_s=300, every_s=2)
+        wait(
+            "both gateways to run the promoted model",
+            lambda: all(candidate.version in r and "not champion" not in r for r in rows(d)),
+            timeout_s=300,
+            every_s=2,
+        )
         shot(d, "8-fleet-after-promotion")
         print("\n" + "\n".join(rows(d)))
     statuses = cloud_statuses(cloud_kafka, gateways, candidate.version)

@@ -70,8 +70,14 @@ def _card(rng: random.Random) -> str:
     return "".join(map(str, digits)) + str((10 - total % 10) % 10)
 
 
-def _recording(path: Path, trucks: int, seconds: int, seed: int, start: float,
-               faults: dict[str, int] | None = None) -> None:
+def _recording(
+    path: Path,
+    trucks: int,
+    seconds: int,
+    seed: int,
+    start: float,
+    faults: dict[str, int] | None = None,
+) -> None:
     """A telematics export: one row a second per truck; ``faults``: truck -> second an
     overheating (coolant climbing 3 °C a second, a tyre losing pressure) starts."""
     rng = random.Random(seed)
@@ -97,11 +103,21 @@ def _recording(path: Path, trucks: int, seconds: int, seed: int, start: float,
                 tyre -= 2.5 * (s - at + 1)
             lat += rng.gauss(0, 0.0005)
             lon += rng.gauss(0, 0.0005)
-            rows.append({
-                "time": datetime.fromtimestamp(start + s, UTC).isoformat().replace("+00:00", "Z"),
-                "truck": truck, "speed": round(speed, 1), "coolant_temp": round(cool, 2),
-                "intake_air_temp": round(intake, 2), "tire_pressure_1_1": round(tyre, 1),
-                "fuel_card": card, "lat": round(lat, 5), "lon": round(lon, 5)})
+            rows.append(
+                {
+                    "time": datetime.fromtimestamp(start + s, UTC)
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                    "truck": truck,
+                    "speed": round(speed, 1),
+                    "coolant_temp": round(cool, 2),
+                    "intake_air_temp": round(intake, 2),
+                    "tire_pressure_1_1": round(tyre, 1),
+                    "fuel_card": card,
+                    "lat": round(lat, 5),
+                    "lon": round(lon, 5),
+                }
+            )
     rows.sort(key=lambda r: (r["time"], r["truck"]))
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -116,15 +132,23 @@ def _run(command: str, cwd: Path, values: dict[str, str], timeout: float = 600) 
     argv = shlex.split(command)
     fleetsentry = str(Path(sys.executable).parent / "fleetsentry")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([fleetsentry, *argv[1:]], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        [fleetsentry, *argv[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, f"{command}\n{out[-4000:]}"
     return out
 
 
 def test_the_readme_walkthrough_onboards_a_fleet_the_simulator_never_made(
-        stack: Stack, cloud_kafka: KafkaSettings, tmp_path: Path) -> None:
+    stack: Stack, cloud_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     readme = " ".join((ROOT / "README.md").read_text().split())
     for command in COMMANDS:
         assert command in readme, f"the README's walkthrough lacks: {command}"
@@ -132,24 +156,35 @@ def test_the_readme_walkthrough_onboards_a_fleet_the_simulator_never_made(
     now = time.time()
     _recording(work / "trucks.csv", TRUCKS, HISTORY_S, seed=1, start=now - 30 * 86400)
     live_start = now - 7 * 86400
-    _recording(work / "live.csv", LIVE_TRUCKS, LIVE_S, seed=2, start=live_start,
-               faults={t: FAULT_AT for t in FAULTY})
+    _recording(
+        work / "live.csv",
+        LIVE_TRUCKS,
+        LIVE_S,
+        seed=2,
+        start=live_start,
+        faults={t: FAULT_AT for t in FAULTY},
+    )
     with open(work / "live-labels.csv", "w") as fh:
         fh.write("device,start,end,kind\n")
         for truck in FAULTY:
             start = datetime.fromtimestamp(live_start + FAULT_AT, UTC).isoformat()
             end = datetime.fromtimestamp(live_start + FAULT_AT + FAULT_S - 1, UTC).isoformat()
             fh.write(f"{truck},{start},{end},overheating\n")
-    (work / "devices.json").write_text(json.dumps(
-        {f"TRK-{n:04d}": f"pw-{n}" for n in range(1, LIVE_TRUCKS + 1)}))
+    (work / "devices.json").write_text(
+        json.dumps({f"TRK-{n:04d}": f"pw-{n}" for n in range(1, LIVE_TRUCKS + 1)})
+    )
 
-    gateway = EdgePipeline(stack, work / "edge", services=("bridge", "enricher", "scorer",
-                                                         "agent"))
+    gateway = EdgePipeline(stack, work / "edge", services=("bridge", "enricher", "scorer", "agent"))
     (work / "cloud.toml").write_text(
         cloud_toml(cloud_kafka, work / "registry", 0, work / "dash")
-        + f"\n[streams]\ndir = {json.dumps(str(work / 'streams'))}\n")
-    values = {"CLOUD": cloud_kafka.bootstrap, "MQTT": f"{stack.mqtt.host}:{stack.mqtt.port}",
-              "MOSQUITTO_HOME": str(stack.mqtt.home), "EDGE_ID": gateway.edge_id}
+        + f"\n[streams]\ndir = {json.dumps(str(work / 'streams'))}\n"
+    )
+    values = {
+        "CLOUD": cloud_kafka.bootstrap,
+        "MQTT": f"{stack.mqtt.host}:{stack.mqtt.port}",
+        "MOSQUITTO_HOME": str(stack.mqtt.home),
+        "EDGE_ID": gateway.edge_id,
+    }
 
     # Infer a declaration: the personal columns are flagged, and it loads as written.
     _run(COMMANDS[0], work, values)
@@ -163,8 +198,9 @@ def test_the_readme_walkthrough_onboards_a_fleet_the_simulator_never_made(
     # The gateway, configured with the stream directory, as `edge.toml` of the walkthrough.
     keys = [str(BASELINE_PUBLIC_KEY), str(work / "fleet.pub")]
     gateway.scorer_toml = f"public_keys = {json.dumps(keys)}\n"
-    gateway.extra = (f"\n[agent]\nshadow_window = 200\n"
-                     f"[streams]\ndir = {json.dumps(str(work / 'streams'))}\n")
+    gateway.extra = (
+        f"\n[agent]\nshadow_window = 200\n[streams]\ndir = {json.dumps(str(work / 'streams'))}\n"
+    )
     edge_toml = gateway.write_config()
     (work / "edge.toml").write_text(edge_toml.read_text())
 
@@ -177,9 +213,14 @@ def test_the_readme_walkthrough_onboards_a_fleet_the_simulator_never_made(
     # The gateway side: its topics for the stream, MirrorMaker to the cloud, its services.
     streams.use_declarations(work / "streams")
     ensure_topics(stack.edge.login(ADMIN_USER), "edge", 1)
-    mirror = Mirror(gateway.edge_id, stack.edge.bootstrap, cloud_kafka.bootstrap, work,
-                    edge_login=stack.edge.login(MIRROR_USER),
-                    cloud_login=stack.add_gateway(gateway.edge_id))
+    mirror = Mirror(
+        gateway.edge_id,
+        stack.edge.bootstrap,
+        cloud_kafka.bootstrap,
+        work,
+        edge_login=stack.edge.login(MIRROR_USER),
+        cloud_login=stack.add_gateway(gateway.edge_id),
+    )
     mirror.start()
     gateway.start()
     try:
@@ -225,8 +266,14 @@ def _alerts(login: Target, stream: str, tokens: set[str], timeout: float = 120) 
     deadline = time.monotonic() + timeout
     got: list[Alert] = []
     while time.monotonic() < deadline:
-        got = [a for a in (decode(Alert, m.value()) for m in read_topic(
-            login, topics.ALERTS, timeout=15, idle=3)) if a.stream == stream]
+        got = [
+            a
+            for a in (
+                decode(Alert, m.value())
+                for m in read_topic(login, topics.ALERTS, timeout=15, idle=3)
+            )
+            if a.stream == stream
+        ]
         if tokens <= {a.token for a in got}:
             break
         time.sleep(2)

@@ -68,8 +68,12 @@ def _attack_messages() -> list[tuple[str, bytes]]:
     quoted["category"] = NAME  # msgspec quotes an unknown enum value in its error
     broken = encode(_personal_payment("dlq-4"))[:-7]  # truncated JSON
     topic = f"fleet/{VIN}/payments"
-    return [(topic, encode(wrong_type)), (topic, encode(mismatch)), (topic, encode(quoted)),
-            (topic, broken)]
+    return [
+        (topic, encode(wrong_type)),
+        (topic, encode(mismatch)),
+        (topic, encode(quoted)),
+        (topic, broken),
+    ]
 
 
 PII = [VIN, OTHER_VIN, DRIVER, NAME, NAME.upper(), CARD]
@@ -116,7 +120,8 @@ def bridge(stack: Stack, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_dead_letters_hold_no_personal_data_in_the_clear(
-        stack: Stack, bridge: Path, edge_kafka: KafkaSettings) -> None:
+    stack: Stack, bridge: Path, edge_kafka: KafkaSettings
+) -> None:
     stack.mqtt.register_vehicles({VIN: "pw-dlq"})
     sent = _attack_messages()
     car = mqtt_client(stack, VIN, user=VIN, password="pw-dlq")
@@ -129,9 +134,14 @@ def test_dead_letters_hold_no_personal_data_in_the_clear(
     def from_bridge(records: list) -> list:
         return [r for r in records if r.key() != b"enricher"]
 
-    records = from_bridge(read_topic(edge_kafka, topics.DLQ_INGEST,
-                                     done=lambda rs: len(from_bridge(rs)) >= len(sent),
-                                     timeout=60))
+    records = from_bridge(
+        read_topic(
+            edge_kafka,
+            topics.DLQ_INGEST,
+            done=lambda rs: len(from_bridge(rs)) >= len(sent),
+            timeout=60,
+        )
+    )
     assert len(records) == len(sent), f"{len(records)} dead letters for {len(sent)} rejects"
     for rec in records:
         for where, raw in (("key", rec.key() or b""), ("value", rec.value() or b"")):
@@ -140,20 +150,27 @@ def test_dead_letters_hold_no_personal_data_in_the_clear(
                 assert not leaked, f"dead letter {where} holds {leaked} in the clear: {raw[:300]!r}"
 
     # The operator reads them back on the gateway: same bytes, with reason and detail.
-    result = CliRunner().invoke(edge_cli, ["dlq", "show", "--config", str(bridge),
-                                           "--limit", "10", "--actor", "test-operator"])
+    result = CliRunner().invoke(
+        edge_cli,
+        ["dlq", "show", "--config", str(bridge), "--limit", "10", "--actor", "test-operator"],
+    )
     assert result.exit_code == 0, result.output
-    shown = [d for d in map(json.loads, result.output.splitlines())
-             if d["source"].startswith("mqtt:")]
-    payloads = [d["payload"].encode() if "payload" in d else base64.b64decode(d["payload_b64"])
-                for d in shown]
+    shown = [
+        d for d in map(json.loads, result.output.splitlines()) if d["source"].startswith("mqtt:")
+    ]
+    payloads = [
+        d["payload"].encode() if "payload" in d else base64.b64decode(d["payload_b64"])
+        for d in shown
+    ]
     assert sorted(payloads) == sorted(p for _, p in sent)
     assert sorted(d["reason"] for d in shown) == sorted(
-        ["wrong_type", "vin_mismatch", "invalid_value", "invalid_json"])
+        ["wrong_type", "vin_mismatch", "invalid_value", "invalid_json"]
+    )
     assert all(d["detail"] and d["source"].startswith("mqtt:fleet/") for d in shown)
     with open_vault(edge_config.load(bridge)) as vault:
-        assert [(a["actor"], a["action"]) for a in vault.audit_log(5)] == \
-            [("test-operator", "dlq_show")]
+        assert [(a["actor"], a["action"]) for a in vault.audit_log(5)] == [
+            ("test-operator", "dlq_show")
+        ]
 
 
 def _retention(admin: AdminClient, name: str) -> int:
@@ -179,25 +196,37 @@ def test_dead_letters_are_kept_no_longer_than_raw_events(edge_kafka: KafkaSettin
     assert _retention(admin, topics.DLQ_INGEST) <= raw
     # A gateway installed before keeps 14 days until provisioning runs again, which fixes it.
     old = 14 * topics.DAY_MS
-    res = ConfigResource(ConfigResource.Type.TOPIC, topics.DLQ_INGEST, incremental_configs=[
-        ConfigEntry("retention.ms", str(old), incremental_operation=AlterConfigOpType.SET)])
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topics.DLQ_INGEST,
+        incremental_configs=[
+            ConfigEntry("retention.ms", str(old), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     admin.incremental_alter_configs([res])[res].result(30)
     assert _settled_retention(admin, topics.DLQ_INGEST, lambda v: v == old) == old
     ensure_topics(edge_kafka, "edge", 1)
     assert _settled_retention(admin, topics.DLQ_INGEST, lambda v: v <= raw) <= raw
 
 
-def test_the_enricher_seals_the_raw_records_it_rejects(edge_kafka: KafkaSettings,
-                                                      tmp_path: Path) -> None:
+def test_the_enricher_seals_the_raw_records_it_rejects(
+    edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     # A raw.* record that breaks its contract (written by anything but the bridge).
     bad = _personal_payment("dlq-enricher")
     bad["category"] = NAME
     value = encode(bad)
     produce_all(edge_kafka, topics.RAW_PAYMENTS, [(VIN.encode(), value)])
-    cfg = convert({"edge_id": unique("dlq"), "data_dir": str(tmp_path),
-                   "kafka": kafka_table(edge_kafka), "metrics": {"base_port": 0},
-                   "enricher": {"group": unique("enricher"), "batch_wait_ms": 50.0}},
-                  edge_config.EdgeConfig)
+    cfg = convert(
+        {
+            "edge_id": unique("dlq"),
+            "data_dir": str(tmp_path),
+            "kafka": kafka_table(edge_kafka),
+            "metrics": {"base_port": 0},
+            "enricher": {"group": unique("enricher"), "batch_wait_ms": 50.0},
+        },
+        edge_config.EdgeConfig,
+    )
     vault = open_vault(cfg)
     enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
     enricher.start()
@@ -213,8 +242,7 @@ def test_the_enricher_seals_the_raw_records_it_rejects(edge_kafka: KafkaSettings
     def mine(records: list) -> list:
         return [r for r in records if r.key() == b"enricher"]
 
-    records = mine(read_topic(edge_kafka, topics.DLQ_INGEST, done=lambda rs: mine(rs),
-                              timeout=60))
+    records = mine(read_topic(edge_kafka, topics.DLQ_INGEST, done=lambda rs: mine(rs), timeout=60))
     assert len(records) == 1
     raw = records[0].value()
     for readable in _readable(raw):

@@ -73,8 +73,7 @@ class SmallDiskGateway(EdgePipeline):
         settings["data_dir"] = str(self.disk_dir / "gateway")
         settings["metrics"]["base_port"] = self.metrics_base
         settings["bridge"].update(compression="none", vehicle_rate_per_s=0)
-        settings["enricher"] = {"compression": "none", "max_states": 1000,
-                                "dedup_window": 1000}
+        settings["enricher"] = {"compression": "none", "max_states": 1000, "dedup_window": 1000}
         settings["agent"] = {"keep_versions": 2}
         settings["disk"] = {"budget": f"{BUDGET_MB} MiB", "paths": [str(self.disk_dir / "kafka")]}
         self.config.write_text(tomli_w.dumps(settings))
@@ -87,8 +86,9 @@ class SmallDiskGateway(EdgePipeline):
             return str(resp.read().decode())
 
 
-def publish(client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str,
-            schedule: list[str]) -> tuple[set[str], int]:
+def publish(
+    client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str, schedule: list[str]
+) -> tuple[set[str], int]:
     """Publish EVENTS telemetry frames QoS 1, never more than AHEAD beyond what anon.* has.
 
     Returns the event ids Mosquitto acknowledged (PUBACK) and how many were sent."""
@@ -99,8 +99,10 @@ def publish(client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str,
         if seen > last_seen:
             last_seen, last_progress = seen, time.monotonic()
         if time.monotonic() - last_progress > STALL_S:
-            schedule.append(f"{time.monotonic() - started:6.1f}s nothing reached anon.* for "
-                            f"{STALL_S:.0f}s: stop publishing")
+            schedule.append(
+                f"{time.monotonic() - started:6.1f}s nothing reached anon.* for "
+                f"{STALL_S:.0f}s: stop publishing"
+            )
             break
         if sent - seen >= AHEAD or sent > RATE_PER_S * (time.monotonic() - started):
             time.sleep(0.05)
@@ -108,12 +110,19 @@ def publish(client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str,
         for _ in range(500):
             vin = vins[sent % len(vins)]
             eid = f"{tag}-{sent}"
-            infos.append((client.publish(f"fleet/{vin}/telemetry",
-                                         encode(telemetry(vin, eid, time.time())), qos=1), eid))
+            infos.append(
+                (
+                    client.publish(
+                        f"fleet/{vin}/telemetry", encode(telemetry(vin, eid, time.time())), qos=1
+                    ),
+                    eid,
+                )
+            )
             sent += 1
         if sent % 20_000 == 0:
-            schedule.append(f"{time.monotonic() - started:6.1f}s published {sent}, "
-                            f"in anon.* {len(tail.seen)}")
+            schedule.append(
+                f"{time.monotonic() - started:6.1f}s published {sent}, in anon.* {len(tail.seen)}"
+            )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(i.is_published() for i, _ in infos[-1000:]):
         time.sleep(0.2)
@@ -130,15 +139,19 @@ def free_base_port() -> int:
 
 
 def partition_bytes(log_dir: Path, topic: str) -> dict[int, int]:
-    return {int(d.name.rsplit("-", 1)[1]): disk.tree_bytes([d])
-            for d in log_dir.glob(f"{topic}-*") if d.is_dir()}
+    return {
+        int(d.name.rsplit("-", 1)[1]): disk.tree_bytes([d])
+        for d in log_dir.glob(f"{topic}-*")
+        if d.is_dir()
+    }
 
 
 def log_start(target: Target, topic: str) -> dict[int, int]:
     c = Consumer(client_config(target, {"group.id": f"w-{uuid.uuid4().hex[:8]}"}))
     try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0]
-                for p in range(3)}
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in range(3)
+        }
     finally:
         c.close()
 
@@ -151,7 +164,8 @@ def metric(text: str, name: str, path: Path | None = None) -> float:
 
 
 def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
-        small_disk: Path, tmp_path: Path) -> None:
+    small_disk: Path, tmp_path: Path
+) -> None:
     kafka_dir = small_disk / "kafka"
     kafka_dir.mkdir()
     settings = free_infra_settings(tmp_path / "infra")
@@ -181,18 +195,25 @@ def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
         alive = bool(stack.edge.running_pids()) and stack.edge.broker_count() == 1
         lost = acked - set(tail.seen)
         dups = sum(n - 1 for n in tail.seen.values() if n > 1)
-        verdict = (f"published {sent}, acknowledged by Mosquitto {len(acked)}, read back from "
-                   f"anon.telemetry {len(tail.seen)}: lost {len(lost)}, duplicated {dups}; "
-                   f"disk {fs.used_bytes / 2**20:.0f} of {fs.size_bytes / 2**20:.0f} MiB used, "
-                   f"Kafka {'running' if alive else 'STOPPED'}")
-        sizes = {t: sum(partition_bytes(kafka_dir, t).values()) // 2**10
-                 for t in (topics.RAW_TELEMETRY, topics.ANON_TELEMETRY, topics.ENRICHER_STATE)}
+        verdict = (
+            f"published {sent}, acknowledged by Mosquitto {len(acked)}, read back from "
+            f"anon.telemetry {len(tail.seen)}: lost {len(lost)}, duplicated {dups}; "
+            f"disk {fs.used_bytes / 2**20:.0f} of {fs.size_bytes / 2**20:.0f} MiB used, "
+            f"Kafka {'running' if alive else 'STOPPED'}"
+        )
+        sizes = {
+            t: sum(partition_bytes(kafka_dir, t).values()) // 2**10
+            for t in (topics.RAW_TELEMETRY, topics.ANON_TELEMETRY, topics.ENRICHER_STATE)
+        }
         print(verdict, *schedule, f"on disk at the end (KiB): {sizes}", sep="\n")
-        assert alive, f"the edge Kafka stopped: {verdict}\n{stack.edge.log_dir(stack.edge.nodes[0])}"
+        assert alive, (
+            f"the edge Kafka stopped: {verdict}\n{stack.edge.log_dir(stack.edge.nodes[0])}"
+        )
         assert sent >= EVENTS, verdict
         assert not lost, verdict
-        expired = re.findall(r"^fleetsentry_records_expired_unread_total\{.*\} (\S+)$",
-                             gateway.scrape(1), re.M)  # the enricher's
+        expired = re.findall(
+            r"^fleetsentry_records_expired_unread_total\{.*\} (\S+)$", gateway.scrape(1), re.M
+        )  # the enricher's
         assert sum(float(v) for v in expired) == 0, expired
 
         # Retention by bytes did the work: old segments went, each partition within its share.

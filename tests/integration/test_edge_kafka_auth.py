@@ -31,8 +31,15 @@ VIN = "1HGCM82633A004352"
 
 def _attacker_reads(conf: dict[str, object], topic: str, timeout: float = 10.0) -> list[bytes]:
     """Everything a client with ``conf`` reads of ``topic`` from the start, within ``timeout``."""
-    c = Consumer({"group.id": f"attacker-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False, "log_level": 0, **conf})
+    c = Consumer(
+        {
+            "group.id": f"attacker-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "log_level": 0,
+            **conf,
+        }
+    )
     got: list[bytes] = []
     try:
         try:
@@ -58,7 +65,8 @@ def secret_in_raw(stack: Stack, edge_kafka: KafkaSettings) -> bytes:
 
 
 def test_a_client_without_credentials_cannot_read_raw_events(
-        stack: Stack, edge_kafka: KafkaSettings, secret_in_raw: bytes) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, secret_in_raw: bytes
+) -> None:
     stolen = _attacker_reads({"bootstrap.servers": stack.edge.bootstrap}, topics.RAW_PAYMENTS)
     assert secret_in_raw not in stolen, "an unauthenticated local client read raw.payments"
     # The gateway's own login, beside it, still reads the record.
@@ -76,34 +84,44 @@ def test_a_guessed_password_is_refused(edge_kafka: KafkaSettings, secret_in_raw:
 def _kafka_configs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str] | None:
     """Kafka's own kafka-configs tool (the class behind kafka-configs.sh); None when it has
     not finished within ``timeout`` (it retries a refused login for 30 s)."""
-    argv = [jars.java_binary(), "-Xmx128m", "-XX:TieredStopAtLevel=1",
-            "-cp", jars.classpath(jars.kafka_libs(quiet=True)), "kafka.admin.ConfigCommand",
-            *args]
+    argv = [
+        jars.java_binary(),
+        "-Xmx128m",
+        "-XX:TieredStopAtLevel=1",
+        "-cp",
+        jars.classpath(jars.kafka_libs(quiet=True)),
+        "kafka.admin.ConfigCommand",
+        *args,
+    ]
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return None
 
 
 def test_the_controller_listener_refuses_a_client_without_credentials(
-        stack: Stack, tmp_path: Path) -> None:
+    stack: Stack, tmp_path: Path
+) -> None:
     # Through the controller listener a client changes the broker's own settings: with
     # log.retention.ms=1 every topic's data would be deleted within minutes.
-    controller = ["--bootstrap-controller",
-                  f"{stack.edge.host}:{stack.edge.nodes[0].controller_port}"]
+    controller = [
+        "--bootstrap-controller",
+        f"{stack.edge.host}:{stack.edge.nodes[0].controller_port}",
+    ]
     broker = ["--entity-type", "brokers", "--entity-name", "1"]
     # Without a login the tool completed in a few seconds (before the broker asked
     # for one); 12 s without completing is a refusal.
-    out = _kafka_configs(*controller, "--alter", *broker, "--add-config", "log.retention.ms=1",
-                         timeout=12)
+    out = _kafka_configs(
+        *controller, "--alter", *broker, "--add-config", "log.retention.ms=1", timeout=12
+    )
     assert out is None or (out.returncode != 0 and "Completed" not in out.stdout), out
     # The node's own login, beside it, is let in, and sees the setting unchanged.
     admin = tmp_path / "admin.properties"
     props = java_properties(stack.edge.login(ADMIN_USER))
     admin.write_text("".join(f"{k}={v}\n" for k, v in props.items() if k != "bootstrap.servers"))
-    out = _kafka_configs(*controller, "--command-config", str(admin), "--describe", *broker,
-                         "--all")
+    out = _kafka_configs(
+        *controller, "--command-config", str(admin), "--describe", *broker, "--all"
+    )
     assert out is not None and out.returncode == 0 and "log.dirs" in out.stdout, out
     assert "DYNAMIC_BROKER_CONFIG:log.retention.ms" not in out.stdout
 
@@ -126,7 +144,11 @@ def test_a_home_formatted_without_logins_gets_them_on_the_next_up(tmp_path: Path
         stack.up(services=frozenset({"edge"}))
         kept = [m.value() for m in consume_all(stack.edge.login(), topics.RAW_TELEMETRY, idle=2)]
         assert kept == [b"kept"]
-        assert _attacker_reads({"bootstrap.servers": stack.edge.bootstrap},
-                               topics.RAW_TELEMETRY, timeout=5) == []
+        assert (
+            _attacker_reads(
+                {"bootstrap.servers": stack.edge.bootstrap}, topics.RAW_TELEMETRY, timeout=5
+            )
+            == []
+        )
     finally:
         stack.down()

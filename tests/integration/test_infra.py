@@ -34,8 +34,9 @@ VIN_B = "2FTRX18W1XCA12345"
 def test_edge_cluster_round_trip_with_idempotent_producer(edge_kafka: KafkaSettings) -> None:
     topic = topics.RAW_TELEMETRY
     marker = uuid.uuid4().hex
-    sent = produce_all(edge_kafka, topic,
-                       [(VIN_A.encode(), f"{marker}-{i}".encode()) for i in range(500)])
+    sent = produce_all(
+        edge_kafka, topic, [(VIN_A.encode(), f"{marker}-{i}".encode()) for i in range(500)]
+    )
     got = [m.value().decode() for m in consume_all(edge_kafka, topic, idle=2)]
     mine = [v for v in got if v.startswith(marker)]
     assert sent == 500 and sorted(mine) == sorted(f"{marker}-{i}" for i in range(500))
@@ -70,8 +71,7 @@ def test_cloud_cluster_has_three_brokers_and_replicates(cloud_kafka: KafkaSettin
     res = ConfigResource(ConfigResource.Type.TOPIC, topics.LABELS)
     assert admin.describe_configs([res])[res].result()["min.insync.replicas"].value == "2"
     marker = uuid.uuid4().hex
-    produce_all(cloud_kafka, topics.LABELS, [(None, f"{marker}-{i}".encode())
-                                                 for i in range(200)])
+    produce_all(cloud_kafka, topics.LABELS, [(None, f"{marker}-{i}".encode()) for i in range(200)])
     got = [m.value().decode() for m in consume_all(cloud_kafka, topics.LABELS, idle=2)]
     assert len([v for v in got if v.startswith(marker)]) == 200
 
@@ -83,10 +83,16 @@ def test_kcat_lists_brokers(stack: Stack, cloud_kafka: KafkaSettings) -> None:
         cluster = stack.edge if name == "edge_kafka" else stack.cloud
         login = cluster.login(KAFKA_ADMIN_USER)
         conf = client_config(login)
-        options = [arg for k, v in conf.items() if k != "bootstrap.servers"
-                   for arg in ("-X", f"{k}={v}")]
-        run = subprocess.run(["kcat", "-L", "-J", "-b", conf["bootstrap.servers"], *options],
-                             capture_output=True, text=True, timeout=30, check=False)
+        options = [
+            arg for k, v in conf.items() if k != "bootstrap.servers" for arg in ("-X", f"{k}={v}")
+        ]
+        run = subprocess.run(
+            ["kcat", "-L", "-J", "-b", conf["bootstrap.servers"], *options],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         assert len(json.loads(run.stdout)["brokers"]) == count
 
@@ -158,17 +164,55 @@ def test_wrong_password_is_refused(mqtt_broker: MqttBroker) -> None:
 def test_mosquitto_cli_round_trip(mqtt_broker: MqttBroker) -> None:
     user, pw = mqtt_broker.admin
     base = ["-h", mqtt_broker.host, "-p", str(mqtt_broker.port), "-u", user, "-P", pw]
-    sub = subprocess.Popen(["mosquitto_sub", *base, "-t", "fleet/cli/#", "-q", "1", "-C", "1",
-                            "-W", "15", "-V", "mqttv5"], stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            *base,
+            "-t",
+            "fleet/cli/#",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "15",
+            "-V",
+            "mqttv5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     import time
+
     time.sleep(0.7)
-    subprocess.run(["mosquitto_pub", *base, "-t", "fleet/cli/x", "-q", "1", "-m", "hello"],
-                   check=True, timeout=15)
+    subprocess.run(
+        ["mosquitto_pub", *base, "-t", "fleet/cli/x", "-q", "1", "-m", "hello"],
+        check=True,
+        timeout=15,
+    )
     out, _ = sub.communicate(timeout=20)
     assert out.strip() == "hello"
-    bad = subprocess.run(["mosquitto_pub", "-h", mqtt_broker.host, "-p", str(mqtt_broker.port),
-                          "-u", "nobody", "-P", "x", "-t", "fleet/cli/x", "-m", "no"],
-                         capture_output=True, text=True, timeout=15, check=False)
+    bad = subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            mqtt_broker.host,
+            "-p",
+            str(mqtt_broker.port),
+            "-u",
+            "nobody",
+            "-P",
+            "x",
+            "-t",
+            "fleet/cli/x",
+            "-m",
+            "no",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
     assert bad.returncode != 0 and "not authorised" in (bad.stdout + bad.stderr).lower()
 
 
@@ -214,21 +258,34 @@ def test_taken_port_is_named(tmp_path: Path) -> None:
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_missing_prerequisites_give_one_clear_message(tmp_path: Path) -> None:
-    bare = {"PATH": str(tmp_path / "empty-bin"), "HOME": str(tmp_path),
-            "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": os.getcwd()}
+    bare = {
+        "PATH": str(tmp_path / "empty-bin"),
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PYTHONPATH": os.getcwd(),
+    }
     r = _cli(["infra", "up", "--home", str(tmp_path / "h")], bare)
     assert r.returncode != 0
     assert "Java was not found" in r.stderr and "apt-get install" in r.stderr
     assert "Traceback" not in r.stderr
 
     # Java present, Maven missing and no cached jars.
-    java_dir = Path(subprocess.check_output(["bash", "-c", "dirname $(readlink -f $(which java))"],
-                                            text=True).strip())
+    java_dir = Path(
+        subprocess.check_output(
+            ["bash", "-c", "dirname $(readlink -f $(which java))"], text=True
+        ).strip()
+    )
     env = dict(bare, PATH=str(java_dir))
     r = _cli(["infra", "up", "--home", str(tmp_path / "h")], env)
     assert r.returncode != 0 and "Maven (mvn) was not found" in r.stderr, r.stderr
@@ -240,18 +297,32 @@ def test_missing_prerequisites_give_one_clear_message(tmp_path: Path) -> None:
         mp.setenv("PATH", str(java_dir))
         mp.setattr(mosquitto, "SYSTEM_PATHS", ())
         with pytest.raises(PrerequisiteError, match="apt-get install mosquitto"):
-            Stack(free_infra_settings(tmp_path / "m"), quiet=True).up(
-                services=frozenset({"mqtt"}))
+            Stack(free_infra_settings(tmp_path / "m"), quiet=True).up(services=frozenset({"mqtt"}))
 
 
 def test_status_json_reports_addresses_and_health(stack: Stack) -> None:
     env = dict(os.environ)
     s = stack.settings
-    r = _cli(["infra", "status", "--json", "--home", str(s.home), "--edge-port", str(s.edge_port),
-              "--edge-controller-port", str(s.edge_controller_port),
-              "--cloud-ports", ",".join(map(str, s.cloud_ports)),
-              "--cloud-controller-ports", ",".join(map(str, s.cloud_controller_ports)),
-              "--mqtt-port", str(s.mqtt_port)], env)
+    r = _cli(
+        [
+            "infra",
+            "status",
+            "--json",
+            "--home",
+            str(s.home),
+            "--edge-port",
+            str(s.edge_port),
+            "--edge-controller-port",
+            str(s.edge_controller_port),
+            "--cloud-ports",
+            ",".join(map(str, s.cloud_ports)),
+            "--cloud-controller-ports",
+            ",".join(map(str, s.cloud_controller_ports)),
+            "--mqtt-port",
+            str(s.mqtt_port),
+        ],
+        env,
+    )
     status = json.loads(r.stdout)
     assert status["edge_kafka"]["bootstrap"] == stack.edge.bootstrap
     assert status["edge_kafka"]["healthy"] is True and status["edge_kafka"]["brokers"] == 1

@@ -50,15 +50,22 @@ def vehicles(stack: Stack) -> Stack:
 class Vehicle:
     """A vehicle's MQTT 5 connection that records its CONNACK, SUBACKs and messages."""
 
-    def __init__(self, stack: Stack, user: str, client_id: str | None = None,
-                 clean_start: bool = True, session_expiry: int = 0) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        user: str,
+        client_id: str | None = None,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+    ) -> None:
         self.connack: ReasonCode | None = None
         self.subacks: dict[int, list[ReasonCode]] = {}
         self.messages: list[bytes] = []
         self.disconnected = threading.Event()
         self.acked = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or user,
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or user, protocol=mqtt.MQTTv5
+        )
         c.username_pw_set(user, PASSWORD)
         c.on_connect = self._on_connect
         c.on_subscribe = lambda _c, _u, mid, codes, _p: self.subacks.__setitem__(mid, codes)
@@ -66,14 +73,14 @@ class Vehicle:
         c.on_disconnect = lambda *_a: self.disconnected.set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry
-        c.connect(stack.mqtt.host, stack.mqtt.port, 30, clean_start=clean_start,
-                  properties=props)
+        c.connect(stack.mqtt.host, stack.mqtt.port, 30, clean_start=clean_start, properties=props)
         c.loop_start()
         self.client = c
         assert self.acked.wait(10), "no CONNACK within 10 s"
 
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode,
-                    _p: object) -> None:
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
         self.connack = reason
         self.acked.set()
 
@@ -102,13 +109,12 @@ def events(v: str, n: int, tag: str) -> dict[str, bytes]:
 
 def arrived(bootstrap: Target, ids: set[str]) -> set[str]:
     """Which of ``ids`` reached raw.telemetry (waits until all are there, at most 30 s)."""
+
     def seen(records: list) -> set[str]:
         return {msgspec.json.decode(r.value()).get("event_id") for r in records} & ids
 
     records = read_topic(bootstrap, "raw.telemetry", done=lambda rs: seen(rs) == ids, timeout=30)
     return seen(records)
-
-
 
 
 @pytest.fixture
@@ -129,8 +135,9 @@ def publish_as(stack: Stack, v: str, messages: dict[str, bytes]) -> None:
         car.loop_stop()
 
 
-def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: BridgeGateway,
-                                                                edge_kafka: KafkaSettings) -> None:
+def test_a_vehicle_cannot_join_the_bridges_shared_subscription(
+    gateway: BridgeGateway, edge_kafka: KafkaSettings
+) -> None:
     gateway.start()
     attacker = Vehicle(gateway.stack, ATTACKER)
     try:
@@ -144,8 +151,9 @@ def test_a_vehicle_cannot_join_the_bridges_shared_subscription(gateway: BridgeGa
     assert granted.is_failure, f"the broker granted the bridge's share group: {granted}"
 
 
-def test_a_vehicle_cannot_take_the_bridges_client_id(gateway: BridgeGateway,
-                                                     edge_kafka: KafkaSettings) -> None:
+def test_a_vehicle_cannot_take_the_bridges_client_id(
+    gateway: BridgeGateway, edge_kafka: KafkaSettings
+) -> None:
     gateway.start()
     gateway.bridge.stop()  # its session stays; the broker queues for it
     sent = events(VICTIM, 20, unique("takeover"))
@@ -190,10 +198,21 @@ def test_a_vehicle_cannot_take_another_vehicles_client_id(vehicles: Stack) -> No
 def test_a_vehicle_subscribes_to_its_own_commands_only(vehicles: Stack) -> None:
     car = Vehicle(vehicles, ATTACKER)
     try:
-        answers = {t: car.subscribe(t) for t in (
-            f"fleet/{ATTACKER}/commands", "fleet/+/telemetry", "fleet/#", "#",
-            f"fleet/{OTHER}/commands", "fleet/+/commands", "$share/x/fleet/+/payments",
-            f"$share/x/fleet/{ATTACKER}/commands", "$SYS/#", "$CONTROL/dynamic-security/#")}
+        answers = {
+            t: car.subscribe(t)
+            for t in (
+                f"fleet/{ATTACKER}/commands",
+                "fleet/+/telemetry",
+                "fleet/#",
+                "#",
+                f"fleet/{OTHER}/commands",
+                "fleet/+/commands",
+                "$share/x/fleet/+/payments",
+                f"$share/x/fleet/{ATTACKER}/commands",
+                "$SYS/#",
+                "$CONTROL/dynamic-security/#",
+            )
+        }
     finally:
         car.close()
     granted = sorted(t for t, rc in answers.items() if not rc.is_failure)

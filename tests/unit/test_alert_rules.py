@@ -22,12 +22,19 @@ def exported_names(tmp_path: Path) -> set[str]:
     """Every sample name the edge services can serve (shared families + the disk collector)."""
     assert edge_metrics.WRITE_ERRORS is not None
     config = EdgeConfig(data_dir=tmp_path)
-    families = list(REGISTRY.collect()) + list(disk.DiskCollector(config, disk.plan(config)).collect())
+    families = list(REGISTRY.collect()) + list(
+        disk.DiskCollector(config, disk.plan(config)).collect()
+    )
     names = set()
     for family in families:
         names.add(family.name)
-        names.update({f"{family.name}{suffix}" for suffix in ("_total", "_bucket", "_sum", "_count")
-                      if family.type in ("counter", "histogram")})
+        names.update(
+            {
+                f"{family.name}{suffix}"
+                for suffix in ("_total", "_bucket", "_sum", "_count")
+                if family.type in ("counter", "histogram")
+            }
+        )
     return names
 
 
@@ -44,6 +51,7 @@ def test_promtool_accepts_the_rules() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian: prometheus)")
-    proc = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

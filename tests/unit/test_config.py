@@ -38,8 +38,9 @@ def test_edge_config_defaults_and_errors(tmp_path: Path, monkeypatch: pytest.Mon
         load(tmp_path / "missing.toml")
 
 
-def test_environment_overrides_only_listed_settings(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_only_listed_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edge.config import load
 
     monkeypatch.setenv("FLEETSENTRY_KAFKA_BOOTSTRAP", "10.0.0.1:9092")

@@ -36,8 +36,13 @@ def _letter(value: bytes) -> DeadLetter:
 
 def test_a_letter_holds_the_payload_sealed_and_the_vehicle_as_its_token() -> None:
     letters = DeadLetters(MASTER, TOK)
-    key, value = letters.from_mqtt(f"fleet/{VIN}/payments".encode(), "vin_mismatch",
-                                   f"payload vin {VIN!r} differs", 1_700_000_000.0, PAYLOAD)
+    key, value = letters.from_mqtt(
+        f"fleet/{VIN}/payments".encode(),
+        "vin_mismatch",
+        f"payload vin {VIN!r} differs",
+        1_700_000_000.0,
+        PAYLOAD,
+    )
     letter = _letter(value)
     vehicle = TOK.token("vin", VIN)
     assert key == vehicle.encode() and letter.source == f"mqtt:fleet/{vehicle}/payments"
@@ -52,8 +57,9 @@ def test_a_letter_holds_the_payload_sealed_and_the_vehicle_as_its_token() -> Non
 
 
 def test_a_letter_cannot_be_opened_elsewhere_or_moved() -> None:
-    letter = _letter(DeadLetters(MASTER, TOK).letter("raw.payments/0@7", "contract", "x",
-                                                     1.0, PAYLOAD))
+    letter = _letter(
+        DeadLetters(MASTER, TOK).letter("raw.payments/0@7", "contract", "x", 1.0, PAYLOAD)
+    )
     with pytest.raises(DeadLetterError, match="another master key"):
         DeadLetters(b"n" * 32, TOK).open(letter)
     with pytest.raises(DeadLetterError, match="altered"):
@@ -81,24 +87,31 @@ def test_the_vin_mismatch_detail_quotes_no_vin() -> None:
 
 @given(st.text(min_size=1, max_size=80))
 def test_scrub_removes_any_quoted_value(value: str) -> None:
-    assert scrub(f"Invalid enum value {value!r} (at category)") == \
-        "Invalid enum value <redacted> (at category)"
+    assert (
+        scrub(f"Invalid enum value {value!r} (at category)")
+        == "Invalid enum value <redacted> (at category)"
+    )
     # Cut off mid-value (a detail is truncated), it is still removed.
     assert scrub(f"Invalid enum value {value!r}"[:-1]) == "Invalid enum value <redacted>"
 
 
-@pytest.mark.parametrize("card", ["4111111111111111", "4111 1111 1111 1111",
-                                  "4111-1111-1111-1111", "378282246310005"])
+@pytest.mark.parametrize(
+    "card", ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005"]
+)
 def test_scrub_removes_card_numbers_and_vins_however_written(card: str) -> None:
-    assert scrub(f"card {card}, vin {VIN.lower()} at 12.5") == \
-        "card <redacted>, vin <redacted> at 12.5"
+    assert (
+        scrub(f"card {card}, vin {VIN.lower()} at 12.5")
+        == "card <redacted>, vin <redacted> at 12.5"
+    )
 
 
 def test_scrub_keeps_what_explains_the_rejection() -> None:
-    for detail in ("Expected `str` matching regex '^[0-9]{12,19}$' (at card_number)",
-                   "ts 1796245926.1528683 is 3600s ahead of the gateway clock (limit 300s)",
-                   "payload is 20000 bytes, over the 16384 limit",
-                   "not valid JSON: JSON is malformed: invalid character (byte 4)"):
+    for detail in (
+        "Expected `str` matching regex '^[0-9]{12,19}$' (at card_number)",
+        "ts 1796245926.1528683 is 3600s ahead of the gateway clock (limit 300s)",
+        "payload is 20000 bytes, over the 16384 limit",
+        "not valid JSON: JSON is malformed: invalid character (byte 4)",
+    ):
         assert scrub(detail) == detail
 
 
@@ -133,9 +146,16 @@ def test_services_starting_together_create_the_key_file_once(tmp_path: Path) -> 
 
 
 def test_show_never_prints_a_letter_it_cannot_open() -> None:
-    old_format = encode({"schema": 1, "source": f"mqtt:fleet/{VIN}/payments", "reason": "x",
-                         "detail": "", "received_ts": 1.0,
-                         "payload": base64.b64encode(PAYLOAD).decode()})
+    old_format = encode(
+        {
+            "schema": 1,
+            "source": f"mqtt:fleet/{VIN}/payments",
+            "reason": "x",
+            "detail": "",
+            "received_ts": 1.0,
+            "payload": base64.b64encode(PAYLOAD).decode(),
+        }
+    )
     shown = _shown(DeadLetters(MASTER, TOK), 3, old_format)
     assert shown["offset"] == 3 and "older build" in shown["error"] and len(shown) == 2
     foreign = DeadLetters(b"n" * 32, TOK).letter("s", "r", "d", 1.0, PAYLOAD)

@@ -39,14 +39,17 @@ def test_time_retention_stays_and_state_topics_are_cut_by_time_only() -> None:
     registry = {t.name: t for t in topics.registry("edge")}
     for name in (topics.RAW_TELEMETRY, topics.RAW_PAYMENTS, topics.DLQ_INGEST):
         assert p.topic(name).configs()["retention.ms"] == str(topics.RAW_RETENTION_MS)
-    assert p.topic(topics.ANON_TELEMETRY).retention_ms == registry[topics.ANON_TELEMETRY].retention_ms
+    assert (
+        p.topic(topics.ANON_TELEMETRY).retention_ms == registry[topics.ANON_TELEMETRY].retention_ms
+    )
     state = p.topic(topics.ENRICHER_STATE).configs()
     assert state["cleanup.policy"] == "compact,delete"
     assert state["retention.bytes"] == "-1"
     # Well above the TTL: a live key is rewritten within it, so its newest record stays.
     assert int(state["retention.ms"]) >= 2 * cfg.enricher.state_ttl_s * 1000
-    assert int(state["retention.ms"]) > (cfg.bridge.session_expiry_s * 1000
-                                         + topics.RAW_RETENTION_MS)
+    assert int(state["retention.ms"]) > (
+        cfg.bridge.session_expiry_s * 1000 + topics.RAW_RETENTION_MS
+    )
     # Models: never cut by time (a champion may be old), but by size: compaction keeps a
     # record per key for ever, and keys can be invented.
     models = p.topic(topics.CLOUD_MODELS)
@@ -60,13 +63,23 @@ def test_time_retention_stays_and_state_topics_are_cut_by_time_only() -> None:
 
 def test_a_longer_ttl_and_more_kept_versions_get_their_room() -> None:
     base = disk.plan(config("20 GiB"))
-    longer = disk.plan(config("20 GiB", enricher=EnricherSettings(state_ttl_s=30 * 86_400.0),
-                              agent=AgentSettings(keep_versions=20)))
-    assert (longer.topic(topics.ENRICHER_STATE).retention_ms
-            == 60 * 86_400 * 1000 > base.topic(topics.ENRICHER_STATE).retention_ms)
+    longer = disk.plan(
+        config(
+            "20 GiB",
+            enricher=EnricherSettings(state_ttl_s=30 * 86_400.0),
+            agent=AgentSettings(keep_versions=20),
+        )
+    )
+    assert (
+        longer.topic(topics.ENRICHER_STATE).retention_ms
+        == 60 * 86_400 * 1000
+        > base.topic(topics.ENRICHER_STATE).retention_ms
+    )
     assert longer.models_bytes > base.models_bytes
-    assert (longer.topic(topics.CLOUD_MODELS).reserved_bytes
-            > base.topic(topics.CLOUD_MODELS).reserved_bytes)
+    assert (
+        longer.topic(topics.CLOUD_MODELS).reserved_bytes
+        > base.topic(topics.CLOUD_MODELS).reserved_bytes
+    )
 
 
 def test_a_bigger_budget_never_shrinks_a_share() -> None:
@@ -85,7 +98,9 @@ def test_a_budget_too_small_names_the_setting_and_what_would_do() -> None:
 
 
 def test_the_budget_is_validated_when_the_config_is_read() -> None:
-    assert convert({"disk": {"budget": "1.5 TiB"}}, EdgeConfig).disk.budget_bytes == int(1.5 * (1 << 40))
+    assert convert({"disk": {"budget": "1.5 TiB"}}, EdgeConfig).disk.budget_bytes == int(
+        1.5 * (1 << 40)
+    )
     assert parse_size("20GB") == 20 * 1000**3
     with pytest.raises(ConfigError) as err:
         convert({"disk": {"budget": "twenty gigs"}}, EdgeConfig, source="edge.toml")

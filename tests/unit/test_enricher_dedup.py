@@ -32,10 +32,23 @@ def test_restored_window_matches_the_written_one() -> None:
 
 
 def test_pii_items_cover_every_identifying_field() -> None:
-    p = Payment(event_id="e", ts=1.0, vin="1HGCM82633A004352", driver_id="D-1",
-                driver_name="Ada", card_number="4111111111111111", cardholder="ADA",
-                merchant_id="M", merchant_name="Fuel", mcc="5542", category="fuel",
-                amount=1.0, currency="EUR", lat=1.0, lon=1.0)
+    p = Payment(
+        event_id="e",
+        ts=1.0,
+        vin="1HGCM82633A004352",
+        driver_id="D-1",
+        driver_name="Ada",
+        card_number="4111111111111111",
+        cardholder="ADA",
+        merchant_id="M",
+        merchant_name="Fuel",
+        mcc="5542",
+        category="fuel",
+        amount=1.0,
+        currency="EUR",
+        lat=1.0,
+        lon=1.0,
+    )
     kinds = {k: (v, person) for k, v, person in pii_items(p)}
     assert kinds["vin"] == ("1HGCM82633A004352", None)
     assert kinds["card"] == ("4111111111111111", "D-1")

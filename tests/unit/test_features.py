@@ -35,12 +35,32 @@ CARD = "4111111111111111"
 
 def telemetry(i: int = 0, **over: object) -> Telemetry:
     base: dict[str, object] = dict(
-        event_id=f"t{i}", ts=1_700_000_000.0 + i, vin=VIN, driver_id="D-0042", model="VanE",
-        firmware="1.0.0", lat=52.520008 + i * 1e-4, lon=13.404954, speed_kmh=50.0 + i % 3,
-        rpm=2000.0, gear=3, coolant_c=90.0 + (i % 5) * 0.1, intake_c=30.0, oil_kpa=300.0,
-        battery_v=13.8, soc_pct=80.0, tyre_fl_kpa=240.0, tyre_fr_kpa=241.0, tyre_rl_kpa=239.0,
-        tyre_rr_kpa=240.5, fuel_pct=60.0, odometer_km=12000.0, accel_x_g=0.01, accel_y_g=0.0,
-        accel_z_g=1.0, ambient_c=15.0,
+        event_id=f"t{i}",
+        ts=1_700_000_000.0 + i,
+        vin=VIN,
+        driver_id="D-0042",
+        model="VanE",
+        firmware="1.0.0",
+        lat=52.520008 + i * 1e-4,
+        lon=13.404954,
+        speed_kmh=50.0 + i % 3,
+        rpm=2000.0,
+        gear=3,
+        coolant_c=90.0 + (i % 5) * 0.1,
+        intake_c=30.0,
+        oil_kpa=300.0,
+        battery_v=13.8,
+        soc_pct=80.0,
+        tyre_fl_kpa=240.0,
+        tyre_fr_kpa=241.0,
+        tyre_rl_kpa=239.0,
+        tyre_rr_kpa=240.5,
+        fuel_pct=60.0,
+        odometer_km=12000.0,
+        accel_x_g=0.01,
+        accel_y_g=0.0,
+        accel_z_g=1.0,
+        ambient_c=15.0,
     )
     base.update(over)
     return Telemetry(**base)  # type: ignore[arg-type]
@@ -48,10 +68,22 @@ def telemetry(i: int = 0, **over: object) -> Telemetry:
 
 def payment(i: int = 0, **over: object) -> Payment:
     base: dict[str, object] = dict(
-        event_id=f"p{i}", ts=1_700_000_000.0 + 3600 * i, vin=VIN, driver_id="D-0042",
-        driver_name="Ada Lovelace", card_number=CARD, cardholder="ADA LOVELACE",
-        merchant_id="M-1", merchant_name="Fuel Stop", mcc="5542", category="fuel",
-        amount=60.0 + i, currency="EUR", lat=52.52, lon=13.40, volume_l=40.0,
+        event_id=f"p{i}",
+        ts=1_700_000_000.0 + 3600 * i,
+        vin=VIN,
+        driver_id="D-0042",
+        driver_name="Ada Lovelace",
+        card_number=CARD,
+        cardholder="ADA LOVELACE",
+        merchant_id="M-1",
+        merchant_name="Fuel Stop",
+        mcc="5542",
+        category="fuel",
+        amount=60.0 + i,
+        currency="EUR",
+        lat=52.52,
+        lon=13.40,
+        volume_l=40.0,
     )
     base.update(over)
     return Payment(**base)  # type: ignore[arg-type]
@@ -160,19 +192,28 @@ small = st.floats(min_value=0, max_value=1e7, allow_nan=False)
 @st.composite
 def telemetry_events(draw: st.DrawFn) -> Telemetry:
     over = {name: draw(finite) for name in streams.TELEMETRY.numeric_fields if name != "gear"}
-    return telemetry(draw(st.integers(0, 10_000)), ts=draw(st.floats(1, 4e9)),
-                     lat=draw(st.floats(-90, 90)), lon=draw(st.floats(-180, 180)), **over)
+    return telemetry(
+        draw(st.integers(0, 10_000)),
+        ts=draw(st.floats(1, 4e9)),
+        lat=draw(st.floats(-90, 90)),
+        lon=draw(st.floats(-180, 180)),
+        **over,
+    )
 
 
 @st.composite
 def payment_events(draw: st.DrawFn) -> Payment:
-    return payment(draw(st.integers(0, 100)), ts=draw(st.floats(1, 4e9)), amount=draw(small),
-                   volume_l=draw(st.none() | small), lat=draw(st.floats(-90, 90)),
-                   lon=draw(st.floats(-180, 180)),
-                   category=draw(st.sampled_from(["fuel", "charging", "toll", "parking",
-                                                   "in_car"])),
-                   card_number=draw(st.sampled_from([CARD, "5500000000000004"])),
-                   merchant_id=draw(st.sampled_from(["M-1", "M-2"])))
+    return payment(
+        draw(st.integers(0, 100)),
+        ts=draw(st.floats(1, 4e9)),
+        amount=draw(small),
+        volume_l=draw(st.none() | small),
+        lat=draw(st.floats(-90, 90)),
+        lon=draw(st.floats(-180, 180)),
+        category=draw(st.sampled_from(["fuel", "charging", "toll", "parking", "in_car"])),
+        card_number=draw(st.sampled_from([CARD, "5500000000000004"])),
+        merchant_id=draw(st.sampled_from(["M-1", "M-2"])),
+    )
 
 
 events = st.lists(telemetry_events() | payment_events(), min_size=1, max_size=12)

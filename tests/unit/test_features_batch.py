@@ -26,8 +26,9 @@ Items = list[tuple[StreamSpec, msgspec.Struct]]
 
 
 def sim_items(seed: int, vehicles: int = 40, duration_s: float = 240.0) -> Items:
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed,
-                              payment_rate=200.0))
+    fleet = Fleet(
+        SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed, payment_rate=200.0)
+    )
     items: Items = []
     for topic, payload in fleet.events():
         spec = streams.by_mqtt_suffix(topic.rsplit("/", 1)[-1])
@@ -49,12 +50,13 @@ def sequential(items: Items, state: FeatureState) -> tuple[list[bytes], dict[str
     return records, encoded(state)
 
 
-def batched(items: Items, state: FeatureState, sizes: list[int]
-            ) -> tuple[list[bytes], dict[str, bytes]]:
+def batched(
+    items: Items, state: FeatureState, sizes: list[int]
+) -> tuple[list[bytes], dict[str, bytes]]:
     records: list[bytes] = []
     i = 0
     for size in sizes:
-        chunk = items[i:i + size]
+        chunk = items[i : i + size]
         i += size
         result = anonymize_batch(chunk, state, TOK)
         out = [encode(r) for r in result.records]
@@ -64,7 +66,8 @@ def batched(items: Items, state: FeatureState, sizes: list[int]
         assert [data for _, data in wire] == out
         assert [key for key, _ in wire] == [
             getattr(r, "card_token", None) or r.vehicle_token  # type: ignore[attr-defined]
-            for r in map(decode_anon, out, chunk)]
+            for r in map(decode_anon, out, chunk)
+        ]
         state.apply(result.updates)
         records += out
     assert i >= len(items)
@@ -124,8 +127,14 @@ def test_odd_frames_match() -> None:
             over["coolant_c"] = 90.0  # a stuck sensor repeats its value
         events.append(telemetry(i, **over))
         if i % 9 == 4:
-            events.append(payment(i, vin=vin, ts=float(over["ts"]) + 0.5,  # type: ignore[arg-type]
-                                  amount=rng.choice([0.5, 30.0, 900.0])))
+            events.append(
+                payment(
+                    i,
+                    vin=vin,
+                    ts=float(over["ts"]) + 0.5,  # type: ignore[arg-type]
+                    amount=rng.choice([0.5, 30.0, 900.0]),
+                )
+            )
     events.append(events[3])  # the same frame again
     items: Items = [(spec_of(e), e) for e in events]
     rogue: dict[str, KeyState] = {}
@@ -139,9 +148,14 @@ def test_odd_frames_match() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.floats(-5, 5), st.floats(0, 300),
-                          st.booleans()), min_size=1, max_size=60),
-       st.integers(1, 60))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.floats(-5, 5), st.floats(0, 300), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 60),
+)
 def test_random_frames_match(frames: list[tuple[int, float, float, bool]], size: int) -> None:
     events: list[msgspec.Struct] = []
     for i, (vehicle, dt, coolant, pay) in enumerate(frames):

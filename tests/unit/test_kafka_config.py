@@ -21,9 +21,14 @@ def _creds(tmp_path: Path) -> Path:
 
 def test_the_services_log_in_with_scram_from_the_credentials_file(tmp_path: Path) -> None:
     conf = client_config(KafkaSettings(credentials_file=_creds(tmp_path)), {"linger.ms": 5})
-    assert conf == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_PLAINTEXT",
-                    "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "fleetsentry-edge",
-                    "sasl.password": "from-file", "linger.ms": 5}
+    assert conf == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "fleetsentry-edge",
+        "sasl.password": "from-file",
+        "linger.ms": 5,
+    }
 
 
 def test_a_password_in_the_settings_wins_and_never_prints(tmp_path: Path) -> None:
@@ -46,7 +51,8 @@ def test_a_missing_password_names_the_setting_and_the_fix(tmp_path: Path) -> Non
 
 
 def test_edge_toml_sets_the_login_and_the_environment_only_the_password(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toml = tmp_path / "edge.toml"
     toml.write_text('[kafka]\nusername = "fleetsentry-edge"\nmechanism = "SCRAM-SHA-256"\n')
     monkeypatch.setenv("FLEETSENTRY_KAFKA_PASSWORD", "from-env")

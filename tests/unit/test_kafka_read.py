@@ -18,6 +18,5 @@ def test_an_unreachable_cluster_raises_the_callers_error_in_time() -> None:
     port = free_ports(1)[0]  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(Unreadable, match="cannot read models"):
-        read_to_end(f"127.0.0.1:{port}", "models", lambda _m: None, error=Unreadable,
-                    timeout_s=2.0)
+        read_to_end(f"127.0.0.1:{port}", "models", lambda _m: None, error=Unreadable, timeout_s=2.0)
     assert time.monotonic() - t0 < 20

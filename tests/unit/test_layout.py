@@ -7,8 +7,12 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE_ROOTS = {"shared": "shared", "edge": "edge", "cloud": "cloud",
-                 "firmware_sim": "firmware-sim"}
+PACKAGE_ROOTS = {
+    "shared": "shared",
+    "edge": "edge",
+    "cloud": "cloud",
+    "firmware_sim": "firmware-sim",
+}
 
 
 def _packages_on_disk() -> set[str]:
@@ -22,8 +26,9 @@ def _packages_on_disk() -> set[str]:
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     on_disk = _packages_on_disk()
     missing = on_disk - listed
     assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
@@ -64,14 +69,20 @@ def test_import_boundaries() -> None:
             hits = _imports(path) & forbidden[name]
             if hits:
                 bad.append(f"{path.relative_to(ROOT)} imports {sorted(hits)}")
-    assert not bad, ("docs/architecture.md: edge and cloud share only through shared/\n"
-                     + "\n".join(bad))
+    assert not bad, "docs/architecture.md: edge and cloud share only through shared/\n" + "\n".join(
+        bad
+    )
 
 
 def test_every_test_folder_is_a_package() -> None:
     # Two test folders with the same name (tests/unit/store, tests/integration/store) clash
     # at collection unless each is a package with a unique dotted name.
-    bare = [str(d.relative_to(ROOT)) for d in (ROOT / "tests").rglob("*")
-            if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
-            and not (d / "__init__.py").exists()]
+    bare = [
+        str(d.relative_to(ROOT))
+        for d in (ROOT / "tests").rglob("*")
+        if d.is_dir()
+        and d.name != "__pycache__"
+        and any(d.glob("*.py"))
+        and not (d / "__init__.py").exists()
+    ]
     assert not bare, f"add an __init__.py to: {bare}"

@@ -20,15 +20,24 @@ def _samples(h: Histogram) -> dict[tuple[str, str], float]:
 
 def _pair() -> tuple[Histogram, Histogram]:
     reg = CollectorRegistry()
-    return (Histogram("one_by_one", "x", buckets=LATENCY_BUCKETS, registry=reg),
-            Histogram("batched", "x", buckets=LATENCY_BUCKETS, registry=reg))
+    return (
+        Histogram("one_by_one", "x", buckets=LATENCY_BUCKETS, registry=reg),
+        Histogram("batched", "x", buckets=LATENCY_BUCKETS, registry=reg),
+    )
 
 
 def _values() -> list[float]:
     rng = random.Random(3)
     # every bound exactly, just above it, spread values, negatives, infinities and a NaN
-    return ([*LATENCY_BUCKETS, *(b + 1e-12 for b in LATENCY_BUCKETS), -1.0, 0.0, math.inf,
-             1e9, math.nan] + [rng.expovariate(5.0) for _ in range(5000)])
+    return [
+        *LATENCY_BUCKETS,
+        *(b + 1e-12 for b in LATENCY_BUCKETS),
+        -1.0,
+        0.0,
+        math.inf,
+        1e9,
+        math.nan,
+    ] + [rng.expovariate(5.0) for _ in range(5000)]
 
 
 def _same(one: Histogram, batched: Histogram) -> None:

@@ -36,18 +36,34 @@ def _filters(env: Environment) -> Environment:
 
 
 def _vars(**over: Any) -> dict[str, Any]:
-    names = ("edge_mirror_topics", "edge_mirror_compression", "edge_mirror_max_bytes_per_s",
-             "edge_cloud_replication_factor", "edge_mirror_rest_port")
-    return {**{n: DEFAULTS[n] for n in names}, "ansible_managed": "managed", "edge_id": "edge-7",
-            "edge_kafka_bootstrap": EDGE, "edge_cloud_bootstrap": CLOUD,
-            "edge_mirror_kafka_username": MIRROR_USER, "edge_mirror_kafka_password": PASSWORD,
-            "edge_cloud_security_protocol": "PLAINTEXT", "edge_cloud_ca_cert": "",
-            "edge_mirror_dir": "/etc/fleetsentry/edge/mirror", **over}
+    names = (
+        "edge_mirror_topics",
+        "edge_mirror_compression",
+        "edge_mirror_max_bytes_per_s",
+        "edge_cloud_replication_factor",
+        "edge_mirror_rest_port",
+    )
+    return {
+        **{n: DEFAULTS[n] for n in names},
+        "ansible_managed": "managed",
+        "edge_id": "edge-7",
+        "edge_kafka_bootstrap": EDGE,
+        "edge_cloud_bootstrap": CLOUD,
+        "edge_mirror_kafka_username": MIRROR_USER,
+        "edge_mirror_kafka_password": PASSWORD,
+        "edge_cloud_security_protocol": "PLAINTEXT",
+        "edge_cloud_ca_cert": "",
+        "edge_mirror_dir": "/etc/fleetsentry/edge/mirror",
+        **over,
+    }
 
 
 def _render(template: str, **over: Any) -> dict[str, str]:
-    env = _filters(Environment(loader=FileSystemLoader(ROLE / "templates"),
-                               undefined=StrictUndefined, trim_blocks=True))
+    env = _filters(
+        Environment(
+            loader=FileSystemLoader(ROLE / "templates"), undefined=StrictUndefined, trim_blocks=True
+        )
+    )
     text = env.get_template(template).render(**_vars(**over))
     props = {}
     for line in text.splitlines():
@@ -59,52 +75,75 @@ def _render(template: str, **over: Any) -> dict[str, str]:
 
 def _mirror(cap: int = 0) -> Mirror:
     login = KafkaSettings(bootstrap=EDGE, username=MIRROR_USER, password=Secret(PASSWORD))
-    return Mirror("edge-7", EDGE, CLOUD, Path("/nonexistent"), edge_login=login,
-                  max_bytes_per_s=cap)
+    return Mirror(
+        "edge-7", EDGE, CLOUD, Path("/nonexistent"), edge_login=login, max_bytes_per_s=cap
+    )
 
 
 @pytest.mark.parametrize("cap", [0, 1024, 300_000])
 def test_the_roles_mm2_properties_equal_mirror_py(cap: int) -> None:
     rendered = _render("mm2.properties.j2", edge_mirror_max_bytes_per_s=cap)
-    ours = {k: str(v) for k, v in _mirror(cap).properties(DEFAULTS["edge_mirror_rest_port"])
-            .items()}
+    ours = {
+        k: str(v) for k, v in _mirror(cap).properties(DEFAULTS["edge_mirror_rest_port"]).items()
+    }
     assert rendered == ours, {
         "only in the role": sorted(set(rendered.items()) - set(ours.items())),
-        "only in mirror.py": sorted(set(ours.items()) - set(rendered.items()))}
+        "only in mirror.py": sorted(set(ours.items()) - set(rendered.items())),
+    }
 
 
 def test_the_roles_topic_list_and_codec_are_the_registrys() -> None:
     assert DEFAULTS["edge_mirror_compression"] == CLOUD_COMPRESSION
-    assert _render("mm2.properties.j2")["edge-7->cloud.topics"] == \
-        _mirror().properties(0)["edge-7->cloud.topics"]
+    assert (
+        _render("mm2.properties.j2")["edge-7->cloud.topics"]
+        == _mirror().properties(0)["edge-7->cloud.topics"]
+    )
 
 
 def test_the_roles_cloud_login_equals_mirror_py() -> None:
     """The gateway's own cloud login over TLS, as the cloud asks for it: the same in both."""
-    rendered = _render("mm2.properties.j2", edge_cloud_security_protocol="SASL_SSL",
-                       edge_cloud_sasl_mechanism="SCRAM-SHA-512",
-                       edge_cloud_username="gateway-edge-7", edge_cloud_password=PASSWORD,
-                       edge_cloud_ca_cert="PEM")
-    cloud = KafkaSettings(bootstrap=CLOUD, username="gateway-edge-7", password=Secret(PASSWORD),
-                          ca_file=Path("/etc/fleetsentry/edge/mirror/cloud-ca.crt"))
-    ours = {k: str(v) for k, v in dataclasses.replace(_mirror(), cloud_login=cloud)
-            .properties(DEFAULTS["edge_mirror_rest_port"]).items()}
+    rendered = _render(
+        "mm2.properties.j2",
+        edge_cloud_security_protocol="SASL_SSL",
+        edge_cloud_sasl_mechanism="SCRAM-SHA-512",
+        edge_cloud_username="gateway-edge-7",
+        edge_cloud_password=PASSWORD,
+        edge_cloud_ca_cert="PEM",
+    )
+    cloud = KafkaSettings(
+        bootstrap=CLOUD,
+        username="gateway-edge-7",
+        password=Secret(PASSWORD),
+        ca_file=Path("/etc/fleetsentry/edge/mirror/cloud-ca.crt"),
+    )
+    ours = {
+        k: str(v)
+        for k, v in dataclasses.replace(_mirror(), cloud_login=cloud)
+        .properties(DEFAULTS["edge_mirror_rest_port"])
+        .items()
+    }
     assert rendered == ours, {
         "only in the role": sorted(set(rendered.items()) - set(ours.items())),
-        "only in mirror.py": sorted(set(ours.items()) - set(rendered.items()))}
+        "only in mirror.py": sorted(set(ours.items()) - set(rendered.items())),
+    }
     assert rendered["cloud.security.protocol"] == "SASL_SSL"
 
 
 @pytest.mark.parametrize("cap", [0, 300_000])
 def test_the_roles_read_cap_command_equals_quota_py(cap: int) -> None:
     env = _filters(NativeEnvironment(undefined=StrictUndefined))
-    values = {**_vars(edge_mirror_max_bytes_per_s=cap), "kafka_java": "/usr/bin/java",
-              "kafka_libs_dir": "/opt/kafka/libs"}
+    values = {
+        **_vars(edge_mirror_max_bytes_per_s=cap),
+        "kafka_java": "/usr/bin/java",
+        "kafka_libs_dir": "/opt/kafka/libs",
+    }
     login_file = env.from_string(INTERNALS["edge_mirror_login_file"]).render(**values)
     argv = env.from_string(INTERNALS["edge_mirror_read_cap_argv"]).render(
-        **values, edge_mirror_login_file=login_file)
-    assert argv == quota.config_command_argv("/usr/bin/java", "/opt/kafka/libs/*", EDGE,
-                                             Path(login_file), MIRROR_USER, cap)
+        **values, edge_mirror_login_file=login_file
+    )
+    assert argv == quota.config_command_argv(
+        "/usr/bin/java", "/opt/kafka/libs/*", EDGE, Path(login_file), MIRROR_USER, cap
+    )
     login = _render("mirror-edge-login.properties.j2")
     expected = quota.client_properties(java_properties(_mirror().edge)).splitlines()
     assert login == dict(line.split("=", 1) for line in expected)
@@ -162,14 +201,23 @@ def test_source_offsets_say_where_mirrormaker_resumes() -> None:
 
 @pytest.mark.parametrize("cap", [0, 300_000])
 def test_the_read_cap_is_set_before_mirrormaker_starts(cap: int) -> None:
-    env = _filters(Environment(loader=FileSystemLoader(ROLE / "templates"),
-                               undefined=StrictUndefined, trim_blocks=True))
+    env = _filters(
+        Environment(
+            loader=FileSystemLoader(ROLE / "templates"), undefined=StrictUndefined, trim_blocks=True
+        )
+    )
     argv = ["/usr/bin/java", "kafka.admin.ConfigCommand", "--entity-name", MIRROR_USER]
-    values = {**_vars(edge_mirror_max_bytes_per_s=cap), "edge_mirror_read_cap_argv": argv,
-              "edge_mirror_argv": ["/usr/bin/java", "MirrorMaker"], "edge_runas": [],
-              "edge_user": "fleetsentry", "edge_group": "fleetsentry",
-              "edge_mirror_log_dir": "/var/log/x", "edge_mirror_memory_max": "640M",
-              "edge_mirror_config_file": "/etc/x/mm2.properties"}
+    values = {
+        **_vars(edge_mirror_max_bytes_per_s=cap),
+        "edge_mirror_read_cap_argv": argv,
+        "edge_mirror_argv": ["/usr/bin/java", "MirrorMaker"],
+        "edge_runas": [],
+        "edge_user": "fleetsentry",
+        "edge_group": "fleetsentry",
+        "edge_mirror_log_dir": "/var/log/x",
+        "edge_mirror_memory_max": "640M",
+        "edge_mirror_config_file": "/etc/x/mm2.properties",
+    }
     unit = env.get_template("mirror.service.j2").render(**values).splitlines()
     pre = [line for line in unit if line.startswith("ExecStartPre=")]
     # At 0 the quota is removed, which fails harmlessly when there is none ('-').
@@ -192,6 +240,8 @@ def test_a_cap_is_set_then_removed_once(tmp_path: Path, monkeypatch: pytest.Monk
     capped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
     uncapped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
     uncapped.apply_read_cap(Path("/opt/kafka/libs"), "/usr/bin/java")
-    assert [argv[-2:] for argv in ran] == [["--add-config", "consumer_byte_rate=65536"],
-                                           ["--delete-config", "consumer_byte_rate"]]
+    assert [argv[-2:] for argv in ran] == [
+        ["--add-config", "consumer_byte_rate=65536"],
+        ["--delete-config", "consumer_byte_rate"],
+    ]
     assert (capped.quota_config_path.stat().st_mode & 0o777) == 0o600

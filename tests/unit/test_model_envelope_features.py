@@ -19,13 +19,31 @@ EV = CATALOG["e-transit"]
 def frame(i: int, **over: object) -> Telemetry:
     """A van's telemetry frame, with the fields in ``over`` (``model=...`` too) replaced."""
     base: dict[str, object] = dict(
-        event_id=f"t{i}", ts=1_700_000_000.0 + i, vin="WDF00000000000001", driver_id="D-1",
-        model=VAN.name, firmware="1.0.0", lat=52.5, lon=13.4, speed_kmh=50.0 + (i % 3) * 0.37,
-        rpm=2000.0 + (i % 7), gear=3, coolant_c=90.5 + (i % 5) * 0.13, intake_c=30.0 + (i % 4) * 0.21,
-        oil_kpa=300.0 + (i % 3), battery_v=14.15 + (i % 3) * 0.011, soc_pct=85.0,
-        tyre_fl_kpa=250.0 + (i % 4) * 0.3, tyre_fr_kpa=251.0 + (i % 3) * 0.3,
-        tyre_rl_kpa=249.0 + (i % 5) * 0.3, tyre_rr_kpa=250.5 + (i % 2) * 0.3, fuel_pct=60.0,
-        odometer_km=12000.0, accel_x_g=0.01, accel_y_g=0.0, accel_z_g=1.0,
+        event_id=f"t{i}",
+        ts=1_700_000_000.0 + i,
+        vin="WDF00000000000001",
+        driver_id="D-1",
+        model=VAN.name,
+        firmware="1.0.0",
+        lat=52.5,
+        lon=13.4,
+        speed_kmh=50.0 + (i % 3) * 0.37,
+        rpm=2000.0 + (i % 7),
+        gear=3,
+        coolant_c=90.5 + (i % 5) * 0.13,
+        intake_c=30.0 + (i % 4) * 0.21,
+        oil_kpa=300.0 + (i % 3),
+        battery_v=14.15 + (i % 3) * 0.011,
+        soc_pct=85.0,
+        tyre_fl_kpa=250.0 + (i % 4) * 0.3,
+        tyre_fr_kpa=251.0 + (i % 3) * 0.3,
+        tyre_rl_kpa=249.0 + (i % 5) * 0.3,
+        tyre_rr_kpa=250.5 + (i % 2) * 0.3,
+        fuel_pct=60.0,
+        odometer_km=12000.0,
+        accel_x_g=0.01,
+        accel_y_g=0.0,
+        accel_z_g=1.0,
         ambient_c=15.0 + (i % 3) * 0.1,
     )
     base.update(over)
@@ -43,8 +61,14 @@ def replay(frames: list[Telemetry]) -> list[dict[str, float]]:
 
 def test_the_model_takes_the_envelope_features() -> None:
     names = model_features("telemetry")
-    for n in ("coolant_over_thermostat_c", "coolant_hot_trend", "tyre_mean_ratio",
-              "tyre_min_ratio", "battery_v_low", "stuck_frames"):
+    for n in (
+        "coolant_over_thermostat_c",
+        "coolant_hot_trend",
+        "tyre_mean_ratio",
+        "tyre_min_ratio",
+        "battery_v_low",
+        "stuck_frames",
+    ):
         assert n in names
 
 
@@ -99,8 +123,9 @@ def test_stuck_counts_a_flat_sensor_but_not_oil_at_rest() -> None:
 
 def test_state_without_the_trend_still_decodes() -> None:
     _, _, state = tel.telemetry_step(frame(0), None)
-    old = msgspec.msgpack.encode(["v", *[getattr(state, f) for f in
-                                         VehicleState.__struct_fields__[:-1]]])
+    old = msgspec.msgpack.encode(
+        ["v", *[getattr(state, f) for f in VehicleState.__struct_fields__[:-1]]]
+    )
     back = decode_state(old)
     assert isinstance(back, VehicleState) and back.coolant_trend == 0.0
     assert tel.telemetry_step(frame(1), back)[1]["coolant_hot_trend"] == 0.0

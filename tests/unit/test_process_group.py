@@ -15,17 +15,23 @@ from shared.infra import process
 from shared.process_group import ProcessGroup, signals_held
 
 # A child that starts a grandchild in its process group, then waits.
-PARENT = [sys.executable, "-c",
-          "import subprocess, sys, time\n"
-          "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-          "print('ready', flush=True)\n"
-          "time.sleep(60)\n"]
+PARENT = [
+    sys.executable,
+    "-c",
+    "import subprocess, sys, time\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n",
+]
 # One that ignores SIGTERM.
-STUBBORN = [sys.executable, "-c",
-            "import signal, time\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(60)\n"]
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n",
+]
 
 
 def _wait_ready(log: Path) -> None:

@@ -47,8 +47,12 @@ def test_a_new_stream_is_added_by_declaring_it() -> None:
         hours_driven: float
 
     spec = streams.StreamSpec(
-        name="tachograph", event=Tachograph, anon_event=c.AnonTelemetry,
-        mqtt_suffix="tachograph", key_field="vin", pii_fields=frozenset({"vin", "driver_id"}),
+        name="tachograph",
+        event=Tachograph,
+        anon_event=c.AnonTelemetry,
+        mqtt_suffix="tachograph",
+        key_field="vin",
+        pii_fields=frozenset({"vin", "driver_id"}),
         tokens={"vin": "vehicle_token", "driver_id": "driver_token"},
         numeric_fields=("hours_driven",),
     )
@@ -63,7 +67,13 @@ def test_a_new_stream_is_added_by_declaring_it() -> None:
 
 def test_declaring_a_field_the_event_lacks_is_an_error() -> None:
     with pytest.raises(ConfigError, match="lacks"):
-        streams.StreamSpec(name="x", event=c.Telemetry, anon_event=c.AnonTelemetry,
-                           mqtt_suffix="x", key_field="vin", pii_fields=frozenset({"nope"}))
+        streams.StreamSpec(
+            name="x",
+            event=c.Telemetry,
+            anon_event=c.AnonTelemetry,
+            mqtt_suffix="x",
+            key_field="vin",
+            pii_fields=frozenset({"nope"}),
+        )
     with pytest.raises(ConfigError, match="unknown stream"):
         streams.get("nope")

@@ -13,7 +13,7 @@ from tests.bridge_support import write_edge_toml
 from tests.edge_pipeline import EdgePipeline
 
 # JSON's escapes (the demo's earlier quoting) write U+1F69A as a surrogate pair: not TOML.
-ODD = 'a "quoted" dir\\with a backslash and a \U0001F69A'
+ODD = 'a "quoted" dir\\with a backslash and a \U0001f69a'
 
 
 def given(path: Path | None) -> Path:
@@ -49,8 +49,9 @@ def test_paths_with_a_quote_and_a_backslash_round_trip(tmp_path: Path) -> None:
 def test_the_test_helpers_edge_toml_round_trips(tmp_path: Path) -> None:
     home = tmp_path / ODD
     stack = Stack(InfraSettings(home=home), quiet=True)
-    pipeline = EdgePipeline(stack, home, scorer='models_dir = "m"',
-                            extra="[enricher]\nbatch_wait_ms = 20\n")
+    pipeline = EdgePipeline(
+        stack, home, scorer='models_dir = "m"', extra="[enricher]\nbatch_wait_ms = 20\n"
+    )
     edge = edge_config.load(pipeline.write_config())
     assert Path(edge.data_dir) == home / "data"
     assert given(edge.kafka.credentials_file) == stack.edge.credentials_path

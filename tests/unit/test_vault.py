@@ -113,7 +113,11 @@ def test_reveal_is_audited_with_actor(tmp_path: Path) -> None:
             v.reveal(token, " ")
         entry = v.audit_log(1)[0]
         assert (entry["actor"], entry["action"], entry["token"], entry["outcome"]) == (
-            "investigator-7", "reveal", token, "revealed")
+            "investigator-7",
+            "reveal",
+            token,
+            "revealed",
+        )
         assert "4111" not in repr(v.audit_log())
 
 

@@ -19,9 +19,11 @@ from cloud.dashboard.gate import signed_in
 from cloud.dashboard.site import FLASH_COOKIE, STREAMS, no_such, site_of
 
 ACTIONS = ("retrain", "promote", "rollback", "approve", "reject")
-VIEWER_REFUSED = ("your role is viewer: only operators may promote, roll back, retrain, "
-                  "approve or reject (an operator can change it with `fleetsentry cloud "
-                  "dashboard user role`)")
+VIEWER_REFUSED = (
+    "your role is viewer: only operators may promote, roll back, retrain, "
+    "approve or reject (an operator can change it with `fleetsentry cloud "
+    "dashboard user role`)"
+)
 
 
 @signed_in
@@ -31,24 +33,41 @@ async def action(request: Request, s: Session) -> Response:
     if kind not in ACTIONS:
         return no_such("No such action.")
     if not s.operator:
-        return HTMLResponse(f"<h1>Forbidden</h1><p>{html.escape(VIEWER_REFUSED)}</p>"
-                            f'<p><a href="/registry">Back to the registry</a></p>',
-                            status_code=403)
+        return HTMLResponse(
+            f"<h1>Forbidden</h1><p>{html.escape(VIEWER_REFUSED)}</p>"
+            f'<p><a href="/registry">Back to the registry</a></p>',
+            status_code=403,
+        )
     if request.method == "GET":
         q = request.query_params
-        return site.page(request, "confirm.html", s, kind=kind, stream=q.get("stream", ""),
-                         version=q.get("version", ""), to=q.get("to", ""),
-                         run=q.get("run", ""))
+        return site.page(
+            request,
+            "confirm.html",
+            s,
+            kind=kind,
+            stream=q.get("stream", ""),
+            version=q.get("version", ""),
+            to=q.get("to", ""),
+            run=q.get("run", ""),
+        )
     form = await request.form()
     if not csrf_ok(s, str(form.get(CSRF_FIELD, ""))):
         return HTMLResponse("CSRF token missing or wrong", status_code=403)
     data = {k: str(v) for k, v in form.items() if k != CSRF_FIELD}
     outcome = await run_in_threadpool(record, site.dash.actions, kind, data, s)
-    where = "/runs" if kind in ("retrain", "approve", "reject") else (
-        f"/registry/models/{quote(outcome.version)}" if outcome.version else "/registry")
+    where = (
+        "/runs"
+        if kind in ("retrain", "approve", "reject")
+        else (f"/registry/models/{quote(outcome.version)}" if outcome.version else "/registry")
+    )
     resp = RedirectResponse(where, status_code=303)
-    site.set_cookie(resp, request, FLASH_COOKIE,
-                    site.dash.signer.dumps({"m": outcome.message, "ok": outcome.ok}, "flash"), 60)
+    site.set_cookie(
+        resp,
+        request,
+        FLASH_COOKIE,
+        site.dash.signer.dumps({"m": outcome.message, "ok": outcome.ok}, "flash"),
+        60,
+    )
     return resp
 
 
@@ -72,8 +91,10 @@ async def api_action(request: Request, s: Session) -> Response:
         return JSONResponse({"error": "send a JSON object"}, 400)
     data = {str(k): str(v) for k, v in body.items()}
     outcome = await run_in_threadpool(record, site_of(request).dash.actions, kind, data, s)
-    return JSONResponse({"ok": outcome.ok, "message": outcome.message,
-                         "version": outcome.version}, 200 if outcome.ok else 409)
+    return JSONResponse(
+        {"ok": outcome.ok, "message": outcome.message, "version": outcome.version},
+        200 if outcome.ok else 409,
+    )
 
 
 def record(actions: Actions, kind: str, data: dict[str, str], s: Session) -> Outcome:

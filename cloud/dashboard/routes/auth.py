@@ -18,12 +18,18 @@ async def home(request: Request) -> Response:
     return RedirectResponse("/fleet", status_code=303)
 
 
-def login_form(site: Site, request: Request, error: str = "", status: int = 200,
-               headers: dict[str, str] | None = None) -> Response:
+def login_form(
+    site: Site,
+    request: Request,
+    error: str = "",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     token, cookie = site.dash.signer.login_token()
     nxt = safe_next(request.query_params.get("next", "/fleet"))
-    body = site.env.get_template("login.html").render(csrf=token, error=error, next=nxt,
-                                                      user=None, path="/login")
+    body = site.env.get_template("login.html").render(
+        csrf=token, error=error, next=nxt, user=None, path="/login"
+    )
     resp = HTMLResponse(body, status_code=status, headers=headers)
     site.set_cookie(resp, request, LOGIN_CSRF_COOKIE, cookie, 3600)
     return resp
@@ -34,8 +40,9 @@ async def login(request: Request) -> Response:
     if request.method == "GET":
         return login_form(site, request)
     form = await request.form()
-    if not site.dash.signer.check_login_token(request.cookies.get(LOGIN_CSRF_COOKIE),
-                                              str(form.get(CSRF_FIELD, ""))):
+    if not site.dash.signer.check_login_token(
+        request.cookies.get(LOGIN_CSRF_COOKIE), str(form.get(CSRF_FIELD, ""))
+    ):
         return login_form(site, request, "The form expired; please sign in again.", 403)
     name, password = str(form.get("username", "")), str(form.get("password", ""))
     user = await authenticate(site, request, name, password)

@@ -13,11 +13,13 @@ def fleet(ask: Ask) -> Shown:
 
 def gateway(ask: Ask) -> Shown:
     window_s = ask.window_s()
-    view = views.gateway(ask.site.dash.live, ask.registry(), ask.param("edge_id"),
-                         window_s=window_s)
+    view = views.gateway(
+        ask.site.dash.live, ask.registry(), ask.param("edge_id"), window_s=window_s
+    )
     if view is None:
-        raise NotFound("No gateway of that name has sent anything to this cloud.",
-                       "no such gateway")
+        raise NotFound(
+            "No gateway of that name has sent anything to this cloud.", "no such gateway"
+        )
     return Shown(view)
 
 

@@ -10,8 +10,7 @@ from cloud.registry import RegistryError
 
 def runs(ask: Ask) -> Shown:
     actions = ask.site.dash.actions
-    data = {**views.runs(ask.registry()), "pending": actions.pending,
-            "requests": actions.recent()}
+    data = {**views.runs(ask.registry()), "pending": actions.pending, "requests": actions.recent()}
     return Shown(data, {"requests": data["requests"]})
 
 

@@ -73,8 +73,9 @@ def ids_in(records: list, stream_vins: set[str]) -> Counter[str]:
     return out
 
 
-def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
-                                                            edge_kafka: KafkaSettings) -> None:
+def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(
+    setup: Setup, edge_kafka: KafkaSettings
+) -> None:
     rng = random.Random(11)
     vins = [vin(rng) for _ in range(4)]
     setup.stack.mqtt.register_vehicles({v: "pw-" + v for v in vins})
@@ -98,8 +99,9 @@ def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
     seen: dict[str, tuple[str, str]] = {}
 
     def collect(topic: str, want: int) -> None:
-        records = read_topic(edge_kafka, topic,
-                             done=lambda rs: len(ids_in(rs, set(vins))) >= want, timeout=60)
+        records = read_topic(
+            edge_kafka, topic, done=lambda rs: len(ids_in(rs, set(vins))) >= want, timeout=60
+        )
         for rec in records:
             doc = msgspec.json.decode(rec.value())
             if doc.get("vin") in vins:
@@ -120,7 +122,8 @@ def test_valid_events_from_vehicles_land_in_raw_keyed_by_vin(setup: Setup,
 
 
 def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
-        setup: Setup, edge_kafka: KafkaSettings) -> None:
+    setup: Setup, edge_kafka: KafkaSettings
+) -> None:
     rng = random.Random(20240601)
     the_vin = vin(rng)
     setup.bridge().wait_connected()
@@ -132,8 +135,10 @@ def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
         assert payload not in expected
         expected[payload] = reason
         msgs.append((topic, payload))
-    valid = [(f"fleet/{the_vin}/telemetry", encode(telemetry(the_vin, f"ok-{i}", now)))
-             for i in range(100)]
+    valid = [
+        (f"fleet/{the_vin}/telemetry", encode(telemetry(the_vin, f"ok-{i}", now)))
+        for i in range(100)
+    ]
     admin = mqtt_client(setup.stack, unique("fuzz"))
     try:
         publish_all(admin, msgs[:1000] + valid + msgs[1000:], timeout=120)
@@ -146,15 +151,17 @@ def test_fuzz_every_malformed_payload_lands_in_the_dlq_with_its_reason(
     def mine(records: list) -> dict[bytes, contracts.DeadLetter]:
         return vehicle_letters(sealer, the_vin, records)
 
-    records = read_topic(edge_kafka, topics.DLQ_INGEST,
-                         done=lambda rs: len(mine(rs)) >= len(expected), timeout=120)
+    records = read_topic(
+        edge_kafka, topics.DLQ_INGEST, done=lambda rs: len(mine(rs)) >= len(expected), timeout=120
+    )
     letters = mine(records)
     missing = set(expected) - set(letters)
     assert not missing, f"{len(missing)} malformed payloads never reached the DLQ"
     wrong = {p[:80]: (letters[p].reason, r) for p, r in expected.items() if letters[p].reason != r}
     assert not wrong, wrong
-    assert all(letter.detail and letter.source.startswith("mqtt:fleet/")
-               for letter in letters.values())
+    assert all(
+        letter.detail and letter.source.startswith("mqtt:fleet/") for letter in letters.values()
+    )
     assert all(letter.digest == sealer.digest(p) for p, letter in letters.items())
     # The valid ones went through, and none of the bad ones did.
     raw = ids_in(read_topic(edge_kafka, "raw.telemetry", idle=2.0), {the_vin})
@@ -175,8 +182,11 @@ def test_sigkill_during_a_run_loses_nothing(setup: Setup, edge_kafka: KafkaSetti
         try:
             for i in range(total):
                 eid = f"cr-{i}"
-                info = admin.publish(f"fleet/{the_vin}/telemetry",
-                                     encode(telemetry(the_vin, eid, time.time())), qos=1)
+                info = admin.publish(
+                    f"fleet/{the_vin}/telemetry",
+                    encode(telemetry(the_vin, eid, time.time())),
+                    qos=1,
+                )
                 published.append(eid)
                 if i % 100 == 99:
                     info.wait_for_publish(10)
@@ -202,8 +212,9 @@ def test_sigkill_during_a_run_loses_nothing(setup: Setup, edge_kafka: KafkaSetti
     assert kills >= 1 and len(published) == total
 
     want = set(published)
-    records = read_topic(edge_kafka, "raw.telemetry",
-                         done=lambda rs: set(ids_in(rs, {the_vin})) >= want, timeout=90)
+    records = read_topic(
+        edge_kafka, "raw.telemetry", done=lambda rs: set(ids_in(rs, {the_vin})) >= want, timeout=90
+    )
     got = ids_in(records, {the_vin})
     missing = want - set(got)
     assert not missing, f"{len(missing)} of {total} events lost after {kills} SIGKILLs"
@@ -219,8 +230,9 @@ def test_metrics_endpoint_passes_promtool(setup: Setup) -> None:
     the_vin = vin(rng)
     now = time.time()
     admin = mqtt_client(setup.stack, unique("metrics"))
-    msgs = [(f"fleet/{the_vin}/telemetry", encode(telemetry(the_vin, f"m{i}", now)))
-            for i in range(20)]
+    msgs = [
+        (f"fleet/{the_vin}/telemetry", encode(telemetry(the_vin, f"m{i}", now))) for i in range(20)
+    ]
     msgs += [(f"fleet/{the_vin}/telemetry", b"{not json")]
     publish_all(admin, msgs)
     admin.disconnect()
@@ -229,19 +241,27 @@ def test_metrics_endpoint_passes_promtool(setup: Setup) -> None:
     text = ""
     while time.monotonic() < deadline:
         text = bridge.scrape()
-        if 'fleetsentry_dlq_messages_total{reason="invalid_json",service="bridge"} 1.0' in text \
-                and 'fleetsentry_messages_out_total{service="bridge",stream="telemetry"} 20.0' \
-                in text:
+        if (
+            'fleetsentry_dlq_messages_total{reason="invalid_json",service="bridge"} 1.0' in text
+            and 'fleetsentry_messages_out_total{service="bridge",stream="telemetry"} 20.0' in text
+        ):
             break
         time.sleep(0.3)
     assert 'fleetsentry_messages_in_total{service="bridge",stream="telemetry"} 21.0' in text
     assert 'fleetsentry_messages_out_total{service="bridge",stream="telemetry"} 20.0' in text
     assert 'fleetsentry_dlq_messages_total{reason="invalid_json",service="bridge"} 1.0' in text
-    assert 'fleetsentry_end_to_end_latency_seconds_count{service="bridge",stream="telemetry"} ' \
-           '20.0' in text
-    assert "fleetsentry_produce_errors_total" in text or "# TYPE fleetsentry_produce_errors" \
-        in text
-    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), check=False,
-                           capture_output=True, timeout=30)
-    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), \
-        (check.stdout + check.stderr).decode()
+    assert (
+        'fleetsentry_end_to_end_latency_seconds_count{service="bridge",stream="telemetry"} '
+        "20.0" in text
+    )
+    assert "fleetsentry_produce_errors_total" in text or "# TYPE fleetsentry_produce_errors" in text
+    check = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text.encode(),
+        check=False,
+        capture_output=True,
+        timeout=30,
+    )
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), (
+        check.stdout + check.stderr
+    ).decode()

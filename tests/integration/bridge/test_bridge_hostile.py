@@ -47,8 +47,6 @@ pytestmark = pytest.mark.integration
 DAY = 86_400.0
 
 
-
-
 @pytest.fixture
 def gateway(stack: Stack, tmp_path: Path) -> Iterator[BridgeGateway]:
     gw = BridgeGateway(stack, tmp_path)
@@ -66,8 +64,10 @@ def end_offsets(bootstrap: Target, topic: str, timeout: float = 30.0) -> dict[in
         while True:
             try:
                 meta = c.list_topics(topic, timeout=10)
-                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                        for p in meta.topics[topic].partitions}
+                return {
+                    p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in meta.topics[topic].partitions
+                }
             except KafkaException:
                 if time.monotonic() > deadline:
                     raise
@@ -76,10 +76,12 @@ def end_offsets(bootstrap: Target, topic: str, timeout: float = 30.0) -> dict[in
         c.close()
 
 
-def reasons_since(bootstrap: Target, start: dict[int, int], want: int,
-                  timeout: float = 60.0) -> Counter[str]:
+def reasons_since(
+    bootstrap: Target, start: dict[int, int], want: int, timeout: float = 60.0
+) -> Counter[str]:
     """Messages per reason in the dead letters written after ``start``, once ``want``
     messages are there (a rate_limited letter stands for ``count`` of them)."""
+
     def new(records: list) -> Counter[str]:
         out: Counter[str] = Counter()
         for r in records:
@@ -88,15 +90,28 @@ def reasons_since(bootstrap: Target, start: dict[int, int], want: int,
                 out[doc["reason"]] += doc.get("count", 1)
         return out
 
-    return new(read_topic(bootstrap, topics.DLQ_INGEST,
-                          done=lambda rs: sum(new(rs).values()) >= want, timeout=timeout))
+    return new(
+        read_topic(
+            bootstrap,
+            topics.DLQ_INGEST,
+            done=lambda rs: sum(new(rs).values()) >= want,
+            timeout=timeout,
+        )
+    )
 
 
-def event_ids(bootstrap: Target, topic: str, vin_: str, want: set[str],
-              alive: BridgeProcess | None = None, timeout: float = 60.0,
-              at_least: int = 0) -> set[str]:
+def event_ids(
+    bootstrap: Target,
+    topic: str,
+    vin_: str,
+    want: set[str],
+    alive: BridgeProcess | None = None,
+    timeout: float = 60.0,
+    at_least: int = 0,
+) -> set[str]:
     """Event ids of ``vin_`` in ``topic``, read until ``want`` (and ``at_least`` ids) are
     there or the bridge is gone."""
+
     def ids(records: list) -> set[str]:
         out = set()
         for rec in records:
@@ -115,8 +130,11 @@ def event_ids(bootstrap: Target, topic: str, vin_: str, want: set[str],
 
 def metric(text: str, name: str, label: str = "") -> float:
     """The sum of a metric's samples (those whose labels contain ``label``)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and label in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and label in line
+    )
 
 
 def wait_accounted(bridge: BridgeProcess, messages: int, timeout: float = 60.0) -> str:
@@ -125,8 +143,11 @@ def wait_accounted(bridge: BridgeProcess, messages: int, timeout: float = 60.0) 
     text = ""
     while time.monotonic() < deadline:
         text = bridge.scrape()
-        if metric(text, "fleetsentry_messages_out_total") + \
-                metric(text, "fleetsentry_dlq_messages_total") >= messages:
+        if (
+            metric(text, "fleetsentry_messages_out_total")
+            + metric(text, "fleetsentry_dlq_messages_total")
+            >= messages
+        ):
             return text
         time.sleep(0.2)
     raise AssertionError(f"the bridge accounted for fewer than {messages} messages: {text}")
@@ -154,21 +175,22 @@ def hostile_payloads(v: str, now: float) -> list[tuple[bytes, str]]:
     not_utf8 = encode(good).replace(b"drv-0001", b"drv-\xff\xfe")
     assert len({huge_ts, far_lat, not_utf8, encode(good)}) == 4
     return [
-        (nested(1000), "too_deep"),                       # the payload that halted ingest
-        (b"[" * 1000 + b"]" * 1000, "too_deep"),          # nested arrays, no object at all
+        (nested(1000), "too_deep"),  # the payload that halted ingest
+        (b"[" * 1000 + b"]" * 1000, "too_deep"),  # nested arrays, no object at all
         (b'{"a":' + b'{"a":[' * 500 + b"]}" * 500 + b"}", "too_deep"),
-        (b"[" * 16_000, "too_deep"),                      # never closed, just under the size limit
-        (b"[" * 20_000, "oversize"),                      # over the size limit: never scanned
-        (huge_ts, "invalid_value"),                       # a 5,000-digit device time
-        (far_lat, "invalid_value"),                       # a number past any float
-        (not_utf8, "invalid_json"),                       # not UTF-8
+        (b"[" * 16_000, "too_deep"),  # never closed, just under the size limit
+        (b"[" * 20_000, "oversize"),  # over the size limit: never scanned
+        (huge_ts, "invalid_value"),  # a 5,000-digit device time
+        (far_lat, "invalid_value"),  # a number past any float
+        (not_utf8, "invalid_json"),  # not UTF-8
         (b"", "invalid_json"),
-        (b'{"event_id":"\\ud800"}', "invalid_json"),      # a lone UTF-16 surrogate
+        (b'{"event_id":"\\ud800"}', "invalid_json"),  # a lone UTF-16 surrogate
     ]
 
 
 def test_hostile_payloads_become_dead_letters_and_the_bridge_keeps_running(
-        gateway: BridgeGateway, edge_kafka: KafkaSettings) -> None:
+    gateway: BridgeGateway, edge_kafka: KafkaSettings
+) -> None:
     rng = random.Random(13)
     attacker, victim = vin(rng), vin(rng)
     gateway.stack.mqtt.register_vehicles({attacker: "pw-" + attacker, victim: "pw-" + victim})
@@ -182,48 +204,66 @@ def test_hostile_payloads_become_dead_letters_and_the_bridge_keeps_running(
     brackets["driver_id"] = "[{" * 60
     quoted = telemetry(attacker, "escaped-quote", now)
     quoted["firmware"] = '\\"' + "[" * 100
-    publish_as(gateway.stack, attacker,
-               [(f"fleet/{attacker}/telemetry", p) for p, _ in hostile]
-               + [(f"fleet/{attacker}/telemetry", encode(brackets)),
-                  (f"fleet/{attacker}/telemetry", encode(quoted))])
-    publish_as(gateway.stack, victim,
-               [(f"fleet/{victim}/telemetry", encode(telemetry(victim, "victim-1", now)))])
+    publish_as(
+        gateway.stack,
+        attacker,
+        [(f"fleet/{attacker}/telemetry", p) for p, _ in hostile]
+        + [
+            (f"fleet/{attacker}/telemetry", encode(brackets)),
+            (f"fleet/{attacker}/telemetry", encode(quoted)),
+        ],
+    )
+    publish_as(
+        gateway.stack,
+        victim,
+        [(f"fleet/{victim}/telemetry", encode(telemetry(victim, "victim-1", now)))],
+    )
 
     got = event_ids(edge_kafka, "raw.telemetry", victim, {"victim-1"}, bridge)
-    assert bridge.proc is not None and bridge.proc.poll() is None, \
+    assert bridge.proc is not None and bridge.proc.poll() is None, (
         f"the bridge exited: {bridge.log.read_text()[-1500:]}"
+    )
     assert bridge.proc.pid == pid
     assert got == {"victim-1"}, "the well-behaved vehicle's event never reached raw.telemetry"
-    assert event_ids(edge_kafka, "raw.telemetry", attacker, {"in-string", "escaped-quote"},
-                     bridge) == {"in-string", "escaped-quote"}
+    assert event_ids(
+        edge_kafka, "raw.telemetry", attacker, {"in-string", "escaped-quote"}, bridge
+    ) == {"in-string", "escaped-quote"}
     expected = Counter(reason for _, reason in hostile)
     assert reasons_since(edge_kafka, start, len(hostile)) == expected
 
     # Every dead letter was acknowledged: a restarted bridge gets none of them again.
     bridge.stop()
     bridge.start().wait_connected()
-    publish_as(gateway.stack, victim,
-               [(f"fleet/{victim}/telemetry", encode(telemetry(victim, "victim-2", now)))])
-    assert "victim-2" in event_ids(edge_kafka, "raw.telemetry", victim, {"victim-2"},
-                                   bridge)
+    publish_as(
+        gateway.stack,
+        victim,
+        [(f"fleet/{victim}/telemetry", encode(telemetry(victim, "victim-2", now)))],
+    )
+    assert "victim-2" in event_ids(edge_kafka, "raw.telemetry", victim, {"victim-2"}, bridge)
     time.sleep(1.0)  # a redelivered letter would have been produced before victim-2
     assert reasons_since(edge_kafka, start, len(hostile), timeout=5) == expected
 
 
-def test_events_older_than_the_age_limit_are_dead_letters(gateway: BridgeGateway,
-                                                          edge_kafka: KafkaSettings) -> None:
+def test_events_older_than_the_age_limit_are_dead_letters(
+    gateway: BridgeGateway, edge_kafka: KafkaSettings
+) -> None:
     rng = random.Random(17)
     car = vin(rng)
     gateway.stack.mqtt.register_vehicles({car: "pw-" + car})
     bridge = gateway.start()
     start = end_offsets(edge_kafka, topics.DLQ_INGEST)
     now = time.time()
-    old = [telemetry(car, "epoch", 1.0), telemetry(car, "last-week", now - 7 * DAY),
-           telemetry(car, "four-days", now - 4 * DAY)]
+    old = [
+        telemetry(car, "epoch", 1.0),
+        telemetry(car, "last-week", now - 7 * DAY),
+        telemetry(car, "four-days", now - 4 * DAY),
+    ]
     recent = [telemetry(car, "yesterday", now - DAY), telemetry(car, "now", now)]
     publish_as(gateway.stack, car, [(f"fleet/{car}/telemetry", encode(e)) for e in old + recent])
-    assert event_ids(edge_kafka, "raw.telemetry", car, {"yesterday", "now"}, bridge) == \
-        {"yesterday", "now"}, "an old event reached raw.telemetry, or a recent one did not"
+    assert event_ids(edge_kafka, "raw.telemetry", car, {"yesterday", "now"}, bridge) == {
+        "yesterday",
+        "now",
+    }, "an old event reached raw.telemetry, or a recent one did not"
     assert reasons_since(edge_kafka, start, len(old)) == {"too_old": len(old)}
 
 
@@ -231,26 +271,36 @@ RATE, BURST = 5.0, 20
 
 
 def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
-        stack: Stack, tmp_path: Path, edge_kafka: KafkaSettings) -> None:
+    stack: Stack, tmp_path: Path, edge_kafka: KafkaSettings
+) -> None:
     rng = random.Random(19)
     flooder, driver = vin(rng), vin(rng)
     stack.mqtt.register_vehicles({flooder: "pw-" + flooder, driver: "pw-" + driver})
-    gw = BridgeGateway(stack, tmp_path, metrics=True,
-                 extra=f"vehicle_rate_per_s = {RATE}\nvehicle_burst = {BURST}\n")
+    gw = BridgeGateway(
+        stack,
+        tmp_path,
+        metrics=True,
+        extra=f"vehicle_rate_per_s = {RATE}\nvehicle_burst = {BURST}\n",
+    )
     try:
         bridge = gw.start()
         start = end_offsets(edge_kafka, topics.DLQ_INGEST)
         began = time.monotonic()
-        flood = [(f"fleet/{flooder}/telemetry",
-                  encode(telemetry(flooder, f"flood-{i}", time.time()))) for i in range(1000)]
+        flood = [
+            (f"fleet/{flooder}/telemetry", encode(telemetry(flooder, f"flood-{i}", time.time())))
+            for i in range(1000)
+        ]
         attack = threading.Thread(target=publish_as, args=(stack, flooder, flood))
         attack.start()
         # The well-behaved vehicle: 12 frames at 4 Hz while the flood goes on.
         car = mqtt_client(stack, driver, user=driver, password="pw-" + driver)
         try:
             for i in range(12):
-                car.publish(f"fleet/{driver}/telemetry",
-                            encode(telemetry(driver, f"good-{i}", time.time())), qos=1)
+                car.publish(
+                    f"fleet/{driver}/telemetry",
+                    encode(telemetry(driver, f"good-{i}", time.time())),
+                    qos=1,
+                )
                 time.sleep(0.25)
         finally:
             attack.join(60)
@@ -263,19 +313,25 @@ def test_a_flooding_vehicle_is_rate_limited_and_the_others_still_arrive(
         text = wait_accounted(bridge, 1000 + 12)
         elapsed = time.monotonic() - began
         limited = round(metric(text, "fleetsentry_dlq_messages_total", 'reason="rate_limited"'))
-        admitted = event_ids(edge_kafka, "raw.telemetry", flooder, set(), bridge,
-                             at_least=1000 - limited)
+        admitted = event_ids(
+            edge_kafka, "raw.telemetry", flooder, set(), bridge, at_least=1000 - limited
+        )
         assert len(admitted) == 1000 - limited
-        assert BURST <= len(admitted) <= BURST + RATE * elapsed + 1, \
+        assert BURST <= len(admitted) <= BURST + RATE * elapsed + 1, (
             f"{len(admitted)} of 1000 flood events admitted in {elapsed:.0f}s"
+        )
         assert reasons_since(edge_kafka, start, limited) == {"rate_limited": limited}
         text = bridge.scrape()
         token = DeadLetters.load(load(gw.config), create=False).vehicle_token(flooder)
-        assert f'fleetsentry_rate_limited_total{{service="bridge",vehicle="{token}"}} ' \
-               f"{float(limited)}" in text
+        assert (
+            f'fleetsentry_rate_limited_total{{service="bridge",vehicle="{token}"}} '
+            f"{float(limited)}" in text
+        )
         assert driver not in text and flooder not in text
-        assert f'fleetsentry_dlq_messages_total{{reason="rate_limited",service="bridge"}} ' \
-               f"{float(limited)}" in text
+        assert (
+            f'fleetsentry_dlq_messages_total{{reason="rate_limited",service="bridge"}} '
+            f"{float(limited)}" in text
+        )
     finally:
         gw.close()
 
@@ -288,7 +344,7 @@ def run_in_thread(bridge: Bridge) -> tuple[threading.Event, threading.Thread]:
 
 
 def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
-        stack: Stack, tmp_path: Path, edge_kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, edge_kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug planted in validation, in a bridge running here against the real brokers."""
     rng = random.Random(23)
@@ -310,11 +366,21 @@ def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
     start = end_offsets(edge_kafka, topics.DLQ_INGEST)
     try:
         now = time.time()
-        publish_as(stack, car, [(f"fleet/{car}/telemetry", encode(telemetry(car, e, now)))
-                                for e in ("planted-bug", "after-bug")])
+        publish_as(
+            stack,
+            car,
+            [
+                (f"fleet/{car}/telemetry", encode(telemetry(car, e, now)))
+                for e in ("planted-bug", "after-bug")
+            ],
+        )
         assert event_ids(edge_kafka, "raw.telemetry", car, {"after-bug"}) == {"after-bug"}
-        records = read_topic(edge_kafka, topics.DLQ_INGEST, timeout=30,
-                             done=lambda rs: any(r.offset() >= start[0] for r in rs))
+        records = read_topic(
+            edge_kafka,
+            topics.DLQ_INGEST,
+            timeout=30,
+            done=lambda rs: any(r.offset() >= start[0] for r in rs),
+        )
         letters = [msgspec.json.decode(r.value()) for r in records if r.offset() >= start[0]]
         assert [d["reason"] for d in letters] == ["internal_error"]
         # The exception's type and where it was raised, never its text.
@@ -329,16 +395,22 @@ def test_a_message_that_breaks_the_bridge_is_an_acknowledged_dead_letter(
     again.start()
     stop, thread = run_in_thread(again)
     try:
-        publish_as(stack, car, [(f"fleet/{car}/telemetry",
-                                 encode(telemetry(car, "after-restart", time.time())))])
+        publish_as(
+            stack,
+            car,
+            [(f"fleet/{car}/telemetry", encode(telemetry(car, "after-restart", time.time())))],
+        )
         event_ids(edge_kafka, "raw.telemetry", car, {"after-restart"})
     finally:
         stop.set()
         thread.join(10)
     # A topic Mosquitto would never pass on (not UTF-8), handed to the bridge directly.
-    again._on_message(cast(mqtt.Client, None), None,
-                      mqtt.MQTTMessage(0, b"fleet/\xff\xfe/telemetry"))
+    again._on_message(
+        cast(mqtt.Client, None), None, mqtt.MQTTMessage(0, b"fleet/\xff\xfe/telemetry")
+    )
     assert again.close() == 0
     drop_session(stack, f"{edge_id}-bridge-0")
-    assert reasons_since(edge_kafka, start, 2, timeout=10) == \
-        {"internal_error": 1, "unknown_topic": 1}
+    assert reasons_since(edge_kafka, start, 2, timeout=10) == {
+        "internal_error": 1,
+        "unknown_topic": 1,
+    }

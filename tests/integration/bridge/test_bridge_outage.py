@@ -39,8 +39,9 @@ PER_VEHICLE = 9_500
 
 
 @pytest.fixture
-def gateway(request: pytest.FixtureRequest, stack: Stack,
-            tmp_path: Path) -> Iterator[BridgeGateway]:
+def gateway(
+    request: pytest.FixtureRequest, stack: Stack, tmp_path: Path
+) -> Iterator[BridgeGateway]:
     # No per-vehicle rate limit: each test vehicle sends far more than a real one would.
     extra = "vehicle_rate_per_s = 0\n" + getattr(request, "param", "")
     gw = BridgeGateway(stack, tmp_path, extra=extra, metrics=True)
@@ -61,8 +62,10 @@ def publish(stack: Stack, vins: list[str], per_vehicle: int, prefix: str = "") -
     def drive(v: str) -> None:
         car = mqtt_client(stack, v, user=v, password="pw-" + v)
         try:
-            msgs = [(f"fleet/{v}/telemetry", encode(telemetry(v, f"{v}-{prefix}{i}", now)))
-                    for i in range(per_vehicle)]
+            msgs = [
+                (f"fleet/{v}/telemetry", encode(telemetry(v, f"{v}-{prefix}{i}", now)))
+                for i in range(per_vehicle)
+            ]
             acked.append(publish_all(car, msgs, timeout=300))
         finally:
             car.disconnect()
@@ -96,7 +99,7 @@ def raw_ids(edge_kafka: KafkaSettings, vins: set[str], want: int) -> Counter[str
     counts: Counter[str] = Counter()
 
     def done(records: list) -> bool:
-        for rec in records[done.seen:]:  # type: ignore[attr-defined]
+        for rec in records[done.seen :]:  # type: ignore[attr-defined]
             doc = msgspec.json.decode(rec.value())
             if doc.get("vin") in vins:
                 counts[doc["event_id"]] += 1
@@ -109,7 +112,8 @@ def raw_ids(edge_kafka: KafkaSettings, vins: set[str], want: int) -> Counter[str
 
 
 def test_an_edge_kafka_outage_loses_no_acknowledged_message(
-        stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway
+) -> None:
     rng = random.Random(15)
     vins = [vin(rng) for _ in range(VEHICLES)]
     stack.mqtt.register_vehicles({v: "pw-" + v for v in vins})
@@ -130,14 +134,18 @@ def test_an_edge_kafka_outage_loses_no_acknowledged_message(
     text = bridge.scrape()
     assert metric(text, "fleetsentry_spooled_records_total") > 100_000
     assert metric(text, "fleetsentry_spool_dropped_total") == 0
-    wait_metric(bridge, "fleetsentry_spool_drained_records_total",
-                metric(text, "fleetsentry_spooled_records_total"))
+    wait_metric(
+        bridge,
+        "fleetsentry_spool_drained_records_total",
+        metric(text, "fleetsentry_spooled_records_total"),
+    )
     assert metric(bridge.scrape(), "fleetsentry_spooling") == 0
 
 
 @pytest.mark.parametrize("gateway", ["spool_after_s = 1\n"], indirect=True)
 def test_a_bridge_killed_while_spooling_and_while_draining_loses_nothing(
-        stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway
+) -> None:
     rng = random.Random(16)
     vins = [vin(rng) for _ in range(4)]
     stack.mqtt.register_vehicles({v: "pw-" + v for v in vins})
@@ -168,10 +176,12 @@ def test_a_bridge_killed_while_spooling_and_while_draining_loses_nothing(
         assert order[v] == sent
 
 
-@pytest.mark.parametrize("gateway", ["spool_max_bytes = 400000\nspool_after_s = 1\n"],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "gateway", ["spool_max_bytes = 400000\nspool_after_s = 1\n"], indirect=True
+)
 def test_a_full_spool_drops_only_what_it_counts(
-        stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway
+) -> None:
     rng = random.Random(17)
     vins = [vin(rng) for _ in range(2)]
     stack.mqtt.register_vehicles({v: "pw-" + v for v in vins})
@@ -197,7 +207,8 @@ def test_a_full_spool_drops_only_what_it_counts(
 
 
 def test_what_vehicles_publish_while_the_bridge_reconnects_after_a_broker_restart_is_kept(
-        stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, gateway: BridgeGateway
+) -> None:
     """Mosquitto restores a persistent session's plain subscriptions after a restart, not its
     shared ones: until the bridge is back, a shared subscription receives nothing, and what
     vehicles publish meanwhile is acknowledged to them and dropped."""
@@ -214,8 +225,10 @@ def test_what_vehicles_publish_while_the_bridge_reconnects_after_a_broker_restar
         now = time.time()
         # Published right after the restart, over 3 s: the bridge reconnects in that time.
         for burst in range(30):
-            msgs = [(f"fleet/{v}/telemetry", encode(telemetry(v, f"{v}-r{burst}-{i}", now)))
-                    for i in range(10)]
+            msgs = [
+                (f"fleet/{v}/telemetry", encode(telemetry(v, f"{v}-r{burst}-{i}", now)))
+                for i in range(10)
+            ]
             sent += publish_all(car, msgs)
             time.sleep(0.1)
     finally:

@@ -57,24 +57,40 @@ def free_base_port() -> int:
 def test_supervisor_runs_restarts_and_stops_the_bridges(stack: Stack, tmp_path: Path) -> None:
     edge_id, group = unique("sup"), unique("g")
     base = free_base_port()
-    config = write_edge_toml(tmp_path / "edge.toml", stack, edge_id, group,
-                             extra="processes = 2\n")
+    config = write_edge_toml(tmp_path / "edge.toml", stack, edge_id, group, extra="processes = 2\n")
     text = config.read_text().replace("base_port = 0", f"base_port = {base}")
     config.write_text(text)
     log = (tmp_path / "supervisor.log").open("wb")
     sup = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--service",
-         "bridge", "--grace", "10"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            str(config),
+            "--service",
+            "bridge",
+            "--grace",
+            "10",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
-        kids = wait_for(lambda: len(children(sup.pid)) == 2 and children(sup.pid), 30,
-                        "two bridge processes")
+        kids = wait_for(
+            lambda: len(children(sup.pid)) == 2 and children(sup.pid), 30, "two bridge processes"
+        )
         # Each process serves its own metrics port: base + 10 * instance.
         wait_for(lambda: scrape(base) and scrape(base + 10), 60, "both metrics endpoints")
         victim = min(kids)
         os.kill(victim, signal.SIGKILL)
-        new = wait_for(lambda: (c := children(sup.pid)) - kids and len(c) == 2 and c, 30,
-                       "a replacement process")
+        new = wait_for(
+            lambda: (c := children(sup.pid)) - kids and len(c) == 2 and c,
+            30,
+            "a replacement process",
+        )
         assert victim not in new
         wait_for(lambda: scrape(base) and scrape(base + 10), 60, "metrics after restart")
         sup.send_signal(signal.SIGTERM)

@@ -39,8 +39,12 @@ def _write(target: Target, topic: str) -> KafkaError | None:
     """Produce one record; the delivery error, or None when the cluster took it."""
     errors: list[KafkaError | None] = []
     p = Producer(client_config(target, {**QUICK, "message.timeout.ms": 10_000}))
-    p.produce(topic, key=b"payments", value=f"poison-{uuid.uuid4()}".encode(),
-              on_delivery=lambda e, _m: errors.append(e))
+    p.produce(
+        topic,
+        key=b"payments",
+        value=f"poison-{uuid.uuid4()}".encode(),
+        on_delivery=lambda e, _m: errors.append(e),
+    )
     p.flush(15)
     return errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT)
 
@@ -83,7 +87,9 @@ def cloud(stack: Stack, cloud_kafka: KafkaSettings) -> Stack:
 def test_a_client_without_a_login_gets_nothing(cloud: Stack) -> None:
     anonymous = cloud.cloud.bootstrap
     assert not _lists(anonymous)
-    tls_only = KafkaSettings(bootstrap=anonymous, username="", ca_file=cloud.cloud.tls_files.ca_file)
+    tls_only = KafkaSettings(
+        bootstrap=anonymous, username="", ca_file=cloud.cloud.tls_files.ca_file
+    )
     assert not _lists(tls_only)
     assert _write(tls_only, topics.LABELS) is not None
     guess = msgspec.structs.replace(tls_only, username=LABELS_USER, password=Secret("guess"))
@@ -91,7 +97,8 @@ def test_a_client_without_a_login_gets_nothing(cloud: Stack) -> None:
 
 
 def test_every_listener_is_tls_and_checks_the_clusters_certificate(
-        cloud: Stack, tmp_path: Path) -> None:
+    cloud: Stack, tmp_path: Path
+) -> None:
     login = cloud.cloud.login(DASHBOARD_USER)
     assert isinstance(login, KafkaSettings) and login.ca_file is not None
     assert _lists(login)
@@ -114,8 +121,10 @@ def test_a_gateway_writes_its_own_topics_and_reads_models_only(cloud: Stack) -> 
     assert _write(mine, f"edge-a.{topics.ANON_PAYMENTS}") is None
     for theirs in (f"edge-b.{topics.ANON_PAYMENTS}", topics.LABELS, topics.MODELS):
         err = _write(mine, theirs)
-        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, \
-            (theirs, err)
+        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (
+            theirs,
+            err,
+        )
     with pytest.raises(KafkaException, match="AUTHORIZATION"):
         _create(mine, f"edge-b.{topics.ANON_TELEMETRY}")
     # It reads models (the cloud -> gateway flow), and no other gateway's data.

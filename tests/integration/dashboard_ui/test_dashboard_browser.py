@@ -58,16 +58,28 @@ def _publish(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None
 
 
 @pytest.fixture(scope="module")
-def server(plain_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[CloudRun, World, Path]]:
+def server(
+    plain_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[CloudRun, World, Path]]:
     w = world()
     _publish(plain_bootstrap, w.records)
     home = tmp_path_factory.mktemp("cloud")
     registry = copy_registry(w, home / "registry")
     config = home / "cloud.toml"
     config.write_text(cloud_toml(plain_bootstrap, registry, free_ports(1)[0], home))
-    with cloud_run(config, w.key_file, "--no-publish", "--epochs", "2", "--min-records", "300",
-                   "--schedule", "1e12", "--drift-check", "1e12") as run:
+    with cloud_run(
+        config,
+        w.key_file,
+        "--no-publish",
+        "--epochs",
+        "2",
+        "--min-records",
+        "300",
+        "--schedule",
+        "1e12",
+        "--drift-check",
+        "1e12",
+    ) as run:
         yield run, w, registry
 
 
@@ -77,8 +89,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         yield driver
 
 
-def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, Path],
-                                                browser: WebDriver, plain_bootstrap: str) -> None:
+def test_sign_in_every_page_retrain_and_promote(
+    server: tuple[CloudRun, World, Path], browser: WebDriver, plain_bootstrap: str
+) -> None:
     from selenium.webdriver.common.by import By
 
     run, w, _registry = server
@@ -95,11 +108,17 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
     wait("the fleet chart", lambda: charts_drawn(d))
     shot(d, "1-fleet")
     before = find(By.ID, "fleet-table").text
-    extra = [(t.replace("gw-north", "gw-east"), k, v) for t, k, v in w.records
-             if t == "gw-north.scores.payments"][:200]
+    extra = [
+        (t.replace("gw-north", "gw-east"), k, v)
+        for t, k, v in w.records
+        if t == "gw-north.scores.payments"
+    ][:200]
     _publish(plain_bootstrap, extra)
-    wait("a new gateway to appear without a reload",
-          lambda: "gw-east" in find(By.ID, "fleet-table").text, timeout_s=120)
+    wait(
+        "a new gateway to appear without a reload",
+        lambda: "gw-east" in find(By.ID, "fleet-table").text,
+        timeout_s=120,
+    )
     assert before != find(By.ID, "fleet-table").text
 
     d.get(url + "/fleet/gw-north")
@@ -137,15 +156,24 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
     wait("the runs page", lambda: d.current_url.endswith("/runs"))
     assert "retrain of payments requested" in find(By.ID, "flash").text
     newest = f"tr[data-run='{runs_before + 1}']"
-    wait("the new run to appear", lambda: d.execute_script(
-        "return !!document.querySelector(arguments[0])", newest), timeout_s=60)
+    wait(
+        "the new run to appear",
+        lambda: d.execute_script("return !!document.querySelector(arguments[0])", newest),
+        timeout_s=60,
+    )
     shot(d, "4-runs")
     # Read the row in one script: htmx swaps the table every refresh, so a found element
     # can go stale before its attribute is read.
-    read_row = ("const r = document.querySelector(arguments[0]);"
-                "return r ? [r.dataset.status, r.innerText] : ['', ''];")
-    wait("the new run to finish", lambda: d.execute_script(read_row, newest)[0]
-          not in ("", "running"), timeout_s=150, every_s=1)
+    read_row = (
+        "const r = document.querySelector(arguments[0]);"
+        "return r ? [r.dataset.status, r.innerText] : ['', ''];"
+    )
+    wait(
+        "the new run to finish",
+        lambda: d.execute_script(read_row, newest)[0] not in ("", "running"),
+        timeout_s=150,
+        every_s=1,
+    )
     status, text = d.execute_script(read_row, newest)
     assert status == "finished", text
     assert user in text and "manual" in text
@@ -156,7 +184,8 @@ def test_sign_in_every_page_retrain_and_promote(server: tuple[CloudRun, World, P
     section = find(By.ID, "stream-telemetry")
     old = find(By.ID, "champion-telemetry").text
     version = section.find_elements(By.CSS_SELECTOR, "[data-promote]")[0].get_attribute(
-        "data-promote")
+        "data-promote"
+    )
     assert version is not None  # every [data-promote] button has it
     promote(d, run, version)
     shot(d, "7-model")

@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 def sim_events(tag: str, vehicles: int, duration_s: int, seed: int) -> list[msgspec.Struct]:
     """Simulator events with event ids made unique to this test (topics are shared)."""
-    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed,
-                              payment_rate=40.0))
+    fleet = Fleet(
+        SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed, payment_rate=40.0)
+    )
     out: list[msgspec.Struct] = []
     for topic, payload in fleet.events():
         spec = streams.by_mqtt_suffix(topic.rsplit("/", 1)[-1])
@@ -45,8 +46,9 @@ def sim_events(tag: str, vehicles: int, duration_s: int, seed: int) -> list[msgs
     return out
 
 
-def produce_raw(bootstrap: Target, events: Sequence[msgspec.Struct],
-                duplicate_every: int = 0) -> None:
+def produce_raw(
+    bootstrap: Target, events: Sequence[msgspec.Struct], duplicate_every: int = 0
+) -> None:
     """Write events to raw.* keyed by VIN, re-sending some (as a redelivering bridge would)."""
     by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
     for i, ev in enumerate(events):
@@ -75,22 +77,41 @@ def pii_values(events: list[msgspec.Struct]) -> set[bytes]:
 
 
 def settings(bootstrap: Target, tmp: Path, batch: int = 2000) -> dict[str, object]:
-    return {"edge_id": f"t{uuid.uuid4().hex[:10]}", "data_dir": str(tmp),
-            "kafka": kafka_table(bootstrap), "metrics": {"base_port": 0},
-            "enricher": {"group": f"enricher-{uuid.uuid4().hex[:10]}", "batch_size": batch,
-                         "batch_wait_ms": 50.0}}
+    return {
+        "edge_id": f"t{uuid.uuid4().hex[:10]}",
+        "data_dir": str(tmp),
+        "kafka": kafka_table(bootstrap),
+        "metrics": {"base_port": 0},
+        "enricher": {
+            "group": f"enricher-{uuid.uuid4().hex[:10]}",
+            "batch_size": batch,
+            "batch_wait_ms": 50.0,
+        },
+    }
 
 
-def read_anon(bootstrap: Target, ids: set[str], timeout: float = 90.0,
-              idle: float = 3.0) -> Counter[str]:
+def read_anon(
+    bootstrap: Target, ids: set[str], timeout: float = 90.0, idle: float = 3.0
+) -> Counter[str]:
     """Count, per event id of ours, the committed anon records (all of anon.* is read).
 
     Reads until every id was seen, then ``idle`` seconds more so late duplicates show up.
     """
-    c = Consumer(client_config(bootstrap, {"group.id": f"t-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "isolation.level": "read_committed"}))
-    parts = [TopicPartition(t, p, OFFSET_BEGINNING)
-             for t in (topics.ANON_TELEMETRY, topics.ANON_PAYMENTS) for p in range(3)]
+    c = Consumer(
+        client_config(
+            bootstrap,
+            {
+                "group.id": f"t-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+        )
+    )
+    parts = [
+        TopicPartition(t, p, OFFSET_BEGINNING)
+        for t in (topics.ANON_TELEMETRY, topics.ANON_PAYMENTS)
+        for p in range(3)
+    ]
     c.assign(parts)
     seen: Counter[str] = Counter()
     deadline = time.monotonic() + timeout
@@ -118,8 +139,7 @@ class _EventId(msgspec.Struct):
 
 def committed_offsets(bootstrap: Target, group: str) -> int:
     """The sum of the group's committed raw.* offsets: grows with every committed batch."""
-    c = Consumer(client_config(bootstrap, {"group.id": group,
-                  "enable.auto.commit": False}))
+    c = Consumer(client_config(bootstrap, {"group.id": group, "enable.auto.commit": False}))
     try:
         parts = [TopicPartition(s.raw_topic, p) for s in streams.all_streams() for p in range(3)]
         return sum(max(0, tp.offset) for tp in c.committed(parts, timeout=20))
@@ -178,8 +198,9 @@ def test_crash_at_any_point_still_exactly_once(edge_kafka: KafkaSettings, tmp_pa
     mid_run_kills = 0
     for _ in range(3):
         before = committed_offsets(edge_kafka, group)
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         # Kill once this run has committed a batch, at a random moment after that: in the
         # middle of consuming, computing, producing or committing the next one.
         deadline = time.monotonic() + 60
@@ -195,8 +216,9 @@ def test_crash_at_any_point_still_exactly_once(edge_kafka: KafkaSettings, tmp_pa
             mid_run_kills += progressed
         proc.wait(10)
     assert mid_run_kills >= 1
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         seen = read_anon(edge_kafka, ids, timeout=150)
     finally:
@@ -220,14 +242,15 @@ def toml(s: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def raw_ends(bootstrap: Target) -> int:
     """The sum of raw.*'s end offsets: what a caught-up enricher group has committed."""
     c = Consumer(client_config(bootstrap, {"group.id": f"t-{uuid.uuid4()}"}))
     try:
-        return sum(c.get_watermark_offsets(TopicPartition(s.raw_topic, p), timeout=10)[1]
-                   for s in streams.all_streams() for p in range(3))
+        return sum(
+            c.get_watermark_offsets(TopicPartition(s.raw_topic, p), timeout=10)[1]
+            for s in streams.all_streams()
+            for p in range(3)
+        )
     finally:
         c.close()
 
@@ -259,21 +282,28 @@ def produce_to_partition(bootstrap: Target, events: list[contracts.Telemetry]) -
     """Write telemetry keyed by VIN, all into partition 0 (where two vehicles can meet)."""
     p = producer(bootstrap)
     for ev in events:
-        p.produce(topics.RAW_TELEMETRY, key=ev.vin.encode(), value=contracts.encode(ev),
-                  partition=0)
+        p.produce(
+            topics.RAW_TELEMETRY, key=ev.vin.encode(), value=contracts.encode(ev), partition=0
+        )
     assert p.flush(30) == 0
 
 
 def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
-        edge_kafka: KafkaSettings, tmp_path: Path) -> None:
+    edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     tag = uuid.uuid4().hex[:8]
-    telemetry = [e for e in sim_events(tag, vehicles=2, duration_s=20, seed=31)
-                 if isinstance(e, contracts.Telemetry)]
+    telemetry = [
+        e
+        for e in sim_events(tag, vehicles=2, duration_s=20, seed=31)
+        if isinstance(e, contracts.Telemetry)
+    ]
     vin_a, vin_b = sorted({e.vin for e in telemetry})
     victim = [e for e in telemetry if e.vin == vin_a]
     # The attacker copies the victim's event ids onto its own frames, in the same partition.
-    attacker = [msgspec.structs.replace(e, event_id=v.event_id) for e, v in
-                zip((e for e in telemetry if e.vin == vin_b), victim, strict=False)]
+    attacker = [
+        msgspec.structs.replace(e, event_id=v.event_id)
+        for e, v in zip((e for e in telemetry if e.vin == vin_b), victim, strict=False)
+    ]
     assert len(attacker) >= 10
     produce_to_partition(edge_kafka, [*victim, *attacker, *victim[:5]])  # and redeliveries
     cfg = convert(settings(edge_kafka, tmp_path), edge_config.EdgeConfig)
@@ -289,26 +319,46 @@ def test_a_vehicle_reusing_anothers_event_ids_suppresses_nothing(
 def made_up_payments(tag: str, vin: str, n: int) -> list[contracts.Payment]:
     """One vehicle paying with a new driver id and card number every time."""
     now = time.time()
-    return [contracts.Payment(
-        event_id=f"{tag}-fake-{i}", ts=now, vin=vin, driver_id=f"{tag}-drv-{i}",
-        driver_name="Nobody", card_number=f"4{i:015d}", cardholder="NOBODY",
-        merchant_id="M-1", merchant_name="Fuel", mcc="5542", category="fuel", amount=20.0,
-        currency="EUR", lat=48.1, lon=11.5) for i in range(n)]
+    return [
+        contracts.Payment(
+            event_id=f"{tag}-fake-{i}",
+            ts=now,
+            vin=vin,
+            driver_id=f"{tag}-drv-{i}",
+            driver_name="Nobody",
+            card_number=f"4{i:015d}",
+            cardholder="NOBODY",
+            merchant_id="M-1",
+            merchant_name="Fuel",
+            mcc="5542",
+            category="fuel",
+            amount=20.0,
+            currency="EUR",
+            lat=48.1,
+            lon=11.5,
+        )
+        for i in range(n)
+    ]
 
 
 def test_state_of_made_up_drivers_and_cards_expires_live_in_the_changelog_and_the_vault(
-        edge_kafka: KafkaSettings, tmp_path: Path) -> None:
+    edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     tag, ttl_s, n = uuid.uuid4().hex[:8], 6.0, 1500
     s = settings(edge_kafka, tmp_path)
     s["enricher"]["state_ttl_s"] = ttl_s  # type: ignore[index]
     s["vault"] = {"retention_days": ttl_s / 86_400}
     cfg = convert(s, edge_config.EdgeConfig)
-    frames = [e for e in sim_events(tag, vehicles=1, duration_s=20, seed=41)
-              if isinstance(e, contracts.Telemetry)]
+    frames = [
+        e
+        for e in sim_events(tag, vehicles=1, duration_s=20, seed=41)
+        if isinstance(e, contracts.Telemetry)
+    ]
     flood = made_up_payments(tag, frames[0].vin, n)
     tok = fleet_tokenizer(cfg)
     flood_keys = {f"c:{tok.token('card', p.card_number)}" for p in flood} | {
-        f"d:{tok.token('driver', p.driver_id)}" for p in flood}
+        f"d:{tok.token('driver', p.driver_id)}" for p in flood
+    }
     produce_raw(edge_kafka, flood)
     vault = open_vault(cfg)
     enricher = Enricher(cfg, vault, tok)

@@ -34,13 +34,15 @@ class Gateway(EdgePipeline):
     def write_config(self) -> Path:
         super().write_config()
         text = self.config.read_text().replace(
-            "[bridge]\n", "[bridge]\nvehicle_rate_per_s = 0\n", 1)
+            "[bridge]\n", "[bridge]\nvehicle_rate_per_s = 0\n", 1
+        )
         self.config.write_text(text)
         return self.config
 
 
 def test_the_enricher_carries_on_after_the_edge_kafka_is_killed_and_restarted(
-        stack: Stack, tmp_path: Path) -> None:
+    stack: Stack, tmp_path: Path
+) -> None:
     gw = Gateway(stack, tmp_path / "gw", services=("bridge", "enricher"))
     tail: AnonTail | None = None
     client: mqtt.Client | None = None
@@ -65,9 +67,16 @@ def test_the_enricher_carries_on_after_the_edge_kafka_is_killed_and_restarted(
                     continue
                 for _ in range(50):
                     vin, eid = vins[sent[0] % VEHICLES], f"{tag}-{sent[0]}"
-                    infos.append((client.publish(
-                        f"fleet/{vin}/telemetry", encode(telemetry(vin, eid, time.time())),
-                        qos=1), eid))
+                    infos.append(
+                        (
+                            client.publish(
+                                f"fleet/{vin}/telemetry",
+                                encode(telemetry(vin, eid, time.time())),
+                                qos=1,
+                            ),
+                            eid,
+                        )
+                    )
                     sent[0] += 1
 
         fleet = threading.Thread(target=drive, daemon=True)
@@ -75,8 +84,10 @@ def test_the_enricher_carries_on_after_the_edge_kafka_is_killed_and_restarted(
 
         def note(what: str) -> None:
             assert tail is not None
-            log.append(f"{time.monotonic() - started:6.1f}s {what}; sent {sent[0]}, "
-                       f"in anon.* {len(tail.seen)}")
+            log.append(
+                f"{time.monotonic() - started:6.1f}s {what}; sent {sent[0]}, "
+                f"in anon.* {len(tail.seen)}"
+            )
 
         for _ in range(RESTARTS):
             time.sleep(UP_S)
@@ -98,8 +109,10 @@ def test_the_enricher_carries_on_after_the_edge_kafka_is_killed_and_restarted(
             time.sleep(1.0)
         lost = acked - set(tail.seen)
         dups = sum(n - 1 for n in tail.seen.values() if n > 1)
-        verdict = (f"sent {sent_n}, acknowledged {len(acked)}, in anon.telemetry "
-                   f"{len(tail.seen)}: lost {len(lost)}, duplicated {dups}")
+        verdict = (
+            f"sent {sent_n}, acknowledged {len(acked)}, in anon.telemetry "
+            f"{len(tail.seen)}: lost {len(lost)}, duplicated {dups}"
+        )
         print(verdict, *log, sep="\n")
         assert len(acked) > 0.95 * sent_n, verdict
         assert not lost, f"{verdict}\n" + "\n".join(log) + "\n" + gw.tail(6000)

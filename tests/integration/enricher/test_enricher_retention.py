@@ -43,8 +43,9 @@ def run_until(enricher: Enricher, consumed: int, timeout: float = 90.0) -> None:
     assert enricher.consumed >= consumed, (enricher.consumed, consumed)
 
 
-def test_records_deleted_before_they_were_read_are_counted(edge_kafka: KafkaSettings,
-                                                           tmp_path: Path) -> None:
+def test_records_deleted_before_they_were_read_are_counted(
+    edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     tag = uuid.uuid4().hex[:8]
     conf = convert(settings(edge_kafka, tmp_path, batch=500), edge_config.EdgeConfig)
     first = sim_events(tag + "a", vehicles=6, duration_s=60, seed=3)
@@ -63,15 +64,18 @@ def test_records_deleted_before_they_were_read_are_counted(edge_kafka: KafkaSett
     after = ends(edge_kafka)
     cut = {tp: before[tp] + (after[tp] - before[tp]) // 2 for tp in RAW}
     admin = AdminClient(client_config(edge_kafka))
-    futures = admin.delete_records([TopicPartition(t, p, cut[(t, p)]) for t, p in RAW
-                                    if cut[(t, p)] > before[(t, p)]])
+    futures = admin.delete_records(
+        [TopicPartition(t, p, cut[(t, p)]) for t, p in RAW if cut[(t, p)] > before[(t, p)]]
+    )
     for fut in futures.values():
         fut.result(30)
     deleted = sum(cut[tp] - before[tp] for tp in RAW)
     assert deleted > 100
 
-    counted_before = sum(metrics.RECORDS_EXPIRED_UNREAD.labels(service="enricher", topic=t)
-                         ._value.get() for t in {t for t, _ in RAW})
+    counted_before = sum(
+        metrics.RECORDS_EXPIRED_UNREAD.labels(service="enricher", topic=t)._value.get()
+        for t in {t for t, _ in RAW}
+    )
     restarted = Enricher(conf, vault, fleet_tokenizer(conf))
     restarted.start()
     try:
@@ -79,7 +83,12 @@ def test_records_deleted_before_they_were_read_are_counted(edge_kafka: KafkaSett
     finally:
         restarted.close()
         vault.close()
-    counted = sum(metrics.RECORDS_EXPIRED_UNREAD.labels(service="enricher", topic=t)
-                  ._value.get() for t in {t for t, _ in RAW}) - counted_before
+    counted = (
+        sum(
+            metrics.RECORDS_EXPIRED_UNREAD.labels(service="enricher", topic=t)._value.get()
+            for t in {t for t, _ in RAW}
+        )
+        - counted_before
+    )
     print(f"deleted before read {deleted}, counted {restarted.skipped}")
     assert restarted.skipped == deleted == counted

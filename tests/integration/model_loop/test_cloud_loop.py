@@ -61,9 +61,13 @@ def _corrupt_base64(value: bytes) -> bytes:
 
 
 def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
-        cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], edge_kafka: KafkaSettings, kit: ModelKit, registry: Registry,
-        tmp_path: Path) -> None:
+    cloud_kafka: KafkaSettings,
+    cloud_login: Callable[[str], KafkaSettings],
+    edge_kafka: KafkaSettings,
+    kit: ModelKit,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
     champion = registry.register(kit.variant("cloud-v1"), state="champion")
     with Publisher(cloud_login(PUBLISHER_USER), Releaser(kit.key, registry.root)) as pub:
         size = pub.publish(champion)
@@ -71,11 +75,13 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
     value = _published(cloud_kafka, "cloud-v1")
 
     edge_id = f"cloud-{uuid.uuid4().hex[:6]}"
-    config = EdgeConfig(edge_id=edge_id, data_dir=tmp_path,
-                        kafka=edge_kafka,
-                        scorer=ScorerSettings(models_dir=tmp_path / "models",
-                                              public_key=kit.public_key),
-                        agent=AgentSettings(shadow_window=600))
+    config = EdgeConfig(
+        edge_id=edge_id,
+        data_dir=tmp_path,
+        kafka=edge_kafka,
+        scorer=ScorerSettings(models_dir=tmp_path / "models", public_key=kit.public_key),
+        agent=AgentSettings(shadow_window=600),
+    )
     skip_to_end(edge_kafka, f"{edge_id}-agent")
     agent = ModelAgent(config).start()
     try:
@@ -104,8 +110,9 @@ def _create(bootstrap: Target, *names: str) -> None:
         f.result(30)
 
 
-def _records(kit: ModelKit, n: int, t0: float, seed: int, shift: float,
-             anomalies: int) -> tuple[list[bytes], list[bytes]]:
+def _records(
+    kit: ModelKit, n: int, t0: float, seed: int, shift: float, anomalies: int
+) -> tuple[list[bytes], list[bytes]]:
     """Anon payments (a drifted fleet: some features moved by ``shift`` units) and labels."""
     rows = kit.data.normal(n, seed)
     rows[:, :4] += shift * kit.data.unit[:4]
@@ -115,20 +122,46 @@ def _records(kit: ModelKit, n: int, t0: float, seed: int, shift: float,
     values, labels = [], []
     for i, row in enumerate(rows):
         eid = f"d{seed}-{i}"
-        values.append(encode(AnonPayment(
-            event_id=eid, ts=t0 + i, card_token=f"card{seed:04d}{i % 97:04d}",
-            vehicle_token="vehicletoken01", driver_token="drivertoken01", merchant_id="m-1",
-            mcc="5542", category="fuel", amount=50.0, currency="EUR", cell="u0yj",
-            features=kit.data.as_dict(row))))
+        values.append(
+            encode(
+                AnonPayment(
+                    event_id=eid,
+                    ts=t0 + i,
+                    card_token=f"card{seed:04d}{i % 97:04d}",
+                    vehicle_token="vehicletoken01",
+                    driver_token="drivertoken01",
+                    merchant_id="m-1",
+                    mcc="5542",
+                    category="fuel",
+                    amount=50.0,
+                    currency="EUR",
+                    cell="u0yj",
+                    features=kit.data.as_dict(row),
+                )
+            )
+        )
         if i in set(idx.tolist()):
-            labels.append(encode(Label(event_id=eid, stream="payments", kind="amount_outlier",
-                                       episode_id=eid, start_ts=t0 + i, end_ts=t0 + i)))
+            labels.append(
+                encode(
+                    Label(
+                        event_id=eid,
+                        stream="payments",
+                        kind="amount_outlier",
+                        episode_id=eid,
+                        start_ts=t0 + i,
+                        end_ts=t0 + i,
+                    )
+                )
+            )
     return values, labels
 
 
 def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
-        cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], kit: ModelKit, registry: Registry) -> None:
+    cloud_kafka: KafkaSettings,
+    cloud_login: Callable[[str], KafkaSettings],
+    kit: ModelKit,
+    registry: Registry,
+) -> None:
     edge = f"gw{uuid.uuid4().hex[:6]}"
     anon_topic, labels_topic = f"{edge}.anon.payments", f"{edge}.{topics.LABELS}"
     _create(cloud_kafka, anon_topic, labels_topic)
@@ -140,9 +173,12 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
 
     registry.register(kit.variant("drift-champion"), state="champion")
     settings = RetrainSettings(
-        streams=("payments",), recent_s=1500.0, min_records=1000,
+        streams=("payments",),
+        recent_s=1500.0,
+        min_records=1000,
         drift=DriftSettings(min_events=500),
-        train=TrainSettings(epochs=4, hidden=(24, 8), threshold=ThresholdRule("alert_rate", 0.02)))
+        train=TrainSettings(epochs=4, hidden=(24, 8), threshold=ThresholdRule("alert_rate", 0.02)),
+    )
 
     class Source(KafkaSource):  # this test's gateway only: the session's cloud is shared
         def topics_for(self, base: str) -> list[str]:
@@ -155,8 +191,10 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
         runs = svc.cycle()
     assert len(runs) == 1
     run = runs[0]
-    print(f"\nrun {run.id}: {run.decision} - {run.decision_reason}; challenger "
-          f"{run.metrics['challenger']}; champion {run.metrics['champion']}")
+    print(
+        f"\nrun {run.id}: {run.decision} - {run.decision_reason}; challenger "
+        f"{run.metrics['challenger']}; champion {run.metrics['champion']}"
+    )
     assert run.trigger == "drift" and "PSI" in run.trigger_reason and run.error == ""
     assert run.records == 6000 and run.duration_s and run.duration_s > 0
     assert run.data_from == t0 and run.data_to == t0 + 5999
@@ -173,8 +211,12 @@ def test_drift_triggers_a_recorded_retrain_that_promotes_and_publishes(
 
 
 def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
-        cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], kit: ModelKit, registry: Registry, tmp_path: Path) -> None:
+    cloud_kafka: KafkaSettings,
+    cloud_login: Callable[[str], KafkaSettings],
+    kit: ModelKit,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
     from cloud.dashboard.actions import Actions
     from cloud.signer.service import SigningService
     from edge.scorer.model import load_model
@@ -189,18 +231,24 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
     produce_all(cloud_kafka, labels_topic, ((None, v) for v in old_labels + new_labels))
     registry.register(kit.variant("approval-champion"), state="champion")
     settings = RetrainSettings(
-        streams=("payments",), recent_s=1500.0, min_records=1000, require_approval=True,
+        streams=("payments",),
+        recent_s=1500.0,
+        min_records=1000,
+        require_approval=True,
         drift=DriftSettings(min_events=500),
-        train=TrainSettings(epochs=4, hidden=(24, 8), threshold=ThresholdRule("alert_rate", 0.02)))
+        train=TrainSettings(epochs=4, hidden=(24, 8), threshold=ThresholdRule("alert_rate", 0.02)),
+    )
 
     class Source(KafkaSource):  # this test's gateway only: the session's cloud is shared
         def topics_for(self, base: str) -> list[str]:
             return [t for t in super().topics_for(base) if t.startswith(f"{edge}.")]
 
     def on_topic(version: str) -> list[bytes]:
-        return [bytes(m.value()) for m in consume_all(cloud_kafka, topics.MODELS, timeout=30,
-                                                      idle=3)
-                if model_bundle.unpack(m.value()).version == version]
+        return [
+            bytes(m.value())
+            for m in consume_all(cloud_kafka, topics.MODELS, timeout=30, idle=3)
+            if model_bundle.unpack(m.value()).version == version
+        ]
 
     with Publisher(cloud_login(PUBLISHER_USER), Releaser(kit.key, registry.root)) as pub:
         svc = TrainerService(registry, Source(cloud_login(TRAINER_USER)), kit.key, settings, pub)
@@ -219,8 +267,9 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
     [value] = on_topic(run.challenger)
     # What a gateway's agent checks before staging it: the release, its files, the signature.
     bundle = model_bundle.unpack(value)
-    release = releases.verify(bundle.release, releases.TrustedKeys.load([kit.public_key]),
-                              releases.DEFAULT_FLEET)
+    release = releases.verify(
+        bundle.release, releases.TrustedKeys.load([kit.public_key]), releases.DEFAULT_FLEET
+    )
     releases.check_files(release, bundle.files)
     staged = model_bundle.write_files(bundle, tmp_path / "staged")
     assert load_model(staged, "payments", kit.public_key).version == run.challenger

@@ -40,19 +40,25 @@ def _delivery_error(target: Target, topic: str, key: bytes, value: bytes) -> Kaf
 
 
 def test_a_model_record_over_the_bound_is_refused_by_both_models_topics(
-        edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
+    edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
     # Bundles of the shipped int8 models are tens of KB; 2 MiB is only a disk filler.
     value = os.urandom(2 * MIB)
     for target, topic in ((cloud_kafka, topics.MODELS), (edge_kafka, topics.CLOUD_MODELS)):
         err = _delivery_error(target, topic, b"payments", value)
         assert err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE, (topic, err)
     # A record within the bound still goes through.
-    assert _delivery_error(edge_kafka, topics.CLOUD_MODELS, b"probe",
-                           os.urandom(topics.MODEL_MESSAGE_BYTES - 4096)) is None
+    assert (
+        _delivery_error(
+            edge_kafka, topics.CLOUD_MODELS, b"probe", os.urandom(topics.MODEL_MESSAGE_BYTES - 4096)
+        )
+        is None
+    )
 
 
 def test_a_flood_of_distinct_keys_stays_within_the_gateways_disk_plan(
-        edge_kafka: KafkaSettings, stack: Stack, tmp_path: Path) -> None:
+    edge_kafka: KafkaSettings, stack: Stack, tmp_path: Path
+) -> None:
     """Compaction keeps one record per key for ever: a writer inventing keys would fill the
     disk of every gateway MirrorMaker copies the topic to."""
     config = EdgeConfig(edge_id="flood", data_dir=tmp_path, kafka=edge_kafka)
@@ -61,8 +67,11 @@ def test_a_flood_of_distinct_keys_stays_within_the_gateways_disk_plan(
     bound = next(t for t in plan.topics if t.name == topics.CLOUD_MODELS).reserved_bytes
     record = min(topics.MODEL_MESSAGE_BYTES - 4096, 900 * 1024)
     n = 3 * bound // record + 1
-    produce_all(edge_kafka, topics.CLOUD_MODELS,
-                ((f"junk-{i}".encode(), os.urandom(record)) for i in range(n)))
+    produce_all(
+        edge_kafka,
+        topics.CLOUD_MODELS,
+        ((f"junk-{i}".encode(), os.urandom(record)) for i in range(n)),
+    )
     written = n * record
     # Kafka checks retention every 10 s here and deletes a segment 5 s after that.
     deadline = time.monotonic() + 90
@@ -70,12 +79,15 @@ def test_a_flood_of_distinct_keys_stays_within_the_gateways_disk_plan(
     while size > bound and time.monotonic() < deadline:
         time.sleep(2)
         size = stack.edge.topic_bytes(topics.CLOUD_MODELS)
-    assert size <= bound, (f"cloud.models holds {size:,} bytes on disk after {written:,} were "
-                           f"written; the disk plan reserves {bound:,}")
+    assert size <= bound, (
+        f"cloud.models holds {size:,} bytes on disk after {written:,} were "
+        f"written; the disk plan reserves {bound:,}"
+    )
 
 
 def test_a_model_keyed_by_an_unknown_stream_is_refused_before_it_is_unpacked(
-        agent: ModelAgent, kit: ModelKit, edge_kafka: KafkaSettings) -> None:
+    agent: ModelAgent, kit: ModelKit, edge_kafka: KafkaSettings
+) -> None:
     _key, value = kit.message(kit.variant())
     outcome = deliver(agent, edge_kafka, b"no-such-stream", value)
     assert outcome.state == "rejected"
@@ -89,7 +101,8 @@ def _missing(stream: str) -> float | None:
 
 
 def test_a_withdrawn_or_absent_champion_is_noticed_and_reported(
-        agent: ModelAgent, kit: ModelKit, edge_kafka: KafkaSettings) -> None:
+    agent: ModelAgent, kit: ModelKit, edge_kafka: KafkaSettings
+) -> None:
     # Nothing in this module ever publishes a telemetry model: the agent says so at start.
     assert _missing("telemetry") == 1.0
     assert any(s.stream == "telemetry" and s.state == "missing" for s in agent.statuses)
@@ -108,10 +121,15 @@ def test_a_withdrawn_or_absent_champion_is_noticed_and_reported(
         agent.step(0.5)
     assert _missing("payments") == 1.0
     assert agent.store.active_version("payments") == active
-    published = [decode(ModelStatus, m.value()) for m in
-                 consume_all(edge_kafka, topics.MODEL_STATUS, timeout=20, idle=3)]
-    missing = [s for s in published if s.edge_id == agent.config.edge_id
-               and s.stream == "payments" and s.state == "missing"]
+    published = [
+        decode(ModelStatus, m.value())
+        for m in consume_all(edge_kafka, topics.MODEL_STATUS, timeout=20, idle=3)
+    ]
+    missing = [
+        s
+        for s in published
+        if s.edge_id == agent.config.edge_id and s.stream == "payments" and s.state == "missing"
+    ]
     assert missing and "withdrawn" in missing[-1].reason, published[-3:]
 
     # A champion published again clears it.

@@ -25,17 +25,22 @@ pytestmark = pytest.mark.integration
 N = 3000
 
 
-def test_swap_between_transactions_scores_every_event_once(edge_kafka: KafkaSettings,
-                                                           tmp_path: Path) -> None:
+def test_swap_between_transactions_scores_every_event_once(
+    edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
     kit = ModelKit.shared()
-    config = EdgeConfig(edge_id=f"swap-{uuid.uuid4().hex[:6]}", data_dir=tmp_path,
-                        kafka=edge_kafka,
-                        scorer=ScorerSettings(models_dir=tmp_path / "models",
-                                              public_key=kit.public_key, max_batch=256))
-    holders = {"payments": ModelHolder(load_model(kit.variant("swap-old"), "payments",
-                                                  kit.public_key)),
-               "telemetry": ModelHolder(load_model(kit.telemetry(), "telemetry",
-                                                   kit.public_key))}
+    config = EdgeConfig(
+        edge_id=f"swap-{uuid.uuid4().hex[:6]}",
+        data_dir=tmp_path,
+        kafka=edge_kafka,
+        scorer=ScorerSettings(
+            models_dir=tmp_path / "models", public_key=kit.public_key, max_batch=256
+        ),
+    )
+    holders = {
+        "payments": ModelHolder(load_model(kit.variant("swap-old"), "payments", kit.public_key)),
+        "telemetry": ModelHolder(load_model(kit.telemetry(), "telemetry", kit.public_key)),
+    }
     seed = 10_000 + int(uuid.uuid4().int % 1_000_000)
     first, second = kit.recent_payments(N, seed=seed), kit.recent_payments(N, seed=seed + 1)
     ids_first = {decode_id(v) for v in first}
@@ -57,8 +62,10 @@ def test_swap_between_transactions_scores_every_event_once(edge_kafka: KafkaSett
     finally:
         svc.close()
     assert holders["payments"].current.version == "swap-new"
-    mine = [decode(Score, m.value()) for m in
-            consume_all(edge_kafka, topics.SCORES_PAYMENTS, timeout=60, idle=4)]
+    mine = [
+        decode(Score, m.value())
+        for m in consume_all(edge_kafka, topics.SCORES_PAYMENTS, timeout=60, idle=4)
+    ]
     mine = [s for s in mine if s.event_id in ids]
     counts = Counter(s.event_id for s in mine)
     assert set(counts) == ids, f"{len(ids - set(counts))} events never scored"

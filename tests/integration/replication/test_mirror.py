@@ -30,34 +30,70 @@ OUTAGE_WALL_SECONDS = float(os.environ.get("FLEETSENTRY_OUTAGE_S", "3"))
 
 
 def _score(event_id: str, ts: float) -> bytes:
-    return contracts.encode(contracts.Score(
-        event_id=event_id, ts=ts, stream="telemetry", token=TOKEN, score=0.1,
-        threshold=1.0, model_version="m1", anomalous=False))
+    return contracts.encode(
+        contracts.Score(
+            event_id=event_id,
+            ts=ts,
+            stream="telemetry",
+            token=TOKEN,
+            score=0.1,
+            threshold=1.0,
+            model_version="m1",
+            anomalous=False,
+        )
+    )
 
 
 def _anon_payment(event_id: str, ts: float) -> bytes:
-    return contracts.encode(contracts.AnonPayment(
-        event_id=event_id, ts=ts, card_token=TOKEN, vehicle_token=TOKEN, driver_token=TOKEN,
-        merchant_id="m-1", mcc="5541", category="fuel", amount=42.0, currency="EUR",
-        volume_l=30.0, cell="u0yj", features={"amount_vs_usual": 1.0}))
+    return contracts.encode(
+        contracts.AnonPayment(
+            event_id=event_id,
+            ts=ts,
+            card_token=TOKEN,
+            vehicle_token=TOKEN,
+            driver_token=TOKEN,
+            merchant_id="m-1",
+            mcc="5541",
+            category="fuel",
+            amount=42.0,
+            currency="EUR",
+            volume_l=30.0,
+            cell="u0yj",
+            features={"amount_vs_usual": 1.0},
+        )
+    )
 
 
 def _alert(alert_id: str, ts: float) -> bytes:
-    return contracts.encode(contracts.Alert(
-        alert_id=alert_id, stream="payments", token=TOKEN, state="open", start_ts=ts,
-        peak_ts=ts, end_ts=ts, peak_score=3.0, threshold=1.0, event_ids=[alert_id],
-        top_features=[], model_version="m1"))
+    return contracts.encode(
+        contracts.Alert(
+            alert_id=alert_id,
+            stream="payments",
+            token=TOKEN,
+            state="open",
+            start_ts=ts,
+            peak_ts=ts,
+            end_ts=ts,
+            peak_score=3.0,
+            threshold=1.0,
+            event_ids=[alert_id],
+            top_features=[],
+            model_version="m1",
+        )
+    )
 
 
 def _transactional(bootstrap: Target) -> Producer:
-    p = Producer(client_config(bootstrap, {"transactional.id": f"test-{uuid.uuid4()}",
-                  "linger.ms": 10}))
+    p = Producer(
+        client_config(bootstrap, {"transactional.id": f"test-{uuid.uuid4()}", "linger.ms": 10})
+    )
     p.init_transactions(30)
     return p
 
 
-def _produce_in_transactions(p: Producer, topic: str, records: Iterable[tuple[str, bytes]],
-                             per_txn: int = 250) -> None:
+def _produce_in_transactions(
+    p: Producer, topic: str, records: Iterable[tuple[str, bytes]], per_txn: int = 250
+) -> None:
     batch = 0
     p.begin_transaction()
     for key, value in records:
@@ -90,13 +126,18 @@ def test_names_in_the_cloud_carry_the_edge_id(mirror: Mirror) -> None:
 
 
 def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
-        mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
+    mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
     now = time.time()
     sent: dict[str, list[str]] = {}
     p = _transactional(edge_kafka)
-    builders = {topics.ANON_PAYMENTS: _anon_payment, topics.ANON_TELEMETRY: _score,
-                topics.SCORES_TELEMETRY: _score, topics.SCORES_PAYMENTS: _score,
-                topics.ALERTS: _alert}
+    builders = {
+        topics.ANON_PAYMENTS: _anon_payment,
+        topics.ANON_TELEMETRY: _score,
+        topics.SCORES_TELEMETRY: _score,
+        topics.SCORES_PAYMENTS: _score,
+        topics.ALERTS: _alert,
+    }
     for topic, build in builders.items():
         ids = [str(uuid.uuid4()) for _ in range(300)]
         sent[topic] = ids
@@ -114,22 +155,25 @@ def test_committed_records_arrive_exactly_once_and_aborted_ones_never(
 
     for topic, ids in sent.items():
         field = "alert_id" if topic == topics.ALERTS else "event_id"
-        got = _ids(consume_all(cloud_kafka, mirror.cloud_topic(topic), expect=len(ids),
-                               timeout=120), field)
+        got = _ids(
+            consume_all(cloud_kafka, mirror.cloud_topic(topic), expect=len(ids), timeout=120), field
+        )
         assert set(got) == set(ids), f"{topic}: {len(set(ids) - set(got))} missing"
         assert max(got.values()) == 1, f"{topic}: duplicates {got.most_common(3)}"
         assert aborted not in got
 
 
-def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_kafka: KafkaSettings,
-                                          cloud_kafka: KafkaSettings) -> None:
+def test_raw_topics_never_reach_the_cloud(
+    mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
     marker = f"PII-{uuid.uuid4()}"
     for topic in (topics.RAW_PAYMENTS, topics.RAW_TELEMETRY):
         produce_all(edge_kafka, topic, [(marker.encode(), marker.encode())] * 20)
     # Something replicated, produced after the raw records, shows the mirror got past them.
     sentinel = str(uuid.uuid4())
-    produce_all(edge_kafka, topics.SCORES_PAYMENTS,
-                [(sentinel.encode(), _score(sentinel, time.time()))])
+    produce_all(
+        edge_kafka, topics.SCORES_PAYMENTS, [(sentinel.encode(), _score(sentinel, time.time()))]
+    )
     got = _ids(_wait_for(cloud_kafka, mirror.cloud_topic(topics.SCORES_PAYMENTS), sentinel))
     assert sentinel in got
     # The raw topics were on the edge before the mirror started (the stack creates every
@@ -153,11 +197,20 @@ def test_raw_topics_never_reach_the_cloud(mirror: Mirror, edge_kafka: KafkaSetti
     assert read > 1500  # the replicated records above were among what was searched
 
 
-def _read_everything(bootstrap: Target, names: list[str],
-                     timeout: float = 90.0) -> Iterable[tuple[str, bytes, bytes]]:
+def _read_everything(
+    bootstrap: Target, names: list[str], timeout: float = 90.0
+) -> Iterable[tuple[str, bytes, bytes]]:
     """Every record of every partition of ``names`` up to its current end, aborted included."""
-    c = Consumer(client_config(bootstrap, {"group.id": f"test-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"}))
+    c = Consumer(
+        client_config(
+            bootstrap,
+            {
+                "group.id": f"test-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_uncommitted",
+            },
+        )
+    )
     try:
         meta = c.list_topics(timeout=15)
         ends: dict[tuple[str, int], int] = {}
@@ -195,8 +248,9 @@ def _wait_for(bootstrap: Target, topic: str, event_id: str, timeout: float = 90.
     return seen
 
 
-def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_kafka: KafkaSettings,
-                                                cloud_kafka: KafkaSettings) -> None:
+def test_models_flow_from_the_cloud_to_the_edge(
+    mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
     body = f"model-{uuid.uuid4()}".encode()
     produce_all(cloud_kafka, topics.MODELS, [(b"telemetry", body)])
     deadline = time.monotonic() + 120
@@ -209,7 +263,8 @@ def test_models_flow_from_the_cloud_to_the_edge(mirror: Mirror, edge_kafka: Kafk
 
 @pytest.mark.timeout(600 + 2 * OUTAGE_WALL_SECONDS)
 def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
-        mirror: Mirror, stack: Stack, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
+    mirror: Mirror, stack: Stack, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
     """The cloud is stopped while the gateway keeps producing a bounded backlog (24,000
     records whose device time spans ten minutes, over OUTAGE_WALL_SECONDS of wall time);
     after the cloud returns, every record is there once."""
@@ -222,14 +277,19 @@ def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
     chunks = max(12, int(OUTAGE_WALL_SECONDS / 5))  # traffic over time, not one burst
     size = -(-total // chunks)
     for k, chunk in enumerate(range(0, total, size)):
-        part = ids[chunk:chunk + size]
+        part = ids[chunk : chunk + size]
         _produce_in_transactions(
-            p, topics.SCORES_TELEMETRY,
-            ((i, _score(i, start + (chunk + n) * step)) for n, i in enumerate(part)))
-        time.sleep(max(0.0, outage_started + (k + 1) * OUTAGE_WALL_SECONDS / chunks
-                       - time.monotonic()))
-    print(f"\ncloud down for {time.monotonic() - outage_started:.0f} s while {total} records "
-          f"were produced")
+            p,
+            topics.SCORES_TELEMETRY,
+            ((i, _score(i, start + (chunk + n) * step)) for n, i in enumerate(part)),
+        )
+        time.sleep(
+            max(0.0, outage_started + (k + 1) * OUTAGE_WALL_SECONDS / chunks - time.monotonic())
+        )
+    print(
+        f"\ncloud down for {time.monotonic() - outage_started:.0f} s while {total} records "
+        f"were produced"
+    )
     assert mirror.pid() is not None, "the mirror must ride out the outage"
     assert stack.cloud.broker_count() == 0, "the whole backlog is built while the cloud is down"
 
@@ -259,8 +319,16 @@ class _Reader:
         import json
 
         self._json = json
-        self.c = Consumer(client_config(self.bootstrap, {"group.id": f"test-{uuid.uuid4()}",
-                           "enable.auto.commit": False, "isolation.level": "read_committed"}))
+        self.c = Consumer(
+            client_config(
+                self.bootstrap,
+                {
+                    "group.id": f"test-{uuid.uuid4()}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                },
+            )
+        )
         meta = self.c.list_topics(self.topic, timeout=15).topics[self.topic]
         self.parts = [TopicPartition(self.topic, p) for p in meta.partitions]
         self.c.assign([TopicPartition(self.topic, p.partition, 0) for p in self.parts])
@@ -286,8 +354,11 @@ class _Reader:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._take(0.2)
-            done = [tp for tp in self.c.position(self.parts)
-                    if tp.offset >= ends[tp.partition] or ends[tp.partition] == 0]
+            done = [
+                tp
+                for tp in self.c.position(self.parts)
+                if tp.offset >= ends[tp.partition] or ends[tp.partition] == 0
+            ]
             if len(done) == len(self.parts):
                 break
         return self.got

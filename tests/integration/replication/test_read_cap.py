@@ -43,8 +43,16 @@ RETENTION_DELETES = 1000
 def _build_backlog(edge: Target, n: int) -> dict[str, tuple[int, int]]:
     """``n`` scores written the way the scorer writes them (lz4, transactions): event id ->
     (partition, offset) the edge acknowledged."""
-    p = Producer(client_config(edge, {"transactional.id": f"test-{uuid.uuid4()}",
-                                      "linger.ms": 20, "compression.type": "lz4"}))
+    p = Producer(
+        client_config(
+            edge,
+            {
+                "transactional.id": f"test-{uuid.uuid4()}",
+                "linger.ms": 20,
+                "compression.type": "lz4",
+            },
+        )
+    )
     p.init_transactions(30)
     ids, now = [str(uuid.uuid4()) for _ in range(n)], time.time()
     acked: dict[str, tuple[int, int]] = {}
@@ -56,12 +64,24 @@ def _build_backlog(edge: Target, n: int) -> dict[str, tuple[int, int]]:
 
     for start in range(0, n, 2500):
         p.begin_transaction()
-        for i, eid in enumerate(ids[start:start + 2500], start):
-            p.produce(topics.SCORES_TELEMETRY, key=eid.encode(), on_delivery=delivered,
-                      value=contracts.encode(contracts.Score(
-                          event_id=eid, ts=now + i / 1000, stream="telemetry", token=TOKEN,
-                          score=0.1 + (i % 97) / 100, threshold=1.0, model_version="m1",
-                          anomalous=False)))
+        for i, eid in enumerate(ids[start : start + 2500], start):
+            p.produce(
+                topics.SCORES_TELEMETRY,
+                key=eid.encode(),
+                on_delivery=delivered,
+                value=contracts.encode(
+                    contracts.Score(
+                        event_id=eid,
+                        ts=now + i / 1000,
+                        stream="telemetry",
+                        token=TOKEN,
+                        score=0.1 + (i % 97) / 100,
+                        threshold=1.0,
+                        model_version="m1",
+                        anomalous=False,
+                    )
+                ),
+            )
         p.commit_transaction(60)
     assert len(acked) == n
     return acked
@@ -82,10 +102,18 @@ class _Arrivals:
         self.got: Counter[str] = Counter()
         self.first: float | None = None
         self.marks: list[tuple[float, int]] = []  # (monotonic time, events read so far)
-        self.c = Consumer(client_config(bootstrap, {
-            "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-            "topic.metadata.refresh.interval.ms": 1000}))
+        self.c = Consumer(
+            client_config(
+                bootstrap,
+                {
+                    "group.id": f"test-{uuid.uuid4()}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "auto.offset.reset": "earliest",
+                    "topic.metadata.refresh.interval.ms": 1000,
+                },
+            )
+        )
         self.topic = topic
         self.c.subscribe([topic])
 
@@ -116,7 +144,8 @@ class _Arrivals:
 
 @pytest.mark.timeout(900)
 def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_deleted(
-        stack: Stack, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings) -> None:
+    stack: Stack, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
     # The outage: no MirrorMaker runs while the gateway builds its backlog.
     acked = _build_backlog(edge_kafka, BACKLOG)
     ids = set(acked)
@@ -124,12 +153,15 @@ def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_delet
     per_event = edge_bytes / BACKLOG
     cap = max(1024, int(edge_bytes / BACKLOG_CAP_SECONDS))
     mirror = dataclasses.replace(stack.mirror(EDGE_ID), max_bytes_per_s=cap)
-    print(f"\nbacklog {BACKLOG} events, {edge_bytes} bytes on the edge ({per_event:.0f} B/event); "
-          f"cap {cap} B/s")
+    print(
+        f"\nbacklog {BACKLOG} events, {edge_bytes} bytes on the edge ({per_event:.0f} B/event); "
+        f"cap {cap} B/s"
+    )
     # Past the gateway's budget, retention deletes the oldest records before they crossed.
     _retention_deletes(edge_kafka, 0, RETENTION_DELETES)
-    deleted = {eid for eid, (part, offset) in acked.items()
-               if part == 0 and offset < RETENTION_DELETES}
+    deleted = {
+        eid for eid, (part, offset) in acked.items() if part == 0 and offset < RETENTION_DELETES
+    }
     before = mirror.backlog()
     assert before[f"{topics.SCORES_TELEMETRY}-0"]["deleted"] == RETENTION_DELETES
     assert sum(b["deleted"] for b in before.values()) == RETENTION_DELETES
@@ -145,11 +177,14 @@ def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_delet
             reader.take(0.5)
         crossed = reader.events_within(WINDOW_S) * per_event
         allowed = cap * WINDOW_S * MARGIN
-        print(f"first {WINDOW_S:.0f} s: {reader.events_within(WINDOW_S)} events, "
-              f"{crossed:.0f} edge bytes ({crossed / WINDOW_S:.0f} B/s); allowed {allowed:.0f}")
+        print(
+            f"first {WINDOW_S:.0f} s: {reader.events_within(WINDOW_S)} events, "
+            f"{crossed:.0f} edge bytes ({crossed / WINDOW_S:.0f} B/s); allowed {allowed:.0f}"
+        )
         assert crossed <= allowed, (
             f"{crossed:.0f} bytes crossed in {WINDOW_S:.0f} s, over {MARGIN}x the cap of "
-            f"{cap} B/s ({allowed:.0f})")
+            f"{cap} B/s ({allowed:.0f})"
+        )
         assert crossed >= cap * WINDOW_S * 0.3, "the capped mirror barely moved"
         during = mirror.backlog()
         assert sum(b["behind"] for b in during.values()) > BACKLOG / 3, during
@@ -172,8 +207,9 @@ def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_delet
         gone = resume + RETENTION_DELETES // 2
         assert gone < ends[part], f"partitions 1 and 2 drained early: {copied}"
         _retention_deletes(edge_kafka, part, gone)
-        deleted |= {eid for eid, (p, offset) in acked.items()
-                    if p == part and resume <= offset < gone}
+        deleted |= {
+            eid for eid, (p, offset) in acked.items() if p == part and resume <= offset < gone
+        }
         assert mirror.backlog()[f"{topics.SCORES_TELEMETRY}-{part}"]["deleted"] == gone - resume
 
         # Restarted without the cap (start removes the quota), it skips the gap and drains.
@@ -189,11 +225,15 @@ def test_a_capped_backlog_crosses_at_the_cap_then_whole_but_what_retention_delet
         reader.close()
     missing = ids - set(reader.got)
     dups = {k: v for k, v in reader.got.items() if v > 1}
-    print(f"history: {BACKLOG} acknowledged on the edge, {len(deleted)} deleted there by "
-          f"retention before they crossed, {sum(reader.got.values())} read in the cloud: {len(missing)} missing, "
-          f"{len(dups)} duplicated")
-    assert missing == deleted, (f"{len(missing - deleted)} lost beyond what retention deleted; "
-                                f"{len(deleted - missing)} deleted records arrived anyway")
+    print(
+        f"history: {BACKLOG} acknowledged on the edge, {len(deleted)} deleted there by "
+        f"retention before they crossed, {sum(reader.got.values())} read in the cloud: {len(missing)} missing, "
+        f"{len(dups)} duplicated"
+    )
+    assert missing == deleted, (
+        f"{len(missing - deleted)} lost beyond what retention deleted; "
+        f"{len(deleted - missing)} deleted records arrived anyway"
+    )
     assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
     # Drained: what is left behind is the producers' last transaction markers.
     assert all(b["behind"] <= 2 and not b["deleted"] for b in after.values()), after

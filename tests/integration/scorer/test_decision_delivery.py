@@ -107,8 +107,12 @@ def vehicle(mqtt_broker: MqttBroker) -> Iterator[Vehicle]:
 
 
 def test_closing_the_scorer_right_after_a_batch_delivers_every_decision(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker, vehicle: Vehicle,
-        models: tuple[Path, Path, dict[str, Any]]) -> None:
+    tmp_path: Path,
+    edge_kafka: KafkaSettings,
+    mqtt_broker: MqttBroker,
+    vehicle: Vehicle,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
     models_dir, pub, data = models
     cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub)
     vault = Vault(tmp_path / "vault.sqlite", tmp_path / "vault.key", Tokenizer(b"k" * 32)).start()
@@ -116,9 +120,16 @@ def test_closing_the_scorer_right_after_a_batch_delivers_every_decision(
     run_id = unique("close")
     # Two batches of declines, more than paho keeps in flight at once (1,000): the rest wait
     # in its queue for the broker's acknowledgements when the scorer is told to stop.
-    batches = [[decode(AnonPayment, payment(data["payments"], f"{run_id}-{b}-{i}", CARD, token,
-                                            time.time(), True)[1])
-                for i in range(1500)] for b in range(2)]
+    batches = [
+        [
+            decode(
+                AnonPayment,
+                payment(data["payments"], f"{run_id}-{b}-{i}", CARD, token, time.time(), True)[1],
+            )
+            for i in range(1500)
+        ]
+        for b in range(2)
+    ]
     publisher = DecisionPublisher(cfg, f"{run_id}-scorer")
     svc = ScorerService(cfg, vin_lookup=VinCache(vault), send_decision=publisher.publish)
     svc._closers.append(publisher.close)  # as the service's run() does
@@ -148,12 +159,24 @@ class ScorerProcess:
         self.offset = 0
 
     def start(self, timeout: float = 60.0) -> ScorerProcess:
-        argv = [sys.executable, "-m", "edge.cli", "scorer", "--config", str(self.config),
-                "--metrics-port", "0"]
+        argv = [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "scorer",
+            "--config",
+            str(self.config),
+            "--metrics-port",
+            "0",
+        ]
         self.offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
         deadline = time.monotonic() + timeout
         while "scoring " not in self.text():  # its consumer has its partitions
             assert self.proc.poll() is None, f"scorer exited: {self.text()[-3000:]}"
@@ -184,8 +207,16 @@ class ScorerProcess:
 class PaymentStream:
     """Payments of one vehicle at a steady rate in a thread; every fourth one is fraud."""
 
-    def __init__(self, bootstrap: Target, data: SyntheticFeatures, run_id: str, token: str,
-                 per_tick: int = 20, ticks: int = 100, tick_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        bootstrap: Target,
+        data: SyntheticFeatures,
+        run_id: str,
+        token: str,
+        per_tick: int = 20,
+        ticks: int = 100,
+        tick_s: float = 0.05,
+    ) -> None:
         self.sent: list[str] = []
         self._args = (bootstrap, data, run_id, token, per_tick, ticks, tick_s)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -205,8 +236,9 @@ class PaymentStream:
 
 
 def committed_scores(bootstrap: Target, run_id: str) -> list[Score]:
-    scores = [decode(Score, m.value()) for m in consume_all(bootstrap, topics.SCORES_PAYMENTS,
-                                                             idle=1.0)]
+    scores = [
+        decode(Score, m.value()) for m in consume_all(bootstrap, topics.SCORES_PAYMENTS, idle=1.0)
+    ]
     return [s for s in scores if s.event_id.startswith(run_id)]
 
 
@@ -218,8 +250,12 @@ def scorer_toml(tmp_path: Path, stack: Stack, models_dir: Path, pub: Path) -> Pa
 
 
 def test_kill_9_mid_run_while_the_broker_stalls_loses_no_decision(
-        tmp_path: Path, stack: Stack, edge_kafka: KafkaSettings, vehicle: Vehicle,
-        models: tuple[Path, Path, dict[str, Any]]) -> None:
+    tmp_path: Path,
+    stack: Stack,
+    edge_kafka: KafkaSettings,
+    vehicle: Vehicle,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
     models_dir, pub, data = models
     config = scorer_toml(tmp_path, stack, models_dir, pub)
     vault = open_vault(edge_config_file.load(config))
@@ -228,8 +264,10 @@ def test_kill_9_mid_run_while_the_broker_stalls_loses_no_decision(
     run_id = f"k{uuid.uuid4().hex[:10]}"
     seed = random.randrange(2**32)
     kill_after = random.Random(seed).uniform(1.0, 3.5)
-    print(f"fault schedule (seed {seed}): SIGSTOP mosquitto {kill_after:.2f}s into the stream, "
-          f"a burst of 1500 frauds, kill -9 the scorer, SIGCONT")
+    print(
+        f"fault schedule (seed {seed}): SIGSTOP mosquitto {kill_after:.2f}s into the stream, "
+        f"a burst of 1500 frauds, kill -9 the scorer, SIGCONT"
+    )
     scorer = ScorerProcess(config).start()
     mosquitto = stack.mqtt.pid()
     assert mosquitto is not None
@@ -245,14 +283,21 @@ def test_kill_9_mid_run_while_the_broker_stalls_loses_no_decision(
         os.kill(mosquitto, signal.SIGSTOP)
         try:
             stream.thread.join(60)
-            produce_all(edge_kafka, topics.ANON_PAYMENTS, [
-                payment(data["payments"], event_id, CARD, token, time.time(), True)
-                for event_id in burst])
+            produce_all(
+                edge_kafka,
+                topics.ANON_PAYMENTS,
+                [
+                    payment(data["payments"], event_id, CARD, token, time.time(), True)
+                    for event_id in burst
+                ],
+            )
             deadline = time.monotonic() + 5
             stalled = 0
             while time.monotonic() < deadline and stalled < len(burst):
-                stalled = sum(s.event_id.startswith(f"{run_id}-b-")
-                              for s in committed_scores(edge_kafka, run_id))
+                stalled = sum(
+                    s.event_id.startswith(f"{run_id}-b-")
+                    for s in committed_scores(edge_kafka, run_id)
+                )
             scorer.kill()
         finally:
             os.kill(mosquitto, signal.SIGCONT)
@@ -268,8 +313,9 @@ def test_kill_9_mid_run_while_the_broker_stalls_loses_no_decision(
         scorer.stop()
     assert sorted(s.event_id for s in scores) == sorted(sent)  # each scored exactly once
     assert set(burst) <= declined
-    assert not missing, (f"{len(missing)} of {len(declined)} declined payments' decisions "
-                         f"never reached the vehicle")
+    assert not missing, (
+        f"{len(missing)} of {len(declined)} declined payments' decisions never reached the vehicle"
+    )
     got = vehicle.decisions()
     assert all(got[e] == "decline" for e in declined)
     # The rule that keeps them: no batch commits before the broker acknowledged its decisions.

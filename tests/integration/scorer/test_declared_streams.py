@@ -50,13 +50,25 @@ class Reefer:
         write_public_key(self.key, self.pub)
         self.data = SyntheticFeatures(REEFER, seed=3, names=stream.feature_names)
         self.root = root
-        self.model, _ = build_model_dir(root / "reefer-1", REEFER, self.data, version="reefer-1",
-                                        feature_spec=stream.feature_spec, epochs=20,
-                                        key=self.key)
+        self.model, _ = build_model_dir(
+            root / "reefer-1",
+            REEFER,
+            self.data,
+            version="reefer-1",
+            feature_spec=stream.feature_spec,
+            epochs=20,
+            key=self.key,
+        )
         # The same network, built for another version of the declaration.
-        self.other, _ = build_model_dir(root / "reefer-other", REEFER, self.data,
-                                        version="reefer-other", feature_spec="fs-0123456789ab",
-                                        epochs=3, key=self.key)
+        self.other, _ = build_model_dir(
+            root / "reefer-other",
+            REEFER,
+            self.data,
+            version="reefer-other",
+            feature_spec="fs-0123456789ab",
+            epochs=3,
+            key=self.key,
+        )
 
     def install(self, models_dir: Path) -> None:
         """What the agent does with an accepted model: a verified copy, the symlink flipped."""
@@ -68,8 +80,7 @@ class Reefer:
 
 
 @pytest.fixture(scope="module")
-def reefer(tmp_path_factory: pytest.TempPathFactory, edge_kafka: KafkaSettings
-           ) -> Iterator[Reefer]:
+def reefer(tmp_path_factory: pytest.TempPathFactory, edge_kafka: KafkaSettings) -> Iterator[Reefer]:
     root = tmp_path_factory.mktemp("reefer")
     with declared(write_reefer(root / "streams")) as streams:
         create_topics(edge_kafka, [ANON, SCORES])
@@ -86,8 +97,7 @@ def create_topics(bootstrap: Target, names: list[str]) -> None:
                 raise AssertionError(f"creating {name}: {exc}") from exc
 
 
-def of_run(bootstrap: Target, topic: str, run_id: str, n: int, timeout: float = 60.0
-           ) -> list[Any]:
+def of_run(bootstrap: Target, topic: str, run_id: str, n: int, timeout: float = 60.0) -> list[Any]:
     """This run's scores (by event id) or alerts (by their events), once ``n`` are there."""
     deadline = time.monotonic() + timeout
     got: list[Any] = []
@@ -95,11 +105,15 @@ def of_run(bootstrap: Target, topic: str, run_id: str, n: int, timeout: float = 
         msgs = consume_all(bootstrap, topic, idle=1.5, timeout=20)
         if topic == topics.ALERTS:
             alerts = [decode(Alert, m.value()) for m in msgs]
-            got = [a for a in alerts if a.stream == REEFER
-                   and any(e.startswith(run_id) for e in a.event_ids)]
+            got = [
+                a
+                for a in alerts
+                if a.stream == REEFER and any(e.startswith(run_id) for e in a.event_ids)
+            ]
         else:
-            got = [s for s in (decode(Score, m.value()) for m in msgs)
-                   if s.event_id.startswith(run_id)]
+            got = [
+                s for s in (decode(Score, m.value()) for m in msgs) if s.event_id.startswith(run_id)
+            ]
         if len(got) >= n:
             return got
     return got
@@ -121,15 +135,16 @@ def committed_to_end(bootstrap: Target, group: str, topic: str) -> bool:
 
 
 def test_a_declared_stream_with_a_model_is_scored_with_its_declared_alerts_and_labels(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
-        reefer: Reefer) -> None:
+    tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker, reefer: Reefer
+) -> None:
     models_dir = tmp_path / "models"
     reefer.install(models_dir)
     cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, reefer.pub)
     run_id = f"a{uuid.uuid4().hex[:10]}"
     # RT-0001 misbehaves for ten seconds, then runs normally long past the declared quiet_s.
-    records = reefer_records(reefer.data, run_id, "RT-0001", T0, 40, anomalous=range(10, 20)) \
-        + reefer_records(reefer.data, run_id, "RT-0002", T0, 40, seed=5)
+    records = reefer_records(
+        reefer.data, run_id, "RT-0001", T0, 40, anomalous=range(10, 20)
+    ) + reefer_records(reefer.data, run_id, "RT-0002", T0, 40, seed=5)
     produce_all(edge_kafka, ANON, as_messages(records))
     with running(ScorerService(cfg)) as svc:
         assert svc.holders is not None and REEFER in svc.holders
@@ -138,11 +153,17 @@ def test_a_declared_stream_with_a_model_is_scored_with_its_declared_alerts_and_l
         episodes = consume_all(edge_kafka, topics.SCORER_EPISODES, idle=1.5)
 
     assert len(scores) == 80 and len({s.event_id for s in scores}) == 80
-    odd = [s for s in scores if s.token == "RT-0001"
-           and 10 <= int(s.event_id.rsplit("-", 1)[1]) < 20]
+    odd = [
+        s for s in scores if s.token == "RT-0001" and 10 <= int(s.event_id.rsplit("-", 1)[1]) < 20
+    ]
     assert len(odd) == 10
-    assert all(s.anomalous and s.score > s.threshold and s.model_version == "reefer-1"
-               and s.stream == REEFER for s in odd)
+    assert all(
+        s.anomalous
+        and s.score > s.threshold
+        and s.model_version == "reefer-1"
+        and s.stream == REEFER
+        for s in odd
+    )
     # One episode, as the declaration says: opened by 4 anomalous events within 10 s, closed
     # by the trailer's own events 5 quiet seconds later.
     assert {a.alert_id for a in alerts} == {alerts[0].alert_id}
@@ -159,15 +180,17 @@ def test_a_declared_stream_with_a_model_is_scored_with_its_declared_alerts_and_l
 
 
 def test_a_declared_stream_without_a_model_passes_unscored_until_one_is_installed(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
-        reefer: Reefer) -> None:
+    tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker, reefer: Reefer
+) -> None:
     models_dir = tmp_path / "models"
     cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, reefer.pub)
     run_id = f"b{uuid.uuid4().hex[:10]}"
-    produce_all(edge_kafka, ANON, as_messages(
-        reefer_records(reefer.data, run_id, "RT-0101", T0, 50)))
-    before = REGISTRY.get_sample_value("fleetsentry_scorer_unscored_total",
-                                       {"stream": REEFER}) or 0.0
+    produce_all(
+        edge_kafka, ANON, as_messages(reefer_records(reefer.data, run_id, "RT-0101", T0, 50))
+    )
+    before = (
+        REGISTRY.get_sample_value("fleetsentry_scorer_unscored_total", {"stream": REEFER}) or 0.0
+    )
     svc = ScorerService(cfg)
     svc.start()
     observe = metrics.Recorder()
@@ -189,11 +212,14 @@ def test_a_declared_stream_without_a_model_passes_unscored_until_one_is_installe
     try:
         assert svc.holders is not None and REEFER not in svc.holders
         # Every record of anon.reefer (this run's 50 and any earlier test's) passes unscored.
-        step_until(lambda: totals.unscored.get(REEFER, 0) >= 50
-                   and committed_to_end(edge_kafka, svc.group_id, ANON))
+        step_until(
+            lambda: (
+                totals.unscored.get(REEFER, 0) >= 50
+                and committed_to_end(edge_kafka, svc.group_id, ANON)
+            )
+        )
         assert REEFER not in totals.events
-        after = REGISTRY.get_sample_value("fleetsentry_scorer_unscored_total",
-                                          {"stream": REEFER})
+        after = REGISTRY.get_sample_value("fleetsentry_scorer_unscored_total", {"stream": REEFER})
         assert after is not None and after - before == totals.unscored[REEFER]
 
         # The agent installs a model: the running scorer takes it within a second.
@@ -201,8 +227,13 @@ def test_a_declared_stream_without_a_model_passes_unscored_until_one_is_installe
         reefer.install(models_dir)
         step_until(lambda: REEFER in (svc.holders or {}), timeout=5)
         later = f"{run_id}x"
-        produce_all(edge_kafka, ANON, as_messages(
-            reefer_records(reefer.data, later, "RT-0101", T0 + 100, 30, anomalous=range(5, 12))))
+        produce_all(
+            edge_kafka,
+            ANON,
+            as_messages(
+                reefer_records(reefer.data, later, "RT-0101", T0 + 100, 30, anomalous=range(5, 12))
+            ),
+        )
         step_until(lambda: totals.events.get(REEFER, 0) >= 30)
     finally:
         svc.close()
@@ -224,15 +255,23 @@ def message(reefer: Reefer, model_dir: Path) -> tuple[bytes, bytes]:
 
     m = msgspec.json.decode((model_dir / MANIFEST_FILE).read_bytes(), type=ModelManifest)
     _NUMBERS[0] += 1
-    release = releases.issue(model_dir, fleet=releases.DEFAULT_FLEET, stream=REEFER,
-                             version=m.version, number=_NUMBERS[0], key=reefer.key, ttl_s=3600.0)
-    return REEFER.encode(), model_bundle.pack(model_dir, REEFER, m.version, time.time(),
-                                              release=release)
+    release = releases.issue(
+        model_dir,
+        fleet=releases.DEFAULT_FLEET,
+        stream=REEFER,
+        version=m.version,
+        number=_NUMBERS[0],
+        key=reefer.key,
+        ttl_s=3600.0,
+    )
+    return REEFER.encode(), model_bundle.pack(
+        model_dir, REEFER, m.version, time.time(), release=release
+    )
 
 
 def test_the_agent_refuses_a_model_of_another_feature_spec_and_installs_the_declared_one(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
-        reefer: Reefer) -> None:
+    tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker, reefer: Reefer
+) -> None:
     config = agent_config(edge_kafka, tmp_path, [reefer.pub])
     skip_to_end(edge_kafka, f"{config.edge_id}-agent")
     agent = ModelAgent(config).start()
@@ -240,25 +279,32 @@ def test_the_agent_refuses_a_model_of_another_feature_spec_and_installs_the_decl
         assert REEFER in agent.streams
         outcome = deliver(agent, edge_kafka, *message(reefer, reefer.other))
         assert outcome.state == "rejected"
-        expect = (f"was built for feature spec 'fs-0123456789ab'; this gateway's declaration "
-                  f"of reefer (reefer.toml) computes '{reefer.stream.feature_spec}'")
+        expect = (
+            f"was built for feature spec 'fs-0123456789ab'; this gateway's declaration "
+            f"of reefer (reefer.toml) computes '{reefer.stream.feature_spec}'"
+        )
         assert expect in outcome.reason, outcome.reason
         assert agent.store.active_dir(REEFER) is None
-        published = [s for s in (decode(ModelStatus, m.value()) for m in
-                                 consume_all(edge_kafka, topics.MODEL_STATUS, idle=2))
-                     if s.edge_id == config.edge_id and s.stream == REEFER]
+        published = [
+            s
+            for s in (
+                decode(ModelStatus, m.value())
+                for m in consume_all(edge_kafka, topics.MODEL_STATUS, idle=2)
+            )
+            if s.edge_id == config.edge_id and s.stream == REEFER
+        ]
         assert published[-1].state == "rejected" and expect in published[-1].reason
 
         # The model built for this declaration is shadow-scored on the recent anon.reefer
         # records and installed; the scorer takes it and the agent watches its scores.
         run_id = f"c{uuid.uuid4().hex[:10]}"
-        produce_all(edge_kafka, ANON, as_messages(
-            reefer_records(reefer.data, run_id, "RT-0201", T0, 150)))
+        produce_all(
+            edge_kafka, ANON, as_messages(reefer_records(reefer.data, run_id, "RT-0201", T0, 150))
+        )
         outcome = deliver(agent, edge_kafka, *message(reefer, reefer.model))
         assert outcome.state == "active", outcome.reason
         assert outcome.verdict is not None and outcome.verdict.events > 0
-        scorer_cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, config.models_dir,
-                                 reefer.pub)
+        scorer_cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, config.models_dir, reefer.pub)
         with running(ScorerService(scorer_cfg)) as svc:
             assert of_run(edge_kafka, SCORES, run_id, 150)
             deadline = time.monotonic() + 30
@@ -271,4 +317,3 @@ def test_the_agent_refuses_a_model_of_another_feature_spec_and_installs_the_decl
         assert "rolled_back" not in {s.state for s in agent.statuses}
     finally:
         agent.close()
-

@@ -63,16 +63,33 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
     v.close()
 
 
-def edge_config(tmp_path: Path, bootstrap: Target, broker: MqttBroker, models_dir: Path,
-                pub: Path, quiet_gap_s: float = 20.0) -> EdgeConfig:
-    return shared_config.convert({
-        "edge_id": f"scorer-it-{uuid.uuid4().hex[:8]}", "data_dir": str(tmp_path),
-        "kafka": kafka_table(bootstrap),
-        "mqtt": {"host": broker.host, "port": broker.port, "username": broker.bridge[0],
-                 "password": broker.bridge[1]},
-        "scorer": {"models_dir": str(models_dir), "public_key": str(pub),
-                   "episode_quiet_gap_s": quiet_gap_s},
-    }, EdgeConfig)
+def edge_config(
+    tmp_path: Path,
+    bootstrap: Target,
+    broker: MqttBroker,
+    models_dir: Path,
+    pub: Path,
+    quiet_gap_s: float = 20.0,
+) -> EdgeConfig:
+    return shared_config.convert(
+        {
+            "edge_id": f"scorer-it-{uuid.uuid4().hex[:8]}",
+            "data_dir": str(tmp_path),
+            "kafka": kafka_table(bootstrap),
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "username": broker.bridge[0],
+                "password": broker.bridge[1],
+            },
+            "scorer": {
+                "models_dir": str(models_dir),
+                "public_key": str(pub),
+                "episode_quiet_gap_s": quiet_gap_s,
+            },
+        },
+        EdgeConfig,
+    )
 
 
 @contextmanager
@@ -99,29 +116,54 @@ def running(svc: ScorerService) -> Iterator[ScorerService]:
         assert not errors, errors
 
 
-def telemetry(data: SyntheticFeatures, run_id: str, token: str, start: float, n: int,
-              anomalous: range = range(0)) -> list[tuple[bytes, bytes]]:
+def telemetry(
+    data: SyntheticFeatures,
+    run_id: str,
+    token: str,
+    start: float,
+    n: int,
+    anomalous: range = range(0),
+) -> list[tuple[bytes, bytes]]:
     rows = data.normal(n, seed=hash((run_id, token)) % 2**31)
     odd = data.anomalous(n, seed=5)
     out = []
     for i in range(n):
         row = odd[i] if i in anomalous else rows[i]
-        rec = AnonTelemetry(event_id=f"{run_id}-{token}-{i}", ts=start + i, vehicle_token=token,
-                            driver_token="driver-token-1", model="Transit", firmware="1.0",
-                            cell="c", readings={}, features=data.as_dict(row))
+        rec = AnonTelemetry(
+            event_id=f"{run_id}-{token}-{i}",
+            ts=start + i,
+            vehicle_token=token,
+            driver_token="driver-token-1",
+            model="Transit",
+            firmware="1.0",
+            cell="c",
+            readings={},
+            features=data.as_dict(row),
+        )
         out.append((token.encode(), encode(rec)))
     return out
 
 
-def payment(data: SyntheticFeatures, event_id: str, card: str, vehicle_token: str, ts: float,
-            odd: bool) -> tuple[bytes, bytes]:
+def payment(
+    data: SyntheticFeatures, event_id: str, card: str, vehicle_token: str, ts: float, odd: bool
+) -> tuple[bytes, bytes]:
     # An ordinary payment from the middle of the distribution, the same row on every run.
     ordinary = data.typical(1, seed=zlib.crc32(event_id.rsplit("-", 1)[-1].encode()))[0]
     row = data.anomalous(1, seed=9)[0] if odd else ordinary
-    rec = AnonPayment(event_id=event_id, ts=ts, card_token=card, vehicle_token=vehicle_token,
-                      driver_token="driver-token-1", merchant_id="m-1", mcc="5541",
-                      category="fuel", amount=50.0, currency="EUR", cell="c",
-                      features=data.as_dict(row))
+    rec = AnonPayment(
+        event_id=event_id,
+        ts=ts,
+        card_token=card,
+        vehicle_token=vehicle_token,
+        driver_token="driver-token-1",
+        merchant_id="m-1",
+        mcc="5541",
+        category="fuel",
+        amount=50.0,
+        currency="EUR",
+        cell="c",
+        features=data.as_dict(row),
+    )
     return card.encode(), encode(rec)
 
 
@@ -133,8 +175,14 @@ def mine(msgs: list[Any], kind: type[Event] | type[Alert], run_id: str) -> list[
     return [r for r in events if r.event_id.startswith(run_id)]
 
 
-def wait_for(bootstrap: Target, topic: str, kind: type[Event] | type[Alert], run_id: str,
-             n: int, timeout: float = 60.0) -> list[Any]:
+def wait_for(
+    bootstrap: Target,
+    topic: str,
+    kind: type[Event] | type[Alert],
+    run_id: str,
+    n: int,
+    timeout: float = 60.0,
+) -> list[Any]:
     deadline = time.monotonic() + timeout
     got: list[Any] = []
     while time.monotonic() < deadline:
@@ -145,16 +193,20 @@ def wait_for(bootstrap: Target, topic: str, kind: type[Event] | type[Alert], run
 
 
 def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
-        models: tuple[Path, Path, dict[str, Any]]) -> None:
+    tmp_path: Path,
+    edge_kafka: KafkaSettings,
+    mqtt_broker: MqttBroker,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
     models_dir, pub, data = models
     cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub)
     run_id = f"r{uuid.uuid4().hex[:10]}"
     faulty, healthy = f"{run_id}-veh-faulty", f"{run_id}-veh-ok"
     t0 = 1_700_000_000.0
     # The fault starts at frame 40 and is still going when the scorer "crashes".
-    first = telemetry(data["telemetry"], run_id, faulty, t0, 60, anomalous=range(40, 90)) \
-        + telemetry(data["telemetry"], run_id, healthy, t0, 60)
+    first = telemetry(
+        data["telemetry"], run_id, faulty, t0, 60, anomalous=range(40, 90)
+    ) + telemetry(data["telemetry"], run_id, healthy, t0, 60)
     produce_all(edge_kafka, topics.ANON_TELEMETRY, first)
 
     class Crashing(ScorerService):
@@ -187,8 +239,7 @@ def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
         scores = wait_for(edge_kafka, topics.SCORES_TELEMETRY, Score, run_id, 210)
         alerts = wait_for(edge_kafka, topics.ALERTS, Alert, run_id, 2)
         time.sleep(2)
-        scores = mine(consume_all(edge_kafka, topics.SCORES_TELEMETRY, idle=1.5), Score,
-                      run_id)
+        scores = mine(consume_all(edge_kafka, topics.SCORES_TELEMETRY, idle=1.5), Score, run_id)
         alerts = mine(consume_all(edge_kafka, topics.ALERTS, idle=1.5), Alert, run_id)
 
     ids = [s.event_id for s in scores]
@@ -230,8 +281,7 @@ class Vehicle:
     def __init__(self, broker: MqttBroker, vin: str, password: str) -> None:
         self.got: list[Decision] = []
         self.ready = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin,
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vin, protocol=mqtt.MQTTv5)
         c.username_pw_set(vin, password)
         c.on_connect = lambda cl, *_: cl.subscribe(f"fleet/{vin}/commands", qos=1)
         c.on_subscribe = lambda *_: self.ready.set()
@@ -247,8 +297,12 @@ class Vehicle:
 
 
 def test_a_payment_above_threshold_is_declined_on_the_vehicles_commands_topic(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker, vault: Vault,
-        models: tuple[Path, Path, dict[str, Any]]) -> None:
+    tmp_path: Path,
+    edge_kafka: KafkaSettings,
+    mqtt_broker: MqttBroker,
+    vault: Vault,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
     models_dir, pub, data = models
     cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub)
     mqtt_broker.register_vehicles([VIN], "vehicle-pw")
@@ -264,11 +318,22 @@ def test_a_payment_above_threshold_is_declined_on_the_vehicles_commands_topic(
     try:
         with running(svc):
             ts = time.time()
-            produce_all(edge_kafka, topics.ANON_PAYMENTS, [
-                payment(data["payments"], f"{run_id}-ok-{i}", card, vehicle_token, ts + i, False)
-                for i in range(5)] + [
-                payment(data["payments"], f"{run_id}-fraud", card, vehicle_token, ts + 9, True),
-                payment(data["payments"], f"{run_id}-lost", card, "unknown-vehicle-tok", ts, True)])
+            produce_all(
+                edge_kafka,
+                topics.ANON_PAYMENTS,
+                [
+                    payment(
+                        data["payments"], f"{run_id}-ok-{i}", card, vehicle_token, ts + i, False
+                    )
+                    for i in range(5)
+                ]
+                + [
+                    payment(data["payments"], f"{run_id}-fraud", card, vehicle_token, ts + 9, True),
+                    payment(
+                        data["payments"], f"{run_id}-lost", card, "unknown-vehicle-tok", ts, True
+                    ),
+                ],
+            )
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len(vehicle.got) < 6:
                 time.sleep(0.1)
@@ -300,8 +365,11 @@ def step_until_scored(svc: ScorerService, n: int, timeout: float = 30.0) -> int:
 
 
 def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehicles_episode(
-        tmp_path: Path, edge_kafka: KafkaSettings, mqtt_broker: MqttBroker,
-        models: tuple[Path, Path, dict[str, Any]]) -> None:
+    tmp_path: Path,
+    edge_kafka: KafkaSettings,
+    mqtt_broker: MqttBroker,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
     models_dir, pub, data = models
     cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub, quiet_gap_s=4.0)
     run_id = f"c{uuid.uuid4().hex[:10]}"
@@ -311,8 +379,11 @@ def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehi
     svc.start()
     try:
         # The attacker: one ordinary frame stamped 299 s ahead (the bridge accepts up to +300 s).
-        produce_all(edge_kafka, topics.ANON_TELEMETRY,
-                    telemetry(data["telemetry"], run_id, skewed, t0 + 299, 1))
+        produce_all(
+            edge_kafka,
+            topics.ANON_TELEMETRY,
+            telemetry(data["telemetry"], run_id, skewed, t0 + 299, 1),
+        )
         step_until_scored(svc, 1)
         while svc.step() is not None:  # drain what other tests left in the topic
             pass
@@ -325,8 +396,7 @@ def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehi
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             svc.step()
-            got = mine(consume_all(edge_kafka, topics.ALERTS, idle=0.5, timeout=5), Alert,
-                       run_id)
+            got = mine(consume_all(edge_kafka, topics.ALERTS, idle=0.5, timeout=5), Alert, run_id)
             if any(a.state == "closed" for a in got):
                 break
     finally:

@@ -51,8 +51,11 @@ def _end_offsets(bootstrap: str) -> list[TopicPartition]:
         c.close()
 
 
-_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                  KafkaError.UNKNOWN_TOPIC_OR_PART}
+_LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 def _high_watermark(c: Consumer, partition: int) -> int:
@@ -73,17 +76,24 @@ def _high_watermark(c: Consumer, partition: int) -> int:
         time.sleep(0.2)
 
 
-def _consume_from(bootstrap: str, start: list[TopicPartition], expect: int,
-                  timeout: float = 60.0) -> list[tuple[bytes, Label]]:
+def _consume_from(
+    bootstrap: str, start: list[TopicPartition], expect: int, timeout: float = 60.0
+) -> list[tuple[bytes, Label]]:
     """(key, label) of every record after ``start``; reads ``expect`` then 2 s more."""
     return [(key, lab) for key, lab, _ in _consume_timed(bootstrap, start, expect, timeout)]
 
 
-def _consume_timed(bootstrap: str, start: list[TopicPartition], expect: int,
-                   timeout: float = 60.0) -> list[tuple[bytes, Label, float]]:
+def _consume_timed(
+    bootstrap: str, start: list[TopicPartition], expect: int, timeout: float = 60.0
+) -> list[tuple[bytes, Label, float]]:
     """(key, label, when produced in epoch seconds) of every record after ``start``."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     c.assign(start)
     out: list[tuple[bytes, Label, float]] = []
     deadline = time.monotonic() + timeout
@@ -99,8 +109,9 @@ def _consume_timed(bootstrap: str, start: list[TopicPartition], expect: int,
                 continue
             key, value = msg.key(), msg.value()
             assert key is not None and value is not None  # labels are keyed, never deleted
-            out.append((key, msgspec.json.decode(value, type=Label),
-                        msg.timestamp()[1] / 1000))  # the producer's create time
+            out.append(
+                (key, msgspec.json.decode(value, type=Label), msg.timestamp()[1] / 1000)
+            )  # the producer's create time
     finally:
         c.close()
     return out
@@ -118,8 +129,10 @@ def _check_topic_equals_file(records: list[tuple[bytes, Label]], expected: list[
     by_id = {lab.event_id: lab for _, lab in records}
     assert len(expected) == len({lab.event_id for lab in expected})
     want = {lab.event_id for lab in expected}
-    assert set(by_id) == want, (f"{len(want - set(by_id))} of {len(want)} labels missing "
-                                f"from the topic, {len(set(by_id) - want)} unexpected")
+    assert set(by_id) == want, (
+        f"{len(want - set(by_id))} of {len(want)} labels missing "
+        f"from the topic, {len(set(by_id) - want)} unexpected"
+    )
     # Same kind, stream, episode and episode span for every event.
     assert {lab.event_id: lab for lab in expected} == by_id
 
@@ -128,26 +141,60 @@ def _check_topic_equals_file(records: list[tuple[bytes, Label]], expected: list[
 @pytest.mark.timeout(240)
 def test_a_missing_labels_topic_is_named(plain_bootstrap: str) -> None:
     # Runs first in the module: the edge cluster has no labels topic of its own.
-    lab = Label(event_id="e-1", stream="telemetry", kind="spikes", episode_id="ep-1",
-                start_ts=1.0, end_ts=2.0)
+    lab = Label(
+        event_id="e-1",
+        stream="telemetry",
+        kind="spikes",
+        episode_id="ep-1",
+        start_ts=1.0,
+        end_ts=2.0,
+    )
     with pytest.raises(SimError, match="no `labels` topic"):
         produce_labels(plain_bootstrap, [lab])
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_dry_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str,
-                                                       tmp_path: Path) -> None:
+def test_dry_run_labels_to_kafka_equal_the_labels_file(
+    plain_bootstrap: str, tmp_path: Path
+) -> None:
     _create_labels_topic_if_missing(plain_bootstrap)
     start = _end_offsets(plain_bootstrap)
     labels_out = tmp_path / "labels.jsonl"
     run = subprocess.run(
-        [FLEETSENTRY, "sim", "run", "--dry-run", "--out", str(tmp_path / "events.jsonl"),
-         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap, "--labels-kafka-security", "none",
-         "--vehicles", "15", "--duration", "1200", "--seed", "41", "--fault-scale", "2",
-         "--fraud-scale", "8", "--payment-rate", "3", "--summary-json",
-         str(tmp_path / "summary.json")],
-        check=False, capture_output=True, text=True, timeout=90)
+        [
+            FLEETSENTRY,
+            "sim",
+            "run",
+            "--dry-run",
+            "--out",
+            str(tmp_path / "events.jsonl"),
+            "--labels-out",
+            str(labels_out),
+            "--labels-kafka",
+            plain_bootstrap,
+            "--labels-kafka-security",
+            "none",
+            "--vehicles",
+            "15",
+            "--duration",
+            "1200",
+            "--seed",
+            "41",
+            "--fault-scale",
+            "2",
+            "--fraud-scale",
+            "8",
+            "--payment-rate",
+            "3",
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert run.returncode == 0, run.stderr
     expected = _file_labels(labels_out)
     assert {lab.stream for lab in expected} == {"telemetry", "payments"}
@@ -158,18 +205,45 @@ def test_dry_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str,
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_live_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str, mqtt_broker,
-                                                        tmp_path: Path) -> None:
+def test_live_run_labels_to_kafka_equal_the_labels_file(
+    plain_bootstrap: str, mqtt_broker, tmp_path: Path
+) -> None:
     _create_labels_topic_if_missing(plain_bootstrap)
     start = _end_offsets(plain_bootstrap)
     labels_out = tmp_path / "labels.jsonl"
     run = subprocess.run(
-        [FLEETSENTRY, "sim", "run", "--mqtt", f"{mqtt_broker.host}:{mqtt_broker.port}",
-         "--register-with", str(mqtt_broker.stack.mqtt.home), "--password", PASSWORD,
-         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap, "--labels-kafka-security", "none",
-         "--vehicles", "20", "--duration", "6", "--seed", "42", "--fault-scale", "500",
-         "--summary-json", str(tmp_path / "summary.json")],
-        check=False, capture_output=True, text=True, timeout=90)
+        [
+            FLEETSENTRY,
+            "sim",
+            "run",
+            "--mqtt",
+            f"{mqtt_broker.host}:{mqtt_broker.port}",
+            "--register-with",
+            str(mqtt_broker.stack.mqtt.home),
+            "--password",
+            PASSWORD,
+            "--labels-out",
+            str(labels_out),
+            "--labels-kafka",
+            plain_bootstrap,
+            "--labels-kafka-security",
+            "none",
+            "--vehicles",
+            "20",
+            "--duration",
+            "6",
+            "--seed",
+            "42",
+            "--fault-scale",
+            "500",
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert run.returncode == 0, run.stderr
     expected = _file_labels(labels_out)
     summary = msgspec.json.decode((tmp_path / "summary.json").read_bytes())
@@ -177,11 +251,11 @@ def test_live_run_labels_to_kafka_equal_the_labels_file(plain_bootstrap: str, mq
     _check_topic_equals_file(_consume_from(plain_bootstrap, start, len(expected)), expected)
 
 
-
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_live_run_labels_reach_kafka_during_the_run_after_their_delay(
-        plain_bootstrap: str, mqtt_broker, tmp_path: Path) -> None:
+    plain_bootstrap: str, mqtt_broker, tmp_path: Path
+) -> None:
     """A label goes out ``--label-delay`` seconds after its episode ends, not at the run's end.
 
     Faults last 30 s or more, so theirs are still waiting when this 30 s run ends (they go
@@ -194,14 +268,46 @@ def test_live_run_labels_reach_kafka_during_the_run_after_their_delay(
     delay, duration = 2.0, 30.0
     launched = time.time()
     run = subprocess.run(
-        [FLEETSENTRY, "sim", "run", "--mqtt", f"{mqtt_broker.host}:{mqtt_broker.port}",
-         "--register-with", str(mqtt_broker.stack.mqtt.home), "--password", PASSWORD,
-         "--labels-out", str(labels_out), "--labels-kafka", plain_bootstrap, "--labels-kafka-security", "none",
-         "--label-delay", str(delay), "--vehicles", "30", "--duration", str(duration),
-         "--seed", "1", "--fault-scale", "200", "--fraud-scale", "0",
-         "--fraud-rate", "amount_outlier=0.6", "--payment-rate", "20000",
-         "--summary-json", str(tmp_path / "summary.json")],
-        check=False, capture_output=True, text=True, timeout=150)
+        [
+            FLEETSENTRY,
+            "sim",
+            "run",
+            "--mqtt",
+            f"{mqtt_broker.host}:{mqtt_broker.port}",
+            "--register-with",
+            str(mqtt_broker.stack.mqtt.home),
+            "--password",
+            PASSWORD,
+            "--labels-out",
+            str(labels_out),
+            "--labels-kafka",
+            plain_bootstrap,
+            "--labels-kafka-security",
+            "none",
+            "--label-delay",
+            str(delay),
+            "--vehicles",
+            "30",
+            "--duration",
+            str(duration),
+            "--seed",
+            "1",
+            "--fault-scale",
+            "200",
+            "--fraud-scale",
+            "0",
+            "--fraud-rate",
+            "amount_outlier=0.6",
+            "--payment-rate",
+            "20000",
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert run.returncode == 0, run.stderr
     expected = _file_labels(labels_out)
     records = _consume_timed(plain_bootstrap, start, len(expected))
@@ -210,11 +316,16 @@ def test_live_run_labels_reach_kafka_during_the_run_after_their_delay(
     # anything produced before it was produced while the fleet was still generating.
     generating_until = launched + duration - 1.0
     during = [(lab, ts) for _, lab, ts in records if ts < generating_until]
-    assert during, (f"none of {len(records)} labels reached the topic before the run's "
-                    f"last tick (first at +{min(ts for *_, ts in records) - launched:.1f} s "
-                    f"after launch); they all wait for the run to end")
-    early = [(lab.event_id, round(ts - lab.end_ts, 2)) for lab, ts in during
-             if ts < lab.end_ts + delay - 0.01]
+    assert during, (
+        f"none of {len(records)} labels reached the topic before the run's "
+        f"last tick (first at +{min(ts for *_, ts in records) - launched:.1f} s "
+        f"after launch); they all wait for the run to end"
+    )
+    early = [
+        (lab.event_id, round(ts - lab.end_ts, 2))
+        for lab, ts in during
+        if ts < lab.end_ts + delay - 0.01
+    ]
     assert not early, f"labels produced before their episode end + {delay} s: {early[:5]}"
     assert any(lab.stream == "telemetry" for lab in expected), "no fault label to flush"
     summary = msgspec.json.decode((tmp_path / "summary.json").read_bytes())

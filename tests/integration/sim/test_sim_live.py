@@ -32,8 +32,7 @@ class Counter:
         self.messages = 0
         self.payloads: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.username_pw_set(*broker.admin)
         c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in topics])
         c.on_message = self._on_message
@@ -71,17 +70,31 @@ class Counter:
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path) -> None:
-    fleet = fs.Fleet(fs.SimSettings(vehicles=VEHICLES, duration_s=DURATION_S, seed=21,
-                                    start_ts=None, payment_rate=3.0))
+    fleet = fs.Fleet(
+        fs.SimSettings(
+            vehicles=VEHICLES, duration_s=DURATION_S, seed=21, start_ts=None, payment_rate=3.0
+        )
+    )
     mqtt_broker.register_vehicles([v.vin for v in fleet.vehicles], PASSWORD)
     counter = Counter(mqtt_broker, "sim-test-counter", ["fleet/+/telemetry", "fleet/+/payments"])
     acked: set[str] = set()
-    runner = LiveRunner(fleet, ConnectSettings(host=mqtt_broker.host, port=mqtt_broker.port,
-                                               password=PASSWORD),
-                        tmp_path / "buffer", drain_timeout_s=90.0, on_ack=acked.add)
+    runner = LiveRunner(
+        fleet,
+        ConnectSettings(host=mqtt_broker.host, port=mqtt_broker.port, password=PASSWORD),
+        tmp_path / "buffer",
+        drain_timeout_s=90.0,
+        on_ack=acked.add,
+    )
     target = fleet.vehicles[0]
-    decline = Decision(event_id="pay-under-test", decision="decline", reason="test",
-                       score=9.0, threshold=1.0, model_version="t", ts=time.time())
+    decline = Decision(
+        event_id="pay-under-test",
+        decision="decline",
+        reason="test",
+        score=9.0,
+        threshold=1.0,
+        model_version="t",
+        ts=time.time(),
+    )
     chaos_log: list[str] = []
 
     def chaos() -> None:
@@ -96,8 +109,7 @@ def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path
         mqtt.start()
         mqtt.wait_healthy()
         # The vehicle may not be back yet: its persistent session queues the decision.
-        counter.client.publish(f"fleet/{target.vin}/commands", msgspec.json.encode(decline),
-                               qos=1)
+        counter.client.publish(f"fleet/{target.vin}/commands", msgspec.json.encode(decline), qos=1)
 
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
@@ -117,8 +129,10 @@ def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path
         missing = counter.wait_for(acked, timeout=30)
         assert not missing, f"{len(missing)} of {len(acked)} acked events never arrived"
         assert counter.ids == acked
-        assert any(d.get("event_id") == "pay-under-test" and d.get("decision") == "decline"
-                   for d in result.declines), result.declines
+        assert any(
+            d.get("event_id") == "pay-under-test" and d.get("decision") == "decline"
+            for d in result.declines
+        ), result.declines
     finally:
         counter.close()
 
@@ -129,8 +143,10 @@ def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path
         while len(status.payloads) < VEHICLES and time.monotonic() < deadline:
             time.sleep(0.2)
         vins = {v.vin for v in fleet.vehicles}
-        states = {decode(VehicleStatus, p).vin: decode(VehicleStatus, p).state
-                  for p in status.payloads.values()}
+        states = {
+            decode(VehicleStatus, p).vin: decode(VehicleStatus, p).state
+            for p in status.payloads.values()
+        }
         assert {vin: states.get(vin) for vin in vins} == {vin: "offline" for vin in vins}
     finally:
         status.close()

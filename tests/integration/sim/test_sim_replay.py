@@ -24,8 +24,7 @@ pytestmark = pytest.mark.integration
 
 FLEETSENTRY = str(Path(sys.executable).parent / "fleetsentry")
 PASSWORD = "replay-test-password"
-COLUMNS = ["unit", "t", "box_temp_c", "setpoint_c", "compressor_kw", "door", "driver", "lat",
-           "lon"]
+COLUMNS = ["unit", "t", "box_temp_c", "setpoint_c", "compressor_kw", "door", "driver", "lat", "lon"]
 
 
 class Watcher:
@@ -61,8 +60,9 @@ class Watcher:
         self.client.loop_stop()
 
 
-def _recording(tmp_path: Path, name: str, devices: int, events: int,
-               step_ms: int | None = None) -> tuple[Path, list[dict[str, Any]]]:
+def _recording(
+    tmp_path: Path, name: str, devices: int, events: int, step_ms: int | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
     """The test stream's generated events as a CSV; ``step_ms``: each device's events that
     far apart exactly, all devices in step (the generator jitters by a second)."""
     g = generate(devices=devices, events=events, seed=5)
@@ -81,13 +81,34 @@ def _recording(tmp_path: Path, name: str, devices: int, events: int,
     return path, rows
 
 
-def _replay(stack: Stack, directory: Path, recording: Path, summary: Path,
-            *args: str) -> dict[str, Any]:
+def _replay(
+    stack: Stack, directory: Path, recording: Path, summary: Path, *args: str
+) -> dict[str, Any]:
     proc = subprocess.run(
-        [FLEETSENTRY, "sim", "replay", str(recording), "--stream", "reefer",
-         "--streams-dir", str(directory), "--mqtt", f"{stack.mqtt.host}:{stack.mqtt.port}",
-         "--password", PASSWORD, "--connect-wait", "30", "--summary-json", str(summary),
-         *args], check=False, capture_output=True, text=True, timeout=240)
+        [
+            FLEETSENTRY,
+            "sim",
+            "replay",
+            str(recording),
+            "--stream",
+            "reefer",
+            "--streams-dir",
+            str(directory),
+            "--mqtt",
+            f"{stack.mqtt.host}:{stack.mqtt.port}",
+            "--password",
+            PASSWORD,
+            "--connect-wait",
+            "30",
+            "--summary-json",
+            str(summary),
+            *args,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(summary.read_text())
     return result
@@ -107,8 +128,9 @@ def declared(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.mark.timeout(300)
-def test_every_row_is_acknowledged_in_device_order(stack: Stack, declared: Path,
-                                                   tmp_path: Path) -> None:
+def test_every_row_is_acknowledged_in_device_order(
+    stack: Stack, declared: Path, tmp_path: Path
+) -> None:
     path, rows = _recording(tmp_path, "reefer.csv", devices=6, events=50)
     devices = sorted({r["unit"] for r in rows})
     stack.mqtt.register_vehicles({d: PASSWORD for d in devices})
@@ -121,11 +143,11 @@ def test_every_row_is_acknowledged_in_device_order(stack: Stack, declared: Path,
     assert summary["rejected"] == 0 and summary["accepted"] == len(rows)
     assert summary["acknowledged"] == len(rows), summary
     assert all(d["unsent"] == 0 and "login_error" not in d for d in summary["per_device"])
-    assert {d["device"]: d["acknowledged"] for d in summary["per_device"]} == \
-        {d: sum(1 for r in rows if r["unit"] == d) for d in devices}
+    assert {d["device"]: d["acknowledged"] for d in summary["per_device"]} == {
+        d: sum(1 for r in rows if r["unit"] == d) for d in devices
+    }
     # The row number is in each generated event id: per device, the file's order.
-    expected = {d: [f"{d}-{n}" for n, r in enumerate(rows, 1) if r["unit"] == d]
-                for d in devices}
+    expected = {d: [f"{d}-{n}" for n, r in enumerate(rows, 1) if r["unit"] == d] for d in devices}
     got: dict[str, list[str]] = {d: [] for d in devices}
     for _, device, event_id in arrived:
         got[device].append(event_id)
@@ -133,8 +155,9 @@ def test_every_row_is_acknowledged_in_device_order(stack: Stack, declared: Path,
 
 
 @pytest.mark.timeout(300)
-def test_speed_ten_keeps_the_recorded_pace_roughly(stack: Stack, declared: Path,
-                                                   tmp_path: Path) -> None:
+def test_speed_ten_keeps_the_recorded_pace_roughly(
+    stack: Stack, declared: Path, tmp_path: Path
+) -> None:
     # Two trailers, 21 events 0.1 s apart: 2 s of recording.
     path, rows = _recording(tmp_path, "short.csv", devices=2, events=21, step_ms=100)
     span_s = 2.0
@@ -154,21 +177,43 @@ def test_speed_ten_keeps_the_recorded_pace_roughly(stack: Stack, declared: Path,
 
 @pytest.mark.timeout(300)
 def test_a_stream_the_devices_role_lacks_is_refused_by_the_broker(
-        stack: Stack, declared: Path, tmp_path: Path) -> None:
+    stack: Stack, declared: Path, tmp_path: Path
+) -> None:
     # Declared after the devices were registered: their roles do not name its topic.
     other = tmp_path / "other-streams"
     other.mkdir()
     (other / "reefer_b.toml").write_text(
-        (declared / "reefer.toml").read_text().replace('name = "reefer"', 'name = "reefer_b"'))
+        (declared / "reefer.toml").read_text().replace('name = "reefer"', 'name = "reefer_b"')
+    )
     path, rows = _recording(tmp_path, "late.csv", devices=2, events=5)
     devices = sorted({r["unit"] for r in rows})
     stack.mqtt.register_vehicles({d: PASSWORD for d in devices})
     proc = subprocess.run(
-        [FLEETSENTRY, "sim", "replay", str(path), "--stream", "reefer_b",
-         "--streams-dir", str(other), "--mqtt", f"{stack.mqtt.host}:{stack.mqtt.port}",
-         "--password", PASSWORD, "--speed", "max", "--drain-timeout", "20",
-         "--summary-json", str(tmp_path / "summary.json")],
-        check=False, capture_output=True, text=True, timeout=240)
+        [
+            FLEETSENTRY,
+            "sim",
+            "replay",
+            str(path),
+            "--stream",
+            "reefer_b",
+            "--streams-dir",
+            str(other),
+            "--mqtt",
+            f"{stack.mqtt.host}:{stack.mqtt.port}",
+            "--password",
+            PASSWORD,
+            "--speed",
+            "max",
+            "--drain-timeout",
+            "20",
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode != 0, proc.stderr[-3000:]
     assert "nothing was acknowledged" in proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -64,12 +64,14 @@ class TlsCounter:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-tls-counter",
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="sim-tls-counter", protocol=mqtt.MQTTv5
+        )
         c.username_pw_set(*broker.admin)
         c.tls_set(ca_certs=str(broker.tls.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        c.on_connect = lambda cl, *_: cl.subscribe([("fleet/+/telemetry", 1),
-                                                    ("fleet/+/payments", 1)])
+        c.on_connect = lambda cl, *_: cl.subscribe(
+            [("fleet/+/telemetry", 1), ("fleet/+/payments", 1)]
+        )
         c.on_subscribe = lambda *_: self._subscribed.set()
         c.on_message = self._on_message
         c.connect(broker.mqtt.host, broker.port)
@@ -99,23 +101,28 @@ class TlsCounter:
 
 
 def _fleet(broker: TlsBroker, vehicles: int, duration_s: float, seed: int) -> fs.Fleet:
-    fleet = fs.Fleet(fs.SimSettings(vehicles=vehicles, duration_s=duration_s, seed=seed,
-                                    start_ts=None, payment_rate=3.0))
+    fleet = fs.Fleet(
+        fs.SimSettings(
+            vehicles=vehicles, duration_s=duration_s, seed=seed, start_ts=None, payment_rate=3.0
+        )
+    )
     broker.mqtt.register_vehicles(fleet.credentials(PASSWORD))
     return fleet
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_every_event_arrives_exactly_once_over_tls(tls_broker: TlsBroker,
-                                                    tmp_path: Path) -> None:
+def test_every_event_arrives_exactly_once_over_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
     fleet = _fleet(tls_broker, VEHICLES, DURATION_S, seed=31)
     counter = TlsCounter(tls_broker)
     acked: list[str] = []
-    conf = ConnectSettings(host=tls_broker.mqtt.host, port=tls_broker.port, password=PASSWORD,
-                           tls_ca=str(tls_broker.tls.ca_file))
-    runner = LiveRunner(fleet, conf, tmp_path / "buffer", drain_timeout_s=30.0,
-                        on_ack=acked.append)
+    conf = ConnectSettings(
+        host=tls_broker.mqtt.host,
+        port=tls_broker.port,
+        password=PASSWORD,
+        tls_ca=str(tls_broker.tls.ca_file),
+    )
+    runner = LiveRunner(fleet, conf, tmp_path / "buffer", drain_timeout_s=30.0, on_ack=acked.append)
     try:
         result = runner.run()
         summary = result.summary()
@@ -127,8 +134,10 @@ def test_every_event_arrives_exactly_once_over_tls(tls_broker: TlsBroker,
         counts = counter.wait_for(len(acked), timeout=30)
     finally:
         counter.close()
-    assert set(counts) == set(acked), (f"{len(set(acked) - set(counts))} acked events never "
-                                       f"arrived; {len(set(counts) - set(acked))} unknown")
+    assert set(counts) == set(acked), (
+        f"{len(set(acked) - set(counts))} acked events never "
+        f"arrived; {len(set(counts) - set(acked))} unknown"
+    )
     duplicates = {k: n for k, n in counts.items() if n != 1}
     assert not duplicates, f"{len(duplicates)} events arrived more than once"
 
@@ -137,16 +146,36 @@ def _run_cli(broker: TlsBroker, tmp_path: Path, *extra: str) -> subprocess.Compl
     fleet = _fleet(broker, 3, 5.0, seed=32)
     assert len(fleet.vehicles) == 3
     return subprocess.run(
-        [FLEETSENTRY, "sim", "run", "--vehicles", "3", "--duration", "5", "--seed", "32",
-         "--password", PASSWORD, "--mqtt", f"{broker.mqtt.host}:{broker.port}",
-         "--connect-wait", "1", "--buffer-dir", str(tmp_path / "buffer"), *extra],
-        check=False, capture_output=True, text=True, timeout=60)
+        [
+            FLEETSENTRY,
+            "sim",
+            "run",
+            "--vehicles",
+            "3",
+            "--duration",
+            "5",
+            "--seed",
+            "32",
+            "--password",
+            PASSWORD,
+            "--mqtt",
+            f"{broker.mqtt.host}:{broker.port}",
+            "--connect-wait",
+            "1",
+            "--buffer-dir",
+            str(tmp_path / "buffer"),
+            *extra,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-def test_a_wrong_ca_fails_the_run_with_the_reason(tls_broker: TlsBroker,
-                                                   tmp_path: Path) -> None:
+def test_a_wrong_ca_fails_the_run_with_the_reason(tls_broker: TlsBroker, tmp_path: Path) -> None:
     run = _run_cli(tls_broker, tmp_path, "--tls-ca", str(tls_broker.wrong_ca))
     assert run.returncode == 1, run.stdout + run.stderr
     assert "no vehicle could connect" in run.stderr, run.stderr
@@ -156,8 +185,9 @@ def test_a_wrong_ca_fails_the_run_with_the_reason(tls_broker: TlsBroker,
 
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-def test_plain_mqtt_to_the_tls_port_fails_the_run_with_a_hint(tls_broker: TlsBroker,
-                                                               tmp_path: Path) -> None:
+def test_plain_mqtt_to_the_tls_port_fails_the_run_with_a_hint(
+    tls_broker: TlsBroker, tmp_path: Path
+) -> None:
     run = _run_cli(tls_broker, tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "closed the connection before accepting the login" in run.stderr, run.stderr
@@ -166,15 +196,24 @@ def test_plain_mqtt_to_the_tls_port_fails_the_run_with_a_hint(tls_broker: TlsBro
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-def test_connect_failures_show_in_progress_while_retrying(tls_broker: TlsBroker,
-                                                          tmp_path: Path) -> None:
+def test_connect_failures_show_in_progress_while_retrying(
+    tls_broker: TlsBroker, tmp_path: Path
+) -> None:
     fleet = _fleet(tls_broker, 2, 5.0, seed=33)
     seen: list[tuple[int, str]] = []
-    conf = ConnectSettings(host=tls_broker.mqtt.host, port=tls_broker.port, password=PASSWORD,
-                           tls_ca=str(tls_broker.wrong_ca))
-    runner = LiveRunner(fleet, conf, tmp_path / "buffer", connect_wait_s=2.0,
-                        on_progress=lambda p: seen.append((p.connect_errors,
-                                                           p.last_connect_error)))
+    conf = ConnectSettings(
+        host=tls_broker.mqtt.host,
+        port=tls_broker.port,
+        password=PASSWORD,
+        tls_ca=str(tls_broker.wrong_ca),
+    )
+    runner = LiveRunner(
+        fleet,
+        conf,
+        tmp_path / "buffer",
+        connect_wait_s=2.0,
+        on_progress=lambda p: seen.append((p.connect_errors, p.last_connect_error)),
+    )
     with pytest.raises(ConnectError, match="certificate was not accepted"):
         runner.run()
     failing = [(n, why) for n, why in seen if n]

@@ -21,16 +21,36 @@ DAY1, DAY2 = 1_790_000_000.0, 1_790_000_000.0 + 86_400
 
 
 def _payment(event_id: str, ts: float, vehicle: str = TOKEN) -> bytes:
-    return contracts.encode(contracts.AnonPayment(
-        event_id=event_id, ts=ts, card_token=TOKEN, vehicle_token=vehicle, driver_token=TOKEN,
-        merchant_id="m-1", mcc="5541", category="fuel", amount=42.0, currency="EUR",
-        volume_l=None, cell="u0yj", features={"amount_vs_usual": 1.5}))
+    return contracts.encode(
+        contracts.AnonPayment(
+            event_id=event_id,
+            ts=ts,
+            card_token=TOKEN,
+            vehicle_token=vehicle,
+            driver_token=TOKEN,
+            merchant_id="m-1",
+            mcc="5541",
+            category="fuel",
+            amount=42.0,
+            currency="EUR",
+            volume_l=None,
+            cell="u0yj",
+            features={"amount_vs_usual": 1.5},
+        )
+    )
 
 
 def _label(event_id: str, ts: float) -> bytes:
-    return contracts.encode(contracts.Label(event_id=event_id, stream="payments",
-                                            kind="card_testing", episode_id="ep1",
-                                            start_ts=ts, end_ts=ts + 1))
+    return contracts.encode(
+        contracts.Label(
+            event_id=event_id,
+            stream="payments",
+            kind="card_testing",
+            episode_id="ep1",
+            start_ts=ts,
+            end_ts=ts + 1,
+        )
+    )
 
 
 def _create(bootstrap: Target, names: list[str]) -> None:
@@ -50,8 +70,8 @@ def _run(bootstrap: Target, root: Path, group: str) -> int:
 
 
 def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
-        cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], tmp_path: Path) -> None:
+    cloud_kafka: KafkaSettings, cloud_login: Callable[[str], KafkaSettings], tmp_path: Path
+) -> None:
     a, b = f"st{uuid.uuid4().hex[:6]}", f"st{uuid.uuid4().hex[:6]}"
     _create(cloud_kafka, [f"{a}.anon.payments", f"{b}.anon.payments"])
     ids = [f"{a}-{i}" for i in range(400)]
@@ -61,8 +81,12 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
     produce_all(cloud_kafka, f"{b}.anon.payments", first[:50])
     produce_all(cloud_kafka, f"{a}.anon.payments", [(b"bad", b'{"event_id": 3}')])
     label_id = f"label-{a}"
-    produce_all(cloud_kafka, topics.LABELS, [(ids[0].encode(), _label(ids[0], DAY1))] * 2
-                + [(label_id.encode(), _label(label_id, DAY1))])
+    produce_all(
+        cloud_kafka,
+        topics.LABELS,
+        [(ids[0].encode(), _label(ids[0], DAY1))] * 2
+        + [(label_id.encode(), _label(label_id, DAY1))],
+    )
     root, group = tmp_path / "store", f"fleetsentry-store-{a}"
     _run(cloud_login(STORE_USER), root, group)
 
@@ -80,8 +104,11 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
 
     # A restart that re-reads everything (its offsets lost) plus new records: still once each.
     more = [f"{a}-new-{i}" for i in range(30)]
-    produce_all(cloud_kafka, f"{a}.anon.payments",
-                first[:100] + [(i.encode(), _payment(i, DAY1)) for i in more])
+    produce_all(
+        cloud_kafka,
+        f"{a}.anon.payments",
+        first[:100] + [(i.encode(), _payment(i, DAY1)) for i in more],
+    )
     (root / "anon.payments" / "day=2026-09-21" / "part-orphan.parquet").write_bytes(b"partial")
     _run(cloud_login(STORE_USER), root, group + "-again")
     assert not (root / "anon.payments" / "day=2026-09-21" / "part-orphan.parquet").exists()
@@ -93,26 +120,32 @@ def test_store_writes_each_record_once_by_dataset_and_day_across_restarts(
 
 
 def test_equal_event_ids_from_two_gateways_and_vehicles_are_both_stored(
-        cloud_kafka: KafkaSettings,
-        cloud_login: Callable[[str], KafkaSettings], tmp_path: Path) -> None:
+    cloud_kafka: KafkaSettings, cloud_login: Callable[[str], KafkaSettings], tmp_path: Path
+) -> None:
     a, b = f"st{uuid.uuid4().hex[:6]}", f"st{uuid.uuid4().hex[:6]}"
     _create(cloud_kafka, [f"{a}.anon.payments", f"{b}.anon.payments"])
     ids = [f"{a}-{i}" for i in range(20)]
     van_a, van_b = "tok" + "a" * 13, "tok" + "b" * 13
-    produce_all(cloud_kafka, f"{a}.anon.payments",
-                [(i.encode(), _payment(i, DAY1, van_a)) for i in ids])
+    produce_all(
+        cloud_kafka, f"{a}.anon.payments", [(i.encode(), _payment(i, DAY1, van_a)) for i in ids]
+    )
     # Another gateway's vehicle happens to (or means to) use the same ids; and a's vehicle
     # roams to gateway b, which replicates some of its events again.
-    produce_all(cloud_kafka, f"{b}.anon.payments",
-                [(i.encode(), _payment(i, DAY1, van_b)) for i in ids]
-                + [(i.encode(), _payment(i, DAY1, van_a)) for i in ids[:5]])
+    produce_all(
+        cloud_kafka,
+        f"{b}.anon.payments",
+        [(i.encode(), _payment(i, DAY1, van_b)) for i in ids]
+        + [(i.encode(), _payment(i, DAY1, van_a)) for i in ids[:5]],
+    )
     root = tmp_path / "store"
     _run(cloud_login(STORE_USER), root, f"fleetsentry-store-{a}")
     rows = StoreReader(root).table(topics.ANON_PAYMENTS, ["event_id", "vehicle_token"])
-    mine = sorted((r["event_id"], r["vehicle_token"]) for r in rows.to_pylist()
-                  if r["event_id"] in set(ids))
+    mine = sorted(
+        (r["event_id"], r["vehicle_token"]) for r in rows.to_pylist() if r["event_id"] in set(ids)
+    )
     assert mine == sorted([(i, van_a) for i in ids] + [(i, van_b) for i in ids]), (
-        f"{len(mine)} of {2 * len(ids)} rows stored")
+        f"{len(mine)} of {2 * len(ids)} rows stored"
+    )
 
 
 def reader_rejected(root: Path) -> list[str]:

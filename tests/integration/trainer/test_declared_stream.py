@@ -47,10 +47,24 @@ def _setup(root: Path) -> tuple[Path, reefer.Generated]:
 
 
 def _train(root: Path, *extra: str) -> Result:
-    return CliRunner().invoke(train, [
-        "--config", str(root / "cloud.toml"), "--events", str(root / "events.jsonl"),
-        "--key", str(root / "fleet.pem"), "--out", str(root / "models"),
-        "--epochs", "4", "--seed", "5", *extra])
+    return CliRunner().invoke(
+        train,
+        [
+            "--config",
+            str(root / "cloud.toml"),
+            "--events",
+            str(root / "events.jsonl"),
+            "--key",
+            str(root / "fleet.pem"),
+            "--out",
+            str(root / "models"),
+            "--epochs",
+            "4",
+            "--seed",
+            "5",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +184,11 @@ def test_anon_records_read_back_train_as_the_raw_events(tmp_path: Path) -> None:
     streams.use_declarations(tmp_path)
     generated = reefer.generate(devices=3, events=40, seed=2)
     anonymizer = Anonymizer(Tokenizer(b"k" * 32))
-    values = [encode(anonymizer.message(t, json.dumps(p).encode()))
-              for t, p in generated.messages]
+    values = [encode(anonymizer.message(t, json.dumps(p).encode())) for t, p in generated.messages]
     from_anon = records_from_anon("reefer", (decode(AnonRecord, v) for v in values), [])
     from_raw = records_from_messages(
-        [(t, json.dumps(p).encode()) for t, p in generated.messages], [])["reefer"]
+        [(t, json.dumps(p).encode()) for t, p in generated.messages], []
+    )["reefer"]
     assert from_anon.features == reefer.FEATURES
     np.testing.assert_array_equal(from_anon.x, from_raw.x)
     assert sorted(set(from_anon.tokens)) == [reefer.device_id(i) for i in range(3)]

@@ -27,13 +27,13 @@ def _topic(bootstrap: str, partitions: int = 3) -> str:
 
 
 def test_reads_a_topic_snapshot_and_joins_labels(plain_bootstrap: str) -> None:
-    fleet = Fleet(SimSettings(vehicles=4, duration_s=120, seed=9,
-                              fault_rates={k: 20.0 for k in FAULT_KINDS}))
+    fleet = Fleet(
+        SimSettings(vehicles=4, duration_s=120, seed=9, fault_rates={k: 20.0 for k in FAULT_KINDS})
+    )
     anon = Anonymizer(Tokenizer(b"0123456789abcdef-fleet"))
     records = [anon.message(t, p) for t, p in fleet.events() if t.endswith("/telemetry")]
     topic = _topic(plain_bootstrap)
-    produce_all(plain_bootstrap, topic,
-                [(r.vehicle_token.encode(), encode(r)) for r in records])  # type: ignore[union-attr]
+    produce_all(plain_bootstrap, topic, [(r.vehicle_token.encode(), encode(r)) for r in records])  # type: ignore[union-attr]
     values = list(read_topic(plain_bootstrap, topic, timeout_s=60))
     assert len(values) == len(records)
     decoded = [decode(AnonTelemetry, v) for v in values]

@@ -33,8 +33,9 @@ SMALL = TrainSettings(epochs=3, max_fit_rows=20_000, hidden=(24, 8), seed=5)
 
 @pytest.fixture(scope="module")
 def telemetry() -> Records:
-    fleet = Fleet(SimSettings(vehicles=16, duration_s=900, seed=3,
-                              fault_rates={k: 1.5 for k in FAULT_KINDS}))
+    fleet = Fleet(
+        SimSettings(vehicles=16, duration_s=900, seed=3, fault_rates={k: 1.5 for k in FAULT_KINDS})
+    )
     return records_from_messages(list(fleet.events()), fleet.labels)["telemetry"]
 
 
@@ -77,14 +78,14 @@ def test_model_directory_is_signed_and_complete(trained: TrainedModel, tmp_path:
     assert len((out / "manifest.json").read_bytes()) < 16 * 1024
 
 
-def test_int8_model_in_litert_agrees_with_float(trained: TrainedModel,
-                                                 telemetry: Records) -> None:
+def test_int8_model_in_litert_agrees_with_float(trained: TrainedModel, telemetry: Records) -> None:
     m = trained.manifest
     xs = ae.scale(telemetry.x[:4000], m.scaling.mean, m.scaling.scale)
     int8 = _litert_scores(trained.tflite, xs)
     flt = ae.float_scores(trained.layers, xs)
     assert (m.input_quant[0], m.output_quant[0]) == pytest.approx(
-        (ae.Int8Model(trained.tflite).input_quant[0], ae.Int8Model(trained.tflite).output_quant[0]))
+        (ae.Int8Model(trained.tflite).input_quant[0], ae.Int8Model(trained.tflite).output_quant[0])
+    )
     # per event: within 10 % of the float score plus a small absolute slack
     assert np.all(np.abs(int8 - flt) <= 0.1 * flt + 0.05), np.max(np.abs(int8 - flt))
     # ranking: the same anomalies come out on top
@@ -116,21 +117,34 @@ def test_quantization_check_refuses_a_broken_int8_model(trained: TrainedModel) -
 
 def test_eval_report_over_the_models_scores(trained: TrainedModel, tmp_path: Path) -> None:
     hold, m = trained.holdout, trained.manifest
-    scores = [Score(event_id=str(e), ts=float(t), stream="telemetry", token=str(tok),
-                    score=float(s), threshold=m.threshold, model_version=m.version,
-                    anomalous=bool(s > m.threshold))
-              for e, t, tok, s in zip(hold.event_ids, hold.ts, hold.tokens,
-                                      trained.holdout_int8, strict=True)]
+    scores = [
+        Score(
+            event_id=str(e),
+            ts=float(t),
+            stream="telemetry",
+            token=str(tok),
+            score=float(s),
+            threshold=m.threshold,
+            model_version=m.version,
+            anomalous=bool(s > m.threshold),
+        )
+        for e, t, tok, s in zip(
+            hold.event_ids, hold.ts, hold.tokens, trained.holdout_int8, strict=True
+        )
+    ]
     enc = msgspec.json.Encoder()
     (tmp_path / "scores.jsonl").write_bytes(b"\n".join(enc.encode(s) for s in scores))
     labels = tmp_path / "labels.jsonl"
-    fleet_labels = Fleet(SimSettings(vehicles=16, duration_s=900, seed=3,
-                                     fault_rates={k: 1.5 for k in FAULT_KINDS}))
+    fleet_labels = Fleet(
+        SimSettings(vehicles=16, duration_s=900, seed=3, fault_rates={k: 1.5 for k in FAULT_KINDS})
+    )
     list(fleet_labels.events())
     labels.write_bytes(b"\n".join(enc.encode(lab) for lab in fleet_labels.labels))
     out = tmp_path / "report"
-    result = CliRunner().invoke(eval_cmd, ["--labels", str(labels), "--scores",
-                                           str(tmp_path / "scores.jsonl"), "--out", str(out)])
+    result = CliRunner().invoke(
+        eval_cmd,
+        ["--labels", str(labels), "--scores", str(tmp_path / "scores.jsonl"), "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     tel = report["streams"]["telemetry"]

@@ -45,8 +45,14 @@ class Letters:
         self.calls: list[tuple[int, str, str, bytes]] = []
         self.counts: list[int] = []
 
-    def __call__(self, msg: mqtt.MQTTMessage, reason: str, detail: str, now: float,
-                 acks: list[tuple[int, int, int]] | None = None) -> None:
+    def __call__(
+        self,
+        msg: mqtt.MQTTMessage,
+        reason: str,
+        detail: str,
+        now: float,
+        acks: list[tuple[int, int, int]] | None = None,
+    ) -> None:
         self.calls.append((msg.mid, reason, detail, bytes(msg.payload)))
         self.counts.append(len(acks) if acks else 1)
 
@@ -83,7 +89,8 @@ def test_a_topic_that_is_not_utf8_is_an_unknown_topic() -> None:
 
 
 def test_any_exception_is_an_internal_error_naming_its_type_not_its_text(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def broken(*_args: Any) -> Any:
         raise KeyError("drv-secret-0001")
 
@@ -91,22 +98,28 @@ def test_any_exception_is_an_internal_error_naming_its_type_not_its_text(
     b, letters = bridge()
     payload = encode(telemetry(VIN, "e", time.time()))
     deliver(b, message(f"fleet/{VIN}/telemetry".encode(), payload, mid=5))
-    (mid, reason, detail, kept), = letters.calls
+    ((mid, reason, detail, kept),) = letters.calls
     assert (mid, reason, kept) == (5, "internal_error", payload)
     assert detail.startswith("KeyError at test_bridge_message_path.py:")
     assert "drv-secret" not in detail
 
 
 def test_a_message_that_breaks_dead_lettering_still_leaves_its_reason(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def broken(*_args: Any) -> Any:
         raise ValueError("bug")
 
     monkeypatch.setattr(bridge_module, "check", broken)
     b, letters = bridge()
 
-    def picky(msg: mqtt.MQTTMessage, reason: str, detail: str, now: float,
-              acks: list[tuple[int, int, int]] | None = None) -> None:
+    def picky(
+        msg: mqtt.MQTTMessage,
+        reason: str,
+        detail: str,
+        now: float,
+        acks: list[tuple[int, int, int]] | None = None,
+    ) -> None:
         if msg.payload:
             raise UnicodeError("cannot write this one")
         letters(msg, reason, detail, now, acks)
@@ -114,13 +127,14 @@ def test_a_message_that_breaks_dead_lettering_still_leaves_its_reason(
     b._dead_letter = picky  # type: ignore[method-assign]
     deliver(b, message(f"fleet/{VIN}/telemetry".encode(), b'{"x":1}', mid=77))
     # The same MQTT message id (so it is acknowledged), the reason, no payload.
-    (mid, reason, detail, kept), = letters.calls
+    ((mid, reason, detail, kept),) = letters.calls
     assert (mid, reason, kept) == (77, "internal_error", b"")
     assert "payload not kept" in detail and "UnicodeError" in detail
 
 
 def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(metrics, "RATE_LIMITED_VINS", 2)
     b, letters = bridge(vehicle_rate_per_s=1.0, vehicle_burst=1)
     vins = [f"1FAST{n:012d}" for n in range(5)]
@@ -131,15 +145,17 @@ def test_the_per_vehicle_metric_names_a_bounded_number_of_vehicles(
     now = time.time()
     for v in vins:
         for i in range(3):  # one passes, two are over the limit
-            deliver(b, message(f"fleet/{v}/telemetry".encode(),
-                               encode(telemetry(v, f"{v}-{i}", now))))
+            deliver(
+                b, message(f"fleet/{v}/telemetry".encode(), encode(telemetry(v, f"{v}-{i}", now)))
+            )
     assert letters.calls == []  # held for a moment: one letter per vehicle's burst
     b._flush_excess(float("inf"))
     assert letters.reasons() == ["rate_limited"] * 10
     assert letters.counts == [2] * 5  # each vehicle's two excess messages in one letter
     assert len(b._limited) == 2
-    named = [v for v in vins
-             if metrics.RATE_LIMITED.labels("bridge", tokens[v])._value.get() > before[v]]
+    named = [
+        v for v in vins if metrics.RATE_LIMITED.labels("bridge", tokens[v])._value.get() > before[v]
+    ]
     assert named == vins[:2]
     assert metrics.RATE_LIMITED.labels("bridge", "other")._value.get() - other == 6
     # No VIN in any series: the label is the vehicle's keyed token.

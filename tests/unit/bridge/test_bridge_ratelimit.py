@@ -34,11 +34,14 @@ def test_vehicles_do_not_share_a_bucket() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), min_size=1,
-                max_size=400),
-       st.floats(min_value=0.1, max_value=50), st.integers(min_value=1, max_value=100))
-def test_never_more_than_burst_plus_rate_times_elapsed(times: list[float], rate: float,
-                                                       burst: int) -> None:
+@given(
+    st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), min_size=1, max_size=400),
+    st.floats(min_value=0.1, max_value=50),
+    st.integers(min_value=1, max_value=100),
+)
+def test_never_more_than_burst_plus_rate_times_elapsed(
+    times: list[float], rate: float, burst: int
+) -> None:
     times.sort()
     limiter = VehicleRateLimiter(rate=rate, burst=burst)
     n = admitted(limiter, "V", times)
@@ -70,14 +73,18 @@ def test_nonsense_limits_are_refused(rate: float, burst: int) -> None:
         VehicleRateLimiter(rate=rate, burst=burst)
 
 
-@pytest.mark.parametrize("line, setting", [
-    ("vehicle_rate_per_s = -1", "bridge.vehicle_rate_per_s"),
-    ("vehicle_burst = 0", "bridge.vehicle_burst"),
-    ("max_past_age_s = 0", "bridge.max_past_age_s"),
-    ("max_json_depth = 65", "bridge.max_json_depth"),
-])
-def test_bad_limits_fail_at_start_up_naming_the_setting(tmp_path: Path, line: str,
-                                                        setting: str) -> None:
+@pytest.mark.parametrize(
+    "line, setting",
+    [
+        ("vehicle_rate_per_s = -1", "bridge.vehicle_rate_per_s"),
+        ("vehicle_burst = 0", "bridge.vehicle_burst"),
+        ("max_past_age_s = 0", "bridge.max_past_age_s"),
+        ("max_json_depth = 65", "bridge.max_json_depth"),
+    ],
+)
+def test_bad_limits_fail_at_start_up_naming_the_setting(
+    tmp_path: Path, line: str, setting: str
+) -> None:
     path = tmp_path / "edge.toml"
     path.write_text(f"[bridge]\n{line}\n")
     with pytest.raises(ConfigError) as err:
@@ -87,8 +94,10 @@ def test_bad_limits_fail_at_start_up_naming_the_setting(tmp_path: Path, line: st
 
 def test_the_bridge_takes_its_limits_from_the_config(tmp_path: Path) -> None:
     path = tmp_path / "edge.toml"
-    path.write_text("[bridge]\nvehicle_rate_per_s = 2.5\nvehicle_burst = 7\n"
-                    "max_past_age_s = 600\nmax_json_depth = 4\n")
+    path.write_text(
+        "[bridge]\nvehicle_rate_per_s = 2.5\nvehicle_burst = 7\n"
+        "max_past_age_s = 600\nmax_json_depth = 4\n"
+    )
     bridge = Bridge(load(path))
     assert bridge.limiter is not None and (bridge.limiter.rate, bridge.limiter.burst) == (2.5, 7)
     assert (bridge.limits.max_past_age_s, bridge.limits.max_depth) == (600, 4)

@@ -55,10 +55,17 @@ def test_vin_of_topic_must_match_payload() -> None:
     assert reason(f"fleet/{other}/telemetry", encode(telemetry(VIN, "e", NOW))) == "vin_mismatch"
 
 
-@pytest.mark.parametrize("topic", [
-    "fleet/X/status", "fleet//telemetry", "other/ABC/telemetry", "fleet/A/B/telemetry",
-    "fleet", "",
-])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "fleet/X/status",
+        "fleet//telemetry",
+        "other/ABC/telemetry",
+        "fleet/A/B/telemetry",
+        "fleet",
+        "",
+    ],
+)
 def test_unknown_topics(topic: str) -> None:
     assert reason(topic, b"{}") == "unknown_topic"
 
@@ -74,17 +81,22 @@ def test_oversize_is_rejected_before_parsing() -> None:
     assert len(payload) > 1000
     assert reason(f"fleet/{VIN}/telemetry", payload, small) == "oversize"
     # The configured limit can only tighten the contract's.
-    assert Limits.from_registry(max_payload_bytes=10**6).max_payload_bytes == \
-        contracts.MAX_MESSAGE_BYTES
+    assert (
+        Limits.from_registry(max_payload_bytes=10**6).max_payload_bytes
+        == contracts.MAX_MESSAGE_BYTES
+    )
 
 
-@pytest.mark.parametrize("payload, expected", [
-    (b"{", "invalid_json"),
-    (b"\xff\xfe", "invalid_json"),
-    (b"[1, 2]", "wrong_type"),
-    (b"null", "wrong_type"),
-    (b"{}", "missing_field"),
-])
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (b"{", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"[1, 2]", "wrong_type"),
+        (b"null", "wrong_type"),
+        (b"{}", "missing_field"),
+    ],
+)
 def test_document_level_errors(payload: bytes, expected: str) -> None:
     assert reason(f"fleet/{VIN}/telemetry", payload) == expected
 
@@ -127,9 +139,13 @@ def test_arbitrary_bytes_never_escape_as_anything_but_rejected(payload: bytes) -
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(list(telemetry(VIN, "e", NOW))),
-                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                                 st.text(max_size=20)), max_size=30))
+@given(
+    st.dictionaries(
+        st.sampled_from(list(telemetry(VIN, "e", NOW))),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+        max_size=30,
+    )
+)
 def test_arbitrary_documents_are_accepted_or_rejected_with_a_reason(doc: dict) -> None:
     base = telemetry(VIN, "e", NOW)
     base.update(doc)
@@ -164,8 +180,7 @@ def test_deep_nesting_is_rejected_before_decoding(depth: int) -> None:
 def test_the_depth_limit_is_configurable_and_capped() -> None:
     doc = encode(telemetry(VIN, "e", NOW))[:-1] + b',"x":[[[1]]]}'
     validate(f"fleet/{VIN}/telemetry", doc, NOW, LIMITS)  # depth 4: unknown field, ignored
-    assert reason(f"fleet/{VIN}/telemetry", doc, Limits.from_registry(max_depth=3)) == \
-        "too_deep"
+    assert reason(f"fleet/{VIN}/telemetry", doc, Limits.from_registry(max_depth=3)) == "too_deep"
     assert Limits.from_registry(max_depth=10_000).max_depth == MAX_DEPTH_CEILING
 
 
@@ -178,14 +193,17 @@ def _depth(node: object) -> int:
 
 
 _TEXT = st.text(alphabet=st.sampled_from('[]{}"\\ab\u2028\x00'), max_size=8)
-_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), _TEXT),
-                     lambda inner: st.lists(inner, max_size=3)
-                     | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=40)
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _TEXT),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=40,
+)
 
 
 @settings(max_examples=500, deadline=None)
 @given(_JSON, st.booleans(), st.integers(min_value=0, max_value=12))
-def test_the_nesting_scan_agrees_with_the_parsed_depth(doc: object, ascii_only: bool,
-                                                       limit: int) -> None:
+def test_the_nesting_scan_agrees_with_the_parsed_depth(
+    doc: object, ascii_only: bool, limit: int
+) -> None:
     raw = json.dumps(doc, ensure_ascii=ascii_only).encode()
     assert nesting_exceeds(raw, limit) == (_depth(doc) > limit)

@@ -18,8 +18,16 @@ from edge.bridge.intake import IntakeClient, check_compatible
 Received = tuple[bytes, bytes, int, int, bool, bool]
 
 
-def _publish_bytes(topic: bytes, payload: bytes, qos: int, mid: int, *, retain: bool = False,
-                   dup: bool = False, properties: Properties | None = None) -> bytes:
+def _publish_bytes(
+    topic: bytes,
+    payload: bytes,
+    qos: int,
+    mid: int,
+    *,
+    retain: bool = False,
+    dup: bool = False,
+    properties: Properties | None = None,
+) -> bytes:
     """The PUBLISH packet stock paho sends (how a broker frames one for a subscriber too)."""
     stock = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="S", protocol=mqtt.MQTTv5)
     sent: list[bytes] = []
@@ -58,7 +66,8 @@ class _Pair(Generic[C]):
         self.client = client
         self.got: list[Received] = []
         client.on_message = lambda _c, _u, m: self.got.append(
-            (m._topic, bytes(m.payload), m.mid, m.qos, bool(m.dup), bool(m.retain)))
+            (m._topic, bytes(m.payload), m.mid, m.qos, bool(m.dup), bool(m.retain))
+        )
         self.ours, self.broker = socket.socketpair()
         self.ours.setblocking(False)
         self.broker.settimeout(2.0)
@@ -70,7 +79,7 @@ class _Pair(Generic[C]):
         view = memoryview(data)
         while True:
             if view:
-                view = view[self.broker.send(view[:65536]):]
+                view = view[self.broker.send(view[:65536]) :]
             for _ in range(10_000):
                 rc = self.client.loop_read()
                 if rc != mqtt.MQTT_ERR_SUCCESS or not self._unread():
@@ -100,8 +109,9 @@ class _Pair(Generic[C]):
 
 
 def _client(cls: type[C]) -> C:
-    return cls(mqtt.CallbackAPIVersion.VERSION2, client_id="B", protocol=mqtt.MQTTv5,
-               manual_ack=True)
+    return cls(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="B", protocol=mqtt.MQTTv5, manual_ack=True
+    )
 
 
 # Ours (the bridge's IntakeClient) beside stock paho, fed the same bytes.
@@ -131,7 +141,7 @@ def test_packets_split_at_every_byte(pairs: Pairs) -> None:
     small = b"".join(PACKETS[:4] + PACKETS[5:7])
     stock.feed(small)
     for i in range(len(small)):
-        ours.feed(small[i:i + 1])
+        ours.feed(small[i : i + 1])
     assert ours.got == stock.got
     assert not ours.client._rbuf  # nothing left over
 
@@ -144,7 +154,7 @@ def test_random_splits_of_a_long_stream(pairs: Pairs) -> None:
     i = 0
     while i < len(data):
         n = rng.choice((1, 2, 3, 17, 1000, 70_000))
-        ours.feed(data[i:i + n])
+        ours.feed(data[i : i + n])
         i += n
     assert len(ours.got) == 400
     assert ours.got == stock.got
@@ -183,8 +193,7 @@ def test_acks_of_a_lost_connection_are_never_sent(pairs: Pairs) -> None:
     assert ours.client.flush_acks() == mqtt.MQTT_ERR_SUCCESS
 
 
-def test_a_malformed_publish_ends_the_connection_as_paho_does(
-        pairs: Pairs) -> None:
+def test_a_malformed_publish_ends_the_connection_as_paho_does(pairs: Pairs) -> None:
     ours, stock = pairs
     # A QoS 1 PUBLISH whose properties length runs past the packet.
     bad = bytes([0x32, 8, 0, 1]) + b"t" + bytes([0, 5, 0x7F, 0, 0])
@@ -202,8 +211,7 @@ def test_manual_ack_is_required() -> None:
         IntakeClient(mqtt.CallbackAPIVersion.VERSION2, client_id="B", protocol=mqtt.MQTTv5)
 
 
-def test_a_message_whose_callback_raised_is_not_handed_over_again(
-        pairs: Pairs) -> None:
+def test_a_message_whose_callback_raised_is_not_handed_over_again(pairs: Pairs) -> None:
     ours, _ = pairs
     seen: list[int] = []
 

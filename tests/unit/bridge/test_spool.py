@@ -12,8 +12,11 @@ from edge.bridge.spool import CURSOR, Spool, SpoolError
 
 def fill(spool: Spool, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
-        assert spool.append(f"raw.t{i % 2}", None if i % 3 == 0 else f"k{i}".encode(),
-                            f"value-{i}".encode() * (1 + i % 5))
+        assert spool.append(
+            f"raw.t{i % 2}",
+            None if i % 3 == 0 else f"k{i}".encode(),
+            f"value-{i}".encode() * (1 + i % 5),
+        )
     spool.sync()
 
 
@@ -22,14 +25,20 @@ def test_records_come_back_in_order_with_topic_key_and_value(tmp_path: Path) -> 
     fill(spool, 500)
     got = spool.read(10_000)
     assert [(r.topic, r.key, r.value) for r in got] == [
-        (f"raw.t{i % 2}", None if i % 3 == 0 else f"k{i}".encode(),
-         f"value-{i}".encode() * (1 + i % 5)) for i in range(500)]
+        (
+            f"raw.t{i % 2}",
+            None if i % 3 == 0 else f"k{i}".encode(),
+            f"value-{i}".encode() * (1 + i % 5),
+        )
+        for i in range(500)
+    ]
     assert spool.caught_up() and not spool.empty()
     assert len(list(tmp_path.glob("*.log"))) > 5  # rolled over several segments
 
 
 def test_only_confirmed_records_leave_and_a_reopened_spool_resumes_at_the_first_gap(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     spool = Spool(tmp_path, max_bytes=10**9, segment_bytes=4096)
     fill(spool, 300)
     got = spool.read(300)

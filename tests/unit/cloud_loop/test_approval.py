@@ -71,13 +71,20 @@ def gateway_accepts(value: bytes, public_key: Path, tmp: Path) -> str:
     return model.version
 
 
-def _setup(registry: Registry, data: tuple[dict[str, list[Any]], list[Label]],
-           tmp_path: Path) -> tuple[TrainerService, Captured, Path]:
+def _setup(
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]], tmp_path: Path
+) -> tuple[TrainerService, Captured, Path]:
     key_file = tmp_path / "fleet.key"
     key = signing.create_private_key(key_file)
     pub = Captured(Releaser(key, registry.root, FLEET, 86_400.0))
-    settings = RetrainSettings(streams=("payments",), min_records=300, drift_check_s=0.0,
-                               seed_baselines=False, train=SMALL, require_approval=True)
+    settings = RetrainSettings(
+        streams=("payments",),
+        min_records=300,
+        drift_check_s=0.0,
+        seed_baselines=False,
+        train=SMALL,
+        require_approval=True,
+    )
     svc = TrainerService(registry, MemorySource(*data), key, settings, pub)
     return svc, pub, key_file.with_suffix(".pub")
 
@@ -97,8 +104,8 @@ def _awaiting(svc: TrainerService, pub: Captured, registry: Registry) -> Any:
 
 
 def test_an_approved_challenger_is_signed_and_published_only_after_approval(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]],
-        tmp_path: Path) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]], tmp_path: Path
+) -> None:
     svc, pub, public_key = _setup(registry, data, tmp_path)
     run = _awaiting(svc, pub, registry)
 
@@ -121,8 +128,8 @@ def test_an_approved_challenger_is_signed_and_published_only_after_approval(
 
 
 def test_a_rejected_challenger_is_never_published(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]],
-        tmp_path: Path) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]], tmp_path: Path
+) -> None:
     svc, pub, _public_key = _setup(registry, data, tmp_path)
     run = _awaiting(svc, pub, registry)
     signer = SigningService(registry, svc, pub, streams=("payments",))
@@ -147,21 +154,22 @@ def test_the_signer_refuses_requests_it_cannot_check(registry: Registry, tmp_pat
 
     registry.register(model_dir(tmp_path / "src", "v1"), state="champion")
     signer = SigningService(registry, None, None, streams=("payments",))
-    asked = [registry.add_request("promote", "alice", "operator", version="v9"),
-             registry.add_request("rollback", "alice", "operator", stream="lorries"),
-             registry.add_request("approve", "alice", "operator", run_id=77),
-             registry.add_request("retrain", "alice", "operator", stream="payments"),
-             registry.add_request("promote", "mallory", "", version="v1")]
+    asked = [
+        registry.add_request("promote", "alice", "operator", version="v9"),
+        registry.add_request("rollback", "alice", "operator", stream="lorries"),
+        registry.add_request("approve", "alice", "operator", run_id=77),
+        registry.add_request("retrain", "alice", "operator", stream="payments"),
+        registry.add_request("promote", "mallory", "", version="v1"),
+    ]
     done = {r.id: r for r in signer.handle_pending()}
-    assert [done[r.id].state for r in asked] == ["refused"] * 5, [
-        done[r.id].outcome for r in asked]
+    assert [done[r.id].state for r in asked] == ["refused"] * 5, [done[r.id].outcome for r in asked]
     assert "v9" in done[asked[0].id].outcome and "lorries" in done[asked[1].id].outcome
     assert "77" in done[asked[2].id].outcome and "trainer" in done[asked[3].id].outcome
 
 
-def test_the_signer_without_a_key_file_says_how_to_make_one(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+def test_the_signer_without_a_key_file_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cloud.signer.cli import signer as signer_cli
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -176,8 +184,8 @@ def test_the_signer_without_a_key_file_says_how_to_make_one(tmp_path: Path,
 
 
 def test_a_retrain_asked_for_on_the_dashboard_also_waits_for_approval(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]],
-        tmp_path: Path) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]], tmp_path: Path
+) -> None:
     svc, pub, _public_key = _setup(registry, data, tmp_path)
     with Actions(registry.root).start() as actions:
         assert actions.retrain("payments", "alice", "operator", "new fuel cards").ok
@@ -185,7 +193,10 @@ def test_a_retrain_asked_for_on_the_dashboard_also_waits_for_approval(
     assert done.state == "done" and "awaiting approval" in done.outcome, done.outcome
     [run] = registry.awaiting_approval("payments")
     assert (run.trigger, run.triggered_by, run.challenger) == (
-        "manual", "alice", done.result_version)
+        "manual",
+        "alice",
+        done.result_version,
+    )
     status = registry.status("payments")
     assert status is not None and status.state == "awaiting approval"
     assert pub.sent == [] and registry.champion("payments") is None

@@ -49,13 +49,15 @@ def test_constant_and_nan_features_do_not_break_psi() -> None:
 def test_detect_names_shifted_features_and_alert_rate_jumps() -> None:
     s = DriftSettings(min_events=500)
     ref = profile(_x(5000), FEATURES)
-    calm = detect(ref, _x(2000, seed=7), s, alert_rate=0.012, expected_alert_rate=0.01,
-                  scored_events=2000)
+    calm = detect(
+        ref, _x(2000, seed=7), s, alert_rate=0.012, expected_alert_rate=0.01, scored_events=2000
+    )
     assert not calm.drifted and "stable" in calm.reason
     shifted = detect(ref, _x(2000, shift=2.0, seed=8), s)
     assert shifted.drifted and "amount_z" in shifted.reason
-    alerts = detect(ref, _x(2000, seed=9), s, alert_rate=0.08, expected_alert_rate=0.01,
-                    scored_events=2000)
+    alerts = detect(
+        ref, _x(2000, seed=9), s, alert_rate=0.08, expected_alert_rate=0.01, scored_events=2000
+    )
     assert alerts.drifted and "alert rate 8.00%" in alerts.reason
     few = detect(ref, _x(100, shift=3.0), s)
     assert not few.drifted and "only 100" in few.reason
@@ -69,8 +71,16 @@ def test_psi_is_never_negative(shift: float, seed: int) -> None:
 
 
 def _eval(pr: float, fpr: float, recall: float) -> Evaluation:
-    return Evaluation(pr_auc=pr, roc_auc=0.9, precision=0.5, recall=recall,
-                      false_positive_rate=fpr, alert_rate=0.02, n=1000, positives=20)
+    return Evaluation(
+        pr_auc=pr,
+        roc_auc=0.9,
+        precision=0.5,
+        recall=recall,
+        false_positive_rate=fpr,
+        alert_rate=0.02,
+        n=1000,
+        positives=20,
+    )
 
 
 def test_decision_promotes_only_a_better_model() -> None:

@@ -94,15 +94,24 @@ def old_database(root: Path) -> int:
     db = sqlite3.connect(root / "registry.sqlite", isolation_level=None)
     db.executescript(OLD_SCHEMA)
     now = time.time()
-    cur = db.execute("INSERT INTO runs (stream, trigger, triggered_by, status, started_ts, "
-                     "decision, decision_reason, challenger) VALUES ('payments', 'drift', "
-                     "'drift-monitor', 'finished', ?, 'promoted', 'better', 'v1')", (now,))
+    cur = db.execute(
+        "INSERT INTO runs (stream, trigger, triggered_by, status, started_ts, "
+        "decision, decision_reason, challenger) VALUES ('payments', 'drift', "
+        "'drift-monitor', 'finished', ?, 'promoted', 'better', 'v1')",
+        (now,),
+    )
     run_id = int(cur.lastrowid or 0)
-    db.execute("INSERT INTO models (version, stream, path, sha256, manifest, metrics, state, "
-               "run_id, created_ts, registered_ts, updated_ts) VALUES ('v1', 'payments', "
-               "'/nowhere', 'ab', '{}', '{}', 'champion', ?, ?, ?, ?)", (run_id, now, now, now))
-    db.execute("INSERT INTO actions (ts, stream, action, version, actor) VALUES "
-               "(?, 'payments', 'promote', 'v1', 'alice')", (now,))
+    db.execute(
+        "INSERT INTO models (version, stream, path, sha256, manifest, metrics, state, "
+        "run_id, created_ts, registered_ts, updated_ts) VALUES ('v1', 'payments', "
+        "'/nowhere', 'ab', '{}', '{}', 'champion', ?, ?, ?, ?)",
+        (run_id, now, now, now),
+    )
+    db.execute(
+        "INSERT INTO actions (ts, stream, action, version, actor) VALUES "
+        "(?, 'payments', 'promote', 'v1', 'alice')",
+        (now,),
+    )
     with pytest.raises(sqlite3.IntegrityError):  # what the old CHECK refused
         db.execute("UPDATE runs SET decision = 'awaiting approval' WHERE id = ?", (run_id,))
     assert db.execute("PRAGMA user_version").fetchone()[0] == 0
@@ -123,8 +132,9 @@ def test_an_old_registry_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path)
         assert reg.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         # What the new version adds: a run awaiting approval, and operators' requests.
         waiting = reg.start_run("payments", "drift", "drift-monitor", "PSI 0.4")
-        reg.finish_run(waiting, decision="awaiting approval", decision_reason="better",
-                       challenger="v1")
+        reg.finish_run(
+            waiting, decision="awaiting approval", decision_reason="better", challenger="v1"
+        )
         assert [r.id for r in reg.awaiting_approval("payments")] == [waiting]
         req = reg.add_request("approve", "alice", "operator", run_id=waiting, reason="looks good")
         assert reg.request(req.id).state == "pending"

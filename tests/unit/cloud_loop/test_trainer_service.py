@@ -57,24 +57,29 @@ class Recorder:
 class GatewaySource(MemorySource):
     """Memory data plus each gateway's scores, as the cloud store serves them."""
 
-    def __init__(self, anon: dict[str, list[Any]], labels: list[Label],
-                 by_gateway: dict[str, list[Score]],
-                 alerts: dict[str, list[Alert]] | None = None) -> None:
+    def __init__(
+        self,
+        anon: dict[str, list[Any]],
+        labels: list[Label],
+        by_gateway: dict[str, list[Score]],
+        alerts: dict[str, list[Alert]] | None = None,
+    ) -> None:
         super().__init__(anon, labels)
         self.by_gateway = by_gateway
         self.alerts = alerts or {}
 
     def gateway_alerts(self, since_ts: float) -> dict[str, list[Alert]]:
-        return {gw: [a for a in items if a.start_ts >= since_ts]
-                for gw, items in self.alerts.items()}
+        return {
+            gw: [a for a in items if a.start_ts >= since_ts] for gw, items in self.alerts.items()
+        }
 
     def gateway_scores(self, stream: str, since_ts: float) -> dict[str, list[Score]]:
-        return {gw: [s for s in items if s.ts >= since_ts]
-                for gw, items in self.by_gateway.items()}
+        return {gw: [s for s in items if s.ts >= since_ts] for gw, items in self.by_gateway.items()}
 
 
 def test_the_first_cycle_seeds_the_shipped_baselines_as_champions(
-        registry: Registry, tmp_path: Path) -> None:
+    registry: Registry, tmp_path: Path
+) -> None:
     key = signing.generate_private_key()
     pub = Recorder()
     svc = TrainerService(registry, MemorySource({}, []), key, RetrainSettings(), pub)
@@ -86,8 +91,9 @@ def test_the_first_cycle_seeds_the_shipped_baselines_as_champions(
         # Re-signed with the cloud's key: a rollback to it verifies on the gateways.
         signing.verify_model_dir(champion.path, key.public_key())
         with pytest.raises(signing.SignatureError):
-            signing.verify_model_dir(champion.path,
-                                     signing.load_public_key(baselines.BASELINE_PUBLIC_KEY))
+            signing.verify_model_dir(
+                champion.path, signing.load_public_key(baselines.BASELINE_PUBLIC_KEY)
+            )
         promoted = [a for a in registry.actions(stream) if a["action"] == "promote"]
         assert promoted and "baseline" in promoted[0]["reason"]
         status = registry.status(stream)
@@ -100,13 +106,20 @@ def test_the_first_cycle_seeds_the_shipped_baselines_as_champions(
 
 
 def test_too_little_data_waits_and_rechecks_instead_of_failing(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
     anon, labels = data
     few = {"payments": anon["payments"][:100]}
-    settings = RetrainSettings(streams=("payments",), min_records=1000, drift_check_s=60.0,
-                               seed_baselines=False, train=SMALL)
-    svc = TrainerService(registry, MemorySource(few, labels), signing.generate_private_key(),
-                         settings)
+    settings = RetrainSettings(
+        streams=("payments",),
+        min_records=1000,
+        drift_check_s=60.0,
+        seed_baselines=False,
+        train=SMALL,
+    )
+    svc = TrainerService(
+        registry, MemorySource(few, labels), signing.generate_private_key(), settings
+    )
     assert svc.cycle(NOW) == []
     status = registry.status("payments")
     assert status is not None and status.state == "waiting for data"
@@ -119,10 +132,12 @@ def test_too_little_data_waits_and_rechecks_instead_of_failing(
 
 
 def test_without_labels_it_waits_unless_unlabelled_promotion_is_allowed(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
     anon, _labels = data
-    settings = RetrainSettings(streams=("payments",), min_records=300, seed_baselines=False,
-                               train=SMALL)
+    settings = RetrainSettings(
+        streams=("payments",), min_records=300, seed_baselines=False, train=SMALL
+    )
     key = signing.generate_private_key()
     svc = TrainerService(registry, MemorySource(anon, []), key, settings)
     assert svc.cycle(NOW) == []
@@ -143,12 +158,18 @@ def test_without_labels_it_waits_unless_unlabelled_promotion_is_allowed(
 
 
 def test_a_holdout_with_one_labelled_episode_waits_for_more_labels(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
     anon, labels = data
-    settings = RetrainSettings(streams=("telemetry",), min_records=300, seed_baselines=False,
-                               train=replace(SMALL, split="vehicle"))
-    svc = TrainerService(registry, MemorySource(anon, labels), signing.generate_private_key(),
-                         settings)
+    settings = RetrainSettings(
+        streams=("telemetry",),
+        min_records=300,
+        seed_baselines=False,
+        train=replace(SMALL, split="vehicle"),
+    )
+    svc = TrainerService(
+        registry, MemorySource(anon, labels), signing.generate_private_key(), settings
+    )
     # One episode labelled so far (the others still running, say): the stratified split
     # gives its vehicle to the holdout, which then judges on that one fault alone.
     first = next(lab.episode_id for lab in labels if lab.stream == "telemetry")
@@ -164,13 +185,20 @@ def test_a_holdout_with_one_labelled_episode_waits_for_more_labels(
 
 
 def test_failed_runs_back_off_doubling(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
     anon, labels = data
     # An int8 check no model can pass: every run fails.
-    settings = RetrainSettings(streams=("payments",), min_records=300, drift_check_s=100.0,
-                               seed_baselines=False, train=replace(SMALL, max_auc_drop=-1.0))
-    svc = TrainerService(registry, MemorySource(anon, labels), signing.generate_private_key(),
-                         settings)
+    settings = RetrainSettings(
+        streams=("payments",),
+        min_records=300,
+        drift_check_s=100.0,
+        seed_baselines=False,
+        train=replace(SMALL, max_auc_drop=-1.0),
+    )
+    svc = TrainerService(
+        registry, MemorySource(anon, labels), signing.generate_private_key(), settings
+    )
     [run] = svc.cycle(NOW)
     assert run.decision == "failed" and "QuantizationError" in run.error
     status = registry.status("payments")
@@ -185,13 +213,24 @@ def test_failed_runs_back_off_doubling(
 
 
 def _scores(records: list[Any], version: str, anomalous: Any) -> list[Score]:
-    return [Score(event_id=r.event_id, ts=r.ts, stream="telemetry", token=key_token(r),
-                  score=1.0, threshold=0.5, model_version=version, anomalous=anomalous(r))
-            for r in records]
+    return [
+        Score(
+            event_id=r.event_id,
+            ts=r.ts,
+            stream="telemetry",
+            token=key_token(r),
+            score=1.0,
+            threshold=0.5,
+            model_version=version,
+            anomalous=anomalous(r),
+        )
+        for r in records
+    ]
 
 
 def test_drift_names_the_gateway_whose_false_alerts_rose(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
     anon, labels = data
     telemetry = anon["telemetry"]
     labelled = {lab.event_id for lab in labels}
@@ -202,9 +241,12 @@ def test_drift_names_the_gateway_whose_false_alerts_rose(
     for r in telemetry:
         first.setdefault(r.vehicle_token, r.ts)
     warm = feature_memory_s("telemetry")
-    svc = TrainerService(registry, MemorySource({}, []), signing.generate_private_key(),
-                         RetrainSettings(streams=("telemetry",), recent_s=1e9,
-                                         drift=DriftSettings(min_events=500)))
+    svc = TrainerService(
+        registry,
+        MemorySource({}, []),
+        signing.generate_private_key(),
+        RetrainSettings(streams=("telemetry",), recent_s=1e9, drift=DriftSettings(min_events=500)),
+    )
     svc.cycle(NOW)  # seeds the baseline champion
     champion = registry.champion("telemetry")
     assert champion is not None
@@ -217,47 +259,78 @@ def test_drift_names_the_gateway_whose_false_alerts_rose(
 
     by_gateway = {
         # One vehicle of the north is failing, its labels not in yet: a fault, not drift.
-        "gw-north": _scores([r for r in telemetry if r.vehicle_token in north],
-                            champion.version, lambda r: cold(r) or r.event_id in labelled
-                            or r.vehicle_token == failing),
-        "gw-south": _scores([r for r in telemetry if r.vehicle_token not in north],
-                            champion.version, south_drifted),
+        "gw-north": _scores(
+            [r for r in telemetry if r.vehicle_token in north],
+            champion.version,
+            lambda r: cold(r) or r.event_id in labelled or r.vehicle_token == failing,
+        ),
+        "gw-south": _scores(
+            [r for r in telemetry if r.vehicle_token not in north], champion.version, south_drifted
+        ),
     }
     south = [r for r in telemetry if r.vehicle_token not in north]
 
     def alert(i: int, state: AlertState, features: list[tuple[str, float]]) -> Alert:
         r = south[i]
-        return Alert(alert_id=f"a{i}", stream="telemetry", token=r.vehicle_token, state=state,
-                     start_ts=r.ts, peak_ts=r.ts, end_ts=r.ts + 10, peak_score=2.0,
-                     threshold=1.0, event_ids=[r.event_id], model_version=champion.version,
-                     top_features=[Contribution(f, e) for f, e in features])
+        return Alert(
+            alert_id=f"a{i}",
+            stream="telemetry",
+            token=r.vehicle_token,
+            state=state,
+            start_ts=r.ts,
+            peak_ts=r.ts,
+            end_ts=r.ts + 10,
+            peak_score=2.0,
+            threshold=1.0,
+            event_ids=[r.event_id],
+            model_version=champion.version,
+            top_features=[Contribution(f, e) for f, e in features],
+        )
 
     newcomer = south[0]  # an alert in a vehicle's first minute: its features still filling
-    alerts = {"gw-south": [Alert(alert_id="a0", stream="telemetry", token=newcomer.vehicle_token,
-                                 state="closed", start_ts=newcomer.ts, peak_ts=newcomer.ts,
-                                 end_ts=newcomer.ts + 5, peak_score=9.0, threshold=1.0,
-                                 event_ids=[newcomer.event_id], model_version=champion.version,
-                                 top_features=[Contribution("frame_gap_s", 50.0)]),
-                           alert(1000, "open", [("coolant_c", 9.0)]),  # superseded below
-                           alert(1000, "closed", [("tyre_fl_kpa", 3.0), ("coolant_c", 1.0)]),
-                           alert(2000, "closed", [("tyre_fl_kpa", 3.0), ("tyre_fr_kpa", 2.0)]),
-                           alert(3000, "closed", [("tyre_fr_kpa", 1.0)])]}
+    alerts = {
+        "gw-south": [
+            Alert(
+                alert_id="a0",
+                stream="telemetry",
+                token=newcomer.vehicle_token,
+                state="closed",
+                start_ts=newcomer.ts,
+                peak_ts=newcomer.ts,
+                end_ts=newcomer.ts + 5,
+                peak_score=9.0,
+                threshold=1.0,
+                event_ids=[newcomer.event_id],
+                model_version=champion.version,
+                top_features=[Contribution("frame_gap_s", 50.0)],
+            ),
+            alert(1000, "open", [("coolant_c", 9.0)]),  # superseded below
+            alert(1000, "closed", [("tyre_fl_kpa", 3.0), ("coolant_c", 1.0)]),
+            alert(2000, "closed", [("tyre_fl_kpa", 3.0), ("tyre_fr_kpa", 2.0)]),
+            alert(3000, "closed", [("tyre_fr_kpa", 1.0)]),
+        ]
+    }
     svc.source = GatewaySource({"telemetry": telemetry}, labels, by_gateway, alerts)
     report = svc.check_drift("telemetry")
     assert report.drifted and report.drifted_gateways == ["gw-south"], report
     assert "gw-south: alert rate" in report.reason and "gw-north" not in report.reason
     # The features the drifted gateway's alerts blame (each alert's last state counts).
-    assert report.blamed["gw-south"] == [("tyre_fl_kpa", 0.6), ("tyre_fr_kpa", 0.3),
-                                         ("coolant_c", 0.1)]
+    assert report.blamed["gw-south"] == [
+        ("tyre_fl_kpa", 0.6),
+        ("tyre_fr_kpa", 0.3),
+        ("coolant_c", 0.1),
+    ]
     assert "gw-south's alerts point at tyre_fl_kpa 60%" in report.reason
     north_rate = report.gateways["gw-north"]["alert_rate"]
-    assert north_rate == 0.0, \
+    assert north_rate == 0.0, (
         "a vehicle's first minute, labelled faults and a failing vehicle are not false alerts"
+    )
     assert 0.05 < report.gateways["gw-south"]["alert_rate"] < 0.15
 
     # Scores of another model version say nothing about the champion.
-    by_gateway["gw-south"] = _scores([r for r in telemetry if r.vehicle_token not in north],
-                                     "another-model", lambda r: True)
+    by_gateway["gw-south"] = _scores(
+        [r for r in telemetry if r.vehicle_token not in north], "another-model", lambda r: True
+    )
     assert not svc.check_drift("telemetry").drifted
 
 
@@ -301,8 +374,15 @@ def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) ->
     source = Flaky()
 
     def signer(stop: threading.Event, poll_s: float) -> None:
-        serve(tmp_path / "registry", lambda reg: TrainerService(reg, source, key, settings),
-              None, stop, streams=("telemetry",), poll_s=poll_s, train_poll_s=poll_s)
+        serve(
+            tmp_path / "registry",
+            lambda reg: TrainerService(reg, source, key, settings),
+            None,
+            stop,
+            streams=("telemetry",),
+            poll_s=poll_s,
+            train_poll_s=poll_s,
+        )
 
     calls = _loop_until(signer, source, 3)
     assert calls >= 3, "the signer's training loop stopped at the first unexpected error"
@@ -310,17 +390,26 @@ def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) ->
     with Registry(tmp_path / "registry2") as reg:
         flaky = Flaky()
         svc = TrainerService(reg, flaky, key, settings)
-        assert _loop_until(svc.run, flaky, 3) >= 3, \
+        assert _loop_until(svc.run, flaky, 3) >= 3, (
             "the trainer service stopped at the first unexpected error"
+        )
 
 
 def test_a_new_champion_settles_before_drift_may_retrain_it(
-        registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]) -> None:
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
     anon, labels = data
-    settings = RetrainSettings(streams=("payments",), min_records=300, drift_check_s=0.0,
-                               settle_s=600.0, seed_baselines=False, train=SMALL)
-    svc = TrainerService(registry, MemorySource(anon, labels), signing.generate_private_key(),
-                         settings)
+    settings = RetrainSettings(
+        streams=("payments",),
+        min_records=300,
+        drift_check_s=0.0,
+        settle_s=600.0,
+        seed_baselines=False,
+        train=SMALL,
+    )
+    svc = TrainerService(
+        registry, MemorySource(anon, labels), signing.generate_private_key(), settings
+    )
     [run] = svc.cycle(NOW)
     assert run.decision == "promoted", (run.decision_reason, run.error)
     status = registry.status("payments")

@@ -34,11 +34,14 @@ USERS = {"alice": ("alice's password", "operator"), "vera": ("vera's password", 
 
 def make_dashboard(tmp_path: Path) -> Dashboard:
     store = DashboardStore(tmp_path).start()
-    users = Users({name: User(name, hash_password(pw, **FAST), role)
-                   for name, (pw, role) in USERS.items()}, store)
+    users = Users(
+        {name: User(name, hash_password(pw, **FAST), role) for name, (pw, role) in USERS.items()},
+        store,
+    )
     actions = Actions(tmp_path / "registry").start()
-    return Dashboard(DashboardSettings(state_dir=tmp_path), users, Signer(b"k" * 32),
-                     LiveState(), actions, store)
+    return Dashboard(
+        DashboardSettings(state_dir=tmp_path), users, Signer(b"k" * 32), LiveState(), actions, store
+    )
 
 
 @pytest.fixture()
@@ -63,9 +66,11 @@ def csrf_of(html: str) -> str:
 
 def try_sign_in(client: TestClient, user: str, password: str) -> httpx.Response:
     token = csrf_of(client.get("/login").text)
-    return client.post("/login", data={"csrf_token": token, "username": user,
-                                       "password": password, "next": "/runs"},
-                       follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"csrf_token": token, "username": user, "password": password, "next": "/runs"},
+        follow_redirects=False,
+    )
 
 
 def sign_in(client: TestClient, user: str = "alice") -> str:
@@ -83,35 +88,46 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_a_viewer_can_look_but_not_promote_roll_back_or_retrain(
-        client: TestClient, dash: Dashboard) -> None:
+    client: TestClient, dash: Dashboard
+) -> None:
     csrf = sign_in(client, "vera")
     runs = client.get("/runs")
     assert runs.status_code == 200 and "/actions/" not in runs.text  # no buttons to press
     assert client.get("/api/runs").status_code == 200  # reading is fine
-    for kind, form in (("promote", {"version": "x"}), ("rollback", {"stream": "payments"}),
-                       ("retrain", {"stream": "payments"})):
+    for kind, form in (
+        ("promote", {"version": "x"}),
+        ("rollback", {"stream": "payments"}),
+        ("retrain", {"stream": "payments"}),
+    ):
         confirm = client.get(f"/actions/{kind}?stream=payments&version=x")
         assert confirm.status_code == 403 and "operator" in confirm.text, kind
-        post = client.post(f"/actions/{kind}", data={**form, "csrf_token": csrf},
-                           follow_redirects=False)
+        post = client.post(
+            f"/actions/{kind}", data={**form, "csrf_token": csrf}, follow_redirects=False
+        )
         assert post.status_code == 403 and "operator" in post.text, kind
         api = client.post(f"/api/actions/{kind}", json=form, headers={"X-CSRF-Token": csrf})
         assert api.status_code == 403 and "operator" in api.json()["error"], kind
     client.cookies.clear()
-    by_basic = client.post("/api/actions/retrain", json={"stream": "payments"},
-                           headers=basic("vera", USERS["vera"][0]))
+    by_basic = client.post(
+        "/api/actions/retrain", json={"stream": "payments"}, headers=basic("vera", USERS["vera"][0])
+    )
     assert by_basic.status_code == 403 and "viewer" in by_basic.json()["error"]
     assert dash.actions.registry().requests() == []  # nothing recorded for the signer
 
     # The operator beside her still has the buttons and may use them.
     op_csrf = sign_in(client, "alice")
     assert 'href="/actions/retrain?stream=payments"' in client.get("/runs").text
-    done = client.post("/api/actions/retrain", json={"stream": "payments"},
-                       headers={"X-CSRF-Token": op_csrf})
+    done = client.post(
+        "/api/actions/retrain", json={"stream": "payments"}, headers={"X-CSRF-Token": op_csrf}
+    )
     assert done.status_code == 200, done.text
     [asked] = dash.actions.registry().requests()
     assert (asked.kind, asked.stream, asked.actor, asked.role) == (
-        "retrain", "payments", "alice", "operator")
+        "retrain",
+        "payments",
+        "alice",
+        "operator",
+    )
 
 
 # --- guessing passwords -----------------------------------------------------------------------
@@ -149,10 +165,14 @@ def test_a_success_resets_the_count(client: TestClient) -> None:
 
 def test_one_address_cycling_names_is_locked_out(dash: Dashboard) -> None:
     app = create_app(dash)
-    with TestClient(app, client=("203.0.113.9", 4000)) as attacker, \
-            TestClient(app, client=("198.51.100.7", 4000)) as bystander:
-        codes = [attacker.get("/api/fleet", headers=basic(f"user{i}", "guess")).status_code
-                 for i in range(20)]
+    with (
+        TestClient(app, client=("203.0.113.9", 4000)) as attacker,
+        TestClient(app, client=("198.51.100.7", 4000)) as bystander,
+    ):
+        codes = [
+            attacker.get("/api/fleet", headers=basic(f"user{i}", "guess")).status_code
+            for i in range(20)
+        ]
         assert codes == [401] * 20
         refused = attacker.get("/api/fleet", headers=basic("alice", USERS["alice"][0]))
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
@@ -164,7 +184,8 @@ def test_one_address_cycling_names_is_locked_out(dash: Dashboard) -> None:
 
 
 def test_pages_are_served_while_passwords_are_being_checked(
-        dash: Dashboard, monkeypatch: pytest.MonkeyPatch) -> None:
+    dash: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three Basic sign-ins whose hashes are held mid-check; a signed-in page still loads."""
     app = create_app(dash)
     gate, lock = threading.Event(), threading.Lock()
@@ -183,16 +204,25 @@ def test_pages_are_served_while_passwords_are_being_checked(
 
     async def scenario() -> tuple[int, int, list[int]]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c, \
-                httpx.AsyncClient(transport=transport, base_url="http://testserver") as bad:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as c,
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as bad,
+        ):
             form = await c.get("/login")
-            signed = await c.post("/login", data={
-                "csrf_token": csrf_of(form.text), "username": "alice",
-                "password": USERS["alice"][0]})
+            signed = await c.post(
+                "/login",
+                data={
+                    "csrf_token": csrf_of(form.text),
+                    "username": "alice",
+                    "password": USERS["alice"][0],
+                },
+            )
             assert signed.status_code in (200, 303)
             monkeypatch.setattr(auth, "verify_password", held_verify)
-            guesses = [asyncio.create_task(bad.get("/api/fleet", headers=basic(f"m{i}", "x")))
-                       for i in range(3)]
+            guesses = [
+                asyncio.create_task(bad.get("/api/fleet", headers=basic(f"m{i}", "x")))
+                for i in range(3)
+            ]
             for _ in range(500):  # until the hashing threads hold two checks
                 if state["in_flight"] >= 2 or all(g.done() for g in guesses):
                     break
@@ -218,26 +248,30 @@ def test_pages_are_served_while_passwords_are_being_checked(
 
 def _cli(tmp_path: Path, *args: str, input: str | None = None) -> Any:
     toml = tmp_path / "cloud.toml"
-    toml.write_text(f'[dashboard]\nstate_dir = "{tmp_path}"\n'
-                    f'[registry]\nroot = "{tmp_path / "registry"}"\n')
+    toml.write_text(
+        f'[dashboard]\nstate_dir = "{tmp_path}"\n[registry]\nroot = "{tmp_path / "registry"}"\n'
+    )
     return CliRunner().invoke(dashboard_cli, [*args, "--config", str(toml)], input=input)
 
 
 def test_a_copied_cookie_dies_with_sign_out(client: TestClient) -> None:
     csrf = sign_in(client, "alice")
     stolen = client.cookies[SESSION_COOKIE]
-    assert client.post("/logout", data={"csrf_token": csrf},
-                       follow_redirects=False).status_code == 303
+    assert (
+        client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    )
     client.cookies.set(SESSION_COOKIE, stolen)
     assert client.get("/api/fleet").status_code == 401
     assert client.get("/fleet", follow_redirects=False).status_code == 303
 
 
 def test_removing_a_user_or_changing_their_password_or_role_ends_their_sessions(
-        client: TestClient, tmp_path: Path) -> None:
+    client: TestClient, tmp_path: Path
+) -> None:
     password = "bob's password"
-    added = _cli(tmp_path, "user", "add", "bob", "--role", "operator",
-                 input=f"{password}\n{password}\n")
+    added = _cli(
+        tmp_path, "user", "add", "bob", "--role", "operator", input=f"{password}\n{password}\n"
+    )
     assert added.exit_code == 0, added.output
 
     def bob_signs_in(pw: str = password) -> str:
@@ -276,8 +310,9 @@ def test_a_retrain_flood_records_one_per_stream(client: TestClient, dash: Dashbo
     csrf = sign_in(client, "alice")
 
     def retrain(stream: str) -> httpx.Response:
-        return client.post("/api/actions/retrain", json={"stream": stream},
-                           headers={"X-CSRF-Token": csrf})
+        return client.post(
+            "/api/actions/retrain", json={"stream": stream}, headers={"X-CSRF-Token": csrf}
+        )
 
     first = retrain("payments")
     assert first.status_code == 200, first.text

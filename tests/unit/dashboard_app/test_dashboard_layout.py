@@ -30,6 +30,7 @@ def test_no_function_of_the_dashboard_is_over_60_lines() -> None:
 
 
 def test_create_app_only_assembles_the_route_modules() -> None:
-    [(lines, _)] = [f for f in functions() if f[1].startswith("app.py") and
-                    f[1].endswith(" create_app")]
+    [(lines, _)] = [
+        f for f in functions() if f[1].startswith("app.py") and f[1].endswith(" create_app")
+    ]
     assert lines < 30

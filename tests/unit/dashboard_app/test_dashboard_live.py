@@ -50,18 +50,21 @@ def test_sessions_expire_and_end_with_any_change_to_their_user(tmp_path: Path) -
         assert all(token.encode() not in f.read_bytes() for f in files)  # kept hashed
         assert all(f.stat().st_mode & 0o077 == 0 for f in files)
         # A user of cloud.toml edited and the dashboard restarted: the stamp no longer fits.
-        for changed in (User("alice", alice.password_hash, "viewer"),
-                        User("alice", hash_password("pw", n=2**10), "operator")):
+        for changed in (
+            User("alice", alice.password_hash, "viewer"),
+            User("alice", hash_password("pw", n=2**10), "operator"),
+        ):
             assert changed.stamp != row.stamp
     finally:
         store.close()
 
 
-def test_users_from_before_roles_are_operators_and_new_entries_say_theirs(
-        tmp_path: Path) -> None:
+def test_users_from_before_roles_are_operators_and_new_entries_say_theirs(tmp_path: Path) -> None:
     toml = tmp_path / "cloud.toml"
-    toml.write_text('[dashboard]\nusers = [{ name = "alice", password_hash = "scrypt$x" },\n'
-                    '  { name = "vera", password_hash = "scrypt$y", role = "viewer" }]\n')
+    toml.write_text(
+        '[dashboard]\nusers = [{ name = "alice", password_hash = "scrypt$x" },\n'
+        '  { name = "vera", password_hash = "scrypt$y", role = "viewer" }]\n'
+    )
     alice, vera = cloud_config.load(toml).dashboard.users
     assert (alice.role, vera.role) == ("operator", "viewer")
     legacy = Users({"alice": hash_password("pw", n=2**10)}).get("alice")  # a bare hash
@@ -72,9 +75,18 @@ def test_users_from_before_roles_are_operators_and_new_entries_say_theirs(
 
 
 def _score(ts: float, anomalous: bool, version: str = "v1") -> bytes:
-    return encode(Score(event_id=f"e{ts}", ts=ts, stream="payments", token="card-token-1",
-                        score=2.0 if anomalous else 0.1, threshold=1.0, model_version=version,
-                        anomalous=anomalous))
+    return encode(
+        Score(
+            event_id=f"e{ts}",
+            ts=ts,
+            stream="payments",
+            token="card-token-1",
+            score=2.0 if anomalous else 0.1,
+            threshold=1.0,
+            model_version=version,
+            anomalous=anomalous,
+        )
+    )
 
 
 class _NoRegistry(Registry):
@@ -112,8 +124,9 @@ def test_a_gateway_shows_the_model_it_reported_active_before_scoring_with_it() -
     live.on_record("edge-1.scores.payments", _score(now - 20, False, "v1"), now - 20)
 
     def status(version: str, state: ModelState, ts: float) -> bytes:
-        return encode(ModelStatus(edge_id="edge-1", stream="payments", version=version,
-                                  state=state, ts=ts))
+        return encode(
+            ModelStatus(edge_id="edge-1", stream="payments", version=version, state=state, ts=ts)
+        )
 
     def model() -> str:
         return str(fleet(live, _NoRegistry(), now)["gateways"][0]["models"][0]["version"])
@@ -138,8 +151,13 @@ class _NoModels(_NoRegistry):
         return None
 
 
-def _fed(first: float, last: float, every: float = 1.0, skip: tuple[float, float] = (0, 0),
-         window_s: float = 3600) -> LiveState:
+def _fed(
+    first: float,
+    last: float,
+    every: float = 1.0,
+    skip: tuple[float, float] = (0, 0),
+    window_s: float = 3600,
+) -> LiveState:
     """Payments scored one per ``every`` seconds over [first, last], none inside ``skip``."""
     live = LiveState(bucket_s=10, window_s=window_s, offline_after_s=30)
     ts = first
@@ -158,8 +176,13 @@ def test_charts_fit_the_data_not_a_fixed_hour_and_the_window_can_be_chosen() -> 
     t = fit["rates"]["t"]
     assert (t[0], t[-1], len(t)) == (9_400.0, 10_000.0, 61)  # not 361 buckets of an hour
     assert fit["decisions"]["t"] == t and fit["alerts_by_kind"]["t"] == t
-    assert fit["window"] == {"fit": True, "seconds": None, "bucket_s": 10, "start": 9_400.0,
-                             "end": 10_000.5}
+    assert fit["window"] == {
+        "fit": True,
+        "seconds": None,
+        "bucket_s": 10,
+        "start": 9_400.0,
+        "end": 10_000.5,
+    }
     gw = gateway(live, _NoModels(), "edge-1", now)
     assert gw is not None and gw["series"]["t"] == t
 
@@ -211,8 +234,7 @@ def test_a_device_clock_ahead_does_not_drag_the_charts_forward() -> None:
 def test_with_no_data_fitting_shows_nothing_and_a_fixed_window_shows_zeros() -> None:
     live = LiveState(bucket_s=10, window_s=3600)
     fit = detection(live, _NoModels(), 10_000.0)
-    assert fit["rates"]["t"] == [] and fit["decisions"]["rates"] == {"approve": [],
-                                                                     "decline": []}
+    assert fit["rates"]["t"] == [] and fit["decisions"]["rates"] == {"approve": [], "decline": []}
     five = detection(live, _NoModels(), 10_009.0, window_s=300)
     assert len(five["decisions"]["t"]) == 31
     assert five["decisions"]["rates"]["approve"][:-1] == [0.0] * 30
@@ -226,7 +248,11 @@ def test_a_window_is_fit_all_or_whole_seconds_within_what_is_kept() -> None:
         with pytest.raises(BadQuery, match="window must be 'fit', 'all' or a whole number of"):
             chart_window(bad, live)
     labels = [(c["label"], c["current"]) for c in window_choices(live, 900)]
-    assert labels == [("fit to data", False), ("5 min", False), ("15 min", True),
-                      ("all kept (1 h)", False)]
+    assert labels == [
+        ("fit to data", False),
+        ("5 min", False),
+        ("15 min", True),
+        ("all kept (1 h)", False),
+    ]
     assert window_choices(live, 600)[-1] == {"value": "600", "label": "10 min", "current": True}
     assert window_choices(live, 3600)[-1]["current"]  # "all"

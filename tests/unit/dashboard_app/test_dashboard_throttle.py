@@ -53,8 +53,9 @@ def test_a_success_clears_the_name_and_gives_the_address_its_attempt_back() -> N
 
 def test_an_attacker_cycling_names_cannot_grow_it_without_bound() -> None:
     clock = Clock()
-    t = SignInThrottle(max_failures=5, per_address=20, window_s=900, lockout_s=900,
-                       max_tracked=1000, clock=clock)
+    t = SignInThrottle(
+        max_failures=5, per_address=20, window_s=900, lockout_s=900, max_tracked=1000, clock=clock
+    )
     for i in range(50_000):
         t.attempt(f"name{i}", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
     assert len(t) <= 1000

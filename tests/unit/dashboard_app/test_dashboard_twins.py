@@ -24,8 +24,12 @@ def dash(tmp_path: Path) -> Iterator[Dashboard]:
     with Registry(tmp_path / "registry") as reg:
         reg.register(model_dir(tmp_path / "src", "v1"), state="champion")
         run_id = reg.start_run("payments", "drift", "drift-monitor", "feature PSI 0.4")
-        reg.finish_run(run_id, decision="awaiting approval", decision_reason="better on PR AUC",
-                       challenger="v1")
+        reg.finish_run(
+            run_id,
+            decision="awaiting approval",
+            decision_reason="better on PR AUC",
+            challenger="v1",
+        )
     d = make_dashboard(tmp_path)
     yield d
     d.actions.close()
@@ -46,7 +50,8 @@ def counted(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
 
 
 def test_one_model_shows_the_same_version_on_the_page_the_partial_and_the_json(
-        dash: Dashboard, monkeypatch: pytest.MonkeyPatch) -> None:
+    dash: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = counted(monkeypatch, "fleet")
     with TestClient(create_app(dash)) as client:
         sign_in(client, "vera")
@@ -62,7 +67,8 @@ def test_one_model_shows_the_same_version_on_the_page_the_partial_and_the_json(
 
 
 def test_one_run_is_the_same_run_on_the_page_the_partial_and_the_json(
-        dash: Dashboard, monkeypatch: pytest.MonkeyPatch) -> None:
+    dash: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = counted(monkeypatch, "runs")
     with TestClient(create_app(dash)) as client:
         sign_in(client, "alice")

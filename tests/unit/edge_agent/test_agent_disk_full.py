@@ -47,21 +47,32 @@ def write_errors() -> float:
 
 
 def test_a_model_on_a_full_disk_fails_cleanly_and_installs_once_there_is_room(
-        full_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The shipped payments model, signed and released by this test's fleet key.
     key = signing.generate_private_key()
     model = tmp_path / "model"
     shutil.copytree(baseline_dir("payments"), model)
     signing.sign_model_dir(model, key)
     signing.write_public_key(key, tmp_path / "fleet.pub")
-    config = EdgeConfig(data_dir=full_disk, agent=AgentSettings(shadow_window=0),
-                        scorer=ScorerSettings(public_key=tmp_path / "fleet.pub"))
+    config = EdgeConfig(
+        data_dir=full_disk,
+        agent=AgentSettings(shadow_window=0),
+        scorer=ScorerSettings(public_key=tmp_path / "fleet.pub"),
+    )
     agent = ModelAgent(config)
     agent.store.start()
     monkeypatch.setattr(agent, "_start_watch", lambda watch: None)  # no Kafka here
     version = json.loads((model / "manifest.json").read_text())["version"]
-    release = releases.issue(model, fleet=releases.DEFAULT_FLEET, stream="payments",
-                             version=version, number=1, key=key, ttl_s=3600)
+    release = releases.issue(
+        model,
+        fleet=releases.DEFAULT_FLEET,
+        stream="payments",
+        version=version,
+        number=1,
+        key=key,
+        ttl_s=3600,
+    )
     message = model_bundle.pack(model, "payments", version, release=release)
     ballast = fill(full_disk)
 
@@ -104,7 +115,8 @@ class FailingAgent:
 
 
 def test_the_service_counts_write_errors_and_retries_instead_of_crashing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stop = threading.Event()
     monkeypatch.setattr(agent_service, "ModelAgent", FailingAgent)
     monkeypatch.setattr(agent_service, "RETRY_FIRST_S", 0.01)

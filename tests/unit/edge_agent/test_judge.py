@@ -106,8 +106,9 @@ def test_store_switches_atomically_keeps_previous_and_goes_back(tmp_path: Path) 
 def test_store_adopts_a_plain_directory_and_prunes_old_versions(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models").start()
     _model(tmp_path / "models", "payments")  # an operator copied a model in by hand
-    installed = [store.install(_model(tmp_path / "in", f"m{i}"), "payments", f"v{i}")
-                 for i in range(5)]
+    installed = [
+        store.install(_model(tmp_path / "in", f"m{i}"), "payments", f"v{i}") for i in range(5)
+    ]
     store.activate("payments", installed[0], "v0")
     assert store.previous("payments")[1] is not None  # the adopted directory is kept
     store.activate("payments", installed[4], "v4")
@@ -124,8 +125,9 @@ def test_version_names_cannot_escape_the_models_directory() -> None:
 def test_bundle_refuses_unknown_files_and_oversize_models(tmp_path: Path) -> None:
     import msgspec
 
-    bad = msgspec.json.encode({"schema": 1, "stream": "payments", "version": "v",
-                               "files": {"evil.sh": b"x"}})
+    bad = msgspec.json.encode(
+        {"schema": 1, "stream": "payments", "version": "v", "files": {"evil.sh": b"x"}}
+    )
     with pytest.raises(model_bundle.BundleError, match="unexpected files"):
         model_bundle.unpack(bad)
     with pytest.raises(model_bundle.BundleError, match="not a model message"):

@@ -21,11 +21,13 @@ def kit() -> ModelKit:
 
 def test_scorer_switches_on_the_symlink_and_back(kit: ModelKit, tmp_path: Path) -> None:
     models = tmp_path / "models"
-    config = EdgeConfig(data_dir=tmp_path, scorer=ScorerSettings(models_dir=models,
-                                                                 public_key=kit.public_key))
+    config = EdgeConfig(
+        data_dir=tmp_path, scorer=ScorerSettings(models_dir=models, public_key=kit.public_key)
+    )
     first = kit.variant("switch-a")
-    svc = ScorerService(config, holders={
-        "payments": ModelHolder(load_model(first, "payments", kit.public_key))})
+    svc = ScorerService(
+        config, holders={"payments": ModelHolder(load_model(first, "payments", kit.public_key))}
+    )
     svc._loaded = {"payments": svc._active_dir("payments")}  # as start() records it
     assert svc.reload_models(every_s=0) == []  # nothing switched yet
     store = ModelStore(models).start()

@@ -15,8 +15,10 @@ def telemetry_data() -> SyntheticFeatures:
 
 
 @pytest.fixture(scope="session")
-def telemetry_model(tmp_path_factory: pytest.TempPathFactory,
-                    telemetry_data: SyntheticFeatures) -> tuple[Path, Path]:
+def telemetry_model(
+    tmp_path_factory: pytest.TempPathFactory, telemetry_data: SyntheticFeatures
+) -> tuple[Path, Path]:
     """(model_dir, public_key) of a small telemetry autoencoder."""
-    return build_model_dir(tmp_path_factory.mktemp("models") / "telemetry", "telemetry",
-                           telemetry_data)
+    return build_model_dir(
+        tmp_path_factory.mktemp("models") / "telemetry", "telemetry", telemetry_data
+    )

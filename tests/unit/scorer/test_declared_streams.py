@@ -34,25 +34,39 @@ def reefer(tmp_path: Path) -> Iterator[Stream]:
 
 
 @pytest.fixture(scope="module")
-def reefer_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
-                                                                      SyntheticFeatures]:
+def reefer_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, SyntheticFeatures]:
     """(model_dir, public_key, data) of a reefer model built for the declaration's digest."""
     root = tmp_path_factory.mktemp("reefer")
     with declared(write_reefer(root / "streams")) as streams:
         decl = streams[REEFER]
         data = SyntheticFeatures(REEFER, seed=3, names=decl.feature_names)
-        model_dir, pub = build_model_dir(root / "model", REEFER, data, version="reefer-1",
-                                         feature_spec=decl.feature_spec, epochs=20,
-                                         key=generate_private_key())
+        model_dir, pub = build_model_dir(
+            root / "model",
+            REEFER,
+            data,
+            version="reefer-1",
+            feature_spec=decl.feature_spec,
+            epochs=20,
+            key=generate_private_key(),
+        )
     return model_dir, pub, data
 
 
 def manifest(stream: str, spec: str, features: list[str]) -> ModelManifest:
     n = len(features)
-    return ModelManifest(stream=stream, version="m-1", feature_spec=spec, features=features,
-                         scaling=Scaling(mean=[0.0] * n, scale=[1.0] * n), threshold=1.0,
-                         input_quant=(0.1, 0), output_quant=(0.1, 0), metrics={},
-                         data_range=(1.0, 2.0), created_ts=time.time())
+    return ModelManifest(
+        stream=stream,
+        version="m-1",
+        feature_spec=spec,
+        features=features,
+        scaling=Scaling(mean=[0.0] * n, scale=[1.0] * n),
+        threshold=1.0,
+        input_quant=(0.1, 0),
+        output_quant=(0.1, 0),
+        metrics={},
+        data_range=(1.0, 2.0),
+        created_ts=time.time(),
+    )
 
 
 def test_a_declared_streams_model_must_carry_its_declarations_digest(reefer: Stream) -> None:
@@ -61,13 +75,13 @@ def test_a_declared_streams_model_must_carry_its_declarations_digest(reefer: Str
         check_manifest(manifest(REEFER, "fs-000000000000", reefer.feature_names), REEFER)
     assert str(err.value) == (
         f"model m-1 was built for feature spec 'fs-000000000000'; this gateway's declaration "
-        f"of reefer (reefer.toml) computes '{reefer.feature_spec}'")
+        f"of reefer (reefer.toml) computes '{reefer.feature_spec}'"
+    )
     # The built-in spec version is no digest of a declaration.
     with pytest.raises(ModelError, match="declaration of reefer"):
         check_manifest(manifest(REEFER, FEATURE_SPEC_VERSION, reefer.feature_names), REEFER)
     with pytest.raises(ModelError, match=r"declaration of reefer \(reefer.toml\) produces"):
-        check_manifest(manifest(REEFER, reefer.feature_spec, reefer.feature_names[::-1]),
-                       REEFER)
+        check_manifest(manifest(REEFER, reefer.feature_spec, reefer.feature_names[::-1]), REEFER)
     # The built-in streams keep their check.
     names = model_features("telemetry")
     check_manifest(manifest("telemetry", FEATURE_SPEC_VERSION, names), "telemetry")
@@ -89,16 +103,17 @@ def install(tmp_path: Path, model_dir: Path) -> ModelStore:
 
 
 def service(tmp_path: Path, pub: Path) -> ScorerService:
-    config = EdgeConfig(data_dir=tmp_path, scorer=ScorerSettings(models_dir=tmp_path / "models",
-                                                                 public_key=pub))
+    config = EdgeConfig(
+        data_dir=tmp_path, scorer=ScorerSettings(models_dir=tmp_path / "models", public_key=pub)
+    )
     svc = ScorerService(config)
     svc.prepare()  # the built-in streams: the shipped baselines
     return svc
 
 
 def test_a_declared_stream_passes_unscored_until_its_model_appears(
-        tmp_path: Path, reefer: Stream,
-        reefer_model: tuple[Path, Path, SyntheticFeatures]) -> None:
+    tmp_path: Path, reefer: Stream, reefer_model: tuple[Path, Path, SyntheticFeatures]
+) -> None:
     model_dir, pub, data = reefer_model
     svc = service(tmp_path, pub)
     assert REEFER in svc.specs and REEFER not in (svc.holders or {})
@@ -111,8 +126,9 @@ def test_a_declared_stream_passes_unscored_until_its_model_appears(
     assert svc.reload_models(every_s=0) == [REEFER]
     svc._clock = lambda: T0 + 100  # noqa: SLF001 (the processing clock, for the sweep)
     out, result = Out(), BatchResult()
-    records = reefer_records(data, "u2", "RT-0001", T0, 40, anomalous=range(10, 20)) \
-        + reefer_records(data, "u2", "RT-0002", T0, 40, seed=5)
+    records = reefer_records(
+        data, "u2", "RT-0001", T0, 40, anomalous=range(10, 20)
+    ) + reefer_records(data, "u2", "RT-0002", T0, 40, seed=5)
     svc.score_records(REEFER, records, out, result)
     svc._sweep(out, result)  # noqa: SLF001 (writes the episode state)
     assert result.unscored == {} and result.events == {REEFER: 80}
@@ -120,8 +136,7 @@ def test_a_declared_stream_passes_unscored_until_its_model_appears(
     scores = [decode(Score, v) for t, _k, v in out.records if t == "scores.reefer" and v]
     assert len(scores) == 80
     odd = [s for s in scores if s.token == "RT-0001" and 10 <= int(s.event_id.rsplit("-")[-1]) < 20]
-    assert all(s.anomalous and s.score > s.threshold and s.model_version == "reefer-1"
-               for s in odd)
+    assert all(s.anomalous and s.score > s.threshold and s.model_version == "reefer-1" for s in odd)
     alerts = [decode(Alert, v) for t, _k, v in out.records if t == topics.ALERTS and v]
     assert [a.state for a in alerts] == ["open", "closed"], alerts
     assert {a.token for a in alerts} == {"RT-0001"} and {a.stream for a in alerts} == {REEFER}
@@ -131,8 +146,9 @@ def test_a_declared_stream_passes_unscored_until_its_model_appears(
 
     # Its episode state is written under the stream's own key and restores into its tracker.
     state = [(k, v) for t, k, v in out.records if t == topics.SCORER_EPISODES]
-    assert state and all(k is not None and k.decode().startswith(f"{svc.group_id}@reefer/")
-                         for k, _v in state)
+    assert state and all(
+        k is not None and k.decode().startswith(f"{svc.group_id}@reefer/") for k, _v in state
+    )
     again = service(tmp_path, pub)
     svc.trackers[REEFER].observe("RT-0003", "e-1", T0, 9.0, 1.0, "reefer-1", lambda: [])
     for token, value in svc.trackers[REEFER].drain_dirty().items():
@@ -155,7 +171,8 @@ def test_a_declared_stream_passes_unscored_until_its_model_appears(
 
 
 def test_event_alerts_raise_one_alert_per_anomalous_event(
-        tmp_path: Path, reefer_model: tuple[Path, Path, SyntheticFeatures]) -> None:
+    tmp_path: Path, reefer_model: tuple[Path, Path, SyntheticFeatures]
+) -> None:
     model_dir, pub, data = reefer_model
     directory = write_reefer(tmp_path / "streams", alerts='kind = "event"')
     with declared(directory) as streams:
@@ -165,11 +182,16 @@ def test_event_alerts_raise_one_alert_per_anomalous_event(
         install(tmp_path, model_dir)
         assert svc.reload_models(every_s=0) == [REEFER]
         out, result = Out(), BatchResult()
-        svc.score_records(REEFER, reefer_records(data, "e1", "RT-0001", T0, 20,
-                                                 anomalous=range(5, 8)), out, result)
+        svc.score_records(
+            REEFER,
+            reefer_records(data, "e1", "RT-0001", T0, 20, anomalous=range(5, 8)),
+            out,
+            result,
+        )
         alerts = [decode(Alert, v) for t, _k, v in out.records if t == topics.ALERTS and v]
         assert len(alerts) == result.anomalous[REEFER] >= 3
-        assert {a.state for a in alerts} == {"closed"} and all(len(a.event_ids) == 1
-                                                               for a in alerts)
+        assert {a.state for a in alerts} == {"closed"} and all(
+            len(a.event_ids) == 1 for a in alerts
+        )
         labels = {f.label for f in decl.features}
         assert all({c.feature for c in a.top_features} <= labels for a in alerts)

@@ -18,8 +18,9 @@ def _live(tokens: list[str], ts: list[float], flagged: list[bool]) -> set[tuple]
     tracker = EpisodeTracker("telemetry", RULE)
     spans: dict[str, list] = {}
     for i in np.argsort(ts, kind="stable"):
-        for a in tracker.observe(tokens[i], f"e{i}", ts[i], 1.0 if flagged[i] else 0.0, 0.5,
-                                 "m", lambda: []):
+        for a in tracker.observe(
+            tokens[i], f"e{i}", ts[i], 1.0 if flagged[i] else 0.0, 0.5, "m", lambda: []
+        ):
             span = spans.setdefault(a.alert_id, [a.token, a.start_ts, a.end_ts, a.end_ts])
             span[3] = max(span[3], a.end_ts)
     for a in tracker.sweep(float("inf")):
@@ -39,14 +40,19 @@ def test_replay_matches_the_live_tracker(seed: int, density: float) -> None:
             tokens.append(tok)
             ts.append(t)
             flagged.append(rng.random() < density)
-    got = {(e.token, e.start_ts, e.open_ts, e.end_ts)
-           for e in replay(np.array(tokens, dtype=object), np.array(ts), np.array(flagged), RULE)}
+    got = {
+        (e.token, e.start_ts, e.open_ts, e.end_ts)
+        for e in replay(np.array(tokens, dtype=object), np.array(ts), np.array(flagged), RULE)
+    }
     assert got == _live(tokens, ts, flagged)
 
 
 def test_replay_opens_on_three_in_the_window_and_splits_on_the_quiet_gap() -> None:
     times = [0.0, 1.0, 2.0, 50.0, 51.0, 52.0, 100.0]
-    eps = replay(np.array(["v"] * len(times), dtype=object), np.array(times),
-                 np.ones(len(times), bool), RULE)
+    eps = replay(
+        np.array(["v"] * len(times), dtype=object), np.array(times), np.ones(len(times), bool), RULE
+    )
     assert sorted((e.start_ts, e.open_ts, e.end_ts) for e in eps) == [
-        (0.0, 2.0, 2.0), (50.0, 52.0, 52.0)]
+        (0.0, 2.0, 2.0),
+        (50.0, 52.0, 52.0),
+    ]

@@ -28,7 +28,8 @@ def scorer(request: pytest.FixtureRequest, telemetry_model: tuple[Path, Path]) -
 
 
 def test_scores_have_one_value_per_row_and_one_error_per_feature(
-        scorer: Scorer, telemetry_data: SyntheticFeatures) -> None:
+    scorer: Scorer, telemetry_data: SyntheticFeatures
+) -> None:
     rows = telemetry_data.normal(37, seed=100)
     scores, errors = scorer.score_batch(rows)
     assert scores.shape == (37,) and errors.shape == (37, len(telemetry_data.names))
@@ -36,17 +37,19 @@ def test_scores_have_one_value_per_row_and_one_error_per_feature(
     np.testing.assert_allclose(scores, errors.mean(axis=1), rtol=1e-5)
 
 
-def test_batching_does_not_change_a_rows_score(scorer: Scorer,
-                                               telemetry_data: SyntheticFeatures) -> None:
+def test_batching_does_not_change_a_rows_score(
+    scorer: Scorer, telemetry_data: SyntheticFeatures
+) -> None:
     rows = telemetry_data.normal(300, seed=101)
     whole, _ = scorer.score_batch(rows)
-    parts = np.concatenate([scorer.score_batch(rows[i:i + 7])[0] for i in range(0, 300, 7)])
+    parts = np.concatenate([scorer.score_batch(rows[i : i + 7])[0] for i in range(0, 300, 7)])
     # int8 is bit-exact; float matmul may sum in another order for another batch size.
     np.testing.assert_allclose(whole, parts, rtol=1e-4)
 
 
-def test_anomalies_score_above_normal_rows(scorer: Scorer,
-                                           telemetry_data: SyntheticFeatures) -> None:
+def test_anomalies_score_above_normal_rows(
+    scorer: Scorer, telemetry_data: SyntheticFeatures
+) -> None:
     normal, _ = scorer.score_batch(telemetry_data.normal(500, seed=102))
     odd, errors = scorer.score_batch(telemetry_data.anomalous(50, seed=103, feature=3))
     assert np.median(odd) > 10 * np.median(normal)
@@ -61,8 +64,9 @@ def test_empty_batch_and_wrong_width(scorer: Scorer) -> None:
         scorer.score_batch(np.zeros((2, scorer.width + 1), np.float32))
 
 
-def test_missing_and_extreme_values_stay_finite(scorer: Scorer,
-                                                telemetry_data: SyntheticFeatures) -> None:
+def test_missing_and_extreme_values_stay_finite(
+    scorer: Scorer, telemetry_data: SyntheticFeatures
+) -> None:
     rows = telemetry_data.normal(4, seed=104)
     rows[0, 0], rows[1, 1], rows[2, 2] = np.nan, np.inf, 1e30
     scores, _ = scorer.score_batch(rows)
@@ -71,7 +75,8 @@ def test_missing_and_extreme_values_stay_finite(scorer: Scorer,
 
 
 def test_int8_and_float_agree_within_the_quantization_bound(
-        telemetry_model: tuple[Path, Path], telemetry_data: SyntheticFeatures) -> None:
+    telemetry_model: tuple[Path, Path], telemetry_data: SyntheticFeatures
+) -> None:
     model_dir, key = telemetry_model
     tfl = load_model(model_dir, "telemetry", key).scorer
     ref = load_model(model_dir, "telemetry", key, reference=True).scorer
@@ -98,8 +103,9 @@ def test_int8_and_float_agree_within_the_quantization_bound(
     np.testing.assert_allclose(np.log(o_t), np.log(o_f), atol=np.log(2))
 
 
-def test_tampered_or_foreign_models_are_refused(tmp_path: Path,
-                                                telemetry_model: tuple[Path, Path]) -> None:
+def test_tampered_or_foreign_models_are_refused(
+    tmp_path: Path, telemetry_model: tuple[Path, Path]
+) -> None:
     model_dir, key = telemetry_model
     bad = tmp_path / "bad"
     shutil.copytree(model_dir, bad)
@@ -122,15 +128,17 @@ def fleet_records() -> dict[str, list[object]]:
 
     anon = Anonymizer(Tokenizer(b"contract-test-secret"))
     out: dict[str, list[object]] = {"telemetry": [], "payments": []}
-    for topic, payload in Fleet(SimSettings(vehicles=20, duration_s=300, seed=5,
-                                            payment_rate=30.0)).events():
+    for topic, payload in Fleet(
+        SimSettings(vehicles=20, duration_s=300, seed=5, payment_rate=30.0)
+    ).events():
         out[topic.rsplit("/", 1)[-1]].append(anon.message(topic, payload))
     return out
 
 
 @pytest.mark.parametrize("stream", ["telemetry", "payments"])
 def test_shipped_baselines_agree_with_their_float_weights(
-        stream: str, fleet_records: dict[str, list[object]]) -> None:
+    stream: str, fleet_records: dict[str, list[object]]
+) -> None:
     from edge.scorer.model import baseline_dir
     from shared.features import feature_matrix
 

@@ -48,9 +48,22 @@ def test_fast_feature_rows_equal_the_shared_feature_matrix() -> None:
     names = model_features("payments")
     full = {n: float(i) for i, n in enumerate(names)}
     partial = {n: 2.5 for n in names[::2]}
-    recs = [AnonPayment(event_id=f"p{i}", ts=1.0, card_token="card-tok-1",
-                        vehicle_token="veh-tok-1", driver_token="drv-tok-1", merchant_id="m",
-                        mcc="5541", category="fuel", amount=1.0, currency="EUR", cell="c",
-                        features=f) for i, f in enumerate([full, partial, {}])]
+    recs = [
+        AnonPayment(
+            event_id=f"p{i}",
+            ts=1.0,
+            card_token="card-tok-1",
+            vehicle_token="veh-tok-1",
+            driver_token="drv-tok-1",
+            merchant_id="m",
+            mcc="5541",
+            category="fuel",
+            amount=1.0,
+            currency="EUR",
+            cell="c",
+            features=f,
+        )
+        for i, f in enumerate([full, partial, {}])
+    ]
     np.testing.assert_array_equal(FeatureRows(names)(recs), feature_matrix("payments", recs))
     assert FeatureRows(names)([]).shape == (0, len(names))

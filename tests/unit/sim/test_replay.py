@@ -105,17 +105,42 @@ def test_csv_strings_take_the_declared_types() -> None:
 
 def test_rows_convert_and_empty_cells_are_missing(tmp_path: Path) -> None:
     spec = declare(tmp_path, "conv", "s")
-    path = write_csv(tmp_path / "r.csv", [
-        {"dev": "P-001", "t": "1700000000.5", "temp": "20.25", "count": "", "ok": "yes",
-         "mode": "eco", "note": "", "extra": "ignored"},
-        {"dev": "P-001", "t": "1700000001", "temp": "20.5", "count": "4", "ok": "false",
-         "mode": "boost", "note": "door 2"},
-    ])
+    path = write_csv(
+        tmp_path / "r.csv",
+        [
+            {
+                "dev": "P-001",
+                "t": "1700000000.5",
+                "temp": "20.25",
+                "count": "",
+                "ok": "yes",
+                "mode": "eco",
+                "note": "",
+                "extra": "ignored",
+            },
+            {
+                "dev": "P-001",
+                "t": "1700000001",
+                "temp": "20.5",
+                "count": "4",
+                "ok": "false",
+                "mode": "boost",
+                "note": "door 2",
+            },
+        ],
+    )
     rec = load(path, spec, "none", NOW)
     assert rec.accepted == 2 and not rec.rejected
     first, second = payloads(rec)
-    assert first == {"dev": "P-001", "t": 1700000000.5, "temp": 20.25, "ok": True,
-                     "mode": "eco", "event_id": "P-001-1", "schema": 1}
+    assert first == {
+        "dev": "P-001",
+        "t": 1700000000.5,
+        "temp": 20.25,
+        "ok": True,
+        "mode": "eco",
+        "event_id": "P-001-1",
+        "schema": 1,
+    }
     assert second["count"] == 4 and second["ok"] is False and second["note"] == "door 2"
     # The optional fields left out decode as None with the stream's own contract.
     from shared.contracts import decode
@@ -125,19 +150,36 @@ def test_rows_convert_and_empty_cells_are_missing(tmp_path: Path) -> None:
 
 
 def test_a_declared_source_column_is_read_instead_of_the_field_name() -> None:
-    assert source_column("temp", FieldDecl(type="float", column="Temperature (C)")) == \
-        "Temperature (C)"
+    assert (
+        source_column("temp", FieldDecl(type="float", column="Temperature (C)"))
+        == "Temperature (C)"
+    )
     assert source_column("temp", FieldDecl(type="float")) == "temp"
 
 
 def test_event_ids_come_from_the_file_or_device_and_row(tmp_path: Path) -> None:
     spec = declare(tmp_path, "ids", "s")
-    path = write_csv(tmp_path / "r.csv", [
-        {"event_id": "", "dev": "P-002", "t": "1700000000", "temp": "1", "ok": "1",
-         "mode": "eco"},
-        {"event_id": "mine-7", "dev": "P-002", "t": "1700000001", "temp": "1", "ok": "1",
-         "mode": "eco"},
-    ])
+    path = write_csv(
+        tmp_path / "r.csv",
+        [
+            {
+                "event_id": "",
+                "dev": "P-002",
+                "t": "1700000000",
+                "temp": "1",
+                "ok": "1",
+                "mode": "eco",
+            },
+            {
+                "event_id": "mine-7",
+                "dev": "P-002",
+                "t": "1700000001",
+                "temp": "1",
+                "ok": "1",
+                "mode": "eco",
+            },
+        ],
+    )
     rec = load(path, spec, "none", NOW)
     assert [p["event_id"] for p in payloads(rec)] == ["P-002-1", "mine-7"]
     long = "D" * 64
@@ -172,8 +214,9 @@ def test_rebase_now_in_milliseconds_is_exact(tmp_path: Path) -> None:
 
 def test_rebase_now_in_iso8601_keeps_the_zone(tmp_path: Path) -> None:
     spec = declare(tmp_path, "isot", "iso8601")
-    path = write_csv(tmp_path / "r.csv", _rows_at(["2024-03-01T10:00:00+01:00",
-                                                    "2024-03-01T10:00:01.500+01:00"]))
+    path = write_csv(
+        tmp_path / "r.csv", _rows_at(["2024-03-01T10:00:00+01:00", "2024-03-01T10:00:01.500+01:00"])
+    )
     rec = load(path, spec, "now", NOW)
     ts = [p["t"] for p in payloads(rec)]
     moments = [datetime.fromisoformat(t) for t in ts]
@@ -190,8 +233,7 @@ def test_rebase_end_puts_the_last_time_at_now_and_none_keeps_times(tmp_path: Pat
     spec = declare(tmp_path, "ends", "s")
     path = write_csv(tmp_path / "r.csv", _rows_at(["1700000000", "1700000010"]))
     assert [p["t"] for p in payloads(load(path, spec, "end", NOW))] == [NOW - 10, NOW]
-    assert [p["t"] for p in payloads(load(path, spec, "none", NOW))] == \
-        [1700000000.0, 1700000010.0]
+    assert [p["t"] for p in payloads(load(path, spec, "none", NOW))] == [1700000000.0, 1700000010.0]
 
 
 # --- rejections ---------------------------------------------------------------------------
@@ -200,17 +242,20 @@ def test_rebase_end_puts_the_last_time_at_now_and_none_keeps_times(tmp_path: Pat
 def test_rows_that_fail_the_contract_are_counted_with_the_field(tmp_path: Path) -> None:
     spec = declare(tmp_path, "rej", "s")
     good = {"dev": "P-004", "t": "1700000000", "temp": "1.5", "ok": "true", "mode": "eco"}
-    path = write_csv(tmp_path / "r.csv", [
-        good,
-        {**good, "temp": "warm"},          # row 2: not a number
-        {**good, "mode": "turbo"},         # row 3: not an enum value
-        {**good, "ok": ""},                # row 4: required and empty
-        {**good, "t": "yesterday"},        # row 5: not a time
-        {**good, "dev": "bad id"},         # row 6: no MQTT login
-        {**good, "dev": "Q-001"},          # row 7: outside the device pattern
-        {**good, "temp": "warmer"},        # row 8: same reason as row 2
-        {**good, "dev": ""},               # row 9: no device at all
-    ])
+    path = write_csv(
+        tmp_path / "r.csv",
+        [
+            good,
+            {**good, "temp": "warm"},  # row 2: not a number
+            {**good, "mode": "turbo"},  # row 3: not an enum value
+            {**good, "ok": ""},  # row 4: required and empty
+            {**good, "t": "yesterday"},  # row 5: not a time
+            {**good, "dev": "bad id"},  # row 6: no MQTT login
+            {**good, "dev": "Q-001"},  # row 7: outside the device pattern
+            {**good, "temp": "warmer"},  # row 8: same reason as row 2
+            {**good, "dev": ""},  # row 9: no device at all
+        ],
+    )
     rec = load(path, spec, "now", NOW)
     assert rec.accepted == 1 and rec.rows == 9
     reasons = rec.rejected
@@ -229,8 +274,10 @@ def test_rows_that_fail_the_contract_are_counted_with_the_field(tmp_path: Path) 
 def test_jsonl_lines_that_are_not_objects_are_rejected(tmp_path: Path) -> None:
     spec = declare(tmp_path, "jl", "s")
     path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps({"dev": "P-005", "t": 1700000000, "temp": 2, "ok": True,
-                                "mode": "eco"}) + "\n\n[1, 2]\n{not json\n")
+    path.write_text(
+        json.dumps({"dev": "P-005", "t": 1700000000, "temp": 2, "ok": True, "mode": "eco"})
+        + "\n\n[1, 2]\n{not json\n"
+    )
     rec = load(path, spec, "none", NOW)
     assert rec.accepted == 1
     assert payloads(rec)[0]["temp"] == 2.0  # an int where a float is declared
@@ -241,16 +288,24 @@ def test_parquet_is_read_when_pyarrow_is_there(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     spec = declare(tmp_path, "pq", "ms")
-    table = pa.table({"dev": ["P-006", "P-006"], "t": [1700000000000, 1700000000500],
-                      "temp": [1.0, 2.0], "count": [None, 3], "ok": [True, False],
-                      "mode": ["eco", "boost"]})
+    table = pa.table(
+        {
+            "dev": ["P-006", "P-006"],
+            "t": [1700000000000, 1700000000500],
+            "temp": [1.0, 2.0],
+            "count": [None, 3],
+            "ok": [True, False],
+            "mode": ["eco", "boost"],
+        }
+    )
     pq.write_table(table, tmp_path / "r.parquet")
     rec = load(tmp_path / "r.parquet", spec, "now", NOW)
     assert rec.accepted == 2 and [p.get("count") for p in payloads(rec)] == [None, 3]
 
 
-def test_parquet_without_pyarrow_names_the_package(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parquet_without_pyarrow_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     (tmp_path / "r.parquet").write_bytes(b"PAR1")
@@ -266,8 +321,17 @@ def test_a_built_in_stream_is_refused(tmp_path: Path) -> None:
 
 # --- the reefer recording: dry run, trainer, labels ----------------------------------------
 
-REEFER_COLUMNS = ["unit", "t", "box_temp_c", "setpoint_c", "compressor_kw", "door", "driver",
-                  "lat", "lon"]
+REEFER_COLUMNS = [
+    "unit",
+    "t",
+    "box_temp_c",
+    "setpoint_c",
+    "compressor_kw",
+    "door",
+    "driver",
+    "lat",
+    "lon",
+]
 
 
 @pytest.fixture
@@ -289,8 +353,7 @@ def test_dry_run_output_is_what_cloud_train_reads(reefer: Any, tmp_path: Path) -
     lines = list(read_events_file(out))
     assert len(lines) == len(g.messages)
     assert lines == list(events(rec))
-    assert all(topic.startswith("fleet/RT-") and topic.endswith("/reefer")
-               for topic, _ in lines)
+    assert all(topic.startswith("fleet/RT-") and topic.endswith("/reefer") for topic, _ in lines)
     ts = [msgspec.json.decode(p)["t"] for _, p in lines]
     assert ts == sorted(ts) and ts[0] == int(NOW * 1000)
     # The trainer anonymizes them as the gateway would, refusing none.
@@ -305,8 +368,13 @@ def test_paced_order_keeps_each_devices_file_order(tmp_path: Path) -> None:
     # P-007's third row was recorded before its second: it follows it, at once.
     assert list(rec.devices["P-007"].due) == [0.0, 5.0, 5.0, 10.0]
     order = [(d.device, json.loads(d.payloads[i])["t"]) for d, i in rec.in_time_order()]
-    assert order == [("P-007", 100.0), ("P-008", 104.0), ("P-007", 105.0), ("P-007", 103.0),
-                     ("P-007", 110.0)]
+    assert order == [
+        ("P-007", 100.0),
+        ("P-008", 104.0),
+        ("P-007", 105.0),
+        ("P-007", 103.0),
+        ("P-007", 110.0),
+    ]
     fleet = ReplayFleet(rec, speed=10.0)
     fleet.started_at = 0.0
     out: list[Any] = []
@@ -336,7 +404,8 @@ def test_labels_by_event_and_by_time_range(reefer: Any, tmp_path: Path) -> None:
         "RT-0001,2026-01-05T08:01:00Z,2026-01-05T08:02:00Z,compressor_failure,\n"
         "RT-0002,1767600000000,1767600030000,sensor_spike,\n"
         f",,,door_left_open,RT-0003-{rt3}\n"
-        "RT-0009,1767600000000,1767600030000,ghost,\n")
+        "RT-0009,1767600000000,1767600030000,ghost,\n"
+    )
     assert spec.declaration is not None
     label_set = read_labels(labels_csv, spec.declaration)
     rec = load(path, spec, "now", NOW, on_accepted=label_set.match)
@@ -346,10 +415,12 @@ def test_labels_by_event_and_by_time_range(reefer: Any, tmp_path: Path) -> None:
     for lab in labels:
         by_kind.setdefault(lab.kind, []).append(lab)
     # Which rows the ranges cover, from the recording itself (recorded ms).
-    recorded = {f"{p['unit']}-{n}": (p["unit"], p["t"])
-                for n, (_, p) in enumerate(g.messages, 1)}
-    expect_cf = {e for e, (u, t) in recorded.items()
-                 if u == "RT-0001" and 1767600060000 <= t <= 1767600120000}
+    recorded = {f"{p['unit']}-{n}": (p["unit"], p["t"]) for n, (_, p) in enumerate(g.messages, 1)}
+    expect_cf = {
+        e
+        for e, (u, t) in recorded.items()
+        if u == "RT-0001" and 1767600060000 <= t <= 1767600120000
+    }
     assert {lab.event_id for lab in by_kind["compressor_failure"]} == expect_cf
     assert len(by_kind["sensor_spike"]) >= 1
     assert [lab.event_id for lab in by_kind["door_left_open"]] == [f"RT-0003-{rt3}"]
@@ -364,8 +435,7 @@ def test_labels_by_event_and_by_time_range(reefer: Any, tmp_path: Path) -> None:
     assert read_labels_file(tmp_path / "labels.jsonl") == labels
 
 
-def test_a_labels_row_without_a_kind_or_a_target_is_an_error(reefer: Any,
-                                                              tmp_path: Path) -> None:
+def test_a_labels_row_without_a_kind_or_a_target_is_an_error(reefer: Any, tmp_path: Path) -> None:
     spec, _, _ = reefer
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"event_id": "x"}\n')
@@ -383,17 +453,29 @@ def test_cli_dry_run_writes_events_labels_and_summary(reefer: Any, tmp_path: Pat
     _, path, g = reefer
     first = f"{g.messages[0][1]['unit']}-1"
     (tmp_path / "edge.toml").write_text(f'[streams]\ndir = "{tmp_path / "streams"}"\n')
-    (tmp_path / "labels.jsonl").write_text(
-        json.dumps({"event_id": first, "kind": "k"}) + "\n")
+    (tmp_path / "labels.jsonl").write_text(json.dumps({"event_id": first, "kind": "k"}) + "\n")
     out = tmp_path / "out" / "events.jsonl"
-    result = CliRunner().invoke(sim, [
-        "replay", str(path), "--stream", "reefer", "--config", str(tmp_path / "edge.toml"),
-        "--dry-run", "--out", str(out), "--labels", str(tmp_path / "labels.jsonl"),
-        "--summary-json", str(tmp_path / "summary.json")])
+    result = CliRunner().invoke(
+        sim,
+        [
+            "replay",
+            str(path),
+            "--stream",
+            "reefer",
+            "--config",
+            str(tmp_path / "edge.toml"),
+            "--dry-run",
+            "--out",
+            str(out),
+            "--labels",
+            str(tmp_path / "labels.jsonl"),
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(list(read_events_file(out))) == len(g.messages)
-    assert [lab.event_id for lab in read_labels_file(out.with_name("labels.jsonl"))] == \
-        [first]
+    assert [lab.event_id for lab in read_labels_file(out.with_name("labels.jsonl"))] == [first]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["written"] == len(g.messages) and summary["rejected"] == 0
     assert {d["device"] for d in summary["per_device"]} == {f"RT-000{i}" for i in range(1, 5)}
@@ -403,9 +485,20 @@ def test_cli_fails_when_nothing_could_be_sent(tmp_path: Path) -> None:
     directory = tmp_path / "streams"
     write_declaration(directory)
     path = write_csv(tmp_path / "r.csv", [{"unit": "RT-0001", "t": "soon"}])
-    result = CliRunner().invoke(sim, [
-        "replay", str(path), "--stream", "reefer", "--streams-dir", str(directory),
-        "--dry-run", "--out", str(tmp_path / "o.jsonl")])
+    result = CliRunner().invoke(
+        sim,
+        [
+            "replay",
+            str(path),
+            "--stream",
+            "reefer",
+            "--streams-dir",
+            str(directory),
+            "--dry-run",
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+    )
     assert result.exit_code != 0
     assert "nothing was written" in result.output and "(at t)" in result.output
 
@@ -414,9 +507,20 @@ def test_cli_names_unknown_streams(tmp_path: Path) -> None:
     directory = tmp_path / "streams"
     write_declaration(directory)
     path = write_csv(tmp_path / "r.csv", [{"unit": "RT-0001"}])
-    result = CliRunner().invoke(sim, ["replay", str(path), "--stream", "reefr",
-                                      "--streams-dir", str(directory), "--dry-run",
-                                      "--out", str(tmp_path / "o.jsonl")])
+    result = CliRunner().invoke(
+        sim,
+        [
+            "replay",
+            str(path),
+            "--stream",
+            "reefr",
+            "--streams-dir",
+            str(directory),
+            "--dry-run",
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+    )
     assert result.exit_code == 2 and "unknown stream 'reefr'" in result.output
 
 

@@ -25,9 +25,13 @@ FRAUD_RATE = 0.07  # per legitimate payment, per kind
 @pytest.fixture(scope="module")
 def run() -> tuple[fs.Fleet, list[fs.Emitted]]:
     settings = fs.SimSettings(
-        vehicles=60, duration_s=1200, seed=11, payment_rate=4.0,
+        vehicles=60,
+        duration_s=1200,
+        seed=11,
+        payment_rate=4.0,
         fault_rates={k: FAULT_RATE for k in fs.FAULT_KINDS},
-        fraud_rates={k: FRAUD_RATE for k in fs.FRAUD_KINDS})
+        fraud_rates={k: FRAUD_RATE for k in fs.FRAUD_KINDS},
+    )
     fleet = fs.Fleet(settings)
     return fleet, list(fleet.records())
 
@@ -46,8 +50,11 @@ def test_every_event_matches_its_contract_and_topic(run) -> None:
     for rec in records:
         _, vin, suffix = rec.topic.split("/")
         assert suffix in (TELEMETRY.mqtt_suffix, PAYMENTS.mqtt_suffix)
-        event: Telemetry | Payment = (decode(Telemetry, rec.payload) if suffix == "telemetry"
-                                      else decode(Payment, rec.payload))
+        event: Telemetry | Payment = (
+            decode(Telemetry, rec.payload)
+            if suffix == "telemetry"
+            else decode(Payment, rec.payload)
+        )
         assert event.vin == vin
         assert is_valid_vin(vin)
         if isinstance(event, Payment):
@@ -60,8 +67,11 @@ def test_every_event_matches_its_contract_and_topic(run) -> None:
 
 def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
     def digest(seed: int) -> tuple[list[tuple[str, bytes]], list[Label]]:
-        fleet = fs.Fleet(fs.SimSettings(vehicles=15, duration_s=120, seed=seed,
-                                        fault_rates={k: 5.0 for k in fs.FAULT_KINDS}))
+        fleet = fs.Fleet(
+            fs.SimSettings(
+                vehicles=15, duration_s=120, seed=seed, fault_rates={k: 5.0 for k in fs.FAULT_KINDS}
+            )
+        )
         return list(fleet.events()), fleet.labels
 
     a, b, c = digest(3), digest(3), digest(4)
@@ -71,12 +81,31 @@ def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
 
 def test_dry_run_files_are_byte_identical(tmp_path: Path) -> None:
     cli = CliRunner()
-    args = ["run", "--dry-run", "--vehicles", "10", "--duration", "90", "--seed", "9",
-            "--fault-scale", "20"]
+    args = [
+        "run",
+        "--dry-run",
+        "--vehicles",
+        "10",
+        "--duration",
+        "90",
+        "--seed",
+        "9",
+        "--fault-scale",
+        "20",
+    ]
     for name in ("a", "b", "c"):
         seed = ["--seed", "10"] if name == "c" else []
-        res = cli.invoke(sim, [*args, *seed, "--out", str(tmp_path / f"{name}.jsonl"),
-                               "--labels-out", str(tmp_path / f"{name}-labels.jsonl")])
+        res = cli.invoke(
+            sim,
+            [
+                *args,
+                *seed,
+                "--out",
+                str(tmp_path / f"{name}.jsonl"),
+                "--labels-out",
+                str(tmp_path / f"{name}-labels.jsonl"),
+            ],
+        )
         assert res.exit_code == 0, res.output
     read = lambda n: (tmp_path / n).read_bytes()  # noqa: E731
     assert read("a.jsonl") == read("b.jsonl")
@@ -147,11 +176,21 @@ def _abnormal(t: Telemetry) -> bool:
     """Far outside what a healthy vehicle of this model reads, on some sensor."""
     m = CATALOG[t.model]
     tyres = (t.tyre_fl_kpa, t.tyre_fr_kpa, t.tyre_rl_kpa, t.tyre_rr_kpa)
-    return (t.coolant_c > m.thermostat_c + 12 or t.coolant_c < -30
-            or t.intake_c > t.ambient_c + 40 or t.intake_c < -30
-            or min(tyres) < m.tyre_kpa * 0.85 or max(tyres) > m.tyre_kpa * 1.5
-            or t.battery_v < 13.0 and t.rpm > 0 or t.battery_v > 17 or t.battery_v < 5
-            or t.rpm > m.ranges["rpm"][1] * 1.1 or t.speed_kmh > 130 or t.oil_kpa > 600)
+    return (
+        t.coolant_c > m.thermostat_c + 12
+        or t.coolant_c < -30
+        or t.intake_c > t.ambient_c + 40
+        or t.intake_c < -30
+        or min(tyres) < m.tyre_kpa * 0.85
+        or max(tyres) > m.tyre_kpa * 1.5
+        or t.battery_v < 13.0
+        and t.rpm > 0
+        or t.battery_v > 17
+        or t.battery_v < 5
+        or t.rpm > m.ranges["rpm"][1] * 1.1
+        or t.speed_kmh > 130
+        or t.oil_kpa > 600
+    )
 
 
 def test_every_fault_turns_clearly_abnormal_within_60s(run) -> None:
@@ -219,17 +258,26 @@ def test_a_refuel_fills_the_tank_over_the_stop(run) -> None:
 
 def test_drift_adds_a_new_model_and_rolls_out_firmware() -> None:
     base = fs.SimSettings(vehicles=20, duration_s=240, seed=5)
-    drifted = fs.SimSettings(vehicles=20, duration_s=420, seed=5,
-                             drift=("new_model", "firmware_rollout"), drift_at_s=60,
-                             drift_fraction=0.5)
+    drifted = fs.SimSettings(
+        vehicles=20,
+        duration_s=420,
+        seed=5,
+        drift=("new_model", "firmware_rollout"),
+        drift_at_s=60,
+        drift_fraction=0.5,
+    )
     before = {decode(Telemetry, p).model for t, p in fs.generate(base) if "telemetry" in t}
     frames = [decode(Telemetry, p) for t, p in fs.generate(drifted) if "telemetry" in t]
     assert "vivaro-hybrid" not in before
     assert "vivaro-hybrid" in {t.model for t in frames}
     assert drifted.start_ts is not None  # the fixed default start
     late = {t.vin: t for t in frames if t.ts > drifted.start_ts + 60 + 300}
-    updated = [t for t in late.values() if t.model != "vivaro-hybrid"
-               and t.firmware.split(".")[0] != CATALOG[t.model].firmware.split(".")[0]]
+    updated = [
+        t
+        for t in late.values()
+        if t.model != "vivaro-hybrid"
+        and t.firmware.split(".")[0] != CATALOG[t.model].firmware.split(".")[0]
+    ]
     assert 3 <= len(updated) <= 17, len(updated)  # about half of the 20
 
 
@@ -238,18 +286,31 @@ def test_bad_settings_name_the_setting() -> None:
         fs.SimSettings(vehicles=0)
     with pytest.raises(fs.settings.SimSettingsError, match="fault_rates.bogus"):
         fs.SimSettings(fault_rates={"bogus": 1.0})
-    res = CliRunner().invoke(sim, ["run", "--dry-run", "--out", "/dev/null",
-                                   "--fraud-rate", "nope=1"])
+    res = CliRunner().invoke(
+        sim, ["run", "--dry-run", "--out", "/dev/null", "--fraud-rate", "nope=1"]
+    )
     assert res.exit_code != 0 and "KIND=RATE" in res.output
 
 
 def test_register_writes_every_vin_of_the_run(tmp_path: Path) -> None:
-    res = CliRunner().invoke(sim, ["register", "--mosquitto-home", str(tmp_path),
-                                   "--vehicles", "7", "--seed", "3", "--drift", "new_model",
-                                   "--password", "pw"])
+    res = CliRunner().invoke(
+        sim,
+        [
+            "register",
+            "--mosquitto-home",
+            str(tmp_path),
+            "--vehicles",
+            "7",
+            "--seed",
+            "3",
+            "--drift",
+            "new_model",
+            "--password",
+            "pw",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    users = [line.split(":")[0] for line in
-             (tmp_path / "vehicles.passwd").read_text().splitlines()]
+    users = [line.split(":")[0] for line in (tmp_path / "vehicles.passwd").read_text().splitlines()]
     fleet = fs.Fleet(fs.SimSettings(vehicles=7, seed=3, drift=("new_model",)))
     assert sorted(users) == sorted(v.vin for v in fleet.vehicles)
     assert len(users) == 7 + 3  # drift vehicles join later but need their login too

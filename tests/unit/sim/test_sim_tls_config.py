@@ -39,8 +39,7 @@ def test_local_ca_signs_a_server_cert_for_loopback(tmp_path: Path) -> None:
     a, b = socket.socketpair()
     with a, b:
         s_side = server.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
-        c_side = client.wrap_socket(b, server_hostname="127.0.0.1",
-                                    do_handshake_on_connect=False)
+        c_side = client.wrap_socket(b, server_hostname="127.0.0.1", do_handshake_on_connect=False)
         with pytest.raises(ssl.SSLCertVerificationError):
             _handshake(s_side, c_side)
 
@@ -69,7 +68,7 @@ def test_mosquitto_tls_listener_block(tmp_path: Path) -> None:
     plain = Mosquitto(tmp_path / "m", 1883).config()
     assert "cafile" not in plain and plain.count("listener ") == 1
     conf = Mosquitto(tmp_path / "m", 1883, tls=files, tls_port=8883).config()
-    tail = conf[conf.index("listener 8883 127.0.0.1"):]
+    tail = conf[conf.index("listener 8883 127.0.0.1") :]
     assert f"cafile {files.ca_file}\n" in tail and f"certfile {files.cert_file}\n" in tail
     assert f"keyfile {files.key_file}\n" in tail and "require_certificate false\n" in tail
     # Auth is global (not per listener): the TLS port checks the same logins and roles, in
@@ -97,13 +96,14 @@ def test_failed_connects_back_off_exponentially(tmp_path: Path) -> None:
         port = closed.getsockname()[1]
         conf = ConnectSettings(port=port, backoff_base_s=0.5, backoff_max_s=30.0)
         outbox = Outbox(tmp_path / "outbox.sqlite", 10)
-        s = VehicleSession(0, "1FTEW1EP5JKD00001", "1.0", conf, outbox, random.Random(1),
-                           SessionStats())
+        s = VehicleSession(
+            0, "1FTEW1EP5JKD00001", "1.0", conf, outbox, random.Random(1), SessionStats()
+        )
         s.make_client({})
         for k in range(1, 6):
             with pytest.raises(ConnectionRefusedError):
                 s.connect()
             # Jitter keeps it within [cap / 2, cap]; the cap doubles with every failure.
-            cap = conf.backoff_base_s * 2 ** k
+            cap = conf.backoff_base_s * 2**k
             assert cap / 2 <= s.backoff() <= cap, (k, s.backoff())
         assert s.stats.connects == 0

@@ -40,8 +40,10 @@ def test_publish_bytes_are_what_paho_sends(pair) -> None:
     payloads = [b"x", b"y" * 200, b"z" * 20_000]  # 1-, 2- and 3-byte remaining lengths
     infos = [c.publish("fleet/T/telemetry", p, qos=1) for p in payloads]
     c.loop_write()
-    want = b"".join(_stock_publish_bytes("fleet/T/telemetry", p, i.mid)
-                    for p, i in zip(payloads, infos, strict=True))
+    want = b"".join(
+        _stock_publish_bytes("fleet/T/telemetry", p, i.mid)
+        for p, i in zip(payloads, infos, strict=True)
+    )
     got = b""
     while len(got) < len(want):
         got += broker.recv(65536)
@@ -57,8 +59,13 @@ def test_acks_split_and_batched_across_reads(pair) -> None:
     c.loop_read()
     assert acks == []
     # its rest, then a short success ack and one "no matching subscribers" in one read
-    broker.send(bytes([mids[0], 0x00]) + b"\x40\x02\x00" + bytes([mids[1]]) +
-                b"\x40\x04\x00" + bytes([mids[2], 0x10, 0x00]))
+    broker.send(
+        bytes([mids[0], 0x00])
+        + b"\x40\x02\x00"
+        + bytes([mids[1]])
+        + b"\x40\x04\x00"
+        + bytes([mids[2], 0x10, 0x00])
+    )
     c.loop_read()
     assert acks == [(mids[0], 0), (mids[1], 0), (mids[2], 0x10)]
     # a refusal carrying a reason string takes paho's full decoder
@@ -81,8 +88,9 @@ def test_window_full_publishes_queue_and_leave_on_ack(pair) -> None:
     c.loop_write()
     assert c._inflight_messages == 2 and acks == [(mids[0], 0)]
     data = b""
-    want = b"".join(_stock_publish_bytes("fleet/T/telemetry", b"e%d" % i, m)
-                    for i, m in enumerate(mids))
+    want = b"".join(
+        _stock_publish_bytes("fleet/T/telemetry", b"e%d" % i, m) for i, m in enumerate(mids)
+    )
     while len(data) < len(want):
         data += broker.recv(65536)
     assert data == want

@@ -14,8 +14,14 @@ def test_mirrored_topics_route_to_their_dataset_with_the_edge_id() -> None:
 
 
 def test_raw_internal_and_unknown_topics_are_not_stored() -> None:
-    for topic in ("edge-1.raw.payments", "raw.payments", "edge-1.heartbeats",
-                  "mm2-offsets.edge-1.internal", "edge-1.labels", "cloud.models"):
+    for topic in (
+        "edge-1.raw.payments",
+        "raw.payments",
+        "edge-1.heartbeats",
+        "mm2-offsets.edge-1.internal",
+        "edge-1.labels",
+        "cloud.models",
+    ):
         assert layout.route(topic) is None, topic
 
 
@@ -34,9 +40,19 @@ def test_an_event_is_known_by_its_vehicle_and_its_id() -> None:
     from shared import contracts
 
     ds = layout.datasets()
-    base = dict(event_id="e-1", ts=1.0, card_token="c" * 16, driver_token="d" * 16,
-                merchant_id="m", mcc="5541", category="fuel", amount=1.0, currency="EUR",
-                cell="u0", features={})
+    base = dict(
+        event_id="e-1",
+        ts=1.0,
+        card_token="c" * 16,
+        driver_token="d" * 16,
+        merchant_id="m",
+        mcc="5541",
+        category="fuel",
+        amount=1.0,
+        currency="EUR",
+        cell="u0",
+        features={},
+    )
     one = contracts.AnonPayment(vehicle_token="a" * 16, **base)  # type: ignore[arg-type]
     two = contracts.AnonPayment(vehicle_token="b" * 16, **base)  # type: ignore[arg-type]
     pay = ds[topics.ANON_PAYMENTS]

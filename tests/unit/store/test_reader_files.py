@@ -12,14 +12,33 @@ from shared import contracts, topics
 
 
 def _row(event_id: str, ts: float) -> dict[str, object]:
-    score = contracts.Score(event_id=event_id, ts=ts, stream="telemetry", token="tok-0001",
-                            score=0.1, threshold=1.0, model_version="m1", anomalous=False)
-    return {"record_id": f"tok-0001/{event_id}", "edge_id": "edge-1",
-            "topic": f"edge-1.{topics.SCORES_TELEMETRY}", "kafka_partition": 0,
-            "kafka_offset": 0, "event_id": event_id, "ts": ts, "stream": "telemetry",
-            "token": "tok-0001", "score": 0.1, "threshold": 1.0, "model_version": "m1",
-            "anomalous": False, "schema": 1,
-            "record": contracts.encode(score).decode()}
+    score = contracts.Score(
+        event_id=event_id,
+        ts=ts,
+        stream="telemetry",
+        token="tok-0001",
+        score=0.1,
+        threshold=1.0,
+        model_version="m1",
+        anomalous=False,
+    )
+    return {
+        "record_id": f"tok-0001/{event_id}",
+        "edge_id": "edge-1",
+        "topic": f"edge-1.{topics.SCORES_TELEMETRY}",
+        "kafka_partition": 0,
+        "kafka_offset": 0,
+        "event_id": event_id,
+        "ts": ts,
+        "stream": "telemetry",
+        "token": "tok-0001",
+        "score": 0.1,
+        "threshold": 1.0,
+        "model_version": "m1",
+        "anomalous": False,
+        "schema": 1,
+        "record": contracts.encode(score).decode(),
+    }
 
 
 def test_files_in_progress_are_not_read(tmp_path: Path) -> None:

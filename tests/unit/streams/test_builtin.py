@@ -39,8 +39,11 @@ def _declared_type(info: Any) -> tuple[str, bool, Any, Any, Any]:
         return "enum", nullable, None, None, frozenset(info.values)  # msgspec sorts them
     if isinstance(info, msgspec.inspect.StrType):
         return "str", nullable, None, info.pattern, None
-    kind = {msgspec.inspect.FloatType: "float", msgspec.inspect.IntType: "int",
-            msgspec.inspect.BoolType: "bool"}[type(info)]
+    kind = {
+        msgspec.inspect.FloatType: "float",
+        msgspec.inspect.IntType: "int",
+        msgspec.inspect.BoolType: "bool",
+    }[type(info)]
     bounds = (info.ge, info.le) if info.ge is not None and info.le is not None else None
     return kind, nullable, bounds, None, None
 
@@ -69,7 +72,10 @@ def test_device_time_topic_and_personal_data_are_todays(name: str) -> None:
     stream, spec = BUILTIN[name], streams.get(name)
     assert stream.topic == spec.mqtt_suffix
     assert (stream.raw_topic, stream.anon_topic, stream.scores_topic) == (
-        spec.raw_topic, spec.anon_topic, spec.scores_topic)
+        spec.raw_topic,
+        spec.anon_topic,
+        spec.scores_topic,
+    )
     assert stream.mqtt_topic("1HGCM82633A004352") == spec.mqtt_topic("1HGCM82633A004352")
     assert stream.device.field == spec.key_field
     assert stream.device.pattern == contracts.VIN_PATTERN
@@ -90,19 +96,34 @@ def test_keys_alerts_and_decisions_are_todays() -> None:
     assert telemetry.tokens[telemetry.anon_key] == "vehicle_token"
     assert payments.tokens[payments.anon_key] == "card_token"
     defaults = EpisodeSettings()
-    assert telemetry.alerts == EpisodeAlerts(open_events=defaults.open_events,
-                                             window_s=defaults.open_window_s,
-                                             quiet_s=defaults.quiet_gap_s)
+    assert telemetry.alerts == EpisodeAlerts(
+        open_events=defaults.open_events,
+        window_s=defaults.open_window_s,
+        quiet_s=defaults.quiet_gap_s,
+    )
     assert payments.alerts == EventAlerts()
     assert (telemetry.decision, payments.decision) == (False, True)
 
 
 def _payment() -> contracts.Payment:
     return contracts.Payment(
-        event_id="p1", ts=1_767_600_000.0, vin="1HGCM82633A004352", driver_id="D-7",
-        driver_name="Ada Driver", card_number="4111111111111111", cardholder="ADA DRIVER",
-        merchant_id="M1", merchant_name="Fuel Stop", mcc="5541", category="fuel",
-        amount=61.5, currency="EUR", lat=52.5, lon=13.4, volume_l=40.0)
+        event_id="p1",
+        ts=1_767_600_000.0,
+        vin="1HGCM82633A004352",
+        driver_id="D-7",
+        driver_name="Ada Driver",
+        card_number="4111111111111111",
+        cardholder="ADA DRIVER",
+        merchant_id="M1",
+        merchant_name="Fuel Stop",
+        mcc="5541",
+        category="fuel",
+        amount=61.5,
+        currency="EUR",
+        lat=52.5,
+        lon=13.4,
+        volume_l=40.0,
+    )
 
 
 def test_the_vault_keeps_what_the_enricher_keeps() -> None:
@@ -111,9 +132,14 @@ def test_the_vault_keeps_what_the_enricher_keeps() -> None:
     stream, event = BUILTIN["payments"], _payment()
     person = getattr(event, stream.person or "")
     declared = {
-        (stream.token_kind(n) if f.pii == "token" else n, getattr(event, n),
-         None if n == stream.device.field else person)
-        for n, f in stream.fields.items() if f.pii in ("token", "vault")}
+        (
+            stream.token_kind(n) if f.pii == "token" else n,
+            getattr(event, n),
+            None if n == stream.device.field else person,
+        )
+        for n, f in stream.fields.items()
+        if f.pii in ("token", "vault")
+    }
     assert declared == set(pii_items(event))
 
 
@@ -136,9 +162,17 @@ def test_the_built_in_digests_are_pinned() -> None:
 
 
 def _telemetry(i: int, ts: float, values: dict[str, float]) -> contracts.Telemetry:
-    return contracts.Telemetry(event_id=f"e{i}", ts=ts, vin="1HGCM82633A004352",
-                               driver_id="D-7", model="no such model", firmware="1.0",
-                               lat=52.5, lon=13.4, **values)  # type: ignore[arg-type]
+    return contracts.Telemetry(
+        event_id=f"e{i}",
+        ts=ts,
+        vin="1HGCM82633A004352",
+        driver_id="D-7",
+        model="no such model",
+        firmware="1.0",
+        lat=52.5,
+        lon=13.4,
+        **values,  # type: ignore[arg-type]
+    )
 
 
 def _frames(n: int, seed: int) -> list[contracts.Telemetry]:
@@ -185,18 +219,27 @@ class _Generic:
             return tf.stuck_value([r for r, _ in runs], p["cap"], p["scale"])
         if f.transform == "zscore":
             out, self.state[f.name] = tf.zscore_step(
-                prev, xs[f.inputs[0]], p["alpha"], p["limit"], p["floor"], p["typical_std"])
+                prev, xs[f.inputs[0]], p["alpha"], p["limit"], p["floor"], p["typical_std"]
+            )
             return out
         assert f.transform == "rate", f.transform
-        out, self.state[f.name] = tf.rate_step(prev, ts, xs[f.inputs[0]], p["limit"],
-                                               p["min_dt_s"], p["typical_std"])
+        out, self.state[f.name] = tf.rate_step(
+            prev, ts, xs[f.inputs[0]], p["limit"], p["min_dt_s"], p["typical_std"]
+        )
         return out
 
 
 def test_generic_transforms_give_todays_telemetry_values() -> None:
     generic = _Generic(BUILTIN["telemetry"])
     assert {f.transform for f in generic.features} == {
-        "value", "spread", "diff", "stuck", "gap", "zscore", "rate"}
+        "value",
+        "spread",
+        "diff",
+        "stuck",
+        "gap",
+        "zscore",
+        "rate",
+    }
     state = None
     compared = 0
     for frame in _frames(400, seed=17):
@@ -212,8 +255,7 @@ def test_generic_transforms_give_todays_telemetry_values() -> None:
 def test_named_transforms_point_at_the_code_computing_them() -> None:
     telemetry_frame = _frames(1, seed=3)[0]
     results = {
-        "telemetry": {**tel.cross_sensor(telemetry_frame),
-                      **tel.envelope(telemetry_frame, None)},
+        "telemetry": {**tel.cross_sensor(telemetry_frame), **tel.envelope(telemetry_frame, None)},
         "payments": {},
     }
     payment = _payment()

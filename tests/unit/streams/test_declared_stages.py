@@ -79,16 +79,26 @@ def cold(tmp_path: Path) -> Iterator[streams.StreamSpec]:
 
 def _event(i: int, **over: object) -> dict[str, object]:
     event: dict[str, object] = {
-        "event_id": f"e{i}", "unit": "AB-0001", "at": f"2026-01-05T07:{i:02d}:00Z",
-        "box_c": 3.0 + (i % 3) * 0.5, "set_c": 3.0, "door": "shut", "kw": 4.0,
-        "driver": "Jo Driver", "phone": "+49 170 5550100", "badge": "B-7781",
-        "la": 52.52437, "lo": 13.41053}
+        "event_id": f"e{i}",
+        "unit": "AB-0001",
+        "at": f"2026-01-05T07:{i:02d}:00Z",
+        "box_c": 3.0 + (i % 3) * 0.5,
+        "set_c": 3.0,
+        "door": "shut",
+        "kw": 4.0,
+        "driver": "Jo Driver",
+        "phone": "+49 170 5550100",
+        "badge": "B-7781",
+        "la": 52.52437,
+        "lo": 13.41053,
+    }
     event.update(over)
     return event
 
 
-def _check(spec: streams.StreamSpec, payload: dict[str, object],
-           topic: str = "fleet/AB-0001/cold_box") -> float:
+def _check(
+    spec: streams.StreamSpec, payload: dict[str, object], topic: str = "fleet/AB-0001/cold_box"
+) -> float:
     limits = Limits(streams={spec.mqtt_suffix: spec}, max_past_age_s=10 * 86_400)
     return validate(topic, json.dumps(payload).encode(), NOW, limits).ts
 
@@ -97,16 +107,19 @@ def test_the_bridge_takes_the_declared_fields_and_iso_times(cold: streams.Stream
     assert _check(cold, _event(5)) == NOW - 3600 + 5 * 60
 
 
-@pytest.mark.parametrize(("change", "reason", "named"), [
-    ({"box_c": "warm"}, "wrong_type", "box_c"),
-    ({"door": "ajar"}, "invalid_value", "door"),
-    ({"unit": "ab-1"}, "invalid_value", "unit"),
-    ({"at": "yesterday"}, "invalid_value", "at"),
-    ({"set_c": None}, "wrong_type", "set_c"),
-])
-def test_the_bridge_names_the_declared_field_it_refuses(cold: streams.StreamSpec,
-                                                        change: dict[str, object], reason: str,
-                                                        named: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "reason", "named"),
+    [
+        ({"box_c": "warm"}, "wrong_type", "box_c"),
+        ({"door": "ajar"}, "invalid_value", "door"),
+        ({"unit": "ab-1"}, "invalid_value", "unit"),
+        ({"at": "yesterday"}, "invalid_value", "at"),
+        ({"set_c": None}, "wrong_type", "set_c"),
+    ],
+)
+def test_the_bridge_names_the_declared_field_it_refuses(
+    cold: streams.StreamSpec, change: dict[str, object], reason: str, named: str
+) -> None:
     with pytest.raises(Rejected) as info:
         _check(cold, _event(1, **change))
     assert info.value.reason == reason
@@ -114,7 +127,8 @@ def test_the_bridge_names_the_declared_field_it_refuses(cold: streams.StreamSpec
 
 
 def test_a_missing_required_field_and_another_devices_id_are_refused(
-        cold: streams.StreamSpec) -> None:
+    cold: streams.StreamSpec,
+) -> None:
     event = _event(1)
     del event["box_c"]
     with pytest.raises(Rejected, match="box_c") as info:
@@ -144,8 +158,10 @@ def test_the_vault_keeps_tokens_and_vault_fields_of_the_person(cold: streams.Str
     from shared.features.anonymize import plan_of
 
     items = plan_of(cold).vault_items(decode(cold.event, json.dumps(_event(1)).encode()))
-    assert sorted(items) == [("driver", "Jo Driver", "Jo Driver"),
-                             ("phone", "+49 170 5550100", "Jo Driver")]
+    assert sorted(items) == [
+        ("driver", "Jo Driver", "Jo Driver"),
+        ("phone", "+49 170 5550100", "Jo Driver"),
+    ]
 
 
 def test_features_follow_the_generic_transforms_per_device(cold: streams.StreamSpec) -> None:
@@ -154,11 +170,14 @@ def test_features_follow_the_generic_transforms_per_device(cold: streams.StreamS
     z = r = None
     stuck = None
     for i, box in enumerate(boxes):
-        other = anon.message("fleet/AB-0002/cold_box", json.dumps(
-            _event(i, unit="AB-0002", box_c=-20.0)).encode())  # another trailer's state
+        other = anon.message(
+            "fleet/AB-0002/cold_box", json.dumps(_event(i, unit="AB-0002", box_c=-20.0)).encode()
+        )  # another trailer's state
         assert isinstance(other, AnonRecord)
-        record = anon.message("fleet/AB-0001/cold_box",
-                              json.dumps(_event(i, box_c=box, kw=None if i == 2 else 4.0)).encode())
+        record = anon.message(
+            "fleet/AB-0001/cold_box",
+            json.dumps(_event(i, box_c=box, kw=None if i == 2 else 4.0)).encode(),
+        )
         assert isinstance(record, AnonRecord)
         ts = NOW - 3600 + i * 60
         want_z, z = tf.zscore_step(z, box, typical_std=2.0)
@@ -175,9 +194,11 @@ def test_features_follow_the_generic_transforms_per_device(cold: streams.StreamS
 
 
 def test_state_survives_the_changelog_and_a_batch_equals_one_by_one(
-        cold: streams.StreamSpec) -> None:
-    events = [(cold, decode(cold.event, json.dumps(_event(i, box_c=float(i))).encode()))
-              for i in range(6)]
+    cold: streams.StreamSpec,
+) -> None:
+    events = [
+        (cold, decode(cold.event, json.dumps(_event(i, box_c=float(i))).encode())) for i in range(6)
+    ]
     one = Anonymizer(SECRET)
     want = [one.anonymize(e) for _, e in events]
     state = FeatureState()
@@ -191,24 +212,41 @@ def test_state_survives_the_changelog_and_a_batch_equals_one_by_one(
 
 
 def test_a_device_may_publish_its_declared_streams(cold: streams.StreamSpec) -> None:
-    topics = {acl["topic"] for acl in vehicle_role("AB-0001")["acls"]
-              if acl["acltype"] == "publishClientSend"}
-    assert topics == {"fleet/AB-0001/telemetry", "fleet/AB-0001/payments",
-                      "fleet/AB-0001/cold_box", "fleet/AB-0001/status"}
+    topics = {
+        acl["topic"]
+        for acl in vehicle_role("AB-0001")["acls"]
+        if acl["acltype"] == "publishClientSend"
+    }
+    assert topics == {
+        "fleet/AB-0001/telemetry",
+        "fleet/AB-0001/payments",
+        "fleet/AB-0001/cold_box",
+        "fleet/AB-0001/status",
+    }
 
 
-@pytest.mark.parametrize(("edit", "key", "message"), [
-    (('name = "cold"', 'name = "telemetry"'), "stream.name", "built in"),
-    (('topic = "cold_box"', 'topic = "payments"'), "stream.topic", "built in"),
-    (('gap = { gap = true }', 'gap = { named = "vehicle_known" }'), "features.gap",
-     "named transforms"),
-    (('alerts = { kind = "event" }', 'alerts = { kind = "event" }\ndecision = true'),
-     "stream.decision", "payments"),
-])
-def test_what_the_stages_cannot_run_is_refused_at_start_up(tmp_path: Path, edit: tuple[str, str],
-                                                          key: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "key", "message"),
+    [
+        (('name = "cold"', 'name = "telemetry"'), "stream.name", "built in"),
+        (('topic = "cold_box"', 'topic = "payments"'), "stream.topic", "built in"),
+        (
+            ("gap = { gap = true }", 'gap = { named = "vehicle_known" }'),
+            "features.gap",
+            "named transforms",
+        ),
+        (
+            ('alerts = { kind = "event" }', 'alerts = { kind = "event" }\ndecision = true'),
+            "stream.decision",
+            "payments",
+        ),
+    ],
+)
+def test_what_the_stages_cannot_run_is_refused_at_start_up(
+    tmp_path: Path, edit: tuple[str, str], key: str, message: str
+) -> None:
     # vehicle_known reads a "vin" field: declared here so only the stage's refusal is left.
-    text = COLD.replace(*edit).replace('la = {', 'vin = { type = "str" }\nla = {')
+    text = COLD.replace(*edit).replace("la = {", 'vin = { type = "str" }\nla = {')
     (tmp_path / "cold.toml").write_text(text)
     with pytest.raises(DeclarationError) as info:
         load_streams(tmp_path)
@@ -234,32 +272,40 @@ def _random_events(spec: streams.StreamSpec, n: int, seed: int) -> list[tuple[An
             box[u] = round(box[u] + rng.gauss(0, 1.5), rng.choice((0, 1, 3)))
         minute[u] += rng.choice((1, 1, 1, 0, 3, -1))
         at = f"2026-01-05T{6 + minute[u] // 60 % 12:02d}:{minute[u] % 60:02d}:00Z"
-        event = _event(i, unit=u, at=at, box_c=box[u], set_c=rng.choice((3.0, 3.0, -18.0)),
-                       door=rng.choice(("shut", "shut", "open")),
-                       kw=None if rng.random() < 0.2 else round(rng.uniform(0, 9), 1),
-                       driver=rng.choice(("Jo", "Al")))
+        event = _event(
+            i,
+            unit=u,
+            at=at,
+            box_c=box[u],
+            set_c=rng.choice((3.0, 3.0, -18.0)),
+            door=rng.choice(("shut", "shut", "open")),
+            kw=None if rng.random() < 0.2 else round(rng.uniform(0, 9), 1),
+            driver=rng.choice(("Jo", "Al")),
+        )
         out.append((spec, decode(spec.event, json.dumps(event).encode())))
     return out
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_vectorised_batch_gives_the_event_by_event_records_and_states(
-        cold: streams.StreamSpec, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    cold: streams.StreamSpec, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     items = _random_events(cold, 600, seed)
     want_state, want = FeatureState(), list[AnonRecord]()
     for start in range(0, len(items), 150):
-        chunk = sequential_batch(items[start:start + 150], want_state, SECRET)
+        chunk = sequential_batch(items[start : start + 150], want_state, SECRET)
         for record in chunk.records:
             assert isinstance(record, AnonRecord)  # a declared stream's
             want.append(record)
         want_state.apply(chunk.updates)
+
     def fallback(*_args: object) -> None:
         raise AssertionError("the batch went event by event")
 
     monkeypatch.setattr(vector, "_one_by_one", fallback)
     got_state, got = FeatureState(), []
     for start in range(0, len(items), 150):
-        records, updates = anonymize_declared(items[start:start + 150], got_state, SECRET)
+        records, updates = anonymize_declared(items[start : start + 150], got_state, SECRET)
         got += records
         got_state.apply(updates)
     assert [encode(r) for r in got] == [encode(r) for r in want]
@@ -267,23 +313,32 @@ def test_the_vectorised_batch_gives_the_event_by_event_records_and_states(
     assert wire == [(r.key, encode(r)) for r in want[:150]]
     assert sorted(got_state) == sorted(want_state)
     # The states to the bit (features are rounded; the states carry on unrounded).
-    assert {k: encode_state(v) for k, v in got_state.items()} == \
-        {k: encode_state(v) for k, v in want_state.items()}
+    assert {k: encode_state(v) for k, v in got_state.items()} == {
+        k: encode_state(v) for k, v in want_state.items()
+    }
 
 
 def test_the_ansible_role_grants_a_device_what_infra_up_grants(cold: streams.StreamSpec) -> None:
     """The mosquitto role's filter plugin and shared/infra/mosquitto.py write the same role."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[3] / \
-        "ansible/roles/mosquitto/filter_plugins/mosquitto_passwd.py"
+    path = (
+        Path(__file__).resolve().parents[3]
+        / "ansible/roles/mosquitto/filter_plugins/mosquitto_passwd.py"
+    )
     spec = importlib.util.spec_from_file_location("mosquitto_passwd", path)
     assert spec is not None and spec.loader is not None
     plugin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plugin)
-    config = plugin.mosquitto_dynsec({"admin": "a", "bridge": "b"}, "admin", "bridge",
-                                      [{"vin": "AB-0001", "password": "p"}], "gw", 1,
-                                      ["cold_box"])
+    config = plugin.mosquitto_dynsec(
+        {"admin": "a", "bridge": "b"},
+        "admin",
+        "bridge",
+        [{"vin": "AB-0001", "password": "p"}],
+        "gw",
+        1,
+        ["cold_box"],
+    )
     role = next(r for r in config["roles"] if r["rolename"] == "vehicle-AB-0001")
     assert sorted(role["acls"], key=str) == sorted(vehicle_role("AB-0001")["acls"], key=str)
     with pytest.raises(ValueError, match="mosquitto_stream_topics"):

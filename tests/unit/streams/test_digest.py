@@ -56,22 +56,26 @@ SAME = [
     ('label = "Pressure vs rated"', 'label = "Pressure against the rated one"'),
     ('unit = "kPa", ', 'unit = "bar", '),
     ('noun = "tanker"', 'noun = "truck"'),
-    ('[features]', '[features]\n# a comment'),
+    ("[features]", "[features]\n# a comment"),
     # Not about feature values: alerts, decisions, topic, personal data of unused fields.
     ('alerts = { kind = "episodes" }', 'alerts = { kind = "event" }\ndecision = true'),
     ('name = "tanker"', 'name = "tanker"\ntopic = "tank"'),
     ('t = { type = "float" }', 't = { type = "float" }\ndriver = { type = "str", pii = "token" }'),
     ('pressure_kpa = { type = "float"', 'pressure_kpa = { required = false, type = "float"'),
     # Field declaration order (feature order is what counts).
-    ('model = { type = "str" }\nlevel_pct = { type = "float", unit = "%", range = [0, 100], '
-     'label = "Tank level", typical_std = 5.0 }',
-     'level_pct = { type = "float", unit = "%", range = [0, 100], label = "Tank level", '
-     'typical_std = 5.0 }\nmodel = { type = "str" }'),
+    (
+        'model = { type = "str" }\nlevel_pct = { type = "float", unit = "%", range = [0, 100], '
+        'label = "Tank level", typical_std = 5.0 }',
+        'level_pct = { type = "float", unit = "%", range = [0, 100], label = "Tank level", '
+        'typical_std = 5.0 }\nmodel = { type = "str" }',
+    ),
     # The short form, and the table form with every default written out.
-    ('level_pct = ["value", "zscore", "rate"]',
-     'level_pct = ["value"]\nlevel_pct_z = { zscore = "level_pct", alpha = 0.05, limit = 20, '
-     'floor = 0.05, typical_std = 5.0 }\n'
-     'level_pct_rate = { rate = "level_pct", limit = 50, min_dt_s = 0.5 }'),
+    (
+        'level_pct = ["value", "zscore", "rate"]',
+        'level_pct = ["value"]\nlevel_pct_z = { zscore = "level_pct", alpha = 0.05, limit = 20, '
+        "floor = 0.05, typical_std = 5.0 }\n"
+        'level_pct_rate = { rate = "level_pct", limit = 50, min_dt_s = 0.5 }',
+    ),
 ]
 
 
@@ -93,19 +97,21 @@ CHANGED = [
     ('{ ratio = ["level_pct"', '{ diff = ["level_pct"'),
     # Parameters, explicit or from the field.
     ('scale = "log1p" }', 'scale = "linear" }'),
-    ('gap_s = { gap = true', 'gap_s = { cap = 600, gap = true'),
+    ("gap_s = { gap = true", "gap_s = { cap = 600, gap = true"),
     ('table = "rated_kpa",', 'table = "rated_kpa", missing = 1.0,'),
-    ('range = [0, 100]', 'range = [0, 110]'),
-    ('typical_std = 5.0', 'typical_std = 4.0'),
+    ("range = [0, 100]", "range = [0, 110]"),
+    ("typical_std = 5.0", "typical_std = 4.0"),
     ('values = ["shut", "open"]', 'values = ["open", "shut"]'),
-    ('a = 300.0', 'a = 310.0'),
-    ('b = 350.0 }', 'b = 350.0, c = 1.0 }'),
+    ("a = 300.0", "a = 310.0"),
+    ("b = 350.0 }", "b = 350.0, c = 1.0 }"),
     # Order and names.
-    ('valve = ["onehot"]\ngap_s = { gap = true, scale = "log1p" }',
-     'gap_s = { gap = true, scale = "log1p" }\nvalve = ["onehot"]'),
+    (
+        'valve = ["onehot"]\ngap_s = { gap = true, scale = "log1p" }',
+        'gap_s = { gap = true, scale = "log1p" }\nvalve = ["onehot"]',
+    ),
     ('["value", "zscore", "rate"]', '["value", "rate", "zscore"]'),
     ('hour = "time_of_day"', 'time = "time_of_day"'),
-    ('hour = "time_of_day"\n', ''),
+    ('hour = "time_of_day"\n', ""),
 ]
 
 
@@ -118,13 +124,20 @@ def test_feature_changes_change_the_digest(old: str, new: str) -> None:
 def test_a_named_transforms_version_enters_the_digest(monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.declarations import named
 
-    text = BASE.replace("[features]", "[features]\nfrom_code = { named = \"tyre_min_dev\" }")
-    text = text.replace("[fields]", "[fields]\n" + "\n".join(
-        f'tyre_{w}_kpa = {{ type = "float" }}' for w in ("fl", "fr", "rl", "rr")))
+    text = BASE.replace("[features]", '[features]\nfrom_code = { named = "tyre_min_dev" }')
+    text = text.replace(
+        "[fields]",
+        "[fields]\n"
+        + "\n".join(f'tyre_{w}_kpa = {{ type = "float" }}' for w in ("fl", "fr", "rl", "rr")),
+    )
     before = _digest(text)
     entry = named.get("tyre_min_dev")
     assert entry is not None
-    monkeypatch.setitem(named._REGISTRY, "tyre_min_dev",
-                        named.NamedTransform(entry.name, entry.reads, entry.compute,
-                                             entry.output, version=entry.version + 1))
+    monkeypatch.setitem(
+        named._REGISTRY,
+        "tyre_min_dev",
+        named.NamedTransform(
+            entry.name, entry.reads, entry.compute, entry.output, version=entry.version + 1
+        ),
+    )
     assert _digest(text) != before

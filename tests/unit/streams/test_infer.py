@@ -28,9 +28,22 @@ from shared.declarations.model import Stream
 START = 1767600000  # 2026-01-05T08:00:00Z
 FIRST = ["Ann", "Bert", "Chloe", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lea"]
 LAST = ["Smith", "Okafor", "Novak", "Ito", "Berg", "Costa"]
-COLUMNS = ["time", "car", "coolant_temp", "intake_air_temp", "tire_pressure_1_1",
-           "driver_name", "driver_email", "card", "lat", "lon", "mode", "Speed (km/h)",
-           "door_open", "odometer"]
+COLUMNS = [
+    "time",
+    "car",
+    "coolant_temp",
+    "intake_air_temp",
+    "tire_pressure_1_1",
+    "driver_name",
+    "driver_email",
+    "card",
+    "lat",
+    "lon",
+    "mode",
+    "Speed (km/h)",
+    "door_open",
+    "odometer",
+]
 
 
 def _card(rng: random.Random) -> str:
@@ -49,24 +62,27 @@ def fleet_rows(n_cars: int = 12, per_car: int = 50, seed: int = 7) -> list[dict[
         base = 88.0 + c
         for i in range(per_car):
             ts = datetime.fromtimestamp(START + i * 5 + c, UTC)
-            rows.append({
-                "time": ts.isoformat().replace("+00:00", "Z"),
-                "car": car,
-                "coolant_temp": round(base + rng.gauss(0, 2), 2),
-                "intake_air_temp": round(25 + rng.gauss(0, 4), 1),
-                # one car's tyre sensor sometimes reports nothing
-                "tire_pressure_1_1": None if c == 3 and i % 5 == 0 else round(
-                    230 + rng.gauss(0, 5), 1),
-                "driver_name": driver,
-                "driver_email": f"{FIRST[c].lower()}.{LAST[c % len(LAST)].lower()}@example.com",
-                "card": card,
-                "lat": round(52.37 + c * 0.05 + i * 0.001, 5),
-                "lon": round(4.89 + c * 0.05 - i * 0.001, 5),
-                "mode": ("eco", "normal", "sport")[(c + i // 10) % 3],
-                "Speed (km/h)": round(max(0.0, 60 + rng.gauss(0, 15)), 1),
-                "door_open": i % 17 == 0,
-                "odometer": 120_000 + c * 1000 + i,
-            })
+            rows.append(
+                {
+                    "time": ts.isoformat().replace("+00:00", "Z"),
+                    "car": car,
+                    "coolant_temp": round(base + rng.gauss(0, 2), 2),
+                    "intake_air_temp": round(25 + rng.gauss(0, 4), 1),
+                    # one car's tyre sensor sometimes reports nothing
+                    "tire_pressure_1_1": None
+                    if c == 3 and i % 5 == 0
+                    else round(230 + rng.gauss(0, 5), 1),
+                    "driver_name": driver,
+                    "driver_email": f"{FIRST[c].lower()}.{LAST[c % len(LAST)].lower()}@example.com",
+                    "card": card,
+                    "lat": round(52.37 + c * 0.05 + i * 0.001, 5),
+                    "lon": round(4.89 + c * 0.05 - i * 0.001, 5),
+                    "mode": ("eco", "normal", "sport")[(c + i // 10) % 3],
+                    "Speed (km/h)": round(max(0.0, 60 + rng.gauss(0, 15)), 1),
+                    "door_open": i % 17 == 0,
+                    "odometer": 120_000 + c * 1000 + i,
+                }
+            )
     return rows
 
 
@@ -75,15 +91,21 @@ def write_csv(path: Path, rows: list[dict[str, Any]], delimiter: str = ",") -> P
         w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v)
-                        for k, v in r.items()})
+            w.writerow(
+                {
+                    k: ("" if v is None else str(v).lower() if isinstance(v, bool) else v)
+                    for k, v in r.items()
+                }
+            )
     return path
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     # a missing value is a key left out, as devices do
-    path.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n"
-                            for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -142,8 +164,13 @@ def test_types_ranges_and_required(fleet: tuple[str, str, Stream]) -> None:
 def test_personal_data_flagged_with_its_handling(fleet: tuple[str, str, Stream]) -> None:
     _, text, s = fleet
     pii = {n: d.pii for n, d in s.fields.items() if d.pii}
-    assert pii == {"driver_name": "token", "card": "token", "driver_email": "vault",
-                   "lat": "cell", "lon": "cell"}
+    assert pii == {
+        "driver_name": "token",
+        "card": "token",
+        "driver_email": "vault",
+        "lat": "cell",
+        "lon": "cell",
+    }
     assert s.cell == ("lat", "lon") and s.person == "driver_name"
     assert s.fields["card"].type == "str"  # a card number is an identifier, even in CSV
     assert "# pii: 100 % of 600 values are Luhn-valid 12-19 digit numbers (card numbers)" in text
@@ -158,8 +185,18 @@ def test_features_never_touch_personal_data(fleet: tuple[str, str, Stream]) -> N
     assert not used & s.pii_fields
     assert not used & {"car", "time"}
     names = s.feature_names
-    for n in ("coolant_temp", "coolant_temp_z", "coolant_temp_rate", "speed_km_h_rate",
-              "tire_pressure_1_1_z", "odometer", "door_open", "mode_eco", "mode_sport", "gap_s"):
+    for n in (
+        "coolant_temp",
+        "coolant_temp_z",
+        "coolant_temp_rate",
+        "speed_km_h_rate",
+        "tire_pressure_1_1_z",
+        "odometer",
+        "door_open",
+        "mode_eco",
+        "mode_sport",
+        "gap_s",
+    ):
         assert n in names
     assert "door_open_z" not in names
 
@@ -174,8 +211,9 @@ def test_renamed_column_keeps_its_recording_name(fleet: tuple[str, str, Stream])
 
 def test_the_three_formats_agree(tmp_path: Path) -> None:
     rows = fleet_rows()
-    streams = {fmt: _infer_file(w(tmp_path / f"trucks.{fmt}", rows))[1]
-               for fmt, w in WRITERS.items()}
+    streams = {
+        fmt: _infer_file(w(tmp_path / f"trucks.{fmt}", rows))[1] for fmt, w in WRITERS.items()
+    }
     specs = {s.feature_spec for s in streams.values()}
     assert len(specs) == 1, {f: s.feature_names for f, s in streams.items()}
 
@@ -190,8 +228,13 @@ def test_epoch_times(tmp_path: Path, unit: str) -> None:
     rows = []
     for i in range(200):
         ts = START + i * 2.5
-        rows.append({"vehicle_id": f"V{i % 4}", "ts": int(ts * 1000) if unit == "ms" else ts,
-                     "rpm": 900 + (i * 37) % 400})
+        rows.append(
+            {
+                "vehicle_id": f"V{i % 4}",
+                "ts": int(ts * 1000) if unit == "ms" else ts,
+                "rpm": 900 + (i * 37) % 400,
+            }
+        )
     text, s = _infer_file(write_jsonl(tmp_path / "engine.jsonl", rows))
     assert (s.time.field, s.time.unit) == ("ts", unit)
     assert s.fields["ts"].type == ("int" if unit == "ms" else "float")
@@ -201,8 +244,10 @@ def test_epoch_times(tmp_path: Path, unit: str) -> None:
 
 
 def test_device_and_time_found_by_content(tmp_path: Path) -> None:
-    rows = [{"src": f"BX{i % 6:03d}", "when": START * 1000 + i * 1000, "level": i % 7}
-            for i in range(120)]
+    rows = [
+        {"src": f"BX{i % 6:03d}", "when": START * 1000 + i * 1000, "level": i % 7}
+        for i in range(120)
+    ]
     text, s = _infer_file(write_jsonl(tmp_path / "tanks.jsonl", rows))
     assert (s.device.field, s.time.field, s.time.unit) == ("src", "when", "ms")
     assert "by content" in text
@@ -210,8 +255,7 @@ def test_device_and_time_found_by_content(tmp_path: Path) -> None:
 
 def test_vin_device_is_tokenized_and_numeric_ids_become_text(tmp_path: Path) -> None:
     vins = ["1HGCM82633A004352", "JH4KA8260MC000000", "WVWZZZ1JZXW000001"]
-    rows = [{"vin": vins[i % 3], "t": START + i, "x": i * 0.5, "unit": i % 3}
-            for i in range(90)]
+    rows = [{"vin": vins[i % 3], "t": START + i, "x": i * 0.5, "unit": i % 3} for i in range(90)]
     text, s = _infer_file(write_jsonl(tmp_path / "v.jsonl", rows))
     assert s.device.field == "vin" and s.fields["vin"].pii == "token"
     assert s.device.pattern == "^[A-Z0-9]{17}$"
@@ -222,9 +266,17 @@ def test_vin_device_is_tokenized_and_numeric_ids_become_text(tmp_path: Path) -> 
 
 
 def test_every_string_column_says_whether_it_is_personal(tmp_path: Path) -> None:
-    rows = [{"truck": f"T-{i % 3}", "t": START + i, "firmware": f"fw-1.{i % 20}",
-             "notes": f"checked bay {i}", "phone": f"+44 20 7946 {i:04d}",
-             "model_name": "RT-200"} for i in range(60)]
+    rows = [
+        {
+            "truck": f"T-{i % 3}",
+            "t": START + i,
+            "firmware": f"fw-1.{i % 20}",
+            "notes": f"checked bay {i}",
+            "phone": f"+44 20 7946 {i:04d}",
+            "model_name": "RT-200",
+        }
+        for i in range(60)
+    ]
     text, s = _infer_file(write_jsonl(tmp_path / "mixed.jsonl", rows))
     assert s.fields["phone"].pii == "vault" and s.fields["model_name"].pii is None
     firmware = text.split("\nfirmware = ")[0].rsplit("\n# type str", 1)[1]
@@ -241,22 +293,26 @@ def test_field_names_are_sanitized() -> None:
 
 
 def test_envelope_and_empty_columns_are_skipped_with_a_reason(tmp_path: Path) -> None:
-    rows = [{"event_id": f"e{i}", "device": f"D{i % 2}", "ts": START + i, "x": i, "empty": None}
-            for i in range(20)]
+    rows = [
+        {"event_id": f"e{i}", "device": f"D{i % 2}", "ts": START + i, "x": i, "empty": None}
+        for i in range(20)
+    ]
     text, s = _infer_file(write_parquet(tmp_path / "e.parquet", rows))
     assert "event_id" not in s.fields and "empty" not in s.fields
     assert "# skipped column 'event_id': every event carries it" in text
 
 
 def test_no_device_column_says_what_to_do() -> None:
-    sample = Sample("x.csv", "csv", False, {"t": [str(START + i) for i in range(10)],
-                                            "v": ["1.5"] * 10})
+    sample = Sample(
+        "x.csv", "csv", False, {"t": [str(START + i) for i in range(10)], "v": ["1.5"] * 10}
+    )
     with pytest.raises(InferError, match="--device COLUMN"):
         infer(sample)
 
 
-def test_parquet_without_pyarrow_names_the_package(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parquet_without_pyarrow_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     path = write_parquet(tmp_path / "p.parquet", fleet_rows(2, 5))

@@ -27,8 +27,10 @@ RULE = EpisodeRule(open_events=3, open_window_s=10.0, quiet_gap_s=30.0)
 def _episodes(times: list[float]) -> list[tuple[float, float, float]]:
     ts = np.array(times, dtype=float)
     tokens = np.array(["v"] * len(times), dtype=object)
-    return [(e.start_ts, e.open_ts, e.end_ts)
-            for e in alert_episodes(tokens, ts, np.ones(len(times), bool), RULE)]
+    return [
+        (e.start_ts, e.open_ts, e.end_ts)
+        for e in alert_episodes(tokens, ts, np.ones(len(times), bool), RULE)
+    ]
 
 
 def test_one_noisy_frame_raises_nothing() -> None:
@@ -53,10 +55,15 @@ def test_vehicle_hours_sum_per_token() -> None:
 def test_detection_delay_and_false_episodes() -> None:
     from cloud.evaluation.episodes import AlertEpisode
 
-    alerts = [AlertEpisode("a", 100, 105, 200), AlertEpisode("a", 1000, 1002, 1010),
-              AlertEpisode("b", 0, 2, 3)]
-    labels = [LabelEpisode("e1", "overheating", "a", 90, 300),
-              LabelEpisode("e2", "tyre_leak", "b", 500, 900)]
+    alerts = [
+        AlertEpisode("a", 100, 105, 200),
+        AlertEpisode("a", 1000, 1002, 1010),
+        AlertEpisode("b", 0, 2, 3),
+    ]
+    labels = [
+        LabelEpisode("e1", "overheating", "a", 90, 300),
+        LabelEpisode("e2", "tyre_leak", "b", 500, 900),
+    ]
     rep = evaluate_episodes(alerts, labels, hours=10.0, within_s=60).as_dict()
     assert rep["episodes"] == 2 and rep["detected"] == 1
     assert rep["delay_p50_s"] == 15.0
@@ -85,9 +92,16 @@ def test_a_vehicle_split_keeps_each_vehicle_in_one_split() -> None:
     n = 3000
     rng = np.random.default_rng(3)
     tokens = np.array([f"v{i}" for i in rng.integers(0, 60, n)], dtype=object)
-    recs = Records("telemetry", ["f"], np.zeros((n, 1), np.float32), np.arange(n).astype(object),
-                   rng.uniform(0, 3600, n), tokens, np.array([""] * n, dtype=object),
-                   np.array([""] * n, dtype=object))
+    recs = Records(
+        "telemetry",
+        ["f"],
+        np.zeros((n, 1), np.float32),
+        np.arange(n).astype(object),
+        rng.uniform(0, 3600, n),
+        tokens,
+        np.array([""] * n, dtype=object),
+        np.array([""] * n, dtype=object),
+    )
     parts = vehicle_split(recs, (0.6, 0.2, 0.2))
     seen = [set(p.tokens.tolist()) for p in parts]
     assert sum(len(p) for p in parts) == n
@@ -98,11 +112,15 @@ def test_a_vehicle_split_keeps_each_vehicle_in_one_split() -> None:
 def _records(scores_normal: list[tuple[str, float]]) -> Records:
     n = len(scores_normal)
     return Records(
-        stream="telemetry", features=["f"], x=np.zeros((n, 1), np.float32),
+        stream="telemetry",
+        features=["f"],
+        x=np.zeros((n, 1), np.float32),
         event_ids=np.array([f"e{i}" for i in range(n)], dtype=object),
         ts=np.array([t for _, t in scores_normal], dtype=float),
         tokens=np.array([tok for tok, _ in scores_normal], dtype=object),
-        kinds=np.array([""] * n, dtype=object), episodes=np.array([""] * n, dtype=object))
+        kinds=np.array([""] * n, dtype=object),
+        episodes=np.array([""] * n, dtype=object),
+    )
 
 
 def test_false_episode_threshold_keeps_the_rate_under_target() -> None:
@@ -146,10 +164,20 @@ def test_a_vehicle_split_deals_out_the_labelled_vehicles_too() -> None:
     # (a hash alone leaves a fifth of the labelled vehicles, or none, to the holdout).
     n = 100 * 20
     tokens = np.array([f"v{i // 20}" for i in range(n)], dtype=object)
-    kinds = np.array(["tyre_leak" if i // 20 in (3, 17, 42, 66, 91) and i % 20 < 5 else ""
-                      for i in range(n)], dtype=object)
-    recs = Records("telemetry", ["f"], np.zeros((n, 1), np.float32), np.arange(n).astype(object),
-                   np.arange(n, dtype=np.float64), tokens, kinds, kinds.copy())
+    kinds = np.array(
+        ["tyre_leak" if i // 20 in (3, 17, 42, 66, 91) and i % 20 < 5 else "" for i in range(n)],
+        dtype=object,
+    )
+    recs = Records(
+        "telemetry",
+        ["f"],
+        np.zeros((n, 1), np.float32),
+        np.arange(n).astype(object),
+        np.arange(n, dtype=np.float64),
+        tokens,
+        kinds,
+        kinds.copy(),
+    )
     train, val, hold = vehicle_split(recs, (0.6, 0.2, 0.2))
     labelled = [len(set(p.tokens[p.labelled].tolist())) for p in (train, val, hold)]
     assert labelled == [3, 1, 1]
@@ -157,11 +185,19 @@ def test_a_vehicle_split_deals_out_the_labelled_vehicles_too() -> None:
     # With one or two labelled vehicles they go where the model is judged and the threshold
     # set: the autoencoder fits normal frames only.
     for few, expect in (((3,), [0, 0, 1]), ((3, 17), [0, 1, 1])):
-        k = np.array(["tyre_leak" if i // 20 in few and i % 20 < 5 else "" for i in range(n)],
-                     dtype=object)
-        r = Records("telemetry", ["f"], np.zeros((n, 1), np.float32),
-                    np.arange(n).astype(object), np.arange(n, dtype=np.float64), tokens, k,
-                    k.copy())
+        k = np.array(
+            ["tyre_leak" if i // 20 in few and i % 20 < 5 else "" for i in range(n)], dtype=object
+        )
+        r = Records(
+            "telemetry",
+            ["f"],
+            np.zeros((n, 1), np.float32),
+            np.arange(n).astype(object),
+            np.arange(n, dtype=np.float64),
+            tokens,
+            k,
+            k.copy(),
+        )
         parts = vehicle_split(r, (0.6, 0.2, 0.2))
         assert [len(set(p.tokens[p.labelled].tolist())) for p in parts] == expect
 
@@ -176,5 +212,9 @@ def test_declared_alerts_replay_as_their_rule() -> None:
     ts = np.array([0.0, 1.0, 1.0, 500.0])
     tokens = np.array(["d"] * 4, dtype=object)
     eps = alert_episodes(tokens, ts, np.ones(4, bool), declared_rule(EventAlerts()))
-    assert sorted((e.start_ts, e.end_ts) for e in eps) == [(0.0, 0.0), (1.0, 1.0), (1.0, 1.0),
-                                                          (500.0, 500.0)]
+    assert sorted((e.start_ts, e.end_ts) for e in eps) == [
+        (0.0, 0.0),
+        (1.0, 1.0),
+        (1.0, 1.0),
+        (500.0, 500.0),
+    ]

@@ -71,13 +71,17 @@ def test_curves_run_from_corner_to_corner() -> None:
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     # trapezoid area under the curve is the rank AUC
-    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc([0, 1, 0, 1],
-                                                                  [0.1, 0.9, 0.5, 0.4]))
+    assert np.trapezoid(tpr, fpr) == pytest.approx(
+        metrics.roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.5, 0.4])
+    )
 
 
-scores_and_labels = st.integers(2, 60).flatmap(lambda n: st.tuples(
-    st.lists(st.booleans(), min_size=n, max_size=n).filter(lambda y: 0 < sum(y) < len(y)),
-    st.lists(st.integers(0, 8).map(float), min_size=n, max_size=n)))
+scores_and_labels = st.integers(2, 60).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.booleans(), min_size=n, max_size=n).filter(lambda y: 0 < sum(y) < len(y)),
+        st.lists(st.integers(0, 8).map(float), min_size=n, max_size=n),
+    )
+)
 
 
 @given(scores_and_labels)
@@ -85,7 +89,7 @@ scores_and_labels = st.integers(2, 60).flatmap(lambda n: st.tuples(
 def test_roc_auc_matches_pair_counting(data: tuple[list[bool], list[float]]) -> None:
     y, s = np.array(data[0]), np.array(data[1])
     pos, neg = s[y], s[~y]
-    expected = (np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :]))
+    expected = np.sum(pos[:, None] > neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])
     assert metrics.roc_auc(y, s) == pytest.approx(expected / (pos.size * neg.size))
     assert metrics.roc_auc(y, -s) == pytest.approx(1 - metrics.roc_auc(y, s))
     assert 0.0 <= metrics.pr_auc(y, s) <= 1.0
@@ -93,4 +97,9 @@ def test_roc_auc_matches_pair_counting(data: tuple[list[bool], list[float]]) -> 
 
 def test_summary_is_json_ready() -> None:
     out = metrics.summary([0, 0], [0.1, 0.2], 0.15)
-    assert out["roc_auc"] is None and out["recall"] is None and out["precision"] == 0.0 and out["fp"] == 1
+    assert (
+        out["roc_auc"] is None
+        and out["recall"] is None
+        and out["precision"] == 0.0
+        and out["fp"] == 1
+    )

@@ -121,5 +121,4 @@ def test_a_missing_signing_key_is_an_error_that_says_what_to_do(tmp_path: Path) 
     key = signing.create_private_key(path)
     with pytest.raises(signing.KeyFileError, match="never overwritten"):
         signing.create_private_key(path)
-    assert signing.key_fingerprint(signing.ensure_private_key(path)) == \
-        signing.key_fingerprint(key)
+    assert signing.key_fingerprint(signing.ensure_private_key(path)) == signing.key_fingerprint(key)
