@@ -125,6 +125,8 @@ class ProcessGroup:
         for pid in left:
             _signal_group(pid, signal.SIGKILL)
         self._wait(left, 5.0)
+        # _live reaps before it looks: a child that died just after was not reaped yet.
+        self._reap()
         for pid in pids:
             self._children.pop(pid, None)
         return left
