@@ -9,6 +9,8 @@ built-in ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +142,18 @@ def get(name: str) -> StreamSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown stream {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+@contextmanager
+def scoped() -> Iterator[None]:
+    """Streams registered inside the block are forgotten at its end (the built-in ones and
+    those registered before stay): tests that declare streams leave none behind."""
+    before = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
 
 
 def find(name: str) -> StreamSpec | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, settings
 
+from shared import streams
 from shared.infra import jars
 from shared.infra.kafka import KafkaCluster, KafkaNode
 from shared.infra.mosquitto import ADMIN_USER, BRIDGE_USER
@@ -66,6 +67,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "these tests start brokers but are not marked integration (add "
             "`pytestmark = pytest.mark.integration`): " + ", ".join(unmarked[:10])
         )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _streams_declared_in_a_module_stay_in_it() -> Iterator[None]:
+    """A test module that registers declared streams (`streams.use_declarations`, in a test
+    or a module fixture: this fixture is set up before those) leaves the process's registry
+    as it found it: later modules in the worker (topic lists, disk plans, Mosquitto roles) see
+    the built-in streams only."""
+    with streams.scoped():
+        yield
 
 
 @pytest.fixture(scope="module")
