@@ -24,17 +24,14 @@ from shared.declarations.anonymize import Plan, Slot, state_of
 from shared.declarations.events import event_time
 from shared.declarations.model import Feature
 from shared.features.geo import cell
+from shared.features.guard import fin_array as _fin
+from shared.features.guard import round3_array
 from shared.features.state import KeyState, StreamState
 from shared.tokens import Tokenizer
 
 F64 = NDArray[np.float64]
 BIG = tf.BIG
 _NAN = math.nan
-
-
-def _fin(x: F64, lo: float = -BIG, hi: float = BIG) -> F64:
-    """guard.fin, elementwise: NaN -> 0, clipped to [lo, hi]."""
-    return np.where(x != x, 0.0, np.minimum(np.maximum(x, lo), hi))
 
 
 def _scaled(x: F64, scale: str, cap: float) -> F64:
@@ -131,7 +128,7 @@ class Batch:
             if idxs:
                 xs = [self.derived(stream.features[i]) for i in idxs]
                 matrix[:, idxs] = self.stateful(step, idxs, xs)
-        matrix = np.floor(matrix * 1000 + 0.5) / 1000
+        matrix = round3_array(matrix)
         updates: dict[str, KeyState] = {}
         for d, device in enumerate(self.rounds.devices):
             updates[self.plan.state_key(device)] = StreamState(
@@ -371,7 +368,7 @@ class Batch:
         """A float field to 3 decimals, as Plan rounds it (None stays None)."""
         col = self.column(name)
         with np.errstate(all="ignore"):
-            rounded = np.where(np.isfinite(col), np.floor(col * 1000 + 0.5) / 1000, col)
+            rounded = np.where(np.isfinite(col), round3_array(col), col)
         return [None if v != v else v for v in rounded.tolist()]
 
 

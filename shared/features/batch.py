@@ -34,6 +34,8 @@ from shared.features.anonymize import DRIVER_ID, VIN, _payment, anonymize
 from shared.features.catalog import model_envelope
 from shared.features.geo import cell
 from shared.features.guard import BIG
+from shared.features.guard import fin_array as _fin
+from shared.features.guard import round3_array as _round
 from shared.features.state import VEHICLE, KeyState, VehicleState, state_key
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
@@ -178,15 +180,6 @@ class _Overlay(Mapping[str, KeyState]):
 
     def __len__(self) -> int:
         return len(set(self.base) | set(self.top))
-
-
-def _fin(x: np.ndarray, lo: float = -BIG, hi: float = BIG) -> np.ndarray:
-    """guard.fin, elementwise: NaN -> 0, clipped to [lo, hi]."""
-    return np.where(x != x, 0.0, np.minimum(np.maximum(x, lo), hi))
-
-
-def _round(x: np.ndarray) -> np.ndarray:
-    return np.floor(x * 1000 + 0.5) / 1000
 
 
 def _clip(x: np.ndarray, limit: float) -> np.ndarray:
