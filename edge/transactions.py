@@ -20,7 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +139,82 @@ class AssignmentGuard:
             self._since = now
         waited = now - self._since
         return waited if waited > self.limit_s else None
+
+
+T = TypeVar("T")
+
+
+class Transactions:
+    """The consume-transform-produce transaction the enricher and the scorer run per batch.
+
+    :meth:`run` begins a transaction, calls ``work()`` (which produces the batch's records and
+    returns its result and the input offsets to commit), sends the offsets and commits, every
+    blocking call under the :class:`Watchdog`. A failure the transaction can be aborted after
+    (a produce or commit error librdkafka marks abortable, a full local queue) aborts it,
+    calls ``rewind`` (the service forgets what it changed since the last commit: feature
+    states, dedup windows, open episodes) and seeks the consumer back to its committed
+    offsets, so the same records are consumed again; ``run`` then returns None and the
+    service goes on. A fatal failure (the producer fenced or broken) raises ``fatal(text)``:
+    the process ends, and the next one resumes from the last commit.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        producer: Producer,
+        consumer: Consumer,
+        watchdog: Watchdog,
+        rewind: Callable[[], None],
+        fatal: Callable[[str], Exception],
+        on_abort: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.service = service
+        self.producer = producer
+        self.consumer = consumer
+        self.watchdog = watchdog
+        self.rewind = rewind
+        self.fatal = fatal
+        self.on_abort = on_abort
+        self.aborted = 0
+
+    def run(self, work: Callable[[], tuple[T, list[TopicPartition]]]) -> T | None:
+        """``work()`` in one transaction with its offsets; None when it was aborted."""
+        self.producer.begin_transaction()
+        try:
+            result, offsets = work()
+            self.commit(offsets)
+        except (KafkaException, BufferError) as exc:
+            self.recover(exc)
+            return None
+        return result
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        """Send ``offsets`` (none: a transaction of produced records only) and commit."""
+        if offsets:
+            self.watchdog.call(
+                "send_offsets_to_transaction",
+                30,
+                self.producer.send_offsets_to_transaction,
+                offsets,
+                self.consumer.consumer_group_metadata(),
+            )
+        self.watchdog.call("commit_transaction", 60, self.producer.commit_transaction)
+
+    def recover(self, exc: Exception) -> None:
+        """Abort the transaction and rewind state and positions to the last commit."""
+        if isinstance(exc, KafkaException) and not exc.args[0].txn_requires_abort():
+            raise self.fatal(f"transaction failed and cannot be aborted: {exc}") from exc
+        log.warning("%s: aborting a batch (%s); rewinding to the last commit", self.service, exc)
+        self.watchdog.call("abort_transaction", 60, self.producer.abort_transaction)
+        self.aborted += 1
+        self.on_abort()
+        self.rewind()
+        assigned = self.consumer.assignment()
+        for tp in self.consumer.committed(assigned, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else 0
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+
+def offsets_after(ends: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    """The offsets to commit after the last record consumed of each partition."""
+    return [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]

@@ -212,3 +212,25 @@ class AnonTail(threading.Thread):
     def close(self) -> None:
         self.stop.set()
         self.join(10)
+
+
+@contextmanager
+def refusing_large_records(bootstrap: Target, topic: str, max_bytes: int = 256) -> Iterator[None]:
+    """``topic`` refuses record batches over ``max_bytes`` inside the block (a broker-side
+    produce failure: the transaction that wrote one can only be aborted), as it was after."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient(client_config(bootstrap))
+
+    def alter(op: AlterConfigOpType, value: str = "") -> None:
+        entry = ConfigEntry("max.message.bytes", value, incremental_operation=op)
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+        admin.incremental_alter_configs([res])[res].result(30)
+
+    alter(AlterConfigOpType.SET, str(max_bytes))
+    time.sleep(1.0)  # the change reaches the partition leaders a moment after the controller
+    try:
+        yield
+    finally:
+        alter(AlterConfigOpType.DELETE)
+        time.sleep(1.0)

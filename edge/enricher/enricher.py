@@ -27,7 +27,13 @@ from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.errors import EnricherError
 from edge.enricher.expiry import KeyClock
 from edge.enricher.gaps import OffsetGaps
-from edge.transactions import EXIT_STUCK, AssignmentGuard, Watchdog
+from edge.transactions import (
+    EXIT_STUCK,
+    AssignmentGuard,
+    Transactions,
+    Watchdog,
+    offsets_after,
+)
 from edge.vault import Vault
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode
@@ -195,6 +201,15 @@ class Enricher:
         )
         self._consumer.subscribe(list(self._specs), on_assign=lambda _c, _parts: self._gaps.reset())
         self._unassigned = self._assignment_guard()  # from now: joining takes a few seconds
+        self._txn = Transactions(
+            SERVICE,
+            self._producer,
+            self._consumer,
+            self._watchdog,
+            rewind=self._rewind,
+            fatal=EnricherError,
+            on_abort=metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc,
+        )
 
     def _assignment_guard(self) -> AssignmentGuard:
         # One enricher per gateway: it always holds every partition of raw.*. Four sessions
@@ -256,16 +271,17 @@ class Enricher:
             return 0
         consumed = len(msgs)
         t0 = time.perf_counter()
-        self._producer.begin_transaction()
-        try:
+
+        def work() -> tuple[tuple[int, float], list[TopicPartition]]:
             items, ends = self._admit(msgs)
-            del msgs  # a gateway is short of memory: the raw bytes are not needed any more
+            msgs.clear()  # a gateway is short of memory: the raw bytes are not needed any more
             produced = self._process(items)
-            t1 = time.perf_counter()
-            self._commit(ends)
-        except (KafkaException, BufferError) as exc:
-            self._recover(exc)
+            return (produced, time.perf_counter()), offsets_after(ends)
+
+        done = self._txn.run(work)
+        if done is None:
             return 0
+        produced, t1 = done
         t2 = time.perf_counter()
         self.process_s += t1 - t0
         self.commit_s += t2 - t1
@@ -353,13 +369,12 @@ class Enricher:
 
     def _expire_idle(self) -> None:
         """Nothing arrived but states are due: tombstone them in a transaction of their own."""
-        assert self._producer is not None
-        self._producer.begin_transaction()
-        try:
+
+        def work() -> tuple[None, list[TopicPartition]]:
             self._expire_states(self._clock(), EXPIRE_PER_EVENT * self.settings.batch_size)
-            self._watchdog.call("commit_transaction", 60, self._producer.commit_transaction)
-        except (KafkaException, BufferError) as exc:
-            self._recover(exc)
+            return None, []
+
+        self._txn.run(work)
 
     def _expire_vault(self) -> None:
         """The vault's retention limit, kept by the running service with bounded work."""
@@ -457,30 +472,7 @@ class Enricher:
         )
         self._send(DLQ_INGEST, b"enricher", letter)
 
-    def _commit(self, ends: dict[tuple[str, int], int]) -> None:
-        assert self._consumer is not None and self._producer is not None
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in ends.items()]
-        self._watchdog.call(
-            "send_offsets_to_transaction",
-            30,
-            self._producer.send_offsets_to_transaction,
-            offsets,
-            self._consumer.consumer_group_metadata(),
-        )
-        self._watchdog.call("commit_transaction", 60, self._producer.commit_transaction)
-
-    def _recover(self, exc: Exception) -> None:
-        """Abort the batch and rewind state and positions to the last commit."""
-        assert self._consumer is not None and self._producer is not None
-        fatal = isinstance(exc, KafkaException) and not exc.args[0].txn_requires_abort()
-        if fatal:
-            raise EnricherError(f"transaction failed and cannot be aborted: {exc}") from exc
-        log.warning("aborting a batch (%s); rewinding to the last commit", exc)
-        self._watchdog.call("abort_transaction", 60, self._producer.abort_transaction)
-        metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc()
+    def _rewind(self) -> None:
+        """After an aborted batch: states, dedup windows and gaps as of the last commit."""
         self._restore()
         self._gaps.reset()
-        assigned = self._consumer.assignment()
-        for tp in self._consumer.committed(assigned, timeout=30):
-            offset = tp.offset if tp.offset >= 0 else 0
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))

@@ -25,7 +25,14 @@ from edge.vault.setup import fleet_tokenizer, open_vault
 from shared import contracts, streams, topics
 from shared.config import convert
 from shared.kafka_config import KafkaSettings, Target, client_config
-from tests.support import consume_all, kafka_table, produce_all, producer, value_of
+from tests.support import (
+    consume_all,
+    kafka_table,
+    produce_all,
+    producer,
+    refusing_large_records,
+    value_of,
+)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -393,3 +400,35 @@ def test_state_of_made_up_drivers_and_cards_expires_live_in_the_changelog_and_th
     finally:
         again.close()
         vault.close()
+
+
+def test_a_batch_the_broker_refuses_is_aborted_rewound_and_written_once_later(
+    edge_kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """anon.telemetry refuses the records for a while: every batch in that while is aborted
+    and consumed again (states rewound to the last commit, the same process going on); once the
+    topic takes them, each event reaches anon.* exactly once."""
+    tag = uuid.uuid4().hex[:8]
+    events = sim_events(tag, vehicles=4, duration_s=60, seed=21)
+    produce_raw(edge_kafka, events)
+    cfg = convert(settings(edge_kafka, tmp_path, batch=500), edge_config.EdgeConfig)
+    vault = open_vault(cfg)
+    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
+    enricher.start()
+    try:
+        with refusing_large_records(edge_kafka, topics.ANON_TELEMETRY):
+            deadline = time.monotonic() + 60
+            while enricher._txn.aborted < 2 and time.monotonic() < deadline:
+                enricher.step()
+            assert enricher._txn.aborted >= 2, "no batch was aborted"
+            # Batches without our telemetry (payments, other tests' events it has seen) commit;
+            # none of our telemetry is in anon.telemetry while it refuses the records.
+            ours = {e.event_id for e in events if isinstance(e, contracts.Telemetry)}
+            assert not read_anon(edge_kafka, ours, timeout=5.0)
+        catch_up(enricher, edge_kafka)
+    finally:
+        enricher.close()
+        vault.close()
+    ids = {e.event_id for e in events}  # type: ignore[attr-defined]
+    seen = read_anon(edge_kafka, ids)
+    assert set(seen) == ids and set(seen.values()) == {1}
