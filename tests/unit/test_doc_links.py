@@ -128,3 +128,11 @@ def test_slug_spells_anchors_as_github_does() -> None:
         "releases-no-replayed-stale-or-foreign-models"
     )
     assert slug("`[kafka]`") == "kafka" and slug("sim_scale") == "sim_scale"
+
+
+def test_the_readme_leads_to_every_docs_page() -> None:
+    linked = {t.partition("#")[0] for t in LINK.findall(_prose((ROOT / "README.md").read_text()))}
+    unlinked = [
+        p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in linked
+    ]
+    assert not unlinked, f"README.md's 'Where to go next' lacks: {unlinked}"
