@@ -40,6 +40,8 @@ class StreamSpec:
     numeric_fields: tuple[str, ...] = ()
     # A declared stream's declaration (None for the built-in streams, whose code is their own).
     declaration: Stream | None = None
+    # The scorer answers each event with a decision to its device (approve or decline).
+    decides: bool = False
 
     @property
     def device_field(self) -> str:
@@ -123,6 +125,7 @@ PAYMENTS = StreamSpec(
     ),
     tokens={"card_number": "card_token", "vin": "vehicle_token", "driver_id": "driver_token"},
     numeric_fields=("amount", "volume_l"),
+    decides=True,
 )
 
 _REGISTRY: dict[str, StreamSpec] = {}
@@ -194,6 +197,7 @@ def from_declaration(stream: Stream) -> StreamSpec:
         tokens=stream.tokens,
         numeric_fields=numeric,
         declaration=stream,
+        decides=stream.decision,
     )
 
 

@@ -26,10 +26,9 @@ import click
 from cloud import config as cloud_config
 from cloud.config import CloudConfig
 from cloud.signer.cli import signer_options
-from shared import signing
+from shared import signing, streams
 from shared.errors import MissingExtraError
 
-STREAMS = ("telemetry", "payments")
 ROLES = ("viewer", "operator")
 DEMO_USER = "operator"
 DEMO_USER_FILE = "dashboard-demo-user.json"
@@ -214,6 +213,7 @@ def _config(config_path: Path | None, port: int | None) -> CloudConfig:
     import msgspec
 
     cfg = cloud_config.load(config_path)
+    streams.use_declarations(cfg.streams.dir)  # the operator's streams on every page too
     if port is not None:
         cfg = msgspec.structs.replace(
             cfg, dashboard=msgspec.structs.replace(cfg.dashboard, port=port)

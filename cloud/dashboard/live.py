@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from shared import topics
+from shared import streams, topics
 from shared.contracts import Alert, Label, ModelStatus, Score, decode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
@@ -236,7 +236,8 @@ class LiveState:
         if s.anomalous:
             gw.anomalous.add(s.ts, s.stream)
             self.anomalous.add(s.ts, s.stream)
-        if s.stream == "payments":  # the scorer declines exactly the anomalous payments
+        spec = streams.find(s.stream)
+        if spec is not None and spec.decides:  # the scorer declines exactly the anomalous events
             self.decisions.add(s.ts, "decline" if s.anomalous else "approve")
         if s.ts >= gw._model_ts.get(s.stream, 0.0):
             gw._model_ts[s.stream] = s.ts

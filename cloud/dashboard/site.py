@@ -25,10 +25,10 @@ from cloud.dashboard.live import LiveState
 from cloud.dashboard.store import DashboardStore
 from cloud.dashboard.throttle import SignInThrottle
 from cloud.registry import Registry
+from shared import streams
 
 HERE = Path(__file__).parent
 FLASH_COOKIE = "fs_flash"
-STREAMS = ("telemetry", "payments")
 SCRIPT_PREFIXES = ("/api/", "/partials/")  # answered in JSON when refused, never redirected
 
 
@@ -139,7 +139,7 @@ class Site:
             refresh_s=dash.settings.refresh_s,
             can_retrain=dash.actions.can_retrain and session.operator,
             kafka_error=dash.kafka_error() if dash.kafka_error else None,
-            streams=STREAMS,
+            streams=[spec.name for spec in streams.all_streams()],
             path=request.url.path,
             **ctx,
         )

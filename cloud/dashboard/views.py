@@ -121,7 +121,7 @@ def _gateway_row(
     events = sum(gw.events.total(s, now - RATE_WINDOW_S, now) for s in streams)
     recent = sum(gw.events.total(s, now - ALERT_RATE_WINDOW_S, now) for s in streams)
     anomalous = sum(gw.anomalous.total(s, now - ALERT_RATE_WINDOW_S, now) for s in streams)
-    alerts_h = sum(gw.alerts.total(s, now - 3600, now) for s in streams)
+    alerts_h = sum(gw.alerts.total(s, now - 3600, now) for s in gw.alerts.keys())
     beat = gw.last_heartbeat
     # The heartbeat's age is the replication lag; without heartbeats, the newest record's.
     lag = now - (beat if beat is not None else gw.last_seen)

@@ -16,6 +16,8 @@ import msgspec
 
 from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
 from shared import signing
+from shared import streams as shared_streams
+from shared.errors import FleetsentryError
 
 if TYPE_CHECKING:
     from cloud.config import ReleaseSettings, TrainerSettings
@@ -25,7 +27,10 @@ if TYPE_CHECKING:
     from cloud.retrain.source import DataSource
     from shared.kafka_config import Target
 
-STREAMS = ("telemetry", "payments")
+STREAM_HELP = (
+    "A stream to train: telemetry, payments or one declared in cloud.toml's [streams] dir "
+    "(repeat for several)."
+)
 
 _COMMON = [
     click.option(
@@ -84,6 +89,7 @@ def _from_config(
     from cloud.retrain.source import source_for
 
     conf = load(config_path)
+    shared_streams.use_declarations(conf.streams.dir)  # the operator's streams beside ours
     ctx = click.get_current_context()
 
     def given(name: str) -> bool:
@@ -103,6 +109,14 @@ def _from_config(
         conf.trainer,
         conf.releases,
     )
+
+
+def _known(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names``, each a registered stream (a usage error naming the known ones if not)."""
+    try:
+        return tuple(shared_streams.get(name).name for name in names)
+    except FleetsentryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--stream") from None
 
 
 def _releaser(key_file: Path, registry_root: Path, rel: ReleaseSettings) -> Releaser:
@@ -132,7 +146,7 @@ def _service(
     settings = settings_from(
         trainer or TrainerSettings(),
         epochs,
-        streams=streams or STREAMS,
+        streams=_known(streams) or None,
         min_records=min_records,
         schedule_s=schedule_s,
         drift_check_s=drift_check_s,
@@ -146,7 +160,7 @@ def _service(
 
 @click.command("trainer-service")
 @_common
-@click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS))
+@click.option("--stream", "streams", multiple=True, help=STREAM_HELP + " Default: every stream.")
 @click.option(
     "--schedule",
     "schedule_s",
@@ -236,7 +250,7 @@ def trainer_service(
 
 @click.command("retrain")
 @_common
-@click.option("--stream", "streams", multiple=True, type=click.Choice(STREAMS), required=True)
+@click.option("--stream", "streams", multiple=True, required=True, help=STREAM_HELP)
 @click.option("--actor", default=None, help="Who asks (default: the OS user).")
 @click.option("--reason", default="manual retrain", show_default=True)
 def retrain(

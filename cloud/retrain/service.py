@@ -64,6 +64,8 @@ from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
 from shared import baselines, signing
 from shared.errors import FleetsentryError
 from shared.features import feature_matrix, feature_memory_s
+from shared.streams import all_streams
+from shared.streams import get as get_stream
 
 if TYPE_CHECKING:
     from cloud.config import TrainerSettings
@@ -82,7 +84,9 @@ class Publishes(Protocol):
 
 @dataclass(frozen=True)
 class RetrainSettings:
-    streams: tuple[str, ...] = ("telemetry", "payments")
+    # The streams to train (None: every registered stream, the built-in ones and those
+    # declared in cloud.toml's [streams] dir).
+    streams: tuple[str, ...] | None = None
     schedule_s: float = 24 * 3600.0
     drift_check_s: float = 300.0
     recent_s: float = 1800.0
@@ -108,6 +112,13 @@ class RetrainSettings:
     # Hold a challenger that passed the automatic checks for an operator's approval (on the
     # dashboard) instead of promoting and publishing it at once.
     require_approval: bool = False
+
+    def served(self) -> tuple[str, ...]:
+        """The streams this service trains, each known (an unknown name raises, listing
+        the known ones)."""
+        if self.streams is None:
+            return tuple(spec.name for spec in all_streams())
+        return tuple(get_stream(name).name for name in self.streams)
 
 
 def settings_from(trainer: TrainerSettings, epochs: int, **service: Any) -> RetrainSettings:
@@ -175,7 +186,7 @@ class TrainerService:
         """One pass over the streams: retrain what is due or has drifted."""
         now = time.time() if now is None else now
         runs = []
-        for stream in self.settings.streams:
+        for stream in self.settings.served():
             if self.settings.seed_baselines:
                 self.seed_baseline(stream)
             status = self.registry.status(stream)
@@ -323,7 +334,8 @@ class TrainerService:
         if ref is not None:
             x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
         first = first_seen(records)
-        rates = self.false_alert_rates(stream, champion, first, since)
+        warm_after = memory_s(stream, records)
+        rates = self.false_alert_rates(stream, champion, first, since, warm_after)
         report = detect(
             ref,
             x,
@@ -331,7 +343,7 @@ class TrainerService:
             expected_alert_rate=holdout_fpr(champion),
             gateway_rates=rates,
         )
-        return self._blame(report, stream, champion, first, since)
+        return self._blame(report, stream, champion, first, since, warm_after)
 
     def _blame(
         self,
@@ -340,6 +352,7 @@ class TrainerService:
         champion: ModelRecord,
         first: dict[str, float],
         since: float,
+        warm_after: float,
     ) -> DriftReport:
         """Name the features each drifted gateway's alerts point at (when the source can
         tell alerts apart by gateway), leaving out alerts raised in a vehicle's first
@@ -348,7 +361,6 @@ class TrainerService:
         if not report.drifted_gateways or by_gateway is None:
             return report
         alerts = by_gateway(since)
-        warm_after = feature_memory_s(stream)
         blamed = {}
         for gw in report.drifted_gateways:
             mine = [
@@ -370,7 +382,12 @@ class TrainerService:
         return replace(report, reason=f"{report.reason}; {notes}", blamed=blamed)
 
     def false_alert_rates(
-        self, stream: str, champion: ModelRecord, first: dict[str, float], since: float
+        self,
+        stream: str,
+        champion: ModelRecord,
+        first: dict[str, float],
+        since: float,
+        warm_after: float,
     ) -> dict[str, tuple[float, int]]:
         """Per gateway: the share of the champion's recent scores that are anomalous, over
         events with no label, leaving out each vehicle's first ``feature_memory_s`` (its
@@ -384,7 +401,6 @@ class TrainerService:
             else {"": self.source.scores(stream, since)}
         )
         labelled = {lab.event_id for lab in self.source.labels()}
-        warm_after = feature_memory_s(stream)
         out = {}
         for gw, items in scores.items():
             per_key: dict[str, list[int]] = {}
@@ -557,6 +573,15 @@ class TrainerService:
         champion = self.registry.champion(stream)
         if self.publisher is not None and champion is not None:
             self.publisher.publish(champion)
+
+
+def memory_s(stream: str, records: list[Any]) -> float:
+    """Seconds after an event during which a key's features still carry it (its first
+    alerts then only say its rolling features are filling): the built-in streams' from their
+    code, a declared stream's from its transforms and its devices' typical interval."""
+    if tdata.declaration(stream) is None:
+        return feature_memory_s(stream)
+    return tdata.memory_s(tdata.records_from_anon(stream, records, []))
 
 
 def first_seen(records: list[Any]) -> dict[str, float]:

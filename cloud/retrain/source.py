@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from cloud.kafka_source import read_topic
 from shared import streams, topics
-from shared.contracts import Alert, Label, Score, decode
+from shared.contracts import Alert, AnonRecord, Label, Score, decode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
 
@@ -66,8 +66,7 @@ class KafkaSource:
                     rec = decode(spec.anon_event, value)
                 except ContractError:
                     continue
-                # An event is its vehicle and its id: vehicles choose ids, and may share them.
-                seen.setdefault((rec.vehicle_token, rec.event_id), rec)  # type: ignore[attr-defined]
+                seen.setdefault((_sender(rec), rec.event_id), rec)  # type: ignore[attr-defined]
         return sorted(seen.values(), key=lambda r: r.ts)
 
     def labels(self) -> list[Label]:
@@ -115,6 +114,12 @@ class KafkaSource:
                 if keep(rec):
                     items.append(rec)
         return out
+
+
+def _sender(record: Any) -> str:
+    """An event is its sender and its id (senders choose ids, and may share them): the
+    vehicle's token, or a declared stream's device."""
+    return str(record.device if isinstance(record, AnonRecord) else record.vehicle_token)
 
 
 def source_for(cfg: CloudConfig, bootstrap: str | None = None) -> DataSource:

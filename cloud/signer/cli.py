@@ -14,15 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shared import signing
+from shared import signing, streams
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from cloud.config import CloudConfig
     from cloud.signer.service import TrainerFactory
-
-STREAMS = ("telemetry", "payments")
 
 
 def load_key(key_file: Path | None) -> Ed25519PrivateKey:
@@ -49,7 +47,7 @@ def trainer_factory(
     settings = settings_from(
         cfg.trainer,
         epochs,
-        streams=STREAMS,
+        streams=None,  # every registered stream: the built-in ones and cloud.toml's declared
         min_records=min_records,
         schedule_s=schedule_s,
         drift_check_s=drift_check_s,
@@ -150,6 +148,7 @@ def signer(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     cfg = cloud_config.load(config_path)
+    streams.use_declarations(cfg.streams.dir)  # the operator's streams are served too
     key = load_key(key_file)
     publisher = (
         None
@@ -178,7 +177,7 @@ def signer(
         err=True,
     )
     try:
-        serve(cfg.registry.root, make, publisher, stop, schedule=not no_schedule, streams=STREAMS)
+        serve(cfg.registry.root, make, publisher, stop, schedule=not no_schedule)
     finally:
         if publisher is not None:
             publisher.close()

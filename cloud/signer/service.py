@@ -28,10 +28,10 @@ from cloud.registry import ModelRecord, Registry, RunRecord
 from cloud.registry.registry import RequestKind, RequestRecord, RequestState
 from cloud.retrain.service import Publishes, TrainerService, renew_releases
 from shared.errors import FleetsentryError
+from shared.streams import all_streams
 
 log = logging.getLogger("signer")
 
-STREAMS = ("telemetry", "payments")
 QUICK: tuple[RequestKind, ...] = ("promote", "rollback", "approve", "reject")
 TRAINING: tuple[RequestKind, ...] = ("retrain",)
 TrainerFactory = Callable[[Registry], TrainerService]
@@ -52,7 +52,8 @@ class SigningService:
     registry: Registry
     trainer: TrainerService | None
     publisher: Publishes | None
-    streams: tuple[str, ...] = STREAMS
+    # The streams it serves (None: every registered stream, declared ones too).
+    streams: tuple[str, ...] | None = None
     # An approved champion serves this long before drift may retrain it (as after an
     # automatic promotion).
     settle_s: float = 1800.0
@@ -89,10 +90,9 @@ class SigningService:
         return self.registry.finish_request(req.id, state, outcome, version)
 
     def _known(self, stream: str) -> str:
-        if stream not in self.streams:
-            raise Refused(
-                f"unknown stream {stream!r} (this signer serves {', '.join(self.streams)})"
-            )
+        served = self.streams or tuple(spec.name for spec in all_streams())
+        if stream not in served:
+            raise Refused(f"unknown stream {stream!r} (this signer serves {', '.join(served)})")
         return stream
 
     def _promote(self, req: RequestRecord) -> tuple[str, str]:
@@ -193,7 +193,7 @@ def serve(
     stop: threading.Event,
     *,
     schedule: bool = True,
-    streams: tuple[str, ...] = STREAMS,
+    streams: tuple[str, ...] | None = None,
     poll_s: float = 1.0,
     train_poll_s: float = 5.0,
 ) -> None:
@@ -232,7 +232,7 @@ def _loop(
     stop: threading.Event,
     kinds: tuple[RequestKind, ...],
     schedule: bool | None,
-    streams: tuple[str, ...],
+    streams: tuple[str, ...] | None,
     poll_s: float,
 ) -> None:
     """Carry out ``kinds`` of requests; the training loop (``schedule`` not None) also runs

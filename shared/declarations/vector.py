@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import msgspec
@@ -66,15 +67,12 @@ class Batch:
 
     def __init__(self, plan: Plan, events: Sequence[Any], state: Any, tok: Tokenizer) -> None:
         self.plan, self.events, self.tok = plan, events, tok
-        self._tokens: dict[tuple[str, Any], str] = {}
+        self._raw: dict[str, tuple[Any, ...]] | None = None
         stream = plan.stream
         self.n = len(events)
-        self.device = [
-            self.token(plan._device_kind, getattr(e, stream.device.field))
-            if plan._device_kind
-            else getattr(e, stream.device.field)
-            for e in events
-        ]
+        ids = self.raw(stream.device.field)
+        kind = plan._device_kind
+        self.device = self.tokens(kind, ids, none=True) if kind else list(ids)
         self.ts = np.array([event_time(stream, e) for e in events], dtype=np.float64)
         self.rounds = Rounds(self.device)
         slots = [state_of(state, plan.state_key(d)) for d in self.rounds.devices]
@@ -82,32 +80,44 @@ class Batch:
         self.slots = [self._columns(i, slots) for i in range(len(stream.features))]
         self._cols: dict[str, F64] = {}
 
-    def token(self, kind: str | None, value: Any) -> str:
-        key = (kind or "", value)
-        token = self._tokens.get(key)
-        if token is None:
-            token = self._tokens[key] = self.tok.token(kind or "", value)
-        return token
+    def tokens(self, kind: str, values: Sequence[Any], none: bool = False) -> list[Any]:
+        """Each value's token, one tokenizer call per distinct value; None stays None unless
+        ``none`` (then it is tokenized as the scalar path does)."""
+        token = self.tok.token
+        of = {v: token(kind, v) for v in set(values) if none or v is not None}
+        return [of[v] for v in values] if none else [of.get(v) for v in values]
 
     def _columns(self, i: int, slots: list[StreamState | None]) -> F64:
         count = len(self.plan.stream.features)
-        out = np.full((len(slots), _width(self.plan.stream.features[i])), np.nan)
-        for d, s in enumerate(slots):
-            # A state of another shape (the declaration changed) starts over, as in Plan.
-            slot = s.slots[i] if s is not None and len(s.slots) == count else None
-            if slot is not None:
-                width = min(len(slot), out.shape[1])
-                out[d, :width] = slot[:width]
+        width = _width(self.plan.stream.features[i])
+        empty = (_NAN,) * width
+        # A state of another shape (the declaration changed) starts over, as in Plan.
+        rows = [
+            empty if s is None or len(s.slots) != count or (v := s.slots[i]) is None else v
+            for s in slots
+        ]
+        if all(len(r) == width for r in rows):
+            return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+        out = np.full((len(rows), width), np.nan)
+        for d, row in enumerate(rows):
+            out[d, : min(len(row), width)] = row[:width]
         return out
 
+    def raw(self, name: str) -> tuple[Any, ...]:
+        """A field's values over the batch, as sent (None where an event left it out): every
+        field read in one pass over the events, then transposed."""
+        if self._raw is None:
+            names = type(self.events[0]).__struct_fields__
+            rows = list(map(attrgetter(*names), self.events))
+            self._raw = dict(zip(names, zip(*rows, strict=True), strict=True))
+        return self._raw[name]
+
     def column(self, name: str) -> F64:
-        """A number field over the batch, NaN where an event left it out."""
+        """A number field over the batch, NaN where an event left it out (numpy turns None
+        into NaN, and bools and ints into the floats ``float`` gives)."""
         col = self._cols.get(name)
         if col is None:
-            values = [getattr(e, name) for e in self.events]
-            col = self._cols[name] = np.array(
-                [_NAN if v is None else float(v) for v in values], dtype=np.float64
-            )
+            col = self._cols[name] = np.array(self.raw(name), dtype=np.float64)
         return col
 
     # --- features -------------------------------------------------------------------------
@@ -129,11 +139,13 @@ class Batch:
                 xs = [self.derived(stream.features[i]) for i in idxs]
                 matrix[:, idxs] = self.stateful(step, idxs, xs)
         matrix = round3_array(matrix)
-        updates: dict[str, KeyState] = {}
-        for d, device in enumerate(self.rounds.devices):
-            updates[self.plan.state_key(device)] = StreamState(
-                tuple(_slot(self.slots[i][d]) for i in range(len(stream.features)))
+        per_feature = [_slots(column) for column in self.slots]
+        updates: dict[str, KeyState] = {
+            self.plan.state_key(device): StreamState(tuple(slots))
+            for device, slots in zip(
+                self.rounds.devices, zip(*per_feature, strict=True), strict=True
             )
+        }
         return (self.wire(matrix) if wire else self.records(matrix)), updates
 
     def feature(self, i: int, f: Feature) -> F64:
@@ -145,7 +157,7 @@ class Batch:
             return np.array([tf.time_of_day(t)[pick] for t in self.ts.tolist()])
         if f.transform == "onehot":
             want = f.output
-            return np.array([1.0 if getattr(e, f.inputs[0]) == want else 0.0 for e in self.events])
+            return np.array([1.0 if v == want else 0.0 for v in self.raw(f.inputs[0])])
         if f.transform == "stuck":
             return self.stuck(i, [self.column(n) for n in f.inputs], p, keep_missing=True)
         x = self.derived(f)
@@ -181,7 +193,7 @@ class Batch:
                 raw = np.where(b != 0, _fin(cols[0] / np.where(b != 0, b, 1.0)), 0.0)
             else:
                 table, by = p["values"], p["by"]
-                keys = [getattr(e, by) for e in self.events]
+                keys = self.raw(by)
                 ref = np.array(
                     [
                         table.get(str(k).lower() if isinstance(k, bool) else str(k)) or 0.0
@@ -275,40 +287,38 @@ class Batch:
 
     def _columns_out(self, matrix: F64) -> dict[str, Any]:
         """Everything a record holds, column by column."""
-        plan, stream, events = self.plan, self.plan.stream, self.events
-        n = self.n
+        plan, stream, n = self.plan, self.plan.stream, self.n
         token_cols = [
             (
                 field,
-                [
-                    None if v is None else self.token(kind, v)
-                    for v in (getattr(e, name) for e in events)
-                ],
+                self.tokens(kind, self.raw(name)),
             )
             for name, kind, field in plan._tokens
         ]
         value_cols = [
-            self._rounded(name) if is_float else [getattr(e, name) for e in events]
-            for name, is_float in plan._values
+            self._rounded(name) if is_float else self.raw(name) for name, is_float in plan._values
         ]
         cells: list[str | None] = [None] * n
         if stream.cell is not None:
             lat, lon = stream.cell
             cells = [
-                None
-                if (a := getattr(e, lat)) is None or (b := getattr(e, lon)) is None
-                else cell(float(a), float(b))
-                for e in events
+                None if a is None or b is None else cell(float(a), float(b))
+                for a, b in zip(self.raw(lat), self.raw(lon), strict=True)
             ]
-        if plan._key_kind:
-            keys = [self.token(plan._key_kind, getattr(e, stream.anon_key)) for e in events]
+        if plan._key_kind and (stream.anon_key, plan._key_kind) == (
+            stream.device.field,
+            plan._device_kind,
+        ):
+            keys = self.device
+        elif plan._key_kind:
+            keys = self.tokens(plan._key_kind, self.raw(stream.anon_key), none=True)
         else:
-            keys = [str(getattr(e, stream.anon_key)) for e in events]
+            keys = [str(k) for k in self.raw(stream.anon_key)]
         return {
-            "tokens": [
-                {field: t for field, col in token_cols if (t := col[j]) is not None}
-                for j in range(n)
-            ],
+            "token_fields": [field for field, _ in token_cols],
+            "tokens": list(zip(*(col for _, col in token_cols), strict=True))
+            if token_cols
+            else [()] * n,
             "values": list(zip(*value_cols, strict=True)) if value_cols else [()] * n,
             "cells": cells,
             "keys": keys,
@@ -327,7 +337,11 @@ class Batch:
                 stream=name,
                 device=self.device[j],
                 key=c["keys"][j],
-                tokens=c["tokens"][j],
+                tokens={
+                    f: t
+                    for f, t in zip(c["token_fields"], c["tokens"][j], strict=True)
+                    if t is not None
+                },
                 cell=c["cells"][j],
                 values=dict(zip(value_names, c["values"][j], strict=True)),
                 features=dict(zip(plan.names, c["rows"][j], strict=True)),
@@ -341,7 +355,7 @@ class Batch:
         dict's keys): no dict per record."""
         c, name = self._columns_out(matrix), self.plan.stream.name
         kind = wire_types(self.plan)
-        values, features = kind.values, kind.features
+        tokens, values, features = kind.tokens, kind.values, kind.features
         encode = _json.encode
         return [
             (
@@ -354,7 +368,7 @@ class Batch:
                         name,
                         self.device[j],
                         c["keys"][j],
-                        c["tokens"][j],
+                        tokens(*c["tokens"][j]),
                         c["cells"][j],
                         values(*c["values"][j]),
                         features(*c["rows"][j]),
@@ -374,6 +388,8 @@ class Batch:
 
 class WireTypes(NamedTuple):
     record: type[msgspec.Struct]
+    # A record's tokens: a field left out when its value had none, as the dict leaves it out.
+    tokens: type[msgspec.Struct]
     values: type[msgspec.Struct]
     features: type[msgspec.Struct]
 
@@ -388,6 +404,9 @@ def wire_types(plan: Plan) -> WireTypes:
     if kinds is None:
         kinds = _wire_types[id(plan)] = WireTypes(
             msgspec.defstruct("_Wire", [(n, Any) for n in _WIRE]),
+            msgspec.defstruct(
+                "_Tokens", [(f, Any, None) for _n, _k, f in plan._tokens], omit_defaults=True
+            ),
             msgspec.defstruct("_Values", [(n, Any) for n, _ in plan._values]),
             msgspec.defstruct("_Features", [(n, float) for n in plan.names]),
         )
@@ -423,10 +442,11 @@ def _width(f: Feature) -> int:
     )
 
 
-def _slot(row: F64) -> Slot:
-    if row.size == 0 or row[0] != row[0]:
-        return None
-    return tuple(row.tolist())
+def _slots(column: F64) -> list[Slot]:
+    """Each device's slot of one feature (a row of ``column``): None where it holds none."""
+    if column.shape[1] == 0:
+        return [None] * column.shape[0]
+    return [None if row[0] != row[0] else tuple(row) for row in column.tolist()]
 
 
 def anonymize_declared(

@@ -108,13 +108,9 @@ _LABELS = _labels()
 
 
 def model_features(stream: str) -> list[str]:
-    """The ordered feature names the model of ``stream`` takes (a fresh list each call)."""
-    try:
-        return list(_MODEL_FEATURES[stream])
-    except KeyError:
-        raise ConfigError(
-            f"no feature spec for stream {stream!r}; known: {sorted(_MODEL_FEATURES)}"
-        ) from None
+    """The ordered feature names the model of ``stream`` takes (a fresh list each call): the
+    built-in code's, or a registered declaration's."""
+    return list(_names(stream))
 
 
 # Nominal seconds between two frames of a vehicle (the simulator's and the fleet's 1 Hz).
@@ -164,7 +160,12 @@ def feature_matrix(stream: str, records: Iterable[Any]) -> npt.NDArray[np.float3
 
 def _names(stream: str) -> list[str]:
     names = _MODEL_FEATURES.get(stream)
-    if names is None:
-        model_features(stream)  # raises the ConfigError
-    assert names is not None
-    return names
+    if names is not None:
+        return names
+    from shared import streams
+
+    spec = streams.find(stream)
+    if spec is None or spec.declaration is None:
+        known = sorted({*_MODEL_FEATURES, *(s.name for s in streams.all_streams())})
+        raise ConfigError(f"no feature spec for stream {stream!r}; known: {known}")
+    return spec.declaration.feature_names

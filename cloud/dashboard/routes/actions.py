@@ -16,7 +16,8 @@ from starlette.routing import Route
 from cloud.dashboard.actions import Actions, Outcome
 from cloud.dashboard.auth import CSRF_FIELD, CSRF_HEADER, Session, csrf_ok
 from cloud.dashboard.gate import signed_in
-from cloud.dashboard.site import FLASH_COOKIE, STREAMS, no_such, site_of
+from cloud.dashboard.site import FLASH_COOKIE, no_such, site_of
+from shared import streams
 
 ACTIONS = ("retrain", "promote", "rollback", "approve", "reject")
 VIEWER_REFUSED = (
@@ -110,7 +111,7 @@ def record(actions: Actions, kind: str, data: dict[str, str], s: Session) -> Out
         decide = actions.approve if kind == "approve" else actions.reject
         return decide(int(run), s.user, s.role, reason)
     stream = data.get("stream", "")
-    if stream not in STREAMS:
+    if streams.find(stream) is None:
         return Outcome(False, f"unknown stream {stream!r}")
     if kind == "rollback":
         return actions.rollback(stream, s.user, s.role, reason, data.get("to") or None)
