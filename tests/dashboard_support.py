@@ -132,7 +132,7 @@ def _edge_outputs(
     """Score each gateway's share of the fleet with the real edge scorer and the champions."""
     from edge.config import EdgeConfig
     from edge.scorer.model import ModelHolder, load_model
-    from edge.scorer.service import BatchResult, Out, ScorerService
+    from edge.scorer.scorer import BatchResult, Out, ScorerService
 
     out_records: list[tuple[str, bytes | None, bytes | None]] = []
     for i, gw in enumerate(gateways):

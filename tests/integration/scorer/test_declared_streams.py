@@ -21,7 +21,7 @@ from edge.agent.agent import ModelAgent
 from edge.agent.store import ModelStore
 from edge.config import KafkaSettings
 from edge.scorer import metrics
-from edge.scorer.service import BatchResult, ScorerService
+from edge.scorer.scorer import BatchResult, ScorerService
 from shared import model_bundle, releases, topics
 from shared.contracts import Alert, ModelStatus, Score, decode
 from shared.declarations.model import Stream

@@ -17,7 +17,7 @@ import pytest
 
 from edge.config import EdgeConfig
 from edge.scorer.publisher import DecisionPublisher
-from edge.scorer.service import ScorerService
+from edge.scorer.scorer import ScorerService
 from edge.scorer.vins import VinCache
 from edge.vault.vault import Vault
 from shared import config as shared_config

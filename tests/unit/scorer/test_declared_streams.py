@@ -15,7 +15,7 @@ from edge.agent.store import ModelStore
 from edge.config import EdgeConfig, ScorerSettings
 from edge.scorer.errors import ModelError
 from edge.scorer.model import check_manifest
-from edge.scorer.service import BatchResult, Out, ScorerService, episode_owner
+from edge.scorer.scorer import BatchResult, Out, ScorerService, episode_owner
 from shared import topics
 from shared.contracts import Alert, ModelManifest, Scaling, Score, decode
 from shared.declarations.model import Stream
