@@ -18,9 +18,9 @@ from typing import Any
 from firmware_sim import FAULT_KINDS, Fleet, SimSettings
 
 from cloud.registry import Registry
-from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import DEFAULT_TRAINING_SECRET
 from cloud.trainer.pipeline import TrainSettings
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import signing
 from shared.contracts import Label, ModelState, ModelStatus, Score, encode
 from shared.features import Anonymizer

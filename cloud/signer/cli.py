@@ -41,8 +41,8 @@ def trainer_factory(
     drift_check_s: float,
     recent_s: float,
 ) -> TrainerFactory:
-    from cloud.retrain.service import TrainerService, settings_from
-    from cloud.retrain.source import source_for
+    from cloud.trainer_service.source import source_for
+    from cloud.trainer_service.trainer_service import TrainerService, settings_from
 
     settings = settings_from(
         cfg.trainer,

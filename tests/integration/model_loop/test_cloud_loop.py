@@ -15,11 +15,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cloud.publisher import Publisher, Releaser
 from cloud.registry import Registry
-from cloud.retrain.drift import DriftSettings
-from cloud.retrain.service import RetrainSettings, TrainerService
-from cloud.retrain.source import KafkaSource
 from cloud.trainer.pipeline import TrainSettings
 from cloud.trainer.threshold import ThresholdRule
+from cloud.trainer_service.drift import DriftSettings
+from cloud.trainer_service.source import KafkaSource
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import model_bundle, releases, topics

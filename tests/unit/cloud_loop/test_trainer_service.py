@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from cloud.registry import ModelRecord, Registry
-from cloud.retrain.drift import DriftSettings
-from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import key_token
+from cloud.trainer_service.drift import DriftSettings
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import baselines, signing
 from shared.contracts import Alert, AlertState, Contribution, Label, Score
 from shared.features import feature_memory_s
