@@ -218,7 +218,7 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
     tmp_path: Path,
 ) -> None:
     from cloud.dashboard.actions import Actions
-    from cloud.signer.service import SigningService
+    from cloud.signer.signer import SigningService
     from edge.scorer.model import load_model
 
     edge = f"gw{uuid.uuid4().hex[:6]}"

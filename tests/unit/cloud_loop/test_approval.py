@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cloud.dashboard.actions import Actions
 from cloud.publisher import Publisher, Releaser
 from cloud.registry import ModelRecord, Registry
-from cloud.signer.service import SigningService
+from cloud.signer.signer import SigningService
 from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from edge.scorer.model import load_model
 from shared import model_bundle, releases, signing

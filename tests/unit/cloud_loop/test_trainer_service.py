@@ -367,7 +367,7 @@ def _loop_until(target: Any, source: Flaky, calls: int) -> int:
 def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) -> None:
     import threading
 
-    from cloud.signer.service import serve
+    from cloud.signer.signer import serve
 
     settings = RetrainSettings(streams=("telemetry",), drift_check_s=0.0)
     key = signing.generate_private_key()
