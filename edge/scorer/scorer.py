@@ -603,7 +603,7 @@ class ScorerService:
 def run(ctx: Any) -> None:
     """Service entry point (``fleetsentry edge scorer``): runs until ``ctx.stop`` is set."""
     from edge.scorer import metrics
-    from edge.scorer.publisher import DecisionPublisher
+    from edge.scorer.decision_publisher import DecisionPublisher
     from edge.scorer.vins import VinCache
     from edge.vault.setup import open_vault
 

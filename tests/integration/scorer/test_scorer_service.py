@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.config import EdgeConfig
-from edge.scorer.publisher import DecisionPublisher
+from edge.scorer.decision_publisher import DecisionPublisher
 from edge.scorer.scorer import ScorerService
 from edge.scorer.vins import VinCache
 from edge.vault.vault import Vault
