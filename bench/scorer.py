@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from edge.config import EdgeConfig  # noqa: E402
-from edge.scorer.model import ModelHolder, baseline_dir, load_model  # noqa: E402
+from edge.scorer.model_runner import ModelHolder, baseline_dir, load_model  # noqa: E402
 from edge.scorer.scorer import BatchResult, Out, ScorerService  # noqa: E402
 from edge.scorer.scorers import TFLiteScorer  # noqa: E402
 from shared.contracts import encode  # noqa: E402

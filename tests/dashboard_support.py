@@ -131,7 +131,7 @@ def _edge_outputs(
 ) -> list[tuple[str, bytes | None, bytes | None]]:
     """Score each gateway's share of the fleet with the real edge scorer and the champions."""
     from edge.config import EdgeConfig
-    from edge.scorer.model import ModelHolder, load_model
+    from edge.scorer.model_runner import ModelHolder, load_model
     from edge.scorer.scorer import BatchResult, Out, ScorerService
 
     out_records: list[tuple[str, bytes | None, bytes | None]] = []

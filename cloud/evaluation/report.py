@@ -31,7 +31,7 @@ from cloud.evaluation.episode_report import (
 )
 from shared import streams
 from shared.contracts import Alert, Label, Score
-from shared.declarations.model import EpisodeAlerts
+from shared.declarations.schema import EpisodeAlerts
 from shared.features import feature_memory_s
 
 DEFAULT_RULE = EpisodeRule()

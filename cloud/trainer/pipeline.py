@@ -24,7 +24,7 @@ from cloud.evaluation.episode_report import (
     evaluate_episodes,
     vehicle_hours,
 )
-from cloud.trainer import model as ae
+from cloud.trainer import autoencoder as ae
 from cloud.trainer.data import Records, declaration, time_split, vehicle_split
 from cloud.trainer.data import memory_s as data_memory_s
 from cloud.trainer.errors import NeedsLabelsError, QuantizationError, TrainerError

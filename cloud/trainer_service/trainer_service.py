@@ -623,7 +623,7 @@ def score_with(
     model: ModelRecord, x: NDArray[np.float32], features: list[str]
 ) -> NDArray[np.float32] | None:
     """A registered model's int8 scores on raw feature rows (None if it takes other features)."""
-    from cloud.trainer import model as ae
+    from cloud.trainer import autoencoder as ae
 
     if list(model.manifest["features"]) != list(features):
         return None

@@ -219,7 +219,7 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
 ) -> None:
     from cloud.dashboard.actions import Actions
     from cloud.signer.signer import SigningService
-    from edge.scorer.model import load_model
+    from edge.scorer.model_runner import load_model
 
     edge = f"gw{uuid.uuid4().hex[:6]}"
     anon_topic, labels_topic = f"{edge}.anon.payments", f"{edge}.{topics.LABELS}"

@@ -24,7 +24,7 @@ from edge.scorer import metrics
 from edge.scorer.scorer import BatchResult, ScorerService
 from shared import model_bundle, releases, topics
 from shared.contracts import Alert, ModelStatus, Score, decode
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 from shared.kafka_config import Target, client_config
 from shared.signing import generate_private_key, write_public_key
 from tests.agent_models import agent_config, deliver, skip_to_end

@@ -14,7 +14,7 @@ from firmware_sim import FAULT_KINDS, Fleet, SimSettings
 
 from cloud.evaluation import ranking
 from cloud.evaluation.cli import eval_cmd
-from cloud.trainer import model as ae
+from cloud.trainer import autoencoder as ae
 from cloud.trainer.data import Records, records_from_messages
 from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import (

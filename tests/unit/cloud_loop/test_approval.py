@@ -19,7 +19,7 @@ from cloud.publisher import Publisher, Releaser
 from cloud.registry import ModelRecord, Registry
 from cloud.signer.signer import SigningService
 from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
-from edge.scorer.model import load_model
+from edge.scorer.model_runner import load_model
 from shared import model_bundle, releases, signing
 from shared.contracts import Label
 from tests.dashboard_support import SMALL, MemorySource, sim_data

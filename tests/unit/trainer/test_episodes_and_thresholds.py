@@ -204,7 +204,7 @@ def test_a_vehicle_split_deals_out_the_labelled_vehicles_too() -> None:
 
 def test_declared_alerts_replay_as_their_rule() -> None:
     from cloud.evaluation.episode_report import declared_rule
-    from shared.declarations.model import EpisodeAlerts, EventAlerts
+    from shared.declarations.schema import EpisodeAlerts, EventAlerts
 
     rule = declared_rule(EpisodeAlerts(open_events=3, window_s=60.0, quiet_s=120.0))
     assert (rule.open_events, rule.open_window_s, rule.quiet_gap_s) == (3, 60.0, 120.0)
