@@ -150,7 +150,7 @@ def test_a_rejected_challenger_is_never_published(
 
 
 def test_the_signer_refuses_requests_it_cannot_check(registry: Registry, tmp_path: Path) -> None:
-    from tests.unit.cloud_loop.test_registry import model_dir
+    from tests.unit.cloud_loop.test_model_registry import model_dir
 
     registry.register(model_dir(tmp_path / "src", "v1"), state="champion")
     signer = SigningService(registry, None, None, streams=("payments",))
