@@ -20,6 +20,7 @@ from shared import baselines, topics
 from shared.contracts import ModelStatus, decode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
+from shared.streams import all_streams
 
 
 def shipped_version(stream: str) -> str:
@@ -242,7 +243,11 @@ class LoopWatcher:
         served = self._active.get((edge_id, stream))
         return served[-1] if served else f"{shipped_version(stream)} (the shipped baseline)"
 
-    def closing(self, streams: tuple[str, ...] = ("telemetry", "payments")) -> list[str]:
+    def closing(self, streams: tuple[str, ...] | None = None) -> list[str]:
+        """The demo's closing lines: its training runs, and each stream's trainer state
+        (``streams``: these only; None: every registered stream)."""
+        if streams is None:
+            streams = tuple(spec.name for spec in all_streams())
         runs = sorted(self._runs.values(), key=lambda r: r["id"])
         by = {d: sum(r.get("decision") == d for r in runs) for d in ("promoted", "kept", "failed")}
         lines = [

@@ -164,6 +164,17 @@ def find(name: str) -> StreamSpec | None:
     return _REGISTRY.get(name)
 
 
+def declaration_of(name: str) -> Stream:
+    """The declaration of a registered stream: a declared stream's own, or the shipped one of
+    a built-in stream (whose stages run its own code, but whose defaults it declares)."""
+    spec = get(name)
+    if spec.declaration is not None:
+        return spec.declaration
+    from shared.declarations.loader import builtin
+
+    return builtin()[name]
+
+
 def all_streams() -> list[StreamSpec]:
     return list(_REGISTRY.values())
 

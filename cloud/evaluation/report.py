@@ -177,15 +177,16 @@ def evaluate(
 def _episode_rule(stream: str, rule: EpisodeRule) -> tuple[EpisodeRule, float] | None:
     """How ``stream``'s alerts form as episodes, and how long its features remember a fault;
     None for a stream whose every alert stands alone (payments, declared ``kind = "event"``).
-    Telemetry takes the command's rule; a declared stream its declaration's ``alerts``."""
-    if stream == "telemetry":
-        return rule, feature_memory_s("telemetry")
+    A built-in stream of episodes (telemetry) takes the command's rule and its code's feature
+    memory; a declared stream its declaration's ``alerts``."""
     spec = streams.find(stream)
-    if spec is None or spec.declaration is None:
+    if spec is None:
         return None
-    alerts = spec.declaration.alerts
+    alerts = streams.declaration_of(stream).alerts
     if not isinstance(alerts, EpisodeAlerts):
         return None
+    if spec.declaration is None:
+        return rule, feature_memory_s(stream)
     return declared_rule(alerts), 0.0
 
 

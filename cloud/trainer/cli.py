@@ -174,8 +174,9 @@ def _chosen(names: tuple[str, ...], known: list[str]) -> list[str]:
     multiple=True,
     metavar="STREAM:MODE=VALUE",
     help="Threshold rule, e.g. payments:precision=0.9, telemetry:false_episodes=0.5, "
-    "telemetry:alert_rate=0.001. Defaults: payments precision=0.9, telemetry "
-    "false_episodes=0.5, a declared stream alert_rate=0.001.",
+    "reefer:alert_rate=0.001. Default: the stream declaration's [training] threshold "
+    "(payments precision=0.9, telemetry false_episodes=0.5, a declared stream "
+    "alert_rate=0.001 unless it says otherwise).",
 )
 @click.option("--parent", default=None, help="Version of the model this one replaces.")
 def train(

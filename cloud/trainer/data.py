@@ -168,9 +168,11 @@ def records_from_messages(
 
 
 def _stream_of(record: AnyAnon) -> str:
+    """The stream a record belongs to: a declared stream's record names it; a built-in
+    stream's record type is its own."""
     if isinstance(record, AnonRecord):
         return record.stream
-    return "payments" if isinstance(record, AnonPayment) else "telemetry"
+    return next(s.name for s in streams.all_streams() if s.anon_event is type(record))
 
 
 def records_from_anon(stream: str, records: Iterable[AnyAnon], labels: Iterable[Label]) -> Records:

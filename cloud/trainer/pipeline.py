@@ -29,14 +29,12 @@ from cloud.trainer.data import Records, declaration, time_split, vehicle_split
 from cloud.trainer.data import memory_s as data_memory_s
 from cloud.trainer.errors import NeedsLabelsError, QuantizationError, TrainerError
 from cloud.trainer.threshold import (
-    DECLARED_DEFAULT_RULE,
-    DEFAULT_RULES,
     UNLABELLED_RULE,
     ThresholdRule,
     choose_threshold,
     describe,
 )
-from shared import signing
+from shared import signing, streams
 from shared.contracts import ModelManifest, Scaling, encode
 from shared.features import FEATURE_SPEC_VERSION, feature_label
 
@@ -49,9 +47,6 @@ SCORE_RULE = (
 )
 
 
-DEFAULT_INPUT_RANGE = {"telemetry": 8.0, "payments": 8.0}
-# A declared stream's int8 input range, as the built-in streams' (see TrainSettings).
-DECLARED_INPUT_RANGE = 8.0
 DECLARED_RANK_TAIL = 0.02
 
 
@@ -91,9 +86,7 @@ class TrainSettings:
     def input_range_for(self, stream: str) -> float:
         if self.input_range is not None:
             return self.input_range
-        if declaration(stream) is not None:
-            return DECLARED_INPUT_RANGE
-        return DEFAULT_INPUT_RANGE.get(stream, 0.0)
+        return streams.declaration_of(stream).training.input_range
 
     def rank_tail_for(self, stream: str) -> float | None:
         if self.rank_tail is not None or declaration(stream) is None:
@@ -101,7 +94,9 @@ class TrainSettings:
         return DECLARED_RANK_TAIL
 
     def rule_for(self, stream: str) -> ThresholdRule:
-        return self.threshold or DEFAULT_RULES.get(stream, DECLARED_DEFAULT_RULE)
+        if self.threshold is not None:
+            return self.threshold
+        return ThresholdRule.parse(streams.declaration_of(stream).training.threshold)
 
     def episode_rule_for(self, stream: str) -> EpisodeRule:
         decl = declaration(stream)

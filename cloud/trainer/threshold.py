@@ -22,9 +22,11 @@ from cloud.evaluation import ranking
 from cloud.evaluation.episode_report import EpisodeRule, alert_episodes, vehicle_hours
 from cloud.trainer.data import Records
 from cloud.trainer.errors import TrainerError
+from shared.declarations.loader import parse_threshold
+from shared.declarations.schema import THRESHOLD_MODES
 
 Mode = Literal["alert_rate", "precision", "false_episodes"]
-MODES: tuple[str, ...] = ("alert_rate", "precision", "false_episodes")
+MODES: tuple[str, ...] = THRESHOLD_MODES
 
 
 @dataclass(frozen=True)
@@ -41,24 +43,19 @@ class ThresholdRule:
     @classmethod
     def parse(cls, text: str) -> ThresholdRule:
         """``precision=0.9``, ``alert_rate=0.001`` or ``false_episodes=0.5``."""
-        mode, sep, value = text.partition("=")
         try:
-            return cls(mode.strip(), float(value))  # type: ignore[arg-type]
-        except ValueError:
-            raise TrainerError(
-                f"threshold rule {text!r}: expected MODE=NUMBER with MODE one of {MODES}"
-            ) from None
+            mode, value = parse_threshold(text)
+        except ValueError as exc:
+            raise TrainerError(f"threshold rule {exc}") from None
+        return cls(mode, value)  # type: ignore[arg-type]
 
 
-DEFAULT_RULES = {
-    "payments": ThresholdRule("precision", 0.9),
-    "telemetry": ThresholdRule("false_episodes", 0.5),
-}
-# A declared stream's default: a new stream has no labels, so its budget is how often it may
-# alert on the (presumed normal) data. One event in a thousand is a rate an operator can
-# reason about for any event rate and alert kind, and isolated alerts at that rate seldom
-# meet an episode rule (several anomalous events of one device within seconds).
-DECLARED_DEFAULT_RULE = ThresholdRule("alert_rate", 0.001)
+# Each stream's default rule is in its declaration (``[training] threshold``): the built-in
+# streams' in the shipped declarations, an operator's stream's by default ``alert_rate=0.001``
+# (a new stream has no labels, so its budget is how often it may alert on presumed-normal
+# data: one event in a thousand is a rate an operator can reason about for any event rate and
+# alert kind, and isolated alerts at that rate seldom meet an episode rule).
+
 # What a rule that needs labels becomes when training without them is allowed and the
 # validation split has none: alert on the top 1 % of (presumed normal) events.
 UNLABELLED_RULE = ThresholdRule("alert_rate", 0.01)

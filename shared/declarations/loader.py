@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from importlib import resources
@@ -15,11 +16,13 @@ from shared.declarations.convert import convert
 from shared.declarations.digest import feature_spec
 from shared.declarations.errors import DeclarationError
 from shared.declarations.schema import (
+    THRESHOLD_MODES,
     EpisodeAlerts,
     FieldDecl,
     FileDecl,
     Stream,
     StreamDecl,
+    TrainingDecl,
     token_field,
 )
 from shared.errors import ConfigError
@@ -71,7 +74,35 @@ def load_text(text: str, source: str) -> Stream:
         refs=refs,
         features=tuple(features),
         feature_spec=feature_spec(head.device.field, features),
+        training=_training(source, decl.training),
     )
+
+
+def parse_threshold(text: str) -> tuple[str, float]:
+    """``MODE=NUMBER`` as (mode, value); ValueError saying what is wrong."""
+    mode, _sep, value = text.partition("=")
+    mode = mode.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r}: expected MODE=NUMBER with MODE one of {', '.join(THRESHOLD_MODES)}"
+        ) from None
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"{text!r}: MODE must be one of {', '.join(THRESHOLD_MODES)}")
+    if number < 0 or (mode != "false_episodes" and number >= 1) or number != number:
+        raise ValueError(f"{text!r}: {mode} takes a number from 0 (below 1 but for episodes)")
+    return mode, number
+
+
+def _training(source: str, training: TrainingDecl) -> TrainingDecl:
+    try:
+        parse_threshold(training.threshold)
+    except ValueError as exc:
+        raise DeclarationError(source, "training.threshold", str(exc)) from None
+    if not training.input_range > 0:
+        raise DeclarationError(source, "training.input_range", "must be above 0")
+    return training
 
 
 def load_file(path: str | Path) -> Stream:
@@ -97,8 +128,9 @@ def load_dir(directory: str | Path) -> dict[str, Stream]:
     return _unique([load_file(p) for p in paths])
 
 
+@functools.cache
 def builtin() -> dict[str, Stream]:
-    """The streams shipped in the package (``shared/declarations/builtin``)."""
+    """The streams shipped in the package (``shared/declarations/builtin``), loaded once."""
     folder = resources.files("shared.declarations") / "builtin"
     loaded = [
         load_text(item.read_text(encoding="utf-8"), item.name)

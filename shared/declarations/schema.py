@@ -118,10 +118,25 @@ class FeatureDecl(_Decl, frozen=True, kw_only=True, omit_defaults=True):
     label: str | None = None
 
 
+THRESHOLD_MODES = ("alert_rate", "precision", "false_episodes")
+
+
+class TrainingDecl(_Decl, frozen=True, kw_only=True):
+    """How the cloud trains the stream's model by default (``fleetsentry cloud train``'s
+    options override it); not part of the feature spec."""
+
+    # MODE=NUMBER, MODE one of THRESHOLD_MODES: a new stream has no labels, so the default
+    # budget is how often it may alert on presumed-normal data (one event in a thousand).
+    threshold: str = "alert_rate=0.001"
+    # The int8 input tensor covers [-input_range, input_range] scaled units.
+    input_range: float = 8.0
+
+
 class FileDecl(_Decl, frozen=True, kw_only=True):
     stream: StreamDecl
     fields: dict[str, Any]
     features: dict[str, Any] = {}
+    training: TrainingDecl = TrainingDecl()
     # Reference tables for ref_ratio: table name -> key -> reference value.
     refs: dict[str, dict[str, float]] = {}
 
@@ -159,6 +174,7 @@ class Stream(msgspec.Struct, frozen=True, kw_only=True):
     refs: dict[str, dict[str, float]]
     features: tuple[Feature, ...]
     feature_spec: str
+    training: TrainingDecl = TrainingDecl()
 
     @property
     def feature_names(self) -> list[str]:

@@ -401,3 +401,39 @@ def test_a_directory_loads_every_declaration(tmp_path: Path) -> None:
     streams = load_dir(tmp_path)
     assert sorted(streams) == ["freezer", "reefer"]
     assert streams["freezer"].topic == "freezer"  # the topic suffix defaults to the name
+
+
+def test_the_training_defaults_are_declared_and_checked(tmp_path: Path) -> None:
+    """``[training]``: the trainer's default threshold rule and int8 input range come from the
+    declaration (the built-in streams' from the shipped ones); a bad rule names its key."""
+    from cloud.trainer.pipeline import TrainSettings
+    from cloud.trainer.threshold import ThresholdRule
+    from shared import streams
+
+    settings = TrainSettings()
+    assert settings.rule_for("telemetry") == ThresholdRule("false_episodes", 0.5)
+    assert settings.rule_for("payments") == ThresholdRule("precision", 0.9)
+    assert settings.input_range_for("payments") == 8.0
+    base = REEFER
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "reefer.toml").write_text(base)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "reefer.toml").write_text(
+        base + '\n[training]\nthreshold = "false_episodes=2"\ninput_range = 6.0\n'
+    )
+    with streams.scoped():
+        streams.use_declarations(tmp_path / "a")
+        assert settings.rule_for("reefer") == ThresholdRule("alert_rate", 0.001)
+        assert settings.input_range_for("reefer") == 8.0
+    with streams.scoped():
+        streams.use_declarations(tmp_path / "b")
+        assert settings.rule_for("reefer") == ThresholdRule("false_episodes", 2.0)
+        assert settings.input_range_for("reefer") == 6.0
+    for bad, key in (
+        ('threshold = "recall=0.9"', "training.threshold"),
+        ('threshold = "alert_rate=2"', "training.threshold"),
+        ("input_range = 0", "training.input_range"),
+        ("epochs = 3", "training.epochs"),
+    ):
+        with pytest.raises(DeclarationError, match=rf"reefer.toml: {key}"):
+            load_text(base + f"\n[training]\n{bad}\n", "reefer.toml")
