@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .PHONY: format setup system-deps venv constraints jars test test-unit demo demo-down bench lint typecheck \
-	doctest clean baseline-models baseline-telemetry baseline-payments
+	doctest docs clean baseline-models baseline-telemetry baseline-payments
 
 setup: system-deps venv jars
 
@@ -142,6 +142,11 @@ typecheck:
 # The >>> examples in the package's docstrings are tests too.
 doctest:
 	$(VENV)/bin/pytest -q -p no:cacheprovider --doctest-modules $$(grep -rl --include='*.py' '>>> ' shared edge cloud)
+
+# docs/configuration.md is generated from the config structs (tests/unit/test_config_reference.py
+# fails when it is stale).
+docs: venv
+	$(PY) -m shared.config_reference > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

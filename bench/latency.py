@@ -139,7 +139,7 @@ def templates(
 def stand_in_models(home: Path, per: dict[str, tuple[list[Any], list[Any]]]) -> str:
     """Signed models for the scorer: the shipped baselines when present, else stand-ins."""
     from edge.scorer.errors import ModelError
-    from edge.scorer.model import baseline_dir, load_model
+    from edge.scorer.model_runner import baseline_dir, load_model
 
     try:
         for s in ("telemetry", "payments"):

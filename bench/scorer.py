@@ -40,9 +40,9 @@ import numpy as np  # noqa: E402
 
 from bench.features import generic_telemetry  # noqa: E402
 from edge.config import EdgeConfig  # noqa: E402
-from edge.scorer.model import ModelHolder, baseline_dir, load_model  # noqa: E402
+from edge.scorer.model_runner import ModelHolder, baseline_dir, load_model  # noqa: E402
+from edge.scorer.scorer import BatchResult, Out, ScorerService  # noqa: E402
 from edge.scorer.scorers import TFLiteScorer  # noqa: E402
-from edge.scorer.service import BatchResult, Out, ScorerService  # noqa: E402
 from shared.contracts import encode  # noqa: E402
 
 TARGET = 30_000

@@ -8,10 +8,10 @@ import click
 
 from cloud.dashboard.cli import dashboard, run
 from cloud.registry.cli import registry
-from cloud.retrain.cli import retrain, trainer_service
 from cloud.signer.cli import signer
 from cloud.store.cli import store
 from cloud.trainer.cli import train
+from cloud.trainer_service.cli import retrain, trainer_service
 
 
 @click.group()

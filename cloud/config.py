@@ -51,6 +51,7 @@ Service = Literal["store", "trainer", "dashboard", "publisher"]
 class KafkaSettings(_Section, frozen=True, kw_only=True):
     """``[kafka]``: where the cloud's Kafka is, and how each cloud service logs in."""
 
+    # The cloud brokers' addresses, host:port[,host:port...].
     bootstrap: str = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
     # "sasl_ssl": TLS, and a SCRAM login per service whose ACLs say what it may do (the cloud
     # as `fleetsentry infra up` runs it); "none": a development cluster with neither.
@@ -61,10 +62,15 @@ class KafkaSettings(_Section, frozen=True, kw_only=True):
     # JSON {user: password}, kept 0600; default: the one `infra up` wrote
     # (<infra home>/cloud-kafka/credentials.json).
     credentials_file: Path | None = None
+    # The SASL mechanism of every cloud service's login.
     mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    # The cloud store's login (its password: credentials_file).
     store_user: str = kafka_config.STORE_USER
+    # The trainer service's login.
     trainer_user: str = kafka_config.TRAINER_USER
+    # The dashboard's login (it reads; what operators ask for goes through the signer).
     dashboard_user: str = kafka_config.DASHBOARD_USER
+    # The login that publishes models (the signer's).
     publisher_user: str = kafka_config.PUBLISHER_USER
 
     def login(self, service: Service) -> kafka_config.Target:
@@ -80,10 +86,16 @@ class KafkaSettings(_Section, frozen=True, kw_only=True):
 
 
 class RegistrySettings(_Section, frozen=True, kw_only=True):
+    """``[registry]``: the model registry every cloud service shares."""
+
+    # The registry's directory: its database and every registered model version.
     root: Path = DEFAULT_STATE_DIR / "registry"
 
 
 class DashboardUser(_Section, frozen=True, kw_only=True):
+    """One ``[[dashboard.users]]`` entry: a dashboard login written in the file."""
+
+    # The name to sign in with.
     name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
     # scrypt$N$r$p$salt$hash (base64), from `fleetsentry cloud dashboard hash-password`.
     password_hash: Secret
@@ -95,7 +107,9 @@ class DashboardUser(_Section, frozen=True, kw_only=True):
 class DashboardSettings(_Section, frozen=True, kw_only=True):
     """``[dashboard]``: the web dashboard (fleet, detection, training runs, registry)."""
 
+    # The address the dashboard binds.
     host: str = "127.0.0.1"
+    # The port it serves on.
     port: Annotated[int, Meta(ge=0, le=65535)] = 8600
     # Who may sign in, besides the users added with `fleetsentry cloud dashboard user add`
     # (kept in <state_dir>/dashboard.sqlite). Neither: a demo operator is created with a
@@ -103,36 +117,49 @@ class DashboardSettings(_Section, frozen=True, kw_only=True):
     users: list[DashboardUser] = []
     # Signs session cookies. Unset: a random key kept 0600 in <state_dir>/dashboard.key.
     session_secret: Secret | None = None
+    # A session ends this long after sign-in, in seconds.
     session_max_age_s: Annotated[int, Meta(ge=60)] = 8 * 3600
     # Failed sign-ins (form or HTTP Basic) within signin_window_s that lock a user name, or
     # a client address, for signin_lockout_s (answered 429 with Retry-After).
     signin_max_failures: Annotated[int, Meta(ge=1)] = 5
+    # The same, for failures from one client address (whatever the user names).
     signin_max_failures_per_address: Annotated[int, Meta(ge=1)] = 20
+    # The window, in seconds, failed sign-ins are counted over.
     signin_window_s: Annotated[float, Meta(gt=0)] = 900.0
+    # How long, in seconds, a locked name or address stays locked.
     signin_lockout_s: Annotated[float, Meta(gt=0)] = 900.0
     # Threads checking password hashes (~16 MiB and a core each while they run).
     hash_workers: Annotated[int, Meta(ge=1, le=16)] = 2
     # Serve HTTPS directly (cookies are then Secure). Behind a TLS proxy, set secure_cookies.
     tls_cert: Path | None = None
+    # The private key (PEM) of tls_cert.
     tls_key: Path | None = None
+    # Mark cookies Secure: "auto" when serving HTTPS, or always (behind a TLS proxy), or never.
     secure_cookies: Literal["auto", "always", "never"] = "auto"
     # A gateway is offline when nothing has arrived from it for this long.
     offline_after_s: Annotated[float, Meta(gt=0)] = 60.0
-    # Live figures: the window kept in memory and the bucket width of rate charts.
+    # Live figures: the window, in seconds, kept in memory.
     window_s: Annotated[float, Meta(ge=60)] = 3600.0
+    # The width, in seconds, of one bucket of the rate charts.
     bucket_s: Annotated[float, Meta(ge=1)] = 10.0
+    # How often, in seconds, the pages fetch fresh figures.
     refresh_s: Annotated[float, Meta(ge=1)] = 5.0
+    # The dashboard's own state: its users and sessions, its session key, the demo login.
     state_dir: Path = DEFAULT_STATE_DIR
 
 
 class StoreSettings(_Section, frozen=True, kw_only=True):
     """``[store]``: every gateway's replicated topics as Parquet, by dataset and day."""
 
+    # The store's directory: Parquet files by dataset and day, and their index.
     root: Path = DEFAULT_STATE_DIR / "store"
+    # The Kafka consumer group the store reads the replicated topics in.
     group_id: str = "fleetsentry-store"
     # A flush (files written, then offsets committed) after this many records or seconds.
     batch_records: Annotated[int, Meta(ge=1)] = 5000
+    # ... or after this many seconds, whichever comes first.
     flush_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+    # The Parquet files' compression.
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
@@ -176,6 +203,8 @@ class ReleaseSettings(_Section, frozen=True, kw_only=True):
 
 
 class StreamsSettings(_Section, frozen=True, kw_only=True):
+    """``[streams]``: sensor streams declared in TOML, besides the built-in ones."""
+
     # A directory of stream declarations (*.toml, docs/streams.md) handled beside the
     # built-in telemetry and payments; unset: the built-in streams only.
     dir: Path | None = None

@@ -65,17 +65,26 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class MqttSettings(_Section, frozen=True, kw_only=True):
+    """``[mqtt]``: the gateway's Mosquitto, as the bridge and the scorer reach it."""
+
+    # The broker's address (the gateway's own services use its loopback listener).
     host: str = "127.0.0.1"
+    # Its port: 1883 plain on loopback; a TLS listener needs tls_ca too.
     port: Annotated[int, Meta(ge=1, le=65535)] = 1883
+    # The gateway services' MQTT login (the bridge reads, the scorer sends decisions).
     username: str = "fleetsentry-bridge"
     # Default: read from `fleetsentry infra`'s credentials file when not set here.
     password: Secret | None = None
     # Where that file is; default: the Mosquitto home of `fleetsentry infra`.
     credentials_file: Path | None = None
+    # The CA certificate (PEM) the broker's certificate is checked against; set: TLS.
     tls_ca: Path | None = None
 
 
 class MetricsSettings(_Section, frozen=True, kw_only=True):
+    """``[metrics]``: the Prometheus endpoints of the gateway's services."""
+
+    # The address every service's metrics endpoint binds.
     host: str = "127.0.0.1"
     # Each service listens on base_port + its offset; 0 turns metrics off.
     base_port: Annotated[int, Meta(ge=0, le=65500)] = 9400
@@ -105,6 +114,7 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     # telemetry frame per second and a payment now and then; the burst lets one back from an
     # hour without coverage send its buffered frames at once. 0 turns the limit off.
     vehicle_rate_per_s: Annotated[float, Meta(ge=0)] = 20.0
+    # The token bucket's size: messages a vehicle may send at once beyond the rate.
     vehicle_burst: Annotated[int, Meta(ge=1, le=10_000_000)] = 3600
     # Unacknowledged MQTT messages the broker may have in flight to one bridge process. A
     # message is acked after Kafka's delivery report (linger, the broker's round trip, the
@@ -114,8 +124,11 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     receive_maximum: Annotated[int, Meta(ge=1, le=65535)] = 5000
     # How long the broker keeps the bridge's session (and queues for it) while it is away.
     session_expiry_s: Annotated[int, Meta(ge=0)] = 7 * 24 * 3600
+    # MQTT keepalive: the broker drops the bridge's connection after 1.5x this in silence.
     keepalive_s: Annotated[int, Meta(ge=5, le=300)] = 30
+    # The Kafka producer's wait to fill a batch into raw.* (librdkafka's linger.ms).
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 10
+    # The Kafka producer's compression of raw.* batches.
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
     # Outage spool: when Kafka has confirmed nothing for spool_after_s while records wait,
     # the bridge writes them (and what follows) to <data_dir>/spool/bridge-<n>, acknowledges
@@ -125,6 +138,8 @@ class BridgeSettings(_Section, frozen=True, kw_only=True):
     # the edge Kafka is away"). Unset: the disk plan's spool share ([disk] budget, 10 %) split
     # between the processes. 0 turns the spool off (the broker's queue is the only buffer).
     spool_after_s: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
+    # Bytes each bridge process may spool (see spool_after_s above): unset, the disk plan's
+    # share; 0, no spool.
     spool_max_bytes: Annotated[int, Meta(ge=0)] | None = None
 
 
@@ -141,12 +156,15 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     public_keys: list[Path] = []
     # Micro-batch: score what has arrived, up to max_batch, waiting at most max_wait_ms.
     max_batch: Annotated[int, Meta(ge=1, le=65536)] = 2048
+    # The longest wait, in milliseconds, for a micro-batch to fill.
     max_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
     # Alert episodes (telemetry): open after this many anomalous frames within the window...
     episode_open_events: Annotated[int, Meta(ge=1, le=100)] = 4
+    # ... the window, in seconds, those anomalous frames must fall within.
     episode_open_window_s: Annotated[float, Meta(gt=0)] = 10.0
     # ... close after this long without one; report a new peak at most this often.
     episode_quiet_gap_s: Annotated[float, Meta(gt=0)] = 30.0
+    # An open episode's update (a new peak) is sent at most this often, in seconds.
     episode_update_interval_s: Annotated[float, Meta(ge=0)] = 10.0
     # Send approvals too (the vehicle waits for a decision either way); declines always go.
     send_approvals: bool = True
@@ -177,6 +195,7 @@ class VaultSettings(_Section, frozen=True, kw_only=True):
 class EnricherSettings(_Section, frozen=True, kw_only=True):
     """``[enricher]``: raw.* -> vault + anon.*, exactly once through Kafka transactions."""
 
+    # The Kafka consumer group the enricher's instances share raw.* in.
     group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] = "fleetsentry-enricher"
     # Records consumed and written per transaction, and the longest wait to fill a batch.
     # A backlog fills whole batches at once whatever the wait, so the wait only bounds the
@@ -184,6 +203,7 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     # commits, and a payment decision waits for it. 20 ms keeps decisions quick at the cost
     # of up to ~50 small transactions a second; raise it on a gateway that declines nothing.
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 5000
+    # The longest wait, in milliseconds, to fill a batch (see batch_size above).
     batch_wait_ms: Annotated[float, Meta(ge=0, le=10_000)] = 20.0
     # Event ids remembered per raw partition to drop the bridge's redeliveries.
     # (Redeliveries come within the bridge's in-flight window, a few thousand messages.)
@@ -197,8 +217,11 @@ class EnricherSettings(_Section, frozen=True, kw_only=True):
     # past it the least recently written go first, so a flood inside the TTL cannot exhaust
     # memory either. A gateway holds about three per vehicle (vehicle, card, driver).
     max_states: Annotated[int, Meta(ge=1000, le=10_000_000)] = 100_000
+    # The Kafka producer's wait to fill a batch into anon.* (librdkafka's linger.ms).
     linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 5
+    # The Kafka producer's compression of anon.* batches.
     compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = "lz4"
+    # A transaction not committed within this is aborted by the broker (and redone).
     transaction_timeout_ms: Annotated[int, Meta(ge=1000, le=900_000)] = 60_000
     # How long the group waits for a silent instance before giving its partitions away.
     session_timeout_ms: Annotated[int, Meta(ge=6000, le=300_000)] = 15_000
@@ -213,11 +236,14 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
     # A new model may alert at most max(ratio x the running rate, running rate + increase),
     # on the shadow window and then live.
     max_alert_rate_ratio: Annotated[float, Meta(ge=1)] = 2.0
+    # ... and the increase over the running rate that is always allowed (a share, 0.01 = 1 %).
     max_alert_rate_increase: Annotated[float, Meta(ge=0, le=1)] = 0.01
     # Live watch after a switch: judge after this many events, give the scorer this long to
     # load the model, stop watching after watch_s.
     watch_min_events: Annotated[int, Meta(ge=1)] = 200
+    # Seconds the scorer has to start scoring with the new model before it is rolled back.
     activation_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+    # Seconds after a switch during which the live alert rate can still roll it back.
     watch_s: Annotated[float, Meta(gt=0)] = 600.0
     # Installed versions kept per stream (the active and previous ones always are).
     keep_versions: Annotated[int, Meta(ge=2, le=100)] = 5
@@ -247,13 +273,18 @@ class DiskSettings(_Section, frozen=True, kw_only=True):
 
 
 class StreamsSettings(_Section, frozen=True, kw_only=True):
+    """``[streams]``: sensor streams declared in TOML, besides the built-in ones."""
+
     # A directory of stream declarations (*.toml, docs/streams.md) handled beside the
     # built-in telemetry and payments; unset: the built-in streams only.
     dir: Path | None = None
 
 
 class EdgeConfig(_Section, frozen=True, kw_only=True):
+    # This gateway's name: its topics arrive in the cloud as <edge_id>.*, and it logs in to
+    # the cloud's Kafka as gateway-<edge_id>.
     edge_id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "edge-1"
+    # Where the gateway keeps its state: the vault, its keys, models, the bridge's spool.
     data_dir: Path = Path("~/.local/share/fleetsentry/edge").expanduser()
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)

@@ -59,7 +59,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "scorer",
-        "edge.scorer.service:run",
+        "edge.scorer.scorer:run",
         2,
         "anon.* -> scores.*, alerts, payment decisions (int8 models), exactly once.",
     ),

@@ -34,7 +34,7 @@ import msgspec
 from firmware_sim.errors import SimError
 
 from shared.contracts import SCHEMA_VERSION, decode
-from shared.declarations.model import FieldDecl, Stream
+from shared.declarations.schema import FieldDecl, Stream
 from shared.declarations.transforms import to_seconds
 from shared.errors import ContractError
 from shared.streams import StreamSpec

@@ -28,7 +28,7 @@ import msgspec
 from firmware_sim.replay import Accepted, ReplayError, seconds_of
 
 from shared.contracts import Label, encode
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ def _follow(
     "--duration",
     default=600.0,
     show_default=True,
-    help="Seconds the fleets drive (drift starts half way on gateway 2).",
+    help="Seconds the fleets drive (drift starts 30 % in on gateway 2).",
 )
 @click.option("--gateways", type=click.IntRange(1, 2), default=2, show_default=True)
 @click.option("--dashboard-port", default=DASHBOARD_PORT, show_default=True)

@@ -47,6 +47,7 @@ Mechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``[kafka]``: where the gateway's Kafka is and who we log in as."""
 
+    # The brokers' addresses, host:port[,host:port...].
     bootstrap: str = "127.0.0.1:9092"
     # SASL user; "" connects without authentication (only for a cluster that has none).
     username: str = EDGE_USER
@@ -55,6 +56,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # JSON {user: password}, kept 0600; default: the one `fleetsentry infra up` writes
     # (<infra home>/edge-kafka/credentials.json).
     credentials_file: Path | None = None
+    # The SASL mechanism of that login.
     mechanism: Mechanism = "SCRAM-SHA-512"
     # The CA certificate (PEM) the brokers' certificates are checked against; set: TLS.
     ca_file: Path | None = None

@@ -21,7 +21,7 @@ from shared import contracts as c
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shared.declarations.model import Stream
+    from shared.declarations.schema import Stream
 
 
 @dataclass(frozen=True)

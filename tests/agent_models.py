@@ -200,7 +200,7 @@ def drop_file(value: bytes, file: str) -> bytes:
 
 
 def scores_of(model_dir: Path, public_key: Path, x: np.ndarray) -> np.ndarray:
-    from edge.scorer.model import load_model
+    from edge.scorer.model_runner import load_model
 
     return load_model(model_dir, "payments", public_key).scorer.score_batch(x)[0]
 

@@ -18,9 +18,9 @@ from typing import Any
 from firmware_sim import FAULT_KINDS, Fleet, SimSettings
 
 from cloud.registry import Registry
-from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import DEFAULT_TRAINING_SECRET
 from cloud.trainer.pipeline import TrainSettings
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import signing
 from shared.contracts import Label, ModelState, ModelStatus, Score, encode
 from shared.features import Anonymizer
@@ -131,8 +131,8 @@ def _edge_outputs(
 ) -> list[tuple[str, bytes | None, bytes | None]]:
     """Score each gateway's share of the fleet with the real edge scorer and the champions."""
     from edge.config import EdgeConfig
-    from edge.scorer.model import ModelHolder, load_model
-    from edge.scorer.service import BatchResult, Out, ScorerService
+    from edge.scorer.model_runner import ModelHolder, load_model
+    from edge.scorer.scorer import BatchResult, Out, ScorerService
 
     out_records: list[tuple[str, bytes | None, bytes | None]] = []
     for i, gw in enumerate(gateways):

@@ -15,7 +15,7 @@ import numpy as np
 
 from shared import streams
 from shared.contracts import AnonRecord, encode
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 from tests.scorer_models import SyntheticFeatures
 
 REEFER = "reefer"

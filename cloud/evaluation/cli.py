@@ -14,7 +14,7 @@ from rich.table import Table
 
 from cloud import config as cloud_config
 from cloud.config import login_at
-from cloud.evaluation.episodes import EpisodeRule
+from cloud.evaluation.episode_report import EpisodeRule
 from cloud.evaluation.report import Report, evaluate
 from shared import streams
 from shared.contracts import Alert, Label, Score, decode

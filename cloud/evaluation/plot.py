@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud.evaluation import metrics
+from cloud.evaluation import ranking
 from cloud.evaluation.report import StreamScores
 from shared.errors import MissingExtraError
 
@@ -22,14 +22,14 @@ def write_chart(curves: dict[str, StreamScores], path: Path) -> Path:
         y = s.labelled
         if not y.any() or y.all():
             continue
-        fpr, tpr = metrics.roc_curve(y, s.scores)
-        recall, precision = metrics.pr_curve(y, s.scores)
-        roc_ax.plot(fpr, tpr, label=f"{stream} (AUC {metrics.roc_auc(y, s.scores):.3f})")
+        fpr, tpr = ranking.roc_curve(y, s.scores)
+        recall, precision = ranking.pr_curve(y, s.scores)
+        roc_ax.plot(fpr, tpr, label=f"{stream} (AUC {ranking.roc_auc(y, s.scores):.3f})")
         pr_ax.step(
             recall,
             precision,
             where="post",
-            label=f"{stream} (AP {metrics.pr_auc(y, s.scores):.3f})",
+            label=f"{stream} (AP {ranking.pr_auc(y, s.scores):.3f})",
         )
     roc_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
     roc_ax.set(

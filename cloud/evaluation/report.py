@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud.evaluation import metrics
-from cloud.evaluation.episodes import (
+from cloud.evaluation import ranking
+from cloud.evaluation.episode_report import (
     AlertEpisode,
     EpisodeRule,
     LabelEpisode,
@@ -31,7 +31,7 @@ from cloud.evaluation.episodes import (
 )
 from shared import streams
 from shared.contracts import Alert, Label, Score
-from shared.declarations.model import EpisodeAlerts
+from shared.declarations.schema import EpisodeAlerts
 from shared.features import feature_memory_s
 
 DEFAULT_RULE = EpisodeRule()
@@ -103,8 +103,8 @@ def _block(
     return {
         "events": int(y.size),
         "labelled": int(y.sum()),
-        "roc_auc": metrics._finite(metrics.roc_auc(y, scores)),
-        "pr_auc": metrics._finite(metrics.pr_auc(y, scores)),
+        "roc_auc": ranking._finite(ranking.roc_auc(y, scores)),
+        "pr_auc": ranking._finite(ranking.pr_auc(y, scores)),
         "precision": round(tp / (tp + fp), 6) if tp + fp else None,
         "recall": round(tp / (tp + fn), 6) if tp + fn else None,
         "tp": tp,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from cloud.config import CloudConfig
-    from cloud.signer.service import TrainerFactory
+    from cloud.signer.signer import TrainerFactory
 
 
 def load_key(key_file: Path | None) -> Ed25519PrivateKey:
@@ -41,8 +41,8 @@ def trainer_factory(
     drift_check_s: float,
     recent_s: float,
 ) -> TrainerFactory:
-    from cloud.retrain.service import TrainerService, settings_from
-    from cloud.retrain.source import source_for
+    from cloud.trainer_service.source import source_for
+    from cloud.trainer_service.trainer_service import TrainerService, settings_from
 
     settings = settings_from(
         cfg.trainer,
@@ -140,7 +140,7 @@ def signer(
     """Hold the signing key: train, sign, publish, and carry out the dashboard's requests."""
     from cloud import config as cloud_config
     from cloud.publisher import Publisher, Releaser
-    from cloud.signer.service import serve
+    from cloud.signer.signer import serve
 
     logging.basicConfig(
         level=logging.INFO,

@@ -25,7 +25,7 @@ from cloud import config as cloud_config
 )
 def store(config_path: str | None, until_idle: float | None) -> None:
     """Write every gateway's replicated topics and the labels into Parquet, deduplicated."""
-    from cloud.store.service import Store
+    from cloud.store.store import Store
 
     cfg = cloud_config.load(config_path)
     from shared import streams

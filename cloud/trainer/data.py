@@ -25,7 +25,7 @@ from shared.features import Anonymizer, feature_memory_s, feature_vector, model_
 from shared.tokens import Tokenizer
 
 if TYPE_CHECKING:
-    from shared.declarations.model import Stream
+    from shared.declarations.schema import Stream
 
 AnyAnon = AnonTelemetry | AnonPayment | AnonRecord
 

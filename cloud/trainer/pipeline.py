@@ -15,8 +15,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
-from cloud.evaluation import metrics
-from cloud.evaluation.episodes import (
+from cloud.evaluation import ranking
+from cloud.evaluation.episode_report import (
     EpisodeRule,
     LabelEpisode,
     alert_episodes,
@@ -24,7 +24,7 @@ from cloud.evaluation.episodes import (
     evaluate_episodes,
     vehicle_hours,
 )
-from cloud.trainer import model as ae
+from cloud.trainer import autoencoder as ae
 from cloud.trainer.data import Records, declaration, time_split, vehicle_split
 from cloud.trainer.data import memory_s as data_memory_s
 from cloud.trainer.errors import NeedsLabelsError, QuantizationError, TrainerError
@@ -196,7 +196,7 @@ def train_stream(
     val_q = int8.scores(xs_val)
     threshold = choose_threshold(rule, val, val_q, episode_rule, memory_s)
     m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
-    m["validation"] = metrics.summary(val.labelled, val_q, threshold)
+    m["validation"] = ranking.summary(val.labelled, val_q, threshold)
     if decl is not None or not hold.labelled.any():
         m["unlabelled"] = unlabelled_metrics(
             hold, hold_q, int8.reconstruct(xs_hold) - xs_hold, threshold, episode_rule
@@ -253,8 +253,8 @@ def check_quantization(
             "the holdout split needs both normal and labelled events to check "
             "the int8 model; pass the labels file (or more data)"
         )
-    auc_f = metrics.roc_auc(labels, float_scores)
-    auc_q = metrics.roc_auc(labels, int8_scores)
+    auc_f = ranking.roc_auc(labels, float_scores)
+    auc_q = ranking.roc_auc(labels, int8_scores)
     result = {
         "float_roc_auc": round(auc_f, 6),
         "int8_roc_auc": round(auc_q, 6),
@@ -284,7 +284,7 @@ def check_quantization_unlabelled(
     """
     if float_scores.size < 2:
         raise TrainerError("the holdout split is too small to check the int8 model")
-    rho_all = metrics.spearman(float_scores, int8_scores)
+    rho_all = ranking.spearman(float_scores, int8_scores)
     rho = rho_all
     result = {
         "labelled": False,
@@ -296,7 +296,7 @@ def check_quantization_unlabelled(
             int8_scores >= np.quantile(int8_scores, 1 - tail)
         )
         if top.sum() >= 2:
-            rho = metrics.spearman(float_scores[top], int8_scores[top])
+            rho = ranking.spearman(float_scores[top], int8_scores[top])
         result.update(tail=tail, tail_events=int(top.sum()), rank_agreement_all=round(rho_all, 6))
     result["rank_agreement"] = round(rho, 6)
     if not rho >= min_agreement:
@@ -316,15 +316,15 @@ def evaluation_metrics(
     settings: TrainSettings,
 ) -> dict[str, Any]:
     y = hold.labelled
-    out: dict[str, Any] = {"holdout": metrics.summary(y, int8_scores, threshold)}
+    out: dict[str, Any] = {"holdout": ranking.summary(y, int8_scores, threshold)}
     out["holdout_float"] = {
-        "roc_auc": metrics._finite(metrics.roc_auc(y, float_scores)),
-        "pr_auc": metrics._finite(metrics.pr_auc(y, float_scores)),
+        "roc_auc": ranking._finite(ranking.roc_auc(y, float_scores)),
+        "pr_auc": ranking._finite(ranking.pr_auc(y, float_scores)),
     }
     per_kind: dict[str, Any] = {}
     for kind in sorted(set(hold.kinds[y])):
         mask = ~y | (hold.kinds == kind)
-        s = metrics.summary(hold.kinds[mask] == kind, int8_scores[mask], threshold)
+        s = ranking.summary(hold.kinds[mask] == kind, int8_scores[mask], threshold)
         per_kind[kind] = {k: s[k] for k in ("positives", "roc_auc", "pr_auc", "recall")}
     out["per_kind"] = per_kind
     if hold.stream == "telemetry" or (declaration(hold.stream) is not None and y.any()):

@@ -18,12 +18,12 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud.evaluation import metrics
-from cloud.evaluation.episodes import EpisodeRule, alert_episodes, vehicle_hours
+from cloud.evaluation import ranking
+from cloud.evaluation.episode_report import EpisodeRule, alert_episodes, vehicle_hours
 from cloud.trainer.data import Records
 from cloud.trainer.errors import TrainerError
 from shared.declarations.loader import parse_threshold
-from shared.declarations.model import THRESHOLD_MODES
+from shared.declarations.schema import THRESHOLD_MODES
 
 Mode = Literal["alert_rate", "precision", "false_episodes"]
 MODES: tuple[str, ...] = THRESHOLD_MODES
@@ -72,14 +72,14 @@ def choose_threshold(
         raise TrainerError(f"the {val.stream} validation split is empty")
     y = val.labelled
     if rule.mode == "alert_rate":
-        return metrics.threshold_for_alert_rate(scores[~y], rule.value)
+        return ranking.threshold_for_alert_rate(scores[~y], rule.value)
     if rule.mode == "precision":
         if not y.any():
             raise TrainerError(
                 "the precision rule needs labelled anomalies in the validation "
                 "split; pass labels or use alert_rate=..."
             )
-        return metrics.threshold_for_precision(y, scores, rule.value)
+        return ranking.threshold_for_precision(y, scores, rule.value)
     return threshold_for_false_episodes(val, scores, rule.value, episode_rule, memory_s)
 
 

@@ -44,7 +44,7 @@ from edge.config import EdgeConfig
 from edge.metrics import CHAMPION_MISSING
 from edge.scorer.errors import ScorerError
 from edge.scorer.features import FeatureRows
-from edge.scorer.model import Model, baseline_dir, load_model
+from edge.scorer.model_runner import Model, baseline_dir, load_model
 from shared import model_bundle, releases, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.errors import ContractError

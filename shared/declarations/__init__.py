@@ -19,7 +19,7 @@ the unit tests hold the two equal. See docs/streams.md.
 
 from shared.declarations.errors import DeclarationError
 from shared.declarations.loader import builtin, load_dir, load_file, load_text
-from shared.declarations.model import Feature, FieldDecl, Stream
+from shared.declarations.schema import Feature, FieldDecl, Stream
 
 __all__ = [
     "DeclarationError",

@@ -48,7 +48,7 @@ from typing import Any
 from shared.contracts import SCHEMA_VERSION, AnonRecord
 from shared.declarations import transforms as tf
 from shared.declarations.events import event_time
-from shared.declarations.model import Feature, Stream
+from shared.declarations.schema import Feature, Stream
 from shared.features.geo import cell
 from shared.features.state import KeyState, StreamState, state_key
 from shared.tokens import Tokenizer

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shared.declarations.errors import DeclarationError
 from shared.declarations.loader import builtin, load_dir
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 
 BUILTIN_NAMES = ("telemetry", "payments")
 

@@ -10,7 +10,7 @@ import click
 from shared.declarations.catalog import check_runnable, load_streams
 from shared.declarations.errors import DeclarationError
 from shared.declarations.loader import load_file, load_text
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 from shared.errors import ConfigError
 
 # A declaration that does not load: the same exit code as a usage error.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from shared.declarations.model import Feature
+from shared.declarations.schema import Feature
 
 PREFIX = "fs-"
 HEX_CHARS = 12

@@ -35,7 +35,7 @@ import msgspec
 from msgspec import Meta
 
 from shared.contracts import SCHEMA_VERSION, EventId
-from shared.declarations.model import FieldDecl, Stream
+from shared.declarations.schema import FieldDecl, Stream
 from shared.declarations.transforms import to_seconds
 
 # A string field's longest value: events are small, and no field needs more.

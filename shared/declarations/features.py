@@ -19,7 +19,7 @@ from shared.declarations import named as named_registry
 from shared.declarations import transforms as tf
 from shared.declarations.convert import convert
 from shared.declarations.errors import DeclarationError
-from shared.declarations.model import Feature, FeatureDecl, FieldDecl, StreamDecl
+from shared.declarations.schema import Feature, FeatureDecl, FieldDecl, StreamDecl
 
 NUMERIC = ("float", "int", "bool")
 _POSITIVE = ("alpha", "limit", "typical_std", "min_dt_s", "cap")

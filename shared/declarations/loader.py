@@ -15,7 +15,7 @@ from shared.declarations import features as feats
 from shared.declarations.convert import convert
 from shared.declarations.digest import feature_spec
 from shared.declarations.errors import DeclarationError
-from shared.declarations.model import (
+from shared.declarations.schema import (
     THRESHOLD_MODES,
     EpisodeAlerts,
     FieldDecl,

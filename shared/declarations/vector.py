@@ -23,7 +23,7 @@ from shared.contracts import SCHEMA_VERSION, AnonRecord
 from shared.declarations import transforms as tf
 from shared.declarations.anonymize import Plan, Slot, state_of
 from shared.declarations.events import event_time
-from shared.declarations.model import Feature
+from shared.declarations.schema import Feature
 from shared.features.geo import cell
 from shared.features.guard import fin_array as _fin
 from shared.features.guard import round3_array

@@ -25,7 +25,7 @@ from firmware_sim import Fleet, SimSettings
 from firmware_sim.live import LiveRunner
 from firmware_sim.session import ConnectSettings
 
-from cloud.evaluation.metrics import pr_auc
+from cloud.evaluation.ranking import pr_auc
 from shared.contracts import Alert
 from shared.features import feature_memory_s
 from shared.infra.stack import Stack

@@ -39,12 +39,12 @@ from firmware_sim.session import ConnectSettings
 
 from cloud.publisher import Publisher, Releaser
 from cloud.registry import ModelRecord, Registry
-from cloud.retrain.drift import DriftSettings
-from cloud.retrain.service import RetrainSettings, TrainerService
-from cloud.retrain.source import KafkaSource
 from cloud.trainer import data as tdata
 from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
+from cloud.trainer_service.drift import DriftSettings
+from cloud.trainer_service.source import KafkaSource
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import model_bundle, releases, signing, topics
 from shared.baselines import baseline_dir
 from shared.contracts import ModelStatus, decode, encode

@@ -1,4 +1,4 @@
-"""The README's "Onboard your own fleet" walkthrough, command by command.
+"""The "Onboard your own fleet" walkthrough (docs/onboarding.md), command by command.
 
 A recording unlike the built-in streams (its own column names, string truck ids, ISO 8601
 times, a fuel-card column, a coordinate pair) goes through `streams infer` (the card and the
@@ -6,7 +6,7 @@ position are flagged as personal data), a dry-run `sim replay` for training, `cl
 without labels, `cloud registry register --champion` (signed, through the cloud Kafka and
 MirrorMaker to the gateway's agent), a live `sim replay` through real Mosquitto into a gateway
 that knows the stream only from the inferred file, and `eval` with the labels. Every command
-the test runs is in the README, word for word but for the `$VARIABLES`.
+the test runs is on that page, word for word but for the `$VARIABLES`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tests.edge_pipeline import ROOT, EdgePipeline
 
 pytestmark = pytest.mark.integration
 
-# The walkthrough, as the README has it.
+# The walkthrough, as docs/onboarding.md has it.
 COMMANDS = [
     "fleetsentry streams infer trucks.csv --out streams/trucks.toml",
     "fleetsentry streams check streams",
@@ -146,12 +146,12 @@ def _run(command: str, cwd: Path, values: dict[str, str], timeout: float = 600) 
     return out
 
 
-def test_the_readme_walkthrough_onboards_a_fleet_the_simulator_never_made(
+def test_the_documented_walkthrough_onboards_a_fleet_the_simulator_never_made(
     stack: Stack, cloud_kafka: KafkaSettings, tmp_path: Path
 ) -> None:
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    page = " ".join((ROOT / "docs" / "onboarding.md").read_text().split())
     for command in COMMANDS:
-        assert command in readme, f"the README's walkthrough lacks: {command}"
+        assert command in page, f"docs/onboarding.md's walkthrough lacks: {command}"
     work = tmp_path
     now = time.time()
     _recording(work / "trucks.csv", TRUCKS, HISTORY_S, seed=1, start=now - 30 * 86400)

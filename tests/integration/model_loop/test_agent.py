@@ -10,7 +10,7 @@ import pytest
 
 from edge.agent.agent import ModelAgent
 from edge.config import KafkaSettings
-from edge.scorer.model import load_model
+from edge.scorer.model_runner import load_model
 from shared import model_bundle, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.kafka_config import Target

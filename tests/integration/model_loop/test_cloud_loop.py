@@ -15,11 +15,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cloud.publisher import Publisher, Releaser
 from cloud.registry import Registry
-from cloud.retrain.drift import DriftSettings
-from cloud.retrain.service import RetrainSettings, TrainerService
-from cloud.retrain.source import KafkaSource
 from cloud.trainer.pipeline import TrainSettings
 from cloud.trainer.threshold import ThresholdRule
+from cloud.trainer_service.drift import DriftSettings
+from cloud.trainer_service.source import KafkaSource
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, KafkaSettings, ScorerSettings
 from shared import model_bundle, releases, topics
@@ -218,8 +218,8 @@ def test_with_approval_required_a_retrain_ships_only_after_an_operator_approves(
     tmp_path: Path,
 ) -> None:
     from cloud.dashboard.actions import Actions
-    from cloud.signer.service import SigningService
-    from edge.scorer.model import load_model
+    from cloud.signer.signer import SigningService
+    from edge.scorer.model_runner import load_model
 
     edge = f"gw{uuid.uuid4().hex[:6]}"
     anon_topic, labels_topic = f"{edge}.anon.payments", f"{edge}.{topics.LABELS}"

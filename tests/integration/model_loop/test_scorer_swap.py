@@ -13,8 +13,8 @@ import pytest
 
 from edge.agent.store import ModelStore
 from edge.config import EdgeConfig, KafkaSettings, ScorerSettings
-from edge.scorer.model import ModelHolder, load_model
-from edge.scorer.service import ScorerService
+from edge.scorer.model_runner import ModelHolder, load_model
+from edge.scorer.scorer import ScorerService
 from shared import topics
 from shared.contracts import Score, decode
 from shared.kafka_config import Target

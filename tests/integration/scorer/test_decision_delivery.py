@@ -25,8 +25,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge import config as edge_config_file
-from edge.scorer.publisher import DecisionPublisher
-from edge.scorer.service import BatchResult, Out, ScorerService
+from edge.scorer.decision_publisher import DecisionPublisher
+from edge.scorer.scorer import BatchResult, Out, ScorerService
 from edge.scorer.vins import VinCache
 from edge.vault.setup import open_vault
 from edge.vault.vault import Vault

@@ -21,10 +21,10 @@ from edge.agent.agent import ModelAgent
 from edge.agent.store import ModelStore
 from edge.config import KafkaSettings
 from edge.scorer import metrics
-from edge.scorer.service import BatchResult, ScorerService
+from edge.scorer.scorer import BatchResult, ScorerService
 from shared import model_bundle, releases, topics
 from shared.contracts import Alert, ModelStatus, Score, decode
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 from shared.kafka_config import Target, client_config
 from shared.signing import generate_private_key, write_public_key
 from tests.agent_models import agent_config, deliver, skip_to_end

@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.config import EdgeConfig
-from edge.scorer.publisher import DecisionPublisher
-from edge.scorer.service import ScorerService
+from edge.scorer.decision_publisher import DecisionPublisher
+from edge.scorer.scorer import ScorerService
 from edge.scorer.vins import VinCache
 from edge.vault.vault import Vault
 from shared import config as shared_config

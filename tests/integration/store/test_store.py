@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cloud.store.reader import StoreReader
-from cloud.store.service import Store
+from cloud.store.store import Store
 from shared import contracts, topics
 from shared.kafka_config import STORE_USER, KafkaSettings, Target, client_config
 from tests.support import produce_all

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud.trainer import model as ae
+from cloud.trainer import autoencoder as ae
 from cloud.trainer.cli import train
 from cloud.trainer.data import records_from_messages
 from shared import signing, streams

@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from firmware_sim import FAULT_KINDS, Fleet, SimSettings
 
 from cloud.kafka_source import KafkaReadError, read_topic
-from cloud.retrain.source import KafkaSource
 from cloud.trainer.data import records_from_anon
+from cloud.trainer_service.source import KafkaSource
 from shared.contracts import AnonTelemetry, decode, encode
 from shared.features import Anonymizer, model_features
 from shared.tokens import Tokenizer
@@ -59,8 +59,8 @@ def test_the_trainer_service_trains_a_declared_stream_from_the_gateways_copies(
     trainer service's Kafka source reads a declared stream's records once each, and its cycle
     trains, signs and promotes a model built for the declaration's digest, without labels."""
     from cloud.registry import Registry
-    from cloud.retrain.service import RetrainSettings, TrainerService
     from cloud.trainer.pipeline import TrainSettings
+    from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
     from shared import signing, streams
     from shared.contracts import AnonRecord
     from tests import declared_stream as reefer

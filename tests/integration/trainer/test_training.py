@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from firmware_sim import FAULT_KINDS, Fleet, SimSettings
 
-from cloud.evaluation import metrics
+from cloud.evaluation import ranking
 from cloud.evaluation.cli import eval_cmd
-from cloud.trainer import model as ae
+from cloud.trainer import autoencoder as ae
 from cloud.trainer.data import Records, records_from_messages
 from cloud.trainer.errors import QuantizationError
 from cloud.trainer.pipeline import (
@@ -91,7 +91,7 @@ def test_int8_model_in_litert_agrees_with_float(trained: TrainedModel, telemetry
     # ranking: the same anomalies come out on top
     y = telemetry.labelled[:4000]
     if y.any() and not y.all():
-        assert metrics.roc_auc(y, int8) >= metrics.roc_auc(y, flt) - 0.005
+        assert ranking.roc_auc(y, int8) >= ranking.roc_auc(y, flt) - 0.005
 
 
 def test_quantization_check_refuses_a_broken_int8_model(trained: TrainedModel) -> None:

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from cloud.dashboard.actions import Actions
 from cloud.publisher import Publisher, Releaser
 from cloud.registry import ModelRecord, Registry
-from cloud.retrain.service import RetrainSettings, TrainerService
-from cloud.signer.service import SigningService
-from edge.scorer.model import load_model
+from cloud.signer.signer import SigningService
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
+from edge.scorer.model_runner import load_model
 from shared import model_bundle, releases, signing
 from shared.contracts import Label
 from tests.dashboard_support import SMALL, MemorySource, sim_data
@@ -150,7 +150,7 @@ def test_a_rejected_challenger_is_never_published(
 
 
 def test_the_signer_refuses_requests_it_cannot_check(registry: Registry, tmp_path: Path) -> None:
-    from tests.unit.cloud_loop.test_registry import model_dir
+    from tests.unit.cloud_loop.test_model_registry import model_dir
 
     registry.register(model_dir(tmp_path / "src", "v1"), state="champion")
     signer = SigningService(registry, None, None, streams=("payments",))

@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 
 from cloud.dashboard.app import create_app
 from cloud.registry import Registry
-from cloud.retrain.service import RetrainSettings, TrainerService
-from cloud.signer.service import SigningService
+from cloud.signer.signer import SigningService
 from cloud.trainer.pipeline import TrainSettings
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import signing, streams
 from shared.errors import ConfigError
 from shared.features import Anonymizer

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.retrain.decision import Evaluation, PromotionRule, curves, decide, evaluate
-from cloud.retrain.drift import DriftSettings, Profile, detect, profile, psi
+from cloud.trainer_service.decision import Evaluation, PromotionRule, curves, decide, evaluate
+from cloud.trainer_service.drift import DriftSettings, Profile, detect, profile, psi
 
 
 def _x(n: int, shift: float = 0.0, seed: int = 0) -> np.ndarray:

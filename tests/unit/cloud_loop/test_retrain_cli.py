@@ -10,8 +10,8 @@ import click
 from click.testing import CliRunner
 
 from cloud.registry.cli import DEFAULT_BOOTSTRAP
-from cloud.retrain.cli import _common, _from_config
-from cloud.retrain.source import KafkaSource
+from cloud.trainer_service.cli import _common, _from_config
+from cloud.trainer_service.source import KafkaSource
 from shared.kafka_config import PUBLISHER_USER, TRAINER_USER, KafkaSettings, bootstrap_of
 
 

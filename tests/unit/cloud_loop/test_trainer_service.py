@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from cloud.registry import ModelRecord, Registry
-from cloud.retrain.drift import DriftSettings
-from cloud.retrain.service import RetrainSettings, TrainerService
 from cloud.trainer.data import key_token
+from cloud.trainer_service.drift import DriftSettings
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import baselines, signing
 from shared.contracts import Alert, AlertState, Contribution, Label, Score
 from shared.features import feature_memory_s
@@ -367,7 +367,7 @@ def _loop_until(target: Any, source: Flaky, calls: int) -> int:
 def test_the_trainer_loops_carry_on_after_an_unexpected_error(tmp_path: Path) -> None:
     import threading
 
-    from cloud.signer.service import serve
+    from cloud.signer.signer import serve
 
     settings = RetrainSettings(streams=("telemetry",), drift_check_s=0.0)
     key = signing.generate_private_key()

@@ -22,7 +22,7 @@ from cloud.dashboard.auth import SESSION_COOKIE, Signer, Users, hash_password
 from cloud.dashboard.live import LiveState
 from cloud.dashboard.store import DashboardStore
 from cloud.registry import Registry
-from cloud.signer.service import SigningService
+from cloud.signer.signer import SigningService
 from shared.contracts import Score, decode
 from tests.dashboard_support import World, copy_registry, world
 

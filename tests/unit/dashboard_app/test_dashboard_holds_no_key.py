@@ -22,7 +22,7 @@ from cloud.dashboard.cli import build, demo_user
 from cloud.dashboard.errors import DashboardError
 from cloud.registry import Registry
 from shared import signing
-from tests.unit.cloud_loop.test_registry import model_dir
+from tests.unit.cloud_loop.test_model_registry import model_dir
 from tests.unit.dashboard_app.test_dashboard_attacks import USERS, basic, make_dashboard, sign_in
 
 

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from cloud.dashboard import views
 from cloud.dashboard.app import Dashboard, create_app
 from cloud.registry import Registry
-from tests.unit.cloud_loop.test_registry import model_dir
+from tests.unit.cloud_loop.test_model_registry import model_dir
 from tests.unit.dashboard_app.test_dashboard_attacks import make_dashboard, sign_in
 
 

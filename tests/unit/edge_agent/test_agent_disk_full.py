@@ -17,7 +17,7 @@ from edge.agent import service as agent_service
 from edge.agent.agent import ModelAgent
 from edge.config import AgentSettings, EdgeConfig, ScorerSettings
 from edge.metrics import WRITE_ERRORS
-from edge.scorer.model import baseline_dir
+from edge.scorer.model_runner import baseline_dir
 from edge.services import ServiceContext
 from shared import model_bundle, releases, signing, topics
 from tests.support import tmpfs

@@ -9,8 +9,8 @@ import pytest
 
 from edge.agent.store import ModelStore
 from edge.config import EdgeConfig, ScorerSettings
-from edge.scorer.model import ModelHolder, load_model
-from edge.scorer.service import ScorerService
+from edge.scorer.model_runner import ModelHolder, load_model
+from edge.scorer.scorer import ScorerService
 from tests.agent_models import ModelKit
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.scorer.errors import ModelError
-from edge.scorer.model import baseline_dir, load_model
+from edge.scorer.model_runner import baseline_dir, load_model
 from shared.signing import generate_private_key, write_public_key
 
 

@@ -14,11 +14,11 @@ import pytest
 from edge.agent.store import ModelStore
 from edge.config import EdgeConfig, ScorerSettings
 from edge.scorer.errors import ModelError
-from edge.scorer.model import check_manifest
-from edge.scorer.service import BatchResult, Out, ScorerService, episode_owner
+from edge.scorer.model_runner import check_manifest
+from edge.scorer.scorer import BatchResult, Out, ScorerService, episode_owner
 from shared import topics
 from shared.contracts import Alert, ModelManifest, Scaling, Score, decode
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 from shared.features import FEATURE_SPEC_VERSION, model_features
 from shared.signing import generate_private_key
 from tests.declared_records import REEFER, declared, reefer_records, write_reefer

@@ -11,7 +11,7 @@ import pytest
 
 from edge.scorer import FloatReferenceScorer, Scorer, TFLiteScorer
 from edge.scorer.errors import ModelError, ShapeError
-from edge.scorer.model import load_model
+from edge.scorer.model_runner import load_model
 from tests.scorer_models import SyntheticFeatures
 
 Factory = Callable[[Path, Path], Scorer]
@@ -139,7 +139,7 @@ def fleet_records() -> dict[str, list[object]]:
 def test_shipped_baselines_agree_with_their_float_weights(
     stream: str, fleet_records: dict[str, list[object]]
 ) -> None:
-    from edge.scorer.model import baseline_dir
+    from edge.scorer.model_runner import baseline_dir
     from shared.features import feature_matrix
 
     tfl = load_model(baseline_dir(stream), stream)

@@ -30,7 +30,7 @@ from firmware_sim.replay_run import ReplayFleet, events, write_dry_run
 from cloud.trainer.data import read_events_file, read_labels_file, records_from_messages
 from shared import streams
 from shared.declarations import load_text
-from shared.declarations.model import FieldDecl
+from shared.declarations.schema import FieldDecl
 from tests.declared_stream import REEFER_TOML, generate, write_declaration
 
 NOW = 1_800_000_000.0  # where "now" is in these tests

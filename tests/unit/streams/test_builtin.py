@@ -14,7 +14,7 @@ from shared.declarations import Feature, Stream, builtin
 from shared.declarations import named as named_registry
 from shared.declarations import transforms as tf
 from shared.declarations.loader import ENVELOPE
-from shared.declarations.model import EpisodeAlerts, EventAlerts
+from shared.declarations.schema import EpisodeAlerts, EventAlerts
 from shared.episodes import EpisodeSettings
 from shared.features import payments as pay
 from shared.features import telemetry as tel

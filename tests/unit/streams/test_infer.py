@@ -23,7 +23,7 @@ from shared.declarations.infer import (
     read_sample,
     render,
 )
-from shared.declarations.model import Stream
+from shared.declarations.schema import Stream
 
 START = 1767600000  # 2026-01-05T08:00:00Z
 FIRST = ["Ann", "Bert", "Chloe", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lea"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.declarations import DeclarationError, load_dir, load_file, load_text
-from shared.declarations.model import EpisodeAlerts
+from shared.declarations.schema import EpisodeAlerts
 from shared.errors import ConfigError
 
 REEFER = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.evaluation.episodes import (
+from cloud.evaluation.episode_report import (
     EpisodeRule,
     LabelEpisode,
     alert_episodes,
@@ -53,7 +53,7 @@ def test_vehicle_hours_sum_per_token() -> None:
 
 
 def test_detection_delay_and_false_episodes() -> None:
-    from cloud.evaluation.episodes import AlertEpisode
+    from cloud.evaluation.episode_report import AlertEpisode
 
     alerts = [
         AlertEpisode("a", 100, 105, 200),
@@ -73,7 +73,7 @@ def test_detection_delay_and_false_episodes() -> None:
 
 
 def test_an_alert_within_the_feature_memory_after_a_fault_is_its_tail() -> None:
-    from cloud.evaluation.episodes import AlertEpisode
+    from cloud.evaluation.episode_report import AlertEpisode
     from shared.features import feature_memory_s
 
     memory = feature_memory_s("telemetry")
@@ -203,8 +203,8 @@ def test_a_vehicle_split_deals_out_the_labelled_vehicles_too() -> None:
 
 
 def test_declared_alerts_replay_as_their_rule() -> None:
-    from cloud.evaluation.episodes import declared_rule
-    from shared.declarations.model import EpisodeAlerts, EventAlerts
+    from cloud.evaluation.episode_report import declared_rule
+    from shared.declarations.schema import EpisodeAlerts, EventAlerts
 
     rule = declared_rule(EpisodeAlerts(open_events=3, window_s=60.0, quiet_s=120.0))
     assert (rule.open_events, rule.open_window_s, rule.quiet_gap_s) == (3, 60.0, 120.0)

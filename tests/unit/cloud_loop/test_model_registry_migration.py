@@ -11,7 +11,7 @@ import pytest
 
 from cloud.registry import Registry, RegistryError
 from cloud.registry.registry import SCHEMA_VERSION
-from tests.unit.cloud_loop.test_registry import model_dir
+from tests.unit.cloud_loop.test_model_registry import model_dir
 
 # The registry's tables as the first released version created them (PRAGMA user_version 0).
 OLD_SCHEMA = """

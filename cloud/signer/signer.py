@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cloud.registry import ModelRecord, Registry, RunRecord
 from cloud.registry.registry import RequestKind, RequestRecord, RequestState
-from cloud.retrain.service import Publishes, TrainerService, renew_releases
+from cloud.trainer_service.trainer_service import Publishes, TrainerService, renew_releases
 from shared.errors import FleetsentryError
 from shared.streams import all_streams
 

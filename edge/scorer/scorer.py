@@ -32,7 +32,7 @@ from edge.scorer.decisions import decide
 from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
 from edge.scorer.features import FeatureRows
-from edge.scorer.model import Model, ModelHolder, baseline_dir, load_model
+from edge.scorer.model_runner import Model, ModelHolder, baseline_dir, load_model
 from edge.transactions import Watchdog
 from shared import topics
 from shared.contracts import (
@@ -43,7 +43,7 @@ from shared.contracts import (
     decode,
     encode,
 )
-from shared.declarations.model import EpisodeAlerts
+from shared.declarations.schema import EpisodeAlerts
 from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
@@ -603,7 +603,7 @@ class ScorerService:
 def run(ctx: Any) -> None:
     """Service entry point (``fleetsentry edge scorer``): runs until ``ctx.stop`` is set."""
     from edge.scorer import metrics
-    from edge.scorer.publisher import DecisionPublisher
+    from edge.scorer.decision_publisher import DecisionPublisher
     from edge.scorer.vins import VinCache
     from edge.vault.setup import open_vault
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cloud.evaluation import metrics
+from cloud.evaluation import ranking
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,11 @@ class Evaluation:
 def evaluate(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Evaluation:
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    at = metrics.at_threshold(y, s, threshold)
+    at = ranking.at_threshold(y, s, threshold)
     negatives = at.fp + at.tn
     return Evaluation(
-        pr_auc=metrics.pr_auc(y, s),
-        roc_auc=metrics.roc_auc(y, s),
+        pr_auc=ranking.pr_auc(y, s),
+        roc_auc=ranking.roc_auc(y, s),
         precision=at.precision,
         recall=at.recall,
         false_positive_rate=at.fp / negatives if negatives else math.nan,
@@ -122,8 +122,8 @@ def decide(
 
 def curves(labels: ArrayLike, scores: ArrayLike, max_points: int = 200) -> dict[str, Any]:
     """ROC and PR points (thinned to ``max_points``) for charts."""
-    fpr, tpr = metrics.roc_curve(labels, scores)
-    recall, precision = metrics.pr_curve(labels, scores)
+    fpr, tpr = ranking.roc_curve(labels, scores)
+    recall, precision = ranking.pr_curve(labels, scores)
     return {"roc": _thin(fpr, tpr, max_points), "pr": _thin(recall, precision, max_points)}
 
 

@@ -22,7 +22,7 @@ from shared.contracts import ModelManifest
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shared.declarations.model import Stream
+    from shared.declarations.schema import Stream
 
 __all__ = [
     "BASELINE_DIR",

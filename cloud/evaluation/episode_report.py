@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shared.declarations.model import EpisodeAlerts, EventAlerts
+from shared.declarations.schema import EpisodeAlerts, EventAlerts
 from shared.episodes import AlertEpisode, EpisodeSettings, replay
 
 __all__ = [

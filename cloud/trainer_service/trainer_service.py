@@ -46,8 +46,12 @@ from numpy.typing import NDArray
 
 from cloud.registry import ModelRecord, Registry, RunRecord
 from cloud.registry.registry import Decision, StatusState, Trigger
-from cloud.retrain.decision import Evaluation, PromotionRule, curves, decide, evaluate
-from cloud.retrain.drift import (
+from cloud.trainer import data as tdata
+from cloud.trainer.data import Records, time_split, vehicle_split
+from cloud.trainer.errors import NeedsLabelsError
+from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
+from cloud.trainer_service.decision import Evaluation, PromotionRule, curves, decide, evaluate
+from cloud.trainer_service.drift import (
     DriftReport,
     DriftSettings,
     Profile,
@@ -56,11 +60,7 @@ from cloud.retrain.drift import (
     profile,
     trimmed_rate,
 )
-from cloud.retrain.source import DataSource
-from cloud.trainer import data as tdata
-from cloud.trainer.data import Records, time_split, vehicle_split
-from cloud.trainer.errors import NeedsLabelsError
-from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
+from cloud.trainer_service.source import DataSource
 from shared import baselines, signing
 from shared.errors import FleetsentryError
 from shared.features import feature_matrix, feature_memory_s
@@ -623,7 +623,7 @@ def score_with(
     model: ModelRecord, x: NDArray[np.float32], features: list[str]
 ) -> NDArray[np.float32] | None:
     """A registered model's int8 scores on raw feature rows (None if it takes other features)."""
-    from cloud.trainer import model as ae
+    from cloud.trainer import autoencoder as ae
 
     if list(model.manifest["features"]) != list(features):
         return None

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from cloud.config import ReleaseSettings, TrainerSettings
     from cloud.publisher import Releaser
     from cloud.registry import Registry
-    from cloud.retrain.service import TrainerService
-    from cloud.retrain.source import DataSource
+    from cloud.trainer_service.source import DataSource
+    from cloud.trainer_service.trainer_service import TrainerService
     from shared.kafka_config import Target
 
 STREAM_HELP = (
@@ -86,7 +86,7 @@ def _from_config(
     from click.core import ParameterSource
 
     from cloud.config import load
-    from cloud.retrain.source import source_for
+    from cloud.trainer_service.source import source_for
 
     conf = load(config_path)
     shared_streams.use_declarations(conf.streams.dir)  # the operator's streams beside ours
@@ -141,7 +141,7 @@ def _service(
 ) -> tuple[TrainerService, Registry]:
     from cloud.config import TrainerSettings
     from cloud.registry import Registry
-    from cloud.retrain.service import TrainerService, settings_from
+    from cloud.trainer_service.trainer_service import TrainerService, settings_from
 
     settings = settings_from(
         trainer or TrainerSettings(),
