@@ -33,7 +33,7 @@ from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
 from edge.scorer.features import FeatureRows
 from edge.scorer.model_runner import Model, ModelHolder, baseline_dir, load_model
-from edge.transactions import Watchdog
+from edge.transactions import Transactions, Watchdog, offsets_after
 from shared import topics
 from shared.contracts import (
     AnonPayment,
@@ -268,6 +268,9 @@ class ScorerService:
             )
         )
         self._consumer.subscribe(list(self._input), on_assign=self._assigned)
+        self._txn = Transactions(
+            "scorer", self._producer, self._consumer, self._watchdog, self._rewind, ScorerError
+        )
 
     def declared(self) -> list[str]:
         """The declared (not built-in) streams this scorer reads."""
@@ -298,6 +301,13 @@ class ScorerService:
         for tracker in self.trackers.values():
             tracker.dirty.clear()
         log.info("restored %d episode records, %d open episodes", ours[0], self.open_episodes())
+
+    def _rewind(self) -> None:
+        """After an aborted batch: the episodes as the last commit left them."""
+        for tracker in self.trackers.values():
+            tracker.states.clear()
+            tracker.dirty.clear()
+        self._restore_episodes(self.config.kafka)
 
     def restore_episode(self, key: bytes | None, value: bytes | None, now: float) -> bool:
         """Apply one scorer.episodes record; whether it was this scorer's."""
@@ -343,8 +353,7 @@ class ScorerService:
             self.score_records(stream, records, out, result)
         self._sweep(out, result)
         self._confirm(result)
-        self._commit(out, msgs)
-        return result
+        return result if self._commit(out, msgs) else None
 
     def _confirm(self, result: BatchResult) -> None:
         """Commit nothing before the broker holds every decision of the batch."""
@@ -380,8 +389,7 @@ class ScorerService:
         self._sweep(out, result)
         if not out.records:
             return None
-        self._commit(out, [])
-        return result
+        return result if self._commit(out, []) else None
 
     def _active_dir(self, stream: str) -> Path:
         link = self.config.models_dir / stream  # the agent's symlink (edge/agent/store.py)
@@ -458,25 +466,22 @@ class ScorerService:
             log.warning("consumer: %s", err)
         return False
 
-    def _commit(self, out: Out, msgs: list[Message]) -> None:
-        assert self._consumer is not None and self._producer is not None
+    def _commit(self, out: Out, msgs: list[Message]) -> bool:
+        """The batch's records and input offsets in one transaction; False when it was
+        aborted (episodes and positions are then back at the last commit, and the batch is
+        consumed and scored again)."""
+        assert self._producer is not None
         p = self._producer
-        offsets: dict[tuple[str, int], int] = {}
+        ends: dict[tuple[str, int], int] = {}
         for m in msgs:
-            offsets[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0) + 1
-        p.begin_transaction()
-        for topic, key, value in out.records:
-            produce(p, topic, value, key)
-        if offsets:  # an idle sweep consumed nothing
-            self._watchdog.call(
-                "send_offsets_to_transaction",
-                30,
-                p.send_offsets_to_transaction,
-                [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
-                self._consumer.consumer_group_metadata(),
-            )
-        # Any failure here raises: the process exits and restarts from the last commit.
-        self._watchdog.call("commit_transaction", 60, p.commit_transaction)
+            ends[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0)
+
+        def work() -> tuple[bool, list[TopicPartition]]:
+            for topic, key, value in out.records:
+                produce(p, topic, value, key)
+            return True, offsets_after(ends)  # none for an idle sweep
+
+        return self._txn.run(work) is not None
 
     def matrix(self, model: Model, records: list[Any]) -> Any:
         """The model's input rows for ``records`` (row builder cached per feature list)."""

@@ -37,7 +37,7 @@ from shared.signing import generate_private_key
 from shared.tokens import Tokenizer
 from tests.conftest import MqttBroker
 from tests.scorer_models import SyntheticFeatures, build_model_dir
-from tests.support import consume_all, kafka_table, produce_all
+from tests.support import consume_all, kafka_table, produce_all, refusing_large_records
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +212,7 @@ def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
     class Crashing(ScorerService):
         """Writes a batch in a transaction, then dies before committing it."""
 
-        def _commit(self, out: Any, msgs: Any) -> None:
+        def _commit(self, out: Any, msgs: Any) -> bool:
             assert self._producer is not None
             self._producer.begin_transaction()
             for topic, key, value in out.records:
@@ -260,6 +260,43 @@ def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
     assert t0 + 40 <= closed.peak_ts <= t0 + 89
     assert len(closed.top_features) == 3 and all(c.feature for c in closed.top_features)
     assert not any(a.token == healthy for a in alerts)
+
+
+def test_a_batch_the_broker_refuses_is_aborted_and_scored_once_later_by_the_same_process(
+    tmp_path: Path,
+    edge_kafka: KafkaSettings,
+    mqtt_broker: MqttBroker,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    """scores.telemetry refuses the records for a while, in the middle of a vehicle's fault:
+    each batch is aborted, its episodes rewound to the last commit and consumed again, by the
+    same running scorer; then every event is scored once and the fault is one episode."""
+    models_dir, pub, data = models
+    cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, pub)
+    run_id = f"r{uuid.uuid4().hex[:10]}"
+    faulty = f"{run_id}-veh-faulty"
+    t0 = 1_700_000_000.0
+    frames = telemetry(data["telemetry"], run_id, faulty, t0, 120, anomalous=range(20, 60))
+    produce_all(edge_kafka, topics.ANON_TELEMETRY, frames[:40])
+    with running(ScorerService(cfg)) as svc:
+        assert len(wait_for(edge_kafka, topics.SCORES_TELEMETRY, Score, run_id, 40)) == 40
+        with refusing_large_records(edge_kafka, topics.SCORES_TELEMETRY, max_bytes=100):
+            produce_all(edge_kafka, topics.ANON_TELEMETRY, frames[40:])
+            deadline = time.monotonic() + 60
+            while svc._txn.aborted < 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert svc._txn.aborted >= 3, "no batch was aborted"
+        scores = wait_for(edge_kafka, topics.SCORES_TELEMETRY, Score, run_id, 120)
+        alerts = wait_for(edge_kafka, topics.ALERTS, Alert, run_id, 2)
+        time.sleep(2)
+        scores = mine(consume_all(edge_kafka, topics.SCORES_TELEMETRY, idle=1.5), Score, run_id)
+        alerts = mine(consume_all(edge_kafka, topics.ALERTS, idle=1.5), Alert, run_id)
+    ids = [s.event_id for s in scores]
+    assert len(ids) == 120 and len(set(ids)) == 120  # every event scored, none twice
+    states = [a.state for a in alerts if a.token == faulty]
+    assert len({a.alert_id for a in alerts if a.token == faulty}) == 1, states
+    assert states[0] == "open" and states.count("open") == 1
+    assert states[-1] == "closed" and states.count("closed") == 1
 
 
 class ThreadVault:
