@@ -11,11 +11,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cloud.config import KafkaSettings, RegistrySettings
 from cloud.registry.registry import ModelRecord, Registry
 from shared.releases import DEFAULT_FLEET
 
-DEFAULT_ROOT = Path("~/.local/share/fleetsentry/cloud/registry")
-DEFAULT_BOOTSTRAP = "127.0.0.1:9192,127.0.0.1:9194,127.0.0.1:9196"
+# cloud.toml's defaults, for commands run without one.
+DEFAULT_ROOT = RegistrySettings().root
+DEFAULT_BOOTSTRAP = KafkaSettings().bootstrap
 
 ROOT_OPTION = click.option(
     "--root",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 import msgspec
 
-from cloud.registry.cli import DEFAULT_BOOTSTRAP, DEFAULT_ROOT
+from cloud.config import KafkaSettings, RegistrySettings
 from shared import signing
 from shared import streams as shared_streams
 from shared.errors import FleetsentryError
@@ -45,13 +45,13 @@ _COMMON = [
         "--registry",
         "registry_root",
         type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_ROOT,
+        default=RegistrySettings().root,
         show_default=True,
         envvar="FLEETSENTRY_REGISTRY",
     ),
     click.option(
         "--bootstrap",
-        default=DEFAULT_BOOTSTRAP,
+        default=KafkaSettings().bootstrap,
         show_default=True,
         envvar="FLEETSENTRY_CLOUD_BOOTSTRAP",
         help="Cloud Kafka: replicated data in, models topic out.",
