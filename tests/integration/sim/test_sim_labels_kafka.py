@@ -19,6 +19,7 @@ from firmware_sim.errors import SimError
 from shared.contracts import Label
 from shared.infra.topics_admin import wait_visible
 from shared.topics import LABELS, registry
+from tests.conftest import MqttBroker
 
 FLEETSENTRY = str(Path(sys.executable).parent / "fleetsentry")
 PASSWORD = "sim-labels-password"
@@ -206,7 +207,7 @@ def test_dry_run_labels_to_kafka_equal_the_labels_file(
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_live_run_labels_to_kafka_equal_the_labels_file(
-    plain_bootstrap: str, mqtt_broker, tmp_path: Path
+    plain_bootstrap: str, mqtt_broker: MqttBroker, tmp_path: Path
 ) -> None:
     _create_labels_topic_if_missing(plain_bootstrap)
     start = _end_offsets(plain_bootstrap)
@@ -254,7 +255,7 @@ def test_live_run_labels_to_kafka_equal_the_labels_file(
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_live_run_labels_reach_kafka_during_the_run_after_their_delay(
-    plain_bootstrap: str, mqtt_broker, tmp_path: Path
+    plain_bootstrap: str, mqtt_broker: MqttBroker, tmp_path: Path
 ) -> None:
     """A label goes out ``--label-delay`` seconds after its episode ends, not at the run's end.
 

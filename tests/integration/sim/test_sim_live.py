@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from shared.contracts import Decision, VehicleStatus, decode
+from tests.conftest import MqttBroker
 
 PASSWORD = "sim-test-password"
 VEHICLES = 200
@@ -27,7 +28,7 @@ DURATION_S = 60.0
 class Counter:
     """An admin subscriber with a persistent session: it misses nothing across a restart."""
 
-    def __init__(self, broker, client_id: str, topics: list[str]) -> None:
+    def __init__(self, broker: MqttBroker, client_id: str, topics: list[str]) -> None:
         self.ids: set[str] = set()
         self.messages = 0
         self.payloads: dict[str, bytes] = {}
@@ -44,7 +45,7 @@ class Counter:
         c.loop_start()
         self.client = c
 
-    def _on_message(self, _c, _ud, msg) -> None:
+    def _on_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages += 1
             if msg.topic.endswith("/status"):
@@ -69,7 +70,9 @@ class Counter:
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path) -> None:
+def test_every_event_arrives_across_a_broker_restart(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
     fleet = fs.Fleet(
         fs.SimSettings(
             vehicles=VEHICLES, duration_s=DURATION_S, seed=21, start_ts=None, payment_rate=3.0
@@ -154,7 +157,7 @@ def test_every_event_arrives_across_a_broker_restart(mqtt_broker, tmp_path: Path
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-def test_a_vehicle_cannot_publish_as_another(mqtt_broker) -> None:
+def test_a_vehicle_cannot_publish_as_another(mqtt_broker: MqttBroker) -> None:
     fleet = fs.Fleet(fs.SimSettings(vehicles=2, duration_s=1, seed=77))
     a, b = (v.vin for v in fleet.vehicles)
     mqtt_broker.register_vehicles([a, b], PASSWORD)

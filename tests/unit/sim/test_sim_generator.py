@@ -22,8 +22,11 @@ FAULT_RATE = 3.0  # per driving vehicle-hour, per kind
 FRAUD_RATE = 0.07  # per legitimate payment, per kind
 
 
+Run = tuple[fs.Fleet, list[fs.Emitted]]
+
+
 @pytest.fixture(scope="module")
-def run() -> tuple[fs.Fleet, list[fs.Emitted]]:
+def run() -> Run:
     settings = fs.SimSettings(
         vehicles=60,
         duration_s=1200,
@@ -44,7 +47,7 @@ def test_known_vin_and_card_check_digits() -> None:
     assert is_luhn_valid("4111111111111111") and not is_luhn_valid("4111111111111112")
 
 
-def test_every_event_matches_its_contract_and_topic(run) -> None:
+def test_every_event_matches_its_contract_and_topic(run: Run) -> None:
     _, records = run
     vins = set()
     for rec in records:
@@ -119,7 +122,7 @@ def test_dry_run_files_are_byte_identical(tmp_path: Path) -> None:
     assert read("a-labels.jsonl"), "fault scale 20 must inject something in 90 s"
 
 
-def test_no_label_leaks_into_payloads(run) -> None:
+def test_no_label_leaks_into_payloads(run: Run) -> None:
     _, records = run
     words = [*fs.FAULT_KINDS, *fs.FRAUD_KINDS, "episode", "label", "fraud", "fault"]
     for rec in records:
@@ -130,7 +133,7 @@ def test_no_label_leaks_into_payloads(run) -> None:
     assert not fields & {"kind", "episode_id", "label", "start_ts", "end_ts"}
 
 
-def test_labels_match_emitted_events(run) -> None:
+def test_labels_match_emitted_events(run: Run) -> None:
     fleet, records = run
     labelled = {r.label.event_id: r for r in records if r.label is not None}
     assert {lab.event_id for lab in fleet.labels} == set(labelled)
@@ -145,7 +148,7 @@ def _within(observed: int, expected: float) -> bool:
     return abs(observed - expected) <= 4 * math.sqrt(max(expected, 1.0)) + 2
 
 
-def test_fault_and_fraud_rates_match_settings(run) -> None:
+def test_fault_and_fraud_rates_match_settings(run: Run) -> None:
     fleet, _ = run
     st = fleet.stats
     hours = st.healthy_driving_s / 3600
@@ -164,7 +167,7 @@ def test_fault_and_fraud_rates_match_settings(run) -> None:
         assert _within(st.frauds[kind], expected), (kind, st.frauds[kind], expected)
 
 
-def _telemetry_by_episode(records) -> dict[str, list[tuple[Telemetry, Label]]]:
+def _telemetry_by_episode(records: list[fs.Emitted]) -> dict[str, list[tuple[Telemetry, Label]]]:
     out: dict[str, list] = defaultdict(list)
     for r in records:
         if r.label is not None and r.label.stream == "telemetry":
@@ -193,7 +196,7 @@ def _abnormal(t: Telemetry) -> bool:
     )
 
 
-def test_every_fault_turns_clearly_abnormal_within_60s(run) -> None:
+def test_every_fault_turns_clearly_abnormal_within_60s(run: Run) -> None:
     _, records = run
     episodes = _telemetry_by_episode(records)
     assert len(episodes) > 50
@@ -208,7 +211,7 @@ def test_every_fault_turns_clearly_abnormal_within_60s(run) -> None:
     assert len(late) <= 0.03 * len(episodes), late
 
 
-def test_healthy_telemetry_stays_in_plausible_ranges(run) -> None:
+def test_healthy_telemetry_stays_in_plausible_ranges(run: Run) -> None:
     _, records = run
     bad: Counter[str] = Counter()
     n = 0
@@ -222,7 +225,7 @@ def test_healthy_telemetry_stays_in_plausible_ranges(run) -> None:
     assert sum(bad.values()) <= 0.001 * n, bad
 
 
-def test_fuel_payments_respect_the_tank_unless_fraud(run) -> None:
+def test_fuel_payments_respect_the_tank_unless_fraud(run: Run) -> None:
     fleet, records = run
     by_vin = {v.vin: v for v in fleet.vehicles}
     over = 0
@@ -240,7 +243,7 @@ def test_fuel_payments_respect_the_tank_unless_fraud(run) -> None:
     assert over > 0
 
 
-def test_a_refuel_fills_the_tank_over_the_stop(run) -> None:
+def test_a_refuel_fills_the_tank_over_the_stop(run: Run) -> None:
     """The pump delivers while the vehicle stands: the gauge climbs, it never jumps."""
     fleet, records = run
     last: dict[str, float] = {}

@@ -9,9 +9,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from firmware_sim.wire import FastClient, check_compatible
 
+Pair = tuple[FastClient, socket.socket, list[tuple[int, int]]]
+
 
 @pytest.fixture
-def pair() -> Iterator[tuple[FastClient, socket.socket, list[tuple[int, int]]]]:
+def pair() -> Iterator[Pair]:
     check_compatible()
     acks: list[tuple[int, int]] = []
     c = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id="T", protocol=mqtt.MQTTv5)
@@ -35,7 +37,7 @@ def _stock_publish_bytes(topic: str, payload: bytes, mid: int) -> bytes:
     return sent[0]
 
 
-def test_publish_bytes_are_what_paho_sends(pair) -> None:
+def test_publish_bytes_are_what_paho_sends(pair: Pair) -> None:
     c, broker, _ = pair
     payloads = [b"x", b"y" * 200, b"z" * 20_000]  # 1-, 2- and 3-byte remaining lengths
     infos = [c.publish("fleet/T/telemetry", p, qos=1) for p in payloads]
@@ -51,7 +53,7 @@ def test_publish_bytes_are_what_paho_sends(pair) -> None:
     assert all(i.rc == mqtt.MQTT_ERR_SUCCESS for i in infos)
 
 
-def test_acks_split_and_batched_across_reads(pair) -> None:
+def test_acks_split_and_batched_across_reads(pair: Pair) -> None:
     c, broker, acks = pair
     mids = [c.publish("fleet/T/telemetry", b"e%d" % i, qos=1).mid for i in range(4)]
     c.loop_write()
@@ -77,7 +79,7 @@ def test_acks_split_and_batched_across_reads(pair) -> None:
     assert not c._out_messages and c._inflight_messages == 0
 
 
-def test_window_full_publishes_queue_and_leave_on_ack(pair) -> None:
+def test_window_full_publishes_queue_and_leave_on_ack(pair: Pair) -> None:
     c, broker, acks = pair
     c.max_inflight_messages_set(2)
     mids = [c.publish("fleet/T/telemetry", b"e%d" % i, qos=1).mid for i in range(3)]
@@ -96,7 +98,7 @@ def test_window_full_publishes_queue_and_leave_on_ack(pair) -> None:
     assert data == want
 
 
-def test_a_closed_connection_is_reported(pair) -> None:
+def test_a_closed_connection_is_reported(pair: Pair) -> None:
     c, broker, _ = pair
     broker.send(b"\x40\x02\x00")  # a packet cut short by the broker going away
     broker.shutdown(socket.SHUT_WR)
