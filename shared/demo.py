@@ -126,7 +126,9 @@ def _second_gateway(settings: InfraSettings) -> Stack:
 
 def _offsets(target: Target, names: list[str]) -> dict[str, int]:
     """Records per topic as offsets (transactional topics count their commit markers too)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
+
+    from shared.kafka_read import watermarks
 
     # log_level 2: a broker not yet answering is a summary line of zeros, not an error log.
     c = Consumer(
@@ -143,11 +145,8 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
             if t is None:
                 out[name] = 0
                 continue
-            total = 0
-            for p in t.partitions:
-                lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=5)
-                total += max(0, hi - lo)
-            out[name] = total
+            ends = watermarks(c, name, t.partitions, timeout=5)
+            out[name] = sum(max(0, hi - lo) for lo, hi in ends.values())
     except Exception:  # noqa: BLE001 - a summary line must never stop the demo
         pass
     finally:

@@ -392,7 +392,9 @@ class Mirror:
         edge before MirrorMaker copied them (lost to the cloud; MirrorMaker skips to the oldest
         one left). Offsets count the producers' transaction markers too: a drained partition
         shows one or two behind."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
+
+        from shared.kafka_read import watermarks
 
         copied = self.copied_up_to(timeout)
         if not copied and not _reachable(self.cloud, timeout):
@@ -414,10 +416,8 @@ class Mirror:
         try:
             meta = consumer.list_topics(timeout=timeout).topics
             for name in topics.replicated_edge_topics():
-                for part in sorted(meta[name].partitions) if name in meta else []:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(name, part), timeout=timeout
-                    )
+                parts = sorted(meta[name].partitions) if name in meta else []
+                for part, (low, high) in watermarks(consumer, name, parts, timeout).items():
                     done = copied.get((name, part), 0)
                     out[f"{name}-{part}"] = {
                         "behind": max(0, high - max(low, done)),
@@ -483,44 +483,27 @@ def _reachable(target: Target, timeout: float) -> bool:
 
 def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, bytes | None]:
     """Latest value per key of a (small, compacted) topic; {} when unreachable or absent."""
-    from confluent_kafka import Consumer, TopicPartition
+    from shared.kafka_read import records
 
-    consumer = Consumer(
-        client_config(
+    latest: dict[str, bytes | None] = {}
+    try:
+        for msg in records(
             target,
-            {
-                "group.id": "fleetsentry-mirror-status",
-                "enable.auto.commit": False,
+            topic,
+            error=InfraError,
+            timeout_s=timeout,
+            partial=True,
+            missing_ok=True,
+            # Connect's own topics: what its workers wrote, in a transaction or not.
+            extra={
+                "isolation.level": "read_uncommitted",
                 "socket.timeout.ms": 3000,
                 "log_level": 0,
             },
-        )
-    )
-    latest: dict[str, bytes | None] = {}
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            return {}
-        parts = [TopicPartition(topic, p) for p in info.partitions]
-        ends = {}
-        for tp in parts:
-            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            ends[tp.partition] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p, h in ends.items() if h > 0])
-        pending = {p for p, h in ends.items() if h > 0}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            key, part, offset = msg.key(), msg.partition(), msg.offset()
+        ):
+            key = msg.key()
             if key is not None:
                 latest[key.decode(errors="replace")] = msg.value()
-            if part is not None and offset is not None and offset + 1 >= ends[part]:
-                pending.discard(part)
     except Exception:  # an unreachable cluster reads as "no status", never as a crash
         return {}
-    finally:
-        consumer.close()
     return latest
