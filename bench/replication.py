@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+from bench._procstat import cpu_seconds  # noqa: E402
 from shared import contracts, topics  # noqa: E402
 from shared.infra.mirror import CLOUD_ALIAS, CLOUD_COMPRESSION, Mirror  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -265,12 +266,6 @@ def read_all(
     finally:
         c.close()
     return first, time.monotonic() - start
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def forward_once(
