@@ -279,17 +279,7 @@ def _live(
         )
         return
     if conn.register_home is not None:
-        from shared.infra.mosquitto import Mosquitto
-
-        logins = {v.vin: conn.passwords.get(v.vin, conn.password) for v in fleet.vehicles}
-        try:
-            n = Mosquitto(home=conn.register_home, port=0).register_vehicles(logins)
-        except FleetsentryError as exc:
-            raise click.ClickException(str(exc)) from None
-        console.print(
-            f"registered {len(logins):,} devices with the broker in "
-            f"{conn.register_home} ({n:,} device logins in total)"
-        )
+        _register(fleet, conn, conn.register_home, console)
     settings = ConnectSettings(
         host=conn.host, port=conn.port, password=conn.password, tls_ca=conn.tls_ca
     )
@@ -308,8 +298,22 @@ def _live(
         except ConnectError as exc:
             raise click.ClickException(str(exc)) from None
     extra = _labels_done(label_set, rec, labels_out, console) if labels_out else {}
+    extra |= _live_figures(result, fleet, speed)
+    _finish(
+        rec,
+        device_results(rec, fleet, runner.sessions),
+        extra,
+        console,
+        summary_json,
+        sent=result.progress.acked,
+        what="acknowledged",
+    )
+
+
+def _live_figures(result: Any, fleet: ReplayFleet, speed: float | None) -> dict[str, Any]:
+    """A live replay's pace, cost and what it left, for its summary."""
     p = result.progress
-    extra |= {
+    figures: dict[str, Any] = {
         "speed": "max" if speed is None else speed,
         "replay_s": round(fleet.replay_s, 3),
         "elapsed_s": round(p.elapsed_s, 2),
@@ -319,15 +323,22 @@ def _live(
         "left_unsent": p.buffered,
     }
     if result.connect_errors:
-        extra["connect_errors"] = result.connect_errors
-    _finish(
-        rec,
-        device_results(rec, fleet, runner.sessions),
-        extra,
-        console,
-        summary_json,
-        sent=p.acked,
-        what="acknowledged",
+        figures["connect_errors"] = result.connect_errors
+    return figures
+
+
+def _register(fleet: ReplayFleet, conn: Connection, home: Path, console: Console) -> None:
+    """Every device's login registered with the broker whose home is ``home``."""
+    from shared.infra.mosquitto import Mosquitto
+
+    logins = {v.vin: conn.passwords.get(v.vin, conn.password) for v in fleet.vehicles}
+    try:
+        n = Mosquitto(home=home, port=0).register_vehicles(logins)
+    except FleetsentryError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(
+        f"registered {len(logins):,} devices with the broker in "
+        f"{home} ({n:,} device logins in total)"
     )
 
 
