@@ -18,7 +18,7 @@ from firmware_sim.fleet import Fleet
 from firmware_sim.labels import LabelFeed
 from firmware_sim.live import LiveResult, LiveRunner, Progress
 from firmware_sim.replay import ReplayError
-from firmware_sim.replay_cli import Connection, read_passwords, streams_dir
+from firmware_sim.replay_cli import Connection, read_passwords, streams_dir, transient_bars
 from firmware_sim.replay_cli import run as run_replay
 from firmware_sim.session import ConnectSettings
 from firmware_sim.settings import (
@@ -496,20 +496,11 @@ def _dry(
     console: Console,
     summary_json: Path | None,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
 
     fleet = Fleet(settings)
     total = settings.ticks
     t0, c0 = time.perf_counter(), time.process_time()
-    with Bar(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with transient_bars(console) as bar:
         task = bar.add_task("ticks", total=total)
         stats = write_dry_run(fleet, out, labels_out, lambda _n: bar.advance(task))
     elapsed = time.perf_counter() - t0

@@ -60,6 +60,18 @@ class Connection:
     acked_log: Path | None
 
 
+def transient_bars(console: Console) -> Bars:
+    """Progress bars (description, bar, done of total, time) that vanish when done."""
+    return Bars(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 def streams_dir(streams_dir: Path | None, config: Path | None) -> Path:
     """The declarations directory: ``--streams-dir``, or ``[streams] dir`` of ``--config``."""
     if streams_dir is not None:
@@ -137,14 +149,7 @@ def run(
     assert spec.declaration is not None
     label_set = read_labels(labels, spec.declaration) if labels is not None else None
     now = time.time()
-    with Bars(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bars:
+    with transient_bars(console) as bars:
         task = bars.add_task("rows read", total=None)
         recording = load(
             file,
@@ -234,14 +239,7 @@ def _dry(
     console: Console,
     summary_json: Path | None,
 ) -> None:
-    with Bars(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bars:
+    with transient_bars(console) as bars:
         task = bars.add_task("events written", total=rec.accepted)
         written = write_dry_run(rec, out, lambda n: bars.advance(task, n))
     extra = _labels_done(label_set, rec, labels_out, console)
