@@ -260,6 +260,54 @@ def labels_kafka_options(f: Any) -> Any:
     )
 
 
+def session_options(devices: str, run: str) -> Any:
+    """The options of the MQTT sessions that ``devices`` (vehicles, devices) open for a live
+    ``run`` (run, replay): broker, password, TLS, how long to connect, logins to register
+    first, where the outbox lives."""
+    device = devices.removesuffix("s")
+    return lambda f: _apply(
+        f,
+        click.option(
+            "--mqtt",
+            "mqtt_addr",
+            default="127.0.0.1:1883",
+            show_default=True,
+            help=f"Broker HOST:PORT (live {run})."
+            + (" Devices log in with their id as user and client id." if run == "replay" else ""),
+        ),
+        click.option(
+            "--password",
+            envvar=PASSWORD_ENV,
+            default=DEFAULT_PASSWORD,
+            show_default=False,
+            help=f"{devices.capitalize()}' MQTT password (env {PASSWORD_ENV}).",
+        ),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
+        ),
+        click.option(
+            "--connect-wait",
+            "connect_wait_s",
+            default=30.0,
+            show_default=True,
+            help=f"Seconds to bring the {devices} online; the {run} fails if none connects.",
+        ),
+        click.option(
+            "--register-with",
+            "register_home",
+            type=click.Path(path_type=Path),
+            help=f"Mosquitto home dir: register every {device}'s login there first.",
+        ),
+        click.option(
+            "--buffer-dir",
+            type=click.Path(path_type=Path),
+            help="Where the on-disk outbox lives (default: a temp dir).",
+        ),
+    )
+
+
 @click.group()
 def sim() -> None:
     """Simulated vehicles: telemetry, payments, injected faults and fraud."""
@@ -286,43 +334,7 @@ def sim() -> None:
     "reach --labels-kafka (a workshop report, a chargeback); what is still "
     "pending at the end goes then. Dry runs have no clock: all at the end.",
 )
-@click.option(
-    "--mqtt",
-    "mqtt_addr",
-    default="127.0.0.1:1883",
-    show_default=True,
-    help="Broker HOST:PORT (live run).",
-)
-@click.option(
-    "--password",
-    envvar=PASSWORD_ENV,
-    default=DEFAULT_PASSWORD,
-    show_default=False,
-    help=f"Vehicles' MQTT password (env {PASSWORD_ENV}).",
-)
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False),
-    help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
-)
-@click.option(
-    "--connect-wait",
-    "connect_wait_s",
-    default=30.0,
-    show_default=True,
-    help="Seconds to bring the fleet online; the run fails if none connects.",
-)
-@click.option(
-    "--register-with",
-    "register_home",
-    type=click.Path(path_type=Path),
-    help="Mosquitto home dir: register every VIN's login there first.",
-)
-@click.option(
-    "--buffer-dir",
-    type=click.Path(path_type=Path),
-    help="Where the on-disk outbox lives (default: a temp dir).",
-)
+@session_options("vehicles", "run")
 @click.option(
     "--decisions-out",
     type=click.Path(path_type=Path),
@@ -645,37 +657,12 @@ class _Speed(click.ParamType):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where the labels go as Label JSON lines (dry run default: labels.jsonl beside --out).",
 )
-@click.option(
-    "--mqtt",
-    "mqtt_addr",
-    default="127.0.0.1:1883",
-    show_default=True,
-    help="Broker HOST:PORT (live replay). Devices log in with their id as user and client id.",
-)
-@click.option(
-    "--password",
-    envvar=PASSWORD_ENV,
-    default=DEFAULT_PASSWORD,
-    show_default=False,
-    help=f"Devices' MQTT password (env {PASSWORD_ENV}).",
-)
+@session_options("devices", "replay")
 @click.option(
     "--password-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A file holding the devices' password (one line), or a JSON object of "
     "device id -> password.",
-)
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False),
-    help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
-)
-@click.option(
-    "--connect-wait",
-    "connect_wait_s",
-    default=30.0,
-    show_default=True,
-    help="Seconds to bring the devices online; the replay fails if none connects.",
 )
 @click.option(
     "--drain-timeout",
@@ -684,17 +671,6 @@ class _Speed(click.ParamType):
     show_default=True,
     type=click.FloatRange(0, 86_400),
     help="Seconds to wait for the last acknowledgements.",
-)
-@click.option(
-    "--register-with",
-    "register_home",
-    type=click.Path(path_type=Path),
-    help="Mosquitto home dir: register every device's login there first.",
-)
-@click.option(
-    "--buffer-dir",
-    type=click.Path(path_type=Path),
-    help="Where the on-disk outbox lives (default: a temp dir).",
 )
 @click.option(
     "--acked-log",
