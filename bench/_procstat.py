@@ -1,59 +1,68 @@
-"""CPU time of processes from /proc, for the benches (Linux)."""
+"""CPU time, memory and children of processes, for the benches (psutil; thread names and peak
+RSS, which psutil does not give on Linux, from /proc)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def stat_cpu_seconds(stat_path: str) -> float:
-    """utime + stime from a /proc ``stat`` file (a process's: all its threads; or one task's)."""
-    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+import psutil
 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads); 0.0 once it has exited."""
     try:
-        return stat_cpu_seconds(f"/proc/{pid}/stat")
-    except (OSError, IndexError, ValueError):
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
+    return t.user + t.system
 
 
 def thread_cpu_seconds(pid: int, name_part: str) -> float:
     """utime + stime of those threads of ``pid`` whose name contains ``name_part``."""
-    total = 0.0
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+        threads = psutil.Process(pid).threads()
+    except psutil.Error:
         return 0.0
-    for tid in tids:
+    total = 0.0
+    for t in threads:
         try:
-            if name_part in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
-                total += stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat")
+            if name_part in Path(f"/proc/{pid}/task/{t.id}/comm").read_text():
+                total += t.user_time + t.system_time
         except OSError:
             continue  # the thread ended
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of all cores since boot.
+
+    busy: not idle, steal included; steal: time the hypervisor gave to someone else while
+    this machine wanted it.
+    """
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+    return busy, t.steal
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """The most resident memory a process (None: this one) has had, in MiB (VmHWM)."""
+    status = Path(f"/proc/{pid if pid is not None else 'self'}/status")
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]

@@ -53,7 +53,12 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
-from bench._procstat import cpu_seconds, thread_cpu_seconds  # noqa: E402
+from bench._procstat import (  # noqa: E402
+    cpu_seconds,
+    machine_cpu_seconds,
+    peak_rss_mb,
+    thread_cpu_seconds,
+)
 from edge.config import BridgeSettings  # noqa: E402
 from shared.infra.mosquitto import BRIDGE_USER  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -144,18 +149,6 @@ def capped(pid: int) -> None:
         CAP.add(pid)
 
 
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of all cores since boot, from one read of /proc/stat.
-
-    busy: not idle, steal included; steal: time the hypervisor gave to someone else while
-    this machine wanted it.
-    """
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields[:8]) - idle) / tick, fields[7] / tick
-
-
 class Watermarks:
     """How many records a topic holds, from one long-lived consumer.
 
@@ -235,13 +228,6 @@ def warm_kafka(
     for p in producers:
         p.flush(30)
     return jit_share
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def connect_props() -> Properties:

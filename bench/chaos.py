@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import msgspec  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
+from bench._procstat import children, cmdline  # noqa: E402
 from shared import signing, topics  # noqa: E402
 from shared.demo import _cloud_toml, _edge_toml  # noqa: E402
 from shared.infra import jars  # noqa: E402
@@ -433,17 +434,10 @@ class Rig:
         sup = self.procs.get("edge")
         if sup is None:
             return None
-        try:
-            kids = Path(f"/proc/{sup.pid}/task/{sup.pid}/children").read_text().split()
-        except OSError:
-            return None
-        for kid in kids:
-            try:
-                argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"edge.cli" in argv and name.encode() in argv:
-                return int(kid)
+        for kid in children(sup.pid):
+            argv = cmdline(kid)
+            if "edge.cli" in argv and name in argv:
+                return kid
         return None
 
     def store_pid(self) -> int | None:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
+from bench._procstat import peak_rss_mb  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
 from shared.kafka_config import KafkaSettings, Target, bootstrap_of, client_config  # noqa: E402
@@ -47,13 +48,6 @@ def left() -> float:
 def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # --- backlog -----------------------------------------------------------------------------

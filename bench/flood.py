@@ -39,6 +39,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from bench._procstat import cpu_seconds  # noqa: E402
 from edge.config import BridgeSettings  # noqa: E402
 from shared.infra.ports import free_ports  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -59,11 +60,6 @@ PASSWORD = "bench-flood"
 
 def left() -> float:
     return max(5.0, DEADLINE_S - (time.monotonic() - STARTED))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _Id(msgspec.Struct):

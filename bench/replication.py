@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+from bench._procstat import cpu_seconds  # noqa: E402
 from shared import contracts, topics  # noqa: E402
 from shared.infra.mirror import CLOUD_ALIAS, CLOUD_COMPRESSION, Mirror  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
@@ -99,10 +100,9 @@ def produce(bootstrap: Target, topic: str, n: int, t0: float) -> float:
     return time.monotonic() - start
 
 
-def count_until(bootstrap: Target, topic: str, n: int, timeout: float) -> tuple[float, float]:
-    """Seconds until a read_committed consumer has read ``n`` records of ``topic``, and
-    seconds until it read the first one."""
-    c = Consumer(
+def _committed_reader(bootstrap: Target) -> Consumer:
+    """A read_committed consumer of its own group, from the start, quick to see new topics."""
+    return Consumer(
         client_config(
             bootstrap,
             {
@@ -114,6 +114,12 @@ def count_until(bootstrap: Target, topic: str, n: int, timeout: float) -> tuple[
             },
         )
     )
+
+
+def count_until(bootstrap: Target, topic: str, n: int, timeout: float) -> tuple[float, float]:
+    """Seconds until a read_committed consumer has read ``n`` records of ``topic``, and
+    seconds until it read the first one."""
+    c = _committed_reader(bootstrap)
     start = time.monotonic()
     seen = 0
     try:
@@ -234,18 +240,7 @@ def read_all(
 ) -> tuple[float, float]:
     """(seconds to the first record, seconds to the n-th) of a read_committed consumer of
     ``names`` from their start (topics that do not exist yet are waited for)."""
-    c = Consumer(
-        client_config(
-            bootstrap,
-            {
-                "group.id": f"bench-{uuid.uuid4()}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "topic.metadata.refresh.interval.ms": 1000,
-            },
-        )
-    )
+    c = _committed_reader(bootstrap)
     start, seen, first, said = time.monotonic(), 0, 0.0, time.monotonic()
     c.subscribe(names)
     try:
@@ -265,12 +260,6 @@ def read_all(
     finally:
         c.close()
     return first, time.monotonic() - start
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def forward_once(

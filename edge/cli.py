@@ -15,17 +15,10 @@ from pathlib import Path
 import click
 
 from edge import config as edge_config
+from edge.cli_options import CONFIG_OPTION
 from edge.dlq.cli import dlq as dlq_commands
 from edge.services import SERVICES, Service
 from edge.vault.cli import vault as vault_commands
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The gateway's edge.toml (default: built-in defaults).",
-)
 
 
 def _logging(verbose: bool) -> None:

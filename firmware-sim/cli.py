@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import tempfile
@@ -15,9 +16,9 @@ from firmware_sim.dryrun import default_labels_path, write_dry_run
 from firmware_sim.errors import ConnectError, SimError
 from firmware_sim.fleet import Fleet
 from firmware_sim.labels import LabelFeed
-from firmware_sim.live import LiveRunner, Progress
+from firmware_sim.live import LiveResult, LiveRunner, Progress
 from firmware_sim.replay import ReplayError
-from firmware_sim.replay_cli import Connection, read_passwords, streams_dir
+from firmware_sim.replay_cli import Connection, read_passwords, streams_dir, transient_bars
 from firmware_sim.replay_cli import run as run_replay
 from firmware_sim.session import ConnectSettings
 from firmware_sim.settings import (
@@ -67,8 +68,17 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def settings_options(f: Any) -> Any:
-    opts = [
+def _apply(f: Any, *options: Any) -> Any:
+    """``f`` with ``options`` applied as if stacked on it in this order (the first on top)."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def fleet_options(f: Any) -> Any:
+    """The fleet: its size, pace, length and seed."""
+    return _apply(
+        f,
         click.option("--vehicles", default=100, show_default=True, help="Fleet size."),
         click.option(
             "--rate",
@@ -85,6 +95,13 @@ def settings_options(f: Any) -> Any:
             help="Seconds of simulated driving.",
         ),
         click.option("--seed", default=0, show_default=True, help="Same seed, same events."),
+    )
+
+
+def anomaly_options(f: Any) -> Any:
+    """The faults' and frauds' rates, and how often drivers pay."""
+    return _apply(
+        f,
         click.option(
             "--fault-rate",
             "fault_pairs",
@@ -114,6 +131,13 @@ def settings_options(f: Any) -> Any:
         click.option(
             "--payment-rate", default=1.0, show_default=True, help="Multiply how often drivers pay."
         ),
+    )
+
+
+def drift_options(f: Any) -> Any:
+    """A change of normal behaviour part of the way in."""
+    return _apply(
+        f,
         click.option(
             "--drift",
             multiple=True,
@@ -134,11 +158,18 @@ def settings_options(f: Any) -> Any:
             show_default=True,
             help="Share of the fleet the drift touches (new vehicles added, or firmware updated).",
         ),
+    )
+
+
+def settings_options(f: Any) -> Any:
+    """Every option of the simulated fleet's settings (see :func:`build_settings`)."""
+    return _apply(
+        f,
+        fleet_options,
+        anomaly_options,
+        drift_options,
         click.option("--city", "cities", multiple=True, help="Limit the fleet to these cities."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    )
 
 
 def build_settings(kw: dict[str, Any], start_ts: float | None) -> SimSettings:
@@ -173,6 +204,110 @@ def build_settings(kw: dict[str, Any], start_ts: float | None) -> SimSettings:
         raise click.UsageError(str(exc)) from None
 
 
+def labels_kafka_options(f: Any) -> Any:
+    """--labels-kafka and how to log in there, handed to the command as ``labels_login``
+    (None without --labels-kafka)."""
+
+    @functools.wraps(f)
+    def command(
+        *args: Any,
+        labels_kafka: str | None,
+        labels_kafka_security: str,
+        labels_kafka_credentials: Path | None,
+        labels_kafka_ca: Path | None,
+        **kw: Any,
+    ) -> Any:
+        login = (
+            cloud_login(
+                labels_kafka,
+                LABELS_USER,
+                security=labels_kafka_security,
+                credentials_file=labels_kafka_credentials,
+                ca_file=labels_kafka_ca,
+            )
+            if labels_kafka
+            else None
+        )
+        return f(*args, labels_login=login, **kw)
+
+    return _apply(
+        command,
+        click.option(
+            "--labels-kafka",
+            metavar="BOOTSTRAP",
+            help="Also produce the labels to the `labels` topic of the cloud Kafka there: "
+            "live runs while they go (see --label-delay), dry runs all at the end. "
+            "Logs in as fleetsentry-labels over TLS (see --labels-kafka-security).",
+        ),
+        click.option(
+            "--labels-kafka-security",
+            type=click.Choice(["sasl_ssl", "none"]),
+            default="sasl_ssl",
+            show_default=True,
+            help="none: a development Kafka without TLS or logins.",
+        ),
+        click.option(
+            "--labels-kafka-credentials",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="JSON {user: password} holding fleetsentry-labels' password (default: "
+            "the one `fleetsentry infra up` wrote for the cloud Kafka).",
+        ),
+        click.option(
+            "--labels-kafka-ca",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The cloud Kafka's CA certificate (default: the one `infra up` made).",
+        ),
+    )
+
+
+def session_options(devices: str, run: str) -> Any:
+    """The options of the MQTT sessions that ``devices`` (vehicles, devices) open for a live
+    ``run`` (run, replay): broker, password, TLS, how long to connect, logins to register
+    first, where the outbox lives."""
+    device = devices.removesuffix("s")
+    return lambda f: _apply(
+        f,
+        click.option(
+            "--mqtt",
+            "mqtt_addr",
+            default="127.0.0.1:1883",
+            show_default=True,
+            help=f"Broker HOST:PORT (live {run})."
+            + (" Devices log in with their id as user and client id." if run == "replay" else ""),
+        ),
+        click.option(
+            "--password",
+            envvar=PASSWORD_ENV,
+            default=DEFAULT_PASSWORD,
+            show_default=False,
+            help=f"{devices.capitalize()}' MQTT password (env {PASSWORD_ENV}).",
+        ),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
+        ),
+        click.option(
+            "--connect-wait",
+            "connect_wait_s",
+            default=30.0,
+            show_default=True,
+            help=f"Seconds to bring the {devices} online; the {run} fails if none connects.",
+        ),
+        click.option(
+            "--register-with",
+            "register_home",
+            type=click.Path(path_type=Path),
+            help=f"Mosquitto home dir: register every {device}'s login there first.",
+        ),
+        click.option(
+            "--buffer-dir",
+            type=click.Path(path_type=Path),
+            help="Where the on-disk outbox lives (default: a temp dir).",
+        ),
+    )
+
+
 @click.group()
 def sim() -> None:
     """Simulated vehicles: telemetry, payments, injected faults and fraud."""
@@ -188,31 +323,7 @@ def sim() -> None:
     help="Labels file (dry run default: labels.jsonl beside the events file; "
     "live runs write it at the end when given).",
 )
-@click.option(
-    "--labels-kafka",
-    metavar="BOOTSTRAP",
-    help="Also produce the labels to the `labels` topic of the cloud Kafka there: "
-    "live runs while they go (see --label-delay), dry runs all at the end. "
-    "Logs in as fleetsentry-labels over TLS (see --labels-kafka-security).",
-)
-@click.option(
-    "--labels-kafka-security",
-    type=click.Choice(["sasl_ssl", "none"]),
-    default="sasl_ssl",
-    show_default=True,
-    help="none: a development Kafka without TLS or logins.",
-)
-@click.option(
-    "--labels-kafka-credentials",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="JSON {user: password} holding fleetsentry-labels' password (default: "
-    "the one `fleetsentry infra up` wrote for the cloud Kafka).",
-)
-@click.option(
-    "--labels-kafka-ca",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The cloud Kafka's CA certificate (default: the one `infra up` made).",
-)
+@labels_kafka_options
 @click.option(
     "--label-delay",
     "label_delay_s",
@@ -223,43 +334,7 @@ def sim() -> None:
     "reach --labels-kafka (a workshop report, a chargeback); what is still "
     "pending at the end goes then. Dry runs have no clock: all at the end.",
 )
-@click.option(
-    "--mqtt",
-    "mqtt_addr",
-    default="127.0.0.1:1883",
-    show_default=True,
-    help="Broker HOST:PORT (live run).",
-)
-@click.option(
-    "--password",
-    envvar=PASSWORD_ENV,
-    default=DEFAULT_PASSWORD,
-    show_default=False,
-    help=f"Vehicles' MQTT password (env {PASSWORD_ENV}).",
-)
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False),
-    help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
-)
-@click.option(
-    "--connect-wait",
-    "connect_wait_s",
-    default=30.0,
-    show_default=True,
-    help="Seconds to bring the fleet online; the run fails if none connects.",
-)
-@click.option(
-    "--register-with",
-    "register_home",
-    type=click.Path(path_type=Path),
-    help="Mosquitto home dir: register every VIN's login there first.",
-)
-@click.option(
-    "--buffer-dir",
-    type=click.Path(path_type=Path),
-    help="Where the on-disk outbox lives (default: a temp dir).",
-)
+@session_options("vehicles", "run")
 @click.option(
     "--decisions-out",
     type=click.Path(path_type=Path),
@@ -297,10 +372,7 @@ def run(
     dry_run: bool,
     out: Path | None,
     labels_out: Path | None,
-    labels_kafka: str | None,
-    labels_kafka_security: str,
-    labels_kafka_credentials: Path | None,
-    labels_kafka_ca: Path | None,
+    labels_login: Target | None,
     label_delay_s: float,
     mqtt_addr: str,
     password: str,
@@ -317,17 +389,6 @@ def run(
 ) -> None:
     """Run a fleet: live against MQTT, or --dry-run to files."""
     console = Console(stderr=True)
-    labels_login = (
-        cloud_login(
-            labels_kafka,
-            LABELS_USER,
-            security=labels_kafka_security,
-            credentials_file=labels_kafka_credentials,
-            ca_file=labels_kafka_ca,
-        )
-        if labels_kafka
-        else None
-    )
     if dry_run:
         if out is None:
             raise click.UsageError("--dry-run needs --out FILE")
@@ -356,6 +417,21 @@ def run(
             result = _live(runner, console)
         except ConnectError as exc:
             raise click.ClickException(str(exc)) from None
+    summary = _results(result, fleet, feed, decisions_out, labels_out)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(_summary_table(summary))
+
+
+def _results(
+    result: LiveResult,
+    fleet: Fleet,
+    feed: LabelFeed | None,
+    decisions_out: Path | None,
+    labels_out: Path | None,
+) -> dict[str, Any]:
+    """A live run's summary, once its decisions and labels are written where asked (the
+    labels still pending in ``feed`` produced)."""
     summary = result.summary()
     if decisions_out is not None:
         decisions_out.write_text("".join(json.dumps(d) + "\n" for d in result.declines))
@@ -367,9 +443,7 @@ def run(
             summary["labels_produced"] = feed.close()
         except SimError as exc:
             raise click.ClickException(str(exc)) from None
-    if summary_json is not None:
-        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(_summary_table(summary))
+    return summary
 
 
 def _drained(console: Console, p: Progress, linger_s: float) -> None:
@@ -434,20 +508,11 @@ def _dry(
     console: Console,
     summary_json: Path | None,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
 
     fleet = Fleet(settings)
     total = settings.ticks
     t0, c0 = time.perf_counter(), time.process_time()
-    with Bar(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with transient_bars(console) as bar:
         task = bar.add_task("ticks", total=total)
         stats = write_dry_run(fleet, out, labels_out, lambda _n: bar.advance(task))
     elapsed = time.perf_counter() - t0
@@ -592,37 +657,12 @@ class _Speed(click.ParamType):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where the labels go as Label JSON lines (dry run default: labels.jsonl beside --out).",
 )
-@click.option(
-    "--mqtt",
-    "mqtt_addr",
-    default="127.0.0.1:1883",
-    show_default=True,
-    help="Broker HOST:PORT (live replay). Devices log in with their id as user and client id.",
-)
-@click.option(
-    "--password",
-    envvar=PASSWORD_ENV,
-    default=DEFAULT_PASSWORD,
-    show_default=False,
-    help=f"Devices' MQTT password (env {PASSWORD_ENV}).",
-)
+@session_options("devices", "replay")
 @click.option(
     "--password-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A file holding the devices' password (one line), or a JSON object of "
     "device id -> password.",
-)
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False),
-    help="CA file: connect with TLS (--mqtt must name the broker's TLS port).",
-)
-@click.option(
-    "--connect-wait",
-    "connect_wait_s",
-    default=30.0,
-    show_default=True,
-    help="Seconds to bring the devices online; the replay fails if none connects.",
 )
 @click.option(
     "--drain-timeout",
@@ -631,17 +671,6 @@ class _Speed(click.ParamType):
     show_default=True,
     type=click.FloatRange(0, 86_400),
     help="Seconds to wait for the last acknowledgements.",
-)
-@click.option(
-    "--register-with",
-    "register_home",
-    type=click.Path(path_type=Path),
-    help="Mosquitto home dir: register every device's login there first.",
-)
-@click.option(
-    "--buffer-dir",
-    type=click.Path(path_type=Path),
-    help="Where the on-disk outbox lives (default: a temp dir).",
 )
 @click.option(
     "--acked-log",

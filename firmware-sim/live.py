@@ -313,13 +313,20 @@ class LiveRunner:
         if self._sel is None:
             self.start()
         assert self._sel is not None
-        fleet, dt = self.fleet, self.fleet.settings.dt
         self._connect_phase()
         if not self.stats.connects and not self._stop:
             self._close()
             raise ConnectError(self._no_connect_message())
         t0 = time.monotonic()
         self._cpu0 = time.process_time()
+        self._generate_and_drain(t0)
+        return self._wrap_up(t0)
+
+    def _generate_and_drain(self, t0: float) -> None:
+        """Tick the fleet at its rate until the run is over (its ticks or its time done, or
+        stopped), then serve the sessions until everything is acknowledged or the drain
+        times out; connects, polls and progress all along."""
+        fleet, dt = self.fleet, self.fleet.settings.dt
         next_tick, next_misc = t0, t0
         # Live time is wall time: a loop that cannot keep up generates fewer ticks, it does
         # not run past the end (the summary reports ticks done against ticks planned).
@@ -358,6 +365,9 @@ class LiveRunner:
                 )
                 last_acked, last_rate_t = self.stats.acked, now
                 self._update_progress(now - t0)
+
+    def _wrap_up(self, t0: float) -> LiveResult:
+        """After the drain: the ack log flushed, the linger, the sessions closed."""
         drained = self._drained()
         self._update_progress(time.monotonic() - t0)
         if self.ack_log is not None:

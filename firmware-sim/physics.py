@@ -168,29 +168,16 @@ def sense(
     odometer = a.odometer[ix] + v * dt / 1000
     a.odometer[ix] = odometer
 
-    ice_on = on & ~ev
-    gear_ice = np.where(v < 0.3, 0, np.searchsorted(GEAR_UP_KMH, kmh, side="right") + 1)
-    rpm_ice = np.maximum(a.idle_rpm[ix], kmh * GEAR_RATIO[gear_ice]) + 300 * pfrac
-    rpm_ice += np.where(coolant < 50, 120.0, 0.0)  # cold-start fast idle
-    visc = 1 + 0.5 * np.clip((thermostat - coolant) / 60, 0.0, 1.0)
-    oil = np.where(ice_on, (90 + rpm_ice * 0.085 * visc) * a.oil_gain[ix] + 4 * z[:, 1], 0.0)
-    rpm = np.where(
-        ice_on, rpm_ice + 15 * z[:, 2], np.where(on, kmh * EV_RPM_PER_KMH + 10 * z[:, 2], 0.0)
-    )
-    gear = np.where(ice_on, gear_ice, np.where(on, 1, 0))
+    rpm, gear, oil = _drivetrain(a, ix, v, kmh, pfrac, coolant, thermostat, on, ev, z)
     batt = np.where(
         on,
         14.15 - np.where((soc < 80) & ~ev, 0.25, 0.0) + 0.04 * z[:, 3],
         12.1 + 0.006 * np.minimum(soc, 95) + 0.02 * z[:, 3],
     )
-    tyre_temp = a.tyre_temp[ix]
-    tyre_temp = tyre_temp + (ambient + 0.3 * kmh - tyre_temp) * dt / 300
-    a.tyre_temp[ix] = tyre_temp
-    tfac = (273 + tyre_temp) / (273 + a.city_ambient[ix]) * a.tyre_gain[ix]
+    tyres = _tyres(a, ix, dt, ambient, kmh, z)
     turning = a.turn_left[ix] > 0
     a.turn_left[ix] = np.where(turning, a.turn_left[ix] - 1, 0)
     lateral = np.where(turning, a.lateral[ix], 0.0)
-    tyres = a.tyres_cold[ix] * tfac[:, None] + 0.8 * z[:, 8:12]
     tank = a.tank[ix]
     fuel_pct = np.where(tank > 0, a.fuel_l[ix] / np.where(tank > 0, tank, 1.0) * 100, 0.0)
     r = np.round
@@ -213,6 +200,44 @@ def sense(
         r(1.0 + (0.01 + 0.0004 * kmh) * z[:, 14], 3).tolist(),
         r(ambient + 0.2 * z[:, 15], 1).tolist(),
     ]
+
+
+def _drivetrain(
+    a: FleetArrays,
+    ix: Index,
+    v: np.ndarray,
+    kmh: np.ndarray,
+    pfrac: np.ndarray,
+    coolant: np.ndarray,
+    thermostat: np.ndarray,
+    on: np.ndarray,
+    ev: np.ndarray,
+    z: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rpm, gear, oil pressure): a combustion engine's through its gears (and its oil), an
+    electric motor's fixed ratio (no oil pressure); all zero with the engine off."""
+    ice_on = on & ~ev
+    gear_ice = np.where(v < 0.3, 0, np.searchsorted(GEAR_UP_KMH, kmh, side="right") + 1)
+    rpm_ice = np.maximum(a.idle_rpm[ix], kmh * GEAR_RATIO[gear_ice]) + 300 * pfrac
+    rpm_ice += np.where(coolant < 50, 120.0, 0.0)  # cold-start fast idle
+    visc = 1 + 0.5 * np.clip((thermostat - coolant) / 60, 0.0, 1.0)
+    oil = np.where(ice_on, (90 + rpm_ice * 0.085 * visc) * a.oil_gain[ix] + 4 * z[:, 1], 0.0)
+    rpm = np.where(
+        ice_on, rpm_ice + 15 * z[:, 2], np.where(on, kmh * EV_RPM_PER_KMH + 10 * z[:, 2], 0.0)
+    )
+    gear = np.where(ice_on, gear_ice, np.where(on, 1, 0))
+    return rpm, gear, oil
+
+
+def _tyres(
+    a: FleetArrays, ix: Index, dt: float, ambient: np.ndarray, kmh: np.ndarray, z: np.ndarray
+) -> np.ndarray:
+    """The four tyres' pressures: warmed by driving, cooled towards the ambient air."""
+    tyre_temp = a.tyre_temp[ix]
+    tyre_temp = tyre_temp + (ambient + 0.3 * kmh - tyre_temp) * dt / 300
+    a.tyre_temp[ix] = tyre_temp
+    tfac = (273 + tyre_temp) / (273 + a.city_ambient[ix]) * a.tyre_gain[ix]
+    return a.tyres_cold[ix] * tfac[:, None] + 0.8 * z[:, 8:12]
 
 
 def _thermal(

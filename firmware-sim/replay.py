@@ -401,46 +401,43 @@ def load(
     first, last = time_bounds(path, form, conv)
     plan = Rebase.plan(rebase, first, last, now_s)
     rec = Recording(stream=stream, path=path, rebase=plan, first_s=first, last_s=last)
-    origin = first or 0.0
+    rows = read_rows(path, form, conv.columns)
+    _accept_rows(rec, spec.event, rows, conv, first or 0.0, on_accepted, on_row)
+    return rec
+
+
+def _accept_rows(
+    rec: Recording,
+    event: type,
+    rows: Iterator[tuple[int, dict[str, Any] | str]],
+    conv: RowConverter,
+    origin: float,
+    on_accepted: Callable[[Accepted], None] | None,
+    on_row: Callable[[int], None] | None,
+) -> None:
+    """Each row converted, stamped, rebased and checked into its device's events (due
+    ``origin`` seconds after the recording's start), or refused with the reason."""
+    plan, stream = rec.rebase, rec.stream
     time_field, unit = stream.time.field, stream.time.unit
-    time_type = stream.fields[time_field].type
-    device_field = stream.device.field
-    event = spec.event
+    time_type, device_field = stream.fields[time_field].type, stream.device.field
     encode = msgspec.json.Encoder().encode
-    unknown = rec.no_device
-
-    def refuse(d: DeviceRows, n: int, reason: str) -> None:
-        d.rejected[reason] += 1
-        rec.first_row.setdefault(reason, n)
-
-    for n, row in read_rows(path, form, conv.columns):
+    for n, row in rows:
         rec.rows = n
         if on_row is not None and n % 10_000 == 0:
             on_row(n)
         if isinstance(row, str):
-            unknown.rows += 1
-            refuse(unknown, n, row)
+            rec.no_device.rows += 1
+            _refuse(rec, rec.no_device, n, row)
             continue
         payload = conv.convert(row)
-        device = payload.get(device_field)
-        if not isinstance(device, str) or not device:
-            unknown.rows += 1
-            refuse(unknown, n, f"no device id (at {device_field})")
-            continue
-        d = rec.devices.get(device) or _device(rec, device)
-        d.rows += 1
-        if not DEVICE_ID.fullmatch(device):
-            refuse(
-                d,
-                n,
-                f"device id cannot log in to the broker (1-64 letters, digits, "
-                f"'_', '.', ':', '-') (at {device_field})",
-            )
+        d = _device_of(rec, payload, device_field, n)
+        if d is None:
             continue
         raw_time = payload.get(time_field)
         recorded = seconds_of(raw_time, unit) if raw_time is not None else None
         if recorded is None:
-            refuse(
+            _refuse(
+                rec,
                 d,
                 n,
                 f"missing time (at {time_field})"
@@ -449,13 +446,13 @@ def load(
             )
             continue
         payload[time_field] = plan.shift(raw_time, unit, time_type)
-        payload.setdefault("event_id", event_id_for(device, n))
+        payload.setdefault("event_id", event_id_for(d.device, n))
         payload.setdefault("schema", SCHEMA_VERSION)
         data = encode(payload)
         try:
             decode(event, data)
         except ContractError as exc:
-            refuse(d, n, str(exc))
+            _refuse(rec, d, n, str(exc))
             continue
         due = recorded - origin
         if d.due and due < d.due[-1]:
@@ -463,8 +460,34 @@ def load(
         d.due.append(due)
         d.payloads.append(data)
         if on_accepted is not None:
-            on_accepted(Accepted(device, payload["event_id"], recorded, recorded + plan.offset_s))
-    return rec
+            on_accepted(Accepted(d.device, payload["event_id"], recorded, recorded + plan.offset_s))
+
+
+def _refuse(rec: Recording, d: DeviceRows, n: int, reason: str) -> None:
+    d.rejected[reason] += 1
+    rec.first_row.setdefault(reason, n)
+
+
+def _device_of(
+    rec: Recording, payload: dict[str, Any], device_field: str, n: int
+) -> DeviceRows | None:
+    """The device of row ``n`` (its row counted), or None when the row is refused for its
+    device id (none, or one that cannot log in to the broker)."""
+    device = payload.get(device_field)
+    if not isinstance(device, str) or not device:
+        rec.no_device.rows += 1
+        _refuse(rec, rec.no_device, n, f"no device id (at {device_field})")
+        return None
+    d = rec.devices.get(device) or _device(rec, device)
+    d.rows += 1
+    if not DEVICE_ID.fullmatch(device):
+        reason = (
+            "device id cannot log in to the broker (1-64 letters, digits, "
+            f"'_', '.', ':', '-') (at {device_field})"
+        )
+        _refuse(rec, d, n, reason)
+        return None
+    return d
 
 
 def _device(rec: Recording, device: str) -> DeviceRows:

@@ -60,6 +60,18 @@ class Connection:
     acked_log: Path | None
 
 
+def transient_bars(console: Console) -> Bars:
+    """Progress bars (description, bar, done of total, time) that vanish when done."""
+    return Bars(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 def streams_dir(streams_dir: Path | None, config: Path | None) -> Path:
     """The declarations directory: ``--streams-dir``, or ``[streams] dir`` of ``--config``."""
     if streams_dir is not None:
@@ -137,14 +149,7 @@ def run(
     assert spec.declaration is not None
     label_set = read_labels(labels, spec.declaration) if labels is not None else None
     now = time.time()
-    with Bars(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bars:
+    with transient_bars(console) as bars:
         task = bars.add_task("rows read", total=None)
         recording = load(
             file,
@@ -234,14 +239,7 @@ def _dry(
     console: Console,
     summary_json: Path | None,
 ) -> None:
-    with Bars(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bars:
+    with transient_bars(console) as bars:
         task = bars.add_task("events written", total=rec.accepted)
         written = write_dry_run(rec, out, lambda n: bars.advance(task, n))
     extra = _labels_done(label_set, rec, labels_out, console)
@@ -279,17 +277,7 @@ def _live(
         )
         return
     if conn.register_home is not None:
-        from shared.infra.mosquitto import Mosquitto
-
-        logins = {v.vin: conn.passwords.get(v.vin, conn.password) for v in fleet.vehicles}
-        try:
-            n = Mosquitto(home=conn.register_home, port=0).register_vehicles(logins)
-        except FleetsentryError as exc:
-            raise click.ClickException(str(exc)) from None
-        console.print(
-            f"registered {len(logins):,} devices with the broker in "
-            f"{conn.register_home} ({n:,} device logins in total)"
-        )
+        _register(fleet, conn, conn.register_home, console)
     settings = ConnectSettings(
         host=conn.host, port=conn.port, password=conn.password, tls_ca=conn.tls_ca
     )
@@ -308,8 +296,22 @@ def _live(
         except ConnectError as exc:
             raise click.ClickException(str(exc)) from None
     extra = _labels_done(label_set, rec, labels_out, console) if labels_out else {}
+    extra |= _live_figures(result, fleet, speed)
+    _finish(
+        rec,
+        device_results(rec, fleet, runner.sessions),
+        extra,
+        console,
+        summary_json,
+        sent=result.progress.acked,
+        what="acknowledged",
+    )
+
+
+def _live_figures(result: Any, fleet: ReplayFleet, speed: float | None) -> dict[str, Any]:
+    """A live replay's pace, cost and what it left, for its summary."""
     p = result.progress
-    extra |= {
+    figures: dict[str, Any] = {
         "speed": "max" if speed is None else speed,
         "replay_s": round(fleet.replay_s, 3),
         "elapsed_s": round(p.elapsed_s, 2),
@@ -319,15 +321,22 @@ def _live(
         "left_unsent": p.buffered,
     }
     if result.connect_errors:
-        extra["connect_errors"] = result.connect_errors
-    _finish(
-        rec,
-        device_results(rec, fleet, runner.sessions),
-        extra,
-        console,
-        summary_json,
-        sent=p.acked,
-        what="acknowledged",
+        figures["connect_errors"] = result.connect_errors
+    return figures
+
+
+def _register(fleet: ReplayFleet, conn: Connection, home: Path, console: Console) -> None:
+    """Every device's login registered with the broker whose home is ``home``."""
+    from shared.infra.mosquitto import Mosquitto
+
+    logins = {v.vin: conn.passwords.get(v.vin, conn.password) for v in fleet.vehicles}
+    try:
+        n = Mosquitto(home=home, port=0).register_vehicles(logins)
+    except FleetsentryError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(
+        f"registered {len(logins):,} devices with the broker in "
+        f"{home} ({n:,} device logins in total)"
     )
 
 

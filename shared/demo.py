@@ -126,7 +126,9 @@ def _second_gateway(settings: InfraSettings) -> Stack:
 
 def _offsets(target: Target, names: list[str]) -> dict[str, int]:
     """Records per topic as offsets (transactional topics count their commit markers too)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
+
+    from shared.kafka_read import watermarks
 
     # log_level 2: a broker not yet answering is a summary line of zeros, not an error log.
     c = Consumer(
@@ -143,11 +145,8 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
             if t is None:
                 out[name] = 0
                 continue
-            total = 0
-            for p in t.partitions:
-                lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=5)
-                total += max(0, hi - lo)
-            out[name] = total
+            ends = watermarks(c, name, t.partitions, timeout=5)
+            out[name] = sum(max(0, hi - lo) for lo, hi in ends.values())
     except Exception:  # noqa: BLE001 - a summary line must never stop the demo
         pass
     finally:
@@ -422,11 +421,66 @@ def _run(
     _print_status(owner.stack(main), as_json=False)
     home = settings.home / "demo"
     logs = home / "logs"
+    key_file, public_key = _signing_keys(home)
+    gws = _gateways(owner, main, settings, gateways, metrics_port, public_key)
+    click.echo("Starting MirrorMaker 2 per gateway ...")
+    for gw in gws:
+        owner.mirror(gw.mirror)
+    _start_cloud(owner, main, home, dashboard_port, key_file)
+    for gw in gws:
+        gw.procs.append(
+            owner.spawn(["edge", "run", "--config", str(gw.config)], logs / f"{gw.edge_id}.log")
+        )
+    for gw in gws:
+        gw.mirror.wait_healthy()
+        _stop_if_asked()
+    for n, gw in enumerate(gws, start=1):
+        argv = _sim_argv(gw, main, home, n, vehicles, duration)
+        gw.procs.append(owner.spawn(argv, logs / f"{gw.edge_id}-sim.log"))
+    owner.running = True
+    _stop_if_asked()
+    login = _dashboard_login(home / "cloud")
+    url = f"http://127.0.0.1:{dashboard_port}/"
+    _announce(url, login, logs, gws, duration)
+    started = time.monotonic()
+    reader = main.cloud.login(DASHBOARD_USER)  # the demo's summary reads as the dashboard does
+    watcher = LoopWatcher(
+        url,
+        login[0] if login else "",
+        login[1] if login else "",
+        reader,
+        [gw.edge_id for gw in gws],
+        started,
+    )
+    try:
+        _follow(watcher, gws, reader, [gw.procs[-1] for gw in gws], interval, started)
+        click.echo("\n=== The loop ===")
+        for line in watcher.closing():
+            click.echo(line)
+    finally:
+        watcher.close()
+
+
+def _signing_keys(home: Path) -> tuple[Path, Path]:
+    """The demo fleet's model-signing key and its public half (made once, then kept)."""
     key_file = home / "fleet.key"
     signing.ensure_private_key(key_file, create=True)
     public_key = home / "fleet.pub"
     signing.write_public_key(signing.load_private_key(key_file), public_key)
+    return key_file, public_key
 
+
+def _gateways(
+    owner: _Owner,
+    main: Stack,
+    settings: InfraSettings,
+    gateways: int,
+    metrics_port: int,
+    public_key: Path,
+) -> list[Gateway]:
+    """Each gateway's stack (the second's own edge Kafka and Mosquitto started), edge.toml
+    and MirrorMaker to the cloud."""
+    home = settings.home / "demo"
     stacks = [main] + ([_second_gateway(settings)] if gateways == 2 else [])
     gws: list[Gateway] = []
     for n, stack in enumerate(stacks, start=1):
@@ -448,92 +502,62 @@ def _run(
             cloud_login=main.add_gateway(edge_id),
         )
         gws.append(Gateway(edge_id, stack, cfg, mirror))
+    return gws
 
-    click.echo("Starting MirrorMaker 2 per gateway ...")
-    for gw in gws:
-        owner.mirror(gw.mirror)
+
+def _start_cloud(
+    owner: _Owner, main: Stack, home: Path, dashboard_port: int, key_file: Path
+) -> None:
+    """The cloud's services (trainer, publisher, dashboard: ``cloud run``) and its store."""
+    logs = home / "logs"
     cloud_cfg = home / "cloud.toml"
     cloud_cfg.write_text(_cloud_toml(main, home / "cloud", dashboard_port))
     owner.spawn(
         [
-            "cloud",
-            "run",
-            "--config",
-            str(cloud_cfg),
-            "--key",
-            str(key_file),
-            "--min-records",
-            "500",
-            "--drift-check",
-            str(DRIFT_CHECK_S),
+            *("cloud", "run", "--config", str(cloud_cfg), "--key", str(key_file)),
+            *("--min-records", "500", "--drift-check", str(DRIFT_CHECK_S)),
         ],
         logs / "cloud-run.log",
     )
     owner.spawn(["cloud", "store", "--config", str(cloud_cfg)], logs / "cloud-store.log")
-    for gw in gws:
-        gw.procs.append(
-            owner.spawn(["edge", "run", "--config", str(gw.config)], logs / f"{gw.edge_id}.log")
-        )
-    for gw in gws:
-        gw.mirror.wait_healthy()
-        _stop_if_asked()
-    for n, gw in enumerate(gws, start=1):
-        drift = (
-            [
-                "--drift",
-                "new_model",
-                "--drift",
-                "firmware_rollout",
-                "--drift-at",
-                str(round(duration * DRIFT_AT, 1)),
-                "--drift-fraction",
-                str(DRIFT_FRACTION),
-            ]
-            if n == 2
-            else []
-        )
-        gw.procs.append(
-            owner.spawn(
-                [
-                    "sim",
-                    "run",
-                    "--vehicles",
-                    str(vehicles),
-                    "--duration",
-                    str(duration),
-                    "--seed",
-                    str(n),
-                    "--mqtt",
-                    gw.stack.mqtt.address,
-                    "--password",
-                    VEHICLE_PASSWORD,
-                    "--register-with",
-                    str(gw.stack.mqtt.home),
-                    "--labels-kafka",
-                    main.cloud.bootstrap,
-                    "--labels-kafka-credentials",
-                    str(main.cloud.credentials_path),
-                    "--labels-kafka-ca",
-                    str(main.cloud.tls_files.ca_file),
-                    "--label-delay",
-                    str(LABEL_DELAY_S),
-                    "--decisions-out",
-                    str(home / f"{gw.edge_id}-decisions.jsonl"),
-                    *drift,
-                ],
-                logs / f"{gw.edge_id}-sim.log",
-            )
-        )
-    owner.running = True
-    _stop_if_asked()
-    login = _dashboard_login(home / "cloud")
-    url = f"http://127.0.0.1:{dashboard_port}/"
+
+
+def _sim_argv(
+    gw: Gateway, main: Stack, home: Path, n: int, vehicles: int, duration: float
+) -> list[str]:
+    """``sim run`` for gateway ``n``'s fleet; the second fleet drifts part of the way in."""
+    drift = (
+        [
+            *("--drift", "new_model", "--drift", "firmware_rollout"),
+            *("--drift-at", str(round(duration * DRIFT_AT, 1))),
+            *("--drift-fraction", str(DRIFT_FRACTION)),
+        ]
+        if n == 2
+        else []
+    )
+    return [
+        *("sim", "run", "--vehicles", str(vehicles), "--duration", str(duration)),
+        *("--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD),
+        *("--register-with", str(gw.stack.mqtt.home)),
+        *("--labels-kafka", main.cloud.bootstrap),
+        *("--labels-kafka-credentials", str(main.cloud.credentials_path)),
+        *("--labels-kafka-ca", str(main.cloud.tls_files.ca_file)),
+        *("--label-delay", str(LABEL_DELAY_S)),
+        *("--decisions-out", str(home / f"{gw.edge_id}-decisions.jsonl")),
+        *drift,
+    ]
+
+
+def _announce(
+    url: str, login: tuple[str, str] | None, logs: Path, gws: list[Gateway], duration: float
+) -> None:
+    """Where to look (the dashboard, its sign-in, the logs) and what is about to happen."""
     click.echo(
         f"\nDashboard: {url}"
         + (f"  sign in as {login[0]} / {login[1]}" if login else "  (see logs)")
     )
     click.echo(f"Logs: {logs}   Ctrl-C stops the demo.")
-    if gateways == 2:
+    if len(gws) == 2:
         click.echo(
             f"{gws[1].edge_id}'s fleet changes at {duration * DRIFT_AT:.0f} s (a new "
             "vehicle model joins, a firmware rollout reaches part of the fleet): watch "
@@ -543,20 +567,3 @@ def _run(
         "Counts are Kafka offsets: topics written in transactions (anon, scores, "
         "alerts, the cloud copies) also count one commit marker per batch.\n"
     )
-    started = time.monotonic()
-    reader = main.cloud.login(DASHBOARD_USER)  # the demo's summary reads as the dashboard does
-    watcher = LoopWatcher(
-        url,
-        login[0] if login else "",
-        login[1] if login else "",
-        reader,
-        [gw.edge_id for gw in gws],
-        started,
-    )
-    try:
-        _follow(watcher, gws, reader, [gw.procs[-1] for gw in gws], interval, started)
-        click.echo("\n=== The loop ===")
-        for line in watcher.closing():
-            click.echo(line)
-    finally:
-        watcher.close()

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psutil
+
 # Groups that adopt what shared.infra.process.spawn starts (innermost last).
 _ADOPTERS: list[ProcessGroup] = []
 
@@ -172,18 +174,17 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _group_members() -> dict[int, list[int]]:
-    """Process group id -> its live (not zombie) members, from /proc; only groups that lead
-    a session of the same id, as a child started with ``start_new_session`` does (a pid
-    reused after such a child ended is not mistaken for it unless it starts a session too)."""
+    """Process group id -> its live (not zombie) members; only groups that lead a session of
+    the same id, as a child started with ``start_new_session`` does (a pid reused after such
+    a child ended is not mistaken for it unless it starts a session too)."""
     out: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+            pgid, sid = os.getpgid(proc.pid), os.getsid(proc.pid)
+        except (ProcessLookupError, PermissionError):
             continue
-        if fields[0] not in ("Z", "X") and fields[2] == fields[3]:
-            out.setdefault(int(fields[2]), []).append(int(entry.name))
+        if pgid == sid:
+            out.setdefault(pgid, []).append(proc.pid)
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -82,6 +83,62 @@ def _chosen(names: tuple[str, ...], known: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def fit_options(command: Any) -> Any:
+    """--epochs, --batch-size, --max-fit-rows, --seed, --split and --splits: how each stream's
+    model is fitted, handed to the command as one ``fit`` (:class:`TrainSettings`)."""
+
+    @functools.wraps(command)
+    def with_fit(
+        *args: Any,
+        epochs: int,
+        batch_size: int,
+        max_fit_rows: int,
+        seed: int,
+        split: str,
+        splits: str,
+        **kw: Any,
+    ) -> Any:
+        fit = TrainSettings(
+            epochs=epochs,
+            batch_size=batch_size,
+            max_fit_rows=max_fit_rows,
+            seed=seed,
+            split=split,
+            splits=_splits(splits),
+        )
+        return command(*args, fit=fit, **kw)
+
+    for option in reversed(
+        [
+            click.option("--epochs", default=TrainSettings.epochs, show_default=True),
+            click.option("--batch-size", default=TrainSettings.batch_size, show_default=True),
+            click.option(
+                "--max-fit-rows",
+                default=TrainSettings.max_fit_rows,
+                show_default=True,
+                help="Fit on a random subsample of at most this many normal records.",
+            ),
+            click.option("--seed", default=TrainSettings.seed, show_default=True),
+            click.option(
+                "--split",
+                type=click.Choice(["time", "vehicle"]),
+                default=TrainSettings.split,
+                show_default=True,
+                help="Validation and holdout: the latest events (time) or unseen vehicles/cards "
+                "(vehicle; for data pooled from several runs or times of day).",
+            ),
+            click.option(
+                "--splits",
+                default=",".join(f"{f:g}" for f in TrainSettings.splits),
+                show_default=True,
+                help="Train,validation,holdout fractions.",
+            ),
+        ]
+    ):
+        with_fit = option(with_fit)
+    return with_fit
+
+
 @click.command()
 @click.option(
     "--events",
@@ -145,29 +202,7 @@ def _chosen(names: tuple[str, ...], known: list[str]) -> list[str]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Fleet secret used to tokenize files (any secret works for training).",
 )
-@click.option("--epochs", default=TrainSettings.epochs, show_default=True)
-@click.option("--batch-size", default=TrainSettings.batch_size, show_default=True)
-@click.option(
-    "--max-fit-rows",
-    default=TrainSettings.max_fit_rows,
-    show_default=True,
-    help="Fit on a random subsample of at most this many normal records.",
-)
-@click.option("--seed", default=TrainSettings.seed, show_default=True)
-@click.option(
-    "--split",
-    type=click.Choice(["time", "vehicle"]),
-    default=TrainSettings.split,
-    show_default=True,
-    help="Validation and holdout: the latest events (time) or unseen vehicles/cards "
-    "(vehicle; for data pooled from several runs or times of day).",
-)
-@click.option(
-    "--splits",
-    default=",".join(f"{f:g}" for f in TrainSettings.splits),
-    show_default=True,
-    help="Train,validation,holdout fractions.",
-)
+@fit_options
 @click.option(
     "--threshold",
     "thresholds",
@@ -191,12 +226,7 @@ def train(
     key_file: Path,
     public_key_out: Path | None,
     token_secret_file: Path | None,
-    epochs: int,
-    batch_size: int,
-    max_fit_rows: int,
-    seed: int,
-    split: str,
-    splits: str,
+    fit: TrainSettings,
     thresholds: tuple[str, ...],
     parent: str | None,
 ) -> None:
@@ -224,51 +254,65 @@ def train(
             records = _from_files(events, label_list, secret, progress)
         else:
             assert login is not None
-            records = {
-                s: _from_kafka(login, topic_prefix + f"anon.{s}", s, label_list, progress)
-                for s in names
-            }
+            records = _from_topics(login, topic_prefix, names, label_list, progress)
         if not stream_names and events is not None:  # every stream the file holds
-            names = [n for n in names if len(records[n]) > 0]
-            if not names:
-                raise TrainerError(f"the data holds no events of any stream: {', '.join(known)}")
-            if any(n in BUILTIN_NAMES for n in names) and not label_list:
-                raise click.UsageError(_NEEDS_LABELS)
+            names = _streams_held(names, records, known, label_list)
+        empty = [n for n in names if len(records[n]) == 0]
+        if empty:
+            where = _source(events, login, topic_prefix, empty[0])
+            raise TrainerError(f"{where} holds no {empty[0]} events")
+        trained = {}
         for name in names:
-            if len(records[name]) == 0:
-                source = (
-                    f"{events}"
-                    if login is None
-                    else f"topic {topic_prefix}anon.{name} on {bootstrap_of(login)}"
-                )
-                raise TrainerError(f"{source} holds no {name} events")
-        trained: dict[str, TrainedModel] = {}
-        for name in names:
-            declared = name not in BUILTIN_NAMES
-            settings = TrainSettings(
-                epochs=epochs,
-                batch_size=batch_size,
-                max_fit_rows=max_fit_rows,
-                seed=seed,
-                split=split,
-                splits=_splits(splits),
-                threshold=rules.get(name),
-                allow_unlabelled=declared,
+            settings = dataclasses.replace(
+                fit, threshold=rules.get(name), allow_unlabelled=name not in BUILTIN_NAMES
             )
-            task = progress.add_task(f"train {name}", total=epochs, info="")
-
-            def report(
-                phase: str, done: int, total: int, loss: float | None, task: TaskID = task
-            ) -> None:
-                info = f"{phase}" + (f"  loss {loss:.4f}" if loss is not None else "")
-                progress.update(
-                    task, completed=done if phase.startswith("fit") else epochs, info=info
-                )
-
+            report = _report(progress, name, fit.epochs)
             trained[name] = train_stream(records[name], settings, parent, report)
             write_model_dir(trained[name], out_dir / name, key)
     if public_key_out is not None:
         signing.write_public_key(key, public_key_out)
+    _print_results(console, trained, out_dir)
+    console.print(f"signed with key {signing.key_fingerprint(key)} ({key_file})")
+
+
+def _from_topics(
+    login: Target, prefix: str, names: list[str], labels: list[Label], progress: Progress
+) -> dict[str, data.Records]:
+    """Each stream's records from its ``<prefix>anon.<stream>`` topic."""
+    return {s: _from_kafka(login, f"{prefix}anon.{s}", s, labels, progress) for s in names}
+
+
+def _source(events: Path | None, login: Target | None, prefix: str, name: str) -> str:
+    """Where a stream's records came from, for an error message."""
+    return f"{events}" if login is None else f"topic {prefix}anon.{name} on {bootstrap_of(login)}"
+
+
+def _streams_held(
+    names: list[str], records: dict[str, data.Records], known: list[str], label_list: list[Label]
+) -> list[str]:
+    """The streams a file holds events of (a built-in one only with labels)."""
+    names = [n for n in names if len(records[n]) > 0]
+    if not names:
+        raise TrainerError(f"the data holds no events of any stream: {', '.join(known)}")
+    if any(n in BUILTIN_NAMES for n in names) and not label_list:
+        raise click.UsageError(_NEEDS_LABELS)
+    return names
+
+
+def _report(
+    progress: Progress, name: str, epochs: int
+) -> Callable[[str, int, int, float | None], None]:
+    """A training progress callback: the fit's epochs, then the later phases, on one bar."""
+    task = progress.add_task(f"train {name}", total=epochs, info="")
+
+    def report(phase: str, done: int, total: int, loss: float | None) -> None:
+        info = f"{phase}" + (f"  loss {loss:.4f}" if loss is not None else "")
+        progress.update(task, completed=done if phase.startswith("fit") else epochs, info=info)
+
+    return report
+
+
+def _print_results(console: Console, trained: dict[str, TrainedModel], out_dir: Path) -> None:
     for name, model in trained.items():
         console.print(_summary(model, out_dir / name))
         u = model.manifest.metrics.get("unlabelled")
@@ -278,7 +322,6 @@ def train(
                 "above are what the model does on presumed-normal data",
                 soft_wrap=True,
             )
-    console.print(f"signed with key {signing.key_fingerprint(key)} ({key_file})")
 
 
 def _splits(text: str) -> tuple[float, float, float]:

@@ -134,65 +134,13 @@ def train_stream(
     memory_s = data_memory_s(records)
     decl = declaration(records.stream)
     episode_rule = settings.episode_rule_for(records.stream)
-    normal = train.x[~train.labelled]
-    if normal.shape[0] < 50:
-        raise TrainerError(
-            f"only {normal.shape[0]} normal {records.stream} records in the "
-            f"training split; need at least 50"
-        )
-    mean, std = ae.fit_scaling(normal)
-    xs_fit = ae.scale(_subsample(normal, settings.max_fit_rows, settings.seed), mean, std)
-    bounds = ae.envelope(xs_fit) if settings.envelope else None
-    model = ae.build_autoencoder(
-        xs_fit.shape[1], settings.hidden, settings.learning_rate, settings.seed, bounds
-    )
-    # Enough optimizer steps even on small data: at least ~100 batches per epoch.
-    batch = int(min(settings.batch_size, max(32, xs_fit.shape[0] // 100)))
-    losses: list[float] = []
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        losses.append(loss)
-        progress(f"fit {records.stream}", epoch, settings.epochs, loss)
-
-    model.fit(
-        xs_fit,
-        xs_fit,
-        epochs=settings.epochs,
-        batch_size=batch,
-        shuffle=True,
-        verbose=0,
-        callbacks=[ae.keras_progress_callback(on_epoch)],
-    )
-    layers = ae.dense_layers(model)
-    if settings.normalize_errors:
-        c = ae.error_scale(layers, xs_fit, ERROR_FLOOR, settings.error_quantile)
-        layers = ae.fold_error_scale(layers, c)
-        model.set_weights([w for layer in layers for w in layer[:2]])
-        std = std * c
-        xs_fit = (xs_fit / c.astype(np.float32)).astype(np.float32)
-    progress(f"quantize {records.stream}", 0, 1, None)
-    rep = xs_fit[_subsample_idx(xs_fit.shape[0], settings.representative_rows, settings.seed)]
-    rep = with_input_range(rep, settings.input_range_for(records.stream))
-    tflite = ae.quantize(model, rep)
-    progress(f"quantize {records.stream}", 1, 1, None)
+    fit = _fit(records.stream, train, settings, progress)
+    tflite = _quantize(fit, records.stream, settings, progress)
     int8 = ae.Int8Model(tflite)
-    xs_val, xs_hold = ae.scale(val.x, mean, std), ae.scale(hold.x, mean, std)
-    hold_q, hold_f = int8.scores(xs_hold), ae.float_scores(layers, xs_hold)
-    if hold.labelled.any() and not hold.labelled.all():
-        quant = check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
-    elif settings.allow_unlabelled:
-        quant = check_quantization_unlabelled(
-            hold_f, hold_q, settings.min_rank_agreement, settings.rank_tail_for(records.stream)
-        )
-    else:
-        raise NeedsLabelsError(
-            f"the holdout split ({len(hold)} {records.stream} records) needs both normal and "
-            f"labelled events to check the int8 model ({int(hold.labelled.sum())} labelled); "
-            "pass the labels (or more data), or allow unlabelled training"
-        )
-    rule = settings.rule_for(records.stream)
-    if rule.mode == "precision" and not val.labelled.any() and settings.allow_unlabelled:
-        rule = UNLABELLED_RULE
+    xs_val, xs_hold = ae.scale(val.x, fit.mean, fit.std), ae.scale(hold.x, fit.mean, fit.std)
+    hold_q, hold_f = int8.scores(xs_hold), ae.float_scores(fit.layers, xs_hold)
+    quant = _check_int8(records.stream, hold, hold_f, hold_q, settings)
+    rule = _threshold_rule(records.stream, val, settings)
     val_q = int8.scores(xs_val)
     threshold = choose_threshold(rule, val, val_q, episode_rule, memory_s)
     m = evaluation_metrics(hold, hold_q, hold_f, threshold, settings)
@@ -212,24 +160,17 @@ def train_stream(
         "holdout": len(hold),
         "split": settings.split,
         "feature_memory_s": memory_s,
-        "fit_rows": int(xs_fit.shape[0]),
-        "epochs": settings.epochs,
-        "batch_size": batch,
-        "envelope": settings.envelope,
-        "normalized_errors": settings.normalize_errors,
-        "hidden": list(settings.hidden),
-        "loss": [round(v, 6) for v in losses],
-        "seed": settings.seed,
+        **_fit_summary(fit, settings),
         "seconds": round(time.monotonic() - started, 1),
         "rejected_messages": records.rejected,
     }
-    m["reference_sha256"] = hashlib.sha256(reference_bytes(layers)).hexdigest()
+    m["reference_sha256"] = hashlib.sha256(reference_bytes(fit.layers)).hexdigest()
     manifest = ModelManifest(
         stream=records.stream,
         version=_version(records.stream, tflite),
         feature_spec=FEATURE_SPEC_VERSION if decl is None else decl.feature_spec,
         features=list(records.features),
-        scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in std]),
+        scaling=Scaling(mean=[float(v) for v in fit.mean], scale=[float(v) for v in fit.std]),
         threshold=float(threshold),
         input_quant=int8.input_quant,
         output_quant=int8.output_quant,
@@ -238,7 +179,117 @@ def train_stream(
         parent=parent,
         created_ts=time.time(),
     )
-    return TrainedModel(manifest, tflite, layers, hold, hold_q, hold_f)
+    return TrainedModel(manifest, tflite, fit.layers, hold, hold_q, hold_f)
+
+
+@dataclass
+class _Fit:
+    """A fitted float model: its Keras model and Dense layers, the scaling, the (scaled)
+    rows it was fitted on, its batch size and each epoch's loss."""
+
+    model: Any
+    layers: list[ae.Layer]
+    mean: NDArray[np.float64]
+    std: NDArray[np.float64]
+    xs: NDArray[np.float32]
+    batch: int
+    losses: list[float]
+
+
+def _fit(stream: str, train: Records, settings: TrainSettings, progress: Progress) -> _Fit:
+    """Scale and fit the autoencoder on the training split's normal records; with
+    ``normalize_errors``, each feature's error rescaled into the model and its scaling."""
+    normal = train.x[~train.labelled]
+    if normal.shape[0] < 50:
+        raise TrainerError(
+            f"only {normal.shape[0]} normal {stream} records in the "
+            f"training split; need at least 50"
+        )
+    mean, std = ae.fit_scaling(normal)
+    xs_fit = ae.scale(_subsample(normal, settings.max_fit_rows, settings.seed), mean, std)
+    bounds = ae.envelope(xs_fit) if settings.envelope else None
+    model = ae.build_autoencoder(
+        xs_fit.shape[1], settings.hidden, settings.learning_rate, settings.seed, bounds
+    )
+    # Enough optimizer steps even on small data: at least ~100 batches per epoch.
+    batch = int(min(settings.batch_size, max(32, xs_fit.shape[0] // 100)))
+    losses: list[float] = []
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        losses.append(loss)
+        progress(f"fit {stream}", epoch, settings.epochs, loss)
+
+    model.fit(
+        xs_fit,
+        xs_fit,
+        epochs=settings.epochs,
+        batch_size=batch,
+        shuffle=True,
+        verbose=0,
+        callbacks=[ae.keras_progress_callback(on_epoch)],
+    )
+    layers = ae.dense_layers(model)
+    if settings.normalize_errors:
+        c = ae.error_scale(layers, xs_fit, ERROR_FLOOR, settings.error_quantile)
+        layers = ae.fold_error_scale(layers, c)
+        model.set_weights([w for layer in layers for w in layer[:2]])
+        std = std * c
+        xs_fit = (xs_fit / c.astype(np.float32)).astype(np.float32)
+    return _Fit(model, layers, mean, std, xs_fit, batch, losses)
+
+
+def _quantize(fit: _Fit, stream: str, settings: TrainSettings, progress: Progress) -> bytes:
+    """The int8 model, calibrated on a sample of the fitted rows and the input range."""
+    progress(f"quantize {stream}", 0, 1, None)
+    rep = fit.xs[_subsample_idx(fit.xs.shape[0], settings.representative_rows, settings.seed)]
+    rep = with_input_range(rep, settings.input_range_for(stream))
+    tflite = ae.quantize(fit.model, rep)
+    progress(f"quantize {stream}", 1, 1, None)
+    return tflite
+
+
+def _check_int8(
+    stream: str,
+    hold: Records,
+    hold_f: NDArray[np.float32],
+    hold_q: NDArray[np.float32],
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """The int8 model against the float one on the holdout: by ROC AUC with labels, by rank
+    agreement without (when allowed)."""
+    if hold.labelled.any() and not hold.labelled.all():
+        return check_quantization(hold.labelled, hold_f, hold_q, settings.max_auc_drop)
+    if settings.allow_unlabelled:
+        return check_quantization_unlabelled(
+            hold_f, hold_q, settings.min_rank_agreement, settings.rank_tail_for(stream)
+        )
+    raise NeedsLabelsError(
+        f"the holdout split ({len(hold)} {stream} records) needs both normal and "
+        f"labelled events to check the int8 model ({int(hold.labelled.sum())} labelled); "
+        "pass the labels (or more data), or allow unlabelled training"
+    )
+
+
+def _threshold_rule(stream: str, val: Records, settings: TrainSettings) -> ThresholdRule:
+    """The stream's rule; a precision rule falls back to the unlabelled one when the
+    validation split has no labels and unlabelled training is allowed."""
+    rule = settings.rule_for(stream)
+    if rule.mode == "precision" and not val.labelled.any() and settings.allow_unlabelled:
+        return UNLABELLED_RULE
+    return rule
+
+
+def _fit_summary(fit: _Fit, settings: TrainSettings) -> dict[str, Any]:
+    return {
+        "fit_rows": int(fit.xs.shape[0]),
+        "epochs": settings.epochs,
+        "batch_size": fit.batch,
+        "envelope": settings.envelope,
+        "normalized_errors": settings.normalize_errors,
+        "hidden": list(settings.hidden),
+        "loss": [round(v, 6) for v in fit.losses],
+        "seed": settings.seed,
+    }
 
 
 def check_quantization(

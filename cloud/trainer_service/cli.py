@@ -227,6 +227,17 @@ def trainer_service(
         else Publisher(publisher_login, _releaser(key_file, registry_root, rel)).start()
     )
     svc.publisher = publisher
+    try:
+        _serve(svc, registry, once)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        registry.close()
+
+
+def _serve(svc: TrainerService, registry: Registry, once: bool) -> None:
+    """One cycle (each run's decision and each stream's state said), or cycles until SIGTERM
+    or SIGINT."""
     stop = threading.Event()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
@@ -234,18 +245,13 @@ def trainer_service(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    try:
-        if once:
-            for run in svc.cycle():
-                click.echo(f"run {run.id} {run.stream}: {run.decision} ({run.decision_reason})")
-            for st in registry.statuses():
-                click.echo(f"{st.stream}: {st.state} - {st.detail}")
-        else:
-            svc.run(stop)
-    finally:
-        if publisher is not None:
-            publisher.close()
-        registry.close()
+    if not once:
+        svc.run(stop)
+        return
+    for run in svc.cycle():
+        click.echo(f"run {run.id} {run.stream}: {run.decision} ({run.decision_reason})")
+    for st in registry.statuses():
+        click.echo(f"{st.stream}: {st.state} - {st.detail}")
 
 
 @click.command("retrain")

@@ -140,51 +140,14 @@ def detect(
     one by one against ``expected_alert_rate`` (instead of the single ``alert_rate``).
     """
     n = 0 if recent is None else int(recent.shape[0])
-    reasons = []
-    by_feature: dict[str, float] = {}
-    psi_note = "no feature profile to compare with"
-    if ref is not None and recent is not None:
-        if n < settings.min_events:
-            psi_note = f"only {n} recent events (need {settings.min_events})"
-        else:
-            values = psi(ref, recent)
-            by_feature = {f: round(float(v), 4) for f, v in zip(ref.features, values, strict=True)}
-            shifted = sorted(
-                (f for f, v in by_feature.items() if v > settings.psi_threshold),
-                key=lambda f: -by_feature[f],
-            )
-            if len(shifted) >= settings.min_drifted_features:
-                top = ", ".join(f"{f} {by_feature[f]:.2f}" for f in shifted[:3])
-                reasons.append(
-                    f"PSI over {settings.psi_threshold} on {len(shifted)} features ({top})"
-                )
-            worst = max(by_feature.values(), default=0.0)
-            psi_note = f"stable (largest feature PSI {worst:.3f})"
+    reasons: list[str] = []
+    by_feature, psi_note = _feature_drift(ref, recent, settings, reasons)
     rates = (
         dict(gateway_rates)
         if gateway_rates is not None
         else ({"": (alert_rate, scored_events)} if alert_rate is not None else {})
     )
-    gateways: dict[str, dict[str, Any]] = {}
-    drifted_gateways = []
-    for gw, (rate, scored) in sorted(rates.items()):
-        hit = False
-        if expected_alert_rate is not None and scored >= settings.min_events:
-            ceiling = max(
-                expected_alert_rate * settings.alert_rate_ratio,
-                expected_alert_rate + settings.alert_rate_increase,
-            )
-            hit = rate > ceiling
-        if gw:
-            gateways[gw] = {"alert_rate": round(rate, 6), "scored": scored, "drifted": hit}
-        if hit:
-            where = f"{gw}: " if gw else ""
-            reasons.append(
-                f"{where}alert rate {100 * rate:.2f}% over {scored} scored events "
-                f"against {100 * (expected_alert_rate or 0.0):.2f}% on the holdout"
-            )
-            if gw:
-                drifted_gateways.append(gw)
+    gateways, drifted_gateways = _rate_drift(rates, expected_alert_rate, settings, reasons)
     pooled = rates.get("") if "" in rates else None
     rate_out = pooled[0] if pooled else None
     if reasons:
@@ -212,6 +175,60 @@ def detect(
     return DriftReport(
         False, "; ".join(notes), n, by_feature, rate_out, expected_alert_rate, gateways, []
     )
+
+
+def _feature_drift(
+    ref: Profile | None, recent: NDArray[Any] | None, settings: DriftSettings, reasons: list[str]
+) -> tuple[dict[str, float], str]:
+    """Each feature's PSI (recent against the reference) and a note on them; a reason is
+    added to ``reasons`` when enough features shifted."""
+    n = 0 if recent is None else int(recent.shape[0])
+    if ref is None or recent is None:
+        return {}, "no feature profile to compare with"
+    if n < settings.min_events:
+        return {}, f"only {n} recent events (need {settings.min_events})"
+    values = psi(ref, recent)
+    by_feature = {f: round(float(v), 4) for f, v in zip(ref.features, values, strict=True)}
+    shifted = sorted(
+        (f for f, v in by_feature.items() if v > settings.psi_threshold),
+        key=lambda f: -by_feature[f],
+    )
+    if len(shifted) >= settings.min_drifted_features:
+        top = ", ".join(f"{f} {by_feature[f]:.2f}" for f in shifted[:3])
+        reasons.append(f"PSI over {settings.psi_threshold} on {len(shifted)} features ({top})")
+    worst = max(by_feature.values(), default=0.0)
+    return by_feature, f"stable (largest feature PSI {worst:.3f})"
+
+
+def _rate_drift(
+    rates: Mapping[str, tuple[float, int]],
+    expected_alert_rate: float | None,
+    settings: DriftSettings,
+    reasons: list[str],
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each gateway's alert rate against the holdout's (``""``: the pooled rate): the
+    gateways' figures and those that drifted; a reason is added to ``reasons`` for each."""
+    gateways: dict[str, dict[str, Any]] = {}
+    drifted_gateways = []
+    for gw, (rate, scored) in sorted(rates.items()):
+        hit = False
+        if expected_alert_rate is not None and scored >= settings.min_events:
+            ceiling = max(
+                expected_alert_rate * settings.alert_rate_ratio,
+                expected_alert_rate + settings.alert_rate_increase,
+            )
+            hit = rate > ceiling
+        if gw:
+            gateways[gw] = {"alert_rate": round(rate, 6), "scored": scored, "drifted": hit}
+        if hit:
+            where = f"{gw}: " if gw else ""
+            reasons.append(
+                f"{where}alert rate {100 * rate:.2f}% over {scored} scored events "
+                f"against {100 * (expected_alert_rate or 0.0):.2f}% on the holdout"
+            )
+            if gw:
+                drifted_gateways.append(gw)
+    return gateways, drifted_gateways
 
 
 def blamed_features(alerts: list[Any], top: int = 3) -> list[tuple[str, float]]:

@@ -49,7 +49,7 @@ from shared import model_bundle, releases, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
-from shared.kafka_read import read_to_end
+from shared.kafka_read import read_to_end, records, watermarks
 from shared.signing import KeyFileError
 
 log = logging.getLogger("agent")
@@ -326,11 +326,8 @@ class ModelAgent:
         topic = streams.get(watch.stream).scores_topic
         c = _reader(self.config.kafka, f"{self.group_id}-watch-{uuid.uuid4().hex[:8]}")
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        parts = []
-        for p in meta.partitions if meta is not None else {}:
-            _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            parts.append(TopicPartition(topic, p, high))
-        c.assign(parts)
+        ends = watermarks(c, topic, meta.partitions if meta is not None else {}, timeout=10)
+        c.assign([TopicPartition(topic, p, high) for p, (_low, high) in ends.items()])
         self.watches[watch.stream] = (watch, c)
 
     def check_watches(self) -> None:
@@ -485,35 +482,19 @@ def recent_records(kafka: Target, stream: str, n: int, timeout_s: float = 30.0) 
         return []
     spec = streams.get(stream)
     topic, kind = spec.anon_topic, spec.anon_event
-    c = _reader(kafka, f"fleetsentry-agent-shadow-{uuid.uuid4().hex[:8]}")
     out: list[Any] = []
-    try:
-        meta = c.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        per_part = max(1, -(-n // max(1, len(meta.partitions))))
-        ends: dict[int, int] = {}
-        assign = []
-        for p in meta.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(topic, p, max(low, high - per_part)))
-        if not assign:
-            return []
-        c.assign(assign)
-        deadline = time.monotonic() + timeout_s
-        while ends and time.monotonic() < deadline:
-            for msg in c.consume(2000, 0.2):
-                if msg.error() or msg.value() is None:
-                    continue
-                try:
-                    out.append(decode(kind, msg.value() or b""))
-                except ContractError:
-                    continue  # the scorer dead-letters these; they say nothing about a model
-            for p in list(ends):  # transaction markers take offsets: compare positions
-                if c.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
-                    del ends[p]
-    finally:
-        c.close()
+    for msg in records(
+        kafka,
+        topic,
+        error=AgentError,
+        timeout_s=timeout_s,
+        last=n,
+        last_of_all=True,
+        partial=True,
+        missing_ok=True,
+    ):
+        try:
+            out.append(decode(kind, msg.value() or b""))
+        except ContractError:
+            continue  # the scorer dead-letters these; they say nothing about a model
     return out[-n:]

@@ -108,6 +108,11 @@ class Bridge:
         self._client: IntakeClient | None = None
         self._producer: Producer | None = None
         self._letters: DeadLetters | None = None
+        self._init_connection_state()
+        self._init_metrics()
+        self._init_spool_state()
+
+    def _init_connection_state(self) -> None:
         # Bumped on every (re)connect: an ack for a message of an earlier connection is
         # dropped, because the broker redelivers it anyway and its packet id may be reused.
         self._generation = 0
@@ -119,6 +124,8 @@ class Bridge:
         self._retry: list[tuple[str, bytes | None, bytes, Callable[..., None]]] = []
         self._fatal: str | None = None
         self._last_log = 0.0
+
+    def _init_metrics(self) -> None:
         # Per-event metrics are counted here and handed to Prometheus once per step.
         self._in = {
             s: metrics.CountBatch(metrics.MESSAGES_IN.labels(SERVICE, spec.name))
@@ -142,6 +149,8 @@ class Bridge:
         self._limited: dict[str, Callable[[], None]] = {}
         self._limited_other = metrics.RATE_LIMITED.labels(SERVICE, "other").inc
         self._internal_logged: set[str] = set()
+
+    def _init_spool_state(self) -> None:
         # vin -> the rate-limited messages not yet written: the first one, when it came, and
         # the (generation, mid, qos) of every one, acknowledged when their letter is in Kafka.
         self._excess: dict[str, tuple[mqtt.MQTTMessage, float, float, list[Ack]]] = {}
@@ -166,33 +175,46 @@ class Bridge:
 
     def start(self, timeout: float = 15.0) -> None:
         """Create the producer, connect to the broker and subscribe (waits for CONNACK)."""
-        s = self.settings
         try:
             self._letters = DeadLetters.load(self.config)
         except VaultError as exc:
             raise BridgeError(f"cannot load the keys dead letters are sealed with: {exc}") from None
+        self._open_spool()
+        self._producer = self._make_producer()
+        check_intake()
+        self._client = self._make_client()
+        self._connect(self._client, timeout)
+
+    def _open_spool(self) -> None:
+        """The outage spool (none when its size is 0); one left from an earlier run goes to
+        Kafka first."""
+        s = self.settings
         spool_bytes = s.spool_max_bytes
         if spool_bytes is None:
             from edge.disk import plan
 
             spool_bytes = plan(self.config).spool_bytes // s.processes
-        if spool_bytes > 0:
-            try:
-                self._spool = Spool(self.config.bridge_spool_dir(self.instance), spool_bytes)
-            except SpoolError as exc:
-                raise BridgeError(
-                    f"{exc} (set [bridge] spool_max_bytes = 0 to run without an outage spool)"
-                ) from None
-            if not self._spool.empty():
-                self._set_spooling(True)
-                log.warning(
-                    "the outage spool holds %d bytes from an earlier run: they go to "
-                    "Kafka first, in order",
-                    self._spool.size,
-                )
-            if self.instance == 0:
-                self._warn_orphaned_spools()
-        self._producer = Producer(
+        if spool_bytes <= 0:
+            return
+        try:
+            self._spool = Spool(self.config.bridge_spool_dir(self.instance), spool_bytes)
+        except SpoolError as exc:
+            raise BridgeError(
+                f"{exc} (set [bridge] spool_max_bytes = 0 to run without an outage spool)"
+            ) from None
+        if not self._spool.empty():
+            self._set_spooling(True)
+            log.warning(
+                "the outage spool holds %d bytes from an earlier run: they go to "
+                "Kafka first, in order",
+                self._spool.size,
+            )
+        if self.instance == 0:
+            self._warn_orphaned_spools()
+
+    def _make_producer(self) -> Producer:
+        s = self.settings
+        return Producer(
             client_config(
                 self.config.kafka,
                 {
@@ -208,7 +230,8 @@ class Bridge:
                 },
             )
         )
-        check_intake()
+
+    def _make_client(self) -> IntakeClient:
         client = IntakeClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -222,31 +245,25 @@ class Bridge:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        self._client = client
+        return client
+
+    def _connect(self, client: IntakeClient, timeout: float) -> None:
+        """Connect (a persistent session) and wait for the CONNACK."""
+        s, host, port = self.settings, self.config.mqtt.host, self.config.mqtt.port
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = s.session_expiry_s
         props.ReceiveMaximum = s.receive_maximum
         try:
-            client.connect(
-                self.config.mqtt.host,
-                self.config.mqtt.port,
-                s.keepalive_s,
-                clean_start=False,
-                properties=props,
-            )
+            client.connect(host, port, s.keepalive_s, clean_start=False, properties=props)
         except OSError as exc:
-            raise BridgeError(
-                f"cannot reach MQTT broker {self.config.mqtt.host}:{self.config.mqtt.port}: {exc}"
-            ) from None
+            raise BridgeError(f"cannot reach MQTT broker {host}:{port}: {exc}") from None
         deadline = time.monotonic() + timeout
         while not self._connected and time.monotonic() < deadline:
             if self._connect_error:
                 raise BridgeError(self._connect_error)
             client.loop(0.1)
         if not self._connected:
-            raise BridgeError(
-                f"no CONNACK from {self.config.mqtt.host}:{self.config.mqtt.port} within {timeout}s"
-            )
+            raise BridgeError(f"no CONNACK from {host}:{port} within {timeout}s")
 
     def run(self, stop: Event) -> None:
         while not stop.is_set():

@@ -11,19 +11,12 @@ import click
 import msgspec
 
 from edge import config as edge_config
+from edge.cli_options import CONFIG_OPTION
 from edge.dlq.errors import DeadLetterError
 from edge.dlq.letters import DeadLetters
 from edge.dlq.reader import latest
 from edge.vault.errors import VaultError
 from shared.contracts import DeadLetter
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The gateway's edge.toml (default: built-in defaults).",
-)
 
 
 @click.group()

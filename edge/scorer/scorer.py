@@ -36,6 +36,7 @@ from edge.scorer.model_runner import Model, ModelHolder, baseline_dir, load_mode
 from edge.transactions import Transactions, Watchdog, offsets_after
 from shared import topics
 from shared.contracts import (
+    Alert,
     AnonPayment,
     Contribution,
     Decision,
@@ -532,7 +533,6 @@ class ScorerService:
         tracker = self.trackers.get(stream)
         label = self._labels.get(stream, self._label)
         token_of_record = self._tokens[stream]
-        payments = stream == PAYMENTS.name
         n_anom, now = 0, self._clock()
         for i, rec in enumerate(records):
             score = float(scores[i])
@@ -563,23 +563,40 @@ class ScorerService:
             if tracker is not None:
                 alerts = tracker.observe(token, rec.event_id, rec.ts, score, thr, version, top, now)
             else:
-                contributions = top() if anomalous else []
-                alerts = (
-                    [
-                        single_event_alert(
-                            stream, token, rec.event_id, rec.ts, score, thr, version, contributions
-                        )
-                    ]
-                    if anomalous
-                    else []
-                )
-                if payments:
-                    self._decision(rec, score, thr, version, contributions, result)
+                alerts = self._single_event(stream, rec, token, score, model, top, result)
             for alert in alerts:
                 out.add(topics.ALERTS, alert.token, encode(alert))
             result.alerts += len(alerts)
         result.events[stream] = len(records)
         result.anomalous[stream] = n_anom
+
+    def _single_event(
+        self,
+        stream: str,
+        rec: Any,
+        token: str,
+        score: float,
+        model: Model,
+        top: Callable[[], list[Contribution]],
+        result: BatchResult,
+    ) -> list[Alert]:
+        """The alert of a stream without episodes: one per anomalous record (a payment's
+        decision is written too)."""
+        thr, version = model.threshold, model.version
+        anomalous = score > thr
+        contributions = top() if anomalous else []
+        alerts = (
+            [
+                single_event_alert(
+                    stream, token, rec.event_id, rec.ts, score, thr, version, contributions
+                )
+            ]
+            if anomalous
+            else []
+        )
+        if stream == PAYMENTS.name:
+            self._decision(rec, score, thr, version, contributions, result)
+        return alerts
 
     def _decision(
         self,

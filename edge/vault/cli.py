@@ -8,16 +8,9 @@ from pathlib import Path
 import click
 
 from edge import config as edge_config
+from edge.cli_options import CONFIG_OPTION
 from edge.vault.errors import UnknownToken
 from edge.vault.setup import open_vault
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The gateway's edge.toml (default: built-in defaults).",
-)
 
 
 @click.group()

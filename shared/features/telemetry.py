@@ -304,6 +304,34 @@ def telemetry_step(
         return reads, features, _update(xs, event, state)
     gap = event.ts - state.ts
     inv_dt = 1.0 / (gap if gap > MIN_DT_S else MIN_DT_S)
+    means, vars_, same, stuck = _rolling_step(features, xs, state, inv_dt)
+    features["stuck_frames"] = _round(log1p_pos(stuck, STUCK_CAP))
+    features["frame_gap_s"] = _round(log1p_pos(gap, 86_400.0))
+    features["history"] = _round(log1p_pos(state.n, 1e9))
+    newer = event.ts >= state.ts
+    fuel = fin(event.fuel_pct, 0.0, 100.0)
+    after = VehicleState(
+        n=state.n + 1,
+        ts=event.ts if newer else state.ts,
+        mean=tuple(means),
+        var=tuple(vars_),
+        last=tuple(xs),
+        same=tuple(same),
+        lat=event.lat if newer else state.lat,
+        lon=event.lon if newer else state.lon,
+        model=event.model,
+        fuel_pct=fuel if newer else state.fuel_pct,
+        coolant_trend=trend,
+    )
+    return reads, features, after
+
+
+def _rolling_step(
+    features: dict[str, float], xs: list[float], state: VehicleState, inv_dt: float
+) -> tuple[list[float], list[float], list[int], int]:
+    """Each rolling sensor's z-score and rate into ``features``; returns the sensors' next
+    (means, variances, frames unchanged) and the longest run of unchanged frames of a noisy
+    sensor (a stuck sensor)."""
     stuck = 0
     means, vars_, same = [], [], []
     keep = 1.0 - ALPHA
@@ -339,22 +367,4 @@ def telemetry_step(
             same.append(n_same)
         else:
             same.append(0)
-    features["stuck_frames"] = _round(log1p_pos(stuck, STUCK_CAP))
-    features["frame_gap_s"] = _round(log1p_pos(gap, 86_400.0))
-    features["history"] = _round(log1p_pos(state.n, 1e9))
-    newer = event.ts >= state.ts
-    fuel = fin(event.fuel_pct, 0.0, 100.0)
-    after = VehicleState(
-        n=state.n + 1,
-        ts=event.ts if newer else state.ts,
-        mean=tuple(means),
-        var=tuple(vars_),
-        last=tuple(xs),
-        same=tuple(same),
-        lat=event.lat if newer else state.lat,
-        lon=event.lon if newer else state.lon,
-        model=event.model,
-        fuel_pct=fuel if newer else state.fuel_pct,
-        coolant_trend=trend,
-    )
-    return reads, features, after
+    return means, vars_, same, stuck

@@ -161,35 +161,9 @@ class Mirror:
             "clusters": f"{edge}, {cloud}",
             **{f"{edge}.{k}": v for k, v in java_properties(self.edge).items()},
             **{f"{cloud}.{k}": v for k, v in java_properties(self.cloud).items()},
-            "replication.policy.class": "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
-            "replication.policy.separator": ".",
-            f"{edge}->{cloud}.enabled": "true",
-            f"{edge}->{cloud}.topics": ", ".join(edge_topic_patterns()),
-            # Belt and braces: even a widened topic list could never take PII along.
-            f"{edge}->{cloud}.topics.exclude": r"raw\..*, .*[\-\.]internal, .*\.replica, __.*",
-            f"{cloud}->{edge}.enabled": "true",
-            f"{cloud}->{edge}.topics": re.escape(topics.MODELS),
-            f"{cloud}->{edge}.topics.exclude": r".*[\-\.]internal, .*\.replica, __.*",
-            # Exactly-once (KIP-618) for writes to both clusters; needs KIP-710's REST.
-            f"{edge}.exactly.once.source.support": "enabled",
-            f"{cloud}.exactly.once.source.support": "enabled",
-            f"{edge}.consumer.isolation.level": "read_committed",
-            f"{cloud}.consumer.isolation.level": "read_committed",
-            "dedicated.mode.enable.internal.rest": "true",
-            "listeners": f"http://127.0.0.1:{rest_port}",
-            # Consumer groups are not failed over between edge and cloud (no group matches, so
-            # the checkpoint connector runs no task), and the brokers have no authorizer.
-            "groups.exclude": ".*",
-            "refresh.groups.enabled": "false",
-            "sync.group.offsets.enabled": "false",
-            # With no group offsets to translate, checkpoints and the offset syncs they are
-            # computed from are pure overhead: a topic on each side and a producer per task.
-            # MirrorMaker then refuses the checkpoint connector's configuration (it logs
-            # "Failed to configure MirrorCheckpointConnector" once per flow at start): that is
-            # how the connector is left out.
-            "emit.checkpoints.enabled": "false",
-            "emit.offset-syncs.enabled": "false",
-            "sync.topic.acls.enabled": "false",
+            **_flows(edge, cloud),
+            **_exactly_once(edge, cloud, rest_port),
+            **_no_group_sync(),
             "refresh.topics.interval.seconds": 10,
             # Every plugin on the classpath has a ServiceLoader manifest: skip the slow scan.
             "plugin.discovery": "service_load",
@@ -201,40 +175,12 @@ class Mirror:
             # lag. Heartbeats written into the cloud would only travel back as cloud.heartbeats
             # on every gateway, and cost each gateway a transaction a second on the cloud.
             f"{edge}->{cloud}.emit.heartbeats.enabled": "false",
-            # Riding out a cloud outage: sends wait for the cloud instead of failing the task.
-            f"{cloud}.producer.delivery.timeout.ms": 2_147_483_647,
-            f"{cloud}.producer.max.block.ms": 2_147_483_647,
-            f"{cloud}.producer.linger.ms": 20,
-            f"{cloud}.producer.batch.size": 256 * 1024,
-            f"{cloud}.producer.compression.type": CLOUD_COMPRESSION,
-            f"{edge}.producer.compression.type": "lz4",
-            # Fewer, larger polls: a transaction spans several of them anyway.
-            f"{edge}.consumer.max.poll.records": 5000,
-            f"{edge}.consumer.fetch.max.wait.ms": 100,
+            **_cloud_outage_and_batching(edge, cloud),
         }
         for alias in (edge, cloud):
-            # Worker settings take the target cluster's prefix: MirrorMaker ignores most
-            # top-level worker settings in dedicated mode.
-            conf[f"{alias}.plugin.discovery"] = "service_load"
-            conf[f"{alias}.offset.flush.interval.ms"] = 5000
-            # One worker per flow: when it rejoins after an outage (it revokes its tasks once
-            # the coordinator is unreachable) its own former tasks must not wait out the
-            # default 5 minutes kept for a departed member.
-            conf[f"{alias}.scheduled.rebalance.max.delay.ms"] = 1000
-            for store in ("config", "offset", "status"):
-                conf[f"{alias}.{store}.storage.replication.factor"] = rf[alias]
-            # One gateway's offsets and statuses are a few dozen keys. Connect's defaults (25
-            # and 5 partitions) are for shared clusters of many connectors; each offset
-            # partition a transaction touches takes a commit marker, and a (re)starting
-            # worker reads every partition to its end before its tasks run.
-            conf[f"{alias}.offset.storage.partitions"] = 1
-            conf[f"{alias}.status.storage.partitions"] = 1
+            conf.update(_worker(alias, rf[alias]))
         for src, dst in ((edge, cloud), (cloud, edge)):
-            conf[f"{src}->{dst}.transaction.boundary"] = "interval"
-            conf[f"{src}->{dst}.transaction.boundary.interval.ms"] = TRANSACTION_INTERVAL_MS
-            conf[f"{src}->{dst}.replication.factor"] = rf[dst]
-            conf[f"{src}->{dst}.heartbeats.topic.replication.factor"] = rf[dst]
-            # No offset-syncs.* setting: with offset syncs off, the source connector rejects any.
+            conf.update(_flow(src, dst, rf[dst]))
         if self.max_bytes_per_s:
             conf[f"{edge}.consumer.fetch.max.bytes"] = quota.fetch_max_bytes(self.max_bytes_per_s)
         conf.update(self.overrides)
@@ -392,7 +338,9 @@ class Mirror:
         edge before MirrorMaker copied them (lost to the cloud; MirrorMaker skips to the oldest
         one left). Offsets count the producers' transaction markers too: a drained partition
         shows one or two behind."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
+
+        from shared.kafka_read import watermarks
 
         copied = self.copied_up_to(timeout)
         if not copied and not _reachable(self.cloud, timeout):
@@ -414,10 +362,8 @@ class Mirror:
         try:
             meta = consumer.list_topics(timeout=timeout).topics
             for name in topics.replicated_edge_topics():
-                for part in sorted(meta[name].partitions) if name in meta else []:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(name, part), timeout=timeout
-                    )
+                parts = sorted(meta[name].partitions) if name in meta else []
+                for part, (low, high) in watermarks(consumer, name, parts, timeout).items():
                     done = copied.get((name, part), 0)
                     out[f"{name}-{part}"] = {
                         "behind": max(0, high - max(low, done)),
@@ -445,6 +391,99 @@ class Mirror:
             return self.backlog(timeout=5.0)
         except Exception:  # the edge or the cloud is unreachable: status reports, never crashes
             return None
+
+
+def _flows(edge: str, cloud: str) -> dict[str, Any]:
+    """What flows where: the edge's replicated topics up, the models topic down."""
+    return {
+        "replication.policy.class": "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
+        "replication.policy.separator": ".",
+        f"{edge}->{cloud}.enabled": "true",
+        f"{edge}->{cloud}.topics": ", ".join(edge_topic_patterns()),
+        # Belt and braces: even a widened topic list could never take PII along.
+        f"{edge}->{cloud}.topics.exclude": r"raw\..*, .*[\-\.]internal, .*\.replica, __.*",
+        f"{cloud}->{edge}.enabled": "true",
+        f"{cloud}->{edge}.topics": re.escape(topics.MODELS),
+        f"{cloud}->{edge}.topics.exclude": r".*[\-\.]internal, .*\.replica, __.*",
+    }
+
+
+def _exactly_once(edge: str, cloud: str, rest_port: int) -> dict[str, Any]:
+    return {
+        # Exactly-once (KIP-618) for writes to both clusters; needs KIP-710's REST.
+        f"{edge}.exactly.once.source.support": "enabled",
+        f"{cloud}.exactly.once.source.support": "enabled",
+        f"{edge}.consumer.isolation.level": "read_committed",
+        f"{cloud}.consumer.isolation.level": "read_committed",
+        "dedicated.mode.enable.internal.rest": "true",
+        "listeners": f"http://127.0.0.1:{rest_port}",
+    }
+
+
+def _no_group_sync() -> dict[str, Any]:
+    return {
+        # Consumer groups are not failed over between edge and cloud (no group matches, so
+        # the checkpoint connector runs no task), and the brokers have no authorizer.
+        "groups.exclude": ".*",
+        "refresh.groups.enabled": "false",
+        "sync.group.offsets.enabled": "false",
+        # With no group offsets to translate, checkpoints and the offset syncs they are
+        # computed from are pure overhead: a topic on each side and a producer per task.
+        # MirrorMaker then refuses the checkpoint connector's configuration (it logs
+        # "Failed to configure MirrorCheckpointConnector" once per flow at start): that is
+        # how the connector is left out.
+        "emit.checkpoints.enabled": "false",
+        "emit.offset-syncs.enabled": "false",
+        "sync.topic.acls.enabled": "false",
+    }
+
+
+def _cloud_outage_and_batching(edge: str, cloud: str) -> dict[str, Any]:
+    return {
+        # Riding out a cloud outage: sends wait for the cloud instead of failing the task.
+        f"{cloud}.producer.delivery.timeout.ms": 2_147_483_647,
+        f"{cloud}.producer.max.block.ms": 2_147_483_647,
+        f"{cloud}.producer.linger.ms": 20,
+        f"{cloud}.producer.batch.size": 256 * 1024,
+        f"{cloud}.producer.compression.type": CLOUD_COMPRESSION,
+        f"{edge}.producer.compression.type": "lz4",
+        # Fewer, larger polls: a transaction spans several of them anyway.
+        f"{edge}.consumer.max.poll.records": 5000,
+        f"{edge}.consumer.fetch.max.wait.ms": 100,
+    }
+
+
+def _worker(alias: str, replication_factor: int) -> dict[str, Any]:
+    """The Connect worker's settings for the cluster ``alias`` names."""
+    conf: dict[str, Any] = {}
+    # Worker settings take the target cluster's prefix: MirrorMaker ignores most
+    # top-level worker settings in dedicated mode.
+    conf[f"{alias}.plugin.discovery"] = "service_load"
+    conf[f"{alias}.offset.flush.interval.ms"] = 5000
+    # One worker per flow: when it rejoins after an outage (it revokes its tasks once
+    # the coordinator is unreachable) its own former tasks must not wait out the
+    # default 5 minutes kept for a departed member.
+    conf[f"{alias}.scheduled.rebalance.max.delay.ms"] = 1000
+    for store in ("config", "offset", "status"):
+        conf[f"{alias}.{store}.storage.replication.factor"] = replication_factor
+    # One gateway's offsets and statuses are a few dozen keys. Connect's defaults (25
+    # and 5 partitions) are for shared clusters of many connectors; each offset
+    # partition a transaction touches takes a commit marker, and a (re)starting
+    # worker reads every partition to its end before its tasks run.
+    conf[f"{alias}.offset.storage.partitions"] = 1
+    conf[f"{alias}.status.storage.partitions"] = 1
+    return conf
+
+
+def _flow(src: str, dst: str, replication_factor: int) -> dict[str, Any]:
+    """The settings of the flow ``src`` -> ``dst``."""
+    conf: dict[str, Any] = {}
+    conf[f"{src}->{dst}.transaction.boundary"] = "interval"
+    conf[f"{src}->{dst}.transaction.boundary.interval.ms"] = TRANSACTION_INTERVAL_MS
+    conf[f"{src}->{dst}.replication.factor"] = replication_factor
+    conf[f"{src}->{dst}.heartbeats.topic.replication.factor"] = replication_factor
+    # No offset-syncs.* setting: with offset syncs off, the source connector rejects any.
+    return conf
 
 
 def parse_source_offsets(edge_id: str, raw: dict[str, bytes | None]) -> dict[tuple[str, int], int]:
@@ -483,44 +522,27 @@ def _reachable(target: Target, timeout: float) -> bool:
 
 def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, bytes | None]:
     """Latest value per key of a (small, compacted) topic; {} when unreachable or absent."""
-    from confluent_kafka import Consumer, TopicPartition
+    from shared.kafka_read import records
 
-    consumer = Consumer(
-        client_config(
+    latest: dict[str, bytes | None] = {}
+    try:
+        for msg in records(
             target,
-            {
-                "group.id": "fleetsentry-mirror-status",
-                "enable.auto.commit": False,
+            topic,
+            error=InfraError,
+            timeout_s=timeout,
+            partial=True,
+            missing_ok=True,
+            # Connect's own topics: what its workers wrote, in a transaction or not.
+            extra={
+                "isolation.level": "read_uncommitted",
                 "socket.timeout.ms": 3000,
                 "log_level": 0,
             },
-        )
-    )
-    latest: dict[str, bytes | None] = {}
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            return {}
-        parts = [TopicPartition(topic, p) for p in info.partitions]
-        ends = {}
-        for tp in parts:
-            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            ends[tp.partition] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p, h in ends.items() if h > 0])
-        pending = {p for p, h in ends.items() if h > 0}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            key, part, offset = msg.key(), msg.partition(), msg.offset()
+        ):
+            key = msg.key()
             if key is not None:
                 latest[key.decode(errors="replace")] = msg.value()
-            if part is not None and offset is not None and offset + 1 >= ends[part]:
-                pending.discard(part)
     except Exception:  # an unreachable cluster reads as "no status", never as a crash
         return {}
-    finally:
-        consumer.close()
     return latest

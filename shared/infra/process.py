@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 from shared.process_group import signals_held, started
 
 
@@ -67,13 +69,11 @@ def read_pid(pid_file: Path, marker: str) -> int | None:
 
 def is_ours(pid: int, marker: str) -> bool:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        proc = psutil.Process(pid)
+        # A zombie still has a /proc entry but no command line worth trusting.
+        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
+    except psutil.Error:  # gone, a zombie, or not ours to look at
         return False
-    # A zombie still has a /proc entry but no command line worth trusting.
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state != "Z" and marker in cmdline
 
 
 def stop(pids: Sequence[int], timeout: float = 30.0) -> list[int]:
@@ -109,10 +109,9 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
 
 
 def _reap(pids: Sequence[int]) -> None:

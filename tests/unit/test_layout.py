@@ -86,3 +86,31 @@ def test_every_test_folder_is_a_package() -> None:
         and not (d / "__init__.py").exists()
     ]
     assert not bare, f"add an __init__.py to: {bare}"
+
+
+MAX_FUNCTION_LINES = 60
+# Functions that are data tables, not steps: "<path>:<name>" (keep this list short).
+LONG_DATA_TABLES: set[str] = set()
+
+
+def _long_functions(limit: int) -> list[str]:
+    """``path:name (n lines)`` of every package function longer than ``limit`` lines, from its
+    ``def`` line (decorators excluded) to its last line."""
+    out = []
+    for folder in PACKAGE_ROOTS.values():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                where = f"{path.relative_to(ROOT)}:{node.name}"
+                if lines > limit and where not in LONG_DATA_TABLES:
+                    out.append(f"{where} ({lines} lines)")
+    return out
+
+
+def test_package_functions_are_at_most_60_lines() -> None:
+    too_long = _long_functions(MAX_FUNCTION_LINES)
+    assert not too_long, (
+        f"split these into named steps (at most {MAX_FUNCTION_LINES} lines each): {too_long}"
+    )
