@@ -24,7 +24,7 @@ import tomli_w
 
 from shared import signing, topics
 from shared.demo_loop import LoopWatcher
-from shared.infra.cli import _options, _print_status, settings_from
+from shared.infra.cli import infra_options, print_status, settings_from
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import DASHBOARD_USER, MIRROR_USER, Target, client_config
@@ -248,7 +248,7 @@ def _follow(
 
 
 @click.command()
-@_options
+@infra_options
 @click.option("--vehicles", default=100, show_default=True, help="Vehicles per gateway.")
 @click.option(
     "--duration",
@@ -414,11 +414,11 @@ def _run(
     main = Stack(settings)
     if infra_only:
         owner.down = False
-        _print_status(owner.stack(main), as_json=False)
+        print_status(owner.stack(main), as_json=False)
         owner.running = True
         click.echo("\nStop everything with: fleetsentry infra down")
         return
-    _print_status(owner.stack(main), as_json=False)
+    print_status(owner.stack(main), as_json=False)
     home = settings.home / "demo"
     logs = home / "logs"
     key_file, public_key = _signing_keys(home)

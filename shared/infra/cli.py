@@ -37,7 +37,7 @@ def settings_from(options: dict[str, Any]) -> InfraSettings:
     return config.convert(merged, InfraSettings, source=cfg_path or "command line")
 
 
-def _options(fn: Any) -> Any:
+def infra_options(fn: Any) -> Any:
     fn = click.option(
         "--config",
         type=click.Path(dir_okay=False, exists=True),
@@ -85,17 +85,17 @@ def infra() -> None:
 
 
 @infra.command()
-@_options
+@infra_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def up(as_json: bool, **options: Any) -> None:
     """Start all three services (a no-op for what already runs) and create the topics."""
     stack = Stack(settings_from(options), quiet=as_json)
     status = stack.up()
-    _print_status(status, as_json)
+    print_status(status, as_json)
 
 
 @infra.command()
-@_options
+@infra_options
 def down(**options: Any) -> None:
     """Stop all three services. Their data stays on disk for the next `up`."""
     stack = Stack(settings_from(options))
@@ -107,12 +107,12 @@ def down(**options: Any) -> None:
 
 
 @infra.command()
-@_options
+@infra_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(as_json: bool, **options: Any) -> None:
     """Show each service's address and health. Exits 1 if any is unhealthy."""
     status = Stack(settings_from(options), quiet=True).status()
-    _print_status(status, as_json)
+    print_status(status, as_json)
     if not all(s["healthy"] for s in status.values()):
         raise SystemExit(1)
 
@@ -132,7 +132,7 @@ def _mirror_options(fn: Any) -> Any:
     fn = click.option(
         "--edge-bootstrap", help="The gateway's Kafka (default: this stack's edge Kafka)."
     )(fn)
-    return _options(fn)
+    return infra_options(fn)
 
 
 def read_cap(config_path: str | None, option: int | None) -> int:
@@ -192,7 +192,7 @@ def mirror_up(
 
 @infra.command("add-gateway")
 @click.argument("edge_id")
-@_options
+@infra_options
 def add_gateway(edge_id: str, **options: Any) -> None:
     """Give gateway EDGE_ID its own login on the cloud Kafka, allowed only its own topics
     (<EDGE_ID>.*) and reading models. Idempotent; the cloud must be up."""
@@ -247,7 +247,7 @@ def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool, **opt
         raise SystemExit(1)
 
 
-def _print_status(status: dict[str, Any], as_json: bool) -> None:
+def print_status(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return
