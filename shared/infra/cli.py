@@ -38,6 +38,7 @@ def settings_from(options: dict[str, Any]) -> InfraSettings:
 
 
 def infra_options(fn: Any) -> Any:
+    """The options every `infra` command takes (and `fleetsentry demo`, which runs it)."""
     fn = click.option(
         "--config",
         type=click.Path(dir_okay=False, exists=True),
@@ -248,6 +249,7 @@ def mirror_status(edge_id: str, edge_bootstrap: str | None, as_json: bool, **opt
 
 
 def print_status(status: dict[str, Any], as_json: bool) -> None:
+    """`infra status`'s report of each process: JSON, or a table for people."""
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return
