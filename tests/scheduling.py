@@ -2,8 +2,8 @@
 
 pytest-xdist's loadfile scheduler queues modules by their number of tests, most first (its
 ``--loadscope-reorder``, on by default): the one-test modules that take minutes (the demo, the
-chaos run) came last, and one worker ran them alone while the other had nothing left to do.
-This scheduler keeps xdist's loadfile units (each module whole on one worker) and picks them
+chaos run) come last, and whichever worker draws the last of them runs on while the others
+have nothing left (more so the more workers there are). This scheduler keeps xdist's loadfile units (each module whole on one worker) and picks them
 by recorded time instead (``module_durations.json``, seconds per module, set-up and teardown
 included), longest first: the long ones start early, the short ones fill the gaps at the end.
 
