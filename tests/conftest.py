@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -53,6 +54,14 @@ class MqttBroker:
 BROKER_FIXTURES = frozenset(
     {"stack", "edge_kafka", "plain_bootstrap", "cloud_kafka", "mqtt_broker"}
 )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Modules handed to parallel workers longest first, by recorded time
+    (tests/scheduling.py)."""
+    from tests.scheduling import scheduler
+
+    return scheduler(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,108 @@
+"""Which test module a parallel worker runs next (``pytest -n N --dist loadfile``).
+
+pytest-xdist's loadfile scheduler queues modules by their number of tests, most first (its
+``--loadscope-reorder``, on by default): the one-test modules that take minutes (the demo, the
+chaos run) come last, and whichever worker draws the last of them runs on while the others
+have nothing left (more so the more workers there are). This scheduler keeps xdist's loadfile units (each module whole on one worker) and picks them
+by recorded time instead (``module_durations.json``, seconds per module, set-up and teardown
+included), longest first: the long ones start early, the short ones fill the gaps at the end.
+
+A worker asks for its next module before it starts the last tests of the one it has (xdist
+hands it a unit when two or fewer of its tests are pending; a one-test module is at once).
+A worker with more work still ahead of it than another worker gets the shortest module
+waiting, not the longest: the longest goes to whichever worker frees up first.
+
+Refresh the table after the suite's times change:
+``pytest -n 2 --dist loadfile --junitxml=run.xml`` then ``python -m tests.scheduling run.xml``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from xdist.scheduler import LoadFileScheduling
+
+DURATIONS = Path(__file__).with_name("module_durations.json")
+# A module missing from the table (a new one): most modules take a few seconds.
+DEFAULT_S = 5.0
+
+
+def load_durations(path: Path = DURATIONS) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in data.items()}
+
+
+class LongestFirstLoadFile(LoadFileScheduling):
+    """xdist's loadfile scheduling, modules handed out by recorded time (see the module)."""
+
+    def __init__(self, config: pytest.Config, log: Any = None) -> None:
+        super().__init__(config, log)
+        self.durations = load_durations()
+
+    def weight(self, scope: str) -> float:
+        return self.durations.get(scope, DEFAULT_S)
+
+    def _ahead(self, node: Any) -> float:
+        """Estimated seconds of work assigned to ``node`` and not done yet."""
+        total = 0.0
+        for scope, tests in self.assigned_work.get(node, {}).items():
+            if tests:
+                total += self.weight(scope) * list(tests.values()).count(False) / len(tests)
+        return total
+
+    def _assign_work_unit(self, node: Any) -> None:
+        assert self.workqueue
+        by_weight = sorted(self.workqueue, key=lambda s: (-self.weight(s), s))
+        others = [self._ahead(n) for n in self.nodes if n is not node]
+        busier = bool(others) and self._ahead(node) > min(others)
+        scope = by_weight[-1] if busier else by_weight[0]
+        # The base class pops the queue's first unit: put the chosen one there.
+        self.workqueue.move_to_end(scope, last=False)
+        super()._assign_work_unit(node)
+
+
+def scheduler(config: pytest.Config, log: Any) -> LongestFirstLoadFile | None:
+    """The scheduler for ``--dist loadfile`` (None: xdist's own for the other modes)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return LongestFirstLoadFile(config, log)
+
+
+def durations_from_junit(xml: Path) -> dict[str, float]:
+    """Seconds per test module (set-up, call and teardown of its tests) from a JUnit XML
+    report (pytest's default ``junit_duration_report = total``)."""
+    seconds: dict[str, float] = defaultdict(float)
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        classname = case.get("classname", "")
+        parts = classname.split(".")
+        # classname is the module's dotted path, then the class if any.
+        for n in range(len(parts), 0, -1):
+            path = "/".join(parts[:n]) + ".py"
+            if Path(path).exists():
+                seconds[path] += float(case.get("time", 0.0))
+                break
+    return dict(seconds)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tests.scheduling REPORT.xml", file=sys.stderr)
+        return 2
+    seconds = durations_from_junit(Path(argv[0]))
+    ordered = {k: round(v, 1) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}
+    DURATIONS.write_text(json.dumps(ordered, indent=1) + "\n")
+    print(f"{len(ordered)} modules, {sum(ordered.values()) / 60:.1f} min -> {DURATIONS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
