@@ -151,28 +151,21 @@ def records_from_messages(
     builders = {s.name: RecordBuilder(s.name, label_map) for s in streams.all_streams()}
     rejected = 0
     for n, (topic, payload) in enumerate(messages, 1):
-        if streams.by_mqtt_suffix(topic.rsplit("/", 1)[-1]) is None:
+        spec = streams.by_mqtt_suffix(topic.rsplit("/", 1)[-1])
+        if spec is None:
             continue  # status and command topics carry no events to learn from
         try:
             record = anonymizer.message(topic, payload)
         except ContractError:
             rejected += 1
             continue
-        builders[_stream_of(record)].add(record)
+        builders[spec.name].add(record)
         if on_progress is not None and n % 10_000 == 0:
             on_progress(n)
     out = {name: b.build() for name, b in builders.items()}
     for r in out.values():
         r.rejected = rejected
     return out
-
-
-def _stream_of(record: AnyAnon) -> str:
-    """The stream a record belongs to: a declared stream's record names it; a built-in
-    stream's record type is its own."""
-    if isinstance(record, AnonRecord):
-        return record.stream
-    return next(s.name for s in streams.all_streams() if s.anon_event is type(record))
 
 
 def records_from_anon(stream: str, records: Iterable[AnyAnon], labels: Iterable[Label]) -> Records:
