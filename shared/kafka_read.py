@@ -8,6 +8,7 @@
   a missing topic read as empty.
 - ``watermarks``: each partition's (low, high) offsets, for counting and for reading or
   following from the end.
+- ``usable``: whether a consumed message is a record, for the services' consume loops.
 
 The end is each partition's high watermark as the read starts: records written meanwhile
 are not handed over. Positions, not the offsets of records seen, tell when a partition is
@@ -18,6 +19,7 @@ the read does not wait for transactions still open below the high watermark.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,6 +28,26 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from shared.kafka_config import Target, bootstrap_of, client_config
+
+log = logging.getLogger(__name__)
+
+
+def usable(msg: Message, fail: Callable[[str], Exception], what: str) -> bool:
+    """Whether ``msg``, from a consumer's ``poll`` or ``consume``, is a record to process.
+
+    Not a record: librdkafka's partition-EOF event, and an error the client recovers from
+    by itself (a broker away, a topic not yet created), which is logged under ``what``. A
+    fatal error raises ``fail(reason)``: the consumer is unusable, the service stops and its
+    supervisor starts it again.
+    """
+    err = msg.error()
+    if err is None:
+        return True
+    if err.code() != KafkaError._PARTITION_EOF:
+        if err.fatal():
+            raise fail(f"{what}: the Kafka consumer failed: {err}")
+        log.warning("%s: %s", what, err)
+    return False
 
 
 def watermarks(

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from edge.agent.errors import AgentError, Rejected
 from edge.agent.judge import Limits, Verdict, Watch, WatchLimits, check_watch, judge
@@ -49,7 +49,7 @@ from shared import model_bundle, releases, streams, topics
 from shared.contracts import ModelStatus, Score, decode, encode
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
-from shared.kafka_read import read_to_end, records, watermarks
+from shared.kafka_read import read_to_end, records, usable, watermarks
 from shared.signing import KeyFileError
 
 log = logging.getLogger("agent")
@@ -143,7 +143,7 @@ class ModelAgent:
         assert self._consumer is not None, "start() first"
         outcome = None
         msg = self._consumer.poll(timeout)
-        if msg is None or not self._usable(msg):
+        if msg is None or not usable(msg, AgentError, "consuming models"):
             pass
         elif msg.value() is None:
             self._withdrawn(msg.key())
@@ -166,16 +166,6 @@ class ModelAgent:
         if time.monotonic() >= self._next_champion_check:
             self.check_champions()
         return outcome
-
-    def _usable(self, msg: Message) -> bool:
-        err = msg.error()
-        if err is None:
-            return True
-        if err.code() != KafkaError._PARTITION_EOF:
-            if err.fatal():
-                raise AgentError(f"Kafka consumer failed: {err}")
-            log.warning("consumer: %s", err)
-        return False
 
     def handle(self, key: bytes | None, value: bytes) -> Outcome:
         """Take one model message through verify -> shadow -> activate, reporting each step."""

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Histogram
 
 from edge import metrics
@@ -42,6 +42,7 @@ from shared.features import FeatureState, encode_state
 from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN, plan_of
 from shared.features.batch import BatchResult, anonymize_batch, declared_batch
 from shared.kafka_config import client_config
+from shared.kafka_read import usable
 from shared.kafka_write import produce
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
@@ -263,7 +264,7 @@ class Enricher:
         msgs = self._consumer.consume(
             num_messages=self.settings.batch_size, timeout=self.settings.batch_wait_ms / 1000
         )
-        msgs = [m for m in msgs if m.error() is None or self._usable(m)]
+        msgs = [m for m in msgs if usable(m, EnricherError, "consuming raw")]
         self._expire_vault()
         if not msgs:
             if self.clock.due(self._clock()):
@@ -290,14 +291,6 @@ class Enricher:
         self.produced += produced
         self.batches += 1
         return consumed
-
-    def _usable(self, msg: Message) -> bool:
-        err = msg.error()
-        if err is None:
-            return True
-        if err.code() == KafkaError._PARTITION_EOF:
-            return False
-        raise EnricherError(f"consuming raw: {err}")
 
     def _process(self, every: list[tuple[StreamSpec, Any]]) -> int:
         assert self._producer is not None

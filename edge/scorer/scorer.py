@@ -24,7 +24,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from edge.config import EdgeConfig, ScorerSettings
 from edge.dlq import DeadLetters
@@ -48,7 +48,7 @@ from shared.declarations.schema import EpisodeAlerts
 from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
-from shared.kafka_read import read_to_end
+from shared.kafka_read import read_to_end, usable
 from shared.kafka_write import produce
 from shared.streams import PAYMENTS, TELEMETRY, StreamSpec, all_streams
 
@@ -342,7 +342,7 @@ class ScorerService:
         assert self._consumer is not None and self._producer is not None, "start() first"
         self.reload_models()
         msgs = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
-        msgs = [m for m in msgs if self._usable(m)]
+        msgs = [m for m in msgs if usable(m, ScorerError, "consuming anon")]
         if not msgs:
             return self._idle_sweep()
         out, result = Out(), BatchResult()
@@ -456,16 +456,6 @@ class ScorerService:
         else:
             log.info("%s: switched model %s -> %s", stream, old.version, model.version)
         return True
-
-    def _usable(self, m: Message) -> bool:
-        err = m.error()
-        if err is None:
-            return True
-        if err.code() != KafkaError._PARTITION_EOF:
-            if err.fatal():
-                raise ScorerError(f"Kafka consumer failed: {err}")
-            log.warning("consumer: %s", err)
-        return False
 
     def _commit(self, out: Out, msgs: list[Message]) -> bool:
         """The batch's records and input offsets in one transaction; False when it was
