@@ -25,6 +25,8 @@ from shared.infra.files import write_private
 from shared.infra.tls import TlsFiles, certificate_fresh, make_local_ca
 from shared.kafka_config import ADMIN_USER, SCRAM_USERS, KafkaSettings
 
+MAIN_CLASS = "kafka.Kafka"
+
 _LOG4J2_HEAD = """\
 Configuration:
   status: warn
@@ -378,7 +380,7 @@ class KafkaCluster:
             )
         return started
 
-    def _jvm_opts(self, node: KafkaNode) -> list[str]:
+    def _jvm_opts(self, node: KafkaNode, libs: Path, java: str) -> list[str]:
         return [
             f"-Xmx{self.heap}",
             "-Xms128m",
@@ -386,27 +388,21 @@ class KafkaCluster:
             "-XX:MaxGCPauseMillis=20",
             "-XX:MaxDirectMemorySize=256m",
             "-Djava.awt.headless=true",
-            *self._class_data_sharing(node),
+            *jars.class_data_sharing(self._archive(node), libs, java, MAIN_CLASS),
             f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
             f"-Dkafka.logs.dir={self.log_dir(node)}",
         ]
 
-    def _class_data_sharing(self, node: KafkaNode) -> list[str]:
-        """AppCDS: the first run records the classes it loaded when it exits (on `down`);
-        later starts map them instead of parsing ~5,000 classes from jars again, which is
-        most of a warm start on a 2-core gateway. A stale archive is ignored by the JVM."""
-        archive = self.node_dir(node) / "kafka-classes.jsa"
-        if archive.exists() and archive.stat().st_size > 0:
-            return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
-        return [f"-XX:ArchiveClassesAtExit={archive}"]
+    def _archive(self, node: KafkaNode) -> Path:
+        return self.node_dir(node) / "kafka-classes.jsa"
 
     def _argv(self, node: KafkaNode, libs: Path, java: str) -> list[str]:
         return [
             java,
-            *self._jvm_opts(node),
+            *self._jvm_opts(node, libs, java),
             "-cp",
             jars.classpath(libs),
-            "kafka.Kafka",
+            MAIN_CLASS,
             str(self.config_path(node)),
         ]
 
@@ -434,7 +430,13 @@ class KafkaCluster:
 
     def stop(self, timeout: float = 30.0) -> list[int]:
         pids = list(self.running_pids().values())
-        return process.stop(pids, timeout)
+        killed = process.stop(pids, timeout)
+        archives = [self._archive(n) for n in self.nodes if self._archive(n).exists()]
+        if pids and not killed and archives:  # each node exited whole: its class archive too
+            libs, java = jars.kafka_libs(quiet=True), jars.java_binary()
+            for archive in archives:
+                jars.share_archive(archive, libs, java, MAIN_CLASS)
+        return killed
 
     def check_exited(self) -> None:
         """Raise if a node we started has died (e.g. a port taken between check and bind)."""

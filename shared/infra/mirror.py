@@ -231,6 +231,7 @@ class Mirror:
             "-XX:+UseSerialGC",
             "-XX:MaxDirectMemorySize=128m",
             "-Djava.awt.headless=true",
+            *jars.class_data_sharing(self._archive, libs, java, MAIN_CLASS),
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}",
             "-cp",
             jars.classpath(libs),
@@ -267,9 +268,19 @@ class Mirror:
         else:
             marker.unlink()
 
+    @property
+    def _archive(self) -> Path:
+        return self.dir / "mirror-classes.jsa"
+
     def stop(self, timeout: float = 30.0) -> list[int]:
         pid = self.pid()
-        return process.stop([pid], timeout) if pid is not None else []
+        if pid is None:
+            return []
+        killed = process.stop([pid], timeout)
+        if not killed and self._archive.exists():  # it exited whole: its class archive too
+            libs, java = jars.kafka_libs(quiet=True), jars.java_binary()
+            jars.share_archive(self._archive, libs, java, MAIN_CLASS)
+        return killed
 
     def check_exited(self) -> None:
         if self.pid() is None:
