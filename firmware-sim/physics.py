@@ -18,34 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from shared.contracts import TELEMETRY_READINGS
+
 G = 9.81
 # rpm per km/h in each gear of a combustion drivetrain (index = gear).
 GEAR_RATIO = np.array((0.0, 118.0, 68.0, 47.0, 36.0, 29.5, 25.0))
 GEAR_UP_KMH = np.array((16.0, 31.0, 49.0, 66.0, 86.0))  # shift up from gear 1..5 here
 EV_RPM_PER_KMH = 95.0
 # Telemetry fields :func:`sense` returns, in the contract's order.
-READINGS = (
-    "lat",
-    "lon",
-    "speed_kmh",
-    "rpm",
-    "gear",
-    "coolant_c",
-    "intake_c",
-    "oil_kpa",
-    "battery_v",
-    "soc_pct",
-    "tyre_fl_kpa",
-    "tyre_fr_kpa",
-    "tyre_rl_kpa",
-    "tyre_rr_kpa",
-    "fuel_pct",
-    "odometer_km",
-    "accel_x_g",
-    "accel_y_g",
-    "accel_z_g",
-    "ambient_c",
-)
+READINGS = ("lat", "lon", *TELEMETRY_READINGS)
 NOISE_COLUMNS = 16
 
 Index = Any  # a slice (every vehicle) or an integer index array (those that have joined)

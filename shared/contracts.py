@@ -76,6 +76,12 @@ class Telemetry(Event, frozen=True, kw_only=True):
     ambient_c: float
 
 
+# The frame's sensor readings, in the contract's order: every field from ``speed_kmh`` on.
+TELEMETRY_READINGS: tuple[str, ...] = Telemetry.__struct_fields__[
+    Telemetry.__struct_fields__.index("speed_kmh") :
+]
+
+
 PaymentCategory = Literal["fuel", "charging", "toll", "parking", "in_car"]
 
 

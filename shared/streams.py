@@ -91,26 +91,7 @@ TELEMETRY = StreamSpec(
     key_field="vin",
     pii_fields=frozenset({"vin", "driver_id", "lat", "lon"}),
     tokens={"vin": "vehicle_token", "driver_id": "driver_token"},
-    numeric_fields=(
-        "speed_kmh",
-        "rpm",
-        "gear",
-        "coolant_c",
-        "intake_c",
-        "oil_kpa",
-        "battery_v",
-        "soc_pct",
-        "tyre_fl_kpa",
-        "tyre_fr_kpa",
-        "tyre_rl_kpa",
-        "tyre_rr_kpa",
-        "fuel_pct",
-        "odometer_km",
-        "accel_x_g",
-        "accel_y_g",
-        "accel_z_g",
-        "ambient_c",
-    ),
+    numeric_fields=c.TELEMETRY_READINGS,
 )
 
 PAYMENTS = StreamSpec(

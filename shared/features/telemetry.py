@@ -9,31 +9,12 @@ from __future__ import annotations
 import math
 from operator import attrgetter
 
-from shared.contracts import Telemetry
+from shared.contracts import TELEMETRY_READINGS, Telemetry
 from shared.features.catalog import model_envelope
 from shared.features.guard import BIG, fin, log1p_pos
 from shared.features.state import VehicleState
 
-READINGS = (
-    "speed_kmh",
-    "rpm",
-    "gear",
-    "coolant_c",
-    "intake_c",
-    "oil_kpa",
-    "battery_v",
-    "soc_pct",
-    "tyre_fl_kpa",
-    "tyre_fr_kpa",
-    "tyre_rl_kpa",
-    "tyre_rr_kpa",
-    "fuel_pct",
-    "odometer_km",
-    "accel_x_g",
-    "accel_y_g",
-    "accel_z_g",
-    "ambient_c",
-)
+READINGS = TELEMETRY_READINGS
 # Sensors with per-vehicle rolling statistics, and a typical spread for each: the prior
 # deviation before a vehicle has history, and a floor so a flat-lining sensor cannot make
 # the z-score explode.
