@@ -11,6 +11,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -140,6 +142,17 @@ def class_data_sharing(local: Path, libs: Path, java: str, main: str) -> list[st
         if archive.exists() and archive.stat().st_size > 0:
             return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
     return [f"-XX:ArchiveClassesAtExit={local}"]
+
+
+@contextmanager
+def tool_class_data_sharing(libs: Path, java: str, main: str) -> Iterator[list[str]]:
+    """``class_data_sharing`` for a one-shot tool (a node's format): the machine's archive,
+    or one recorded by this run and offered to the machine when the block ends without an
+    error."""
+    with tempfile.TemporaryDirectory(prefix="fleetsentry-cds-") as tmp:
+        local = Path(tmp) / "classes.jsa"
+        yield class_data_sharing(local, libs, java, main)
+        share_archive(local, libs, java, main)
 
 
 def share_archive(local: Path, libs: Path, java: str, main: str) -> None:

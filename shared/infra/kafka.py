@@ -26,6 +26,7 @@ from shared.infra.tls import TlsFiles, certificate_fresh, make_local_ca
 from shared.kafka_config import ADMIN_USER, SCRAM_USERS, KafkaSettings
 
 MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
 
 _LOG4J2_HEAD = """\
 Configuration:
@@ -407,26 +408,28 @@ class KafkaCluster:
         ]
 
     def _format(self, node: KafkaNode, libs: Path, java: str, cid: str) -> None:
-        argv = [
-            java,
-            "-Xmx256m",
-            "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
-            "-cp",
-            jars.classpath(libs),
-            "kafka.tools.StorageTool",
-            "format",
-            f"--cluster-id={cid}",
-            "-c",
-            str(self.config_path(node)),
-            "--ignore-formatted",
-        ]
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise ServiceStartError(
-                f"formatting {self.name} Kafka node {node.node_id} failed:\n"
-                f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
-            )
+        with jars.tool_class_data_sharing(libs, java, STORAGE_TOOL) as cds:
+            argv = [
+                java,
+                "-Xmx256m",
+                "-XX:TieredStopAtLevel=1",
+                *cds,
+                f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
+                "-cp",
+                jars.classpath(libs),
+                STORAGE_TOOL,
+                "format",
+                f"--cluster-id={cid}",
+                "-c",
+                str(self.config_path(node)),
+                "--ignore-formatted",
+            ]
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise ServiceStartError(
+                    f"formatting {self.name} Kafka node {node.node_id} failed:\n"
+                    f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
+                )
 
     def stop(self, timeout: float = 30.0) -> list[int]:
         pids = list(self.running_pids().values())

@@ -89,3 +89,23 @@ def test_a_cache_that_cannot_be_written_costs_only_time(
     local.write_bytes(b"classes")
     jars.share_archive(local, libs, java, MAIN)  # no error
     assert _mapped(jars.class_data_sharing(local, libs, java, MAIN)) == str(local)
+
+
+def test_a_one_shot_tool_shares_what_it_recorded_only_when_it_succeeded(
+    machine: tuple[Path, str],
+) -> None:
+    libs, java = machine
+    tool = "kafka.tools.StorageTool"
+    with pytest.raises(RuntimeError), jars.tool_class_data_sharing(libs, java, tool) as opts:
+        recorded = Path(opts[0].split("=", 1)[1])
+        recorded.write_bytes(b"classes")  # what the JVM wrote as it exited
+        raise RuntimeError("the format failed")
+    with jars.tool_class_data_sharing(libs, java, tool) as opts:
+        assert opts[0].startswith("-XX:ArchiveClassesAtExit=")
+        recorded = Path(opts[0].split("=", 1)[1])
+        recorded.write_bytes(b"classes")
+    assert not recorded.exists()  # its temporary folder is gone
+    with jars.tool_class_data_sharing(libs, java, tool) as opts:
+        shared = _mapped(opts)
+    assert shared and Path(shared).read_bytes() == b"classes"
+    assert not _mapped(jars.class_data_sharing(libs.parent / "x.jsa", libs, java, MAIN))
