@@ -9,7 +9,11 @@ stays out of the measurement. Reports events/s, CPU time per event and peak RSS 
 Targets: enricher >= 20,000 events/s; peak RSS <= 150 MB. Starts its own edge Kafka on free
 ports and stops it.
 
-    .venv/bin/python bench/enricher.py [--events 120000] [--batch 5000]
+``--against REV`` runs another commit's enricher too (from a git worktree of it, over the same
+backlog, after this tree's), and prints the two side by side: how a change moved the figure,
+measured in one run.
+
+    .venv/bin/python bench/enricher.py [--events 120000] [--batch 5000] [--against HEAD~1]
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, also when the venv is another's
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka import Consumer, KafkaException, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench._procstat import peak_rss_mb  # noqa: E402
-from shared import streams  # noqa: E402
+from shared import streams, topics  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
 from shared.kafka_config import KafkaSettings, Target, bootstrap_of, client_config  # noqa: E402
 from shared.kafka_write import produce  # noqa: E402
@@ -182,11 +187,14 @@ def _login(args: argparse.Namespace) -> Target:
     return KafkaSettings(bootstrap=args.bootstrap, credentials_file=Path(args.credentials_file))
 
 
-def run_child(kind: str, login: Target, expect: int, batch: int, data_dir: str) -> dict:
+def run_child(
+    kind: str, login: Target, expect: int, batch: int, data_dir: str, script: Path = ROOT
+) -> dict:
+    """One measured process: this file's child, or (``script``) another checkout's."""
     creds = [] if isinstance(login, str) else ["--credentials-file", str(login.credentials_file)]
     argv = [
         sys.executable,
-        __file__,
+        str(script / "bench" / "enricher.py"),
         "_child",
         kind,
         "--bootstrap",
@@ -201,9 +209,11 @@ def run_child(kind: str, login: Target, expect: int, batch: int, data_dir: str) 
         "--timeout",
         str(max(10.0, left() - 15)),
     ]
-    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=left())
+    out = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=left(), cwd=script
+    )
     if out.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{kind} ({script}) failed:\n{out.stderr[-3000:]}")
     result: dict = json.loads(out.stdout.strip().splitlines()[-1])
     result["events_per_s"] = result["events"] / result["seconds"] if result["seconds"] else 0.0
     result["cpu_us_per_event"] = 1e6 * result["cpu_s"] / max(1, result["events"])
@@ -214,9 +224,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=120_000)
     ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument(
+        "--against", metavar="REV", help="also run this commit's enricher (git worktree)"
+    )
     args = ap.parse_args()
+    other: dict | None = None
     with tempfile.TemporaryDirectory(prefix="fleetsentry-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        worktree = checkout(args.against, tmp / "against") if args.against else None
         stack = Stack(free_infra_settings(tmp / "infra"), quiet=True)
         try:
             stack.up(services=frozenset({"edge"}))
@@ -228,8 +243,17 @@ def main() -> None:
             total = sum(counts.values())
             base = run_child("baseline", bootstrap, total, args.batch, str(tmp / "b"))
             enr = run_child("enricher", bootstrap, total, args.batch, str(tmp / "e"))
+            if worktree is not None:
+                fresh_changelog(admin)  # else it restores the first run's dedup windows
+                other = run_child(
+                    "enricher", bootstrap, total, args.batch, str(tmp / "a"), script=worktree
+                )
+                other["rev"] = args.against
+                other["commit"] = git("rev-parse", "HEAD", cwd=worktree)
         finally:
             stack.down()
+            if worktree is not None:
+                git("worktree", "remove", "--force", str(worktree))
     report = {
         "bench": "enricher",
         "events": total,
@@ -242,6 +266,9 @@ def main() -> None:
         # Other work on the machine skews absolute figures; the ratio travels better.
         "loadavg_1m": os.getloadavg()[0],
     }
+    if other is not None:
+        report["against"] = other
+        report["enricher_vs_against"] = enr["events_per_s"] / other["events_per_s"]
     print(json.dumps(report))
     print(
         f"enricher {enr['events_per_s']:,.0f} events/s ({enr['cpu_us_per_event']:.0f} us CPU/event, "
@@ -250,6 +277,46 @@ def main() -> None:
         f"us CPU/event, peak RSS {base['peak_rss_mb']:.0f} MB): ratio "
         f"{report['enricher_vs_baseline']:.2f}; {total:,} events"
     )
+    if other is not None:
+        print(
+            f"{args.against} ({other['commit'][:10]}): enricher {other['events_per_s']:,.0f} "
+            f"events/s ({other['cpu_us_per_event']:.0f} us CPU/event, peak RSS "
+            f"{other['peak_rss_mb']:.0f} MB); this tree {report['enricher_vs_against']:.2f}x it"
+        )
+
+
+def fresh_changelog(admin: AdminClient) -> None:
+    """Delete and create the enricher's changelog again, empty: an enricher restores its
+    state (the event ids it has seen) from it, and would drop the backlog as duplicates."""
+    (topic,) = [t for t in topics.registry("edge") if t.name == topics.ENRICHER_STATE]
+    for fut in admin.delete_topics([topic.name]).values():
+        fut.result(30)
+    deadline = time.monotonic() + 60
+    while True:
+        new = NewTopic(topic.name, topic.partitions, 1, config=topic.configs())
+        try:
+            for fut in admin.create_topics([new]).values():
+                fut.result(30)
+            return
+        except KafkaException:  # still being deleted
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def checkout(rev: str, where: Path) -> Path:
+    """A worktree of ``rev`` at ``where`` (this repository's objects; nothing to install: the
+    child puts the worktree first on its path)."""
+    print(f"checking out {rev} ...", file=sys.stderr)
+    git("worktree", "add", "--detach", str(where), rev)
+    return where
 
 
 def child_main() -> None:
