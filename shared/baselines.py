@@ -19,6 +19,11 @@ def baseline_dir(stream: str) -> Path:
     return BASELINE_DIR / stream
 
 
+def shipped() -> list[str]:
+    """The streams the package ships a baseline model for, by name."""
+    return sorted(p.name for p in BASELINE_DIR.iterdir() if (p / "manifest.json").is_file())
+
+
 def is_baseline(model_dir: Path) -> bool:
     """Whether ``model_dir`` lies inside the shipped baselines."""
     return Path(model_dir).resolve().is_relative_to(BASELINE_DIR.resolve())

@@ -42,6 +42,8 @@ class StreamSpec:
     declaration: Stream | None = None
     # The scorer answers each event with a decision to its device (approve or decline).
     decides: bool = False
+    # The anon record's field its anon.* and scores.* records are keyed by, and its alerts.
+    anon_key: str = "key"
 
     @property
     def device_field(self) -> str:
@@ -81,6 +83,10 @@ class StreamSpec:
             )
         if self.key_field not in fields:
             raise ConfigError(f"stream {self.name!r}: key field {self.key_field!r} not in event")
+        if self.anon_key not in self.anon_event.__struct_fields__:
+            raise ConfigError(
+                f"stream {self.name!r}: anon key {self.anon_key!r} not in its anon record"
+            )
 
 
 TELEMETRY = StreamSpec(
@@ -92,6 +98,7 @@ TELEMETRY = StreamSpec(
     pii_fields=frozenset({"vin", "driver_id", "lat", "lon"}),
     tokens={"vin": "vehicle_token", "driver_id": "driver_token"},
     numeric_fields=c.TELEMETRY_READINGS,
+    anon_key="vehicle_token",
 )
 
 PAYMENTS = StreamSpec(
@@ -107,6 +114,7 @@ PAYMENTS = StreamSpec(
     tokens={"card_number": "card_token", "vin": "vehicle_token", "driver_id": "driver_token"},
     numeric_fields=("amount", "volume_l"),
     decides=True,
+    anon_key="card_token",
 )
 
 _REGISTRY: dict[str, StreamSpec] = {}

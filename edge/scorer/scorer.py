@@ -35,6 +35,7 @@ from edge.scorer.features import FeatureRows
 from edge.scorer.model_runner import Model, ModelHolder, baseline_dir, load_model
 from edge.transactions import Transactions, Watchdog, offsets_after
 from shared import topics
+from shared.baselines import shipped
 from shared.contracts import (
     Alert,
     AnonPayment,
@@ -50,12 +51,9 @@ from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
 from shared.kafka_read import read_to_end, usable
 from shared.kafka_write import produce
-from shared.streams import PAYMENTS, TELEMETRY, StreamSpec, all_streams
+from shared.streams import TELEMETRY, StreamSpec, all_streams
 
 log = logging.getLogger("scorer")
-
-# The built-in streams, which always have a model (the shipped baseline at least).
-STREAMS = (TELEMETRY.name, PAYMENTS.name)
 
 VinLookup = Callable[[str], "str | None"]
 DecisionSink = Callable[[str, Decision], None]
@@ -100,11 +98,7 @@ def episode_owner(group_id: str, stream: str) -> str:
 
 def token_of(spec: StreamSpec) -> Callable[[Any], str]:
     """The token a stream's scores and alerts are keyed by (that of its anon records)."""
-    if spec.name == TELEMETRY.name:
-        return attrgetter("vehicle_token")
-    if spec.name == PAYMENTS.name:
-        return attrgetter("card_token")
-    return attrgetter("key")
+    return attrgetter(spec.anon_key)
 
 
 def model_dir_for(settings: ScorerSettings, stream: str) -> Path:
@@ -114,14 +108,16 @@ def model_dir_for(settings: ScorerSettings, stream: str) -> Path:
 
 
 def load_models(settings: ScorerSettings) -> dict[str, ModelHolder]:
-    """The signed model of every stream (configured directory, else the shipped baseline)."""
+    """The signed model of every stream the package ships a baseline for (the configured
+    directory's, else the baseline): those are scored from the first minute. Other streams
+    are scored once their model appears (see ``reload_models``)."""
     return {
         s: ModelHolder(
             load_model(
                 model_dir_for(settings, s), s, settings.trusted_keys(), max_batch=settings.max_batch
             )
         )
-        for s in STREAMS
+        for s in shipped()
     }
 
 
@@ -584,7 +580,7 @@ class ScorerService:
             if anomalous
             else []
         )
-        if stream == PAYMENTS.name:
+        if self.specs[stream].decides:
             self._decision(rec, score, thr, version, contributions, result)
         return alerts
 

@@ -55,6 +55,7 @@ def test_a_new_stream_is_added_by_declaring_it() -> None:
         pii_fields=frozenset({"vin", "driver_id"}),
         tokens={"vin": "vehicle_token", "driver_id": "driver_token"},
         numeric_fields=("hours_driven",),
+        anon_key="vehicle_token",
     )
     try:
         streams.register(spec)
@@ -74,6 +75,16 @@ def test_declaring_a_field_the_event_lacks_is_an_error() -> None:
             mqtt_suffix="x",
             key_field="vin",
             pii_fields=frozenset({"nope"}),
+        )
+    with pytest.raises(ConfigError, match="anon key 'card_token' not in its anon record"):
+        streams.StreamSpec(
+            name="x",
+            event=c.Telemetry,
+            anon_event=c.AnonTelemetry,
+            mqtt_suffix="x",
+            key_field="vin",
+            pii_fields=frozenset({"vin"}),
+            anon_key="card_token",
         )
     with pytest.raises(ConfigError, match="unknown stream"):
         streams.get("nope")
