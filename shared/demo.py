@@ -22,7 +22,7 @@ from typing import Any
 import click
 import tomli_w
 
-from shared import signing, topics
+from shared import signing, streams, topics
 from shared.demo_loop import LoopWatcher
 from shared.infra.cli import infra_options, print_status, settings_from
 from shared.infra.mirror import Mirror
@@ -156,36 +156,31 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
 
 def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -> str:
     lines = [f"--- {time.monotonic() - started:5.0f}s ---"]
-    edge_topics = [
-        topics.RAW_TELEMETRY,
-        topics.RAW_PAYMENTS,
-        topics.DLQ_INGEST,
-        topics.ANON_TELEMETRY,
-        topics.ANON_PAYMENTS,
-        topics.SCORES_TELEMETRY,
-        topics.SCORES_PAYMENTS,
-        topics.ALERTS,
-        topics.MODEL_STATUS,
-    ]
+    specs = streams.all_streams()
+    names = "/".join(s.name for s in specs)
+
+    def each(counts: dict[str, int], topic: str, prefix: str = "") -> str:
+        """The count of each stream's ``topic`` (``raw_topic``...), in stream order."""
+        return "/".join(str(counts.get(prefix + getattr(s, topic), 0)) for s in specs)
+
+    edge_topics = [t for s in specs for t in (s.raw_topic, s.anon_topic, s.scores_topic)]
+    edge_topics += [topics.DLQ_INGEST, topics.ALERTS, topics.MODEL_STATUS]
     cloud_names = []
     for gw in gateways:
         e = _offsets(gw.stack.edge.login(), edge_topics)
         lines.append(
-            f"{gw.edge_id}: MQTT -> raw {e[topics.RAW_TELEMETRY]:>7} telemetry "
-            f"{e[topics.RAW_PAYMENTS]:>5} payments (dlq {e[topics.DLQ_INGEST]}) -> anon "
-            f"{e[topics.ANON_TELEMETRY]:>7}/{e[topics.ANON_PAYMENTS]:<5} -> scores "
-            f"{e[topics.SCORES_TELEMETRY]:>7}/{e[topics.SCORES_PAYMENTS]:<5} alerts "
-            f"{e[topics.ALERTS]:>4} model-status {e[topics.MODEL_STATUS]}"
+            f"{gw.edge_id}: MQTT -> raw {each(e, 'raw_topic')} {names} (dlq {e.get(topics.DLQ_INGEST, 0)}) "
+            f"-> anon {each(e, 'anon_topic')} -> scores {each(e, 'scores_topic')} alerts "
+            f"{e.get(topics.ALERTS, 0):>4} model-status {e.get(topics.MODEL_STATUS, 0)}"
         )
         cloud_names += [f"{gw.edge_id}.{t}" for t in topics.replicated_edge_topics()]
     c = _offsets(cloud_bootstrap, cloud_names + [topics.MODELS, topics.LABELS])
     for gw in gateways:
-        got = {t: c.get(f"{gw.edge_id}.{t}", 0) for t in topics.replicated_edge_topics()}
+        mirrored = f"{gw.edge_id}."
         lines.append(
-            f"cloud <- {gw.edge_id}: anon {got[topics.ANON_TELEMETRY]}/"
-            f"{got[topics.ANON_PAYMENTS]} scores {got[topics.SCORES_TELEMETRY]}/"
-            f"{got[topics.SCORES_PAYMENTS]} alerts {got[topics.ALERTS]} "
-            f"model-status {got[topics.MODEL_STATUS]} (MirrorMaker 2, exactly once)"
+            f"cloud <- {gw.edge_id}: anon {each(c, 'anon_topic', mirrored)} scores "
+            f"{each(c, 'scores_topic', mirrored)} alerts {c.get(mirrored + topics.ALERTS, 0)} "
+            f"model-status {c.get(mirrored + topics.MODEL_STATUS, 0)} (MirrorMaker 2, exactly once)"
         )
     lines.append(
         f"cloud: labels {c.get(topics.LABELS, 0)}, models published "
