@@ -392,6 +392,7 @@ class KafkaCluster:
             *jars.class_data_sharing(self._archive(node), libs, java, MAIN_CLASS),
             f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
             f"-Dkafka.logs.dir={self.log_dir(node)}",
+            *jars.extra_jvm_opts(),
         ]
 
     def _archive(self, node: KafkaNode) -> Path:
@@ -414,6 +415,7 @@ class KafkaCluster:
                 "-Xmx256m",
                 "-XX:TieredStopAtLevel=1",
                 *cds,
+                *jars.extra_jvm_opts(),
                 f"-Dlog4j2.configurationFile={self.node_dir(node) / 'log4j2.yaml'}",
                 "-cp",
                 jars.classpath(libs),

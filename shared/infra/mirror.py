@@ -232,6 +232,7 @@ class Mirror:
             "-XX:MaxDirectMemorySize=128m",
             "-Djava.awt.headless=true",
             *jars.class_data_sharing(self._archive, libs, java, MAIN_CLASS),
+            *jars.extra_jvm_opts(),
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}",
             "-cp",
             jars.classpath(libs),

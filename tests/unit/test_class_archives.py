@@ -109,3 +109,18 @@ def test_a_one_shot_tool_shares_what_it_recorded_only_when_it_succeeded(
         shared = _mapped(opts)
     assert shared and Path(shared).read_bytes() == b"classes"
     assert not _mapped(jars.class_data_sharing(libs.parent / "x.jsa", libs, java, MAIN))
+
+
+def test_fleetsentry_jvm_opts_reach_every_jvm_the_package_starts(
+    machine: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shared.infra.kafka import KafkaCluster, KafkaNode
+
+    libs, java = machine
+    monkeypatch.setenv(jars.JVM_OPTS_ENV, "-XX:TieredStopAtLevel=1 '-Dnote=two words'")
+    assert jars.extra_jvm_opts() == ["-XX:TieredStopAtLevel=1", "-Dnote=two words"]
+    cluster = KafkaCluster("edge", tmp_path / "kafka", (KafkaNode(1, 1, 2),))
+    argv = cluster._argv(cluster.nodes[0], libs, java)
+    assert argv[argv.index("-cp") - 2 : argv.index("-cp")] == jars.extra_jvm_opts()
+    monkeypatch.setenv(jars.JVM_OPTS_ENV, "")
+    assert jars.extra_jvm_opts() == []
