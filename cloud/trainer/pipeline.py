@@ -36,6 +36,7 @@ from cloud.trainer.threshold import (
 )
 from shared import signing, streams
 from shared.contracts import ModelManifest, Scaling, encode
+from shared.declarations.schema import EpisodeAlerts
 from shared.features import FEATURE_SPEC_VERSION, feature_label
 
 REFERENCE_FILE = "reference.npz"
@@ -378,7 +379,10 @@ def evaluation_metrics(
         s = ranking.summary(hold.kinds[mask] == kind, int8_scores[mask], threshold)
         per_kind[kind] = {k: s[k] for k in ("positives", "roc_auc", "pr_auc", "recall")}
     out["per_kind"] = per_kind
-    if hold.stream == "telemetry" or (declaration(hold.stream) is not None and y.any()):
+    # Episode figures for a stream whose alerts are episodes: a built-in one always, a
+    # declared one when its holdout has labelled anomalies to measure them against.
+    episodic = isinstance(streams.declaration_of(hold.stream).alerts, EpisodeAlerts)
+    if episodic and (declaration(hold.stream) is None or y.any()):
         out["episodes"] = episode_metrics(hold, int8_scores, threshold, settings)
     return out
 
