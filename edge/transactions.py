@@ -143,14 +143,18 @@ class AssignmentGuard:
 
 T = TypeVar("T")
 
+# Commits asked for before a retriable commit error aborts the batch instead.
+COMMIT_ATTEMPTS = 3
+
 
 class Transactions:
     """The consume-transform-produce transaction the enricher and the scorer run per batch.
 
     :meth:`run` begins a transaction, calls ``work()`` (which produces the batch's records and
     returns its result and the input offsets to commit), sends the offsets and commits, every
-    blocking call under the :class:`Watchdog`. A failure the transaction can be aborted after
-    (a produce or commit error librdkafka marks abortable, a full local queue) aborts it,
+    blocking call under the :class:`Watchdog`. A commit that times out is asked for again. A
+    failure the transaction can be aborted after (a produce or commit error librdkafka marks
+    abortable or retriable, a full local queue) aborts it,
     calls ``rewind`` (the service forgets what it changed since the last commit: feature
     states, dedup windows, open episodes) and seeks the consumer back to its committed
     offsets, so the same records are consumed again; ``run`` then returns None and the
@@ -198,11 +202,24 @@ class Transactions:
                 offsets,
                 self.consumer.consumer_group_metadata(),
             )
-        self.watchdog.call("commit_transaction", 60, self.producer.commit_transaction)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                self.watchdog.call("commit_transaction", 60, self.producer.commit_transaction)
+                return
+            except KafkaException as exc:
+                # A retriable error (the commit timed out waiting for its records): the
+                # commit goes on in the background and may be asked for again.
+                err = exc.args[0]
+                if err.fatal() or err.txn_requires_abort() or not err.retriable():
+                    raise
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.warning("%s: committing again (%s)", self.service, exc)
 
     def recover(self, exc: Exception) -> None:
         """Abort the transaction and rewind state and positions to the last commit."""
-        if isinstance(exc, KafkaException) and not exc.args[0].txn_requires_abort():
+        err = exc.args[0] if isinstance(exc, KafkaException) else None
+        if err is not None and (err.fatal() or not (err.txn_requires_abort() or err.retriable())):
             raise self.fatal(f"transaction failed and cannot be aborted: {exc}") from exc
         log.warning("%s: aborting a batch (%s); rewinding to the last commit", self.service, exc)
         self.watchdog.call("abort_transaction", 60, self.producer.abort_transaction)

@@ -1,11 +1,16 @@
-"""The watchdog over transactional calls: a call stuck past its own timeout ends the process."""
+"""The watchdog over transactional calls: a call stuck past its own timeout ends the process.
+And what a transaction does with each kind of commit error librdkafka reports."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
-from edge.transactions import EXIT_STUCK, AssignmentGuard, Watchdog
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from edge.transactions import COMMIT_ATTEMPTS, EXIT_STUCK, AssignmentGuard, Transactions, Watchdog
 
 
 def test_a_call_stuck_past_its_timeout_and_the_grace_ends_the_process() -> None:
@@ -58,3 +63,85 @@ def test_assignment_guard_says_when_no_partition_was_held_too_long() -> None:
     assert guard.check(False) == 60.5
     now[0] += 5
     assert guard.due()
+
+
+class Producer:
+    """Records the transactional calls; ``commit_transaction`` raises the given errors first."""
+
+    def __init__(self, errors: list[KafkaError]) -> None:
+        self.errors, self.calls = errors, []  # type: tuple[list[KafkaError], list[str]]
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("raw.telemetry", 0)]
+
+    def committed(self, parts: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(p.topic, p.partition, 41) for p in parts]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+class Broken(Exception):
+    pass
+
+
+def _txn(errors: list[KafkaError]) -> tuple[Transactions, Producer, Consumer, list[str]]:
+    producer, consumer, rewound = Producer(errors), Consumer(), list[str]()
+    dog = Watchdog("enricher", grace_s=5, tick_s=0.05, on_stuck=lambda code: None)
+    txn = Transactions(
+        "enricher",
+        producer,  # type: ignore[arg-type]
+        consumer,  # type: ignore[arg-type]
+        dog,
+        lambda: rewound.append("rewind"),
+        Broken,
+    )
+    return txn, producer, consumer, rewound
+
+
+def _work() -> tuple[str, list[Any]]:
+    return "done", []
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "120 message(s) remaining", retriable=True)
+
+
+def test_a_commit_that_timed_out_is_asked_for_again_and_the_batch_stands() -> None:
+    txn, producer, consumer, rewound = _txn([TIMED_OUT])
+    assert txn.run(_work) == "done"
+    assert producer.calls == ["begin", "commit", "commit"]
+    assert txn.aborted == 0 and not rewound and not consumer.seeks
+
+
+def test_a_commit_that_keeps_timing_out_or_must_abort_is_aborted_and_rewound() -> None:
+    for errors in (
+        [TIMED_OUT] * COMMIT_ATTEMPTS,
+        [KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, txn_requires_abort=True)],
+    ):
+        txn, producer, consumer, rewound = _txn(list(errors))
+        assert txn.run(_work) is None
+        assert producer.calls[-1] == "abort" and txn.aborted == 1
+        assert rewound == ["rewind"] and consumer.seeks == [("raw.telemetry", 0, 41)]
+
+
+def test_a_fatal_commit_error_ends_the_service() -> None:
+    txn, producer, _, rewound = _txn([KafkaError(KafkaError._FENCED, fatal=True)])
+    with pytest.raises(Broken, match="cannot be aborted"):
+        txn.run(_work)
+    assert "abort" not in producer.calls and not rewound
