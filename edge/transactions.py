@@ -143,8 +143,9 @@ class AssignmentGuard:
 
 T = TypeVar("T")
 
-# Commits asked for before a retriable commit error aborts the batch instead.
-COMMIT_ATTEMPTS = 3
+# Tries of a commit (then the batch is aborted) or an abort (then the service stops) that
+# fails with a retriable error.
+TXN_ATTEMPTS = 3
 
 
 class Transactions:
@@ -152,14 +153,14 @@ class Transactions:
 
     :meth:`run` begins a transaction, calls ``work()`` (which produces the batch's records and
     returns its result and the input offsets to commit), sends the offsets and commits, every
-    blocking call under the :class:`Watchdog`. A commit that times out is asked for again. A
-    failure the transaction can be aborted after (a produce or commit error librdkafka marks
-    abortable or retriable, a full local queue) aborts it,
-    calls ``rewind`` (the service forgets what it changed since the last commit: feature
-    states, dedup windows, open episodes) and seeks the consumer back to its committed
-    offsets, so the same records are consumed again; ``run`` then returns None and the
-    service goes on. A fatal failure (the producer fenced or broken) raises ``fatal(text)``:
-    the process ends, and the next one resumes from the last commit.
+    blocking call under the :class:`Watchdog`. A commit or abort that times out is asked for
+    again. A failure the transaction can be aborted after (a produce or commit error
+    librdkafka marks abortable or retriable, a full local queue) aborts it, calls ``rewind``
+    (the service forgets what it changed since the last commit: feature states, dedup
+    windows, open episodes) and seeks the consumer back to its committed offsets, so the same
+    records are consumed again; ``run`` then returns None and the service goes on. A fatal
+    failure (the producer fenced or broken, an abort that does not end) raises
+    ``fatal(text)``: the process ends, and the next one resumes from the last commit.
     """
 
     def __init__(
@@ -202,19 +203,7 @@ class Transactions:
                 offsets,
                 self.consumer.consumer_group_metadata(),
             )
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                self.watchdog.call("commit_transaction", 60, self.producer.commit_transaction)
-                return
-            except KafkaException as exc:
-                # A retriable error (the commit timed out waiting for its records): the
-                # commit goes on in the background and may be asked for again.
-                err = exc.args[0]
-                if err.fatal() or err.txn_requires_abort() or not err.retriable():
-                    raise
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.warning("%s: committing again (%s)", self.service, exc)
+        self._resumed("commit_transaction", 60, self.producer.commit_transaction)
 
     def recover(self, exc: Exception) -> None:
         """Abort the transaction and rewind state and positions to the last commit."""
@@ -222,7 +211,10 @@ class Transactions:
         if err is not None and (err.fatal() or not (err.txn_requires_abort() or err.retriable())):
             raise self.fatal(f"transaction failed and cannot be aborted: {exc}") from exc
         log.warning("%s: aborting a batch (%s); rewinding to the last commit", self.service, exc)
-        self.watchdog.call("abort_transaction", 60, self.producer.abort_transaction)
+        try:
+            self._resumed("abort_transaction", 30, self.producer.abort_transaction)
+        except KafkaException as failed:
+            raise self.fatal(f"the transaction could not be aborted: {failed}") from failed
         self.aborted += 1
         self.on_abort()
         self.rewind()
@@ -230,6 +222,22 @@ class Transactions:
         for tp in self.consumer.committed(assigned, timeout=30):
             offset = tp.offset if tp.offset >= 0 else 0
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _resumed(self, what: str, timeout_s: float, call: Callable[[float], None]) -> None:
+        """A commit or an abort, asked for again while it fails with a retriable error (it
+        timed out waiting for the batch's records: it goes on in the background). Before
+        each try the producer serves its delivery reports, which an abort waits for."""
+        for attempt in range(1, TXN_ATTEMPTS + 1):
+            self.producer.poll(0)
+            try:
+                self.watchdog.call(what, timeout_s, call)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                retry = err.retriable() and not (err.fatal() or err.txn_requires_abort())
+                if not retry or attempt == TXN_ATTEMPTS:
+                    raise
+                log.warning("%s: %s again (%s)", self.service, what, exc)
 
 
 def offsets_after(ends: dict[tuple[str, int], int]) -> list[TopicPartition]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from edge.transactions import COMMIT_ATTEMPTS, EXIT_STUCK, AssignmentGuard, Transactions, Watchdog
+from edge.transactions import EXIT_STUCK, TXN_ATTEMPTS, AssignmentGuard, Transactions, Watchdog
 
 
 def test_a_call_stuck_past_its_timeout_and_the_grace_ends_the_process() -> None:
@@ -68,8 +68,9 @@ def test_assignment_guard_says_when_no_partition_was_held_too_long() -> None:
 class Producer:
     """Records the transactional calls; ``commit_transaction`` raises the given errors first."""
 
-    def __init__(self, errors: list[KafkaError]) -> None:
-        self.errors, self.calls = errors, []  # type: tuple[list[KafkaError], list[str]]
+    def __init__(self, errors: list[KafkaError], abort_errors: list[KafkaError]) -> None:
+        self.errors, self.abort_errors = errors, abort_errors
+        self.calls: list[str] = []
 
     def begin_transaction(self) -> None:
         self.calls.append("begin")
@@ -81,6 +82,12 @@ class Producer:
 
     def abort_transaction(self, timeout: float) -> None:
         self.calls.append("abort")
+        if self.abort_errors:
+            raise KafkaException(self.abort_errors.pop(0))
+
+    def poll(self, timeout: float) -> int:
+        self.calls.append("poll")
+        return 0
 
 
 class Consumer:
@@ -101,8 +108,10 @@ class Broken(Exception):
     pass
 
 
-def _txn(errors: list[KafkaError]) -> tuple[Transactions, Producer, Consumer, list[str]]:
-    producer, consumer, rewound = Producer(errors), Consumer(), list[str]()
+def _txn(
+    errors: list[KafkaError], abort_errors: list[KafkaError] | None = None
+) -> tuple[Transactions, Producer, Consumer, list[str]]:
+    producer, consumer, rewound = Producer(errors, abort_errors or []), Consumer(), list[str]()
     dog = Watchdog("enricher", grace_s=5, tick_s=0.05, on_stuck=lambda code: None)
     txn = Transactions(
         "enricher",
@@ -125,13 +134,14 @@ TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "120 message(s) remaining", retria
 def test_a_commit_that_timed_out_is_asked_for_again_and_the_batch_stands() -> None:
     txn, producer, consumer, rewound = _txn([TIMED_OUT])
     assert txn.run(_work) == "done"
-    assert producer.calls == ["begin", "commit", "commit"]
+    # Delivery reports served before each try.
+    assert producer.calls == ["begin", "poll", "commit", "poll", "commit"]
     assert txn.aborted == 0 and not rewound and not consumer.seeks
 
 
 def test_a_commit_that_keeps_timing_out_or_must_abort_is_aborted_and_rewound() -> None:
     for errors in (
-        [TIMED_OUT] * COMMIT_ATTEMPTS,
+        [TIMED_OUT] * TXN_ATTEMPTS,
         [KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, txn_requires_abort=True)],
     ):
         txn, producer, consumer, rewound = _txn(list(errors))
@@ -145,3 +155,14 @@ def test_a_fatal_commit_error_ends_the_service() -> None:
     with pytest.raises(Broken, match="cannot be aborted"):
         txn.run(_work)
     assert "abort" not in producer.calls and not rewound
+
+
+def test_an_abort_that_timed_out_is_asked_for_again_and_one_that_never_ends_stops_it() -> None:
+    must_abort = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, txn_requires_abort=True)
+    txn, producer, _, rewound = _txn([must_abort], [TIMED_OUT])
+    assert txn.run(_work) is None
+    assert producer.calls[-4:] == ["poll", "abort", "poll", "abort"] and rewound == ["rewind"]
+    txn, producer, _, rewound = _txn([must_abort], [TIMED_OUT] * TXN_ATTEMPTS)
+    with pytest.raises(Broken, match="could not be aborted"):
+        txn.run(_work)
+    assert producer.calls.count("abort") == TXN_ATTEMPTS and not rewound
