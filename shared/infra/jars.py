@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from shared.infra.errors import PrerequisiteError
+from shared.infra.errors import InfraError, PrerequisiteError
 
 KAFKA_VERSION = "4.3.1"
 LOG4J_VERSION = "2.25.4"
@@ -146,9 +146,9 @@ def class_data_sharing(local: Path, libs: Path, java: str, main: str) -> list[st
 
     ``local`` is this process's own archive (beside its data). Without one the machine's
     shared archive for this Java, these jars and this ``main`` class serves (see
-    ``share_archive``); without
-    either, the JVM records its classes into ``local`` as it exits, which takes it several
-    seconds. A stale archive (another Java) is ignored by the JVM.
+    ``share_archive``); without either, the JVM records its classes into ``local`` as it
+    exits, which takes it several seconds. A stale archive (another Java) is ignored by the
+    JVM.
     """
     for archive in (local, _shared_archive(libs, java, main)):
         if archive.exists() and archive.stat().st_size > 0:
@@ -164,6 +164,19 @@ def tool_class_data_sharing(libs: Path, java: str, main: str) -> Iterator[list[s
     with tempfile.TemporaryDirectory(prefix="fleetsentry-cds-") as tmp:
         local = Path(tmp) / "classes.jsa"
         yield class_data_sharing(local, libs, java, main)
+        share_archive(local, libs, java, main)
+
+
+def share_archives(locals_: list[Path], main: str) -> None:
+    """``share_archive`` for what a service's clean stop leaves, with this machine's Java and
+    jars; nothing a stop could fail on (no Java or jars to be found: nothing is offered)."""
+    if not locals_:
+        return
+    try:
+        libs, java = kafka_libs(quiet=True), java_binary()
+    except (InfraError, OSError):
+        return
+    for local in locals_:
         share_archive(local, libs, java, main)
 
 

@@ -436,11 +436,9 @@ class KafkaCluster:
     def stop(self, timeout: float = 30.0) -> list[int]:
         pids = list(self.running_pids().values())
         killed = process.stop(pids, timeout)
-        archives = [self._archive(n) for n in self.nodes if self._archive(n).exists()]
-        if pids and not killed and archives:  # each node exited whole: its class archive too
-            libs, java = jars.kafka_libs(quiet=True), jars.java_binary()
-            for archive in archives:
-                jars.share_archive(archive, libs, java, MAIN_CLASS)
+        if pids and not killed:  # each node exited whole: its class archive too
+            archives = [self._archive(n) for n in self.nodes if self._archive(n).exists()]
+            jars.share_archives(archives, MAIN_CLASS)
         return killed
 
     def check_exited(self) -> None:

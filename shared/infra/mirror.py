@@ -279,8 +279,7 @@ class Mirror:
             return []
         killed = process.stop([pid], timeout)
         if not killed and self._archive.exists():  # it exited whole: its class archive too
-            libs, java = jars.kafka_libs(quiet=True), jars.java_binary()
-            jars.share_archive(self._archive, libs, java, MAIN_CLASS)
+            jars.share_archives([self._archive], MAIN_CLASS)
         return killed
 
     def check_exited(self) -> None:

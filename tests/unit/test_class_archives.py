@@ -124,3 +124,24 @@ def test_fleetsentry_jvm_opts_reach_every_jvm_the_package_starts(
     assert argv[argv.index("-cp") - 2 : argv.index("-cp")] == jars.extra_jvm_opts()
     monkeypatch.setenv(jars.JVM_OPTS_ENV, "")
     assert jars.extra_jvm_opts() == []
+
+
+def test_a_stop_offers_its_archives_and_never_fails_on_it(
+    machine: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    libs, java = machine
+    local = libs.parent / "node.jsa"
+    local.write_bytes(b"classes")
+    monkeypatch.setattr(jars, "kafka_libs", lambda quiet: libs)
+    monkeypatch.setattr(jars, "java_binary", lambda: java)
+    jars.share_archives([local], MAIN)
+    assert _mapped(jars.class_data_sharing(libs.parent / "x.jsa", libs, java, MAIN))
+
+    def no_java() -> str:
+        raise jars.PrerequisiteError("Java was not found")
+
+    monkeypatch.setattr(jars, "java_binary", no_java)
+    jars.share_archives([local], "org.example.Other")  # no error: nothing offered
+    assert not _mapped(
+        jars.class_data_sharing(libs.parent / "x.jsa", libs, java, "org.example.Other")
+    )
