@@ -31,12 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, also when the venv is another's
 
-from confluent_kafka import Consumer, KafkaException, Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench._procstat import peak_rss_mb  # noqa: E402
 from shared import streams, topics  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
+from shared.infra.topics_admin import ensure_topics  # noqa: E402
 from shared.kafka_config import KafkaSettings, Target, bootstrap_of, client_config  # noqa: E402
 from shared.kafka_write import produce  # noqa: E402
 from tests.support import free_infra_settings, kafka_table  # noqa: E402
@@ -244,7 +245,7 @@ def main() -> None:
             base = run_child("baseline", bootstrap, total, args.batch, str(tmp / "b"))
             enr = run_child("enricher", bootstrap, total, args.batch, str(tmp / "e"))
             if worktree is not None:
-                fresh_changelog(admin)  # else it restores the first run's dedup windows
+                fresh_changelog(admin, bootstrap)  # else it restores the first run's dedup windows
                 other = run_child(
                     "enricher", bootstrap, total, args.batch, str(tmp / "a"), script=worktree
                 )
@@ -285,23 +286,18 @@ def main() -> None:
         )
 
 
-def fresh_changelog(admin: AdminClient) -> None:
-    """Delete and create the enricher's changelog again, empty: an enricher restores its
-    state (the event ids it has seen) from it, and would drop the backlog as duplicates."""
-    (topic,) = [t for t in topics.registry("edge") if t.name == topics.ENRICHER_STATE]
-    for fut in admin.delete_topics([topic.name]).values():
+def fresh_changelog(admin: AdminClient, login: Target) -> None:
+    """Delete the enricher's changelog and create it again, empty (as `infra up` does): an
+    enricher restores its state (the event ids it has seen) from it, and would drop the
+    backlog as duplicates."""
+    for fut in admin.delete_topics([topics.ENRICHER_STATE]).values():
         fut.result(30)
     deadline = time.monotonic() + 60
-    while True:
-        new = NewTopic(topic.name, topic.partitions, 1, config=topic.configs())
-        try:
-            for fut in admin.create_topics([new]).values():
-                fut.result(30)
-            return
-        except KafkaException:  # still being deleted
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    while topics.ENRICHER_STATE in admin.list_topics(timeout=10).topics:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{topics.ENRICHER_STATE} was not deleted within 60 s")
+        time.sleep(0.5)
+    ensure_topics(login, "edge", replication_factor=1)
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
