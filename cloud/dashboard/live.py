@@ -24,7 +24,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from shared import streams, topics
 from shared.contracts import Alert, Label, ModelStatus, Score, decode
@@ -301,6 +301,8 @@ class KafkaWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
+        # (topic, partition) -> the next offset to read: a reassignment resumes there.
+        self._next: dict[tuple[str, int], int] = {}
 
     def start(self) -> KafkaWatcher:
         self._consumer = Consumer(
@@ -332,28 +334,37 @@ class KafkaWatcher:
         self.error = str(err)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Position every partition handed over: where this watcher stopped reading it (a new
+        gateway's topics make the group hand everything over again: nothing is read twice);
+        otherwise model-status and labels from their beginning, the rest from ``window_s``
+        ago, or from the end as it is now when nothing is that recent."""
         since_ms = int((time.time() - self.state.window_s) * 1000)
 
         def whole(topic: str) -> bool:
             return topic == topics.LABELS or topic.endswith(".model-status")
 
-        full = [
-            TopicPartition(p.topic, p.partition, OFFSET_BEGINNING)
+        fresh = [p for p in partitions if (p.topic, p.partition) not in self._next]
+        known = [
+            TopicPartition(p.topic, p.partition, self._next[(p.topic, p.partition)])
             for p in partitions
-            if whole(p.topic)
+            if (p.topic, p.partition) in self._next
+        ]
+        full = [
+            TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in fresh if whole(p.topic)
         ]
         timed = [
-            TopicPartition(p.topic, p.partition, since_ms) for p in partitions if not whole(p.topic)
+            TopicPartition(p.topic, p.partition, since_ms) for p in fresh if not whole(p.topic)
         ]
         try:
             resolved = consumer.offsets_for_times(timed, timeout=10) if timed else []
+            for p in resolved:
+                if p.offset < 0:  # nothing that recent: from the end as it is now, a number
+                    # (a logical end is resolved later and would skip what lands meanwhile)
+                    p.offset = consumer.get_watermark_offsets(p, timeout=10)[1]
         except KafkaException as exc:
             self.error = f"cannot position on the replicated topics: {exc}"
             resolved = [TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in timed]
-        for p in resolved:
-            if p.offset < 0:  # nothing that recent: wait for new records
-                p.offset = OFFSET_END
-        consumer.assign(full + resolved)
+        consumer.assign(known + full + resolved)
 
     def _run(self) -> None:
         assert self._consumer is not None
@@ -369,6 +380,7 @@ class KafkaWatcher:
                 for msg in msgs:
                     if msg.error():
                         continue
+                    self._next[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
                     _kind, ts_ms = msg.timestamp()
                     self.state.on_record(
                         msg.topic() or "", msg.value(), ts_ms / 1000 if ts_ms > 0 else time.time()

@@ -12,7 +12,8 @@ dashboard and its trainer only read topics, and the records are the real edge sc
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,3 +195,38 @@ def test_sign_in_every_page_retrain_and_promote(
     assert user in find(By.ID, "actions-table").text
     shot(d, "6-registry")
     assert os.path.getsize(SHOTS / "1-fleet.png") > 10_000
+
+
+def test_a_new_gateway_is_read_once_and_the_others_are_not_read_again(
+    plain_bootstrap: str,
+) -> None:
+    """The dashboard's live view picks up a gateway that appears while it runs, reads the new
+    gateway's records, and does not fold in again what it had already read of the others."""
+    from cloud.dashboard.live import KafkaWatcher, LiveState
+
+    class Counting(LiveState):  # other tests' gateways share the broker: count these two
+        def __init__(self) -> None:
+            super().__init__()
+            self.read: Counter[str] = Counter()
+
+        def on_record(self, topic: str, value: bytes | None, record_ts: float) -> None:
+            self.read[topic] += 1
+            super().on_record(topic, value, record_ts)
+
+    admin = AdminClient({"bootstrap.servers": plain_bootstrap})
+    old, new = "gw-lake.scores.payments", "gw-cove.scores.payments"
+    admin.create_topics([NewTopic(old, 2, 1)])[old].result(30)
+    produce_all(plain_bootstrap, old, [(b"%d" % i, b"not a score") for i in range(50)])
+    state = Counting()
+    watcher = KafkaWatcher(plain_bootstrap, state).start()
+    try:
+        wait("the first gateway's 50 records", lambda: state.read[old] >= 50)
+        admin.create_topics([NewTopic(new, 1, 1)])[new].result(30)
+        produce_all(plain_bootstrap, new, [(None, b"not a score either") for _ in range(30)])
+        wait("the new gateway", lambda: state.read[new] >= 30)
+        time.sleep(3)  # anything read twice would have arrived by now
+        assert (state.read[old], state.read[new]) == (50, 30), "read twice or not at all"
+        assert "gw-cove" in state.gateways
+        assert watcher.error is None, watcher.error
+    finally:
+        watcher.close()
