@@ -28,7 +28,7 @@ from tests.support import consume_all
 pytestmark = pytest.mark.integration
 
 VEHICLES = 60
-DURATION_S = 360.0
+DURATION_S = 300.0
 
 
 @pytest.fixture(scope="module")
