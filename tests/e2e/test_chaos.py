@@ -3,7 +3,7 @@
 The same code as the chaos run (one gateway, the 3-node cloud, the store, a fleet publishing
 throughout), with fewer vehicles and one fault of each kind: kill -9 of the bridge, enricher,
 scorer, agent, MirrorMaker and store; kill -9 and restart of the edge Kafka and of Mosquitto;
-one cloud broker down for 20 s; the gateway cut off from the cloud for 45 s. The verdict is
+one cloud broker down for 20 s; the gateway cut off from the cloud for 30 s. The verdict is
 the run's own reconciliation of every PUBACKed event id with anon.*, scores.*, the cloud
 copies and the store's Parquet files, and of every declined payment with its vehicle.
 """
@@ -35,7 +35,7 @@ KINDS = {
 }
 ARGS = [
     "--minutes",
-    "3",
+    "2.5",
     "--vehicles",
     "40",
     "--seed",
@@ -53,7 +53,7 @@ ARGS = [
     "--cuts",
     "1",
     "--outage",
-    "45",
+    "30",
     "--recover-gap",
     "10",
     "--drain-timeout",
