@@ -38,13 +38,15 @@ def usable(msg: Message, fail: Callable[[str], Exception], what: str) -> bool:
     Not a record: librdkafka's partition-EOF event, and an error the client recovers from
     by itself (a broker away, a topic not yet created), which is logged under ``what``. A
     fatal error raises ``fail(reason)``: the consumer is unusable, the service stops and its
-    supervisor starts it again.
+    supervisor starts it again. (A consumer's own fatal error, such as a static member
+    fenced by another with its ``group.instance.id``, comes with the ``_FATAL`` code and
+    without the fatal flag: it consumes nothing more, ever.)
     """
     err = msg.error()
     if err is None:
         return True
     if err.code() != KafkaError._PARTITION_EOF:
-        if err.fatal():
+        if err.fatal() or err.code() == KafkaError._FATAL:
             raise fail(f"{what}: the Kafka consumer failed: {err}")
         log.warning("%s: %s", what, err)
     return False

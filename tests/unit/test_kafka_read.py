@@ -35,6 +35,17 @@ def test_a_consumed_message_is_a_record_an_event_a_logged_error_or_the_end() -> 
     fatal = Message(error=KafkaError(KafkaError._FENCED, fatal=True))
     with pytest.raises(Unreadable, match="consuming raw: the Kafka consumer failed"):
         usable(fatal, Unreadable, "consuming raw")
+    # How a consumer reports its own fatal error (a static member fenced by another with its
+    # group.instance.id): the code says it, the flag does not.
+    fenced = Message(
+        error=KafkaError(
+            KafkaError._FATAL,
+            "Fatal error: Broker: Static consumer fenced by other consumer with same "
+            "group.instance.id: Fatal consumer error",
+        )
+    )
+    with pytest.raises(Unreadable, match="Static consumer fenced"):
+        usable(fenced, Unreadable, "consuming raw")
 
 
 def test_a_recoverable_error_is_logged_with_what_was_being_consumed(
