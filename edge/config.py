@@ -168,6 +168,9 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     episode_update_interval_s: Annotated[float, Meta(ge=0)] = 10.0
     # Send approvals too (the vehicle waits for a decision either way); declines always go.
     send_approvals: bool = True
+    # How long the group waits for a silent scorer before giving its partitions away (a scorer
+    # started again takes them back at once: it is a static member of its group).
+    session_timeout_ms: Annotated[int, Meta(ge=6000, le=300_000)] = 15_000
 
     def trusted_keys(self) -> list[Path]:
         """The public keys this gateway accepts models and releases from."""

@@ -10,6 +10,13 @@ timeout ends the process (exit code ``EXIT_STUCK``), and the supervisor (or syst
 service again. Nothing is lost or written twice: the next instance's ``init_transactions()``
 with the same ``transactional.id`` aborts the transaction left open, and it consumes again from
 the last committed offsets.
+
+The watchdog ends a call that hung; :class:`KafkaLoss` keeps the call from being made. The
+hang follows the edge Kafka going away (every broker down, a restart): the client's cached
+coordinators are stale then. So after such a loss the next commit does not send its offsets:
+it waits for the broker to be back and ends the process the same way, at once instead of a
+minute later (in the chaos run, each restart of the edge Kafka cost the enricher and then the
+scorer a minute each).
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from shared.kafka_errors import ErrorLog
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +107,32 @@ class Watchdog:
             return
 
 
+class KafkaLoss:
+    """Whether every broker went away since the last :meth:`clear`: the ``error_cb`` of the
+    service's Kafka clients (it logs what it is given, as librdkafka would without one)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._lost = threading.Event()
+        self._log = ErrorLog(log, f"{service}: ")
+
+    def on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._lost.set()
+        self._log(err)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def clear(self) -> None:
+        self._lost.clear()
+
+
+# Seconds a consumer may hold no partition before the process ends to start again (at least).
+UNASSIGNED_LIMIT_S = 60.0
+
+
 class AssignmentGuard:
     """How long a group consumer has held no partition, and when that is too long.
 
@@ -120,6 +155,12 @@ class AssignmentGuard:
         self._since: float | None = clock()  # no partitions yet at start
         self._next = 0.0
 
+    @classmethod
+    def for_session(cls, session_timeout_ms: int) -> AssignmentGuard:
+        """For a service that always holds partitions (one instance per gateway): four group
+        sessions without any, and at least a minute, is past any rebalance."""
+        return cls(max(UNASSIGNED_LIMIT_S, 4 * session_timeout_ms / 1000))
+
     def due(self) -> bool:
         """Whether it is time to look at the assignment again (it costs a call)."""
         now = self.clock()
@@ -139,6 +180,29 @@ class AssignmentGuard:
             self._since = now
         waited = now - self._since
         return waited if waited > self.limit_s else None
+
+    def enforce(
+        self, consumer: Consumer, service: str, what: str, on_stuck: Callable[[int], None]
+    ) -> bool:
+        """When due, :meth:`check` ``consumer``; past the limit, say why and end the process
+        with ``on_stuck(EXIT_STUCK)`` (not ``close()``: a consumer in that state may not close
+        either). Whether it did."""
+        if not self.due():
+            return False
+        waited = self.check(bool(consumer.assignment()))
+        if waited is None:
+            return False
+        log.error(
+            "%s: the consumer has held no partition of %s for %.0fs (the edge Kafka away, or "
+            "a group session lost and never rejoined, librdkafka#3437): exiting with %d to "
+            "be started again",
+            service,
+            what,
+            waited,
+            EXIT_STUCK,
+        )
+        on_stuck(EXIT_STUCK)
+        return True
 
 
 T = TypeVar("T")
@@ -172,8 +236,15 @@ class Transactions:
         rewind: Callable[[], None],
         fatal: Callable[[str], Exception],
         on_abort: Callable[[], None] = lambda: None,
+        loss: KafkaLoss | None = None,
+        back_every_s: float = 5.0,
     ) -> None:
         self.service = service
+        # Set up with the clients: what they met before the first transaction is not a loss.
+        self.loss = loss
+        if loss is not None:
+            loss.clear()
+        self.back_every_s = back_every_s
         self.producer = producer
         self.consumer = consumer
         self.watchdog = watchdog
@@ -195,6 +266,7 @@ class Transactions:
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Send ``offsets`` (none: a transaction of produced records only) and commit."""
+        self._start_afresh_after_a_loss()
         if offsets:
             self.watchdog.call(
                 "send_offsets_to_transaction",
@@ -204,6 +276,38 @@ class Transactions:
                 self.consumer.consumer_group_metadata(),
             )
         self._resumed("commit_transaction", 60, self.producer.commit_transaction)
+
+    def _start_afresh_after_a_loss(self) -> None:
+        """After every broker went away, wait for Kafka to be back, then end the process
+        (``EXIT_STUCK``) instead of making a call that can hang on a stale coordinator."""
+        if self.loss is None:
+            return
+        self.producer.poll(0)  # serves the error callback
+        if not self.loss.lost:
+            return
+        waited, next_note = time.monotonic(), time.monotonic() + 30.0
+        while True:
+            try:
+                self.producer.list_topics(timeout=self.back_every_s)
+                break
+            except KafkaException:
+                if time.monotonic() >= next_note:
+                    log.warning(
+                        "%s: waiting for Kafka to be back (%.0f s)",
+                        self.service,
+                        time.monotonic() - waited,
+                    )
+                    next_note = time.monotonic() + 30.0
+        log.warning(
+            "%s: every Kafka broker went away during this run; now that Kafka is back, "
+            "exiting with %d so that the service starts afresh (the Kafka client's "
+            "transactional calls can hang on what it remembers of the old brokers); the open "
+            "transaction is aborted by the next instance, which resumes from the last commit",
+            self.service,
+            EXIT_STUCK,
+        )
+        self.watchdog.on_stuck(EXIT_STUCK)
+        raise self.fatal("every Kafka broker went away during this run: starting afresh")
 
     def recover(self, exc: Exception) -> None:
         """Abort the transaction and rewind state and positions to the last commit."""

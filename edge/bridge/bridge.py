@@ -43,6 +43,7 @@ from edge.mqtt_login import mqtt_password
 from edge.vault.errors import VaultError
 from shared import topics
 from shared.kafka_config import client_config
+from shared.kafka_errors import ErrorLog
 from shared.kafka_write import produce
 
 log = logging.getLogger("bridge")
@@ -165,7 +166,7 @@ class Bridge:
         self._confirmed_seen = 0
         self._progress_at = time.monotonic()
         self._saved_at = 0.0
-        self._kafka_errors: dict[int, tuple[float, int]] = {}
+        self._kafka_errors = ErrorLog(log, every_s=LOG_EVERY_S)
         self._spool_bytes = metrics.SPOOL_BYTES.labels(SERVICE)
         self._spooling_gauge = metrics.SPOOLING.labels(SERVICE)
         self._spooled = metrics.SPOOLED.labels(SERVICE).inc
@@ -759,16 +760,4 @@ class Bridge:
         if err.fatal():
             self._fatal = f"Kafka producer fatal error: {err}"
             return
-        # While a broker is away the client reports every failed connect (several a second):
-        # one line per kind of error per LOG_EVERY_S, with how many were left out.
-        now = time.monotonic()
-        last, quiet = self._kafka_errors.get(err.code(), (-LOG_EVERY_S, 0))
-        if now - last < LOG_EVERY_S:
-            self._kafka_errors[err.code()] = (last, quiet + 1)
-            return
-        self._kafka_errors[err.code()] = (now, 0)
-        log.warning(
-            "Kafka: %s%s",
-            err,
-            f" ({quiet} more like it in the last {now - last:.0f}s)" if quiet else "",
-        )
+        self._kafka_errors(err)

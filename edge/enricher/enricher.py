@@ -28,8 +28,8 @@ from edge.enricher.errors import EnricherError
 from edge.enricher.expiry import KeyClock
 from edge.enricher.gaps import OffsetGaps
 from edge.transactions import (
-    EXIT_STUCK,
     AssignmentGuard,
+    KafkaLoss,
     Transactions,
     Watchdog,
     offsets_after,
@@ -66,9 +66,6 @@ EXPIRE_PER_EVENT = 3
 # Vault retention runs between batches: this often, deleting at most VAULT_EXPIRE_LIMIT values.
 VAULT_EXPIRE_EVERY_S = 1.0
 VAULT_EXPIRE_LIMIT = 2000
-# Seconds the consumer may hold no partition before the process ends to start again (at least;
-# see Enricher._assignment_guard).
-UNASSIGNED_LIMIT_S = 60.0
 
 
 def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
@@ -129,6 +126,7 @@ class Enricher:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._watchdog = Watchdog(SERVICE)
+        self._loss = KafkaLoss(SERVICE)
         self._unassigned = self._assignment_guard()
         self._letters: DeadLetters | None = None
         self.state = FeatureState()
@@ -157,20 +155,7 @@ class Enricher:
         kafka = self.config.kafka
         bootstrap = kafka.bootstrap
         self._letters = DeadLetters.load(self.config)
-        self._producer = Producer(
-            client_config(
-                kafka,
-                {
-                    "transactional.id": self.transactional_id,
-                    "transaction.timeout.ms": s.transaction_timeout_ms,
-                    "linger.ms": s.linger_ms,
-                    "compression.type": s.compression,
-                    "queue.buffering.max.messages": 200_000,
-                    "queue.buffering.max.kbytes": 32_768,
-                    "batch.num.messages": 10_000,
-                },
-            )
-        )
+        self._producer = self._transactional_producer()
         try:
             # Fences a previous instance and aborts whatever transaction it left open, so the
             # changelog's committed end is final before we read it.
@@ -187,6 +172,7 @@ class Enricher:
                 {
                     "group.id": s.group,
                     "client.id": self.transactional_id,
+                    "error_cb": self._loss.on_error,
                     "enable.auto.commit": False,
                     # Static membership: a restarted instance takes its partitions back at once
                     # instead of waiting for the dead one's session to expire.
@@ -210,12 +196,31 @@ class Enricher:
             rewind=self._rewind,
             fatal=EnricherError,
             on_abort=metrics.PRODUCE_ERRORS.labels(service=SERVICE, topic="transaction").inc,
+            loss=self._loss,
+        )
+
+    def _transactional_producer(self) -> Producer:
+        s = self.settings
+        return Producer(
+            client_config(
+                self.config.kafka,
+                {
+                    "transactional.id": self.transactional_id,
+                    "transaction.timeout.ms": s.transaction_timeout_ms,
+                    "error_cb": self._loss.on_error,
+                    "linger.ms": s.linger_ms,
+                    "compression.type": s.compression,
+                    "queue.buffering.max.messages": 200_000,
+                    "queue.buffering.max.kbytes": 32_768,
+                    "batch.num.messages": 10_000,
+                },
+            )
         )
 
     def _assignment_guard(self) -> AssignmentGuard:
         # One enricher per gateway: it always holds every partition of raw.*. Four sessions
         # without any (a minute by default) is past any rebalance.
-        return AssignmentGuard(max(UNASSIGNED_LIMIT_S, 4 * self.settings.session_timeout_ms / 1000))
+        return AssignmentGuard.for_session(self.settings.session_timeout_ms)
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -232,20 +237,9 @@ class Enricher:
         while not stop.is_set() and (max_batches is None or n < max_batches):
             self.step()
             n += 1
-            if self._unassigned.due():
-                assert self._consumer is not None
-                waited = self._unassigned.check(bool(self._consumer.assignment()))
-                if waited is not None:
-                    # Not close(): a consumer in that state may not close either.
-                    log.error(
-                        "the consumer has held no partition of raw.* for %.0fs (the edge "
-                        "Kafka away, or a group session lost and never rejoined, "
-                        "librdkafka#3437): exiting with %d to be started again",
-                        waited,
-                        EXIT_STUCK,
-                    )
-                    self._watchdog.on_stuck(EXIT_STUCK)
-                    return
+            assert self._consumer is not None
+            if self._unassigned.enforce(self._consumer, SERVICE, "raw.*", self._watchdog.on_stuck):
+                return
             if time.monotonic() - last_lag > 5:
                 last_lag = time.monotonic()
                 assert self._consumer is not None

@@ -33,7 +33,13 @@ from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
 from edge.scorer.features import FeatureRows
 from edge.scorer.model_runner import Model, ModelHolder, baseline_dir, load_model
-from edge.transactions import Transactions, Watchdog, offsets_after
+from edge.transactions import (
+    AssignmentGuard,
+    KafkaLoss,
+    Transactions,
+    Watchdog,
+    offsets_after,
+)
 from shared import topics
 from shared.baselines import shipped
 from shared.contracts import (
@@ -186,6 +192,7 @@ class ScorerService:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._watchdog = Watchdog("scorer")
+        self._loss = KafkaLoss("scorer")
         self._letters: DeadLetters | None = None
         self._label: Callable[[str], str] = str
         # Declared streams explain alerts with their declaration's labels.
@@ -239,6 +246,7 @@ class ScorerService:
                 kafka,
                 {
                     "transactional.id": self.transactional_id,
+                    "error_cb": self._loss.on_error,
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 2,
@@ -261,12 +269,24 @@ class ScorerService:
                     "auto.offset.reset": "earliest",
                     "fetch.wait.max.ms": 5,
                     "client.id": f"{self.transactional_id}",
+                    "error_cb": self._loss.on_error,
+                    # Static membership: a scorer started again (after a crash, a kill, an
+                    # upgrade) takes its partitions back at once instead of waiting for the
+                    # dead one's session to expire, with payments undecided meanwhile.
+                    "group.instance.id": self.transactional_id,
+                    "session.timeout.ms": self.settings.session_timeout_ms,
                 },
             )
         )
         self._consumer.subscribe(list(self._input), on_assign=self._assigned)
         self._txn = Transactions(
-            "scorer", self._producer, self._consumer, self._watchdog, self._rewind, ScorerError
+            "scorer",
+            self._producer,
+            self._consumer,
+            self._watchdog,
+            self._rewind,
+            ScorerError,
+            loss=self._loss,
         )
 
     def declared(self) -> list[str]:
@@ -630,10 +650,15 @@ def run(ctx: Any) -> None:
     try:
         svc.start()
         observe = metrics.Recorder()
+        # One scorer per gateway: it always holds every partition of anon.*.
+        unassigned = AssignmentGuard.for_session(config.scorer.session_timeout_ms)
         while not ctx.stop.is_set():
             t0 = time.perf_counter()
             result = svc.step()
             if result is not None:
                 observe(result, time.perf_counter() - t0, svc)
+            assert svc._consumer is not None
+            if unassigned.enforce(svc._consumer, "scorer", "anon.*", svc._watchdog.on_stuck):
+                return
     finally:
         svc.close()

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from edge.transactions import EXIT_STUCK, TXN_ATTEMPTS, AssignmentGuard, Transactions, Watchdog
+from edge.transactions import (
+    EXIT_STUCK,
+    TXN_ATTEMPTS,
+    AssignmentGuard,
+    KafkaLoss,
+    Transactions,
+    Watchdog,
+)
 
 
 def test_a_call_stuck_past_its_timeout_and_the_grace_ends_the_process() -> None:
@@ -89,6 +96,18 @@ class Producer:
         self.calls.append("poll")
         return 0
 
+    def send_offsets_to_transaction(self, offsets: Any, group: Any, timeout: float) -> None:
+        self.calls.append("offsets")
+
+    down = 0  # list_topics fails this many more times (the broker is not back yet)
+
+    def list_topics(self, timeout: float) -> object:
+        self.calls.append("metadata")
+        if self.down:
+            self.down -= 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+        return object()
+
 
 class Consumer:
     def __init__(self) -> None:
@@ -102,6 +121,9 @@ class Consumer:
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def consumer_group_metadata(self) -> object:
+        return object()
 
 
 class Broken(Exception):
@@ -166,3 +188,33 @@ def test_an_abort_that_timed_out_is_asked_for_again_and_one_that_never_ends_stop
     with pytest.raises(Broken, match="could not be aborted"):
         txn.run(_work)
     assert producer.calls.count("abort") == TXN_ATTEMPTS and not rewound
+
+
+def test_after_every_broker_went_away_the_next_commit_waits_for_kafka_then_starts_afresh() -> None:
+    """Its offsets are not sent: that call can hang on the coordinator the client remembers
+    from before the outage. The process ends (to be started again) once Kafka is back."""
+    producer, consumer, exits = Producer([], []), Consumer(), list[int]()
+    loss = KafkaLoss("enricher")
+    loss.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))  # before its first transaction
+    txn = Transactions(
+        "enricher",
+        producer,  # type: ignore[arg-type]
+        consumer,  # type: ignore[arg-type]
+        Watchdog("enricher", grace_s=5, tick_s=0.05, on_stuck=exits.append),
+        lambda: None,
+        Broken,
+        loss=loss,
+        back_every_s=0.01,
+    )
+    offsets = [TopicPartition("raw.telemetry", 0, 42)]
+    assert txn.run(lambda: ("done", offsets)) == "done" and not exits  # start-up: no loss
+    assert "offsets" in producer.calls
+    loss.on_error(KafkaError(KafkaError._TRANSPORT, "one connection closed"))
+    assert txn.run(lambda: ("done", offsets)) == "done" and not exits
+    loss.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    producer.calls.clear()
+    producer.down = 2
+    with pytest.raises(Broken, match="went away"):
+        txn.run(lambda: ("done", offsets))
+    assert exits == [EXIT_STUCK]
+    assert producer.calls == ["begin", "poll", "metadata", "metadata", "metadata"]

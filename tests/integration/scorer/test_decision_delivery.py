@@ -272,8 +272,7 @@ def test_kill_9_mid_run_while_the_broker_stalls_loses_no_decision(
     mosquitto = stack.mqtt.pid()
     assert mosquitto is not None
     try:
-        # 1. A steady stream (2,000 payments over ~5 s). One kill only: a restarted scorer gets
-        # its partitions once the dead one's group session expires (45 s).
+        # 1. A steady stream (2,000 payments over ~5 s).
         stream = PaymentStream(edge_kafka, data["payments"], run_id, token)
         stream.thread.start()
         time.sleep(kill_after)
@@ -320,3 +319,25 @@ def test_kill_9_mid_run_while_the_broker_stalls_loses_no_decision(
     assert all(got[e] == "decline" for e in declined)
     # The rule that keeps them: no batch commits before the broker acknowledged its decisions.
     assert stalled == 0, f"{stalled} burst payments committed while the broker was stalled"
+
+
+# librdkafka's default group session: how long a dead member holds its partitions.
+DEFAULT_SESSION_S = 45.0
+
+
+def test_a_scorer_killed_and_started_again_takes_its_partitions_back_at_once(
+    tmp_path: Path,
+    stack: Stack,
+    models: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    """Not once the dead one's group session expired (payments undecided all that time): the
+    scorer is a static member of its group, and the new process is the same member."""
+    models_dir, pub, _data = models
+    config = scorer_toml(tmp_path, stack, models_dir, pub)
+    scorer = ScorerProcess(config).start()
+    try:
+        scorer.kill()
+        # `start` waits for "scoring ...": the consumer holds its partitions.
+        scorer.start(timeout=DEFAULT_SESSION_S * 2 / 3)
+    finally:
+        scorer.stop()
