@@ -158,12 +158,13 @@ class ScorerSettings(_Section, frozen=True, kw_only=True):
     max_batch: Annotated[int, Meta(ge=1, le=65536)] = 2048
     # The longest wait, in milliseconds, for a micro-batch to fill.
     max_wait_ms: Annotated[float, Meta(ge=0, le=1000)] = 5.0
-    # Alert episodes (telemetry): open after this many anomalous frames within the window...
-    episode_open_events: Annotated[int, Meta(ge=1, le=100)] = 4
-    # ... the window, in seconds, those anomalous frames must fall within.
-    episode_open_window_s: Annotated[float, Meta(gt=0)] = 10.0
-    # ... close after this long without one; report a new peak at most this often.
-    episode_quiet_gap_s: Annotated[float, Meta(gt=0)] = 30.0
+    # Alert episodes, of every stream whose alerts are episodes: open after this many anomalous
+    # events within the window... (unset: each stream's declared rule; telemetry's is 4 in 10 s)
+    episode_open_events: Annotated[int, Meta(ge=1, le=100)] | None = None
+    # ... the window, in seconds, those anomalous events must fall within (unset: declared).
+    episode_open_window_s: Annotated[float, Meta(gt=0)] | None = None
+    # ... close after this long without one (unset: each stream's declared rule, telemetry 30 s).
+    episode_quiet_gap_s: Annotated[float, Meta(gt=0)] | None = None
     # An open episode's update (a new peak) is sent at most this often, in seconds.
     episode_update_interval_s: Annotated[float, Meta(ge=0)] = 10.0
     # Send approvals too (the vehicle waits for a decision either way); declines always go.

@@ -33,6 +33,7 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from edge.config import EdgeConfig
+from edge.episode_rules import episode_rules
 from shared import streams, topics
 from shared.errors import ConfigError
 from shared.kafka_config import Target, bootstrap_of, client_config
@@ -223,7 +224,7 @@ def _compacted_topics(config: EdgeConfig) -> list[TopicBudget]:
       the dedup ids of batches that left its window; ``retention.ms`` is twice the TTL and
       longer than a bridge session may queue redeliveries plus raw.*'s retention, so even a
       gateway stopped for a while restores every key the enricher would not expire itself.
-    * ``scorer.episodes``: an episode closes after ``episode_quiet_gap_s`` of wall time
+    * ``scorer.episodes``: an episode closes after its stream's quiet gap of wall time
       without an anomaly (its key is tombstoned), so a state older than a week is dead.
     * ``cloud.models``: compacted, never cut by time: the latest model per stream must stay
       however long ago it was published (a restored gateway installs it), and the topic holds
@@ -248,7 +249,8 @@ def _compacted_topics(config: EdgeConfig) -> list[TopicBudget]:
         )
     )
     episodes_live = max(1, enricher.max_states // 3) * EPISODE_RECORD_BYTES
-    episodes_ms = int(1000 * max(7 * DAY_S, 100 * scorer.episode_quiet_gap_s))
+    quiet_s = max((r.quiet_gap_s for r in episode_rules(scorer).values()), default=0.0)
+    episodes_ms = int(1000 * max(7 * DAY_S, 100 * quiet_s))
     n_streams = len(streams.all_streams())
     models_segment = topics.MODELS_SEGMENT_BYTES
     models_kept = n_streams * config.agent.keep_versions * MODEL_BYTES

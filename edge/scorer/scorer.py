@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from edge.config import EdgeConfig, ScorerSettings
 from edge.dlq import DeadLetters
+from edge.episode_rules import episode_rules
 from edge.scorer.decisions import decide
 from edge.scorer.errors import ScorerError
 from edge.scorer.explain import top_features
@@ -51,8 +52,7 @@ from shared.contracts import (
     decode,
     encode,
 )
-from shared.declarations.schema import EpisodeAlerts
-from shared.episodes import EpisodeSettings, EpisodeTracker, single_event_alert
+from shared.episodes import EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
 from shared.kafka_read import read_to_end, usable
@@ -71,25 +71,6 @@ DecisionConfirm = Callable[[float], int]
 # process exits and the restarted scorer scores it again). On loopback a PUBACK takes about a
 # millisecond; the bound covers a Mosquitto restart and paho's reconnect (1 s, then doubling).
 DECISION_ACK_TIMEOUT_S = 30.0
-
-
-def episode_settings(s: ScorerSettings) -> EpisodeSettings:
-    return EpisodeSettings(
-        open_events=s.episode_open_events,
-        open_window_s=s.episode_open_window_s,
-        quiet_gap_s=s.episode_quiet_gap_s,
-        update_interval_s=s.episode_update_interval_s,
-    )
-
-
-def declared_episode_settings(s: ScorerSettings, alerts: EpisodeAlerts) -> EpisodeSettings:
-    """A declared stream's episodes: its declaration's rule, the gateway's update interval."""
-    return EpisodeSettings(
-        open_events=alerts.open_events,
-        open_window_s=alerts.window_s,
-        quiet_gap_s=alerts.quiet_s,
-        update_interval_s=s.episode_update_interval_s,
-    )
 
 
 def episode_owner(group_id: str, stream: str) -> str:
@@ -174,16 +155,11 @@ class ScorerService:
         self.specs: dict[str, StreamSpec] = {s.name: s for s in all_streams()}
         self._input = {spec.anon_topic: name for name, spec in self.specs.items()}
         self._tokens = {name: token_of(spec) for name, spec in self.specs.items()}
-        self.tracker = EpisodeTracker(TELEMETRY.name, episode_settings(self.settings))
         # The episode tracker of each stream whose alerts are episodes (payments and declared
         # `event` streams raise one alert per anomalous event).
-        self.trackers: dict[str, EpisodeTracker] = {TELEMETRY.name: self.tracker}
-        for name, spec in self.specs.items():
-            decl = spec.declaration
-            if decl is not None and isinstance(decl.alerts, EpisodeAlerts):
-                self.trackers[name] = EpisodeTracker(
-                    name, declared_episode_settings(self.settings, decl.alerts)
-                )
+        self.trackers: dict[str, EpisodeTracker] = {
+            name: EpisodeTracker(name, rule) for name, rule in episode_rules(self.settings).items()
+        }
         # Episodes are closed by each vehicle's own events and, for a vehicle gone silent, by
         # wall time: the trackers are swept at least this often even when nothing arrives.
         self.sweep_every_s = min(1.0, *(t.settings.quiet_gap_s / 4 for t in self.trackers.values()))

@@ -447,4 +447,4 @@ def test_a_vehicle_with_a_clock_ahead_neither_suppresses_nor_closes_another_vehi
     assert [a.state for a in mine_ if a.state != "update"] == ["open", "closed"]
     closed = mine_[-1]
     assert closed.start_ts == t0 and closed.end_ts == t0 + 11
-    assert svc.tracker.states == {}
+    assert svc.trackers["telemetry"].states == {}

@@ -154,12 +154,12 @@ def test_a_declared_stream_passes_unscored_until_its_model_appears(
     for token, value in svc.trackers[REEFER].drain_dirty().items():
         assert again.restore_episode(f"{svc.group_id}@reefer/{token}".encode(), value, T0)
     assert set(again.trackers[REEFER].states) == {"RT-0003"}
-    assert again.tracker.states == {}  # telemetry's tracker took none of it
+    assert again.trackers["telemetry"].states == {}  # telemetry's tracker took none of it
     # Telemetry's state keeps the key it always had.
-    svc.tracker.observe("veh-token-1", "t-1", T0, 9.0, 1.0, "v", lambda: [])
-    for token, value in svc.tracker.drain_dirty().items():
+    svc.trackers["telemetry"].observe("veh-token-1", "t-1", T0, 9.0, 1.0, "v", lambda: [])
+    for token, value in svc.trackers["telemetry"].drain_dirty().items():
         assert again.restore_episode(f"{svc.group_id}/{token}".encode(), value, T0)
-    assert set(again.tracker.states) == {"veh-token-1"}
+    assert set(again.trackers["telemetry"].states) == {"veh-token-1"}
     assert not again.restore_episode(b"other-scorer/veh-token-1", b"{}", T0)
 
     # The agent rolls the first model back (to none): the stream passes unscored again.
@@ -195,3 +195,22 @@ def test_event_alerts_raise_one_alert_per_anomalous_event(
         )
         labels = {f.label for f in decl.features}
         assert all({c.feature for c in a.top_features} <= labels for a in alerts)
+
+
+def test_every_episode_stream_takes_its_declared_rule_and_the_gateways_overrides(
+    reefer: Stream,
+) -> None:
+    from edge.episode_rules import episode_rules
+
+    rules = episode_rules(ScorerSettings())
+    assert set(rules) == {"telemetry", REEFER}  # payments: one alert per anomalous event
+    assert (rules["telemetry"].open_events, rules["telemetry"].quiet_gap_s) == (4, 30.0)
+    assert (rules[REEFER].open_events, rules[REEFER].quiet_gap_s) == (4, 5.0)  # declared
+    quick = episode_rules(ScorerSettings(episode_quiet_gap_s=2.0, episode_update_interval_s=1.0))
+    assert {r.quiet_gap_s for r in quick.values()} == {2.0}
+    assert quick[REEFER].open_window_s == 10.0 and quick[REEFER].update_interval_s == 1.0
+    svc = ScorerService(EdgeConfig(scorer=ScorerSettings(episode_open_events=2)))
+    assert {n: t.settings.open_events for n, t in svc.trackers.items()} == {
+        "telemetry": 2,
+        REEFER: 2,
+    }
