@@ -10,7 +10,7 @@ PIP    := $(VENV)/bin/pip
 EXTRAS ?= edge,cloud,dev
 APT_PACKAGES := mosquitto mosquitto-clients kcat prometheus openjdk-17-jre-headless maven chromium chromium-driver
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 .PHONY: format setup system-deps venv constraints jars test test-unit demo demo-down bench lint typecheck \
 	doctest docs clean baseline-models baseline-telemetry baseline-payments
@@ -66,7 +66,8 @@ jars: venv
 	$(PY) -m shared.infra.jars
 
 # Test modules run on TEST_WORKERS parallel workers, each module whole on one worker (its
-# brokers are per module). TEST_WORKERS=1 runs them one after another.
+# brokers are per module; at most two of the modules that keep the cores busy at once, see
+# tests/scheduling.py). TEST_WORKERS=1 runs them one after another.
 test: setup
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

@@ -12,6 +12,12 @@ hands it a unit when two or fewer of its tests are pending; a one-test module is
 A worker with more work still ahead of it than another worker gets the shortest module
 waiting, not the longest: the longest goes to whichever worker frees up first.
 
+Some modules keep the machine's cores busy for minutes (two gateways and a cloud in one
+process tree, a fleet scored at ten times real time); most others wait on brokers and
+timers. With three workers, three busy modules side by side overloaded a 2-core machine (a
+MirrorMaker missed its start-up deadline), so at most ``MAX_BUSY`` modules of ``BUSY`` run at
+once: a worker that asks while that many are running gets the longest other module waiting.
+
 Refresh the table after the suite's times change:
 ``pytest -n 2 --dist loadfile --junitxml=run.xml`` then ``python -m tests.scheduling run.xml``.
 """
@@ -31,6 +37,17 @@ from xdist.scheduler import LoadFileScheduling
 DURATIONS = Path(__file__).with_name("module_durations.json")
 # A module missing from the table (a new one): most modules take a few seconds.
 DEFAULT_S = 5.0
+# Modules that keep the cores busy throughout, and how many of them may run at once.
+BUSY = frozenset(
+    {
+        "tests/e2e/test_demo.py",
+        "tests/e2e/test_chaos.py",
+        "tests/e2e/test_drift_loop.py",
+        "tests/e2e/test_detection.py",
+        "tests/ansible/test_gateways.py",
+    }
+)
+MAX_BUSY = 2
 
 
 def load_durations(path: Path = DURATIONS) -> dict[str, float]:
@@ -59,9 +76,21 @@ class LongestFirstLoadFile(LoadFileScheduling):
                 total += self.weight(scope) * list(tests.values()).count(False) / len(tests)
         return total
 
+    def _busy_running(self) -> int:
+        """How many BUSY modules some worker holds with tests not yet done."""
+        return sum(
+            1
+            for work in self.assigned_work.values()
+            for scope, tests in work.items()
+            if scope in BUSY and not all(tests.values())
+        )
+
     def _assign_work_unit(self, node: Any) -> None:
         assert self.workqueue
         by_weight = sorted(self.workqueue, key=lambda s: (-self.weight(s), s))
+        calm = [s for s in by_weight if s not in BUSY]
+        if calm and self._busy_running() >= MAX_BUSY:
+            by_weight = calm
         others = [self._ahead(n) for n in self.nodes if n is not node]
         busier = bool(others) and self._ahead(node) > min(others)
         scope = by_weight[-1] if busier else by_weight[0]

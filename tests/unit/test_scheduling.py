@@ -49,11 +49,16 @@ class _Node:
         self.shutting_down = True
 
 
-def _scheduled(durations: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+def _scheduled(durations: dict[str, float], workers: int = 2) -> tuple[list[str], list[list[str]]]:
     ids = [f"{m}::test_{i}" for m, n in MODULES.items() for i in range(n)]
-    sched = scheduling.LongestFirstLoadFile(_Config())  # type: ignore[arg-type]
+
+    class Workers(_Config):
+        class option(_Option):  # noqa: N801
+            tx = [f"{workers}*popen"]
+
+    sched = scheduling.LongestFirstLoadFile(Workers())  # type: ignore[arg-type]
     sched.durations = durations
-    nodes = [_Node("gw0"), _Node("gw1")]
+    nodes = [_Node(f"gw{n}") for n in range(workers)]
     for node in nodes:
         sched.add_node(node)
         sched.add_node_collection(node, ids)
@@ -76,6 +81,22 @@ def test_a_worker_with_more_ahead_gets_the_shortest_module_waiting() -> None:
     # gw0 has 450 s ahead, gw1 300 s: gw0's next module (taken at once: a one-test module's
     # worker asks for more before running it) is the shortest, not the 20 s one.
     assert first[1] == "tests/a/test_short.py"
+
+
+def test_no_more_busy_modules_run_at_once_than_the_cap(monkeypatch: Any) -> None:
+    """Three workers, three busy modules: the third worker starts on the longest calm one."""
+    busy = {"tests/a/test_longer.py", "tests/a/test_long.py", "tests/a/test_many.py"}
+    monkeypatch.setattr(scheduling, "BUSY", frozenset(busy))
+    monkeypatch.setattr(scheduling, "MAX_BUSY", 2)
+    _, firsts = _scheduled(SECONDS, workers=3)
+    assert [m[0] for m in firsts] == [
+        "tests/a/test_longer.py",
+        "tests/a/test_long.py",
+        "tests/a/test_unknown.py",  # not test_many.py (20 s, busy): the calm one, 5 s
+    ]
+    monkeypatch.setattr(scheduling, "MAX_BUSY", 3)
+    _, firsts = _scheduled(SECONDS, workers=3)
+    assert firsts[2][0] == "tests/a/test_many.py"
 
 
 def test_a_module_missing_from_the_table_counts_as_a_short_one() -> None:
