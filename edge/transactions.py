@@ -37,7 +37,13 @@ log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL: a temporary failure, start again.
 EXIT_STUCK = 75
-GRACE_S = 30.0
+# A call still running this long after its own timeout is stuck: librdkafka honours its
+# timeouts (a slow broker makes the call fail, and the batch is aborted and redone), so only the
+# hang outlives it.
+GRACE_S = 15.0
+# send_offsets_to_transaction's own timeout: on a healthy broker it takes milliseconds; its
+# hang (the broker gone during the call) then costs at most this plus GRACE_S.
+SEND_OFFSETS_TIMEOUT_S = 10.0
 
 
 def _exit(code: int) -> None:
@@ -270,7 +276,7 @@ class Transactions:
         if offsets:
             self.watchdog.call(
                 "send_offsets_to_transaction",
-                30,
+                SEND_OFFSETS_TIMEOUT_S,
                 self.producer.send_offsets_to_transaction,
                 offsets,
                 self.consumer.consumer_group_metadata(),
