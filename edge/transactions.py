@@ -318,7 +318,7 @@ class Transactions:
     def recover(self, exc: Exception) -> None:
         """Abort the transaction and rewind state and positions to the last commit."""
         err = exc.args[0] if isinstance(exc, KafkaException) else None
-        if err is not None and (err.fatal() or not (err.txn_requires_abort() or err.retriable())):
+        if err is not None and not abortable(err):
             raise self.fatal(f"transaction failed and cannot be aborted: {exc}") from exc
         log.warning("%s: aborting a batch (%s); rewinding to the last commit", self.service, exc)
         try:
@@ -348,6 +348,19 @@ class Transactions:
                 if not retry or attempt == TXN_ATTEMPTS:
                     raise
                 log.warning("%s: %s again (%s)", self.service, what, exc)
+
+
+def abortable(err: KafkaError) -> bool:
+    """Whether a transaction that failed with ``err`` can be aborted and the batch tried again.
+
+    ``_STATE`` is what ``produce`` says once the broker's refusal of an earlier record of the
+    same batch has reached the producer while the batch was still being written: the
+    transaction may only be aborted now. (Were the producer fenced or broken, the abort fails
+    and the service stops all the same.)
+    """
+    if err.fatal():
+        return False
+    return err.txn_requires_abort() or err.retriable() or err.code() == KafkaError._STATE
 
 
 def offsets_after(ends: dict[tuple[str, int], int]) -> list[TopicPartition]:

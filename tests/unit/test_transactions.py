@@ -190,6 +190,23 @@ def test_an_abort_that_timed_out_is_asked_for_again_and_one_that_never_ends_stop
     assert producer.calls.count("abort") == TXN_ATTEMPTS and not rewound
 
 
+def test_a_produce_refused_for_the_transactions_state_aborts_the_batch() -> None:
+    """``_STATE`` from ``produce``: the broker refused an earlier record of the batch. Aborted
+    and rewound; were the producer past saving, the abort's own failure stops the service."""
+    refused = KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state")
+
+    def work() -> tuple[str, list[Any]]:
+        raise KafkaException(refused)
+
+    txn, producer, consumer, rewound = _txn([])
+    assert txn.run(work) is None
+    assert producer.calls[-1] == "abort" and rewound == ["rewind"] and consumer.seeks
+    txn, producer, _, rewound = _txn([], [KafkaError(KafkaError._FENCED, fatal=True)])
+    with pytest.raises(Broken, match="could not be aborted"):
+        txn.run(work)
+    assert not rewound
+
+
 def test_after_every_broker_went_away_the_next_commit_waits_for_kafka_then_starts_afresh() -> None:
     """Its offsets are not sent: that call can hang on the coordinator the client remembers
     from before the outage. The process ends (to be started again) once Kafka is back."""

@@ -16,15 +16,25 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from firmware_sim import Fleet, SimSettings
 
 from edge import config as edge_config
 from edge.enricher import Enricher
+from edge.enricher.errors import EnricherError
+from edge.transactions import Transactions, Watchdog
 from edge.vault.setup import fleet_tokenizer, open_vault
 from shared import contracts, streams, topics
 from shared.config import convert
 from shared.kafka_config import KafkaSettings, Target, client_config
+from shared.kafka_write import produce
 from tests.support import (
     consume_all,
     kafka_table,
@@ -432,3 +442,56 @@ def test_a_batch_the_broker_refuses_is_aborted_rewound_and_written_once_later(
     ids = {e.event_id for e in events}  # type: ignore[attr-defined]
     seen = read_anon(edge_kafka, ids)
     assert set(seen) == ids and set(seen.values()) == {1}
+
+
+def test_a_record_written_after_the_broker_refused_one_aborts_the_batch_not_the_service(
+    edge_kafka: KafkaSettings,
+) -> None:
+    """The broker's refusal can reach the producer while the batch is still being written; the
+    next ``produce`` then fails with ``_STATE`` (the transaction may only be aborted). That
+    batch is aborted and rewound like any refused one, and the batches after it commit."""
+    tag = uuid.uuid4().hex[:8]
+    rewinds: list[int] = []
+    txn_producer = Producer(client_config(edge_kafka, {"transactional.id": f"refused-{tag}"}))
+    txn_producer.init_transactions(30)
+    consumer = Consumer(client_config(edge_kafka, {"group.id": f"refused-{tag}"}))
+    consumer.assign([TopicPartition(topics.RAW_TELEMETRY, 0, OFFSET_BEGINNING)])
+    txn = Transactions(
+        "enricher",
+        txn_producer,
+        consumer,
+        Watchdog("enricher"),
+        rewind=lambda: rewinds.append(1),
+        fatal=EnricherError,
+    )
+    refused: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            refused.append(err)
+
+    def refused_then_more() -> tuple[None, list[TopicPartition]]:
+        txn_producer.produce(
+            topics.ANON_TELEMETRY, b"x" * 4096, tag.encode(), on_delivery=on_delivery
+        )
+        deadline = time.monotonic() + 30
+        while not refused and time.monotonic() < deadline:
+            txn_producer.poll(0.1)
+        assert refused, "the broker took a record over the topic's max.message.bytes"
+        produce(txn_producer, topics.ANON_TELEMETRY, b"small", tag.encode())
+        return None, []
+
+    def small() -> tuple[str, list[TopicPartition]]:
+        produce(txn_producer, topics.ANON_TELEMETRY, b"small", tag.encode())
+        return "committed", []
+
+    try:
+        with refusing_large_records(edge_kafka, topics.ANON_TELEMETRY):
+            assert txn.run(refused_then_more) is None
+        assert (txn.aborted, rewinds) == (1, [1])
+        # The Kafka client can refuse the first commit after such an abort (the refused
+        # record's sequence number is skipped): that batch is aborted too, then they commit.
+        assert "committed" in [txn.run(small) for _ in range(3)]
+    finally:
+        consumer.close()
+        txn_producer.flush(10)
