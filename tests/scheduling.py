@@ -18,8 +18,8 @@ timers. With three workers, three busy modules side by side overloaded a 2-core 
 MirrorMaker missed its start-up deadline), so at most ``MAX_BUSY`` modules of ``BUSY`` run at
 once: a worker that asks while that many are running gets the longest other module waiting.
 
-Refresh the table after the suite's times change:
-``pytest -n 2 --dist loadfile --junitxml=run.xml`` then ``python -m tests.scheduling run.xml``.
+Refresh the table after the suite's times change: ``pytest -n 3 --dist loadfile
+--junitxml=run.xml`` (as ``make test`` runs it), then ``python -m tests.scheduling run.xml``.
 """
 
 from __future__ import annotations

@@ -67,13 +67,21 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ka
             ),
         )
     finally:
-        for h in (home, home / "gateway-2"):
-            subprocess.run(
+        # Both homes at once: each `infra down` can wait out its brokers' shutdown.
+        downs = [
+            subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "infra", "down", "--home", str(h)],
-                check=False,
-                capture_output=True,
-                timeout=180,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
+            for h in (home, home / "gateway-2")
+        ]
+        for down in downs:
+            try:
+                down.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                down.kill()
+                down.wait()
 
 
 def _cloud_labels(text: str, before: str) -> list[int]:
