@@ -25,7 +25,7 @@ from shared.declarations import transforms as tf
 from shared.declarations.anonymize import Plan, Slot, state_of
 from shared.declarations.events import event_time
 from shared.declarations.schema import Feature
-from shared.features.geo import cell
+from shared.features.geo import CELL_DEG
 from shared.features.guard import fin_array as _fin
 from shared.features.guard import round3_array
 from shared.features.state import KeyState, StreamState
@@ -69,17 +69,30 @@ class Batch:
     def __init__(self, plan: Plan, events: Sequence[Any], state: Any, tok: Tokenizer) -> None:
         self.plan, self.events, self.tok = plan, events, tok
         self._raw: dict[str, tuple[Any, ...]] | None = None
+        self._cols: dict[str, F64] = {}
         stream = plan.stream
         self.n = len(events)
         ids = self.raw(stream.device.field)
         kind = plan._device_kind
         self.device = self.tokens(kind, ids, none=True) if kind else list(ids)
-        self.ts = np.array([event_time(stream, e) for e in events], dtype=np.float64)
+        self.ts = self._times()
         self.rounds = Rounds(self.device)
         slots = [state_of(state, plan.state_key(d)) for d in self.rounds.devices]
         # Per feature: the devices' slots as columns (NaN where a device has none yet).
         self.slots = [self._columns(i, slots) for i in range(len(stream.features))]
-        self._cols: dict[str, F64] = {}
+
+    def _times(self) -> F64:
+        """Each event's time in epoch seconds, as ``event_time`` gives it (ValueError where
+        one is no finite time: the batch then goes event by event, which says which)."""
+        time = self.plan.stream.time
+        if time.unit == "iso8601":
+            return np.array([event_time(self.plan.stream, e) for e in self.events])
+        ts = self.column(time.field)
+        if time.unit == "ms":
+            ts = ts / 1000.0
+        if not np.isfinite(ts).all():
+            raise ValueError(f"field {time.field}: not a finite time")
+        return ts
 
     def tokens(self, kind: str, values: Sequence[Any], none: bool = False) -> list[Any]:
         """Each value's token, one tokenizer call per distinct value; None stays None unless
@@ -97,8 +110,12 @@ class Batch:
             empty if s is None or len(s.slots) != count or (v := s.slots[i]) is None else v
             for s in slots
         ]
-        if all(len(r) == width for r in rows):
-            return np.array(rows, dtype=np.float64).reshape(len(rows), width)
+        try:
+            whole = np.array(rows, dtype=np.float64)
+        except ValueError:  # rows of several lengths
+            whole = None
+        if whole is not None and whole.shape == (len(rows), width):
+            return whole
         out = np.full((len(rows), width), np.nan)
         for d, row in enumerate(rows):
             out[d, : min(len(row), width)] = row[:width]
@@ -298,13 +315,7 @@ class Batch:
         value_cols = [
             self._rounded(name) if is_float else self.raw(name) for name, is_float in plan._values
         ]
-        cells: list[str | None] = [None] * n
-        if stream.cell is not None:
-            lat, lon = stream.cell
-            cells = [
-                None if a is None or b is None else cell(float(a), float(b))
-                for a, b in zip(self.raw(lat), self.raw(lon), strict=True)
-            ]
+        cells = self._cells() if stream.cell is not None else [None] * n
         if plan._key_kind and (stream.anon_key, plan._key_kind) == (
             stream.device.field,
             plan._device_kind,
@@ -334,6 +345,26 @@ class Batch:
                 strict=True,
             ),
         )
+
+    def _cells(self) -> list[str | None]:
+        """Each event's grid cell, as :func:`~shared.features.geo.cell` gives it (None where a
+        coordinate is missing): the divisions and floors over the batch, each cell's text
+        made once."""
+        assert self.plan.stream.cell is not None
+        lat, lon = (self.column(name) for name in self.plan.stream.cell)
+        with np.errstate(all="ignore"):
+            rows, cols = np.floor(lat / CELL_DEG).tolist(), np.floor(lon / CELL_DEG).tolist()
+        text: dict[tuple[float, float], str] = {}
+        out: list[str | None] = []
+        for a, b in zip(rows, cols, strict=True):
+            if a != a or b != b:
+                out.append(None)
+                continue
+            c = text.get((a, b))
+            if c is None:
+                c = text[(a, b)] = f"c10:{int(a)}:{int(b)}"
+            out.append(c)
+        return out
 
     def records(self, matrix: F64) -> list[AnonRecord]:
         out, plan, name = self._columns_out(matrix), self.plan, self.plan.stream.name
@@ -478,8 +509,12 @@ def anonymize_declared(
     from shared.features.anonymize import plan_of
 
     groups: dict[int, list[int]] = {}
-    for j, (spec, _event) in enumerate(items):
-        groups.setdefault(id(spec), []).append(j)
+    first = items[0][0] if items else None
+    if all(spec is first for spec, _event in items):  # one stream: the common case
+        groups = {id(first): list(range(len(items)))} if items else {}
+    else:
+        for j, (spec, _event) in enumerate(items):
+            groups.setdefault(id(spec), []).append(j)
     records: list[Any] = [None] * len(items)
     updates: dict[str, KeyState] = {}
     for rows in groups.values():

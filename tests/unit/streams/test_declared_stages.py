@@ -7,6 +7,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -286,11 +287,50 @@ def _random_events(spec: streams.StreamSpec, n: int, seed: int) -> list[tuple[An
     return out
 
 
+def _in_ms_on_the_move(
+    items: list[tuple[Any, Any]], spec: streams.StreamSpec, seed: int
+) -> list[tuple[Any, Any]]:
+    """The same events with times in milliseconds and positions that cross cell borders (on
+    both sides of the equator and of Greenwich)."""
+    rng = random.Random(seed)
+    out = []
+    for _spec, event in items:
+        raw = json.loads(encode(event))
+        raw["at"] = int(datetime.fromisoformat(raw["at"]).timestamp() * 1000) + rng.randrange(1000)
+        raw["la"] = rng.choice((0.0, -0.05, 0.1, 52.52437, -33.9, 0.30000000000000004))
+        raw["lo"] = rng.uniform(-0.3, 0.3)
+        out.append((spec, decode(spec.event, json.dumps(raw).encode())))
+    return out
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_vectorised_batch_gives_the_event_by_event_records_and_states(
     cold: streams.StreamSpec, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    items = _random_events(cold, 600, seed)
+    _same_records_and_states(_random_events(cold, 600, seed), monkeypatch)
+
+
+def test_the_vectorised_batch_with_millisecond_times_and_moving_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "iso").mkdir()
+    (tmp_path / "iso" / "cold.toml").write_text(COLD)
+    streams.use_declarations(tmp_path / "iso")
+    items = _random_events(streams.get("cold"), 600, 4)
+    streams._REGISTRY.pop("cold", None)
+    (tmp_path / "ms").mkdir()
+    text = COLD.replace('unit = "iso8601"', 'unit = "ms"').replace(
+        'at = { type = "str" }', 'at = { type = "int" }'
+    )
+    (tmp_path / "ms" / "cold.toml").write_text(text)
+    streams.use_declarations(tmp_path / "ms")
+    try:
+        _same_records_and_states(_in_ms_on_the_move(items, streams.get("cold"), 4), monkeypatch)
+    finally:
+        streams._REGISTRY.pop("cold", None)
+
+
+def _same_records_and_states(items: list[tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     want_state, want = FeatureState(), list[AnonRecord]()
     for start in range(0, len(items), 150):
         chunk = sequential_batch(items[start : start + 150], want_state, SECRET)
