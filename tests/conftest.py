@@ -95,13 +95,16 @@ def _streams_declared_in_a_module_stay_in_it() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """Edge Kafka (1 node) and Mosquitto, topics created; the cloud starts on first use.
 
-    One stack per test module, on free ports, torn down (no process left) at its end.
+    One stack per test module, on free ports, torn down (no process left) at its end. The
+    cloud has one node; a module that tests the three-node cluster sets ``CLOUD_NODES = 3``.
     """
     home = tmp_path_factory.mktemp("infra")
-    s = Stack(free_infra_settings(home), quiet=True)
+    s = Stack(free_infra_settings(home, getattr(request.module, "CLOUD_NODES", 1)), quiet=True)
     try:
         s.up(services=frozenset({"edge", "mqtt"}))
         yield s
@@ -135,8 +138,8 @@ def plain_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cloud_kafka(stack: Stack) -> KafkaSettings:
-    """The 3-node cloud cluster (replication factor 3, min.insync.replicas=2; TLS, SCRAM and
-    ACLs), as its admin sees it: tests read and write anything with it. The services under
+    """The cloud cluster (one node, or three where the module says so; TLS, SCRAM and ACLs),
+    as its admin sees it: tests read and write anything with it. The services under
     test log in as themselves (`cloud_login`)."""
     stack.up(services=frozenset({"cloud"}))
     login = stack.cloud.login(KAFKA_ADMIN_USER)

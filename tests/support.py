@@ -34,16 +34,21 @@ from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import Target, client_config
 
 
-def free_infra_settings(home: Path) -> InfraSettings:
-    """Settings on ports the OS says are free, so two test runs side by side do not clash."""
-    p = free_ports(9)
+def free_infra_settings(home: Path, cloud_nodes: int = 1) -> InfraSettings:
+    """Settings on ports the OS says are free, so two test runs side by side do not clash.
+
+    The cloud Kafka has one node unless ``cloud_nodes`` says otherwise: TLS, SCRAM and ACLs
+    are the same on one node, and three cost the suite three JVMs for every module that
+    starts a cloud. The modules that test the three-node cluster itself ask for three.
+    """
+    p = free_ports(3 + 2 * cloud_nodes)
     return InfraSettings(
         home=home,
         edge_port=p[0],
         edge_controller_port=p[1],
         mqtt_port=p[2],
-        cloud_ports=p[3:6],
-        cloud_controller_ports=p[6:9],
+        cloud_ports=p[3 : 3 + cloud_nodes],
+        cloud_controller_ports=p[3 + cloud_nodes :],
         kafka_heap="384m",
     )
 

@@ -62,7 +62,8 @@ def infra_options(fn: Any) -> Any:
     fn = click.option(
         "--cloud-ports",
         callback=lambda c, p, v: _ports(v),
-        help="Cloud Kafka ports, comma-separated (default 9192,9194,9196).",
+        help="Cloud Kafka ports, comma-separated, one per node: three (default "
+        "9192,9194,9196) or one for a trial (replication factor 1).",
     )(fn)
     fn = click.option(
         "--cloud-controller-ports",

@@ -37,10 +37,13 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     host: str = "127.0.0.1"
     edge_port: Port = 9092
     edge_controller_port: Port = 9093
-    cloud_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = msgspec.field(
+    # One port per cloud Kafka node: three (replication factor 3, min.insync.replicas 2), or
+    # one for a trial on a single machine (replication factor 1).
+    cloud_ports: Annotated[list[Port], Meta(min_length=1, max_length=3)] = msgspec.field(
         default_factory=lambda: [9192, 9194, 9196]
     )
-    cloud_controller_ports: Annotated[list[Port], Meta(min_length=3, max_length=3)] = msgspec.field(
+    # The cloud nodes' controller ports, as many as cloud_ports.
+    cloud_controller_ports: Annotated[list[Port], Meta(min_length=1, max_length=3)] = msgspec.field(
         default_factory=lambda: [9193, 9195, 9197]
     )
     mqtt_port: Port = 1883
@@ -50,6 +53,14 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     edge_config: Path | None = None
 
     def __post_init__(self) -> None:
+        if len(self.cloud_controller_ports) != len(self.cloud_ports):
+            from shared.errors import ConfigError
+
+            raise ConfigError(
+                f"{len(self.cloud_controller_ports)} controller ports for "
+                f"{len(self.cloud_ports)} cloud nodes: give one per port in cloud_ports",
+                setting="cloud_controller_ports",
+            )
         used: dict[int, str] = {}
         for setting, port in self.port_settings():
             if port in used:
@@ -128,6 +139,7 @@ class Stack:
             self.settings.home,
             edge_login=edge,
             cloud_login=self.add_gateway(edge_id) if provision else self._gateway_login(edge_id),
+            cloud_replication_factor=self.cloud.replication_factor,
         )
 
     def _gateway_login(self, edge_id: str) -> KafkaSettings | str:

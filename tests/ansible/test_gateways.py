@@ -4,10 +4,11 @@ The converge tests install two gateways side by side (connection local, each und
 root in a tmp dir, on its own free ports), run them through the no-systemd path
 (``gateway_service_manager: supervisor``), publish vehicle events over each gateway's TLS
 listener and read them back from its ``raw.*`` and ``anon.*`` topics, and from the cloud:
-each gateway's MirrorMaker, as the role configured it, replicates to a real 3-node cloud
-Kafka with TLS, SCRAM and ACLs, logged in as the gateway itself. Then they re-run
-(zero changed tasks on both), run ``--check --diff`` on one (no change), and upgrade one
-gateway one version up (only its edge services restart, its data stays).
+each gateway's MirrorMaker, as the role configured it, replicates to a real cloud Kafka
+with TLS, SCRAM and ACLs (one node, ``edge_cloud_replication_factor: 1``), logged in as the
+gateway itself. Then they re-run (zero changed tasks on both), run ``--check --diff`` on one
+(no change), and upgrade one gateway one version up (only its edge services restart, its
+data stays).
 """
 
 from __future__ import annotations
@@ -410,6 +411,7 @@ def _write_inventory(
         "edge_cloud_bootstrap": cloud.cloud.bootstrap,
         "edge_cloud_ca_cert": cloud.cloud.tls_files.ca_file.read_text(),
         "edge_cloud_password": "{{ vault_cloud_passwords[edge_id] }}",
+        "edge_cloud_replication_factor": cloud.cloud.replication_factor,
     }
     (inv_dir / "group_vars" / "gateways" / "main.yml").write_text(yaml.safe_dump(group_vars))
     vault = {

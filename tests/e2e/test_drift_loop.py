@@ -3,7 +3,8 @@ switch -> false alerts fall; a flipped byte in a published model is refused by b
 promoted on the dashboard reaches both.
 
 Each gateway is its own edge Kafka, Mosquitto, MirrorMaker 2 and ``fleetsentry edge run``
-(bridge, enricher, scorer, agent) with the shipped baseline models; one 3-node cloud Kafka.
+(bridge, enricher, scorer, agent) with the shipped baseline models; one cloud Kafka (one
+node: the loop is under test here, not the cluster).
 Each gateway's seeded fleet drives real MQTT sessions, faster than real time (device time
 still advances a second per frame). A new vehicle model joins both fleets part way through
 phase 1 (``--drift new_model``): it runs hotter and with higher tyre pressures than anything
@@ -164,6 +165,7 @@ def gateways(
                 home,
                 edge_login=s.edge.login(MIRROR_USER),
                 cloud_login=stack.add_gateway(pipeline.edge_id),
+                cloud_replication_factor=stack.cloud.replication_factor,
             )
             gws.append(Gateway(n, s, pipeline, mirror, fleet))
         for gw in gws:

@@ -220,6 +220,7 @@ def test_the_documented_walkthrough_onboards_a_fleet_the_simulator_never_made(
         work,
         edge_login=stack.edge.login(MIRROR_USER),
         cloud_login=stack.add_gateway(gateway.edge_id),
+        cloud_replication_factor=stack.cloud.replication_factor,
     )
     mirror.start()
     gateway.start()

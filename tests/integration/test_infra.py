@@ -27,6 +27,8 @@ from tests.conftest import MqttBroker
 from tests.support import consume_all, free_infra_settings, produce_all
 
 pytestmark = pytest.mark.integration
+# The cloud as `infra up` makes it by default: three nodes (tests/conftest.py: stack).
+CLOUD_NODES = 3
 VIN_A = "1HGCM82633A004352"
 VIN_B = "2FTRX18W1XCA12345"
 

@@ -9,6 +9,7 @@ import pytest
 from shared.config import Secret
 from shared.errors import ConfigError
 from shared.infra.cli import settings_from
+from shared.infra.stack import Stack
 
 
 def test_secret_never_prints() -> None:
@@ -59,5 +60,17 @@ def test_infra_settings_reject_duplicate_and_invalid_ports(tmp_path: Path) -> No
         settings_from({"home": tmp_path, "mqtt_port": 70000})
     assert err.value.setting == "mqtt_port"
     with pytest.raises(ConfigError) as err:
-        settings_from({"home": tmp_path, "cloud_ports": [1, 2]})
+        settings_from({"home": tmp_path, "cloud_ports": [1, 2, 3, 4]})
     assert err.value.setting == "cloud_ports"
+    with pytest.raises(ConfigError) as err:
+        settings_from({"home": tmp_path, "cloud_ports": [9300]})
+    assert err.value.setting == "cloud_controller_ports"
+    assert "3 controller ports for 1 cloud nodes" in str(err.value)
+
+
+def test_a_one_node_cloud_replicates_once(tmp_path: Path) -> None:
+    settings = settings_from(
+        {"home": tmp_path, "cloud_ports": [9300], "cloud_controller_ports": [9301]}
+    )
+    cloud = Stack(settings, quiet=True).cloud
+    assert len(cloud.nodes) == 1 and cloud.replication_factor == 1 and cloud.min_insync == 1

@@ -31,6 +31,8 @@ from shared.kafka_config import (
 from tests.support import consume_all
 
 pytestmark = pytest.mark.integration
+# The three-node cluster: the nodes talk to each other over the same listeners.
+CLOUD_NODES = 3
 
 QUICK = {"socket.timeout.ms": 4000, "log_level": 0}
 

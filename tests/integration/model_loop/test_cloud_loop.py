@@ -1,4 +1,4 @@
-"""Cloud side of the loop against the real 3-node cloud Kafka: registry -> publisher ->
+"""Cloud side of the loop against the real cloud Kafka: registry -> publisher ->
 ``models`` -> (the edge's ``cloud.models``) -> agent; a drift-triggered retrain; and one held
 for an operator's approval, published by the signer only once approved."""
 

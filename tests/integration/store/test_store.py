@@ -1,4 +1,4 @@
-"""The cloud store against the real 3-node cloud: Parquet by dataset and day, one row per id."""
+"""The cloud store against the real cloud Kafka: Parquet by dataset and day, one row per id."""
 
 from __future__ import annotations
 
