@@ -105,7 +105,8 @@ def test_promoted_model_travels_to_the_agent_and_a_flipped_byte_is_rejected(
 
 def _create(bootstrap: Target, *names: str) -> None:
     admin = AdminClient(client_config(bootstrap))
-    futures = admin.create_topics([NewTopic(n, 3, 3) for n in names])
+    # Replication factor -1: the cluster's default (3 on three nodes, 1 on one).
+    futures = admin.create_topics([NewTopic(n, 3, -1) for n in names])
     for f in futures.values():
         f.result(30)
 

@@ -55,7 +55,8 @@ def _label(event_id: str, ts: float) -> bytes:
 
 def _create(bootstrap: Target, names: list[str]) -> None:
     admin = AdminClient(client_config(bootstrap))
-    futs = admin.create_topics([NewTopic(n, 3, 3) for n in names])
+    # Replication factor -1: the cluster's default (3 on three nodes, 1 on one).
+    futs = admin.create_topics([NewTopic(n, 3, -1) for n in names])
     for fut in futs.values():
         fut.result(30)
 
