@@ -34,12 +34,12 @@ from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import Target, client_config
 
 
-def free_infra_settings(home: Path, cloud_nodes: int = 1) -> InfraSettings:
+def free_infra_settings(home: Path, cloud_nodes: int = 3) -> InfraSettings:
     """Settings on ports the OS says are free, so two test runs side by side do not clash.
 
-    The cloud Kafka has one node unless ``cloud_nodes`` says otherwise: TLS, SCRAM and ACLs
-    are the same on one node, and three cost the suite three JVMs for every module that
-    starts a cloud. The modules that test the three-node cluster itself ask for three.
+    ``cloud_nodes``: the cloud Kafka's, three as `infra up` makes it. Tests of the loop
+    rather than of the cluster ask for one (TLS, SCRAM and ACLs are the same on one node,
+    and three cost three JVMs for the length of the module).
     """
     p = free_ports(3 + 2 * cloud_nodes)
     return InfraSettings(

@@ -477,7 +477,7 @@ def fleet() -> Iterator[Fleet]:
         capture_output=True,
         timeout=300,
     )
-    cloud = Stack(free_infra_settings(base / "cloud"), quiet=True)
+    cloud = Stack(free_infra_settings(base / "cloud", cloud_nodes=1), quiet=True)
     try:
         cloud.up(services=frozenset({"cloud"}))
         for name in gateways:  # what the operator does before installing a gateway
