@@ -8,7 +8,8 @@
   a missing topic read as empty.
 - ``watermarks``: each partition's (low, high) offsets, for counting and for reading or
   following from the end.
-- ``usable``: whether a consumed message is a record, for the services' consume loops.
+- ``usable``: whether a consumed message is a record, for the services' consume loops, and
+  ``FETCH_WAIT_MAX_MS``, their consumers' long poll.
 
 The end is each partition's high watermark as the read starts: records written meanwhile
 are not handed over. Positions, not the offsets of records seen, tell when a partition is
@@ -30,6 +31,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from shared.kafka_config import Target, bootstrap_of, client_config
 
 log = logging.getLogger(__name__)
+
+# How long the broker may hold a fetch that finds nothing new (librdkafka's
+# fetch.wait.max.ms). The broker answers as soon as a record is there to read (fetch.min.bytes
+# 1; with read_committed, once its transaction commits), so this adds no latency; it sets how
+# often an idle consumer asks. The scorer's 5 ms had an idle gateway's Kafka answering 250
+# fetches a second, 12 % of a core (bench/idle.py).
+FETCH_WAIT_MAX_MS = 500
 
 
 def usable(msg: Message, fail: Callable[[str], Exception], what: str) -> bool:

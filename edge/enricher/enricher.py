@@ -42,7 +42,7 @@ from shared.features import FeatureState, encode_state
 from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN, plan_of
 from shared.features.batch import BatchResult, anonymize_batch, declared_batch
 from shared.kafka_config import client_config
-from shared.kafka_read import usable
+from shared.kafka_read import FETCH_WAIT_MAX_MS, usable
 from shared.kafka_write import produce
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
@@ -180,7 +180,7 @@ class Enricher:
                     "session.timeout.ms": s.session_timeout_ms,
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": int(s.batch_wait_ms) or 1,
+                    "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
                     # Prefetch about two batches, not librdkafka's 64 MB: a gateway is short of memory.
                     "queued.max.messages.kbytes": 8192,
                 },

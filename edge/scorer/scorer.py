@@ -55,7 +55,7 @@ from shared.contracts import (
 from shared.episodes import EpisodeTracker, single_event_alert
 from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
-from shared.kafka_read import read_to_end, usable
+from shared.kafka_read import FETCH_WAIT_MAX_MS, read_to_end, usable
 from shared.kafka_write import produce
 from shared.streams import TELEMETRY, StreamSpec, all_streams
 
@@ -243,7 +243,7 @@ class ScorerService:
                     "isolation.level": "read_committed",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
-                    "fetch.wait.max.ms": 5,
+                    "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
                     "client.id": f"{self.transactional_id}",
                     "error_cb": self._loss.on_error,
                     # Static membership: a scorer started again (after a crash, a kill, an
