@@ -395,6 +395,9 @@ def _write_inventory(
         "edge_user": "root",
         "mosquitto_tls_bind_address": "127.0.0.1",
         "kafka_heap_max": "320m",
+        # As the suite's other JVMs (tests/conftest.py): brokers that live minutes.
+        "kafka_jvm_extra_options": ["-XX:TieredStopAtLevel=1"],
+        "edge_mirror_jvm_extra_options": ["-XX:TieredStopAtLevel=1"],
         "edge_python": sys.executable,
         "edge_package_src": str(wheel),
         "edge_pip_extra_args": ["--no-index", "--find-links", str(wheelhouse)],
