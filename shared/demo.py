@@ -495,6 +495,7 @@ def _gateways(
             settings.home,
             edge_login=stack.edge.login(MIRROR_USER),
             cloud_login=main.add_gateway(edge_id),
+            cloud_replication_factor=main.cloud.replication_factor,
         )
         gws.append(Gateway(edge_id, stack, cfg, mirror))
     return gws
