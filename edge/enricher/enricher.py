@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -36,10 +36,10 @@ from edge.transactions import (
 )
 from edge.vault import Vault
 from shared import streams
-from shared.contracts import Payment, Telemetry, decode
+from shared.contracts import decode
 from shared.errors import ContractError
 from shared.features import FeatureState, encode_state
-from shared.features.anonymize import CARD_NUMBER, DRIVER_ID, VIN, plan_of
+from shared.features.anonymize import vault_of
 from shared.features.batch import BatchResult, anonymize_batch, declared_batch
 from shared.kafka_config import client_config
 from shared.kafka_read import FETCH_WAIT_MAX_MS, usable
@@ -68,39 +68,28 @@ VAULT_EXPIRE_EVERY_S = 1.0
 VAULT_EXPIRE_LIMIT = 2000
 
 
-def pii_items(event: Any) -> list[tuple[str, str, str | None]]:
+def pii_items(spec: StreamSpec, event: Any) -> list[tuple[str, str, str | None]]:
     """(kind, value, person) of every identifying value the vault keeps for ``event``.
 
-    Kinds that anon records carry tokens of use the anonymizer's namespaces, so the vault
-    reverses those tokens. Card data belongs to the driver who pays with it.
+    What its stream's declaration tokenizes or keeps in the vault. A token's kind is the
+    anonymizer's namespace, so the vault reverses the tokens anon records carry; every value
+    but the device's belongs to the event's person (a card to the driver who pays with it).
     """
-    items: list[tuple[str, str, str | None]] = [
-        (VIN, event.vin, None),
-        (DRIVER_ID, event.driver_id, event.driver_id),
-    ]
-    if isinstance(event, Payment):
-        items += [
-            ("driver_name", event.driver_name, event.driver_id),
-            (CARD_NUMBER, event.card_number, event.driver_id),
-            ("cardholder", event.cardholder, event.driver_id),
-        ]
-    return items
+    return vault_of(spec)(event)
 
 
 def batch_pii(items: list[tuple[StreamSpec, Any]]) -> list[tuple[str, str, str | None]]:
     """Every identifying value of a batch, once each (the same vehicle recurs all batch)."""
-    pairs = {(e.vin, e.driver_id): None for s, e in items if s is streams.TELEMETRY}
+    seen: set[tuple[str, Any]] = set()
     pii: dict[tuple[str, str], str | None] = {}
-    for vin, driver in pairs:
-        pii.setdefault((VIN, vin), None)
-        pii.setdefault((DRIVER_ID, driver), driver)
     for spec, event in items:
-        if spec is streams.PAYMENTS:
-            for kind, value, person in pii_items(event):
-                pii.setdefault((kind, value), person)
-        elif spec.declaration is not None:
-            for kind, value, person in plan_of(spec).vault_items(event):
-                pii.setdefault((kind, value), person)
+        vault = vault_of(spec)
+        alike = (spec.name, vault.key(event))
+        if alike in seen:
+            continue
+        seen.add(alike)
+        for kind, value, person in vault(event):
+            pii.setdefault((kind, value), person)
     return [(kind, value, person) for (kind, value), person in pii.items()]
 
 
@@ -114,14 +103,19 @@ class Enricher:
         tokenizer: Tokenizer,
         instance: int = 0,
         clock: Callable[[], float] = time.time,
+        only: Sequence[StreamSpec] | None = None,
     ) -> None:
+        """``only``: the streams this enricher reads (default every registered stream)."""
         self.config = config
         self.settings = config.enricher
         self.vault = vault
         self.tokenizer = tokenizer
         self.transactional_id = f"{config.edge_id}-enricher-{instance}"
         self._clock = clock
-        self._specs = {spec.raw_topic: spec for spec in streams.all_streams()}
+        chosen = streams.all_streams() if only is None else only
+        if not chosen:
+            raise EnricherError("no stream to enrich")
+        self._specs = {spec.raw_topic: spec for spec in chosen}
         self._declared = any(spec.declaration is not None for spec in self._specs.values())
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -380,12 +374,12 @@ class Enricher:
 
     def _admit(
         self, msgs: list[Message]
-    ) -> tuple[list[tuple[StreamSpec, Telemetry | Payment]], dict[tuple[str, int], int]]:
+    ) -> tuple[list[tuple[StreamSpec, Any]], dict[tuple[str, int], int]]:
         """Decode each message and drop the bridge's redeliveries; bad ones go to the DLQ.
 
         Returns the events to anonymize and each partition's last consumed offset.
         """
-        items: list[tuple[StreamSpec, Telemetry | Payment]] = []
+        items: list[tuple[StreamSpec, Any]] = []
         ends: dict[tuple[str, int], int] = {}
         counts_in: Counter[str] = Counter()
         specs, windows = self._specs, self._windows
@@ -397,7 +391,7 @@ class Enricher:
             spec = specs[tp[0]]
             counts_in[spec.name] += 1
             try:
-                event: Telemetry | Payment = decode(spec.event, msg.value() or b"")  # type: ignore[assignment]
+                event: Any = decode(spec.event, msg.value() or b"")
             except ContractError as exc:
                 self._reject(msg, exc)
                 continue

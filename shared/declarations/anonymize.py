@@ -4,7 +4,7 @@ Built from the declaration once per stream (:class:`Plan`), then run per event:
 
 - personal data: ``token`` fields become keyed tokens (and go to the vault), the ``cell``
   pair becomes a ~10 km grid cell, ``vault`` fields go to the vault only, ``drop`` fields
-  go nowhere. :meth:`Plan.vault_items` lists what the vault keeps;
+  go nowhere. :class:`VaultItems` lists what the vault keeps;
 - every other field (but the device and time fields) travels in ``values``, floats rounded
   to 3 decimals;
 - features: the declared generic transforms, per device, in declared order, rounded to 3
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from shared.contracts import SCHEMA_VERSION, AnonRecord
@@ -69,6 +70,36 @@ def state_kind(stream: str) -> str:
     return f"g/{stream}"
 
 
+def _nothing(_event: Any) -> None:
+    return None
+
+
+class VaultItems:
+    """The values the vault keeps of a stream's event: ``(kind, value, person)`` of each
+    tokenized or vault-only field. A token's kind is its namespace, so the vault reverses it;
+    every value but the device's belongs to the event's person (when the stream names one)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._fields = [
+            (n, stream.token_kind(n) if f.pii == "token" else n, n != stream.device.field)
+            for n, f in stream.fields.items()
+            if f.pii in ("token", "vault")
+        ]
+        self._person = stream.person
+        names = [n for n, _, _ in self._fields] + ([self._person] if self._person else [])
+        # The fields the items are made of, as one hashable value: events alike in it give
+        # the same items (a batch checks it before making them again).
+        self.key: Callable[[Any], Any] = attrgetter(*names) if names else _nothing
+
+    def __call__(self, event: Any) -> list[tuple[str, str, str | None]]:
+        person = getattr(event, self._person) if self._person else None
+        return [
+            (kind, str(value), person if personal else None)
+            for name, kind, personal in self._fields
+            if (value := getattr(event, name)) is not None
+        ]
+
+
 class Plan:
     """How one declared stream is anonymized; build once, run per event."""
 
@@ -87,11 +118,7 @@ class Plan:
             for n, f in stream.fields.items()
             if f.pii is None and n not in skip
         ]
-        self._vault = [
-            (n, stream.token_kind(n) if f.pii == "token" else n)
-            for n, f in stream.fields.items()
-            if f.pii in ("token", "vault")
-        ]
+        self.vault_items = VaultItems(stream)
 
     def device(self, event: Any, tok: Tokenizer) -> str:
         """The device's id as anonymized records carry it: its token, or itself."""
@@ -145,17 +172,6 @@ class Plan:
             features=features,
         )
         return record, StreamState(tuple(slots))
-
-    def vault_items(self, event: Any) -> list[tuple[str, str, str | None]]:
-        """(kind, value, person) of every value the vault keeps for ``event``."""
-        person_field = self.stream.person
-        person = getattr(event, person_field) if person_field else None
-        out: list[tuple[str, str, str | None]] = []
-        for name, kind in self._vault:
-            value = getattr(event, name)
-            if value is not None:
-                out.append((kind, str(value), None if name == self.stream.device.field else person))
-        return out
 
 
 def _number(event: Any, name: str) -> float | None:

@@ -152,6 +152,22 @@ def plan_of(spec: StreamSpec) -> Any:
     return plan
 
 
+_vaults: dict[int, tuple[Any, Any]] = {}
+
+
+def vault_of(spec: StreamSpec) -> Any:
+    """What the vault keeps of a stream's events (a ``VaultItems``, built once per spec):
+    from its declaration, the built-in streams' from the shipped ones."""
+    cached = _vaults.get(id(spec))
+    if cached is None or cached[0] is not spec.declaration:
+        from shared.declarations.anonymize import VaultItems
+        from shared.declarations.loader import builtin
+
+        items = VaultItems(spec.declaration or builtin()[spec.name])
+        cached = _vaults[id(spec)] = (spec.declaration, items)
+    return cached[1]
+
+
 def _declared(
     spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState], tok: Tokenizer
 ) -> Anonymized:

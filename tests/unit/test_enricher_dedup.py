@@ -5,6 +5,7 @@ from __future__ import annotations
 from edge.enricher.dedup import DedupWindow, event_key
 from edge.enricher.enricher import pii_items
 from edge.enricher.expiry import KeyClock
+from shared import streams
 from shared.contracts import Payment
 
 
@@ -49,7 +50,7 @@ def test_pii_items_cover_every_identifying_field() -> None:
         lat=1.0,
         lon=1.0,
     )
-    kinds = {k: (v, person) for k, v, person in pii_items(p)}
+    kinds = {k: (v, person) for k, v, person in pii_items(streams.PAYMENTS, p)}
     assert kinds["vin"] == ("1HGCM82633A004352", None)
     assert kinds["card"] == ("4111111111111111", "D-1")
     assert {"driver", "driver_name", "cardholder"} <= set(kinds)
