@@ -9,6 +9,12 @@ stays out of the measurement. Reports events/s, CPU time per event and peak RSS 
 Targets: enricher >= 20,000 events/s; peak RSS <= 150 MB. Starts its own edge Kafka on free
 ports and stops it.
 
+Then the telemetry frames alone, twice, each through its own enricher: the built-in
+``telemetry`` stream (its hand-written, vectorised feature code) and ``telemetry_generic``, a
+declared stream whose declaration is the built-in telemetry one without its named transforms
+(``bench/features.py`` builds it), so the generic transforms compute the same generic features.
+The same frames are in both streams' raw topics.
+
 ``--against REV`` runs another commit's enricher too (from a git worktree of it, over the same
 backlog, after this tree's), and prints the two side by side: how a change moved the figure,
 measured in one run.
@@ -43,7 +49,7 @@ from shared.kafka_write import produce  # noqa: E402
 from tests.support import free_infra_settings, kafka_table  # noqa: E402
 
 SCRATCH = "bench.baseline"
-DEADLINE_S = 170.0
+DEADLINE_S = 300.0
 STARTED = time.monotonic()
 
 
@@ -59,8 +65,11 @@ def cpu_seconds() -> float:
 # --- backlog -----------------------------------------------------------------------------
 
 
-def write_backlog(bootstrap: Target, events: int) -> dict[str, int]:
-    """Simulator events to raw.* keyed by VIN (the bridge's output), as fast as Kafka takes."""
+def write_backlog(
+    bootstrap: Target, events: int, copy_telemetry: str | None = None
+) -> dict[str, int]:
+    """Simulator events to raw.* keyed by VIN (the bridge's output), as fast as Kafka takes;
+    every telemetry frame to ``copy_telemetry`` too (a raw topic) when given."""
     from firmware_sim import Fleet, SimSettings
 
     vehicles = 200
@@ -85,6 +94,8 @@ def write_backlog(bootstrap: Target, events: int) -> dict[str, int]:
         spec = streams.by_mqtt_suffix(suffix)
         assert spec is not None
         produce(p, spec.raw_topic, payload, vin.encode())
+        if copy_telemetry and spec is streams.TELEMETRY:
+            produce(p, copy_telemetry, payload, vin.encode())
         counts[spec.name] = counts.get(spec.name, 0) + 1
         n += 1
         if n >= events:
@@ -146,6 +157,9 @@ def child_enricher(args: argparse.Namespace) -> dict[str, float]:
     from edge.vault.setup import fleet_tokenizer, open_vault
     from shared.config import convert
 
+    if args.declarations:
+        streams.use_declarations(args.declarations)
+    only = [streams.get(name) for name in args.stream] if args.stream else None
     cfg = convert(
         {
             "edge_id": f"bench-{uuid.uuid4().hex[:8]}",
@@ -157,7 +171,7 @@ def child_enricher(args: argparse.Namespace) -> dict[str, float]:
         EdgeConfig,
     )
     vault = open_vault(cfg)
-    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg))
+    enricher = Enricher(cfg, vault, fleet_tokenizer(cfg), only=only)
     enricher.start()
     first, cpu0 = 0.0, 0.0
     deadline = time.monotonic() + args.timeout
@@ -189,10 +203,21 @@ def _login(args: argparse.Namespace) -> Target:
 
 
 def run_child(
-    kind: str, login: Target, expect: int, batch: int, data_dir: str, script: Path = ROOT
+    kind: str,
+    login: Target,
+    expect: int,
+    batch: int,
+    data_dir: str,
+    script: Path = ROOT,
+    only: tuple[str, ...] = (),
+    declarations: Path | None = None,
 ) -> dict:
-    """One measured process: this file's child, or (``script``) another checkout's."""
+    """One measured process: this file's child, or (``script``) another checkout's. ``only``:
+    the streams it enriches (default all); ``declarations``: a directory of them to load."""
     creds = [] if isinstance(login, str) else ["--credentials-file", str(login.credentials_file)]
+    creds += [arg for name in only for arg in ("--stream", name)]
+    if declarations is not None:
+        creds += ["--declarations", str(declarations)]
     argv = [
         sys.executable,
         str(script / "bench" / "enricher.py"),
@@ -230,8 +255,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     other: dict | None = None
+    from bench.features import generic_telemetry
+
     with tempfile.TemporaryDirectory(prefix="fleetsentry-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        folder = tmp / "streams"
+        folder.mkdir()
+        generic = generic_telemetry(folder)
         worktree = checkout(args.against, tmp / "against") if args.against else None
         stack = Stack(free_infra_settings(tmp / "infra"), quiet=True)
         try:
@@ -240,12 +270,32 @@ def main() -> None:
             admin = AdminClient(client_config(bootstrap))
             for fut in admin.create_topics([NewTopic(SCRATCH, 3, 1)]).values():
                 fut.result(30)
-            counts = write_backlog(bootstrap, args.events)
+            ensure_topics(bootstrap, "edge", replication_factor=1)  # the declared stream's
+            counts = write_backlog(bootstrap, args.events, generic.raw_topic)
             total = sum(counts.values())
+            frames = counts["telemetry"]
             base = run_child("baseline", bootstrap, total, args.batch, str(tmp / "b"))
             enr = run_child("enricher", bootstrap, total, args.batch, str(tmp / "e"))
+            # Each run after the first on an empty changelog: else it restores the dedup
+            # windows and states of the runs before and drops the backlog as duplicates.
+            fresh_changelog(admin, bootstrap)
+            alone = {
+                "built-in": run_child(
+                    "enricher", bootstrap, frames, args.batch, str(tmp / "t"), only=("telemetry",)
+                )
+            }
+            fresh_changelog(admin, bootstrap)
+            alone["declared"] = run_child(
+                "enricher",
+                bootstrap,
+                frames,
+                args.batch,
+                str(tmp / "g"),
+                only=(generic.name,),
+                declarations=folder,
+            )
             if worktree is not None:
-                fresh_changelog(admin, bootstrap)  # else it restores the first run's dedup windows
+                fresh_changelog(admin, bootstrap)
                 other = run_child(
                     "enricher", bootstrap, total, args.batch, str(tmp / "a"), script=worktree
                 )
@@ -263,6 +313,9 @@ def main() -> None:
         "enricher": enr,
         "baseline": base,
         "enricher_vs_baseline": enr["events_per_s"] / base["events_per_s"],
+        "telemetry_alone": alone,
+        "declared_vs_builtin": alone["declared"]["events_per_s"]
+        / alone["built-in"]["events_per_s"],
         "targets": {"events_per_s": 20_000, "peak_rss_mb": 150},
         # Other work on the machine skews absolute figures; the ratio travels better.
         "loadavg_1m": os.getloadavg()[0],
@@ -277,6 +330,14 @@ def main() -> None:
         f"consume->produce {base['events_per_s']:,.0f} events/s ({base['cpu_us_per_event']:.0f} "
         f"us CPU/event, peak RSS {base['peak_rss_mb']:.0f} MB): ratio "
         f"{report['enricher_vs_baseline']:.2f}; {total:,} events"
+    )
+    b, d = alone["built-in"], alone["declared"]
+    print(
+        f"telemetry frames alone ({frames:,}): built-in stream {b['events_per_s']:,.0f} events/s "
+        f"({b['cpu_us_per_event']:.0f} us CPU/event, peak RSS {b['peak_rss_mb']:.0f} MB); "
+        f"declared telemetry_generic {d['events_per_s']:,.0f} events/s "
+        f"({d['cpu_us_per_event']:.0f} us CPU/event, peak RSS {d['peak_rss_mb']:.0f} MB): "
+        f"declared {report['declared_vs_builtin']:.2f}x the built-in"
     )
     if other is not None:
         print(
@@ -324,6 +385,8 @@ def child_main() -> None:
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--timeout", type=float, required=True)
+    ap.add_argument("--stream", action="append", default=[], help="enrich only this stream")
+    ap.add_argument("--declarations", default="", help="load this directory's declarations")
     args = ap.parse_args(sys.argv[2:])
     result = child_baseline(args) if args.kind == "baseline" else child_enricher(args)
     result["peak_rss_mb"] = peak_rss_mb()

@@ -83,6 +83,11 @@ class StreamSpec:
             )
         if self.key_field not in fields:
             raise ConfigError(f"stream {self.name!r}: key field {self.key_field!r} not in event")
+        if self.decides and self.key_field not in self.tokens:
+            raise ConfigError(
+                f"stream {self.name!r} sends decisions but does not tokenize its device field "
+                f"{self.key_field!r} (the scorer finds the device from that token)"
+            )
         if self.anon_key not in self.anon_event.__struct_fields__:
             raise ConfigError(
                 f"stream {self.name!r}: anon key {self.anon_key!r} not in its anon record"

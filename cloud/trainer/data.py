@@ -8,8 +8,9 @@ anonymizer, exactly as the edge enricher does) or from anonymized Kafka topics. 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +35,11 @@ AnyAnon = AnonTelemetry | AnonPayment | AnonRecord
 DEFAULT_TRAINING_SECRET = b"fleetsentry-offline-training"
 
 
-def key_token(record: AnonTelemetry | AnonPayment | AnonRecord) -> str:
-    """The token an alert episode is keyed by: the vehicle (telemetry), the card (payments),
-    or a declared stream's record key (its ``anon_key`` token, by default the device)."""
-    if isinstance(record, AnonRecord):
-        return record.key
-    return record.card_token if isinstance(record, AnonPayment) else record.vehicle_token
+def key_of(stream: str) -> Callable[[AnyAnon], str]:
+    """The token a stream's alert episodes are keyed by, read from its anon records (its
+    ``anon_key``: the vehicle's for telemetry, the card's for payments, a declared stream's
+    record key)."""
+    return attrgetter(streams.get(stream).anon_key)
 
 
 def declaration(stream: str) -> Stream | None:
@@ -96,6 +96,7 @@ class RecordBuilder:
         self.stream = stream
         self.features = stream_features(stream)
         self._declared = declaration(stream) is not None
+        self._key = key_of(stream)
         self.labels = labels
         self._rows: list[NDArray[np.float32]] = []
         self._meta: list[tuple[str, float, str, str, str]] = []
@@ -113,7 +114,7 @@ class RecordBuilder:
             (
                 record.event_id,
                 record.ts,
-                key_token(record),
+                self._key(record),
                 label.kind if label else "",
                 label.episode_id if label else "",
             )

@@ -333,7 +333,7 @@ class TrainerService:
         x = None
         if ref is not None:
             x = feature_matrix(stream, recent) if recent else np.zeros((0, len(ref.features)))
-        first = first_seen(records)
+        first = first_seen(stream, records)
         warm_after = memory_s(stream, records)
         rates = self.false_alert_rates(stream, champion, first, since, warm_after)
         report = detect(
@@ -584,11 +584,13 @@ def memory_s(stream: str, records: list[Any]) -> float:
     return tdata.memory_s(tdata.records_from_anon(stream, records, []))
 
 
-def first_seen(records: list[Any]) -> dict[str, float]:
-    """When each key (vehicle, or card) first appears in ``records`` (in event-time order)."""
+def first_seen(stream: str, records: list[Any]) -> dict[str, float]:
+    """When each key (vehicle, card, device) first appears in ``records`` (in event-time
+    order)."""
     first: dict[str, float] = {}
+    key = tdata.key_of(stream)
     for r in records:
-        first.setdefault(tdata.key_token(r), r.ts)
+        first.setdefault(key(r), r.ts)
     return first
 
 

@@ -45,7 +45,6 @@ from shared import topics
 from shared.baselines import shipped
 from shared.contracts import (
     Alert,
-    AnonPayment,
     Contribution,
     Decision,
     Score,
@@ -576,13 +575,15 @@ class ScorerService:
             if anomalous
             else []
         )
-        if self.specs[stream].decides:
-            self._decision(rec, score, thr, version, contributions, result)
+        spec = self.specs[stream]
+        if spec.decides:
+            self._decision(spec, rec, score, thr, version, contributions, result)
         return alerts
 
     def _decision(
         self,
-        rec: AnonPayment,
+        spec: StreamSpec,
+        rec: Any,
         score: float,
         thr: float,
         version: str,
@@ -593,11 +594,12 @@ class ScorerService:
             return
         if score <= thr and not self.settings.send_approvals:
             return
-        vin = self.vin_lookup(rec.vehicle_token)
+        # The decision goes to the device that sent the event: its token, reversed by the vault.
+        vin = self.vin_lookup(getattr(rec, spec.tokens[spec.device_field]))
         if vin is None:
             self.decisions_unrouted += 1
             log.warning(
-                "payment %s: vehicle token not in the vault; no decision sent", rec.event_id
+                "%s %s: device token not in the vault; no decision sent", spec.name, rec.event_id
             )
             return
         self.send_decision(vin, decide(rec.event_id, rec.ts, score, thr, version, top))

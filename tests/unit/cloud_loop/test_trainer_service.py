@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cloud.registry import ModelRecord, Registry
-from cloud.trainer.data import key_token
+from cloud.trainer.data import key_of
 from cloud.trainer_service.drift import DriftSettings
 from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
 from shared import baselines, signing
@@ -218,7 +218,7 @@ def _scores(records: list[Any], version: str, anomalous: Any) -> list[Score]:
             event_id=r.event_id,
             ts=r.ts,
             stream="telemetry",
-            token=key_token(r),
+            token=key_of("telemetry")(r),
             score=1.0,
             threshold=0.5,
             model_version=version,
