@@ -8,6 +8,8 @@ summary, so it imports no edge or cloud code.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import signal
@@ -25,6 +27,7 @@ import tomli_w
 from shared import signing, streams, topics
 from shared.demo_loop import LoopWatcher
 from shared.infra.cli import infra_options, print_status, settings_from
+from shared.infra.files import write_private
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import DASHBOARD_USER, MIRROR_USER, Target, client_config
@@ -72,7 +75,12 @@ def _fleetsentry() -> list[str]:
 
 
 def _edge_toml(
-    gw_id: str, stack: Stack, data_dir: Path, metrics_port: int, public_key: Path
+    gw_id: str,
+    stack: Stack,
+    data_dir: Path,
+    metrics_port: int,
+    public_key: Path,
+    fleet_secret: Path,
 ) -> str:
     return tomli_w.dumps(
         {
@@ -89,6 +97,7 @@ def _edge_toml(
             },
             "metrics": {"base_port": int(metrics_port)},
             "scorer": {"public_key": str(public_key)},
+            "vault": {"fleet_secret_file": str(fleet_secret)},
         }
     )
 
@@ -260,6 +269,14 @@ def _follow(
     help="First gateway's first metrics port (the second gateway's is 100 above).",
 )
 @click.option("--interval", default=15.0, show_default=True, help="Seconds between summaries.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Makes the fleets' drives and the demo's fleet secret (so its tokens, and which "
+    "vehicles the trainer holds out): the same seed, the same run.",
+)
 @click.option("--infra-only", is_flag=True, help="Only bring up the brokers and show them.")
 @click.option("--down", "down_after", is_flag=True, help="Stop the brokers at the end too.")
 def demo(
@@ -269,6 +286,7 @@ def demo(
     dashboard_port: int,
     metrics_port: int,
     interval: float,
+    seed: int,
     infra_only: bool,
     down_after: bool,
     **options: Any,
@@ -290,6 +308,7 @@ def demo(
             dashboard_port,
             metrics_port,
             interval,
+            seed,
             infra_only,
         )
         failed = False
@@ -404,6 +423,7 @@ def _run(
     dashboard_port: int,
     metrics_port: int,
     interval: float,
+    seed: int,
     infra_only: bool,
 ) -> None:
     main = Stack(settings)
@@ -417,7 +437,8 @@ def _run(
     home = settings.home / "demo"
     logs = home / "logs"
     key_file, public_key = _signing_keys(home)
-    gws = _gateways(owner, main, settings, gateways, metrics_port, public_key)
+    secret = _fleet_secret(home, seed)
+    gws = _gateways(owner, main, settings, gateways, metrics_port, public_key, secret)
     click.echo("Starting MirrorMaker 2 per gateway ...")
     for gw in gws:
         owner.mirror(gw.mirror)
@@ -430,7 +451,7 @@ def _run(
         gw.mirror.wait_healthy()
         _stop_if_asked()
     for n, gw in enumerate(gws, start=1):
-        argv = _sim_argv(gw, main, home, n, vehicles, duration)
+        argv = _sim_argv(gw, main, home, n, vehicles, duration, seed + n - 1)
         gw.procs.append(owner.spawn(argv, logs / f"{gw.edge_id}-sim.log"))
     owner.running = True
     _stop_if_asked()
@@ -456,6 +477,19 @@ def _run(
         watcher.close()
 
 
+def _fleet_secret(home: Path, seed: int) -> Path:
+    """The demo fleet's secret, one for both gateways (as every gateway of a fleet shares
+    one), made from ``seed``: tokens are the same in every run with that seed, and so are the
+    vehicles the trainer holds out to judge a model on. It keys the tokens of simulated
+    vehicles only; a real fleet's secret is random (``[vault] fleet_secret_file``)."""
+    path = home / "fleet.secret"
+    value = hashlib.sha256(f"fleetsentry demo fleet {seed}".encode()).digest()
+    text = base64.b64encode(value).decode() + "\n"
+    if not path.exists() or path.read_text() != text:
+        write_private(path, text)
+    return path
+
+
 def _signing_keys(home: Path) -> tuple[Path, Path]:
     """The demo fleet's model-signing key and its public half (made once, then kept)."""
     key_file = home / "fleet.key"
@@ -472,6 +506,7 @@ def _gateways(
     gateways: int,
     metrics_port: int,
     public_key: Path,
+    fleet_secret: Path,
 ) -> list[Gateway]:
     """Each gateway's stack (the second's own edge Kafka and Mosquitto started), edge.toml
     and MirrorMaker to the cloud."""
@@ -486,7 +521,14 @@ def _gateways(
         cfg = home / f"{edge_id}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(
-            _edge_toml(edge_id, stack, home / edge_id, metrics_port + 100 * (n - 1), public_key)
+            _edge_toml(
+                edge_id,
+                stack,
+                home / edge_id,
+                metrics_port + 100 * (n - 1),
+                public_key,
+                fleet_secret,
+            )
         )
         mirror = Mirror(
             edge_id,
@@ -519,7 +561,7 @@ def _start_cloud(
 
 
 def _sim_argv(
-    gw: Gateway, main: Stack, home: Path, n: int, vehicles: int, duration: float
+    gw: Gateway, main: Stack, home: Path, n: int, vehicles: int, duration: float, seed: int
 ) -> list[str]:
     """``sim run`` for gateway ``n``'s fleet; the second fleet drifts part of the way in."""
     drift = (
@@ -533,7 +575,7 @@ def _sim_argv(
     )
     return [
         *("sim", "run", "--vehicles", str(vehicles), "--duration", str(duration)),
-        *("--seed", str(n), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD),
+        *("--seed", str(seed), "--mqtt", gw.stack.mqtt.address, "--password", VEHICLE_PASSWORD),
         *("--register-with", str(gw.stack.mqtt.home)),
         *("--labels-kafka", main.cloud.bootstrap),
         *("--labels-kafka-credentials", str(main.cloud.credentials_path)),
