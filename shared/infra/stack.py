@@ -38,7 +38,7 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     edge_port: Port = 9092
     edge_controller_port: Port = 9093
     # One port per cloud Kafka node: three (replication factor 3, min.insync.replicas 2), or
-    # one for a trial on a single machine (replication factor 1).
+    # one for a trial on a single machine (replication factor 1). Not two (see __post_init__).
     cloud_ports: Annotated[list[Port], Meta(min_length=1, max_length=3)] = msgspec.field(
         default_factory=lambda: [9192, 9194, 9196]
     )
@@ -53,6 +53,14 @@ class InfraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     edge_config: Path | None = None
 
     def __post_init__(self) -> None:
+        if len(self.cloud_ports) == 2:
+            from shared.errors import ConfigError
+
+            raise ConfigError(
+                "2 cloud nodes: give one or three. Two controllers make a quorum that stops "
+                "when either fails, so two nodes tolerate no failure",
+                setting="cloud_ports",
+            )
         if len(self.cloud_controller_ports) != len(self.cloud_ports):
             from shared.errors import ConfigError
 

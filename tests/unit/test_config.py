@@ -68,6 +68,17 @@ def test_infra_settings_reject_duplicate_and_invalid_ports(tmp_path: Path) -> No
     assert "3 controller ports for 1 cloud nodes" in str(err.value)
 
 
+def test_a_two_node_cloud_is_refused(tmp_path: Path) -> None:
+    # Two KRaft controllers make a quorum of two: losing either stops the cluster, and with
+    # replication factor 2 a write waits on both. No better than one node, and twice the cost.
+    with pytest.raises(ConfigError) as err:
+        settings_from(
+            {"home": tmp_path, "cloud_ports": [9300, 9302], "cloud_controller_ports": [9301, 9303]}
+        )
+    assert err.value.setting == "cloud_ports"
+    assert "one or three" in str(err.value)
+
+
 def test_a_one_node_cloud_replicates_once(tmp_path: Path) -> None:
     settings = settings_from(
         {"home": tmp_path, "cloud_ports": [9300], "cloud_controller_ports": [9301]}
