@@ -80,8 +80,10 @@ def _edge_toml(
     data_dir: Path,
     metrics_port: int,
     public_key: Path,
-    fleet_secret: Path,
+    fleet_secret: Path | None = None,
 ) -> str:
+    """A gateway's edge.toml (``fleet_secret``: the fleet's shared secret file; default the
+    gateway's own, made in its data_dir)."""
     return tomli_w.dumps(
         {
             "edge_id": gw_id,
@@ -97,7 +99,7 @@ def _edge_toml(
             },
             "metrics": {"base_port": int(metrics_port)},
             "scorer": {"public_key": str(public_key)},
-            "vault": {"fleet_secret_file": str(fleet_secret)},
+            **({"vault": {"fleet_secret_file": str(fleet_secret)}} if fleet_secret else {}),
         }
     )
 
@@ -439,17 +441,7 @@ def _run(
     key_file, public_key = _signing_keys(home)
     secret = _fleet_secret(home, seed)
     gws = _gateways(owner, main, settings, gateways, metrics_port, public_key, secret)
-    click.echo("Starting MirrorMaker 2 per gateway ...")
-    for gw in gws:
-        owner.mirror(gw.mirror)
-    _start_cloud(owner, main, home, dashboard_port, key_file)
-    for gw in gws:
-        gw.procs.append(
-            owner.spawn(["edge", "run", "--config", str(gw.config)], logs / f"{gw.edge_id}.log")
-        )
-    for gw in gws:
-        gw.mirror.wait_healthy()
-        _stop_if_asked()
+    _start_mirrors_cloud_and_gateways(owner, gws, main, home, dashboard_port, key_file)
     for n, gw in enumerate(gws, start=1):
         argv = _sim_argv(gw, main, home, n, vehicles, duration, seed + n - 1)
         gw.procs.append(owner.spawn(argv, logs / f"{gw.edge_id}-sim.log"))
@@ -488,6 +480,26 @@ def _fleet_secret(home: Path, seed: int) -> Path:
     if not path.exists() or path.read_text() != text:
         write_private(path, text)
     return path
+
+
+def _start_mirrors_cloud_and_gateways(
+    owner: _Owner, gws: list[Gateway], main: Stack, home: Path, dashboard_port: int, key: Path
+) -> None:
+    """MirrorMaker per gateway, the cloud's services, then each gateway's services; returns
+    once every MirrorMaker replicates."""
+    click.echo("Starting MirrorMaker 2 per gateway ...")
+    for gw in gws:
+        owner.mirror(gw.mirror)
+    _start_cloud(owner, main, home, dashboard_port, key)
+    for gw in gws:
+        gw.procs.append(
+            owner.spawn(
+                ["edge", "run", "--config", str(gw.config)], home / "logs" / f"{gw.edge_id}.log"
+            )
+        )
+    for gw in gws:
+        gw.mirror.wait_healthy()
+        _stop_if_asked()
 
 
 def _signing_keys(home: Path) -> tuple[Path, Path]:

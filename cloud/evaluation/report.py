@@ -177,17 +177,16 @@ def evaluate(
 def _episode_rule(stream: str, rule: EpisodeRule) -> tuple[EpisodeRule, float] | None:
     """How ``stream``'s alerts form as episodes, and how long its features remember a fault;
     None for a stream whose every alert stands alone (payments, declared ``kind = "event"``).
-    A built-in stream of episodes (telemetry) takes the command's rule and its code's feature
-    memory; a declared stream its declaration's ``alerts``."""
+    A built-in stream of episodes (telemetry) takes the command's rule, a declared stream its
+    declaration's ``alerts``; the memory is the declaration's (``feature_memory_s``: 0 for a
+    declared stream that declares no ``interval_s``)."""
     spec = streams.find(stream)
     if spec is None:
         return None
     alerts = streams.declaration_of(stream).alerts
     if not isinstance(alerts, EpisodeAlerts):
         return None
-    if spec.declaration is None:
-        return rule, feature_memory_s(stream)
-    return declared_rule(alerts), 0.0
+    return (rule if spec.declaration is None else declared_rule(alerts)), feature_memory_s(stream)
 
 
 def _episodes(

@@ -21,8 +21,9 @@ from numpy.typing import NDArray
 from cloud.trainer.errors import TrainerError
 from shared import streams
 from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Label
+from shared.declarations.memory import memory_s as declared_memory_s
 from shared.errors import ContractError
-from shared.features import Anonymizer, feature_memory_s, feature_vector, model_features
+from shared.features import Anonymizer, feature_vector, model_features
 from shared.tokens import Tokenizer
 
 if TYPE_CHECKING:
@@ -178,24 +179,12 @@ def records_from_anon(stream: str, records: Iterable[AnyAnon], labels: Iterable[
 
 
 def memory_s(records: Records) -> float:
-    """Seconds after an episode ends during which the stream's features still carry it.
-
-    Built-in streams: ``shared.features.feature_memory_s``. A declared stream's transforms
-    remember in events, not seconds: a ``zscore`` three time constants (``3 / alpha``
-    events), ``rate``, ``delta`` and ``gap`` one event; that many of the devices' typical
-    (median) intervals between events.
-    """
-    decl = declaration(records.stream)
-    if decl is None:
-        return feature_memory_s(records.stream)
-    events = 0.0
-    for f in decl.features:
-        step = f.then or f.transform
-        if step == "zscore":
-            events = max(events, 3.0 / float(f.params.get("alpha", 0.05)))
-        elif step in ("rate", "delta", "gap"):
-            events = max(events, 1.0)
-    return round(events * median_interval_s(records), 3)
+    """Seconds after an episode ends during which the stream's features still carry it
+    (``shared.declarations.memory``): at the stream's declared ``interval_s``, else at its
+    devices' typical (median) interval between events in ``records``."""
+    decl = streams.declaration_of(records.stream)
+    interval = decl.interval_s if decl.interval_s is not None else median_interval_s(records)
+    return declared_memory_s(decl, interval)
 
 
 def median_interval_s(records: Records) -> float:

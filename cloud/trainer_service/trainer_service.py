@@ -62,9 +62,11 @@ from cloud.trainer_service.drift import (
 )
 from cloud.trainer_service.source import DataSource
 from shared import baselines, signing
+from shared.declarations.memory import memory_s as declared_memory_s
+from shared.declarations.memory import needs_interval
 from shared.errors import FleetsentryError
-from shared.features import feature_matrix, feature_memory_s
-from shared.streams import all_streams
+from shared.features import feature_matrix
+from shared.streams import all_streams, declaration_of
 from shared.streams import get as get_stream
 
 if TYPE_CHECKING:
@@ -577,10 +579,11 @@ class TrainerService:
 
 def memory_s(stream: str, records: list[Any]) -> float:
     """Seconds after an event during which a key's features still carry it (its first
-    alerts then only say its rolling features are filling): the built-in streams' from their
-    code, a declared stream's from its transforms and its devices' typical interval."""
-    if tdata.declaration(stream) is None:
-        return feature_memory_s(stream)
+    alerts then only say its rolling features are filling): from the stream's declaration,
+    at its declared interval between events or its devices' typical one in ``records``."""
+    decl = declaration_of(stream)
+    if not needs_interval(decl):
+        return declared_memory_s(decl)
     return tdata.memory_s(tdata.records_from_anon(stream, records, []))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import tomllib
 from importlib import resources
@@ -75,6 +76,7 @@ def load_text(text: str, source: str) -> Stream:
         features=tuple(features),
         feature_spec=feature_spec(head.device.field, features),
         training=_training(source, decl.training),
+        interval_s=head.interval_s,
     )
 
 
@@ -239,6 +241,8 @@ def _check_stream(ctx: feats.Context) -> None:
         _check_episodes(ctx)
     if head.person is not None:
         ctx.field(head.person, "stream.person")
+    if head.interval_s is not None and not (0 < head.interval_s < math.inf):
+        raise ctx.fail("stream.interval_s", f"{head.interval_s} is no number of seconds above 0")
     if head.anon_key is not None:
         decl = ctx.field(head.anon_key, "stream.anon_key")
         if decl.pii != "token":

@@ -30,6 +30,8 @@ class NamedTransform:
     compute: Callable[..., Any]
     output: str
     version: int = 1
+    # Seconds its result still carries an event after it (a smoothed trend's time constants).
+    memory_s: float = 0.0
 
 
 _REGISTRY: dict[str, NamedTransform] = {}
@@ -87,7 +89,9 @@ def _register_builtin() -> None:
         )
     )
     for name, (output, reads) in _ENVELOPE.items():
-        register(NamedTransform(name, reads, tel.envelope, output))
+        # The coolant trend is smoothed over TREND_TAU_S: three time constants to forget.
+        memory = 3 * tel.TREND_TAU_S if name == "coolant_hot_trend" else 0.0
+        register(NamedTransform(name, reads, tel.envelope, output, memory_s=memory))
     register(
         NamedTransform(
             "amount_vs_driver", ("amount", "category", "driver_id"), pay.amount_features, "amount_z"

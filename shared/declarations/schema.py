@@ -63,6 +63,9 @@ class StreamDecl(_Decl, frozen=True, kw_only=True):
     anon_key: str | None = None
     # The field naming the person the stream's personal data belongs to (vault erasure).
     person: str | None = None
+    # The devices' usual seconds between events: how long, in seconds, rolling features
+    # remember an event (an alert episode's tail). Unset: the trainer measures it in its data.
+    interval_s: float | None = None
 
 
 class FieldDecl(_Decl, frozen=True, kw_only=True):
@@ -175,6 +178,7 @@ class Stream(msgspec.Struct, frozen=True, kw_only=True):
     features: tuple[Feature, ...]
     feature_spec: str
     training: TrainingDecl = TrainingDecl()
+    interval_s: float | None = None
 
     @property
     def feature_names(self) -> list[str]:

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigError
-from shared.features import telemetry as tel
 
 if TYPE_CHECKING:  # numpy is imported where vectors are built: the enricher never needs it
     import numpy as np
@@ -41,22 +40,20 @@ def model_features(stream: str) -> list[str]:
     return list(_names(stream))
 
 
-# Nominal seconds between two frames of a vehicle (the simulator's and the fleet's 1 Hz).
-TELEMETRY_FRAME_S = 1.0
-
-
 def feature_memory_s(stream: str) -> float:
-    """Seconds after an episode ends during which its features still carry it.
+    """Seconds after an episode ends during which its features still carry it: an alert
+    raised that soon after a fault ends reports the fault's tail, not a new event.
 
-    Telemetry: the per-vehicle rolling statistics (``MEMORY_FRAMES`` frames, at the nominal
-    frame interval) and the smoothed coolant trend (three time constants), whichever is longer.
-    An alert raised that soon after a fault ends reports the fault's tail, not a new event.
-    Payments are scored one by one: 0.
+    From the stream's declaration (``shared.declarations.memory``) at its declared
+    ``interval_s``: the shipped telemetry's rolling statistics at one frame a second, longer
+    than its coolant trend's three time constants; 0 for payments, whose alerts are single
+    events, and for a declared stream that declares no interval (the trainer measures one).
     """
-    model_features(stream)  # an unknown stream raises
-    if stream != "telemetry":
-        return 0.0
-    return max(tel.MEMORY_FRAMES * TELEMETRY_FRAME_S, 3 * tel.TREND_TAU_S)
+    from shared import streams
+    from shared.declarations.memory import memory_s
+
+    _names(stream)  # an unknown stream raises ConfigError
+    return memory_s(streams.declaration_of(stream))
 
 
 def feature_label(name: str) -> str:

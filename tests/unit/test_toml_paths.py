@@ -26,13 +26,18 @@ def test_paths_with_a_quote_and_a_backslash_round_trip(tmp_path: Path) -> None:
     home = tmp_path / ODD
     stack = Stack(InfraSettings(home=home), quiet=True)  # constructing it does no I/O
     edge_toml = tmp_path / "edge.toml"
-    edge_toml.write_text(_edge_toml("edge-1", stack, home / "edge-1", 9500, home / "fleet.pub"))
+    edge_toml.write_text(
+        _edge_toml(
+            "edge-1", stack, home / "edge-1", 9500, home / "fleet.pub", home / "fleet.secret"
+        )
+    )
     edge = edge_config.load(edge_toml)
     assert edge.edge_id == "edge-1"
     assert Path(edge.data_dir) == home / "edge-1"
     assert given(edge.kafka.credentials_file) == stack.edge.credentials_path
     assert given(edge.mqtt.credentials_file) == stack.mqtt.credentials_path
     assert given(edge.scorer.public_key) == home / "fleet.pub"
+    assert given(edge.vault.fleet_secret_file) == home / "fleet.secret"
     assert edge.metrics.base_port == 9500
 
     cloud_toml = tmp_path / "cloud.toml"
