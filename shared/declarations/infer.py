@@ -21,6 +21,7 @@ recording".
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
 import statistics
@@ -36,6 +37,7 @@ import msgspec
 
 from shared.declarations.catalog import BUILTIN_NAMES
 from shared.declarations.loader import ENVELOPE, FIELD_PATTERN, NAME_PATTERN
+from shared.declarations.transforms import to_seconds
 from shared.errors import ConfigError
 
 SAMPLE_ROWS = 10_000
@@ -253,6 +255,8 @@ class Declaration:
     person_why: str = ""
     skipped: list[str] = field(default_factory=list)
     gap_name: str = "gap_s"
+    # The median time between one device's consecutive events (None: no device sent twice).
+    interval_s: float | None = None
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -782,6 +786,7 @@ def infer(
         time=Role(tcol.source, tcol.name, t_why, unit=unit),
     )
     devices = dev.values
+    decl.interval_s = _interval(devices, tcol.values, unit)
     cell = _cell_pair(cols, (dev, tcol))
     for col in cols:
         decl.fields[col.name] = _guess(col, decl, devices, cell)
@@ -1066,6 +1071,12 @@ def render(decl: Declaration) -> str:
         out += [f"# {decl.cell_why}", f"cell = [{_s(decl.cell[0])}, {_s(decl.cell[1])}]"]
     if decl.person:
         out += [f"# {decl.person_why}", f"person = {_s(decl.person)}"]
+    if decl.interval_s is not None:
+        out += [
+            f"# interval_s: the median time between one {decl.device.noun}'s events in the "
+            "sample (how long rolling features remember, in seconds)",
+            f"interval_s = {decl.interval_s!r}",
+        ]
     out += ["", "[fields]"]
     for g in decl.fields.values():
         out += [*_comment(g.why), f"{g.name} = {{ {_field_body(g)} }}"]
@@ -1080,6 +1091,25 @@ def render(decl: Declaration) -> str:
             out.append(f"{g.name} = [{', '.join(_s(f) for f in g.features)}]")
     out += [f'{decl.gap_name} = {{ gap = true, scale = "log1p" }}', ""]
     return "\n".join(out)
+
+
+def _interval(devices: list[Any], times: list[Any], unit: str) -> float | None:
+    """The median gap between one device's consecutive events in the sample, in seconds
+    (rows of several devices interleave, so a gap over all rows would be too short)."""
+    by_device: dict[Any, list[float]] = {}
+    for device, raw in zip(devices, times, strict=True):
+        if device is None or raw is None:
+            continue
+        try:
+            t = to_seconds(raw, unit)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(t):
+            by_device.setdefault(device, []).append(t)
+    gaps = [b - a for ts in by_device.values() for a, b in itertools.pairwise(sorted(ts)) if b > a]
+    if not gaps:
+        return None
+    return round(statistics.median(gaps), 3) or None
 
 
 def _dev_ids(decl: Declaration) -> list[str]:

@@ -337,3 +337,19 @@ a = ["value"]
 """
     with pytest.raises(DeclarationError, match=r"x.toml: fields.b.column: column 'A'"):
         load_text(text, "x.toml")
+
+
+def test_the_devices_interval_is_the_median_gap_between_one_devices_events(
+    fleet: tuple[str, str, Stream],
+) -> None:
+    # Each car sends every 5 s; cars interleave 1 s apart, which a gap over all rows would see.
+    _, text, s = fleet
+    assert s.interval_s == 5.0
+    assert "median time between one car's events" in text
+
+
+def test_no_interval_when_no_device_sends_twice(tmp_path: Path) -> None:
+    once = {r["car"]: r for r in fleet_rows()}  # one row per car
+    path = write_jsonl(tmp_path / "once.jsonl", list(once.values()))
+    text, s = _infer_file(path, device="car")
+    assert s.interval_s is None and "interval_s" not in text
