@@ -30,7 +30,7 @@ from shared.infra.cli import infra_options, print_status, settings_from
 from shared.infra.files import write_private
 from shared.infra.mirror import Mirror
 from shared.infra.stack import InfraSettings, Stack
-from shared.kafka_config import DASHBOARD_USER, MIRROR_USER, Target, client_config
+from shared.kafka_config import DASHBOARD_USER, Target, client_config
 from shared.process_group import ProcessGroup
 
 VEHICLE_PASSWORD = "demo-vehicle"
@@ -542,16 +542,7 @@ def _gateways(
                 fleet_secret,
             )
         )
-        mirror = Mirror(
-            edge_id,
-            stack.edge.bootstrap,
-            main.cloud.bootstrap,
-            settings.home,
-            edge_login=stack.edge.login(MIRROR_USER),
-            cloud_login=main.add_gateway(edge_id),
-            cloud_replication_factor=main.cloud.replication_factor,
-        )
-        gws.append(Gateway(edge_id, stack, cfg, mirror))
+        gws.append(Gateway(edge_id, stack, cfg, main.mirror(edge_id, gateway=stack)))
     return gws
 
 

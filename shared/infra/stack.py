@@ -127,13 +127,22 @@ class Stack:
         self.mqtt = Mosquitto(home / "mosquitto", settings.mqtt_port, settings.host)
 
     def mirror(
-        self, edge_id: str, edge_bootstrap: str | None = None, provision: bool = True
+        self,
+        edge_id: str,
+        edge_bootstrap: str | None = None,
+        provision: bool = True,
+        gateway: Stack | None = None,
+        home: Path | None = None,
     ) -> Mirror:
-        """The MirrorMaker 2 of gateway ``edge_id`` (this stack's edge Kafka by default),
-        logging in to the cloud as the gateway; ``provision``: make that login and its ACLs
-        first (the cloud must be up)."""
-        self.use_declarations()  # the declared streams' topics are mirrored too
-        edge = self.edge.login(MIRROR_USER)
+        """The MirrorMaker 2 of gateway ``edge_id``, logging in to this stack's cloud as the
+        gateway; ``provision``: make that login and its ACLs first (the cloud must be up).
+
+        It reads the edge Kafka of ``gateway`` (a stack of its own, e.g. a second gateway's;
+        default this one), at ``edge_bootstrap`` when given, and keeps its files under
+        ``home`` (default this stack's home)."""
+        gateway = gateway or self
+        gateway.use_declarations()  # the declared streams' topics are mirrored too
+        edge = gateway.edge.login(MIRROR_USER)
         if edge_bootstrap:
             edge = (
                 edge_bootstrap
@@ -142,9 +151,9 @@ class Stack:
             )
         return Mirror(
             edge_id,
-            edge_bootstrap or self.edge.bootstrap,
+            edge_bootstrap or gateway.edge.bootstrap,
             self.cloud.bootstrap,
-            self.settings.home,
+            home or self.settings.home,
             edge_login=edge,
             cloud_login=self.add_gateway(edge_id) if provision else self._gateway_login(edge_id),
             cloud_replication_factor=self.cloud.replication_factor,

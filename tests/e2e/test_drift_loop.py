@@ -55,7 +55,6 @@ from shared.infra.ports import free_ports
 from shared.infra.stack import Stack
 from shared.kafka_config import (
     LABELS_USER,
-    MIRROR_USER,
     PUBLISHER_USER,
     TRAINER_USER,
     KafkaSettings,
@@ -158,15 +157,7 @@ def gateways(
                 services=("bridge", "enricher", "scorer", "agent"),
                 extra="[enricher]\nbatch_wait_ms = 20\n[agent]\nshadow_window = 2000\n",
             )
-            mirror = Mirror(
-                pipeline.edge_id,
-                s.edge.bootstrap,
-                cloud_kafka.bootstrap,
-                home,
-                edge_login=s.edge.login(MIRROR_USER),
-                cloud_login=stack.add_gateway(pipeline.edge_id),
-                cloud_replication_factor=stack.cloud.replication_factor,
-            )
+            mirror = stack.mirror(pipeline.edge_id, gateway=s, home=home)
             gws.append(Gateway(n, s, pipeline, mirror, fleet))
         for gw in gws:
             gw.mirror.start()

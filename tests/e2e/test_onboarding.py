@@ -29,10 +29,9 @@ from shared import streams, topics
 from shared.baselines import BASELINE_PUBLIC_KEY
 from shared.contracts import Alert, ModelStatus, decode
 from shared.declarations import load_file
-from shared.infra.mirror import Mirror
 from shared.infra.stack import Stack
 from shared.infra.topics_admin import ensure_topics
-from shared.kafka_config import ADMIN_USER, MIRROR_USER, KafkaSettings, Target
+from shared.kafka_config import ADMIN_USER, KafkaSettings, Target
 from tests.bridge_support import read_topic
 from tests.browser_support import cloud_toml
 from tests.edge_pipeline import ROOT, EdgePipeline
@@ -213,15 +212,7 @@ def test_the_documented_walkthrough_onboards_a_fleet_the_simulator_never_made(
     # The gateway side: its topics for the stream, MirrorMaker to the cloud, its services.
     streams.use_declarations(work / "streams")
     ensure_topics(stack.edge.login(ADMIN_USER), "edge", 1)
-    mirror = Mirror(
-        gateway.edge_id,
-        stack.edge.bootstrap,
-        cloud_kafka.bootstrap,
-        work,
-        edge_login=stack.edge.login(MIRROR_USER),
-        cloud_login=stack.add_gateway(gateway.edge_id),
-        cloud_replication_factor=stack.cloud.replication_factor,
-    )
+    mirror = stack.mirror(gateway.edge_id, home=work)
     mirror.start()
     gateway.start()
     try:
