@@ -180,6 +180,11 @@ class AnonRecord(Event, frozen=True, kw_only=True):
     features: dict[str, float]
 
 
+# An anonymized record of any stream (``StreamSpec.anon_event`` is one of these): each has
+# ``event_id``, ``ts`` and ``features``; its key is the field its spec's ``anon_key`` names.
+AnyAnon = AnonTelemetry | AnonPayment | AnonRecord
+
+
 class Score(Event, frozen=True, kw_only=True):
     """Every scored event (``scores.{stream}``); ``ts`` is the scored event's time."""
 

@@ -25,7 +25,7 @@ from cloud.trainer.errors import TrainerError
 from cloud.trainer.pipeline import TrainedModel, TrainSettings, train_stream, write_model_dir
 from cloud.trainer.threshold import ThresholdRule
 from shared import signing, streams
-from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Label, decode
+from shared.contracts import AnonRecord, AnyAnon, Label, decode
 from shared.declarations.catalog import BUILTIN_NAMES, load_streams
 from shared.errors import ConfigError
 from shared.kafka_config import Target, bootstrap_of
@@ -387,14 +387,13 @@ def _from_kafka(
 
     spec = streams.get(stream)
     task = progress.add_task(f"read {topic}", total=None, info="")
-    anon_type: type[AnonTelemetry] | type[AnonPayment] | type[AnonRecord]
-    anon_type = spec.anon_event  # type: ignore[assignment]
+    anon_type = spec.anon_event
 
-    def records() -> Iterable[AnonTelemetry | AnonPayment | AnonRecord]:
+    def records() -> Iterable[AnyAnon]:
         for n, value in enumerate(read_topic(bootstrap, topic), 1):
             if n % 10_000 == 0:
                 progress.update(task, completed=n, info=f"{n:,} records")
-            rec = decode(anon_type, value)
+            rec: AnyAnon = decode(anon_type, value)  # type: ignore[assignment]
             if isinstance(rec, AnonRecord) and rec.stream != stream:
                 continue  # another stream's record on this topic
             yield rec

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from cloud.trainer.errors import TrainerError
 from shared import streams
-from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Label
+from shared.contracts import AnyAnon, Label
 from shared.declarations.memory import memory_s as declared_memory_s
 from shared.errors import ContractError
 from shared.features import Anonymizer, feature_vector, model_features
@@ -28,8 +28,6 @@ from shared.tokens import Tokenizer
 
 if TYPE_CHECKING:
     from shared.declarations.schema import Stream
-
-AnyAnon = AnonTelemetry | AnonPayment | AnonRecord
 
 # Tokens only group events of one vehicle or card while training from files; any fleet secret
 # works, so files are anonymized under a fixed one unless the operator passes theirs.
