@@ -47,6 +47,7 @@ from operator import attrgetter
 from typing import Any
 
 from shared.contracts import SCHEMA_VERSION, AnonRecord
+from shared.declarations import named
 from shared.declarations import transforms as tf
 from shared.declarations.events import event_time
 from shared.declarations.schema import Feature, Stream
@@ -196,6 +197,11 @@ def _compile(stream: Stream, f: Feature) -> Step:
         return lambda e, _ts, slot: (1.0 if getattr(e, field) == want else 0.0, slot)
     if f.transform == "stuck":
         return _stuck(f)
+    if f.transform == "named":
+        entry = named.get(p["named"])
+        if entry is None or entry.step is None:
+            raise ValueError(f"named transform {p['named']!r} has no step the engine runs")
+        return entry.step
     derive = _deriver(f)
     then = f.then or f.transform
     return _per_value(then, p, derive)

@@ -5,14 +5,15 @@ configured directory beside the shipped ones and refuses, naming the file and th
 
 - a declared stream taking a built-in stream's name or MQTT topic suffix;
 - what the stages cannot run for a declared stream in this release: a ``named`` transform
-  (those are written against the built-in streams' events) and ``decision = true`` (only
-  payments send decisions back to the device).
+  the engine has no step for (payments': they keep state across streams) and
+  ``decision = true`` (only payments send decisions back to the device).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from shared.declarations import named
 from shared.declarations.errors import DeclarationError
 from shared.declarations.loader import builtin, load_dir
 from shared.declarations.schema import Stream
@@ -51,12 +52,17 @@ def declared(directory: str | Path | None) -> list[Stream]:
 def check_runnable(stream: Stream) -> None:
     """Refuse what no stage runs for a declared (not built-in) stream."""
     for feature in stream.features:
-        if feature.transform == "named":
+        if feature.transform != "named":
+            continue
+        entry = named.get(feature.params["named"])
+        if entry is None or entry.step is None:
+            runnable = ", ".join(n for n in named.names() if (e := named.get(n)) and e.step)
             raise DeclarationError(
                 stream.source,
                 f"features.{feature.name}",
-                "named transforms serve the built-in streams' code; a declared stream's "
-                "features use the generic transforms (see docs/streams.md)",
+                f"named transform {feature.params['named']!r} is computed by the built-in "
+                "payments code only (it keeps state by card, driver and vehicle across "
+                f"streams); the named transforms a declared stream may use: {runnable}",
             )
     if stream.decision:
         raise DeclarationError(

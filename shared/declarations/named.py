@@ -6,8 +6,10 @@ transform may read personal data, since it runs at the edge and yields only a nu
 function computing it today and the key of its result, and a version that enters the
 feature-spec digest: change what a named transform computes and bump its version.
 
-The built-in streams' entries point at today's feature code; the stages still call that code
-directly in this release.
+The built-in streams' entries point at today's feature code, which the stages still call
+for them. Telemetry's also have a ``step``: the declared streams' engine runs them (a declared
+stream with their fields may use them); payments' read state kept by card, driver and vehicle
+across streams, which the engine does not keep, so only the built-in code computes them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class NamedTransform:
     version: int = 1
     # Seconds its result still carries an event after it (a smoothed trend's time constants).
     memory_s: float = 0.0
+    # How the declared streams' engine runs it: (event, its time, the feature's slot) ->
+    # (value, the slot's next value), over the fields ``reads`` names; None when only the
+    # built-in stream's own code computes it (a declared stream cannot use it then).
+    step: Callable[[Any, float, Any], tuple[float, Any]] | None = None
+    # How many numbers its slot holds (0: it keeps no state).
+    slot_width: int = 0
 
 
 _REGISTRY: dict[str, NamedTransform] = {}
@@ -81,17 +89,59 @@ _VEHICLE = {  # the payment against the paying vehicle's last telemetry
 _FUEL = {"fuel_tank_ratio": ("vin", "volume_l"), "fuel_fill_ratio": ("vin", "volume_l")}
 
 
+def _stateless(fn: Callable[[Any], float]) -> Callable[[Any, float, Any], tuple[float, Any]]:
+    def step(event: Any, _ts: float, slot: Any) -> tuple[float, Any]:
+        return fn(event), slot
+
+    return step
+
+
+_TELEMETRY_STEPS: dict[str, Callable[[Any], float]] = {
+    "tyre_min_dev": tel.tyre_min_dev,
+    "accel_magnitude": tel.accel_magnitude,
+    "coolant_over_thermostat": tel.coolant_over_thermostat,
+    "tyre_mean_ratio": tel.tyre_mean_ratio,
+    "tyre_min_ratio": tel.tyre_min_ratio,
+    "battery_v_low": tel.battery_v_low,
+}
+
+
 def _register_builtin() -> None:
-    register(NamedTransform("tyre_min_dev", _TYRES, tel.cross_sensor, "tyre_min_dev_kpa"))
     register(
         NamedTransform(
-            "accel_magnitude", ("accel_x_g", "accel_y_g", "accel_z_g"), tel.cross_sensor, "accel_g"
+            "tyre_min_dev",
+            _TYRES,
+            tel.cross_sensor,
+            "tyre_min_dev_kpa",
+            step=_stateless(tel.tyre_min_dev),
+        )
+    )
+    register(
+        NamedTransform(
+            "accel_magnitude",
+            ("accel_x_g", "accel_y_g", "accel_z_g"),
+            tel.cross_sensor,
+            "accel_g",
+            step=_stateless(tel.accel_magnitude),
         )
     )
     for name, (output, reads) in _ENVELOPE.items():
-        # The coolant trend is smoothed over TREND_TAU_S: three time constants to forget.
-        memory = 3 * tel.TREND_TAU_S if name == "coolant_hot_trend" else 0.0
-        register(NamedTransform(name, reads, tel.envelope, output, memory_s=memory))
+        if name == "coolant_hot_trend":
+            # The coolant trend is smoothed over TREND_TAU_S: three time constants to forget.
+            register(
+                NamedTransform(
+                    name,
+                    reads,
+                    tel.envelope,
+                    output,
+                    memory_s=3 * tel.TREND_TAU_S,
+                    step=tel.coolant_hot_trend,
+                    slot_width=3,
+                )
+            )
+        else:
+            step = _stateless(_TELEMETRY_STEPS[name])
+            register(NamedTransform(name, reads, tel.envelope, output, step=step))
     register(
         NamedTransform(
             "amount_vs_driver", ("amount", "category", "driver_id"), pay.amount_features, "amount_z"

@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.contracts import SCHEMA_VERSION, AnonRecord
+from shared.declarations import named as named_registry
+from shared.declarations import named_columns
 from shared.declarations import transforms as tf
 from shared.declarations.anonymize import Plan, Slot, state_of
 from shared.declarations.events import event_time
@@ -178,6 +180,8 @@ class Batch:
             return np.array([1.0 if v == want else 0.0 for v in self.raw(f.inputs[0])])
         if f.transform == "stuck":
             return self.stuck(i, [self.column(n) for n in f.inputs], p, keep_missing=True)
+        if f.transform == "named":
+            return self.named(i, f)
         x = self.derived(f)
         step = f.then or f.transform
         if step == "stuck":
@@ -258,6 +262,45 @@ class Batch:
             state[d] = np.where(have[..., None], nxt, np.where(first[..., None], start, s))
         for j, i in enumerate(idxs):
             self.slots[i] = state[:, j, :]
+        return out
+
+    def reading(self, name: str) -> F64:
+        """A field as telemetry's named transforms read it: cleaned (NaN and missing 0,
+        clipped to +-BIG) and rounded to 3 decimals."""
+        key = f"reading:{name}"
+        col = self._cols.get(key)
+        if col is None:
+            x = self.column(name)
+            col = self._cols[key] = round3_array(np.where(x != x, 0.0, np.clip(x, -BIG, BIG)))
+        return col
+
+    def named(self, i: int, f: Feature) -> F64:
+        """A named transform, event by event in batch order (each device's events in their
+        order), through the step the scalar plan runs: the same values and slots."""
+        entry = named_registry.get(f.params["named"])
+        assert entry is not None and entry.step is not None, f.name
+        step, events, ts = entry.step, self.events, self.ts.tolist()
+        columns = named_columns.COLUMNS.get(entry.name)
+        if columns is not None:
+            return columns(self.reading, self.raw("model"))
+        if entry.name == "coolant_hot_trend":
+            return named_columns.coolant_hot_trend(
+                self.reading,
+                self.raw("model"),
+                self.ts,
+                self.rounds.rows,
+                self.rounds.device_of,
+                self.slots[i],
+            )
+        if entry.slot_width == 0:
+            return np.array([step(e, t, None)[0] for e, t in zip(events, ts, strict=True)])
+        slot = self.slots[i]
+        current: list[Slot] = [None if row[0] != row[0] else tuple(row) for row in slot.tolist()]
+        out = np.empty(self.n)
+        for r, (d, e, t) in enumerate(zip(self.rounds.device_of.tolist(), events, ts, strict=True)):
+            out[r], current[d] = step(e, t, current[d])
+        empty = (_NAN,) * entry.slot_width
+        self.slots[i] = np.array([empty if c is None else c for c in current], dtype=np.float64)
         return out
 
     def gap(self, i: int, p: dict[str, Any]) -> F64:
@@ -483,6 +526,9 @@ def _width(f: Feature) -> int:
     """How many numbers a feature's slot holds."""
     if f.transform == "stuck":
         return 2 * len(f.inputs)
+    if f.transform == "named":
+        entry = named_registry.get(f.params["named"])
+        return entry.slot_width if entry is not None else 0
     step = f.then or f.transform
     return {"zscore": 3, "rate": 2, "delta": 1, "stuck": 2}.get(
         step, 1 if f.transform == "gap" else 0

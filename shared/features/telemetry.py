@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from operator import attrgetter
+from typing import Any
 
 from shared.contracts import TELEMETRY_READINGS, Telemetry
 from shared.features.catalog import model_envelope
@@ -125,11 +126,16 @@ def _trend(coolant: float, ts: float, state: VehicleState | None) -> float:
     """The vehicle's smoothed coolant rate (°C/s) after this frame."""
     if state is None:
         return 0.0
-    gap = ts - state.ts
+    return trend_step(coolant, ts, state.ts, state.last[_COOLANT], state.coolant_trend)
+
+
+def trend_step(coolant: float, ts: float, last_ts: float, last: float, trend: float) -> float:
+    """The smoothed coolant rate after a frame, from the vehicle's latest time, its previous
+    frame's coolant and its trend before."""
+    gap = ts - last_ts
     dt = gap if gap > MIN_DT_S else MIN_DT_S
     w = dt / TREND_TAU_S
-    trend = state.coolant_trend
-    trend += (1.0 if w > 1.0 else w) * ((coolant - state.last[_COOLANT]) / dt - trend)
+    trend += (1.0 if w > 1.0 else w) * ((coolant - last) / dt - trend)
     return TREND_LIMIT if trend > TREND_LIMIT else -TREND_LIMIT if trend < -TREND_LIMIT else trend
 
 
@@ -349,3 +355,86 @@ def _rolling_step(
         else:
             same.append(0)
     return means, vars_, same, stuck
+
+
+# --- the named transforms as the declared streams' engine runs them ------------------------
+# One frame's value of each, read from the fields the transform names only, computed as
+# telemetry_step computes it: each reading cleaned and rounded to DECIMALS first (a missing
+# one reads 0, as a NaN does). The engine rounds the result.
+
+
+def _reading(event: Any, name: str) -> float:
+    v = getattr(event, name)
+    if v is None:
+        return 0.0
+    x = float(v)
+    return _round(x if -BIG < x < BIG else fin(x))
+
+
+def _tyres(event: Any) -> tuple[float, float, float, float]:
+    return (
+        _reading(event, "tyre_fl_kpa"),
+        _reading(event, "tyre_fr_kpa"),
+        _reading(event, "tyre_rl_kpa"),
+        _reading(event, "tyre_rr_kpa"),
+    )
+
+
+def tyre_min_dev(event: Any) -> float:
+    """The lowest tyre's pressure below the vehicle's four-tyre average (kPa)."""
+    tyres = _tyres(event)
+    return fin(min(tyres) - sum(tyres) / 4)
+
+
+def accel_magnitude(event: Any) -> float:
+    """The size of the acceleration vector (g)."""
+    return math.sqrt(
+        min(1e4, _reading(event, "accel_x_g") ** 2)
+        + min(1e4, _reading(event, "accel_y_g") ** 2)
+        + min(1e4, _reading(event, "accel_z_g") ** 2)
+    )
+
+
+def coolant_over_thermostat(event: Any) -> float:
+    facts = model_envelope(str(event.model))
+    if facts is None:
+        return _NO_ENVELOPE["coolant_over_thermostat_c"]
+    return fin(_reading(event, "coolant_c") - facts[0], 0.0, 500.0)
+
+
+def tyre_mean_ratio(event: Any) -> float:
+    facts = model_envelope(str(event.model))
+    if facts is None:
+        return _NO_ENVELOPE["tyre_mean_ratio"]
+    return fin(sum(_tyres(event)) / 4 / facts[1], 0.0, 10.0)
+
+
+def tyre_min_ratio(event: Any) -> float:
+    facts = model_envelope(str(event.model))
+    if facts is None:
+        return _NO_ENVELOPE["tyre_min_ratio"]
+    return fin(min(_tyres(event)) / facts[1], 0.0, 10.0)
+
+
+def battery_v_low(event: Any) -> float:
+    facts = model_envelope(str(event.model))
+    if facts is None:
+        return _NO_ENVELOPE["battery_v_low"]
+    running = _reading(event, "rpm") > 0.0 or _reading(event, "speed_kmh") > 0.0
+    low = (facts[2] if running else REST_FLOOR_V) - _reading(event, "battery_v")
+    return fin(low, 0.0, 100.0)
+
+
+# The coolant trend's slot: (the vehicle's latest time, its previous coolant, its trend).
+TrendSlot = tuple[float, float, float]
+
+
+def coolant_hot_trend(event: Any, ts: float, slot: TrendSlot | None) -> tuple[float, TrendSlot]:
+    """The smoothed coolant rate while above the model's thermostat plus a margin (else 0),
+    and the next slot. Out-of-order frames never move the latest time backwards."""
+    coolant = _reading(event, "coolant_c")
+    trend = 0.0 if slot is None else trend_step(coolant, ts, slot[0], slot[1], slot[2])
+    latest = ts if slot is None or ts >= slot[0] else slot[0]
+    facts = model_envelope(str(event.model))
+    value = 0.0 if facts is None or not coolant - facts[0] > HOT_MARGIN_C else trend
+    return value, (latest, coolant, trend)

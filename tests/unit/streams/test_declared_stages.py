@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from edge.bridge.errors import Rejected
@@ -383,3 +384,56 @@ def test_the_ansible_role_grants_a_device_what_infra_up_grants(cold: streams.Str
     assert sorted(role["acls"], key=str) == sorted(vehicle_role("AB-0001")["acls"], key=str)
     with pytest.raises(ValueError, match="mosquitto_stream_topics"):
         plugin.mosquitto_dynsec({}, "admin", "bridge", [], "gw", 1, ["fleet/#"])
+
+
+def _telemetry_frames(spec: streams.StreamSpec, vehicles: int, seconds: float) -> list[Any]:
+    from firmware_sim import Fleet, SimSettings
+
+    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=seconds, seed=11))
+    frames = [
+        decode(spec.event, payload)
+        for topic, payload in fleet.events()
+        if topic.endswith("/telemetry")
+    ]
+    # Every 7th frame of a model the catalogue does not know (its envelope is neutral).
+    return [
+        (spec, msgspec.structs.replace(e, model="no such model") if i % 7 == 0 else e)
+        for i, e in enumerate(frames)
+    ]
+
+
+def test_the_whole_telemetry_declaration_runs_in_the_engine_as_its_code_computes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Named transforms included: the engine's every feature equals the hand-written code's,
+    # frame by frame, and the vectorised batch equals the engine event by event.
+    from importlib import resources
+
+    from shared.features import telemetry as tel
+
+    shipped = (resources.files("shared.declarations") / "builtin" / "telemetry.toml").read_text()
+    (tmp_path / "own.toml").write_text(
+        shipped.replace('name = "telemetry"', 'name = "telemetry_own"')
+    )
+    streams.use_declarations(tmp_path)
+    try:
+        spec = streams.get("telemetry_own")
+        assert spec.declaration is not None
+        assert any(f.transform == "named" for f in spec.declaration.features)
+        items = _telemetry_frames(spec, vehicles=12, seconds=150)
+        names = spec.declaration.feature_names
+        by_code: dict[str, Any] = {}
+        state = FeatureState()
+        for start in range(0, len(items), 200):
+            chunk = sequential_batch(items[start : start + 200], state, SECRET)
+            state.apply(chunk.updates)
+            for (_spec, event), record in zip(
+                items[start : start + 200], chunk.records, strict=True
+            ):
+                _reads, today, by_code[event.vin] = tel.telemetry_step(
+                    event, by_code.get(event.vin)
+                )
+                assert [record.features[n] for n in names] == [today[n] for n in names]
+        _same_records_and_states(items, monkeypatch)
+    finally:
+        streams._REGISTRY.pop("telemetry_own", None)
