@@ -5,12 +5,16 @@ CPU seconds per event of:
 
 - **built-in**: ``shared.features.batch.anonymize_batch``, the hand-written telemetry path
   (vectorised over the batch with numpy), as the enricher runs it for ``telemetry``;
-- **declared**: ``sequential_batch`` over a declared stream (the generic transforms of
-  ``shared/declarations/anonymize.py``, event by event) whose declaration is the built-in
-  ``telemetry`` declaration with its named transforms left out (a declared stream cannot
-  use them), so it computes the same generic features the built-in one does, fewer in all.
+- **declared**: a declared stream whose declaration is the built-in ``telemetry``
+  declaration with its named transforms left out, so it computes the same generic features
+  the built-in one does, fewer in all: vectorised (``declared_batch``,
+  ``shared/declarations/vector.py``) and event by event (``sequential_batch``, the generic
+  transforms of ``shared/declarations/anonymize.py``);
+- **whole declared**: ``declared_batch`` over the whole built-in ``telemetry`` declaration,
+  named transforms included (``telemetry_whole``): the same 55 features the built-in path
+  computes, each equal to its value (``tests/unit/streams/test_declared_stages.py``).
 
-Both produce the anon records' bytes (``wire``) and the per-vehicle states, batch by batch,
+Each produces the anon records' bytes (``wire``) and the per-vehicle states, batch by batch,
 with states carried over as the enricher does. Kafka, the vault and decoding are left out.
 
     .venv/bin/python bench/features.py [--vehicles 200] [--duration 120] [--batch 5000]
