@@ -64,6 +64,15 @@ def check_runnable(stream: Stream) -> None:
                 "payments code only (it keeps state by card, driver and vehicle across "
                 f"streams); the named transforms a declared stream may use: {runnable}",
             )
+        for name in entry.reads:
+            kind = stream.fields[name].type
+            if name not in entry.text_reads and kind not in ("float", "int", "bool"):
+                raise DeclarationError(
+                    stream.source,
+                    f"features.{feature.name}",
+                    f"named transform {entry.name!r} computes with {name!r} as a number; it "
+                    f"is declared {kind!r}",
+                )
     if stream.decision:
         raise DeclarationError(
             stream.source,

@@ -40,6 +40,9 @@ class NamedTransform:
     step: Callable[[Any, float, Any], tuple[float, Any]] | None = None
     # How many numbers its slot holds (0: it keeps no state).
     slot_width: int = 0
+    # The fields of ``reads`` it takes as text (a vehicle model); the step reads the others
+    # as numbers, so a declared stream must declare them float, int or bool.
+    text_reads: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, NamedTransform] = {}
@@ -137,11 +140,14 @@ def _register_builtin() -> None:
                     memory_s=3 * tel.TREND_TAU_S,
                     step=tel.coolant_hot_trend,
                     slot_width=3,
+                    text_reads=("model",),
                 )
             )
         else:
             step = _stateless(_TELEMETRY_STEPS[name])
-            register(NamedTransform(name, reads, tel.envelope, output, step=step))
+            register(
+                NamedTransform(name, reads, tel.envelope, output, step=step, text_reads=("model",))
+            )
     register(
         NamedTransform(
             "amount_vs_driver", ("amount", "category", "driver_id"), pay.amount_features, "amount_z"

@@ -437,3 +437,27 @@ def test_the_whole_telemetry_declaration_runs_in_the_engine_as_its_code_computes
         _same_records_and_states(items, monkeypatch)
     finally:
         streams._REGISTRY.pop("telemetry_own", None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ('coolant_c = { type = "float" }\nmodel = { type = "str" }', None),
+        ('coolant_c = { type = "str" }\nmodel = { type = "str" }', "'coolant_c'"),
+        ('coolant_c = { type = "float" }', "model"),
+    ],
+)
+def test_a_named_transform_reads_numbers_where_it_computes_with_them(
+    tmp_path: Path, fields: str, refused: str | None
+) -> None:
+    text = COLD.replace("la = {", f"{fields}\nla = {{", 1).replace(
+        "gap = { gap = true }", 'hot = { named = "coolant_over_thermostat" }'
+    )
+    (tmp_path / "cold.toml").write_text(text)
+    if refused is None:
+        assert "hot" in load_streams(tmp_path)["cold"].feature_names
+        return
+    with pytest.raises(DeclarationError) as info:
+        load_streams(tmp_path)
+    assert "cold.toml" in str(info.value) and "features.hot" in str(info.value)
+    assert refused in str(info.value)
