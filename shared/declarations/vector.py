@@ -72,6 +72,7 @@ class Batch:
         self.plan, self.events, self.tok = plan, events, tok
         self._raw: dict[str, tuple[Any, ...]] | None = None
         self._cols: dict[str, F64] = {}
+        self._facts: named_columns.Facts | None = None
         stream = plan.stream
         self.n = len(events)
         ids = self.raw(stream.device.field)
@@ -275,33 +276,23 @@ class Batch:
         return col
 
     def named(self, i: int, f: Feature) -> F64:
-        """A named transform, event by event in batch order (each device's events in their
-        order), through the step the scalar plan runs: the same values and slots."""
-        entry = named_registry.get(f.params["named"])
-        assert entry is not None and entry.step is not None, f.name
-        step, events, ts = entry.step, self.events, self.ts.tolist()
-        columns = named_columns.COLUMNS.get(entry.name)
+        """A named transform over the batch (``named_columns``): the values and slots its
+        scalar step gives. One without a vectorised form raises ValueError, and the batch
+        goes event by event."""
+        name = f.params["named"]
+        columns = named_columns.COLUMNS.get(name)
         if columns is not None:
-            return columns(self.reading, self.raw("model"))
-        if entry.name == "coolant_hot_trend":
-            return named_columns.coolant_hot_trend(
-                self.reading,
-                self.raw("model"),
-                self.ts,
-                self.rounds.rows,
-                self.rounds.device_of,
-                self.slots[i],
-            )
-        if entry.slot_width == 0:
-            return np.array([step(e, t, None)[0] for e, t in zip(events, ts, strict=True)])
-        slot = self.slots[i]
-        current: list[Slot] = [None if row[0] != row[0] else tuple(row) for row in slot.tolist()]
-        out = np.empty(self.n)
-        for r, (d, e, t) in enumerate(zip(self.rounds.device_of.tolist(), events, ts, strict=True)):
-            out[r], current[d] = step(e, t, current[d])
-        empty = (_NAN,) * entry.slot_width
-        self.slots[i] = np.array([empty if c is None else c for c in current], dtype=np.float64)
-        return out
+            return columns(self.reading, self.facts())
+        in_rounds = named_columns.IN_ROUNDS.get(name)
+        if in_rounds is None:
+            raise ValueError(f"named transform {name!r} has no vectorised form")
+        return in_rounds(self.reading, self.facts(), self.ts, self.rounds, self.slots[i])
+
+    def facts(self) -> named_columns.Facts:
+        """The catalogue's entry for each event's vehicle model, looked up once a batch."""
+        if self._facts is None:
+            self._facts = named_columns.facts(self.raw("model"))
+        return self._facts
 
     def gap(self, i: int, p: dict[str, Any]) -> F64:
         out = np.zeros(self.n)

@@ -29,9 +29,9 @@ from shared.contracts import (
     Telemetry,
     decode,
 )
+from shared.declarations import named_columns as nc
 from shared.features import telemetry as tel
 from shared.features.anonymize import DRIVER_ID, VIN, _payment, anonymize
-from shared.features.catalog import model_envelope
 from shared.features.geo import cell
 from shared.features.guard import BIG
 from shared.features.guard import fin_array as _fin
@@ -47,7 +47,6 @@ _F = np.float64
 _IDX = {name: i for i, name in enumerate(tel.READINGS)}
 _ROLL = np.array(tel._ROLLING_IDX)
 _TYRES = [_IDX[n] for n in ("tyre_fl_kpa", "tyre_fr_kpa", "tyre_rl_kpa", "tyre_rr_kpa")]
-_ACCEL = [_IDX[n] for n in ("accel_x_g", "accel_y_g", "accel_z_g")]
 _MIN_STD = np.array(tel.MIN_STD)
 _PRIOR_STD = np.array(tel.PRIOR_STD)
 _NOISY = np.array(tel._IS_NOISY)
@@ -272,44 +271,37 @@ class _Batch:
         values = _round(np.where((raw > -BIG) & (raw < BIG), raw, _fin(raw)))
         self.values = values
         self.xs = values[:, _ROLL]
+
+        def read(name: str) -> np.ndarray:
+            return values[:, _IDX[name]]
+
         t = [values[:, i] for i in _TYRES]
-        total = ((t[0] + t[1]) + t[2]) + t[3]
         tmax = np.maximum(np.maximum(np.maximum(t[0], t[1]), t[2]), t[3])
         tmin = np.minimum(np.minimum(np.minimum(t[0], t[1]), t[2]), t[3])
-        coolant, ambient = values[:, _IDX["coolant_c"]], values[:, _IDX["ambient_c"]]
-        # Python's ** (libm pow) and numpy's square differ in the last bit now and then.
-        accel = [
-            math.sqrt(min(1e4, ax**2) + min(1e4, ay**2) + min(1e4, az**2))
-            for ax, ay, az in values[:, _ACCEL].tolist()
-        ]
+        coolant, ambient = read("coolant_c"), read("ambient_c")
+        facts = nc.facts([ev.model for ev in events])
         self.cross = _round(
             np.stack(
                 [
                     _fin(tmax - tmin),
-                    _fin(tmin - total / 4),
+                    nc.tyre_min_dev(read, facts),
                     _fin(coolant - ambient),
-                    _fin(values[:, _IDX["intake_c"]] - ambient),
-                    np.array(accel, dtype=_F),
+                    _fin(read("intake_c") - ambient),
+                    nc.accel_magnitude(read, facts),
                 ],
                 axis=1,
             )
         )
-        facts = [model_envelope(ev.model) for ev in events]
-        known = np.array([f is not None for f in facts])
-        spec = np.array([f if f is not None else (0.0, 1.0, 0.0) for f in facts], dtype=_F)
-        thermostat, tyre_kpa, battery_lo = spec[:, 0], spec[:, 1], spec[:, 2]
-        self.over = coolant - thermostat
-        running = (values[:, _IDX["rpm"]] > 0.0) | (values[:, _IDX["speed_kmh"]] > 0.0)
-        low = np.where(running, battery_lo, tel.REST_FLOOR_V) - values[:, _IDX["battery_v"]]
-        self.known = known
+        self.over = coolant - facts.thermostat
+        self.known = facts.known
         # Columns: over thermostat, (hot trend: filled per round), mean ratio, min ratio, low.
         self.envelope = np.stack(
             [
-                np.where(known, _fin(self.over, 0.0, 500.0), 0.0),
+                nc.coolant_over_thermostat(read, facts),
                 np.zeros(len(events)),
-                np.where(known, _fin(total / 4 / tyre_kpa, 0.0, 10.0), 1.0),
-                np.where(known, _fin(tmin / tyre_kpa, 0.0, 10.0), 1.0),
-                np.where(known, _fin(low, 0.0, 100.0), 0.0),
+                nc.tyre_mean_ratio(read, facts),
+                nc.tyre_min_ratio(read, facts),
+                nc.battery_v_low(read, facts),
             ],
             axis=1,
         )
@@ -382,10 +374,7 @@ class _Batch:
         s_ts = self.s_ts[slots]
         gap = ts - s_ts
         dt = np.where(gap > tel.MIN_DT_S, gap, tel.MIN_DT_S)
-        w = dt / tel.TREND_TAU_S
-        trend = self.trend[slots]
-        trend = trend + np.where(w > 1.0, 1.0, w) * ((xs[:, _COOL] - last[:, _COOL]) / dt - trend)
-        trend = _clip(trend, tel.TREND_LIMIT)
+        trend = nc.trend(xs[:, _COOL], ts, last[:, _COOL], s_ts, self.trend[slots])
         env = self.envelope[rows]
         env[:, 1] = np.where(self.known[rows] & (self.over[rows] > tel.HOT_MARGIN_C), trend, 0.0)
         std = np.sqrt(var)
