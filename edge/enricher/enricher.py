@@ -68,18 +68,9 @@ VAULT_EXPIRE_EVERY_S = 1.0
 VAULT_EXPIRE_LIMIT = 2000
 
 
-def pii_items(spec: StreamSpec, event: Any) -> list[tuple[str, str, str | None]]:
-    """(kind, value, person) of every identifying value the vault keeps for ``event``.
-
-    What its stream's declaration tokenizes or keeps in the vault. A token's kind is the
-    anonymizer's namespace, so the vault reverses the tokens anon records carry; every value
-    but the device's belongs to the event's person (a card to the driver who pays with it).
-    """
-    return vault_of(spec)(event)
-
-
 def batch_pii(items: list[tuple[StreamSpec, Any]]) -> list[tuple[str, str, str | None]]:
-    """Every identifying value of a batch, once each (the same vehicle recurs all batch)."""
+    """Every identifying value of a batch, once each (the same vehicle recurs all batch):
+    what each stream's declaration tokenizes or keeps in the vault (``vault_of``)."""
     seen: set[tuple[str, Any]] = set()
     pii: dict[tuple[str, str], str | None] = {}
     for spec, event in items:

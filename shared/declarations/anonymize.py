@@ -119,7 +119,6 @@ class Plan:
             for n, f in stream.fields.items()
             if f.pii is None and n not in skip
         ]
-        self.vault_items = VaultItems(stream)
 
     def device(self, event: Any, tok: Tokenizer) -> str:
         """The device's id as anonymized records carry it: its token, or itself."""

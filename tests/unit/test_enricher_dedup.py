@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from edge.enricher.dedup import DedupWindow, event_key
-from edge.enricher.enricher import pii_items
 from edge.enricher.expiry import KeyClock
 from shared import streams
 from shared.contracts import Payment
+from shared.features.anonymize import vault_of
 
 
 def test_window_drops_repeats_and_forgets_the_oldest_deltas() -> None:
@@ -32,7 +32,7 @@ def test_restored_window_matches_the_written_one() -> None:
     assert w.seal()[0] == 5
 
 
-def test_pii_items_cover_every_identifying_field() -> None:
+def test_the_vault_items_cover_every_identifying_field() -> None:
     p = Payment(
         event_id="e",
         ts=1.0,
@@ -50,7 +50,7 @@ def test_pii_items_cover_every_identifying_field() -> None:
         lat=1.0,
         lon=1.0,
     )
-    kinds = {k: (v, person) for k, v, person in pii_items(streams.PAYMENTS, p)}
+    kinds = {k: (v, person) for k, v, person in vault_of(streams.PAYMENTS)(p)}
     assert kinds["vin"] == ("1HGCM82633A004352", None)
     assert kinds["card"] == ("4111111111111111", "D-1")
     assert {"driver", "driver_name", "cardholder"} <= set(kinds)

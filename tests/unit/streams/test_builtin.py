@@ -129,17 +129,16 @@ def _payment() -> contracts.Payment:
 def test_the_vault_can_reverse_every_token_a_builtin_record_carries() -> None:
     # The enricher's vault items come from the declarations; their kinds must be the very
     # namespaces the built-in anonymizer tokenizes with, or the vault could not reverse them.
-    from edge.enricher.enricher import pii_items
-    from shared.features.anonymize import anonymize
+    from shared.features.anonymize import anonymize, vault_of
     from shared.tokens import Tokenizer
 
     tok = Tokenizer(b"k" * 32)
     for spec, event in ((streams.PAYMENTS, _payment()), (streams.TELEMETRY, _frames(1, 3)[0])):
         record = anonymize(spec, event, {}, tok).record
         carried = {getattr(record, t) for t in spec.tokens.values()}
-        reversible = {tok.token(kind, value) for kind, value, _ in pii_items(spec, event)}
+        reversible = {tok.token(kind, value) for kind, value, _ in vault_of(spec)(event)}
         assert carried and carried <= reversible, spec.name
-        assert {v for _, v, _ in pii_items(spec, event)} >= {getattr(event, f) for f in spec.tokens}
+        assert {v for _, v, _ in vault_of(spec)(event)} >= {getattr(event, f) for f in spec.tokens}
 
 
 @pytest.mark.parametrize("name", NAMES)

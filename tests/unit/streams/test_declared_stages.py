@@ -157,9 +157,9 @@ def test_no_personal_value_leaves_in_the_anonymized_record(cold: streams.StreamS
 
 
 def test_the_vault_keeps_tokens_and_vault_fields_of_the_person(cold: streams.StreamSpec) -> None:
-    from shared.features.anonymize import plan_of
+    from shared.features.anonymize import vault_of
 
-    items = plan_of(cold).vault_items(decode(cold.event, json.dumps(_event(1)).encode()))
+    items = vault_of(cold)(decode(cold.event, json.dumps(_event(1)).encode()))
     assert sorted(items) == [
         ("driver", "Jo Driver", "Jo Driver"),
         ("phone", "+49 170 5550100", "Jo Driver"),
