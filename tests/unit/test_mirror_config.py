@@ -54,6 +54,8 @@ def _vars(**over: Any) -> dict[str, Any]:
         "edge_cloud_security_protocol": "PLAINTEXT",
         "edge_cloud_ca_cert": "",
         "edge_mirror_dir": "/etc/fleetsentry/edge/mirror",
+        "edge_mirror_restart": INTERNALS["edge_mirror_restart"],
+        "edge_mirror_restart_sec": INTERNALS["edge_mirror_restart_sec"],
         **over,
     }
 
