@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from edge.scorer.scorers import FloatReferenceScorer, TFLiteScorer
+from shared import streams
 from shared.contracts import ModelManifest, Scaling, encode
-from shared.features import FEATURE_SPEC_VERSION, model_features
+from shared.features import model_features
 from shared.signing import generate_private_key, sign_model_dir, write_public_key
 
 
@@ -69,11 +70,12 @@ def build_model_dir(
     epochs: int = 30,
     key: Any = None,
     train_rows: np.ndarray | None = None,
-    feature_spec: str = FEATURE_SPEC_VERSION,
+    feature_spec: str | None = None,
 ) -> tuple[Path, Path]:
     """Train, quantize to int8, sign. Returns (model_dir, public_key_path).
 
-    ``feature_spec``: what the manifest names (a declared stream's digest, ``fs-...``)."""
+    ``feature_spec``: what the manifest names; by default the digest of ``stream``'s
+    declaration."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
@@ -124,7 +126,7 @@ def build_model_dir(
     manifest = ModelManifest(
         stream=stream,
         version=version,
-        feature_spec=feature_spec,
+        feature_spec=feature_spec or streams.declaration_of(stream).feature_spec,
         features=data.names,
         scaling=Scaling(mean=[float(v) for v in mean], scale=[float(v) for v in scale]),
         threshold=threshold,

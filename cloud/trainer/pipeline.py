@@ -37,7 +37,7 @@ from cloud.trainer.threshold import (
 from shared import signing, streams
 from shared.contracts import ModelManifest, Scaling, encode
 from shared.declarations.schema import EpisodeAlerts
-from shared.features import FEATURE_SPEC_VERSION, feature_label
+from shared.features import feature_label
 
 REFERENCE_FILE = "reference.npz"
 # Smallest mean normal squared error a feature is divided by (scaled units squared): a
@@ -169,7 +169,7 @@ def train_stream(
     manifest = ModelManifest(
         stream=records.stream,
         version=_version(records.stream, tflite),
-        feature_spec=FEATURE_SPEC_VERSION if decl is None else decl.feature_spec,
+        feature_spec=streams.declaration_of(records.stream).feature_spec,
         features=list(records.features),
         scaling=Scaling(mean=[float(v) for v in fit.mean], scale=[float(v) for v in fit.std]),
         threshold=float(threshold),

@@ -10,19 +10,15 @@ so every batch is scored by exactly one model version.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edge.scorer.errors import ModelError
 from edge.scorer.scorers import FloatReferenceScorer, Scorer, TFLiteScorer
 from shared.baselines import BASELINE_DIR, BASELINE_PUBLIC_KEY, baseline_dir, is_baseline
 from shared.contracts import ModelManifest
 from shared.errors import ConfigError
-
-if TYPE_CHECKING:
-    from shared.declarations.schema import Stream
 
 __all__ = [
     "BASELINE_DIR",
@@ -62,60 +58,35 @@ class Model:
         return self.manifest.features
 
 
-def _feature_contract() -> tuple[str, Callable[[str], Sequence[str]]]:
-    from shared.features import FEATURE_SPEC_VERSION, model_features
-
-    return FEATURE_SPEC_VERSION, model_features
-
-
-def _declaration(stream: str) -> Stream | None:
-    """The declaration of ``stream`` when it is a registered declared stream."""
-    from shared import streams
-
-    try:
-        return streams.get(stream).declaration
-    except ConfigError:
-        return None
-
-
 def check_manifest(manifest: ModelManifest, stream: str) -> None:
-    """Refuse a model built for another stream or another version of the feature code.
+    """Refuse a model built for another stream or another version of the stream's features.
 
-    A declared stream's model must carry the feature-spec digest and the feature list of this
-    gateway's declaration of the stream (docs/streams.md).
+    A model must carry the feature-spec digest and the feature list of this gateway's
+    declaration of the stream, the shipped one for the built-in streams (docs/streams.md).
     """
+    from shared import streams
+    from shared.declarations.digest import fits
+
     if manifest.stream != stream:
         raise ModelError(
             f"model {manifest.version} is for stream {manifest.stream!r}, not {stream!r}"
         )
-    declaration = _declaration(stream)
-    if declaration is not None:
-        if manifest.feature_spec != declaration.feature_spec:
-            raise ModelError(
-                f"model {manifest.version} was built for feature spec "
-                f"{manifest.feature_spec!r}; this gateway's declaration of {stream} "
-                f"({declaration.source}) computes {declaration.feature_spec!r}"
-            )
-        expected = declaration.feature_names
-        if list(manifest.features) != expected:
-            raise ModelError(
-                f"model {manifest.version} takes features {manifest.features}; this "
-                f"gateway's declaration of {stream} ({declaration.source}) produces {expected}"
-            )
-    else:
-        spec_version, model_features = _feature_contract()
-        if manifest.feature_spec != spec_version:
-            raise ModelError(
-                f"model {manifest.version} was built for feature spec "
-                f"{manifest.feature_spec!r}; this gateway computes "
-                f"{spec_version!r}"
-            )
-        expected = list(model_features(stream))
-        if list(manifest.features) != expected:
-            raise ModelError(
-                f"model {manifest.version} takes features {manifest.features}; "
-                f"the {stream} feature code produces {expected}"
-            )
+    try:
+        declaration = streams.declaration_of(stream)
+    except ConfigError as e:
+        raise ModelError(f"model {manifest.version}: {e}") from e
+    if not fits(stream, declaration.feature_spec, manifest.feature_spec):
+        raise ModelError(
+            f"model {manifest.version} was built for feature spec "
+            f"{manifest.feature_spec!r}; this gateway's declaration of {stream} "
+            f"({declaration.source}) computes {declaration.feature_spec!r}"
+        )
+    expected = list(declaration.feature_names)
+    if list(manifest.features) != expected:
+        raise ModelError(
+            f"model {manifest.version} takes features {manifest.features}; this "
+            f"gateway's declaration of {stream} ({declaration.source}) produces {expected}"
+        )
     n = len(expected)
     if len(manifest.scaling.mean) != n or len(manifest.scaling.scale) != n:
         raise ModelError(f"model {manifest.version}: scaling does not have {n} entries")

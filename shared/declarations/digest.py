@@ -45,3 +45,23 @@ def canonical(device_field: str, features: Sequence[Feature]) -> bytes:
 def feature_spec(device_field: str, features: Sequence[Feature]) -> str:
     """The feature-spec version string of a stream: ``fs-`` and 12 hex characters."""
     return PREFIX + hashlib.sha256(canonical(device_field, features)).hexdigest()[:HEX_CHARS]
+
+
+# Before the built-in streams' models carried their declarations' digests, they carried a
+# hand-numbered spec. A gateway keeps loading such a model (its active one, after an upgrade in
+# place) while the shipped declaration is still the one the number meant: (stream, number) ->
+# the digest it equals.
+NUMBERED: dict[tuple[str, str], str] = {
+    ("telemetry", "fs3"): "fs-4836888ce6f1",
+    ("payments", "fs3"): "fs-9053e80737bc",
+}
+
+
+def fits(stream: str, declared: str, model_spec: str) -> bool:
+    """Whether a model built for ``model_spec`` takes the features of ``stream``'s declaration,
+    whose digest is ``declared``.
+
+    >>> fits("telemetry", "fs-4836888ce6f1", "fs3"), fits("telemetry", "fs-000000000000", "fs3")
+    (True, False)
+    """
+    return model_spec == declared or NUMBERED.get((stream, model_spec)) == declared

@@ -3,12 +3,12 @@
 - :func:`anonymize` turns a raw event into its anon record plus per-key state updates (pure).
 - :class:`Anonymizer` carries the state along for a replayed sequence of events.
 - :func:`model_features`, :func:`feature_vector`, :func:`feature_matrix` build model inputs;
-  :func:`feature_label` gives a feature's plain name; :data:`FEATURE_SPEC_VERSION` names the spec.
+  :func:`feature_label` gives a feature's plain name. Which models fit them is the digest of
+  the stream's declaration (``shared.streams.declaration_of(name).feature_spec``).
 """
 
 from shared.features.anonymize import Anonymized, Anonymizer, FeatureError, anonymize
 from shared.features.spec import (
-    FEATURE_SPEC_VERSION,
     feature_label,
     feature_matrix,
     feature_memory_s,
@@ -23,7 +23,6 @@ from shared.features.state import (
 )
 
 __all__ = [
-    "FEATURE_SPEC_VERSION",
     "Anonymized",
     "Anonymizer",
     "FeatureError",

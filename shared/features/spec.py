@@ -1,7 +1,7 @@
 """Which features each model takes, in order, and their plain names for alert explanations.
 
-``FEATURE_SPEC_VERSION`` changes whenever a name, an order or a meaning changes: a model trained
-on one spec is refused by an edge computing another.
+Which models fit them is not numbered here: a model carries the digest of its stream's
+declaration (``shared.declarations.digest``), and a gateway refuses one built for another.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:  # numpy is imported where vectors are built: the enricher never needs it
     import numpy as np
     import numpy.typing as npt
-
-FEATURE_SPEC_VERSION = "fs3"
 
 
 @functools.cache

@@ -24,9 +24,9 @@ from cloud.trainer.pipeline import (
     train_stream,
     write_model_dir,
 )
-from shared import signing
+from shared import signing, streams
 from shared.contracts import Score
-from shared.features import FEATURE_SPEC_VERSION, model_features
+from shared.features import model_features
 
 SMALL = TrainSettings(epochs=3, max_fit_rows=20_000, hidden=(24, 8), seed=5)
 
@@ -65,7 +65,10 @@ def test_model_directory_is_signed_and_complete(trained: TrainedModel, tmp_path:
     key = signing.generate_private_key()
     out = write_model_dir(trained, tmp_path / "telemetry", key)
     manifest = signing.verify_model_dir(out, key.public_key())
-    assert manifest.stream == "telemetry" and manifest.feature_spec == FEATURE_SPEC_VERSION
+    assert (
+        manifest.stream == "telemetry"
+        and manifest.feature_spec == streams.declaration_of("telemetry").feature_spec
+    )
     assert manifest.features == model_features("telemetry")
     assert len(manifest.scaling.mean) == len(manifest.features)
     q = manifest.metrics["quantization"]

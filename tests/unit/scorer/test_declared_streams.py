@@ -16,10 +16,11 @@ from edge.config import EdgeConfig, ScorerSettings
 from edge.scorer.errors import ModelError
 from edge.scorer.model_runner import check_manifest
 from edge.scorer.scorer import BatchResult, Out, ScorerService, episode_owner
-from shared import topics
+from shared import streams, topics
 from shared.contracts import Alert, ModelManifest, Scaling, Score, decode
+from shared.declarations import digest
 from shared.declarations.schema import Stream
-from shared.features import FEATURE_SPEC_VERSION, model_features
+from shared.features import model_features
 from shared.signing import generate_private_key
 from tests.declared_records import REEFER, declared, reefer_records, write_reefer
 from tests.scorer_models import SyntheticFeatures, build_model_dir
@@ -77,16 +78,44 @@ def test_a_declared_streams_model_must_carry_its_declarations_digest(reefer: Str
         f"model m-1 was built for feature spec 'fs-000000000000'; this gateway's declaration "
         f"of reefer (reefer.toml) computes '{reefer.feature_spec}'"
     )
-    # The built-in spec version is no digest of a declaration.
+    # The built-in streams' old hand-numbered spec is no digest of a declared stream's.
     with pytest.raises(ModelError, match="declaration of reefer"):
-        check_manifest(manifest(REEFER, FEATURE_SPEC_VERSION, reefer.feature_names), REEFER)
+        check_manifest(manifest(REEFER, "fs3", reefer.feature_names), REEFER)
     with pytest.raises(ModelError, match=r"declaration of reefer \(reefer.toml\) produces"):
         check_manifest(manifest(REEFER, reefer.feature_spec, reefer.feature_names[::-1]), REEFER)
-    # The built-in streams keep their check.
+
+
+@pytest.mark.parametrize("stream", ["telemetry", "payments"])
+def test_a_built_in_streams_model_carries_its_shipped_declarations_digest(
+    stream: str, reefer: Stream
+) -> None:
+    """The built-in streams are declarations too: their models carry the digest, and a model
+    built for another is refused with the declaration named."""
+    shipped = streams.declaration_of(stream)
+    names = shipped.feature_names
+    assert shipped.feature_spec.startswith("fs-")
+    check_manifest(manifest(stream, shipped.feature_spec, names), stream)
+    with pytest.raises(ModelError) as err:
+        check_manifest(manifest(stream, reefer.feature_spec, names), stream)
+    assert str(err.value) == (
+        f"model m-1 was built for feature spec '{reefer.feature_spec}'; this gateway's "
+        f"declaration of {stream} ({shipped.source}) computes '{shipped.feature_spec}'"
+    )
+
+
+def test_a_model_of_the_old_numbered_spec_loads_while_it_means_the_shipped_declaration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Models trained before the digests carry "fs3": a gateway upgraded in place keeps
+    scoring with its active model while the shipped declaration is the one fs3 meant, and
+    refuses it once the declaration changes."""
     names = model_features("telemetry")
-    check_manifest(manifest("telemetry", FEATURE_SPEC_VERSION, names), "telemetry")
-    with pytest.raises(ModelError, match="this gateway computes 'fs3'"):
-        check_manifest(manifest("telemetry", reefer.feature_spec, names), "telemetry")
+    check_manifest(manifest("telemetry", "fs3", names), "telemetry")
+    monkeypatch.setitem(digest.NUMBERED, ("telemetry", "fs3"), "fs-000000000000")
+    with pytest.raises(ModelError, match="computes 'fs-"):
+        check_manifest(manifest("telemetry", "fs3", names), "telemetry")
+    with pytest.raises(ModelError):
+        check_manifest(manifest("telemetry", "fs2", names), "telemetry")
 
 
 def test_episode_state_keys_keep_telemetrys_format_and_name_declared_streams() -> None:
