@@ -122,6 +122,11 @@ PAYMENTS = StreamSpec(
     anon_key="card_token",
 )
 
+# The scorer keys a stream's episode state ``<group id>@<stream>/<token>`` in scorer.episodes.
+# Scorers before 0.2 keyed telemetry's ``<group id>/<token>``: a scorer reads such a key as this
+# stream's, writes the state under the stream's key and deletes the old one.
+BARE_EPISODE_KEYS = TELEMETRY.name
+
 _REGISTRY: dict[str, StreamSpec] = {}
 
 

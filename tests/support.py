@@ -70,7 +70,7 @@ def producer(bootstrap: Target, **extra: object) -> Producer:
 
 
 def produce_all(
-    bootstrap: Target, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+    bootstrap: Target, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
     """Produce and wait for every delivery report; raises on any delivery error."""
     errors: list[KafkaError] = []

@@ -56,7 +56,7 @@ from shared.errors import ContractError
 from shared.kafka_config import Target, client_config
 from shared.kafka_read import FETCH_WAIT_MAX_MS, read_to_end, usable
 from shared.kafka_write import produce
-from shared.streams import TELEMETRY, StreamSpec, all_streams
+from shared.streams import BARE_EPISODE_KEYS, StreamSpec, all_streams
 
 log = logging.getLogger("scorer")
 
@@ -73,13 +73,11 @@ DECISION_ACK_TIMEOUT_S = 30.0
 
 
 def episode_owner(group_id: str, stream: str) -> str:
-    """The owner part of a stream's keys in scorer.episodes (``<owner>/<token>``).
-
-    Telemetry keeps the bare group id its state has always been written under; a declared
-    stream's is ``<group id>@<stream>`` (a group id holds no ``@`` or ``/``), so restoring
-    splits a key at its first ``/`` and finds the stream without reading the token.
-    """
-    return group_id if stream == TELEMETRY.name else f"{group_id}@{stream}"
+    """The owner part of a stream's keys in scorer.episodes (``<owner>/<token>``):
+    ``<group id>@<stream>`` (a group id holds no ``@`` or ``/``), so restoring splits a key at
+    its first ``/`` and finds the stream without reading the token. The bare group id is the
+    owner older scorers wrote one stream's state under (``streams.BARE_EPISODE_KEYS``)."""
+    return f"{group_id}@{stream}"
 
 
 def token_of(spec: StreamSpec) -> Callable[[Any], str]:
@@ -159,6 +157,9 @@ class ScorerService:
         self.trackers: dict[str, EpisodeTracker] = {
             name: EpisodeTracker(name, rule) for name, rule in episode_rules(self.settings).items()
         }
+        # Tokens whose state an older scorer left under the bare group id: their old keys are
+        # deleted at the next commit.
+        self._bare: set[str] = set()
         # Episodes are closed by each vehicle's own events and, for a vehicle gone silent, by
         # wall time: the trackers are swept at least this often even when nothing arrives.
         self.sweep_every_s = min(1.0, *(t.settings.quiet_gap_s / 4 for t in self.trackers.values()))
@@ -299,11 +300,14 @@ class ScorerService:
         for tracker in self.trackers.values():
             tracker.states.clear()
             tracker.dirty.clear()
+        self._bare.clear()
         self._restore_episodes(self.config.kafka)
 
     def restore_episode(self, key: bytes | None, value: bytes | None, now: float) -> bool:
         """Apply one scorer.episodes record; whether it was this scorer's."""
         owner, _, token = (key or b"").decode().partition("/")
+        if owner == self.group_id:
+            return self._restore_bare(token, value, now)
         # Another scorer's (e.g. a shadow's) state is not ours, nor is that of a stream no
         # longer declared (or whose alerts are no longer episodes).
         for stream, tracker in self.trackers.items():
@@ -311,6 +315,22 @@ class ScorerService:
                 tracker.restore(token, value, now)
                 return True
         return False
+
+    def _restore_bare(self, token: str, value: bytes | None, now: float) -> bool:
+        """A record an older scorer wrote under the bare group id. Its state is carried over
+        and written under the stream's key at the next commit, beside a tombstone for the old
+        key (``_sweep``). A tombstone of an old key only ends that: it comes after the state
+        the stream's key already holds."""
+        tracker = self.trackers.get(BARE_EPISODE_KEYS)
+        if value is None:
+            self._bare.discard(token)
+            return tracker is not None
+        self._bare.add(token)
+        if tracker is None:
+            return False
+        tracker.restore(token, value, now)
+        tracker.dirty.add(token)
+        return True
 
     def open_episodes(self) -> int:
         return sum(t.open_count() for t in self.trackers.values())
@@ -374,6 +394,9 @@ class ScorerService:
             owner = episode_owner(self.group_id, stream)
             for token, state in tracker.drain_dirty().items():
                 out.add(topics.SCORER_EPISODES, f"{owner}/{token}", state)
+        for token in self._bare:
+            out.add(topics.SCORER_EPISODES, f"{self.group_id}/{token}", None)
+        self._bare.clear()
 
     def _idle_sweep(self) -> BatchResult | None:
         """Nothing arrived: still close the episodes of vehicles gone silent, in a transaction."""

@@ -115,7 +115,7 @@ def test_a_withdrawn_or_absent_champion_is_noticed_and_reported(
 
     # A tombstone (or retention after a flood) takes the champion out of the topic: a gateway
     # installed from now on would find none. The running model stays; the gateway reports it.
-    produce_all(edge_kafka, topics.CLOUD_MODELS, [(b"payments", None)])  # type: ignore[list-item]
+    produce_all(edge_kafka, topics.CLOUD_MODELS, [(b"payments", None)])
     deadline = time.monotonic() + 30
     while _missing("payments") != 1.0 and time.monotonic() < deadline:
         agent.step(0.5)

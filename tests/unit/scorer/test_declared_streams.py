@@ -118,8 +118,8 @@ def test_a_model_of_the_old_numbered_spec_loads_while_it_means_the_shipped_decla
         check_manifest(manifest("telemetry", "fs2", names), "telemetry")
 
 
-def test_episode_state_keys_keep_telemetrys_format_and_name_declared_streams() -> None:
-    assert episode_owner("edge-1-scorer", "telemetry") == "edge-1-scorer"
+def test_episode_state_keys_name_their_stream() -> None:
+    assert episode_owner("edge-1-scorer", "telemetry") == "edge-1-scorer@telemetry"
     assert episode_owner("edge-1-scorer", "reefer") == "edge-1-scorer@reefer"
 
 
