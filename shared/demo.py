@@ -58,6 +58,9 @@ DRIFT_CHECK_S = 30.0
 # labels: the simulators send the labels of episodes still running when they stop; a run in
 # progress; the retry after one that kept the champion or failed) and the gateways' switch.
 FINISH_S = 240.0
+# A replicated partition MirrorMaker has drained still shows this many offsets behind: the
+# producers' transaction markers.
+MARKER_SLACK = 2
 
 
 @dataclass
@@ -165,6 +168,21 @@ def _offsets(target: Target, names: list[str]) -> dict[str, int]:
     return out
 
 
+def _behind(gateways: list[Gateway]) -> dict[str, int]:
+    """Edge records each gateway's MirrorMaker has yet to copy to the cloud (its backlog less
+    the transaction markers of a drained partition), for the gateways with any."""
+    out: dict[str, int] = {}
+    for gw in gateways:
+        try:
+            backlog = gw.mirror.backlog(timeout=5)
+        except Exception:  # noqa: BLE001 - an unreachable broker: nothing known, nothing to wait on
+            continue
+        n = sum(max(0, part["behind"] - MARKER_SLACK) for part in backlog.values())
+        if n:
+            out[gw.edge_id] = n
+    return out
+
+
 def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -> str:
     lines = [f"--- {time.monotonic() - started:5.0f}s ---"]
     specs = streams.all_streams()
@@ -186,12 +204,14 @@ def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -
         )
         cloud_names += [f"{gw.edge_id}.{t}" for t in topics.replicated_edge_topics()]
     c = _offsets(cloud_bootstrap, cloud_names + [topics.MODELS, topics.LABELS])
+    behind = _behind(gateways)
     for gw in gateways:
         mirrored = f"{gw.edge_id}."
         lines.append(
             f"cloud <- {gw.edge_id}: anon {each(c, 'anon_topic', mirrored)} scores "
             f"{each(c, 'scores_topic', mirrored)} alerts {c.get(mirrored + topics.ALERTS, 0)} "
-            f"model-status {c.get(mirrored + topics.MODEL_STATUS, 0)} (MirrorMaker 2, exactly once)"
+            f"model-status {c.get(mirrored + topics.MODEL_STATUS, 0)} (MirrorMaker 2, exactly "
+            f"once; {behind.get(gw.edge_id, 0)} behind)"
         )
     lines.append(
         f"cloud: labels {c.get(topics.LABELS, 0)}, models published "
@@ -236,16 +256,30 @@ def _follow(
     click.echo(f"[{time.monotonic() - started:5.0f}s] the fleets have stopped")
     deadline = time.monotonic() + FINISH_S
     waited = False
+    # When a MirrorMaker was behind, the cloud judges drift on what it had so far: once it has
+    # caught up, the trainer's next drift check must have seen everything.
+    lagged, caught_up = False, 0.0
     while time.monotonic() < deadline:
         _stop_if_asked()
         for line in watcher.poll():
             click.echo(line)
-        if not watcher.busy():
+        behind = _behind(gws)
+        if behind and not lagged:
+            lag = ", ".join(f"{edge} {n:,} offsets behind" for edge, n in behind.items())
+            click.echo(f"MirrorMaker has not copied everything yet: {lag}")
+            lagged = True
+        elif not behind and lagged and not caught_up:
+            caught_up = time.monotonic()
+            click.echo(f"[{caught_up - started:5.0f}s] MirrorMaker has copied everything")
+        if behind:
+            caught_up = 0.0
+        settled = not behind and (not lagged or time.monotonic() - caught_up >= DRIFT_CHECK_S + 5.0)
+        if not watcher.busy() and settled:
             break
         if not waited:
             click.echo(
-                f"waiting (at most {FINISH_S:.0f} s) for the drift run (its labels, a "
-                "run in progress or a retry) and the gateways' switch ..."
+                f"waiting (at most {FINISH_S:.0f} s) for replication, the drift run (its "
+                "labels, a run in progress or a retry) and the gateways' switch ..."
             )
             waited = True
         time.sleep(5.0)
