@@ -4,7 +4,6 @@ stream's key, and deletes the old keys, so no closed episode comes back on a lat
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from shared.kafka_config import KafkaSettings
 from tests.conftest import MqttBroker
 from tests.integration.scorer.test_scorer_service import (
     edge_config,
-    mine,
     models,
     running,
     telemetry,
     wait_for,
+    wait_until,
 )
 from tests.support import consume_all, produce_all
 
@@ -41,16 +40,6 @@ def _latest(bootstrap: KafkaSettings, prefix: str) -> dict[str, bytes | None]:
         if key.startswith(prefix):
             out[key] = m.value()
     return out
-
-
-def _until_closed(bootstrap: KafkaSettings, run_id: str, timeout: float = 90.0) -> list[Alert]:
-    deadline = time.monotonic() + timeout
-    alerts: list[Alert] = []
-    while time.monotonic() < deadline:
-        alerts = mine(consume_all(bootstrap, topics.ALERTS, idle=1.5, timeout=20), Alert, run_id)
-        if any(a.state == "closed" for a in alerts):
-            break
-    return alerts
 
 
 def test_episodes_under_the_old_bare_keys_carry_over_and_the_old_keys_are_deleted(
@@ -82,7 +71,14 @@ def test_episodes_under_the_old_bare_keys_carry_over_and_the_old_keys_are_delete
     with running(upgraded):
         assert upgraded.open_episodes() == 1, "the episode under the old key was not restored"
         produce_all(edge_kafka, topics.ANON_TELEMETRY, frames[60:])
-        alerts = _until_closed(edge_kafka, run_id)
+        alerts = wait_until(
+            edge_kafka,
+            topics.ALERTS,
+            Alert,
+            run_id,
+            lambda got: any(a.state == "closed" for a in got),
+            timeout=90,
+        )
     states = [a.state for a in alerts if a.state != "update"]
     assert states == ["open", "closed"], states
     assert len({a.alert_id for a in alerts}) == 1, "the carried-over episode became another"

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,25 @@ def mine(msgs: list[Any], kind: type[Event] | type[Alert], run_id: str) -> list[
     return [r for r in events if r.event_id.startswith(run_id)]
 
 
+def wait_until(
+    bootstrap: Target,
+    topic: str,
+    kind: type[Event] | type[Alert],
+    run_id: str,
+    done: Callable[[list[Any]], bool],
+    timeout: float = 60.0,
+) -> list[Any]:
+    """The run's records on ``topic`` once ``done`` holds for them, or what arrived by the
+    deadline."""
+    deadline = time.monotonic() + timeout
+    got: list[Any] = []
+    while time.monotonic() < deadline:
+        got = mine(consume_all(bootstrap, topic, idle=1.5, timeout=20), kind, run_id)
+        if done(got):
+            return got
+    return got
+
+
 def wait_for(
     bootstrap: Target,
     topic: str,
@@ -183,13 +202,7 @@ def wait_for(
     n: int,
     timeout: float = 60.0,
 ) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    got: list[Any] = []
-    while time.monotonic() < deadline:
-        got = mine(consume_all(bootstrap, topic, idle=1.5, timeout=20), kind, run_id)
-        if len(got) >= n:
-            return got
-    return got
+    return wait_until(bootstrap, topic, kind, run_id, lambda got: len(got) >= n, timeout)
 
 
 def test_scores_alerts_and_episode_state_are_exactly_once_across_a_crash(
