@@ -101,13 +101,42 @@ class VaultItems:
         ]
 
 
+class _At:
+    """An event whose ``ts`` is its time in epoch seconds (what keyed transforms read)."""
+
+    __slots__ = ("_event", "ts")
+
+    def __init__(self, event: Any, ts: float) -> None:
+        self._event, self.ts = event, ts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._event, name)
+
+
 class Plan:
-    """How one declared stream is anonymized; build once, run per event."""
+    """How one declared stream is anonymized; build once, run per event.
+
+    :meth:`run` reads and writes every state an event touches: its device's, and the keyed
+    states (a card's, a driver's, the vehicle's) its named transforms share with other
+    devices and streams. :meth:`anonymize` takes the device's state alone, for a stream with
+    no keyed state.
+    """
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.names = stream.feature_names
-        self._steps: list[Step] = [_compile(stream, f) for f in stream.features]
+        # Per feature: its step over the device's slot, or the keyed state computing it.
+        self._steps: list[Step | None] = []
+        self._keyed: list[tuple[int, named.Keyed, str]] = []
+        for i, f in enumerate(stream.features):
+            entry = named.get(f.params["named"]) if f.transform == "named" else None
+            if entry is not None and entry.keyed is not None:
+                self._steps.append(None)
+                self._keyed.append((i, entry.keyed, entry.output))
+            else:
+                self._steps.append(_compile(stream, f))
+        # Each keyed state once, in the order its first feature comes.
+        self.keyed: list[named.Keyed] = list({k.name: k for _, k, _ in self._keyed}.values())
         dev = stream.fields[stream.device.field]
         self._device_kind = stream.token_kind(stream.device.field) if dev.pii == "token" else None
         key = stream.fields[stream.anon_key]
@@ -131,8 +160,35 @@ class Plan:
     def anonymize(
         self, event: Any, state: StreamState | None, tok: Tokenizer
     ) -> tuple[AnonRecord, StreamState]:
+        """The record and the device's next state (a stream without keyed state)."""
+        if self.keyed:
+            raise ValueError(f"stream {self.stream.name!r} keeps keyed state: use Plan.run")
+        record, after, _ = self._anonymize(event, state, tok, {})
+        return record, after
+
+    def run(
+        self, event: Any, view: Mapping[str, KeyState], tok: Tokenizer
+    ) -> tuple[AnonRecord, dict[str, KeyState]]:
+        """The record and every state it changes (state key -> new state), reading the
+        states before it from ``view``."""
+        device = self.device(event, tok)
+        key = self.state_key(device)
+        record, after, changed = self._anonymize(event, state_of(view, key), tok, view, device)
+        changed[key] = after
+        return record, changed
+
+    def _anonymize(
+        self,
+        event: Any,
+        state: StreamState | None,
+        tok: Tokenizer,
+        view: Mapping[str, KeyState],
+        device: str | None = None,
+    ) -> tuple[AnonRecord, StreamState, dict[str, KeyState]]:
         stream = self.stream
         ts = event_time(stream, event)
+        if device is None:
+            device = self.device(event, tok)
         slots: list[Slot] = (
             list(state.slots)
             if state is not None and len(state.slots) == len(self._steps)
@@ -140,8 +196,15 @@ class Plan:
         )
         features: dict[str, float] = {}
         for i, (name, step) in enumerate(zip(self.names, self._steps, strict=True)):
-            value, slots[i] = step(event, ts, slots[i])
-            features[name] = _r(value)
+            if step is not None:
+                value, slots[i] = step(event, ts, slots[i])
+                features[name] = _r(value)
+        changed: dict[str, KeyState] = {}
+        if self._keyed:
+            outputs = self._keyed_outputs(event, ts, tok, view, device, changed)
+            for i, keyed, output in self._keyed:
+                features[self.names[i]] = _r(outputs[keyed.name][output])
+            features = {name: features[name] for name in self.names}
         tokens = {
             field: tok.token(kind, v)
             for name, kind, field in self._tokens
@@ -156,7 +219,6 @@ class Plan:
             lat, lon = getattr(event, stream.cell[0]), getattr(event, stream.cell[1])
             if lat is not None and lon is not None:
                 where = cell(float(lat), float(lon))
-        device = self.device(event, tok)
         key_value = getattr(event, stream.anon_key)
         key = tok.token(self._key_kind, key_value) if self._key_kind else str(key_value)
         record = AnonRecord(
@@ -171,7 +233,35 @@ class Plan:
             values=values,
             features=features,
         )
-        return record, StreamState(tuple(slots))
+        return record, StreamState(tuple(slots)), changed
+
+    def _keyed_outputs(
+        self,
+        event: Any,
+        ts: float,
+        tok: Tokenizer,
+        view: Mapping[str, KeyState],
+        device: str,
+        changed: dict[str, KeyState],
+    ) -> dict[str, dict[str, float]]:
+        """Each keyed state's outputs for ``event``, from the state before it; the states it
+        keeps go to ``changed``."""
+        at = _At(event, ts)
+        outputs: dict[str, dict[str, float]] = {}
+        for keyed in self.keyed:
+            value = getattr(event, keyed.field)
+            key = (
+                None
+                if value is None
+                else state_key(keyed.prefix, tok.token(keyed.token_kind, value))
+            )
+            before = view.get(key) if key is not None else None
+            if not isinstance(before, keyed.kind):
+                before = None
+            outputs[keyed.name] = keyed.features(at, before, device)
+            if keyed.update is not None and key is not None:
+                changed[key] = keyed.update(before, at, device)
+        return outputs
 
 
 def _number(event: Any, name: str) -> float | None:

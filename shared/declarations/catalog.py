@@ -5,8 +5,9 @@ configured directory beside the shipped ones and refuses, naming the file and th
 
 - a declared stream taking a built-in stream's name or MQTT topic suffix;
 - what the stages cannot run for a declared stream in this release: a ``named`` transform
-  the engine has no step for (payments': they keep state across streams) and
-  ``decision = true`` (only payments send decisions back to the device).
+  whose fields the declaration lacks or types otherwise, or whose keyed state (a card's, a
+  driver's, the vehicle's) its declaration does not tokenize in that state's namespace;
+  and ``decision = true`` (only payments send decisions back to the device).
 """
 
 from __future__ import annotations
@@ -55,24 +56,36 @@ def check_runnable(stream: Stream) -> None:
         if feature.transform != "named":
             continue
         entry = named.get(feature.params["named"])
-        if entry is None or entry.step is None:
-            runnable = ", ".join(n for n in named.names() if (e := named.get(n)) and e.step)
+        if entry is None or not entry.runnable:
+            runnable = ", ".join(n for n in named.names() if (e := named.get(n)) and e.runnable)
             raise DeclarationError(
                 stream.source,
                 f"features.{feature.name}",
-                f"named transform {feature.params['named']!r} is computed by the built-in "
-                "payments code only (it keeps state by card, driver and vehicle across "
-                f"streams); the named transforms a declared stream may use: {runnable}",
+                f"named transform {feature.params['named']!r} is computed by built-in code "
+                f"only; the named transforms a declared stream may use: {runnable}",
             )
-        for name in entry.reads:
+        keyed = entry.keyed
+        reads, text = (
+            (keyed.reads, keyed.text_reads) if keyed else (feature.inputs, entry.text_reads)
+        )
+        for name in reads:
+            if name not in stream.fields:
+                raise DeclarationError(
+                    stream.source,
+                    f"features.{feature.name}",
+                    f"named transform {entry.name!r} reads {name!r}, which is not declared",
+                )
             kind = stream.fields[name].type
-            if name not in entry.text_reads and kind not in ("float", "int", "bool"):
+            if name not in text and kind not in ("float", "int", "bool"):
                 raise DeclarationError(
                     stream.source,
                     f"features.{feature.name}",
                     f"named transform {entry.name!r} computes with {name!r} as a number; it "
                     f"is declared {kind!r}",
                 )
+        problem = named.keyed_field_problem(entry, stream.fields)
+        if problem is not None:
+            raise DeclarationError(stream.source, f"features.{feature.name}", problem)
     if stream.decision:
         raise DeclarationError(
             stream.source,

@@ -303,12 +303,15 @@ def _named(ctx: Context, key: str, name: Any, label: str | None, where: str) -> 
         raise ctx.fail(
             where, f"no named transform {name!r} (registered: {', '.join(named_registry.names())})"
         )
-    for field in entry.reads:
+    # Reads standing for the device or the time field read the stream's own.
+    own = {entry.device_read: ctx.stream.device.field, entry.time_read: ctx.stream.time.field}
+    inputs = tuple(own.get(r, r) for r in entry.reads)
+    for field in inputs:
         ctx.field(field, where)
     return Feature(
         name=key,
         transform="named",
-        inputs=entry.reads,
+        inputs=inputs,
         params={"named": entry.name, "version": entry.version},
         label=label or key.replace("_", " ").capitalize(),
     )

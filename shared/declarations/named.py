@@ -7,9 +7,16 @@ function computing it today and the key of its result, and a version that enters
 feature-spec digest: change what a named transform computes and bump its version.
 
 The built-in streams' entries point at today's feature code, which the stages still call
-for them. Telemetry's also have a ``step``: the declared streams' engine runs them (a declared
-stream with their fields may use them); payments' read state kept by card, driver and vehicle
-across streams, which the engine does not keep, so only the built-in code computes them.
+for them, and the declared streams' engine runs every one of them:
+
+- telemetry's have a ``step`` over the device's own state (a slot of numbers);
+- payments' have a ``keyed`` state: one state shared by every stream and device that names
+  the same card or driver (kept under ``c:<card token>``, ``d:<driver token>``), or the
+  vehicle's state the telemetry stream keeps (``v:<vehicle token>``), which they only read.
+  The engine reads each keyed state once per event, computes its transforms together and
+  writes the state back (unless it only reads it); the key is the token of the field the
+  state is kept by, so a declaration must tokenize that field in the state's namespace
+  (:func:`keyed_field_problem`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,34 @@ from typing import Any
 from shared.errors import ConfigError
 from shared.features import payments as pay
 from shared.features import telemetry as tel
+from shared.features.state import CARD, DRIVER, VEHICLE, CardState, DriverState, VehicleState
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """State kept by a field's token rather than per device, shared by the transforms that
+    name it: every stream and device naming the same card (say) reads and writes one state."""
+
+    name: str
+    # The state key's prefix (``state_key(prefix, token)``).
+    prefix: str
+    # The event field whose token keys the state, and the token namespace it must be in.
+    field: str
+    token_kind: str
+    # Every event field its transforms read besides the time (they are computed together),
+    # and those of them it takes as text (the others as numbers).
+    reads: tuple[str, ...]
+    text_reads: tuple[str, ...]
+    # (event, its state or None, the device's token) -> every output of the transforms; the
+    # event's ``ts`` is its time in epoch seconds, whatever the stream's time field.
+    features: Callable[[Any, Any, str], dict[str, float]]
+    # (its state or None, event, the device's token) -> its next state; None: another stream
+    # keeps this state and these transforms only read it.
+    update: Callable[[Any, Any, str], Any] | None
+    # The state's type (any other value under the key reads as no state yet).
+    kind: type
+    # Who keeps it, for errors: "the card", "the vehicle's telemetry".
+    kept_by: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +78,19 @@ class NamedTransform:
     # The fields of ``reads`` it takes as text (a vehicle model); the step reads the others
     # as numbers, so a declared stream must declare them float, int or bool.
     text_reads: tuple[str, ...] = ()
+    # State kept by another field's token than the device's (a card, a driver), or another
+    # stream's state of the device (the vehicle's last position): see :class:`Keyed`.
+    keyed: Keyed | None = None
+    # The one of ``reads`` that stands for the stream's device field, whatever its name (the
+    # vehicles a card is used by: the devices, in a declared stream).
+    device_read: str | None = None
+    # The one of ``reads`` that stands for the stream's time field.
+    time_read: str | None = None
+
+    @property
+    def runnable(self) -> bool:
+        """Whether the declared streams' engine runs it."""
+        return self.step is not None or self.keyed is not None
 
 
 _REGISTRY: dict[str, NamedTransform] = {}
@@ -55,6 +103,24 @@ def register(transform: NamedTransform) -> NamedTransform:
         raise ConfigError(f"named transform {transform.name!r} is already registered")
     _REGISTRY[transform.name] = transform
     return transform
+
+
+def keyed_field_problem(entry: NamedTransform, fields: dict[str, Any]) -> str | None:
+    """Why a declaration's fields cannot key ``entry``'s state (None: they can): its key field
+    must be tokenized in the state's namespace, or two streams naming one card would keep two
+    states, or a state would be keyed by the raw value."""
+    keyed = entry.keyed
+    if keyed is None:
+        return None
+    decl = fields.get(keyed.field)
+    kind = getattr(decl, "token_kind", None) or keyed.field
+    if decl is None or getattr(decl, "pii", None) != "token" or kind != keyed.token_kind:
+        return (
+            f"named transform {entry.name!r} keeps its state by {keyed.kept_by}: the "
+            f'declaration must have {keyed.field} = {{ pii = "token", token_kind = '
+            f'"{keyed.token_kind}" }}'
+        )
+    return None
 
 
 def get(name: str) -> NamedTransform | None:
@@ -90,6 +156,49 @@ _VEHICLE = {  # the payment against the paying vehicle's last telemetry
     "vehicle_known": ("vin",),
 }
 _FUEL = {"fuel_tank_ratio": ("vin", "volume_l"), "fuel_fill_ratio": ("vin", "volume_l")}
+
+
+def _vehicle_features(event: Any, vehicle: Any, _device: str) -> dict[str, float]:
+    return {**pay.position_features(event, vehicle), **pay.fuel_features(event, vehicle)}
+
+
+CARD_STATE = Keyed(
+    "card",
+    CARD,
+    "card_number",
+    "card",
+    ("card_number", "amount", "merchant_id", "lat", "lon"),
+    ("card_number", "merchant_id"),
+    pay.card_features,
+    pay.update_card,
+    CardState,
+    "the card (across every vehicle and merchant)",
+)
+DRIVER_STATE = Keyed(
+    "driver",
+    DRIVER,
+    "driver_id",
+    "driver",
+    ("driver_id", "amount", "category"),
+    ("driver_id", "category"),
+    lambda event, driver, _device: pay.amount_features(event, driver),
+    lambda driver, event, _device: pay.update_driver(driver, event),
+    DriverState,
+    "the driver (their usual amounts per category)",
+)
+# The telemetry stream keeps it (shared.features.telemetry); payments only read it.
+VEHICLE_STATE = Keyed(
+    "vehicle",
+    VEHICLE,
+    "vin",
+    "vin",
+    ("vin", "lat", "lon", "volume_l"),
+    ("vin",),
+    _vehicle_features,
+    None,
+    VehicleState,
+    "the vehicle (its last telemetry: position, model, fuel level)",
+)
 
 
 def _stateless(fn: Callable[[Any], float]) -> Callable[[Any, float, Any], tuple[float, Any]]:
@@ -141,6 +250,7 @@ def _register_builtin() -> None:
                     step=tel.coolant_hot_trend,
                     slot_width=3,
                     text_reads=("model",),
+                    time_read="ts",
                 )
             )
         else:
@@ -148,17 +258,42 @@ def _register_builtin() -> None:
             register(
                 NamedTransform(name, reads, tel.envelope, output, step=step, text_reads=("model",))
             )
+    _register_payments()
+
+
+def _register_payments() -> None:
     register(
         NamedTransform(
-            "amount_vs_driver", ("amount", "category", "driver_id"), pay.amount_features, "amount_z"
+            "amount_vs_driver",
+            ("amount", "category", "driver_id"),
+            pay.amount_features,
+            "amount_z",
+            keyed=DRIVER_STATE,
         )
     )
     for name, reads in _CARD.items():
-        register(NamedTransform(name, reads, pay.card_features, name))
+        device = "vin" if "vin" in reads else None
+        time = "ts" if "ts" in reads else None
+        register(
+            NamedTransform(
+                name,
+                reads,
+                pay.card_features,
+                name,
+                keyed=CARD_STATE,
+                device_read=device,
+                time_read=time,
+            )
+        )
     for name, reads in _VEHICLE.items():
-        register(NamedTransform(name, reads, pay.position_features, name))
+        time = "ts" if "ts" in reads else None
+        register(
+            NamedTransform(
+                name, reads, pay.position_features, name, keyed=VEHICLE_STATE, time_read=time
+            )
+        )
     for name, reads in _FUEL.items():
-        register(NamedTransform(name, reads, pay.fuel_features, name))
+        register(NamedTransform(name, reads, pay.fuel_features, name, keyed=VEHICLE_STATE))
 
 
 _register_builtin()

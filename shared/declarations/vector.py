@@ -11,6 +11,7 @@ holding every device's ``r``-th event of the batch; the rest runs over the whole
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import attrgetter
@@ -557,7 +558,8 @@ def anonymize_declared(
     for rows in groups.values():
         plan: Plan = plan_of(items[rows[0]][0])
         events = [items[j][1] for j in rows]
-        if len(rows) >= min_vector:
+        # A stream with keyed state (a card's, shared across devices) goes event by event.
+        if len(rows) >= min_vector and not plan.keyed:
             try:
                 got, changed = Batch(plan, events, state, tok).run(wire)
             except (OverflowError, ValueError, TypeError):
@@ -573,11 +575,11 @@ def anonymize_declared(
 def _one_by_one(
     plan: Plan, events: Sequence[Any], state: Any, tok: Tokenizer, wire: bool = False
 ) -> tuple[list[Any], dict[str, KeyState]]:
-    changed: dict[str, StreamState] = {}
+    changed: dict[str, KeyState] = {}
+    view = ChainMap(changed, state)
     out: list[Any] = []
     for e in events:
-        key = plan.state_key(plan.device(e, tok))
-        before = changed.get(key) or state_of(state, key)
-        record, changed[key] = plan.anonymize(e, before, tok)
+        record, updates = plan.run(e, view, tok)
+        changed.update(updates)
         out.append((record.key, _json.encode(record)) if wire else record)
-    return out, dict(changed)
+    return out, changed

@@ -171,12 +171,8 @@ def vault_of(spec: StreamSpec) -> Any:
 def _declared(
     spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState], tok: Tokenizer
 ) -> Anonymized:
-    from shared.declarations.anonymize import state_of
-
-    plan = plan_of(spec)
-    key = plan.state_key(plan.device(event, tok))
-    record, after = plan.anonymize(event, state_of(state, key), tok)
-    return Anonymized(record, {key: after})
+    record, updates = plan_of(spec).run(event, state, tok)
+    return Anonymized(record, updates)
 
 
 class Anonymizer:

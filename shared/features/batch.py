@@ -139,6 +139,37 @@ def declared_batch(
     return BatchResult(records, updates, wire)
 
 
+def runs(
+    items: Sequence[tuple[StreamSpec, msgspec.Struct]],
+) -> list[list[tuple[StreamSpec, msgspec.Struct]]]:
+    """The batch as the parts to anonymize one after another (each by :func:`declared_batch`
+    when its streams are declared, else :func:`anonymize_batch`), every part reading the
+    states the parts before it left.
+
+    Declared streams keep their own states apart from the built-in ones', so usually two parts
+    do: the declared events, then the built-in ones. A declared stream with keyed state (a
+    card's, the vehicle's last telemetry) shares states with other streams: then the batch is
+    cut wherever it passes between declared and built-in streams, so each event sees the
+    states of every event before it.
+    """
+    from shared.features.anonymize import plan_of
+
+    declared = [item for item in items if item[0].declaration is not None]
+    if not declared:
+        return [list(items)] if items else []
+    plans = {id(spec): plan_of(spec) for spec, _ in declared}
+    if not any(plan.keyed for plan in plans.values()):
+        builtin = [item for item in items if item[0].declaration is None]
+        return [part for part in (declared, builtin) if part]
+    out: list[list[tuple[StreamSpec, msgspec.Struct]]] = []
+    for item in items:
+        if out and (out[-1][0][0].declaration is None) == (item[0].declaration is None):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
 def _payments(items: Sequence[tuple[StreamSpec, msgspec.Struct]]) -> int:
     return sum(1 for spec, event in items if spec.name == "payments" and isinstance(event, Payment))
 

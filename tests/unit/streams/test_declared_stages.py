@@ -233,9 +233,20 @@ def test_a_device_may_publish_its_declared_streams(cold: streams.StreamSpec) -> 
         (('name = "cold"', 'name = "telemetry"'), "stream.name", "built in"),
         (('topic = "cold_box"', 'topic = "payments"'), "stream.topic", "built in"),
         (
+            # The vehicle's state is kept by its VIN's token: a raw "vin" could never find it.
             ("gap = { gap = true }", 'gap = { named = "vehicle_known" }'),
             "features.gap",
-            "named transforms",
+            'vin = { pii = "token", token_kind = "vin" }',
+        ),
+        (
+            # A card's transforms are computed together: each reads every field of the card's.
+            (
+                "[features]\n",
+                'card_number = { type = "str", pii = "token", token_kind = "card" }\n'
+                '[features]\ncard = { named = "card_uses_1m" }\n',
+            ),
+            "features.card",
+            "reads 'amount', which is not declared",
         ),
         (
             ('alerts = { kind = "event" }', 'alerts = { kind = "event" }\ndecision = true'),
@@ -247,8 +258,9 @@ def test_a_device_may_publish_its_declared_streams(cold: streams.StreamSpec) -> 
 def test_what_the_stages_cannot_run_is_refused_at_start_up(
     tmp_path: Path, edit: tuple[str, str], key: str, message: str
 ) -> None:
-    # vehicle_known reads a "vin" field: declared here so only the stage's refusal is left.
-    text = COLD.replace(*edit).replace("la = {", 'vin = { type = "str" }\nla = {')
+    # The vehicle's fields are declared here so only the stage's refusal is left.
+    vehicle = 'vin = { type = "str" }\nlat = { type = "float" }\nlon = { type = "float" }\n'
+    text = COLD.replace(*edit).replace("la = {", vehicle + 'volume_l = { type = "float" }\nla = {')
     (tmp_path / "cold.toml").write_text(text)
     with pytest.raises(DeclarationError) as info:
         load_streams(tmp_path)
@@ -437,6 +449,90 @@ def test_the_whole_telemetry_declaration_runs_in_the_engine_as_its_code_computes
         _same_records_and_states(items, monkeypatch)
     finally:
         streams._REGISTRY.pop("telemetry_own", None)
+
+
+def test_the_whole_payments_declaration_runs_in_the_engine_as_its_code_computes_it(
+    tmp_path: Path,
+) -> None:
+    # Payments' named transforms keep state by card and by driver, across vehicles, and read
+    # the vehicle's last telemetry. A declared copy of the shipped payments stream, run beside
+    # the built-in telemetry in enricher-sized batches cut as the enricher cuts them
+    # (``runs``), computes every feature as the hand-written payments code does, payment by
+    # payment, and leaves the very card and driver states it leaves.
+    from importlib import resources
+
+    from firmware_sim import Fleet, SimSettings
+    from firmware_sim.settings import default_fraud_rates
+
+    from shared.contracts import Payment, Telemetry
+    from shared.features.batch import anonymize_batch, declared_batch, runs
+
+    shipped = (resources.files("shared.declarations") / "builtin" / "payments.toml").read_text()
+    (tmp_path / "own.toml").write_text(
+        shipped.replace('name = "payments"', 'name = "payments_own"').replace(
+            "decision = true\n", ""
+        )
+    )
+    streams.use_declarations(tmp_path)
+    try:
+        own = streams.get("payments_own")
+        assert own.declaration is not None
+        names = own.declaration.feature_names
+        assert sum(f.transform == "named" for f in own.declaration.features) == 15
+        rates = {kind: 0.06 for kind in default_fraud_rates()}
+        fleet = Fleet(
+            SimSettings(vehicles=12, duration_s=600, seed=11, payment_rate=60, fraud_rates=rates)
+        )
+        builtin_items: list[Any] = []
+        engine_items: list[Any] = []
+        for topic, payload in fleet.events():
+            if topic.endswith("/telemetry"):
+                item = (streams.TELEMETRY, decode(Telemetry, payload))
+                builtin_items.append(item)
+                engine_items.append(item)
+            else:
+                builtin_items.append((streams.PAYMENTS, decode(Payment, payload)))
+                engine_items.append((own, decode(own.event, payload)))
+        want_state = FeatureState()
+        want: list[Any] = []
+        for start in range(0, len(builtin_items), 200):
+            done = sequential_batch(builtin_items[start : start + 200], want_state, SECRET)
+            want_state.apply(done.updates)
+            want += [
+                r
+                for r in done.records
+                if isinstance(r, msgspec.Struct) and "card_token" in r.__struct_fields__
+            ]
+        got_state = FeatureState()
+        got: list[AnonRecord] = []
+        parts = 0
+        for start in range(0, len(engine_items), 200):
+            for part in runs(engine_items[start : start + 200]):
+                parts += 1
+                batch = declared_batch if part[0][0] is own else anonymize_batch
+                done = batch(part, got_state, SECRET)
+                got_state.apply(done.updates)
+                got += [r for r in done.records if isinstance(r, AnonRecord)]
+        assert len(got) == len(want) > 150
+        assert parts > 2 * len(range(0, len(engine_items), 200))  # cut where payments come
+        for mine, theirs in zip(got, want, strict=True):
+            assert (mine.event_id, mine.key, mine.device) == (
+                theirs.event_id,
+                theirs.card_token,
+                theirs.vehicle_token,
+            )
+            assert [mine.features[n] for n in names] == [theirs.features[n] for n in names], (
+                mine.event_id
+            )
+        # The values compared are not all trivial: cards used again, across vehicles, near
+        # and far from their vehicle, fuel against the tank.
+        for name in ("card_uses_10m", "card_vehicles_1h", "vehicle_distance_km", "fuel_fill_ratio"):
+            assert len({r.features[name] for r in got}) > 1, name
+        shared_keys = [k for k in want_state if k[:2] in ("c:", "d:")]
+        assert shared_keys
+        assert [got_state[k] for k in shared_keys] == [want_state[k] for k in shared_keys]
+    finally:
+        streams._REGISTRY.pop("payments_own", None)
 
 
 @pytest.mark.parametrize(
