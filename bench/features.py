@@ -17,6 +17,12 @@ CPU seconds per event of:
 Each produces the anon records' bytes (``wire``) and the per-vehicle states, batch by batch,
 with states carried over as the enricher does. Kafka, the vault and decoding are left out.
 
+Then payments: the built-in payments code (``anonymize_batch``, payment by payment) beside the
+whole shipped payments declaration run as a declared stream (``payments_whole``: its named
+transforms keep the card's and the driver's state and read the vehicle's, event by event in
+the engine), over the same payments, each reading the vehicles' states the fleet's telemetry
+left.
+
     .venv/bin/python bench/features.py [--vehicles 200] [--duration 120] [--batch 5000]
 """
 
@@ -73,6 +79,60 @@ def whole_telemetry(folder: Path) -> streams.StreamSpec:
     (folder / "telemetry_whole.toml").write_text(text)
     streams.use_declarations(folder)
     return streams.get("telemetry_whole")
+
+
+def whole_payments(folder: Path) -> streams.StreamSpec:
+    """The built-in payments declaration as a declared stream (``payments_whole``), but for
+    its decision, which only the built-in stream sends."""
+    text = (resources.files("shared.declarations") / "builtin" / "payments.toml").read_text()
+    text = text.replace('name = "payments"', 'name = "payments_whole"')
+    (folder / "payments_whole.toml").write_text(text.replace("decision = true\n", ""))
+    streams.use_declarations(folder)
+    return streams.get("payments_whole")
+
+
+def payments(vehicles: int, duration: int, rounds: int) -> None:
+    from firmware_sim import Fleet, SimSettings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = whole_payments(Path(tmp))
+    fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=duration, seed=3, payment_rate=60))
+    frames: list[bytes] = []
+    pays: list[bytes] = []
+    for topic, p in fleet.events():
+        (frames if topic.endswith("/telemetry") else pays).append(p)
+    vehicles_state = FeatureState()
+    tel = streams.TELEMETRY
+    vehicles_state.apply(
+        anonymize_batch(
+            [(tel, decode(tel.event, p)) for p in frames], FeatureState(), SECRET
+        ).updates
+    )
+    paths = (
+        (
+            "built-in payments",
+            anonymize_batch,
+            [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays],
+        ),
+        ("declared payments", declared_batch, [(whole, decode(whole.event, p)) for p in pays]),
+    )
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, path, items in paths:
+            state = FeatureState(dict(vehicles_state))
+            t0 = cpu()
+            result = path(items, state, SECRET)
+            sum(len(data) for _key, data in result.wire)
+            spent = cpu() - t0
+            best[name] = min(best.get(name, spent), spent)
+    n = len(pays)
+    print(
+        f"\n{n} payments of the same vehicles, one batch, each path reading their vehicles' state"
+    )
+    for name, _path, _items in paths:
+        print(f"{name:<24} {n / best[name]:>9,.0f} events/s  {best[name] / n * 1e6:>7.1f} µs/event")
+    ratio = best["built-in payments"] / best["declared payments"]
+    print(f"\ndeclared / built-in speed, payments: {ratio:.2f}x")
 
 
 def payloads(vehicles: int, duration: int) -> list[bytes]:
@@ -144,6 +204,7 @@ def main() -> None:
         f", one by one {base / figures['declared (one by one)']:.2f}x; the whole telemetry "
         f"declaration (named transforms too) {base / figures['whole declared']:.2f}x"
     )
+    payments(args.vehicles, args.duration, args.rounds)
 
 
 if __name__ == "__main__":
