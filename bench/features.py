@@ -82,11 +82,10 @@ def whole_telemetry(folder: Path) -> streams.StreamSpec:
 
 
 def whole_payments(folder: Path) -> streams.StreamSpec:
-    """The built-in payments declaration as a declared stream (``payments_whole``), but for
-    its decision, which only the built-in stream sends."""
+    """The built-in payments declaration as a declared stream (``payments_whole``)."""
     text = (resources.files("shared.declarations") / "builtin" / "payments.toml").read_text()
     text = text.replace('name = "payments"', 'name = "payments_whole"')
-    (folder / "payments_whole.toml").write_text(text.replace("decision = true\n", ""))
+    (folder / "payments_whole.toml").write_text(text)
     streams.use_declarations(folder)
     return streams.get("payments_whole")
 

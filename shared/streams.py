@@ -83,7 +83,7 @@ class StreamSpec:
             )
         if self.key_field not in fields:
             raise ConfigError(f"stream {self.name!r}: key field {self.key_field!r} not in event")
-        if self.decides and self.key_field not in self.tokens:
+        if self.decides and self.declaration is None and self.key_field not in self.tokens:
             raise ConfigError(
                 f"stream {self.name!r} sends decisions but does not tokenize its device field "
                 f"{self.key_field!r} (the scorer finds the device from that token)"

@@ -613,19 +613,32 @@ class ScorerService:
         top: list[Contribution],
         result: BatchResult,
     ) -> None:
-        if self.send_decision is None or self.vin_lookup is None:
+        if self.send_decision is None:
             return
         if score <= thr and not self.settings.send_approvals:
             return
-        # The decision goes to the device that sent the event: its token, reversed by the vault.
-        vin = self.vin_lookup(getattr(rec, spec.tokens[spec.device_field]))
-        if vin is None:
+        # The decision goes to the device that sent the event: its token, reversed by the
+        # vault, or a declared stream's device id as it is (not personal data).
+        token = (
+            getattr(rec, spec.tokens[spec.device_field])
+            if spec.declaration is None
+            else rec.device
+            if spec.device_field in spec.tokens
+            else None
+        )
+        if token is None:
+            device: str | None = rec.device
+        elif self.vin_lookup is None:
+            return
+        else:
+            device = self.vin_lookup(token)
+        if device is None:
             self.decisions_unrouted += 1
             log.warning(
                 "%s %s: device token not in the vault; no decision sent", spec.name, rec.event_id
             )
             return
-        self.send_decision(vin, decide(rec.event_id, rec.ts, score, thr, version, top))
+        self.send_decision(device, decide(rec.event_id, rec.ts, score, thr, version, top))
         result.decisions += 1
 
 

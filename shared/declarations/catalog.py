@@ -6,8 +6,7 @@ configured directory beside the shipped ones and refuses, naming the file and th
 - a declared stream taking a built-in stream's name or MQTT topic suffix;
 - what the stages cannot run for a declared stream in this release: a ``named`` transform
   whose fields the declaration lacks or types otherwise, or whose keyed state (a card's, a
-  driver's, the vehicle's) its declaration does not tokenize in that state's namespace;
-  and ``decision = true`` (only payments send decisions back to the device).
+  driver's, the vehicle's) its declaration does not tokenize in that state's namespace.
 """
 
 from __future__ import annotations
@@ -86,9 +85,3 @@ def check_runnable(stream: Stream) -> None:
         problem = named.keyed_field_problem(entry, stream.fields)
         if problem is not None:
             raise DeclarationError(stream.source, f"features.{feature.name}", problem)
-    if stream.decision:
-        raise DeclarationError(
-            stream.source,
-            "stream.decision",
-            "only the built-in payments stream sends decisions back to the device in this release",
-        )

@@ -239,6 +239,12 @@ def _check_stream(ctx: feats.Context) -> None:
         )
     if isinstance(head.alerts, EpisodeAlerts):
         _check_episodes(ctx)
+        if head.decision:
+            raise ctx.fail(
+                "stream.decision",
+                "a decision answers each event as it is scored: it needs alerts = "
+                '{ kind = "event" }, not episodes',
+            )
     if head.person is not None:
         ctx.field(head.person, "stream.person")
     if head.interval_s is not None and not (0 < head.interval_s < math.inf):

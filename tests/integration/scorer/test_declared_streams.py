@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -29,7 +30,14 @@ from shared.kafka_config import Target, client_config
 from shared.signing import generate_private_key, write_public_key
 from tests.agent_models import agent_config, deliver, skip_to_end
 from tests.conftest import MqttBroker
-from tests.declared_records import REEFER, as_messages, declared, reefer_records, write_reefer
+from tests.declared_records import (
+    REEFER,
+    as_messages,
+    declared,
+    reefer_records,
+    reefer_toml,
+    write_reefer,
+)
 from tests.integration.scorer.test_scorer_service import edge_config, running
 from tests.scorer_models import SyntheticFeatures, build_model_dir
 from tests.support import consume_all, produce_all
@@ -317,3 +325,85 @@ def test_the_agent_refuses_a_model_of_another_feature_spec_and_installs_the_decl
         assert "rolled_back" not in {s.state for s in agent.statuses}
     finally:
         agent.close()
+
+
+TILL = "till"
+
+
+@pytest.mark.parametrize("tokenized", [False, True], ids=["plain-id", "tokenized-id"])
+def test_a_declared_stream_with_decisions_answers_each_device_on_its_commands_topic(
+    tmp_path: Path,
+    edge_kafka: KafkaSettings,
+    mqtt_broker: MqttBroker,
+    reefer: Reefer,
+    tokenized: bool,
+) -> None:
+    # A declared stream with `decision = true`: each scored event is approved or declined on
+    # its own device's commands topic, as payments are. A device id that is not personal data
+    # is the topic's level as it is; a tokenized one is revealed by the vault first.
+    from edge.scorer.decision_publisher import DecisionPublisher
+    from edge.scorer.vins import VinCache
+    from edge.vault.vault import Vault
+    from shared.tokens import Tokenizer
+    from tests.integration.scorer.test_scorer_service import ThreadVault, Vehicle
+
+    name = f"{TILL}_{'t' if tokenized else 'p'}"
+    unit = 'unit = { type = "str", label = "Refrigeration unit" }'
+    text = (
+        reefer_toml(alerts='kind = "event"')
+        .replace('name = "reefer"', f'name = "{name}"')
+        .replace("[fields]", "decision = true\n\n[fields]", 1)
+    )
+    if tokenized:
+        text = text.replace(unit, unit.replace('"str",', '"str", pii = "token",'))
+    (tmp_path / "streams").mkdir()
+    (tmp_path / "streams" / f"{name}.toml").write_text(text)
+    vault = Vault(tmp_path / "vault.sqlite", tmp_path / "vault.key", Tokenizer(b"k" * 32)).start()
+    device_id = f"TL-{uuid.uuid4().hex[:6].upper()}"
+    with declared(tmp_path / "streams") as found:
+        stream = found[name]
+        create_topics(edge_kafka, [f"anon.{name}", f"scores.{name}"])
+        data = SyntheticFeatures(name, seed=3, names=stream.feature_names)
+        models_dir = tmp_path / "models"
+        model, _ = build_model_dir(
+            tmp_path / f"{name}-1",
+            name,
+            data,
+            version=f"{name}-1",
+            feature_spec=stream.feature_spec,
+            epochs=20,
+            key=reefer.key,
+        )
+        import shutil
+
+        store = ModelStore(models_dir).start()
+        staged = shutil.copytree(model, models_dir / ".staged")
+        store.activate(name, store.install(staged, name, f"{name}-1"), f"{name}-1")
+        cfg = edge_config(tmp_path, edge_kafka, mqtt_broker, models_dir, reefer.pub)
+        mqtt_broker.register_vehicles([device_id], "device-pw")
+        device = vault.put("unit", device_id, None) if tokenized else device_id
+        run_id = f"d{uuid.uuid4().hex[:10]}"
+        records = [
+            msgspec.structs.replace(r, stream=name, device=device, key=device)
+            for r in reefer_records(data, run_id, "x", T0, 6, anomalous=range(5, 6))
+        ]
+        listener = Vehicle(mqtt_broker, device_id, "device-pw")
+        publisher = DecisionPublisher(cfg, f"{run_id}-scorer")
+        publisher.start()
+        svc = ScorerService(
+            cfg, vin_lookup=VinCache(ThreadVault(vault)), send_decision=publisher.publish
+        )
+        try:
+            produce_all(edge_kafka, f"anon.{name}", as_messages(records))
+            with running(svc):
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and len(listener.got) < 6:
+                    time.sleep(0.1)
+        finally:
+            publisher.close()
+            listener.close()
+            vault.close()
+    got = {d.event_id: d.decision for d in listener.got}
+    assert got == {
+        r.event_id: "decline" if r.event_id.endswith("-5") else "approve" for r in records
+    }

@@ -249,9 +249,10 @@ def test_a_device_may_publish_its_declared_streams(cold: streams.StreamSpec) -> 
             "reads 'amount', which is not declared",
         ),
         (
-            ('alerts = { kind = "event" }', 'alerts = { kind = "event" }\ndecision = true'),
+            # A decision answers one event: an episode comes too late for it.
+            ('alerts = { kind = "event" }', 'alerts = { kind = "episodes" }\ndecision = true'),
             "stream.decision",
-            "payments",
+            'alerts = { kind = "event" }',
         ),
     ],
 )
@@ -469,9 +470,7 @@ def test_the_whole_payments_declaration_runs_in_the_engine_as_its_code_computes_
 
     shipped = (resources.files("shared.declarations") / "builtin" / "payments.toml").read_text()
     (tmp_path / "own.toml").write_text(
-        shipped.replace('name = "payments"', 'name = "payments_own"').replace(
-            "decision = true\n", ""
-        )
+        shipped.replace('name = "payments"', 'name = "payments_own"')
     )
     streams.use_declarations(tmp_path)
     try:
