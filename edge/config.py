@@ -190,6 +190,7 @@ class VaultSettings(_Section, frozen=True, kw_only=True):
     key_file: Path | None = None
     # The fleet secret tokens are keyed with: the SAME file on every gateway of a fleet, so a
     # card gets one token everywhere (created when missing; default: <data_dir>/fleet.secret).
+    # The vault remembers the secret's fingerprint: the services refuse to start with another.
     fleet_secret_file: Path | None = None
     # Values not seen for this many days are deleted: by the running enricher, a bounded
     # number at a time, and by `fleetsentry edge vault purge`.

@@ -512,6 +512,13 @@ def _fleet_secret(home: Path, seed: int) -> Path:
     value = hashlib.sha256(f"fleetsentry demo fleet {seed}".encode()).digest()
     text = base64.b64encode(value).decode() + "\n"
     if not path.exists() or path.read_text() != text:
+        # Another seed is another fleet: the gateways' vaults, filled under the old secret,
+        # would refuse the new one. The demo's are its own to start afresh.
+        old = sorted(home.glob("edge-*/vault.sqlite*")) if path.exists() else []
+        for stale in old:
+            stale.unlink()
+        if old:
+            click.echo("Another --seed, another fleet secret: the gateways' vaults start afresh")
         write_private(path, text)
     return path
 

@@ -12,3 +12,7 @@ class UnknownToken(VaultError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown token"
+
+
+class SecretMismatch(VaultError):
+    """The fleet secret is not the one the vault's tokens were made with."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.config import EdgeConfig
+from edge.vault.errors import SecretMismatch, VaultError
 from edge.vault.keyfile import load_or_create
 from edge.vault.vault import Vault
 from shared.tokens import Tokenizer
@@ -28,5 +29,14 @@ def fleet_tokenizer(config: EdgeConfig) -> Tokenizer:
 
 
 def open_vault(config: EdgeConfig) -> Vault:
-    """A started vault with the fleet tokenizer."""
-    return Vault(vault_path(config), key_file(config), fleet_tokenizer(config)).start()
+    """A started vault with the fleet tokenizer; refused (naming the setting) when the fleet
+    secret is not the one the vault was filled with."""
+    try:
+        return Vault(vault_path(config), key_file(config), fleet_tokenizer(config)).start()
+    except SecretMismatch as exc:
+        raise VaultError(
+            f"{exc}. Check vault.fleet_secret_file ({secret_file(config)}): every gateway of "
+            "a fleet holds the same secret; restore it there. A missing file is made afresh, "
+            "at random, so a lost one shows here. To start this gateway's history over "
+            "instead, move the vault away."
+        ) from None

@@ -8,6 +8,9 @@ Layout (SQLite through sqlite-utils, WAL so the scorer can read while the enrich
 - ``pii``: token -> AES-GCM(data key, value), with the token as associated data, so a ciphertext
   moved to another token fails to decrypt. ``last_seen`` drives the retention limit.
 - ``audit``: who revealed or erased what, and when (tokens only, never values).
+- ``meta``: the fleet secret's fingerprint (a token of a fixed value under the secret, which
+  reveals nothing of it). A vault opened with another secret refuses to start: every token
+  it would make would differ from the ones it holds and from the rest of the fleet's.
 
 ``secure_delete`` makes SQLite zero deleted content, so an erased key leaves no copy in free pages.
 """
@@ -25,13 +28,15 @@ import sqlite_utils
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.vault.errors import UnknownToken, VaultError
+from edge.vault.errors import SecretMismatch, UnknownToken, VaultError
 from edge.vault.keyfile import load_or_create
 from shared.tokens import Tokenizer
 
 FLEET_PERSON = "_fleet"
 PERSON_KIND = "person"
 NONCE = 12
+# The fleet secret's fingerprint: this value's token under the secret.
+FINGERPRINT = ("_fleet_secret", "fingerprint")
 TOUCH_EVERY_S = 3600.0  # refresh last_seen at most hourly per value: retention is in days
 
 
@@ -99,7 +104,30 @@ class Vault:
                 pk="id",
             )
         self._db = db
+        if self.tokenizer is not None:
+            self._check_secret(db, self.tokenizer)
         return self
+
+    def _check_secret(self, db: sqlite_utils.Database, tokenizer: Tokenizer) -> None:
+        """Record the fleet secret's fingerprint, or refuse a secret that is not it.
+
+        A vault from before the fingerprint (its values made with the secret it was opened
+        with until then) takes the first secret it is opened with."""
+        mine = tokenizer.token(*FINGERPRINT)
+        if "meta" not in db.table_names():
+            db.table("meta").create({"name": str, "value": str}, pk="name")
+        rows = list(db.query("SELECT value FROM meta WHERE name = 'fleet_secret'"))
+        if not rows:
+            db.table("meta").insert({"name": "fleet_secret", "value": mine}, replace=True)
+            return
+        if rows[0]["value"] != mine:
+            self.close()
+            raise SecretMismatch(
+                f"the fleet secret is not the one the vault {self.path} was filled with "
+                f"(fingerprint {mine[:12]}, the vault's {rows[0]['value'][:12]}): every "
+                "vehicle, driver and card would get new tokens, apart from their history "
+                "and from the rest of the fleet's"
+            )
 
     def close(self) -> None:
         if self._db is not None:

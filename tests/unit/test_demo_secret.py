@@ -25,3 +25,29 @@ def test_one_seed_one_secret_readable_by_its_owner_only(tmp_path: Path) -> None:
 def test_another_seed_replaces_the_secret(tmp_path: Path) -> None:
     first = _fleet_secret(tmp_path, seed=1).read_bytes()
     assert _fleet_secret(tmp_path, seed=7).read_bytes() != first
+
+
+def test_another_seed_starts_the_demo_gateways_vaults_afresh(tmp_path: Path) -> None:
+    # A vault remembers the secret it was filled under and refuses another; the demo's
+    # gateways, under another seed's secret, start with new vaults instead of not at all.
+    from edge import config as edge_config
+    from edge.vault.setup import open_vault
+    from shared.config import convert
+
+    secret = _fleet_secret(tmp_path, seed=1)
+    cfg = convert(
+        {
+            "edge_id": "edge-1",
+            "data_dir": str(tmp_path / "edge-1"),
+            "vault": {"fleet_secret_file": str(secret)},
+        },
+        edge_config.EdgeConfig,
+    )
+    with open_vault(cfg) as v:
+        v.put("vin", "1HGCM82633A004352", None)
+    _fleet_secret(tmp_path, seed=1)  # the same seed keeps the vault
+    with open_vault(cfg) as v:
+        assert v.db["pii"].count == 1
+    _fleet_secret(tmp_path, seed=7)
+    with open_vault(cfg) as v:
+        assert v.db["pii"].count == 0

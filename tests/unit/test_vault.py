@@ -161,3 +161,34 @@ def test_expiry_deletes_the_oldest_values_a_bounded_number_at_a_time(tmp_path: P
         # A value seen again after it expired is stored again (not skipped as recently seen).
         v.put("card", "4111111111111100", "D-0")
         assert v.count() == 2
+
+
+def test_a_gateway_whose_fleet_secret_changed_refuses_to_open_its_vault(tmp_path: Path) -> None:
+    # A lost fleet secret file is made afresh, at random, at the next start: every vehicle,
+    # driver and card would get new tokens, splitting their history from the rest of the fleet,
+    # and the vault could no longer reverse them. The services open the vault with the
+    # secret at start-up; the vault knows its secret by a fingerprint and refuses another.
+    from edge import config as edge_config
+    from edge.vault.setup import open_vault, secret_file
+    from shared.config import convert
+
+    cfg = convert({"edge_id": "gw", "data_dir": str(tmp_path)}, edge_config.EdgeConfig)
+    with open_vault(cfg) as v:
+        token = v.put("vin", "1HGCM82633A004352", None)
+    secret = secret_file(cfg)
+    kept = secret.read_bytes()
+    secret.unlink()
+    with pytest.raises(VaultError) as refused:
+        open_vault(cfg)
+    message = str(refused.value)
+    assert "vault.fleet_secret_file" in message and str(secret) in message
+    assert kept.strip().decode() not in message  # the secret itself is never printed
+    # Another secret written there is refused too; the fleet's own opens the vault again.
+    secret.unlink()
+    secret.write_bytes(kept)
+    secret.chmod(0o600)
+    with open_vault(cfg) as v:
+        assert v.reveal(token, actor="test") == "1HGCM82633A004352"
+    # A vault opened without the secret (reveal and erase need none) is not checked.
+    with Vault(tmp_path / "vault.sqlite", tmp_path / "vault.key") as v:
+        assert v.reveal(token, actor="test") == "1HGCM82633A004352"
