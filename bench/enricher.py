@@ -9,11 +9,12 @@ stays out of the measurement. Reports events/s, CPU time per event and peak RSS 
 Targets: enricher >= 20,000 events/s; peak RSS <= 150 MB. Starts its own edge Kafka on free
 ports and stops it.
 
-Then the telemetry frames alone, twice, each through its own enricher: the built-in
-``telemetry`` stream (its hand-written, vectorised feature code) and ``telemetry_generic``, a
+Then the telemetry frames alone, three times, each through its own enricher: the built-in
+``telemetry`` stream (its hand-written, vectorised feature code); ``telemetry_generic``, a
 declared stream whose declaration is the built-in telemetry one without its named transforms
-(``bench/features.py`` builds it), so the generic transforms compute the same generic features.
-The same frames are in both streams' raw topics.
+(``bench/features.py`` builds it), so the generic transforms compute the same generic features;
+and ``telemetry_whole``, the whole built-in declaration, named transforms too, computing every
+feature the built-in code computes. The same frames are in every stream's raw topic.
 
 ``--against REV`` runs another commit's enricher too (from a git worktree of it, over the same
 backlog, after this tree's), and prints the two side by side: how a change moved the figure,
@@ -66,10 +67,10 @@ def cpu_seconds() -> float:
 
 
 def write_backlog(
-    bootstrap: Target, events: int, copy_telemetry: str | None = None
+    bootstrap: Target, events: int, copy_telemetry: tuple[str, ...] = ()
 ) -> dict[str, int]:
     """Simulator events to raw.* keyed by VIN (the bridge's output), as fast as Kafka takes;
-    every telemetry frame to ``copy_telemetry`` too (a raw topic) when given."""
+    every telemetry frame to each of ``copy_telemetry`` too (raw topics)."""
     from firmware_sim import Fleet, SimSettings
 
     vehicles = 200
@@ -94,8 +95,9 @@ def write_backlog(
         spec = streams.by_mqtt_suffix(suffix)
         assert spec is not None
         produce(p, spec.raw_topic, payload, vin.encode())
-        if copy_telemetry and spec is streams.TELEMETRY:
-            produce(p, copy_telemetry, payload, vin.encode())
+        if spec is streams.TELEMETRY:
+            for copy in copy_telemetry:
+                produce(p, copy, payload, vin.encode())
         counts[spec.name] = counts.get(spec.name, 0) + 1
         n += 1
         if n >= events:
@@ -255,13 +257,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     other: dict | None = None
-    from bench.features import generic_telemetry
+    from bench.features import generic_telemetry, whole_telemetry
 
     with tempfile.TemporaryDirectory(prefix="fleetsentry-bench-") as tmp_name:
         tmp = Path(tmp_name)
         folder = tmp / "streams"
         folder.mkdir()
         generic = generic_telemetry(folder)
+        whole = whole_telemetry(folder)
         worktree = checkout(args.against, tmp / "against") if args.against else None
         stack = Stack(free_infra_settings(tmp / "infra"), quiet=True)
         try:
@@ -271,7 +274,7 @@ def main() -> None:
             for fut in admin.create_topics([NewTopic(SCRATCH, 3, 1)]).values():
                 fut.result(30)
             ensure_topics(bootstrap, "edge", replication_factor=1)  # the declared stream's
-            counts = write_backlog(bootstrap, args.events, generic.raw_topic)
+            counts = write_backlog(bootstrap, args.events, (generic.raw_topic, whole.raw_topic))
             total = sum(counts.values())
             frames = counts["telemetry"]
             base = run_child("baseline", bootstrap, total, args.batch, str(tmp / "b"))
@@ -292,6 +295,16 @@ def main() -> None:
                 args.batch,
                 str(tmp / "g"),
                 only=(generic.name,),
+                declarations=folder,
+            )
+            fresh_changelog(admin, bootstrap)
+            alone["whole"] = run_child(
+                "enricher",
+                bootstrap,
+                frames,
+                args.batch,
+                str(tmp / "w"),
+                only=(whole.name,),
                 declarations=folder,
             )
             if worktree is not None:
@@ -316,6 +329,7 @@ def main() -> None:
         "telemetry_alone": alone,
         "declared_vs_builtin": alone["declared"]["events_per_s"]
         / alone["built-in"]["events_per_s"],
+        "whole_vs_builtin": alone["whole"]["events_per_s"] / alone["built-in"]["events_per_s"],
         "targets": {"events_per_s": 20_000, "peak_rss_mb": 150},
         # Other work on the machine skews absolute figures; the ratio travels better.
         "loadavg_1m": os.getloadavg()[0],
@@ -338,6 +352,13 @@ def main() -> None:
         f"declared telemetry_generic {d['events_per_s']:,.0f} events/s "
         f"({d['cpu_us_per_event']:.0f} us CPU/event, peak RSS {d['peak_rss_mb']:.0f} MB): "
         f"declared {report['declared_vs_builtin']:.2f}x the built-in"
+    )
+    w = alone["whole"]
+    print(
+        f"the whole telemetry declaration as a declared stream (telemetry_whole, named "
+        f"transforms too): {w['events_per_s']:,.0f} events/s ({w['cpu_us_per_event']:.0f} us "
+        f"CPU/event, peak RSS {w['peak_rss_mb']:.0f} MB): {report['whole_vs_builtin']:.2f}x "
+        "the built-in"
     )
     if other is not None:
         print(
