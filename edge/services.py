@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,32 @@ def load_target(service: Service) -> Callable[[ServiceContext], None]:
     return fn
 
 
+def _relay_signals(stop: threading.Event) -> None:
+    """Set ``stop`` from a thread as soon as SIGTERM/SIGINT arrives.
+
+    Python runs a signal handler only when the main thread is back in the interpreter, and a
+    Kafka client call can hold it in C for a minute (a transaction commit while Kafka is
+    away). The interpreter also writes each signal's number to the wakeup fd at once; this
+    thread reads it, so the watchdog (``edge.transactions``) sees the stop in time.
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    wanted = {int(signal.SIGTERM), int(signal.SIGINT)}
+
+    def relay() -> None:
+        while data := reader.recv(64):
+            if wanted.intersection(data):
+                stop.set()
+
+    threading.Thread(target=relay, name="signals", daemon=True).start()
+    # Kept for the life of the process: the wakeup fd must stay open.
+    _SIGNAL_SOCKETS.extend((reader, writer))
+
+
+_SIGNAL_SOCKETS: list[socket.socket] = []
+
+
 def run_service(
     service: Service,
     config: EdgeConfig,
@@ -133,6 +160,7 @@ def run_service(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    _relay_signals(stop)
     port = (
         metrics_port(service, config, instance)
         if metrics_port_override is None

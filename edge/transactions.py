@@ -17,6 +17,12 @@ coordinators are stale then. So after such a loss the next commit does not send 
 it waits for the broker to be back and ends the process the same way, at once instead of a
 minute later (in the chaos run, each restart of the edge Kafka cost the enricher and then the
 scorer a minute each).
+
+A service told to stop (SIGTERM) while Kafka is away must not wait for it: a call the
+watchdog is guarding that is still running :data:`STOP_WAIT_S` after the stop was asked for,
+and the wait for Kafka after a loss, end the process at once (exit 0) instead of outliving the
+supervisor's grace and being killed. The open transaction is aborted by the next instance,
+as after :data:`EXIT_STUCK`.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ GRACE_S = 15.0
 # send_offsets_to_transaction's own timeout: on a healthy broker it takes milliseconds; its
 # hang (the broker gone during the call) then costs at most this plus GRACE_S.
 SEND_OFFSETS_TIMEOUT_S = 10.0
+# A guarded call still running this long after the service was told to stop is waiting on a
+# Kafka that is away (on a healthy broker the calls take milliseconds): the process ends.
+STOP_WAIT_S = 2.0
 
 
 def _exit(code: int) -> None:
@@ -52,7 +61,11 @@ def _exit(code: int) -> None:
 
 
 class Watchdog:
-    """One monitor thread; ``with watchdog.deadline(what, timeout_s):`` arms it for a call."""
+    """One monitor thread; ``with watchdog.deadline(what, timeout_s):`` arms it for a call.
+
+    Given the service's stop event (:meth:`watch_stop`), it also ends the process (``on_stop(0)``)
+    when a guarded call is still running ``stop_wait_s`` after the stop was asked for.
+    """
 
     def __init__(
         self,
@@ -60,24 +73,55 @@ class Watchdog:
         grace_s: float = GRACE_S,
         tick_s: float = 1.0,
         on_stuck: Callable[[int], None] = _exit,
+        stop_wait_s: float = STOP_WAIT_S,
+        on_stop: Callable[[int], None] = _exit,
     ) -> None:
         self.service = service
         self.grace_s = grace_s
         self.tick_s = tick_s
         self.on_stuck = on_stuck
-        self._armed: tuple[str, float, float] | None = None  # (what, timeout, until)
+        self.stop_wait_s = stop_wait_s
+        self.on_stop = on_stop
+        self._stop: threading.Event | None = None
+        self._stop_seen: float | None = None
+        # (what, timeout, until, since)
+        self._armed: tuple[str, float, float, float] | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    @contextmanager
-    def deadline(self, what: str, timeout_s: float) -> Iterator[None]:
+    def watch_stop(self, stop: threading.Event) -> None:
+        """Watch ``stop`` (the service's SIGTERM flag) from now on."""
+        self._stop = stop
+        self._start()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the service was told to stop."""
+        return self._stop is not None and self._stop.is_set()
+
+    def stop_now(self, waiting_for: str) -> None:
+        """End the process for a stop asked for while ``waiting_for`` Kafka."""
+        log.warning(
+            "%s: told to stop while %s waits for Kafka: ending now; the open transaction is "
+            "aborted by the next instance, which resumes from the last commit",
+            self.service,
+            waiting_for,
+        )
+        self.on_stop(0)
+
+    def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._watch, name=f"{self.service}-watchdog", daemon=True
             )
             self._thread.start()
+
+    @contextmanager
+    def deadline(self, what: str, timeout_s: float) -> Iterator[None]:
+        self._start()
         with self._lock:
-            self._armed = (what, timeout_s, time.monotonic() + timeout_s + self.grace_s)
+            now = time.monotonic()
+            self._armed = (what, timeout_s, now + timeout_s + self.grace_s, now)
         try:
             yield
         finally:
@@ -95,9 +139,16 @@ class Watchdog:
             time.sleep(self.tick_s)
             with self._lock:
                 armed = self._armed
-            if armed is None or time.monotonic() < armed[2]:
+            now = time.monotonic()
+            if self.stopping:
+                if self._stop_seen is None:
+                    self._stop_seen = now
+                if armed is not None and now - max(armed[3], self._stop_seen) >= self.stop_wait_s:
+                    self.stop_now(armed[0])
+                    return
+            if armed is None or now < armed[2]:
                 continue
-            what, timeout_s, _until = armed
+            what, timeout_s, _until, _since = armed
             log.critical(
                 "%s: %s has not returned %.0f s after its own %.0f s timeout (the Kafka "
                 "client can block past it when the broker goes away mid-call): exiting "
@@ -243,7 +294,7 @@ class Transactions:
         fatal: Callable[[str], Exception],
         on_abort: Callable[[], None] = lambda: None,
         loss: KafkaLoss | None = None,
-        back_every_s: float = 5.0,
+        back_every_s: float = 2.0,
     ) -> None:
         self.service = service
         # Set up with the clients: what they met before the first transaction is not a loss.
@@ -293,6 +344,9 @@ class Transactions:
             return
         waited, next_note = time.monotonic(), time.monotonic() + 30.0
         while True:
+            if self.watchdog.stopping:
+                self.watchdog.stop_now("the commit")
+                raise self.fatal("told to stop while Kafka was away")
             try:
                 self.producer.list_topics(timeout=self.back_every_s)
                 break

@@ -65,6 +65,9 @@ Ack = tuple[int, int, int]
 DRAIN_WINDOW = 20_000
 DRAIN_BATCH = 5_000
 SPOOL_SAVE_EVERY_S = 1.0
+# At most this long the bridge waits, when it stops, for Kafka to confirm what it holds:
+# well inside the supervisor's grace (10 s), so a stop during an outage ends by itself.
+CLOSE_FLUSH_S = 5.0
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
@@ -323,13 +326,18 @@ class Bridge:
                 break
         return rc
 
-    def close(self, timeout: float = 10.0) -> int:
-        """Flush Kafka (acking what it confirms), disconnect; returns records not confirmed."""
+    def close(self, timeout: float = CLOSE_FLUSH_S) -> int:
+        """Flush Kafka (acking what it confirms), disconnect; returns records not confirmed.
+
+        What Kafka has not confirmed is not acknowledged, so the MQTT broker delivers it again
+        to the next session; while spooling (Kafka away) the spool holds it. So the flush
+        waits ``timeout`` at most, and not at all while spooling: a stop asked for during an
+        outage must end inside the supervisor's grace."""
         remaining = 0
         if self._producer is not None:
             self._flush_excess(float("inf"))
             self._ack_spooled()
-            remaining = self._producer.flush(timeout)
+            remaining = self._producer.flush(0 if self._spooling else timeout)
         if self._spool is not None:
             self._spool.close()
         client = self._client
@@ -715,6 +723,11 @@ class Bridge:
                         self.settings.processes,
                     )
                 left.close()
+
+    @property
+    def spooling(self) -> bool:
+        """Whether records go to the outage spool (Kafka away, or the spool still draining)."""
+        return self._spooling
 
     def _set_spooling(self, on: bool) -> None:
         self._spooling = on

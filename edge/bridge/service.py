@@ -26,10 +26,10 @@ def run(ctx: ServiceContext) -> None:
     finally:
         left = bridge.close()
         log.info(
-            "stopped: received %d, produced %d, dead-lettered %d, %d unconfirmed "
-            "(redelivered by the broker)",
+            "stopped: received %d, produced %d, dead-lettered %d, %d unconfirmed (%s)",
             bridge.received,
             bridge.produced,
             bridge.dead_lettered,
             left,
+            "kept in the outage spool" if bridge.spooling else "redelivered by the broker",
         )

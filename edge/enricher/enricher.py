@@ -212,11 +212,14 @@ class Enricher:
             self._consumer.close()
             self._consumer = None
         if self._producer is not None:
-            self._producer.flush(10)
+            # What it holds after the last commit belongs to no committed transaction; with
+            # Kafka away, waiting for it would only outlast the supervisor's grace.
+            self._producer.flush(0 if self._loss.lost else 10)
             self._producer = None
 
     def run(self, stop: Any, max_batches: int | None = None) -> None:
         """Process batches until ``stop`` (a threading.Event) is set."""
+        self._watchdog.watch_stop(stop)
         n = 0
         last_lag = 0.0
         while not stop.is_set() and (max_batches is None or n < max_batches):

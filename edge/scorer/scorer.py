@@ -340,7 +340,8 @@ class ScorerService:
             self._consumer.close()
             self._consumer = None
         if self._producer is not None:
-            self._producer.flush(10)
+            # Nothing after the last commit needs Kafka's word (see Enricher.close).
+            self._producer.flush(0 if self._loss.lost else 10)
             self._producer = None
         for fn in reversed(self._closers):
             fn()
@@ -666,6 +667,7 @@ def run(ctx: Any) -> None:
         observe = metrics.Recorder()
         # One scorer per gateway: it always holds every partition of anon.*.
         unassigned = AssignmentGuard.for_session(config.scorer.session_timeout_ms)
+        svc._watchdog.watch_stop(ctx.stop)
         while not ctx.stop.is_set():
             t0 = time.perf_counter()
             result = svc.step()

@@ -73,6 +73,42 @@ def test_assignment_guard_says_when_no_partition_was_held_too_long() -> None:
     assert guard.due()
 
 
+def test_a_guarded_call_still_running_after_a_stop_was_asked_for_ends_the_process() -> None:
+    """SIGTERM while a commit waits for a Kafka that is away: the process ends (exit 0) long
+    before the call's own timeout and the supervisor's grace."""
+    stops: list[int] = []
+    ended = threading.Event()
+
+    def on_stop(code: int) -> None:
+        stops.append(code)
+        ended.set()
+
+    stop = threading.Event()
+    dog = Watchdog("enricher", grace_s=30, tick_s=0.02, stop_wait_s=0.2, on_stop=on_stop)
+    dog.watch_stop(stop)
+
+    def waits_for_kafka(timeout: float) -> None:  # commit_transaction(60) with Kafka away
+        stop.set()  # the SIGTERM arrives during the call
+        ended.wait(timeout)
+
+    started = time.monotonic()
+    dog.call("commit_transaction", 10.0, waits_for_kafka)
+    assert stops == [0]
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_stop_with_no_call_or_a_quick_one_is_left_to_the_service() -> None:
+    stops: list[int] = []
+    stop = threading.Event()
+    dog = Watchdog("scorer", tick_s=0.01, stop_wait_s=0.3, on_stop=stops.append)
+    dog.watch_stop(stop)
+    stop.set()
+    time.sleep(0.1)
+    dog.call("commit_transaction", 10.0, lambda timeout: time.sleep(0.05))
+    time.sleep(0.5)
+    assert stops == []
+
+
 class Producer:
     """Records the transactional calls; ``commit_transaction`` raises the given errors first."""
 
@@ -236,3 +272,35 @@ def test_after_every_broker_went_away_the_next_commit_waits_for_kafka_then_start
         txn.run(lambda: ("done", offsets))
     assert exits == [EXIT_STUCK]
     assert producer.calls == ["begin", "poll", "metadata", "metadata", "metadata"]
+
+
+def test_a_stop_asked_for_while_waiting_for_kafka_after_a_loss_ends_the_wait() -> None:
+    """The wait for Kafka after every broker went away looks at the service's stop flag
+    between tries: a SIGTERM then ends the process instead of waiting for Kafka."""
+    producer, consumer, stops = Producer([], []), Consumer(), list[int]()
+    loss = KafkaLoss("enricher")
+    stop = threading.Event()
+    dog = Watchdog("enricher", grace_s=5, tick_s=0.05, on_stop=stops.append)
+    dog.watch_stop(stop)
+    txn = Transactions(
+        "enricher",
+        producer,  # type: ignore[arg-type]
+        consumer,  # type: ignore[arg-type]
+        dog,
+        lambda: None,
+        Broken,
+        loss=loss,
+        back_every_s=0.01,
+    )
+    offsets = [TopicPartition("raw.telemetry", 0, 42)]
+    loss.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    producer.down = 10**9  # Kafka never comes back
+
+    def work() -> tuple[str, list[TopicPartition]]:
+        threading.Timer(0.1, stop.set).start()
+        return "done", offsets
+
+    with pytest.raises(Broken, match="told to stop"):
+        txn.run(work)
+    assert stops == [0]
+    assert "offsets" not in producer.calls and "commit" not in producer.calls
