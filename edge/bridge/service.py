@@ -31,5 +31,7 @@ def run(ctx: ServiceContext) -> None:
             bridge.produced,
             bridge.dead_lettered,
             left,
-            "kept in the outage spool" if bridge.spooling else "redelivered by the broker",
+            "in the outage spool or redelivered by the broker"
+            if bridge.spooling
+            else "redelivered by the broker",
         )

@@ -3,7 +3,7 @@
 Under a publishing fleet the edge Kafka goes away, killed (kill -9: every connection
 refused) or frozen (SIGSTOP: connections stay open and no call is answered, as in a long
 pause of the broker's machine; every service is then caught in a transactional call). The
-gateway (``fleetsentry edge run``: bridge, enricher, scorer) is sent SIGTERM while Kafka is
+gateway (``fleetsentry edge run``: bridge, enricher, scorer, agent) is sent SIGTERM while Kafka is
 still away, as a ``systemctl stop`` or a reboot would. Every service must end by itself
 within the supervisor's grace: none may sit waiting for Kafka until it is killed. Then Kafka
 and the gateway start again, and every event Mosquitto acknowledged reaches
@@ -52,7 +52,7 @@ def _thaw_edge_kafka(stack: Stack) -> None:
 def test_a_gateway_stopped_while_its_kafka_is_away_stops_by_itself_and_loses_nothing(
     stack: Stack, tmp_path: Path, away: str
 ) -> None:
-    gw = EdgePipeline(stack, tmp_path / "gw")
+    gw = EdgePipeline(stack, tmp_path / "gw", services=("bridge", "enricher", "scorer", "agent"))
     tail: AnonTail | None = None
     client: mqtt.Client | None = None
     infos: list[tuple[mqtt.MQTTMessageInfo, str]] = []
