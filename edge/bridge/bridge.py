@@ -673,7 +673,10 @@ class Bridge:
                     self._send(
                         rec.topic, rec.key, rec.value, partial(self._drained_one, rec.ticket)
                     )
-            if spool.empty() and not self._spool_acks:
+            # Drained once the spool is empty and the producer holds nothing: right after
+            # the purge of _start_spooling it still holds the records taken back, until
+            # their delivery reports bring them to the spool (with a frozen broker, later).
+            if spool.empty() and not self._spool_acks and len(producer) == 0:
                 self._set_spooling(False)
                 log.info(
                     "outage spool drained: records go straight to Kafka again "

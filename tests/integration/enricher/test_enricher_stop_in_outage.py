@@ -2,12 +2,12 @@
 
 Under a publishing fleet the edge Kafka goes away, killed (kill -9: every connection
 refused) or frozen (SIGSTOP: connections stay open and no call is answered, as in a long
-pause of the broker's machine; every service is then caught in a transactional call). The
-gateway (``fleetsentry edge run``: bridge, enricher, scorer, agent) is sent SIGTERM while Kafka is
-still away, as a ``systemctl stop`` or a reboot would. Every service must end by itself
-within the supervisor's grace: none may sit waiting for Kafka until it is killed. Then Kafka
-and the gateway start again, and every event Mosquitto acknowledged reaches
-``anon.telemetry`` once.
+pause of the broker's machine; a service mid-commit then waits in the call). The
+gateway (``fleetsentry edge run``: bridge, enricher, scorer, agent) is sent SIGTERM while
+Kafka is still away, as a ``systemctl stop`` or a reboot would. Every service must end by
+itself within the supervisor's grace: none may sit waiting for Kafka until it is killed; nor
+may the bridge's outage spool end while Kafka is still away. Then Kafka and the gateway
+start again, and every event Mosquitto acknowledged reaches ``anon.telemetry`` once.
 """
 
 from __future__ import annotations
@@ -96,8 +96,12 @@ def test_a_gateway_stopped_while_its_kafka_is_away_stops_by_itself_and_loses_not
             gw.proc.wait(GRACE_S + 20)
         finally:
             took = time.monotonic() - t0
-        killed = [ln for ln in gw.log.read_text().splitlines() if "killed after" in ln]
+        lines = gw.log.read_text().splitlines()
+        killed = [ln for ln in lines if "killed after" in ln]
         assert not killed, f"stopping took {took:.1f}s:\n" + "\n".join(killed) + gw.tail(6000)
+        # Kafka never came back, so the bridge's outage spool never drained.
+        drained = [ln for ln in lines if "outage spool drained" in ln]
+        assert not drained, "\n".join(drained)
 
         stop.set()
         fleet.join(10)
