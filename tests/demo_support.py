@@ -41,7 +41,10 @@ def demo_ports() -> DemoPorts:
         edge, ctrl, mqtt = p[0], p[1], p[2]
         others = [edge + 200, ctrl + 200, mqtt + 1]
         metrics = [p[11] + i for i in range(8)] + [p[11] + 100 + i for i in range(8)]
-        if all(_free(x) for x in others + metrics) and not set(others) & set(p):
+        # None of them twice: free_ports' own ports are free again once it returns, so a
+        # metrics port equal to one of them (a cloud broker's, say) would pass _free.
+        taken = p[:11] + others + metrics  # p[11] is metrics[0]
+        if all(_free(x) for x in others + metrics) and len(set(taken)) == len(taken):
             return DemoPorts(
                 edge=edge,
                 ctrl=ctrl,

@@ -1,0 +1,23 @@
+"""The demo test's port plan hands out no port twice.
+
+A metrics port equal to a cloud broker's left gateway 2's agent unable to serve its metrics
+(and so restarting for the whole demo): the plan checked its metrics ports were free, and
+the ports free_ports had just picked are free again once it returns.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.infra.ports import RANGE_ENV
+from tests.demo_support import demo_ports
+
+
+def test_no_port_of_the_demos_plan_is_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(RANGE_ENV, "23000-26000")  # a parallel worker's slice
+    for _ in range(300):
+        d = demo_ports()
+        plan = [d.edge, d.ctrl, d.mqtt, d.edge + 200, d.ctrl + 200, d.mqtt + 1, d.dashboard]
+        plan += [*d.cloud, *d.cloud_ctrl]
+        plan += [d.metrics + i for i in range(8)] + [d.metrics + 100 + i for i in range(8)]
+        assert len(set(plan)) == len(plan), sorted(plan)
