@@ -453,8 +453,11 @@ def fleet() -> Iterator[Fleet]:
     # gateways still run from them.
     base = Path(tempfile.mkdtemp(prefix="fleetsentry-ansible-"))
     gateways = {}
+    # One call for every gateway: the ports one call picks are free again once it returns,
+    # so a second call could hand out one of them again (two gateways on one port).
+    every = free_ports(5 * len(GATEWAYS))
     for i, name in enumerate(GATEWAYS):
-        p = free_ports(5)
+        p = every[5 * i : 5 * i + 5]
         gateways[name] = Gateway(
             name,
             base / name,
