@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# ``--code DIR``: the package from DIR (another commit's worktree) instead of this checkout's.
+ROOT = str(Path(__file__).resolve().parents[1])
+CODE = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv[:-1] else None
+sys.path.insert(0, CODE or ROOT)
 
 from shared import streams  # noqa: E402
 from shared.contracts import decode  # noqa: E402
@@ -90,11 +94,10 @@ def whole_payments(folder: Path) -> streams.StreamSpec:
     return streams.get("payments_whole")
 
 
-def payments(vehicles: int, duration: int, rounds: int) -> None:
+def payment_events(vehicles: int, duration: int) -> tuple[list[bytes], FeatureState]:
+    """The fleet's payments, and the vehicles' states its telemetry left."""
     from firmware_sim import Fleet, SimSettings
 
-    with tempfile.TemporaryDirectory() as tmp:
-        whole = whole_payments(Path(tmp))
     fleet = Fleet(SimSettings(vehicles=vehicles, duration_s=duration, seed=3, payment_rate=60))
     frames: list[bytes] = []
     pays: list[bytes] = []
@@ -107,14 +110,15 @@ def payments(vehicles: int, duration: int, rounds: int) -> None:
             [(tel, decode(tel.event, p)) for p in frames], FeatureState(), SECRET
         ).updates
     )
-    paths = (
-        (
-            "built-in payments",
-            anonymize_batch,
-            [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays],
-        ),
-        ("declared payments", declared_batch, [(whole, decode(whole.event, p)) for p in pays]),
-    )
+    return pays, vehicles_state
+
+
+def payments_best(
+    paths: Sequence[tuple[str, Path_, list[tuple[Any, Any]]]],
+    vehicles_state: FeatureState,
+    rounds: int,
+) -> dict[str, float]:
+    """Each path's fewest CPU seconds for all the payments, in one batch."""
     best: dict[str, float] = {}
     for _ in range(rounds):
         for name, path, items in paths:
@@ -124,14 +128,85 @@ def payments(vehicles: int, duration: int, rounds: int) -> None:
             sum(len(data) for _key, data in result.wire)
             spent = cpu() - t0
             best[name] = min(best.get(name, spent), spent)
+    return best
+
+
+def payments(vehicles: int, duration: int, rounds: int, against: str | None = None) -> None:
+    """The built-in payments stream beside its declaration run as a declared stream; with
+    ``against``, beside that commit's built-in payments too (a child process running this
+    file's payments over that commit's code, after this tree's, in turn each round)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = whole_payments(Path(tmp))
+    pays, vehicles_state = payment_events(vehicles, duration)
+    paths = (
+        (
+            "built-in payments",
+            anonymize_batch,
+            [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays],
+        ),
+        ("declared payments", declared_batch, [(whole, decode(whole.event, p)) for p in pays]),
+    )
+    best: dict[str, float] = {}
+    worktree = None
+    try:
+        if against is not None:
+            worktree = checkout(against)
+        for _ in range(rounds):
+            for name, spent in payments_best(paths, vehicles_state, 1).items():
+                best[name] = min(best.get(name, spent), spent)
+            if worktree is not None:
+                spent = payments_child(worktree, vehicles, duration)
+                name = f"{against} built-in"
+                best[name] = min(best.get(name, spent), spent)
+    finally:
+        if worktree is not None:
+            git("worktree", "remove", "--force", worktree)
     n = len(pays)
     print(
         f"\n{n} payments of the same vehicles, one batch, each path reading their vehicles' state"
     )
-    for name, _path, _items in paths:
+    for name in best:
         print(f"{name:<24} {n / best[name]:>9,.0f} events/s  {best[name] / n * 1e6:>7.1f} µs/event")
     ratio = best["built-in payments"] / best["declared payments"]
     print(f"\ndeclared / built-in speed, payments: {ratio:.2f}x")
+    if against is not None:
+        other = best[f"{against} built-in"] / best["built-in payments"]
+        print(f"built-in payments, this tree against {against}: {other:.2f}x its speed")
+
+
+def git(*args: str, cwd: str | None = None) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=cwd or ROOT, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def checkout(rev: str) -> str:
+    """A worktree of ``rev`` (this repository's objects) in a new temporary directory."""
+    where = tempfile.mkdtemp(prefix="fleetsentry-features-")
+    os.rmdir(where)
+    git("worktree", "add", "--detach", where, rev)
+    return where
+
+
+def payments_child(code: str, vehicles: int, duration: int) -> float:
+    """CPU seconds of ``code``'s built-in payments over the same payments (one run)."""
+    argv = [sys.executable, __file__, "--payments-child", "--code", code]
+    argv += ["--vehicles", str(vehicles), "--duration", str(duration)]
+    # The child inherits this process's CPU.
+    out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600, cwd=code)
+    if out.returncode != 0:
+        raise SystemExit(f"payments over {code} failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def payments_child_main(vehicles: int, duration: int) -> None:
+    pays, vehicles_state = payment_events(vehicles, duration)
+    items = [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays]
+    best = payments_best([("built-in", anonymize_batch, items)], vehicles_state, 1)
+    print(best["built-in"])
 
 
 def payloads(vehicles: int, duration: int) -> list[bytes]:
@@ -158,9 +233,21 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=120, help="Simulated seconds.")
     ap.add_argument("--batch", type=int, default=5000, help="The enricher's batch_size.")
     ap.add_argument("--rounds", type=int, default=3, help="Runs of each path; best is kept.")
+    ap.add_argument(
+        "--against", metavar="REV", help="also run this commit's built-in payments (worktree)"
+    )
+    ap.add_argument("--payments-only", action="store_true", help="Payments alone.")
+    ap.add_argument("--payments-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--code", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpus[-1]})
+    if args.payments_child:
+        payments_child_main(args.vehicles, args.duration)
+        return
+    if args.payments_only:
+        payments(args.vehicles, args.duration, args.rounds, args.against)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         declared = generic_telemetry(Path(tmp))
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +290,7 @@ def main() -> None:
         f", one by one {base / figures['declared (one by one)']:.2f}x; the whole telemetry "
         f"declaration (named transforms too) {base / figures['whole declared']:.2f}x"
     )
-    payments(args.vehicles, args.duration, args.rounds)
+    payments(args.vehicles, args.duration, args.rounds, args.against)
 
 
 if __name__ == "__main__":

@@ -135,8 +135,18 @@ class Plan:
                 self._keyed.append((i, entry.keyed, entry.output))
             else:
                 self._steps.append(_compile(stream, f))
+        # The features computed from the device's own slots: (index, name, step).
+        self._own = [
+            (i, name, step)
+            for i, (name, step) in enumerate(zip(self.names, self._steps, strict=True))
+            if step is not None
+        ]
         # Each keyed state once, in the order its first feature comes.
         self.keyed: list[named.Keyed] = list({k.name: k for _, k, _ in self._keyed}.values())
+        # Keyed transforms read the time as ``ts`` in epoch seconds: an event whose ``ts``
+        # is that already goes to them as it is.
+        t = stream.time
+        self._ts_is_time = t.field == "ts" and t.unit == "s" and stream.fields["ts"].type == "float"
         dev = stream.fields[stream.device.field]
         self._device_kind = stream.token_kind(stream.device.field) if dev.pii == "token" else None
         key = stream.fields[stream.anon_key]
@@ -173,8 +183,10 @@ class Plan:
         states before it from ``view``."""
         device = self.device(event, tok)
         key = self.state_key(device)
-        record, after, changed = self._anonymize(event, state_of(view, key), tok, view, device)
-        changed[key] = after
+        before = state_of(view, key)
+        record, after, changed = self._anonymize(event, before, tok, view, device)
+        if before is not None or after.slots.count(None) != len(after.slots):
+            changed[key] = after  # (a stream of stateless features keeps no device state)
         return record, changed
 
     def _anonymize(
@@ -195,10 +207,9 @@ class Plan:
             else [None] * len(self._steps)
         )
         features: dict[str, float] = {}
-        for i, (name, step) in enumerate(zip(self.names, self._steps, strict=True)):
-            if step is not None:
-                value, slots[i] = step(event, ts, slots[i])
-                features[name] = _r(value)
+        for i, name, step in self._own:
+            value, slots[i] = step(event, ts, slots[i])
+            features[name] = _r(value)
         changed: dict[str, KeyState] = {}
         if self._keyed:
             outputs = self._keyed_outputs(event, ts, tok, view, device, changed)
@@ -246,7 +257,7 @@ class Plan:
     ) -> dict[str, dict[str, float]]:
         """Each keyed state's outputs for ``event``, from the state before it; the states it
         keeps go to ``changed``."""
-        at = _At(event, ts)
+        at = event if self._ts_is_time else _At(event, ts)
         outputs: dict[str, dict[str, float]] = {}
         for keyed in self.keyed:
             value = getattr(event, keyed.field)

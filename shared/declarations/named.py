@@ -6,8 +6,9 @@ transform may read personal data, since it runs at the edge and yields only a nu
 function computing it today and the key of its result, and a version that enters the
 feature-spec digest: change what a named transform computes and bump its version.
 
-The built-in streams' entries point at today's feature code, which the stages still call
-for them, and the declared streams' engine runs every one of them:
+The built-in streams' entries point at their feature code; the declared streams' engine runs
+every one of them (the built-in payments stream's too; the built-in telemetry stream's stages
+still call its code):
 
 - telemetry's have a ``step`` over the device's own state (a slot of numbers);
 - payments' have a ``keyed`` state: one state shared by every stream and device that names

@@ -7,7 +7,6 @@ Kafka transaction as the record; the trainer, right away through :class:`Anonymi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -16,15 +15,10 @@ import msgspec
 from shared import streams
 from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Payment, Telemetry, decode
 from shared.errors import ContractError, FleetsentryError
-from shared.features import payments as pay
 from shared.features import telemetry as tel
 from shared.features.geo import cell
 from shared.features.state import (
-    CARD,
-    DRIVER,
     VEHICLE,
-    CardState,
-    DriverState,
     FeatureState,
     KeyState,
     VehicleState,
@@ -47,15 +41,6 @@ class Anonymized(NamedTuple):
     record: AnonTelemetry | AnonPayment | AnonRecord
     # state key -> the key's new state, to apply once the record is accepted.
     updates: dict[str, KeyState]
-
-
-# Numbers leave the gateway with at most 3 decimals: enough for any model input, and no exact
-# coordinate (or other identifying digit string) can hide inside a long float.
-_floor = math.floor
-
-
-def _rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: _floor(v * 1000 + 0.5) / 1000 for k, v in values.items()}
 
 
 def _get(state: Mapping[str, KeyState], key: str, kind: type) -> Any:
@@ -83,33 +68,49 @@ def _telemetry(event: Telemetry, state: Mapping[str, KeyState], tok: Tokenizer) 
 
 
 def _payment(event: Payment, state: Mapping[str, KeyState], tok: Tokenizer) -> Anonymized:
-    vehicle_token = tok.token(VIN, event.vin)
-    card_token = tok.token(CARD_NUMBER, event.card_number)
-    driver_token = tok.token(DRIVER_ID, event.driver_id)
-    card_key, driver_key = state_key(CARD, card_token), state_key(DRIVER, driver_token)
-    card: CardState | None = _get(state, card_key, CardState)
-    driver: DriverState | None = _get(state, driver_key, DriverState)
-    vehicle: VehicleState | None = _get(state, state_key(VEHICLE, vehicle_token), VehicleState)
-    record = AnonPayment(
-        event_id=event.event_id,
-        ts=event.ts,
-        card_token=card_token,
-        vehicle_token=vehicle_token,
-        driver_token=driver_token,
-        merchant_id=event.merchant_id,
-        mcc=event.mcc,
-        category=event.category,
-        amount=event.amount,
-        currency=event.currency,
-        volume_l=event.volume_l,
-        cell=cell(event.lat, event.lon),
-        features=_rounded(pay.payment_features(event, card, driver, vehicle, vehicle_token)),
-    )
-    updates: dict[str, KeyState] = {
-        card_key: pay.update_card(card, event, vehicle_token),
-        driver_key: pay.update_driver(driver, event),
-    }
-    return Anonymized(record, updates)
+    """The shipped payments declaration, run by the declarations' engine (its named
+    transforms keep the card's and the driver's state and read the vehicle's), in the
+    record shape of ``anon.payments``."""
+    plan = _shipped_plan(streams.PAYMENTS)
+    record, updates = plan.run(event, state, tok)
+    return Anonymized(shaped(streams.PAYMENTS.anon_event, event, record), updates)
+
+
+_shipped: dict[str, Any] = {}
+
+
+def _shipped_plan(spec: StreamSpec) -> Any:
+    """The engine's plan of a built-in stream's shipped declaration (built once)."""
+    plan = _shipped.get(spec.name)
+    if plan is None:
+        from shared.declarations.anonymize import Plan
+        from shared.declarations.loader import builtin
+
+        stream = builtin()[spec.name]
+        leaks = sorted(set(spec.anon_event.__struct_fields__) & stream.pii_fields)
+        if leaks:  # the shape would copy these from the event
+            raise FeatureError(f"stream {spec.name!r}: its record shape names personal {leaks}")
+        plan = _shipped[spec.name] = Plan(stream)
+    return plan
+
+
+def shaped(kind: type[msgspec.Struct], event: Any, record: AnonRecord) -> Any:
+    """``record`` (the engine's) in a built-in stream's own record shape ``kind``: each of
+    its fields by name, from the record's tokens, cell and features, or the event's own
+    value (a field the shape has and the declaration does not make personal data)."""
+    tokens = record.tokens
+    out: dict[str, Any] = {}
+    for name in kind.__struct_fields__:
+        if name in tokens:
+            out[name] = tokens[name]
+        elif name in _RECORD_FIELDS:
+            out[name] = getattr(record, name)
+        else:
+            out[name] = getattr(event, name)
+    return kind(**out)
+
+
+_RECORD_FIELDS = frozenset({"schema", "event_id", "ts", "cell", "features"})
 
 
 _BY_STREAM: dict[str, Callable[[Any, Mapping[str, KeyState], Tokenizer], Anonymized]] = {

@@ -6,7 +6,8 @@ arithmetic runs in numpy over every vehicle of the batch at once, with the same 
 in the same order as :func:`~shared.features.telemetry.telemetry_step`, so no value changes.
 A vehicle's frames still follow one another: the batch is cut into rounds, round ``r`` holding
 each vehicle's ``r``-th frame. Payments (rare, and reading the vehicle's state as of their
-place in the batch) go through the scalar code.
+place in the batch) go one by one through the engine running the shipped payments declaration
+(:func:`~shared.features.anonymize.anonymize`).
 
 The enricher calls it per consumed batch; the unit tests prove the equivalence on seeded runs.
 """
