@@ -72,6 +72,8 @@ Trigger = Literal["schedule", "drift", "manual"]
 # Files copied into the registry beside the signed ones (the float reference weights, the
 # training window's feature profile drift is measured against); nothing else is kept.
 _EXTRA_FILES = ("reference.npz", "profile.json")
+# How long opening the registry waits for other connections holding its database locked.
+_LOCK_TIMEOUT_S = 30.0
 
 # Version 1: the tables as first released (databases made then have user_version 0).
 _V1 = """
@@ -329,12 +331,20 @@ class Registry:
     def start(self) -> Registry:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(
-            self.db_path, timeout=30, isolation_level=None, check_same_thread=False
+            self.db_path, timeout=_LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
         try:
+            _use_wal(db)
             _migrate(db, self.db_path)
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if _is_busy(exc):
+                raise RegistryError(
+                    f"{self.db_path}: database is locked (held by another connection for "
+                    f"over {_LOCK_TIMEOUT_S:g} s)"
+                ) from exc
+            raise
         except BaseException:
             db.close()
             raise
@@ -803,6 +813,35 @@ class Registry:
     def statuses(self) -> list[TrainerStatus]:
         rows = self.db.execute("SELECT * FROM trainer_status ORDER BY stream")
         return [_row(TrainerStatus, r) for r in rows]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is SQLITE_BUSY ("database is locked"), in any of its extended forms."""
+    return ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the database to write-ahead logging, retrying for up to ``_LOCK_TIMEOUT_S``
+    while other connections hold it.
+
+    Switching a rollback-journal database (a new one included) reads its header under a
+    shared lock and then upgrades to a write lock. SQLite refuses that upgrade at once with
+    SQLITE_BUSY, without calling the busy handler, while another connection holds the write
+    lock (waiting could deadlock). The refused statement has released its shared lock, so the
+    other connection can finish; trying again then finds the database in WAL mode or free.
+    A lock that outlasts the timeout raises the last ``sqlite3.OperationalError``.
+    """
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
