@@ -35,6 +35,8 @@ log = logging.getLogger("signer")
 QUICK: tuple[RequestKind, ...] = ("promote", "rollback", "approve", "reject")
 TRAINING: tuple[RequestKind, ...] = ("retrain",)
 TrainerFactory = Callable[[Registry], TrainerService]
+# How often serve() looks at its caller's ``stop`` while the loops run.
+STOP_POLL_S = 0.2
 
 
 class Refused(Exception):
@@ -186,6 +188,10 @@ _HANDLERS: dict[str, Callable[[SigningService, RequestRecord], tuple[str | None,
 }
 
 
+class SignerStopped(FleetsentryError):
+    """One of the signer's loops ended because of an error; the other was stopped with it."""
+
+
 def serve(
     registry_root: Path,
     make_trainer: TrainerFactory,
@@ -197,22 +203,37 @@ def serve(
     poll_s: float = 1.0,
     train_poll_s: float = 5.0,
 ) -> None:
-    """Both loops, until ``stop`` is set."""
+    """Both loops, until ``stop`` is set.
+
+    The loops stand or fall together: when one ends because of an error (at its start, as
+    when the registry cannot be opened or the trainer cannot be made, or later), it is
+    logged, the other loop is stopped (once its current pass is done) and
+    :class:`SignerStopped` is raised naming the loop and the cause, so that the process
+    exits non-zero and its supervisor restarts it.
+    """
+    halt = threading.Event()  # set once ``stop`` is set or a loop has ended
+    failures: list[tuple[str, BaseException]] = []
+
+    def run(
+        name: str,
+        kinds: tuple[RequestKind, ...],
+        schedule: bool | None,
+        wait: float,
+    ) -> None:
+        try:
+            _loop(registry_root, make_trainer, publisher, halt, kinds, schedule, streams, wait)
+        except BaseException as exc:
+            failures.append((name, exc))
+            log.critical("%s loop ended: %s", name, _describe(exc), exc_info=exc)
+        finally:
+            halt.set()
+
     loops = [
         threading.Thread(
-            target=_loop,
+            target=run,
             name=name,
             daemon=True,
-            args=(
-                registry_root,
-                make_trainer,
-                publisher,
-                stop,
-                kinds,
-                schedule if training else None,
-                streams,
-                wait,
-            ),
+            args=(name, kinds, schedule if training else None, wait),
         )
         for name, kinds, training, wait in (
             ("signer-requests", QUICK, False, poll_s),
@@ -221,8 +242,23 @@ def serve(
     ]
     for t in loops:
         t.start()
+    while not halt.wait(STOP_POLL_S):
+        if stop.is_set():
+            halt.set()
     for t in loops:
+        if failures and t.name not in (name for name, _exc in failures):
+            log.critical("stopping the signer: %s ends after its current pass", t.name)
         t.join()
+    if failures:
+        name, exc = failures[0]
+        also = "".join(f"; {n} ended too: {_describe(e)}" for n, e in failures[1:])
+        raise SignerStopped(
+            f"the signer stopped: its {name} loop ended with {_describe(exc)}{also}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _loop(
