@@ -1,5 +1,6 @@
 """Helpers the test tiers share: free-port infra settings, Kafka read/write shortcuts, a
-small disk, killing and restarting the edge Kafka, tailing anon.telemetry."""
+small disk, killing and restarting the edge Kafka, a publishing fleet, tailing anon.telemetry
+and reconciling it with what the fleet published."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
+import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -32,6 +34,8 @@ from shared.infra import jars
 from shared.infra.ports import free_ports
 from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import Target, client_config
+from tests.bridge_payloads import encode, telemetry
+from tests.bridge_support import mqtt_client
 
 
 def free_infra_settings(home: Path, cloud_nodes: int = 3) -> InfraSettings:
@@ -176,6 +180,109 @@ def start_edge_kafka(stack: Stack) -> None:
     stack.edge.wait_healthy(120)
 
 
+class Fleet:
+    """Vehicles ``<vin_prefix>0000000000000``... publishing telemetry to Mosquitto at QoS 1,
+    each event under an id of its own (``<tag>-<n>``).
+
+    ``start`` publishes ``rate_per_s`` events a second, ``batch`` at a time, from a thread of
+    its own until ``stop``; ``publish`` sends events from the caller's thread. Leaving the
+    ``with`` block stops the thread and disconnects."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        vin_prefix: str,
+        vehicles: int,
+        rate_per_s: float = 0.0,
+        batch: int = 20,
+    ) -> None:
+        self.vins = [f"{vin_prefix}{n:013d}" for n in range(vehicles)]
+        self.tag = uuid.uuid4().hex[:8]
+        self.rate_per_s = rate_per_s
+        self.batch = batch
+        self.infos: list[tuple[mqtt.MQTTMessageInfo, str]] = []
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drive, daemon=True)
+        self.client = mqtt_client(stack, f"fleet-{uuid.uuid4().hex[:6]}")
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def sent(self) -> int:
+        return len(self.infos)
+
+    def publish(self, n: int) -> None:
+        """Publish the next ``n`` events, the vehicles in turn."""
+        for _ in range(n):
+            sent = len(self.infos)
+            vin, eid = self.vins[sent % len(self.vins)], f"{self.tag}-{sent}"
+            info = self.client.publish(
+                f"fleet/{vin}/telemetry", encode(telemetry(vin, eid, time.time())), qos=1
+            )
+            self.infos.append((info, eid))
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def _drive(self) -> None:
+        while not self._stop.is_set():
+            if self.sent >= self.rate_per_s * (time.monotonic() - self.started):
+                time.sleep(0.02)
+                continue
+            self.publish(self.batch)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def acked(self, last: int = 500, wait: float = 30.0) -> set[str]:
+        """The ids of the events Mosquitto acknowledged (PUBACK), after waiting up to ``wait`` s
+        for the ``last`` most recent to be."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not all(
+            info.is_published() for info, _ in self.infos[-last:]
+        ):
+            time.sleep(0.2)
+        return {eid for info, eid in self.infos if info.is_published()}
+
+    def reconcile(self, tail: AnonTail, timeout: float) -> Tally:
+        """Stop publishing, then wait up to ``timeout`` s for ``tail`` to have read every event
+        Mosquitto acknowledged."""
+        self.stop()
+        acked = self.acked()
+        lost, duplicated = settle(tail, acked, timeout)
+        return Tally(self.sent, acked, len(tail.seen), lost, duplicated)
+
+    def close(self) -> None:
+        self.stop()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Tally(NamedTuple):
+    """A fleet's events: how many it sent, the ids Mosquitto acknowledged, how many ids
+    anon.telemetry holds, the acknowledged ones it lacks and its copies beyond the first."""
+
+    sent: int
+    acked: set[str]
+    read: int
+    lost: set[str]
+    duplicated: int
+
+    def __str__(self) -> str:
+        return (
+            f"sent {self.sent}, acknowledged {len(self.acked)}, in anon.telemetry "
+            f"{self.read}: lost {len(self.lost)}, duplicated {self.duplicated}"
+        )
+
+
 class _EventId(msgspec.Struct):
     event_id: str
 
@@ -214,9 +321,30 @@ class AnonTail(threading.Thread):
         finally:
             c.close()
 
+    def __enter__(self) -> AnonTail:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.stop.set()
         self.join(10)
+
+
+def settle(
+    tail: AnonTail, acked: set[str], timeout: float, poll: float = 1.0
+) -> tuple[set[str], int]:
+    """Wait up to ``timeout`` s for ``tail`` to have read every event id in ``acked``.
+
+    Returns the ids it has not read (lost) and how many copies beyond the first it read of
+    any id (duplicated)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not acked <= set(tail.seen):
+        time.sleep(poll)
+    counts = list(tail.seen.values())
+    return acked - set(tail.seen), sum(n - 1 for n in counts if n > 1)
 
 
 @contextmanager

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 from confluent_kafka import Consumer, TopicPartition
@@ -30,10 +29,8 @@ from shared import topics
 from shared.infra.ports import free_ports, is_free
 from shared.infra.stack import Stack
 from shared.kafka_config import ADMIN_USER, Target, client_config
-from tests.bridge_payloads import encode, telemetry
-from tests.bridge_support import mqtt_client
 from tests.edge_pipeline import EdgePipeline
-from tests.support import AnonTail, free_infra_settings, tmpfs
+from tests.support import AnonTail, Fleet, free_infra_settings, settle, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +83,13 @@ class SmallDiskGateway(EdgePipeline):
             return str(resp.read().decode())
 
 
-def publish(
-    client: mqtt.Client, tail: AnonTail, vins: list[str], tag: str, schedule: list[str]
-) -> tuple[set[str], int]:
+def publish(fleet: Fleet, tail: AnonTail, schedule: list[str]) -> set[str]:
     """Publish EVENTS telemetry frames QoS 1, never more than AHEAD beyond what anon.* has.
 
-    Returns the event ids Mosquitto acknowledged (PUBACK) and how many were sent."""
-    infos: list[tuple[mqtt.MQTTMessageInfo, str]] = []
-    sent, started, last_progress, last_seen = 0, time.monotonic(), time.monotonic(), 0
-    while sent < EVENTS and time.monotonic() - started < RUN_S:
-        seen = len(tail.seen)
+    Returns the event ids Mosquitto acknowledged (PUBACK)."""
+    started, last_progress, last_seen = time.monotonic(), time.monotonic(), 0
+    while fleet.sent < EVENTS and time.monotonic() - started < RUN_S:
+        sent, seen = fleet.sent, len(tail.seen)
         if seen > last_seen:
             last_seen, last_progress = seen, time.monotonic()
         if time.monotonic() - last_progress > STALL_S:
@@ -107,26 +101,13 @@ def publish(
         if sent - seen >= AHEAD or sent > RATE_PER_S * (time.monotonic() - started):
             time.sleep(0.05)
             continue
-        for _ in range(500):
-            vin = vins[sent % len(vins)]
-            eid = f"{tag}-{sent}"
-            infos.append(
-                (
-                    client.publish(
-                        f"fleet/{vin}/telemetry", encode(telemetry(vin, eid, time.time())), qos=1
-                    ),
-                    eid,
-                )
-            )
-            sent += 1
-        if sent % 20_000 == 0:
+        fleet.publish(500)
+        if fleet.sent % 20_000 == 0:
             schedule.append(
-                f"{time.monotonic() - started:6.1f}s published {sent}, in anon.* {len(tail.seen)}"
+                f"{time.monotonic() - started:6.1f}s published {fleet.sent}, "
+                f"in anon.* {len(tail.seen)}"
             )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(i.is_published() for i, _ in infos[-1000:]):
-        time.sleep(0.2)
-    return {eid for info, eid in infos if info.is_published()}, sent
+    return fleet.acked(last=1000)
 
 
 def free_base_port() -> int:
@@ -191,31 +172,27 @@ def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
     (node_dir / "data").symlink_to(kafka_dir)
     schedule: list[str] = []
     gateway = SmallDiskGateway(stack, tmp_path / "gw", small_disk, free_base_port())
-    tail: AnonTail | None = None
-    client: mqtt.Client | None = None
     try:
         stack.up(services=frozenset({"edge", "mqtt"}))
         gateway.start(timeout=150)
-        tail = AnonTail(stack.edge.login(ADMIN_USER))
-        tail.start()
-        client = mqtt_client(stack, f"fleet-{uuid.uuid4().hex[:6]}")
-        vins = [f"WDSK{n:013d}" for n in range(VEHICLES)]
-        acked, sent = publish(client, tail, vins, uuid.uuid4().hex[:8], schedule)
-        settle = time.monotonic() + 60
-        while time.monotonic() < settle and not acked <= set(tail.seen):
-            time.sleep(0.5)
-        time.sleep(12)  # one more retention check (log.retention.check.interval.ms)
+        with (
+            AnonTail(stack.edge.login(ADMIN_USER)) as tail,
+            Fleet(stack, "WDSK", VEHICLES) as fleet,
+        ):
+            acked = publish(fleet, tail, schedule)
+            sent = fleet.sent
+            settle(tail, acked, 60, poll=0.5)
+            time.sleep(12)  # one more retention check (log.retention.check.interval.ms)
 
-        fs = disk.filesystem_usage(small_disk)
-        alive = bool(stack.edge.running_pids()) and stack.edge.broker_count() == 1
-        lost = acked - set(tail.seen)
-        dups = sum(n - 1 for n in tail.seen.values() if n > 1)
-        verdict = (
-            f"published {sent}, acknowledged by Mosquitto {len(acked)}, read back from "
-            f"anon.telemetry {len(tail.seen)}: lost {len(lost)}, duplicated {dups}; "
-            f"disk {fs.used_bytes / 2**20:.0f} of {fs.size_bytes / 2**20:.0f} MiB used, "
-            f"Kafka {'running' if alive else 'STOPPED'}"
-        )
+            fs = disk.filesystem_usage(small_disk)
+            alive = bool(stack.edge.running_pids()) and stack.edge.broker_count() == 1
+            lost, dups = settle(tail, acked, 0)  # counted now, after the retention check
+            verdict = (
+                f"published {sent}, acknowledged by Mosquitto {len(acked)}, read back from "
+                f"anon.telemetry {len(tail.seen)}: lost {len(lost)}, duplicated {dups}; "
+                f"disk {fs.used_bytes / 2**20:.0f} of {fs.size_bytes / 2**20:.0f} MiB used, "
+                f"Kafka {'running' if alive else 'STOPPED'}"
+            )
         sizes = {
             t: sum(partition_bytes(kafka_dir, t).values()) // 2**10
             for t in (topics.RAW_TELEMETRY, topics.ANON_TELEMETRY, topics.ENRICHER_STATE)
@@ -257,11 +234,6 @@ def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
         assert 0.05 < ratio < 1.0, ratio
         print(f"disk metrics: free {free / 2**20:.0f} MiB, budget used {ratio:.0%}")
     finally:
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
-        if tail is not None:
-            tail.close()
         gateway.stop()
         stack.down()
         print(json.dumps({"kafka_log": str(stack.edge.log_dir(stack.edge.nodes[0]))}))
