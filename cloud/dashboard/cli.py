@@ -13,18 +13,19 @@ import logging
 import os
 import re
 import secrets
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 
 from cloud import config as cloud_config
 from cloud.config import CloudConfig
+from cloud.dashboard.keeper import Keeper
 from cloud.signer.cli import signer_options
 from shared import signing, streams
 from shared.errors import MissingExtraError
@@ -68,22 +69,22 @@ def demo_user(state_dir: Path) -> tuple[str, str, str]:
 @dataclass
 class Server:
     """Everything the dashboard process starts, in start order; ``close()`` stops it in
-    reverse (and the signer ``cloud run`` started beside it)."""
+    reverse (and the signer ``cloud run`` keeps running beside it)."""
 
     app: Any
     dash: Any
     watcher: Any
     actions: Any
-    signer: subprocess.Popen[bytes] | None = None
+    signer: Keeper | None = None
+
+    def stopping(self) -> None:
+        """The dashboard is shutting down: a signer that exits now is not started again."""
+        if self.signer is not None:
+            self.signer.hold()
 
     def close(self) -> None:
         if self.signer is not None:
-            self.signer.terminate()
-            try:
-                self.signer.wait(30)
-            except subprocess.TimeoutExpired:
-                self.signer.kill()
-                self.signer.wait()
+            self.signer.close()
         self.watcher.close()
         self.actions.close()
         self.dash.store.close()
@@ -124,8 +125,16 @@ def build(cfg: CloudConfig) -> Server:
 
 def start_signer(
     config_path: Path | None, key_file: Path | None, options: dict[str, Any]
-) -> subprocess.Popen[bytes]:
-    """``fleetsentry cloud signer`` as a child process: it, not this one, reads the key.
+) -> Keeper:
+    """``fleetsentry cloud signer`` as a child process, started again whenever it exits (see
+    :mod:`cloud.dashboard.keeper`): it, not this one, reads the key."""
+    return Keeper("the signer", signer_argv(config_path, key_file, options)).start()
+
+
+def signer_argv(
+    config_path: Path | None, key_file: Path | None, options: dict[str, Any]
+) -> list[str]:
+    """The signer's command line, ``options`` (``cloud run``'s signer options) passed on.
 
     Only the key file's presence is checked here, so that a missing key stops ``cloud run``
     at once with what to do instead of leaving a dashboard whose requests nobody carries out.
@@ -146,7 +155,7 @@ def start_signer(
             argv += [flag] if value else []
         else:
             argv += [flag, str(value)]
-    return subprocess.Popen(argv)
+    return argv
 
 
 def _address(cfg: CloudConfig) -> str:
@@ -158,8 +167,13 @@ def _address(cfg: CloudConfig) -> str:
 def serve(cfg: CloudConfig, server: Server) -> None:
     import uvicorn
 
+    class _Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            server.stopping()
+            super().handle_exit(sig, frame)
+
     d = cfg.dashboard
-    uv = uvicorn.Server(
+    uv = _Uvicorn(
         uvicorn.Config(
             server.app,
             host=d.host,
@@ -243,7 +257,7 @@ def run(
     try:
         server = build(cfg)
     except BaseException:
-        child.terminate()
+        child.close()
         raise
     server.signer = child
     _banner(cfg, "fleetsentry cloud", server)
