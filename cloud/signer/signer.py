@@ -245,6 +245,11 @@ def serve(
     while not halt.wait(STOP_POLL_S):
         if stop.is_set():
             halt.set()
+    _end(loops, failures)
+
+
+def _end(loops: list[threading.Thread], failures: list[tuple[str, BaseException]]) -> None:
+    """Join the loops once one has ended; raise SignerStopped when one ended on an error."""
     for t in loops:
         if failures and t.name not in (name for name, _exc in failures):
             log.critical("stopping the signer: %s ends after its current pass", t.name)
