@@ -211,6 +211,23 @@ def from_declaration(stream: Stream) -> StreamSpec:
     )
 
 
+def _check_shares(stream: Stream) -> None:
+    """One stream keeps a shared state (the vehicle's, under ``v:<token>``): two would
+    overwrite each other's."""
+    if stream.shares is None:
+        return
+    from shared.declarations.errors import DeclarationError
+
+    for other in list(_REGISTRY.values()):
+        if other.name != stream.name and declaration_of(other.name).shares == stream.shares:
+            raise DeclarationError(
+                stream.source,
+                "stream.shares",
+                f"the {stream.shares}'s state is kept by stream {other.name!r} already; one "
+                "stream keeps it",
+            )
+
+
 def use_declarations(directory: str | Path | None) -> list[StreamSpec]:
     """Load the declarations of ``directory`` (None: none) and register their streams.
 
@@ -221,6 +238,7 @@ def use_declarations(directory: str | Path | None) -> list[StreamSpec]:
     from shared.declarations.catalog import declared
 
     for stream in declared(directory):
+        _check_shares(stream)
         existing = _REGISTRY.get(stream.name)
         if existing is not None and existing.declaration is not None:
             if existing.declaration == stream:

@@ -77,6 +77,7 @@ def load_text(text: str, source: str) -> Stream:
         feature_spec=feature_spec(head.device.field, features),
         training=_training(source, decl.training),
         interval_s=head.interval_s,
+        shares=head.shares,
     )
 
 
@@ -253,6 +254,35 @@ def _check_stream(ctx: feats.Context) -> None:
         decl = ctx.field(head.anon_key, "stream.anon_key")
         if decl.pii != "token":
             raise ctx.fail("stream.anon_key", "the anonymized key is a tokenized field")
+    if head.shares is not None:
+        _check_shares(ctx, head.shares)
+
+
+def _check_shares(ctx: feats.Context, name: str) -> None:
+    from shared.declarations.named import SHARED
+
+    shared = SHARED.get(name)
+    if shared is None:
+        raise ctx.fail("stream.shares", f"{name!r} is no shared state; known: {sorted(SHARED)}")
+    device = ctx.fields[ctx.stream.device.field]
+    if (ctx.stream.device.field, device.pii, device.token_kind or shared.field) != (
+        shared.field,
+        "token",
+        shared.token_kind,
+    ):
+        raise ctx.fail(
+            "stream.shares",
+            f"the {name}'s state is kept by its {shared.field}: the device field must be "
+            f'{shared.field} = {{ pii = "token", token_kind = "{shared.token_kind}" }}',
+        )
+    for field, types in shared.reads.items():
+        decl = ctx.fields.get(field)
+        if decl is None or decl.type not in types or not decl.required:
+            raise ctx.fail(
+                "stream.shares",
+                f"the {name}'s state keeps {field}: it must be a required "
+                f"{' or '.join(types)} field",
+            )
 
 
 def _check_episodes(ctx: feats.Context) -> None:

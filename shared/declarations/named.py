@@ -6,14 +6,14 @@ transform may read personal data, since it runs at the edge and yields only a nu
 function computing it today and the key of its result, and a version that enters the
 feature-spec digest: change what a named transform computes and bump its version.
 
-The built-in streams' entries point at their feature code; the declared streams' engine runs
-every one of them (the built-in payments stream's too; the built-in telemetry stream's stages
-still call its code):
+The built-in streams' entries point at their feature code; the engine runs every one of them,
+for the built-in streams' declarations as for an operator's:
 
 - telemetry's have a ``step`` over the device's own state (a slot of numbers);
 - payments' have a ``keyed`` state: one state shared by every stream and device that names
   the same card or driver (kept under ``c:<card token>``, ``d:<driver token>``), or the
-  vehicle's state the telemetry stream keeps (``v:<vehicle token>``), which they only read.
+  vehicle's state the stream sharing it keeps (``v:<vehicle token>``; ``Shared``, the shipped
+  telemetry), which they only read.
   The engine reads each keyed state once per event, computes its transforms together and
   writes the state back (unless it only reads it); the key is the token of the field the
   state is kept by, so a declaration must tokenize that field in the state's namespace
@@ -29,7 +29,16 @@ from typing import Any
 from shared.errors import ConfigError
 from shared.features import payments as pay
 from shared.features import telemetry as tel
-from shared.features.state import CARD, DRIVER, VEHICLE, CardState, DriverState, VehicleState
+from shared.features.guard import fin
+from shared.features.state import (
+    CARD,
+    DRIVER,
+    VEHICLE,
+    CardState,
+    DriverState,
+    VehicleState,
+    VehicleStreamState,
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,8 @@ class Keyed:
     # (its state or None, event, the device's token) -> its next state; None: another stream
     # keeps this state and these transforms only read it.
     update: Callable[[Any, Any, str], Any] | None
-    # The state's type (any other value under the key reads as no state yet).
-    kind: type
+    # The state's types (any other value under the key reads as no state yet).
+    kind: type | tuple[type, ...]
     # Who keeps it, for errors: "the card", "the vehicle's telemetry".
     kept_by: str
 
@@ -187,7 +196,8 @@ DRIVER_STATE = Keyed(
     DriverState,
     "the driver (their usual amounts per category)",
 )
-# The telemetry stream keeps it (shared.features.telemetry); payments only read it.
+# The stream that shares the vehicle's state keeps it (the shipped telemetry); payments only
+# read it. A gateway upgraded in place still holds the telemetry code's VehicleState there.
 VEHICLE_STATE = Keyed(
     "vehicle",
     VEHICLE,
@@ -197,9 +207,53 @@ VEHICLE_STATE = Keyed(
     ("vin",),
     _vehicle_features,
     None,
-    VehicleState,
+    (VehicleStreamState, VehicleState),
     "the vehicle (its last telemetry: position, model, fuel level)",
 )
+
+
+def vehicle_fix(before: Any, event: Any, ts: float) -> tuple[float, float, float, str, float]:
+    """The vehicle's (time, latitude, longitude, model, fuel level) after ``event`` at ``ts``:
+    the position and fuel level of its newest event, the model of its latest, the fuel level
+    clipped to 0-100 %."""
+    fuel = fin(event.fuel_pct, 0.0, 100.0)
+    if before is None or ts >= before.ts:
+        return ts, event.lat, event.lon, event.model, fuel
+    return before.ts, before.lat, before.lon, event.model, before.fuel_pct
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A state a declared stream keeps as its devices' state for other streams' named
+    transforms to read (``[stream] shares = "vehicle"``)."""
+
+    name: str
+    # The state key's prefix: the devices' states live under ``<prefix>:<device token>``.
+    prefix: str
+    # The device field it is kept by, tokenized in this namespace.
+    field: str
+    token_kind: str
+    # Each field it keeps -> the field types it takes.
+    reads: dict[str, tuple[str, ...]]
+    kind: type[VehicleStreamState]
+    # (the device's state before or None, the event, its time) -> the kept values.
+    fix: Callable[[Any, Any, float], tuple[float, float, float, str, float]]
+    read_by: str
+
+
+SHARED = {
+    "vehicle": Shared(
+        "vehicle",
+        VEHICLE,
+        "vin",
+        "vin",
+        {"lat": ("float",), "lon": ("float",), "model": ("str",), "fuel_pct": ("float", "int")},
+        VehicleStreamState,
+        vehicle_fix,
+        "payments' vehicle transforms (distance to the vehicle, age of its fix, fuel against "
+        "the tank)",
+    )
+}
 
 
 def _stateless(fn: Callable[[Any], float]) -> Callable[[Any, float, Any], tuple[float, Any]]:

@@ -66,6 +66,9 @@ class StreamDecl(_Decl, frozen=True, kw_only=True):
     # The devices' usual seconds between events: how long, in seconds, rolling features
     # remember an event (an alert episode's tail). Unset: the trainer measures it in its data.
     interval_s: float | None = None
+    # A state this stream's devices keep for other streams' named transforms to read:
+    # "vehicle" (its last position, model and fuel level, which payments read).
+    shares: str | None = None
 
 
 class FieldDecl(_Decl, frozen=True, kw_only=True):
@@ -179,6 +182,7 @@ class Stream(msgspec.Struct, frozen=True, kw_only=True):
     feature_spec: str
     training: TrainingDecl = TrainingDecl()
     interval_s: float | None = None
+    shares: str | None = None
 
     @property
     def feature_names(self) -> list[str]:

@@ -77,7 +77,20 @@ class StreamState(msgspec.Struct, frozen=True, tag="g", array_like=True):
     slots: tuple[tuple[float, ...] | None, ...]
 
 
-KeyState = VehicleState | CardState | DriverState | StreamState
+class VehicleStreamState(StreamState, frozen=True, tag="t"):
+    """The device state of a declared stream that keeps the vehicle's state for others
+    (``shares = "vehicle"``, the shipped telemetry), under the vehicle's key ``v:<token>``:
+    its features' slots, and the vehicle's last known position, time, model and fuel level,
+    which payments' vehicle transforms read (as they read a ``VehicleState``)."""
+
+    ts: float
+    lat: float
+    lon: float
+    model: str
+    fuel_pct: float
+
+
+KeyState = VehicleState | CardState | DriverState | StreamState | VehicleStreamState
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(KeyState)

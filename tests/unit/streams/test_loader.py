@@ -298,6 +298,17 @@ REFUSALS = [
         'driver = { type = "str", pii = "token" }\nevent_id = { type = "str" }',
         "reefer.toml: fields.event_id: every event carries schema, event_id",
     ),
+    (
+        'cell = ["lat", "lon"]',
+        'cell = ["lat", "lon"]\nshares = "trailer"',
+        "reefer.toml: stream.shares: 'trailer' is no shared state; known: ['vehicle']",
+    ),
+    (
+        'cell = ["lat", "lon"]',
+        'cell = ["lat", "lon"]\nshares = "vehicle"',
+        "reefer.toml: stream.shares: the vehicle's state is kept by its vin: the device field "
+        'must be vin = { pii = "token", token_kind = "vin" }',
+    ),
 ]
 
 
@@ -437,3 +448,50 @@ def test_the_training_defaults_are_declared_and_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(DeclarationError, match=rf"reefer.toml: {key}"):
             load_text(base + f"\n[training]\n{bad}\n", "reefer.toml")
+
+
+VAN = """
+[stream]
+name = "van"
+device = { field = "vin", pattern = "^[A-Z0-9]{17}$" }
+time = { field = "ts", unit = "s" }
+cell = ["lat", "lon"]
+shares = "vehicle"
+
+[fields]
+vin = { type = "str", pii = "token" }
+ts = { type = "float" }
+lat = { type = "float" }
+lon = { type = "float" }
+model = { type = "str" }
+fuel_pct = { type = "float" }
+speed_kmh = { type = "float" }
+
+[features]
+speed_kmh = ["value", "zscore"]
+"""
+
+
+def test_a_stream_sharing_the_vehicles_state_keeps_what_payments_read(tmp_path: Path) -> None:
+    assert load_text(VAN, "van.toml").shares == "vehicle"
+    for old, new in (
+        ('fuel_pct = { type = "float" }', 'fuel_pct = { type = "float", required = false }'),
+        ('model = { type = "str" }', 'model = { type = "int" }'),
+    ):
+        text = _refused(VAN.replace(old, new), tmp_path)
+        field = old.split(" ")[0]
+        assert text.startswith(
+            f"reefer.toml: stream.shares: the vehicle's state keeps {field}: it must be a required"
+        ), text
+
+
+def test_one_stream_keeps_the_vehicles_state(tmp_path: Path) -> None:
+    # The shipped telemetry keeps it: a declared stream keeping it too would overwrite it.
+    from shared import streams
+
+    _write(tmp_path, VAN, "van.toml")
+    with streams.scoped(), pytest.raises(DeclarationError) as info:
+        streams.use_declarations(tmp_path)
+    assert str(info.value).startswith(
+        "van.toml: stream.shares: the vehicle's state is kept by stream 'telemetry' already"
+    ), info.value
