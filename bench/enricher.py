@@ -10,11 +10,11 @@ Targets: enricher >= 20,000 events/s; peak RSS <= 150 MB. Starts its own edge Ka
 ports and stops it.
 
 Then the telemetry frames alone, three times, each through its own enricher: the built-in
-``telemetry`` stream (its hand-written, vectorised feature code); ``telemetry_generic``, a
-declared stream whose declaration is the built-in telemetry one without its named transforms
-(``bench/features.py`` builds it), so the generic transforms compute the same generic features;
-and ``telemetry_whole``, the whole built-in declaration, named transforms too, computing every
-feature the built-in code computes. The same frames are in every stream's raw topic.
+``telemetry`` stream (its shipped declaration in the engine, records in ``anon.telemetry``'s
+shape); ``telemetry_generic``, a declared stream whose declaration is the built-in telemetry one
+without its named transforms (``bench/features.py`` builds it); and ``telemetry_whole``, the
+whole built-in declaration as a declared stream (``AnonRecord``s). The same frames are in every
+stream's raw topic.
 
 ``--against REV`` runs another commit's enricher too (from a git worktree of it, over the same
 backlog, after this tree's), and prints the two side by side: how a change moved the figure,

@@ -1,29 +1,30 @@
-"""The enricher's feature path: declared streams beside the built-in telemetry and payments code.
+"""The enricher's feature path: the built-in streams, declared streams, and (``--against``)
+another commit's built-in streams.
 
 Measures, in one process pinned to one CPU, over the same simulator telemetry frames, the
 CPU seconds per event of:
 
-- **built-in**: ``shared.features.batch.anonymize_batch``, the hand-written telemetry path
-  (vectorised over the batch with numpy), as the enricher runs it for ``telemetry``;
+- **built-in**: ``shared.features.batch.anonymize_batch`` over the built-in ``telemetry``
+  stream, as the enricher runs it: its shipped declaration in the engine, vectorised over the
+  batch, records in ``anon.telemetry``'s shape;
 - **declared**: a declared stream whose declaration is the built-in ``telemetry``
-  declaration with its named transforms left out, so it computes the same generic features
-  the built-in one does, fewer in all: vectorised (``declared_batch``,
-  ``shared/declarations/vector.py``) and event by event (``sequential_batch``, the generic
-  transforms of ``shared/declarations/anonymize.py``);
-- **whole declared**: ``declared_batch`` over the whole built-in ``telemetry`` declaration,
-  named transforms included (``telemetry_whole``): the same 55 features the built-in path
-  computes, each equal to its value (``tests/unit/streams/test_declared_stages.py``).
+  declaration with its named transforms left out (48 generic features): vectorised and event
+  by event (``sequential_batch``, ``shared/declarations/anonymize.py``);
+- **whole declared**: the whole built-in ``telemetry`` declaration as a declared stream
+  (``telemetry_whole``, ``AnonRecord``s);
+- with ``--against REV``: REV's built-in telemetry, from a git worktree of it, in a child
+  process running this file over that code, in turn with the others each round.
 
 Each produces the anon records' bytes (``wire``) and the per-vehicle states, batch by batch,
 with states carried over as the enricher does. Kafka, the vault and decoding are left out.
 
-Then payments: the built-in payments code (``anonymize_batch``, payment by payment) beside the
-whole shipped payments declaration run as a declared stream (``payments_whole``: its named
-transforms keep the card's and the driver's state and read the vehicle's, event by event in
-the engine), over the same payments, each reading the vehicles' states the fleet's telemetry
-left.
+Then payments: the built-in payments stream (its shipped declaration, payment by payment in the
+engine) beside the same declaration run as a declared stream (``payments_whole``), and REV's
+built-in payments with ``--against``, over the same payments, each reading the vehicles' states
+the fleet's telemetry left.
 
     .venv/bin/python bench/features.py [--vehicles 200] [--duration 120] [--batch 5000]
+        [--rounds 3] [--against REV] [--payments-only]
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from shared.declarations.catalog import load_streams  # noqa: E402
 from shared.features.batch import (  # noqa: E402
     BatchResult,
     anonymize_batch,
-    declared_batch,
     sequential_batch,
 )
 from shared.features.state import FeatureState  # noqa: E402
@@ -70,6 +70,7 @@ def generic_telemetry(folder: Path) -> streams.StreamSpec:
     text = (resources.files("shared.declarations") / "builtin" / "telemetry.toml").read_text()
     lines = [line for line in text.splitlines() if "named =" not in line]
     text = "\n".join(lines).replace('name = "telemetry"', 'name = "telemetry_generic"')
+    text = text.replace('shares = "vehicle"', "")
     (folder / "telemetry_generic.toml").write_text(text)
     streams.use_declarations(folder)
     return streams.get("telemetry_generic")
@@ -79,7 +80,9 @@ def whole_telemetry(folder: Path) -> streams.StreamSpec:
     """The built-in telemetry declaration whole, named transforms included, as a declared
     stream (``telemetry_whole``): the same 55 features the built-in code computes."""
     text = (resources.files("shared.declarations") / "builtin" / "telemetry.toml").read_text()
+    # The vehicle's state is the built-in telemetry's to keep.
     text = text.replace('name = "telemetry"', 'name = "telemetry_whole"')
+    text = text.replace('shares = "vehicle"', "")
     (folder / "telemetry_whole.toml").write_text(text)
     streams.use_declarations(folder)
     return streams.get("telemetry_whole")
@@ -144,7 +147,7 @@ def payments(vehicles: int, duration: int, rounds: int, against: str | None = No
             anonymize_batch,
             [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays],
         ),
-        ("declared payments", declared_batch, [(whole, decode(whole.event, p)) for p in pays]),
+        ("declared payments", anonymize_batch, [(whole, decode(whole.event, p)) for p in pays]),
     )
     best: dict[str, float] = {}
     worktree = None
@@ -155,7 +158,7 @@ def payments(vehicles: int, duration: int, rounds: int, against: str | None = No
             for name, spent in payments_best(paths, vehicles_state, 1).items():
                 best[name] = min(best.get(name, spent), spent)
             if worktree is not None:
-                spent = payments_child(worktree, vehicles, duration)
+                spent = child(worktree, "payments", vehicles, duration, 0)
                 name = f"{against} built-in"
                 best[name] = min(best.get(name, spent), spent)
     finally:
@@ -191,22 +194,27 @@ def checkout(rev: str) -> str:
     return where
 
 
-def payments_child(code: str, vehicles: int, duration: int) -> float:
-    """CPU seconds of ``code``'s built-in payments over the same payments (one run)."""
-    argv = [sys.executable, __file__, "--payments-child", "--code", code]
-    argv += ["--vehicles", str(vehicles), "--duration", str(duration)]
+def child(code: str, what: str, vehicles: int, duration: int, batch: int) -> float:
+    """CPU seconds of ``code``'s built-in ``what`` (telemetry or payments) over the same
+    events (one run), in a child process running this file over that code."""
+    argv = [sys.executable, __file__, "--child", what, "--code", code]
+    argv += ["--vehicles", str(vehicles), "--duration", str(duration), "--batch", str(batch)]
     # The child inherits this process's CPU.
     out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600, cwd=code)
     if out.returncode != 0:
-        raise SystemExit(f"payments over {code} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{what} over {code} failed:\n{out.stderr[-3000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def payments_child_main(vehicles: int, duration: int) -> None:
-    pays, vehicles_state = payment_events(vehicles, duration)
-    items = [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays]
-    best = payments_best([("built-in", anonymize_batch, items)], vehicles_state, 1)
-    print(best["built-in"])
+def child_main(what: str, vehicles: int, duration: int, batch: int) -> None:
+    if what == "payments":
+        pays, vehicles_state = payment_events(vehicles, duration)
+        items = [(streams.PAYMENTS, decode(streams.PAYMENTS.event, p)) for p in pays]
+        print(payments_best([("built-in", anonymize_batch, items)], vehicles_state, 1)["built-in"])
+    else:
+        tel = streams.TELEMETRY
+        items = [(tel, decode(tel.event, p)) for p in payloads(vehicles, duration)]
+        print(run(anonymize_batch, items, batch)[0])
 
 
 def payloads(vehicles: int, duration: int) -> list[bytes]:
@@ -234,16 +242,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=5000, help="The enricher's batch_size.")
     ap.add_argument("--rounds", type=int, default=3, help="Runs of each path; best is kept.")
     ap.add_argument(
-        "--against", metavar="REV", help="also run this commit's built-in payments (worktree)"
+        "--against", metavar="REV", help="also run this commit's built-in streams (worktree)"
     )
     ap.add_argument("--payments-only", action="store_true", help="Payments alone.")
-    ap.add_argument("--payments-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["telemetry", "payments"], help=argparse.SUPPRESS)
     ap.add_argument("--code", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpus[-1]})
-    if args.payments_child:
-        payments_child_main(args.vehicles, args.duration)
+    if args.child:
+        child_main(args.child, args.vehicles, args.duration, args.batch)
         return
     if args.payments_only:
         payments(args.vehicles, args.duration, args.rounds, args.against)
@@ -268,15 +276,28 @@ def main() -> None:
     builtin_features = load_streams()["telemetry"].features
     paths = (
         ("built-in (vectorised)", anonymize_batch, ours, f"{len(builtin_features)}"),
-        ("declared (vectorised)", declared_batch, theirs, generic),
-        ("whole declared", declared_batch, all_of_it, f"{len(builtin_features)}, named too"),
+        ("declared (vectorised)", anonymize_batch, theirs, generic),
+        ("whole declared", anonymize_batch, all_of_it, f"{len(builtin_features)}, named too"),
         ("declared (one by one)", sequential_batch, theirs, generic),
     )
     # Rounds take the paths in turn, so a busy spell on the machine costs each path alike.
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name, *_ in paths}
-    for _ in range(args.rounds):
-        for name, path, items, _features in paths:
-            runs[name].append(run(path, items, args.batch))
+    worktree = checkout(args.against) if args.against else None
+    before = f"{args.against} built-in"
+    try:
+        for _ in range(args.rounds):
+            for name, path, items, _features in paths:
+                runs[name].append(run(path, items, args.batch))
+            if worktree is not None:
+                spent = child(worktree, "telemetry", args.vehicles, args.duration, args.batch)
+                runs.setdefault(before, []).append((spent, 0))
+    finally:
+        if worktree is not None:
+            git("worktree", "remove", "--force", worktree)
+    if worktree is not None:
+        spent = min(runs[before])[0]
+        figures[before] = spent
+        print(f"{before:<24} {n / spent:>9,.0f} events/s  {spent / n * 1e6:>7.1f} µs/event")
     for name, _path, _items, features in paths:
         best = min(runs[name])
         figures[name] = best[0]
@@ -290,6 +311,8 @@ def main() -> None:
         f", one by one {base / figures['declared (one by one)']:.2f}x; the whole telemetry "
         f"declaration (named transforms too) {base / figures['whole declared']:.2f}x"
     )
+    if worktree is not None:
+        print(f"built-in telemetry, this tree against {before}: {figures[before] / base:.2f}x")
     payments(args.vehicles, args.duration, args.rounds, args.against)
 
 

@@ -40,7 +40,7 @@ from shared.contracts import decode
 from shared.errors import ContractError
 from shared.features import FeatureState, encode_state
 from shared.features.anonymize import vault_of
-from shared.features.batch import BatchResult, anonymize_batch, declared_batch, runs
+from shared.features.batch import BatchResult, anonymize_batch
 from shared.kafka_config import client_config
 from shared.kafka_read import FETCH_WAIT_MAX_MS, usable
 from shared.kafka_write import produce
@@ -107,7 +107,6 @@ class Enricher:
         if not chosen:
             raise EnricherError("no stream to enrich")
         self._specs = {spec.raw_topic: spec for spec in chosen}
-        self._declared = any(spec.declaration is not None for spec in self._specs.values())
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._watchdog = Watchdog(SERVICE)
@@ -276,16 +275,11 @@ class Enricher:
 
     def _process(self, every: list[tuple[StreamSpec, Any]]) -> int:
         assert self._producer is not None
-        # Declared streams (generic transforms) apart from the built-in ones, each part
-        # reading the states the parts before it left (see ``runs``). The built-in part goes
-        # at once (vectorised): the very records and states that anonymizing event by event
-        # would give.
+        # The whole batch at once (vectorised): the very records and states that anonymizing
+        # event by event would give.
         self._updates = {}
-        for part in runs(every) if self._declared else [every] if every else []:
-            if part[0][0].declaration is not None:
-                self._emit(part, declared_batch(part, self.state, self.tokenizer))
-            else:
-                self._emit(part, anonymize_batch(part, self.state, self.tokenizer))
+        if every:
+            self._emit(every, anonymize_batch(every, self.state, self.tokenizer))
         now = self._clock()
         for spec, event in every[::LATENCY_SAMPLE]:
             self._latency[spec.name].observe(max(0.0, now - spec.event_time(event)))

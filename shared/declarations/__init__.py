@@ -13,8 +13,9 @@ anonymizes and computes features with :mod:`~shared.declarations.vector` (event 
 :mod:`~shared.declarations.anonymize`), the scorer and trainer take the declared features and
 digest. ``fleetsentry streams infer`` drafts a declaration from a recording
 (:mod:`~shared.declarations.infer`). The built-in ``telemetry`` and ``payments`` ship as
-declarations (:func:`builtin`) but still run their hand-written code in ``shared.features``;
-the unit tests hold the two equal. See docs/streams.md.
+declarations (:func:`builtin`), run by the same engine; their records keep their topics'
+shapes (:mod:`~shared.declarations.shapes`), and the unit tests hold them equal to the
+feature code in ``shared.features``. See docs/streams.md.
 """
 
 from shared.declarations.errors import DeclarationError

@@ -46,11 +46,14 @@ from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any
 
+import msgspec
+
 from shared.contracts import SCHEMA_VERSION, AnonRecord
 from shared.declarations import named
 from shared.declarations import transforms as tf
 from shared.declarations.events import event_time
 from shared.declarations.schema import Feature, Stream
+from shared.declarations.shapes import Shape
 from shared.features.geo import cell
 from shared.features.state import KeyState, StreamState, state_key
 from shared.tokens import Tokenizer
@@ -122,8 +125,12 @@ class Plan:
     no keyed state.
     """
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, shape: type[msgspec.Struct] | None = None) -> None:
+        """``shape``: the record type of a built-in stream's topic, when it is not
+        ``AnonRecord`` (see shapes.py): :meth:`run` still gives the ``AnonRecord``, and the
+        callers make it that shape (``self.shape.of``)."""
         self.stream = stream
+        self.shape = Shape(shape, stream) if shape is not None else None
         self.names = stream.feature_names
         # Per feature: its step over the device's slot, or the keyed state computing it.
         self._steps: list[Step | None] = []
@@ -147,6 +154,8 @@ class Plan:
         # is that already goes to them as it is.
         t = stream.time
         self._ts_is_time = t.field == "ts" and t.unit == "s" and stream.fields["ts"].type == "float"
+        # The state its devices keep for other streams (the vehicle's), or None.
+        self.shares = named.SHARED[stream.shares] if stream.shares is not None else None
         dev = stream.fields[stream.device.field]
         self._device_kind = stream.token_kind(stream.device.field) if dev.pii == "token" else None
         key = stream.fields[stream.anon_key]
@@ -165,6 +174,8 @@ class Plan:
         return tok.token(self._device_kind, value) if self._device_kind else value
 
     def state_key(self, device: str) -> str:
+        if self.shares is not None:
+            return state_key(self.shares.prefix, device)
         return state_key(state_kind(self.stream.name), device)
 
     def anonymize(
@@ -185,7 +196,11 @@ class Plan:
         key = self.state_key(device)
         before = state_of(view, key)
         record, after, changed = self._anonymize(event, before, tok, view, device)
-        if before is not None or after.slots.count(None) != len(after.slots):
+        if (
+            before is not None
+            or self.shares is not None
+            or after.slots.count(None) != len(after.slots)
+        ):
             changed[key] = after  # (a stream of stateless features keeps no device state)
         return record, changed
 
@@ -244,6 +259,9 @@ class Plan:
             values=values,
             features=features,
         )
+        if self.shares is not None:
+            fix = self.shares.fix(state if isinstance(state, self.shares.kind) else None, event, ts)
+            return record, self.shares.kind(tuple(slots), *fix), changed
         return record, StreamState(tuple(slots)), changed
 
     def _keyed_outputs(

@@ -31,7 +31,7 @@ from shared.declarations.schema import Feature
 from shared.features.geo import CELL_DEG
 from shared.features.guard import fin_array as _fin
 from shared.features.guard import round3_array
-from shared.features.state import KeyState, StreamState
+from shared.features.state import KeyState, StreamState, state_key
 from shared.tokens import Tokenizer
 
 F64 = NDArray[np.float64]
@@ -82,6 +82,7 @@ class Batch:
         self.ts = self._times()
         self.rounds = Rounds(self.device)
         slots = [state_of(state, plan.state_key(d)) for d in self.rounds.devices]
+        self._before = slots
         # Per feature: the devices' slots as columns (NaN where a device has none yet).
         self.slots = [self._columns(i, slots) for i in range(len(stream.features))]
 
@@ -144,8 +145,9 @@ class Batch:
 
     # --- features -------------------------------------------------------------------------
 
-    def run(self, wire: bool = False) -> tuple[list[Any], dict[str, KeyState]]:
-        """The records (or, with ``wire``, each record's key and bytes) and the states."""
+    def run(self, wire: bool = False) -> tuple[Iterable[Any], dict[str, KeyState]]:
+        """The records (or, with ``wire``, each record's key and bytes, built as they are
+        read) and the states."""
         stream = self.plan.stream
         matrix = np.empty((self.n, len(stream.features)), dtype=np.float64)
         # Features of one stateful step run together, one column each, round by round.
@@ -162,13 +164,58 @@ class Batch:
                 matrix[:, idxs] = self.stateful(step, idxs, xs)
         matrix = round3_array(matrix)
         per_feature = [_slots(column) for column in self.slots]
-        updates: dict[str, KeyState] = {
-            self.plan.state_key(device): StreamState(tuple(slots))
-            for device, slots in zip(
-                self.rounds.devices, zip(*per_feature, strict=True), strict=True
-            )
-        }
+        state_key = self.plan.state_key
+        updates: dict[str, KeyState]
+        if self.plan.shares is None:
+            updates = {
+                state_key(device): StreamState(tuple(slots))
+                for device, slots in zip(
+                    self.rounds.devices, zip(*per_feature, strict=True), strict=True
+                )
+            }
+        else:
+            kind = self.plan.shares.kind
+            updates = {
+                state_key(device): kind(tuple(slots), *fix)
+                for device, slots, fix in zip(
+                    self.rounds.devices,
+                    zip(*per_feature, strict=True),
+                    self._fixes(),
+                    strict=True,
+                )
+            }
+        if self.plan.shape is not None:
+            return self.shaped(matrix, wire), updates
         return (self.wire(matrix) if wire else self.records(matrix)), updates
+
+    def _fixes(self) -> Iterator[tuple[float, float, float, str, float]]:
+        """Each device's kept values after its last event (``Shared.fix`` event after event,
+        over every device at once, round by round): the position and fuel level of its
+        newest event, the model of its latest."""
+        shares = self.plan.shares
+        assert shares is not None and list(shares.reads) == ["lat", "lon", "model", "fuel_pct"]
+        n = len(self.rounds.devices)
+        ts, lat, lon, fuel = (np.full(n, np.nan) for _ in range(4))
+        model: list[Any] = [None] * n
+        for d, before in enumerate(self._before):
+            if isinstance(before, shares.kind):
+                ts[d], lat[d], lon[d] = before.ts, before.lat, before.lon
+                fuel[d], model[d] = before.fuel_pct, before.model
+        e_lat, e_lon = self.column("lat"), self.column("lon")
+        e_fuel = _fin(self.column("fuel_pct"), 0.0, 100.0)
+        e_model = self.raw("model")
+        device_of = self.rounds.device_of
+        for rows in self.rounds.rows:
+            at_d = device_of[rows]
+            at = self.ts[rows]
+            newer = (ts[at_d] != ts[at_d]) | (at >= ts[at_d])
+            ts[at_d] = np.where(newer, at, ts[at_d])
+            lat[at_d] = np.where(newer, e_lat[rows], lat[at_d])
+            lon[at_d] = np.where(newer, e_lon[rows], lon[at_d])
+            fuel[at_d] = np.where(newer, e_fuel[rows], fuel[at_d])
+            for row, dev in zip(rows.tolist(), at_d.tolist(), strict=True):
+                model[dev] = e_model[row]
+        return zip(ts.tolist(), lat.tolist(), lon.tolist(), model, fuel.tolist(), strict=True)
 
     def feature(self, i: int, f: Feature) -> F64:
         p = f.params
@@ -336,7 +383,7 @@ class Batch:
 
     # --- records --------------------------------------------------------------------------
 
-    def _columns_out(self, matrix: F64) -> _Out:
+    def _columns_out(self, matrix: F64, with_values: bool = True) -> _Out:
         """Everything a record holds: per record, in batch order, one at a time.
 
         Lazy on purpose: the per-record tuples and lists live only while their record is
@@ -348,7 +395,8 @@ class Batch:
             (field, self.tokens(kind, self.raw(name))) for name, kind, field in plan._tokens
         ]
         value_cols = [
-            self._rounded(name) if is_float else self.raw(name) for name, is_float in plan._values
+            self._rounded(name) if is_float else self.raw(name)
+            for name, is_float in (plan._values if with_values else ())
         ]
         cells = self._cells() if stream.cell is not None else [None] * n
         if plan._key_kind and (stream.anon_key, plan._key_kind) == (
@@ -449,6 +497,29 @@ class Batch:
             for e, ts, device, key, toks, where, vals, row in out.rows
         ]
 
+    def shaped(self, matrix: F64, wire: bool) -> Iterable[Any]:
+        """The records in the plan's shape (a built-in stream's own record type), or with
+        ``wire`` each one's key and bytes, built from structs that mirror the shape's dicts."""
+        shape = self.plan.shape
+        assert shape is not None
+        out = self._columns_out(matrix, with_values=False)  # the shape takes the event's own
+        kinds = shape_types(self.plan)
+        readings: Iterable[tuple[Any, ...]] = repeat(())
+        if any(source == "readings" for source, _ in shape.sources):
+            cols = [round3_array(_fin(self.column(n))).tolist() for n in shape.readings]
+            readings = zip(*cols, strict=True) if cols else repeat((), self.n)
+        build, encode = kinds.build, _json.encode
+        if wire:  # built as they are read: a batch of them held at once costs megabytes
+            return (
+                (row[3], encode(build(row, reads)))
+                for row, reads in zip(out.rows, readings, strict=False)
+            )
+        kind = shape.kind
+        return [
+            msgspec.json.decode(encode(build(row, reads)), type=kind)
+            for row, reads in zip(out.rows, readings, strict=False)
+        ]
+
     def _rounded(self, name: str) -> list[float | None]:
         """A float field to 3 decimals, as Plan rounds it (None stays None)."""
         col = self.column(name)
@@ -479,6 +550,69 @@ class WireTypes(NamedTuple):
 _json = msgspec.json.Encoder()  # as shared.contracts.encode's
 _WIRE = tuple(f.name for f in msgspec.structs.fields(AnonRecord))
 _wire_types: dict[int, WireTypes] = {}
+
+
+class ShapeTypes(NamedTuple):
+    record: type[msgspec.Struct]
+    features: type[msgspec.Struct]
+    readings: type[msgspec.Struct]
+    # (row, readings) -> the record's mirror (see ``_builder``).
+    build: Any
+
+
+def _builder(
+    sources: list[tuple[str, str]],
+    token_at: dict[str, int],
+    record: type[msgspec.Struct],
+    features: type[msgspec.Struct],
+    readings: type[msgspec.Struct],
+) -> Any:
+    """``(row, readings) -> record``, one expression per shape field, compiled once: a row is
+    ``Batch._columns_out``'s (event, ts, device, key, tokens, cell, values, features)."""
+    assert all(name.isidentifier() for _s, name in sources)
+    parts = []
+    for source, name in sources:
+        if source == "token":
+            parts.append(f"row[4][{token_at[name]}]")
+        elif source == "readings":
+            parts.append("readings_(*reads)")
+        elif name == "schema":
+            parts.append(str(SCHEMA_VERSION))
+        elif name == "ts":
+            parts.append("row[1]")
+        elif name == "cell":
+            parts.append("row[5]")
+        elif name == "features":
+            parts.append("features_(*row[7])")
+        else:  # the event's own (event_id too)
+            parts.append(f"row[0].{name}")
+    space = {"record_": record, "features_": features, "readings_": readings}
+    exec(f"def build(row, reads):\n    return record_({', '.join(parts)})", space)  # noqa: S102
+    return space["build"]
+
+
+_shape_types: dict[int, ShapeTypes] = {}
+
+
+def shape_types(plan: Plan) -> ShapeTypes:
+    """Structs mirroring a plan's record shape, its ``features`` and ``readings`` as structs
+    (msgspec writes a struct's fields in order, as a dict's keys: the same bytes)."""
+    kinds = _shape_types.get(id(plan))
+    if kinds is None:
+        assert plan.shape is not None
+        shape = plan.shape
+        record = msgspec.defstruct("_Shaped", [(n, Any) for _s, n in shape.sources])
+        features = msgspec.defstruct("_Features", [(n, float) for n in plan.names])
+        readings = msgspec.defstruct("_Readings", [(n, float) for n in shape.readings])
+        # Token fields in the order the plan tokenizes them (``Batch._columns_out``).
+        token_at = {field: i for i, (_n, _k, field) in enumerate(plan._tokens)}
+        kinds = _shape_types[id(plan)] = ShapeTypes(
+            record,
+            features,
+            readings,
+            _builder(shape.sources, token_at, record, features, readings),
+        )
+    return kinds
 
 
 def wire_types(plan: Plan) -> WireTypes:
@@ -541,35 +675,158 @@ def anonymize_declared(
     min_vector: int = 8,
     wire: bool = False,
 ) -> tuple[list[Any], dict[str, KeyState]]:
-    """Every ``(spec, event)`` of declared streams in ``items``: their records in order
-    (with ``wire``: each record's key and bytes instead) and the states they change. A stream with fewer than ``min_vector`` events in the batch goes
-    event by event (numpy's per-call cost outweighs what it saves)."""
+    """:func:`anonymize_lazily`, its records in a list."""
+    records, updates = anonymize_lazily(items, state, tok, min_vector, wire)
+    return list(records), updates
+
+
+def anonymize_lazily(
+    items: Sequence[tuple[Any, Any]],
+    state: Any,
+    tok: Tokenizer,
+    min_vector: int = 8,
+    wire: bool = False,
+) -> tuple[Iterator[Any], dict[str, KeyState]]:
+    """Every ``(spec, event)`` of ``items``, any stream: their records in order (with
+    ``wire``: each record's key and bytes instead), in each stream's record shape, and the
+    states they change.
+
+    A stream whose features keep only its devices' own state goes all at once, vectorised (a
+    stream with fewer than ``min_vector`` events in the batch event by event: numpy's per-call
+    cost outweighs what it saves). The events of streams with keyed state (a card's or a
+    driver's, shared across devices and streams) go one by one in batch order, after them:
+    each reads the keyed states every keyed event before it left, and a state another stream
+    shares (the vehicle's) as that stream's events before it in the batch left it.
+    """
     from shared.features.anonymize import plan_of
 
-    groups: dict[int, list[int]] = {}
+    groups = _groups(items)
+    # Per place: its stream's group (None: a keyed event, in ``keyed_out``).
+    group_of: list[int | None] = [None] * len(items)
+    outs: dict[int, Iterator[Any]] = {}
+    keyed_out: dict[int, Any] = {}
+    updates: dict[str, KeyState] = {}
+    plans = {key: plan_of(items[rows[0]][0]) for key, rows in groups.items()}
+    keyed = sorted(j for key, rows in groups.items() if plans[key].keyed for j in rows)
+    shared: _Shared | None = _Shared(state, tok, items, keyed) if keyed else None
+    for key, rows in groups.items():
+        plan: Plan = plans[key]
+        if plan.keyed:
+            continue
+        events = [items[j][1] for j in rows]
+        got, changed = _all_at_once(plan, events, state, tok, min_vector, wire)
+        updates.update(changed)
+        outs[key] = iter(got)
+        for j in rows:
+            group_of[j] = key
+        if shared is not None and plan.shares is not None:
+            shared.kept(plan, rows, events)
+    if shared is not None:
+        own: dict[str, KeyState] = {}
+        for j in keyed:
+            spec, event = items[j]
+            plan = plan_of(spec)
+            view = ChainMap(own, shared.as_of(j, plan, event), state)
+            record, changed = plan.run(event, view, tok)
+            own.update(changed)
+            keyed_out[j] = _out(plan, event, record, wire)
+        updates.update(own)
+
+    def in_order() -> Iterator[Any]:
+        for j, key in enumerate(group_of):
+            yield keyed_out[j] if key is None else next(outs[key])
+
+    return in_order(), updates
+
+
+def _groups(items: Sequence[tuple[Any, Any]]) -> dict[int, list[int]]:
+    """The places of each stream's events, by its spec's id."""
     first = items[0][0] if items else None
     if all(spec is first for spec, _event in items):  # one stream: the common case
-        groups = {id(first): list(range(len(items)))} if items else {}
-    else:
-        for j, (spec, _event) in enumerate(items):
-            groups.setdefault(id(spec), []).append(j)
-    records: list[Any] = [None] * len(items)
-    updates: dict[str, KeyState] = {}
-    for rows in groups.values():
-        plan: Plan = plan_of(items[rows[0]][0])
-        events = [items[j][1] for j in rows]
-        # A stream with keyed state (a card's, shared across devices) goes event by event.
-        if len(rows) >= min_vector and not plan.keyed:
-            try:
-                got, changed = Batch(plan, events, state, tok).run(wire)
-            except (OverflowError, ValueError, TypeError):
-                got, changed = _one_by_one(plan, events, state, tok, wire)
-        else:
-            got, changed = _one_by_one(plan, events, state, tok, wire)
-        updates.update(changed)
-        for j, record in zip(rows, got, strict=True):
-            records[j] = record
-    return records, updates
+        return {id(first): list(range(len(items)))} if items else {}
+    groups: dict[int, list[int]] = {}
+    for j, (spec, _event) in enumerate(items):
+        groups.setdefault(id(spec), []).append(j)
+    return groups
+
+
+def _all_at_once(
+    plan: Plan, events: list[Any], state: Any, tok: Tokenizer, min_vector: int, wire: bool
+) -> tuple[Iterable[Any], dict[str, KeyState]]:
+    """One stream's events vectorised (event by event when they are few, or when numpy will
+    not take a value as a float)."""
+    if len(events) >= min_vector:
+        try:
+            return Batch(plan, events, state, tok).run(wire)
+        except (OverflowError, ValueError, TypeError):
+            pass
+    return _one_by_one(plan, events, state, tok, wire)
+
+
+class _Shared:
+    """The states a stream shares (the vehicle's), as its events in the batch leave them,
+    for the keyed events read at their place in the batch."""
+
+    def __init__(
+        self, state: Any, tok: Tokenizer, items: Sequence[tuple[Any, Any]], keyed: list[int]
+    ) -> None:
+        from shared.features.anonymize import plan_of
+
+        self.state, self.tok = state, tok
+        # (token kind, value) of every shared state the keyed events read: a sharing
+        # stream's events of other devices are of no interest.
+        self.wanted = {
+            (k.token_kind, value)
+            for j in keyed
+            for k in plan_of(items[j][0]).keyed
+            if k.update is None and (value := getattr(items[j][1], k.field)) is not None
+        }
+        # State key -> the sharing stream's events of that device: (place, plan, event).
+        self.events: dict[str, list[tuple[int, Plan, Any]]] = {}
+        # State key -> (events folded so far, the kept values after them).
+        self.done: dict[str, tuple[int, Any]] = {}
+
+    def kept(self, plan: Plan, rows: list[int], events: list[Any]) -> None:
+        assert plan.shares is not None
+        kind, field, wanted = plan.shares.token_kind, plan.shares.field, self.wanted
+        for j, event in zip(rows, events, strict=True):
+            if (kind, getattr(event, field)) in wanted:
+                key = plan.state_key(plan.device(event, self.tok))
+                self.events.setdefault(key, []).append((j, plan, event))
+
+    def as_of(self, place: int, plan: Plan, event: Any) -> dict[str, Any]:
+        """The shared states ``event`` (at ``place``) reads that the batch changed before it."""
+        out: dict[str, Any] = {}
+        for keyed in plan.keyed:
+            if keyed.update is not None:  # the keyed stream's own: read in batch order
+                continue
+            value = getattr(event, keyed.field)
+            if value is None:
+                continue
+            key = state_key(keyed.prefix, self.tok.token(keyed.token_kind, value))
+            kept = self.events.get(key)
+            if not kept:
+                continue
+            folded, fix = self.done.get(key, (0, None))
+            if folded == 0:
+                before = self.state.get(key)
+                fix = before if isinstance(before, keyed.kind) else None
+            while folded < len(kept) and kept[folded][0] < place:
+                _j, sharer, e = kept[folded]
+                assert sharer.shares is not None
+                fix = sharer.shares.kind(
+                    (), *sharer.shares.fix(fix, e, event_time(sharer.stream, e))
+                )
+                folded += 1
+            self.done[key] = (folded, fix)
+            if fix is not None:
+                out[key] = fix
+        return out
+
+
+def _out(plan: Plan, event: Any, record: AnonRecord, wire: bool) -> Any:
+    shaped = record if plan.shape is None else plan.shape.of(event, record)
+    return (record.key, _json.encode(shaped)) if wire else shaped
 
 
 def _one_by_one(
@@ -581,5 +838,5 @@ def _one_by_one(
     for e in events:
         record, updates = plan.run(e, view, tok)
         changed.update(updates)
-        out.append((record.key, _json.encode(record)) if wire else record)
+        out.append(_out(plan, e, record, wire))
     return out, changed

@@ -7,22 +7,17 @@ Kafka transaction as the record; the trainer, right away through :class:`Anonymi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import msgspec
 
 from shared import streams
-from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, Payment, Telemetry, decode
+from shared.contracts import AnonPayment, AnonRecord, AnonTelemetry, decode
 from shared.errors import ContractError, FleetsentryError
-from shared.features import telemetry as tel
-from shared.features.geo import cell
 from shared.features.state import (
-    VEHICLE,
     FeatureState,
     KeyState,
-    VehicleState,
-    state_key,
 )
 from shared.streams import StreamSpec
 from shared.tokens import Tokenizer
@@ -43,86 +38,12 @@ class Anonymized(NamedTuple):
     updates: dict[str, KeyState]
 
 
-def _get(state: Mapping[str, KeyState], key: str, kind: type) -> Any:
-    value = state.get(key)
-    return value if isinstance(value, kind) else None
-
-
-def _telemetry(event: Telemetry, state: Mapping[str, KeyState], tok: Tokenizer) -> Anonymized:
-    vehicle_token = tok.token(VIN, event.vin)
-    key = state_key(VEHICLE, vehicle_token)
-    before: VehicleState | None = _get(state, key, VehicleState)
-    reads, features, after = tel.telemetry_step(event, before)
-    record = AnonTelemetry(
-        event_id=event.event_id,
-        ts=event.ts,
-        vehicle_token=vehicle_token,
-        driver_token=tok.token(DRIVER_ID, event.driver_id),
-        model=event.model,
-        firmware=event.firmware,
-        cell=cell(event.lat, event.lon),
-        readings=reads,
-        features=features,  # telemetry_step rounds as it goes
-    )
-    return Anonymized(record, {key: after})
-
-
-def _payment(event: Payment, state: Mapping[str, KeyState], tok: Tokenizer) -> Anonymized:
-    """The shipped payments declaration, run by the declarations' engine (its named
-    transforms keep the card's and the driver's state and read the vehicle's), in the
-    record shape of ``anon.payments``."""
-    plan = _shipped_plan(streams.PAYMENTS)
-    record, updates = plan.run(event, state, tok)
-    return Anonymized(shaped(streams.PAYMENTS.anon_event, event, record), updates)
-
-
-_shipped: dict[str, Any] = {}
-
-
-def _shipped_plan(spec: StreamSpec) -> Any:
-    """The engine's plan of a built-in stream's shipped declaration (built once)."""
-    plan = _shipped.get(spec.name)
-    if plan is None:
-        from shared.declarations.anonymize import Plan
-        from shared.declarations.loader import builtin
-
-        stream = builtin()[spec.name]
-        leaks = sorted(set(spec.anon_event.__struct_fields__) & stream.pii_fields)
-        if leaks:  # the shape would copy these from the event
-            raise FeatureError(f"stream {spec.name!r}: its record shape names personal {leaks}")
-        plan = _shipped[spec.name] = Plan(stream)
-    return plan
-
-
-def shaped(kind: type[msgspec.Struct], event: Any, record: AnonRecord) -> Any:
-    """``record`` (the engine's) in a built-in stream's own record shape ``kind``: each of
-    its fields by name, from the record's tokens, cell and features, or the event's own
-    value (a field the shape has and the declaration does not make personal data)."""
-    tokens = record.tokens
-    out: dict[str, Any] = {}
-    for name in kind.__struct_fields__:
-        if name in tokens:
-            out[name] = tokens[name]
-        elif name in _RECORD_FIELDS:
-            out[name] = getattr(record, name)
-        else:
-            out[name] = getattr(event, name)
-    return kind(**out)
-
-
-_RECORD_FIELDS = frozenset({"schema", "event_id", "ts", "cell", "features"})
-
-
-_BY_STREAM: dict[str, Callable[[Any, Mapping[str, KeyState], Tokenizer], Anonymized]] = {
-    "telemetry": _telemetry,
-    "payments": _payment,
-}
-
-
 def anonymize(
     spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState], tokenizer: Tokenizer
 ) -> Anonymized:
-    """The anonymized record of ``event`` and the per-key states it changes.
+    """The anonymized record of ``event`` and the per-key states it changes: the stream's
+    declaration run by the declarations' engine (a built-in stream's shipped one), the record
+    in the stream's record shape.
 
     Neither ``event`` nor ``state`` is modified. Apply ``result.updates`` to the state before
     anonymizing the next event of the same vehicle, card or driver.
@@ -131,25 +52,25 @@ def anonymize(
         raise FeatureError(
             f"stream {spec.name!r} takes {spec.event.__name__} events, not {type(event).__name__}"
         )
-    if spec.declaration is not None:
-        return _declared(spec, event, state, tokenizer)
-    fn = _BY_STREAM.get(spec.name)
-    if fn is None:
-        raise FeatureError(f"no anonymizer for stream {spec.name!r}")
-    return fn(event, state, tokenizer)
+    plan = plan_of(spec)
+    record, updates = plan.run(event, state, tokenizer)
+    return Anonymized(record if plan.shape is None else plan.shape.of(event, record), updates)
 
 
 _plans: dict[int, Any] = {}
 
 
 def plan_of(spec: StreamSpec) -> Any:
-    """The generic anonymizer of a declared stream (built once per spec)."""
+    """The engine's plan of a stream (built once per spec): its declaration's, or a built-in
+    stream's shipped one, whose records take the stream's own record shape."""
     from shared.declarations.anonymize import Plan
+    from shared.declarations.loader import builtin
 
+    stream = spec.declaration or builtin()[spec.name]
     plan = _plans.get(id(spec))
-    if plan is None or plan.stream is not spec.declaration:
-        assert spec.declaration is not None
-        plan = _plans[id(spec)] = Plan(spec.declaration)
+    if plan is None or plan.stream is not stream:
+        shape = None if spec.anon_event is AnonRecord else spec.anon_event
+        plan = _plans[id(spec)] = Plan(stream, shape)
     return plan
 
 
@@ -167,13 +88,6 @@ def vault_of(spec: StreamSpec) -> Any:
         items = VaultItems(spec.declaration or builtin()[spec.name])
         cached = _vaults[id(spec)] = (spec.declaration, items)
     return cached[1]
-
-
-def _declared(
-    spec: StreamSpec, event: msgspec.Struct, state: Mapping[str, KeyState], tok: Tokenizer
-) -> Anonymized:
-    record, updates = plan_of(spec).run(event, state, tok)
-    return Anonymized(record, updates)
 
 
 class Anonymizer:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # numpy is imported where vectors are built: the enricher nev
 def _builtin() -> tuple[dict[str, list[str]], dict[str, str]]:
     """The shipped declarations' model features per stream, and their labels: the names,
     order and words are those of ``shared/declarations/builtin/*.toml``, which
-    tests/unit/streams holds equal to what the built-in code computes."""
+    tests/unit/streams holds equal to what the feature code computes."""
     from shared.declarations import builtin  # it imports this package: not at import time
 
     names: dict[str, list[str]] = {}
@@ -34,7 +34,7 @@ def _builtin() -> tuple[dict[str, list[str]], dict[str, str]]:
 
 def model_features(stream: str) -> list[str]:
     """The ordered feature names the model of ``stream`` takes (a fresh list each call): the
-    built-in code's, or a registered declaration's."""
+    shipped declaration's of a built-in stream, or a registered declaration's."""
     return list(_names(stream))
 
 

@@ -1,7 +1,8 @@
 """anonymize_batch gives, byte for byte, what anonymize gives event by event.
 
-The enricher anonymizes whole batches (vectorised); the cloud trainer and the shipped baseline
-models use the scalar code. Any difference in one bit of one feature would be a silent skew
+The enricher anonymizes whole batches (vectorised, payments reading the vehicle's state as of
+their place in the batch); the cloud trainer and the shipped baseline models use the scalar
+path. Any difference in one bit of one feature would be a silent skew
 between training and serving, so these tests compare encoded records and encoded states.
 """
 
@@ -16,8 +17,8 @@ from hypothesis import strategies as st
 
 from shared import streams
 from shared.contracts import Payment, Telemetry, decode, encode
-from shared.features import FeatureState, anonymize, batch, encode_state
-from shared.features.batch import anonymize_batch
+from shared.features import FeatureState, anonymize, encode_state
+from shared.features.batch import anonymize_batch, sequential_batch
 from shared.features.state import KeyState
 from shared.streams import StreamSpec
 from tests.unit.test_features import TOK, payment, telemetry
@@ -90,7 +91,6 @@ def chunk_sizes(total: int, rng: random.Random, top: int) -> list[int]:
 
 
 def test_seeded_fleet_batches_match_event_by_event() -> None:
-    assert batch._WIRE_OK  # the fast path is on (AnonTelemetry's fields are as it expects)
     items = sim_items(seed=5)
     assert sum(1 for s, _ in items if s is streams.PAYMENTS) > 20  # payments interleave
     expect = sequential(items, FeatureState())
@@ -177,3 +177,34 @@ def test_input_is_left_untouched() -> None:
     assert [msgspec.json.encode(e) for e in events] == before
     assert len(state) == 0
     assert isinstance(events[-1], Payment)
+
+
+def test_a_gateway_upgraded_in_place_keeps_its_vehicles_positions_for_payments() -> None:
+    # Its changelog holds the state the telemetry code kept under the vehicle's key (a
+    # VehicleState). Payments read its position, model and fuel level until the vehicle's next
+    # frame; that frame starts the engine's state afresh (rolling features as for a new
+    # vehicle) and keeps the position on.
+    from shared.features import payments as pay
+    from shared.features import telemetry as tel
+    from shared.features.state import VehicleState, VehicleStreamState, state_key
+    from tests.unit.test_features import VIN
+
+    _reads, _features, old = tel.telemetry_step(telemetry(0, lat=51.5, lon=-0.1), None)
+    key = state_key("v", TOK.token("vin", VIN))
+    state = FeatureState({key: old})
+    paid = payment(0, ts=1_700_000_030.0, lat=51.6, lon=-0.1)
+    features = anonymize(streams.PAYMENTS, paid, state, TOK).record.features
+    by_code = pay.position_features(paid, old)
+    for name in ("vehicle_known", "vehicle_distance_km", "vehicle_fix_age_s"):
+        assert features[name] == round(by_code[name], 3), name
+    assert features["vehicle_known"] == 1.0 and features["vehicle_distance_km"] > 10
+    frame = telemetry(40, lat=51.7, lon=-0.2)
+    # With other vehicles' frames: vectorised, as the enricher runs it, and one by one.
+    others = [telemetry(i, vin=f"VIN{i:014d}") for i in range(10)]
+    items = [(streams.TELEMETRY, e) for e in [frame, *others]]
+    fresh = list(anonymize_batch(items, FeatureState(), TOK).wire)
+    assert list(anonymize_batch(items, state, TOK).wire) == fresh  # as a vehicle's first frame
+    assert list(sequential_batch(items, state, TOK).wire) == fresh
+    after = anonymize(streams.TELEMETRY, frame, state, TOK).updates[key]
+    assert isinstance(after, VehicleStreamState) and not isinstance(after, VehicleState)
+    assert (after.lat, after.lon, after.model) == (51.7, -0.2, frame.model)
