@@ -130,7 +130,7 @@ def test_restarts_back_off_from_1_to_30_s_and_reset_after_a_healthy_run() -> Non
     keeper = Keeper("a failing child", [sys.executable, "-c", "raise SystemExit(3)"])
     now = 0.0
     keeper.check(now)  # started
-    delays = []
+    delays: list[float] = []
     for _ in range(7):
         assert keeper.proc is not None
         keeper.proc.wait()
