@@ -11,6 +11,7 @@ holding every device's ``r``-th event of the batch; the rest runs over the whole
 from __future__ import annotations
 
 import math
+import weakref
 from collections import ChainMap
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
@@ -549,7 +550,8 @@ class WireTypes(NamedTuple):
 
 _json = msgspec.json.Encoder()  # as shared.contracts.encode's
 _WIRE = tuple(f.name for f in msgspec.structs.fields(AnonRecord))
-_wire_types: dict[int, WireTypes] = {}
+# By plan, for as long as the plan lives (a plan made later may take a freed one's id).
+_wire_types: weakref.WeakKeyDictionary[Plan, WireTypes] = weakref.WeakKeyDictionary()
 
 
 class ShapeTypes(NamedTuple):
@@ -591,13 +593,13 @@ def _builder(
     return space["build"]
 
 
-_shape_types: dict[int, ShapeTypes] = {}
+_shape_types: weakref.WeakKeyDictionary[Plan, ShapeTypes] = weakref.WeakKeyDictionary()
 
 
 def shape_types(plan: Plan) -> ShapeTypes:
     """Structs mirroring a plan's record shape, its ``features`` and ``readings`` as structs
     (msgspec writes a struct's fields in order, as a dict's keys: the same bytes)."""
-    kinds = _shape_types.get(id(plan))
+    kinds = _shape_types.get(plan)
     if kinds is None:
         assert plan.shape is not None
         shape = plan.shape
@@ -606,7 +608,7 @@ def shape_types(plan: Plan) -> ShapeTypes:
         readings = msgspec.defstruct("_Readings", [(n, float) for n in shape.readings])
         # Token fields in the order the plan tokenizes them (``Batch._columns_out``).
         token_at = {field: i for i, (_n, _k, field) in enumerate(plan._tokens)}
-        kinds = _shape_types[id(plan)] = ShapeTypes(
+        kinds = _shape_types[plan] = ShapeTypes(
             record,
             features,
             readings,
@@ -616,9 +618,9 @@ def shape_types(plan: Plan) -> ShapeTypes:
 
 
 def wire_types(plan: Plan) -> WireTypes:
-    kinds = _wire_types.get(id(plan))
+    kinds = _wire_types.get(plan)
     if kinds is None:
-        kinds = _wire_types[id(plan)] = WireTypes(
+        kinds = _wire_types[plan] = WireTypes(
             msgspec.defstruct("_Wire", [(n, Any) for n in _WIRE]),
             msgspec.defstruct(
                 "_Tokens", [(f, Any, None) for _n, _k, f in plan._tokens], omit_defaults=True

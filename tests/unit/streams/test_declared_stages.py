@@ -616,3 +616,27 @@ def test_a_named_transform_reads_numbers_where_it_computes_with_them(
         load_streams(tmp_path)
     assert "cold.toml" in str(info.value) and "features.hot" in str(info.value)
     assert refused in str(info.value)
+
+
+def test_a_new_plan_never_takes_the_record_types_of_a_plan_gone_before_it() -> None:
+    # A declaration reloaded with other features gets a new plan; the old one is freed, and
+    # Python may give the new one the old one's id. Its records must carry its own fields.
+    from shared.declarations.anonymize import Plan
+
+    a, b = (
+        load_text(COLD, "cold.toml"),
+        load_text(COLD.replace('kw = ["value", "zscore"]\n', ""), "c.toml"),
+    )
+    assert a.feature_names != b.feature_names
+    for _ in range(200):
+        old = Plan(a)
+        vector.wire_types(old)
+        seen = id(old)
+        del old
+        new = Plan(b)
+        if id(new) == seen:
+            break
+    else:
+        pytest.skip("no plan took a freed plan's id in 200 tries")
+    fields = msgspec.structs.fields(vector.wire_types(new).features)
+    assert [f.name for f in fields] == new.names
