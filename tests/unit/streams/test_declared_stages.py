@@ -628,15 +628,14 @@ def test_a_new_plan_never_takes_the_record_types_of_a_plan_gone_before_it() -> N
         load_text(COLD.replace('kw = ["value", "zscore"]\n', ""), "c.toml"),
     )
     assert a.feature_names != b.feature_names
-    for _ in range(200):
+    reused = 0
+    for _ in range(50):
         old = Plan(a)
         vector.wire_types(old)
         seen = id(old)
         del old
         new = Plan(b)
-        if id(new) == seen:
-            break
-    else:
-        pytest.skip("no plan took a freed plan's id in 200 tries")
-    fields = msgspec.structs.fields(vector.wire_types(new).features)
-    assert [f.name for f in fields] == new.names
+        reused += id(new) == seen
+        fields = msgspec.structs.fields(vector.wire_types(new).features)
+        assert [f.name for f in fields] == new.names
+    assert reused  # (CPython hands a freed object's memory to the next one of its size)
