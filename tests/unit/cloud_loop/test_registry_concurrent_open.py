@@ -81,7 +81,10 @@ def _open_in_process(root: Path, barrier: ProcessBarrier, results: multiprocessi
 
 
 def test_processes_racing_on_a_fresh_registry_all_start(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    # Not fork: a pytest worker may hold other tests' threads (a Kafka client's), whose locks a
+    # forked child would inherit held. The fork server is a fresh process, this module loaded.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     openers = 3
     failures = {}
     for i in range(PROCESS_ROUNDS):
