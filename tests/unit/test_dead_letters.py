@@ -139,7 +139,11 @@ def _load_key(path: str) -> str:
 
 def test_services_starting_together_create_the_key_file_once(tmp_path: Path) -> None:
     # The bridge, the enricher and the scorer all create the key files when they are missing.
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    # Not fork: a pytest worker may hold other tests' threads (a Kafka client's), whose locks a
+    # forked child would inherit held. The fork server is a fresh process, this module loaded.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with ctx.Pool(4) as pool:
         for i in range(20):
             keys = set(pool.map(_load_key, [str(tmp_path / f"k{i}")] * 8))
             assert len(keys) == 1 and not next(iter(keys)).startswith("error"), keys
