@@ -31,7 +31,7 @@ from confluent_kafka import (
 
 from shared import topics
 from shared.infra import jars
-from shared.infra.ports import free_ports
+from shared.infra.ports import free_ports, is_free, port_range
 from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import Target, client_config
 from tests.bridge_payloads import encode, telemetry
@@ -55,6 +55,34 @@ def free_infra_settings(home: Path, cloud_nodes: int = 3) -> InfraSettings:
         cloud_controller_ports=p[3 + cloud_nodes :],
         kafka_heap="384m",
     )
+
+
+def planned_ports(settings: InfraSettings) -> set[int]:
+    """The ports ``settings`` plan for the stack (free until it binds them)."""
+    return {
+        settings.edge_port,
+        settings.edge_controller_port,
+        settings.mqtt_port,
+        *settings.cloud_ports,
+        *settings.cloud_controller_ports,
+    }
+
+
+def free_metrics_base(planned: set[int], services: int) -> int:
+    """A metrics base port with base + 0 .. services - 1 all free, in this worker's port slice
+    (another worker's may take a port past it), and none of them one of the ports
+    ``planned`` for the stack: those are not bound yet, so they look free."""
+    high = port_range()[1]
+    for _ in range(200):
+        base = free_ports(1)[0]
+        span = range(base, base + services)
+        if (
+            span[-1] < high
+            and planned.isdisjoint(span)
+            and all(is_free("127.0.0.1", port) for port in span[1:])
+        ):
+            return base
+    raise AssertionError(f"no {services} free consecutive ports for the metrics")
 
 
 def kafka_table(target: Target) -> dict[str, object]:

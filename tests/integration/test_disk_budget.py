@@ -26,11 +26,18 @@ from confluent_kafka import Consumer, TopicPartition
 from edge import config as edge_config
 from edge import disk
 from shared import topics
-from shared.infra.ports import free_ports, is_free
 from shared.infra.stack import Stack
 from shared.kafka_config import ADMIN_USER, Target, client_config
 from tests.edge_pipeline import EdgePipeline
-from tests.support import AnonTail, Fleet, free_infra_settings, settle, tmpfs
+from tests.support import (
+    AnonTail,
+    Fleet,
+    free_infra_settings,
+    free_metrics_base,
+    planned_ports,
+    settle,
+    tmpfs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -110,15 +117,6 @@ def publish(fleet: Fleet, tail: AnonTail, schedule: list[str]) -> set[str]:
     return fleet.acked(last=1000)
 
 
-def free_base_port() -> int:
-    """A metrics base port with base + 0..3 (bridge, enricher, scorer, agent) all free."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + 3 <= 65535 and all(is_free("127.0.0.1", base + i) for i in range(1, 4)):
-            return base
-    raise AssertionError("no four free consecutive ports for the metrics")
-
-
 def partition_bytes(log_dir: Path, topic: str) -> dict[int, int]:
     return {
         int(d.name.rsplit("-", 1)[1]): disk.tree_bytes([d])
@@ -171,7 +169,8 @@ def test_kafka_keeps_running_on_a_full_disk_and_nothing_acknowledged_is_lost(
     node_dir.mkdir(parents=True)
     (node_dir / "data").symlink_to(kafka_dir)
     schedule: list[str] = []
-    gateway = SmallDiskGateway(stack, tmp_path / "gw", small_disk, free_base_port())
+    metrics = free_metrics_base(planned_ports(settings), 4)  # bridge, enricher, scorer, agent
+    gateway = SmallDiskGateway(stack, tmp_path / "gw", small_disk, metrics)
     try:
         stack.up(services=frozenset({"edge", "mqtt"}))
         gateway.start(timeout=150)
