@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench._procstat import peak_rss_mb  # noqa: E402
+from bench._worktree import checkout, git, remove  # noqa: E402
 from shared import streams, topics  # noqa: E402
 from shared.infra.stack import Stack  # noqa: E402
 from shared.infra.topics_admin import ensure_topics  # noqa: E402
@@ -317,7 +318,7 @@ def main() -> None:
         finally:
             stack.down()
             if worktree is not None:
-                git("worktree", "remove", "--force", str(worktree))
+                remove(worktree)
     report = {
         "bench": "enricher",
         "events": total,
@@ -380,21 +381,6 @@ def fresh_changelog(admin: AdminClient, login: Target) -> None:
             raise SystemExit(f"{topics.ENRICHER_STATE} was not deleted within 60 s")
         time.sleep(0.5)
     ensure_topics(login, "edge", replication_factor=1)
-
-
-def git(*args: str, cwd: Path = ROOT) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"git {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout.strip()
-
-
-def checkout(rev: str, where: Path) -> Path:
-    """A worktree of ``rev`` at ``where`` (this repository's objects; nothing to install: the
-    child puts the worktree first on its path)."""
-    print(f"checking out {rev} ...", file=sys.stderr)
-    git("worktree", "add", "--detach", str(where), rev)
-    return where
 
 
 def child_main() -> None:

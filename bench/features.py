@@ -153,6 +153,8 @@ def payments(vehicles: int, duration: int, rounds: int, against: str | None = No
     worktree = None
     try:
         if against is not None:
+            from bench._worktree import checkout, remove
+
             worktree = checkout(against)
         for _ in range(rounds):
             for name, spent in payments_best(paths, vehicles_state, 1).items():
@@ -163,7 +165,7 @@ def payments(vehicles: int, duration: int, rounds: int, against: str | None = No
                 best[name] = min(best.get(name, spent), spent)
     finally:
         if worktree is not None:
-            git("worktree", "remove", "--force", worktree)
+            remove(worktree)
     n = len(pays)
     print(
         f"\n{n} payments of the same vehicles, one batch, each path reading their vehicles' state"
@@ -177,27 +179,10 @@ def payments(vehicles: int, duration: int, rounds: int, against: str | None = No
         print(f"built-in payments, this tree against {against}: {other:.2f}x its speed")
 
 
-def git(*args: str, cwd: str | None = None) -> str:
-    out = subprocess.run(
-        ["git", *args], cwd=cwd or ROOT, capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"git {' '.join(args)}: {out.stderr.strip()}")
-    return out.stdout.strip()
-
-
-def checkout(rev: str) -> str:
-    """A worktree of ``rev`` (this repository's objects) in a new temporary directory."""
-    where = tempfile.mkdtemp(prefix="fleetsentry-features-")
-    os.rmdir(where)
-    git("worktree", "add", "--detach", where, rev)
-    return where
-
-
-def child(code: str, what: str, vehicles: int, duration: int, batch: int) -> float:
+def child(code: Path, what: str, vehicles: int, duration: int, batch: int) -> float:
     """CPU seconds of ``code``'s built-in ``what`` (telemetry or payments) over the same
     events (one run), in a child process running this file over that code."""
-    argv = [sys.executable, __file__, "--child", what, "--code", code]
+    argv = [sys.executable, __file__, "--child", what, "--code", str(code)]
     argv += ["--vehicles", str(vehicles), "--duration", str(duration), "--batch", str(batch)]
     # The child inherits this process's CPU.
     out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600, cwd=code)
@@ -282,7 +267,11 @@ def main() -> None:
     )
     # Rounds take the paths in turn, so a busy spell on the machine costs each path alike.
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name, *_ in paths}
-    worktree = checkout(args.against) if args.against else None
+    worktree = None
+    if args.against:
+        from bench._worktree import checkout, remove
+
+        worktree = checkout(args.against)
     before = f"{args.against} built-in"
     try:
         for _ in range(args.rounds):
@@ -293,7 +282,7 @@ def main() -> None:
                 runs.setdefault(before, []).append((spent, 0))
     finally:
         if worktree is not None:
-            git("worktree", "remove", "--force", worktree)
+            remove(worktree)
     if worktree is not None:
         spent = min(runs[before])[0]
         figures[before] = spent
