@@ -710,7 +710,7 @@ def anonymize_lazily(
     updates: dict[str, KeyState] = {}
     plans = {key: plan_of(items[rows[0]][0]) for key, rows in groups.items()}
     keyed = sorted(j for key, rows in groups.items() if plans[key].keyed for j in rows)
-    shared: _Shared | None = _Shared(state, tok, items, keyed) if keyed else None
+    shared: _Shared | None = _Shared(state, tok, items, keyed, plans) if keyed else None
     for key, rows in groups.items():
         plan: Plan = plans[key]
         if plan.keyed:
@@ -727,7 +727,7 @@ def anonymize_lazily(
         own: dict[str, KeyState] = {}
         for j in keyed:
             spec, event = items[j]
-            plan = plan_of(spec)
+            plan = plans[id(spec)]
             view = ChainMap(own, shared.as_of(j, plan, event), state)
             record, changed = plan.run(event, view, tok)
             own.update(changed)
@@ -770,17 +770,20 @@ class _Shared:
     for the keyed events read at their place in the batch."""
 
     def __init__(
-        self, state: Any, tok: Tokenizer, items: Sequence[tuple[Any, Any]], keyed: list[int]
+        self,
+        state: Any,
+        tok: Tokenizer,
+        items: Sequence[tuple[Any, Any]],
+        keyed: list[int],
+        plans: dict[int, Plan],
     ) -> None:
-        from shared.features.anonymize import plan_of
-
         self.state, self.tok = state, tok
         # (token kind, value) of every shared state the keyed events read: a sharing
         # stream's events of other devices are of no interest.
         self.wanted = {
             (k.token_kind, value)
             for j in keyed
-            for k in plan_of(items[j][0]).keyed
+            for k in plans[id(items[j][0])].keyed
             if k.update is None and (value := getattr(items[j][1], k.field)) is not None
         }
         # State key -> the sharing stream's events of that device: (place, plan, event).
