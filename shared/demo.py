@@ -183,6 +183,22 @@ def _behind(gateways: list[Gateway]) -> dict[str, int]:
     return out
 
 
+def _heal(gateways: list[Gateway], started: float) -> None:
+    """Restart a gateway's MirrorMaker whose task Connect killed (``Mirror.heal``): that
+    task's partitions would never cross again."""
+    for gw in gateways:
+        try:
+            failed = gw.mirror.heal()
+        except Exception as exc:  # noqa: BLE001 - the demo goes on; the summary shows the lag
+            click.echo(f"{gw.edge_id}'s MirrorMaker could not be restarted: {exc}")
+            continue
+        for name, error in failed.items():
+            click.echo(
+                f"[{time.monotonic() - started:5.0f}s] {gw.edge_id}'s MirrorMaker: {name} "
+                f"failed ({error or 'no reason given'}); MirrorMaker restarted"
+            )
+
+
 def _summary(gateways: list[Gateway], cloud_bootstrap: Target, started: float) -> str:
     lines = [f"--- {time.monotonic() - started:5.0f}s ---"]
     specs = streams.all_streams()
@@ -248,6 +264,7 @@ def _follow(
         for line in watcher.poll():
             click.echo(line)
         if time.monotonic() >= next_summary:
+            _heal(gws, started)
             click.echo(_summary(gws, cloud_bootstrap, started))
             next_summary = time.monotonic() + interval
     failed = [gw.edge_id for gw, p in zip(gws, sims, strict=True) if p.returncode]
@@ -263,6 +280,7 @@ def _follow(
         _stop_if_asked()
         for line in watcher.poll():
             click.echo(line)
+        _heal(gws, started)
         behind = _behind(gws)
         if behind and not lagged:
             lag = ", ".join(f"{edge} {n:,} offsets behind" for edge, n in behind.items())

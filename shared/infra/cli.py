@@ -12,6 +12,7 @@ import click
 from shared import config
 from shared.errors import ConfigError
 from shared.infra import quota
+from shared.infra.mirror import HEAL_GRACE_S
 from shared.infra.stack import InfraSettings, Stack
 
 # Settings an operator may set from the environment (explicit, not every field).
@@ -270,3 +271,25 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
             f"Edge Kafka credentials (SASL/SCRAM users {', '.join(edge['users'])}): "
             f"{edge['credentials_file']}"
         )
+
+
+@mirror.command("heal")
+@_mirror_options
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=HEAL_GRACE_S,
+    show_default=True,
+    help="Leave a MirrorMaker started less than this many seconds ago alone.",
+)
+def mirror_heal(edge_id: str, edge_bootstrap: str | None, grace: float, **options: Any) -> None:
+    """Restart the gateway's MirrorMaker if Connect has killed one of its tasks.
+
+    Connect never restarts a task it killed on an error it does not retry, and the process
+    runs on: the partitions that task copied stay behind for good. Exactly-once makes the
+    restart safe. Run it now and then (the demo does, every summary)."""
+    mm = Stack(settings_from(options), quiet=True).mirror(edge_id, edge_bootstrap, provision=False)
+    failed = mm.heal(grace)
+    for name, error in sorted(failed.items()):
+        click.echo(f"{name} had failed: {error or 'no reason given'}")
+    click.echo(f"{edge_id}: MirrorMaker restarted." if failed else f"{edge_id}: nothing to heal.")

@@ -50,6 +50,8 @@ TRANSACTION_INTERVAL_MS = 1000
 CLOUD_COMPRESSION = "zstd"
 # An alias ends up in topic names and consumer group ids: keep it to safe characters, and
 # without dots, because the replication policy splits topic names on dots.
+# The least time between two restarts of a MirrorMaker whose task Connect killed (heal()).
+HEAL_GRACE_S = 60.0
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 MIRROR_LOGGERS = {
@@ -290,12 +292,10 @@ class Mirror:
                 f"MirrorMaker for {self.edge_id} is not running; see {self.log_dir}\n{tail}"
             )
 
-    def task_states(self, timeout: float = 5.0) -> dict[str, str]:
-        """``"<flow>/<connector or task>" -> state`` read from both Connect status topics.
-
-        Empty for a flow whose target cluster is unreachable.
-        """
-        out: dict[str, str] = {}
+    def _statuses(self, timeout: float) -> dict[str, dict[str, Any]]:
+        """``"<flow>/<connector or task>" -> status`` (its state, trace, worker...) read from
+        both Connect status topics; nothing for a flow whose target cluster is unreachable."""
+        out: dict[str, dict[str, Any]] = {}
         flows = ((self.edge_id, CLOUD_ALIAS, self.cloud), (CLOUD_ALIAS, self.edge_id, self.edge))
         for src, dst, bootstrap in flows:
             topic = f"mm2-status.{src}.internal"
@@ -303,12 +303,48 @@ class Mirror:
                 if value is None or not key.startswith(("status-task-", "status-connector-")):
                     continue
                 try:
-                    state = json.loads(value).get("state")
-                except (ValueError, AttributeError):
+                    status = json.loads(value)
+                except ValueError:
                     continue
-                if state:
-                    out[f"{src}->{dst}/{key.split('-', 1)[1]}"] = str(state)
+                if isinstance(status, dict) and status.get("state"):
+                    out[f"{src}->{dst}/{key.split('-', 1)[1]}"] = status
         return out
+
+    def task_states(self, timeout: float = 5.0) -> dict[str, str]:
+        """``"<flow>/<connector or task>" -> state`` read from both Connect status topics.
+
+        Empty for a flow whose target cluster is unreachable.
+        """
+        return {name: str(s["state"]) for name, s in self._statuses(timeout).items()}
+
+    def failed_tasks(self, timeout: float = 5.0) -> dict[str, str]:
+        """The source connectors and tasks Connect has killed -> the first line of the error.
+
+        Connect does not restart them (nor does MirrorMaker's dedicated mode offer its REST
+        call to): the process runs on while the partitions a dead task copied stay behind."""
+        return {
+            name: str(s.get("trace") or "").strip().split("\n", 1)[0]
+            for name, s in self._statuses(timeout).items()
+            if "/connector-MirrorSource" in name or "/task-MirrorSource" in name
+            if s["state"] == "FAILED"
+        }
+
+    def heal(self, grace_s: float = HEAL_GRACE_S) -> dict[str, str]:
+        """Restart MirrorMaker when Connect has killed one of its source connectors or tasks;
+        returns what had failed ({}: nothing was done). Exactly-once makes the restart safe:
+        the new tasks resume from the offsets committed with the records.
+
+        A MirrorMaker started less than ``grace_s`` ago is left alone: its tasks' states are
+        the last process's until the new ones report, and a task that fails again is retried
+        no more often than this."""
+        pid = self.pid()
+        if pid is None or time.time() - self.pid_file.stat().st_mtime < grace_s:
+            return {}
+        failed = self.failed_tasks()
+        if failed:
+            self.stop()
+            self.start()
+        return failed
 
     def healthy(self) -> bool:
         """Running, REST listening, and the source connectors of both flows RUNNING."""

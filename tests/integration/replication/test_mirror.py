@@ -10,10 +10,18 @@ from collections.abc import Iterable
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from shared import contracts, topics
 from shared.infra import jars
+from shared.infra.acls import ensure_acls, gateway_acls, gateway_user
 from shared.infra.mirror import TRANSACTION_INTERVAL_MS, Mirror
 from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings, Target, client_config
@@ -362,3 +370,69 @@ class _Reader:
             if len(done) == len(self.parts):
                 break
         return self.got
+
+
+def _gateway_write(edge_id: str) -> AclBindingFilter:
+    """The gateway's permission to write its prefixed topics in the cloud."""
+    return AclBindingFilter(
+        ResourceType.TOPIC,
+        f"{edge_id}.",
+        ResourcePatternType.PREFIXED,
+        f"User:{gateway_user(edge_id)}",
+        "*",
+        AclOperation.WRITE,
+        AclPermissionType.ALLOW,
+    )
+
+
+def _wait_failed(mirror: Mirror, timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        failed = mirror.failed_tasks()
+        if failed:
+            return failed
+        time.sleep(1)
+    return {}
+
+
+@pytest.mark.timeout(600)
+def test_a_task_connect_killed_is_restarted_and_its_records_arrive_exactly_once(
+    mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings
+) -> None:
+    """Connect kills a task for good on an error it does not retry, and the process lives on,
+    so the partitions that task copied never cross again; seen here when the gateway's write
+    permission in the cloud is withdrawn for a while, and in the field when Connect's own
+    exactly-once commit trips ("OffsetStorageWriter is already flushing").
+
+    Restoring the permission brings nothing back; ``heal()`` restarts MirrorMaker, and what
+    was produced meanwhile arrives, exactly once."""
+    admin = AdminClient(client_config(cloud_kafka))
+    for fut in admin.delete_acls([_gateway_write(mirror.edge_id)]).values():
+        assert fut.result(30), "the gateway's write permission was not there to withdraw"
+    ids = [str(uuid.uuid4()) for _ in range(2000)]
+    now = time.time()
+    _produce_in_transactions(
+        _transactional(edge_kafka), topics.ANON_TELEMETRY, ((i, _score(i, now)) for i in ids)
+    )
+    try:
+        failed = _wait_failed(mirror, 180)
+        assert failed, f"no task failed: {mirror.task_states()}"
+    finally:
+        ensure_acls(cloud_kafka, gateway_acls(mirror.edge_id))
+    pid = mirror.pid()
+    time.sleep(20)  # the permission is back, the process runs: the task stays dead
+    assert mirror.pid() == pid
+    assert mirror.failed_tasks(), "the task came back by itself"
+    assert set(mirror.heal(grace_s=0)) == set(failed)
+    assert mirror.pid() not in (None, pid), "MirrorMaker was not restarted"
+    assert mirror.heal() == {}, "a second look right after a restart restarts nothing"
+    target = mirror.cloud_topic(topics.ANON_TELEMETRY)
+    with _Reader(cloud_kafka, target) as reader:
+        reader.read_until(set(ids), timeout=240)
+        mirror.wait_healthy(120)
+        got = reader.read_to_end(timeout=60)
+    missing = set(ids) - set(got)
+    assert not missing, f"{len(missing)} of {len(ids)} records never arrived"
+    dups = {k: v for k, v in got.items() if v > 1 and k in set(ids)}
+    assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
+    assert mirror.failed_tasks() == {}
