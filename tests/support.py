@@ -31,6 +31,7 @@ from confluent_kafka import (
 
 from shared import topics
 from shared.infra import jars
+from shared.infra.mirror import Mirror
 from shared.infra.ports import free_ports, is_free, port_range
 from shared.infra.stack import InfraSettings, Stack
 from shared.kafka_config import Target, client_config
@@ -395,3 +396,32 @@ def refusing_large_records(bootstrap: Target, topic: str, max_bytes: int = 256) 
     finally:
         alter(AlterConfigOpType.DELETE)
         time.sleep(1.0)
+
+
+@contextmanager
+def mirrors_healed(mirrors: Iterable[Mirror], interval: float = 10.0) -> Iterator[list[str]]:
+    """While in the block, restart any of ``mirrors`` whose task Connect killed
+    (``Mirror.heal``), as the demo does; yields the list of what was healed (printed too)."""
+    healed: list[str] = []
+    done = threading.Event()
+    watched = list(mirrors)
+
+    def watch() -> None:
+        while not done.wait(interval):
+            for mm in watched:
+                try:
+                    failed = mm.heal()
+                except Exception as exc:  # noqa: BLE001 - the test's own checks judge the run
+                    print(f"{mm.edge_id}'s MirrorMaker could not be healed: {exc}")
+                    continue
+                for name, error in failed.items():
+                    print(f"{mm.edge_id}'s MirrorMaker restarted: {name} had failed ({error})")
+                    healed.append(f"{mm.edge_id}: {name}")
+
+    t = threading.Thread(target=watch, name="mirrors-healed", daemon=True)
+    t.start()
+    try:
+        yield healed
+    finally:
+        done.set()
+        t.join(60)

@@ -64,7 +64,7 @@ from tests.browser_support import chromium, cloud_run, cloud_toml, promote, shot
 from tests.edge_pipeline import EdgePipeline
 from tests.paced_fleet import FastFleet
 from tests.score_collector import Collector
-from tests.support import consume_all, free_infra_settings, produce_all
+from tests.support import consume_all, free_infra_settings, mirrors_healed, produce_all
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,8 @@ def gateways(
             started.append(gw.pipeline)
         for gw in gws:
             gw.mirror.wait_healthy(240)
-        yield gws
+        with mirrors_healed(gw.mirror for gw in gws):
+            yield gws
     finally:
         for thing in reversed(started):
             thing.stop()

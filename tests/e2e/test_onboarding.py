@@ -35,6 +35,7 @@ from shared.kafka_config import ADMIN_USER, KafkaSettings, Target
 from tests.bridge_support import read_topic
 from tests.browser_support import cloud_toml
 from tests.edge_pipeline import ROOT, EdgePipeline
+from tests.support import mirrors_healed
 
 pytestmark = pytest.mark.integration
 
@@ -217,16 +218,18 @@ def test_the_documented_walkthrough_onboards_a_fleet_the_simulator_never_made(
     gateway.start()
     try:
         mirror.wait_healthy(240)
-        # Deploy: the signed champion travels registry -> cloud models -> MirrorMaker -> agent.
-        _run(COMMANDS[5], work, values)
-        _wait_active(gateway, stack, "trucks")
-        # Live: the recording replayed as the trucks, each its own MQTT session.
-        _run(COMMANDS[6], work, values)
-        _run(COMMANDS[7], work, values)
-        login = stack.edge.login()
-        alerts = _alerts(login, "trucks", set(FAULTY))
-        _run(COMMANDS[8], work, values)
-        report = json.loads((work / "eval-report" / "report.json").read_text())
+        with mirrors_healed([mirror]):
+            # Deploy: the signed champion travels registry -> cloud models -> MirrorMaker ->
+            # agent.
+            _run(COMMANDS[5], work, values)
+            _wait_active(gateway, stack, "trucks")
+            # Live: the recording replayed as the trucks, each its own MQTT session.
+            _run(COMMANDS[6], work, values)
+            _run(COMMANDS[7], work, values)
+            login = stack.edge.login()
+            alerts = _alerts(login, "trucks", set(FAULTY))
+            _run(COMMANDS[8], work, values)
+            report = json.loads((work / "eval-report" / "report.json").read_text())
     finally:
         gateway.stop()
         mirror.stop()
