@@ -1,6 +1,7 @@
 """Stream specs: each stream's contract, PII fields, tokens and topics, as the stages use them.
 
-The built-in ``telemetry`` and ``payments`` specs are below. An operator's streams come from
+The built-in ``telemetry`` and ``payments`` specs are read from their shipped declarations,
+with the two contracts each names (below). An operator's streams come from
 declaration files (docs/streams.md): :func:`use_declarations` loads a directory at a
 service's start-up and registers a spec per declared stream, whose event contract is built
 from its declaration; the bridge, enricher, scorer and trainer then find it here beside the
@@ -94,33 +95,43 @@ class StreamSpec:
             )
 
 
-TELEMETRY = StreamSpec(
-    name="telemetry",
-    event=c.Telemetry,
-    anon_event=c.AnonTelemetry,
-    mqtt_suffix="telemetry",
-    key_field="vin",
-    pii_fields=frozenset({"vin", "driver_id", "lat", "lon"}),
-    tokens={"vin": "vehicle_token", "driver_id": "driver_token"},
-    numeric_fields=c.TELEMETRY_READINGS,
-    anon_key="vehicle_token",
-)
+def _shipped(
+    name: str, event: type[msgspec.Struct], anon_event: type[msgspec.Struct]
+) -> StreamSpec:
+    """A built-in stream's spec, from its shipped declaration (``shared/declarations/builtin``):
+    its topic, device field, personal fields, tokens, readings and decision are the file's.
+    Only its two contracts are named here: the struct the bridge decodes its events with (it
+    holds more than a declaration says: the VIN's checks, the category's values) and the shape
+    of its anon records, which the stages and models downstream read."""
+    from shared.declarations.loader import builtin
 
-PAYMENTS = StreamSpec(
-    name="payments",
-    event=c.Payment,
-    anon_event=c.AnonPayment,
-    mqtt_suffix="payments",
-    # MQTT -> raw keeps per-vehicle order; the enricher re-keys anon.payments by card token.
-    key_field="vin",
-    pii_fields=frozenset(
-        {"vin", "driver_id", "driver_name", "card_number", "cardholder", "lat", "lon"}
-    ),
-    tokens={"card_number": "card_token", "vin": "vehicle_token", "driver_id": "driver_token"},
-    numeric_fields=("amount", "volume_l"),
-    decides=True,
-    anon_key="card_token",
-)
+    stream = builtin()[name]
+    tokens = stream.tokens
+    return StreamSpec(
+        name=stream.name,
+        event=event,
+        anon_event=anon_event,
+        mqtt_suffix=stream.topic,
+        key_field=stream.device.field,
+        pii_fields=stream.pii_fields,
+        tokens=tokens,
+        numeric_fields=_readings(stream),
+        decides=stream.decision,
+        anon_key=tokens[stream.anon_key or stream.device.field],
+    )
+
+
+def _readings(stream: Stream) -> tuple[str, ...]:
+    """The stream's non-personal number fields but its time, in declaration order."""
+    return tuple(
+        n
+        for n, f in stream.fields.items()
+        if f.pii is None and f.type in ("float", "int", "bool") and n != stream.time.field
+    )
+
+
+TELEMETRY = _shipped("telemetry", c.Telemetry, c.AnonTelemetry)
+PAYMENTS = _shipped("payments", c.Payment, c.AnonPayment)
 
 # The scorer keys a stream's episode state ``<group id>@<stream>/<token>`` in scorer.episodes.
 # Scorers before 0.2 keyed telemetry's ``<group id>/<token>``: a scorer reads such a key as this
@@ -194,9 +205,6 @@ def from_declaration(stream: Stream) -> StreamSpec:
     from shared.contracts import AnonRecord
     from shared.declarations.events import event_struct
 
-    numeric = tuple(
-        n for n, f in stream.fields.items() if f.pii is None and f.type in ("float", "int", "bool")
-    )
     return StreamSpec(
         name=stream.name,
         event=event_struct(stream),
@@ -205,7 +213,7 @@ def from_declaration(stream: Stream) -> StreamSpec:
         key_field=stream.device.field,
         pii_fields=stream.pii_fields,
         tokens=stream.tokens,
-        numeric_fields=numeric,
+        numeric_fields=_readings(stream),
         declaration=stream,
         decides=stream.decision,
     )
