@@ -12,7 +12,6 @@ import click
 from shared import config
 from shared.errors import ConfigError
 from shared.infra import quota
-from shared.infra.mirror import HEAL_GRACE_S
 from shared.infra.stack import InfraSettings, Stack
 
 # Settings an operator may set from the environment (explicit, not every field).
@@ -273,23 +272,45 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
         )
 
 
+@mirror.command(
+    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option(
+    "--properties",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="MirrorMaker's config (mm2.properties): the gateway, and the logins to read its "
+    "Connect status with.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two looks at the tasks' states.",
+)
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def mirror_run(properties: Path, interval: float, argv: tuple[str, ...]) -> None:
+    """Run MirrorMaker (ARGV: its java command line, after --) under a watchdog.
+
+    When Connect kills a task (it never restarts one, and the JVM runs on), the watchdog
+    stops MirrorMaker and exits 1, for systemd to start it again. Signals go to the JVM; the
+    exit status is the JVM's. The Ansible role runs MirrorMaker so."""
+    from shared.infra import mirror_watch
+
+    raise SystemExit(mirror_watch.run(list(argv), properties, interval))
+
+
 @mirror.command("heal")
 @_mirror_options
-@click.option(
-    "--grace",
-    type=click.FloatRange(min=0),
-    default=HEAL_GRACE_S,
-    show_default=True,
-    help="Leave a MirrorMaker started less than this many seconds ago alone.",
-)
-def mirror_heal(edge_id: str, edge_bootstrap: str | None, grace: float, **options: Any) -> None:
+def mirror_heal(edge_id: str, edge_bootstrap: str | None, **options: Any) -> None:
     """Restart the gateway's MirrorMaker if Connect has killed one of its tasks.
 
     Connect never restarts a task it killed on an error it does not retry, and the process
     runs on: the partitions that task copied stay behind for good. Exactly-once makes the
-    restart safe. Run it now and then (the demo does, every summary)."""
+    restart safe. Run it now and then (the demo does, at every summary)."""
     mm = Stack(settings_from(options), quiet=True).mirror(edge_id, edge_bootstrap, provision=False)
-    failed = mm.heal(grace)
+    failed = mm.heal()
     for name, error in sorted(failed.items()):
         click.echo(f"{name} had failed: {error or 'no reason given'}")
     click.echo(f"{edge_id}: MirrorMaker restarted." if failed else f"{edge_id}: nothing to heal.")

@@ -50,8 +50,6 @@ TRANSACTION_INTERVAL_MS = 1000
 CLOUD_COMPRESSION = "zstd"
 # An alias ends up in topic names and consumer group ids: keep it to safe characters, and
 # without dots, because the replication policy splits topic names on dots.
-# The least time between two restarts of a MirrorMaker whose task Connect killed (heal()).
-HEAL_GRACE_S = 60.0
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 MIRROR_LOGGERS = {
@@ -226,7 +224,11 @@ class Mirror:
         libs = libs or jars.kafka_libs(quiet=True)
         self._write_config(self._pick_rest_port())
         self.apply_read_cap(libs, java)
-        argv = [
+        return process.spawn(self.argv(libs, java), self.pid_file, self.log_dir / "stdout.log")
+
+    def argv(self, libs: Path, java: str) -> list[str]:
+        """MirrorMaker's command line (its config written by ``start``)."""
+        return [
             java,
             f"-Xmx{self.heap}",
             "-Xms64m",
@@ -241,7 +243,6 @@ class Mirror:
             MAIN_CLASS,
             str(self.config_path),
         ]
-        return process.spawn(argv, self.pid_file, self.log_dir / "stdout.log")
 
     def apply_read_cap(self, libs: Path | None = None, java: str | None = None) -> None:
         """Set ``max_bytes_per_s`` as the edge broker's quota on MirrorMaker's login, or remove
@@ -292,55 +293,30 @@ class Mirror:
                 f"MirrorMaker for {self.edge_id} is not running; see {self.log_dir}\n{tail}"
             )
 
-    def _statuses(self, timeout: float) -> dict[str, dict[str, Any]]:
-        """``"<flow>/<connector or task>" -> status`` (its state, trace, worker...) read from
-        both Connect status topics; nothing for a flow whose target cluster is unreachable."""
-        out: dict[str, dict[str, Any]] = {}
-        flows = ((self.edge_id, CLOUD_ALIAS, self.cloud), (CLOUD_ALIAS, self.edge_id, self.edge))
-        for src, dst, bootstrap in flows:
-            topic = f"mm2-status.{src}.internal"
-            for key, value in _read_compacted(bootstrap, topic, timeout).items():
-                if value is None or not key.startswith(("status-task-", "status-connector-")):
-                    continue
-                try:
-                    status = json.loads(value)
-                except ValueError:
-                    continue
-                if isinstance(status, dict) and status.get("state"):
-                    out[f"{src}->{dst}/{key.split('-', 1)[1]}"] = status
-        return out
-
     def task_states(self, timeout: float = 5.0) -> dict[str, str]:
         """``"<flow>/<connector or task>" -> state`` read from both Connect status topics.
 
         Empty for a flow whose target cluster is unreachable.
         """
-        return {name: str(s["state"]) for name, s in self._statuses(timeout).items()}
+        statuses = connect_statuses(self.edge_id, self.edge, self.cloud, timeout)
+        return {name: str(s.status["state"]) for name, s in statuses.items()}
 
-    def failed_tasks(self, timeout: float = 5.0) -> dict[str, str]:
-        """The source connectors and tasks Connect has killed -> the first line of the error.
+    def failed_tasks(self, since: float = 0.0, timeout: float = 5.0) -> dict[str, str]:
+        """The source connectors and tasks Connect has killed (and reported so after epoch
+        second ``since``) -> the first line of the error."""
+        return failed_since(connect_statuses(self.edge_id, self.edge, self.cloud, timeout), since)
 
-        Connect does not restart them (nor does MirrorMaker's dedicated mode offer its REST
-        call to): the process runs on while the partitions a dead task copied stay behind."""
-        return {
-            name: str(s.get("trace") or "").strip().split("\n", 1)[0]
-            for name, s in self._statuses(timeout).items()
-            if "/connector-MirrorSource" in name or "/task-MirrorSource" in name
-            if s["state"] == "FAILED"
-        }
+    def heal(self) -> dict[str, str]:
+        """Restart MirrorMaker when Connect has killed one of its source connectors or tasks
+        since it started; returns what had failed ({}: nothing was done). Exactly-once makes
+        the restart safe: the new tasks resume from the offsets committed with the records.
 
-    def heal(self, grace_s: float = HEAL_GRACE_S) -> dict[str, str]:
-        """Restart MirrorMaker when Connect has killed one of its source connectors or tasks;
-        returns what had failed ({}: nothing was done). Exactly-once makes the restart safe:
-        the new tasks resume from the offsets committed with the records.
-
-        A MirrorMaker started less than ``grace_s`` ago is left alone: its tasks' states are
-        the last process's until the new ones report, and a task that fails again is retried
-        no more often than this."""
+        A status written before this MirrorMaker started is the last process's: once
+        restarted, it takes the new process's own report of a failure to restart it again."""
         pid = self.pid()
-        if pid is None or time.time() - self.pid_file.stat().st_mtime < grace_s:
+        if pid is None:
             return {}
-        failed = self.failed_tasks()
+        failed = self.failed_tasks(since=self.pid_file.stat().st_mtime)
         if failed:
             self.stop()
             self.start()
@@ -557,6 +533,50 @@ def parse_source_offsets(edge_id: str, raw: dict[str, bytes | None]) -> dict[tup
     return out
 
 
+@dataclass(frozen=True)
+class ConnectStatus:
+    """A connector's or task's latest status record: its JSON (state, trace, worker) and when
+    it was written (epoch seconds)."""
+
+    status: dict[str, Any]
+    written: float
+
+
+def connect_statuses(
+    edge_id: str, edge: Target, cloud: Target, timeout: float = 5.0
+) -> dict[str, ConnectStatus]:
+    """``"<flow>/<connector or task>" -> status`` of gateway ``edge_id``'s MirrorMaker, read
+    from both flows' Connect status topics (each on its flow's target cluster); nothing for a
+    flow whose target is unreachable."""
+    out: dict[str, ConnectStatus] = {}
+    for src, dst, target in ((edge_id, CLOUD_ALIAS, cloud), (CLOUD_ALIAS, edge_id, edge)):
+        topic = f"mm2-status.{src}.internal"
+        for key, (value, written) in _read_compacted_stamped(target, topic, timeout).items():
+            if value is None or not key.startswith(("status-task-", "status-connector-")):
+                continue
+            try:
+                status = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(status, dict) and status.get("state"):
+                out[f"{src}->{dst}/{key.split('-', 1)[1]}"] = ConnectStatus(status, written)
+    return out
+
+
+def failed_since(statuses: dict[str, ConnectStatus], since: float) -> dict[str, str]:
+    """The source connectors and tasks reported FAILED after epoch second ``since`` -> the
+    first line of their error.
+
+    Connect does not restart them (nor does MirrorMaker's dedicated mode offer its REST call
+    to): the process runs on while the partitions a dead task copied stay behind for good."""
+    return {
+        name: str(s.status.get("trace") or "").strip().split("\n", 1)[0]
+        for name, s in statuses.items()
+        if "/connector-MirrorSource" in name or "/task-MirrorSource" in name
+        if s.status["state"] == "FAILED" and s.written >= since
+    }
+
+
 def _reachable(target: Target, timeout: float) -> bool:
     from confluent_kafka.admin import AdminClient
 
@@ -569,9 +589,17 @@ def _reachable(target: Target, timeout: float) -> bool:
 
 def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, bytes | None]:
     """Latest value per key of a (small, compacted) topic; {} when unreachable or absent."""
+    return {k: v for k, (v, _) in _read_compacted_stamped(target, topic, timeout).items()}
+
+
+def _read_compacted_stamped(
+    target: Target, topic: str, timeout: float
+) -> dict[str, tuple[bytes | None, float]]:
+    """Latest value per key of a (small, compacted) topic, with its record's timestamp (epoch
+    seconds); {} when unreachable or absent."""
     from shared.kafka_read import records
 
-    latest: dict[str, bytes | None] = {}
+    latest: dict[str, tuple[bytes | None, float]] = {}
     try:
         for msg in records(
             target,
@@ -589,7 +617,7 @@ def _read_compacted(target: Target, topic: str, timeout: float) -> dict[str, byt
         ):
             key = msg.key()
             if key is not None:
-                latest[key.decode(errors="replace")] = msg.value()
+                latest[key.decode(errors="replace")] = (msg.value(), msg.timestamp()[1] / 1000.0)
     except Exception:  # an unreachable cluster reads as "no status", never as a crash
         return {}
     return latest

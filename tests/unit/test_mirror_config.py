@@ -20,8 +20,8 @@ from jinja2.nativetypes import NativeEnvironment
 
 from shared.config import Secret
 from shared.errors import ConfigError
-from shared.infra import quota
-from shared.infra.mirror import CLOUD_COMPRESSION, Mirror
+from shared.infra import mirror_watch, quota
+from shared.infra.mirror import CLOUD_COMPRESSION, MAIN_CLASS, Mirror
 from shared.kafka_config import MIRROR_USER, KafkaSettings, java_properties
 
 ROLE = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "edge"
@@ -247,3 +247,53 @@ def test_a_cap_is_set_then_removed_once(tmp_path: Path, monkeypatch: pytest.Monk
         ["--delete-config", "consumer_byte_rate"],
     ]
     assert (capped.quota_config_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_watchdog_logs_in_as_the_roles_mirrormaker_does(tmp_path: Path) -> None:
+    """The watchdog reads MirrorMaker's Connect status with the logins of its config: the
+    role's (SCRAM over TLS to the cloud) and mirror.py's alike."""
+    ca = Path("/etc/fleetsentry/edge/mirror/cloud-ca.crt")
+    rendered = _render(
+        "mm2.properties.j2",
+        edge_cloud_security_protocol="SASL_SSL",
+        edge_cloud_sasl_mechanism="SCRAM-SHA-512",
+        edge_cloud_username="gateway-edge-7",
+        edge_cloud_password=PASSWORD,
+        edge_cloud_ca_cert="PEM",
+    )
+    path = tmp_path / "mm2.properties"
+    path.write_text("# managed\n" + "".join(f"{k} = {v}\n" for k, v in rendered.items()))
+    edge_id, edge, cloud = mirror_watch.logins(path)
+    assert edge_id == "edge-7"
+    assert edge == _mirror().edge
+    assert cloud == KafkaSettings(
+        bootstrap=CLOUD, username="gateway-edge-7", password=Secret(PASSWORD), ca_file=ca
+    )
+    assert isinstance(cloud, KafkaSettings) and cloud.password
+    assert cloud.password.reveal() == PASSWORD
+    # A cloud without TLS or logins (development): the bare bootstrap.
+    path.write_text("".join(f"{k} = {v}\n" for k, v in _render("mm2.properties.j2").items()))
+    assert mirror_watch.logins(path)[2] == CLOUD
+    path.write_text("clusters = edge-7, other\n")
+    with pytest.raises(ConfigError, match="clusters"):
+        mirror_watch.logins(path)
+
+
+def test_the_role_runs_mirrormaker_under_the_watchdog() -> None:
+    env = _filters(NativeEnvironment(undefined=StrictUndefined))
+    values = {
+        **_vars(),
+        "kafka_java": "/usr/bin/java",
+        "kafka_libs_dir": "/opt/kafka/libs",
+        "edge_mirror_heap": DEFAULTS["edge_mirror_heap"],
+        "edge_mirror_jvm_extra_options": [],
+        "edge_cli": "/opt/fleetsentry/venv/bin/fleetsentry",
+        "edge_mirror_config_file": "/etc/x/mm2.properties",
+    }
+    argv = env.from_string(INTERNALS["edge_mirror_argv"]).render(**values)
+    cut = argv.index("--")
+    assert argv[:cut] == [
+        "/opt/fleetsentry/venv/bin/fleetsentry",
+        *("infra", "mirror", "run", "--properties", "/etc/x/mm2.properties"),
+    ]
+    assert argv[cut + 1] == "/usr/bin/java" and argv[-2:] == [MAIN_CLASS, "/etc/x/mm2.properties"]

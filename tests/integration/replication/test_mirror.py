@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -22,7 +26,8 @@ from confluent_kafka.admin import (
 from shared import contracts, topics
 from shared.infra import jars
 from shared.infra.acls import ensure_acls, gateway_acls, gateway_user
-from shared.infra.mirror import TRANSACTION_INTERVAL_MS, Mirror
+from shared.infra.mirror import MAIN_CLASS, TRANSACTION_INTERVAL_MS, Mirror
+from shared.infra.mirror_watch import TASK_FAILED_EXIT
 from shared.infra.stack import Stack
 from shared.kafka_config import KafkaSettings, Target, client_config
 from tests.support import consume_all, produce_all, value_of
@@ -423,8 +428,9 @@ def test_a_task_connect_killed_is_restarted_and_its_records_arrive_exactly_once(
     time.sleep(20)  # the permission is back, the process runs: the task stays dead
     assert mirror.pid() == pid
     assert mirror.failed_tasks(), "the task came back by itself"
-    assert set(mirror.heal(grace_s=0)) == set(failed)
+    assert set(mirror.heal()) == set(failed)
     assert mirror.pid() not in (None, pid), "MirrorMaker was not restarted"
+    # The dead task's status stays FAILED until the new process reports; it is the old one's.
     assert mirror.heal() == {}, "a second look right after a restart restarts nothing"
     target = mirror.cloud_topic(topics.ANON_TELEMETRY)
     with _Reader(cloud_kafka, target) as reader:
@@ -436,3 +442,110 @@ def test_a_task_connect_killed_is_restarted_and_its_records_arrive_exactly_once(
     dups = {k: v for k, v in got.items() if v > 1 and k in set(ids)}
     assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
     assert mirror.failed_tasks() == {}
+
+
+def _jvms(config: Path) -> list[int]:
+    """Pids of the MirrorMakers running with ``config``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(config).encode() in cmdline and MAIN_CLASS.encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _wait_running(mirror: Mirror, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = mirror.task_states()
+        sources = {k: v for k, v in states.items() if "MirrorSource" in k}
+        if len(sources) >= 4 and set(sources.values()) == {"RUNNING"}:  # 2 connectors, 2+ tasks
+            return
+        time.sleep(1)
+    raise AssertionError(f"MirrorMaker did not run: {states}")
+
+
+def _wait_gone(config: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _jvms(config) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not _jvms(config)
+
+
+@pytest.mark.timeout(900)
+def test_the_watchdog_stops_mirrormaker_on_a_failed_task_and_its_restart_delivers_exactly_once(
+    mirror: Mirror, edge_kafka: KafkaSettings, cloud_kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """How a gateway installed with Ansible runs MirrorMaker: ``fleetsentry infra mirror run``
+    starts the JVM, and when Connect kills a task it stops the JVM and exits 1, for systemd to
+    start it again; signals reach the JVM, and the JVM dies with the watchdog."""
+    mirror.stop()
+    argv = mirror.argv(jars.kafka_libs(quiet=True), jars.java_binary())
+    command = [
+        str(Path(sys.executable).with_name("fleetsentry")),
+        *("infra", "mirror", "run", "--properties", str(mirror.config_path)),
+        *("--interval", "2", "--", *argv),
+    ]
+
+    log = tmp_path / "watchdog.log"  # the JVM's output too: a pipe nobody reads would fill
+
+    def watchdog() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+    admin = AdminClient(client_config(cloud_kafka))
+    wd = watchdog()
+    try:
+        _wait_running(mirror, 240)
+        for fut in admin.delete_acls([_gateway_write(mirror.edge_id)]).values():
+            assert fut.result(30)
+        ids = [str(uuid.uuid4()) for _ in range(2000)]
+        now = time.time()
+        _produce_in_transactions(
+            _transactional(edge_kafka), topics.SCORES_PAYMENTS, ((i, _score(i, now)) for i in ids)
+        )
+        rc = wd.wait(timeout=300)
+        err = log.read_text(errors="replace")
+    finally:
+        ensure_acls(cloud_kafka, gateway_acls(mirror.edge_id))
+    assert rc == TASK_FAILED_EXIT, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith(f"MirrorMaker {mirror.edge_id}: ")]
+    assert any("/task-MirrorSourceConnector-" in line and " failed: " in line for line in said), (
+        said
+    )
+    assert "does not restart a failed task" in said[-1], said
+    assert _wait_gone(mirror.config_path, 30), "the JVM outlived its watchdog"
+
+    wd = watchdog()  # as systemd starts it again
+    try:
+        target = mirror.cloud_topic(topics.SCORES_PAYMENTS)
+        with _Reader(cloud_kafka, target) as reader:
+            reader.read_until(set(ids), timeout=240)
+            _wait_running(mirror, 120)
+            got = reader.read_to_end(timeout=60)
+        missing = set(ids) - set(got)
+        assert not missing, f"{len(missing)} of {len(ids)} records never arrived"
+        dups = {k: v for k, v in got.items() if v > 1 and k in set(ids)}
+        assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
+        # systemd stops it with SIGTERM: the JVM gets it and exits as it does alone.
+        wd.send_signal(signal.SIGTERM)
+        assert wd.wait(timeout=90) == 143
+        assert _wait_gone(mirror.config_path, 10)
+        # A watchdog killed outright takes its JVM with it.
+        wd = watchdog()
+        deadline = time.monotonic() + 60
+        while not _jvms(mirror.config_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _jvms(mirror.config_path), "the watchdog started no JVM"
+        wd.kill()
+        wd.wait(10)
+        assert _wait_gone(mirror.config_path, 60), "the JVM outlived a killed watchdog"
+    finally:
+        if wd.poll() is None:
+            wd.kill()
+        for pid in _jvms(mirror.config_path):
+            os.kill(pid, signal.SIGKILL)
