@@ -23,7 +23,7 @@ from cloud.config import load, login_at
 from cloud.trainer import data
 from cloud.trainer.errors import TrainerError
 from cloud.trainer.pipeline import TrainedModel, TrainSettings, train_stream, write_model_dir
-from cloud.trainer.threshold import ThresholdRule
+from cloud.trainer.threshold import ThresholdRule, budget_warning
 from shared import signing, streams
 from shared.contracts import AnonRecord, AnyAnon, Label, decode
 from shared.declarations.catalog import BUILTIN_NAMES, load_streams
@@ -315,6 +315,9 @@ def _report(
 def _print_results(console: Console, trained: dict[str, TrainedModel], out_dir: Path) -> None:
     for name, model in trained.items():
         console.print(_summary(model, out_dir / name))
+        warning = budget_warning(name, model.manifest.metrics.get("threshold_rule", {}))
+        if warning:
+            console.print(f"warning: {warning}", soft_wrap=True)
         u = model.manifest.metrics.get("unlabelled")
         if u and not model.holdout.labelled.any():
             console.print(

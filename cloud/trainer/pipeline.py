@@ -151,7 +151,7 @@ def train_stream(
             hold, hold_q, int8.reconstruct(xs_hold) - xs_hold, threshold, episode_rule
         )
     m["quantization"] = quant
-    m["threshold_rule"] = describe(rule)
+    m["threshold_rule"] = describe(rule, val)
     m["score_rule"] = SCORE_RULE
     m["episode_rule"] = vars(episode_rule).copy()
     m["training"] = {

@@ -140,5 +140,28 @@ def threshold_for_false_episodes(
     return float(normal[lo])
 
 
-def describe(rule: ThresholdRule) -> dict[str, Any]:
-    return {"mode": rule.mode, "value": rule.value}
+def describe(rule: ThresholdRule, val: Records | None = None) -> dict[str, Any]:
+    """The rule, and for ``false_episodes`` the validation split's vehicle-hours and how many
+    false episodes the budget allows on them (``allowed_episodes``): at 0, the threshold is
+    the single worst normal episode's, and which vehicles the split holds moves it."""
+    out: dict[str, Any] = {"mode": rule.mode, "value": rule.value}
+    if rule.mode == "false_episodes" and val is not None:
+        hours = vehicle_hours(val.tokens, val.ts)
+        out["validation_vehicle_hours"] = round(hours, 1)
+        out["allowed_episodes"] = int(rule.value * hours / 100.0 + 1e-9)
+    return out
+
+
+def budget_warning(stream: str, described: dict[str, Any]) -> str | None:
+    """A sentence for a false-episode budget that allows no episode on the validation split."""
+    if described.get("mode") != "false_episodes" or described.get("allowed_episodes", 1) >= 1:
+        return None
+    value, hours = described["value"], described["validation_vehicle_hours"]
+    needed = 100.0 / value if value else float("inf")
+    return (
+        f"{stream}: the threshold rule false_episodes={value:g} allows no false episode on "
+        f"the validation split's {hours:g} vehicle-hours, so the threshold is the single worst "
+        f"normal episode's and moves with which vehicles the split holds; give the validation "
+        f"split at least {needed:.0f} vehicle-hours (more data, or a larger second --splits "
+        "fraction)"
+    )

@@ -16,7 +16,9 @@ from cloud.trainer.data import Records, time_split
 from cloud.trainer.errors import TrainerError
 from cloud.trainer.threshold import (
     ThresholdRule,
+    budget_warning,
     choose_threshold,
+    describe,
     false_episode_rate,
     threshold_for_false_episodes,
 )
@@ -134,6 +136,24 @@ def test_false_episode_threshold_keeps_the_rate_under_target() -> None:
     # just below it, the rate is over the target (the search found the lowest one)
     below = np.max(scores[scores < t])
     assert false_episode_rate(rec, scores, float(below), RULE, hours) > 20.0
+
+
+def test_a_false_episode_budget_that_allows_no_episode_is_named() -> None:
+    rule = ThresholdRule("false_episodes", 0.5)
+    # 120 vehicle-hours: 0.6 episodes allowed, so none; 200: one.
+    small = describe(rule, _records([(f"v{v}", float(t)) for v in range(120) for t in (0, 3600)]))
+    large = describe(rule, _records([(f"v{v}", float(t)) for v in range(200) for t in (0, 3600)]))
+    assert small == {
+        "mode": "false_episodes",
+        "value": 0.5,
+        "validation_vehicle_hours": 120.0,
+        "allowed_episodes": 0,
+    }
+    assert large["allowed_episodes"] == 1
+    warning = budget_warning("telemetry", small)
+    assert warning and "120 vehicle-hours" in warning and "at least 200" in warning
+    assert budget_warning("telemetry", large) is None
+    assert budget_warning("payments", describe(ThresholdRule("precision", 0.9))) is None
 
 
 def test_threshold_rules_parse_and_check() -> None:
