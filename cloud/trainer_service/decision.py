@@ -81,10 +81,32 @@ def evaluate(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Evaluati
     )
 
 
+def recall_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float) -> float:
+    """The recall ``scores`` reach with the threshold that flags at most ``fpr`` of the
+    negatives (NaN without positives or negatives)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    neg, pos = np.sort(s[~y])[::-1], s[y]
+    if not neg.size or not pos.size or math.isnan(fpr):
+        return math.nan
+    allowed = int(math.floor(fpr * neg.size + 1e-9))  # negatives that may score above it
+    threshold = neg[allowed] if allowed < neg.size else -math.inf
+    return float(np.mean(pos > threshold))
+
+
 def decide(
-    challenger: Evaluation, champion: Evaluation | None, rule: PromotionRule
+    challenger: Evaluation,
+    champion: Evaluation | None,
+    rule: PromotionRule,
+    champion_recall_at_fpr: float | None = None,
 ) -> tuple[bool, str]:
-    """(promote?, why) for a challenger against the champion on the same holdout."""
+    """(promote?, why) for a challenger against the champion on the same holdout.
+
+    ``champion_recall_at_fpr``: the champion's recall with its threshold moved to flag no
+    more of the holdout's normal events than the challenger does (``recall_at_fpr``). A
+    champion whose threshold no longer fits (after drift) reaches a high recall by alerting
+    on much of the normal traffic; its recall at the challenger's false-positive rate is the
+    one to keep up with."""
     if champion is None:
         return True, "no champion to compare with"
     if math.isnan(challenger.pr_auc):
@@ -108,11 +130,16 @@ def decide(
         return False, f"ranks worse: {versus}"
     if gain >= rule.min_pr_auc_gain:
         return True, versus
-    recall_ok = challenger.recall >= champion.recall - rule.max_recall_loss
+    matched = champion_recall_at_fpr
+    recall_p = champion.recall
+    if matched is not None and not math.isnan(matched) and matched < recall_p:
+        recall_p = matched
+    recall_ok = challenger.recall >= recall_p - rule.max_recall_loss
     if fpr_p > 0 and fpr_c <= fpr_p * (1 - rule.min_fpr_reduction) and recall_ok:
+        same = " at the challenger's false-positive rate" if recall_p < champion.recall else ""
         return True, (
             f"false-positive rate {100 * fpr_c:.2f}% vs {100 * fpr_p:.2f}% at "
-            f"recall {challenger.recall:.3f} vs {champion.recall:.3f}; {versus}"
+            f"recall {challenger.recall:.3f} vs {recall_p:.3f}{same}; {versus}"
         )
     return (
         False,

@@ -50,7 +50,14 @@ from cloud.trainer import data as tdata
 from cloud.trainer.data import Records, time_split, vehicle_split
 from cloud.trainer.errors import NeedsLabelsError
 from cloud.trainer.pipeline import TrainSettings, train_stream, write_model_dir
-from cloud.trainer_service.decision import Evaluation, PromotionRule, curves, decide, evaluate
+from cloud.trainer_service.decision import (
+    Evaluation,
+    PromotionRule,
+    curves,
+    decide,
+    evaluate,
+    recall_at_fpr,
+)
 from cloud.trainer_service.drift import (
     DriftReport,
     DriftSettings,
@@ -530,7 +537,12 @@ class TrainerService:
             else None
         )
         if data.labelled_holdout:
-            promote, why = decide(ch_eval, cp_eval, self.settings.rule)
+            matched = (
+                recall_at_fpr(y, champ_scores, ch_eval.false_positive_rate)
+                if champ_scores is not None
+                else None
+            )
+            promote, why = decide(ch_eval, cp_eval, self.settings.rule, matched)
         else:
             promote, why = decide_unlabelled(ch_eval, cp_eval)
         metrics: dict[str, Any] = {

@@ -8,7 +8,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.trainer_service.decision import Evaluation, PromotionRule, curves, decide, evaluate
+from cloud.trainer_service.decision import (
+    Evaluation,
+    PromotionRule,
+    curves,
+    decide,
+    evaluate,
+    recall_at_fpr,
+)
 from cloud.trainer_service.drift import DriftSettings, Profile, detect, profile, psi
 
 
@@ -105,6 +112,32 @@ def test_decision_promotes_only_a_better_model() -> None:
     noisy = decide(_eval(0.105, 0.0126, 0.5), _eval(0.029, 0.0010, 0.5), rule)
     assert noisy[0] is False and "too many false alerts" in noisy[1]
     assert decide(_eval(0.105, 0.0110, 0.5), _eval(0.029, 0.0010, 0.5), rule)[0] is True
+
+
+def test_a_drifted_champions_recall_counts_at_the_challengers_false_positive_rate() -> None:
+    """After drift the champion alerts on 16 % of normal events, which buys it recall: held to
+    the challenger's 0.16 % it reaches far less, and the challenger is what the gateways need."""
+    rule = PromotionRule()
+    challenger, champion = _eval(0.950, 0.0016, 0.90), _eval(0.961, 0.1623, 0.99)
+    kept = decide(challenger, champion, rule)
+    assert kept[0] is False and "not better" in kept[1]
+    promoted = decide(challenger, champion, rule, champion_recall_at_fpr=0.80)
+    assert promoted[0] is True
+    assert "recall 0.900 vs 0.800 at the challenger's false-positive rate" in promoted[1]
+    # Held to the challenger's rate the champion still finds more: kept.
+    assert decide(challenger, champion, rule, champion_recall_at_fpr=0.95)[0] is False
+    # A matched recall above the champion's own (a coarse holdout) does not raise the bar.
+    assert decide(_eval(0.80, 0.010, 0.89), _eval(0.80, 0.020, 0.90), rule, 0.99)[0] is True
+
+
+def test_recall_at_a_false_positive_rate() -> None:
+    y = np.array([0] * 100 + [1] * 10)
+    s = np.r_[np.arange(100, dtype=float), np.arange(90, 100, dtype=float) + 0.5]
+    # Flagging at most 5 of 100 negatives: those above 94, so positives 94.5 .. 99.5 (6 of 10).
+    assert recall_at_fpr(y, s, 0.05) == 0.6
+    assert recall_at_fpr(y, s, 0.0) == 0.1  # above the top negative (99): only 99.5
+    assert recall_at_fpr(y, s, 1.0) == 1.0
+    assert math.isnan(recall_at_fpr(y[:100], s[:100], 0.05))
 
 
 def test_evaluate_and_curves_on_the_same_holdout() -> None:
