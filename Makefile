@@ -86,20 +86,27 @@ bench: setup
 # The models a gateway scores with from its first minute: trained on seeded simulator runs
 # and signed with the dev key (~/.config/fleetsentry/model-signing.key, generated if missing).
 # Operators re-sign with their own key: fleetsentry cloud train --key THEIR_KEY ...
-# Telemetry: six fleets of 50 vehicles, an hour each at 01, 05, 09, 13, 17 and 21 h UTC, with
-# extra fault episodes to pick the threshold on; split by vehicle, so every time of day is
-# trained on and the threshold is chosen on vehicles the model never saw (a gateway's fleet is
-# not the training fleet), 120 of them: a false-alert target of 1 per 100 vehicle-hours means
-# little when judged on fewer hours. Payments: 4 hours of 150 vehicles at the default payment
-# and fraud rates, so card histories and velocities are the ones a gateway sees, with telemetry
-# every 2 s: a payment is judged against the vehicle's last position, and with sparser
-# telemetry every position is stale, so a gateway's fresh ones would all look odd.
+# Telemetry: sixteen fleets of 50 vehicles, an hour each, four hours apart (every time of day,
+# several times), with extra fault episodes to pick the threshold on; split by vehicle, so the
+# threshold is chosen on vehicles the model never saw (a gateway's fleet is not the training
+# fleet): 400 of them, half the data. The threshold rule allows 0.5 false episodes per 100
+# vehicle-hours, so one on 400 hours; on fewer than 200 it allows none, and the threshold is
+# then the single worst normal episode's, moving with which vehicles the split holds (120
+# validation hours gave 0.36 on one split and 0.68 on another; 400 and 480 gave 0.36 and 0.38).
+# Payments: 4 hours of 150 vehicles at the default payment and fraud rates, so card histories
+# and velocities are the ones a gateway sees, with telemetry every 2 s: a payment is judged
+# against the vehicle's last position, and with sparser telemetry every position is stale, so
+# a gateway's fresh ones would all look odd.
 # A run is SEED:START_TS.
 BASELINE_TELEMETRY_SIM ?= --vehicles 50 --duration 3600 --payment-rate 10 \
 	--fault-scale 3 --fraud-scale 2
 BASELINE_TELEMETRY_RUNS ?= 20260105:1767574800 20260106:1767589200 20260107:1767603600 \
-	20260108:1767618000 20260109:1767632400 20260110:1767646800
-BASELINE_TELEMETRY_TRAIN ?= --split vehicle --splits 0.4,0.4,0.2
+	20260108:1767618000 20260109:1767632400 20260110:1767646800 \
+	20260111:1767661200 20260112:1767675600 20260113:1767690000 \
+	20260114:1767704400 20260115:1767718800 20260116:1767733200 \
+	20260117:1767747600 20260118:1767762000 20260119:1767776400 \
+	20260120:1767790800
+BASELINE_TELEMETRY_TRAIN ?= --split vehicle --splits 0.25,0.5,0.25
 BASELINE_PAYMENTS_SIM ?= --vehicles 150 --duration 14400 --rate 0.5
 BASELINE_PAYMENTS_RUNS ?= 20260105:1767600000
 BASELINE_PAYMENTS_TRAIN ?= --split time
