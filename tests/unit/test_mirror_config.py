@@ -102,9 +102,9 @@ def test_the_roles_topic_list_and_codec_are_the_registrys() -> None:
     )
 
 
-def test_the_roles_cloud_login_equals_mirror_py() -> None:
-    """The gateway's own cloud login over TLS, as the cloud asks for it: the same in both."""
-    rendered = _render(
+def _render_cloud_login() -> dict[str, str]:
+    """The role's mm2.properties with the gateway's own cloud login over TLS."""
+    return _render(
         "mm2.properties.j2",
         edge_cloud_security_protocol="SASL_SSL",
         edge_cloud_sasl_mechanism="SCRAM-SHA-512",
@@ -112,6 +112,11 @@ def test_the_roles_cloud_login_equals_mirror_py() -> None:
         edge_cloud_password=PASSWORD,
         edge_cloud_ca_cert="PEM",
     )
+
+
+def test_the_roles_cloud_login_equals_mirror_py() -> None:
+    """The gateway's own cloud login over TLS, as the cloud asks for it: the same in both."""
+    rendered = _render_cloud_login()
     cloud = KafkaSettings(
         bootstrap=CLOUD,
         username="gateway-edge-7",
@@ -253,14 +258,7 @@ def test_the_watchdog_logs_in_as_the_roles_mirrormaker_does(tmp_path: Path) -> N
     """The watchdog reads MirrorMaker's Connect status with the logins of its config: the
     role's (SCRAM over TLS to the cloud) and mirror.py's alike."""
     ca = Path("/etc/fleetsentry/edge/mirror/cloud-ca.crt")
-    rendered = _render(
-        "mm2.properties.j2",
-        edge_cloud_security_protocol="SASL_SSL",
-        edge_cloud_sasl_mechanism="SCRAM-SHA-512",
-        edge_cloud_username="gateway-edge-7",
-        edge_cloud_password=PASSWORD,
-        edge_cloud_ca_cert="PEM",
-    )
+    rendered = _render_cloud_login()
     path = tmp_path / "mm2.properties"
     path.write_text("# managed\n" + "".join(f"{k} = {v}\n" for k, v in rendered.items()))
     edge_id, edge, cloud = mirror_watch.logins(path)

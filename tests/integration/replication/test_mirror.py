@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -308,16 +308,24 @@ def test_backlog_built_while_the_cloud_is_down_arrives_exactly_once(
 
     stack.cloud.start(jars.kafka_libs(quiet=True), jars.java_binary())
     stack.cloud.wait_healthy(120)
-    target = mirror.cloud_topic(topics.SCORES_TELEMETRY)
-    with _Reader(cloud_kafka, target) as reader:
+    _arrive_exactly_once(
+        cloud_kafka, mirror.cloud_topic(topics.SCORES_TELEMETRY), ids, mirror.wait_healthy
+    )
+
+
+def _arrive_exactly_once(
+    cloud: Target, topic: str, ids: list[str], settle: Callable[[float], None]
+) -> None:
+    """Every one of ``ids`` reaches ``topic`` in the cloud, and none twice: read until all are
+    there, ``settle`` (the mirror runs again, so everything it had committed is readable), then
+    read to the end, so a record replayed after a restart would be counted twice."""
+    with _Reader(cloud, topic) as reader:
         reader.read_until(set(ids), timeout=240)
-        # Settled: the mirror runs again and everything it had committed has been read, so a
-        # record replayed after the outage would be counted twice here.
-        mirror.wait_healthy(120)
+        settle(120)
         got = reader.read_to_end(timeout=60)
     missing = set(ids) - set(got)
-    assert not missing, f"{len(missing)} of {total} backlog records never arrived"
-    dups = {k: v for k, v in got.items() if v > 1}
+    assert not missing, f"{len(missing)} of {len(ids)} records never arrived"
+    dups = {k: v for k, v in got.items() if v > 1 and k in set(ids)}
     assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
 
 
@@ -432,15 +440,9 @@ def test_a_task_connect_killed_is_restarted_and_its_records_arrive_exactly_once(
     assert mirror.pid() not in (None, pid), "MirrorMaker was not restarted"
     # The dead task's status stays FAILED until the new process reports; it is the old one's.
     assert mirror.heal() == {}, "a second look right after a restart restarts nothing"
-    target = mirror.cloud_topic(topics.ANON_TELEMETRY)
-    with _Reader(cloud_kafka, target) as reader:
-        reader.read_until(set(ids), timeout=240)
-        mirror.wait_healthy(120)
-        got = reader.read_to_end(timeout=60)
-    missing = set(ids) - set(got)
-    assert not missing, f"{len(missing)} of {len(ids)} records never arrived"
-    dups = {k: v for k, v in got.items() if v > 1 and k in set(ids)}
-    assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
+    _arrive_exactly_once(
+        cloud_kafka, mirror.cloud_topic(topics.ANON_TELEMETRY), ids, mirror.wait_healthy
+    )
     assert mirror.failed_tasks() == {}
 
 
@@ -522,15 +524,12 @@ def test_the_watchdog_stops_mirrormaker_on_a_failed_task_and_its_restart_deliver
 
     wd = watchdog()  # as systemd starts it again
     try:
-        target = mirror.cloud_topic(topics.SCORES_PAYMENTS)
-        with _Reader(cloud_kafka, target) as reader:
-            reader.read_until(set(ids), timeout=240)
-            _wait_running(mirror, 120)
-            got = reader.read_to_end(timeout=60)
-        missing = set(ids) - set(got)
-        assert not missing, f"{len(missing)} of {len(ids)} records never arrived"
-        dups = {k: v for k, v in got.items() if v > 1 and k in set(ids)}
-        assert not dups, f"{len(dups)} records duplicated, e.g. {list(dups.items())[:3]}"
+        _arrive_exactly_once(
+            cloud_kafka,
+            mirror.cloud_topic(topics.SCORES_PAYMENTS),
+            ids,
+            lambda timeout: _wait_running(mirror, timeout),
+        )
         # systemd stops it with SIGTERM: the JVM gets it and exits as it does alone.
         wd.send_signal(signal.SIGTERM)
         assert wd.wait(timeout=90) == 143
