@@ -62,7 +62,7 @@ SERVICES: tuple[Service, ...] = (
         "scorer",
         "edge.scorer.scorer:run",
         2,
-        "anon.* -> scores.*, alerts, payment decisions (int8 models), exactly once.",
+        "anon.* -> scores.*, alerts, decisions to devices (int8 models), exactly once.",
     ),
     Service(
         "agent",

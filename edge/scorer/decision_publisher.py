@@ -102,7 +102,7 @@ class DecisionPublisher:
         info = self._client.publish(commands_topic(vin), encode(decision), qos=1)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # 65,535 message ids all in flight
             raise ScorerError(
-                f"cannot queue the decision for payment {decision.event_id}: "
+                f"cannot queue the decision for event {decision.event_id}: "
                 f"too many decisions wait for the MQTT broker; is it up?"
             )
         with self._acks:

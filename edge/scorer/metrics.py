@@ -23,7 +23,7 @@ DECISIONS = Counter(
 )
 OPEN_EPISODES = Gauge(
     "fleetsentry_scorer_open_episodes",
-    "Alert episodes open right now (telemetry and declared streams).",
+    "Alert episodes open right now (every stream whose alerts are episodes).",
 )
 UNSCORED = Counter(
     "fleetsentry_scorer_unscored",

@@ -376,7 +376,7 @@ class ScorerService:
         if left:
             mqtt = self.config.mqtt
             raise ScorerError(
-                f"the MQTT broker at {mqtt.host}:{mqtt.port} did not acknowledge {left} payment "
+                f"the MQTT broker at {mqtt.host}:{mqtt.port} did not acknowledge {left} "
                 f"decisions within {self.decision_ack_timeout_s:.0f}s; the batch is not "
                 f"committed and is scored again on restart. Check that Mosquitto is running"
             )
