@@ -130,20 +130,47 @@ def _readings(stream: Stream) -> tuple[str, ...]:
     )
 
 
-TELEMETRY = _shipped("telemetry", c.Telemetry, c.AnonTelemetry)
-PAYMENTS = _shipped("payments", c.Payment, c.AnonPayment)
-
 # The scorer keys a stream's episode state ``<group id>@<stream>/<token>`` in scorer.episodes.
 # Scorers before 0.2 keyed telemetry's ``<group id>/<token>``: a scorer reads such a key as this
 # stream's, writes the state under the stream's key and deletes the old one.
-BARE_EPISODE_KEYS = TELEMETRY.name
+BARE_EPISODE_KEYS = "telemetry"
 
 _REGISTRY: dict[str, StreamSpec] = {}
+_BUILTIN: dict[str, StreamSpec] = {}
+
+
+def _builtins() -> dict[str, StreamSpec]:
+    """The built-in specs, read from the shipped declarations on first use and registered
+    first. Not at import: the declarations' loader imports the feature code, which imports
+    this module."""
+    if not _BUILTIN:
+        shipped = {
+            "telemetry": _shipped("telemetry", c.Telemetry, c.AnonTelemetry),
+            "payments": _shipped("payments", c.Payment, c.AnonPayment),
+        }
+        declared = dict(_REGISTRY)
+        _REGISTRY.clear()
+        _REGISTRY.update(shipped)
+        _REGISTRY.update(declared)
+        _BUILTIN.update(shipped)
+    return _BUILTIN
+
+
+def _registry() -> dict[str, StreamSpec]:
+    _builtins()
+    return _REGISTRY
+
+
+def __getattr__(name: str) -> StreamSpec:
+    """``TELEMETRY`` and ``PAYMENTS``: the built-in specs."""
+    if name in ("TELEMETRY", "PAYMENTS"):
+        return _builtins()[name.lower()]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(spec: StreamSpec) -> StreamSpec:
     """Add a stream. Registering a second spec under a taken name is an error."""
-    existing = _REGISTRY.get(spec.name)
+    existing = _registry().get(spec.name)
     if existing is not None and existing is not spec:
         raise ConfigError(f"stream {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
@@ -152,7 +179,7 @@ def register(spec: StreamSpec) -> StreamSpec:
 
 def get(name: str) -> StreamSpec:
     try:
-        return _REGISTRY[name]
+        return _registry()[name]
     except KeyError:
         raise ConfigError(f"unknown stream {name!r}; known: {sorted(_REGISTRY)}") from None
 
@@ -161,7 +188,7 @@ def get(name: str) -> StreamSpec:
 def scoped() -> Iterator[None]:
     """Streams registered inside the block are forgotten at its end (the built-in ones and
     those registered before stay): tests that declare streams leave none behind."""
-    before = dict(_REGISTRY)
+    before = dict(_registry())
     try:
         yield
     finally:
@@ -171,7 +198,7 @@ def scoped() -> Iterator[None]:
 
 def find(name: str) -> StreamSpec | None:
     """The stream registered as ``name``, or None."""
-    return _REGISTRY.get(name)
+    return _registry().get(name)
 
 
 def declaration_of(name: str) -> Stream:
@@ -186,18 +213,14 @@ def declaration_of(name: str) -> Stream:
 
 
 def all_streams() -> list[StreamSpec]:
-    return list(_REGISTRY.values())
+    return list(_registry().values())
 
 
 def by_mqtt_suffix(suffix: str) -> StreamSpec | None:
-    for spec in _REGISTRY.values():
+    for spec in _registry().values():
         if spec.mqtt_suffix == suffix:
             return spec
     return None
-
-
-register(TELEMETRY)
-register(PAYMENTS)
 
 
 def from_declaration(stream: Stream) -> StreamSpec:
@@ -226,7 +249,7 @@ def _check_shares(stream: Stream) -> None:
         return
     from shared.declarations.errors import DeclarationError
 
-    for other in list(_REGISTRY.values()):
+    for other in list(_registry().values()):
         if other.name != stream.name and declaration_of(other.name).shares == stream.shares:
             raise DeclarationError(
                 stream.source,
@@ -247,7 +270,7 @@ def use_declarations(directory: str | Path | None) -> list[StreamSpec]:
 
     for stream in declared(directory):
         _check_shares(stream)
-        existing = _REGISTRY.get(stream.name)
+        existing = _registry().get(stream.name)
         if existing is not None and existing.declaration is not None:
             if existing.declaration == stream:
                 continue

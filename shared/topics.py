@@ -57,12 +57,6 @@ class Topic:
         return conf
 
 
-RAW_TELEMETRY = streams.TELEMETRY.raw_topic
-RAW_PAYMENTS = streams.PAYMENTS.raw_topic
-ANON_TELEMETRY = streams.TELEMETRY.anon_topic
-ANON_PAYMENTS = streams.PAYMENTS.anon_topic
-SCORES_TELEMETRY = streams.TELEMETRY.scores_topic
-SCORES_PAYMENTS = streams.PAYMENTS.scores_topic
 DLQ_INGEST = "dlq.ingest"
 ALERTS = "alerts"
 MODEL_STATUS = "model-status"
@@ -136,3 +130,21 @@ def registry(cluster: Cluster) -> list[Topic]:
 
 def replicated_edge_topics() -> list[str]:
     return [t.name for t in _edge_topics() if t.replicate]
+
+
+# The built-in streams' topics (``RAW_TELEMETRY`` ... ``SCORES_PAYMENTS``), from their specs on
+# first use: the specs are read from the shipped declarations, which import the feature code,
+# which imports this module.
+_BUILTIN_TOPICS = {
+    f"{kind.upper()}_{stream.upper()}": (stream, f"{kind}_topic")
+    for kind in ("raw", "anon", "scores")
+    for stream in ("telemetry", "payments")
+}
+
+
+def __getattr__(name: str) -> str:
+    if name in _BUILTIN_TOPICS:
+        stream, attr = _BUILTIN_TOPICS[name]
+        topic: str = getattr(streams.get(stream), attr)
+        return topic
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
