@@ -16,9 +16,15 @@ records made by the declared streams' anonymizer from the same frames and scored
 built here for its digest (a stand-in: no baseline ships for it). Its rate is printed beside
 the built-in telemetry's, measured in the same run.
 
+``--against REV`` runs another commit's own ``bench/scorer.py`` too (from a git worktree of
+it, with the same fleet, batch and repeats, pinned to the same core), after this tree's
+passes, and prints each stream's rate beside it: the scorer of a commit before the stages read
+the declarations (e.g. 4e19468) against this one.
+
 Target: >= 30,000 events/s on one core.
 
-    .venv/bin/python bench/scorer.py [--vehicles 300] [--duration 240] [--batch 1024]
+    .venv/bin/python bench/scorer.py [--vehicles 300] [--duration 240] [--batch 1024] \
+        [--against REV]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from bench._worktree import checkout, git, remove  # noqa: E402
 from bench.features import generic_telemetry  # noqa: E402
 from edge.config import EdgeConfig  # noqa: E402
 from edge.scorer.model_runner import ModelHolder, baseline_dir, load_model  # noqa: E402
@@ -174,6 +182,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=150)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--against", metavar="REV", help="also run this commit's bench/scorer.py")
     args = ap.parse_args()
     core = pin_one_core()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scorer-"))
@@ -248,6 +257,53 @@ def main() -> None:
         f"mixed 5 telemetry : 1 payment: {mixed:,} events/s (target >= {TARGET:,}: "
         f"{'met' if mixed >= TARGET else 'NOT met'}); models: {source}"
     )
+    if args.against:
+        against(args, results, core)
+
+
+def against(args: argparse.Namespace, results: dict[str, dict[str, float]], core: int) -> None:
+    """Run commit ``args.against``'s own bench/scorer.py (a worktree of it) with the same
+    fleet, batch and repeats on the same core; print each stream's rate beside this tree's."""
+    where = checkout(args.against)
+    try:
+        argv = [sys.executable, str(where / "bench" / "scorer.py")]
+        argv += ["--vehicles", str(args.vehicles), "--duration", str(args.duration)]
+        argv += ["--batch", str(args.batch), "--repeat", str(args.repeat)]
+        # Its own simulator too: firmware-sim is the package firmware_sim.
+        (where / ".sim").mkdir()
+        (where / ".sim" / "firmware_sim").symlink_to(where / "firmware-sim")
+        env = {**os.environ, "PYTHONPATH": f"{where / '.sim'}{os.pathsep}{where}"}
+        out = subprocess.run(
+            ["taskset", "-c", str(core), *argv],
+            cwd=where,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"{args.against}'s bench/scorer.py failed:\n{out.stderr[-3000:]}")
+        theirs = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("{")))
+        commit = git("rev-parse", "--short=10", "HEAD", cwd=where)
+    finally:
+        remove(where)
+    report = {"bench": "scorer-against", "rev": args.against, "commit": commit, "streams": {}}
+    for stream, mine in results.items():
+        other = theirs["streams"].get(stream)
+        if other is None:
+            continue
+        ratio = other["us_per_event"] / mine["us_per_event"]
+        report["streams"][stream] = {
+            "this_us_per_event": round(mine["us_per_event"], 2),
+            "against_us_per_event": round(other["us_per_event"], 2),
+            "this_vs_against": round(ratio, 2),
+        }
+        print(
+            f"{stream}: this tree {mine['events_per_s']:,} events/s "
+            f"({mine['us_per_event']:.1f} us/event); {args.against} ({commit}) "
+            f"{other['events_per_s']:,} ({other['us_per_event']:.1f} us/event): {ratio:.2f}x it"
+        )
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
