@@ -444,8 +444,12 @@ class TrainerService:
     # --- a training run ----------------------------------------------------------------------
 
     def prepare(self, stream: str) -> Prepared | Waiting:
-        """The training data of ``stream``, or what is missing before a run is worth it."""
-        anon = self.source.anon_records(stream)
+        """The training data of ``stream``, or what is missing before a run is worth it.
+
+        One order for one set of records, however the source read them (a fleet's frames
+        share their seconds, and Kafka interleaves partitions as it goes): the fit samples its
+        rows by position, so the same data trains the same model."""
+        anon = sorted(self.source.anon_records(stream), key=lambda r: (r.ts, r.event_id))
         if self.settings.train_window_s is not None and anon:
             newest = anon[-1].ts
             anon = [r for r in anon if r.ts >= newest - self.settings.train_window_s]

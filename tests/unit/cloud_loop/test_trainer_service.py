@@ -18,7 +18,7 @@ import pytest
 from cloud.registry import ModelRecord, Registry
 from cloud.trainer.data import key_of
 from cloud.trainer_service.drift import DriftSettings
-from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService
+from cloud.trainer_service.trainer_service import RetrainSettings, TrainerService, Waiting
 from shared import baselines, signing
 from shared.contracts import Alert, AlertState, Contribution, Label, Score
 from shared.features import feature_memory_s
@@ -155,6 +155,23 @@ def test_without_labels_it_waits_unless_unlabelled_promotion_is_allowed(
     assert champion is not None and champion.version == run.challenger
     quant = champion.manifest["metrics"]["quantization"]
     assert quant["labelled"] is False and quant["rank_agreement"] >= 0.95
+
+
+def test_the_same_records_in_another_order_are_the_same_training_data(
+    registry: Registry, data: tuple[dict[str, list[Any]], list[Label]]
+) -> None:
+    """A source may hand the records over in any order within a second (Kafka interleaves
+    partitions): the training data, and so the model, must not follow it."""
+    anon, labels = data
+    settings = RetrainSettings(streams=("telemetry",), min_records=300, seed_baselines=False)
+    key = signing.generate_private_key()
+    shuffled = {s: list(reversed(recs)) for s, recs in anon.items()}
+    ids = []
+    for source in (MemorySource(anon, labels), MemorySource(shuffled, labels)):
+        prepared = TrainerService(registry, source, key, settings).prepare("telemetry")
+        assert not isinstance(prepared, Waiting), prepared
+        ids.append(prepared.records.event_ids.tolist())
+    assert ids[0] == ids[1]
 
 
 def test_a_holdout_with_one_labelled_episode_waits_for_more_labels(
