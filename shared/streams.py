@@ -100,9 +100,9 @@ def _shipped(
 ) -> StreamSpec:
     """A built-in stream's spec, from its shipped declaration (``shared/declarations/builtin``):
     its topic, device field, personal fields, tokens, readings and decision are the file's.
-    Only its two contracts are named here: the struct the bridge decodes its events with (it
-    holds more than a declaration says: the VIN's checks, the category's values) and the shape
-    of its anon records, which the stages and models downstream read."""
+    Only its two contracts are named here: the struct the bridge decodes its events with (a
+    test holds it to the declaration field by field) and the shape of its anon records, which
+    the stages and models downstream read."""
     from shared.declarations.loader import builtin
 
     stream = builtin()[name]
