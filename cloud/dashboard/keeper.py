@@ -20,6 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
+from shared.infra.process import end_child
+
 log = logging.getLogger("cloud-run")
 
 BACKOFF_MIN_S = 1.0
@@ -151,11 +153,6 @@ class Keeper:
         with self._lock:
             proc, relay = self.proc, self._relay
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_child(proc, grace)
         if relay is not None:
             relay.join(DRAIN_S)

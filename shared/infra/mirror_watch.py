@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from shared.config import Secret
 from shared.errors import ConfigError
 from shared.infra.mirror import CLOUD_ALIAS, connect_statuses, failed_since
+from shared.infra.process import end_child
 from shared.kafka_config import KafkaSettings, Target
 
 # The watchdog's exit status when it stopped MirrorMaker over a failed task.
@@ -137,10 +138,5 @@ def run(
             file=out,
             flush=True,
         )
-        child.terminate()
-        try:
-            child.wait(stop_timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        end_child(child, stop_timeout)
         return TASK_FAILED_EXIT

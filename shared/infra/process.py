@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -98,6 +99,17 @@ def stop(pids: Sequence[int], timeout: float = 30.0) -> list[int]:
         time.sleep(0.05)
     _reap(pids)  # those that exited after the last look are zombies until waited for
     return alive
+
+
+def end_child(proc: subprocess.Popen[Any], grace: float) -> int:
+    """SIGTERM a child this process started, wait up to ``grace`` s, SIGKILL it if it is
+    still there; returns its exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
